@@ -1,0 +1,1 @@
+"""wharf-balancer: ALB-, NLB- and Gateway-LB-style load balancing on trio."""

@@ -1,0 +1,1 @@
+"""wharf-broker: SQS and SNS on the wire, durable on SQLite or PostgreSQL."""

@@ -1,0 +1,346 @@
+"""A small HTTP/1.1 server loop on trio and h11 for request/response APIs.
+
+Serves the admin listener of both daemons and the broker's SQS/SNS API: whole requests in,
+whole responses out. (The balancer's proxy streams bodies and has its own shell.)
+
+Every wait a client controls has a deadline: the idle keep-alive wait, the header read, each
+body read, each write. Bodies are bounded before they are buffered: a declared Content-Length
+over the limit is refused with 413 before a byte of it is read, a chunked body is cut off the
+moment it passes the limit. A malformed request gets 400 and the connection is closed; h11
+does the framing, we never re-frame bodies by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Final
+from urllib.parse import unquote
+
+import h11
+import trio
+
+from monitoring.settings import HttpLimits
+
+MAX_RECV: Final = 65536  # bytes per receive_some: one socket buffer's worth, bounds each read
+
+REASONS: Final = {
+    200: b"OK",
+    204: b"No Content",
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    503: b"Service Unavailable",
+}
+
+
+@dataclass(slots=True)
+class Request:
+    """One complete request. Header names are lower-case bytes, as h11 delivers them."""
+
+    method: bytes
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    client: tuple[str, int]
+    received_at: float = 0.0  # time.monotonic() when the headers were complete
+
+    @property
+    def path(self) -> str:
+        """The percent-decoded path, without the query string."""
+        return unquote(self.target.partition(b"?")[0].decode("latin-1"))
+
+    @property
+    def raw_path(self) -> bytes:
+        return self.target.partition(b"?")[0]
+
+    @property
+    def query(self) -> bytes:
+        return self.target.partition(b"?")[2]
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lower-case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Draining:
+    """Tells connections the daemon is stopping: idle ones close now, busy ones after a reply.
+
+    A connection waiting for the first byte of its next request registers its cancel scope in
+    :meth:`idle`; :meth:`start` cancels all of them. A single set of scopes costs less than a
+    nursery racing every read against an event.
+    """
+
+    def __init__(self) -> None:
+        self.started = False
+        self._idle: set[trio.CancelScope] = set()
+
+    @contextlib.contextmanager
+    def idle(self) -> Iterator[trio.CancelScope]:
+        scope = trio.CancelScope()
+        if self.started:
+            scope.cancel()
+        self._idle.add(scope)
+        try:
+            yield scope
+        finally:
+            self._idle.discard(scope)
+
+    def start(self) -> None:
+        self.started = True
+        for scope in list(self._idle):
+            scope.cancel()
+
+
+class _ClientGone(Exception):
+    """The client went away or stalled; close without answering."""
+
+
+async def serve_http(
+    stream: trio.abc.Stream,
+    handler: Handler,
+    limits: HttpLimits,
+    *,
+    client: tuple[str, int],
+    draining: Draining,
+    on_error: Callable[[BaseException], None],
+    server_header: str = "wharf",
+    max_body_bytes: int = 1 << 20,
+) -> None:
+    """Serve requests on one connection until it closes, idles out, errs or the daemon drains.
+
+    Exceptions from ``handler`` are reported to ``on_error`` and answered with 500; they never
+    escape, so one bad request cannot take the listener down.
+    """
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
+    try:
+        while True:
+            request = await _read_request(
+                conn, stream, limits, client, draining, max_body_bytes, server_header
+            )
+            if request is None:
+                break
+            try:
+                response = await handler(request)
+            except Exception as exc:
+                on_error(exc)
+                response = Response(500, b"internal error\n")
+                conn_must_close = True
+            else:
+                conn_must_close = False
+            if draining.started or conn_must_close:
+                response.headers.append(("connection", "close"))
+            await _send_response(conn, stream, request, response, limits, server_header)
+            if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
+                break
+            conn.start_next_cycle()
+    except _ClientGone:
+        pass
+    finally:
+        await _close(stream)
+
+
+async def _receive(stream: trio.abc.Stream) -> bytes:
+    try:
+        return bytes(await stream.receive_some(MAX_RECV))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        raise _ClientGone from None
+
+
+async def _read_request(
+    conn: h11.Connection,
+    stream: trio.abc.Stream,
+    limits: HttpLimits,
+    client: tuple[str, int],
+    draining: Draining,
+    max_body_bytes: int,
+    server_header: str,
+) -> Request | None:
+    """The next complete request, or None when the connection should simply close."""
+    head: h11.Request | None = None
+    body = bytearray()
+    deadline = trio.current_time() + limits.idle_timeout_seconds
+    idle = True
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            await _send_error(
+                conn, stream, status, f"malformed request: {exc}", limits, server_header
+            )
+            return None
+        if event is h11.NEED_DATA:
+            if idle and conn.their_state is h11.IDLE and not conn.trailing_data[0]:
+                # Nothing of the next request yet: closing now loses no work.
+                with draining.idle(), trio.move_on_at(deadline):
+                    data = await _receive(stream)
+                    if not data:
+                        return None
+                    conn.receive_data(data)
+                    idle = False
+                    deadline = trio.current_time() + limits.header_timeout_seconds
+                    continue
+                return None  # idle timeout, or the daemon is draining
+            if head is not None and conn.they_are_waiting_for_100_continue:
+                await _write(
+                    stream,
+                    conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"",
+                    limits,
+                )
+            with trio.move_on_at(deadline):
+                data = await _receive(stream)
+                conn.receive_data(data)  # b"" tells h11 the client closed
+                if head is not None:
+                    deadline = trio.current_time() + limits.body_timeout_seconds
+                continue
+            await _send_error(conn, stream, 408, "request timed out\n", limits, server_header)
+            return None
+        idle = False
+        if isinstance(event, h11.Request):
+            head = event
+            # h11 bounds only a head that arrives in pieces; one that arrives whole in a single
+            # read is measured here, so the limit holds however the bytes were split.
+            if _head_size(event) > limits.max_header_bytes:
+                await _send_error(
+                    conn, stream, 431, "request headers too large\n", limits, server_header
+                )
+                return None
+            declared = _content_length(event)
+            if declared is not None and declared > max_body_bytes:
+                await _send_error(
+                    conn,
+                    stream,
+                    413,
+                    f"request body of {declared} bytes exceeds the limit of {max_body_bytes}\n",
+                    limits,
+                    server_header,
+                )
+                return None
+            deadline = trio.current_time() + limits.body_timeout_seconds
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > max_body_bytes:
+                await _send_error(
+                    conn,
+                    stream,
+                    413,
+                    f"request body exceeds the limit of {max_body_bytes} bytes\n",
+                    limits,
+                    server_header,
+                )
+                return None
+        elif isinstance(event, h11.EndOfMessage):
+            assert head is not None
+            return Request(
+                method=head.method,
+                target=head.target,
+                headers=list(head.headers),
+                body=bytes(body),
+                client=client,
+                received_at=time.monotonic(),
+            )
+        elif isinstance(event, h11.ConnectionClosed):
+            return None
+
+
+def _head_size(request: h11.Request) -> int:
+    return len(request.target) + sum(len(k) + len(v) + 4 for k, v in request.headers)
+
+
+def _content_length(request: h11.Request) -> int | None:
+    for name, value in request.headers:
+        if name == b"content-length":
+            return int(value)  # h11 has already rejected a malformed Content-Length
+    return None
+
+
+async def _send_error(
+    conn: h11.Connection,
+    stream: trio.abc.Stream,
+    status: int,
+    message: str,
+    limits: HttpLimits,
+    server_header: str,
+) -> None:
+    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
+    body = message.encode()
+    headers = [
+        ("content-type", "text/plain; charset=utf-8"),
+        ("content-length", str(len(body))),
+        ("connection", "close"),
+        ("server", server_header),
+    ]
+    try:
+        data = conn.send(
+            h11.Response(status_code=status, headers=headers, reason=REASONS.get(status, b""))
+        )
+        data += conn.send(h11.Data(data=body)) or b""
+        data += conn.send(h11.EndOfMessage()) or b""
+    except h11.LocalProtocolError:
+        return
+    await _write(stream, data, limits)
+
+
+async def _send_response(
+    conn: h11.Connection,
+    stream: trio.abc.Stream,
+    request: Request,
+    response: Response,
+    limits: HttpLimits,
+    server_header: str,
+) -> None:
+    headers = [
+        ("content-type", response.content_type),
+        ("content-length", str(len(response.body))),
+        ("server", server_header),
+        *response.headers,
+    ]
+    data = conn.send(
+        h11.Response(
+            status_code=response.status, headers=headers, reason=REASONS.get(response.status, b"")
+        )
+    )
+    if request.method != b"HEAD" and response.body:
+        data += conn.send(h11.Data(data=response.body)) or b""
+    data += conn.send(h11.EndOfMessage()) or b""
+    await _write(stream, data or b"", limits)
+
+
+async def _write(stream: trio.abc.Stream, data: bytes, limits: HttpLimits) -> None:
+    with trio.move_on_after(limits.write_timeout_seconds) as scope:
+        try:
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise _ClientGone from None
+    if scope.cancelled_caught:
+        raise _ClientGone
+
+
+async def _close(stream: trio.abc.Stream) -> None:
+    # aclose() on a socket stream does not block on the peer; still bound it, since TLS
+    # streams send close_notify.
+    with trio.move_on_after(1):
+        await stream.aclose()

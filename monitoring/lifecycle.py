@@ -1,0 +1,348 @@
+"""The daemon frame: bind, notify READY, reload on SIGHUP, drain on SIGTERM.
+
+Task tree of a running daemon (every task has an owner)::
+
+    run_daemon
+    └── control nursery
+        ├── app.serve(frame)          the daemon's own resources (store, health checkers, ...)
+        │   └── frame.serve_listeners
+        │       └── handler nursery   one task per connection; gets the grace deadline at stop
+        │           └── accept nursery  one accept loop per socket; cancelled at stop
+        ├── watchdog pings            when the unit sets WatchdogSec
+        └── signal forwarder          SIGHUP -> reload, SIGTERM/SIGINT -> stop
+
+Stopping (hypercorn's pattern): cancel the accept loops, close idle keep-alive connections at
+once, let busy ones finish their request within ``grace_period_seconds``, then cancel what is
+left. Only after the handler nursery has closed does ``app.serve`` release its resources, so a
+request in flight never finds the store gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Generic, Protocol, TypeVar
+
+import trio
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from monitoring.configfile import ConfigError, load
+from monitoring.httpserver import Draining
+from monitoring.logging import EventLog
+from monitoring.metrics import Metrics
+from monitoring.sdnotify import Notifier
+from monitoring.settings import AdminSettings, LifecycleSettings, LoggingSettings
+
+# accept() errors that mean "out of a resource right now", not "this listener is broken":
+# back off and retry, as trio's serve_listeners does, instead of dying.
+ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+ACCEPT_BACKOFF_SECONDS: Final = 0.1
+CLOSE_TIMEOUT_SECONDS: Final = 1.0  # bound on closing one stream (TLS sends close_notify)
+
+
+class DaemonConfig(Protocol):
+    """The sections every daemon's configuration has."""
+
+    @property
+    def admin(self) -> AdminSettings: ...
+    @property
+    def logging(self) -> LoggingSettings: ...
+    @property
+    def lifecycle(self) -> LifecycleSettings: ...
+
+
+C = TypeVar("C", bound=DaemonConfig)
+ConnectionHandler = Callable[[trio.SocketStream], Awaitable[None]]
+
+
+@dataclass
+class Listener:
+    """Sockets bound for one purpose ("admin", "api", a balancer listener) and their handler."""
+
+    name: str
+    sockets: Sequence[trio.SocketListener]
+    handler: ConnectionHandler
+    max_connections: int = 10000
+    active: int = 0
+    accepted: int = 0
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [s.socket.getsockname()[:2] for s in self.sockets]
+
+
+async def bind_tcp(host: str, port: int) -> list[trio.SocketListener]:
+    """Bind ``host:port`` (port 0 = any free port) with SO_REUSEADDR, as trio does."""
+    return list(await trio.open_tcp_listeners(port, host=host))
+
+
+@dataclass
+class Frame:
+    """What the lifecycle gives a daemon's app: connection serving with drain, log, metrics."""
+
+    log: EventLog
+    metrics: Metrics
+    ready: bool = False  # every listener bound and not yet draining: what /readyz reports
+    draining: Draining = field(default_factory=Draining)
+    listeners: list[Listener] = field(default_factory=list)
+    _accept_scope: trio.CancelScope | None = None
+    _handler_scope: trio.CancelScope | None = None
+    _stop_deadline: float = math.inf
+
+    async def serve_listeners(
+        self,
+        listeners: Sequence[Listener],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept on every listener until :meth:`stop`, then wait for connections to finish."""
+        self.listeners.extend(listeners)
+        for listener in listeners:
+            for address in listener.addresses:
+                self.log.info("listener.bound", name=listener.name, addr=_format(address))
+        async with trio.open_nursery() as handlers:
+            self._handler_scope = handlers.cancel_scope
+            handlers.cancel_scope.deadline = self._stop_deadline
+            try:
+                async with trio.open_nursery() as accepting:
+                    self._accept_scope = accepting.cancel_scope
+                    if self.draining.started:
+                        accepting.cancel_scope.cancel()
+                    for listener in listeners:
+                        for sock in listener.sockets:
+                            accepting.start_soon(self._accept_loop, listener, sock, handlers)
+                    task_status.started()
+            finally:
+                # Closing a listening socket does not wait on any peer; shield it so that a
+                # cancellation still releases the port.
+                with trio.CancelScope(shield=True):
+                    for listener in listeners:
+                        for sock in listener.sockets:
+                            await sock.aclose()
+
+    def stop(self, grace_period: float) -> None:
+        """Stop accepting; idle connections close now, busy ones get ``grace_period`` seconds."""
+        self.draining.start()
+        self._stop_deadline = trio.current_time() + grace_period
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
+        if self._handler_scope is not None:
+            self._handler_scope.deadline = self._stop_deadline
+
+    def connection_counts(self) -> dict[str, tuple[int, int]]:
+        """Per listener name: (open connections, connections accepted since start)."""
+        return {lst.name: (lst.active, lst.accepted) for lst in self.listeners}
+
+    async def _accept_loop(
+        self, listener: Listener, sock: trio.SocketListener, handlers: trio.Nursery
+    ) -> None:
+        # A full house stops accept(): new clients wait in the kernel's backlog instead of
+        # being accepted and dropped, as HAProxy's maxconn does.
+        limiter = trio.CapacityLimiter(listener.max_connections)
+        while True:
+            token = object()  # the connection's slot; its handler task releases it
+            await limiter.acquire_on_behalf_of(token)
+            try:
+                stream = await sock.accept()
+            except OSError as exc:
+                limiter.release_on_behalf_of(token)
+                if exc.errno in ACCEPT_CAPACITY_ERRNOS:
+                    self.log.error("listener.accept_failed", name=listener.name, error=str(exc))
+                    await trio.sleep(ACCEPT_BACKOFF_SECONDS)
+                    continue
+                raise
+            except BaseException:
+                limiter.release_on_behalf_of(token)
+                raise
+            listener.accepted += 1
+            listener.active += 1
+            handlers.start_soon(self._run_handler, listener, stream, limiter, token)
+
+    async def _run_handler(
+        self,
+        listener: Listener,
+        stream: trio.SocketStream,
+        limiter: trio.CapacityLimiter,
+        token: object,
+    ) -> None:
+        try:
+            await listener.handler(stream)
+        except Exception as exc:
+            # A bug in one connection stays in that connection.
+            self.log.exception("connection.handler_failed", exc, listener=listener.name)
+            self.metrics.handler_errors.labels(listener.name).inc()
+        finally:
+            listener.active -= 1
+            limiter.release_on_behalf_of(token)
+            with trio.move_on_after(CLOSE_TIMEOUT_SECONDS) as scope:
+                scope.shield = True
+                await stream.aclose()
+
+
+def connection_metrics(frame: Frame) -> Callable[[], Iterable[Metric]]:
+    """A scrape-time collector of open and accepted connections per listener."""
+
+    def collect() -> Iterable[Metric]:
+        open_ = GaugeMetricFamily(
+            "wharf_connections_open", "Connections open now, per listener.", labels=["listener"]
+        )
+        accepted = CounterMetricFamily(
+            "wharf_connections_accepted",
+            "Connections accepted since start, per listener.",
+            labels=["listener"],
+        )
+        for name, (active, total) in sorted(frame.connection_counts().items()):
+            open_.add_metric([name], active)
+            accepted.add_metric([name], total)
+        return [open_, accepted]
+
+    return collect
+
+
+def _format(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+C_contra = TypeVar("C_contra", contravariant=True)
+
+
+class App(Protocol[C_contra]):
+    """A daemon's own work, plugged into the frame."""
+
+    async def serve(self, frame: Frame, *, task_status: trio.TaskStatus[None]) -> None:
+        """Bind, call ``task_status.started()``, serve until ``frame`` stops, release."""
+
+    async def reload(self, config: C_contra) -> None:
+        """Apply a new, already validated config; raise ConfigError to refuse it."""
+
+
+@dataclass(frozen=True)
+class DaemonSpec(Generic[C]):
+    """How the lifecycle builds one daemon: its name, schema and app factory."""
+
+    name: str
+    schema: type[C]
+    build: Callable[[C, Frame], App[C]]
+    version: str = "0.0.0"
+
+
+class Daemon(Generic[C]):
+    """A running daemon: its config, frame and app, and the controls signals also use."""
+
+    def __init__(
+        self,
+        spec: DaemonSpec[C],
+        config: C,
+        *,
+        config_path: Path | None,
+        notifier: Notifier | None = None,
+        log: EventLog | None = None,
+    ) -> None:
+        self.spec = spec
+        self.config = config
+        self.config_path = config_path
+        self.notifier = notifier or Notifier(None)
+        self.log = log or EventLog(spec.name, level=config.logging.level)
+        self.metrics = Metrics(spec.name, version=spec.version)
+        self.frame = Frame(self.log, self.metrics)
+        self.metrics.register_collector(connection_metrics(self.frame))
+        self.app = spec.build(config, self.frame)
+        self._commands_send, self._commands = trio.open_memory_channel[str](16)
+
+    def request_reload(self) -> None:
+        self._commands_send.send_nowait("reload")
+
+    def request_stop(self) -> None:
+        self._commands_send.send_nowait("stop")
+
+    async def run(
+        self,
+        *,
+        handle_signals: bool = False,
+        task_status: trio.TaskStatus[Daemon[C]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve until a stop request (or SIGTERM/SIGINT when ``handle_signals``)."""
+        with _signal_receiver(handle_signals) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.app.serve, self.frame)
+                self.frame.ready = True
+                self.notifier.ready(status="serving")
+                self.log.info("daemon.ready", version=self.spec.version)
+                task_status.started(self)
+                helpers = trio.CancelScope()
+                nursery.start_soon(self._helpers, helpers, signals)
+                async for command in self._commands:
+                    if command == "reload":
+                        await self._reload()
+                    elif command == "stop":
+                        break
+                self.frame.ready = False
+                self.notifier.stopping()
+                grace = self.config.lifecycle.grace_period_seconds
+                self.log.info("daemon.stopping", grace_period_seconds=grace)
+                self.frame.stop(grace)
+                helpers.cancel()
+        self.log.info("daemon.stopped")
+
+    async def _helpers(
+        self, scope: trio.CancelScope, signals: trio.abc.ReceiveChannel[int] | None
+    ) -> None:
+        with scope:
+            async with trio.open_nursery() as nursery:
+                interval = self.notifier.watchdog_interval()
+                if interval is not None:
+                    nursery.start_soon(self._watchdog, interval)
+                if signals is not None:
+                    nursery.start_soon(self._forward_signals, signals)
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            self.notifier.watchdog()
+            await trio.sleep(interval)
+
+    async def _forward_signals(self, signals: trio.abc.ReceiveChannel[int]) -> None:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            self.log.info("daemon.signal", signal=name)
+            if signum == signal.SIGHUP:
+                self.request_reload()
+            else:
+                self.request_stop()
+
+    async def _reload(self) -> None:
+        self.notifier.reloading(time.monotonic_ns() // 1000)
+        path = self.config_path
+        try:
+            if path is None:
+                raise ConfigError("<defaults>", "no configuration file to reload")
+            new_config = load(path, self.spec.schema)
+            await self.app.reload(new_config)
+        except ConfigError as exc:
+            # The old config keeps serving; the operator sees why in the log and the metric.
+            self.log.error("config.reload_refused", file=exc.path, reason=exc.reason)
+            self.metrics.config_reloads.labels("failure").inc()
+            self.notifier.ready(status=f"reload refused: {exc}")
+            return
+        if new_config.admin != self.config.admin:
+            self.log.warning("config.restart_required", section="admin")
+        self.log.set_level(new_config.logging.level)
+        self.config = new_config
+        self.metrics.config_reloads.labels("success").inc()
+        self.log.info("config.reloaded", file=str(path))
+        self.notifier.ready(status="serving")
+
+
+@contextlib.contextmanager
+def _signal_receiver(enabled: bool) -> Iterator[Any]:
+    if not enabled:
+        yield None
+        return
+    with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+        yield signals

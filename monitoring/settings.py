@@ -1,0 +1,81 @@
+"""Configuration sections both daemons share (admin listener, logging, lifecycle, HTTP limits).
+
+Every struct is frozen, rejects unknown keys, and declares ``kw_only`` itself (msgspec does not
+inherit it). Defaults are what an operator expects without writing anything.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+Port = Annotated[int, Meta(ge=0, le=65535, description="TCP port; 0 picks a free port.")]
+Seconds = Annotated[float, Meta(gt=0, le=86400)]
+
+
+class Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of every configuration section."""
+
+
+def check_host(host: str) -> None:
+    """Reject a listen host that is neither an IP literal nor a plausible DNS name."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not host or len(host) > 253 or any(c.isspace() for c in host):
+            raise ValueError(f"invalid listen host {host!r}") from None
+
+
+class AdminSettings(Section, frozen=True, kw_only=True):
+    """The admin listener: /metrics, /healthz, /readyz and the daemon's admin routes."""
+
+    host: str = "127.0.0.1"
+    port: Port = 9325
+
+    def __post_init__(self) -> None:
+        check_host(self.host)
+
+
+class LoggingSettings(Section, frozen=True, kw_only=True):
+    """Logs go to stderr (journald under systemd), one logfmt event per line."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class LifecycleSettings(Section, frozen=True, kw_only=True):
+    """Start and stop behaviour."""
+
+    grace_period_seconds: Annotated[
+        float,
+        Meta(
+            ge=0,
+            le=3600,
+            description="After SIGTERM, how long work in flight may take before it is cut off.",
+        ),
+    ] = 30.0
+
+
+class HttpLimits(Section, frozen=True, kw_only=True):
+    """Bounds on each HTTP connection, so a slow or hostile client cannot hold resources."""
+
+    header_timeout_seconds: Annotated[
+        Seconds, Meta(description="From the first byte of a request to the end of its headers.")
+    ] = 10.0
+    body_timeout_seconds: Annotated[
+        Seconds, Meta(description="Longest pause while a request body is being received.")
+    ] = 30.0
+    idle_timeout_seconds: Annotated[
+        Seconds, Meta(description="How long an idle keep-alive connection stays open.")
+    ] = 60.0
+    write_timeout_seconds: Annotated[
+        Seconds, Meta(description="Longest a client may take to accept a response's bytes.")
+    ] = 30.0
+    max_header_bytes: Annotated[
+        int, Meta(ge=1024, le=1048576, description="Request line plus all headers.")
+    ] = 16384
+    max_connections: Annotated[
+        int, Meta(ge=1, le=1_000_000, description="Open connections per listener.")
+    ] = 10000

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import trio
+
+from broker.cli import main
+from tests.support.http import request
+from tests.support.processes import daemon_process
+
+
+def test_check_config_accepts_a_good_file_and_names_the_problem_in_a_bad_one(tmp_path, capsys):
+    good = tmp_path / "good.toml"
+    good.write_text("[admin]\nport = 9999\n")
+    assert main(["check-config", str(good)]) == 0
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[admin]\nport = 70000\n")
+    assert main(["check-config", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"{bad}: Expected `int` <= 65535 - at `$.admin.port`\n"
+
+
+def test_config_schema_is_json(capsys):
+    assert main(["config-schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["$ref"] == "#/$defs/BrokerConfig"
+
+
+def test_console_script_entry_point_exits_1_on_a_bad_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[admin\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "serve", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"{bad}: TOML syntax error: ")
+
+
+async def test_daemon_lifecycle_ready_reload_and_stop_with_a_request_in_flight(tmp_path):
+    config = tmp_path / "broker.toml"
+    config.write_text("[admin]\nport = 0\n[lifecycle]\ngrace_period_seconds = 10\n")
+    async with daemon_process("broker", config, tmp_path) as daemon:
+        assert await daemon.next_notification() == b"READY=1\nSTATUS=serving"
+        # READY came after the bind: the address is already in the log and answers.
+        await daemon.wait_log("event=daemon.ready")
+        admin = daemon.addresses["admin"]
+        assert (await request(admin, target="/readyz"))[0] == 200
+
+        config.write_text('[admin]\nport = 0\n[logging]\nlevel = "debug"\n')
+        mark = len(daemon.log_lines)
+        daemon.signal(signal.SIGHUP)
+        assert (await daemon.next_notification()).startswith(b"RELOADING=1\nMONOTONIC_USEC=")
+        assert await daemon.next_notification() == b"READY=1\nSTATUS=serving"
+
+        config.write_text("[admin]\nport = 0\nnot toml at all\n")
+        daemon.signal(signal.SIGHUP)
+        assert (await daemon.next_notification()).startswith(b"RELOADING=1")
+        refused = await daemon.next_notification()
+        assert refused.startswith(b"READY=1\nSTATUS=reload refused: ")
+        line = await daemon.wait_log("event=config.reload_refused", start=mark)
+        assert f"file={config}" in line
+        assert "TOML syntax error" in line
+        assert (await request(admin, target="/healthz"))[0] == 200
+
+        stream = await trio.open_tcp_stream(*admin)
+        async with stream:
+            await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            await trio.sleep(0.1)
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.next_notification() == b"STOPPING=1"
+            await stream.send_all(b"\r\n")
+            reply = b""
+            with trio.fail_after(10):
+                while chunk := await stream.receive_some(4096):
+                    reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200 ")
+    assert daemon.process.returncode == 0
+    assert any("event=daemon.stopped" in line for line in daemon.log_lines)

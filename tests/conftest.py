@@ -1,0 +1,31 @@
+"""Test-wide settings: hypothesis profiles and the CI switch that turns skips into failures."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+# "ci" is the default: enough examples to find real bugs, no deadline (CI timing varies).
+settings.register_profile(
+    "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("deep", max_examples=20_000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """Under WHARF_CI=1 a skipped test is a failure: CI must run everything."""
+    outcome = yield
+    report = outcome.get_result()
+    strict = os.environ.get("WHARF_CI") == "1"
+    if (
+        strict
+        and report.skipped
+        and call.when in ("setup", "call")
+        and not getattr(report, "wasxfail", None)
+    ):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under WHARF_CI=1: {report.longrepr}"

@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import h11
+import pytest
+import trio
+
+from monitoring.httpserver import Draining, Request, Response, serve_http
+from monitoring.settings import HttpLimits
+from tests.support.http import raw_exchange, read_response, request
+
+FAST = HttpLimits(
+    header_timeout_seconds=0.5,
+    body_timeout_seconds=0.5,
+    idle_timeout_seconds=0.5,
+    write_timeout_seconds=0.5,
+)
+
+
+class Server:
+    def __init__(self, nursery, handler, limits=FAST, max_body=1024):
+        self.nursery = nursery
+        self.handler = handler
+        self.limits = limits
+        self.max_body = max_body
+        self.draining = Draining()
+        self.errors: list[BaseException] = []
+        self.addr: tuple[str, int] = ("", 0)
+
+    async def start(self):
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.addr = listeners[0].socket.getsockname()
+        await self.nursery.start(trio.serve_listeners, self._handle, listeners)
+        return self
+
+    async def _handle(self, stream):
+        await serve_http(
+            stream,
+            self.handler,
+            self.limits,
+            client=("127.0.0.1", 0),
+            draining=self.draining,
+            on_error=self.errors.append,
+            max_body_bytes=self.max_body,
+        )
+
+
+async def echo(request: Request) -> Response:
+    if request.path == "/boom":
+        raise RuntimeError("handler bug")
+    if request.path == "/slow":
+        await trio.sleep(0.3)
+    return Response(200, request.method + b" " + request.target + b" " + request.body)
+
+
+@pytest.fixture
+async def server(nursery):
+    return await Server(nursery, echo).start()
+
+
+async def test_keep_alive_serves_several_requests_on_one_connection(server):
+    stream = await trio.open_tcp_stream(*server.addr)
+    conn = h11.Connection(h11.CLIENT)
+    async with stream:
+        for i in range(3):
+            body = f"n={i}".encode()
+            data = conn.send(
+                h11.Request(
+                    method="POST",
+                    target=f"/x?{i}",
+                    headers=[("host", "t"), ("content-length", str(len(body)))],
+                )
+            )
+            data += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+            await stream.send_all(data)
+            status, _, got = await read_response(conn, stream)
+            assert (status, got) == (200, f"POST /x?{i} n={i}".encode())
+            conn.start_next_cycle()
+
+
+async def test_chunked_body_is_reassembled(server):
+    reply = await raw_exchange(
+        server.addr,
+        b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+    )
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert reply.endswith(b"POST /c abcde")
+
+
+async def test_declared_oversized_body_is_refused_before_it_is_read(server):
+    reply = await raw_exchange(
+        server.addr, b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 999999\r\n\r\n"
+    )
+    assert reply.startswith(b"HTTP/1.1 413 ")
+    assert b"exceeds the limit of 1024" in reply
+
+
+async def test_chunked_body_is_cut_off_at_the_limit(server):
+    chunk = b"400\r\n" + b"x" * 1024 + b"\r\n"
+    reply = await raw_exchange(
+        server.addr,
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 3,
+    )
+    assert reply.startswith(b"HTTP/1.1 413 ")
+
+
+async def test_header_timeout_answers_408(server):
+    reply = await raw_exchange(server.addr, b"GET / HTTP/1.1\r\nHost: t\r\n")
+    assert reply.startswith(b"HTTP/1.1 408 ")
+
+
+async def test_idle_connection_is_closed_after_the_idle_timeout(server):
+    stream = await trio.open_tcp_stream(*server.addr)
+    async with stream:
+        with trio.fail_after(5):
+            assert await stream.receive_some(10) == b""
+
+
+async def test_oversized_headers_get_431(server):
+    reply = await raw_exchange(
+        server.addr, b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n"
+    )
+    assert reply.startswith(b"HTTP/1.1 431 ")
+
+
+async def test_handler_exception_is_answered_500_and_reported(server):
+    status, headers, _ = await request(server.addr, target="/boom")
+    assert status == 500
+    assert headers["connection"] == "close"
+    assert [type(e) for e in server.errors] == [RuntimeError]
+    assert (await request(server.addr, target="/ok"))[0] == 200
+
+
+async def test_draining_closes_idle_connections_and_finishes_busy_ones(server):
+    idle = await trio.open_tcp_stream(*server.addr)
+    busy = await trio.open_tcp_stream(*server.addr)
+    async with idle, busy:
+        await busy.send_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        await trio.sleep(0.05)
+        server.draining.start()
+        with trio.fail_after(2):
+            assert await idle.receive_some(10) == b""
+        conn = h11.Connection(h11.CLIENT)
+        conn.send(h11.Request(method="GET", target="/slow", headers=[("host", "t")]))
+        status, headers, body = await read_response(conn, busy)
+        assert (status, body) == (200, b"GET /slow ")
+        assert headers["connection"] == "close"
+
+
+async def test_head_has_no_body(server):
+    reply = await raw_exchange(
+        server.addr, b"HEAD /h HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert reply.endswith(b"\r\n\r\n")
+
+
+async def test_expect_100_continue(server):
+    stream = await trio.open_tcp_stream(*server.addr)
+    async with stream:
+        await stream.send_all(
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+        )
+        with trio.fail_after(2):
+            first = await stream.receive_some(100)
+        assert first.startswith(b"HTTP/1.1 100 ")
+        await stream.send_all(b"hi")
+        conn = h11.Connection(h11.CLIENT)
+        conn.send(
+            h11.Request(method="POST", target="/", headers=[("host", "t"), ("content-length", "2")])
+        )
+        conn.send(h11.Data(data=b"hi"))
+        conn.send(h11.EndOfMessage())
+        status, _, body = await read_response(conn, stream)
+        assert (status, body) == (200, b"POST / hi")
+
+
+async def test_client_that_never_reads_is_cut_off_by_the_write_timeout(nursery):
+    big = b"x" * (64 << 20)
+
+    async def huge(request: Request) -> Response:
+        return Response(200, big)
+
+    srv = await Server(nursery, huge).start()
+    stream = await trio.open_tcp_stream(*srv.addr)
+    async with stream:
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        with trio.fail_after(5):
+            # Never read the body: the server gives up after its write timeout and closes.
+            await trio.sleep(1.5)
+        received = 0
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some(1 << 20):
+                received += len(chunk)
+        assert received < len(big)

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import io
+
+import trio
+from prometheus_client import generate_latest
+
+from broker.cli import SPEC as BROKER
+from broker.config import BrokerConfig
+from monitoring.lifecycle import Daemon, Frame, Listener, bind_tcp
+from monitoring.logging import EventLog
+from monitoring.metrics import Metrics
+from monitoring.settings import AdminSettings, LifecycleSettings
+from tests.support.daemons import address, running
+from tests.support.http import request
+
+
+def make_frame() -> tuple[Frame, io.StringIO]:
+    out = io.StringIO()
+    return Frame(EventLog("test", stream=out), Metrics("test", version="0")), out
+
+
+async def test_a_crashing_handler_is_logged_counted_and_not_fatal(nursery):
+    frame, out = make_frame()
+    calls = []
+
+    async def handler(stream):
+        calls.append(stream)
+        if len(calls) == 1:
+            raise RuntimeError("bug in handler")
+        await stream.send_all(b"fine")
+
+    listener = Listener("t", await bind_tcp("127.0.0.1", 0), handler)
+    await nursery.start(frame.serve_listeners, [listener])
+    for expected in (b"", b"fine"):
+        stream = await trio.open_tcp_stream(*listener.addresses[0])
+        async with stream:
+            with trio.fail_after(5):
+                assert await stream.receive_some(10) == expected
+    assert "event=connection.handler_failed" in out.getvalue()
+    assert "error=RuntimeError" in out.getvalue()
+    metrics = generate_latest(frame.metrics.registry).decode()
+    assert 'wharf_handler_errors_total{listener="t"} 1.0' in metrics
+    frame.stop(0)
+
+
+async def test_max_connections_holds_new_clients_in_the_backlog(nursery):
+    frame, _ = make_frame()
+    release = trio.Event()
+
+    async def handler(stream):
+        await stream.send_all(b"hi")
+        await release.wait()
+
+    listener = Listener("t", await bind_tcp("127.0.0.1", 0), handler, max_connections=1)
+    await nursery.start(frame.serve_listeners, [listener])
+    first = await trio.open_tcp_stream(*listener.addresses[0])
+    second = await trio.open_tcp_stream(*listener.addresses[0])  # completes in the kernel
+    async with first, second:
+        assert await first.receive_some(10) == b"hi"
+        with trio.move_on_after(0.3) as waited:
+            await second.receive_some(10)
+        assert waited.cancelled_caught, "second connection was served beyond max_connections"
+        assert listener.active == 1
+        release.set()
+        with trio.fail_after(5):
+            assert await second.receive_some(10) == b"hi"
+    frame.stop(0)
+
+
+async def test_stop_lets_a_request_in_flight_finish():
+    config = BrokerConfig(admin=AdminSettings(port=0))
+    async with running(BROKER, config) as daemon:
+        addr = address(daemon, "admin")
+        stream = await trio.open_tcp_stream(*addr)
+        async with stream:
+            await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # half a request
+            await trio.sleep(0.05)
+            daemon.request_stop()
+            await trio.sleep(0.1)
+            await stream.send_all(b"\r\n")
+            reply = b""
+            with trio.fail_after(5):
+                while chunk := await stream.receive_some(4096):
+                    reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200 ")
+        assert b"connection: close" in reply.lower()
+
+
+async def test_grace_period_cuts_off_a_stalled_request():
+    config = BrokerConfig(
+        admin=AdminSettings(port=0), lifecycle=LifecycleSettings(grace_period_seconds=0.2)
+    )
+    with trio.fail_after(5):
+        async with running(BROKER, config) as daemon:
+            stream = await trio.open_tcp_stream(*address(daemon, "admin"))
+            await stream.send_all(b"GET /healthz HTTP/1.1\r\n")  # and never finish it
+            await trio.sleep(0.05)
+        # Leaving the block means the daemon stopped within the grace period.
+        await stream.aclose()
+
+
+async def test_reload_good_and_bad_files(tmp_path):
+    path = tmp_path / "broker.toml"
+    path.write_text('[admin]\nport = 0\n[logging]\nlevel = "info"\n')
+    out = io.StringIO()
+    config = BrokerConfig(admin=AdminSettings(port=0))
+    daemon = Daemon(BROKER, config, config_path=path, log=EventLog("broker", stream=out))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.run)
+        path.write_text('[admin]\nport = 0\n[logging]\nlevel = "warning"\n')
+        daemon.request_reload()
+        await trio.sleep(0.05)
+        assert daemon.config.logging.level == "warning"
+        path.write_text("[admin]\nport = 99999\n")
+        daemon.request_reload()
+        await trio.sleep(0.05)
+        assert daemon.config.logging.level == "warning"  # old config kept
+        assert (await request(address(daemon, "admin"), target="/healthz"))[0] == 200
+        daemon.request_stop()
+    log = out.getvalue()
+    assert "event=config.reload_refused" in log
+    assert "Expected `int` <= 65535 - at `$.admin.port`" in log
+    metrics = generate_latest(daemon.metrics.registry).decode()
+    assert 'wharf_config_reloads_total{outcome="success"} 1.0' in metrics
+    assert 'wharf_config_reloads_total{outcome="failure"} 1.0' in metrics

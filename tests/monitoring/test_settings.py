@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from monitoring.settings import AdminSettings, HttpLimits, check_host
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "0.0.0.0", "localhost", "a.example"])
+def test_valid_hosts(host):
+    check_host(host)
+
+
+@pytest.mark.parametrize("host", ["", "a b", "x" * 300])
+def test_invalid_hosts(host):
+    with pytest.raises(ValueError, match="invalid listen host"):
+        check_host(host)
+
+
+def test_sections_are_frozen_and_strict():
+    admin = AdminSettings()
+    with pytest.raises(AttributeError):
+        admin.port = 1  # type: ignore[misc]
+    with pytest.raises(msgspec.ValidationError, match="unknown field `x`"):
+        msgspec.convert({"x": 1}, HttpLimits)

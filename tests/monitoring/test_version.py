@@ -1,0 +1,9 @@
+from __future__ import annotations
+
+from importlib.metadata import version
+
+from monitoring.version import VERSION
+
+
+def test_version_is_the_installed_distributions():
+    assert VERSION == version("wharf")

@@ -1,0 +1,1 @@
+"""Shared test doubles and daemon starters (excluded from the mirrored-tests check)."""
