@@ -7,7 +7,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("structure", ROOT / "scripts" / "structure.py")
-assert spec is not None and spec.loader is not None
+assert spec is not None
+assert spec.loader is not None
 structure = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(structure)
 

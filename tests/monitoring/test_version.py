@@ -6,4 +6,4 @@ from monitoring.version import VERSION
 
 
 def test_version_is_the_installed_distributions():
-    assert VERSION == version("wharf")
+    assert version("wharf") == VERSION
