@@ -1,0 +1,204 @@
+"""The awsJson 1.0 protocol as SQS speaks it: requests in, responses and errors out.
+
+A request is ``POST`` with ``Content-Type: application/x-amz-json-1.0``, the action in
+``X-Amz-Target: AmazonSQS.<Action>`` and the input as a JSON object (Smithy "AWS JSON 1.0
+protocol"; botocore ``serialize.py`` ``JSONSerializer``). A success is the output as a JSON
+object. An error is a JSON object with ``__type`` (the error shape, ``com.amazonaws.sqs#...``)
+and ``message``; because SQS moved from the query protocol ("awsQueryCompatible"), an error also
+carries ``x-amzn-query-error: <legacy code>;Sender|Receiver``, which botocore and the JS v3 SDK
+read to report the code older clients saw (``AWS.SimpleQueueService.NonExistentQueue``) while
+still raising the modeled exception (``QueueDoesNotExist``). See "Interpreting Amazon SQS JSON
+API responses" in the SQS Developer Guide and botocore ``parsers.py``
+``_do_query_compatible_error_parse``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+import msgspec
+
+from proto.aws.errors import AwsError, common_error
+from proto.aws.shapes import (
+    DecodedRequest,
+    EncodedResponse,
+    Operation,
+    Service,
+    from_json,
+    normalize_output,
+)
+
+__all__ = [
+    "CONTENT_TYPE",
+    "SQS_ERRORS",
+    "decode_request",
+    "encode_error",
+    "encode_response",
+    "sqs_error",
+]
+
+CONTENT_TYPE: Final = "application/x-amz-json-1.0"
+
+# Every SQS error shape and the legacy query-protocol code and HTTP status it answers with:
+# the Smithy model's ``aws.protocols#awsQueryError`` traits (as generated into
+# aws-sdk-js-v3 clients/client-sqs/src/schemas/schemas_0.ts), which agree with the ``error``
+# traits of botocore's last query-protocol SQS model (1.31.80) wherever both exist. Shapes
+# without the trait answer with their own name and 400. botocore 1.44's JSON model keeps only
+# the shape names, and tests/proto/aws/test_json_protocol.py checks that this table covers
+# exactly those. All are client errors ("Sender").
+SQS_ERRORS: Final[Mapping[str, tuple[str, int]]] = {
+    "BatchEntryIdsNotDistinct": ("AWS.SimpleQueueService.BatchEntryIdsNotDistinct", 400),
+    "BatchRequestTooLong": ("AWS.SimpleQueueService.BatchRequestTooLong", 400),
+    "EmptyBatchRequest": ("AWS.SimpleQueueService.EmptyBatchRequest", 400),
+    "InvalidAddress": ("InvalidAddress", 404),
+    "InvalidAttributeName": ("InvalidAttributeName", 400),
+    "InvalidAttributeValue": ("InvalidAttributeValue", 400),
+    "InvalidBatchEntryId": ("AWS.SimpleQueueService.InvalidBatchEntryId", 400),
+    "InvalidIdFormat": ("InvalidIdFormat", 400),
+    "InvalidMessageContents": ("InvalidMessageContents", 400),
+    "InvalidSecurity": ("InvalidSecurity", 403),
+    "KmsAccessDenied": ("KMS.AccessDeniedException", 400),
+    "KmsDisabled": ("KMS.DisabledException", 400),
+    "KmsInvalidKeyUsage": ("KMS.InvalidKeyUsageException", 400),
+    "KmsInvalidState": ("KMS.InvalidStateException", 400),
+    "KmsNotFound": ("KMS.NotFoundException", 400),
+    "KmsOptInRequired": ("KMS.OptInRequired", 403),
+    "KmsThrottled": ("KMS.ThrottlingException", 400),
+    "MessageNotInflight": ("AWS.SimpleQueueService.MessageNotInflight", 400),
+    "OverLimit": ("OverLimit", 403),
+    "PurgeQueueInProgress": ("AWS.SimpleQueueService.PurgeQueueInProgress", 403),
+    "QueueDeletedRecently": ("AWS.SimpleQueueService.QueueDeletedRecently", 400),
+    "QueueDoesNotExist": ("AWS.SimpleQueueService.NonExistentQueue", 400),
+    "QueueNameExists": ("QueueAlreadyExists", 400),
+    "ReceiptHandleIsInvalid": ("ReceiptHandleIsInvalid", 404),
+    "RequestThrottled": ("RequestThrottled", 403),
+    "ResourceNotFoundException": ("ResourceNotFoundException", 404),
+    "TooManyEntriesInBatchRequest": ("AWS.SimpleQueueService.TooManyEntriesInBatchRequest", 400),
+    "UnsupportedOperation": ("AWS.SimpleQueueService.UnsupportedOperation", 400),
+}
+
+_DECODER: Final = msgspec.json.Decoder()
+_ENCODER: Final = msgspec.json.Encoder()
+
+
+def sqs_error(shape: str, message: str) -> AwsError:
+    """Build the :class:`AwsError` for an SQS error shape, for either protocol.
+
+    Args:
+        shape: a key of :data:`SQS_ERRORS`, e.g. ``"QueueDoesNotExist"``.
+        message: e.g. ``"The specified queue does not exist."``.
+
+    Returns:
+        The error with its legacy code, HTTP status and shape.
+
+    Raises:
+        KeyError: ``shape`` is not an SQS error shape (a bug in the caller).
+    """
+    code, status = SQS_ERRORS[shape]
+    return AwsError(code, message, status=status, sender_fault=True, shape=shape)
+
+
+def _operation(service: Service, action: str) -> Operation:
+    operation = service.operations.get(action)
+    if operation is None:
+        raise common_error("InternalFailure", f"No such {service.name} action {action!r}.")
+    return operation
+
+
+def decode_request(
+    service: Service, *, headers: Iterable[tuple[str | bytes, str | bytes]], body: bytes
+) -> DecodedRequest:
+    """Decode an awsJson 1.0 request into the action and its parameters.
+
+    Parameters come back in the shape both protocol decoders share (blobs as ``bytes``);
+    members the model does not know, and ``null`` members, are dropped. Required members are
+    not checked here (see :func:`proto.aws.shapes.check_required`).
+
+    Args:
+        service: the service the request is for (``sqs_shapes.SQS``).
+        headers: the request headers; only ``X-Amz-Target`` is read.
+        body: the request body; empty means ``{}``.
+
+    Returns:
+        The action name and the decoded parameters.
+
+    Raises:
+        AwsError: ``MissingAction`` without an ``X-Amz-Target`` header; ``InvalidAction`` for
+            a target that is not ``<prefix>.<known action>``; ``SerializationException`` for a
+            body that is not a JSON object or does not fit the action's input shape.
+    """
+    targets = [
+        (value.decode("latin-1") if isinstance(value, bytes) else value).strip()
+        for name, value in headers
+        if (name.decode("latin-1") if isinstance(name, bytes) else name).lower() == "x-amz-target"
+    ]
+    if not targets:
+        raise common_error("MissingAction", "The request must contain the X-Amz-Target header.")
+    prefix, _, action = targets[0].partition(".")
+    if len(targets) > 1 or prefix != service.target_prefix or action not in service.operations:
+        raise common_error(
+            "InvalidAction", f"The action {targets[0]!r} is not valid for this web service."
+        )
+    try:
+        data = _DECODER.decode(body) if body.strip() else {}
+    except msgspec.DecodeError as exc:
+        raise common_error("SerializationException", f"Malformed JSON body: {exc}") from None
+    params = from_json(service.operations[action].input, data, "")
+    return DecodedRequest(action, params)
+
+
+def _headers(request_id: str) -> list[tuple[str, str]]:
+    return [("Content-Type", CONTENT_TYPE), ("x-amzn-RequestId", request_id)]
+
+
+def encode_response(
+    service: Service, action: str, result: Mapping[str, Any] | None, *, request_id: str
+) -> EncodedResponse:
+    """Encode a handler's result as an awsJson 1.0 success response.
+
+    Args:
+        service: the service.
+        action: the action that produced the result.
+        result: the output values (``None`` or ``{}`` for actions with no output); ``bytes``
+            values leave as base64 strings, ``None`` members are left out.
+        request_id: goes in ``x-amzn-RequestId``.
+
+    Returns:
+        Status 200, headers and body. Actions without an output get an empty body, as SQS
+        sends ("an HTTP 200 response with an empty HTTP body", TagQueue API reference).
+
+    Raises:
+        AwsError: ``InternalFailure`` if the action is unknown or the result does not fit its
+            output shape (a bug in the handler).
+    """
+    operation = _operation(service, action)
+    if operation.output is None:
+        if result:
+            raise common_error("InternalFailure", f"{action} has no output, got {list(result)}.")
+        return EncodedResponse(200, _headers(request_id), b"")
+    body = _ENCODER.encode(normalize_output(operation.output, result or {}))
+    return EncodedResponse(200, _headers(request_id), body)
+
+
+def encode_error(service: Service, error: AwsError, *, request_id: str) -> EncodedResponse:
+    """Encode an :class:`AwsError` as an awsJson 1.0 error response.
+
+    Args:
+        service: the service (its ``json_namespace`` prefixes ``__type``; a query-compatible
+            service also gets ``x-amzn-query-error``).
+        error: the error.
+        request_id: goes in ``x-amzn-RequestId``.
+
+    Returns:
+        The error's status, headers and ``{"__type": ..., "message": ...}`` body.
+
+    Raises:
+        Nothing.
+    """
+    shape = f"{service.json_namespace}#{error.shape}" if service.json_namespace else error.shape
+    headers = _headers(request_id)
+    if service.query_compatible:
+        headers.append(("x-amzn-query-error", f"{error.code};{error.fault}"))
+    body = _ENCODER.encode({"__type": shape, "message": error.message})
+    return EncodedResponse(error.status_hint, headers, body)

@@ -1,0 +1,338 @@
+"""The shape vocabulary shared by the AWS codecs, and the walks both protocols need.
+
+A *shape* says how one value travels: a scalar, a structure of named members, a list or a
+map. It is the part of a botocore service model the codecs use, written as small frozen
+records so that ``proto`` needs no botocore at run time (``sqs_shapes`` and ``sns_shapes``
+hold the tables; their tests check them against botocore's models).
+
+Names on the wire. In the JSON protocol a member travels under its own name. In the query
+protocol and in XML responses it travels under :attr:`Member.wire` when that is set (botocore's
+``locationName``). For a *flattened* list or map, ``wire`` is the name repeated once per item
+(``AttributeName.1``, ``<Message>...</Message><Message>...``); for a wrapped one it names the
+wrapper, and each item sits in ``member`` (lists) or ``entry`` (maps) inside it.
+
+Values. Decoders produce, and encoders accept, plain Python values: ``str``, ``int``,
+``bool``, ``bytes`` (blobs), ``list``, and ``dict`` for structures and maps. The same nested
+dict comes out of both protocols, so one handler serves both.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from proto.aws.errors import AwsError, common_error
+
+__all__ = [
+    "BLOB",
+    "BOOLEAN",
+    "INTEGER",
+    "LONG",
+    "STRING",
+    "DecodedRequest",
+    "EncodedResponse",
+    "ListOf",
+    "MapOf",
+    "Member",
+    "Operation",
+    "Scalar",
+    "ScalarType",
+    "Service",
+    "Shape",
+    "Structure",
+    "check_required",
+    "from_json",
+    "member",
+    "normalize_output",
+]
+
+ScalarType = Literal["string", "integer", "long", "boolean", "blob"]
+
+
+@dataclass(frozen=True, slots=True)
+class Scalar:
+    """A leaf value. ``integer`` and ``long`` are both Python ``int``; ``blob`` is ``bytes``."""
+
+    type: ScalarType
+
+
+STRING: Final = Scalar("string")
+INTEGER: Final = Scalar("integer")
+LONG: Final = Scalar("long")
+BOOLEAN: Final = Scalar("boolean")
+BLOB: Final = Scalar("blob")
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One member of a structure: its shape, its query/XML name and whether it is required."""
+
+    shape: Shape
+    wire: str = ""
+    required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Structure:
+    """Named members, in the order the model lists them (the order XML responses use)."""
+
+    members: Mapping[str, Member]
+
+
+@dataclass(frozen=True, slots=True)
+class ListOf:
+    """A list. Wrapped lists put each item in a ``member_wire`` element (``member``)."""
+
+    member: Shape
+    flattened: bool = False
+    member_wire: str = "member"
+
+
+@dataclass(frozen=True, slots=True)
+class MapOf:
+    """A map from strings to ``value``. Wrapped maps put each pair in an ``entry`` element."""
+
+    value: Shape
+    flattened: bool = False
+    key_wire: str = "key"
+    value_wire: str = "value"
+
+
+Shape = Scalar | Structure | ListOf | MapOf
+
+
+def member(shape: Shape, wire: str = "", *, required: bool = False) -> Member:
+    """Shorthand for :class:`Member`, so the shape tables read as one line per member."""
+    return Member(shape, wire, required)
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """An action: its input structure and its output structure (None when it returns nothing).
+
+    A query-protocol response wraps the output in ``<{name}Result>``; an action without an
+    output has no Result element at all (the SQS and SNS API references' sample responses).
+    """
+
+    name: str
+    input: Structure
+    output: Structure | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Service:
+    """What the codecs need to know about one service.
+
+    Attributes:
+        name: the signing name, also the SigV4 credential-scope service (``sqs``).
+        api_version: the query protocol's ``Version`` (``2012-11-05``).
+        xml_namespace: the ``xmlns`` of XML responses.
+        operations: every action, by name.
+        target_prefix: the awsJson ``X-Amz-Target`` prefix, or None if the service has no
+            JSON protocol (SNS).
+        json_namespace: the prefix of ``__type`` in JSON errors (``com.amazonaws.sqs``).
+        query_compatible: whether JSON errors carry the ``x-amzn-query-error`` header.
+        xml_error_detail: whether XML errors carry an empty ``<Detail/>`` (SQS does).
+        missing_parameter: builds the error for a missing required parameter (by path).
+        invalid_parameter: builds the error for a value of the wrong form (path, value).
+    """
+
+    name: str
+    api_version: str
+    xml_namespace: str
+    operations: Mapping[str, Operation]
+    target_prefix: str | None = None
+    json_namespace: str | None = None
+    query_compatible: bool = False
+    xml_error_detail: bool = False
+    missing_parameter: Callable[[str], AwsError]
+    invalid_parameter: Callable[[str, str], AwsError]
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedRequest:
+    """An action and its parameters, as either protocol decoded them."""
+
+    action: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedResponse:
+    """An HTTP response for the shell to send: status, headers, body."""
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+
+def _json_type_error(path: str, expected: str, value: object) -> AwsError:
+    # awsJson servers answer a value of the wrong JSON type with SerializationException
+    # (Smithy awsJson1_0 spec, "Operation error serialization"; coral's name for a body it
+    # cannot map onto the input shape).
+    got = "null" if value is None else type(value).__name__
+    return common_error("SerializationException", f"Expected {expected} for {path}, got {got}.")
+
+
+def from_json(shape: Shape, value: object, path: str) -> Any:
+    """Check a JSON-decoded input value against ``shape`` and convert it to our value types.
+
+    Blobs arrive base64-encoded and leave as ``bytes``. Unknown structure members are dropped
+    (AWS ignores members it does not model) and so are ``null`` members (absent, for AWS).
+
+    Args:
+        shape: the shape the value should have.
+        value: what ``msgspec.json.decode`` produced.
+        path: where the value sits, for error messages (``Entries[0].Id``).
+
+    Returns:
+        The converted value.
+
+    Raises:
+        AwsError: ``SerializationException`` when the value has the wrong JSON type or a blob is
+            not valid base64.
+    """
+    if isinstance(shape, Scalar):
+        return _scalar_from_json(shape, value, path)
+    if isinstance(shape, Structure):
+        if not isinstance(value, dict):
+            raise _json_type_error(path, "an object", value)
+        out: dict[str, Any] = {}
+        for name, spec in shape.members.items():
+            item = value.get(name)
+            if item is not None:
+                out[name] = from_json(spec.shape, item, f"{path}.{name}" if path else name)
+        return out
+    if isinstance(shape, ListOf):
+        if not isinstance(value, list):
+            raise _json_type_error(path, "an array", value)
+        return [from_json(shape.member, item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if not isinstance(value, dict):
+        raise _json_type_error(path, "an object", value)
+    # JSON object keys are always strings, so only the values need checking.
+    return {key: from_json(shape.value, item, f"{path}.{key}") for key, item in value.items()}
+
+
+def _scalar_from_json(shape: Scalar, value: object, path: str) -> Any:
+    kind = shape.type
+    if kind == "string":
+        if isinstance(value, str):
+            return value
+        raise _json_type_error(path, "a string", value)
+    if kind in ("integer", "long"):
+        # bool is an int subclass in Python; JSON true is not a number.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _json_type_error(path, "an integer", value)
+    if kind == "boolean":
+        if isinstance(value, bool):
+            return value
+        raise _json_type_error(path, "a boolean", value)
+    if not isinstance(value, str):
+        raise _json_type_error(path, "a base64 string", value)
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise common_error(
+            "SerializationException", f"Value for {path} is not valid base64."
+        ) from None
+
+
+def check_required(service: Service, shape: Structure, params: Mapping[str, Any]) -> None:
+    """Raise the service's missing-parameter error if a required member is absent.
+
+    Decoders do not call this: old SQS SDKs send ``QueueUrl`` as the request path, not as a
+    parameter, so the shell fills it in first and then checks.
+
+    Args:
+        service: whose error to raise.
+        shape: the operation's input structure.
+        params: decoded parameters.
+
+    Raises:
+        AwsError: ``service.missing_parameter(path)`` for the first missing member, in model
+            order; nested paths are dotted with 1-based list indexes (``Entries.2.Id``).
+    """
+    _check_required(service, shape, params, "")
+
+
+def _check_required(service: Service, shape: Shape, value: Any, path: str) -> None:
+    if isinstance(shape, Structure):
+        for name, spec in shape.members.items():
+            here = f"{path}.{name}" if path else name
+            if name not in value:
+                if spec.required:
+                    raise service.missing_parameter(here)
+                continue
+            _check_required(service, spec.shape, value[name], here)
+    elif isinstance(shape, ListOf):
+        for i, item in enumerate(value, 1):
+            _check_required(service, shape.member, item, f"{path}.{i}")
+    elif isinstance(shape, MapOf):
+        for key, item in value.items():
+            _check_required(service, shape.value, item, f"{path}.{key}")
+
+
+_PYTHON_TYPES: Final[Mapping[ScalarType, tuple[type, ...]]] = {
+    "string": (str,),
+    "integer": (int,),
+    "long": (int,),
+    "boolean": (bool,),
+    "blob": (bytes, bytearray, memoryview),
+}
+
+
+def _bad_output(path: str, problem: str) -> AwsError:
+    # A result that does not fit the model is a bug in a handler, not the client's fault.
+    return common_error("InternalFailure", f"Malformed result at {path or '$'}: {problem}")
+
+
+def normalize_output(shape: Shape, value: Any, path: str = "") -> Any:
+    """Check a handler's result against the output shape; return it without ``None`` members.
+
+    Structures come back as dicts in model order, which is the order XML responses use.
+
+    Args:
+        shape: the output shape.
+        value: the handler's result.
+        path: where the value sits, for error messages.
+
+    Returns:
+        The checked value, with ``None``-valued members dropped and blobs as ``bytes``.
+
+    Raises:
+        AwsError: ``InternalFailure`` (500) naming the first member that does not fit: an
+            unknown member, or a value of the wrong type.
+    """
+    if isinstance(shape, Scalar):
+        types = _PYTHON_TYPES[shape.type]
+        if not isinstance(value, types) or (shape.type != "boolean" and isinstance(value, bool)):
+            raise _bad_output(path, f"expected {shape.type}, got {type(value).__name__}")
+        if isinstance(value, (bytearray, memoryview)):
+            return bytes(value)
+        return value
+    if isinstance(shape, Structure):
+        if not isinstance(value, Mapping):
+            raise _bad_output(path, "expected a mapping")
+        unknown = [key for key in value if key not in shape.members]
+        if unknown:
+            raise _bad_output(path, f"unknown member {unknown[0]!r}")
+        return {
+            name: normalize_output(spec.shape, value[name], f"{path}.{name}" if path else name)
+            for name, spec in shape.members.items()
+            if value.get(name) is not None
+        }
+    if isinstance(shape, ListOf):
+        if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
+            raise _bad_output(path, "expected a list")
+        return [
+            normalize_output(shape.member, item, f"{path}[{i}]") for i, item in enumerate(value)
+        ]
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        raise _bad_output(path, "expected a mapping with string keys")
+    return {
+        key: normalize_output(shape.value, item, f"{path}.{key}") for key, item in value.items()
+    }
