@@ -1,0 +1,308 @@
+"""FIFO queues: strict order within a message group, one consumer per group at a time.
+
+Rules (AWS, "FIFO queue logic"):
+
+1. Within a group, messages are received in send order.
+2. While any message of a group is in flight, nothing more of that group is returned; the
+   group opens again when that message is deleted or becomes visible again.
+3. A receive fills its batch from one group first (several messages, in order), then moves
+   on to other groups; here the group with the oldest head goes first.
+4. A delayed head holds back its group (queue-level delay only, so later messages are
+   delayed at least as long).
+
+Each group keeps its seqs in a list; removals at the head advance an index, removals inside
+(only possible within the in-flight prefix, at most 10 long) leave a tombstone. Groups that
+can deliver sit in a heap keyed by head seq, checked lazily when popped.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+
+from broker.model.dedup import DEDUPLICATION_WINDOW_MS
+from broker.model.index import QueueIndex
+from broker.model.mutations import MessageDeleted, Mutation, VisibilityChanged
+from broker.model.names import validate_fifo_id
+from broker.model.outcomes import Delivery, ReceiveOutcome
+from broker.model.state import ReceivedMessage
+
+_TOMBSTONE = -1
+_COMPACT_AFTER = 64  # dead slots at the front of a group list before it is compacted
+
+
+class _Group:
+    __slots__ = ("group_id", "head", "in_flight", "queued_head", "seqs")
+
+    def __init__(self, group_id: str) -> None:
+        self.group_id = group_id
+        self.seqs: list[int] = []
+        self.head = 0  # index of the first live slot
+        self.in_flight = 0
+        self.queued_head = _TOMBSTONE  # head seq of this group's entry in the ready heap
+
+    def head_seq(self) -> int | None:
+        seqs = self.seqs
+        while self.head < len(seqs) and seqs[self.head] == _TOMBSTONE:
+            self.head += 1
+        return seqs[self.head] if self.head < len(seqs) else None
+
+    def add(self, seq: int) -> None:
+        # Compact here only: receives and sweeps walk the list by index while removing.
+        if self.head >= _COMPACT_AFTER and self.head * 2 > len(self.seqs):
+            del self.seqs[: self.head]
+            self.head = 0
+        if not self.seqs or seq > self.seqs[-1]:
+            self.seqs.append(seq)
+        else:
+            # Activations arrive in commit order, which is seq order; restores too. Be safe.
+            self.seqs.insert(bisect.bisect_left(self.seqs, seq, lo=self.head), seq)
+
+    def remove(self, seq: int) -> None:
+        seqs = self.seqs
+        index = self.head
+        while index < len(seqs) and seqs[index] != seq:
+            index += 1
+        if index == len(seqs):
+            return
+        seqs[index] = _TOMBSTONE
+        if index == self.head:
+            self.head_seq()
+
+    def is_empty(self) -> bool:
+        return self.head_seq() is None
+
+
+class _Attempt:
+    """A receive remembered under its ReceiveRequestAttemptId."""
+
+    __slots__ = ("deadlines", "deliveries", "expires_at")
+
+    def __init__(self, deliveries: list[Delivery], deadlines: list[int], expires_at: int) -> None:
+        self.deliveries = deliveries
+        self.deadlines = deadlines
+        self.expires_at = expires_at
+
+
+class FifoIndex(QueueIndex):
+    """The message index of a FIFO queue."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self._groups: dict[str, _Group] = {}
+        self._ready: list[tuple[int, str]] = []  # (head seq, group id)
+        self._delayed_groups: dict[int, str] = {}  # delayed fresh seq -> its group
+        self._attempts: dict[str, _Attempt] = {}
+
+    def receive(
+        self,
+        now: int,
+        *,
+        max_messages: int = 1,
+        visibility_timeout: int | None = None,
+        attempt_id: str | None = None,
+        dead_letter: QueueIndex | None = None,
+    ) -> ReceiveOutcome:
+        """ReceiveMessage; see :meth:`QueueIndex.receive`.
+
+        With ``attempt_id``, a retry within 5 minutes returns the same messages and receipt
+        handles if none was deleted or had its visibility changed, and resets their
+        visibility timeout.
+        """
+        window_ms = self._receive_window(max_messages, visibility_timeout)
+        if attempt_id is not None:
+            validate_fifo_id(attempt_id, "ReceiveRequestAttemptId")
+        self._advance(now)
+        if attempt_id is not None:
+            retried = self._retry(now, attempt_id, window_ms)
+            if retried is not None:
+                return retried
+        boundary, cutoff = self._retention_cutoff(now)
+        deliveries: list[Delivery] = []
+        mutations: list[Mutation] = []
+        after = []
+        visited: set[str] = set()
+        while len(deliveries) < max_messages and self._ready:
+            head, group_id = heapq.heappop(self._ready)
+            group = self._groups.get(group_id)
+            if group is None or group.queued_head != head:
+                continue  # superseded entry
+            group.queued_head = _TOMBSTONE
+            if group_id in visited or not self._can_deliver(group):
+                continue
+            visited.add(group_id)
+            index = group.head
+            while len(deliveries) < max_messages and index < len(group.seqs):
+                seq = group.seqs[index]
+                index += 1
+                if seq == _TOMBSTONE:
+                    continue
+                if not self._is_visible(seq):
+                    break
+                entry = self._received.get(seq)
+                if self._is_expired(seq, entry, boundary, cutoff):
+                    self._remove(seq, entry, group_id)
+                    mutations.append(MessageDeleted(queue_id=self.queue_id, seq=seq))
+                    continue
+                count = (entry.receive_count if entry is not None else 0) + 1
+                if dead_letter is not None and self._should_dead_letter(count, dead_letter):
+                    move, activate = self._move_to_dead_letter(
+                        now, seq, entry, group_id, dead_letter
+                    )
+                    mutations.append(move)
+                    after.append(activate)
+                    continue
+                delivery, entry = self._deliver(now, seq, entry, group_id, window_ms)
+                if entry.in_flight:
+                    group.in_flight += 1
+                deliveries.append(delivery)
+                mutations.append(self._delivered(self.queue_id, seq, entry))
+        # Re-queue afterwards: a group put back during the loop would be popped and lost.
+        for visited_id in visited:
+            visited_group = self._groups.get(visited_id)
+            if visited_group is not None:
+                self._settle(visited_group)
+        if attempt_id is not None and deliveries:
+            deadlines = [self._received[d.seq].visible_at for d in deliveries]
+            self._attempts[attempt_id] = _Attempt(
+                deliveries, deadlines, now + DEDUPLICATION_WINDOW_MS
+            )
+        return ReceiveOutcome(deliveries, mutations, after)
+
+    def _retry(self, now: int, attempt_id: str, window_ms: int) -> ReceiveOutcome | None:
+        attempt = self._attempts.get(attempt_id)
+        if attempt is None:
+            return None
+        unchanged = attempt.expires_at > now
+        for delivery, deadline in zip(attempt.deliveries, attempt.deadlines, strict=True):
+            entry = self._received.get(delivery.seq)
+            unchanged = unchanged and (
+                entry is not None
+                and entry.in_flight
+                and entry.receive_count == delivery.receive_count
+                and entry.visible_at == deadline
+            )
+        if not unchanged:
+            del self._attempts[attempt_id]
+            return None
+        mutations: list[Mutation] = []
+        for position, delivery in enumerate(attempt.deliveries):
+            entry = self._received[delivery.seq]
+            visible_at = now + window_ms
+            self._set_deadline(delivery.seq, entry, visible_at, now)
+            attempt.deadlines[position] = visible_at
+            mutations.append(
+                VisibilityChanged(queue_id=self.queue_id, seq=delivery.seq, visible_at=visible_at)
+            )
+        return ReceiveOutcome(attempt.deliveries, mutations)
+
+    # ------------------------------------------------------------------ groups
+
+    def _is_visible(self, seq: int) -> bool:
+        if seq in self._delayed:
+            return False
+        entry = self._received.get(seq)
+        return entry is None or not entry.in_flight
+
+    def _can_deliver(self, group: _Group) -> bool:
+        head = group.head_seq()
+        return group.in_flight == 0 and head is not None and self._is_visible(head)
+
+    def _settle(self, group: _Group) -> None:
+        """Drop an empty group, or queue a group that can deliver."""
+        head = group.head_seq()
+        if head is None:
+            if group.in_flight == 0:
+                self._groups.pop(group.group_id, None)
+            return
+        if group.queued_head != head and self._can_deliver(group):
+            group.queued_head = head
+            heapq.heappush(self._ready, (head, group.group_id))
+
+    def _group(self, group_id: str | None) -> _Group:
+        if group_id is None:
+            raise ValueError("a FIFO message needs a group")
+        group = self._groups.get(group_id)
+        if group is None:
+            group = self._groups[group_id] = _Group(group_id)
+        return group
+
+    # ------------------------------------------------------------------ hooks
+
+    def _add_fresh(self, seq: int, group_id: str | None, *, delayed: bool) -> None:
+        group = self._group(group_id)
+        group.add(seq)
+        if delayed:
+            self._delayed_groups[seq] = group.group_id
+        else:
+            self._settle(group)
+
+    def _add_received(self, seq: int, entry: ReceivedMessage) -> None:
+        group = self._group(entry.group_id)
+        group.add(seq)
+        if entry.in_flight:
+            group.in_flight += 1
+        self._settle(group)
+
+    def _delay_ended(self, seq: int) -> None:
+        group_id = self._delayed_groups.pop(seq, None)
+        group = self._groups.get(group_id) if group_id is not None else None
+        if group is not None:
+            self._settle(group)
+
+    def _visibility_expired(self, seq: int, entry: ReceivedMessage) -> None:
+        group = self._groups.get(entry.group_id or "")
+        if group is not None:
+            group.in_flight -= 1
+            self._settle(group)
+
+    def _forget(self, seq: int, entry: ReceivedMessage | None, group_id: str | None) -> None:
+        if entry is not None:
+            group_id = entry.group_id
+        delayed_group = self._delayed_groups.pop(seq, None)
+        group = self._groups.get(group_id or delayed_group or "")
+        if group is None:
+            return
+        group.remove(seq)
+        if entry is not None and entry.in_flight:
+            group.in_flight -= 1
+        self._settle(group)
+
+    def _sweep(self, boundary: int, cutoff: int, limit: int) -> list[int]:
+        expired: list[int] = []
+        swept: list[_Group] = []
+        ready = self._ready
+        while ready and ready[0][0] < boundary and len(expired) < limit:
+            head, group_id = heapq.heappop(ready)
+            group = self._groups.get(group_id)
+            if group is None or group.queued_head != head:
+                continue
+            group.queued_head = _TOMBSTONE
+            swept.append(group)
+            while len(expired) < limit and self._can_deliver(group):
+                seq = group.head_seq()
+                assert seq is not None
+                entry = self._received.get(seq)
+                if not self._is_expired(seq, entry, boundary, cutoff):
+                    break
+                self._remove(seq, entry, group_id)
+                expired.append(seq)
+                group.queued_head = _TOMBSTONE  # _remove may have queued it; sweep on
+        for group in swept:
+            self._settle(group)
+        return expired
+
+    def _prune(self, now: int) -> None:
+        timed_out = [key for key, attempt in self._attempts.items() if attempt.expires_at <= now]
+        for key in timed_out:
+            del self._attempts[key]
+
+    def _clear(self) -> None:
+        self._groups.clear()
+        self._ready.clear()
+        self._delayed_groups.clear()
+        self._attempts.clear()
+
+    def _after_restore(self) -> None:
+        for group in self._groups.values():
+            self._settle(group)

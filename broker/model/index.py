@@ -1,0 +1,394 @@
+"""The per-queue message index: what standard and FIFO queues share.
+
+Theory of operation. The index holds metadata only, and as little per message as it can:
+
+* A message nobody has received yet ("fresh") costs its seq in one ordered structure
+  (the subclass's), plus a share of an :class:`EnqueueTimeline` bucket for retention.
+* A received message has a :class:`ReceivedMessage` entry (receive count, deadline, ...). There are
+  few of these: in flight, back from a visibility timeout, or moved in from a source queue.
+* Delayed messages and in-flight deadlines sit in one heap of ``(due, seq)``; entries are
+  checked when they surface (lazy invalidation), so a visibility change is one push.
+
+Time moves only when an operation is called with a later ``now``: each operation first
+applies every deadline that has passed (:meth:`QueueIndex._advance`).
+
+Durability. Each operation returns a :class:`~broker.model.outcomes.Change`. The model applies
+receives, deletes and visibility changes to itself at once, so two receives can never return
+the same message; the shell replies after the commit. Sends and dead-letter moves become
+receivable only in ``on_durable``, after their insert is on disk.
+
+Message states (fresh -> in flight -> deleted / visible again / dead-lettered):
+
+    fresh visible --receive--> in flight --delete--> gone
+    fresh delayed --due------> fresh visible
+    in flight --deadline or visibility 0--> visible (received) --receive--> in flight
+    any --receive over maxReceiveCount--> moved to the dead-letter queue
+    any --retention, purge--> gone
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+
+from broker.model.attributes import QueueCounts
+from broker.model.dedup import DEDUPLICATION_WINDOW_MS, deduplication_key
+from broker.model.errors import (
+    MESSAGE_NOT_INFLIGHT,
+    PURGE_QUEUE_IN_PROGRESS,
+    SqsError,
+    invalid_parameter,
+)
+from broker.model.messages import (
+    SendRequest,
+    content_deduplication_id,
+    sequence_number,
+    validate_send,
+)
+from broker.model.mutations import (
+    DeduplicationExpired,
+    DeduplicationRecorded,
+    MessageDeleted,
+    MessageInserted,
+    Mutation,
+    QueuePurged,
+    VisibilityChanged,
+)
+from broker.model.outcomes import (
+    Change,
+    ReceiveOutcome,
+    SendOutcome,
+    SentMessage,
+)
+from broker.model.settings import QueueSettings
+from broker.model.signing import ReceiptHandle, invalid_receipt_handle
+from broker.model.state import QueueState, ReceivedMessage
+
+MAX_VISIBILITY_TIMEOUT_S = 43_200  # 12 hours, also the cap on one receive's total time
+MAX_MESSAGES_PER_RECEIVE = 10
+MAX_WAIT_TIME_S = 20
+SWEEP_LIMIT = 10_000  # deletions per expire() call, so one transaction stays short
+
+
+def resolve_wait_time(settings: QueueSettings, requested: int | None) -> int:
+    """Return the long-poll wait of a ReceiveMessage: the request's, else the queue's.
+
+    Args:
+        settings: the queue's settings (ReceiveMessageWaitTimeSeconds).
+        requested: WaitTimeSeconds from the request, if any.
+
+    Returns:
+        Seconds to wait for messages.
+
+    Raises:
+        SqsError: ``InvalidParameterValue`` outside 0-20.
+    """
+    if requested is None:
+        return settings.receive_message_wait_time_seconds
+    if not 0 <= requested <= MAX_WAIT_TIME_S:
+        raise invalid_parameter(
+            "WaitTimeSeconds", requested, f"Must be >= 0 and <= {MAX_WAIT_TIME_S}, if provided"
+        )
+    return requested
+
+
+class QueueIndex(QueueState):
+    """Messages of one queue: sends, receives, deletes, visibility, purge, retention.
+
+    Create one with :func:`broker.model.new_index`; standard and FIFO queues are subclasses.
+    """
+
+    # ------------------------------------------------------------------ queries
+
+    def counts(self, now: int) -> QueueCounts:
+        """Return the Approximate* counts: (visible, in flight, delayed)."""
+        self._advance(now)
+        delayed = len(self._delayed)
+        return QueueCounts(self._present - self._in_flight - delayed, self._in_flight, delayed)
+
+    def next_wakeup(self, now: int) -> int | None:
+        """Return when the next delayed or in-flight message becomes visible, if any.
+
+        The shell sleeps long-pollers until then (or until ``wake_receivers`` fires); a
+        wake-up may find nothing receivable (e.g. a FIFO group still locked), never the
+        opposite.
+        """
+        self._advance(now)
+        timers = self._timers
+        while timers and not self._timer_is_live(*timers[0]):
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
+
+    def update_settings(self, settings: QueueSettings) -> None:
+        """Adopt new settings (SetQueueAttributes); they apply from the next operation."""
+        if settings.fifo != self.settings.fifo:
+            raise ValueError("a queue cannot change type")
+        self.settings = settings
+
+    def close(self) -> None:
+        """Mark the queue deleted: sends still in flight to the store are not activated."""
+        self._closed = True
+
+    # ------------------------------------------------------------------ sends
+
+    def send(self, now: int, request: SendRequest) -> SendOutcome:
+        """SendMessage: validate and accept one message.
+
+        Raises:
+            SqsError: the message breaks a rule; nothing was accepted.
+        """
+        outcome = self.send_batch(now, [request])
+        result = outcome.results[0]
+        if isinstance(result, SqsError):
+            raise result
+        return outcome
+
+    def send_batch(self, now: int, requests: Sequence[SendRequest]) -> SendOutcome:
+        """SendMessageBatch: accept each valid message; report each invalid one.
+
+        A FIFO duplicate (same deduplication id within 5 minutes) is answered with the
+        original message's id and sequence number and is not enqueued again.
+        """
+        self._advance(now)
+        results: list[SentMessage | SqsError] = []
+        mutations: list[Mutation] = []
+        accepted: list[tuple[int, int, str | None]] = []
+        for request in requests:
+            try:
+                validate_send(self.settings, request)
+            except SqsError as error:
+                results.append(error)
+                continue
+            key = self._deduplication_key(request)
+            original = None if key is None else self._dedup.lookup(key, now)
+            if original is not None:
+                results.append(self._sent(original, duplicate=True))
+                continue
+            seq = self._next_seq
+            self._next_seq += 1
+            enqueued_at = max(now, self._latest_now)
+            self._timeline.record(seq, enqueued_at)
+            delay = request.delay_seconds
+            if delay is None or self.settings.fifo:
+                delay = self.settings.delay_seconds
+            visible_at = now + delay * 1000
+            mutations.append(
+                MessageInserted(
+                    queue_id=self.queue_id,
+                    seq=seq,
+                    message_id=self._signer.message_id(self.queue_id, seq),
+                    body=request.body,
+                    attributes=request.attributes,
+                    sent_at=now,
+                    visible_at=visible_at,
+                    group_id=request.group_id,
+                    deduplication_id=self._deduplication_id(request),
+                    sender_id=request.sender_id,
+                    trace_header=request.trace_header,
+                )
+            )
+            if key is not None:
+                expires_at = now + DEDUPLICATION_WINDOW_MS
+                self._dedup.remember(key, seq, expires_at)
+                mutations.append(
+                    DeduplicationRecorded(
+                        queue_id=self.queue_id, key=key, seq=seq, expires_at=expires_at
+                    )
+                )
+            accepted.append((seq, visible_at, request.group_id))
+            results.append(self._sent(seq, duplicate=False))
+        self._pending += len(accepted)
+        return SendOutcome(results, mutations, [lambda: self._activate_sent(accepted)])
+
+    def _sent(self, seq: int, *, duplicate: bool) -> SentMessage:
+        return SentMessage(
+            message_id=self._signer.message_id(self.queue_id, seq),
+            sequence_number=sequence_number(seq) if self.settings.fifo else None,
+            seq=seq,
+            duplicate=duplicate,
+        )
+
+    def _deduplication_id(self, request: SendRequest) -> str | None:
+        if not self.settings.fifo:
+            return None
+        if request.deduplication_id is not None:
+            return request.deduplication_id
+        return content_deduplication_id(request.body)
+
+    def _deduplication_key(self, request: SendRequest) -> bytes | None:
+        deduplication_id = self._deduplication_id(request)
+        if deduplication_id is None:
+            return None
+        by_group = self.settings.deduplication_scope == "messageGroup"
+        return deduplication_key(deduplication_id, request.group_id if by_group else None)
+
+    # ------------------------------------------------------------------ receives
+
+    def receive(
+        self,
+        now: int,
+        *,
+        max_messages: int = 1,
+        visibility_timeout: int | None = None,
+        attempt_id: str | None = None,
+        dead_letter: QueueIndex | None = None,
+    ) -> ReceiveOutcome:
+        """ReceiveMessage (one attempt; the shell long-polls by retrying).
+
+        Args:
+            now: the time.
+            max_messages: MaxNumberOfMessages, 1-10.
+            visibility_timeout: VisibilityTimeout of the request, else the queue's.
+            attempt_id: ReceiveRequestAttemptId (FIFO queues only; ignored otherwise).
+            dead_letter: the index of the RedrivePolicy's target, when it exists.
+
+        Returns:
+            The deliveries and the mutations (deliveries, dead-letter moves, expiries).
+
+        Raises:
+            SqsError: ``InvalidParameterValue`` for a bad count, timeout or attempt id.
+        """
+        raise NotImplementedError
+
+    def _receive_window(self, max_messages: int, visibility_timeout: int | None) -> int:
+        if not 1 <= max_messages <= MAX_MESSAGES_PER_RECEIVE:
+            raise invalid_parameter(
+                "MaxNumberOfMessages",
+                max_messages,
+                f"Must be between 1 and {MAX_MESSAGES_PER_RECEIVE}, if provided",
+            )
+        if visibility_timeout is None:
+            return self.settings.visibility_timeout * 1000
+        if not 0 <= visibility_timeout <= MAX_VISIBILITY_TIMEOUT_S:
+            raise invalid_parameter(
+                "VisibilityTimeout",
+                visibility_timeout,
+                f"Must be between 0 and {MAX_VISIBILITY_TIMEOUT_S}, if provided",
+            )
+        return visibility_timeout * 1000
+
+    # ------------------------------------------------------------------ handles
+
+    def delete(self, now: int, receipt_handle: str) -> Change:
+        """DeleteMessage.
+
+        A handle of a message already gone succeeds quietly. On a standard queue an older
+        handle of a message still present deletes it (AWS: "the request will succeed, but the
+        message might not be deleted"); a FIFO queue refuses a handle that is no longer the
+        current one, or whose visibility timeout has passed.
+
+        Raises:
+            SqsError: ``ReceiptHandleIsInvalid``, or ``InvalidParameterValue`` (FIFO, expired).
+        """
+        self._advance(now)
+        handle = self._parse_handle(receipt_handle)
+        entry = self._received.get(handle.seq)
+        if entry is None:
+            return Change()
+        if self.settings.fifo and not self._is_current(handle, entry):
+            raise invalid_parameter(
+                "ReceiptHandle", receipt_handle, "The receipt handle has expired"
+            )
+        self._remove(handle.seq, entry)
+        return Change([MessageDeleted(queue_id=self.queue_id, seq=handle.seq)], [self._wake])
+
+    def change_visibility(self, now: int, receipt_handle: str, visibility_timeout: int) -> Change:
+        """ChangeMessageVisibility: the new timeout counts from ``now``.
+
+        Raises:
+            SqsError: ``ReceiptHandleIsInvalid``; ``InvalidParameterValue`` for a gone
+                message, a bad timeout, or past 12 hours since the receive;
+                ``MessageNotInflight`` for a visible message.
+        """
+        self._advance(now)
+        if not 0 <= visibility_timeout <= MAX_VISIBILITY_TIMEOUT_S:
+            raise invalid_parameter(
+                "VisibilityTimeout",
+                visibility_timeout,
+                f"Must be between 0 and {MAX_VISIBILITY_TIMEOUT_S}, if provided",
+            )
+        handle = self._parse_handle(receipt_handle)
+        entry = self._received.get(handle.seq)
+        if entry is None:
+            raise invalid_parameter(
+                "ReceiptHandle",
+                receipt_handle,
+                "Message does not exist or is not available for visibility timeout change",
+            )
+        if not entry.in_flight:
+            raise SqsError(MESSAGE_NOT_INFLIGHT, "The message referred to isn't in flight.")
+        if self.settings.fifo and not self._is_current(handle, entry):
+            raise invalid_parameter(
+                "ReceiptHandle", receipt_handle, "The receipt handle has expired"
+            )
+        visible_at = now + visibility_timeout * 1000
+        if visible_at > entry.received_at + MAX_VISIBILITY_TIMEOUT_S * 1000:
+            raise invalid_parameter(
+                "VisibilityTimeout",
+                visibility_timeout,
+                f"Total VisibilityTimeout for the message is beyond the limit "
+                f"[{MAX_VISIBILITY_TIMEOUT_S} seconds]",
+            )
+        self._set_deadline(handle.seq, entry, visible_at, now)
+        change = VisibilityChanged(queue_id=self.queue_id, seq=handle.seq, visible_at=visible_at)
+        return Change([change], [self._wake])
+
+    def _parse_handle(self, receipt_handle: str) -> ReceiptHandle:
+        handle = self._signer.parse_receipt_handle(receipt_handle)
+        # A handle for another queue, or for a receive that never happened, is not ours.
+        if handle.queue_id != self.queue_id or handle.seq >= self._next_seq or handle.serial < 1:
+            raise invalid_receipt_handle(receipt_handle)
+        return handle
+
+    @staticmethod
+    def _is_current(handle: ReceiptHandle, entry: ReceivedMessage) -> bool:
+        return entry.in_flight and handle.serial == entry.receive_count
+
+    # ------------------------------------------------------------------ purge, retention
+
+    def purge(self, now: int) -> Change:
+        """PurgeQueue: every message goes, in flight ones included.
+
+        Raises:
+            SqsError: ``PurgeQueueInProgress`` (HTTP 403) within 60 s of the last purge.
+        """
+        self._advance(now)
+        last = self._last_purge_at
+        if last is not None and now - last < self._purge_interval_ms:
+            raise SqsError(
+                PURGE_QUEUE_IN_PROGRESS,
+                f"Only one PurgeQueue operation on {self.name} is allowed every 60 seconds.",
+                status=403,
+            )
+        self._last_purge_at = now
+        self._purged_below = self._next_seq
+        self._received.clear()
+        self._delayed.clear()
+        self._timers.clear()
+        self._timeline.clear()
+        self._present = 0
+        self._in_flight = 0
+        self._clear()
+        return Change([QueuePurged(queue_id=self.queue_id, below_seq=self._purged_below)])
+
+    def expire(self, now: int, limit: int = SWEEP_LIMIT) -> Change:
+        """Drop messages past their retention period and deduplication ids past their window.
+
+        The shell calls this now and then (every second is plenty). Expired messages that
+        cannot be reached cheaply (in flight, behind a locked FIFO group) are dropped when a
+        receive reaches them instead.
+        """
+        self._advance(now)
+        mutations: list[Mutation] = []
+        boundary, cutoff = self._retention_cutoff(now)
+        mutations.extend(
+            MessageDeleted(queue_id=self.queue_id, seq=seq)
+            for seq in self._sweep(boundary, cutoff, limit)
+        )
+        if self._present == 0 and self._pending == 0:
+            self._timeline.clear()
+        self._timeline.drop_below(boundary)
+        if self._dedup.expire(now):
+            mutations.append(DeduplicationExpired(queue_id=self.queue_id, now=now))
+        self._prune(now)
+        return Change(mutations)

@@ -1,0 +1,225 @@
+"""What a sender submits, and the SendMessage rules that depend on nothing but the request
+and the queue's settings: body characters, size, message attributes, FIFO parameters."""
+
+from __future__ import annotations
+
+import decimal
+import hashlib
+import re
+
+import msgspec
+
+from broker.model.errors import (
+    INVALID_MESSAGE_CONTENTS,
+    INVALID_PARAMETER_VALUE,
+    MISSING_PARAMETER,
+    SqsError,
+    invalid_parameter,
+)
+from broker.model.names import validate_fifo_id
+from broker.model.settings import INTEGER_RANGES, QueueSettings
+
+MAX_MESSAGE_ATTRIBUTES = 10  # SQS quota: 10 message attributes per message
+MAX_ATTRIBUTE_NAME_LENGTH = 256
+MAX_ATTRIBUTE_TYPE_LENGTH = 256
+SEQUENCE_NUMBER_BASE = 10**19  # renders every SequenceNumber with 20 digits, as AWS's look
+
+# SendMessage: "#x9 | #xA | #xD | #x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF".
+_FORBIDDEN_BODY_CHARACTER = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,256}")
+_ATTRIBUTE_TYPE = re.compile(r"(String|Number|Binary)(\..+)?", re.DOTALL)
+_NUMBER_DIGITS_MAX = 38  # AWS: "up to 38 digits of precision"
+_NUMBER_MIN = decimal.Decimal("-1e128")
+_NUMBER_MAX = decimal.Decimal("1e126")
+
+
+class AttributeValue(msgspec.Struct, frozen=True, array_like=True):
+    """One message attribute: its DataType and its String or Binary value."""
+
+    data_type: str
+    string_value: str | None = None
+    binary_value: bytes | None = None
+
+
+class SendRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One message to send (a SendMessage call or one SendMessageBatch entry)."""
+
+    body: str
+    attributes: dict[str, AttributeValue] = {}
+    delay_seconds: int | None = None
+    group_id: str | None = None
+    deduplication_id: str | None = None
+    trace_header: str | None = None
+    sender_id: str = ""
+
+
+def validate_send(settings: QueueSettings, request: SendRequest) -> None:
+    """Apply SendMessage's rules for one message.
+
+    Args:
+        settings: the destination queue's settings.
+        request: the message.
+
+    Raises:
+        SqsError: with AWS's code and message for the first rule broken.
+    """
+    if not request.body:
+        raise SqsError(MISSING_PARAMETER, "The request must contain the parameter MessageBody.")
+    if _FORBIDDEN_BODY_CHARACTER.search(request.body) is not None:
+        raise SqsError(
+            INVALID_MESSAGE_CONTENTS,
+            "Invalid characters found. Valid unicode characters are #x9 | #xA | #xD | "
+            "#x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF",
+        )
+    validate_message_attributes(request.attributes)
+    if message_size(request) > settings.maximum_message_size:
+        raise SqsError(
+            INVALID_PARAMETER_VALUE,
+            "One or more parameters are invalid. Reason: Message must be shorter than "
+            f"{settings.maximum_message_size} bytes.",
+        )
+    if settings.fifo:
+        _validate_fifo_send(settings, request)
+        return
+    if request.deduplication_id is not None:
+        raise invalid_parameter(
+            "MessageDeduplicationId",
+            request.deduplication_id,
+            "The request includes a parameter that is not valid for this queue type",
+        )
+    if request.group_id is not None:
+        # Fair queues (2025): standard queues accept a MessageGroupId and return it.
+        validate_fifo_id(request.group_id, "MessageGroupId")
+    low, high, _ = INTEGER_RANGES["DelaySeconds"]
+    if request.delay_seconds is not None and not low <= request.delay_seconds <= high:
+        raise invalid_parameter(
+            "DelaySeconds",
+            request.delay_seconds,
+            f"DelaySeconds must be >= {low} and <= {high}",
+        )
+
+
+def _validate_fifo_send(settings: QueueSettings, request: SendRequest) -> None:
+    if request.delay_seconds:
+        raise invalid_parameter(
+            "DelaySeconds",
+            request.delay_seconds,
+            "The request include parameter that is not valid for this queue type",
+        )
+    if request.group_id is None:
+        raise SqsError(MISSING_PARAMETER, "The request must contain the parameter MessageGroupId.")
+    validate_fifo_id(request.group_id, "MessageGroupId")
+    if request.deduplication_id is not None:
+        validate_fifo_id(request.deduplication_id, "MessageDeduplicationId")
+    elif not settings.content_based_deduplication:
+        raise SqsError(
+            INVALID_PARAMETER_VALUE,
+            "The queue should either have ContentBasedDeduplication enabled or "
+            "MessageDeduplicationId provided explicitly",
+        )
+
+
+def validate_message_attributes(attributes: dict[str, AttributeValue]) -> None:
+    """Check message attribute names, types and values.
+
+    Args:
+        attributes: name -> value.
+
+    Raises:
+        SqsError: ``InvalidParameterValue`` with AWS's message.
+    """
+    if len(attributes) > MAX_MESSAGE_ATTRIBUTES:
+        raise SqsError(
+            INVALID_PARAMETER_VALUE,
+            f"Number of message attributes [{len(attributes)}] exceeds the allowed maximum "
+            f"[{MAX_MESSAGE_ATTRIBUTES}].",
+        )
+    for name, value in attributes.items():
+        _validate_attribute_name(name)
+        if len(value.data_type) > MAX_ATTRIBUTE_TYPE_LENGTH or not _ATTRIBUTE_TYPE.fullmatch(
+            value.data_type
+        ):
+            raise SqsError(
+                INVALID_PARAMETER_VALUE,
+                f"The type of message (user) attribute '{name}' is invalid. You must use only "
+                "the following supported type prefixes: Binary, Number, String.",
+            )
+        if value.data_type.startswith("Binary"):
+            if not value.binary_value:
+                raise _empty_attribute(name, "Binary")
+        elif not value.string_value:
+            raise _empty_attribute(name, "String")
+        elif _FORBIDDEN_BODY_CHARACTER.search(value.string_value) is not None:
+            raise SqsError(
+                INVALID_PARAMETER_VALUE,
+                f"Message (user) attribute '{name}' contains characters that are not allowed.",
+            )
+        elif value.data_type.startswith("Number") and not _is_sqs_number(value.string_value):
+            raise SqsError(
+                INVALID_PARAMETER_VALUE,
+                f"Can't cast the value of message (user) attribute '{name}' to a number.",
+            )
+
+
+def _validate_attribute_name(name: str) -> None:
+    lowered = name.lower()
+    valid = (
+        _ATTRIBUTE_NAME.fullmatch(name) is not None
+        and not lowered.startswith(("aws.", "amazon."))
+        and not name.startswith(".")
+        and not name.endswith(".")
+        and ".." not in name
+    )
+    if not valid:
+        raise SqsError(
+            INVALID_PARAMETER_VALUE,
+            f"Message (user) attribute name '{name}' is invalid. The attribute name can contain "
+            "A-Z, a-z, 0-9, underscore (_), hyphen (-), and period (.) characters.",
+        )
+
+
+def _empty_attribute(name: str, kind: str) -> SqsError:
+    return SqsError(
+        INVALID_PARAMETER_VALUE,
+        f"Message (user) attribute '{name}' must contain a non-empty value of type '{kind}'.",
+    )
+
+
+def _is_sqs_number(text: str) -> bool:
+    try:
+        number = decimal.Decimal(text)
+    except decimal.InvalidOperation:
+        return False
+    if not number.is_finite():
+        return False
+    digits = len(number.as_tuple().digits)
+    return digits <= _NUMBER_DIGITS_MAX and _NUMBER_MIN <= number <= _NUMBER_MAX
+
+
+def message_size(request: SendRequest) -> int:
+    """Count a message's bytes the way MaximumMessageSize counts them: body plus attributes.
+
+    Args:
+        request: the message.
+
+    Returns:
+        UTF-8 bytes of the body, plus each attribute's name, data type and value.
+    """
+    size = len(request.body.encode())
+    for name, value in request.attributes.items():
+        size += len(name.encode()) + len(value.data_type.encode())
+        if value.string_value is not None:
+            size += len(value.string_value.encode())
+        if value.binary_value is not None:
+            size += len(value.binary_value)
+    return size
+
+
+def content_deduplication_id(body: str) -> str:
+    """Return the deduplication id ContentBasedDeduplication derives: SHA-256 hex of the body."""
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def sequence_number(seq: int) -> str:
+    """Render a message's SequenceNumber (FIFO queues) from its per-queue seq."""
+    return str(SEQUENCE_NUMBER_BASE + seq)

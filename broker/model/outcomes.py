@@ -1,0 +1,96 @@
+"""What model operations return: the mutations to commit and what happens once they are durable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+from broker.model.errors import SqsError
+from broker.model.mutations import Mutation
+
+
+class Change:
+    """The durable effect of one operation, and what must wait until it is durable.
+
+    The shell passes ``mutations`` to ``Store.commit`` together with :meth:`on_durable`; the
+    store calls it once the commit is on disk, even if the caller was cancelled meanwhile.
+    Sends use it to become receivable only when nothing can lose them any more.
+    """
+
+    __slots__ = ("_after", "mutations")
+
+    def __init__(
+        self,
+        mutations: Sequence[Mutation] = (),
+        after: Sequence[Callable[[], None]] = (),
+    ) -> None:
+        self.mutations: list[Mutation] = list(mutations)
+        self._after = list(after)
+
+    def on_durable(self) -> None:
+        """Apply what had to wait for durability; call once, after the commit."""
+        after, self._after = self._after, []
+        for callback in after:
+            callback()
+
+
+class SentMessage(NamedTuple):
+    """The answer to one accepted send (or to a duplicate of an earlier one)."""
+
+    message_id: str
+    sequence_number: str | None
+    seq: int
+    duplicate: bool
+
+
+class SendOutcome(Change):
+    """A send or send batch: one result per request, in request order."""
+
+    __slots__ = ("results",)
+
+    def __init__(
+        self,
+        results: Sequence[SentMessage | SqsError],
+        mutations: Sequence[Mutation],
+        after: Sequence[Callable[[], None]],
+    ) -> None:
+        super().__init__(mutations, after)
+        self.results = list(results)
+
+
+class Delivery(NamedTuple):
+    """One message returned by a receive; the shell reads its body from the store by ``seq``.
+
+    ``first_receive_at`` is set on a message's first receive; otherwise the store has it.
+    """
+
+    seq: int
+    receipt_handle: str
+    receive_count: int
+    first_receive_at: int | None
+
+
+class ReceiveOutcome(Change):
+    """A receive: the deliveries in the order to return them."""
+
+    __slots__ = ("deliveries",)
+
+    def __init__(
+        self,
+        deliveries: Sequence[Delivery],
+        mutations: Sequence[Mutation],
+        after: Sequence[Callable[[], None]] = (),
+    ) -> None:
+        super().__init__(mutations, after)
+        self.deliveries = list(deliveries)
+
+
+class RestoredMessage(NamedTuple):
+    """The metadata of one stored message, as the store loads it at start."""
+
+    seq: int
+    visible_at: int
+    receive_count: int
+    received_at: int
+    enqueued_at: int
+    group_id: str | None

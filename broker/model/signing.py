@@ -1,0 +1,115 @@
+"""Receipt handles and message ids, both derived from a server key.
+
+A receipt handle is ``base64url(version | queue id | message seq | receive serial | MAC)``.
+The MAC (HMAC-SHA256, truncated to 128 bits) makes handles unforgeable, so a garbled or
+invented handle is refused without a lookup, and the serial (the message's receive count
+when the handle was issued) tells a stale handle from the current one.
+
+Message ids are UUID-shaped keyed hashes of (queue id, seq): unique per broker because queue
+ids and seqs are never reused, and free to keep in memory, since they can be recomputed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import struct
+import uuid
+from typing import NamedTuple
+
+from broker.model.errors import RECEIPT_HANDLE_IS_INVALID, SqsError
+
+MIN_KEY_BYTES = 16  # a shorter key would make the MAC guessable
+_VERSION = 1
+_BODY = struct.Struct(">BQQI")  # version, queue id, seq, receive serial
+_MAC_BYTES = 16
+_HANDLE_BYTES = _BODY.size + _MAC_BYTES
+_MAX_HANDLE_CHARS = 1024  # far above ours; bounds the work spent on garbage
+
+
+class ReceiptHandle(NamedTuple):
+    """What a receipt handle names: one receive of one message."""
+
+    queue_id: int
+    seq: int
+    serial: int
+
+
+class Signer:
+    """Issues and checks receipt handles and derives message ids from one server key."""
+
+    def __init__(self, key: bytes) -> None:
+        """Keep the key.
+
+        Args:
+            key: the server secret; the same key must be used across restarts, or handles
+                issued before the restart become invalid.
+
+        Raises:
+            ValueError: the key is shorter than ``MIN_KEY_BYTES``.
+        """
+        if len(key) < MIN_KEY_BYTES:
+            raise ValueError(f"the server key needs at least {MIN_KEY_BYTES} bytes")
+        self._mac_key = hashlib.sha256(b"wharf receipt handle\0" + key).digest()
+        self._id_key = hashlib.sha256(b"wharf message id\0" + key).digest()
+
+    def receipt_handle(self, queue_id: int, seq: int, serial: int) -> str:
+        """Issue the handle for the ``serial``-th receive of message ``seq``."""
+        body = _BODY.pack(_VERSION, queue_id, seq, serial)
+        mac = hmac.digest(self._mac_key, body, "sha256")[:_MAC_BYTES]
+        return base64.urlsafe_b64encode(body + mac).decode("ascii").rstrip("=")
+
+    def parse_receipt_handle(self, handle: str) -> ReceiptHandle:
+        """Check a handle's MAC and return what it names.
+
+        Args:
+            handle: the handle as the client sent it.
+
+        Returns:
+            The queue id, message seq and receive serial.
+
+        Raises:
+            SqsError: ``ReceiptHandleIsInvalid`` for anything this server did not issue.
+        """
+        raw = _decode(handle)
+        if raw is None or len(raw) != _HANDLE_BYTES:
+            raise invalid_receipt_handle(handle)
+        body, mac = raw[: _BODY.size], raw[_BODY.size :]
+        expected = hmac.digest(self._mac_key, body, "sha256")[:_MAC_BYTES]
+        if not hmac.compare_digest(mac, expected):
+            raise invalid_receipt_handle(handle)
+        version, queue_id, seq, serial = _BODY.unpack(body)
+        if version != _VERSION:
+            raise invalid_receipt_handle(handle)
+        return ReceiptHandle(queue_id, seq, serial)
+
+    def message_id(self, queue_id: int, seq: int) -> str:
+        """Derive the MessageId of message ``seq`` of queue ``queue_id``."""
+        digest = hashlib.blake2b(
+            struct.pack(">QQ", queue_id, seq), key=self._id_key, digest_size=16
+        ).digest()
+        return str(uuid.UUID(bytes=digest, version=4))
+
+
+def _decode(handle: str) -> bytes | None:
+    if len(handle) > _MAX_HANDLE_CHARS or not handle.isascii():
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(handle + "=" * (-len(handle) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    # Only the canonical spelling is ours: base64 ignores some low bits of the last
+    # character, and a handle that differs from the one issued must not be accepted.
+    if base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=") != handle:
+        return None
+    return raw
+
+
+def invalid_receipt_handle(handle: str) -> SqsError:
+    """Build AWS's error for a handle that is not one of ours."""
+    return SqsError(
+        RECEIPT_HANDLE_IS_INVALID,
+        f'The input receipt handle "{handle}" is not a valid receipt handle.',
+    )

@@ -1,0 +1,240 @@
+"""The storage interface: what the broker needs from a durable store, and nothing else.
+
+No SQLite assumption lives here; a PostgreSQL store satisfies the same interface.
+
+Contract:
+
+* ``commit(mutations, on_durable)`` returns only once the mutations are durable (fsync'd).
+  Commits are applied in the order ``commit`` was called: the call queues its batch before
+  it first yields, so an operation done on the model and committed in the same trio step
+  cannot be overtaken by a later one. ``on_durable`` runs in the trio thread right after the
+  batch is durable, even when the caller was cancelled while waiting; a cancelled caller
+  never corrupts or drops its batch.
+* A failed commit is fatal: the model may be ahead of the disk. The store refuses further
+  commits (``StoreError``) and the daemon must stop; the next start reloads the truth.
+* Times are milliseconds since the epoch; message ids are the model's strings.
+"""
+
+from __future__ import annotations
+
+import abc
+import bisect
+import threading
+from array import array
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import msgspec
+
+from broker.model.messages import AttributeValue
+from broker.model.mutations import Mutation
+from broker.model.outcomes import RestoredMessage
+from broker.model.settings import QueueSettings
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked; after a failed commit, it is unusable."""
+
+
+class QueueNameTaken(StoreError):
+    """A live queue already has that name."""
+
+
+class QueueRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A queue as stored: identity, settings, tags and timestamps."""
+
+    queue_id: int
+    name: str
+    settings: QueueSettings
+    tags: dict[str, str]
+    created_at: int
+    modified_at: int
+    next_seq: int = 1
+
+
+class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """What a receive returns beyond the model's delivery: body, attributes, ids, times."""
+
+    seq: int
+    message_id: str
+    body: str
+    attributes: dict[str, AttributeValue]
+    sent_at: int
+    first_received_at: int | None
+    group_id: str | None
+    deduplication_id: str | None
+    sender_id: str
+    trace_header: str | None
+    dead_letter_source_arn: str | None
+
+
+class MessageColumns:
+    """Message metadata of one queue, column by column, in seq order.
+
+    Columns of machine integers cost 8 bytes a value where a list of tuples would cost
+    about 150; that matters when a million messages are loaded at start.
+    """
+
+    __slots__ = ("enqueued_at", "group_ids", "receive_count", "received_at", "seq", "visible_at")
+
+    def __init__(self) -> None:
+        self.seq = array("q")
+        self.visible_at = array("q")
+        self.receive_count = array("q")
+        self.received_at = array("q")
+        self.enqueued_at = array("q")
+        self.group_ids: list[str | None] = []
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def append(self, message: RestoredMessage) -> None:
+        """Add one message; seqs must increase."""
+        self.seq.append(message.seq)
+        self.visible_at.append(message.visible_at)
+        self.receive_count.append(message.receive_count)
+        self.received_at.append(message.received_at)
+        self.enqueued_at.append(message.enqueued_at)
+        self.group_ids.append(message.group_id)
+
+    def __iter__(self) -> Iterator[RestoredMessage]:
+        for index in range(len(self.seq)):
+            yield RestoredMessage(
+                seq=self.seq[index],
+                visible_at=self.visible_at[index],
+                receive_count=self.receive_count[index],
+                received_at=self.received_at[index],
+                enqueued_at=self.enqueued_at[index],
+                group_id=self.group_ids[index],
+            )
+
+
+class DeduplicationEntry(msgspec.Struct, frozen=True, array_like=True):
+    """A FIFO deduplication id still inside its window."""
+
+    key: bytes
+    seq: int
+    expires_at: int
+
+
+class LoadedQueue:
+    """Everything needed to rebuild one queue's index at start."""
+
+    __slots__ = ("deduplication", "messages", "record")
+
+    def __init__(
+        self,
+        record: QueueRecord,
+        messages: MessageColumns,
+        deduplication: list[DeduplicationEntry],
+    ) -> None:
+        self.record = record
+        self.messages = messages
+        self.deduplication = deduplication
+
+
+class Histogram(msgspec.Struct, frozen=True, kw_only=True):
+    """Cumulative counts per upper bound, Prometheus style (the last count is +Inf)."""
+
+    bounds: tuple[float, ...]
+    cumulative_counts: tuple[int, ...]
+    total: float
+    count: int
+
+
+class StoreStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot of the store's counters, read by the metrics collector at scrape time."""
+
+    commits: int
+    mutations: int
+    failed_jobs: int
+    pending_jobs: int
+    reclaiming_queues: int  # purged or deleted queues whose rows are still being removed
+    commit_seconds: Histogram
+    mutations_per_commit: Histogram
+
+
+class HistogramRecorder:
+    """A thread-safe fixed-bucket histogram for implementations to fill."""
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self._bounds = tuple(bounds)
+        self._counts = [0] * (len(self._bounds) + 1)
+        self._total = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, value: float) -> None:
+        """Count one observation."""
+        with self._lock:
+            self._counts[bisect.bisect_left(self._bounds, value)] += 1
+            self._total += value
+
+    def snapshot(self) -> Histogram:
+        """Return the cumulative counts so far."""
+        with self._lock:
+            running = 0
+            cumulative = []
+            for count in self._counts:
+                running += count
+                cumulative.append(running)
+            return Histogram(
+                bounds=self._bounds,
+                cumulative_counts=tuple(cumulative),
+                total=self._total,
+                count=running,
+            )
+
+
+class Store(abc.ABC):
+    """A durable store for queues and messages."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Open (creating or migrating as needed) and start background work; call in trio."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Commit everything already queued, then release every resource."""
+
+    @abc.abstractmethod
+    async def load(self) -> list[LoadedQueue]:
+        """Return every live queue with its message metadata (no bodies) and dedup entries."""
+
+    @abc.abstractmethod
+    async def commit(
+        self, mutations: Sequence[Mutation], on_durable: Callable[[], None] | None = None
+    ) -> None:
+        """Make ``mutations`` durable, in call order; then run ``on_durable``.
+
+        Raises:
+            StoreError: the commit failed; the store is unusable from now on.
+        """
+
+    @abc.abstractmethod
+    async def read_messages(self, queue_id: int, seqs: Sequence[int]) -> list[StoredMessage]:
+        """Return the stored messages among ``seqs``, in that order; gone ones are skipped."""
+
+    @abc.abstractmethod
+    async def create_queue(
+        self, name: str, settings: QueueSettings, tags: Mapping[str, str], now: int
+    ) -> QueueRecord:
+        """Store a new queue and return it with its id.
+
+        Raises:
+            QueueNameTaken: a live queue has that name.
+        """
+
+    @abc.abstractmethod
+    async def update_queue(self, queue_id: int, settings: QueueSettings, now: int) -> None:
+        """Replace a queue's settings (SetQueueAttributes) and its LastModifiedTimestamp."""
+
+    @abc.abstractmethod
+    async def set_tags(self, queue_id: int, tags: Mapping[str, str]) -> None:
+        """Replace a queue's tags."""
+
+    @abc.abstractmethod
+    async def delete_queue(self, queue_id: int) -> None:
+        """Delete a queue; its messages are reclaimed in the background."""
+
+    @abc.abstractmethod
+    def statistics(self) -> StoreStatistics:
+        """Return the counters, without blocking."""

@@ -1,0 +1,429 @@
+"""The embedded store: one SQLite file, WAL, one writer thread doing group commit.
+
+Writes. Callers (trio tasks) queue jobs; one dedicated thread takes every job pending,
+applies them in one transaction (a savepoint each, so one bad job fails alone), commits
+with ``synchronous=FULL`` (fsync), then hands the results back to the trio thread through
+the trio token, where each job's ``on_durable`` runs and its waiter wakes. Many callers
+therefore share one fsync.
+
+Reads run in trio worker threads on separate read-only connections; WAL lets them proceed
+while the writer commits. When the writer has nothing to do it reclaims purged and deleted
+rows in small transactions and gives free pages back to the filesystem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import trio
+
+from broker.model.mutations import Mutation
+from broker.model.outcomes import RestoredMessage
+from broker.model.settings import QueueSettings
+from broker.store.base import (
+    DeduplicationEntry,
+    HistogramRecorder,
+    LoadedQueue,
+    MessageColumns,
+    QueueNameTaken,
+    QueueRecord,
+    Store,
+    StoredMessage,
+    StoreError,
+    StoreStatistics,
+)
+from broker.store.sqlite_apply import ATTRIBUTES_DECODER, apply_mutations, reclaim_step
+from broker.store.sqlite_schema import configure, migrate
+
+FILE_NAME = "wharf.sqlite3"
+IDLE_SECONDS = 0.05  # writer idle this long before it reclaims space
+RECLAIM_ROWS = 2_000  # rows deleted per reclaim transaction, so commits never wait long
+VACUUM_PAGES = 1_000  # free pages returned to the filesystem per idle step
+MAX_READERS = 4  # read connections kept open; one per concurrent reader thread
+COMMIT_SECONDS_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+MUTATIONS_PER_COMMIT_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
+
+_SETTINGS_DECODER = msgspec.json.Decoder(QueueSettings)
+_T = TypeVar("_T")
+
+
+class _Job:
+    """One caller's unit of work for the writer thread."""
+
+    __slots__ = ("apply", "done", "error", "on_durable", "result", "size")
+
+    def __init__(
+        self,
+        apply: Callable[[sqlite3.Connection], Any],
+        on_durable: Callable[[], None] | None,
+        size: int,
+    ) -> None:
+        self.apply = apply
+        self.on_durable = on_durable
+        self.size = size
+        self.done = trio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+_STOP = object()
+
+
+class SqliteStore(Store):
+    """The SQLite implementation of :class:`~broker.store.base.Store`."""
+
+    def __init__(self, data_dir: Path) -> None:
+        """Remember where the file lives; :meth:`open` does the work.
+
+        Args:
+            data_dir: the broker's data directory; the file is ``wharf.sqlite3`` in it.
+        """
+        self.path = Path(data_dir) / FILE_NAME
+        self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._reader_slots = trio.Semaphore(MAX_READERS)
+        self._failure: BaseException | None = None
+        self._to_reclaim: set[int] = set()
+        self._commits = 0
+        self._mutations = 0
+        self._failed_jobs = 0
+        self._pending = 0
+        self._commit_seconds = HistogramRecorder(COMMIT_SECONDS_BOUNDS)
+        self._per_commit = HistogramRecorder(MUTATIONS_PER_COMMIT_BOUNDS)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        """Create or migrate the file and start the writer thread."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await trio.to_thread.run_sync(self._open_writer)
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.Thread(target=self._run_writer, name="wharf-store-writer")
+        self._thread.start()
+
+    def _open_writer(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        configure(connection, writer=True)
+        migrate(connection)
+        rows = connection.execute(
+            "SELECT queue_id FROM queues WHERE deleted = 1 OR purged_below > 0"
+        ).fetchall()
+        self._to_reclaim.update(queue_id for (queue_id,) in rows)
+        return connection
+
+    async def aclose(self) -> None:
+        """Commit what is queued, stop the writer, close every connection."""
+        thread = self._thread
+        if thread is not None:
+            self._jobs.put(_STOP)
+            await trio.to_thread.run_sync(thread.join)
+            self._thread = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        with self._readers_lock:
+            for reader in self._readers:
+                reader.close()
+            self._readers.clear()
+
+    # ------------------------------------------------------------------ writes
+
+    async def commit(
+        self, mutations: Sequence[Mutation], on_durable: Callable[[], None] | None = None
+    ) -> None:
+        """See :meth:`Store.commit`."""
+        batch = list(mutations)
+        await self._submit(
+            lambda connection: apply_mutations(connection, batch, self._to_reclaim),
+            on_durable,
+            len(batch),
+        )
+
+    async def create_queue(
+        self, name: str, settings: QueueSettings, tags: Mapping[str, str], now: int
+    ) -> QueueRecord:
+        """See :meth:`Store.create_queue`."""
+        tags_copy = dict(tags)
+
+        def insert(connection: sqlite3.Connection) -> int:
+            cursor = connection.execute(
+                "INSERT INTO queues (name, settings, tags, created_at, modified_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (name, msgspec.json.encode(settings), json.dumps(tags_copy), now, now),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+        try:
+            queue_id = await self._submit(insert, None, 0)
+        except StoreError as error:
+            if isinstance(error.__cause__, sqlite3.IntegrityError):
+                raise QueueNameTaken(f"a queue named {name!r} exists") from error
+            raise
+        return QueueRecord(
+            queue_id=queue_id,
+            name=name,
+            settings=settings,
+            tags=tags_copy,
+            created_at=now,
+            modified_at=now,
+        )
+
+    async def update_queue(self, queue_id: int, settings: QueueSettings, now: int) -> None:
+        """See :meth:`Store.update_queue`."""
+        encoded = msgspec.json.encode(settings)
+        await self._submit(
+            lambda connection: connection.execute(
+                "UPDATE queues SET settings = ?, modified_at = ? WHERE queue_id = ?",
+                (encoded, now, queue_id),
+            ),
+            None,
+            0,
+        )
+
+    async def set_tags(self, queue_id: int, tags: Mapping[str, str]) -> None:
+        """See :meth:`Store.set_tags`."""
+        encoded = json.dumps(dict(tags))
+        await self._submit(
+            lambda connection: connection.execute(
+                "UPDATE queues SET tags = ? WHERE queue_id = ?", (encoded, queue_id)
+            ),
+            None,
+            0,
+        )
+
+    async def delete_queue(self, queue_id: int) -> None:
+        """See :meth:`Store.delete_queue`."""
+
+        def mark(connection: sqlite3.Connection) -> None:
+            connection.execute("UPDATE queues SET deleted = 1 WHERE queue_id = ?", (queue_id,))
+            self._to_reclaim.add(queue_id)
+
+        await self._submit(mark, None, 0)
+
+    async def _submit(
+        self,
+        apply: Callable[[sqlite3.Connection], Any],
+        on_durable: Callable[[], None] | None,
+        size: int,
+    ) -> Any:
+        if self._failure is not None:
+            raise StoreError("the store failed earlier and accepts no writes") from self._failure
+        if self._thread is None:
+            raise StoreError("the store is not open")
+        job = _Job(apply, on_durable, size)
+        # Queued before the first checkpoint: commits land in call order.
+        self._pending += 1
+        self._jobs.put(job)
+        await job.done.wait()
+        if job.error is not None:
+            raise StoreError(f"the write failed: {job.error}") from job.error
+        return job.result
+
+    # ------------------------------------------------------------------ the writer thread
+
+    def _run_writer(self) -> None:
+        connection = self._writer
+        assert connection is not None
+        while True:
+            try:
+                first = self._jobs.get(timeout=IDLE_SECONDS if self._to_reclaim else None)
+            except queue.Empty:
+                self._reclaim(connection)
+                continue
+            jobs = [first]
+            while True:
+                try:
+                    jobs.append(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+            work = [job for job in jobs if isinstance(job, _Job)]
+            if work:
+                self._commit_group(connection, work)
+            if len(work) < len(jobs):
+                return  # _STOP: everything queued before it is committed
+
+    def _commit_group(self, connection: sqlite3.Connection, jobs: list[_Job]) -> None:
+        started = time.perf_counter()
+        try:
+            if self._failure is not None:
+                raise StoreError("the store failed earlier") from self._failure
+            connection.execute("BEGIN IMMEDIATE")
+            for job in jobs:
+                connection.execute("SAVEPOINT job")
+                try:
+                    job.result = job.apply(connection)
+                except Exception as error:
+                    connection.execute("ROLLBACK TO job")
+                    job.error = error
+                connection.execute("RELEASE job")
+            connection.execute("COMMIT")
+        except Exception as error:
+            # The transaction is lost; memory may be ahead of the disk. Fail closed.
+            self._failure = error
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+            for job in jobs:
+                job.error = job.error or error
+        elapsed = time.perf_counter() - started
+        size = sum(job.size for job in jobs if job.error is None)
+        self._commits += 1
+        self._mutations += size
+        self._failed_jobs += sum(job.error is not None for job in jobs)
+        self._commit_seconds.observe(elapsed)
+        self._per_commit.observe(size)
+        assert self._token is not None
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self._complete, jobs)
+
+    def _complete(self, jobs: list[_Job]) -> None:
+        """Runs in the trio thread: apply what waited for durability, wake the callers."""
+        for job in jobs:
+            self._pending -= 1
+            if job.error is None and job.on_durable is not None:
+                try:
+                    job.on_durable()
+                except Exception as error:  # a bug in the caller's callback; report it
+                    job.error = error
+            job.done.set()
+
+    def _reclaim(self, connection: sqlite3.Connection) -> None:
+        queue_id = next(iter(self._to_reclaim))
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            finished = reclaim_step(connection, queue_id, RECLAIM_ROWS)
+            connection.execute("COMMIT")
+            if finished:
+                self._to_reclaim.discard(queue_id)
+                connection.execute(f"PRAGMA incremental_vacuum({VACUUM_PAGES})").fetchall()
+        except sqlite3.Error as error:
+            self._failure = error
+            self._to_reclaim.clear()
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+
+    # ------------------------------------------------------------------ reads
+
+    async def load(self) -> list[LoadedQueue]:
+        """See :meth:`Store.load`."""
+        return await self._read(_load)
+
+    async def read_messages(self, queue_id: int, seqs: Sequence[int]) -> list[StoredMessage]:
+        """See :meth:`Store.read_messages`."""
+        wanted = list(seqs)
+        if not wanted:
+            return []
+        return await self._read(lambda connection: _read_messages(connection, queue_id, wanted))
+
+    async def _read(self, query: Callable[[sqlite3.Connection], _T]) -> _T:
+        async with self._reader_slots:
+            return await trio.to_thread.run_sync(self._with_reader, query)
+
+    def _with_reader(self, query: Callable[[sqlite3.Connection], _T]) -> _T:
+        with self._readers_lock:
+            reader = self._readers.pop() if self._readers else None
+        if reader is None:
+            reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            configure(reader, writer=False)
+        try:
+            reader.execute("BEGIN")  # one snapshot for the whole query
+            try:
+                return query(reader)
+            finally:
+                reader.execute("COMMIT")
+        finally:
+            with self._readers_lock:
+                self._readers.append(reader)
+
+    def statistics(self) -> StoreStatistics:
+        """See :meth:`Store.statistics`."""
+        return StoreStatistics(
+            commits=self._commits,
+            mutations=self._mutations,
+            failed_jobs=self._failed_jobs,
+            pending_jobs=self._pending,
+            reclaiming_queues=len(self._to_reclaim),
+            commit_seconds=self._commit_seconds.snapshot(),
+            mutations_per_commit=self._per_commit.snapshot(),
+        )
+
+
+def _load(connection: sqlite3.Connection) -> list[LoadedQueue]:
+    queues = []
+    rows = connection.execute(
+        "SELECT queue_id, name, settings, tags, created_at, modified_at, next_seq, purged_below "
+        "FROM queues WHERE deleted = 0 ORDER BY queue_id"
+    ).fetchall()
+    for queue_id, name, settings, tags, created_at, modified_at, next_seq, purged_below in rows:
+        record = QueueRecord(
+            queue_id=queue_id,
+            name=name,
+            settings=_SETTINGS_DECODER.decode(settings),
+            tags=json.loads(tags),
+            created_at=created_at,
+            modified_at=modified_at,
+            next_seq=next_seq,
+        )
+        columns = MessageColumns()
+        groups: dict[str, str] = {}  # one string object per group, however many messages
+        for seq, visible_at, count, received_at, enqueued_at, group_id in connection.execute(
+            "SELECT seq, visible_at, receive_count, received_at, enqueued_at, group_id "
+            "FROM messages WHERE queue_id = ? AND seq >= ? ORDER BY seq",
+            (queue_id, purged_below),
+        ):
+            if group_id is not None:
+                group_id = groups.setdefault(group_id, group_id)
+            columns.append(
+                RestoredMessage(seq, visible_at, count, received_at, enqueued_at, group_id)
+            )
+        deduplication = [
+            DeduplicationEntry(key, seq, expires_at)
+            for key, seq, expires_at in connection.execute(
+                "SELECT key, seq, expires_at FROM deduplication WHERE queue_id = ?", (queue_id,)
+            )
+        ]
+        queues.append(LoadedQueue(record, columns, deduplication))
+    return queues
+
+
+def _read_messages(
+    connection: sqlite3.Connection, queue_id: int, seqs: list[int]
+) -> list[StoredMessage]:
+    placeholders = ",".join("?" * len(seqs))
+    found = {}
+    for row in connection.execute(
+        "SELECT seq, message_id, body, attributes, sent_at, first_received_at, group_id, "
+        "deduplication_id, sender_id, trace_header, source_arn FROM messages "
+        f"WHERE queue_id = ? AND seq IN ({placeholders})",
+        (queue_id, *seqs),
+    ):
+        seq, message_id, body, attributes, sent_at, first_received_at, *rest = row
+        group_id, deduplication_id, sender_id, trace_header, source_arn = rest
+        found[seq] = StoredMessage(
+            seq=seq,
+            message_id=str(uuid.UUID(bytes=message_id)),
+            body=body.decode(),
+            attributes=ATTRIBUTES_DECODER.decode(attributes) if attributes else {},
+            sent_at=sent_at,
+            first_received_at=first_received_at,
+            group_id=group_id,
+            deduplication_id=deduplication_id,
+            sender_id=sender_id,
+            trace_header=trace_header,
+            dead_letter_source_arn=source_arn,
+        )
+    return [found[seq] for seq in seqs if seq in found]

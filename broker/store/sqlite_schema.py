@@ -1,0 +1,113 @@
+"""The SQLite schema, its version, and the migrations that bring an old file up to date."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+SCHEMA_VERSION = 1
+
+
+def _create_version_1(connection: sqlite3.Connection) -> None:
+    _run_script(
+        connection,
+        """
+        CREATE TABLE queues (
+            queue_id INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: ids never reused
+            name TEXT NOT NULL,
+            settings BLOB NOT NULL,                      -- QueueSettings as JSON
+            tags BLOB NOT NULL,                          -- {key: value} as JSON
+            created_at INTEGER NOT NULL,
+            modified_at INTEGER NOT NULL,
+            next_seq INTEGER NOT NULL DEFAULT 1,         -- seqs are never reused either
+            purged_below INTEGER NOT NULL DEFAULT 0,     -- rows below are gone, reclaim pending
+            deleted INTEGER NOT NULL DEFAULT 0           -- 1: rows are being reclaimed
+        );
+        CREATE UNIQUE INDEX queues_live_name ON queues (name) WHERE deleted = 0;
+
+        CREATE TABLE messages (
+            queue_id INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            message_id BLOB NOT NULL,                    -- UUID, 16 bytes
+            visible_at INTEGER NOT NULL,
+            receive_count INTEGER NOT NULL,
+            received_at INTEGER NOT NULL,
+            first_received_at INTEGER,
+            enqueued_at INTEGER NOT NULL,                -- retention counts from here
+            sent_at INTEGER NOT NULL,
+            group_id TEXT,
+            deduplication_id TEXT,
+            sender_id TEXT NOT NULL,
+            trace_header TEXT,
+            source_arn TEXT,                             -- DeadLetterQueueSourceArn
+            attributes BLOB,                             -- msgpack, NULL when none
+            body BLOB NOT NULL,                          -- UTF-8, last, after the small columns
+            PRIMARY KEY (queue_id, seq)
+        );
+
+        CREATE TABLE deduplication (
+            queue_id INTEGER NOT NULL,
+            key BLOB NOT NULL,
+            seq INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            PRIMARY KEY (queue_id, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX deduplication_expiry ON deduplication (queue_id, expires_at);
+        """,
+    )
+
+
+def _run_script(connection: sqlite3.Connection, script: str) -> None:
+    # Not executescript(): it commits first, and migrations must stay inside their transaction.
+    # Statements are split on ";", so comments in the script must not contain one.
+    for statement in script.split(";"):
+        if statement.strip():
+            connection.execute(statement)
+
+
+# MIGRATIONS[n] brings a file at version n to version n + 1.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _create_version_1}
+
+
+def configure(connection: sqlite3.Connection, *, writer: bool) -> None:
+    """Set the pragmas every connection needs.
+
+    WAL lets readers run beside the single writer; ``synchronous=FULL`` makes every commit
+    fsync the WAL, so a commit that returned survives power loss.
+    """
+    connection.execute("PRAGMA busy_timeout = 10000")
+    connection.execute("PRAGMA synchronous = FULL")
+    if writer:
+        # Must come first on a new file (before WAL mode initialises it): deleted rows then
+        # give their pages back to the filesystem. No effect on an existing file.
+        connection.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        connection.execute("PRAGMA journal_mode = WAL")
+        # Keep the WAL file from staying huge after a burst (bytes).
+        connection.execute("PRAGMA journal_size_limit = 67108864")
+    else:
+        connection.execute("PRAGMA query_only = 1")
+
+
+def migrate(connection: sqlite3.Connection) -> int:
+    """Bring the file to ``SCHEMA_VERSION`` (creating it if empty); return the old version.
+
+    Raises:
+        sqlite3.DatabaseError: the file is newer than this code, or not a database.
+    """
+    version: int = connection.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(
+            f"the store has schema version {version}; this broker knows up to {SCHEMA_VERSION}"
+        )
+    start = version
+    while version < SCHEMA_VERSION:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            MIGRATIONS[version](connection)
+            version += 1
+            connection.execute(f"PRAGMA user_version = {version}")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+    return start

@@ -1,0 +1,350 @@
+"""Behaviour every queue type shares: sends, receives, handles, purge, retention, DLQ."""
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker.model import QueueIndex, new_index
+from broker.model.errors import (
+    INVALID_PARAMETER_VALUE,
+    MESSAGE_NOT_INFLIGHT,
+    PURGE_QUEUE_IN_PROGRESS,
+    RECEIPT_HANDLE_IS_INVALID,
+    SqsError,
+)
+from broker.model.index import resolve_wait_time
+from broker.model.messages import SendRequest
+from broker.model.mutations import (
+    MessageDeleted,
+    MessageDelivered,
+    MessageInserted,
+    MessageMoved,
+    QueuePurged,
+    VisibilityChanged,
+)
+from broker.model.settings import parse_create
+from broker.model.signing import Signer
+
+SIGNER = Signer(b"test key, 32 bytes long........")
+T0 = 1_700_000_000_000
+ARN = "arn:aws:sqs:us-east-1:123456789012:"
+
+
+def make(fifo: bool, queue_id: int = 1, wake=None, **attributes: str) -> QueueIndex:
+    if fifo:
+        attributes = {"FifoQueue": "true", "ContentBasedDeduplication": "true", **attributes}
+    name = f"q{queue_id}.fifo" if fifo else f"q{queue_id}"
+    return new_index(
+        queue_id=queue_id,
+        name=name,
+        arn=ARN + name,
+        settings=parse_create(attributes),
+        signer=SIGNER,
+        wake_receivers=wake,
+    )
+
+
+def send(index: QueueIndex, now: int, body: str, group: str = "g", **fields) -> int:
+    group_id = group if index.settings.fifo else None
+    outcome = index.send(now, SendRequest(body=body, group_id=group_id, **fields))
+    outcome.on_durable()
+    return outcome.results[0].seq
+
+
+def receive(index: QueueIndex, now: int, **kwargs):
+    outcome = index.receive(now, **kwargs)
+    outcome.on_durable()
+    return outcome
+
+
+def refused(call) -> tuple[str, str]:
+    with pytest.raises(SqsError) as raised:
+        call()
+    return raised.value.code, raised.value.message
+
+
+both = pytest.mark.parametrize("fifo", [False, True], ids=["standard", "fifo"])
+
+
+@both
+def test_sends_become_receivable_only_when_durable(fifo):
+    index = make(fifo)
+    outcome = index.send(T0, SendRequest(body="hello", group_id="g" if fifo else None))
+    (inserted,) = [m for m in outcome.mutations if isinstance(m, MessageInserted)]
+    assert inserted.body == "hello"
+    assert inserted.sent_at == T0 == inserted.visible_at
+    assert outcome.results[0].message_id == inserted.message_id
+    assert index.receive(T0).deliveries == []
+    assert index.counts(T0) == (0, 0, 0)
+    outcome.on_durable()
+    assert index.counts(T0) == (1, 0, 0)
+    assert [d.seq for d in index.receive(T0).deliveries] == [inserted.seq]
+
+
+@both
+def test_receive_hides_the_message_until_its_visibility_timeout(fifo):
+    index = make(fifo, VisibilityTimeout="10")
+    seq = send(index, T0, "m")
+    first = receive(index, T0).deliveries
+    assert [(d.seq, d.receive_count, d.first_receive_at) for d in first] == [(seq, 1, T0)]
+    assert receive(index, T0 + 9_999).deliveries == []
+    assert index.counts(T0 + 9_999) == (0, 1, 0)
+    assert index.next_wakeup(T0) == T0 + 10_000
+    second = receive(index, T0 + 10_000, visibility_timeout=5)
+    assert [(d.seq, d.receive_count, d.first_receive_at) for d in second.deliveries] == [
+        (seq, 2, None)
+    ]
+    assert second.deliveries[0].receipt_handle != first[0].receipt_handle
+    assert second.mutations == [
+        MessageDelivered(
+            queue_id=1, seq=seq, visible_at=T0 + 15_000, receive_count=2, received_at=T0 + 10_000
+        )
+    ]
+
+
+@both
+def test_receive_parameters_are_checked(fifo):
+    index = make(fifo)
+    assert refused(lambda: index.receive(T0, max_messages=11)) == (
+        INVALID_PARAMETER_VALUE,
+        "Value 11 for parameter MaxNumberOfMessages is invalid. "
+        "Reason: Must be between 1 and 10, if provided.",
+    )
+    assert refused(lambda: index.receive(T0, visibility_timeout=43_201))[0] == (
+        INVALID_PARAMETER_VALUE
+    )
+
+
+def test_wait_time_resolution():
+    settings = parse_create({"ReceiveMessageWaitTimeSeconds": "7"})
+    assert resolve_wait_time(settings, None) == 7
+    assert resolve_wait_time(settings, 0) == 0
+    assert refused(lambda: resolve_wait_time(settings, 21)) == (
+        INVALID_PARAMETER_VALUE,
+        "Value 21 for parameter WaitTimeSeconds is invalid. "
+        "Reason: Must be >= 0 and <= 20, if provided.",
+    )
+
+
+@both
+def test_delete(fifo):
+    index = make(fifo)
+    seq = send(index, T0, "m")
+    handle = receive(index, T0).deliveries[0].receipt_handle
+    assert index.delete(T0, handle).mutations == [MessageDeleted(queue_id=1, seq=seq)]
+    assert index.counts(T0) == (0, 0, 0)
+    assert index.delete(T0, handle).mutations == []  # already gone: quiet success
+    assert receive(index, T0 + 60_000).deliveries == []
+
+
+@both
+def test_invalid_handles(fifo):
+    index = make(fifo)
+    other = make(fifo, queue_id=2)
+    send(other, T0, "m")
+    foreign = receive(other, T0).deliveries[0].receipt_handle
+    for handle in ["garbage", foreign, SIGNER.receipt_handle(1, 99, 1)]:
+        assert refused(lambda handle=handle: index.delete(T0, handle)) == (
+            RECEIPT_HANDLE_IS_INVALID,
+            f'The input receipt handle "{handle}" is not a valid receipt handle.',
+        )
+        assert refused(lambda handle=handle: index.change_visibility(T0, handle, 1))[0] == (
+            RECEIPT_HANDLE_IS_INVALID
+        )
+
+
+@both
+def test_change_visibility(fifo):
+    index = make(fifo)
+    send(index, T0, "m")
+    handle = receive(index, T0).deliveries[0].receipt_handle
+    change = index.change_visibility(T0 + 1_000, handle, 60)
+    assert change.mutations == [VisibilityChanged(queue_id=1, seq=1, visible_at=T0 + 61_000)]
+    assert receive(index, T0 + 60_999).deliveries == []
+    assert index.next_wakeup(T0 + 2_000) == T0 + 61_000
+    index.change_visibility(T0 + 2_000, handle, 0)
+    assert index.counts(T0 + 2_000) == (1, 0, 0)
+    assert refused(lambda: index.change_visibility(T0 + 2_000, handle, 10)) == (
+        MESSAGE_NOT_INFLIGHT,
+        "The message referred to isn't in flight.",
+    )
+    again = receive(index, T0 + 2_000).deliveries[0].receipt_handle
+    assert refused(lambda: index.change_visibility(T0 + 3_000, again, 43_200)) == (
+        INVALID_PARAMETER_VALUE,
+        "Value 43200 for parameter VisibilityTimeout is invalid. Reason: Total "
+        "VisibilityTimeout for the message is beyond the limit [43200 seconds].",
+    )
+    assert refused(lambda: index.change_visibility(T0, again, -1))[0] == INVALID_PARAMETER_VALUE
+    index.delete(T0 + 3_000, again)
+    assert refused(lambda: index.change_visibility(T0 + 3_000, again, 5)) == (
+        INVALID_PARAMETER_VALUE,
+        f"Value {again} for parameter ReceiptHandle is invalid. Reason: Message does not "
+        "exist or is not available for visibility timeout change.",
+    )
+
+
+def test_standard_stale_handle_still_deletes():
+    index = make(False, VisibilityTimeout="1")
+    send(index, T0, "m")
+    stale = receive(index, T0).deliveries[0].receipt_handle
+    receive(index, T0 + 1_000)
+    assert index.delete(T0 + 1_000, stale).mutations == [MessageDeleted(queue_id=1, seq=1)]
+
+
+def test_fifo_stale_or_expired_handle_is_refused():
+    index = make(True, VisibilityTimeout="1")
+    send(index, T0, "m")
+    handle = receive(index, T0).deliveries[0].receipt_handle
+    expired = (
+        INVALID_PARAMETER_VALUE,
+        f"Value {handle} for parameter ReceiptHandle is invalid. "
+        "Reason: The receipt handle has expired.",
+    )
+    assert refused(lambda: index.delete(T0 + 1_000, handle)) == expired
+    receive(index, T0 + 1_000)
+    assert refused(lambda: index.delete(T0 + 1_000, handle)) == expired
+    assert refused(lambda: index.change_visibility(T0 + 1_000, handle, 5))[1] == expired[1]
+
+
+@both
+def test_purge_drops_everything_and_is_rate_limited(fifo):
+    index = make(fifo)
+    send(index, T0, "a")
+    send(index, T0, "b", group="h")
+    receive(index, T0)
+    pending = index.send(T0, SendRequest(body="c", group_id="g" if fifo else None))
+    purge = index.purge(T0)
+    assert purge.mutations == [QueuePurged(queue_id=1, below_seq=4)]
+    pending.on_durable()  # committed before the purge, so purged by it
+    assert index.counts(T0) == (0, 0, 0)
+    assert receive(index, T0 + 100_000).deliveries == []
+    assert refused(lambda: index.purge(T0 + 59_999)) == (
+        PURGE_QUEUE_IN_PROGRESS,
+        f"Only one PurgeQueue operation on {index.name} is allowed every 60 seconds.",
+    )
+    index.purge(T0 + 60_000)
+    send(index, T0 + 60_000, "d")
+    assert index.counts(T0 + 60_000) == (1, 0, 0)
+
+
+@both
+def test_retention(fifo):
+    index = make(fifo, MessageRetentionPeriod="60")
+    send(index, T0, "old")
+    send(index, T0 + 30_000, "new", group="other")
+    assert index.expire(T0 + 59_999).mutations == []
+    expired = index.expire(T0 + 61_000)
+    assert [m.seq for m in expired.mutations if isinstance(m, MessageDeleted)] == [1]
+    assert index.counts(T0 + 61_000) == (1, 0, 0)
+    outcome = receive(index, T0 + 91_000)  # "new" has expired too; the receive drops it
+    assert outcome.deliveries == []
+    assert outcome.mutations == [MessageDeleted(queue_id=1, seq=2)]
+    assert index.counts(T0 + 91_000) == (0, 0, 0)
+
+
+def test_delays_per_queue_and_per_message():
+    index = make(False, DelaySeconds="5")
+    send(index, T0, "queue delay")
+    send(index, T0, "own delay", delay_seconds=0)
+    send(index, T0, "longer", delay_seconds=20)
+    assert index.counts(T0) == (1, 0, 2)
+    assert index.next_wakeup(T0) == T0 + 5_000
+    assert [d.seq for d in receive(index, T0, max_messages=10).deliveries] == [2]
+    assert [d.seq for d in receive(index, T0 + 5_000, max_messages=10).deliveries] == [1]
+    assert index.next_wakeup(T0 + 5_000) == T0 + 20_000
+
+
+def test_fifo_uses_the_queue_delay():
+    index = make(True, DelaySeconds="3")
+    send(index, T0, "a")
+    assert index.counts(T0) == (0, 0, 1)
+    assert receive(index, T0 + 2_999).deliveries == []
+    assert len(receive(index, T0 + 3_000).deliveries) == 1
+
+
+@both
+def test_receivers_are_woken_by_sends_and_visibility_changes(fifo):
+    wakes = []
+    index = make(fifo, wake=lambda: wakes.append(1))
+    outcome = index.send(T0, SendRequest(body="m", group_id="g" if fifo else None))
+    assert wakes == []
+    outcome.on_durable()
+    assert len(wakes) == 1
+    handle = receive(index, T0).deliveries[0].receipt_handle
+    index.change_visibility(T0, handle, 0).on_durable()
+    assert len(wakes) == 2
+
+
+@both
+def test_dead_letter_after_max_receive_count(fifo):
+    dlq = make(fifo, queue_id=2)
+    policy = json.dumps({"deadLetterTargetArn": dlq.arn, "maxReceiveCount": 2})
+    source = make(fifo, VisibilityTimeout="1", RedrivePolicy=policy)
+    send(source, T0, "poison")
+    for attempt in range(2):
+        assert len(receive(source, T0 + attempt * 1_000, dead_letter=dlq).deliveries) == 1
+    assert receive(source, T0 + 2_000).deliveries  # no DLQ at hand: delivered again
+    outcome = source.receive(T0 + 3_000, dead_letter=dlq)
+    assert outcome.deliveries == []
+    (move,) = outcome.mutations
+    assert isinstance(move, MessageMoved)
+    assert (move.source_queue_id, move.source_seq, move.target_queue_id) == (1, 1, 2)
+    assert move.source_arn == source.arn
+    assert move.enqueued_at == (T0 + 3_000 if fifo else None)  # FIFO restarts retention
+    assert source.counts(T0 + 3_000) == (0, 0, 0)
+    assert dlq.counts(T0 + 3_000) == (0, 0, 0)
+    outcome.on_durable()
+    (moved,) = receive(dlq, T0 + 3_000).deliveries
+    assert (moved.seq, moved.receive_count) == (move.target_seq, 4)
+    assert moved.first_receive_at is None  # the source's first receive stands
+
+
+@both
+def test_closed_queue_drops_late_activations(fifo):
+    index = make(fifo)
+    outcome = index.send(T0, SendRequest(body="m", group_id="g" if fifo else None))
+    index.close()
+    outcome.on_durable()
+    assert index.counts(T0) == (0, 0, 0)
+
+
+@both
+def test_batch_reports_each_entry(fifo):
+    index = make(fifo)
+    group = "g" if fifo else None
+    outcome = index.send_batch(
+        T0, [SendRequest(body="ok", group_id=group), SendRequest(body="", group_id=group)]
+    )
+    assert outcome.results[0].seq == 1
+    assert isinstance(outcome.results[1], SqsError)
+    with pytest.raises(SqsError):
+        index.send(T0, SendRequest(body="", group_id=group))
+
+
+@given(
+    fifo=st.booleans(),
+    sends=st.lists(st.integers(0, 3), min_size=1, max_size=30),
+    batch=st.integers(1, 10),
+)
+@settings(deadline=None)
+def test_draining_returns_every_message_exactly_once(fifo, sends, batch):
+    """Whatever the delays, receive-and-delete until empty yields each message once."""
+    index = make(fifo, VisibilityTimeout="600")
+    sent = []
+    for number, delay in enumerate(sends):
+        extra = {} if fifo else {"delay_seconds": delay}
+        sent.append(send(index, T0, f"m{number}", group=f"g{number % 3}", **extra))
+    received = []
+    now = T0 + 3_000
+    while True:
+        outcome = receive(index, now, max_messages=batch)
+        if not outcome.deliveries:
+            break
+        assert len(outcome.deliveries) <= batch
+        for delivery in outcome.deliveries:
+            received.append(delivery.seq)
+            index.delete(now, delivery.receipt_handle)
+    assert sorted(received) == sorted(sent)
+    assert index.counts(now) == (0, 0, 0)

@@ -1,0 +1,142 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from broker.model.errors import (
+    INVALID_MESSAGE_CONTENTS,
+    INVALID_PARAMETER_VALUE,
+    MISSING_PARAMETER,
+    SqsError,
+)
+from broker.model.messages import (
+    AttributeValue,
+    SendRequest,
+    content_deduplication_id,
+    message_size,
+    sequence_number,
+    validate_send,
+)
+from broker.model.settings import parse_create
+
+STANDARD = parse_create({})
+FIFO = parse_create({"FifoQueue": "true"})
+FIFO_CBD = parse_create({"FifoQueue": "true", "ContentBasedDeduplication": "true"})
+
+
+def refused(settings, **fields):
+    with pytest.raises(SqsError) as raised:
+        validate_send(settings, SendRequest(**fields))
+    return raised.value.code, raised.value.message
+
+
+def test_body_rules():
+    assert refused(STANDARD, body="")[0] == MISSING_PARAMETER
+    assert refused(STANDARD, body="a\x00b")[0] == INVALID_MESSAGE_CONTENTS
+    assert refused(STANDARD, body="\ufffe")[0] == INVALID_MESSAGE_CONTENTS
+    validate_send(STANDARD, SendRequest(body="tab\tnewline\n\U0001f600 \ue000"))
+
+
+def test_size_counts_body_and_attributes():
+    small = parse_create({"MaximumMessageSize": "1024"})
+    request = SendRequest(body="x" * 1000, attributes={"ab": AttributeValue("String", "x" * 18)})
+    assert message_size(request) == 1000 + 2 + 6 + 18
+    validate_send(small, SendRequest(body="x" * 1024))
+    assert refused(small, body="x" * 1000, attributes=request.attributes) == (
+        INVALID_PARAMETER_VALUE,
+        "One or more parameters are invalid. Reason: Message must be shorter than 1024 bytes.",
+    )
+    assert message_size(SendRequest(body="é")) == 2
+
+
+@pytest.mark.parametrize(
+    ("attributes", "fragment"),
+    [
+        ({f"a{i}": AttributeValue("String", "v") for i in range(11)}, "exceeds the allowed"),
+        ({"AWS.x": AttributeValue("String", "v")}, "name 'AWS.x' is invalid"),
+        ({"a..b": AttributeValue("String", "v")}, "is invalid"),
+        ({".a": AttributeValue("String", "v")}, "is invalid"),
+        ({"a": AttributeValue("Text", "v")}, "type of message (user) attribute 'a'"),
+        ({"a": AttributeValue("String", "")}, "non-empty value of type 'String'"),
+        ({"a": AttributeValue("Binary", None, b"")}, "non-empty value of type 'Binary'"),
+        ({"a": AttributeValue("Number", "twelve")}, "to a number"),
+        ({"a": AttributeValue("Number", "1e127")}, "to a number"),
+        ({"a": AttributeValue("String", "\ud800")}, "not allowed"),
+    ],
+)
+def test_attribute_rules(attributes, fragment):
+    code, message = refused(STANDARD, body="b", attributes=attributes)
+    assert code == INVALID_PARAMETER_VALUE
+    assert fragment in message
+
+
+def test_valid_attributes_with_custom_types():
+    validate_send(
+        STANDARD,
+        SendRequest(
+            body="b",
+            attributes={
+                "n.x": AttributeValue("Number.float", "-1.5e3"),
+                "bin": AttributeValue("Binary.gif", None, b"\x00"),
+            },
+        ),
+    )
+
+
+def test_standard_queue_parameters():
+    assert refused(STANDARD, body="b", deduplication_id="d")[0] == INVALID_PARAMETER_VALUE
+    assert refused(STANDARD, body="b", delay_seconds=901) == (
+        INVALID_PARAMETER_VALUE,
+        "Value 901 for parameter DelaySeconds is invalid. "
+        "Reason: DelaySeconds must be >= 0 and <= 900.",
+    )
+    validate_send(STANDARD, SendRequest(body="b", group_id="fair-queue-tenant"))
+
+
+def test_fifo_queue_parameters():
+    assert refused(FIFO, body="b", deduplication_id="d") == (
+        MISSING_PARAMETER,
+        "The request must contain the parameter MessageGroupId.",
+    )
+    assert refused(FIFO, body="b", group_id="g") == (
+        INVALID_PARAMETER_VALUE,
+        "The queue should either have ContentBasedDeduplication enabled or "
+        "MessageDeduplicationId provided explicitly",
+    )
+    assert refused(FIFO_CBD, body="b", group_id="g", delay_seconds=2) == (
+        INVALID_PARAMETER_VALUE,
+        "Value 2 for parameter DelaySeconds is invalid. "
+        "Reason: The request include parameter that is not valid for this queue type.",
+    )
+    validate_send(FIFO_CBD, SendRequest(body="b", group_id="g", delay_seconds=0))
+    assert refused(FIFO, body="b", group_id="g", deduplication_id="x" * 129)[0] == (
+        INVALID_PARAMETER_VALUE
+    )
+
+
+def test_derived_values():
+    assert content_deduplication_id("hi") == (
+        "8f434346648f6b96df89dda901c5176b10a6d83961dd3c1ac88b59b2dc327aa4"
+    )
+    assert sequence_number(1) == "10000000000000000001"
+    assert len(sequence_number(123456789)) == 20
+
+
+@given(st.text(max_size=50))
+def test_bodies_are_accepted_exactly_when_every_character_is_allowed(body):
+    allowed = all(
+        ch in "\t\n\r"
+        or "\x20" <= ch <= "\ud7ff"
+        or "\ue000" <= ch <= "\ufffd"
+        or "\U00010000" <= ch <= "\U0010ffff"
+        for ch in body
+    )
+    code = None
+    try:
+        validate_send(STANDARD, SendRequest(body=body))
+    except SqsError as error:
+        code = error.code
+    expected = (
+        None if allowed and body else MISSING_PARAMETER if not body else INVALID_MESSAGE_CONTENTS
+    )
+    assert code == expected
+    assert message_size(SendRequest(body=body)) == len(body.encode("utf-8", "surrogatepass"))

@@ -1,0 +1,209 @@
+"""Standard queues, checked against a dictionary-based reference model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+)
+
+from broker.model.errors import (
+    INVALID_PARAMETER_VALUE,
+    MESSAGE_NOT_INFLIGHT,
+    SqsError,
+)
+from broker.model.messages import SendRequest
+from broker.model.settings import QueueSettings
+from broker.model.signing import Signer
+from broker.model.standard import StandardIndex
+
+SIGNER = Signer(b"test key, 32 bytes long........")
+T0 = 1_700_000_000_000
+
+
+def make(**settings: int) -> StandardIndex:
+    return StandardIndex(
+        queue_id=1,
+        name="q",
+        arn="arn:aws:sqs:us-east-1:123456789012:q",
+        settings=QueueSettings(**settings),
+        signer=SIGNER,
+        purge_interval_ms=0,
+    )
+
+
+def test_returned_messages_go_before_fresh_ones():
+    index = make(visibility_timeout=1)
+    for body in "abc":
+        index.send(T0, SendRequest(body=body)).on_durable()
+    assert [d.seq for d in index.receive(T0, max_messages=2).deliveries] == [1, 2]
+    later = index.receive(T0 + 1_000, max_messages=10).deliveries
+    assert [(d.seq, d.receive_count) for d in later] == [(1, 2), (2, 2), (3, 1)]
+
+
+def test_zero_visibility_timeout_leaves_the_message_visible():
+    index = make()
+    index.send(T0, SendRequest(body="a")).on_durable()
+    first = index.receive(T0, max_messages=10, visibility_timeout=0).deliveries
+    assert [d.seq for d in first] == [1]  # not twice in one receive
+    assert index.counts(T0) == (1, 0, 0)
+    assert [d.receive_count for d in index.receive(T0).deliveries] == [2]
+
+
+def test_receive_cost_does_not_depend_on_depth():
+    """A receive touches the messages it returns, not the queue behind them."""
+    index = make()
+    outcome = index.send_batch(T0, [SendRequest(body=str(i)) for i in range(50_000)])
+    outcome.on_durable()
+    received = index.receive(T0, max_messages=10)
+    assert len(received.deliveries) == 10
+    assert len(received.mutations) == 10
+
+
+def refusal(call) -> SqsError | None:
+    """Run ``call``; return the SqsError it raised, if any."""
+    try:
+        call()
+    except SqsError as error:
+        return error
+    return None
+
+
+@dataclass
+class Ref:
+    """The reference model's view of one message."""
+
+    visible_at: int
+    count: int = 0
+
+
+class StandardQueueMachine(RuleBasedStateMachine):
+    """Random sends, receives, deletes, visibility changes, purges and waits.
+
+    The reference keeps every message in a dict and answers every question by scanning it.
+    Order is not checked (standard queues promise none); everything else is.
+    """
+
+    handles = Bundle("handles")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.index = make(visibility_timeout=5)
+        self.now = T0
+        self.ref: dict[int, Ref] = {}
+
+    def visible(self) -> set[int]:
+        return {seq for seq, m in self.ref.items() if m.visible_at <= self.now}
+
+    @rule(count=st.integers(1, 4), delay=st.sampled_from([None, 0, 2]))
+    def send(self, count, delay):
+        outcome = self.index.send_batch(
+            self.now, [SendRequest(body="m", delay_seconds=delay) for _ in range(count)]
+        )
+        outcome.on_durable()
+        for result in outcome.results:
+            assert not isinstance(result, SqsError)
+            self.ref[result.seq] = Ref(visible_at=self.now + 1_000 * (delay or 0))
+
+    @rule(target=handles, most=st.integers(1, 10), timeout=st.sampled_from([None, 0, 1, 30]))
+    def receive(self, most, timeout):
+        visible = self.visible()
+        deliveries = self.index.receive(
+            self.now, max_messages=most, visibility_timeout=timeout
+        ).deliveries
+        seqs = [d.seq for d in deliveries]
+        assert len(set(seqs)) == len(seqs)
+        assert set(seqs) <= visible
+        assert len(seqs) == min(most, len(visible))
+        window = 1_000 * (5 if timeout is None else timeout)
+        for delivery in deliveries:
+            message = self.ref[delivery.seq]
+            message.count += 1
+            message.visible_at = self.now + window
+            assert delivery.receive_count == message.count
+            assert (delivery.first_receive_at is not None) == (message.count == 1)
+        return [(d.seq, d.receipt_handle) for d in deliveries]
+
+    @rule(batch=handles, pick=st.integers(0, 9))
+    def delete(self, batch, pick):
+        if not batch:
+            return
+        seq, handle = batch[pick % len(batch)]
+        self.index.delete(self.now, handle)
+        self.ref.pop(seq, None)  # stale handles still delete on standard queues
+
+    @rule(batch=handles, pick=st.integers(0, 9), timeout=st.integers(0, 20))
+    def change_visibility(self, batch, pick, timeout):
+        if not batch:
+            return
+        seq, handle = batch[pick % len(batch)]
+        message = self.ref.get(seq)
+        error = refusal(lambda: self.index.change_visibility(self.now, handle, timeout))
+        if error is not None:
+            if message is None:
+                assert error.code == INVALID_PARAMETER_VALUE
+            else:
+                assert error.code == MESSAGE_NOT_INFLIGHT
+                assert message.visible_at <= self.now
+            return
+        assert message is not None
+        assert message.visible_at > self.now
+        message.visible_at = self.now + timeout * 1_000
+
+    @rule(step=st.integers(0, 40_000))
+    def wait(self, step):
+        wakeup = self.index.next_wakeup(self.now)
+        pending = [m.visible_at for m in self.ref.values() if m.visible_at > self.now]
+        # The wake-up is never later than the first message that becomes visible.
+        assert wakeup == (min(pending) if pending else None)
+        self.now += step
+
+    @precondition(lambda self: self.ref)
+    @rule()
+    def purge(self):
+        self.index.purge(self.now)
+        self.ref.clear()
+
+    @invariant()
+    def counts_match(self):
+        visible = self.visible()
+        in_flight = {s for s, m in self.ref.items() if m.count and m.visible_at > self.now}
+        delayed = set(self.ref) - visible - in_flight
+        assert self.index.counts(self.now) == (len(visible), len(in_flight), len(delayed))
+
+
+StandardQueueMachine.TestCase.settings = settings(
+    max_examples=150, stateful_step_count=40, deadline=None
+)
+TestStandardQueue = StandardQueueMachine.TestCase
+
+
+@pytest.mark.parametrize("elapsed", [0, 1_000])
+def test_receive_count_across_many_cycles(elapsed):
+    index = make(visibility_timeout=1)
+    index.send(T0, SendRequest(body="a")).on_durable()
+    for cycle in range(1, 6):
+        (delivery,) = index.receive(T0 + cycle * 1_000, visibility_timeout=1).deliveries
+        assert delivery.receive_count == cycle
+    assert index.counts(T0 + 5_000 + elapsed) == ((1, 0, 0) if elapsed else (0, 1, 0))
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(1, 10)), max_size=20))
+@settings(deadline=None)
+def test_nothing_is_handed_out_twice_while_in_flight(steps):
+    index = make(visibility_timeout=30)
+    in_flight: set[int] = set()
+    for sends, most in steps:
+        for _ in range(sends):
+            index.send(T0, SendRequest(body="m")).on_durable()
+        for delivery in index.receive(T0, max_messages=most).deliveries:
+            assert delivery.seq not in in_flight
+            in_flight.add(delivery.seq)

@@ -1,0 +1,255 @@
+"""The SQLite store: group commit, cancellation, failure isolation, reclaim, kill -9."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+import trio.lowlevel
+
+from broker.model import new_index
+from broker.model.messages import SendRequest
+from broker.model.mutations import MessageInserted, QueuePurged
+from broker.model.settings import QueueSettings
+from broker.model.signing import Signer
+from broker.store.base import StoreError
+from broker.store.sqlite import SqliteStore
+
+REPO = Path(__file__).resolve().parents[3]
+CRASH_CHILD = REPO / "tests" / "support" / "store_crash_child.py"
+MESSAGE_ID = "0b7b1c4e-1d2f-4a6b-8c9d-0e1f2a3b4c5d"
+
+
+def inserted(queue_id: int, seq: int, body: str = "b") -> MessageInserted:
+    return MessageInserted(
+        queue_id=queue_id,
+        seq=seq,
+        message_id=MESSAGE_ID,
+        body=body,
+        attributes={},
+        sent_at=1,
+        visible_at=1,
+        group_id=None,
+        deduplication_id=None,
+        sender_id="",
+        trace_header=None,
+    )
+
+
+async def wait_until_reclaimed(store: SqliteStore) -> None:
+    """The writer reclaims while idle; give it up to 20 seconds."""
+    for _ in range(1_000):
+        if store.statistics().reclaiming_queues == 0:
+            return
+        await trio.sleep(0.02)
+    raise AssertionError("purged rows were not reclaimed")
+
+
+@pytest.fixture
+async def store(tmp_path):
+    store = SqliteStore(tmp_path)
+    await store.open()
+    yield store
+    await store.aclose()
+
+
+async def test_concurrent_callers_share_commits(store):
+    queue = await store.create_queue("q", QueueSettings(), {}, 0)
+    before = store.statistics()
+    callers = 300
+    async with trio.open_nursery() as nursery:
+        for seq in range(1, callers + 1):
+            nursery.start_soon(store.commit, [inserted(queue.queue_id, seq)])
+    after = store.statistics()
+    commits = after.commits - before.commits
+    assert after.mutations - before.mutations == callers
+    assert commits < callers / 2, "callers waiting together should share fsyncs"
+    assert after.mutations_per_commit.count == after.commits
+    assert len(await store.read_messages(queue.queue_id, range(1, callers + 1))) == callers
+
+
+async def test_commits_land_in_call_order(store):
+    queue = await store.create_queue("q", QueueSettings(), {}, 0)
+    order: list[int] = []
+    async with trio.open_nursery() as nursery:
+        for seq in range(1, 50):
+            nursery.start_soon(
+                store.commit, [inserted(queue.queue_id, seq)], lambda seq=seq: order.append(seq)
+            )
+            await trio.lowlevel.checkpoint()
+    assert order == sorted(order)
+
+
+async def test_a_cancelled_caller_still_gets_its_batch_committed(store):
+    queue = await store.create_queue("q", QueueSettings(), {}, 0)
+    durable = trio.Event()
+    with trio.CancelScope() as scope:
+        scope.cancel()  # cancelled before it even waits
+        await store.commit([inserted(queue.queue_id, 1)], durable.set)
+    with trio.fail_after(5):
+        await durable.wait()
+    await store.commit([inserted(queue.queue_id, 2)])
+    assert len(await store.read_messages(queue.queue_id, [1, 2])) == 2
+
+
+async def test_a_failing_job_fails_alone_and_the_next_commit_sees_the_failure(store):
+    queue = await store.create_queue("q", QueueSettings(), {}, 0)
+    await store.commit([inserted(queue.queue_id, 1)])
+    results: dict[str, object] = {}
+
+    async def attempt(name, mutations):
+        try:
+            await store.commit(mutations)
+            results[name] = "ok"
+        except StoreError as error:
+            results[name] = error
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(attempt, "duplicate", [inserted(queue.queue_id, 1)])
+        nursery.start_soon(attempt, "fine", [inserted(queue.queue_id, 2)])
+    assert results["fine"] == "ok"
+    assert isinstance(results["duplicate"], StoreError)
+    assert store.statistics().failed_jobs == 1
+
+
+async def test_closing_flushes_queued_commits(tmp_path):
+    store = SqliteStore(tmp_path)
+    await store.open()
+    queue = await store.create_queue("q", QueueSettings(), {}, 0)
+    async with trio.open_nursery() as nursery:
+        for seq in range(1, 20):
+            nursery.start_soon(store.commit, [inserted(queue.queue_id, seq)])
+        await trio.lowlevel.checkpoint()
+        nursery.start_soon(store.aclose)
+    reopened = SqliteStore(tmp_path)
+    await reopened.open()
+    (loaded,) = await reopened.load()
+    assert len(loaded.messages) == 19
+    await reopened.aclose()
+    with pytest.raises(StoreError, match="not open"):
+        await store.commit([])
+
+
+async def test_purged_rows_are_reclaimed_and_the_file_stops_growing(store):
+    queue = await store.create_queue("q", QueueSettings(), {}, 0)
+    body = "x" * 4_000
+    sizes = []
+    seq = 0
+    for _ in range(4):
+        batch = []
+        for _ in range(1_500):
+            seq += 1
+            batch.append(inserted(queue.queue_id, seq, body))
+        await store.commit(batch)
+        await store.commit([QueuePurged(queue_id=queue.queue_id, below_seq=seq + 1)])
+        await wait_until_reclaimed(store)
+        await store.commit([])  # a checkpoint of the WAL happens on later commits
+        sizes.append(store.path.stat().st_size)
+    assert sizes[-1] <= sizes[0] * 1.2, sizes
+
+
+async def test_deleted_queue_rows_are_reclaimed(store):
+    queue = await store.create_queue("q", QueueSettings(), {}, 0)
+    await store.commit([inserted(queue.queue_id, seq) for seq in range(1, 100)])
+    await store.delete_queue(queue.queue_id)
+    await wait_until_reclaimed(store)
+    assert await store.read_messages(queue.queue_id, [1, 50]) == []
+    assert await store.load() == []
+
+
+def run_child_until_killed(data_dir: Path) -> dict[int, dict[int, tuple[int, str]]]:
+    """Start the crash child, read 400 acknowledgements, SIGKILL it mid-stream.
+
+    Returns:
+        group -> number -> (seq, message id) of every acknowledged send.
+    """
+    acknowledged: dict[int, dict[int, tuple[int, str]]] = {}
+
+    def note(line: str) -> None:
+        group, number, seq, message_id = line.split()
+        acknowledged.setdefault(int(group), {})[int(number)] = (int(seq), message_id)
+
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    with subprocess.Popen(
+        [sys.executable, str(CRASH_CHILD), str(data_dir)],
+        stdout=subprocess.PIPE,
+        env=environment,
+        text=True,
+    ) as child:
+        assert child.stdout is not None
+        deadline = time.monotonic() + 60
+        count = 0
+        while count < 400 and time.monotonic() < deadline:
+            line = child.stdout.readline()
+            if not line:
+                break
+            note(line)
+            count += 1
+        child.send_signal(signal.SIGKILL)
+        # Lines written before the kill were acknowledged too.
+        for line in child.stdout:
+            if line.endswith("\n"):
+                note(line)
+    return acknowledged
+
+
+@pytest.mark.slow
+async def test_nothing_acknowledged_is_lost_on_sigkill(tmp_path):
+    """A child sends to a FIFO queue from 8 tasks and prints each acknowledged send; we
+    kill it with SIGKILL mid-stream. Every acknowledged message must be there after a
+    restart, each group in send order, with its deduplication id still remembered."""
+    acknowledged = await trio.to_thread.run_sync(run_child_until_killed, tmp_path)
+    assert sum(map(len, acknowledged.values())) >= 400, "the child did not get going"
+
+    store = SqliteStore(tmp_path)
+    await store.open()
+    (loaded,) = await store.load()
+    index = new_index(
+        queue_id=loaded.record.queue_id,
+        name=loaded.record.name,
+        arn="arn:aws:sqs:us-east-1:000000000000:crash.fifo",
+        settings=loaded.record.settings,
+        signer=Signer(b"crash test key, 32 bytes long..."),
+        next_seq=loaded.record.next_seq,
+    )
+    now = int(time.time() * 1000)
+    index.restore(loaded.messages, now)
+    for entry in loaded.deduplication:
+        index.restore_deduplication(entry.key, entry.seq, entry.expires_at)
+
+    stored_seqs = set(loaded.messages.seq)
+    for group, sends in acknowledged.items():
+        for number, (seq, _) in sends.items():
+            assert seq in stored_seqs, f"acknowledged send {group}:{number} was lost"
+
+    received: dict[int, list[int]] = {}
+    while True:
+        outcome = index.receive(now, max_messages=10)
+        if not outcome.deliveries:
+            break
+        messages = await store.read_messages(
+            loaded.record.queue_id, [d.seq for d in outcome.deliveries]
+        )
+        for message in messages:
+            group, number = map(int, message.body.split(":"))
+            received.setdefault(group, []).append(number)
+        for delivery in outcome.deliveries:
+            index.delete(now, delivery.receipt_handle)
+    for group, sends in acknowledged.items():
+        numbers = received[group]
+        assert numbers == sorted(numbers), f"group {group} out of order"
+        assert set(sends) <= set(numbers)
+
+    group, sends = next(iter(acknowledged.items()))
+    number, (seq, message_id) = next(iter(sends.items()))
+    duplicate = index.send(
+        now,
+        SendRequest(body="again", group_id=f"g{group}", deduplication_id=f"{group}-{number}"),
+    )
+    assert duplicate.results[0].duplicate
+    assert duplicate.results[0].message_id == message_id
+    await store.aclose()

@@ -1,0 +1,153 @@
+import sqlite3
+import uuid
+
+import pytest
+
+from broker.model.messages import AttributeValue
+from broker.model.mutations import (
+    DeduplicationExpired,
+    DeduplicationRecorded,
+    MessageDeleted,
+    MessageDelivered,
+    MessageInserted,
+    MessageMoved,
+    QueuePurged,
+    VisibilityChanged,
+)
+from broker.store.sqlite_apply import ATTRIBUTES_DECODER, apply_mutations, reclaim_step
+from broker.store.sqlite_schema import configure, migrate
+
+ID = str(uuid.UUID(int=1, version=4))
+
+
+@pytest.fixture
+def db(tmp_path):
+    connection = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+    configure(connection, writer=True)
+    migrate(connection)
+    for name in ("a", "b"):
+        connection.execute(
+            "INSERT INTO queues (name, settings, tags, created_at, modified_at) "
+            "VALUES (?, x'', '{}', 0, 0)",
+            (name,),
+        )
+    return connection
+
+
+def inserted(seq, queue_id=1, **fields):
+    values = {
+        "queue_id": queue_id,
+        "seq": seq,
+        "message_id": ID,
+        "body": "hé",
+        "attributes": {},
+        "sent_at": 100,
+        "visible_at": 100,
+        "group_id": "g",
+        "deduplication_id": None,
+        "sender_id": "s",
+        "trace_header": None,
+    }
+    values.update(fields)
+    return MessageInserted(**values)
+
+
+def row(db, seq, queue_id=1, columns="*"):
+    return db.execute(
+        f"SELECT {columns} FROM messages WHERE queue_id = ? AND seq = ?", (queue_id, seq)
+    ).fetchone()
+
+
+def test_insert_deliver_change_delete(db):
+    attributes = {"a": AttributeValue("Binary", None, b"\x01")}
+    apply_mutations(db, [inserted(1, attributes=attributes), inserted(2)], set())
+    body, encoded, enqueued = row(db, 1, columns="body, attributes, enqueued_at")
+    assert body == "hé".encode()
+    assert enqueued == 100
+    assert ATTRIBUTES_DECODER.decode(encoded) == attributes
+    assert row(db, 2, columns="attributes") == (None,)
+    apply_mutations(
+        db,
+        [
+            MessageDelivered(queue_id=1, seq=1, visible_at=500, receive_count=1, received_at=200),
+            MessageDelivered(queue_id=1, seq=1, visible_at=900, receive_count=2, received_at=600),
+            VisibilityChanged(queue_id=1, seq=1, visible_at=700),
+            MessageDeleted(queue_id=1, seq=2),
+        ],
+        set(),
+    )
+    assert row(db, 1, columns="visible_at, receive_count, received_at, first_received_at") == (
+        700,
+        2,
+        600,
+        200,
+    )
+    assert row(db, 2) is None
+    assert db.execute("SELECT next_seq FROM queues WHERE queue_id = 1").fetchone() == (3,)
+
+
+def test_insert_then_delete_in_one_batch_keeps_order(db):
+    apply_mutations(db, [inserted(1), MessageDeleted(queue_id=1, seq=1), inserted(2)], set())
+    assert row(db, 1) is None
+    assert row(db, 2) is not None
+
+
+@pytest.mark.parametrize("enqueued_at", [None, 555])
+def test_move_copies_the_row(db, enqueued_at):
+    apply_mutations(db, [inserted(1)], set())
+    move = MessageMoved(
+        source_queue_id=1,
+        source_seq=1,
+        target_queue_id=2,
+        target_seq=9,
+        enqueued_at=enqueued_at,
+        visible_at=800,
+        source_arn="arn:src",
+    )
+    apply_mutations(db, [move], set())
+    assert row(db, 1) is None
+    assert row(db, 9, queue_id=2, columns="message_id, body, source_arn, enqueued_at") == (
+        uuid.UUID(ID).bytes,
+        "hé".encode(),
+        "arn:src",
+        enqueued_at or 100,
+    )
+    assert db.execute("SELECT next_seq FROM queues WHERE queue_id = 2").fetchone() == (10,)
+
+
+def test_deduplication_rows(db):
+    apply_mutations(
+        db,
+        [
+            DeduplicationRecorded(queue_id=1, key=b"k1", seq=1, expires_at=10),
+            DeduplicationRecorded(queue_id=1, key=b"k2", seq=2, expires_at=20),
+            DeduplicationExpired(queue_id=1, now=10),
+        ],
+        set(),
+    )
+    assert db.execute("SELECT key FROM deduplication").fetchall() == [(b"k2",)]
+
+
+def test_purge_then_reclaim_in_steps(db):
+    apply_mutations(db, [inserted(seq) for seq in range(1, 6)], set())
+    purged: set[int] = set()
+    apply_mutations(db, [QueuePurged(queue_id=1, below_seq=4)], purged)
+    assert purged == {1}
+    assert reclaim_step(db, 1, limit=2) is False
+    assert reclaim_step(db, 1, limit=2) is True
+    remaining = [seq for (seq,) in db.execute("SELECT seq FROM messages ORDER BY seq")]
+    assert remaining == [4, 5]
+
+
+def test_reclaim_of_a_deleted_queue_removes_it(db):
+    apply_mutations(
+        db,
+        [inserted(1), DeduplicationRecorded(queue_id=1, key=b"k", seq=1, expires_at=9)],
+        set(),
+    )
+    db.execute("UPDATE queues SET deleted = 1 WHERE queue_id = 1")
+    assert reclaim_step(db, 1, limit=10) is True
+    assert db.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM deduplication").fetchone() == (0,)
+    assert db.execute("SELECT queue_id FROM queues").fetchall() == [(2,)]
+    assert reclaim_step(db, 1, limit=10) is True
