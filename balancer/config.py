@@ -1,10 +1,385 @@
-"""The schema of balancer.toml. Decoded by :mod:`monitoring.configfile`; strict and frozen."""
+"""The schema of balancer.toml. Decoded by :mod:`monitoring.configfile`; strict and frozen.
+
+Names, ranges and defaults follow AWS's Application Load Balancer (ELBv2 API and user guide),
+so an ALB setup translates key by key. AWS's quotas that protect the data path (values and
+wildcards per rule, rules per listener, target groups per action) are enforced at load.
+Errors name the key path: a field's own constraint as msgspec reports it
+(``... - at `$.target_groups[0].port```), a cross-field rule of one table from its
+``__post_init__`` (same form), and a cross-reference between tables with the path spelled
+out in the message.
+"""
 
 from __future__ import annotations
 
-from monitoring.settings import AdminSettings, LifecycleSettings, LoggingSettings, Section
+import ipaddress
+import re
+from typing import Annotated, Literal, NamedTuple
+
+from msgspec import Meta
+
+from balancer.config_rules import TOKEN, Name, StickyDuration, TargetPort
+from balancer.config_rules import Action as Action
+from balancer.config_rules import Conditions as Conditions
+from balancer.config_rules import FixedResponse as FixedResponse
+from balancer.config_rules import Forward as Forward
+from balancer.config_rules import GroupStickiness as GroupStickiness
+from balancer.config_rules import HttpHeaderCondition as HttpHeaderCondition
+from balancer.config_rules import QueryPair as QueryPair
+from balancer.config_rules import QueryStringCondition as QueryStringCondition
+from balancer.config_rules import Redirect as Redirect
+from balancer.config_rules import Rule as Rule
+from balancer.config_rules import WeightedTargetGroup as WeightedTargetGroup
+from balancer.health import parse_matcher
+from monitoring.settings import (
+    AdminSettings,
+    LifecycleSettings,
+    LoggingSettings,
+    Port,
+    Section,
+    check_host,
+)
 
 DEFAULT_ADMIN_PORT = 9326
+
+# AWS quotas (load-balancer-limits.md) and ELBv2 API bounds.
+MAX_LISTENERS = 50
+MAX_RULES_PER_LISTENER = 100  # AWS: 100 per load balancer, not counting default rules
+MAX_CERTIFICATES = 26  # the default certificate plus 25 in the certificate list
+MAX_TARGET_GROUPS = 100
+MAX_TARGETS_PER_GROUP = 1000
+RESERVED_COOKIE_PREFIX = "AWSALB"  # covers AWSALBAPP and AWSALBTG too
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS security policies: AWS's names mapped to OpenSSL settings.
+
+
+class TlsPolicy(NamedTuple):
+    """What an AWS security policy name means to OpenSSL.
+
+    ``minimum_version`` / ``maximum_version`` name ``ssl.TLSVersion`` members; ``ciphers`` is
+    the OpenSSL list for TLS 1.2 and older, in AWS's server order. TLS 1.3 suites are the
+    three AWS offers in every TLS13 policy, which is also OpenSSL's default set.
+    """
+
+    minimum_version: str
+    maximum_version: str
+    ciphers: str
+
+
+_CIPHERS_2016_08 = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES128-SHA256:ECDHE-RSA-AES128-SHA256:ECDHE-ECDSA-AES128-SHA:"
+    "ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-AES256-SHA384:ECDHE-RSA-AES256-SHA384:ECDHE-RSA-AES256-SHA:"
+    "ECDHE-ECDSA-AES256-SHA:AES128-GCM-SHA256:AES128-SHA256:AES128-SHA:"
+    "AES256-GCM-SHA384:AES256-SHA256:AES256-SHA"
+)
+
+
+def _only(keep: str) -> str:
+    return ":".join(c for c in _CIPHERS_2016_08.split(":") if re.search(keep, c))
+
+
+_NO_SHA1 = _only(r"(GCM|SHA256|SHA384)$")
+_FORWARD_SECRET = _only(r"^ECDHE-.*(GCM|SHA256|SHA384)$")
+_FORWARD_SECRET_GCM = _only(r"^ECDHE-.*GCM")
+# OpenSSL 3 refuses TLS 1.0/1.1 (SHA-1 handshakes) above security level 0.
+_LEGACY = "@SECLEVEL=0"
+
+SslPolicyName = Literal[
+    "ELBSecurityPolicy-TLS13-1-2-2021-06",
+    "ELBSecurityPolicy-TLS13-1-2-Res-2021-06",
+    "ELBSecurityPolicy-TLS13-1-2-Ext1-2021-06",
+    "ELBSecurityPolicy-TLS13-1-2-Ext2-2021-06",
+    "ELBSecurityPolicy-TLS13-1-3-2021-06",
+    "ELBSecurityPolicy-TLS13-1-1-2021-06",
+    "ELBSecurityPolicy-TLS13-1-0-2021-06",
+    "ELBSecurityPolicy-2016-08",
+    "ELBSecurityPolicy-TLS-1-0-2015-04",
+    "ELBSecurityPolicy-TLS-1-1-2017-01",
+    "ELBSecurityPolicy-TLS-1-2-2017-01",
+    "ELBSecurityPolicy-TLS-1-2-Ext-2018-06",
+    "ELBSecurityPolicy-FS-1-2-Res-2019-08",
+]
+SSL_POLICIES: dict[str, TlsPolicy] = {
+    "ELBSecurityPolicy-TLS13-1-2-2021-06": TlsPolicy("TLSv1_2", "TLSv1_3", _FORWARD_SECRET),
+    "ELBSecurityPolicy-TLS13-1-2-Res-2021-06": TlsPolicy("TLSv1_2", "TLSv1_3", _FORWARD_SECRET_GCM),
+    "ELBSecurityPolicy-TLS13-1-2-Ext1-2021-06": TlsPolicy("TLSv1_2", "TLSv1_3", _NO_SHA1),
+    "ELBSecurityPolicy-TLS13-1-2-Ext2-2021-06": TlsPolicy("TLSv1_2", "TLSv1_3", _CIPHERS_2016_08),
+    "ELBSecurityPolicy-TLS13-1-3-2021-06": TlsPolicy("TLSv1_3", "TLSv1_3", ""),
+    "ELBSecurityPolicy-TLS13-1-1-2021-06": TlsPolicy(
+        "TLSv1_1", "TLSv1_3", f"{_CIPHERS_2016_08}:{_LEGACY}"
+    ),
+    "ELBSecurityPolicy-TLS13-1-0-2021-06": TlsPolicy(
+        "TLSv1", "TLSv1_3", f"{_CIPHERS_2016_08}:{_LEGACY}"
+    ),
+    "ELBSecurityPolicy-2016-08": TlsPolicy("TLSv1", "TLSv1_2", f"{_CIPHERS_2016_08}:{_LEGACY}"),
+    "ELBSecurityPolicy-TLS-1-0-2015-04": TlsPolicy(
+        "TLSv1", "TLSv1_2", f"{_CIPHERS_2016_08}:DES-CBC3-SHA:{_LEGACY}"
+    ),
+    "ELBSecurityPolicy-TLS-1-1-2017-01": TlsPolicy(
+        "TLSv1_1", "TLSv1_2", f"{_CIPHERS_2016_08}:{_LEGACY}"
+    ),
+    "ELBSecurityPolicy-TLS-1-2-2017-01": TlsPolicy("TLSv1_2", "TLSv1_2", _NO_SHA1),
+    "ELBSecurityPolicy-TLS-1-2-Ext-2018-06": TlsPolicy("TLSv1_2", "TLSv1_2", _CIPHERS_2016_08),
+    "ELBSecurityPolicy-FS-1-2-Res-2019-08": TlsPolicy("TLSv1_2", "TLSv1_2", _FORWARD_SECRET),
+}
+DEFAULT_SSL_POLICY: SslPolicyName = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+
+# ---------------------------------------------------------------------------------------------
+# Listeners.
+
+
+class Certificate(Section, frozen=True, kw_only=True):
+    """A PEM certificate chain and its key; the first of a listener is the default."""
+
+    cert_file: Annotated[str, Meta(min_length=1)]
+    key_file: Annotated[str, Meta(min_length=1)]
+
+
+class ListenerTimeouts(Section, frozen=True, kw_only=True):
+    """Timeouts per phase; a peer that stalls longer is cut off."""
+
+    tls_handshake_seconds: Annotated[float, Meta(gt=0, le=300)] = 10.0
+    request_header_seconds: Annotated[
+        float, Meta(gt=0, le=4000, description="First byte to end of request headers.")
+    ] = 60.0
+    request_body_seconds: Annotated[
+        float, Meta(gt=0, le=4000, description="Longest pause inside a request body.")
+    ] = 60.0
+    target_connect_seconds: Annotated[float, Meta(gt=0, le=300)] = 10.0
+    target_response_seconds: Annotated[
+        float, Meta(gt=0, le=4000, description="Request sent to response headers; then 504.")
+    ] = 60.0
+
+
+class ListenerLimits(Section, frozen=True, kw_only=True):
+    """Size limits (AWS: request line 16K, request headers 64K, response headers 32K)."""
+
+    request_line_bytes: Annotated[int, Meta(ge=256, le=65536)] = 16384
+    request_header_bytes: Annotated[int, Meta(ge=1024, le=1048576)] = 65536
+    response_header_bytes: Annotated[int, Meta(ge=1024, le=1048576)] = 32768
+    header_count: Annotated[
+        int, Meta(ge=8, le=1000, description="Headers per request (HAProxy allows 101).")
+    ] = 100
+    connections: Annotated[int, Meta(ge=1, le=1_000_000)] = 10000
+
+
+class AccessLog(Section, frozen=True, kw_only=True):
+    """One ALB-format line per request."""
+
+    enabled: bool = False
+    destination: Annotated[str, Meta(description='"stderr" or an absolute file path.')] = "stderr"
+
+    def __post_init__(self) -> None:
+        if self.destination != "stderr" and not self.destination.startswith("/"):
+            raise ValueError('access_log destination must be "stderr" or an absolute path')
+
+
+class _HttpListenerBase(Section, frozen=True, kw_only=True):
+    name: Name
+    host: str = "0.0.0.0"
+    port: Port
+    default_action: Action
+    rules: tuple[Rule, ...] = ()
+    idle_timeout_seconds: Annotated[
+        int, Meta(ge=1, le=4000, description="Idle client or target connection is closed.")
+    ] = 60
+    timeouts: ListenerTimeouts = ListenerTimeouts()
+    limits: ListenerLimits = ListenerLimits()
+    x_forwarded_for: Annotated[
+        Literal["append", "preserve", "remove"],
+        Meta(description="append the client address, pass it unchanged, or drop the header."),
+    ] = "append"
+    x_forwarded_for_client_port: bool = False
+    trusted_proxies: Annotated[
+        tuple[str, ...], Meta(description="CIDRs whose incoming X-Forwarded-* headers are kept.")
+    ] = ()
+    access_log: AccessLog = AccessLog()
+
+    def __post_init__(self) -> None:
+        check_host(self.host)
+        for cidr in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(cidr)
+            except ValueError as exc:
+                raise ValueError(f"trusted_proxies: {exc}") from None
+        if len(self.rules) > MAX_RULES_PER_LISTENER:
+            raise ValueError(f"at most {MAX_RULES_PER_LISTENER} rules per listener")
+        seen: set[int] = set()
+        for i, rule in enumerate(self.rules):
+            if rule.priority in seen:
+                raise ValueError(f"rules[{i}].priority {rule.priority} is used twice")
+            seen.add(rule.priority)
+
+
+class HttpListener(_HttpListenerBase, frozen=True, kw_only=True, tag="http", tag_field="protocol"):
+    """A plain HTTP listener."""
+
+
+class HttpsListener(
+    _HttpListenerBase, frozen=True, kw_only=True, tag="https", tag_field="protocol"
+):
+    """An HTTPS listener: TLS with certificates chosen by SNI, then HTTP."""
+
+    certificates: Annotated[
+        tuple[Certificate, ...], Meta(min_length=1, max_length=MAX_CERTIFICATES)
+    ]
+    ssl_policy: SslPolicyName = DEFAULT_SSL_POLICY
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        actions = [("default_action", self.default_action)]
+        actions += [(f"rules[{i}].action", r.action) for i, r in enumerate(self.rules)]
+        for where, action in actions:
+            if isinstance(action, Redirect) and action.protocol == "HTTP":
+                raise ValueError(f"{where}: an HTTPS listener never redirects down to HTTP")
+
+
+# Room for tcp, tls, udp and geneve listeners: new tagged classes joined here.
+Listener = HttpListener | HttpsListener
+
+# ---------------------------------------------------------------------------------------------
+# Target groups.
+
+_HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def check_target_host(host: str) -> None:
+    """Accept an IPv4 or IPv6 literal, or a DNS name (resolved by the shell)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        labels = host.removesuffix(".").split(".")
+        if len(host) > 253 or not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels):
+            raise ValueError(f"target host {host!r} is not an IP address or a DNS name") from None
+
+
+def target_id(host: str, port: int) -> str:
+    """The id of a target: ``host:port``, IPv6 in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Endpoint(NamedTuple):
+    """A target with its port resolved against its group's."""
+
+    target_id: str
+    host: str
+    port: int
+    weight: int
+    zone: str
+
+
+class Target(Section, frozen=True, kw_only=True):
+    """One target: an address and port, with an optional weight and zone label."""
+
+    host: Annotated[str, Meta(description="IPv4, IPv6 or a DNS name.")]
+    port: Annotated[int, Meta(ge=0, le=65535, description="0: the target group's port.")] = 0
+    weight: Annotated[int, Meta(ge=1, le=999, description="Relative share of requests.")] = 1
+    zone: Annotated[str, Meta(max_length=64, description="Free label for metrics.")] = ""
+
+    def __post_init__(self) -> None:
+        check_target_host(self.host)
+
+
+class HealthCheck(Section, frozen=True, kw_only=True):
+    """Active health checks (ALB defaults)."""
+
+    enabled: bool = True
+    protocol: Literal["http", "https", "tcp"] = "http"
+    path: Annotated[str, Meta(min_length=1, max_length=1024)] = "/"
+    port: TargetPort | Literal["traffic-port"] = "traffic-port"
+    interval_seconds: Annotated[int, Meta(ge=5, le=300)] = 30
+    timeout_seconds: Annotated[int, Meta(ge=2, le=120)] = 5
+    healthy_threshold: Annotated[int, Meta(ge=2, le=10)] = 5
+    unhealthy_threshold: Annotated[int, Meta(ge=2, le=10)] = 2
+    matcher: Annotated[str, Meta(description='Passing codes: "200", "200,202", "200-299".')] = "200"
+
+    def __post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise ValueError("health_check path must start with '/'")
+        if self.timeout_seconds >= self.interval_seconds:
+            raise ValueError("health_check timeout_seconds must be less than interval_seconds")
+        parse_matcher(self.matcher)
+
+
+class Stickiness(Section, frozen=True, kw_only=True):
+    """Keep a client on one target: an AWSALB cookie, or follow the application's cookie."""
+
+    enabled: bool = False
+    type: Literal["lb_cookie", "app_cookie"] = "lb_cookie"
+    duration_seconds: StickyDuration = 86400
+    cookie_name: Annotated[str, Meta(description="The application's cookie (app_cookie).")] = ""
+
+    def __post_init__(self) -> None:
+        if self.type == "lb_cookie" and self.cookie_name:
+            raise ValueError("cookie_name is only used with type = app_cookie")
+        if self.type == "app_cookie":
+            if not TOKEN.fullmatch(self.cookie_name):
+                raise ValueError("app_cookie stickiness needs a cookie_name (a token)")
+            if self.cookie_name.startswith(RESERVED_COOKIE_PREFIX):
+                raise ValueError(f"cookie_name cannot start with {RESERVED_COOKIE_PREFIX}")
+
+
+class MinimumHealthyTargets(Section, frozen=True, kw_only=True):
+    """Fewer healthy targets than this: route to all of them (fail open)."""
+
+    count: Annotated[int, Meta(ge=1, le=MAX_TARGETS_PER_GROUP)] = 1
+    percent: Annotated[int, Meta(ge=0, le=100, description="0 turns the percentage off.")] = 0
+
+
+class TargetGroup(Section, frozen=True, kw_only=True):
+    """Targets that receive requests, how they are chosen and how their health is checked."""
+
+    name: Name
+    protocol: Literal["http", "https"] = "http"
+    port: Annotated[TargetPort, Meta(description="Port of targets that do not name one.")] = 80
+    targets: tuple[Target, ...] = ()
+    algorithm: Literal["round_robin", "least_outstanding_requests", "weighted_random"] = (
+        "round_robin"
+    )
+    slow_start_seconds: Annotated[int, Meta(ge=0, le=900, description="0 (off) or 30-900.")] = 0
+    deregistration_delay_seconds: Annotated[int, Meta(ge=0, le=3600)] = 300
+    health_check: HealthCheck = HealthCheck()
+    stickiness: Stickiness = Stickiness()
+    minimum_healthy_targets: MinimumHealthyTargets = MinimumHealthyTargets()
+
+    def __post_init__(self) -> None:
+        if 0 < self.slow_start_seconds < 30:
+            raise ValueError("slow_start_seconds must be 0 (off) or 30-900")
+        if self.slow_start_seconds and self.algorithm == "least_outstanding_requests":
+            raise ValueError("slow start does not combine with least_outstanding_requests (AWS)")
+        if len(self.targets) > MAX_TARGETS_PER_GROUP:
+            raise ValueError(f"at most {MAX_TARGETS_PER_GROUP} targets per target group")
+        ids = [e.target_id for e in self.endpoints()]
+        if len(set(ids)) != len(ids):
+            raise ValueError("a target (host and port) is listed twice")
+
+    def endpoints(self) -> list[Endpoint]:
+        """The targets with their ports resolved, in configuration order."""
+        return [
+            Endpoint(
+                target_id(t.host, t.port or self.port),
+                t.host,
+                t.port or self.port,
+                t.weight,
+                t.zone,
+            )
+            for t in self.targets
+        ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The file.
+
+
+class StickinessKeys(Section, frozen=True, kw_only=True):
+    """Keys that seal stickiness cookies: the first seals, every one opens (rotation)."""
+
+    key_files: Annotated[
+        tuple[str, ...], Meta(description="Files of at least 16 random bytes; share across nodes.")
+    ] = ()
 
 
 class BalancerConfig(Section, frozen=True, kw_only=True):
@@ -13,3 +388,71 @@ class BalancerConfig(Section, frozen=True, kw_only=True):
     admin: AdminSettings = AdminSettings(port=DEFAULT_ADMIN_PORT)
     logging: LoggingSettings = LoggingSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
+    workers: Annotated[
+        int, Meta(ge=1, le=256, description="Processes sharing the listeners (SO_REUSEPORT).")
+    ] = 1
+    stickiness: StickinessKeys = StickinessKeys()
+    listeners: Annotated[tuple[Listener, ...], Meta(max_length=MAX_LISTENERS)] = ()
+    target_groups: Annotated[tuple[TargetGroup, ...], Meta(max_length=MAX_TARGET_GROUPS)] = ()
+
+    def __post_init__(self) -> None:
+        _unique([g.name for g in self.target_groups], "target_groups", "name")
+        _unique([li.name for li in self.listeners], "listeners", "name")
+        # Port 0 asks the kernel for a free port, so it never collides.
+        bound = [f"{li.host}:{li.port}" if li.port else None for li in self.listeners]
+        _unique(bound, "listeners", "host and port")
+        groups = {g.name: g for g in self.target_groups}
+        sticky = [
+            f"target_groups[{i}]" for i, g in enumerate(self.target_groups) if g.stickiness.enabled
+        ]
+        for where, action in self.actions():
+            if not isinstance(action, Forward):
+                continue
+            weighted = action.weighted()
+            for j, member in enumerate(weighted):
+                if member.name not in groups:
+                    field = "target_group" if action.target_group else f"target_groups[{j}].name"
+                    raise ValueError(
+                        f"no target group named {member.name!r} - at `$.{where}.{field}`"
+                    )
+            if len(weighted) < 2:
+                continue
+            members = [groups[m.name] for m in weighted]
+            if any(g.stickiness.type == "app_cookie" and g.stickiness.enabled for g in members):
+                raise ValueError(
+                    f"app_cookie stickiness does not work with weighted target groups (AWS) "
+                    f"- at `$.{where}`"
+                )
+            if any(g.stickiness.enabled for g in members) and not action.stickiness.enabled:
+                raise ValueError(
+                    "a target group of this weighted forward has stickiness enabled, so "
+                    f"stickiness.enabled must be true here too (AWS) - at `$.{where}`"
+                )
+            if action.stickiness.enabled:
+                sticky.append(where)
+        if sticky and not self.stickiness.key_files:
+            raise ValueError(
+                f"stickiness is enabled ({sticky[0]}) but stickiness.key_files is empty: "
+                "cookies must be sealed with a key every balancer process shares"
+            )
+
+    def actions(self) -> list[tuple[str, Action]]:
+        """Every action with its key path (``listeners[0].rules[2].action``)."""
+        found: list[tuple[str, Action]] = []
+        for i, listener in enumerate(self.listeners):
+            found.append((f"listeners[{i}].default_action", listener.default_action))
+            found += [
+                (f"listeners[{i}].rules[{j}].action", rule.action)
+                for j, rule in enumerate(listener.rules)
+            ]
+        return found
+
+
+def _unique(values: list[str | None], table: str, what: str) -> None:
+    seen: set[str] = set()
+    for i, value in enumerate(values):
+        if value is None:
+            continue
+        if value in seen:
+            raise ValueError(f"{what} {value!r} is used twice - at `$.{table}[{i}]`")
+        seen.add(value)

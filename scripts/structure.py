@@ -27,9 +27,23 @@ ALLOWED = {
 }
 # Modules that must stay sans-I/O: no sockets, no event loop, no clock, no logging.
 IMPURE = {"trio", "socket", "asyncio", "time", "logging", "threading", "selectors", "ssl"}
-PURE_PREFIXES = ("proto/", "broker/model/", "balancer/rules.py", "balancer/selection.py")
+PURE_PREFIXES = (
+    "proto/",
+    "broker/model/",
+    "balancer/rules.py",
+    "balancer/selection.py",
+    "balancer/health.py",
+    "balancer/stickiness.py",
+)
 # Pure modules whose tests must include hypothesis properties.
-PROPERTY_PREFIXES = ("proto/", "broker/model/", "balancer/rules.py", "balancer/selection.py")
+PROPERTY_PREFIXES = (
+    "proto/",
+    "broker/model/",
+    "balancer/rules.py",
+    "balancer/selection.py",
+    "balancer/health.py",
+    "balancer/stickiness.py",
+)
 NO_PROPERTY_NEEDED = {"__init__.py", "errors.py"}
 
 

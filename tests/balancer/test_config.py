@@ -1,11 +1,36 @@
 from __future__ import annotations
 
+import re
+import ssl
 import tomllib
+import typing
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from balancer.config import BalancerConfig
+from balancer.config import (
+    DEFAULT_SSL_POLICY,
+    SSL_POLICIES,
+    BalancerConfig,
+    Certificate,
+    Conditions,
+    Endpoint,
+    FixedResponse,
+    Forward,
+    HttpListener,
+    HttpsListener,
+    Redirect,
+    Rule,
+    SslPolicyName,
+    Target,
+    TargetGroup,
+    WeightedTargetGroup,
+    target_id,
+)
 from monitoring.configfile import ConfigError, decode, load
 from tests.support.schema import key_paths, lookup
 
@@ -38,3 +63,444 @@ def test_unknown_section_is_rejected_with_its_path():
     with pytest.raises(ConfigError) as info:
         decode(b"[admni]\nport = 1\n", BalancerConfig, path="balancer.toml")
     assert str(info.value) == "balancer.toml: Object contains unknown field `admni`"
+
+
+# The schema ------------------------------------------------------------------------------------
+
+WEB = {"name": "web", "targets": [{"host": "10.0.0.1"}]}
+
+
+def listener(**fields: Any) -> dict[str, Any]:
+    base = {"name": "l", "protocol": "http", "port": 80}
+    return {**base, "default_action": {"type": "forward", "target_group": "web"}, **fields}
+
+
+def config(**fields: Any) -> dict[str, Any]:
+    return {"target_groups": [WEB], "listeners": [listener()], **fields}
+
+
+def error(data: dict[str, Any]) -> str:
+    toml = msgspec.toml.encode(data)
+    with pytest.raises(ConfigError) as info:
+        decode(toml, BalancerConfig, path="b.toml")
+    return str(info.value)
+
+
+def test_a_minimal_balancer():
+    loaded = decode(msgspec.toml.encode(config()), BalancerConfig)
+    [http] = loaded.listeners
+    assert isinstance(http, HttpListener)
+    assert http.default_action == Forward(target_group="web")
+    assert (http.host, http.idle_timeout_seconds, http.x_forwarded_for) == ("0.0.0.0", 60, "append")
+    [group] = loaded.target_groups
+    assert (group.algorithm, group.deregistration_delay_seconds) == ("round_robin", 300)
+    check = group.health_check
+    assert (check.interval_seconds, check.timeout_seconds, check.matcher) == (30, 5, "200")
+    assert (check.healthy_threshold, check.unhealthy_threshold, check.port) == (
+        5,
+        2,
+        "traffic-port",
+    )
+    assert group.stickiness.duration_seconds == 86400
+    assert loaded.workers == 1
+
+
+def test_the_shipped_example_decodes_every_kind_of_action():
+    loaded = load(CONF, BalancerConfig)
+    actions = [type(action) for _, action in loaded.actions()]
+    assert {Forward, Redirect, FixedResponse} <= set(actions)
+    assert [g.name for g in loaded.target_groups] == ["web", "web-canary"]
+
+
+def test_endpoints_resolve_ports_and_bracket_ipv6():
+    group = TargetGroup(
+        name="g",
+        port=8080,
+        targets=(Target(host="10.0.0.1"), Target(host="::1", port=81, zone="a")),
+    )
+    assert group.endpoints() == [
+        Endpoint("10.0.0.1:8080", "10.0.0.1", 8080, 1, ""),
+        Endpoint("[::1]:81", "::1", 81, 1, "a"),
+    ]
+    assert target_id("db.internal", 5432) == "db.internal:5432"
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            config(listeners=[listener(default_action={"type": "forward", "target_group": "api"})]),
+            "no target group named 'api' - at `$.listeners[0].default_action.target_group`",
+        ),
+        (
+            config(
+                listeners=[
+                    listener(
+                        rules=[
+                            {
+                                "priority": 1,
+                                "conditions": {"path_pattern": ["/"]},
+                                "action": {
+                                    "type": "forward",
+                                    "target_groups": [{"name": "web"}, {"name": "x"}],
+                                },
+                            }
+                        ]
+                    )
+                ]
+            ),
+            "no target group named 'x' - at `$.listeners[0].rules[0].action.target_groups[1].name`",
+        ),
+        (
+            config(target_groups=[{"name": "web", "port": 70000}]),
+            "Expected `int` <= 65535 - at `$.target_groups[0].port`",
+        ),
+        (
+            config(target_groups=[WEB, WEB]),
+            "name 'web' is used twice - at `$.target_groups[1]`",
+        ),
+        (
+            config(listeners=[listener(), listener(port=81)]),
+            "name 'l' is used twice - at `$.listeners[1]`",
+        ),
+        (
+            config(listeners=[listener(), listener(name="m")]),
+            "host and port '0.0.0.0:80' is used twice - at `$.listeners[1]`",
+        ),
+        (
+            config(listeners=[listener(certificates=[{"cert_file": "a", "key_file": "b"}])]),
+            "unknown field `certificates` - at `$.listeners[0]`",
+        ),
+        (
+            config(listeners=[listener(protocol="https")]),
+            "missing required field `certificates` - at `$.listeners[0]`",
+        ),
+        (
+            config(listeners=[listener(protocol="udp")]),
+            "Invalid value 'udp' - at `$.listeners[0].protocol`",
+        ),
+        (
+            config(listeners=[listener(host="a b")]),
+            "invalid listen host 'a b' - at `$.listeners[0]`",
+        ),
+        (
+            config(listeners=[listener(trusted_proxies=["10.0.0.0/33"])]),
+            "trusted_proxies: '10.0.0.0/33' does not appear to be an IPv4 or IPv6 network",
+        ),
+        (
+            config(listeners=[listener(access_log={"destination": "log.txt"})]),
+            "absolute path - at `$.listeners[0].access_log`",
+        ),
+        (
+            config(target_groups=[{"name": "web", "slow_start_seconds": 10}]),
+            "0 (off) or 30-900 - at `$.target_groups[0]`",
+        ),
+        (
+            config(
+                target_groups=[
+                    {
+                        "name": "web",
+                        "slow_start_seconds": 30,
+                        "algorithm": "least_outstanding_requests",
+                    }
+                ]
+            ),
+            "slow start does not combine with least_outstanding_requests",
+        ),
+        (
+            config(target_groups=[{"name": "web", "health_check": {"timeout_seconds": 30}}]),
+            "less than interval_seconds - at `$.target_groups[0].health_check`",
+        ),
+        (
+            config(target_groups=[{"name": "web", "health_check": {"matcher": "200-600"}}]),
+            "codes must be within 200-499 - at `$.target_groups[0].health_check`",
+        ),
+        (
+            config(target_groups=[{"name": "web", "health_check": {"path": "health"}}]),
+            "must start with '/' - at `$.target_groups[0].health_check`",
+        ),
+        (
+            config(target_groups=[{"name": "web", "health_check": {"interval_seconds": 4}}]),
+            ">= 5 - at `$.target_groups[0].health_check.interval_seconds`",
+        ),
+        (
+            config(target_groups=[{"name": "web", "targets": [{"host": "bad_host"}]}]),
+            "not an IP address or a DNS name - at `$.target_groups[0].targets[0]`",
+        ),
+        (
+            config(
+                target_groups=[
+                    {"name": "web", "targets": [{"host": "a"}, {"host": "a", "port": 80}]}
+                ]
+            ),
+            "listed twice - at `$.target_groups[0]`",
+        ),
+        (
+            config(target_groups=[{"name": "web", "stickiness": {"type": "app_cookie"}}]),
+            "needs a cookie_name",
+        ),
+        (
+            config(
+                target_groups=[
+                    {"name": "web", "stickiness": {"type": "app_cookie", "cookie_name": "AWSALBX"}}
+                ]
+            ),
+            "cannot start with AWSALB - at `$.target_groups[0].stickiness`",
+        ),
+        (
+            config(target_groups=[{"name": "web", "stickiness": {"cookie_name": "s"}}]),
+            "only used with type = app_cookie",
+        ),
+        (
+            config(target_groups=[{"name": "web", "stickiness": {"enabled": True}}]),
+            "stickiness is enabled (target_groups[0]) but stickiness.key_files is empty",
+        ),
+        ({"workers": 0}, "Expected `int` >= 1 - at `$.workers`"),
+    ],
+)
+def test_bad_configs_name_the_key_path(data, expected):
+    assert expected in error(data)
+
+
+def rule_forwarding_to(*groups: str, sticky: bool = False) -> dict[str, Any]:
+    return {
+        "priority": 1,
+        "conditions": {"path_pattern": ["/"]},
+        "action": {
+            "type": "forward",
+            "target_groups": [{"name": g} for g in groups],
+            "stickiness": {"enabled": sticky},
+        },
+    }
+
+
+def test_weighted_forwards_follow_aws_stickiness_rules():
+    sticky_web = {"name": "web", "stickiness": {"enabled": True}}
+    app_web = {
+        "name": "web",
+        "stickiness": {"enabled": True, "type": "app_cookie", "cookie_name": "sid"},
+    }
+    keys = {"key_files": ["/k"]}
+    base = [{"name": "b"}]
+    needs_group = config(
+        target_groups=[sticky_web, *base],
+        listeners=[listener(rules=[rule_forwarding_to("web", "b")])],
+        stickiness=keys,
+    )
+    assert (
+        "stickiness.enabled must be true here too (AWS) - at `$.listeners[0].rules[0].action`"
+        in (error(needs_group))
+    )
+    no_app = config(
+        target_groups=[app_web, *base],
+        listeners=[listener(rules=[rule_forwarding_to("web", "b", sticky=True)])],
+        stickiness=keys,
+    )
+    assert "app_cookie stickiness does not work with weighted target groups" in error(no_app)
+    group_sticky = config(
+        target_groups=[WEB, *base],
+        listeners=[listener(rules=[rule_forwarding_to("web", "b", sticky=True)])],
+    )
+    assert "(listeners[0].rules[0].action) but stickiness.key_files is empty" in error(group_sticky)
+    ok = decode(msgspec.toml.encode({**group_sticky, "stickiness": keys}), BalancerConfig)
+    assert ok.stickiness.key_files == ("/k",)
+
+
+def test_https_listeners():
+    https = listener(
+        protocol="https",
+        port=443,
+        certificates=[{"cert_file": "/c.pem", "key_file": "/c.key"}],
+        rules=[
+            {
+                "priority": 1,
+                "conditions": {"path_pattern": ["/x"]},
+                "action": {"type": "redirect", "protocol": "HTTP", "status_code": "HTTP_301"},
+            }
+        ],
+    )
+    assert (
+        "rules[0].action: an HTTPS listener never redirects down to HTTP - at `$.listeners[0]`"
+        in (error(config(listeners=[https])))
+    )
+    https["rules"][0]["action"]["protocol"] = "HTTPS"
+    loaded = decode(msgspec.toml.encode(config(listeners=[https])), BalancerConfig)
+    [tls] = loaded.listeners
+    assert isinstance(tls, HttpsListener)
+    assert tls.ssl_policy == DEFAULT_SSL_POLICY == "ELBSecurityPolicy-TLS13-1-2-2021-06"
+    assert tls.certificates == (Certificate(cert_file="/c.pem", key_file="/c.key"),)
+    too_many = [{"cert_file": "a", "key_file": "b"}] * 27
+    assert "length <= 26" in error(config(listeners=[{**https, "certificates": too_many}]))
+    assert "Invalid enum value 'TLS1'" in error(config(listeners=[{**https, "ssl_policy": "TLS1"}]))
+
+
+def test_listener_limits():
+    rules = [
+        {
+            "priority": p,
+            "conditions": {"path_pattern": ["/"]},
+            "action": {"type": "fixed_response", "status_code": 200},
+        }
+        for p in range(1, 102)
+    ]
+    assert "at most 100 rules per listener" in error(config(listeners=[listener(rules=rules)]))
+    assert "rules[1].priority 1 is used twice" in error(
+        config(listeners=[listener(rules=[rules[0], rules[0]])])
+    )
+
+
+# TLS policies ----------------------------------------------------------------------------------
+
+
+def test_every_policy_name_has_a_definition():
+    assert set(typing.get_args(SslPolicyName)) == set(SSL_POLICIES)
+
+
+@pytest.mark.parametrize("name", sorted(SSL_POLICIES))
+def test_policies_are_valid_openssl_settings(name):
+    policy = SSL_POLICIES[name]
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    low, high = ssl.TLSVersion[policy.minimum_version], ssl.TLSVersion[policy.maximum_version]
+    assert low <= high
+    if policy.ciphers:
+        context.set_ciphers(policy.ciphers)  # raises SSLError on an unknown cipher list
+        names = {c["name"] for c in context.get_ciphers() if c["protocol"] != "TLSv1.3"}
+        wanted = {c for c in policy.ciphers.split(":") if not c.startswith("@")}
+        # Every listed cipher this OpenSSL build knows is enabled (3DES may be compiled out).
+        assert names <= wanted
+    else:
+        assert low == ssl.TLSVersion.TLSv1_3
+
+
+def test_policy_contents_follow_aws():
+    recommended = SSL_POLICIES["ELBSecurityPolicy-TLS13-1-2-2021-06"]
+    assert (recommended.minimum_version, recommended.maximum_version) == ("TLSv1_2", "TLSv1_3")
+    assert all(c.startswith("ECDHE-") for c in recommended.ciphers.split(":"))
+    assert "SHA:" not in recommended.ciphers + ":"
+    restricted = SSL_POLICIES["ELBSecurityPolicy-TLS13-1-2-Res-2021-06"].ciphers.split(":")
+    assert len(restricted) == 4
+    assert all("GCM" in c for c in restricted)
+    assert SSL_POLICIES["ELBSecurityPolicy-TLS13-1-3-2021-06"].minimum_version == "TLSv1_3"
+    legacy = SSL_POLICIES["ELBSecurityPolicy-2016-08"]
+    assert (legacy.minimum_version, legacy.maximum_version) == ("TLSv1", "TLSv1_2")
+    assert "AES128-SHA:" in legacy.ciphers
+    assert "DES-CBC3-SHA" in SSL_POLICIES["ELBSecurityPolicy-TLS-1-0-2015-04"].ciphers
+
+
+# The shipped file documents every variant ------------------------------------------------------
+
+
+def places(schema: Any, prefix: str = "", found: dict[Any, list[str]] | None = None):
+    """Every struct of the schema (through every member of unions) and where it appears."""
+    found = {} if found is None else found
+    found.setdefault(schema, []).append(prefix)
+    hints = typing.get_type_hints(schema, include_extras=True)
+    for field in msgspec.structs.fields(schema):
+        for nested in structs_in(hints[field.name]):
+            places(nested, f"{prefix}{field.encode_name}.", found)
+    return found
+
+
+def structs_in(annotation: Any) -> list[Any]:
+    if isinstance(annotation, type) and issubclass(annotation, msgspec.Struct):
+        return [annotation]
+    return [s for arg in typing.get_args(annotation) for s in structs_in(arg)]
+
+
+def documented_keys() -> list[tuple[str, str, tuple[str, ...]]]:
+    """(struct name, key, where the struct appears) for every key of every struct."""
+    keys = []
+    for schema, prefixes in places(BalancerConfig).items():
+        names = [f.encode_name for f in msgspec.structs.fields(schema)]
+        tag_field = msgspec.inspect.type_info(schema).tag_field  # type: ignore[attr-defined]
+        names += [tag_field] if tag_field else []
+        keys += [(schema.__name__, name, tuple(prefixes)) for name in names]
+    return keys
+
+
+def shipped_documents() -> list[dict[str, Any]]:
+    """The live TOML, and the commented-out example (lines like '# key = value')."""
+    text = CONF.read_text()
+    example = [
+        line[2:]
+        for line in text.splitlines()
+        if re.match(r"# (\[\[?[\w.]+\]\]?$|[\w]+ = |  \{|\]$)", line)
+    ]
+    return [tomllib.loads(text), tomllib.loads("\n".join(example))]
+
+
+@pytest.mark.parametrize(
+    ("struct", "key", "prefixes"),
+    documented_keys(),
+    ids=[f"{s}.{k}" for s, k, _ in documented_keys()],
+)
+def test_every_key_of_every_variant_is_documented(struct, key, prefixes):
+    documents = shipped_documents()
+    assert any(lookup(d, p + key) for d in documents for p in prefixes), f"{struct}.{key}"
+
+
+def test_the_commented_https_example_is_valid():
+    _, example = shipped_documents()
+    loaded = msgspec.convert({**example, "target_groups": [{"name": "web"}]}, BalancerConfig)
+    assert isinstance(loaded.listeners[0], HttpsListener)
+
+
+# Round trips -----------------------------------------------------------------------------------
+
+names = st.from_regex(r"[a-z][a-z0-9]{0,8}", fullmatch=True)
+hosts = st.one_of(
+    st.ip_addresses().map(str),
+    st.from_regex(r"[a-z]{1,8}(\.[a-z]{1,8}){0,2}", fullmatch=True),
+)
+actions = st.one_of(
+    st.builds(
+        FixedResponse,
+        status_code=st.sampled_from([200, 404, 503]),
+        message_body=st.text(max_size=20),
+    ),
+    st.builds(
+        Redirect, protocol=st.just("HTTPS"), status_code=st.sampled_from(["HTTP_301", "HTTP_302"])
+    ),
+)
+
+
+@st.composite
+def balancer_configs(draw: st.DrawFn) -> BalancerConfig:
+    group_names = draw(st.lists(names, min_size=1, max_size=3, unique=True))
+    groups = tuple(
+        TargetGroup(
+            name=name,
+            port=draw(st.integers(1, 65535)),
+            targets=tuple(
+                Target(host=h, weight=draw(st.integers(1, 999)))
+                for h in draw(st.lists(hosts, max_size=3, unique=True))
+            ),
+            algorithm=draw(st.sampled_from(["round_robin", "weighted_random"])),
+            slow_start_seconds=draw(st.sampled_from([0, 30, 900])),
+        )
+        for name in group_names
+    )
+    forwards = st.one_of(
+        st.sampled_from(group_names).map(lambda n: Forward(target_group=n)),
+        st.lists(st.sampled_from(group_names), min_size=1, max_size=3, unique=True).map(
+            lambda ns: Forward(target_groups=tuple(WeightedTargetGroup(name=n) for n in ns))
+        ),
+    )
+    priorities = draw(st.lists(st.integers(1, 50000), max_size=4, unique=True))
+    rules = tuple(
+        Rule(
+            priority=p,
+            conditions=Conditions(path_pattern=(f"/p{p}/*",)),
+            action=draw(st.one_of(forwards, actions)),
+        )
+        for p in priorities
+    )
+    http = HttpListener(
+        name="web", port=draw(st.integers(0, 65535)), default_action=draw(forwards), rules=rules
+    )
+    return BalancerConfig(workers=draw(st.integers(1, 8)), listeners=(http,), target_groups=groups)
+
+
+@given(balancer_configs())
+def test_configs_round_trip_through_toml(original):
+    assert decode(msgspec.toml.encode(original), BalancerConfig) == original

@@ -1,0 +1,268 @@
+"""Stickiness cookies: opaque, authenticated values naming a target or a target group (pure).
+
+ALB's cookies (sticky-sessions.md), reproduced by name and behaviour:
+
+- ``AWSALB`` names the target of a group with ``lb_cookie`` stickiness; ``AWSALBCORS`` carries
+  the same value with ``SameSite=None; Secure`` for cross-origin requests.
+- ``AWSALBTG`` / ``AWSALBTGCORS`` name the target group of a weighted forward.
+- ``AWSALBAPP-0`` maps the application's own cookie to a target (``app_cookie``). ALB shards
+  this cookie into ``AWSALBAPP-0..3`` because it copies the app cookie; ours seals only a
+  digest of the app cookie, so one shard always suffices.
+- Cookies expire in the browser after a fixed 7 days (``Expires``, never ``Max-Age``); the
+  configured duration is sealed inside and checked on every request, and the shell re-issues
+  the cookie on every response, which slides the window.
+
+Sealing: AES-SIV (RFC 5297, ``cryptography``'s ``AESSIV``) with AES-256 and the cookie kind
+as associated data, so a group cookie never opens as a target cookie. SIV rather than
+AES-GCM because it needs no nonce: a balancer re-seals on every response, and random 96-bit
+GCM nonces reach NIST's 2^32-messages-per-key bound within hours at high request rates, after
+which a repeat would leak the authentication key. SIV's only leak, equal plaintexts giving
+equal cookies, reveals nothing a client does not already know. Determinism also keeps this
+module free of randomness.
+
+Keys come from files (bytes passed in by the shell, never read here). The first key seals;
+every key opens, so rotation is: add the new key second, reload every node, move it first,
+reload again, drop the old one. Each cookie carries a 4-byte key id so opening tries one key.
+Times are wall-clock seconds since the epoch (``time.time()``), not a monotonic clock:
+cookies travel between processes and hosts.
+
+``open_*`` methods return None for anything they did not seal: tampered, truncated, expired,
+foreign, oversized or non-ASCII values. They never raise on input from a client.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import hashlib
+import hmac
+import math
+import struct
+from collections.abc import Collection, Iterable, Sequence
+from email.utils import formatdate
+from typing import NamedTuple
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+LB_COOKIE = "AWSALB"
+LB_CORS_COOKIE = "AWSALBCORS"
+GROUP_COOKIE = "AWSALBTG"
+GROUP_CORS_COOKIE = "AWSALBTGCORS"
+APP_COOKIE = "AWSALBAPP-0"
+COOKIE_LIFETIME_SECONDS = 7 * 86400  # ALB's fixed browser expiry
+MIN_KEY_BYTES = 16  # below 128 bits a key could be guessed
+MAX_COOKIE_CHARS = 1024  # ours are ~100-700; bounds the work spent on garbage
+
+_VERSION = 1
+_HEADER = struct.Struct(">B4s")  # version, key id
+_EXPIRY = struct.Struct(">Q")  # whole seconds since the epoch
+_LENGTH = struct.Struct(">H")
+_APP_DIGEST_BYTES = 16
+_SIV_TAG_BYTES = 16
+
+
+class Kind(enum.Enum):
+    """What a sealed value names; bound to the ciphertext as associated data."""
+
+    TARGET = b"target"
+    GROUP = b"group"
+    APP = b"app"
+
+
+class StickyTarget(NamedTuple):
+    """What a target cookie names."""
+
+    target_group: str
+    target_id: str
+
+
+class _Key(NamedTuple):
+    key_id: bytes
+    cipher: AESSIV
+
+
+def _derive(key: bytes) -> _Key:
+    """Stretch a key file's bytes into an AES-256-SIV key (64 bytes) and a key id."""
+    material = HKDF(hashes.SHA256(), 64, salt=None, info=b"wharf stickiness cookie v1").derive(key)
+    key_id = hashlib.sha256(b"wharf stickiness key id\0" + key).digest()[:4]
+    return _Key(key_id, AESSIV(material))
+
+
+def _field(text: str) -> bytes:
+    data = text.encode()
+    return _LENGTH.pack(len(data)) + data
+
+
+def _read_field(data: bytes, offset: int) -> tuple[str, int]:
+    (length,) = _LENGTH.unpack_from(data, offset)
+    start = offset + _LENGTH.size
+    if start + length > len(data):
+        raise ValueError("truncated field")
+    return data[start : start + length].decode(), start + length
+
+
+def app_digest(app_cookie: str) -> bytes:
+    """A digest of the application cookie's value, sealed to bind the mapping to it."""
+    return hashlib.sha256(app_cookie.encode()).digest()[:_APP_DIGEST_BYTES]
+
+
+class CookieSealer:
+    """Seals and opens stickiness cookie values with a list of keys (first seals)."""
+
+    def __init__(self, keys: Sequence[bytes]) -> None:
+        """Derive the ciphers.
+
+        Args:
+            keys: key file contents; the first seals, all open.
+
+        Raises:
+            ValueError: no key, or a key shorter than ``MIN_KEY_BYTES``.
+        """
+        if not keys:
+            raise ValueError("stickiness needs at least one key")
+        for key in keys:
+            if len(key) < MIN_KEY_BYTES:
+                raise ValueError(f"a stickiness key needs at least {MIN_KEY_BYTES} bytes")
+        self._keys = [_derive(key) for key in keys]
+        self._by_id = {k.key_id: k for k in reversed(self._keys)}  # first key wins a clash
+
+    # Sealing.
+
+    def _seal(self, kind: Kind, expires_at: float, body: bytes) -> str:
+        key = self._keys[0]
+        header = _HEADER.pack(_VERSION, key.key_id)
+        expiry = _EXPIRY.pack(max(math.ceil(expires_at), 0))
+        sealed = key.cipher.encrypt(expiry + body, [header, kind.value])
+        return base64.urlsafe_b64encode(header + sealed).rstrip(b"=").decode("ascii")
+
+    def seal_target(self, target_group: str, target_id: str, *, expires_at: float) -> str:
+        """The ``AWSALB`` value sending a client to ``target_id`` until ``expires_at``."""
+        return self._seal(Kind.TARGET, expires_at, _field(target_group) + _field(target_id))
+
+    def seal_group(self, target_group: str, *, expires_at: float) -> str:
+        """The ``AWSALBTG`` value sending a client to ``target_group`` until ``expires_at``."""
+        return self._seal(Kind.GROUP, expires_at, _field(target_group))
+
+    def seal_app(
+        self, target_group: str, target_id: str, app_cookie: str, *, expires_at: float
+    ) -> str:
+        """The ``AWSALBAPP-0`` value tying the app cookie's current value to a target."""
+        body = _field(target_group) + _field(target_id) + app_digest(app_cookie)
+        return self._seal(Kind.APP, expires_at, body)
+
+    # Opening.
+
+    def _open(self, kind: Kind, value: str, now: float) -> bytes | None:
+        if not value or len(value) > MAX_COOKIE_CHARS or not value.isascii():
+            return None
+        try:
+            raw = base64.b64decode(value + "=" * (-len(value) % 4), altchars=b"-_", validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        if base64.urlsafe_b64encode(raw).rstrip(b"=") != value.encode():
+            return None  # only our canonical spelling: one cookie, one string
+        if len(raw) < _HEADER.size + _SIV_TAG_BYTES + _EXPIRY.size:
+            return None
+        header = raw[: _HEADER.size]
+        version, key_id = _HEADER.unpack(header)
+        key = self._by_id.get(key_id)
+        if version != _VERSION or key is None:
+            return None
+        try:
+            plain = key.cipher.decrypt(raw[_HEADER.size :], [header, kind.value])
+        except InvalidTag:
+            return None
+        (expires,) = _EXPIRY.unpack_from(plain)
+        return plain[_EXPIRY.size :] if now < expires else None
+
+    def open_target(self, value: str, *, now: float) -> StickyTarget | None:
+        """What an ``AWSALB`` value names, or None if it is not a live cookie of ours."""
+        body = self._open(Kind.TARGET, value, now)
+        if body is None:
+            return None
+        try:
+            group, offset = _read_field(body, 0)
+            target, offset = _read_field(body, offset)
+        except (ValueError, struct.error):  # UnicodeDecodeError is a ValueError
+            return None
+        return StickyTarget(group, target) if offset == len(body) else None
+
+    def open_group(self, value: str, *, now: float) -> str | None:
+        """The target group an ``AWSALBTG`` value names, or None."""
+        body = self._open(Kind.GROUP, value, now)
+        if body is None:
+            return None
+        try:
+            group, offset = _read_field(body, 0)
+        except (ValueError, struct.error):
+            return None
+        return group if offset == len(body) else None
+
+    def open_app(self, value: str, app_cookie: str, *, now: float) -> StickyTarget | None:
+        """The target an ``AWSALBAPP-0`` value names for this app cookie value, or None."""
+        body = self._open(Kind.APP, value, now)
+        if body is None or len(body) < _APP_DIGEST_BYTES:
+            return None
+        digest = body[-_APP_DIGEST_BYTES:]
+        try:
+            group, offset = _read_field(body, 0)
+            target, offset = _read_field(body, offset)
+        except (ValueError, struct.error):
+            return None
+        if offset != len(body) - _APP_DIGEST_BYTES:
+            return None
+        if not hmac.compare_digest(digest, app_digest(app_cookie)):
+            return None  # the application started a new session: pick afresh
+        return StickyTarget(group, target)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cookie headers.
+
+
+def read_cookies(cookie_headers: Iterable[str], names: Collection[str]) -> dict[str, str]:
+    """The values of the named cookies in ``Cookie`` request headers (first one wins)."""
+    found: dict[str, str] = {}
+    for header in cookie_headers:
+        for part in header.split(";"):
+            name, equals, value = part.strip().partition("=")
+            if equals and name in names and name not in found:
+                found[name] = value.strip()
+    return found
+
+
+def set_cookie(name: str, value: str, *, now: float, cors: bool = False) -> str:
+    """A ``Set-Cookie`` value for a stickiness cookie, expiring 7 days after ``now``.
+
+    ``cors`` adds ``SameSite=None; Secure``, which browsers require to send a cookie on
+    cross-site requests.
+    """
+    expires = formatdate(now + COOKIE_LIFETIME_SECONDS, usegmt=True)
+    header = f"{name}={value}; Expires={expires}; Path=/"
+    return f"{header}; SameSite=None; Secure" if cors else header
+
+
+def target_cookies(value: str, *, now: float) -> list[str]:
+    """``AWSALB`` and its CORS twin ``AWSALBCORS``, as ``Set-Cookie`` values."""
+    return [
+        set_cookie(LB_COOKIE, value, now=now),
+        set_cookie(LB_CORS_COOKIE, value, now=now, cors=True),
+    ]
+
+
+def group_cookies(value: str, *, now: float) -> list[str]:
+    """``AWSALBTG`` and its CORS twin ``AWSALBTGCORS``, as ``Set-Cookie`` values."""
+    return [
+        set_cookie(GROUP_COOKIE, value, now=now),
+        set_cookie(GROUP_CORS_COOKIE, value, now=now, cors=True),
+    ]
+
+
+def sticky_value(cookies: dict[str, str], name: str, cors_name: str) -> str | None:
+    """The cookie's value, falling back to its CORS twin (a cross-site request may carry
+    only the ``SameSite=None`` one)."""
+    return cookies.get(name) or cookies.get(cors_name)

@@ -1,0 +1,193 @@
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from balancer.config_rules import (
+    Conditions,
+    FixedResponse,
+    Forward,
+    Redirect,
+    Rule,
+    WeightedTargetGroup,
+    count_wildcards,
+)
+
+
+def conditions(**fields: Any) -> Conditions:
+    return msgspec.convert(fields, Conditions)
+
+
+def refused(schema: type, data: dict[str, Any]) -> str:
+    with pytest.raises(msgspec.ValidationError) as info:
+        msgspec.convert(data, schema)
+    return str(info.value)
+
+
+# Conditions --------------------------------------------------------------------------------------
+
+
+def test_valid_conditions_of_every_kind():
+    found = conditions(
+        host_header=["*.example.com"],
+        path_pattern=["/a/*"],
+        http_request_method=["GET"],
+        http_header=[{"name": "X-Env", "values": ["beta"]}],
+        query_string=[{"values": [{"key": "v", "value": "1"}]}],
+    )
+    assert [field for field, _ in found.value_groups()] == [
+        "host_header",
+        "path_pattern",
+        "http_request_method",
+        "http_header",
+        "query_string",
+    ]
+    assert conditions(source_ip=["10.0.0.0/8", "2001:db8::/32"]).source_ip[1] == "2001:db8::/32"
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"host_header": ["exa mple.com"]}, "host_header value 'exa mple.com' is invalid"),
+        ({"host_header": ["localhost"]}, "needs a '.'"),
+        ({"host_header": ["example.c0m"]}, "only letters after the last one"),
+        ({"host_header": ["a" * 129 + ".com"]}, "is invalid"),
+        ({"path_pattern": ["/a b"]}, "path_pattern value '/a b' is invalid"),
+        ({"path_pattern": ["/%41"]}, "is invalid"),
+        ({"http_request_method": ["get"]}, "http_request_method value 'get' is invalid"),
+        ({"http_header": [{"name": "X-*", "values": ["a"]}]}, "http_header name value"),
+        ({"http_header": [{"name": "X", "values": ["a\tb"]}]}, "http_header value"),
+        ({"http_header": [{"name": "X", "values": []}]}, "needs at least one value"),
+        ({"query_string": [{"values": []}]}, "needs at least one value"),
+        ({"query_string": [{"values": [{"value": "a b"}]}]}, "query_string value"),
+        ({"query_string": [{"values": [{"key": "k k", "value": "a"}]}]}, "query_string key"),
+        ({"source_ip": ["10.0.0.1/8"]}, "has host bits set"),
+        ({"source_ip": ["nope"]}, "source_ip value 'nope' is invalid"),
+        ({"source_ip": ["255.255.255.255/32"]}, "not allowed"),
+        ({"path_pattern": ["/a", "/b", "/c", "/d"]}, "4 values; at most 3 per condition"),
+        (
+            {"path_pattern": ["/a", "/b", "/c"], "http_request_method": ["GET", "PUT", "POST"]},
+            "6 condition values; at most 5 per rule",
+        ),
+        ({"path_pattern": ["/**", "/??", "/*?"]}, "6 wildcards; at most 5 per rule"),
+    ],
+)
+def test_bad_conditions_are_refused_with_the_reason(fields, message):
+    assert message in refused(Conditions, fields)
+
+
+def test_escaped_query_wildcards_do_not_count():
+    fields = {"path_pattern": ["/*"], "query_string": [{"values": [{"value": r"\*\?\*\?\**"}]}]}
+    assert conditions(**fields).query_string[0].values[0].value == r"\*\?\*\?\**"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "escapes", "count"),
+    [("", False, 0), ("a*b?c", False, 2), (r"a\*b", False, 1), (r"a\*b", True, 0), ("\\", True, 0)],
+)
+def test_count_wildcards(pattern, escapes, count):
+    assert count_wildcards(pattern, escapes=escapes) == count
+
+
+@given(st.text("ab*?\\", max_size=20))
+def test_escaped_wildcards_never_count_more_than_plain_ones(pattern):
+    assert count_wildcards(pattern, escapes=True) <= count_wildcards(pattern)
+
+
+# Actions ---------------------------------------------------------------------------------------
+
+
+def test_forward_forms():
+    assert Forward(target_group="web").weighted() == (WeightedTargetGroup(name="web", weight=1),)
+    split = Forward(
+        target_groups=(WeightedTargetGroup(name="a", weight=0), WeightedTargetGroup(name="b"))
+    )
+    assert [g.name for g in split.weighted()] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({}, "exactly one of target_group or target_groups"),
+        (
+            {"target_group": "a", "target_groups": [{"name": "b"}]},
+            "exactly one of target_group or target_groups",
+        ),
+        ({"target_groups": [{"name": f"g{i}"} for i in range(6)]}, "at most 5 target_groups"),
+        ({"target_groups": [{"name": "a"}, {"name": "a"}]}, "appears twice"),
+        ({"target_groups": [{"name": "a", "weight": 0}]}, "weight above 0"),
+        (
+            {"target_groups": [{"name": "a", "weight": 1000}]},
+            "<= 999 - at `$.target_groups[0].weight`",
+        ),
+        ({"target_groups": [{"name": "-a"}]}, "matching regex"),
+        ({"target_group": "a", "stickiness": {"duration_seconds": 0}}, ">= 1 - at `$.stickiness"),
+    ],
+)
+def test_bad_forwards_are_refused(data, message):
+    assert message in refused(Forward, {"type": "forward", **data})
+
+
+def test_redirect_defaults_keep_every_part():
+    redirect = Redirect(protocol="HTTPS", status_code="HTTP_301")
+    assert (redirect.host, redirect.port, redirect.path, redirect.query) == (
+        "#{host}",
+        "#{port}",
+        "/#{path}",
+        "#{query}",
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({}, "must change at least one of protocol, host, port, path"),
+        ({"host": "#{path}.example.com"}, "host cannot use the placeholder #{path}"),
+        ({"path": "/#{query}"}, "path cannot use the placeholder #{query}"),
+        ({"query": "#{nope}"}, "query cannot use the placeholder #{nope}"),
+        ({"path": "relative"}, "must start with '/'"),
+        ({"protocol": "FTP"}, "Invalid enum value 'FTP'"),
+        ({"port": "8080"}, "Invalid enum value '8080'"),
+        ({"port": 0}, ">= 1"),
+        ({"host": "h" * 129}, "length <= 128"),
+    ],
+)
+def test_bad_redirects_are_refused(data, message):
+    assert message in refused(Redirect, {"type": "redirect", "status_code": "HTTP_302", **data})
+
+
+def test_a_redirect_needs_a_status_code():
+    assert "missing required field `status_code`" in refused(
+        Redirect, {"type": "redirect", "port": 1}
+    )
+
+
+def test_fixed_responses():
+    assert FixedResponse(status_code=204).content_type == "text/plain"
+    assert "2XX, 4XX or 5XX" in refused(
+        FixedResponse, {"type": "fixed_response", "status_code": 301}
+    )
+    assert "<= 599" in refused(FixedResponse, {"type": "fixed_response", "status_code": 600})
+    too_long = {"type": "fixed_response", "status_code": 200, "message_body": "é" * 513}
+    assert "longer than 1024 bytes" in refused(FixedResponse, too_long)
+    ok = {"type": "fixed_response", "status_code": 200, "message_body": "x" * 1024}
+    assert len(msgspec.convert(ok, FixedResponse).message_body) == 1024
+    bad_type = {"type": "fixed_response", "status_code": 200, "content_type": "image/png"}
+    assert "Invalid enum value 'image/png'" in refused(FixedResponse, bad_type)
+
+
+def test_a_rule_needs_a_condition_and_a_priority_in_range():
+    action = {"type": "fixed_response", "status_code": 200}
+    assert "at least one condition" in refused(
+        Rule, {"priority": 1, "conditions": {}, "action": action}
+    )
+    nested = {"priority": 1, "conditions": {"path_pattern": ["/a b"]}, "action": action}
+    assert "- at `$.conditions`" in refused(Rule, nested)
+    high = {"priority": 50001, "conditions": {"path_pattern": ["/"]}, "action": action}
+    assert "<= 50000 - at `$.priority`" in refused(Rule, high)
+    unknown = {"priority": 1, "conditions": {"path_pattern": ["/"]}, "action": {"type": "drop"}}
+    assert "Invalid value 'drop' - at `$.action.type`" in refused(Rule, unknown)

@@ -1,0 +1,292 @@
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from balancer.config import MinimumHealthyTargets, TargetGroup, WeightedTargetGroup
+from balancer.health import TargetHealth, TargetState
+from balancer.selection import (
+    Candidate,
+    Choice,
+    GroupChoice,
+    TargetSelector,
+    choose_group,
+    eligible,
+    slow_start_weights,
+    uniform,
+    weighted_pick,
+)
+
+H, U, D = TargetState.HEALTHY, TargetState.UNHEALTHY, TargetState.DRAINING
+INIT = TargetState.INITIAL
+
+
+def targets(*states: TargetState, weights: tuple[int, ...] = ()) -> list[Candidate]:
+    return [
+        Candidate(f"t{i}", weights[i] if weights else 1, state) for i, state in enumerate(states)
+    ]
+
+
+def picks(selector: TargetSelector, pool: list[Candidate], n: int, seed: int = 0) -> list[str]:
+    rand = random.Random(seed)
+    found = []
+    for _ in range(n):
+        choice = selector.choose(pool, now=0.0, rand=rand)
+        assert choice is not None
+        found.append(choice.target.target_id)
+    return found
+
+
+# Eligibility and fail-open ---------------------------------------------------------------------
+
+
+def test_only_healthy_and_unavailable_targets_are_eligible():
+    pool = targets(H, U, INIT, D, TargetState.UNAVAILABLE, TargetState.UNUSED)
+    chosen, fail_open = eligible(pool)
+    assert [c.target_id for c in chosen] == ["t0", "t4"]
+    assert not fail_open
+
+
+def test_no_healthy_target_fails_open_to_all_but_draining_and_unused():
+    pool = targets(U, INIT, D, TargetState.UNUSED)
+    chosen, fail_open = eligible(pool)
+    assert [c.target_id for c in chosen] == ["t0", "t1"]
+    assert fail_open
+
+
+def test_minimum_healthy_count_and_percent():
+    pool = targets(H, U, U, U)
+    assert eligible(pool, minimum_count=1)[1] is False
+    assert eligible(pool, minimum_count=2)[1] is True
+    assert eligible(pool, minimum_percent=25)[1] is False
+    assert eligible(pool, minimum_percent=26)[1] is True
+
+
+def test_failing_open_with_nothing_extra_to_add_is_not_reported():
+    assert eligible(targets(H), minimum_count=3) == (targets(H), False)
+    assert eligible(targets(D)) == ([], False)
+
+
+def test_no_eligible_target_means_no_choice():
+    selector = TargetSelector()
+    assert selector.choose([], now=0.0, rand=0.5) is None
+    assert selector.choose(targets(D, D), now=0.0, rand=0.5) is None
+
+
+def test_choice_reports_fail_open():
+    choice = TargetSelector().choose(targets(U), now=0.0, rand=0.5)
+    assert choice == Choice(Candidate("t0", 1, U), fail_open=True, sticky=False)
+
+
+def test_selector_from_a_target_group():
+    group = TargetGroup(
+        name="g",
+        algorithm="weighted_random",
+        slow_start_seconds=60,
+        minimum_healthy_targets=MinimumHealthyTargets(count=2, percent=50),
+    )
+    selector = TargetSelector.from_target_group(group)
+    assert (selector.algorithm, selector.slow_start_seconds) == ("weighted_random", 60)
+    assert (selector.minimum_healthy_count, selector.minimum_healthy_percent) == (2, 50)
+
+
+def test_candidate_from_a_health_record():
+    healthy = TargetHealth("a", H, None, 12.0)
+    assert Candidate.from_health(healthy, 3) == Candidate("a", 3, H, 12.0)
+    assert Candidate.from_health(TargetHealth("b", U, None, 5.0)).healthy_since is None
+
+
+# Algorithms ------------------------------------------------------------------------------------
+
+
+def test_round_robin_rotates_and_skips_unhealthy_targets():
+    selector = TargetSelector("round_robin")
+    assert picks(selector, targets(H, U, H), 4) == ["t0", "t2", "t0", "t2"]
+
+
+def test_round_robin_honours_target_weights_smoothly():
+    selector = TargetSelector("round_robin")
+    assert picks(selector, targets(H, H, weights=(3, 1)), 8) == ["t0", "t0", "t1", "t0"] * 2
+
+
+def test_least_outstanding_requests_picks_the_least_busy():
+    selector = TargetSelector("least_outstanding_requests")
+    pool = targets(H, H, H)
+    for target, busy in (("t0", 2), ("t1", 1), ("t2", 3)):
+        for _ in range(busy):
+            selector.request_started(target)
+    assert picks(selector, pool, 1) == ["t1"]
+    assert selector.request_finished("t0") == 1
+    assert selector.request_finished("t0") == 0
+    assert selector.request_finished("t0") == 0  # never negative
+    assert selector.outstanding("t0") == 0
+    assert picks(selector, pool, 1) == ["t0"]
+    selector.forget("t2")
+    assert selector.outstanding("t2") == 0
+
+
+def test_least_outstanding_requests_rotates_between_ties():
+    selector = TargetSelector("least_outstanding_requests")
+    assert picks(selector, targets(H, H, H), 3) == ["t0", "t1", "t2"]
+
+
+def test_weighted_random_is_reproducible():
+    selector = TargetSelector("weighted_random")
+    pool = targets(H, H, H, weights=(1, 2, 3))
+    assert picks(selector, pool, 20, seed=7) == picks(selector, pool, 20, seed=7)
+    assert selector.choose(pool, now=0.0, rand=0.0).target.target_id == "t0"  # type: ignore[union-attr]
+    assert selector.choose(pool, now=0.0, rand=0.99).target.target_id == "t2"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("bad", [1.0, -0.1, math.nan])
+def test_random_values_must_lie_in_the_unit_interval(bad):
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        uniform(bad)
+
+
+def test_weighted_pick_skips_zero_weights_and_needs_a_positive_total():
+    assert weighted_pick([0, 1, 0], 0.0) == 1
+    assert weighted_pick([1, 0], 0.999999) == 0
+    with pytest.raises(ValueError, match="positive total"):
+        weighted_pick([0, 0], 0.5)
+
+
+# Slow start and stickiness ---------------------------------------------------------------------
+
+
+def test_slow_start_ramps_a_newly_healthy_target_linearly():
+    pool = [Candidate("old", 1, H, None), Candidate("new", 1, H, healthy_since=100.0)]
+    assert slow_start_weights(pool, 100.0, 60) == [1.0, 0.01]  # a trickle, never nothing
+    assert slow_start_weights(pool, 130.0, 60) == [1.0, 0.5]
+    assert slow_start_weights(pool, 160.0, 60) == [1.0, 1.0]
+    assert slow_start_weights(pool, 130.0, 0) == [1.0, 1.0]
+
+
+def test_targets_that_start_together_do_not_ramp():
+    pool = [Candidate("a", 2, H, healthy_since=100.0), Candidate("b", 1, H, healthy_since=100.0)]
+    assert slow_start_weights(pool, 110.0, 60) == [2.0, 1.0]
+
+
+def test_slow_start_shapes_the_choice():
+    selector = TargetSelector("weighted_random", slow_start_seconds=100)
+    pool = [Candidate("old", 1, H), Candidate("new", 1, H, healthy_since=0.0)]
+    rand = random.Random(1)
+    counts = Counter(
+        selector.choose(pool, now=10.0, rand=rand).target.target_id  # type: ignore[union-attr]
+        for _ in range(2000)
+    )
+    assert 100 < counts["new"] < 260  # expected share 0.1 / 1.1 of 2000, about 182
+
+
+def test_a_sticky_target_is_kept_while_eligible():
+    selector = TargetSelector()
+    pool = targets(H, H, U, D)
+    assert selector.choose(pool, now=0.0, rand=0.5, sticky_target="t1") == Choice(
+        pool[1], fail_open=False, sticky=True
+    )
+    for gone in ("t2", "t3", "nope"):  # unhealthy, draining, deregistered: pick afresh
+        choice = selector.choose(pool, now=0.0, rand=0.5, sticky_target=gone)
+        assert choice is not None
+        assert not choice.sticky
+        assert choice.target.target_id in ("t0", "t1")
+
+
+def test_a_sticky_unhealthy_target_is_kept_when_failing_open():
+    choice = TargetSelector().choose(targets(U, U), now=0.0, rand=0.5, sticky_target="t1")
+    assert choice == Choice(Candidate("t1", 1, U), fail_open=True, sticky=True)
+
+
+def test_group_choice_by_weight_and_by_cookie():
+    groups = [
+        WeightedTargetGroup(name="blue", weight=0),
+        WeightedTargetGroup(name="green", weight=5),
+    ]
+    assert choose_group(groups, rand=0.3) == GroupChoice("green", sticky=False)
+    assert choose_group(groups, rand=0.3, sticky_group="blue") == GroupChoice("blue", sticky=True)
+    assert choose_group(groups, rand=0.3, sticky_group="gone") == GroupChoice("green", sticky=False)
+
+
+# Properties ------------------------------------------------------------------------------------
+
+weight_lists = st.lists(st.integers(1, 20), min_size=1, max_size=6)
+
+
+@given(weight_lists, st.integers(0, 2**32))
+def test_weighted_random_proportions_are_within_statistical_bounds(weights, seed):
+    draws = 3000
+    selector = TargetSelector("weighted_random")
+    pool = targets(*[H] * len(weights), weights=tuple(weights))
+    counts = Counter(picks(selector, pool, draws, seed))
+    total = sum(weights)
+    for i, weight in enumerate(weights):
+        p = weight / total
+        sigma = math.sqrt(draws * p * (1 - p))
+        # Six standard deviations: a false alarm is a one-in-a-few-hundred-million event.
+        assert abs(counts[f"t{i}"] - draws * p) <= 6 * sigma + 1
+
+
+@given(weight_lists, st.integers(0, 2**32))
+def test_group_choice_proportions_are_within_statistical_bounds(weights, seed):
+    draws = 3000
+    groups = [WeightedTargetGroup(name=f"g{i}", weight=w) for i, w in enumerate(weights)]
+    rand = random.Random(seed)
+    counts = Counter(choose_group(groups, rand=rand).name for _ in range(draws))
+    total = sum(weights)
+    for i, weight in enumerate(weights):
+        p = weight / total
+        assert abs(counts[f"g{i}"] - draws * p) <= 6 * math.sqrt(draws * p * (1 - p)) + 1
+
+
+@given(weight_lists)
+def test_smooth_round_robin_gives_each_target_its_weight_per_cycle(weights):
+    selector = TargetSelector("round_robin")
+    pool = targets(*[H] * len(weights), weights=tuple(weights))
+    counts = Counter(picks(selector, pool, sum(weights) * 3))
+    assert [counts[f"t{i}"] for i in range(len(weights))] == [3 * w for w in weights]
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 20), st.integers(1, 5)), min_size=1, max_size=8),
+    st.integers(0, 10),
+)
+def test_least_outstanding_requests_picks_a_minimum(loads, rotation):
+    selector = TargetSelector("least_outstanding_requests")
+    selector._cursor = rotation  # any tie-breaking start must still give a minimum
+    pool = [Candidate(f"t{i}", weight) for i, (_, weight) in enumerate(loads)]
+    for i, (busy, _) in enumerate(loads):
+        for _ in range(busy):
+            selector.request_started(f"t{i}")
+    choice = selector.choose(pool, now=0.0, rand=0.5)
+    assert choice is not None
+    ratio = {f"t{i}": busy / weight for i, (busy, weight) in enumerate(loads)}
+    assert ratio[choice.target.target_id] == min(ratio.values())
+
+
+@given(
+    st.lists(st.sampled_from(TargetState), max_size=8),
+    st.sampled_from(["round_robin", "least_outstanding_requests", "weighted_random"]),
+    st.integers(1, 4),
+    st.integers(0, 100),
+    st.floats(0, 0.999),
+)
+def test_a_choice_is_always_eligible(states, algorithm, count, percent, rand):
+    selector = TargetSelector(
+        algorithm, minimum_healthy_count=count, minimum_healthy_percent=percent
+    )
+    pool = targets(*states)
+    choice = selector.choose(pool, now=0.0, rand=rand)
+    allowed, fail_open = eligible(pool, minimum_count=count, minimum_percent=percent)
+    if not allowed:
+        assert choice is None
+        return
+    assert choice is not None
+    assert choice.target in allowed
+    assert choice.fail_open is fail_open
+    assert choice.target.state not in (TargetState.DRAINING, TargetState.UNUSED)
+    if not fail_open:
+        assert choice.target.state in (TargetState.HEALTHY, TargetState.UNAVAILABLE)
