@@ -1,0 +1,312 @@
+"""Compiled filter-policy tests and the message views they run against.
+
+:mod:`broker.model.filter_policy` parses a policy once into :class:`Branch` objects (its
+disjunctive normal form: a policy matches when any branch matches, a branch when all its key
+tests pass). A publish builds one :data:`View` of the message per scope, once, and every
+subscription's branches read it; nothing is re-parsed per subscription.
+
+A view maps a key path to the scalar values found there:
+
+- attributes scope: the attribute name to its value, ``Number`` attributes as numbers and
+  ``String.Array`` attributes as their elements. AWS "compares policy attributes only to message
+  attributes that have the following data types: String, String.Array, Number" and "ignores
+  message attributes with the Binary data type" (subscription-filter-policy-constraints.md).
+- body scope: the message body must be a JSON object ("Filter policies for the message body
+  assume that the message payload is a well-formed JSON object", message-filtering.md). Nested
+  keys are joined with ``.``, which is AWS's dotted-key rule: a policy key ``"a.b"`` matches
+  both ``{"a": {"b": 1}}`` and ``{"a.b": 1}`` (LocalStack ``filter.py`` and its snapshot tests
+  recorded against AWS). Arrays at any depth contribute each element ("any element matches").
+
+Values keep their JSON type: the string ``"5"`` never equals the number ``5``, and ``true`` is
+not ``1``. Exact matching compares ``(type, value)`` pairs; numbers are floats.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+Scalar = str | float | bool | None
+View = Mapping[str, tuple[Scalar, ...]]
+TypedValue = tuple[type, Scalar]
+Predicate = Callable[[Scalar], bool]
+
+
+def typed(value: Scalar) -> TypedValue:
+    """Return the key exact matching compares: the value with its JSON type.
+
+    Args:
+        value: a view value or a policy literal.
+
+    Returns:
+        ``(type(value), value)``, so that ``True`` and ``1.0`` stay different keys.
+    """
+    return (type(value), value)
+
+
+def number(raw: int | float) -> float:
+    """Turn a JSON number into the float every comparison uses.
+
+    Args:
+        raw: an int or float from ``json.loads``.
+
+    Returns:
+        The float; integers too large for a float become an infinity of their sign.
+    """
+    if isinstance(raw, float):
+        return raw
+    try:
+        return float(raw)
+    except OverflowError:
+        return math.inf if raw > 0 else -math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class KeyTest:
+    """Every condition a policy puts on one key path, within one branch.
+
+    The conditions in a key's array are ORed: the test passes when any of them accepts any value
+    found at the path, or when an ``exists`` condition agrees with whether the key is there.
+
+    Attributes:
+        path: the key path (attribute name, or dotted body path).
+        exact: typed literals, any of which matches an equal value.
+        predicates: the other value conditions (prefix, numeric, anything-but...).
+        accepts_present: a ``{"exists": true}`` condition is in the array.
+        accepts_absent: a ``{"exists": false}`` condition is in the array.
+    """
+
+    path: str
+    exact: frozenset[TypedValue] = frozenset()
+    predicates: tuple[Predicate, ...] = ()
+    accepts_present: bool = False
+    accepts_absent: bool = False
+
+    def check(self, values: tuple[Scalar, ...] | None) -> bool:
+        """Tell whether the values found at the path satisfy this key's conditions.
+
+        Args:
+            values: the view's values for the path, or None when the path is absent.
+
+        Returns:
+            True when the key's conditions pass.
+        """
+        # AWS: "exists": true needs "a non-null and non-empty value"; a key holding only
+        # nulls therefore counts as absent for both exists forms (attribute-key-matching.md).
+        present = values is not None and any(value is not None for value in values)
+        if self.accepts_absent and not present:
+            return True
+        if self.accepts_present and present:
+            return True
+        if values is None:
+            return False
+        exact = self.exact
+        for value in values:
+            if exact and (type(value), value) in exact:
+                return True
+            for predicate in self.predicates:
+                if predicate(value):
+                    return True
+        return False
+
+    @property
+    def requires_path(self) -> bool:
+        """True when the test can pass only if the path is in the view at all."""
+        return not self.accepts_absent
+
+    @property
+    def exact_only(self) -> bool:
+        """True when the test is a plain list of literals (the index can hash it)."""
+        return (
+            bool(self.exact)
+            and not self.predicates
+            and not self.accepts_present
+            and not self.accepts_absent
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Branch:
+    """One disjunct of a policy: all its key tests must pass."""
+
+    tests: tuple[KeyTest, ...]
+
+    def matches(self, view: View) -> bool:
+        """Tell whether the message view satisfies every key test of this branch."""
+        return all(test.check(view.get(test.path)) for test in self.tests)
+
+
+# --- value predicates: small closures built once per policy --------------------------------
+
+
+def prefix_predicate(prefix: str) -> Predicate:
+    """Match strings that start with ``prefix`` (string-value-matching.md, prefix matching)."""
+    return lambda value: isinstance(value, str) and value.startswith(prefix)
+
+
+def suffix_predicate(suffix: str) -> Predicate:
+    """Match strings that end with ``suffix``."""
+    return lambda value: isinstance(value, str) and value.endswith(suffix)
+
+
+def ignore_case_predicate(expected: str) -> Predicate:
+    """Match strings equal to ``expected`` when case is ignored (``equals-ignore-case``)."""
+    folded = expected.lower()
+    return lambda value: isinstance(value, str) and value.lower() == folded
+
+
+def numeric_predicate(
+    low: float, low_inclusive: bool, high: float, high_inclusive: bool
+) -> Predicate:
+    """Match numbers in a range; ``=`` is the range [x, x]. Strings and booleans never match.
+
+    Args:
+        low: the lower bound (``-inf`` when open).
+        low_inclusive: whether ``low`` itself matches.
+        high: the upper bound (``inf`` when open).
+        high_inclusive: whether ``high`` itself matches.
+
+    Returns:
+        The predicate.
+    """
+
+    def match(value: Scalar) -> bool:
+        if not isinstance(value, float):  # bool is an int, never a float: excluded here
+            return False
+        above = value >= low if low_inclusive else value > low
+        below = value <= high if high_inclusive else value < high
+        return above and below
+
+    return match
+
+
+def cidr_predicate(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Predicate:
+    """Match strings that are IP addresses inside ``network`` (string-value-matching.md)."""
+
+    def match(value: Scalar) -> bool:
+        if not isinstance(value, str):
+            return False
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            return False
+        return address.version == network.version and address in network
+
+    return match
+
+
+def anything_but_values(excluded: frozenset[TypedValue]) -> Predicate:
+    """Match any value that equals none of ``excluded`` (typed, as exact matching compares)."""
+    return lambda value: (type(value), value) not in excluded
+
+
+def anything_but_prefix(prefix: str) -> Predicate:
+    """Match strings that do not start with ``prefix`` (``{"anything-but": {"prefix": ...}}``)."""
+    return lambda value: isinstance(value, str) and not value.startswith(prefix)
+
+
+def anything_but_suffix(suffix: str) -> Predicate:
+    """Match strings that do not end with ``suffix`` (``{"anything-but": {"suffix": ...}}``)."""
+    return lambda value: isinstance(value, str) and not value.endswith(suffix)
+
+
+# --- message views -------------------------------------------------------------------------
+
+
+def attributes_view(
+    attributes: Mapping[str, Mapping[str, object]] | None,
+) -> dict[str, tuple[Scalar, ...]]:
+    """Build the view of a message's attributes that attribute-scope policies read.
+
+    Args:
+        attributes: name -> ``{"DataType": ..., "StringValue": ...}`` (or ``BinaryValue``),
+            the shape ``proto.aws.sns_shapes`` decodes Publish's MessageAttributes into.
+
+    Returns:
+        Name -> values. Binary attributes are left out (AWS ignores them); a ``Number`` whose
+        text is not a finite number is kept as a string; a ``String.Array`` contributes its
+        scalar elements (nested arrays and objects inside it match nothing).
+    """
+    view: dict[str, tuple[Scalar, ...]] = {}
+    for name, attribute in (attributes or {}).items():
+        data_type = attribute.get("DataType")
+        text = attribute.get("StringValue")
+        if not isinstance(data_type, str) or not isinstance(text, str):
+            continue  # Binary attributes carry BinaryValue only
+        if data_type in ("String.Array", "Number.Array"):
+            # numeric-value-matching.md matches anything-but against a "Number.Array" value.
+            view[name] = _array_elements(text)
+        elif data_type == "Number" or data_type.startswith("Number."):
+            view[name] = (_number_text(text),)
+        elif data_type == "String" or data_type.startswith("String."):
+            view[name] = (text,)
+    return view
+
+
+def _array_elements(text: str) -> tuple[Scalar, ...]:
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        return (text,)  # Publish validation rejects this; match it as the plain string
+    if not isinstance(document, list):
+        return (text,)
+    return tuple(_scalar(item) for item in document if _is_scalar(item))
+
+
+def _number_text(text: str) -> Scalar:
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return value if math.isfinite(value) else text
+
+
+def _is_scalar(item: object) -> bool:
+    return item is None or isinstance(item, (str, bool, int, float))
+
+
+def _scalar(item: object) -> Scalar:
+    if isinstance(item, bool) or item is None or isinstance(item, str):
+        return item
+    if isinstance(item, (int, float)):
+        return number(item)
+    raise TypeError(item)  # pragma: no cover - callers filter with _is_scalar
+
+
+def _reject_constant(name: str) -> object:
+    # NaN and Infinity are not JSON (RFC 8259 §6); AWS's parser refuses them, so does this one.
+    raise ValueError(name)
+
+
+def body_view(body: str) -> dict[str, tuple[Scalar, ...]] | None:
+    """Build the view of a JSON message body that body-scope policies read.
+
+    Args:
+        body: the message text.
+
+    Returns:
+        Dotted path -> values, or None when the body is not a JSON object (then no body-scope
+        policy matches).
+    """
+    try:
+        document = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    collected: dict[str, list[Scalar]] = {}
+    # An explicit stack, not recursion: a 256 KiB body can nest deeper than Python's stack.
+    stack: list[tuple[str, object]] = [("", document)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, dict):
+            for key, child in reversed(list(node.items())):
+                stack.append((f"{path}.{key}" if path else key, child))
+        elif isinstance(node, list):
+            stack.extend((path, child) for child in reversed(node))
+        elif _is_scalar(node):
+            collected.setdefault(path, []).append(_scalar(node))
+    return {path: tuple(values) for path, values in collected.items()}

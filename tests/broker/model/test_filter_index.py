@@ -1,0 +1,172 @@
+import json
+
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from broker.model.filter_index import SubscriptionFilterIndex
+from broker.model.filter_match import attributes_view, body_view
+from broker.model.filter_policy import FilterPolicy, Scope, parse_filter_policy
+from broker.model.sns_errors import SnsError
+from tests.support.sns_filters import (
+    attributes_near,
+    bodies,
+    bodies_near,
+    message_attributes,
+    policies,
+)
+
+
+def compiled(policy: dict, scope: Scope = "MessageAttributes") -> FilterPolicy:
+    result = parse_filter_policy(json.dumps(policy), scope, in_attributes_map=False)
+    assert result is not None
+    return result
+
+
+def attrs(**values: str) -> dict:
+    return {name: {"DataType": "String", "StringValue": value} for name, value in values.items()}
+
+
+def brute_force(subscriptions, attributes, body):
+    """What a fan-out without an index computes: every policy, one by one."""
+    views = {"MessageAttributes": attributes_view(attributes), "MessageBody": body_view(body)}
+    return tuple(
+        key
+        for key, policy in subscriptions
+        if policy is None or policy.matches(views[policy.scope])
+    )
+
+
+def test_one_thousand_exact_policies_cost_one_evaluation():
+    index: SubscriptionFilterIndex[str] = SubscriptionFilterIndex()
+    for i in range(1_000):
+        index.add(f"sub-{i}", compiled({"customer": [f"c{i}"], "kind": ["order", "refund"]}))
+    selection = index.match(attrs(customer="c7", kind="order"), "")
+    assert selection.matched == ("sub-7",)
+    assert selection.evaluations == 1
+    assert selection.filtered_out == 999
+    assert index.match(attrs(customer="nobody", kind="order"), "").evaluations == 0
+    assert index.match({}, "").evaluations == 0
+
+
+def test_a_mixed_topic_of_one_thousand_subscriptions_with_few_matches():
+    # 700 exact-anchored policies over 50 event types, 200 prefix-only policies (presence
+    # anchor on "region"), 50 body-scope policies, 50 exists:false-only policies (scanned).
+    index: SubscriptionFilterIndex[int] = SubscriptionFilterIndex()
+    subscriptions: list[tuple[int, FilterPolicy | None]] = []
+    for i in range(1_000):
+        if i < 700:
+            policy = compiled({"event": [f"e{i % 50}"], "amount": [{"numeric": [">", i]}]})
+        elif i < 900:
+            policy = compiled({"region": [{"prefix": f"eu-{i}"}]})
+        elif i < 950:
+            policy = compiled({"detail": {"event": [f"e{i}"]}}, "MessageBody")
+        else:
+            policy = compiled({f"missing-{i}": [{"exists": False}]})
+        index.add(i, policy)
+        subscriptions.append((i, policy))
+    attributes = {
+        "event": {"DataType": "String", "StringValue": "e3"},
+        "amount": {"DataType": "Number", "StringValue": "500"},
+    }
+    body = json.dumps({"detail": {"event": "e903"}})
+    selection = index.match(attributes, body)
+    assert selection.matched == brute_force(subscriptions, attributes, body)
+    # 14 policies have event e3 (i = 3, 53, ... 653), the 10 with i < 500 match; the body
+    # policy of 903 matches; the 50 exists:false policies all match. Evaluated: 14 + 1 + 50.
+    assert len(selection.matched) == 10 + 1 + 50
+    assert selection.evaluations == 14 + 1 + 50
+    assert selection.filtered_out == 1_000 - 61
+
+
+def test_presence_anchors_skip_policies_whose_key_is_absent():
+    index: SubscriptionFilterIndex[str] = SubscriptionFilterIndex()
+    index.add("prefix", compiled({"region": [{"prefix": "eu-"}]}))
+    index.add("anything-but", compiled({"region": [{"anything-but": "us-east-1"}]}))
+    assert index.match(attrs(other="x"), "").evaluations == 0
+    selection = index.match(attrs(region="eu-west-1"), "")
+    assert selection.matched == ("prefix", "anything-but")
+    assert selection.evaluations == 2
+
+
+def test_unfiltered_subscriptions_always_match_and_order_is_insertion_order():
+    index: SubscriptionFilterIndex[str] = SubscriptionFilterIndex()
+    index.add("b", None)
+    index.add("a", compiled({"k": ["v"]}))
+    index.add("c", None)
+    assert index.match(attrs(k="v"), "").matched == ("b", "a", "c")
+    assert index.match(attrs(k="w"), "").matched == ("b", "c")
+    assert len(index) == 3
+    assert "a" in index
+
+
+def test_remove_and_replace():
+    index: SubscriptionFilterIndex[str] = SubscriptionFilterIndex()
+    index.add("s", compiled({"k": ["v"]}))
+    index.add("s", compiled({"k": ["w"]}))  # SetSubscriptionAttributes replaces the policy
+    assert index.match(attrs(k="v"), "").matched == ()
+    assert index.match(attrs(k="w"), "").matched == ("s",)
+    index.remove("s")
+    index.remove("never-added")
+    assert index.match(attrs(k="w"), "").matched == ()
+    assert len(index) == 0
+
+
+def test_a_body_that_is_not_json_costs_nothing():
+    index: SubscriptionFilterIndex[str] = SubscriptionFilterIndex()
+    index.add("s", compiled({"k": [{"exists": False}]}, "MessageBody"))
+    selection = index.match({}, "not json")
+    assert selection == type(selection)((), 0, 1)
+
+
+subscription_lists = st.lists(
+    st.one_of(
+        st.none(),
+        policies(body=False).map(lambda p: (p, "MessageAttributes")),
+        policies(body=True).map(lambda p: (p, "MessageBody")),
+    ),
+    max_size=12,
+)
+
+
+@given(entries=subscription_lists, data=st.data())
+def test_the_index_never_changes_the_answer(entries, data):
+    # Messages are built near some subscription's policy, so that matches are common.
+    by_scope = {
+        scope: [p for e in entries if e and e[1] == scope for p in [e[0]]]
+        for scope in ("MessageAttributes", "MessageBody")
+    }
+    near_attributes = [attributes_near(p) for p in by_scope["MessageAttributes"]]
+    near_bodies = [bodies_near(p) for p in by_scope["MessageBody"]]
+    attributes = data.draw(st.one_of(message_attributes, *near_attributes))
+    body = data.draw(st.one_of(bodies(), *near_bodies))
+    subscriptions: list[tuple[int, FilterPolicy | None]] = []
+    for number, entry in enumerate(entries):
+        if entry is None:
+            subscriptions.append((number, None))
+            continue
+        policy, scope = entry
+        try:
+            subscriptions.append((number, compiled(policy, scope)))
+        except SnsError:
+            assume(False)
+    index: SubscriptionFilterIndex[int] = SubscriptionFilterIndex()
+    for key, policy in subscriptions:
+        index.add(key, policy)
+    # Remove some subscriptions again: removal must not leave stale entries behind.
+    removed = (
+        data.draw(st.sets(st.sampled_from([k for k, _ in subscriptions])))
+        if subscriptions
+        else set()
+    )
+    for key in removed:
+        index.remove(key)
+    remaining = [(key, policy) for key, policy in subscriptions if key not in removed]
+    selection = index.match(attributes, body)
+    assert selection.matched == brute_force(remaining, attributes, body)
+    filtered = sum(1 for _, policy in remaining if policy is not None)
+    assert selection.evaluations <= sum(
+        len(policy.branches) for _, policy in remaining if policy is not None
+    )
+    assert selection.filtered_out == filtered - sum(
+        1 for key in selection.matched if dict(remaining)[key] is not None
+    )

@@ -1,0 +1,192 @@
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from broker.model.delivery_policy import RetryPolicy, TopicDeliveryPolicy
+from broker.model.filter_match import attributes_view
+from broker.model.sns_errors import SnsError
+from broker.model.subscriptions import (
+    SubscriptionContext,
+    SubscriptionFacts,
+    SubscriptionSettings,
+    apply_update,
+    compiled_filter,
+    effective_delivery,
+    parse_subscribe,
+    render_attributes,
+)
+
+TOPIC = "arn:aws:sns:us-east-1:123456789012:orders"
+QUEUE = "arn:aws:sqs:us-east-1:123456789012:q"
+SQS = SubscriptionContext("sqs", QUEUE, topic_fifo=False)
+HTTP = SubscriptionContext("https", "https://example.com/hook", topic_fifo=False)
+FACTS = SubscriptionFacts(
+    subscription_arn=f"{TOPIC}:0b6ed8a1",
+    topic_arn=TOPIC,
+    protocol="sqs",
+    endpoint=QUEUE,
+    owner="123456789012",
+    pending_confirmation=False,
+    confirmation_was_authenticated=True,
+)
+NESTED = json.dumps({"object": {"key": [{"prefix": "auto-"}]}})
+
+
+def message_of(call) -> str:
+    with pytest.raises(SnsError) as caught:
+        call()
+    assert caught.value.code == "InvalidParameter"
+    return caught.value.message
+
+
+def test_defaults_render_like_aws():
+    # AWS-recorded "sub-attrs-default": no FilterPolicyScope until a FilterPolicy is set.
+    assert render_attributes(SubscriptionSettings(), FACTS, None) == {
+        "ConfirmationWasAuthenticated": "true",
+        "Endpoint": QUEUE,
+        "Owner": "123456789012",
+        "PendingConfirmation": "false",
+        "Protocol": "sqs",
+        "RawMessageDelivery": "false",
+        "SubscriptionArn": f"{TOPIC}:0b6ed8a1",
+        "TopicArn": TOPIC,
+    }
+    scoped = apply_update(SubscriptionSettings(), "FilterPolicyScope", "MessageBody", SQS)
+    assert "FilterPolicyScope" not in render_attributes(scoped, FACTS, None)
+    with_policy = apply_update(scoped, "FilterPolicy", '{"attr": ["match-this"]}', SQS)
+    rendered = render_attributes(
+        with_policy, FACTS._replace(principal="arn:aws:iam::1:user/u"), None
+    )
+    assert rendered["FilterPolicy"] == '{"attr": ["match-this"]}'
+    assert rendered["FilterPolicyScope"] == "MessageBody"
+    assert rendered["SubscriptionPrincipal"] == "arn:aws:iam::1:user/u"
+
+
+def test_filter_policy_scope_errors_and_ordering():
+    # AWS-recorded message for a bad scope:
+    assert message_of(
+        lambda: apply_update(SubscriptionSettings(), "FilterPolicyScope", "RandomValue", SQS)
+    ) == (
+        "Invalid parameter: FilterPolicyScope: Invalid value [RandomValue]. "
+        "Please use either MessageBody or MessageAttributes"
+    )
+    # AWS-recorded: a nested policy in the default scope.
+    assert message_of(
+        lambda: apply_update(SubscriptionSettings(), "FilterPolicy", NESTED, SQS)
+    ) == (
+        "Invalid parameter: Filter policy scope MessageAttributes does not support nested "
+        "filter policy"
+    )
+    # Subscribe applies the scope first, whatever the map's order.
+    settings = parse_subscribe({"FilterPolicy": NESTED, "FilterPolicyScope": "MessageBody"}, SQS)
+    assert settings.filter_policy_scope == "MessageBody"
+    # Switching a nested policy back to the attributes scope is refused.
+    assert "does not support nested" in message_of(
+        lambda: apply_update(settings, "FilterPolicyScope", "MessageAttributes", SQS)
+    )
+    assert message_of(lambda: parse_subscribe({"FilterPolicy": '{"a": "b"}'}, SQS)) == (
+        'Invalid parameter: Attributes Reason: FilterPolicy: "a" must be an object or an array'
+    )
+
+
+def test_the_compiled_filter_follows_the_stored_text():
+    assert compiled_filter(SubscriptionSettings()) is None
+    settings = parse_subscribe({"FilterPolicy": '{"k": ["v"]}'}, SQS)
+    policy = compiled_filter(settings)
+    assert policy is not None
+    assert policy.matches(attributes_view({"k": {"DataType": "String", "StringValue": "v"}}))
+    cleared = apply_update(settings, "FilterPolicy", "", SQS)
+    assert cleared.filter_policy is None
+    assert compiled_filter(cleared) is None
+
+
+def test_raw_message_delivery():
+    assert parse_subscribe({"RawMessageDelivery": "True"}, SQS).raw_message_delivery
+    assert message_of(lambda: parse_subscribe({"RawMessageDelivery": "yes"}, SQS)) == (
+        "Invalid parameter: Attributes Reason: RawMessageDelivery: Invalid value [yes]. "
+        "Must be true or false."
+    )
+    email = SubscriptionContext("email", "someone@example.com", topic_fifo=False)
+    assert "does not support raw message delivery" in message_of(
+        lambda: apply_update(SubscriptionSettings(), "RawMessageDelivery", "true", email)
+    )
+
+
+def test_redrive_policy():
+    policy = json.dumps({"deadLetterTargetArn": QUEUE + "-dlq"})
+    settings = apply_update(SubscriptionSettings(), "RedrivePolicy", policy, SQS)
+    assert settings.dead_letter_target_arn == QUEUE + "-dlq"
+    assert render_attributes(settings, FACTS, None)["RedrivePolicy"] == policy
+    assert apply_update(settings, "RedrivePolicy", "", SQS).dead_letter_target_arn is None
+    assert message_of(lambda: apply_update(settings, "RedrivePolicy", "{", SQS)) == (
+        "Invalid parameter: RedrivePolicy: failed to parse JSON."
+    )
+    bad = json.dumps({"deadLetterTargetArn": "arn:aws:sns:us-east-1:1:t"})
+    assert message_of(lambda: apply_update(settings, "RedrivePolicy", bad, SQS)) == (
+        "Invalid parameter: RedrivePolicy: deadLetterTargetArn is an invalid arn"
+    )
+    fifo = SubscriptionContext("sqs", QUEUE + ".fifo", topic_fifo=True)
+    assert message_of(lambda: apply_update(settings, "RedrivePolicy", policy, fifo)) == (
+        "Invalid parameter: RedrivePolicy: must use a FIFO queue as DLQ for a FIFO Subscription "
+        "to a FIFO Topic."
+    )
+    fifo_dlq = json.dumps({"deadLetterTargetArn": QUEUE + "-dlq.fifo"})
+    assert apply_update(settings, "RedrivePolicy", fifo_dlq, fifo).dead_letter_target_arn
+
+
+def test_delivery_policy_and_the_effective_policy():
+    text = json.dumps({"healthyRetryPolicy": {"numRetries": 5}})
+    settings = parse_subscribe({"DeliveryPolicy": text}, HTTP)
+    assert effective_delivery(settings, "https", None).retry == RetryPolicy(num_retries=5)
+    topic = TopicDeliveryPolicy(
+        default_healthy_retry_policy=RetryPolicy(num_retries=9), disable_subscription_overrides=True
+    )
+    assert effective_delivery(settings, "https", topic).retry.num_retries == 9
+    rendered = render_attributes(settings, FACTS._replace(protocol="https"), None)
+    assert rendered["DeliveryPolicy"] == text
+    assert json.loads(rendered["EffectiveDeliveryPolicy"])["healthyRetryPolicy"]["numRetries"] == 5
+    assert "EffectiveDeliveryPolicy" not in render_attributes(settings, FACTS, None)  # sqs
+    assert message_of(lambda: parse_subscribe({"DeliveryPolicy": "[]"}, HTTP)) == (
+        "Invalid parameter: Attributes Reason: DeliveryPolicy: "
+        "Delivery policy must be a JSON object"
+    )
+
+
+def test_other_attributes():
+    settings = parse_subscribe(
+        {
+            "SubscriptionRoleArn": "arn:aws:iam::1:role/r",
+            "ReplayPolicy": '{"PointType":"Timestamp"}',
+        },
+        SQS,
+    )
+    rendered = render_attributes(settings, FACTS, None)
+    assert rendered["SubscriptionRoleArn"] == "arn:aws:iam::1:role/r"
+    assert rendered["ReplayPolicy"] == '{"PointType":"Timestamp"}'
+    assert message_of(lambda: parse_subscribe({"Unknown": "x"}, SQS)) == (
+        "Invalid parameter: Attributes Reason: AttributeName"
+    )
+    assert message_of(lambda: apply_update(settings, "Owner", "x", SQS)) == (
+        "Invalid parameter: AttributeName"
+    )
+
+
+@given(
+    raw=st.sampled_from(["true", "false", "TRUE", "False"]),
+    scope=st.sampled_from(["MessageAttributes", "MessageBody"]),
+    values=st.lists(st.text(max_size=5), min_size=1, max_size=3),
+)
+def test_subscribe_keeps_what_it_was_given(raw, scope, values):
+    policy = json.dumps({"key": values})
+    settings = parse_subscribe(
+        {"RawMessageDelivery": raw, "FilterPolicy": policy, "FilterPolicyScope": scope}, SQS
+    )
+    rendered = render_attributes(settings, FACTS, None)
+    assert rendered["RawMessageDelivery"] == raw.lower()
+    assert rendered["FilterPolicy"] == policy
+    assert rendered["FilterPolicyScope"] == scope
+    compiled = compiled_filter(settings)
+    assert compiled is not None
+    assert compiled.scope == scope

@@ -1,0 +1,197 @@
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from broker.model.sns_errors import SnsError
+from broker.model.topics import (
+    DEFAULT_MAXIMUM_MESSAGE_SIZE,
+    FEEDBACK_ATTRIBUTES,
+    TopicFacts,
+    apply_update,
+    check_create_matches,
+    default_policy,
+    parse_create,
+    render_attributes,
+    setting_value,
+    validate_topic_name,
+)
+
+ARN = "arn:aws:sns:us-east-1:123456789012:orders"
+FACTS = TopicFacts(ARN, "123456789012", subscriptions_confirmed=2, subscriptions_pending=1)
+
+
+def message_of(call) -> str:
+    with pytest.raises(SnsError) as caught:
+        call()
+    assert caught.value.code == "InvalidParameter"
+    assert caught.value.status == 400
+    return caught.value.message
+
+
+def test_topic_names():
+    validate_topic_name("a" * 256, fifo=False)
+    validate_topic_name("Orders_2-x", fifo=False)
+    validate_topic_name("a" * 251 + ".fifo", fifo=True)
+    for name, fifo in [
+        ("", False),
+        ("a" * 257, False),
+        ("a" * 252 + ".fifo", True),
+        ("bad name", False),
+        ("bad.name", False),
+        ("orders.fifo", False),  # a .fifo name needs FifoTopic=true
+        ("orders", True),  # and FifoTopic=true needs the suffix
+        (".fifo", True),
+    ]:
+        check = lambda name=name, fifo=fifo: validate_topic_name(name, fifo=fifo)  # noqa: E731
+        assert message_of(check) == "Invalid parameter: Topic Name", name
+
+
+def test_a_standard_topic_renders_like_aws():
+    rendered = render_attributes(parse_create("orders", {}), FACTS)
+    assert rendered == {
+        "TopicArn": ARN,
+        "Owner": "123456789012",
+        "Policy": default_policy(ARN, "123456789012"),
+        "SubscriptionsConfirmed": "2",
+        "SubscriptionsPending": "1",
+        "SubscriptionsDeleted": "0",
+        "EffectiveDeliveryPolicy": rendered["EffectiveDeliveryPolicy"],
+        "DisplayName": "",
+    }
+    policy = json.loads(rendered["Policy"])
+    assert policy["Statement"][0]["Condition"] == {
+        "StringEquals": {"AWS:SourceOwner": "123456789012"}
+    }
+    assert (
+        json.loads(rendered["EffectiveDeliveryPolicy"])["http"]["defaultHealthyRetryPolicy"][
+            "numRetries"
+        ]
+        == 3
+    )
+
+
+def test_a_fifo_topic():
+    settings = parse_create(
+        "orders.fifo", {"FifoTopic": "true", "ContentBasedDeduplication": "TRUE"}
+    )
+    assert settings.fifo
+    assert settings.content_based_deduplication
+    rendered = render_attributes(settings, FACTS._replace(topic_arn=ARN + ".fifo"))
+    assert rendered["FifoTopic"] == "true"
+    assert rendered["ContentBasedDeduplication"] == "true"
+    settings = apply_update(settings, "FifoThroughputScope", "MessageGroup")
+    assert render_attributes(settings, FACTS)["FifoThroughputScope"] == "MessageGroup"
+    assert message_of(lambda: apply_update(settings, "FifoTopic", "false")) == (
+        "Invalid parameter: AttributeName"
+    )
+
+
+def test_fifo_attributes_on_a_standard_topic_are_refused():
+    for name, value in [("ContentBasedDeduplication", "true"), ("FifoThroughputScope", "Topic")]:
+        assert message_of(lambda name=name, value=value: parse_create("orders", {name: value})) == (
+            f"Invalid parameter: Attributes Reason: {name}: only FIFO topics have this attribute"
+        )
+
+
+def test_settable_attributes_and_their_errors():
+    settings = parse_create(
+        "orders",
+        {
+            "DisplayName": "Orders",
+            "SignatureVersion": "2",
+            "TracingConfig": "Active",
+            "KmsMasterKeyId": "alias/aws/sns",
+            "MaximumMessageSize": "1048576",
+            "DeliveryPolicy": '{"http":{"defaultHealthyRetryPolicy":{"numRetries":5}}}',
+            "Policy": '{"Version":"2012-10-17","Statement":[]}',
+            "SQSSuccessFeedbackRoleArn": "arn:aws:iam::123456789012:role/feedback",
+        },
+    )
+    rendered = render_attributes(settings, FACTS)
+    assert rendered["DisplayName"] == "Orders"
+    assert rendered["SignatureVersion"] == "2"
+    assert settings.effective_signature_version == "2"
+    assert rendered["TracingConfig"] == "Active"
+    assert rendered["KmsMasterKeyId"] == "alias/aws/sns"
+    assert rendered["MaximumMessageSize"] == "1048576"
+    assert settings.effective_maximum_message_size == 1_048_576
+    assert rendered["Policy"] == '{"Version":"2012-10-17","Statement":[]}'
+    assert rendered["SQSSuccessFeedbackRoleArn"].endswith("role/feedback")
+    effective = json.loads(rendered["EffectiveDeliveryPolicy"])
+    assert effective["http"]["defaultHealthyRetryPolicy"]["numRetries"] == 5
+    assert rendered["DeliveryPolicy"] == '{"http":{"defaultHealthyRetryPolicy":{"numRetries":5}}}'
+    cleared = apply_update(settings, "SQSSuccessFeedbackRoleArn", "")
+    assert "SQSSuccessFeedbackRoleArn" not in render_attributes(cleared, FACTS)
+    assert apply_update(settings, "DeliveryPolicy", "").delivery_policy_parsed is None
+    assert parse_create("t", {}).effective_maximum_message_size == DEFAULT_MAXIMUM_MESSAGE_SIZE
+    assert parse_create("t", {}).effective_signature_version == "1"
+
+    errors = {
+        ("Unknown", "x"): "Invalid parameter: AttributeName",
+        (
+            "SignatureVersion",
+            "3",
+        ): "Invalid parameter: SignatureVersion: Invalid value [3]. Please use 1 or 2",
+        ("TracingConfig", "On"): (
+            "Invalid parameter: TracingConfig: Invalid value [On]. Please use PassThrough or Active"
+        ),
+        ("MaximumMessageSize", "1023"): (
+            "Invalid parameter: MaximumMessageSize: Invalid value [1023]. "
+            "Must be between 1024 and 1048576"
+        ),
+        ("MaximumMessageSize", "1048577"): (
+            "Invalid parameter: MaximumMessageSize: Invalid value [1048577]. "
+            "Must be between 1024 and 1048576"
+        ),
+        ("Policy", "[]"): "Invalid parameter: Policy: failed to parse JSON.",
+        (
+            "DeliveryPolicy",
+            '{"x":1}',
+        ): "Invalid parameter: DeliveryPolicy: Unexpected JSON member: x",
+    }
+    for (name, value), message in errors.items():
+        assert (
+            message_of(lambda name=name, value=value: apply_update(settings, name, value))
+            == message
+        )
+    assert message_of(lambda: parse_create("t", {"FifoTopic": "maybe"})) == (
+        "Invalid parameter: Attributes Reason: FifoTopic: Invalid value [maybe]. "
+        "Must be true or false."
+    )
+    assert message_of(lambda: parse_create("t", {"Nope": "x"})) == (
+        "Invalid parameter: Attributes Reason: AttributeName"
+    )
+
+
+def test_create_topic_is_idempotent_only_with_the_same_attributes():
+    existing = parse_create("orders", {"DisplayName": "Orders"})
+    check_create_matches(existing, "orders", {"DisplayName": "Orders"})
+    check_create_matches(existing, "orders", {})
+    assert message_of(
+        lambda: check_create_matches(existing, "orders", {"DisplayName": "Other"})
+    ) == ("Invalid parameter: Attributes Reason: Topic already exists with different attributes")
+
+
+settable = st.one_of(
+    st.tuples(st.just("DisplayName"), st.text(max_size=20)),
+    st.tuples(st.just("SignatureVersion"), st.sampled_from(["1", "2"])),
+    st.tuples(st.just("TracingConfig"), st.sampled_from(["PassThrough", "Active"])),
+    st.tuples(st.just("MaximumMessageSize"), st.integers(1_024, 1_048_576).map(str)),
+    st.tuples(st.just("KmsMasterKeyId"), st.text(min_size=1, max_size=20)),
+    st.tuples(st.sampled_from(sorted(FEEDBACK_ATTRIBUTES)), st.text(min_size=1, max_size=20)),
+)
+
+
+@given(updates=st.lists(settable, max_size=8))
+def test_what_is_set_is_what_get_topic_attributes_shows(updates):
+    settings = parse_create("t", {})
+    expected = {}
+    for name, value in updates:
+        settings = apply_update(settings, name, value)
+        expected[name] = value
+    rendered = render_attributes(settings, FACTS)
+    for name, value in expected.items():
+        assert setting_value(settings, name) == value
+        assert rendered[name] == value
