@@ -1,13 +1,98 @@
-"""wharf-broker's root: what it binds and serves inside the lifecycle frame."""
+"""wharf-broker's root: the store, the queues, the API and admin listeners, in one frame.
+
+Start: open the store, rebuild every queue's index from it, create the queues the config
+declares, bind, then report ready. Stop: the frame drains the listeners (long polls return at
+once), and only then is the store closed, after its last commits are durable.
+"""
 
 from __future__ import annotations
 
+import os
+import secrets
+from functools import partial
+from pathlib import Path
+from typing import Final
+
+import msgspec
 import trio
 
+from broker.auth import Authenticator, Credential, load_credentials
 from broker.config import BrokerConfig
+from broker.frontend import Frontend
+from broker.metrics import BrokerMetrics
+from broker.model.errors import SqsError
+from broker.model.signing import Signer
+from broker.move_tasks import MoveTasks
+from broker.registry import QueueRegistry
+from broker.sqs import SqsApi
+from broker.store.base import Store
+from broker.store.sealing import KeyRing, Sealer, load_key_file
+from broker.store.sqlite import SqliteStore
+from broker.tls import TlsTerminator, server_context
 from monitoring.admin import AdminServer, open_admin_listener
-from monitoring.lifecycle import Frame
+from monitoring.configfile import ConfigError
+from monitoring.httpserver import serve_http
+from monitoring.lifecycle import Frame, Listener, bind_tcp
 from monitoring.settings import HttpLimits
+
+KEY_FILE: Final = "receipt-handle.key"
+KEY_BYTES: Final = 32
+STORE_CLOSE_TIMEOUT_SECONDS: Final = 30.0  # bound on the last commits at shutdown
+
+
+def data_directory(configured: str) -> Path:
+    """The configured data directory, else systemd's StateDirectory, else ./wharf-data."""
+    if configured:
+        return Path(configured)
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(state) if state else Path("wharf-data")
+
+
+def signing_key(directory: Path) -> bytes:
+    """The key that seals receipt handles and derives message ids; made once, kept forever.
+
+    It must survive restarts: message ids are derived from it, and handles issued before a
+    restart must still delete their messages after it.
+    """
+    path = directory / KEY_FILE
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        key = secrets.token_bytes(KEY_BYTES)
+        temporary = path.with_suffix(".tmp")
+        with open(temporary, "wb", opener=partial(os.open, mode=0o600)) as handle:
+            handle.write(key)
+            handle.flush()
+            os.fsync(handle.fileno())
+        temporary.replace(path)
+        directory_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(directory_fd)
+        finally:
+            os.close(directory_fd)
+    if len(key) != KEY_BYTES:
+        raise ConfigError(path, f"expected {KEY_BYTES} bytes, found {len(key)}")
+    return key
+
+
+def credentials_of(config: BrokerConfig) -> dict[str, Credential]:
+    path = config.auth.credentials_file
+    return load_credentials(path) if path else {}
+
+
+def keyring_of(config: BrokerConfig) -> KeyRing | None:
+    path = config.storage.key_file
+    return load_key_file(path) if path else None
+
+
+def _needs_restart(old: BrokerConfig, new: BrokerConfig) -> bool:
+    """Tell whether ``new`` changes what only a restart applies (listener, data directory).
+
+    Certificates and keys are files read again on reload; turning TLS on or off is not.
+    """
+    api = msgspec.structs.replace(old.api, tls=new.api.tls)
+    storage = msgspec.structs.replace(old.storage, key_file=new.storage.key_file)
+    return api != new.api or storage != new.storage or old.api.tls.enabled != new.api.tls.enabled
 
 
 class BrokerApp:
@@ -17,13 +102,138 @@ class BrokerApp:
         self.config = config
         self.frame = frame
         self.admin = AdminServer(frame)
+        self.metrics = BrokerMetrics(frame.metrics)
+        self.authenticator = Authenticator(
+            config.auth, credentials_of(config), account_id=config.aws.account_id
+        )
+        # Certificates and encryption keys are read now, so a bad file stops the start.
+        self.tls = TlsTerminator(config.api.tls) if config.api.tls.enabled else None
+        self.sealer = Sealer(keyring_of(config), on_clear=self._warn_stored_in_clear)
+        self.store: Store | None = None
+        self.registry: QueueRegistry | None = None
+        self.frontend: Frontend | None = None
+        self.move_tasks: MoveTasks | None = None
+
+    def _warn_stored_in_clear(self) -> None:
+        self.frame.log.warning(
+            "storage.stored_in_clear",
+            reason="queues ask for encryption at rest (SqsManagedSseEnabled or "
+            "KmsMasterKeyId) but storage.key_file is empty: their messages are stored in clear",
+        )
 
     async def serve(self, frame: Frame, *, task_status: trio.TaskStatus[None]) -> None:
-        admin = await open_admin_listener(frame, self.config.admin, HttpLimits(), self.admin)
-        await frame.serve_listeners([admin], task_status=task_status)
+        config = self.config
+        directory = data_directory(config.storage.data_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        store = SqliteStore(directory, sealer=self.sealer)
+        await store.open()
+        self.store = store
+        try:
+            registry = QueueRegistry(
+                store,
+                Signer(signing_key(directory)),
+                region=config.aws.region,
+                account_id=config.aws.account_id,
+                log=frame.log,
+            )
+            self.registry = registry
+            await registry.load()
+            await self._declare_queues(registry)
+            self.metrics.watch(registry, store)
+            frame.draining.on_start(registry.stop_waiting)
+            sqs = SqsApi(registry, account_id=config.aws.account_id)
+            move_tasks = MoveTasks(registry, authorize=sqs.authorize, log=frame.log)
+            sqs.register(move_tasks.actions())
+            self.move_tasks = move_tasks
+            frontend = Frontend(
+                sqs=sqs,
+                authenticator=self.authenticator,
+                metrics=self.metrics,
+                log=frame.log,
+                public_url=config.api.public_url,
+                scheme="http" if self.tls is None else "https",
+            )
+            self.frontend = frontend
+            api = await self._api_listener(frontend)
+            admin = await open_admin_listener(frame, config.admin, HttpLimits(), self.admin)
+            async with trio.open_nursery() as background:
+                background.start_soon(registry.expire_forever)
+                await background.start(move_tasks.run)  # stopped with the background tasks
+                await frame.serve_listeners([api, admin], task_status=task_status)
+                background.cancel_scope.cancel()
+        finally:
+            with trio.move_on_after(STORE_CLOSE_TIMEOUT_SECONDS, shield=True):
+                await store.aclose()
+
+    async def _api_listener(self, frontend: Frontend) -> Listener:
+        api = self.config.api
+        limits = api.limits
+        frame = self.frame
+
+        def report(exc: BaseException) -> None:
+            frame.log.exception("api.handler_failed", exc)
+            frame.metrics.handler_errors.labels("api").inc()
+
+        async def handle_connection(stream: trio.SocketStream) -> None:
+            peer = stream.socket.getpeername()
+            http: trio.abc.Stream = stream
+            if self.tls is not None:  # read per connection: a reload swaps the certificate
+                secured = await self.tls.accept(stream)
+                if secured is None:
+                    return  # the frame closes the socket
+                http = secured
+            await serve_http(
+                http,
+                frontend.handle,
+                limits,
+                client=(str(peer[0]), int(peer[1])),
+                draining=frame.draining,
+                on_error=report,
+                max_body_bytes=api.max_request_bytes,
+            )
+
+        sockets = await bind_tcp(api.host, api.port)
+        return Listener("api", sockets, handle_connection, max_connections=limits.max_connections)
+
+    async def _declare_queues(self, registry: QueueRegistry) -> None:
+        """Create or update the queues the config declares; never delete any."""
+        for declared in self.config.queues:
+            existing = registry.get(declared.name)
+            try:
+                if existing is None:
+                    await registry.create(declared.name, declared.attributes, declared.tags)
+                    continue
+                await registry.set_attributes(existing, declared.attributes)
+                if declared.tags:
+                    await registry.set_tags(existing, {**existing.record.tags, **declared.tags})
+            except SqsError as error:
+                raise ConfigError(
+                    "<config>", f"queue {declared.name!r}: {error.code}: {error.message}"
+                ) from None
 
     async def reload(self, config: BrokerConfig) -> None:
+        """Apply a new config: credentials, certificates, encryption keys, declared queues.
+
+        Every file is read before anything changes, so a bad one refuses the whole reload.
+        Listener addresses, the data directory and turning TLS on or off need a restart.
+        """
+        authenticator = Authenticator(
+            config.auth, credentials_of(config), account_id=config.aws.account_id
+        )
+        keyring = keyring_of(config)
+        if self.tls is not None and config.api.tls.enabled:
+            self.tls.reload(config.api.tls)  # the last step that can fail
+        elif config.api.tls.enabled:
+            server_context(config.api.tls)  # applies at the restart; refuse a bad file now
+        self.authenticator = authenticator
+        if self.frontend is not None:
+            self.frontend.authenticator = self.authenticator
+        self.sealer.replace(keyring)
+        if _needs_restart(self.config, config):
+            self.frame.log.warning("config.restart_required", section="api/storage")
         self.config = config
+        if self.registry is not None:
+            await self._declare_queues(self.registry)
 
 
 def build(config: BrokerConfig, frame: Frame) -> BrokerApp:

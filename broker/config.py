@@ -2,12 +2,173 @@
 
 from __future__ import annotations
 
-from monitoring.settings import AdminSettings, LifecycleSettings, LoggingSettings, Section
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from msgspec import Meta, field
+
+from monitoring.settings import (
+    AdminSettings,
+    HttpLimits,
+    LifecycleSettings,
+    LoggingSettings,
+    Port,
+    Seconds,
+    Section,
+    check_host,
+)
+
+ACCOUNT_ID = re.compile(r"\d{12}")
+REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+# The largest SendMessage(Batch) carries 1 MiB of message. On the wire each byte of it can
+# take 3: percent-encoding in query forms (%XX per UTF-8 byte), \u00XX JSON escapes of 2-byte
+# characters (botocore escapes all non-ASCII). 3 MiB for that plus 1 MiB for the envelope
+# (URLs, parameter names, base64 of binary attributes) admits every valid request.
+DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
+
+class TlsSettings(Section, frozen=True, kw_only=True):
+    """HTTPS on the API listener: both files set, or neither (plain HTTP)."""
+
+    cert_file: Annotated[
+        str,
+        Meta(description="PEM certificate chain, server certificate first. Empty: plain HTTP."),
+    ] = ""
+    key_file: Annotated[str, Meta(description="PEM private key of the certificate.")] = ""
+    handshake_timeout_seconds: Annotated[
+        Seconds, Meta(description="Longest a client may take to complete the TLS handshake.")
+    ] = 10.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+    def __post_init__(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("api.tls needs both cert_file and key_file, or neither")
+
+
+class ApiSettings(Section, frozen=True, kw_only=True):
+    """The SQS and SNS API listener (one listener serves both services)."""
+
+    host: str = "127.0.0.1"
+    port: Port = 9324
+    public_url: Annotated[
+        str,
+        Meta(
+            description="Base of queue URLs and SNS links, e.g. https://sqs.internal:443. "
+            "Empty: taken from each request's Host header, as AWS clients expect."
+        ),
+    ] = ""
+    max_request_bytes: Annotated[
+        int, Meta(ge=65536, le=64 << 20, description="Largest request body accepted.")
+    ] = DEFAULT_MAX_REQUEST_BYTES
+    limits: HttpLimits = HttpLimits()
+    tls: TlsSettings = TlsSettings()
+
+    def __post_init__(self) -> None:
+        check_host(self.host)
+        if self.public_url and not re.fullmatch(r"https?://[^/\s]+", self.public_url):
+            raise ValueError(
+                f"public_url must be scheme://host[:port] without a path, got {self.public_url!r}"
+            )
+
+
+class AwsIdentity(Section, frozen=True, kw_only=True):
+    """The account and region the broker presents in ARNs and queue URLs."""
+
+    region: str = "us-east-1"
+    account_id: str = "000000000000"
+
+    def __post_init__(self) -> None:
+        if not REGION.fullmatch(self.region):
+            raise ValueError(f"region {self.region!r} is not an AWS-style region name")
+        if not ACCOUNT_ID.fullmatch(self.account_id):
+            raise ValueError("account_id must be 12 digits")
+
+
+class AuthSettings(Section, frozen=True, kw_only=True):
+    """Who may call the API."""
+
+    anonymous: Annotated[
+        bool,
+        Meta(
+            description="Accept requests without checking their SigV4 signature. Allowed on "
+            "loopback addresses only, unless allow_anonymous_on_network is also true."
+        ),
+    ] = True
+    allow_anonymous_on_network: bool = False
+    credentials_file: Annotated[
+        str,
+        Meta(description="TOML file of [[keys]] access_key_id/secret_access_key/principal."),
+    ] = ""
+
+
+class StorageSettings(Section, frozen=True, kw_only=True):
+    """Where acknowledged messages live."""
+
+    backend: Literal["sqlite"] = "sqlite"
+    data_dir: Annotated[
+        str,
+        Meta(
+            description="Directory of the SQLite file and the signing key. Empty: "
+            "$STATE_DIRECTORY under systemd, else ./wharf-data."
+        ),
+    ] = ""
+    key_file: Annotated[
+        str,
+        Meta(
+            description="TOML file of the keys that encrypt messages at rest (queues with "
+            "SqsManagedSseEnabled or KmsMasterKeyId). Empty: such messages are stored in clear."
+        ),
+    ] = ""
+
+
+class DeclaredQueue(Section, frozen=True, kw_only=True):
+    """A queue created (or updated) at start. Removing it here never deletes the queue."""
+
+    name: str
+    attributes: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 class BrokerConfig(Section, frozen=True, kw_only=True):
     """Everything wharf-broker reads from its configuration file."""
 
+    api: ApiSettings = ApiSettings()
+    aws: AwsIdentity = AwsIdentity()
+    auth: AuthSettings = AuthSettings()
+    storage: StorageSettings = StorageSettings()
+    queues: list[DeclaredQueue] = field(default_factory=list)
     admin: AdminSettings = AdminSettings()
     logging: LoggingSettings = LoggingSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
+
+    def __post_init__(self) -> None:
+        auth = self.auth
+        if (
+            auth.anonymous
+            and not auth.allow_anonymous_on_network
+            and not _is_loopback(self.api.host)
+        ):
+            raise ValueError(
+                f"auth.anonymous on the non-loopback address {self.api.host!r} lets anyone "
+                "read and write every queue; set auth.credentials_file and anonymous = "
+                "false, or allow_anonymous_on_network = true if that is really meant"
+            )
+        if not self.auth.anonymous and not self.auth.credentials_file:
+            raise ValueError("auth.anonymous = false needs auth.credentials_file")
+        names = [q.name for q in self.queues]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"queues declared twice: {', '.join(duplicates)}")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

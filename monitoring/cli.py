@@ -49,10 +49,11 @@ def main(spec: DaemonSpec[Any], argv: Sequence[str] | None = None) -> int:
     config_path: Path | None = getattr(args, "config", None)
     try:
         config = load(config_path, spec.schema) if config_path else spec.schema()
+        # Building the app reads the files the config names (credentials, keys).
+        daemon = Daemon(spec, config, config_path=config_path, notifier=Notifier.from_environ())
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
-    daemon = Daemon(spec, config, config_path=config_path, notifier=Notifier.from_environ())
     try:
         trio.run(_serve, daemon)
     except KeyboardInterrupt:  # a second Ctrl-C while draining: give up on the grace period

@@ -95,15 +95,22 @@ class Draining:
     def __init__(self) -> None:
         self.started = False
         self._idle: set[trio.CancelScope] = set()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def on_start(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when draining starts (e.g. to end long polls early)."""
+        self._callbacks.append(callback)
 
     @contextlib.contextmanager
     def idle(self) -> Iterator[trio.CancelScope]:
+        # Only waits under way when draining starts are cancelled: once it has started, every
+        # response says "Connection: close", so no keep-alive wait begins after it, and a
+        # connection accepted just before the stop still gets its first request answered.
         scope = trio.CancelScope()
-        if self.started:
-            scope.cancel()
         self._idle.add(scope)
         try:
-            yield scope
+            with scope:  # entered here, so that start() really cancels the wait inside
+                yield scope
         finally:
             self._idle.discard(scope)
 
@@ -111,6 +118,8 @@ class Draining:
         self.started = True
         for scope in list(self._idle):
             scope.cancel()
+        for callback in self._callbacks:
+            callback()
 
 
 class _ClientGone(Exception):

@@ -292,6 +292,11 @@ class FifoIndex(QueueIndex):
             self._settle(group)
         return expired
 
+    def _oldest_fresh(self) -> int | None:
+        # Each group lists its present messages in seq order, received ones included.
+        heads = [seq for seq in (g.head_seq() for g in self._groups.values()) if seq is not None]
+        return min(heads) if heads else None
+
     def _prune(self, now: int) -> None:
         timed_out = [key for key, attempt in self._attempts.items() if attempt.expires_at <= now]
         for key in timed_out:

@@ -106,6 +106,25 @@ class QueueIndex(QueueState):
         delayed = len(self._delayed)
         return QueueCounts(self._present - self._in_flight - delayed, self._in_flight, delayed)
 
+    def oldest_enqueued_at(self, now: int) -> int | None:
+        """Return when the oldest message present was enqueued, or None for an empty queue.
+
+        What CloudWatch's ApproximateAgeOfOldestMessage is computed from: every message not
+        deleted, in flight and delayed ones included, to the second (the retention timeline's
+        grain). Costs O(received messages + the subclass's candidates): for metric scrapes,
+        not for requests.
+        """
+        self._advance(now)
+        times = [
+            entry.enqueued_at if entry.enqueued_at is not None else self._timeline.time_of(seq)
+            for seq, entry in self._received.items()
+        ]
+        fresh = self._oldest_fresh()
+        if fresh is not None:
+            times.append(self._timeline.time_of(fresh))
+        known = [time for time in times if time is not None]
+        return min(known) if known else None
+
     def next_wakeup(self, now: int) -> int | None:
         """Return when the next delayed or in-flight message becomes visible, if any.
 

@@ -106,6 +106,15 @@ class StandardIndex(QueueIndex):
             expired.append(seq)
         return expired
 
+    def _oldest_fresh(self) -> int | None:
+        # The deque is in send order but for messages whose delay ended: they join at its end,
+        # behind younger ones. Looking only at the two heads keeps a scrape O(1) here and can
+        # miss such a message, so the age is low by at most one delay (15 minutes at most).
+        candidates = [self._fresh[0]] if self._fresh else []
+        if self._delayed:
+            candidates.append(min(self._delayed))
+        return min(candidates) if candidates else None
+
     def _clear(self) -> None:
         self._fresh.clear()
         self._returned.clear()

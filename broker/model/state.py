@@ -331,6 +331,14 @@ class QueueState:
     def _sweep(self, boundary: int, cutoff: int, limit: int) -> list[int]:
         raise NotImplementedError
 
+    def _oldest_fresh(self) -> int | None:
+        """Return the lowest seq of the messages never received (delayed ones included).
+
+        A received message's seq may come back instead (FIFO groups hold both kinds): the
+        caller looks at every received message as well, so the minimum is the same.
+        """
+        raise NotImplementedError
+
     def _clear(self) -> None:
         raise NotImplementedError
 

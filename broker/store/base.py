@@ -13,6 +13,10 @@ Contract:
 * A failed commit is fatal: the model may be ahead of the disk. The store refuses further
   commits (``StoreError``) and the daemon must stop; the next start reloads the truth.
 * Times are milliseconds since the epoch; message ids are the model's strings.
+* Encryption at rest is the store's business: a store that seals messages does it for the
+  queues whose settings ask for it. Callers that insert messages (sends, fan-out, move tasks)
+  call ``check_sealing`` with the queue's settings in the same trio step, before the model
+  accepts the message, so a missing KMS key is refused and never half-applied.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import msgspec
 
+from broker.model.errors import SqsError
 from broker.model.messages import AttributeValue
 from broker.model.mutations import Mutation
 from broker.model.outcomes import RestoredMessage
@@ -37,6 +42,21 @@ class StoreError(Exception):
 
 class QueueNameTaken(StoreError):
     """A live queue already has that name."""
+
+
+class KeyUnavailable(SqsError, StoreError):
+    """The key that seals (or sealed) a queue's messages is not in the key file.
+
+    It is also the :class:`SqsError` AWS answers when a KMS key is missing
+    (``KMS.NotFoundException``), so it can leave a handler as it is.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__("KMS.NotFoundException", message)
+
+
+class SealingError(StoreError):
+    """A sealed message failed authentication: the stored bytes were altered or corrupted."""
 
 
 class QueueRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -234,6 +254,16 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete_queue(self, queue_id: int) -> None:
         """Delete a queue; its messages are reclaimed in the background."""
+
+    def check_sealing(self, settings: QueueSettings) -> None:
+        """Refuse, before the model accepts them, messages this store could not seal.
+
+        A store that does not encrypt accepts everything (the default).
+
+        Raises:
+            KeyUnavailable: the queue names a KMS key the store does not have.
+        """
+        del settings
 
     @abc.abstractmethod
     def statistics(self) -> StoreStatistics:

@@ -9,6 +9,10 @@ therefore share one fsync.
 Reads run in trio worker threads on separate read-only connections; WAL lets them proceed
 while the writer commits. When the writer has nothing to do it reclaims purged and deleted
 rows in small transactions and gives free pages back to the filesystem.
+
+Encryption at rest (:mod:`broker.store.sealing`): the store keeps each live queue's settings,
+and ``commit`` picks, in the caller's trio step, the key each inserted message is sealed with;
+the writer thread seals, the reader threads open.
 """
 
 from __future__ import annotations
@@ -27,12 +31,13 @@ from typing import Any, TypeVar
 import msgspec
 import trio
 
-from broker.model.mutations import Mutation
+from broker.model.mutations import MessageInserted, MessageMoved, Mutation
 from broker.model.outcomes import RestoredMessage
 from broker.model.settings import QueueSettings
 from broker.store.base import (
     DeduplicationEntry,
     HistogramRecorder,
+    KeyUnavailable,
     LoadedQueue,
     MessageColumns,
     QueueNameTaken,
@@ -42,6 +47,7 @@ from broker.store.base import (
     StoreError,
     StoreStatistics,
 )
+from broker.store.sealing import Sealer, SealingKey, associated_data
 from broker.store.sqlite_apply import ATTRIBUTES_DECODER, apply_mutations, reclaim_step
 from broker.store.sqlite_schema import configure, migrate
 
@@ -82,13 +88,16 @@ _STOP = object()
 class SqliteStore(Store):
     """The SQLite implementation of :class:`~broker.store.base.Store`."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, sealer: Sealer | None = None) -> None:
         """Remember where the file lives; :meth:`open` does the work.
 
         Args:
             data_dir: the broker's data directory; the file is ``wharf.sqlite3`` in it.
+            sealer: the keys of encryption at rest; None stores every message in clear.
         """
         self.path = Path(data_dir) / FILE_NAME
+        self.sealer = sealer or Sealer(None)
+        self._settings: dict[int, QueueSettings] = {}  # live queues, for sealing
         self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -145,13 +154,51 @@ class SqliteStore(Store):
     async def commit(
         self, mutations: Sequence[Mutation], on_durable: Callable[[], None] | None = None
     ) -> None:
-        """See :meth:`Store.commit`."""
+        """See :meth:`Store.commit`.
+
+        Raises:
+            KeyUnavailable: an inserted message's queue names a KMS key the key file lacks
+                (callers prevent it with :meth:`check_sealing`); nothing was queued.
+        """
         batch = list(mutations)
+        # Resolved now, in the caller's step: a reload of the key file or a settings change
+        # after this point applies to later commits only.
+        keys = self._sealing_keys(batch)
         await self._submit(
-            lambda connection: apply_mutations(connection, batch, self._to_reclaim),
+            lambda connection: apply_mutations(connection, batch, self._to_reclaim, keys),
             on_durable,
             len(batch),
         )
+
+    def check_sealing(self, settings: QueueSettings) -> None:
+        """See :meth:`Store.check_sealing`."""
+        self.sealer.key_for(settings)
+
+    def _sealing_keys(self, batch: list[Mutation]) -> dict[int, SealingKey]:
+        keys: dict[int, SealingKey] = {}
+        seen: set[int] = set()
+        for mutation in batch:
+            if isinstance(mutation, MessageInserted):
+                queue_id, strict = mutation.queue_id, True
+            elif isinstance(mutation, MessageMoved):
+                # A dead-letter move must not fail inside a receive: a target whose KMS key
+                # is missing keeps the row as its source stored it.
+                queue_id, strict = mutation.target_queue_id, False
+            else:
+                continue
+            settings = self._settings.get(queue_id)
+            if queue_id in seen or settings is None:
+                continue
+            seen.add(queue_id)
+            try:
+                key = self.sealer.key_for(settings)
+            except KeyUnavailable:
+                if strict:
+                    raise
+                key = None
+            if key is not None:
+                keys[queue_id] = key
+        return keys
 
     async def create_queue(
         self, name: str, settings: QueueSettings, tags: Mapping[str, str], now: int
@@ -174,6 +221,9 @@ class SqliteStore(Store):
             if isinstance(error.__cause__, sqlite3.IntegrityError):
                 raise QueueNameTaken(f"a queue named {name!r} exists") from error
             raise
+        self._settings[queue_id] = settings
+        with contextlib.suppress(KeyUnavailable):  # AWS refuses a bad KMS key on send only
+            self.sealer.key_for(settings)  # without a key file: warn now, not on a send
         return QueueRecord(
             queue_id=queue_id,
             name=name,
@@ -186,6 +236,7 @@ class SqliteStore(Store):
     async def update_queue(self, queue_id: int, settings: QueueSettings, now: int) -> None:
         """See :meth:`Store.update_queue`."""
         encoded = msgspec.json.encode(settings)
+        self._settings[queue_id] = settings  # before any later commit is queued
         await self._submit(
             lambda connection: connection.execute(
                 "UPDATE queues SET settings = ?, modified_at = ? WHERE queue_id = ?",
@@ -208,6 +259,7 @@ class SqliteStore(Store):
 
     async def delete_queue(self, queue_id: int) -> None:
         """See :meth:`Store.delete_queue`."""
+        self._settings.pop(queue_id, None)
 
         def mark(connection: sqlite3.Connection) -> None:
             connection.execute("UPDATE queues SET deleted = 1 WHERE queue_id = ?", (queue_id,))
@@ -320,14 +372,22 @@ class SqliteStore(Store):
 
     async def load(self) -> list[LoadedQueue]:
         """See :meth:`Store.load`."""
-        return await self._read(_load)
+        queues = await self._read(_load)
+        for loaded in queues:
+            self._settings[loaded.record.queue_id] = loaded.record.settings
+            with contextlib.suppress(KeyUnavailable):  # reported on send, as AWS does
+                self.sealer.key_for(loaded.record.settings)
+        return queues
 
     async def read_messages(self, queue_id: int, seqs: Sequence[int]) -> list[StoredMessage]:
         """See :meth:`Store.read_messages`."""
         wanted = list(seqs)
         if not wanted:
             return []
-        return await self._read(lambda connection: _read_messages(connection, queue_id, wanted))
+        sealer = self.sealer
+        return await self._read(
+            lambda connection: _read_messages(connection, queue_id, wanted, sealer)
+        )
 
     async def _read(self, query: Callable[[sqlite3.Connection], _T]) -> _T:
         async with self._reader_slots:
@@ -401,18 +461,23 @@ def _load(connection: sqlite3.Connection) -> list[LoadedQueue]:
 
 
 def _read_messages(
-    connection: sqlite3.Connection, queue_id: int, seqs: list[int]
+    connection: sqlite3.Connection, queue_id: int, seqs: list[int], sealer: Sealer
 ) -> list[StoredMessage]:
     placeholders = ",".join("?" * len(seqs))
     found = {}
     for row in connection.execute(
         "SELECT seq, message_id, body, attributes, sent_at, first_received_at, group_id, "
-        "deduplication_id, sender_id, trace_header, source_arn FROM messages "
+        "deduplication_id, sender_id, trace_header, source_arn, key_id FROM messages "
         f"WHERE queue_id = ? AND seq IN ({placeholders})",
         (queue_id, *seqs),
     ):
         seq, message_id, body, attributes, sent_at, first_received_at, *rest = row
-        group_id, deduplication_id, sender_id, trace_header, source_arn = rest
+        group_id, deduplication_id, sender_id, trace_header, source_arn, key_id = rest
+        if key_id is not None:
+            body = sealer.open(key_id, body, associated_data(message_id, b"body"))
+            if attributes is not None:
+                aad = associated_data(message_id, b"attributes")
+                attributes = sealer.open(key_id, attributes, aad)
         found[seq] = StoredMessage(
             seq=seq,
             message_id=str(uuid.UUID(bytes=message_id)),

@@ -2,6 +2,11 @@
 
 Consecutive mutations of one kind go through one ``executemany`` of one (cached, prepared)
 statement; order across kinds is kept, because it matters (insert before delete).
+
+Sealing: the caller passes the key each queue's new messages are sealed with (resolved when
+the commit was asked for); inserts into those queues store their body and attributes sealed,
+with the key id in the row. A dead-letter move copies the row as it is (sealed or not), unless
+the target queue seals and the row is in clear: then the copy is sealed on the way.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -26,6 +31,7 @@ from broker.model.mutations import (
     QueuePurged,
     VisibilityChanged,
 )
+from broker.store.sealing import SealingKey, associated_data
 
 ATTRIBUTES_ENCODER = msgspec.msgpack.Encoder()
 ATTRIBUTES_DECODER = msgspec.msgpack.Decoder(dict[str, AttributeValue])
@@ -33,8 +39,8 @@ ATTRIBUTES_DECODER = msgspec.msgpack.Decoder(dict[str, AttributeValue])
 _INSERT = """
     INSERT INTO messages (queue_id, seq, message_id, visible_at, receive_count, received_at,
         first_received_at, enqueued_at, sent_at, group_id, deduplication_id, sender_id,
-        trace_header, source_arn, attributes, body)
-    VALUES (?, ?, ?, ?, 0, 0, NULL, ?, ?, ?, ?, ?, ?, NULL, ?, ?)
+        trace_header, source_arn, attributes, body, key_id)
+    VALUES (?, ?, ?, ?, 0, 0, NULL, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)
 """
 _DELIVERED = """
     UPDATE messages SET visible_at = ?, receive_count = ?, received_at = ?,
@@ -46,12 +52,25 @@ _DELETE = "DELETE FROM messages WHERE queue_id = ? AND seq = ?"
 _MOVE = """
     INSERT INTO messages (queue_id, seq, message_id, visible_at, receive_count, received_at,
         first_received_at, enqueued_at, sent_at, group_id, deduplication_id, sender_id,
-        trace_header, source_arn, attributes, body)
+        trace_header, source_arn, attributes, body, key_id)
     SELECT ?, ?, message_id, ?, receive_count, received_at, first_received_at,
         coalesce(?, enqueued_at), sent_at, group_id, deduplication_id, sender_id,
-        trace_header, ?, attributes, body
+        trace_header, ?, attributes, body, key_id
     FROM messages WHERE queue_id = ? AND seq = ?
 """
+# The same move with the payload given: the clear row of the source, sealed for the target.
+_MOVE_SEALED = """
+    INSERT INTO messages (queue_id, seq, message_id, visible_at, receive_count, received_at,
+        first_received_at, enqueued_at, sent_at, group_id, deduplication_id, sender_id,
+        trace_header, source_arn, attributes, body, key_id)
+    SELECT ?, ?, message_id, ?, receive_count, received_at, first_received_at,
+        coalesce(?, enqueued_at), sent_at, group_id, deduplication_id, sender_id,
+        trace_header, ?, ?, ?, ?
+    FROM messages WHERE queue_id = ? AND seq = ?
+"""
+_PAYLOAD = (
+    "SELECT message_id, attributes, body, key_id FROM messages WHERE queue_id = ? AND seq = ?"
+)
 _DEDUP_RECORD = (
     "INSERT OR REPLACE INTO deduplication (queue_id, key, seq, expires_at) VALUES (?, ?, ?, ?)"
 )
@@ -60,12 +79,14 @@ _PURGE = "UPDATE queues SET purged_below = max(purged_below, ?) WHERE queue_id =
 _NEXT_SEQ = "UPDATE queues SET next_seq = max(next_seq, ?) WHERE queue_id = ?"
 
 
-def _inserted(m: MessageInserted) -> tuple[Any, ...]:
+def _inserted(m: MessageInserted, key: SealingKey | None) -> tuple[Any, ...]:
+    message_id = uuid.UUID(m.message_id).bytes
     attributes = ATTRIBUTES_ENCODER.encode(m.attributes) if m.attributes else None
+    attributes, body = seal_payload(key, message_id, attributes, m.body.encode())
     return (
         m.queue_id,
         m.seq,
-        uuid.UUID(m.message_id).bytes,
+        message_id,
         m.visible_at,
         m.sent_at,
         m.sent_at,
@@ -74,8 +95,21 @@ def _inserted(m: MessageInserted) -> tuple[Any, ...]:
         m.sender_id,
         m.trace_header,
         attributes,
-        m.body.encode(),
+        body,
+        key.key_id if key is not None else None,
     )
+
+
+def seal_payload(
+    key: SealingKey | None, message_id: bytes, attributes: bytes | None, body: bytes
+) -> tuple[bytes | None, bytes]:
+    """Return (attributes, body) as stored: sealed with ``key``, or as they are without one."""
+    if key is None:
+        return attributes, body
+    sealed_body = key.seal(body, associated_data(message_id, b"body"))
+    if attributes is not None:
+        attributes = key.seal(attributes, associated_data(message_id, b"attributes"))
+    return attributes, sealed_body
 
 
 def _delivered(m: MessageDelivered) -> tuple[Any, ...]:
@@ -103,7 +137,6 @@ def _purged(m: QueuePurged) -> tuple[Any, ...]:
 
 
 _SIMPLE: dict[type, tuple[str, Callable[[Any], tuple[Any, ...]]]] = {
-    MessageInserted: (_INSERT, _inserted),
     MessageDelivered: (_DELIVERED, _delivered),
     VisibilityChanged: (_VISIBILITY, _visibility),
     MessageDeleted: (_DELETE, _deleted),
@@ -114,7 +147,10 @@ _SIMPLE: dict[type, tuple[str, Callable[[Any], tuple[Any, ...]]]] = {
 
 
 def apply_mutations(
-    connection: sqlite3.Connection, mutations: Sequence[Mutation], purged: set[int]
+    connection: sqlite3.Connection,
+    mutations: Sequence[Mutation],
+    purged: set[int],
+    keys: Mapping[int, SealingKey] | None = None,
 ) -> None:
     """Apply ``mutations`` in order within the caller's transaction.
 
@@ -122,12 +158,19 @@ def apply_mutations(
         connection: the writer connection, inside a transaction.
         mutations: the records, in the order the model produced them.
         purged: receives the ids of queues whose purged rows now need reclaiming.
+        keys: queue id -> the key its new messages are sealed with; absent: in clear.
     """
+    keys = keys or {}
     next_seqs: dict[int, int] = {}
     for kind, run in itertools.groupby(mutations, key=type):
         batch = list(run)
         if kind is MessageMoved:
-            _apply_moves(connection, batch)  # type: ignore[arg-type]
+            _apply_moves(connection, batch, keys)  # type: ignore[arg-type]
+        elif kind is MessageInserted:
+            rows = [
+                _inserted(m, keys.get(m.queue_id)) for m in batch if isinstance(m, MessageInserted)
+            ]
+            connection.executemany(_INSERT, rows)
         else:
             sql, parameters = _SIMPLE[kind]
             connection.executemany(sql, map(parameters, batch))
@@ -148,21 +191,23 @@ def _raise_next_seq(next_seqs: dict[int, int], queue_id: int, seq: int) -> None:
     next_seqs[queue_id] = max(next_seqs.get(queue_id, 0), seq + 1)
 
 
-def _apply_moves(connection: sqlite3.Connection, moves: Iterable[MessageMoved]) -> None:
+def _apply_moves(
+    connection: sqlite3.Connection, moves: Iterable[MessageMoved], keys: Mapping[int, SealingKey]
+) -> None:
     for move in moves:
-        connection.execute(
-            _MOVE,
-            (
-                move.target_queue_id,
-                move.target_seq,
-                move.visible_at,
-                move.enqueued_at,
-                move.source_arn,
-                move.source_queue_id,
-                move.source_seq,
-            ),
-        )
-        connection.execute(_DELETE, (move.source_queue_id, move.source_seq))
+        head = (move.target_queue_id, move.target_seq, move.visible_at, move.enqueued_at)
+        source = (move.source_queue_id, move.source_seq)
+        key = keys.get(move.target_queue_id)
+        row = connection.execute(_PAYLOAD, source).fetchone() if key is not None else None
+        if row is not None and row[3] is None:
+            message_id, attributes, body, _ = row
+            attributes, body = seal_payload(key, message_id, attributes, body)
+            assert key is not None
+            payload = (attributes, body, key.key_id)
+            connection.execute(_MOVE_SEALED, (*head, move.source_arn, *payload, *source))
+        else:
+            connection.execute(_MOVE, (*head, move.source_arn, *source))
+        connection.execute(_DELETE, source)
 
 
 def reclaim_step(connection: sqlite3.Connection, queue_id: int, limit: int) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 
 
 def _create_version_1(connection: sqlite3.Connection) -> None:
@@ -57,6 +57,65 @@ def _create_version_1(connection: sqlite3.Connection) -> None:
     )
 
 
+def _add_key_ids(connection: sqlite3.Connection) -> None:
+    # Encryption at rest (broker/store/sealing.py): the key that sealed a row's body and
+    # attributes; NULL means they are stored in clear, as every row of version 1 was.
+    connection.execute("ALTER TABLE messages ADD COLUMN key_id TEXT")
+
+
+def _create_sns(connection: sqlite3.Connection) -> None:
+    # SNS (broker/store/sqlite_sns.py). Topics are deleted at once with their rows: unlike a
+    # queue's messages, a topic's rows are few, save for a dead endpoint's pending deliveries.
+    _run_script(
+        connection,
+        """
+        CREATE TABLE topics (
+            topic_id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: ARNs outlive topics
+            name TEXT NOT NULL UNIQUE,
+            settings BLOB NOT NULL,                      -- TopicSettings as JSON
+            tags BLOB NOT NULL,                          -- {key: value} as JSON
+            created_at INTEGER NOT NULL,
+            modified_at INTEGER NOT NULL,
+            next_seq INTEGER NOT NULL DEFAULT 1          -- FIFO SequenceNumbers, never reused
+        );
+
+        CREATE TABLE subscriptions (
+            subscription_id TEXT PRIMARY KEY,
+            topic_id INTEGER NOT NULL,
+            record BLOB NOT NULL                         -- SubscriptionRecord as JSON
+        );
+        CREATE INDEX subscriptions_topic ON subscriptions (topic_id);
+
+        CREATE TABLE sns_outbox (
+            delivery_id INTEGER PRIMARY KEY,
+            subscription_id TEXT NOT NULL,
+            topic_id INTEGER NOT NULL,
+            message_type TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            first_attempt_at INTEGER,
+            next_attempt_at INTEGER NOT NULL,
+            published_at INTEGER NOT NULL,
+            headers BLOB NOT NULL,                       -- [[name, value], ...] as JSON
+            dead_letter_attributes BLOB,                 -- msgpack, NULL when none
+            body BLOB NOT NULL                           -- UTF-8, last, after the small columns
+        );
+        CREATE INDEX sns_outbox_subscription ON sns_outbox (subscription_id);
+        CREATE INDEX sns_outbox_topic ON sns_outbox (topic_id);
+
+        CREATE TABLE sns_deduplication (
+            topic_id INTEGER NOT NULL,
+            key BLOB NOT NULL,
+            message_id TEXT NOT NULL,
+            sequence_number TEXT NOT NULL,
+            expires_at INTEGER NOT NULL,
+            PRIMARY KEY (topic_id, key)
+        ) WITHOUT ROWID;
+        CREATE INDEX sns_deduplication_expiry ON sns_deduplication (topic_id, expires_at);
+        """,
+    )
+
+
 def _run_script(connection: sqlite3.Connection, script: str) -> None:
     # Not executescript(): it commits first, and migrations must stay inside their transaction.
     # Statements are split on ";", so comments in the script must not contain one.
@@ -66,7 +125,11 @@ def _run_script(connection: sqlite3.Connection, script: str) -> None:
 
 
 # MIGRATIONS[n] brings a file at version n to version n + 1.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _create_version_1}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    0: _create_version_1,
+    1: _add_key_ids,
+    2: _create_sns,
+}
 
 
 def configure(connection: sqlite3.Connection, *, writer: bool) -> None:

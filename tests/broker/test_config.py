@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from broker.config import BrokerConfig
@@ -12,8 +14,26 @@ from tests.support.schema import key_paths, lookup
 CONF = Path(__file__).parents[2] / "conf" / "broker.toml"
 
 
-def test_shipped_file_loads_and_equals_the_defaults():
-    assert load(CONF, BrokerConfig) == BrokerConfig()
+def test_shipped_file_loads_and_equals_the_defaults_but_for_its_example_queue():
+    loaded = load(CONF, BrokerConfig)
+    assert [q.name for q in loaded.queues] == ["example"]
+    assert msgspec.structs.replace(loaded, queues=[]) == BrokerConfig()
+
+
+def test_anonymous_access_on_the_network_must_be_asked_for():
+    with pytest.raises(ConfigError, match=re.escape("non-loopback address '0.0.0.0'")):
+        decode(b'[api]\nhost = "0.0.0.0"\n', BrokerConfig)
+    text = b'[api]\nhost = "0.0.0.0"\n[auth]\nallow_anonymous_on_network = true\n'
+    assert decode(text, BrokerConfig).auth.anonymous
+    with pytest.raises(ConfigError, match=re.escape("needs auth.credentials_file")):
+        decode(b"[auth]\nanonymous = false\n", BrokerConfig)
+
+
+def test_identity_is_checked():
+    with pytest.raises(ConfigError, match=re.escape("account_id must be 12 digits - at `$.aws`")):
+        decode(b'[aws]\naccount_id = "123"\n', BrokerConfig)
+    with pytest.raises(ConfigError, match="not an AWS-style region"):
+        decode(b'[aws]\nregion = "mars"\n', BrokerConfig)
 
 
 @pytest.mark.parametrize("path", sorted(set(key_paths(BrokerConfig))))

@@ -175,7 +175,9 @@ def run_child_until_killed(data_dir: Path) -> dict[int, dict[int, tuple[int, str
 
     environment = {**os.environ, "PYTHONPATH": str(REPO)}
     with subprocess.Popen(
-        [sys.executable, str(CRASH_CHILD), str(data_dir)],
+        # -P: tests/support (the script's directory) has broker.py and http.py, which must not
+        # shadow the broker package and the standard library's http.
+        [sys.executable, "-P", str(CRASH_CHILD), str(data_dir)],
         stdout=subprocess.PIPE,
         env=environment,
         text=True,

@@ -2,7 +2,7 @@ import sqlite3
 
 import pytest
 
-from broker.store.sqlite_schema import SCHEMA_VERSION, configure, migrate
+from broker.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION, configure, migrate
 
 
 def connect(path):
@@ -42,3 +42,19 @@ def test_live_queue_names_are_unique(tmp_path):
     connection.execute(insert + "VALUES ('q', x'', '{}', 0, 0, 0)")  # the old one is deleted
     with pytest.raises(sqlite3.IntegrityError):
         connection.execute(insert + "VALUES ('q', x'', '{}', 0, 0, 0)")
+
+
+def test_a_version_1_file_gains_key_ids_and_keeps_its_rows_in_clear(tmp_path):
+    connection = connect(tmp_path / "s.db")
+    connection.execute("BEGIN")
+    MIGRATIONS[0](connection)
+    connection.execute("PRAGMA user_version = 1")
+    connection.execute("COMMIT")
+    connection.execute(
+        "INSERT INTO messages (queue_id, seq, message_id, visible_at, receive_count, "
+        "received_at, enqueued_at, sent_at, sender_id, body) "
+        "VALUES (1, 1, x'00', 0, 0, 0, 0, 0, '', CAST('old body' AS BLOB))"
+    )
+    assert migrate(connection) == 1
+    rows = connection.execute("SELECT body, key_id FROM messages").fetchall()
+    assert rows == [(b"old body", None)]

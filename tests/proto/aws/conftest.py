@@ -3,16 +3,15 @@ and botocore models turned into the oracles the tests compare against."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any
 
-import botocore.loaders
 import botocore.model
 import pytest
 from hypothesis import strategies as st
 
 from proto.aws.shapes import ListOf, MapOf, Scalar, Shape, Structure
+from tests.support.aws_models import botocore_model, sqs_query_model
 
 # XML 1.0 §2.2 Char: the codepoints an XML document can carry at all. Query responses can only
 # round-trip these; the JSON protocol carries any string.
@@ -62,39 +61,6 @@ def values_for(shape: Shape, *, xml: bool = False, max_items: int = 3) -> st.Sea
 @pytest.fixture(scope="session")
 def aws_values() -> Callable[..., st.SearchStrategy[Any]]:
     return values_for
-
-
-def _loader() -> botocore.loaders.Loader:
-    return botocore.loaders.Loader()
-
-
-def botocore_model(service: str) -> botocore.model.ServiceModel:
-    return botocore.model.ServiceModel(_loader().load_service_model(service, "service-2"), service)
-
-
-def sqs_query_model(names: dict[str, Any] | None) -> botocore.model.ServiceModel:
-    """botocore's (JSON) SQS model switched to the query protocol.
-
-    With ``names`` None, members keep their own names, which is what botocore's query serializer
-    makes of today's model. Otherwise ``names`` maps (shape, member) to a query/XML name and
-    (map shape) to (key name, value name), to describe the legacy query API.
-    """
-    raw = copy.deepcopy(_loader().load_service_model("sqs", "service-2"))
-    raw["metadata"]["protocol"] = "query"
-    raw["metadata"]["protocols"] = ["query"]
-    raw["metadata"]["xmlNamespace"] = "http://queue.amazonaws.com/doc/2012-11-05/"
-    for name, operation in raw["operations"].items():
-        if "output" in operation:
-            operation["output"]["resultWrapper"] = f"{name}Result"
-    if names is not None:
-        for (shape_name, member_name), wire in names.items():
-            if member_name is None:
-                key_wire, value_wire = wire
-                raw["shapes"][shape_name]["key"]["locationName"] = key_wire
-                raw["shapes"][shape_name]["value"]["locationName"] = value_wire
-            else:
-                raw["shapes"][shape_name]["members"][member_name]["locationName"] = wire
-    return botocore.model.ServiceModel(raw, "sqs")
 
 
 @pytest.fixture(scope="session")

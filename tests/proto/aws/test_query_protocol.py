@@ -20,12 +20,13 @@ from proto.aws import query_protocol, sigv4
 from proto.aws.errors import AwsError, common_error
 from proto.aws.json_protocol import sqs_error
 from proto.aws.query_protocol import decode_request, encode_error, encode_response, escape_text
-from proto.aws.shapes import DecodedRequest, ListOf, MapOf, Shape, Structure
+from proto.aws.shapes import DecodedRequest
 from proto.aws.sns_shapes import ERRORS as SNS_ERRORS
 from proto.aws.sns_shapes import OPERATIONS as SNS_OPERATIONS
 from proto.aws.sns_shapes import SNS, sns_error
 from proto.aws.sqs_shapes import OPERATIONS as SQS_OPERATIONS
 from proto.aws.sqs_shapes import SQS
+from tests.support.aws_models import legacy_sqs_names
 
 SQS_NS = "http://queue.amazonaws.com/doc/2012-11-05/"
 SNS_NS = "http://sns.amazonaws.com/doc/2010-03-31/"
@@ -35,31 +36,6 @@ def form_body(params: dict[str, Any]) -> bytes:
     """The body botocore sends for a serialized query request (AWSRequestPreparer)."""
     body = AWSRequest(method="POST", url="http://wharf.test/", data=params).prepare().body
     return body.encode("ascii") if isinstance(body, str) else body
-
-
-def legacy_sqs_names(sqs_model) -> dict[Any, Any]:
-    """Our SQS query names, as locationName traits for botocore's SQS model."""
-    names: dict[Any, Any] = {}
-
-    def walk(ours: Shape, theirs) -> None:
-        if isinstance(ours, Structure):
-            for name, spec in ours.members.items():
-                member_shape = theirs.members[name]
-                if spec.wire and spec.wire != name:
-                    names[(theirs.name, name)] = spec.wire
-                walk(spec.shape, member_shape)
-        elif isinstance(ours, ListOf):
-            walk(ours.member, theirs.member)
-        elif isinstance(ours, MapOf):
-            names[(theirs.name, None)] = (ours.key_wire, ours.value_wire)
-            walk(ours.value, theirs.value)
-
-    for name, operation in SQS_OPERATIONS.items():
-        model = sqs_model.operation_model(name)
-        walk(operation.input, model.input_shape)
-        if operation.output is not None:
-            walk(operation.output, model.output_shape)
-    return names
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,134 @@
+"""Who is calling: SigV4 verification against a credentials file, or anonymous access.
+
+The credentials file is TOML, referenced by path from broker.toml (secrets never live in the
+main config)::
+
+    [[keys]]
+    access_key_id = "AKIAWHARFEXAMPLE0001"
+    secret_access_key = "..."
+    principal = "arn:aws:iam::000000000000:user/orders-service"
+
+The principal's account is what queue policies match; without ``principal`` the key stands
+for the broker's own account.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from msgspec import Meta, field
+
+from broker.config import AuthSettings
+from monitoring.configfile import ConfigError, load
+from monitoring.httpserver import Request
+from monitoring.settings import Section
+from proto.aws import sigv4
+
+_PRINCIPAL = re.compile(r"arn:aws[a-z-]*:(iam|sts)::(\d{12}):\S+")
+
+
+class Credential(Section, frozen=True, kw_only=True):
+    access_key_id: Annotated[str, Meta(pattern=r"^[A-Z0-9]{16,128}$")]
+    secret_access_key: Annotated[str, Meta(min_length=16)]
+    principal: str = ""
+
+    def __post_init__(self) -> None:
+        if self.principal and not _PRINCIPAL.fullmatch(self.principal):
+            raise ValueError(f"principal {self.principal!r} is not an IAM user or role ARN")
+
+
+class CredentialsFile(Section, frozen=True, kw_only=True):
+    keys: list[Credential] = field(default_factory=list)
+
+
+def load_credentials(path: str | Path) -> dict[str, Credential]:
+    """Read a credentials file; an access key id listed twice is an error.
+
+    Raises:
+        ConfigError: the file cannot be read or is invalid.
+    """
+    document = load(path, CredentialsFile)
+    keys: dict[str, Credential] = {}
+    for credential in document.keys:
+        if credential.access_key_id in keys:
+            raise ConfigError(path, f"access key {credential.access_key_id} is listed twice")
+        keys[credential.access_key_id] = credential
+    return keys
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The authenticated (or anonymous) caller of one request."""
+
+    principal_arn: str
+    account: str
+    sender_id: str
+    service: str | None  # the credential scope's service, when the request carries one
+    anonymous: bool
+
+
+class Authenticator:
+    """Checks each request's signature, or lets it through when the config says anonymous."""
+
+    def __init__(
+        self, settings: AuthSettings, credentials: Mapping[str, Credential], *, account_id: str
+    ) -> None:
+        self.settings = settings
+        self.credentials = dict(credentials)
+        self.account_id = account_id
+
+    def authenticate(self, request: Request, *, region: str | None = None) -> Caller:
+        """Identify the caller.
+
+        Args:
+            request: the request.
+            region: the broker's region, which a signature's credential scope must name
+                (None accepts any; anonymous callers are never checked).
+
+        Raises:
+            SigV4Error: a missing, malformed, expired or wrong signature, an unknown key, or a
+                signature scoped to another region.
+        """
+        if self.settings.anonymous:
+            scope = sigv4.peek_scope(headers=request.headers, query=request.query)
+            return Caller(
+                principal_arn=f"arn:aws:iam::{self.account_id}:root",
+                account=self.account_id,
+                sender_id=self.account_id,
+                service=scope.service if scope is not None else None,
+                anonymous=True,
+            )
+        identity = sigv4.verify(
+            method=request.method.decode("ascii", "replace"),
+            path=request.raw_path,
+            query=request.query,
+            headers=request.headers,
+            body=request.body,
+            now=time.time(),
+            secrets=self._secret,
+        )
+        if region is not None and identity.region != region:
+            # What AWS answers for a signature scoped to another region.
+            raise sigv4.SigV4Error(
+                "SignatureDoesNotMatch",
+                f"Credential should be scoped to a valid region, not '{identity.region}'.",
+            )
+        credential = self.credentials[identity.access_key_id]
+        principal = credential.principal or f"arn:aws:iam::{self.account_id}:root"
+        match = _PRINCIPAL.fullmatch(principal)
+        return Caller(
+            principal_arn=principal,
+            account=match[2] if match else self.account_id,
+            sender_id=identity.access_key_id,
+            service=identity.service,
+            anonymous=False,
+        )
+
+    def _secret(self, access_key_id: str) -> str | None:
+        credential = self.credentials.get(access_key_id)
+        return credential.secret_access_key if credential is not None else None

@@ -1,0 +1,156 @@
+"""The API front end: HTTP request -> service, protocol, caller, action -> HTTP response.
+
+One listener serves SQS in both of its wire protocols: awsJson1_0 (``X-Amz-Target:
+AmazonSQS.<Action>``, what current SDKs send) and the query protocol (``Action=...`` form
+posts or GET query strings, what older SDKs send, possibly to the queue URL's path). Every
+failure leaves in the shape its protocol expects, so SDKs raise the exception they would
+raise against AWS.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Final
+
+from broker.auth import Authenticator, Caller
+from broker.metrics import BrokerMetrics
+from broker.model.errors import SqsError
+from broker.sqs import RequestContext, SqsApi
+from monitoring.httpserver import Request, Response
+from monitoring.logging import EventLog
+from proto.aws import json_protocol, query_protocol
+from proto.aws.errors import COMMON_ERRORS, AwsError, common_error
+from proto.aws.shapes import EncodedResponse, Service, check_required
+from proto.aws.sqs_shapes import SQS
+
+JSON_TARGET_PREFIX: Final = "AmazonSQS."
+_SHAPE_OF_LEGACY_CODE: Final = {
+    code: shape for shape, (code, _status) in json_protocol.SQS_ERRORS.items()
+}
+
+
+def aws_error(error: SqsError) -> AwsError:
+    """The wire form of a model error: its JSON shape found from its legacy query code."""
+    shape = _SHAPE_OF_LEGACY_CODE.get(error.code)
+    if shape is None:
+        shape = COMMON_ERRORS[error.code][0] if error.code in COMMON_ERRORS else error.code
+    return AwsError(
+        error.code,
+        error.message,
+        status=error.status,
+        sender_fault=error.sender_fault,
+        shape=shape,
+    )
+
+
+class _Codec:
+    """One wire protocol's encoders, bound to SQS."""
+
+    def __init__(self, name: str, service: Service, *, json: bool) -> None:
+        self.name = name
+        self.service = service
+        self.json = json
+
+    def response(self, action: str, result: dict[str, object] | None, rid: str) -> EncodedResponse:
+        encode = json_protocol.encode_response if self.json else query_protocol.encode_response
+        return encode(self.service, action, result, request_id=rid)
+
+    def error(self, error: AwsError, rid: str) -> EncodedResponse:
+        encode = json_protocol.encode_error if self.json else query_protocol.encode_error
+        return encode(self.service, error, request_id=rid)
+
+
+JSON_SQS = _Codec("json", SQS, json=True)
+QUERY_SQS = _Codec("query", SQS, json=False)
+
+
+class Frontend:
+    """Turns HTTP requests into SQS actions and their results back into HTTP responses."""
+
+    def __init__(
+        self,
+        *,
+        sqs: SqsApi,
+        authenticator: Authenticator,
+        metrics: BrokerMetrics,
+        log: EventLog,
+        public_url: str,
+        scheme: str = "http",
+        new_request_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        self.sqs = sqs
+        self.authenticator = authenticator
+        self.metrics = metrics
+        self.log = log
+        self.public_url = public_url
+        self.scheme = scheme  # of queue URLs built from the Host header: https behind TLS
+        self._new_request_id = new_request_id
+
+    async def handle(self, request: Request) -> Response:
+        started = time.perf_counter()
+        request_id = self._new_request_id()
+        codec = JSON_SQS if request.header(b"x-amz-target") is not None else QUERY_SQS
+        action = "Unknown"
+        try:
+            caller = self.authenticator.authenticate(request, region=self.sqs.registry.region)
+            action, params = self._decode(codec, request)
+            context = RequestContext(
+                base_url=self._base_url(request),
+                caller=caller,
+                action=action,
+                path=request.path,
+            )
+            result = await self.sqs.handle(action, params, context)
+            encoded = codec.response(action, result, request_id)
+        except SqsError as error:
+            encoded = codec.error(aws_error(error), request_id)
+        except AwsError as error:
+            encoded = codec.error(error, request_id)
+        except Exception as exc:
+            # A bug: log it with the request id the client got, answer like AWS would.
+            self.log.exception("api.handler_failed", exc, action=action, request_id=request_id)
+            failure = common_error("InternalFailure", f"Internal error (request {request_id}).")
+            encoded = codec.error(failure, request_id)
+        self.metrics.observe_request("sqs", action, encoded.status, time.perf_counter() - started)
+        content_type = ""
+        headers: list[tuple[str, str]] = []
+        for name, value in encoded.headers:
+            if name.lower() == "content-type":
+                content_type = value
+            else:
+                headers.append((name, value))
+        return Response(encoded.status, encoded.body, content_type=content_type, headers=headers)
+
+    def _decode(self, codec: _Codec, request: Request) -> tuple[str, dict[str, object]]:
+        if codec.json:
+            target = (request.header(b"x-amz-target") or b"").decode("latin-1").strip()
+            if not target.startswith(JSON_TARGET_PREFIX):
+                raise common_error(
+                    "InvalidAction", f"The action {target!r} is not valid for this web service."
+                )
+            decoded = json_protocol.decode_request(
+                codec.service, headers=request.headers, body=request.body
+            )
+        else:
+            decoded = query_protocol.decode_request(
+                codec.service, body=request.body, query=request.query
+            )
+        params = dict(decoded.params)
+        if "QueueUrl" not in params and request.path.count("/") == 2 and not codec.json:
+            # Older SDKs post query requests to the queue URL itself instead of naming it.
+            params["QueueUrl"] = self._base_url(request) + request.path
+        operation = codec.service.operations[decoded.action]
+        check_required(codec.service, operation.input, params)
+        return decoded.action, params
+
+    def _base_url(self, request: Request) -> str:
+        if self.public_url:
+            return self.public_url
+        host = (request.header(b"host") or b"").decode("latin-1").strip()
+        return f"{self.scheme}://{host or 'localhost'}"
+
+
+def caller_summary(caller: Caller) -> str:
+    return "anonymous" if caller.anonymous else caller.principal_arn

@@ -1,0 +1,232 @@
+"""Queue access policies: the Policy attribute, AddPermission/RemovePermission, evaluation.
+
+The subset of the IAM policy language SQS queue policies use: statements with Effect,
+Principal (``*``, ``{"AWS": ...}`` with account ids or ARNs), Action (``sqs:SendMessage``,
+``sqs:Send*``, ``sqs:*``, case-insensitive), Resource (queue ARNs with ``*``/``?``).
+Evaluation follows IAM's order: an explicit Deny wins, then an explicit Allow; without either,
+principals of the queue's own account are allowed (as the account's identity policies would
+let them) and other accounts are denied. A statement with a Condition, NotAction,
+NotPrincipal or NotResource is not understood here: as an Allow it never matches, as a Deny
+it always matches its principal and action, so an unsupported rule can only deny more.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from enum import Enum
+from functools import lru_cache
+from typing import Any
+
+from broker.model.errors import INVALID_PARAMETER_VALUE, SqsError
+
+POLICY_VERSION = "2012-10-17"
+# The batch actions have no IAM actions of their own: SendMessageBatch needs sqs:SendMessage
+# and so on ("Amazon SQS API permissions: Actions and resource reference", SQS Developer Guide;
+# AddPermission: "Specifying SendMessage ... also grants permissions for the corresponding batch
+# versions of those actions").
+IAM_ACTION = {
+    "SendMessageBatch": "SendMessage",
+    "DeleteMessageBatch": "DeleteMessage",
+    "ChangeMessageVisibilityBatch": "ChangeMessageVisibility",
+}
+# What AddPermission accepts as ActionName: "the name of any action or *".
+SQS_ACTIONS = frozenset(
+    {
+        "AddPermission",
+        "CancelMessageMoveTask",
+        "ChangeMessageVisibility",
+        "ChangeMessageVisibilityBatch",
+        "CreateQueue",
+        "DeleteMessage",
+        "DeleteMessageBatch",
+        "DeleteQueue",
+        "GetQueueAttributes",
+        "GetQueueUrl",
+        "ListDeadLetterSourceQueues",
+        "ListMessageMoveTasks",
+        "ListQueueTags",
+        "ListQueues",
+        "PurgeQueue",
+        "ReceiveMessage",
+        "RemovePermission",
+        "SendMessage",
+        "SendMessageBatch",
+        "SetQueueAttributes",
+        "StartMessageMoveTask",
+        "TagQueue",
+        "UntagQueue",
+    }
+)
+MAX_LABEL_LENGTH = 80
+_LABEL = re.compile(r"[A-Za-z0-9_-]{1,80}")
+_UNSUPPORTED_KEYS = frozenset({"Condition", "NotAction", "NotPrincipal", "NotResource"})
+
+
+class Decision(Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+def _pattern(glob: str) -> re.Pattern[str]:
+    return re.compile(
+        "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in glob),
+        re.IGNORECASE | re.DOTALL,
+    )
+
+
+@lru_cache(maxsize=4096)
+def _compiled(glob: str) -> re.Pattern[str]:
+    return _pattern(glob)
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
+
+
+def _principal_matches(statement: dict[str, Any], principal_arn: str, account: str) -> bool:
+    principal = statement.get("Principal")
+    if principal == "*":
+        return True
+    if not isinstance(principal, dict):
+        return False
+    for entry in _as_list(principal.get("AWS")):
+        if not isinstance(entry, str):
+            continue
+        if entry == "*" or entry == principal_arn:
+            return True
+        # An account id, or the account's root ARN, stands for every principal in it.
+        if entry in (account, f"arn:aws:iam::{account}:root"):
+            return True
+    return False
+
+
+def _any_glob(globs: Iterable[Any], value: str) -> bool:
+    return any(isinstance(g, str) and _compiled(g).fullmatch(value) for g in globs)
+
+
+def _statements(policy: str | None) -> list[dict[str, Any]]:
+    if not policy:
+        return []
+    try:
+        document = json.loads(policy)
+    except ValueError:
+        return []
+    if not isinstance(document, dict):
+        return []
+    return [s for s in _as_list(document.get("Statement")) if isinstance(s, dict)]
+
+
+def evaluate(
+    policy: str | None,
+    *,
+    principal_arn: str,
+    principal_account: str,
+    owner_account: str,
+    action: str,
+    resource: str,
+    service: str = "sqs",
+) -> Decision:
+    """Decide whether ``principal_arn`` may call ``<service>:<action>`` on ``resource``.
+
+    Args:
+        policy: the queue's Policy attribute (JSON), or None.
+        principal_arn: the caller's ARN (from the credentials file).
+        principal_account: the caller's account id.
+        owner_account: the queue's account id.
+        action: the SQS API action, e.g. ``SendMessage``; a batch action is checked as the
+            IAM action it needs (``SendMessageBatch`` as ``sqs:SendMessage``).
+        resource: the queue ARN (or topic ARN).
+        service: the IAM service prefix: ``sqs`` for queue policies, ``sns`` for topic
+            policies (the same language; :mod:`broker.model.topic_permissions` edits those).
+
+    Returns:
+        ALLOW or DENY.
+    """
+    qualified = f"{service}:{IAM_ACTION.get(action, action)}"
+    allowed = False
+    for statement in _statements(policy):
+        if not _principal_matches(statement, principal_arn, principal_account):
+            continue
+        if not _any_glob(_as_list(statement.get("Action")), qualified):
+            continue
+        unsupported = bool(_UNSUPPORTED_KEYS & statement.keys())
+        resources = _as_list(statement.get("Resource")) or ["*"]
+        effect = statement.get("Effect")
+        if effect == "Deny" and (unsupported or _any_glob(resources, resource)):
+            return Decision.DENY
+        if effect == "Allow" and not unsupported and _any_glob(resources, resource):
+            allowed = True
+    if allowed or principal_account == owner_account:
+        return Decision.ALLOW
+    return Decision.DENY
+
+
+def add_permission(
+    policy: str | None,
+    *,
+    queue_arn: str,
+    label: str,
+    accounts: Sequence[str],
+    actions: Sequence[str],
+) -> str:
+    """AddPermission: a new Allow statement with Sid ``label``; returns the new Policy JSON.
+
+    Raises:
+        SqsError: ``InvalidParameterValue`` for a bad or duplicate label, no accounts or
+            actions, or an action name that is not an SQS action.
+    """
+    if not _LABEL.fullmatch(label):
+        raise SqsError(
+            INVALID_PARAMETER_VALUE,
+            "Value for parameter Label is invalid. Reason: Must be up to 80 alphanumeric "
+            "characters, hyphens or underscores.",
+        )
+    if not accounts or not actions:
+        raise SqsError(INVALID_PARAMETER_VALUE, "AddPermission needs AWSAccountIds and Actions.")
+    for action in actions:
+        if action != "*" and action not in SQS_ACTIONS:
+            raise SqsError(
+                INVALID_PARAMETER_VALUE,
+                f"Value {action} for parameter ActionName is invalid. Reason: it is not the "
+                "name of an SQS action, nor *.",
+            )
+    statements = _statements(policy)
+    if any(s.get("Sid") == label for s in statements):
+        raise SqsError(
+            INVALID_PARAMETER_VALUE,
+            f"Value {label} for parameter Label is invalid. Reason: Already exists.",
+        )
+    statements.append(
+        {
+            "Sid": label,
+            "Effect": "Allow",
+            "Principal": {"AWS": [f"arn:aws:iam::{a}:root" for a in accounts]},
+            "Action": [f"SQS:{a}" if a != "*" else "SQS:*" for a in actions],
+            "Resource": queue_arn,
+        }
+    )
+    return json.dumps(
+        {"Version": POLICY_VERSION, "Id": f"{queue_arn}/SQSDefaultPolicy", "Statement": statements}
+    )
+
+
+def remove_permission(policy: str | None, *, label: str) -> str:
+    """RemovePermission: drop the statement with Sid ``label``; returns the new Policy JSON.
+
+    Raises:
+        SqsError: ``InvalidParameterValue`` when no statement has that label.
+    """
+    statements = _statements(policy)
+    kept = [s for s in statements if s.get("Sid") != label]
+    if len(kept) == len(statements):
+        raise SqsError(
+            INVALID_PARAMETER_VALUE,
+            f"Value {label} for parameter Label is invalid. Reason: can't find label.",
+        )
+    document = json.loads(policy) if policy else {"Version": POLICY_VERSION}
+    document["Statement"] = kept
+    return json.dumps(document)

@@ -1,0 +1,252 @@
+"""The live queues: each one's stored record and in-memory index, and long-poll wake-ups.
+
+The registry is the trio shell around :mod:`broker.model` and :mod:`broker.store`. It keeps
+the rule the store sets: a model operation and the ``store.commit`` of its mutations happen in
+the same trio step, so commits reach the disk in the order the model made them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from typing import Final
+
+import msgspec
+import trio
+
+from broker.model import QueueIndex, new_index
+from broker.model.attributes import QueueCounts, QueueFacts, check_create_matches
+from broker.model.names import validate_queue_name
+from broker.model.settings import (
+    QueueSettings,
+    apply_update,
+    check_dead_letter_target,
+    parse_create,
+)
+from broker.model.signing import Signer
+from broker.store.base import QueueNameTaken, QueueRecord, Store
+from monitoring.logging import EventLog
+from proto.aws.arn import queue_arn
+from proto.aws.errors import AwsError
+from proto.aws.json_protocol import sqs_error
+
+EXPIRE_INTERVAL_SECONDS: Final = 1.0  # retention and dedup windows are enforced this often
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def queue_does_not_exist() -> AwsError:
+    return sqs_error("QueueDoesNotExist", "The specified queue does not exist.")
+
+
+class QueueStats:
+    """Counters of one queue, read by the metrics collector at scrape time."""
+
+    __slots__ = ("bytes_sent", "deleted", "empty_receives", "received", "sent")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.bytes_sent = 0
+        self.received = 0
+        self.deleted = 0
+        self.empty_receives = 0
+
+
+class Queue:
+    """One live queue."""
+
+    __slots__ = ("_changed", "arn", "deleted", "index", "record", "stats")
+
+    def __init__(self, record: QueueRecord, arn: str, signer: Signer) -> None:
+        self.record = record
+        self.arn = arn
+        self.deleted = False
+        self.stats = QueueStats()
+        self._changed = trio.Event()
+        self.index: QueueIndex = new_index(
+            queue_id=record.queue_id,
+            name=record.name,
+            arn=arn,
+            settings=record.settings,
+            signer=signer,
+            next_seq=record.next_seq,
+            wake_receivers=self.wake,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def settings(self) -> QueueSettings:
+        return self.index.settings
+
+    def wake(self) -> None:
+        """Tell long-polling receives to look again (a send, a visibility change, ...)."""
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def changed(self) -> trio.Event:
+        """The event the next :meth:`wake` sets; take it before looking at the index."""
+        return self._changed
+
+    def facts(self, now: int) -> QueueFacts:
+        return QueueFacts(
+            queue_arn=self.arn,
+            created_at_ms=self.record.created_at,
+            modified_at_ms=self.record.modified_at,
+            counts=self.index.counts(now),
+        )
+
+    def counts(self, now: int) -> QueueCounts:
+        return self.index.counts(now)
+
+
+class QueueRegistry:
+    """Every live queue by name and ARN, kept in step with the store."""
+
+    def __init__(
+        self, store: Store, signer: Signer, *, region: str, account_id: str, log: EventLog
+    ) -> None:
+        self.store = store
+        self.signer = signer
+        self.region = region
+        self.account_id = account_id
+        self.log = log
+        self.stopping = False
+        self._by_name: dict[str, Queue] = {}
+        self._creating = trio.Lock()
+
+    def arn_of(self, name: str) -> str:
+        return queue_arn(self.region, self.account_id, name)
+
+    async def load(self) -> None:
+        """Rebuild every queue's index from the store (at start)."""
+        now = now_ms()
+        for loaded in await self.store.load():
+            queue = Queue(loaded.record, self.arn_of(loaded.record.name), self.signer)
+            queue.index.restore(loaded.messages, now)
+            for entry in loaded.deduplication:
+                queue.index.restore_deduplication(entry.key, entry.seq, entry.expires_at)
+            self._by_name[queue.name] = queue
+        self.log.info("queues.loaded", queues=len(self._by_name))
+
+    # ------------------------------------------------------------------ lookups
+
+    def get(self, name: str) -> Queue | None:
+        return self._by_name.get(name)
+
+    def require(self, name: str) -> Queue:
+        queue = self._by_name.get(name)
+        if queue is None:
+            raise queue_does_not_exist()
+        return queue
+
+    def by_arn(self, arn: str) -> Queue | None:
+        name = arn.rsplit(":", 1)[-1]
+        queue = self._by_name.get(name)
+        return queue if queue is not None and queue.arn == arn else None
+
+    def __iter__(self) -> Iterator[Queue]:
+        return iter(list(self._by_name.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def dead_letter_index(self, queue: Queue) -> QueueIndex | None:
+        policy = queue.settings.redrive_policy
+        if policy is None:
+            return None
+        target = self.by_arn(policy.dead_letter_target_arn)
+        return target.index if target is not None else None
+
+    # ------------------------------------------------------------------ changes
+
+    async def create(
+        self, name: str, attributes: Mapping[str, str], tags: Mapping[str, str]
+    ) -> Queue:
+        """CreateQueue: a new queue, or the existing one when every attribute matches."""
+        validate_queue_name(name, fifo=attributes.get("FifoQueue", "").lower() == "true")
+        # One create at a time: a second CreateQueue for a name being created waits, then finds
+        # the queue (without the lock the loser of the race could wake before the winner had
+        # registered the queue, and answer NonExistentQueue). Creates are rare; the cost is nil.
+        async with self._creating:
+            existing = self._by_name.get(name)
+            if existing is not None:
+                check_create_matches(existing.settings, attributes)
+                return existing
+            settings = parse_create(attributes)
+            self._check_dead_letter_target(settings, name)
+            now = now_ms()
+            try:
+                record = await self.store.create_queue(name, settings, dict(tags), now)
+            except QueueNameTaken:
+                # Another CreateQueue for the same name won the race: answer as if it came first.
+                existing = self.require(name)
+                check_create_matches(existing.settings, attributes)
+                return existing
+            queue = Queue(record, self.arn_of(name), self.signer)
+            self._by_name[name] = queue
+        self.log.info("queue.created", queue=name, fifo=settings.fifo)
+        return queue
+
+    async def set_attributes(self, queue: Queue, attributes: Mapping[str, str]) -> None:
+        settings = apply_update(queue.settings, attributes)
+        self._check_dead_letter_target(settings, queue.name)
+        now = now_ms()
+        await self.store.update_queue(queue.record.queue_id, settings, now)
+        queue.index.update_settings(settings)
+        queue.record = _replace(queue.record, settings=settings, modified_at=now)
+        queue.wake()  # a shorter delay or wait time may concern receives already waiting
+
+    async def set_tags(self, queue: Queue, tags: Mapping[str, str]) -> None:
+        await self.store.set_tags(queue.record.queue_id, dict(tags))
+        queue.record = _replace(queue.record, tags=dict(tags))
+
+    async def delete(self, queue: Queue) -> None:
+        if self._by_name.get(queue.name) is not queue:
+            return
+        del self._by_name[queue.name]
+        queue.deleted = True
+        queue.index.close()
+        queue.wake()
+        await self.store.delete_queue(queue.record.queue_id)
+        self.log.info("queue.deleted", queue=queue.name)
+
+    def _check_dead_letter_target(self, settings: QueueSettings, name: str) -> None:
+        policy = settings.redrive_policy
+        if policy is None:
+            return
+        target = self.by_arn(policy.dead_letter_target_arn)
+        check_dead_letter_target(
+            settings, self.arn_of(name), target.settings if target is not None else None
+        )
+
+    # ------------------------------------------------------------------ background
+
+    async def expire_forever(self) -> None:
+        """Apply retention periods and deduplication windows, once a second."""
+        while True:
+            await trio.sleep(EXPIRE_INTERVAL_SECONDS)
+            await self.expire(now_ms())
+
+    async def expire(self, now: int) -> None:
+        """One pass of :meth:`expire_forever` at time ``now``: drop what is past its time."""
+        for queue in self:
+            if queue.deleted:
+                continue
+            change = queue.index.expire(now)
+            if change.mutations:
+                await self.store.commit(change.mutations, change.on_durable)
+
+    def stop_waiting(self) -> None:
+        """At shutdown: every long-polling receive returns what it has, now."""
+        self.stopping = True
+        for queue in self:
+            queue.wake()
+
+
+def _replace(record: QueueRecord, **changes: object) -> QueueRecord:
+    return msgspec.structs.replace(record, **changes)

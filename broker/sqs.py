@@ -1,0 +1,630 @@
+"""SQS actions: request parameters in, response values out.
+
+Parameters arrive in the nested shape both protocol decoders produce (JSON member names,
+blobs as bytes) and results leave in the same shape; :mod:`broker.frontend` does the wire.
+Queue semantics live in :mod:`broker.model`; this module validates the request envelope
+(queue URLs, batch rules), calls the model through the registry, commits, and shapes answers.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import trio
+
+from broker.auth import Caller
+from broker.model.attributes import render_attributes
+from broker.model.errors import SqsError
+from broker.model.index import resolve_wait_time
+from broker.model.messages import AttributeValue, SendRequest, message_size, sequence_number
+from broker.model.mutations import Mutation
+from broker.model.outcomes import Change, Delivery
+from broker.model.policy import Decision, add_permission, evaluate, remove_permission
+from broker.registry import Queue, QueueRegistry, now_ms, queue_does_not_exist
+from broker.store.base import StoredMessage
+from proto.aws.arn import ArnError, build_queue_url, parse_queue_url
+from proto.aws.errors import AwsError, common_error
+from proto.aws.json_protocol import sqs_error
+from proto.aws.md5 import md5_of_attributes, md5_of_body
+
+MAX_BATCH_ENTRIES: Final = 10
+MAX_BATCH_BYTES: Final = 1_048_576  # SendMessageBatch: "can't exceed 1 MiB" in total
+MAX_TAGS: Final = 50
+LIST_QUEUES_LIMIT: Final = 1000
+_BATCH_ENTRY_ID = re.compile(r"[A-Za-z0-9_-]{1,80}")
+SYSTEM_ATTRIBUTES: Final = (
+    "SenderId",
+    "SentTimestamp",
+    "ApproximateReceiveCount",
+    "ApproximateFirstReceiveTimestamp",
+    "SequenceNumber",
+    "MessageDeduplicationId",
+    "MessageGroupId",
+    "AWSTraceHeader",
+    "DeadLetterQueueSourceArn",
+)
+
+Params = Mapping[str, Any]
+Result = dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Who asked, what, and how they reached us (queue URLs echo the address used)."""
+
+    base_url: str
+    caller: Caller
+    action: str
+    path: str = "/"
+
+
+class SqsApi:
+    """Every SQS action, bound to one registry."""
+
+    def __init__(self, registry: QueueRegistry, *, account_id: str) -> None:
+        self.registry = registry
+        self.store = registry.store
+        self.account_id = account_id
+        self._actions: dict[str, Callable[[Params, RequestContext], Awaitable[Result]]] = {
+            "CreateQueue": self.create_queue,
+            "DeleteQueue": self.delete_queue,
+            "GetQueueUrl": self.get_queue_url,
+            "ListQueues": self.list_queues,
+            "GetQueueAttributes": self.get_queue_attributes,
+            "SetQueueAttributes": self.set_queue_attributes,
+            "TagQueue": self.tag_queue,
+            "UntagQueue": self.untag_queue,
+            "ListQueueTags": self.list_queue_tags,
+            "SendMessage": self.send_message,
+            "SendMessageBatch": self.send_message_batch,
+            "ReceiveMessage": self.receive_message,
+            "DeleteMessage": self.delete_message,
+            "DeleteMessageBatch": self.delete_message_batch,
+            "ChangeMessageVisibility": self.change_message_visibility,
+            "ChangeMessageVisibilityBatch": self.change_message_visibility_batch,
+            "PurgeQueue": self.purge_queue,
+            "ListDeadLetterSourceQueues": self.list_dead_letter_source_queues,
+            "AddPermission": self.add_permission,
+            "RemovePermission": self.remove_permission,
+        }
+
+    def supports(self, action: str) -> bool:
+        return action in self._actions
+
+    def register(
+        self, actions: Mapping[str, Callable[[Params, RequestContext], Awaitable[Result]]]
+    ) -> None:
+        """Answer ``actions`` with handlers that live elsewhere (:mod:`broker.move_tasks`)."""
+        self._actions.update(actions)
+
+    def authorize(self, queue: Queue, context: RequestContext) -> None:
+        """Raise ``AccessDenied`` unless the queue's policy lets the caller do the action."""
+        self._authorize(queue, context)
+
+    async def handle(self, action: str, params: Params, context: RequestContext) -> Result:
+        handler = self._actions.get(action)
+        if handler is None:
+            raise sqs_error(
+                "UnsupportedOperation", f"{action} is not supported by this broker yet."
+            )
+        return await handler(params, context)
+
+    # ------------------------------------------------------------------ helpers
+
+    def queue_of(self, params: Params, context: RequestContext) -> Queue:
+        """The queue a request's ``QueueUrl`` names, if its policy lets the caller act on it.
+
+        Any host is accepted in the URL: clients reach the broker under many names.
+        """
+        url = params.get("QueueUrl")
+        if not url:
+            raise common_error(
+                "MissingParameter", "The request must contain the parameter QueueUrl."
+            )
+        try:
+            parsed = parse_queue_url(url)
+        except ArnError:
+            raise sqs_error(
+                "InvalidAddress", f"The address {url} is not valid for this endpoint."
+            ) from None
+        if parsed.account != self.account_id:
+            raise queue_does_not_exist()
+        queue = self.registry.require(parsed.name)
+        self._authorize(queue, context)
+        return queue
+
+    def _authorize(self, queue: Queue, context: RequestContext) -> None:
+        caller = context.caller
+        if caller.anonymous:
+            return
+        decision = evaluate(
+            queue.settings.policy,
+            principal_arn=caller.principal_arn,
+            principal_account=caller.account,
+            owner_account=self.account_id,
+            action=context.action,
+            resource=queue.arn,
+        )
+        if decision is Decision.DENY:
+            raise common_error(
+                "AccessDenied",
+                f"Access to the resource {queue.arn} is denied for {caller.principal_arn}.",
+            )
+
+    def url_of(self, queue: Queue, context: RequestContext) -> str:
+        return build_queue_url(context.base_url, self.account_id, queue.name)
+
+    async def _commit(self, change: Change) -> None:
+        if change.mutations:
+            await self.store.commit(change.mutations, change.on_durable)
+        else:
+            change.on_durable()
+
+    # ------------------------------------------------------------------ queues
+
+    async def create_queue(self, params: Params, context: RequestContext) -> Result:
+        name = _required(params, "QueueName")
+        tags = params.get("tags") or {}
+        _check_tags(tags)
+        queue = await self.registry.create(name, params.get("Attributes") or {}, tags)
+        return {"QueueUrl": self.url_of(queue, context)}
+
+    async def delete_queue(self, params: Params, context: RequestContext) -> Result:
+        await self.registry.delete(self.queue_of(params, context))
+        return None
+
+    async def get_queue_url(self, params: Params, context: RequestContext) -> Result:
+        name = _required(params, "QueueName")
+        owner = params.get("QueueOwnerAWSAccountId")
+        if owner is not None and owner != self.account_id:
+            raise queue_does_not_exist()
+        return {"QueueUrl": self.url_of(self.registry.require(name), context)}
+
+    async def list_queues(self, params: Params, context: RequestContext) -> Result:
+        prefix = params.get("QueueNamePrefix") or ""
+        names = sorted(q.name for q in self.registry if q.name.startswith(prefix))
+        page, token = _paginate(names, params.get("MaxResults"), params.get("NextToken"))
+        urls = [build_queue_url(context.base_url, self.account_id, n) for n in page]
+        result: dict[str, Any] = {"QueueUrls": urls} if urls else {}
+        if token is not None:
+            result["NextToken"] = token
+        return result
+
+    async def get_queue_attributes(self, params: Params, context: RequestContext) -> Result:
+        queue = self.queue_of(params, context)
+        names = params.get("AttributeNames") or []
+        attributes = render_attributes(queue.settings, names, queue.facts(now_ms()))
+        return {"Attributes": attributes} if attributes else {}
+
+    async def set_queue_attributes(self, params: Params, context: RequestContext) -> Result:
+        queue = self.queue_of(params, context)
+        await self.registry.set_attributes(queue, params.get("Attributes") or {})
+        return None
+
+    async def tag_queue(self, params: Params, context: RequestContext) -> Result:
+        queue = self.queue_of(params, context)
+        tags = {**queue.record.tags, **(params.get("Tags") or {})}
+        _check_tags(tags)
+        await self.registry.set_tags(queue, tags)
+        return None
+
+    async def untag_queue(self, params: Params, context: RequestContext) -> Result:
+        queue = self.queue_of(params, context)
+        drop = set(params.get("TagKeys") or [])
+        await self.registry.set_tags(
+            queue, {k: v for k, v in queue.record.tags.items() if k not in drop}
+        )
+        return None
+
+    async def list_queue_tags(self, params: Params, context: RequestContext) -> Result:
+        tags = self.queue_of(params, context).record.tags
+        return {"Tags": dict(tags)} if tags else {}
+
+    async def purge_queue(self, params: Params, context: RequestContext) -> Result:
+        queue = self.queue_of(params, context)
+        await self._commit(queue.index.purge(now_ms()))
+        return None
+
+    async def list_dead_letter_source_queues(
+        self, params: Params, context: RequestContext
+    ) -> Result:
+        target = self.queue_of(params, context)
+        names = sorted(
+            q.name
+            for q in self.registry
+            if q.settings.redrive_policy is not None
+            and q.settings.redrive_policy.dead_letter_target_arn == target.arn
+        )
+        page, token = _paginate(names, params.get("MaxResults"), params.get("NextToken"))
+        result: dict[str, Any] = {
+            "queueUrls": [build_queue_url(context.base_url, self.account_id, n) for n in page]
+        }
+        if token is not None:
+            result["NextToken"] = token
+        return result
+
+    async def add_permission(self, params: Params, context: RequestContext) -> Result:
+        queue = self.queue_of(params, context)
+        policy = add_permission(
+            queue.settings.policy,
+            queue_arn=queue.arn,
+            label=_required(params, "Label"),
+            accounts=params.get("AWSAccountIds") or [],
+            actions=params.get("Actions") or [],
+        )
+        await self.registry.set_attributes(queue, {"Policy": policy})
+        return None
+
+    async def remove_permission(self, params: Params, context: RequestContext) -> Result:
+        queue = self.queue_of(params, context)
+        policy = remove_permission(queue.settings.policy, label=_required(params, "Label"))
+        await self.registry.set_attributes(queue, {"Policy": policy})
+        return None
+
+    # ------------------------------------------------------------------ sends
+
+    async def send_message(self, params: Params, context: RequestContext) -> Result:
+        queue = self.queue_of(params, context)
+        request = _send_request(params, context)
+        self.store.check_sealing(queue.settings)  # KMS.NotFoundException before accepting
+        outcome = queue.index.send(now_ms(), request)
+        await self._commit(outcome)
+        sent = outcome.results[0]
+        assert not isinstance(sent, SqsError)  # send() raises instead
+        _count_sent(queue, [request])
+        return _send_result(params, sent.message_id, sent.sequence_number)
+
+    async def send_message_batch(self, params: Params, context: RequestContext) -> Result:
+        queue = self.queue_of(params, context)
+        entries = _batch_entries(params)
+        requests = []
+        failed: list[dict[str, Any]] = []
+        valid: list[Params] = []
+        for entry in entries:
+            try:
+                requests.append(_send_request(entry, context))
+                valid.append(entry)
+            except SqsError as error:
+                failed.append(_batch_failure(entry["Id"], error))
+        if sum(message_size(r) for r in requests) > MAX_BATCH_BYTES:
+            raise sqs_error(
+                "BatchRequestTooLong",
+                f"Batch requests cannot be longer than {MAX_BATCH_BYTES} bytes.",
+            )
+        self.store.check_sealing(queue.settings)  # KMS.NotFoundException before accepting
+        outcome = queue.index.send_batch(now_ms(), requests)
+        await self._commit(outcome)
+        successful = []
+        sent_requests = []
+        for entry, request, sent in zip(valid, requests, outcome.results, strict=True):
+            if isinstance(sent, SqsError):
+                failed.append(_batch_failure(entry["Id"], sent))
+                continue
+            sent_requests.append(request)
+            successful.append(
+                {"Id": entry["Id"], **_send_result(entry, sent.message_id, sent.sequence_number)}
+            )
+        _count_sent(queue, sent_requests)
+        return {"Successful": successful, "Failed": failed}
+
+    # ------------------------------------------------------------------ receives
+
+    async def receive_message(self, params: Params, context: RequestContext) -> Result:
+        queue = self.queue_of(params, context)
+        wait_seconds = resolve_wait_time(queue.settings, params.get("WaitTimeSeconds"))
+        deadline = trio.current_time() + wait_seconds
+        deliveries = await self._receive(queue, params, deadline)
+        if not deliveries:
+            queue.stats.empty_receives += 1
+            return {}
+        stored = {
+            m.seq: m
+            for m in await self.store.read_messages(
+                queue.record.queue_id, [d.seq for d in deliveries]
+            )
+        }
+        system_names = _system_attribute_names(params)
+        attribute_filter = params.get("MessageAttributeNames") or []
+        messages = [
+            _message(d, stored[d.seq], system_names, attribute_filter, fifo=queue.settings.fifo)
+            for d in deliveries
+            if d.seq in stored  # deleted meanwhile by a stale handle: nothing to return
+        ]
+        queue.stats.received += len(messages)
+        return {"Messages": messages} if messages else {}
+
+    async def _receive(self, queue: Queue, params: Params, deadline: float) -> list[Delivery]:
+        """One receive, long-polling until ``deadline``: woken by sends, never by a loop."""
+        while True:
+            changed = queue.changed()
+            now = now_ms()
+            outcome = queue.index.receive(
+                now,
+                max_messages=params.get("MaxNumberOfMessages", 1),
+                visibility_timeout=params.get("VisibilityTimeout"),
+                attempt_id=params.get("ReceiveRequestAttemptId"),
+                dead_letter=self.registry.dead_letter_index(queue),
+            )
+            await self._commit(outcome)
+            if outcome.deliveries:
+                return outcome.deliveries
+            if queue.deleted:
+                raise queue_does_not_exist()
+            if self.registry.stopping or trio.current_time() >= deadline:
+                return []
+            wake_at = deadline
+            next_due = queue.index.next_wakeup(now)
+            if next_due is not None:
+                wake_at = min(deadline, trio.current_time() + max(0, next_due - now) / 1000)
+            with trio.move_on_at(wake_at):
+                await changed.wait()
+
+    # ------------------------------------------------------------------ handles
+
+    async def delete_message(self, params: Params, context: RequestContext) -> Result:
+        queue = self.queue_of(params, context)
+        handle = _required(params, "ReceiptHandle")
+        await self._commit(queue.index.delete(now_ms(), handle))
+        queue.stats.deleted += 1
+        return None
+
+    async def delete_message_batch(self, params: Params, context: RequestContext) -> Result:
+        queue = self.queue_of(params, context)
+        now = now_ms()
+
+        def apply(entry: Params) -> Change:
+            return queue.index.delete(now, _required(entry, "ReceiptHandle"))
+
+        result = await self._handle_batch(_batch_entries(params), apply)
+        queue.stats.deleted += len(result["Successful"])
+        return result
+
+    async def change_message_visibility(self, params: Params, context: RequestContext) -> Result:
+        queue = self.queue_of(params, context)
+        change = queue.index.change_visibility(
+            now_ms(), _required(params, "ReceiptHandle"), _required(params, "VisibilityTimeout")
+        )
+        await self._commit(change)
+        return None
+
+    async def change_message_visibility_batch(
+        self, params: Params, context: RequestContext
+    ) -> Result:
+        queue = self.queue_of(params, context)
+        now = now_ms()
+
+        def apply(entry: Params) -> Change:
+            return queue.index.change_visibility(
+                now, _required(entry, "ReceiptHandle"), _required(entry, "VisibilityTimeout")
+            )
+
+        return await self._handle_batch(_batch_entries(params), apply)
+
+    async def _handle_batch(
+        self, entries: Sequence[Params], apply: Callable[[Params], Change]
+    ) -> dict[str, Any]:
+        """Apply each entry to the model, then commit all of them in one transaction."""
+        successful: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        mutations: list[Mutation] = []
+        callbacks: list[Callable[[], None]] = []
+        for entry in entries:
+            try:
+                change = apply(entry)
+            except (SqsError, AwsError) as error:
+                failed.append(_batch_failure(entry["Id"], error))
+                continue
+            mutations.extend(change.mutations)
+            callbacks.append(change.on_durable)
+            successful.append({"Id": entry["Id"]})
+        await self._commit(Change(mutations, callbacks))
+        return {"Successful": successful, "Failed": failed}
+
+
+# ---------------------------------------------------------------------- request envelopes
+
+
+def _required(params: Params, name: str) -> Any:
+    value = params.get(name)
+    if value is None or value == "":
+        raise common_error("MissingParameter", f"The request must contain the parameter {name}.")
+    return value
+
+
+def _check_tags(tags: Mapping[str, str]) -> None:
+    if len(tags) > MAX_TAGS:
+        raise common_error(
+            "InvalidParameterValue", f"Too many tags: a queue can have at most {MAX_TAGS}."
+        )
+    for key, value in tags.items():
+        if not 1 <= len(key) <= 128 or len(value) > 256:
+            raise common_error(
+                "InvalidParameterValue",
+                "Tag keys must be 1-128 characters and tag values at most 256.",
+            )
+
+
+def _paginate(
+    names: Sequence[str], max_results: int | None, token: str | None
+) -> tuple[Sequence[str], str | None]:
+    """A page of ``names`` after ``token``; tokens are opaque, as AWS's are."""
+    start = 0
+    if token:
+        try:
+            after = base64.urlsafe_b64decode(token.encode()).decode()
+        except (ValueError, UnicodeDecodeError):
+            raise common_error("InvalidParameterValue", "Invalid NextToken value.") from None
+        start = next((i for i, n in enumerate(names) if n > after), len(names))
+    if max_results is None:
+        return names[start : start + LIST_QUEUES_LIMIT], None
+    if not 1 <= max_results <= LIST_QUEUES_LIMIT:
+        raise common_error(
+            "InvalidParameterValue",
+            f"Value {max_results} for parameter MaxResults is invalid. "
+            f"Reason: MaxResults must be an integer between 1 and {LIST_QUEUES_LIMIT}.",
+        )
+    page = names[start : start + max_results]
+    more = start + max_results < len(names)
+    next_token = base64.urlsafe_b64encode(page[-1].encode()).decode() if more and page else None
+    return page, next_token
+
+
+def _batch_entries(params: Params) -> list[Params]:
+    entries: list[Params] = params.get("Entries") or []
+    if not entries:
+        raise sqs_error("EmptyBatchRequest", "There should be at least one entry in the request.")
+    if len(entries) > MAX_BATCH_ENTRIES:
+        raise sqs_error(
+            "TooManyEntriesInBatchRequest",
+            f"Maximum number of entries per request are {MAX_BATCH_ENTRIES}. "
+            f"You have sent {len(entries)}.",
+        )
+    ids = [entry.get("Id") or "" for entry in entries]
+    for entry_id in ids:
+        if not _BATCH_ENTRY_ID.fullmatch(entry_id):
+            raise sqs_error(
+                "InvalidBatchEntryId",
+                "A batch entry id can only contain alphanumeric characters, hyphens and "
+                "underscores. It can be at most 80 letters long.",
+            )
+    if len(set(ids)) != len(ids):
+        raise sqs_error("BatchEntryIdsNotDistinct", "Two or more batch entries have the same Id.")
+    return entries
+
+
+def _batch_failure(entry_id: str, error: SqsError | AwsError) -> dict[str, Any]:
+    return {
+        "Id": entry_id,
+        "SenderFault": error.sender_fault,
+        "Code": error.code,
+        "Message": error.message,
+    }
+
+
+def _send_request(params: Params, context: RequestContext) -> SendRequest:
+    body = params.get("MessageBody")
+    if body is None:
+        raise common_error(
+            "MissingParameter", "The request must contain the parameter MessageBody."
+        )
+    system = params.get("MessageSystemAttributes") or {}
+    trace = system.get("AWSTraceHeader")
+    for name in system:
+        if name != "AWSTraceHeader":
+            raise common_error(
+                "InvalidParameterValue",
+                f"Message system attribute name '{name}' is invalid.",
+            )
+    return SendRequest(
+        body=body,
+        attributes={
+            name: AttributeValue(
+                value.get("DataType", ""), value.get("StringValue"), value.get("BinaryValue")
+            )
+            for name, value in (params.get("MessageAttributes") or {}).items()
+        },
+        delay_seconds=params.get("DelaySeconds"),
+        group_id=params.get("MessageGroupId"),
+        deduplication_id=params.get("MessageDeduplicationId"),
+        trace_header=trace.get("StringValue") if trace else None,
+        sender_id=context.caller.sender_id,
+    )
+
+
+def _send_result(params: Params, message_id: str, sequence_number: str | None) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "MessageId": message_id,
+        "MD5OfMessageBody": md5_of_body(params["MessageBody"]),
+    }
+    if params.get("MessageAttributes"):
+        result["MD5OfMessageAttributes"] = md5_of_attributes(params["MessageAttributes"])
+    if params.get("MessageSystemAttributes"):
+        result["MD5OfMessageSystemAttributes"] = md5_of_attributes(
+            params["MessageSystemAttributes"]
+        )
+    if sequence_number is not None:
+        result["SequenceNumber"] = sequence_number
+    return result
+
+
+def _count_sent(queue: Queue, requests: Sequence[SendRequest]) -> None:
+    queue.stats.sent += len(requests)
+    queue.stats.bytes_sent += sum(message_size(r) for r in requests)
+
+
+# ---------------------------------------------------------------------- receive results
+
+
+def _system_attribute_names(params: Params) -> frozenset[str]:
+    names = [
+        *(params.get("AttributeNames") or []),
+        *(params.get("MessageSystemAttributeNames") or []),
+    ]
+    if "All" in names:
+        return frozenset(SYSTEM_ATTRIBUTES)
+    return frozenset(names)
+
+
+def _wanted(name: str, patterns: Sequence[str]) -> bool:
+    for pattern in patterns:
+        # "*" is undocumented, but SQS answers it like "All" (localstack#8566, confirmed).
+        if pattern in ("All", ".*", "*") or pattern == name:
+            return True
+        if pattern.endswith(".*") and name.startswith(pattern[:-1]):
+            return True
+    return False
+
+
+def _attribute_map(attributes: Mapping[str, AttributeValue]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in attributes.items():
+        entry: dict[str, Any] = {"DataType": value.data_type}
+        if value.string_value is not None:
+            entry["StringValue"] = value.string_value
+        if value.binary_value is not None:
+            entry["BinaryValue"] = value.binary_value
+        out[name] = entry
+    return out
+
+
+def _message(
+    delivery: Delivery,
+    stored: StoredMessage,
+    system_names: frozenset[str],
+    attribute_filter: Sequence[str],
+    *,
+    fifo: bool,
+) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "MessageId": stored.message_id,
+        "ReceiptHandle": delivery.receipt_handle,
+        "MD5OfBody": md5_of_body(stored.body),
+        "Body": stored.body,
+    }
+    if system_names:
+        first = delivery.first_receive_at or stored.first_received_at or 0
+        values = {
+            "SenderId": stored.sender_id,
+            "SentTimestamp": str(stored.sent_at),
+            "ApproximateReceiveCount": str(delivery.receive_count),
+            "ApproximateFirstReceiveTimestamp": str(first),
+            "SequenceNumber": sequence_number(stored.seq) if fifo else None,
+            "MessageDeduplicationId": stored.deduplication_id,
+            "MessageGroupId": stored.group_id,
+            "AWSTraceHeader": stored.trace_header,
+            "DeadLetterQueueSourceArn": stored.dead_letter_source_arn,
+        }
+        attributes = {k: v for k, v in values.items() if k in system_names and v is not None}
+        if attributes:
+            message["Attributes"] = attributes
+    if attribute_filter and stored.attributes:
+        chosen = {k: v for k, v in stored.attributes.items() if _wanted(k, attribute_filter)}
+        if chosen:
+            mapped = _attribute_map(chosen)
+            message["MessageAttributes"] = mapped
+            message["MD5OfMessageAttributes"] = md5_of_attributes(mapped)
+    return message

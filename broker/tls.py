@@ -1,0 +1,74 @@
+"""HTTPS for the API listener: stdlib ``ssl`` contexts and ``trio.SSLStream``.
+
+TLS 1.2 is the floor, as on AWS's own API endpoints; the ciphers are OpenSSL's
+defaults for a server context. HTTP/1.1 is the only protocol offered by ALPN. A client gets
+``handshake_timeout_seconds`` to finish the handshake, so a silent or slow client cannot hold
+a connection slot.
+
+Reload (SIGHUP) reads the certificate and key again and swaps the context: connections
+accepted afterwards present the new certificate; established ones keep theirs. A file that
+does not load refuses the reload and the old certificate keeps serving.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import trio
+
+from broker.config import TlsSettings
+from monitoring.configfile import ConfigError
+
+
+def server_context(settings: TlsSettings) -> ssl.SSLContext:
+    """Build the server context of ``settings``' certificate and key.
+
+    Raises:
+        ConfigError: a file is missing or unreadable, or the key does not match.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    try:
+        context.load_cert_chain(settings.cert_file, settings.key_file)
+    except FileNotFoundError as error:
+        raise ConfigError(error.filename or settings.cert_file, "file not found") from None
+    except (ssl.SSLError, OSError) as error:
+        raise ConfigError(settings.cert_file, f"cannot load certificate and key: {error}") from None
+    return context
+
+
+class TlsTerminator:
+    """Turns accepted TCP streams into TLS streams with the current certificate."""
+
+    def __init__(self, settings: TlsSettings) -> None:
+        """Load the certificate now, so a bad file stops the start.
+
+        Raises:
+            ConfigError: see :func:`server_context`.
+        """
+        self.settings = settings
+        self.context = server_context(settings)
+
+    def reload(self, settings: TlsSettings) -> None:
+        """Load ``settings``' files (perhaps renewed); on error keep the current ones.
+
+        Raises:
+            ConfigError: see :func:`server_context`.
+        """
+        context = server_context(settings)
+        self.settings, self.context = settings, context
+
+    async def accept(self, stream: trio.abc.Stream) -> trio.SSLStream[trio.abc.Stream] | None:
+        """Complete the server side of the handshake; None if it failed or timed out.
+
+        The caller still owns ``stream`` and closes it either way.
+        """
+        tls = trio.SSLStream(stream, self.context, server_side=True, https_compatible=True)
+        with trio.move_on_after(self.settings.handshake_timeout_seconds):
+            try:
+                await tls.do_handshake()
+            except trio.BrokenResourceError:
+                return None  # not TLS, an old protocol version, or a rejected certificate
+            return tls
+        return None

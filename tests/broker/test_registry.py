@@ -1,0 +1,273 @@
+"""The live queues over a real SQLite store: create, update, delete, reload, wake-ups, expiry.
+
+Retention and deduplication windows are minutes long; these tests move time by handing
+``expire`` a later ``now`` instead of waiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from broker.model.errors import SqsError
+from broker.model.messages import SendRequest
+from broker.model.signing import Signer
+from broker.registry import Queue, QueueRegistry, now_ms
+from broker.store.sqlite import SqliteStore
+from monitoring.logging import EventLog
+from proto.aws.errors import AwsError
+
+KEY = b"registry test key: 32 bytes long"
+MINUTE_MS = 60_000
+
+
+@contextlib.asynccontextmanager
+async def open_registry(directory: Path) -> AsyncIterator[QueueRegistry]:
+    store = SqliteStore(directory)
+    await store.open()
+    try:
+        registry = QueueRegistry(
+            store,
+            Signer(KEY),
+            region="eu-west-1",
+            account_id="123456789012",
+            log=EventLog("broker", level="debug", stream=io.StringIO()),
+        )
+        await registry.load()
+        yield registry
+    finally:
+        await store.aclose()
+
+
+@pytest.fixture
+async def registry(tmp_path: Path) -> AsyncIterator[QueueRegistry]:
+    async with open_registry(tmp_path) as opened:
+        yield opened
+
+
+async def send(
+    registry: QueueRegistry, queue: Queue, body: str, now: int | None = None, **fields: Any
+) -> str:
+    outcome = queue.index.send(now or now_ms(), SendRequest(body=body, **fields))
+    await registry.store.commit(outcome.mutations, outcome.on_durable)
+    result = outcome.results[0]
+    assert not isinstance(result, SqsError)
+    return result.message_id
+
+
+async def receive(registry: QueueRegistry, queue: Queue, now: int | None = None) -> list[int]:
+    outcome = queue.index.receive(now or now_ms(), max_messages=10)
+    await registry.store.commit(outcome.mutations, outcome.on_durable)
+    return [delivery.seq for delivery in outcome.deliveries]
+
+
+# ---------------------------------------------------------------------- queues
+
+
+async def test_create_get_and_arn(registry: QueueRegistry):
+    queue = await registry.create("orders", {"VisibilityTimeout": "5"}, {"team": "a"})
+    assert queue.arn == "arn:aws:sqs:eu-west-1:123456789012:orders"
+    assert registry.get("orders") is queue
+    assert registry.require("orders") is queue
+    assert registry.by_arn(queue.arn) is queue
+    assert registry.by_arn("arn:aws:sqs:us-east-1:123456789012:orders") is None
+    assert registry.get("absent") is None
+    with pytest.raises(AwsError) as excinfo:
+        registry.require("absent")
+    assert excinfo.value.code == "AWS.SimpleQueueService.NonExistentQueue"
+    assert list(registry) == [queue]
+    assert len(registry) == 1
+
+
+async def test_create_is_idempotent_only_for_equal_attributes(registry: QueueRegistry):
+    queue = await registry.create("q", {"DelaySeconds": "3"}, {})
+    assert await registry.create("q", {"DelaySeconds": "3"}, {}) is queue
+    assert await registry.create("q", {}, {}) is queue
+    with pytest.raises(SqsError) as excinfo:
+        await registry.create("q", {"DelaySeconds": "4"}, {})
+    assert excinfo.value.code == "QueueAlreadyExists"
+
+
+async def test_concurrent_creates_of_one_name_make_one_queue(registry: QueueRegistry):
+    made: list[Queue] = []
+
+    async def create() -> None:
+        made.append(await registry.create("raced", {}, {}))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(create)
+    assert len({id(q) for q in made}) == 1
+    assert len(registry) == 1
+
+
+async def test_queues_settings_and_tags_survive_a_restart(tmp_path: Path):
+    async with open_registry(tmp_path) as registry:
+        queue = await registry.create("kept.fifo", {"FifoQueue": "true"}, {"env": "test"})
+        await registry.set_attributes(queue, {"ContentBasedDeduplication": "true"})
+        await registry.set_tags(queue, {"env": "prod"})
+        await send(registry, queue, "durable", group_id="g")
+        doomed = await registry.create("doomed", {}, {})
+        await registry.delete(doomed)
+    async with open_registry(tmp_path) as registry:
+        assert [q.name for q in registry] == ["kept.fifo"]
+        queue = registry.require("kept.fifo")
+        assert queue.settings.fifo
+        assert queue.settings.content_based_deduplication
+        assert queue.record.tags == {"env": "prod"}
+        assert queue.counts(now_ms()).visible == 1
+        assert queue.record.modified_at >= queue.record.created_at
+
+
+async def test_set_attributes_validates_and_wakes(registry: QueueRegistry):
+    queue = await registry.create("q", {}, {})
+    changed = queue.changed()
+    await registry.set_attributes(queue, {"ReceiveMessageWaitTimeSeconds": "0"})
+    assert changed.is_set()
+    with pytest.raises(SqsError) as excinfo:
+        await registry.set_attributes(queue, {"VisibilityTimeout": "-1"})
+    assert excinfo.value.code == "InvalidAttributeValue"
+
+
+async def test_dead_letter_targets(registry: QueueRegistry):
+    dlq = await registry.create("dlq", {}, {})
+    source = await registry.create(
+        "source",
+        {"RedrivePolicy": f'{{"deadLetterTargetArn":"{dlq.arn}","maxReceiveCount":3}}'},
+        {},
+    )
+    assert registry.dead_letter_index(source) is dlq.index
+    assert registry.dead_letter_index(dlq) is None
+    with pytest.raises(SqsError) as excinfo:
+        await registry.create(
+            "orphan",
+            {
+                "RedrivePolicy": '{"deadLetterTargetArn":"arn:aws:sqs:eu-west-1:123456789012:nope",'
+                '"maxReceiveCount":3}'
+            },
+            {},
+        )
+    assert excinfo.value.code == "InvalidParameterValue"
+    # A source whose dead-letter queue was deleted keeps working, without redrive.
+    await registry.delete(dlq)
+    assert registry.dead_letter_index(source) is None
+
+
+async def test_delete_wakes_long_polls_and_is_idempotent(registry: QueueRegistry):
+    queue = await registry.create("q", {}, {})
+    changed = queue.changed()
+    await registry.delete(queue)
+    assert changed.is_set()
+    assert queue.deleted
+    assert registry.get("q") is None
+    await registry.delete(queue)  # a second delete of the same queue does nothing
+    again = await registry.create("q", {}, {})
+    assert again is not queue
+
+
+# ---------------------------------------------------------------------- wake-ups
+
+
+async def test_a_durable_send_wakes_waiting_receives(registry: QueueRegistry):
+    queue = await registry.create("q", {}, {})
+    changed = queue.changed()
+    assert not changed.is_set()
+    outcome = queue.index.send(now_ms(), SendRequest(body="hello"))
+    assert not changed.is_set()  # not before it is durable
+    await registry.store.commit(outcome.mutations, outcome.on_durable)
+    assert changed.is_set()
+    assert queue.changed() is not changed  # the next wait gets a fresh event
+
+
+async def test_stop_waiting_wakes_every_queue(registry: QueueRegistry):
+    events = [(await registry.create(name, {}, {})).changed() for name in ("a", "b")]
+    registry.stop_waiting()
+    assert registry.stopping
+    assert all(event.is_set() for event in events)
+
+
+# ---------------------------------------------------------------------- expiry
+
+
+async def test_retention_removes_old_messages_durably(tmp_path: Path):
+    async with open_registry(tmp_path) as registry:
+        queue = await registry.create("short", {"MessageRetentionPeriod": "60"}, {})
+        keep = await registry.create("long", {}, {})
+        now = now_ms()
+        for i in range(3):
+            await send(registry, queue, f"old {i}", now)
+            await send(registry, keep, f"kept {i}", now)
+        await registry.expire(now + 59_000)
+        assert queue.counts(now + 59_000).visible == 3
+        await registry.expire(now + 61_000)
+        assert queue.counts(now + 61_000).visible == 0
+        assert keep.counts(now + 61_000).visible == 3
+        assert await receive(registry, queue, now + 61_000) == []
+    # The deletions were committed: a restart does not bring the messages back.
+    async with open_registry(tmp_path) as registry:
+        assert registry.require("short").counts(now_ms()).visible == 0
+        assert registry.require("long").counts(now_ms()).visible == 3
+
+
+async def test_a_receive_does_not_return_expired_messages(registry: QueueRegistry):
+    queue = await registry.create("short", {"MessageRetentionPeriod": "60"}, {})
+    now = now_ms()
+    await send(registry, queue, "old", now)
+    await send(registry, queue, "young", now + 30_000)
+    seqs = await receive(registry, queue, now + 61_000)
+    messages = await registry.store.read_messages(queue.record.queue_id, seqs)
+    assert [m.body for m in messages] == ["young"]
+
+
+async def test_deduplication_window_ends_after_five_minutes(registry: QueueRegistry):
+    queue = await registry.create("d.fifo", {"FifoQueue": "true"}, {})
+    now = now_ms()
+    first = await send(registry, queue, "a", now, group_id="g", deduplication_id="x")
+    assert (
+        await send(registry, queue, "b", now + 4 * MINUTE_MS, group_id="g", deduplication_id="x")
+        == first
+    )
+    await registry.expire(now + 5 * MINUTE_MS + 1)
+    later = await send(
+        registry, queue, "c", now + 5 * MINUTE_MS + 1, group_id="g", deduplication_id="x"
+    )
+    assert later != first
+
+
+async def test_expire_skips_deleted_queues(registry: QueueRegistry):
+    queue = await registry.create("q", {"MessageRetentionPeriod": "60"}, {})
+    await send(registry, queue, "x")
+    await registry.delete(queue)
+    await registry.expire(now_ms() + 120_000)  # must not touch the deleted queue's rows
+
+
+# ---------------------------------------------------------------------- the oldest message
+
+
+@pytest.mark.parametrize("fifo", [False, True])
+async def test_oldest_message_is_tracked_through_receives_and_deletes(
+    registry: QueueRegistry, fifo: bool
+):
+    attributes = {"FifoQueue": "true", "ContentBasedDeduplication": "true"} if fifo else {}
+    queue = await registry.create("aged.fifo" if fifo else "aged", attributes, {})
+    index = queue.index
+    start = now_ms()
+    assert index.oldest_enqueued_at(start) is None
+    group = {"group_id": "g"} if fifo else {}
+    for offset in (0, 2_000, 4_000):
+        await send(registry, queue, f"sent at {offset}", start + offset, **group)
+    assert index.oldest_enqueued_at(start + 5_000) == start
+    # In flight still counts: the message is not deleted.
+    outcome = index.receive(start + 5_000, visibility_timeout=60)
+    await registry.store.commit(outcome.mutations, outcome.on_durable)
+    (delivery,) = outcome.deliveries
+    assert index.oldest_enqueued_at(start + 5_000) == start
+    change = index.delete(start + 6_000, delivery.receipt_handle)
+    await registry.store.commit(change.mutations, change.on_durable)
+    assert index.oldest_enqueued_at(start + 6_000) == start + 2_000

@@ -1,0 +1,212 @@
+"""The SQS actions without HTTP: SqsApi over a real registry and store, in the test's loop.
+
+The wire-level behaviour of every action is covered with boto3 in tests/compat/; here are the
+envelope rules (queue URLs, pagination, batch ids) and what only shows from inside: a
+cancelled long poll leaks nothing, a long poll is woken by the send and not by a timer.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from broker.auth import Caller
+from broker.model.errors import SqsError
+from broker.model.signing import Signer
+from broker.registry import QueueRegistry
+from broker.sqs import RequestContext, SqsApi, _batch_entries, _paginate, _wanted
+from broker.store.sqlite import SqliteStore
+from monitoring.logging import EventLog
+from proto.aws.errors import AwsError
+
+ACCOUNT = "000000000000"
+BASE = "http://broker.test:9324"
+CALLER = Caller(
+    principal_arn=f"arn:aws:iam::{ACCOUNT}:root",
+    account=ACCOUNT,
+    sender_id=ACCOUNT,
+    service="sqs",
+    anonymous=True,
+)
+
+
+def context(action: str) -> RequestContext:
+    return RequestContext(base_url=BASE, caller=CALLER, action=action)
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[SqsApi]:
+    store = SqliteStore(tmp_path)
+    await store.open()
+    try:
+        registry = QueueRegistry(
+            store,
+            Signer(b"sqs api test key, 32 bytes long."),
+            region="us-east-1",
+            account_id=ACCOUNT,
+            log=EventLog("broker", level="debug", stream=io.StringIO()),
+        )
+        yield SqsApi(registry, account_id=ACCOUNT)
+    finally:
+        await store.aclose()
+
+
+async def call(api: SqsApi, action: str, **params: Any) -> Any:
+    return await api.handle(action, params, context(action))
+
+
+async def make_queue(api: SqsApi, name: str, **attributes: str) -> str:
+    result = await call(api, "CreateQueue", QueueName=name, Attributes=attributes)
+    url: str = result["QueueUrl"]
+    return url
+
+
+# ---------------------------------------------------------------------- envelopes
+
+
+async def test_queue_urls_are_built_from_the_request_and_parsed_loosely(api: SqsApi):
+    url = await make_queue(api, "orders")
+    assert url == f"{BASE}/{ACCOUNT}/orders"
+    for alias in (
+        url,
+        f"https://elsewhere:1/{ACCOUNT}/orders",
+        f"http://localhost/{ACCOUNT}/orders",
+    ):
+        await call(api, "SendMessage", QueueUrl=alias, MessageBody="x")
+    with pytest.raises(AwsError) as excinfo:
+        await call(api, "SendMessage", QueueUrl=f"{BASE}/999999999999/orders", MessageBody="x")
+    assert excinfo.value.code == "AWS.SimpleQueueService.NonExistentQueue"
+    with pytest.raises(AwsError) as excinfo:
+        await call(api, "SendMessage", QueueUrl="orders", MessageBody="x")
+    assert excinfo.value.code == "InvalidAddress"
+
+
+async def test_an_unknown_action_is_an_sqs_error(api: SqsApi):
+    assert not api.supports("Teleport")
+    with pytest.raises(AwsError) as excinfo:
+        await call(api, "Teleport")
+    assert excinfo.value.code == "AWS.SimpleQueueService.UnsupportedOperation"
+
+
+async def test_list_queues_tokens_survive_deletions(api: SqsApi):
+    for name in ("a", "b", "c", "d"):
+        await make_queue(api, name)
+    first = await call(api, "ListQueues", MaxResults=2)
+    assert [u.rsplit("/", 1)[1] for u in first["QueueUrls"]] == ["a", "b"]
+    await call(api, "DeleteQueue", QueueUrl=f"{BASE}/{ACCOUNT}/b")
+    second = await call(api, "ListQueues", MaxResults=2, NextToken=first["NextToken"])
+    assert [u.rsplit("/", 1)[1] for u in second["QueueUrls"]] == ["c", "d"]
+    assert "NextToken" not in second
+    with pytest.raises(AwsError) as excinfo:
+        await call(api, "ListQueues", NextToken="%%% not a token")
+    assert excinfo.value.code == "InvalidParameterValue"
+
+
+@given(
+    names=st.lists(st.text("abcxyz-_", min_size=1, max_size=5), unique=True, max_size=30),
+    page_size=st.integers(1, 7),
+)
+def test_pages_cover_every_name_once_in_order(names, page_size):
+    names = sorted(names)
+    seen: list[str] = []
+    token = None
+    for _ in range(len(names) + 2):
+        page, token = _paginate(names, page_size, token)
+        assert len(page) <= page_size
+        seen.extend(page)
+        if token is None:
+            break
+    assert seen == names
+
+
+def test_batch_entry_rules():
+    assert _batch_entries({"Entries": [{"Id": "a-1_B"}]}) == [{"Id": "a-1_B"}]
+    for entries, code in (
+        ([], "AWS.SimpleQueueService.EmptyBatchRequest"),
+        (
+            [{"Id": str(i)} for i in range(11)],
+            "AWS.SimpleQueueService.TooManyEntriesInBatchRequest",
+        ),
+        ([{"Id": "x"}, {"Id": "x"}], "AWS.SimpleQueueService.BatchEntryIdsNotDistinct"),
+        ([{"Id": "a.b"}], "AWS.SimpleQueueService.InvalidBatchEntryId"),
+        ([{}], "AWS.SimpleQueueService.InvalidBatchEntryId"),
+    ):
+        with pytest.raises(AwsError) as excinfo:
+            _batch_entries({"Entries": entries})
+        assert excinfo.value.code == code
+
+
+@pytest.mark.parametrize(
+    ("name", "patterns", "wanted"),
+    [
+        ("a", ["All"], True),
+        ("a", [".*"], True),
+        ("a", ["*"], True),
+        ("a.b", ["a.*"], True),
+        ("ab", ["a.*"], False),
+        ("a", ["a.*"], False),
+        ("a", ["a"], True),
+        ("A", ["a"], False),
+        ("a", [], False),
+    ],
+)
+def test_message_attribute_name_filters(name, patterns, wanted):
+    assert _wanted(name, patterns) is wanted
+
+
+# ---------------------------------------------------------------------- long polls
+
+
+async def test_a_long_poll_returns_when_the_message_is_sent(api: SqsApi):
+    url = await make_queue(api, "polled")
+    results: list[Any] = []
+    started = trio.current_time()
+
+    async def poll() -> None:
+        results.append(await call(api, "ReceiveMessage", QueueUrl=url, WaitTimeSeconds=20))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(poll)
+        await trio.sleep(0.1)
+        assert results == []
+        await call(api, "SendMessage", QueueUrl=url, MessageBody="now")
+    ((message,),) = [r["Messages"] for r in results]
+    assert message["Body"] == "now"
+    assert trio.current_time() - started < 10
+
+
+async def test_a_cancelled_long_poll_takes_no_message(api: SqsApi):
+    url = await make_queue(api, "cancelled")
+    with trio.move_on_after(0.2):
+        await call(api, "ReceiveMessage", QueueUrl=url, WaitTimeSeconds=20)
+    await call(api, "SendMessage", QueueUrl=url, MessageBody="for the next receiver")
+    result = await call(api, "ReceiveMessage", QueueUrl=url)
+    assert [m["Body"] for m in result["Messages"]] == ["for the next receiver"]
+
+
+async def test_receive_reports_bad_counts_before_waiting(api: SqsApi):
+    url = await make_queue(api, "bad")
+    for params in ({"MaxNumberOfMessages": 0}, {"WaitTimeSeconds": 21}, {"VisibilityTimeout": -1}):
+        with pytest.raises((SqsError, AwsError)) as excinfo:
+            with trio.fail_after(2):
+                await call(api, "ReceiveMessage", QueueUrl=url, **params)
+        error = excinfo.value
+        assert isinstance(error, SqsError | AwsError)
+        assert error.code == "InvalidParameterValue"
+
+
+async def test_empty_receives_are_counted(api: SqsApi):
+    url = await make_queue(api, "counted")
+    assert await call(api, "ReceiveMessage", QueueUrl=url) == {}
+    queue = api.registry.require("counted")
+    assert queue.stats.empty_receives == 1
+    await call(api, "SendMessage", QueueUrl=url, MessageBody="one")
+    await call(api, "ReceiveMessage", QueueUrl=url)
+    assert (queue.stats.sent, queue.stats.received, queue.stats.bytes_sent) == (1, 1, 3)

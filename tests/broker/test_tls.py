@@ -1,0 +1,195 @@
+"""HTTPS on the API listener: certificates from trustme, clients from boto3 and ssl."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.config
+import pytest
+import trustme
+from botocore.exceptions import SSLError
+
+from broker.config import ApiSettings, BrokerConfig, TlsSettings
+from broker.tls import TlsTerminator, server_context
+from monitoring.configfile import ConfigError, decode
+from tests.support.broker import (
+    ACCESS_KEY_ID,
+    REGION,
+    SECRET_ACCESS_KEY,
+    BrokerThread,
+    botocore_session,
+    broker_config,
+)
+
+
+def issue(ca: trustme.CA, directory: Path, stem: str = "server") -> TlsSettings:
+    """Write a certificate for 127.0.0.1 signed by ``ca``; return the settings naming it."""
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_file, key_file = directory / f"{stem}.pem", directory / f"{stem}.key"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    for extra in cert.cert_chain_pems[1:]:
+        extra.write_to_path(str(cert_file), append=True)
+    cert.private_key_pem.write_to_path(str(key_file))
+    return TlsSettings(
+        cert_file=str(cert_file), key_file=str(key_file), handshake_timeout_seconds=0.5
+    )
+
+
+def trust(ca: trustme.CA, path: Path) -> str:
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+def tls_config(directory: Path, tls: TlsSettings) -> BrokerConfig:
+    config = broker_config(directory / "data")
+    return BrokerConfig(
+        api=ApiSettings(port=0, tls=tls),
+        admin=config.admin,
+        storage=config.storage,
+    )
+
+
+def https_client(endpoint: str, verify: str | bool) -> Any:
+    session = boto3.Session(botocore_session=botocore_session("json"))
+    return session.client(
+        "sqs",
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id=ACCESS_KEY_ID,
+        aws_secret_access_key=SECRET_ACCESS_KEY,
+        verify=verify,
+        config=botocore.config.Config(retries={"total_max_attempts": 1}, connect_timeout=5),
+    )
+
+
+def presented_certificate(address: tuple[str, int], ca_file: str) -> bytes:
+    """The DER certificate a fresh TLS connection is shown (verified against ``ca_file``)."""
+    context = ssl.create_default_context(cafile=ca_file)
+    with (
+        socket.create_connection(address, timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        certificate = tls.getpeercert(binary_form=True)
+        assert certificate is not None
+        assert tls.selected_alpn_protocol() in (None, "http/1.1")
+        return certificate
+
+
+def read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+# ---------------------------------------------------------------------- configuration
+
+
+def test_tls_needs_both_files():
+    with pytest.raises(ConfigError, match="both cert_file and key_file"):
+        decode(b'[api.tls]\ncert_file = "/x.pem"\n', BrokerConfig)
+    assert not decode(b"", BrokerConfig).api.tls.enabled
+
+
+def test_unusable_files_are_config_errors(tmp_path, ca):
+    settings = issue(ca, tmp_path)
+    with pytest.raises(ConfigError, match="not found"):
+        server_context(TlsSettings(cert_file=str(tmp_path / "none.pem"), key_file="k"))
+    other = issue(trustme.CA(), tmp_path, "other")
+    mismatched = TlsSettings(cert_file=settings.cert_file, key_file=other.key_file)
+    with pytest.raises(ConfigError, match="cannot load certificate and key"):
+        server_context(mismatched)
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    with pytest.raises(ConfigError, match="cannot load"):
+        server_context(TlsSettings(cert_file=str(garbage), key_file=settings.key_file))
+
+
+def test_the_context_refuses_old_protocols(tmp_path, ca):
+    context = server_context(issue(ca, tmp_path))
+    assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+    terminator = TlsTerminator(issue(ca, tmp_path))
+    with pytest.raises(ConfigError):
+        terminator.reload(TlsSettings(cert_file="/nonexistent.pem", key_file="/nonexistent"))
+    assert terminator.settings.cert_file.endswith("server.pem")  # still the old one
+
+
+# ---------------------------------------------------------------------- a real listener
+
+
+def test_boto3_talks_to_the_broker_over_https(tmp_path, ca):
+    ca_file = trust(ca, tmp_path / "ca.pem")
+    with BrokerThread(tls_config(tmp_path, issue(ca, tmp_path))) as broker:
+        host, port = broker.api
+        sqs = https_client(f"https://{host}:{port}", verify=ca_file)
+        url = sqs.create_queue(QueueName="secure")["QueueUrl"]
+        assert url == f"https://{host}:{port}/000000000000/secure"
+        assert sqs.list_queues()["QueueUrls"] == [url]
+        sqs.send_message(QueueUrl=url, MessageBody="over tls")
+        [message] = sqs.receive_message(QueueUrl=url)["Messages"]
+        assert message["Body"] == "over tls"
+
+        # A client that does not trust the CA refuses the connection.
+        stranger = https_client(
+            f"https://{host}:{port}", verify=trust(trustme.CA(), tmp_path / "x")
+        )
+        with pytest.raises(SSLError):
+            stranger.list_queues()
+
+
+def test_plain_http_old_tls_and_silent_clients_are_turned_away(tmp_path, ca):
+    ca_file = trust(ca, tmp_path / "ca.pem")
+    with BrokerThread(tls_config(tmp_path, issue(ca, tmp_path))) as broker:
+        address = broker.api
+        # Plain HTTP to the TLS port: the handshake fails and the connection closes.
+        with socket.create_connection(address, timeout=5) as raw:
+            raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert not read_all(raw).startswith(b"HTTP/")
+        # TLS 1.1 is refused by the server (the client here would accept it).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            old = ssl.create_default_context(cafile=ca_file)
+            old.set_ciphers("DEFAULT:@SECLEVEL=0")
+            old.minimum_version = ssl.TLSVersion.TLSv1
+            old.maximum_version = ssl.TLSVersion.TLSv1_1
+        with socket.create_connection(address, timeout=5) as raw, pytest.raises(ssl.SSLError):
+            old.wrap_socket(raw, server_hostname="127.0.0.1")
+        # A client that never starts the handshake is cut off after the handshake timeout.
+        started = time.monotonic()
+        with socket.create_connection(address, timeout=10) as raw:
+            assert raw.recv(1024) == b""
+        assert time.monotonic() - started < 9
+        # And the listener still serves.
+        assert presented_certificate(address, ca_file)
+
+
+def test_reload_swaps_the_certificate(tmp_path, ca):
+    first = issue(ca, tmp_path)
+    config = tls_config(tmp_path, first)
+    with BrokerThread(config) as broker:
+        address = broker.api
+        before = presented_certificate(address, trust(ca, tmp_path / "ca.pem"))
+
+        # Renewal: a certificate from a new CA written over the same files, then SIGHUP.
+        renewed_ca = trustme.CA()
+        issue(renewed_ca, tmp_path)
+        broker.call(broker.app.reload, config)
+        after = presented_certificate(address, trust(renewed_ca, tmp_path / "renewed.pem"))
+        assert after != before
+
+        # A broken file refuses the reload; the renewed certificate keeps serving.
+        Path(first.key_file).write_text("broken")
+        with pytest.raises(ConfigError):
+            broker.call(broker.app.reload, config)
+        assert presented_certificate(address, str(tmp_path / "renewed.pem")) == after

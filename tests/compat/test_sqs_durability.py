@@ -1,0 +1,236 @@
+"""Nothing acknowledged is lost: SIGKILL the broker mid-stream, restart it, count.
+
+The broker runs as a real subprocess on a tmp data directory. Several boto3 clients send
+concurrently (standard queue, and a FIFO queue with one group and explicit deduplication ids
+per client) and record every send the broker acknowledged. The broker is killed with SIGKILL
+while they are sending, restarted on the same directory, and drained:
+
+- every acknowledged message is there (duplicates of unacknowledged sends are allowed);
+- each FIFO group comes back in send order, with nothing acknowledged missing;
+- an acknowledged deduplication id is still deduplicated after the restart;
+- messages received but not deleted before the kill come back after their visibility timeout.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import botocore.exceptions
+import pytest
+import trio
+import urllib3.exceptions
+
+from tests.support.broker import sqs_client
+from tests.support.processes import DaemonProcess, daemon_process
+
+pytestmark = pytest.mark.slow
+
+SENDERS = 4  # per queue
+WARM_UP_SENDS = 5  # acknowledged sends per client before the kill may come
+SEND_SECONDS = 0.5  # how long the clients go on sending after that
+INFLIGHT_VISIBILITY = 3  # seconds; the in-flight messages' timeout at the kill
+CLIENT_ERRORS = (
+    botocore.exceptions.BotoCoreError,  # connection reset, refused, read timeout
+    botocore.exceptions.ClientError,
+    urllib3.exceptions.HTTPError,
+    OSError,
+)
+
+
+def write_config(tmp_path: Path) -> Path:
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        f"""
+[api]
+port = 0
+[admin]
+port = 0
+[storage]
+data_dir = "{tmp_path / "data"}"
+[logging]
+level = "info"
+"""
+    )
+    return config
+
+
+@contextlib.asynccontextmanager
+async def broker_process(tmp_path: Path, run: int) -> AsyncIterator[tuple[DaemonProcess, str]]:
+    """The broker as a subprocess; yields it and its API endpoint once it is ready."""
+    directory = tmp_path / f"run{run}"
+    directory.mkdir()
+    async with daemon_process("broker", write_config(tmp_path), directory) as daemon:
+        await daemon.wait_log("event=daemon.ready")
+        host, port = daemon.addresses["api"]
+        yield daemon, f"http://{host}:{port}"
+        if daemon.process.returncode is None:
+            daemon.signal(signal.SIGTERM)
+
+
+@dataclass
+class Sender:
+    """One client sending in a loop until stopped or until the broker is gone."""
+
+    endpoint: str
+    queue_url: str
+    number: int
+    fifo: bool
+    acknowledged: dict[int, dict[str, Any]] = field(default_factory=dict)
+    attempted: int = 0
+    warmed_up: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.client = sqs_client(self.endpoint, read_timeout=10)
+
+    def run(self, stop: threading.Event) -> None:
+        client = self.client
+        while not stop.is_set():
+            params: dict[str, Any] = {
+                "QueueUrl": self.queue_url,
+                "MessageBody": f"{self.number}:{self.attempted}",
+            }
+            if self.fifo:
+                params["MessageGroupId"] = f"g{self.number}"
+                params["MessageDeduplicationId"] = f"{self.number}-{self.attempted}"
+            sequence = self.attempted
+            self.attempted += 1
+            try:
+                result = client.send_message(**params)
+            except CLIENT_ERRORS:
+                return  # the broker died under us: this last send may or may not be kept
+            self.acknowledged[sequence] = result
+            if len(self.acknowledged) >= WARM_UP_SENDS:
+                self.warmed_up.set()
+
+
+def drain(endpoint: str, url: str, *, expect: int = 0) -> list[dict[str, Any]]:
+    """Receive and delete until the queue is empty, and at least ``expect`` messages came
+    (long-polling for invisible ones); the messages in receive order."""
+    client = sqs_client(endpoint)
+    received: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        messages = client.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=1 if len(received) < expect else 0,
+            AttributeNames=["All"],
+        ).get("Messages", [])
+        if not messages and len(received) >= expect:
+            break
+        for message in messages:
+            received.append(message)
+            client.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    return received
+
+
+async def test_acknowledged_messages_survive_sigkill(tmp_path: Path):
+    # ---- first run: set up, send concurrently, kill mid-stream
+    async with broker_process(tmp_path, 1) as (daemon, endpoint):
+        client = sqs_client(endpoint)
+        standard = client.create_queue(QueueName="durable")["QueueUrl"]
+        fifo = client.create_queue(QueueName="durable.fifo", Attributes={"FifoQueue": "true"})[
+            "QueueUrl"
+        ]
+        inflight = client.create_queue(QueueName="inflight")["QueueUrl"]
+        for i in range(5):
+            client.send_message(QueueUrl=inflight, MessageBody=f"held {i}")
+        held = client.receive_message(
+            QueueUrl=inflight, MaxNumberOfMessages=10, VisibilityTimeout=INFLIGHT_VISIBILITY
+        )["Messages"]
+        assert len(held) == 5
+        held_until = time.monotonic() + INFLIGHT_VISIBILITY
+        deleted = client.create_queue(QueueName="deleted")["QueueUrl"]
+        for i in range(5):
+            client.send_message(QueueUrl=deleted, MessageBody=f"gone {i}")
+        for message in client.receive_message(QueueUrl=deleted, MaxNumberOfMessages=10)["Messages"]:
+            client.delete_message(QueueUrl=deleted, ReceiptHandle=message["ReceiptHandle"])
+
+        senders = [Sender(endpoint, standard, n, fifo=False) for n in range(SENDERS)]
+        senders += [Sender(endpoint, fifo, n, fifo=True) for n in range(SENDERS)]
+        stop = threading.Event()
+        async with trio.open_nursery() as nursery:
+            for sender in senders:
+                nursery.start_soon(trio.to_thread.run_sync, sender.run, stop)
+            warmed_up = await trio.to_thread.run_sync(
+                lambda: all(sender.warmed_up.wait(30) for sender in senders)
+            )
+            assert warmed_up, "every client gets some sends in"
+            await trio.sleep(SEND_SECONDS)
+            daemon.signal(signal.SIGKILL)  # mid-stream: every sender is in a send loop
+            with trio.fail_after(30):
+                await daemon.process.wait()
+            stop.set()
+    assert daemon.process.returncode == -signal.SIGKILL
+
+    # ---- second run: same data directory
+    async with broker_process(tmp_path, 2) as (_, endpoint):
+        client = sqs_client(endpoint)
+        urls = {
+            name: client.get_queue_url(QueueName=name)["QueueUrl"]
+            for name in ("durable", "durable.fifo", "inflight", "deleted")
+        }
+        # Acknowledged deletes are durable too: nothing comes back.
+        assert await trio.to_thread.run_sync(drain, endpoint, urls["deleted"]) == []
+
+        # Received-but-not-deleted messages stay invisible until their timeout, then return;
+        # a receipt handle from before the kill still deletes its message.
+        if time.monotonic() < held_until - 1:
+            assert client.receive_message(QueueUrl=urls["inflight"]).get("Messages", []) == []
+        client.delete_message(QueueUrl=urls["inflight"], ReceiptHandle=held[0]["ReceiptHandle"])
+        back = await trio.to_thread.run_sync(
+            functools.partial(drain, endpoint, urls["inflight"], expect=len(held) - 1)
+        )
+        assert sorted(m["MessageId"] for m in back) == sorted(m["MessageId"] for m in held[1:])
+        assert {m["Attributes"]["ApproximateReceiveCount"] for m in back} == {"2"}
+
+        # Standard queue: every acknowledged message is present.
+        received = await trio.to_thread.run_sync(drain, endpoint, urls["durable"])
+        received_ids = collections.Counter(m["MessageId"] for m in received)
+        for sender in senders[:SENDERS]:
+            for sequence, result in sender.acknowledged.items():
+                assert received_ids[result["MessageId"]] == 1, (sender.number, sequence)
+        # Only the one send per client that was cut off by the kill may be extra.
+        bodies = {m["Body"] for m in received}
+        assert len(bodies) <= sum(len(s.acknowledged) + 1 for s in senders[:SENDERS])
+
+        # FIFO queue: each group in order, nothing acknowledged missing.
+        received = await trio.to_thread.run_sync(drain, endpoint, urls["durable.fifo"])
+        for sender in senders[SENDERS:]:
+            group = [
+                int(m["Body"].split(":")[1])
+                for m in received
+                if m["Attributes"]["MessageGroupId"] == f"g{sender.number}"
+            ]
+            acknowledged = sorted(sender.acknowledged)
+            assert acknowledged == list(range(len(acknowledged)))  # one at a time, in order
+            assert group[: len(acknowledged)] == acknowledged  # in order, none lost
+            assert group[len(acknowledged) :] in ([], [len(acknowledged)])  # the cut-off send
+            for sequence, result in sender.acknowledged.items():
+                assert any(
+                    m["MessageId"] == result["MessageId"]
+                    and m["Attributes"]["SequenceNumber"] == result["SequenceNumber"]
+                    for m in received
+                ), (sender.number, sequence)
+
+        # The deduplication window survived: resending an acknowledged id changes nothing.
+        sender = senders[SENDERS]
+        original = sender.acknowledged[0]
+        again = client.send_message(
+            QueueUrl=urls["durable.fifo"],
+            MessageBody="a different body, same id",
+            MessageGroupId=f"g{sender.number}",
+            MessageDeduplicationId=f"{sender.number}-0",
+        )
+        assert again["MessageId"] == original["MessageId"]
+        assert again["SequenceNumber"] == original["SequenceNumber"]
+        assert client.receive_message(QueueUrl=urls["durable.fifo"]).get("Messages", []) == []
