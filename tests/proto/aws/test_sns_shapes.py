@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import botocore.model
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proto.aws.errors import AwsError
 from proto.aws.shapes import ListOf, MapOf, Scalar, Shape, Structure
@@ -126,3 +128,12 @@ def test_missing_parameter_uses_coral_validation_wording():
     error = SNS.missing_parameter("PublishBatchRequestEntries.1.Id")
     assert error.code == "ValidationError"
     assert "Value null at 'publishBatchRequestEntries.1.id'" in error.message
+
+
+@given(shape=st.sampled_from(sorted(ERRORS)), message=st.text())
+def test_every_error_shape_builds_its_table_entry(shape, message):
+    error = sns_error(shape, message)
+    code, status, sender_fault = ERRORS[shape]
+    assert (error.code, error.status_hint, error.sender_fault) == (code, status, sender_fault)
+    assert (error.shape, error.message) == (shape, message)
+    assert error.fault == ("Sender" if sender_fault else "Receiver")
