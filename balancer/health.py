@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -189,6 +189,9 @@ class TargetStateChanged:
     previous: TargetState | None
     state: TargetState
     reason: Reason | None
+    # The group whose table emitted the event (set by a named HealthTable), so observers of
+    # several groups' events at once can tell them apart; keyword-only to keep positions.
+    target_group: str = field(default="", kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,9 +382,13 @@ def step(record: TargetHealth, input_: Input, now: float, policy: HealthPolicy) 
 class HealthTable:
     """Health records of one target group's targets, keyed by target id."""
 
-    def __init__(self, policy: HealthPolicy) -> None:
+    def __init__(self, policy: HealthPolicy, *, name: str = "") -> None:
         self.policy = policy
+        self.name = name  # the target group's name, stamped on every event
         self._records: dict[str, TargetHealth] = {}
+        # Bumped on every change of a record, so readers can cache what they derive from
+        # the table (the runtime's per-group candidate list) and notice when it is stale.
+        self.version = 0
 
     def __len__(self) -> int:
         return len(self._records)
@@ -400,7 +407,8 @@ class HealthTable:
             return self.apply(target_id, Input.REGISTERED, now)
         state, reason = self.policy.starting_state()
         self._records[target_id] = TargetHealth(target_id, state, reason, now)
-        return [TargetRegistered(target_id, now, None, state, reason)]
+        self.version += 1
+        return self._tag([TargetRegistered(target_id, now, None, state, reason)])
 
     def deregister(self, target_id: str, now: float, *, idle: bool) -> list[TargetStateChanged]:
         """Start draining a target; ``idle`` (nothing in flight) lets it leave at once."""
@@ -425,11 +433,18 @@ class HealthTable:
         if record is None:
             return []
         new, events = step(record, input_, now, self.policy)
+        if new is not record:
+            self.version += 1
         if new is None:
             del self._records[target_id]
         else:
             self._records[target_id] = new
-        return events
+        return self._tag(events)
+
+    def _tag(self, events: list[TargetStateChanged]) -> list[TargetStateChanged]:
+        if not self.name:
+            return events
+        return [replace(event, target_group=self.name) for event in events]
 
     def advance(self, now: float) -> list[TargetStateChanged]:
         """Let time pass: draining targets whose delay has ended leave."""
@@ -482,7 +497,8 @@ class HealthTable:
                 if record.state not in (TargetState.DRAINING, TargetState.UNUSED):
                     new, moved = _fresh(record, Input.IN_USE, now, policy)
                     self._records[record.target_id] = new or record  # _fresh never removes
-                    events += moved
+                    self.version += 1
+                    events += self._tag(moved)
         return events
 
     def statistics(self) -> dict[TargetState, int]:

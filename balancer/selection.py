@@ -137,23 +137,38 @@ class TargetSelector:
         slow_start_seconds: float = 0.0,
         minimum_healthy_count: int = 1,
         minimum_healthy_percent: int = 0,
+        outstanding: dict[str, int] | None = None,
     ) -> None:
+        """Create a selector.
+
+        Args:
+            algorithm: how to pick among eligible targets.
+            slow_start_seconds: the ramp of a newly healthy target (0: off).
+            minimum_healthy_count: fail open below this many healthy targets.
+            minimum_healthy_percent: or below this share of registered targets (0: off).
+            outstanding: requests in flight per target id. Pass a dict that outlives the
+                selector (the runtime keeps one per target group) so the counts survive a
+                reload that builds a new selector; by default the selector keeps its own.
+        """
         self.algorithm: Algorithm = algorithm
         self.slow_start_seconds = slow_start_seconds
         self.minimum_healthy_count = minimum_healthy_count
         self.minimum_healthy_percent = minimum_healthy_percent
         self._cursor = 0
         self._current: dict[str, float] = {}  # smooth weighted round robin
-        self._outstanding: dict[str, int] = {}
+        self._outstanding: dict[str, int] = {} if outstanding is None else outstanding
 
     @classmethod
-    def from_target_group(cls, group: TargetGroup) -> TargetSelector:
+    def from_target_group(
+        cls, group: TargetGroup, *, outstanding: dict[str, int] | None = None
+    ) -> TargetSelector:
         """A selector with a configured group's algorithm, slow start and fail-open floor."""
         return cls(
             group.algorithm,
             slow_start_seconds=group.slow_start_seconds,
             minimum_healthy_count=group.minimum_healthy_targets.count,
             minimum_healthy_percent=group.minimum_healthy_targets.percent,
+            outstanding=outstanding,
         )
 
     def choose(

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import math
 import signal
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from monitoring.settings import AdminSettings, LifecycleSettings, LoggingSetting
 ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 ACCEPT_BACKOFF_SECONDS: Final = 0.1
 CLOSE_TIMEOUT_SECONDS: Final = 1.0  # bound on closing one stream (TLS sends close_notify)
+LISTEN_BACKLOG: Final = 0xFFFF  # as trio asks; the kernel caps it at net.core.somaxconn
 
 
 class DaemonConfig(Protocol):
@@ -77,9 +79,40 @@ class Listener:
         return [s.socket.getsockname()[:2] for s in self.sockets]
 
 
-async def bind_tcp(host: str, port: int) -> list[trio.SocketListener]:
-    """Bind ``host:port`` (port 0 = any free port) with SO_REUSEADDR, as trio does."""
-    return list(await trio.open_tcp_listeners(port, host=host))
+async def bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> list[trio.SocketListener]:
+    """Bind ``host:port`` (port 0 = any free port) with SO_REUSEADDR, as trio does.
+
+    Args:
+        host: address to listen on (every address it resolves to is bound).
+        port: TCP port; 0 picks a free one.
+        reuse_port: also set SO_REUSEPORT, so that several processes (workers) bind the same
+            address and the kernel spreads new connections across their sockets.
+    """
+    if not reuse_port:
+        return list(await trio.open_tcp_listeners(port, host=host))
+    found = await trio.socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    listeners: list[trio.SocketListener] = []
+    try:
+        for family, kind, proto, _, address in found:
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:  # as trio does: one family per socket
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                await sock.bind(address)
+                sock.listen(LISTEN_BACKLOG)
+            except BaseException:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
 
 
 @dataclass
@@ -91,6 +124,9 @@ class Frame:
     ready: bool = False  # every listener bound and not yet draining: what /readyz reports
     draining: Draining = field(default_factory=Draining)
     listeners: list[Listener] = field(default_factory=list)
+    # Set by the Daemon: re-read the configuration file now, as SIGHUP does, and return None
+    # or the reason it was refused (an admin route's "reload" calls it and reports the outcome).
+    reload: Callable[[], Awaitable[str | None]] | None = None
     _accept_scope: trio.CancelScope | None = None
     _handler_scope: trio.CancelScope | None = None
     _stop_deadline: float = math.inf
@@ -255,6 +291,9 @@ class Daemon(Generic[C]):
         self.metrics.register_collector(connection_metrics(self.frame))
         self.app = spec.build(config, self.frame)
         self._commands_send, self._commands = trio.open_memory_channel[str](16)
+        # One reload at a time, whether SIGHUP or an admin route asked for it.
+        self._reload_lock = trio.Lock()
+        self.frame.reload = self.reload
 
     def request_reload(self) -> None:
         self._commands_send.send_nowait("reload")
@@ -280,7 +319,7 @@ class Daemon(Generic[C]):
                 nursery.start_soon(self._helpers, helpers, signals)
                 async for command in self._commands:
                     if command == "reload":
-                        await self._reload()
+                        await self.reload()
                     elif command == "stop":
                         break
                 self.frame.ready = False
@@ -316,7 +355,12 @@ class Daemon(Generic[C]):
             else:
                 self.request_stop()
 
-    async def _reload(self) -> None:
+    async def reload(self) -> str | None:
+        """Load the configuration file again and apply it; None, or why it was refused."""
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> str | None:
         self.notifier.reloading(time.monotonic_ns() // 1000)
         path = self.config_path
         try:
@@ -329,7 +373,7 @@ class Daemon(Generic[C]):
             self.log.error("config.reload_refused", file=exc.path, reason=exc.reason)
             self.metrics.config_reloads.labels("failure").inc()
             self.notifier.ready(status=f"reload refused: {exc}")
-            return
+            return str(exc)
         if new_config.admin != self.config.admin:
             self.log.warning("config.restart_required", section="admin")
         self.log.set_level(new_config.logging.level)
@@ -337,6 +381,7 @@ class Daemon(Generic[C]):
         self.metrics.config_reloads.labels("success").inc()
         self.log.info("config.reloaded", file=str(path))
         self.notifier.ready(status="serving")
+        return None
 
 
 @contextlib.contextmanager

@@ -430,3 +430,14 @@ def test_the_last_threshold_checks_decide_a_checked_target(threshold, results):
         assert state(health) is TargetState.UNHEALTHY
     if results and results[-threshold:] == [Input.CHECK_PASSED] * threshold:
         assert state(health) is TargetState.HEALTHY
+
+
+def test_a_named_table_stamps_its_group_on_every_event():
+    table = HealthTable(HealthPolicy(deregistration_delay=10), name="web")
+    events = table.register("a:1", 0.0)
+    events += table.record_check("a:1", Input.CHECK_PASSED, 1.0)
+    events += table.set_policy(HealthPolicy(deregistration_delay=10, checks_enabled=False), 2.0)
+    events += table.deregister("a:1", 3.0, idle=True)
+    assert len(events) == 5
+    assert {e.target_group for e in events} == {"web"}
+    assert HealthTable(HealthPolicy()).register("a:1", 0.0)[0].target_group == ""

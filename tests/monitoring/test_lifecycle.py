@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import errno
 import io
 
+import pytest
 import trio
 from prometheus_client import generate_latest
 
@@ -124,3 +126,46 @@ async def test_reload_good_and_bad_files(tmp_path):
     metrics = generate_latest(daemon.metrics.registry).decode()
     assert 'wharf_config_reloads_total{outcome="success"} 1.0' in metrics
     assert 'wharf_config_reloads_total{outcome="failure"} 1.0' in metrics
+
+
+async def test_bind_tcp_reuse_port_lets_two_sockets_share_an_address():
+    first = await bind_tcp("127.0.0.1", 0, reuse_port=True)
+    port = first[0].socket.getsockname()[1]
+    second = await bind_tcp("127.0.0.1", port, reuse_port=True)
+    try:
+        assert second[0].socket.getsockname()[1] == port
+        # Without the option the address is taken.
+        with pytest.raises(OSError) as taken:
+            await bind_tcp("127.0.0.1", port)
+        assert taken.value.errno == errno.EADDRINUSE
+        # Connections are spread over both sockets; each accepts what the kernel hands it.
+        accepted = 0
+        for _ in range(16):
+            client = await trio.open_tcp_stream("127.0.0.1", port)
+            for listener in (*first, *second):
+                with trio.move_on_after(0.01):
+                    stream = await listener.accept()
+                    accepted += 1
+                    await stream.aclose()
+            await client.aclose()
+        assert accepted == 16
+    finally:
+        for listener in (*first, *second):
+            await listener.aclose()
+
+
+async def test_frame_reload_applies_the_file_and_reports_a_refusal(tmp_path):
+    path = tmp_path / "broker.toml"
+    path.write_text('[admin]\nport = 0\n[logging]\nlevel = "warning"\n')
+    config = BrokerConfig(admin=AdminSettings(port=0))
+    daemon = Daemon(BROKER, config, config_path=path, log=EventLog("broker", stream=io.StringIO()))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.run)
+        assert daemon.frame.reload is not None
+        assert await daemon.frame.reload() is None
+        assert daemon.config.logging.level == "warning"
+        path.write_text("[admin]\nport = 99999\n")
+        reason = await daemon.frame.reload()
+        assert reason is not None
+        assert "at `$.admin.port`" in reason
+        daemon.request_stop()

@@ -1,0 +1,196 @@
+"""ALB's access log: one line per request, in ALB's field order, to a file or stderr.
+
+The format is ALB's (load-balancer-access-logs.md) so the parsers people already run on ALB
+logs (Athena's table definition, Splunk, Sumo) read ours unchanged::
+
+    type time elb client:port target:port request_processing_time target_processing_time
+    response_processing_time elb_status_code target_status_code received_bytes sent_bytes
+    "request" "user_agent" ssl_cipher ssl_protocol target_group_arn "trace_id"
+    "domain_name" "chosen_cert_arn" matched_rule_priority request_creation_time
+    "actions_executed" "redirect_url" "error_reason" "target:port_list"
+    "target_status_code_list" "classification" "classification_reason"
+
+``elb`` is ``app/<listener name>``, ``target_group_arn`` the target group's name. Unknown
+values are ``-``; times are seconds with millisecond precision, ``-1`` when the request was
+never dispatched. Quoted fields escape ``"``, ``\\`` and every control character, so a
+hostile user agent can neither end a field nor start a new line.
+
+Off by default (``access_log.enabled``). Lines are buffered and flushed by the app's
+timer and at shutdown rather than per request, so the log costs a write syscall per batch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from dataclasses import dataclass
+from typing import IO, Final
+
+from balancer.config import AccessLog
+
+UNKNOWN: Final = "-"
+_ESCAPES: Final = {i: f"\\x{i:02x}" for i in (*range(0x20), 0x7F)} | {
+    ord('"'): '\\"',
+    ord("\\"): "\\\\",
+}
+MAX_USER_AGENT_CHARS: Final = 8192  # ALB truncates at 8 KB
+
+
+def quote(value: str | None) -> str:
+    """A quoted field: ``"-"`` for nothing, otherwise escaped so it stays one field."""
+    if not value:
+        return '"-"'
+    return '"' + value.translate(_ESCAPES) + '"'
+
+
+def iso_time(epoch: float) -> str:
+    """``2018-07-02T22:23:00.186641Z``: UTC with microseconds, as ALB writes it."""
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def seconds(value: float | None) -> str:
+    return "-1" if value is None or value < 0 else f"{value:.3f}"
+
+
+@dataclass(slots=True, kw_only=True)
+class AccessEntry:
+    """The facts of one request, as the listener gathered them."""
+
+    type: str = "http"  # http, https, ws, wss
+    time: float  # wall clock when the response was complete
+    elb: str  # the listener's name
+    client_ip: str
+    client_port: int
+    target: str | None = None  # ip:port
+    request_processing_time: float | None = None
+    target_processing_time: float | None = None
+    response_processing_time: float | None = None
+    elb_status_code: int | None = None
+    target_status_code: int | None = None
+    received_bytes: int = 0
+    sent_bytes: int = 0
+    request: str = ""  # METHOD scheme://host:port/uri HTTP/x.y
+    user_agent: str | None = None
+    ssl_cipher: str = UNKNOWN
+    ssl_protocol: str = UNKNOWN
+    target_group: str | None = None
+    trace_id: str | None = None
+    domain_name: str | None = None
+    chosen_cert: str | None = None
+    matched_rule_priority: int = 0
+    request_creation_time: float = 0.0
+    actions_executed: str | None = None
+    redirect_url: str | None = None
+    error_reason: str | None = None
+    classification: str | None = None
+    classification_reason: str | None = None
+
+
+def format_entry(entry: AccessEntry) -> str:
+    """One access log line (without the newline)."""
+    client = _address(entry.client_ip, entry.client_port)
+    target_status = UNKNOWN if entry.target_status_code is None else str(entry.target_status_code)
+    user_agent = entry.user_agent[:MAX_USER_AGENT_CHARS] if entry.user_agent else None
+    fields = [
+        entry.type,
+        iso_time(entry.time),
+        f"app/{entry.elb}",
+        client,
+        entry.target or UNKNOWN,
+        seconds(entry.request_processing_time),
+        seconds(entry.target_processing_time),
+        seconds(entry.response_processing_time),
+        UNKNOWN if entry.elb_status_code is None else str(entry.elb_status_code),
+        target_status,
+        str(entry.received_bytes),
+        str(entry.sent_bytes),
+        quote(entry.request),
+        quote(user_agent),
+        entry.ssl_cipher,
+        entry.ssl_protocol,
+        entry.target_group or UNKNOWN,
+        quote(entry.trace_id),
+        quote(entry.domain_name),
+        quote(entry.chosen_cert),
+        str(entry.matched_rule_priority),
+        iso_time(entry.request_creation_time),
+        quote(entry.actions_executed),
+        quote(entry.redirect_url),
+        quote(entry.error_reason),
+        quote(entry.target),
+        quote(None if entry.target is None else target_status),
+        quote(entry.classification),
+        quote(entry.classification_reason),
+    ]
+    return " ".join(fields)
+
+
+def _address(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+class AccessLogWriter:
+    """Buffered lines to one destination (``stderr`` or an absolute file path)."""
+
+    def __init__(self, destination: str) -> None:
+        self.destination = destination
+        self._stream: IO[str]
+        if destination == "stderr":
+            self._stream = sys.stderr
+            self._owned = False
+        else:
+            self._stream = open(destination, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
+            self._owned = True
+
+    def write(self, entry: AccessEntry) -> None:
+        try:
+            self._stream.write(format_entry(entry) + "\n")
+        except (OSError, ValueError):
+            pass  # a full disk must not fail requests; the daemon log says why elsewhere
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def close(self) -> None:
+        self.flush()
+        if self._owned:
+            self._stream.close()
+
+
+class AccessLogs:
+    """One writer per destination, shared by the listeners that log there."""
+
+    def __init__(self) -> None:
+        self._writers: dict[str, AccessLogWriter] = {}
+
+    def get(self, settings: AccessLog) -> AccessLogWriter | None:
+        """The writer for a listener's settings, or None when its log is off.
+
+        Raises:
+            OSError: the file cannot be opened (config load or reload reports it).
+        """
+        if not settings.enabled:
+            return None
+        writer = self._writers.get(settings.destination)
+        if writer is None:
+            writer = self._writers[settings.destination] = AccessLogWriter(settings.destination)
+        return writer
+
+    def flush(self) -> None:
+        for writer in self._writers.values():
+            writer.flush()
+
+    def retain(self, destinations: set[str]) -> None:
+        """Close writers no listener uses any more (after a reload)."""
+        for destination in list(self._writers):
+            if destination not in destinations:
+                self._writers.pop(destination).close()
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()

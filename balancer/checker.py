@@ -1,0 +1,247 @@
+"""The health-checker shell: one probe task per checked target, and the draining clock.
+
+Task tree (owned by :meth:`HealthChecker.run`, which the app starts in its serve nursery)::
+
+    HealthChecker.run
+    ├── probe (group, target)   one per target whose state is checked; each has a cancel scope
+    └── clock                   runtime.advance at draining deadlines; early completion
+
+Theory of operation:
+
+- The pure :class:`~balancer.health.HealthTable` of each group (in ``runtime.live``) decides
+  states; this shell only observes the world and feeds it ``record_check`` results.
+- A probe checks right away (ALB: one passing check makes a new target healthy), then every
+  ``interval_seconds`` measured from the start of the previous check: "the result lasts for
+  the entire interval", so a slow response does not shift the schedule. Settings are read
+  from the current snapshot at every check, so a reload that changes the path, matcher,
+  interval or port applies from the next check without restarting anything.
+- Which targets have a probe follows the tables: every batch of health events (a reload, an
+  admin registration, a check result, a deadline) re-synchronises the set. Targets that are
+  draining, unused or unavailable (checks off) are not checked; removed ones lose their probe;
+  targets kept across a reload keep their probe and their state.
+- Draining ends at the deregistration delay (:meth:`Runtime.advance` at
+  :meth:`HealthTable.next_deadline`), or early once the target has nothing in flight: the
+  runtime's outstanding counters tell, and the HTTP shell also reports the last request.
+- Every transition is logged (one ``target.state_changed`` line) and counted in
+  ``wharf_balancer_target_health_transitions_total{target_group,state,reason}``; the number
+  of targets per group and state is a scrape-time gauge, ``wharf_balancer_targets``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Final
+
+import trio
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+from balancer.health import (
+    Input,
+    TargetDeregistered,
+    TargetRegistered,
+    TargetState,
+    TargetStateChanged,
+)
+from balancer.probes import CheckResult, run_check
+from balancer.runtime import Runtime
+from monitoring.logging import EventLog
+from monitoring.metrics import Metrics
+
+# States whose targets are probed: the others ignore check results (draining, unused) or have
+# checks turned off (unavailable).
+CHECKED_STATES: Final = frozenset({TargetState.INITIAL, TargetState.HEALTHY, TargetState.UNHEALTHY})
+# The clock also wakes at least this often to finish idle draining targets, in case a request
+# ended without the HTTP shell reporting it (a safety net; reports make it prompt).
+IDLE_POLL_SECONDS: Final = 1.0
+
+Clock = Callable[[], float]
+ProbeKey = tuple[str, str]  # (target group, target id)
+
+
+class HealthChecker:
+    """Runs active health checks for every target group of a :class:`Runtime`.
+
+    Args:
+        runtime: the balancer's runtime; its ``live`` tables are fed, ``current`` is read.
+        log: transitions are logged here.
+        metrics: the daemon's registry (transition counter, targets gauge).
+        clock: monotonic seconds, the same clock the runtime's ``now`` uses.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        log: EventLog,
+        metrics: Metrics,
+        *,
+        clock: Clock = trio.current_time,
+    ) -> None:
+        self._runtime = runtime
+        self._log = log
+        self._clock = clock
+        self._probes: dict[ProbeKey, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+        self._wake = trio.Event()
+        self.transitions = metrics.counter(
+            "wharf_balancer_target_health_transitions",
+            "Target health state changes, by the state entered and AWS's reason code.",
+            ["target_group", "state", "reason"],
+        )
+        metrics.register_collector(self.collect_targets)
+        runtime.observers.append(self.on_events)
+        # The first generation registered its targets before anyone could listen.
+        for live in runtime.live.values():
+            self.on_events(
+                [
+                    TargetRegistered(
+                        r.target_id, r.since, None, r.state, r.reason, target_group=live.name
+                    )
+                    for r in live.health
+                ]
+            )
+
+    # -- observing --------------------------------------------------------------------------
+
+    def on_events(self, events: Sequence[TargetStateChanged]) -> None:
+        """Log and count health events, then follow them with the probe set (an observer)."""
+        for event in events:
+            reason = event.reason.value if event.reason is not None else ""
+            self.transitions.labels(event.target_group, event.state.value, reason).inc()
+            fields: dict[str, object] = {
+                "target_group": event.target_group,
+                "target": event.target_id,
+                "previous": event.previous.value if event.previous is not None else None,
+                "state": event.state.value,
+                "reason": reason or None,
+            }
+            if isinstance(event, TargetDeregistered):
+                fields["early"] = event.early
+            if event.state is TargetState.UNHEALTHY:
+                self._log.warning("target.state_changed", **fields)
+            else:
+                self._log.info("target.state_changed", **fields)
+        if events:
+            self.sync()
+
+    def collect_targets(self) -> Iterable[Metric]:
+        """Scrape-time gauge: targets per group and state (zeros included)."""
+        family = GaugeMetricFamily(
+            "wharf_balancer_targets",
+            "Registered targets per target group and health state.",
+            labels=["target_group", "state"],
+        )
+        for name, live in sorted(self._runtime.live.items()):
+            for state, count in live.health.statistics().items():
+                family.add_metric([name, state.value], count)
+        return [family]
+
+    # -- tasks ------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Check until cancelled; ``started`` once the first probes are running."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                self.sync()
+                nursery.start_soon(self._clock_loop)
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+
+    def wanted(self) -> set[ProbeKey]:
+        """The (group, target) pairs that should be probed now."""
+        wanted: set[ProbeKey] = set()
+        for name, group in self._runtime.current.groups.items():
+            if not group.config.health_check.enabled:
+                continue
+            for target_id in group.by_id:
+                record = group.live.health.get(target_id)
+                if record is not None and record.state in CHECKED_STATES:
+                    wanted.add((name, target_id))
+        return wanted
+
+    def sync(self) -> None:
+        """Start probes for targets that need checking; stop those that no longer do."""
+        self._wake.set()
+        nursery = self._nursery
+        if nursery is None:
+            return
+        wanted = self.wanted()
+        for key in list(self._probes):
+            if key not in wanted:
+                self._probes.pop(key).cancel()
+        for key in wanted - self._probes.keys():
+            scope = trio.CancelScope()
+            self._probes[key] = scope
+            nursery.start_soon(self._probe, key, scope)
+
+    def probing(self) -> set[ProbeKey]:
+        """The (group, target) pairs with a probe task (for tests and debugging)."""
+        return set(self._probes)
+
+    async def _probe(self, key: ProbeKey, scope: trio.CancelScope) -> None:
+        group_name, target_id = key
+        with scope:
+            next_check = self._clock()
+            while True:
+                await trio.sleep_until(next_check)
+                group = self._runtime.current.groups.get(group_name)
+                endpoint = group.by_id.get(target_id) if group is not None else None
+                if group is None or endpoint is None:
+                    break
+                check = group.config.health_check
+                next_check += check.interval_seconds
+                now = self._clock()
+                if next_check < now:  # the process was stalled: do not fire a burst
+                    next_check = now + check.interval_seconds
+                result = await run_check(endpoint.host, endpoint.port, check)
+                self._record(group_name, target_id, result)
+        if self._probes.get(key) is scope:
+            del self._probes[key]
+
+    def _record(self, group_name: str, target_id: str, result: CheckResult) -> None:
+        live = self._runtime.live.get(group_name)
+        if live is None:
+            return
+        if result.input is not Input.CHECK_PASSED:
+            self._log.debug(
+                "target.check_failed",
+                target_group=group_name,
+                target=target_id,
+                result=result.input.value,
+                detail=result.detail,
+            )
+        events = live.health.record_check(target_id, result.input, self._clock())
+        self._runtime.notify(events)
+
+    async def _clock_loop(self) -> None:
+        while True:
+            self._wake = trio.Event()
+            now = self._clock()
+            self._runtime.advance(now)
+            self._finish_idle(now)
+            wake_at = math.inf
+            for live in self._runtime.live.values():
+                deadline = live.health.next_deadline()
+                if deadline is not None:
+                    wake_at = min(wake_at, deadline)
+            if self._draining():
+                wake_at = min(wake_at, now + IDLE_POLL_SECONDS)
+            with trio.move_on_at(wake_at):
+                await self._wake.wait()
+
+    def _draining(self) -> bool:
+        return any(
+            record.state is TargetState.DRAINING
+            for live in self._runtime.live.values()
+            for record in live.health
+        )
+
+    def _finish_idle(self, now: float) -> None:
+        """Draining targets with nothing in flight leave now (ALB's early completion)."""
+        for live in list(self._runtime.live.values()):
+            for record in live.health:
+                if record.state is TargetState.DRAINING and live.in_flight(record.target_id) == 0:
+                    self._runtime.notify(live.health.target_idle(record.target_id, now))

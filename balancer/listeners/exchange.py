@@ -1,0 +1,319 @@
+"""What one client connection and one of its requests carry through the HTTP listener.
+
+:class:`Client` is the client side of a connection: its stream, its h11 server state and
+its byte counters, with the two I/O primitives every part of the listener uses.
+:class:`Exchange` is one request: the snapshot it runs on, the routing result, the target
+and the timings that metrics and the access log report. One cancel scope per request
+(``Exchange.guard``) carries every deadline of that request; :meth:`Exchange.wait_for`
+moves it before each wait and records the phase, so a timeout is mapped to the right
+answer (408, 504, or a silent close) after the scope has unwound, without a cancel scope
+per wait.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import select
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple
+
+import h11
+import trio
+
+from balancer import fastio
+from balancer.access_log import AccessLogs
+from balancer.listeners.http_metrics import HttpStats
+from balancer.runtime import ListenerRuntime, Runtime, Snapshot
+from balancer.upstream import Pools
+from monitoring.httpserver import Draining
+from monitoring.logging import EventLog
+from proto.http1 import COMPLIANT, Verdict, header_list
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+if TYPE_CHECKING:
+    from balancer.config import Endpoint
+
+# One read takes what a socket buffer holds: a 64 KiB response body in one go.
+MAX_RECV: Final = 1 << 18
+
+Phase = Literal["header", "body", "response", "relay", "client_write", "tunnel"]
+
+
+def parse_address(ip: str) -> IPAddress | None:
+    """A peer address as rules and trusted-proxy checks compare it (IPv4-mapped as IPv4)."""
+    try:
+        address = ipaddress.ip_address(ip.partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+class ClientGone(Exception):
+    """The client closed or reset the connection, or stopped reading."""
+
+
+class ClientInfo(NamedTuple):
+    """Who is on the other end of a client connection, and over what."""
+
+    ip: str
+    port: int
+    local_port: int
+    scheme: Literal["http", "https"] = "http"
+    local_ip: str = ""  # the balancer's address the client connected to
+    # Filled by the TLS shell when it hands a decrypted stream over (access log fields).
+    tls_protocol: str = "-"
+    tls_cipher: str = "-"
+    sni: str | None = None
+    certificate: str | None = None
+
+
+@dataclass(slots=True)
+class ListenerServices:
+    """What every connection of one listener shares; built once by the app."""
+
+    name: str
+    runtime: Runtime
+    pools: Pools
+    stats: HttpStats
+    access_logs: AccessLogs
+    draining: Draining
+    log: EventLog
+
+
+class Client:
+    """The client side of one connection."""
+
+    __slots__ = ("address", "conn", "host_header", "info", "received", "sent", "socket", "stream")
+
+    def __init__(self, stream: trio.abc.Stream, info: ClientInfo, max_head_bytes: int) -> None:
+        self.stream = stream
+        # A plain TCP client is read and written through fastio; a TLS one through its stream.
+        self.socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self.info = info
+        self.address = parse_address(info.ip)  # parsed once for source-ip rules
+        # The Host given to targets for a request without one (HTTP/1.0): the address the
+        # client connected to, as it would have written it.
+        local = info.local_ip or info.ip
+        local = f"[{local}]" if ":" in local else local
+        self.host_header = f"{local}:{info.local_port}".encode("ascii")
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_bytes)
+        self.received = 0
+        self.sent = 0
+
+    async def receive_next(self) -> bytes:
+        """Like :meth:`receive`, but always a checkpoint: used for the wait on each new
+        request, so every request cycle yields to the other connections."""
+        data: bytes | bytearray
+        try:
+            if self.socket is not None:
+                data = await fastio.receive(self.socket, MAX_RECV, checkpoint=True)
+            else:
+                data = await self.stream.receive_some(MAX_RECV)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+        self.received += len(data)
+        return data if type(data) is bytes else bytes(data)
+
+    async def receive(self) -> bytes:
+        """The next bytes from the client; ``b""`` once it has closed its side."""
+        data: bytes | bytearray
+        try:
+            if self.socket is not None:
+                data = await fastio.receive(self.socket, MAX_RECV)
+            else:
+                data = await self.stream.receive_some(MAX_RECV)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+        self.received += len(data)
+        # Socket streams return bytes; TLS streams may return a bytearray, which h11 takes
+        # but does not promise to (its signature says bytes).
+        return data if type(data) is bytes else bytes(data)
+
+    async def send_many(self, pieces: list[fastio.Buffer]) -> None:
+        """Write several buffers in one go (gathered by the kernel on a plain socket)."""
+        size = sum(len(piece) for piece in pieces)
+        try:
+            if self.socket is not None:
+                await fastio.send_many(self.socket, pieces)
+            else:
+                await self.stream.send_all(b"".join(pieces))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ClientGone from None
+        self.sent += size
+
+    async def left(self) -> bool:
+        """Whether the client has closed its side (checked without waiting).
+
+        A socket the client closed reads as EOF; a pipelined next request or a TLS alert
+        reads as data and counts as still there.
+        """
+        sock = _socket_of(self.stream)
+        if sock is None:
+            return False
+        readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        if not readable:
+            return False
+        try:
+            data = await sock.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return True
+        return not data
+
+    async def send(self, data: bytes) -> None:
+        """Write to the client; raises :class:`ClientGone` if it is not there any more."""
+        try:
+            if self.socket is not None:
+                await fastio.send_all(self.socket, data)
+            else:
+                await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ClientGone from None
+        self.sent += len(data)
+
+
+def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    if isinstance(stream, trio.SocketStream):
+        return stream.socket
+    transport = getattr(stream, "transport_stream", None)  # trio.SSLStream
+    return transport.socket if isinstance(transport, trio.SocketStream) else None
+
+
+class Exchange:
+    """One request on a client connection, from its complete head to its last byte."""
+
+    __slots__ = (
+        "actions",
+        "close_after",
+        "error_reason",
+        "group",
+        "guard",
+        "headers",
+        "listener",
+        "phase",
+        "redirect_url",
+        "request",
+        "response_at",
+        "response_started",
+        "rule",
+        "sent_at",
+        "snapshot",
+        "start_received",
+        "start_sent",
+        "started",
+        "status",
+        "target",
+        "target_status",
+        "trace",
+        "upgraded",
+        "verdict",
+    )
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        listener: ListenerRuntime,
+        request: h11.Request,
+        *,
+        started: float,
+        client: Client,
+        guard: trio.CancelScope | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        verdict: Verdict = COMPLIANT,
+    ) -> None:
+        self.snapshot = snapshot
+        self.listener = listener
+        self.request = request
+        # The request's headers as a plain list, walked by routing, stickiness and forwarding.
+        self.headers = header_list(request.headers) if headers is None else headers
+        self.started = started  # trio clock, when the head was complete
+        self.start_received = client.received
+        self.start_sent = client.sent
+        self.verdict = verdict
+        # The request cycle's scope, armed once for the common case (request sent, response
+        # awaited, a short response written back); only waits that need another bound move
+        # it (wait_for).
+        self.guard = trio.CancelScope() if guard is None else guard
+        self.guard.deadline = started + listener.config.timeouts.target_response_seconds
+        self.phase: Phase = "response"
+        self.rule = 0  # matched_rule_priority: 0 is the default action
+        self.group: str | None = None
+        self.target: Endpoint | None = None
+        self.status = 0  # what the client got (ALB's elb_status_code)
+        self.target_status: int | None = None
+        self.sent_at: float | None = None  # request head written to the target
+        self.response_at: float | None = None  # response head read from the target
+        self.response_started = False  # bytes of a response went to the client
+        self.actions = ""
+        self.redirect_url: str | None = None
+        self.error_reason: str | None = None
+        self.trace: bytes | None = None
+        self.close_after = False
+        self.upgraded = False
+
+    def wait_for(self, phase: Phase, seconds: float) -> None:
+        """Give the next wait ``seconds`` (from now), remembering what it waits for."""
+        self.phase = phase
+        self.guard.deadline = trio.current_time() + seconds
+
+
+REASONS: Final = {
+    100: b"Continue",
+    200: b"OK",
+    301: b"Moved Permanently",
+    302: b"Found",
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    408: b"Request Timeout",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+async def respond(
+    client: Client,
+    ex: Exchange | None,
+    status: int,
+    body: bytes = b"",
+    *,
+    content_type: str = "text/plain; charset=utf-8",
+    headers: tuple[tuple[str, str], ...] = (),
+    close: bool = False,
+) -> bool:
+    """Answer from the balancer itself (errors, redirects, fixed responses).
+
+    Returns False, sending nothing, when a response has already begun (the connection then
+    has to be closed). ``close`` (or the exchange's ``close_after``) adds
+    ``Connection: close``.
+    """
+    conn = client.conn
+    if conn.our_state is not h11.SEND_RESPONSE and conn.our_state is not h11.IDLE:
+        return False
+    close = close or (ex is not None and ex.close_after)
+    fields = [("content-type", content_type), ("content-length", str(len(body))), *headers]
+    if close:
+        fields.append(("connection", "close"))
+    try:
+        data = conn.send(
+            h11.Response(status_code=status, headers=fields, reason=REASONS.get(status, b""))
+        )
+        head_only = ex is not None and ex.request.method == b"HEAD"
+        if body and not head_only:
+            data += conn.send(h11.Data(data=body)) or b""
+        data += conn.send(h11.EndOfMessage()) or b""
+    except h11.LocalProtocolError:
+        return False
+    if ex is not None:
+        ex.status = status
+        ex.response_started = True
+    await client.send(data or b"")
+    return True

@@ -1,0 +1,531 @@
+"""The HTTP listener: one task per client connection, requests handled in order.
+
+Per connection (h11 server side)::
+
+    wait for a request (idle timeout; cancelled at once when the daemon drains)
+    read its head (header timeout, size and count limits) -> classify (desync) -> route
+    forward | redirect | fixed-response      (balancer.listeners.forward for forwards)
+    metrics + access log line
+    keep-alive: next cycle; pipelined requests already buffered are served in order
+
+A request runs on the runtime snapshot that is current when its head is complete and
+keeps it to the end; the next request on the same connection takes the then current one.
+The TLS shell hands its decrypted stream to :meth:`HttpListenerHandler.serve`.
+
+What the client sees from the balancer itself: 400 for a malformed or refused (desync)
+request, then close; 408 when the head or body does not arrive in time; 414/431/400 for a
+request line, head or header count over the limits; 502/503/504 from the forward path;
+and a silent close when the client idles out. A client that goes away before its response
+is logged with ALB's 460.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+import h11
+import trio
+
+from balancer.access_log import AccessEntry
+from balancer.config import FixedResponse, Forward, Redirect
+from balancer.listeners.exchange import (
+    Client,
+    ClientGone,
+    ClientInfo,
+    Exchange,
+    ListenerServices,
+    respond,
+)
+from balancer.listeners.forward import BadRequestBody, forward
+from balancer.rules import RequestView, redirect_status, render_redirect
+from balancer.runtime import ListenerRuntime, Snapshot
+from balancer.upstream import tune_socket
+from proto.http1 import (
+    Action,
+    Classification,
+    Verdict,
+    classify_head,
+    classify_headers,
+    classify_parse_error,
+    head_end,
+    header_list,
+)
+
+# Bytes of an unread request body the balancer reads and drops after answering on its own
+# (redirect, fixed response, error) to keep the connection; beyond it, it closes.
+MAX_DISCARD_BYTES: Final = 1 << 20
+# Extra connections accepted past the listener's limit only to be answered 503 and closed,
+# so an overloaded listener says so instead of leaving clients in the backlog.
+REJECT_HEADROOM: Final = 64
+WRITE_TIMEOUT_SECONDS: Final = 10.0  # bound on writing the balancer's own short answers
+
+
+class HttpListenerHandler:
+    """Serves the connections of one HTTP listener (by name, across config generations)."""
+
+    def __init__(self, services: ListenerServices) -> None:
+        self.services = services
+        # Cancel scopes of connections waiting for their next request: draining cancels
+        # them all at once (a plain set: cheaper per request than Draining.idle()).
+        self.idle: set[trio.CancelScope] = set()
+        services.draining.on_start(self._close_idle)
+
+    def _close_idle(self) -> None:
+        for scope in list(self.idle):
+            scope.cancel()
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        """The lifecycle frame's connection handler for a plain HTTP listener."""
+        sock = stream.socket
+        peer = sock.getpeername()
+        local = sock.getsockname()
+        tune_socket(sock)
+        info = ClientInfo(str(peer[0]), int(peer[1]), int(local[1]), local_ip=str(local[0]))
+        await self.serve(stream, info)
+
+    async def serve(self, stream: trio.abc.Stream, info: ClientInfo) -> None:
+        """Serve one connection's requests until it closes (TLS streams come in here)."""
+        services = self.services
+        listener = services.runtime.current.listeners.get(services.name)
+        if listener is None:
+            return  # the listener left the configuration; the app is closing its socket
+        limits = listener.config.limits
+        stats = services.stats
+        client = Client(stream, info, limits.request_header_bytes)
+        if stats.active.get(services.name, 0) >= limits.connections:
+            stats.rejected_connection(services.name)
+            with trio.move_on_after(WRITE_TIMEOUT_SECONDS):
+                try:
+                    await respond(client, None, 503, b"too many connections\n", close=True)
+                except ClientGone:
+                    pass
+            return
+        stats.connection_opened(services.name)
+        try:
+            await _Connection(services, client, self.idle).run()
+        finally:
+            stats.connection_closed(services.name)
+
+
+class _Connection:
+    """One client connection's request loop.
+
+    Each request cycle runs under one cancel scope, from the idle wait for its first byte
+    to its last response byte: its deadline moves from the idle timeout to the header
+    timeout to the request's own phases (``Exchange.wait_for``), and ``phase`` says which
+    wait a timeout cut, once the scope has unwound.
+    """
+
+    __slots__ = ("client", "idle", "phase", "served", "services")
+
+    def __init__(
+        self, services: ListenerServices, client: Client, idle: set[trio.CancelScope]
+    ) -> None:
+        self.services = services
+        self.client = client
+        self.idle = idle
+        self.phase = "idle"  # before an Exchange exists: idle, then header
+        self.served = 0
+
+    async def run(self) -> None:
+        conn = self.client.conn
+        while await self._cycle():
+            conn.start_next_cycle()
+
+    async def _cycle(self) -> bool:
+        """Read and answer one request; True when the connection may carry another."""
+        services = self.services
+        snapshot = services.runtime.current
+        listener = snapshot.listeners.get(services.name)
+        if listener is None:
+            return False  # the listener left the configuration
+        scope = trio.CancelScope(
+            deadline=trio.current_time() + listener.config.idle_timeout_seconds
+        )
+        ex: Exchange | None = None
+        self.phase = "idle"
+        with scope:
+            try:
+                ex = await self._read_request(scope, listener)
+            except ClientGone:
+                return False
+            if ex is None:
+                return False
+            await self._handle(ex)
+        if ex is None:  # a deadline passed while reading the head
+            if self.phase == "header":
+                await self._answer(None, 408, b"request header timeout\n")
+            return False
+        if scope.cancelled_caught:
+            await self._timed_out(ex)
+        self.served += 1
+        self._finish(ex)
+        return await self._reusable(ex)
+
+    # Reading a request ---------------------------------------------------------------------
+
+    async def _read_request(
+        self, scope: trio.CancelScope, listener: ListenerRuntime
+    ) -> Exchange | None:
+        """The next request's head, or None when the connection should close."""
+        client = self.client
+        conn = client.conn
+        config = listener.config
+        raw = conn.trailing_data[0]  # a pipelined request's first bytes, usually b""
+        if not raw:
+            # Nothing of the next request yet: the idle timeout runs, and draining closes
+            # the connection at once (no work is lost). A connection accepted just before
+            # the stop still has its first request answered; one whose request was in
+            # flight when the stop began closes now instead of waiting for another.
+            if self.served and self.services.draining.started:
+                return None
+            self.idle.add(scope)
+            try:
+                raw = await client.receive_next()
+            finally:
+                self.idle.discard(scope)
+            if not raw:
+                return None
+            conn.receive_data(raw)
+        self.phase = "header"
+        timed = False
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                await self._refuse_unparsed(listener, exc, raw)
+                return None
+            if event is h11.NEED_DATA:
+                if not timed:  # a head in pieces: the header timeout runs from now
+                    scope.deadline = trio.current_time() + config.timeouts.request_header_seconds
+                    timed = True
+                data = await client.receive()
+                conn.receive_data(data)
+                raw += data
+                continue
+            if isinstance(event, h11.Request):
+                # The request runs on the generation current now that its head is here
+                # (a reload may have happened while the connection idled).
+                current = self.services.runtime.current
+                listener = current.listeners.get(self.services.name, listener)
+                return self._exchange(scope, current, listener, event, raw)
+            return None  # ConnectionClosed: the client is done
+
+    def _exchange(
+        self,
+        guard: trio.CancelScope,
+        snapshot: Snapshot,
+        listener: ListenerRuntime,
+        request: h11.Request,
+        raw: bytes | bytearray,
+    ) -> Exchange:
+        services = self.services
+        limits = listener.config.limits
+        headers = header_list(request.headers)
+        has_framing = False
+        for name, _ in headers:
+            if name == b"content-length" or name == b"transfer-encoding":
+                has_framing = True
+                break
+        end = head_end(raw)
+        head = raw[: end if end >= 0 else len(raw)]
+        verdict = classify_head(head, framing=has_framing)
+        by_headers = classify_headers(request.method, headers)
+        if by_headers.classification > verdict.classification:
+            verdict = by_headers
+        ex = Exchange(
+            snapshot,
+            listener,
+            request,
+            started=trio.current_time(),
+            client=self.client,
+            guard=guard,
+            headers=headers,
+            verdict=verdict,
+        )
+        if verdict.classification is not Classification.COMPLIANT:
+            services.stats.desync_request(
+                services.name,
+                verdict.classification.label,
+                verdict.reason,
+                refused=verdict.action is Action.REFUSE,
+            )
+        if len(head) > limits.request_header_bytes:
+            ex.error_reason = "RequestHeaderTooLarge"
+            ex.status = 431
+        elif len(request.method) + len(request.target) + 10 > limits.request_line_bytes:
+            ex.error_reason = "RequestLineTooLong"
+            ex.status = 414
+        elif len(headers) > limits.header_count:
+            ex.error_reason = "TooManyHeaders"
+            ex.status = 400
+        return ex
+
+    async def _refuse_unparsed(
+        self, listener: ListenerRuntime, exc: h11.RemoteProtocolError, raw: bytes | bytearray
+    ) -> None:
+        """A request h11 could not parse: 400 (or its hint, e.g. 431), counted and logged."""
+        services = self.services
+        end = head_end(raw)
+        verdict = classify_parse_error(str(exc), raw[:end] if end >= 0 else None)
+        status = exc.error_status_hint if exc.error_status_hint == 431 else 400
+        if status == 400:
+            services.stats.desync_request(
+                services.name, verdict.classification.label, verdict.reason, refused=True
+            )
+        services.log.debug(
+            "http.request_refused",
+            listener=services.name,
+            client=self.client.info.ip,
+            reason=verdict.reason,
+            detail=str(exc),
+        )
+        services.stats.request(services.name, "-", "-", status, by_target=False)
+        await self._answer(None, status, b"bad request\n")
+        writer = services.access_logs.get(listener.config.access_log)
+        if writer is not None:
+            now = time.time()
+            info = self.client.info
+            writer.write(
+                AccessEntry(
+                    type=info.scheme,
+                    time=now,
+                    elb=services.name,
+                    client_ip=info.ip,
+                    client_port=info.port,
+                    elb_status_code=status,
+                    received_bytes=len(raw),
+                    request_creation_time=now,
+                    matched_rule_priority=-1,
+                    classification=verdict.classification.label,
+                    classification_reason=verdict.reason,
+                    error_reason="MalformedRequest",
+                )
+            )
+
+    async def _answer(self, ex: Exchange | None, status: int, body: bytes) -> None:
+        """A short answer that ends the connection, bounded in time."""
+        with trio.move_on_after(WRITE_TIMEOUT_SECONDS):
+            try:
+                await respond(self.client, ex, status, body, close=True)
+            except ClientGone:
+                pass
+
+    # Serving a request ---------------------------------------------------------------------
+
+    async def _handle(self, ex: Exchange) -> None:
+        """Answer one request (inside its cycle's scope)."""
+        services, client = self.services, self.client
+        if ex.status:  # over a limit, found while reading the head
+            ex.close_after = True
+            await respond(client, ex, ex.status, b"request too large\n")
+            return
+        if ex.verdict.action is Action.REFUSE:
+            ex.error_reason = "DesyncRefused"
+            ex.close_after = True
+            self._log_refusal(ex.verdict)
+            await respond(client, ex, 400, b"bad request\n")
+            return
+        if ex.verdict.action is Action.CLOSE_AFTER or services.draining.started:
+            ex.close_after = True
+        listener = ex.listener
+        if listener.default_only:
+            match = listener.rules.default
+        else:
+            match = listener.rules.match(_view(ex, listener), client.address)
+        ex.rule = match.priority
+        action = match.action
+        try:
+            if isinstance(action, Forward):
+                await forward(services, client, ex, action)
+            elif isinstance(action, Redirect):
+                await self._redirect(ex, action, _view(ex, listener))
+            elif isinstance(action, FixedResponse):
+                await self._fixed(ex, action)
+        except ClientGone:
+            if not ex.response_started:
+                ex.status = 460  # ALB: the client closed before the response
+            ex.close_after = True
+        except BadRequestBody as exc:
+            await self._refuse_body(ex, str(exc))
+
+    async def _reusable(self, ex: Exchange) -> bool:
+        """Whether the connection may carry the next request after this one."""
+        if ex.close_after or ex.upgraded:
+            return False
+        conn = self.client.conn
+        if conn.our_state is not h11.DONE:
+            return False
+        if conn.their_state is not h11.DONE:
+            return await self._discard_body(ex)
+        return True
+
+    async def _refuse_body(self, ex: Exchange, detail: str) -> None:
+        """A body h11 could not frame (bad chunk sizes...): a desync attempt, refused."""
+        services = self.services
+        ex.verdict = classify_parse_error(detail)
+        ex.error_reason = "MalformedRequestBody"
+        ex.close_after = True
+        services.stats.desync_request(
+            services.name, ex.verdict.classification.label, ex.verdict.reason, refused=True
+        )
+        self._log_refusal(ex.verdict)
+        await respond(self.client, ex, 400, b"bad request\n")
+
+    async def _timed_out(self, ex: Exchange) -> None:
+        """A deadline of the request passed; ``ex.phase`` says which wait it cut."""
+        ex.close_after = True
+        if ex.response_started:
+            # Mid-response: all that can be done is to close.
+            stalled = "ClientWriteTimeout" if ex.phase == "client_write" else "IdleTimeout"
+            ex.error_reason = ex.error_reason or stalled
+        elif ex.phase == "body":
+            ex.error_reason = "RequestBodyTimeout"
+            await self._answer(ex, 408, b"request body timeout\n")
+        else:
+            ex.error_reason = "TargetResponseTimeout"
+            await self._answer(ex, 504, b"target response timeout\n")
+
+    async def _redirect(self, ex: Exchange, action: Redirect, view: RequestView) -> None:
+        location = render_redirect(
+            action, view, protocol=ex.listener.protocol, port=self.client.info.local_port
+        )
+        ex.actions = "redirect"
+        ex.redirect_url = location
+        self.services.stats.redirect(self.services.name)
+        await respond(self.client, ex, redirect_status(action), headers=(("location", location),))
+
+    async def _fixed(self, ex: Exchange, action: FixedResponse) -> None:
+        ex.actions = "fixed-response"
+        self.services.stats.fixed_response(self.services.name)
+        await respond(
+            self.client,
+            ex,
+            action.status_code,
+            action.message_body.encode(),
+            content_type=action.content_type,
+        )
+
+    async def _discard_body(self, ex: Exchange) -> bool:
+        """Read and drop the rest of a request body the balancer answered without."""
+        conn = self.client.conn
+        dropped = 0
+        timeout = ex.listener.config.timeouts.request_body_seconds
+        while dropped <= MAX_DISCARD_BYTES:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError:
+                return False
+            if event is h11.NEED_DATA:
+                with trio.move_on_after(timeout) as scope:
+                    data = await self.client.receive()
+                if scope.cancelled_caught or not data:
+                    return False
+                conn.receive_data(data)
+            elif isinstance(event, h11.Data):
+                dropped += len(event.data)
+            else:
+                return isinstance(event, h11.EndOfMessage)
+        return False
+
+    # Accounting ----------------------------------------------------------------------------
+
+    def _finish(self, ex: Exchange) -> None:
+        services, client = self.services, self.client
+        name = services.name
+        group = ex.group or "-"
+        stats = services.stats
+        by_target = ex.target_status is not None and ex.status == ex.target_status
+        rule = "default" if ex.rule == 0 else str(ex.rule)
+        stats.request(name, rule, group, ex.status or 460, by_target=by_target)
+        if ex.response_at is not None and ex.sent_at is not None:
+            stats.target_response(name, group, ex.response_at - ex.sent_at)
+        received = client.received - ex.start_received
+        sent = client.sent - ex.start_sent
+        stats.processed(name, received, sent)
+        writer = services.access_logs.get(ex.listener.config.access_log)
+        if writer is not None:
+            writer.write(self._entry(ex, received, sent))
+
+    def _entry(self, ex: Exchange, received: int, sent: int) -> AccessEntry:
+        info = self.client.info
+        request = ex.request
+        now_wall = time.time()
+        now = trio.current_time()
+        created = now_wall - (now - ex.started)
+        host = _first(ex.headers, b"host")
+        url = request.target.decode("latin-1")
+        if url.startswith("/"):
+            url = f"{info.scheme}://{(host or b'-').decode('latin-1')}{url}"
+        version = request.http_version.decode("ascii", "replace")
+        target = ex.target.target_id if ex.target is not None else None
+        sent_at, response_at = ex.sent_at, ex.response_at
+        kind = info.scheme if not ex.upgraded else ("wss" if info.scheme == "https" else "ws")
+        user_agent = _first(ex.headers, b"user-agent")
+        return AccessEntry(
+            type=kind,
+            time=now_wall,
+            elb=self.services.name,
+            client_ip=info.ip,
+            client_port=info.port,
+            target=target,
+            request_processing_time=None if sent_at is None else sent_at - ex.started,
+            target_processing_time=(
+                None if sent_at is None or response_at is None else response_at - sent_at
+            ),
+            response_processing_time=None if response_at is None else now - response_at,
+            elb_status_code=ex.status or 460,
+            target_status_code=ex.target_status,
+            received_bytes=received,
+            sent_bytes=sent,
+            request=f"{request.method.decode('latin-1')} {url} HTTP/{version}",
+            user_agent=user_agent.decode("latin-1") if user_agent else None,
+            ssl_cipher=info.tls_cipher,
+            ssl_protocol=info.tls_protocol,
+            target_group=ex.group,
+            trace_id=None if ex.trace is None else ex.trace.decode("ascii", "replace"),
+            domain_name=info.sni,
+            chosen_cert=info.certificate,
+            matched_rule_priority=ex.rule,
+            request_creation_time=created,
+            actions_executed=ex.actions or None,
+            redirect_url=ex.redirect_url,
+            error_reason=ex.error_reason,
+            classification=(
+                None
+                if ex.verdict.classification is Classification.COMPLIANT
+                else ex.verdict.classification.label
+            ),
+            classification_reason=ex.verdict.reason or None,
+        )
+
+    def _log_refusal(self, verdict: Verdict) -> None:
+        services = self.services
+        services.log.info(
+            "http.desync_refused",
+            listener=services.name,
+            client=self.client.info.ip,
+            classification=verdict.classification.label,
+            reason=verdict.reason,
+        )
+
+
+def _first(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def _view(ex: Exchange, listener: ListenerRuntime) -> RequestView:
+    """What the rules see. Header values are decoded only when some rule reads headers."""
+    request = ex.request
+    if listener.rules.needs_headers:
+        return RequestView.from_h11(request.method, request.target, ex.headers)
+    host = _first(ex.headers, b"host") or b""
+    return RequestView.from_target(
+        request.method.decode("latin-1"),
+        request.target.decode("latin-1"),
+        (("host", host.decode("latin-1")),),
+    )

@@ -1,0 +1,151 @@
+"""Stickiness for one forwarded request: which group and target the cookies ask for, and the
+cookies the response carries back (ALB sticky-sessions.md).
+
+- Weighted forward with group stickiness: ``AWSALBTG`` (and ``AWSALBTGCORS``) names the
+  target group; re-issued on every response so its validity slides.
+- ``lb_cookie``: ``AWSALB`` (and ``AWSALBCORS``) names the target; re-issued on every
+  response, and rewritten when its target was replaced (unhealthy, draining, gone).
+- ``app_cookie``: the application's own cookie is mapped to the target with
+  ``AWSALBAPP-0``, issued when the target sets the application cookie and refreshed while
+  the client presents one; when the sticky target is replaced, the session re-sticks to
+  the new target (ALB keeps it there even if the old one comes back).
+
+Cookies that do not open (tampered, expired, from another group or key) are ignored and
+the request is routed as a new one. Without stickiness anywhere in the action, no cookie
+header is even parsed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from balancer.config import Forward, TargetGroup
+from balancer.runtime import Snapshot
+from balancer.selection import RandomSource, choose_group
+from balancer.stickiness import (
+    APP_COOKIE,
+    GROUP_COOKIE,
+    GROUP_CORS_COOKIE,
+    LB_COOKIE,
+    LB_CORS_COOKIE,
+    group_cookies,
+    read_cookies,
+    set_cookie,
+    sticky_value,
+    target_cookies,
+)
+
+Header = tuple[bytes, bytes]
+
+
+class StickyPlan:
+    """What the cookies of one request decided, and what its response must set."""
+
+    __slots__ = ("app_cookie", "group", "group_cookie", "stickiness_on", "sticky_target")
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self.group_cookie = 0  # seconds the AWSALBTG cookie lasts; 0: none to issue
+        self.sticky_target: str | None = None
+        self.app_cookie: str | None = None  # the request's application cookie value
+        self.stickiness_on = False  # the group's target stickiness is enabled (and keyed)
+
+
+def _cookie_headers(headers: Sequence[Header]) -> list[str]:
+    return [v.decode("latin-1") for k, v in headers if k == b"cookie"]
+
+
+def plan(
+    snapshot: Snapshot,
+    action: Forward,
+    headers: Sequence[Header],
+    *,
+    rand: RandomSource,
+    wall: float,
+) -> StickyPlan:
+    """Choose the target group and read what the stickiness cookies ask for."""
+    sealer = snapshot.sealer
+    cookies: dict[str, str] | None = None
+    if action.target_group:
+        result = StickyPlan(action.target_group)
+    else:
+        sticky_group = None
+        if action.stickiness.enabled and sealer is not None:
+            cookies = read_cookies(_cookie_headers(headers), _ALL_NAMES)
+            value = sticky_value(cookies, GROUP_COOKIE, GROUP_CORS_COOKIE)
+            if value:
+                sticky_group = sealer.open_group(value, now=wall)
+        chosen = choose_group(action.target_groups, rand=rand, sticky_group=sticky_group)
+        result = StickyPlan(chosen.name)
+        if action.stickiness.enabled and sealer is not None:
+            result.group_cookie = action.stickiness.duration_seconds
+    group = snapshot.groups.get(result.group)
+    if group is None or sealer is None or not group.config.stickiness.enabled:
+        return result
+    stickiness = group.config.stickiness
+    result.stickiness_on = True
+    names = _ALL_NAMES | {stickiness.cookie_name} if stickiness.cookie_name else _ALL_NAMES
+    if cookies is None or stickiness.cookie_name:
+        cookies = read_cookies(_cookie_headers(headers), names)
+    if stickiness.type == "lb_cookie":
+        value = sticky_value(cookies, LB_COOKIE, LB_CORS_COOKIE)
+        opened = sealer.open_target(value, now=wall) if value else None
+    else:
+        result.app_cookie = cookies.get(stickiness.cookie_name)
+        mapping = cookies.get(APP_COOKIE)
+        opened = (
+            sealer.open_app(mapping, result.app_cookie, now=wall)
+            if mapping and result.app_cookie is not None
+            else None
+        )
+    if opened is not None and opened.target_group == result.group:
+        result.sticky_target = opened.target_id
+    return result
+
+
+_ALL_NAMES = frozenset({GROUP_COOKIE, GROUP_CORS_COOKIE, LB_COOKIE, LB_CORS_COOKIE, APP_COOKIE})
+
+
+def response_cookies(
+    result: StickyPlan,
+    snapshot: Snapshot,
+    group: TargetGroup,
+    target_id: str,
+    response_headers: Sequence[Header],
+    *,
+    wall: float,
+) -> list[Header]:
+    """The ``Set-Cookie`` headers the balancer adds to a forwarded response."""
+    sealer = snapshot.sealer
+    if sealer is None or not (result.group_cookie or result.stickiness_on):
+        return []
+    found: list[str] = []
+    if result.group_cookie:
+        value = sealer.seal_group(result.group, expires_at=wall + result.group_cookie)
+        found += group_cookies(value, now=wall)
+    stickiness = group.stickiness
+    expires_at = wall + stickiness.duration_seconds
+    if result.stickiness_on and stickiness.type == "lb_cookie":
+        found += target_cookies(
+            sealer.seal_target(result.group, target_id, expires_at=expires_at), now=wall
+        )
+    elif result.stickiness_on:
+        app_value = _set_cookie_value(response_headers, stickiness.cookie_name)
+        if app_value is None:
+            app_value = result.app_cookie
+        if app_value is not None:
+            sealed = sealer.seal_app(result.group, target_id, app_value, expires_at=expires_at)
+            found.append(set_cookie(APP_COOKIE, sealed, now=wall))
+    return [(b"set-cookie", c.encode("latin-1")) for c in found]
+
+
+def _set_cookie_value(headers: Sequence[Header], name: str) -> str | None:
+    """The value the response's ``Set-Cookie`` gives cookie ``name``, if it sets it."""
+    wanted = name.encode("latin-1")
+    for key, value in headers:
+        if key != b"set-cookie":
+            continue
+        cookie_name, equals, rest = value.partition(b"=")
+        if equals and cookie_name.strip() == wanted:
+            return rest.partition(b";")[0].strip().decode("latin-1")
+    return None

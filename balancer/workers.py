@@ -1,0 +1,303 @@
+"""``workers = N``: a supervisor process running N balancer workers that share the listeners.
+
+``wharf-balancer serve --config FILE`` with ``workers`` above 1 runs this supervisor instead
+of the daemon. It starts N children, each ``python -m balancer.cli serve --config FILE`` with
+its index in the environment (:mod:`balancer.peers` is the children's side), and:
+
+- **Listeners.** Each worker binds every listener itself with SO_REUSEPORT; the kernel
+  spreads new connections across the workers' sockets. Ports must be fixed (not 0).
+- **Readiness (sd_notify).** Each child gets its own ``NOTIFY_SOCKET``: a datagram socket of
+  the supervisor's, so the children's unchanged notifications (READY=1, RELOADING=1,
+  STATUS=...) come here, per worker. The supervisor alone talks to systemd
+  (``NotifyAccess=main``): READY=1 once every worker has reported ready, RELOADING=1 and
+  READY=1 around a reload (after every worker has reported back, or a timeout), STOPPING=1,
+  and the watchdog pings. The children's own watchdog variables are removed.
+- **Signals.** SIGHUP and SIGTERM/SIGINT are forwarded to every worker. After SIGTERM the
+  supervisor waits for the workers to drain (their ``grace_period_seconds``, plus a margin)
+  and kills what is left, then exits 0.
+- **Crashes.** A worker that exits while the supervisor is not stopping is restarted after a
+  backoff that doubles from 0.1 s to 10 s and resets once a worker has run for 30 s.
+- **Admin and metrics.** Worker 0 serves the admin listener on the configured port, worker
+  ``i`` on ``admin.port + i``; metrics are per process, so scrape every worker's port (a
+  Prometheus job with the N targets, each labelled with its worker). The targets API and
+  ``POST /reload`` are served by worker 0, which forwards each change to the others.
+- **Limits.** Each worker runs its own health checks (N times the check traffic) and keeps
+  API-registered targets in memory: a worker restarted after a crash starts from the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from balancer.config import BalancerConfig
+from balancer.peers import COUNT_ENV, INDEX_ENV, check_workers
+from monitoring.configfile import ConfigError, load
+from monitoring.logging import EventLog
+from monitoring.sdnotify import Notifier
+
+BACKOFF_MIN_SECONDS: Final = 0.1
+BACKOFF_MAX_SECONDS: Final = 10.0
+STABLE_SECONDS: Final = 30.0  # a worker that ran this long crashed "fresh": no backoff
+STOP_MARGIN_SECONDS: Final = 5.0  # beyond the workers' grace period before SIGKILL
+RELOAD_WAIT_SECONDS: Final = 60.0  # a reload reads every certificate; then report anyway
+NOTIFY_MAX_BYTES: Final = 4096
+# The children's view of the service manager: theirs is the supervisor's socket.
+_CHILD_ENV_DROPPED: Final = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+class _Worker:
+    """One worker slot: its notification socket, its current process and what it reported."""
+
+    def __init__(self, index: int, socket_path: str) -> None:
+        self.index = index
+        self.socket_path = socket_path
+        self.process: trio.Process | None = None
+        self.ready = 0  # READY=1 messages received since the supervisor started
+        self.status = ""
+        self._changed = trio.Event()
+
+    def received(self, message: bytes) -> None:
+        for line in message.decode("utf-8", "replace").splitlines():
+            key, _, value = line.partition("=")
+            if key == "READY" and value == "1":
+                self.ready += 1
+            elif key == "STATUS":
+                self.status = value
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def exited(self) -> None:
+        self.process = None
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_ready(self, more_than: int, *, while_running: bool = True) -> None:
+        """Until this worker has sent more READY=1 than ``more_than``.
+
+        ``while_running``: give up once it has no process (it crashed mid-reload; its
+        replacement loads the new file anyway).
+        """
+        while self.ready <= more_than and not (while_running and self.process is None):
+            await self._changed.wait()
+
+
+def child_environment(
+    environ: Mapping[str, str], index: int, count: int, notify_socket: str
+) -> dict[str, str]:
+    """The environment of worker ``index``: ours, with its identity and its notify socket."""
+    env = {k: v for k, v in environ.items() if k not in _CHILD_ENV_DROPPED}
+    env.update({INDEX_ENV: str(index), COUNT_ENV: str(count), "NOTIFY_SOCKET": notify_socket})
+    return env
+
+
+def next_backoff(previous: float, ran_for: float) -> float:
+    """How long to wait before restarting a worker that exited after ``ran_for`` seconds."""
+    if ran_for >= STABLE_SECONDS:
+        return BACKOFF_MIN_SECONDS
+    return min(max(previous * 2, BACKOFF_MIN_SECONDS), BACKOFF_MAX_SECONDS)
+
+
+class Supervisor:
+    """Runs and watches the worker processes of one balancer.
+
+    Args:
+        config: the loaded configuration (``workers`` and the grace period are read).
+        config_path: the file the workers load.
+        notifier: the service manager, as the parent sees it.
+        log: the supervisor's own log.
+        command: how to start one worker (``--config`` is appended).
+    """
+
+    def __init__(
+        self,
+        config: BalancerConfig,
+        config_path: Path,
+        *,
+        notifier: Notifier,
+        log: EventLog,
+        command: Sequence[str] = (sys.executable, "-m", "balancer.cli", "serve"),
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.notifier = notifier
+        self.log = log
+        self.command = [*command, "--config", str(config_path)]
+        self.stopping = trio.Event()
+        self._directory = tempfile.mkdtemp(prefix="wharf-balancer-")
+        self.workers = [
+            _Worker(i, os.path.join(self._directory, f"worker-{i}.sock"))
+            for i in range(config.workers)
+        ]
+        self._reload_lock = trio.Lock()
+        self._all_exited = trio.Event()
+        self._running = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
+        """Supervise until SIGTERM or SIGINT; returns the exit code (0)."""
+        try:
+            with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as sigs:
+                async with trio.open_nursery() as nursery:
+                    for worker in self.workers:
+                        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_DGRAM)
+                        await sock.bind(worker.socket_path)
+                        nursery.start_soon(self._listen, worker, sock)
+                        nursery.start_soon(self._keep_running, worker)
+                    nursery.start_soon(self._announce_ready)
+                    interval = self.notifier.watchdog_interval()
+                    if interval is not None:
+                        nursery.start_soon(self._watchdog, interval)
+                    task_status.started()
+                    async for signum in sigs:
+                        if signum == signal.SIGHUP:
+                            nursery.start_soon(self.reload)
+                        else:
+                            break
+                    await self.stop()
+                    nursery.cancel_scope.cancel()
+        finally:
+            shutil.rmtree(self._directory, ignore_errors=True)
+        self.log.info("supervisor.stopped")
+        return 0
+
+    async def _listen(self, worker: _Worker, sock: trio.socket.SocketType) -> None:
+        with sock:
+            while True:
+                worker.received(await sock.recv(NOTIFY_MAX_BYTES))
+
+    async def _keep_running(self, worker: _Worker) -> None:
+        self._running += 1
+        backoff = 0.0
+        try:
+            while not self.stopping.is_set():
+                env = child_environment(
+                    os.environ, worker.index, len(self.workers), worker.socket_path
+                )
+                started = trio.current_time()
+                try:
+                    process = await trio.lowlevel.open_process(self.command, env=env)
+                except OSError as exc:  # fork or exec failed: out of memory or processes
+                    backoff = next_backoff(backoff, 0.0)
+                    self.log.error("worker.start_failed", index=worker.index, error=str(exc))
+                    with trio.move_on_after(backoff):
+                        await self.stopping.wait()
+                    continue
+                worker.process = process
+                self.log.info("worker.started", index=worker.index, pid=process.pid)
+                if self.stopping.is_set():  # the stop began while it was starting
+                    process.send_signal(signal.SIGTERM)
+                code = await process.wait()
+                worker.exited()
+                if self.stopping.is_set():
+                    self.log.info("worker.stopped", index=worker.index, pid=process.pid, code=code)
+                    return
+                backoff = next_backoff(backoff, trio.current_time() - started)
+                self.log.error(
+                    "worker.exited",
+                    index=worker.index,
+                    pid=process.pid,
+                    code=code,
+                    restart_in_seconds=backoff,
+                )
+                with trio.move_on_after(backoff):
+                    await self.stopping.wait()
+        finally:
+            self._running -= 1
+            if self._running == 0:
+                self._all_exited.set()
+
+    async def _announce_ready(self) -> None:
+        for worker in self.workers:  # a worker that crashes first is restarted: keep waiting
+            await worker.wait_ready(0, while_running=False)
+        self.notifier.ready(status=f"serving with {len(self.workers)} workers")
+        self.log.info("supervisor.ready", workers=len(self.workers))
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            self.notifier.watchdog()
+            await trio.sleep(interval)
+
+    async def reload(self) -> None:
+        """Forward SIGHUP; READY=1 once every worker has reported back (or after a wait)."""
+        async with self._reload_lock:
+            self.notifier.reloading(time.monotonic_ns() // 1000)
+            waiting = [(w, w.ready) for w in self.workers if w.process is not None]
+            for worker, _ in waiting:
+                if worker.process is not None:
+                    worker.process.send_signal(signal.SIGHUP)
+            self.log.info("supervisor.reload", workers=len(waiting))
+            with trio.move_on_after(RELOAD_WAIT_SECONDS):
+                for worker, before in waiting:
+                    await worker.wait_ready(before)
+            self._warn_if_restart_needed()
+            refused = [w.status for w, _ in waiting if w.status.startswith("reload refused")]
+            self.notifier.ready(status=refused[0] if refused else "serving")
+
+    def _warn_if_restart_needed(self) -> None:
+        try:
+            new = load(self.config_path, BalancerConfig)
+        except ConfigError:
+            return  # the workers refused it and said why
+        if new.workers != self.config.workers:
+            self.log.warning("config.restart_required", key="workers")
+
+    async def stop(self) -> None:
+        """Forward SIGTERM, wait for the workers to drain, kill what outlives the deadline."""
+        self.stopping.set()
+        self.notifier.stopping()
+        grace = self.config.lifecycle.grace_period_seconds
+        self.log.info("supervisor.stopping", grace_period_seconds=grace)
+        for worker in self.workers:
+            if worker.process is not None:
+                worker.process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(grace + STOP_MARGIN_SECONDS):
+            await self._all_exited.wait()
+        for worker in self.workers:
+            process = worker.process
+            if process is not None and process.returncode is None:
+                self.log.error("worker.killed", index=worker.index, pid=process.pid)
+                process.kill()
+        with trio.move_on_after(STOP_MARGIN_SECONDS):
+            await self._all_exited.wait()
+
+
+def supervise_from_argv(argv: Sequence[str] | None) -> int | None:
+    """Run the supervisor when ``argv`` serves a config with ``workers`` above 1.
+
+    Returns:
+        The exit code, or None when the ordinary single-process daemon should run: another
+        command, no config file, ``workers = 1``, a file that does not load (the daemon
+        reports it the usual way), or this process is itself a worker.
+    """
+    if INDEX_ENV in os.environ:
+        return None
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("command", nargs="?")
+    parser.add_argument("--config", type=Path)
+    args, _ = parser.parse_known_args(argv)
+    if args.command != "serve" or args.config is None:
+        return None
+    try:
+        config = load(args.config, BalancerConfig)
+    except ConfigError:
+        return None
+    if config.workers <= 1:
+        return None
+    try:
+        check_workers(config, str(args.config))
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    log = EventLog("balancer", level=config.logging.level).bind(role="supervisor")
+    supervisor = Supervisor(config, args.config, notifier=Notifier.from_environ(), log=log)
+    return trio.run(supervisor.run)

@@ -1,0 +1,507 @@
+"""HTTP/1.1 helpers around h11 for a proxy: hop-by-hop headers, X-Forwarded-*, trace ids,
+and the desync classification of requests.
+
+h11 parses and frames; these functions only look at what it parsed (header lists of
+``(lower-case name, value)`` bytes pairs, as h11's events iterate) and at the raw bytes of a
+request head, which h11 normalises before anyone else can see them (it joins obs-folded
+lines and merges repeated identical Content-Length headers).
+
+Desync classification follows ALB's ``desync_mitigation_mode`` (built on AWS's
+http-desync-guardian): every request is *compliant*, *acceptable*, *ambiguous* or *severe*,
+with the reason names ALB writes in its access log. What happens to it is the ``action`` of
+the :class:`Verdict`; this module implements ALB's *defensive* mode, made stricter where a
+header could frame the body differently for the target than for us (two Content-Length
+headers, Content-Length with Transfer-Encoding, obs-fold, names that normalise to a framing
+header): those are refused, as HAProxy does, rather than forwarded and the connection closed.
+
+Nothing here does I/O or reads a clock: the time and random bytes of a trace id are
+arguments.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable, Sequence
+from typing import Final, Literal, NamedTuple
+
+Header = tuple[bytes, bytes]
+XffMode = Literal["append", "preserve", "remove"]
+
+# RFC 9110 §7.6.1 and RFC 2616 §13.5.1: meaningful for one connection only, never forwarded.
+# Transfer-Encoding is hop-by-hop too, but it is h11's framing instruction: the shell hands
+# it to h11, which frames the next hop itself (re-chunking, or close-delimited for HTTP/1.0).
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+# A client may name any header in Connection to have it dropped; never these, or a request
+# could lose its framing or its Host on the way to the target (a classic desync trick).
+NEVER_DROPPED: Final = frozenset({b"content-length", b"transfer-encoding", b"host"})
+
+FORWARDED_FOR: Final = b"x-forwarded-for"
+FORWARDED_PROTO: Final = b"x-forwarded-proto"
+FORWARDED_PORT: Final = b"x-forwarded-port"
+TRACE_ID: Final = b"x-amzn-trace-id"
+TRACE_ID_BYTES: Final = 12  # 24 hex digits, as AWS's trace ids
+# ALB rewrites the header with only Root when it grows past its limit; ours is well inside
+# any target's header limits.
+MAX_TRACE_HEADER_BYTES: Final = 1024
+
+
+def header_list(headers: Iterable[Header]) -> list[Header]:
+    """A plain list of ``(lower-case name, value)`` pairs from h11's ``Headers``.
+
+    h11's ``Headers`` is a ``Sequence`` whose iteration goes through the generic
+    ``Sequence.__iter__`` (one ``__getitem__`` call building a tuple per item); a proxy
+    walks every header list several times per request, so it reads h11's stored
+    ``(raw name, name, value)`` triples once instead, falling back to iteration for any
+    other iterable (or an h11 without that attribute).
+    """
+    full = getattr(headers, "_full_items", None)
+    if isinstance(full, list):
+        return [(name, value) for _, name, value in full]
+    return list(headers)
+
+
+def connection_tokens(headers: Iterable[Header]) -> frozenset[bytes]:
+    """The lower-case options of every ``Connection`` header (``close``, ``upgrade``...)."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    tokens.discard(b"")
+    return frozenset(tokens)
+
+
+def strip_hop_by_hop(headers: Iterable[Header], *, upgrade: bool = False) -> list[Header]:
+    """The headers without hop-by-hop ones, including those ``Connection`` names.
+
+    Args:
+        headers: h11's parsed headers (lower-case names).
+        upgrade: keep ``Connection: upgrade`` and ``Upgrade`` (a WebSocket handshake being
+            forwarded, whose upgrade the next hop must see).
+    """
+    headers = list(headers)
+    listed = connection_tokens(headers) - NEVER_DROPPED
+    kept: list[Header] = []
+    for name, value in headers:
+        if name in HOP_BY_HOP or name in listed:
+            if upgrade and name == b"upgrade":
+                kept.append((name, value))
+            continue
+        kept.append((name, value))
+    if upgrade:
+        kept.append((b"connection", b"upgrade"))
+    return kept
+
+
+def is_upgrade(headers: Iterable[Header]) -> bool:
+    """Whether a request asks to switch protocols (``Connection: upgrade`` + ``Upgrade``)."""
+    headers = list(headers)
+    return b"upgrade" in connection_tokens(headers) and any(n == b"upgrade" for n, _ in headers)
+
+
+# ---------------------------------------------------------------------------------------------
+# X-Forwarded-* (ALB x-forwarded-headers.md).
+
+
+def client_address(ip: str, port: int, *, with_port: bool) -> bytes:
+    """The client as X-Forwarded-For lists it: ``ip`` or ``ip:port`` (``[ip]:port`` for IPv6).
+
+    An IPv4 client seen through a dual-stack socket (``::ffff:a.b.c.d``) is written as IPv4.
+    """
+    if ip.startswith("::ffff:") and "." in ip:
+        ip = ip[7:]
+    if not with_port:
+        return ip.encode("ascii")
+    return (f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}").encode("ascii")
+
+
+class Forwarding(NamedTuple):
+    """What the X-Forwarded-* headers say about one client connection."""
+
+    client: bytes  # from client_address()
+    proto: bytes  # b"http" or b"https": the client-to-balancer protocol
+    port: bytes  # the port the client connected to
+    mode: XffMode = "append"
+    trusted: bool = False  # the peer is a trusted proxy: its X-Forwarded-* are kept
+
+
+def forwarded_headers(headers: Iterable[Header], forwarding: Forwarding) -> list[Header]:
+    """Apply X-Forwarded-For / -Proto / -Port to a request's headers.
+
+    From an untrusted peer every incoming X-Forwarded-* header is dropped: a client could
+    otherwise claim any address. From a trusted proxy they are kept, X-Forwarded-For is
+    extended (append) or passed unchanged (preserve), and -Proto/-Port keep the proxy's
+    values when it sent them. ``remove`` drops X-Forwarded-For whoever sent it.
+    """
+    kept: list[Header] = []
+    chain: list[bytes] = []
+    proto: bytes | None = None
+    port: bytes | None = None
+    for name, value in headers:
+        if name == FORWARDED_FOR:
+            if forwarding.trusted:
+                chain.append(value)
+        elif name == FORWARDED_PROTO:
+            if forwarding.trusted and proto is None:
+                proto = value
+        elif name == FORWARDED_PORT:
+            if forwarding.trusted and port is None:
+                port = value
+        else:
+            kept.append((name, value))
+    if forwarding.mode == "append":
+        chain.append(forwarding.client)
+    if chain and forwarding.mode != "remove":
+        kept.append((FORWARDED_FOR, b", ".join(chain)))
+    kept.append((FORWARDED_PROTO, proto or forwarding.proto))
+    kept.append((FORWARDED_PORT, port or forwarding.port))
+    return kept
+
+
+def prepare_request(
+    headers: Sequence[Header],
+    forwarding: Forwarding,
+    trace_id: bytes,
+    *,
+    upgrade: bool = False,
+    default_host: bytes = b"",
+) -> tuple[list[Header], bytes]:
+    """A request's headers as the next hop gets them, in one pass.
+
+    The same result as :func:`strip_hop_by_hop`, then :func:`forwarded_headers`, then
+    ``Expect`` dropped (the proxy answers 100-continue itself), the trace header replaced
+    by :func:`trace_header` at the end, and a Host added first when there was none (an
+    HTTP/1.0 request). One loop instead of four: this runs for every proxied request.
+
+    Returns:
+        The headers and the trace header's value.
+    """
+    listed: frozenset[bytes] | set[bytes] = _EMPTY
+    for name, _ in headers:
+        if name == b"connection":
+            listed = connection_tokens(headers) - NEVER_DROPPED
+            break
+    trusted = forwarding.trusted
+    kept: list[Header] = []
+    chain: list[bytes] = []
+    proto: bytes | None = None
+    port: bytes | None = None
+    existing: bytes | None = None
+    has_host = False
+    for name, value in headers:
+        if name in HOP_BY_HOP or name in listed:
+            if upgrade and name == b"upgrade":
+                kept.append((name, value))
+        elif name == FORWARDED_FOR:
+            if trusted:
+                chain.append(value)
+        elif name == FORWARDED_PROTO:
+            if trusted and proto is None:
+                proto = value
+        elif name == FORWARDED_PORT:
+            if trusted and port is None:
+                port = value
+        elif name == TRACE_ID:
+            if existing is None:
+                existing = value
+        elif name == b"expect":
+            continue
+        else:
+            if name == b"host":
+                has_host = True
+            kept.append((name, value))
+    if upgrade:
+        kept.append((b"connection", b"upgrade"))
+    mode = forwarding.mode
+    if mode == "append":
+        chain.append(forwarding.client)
+    if chain and mode != "remove":
+        kept.append((FORWARDED_FOR, b", ".join(chain)))
+    kept.append((FORWARDED_PROTO, proto or forwarding.proto))
+    kept.append((FORWARDED_PORT, port or forwarding.port))
+    trace = trace_header(existing, trace_id)
+    kept.append((TRACE_ID, trace))
+    if not has_host and default_host:
+        kept.insert(0, (b"host", default_host))
+    return kept, trace
+
+
+_EMPTY: Final[frozenset[bytes]] = frozenset()
+
+
+# ---------------------------------------------------------------------------------------------
+# Trace ids (load-balancer-request-tracing.md): Root=1-<8 hex epoch seconds>-<24 hex>.
+
+_TRACE_FIELD = re.compile(rb"^(Root|Self)=1-[0-9a-f]{8}-[0-9a-f]{24}$")
+
+
+def new_trace_id(now: float, random_bytes: bytes) -> bytes:
+    """``1-<time>-<id>``: epoch seconds as 8 hex digits, then 24 hex digits of randomness.
+
+    Raises:
+        ValueError: ``random_bytes`` is not 12 bytes.
+    """
+    if len(random_bytes) != TRACE_ID_BYTES:
+        raise ValueError(f"a trace id needs {TRACE_ID_BYTES} random bytes")
+    return b"1-%08x-%s" % (int(now) & 0xFFFFFFFF, random_bytes.hex().encode("ascii"))
+
+
+def trace_header(existing: bytes | None, trace_id: bytes) -> bytes:
+    """The X-Amzn-Trace-Id value to forward.
+
+    Absent: ``Root=<id>``. With a Root: ALB's rule, ``Self=<id>`` inserted after it (or
+    replacing an old Self), other fields kept. Without a Root, or too long: a fresh Root
+    in front of what was there, or only a Root when the result would be too long.
+    """
+    if not existing:
+        return b"Root=" + trace_id
+    fields = [f.strip() for f in existing.split(b";") if f.strip()]
+    if any(f.startswith(b"Root=") for f in fields):
+        fields = [f for f in fields if not f.startswith(b"Self=")]
+        root = next(i for i, f in enumerate(fields) if f.startswith(b"Root="))
+        fields.insert(root + 1, b"Self=" + trace_id)
+    else:
+        fields.insert(0, b"Root=" + trace_id)
+    value = b";".join(fields)
+    return value if len(value) <= MAX_TRACE_HEADER_BYTES else b"Root=" + trace_id
+
+
+def trace_root(value: bytes) -> bytes:
+    """The Root field of a trace header (what the access log's ``trace_id`` shows)."""
+    for field in value.split(b";"):
+        field = field.strip()
+        if field.startswith(b"Root="):
+            return field
+    return value
+
+
+def is_trace_field(field: bytes) -> bool:
+    """Whether ``field`` is a well-formed ``Root=`` or ``Self=`` field (for tests and logs)."""
+    return _TRACE_FIELD.match(field) is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Desync classification (ALB desync mitigation, defensive mode).
+
+
+class Classification(enum.IntEnum):
+    """ALB's classes, in increasing order of danger."""
+
+    COMPLIANT = 0
+    ACCEPTABLE = 1
+    AMBIGUOUS = 2
+    SEVERE = 3
+
+    @property
+    def label(self) -> str:
+        """The access log's spelling: ``Compliant``, ``Acceptable``..."""
+        return self.name.capitalize()
+
+
+class Action(enum.Enum):
+    """What the listener does with a classified request."""
+
+    ALLOW = "allow"
+    CLOSE_AFTER = "close_after"  # serve it, then close the client and target connections
+    REFUSE = "refuse"  # answer 400 and close the client connection
+
+
+class Verdict(NamedTuple):
+    classification: Classification
+    reason: str  # ALB's classification_reason, or "" when compliant
+    action: Action
+
+
+COMPLIANT: Final = Verdict(Classification.COMPLIANT, "", Action.ALLOW)
+
+# Reason -> (class, what defensive mode does). ALB's names; ObsFold is ours (ALB's guardian
+# reports folded lines under its header rules; naming it plainly helps an operator).
+_REASONS: Final[dict[str, tuple[Classification, Action]]] = {
+    "BadContentLength": (Classification.SEVERE, Action.REFUSE),
+    "BadHeader": (Classification.SEVERE, Action.REFUSE),
+    "BadTransferEncoding": (Classification.SEVERE, Action.REFUSE),
+    "BadUri": (Classification.SEVERE, Action.REFUSE),
+    "BadMethod": (Classification.SEVERE, Action.REFUSE),
+    "BadVersion": (Classification.SEVERE, Action.REFUSE),
+    "MultipleContentLength": (Classification.SEVERE, Action.REFUSE),
+    "MultipleTransferEncodingChunked": (Classification.SEVERE, Action.REFUSE),
+    "ObsFold": (Classification.SEVERE, Action.REFUSE),
+    # Ambiguous for ALB (served, then closed); refused here because the target could frame
+    # the body differently than h11 did.
+    "BothTeClPresent": (Classification.AMBIGUOUS, Action.REFUSE),
+    "DuplicateContentLength": (Classification.AMBIGUOUS, Action.REFUSE),
+    "SuspiciousHeader": (Classification.AMBIGUOUS, Action.REFUSE),
+    "AmbiguousUri": (Classification.AMBIGUOUS, Action.CLOSE_AFTER),
+    "UndefinedContentLengthSemantics": (Classification.AMBIGUOUS, Action.CLOSE_AFTER),
+    "UndefinedTransferEncodingSemantics": (Classification.AMBIGUOUS, Action.CLOSE_AFTER),
+    "GetHeadZeroContentLength": (Classification.ACCEPTABLE, Action.ALLOW),
+    "NonCompliantHeader": (Classification.ACCEPTABLE, Action.ALLOW),
+    "NonCompliantVersion": (Classification.ACCEPTABLE, Action.ALLOW),
+}
+REASONS: Final = frozenset(_REASONS)
+
+
+def verdict(reason: str) -> Verdict:
+    """The verdict for one of ALB's reason names (``KeyError`` for an unknown name)."""
+    classification, action = _REASONS[reason]
+    return Verdict(classification, reason, action)
+
+
+# The end of a head, as h11 finds it: a blank line, CRLF or bare LF.
+_HEAD_END = re.compile(rb"\n\r?\n")
+# Anything in a head beyond printable ASCII, SP, HTAB and CRLF line ends. One search of a
+# compiled pattern keeps the clean case (nearly every request) fast.
+_SUSPECT = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\xff]|\r(?!\n)|\n[ \t]")
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # HTAB is the only control allowed
+_FRAMING_LINE = re.compile(rb"\n(content-length|transfer-encoding)[ \t]*:([^\r\n]*)", re.IGNORECASE)
+_METHOD = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+_VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
+# Names a lenient server (one that maps '_' to '-', as CGI does) reads as framing headers.
+_LOOKALIKES = frozenset({b"content_length", b"transfer_encoding"})
+
+
+def head_end(buffer: bytes | bytearray) -> int:
+    """The index just past the blank line that ends a head in ``buffer``, or -1."""
+    found = _HEAD_END.search(buffer)
+    return -1 if found is None else found.end()
+
+
+def _worst(a: Verdict, b: Verdict) -> Verdict:
+    return b if b.classification > a.classification else a
+
+
+def classify_head(head: bytes | bytearray, *, framing: bool = True) -> Verdict:
+    """Classify the raw bytes of one request head (request line to blank line).
+
+    Looks only at what h11 would hide: folded lines, control and non-ASCII bytes, repeated
+    Content-Length lines, malformed request lines. Header semantics (both TE and CL, CL on
+    a GET) are :func:`classify_headers`'s.
+
+    Args:
+        head: the head's bytes.
+        framing: look for repeated Content-Length / Transfer-Encoding lines. The shell
+            skips it when h11 parsed no such header (so none can be repeated).
+    """
+    head = bytes(head)
+    found = _SUSPECT.search(head)
+    result = COMPLIANT
+    line_end = head.find(b"\n")
+    request_line = head[: line_end if line_end >= 0 else len(head)].removesuffix(b"\r")
+    result = _worst(result, _classify_request_line(request_line))
+    if found is not None:
+        result = _worst(result, _classify_suspect(head, max(line_end, 0)))
+    if not framing:
+        return result
+    lines = [m.group(1).lower() for m in _FRAMING_LINE.finditer(head)]
+    if lines.count(b"content-length") > 1:
+        values = {m.group(2).strip() for m in _FRAMING_LINE.finditer(head)}
+        reason = "MultipleContentLength" if len(values) > 1 else "DuplicateContentLength"
+        result = _worst(result, verdict(reason))
+    elif b"content-length" in lines:
+        value = next(m.group(2) for m in _FRAMING_LINE.finditer(head))
+        if b"," in value:
+            parts = {p.strip() for p in value.split(b",")}
+            reason = "MultipleContentLength" if len(parts) > 1 else "DuplicateContentLength"
+            result = _worst(result, verdict(reason))
+    if lines.count(b"transfer-encoding") > 1:
+        result = _worst(result, verdict("MultipleTransferEncodingChunked"))
+    return result
+
+
+def _classify_request_line(line: bytes) -> Verdict:
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        return verdict("BadUri")
+    method, target, version = parts
+    if not _METHOD.fullmatch(method):
+        return verdict("BadMethod")
+    if not _VERSION.fullmatch(version):
+        return verdict("BadVersion")
+    if version not in (b"HTTP/1.0", b"HTTP/1.1"):
+        return verdict("NonCompliantVersion")
+    if _CONTROL.search(target) or not target:
+        return verdict("BadUri")
+    if not target.isascii():
+        return verdict("AmbiguousUri")
+    return COMPLIANT
+
+
+def _classify_suspect(head: bytes, fields_start: int) -> Verdict:
+    fields = head[fields_start:]
+    if re.search(rb"\n[ \t]+\S", fields):
+        return verdict("ObsFold")
+    if re.search(rb"\n[ \t]*\r?\n(?!$)", fields):
+        return verdict("ObsFold")  # a whitespace-only line inside the head folds as well
+    if b"\0" in fields or re.search(rb"\r(?!\n)", fields):
+        return verdict("BadHeader")
+    if _CONTROL.search(fields.replace(b"\r\n", b"").replace(b"\n", b"")):
+        return verdict("BadHeader")
+    if not fields.isascii():
+        return verdict("NonCompliantHeader")
+    return COMPLIANT
+
+
+def classify_headers(method: bytes, headers: Sequence[Header]) -> Verdict:
+    """Classify what h11 parsed: framing headers and their meaning for this method."""
+    has_cl = has_te = False
+    length = b""
+    result = COMPLIANT
+    for name, value in headers:
+        if name == b"content-length":
+            has_cl, length = True, value
+        elif name == b"transfer-encoding":
+            has_te = True
+        elif name in _LOOKALIKES:
+            result = _worst(result, verdict("SuspiciousHeader"))
+    if has_cl and has_te:
+        return _worst(result, verdict("BothTeClPresent"))
+    if method in (b"GET", b"HEAD"):
+        if has_te:
+            result = _worst(result, verdict("UndefinedTransferEncodingSemantics"))
+        elif has_cl:
+            zero = length.strip(b"0") == b""
+            reason = "GetHeadZeroContentLength" if zero else "UndefinedContentLengthSemantics"
+            result = _worst(result, verdict(reason))
+    return result
+
+
+# h11's RemoteProtocolError messages -> ALB reasons, for requests h11 refused itself.
+_H11_MESSAGES: Final = (
+    ("conflicting content-length", "MultipleContentLength"),
+    ("bad content-length", "BadContentLength"),
+    ("transfer-encoding", "BadTransferEncoding"),
+    ("chunk", "BadTransferEncoding"),
+    ("illegal request line", "BadUri"),
+    ("illegal header line", "BadHeader"),
+    ("continuation line", "ObsFold"),
+    ("illegal target", "BadUri"),
+    ("illegal method", "BadMethod"),
+    ("host", "BadHeader"),
+)
+
+
+def classify_parse_error(message: str, head: bytes | bytearray | None = None) -> Verdict:
+    """The verdict for a request h11 could not parse (always refused).
+
+    The raw head, when complete, names the reason best; otherwise h11's message does.
+    """
+    if head is not None:
+        found = classify_head(head)
+        if found.action is Action.REFUSE:
+            return found
+    lowered = message.lower()
+    for needle, reason in _H11_MESSAGES:
+        if needle in lowered:
+            return verdict(reason)
+    return Verdict(Classification.SEVERE, "BadHeader", Action.REFUSE)

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import ipaddress
+
+import h11
+import trio
+import trio.testing
+
+from balancer.config import BalancerConfig, FixedResponse, HttpListener
+from balancer.listeners.exchange import Client, ClientInfo, Exchange, parse_address, respond
+from balancer.runtime import Runtime
+
+
+def test_addresses_are_parsed_once_with_ipv4_mapped_as_ipv4():
+    assert parse_address("10.0.0.1") == ipaddress.ip_address("10.0.0.1")
+    assert parse_address("::ffff:10.0.0.1") == ipaddress.ip_address("10.0.0.1")
+    assert parse_address("fe80::1%eth0") == ipaddress.ip_address("fe80::1")
+    assert parse_address("nonsense") is None
+
+
+def exchange(method: str = "GET") -> tuple[Client, Exchange, trio.abc.Stream]:
+    listener = HttpListener(name="f", port=0, default_action=FixedResponse(status_code=200))
+    runtime = Runtime(BalancerConfig(listeners=(listener,)), now=0.0)
+    send, receive = trio.testing.memory_stream_pair()
+    client = Client(send, ClientInfo("127.0.0.1", 1, 2), 4096)
+    client.conn.receive_data(f"{method} / HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    request = client.conn.next_event()
+    assert isinstance(request, h11.Request)
+    snapshot = runtime.current
+    ex = Exchange(snapshot, snapshot.listeners["f"], request, started=0.0, client=client)
+    return client, ex, receive
+
+
+async def test_respond_sends_a_whole_response_and_counts_its_bytes():
+    client, ex, receive = exchange()
+    assert ex.headers == [(b"host", b"x")]
+    assert await respond(client, ex, 503, b"busy\n", close=True)
+    answer = await receive.receive_some(4096)
+    assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert answer.endswith(b"busy\n")
+    assert b"connection: close" in answer
+    assert client.sent == len(answer)
+    assert ex.status == 503
+    assert not await respond(client, ex, 500)  # a second answer is refused
+
+
+async def test_respond_to_head_sends_no_body():
+    client, ex, receive = exchange("HEAD")
+    assert await respond(client, ex, 200, b"hello")
+    answer = await receive.receive_some(4096)
+    assert b"content-length: 5" in answer
+    assert answer.endswith(b"\r\n\r\n")
+
+
+async def test_a_closed_memory_stream_reads_as_the_end():
+    client, _, receive = exchange()
+    await receive.aclose()
+    assert await client.receive() == b""
+    assert not await client.left()  # not a socket: nothing to peek at
+
+
+def test_wait_for_moves_the_deadline_and_names_the_phase():
+    _, ex, _ = exchange()
+
+    async def check() -> None:
+        ex.wait_for("body", 5.0)
+        assert ex.phase == "body"
+        assert ex.guard.deadline == trio.current_time() + 5.0
+
+    trio.run(check, clock=trio.testing.MockClock())

@@ -1,0 +1,341 @@
+"""The HTTP listener's connection loop on real sockets: keep-alive, pipelining, limits,
+desync refusals, timeouts, rules and actions, draining, access log and metrics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+
+from balancer.config import (
+    AccessLog,
+    Conditions,
+    FixedResponse,
+    Forward,
+    ListenerLimits,
+    ListenerTimeouts,
+    Redirect,
+    Rule,
+)
+from tests.support.balancer_http import (
+    Client,
+    balancer,
+    config,
+    front,
+    group,
+    listener,
+    raw,
+    sample,
+    statuses,
+)
+from tests.support.targets import Reply, Seen, TargetServer, running_targets
+
+
+async def test_keep_alive_serves_many_requests_on_one_connection_each_way():
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+        Client.connect(front(daemon)) as client,
+    ):
+        for i in range(5):
+            status, _headers, body = await client.request(target=f"/n/{i}")
+            assert status == 200
+            assert json.loads(body)["target"] == f"/n/{i}"
+        assert target.accepts == 1  # the upstream connection was pooled and reused
+
+
+async def test_pipelined_requests_are_answered_in_order():
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        payload = b"".join(
+            b"GET /p/%d HTTP/1.1\r\nHost: x\r\n%s\r\n"
+            % (i, b"Connection: close\r\n" if i == 2 else b"")
+            for i in range(3)
+        )
+        answer = await raw(front(daemon), payload)
+        assert statuses(answer) == [200, 200, 200]
+        assert [s.target for s in target.seen] == ["/p/0", "/p/1", "/p/2"]
+        order = [answer.index(b'"/p/%d"' % i) for i in range(3)]
+        assert order == sorted(order)
+
+
+async def test_http_1_0_clients_get_an_answer_and_a_close():
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        answer = await raw(front(daemon), b"GET /old HTTP/1.0\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert target.seen[0].header("host")  # a Host was supplied for the target
+
+
+DESYNC = {
+    "both TE and CL": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "repeated Content-Length": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+    b"Content-Length: 1\r\n\r\nx",
+    "differing Content-Length": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+    b"Content-Length: 2\r\n\r\nxx",
+    "obs-fold": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n folded\r\n\r\n",
+    "NUL in a header": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+    "control byte in a header": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x1bb\r\n\r\n",
+    "bare CR": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",
+    "bad chunk size": b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"zz\r\nhello\r\n0\r\n\r\n",
+    "space before colon": b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n",
+    "underscore lookalike": b"POST / HTTP/1.1\r\nHost: x\r\nContent_Length: 3\r\n"
+    b"Content-Length: 3\r\n\r\nabc",
+    "bad Content-Length": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\nx",
+    "unsupported Transfer-Encoding": b"POST / HTTP/1.1\r\nHost: x\r\n"
+    b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+}
+
+
+async def test_every_desync_attempt_is_refused_with_400_and_a_close():
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        for name, payload in DESYNC.items():
+            # A second, innocent request after it must never be reached.
+            answer = await raw(
+                front(daemon), payload + b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            assert statuses(answer) == [400], name
+        assert all(s.target != "/smuggled" for s in target.seen)
+        assert all(s.method != "POST" or s.body == b"" for s in target.seen)
+        refused = sum(
+            value
+            for metric in daemon.metrics.registry.collect()
+            if metric.name == "wharf_balancer_http_desync_requests"
+            for sample_ in metric.samples
+            if sample_.labels.get("refused") == "true"
+            for value in [sample_.value]
+        )
+        assert refused == len(DESYNC)
+        assert "http.desync_refused" in daemon.log_output.getvalue()  # type: ignore[attr-defined]
+
+
+async def test_head_size_count_and_request_line_limits():
+    limits = ListenerLimits(request_header_bytes=1024, header_count=8, request_line_bytes=256)
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener(limits=limits)], [group("web", target)])) as daemon,
+    ):
+        big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n"
+        assert statuses(await raw(front(daemon), big)) == [431]
+        many = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(12))
+        assert statuses(await raw(front(daemon), many + b"\r\n")) == [400]
+        long_line = b"GET /" + b"a" * 400 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+        assert statuses(await raw(front(daemon), long_line)) == [414]
+        assert target.seen == []
+
+
+async def test_a_slow_head_gets_408_and_an_idle_connection_is_closed():
+    timeouts = ListenerTimeouts(request_header_seconds=0.3)
+    lst = listener(timeouts=timeouts, idle_timeout_seconds=1)
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([lst], [group("web", target)])) as daemon,
+    ):
+        assert statuses(await raw(front(daemon), b"GET / HTTP/1.1\r\nHo")) == [408]
+        with trio.fail_after(5):
+            async with await trio.open_tcp_stream(*front(daemon)) as stream:
+                start = trio.current_time()
+                assert await stream.receive_some(100) == b""  # closed by the balancer
+                assert trio.current_time() - start >= 0.9
+
+
+async def test_rules_pick_fixed_responses_redirects_and_forwards():
+    rules = [
+        Rule(
+            priority=10,
+            conditions=Conditions(path_pattern=("/health",)),
+            action=FixedResponse(
+                status_code=200, content_type="application/json", message_body="{}"
+            ),
+        ),
+        Rule(
+            priority=20,
+            conditions=Conditions(host_header=("old.example.com",)),
+            action=Redirect(host="new.example.com", status_code="HTTP_301"),
+        ),
+    ]
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener(rules=rules)], [group("web", target)])) as daemon,
+        Client.connect(front(daemon)) as client,
+    ):
+        status, headers, body = await client.request(target="/health")
+        assert (status, headers["content-type"], body) == (200, "application/json", b"{}")
+        status, headers, _ = await client.request(target="/a/b?c=d", headers=[("x-host", "unused")])
+        assert status == 200  # no Host match: the default forward
+        port = front(daemon)[1]
+        answer = await raw(
+            front(daemon),
+            b"GET /a/b?c=d HTTP/1.1\r\nHost: old.example.com\r\nConnection: close\r\n\r\n",
+        )
+        assert statuses(answer) == [301]
+        assert f"location: http://new.example.com:{port}/a/b?c=d".encode() in answer.lower()
+        assert [s.target for s in target.seen] == ["/a/b?c=d"]
+        assert (
+            sample(daemon, "wharf_balancer_http_fixed_responses_total", {"listener": "front"}) == 1
+        )
+        assert sample(daemon, "wharf_balancer_http_redirects_total", {"listener": "front"}) == 1
+        labels = {
+            "listener": "front",
+            "rule": "10",
+            "target_group": "-",
+            "code_class": "2xx",
+            "source": "elb",
+        }
+        assert sample(daemon, "wharf_balancer_http_requests_total", labels) == 1
+        labels.update(rule="default", target_group="web", source="target")
+        assert sample(daemon, "wharf_balancer_http_requests_total", labels) == 1
+
+
+async def test_a_fixed_response_reads_past_an_unread_body_and_keeps_the_connection():
+    lst = listener(FixedResponse(status_code=404, message_body="nope"))
+    async with balancer(config([lst], [])) as daemon, Client.connect(front(daemon)) as client:
+        assert (await client.request("POST", body=b"x" * 5000))[0] == 404
+        assert (await client.request())[0] == 404
+
+
+async def test_draining_closes_idle_keep_alive_connections_at_once():
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+        Client.connect(front(daemon)) as client,
+    ):
+        assert (await client.request())[0] == 200
+        daemon.request_stop()
+        with trio.fail_after(3):
+            assert await client.stream.receive_some(10) == b""
+
+
+async def test_access_log_lines_follow_albs_field_order(tmp_path):
+    path = tmp_path / "access.log"
+    lst = listener(access_log=AccessLog(enabled=True, destination=str(path)))
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([lst], [group("web", target)])) as daemon,
+        Client.connect(front(daemon)) as client,
+    ):
+        await client.request(target="/logged?x=1", headers=[("user-agent", 'ev"il\\agent')])
+        await trio.sleep(1.3)  # the app flushes access logs once a second
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1
+    line = lines[0]
+    assert line.startswith("http ")
+    assert "app/front" in line
+    assert f"127.0.0.1:{target.port}" in line
+    assert " 200 200 " in line
+    assert '"GET http://127.0.0.1:' in line
+    assert '/logged?x=1 HTTP/1.1"' in line
+    assert '"ev\\"il\\\\agent"' in line
+    assert '"forward"' in line
+    assert '"Root=1-' in line
+
+
+async def test_a_client_that_leaves_before_its_response_is_logged_as_460():
+    release = trio.Event()
+
+    async def slow(seen: Seen, server: TargetServer) -> Reply | str:
+        await release.wait()
+        return Reply(200, body=b"late")
+
+    async with (
+        running_targets(TargetServer("a", slow)) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        stream = await trio.open_tcp_stream(*front(daemon))
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await trio.sleep(0.2)
+        await stream.aclose()
+        await trio.sleep(0.2)
+        release.set()
+        await trio.sleep(0.3)
+        labels = {
+            "listener": "front",
+            "rule": "default",
+            "target_group": "web",
+            "code_class": "4xx",
+            "source": "elb",
+        }
+        assert sample(daemon, "wharf_balancer_http_requests_total", labels) == 1
+
+
+async def test_connections_past_the_limit_are_answered_503():
+    lst = listener(limits=ListenerLimits(connections=1))
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([lst], [group("web", target)])) as daemon,
+        Client.connect(front(daemon)) as first,
+    ):
+        assert (await first.request())[0] == 200
+        answer = await raw(front(daemon), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert statuses(answer) == [503]
+        assert (
+            sample(daemon, "wharf_balancer_http_rejected_connections_total", {"listener": "front"})
+            == 1
+        )
+
+
+@pytest.mark.parametrize("method", ["HEAD", "GET"])
+async def test_head_requests_get_headers_only(method):
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+        Client.connect(front(daemon)) as client,
+    ):
+        status, _headers, body = await client.request(method)
+        assert status == 200
+        assert (body == b"") == (method == "HEAD")
+        assert (await client.request())[0] == 200
+
+
+async def test_a_forward_to_another_group_by_rule():
+    rules = [
+        Rule(
+            priority=1,
+            conditions=Conditions(path_pattern=("/api/*",)),
+            action=Forward(target_group="api"),
+        )
+    ]
+    async with running_targets(TargetServer("web"), TargetServer("api")) as (web, api):
+        cfg = config([listener(rules=rules)], [group("web", web), group("api", api)])
+        async with balancer(cfg) as daemon, Client.connect(front(daemon)) as client:
+            assert (await client.request(target="/api/x"))[1]["x-target"] == "api"
+            assert (await client.request(target="/other"))[1]["x-target"] == "web"
+
+
+async def test_a_request_in_flight_when_draining_starts_finishes_then_the_connection_closes():
+    release = trio.Event()
+
+    async def slow(seen: Seen, server: TargetServer) -> Reply | str:
+        await release.wait()
+        return Reply(200, body=b"done")
+
+    async with (
+        running_targets(TargetServer("a", slow)) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+        Client.connect(front(daemon)) as client,
+    ):
+        async with trio.open_nursery() as nursery:
+            result: list[tuple[int, dict[str, str], bytes]] = []
+
+            async def ask() -> None:
+                result.append(await client.request())
+
+            nursery.start_soon(ask)
+            await trio.sleep(0.2)
+            daemon.request_stop()
+            await trio.sleep(0.2)
+            release.set()
+        assert result[0][0] == 200
+        assert result[0][2] == b"done"
+        with trio.fail_after(3):
+            assert await client.stream.receive_some(10) == b""

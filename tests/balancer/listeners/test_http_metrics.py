@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from balancer.listeners.http_metrics import HttpStats, code_class
+from monitoring.metrics import Metrics
+
+
+def test_code_classes():
+    assert [code_class(s) for s in (101, 200, 302, 460, 504, 999, 0)] == [
+        "1xx",
+        "2xx",
+        "3xx",
+        "4xx",
+        "5xx",
+        "5xx",
+        "1xx",
+    ]
+
+
+def test_counters_become_prometheus_families():
+    stats = HttpStats()
+    stats.listener_started("front")
+    stats.connection_opened("front")
+    stats.request("front", "default", "web", 200, by_target=True)
+    stats.request("front", "default", "web", 502, by_target=False)
+    stats.target_response("front", "web", 0.003)
+    stats.target_response("front", "web", 40.0)
+    stats.processed("front", 100, 2000)
+    stats.redirect("front")
+    stats.desync_request("front", "Severe", "BadHeader", refused=True)
+    stats.target_connection_error("web")
+    metrics = Metrics("balancer", version="t")
+    metrics.register_collector(stats.collect)
+    registry = metrics.registry
+    get = registry.get_sample_value
+    labels = {"listener": "front", "rule": "default", "target_group": "web"}
+    assert (
+        get(
+            "wharf_balancer_http_requests_total",
+            {**labels, "code_class": "2xx", "source": "target"},
+        )
+        == 1
+    )
+    assert (
+        get("wharf_balancer_http_requests_total", {**labels, "code_class": "5xx", "source": "elb"})
+        == 1
+    )
+    timing = {"listener": "front", "target_group": "web"}
+    assert get("wharf_balancer_target_response_seconds_count", timing) == 2
+    assert get("wharf_balancer_target_response_seconds_bucket", {**timing, "le": "0.005"}) == 1
+    assert get("wharf_balancer_target_response_seconds_bucket", {**timing, "le": "+Inf"}) == 2
+    assert get("wharf_balancer_http_connections_active", {"listener": "front"}) == 1
+    assert get("wharf_balancer_http_connections_new_total", {"listener": "front"}) == 1
+    assert (
+        get("wharf_balancer_http_processed_bytes_total", {"listener": "front", "direction": "out"})
+        == 2000
+    )
+    assert get("wharf_balancer_http_redirects_total", {"listener": "front"}) == 1
+    assert get("wharf_balancer_http_fixed_responses_total", {"listener": "front"}) == 0
+    desync = {
+        "listener": "front",
+        "classification": "Severe",
+        "reason": "BadHeader",
+        "refused": "true",
+    }
+    assert get("wharf_balancer_http_desync_requests_total", desync) == 1
+    assert get("wharf_balancer_target_connection_errors_total", {"target_group": "web"}) == 1
+    stats.connection_closed("front")
+    assert get("wharf_balancer_http_connections_active", {"listener": "front"}) == 0
+    assert b"wharf_balancer_http_requests_total" in generate_latest(registry)
+    assert isinstance(registry, CollectorRegistry)

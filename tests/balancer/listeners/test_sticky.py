@@ -1,0 +1,237 @@
+"""Stickiness through the balancer: AWSALB, app cookies, AWSALBTG; replaced targets."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from balancer.config import (
+    BalancerConfig,
+    Forward,
+    GroupStickiness,
+    HealthCheck,
+    HttpListener,
+    Stickiness,
+    StickinessKeys,
+    Target,
+    TargetGroup,
+    WeightedTargetGroup,
+)
+from balancer.listeners.sticky import plan, response_cookies
+from balancer.runtime import Runtime
+from balancer.stickiness import APP_COOKIE, GROUP_COOKIE, LB_COOKIE, CookieSealer
+from tests.support.balancer_http import Client, balancer, config, front, group, listener
+from tests.support.targets import Reply, Seen, TargetServer, echo, running_targets
+
+KEY = b"0123456789abcdef0123456789abcdef"
+NOW = 1_800_000_000.0
+
+
+def cookies_of(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    found = {}
+    for name, value in headers:
+        if name == b"set-cookie":
+            cookie, _, _ = value.decode().partition(";")
+            key, _, val = cookie.partition("=")
+            found[key] = val
+    return found
+
+
+def runtime(stickiness: Stickiness, *, weighted: bool = False) -> Runtime:
+    groups = [
+        TargetGroup(
+            name=name,
+            targets=(Target(host="10.0.0.1"), Target(host="10.0.0.2")),
+            health_check=HealthCheck(enabled=False),
+            stickiness=stickiness,
+        )
+        for name in ("blue", "green")
+    ]
+    action = (
+        Forward(
+            target_groups=(WeightedTargetGroup(name="blue"), WeightedTargetGroup(name="green")),
+            stickiness=GroupStickiness(enabled=True),
+        )
+        if weighted
+        else Forward(target_group="blue")
+    )
+    cfg = BalancerConfig(
+        listeners=(HttpListener(name="f", port=0, default_action=action),),
+        target_groups=tuple(groups),
+        stickiness=StickinessKeys(key_files=("/k",)),
+    )
+    return Runtime(cfg, keys=[KEY], now=0.0, seed=1)
+
+
+def test_without_stickiness_no_cookie_is_read_or_set():
+    rt = runtime(Stickiness())
+    action = rt.current.config.listeners[0].default_action
+    assert isinstance(action, Forward)
+    result = plan(rt.current, action, [(b"cookie", b"AWSALB=garbage")], rand=rt.rand, wall=NOW)
+    assert (result.group, result.sticky_target) == ("blue", None)
+    group_config = rt.current.groups["blue"].config
+    assert response_cookies(result, rt.current, group_config, "10.0.0.1:80", [], wall=NOW) == []
+
+
+def test_an_lb_cookie_names_the_target_and_is_reissued():
+    rt = runtime(Stickiness(enabled=True))
+    action = rt.current.config.listeners[0].default_action
+    assert isinstance(action, Forward)
+    first = plan(rt.current, action, [], rand=rt.rand, wall=NOW)
+    group_config = rt.current.groups["blue"].config
+    cookies = cookies_of(
+        response_cookies(first, rt.current, group_config, "10.0.0.2:80", [], wall=NOW)
+    )
+    assert set(cookies) == {"AWSALB", "AWSALBCORS"}
+    again = plan(
+        rt.current,
+        action,
+        [(b"cookie", f"a=b; {LB_COOKIE}={cookies[LB_COOKIE]}".encode())],
+        rand=rt.rand,
+        wall=NOW + 10,
+    )
+    assert again.sticky_target == "10.0.0.2:80"
+    expired = plan(
+        rt.current,
+        action,
+        [(b"cookie", f"{LB_COOKIE}={cookies[LB_COOKIE]}".encode())],
+        rand=rt.rand,
+        wall=NOW + 86400 + 1,
+    )
+    assert expired.sticky_target is None
+
+
+def test_an_app_cookie_is_mapped_to_its_target():
+    rt = runtime(Stickiness(enabled=True, type="app_cookie", cookie_name="SESSION"))
+    action = rt.current.config.listeners[0].default_action
+    assert isinstance(action, Forward)
+    first = plan(rt.current, action, [], rand=rt.rand, wall=NOW)
+    group_config = rt.current.groups["blue"].config
+    set_by_target = [(b"set-cookie", b"SESSION=abc; Path=/")]
+    cookies = cookies_of(
+        response_cookies(first, rt.current, group_config, "10.0.0.1:80", set_by_target, wall=NOW)
+    )
+    assert set(cookies) == {APP_COOKIE}
+    header = f"SESSION=abc; {APP_COOKIE}={cookies[APP_COOKIE]}".encode()
+    again = plan(rt.current, action, [(b"cookie", header)], rand=rt.rand, wall=NOW)
+    assert again.sticky_target == "10.0.0.1:80"
+    # A new application session (a different SESSION value) is routed afresh.
+    header = f"SESSION=new; {APP_COOKIE}={cookies[APP_COOKIE]}".encode()
+    assert (
+        plan(rt.current, action, [(b"cookie", header)], rand=rt.rand, wall=NOW).sticky_target
+        is None
+    )
+
+
+def test_a_group_cookie_keeps_a_weighted_forward_on_its_group():
+    rt = runtime(Stickiness(), weighted=True)
+    action = rt.current.config.listeners[0].default_action
+    assert isinstance(action, Forward)
+    sealed = CookieSealer([KEY]).seal_group("green", expires_at=NOW + 60)
+    for _ in range(10):
+        result = plan(
+            rt.current,
+            action,
+            [(b"cookie", f"{GROUP_COOKIE}={sealed}".encode())],
+            rand=rt.rand,
+            wall=NOW,
+        )
+        assert result.group == "green"
+    group_config = rt.current.groups["green"].config
+    assert set(
+        cookies_of(response_cookies(result, rt.current, group_config, "x", [], wall=NOW))
+    ) == {
+        "AWSALBTG",
+        "AWSALBTGCORS",
+    }
+
+
+@given(st.binary(max_size=64), st.integers(0, 2**32))
+def test_forged_cookies_never_pick_a_target(garbage, seed):
+    rt = runtime(Stickiness(enabled=True))
+    action = rt.current.config.listeners[0].default_action
+    assert isinstance(action, Forward)
+    value = garbage.hex()
+    headers = [(b"cookie", f"{LB_COOKIE}={value}; {GROUP_COOKIE}={value}".encode())]
+    result = plan(rt.current, action, headers, rand=random.Random(seed), wall=NOW)
+    assert result.sticky_target is None
+
+
+# Through the balancer -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def key_file(tmp_path):
+    path = tmp_path / "sticky.key"
+    path.write_bytes(KEY)
+    return str(path)
+
+
+async def test_lb_cookie_stickiness_across_requests_and_replacement(key_file):
+    sticky = Stickiness(enabled=True)
+    async with running_targets(TargetServer("a"), TargetServer("b")) as (a, b):
+        cfg = config([listener()], [group("web", a, b, stickiness=sticky)], key_file=key_file)
+        async with balancer(cfg) as daemon, Client.connect(front(daemon)) as client:
+            _, headers, _ = await client.request()
+            owner = headers["x-target"]
+            cookie = client.jar()
+            assert cookie.startswith("AWSALB=")
+            assert "; AWSALBCORS=" in cookie
+            for _ in range(6):
+                _, headers, _ = await client.request(headers=[("cookie", cookie)])
+                assert headers["x-target"] == owner
+            # The sticky target leaves the group: the next request goes elsewhere and the
+            # cookie is rewritten to name the new target.
+            keep = b if owner == "a" else a
+            new = config([listener()], [group("web", keep, stickiness=sticky)], key_file=key_file)
+            await daemon.app.reload(new)
+            _, headers, _ = await client.request(headers=[("cookie", cookie)])
+            assert headers["x-target"] == keep.name
+            assert client.jar() != cookie
+
+
+async def test_app_cookie_stickiness_through_the_balancer(key_file):
+    async def session(seen: Seen, server: TargetServer) -> Reply | str:
+        reply = await echo(seen, server)
+        assert isinstance(reply, Reply)
+        if not any("SESSION=" in v for v in seen.all("cookie")):
+            reply.headers.append(("set-cookie", f"SESSION={server.name}-1; Path=/"))
+        return reply
+
+    sticky = Stickiness(enabled=True, type="app_cookie", cookie_name="SESSION")
+    async with running_targets(TargetServer("a", session), TargetServer("b", session)) as (a, b):
+        cfg = config([listener()], [group("web", a, b, stickiness=sticky)], key_file=key_file)
+        async with balancer(cfg) as daemon, Client.connect(front(daemon)) as client:
+            _, headers, _ = await client.request()
+            owner = headers["x-target"]
+            jar = client.jar()
+            assert f"SESSION={owner}-1" in jar
+            assert f"{APP_COOKIE}=" in jar
+            for _ in range(5):
+                _, headers, _ = await client.request(headers=[("cookie", jar)])
+                assert headers["x-target"] == owner
+
+
+async def test_weighted_groups_with_group_stickiness(key_file):
+    action = Forward(
+        target_groups=(WeightedTargetGroup(name="blue"), WeightedTargetGroup(name="green")),
+        stickiness=GroupStickiness(enabled=True),
+    )
+    async with running_targets(TargetServer("blue"), TargetServer("green")) as (blue, green):
+        cfg = config(
+            [listener(action)], [group("blue", blue), group("green", green)], key_file=key_file
+        )
+        async with balancer(cfg) as daemon:
+            async with Client.connect(front(daemon)) as client:
+                await client.request()
+                jar = client.jar()
+                assert "AWSALBTG=" in jar
+            async with Client.connect(front(daemon)) as client:
+                seen = {
+                    (await client.request(headers=[("cookie", jar)]))[1]["x-target"]
+                    for _ in range(8)
+                }
+            assert len(seen) == 1

@@ -1,0 +1,106 @@
+"""WebSocket through the balancer: the upgrade is forwarded, then bytes flow both ways."""
+
+from __future__ import annotations
+
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Request,
+    TextMessage,
+)
+
+from tests.support.balancer_http import balancer, config, front, group, listener
+from tests.support.targets import Action, Reply, Seen, TargetServer, running_targets
+
+
+async def websocket(seen: Seen, server: TargetServer) -> Reply | str:
+    return Action.WEBSOCKET
+
+
+class WsClient:
+    """A wsproto client over a trio stream."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.ws = WSConnection(ConnectionType.CLIENT)
+
+    async def handshake(self, host: str) -> None:
+        await self.stream.send_all(self.ws.send(Request(host=host, target="/chat")))
+        await self.expect(AcceptConnection)
+
+    async def expect(self, kind: type) -> object:
+        with trio.fail_after(5):
+            while True:
+                for event in self.ws.events():
+                    if isinstance(event, kind):
+                        return event
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    raise EOFError
+                self.ws.receive_data(data)
+
+
+async def test_messages_are_echoed_through_the_tunnel():
+    async with (
+        running_targets(TargetServer("ws", websocket)) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        stream = await trio.open_tcp_stream(*front(daemon))
+        async with stream:
+            client = WsClient(stream)
+            await client.handshake("chat.example.com")
+            await stream.send_all(client.ws.send(TextMessage(data="hello")))
+            echoed = await client.expect(TextMessage)
+            assert isinstance(echoed, TextMessage)
+            assert echoed.data == "hello"
+            payload = bytes(range(256)) * 1024
+            await stream.send_all(client.ws.send(BytesMessage(data=payload)))
+            received = b""
+            while len(received) < len(payload):
+                message = await client.expect(BytesMessage)
+                assert isinstance(message, BytesMessage)
+                received += message.data
+            assert received == payload
+            await stream.send_all(client.ws.send(CloseConnection(code=1000)))
+            await client.expect(CloseConnection)
+        (seen,) = target.seen
+        assert seen.header("upgrade") == "websocket"
+        assert seen.header("connection") == "upgrade"
+        assert seen.header("x-forwarded-for") == "127.0.0.1"
+
+
+async def test_an_idle_tunnel_is_closed_after_the_idle_timeout():
+    lst = listener(idle_timeout_seconds=1)
+    async with (
+        running_targets(TargetServer("ws", websocket)) as (target,),
+        balancer(config([lst], [group("web", target)])) as daemon,
+    ):
+        stream = await trio.open_tcp_stream(*front(daemon))
+        async with stream:
+            client = WsClient(stream)
+            await client.handshake("x.example.com")
+            start = trio.current_time()
+            with trio.fail_after(5):
+                while await stream.receive_some(100):
+                    pass
+            assert trio.current_time() - start >= 0.9
+        with trio.fail_after(3):
+            while target.open_connections:  # noqa: ASYNC110 (a counter: no event to wait on)
+                await trio.sleep(0.05)
+
+
+async def test_an_upgrade_the_target_declines_is_an_ordinary_response():
+    async with (
+        running_targets(TargetServer("plain")) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        stream = await trio.open_tcp_stream(*front(daemon))
+        async with stream:
+            client = WsClient(stream)
+            await stream.send_all(client.ws.send(Request(host="x.example.com", target="/")))
+            with trio.fail_after(5):
+                answer = await stream.receive_some(65536)
+            assert answer.startswith(b"HTTP/1.1 200")

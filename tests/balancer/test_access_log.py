@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import shlex
+
+from balancer.access_log import (
+    AccessEntry,
+    AccessLogs,
+    AccessLogWriter,
+    format_entry,
+    iso_time,
+    quote,
+)
+from balancer.config import AccessLog
+
+ENTRY = AccessEntry(
+    time=1530570180.186641,
+    elb="front",
+    client_ip="192.168.131.39",
+    client_port=2817,
+    target="10.0.0.1:80",
+    request_processing_time=0.0,
+    target_processing_time=0.001,
+    response_processing_time=0.0,
+    elb_status_code=200,
+    target_status_code=200,
+    received_bytes=34,
+    sent_bytes=366,
+    request="GET http://www.example.com:80/ HTTP/1.1",
+    user_agent="curl/7.46.0",
+    target_group="web",
+    trace_id="Root=1-58337262-36d228ad5d99923122bbe354",
+    matched_rule_priority=0,
+    request_creation_time=1530570168.364,
+    actions_executed="forward",
+)
+
+
+def test_a_line_has_albs_29_fields_in_order():
+    line = format_entry(ENTRY)
+    fields = shlex.split(line)
+    assert len(fields) == 29
+    assert fields[:12] == [
+        "http",
+        "2018-07-02T22:23:00.186641Z",
+        "app/front",
+        "192.168.131.39:2817",
+        "10.0.0.1:80",
+        "0.000",
+        "0.001",
+        "0.000",
+        "200",
+        "200",
+        "34",
+        "366",
+    ]
+    assert fields[12] == "GET http://www.example.com:80/ HTTP/1.1"
+    assert fields[16] == "web"
+    assert fields[20:23] == ["0", "2018-07-02T22:22:48.364000Z", "forward"]
+    assert fields[25:27] == ["10.0.0.1:80", "200"]
+
+
+def test_a_request_never_dispatched_has_minus_ones_and_dashes():
+    entry = AccessEntry(
+        time=0.0, elb="f", client_ip="2001:db8::1", client_port=5, elb_status_code=400
+    )
+    fields = shlex.split(format_entry(entry))
+    assert fields[3] == "[2001:db8::1]:5"
+    assert fields[4:10] == ["-", "-1", "-1", "-1", "400", "-"]
+
+
+def test_quoted_fields_cannot_break_the_line():
+    assert quote(None) == '"-"'
+    assert quote('a"b\\c\nd\x00') == '"a\\"b\\\\c\\x0ad\\x00"'
+    assert "\n" not in format_entry(
+        AccessEntry(time=0, elb="f", client_ip="1.2.3.4", client_port=1, user_agent="x\ny")
+    )
+
+
+def test_iso_time_has_microseconds():
+    assert iso_time(0.5) == "1970-01-01T00:00:00.500000Z"
+
+
+def test_writers_append_lines_and_are_shared_per_destination(tmp_path):
+    path = tmp_path / "a.log"
+    logs = AccessLogs()
+    settings = AccessLog(enabled=True, destination=str(path))
+    writer = logs.get(settings)
+    assert writer is logs.get(settings)
+    assert logs.get(AccessLog()) is None  # off by default
+    assert writer is not None
+    writer.write(ENTRY)
+    writer.write(ENTRY)
+    logs.flush()
+    assert path.read_text().count("\n") == 2
+    logs.retain(set())
+    logs.close()
+    stderr = AccessLogWriter("stderr")
+    stderr.close()  # never closes the process's stderr

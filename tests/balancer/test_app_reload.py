@@ -1,0 +1,182 @@
+"""Reload under load: the file flips between two rule sets while clients keep requesting.
+
+No request may fail, keep-alive connections must survive every reload, and each answer must
+come from one of the two generations (never a mix or an error).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import h11
+import trio
+
+from balancer.cli import SPEC
+from balancer.config import BalancerConfig
+from balancer.health import TargetState
+from monitoring.configfile import load
+from monitoring.lifecycle import Daemon
+from monitoring.logging import EventLog
+from tests.support.check_targets import StubTarget
+from tests.support.daemons import address
+from tests.support.http import read_response
+
+REQUESTS_PER_CLIENT = 60
+CLIENTS = 4
+
+
+def rule_set(path: Path, color: str, blue: int, green: int, port: int = 0) -> None:
+    path.write_text(f"""
+[admin]
+port = 0
+[logging]
+level = "warning"
+
+[[listeners]]
+name = "web"
+protocol = "http"
+host = "127.0.0.1"
+port = {port}
+default_action = {{ type = "fixed_response", status_code = 200, message_body = "default-{color}" }}
+
+[[listeners.rules]]
+priority = 1
+conditions = {{ path_pattern = ["/color"] }}
+action = {{ type = "forward", target_group = "{color}" }}
+
+[[target_groups]]
+name = "blue"
+targets = [{{ host = "127.0.0.1", port = {blue} }}]
+
+[[target_groups]]
+name = "green"
+targets = [{{ host = "127.0.0.1", port = {green} }}]
+""")
+
+
+@contextlib.asynccontextmanager
+async def balancer(path: Path) -> AsyncIterator[Daemon[BalancerConfig]]:
+    log = EventLog("balancer", level="warning", stream=io.StringIO())
+    daemon = Daemon(SPEC, load(path, BalancerConfig), config_path=path, log=log)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.run)
+        try:
+            yield daemon
+        finally:
+            daemon.request_stop()
+
+
+async def wait_healthy(daemon: Daemon[BalancerConfig], *groups: str) -> None:
+    """Until every group has a healthy target (woken by the runtime's health events)."""
+    runtime = daemon.app.runtime  # type: ignore[attr-defined]
+
+    def done() -> bool:
+        return all(
+            any(r.state is TargetState.HEALTHY for r in runtime.live[g].health) for g in groups
+        )
+
+    with trio.fail_after(10):
+        while not done():
+            changed = trio.Event()
+            runtime.observers.append(lambda _events, changed=changed: changed.set())
+            try:
+                await changed.wait()
+            finally:
+                runtime.observers.pop()
+
+
+class KeepAliveClient:
+    """One connection, many requests; any close by the server fails the test."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.connection = h11.Connection(h11.CLIENT)
+
+    async def get(self, target: str) -> tuple[int, bytes]:
+        request = h11.Request(method="GET", target=target, headers=[("host", "example.com")])
+        data = self.connection.send(request) + self.connection.send(h11.EndOfMessage())
+        await self.stream.send_all(data)
+        status, headers, body = await read_response(self.connection, self.stream)
+        assert headers.get("connection") != "close"
+        self.connection.start_next_cycle()
+        return status, body
+
+
+async def test_a_reload_under_load_fails_no_request(nursery, tmp_path):
+    blue, green = StubTarget(), StubTarget()
+    blue.body, green.body = b"blue", b"green"
+    await blue.start(nursery)
+    await green.start(nursery)
+    path = tmp_path / "balancer.toml"
+    rule_set(path, "blue", blue.port, green.port)
+    async with balancer(path) as daemon:
+        port = address(daemon, "web")[1]
+        rule_set(path, "blue", blue.port, green.port, port)  # the bound port, for reloads
+        await wait_healthy(daemon, "blue")  # green is unused (not checked) until a flip
+        answers: list[tuple[str, int, bytes]] = []
+        reloads = 0
+
+        async def client(index: int) -> None:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:
+                keep_alive = KeepAliveClient(stream)
+                for i in range(REQUESTS_PER_CLIENT):
+                    target = "/color" if (i + index) % 2 else "/other"
+                    status, body = await keep_alive.get(target)
+                    answers.append((target, status, body))
+                    await trio.sleep(0.002)
+
+        async def flip() -> None:
+            nonlocal reloads
+            colors = ["green", "blue"]
+            while True:
+                color = colors[reloads % 2]
+                rule_set(path, color, blue.port, green.port, port)
+                assert await daemon.reload() is None
+                reloads += 1
+                await trio.sleep(0.01)
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as load_nursery:
+                load_nursery.start_soon(flip)
+                async with trio.open_nursery() as clients:
+                    for index in range(CLIENTS):
+                        clients.start_soon(client, index)
+                load_nursery.cancel_scope.cancel()
+
+    assert reloads >= 5
+    assert len(answers) == CLIENTS * REQUESTS_PER_CLIENT
+    for target, status, body in answers:
+        assert status == 200, (target, status, body)
+        expected = (
+            {b"blue", b"green"} if target == "/color" else {b"default-blue", b"default-green"}
+        )
+        assert body in expected, (target, body)
+    # Both generations answered: the flips really happened under the clients.
+    assert {body for _, _, body in answers} == {
+        b"blue",
+        b"green",
+        b"default-blue",
+        b"default-green",
+    }
+    blue.stop()
+    green.stop()
+
+
+async def test_a_reload_with_an_unusable_key_file_is_refused_naming_it(tmp_path):
+    path = tmp_path / "balancer.toml"
+    rule_set(path, "blue", 1, 2)  # targets that are never reached
+    async with balancer(path) as daemon:
+        generation = daemon.app.runtime.current.generation
+        short = tmp_path / "sticky.key"
+        short.write_bytes(b"too short")
+        for key_file in (short, tmp_path / "missing.key"):
+            path.write_text(path.read_text() + f'[stickiness]\nkey_files = ["{key_file}"]\n')
+            refused = await daemon.reload()
+            assert refused is not None
+            assert str(key_file) in refused
+            assert daemon.app.runtime.current.generation == generation
+            rule_set(path, "blue", 1, 2)

@@ -1,0 +1,110 @@
+"""Certificate files: names, expiry, and a ConfigError naming the file for every bad pair."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from balancer.certificates import MAX_PEM_BYTES, load_certificate_files
+from monitoring.configfile import ConfigError
+from tests.support.tls import write_pair
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return trustme.CA()
+
+
+def test_reads_names_subject_and_expiry(ca, tmp_path):
+    not_after = datetime.datetime(2031, 5, 17, 12, 0, tzinfo=datetime.UTC)
+    pair = write_pair(
+        ca, tmp_path, "site", "Example.COM", "*.example.com", "example.com", not_after=not_after
+    )
+    loaded = load_certificate_files(pair.cert_file, pair.key_file)
+    assert loaded.names == ("example.com", "*.example.com")
+    assert loaded.not_after == not_after.timestamp()
+    assert "CN=site" in loaded.subject
+    assert (loaded.cert_file, loaded.key_file) == (pair.cert_file, pair.key_file)
+
+
+def test_falls_back_to_the_common_name_without_san(tmp_path):
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "legacy.example.org")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "c.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    loaded = load_certificate_files(str(tmp_path / "c.pem"), str(tmp_path / "c.key"))
+    assert loaded.names == ("legacy.example.org",)
+
+
+def test_missing_files_are_named(ca, tmp_path):
+    pair = write_pair(ca, tmp_path, "a", "a.example.com")
+    with pytest.raises(ConfigError) as missing_cert:
+        load_certificate_files(str(tmp_path / "nope.pem"), pair.key_file)
+    assert missing_cert.value.path == str(tmp_path / "nope.pem")
+    assert "cannot read" in missing_cert.value.reason
+    with pytest.raises(ConfigError) as missing_key:
+        load_certificate_files(pair.cert_file, str(tmp_path / "nope.key"))
+    assert missing_key.value.path == str(tmp_path / "nope.key")
+
+
+def test_a_key_of_another_certificate_is_refused(ca, tmp_path):
+    one = write_pair(ca, tmp_path, "one", "one.example.com")
+    two = write_pair(ca, tmp_path, "two", "two.example.com")
+    with pytest.raises(ConfigError) as error:
+        load_certificate_files(one.cert_file, two.key_file)
+    assert error.value.path == two.key_file
+    assert "does not match" in error.value.reason
+    assert one.cert_file in error.value.reason
+
+
+def test_garbage_files_are_refused(ca, tmp_path):
+    pair = write_pair(ca, tmp_path, "a", "a.example.com")
+    junk = tmp_path / "junk"
+    junk.write_text("hello\n")
+    with pytest.raises(ConfigError, match="no PEM certificate") as cert_error:
+        load_certificate_files(str(junk), pair.key_file)
+    assert cert_error.value.path == str(junk)
+    with pytest.raises(ConfigError, match="not a PEM private key") as key_error:
+        load_certificate_files(pair.cert_file, str(junk))
+    assert key_error.value.path == str(junk)
+    huge = tmp_path / "huge"
+    huge.write_bytes(b"-" * (MAX_PEM_BYTES + 1))
+    with pytest.raises(ConfigError, match="larger than"):
+        load_certificate_files(str(huge), pair.key_file)
+
+
+def test_an_encrypted_key_is_refused(ca, tmp_path):
+    pair = write_pair(ca, tmp_path, "a", "a.example.com")
+    with open(pair.key_file, "rb") as file:
+        key = serialization.load_pem_private_key(file.read(), password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    (tmp_path / "enc.key").write_bytes(encrypted)
+    with pytest.raises(ConfigError, match="encrypted"):
+        load_certificate_files(pair.cert_file, str(tmp_path / "enc.key"))

@@ -1,0 +1,296 @@
+"""The health-checker shell against real local targets, on a lazily jumping mock clock.
+
+The clock is virtual (``MockClock`` with an autojump threshold): it jumps to the next deadline
+once every task has been idle for a moment of real time, so intervals of several seconds pass
+in milliseconds while socket I/O on 127.0.0.1 still happens for real. Assertions are about
+outcomes; where a bound is asserted (unhealthy within interval x threshold) it is virtual time.
+"""
+
+from __future__ import annotations
+
+import io
+import ssl
+
+import pytest
+import trio
+import trio.testing
+import trustme
+
+from balancer.checker import HealthChecker
+from balancer.cli import SPEC
+from balancer.config import (
+    BalancerConfig,
+    Forward,
+    HealthCheck,
+    HttpListener,
+    Target,
+    TargetGroup,
+)
+from balancer.health import Reason, TargetState
+from balancer.runtime import Runtime
+from monitoring.logging import EventLog
+from monitoring.metrics import Metrics
+from monitoring.settings import AdminSettings
+from tests.support.check_targets import StubTarget
+from tests.support.daemons import address, running
+from tests.support.http import request
+
+INTERVAL = 5
+THRESHOLD = 2
+
+
+@pytest.fixture
+def lazy_clock():
+    # Real I/O on 127.0.0.1 finishes well within 0.1 s of real time; only then does the
+    # clock jump to the next deadline.
+    return trio.testing.MockClock(autojump_threshold=0.1)
+
+
+def make_config(
+    ports, *, check: HealthCheck | None = None, delay: int = 30, in_use: bool = True
+) -> BalancerConfig:
+    group = TargetGroup(
+        name="web",
+        targets=tuple(Target(host="127.0.0.1", port=p) for p in ports),
+        deregistration_delay_seconds=delay,
+        health_check=check
+        or HealthCheck(
+            interval_seconds=INTERVAL,
+            timeout_seconds=2,
+            healthy_threshold=THRESHOLD,
+            unhealthy_threshold=THRESHOLD,
+        ),
+    )
+    listeners = (
+        (HttpListener(name="front", port=0, default_action=Forward(target_group="web")),)
+        if in_use
+        else ()
+    )
+    return BalancerConfig(listeners=listeners, target_groups=(group,))
+
+
+def state_of(runtime: Runtime, port: int) -> TargetState | None:
+    record = runtime.live["web"].health.get(f"127.0.0.1:{port}")
+    return record.state if record else None
+
+
+async def wait_for(
+    runtime: Runtime, port: int, state: TargetState | None, *, within: float
+) -> float:
+    """Virtual seconds until ``port``'s target reaches ``state`` (woken by health events)."""
+    start = trio.current_time()
+    with trio.fail_after(within):
+        while state_of(runtime, port) is not state:
+            changed = trio.Event()
+            runtime.observers.append(lambda _events, changed=changed: changed.set())
+            try:
+                await changed.wait()
+            finally:
+                runtime.observers.pop()
+    return trio.current_time() - start
+
+
+class Harness:
+    def __init__(self, config: BalancerConfig) -> None:
+        self.runtime = Runtime(config, now=trio.current_time())
+        self.output = io.StringIO()
+        self.metrics = Metrics("balancer", version="test")
+        self.checker = HealthChecker(
+            self.runtime, EventLog("balancer", level="debug", stream=self.output), self.metrics
+        )
+
+    def state(self, port: int) -> TargetState | None:
+        return state_of(self.runtime, port)
+
+    def reason(self, port: int) -> Reason | None:
+        record = self.runtime.live["web"].health.get(f"127.0.0.1:{port}")
+        assert record is not None
+        return record.reason
+
+    async def wait_for(self, port: int, state: TargetState | None, *, within: float) -> float:
+        return await wait_for(self.runtime, port, state, within=within)
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        return self.metrics.registry.get_sample_value(name, labels)
+
+
+async def started(nursery: trio.Nursery, *targets: StubTarget) -> None:
+    for target in targets:
+        await target.start(nursery)
+
+
+async def test_a_killed_target_turns_unhealthy_within_interval_times_threshold(nursery, lazy_clock):
+    a, b = StubTarget(), StubTarget()
+    await started(nursery, a, b)
+    harness = Harness(make_config([a.port, b.port]))
+    assert harness.state(a.port) is TargetState.INITIAL
+    await nursery.start(harness.checker.run)
+    # One passing check makes a new target healthy.
+    await harness.wait_for(a.port, TargetState.HEALTHY, within=1)
+    await harness.wait_for(b.port, TargetState.HEALTHY, within=1)
+
+    a.stop()
+    elapsed = await harness.wait_for(a.port, TargetState.UNHEALTHY, within=60)
+    assert elapsed <= INTERVAL * THRESHOLD
+    assert harness.reason(a.port) is Reason.FAILED_HEALTH_CHECKS
+    assert harness.state(b.port) is TargetState.HEALTHY
+
+    await a.start(nursery)  # back on the same port
+    elapsed = await harness.wait_for(a.port, TargetState.HEALTHY, within=60)
+    assert elapsed <= INTERVAL * THRESHOLD
+
+    assert (
+        harness.sample(
+            "wharf_balancer_target_health_transitions_total",
+            target_group="web",
+            state="unhealthy",
+            reason="Target.FailedHealthChecks",
+        )
+        == 1
+    )
+    assert (
+        harness.sample(
+            "wharf_balancer_target_health_transitions_total",
+            target_group="web",
+            state="initial",
+            reason="Elb.InitialHealthChecking",
+        )
+        == 2
+    )
+    assert harness.sample("wharf_balancer_targets", target_group="web", state="healthy") == 2
+    assert harness.sample("wharf_balancer_targets", target_group="web", state="unhealthy") == 0
+    log = harness.output.getvalue()
+    assert (
+        f"level=warning event=target.state_changed daemon=balancer target_group=web "
+        f"target=127.0.0.1:{a.port} previous=healthy state=unhealthy" in log
+    )
+    assert "event=target.check_failed" in log
+    a.stop()
+    b.stop()
+
+
+async def test_mismatched_codes_and_silence_have_their_reasons(nursery, lazy_clock):
+    wrong, silent = StubTarget(status=503), StubTarget()
+    silent.hang = True
+    await started(nursery, wrong, silent)
+    check = HealthCheck(interval_seconds=INTERVAL, timeout_seconds=2, matcher="200-299")
+    harness = Harness(make_config([wrong.port, silent.port], check=check))
+    await nursery.start(harness.checker.run)
+    await harness.wait_for(wrong.port, TargetState.UNHEALTHY, within=60)
+    await harness.wait_for(silent.port, TargetState.UNHEALTHY, within=60)
+    assert harness.reason(wrong.port) is Reason.RESPONSE_CODE_MISMATCH
+    assert harness.reason(silent.port) is Reason.TIMEOUT
+    wrong.stop()
+    silent.stop()
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "https"])
+async def test_tcp_and_https_groups(nursery, lazy_clock, protocol):
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("target.invalid").configure_cert(context)
+    target = StubTarget(tls=context if protocol == "https" else None)
+    await target.start(nursery)
+    check = HealthCheck(protocol=protocol, interval_seconds=INTERVAL, timeout_seconds=2)
+    harness = Harness(make_config([target.port], check=check))
+    await nursery.start(harness.checker.run)
+    await harness.wait_for(target.port, TargetState.HEALTHY, within=1)
+    assert bool(target.requests) is (protocol == "https")
+    target.stop()
+    await harness.wait_for(target.port, TargetState.UNHEALTHY, within=60)
+
+
+async def test_reload_keeps_survivors_checks_new_ones_and_drains_removed(nursery, lazy_clock):
+    a, b, c, d = StubTarget(), StubTarget(), StubTarget(), StubTarget()
+    await started(nursery, a, b, c, d)
+    harness = Harness(make_config([a.port, b.port, c.port], delay=30))
+    await nursery.start(harness.checker.run)
+    for target in (a, b, c):
+        await harness.wait_for(target.port, TargetState.HEALTHY, within=1)
+    live = harness.runtime.live["web"]
+    live.outstanding[f"127.0.0.1:{c.port}"] = 1  # a request still in flight on c
+    healthy_since = live.health.get(f"127.0.0.1:{a.port}").since
+
+    harness.runtime.reload(make_config([a.port, d.port], delay=30), (), trio.current_time())
+    # a kept its state (no new "initial"), d is new and checked at once.
+    assert live.health.get(f"127.0.0.1:{a.port}").since == healthy_since
+    await harness.wait_for(d.port, TargetState.HEALTHY, within=1)
+    # b was idle: its draining ended early. c is busy: it drains until the delay ends.
+    await harness.wait_for(b.port, None, within=2)
+    assert harness.state(c.port) is TargetState.DRAINING
+    assert harness.checker.probing() == {
+        ("web", f"127.0.0.1:{a.port}"),
+        ("web", f"127.0.0.1:{d.port}"),
+    }
+    elapsed = await harness.wait_for(c.port, None, within=40)
+    assert 25 <= elapsed <= 31
+    log = harness.output.getvalue()
+    assert (
+        f"target=127.0.0.1:{b.port} previous=draining state=unused "
+        "reason=Target.NotRegistered early=true" in log
+    )
+    assert (
+        f"target=127.0.0.1:{c.port} previous=draining state=unused "
+        "reason=Target.NotRegistered early=false" in log
+    )
+    for target in (a, b, c, d):
+        target.stop()
+
+
+async def test_a_reload_changes_the_check_from_the_next_one(nursery, lazy_clock):
+    target = StubTarget(status=200)
+    await target.start(nursery)
+    harness = Harness(make_config([target.port]))
+    await nursery.start(harness.checker.run)
+    await harness.wait_for(target.port, TargetState.HEALTHY, within=1)
+    check = HealthCheck(
+        interval_seconds=INTERVAL, timeout_seconds=2, unhealthy_threshold=2, matcher="201"
+    )
+    harness.runtime.reload(make_config([target.port], check=check), (), trio.current_time())
+    await harness.wait_for(target.port, TargetState.UNHEALTHY, within=60)
+    assert harness.reason(target.port) is Reason.RESPONSE_CODE_MISMATCH
+    target.stop()
+
+
+async def test_unchecked_targets_have_no_probe(nursery, lazy_clock):
+    target = StubTarget()
+    await target.start(nursery)
+    harness = Harness(make_config([target.port], check=HealthCheck(enabled=False)))
+    await nursery.start(harness.checker.run)
+    assert harness.state(target.port) is TargetState.UNAVAILABLE
+    assert harness.checker.probing() == set()
+    unused = Harness(make_config([target.port], in_use=False))
+    await nursery.start(unused.checker.run)
+    assert unused.state(target.port) is TargetState.UNUSED
+    assert unused.checker.probing() == set()
+    await trio.sleep(INTERVAL * 3)
+    assert target.requests == []
+    # The group comes into use: its target is checked at once.
+    unused.runtime.reload(make_config([target.port]), (), trio.current_time())
+    await unused.wait_for(target.port, TargetState.HEALTHY, within=1)
+    target.stop()
+
+
+async def test_through_the_daemon_a_killed_target_gets_no_new_requests(nursery, lazy_clock):
+    a, b = StubTarget(), StubTarget()
+    a.body, b.body = b"a", b"b"
+    await started(nursery, a, b)
+    front = HttpListener(
+        name="front", host="127.0.0.1", port=0, default_action=Forward(target_group="web")
+    )
+    config = BalancerConfig(
+        admin=AdminSettings(port=0),
+        listeners=(front,),
+        target_groups=make_config([a.port, b.port]).target_groups,
+    )
+    async with running(SPEC, config) as daemon:
+        runtime = daemon.app.runtime
+        addr = address(daemon, "front")
+        await wait_for(runtime, a.port, TargetState.HEALTHY, within=1)
+        await wait_for(runtime, b.port, TargetState.HEALTHY, within=1)
+        assert {(await request(addr))[2] for _ in range(4)} == {b"a", b"b"}
+        a.stop()
+        elapsed = await wait_for(runtime, a.port, TargetState.UNHEALTHY, within=60)
+        assert elapsed <= INTERVAL * THRESHOLD
+        answers = [await request(addr) for _ in range(8)]
+        assert {(status, body) for status, _, body in answers} == {(200, b"b")}
+    b.stop()

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+
+from balancer import fastio
+
+
+async def pair() -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
+    return trio.socket.socketpair()
+
+
+@pytest.mark.parametrize("through_trio", [False, True])
+async def test_large_writes_finish_and_reads_see_every_byte(monkeypatch, through_trio):
+    if through_trio:
+        monkeypatch.setattr(fastio, "raw_socket", lambda sock: None)
+    a, b = await pair()
+    payload = bytes(range(256)) * 8192  # 2 MiB: more than a socket buffer holds
+    received = bytearray()
+
+    async def read_all() -> None:
+        while len(received) < len(payload):
+            received.extend(await fastio.receive(b, 65536))
+
+    with a, b:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await fastio.send_all(a, payload)
+    assert bytes(received) == payload
+
+
+async def test_the_end_of_the_stream_reads_as_empty():
+    a, b = await pair()
+    with a, b:
+        a.shutdown(socket.SHUT_WR)
+        assert await fastio.receive(b, 10) == b""
+
+
+async def test_a_reset_is_broken_and_a_local_close_is_closed():
+    a, b = await pair()
+    with b:
+        a.close()
+        with pytest.raises(trio.BrokenResourceError):
+            await fastio.send_all(b, b"x" * (1 << 22))  # more than a buffer: it must fail
+    c, d = await pair()
+    with d:
+        c.close()
+        with pytest.raises(trio.ClosedResourceError):
+            await fastio.receive(c, 10)
+
+
+async def test_a_checkpoint_is_taken_even_when_bytes_are_ready():
+    a, b = await pair()
+    with a, b:
+        turns = 0
+
+        async def other() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other)
+            for _ in range(5):
+                await fastio.send_all(a, b"ready")  # never waits: the buffer has room
+                assert await fastio.receive(b, 10, checkpoint=True) == b"ready"
+            assert turns > 0  # the other task got the loop meanwhile
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_receive_waits_for_bytes_and_can_be_cancelled():
+    a, b = await pair()
+    with a, b:
+        with trio.move_on_after(0.05) as scope:
+            await fastio.receive(b, 10)
+        assert scope.cancelled_caught
+
+
+@pytest.mark.parametrize("through_trio", [False, True])
+async def test_gathered_writes_arrive_whole_and_in_order(monkeypatch, through_trio):
+    if through_trio:
+        monkeypatch.setattr(fastio, "raw_socket", lambda sock: None)
+    a, b = await pair()
+    pieces: list[fastio.Buffer] = [b"head:", b"", bytearray(b"x" * 3_000_000), memoryview(b":tail")]
+    expected = b"".join(bytes(p) for p in pieces)
+    received = bytearray()
+
+    async def read_all() -> None:
+        while len(received) < len(expected):
+            received.extend(await fastio.receive(b, 1 << 18))
+
+    with a, b:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await fastio.send_many(a, pieces)
+            await fastio.send_many(a, [])
+            await fastio.send_many(a, [b"", b""])
+    assert bytes(received) == expected

@@ -1,0 +1,179 @@
+from __future__ import annotations
+
+import pytest
+
+from balancer.config import (
+    BalancerConfig,
+    Endpoint,
+    FixedResponse,
+    Forward,
+    HealthCheck,
+    HttpListener,
+    StickinessKeys,
+    Target,
+    TargetGroup,
+)
+from balancer.health import Input, TargetDeregistered, TargetState
+from balancer.runtime import Runtime, groups_in_use
+
+KEY = b"k" * 32
+
+
+def config(
+    *targets: str, checks: bool = True, algorithm: str = "round_robin", extra_group: bool = False
+) -> BalancerConfig:
+    groups = [
+        TargetGroup(
+            name="web",
+            port=8080,
+            targets=tuple(Target(host=t) for t in targets),
+            health_check=HealthCheck(enabled=checks),
+            algorithm=algorithm,  # type: ignore[arg-type]
+            deregistration_delay_seconds=30,
+        )
+    ]
+    if extra_group:
+        groups.append(TargetGroup(name="spare", targets=(Target(host="10.0.0.9"),)))
+    listener = HttpListener(name="front", port=0, default_action=Forward(target_group="web"))
+    return BalancerConfig(listeners=(listener,), target_groups=tuple(groups))
+
+
+def test_first_generation_compiles_listeners_and_groups():
+    runtime = Runtime(config("10.0.0.1", "10.0.0.2"), now=0.0)
+    snap = runtime.current
+    assert snap.generation == 1
+    assert snap.sealer is None
+    assert snap.listeners["front"].protocol == "http"
+    group = snap.groups["web"]
+    assert [e.target_id for e in group.endpoints] == ["10.0.0.1:8080", "10.0.0.2:8080"]
+    assert {c.state for c in group.candidates()} == {TargetState.INITIAL}
+
+
+def test_initial_targets_take_requests_by_failing_open_until_checked():
+    runtime = Runtime(config("10.0.0.1", "10.0.0.2"), now=0.0)
+    group = runtime.current.groups["web"]
+    picked = group.choose(now=1.0, rand=runtime.rand)
+    assert picked is not None
+    assert picked.choice.fail_open
+    # One passing check makes a target healthy, and then only it is chosen.
+    group.live.health.record_check("10.0.0.2:8080", Input.CHECK_PASSED, 2.0)
+    for _ in range(4):
+        picked = group.choose(now=3.0, rand=runtime.rand)
+        assert picked is not None
+        assert picked.endpoint.target_id == "10.0.0.2:8080"
+        assert not picked.choice.fail_open
+
+
+def test_groups_without_health_checks_route_to_every_target():
+    runtime = Runtime(config("10.0.0.1", checks=False), now=0.0)
+    picked = runtime.current.groups["web"].choose(now=0.0, rand=runtime.rand)
+    assert picked is not None
+    assert not picked.choice.fail_open
+    assert picked.choice.target.state is TargetState.UNAVAILABLE
+
+
+def test_reload_keeps_health_of_kept_targets_and_drains_removed_ones():
+    runtime = Runtime(config("10.0.0.1", "10.0.0.2"), now=0.0)
+    live = runtime.live["web"]
+    live.health.record_check("10.0.0.1:8080", Input.CHECK_PASSED, 1.0)
+    old = runtime.current
+    seen: list[object] = []
+    runtime.observers.append(seen.extend)
+    runtime.reload(config("10.0.0.1", "10.0.0.3"), (), 5.0)
+    new = runtime.current
+    assert new.generation > old.generation
+    assert new.groups["web"].live is live  # the same live state
+    assert live.health.get("10.0.0.1:8080").state is TargetState.HEALTHY  # type: ignore[union-attr]
+    assert live.health.get("10.0.0.2:8080").state is TargetState.DRAINING  # type: ignore[union-attr]
+    assert live.health.get("10.0.0.3:8080").state is TargetState.INITIAL  # type: ignore[union-attr]
+    assert seen  # observers heard about the changes
+    # The old generation still resolves its targets, but a draining one is never chosen.
+    for _ in range(4):
+        picked = old.groups["web"].choose(now=6.0, rand=runtime.rand)
+        assert picked is not None
+        assert picked.endpoint.target_id == "10.0.0.1:8080"
+
+
+def test_last_request_of_a_draining_target_ends_its_draining():
+    runtime = Runtime(config("10.0.0.1", "10.0.0.2", checks=False), now=0.0)
+    group = runtime.current.groups["web"]
+    group.request_started("10.0.0.2:8080")
+    runtime.reload(config("10.0.0.1", checks=False), (), 1.0)
+    assert group.live.in_flight("10.0.0.2:8080") == 1
+    events = group.request_finished("10.0.0.2:8080", 2.0)
+    assert any(isinstance(e, TargetDeregistered) and e.early for e in events)
+    assert group.live.health.get("10.0.0.2:8080") is None
+
+
+def test_outstanding_counts_survive_a_reload_for_least_outstanding_requests():
+    cfg = config("10.0.0.1", "10.0.0.2", checks=False, algorithm="least_outstanding_requests")
+    runtime = Runtime(cfg, now=0.0)
+    runtime.current.groups["web"].request_started("10.0.0.1:8080")
+    runtime.reload(cfg, (), 1.0)
+    group = runtime.current.groups["web"]
+    for _ in range(3):
+        picked = group.choose(now=2.0, rand=runtime.rand)
+        assert picked is not None
+        assert picked.endpoint.target_id == "10.0.0.2:8080"
+
+
+def test_replace_targets_makes_a_new_generation_sharing_the_rest():
+    runtime = Runtime(config("10.0.0.1", extra_group=True), now=0.0)
+    old = runtime.current
+    runtime.replace_targets("web", [Endpoint("10.0.0.5:80", "10.0.0.5", 80, 1, "")], 1.0)
+    new = runtime.current
+    assert new.generation == old.generation + 1
+    assert new.listeners is old.listeners
+    assert new.groups["spare"] is old.groups["spare"]
+    assert [c.target_id for c in new.groups["web"].candidates()] == ["10.0.0.5:80"]
+    record = runtime.live["web"].health.get("10.0.0.1:8080")
+    assert record is not None
+    assert record.state is TargetState.DRAINING
+
+
+def test_unreferenced_groups_are_unused_and_removed_groups_drain_then_go():
+    runtime = Runtime(config("10.0.0.1", extra_group=True), now=0.0)
+    assert groups_in_use(runtime.current.config) == {"web"}
+    spare = runtime.live["spare"]
+    record = spare.health.get("10.0.0.9:80")
+    assert record is not None
+    assert record.state is TargetState.UNUSED
+    runtime.reload(config("10.0.0.1"), (), 1.0)
+    assert "spare" not in runtime.live  # unused targets leave without draining
+
+
+def test_sealer_is_built_from_keys_and_a_bad_key_changes_nothing():
+    cfg = BalancerConfig(stickiness=StickinessKeys(key_files=("/k",)))
+    runtime = Runtime(cfg, keys=[KEY], now=0.0)
+    assert runtime.current.sealer is not None
+    before = runtime.current
+    with pytest.raises(ValueError, match="at least"):
+        runtime.reload(cfg, [b"short"], 1.0)
+    assert runtime.current is before
+
+
+def test_a_listener_with_only_fixed_responses_uses_no_group():
+    listener = HttpListener(
+        name="front", port=0, default_action=FixedResponse(status_code=200, message_body="hi")
+    )
+    runtime = Runtime(BalancerConfig(listeners=(listener,)), now=0.0)
+    assert runtime.current.groups == {}
+
+
+def test_a_generation_still_routes_to_a_group_a_newer_one_left_unused():
+    runtime = Runtime(config("10.0.0.1"), now=0.0)
+    old = runtime.current.groups["web"]
+    unused = BalancerConfig(
+        listeners=(
+            HttpListener(name="front", port=0, default_action=FixedResponse(status_code=200)),
+        ),
+        target_groups=runtime.current.config.target_groups,
+    )
+    runtime.reload(unused, (), 1.0)
+    assert runtime.live["web"].health.get("10.0.0.1:8080").state is TargetState.UNUSED
+    assert runtime.current.groups["web"].choose(now=1.0, rand=runtime.rand) is None
+    # A request routed by the old generation (in flight across the reload) is still served.
+    picked = old.choose(now=1.0, rand=runtime.rand)
+    assert picked is not None
+    assert picked.endpoint.target_id == "10.0.0.1:8080"
+    assert picked.choice.fail_open

@@ -1,0 +1,302 @@
+"""The admin targets API over a real socket: describe, register, deregister, reload."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+
+from balancer.cli import SPEC
+from balancer.config import (
+    BalancerConfig,
+    Forward,
+    HealthCheck,
+    HttpListener,
+    Target,
+    TargetGroup,
+)
+from balancer.health import Input, TargetState
+from balancer.peers import PEER_HEADER
+from balancer.runtime import Runtime
+from balancer.targets_api import Overrides, TargetsApi
+from monitoring.admin import AdminServer, open_admin_listener
+from monitoring.lifecycle import Frame
+from monitoring.logging import EventLog
+from monitoring.metrics import Metrics
+from monitoring.settings import AdminSettings, HttpLimits
+from tests.support.check_targets import StubTarget
+from tests.support.daemons import address, running
+from tests.support.http import request
+
+
+def make_config(*hosts: str, delay: int = 300) -> BalancerConfig:
+    group = TargetGroup(
+        name="web",
+        port=8080,
+        targets=tuple(Target(host=h) for h in hosts),
+        deregistration_delay_seconds=delay,
+        health_check=HealthCheck(port=9000),
+    )
+    spare = TargetGroup(name="spare", health_check=HealthCheck(enabled=False))
+    listener = HttpListener(name="front", port=0, default_action=Forward(target_group="web"))
+    return BalancerConfig(listeners=(listener,), target_groups=(group, spare))
+
+
+class Admin:
+    """A runtime with the targets API on a real admin listener."""
+
+    def __init__(self, config: BalancerConfig, **api_options) -> None:
+        self.runtime = Runtime(config, now=trio.current_time())
+        self.overrides = Overrides()
+        self.frame = Frame(EventLog("balancer", level="error"), Metrics("balancer", version="t"))
+        self.server = AdminServer(self.frame)
+        self.api = TargetsApi(self.runtime, self.overrides, self.frame.log, **api_options)
+        self.api.mount(self.server)
+        self.address: tuple[str, int] = ("", 0)
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        listener = await open_admin_listener(
+            self.frame, AdminSettings(port=0), HttpLimits(), self.server
+        )
+        self.address = listener.addresses[0]
+        await nursery.start(self.frame.serve_listeners, [listener])
+
+    async def call(self, method: str, target: str, body: object = None, **kwargs):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode() if body else b""
+        status, headers, reply = await request(self.address, method, target, body=data, **kwargs)
+        assert headers["content-type"] == "application/json"
+        return status, json.loads(reply)
+
+    async def targets(self, group: str = "web") -> dict[str, dict]:
+        status, reply = await self.call("GET", f"/targets?target_group={group}")
+        assert status == 200
+        return {t["id"]: t for t in reply["target_groups"][0]["targets"]}
+
+
+@pytest.fixture
+async def admin(nursery):
+    admin = Admin(make_config("10.0.0.1", "10.0.0.2"))
+    await admin.start(nursery)
+    yield admin
+    admin.frame.stop(0)
+
+
+async def test_describe_lists_every_group_like_describe_target_health(admin):
+    admin.runtime.live["web"].health.record_check("10.0.0.1:8080", Input.CHECK_PASSED, 0.0)
+    status, reply = await admin.call("GET", "/targets")
+    assert status == 200
+    assert [g["name"] for g in reply["target_groups"]] == ["web", "spare"]
+    first, second = reply["target_groups"][0]["targets"]
+    assert first["id"] == "10.0.0.1:8080"
+    assert first["state"] == "healthy"
+    assert first["reason"] is None
+    assert first["health_check_port"] == 9000
+    assert first["source"] == "config"
+    assert second["state"] == "initial"
+    assert second["reason"] == "Elb.InitialHealthChecking"
+    assert second["description"] == "Initial health checks in progress"
+    status, reply = await admin.call("GET", "/targets?target_group=nope")
+    assert (status, reply["error"]) == (404, "TargetGroupNotFound")
+
+
+async def test_register_adds_targets_that_get_checked_and_chosen(admin):
+    body = {"target_group": "web", "targets": [{"host": "10.0.0.3", "weight": 5}]}
+    status, reply = await admin.call("POST", "/targets/register", body)
+    assert status == 200
+    assert reply["targets"][0]["id"] == "10.0.0.3:8080"
+    assert reply["targets"][0]["state"] == "initial"
+    targets = await admin.targets()
+    assert targets["10.0.0.3:8080"]["source"] == "api"
+    assert targets["10.0.0.3:8080"]["weight"] == 5
+    group = admin.runtime.current.groups["web"]
+    assert "10.0.0.3:8080" in group.by_id
+    # Registering it again is a no-op that keeps its health.
+    group.live.health.record_check("10.0.0.3:8080", Input.CHECK_PASSED, 1.0)
+    await admin.call("POST", "/targets/register", body)
+    assert (await admin.targets())["10.0.0.3:8080"]["state"] == "healthy"
+
+
+async def test_deregister_drains_then_register_brings_it_back(admin):
+    live = admin.runtime.live["web"]
+    live.outstanding["10.0.0.2:8080"] = 2
+    body = {"target_group": "web", "targets": [{"host": "10.0.0.2", "port": 8080}]}
+    status, reply = await admin.call("POST", "/targets/deregister", body)
+    assert status == 200
+    (described,) = reply["targets"]
+    assert described["state"] == "draining"
+    assert described["reason"] == "Target.DeregistrationInProgress"
+    assert described["source"] == "deregistered"
+    assert described["in_flight"] == 2
+    assert "10.0.0.2:8080" not in admin.runtime.current.groups["web"].by_id
+    # Deregistering a draining target again is a no-op; a stranger is an error.
+    assert (await admin.call("POST", "/targets/deregister", body))[0] == 200
+    stranger = {"target_group": "web", "targets": [{"host": "10.9.9.9"}]}
+    status, reply = await admin.call("POST", "/targets/deregister", stranger)
+    assert (status, reply["error"]) == (400, "InvalidTarget")
+    # Registered again while draining: back in service, checked from scratch.
+    status, reply = await admin.call("POST", "/targets/register", body)
+    assert status == 200
+    assert reply["targets"][0]["state"] == "initial"
+    assert live.health.get("10.0.0.2:8080").state is TargetState.INITIAL
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{not json", 400, "ValidationError"),
+        ({"target_group": "web"}, 400, "ValidationError"),
+        ({"target_group": "web", "targets": []}, 400, "ValidationError"),
+        ({"target_group": "web", "targets": [{"host": "bad host!"}]}, 400, "ValidationError"),
+        (
+            {"target_group": "web", "targets": [{"host": "10.0.0.1", "port": 70000}]},
+            400,
+            "ValidationError",
+        ),
+        (
+            {"target_group": "web", "targets": [{"host": "10.0.0.1", "color": "red"}]},
+            400,
+            "ValidationError",
+        ),
+        ({"target_group": "nope", "targets": [{"host": "10.0.0.1"}]}, 404, "TargetGroupNotFound"),
+    ],
+)
+async def test_bad_requests_get_clear_json_errors(admin, body, status, code):
+    got_status, reply = await admin.call("POST", "/targets/register", body)
+    assert (got_status, reply["error"]) == (status, code)
+    assert reply["message"]
+    assert len(admin.runtime.current.groups["web"].endpoints) == 2
+
+
+async def test_api_registrations_survive_a_reload_and_the_file_governs_the_rest():
+    overrides = Overrides()
+    runtime = Runtime(make_config("10.0.0.1", "10.0.0.2"), now=0.0)
+    web = runtime.current.groups["web"].config
+    overrides.register(web, [Target(host="10.0.0.3")])
+    overrides.deregister(web, ["10.0.0.1:8080"])
+    runtime.install(overrides.apply(runtime.current), 1.0)
+
+    def ids() -> list[str]:
+        return [e.target_id for e in runtime.current.groups["web"].endpoints]
+
+    assert ids() == ["10.0.0.2:8080", "10.0.0.3:8080"]
+
+    # A reload with a file that adds 10.0.0.4: the API's changes still apply on top.
+    new = make_config("10.0.0.1", "10.0.0.2", "10.0.0.4")
+    overrides.prune(new)
+    runtime.install(overrides.apply(runtime.compile(new)), 2.0)
+    assert ids() == ["10.0.0.2:8080", "10.0.0.4:8080", "10.0.0.3:8080"]
+    assert overrides.source("web", "10.0.0.3:8080") == "api"
+
+    # The file stops listing 10.0.0.1 (the API deregistration is moot) and starts listing
+    # 10.0.0.3 (the API registration becomes the file's).
+    newer = make_config("10.0.0.2", "10.0.0.3")
+    overrides.prune(newer)
+    runtime.install(overrides.apply(runtime.compile(newer)), 3.0)
+    assert ids() == ["10.0.0.2:8080", "10.0.0.3:8080"]
+    assert overrides.source("web", "10.0.0.3:8080") == "config"
+    # ... so a later file without it removes it.
+    last = make_config("10.0.0.2")
+    overrides.prune(last)
+    runtime.install(overrides.apply(runtime.compile(last)), 4.0)
+    assert ids() == ["10.0.0.2:8080"]
+    # A group gone from the file takes its overrides with it.
+    overrides.register(web, [Target(host="10.0.0.9")])
+    overrides.prune(BalancerConfig())
+    assert overrides.endpoints(web) == web.endpoints()
+
+
+async def test_reload_route_reports_the_outcome(nursery):
+    outcomes = [None, "conf/balancer.toml: Expected `int` <= 65535 - at `$.admin.port`"]
+
+    async def reload() -> str | None:
+        return outcomes.pop(0)
+
+    admin = Admin(make_config("10.0.0.1"), reload=reload)
+    await admin.start(nursery)
+    status, reply = await admin.call("POST", "/reload")
+    assert status == 200
+    assert reply["reloaded"] is True
+    status, reply = await admin.call("POST", "/reload")
+    assert (status, reply["error"]) == (400, "ConfigError")
+    assert "$.admin.port" in reply["message"]
+
+    without = Admin(make_config("10.0.0.1"))
+    await without.start(nursery)
+    assert (await without.call("POST", "/reload"))[0] == 503
+    admin.frame.stop(0)
+    without.frame.stop(0)
+
+
+async def test_changes_are_forwarded_to_peer_workers_once(nursery):
+    forwarded: list[tuple[str, bytes]] = []
+
+    async def peers(path: str, body: bytes) -> dict:
+        forwarded.append((path, body))
+        return {"1": "ok"}
+
+    async def reload() -> None:
+        return None
+
+    admin = Admin(make_config("10.0.0.1"), peers=peers, reload=reload)
+    await admin.start(nursery)
+    body = {"target_group": "web", "targets": [{"host": "10.0.0.3"}]}
+    status, reply = await admin.call("POST", "/targets/register", body)
+    assert status == 200
+    assert reply["workers"] == {"1": "ok"}
+    assert forwarded == [("/targets/register", json.dumps(body).encode())]
+    # A request that came from a peer is applied here only.
+    peer = [(PEER_HEADER, "0")]
+    status, reply = await admin.call("POST", "/targets/deregister", body, headers=peer)
+    assert status == 200
+    assert "workers" not in reply
+    status, reply = await admin.call("POST", "/reload")
+    assert reply["workers"] == {"1": "ok"}
+    assert [path for path, _ in forwarded] == ["/targets/register", "/reload"]
+    admin.frame.stop(0)
+
+
+async def test_through_the_daemon_a_registered_target_takes_traffic_and_survives_reload(
+    nursery,
+):
+    first, second = StubTarget(), StubTarget()
+    first.body, second.body = b"first", b"second"
+    await first.start(nursery)
+    await second.start(nursery)
+    group = TargetGroup(
+        name="web",
+        targets=(Target(host="127.0.0.1", port=first.port),),
+        deregistration_delay_seconds=0,
+    )
+    listener = HttpListener(
+        name="front", host="127.0.0.1", port=0, default_action=Forward(target_group="web")
+    )
+    config = BalancerConfig(
+        admin=AdminSettings(port=0), listeners=(listener,), target_groups=(group,)
+    )
+    async with running(SPEC, config) as daemon:
+        admin, front = address(daemon, "admin"), address(daemon, "front")
+        body = {"target_group": "web", "targets": [{"host": "127.0.0.1", "port": second.port}]}
+        status, _, reply = await request(
+            admin, "POST", "/targets/register", body=json.dumps(body).encode()
+        )
+        assert status == 200, reply
+        first_id = f"127.0.0.1:{first.port}"
+        drop_first = {"target_group": "web", "targets": [{"host": "127.0.0.1", "port": first.port}]}
+        status, _, reply = await request(
+            admin, "POST", "/targets/deregister", body=json.dumps(drop_first).encode()
+        )
+        assert status == 200, reply
+        assert daemon.app.runtime.live["web"].health.get(first_id) is None  # delay 0: gone
+        answers = {(await request(front, target="/"))[2] for _ in range(6)}
+        assert answers == {b"second"}
+        # A reload of the same file keeps the API's changes.
+        await daemon.app.reload(config)
+        answers = {(await request(front, target="/"))[2] for _ in range(6)}
+        assert answers == {b"second"}
+        status, _, reply = await request(admin, target="/targets")
+        (described,) = json.loads(reply)["target_groups"][0]["targets"]
+        assert described["source"] == "api"
+        assert described["port"] == second.port
+    first.stop()
+    second.stop()

@@ -1,0 +1,251 @@
+"""HTTPS listeners against ``openssl s_client``: SNI, security policies, ALPN, reload, expiry.
+
+The balancer runs in-process from a real TOML file (so reloads read it again, as SIGHUP does);
+OpenSSL's own client does the handshakes and sends an HTTP request through each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+import re
+import shutil
+import ssl
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import h11
+import pytest
+import trio
+import trustme
+
+from balancer.cli import SPEC
+from balancer.config import BalancerConfig
+from monitoring.configfile import ConfigError, load
+from monitoring.lifecycle import Daemon
+from monitoring.logging import EventLog
+from tests.support.daemons import address
+from tests.support.http import read_response, request
+from tests.support.tls import write_pair
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command"),
+]
+
+NOT_AFTER = datetime.datetime(2031, 7, 1, 0, 0, tzinfo=datetime.UTC)
+HTTP_REQUEST = b"GET /hello HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return trustme.CA()
+
+
+def listener(name: str, policy: str, certs: list[tuple[str, str]]) -> str:
+    listed = ", ".join(f'{{ cert_file = "{c}", key_file = "{k}" }}' for c, k in certs)
+    return f"""
+[[listeners]]
+name = "{name}"
+protocol = "https"
+host = "127.0.0.1"
+port = 0
+ssl_policy = "{policy}"
+certificates = [{listed}]
+timeouts = {{ tls_handshake_seconds = 5.0 }}
+default_action = {{ type = "fixed_response", status_code = 200, message_body = "hello {name}" }}
+"""
+
+
+def write_config(path: Path, certs: list[tuple[str, str]]) -> Path:
+    path.write_text(
+        '[admin]\nport = 0\n[logging]\nlevel = "warning"\n'
+        + listener("web-tls", "ELBSecurityPolicy-TLS13-1-2-2021-06", certs)
+        + listener("tls13", "ELBSecurityPolicy-TLS13-1-3-2021-06", certs[:1])
+        + listener("legacy", "ELBSecurityPolicy-TLS-1-1-2017-01", certs[:1])
+    )
+    return path
+
+
+@pytest.fixture
+def certificates(ca, tmp_path) -> list[tuple[str, str]]:
+    pairs = [
+        write_pair(ca, tmp_path, "default", "default.example.net", not_after=NOT_AFTER),
+        write_pair(ca, tmp_path, "wild", "*.example.com"),
+        write_pair(ca, tmp_path, "api", "api.example.com"),
+    ]
+    return [(p.cert_file, p.key_file) for p in pairs]
+
+
+@contextlib.asynccontextmanager
+async def balancer(config_path: Path) -> AsyncIterator[Daemon[BalancerConfig]]:
+    config = load(config_path, BalancerConfig)
+    log = EventLog("balancer", level="warning", stream=io.StringIO())
+    daemon = Daemon(SPEC, config, config_path=config_path, log=log)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.run)
+        try:
+            yield daemon
+        finally:
+            daemon.request_stop()
+
+
+async def s_client(port: int, *options: str, send: bytes = HTTP_REQUEST) -> tuple[int, str]:
+    """Run ``openssl s_client`` against 127.0.0.1:port; (exit code, stdout + stderr)."""
+    with trio.fail_after(20):
+        result = await trio.run_process(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-ign_eof", *options],
+            stdin=send,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    return result.returncode, (result.stdout + result.stderr).decode("utf-8", "replace")
+
+
+def subject_cn(output: str) -> str | None:
+    match = re.search(r"^subject=.*CN ?= ?([\w.*-]+)", output, re.MULTILINE)
+    return match[1] if match else None
+
+
+@pytest.mark.parametrize(
+    ("sni", "stem"),
+    [
+        ("a.example.com", "wild"),
+        ("api.example.com", "api"),
+        ("default.example.net", "default"),
+        ("unknown.example.org", "default"),
+        (None, "default"),
+    ],
+)
+async def test_sni_chooses_the_certificate(tmp_path, certificates, sni, stem):
+    async with balancer(write_config(tmp_path / "balancer.toml", certificates)) as daemon:
+        port = address(daemon, "web-tls")[1]
+        names = ["-servername", sni] if sni else ["-noservername"]
+        code, output = await s_client(port, *names)
+    assert code == 0, output
+    assert subject_cn(output) == stem
+    assert "HTTP/1.1 200" in output
+    assert "hello web-tls" in output
+
+
+async def test_alpn_offers_http11_only(tmp_path, certificates):
+    async with balancer(write_config(tmp_path / "balancer.toml", certificates)) as daemon:
+        port = address(daemon, "web-tls")[1]
+        _, http11 = await s_client(port, "-servername", "a.example.com", "-alpn", "h2,http/1.1")
+        _, h2 = await s_client(port, "-servername", "a.example.com", "-alpn", "h2")
+    assert "ALPN protocol: http/1.1" in http11
+    assert "No ALPN negotiated" in h2
+
+
+async def test_the_policy_sets_the_minimum_version(tmp_path, certificates):
+    legacy_client = ["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"]
+    async with balancer(write_config(tmp_path / "balancer.toml", certificates)) as daemon:
+        web, tls13, legacy = (address(daemon, n)[1] for n in ("web-tls", "tls13", "legacy"))
+        # The client can speak TLS 1.1: a legacy policy accepts it ...
+        code, output = await s_client(legacy, *legacy_client)
+        assert code == 0, output
+        assert "Protocol  : TLSv1.1" in output or "Protocol: TLSv1.1" in output
+        # ... and a TLS 1.2+ policy refuses it.
+        code, output = await s_client(web, *legacy_client)
+        assert code != 0
+        assert "HTTP/1.1 200" not in output
+        # A TLS 1.3-only policy refuses 1.2 and serves 1.3.
+        code, output = await s_client(tls13, "-tls1_2")
+        assert code != 0
+        code, output = await s_client(tls13, "-tls1_3")
+        assert code == 0, output
+        assert "hello tls13" in output
+        status, _, body = await request(address(daemon, "admin"), target="/metrics")
+    assert status == 200
+    errors = re.findall(
+        rb'wharf_balancer_tls_negotiation_errors_total\{listener="(web-tls|tls13)"', body
+    )
+    assert set(errors) == {b"web-tls", b"tls13"}
+
+
+async def test_expiry_metric_is_the_certificates_not_after(tmp_path, certificates):
+    async with balancer(write_config(tmp_path / "balancer.toml", certificates)) as daemon:
+        status, _, body = await request(address(daemon, "admin"), target="/metrics")
+    assert status == 200
+    line = next(
+        line
+        for line in body.decode().splitlines()
+        if line.startswith("wharf_balancer_certificate_expiry_seconds{")
+        and 'listener="web-tls"' in line
+        and "default.pem" in line
+    )
+    assert float(line.rsplit(" ", 1)[1]) == NOT_AFTER.timestamp()
+
+
+async def open_tls(port: int, ca: trustme.CA, server_name: str) -> trio.SSLStream:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    stream = trio.SSLStream(
+        await trio.open_tcp_stream("127.0.0.1", port), context, server_hostname=server_name
+    )
+    await stream.do_handshake()
+    return stream
+
+
+async def keep_alive_get(stream: trio.SSLStream) -> int:
+    connection = h11.Connection(h11.CLIENT)
+    head = h11.Request(method="GET", target="/", headers=[("host", "a.example.com")])
+    await stream.send_all(connection.send(head) + connection.send(h11.EndOfMessage()))
+    status, _, _ = await read_response(connection, stream)
+    return status
+
+
+async def test_reload_swaps_certificates_for_new_connections_only(ca, tmp_path, certificates):
+    path = write_config(tmp_path / "balancer.toml", certificates)
+    async with balancer(path) as daemon:
+        port = address(daemon, "web-tls")[1]
+        before = await open_tls(port, ca, "a.example.com")
+        assert await keep_alive_get(before) == 200
+        # Renew the wildcard certificate (same files, new subject), then reload.
+        renewed = write_pair(ca, tmp_path, "wild", "*.example.com", common_name="wild-renewed")
+        assert renewed.cert_file == certificates[1][0]
+        assert await daemon.reload() is None
+        _, output = await s_client(port, "-servername", "a.example.com")
+        assert subject_cn(output) == "wild-renewed"
+        # The connection made before the reload keeps its session and keeps working.
+        assert await keep_alive_get(before) == 200
+        await before.aclose()
+
+
+async def test_a_bad_file_refuses_the_reload_and_the_old_certificates_serve(tmp_path, certificates):
+    path = write_config(tmp_path / "balancer.toml", certificates)
+    async with balancer(path) as daemon:
+        port = address(daemon, "web-tls")[1]
+        missing = str(tmp_path / "gone.key")
+        write_config(path, [certificates[0], (certificates[1][0], missing)])
+        refused = await daemon.reload()
+        assert refused is not None
+        assert missing in refused
+        mismatched = [certificates[0], (certificates[1][0], certificates[2][1])]
+        write_config(path, mismatched)
+        refused = await daemon.reload()
+        assert refused is not None
+        assert certificates[2][1] in refused
+        assert "does not match" in refused
+        code, output = await s_client(port, "-servername", "a.example.com")
+        assert code == 0
+        assert subject_cn(output) == "wild"
+
+
+async def test_a_missing_certificate_stops_the_start(tmp_path, certificates):
+    missing = str(tmp_path / "nope.pem")
+    path = write_config(tmp_path / "balancer.toml", [(missing, certificates[0][1])])
+    with pytest.raises(ConfigError) as error:
+        Daemon(SPEC, load(path, BalancerConfig), config_path=path)
+    assert error.value.path == missing
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [sys.executable, "-m", "balancer.cli", "serve", "--config", str(path)],
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert missing in result.stderr.decode()

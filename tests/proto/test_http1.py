@@ -1,0 +1,348 @@
+from __future__ import annotations
+
+import h11
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from proto.http1 import (
+    COMPLIANT,
+    HOP_BY_HOP,
+    Action,
+    Classification,
+    Forwarding,
+    XffMode,
+    classify_head,
+    classify_headers,
+    classify_parse_error,
+    client_address,
+    connection_tokens,
+    forwarded_headers,
+    head_end,
+    header_list,
+    is_trace_field,
+    is_upgrade,
+    new_trace_id,
+    prepare_request,
+    strip_hop_by_hop,
+    trace_header,
+    trace_root,
+    verdict,
+)
+
+TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12).map(str.encode)
+VALUE = st.binary(max_size=20).map(lambda b: bytes(c for c in b if 0x21 <= c <= 0x7E))
+HEADERS = st.lists(st.tuples(TOKEN, VALUE), max_size=12)
+
+
+# Hop-by-hop headers --------------------------------------------------------------------------
+
+
+def test_hop_by_hop_and_connection_listed_headers_are_removed():
+    headers = [
+        (b"host", b"a.example"),
+        (b"connection", b"keep-alive, X-Secret"),
+        (b"keep-alive", b"timeout=5"),
+        (b"x-secret", b"1"),
+        (b"te", b"trailers"),
+        (b"upgrade", b"h2c"),
+        (b"accept", b"*/*"),
+    ]
+    assert strip_hop_by_hop(headers) == [(b"host", b"a.example"), (b"accept", b"*/*")]
+
+
+def test_connection_can_never_drop_framing_or_host():
+    headers = [
+        (b"host", b"a"),
+        (b"content-length", b"3"),
+        (b"connection", b"content-length, host, transfer-encoding"),
+    ]
+    assert strip_hop_by_hop(headers) == [(b"host", b"a"), (b"content-length", b"3")]
+
+
+def test_upgrade_requests_keep_their_upgrade():
+    headers = [(b"host", b"a"), (b"connection", b"Upgrade"), (b"upgrade", b"websocket")]
+    assert is_upgrade(headers)
+    assert strip_hop_by_hop(headers, upgrade=True) == [
+        (b"host", b"a"),
+        (b"upgrade", b"websocket"),
+        (b"connection", b"upgrade"),
+    ]
+    assert not is_upgrade([(b"upgrade", b"websocket")])  # Connection must say so too
+
+
+@given(HEADERS)
+def test_stripping_leaves_no_hop_by_hop_header_and_is_idempotent(headers):
+    once = strip_hop_by_hop(headers)
+    listed = connection_tokens(headers) - {b"content-length", b"transfer-encoding", b"host"}
+    assert all(name not in HOP_BY_HOP and name not in listed for name, _ in once)
+    assert set(once) <= set(headers)
+    assert strip_hop_by_hop(once) == once
+
+
+def test_header_list_reads_h11_headers_in_order():
+    request = h11.Request(
+        method="GET", target="/", headers=[("Host", "a"), ("X-A", "1"), ("x-a", "2")]
+    )
+    assert header_list(request.headers) == [(b"host", b"a"), (b"x-a", b"1"), (b"x-a", b"2")]
+    assert header_list([(b"a", b"b")]) == [(b"a", b"b")]
+
+
+# X-Forwarded-* -------------------------------------------------------------------------------
+
+INCOMING = [
+    (b"host", b"a"),
+    (b"x-forwarded-for", b"6.6.6.6"),
+    (b"x-forwarded-proto", b"https"),
+    (b"x-forwarded-port", b"443"),
+]
+
+
+def forwarding(mode: XffMode = "append", *, trusted: bool = False) -> Forwarding:
+    return Forwarding(b"10.0.0.7", b"http", b"80", mode, trusted)
+
+
+def test_untrusted_clients_cannot_claim_an_address_or_protocol():
+    assert forwarded_headers(INCOMING, forwarding()) == [
+        (b"host", b"a"),
+        (b"x-forwarded-for", b"10.0.0.7"),
+        (b"x-forwarded-proto", b"http"),
+        (b"x-forwarded-port", b"80"),
+    ]
+
+
+def test_a_trusted_proxy_chain_is_extended_and_its_proto_kept():
+    out = dict(forwarded_headers(INCOMING, forwarding(trusted=True)))
+    assert out[b"x-forwarded-for"] == b"6.6.6.6, 10.0.0.7"
+    assert out[b"x-forwarded-proto"] == b"https"
+    assert out[b"x-forwarded-port"] == b"443"
+
+
+def test_preserve_passes_a_trusted_chain_unchanged_and_remove_drops_it():
+    preserved = dict(forwarded_headers(INCOMING, forwarding("preserve", trusted=True)))
+    assert preserved[b"x-forwarded-for"] == b"6.6.6.6"
+    assert b"x-forwarded-for" not in dict(forwarded_headers(INCOMING, forwarding("preserve")))
+    removed = dict(forwarded_headers(INCOMING, forwarding("remove", trusted=True)))
+    assert b"x-forwarded-for" not in removed
+    assert removed[b"x-forwarded-proto"] == b"https"
+
+
+def test_client_addresses_as_x_forwarded_for_writes_them():
+    assert client_address("10.0.0.1", 5, with_port=False) == b"10.0.0.1"
+    assert client_address("10.0.0.1", 5, with_port=True) == b"10.0.0.1:5"
+    assert client_address("2001:db8::1", 5, with_port=True) == b"[2001:db8::1]:5"
+    assert client_address("::ffff:10.0.0.1", 5, with_port=False) == b"10.0.0.1"
+
+
+@given(HEADERS, st.sampled_from(["append", "preserve", "remove"]))
+def test_an_untrusted_peers_forwarded_values_never_pass(headers, mode):
+    spoofed = [*headers, (b"x-forwarded-for", b"6.6.6.6"), (b"x-forwarded-proto", b"evil")]
+    out = forwarded_headers(spoofed, forwarding(mode))
+    assert (b"x-forwarded-for", b"6.6.6.6") not in out
+    assert all(b"6.6.6.6" not in v for n, v in out if n == b"x-forwarded-for")
+    assert [v for n, v in out if n == b"x-forwarded-proto"] == [b"http"]
+    assert sum(n == b"x-forwarded-port" for n, _ in out) == 1
+
+
+# Trace ids -----------------------------------------------------------------------------------
+
+ID = new_trace_id(0x5F000000, bytes(range(12)))
+
+
+def test_trace_ids_have_aws_format():
+    assert ID == b"1-5f000000-000102030405060708090a0b"
+    assert is_trace_field(b"Root=" + ID)
+    with pytest.raises(ValueError, match="12 random bytes"):
+        new_trace_id(0, b"short")
+
+
+def test_trace_header_rules():
+    assert trace_header(None, ID) == b"Root=" + ID
+    other = b"Root=1-00000000-aaaaaaaaaaaaaaaaaaaaaaaa"
+    assert (
+        trace_header(other + b";CalledFrom=app", ID) == other + b";Self=" + ID + b";CalledFrom=app"
+    )
+    assert trace_header(other + b";Self=old", ID) == other + b";Self=" + ID
+    assert trace_header(b"CalledFrom=app", ID) == b"Root=" + ID + b";CalledFrom=app"
+    assert trace_header(b"x=" + b"y" * 2000, ID) == b"Root=" + ID
+    assert trace_root(other + b";Self=" + ID) == other
+
+
+@given(st.one_of(st.none(), VALUE), st.floats(0, 2**32 - 1), st.binary(min_size=12, max_size=12))
+def test_a_forwarded_trace_header_always_has_one_well_formed_root(existing, now, random):
+    trace_id = new_trace_id(now, random)
+    value = trace_header(existing, trace_id)
+    roots = [f for f in value.split(b";") if f.strip().startswith(b"Root=")]
+    assert roots
+    assert len(value) <= 1024
+    if not existing or b"Root=" not in existing:
+        assert is_trace_field(roots[0])
+
+
+# Desync classification -----------------------------------------------------------------------
+
+
+def head(*lines: bytes, request_line: bytes = b"GET / HTTP/1.1") -> bytes:
+    return b"\r\n".join([request_line, *lines]) + b"\r\n\r\n"
+
+
+CLEAN = head(b"Host: a.example", b"Accept: */*")
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (head(b"Host: a", b"X-A: b", b" folded"), "ObsFold"),
+        (head(b"Host: a", b"\tX: y"), "ObsFold"),
+        (head(b"Host: a", b"X: a\x00b"), "BadHeader"),
+        (head(b"Host: a", b"X: a\rb"), "BadHeader"),
+        (head(b"Host: a", b"X: a\x01b"), "BadHeader"),
+        (head(b"Host: a", b"Content-Length: 5", b"Content-Length: 5"), "DuplicateContentLength"),
+        (head(b"Host: a", b"Content-Length: 5, 5"), "DuplicateContentLength"),
+        (head(b"Host: a", b"Content-Length: 5", b"content-length: 6"), "MultipleContentLength"),
+        (
+            head(b"Host: a", b"Transfer-Encoding: chunked", b"Transfer-Encoding: chunked"),
+            "MultipleTransferEncodingChunked",
+        ),
+        (head(b"Host: a", request_line=b"G(T / HTTP/1.1"), "BadMethod"),
+        (head(b"Host: a", request_line=b"GET / HTTP/x"), "BadVersion"),
+        (head(b"Host: a", request_line=b"GET /a\x7fb HTTP/1.1"), "BadUri"),
+        (head(b"Host: a", request_line=b"GET  / HTTP/1.1"), "BadUri"),
+    ],
+)
+def test_heads_that_h11_would_normalise_are_refused(raw, reason):
+    found = classify_head(raw)
+    assert found.reason == reason
+    assert found.action is Action.REFUSE
+
+
+def test_a_clean_head_is_compliant_and_obs_text_only_acceptable():
+    assert classify_head(CLEAN) == COMPLIANT
+    found = classify_head(head(b"Host: a", b"X: caf\xe9"))
+    assert (found.classification, found.action) == (Classification.ACCEPTABLE, Action.ALLOW)
+    assert classify_head(head(b"Host: a", request_line=b"GET / HTTP/1.2")).reason == (
+        "NonCompliantVersion"
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "reason", "action"),
+    [
+        (
+            b"POST",
+            [(b"content-length", b"5"), (b"transfer-encoding", b"chunked")],
+            "BothTeClPresent",
+            Action.REFUSE,
+        ),
+        (b"POST", [(b"content_length", b"5")], "SuspiciousHeader", Action.REFUSE),
+        (
+            b"GET",
+            [(b"content-length", b"5")],
+            "UndefinedContentLengthSemantics",
+            Action.CLOSE_AFTER,
+        ),
+        (b"HEAD", [(b"content-length", b"0")], "GetHeadZeroContentLength", Action.ALLOW),
+        (
+            b"GET",
+            [(b"transfer-encoding", b"chunked")],
+            "UndefinedTransferEncodingSemantics",
+            Action.CLOSE_AFTER,
+        ),
+        (b"POST", [(b"content-length", b"5")], "", Action.ALLOW),
+    ],
+)
+def test_header_semantics(method, headers, reason, action):
+    found = classify_headers(method, headers)
+    assert (found.reason, found.action) == (reason, action)
+
+
+def test_h11_parse_errors_map_to_alb_reasons():
+    assert classify_parse_error("conflicting Content-Length headers").reason == (
+        "MultipleContentLength"
+    )
+    assert classify_parse_error("illegal chunk header").reason == "BadTransferEncoding"
+    assert classify_parse_error("Only Transfer-Encoding: chunked is supported").reason == (
+        "BadTransferEncoding"
+    )
+    assert classify_parse_error("something new").action is Action.REFUSE
+    # The raw head names the reason better than h11's message when it is complete.
+    folded = head(b"Host: a", b" x")
+    assert classify_parse_error("continuation line at start of headers", folded).reason == "ObsFold"
+    assert verdict("BadHeader").classification is Classification.SEVERE
+
+
+def test_head_end_finds_the_blank_line_as_h11_does():
+    assert head_end(CLEAN) == len(CLEAN)
+    assert head_end(b"GET / HTTP/1.1\nHost: a\n\nbody") == len(b"GET / HTTP/1.1\nHost: a\n\n")
+    assert head_end(b"GET / HTTP/1.1\r\nHost: a\r\n") == -1
+
+
+@given(st.binary(max_size=300))
+@example(b"\r\n\r\n")
+@example(b"GET / HTTP/1.1\r\n\r\n")
+def test_classification_is_total(raw):
+    found = classify_head(raw)
+    assert found.action in Action
+    assert classify_parse_error("x", raw).action is Action.REFUSE
+
+
+FIELD_NAME = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=10)
+FIELD_VALUE = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789 /.-=", max_size=20).map(
+    str.strip
+)
+
+
+@given(st.lists(st.tuples(FIELD_NAME, FIELD_VALUE), max_size=10))
+def test_heads_h11_writes_are_compliant_and_parse_back(fields):
+    fields = [(n, v) for n, v in fields if n not in ("host", "content", "transfer")]
+    raw = h11.Connection(h11.CLIENT).send(
+        h11.Request(method="GET", target="/x?y=1", headers=[("host", "a"), *fields])
+    )
+    assert raw is not None
+    assert classify_head(raw) == COMPLIANT
+    server = h11.Connection(h11.SERVER)
+    server.receive_data(raw)
+    event = server.next_event()
+    assert isinstance(event, h11.Request)
+    assert classify_headers(event.method, header_list(event.headers)) == COMPLIANT
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                [
+                    b"host",
+                    b"connection",
+                    b"upgrade",
+                    b"keep-alive",
+                    b"x-forwarded-for",
+                    b"x-forwarded-proto",
+                    b"x-forwarded-port",
+                    b"x-amzn-trace-id",
+                    b"expect",
+                    b"x-a",
+                    b"content-length",
+                ]
+            ),
+            st.sampled_from(
+                [b"1", b"x-a", b"upgrade", b"Root=1-00000000-aaaaaaaaaaaaaaaaaaaaaaaa"]
+            ),
+        ),
+        max_size=10,
+    ),
+    st.sampled_from(["append", "preserve", "remove"]),
+    st.booleans(),
+    st.booleans(),
+)
+def test_the_one_pass_preparation_equals_the_composition(headers, mode, trusted, upgrade):
+    fwd = Forwarding(b"10.0.0.7", b"http", b"80", mode, trusted)
+    got, trace = prepare_request(headers, fwd, ID, upgrade=upgrade, default_host=b"lb:80")
+    steps = forwarded_headers(strip_hop_by_hop(headers, upgrade=upgrade), fwd)
+    traces = [v for n, v in steps if n == b"x-amzn-trace-id"]
+    expected = [(n, v) for n, v in steps if n not in (b"x-amzn-trace-id", b"expect")]
+    expected.append((b"x-amzn-trace-id", trace_header(traces[0] if traces else None, ID)))
+    if not any(n == b"host" for n, _ in expected):
+        expected.insert(0, (b"host", b"lb:80"))
+    assert got == expected
+    assert trace == expected[-1][1]
