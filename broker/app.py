@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import ssl
 from functools import partial
 from pathlib import Path
 from typing import Final
@@ -18,17 +19,25 @@ import trio
 
 from broker.auth import Authenticator, Credential, load_credentials
 from broker.config import BrokerConfig
+from broker.fanout import Fanout
 from broker.frontend import Frontend
+from broker.http_client import HttpClient
+from broker.http_delivery import HttpDeliveries
 from broker.metrics import BrokerMetrics
 from broker.model.errors import SqsError
 from broker.model.signing import Signer
 from broker.move_tasks import MoveTasks
 from broker.registry import QueueRegistry
+from broker.sns import SnsApi
+from broker.sns_http import SnsFrontend
+from broker.sns_keys import load_signing_keys
+from broker.sns_metrics import watch_topics
 from broker.sqs import SqsApi
 from broker.store.base import Store
 from broker.store.sealing import KeyRing, Sealer, load_key_file
 from broker.store.sqlite import SqliteStore
 from broker.tls import TlsTerminator, server_context
+from broker.topics import TopicRegistry
 from monitoring.admin import AdminServer, open_admin_listener
 from monitoring.configfile import ConfigError
 from monitoring.httpserver import serve_http
@@ -113,6 +122,7 @@ class BrokerApp:
         self.registry: QueueRegistry | None = None
         self.frontend: Frontend | None = None
         self.move_tasks: MoveTasks | None = None
+        self.topics: TopicRegistry | None = None
 
     def _warn_stored_in_clear(self) -> None:
         self.frame.log.warning(
@@ -145,6 +155,7 @@ class BrokerApp:
             move_tasks = MoveTasks(registry, authorize=sqs.authorize, log=frame.log)
             sqs.register(move_tasks.actions())
             self.move_tasks = move_tasks
+            sns, deliveries, topics = await self._sns(store, registry, directory)
             frontend = Frontend(
                 sqs=sqs,
                 authenticator=self.authenticator,
@@ -152,18 +163,77 @@ class BrokerApp:
                 log=frame.log,
                 public_url=config.api.public_url,
                 scheme="http" if self.tls is None else "https",
+                sns=sns,
             )
             self.frontend = frontend
             api = await self._api_listener(frontend)
             admin = await open_admin_listener(frame, config.admin, HttpLimits(), self.admin)
             async with trio.open_nursery() as background:
                 background.start_soon(registry.expire_forever)
+                background.start_soon(topics.expire_forever)
                 await background.start(move_tasks.run)  # stopped with the background tasks
+                await background.start(deliveries.run)  # pending rows resume at the next start
                 await frame.serve_listeners([api, admin], task_status=task_status)
                 background.cancel_scope.cancel()
         finally:
             with trio.move_on_after(STORE_CLOSE_TIMEOUT_SECONDS, shield=True):
                 await store.aclose()
+
+    async def _sns(
+        self, store: Store, queues: QueueRegistry, directory: Path
+    ) -> tuple[SnsFrontend, HttpDeliveries, TopicRegistry]:
+        """Topics, the publisher, the HTTP/S delivery worker and the SNS front end."""
+        config = self.config
+        settings = config.sns
+        keys = load_signing_keys(settings, directory)
+        try:
+            client = HttpClient(
+                connect_timeout=settings.connect_timeout_seconds,
+                response_timeout=settings.response_timeout_seconds,
+                ca_file=settings.ca_file,
+            )
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError(settings.ca_file, f"cannot load the CA file: {error}") from None
+        topics = TopicRegistry(
+            store,
+            region=config.aws.region,
+            account_id=config.aws.account_id,
+            log=self.frame.log,
+            max_filter_policies=settings.max_filter_policies_per_topic,
+        )
+        await topics.load()
+        deliveries = HttpDeliveries(
+            store,
+            topics,
+            client,
+            concurrency=settings.delivery_concurrency,
+            endpoint_concurrency=settings.endpoint_concurrency,
+            log=self.frame.log,
+        )
+        deliveries.restore(topics.pending_deliveries)
+        fanout = Fanout(
+            store,
+            queues,
+            keys,
+            deliveries=deliveries,
+            signature_version=settings.signature_version,
+            cert_url_base=settings.signing_cert_url_base,
+            log=self.frame.log,
+        )
+        deliveries.fanout = fanout
+        watch_topics(self.frame.metrics, topics, deliveries)
+        self.topics = topics
+        api = SnsApi(topics, fanout, deliveries, account_id=config.aws.account_id)
+        frontend = SnsFrontend(
+            api,
+            keys,
+            metrics=self.metrics,
+            log=self.frame.log,
+            region=config.aws.region,
+            public_url=config.api.public_url,
+            scheme="http" if self.tls is None else "https",
+        )
+        return frontend, deliveries, topics
 
     async def _api_listener(self, frontend: Frontend) -> Listener:
         api = self.config.api
@@ -231,6 +301,8 @@ class BrokerApp:
         self.sealer.replace(keyring)
         if _needs_restart(self.config, config):
             self.frame.log.warning("config.restart_required", section="api/storage")
+        if config.sns != self.config.sns:
+            self.frame.log.warning("config.restart_required", section="sns")
         self.config = config
         if self.registry is not None:
             await self._declare_queues(self.registry)

@@ -125,6 +125,69 @@ class StorageSettings(Section, frozen=True, kw_only=True):
     ] = ""
 
 
+class SnsSettings(Section, frozen=True, kw_only=True):
+    """SNS: the envelope signing key and the outbound HTTP/S delivery worker."""
+
+    signing_key_file: Annotated[
+        str,
+        Meta(
+            description="PEM RSA private key that signs SNS envelopes. Empty: a key and a "
+            "self-signed certificate are generated into the data directory on first start."
+        ),
+    ] = ""
+    signing_cert_file: Annotated[
+        str, Meta(description="PEM certificate of signing_key_file, served at SigningCertURL.")
+    ] = ""
+    signing_cert_path: Annotated[
+        str, Meta(description="Path on the API listener that serves the signing certificate.")
+    ] = "/SimpleNotificationService-wharf.pem"
+    signing_cert_url_base: Annotated[
+        str,
+        Meta(
+            description="scheme://host[:port] of SigningCertURL. Empty: api.public_url, else "
+            "the Host header of the request that published."
+        ),
+    ] = ""
+    signature_version: Annotated[
+        Literal["1", "2"],
+        Meta(description="SignatureVersion of topics that do not set one (AWS's default: 1)."),
+    ] = "1"
+    delivery_concurrency: Annotated[
+        int, Meta(ge=1, le=10_000, description="HTTP/S delivery attempts in flight, in all.")
+    ] = 64
+    endpoint_concurrency: Annotated[
+        int,
+        Meta(ge=1, le=1_000, description="HTTP/S delivery attempts in flight per subscription."),
+    ] = 8
+    connect_timeout_seconds: Annotated[
+        Seconds, Meta(description="Bound on TCP connect plus TLS handshake to an endpoint.")
+    ] = 5.0
+    response_timeout_seconds: Annotated[
+        Seconds, Meta(description="Bound on sending a delivery and reading the response (AWS: 15).")
+    ] = 15.0
+    ca_file: Annotated[
+        str,
+        Meta(description="PEM CA bundle for https endpoints. Empty: the system trust store."),
+    ] = ""
+    max_filter_policies_per_topic: Annotated[
+        int, Meta(ge=1, le=1_000_000, description="Filter policies per topic (AWS default: 200).")
+    ] = 200
+
+    def __post_init__(self) -> None:
+        if bool(self.signing_key_file) != bool(self.signing_cert_file):
+            raise ValueError("sns needs both signing_key_file and signing_cert_file, or neither")
+        if not re.fullmatch(r"/[A-Za-z0-9._~/-]*\.pem", self.signing_cert_path):
+            raise ValueError(
+                f"signing_cert_path must be an absolute path ending in .pem, "
+                f"got {self.signing_cert_path!r}"
+            )
+        base = self.signing_cert_url_base
+        if base and not re.fullmatch(r"https?://[^/\s]+", base):
+            raise ValueError(
+                f"signing_cert_url_base must be scheme://host[:port] without a path, got {base!r}"
+            )
+
+
 class DeclaredQueue(Section, frozen=True, kw_only=True):
     """A queue created (or updated) at start. Removing it here never deletes the queue."""
 
@@ -141,6 +204,7 @@ class BrokerConfig(Section, frozen=True, kw_only=True):
     auth: AuthSettings = AuthSettings()
     storage: StorageSettings = StorageSettings()
     queues: list[DeclaredQueue] = field(default_factory=list)
+    sns: SnsSettings = SnsSettings()
     admin: AdminSettings = AdminSettings()
     logging: LoggingSettings = LoggingSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()

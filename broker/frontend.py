@@ -9,10 +9,11 @@ raise against AWS.
 
 from __future__ import annotations
 
+import itertools
+import secrets
 import time
-import uuid
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 from broker.auth import Authenticator, Caller
 from broker.metrics import BrokerMetrics
@@ -45,6 +46,25 @@ def aws_error(error: SqsError) -> AwsError:
     )
 
 
+def request_ids() -> Callable[[], str]:
+    """A source of request ids: UUID-shaped, unique, and cheap.
+
+    ``uuid.uuid4()`` per request reads ``os.urandom``, which releases the GIL, so every id
+    handed the GIL to the store's writer thread and the event loop waited to get it back.
+    These ids are 74 random bits per source followed by a 48-bit counter that starts
+    at a random value: distinct for 2**48 requests, unrelated across processes and restarts,
+    and rendered in the version-4 layout (``xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx``).
+    """
+    bits = secrets.randbits(74)
+    # 32 + 16 bits, the version nibble, 12 bits, the variant (10xx), 14 bits.
+    prefix = (
+        f"{bits >> 48:08x}-{(bits >> 32) & 0xFFFF:04x}-4{(bits >> 20) & 0xFFF:03x}-"
+        f"{0x8000 | ((bits >> 6) & 0x3FFF):04x}-"
+    )
+    counter = itertools.count(secrets.randbits(47))
+    return lambda: f"{prefix}{next(counter) & 0xFFFF_FFFF_FFFF:012x}"
+
+
 class _Codec:
     """One wire protocol's encoders, bound to SQS."""
 
@@ -66,8 +86,18 @@ JSON_SQS = _Codec("json", SQS, json=True)
 QUERY_SQS = _Codec("query", SQS, json=False)
 
 
+class ServiceRouter(Protocol):
+    """Another service on the same listener (:class:`broker.sns_http.SnsFrontend`)."""
+
+    async def route(self, request: Request, authenticator: Authenticator) -> Response | None:
+        """Answer the request if it is this service's, else return None."""
+
+
 class Frontend:
-    """Turns HTTP requests into SQS actions and their results back into HTTP responses."""
+    """Turns HTTP requests into SQS actions and their results back into HTTP responses.
+
+    Requests the ``sns`` router claims (SigV4 scope ``sns``, SNS actions) are answered by it.
+    """
 
     def __init__(
         self,
@@ -78,17 +108,23 @@ class Frontend:
         log: EventLog,
         public_url: str,
         scheme: str = "http",
-        new_request_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        new_request_id: Callable[[], str] | None = None,
+        sns: ServiceRouter | None = None,
     ) -> None:
         self.sqs = sqs
+        self.sns = sns
         self.authenticator = authenticator
         self.metrics = metrics
         self.log = log
         self.public_url = public_url
         self.scheme = scheme  # of queue URLs built from the Host header: https behind TLS
-        self._new_request_id = new_request_id
+        self._new_request_id = new_request_id or request_ids()
 
     async def handle(self, request: Request) -> Response:
+        if self.sns is not None:
+            routed = await self.sns.route(request, self.authenticator)
+            if routed is not None:
+                return routed
         started = time.perf_counter()
         request_id = self._new_request_id()
         codec = JSON_SQS if request.header(b"x-amz-target") is not None else QUERY_SQS

@@ -191,11 +191,12 @@ class QueueIndex(QueueState):
             if delay is None or self.settings.fifo:
                 delay = self.settings.delay_seconds
             visible_at = now + delay * 1000
+            message_id = self._signer.message_id(self.queue_id, seq)
             mutations.append(
                 MessageInserted(
                     queue_id=self.queue_id,
                     seq=seq,
-                    message_id=self._signer.message_id(self.queue_id, seq),
+                    message_id=message_id,
                     body=request.body,
                     attributes=request.attributes,
                     sent_at=now,
@@ -215,13 +216,13 @@ class QueueIndex(QueueState):
                     )
                 )
             accepted.append((seq, visible_at, request.group_id))
-            results.append(self._sent(seq, duplicate=False))
+            results.append(self._sent(seq, duplicate=False, message_id=message_id))
         self._pending += len(accepted)
         return SendOutcome(results, mutations, [lambda: self._activate_sent(accepted)])
 
-    def _sent(self, seq: int, *, duplicate: bool) -> SentMessage:
+    def _sent(self, seq: int, *, duplicate: bool, message_id: str | None = None) -> SentMessage:
         return SentMessage(
-            message_id=self._signer.message_id(self.queue_id, seq),
+            message_id=message_id or self._signer.message_id(self.queue_id, seq),
             sequence_number=sequence_number(seq) if self.settings.fifo else None,
             seq=seq,
             duplicate=duplicate,

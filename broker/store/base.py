@@ -34,6 +34,10 @@ from broker.model.messages import AttributeValue
 from broker.model.mutations import Mutation
 from broker.model.outcomes import RestoredMessage
 from broker.model.settings import QueueSettings
+from broker.model.sns_mutations import MessageType, SnsMutation, SubscriptionRecord
+from broker.model.topics import TopicSettings
+
+AnyMutation = Mutation | SnsMutation
 
 
 class StoreError(Exception):
@@ -42,6 +46,10 @@ class StoreError(Exception):
 
 class QueueNameTaken(StoreError):
     """A live queue already has that name."""
+
+
+class TopicNameTaken(StoreError):
+    """A live topic already has that name."""
 
 
 class KeyUnavailable(SqsError, StoreError):
@@ -152,6 +160,75 @@ class LoadedQueue:
         self.deduplication = deduplication
 
 
+class TopicRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A topic as stored: identity, settings, tags, timestamps, its FIFO sequence counter."""
+
+    topic_id: int
+    name: str
+    settings: TopicSettings
+    tags: dict[str, str]
+    created_at: int
+    modified_at: int
+    next_seq: int = 1
+
+
+class TopicDeduplicationEntry(msgspec.Struct, frozen=True, array_like=True):
+    """A FIFO topic's deduplication id still inside its window, and the publish it names."""
+
+    key: bytes
+    message_id: str
+    sequence_number: str
+    expires_at: int
+
+
+class PendingHttpDelivery(msgspec.Struct, frozen=True, kw_only=True):
+    """An outbox row without its payload: what the delivery worker schedules by at start."""
+
+    delivery_id: int
+    subscription_id: str
+    topic_id: int
+    message_type: MessageType
+    endpoint: str
+    attempts: int
+    first_attempt_at: int | None
+    next_attempt_at: int
+    published_at: int
+
+
+class HttpPayload(msgspec.Struct, frozen=True, kw_only=True):
+    """An outbox row's payload, read when an attempt needs it."""
+
+    headers: list[tuple[str, str]]
+    body: str
+    dead_letter_attributes: dict[str, AttributeValue]
+
+
+class LoadedTopic:
+    """A topic at start: its record and its deduplication entries."""
+
+    __slots__ = ("deduplication", "record")
+
+    def __init__(self, record: TopicRecord, deduplication: list[TopicDeduplicationEntry]) -> None:
+        self.record = record
+        self.deduplication = deduplication
+
+
+class LoadedSns:
+    """Everything SNS needs at start: topics, subscriptions, pending HTTP deliveries."""
+
+    __slots__ = ("deliveries", "subscriptions", "topics")
+
+    def __init__(
+        self,
+        topics: list[LoadedTopic],
+        subscriptions: list[SubscriptionRecord],
+        deliveries: list[PendingHttpDelivery],
+    ) -> None:
+        self.topics = topics
+        self.subscriptions = subscriptions
+        self.deliveries = deliveries
+
+
 class Histogram(msgspec.Struct, frozen=True, kw_only=True):
     """Cumulative counts per upper bound, Prometheus style (the last count is +Inf)."""
 
@@ -221,7 +298,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def commit(
-        self, mutations: Sequence[Mutation], on_durable: Callable[[], None] | None = None
+        self, mutations: Sequence[AnyMutation], on_durable: Callable[[], None] | None = None
     ) -> None:
         """Make ``mutations`` durable, in call order; then run ``on_durable``.
 
@@ -254,6 +331,36 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete_queue(self, queue_id: int) -> None:
         """Delete a queue; its messages are reclaimed in the background."""
+
+    @abc.abstractmethod
+    async def load_sns(self) -> LoadedSns:
+        """Return every topic, subscription and pending HTTP delivery (payloads not included)."""
+
+    @abc.abstractmethod
+    async def create_topic(
+        self, name: str, settings: TopicSettings, tags: Mapping[str, str], now: int
+    ) -> TopicRecord:
+        """Store a new topic and return it with its id.
+
+        Raises:
+            TopicNameTaken: a live topic has that name.
+        """
+
+    @abc.abstractmethod
+    async def update_topic(self, topic_id: int, settings: TopicSettings, now: int) -> None:
+        """Replace a topic's settings (SetTopicAttributes, AddPermission...)."""
+
+    @abc.abstractmethod
+    async def set_topic_tags(self, topic_id: int, tags: Mapping[str, str]) -> None:
+        """Replace a topic's tags."""
+
+    @abc.abstractmethod
+    async def delete_topic(self, topic_id: int) -> None:
+        """Delete a topic with its subscriptions, pending deliveries and deduplication entries."""
+
+    @abc.abstractmethod
+    async def read_http_payload(self, delivery_id: int) -> HttpPayload | None:
+        """Return a pending delivery's payload, or None if the row is gone."""
 
     def check_sealing(self, settings: QueueSettings) -> None:
         """Refuse, before the model accepts them, messages this store could not seal.

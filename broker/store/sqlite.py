@@ -23,7 +23,6 @@ import queue
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,14 +30,19 @@ from typing import Any, TypeVar
 import msgspec
 import trio
 
-from broker.model.mutations import MessageInserted, MessageMoved, Mutation
+from broker.model.mutations import MessageInserted, MessageMoved
 from broker.model.outcomes import RestoredMessage
 from broker.model.settings import QueueSettings
+from broker.model.topics import TopicSettings
+from broker.store import sqlite_sns
 from broker.store.base import (
+    AnyMutation,
     DeduplicationEntry,
     HistogramRecorder,
+    HttpPayload,
     KeyUnavailable,
     LoadedQueue,
+    LoadedSns,
     MessageColumns,
     QueueNameTaken,
     QueueRecord,
@@ -46,6 +50,8 @@ from broker.store.base import (
     StoredMessage,
     StoreError,
     StoreStatistics,
+    TopicNameTaken,
+    TopicRecord,
 )
 from broker.store.sealing import Sealer, SealingKey, associated_data
 from broker.store.sqlite_apply import ATTRIBUTES_DECODER, apply_mutations, reclaim_step
@@ -64,19 +70,27 @@ _T = TypeVar("_T")
 
 
 class _Job:
-    """One caller's unit of work for the writer thread."""
+    """One caller's unit of work for the writer thread.
 
-    __slots__ = ("apply", "done", "error", "on_durable", "result", "size")
+    A :meth:`SqliteStore.commit` job also carries its mutations and sealing keys, so that the
+    writer can apply a run of such jobs as one batch (``apply`` does the same for one job).
+    """
+
+    __slots__ = ("apply", "done", "error", "keys", "mutations", "on_durable", "result", "size")
 
     def __init__(
         self,
         apply: Callable[[sqlite3.Connection], Any],
         on_durable: Callable[[], None] | None,
         size: int,
+        mutations: list[AnyMutation] | None = None,
+        keys: dict[int, SealingKey] | None = None,
     ) -> None:
         self.apply = apply
         self.on_durable = on_durable
         self.size = size
+        self.mutations = mutations
+        self.keys = keys
         self.done = trio.Event()
         self.result: Any = None
         self.error: BaseException | None = None
@@ -152,7 +166,7 @@ class SqliteStore(Store):
     # ------------------------------------------------------------------ writes
 
     async def commit(
-        self, mutations: Sequence[Mutation], on_durable: Callable[[], None] | None = None
+        self, mutations: Sequence[AnyMutation], on_durable: Callable[[], None] | None = None
     ) -> None:
         """See :meth:`Store.commit`.
 
@@ -168,13 +182,15 @@ class SqliteStore(Store):
             lambda connection: apply_mutations(connection, batch, self._to_reclaim, keys),
             on_durable,
             len(batch),
+            mutations=batch,
+            keys=keys,
         )
 
     def check_sealing(self, settings: QueueSettings) -> None:
         """See :meth:`Store.check_sealing`."""
         self.sealer.key_for(settings)
 
-    def _sealing_keys(self, batch: list[Mutation]) -> dict[int, SealingKey]:
+    def _sealing_keys(self, batch: list[AnyMutation]) -> dict[int, SealingKey]:
         keys: dict[int, SealingKey] = {}
         seen: set[int] = set()
         for mutation in batch:
@@ -267,17 +283,81 @@ class SqliteStore(Store):
 
         await self._submit(mark, None, 0)
 
+    # ------------------------------------------------------------------ SNS
+
+    async def load_sns(self) -> LoadedSns:
+        """See :meth:`Store.load_sns`."""
+        return await self._read(sqlite_sns.load_sns)
+
+    async def create_topic(
+        self, name: str, settings: TopicSettings, tags: Mapping[str, str], now: int
+    ) -> TopicRecord:
+        """See :meth:`Store.create_topic`."""
+        tags_copy = dict(tags)
+        try:
+            topic_id = await self._submit(
+                lambda connection: sqlite_sns.insert_topic(
+                    connection, name, settings, tags_copy, now
+                ),
+                None,
+                0,
+            )
+        except StoreError as error:
+            if isinstance(error.__cause__, sqlite3.IntegrityError):
+                raise TopicNameTaken(f"a topic named {name!r} exists") from error
+            raise
+        return TopicRecord(
+            topic_id=topic_id,
+            name=name,
+            settings=settings,
+            tags=tags_copy,
+            created_at=now,
+            modified_at=now,
+        )
+
+    async def update_topic(self, topic_id: int, settings: TopicSettings, now: int) -> None:
+        """See :meth:`Store.update_topic`."""
+        await self._submit(
+            lambda connection: sqlite_sns.update_topic(connection, topic_id, settings, now),
+            None,
+            0,
+        )
+
+    async def set_topic_tags(self, topic_id: int, tags: Mapping[str, str]) -> None:
+        """See :meth:`Store.set_topic_tags`."""
+        tags_copy = dict(tags)
+        await self._submit(
+            lambda connection: sqlite_sns.set_topic_tags(connection, topic_id, tags_copy),
+            None,
+            0,
+        )
+
+    async def delete_topic(self, topic_id: int) -> None:
+        """See :meth:`Store.delete_topic`."""
+        await self._submit(
+            lambda connection: sqlite_sns.delete_topic(connection, topic_id), None, 0
+        )
+
+    async def read_http_payload(self, delivery_id: int) -> HttpPayload | None:
+        """See :meth:`Store.read_http_payload`."""
+        return await self._read(
+            lambda connection: sqlite_sns.read_http_payload(connection, delivery_id)
+        )
+
     async def _submit(
         self,
         apply: Callable[[sqlite3.Connection], Any],
         on_durable: Callable[[], None] | None,
         size: int,
+        *,
+        mutations: list[AnyMutation] | None = None,
+        keys: dict[int, SealingKey] | None = None,
     ) -> Any:
         if self._failure is not None:
             raise StoreError("the store failed earlier and accepts no writes") from self._failure
         if self._thread is None:
             raise StoreError("the store is not open")
-        job = _Job(apply, on_durable, size)
+        job = _Job(apply, on_durable, size, mutations, keys)
         # Queued before the first checkpoint: commits land in call order.
         self._pending += 1
         self._jobs.put(job)
@@ -315,14 +395,21 @@ class SqliteStore(Store):
             if self._failure is not None:
                 raise StoreError("the store failed earlier") from self._failure
             connection.execute("BEGIN IMMEDIATE")
-            for job in jobs:
-                connection.execute("SAVEPOINT job")
-                try:
-                    job.result = job.apply(connection)
-                except Exception as error:
-                    connection.execute("ROLLBACK TO job")
-                    job.error = error
-                connection.execute("RELEASE job")
+            try:
+                self._apply_together(connection, jobs)
+            except Exception:
+                # Some job failed: start again, each job in a savepoint, so it fails alone.
+                connection.execute("ROLLBACK")
+                connection.execute("BEGIN IMMEDIATE")
+                for job in jobs:
+                    job.result = None
+                    connection.execute("SAVEPOINT job")
+                    try:
+                        job.result = job.apply(connection)
+                    except Exception as error:
+                        connection.execute("ROLLBACK TO job")
+                        job.error = error
+                    connection.execute("RELEASE job")
             connection.execute("COMMIT")
         except Exception as error:
             # The transaction is lost; memory may be ahead of the disk. Fail closed.
@@ -341,6 +428,30 @@ class SqliteStore(Store):
         assert self._token is not None
         with contextlib.suppress(trio.RunFinishedError):
             self._token.run_sync_soon(self._complete, jobs)
+
+    def _apply_together(self, connection: sqlite3.Connection, jobs: list[_Job]) -> None:
+        """Apply every job in the open transaction, without savepoints; raise if one fails.
+
+        Consecutive commit jobs with the same sealing keys go through one
+        :func:`apply_mutations` (the same statements as one call per job, with fewer and
+        longer ``executemany`` runs). A failure leaves the transaction for the caller to roll
+        back; every job can be applied again from the start (they only write rows).
+        """
+        start = 0
+        while start < len(jobs):
+            job = jobs[start]
+            if job.mutations is None:
+                job.result = job.apply(connection)
+                start += 1
+                continue
+            run = [job.mutations]
+            for other in jobs[start + 1 :]:
+                if other.mutations is None or other.keys != job.keys:
+                    break
+                run.append(other.mutations)
+            merged = run[0] if len(run) == 1 else [m for part in run for m in part]
+            apply_mutations(connection, merged, self._to_reclaim, job.keys)
+            start += len(run)
 
     def _complete(self, jobs: list[_Job]) -> None:
         """Runs in the trio thread: apply what waited for durability, wake the callers."""
@@ -460,6 +571,12 @@ def _load(connection: sqlite3.Connection) -> list[LoadedQueue]:
     return queues
 
 
+def _uuid_text(raw: bytes) -> str:
+    """``str(uuid.UUID(bytes=raw))``, for a message id read back, without building a UUID."""
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
 def _read_messages(
     connection: sqlite3.Connection, queue_id: int, seqs: list[int], sealer: Sealer
 ) -> list[StoredMessage]:
@@ -480,7 +597,7 @@ def _read_messages(
                 attributes = sealer.open(key_id, attributes, aad)
         found[seq] = StoredMessage(
             seq=seq,
-            message_id=str(uuid.UUID(bytes=message_id)),
+            message_id=_uuid_text(message_id),
             body=body.decode(),
             attributes=ATTRIBUTES_DECODER.decode(attributes) if attributes else {},
             sent_at=sent_at,

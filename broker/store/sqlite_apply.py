@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -27,11 +26,12 @@ from broker.model.mutations import (
     MessageDelivered,
     MessageInserted,
     MessageMoved,
-    Mutation,
     QueuePurged,
     VisibilityChanged,
 )
+from broker.store.base import AnyMutation
 from broker.store.sealing import SealingKey, associated_data
+from broker.store.sqlite_sns import APPLIERS as SNS_APPLIERS
 
 ATTRIBUTES_ENCODER = msgspec.msgpack.Encoder()
 ATTRIBUTES_DECODER = msgspec.msgpack.Decoder(dict[str, AttributeValue])
@@ -80,7 +80,7 @@ _NEXT_SEQ = "UPDATE queues SET next_seq = max(next_seq, ?) WHERE queue_id = ?"
 
 
 def _inserted(m: MessageInserted, key: SealingKey | None) -> tuple[Any, ...]:
-    message_id = uuid.UUID(m.message_id).bytes
+    message_id = bytes.fromhex(m.message_id.replace("-", ""))  # the UUID's 16 bytes
     attributes = ATTRIBUTES_ENCODER.encode(m.attributes) if m.attributes else None
     attributes, body = seal_payload(key, message_id, attributes, m.body.encode())
     return (
@@ -148,7 +148,7 @@ _SIMPLE: dict[type, tuple[str, Callable[[Any], tuple[Any, ...]]]] = {
 
 def apply_mutations(
     connection: sqlite3.Connection,
-    mutations: Sequence[Mutation],
+    mutations: Sequence[AnyMutation],
     purged: set[int],
     keys: Mapping[int, SealingKey] | None = None,
 ) -> None:
@@ -171,6 +171,9 @@ def apply_mutations(
                 _inserted(m, keys.get(m.queue_id)) for m in batch if isinstance(m, MessageInserted)
             ]
             connection.executemany(_INSERT, rows)
+        elif kind in SNS_APPLIERS:  # subscriptions, the HTTP outbox, FIFO topics
+            SNS_APPLIERS[kind](connection, batch)
+            continue
         else:
             sql, parameters = _SIMPLE[kind]
             connection.executemany(sql, map(parameters, batch))

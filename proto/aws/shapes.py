@@ -57,13 +57,14 @@ class Scalar:
     """A leaf value. ``integer`` and ``long`` are both Python ``int``; ``blob`` is ``bytes``."""
 
     type: ScalarType
+    # The walks compiled when the shape is made ("compiled walks" below): not compared, not
+    # shown. ``_required`` is None when nothing inside the shape is required.
+    _from_json: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
+    _output: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
+    _required: Callable[[Any], None] | None = field(init=False, repr=False, compare=False)
 
-
-STRING: Final = Scalar("string")
-INTEGER: Final = Scalar("integer")
-LONG: Final = Scalar("long")
-BOOLEAN: Final = Scalar("boolean")
-BLOB: Final = Scalar("blob")
+    def __post_init__(self) -> None:
+        _compile(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,14 @@ class Structure:
     """Named members, in the order the model lists them (the order XML responses use)."""
 
     members: Mapping[str, Member]
+    # The walks compiled when the shape is made ("compiled walks" below): not compared, not
+    # shown. ``_required`` is None when nothing inside the shape is required.
+    _from_json: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
+    _output: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
+    _required: Callable[[Any], None] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _compile(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +98,14 @@ class ListOf:
     member: Shape
     flattened: bool = False
     member_wire: str = "member"
+    # The walks compiled when the shape is made ("compiled walks" below): not compared, not
+    # shown. ``_required`` is None when nothing inside the shape is required.
+    _from_json: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
+    _output: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
+    _required: Callable[[Any], None] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _compile(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +116,14 @@ class MapOf:
     flattened: bool = False
     key_wire: str = "key"
     value_wire: str = "value"
+    # The walks compiled when the shape is made ("compiled walks" below): not compared, not
+    # shown. ``_required`` is None when nothing inside the shape is required.
+    _from_json: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
+    _output: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
+    _required: Callable[[Any], None] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _compile(self)
 
 
 Shape = Scalar | Structure | ListOf | MapOf
@@ -195,6 +220,14 @@ def from_json(shape: Shape, value: object, path: str) -> Any:
         AwsError: ``SerializationException`` when the value has the wrong JSON type or a blob is
             not valid base64.
     """
+    try:
+        return shape._from_json(value)
+    except Exception:  # the walk below names the problem (or finds none)
+        return _from_json_walk(shape, value, path)
+
+
+def _from_json_walk(shape: Shape, value: object, path: str) -> Any:
+    # The reference walk: builds every path, so errors can name where they are.
     if isinstance(shape, Scalar):
         return _scalar_from_json(shape, value, path)
     if isinstance(shape, Structure):
@@ -204,16 +237,16 @@ def from_json(shape: Shape, value: object, path: str) -> Any:
         for name, spec in shape.members.items():
             item = value.get(name)
             if item is not None:
-                out[name] = from_json(spec.shape, item, f"{path}.{name}" if path else name)
+                out[name] = _from_json_walk(spec.shape, item, f"{path}.{name}" if path else name)
         return out
     if isinstance(shape, ListOf):
         if not isinstance(value, list):
             raise _json_type_error(path, "an array", value)
-        return [from_json(shape.member, item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return [_from_json_walk(shape.member, item, f"{path}[{i}]") for i, item in enumerate(value)]
     if not isinstance(value, dict):
         raise _json_type_error(path, "an object", value)
     # JSON object keys are always strings, so only the values need checking.
-    return {key: from_json(shape.value, item, f"{path}.{key}") for key, item in value.items()}
+    return {key: _from_json_walk(shape.value, item, f"{path}.{key}") for key, item in value.items()}
 
 
 def _scalar_from_json(shape: Scalar, value: object, path: str) -> Any:
@@ -256,7 +289,13 @@ def check_required(service: Service, shape: Structure, params: Mapping[str, Any]
         AwsError: ``service.missing_parameter(path)`` for the first missing member, in model
             order; nested paths are dotted with 1-based list indexes (``Entries.2.Id``).
     """
-    _check_required(service, shape, params, "")
+    check = shape._required
+    if check is None:
+        return
+    try:
+        check(params)
+    except Exception:  # the walk below raises the error with its path
+        _check_required(service, shape, params, "")
 
 
 def _check_required(service: Service, shape: Shape, value: Any, path: str) -> None:
@@ -307,6 +346,14 @@ def normalize_output(shape: Shape, value: Any, path: str = "") -> Any:
         AwsError: ``InternalFailure`` (500) naming the first member that does not fit: an
             unknown member, or a value of the wrong type.
     """
+    try:
+        return shape._output(value)
+    except Exception:  # the walk below names the member that does not fit
+        return _normalize_walk(shape, value, path)
+
+
+def _normalize_walk(shape: Shape, value: Any, path: str) -> Any:
+    # The reference walk, with paths for the error message.
     if isinstance(shape, Scalar):
         types = _PYTHON_TYPES[shape.type]
         if not isinstance(value, types) or (shape.type != "boolean" and isinstance(value, bool)):
@@ -321,18 +368,217 @@ def normalize_output(shape: Shape, value: Any, path: str = "") -> Any:
         if unknown:
             raise _bad_output(path, f"unknown member {unknown[0]!r}")
         return {
-            name: normalize_output(spec.shape, value[name], f"{path}.{name}" if path else name)
+            name: _normalize_walk(spec.shape, value[name], f"{path}.{name}" if path else name)
             for name, spec in shape.members.items()
             if value.get(name) is not None
         }
     if isinstance(shape, ListOf):
         if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
             raise _bad_output(path, "expected a list")
-        return [
-            normalize_output(shape.member, item, f"{path}[{i}]") for i, item in enumerate(value)
-        ]
+        return [_normalize_walk(shape.member, item, f"{path}[{i}]") for i, item in enumerate(value)]
     if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
         raise _bad_output(path, "expected a mapping with string keys")
-    return {
-        key: normalize_output(shape.value, item, f"{path}.{key}") for key, item in value.items()
-    }
+    return {key: _normalize_walk(shape.value, item, f"{path}.{key}") for key, item in value.items()}
+
+
+# ---------------------------------------------------------------------- compiled walks
+#
+# The walks above build a path string for every member they visit, so that an error can say
+# where it is; on the hot path nothing is wrong, and those strings were most of the cost of a
+# request's shapes. So each public walk first runs a function compiled once per shape, which
+# only checks and converts, and raises anything at all when the value does not fit; the
+# reference walk then runs on the same value and raises the error it always raised (or, were
+# the two ever to disagree, returns its own result). Compiled functions are cached by shape
+# identity, with the shape kept alive beside its function so the id cannot be reused.
+
+_Compiled = Callable[[Any], Any]
+
+
+class _Mismatch(Exception):
+    """A value does not fit its shape (compiled walks only; never leaves this module)."""
+
+
+def _compile(shape: Shape) -> None:
+    """Attach the compiled walks to a new shape (its members' are already attached)."""
+    object.__setattr__(shape, "_from_json", _compile_from_json(shape))
+    object.__setattr__(shape, "_output", _compile_output(shape))
+    object.__setattr__(shape, "_required", _compile_required(shape))
+
+
+def _compile_from_json(shape: Shape) -> _Compiled:
+    if isinstance(shape, Scalar):
+        kind = shape.type
+        if kind == "string":
+
+            def string(value: Any) -> Any:
+                if type(value) is not str and not isinstance(value, str):
+                    raise _Mismatch
+                return value
+
+            return string
+        if kind in ("integer", "long"):
+
+            def integer(value: Any) -> Any:
+                if not isinstance(value, int) or isinstance(value, bool):
+                    raise _Mismatch
+                return value
+
+            return integer
+        if kind == "boolean":
+
+            def boolean(value: Any) -> Any:
+                if not isinstance(value, bool):
+                    raise _Mismatch
+                return value
+
+            return boolean
+
+        def blob(value: Any) -> Any:
+            if not isinstance(value, str):
+                raise _Mismatch
+            return base64.b64decode(value, validate=True)
+
+        return blob
+    if isinstance(shape, Structure):
+        members = [(name, spec.shape._from_json) for name, spec in shape.members.items()]
+
+        def structure(value: Any) -> Any:
+            if not isinstance(value, dict):
+                raise _Mismatch
+            out: dict[str, Any] = {}
+            get = value.get
+            for name, convert in members:
+                item = get(name)
+                if item is not None:
+                    out[name] = convert(item)
+            return out
+
+        return structure
+    if isinstance(shape, ListOf):
+        item_of = shape.member._from_json
+
+        def list_of(value: Any) -> Any:
+            if not isinstance(value, list):
+                raise _Mismatch
+            return [item_of(item) for item in value]
+
+        return list_of
+    value_of = shape.value._from_json
+
+    def map_of(value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise _Mismatch
+        return {key: value_of(item) for key, item in value.items()}
+
+    return map_of
+
+
+def _compile_output(shape: Shape) -> _Compiled:
+    if isinstance(shape, Scalar):
+        types = _PYTHON_TYPES[shape.type]
+        exact = types[0]
+        not_boolean = shape.type != "boolean"
+
+        def scalar(value: Any) -> Any:
+            if type(value) is exact and exact is not bytes:
+                return value  # str, int (not a bool: its type is bool) or bool
+            if not isinstance(value, types) or (not_boolean and isinstance(value, bool)):
+                raise _Mismatch
+            if isinstance(value, (bytearray, memoryview)):
+                return bytes(value)
+            return value
+
+        return scalar
+    if isinstance(shape, Structure):
+        members = [(name, spec.shape._output) for name, spec in shape.members.items()]
+        known = frozenset(shape.members)
+
+        def structure(value: Any) -> Any:
+            if type(value) is not dict and not isinstance(value, Mapping):
+                raise _Mismatch
+            if not known.issuperset(value):
+                raise _Mismatch
+            out: dict[str, Any] = {}
+            get = value.get
+            for name, convert in members:
+                item = get(name)
+                if item is not None:
+                    out[name] = convert(item)
+            return out
+
+        return structure
+    if isinstance(shape, ListOf):
+        item_of = shape.member._output
+
+        def list_of(value: Any) -> Any:
+            if type(value) is not list and (
+                not isinstance(value, Sequence) or isinstance(value, (str, bytes))
+            ):
+                raise _Mismatch
+            return [item_of(item) for item in value]
+
+        return list_of
+    value_of = shape.value._output
+
+    def map_of(value: Any) -> Any:
+        if type(value) is not dict and not isinstance(value, Mapping):
+            raise _Mismatch
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise _Mismatch
+            out[key] = value_of(item)
+        return out
+
+    return map_of
+
+
+def _compile_required(shape: Shape) -> _Compiled | None:
+    """A checker that raises when a required member is missing, or None: nothing to check."""
+    if isinstance(shape, Scalar):
+        return None
+    if isinstance(shape, Structure):
+        required = [name for name, spec in shape.members.items() if spec.required]
+        nested = [
+            (name, check)
+            for name, spec in shape.members.items()
+            if (check := spec.shape._required) is not None
+        ]
+        if not required and not nested:
+            return None
+
+        def structure(value: Any) -> None:
+            for name in required:
+                if name not in value:
+                    raise _Mismatch
+            for name, check in nested:
+                if name in value:
+                    check(value[name])
+
+        return structure
+    if isinstance(shape, ListOf):
+        item_check = shape.member._required
+        if item_check is None:
+            return None
+
+        def list_of(value: Any) -> None:
+            for item in value:
+                item_check(item)
+
+        return list_of
+    value_check = shape.value._required
+    if value_check is None:
+        return None
+
+    def map_of(value: Any) -> None:
+        for item in value.values():
+            value_check(item)
+
+    return map_of
+
+
+STRING: Final = Scalar("string")
+INTEGER: Final = Scalar("integer")
+LONG: Final = Scalar("long")
+BOOLEAN: Final = Scalar("boolean")
+BLOB: Final = Scalar("blob")

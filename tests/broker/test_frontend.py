@@ -7,6 +7,7 @@ sends: broken JSON and forms, unknown actions, oversized and slow requests.
 from __future__ import annotations
 
 import json
+import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker.config import ApiSettings
-from broker.frontend import aws_error
+from broker.frontend import aws_error, request_ids
 from broker.model.errors import SqsError
 from monitoring.httpserver import Request
 from monitoring.settings import HttpLimits
@@ -536,3 +537,16 @@ def test_no_form_request_crashes_the_broker(fuzz_target, action, fields):
         client=("127.0.0.1", 1),
     )
     assert _handle(fuzz_target, request) < 500
+
+
+def test_request_ids_are_distinct_uuid4_shaped_and_differ_between_sources():
+    ids = request_ids()
+    issued = [ids() for _ in range(1000)]
+    assert len(set(issued)) == len(issued)
+    for value in issued[:10]:
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+    other = request_ids()()
+    assert other[:24] != issued[0][:24]  # 74 random bits apart: equal once in 2**74

@@ -77,6 +77,85 @@ async def test_keep_alive_serves_several_requests_on_one_connection(server):
             conn.start_next_cycle()
 
 
+async def test_pipelined_requests_are_answered_in_order(server):
+    # Each response goes out without h11's writer and the next request starts on a fresh
+    # parser: bytes of the next request that arrived with this one must carry over.
+    reply = await raw_exchange(
+        server.addr,
+        b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n"
+        b"POST /b HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nxyz"
+        b"GET /c HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    conn = h11.Connection(h11.CLIENT)
+    conn.receive_data(reply)
+    conn.receive_data(b"")
+    bodies = []
+    for target in ("/a", "/b", "/c"):
+        conn.send(h11.Request(method="GET", target=target, headers=[("host", "t")]))
+        conn.send(h11.EndOfMessage())
+        response = conn.next_event()
+        assert isinstance(response, h11.Response)
+        assert response.status_code == 200
+        body = b""
+        while isinstance(event := conn.next_event(), h11.Data):
+            body += event.data
+        bodies.append(body)
+        if target != "/c":
+            conn.start_next_cycle()
+    assert bodies == [b"GET /a ", b"POST /b xyz", b"GET /c "]
+    assert (b"connection", b"close") in response.headers
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: keep-alive, Close\r\n\r\n",
+    ],
+)
+async def test_a_client_that_does_not_keep_alive_is_answered_then_closed(server, head):
+    reply = await raw_exchange(server.addr, head)  # returns once the server closes
+    status_line, _, rest = reply.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 200 OK"
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert b"connection: close" in headers.lower().split(b"\r\n")
+    assert body == b"GET / "
+
+
+async def test_a_response_header_that_cannot_be_sent_is_not_sent(nursery):
+    async def bad(request: Request) -> Response:
+        return Response(200, b"x", headers=[("x-injected", "a\r\nset-cookie: b")])
+
+    server = await Server(nursery, bad).start()
+    client = _NullStream()
+    with pytest.raises(BaseExceptionGroup) as raised:
+        async with trio.open_nursery() as inner:
+            inner.start_soon(server._handle, client)
+    assert raised.group_contains(h11.LocalProtocolError)
+    assert client.sent == b""
+
+
+class _NullStream(trio.abc.Stream):
+    """A client that sent one request and reads nothing back."""
+
+    def __init__(self) -> None:
+        self._data = [b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"]
+        self.sent = b""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent += bytes(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        return
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return self._data.pop() if self._data else b""
+
+    async def aclose(self) -> None:
+        return
+
+
 async def test_chunked_body_is_reassembled(server):
     reply = await raw_exchange(
         server.addr,

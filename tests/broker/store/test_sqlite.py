@@ -116,6 +116,30 @@ async def test_a_failing_job_fails_alone_and_the_next_commit_sees_the_failure(st
     assert store.statistics().failed_jobs == 1
 
 
+async def test_a_failing_job_among_many_that_share_a_commit_fails_alone(store):
+    # Jobs that share a commit are applied together first; one failure makes the writer
+    # apply them again one savepoint each, so only the failing job's caller sees an error.
+    queue = await store.create_queue("q", QueueSettings(), {}, 0)
+    await store.commit([inserted(queue.queue_id, 1)])
+    results: dict[int, object] = {}
+
+    async def attempt(seq):
+        try:
+            await store.commit([inserted(queue.queue_id, seq)])
+            results[seq] = "ok"
+        except StoreError as error:
+            results[seq] = error
+
+    async with trio.open_nursery() as nursery:
+        for seq in [2, 3, 4, 1, 5, 6, 7]:  # 1 is a duplicate
+            nursery.start_soon(attempt, seq)
+    assert isinstance(results.pop(1), StoreError)
+    assert results == dict.fromkeys(range(2, 8), "ok")
+    assert store.statistics().failed_jobs == 1
+    stored = await store.read_messages(queue.queue_id, range(1, 8))
+    assert [m.seq for m in stored] == list(range(1, 8))
+
+
 async def test_closing_flushes_queued_commits(tmp_path):
     store = SqliteStore(tmp_path)
     await store.open()

@@ -58,3 +58,20 @@ def test_a_version_1_file_gains_key_ids_and_keeps_its_rows_in_clear(tmp_path):
     assert migrate(connection) == 1
     rows = connection.execute("SELECT body, key_id FROM messages").fetchall()
     assert rows == [(b"old body", None)]
+
+
+def test_a_version_2_file_gains_the_sns_tables_and_keeps_its_queues(tmp_path):
+    connection = connect(tmp_path / "s.db")
+    connection.execute("BEGIN")
+    MIGRATIONS[0](connection)
+    MIGRATIONS[1](connection)
+    connection.execute("PRAGMA user_version = 2")
+    connection.execute("COMMIT")
+    connection.execute(
+        "INSERT INTO queues (name, settings, tags, created_at, modified_at) "
+        "VALUES ('q', x'', '{}', 0, 0)"
+    )
+    assert migrate(connection) == 2
+    tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+    assert {"topics", "subscriptions", "sns_outbox", "sns_deduplication"} <= tables
+    assert connection.execute("SELECT name FROM queues").fetchall() == [("q",)]

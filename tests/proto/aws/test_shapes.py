@@ -15,6 +15,9 @@ from proto.aws.shapes import (
     ListOf,
     MapOf,
     Structure,
+    _check_required,
+    _from_json_walk,
+    _normalize_walk,
     check_required,
     from_json,
     member,
@@ -134,3 +137,90 @@ def test_normalize_output_copies_buffers_to_bytes():
     out = normalize_output(SHAPE, {"Blob": bytearray(b"ab"), "Items": ({"Id": "1"},)})
     assert out == {"Blob": b"ab", "Items": [{"Id": "1"}]}
     assert type(out["Blob"]) is bytes
+
+
+# ---------------------------------------------------------------------- compiled walks
+# Each public walk runs the shape's compiled function first and the reference walk only when
+# that fails. They must agree: same result when the compiled one succeeds, and the compiled
+# one fails exactly when the reference walk raises.
+
+
+def _names(shape, found):
+    if isinstance(shape, Structure):
+        for name, spec in shape.members.items():
+            found.add(name)
+            _names(spec.shape, found)
+    elif isinstance(shape, ListOf):
+        _names(shape.member, found)
+    elif isinstance(shape, MapOf):
+        _names(shape.value, found)
+    return found
+
+
+_MEMBER_NAMES = sorted(set().union(*(_names(shape, set()) for shape in INPUTS + OUTPUTS)))
+_ANY_VALUE = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=6)
+    | st.binary(max_size=4)
+    | st.sampled_from(["AAE=", "not base64!"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(_MEMBER_NAMES) | st.text(max_size=3), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _outcome(walk, *args):
+    try:
+        return ("ok", walk(*args))
+    except AwsError as error:
+        return ("error", error.code)
+
+
+def _compiled_outcome(function, value):
+    try:
+        return ("ok", function(value))
+    except Exception:
+        return ("error",)
+
+
+@given(shape=st.sampled_from(INPUTS), data=st.data())
+def test_compiled_from_json_agrees_with_the_reference_walk(aws_values, shape, data):
+    valid = aws_values(shape).map(lambda v: msgspec.json.decode(msgspec.json.encode(v)))
+    value = data.draw(valid | _ANY_VALUE)
+    reference = _outcome(_from_json_walk, shape, value, "")
+    compiled = _compiled_outcome(shape._from_json, value)
+    assert compiled[0] == reference[0]
+    if compiled[0] == "ok":
+        assert compiled == reference
+    assert _outcome(from_json, shape, value, "") == reference
+
+
+@given(shape=st.sampled_from(OUTPUTS), data=st.data())
+def test_compiled_normalize_output_agrees_with_the_reference_walk(aws_values, shape, data):
+    value = data.draw(aws_values(shape) | _ANY_VALUE)
+    reference = _outcome(_normalize_walk, shape, value, "")
+    compiled = _compiled_outcome(shape._output, value)
+    assert compiled[0] == reference[0]
+    if compiled[0] == "ok":
+        assert compiled == reference
+    assert _outcome(normalize_output, shape, value) == reference
+
+
+@given(shape=st.sampled_from(INPUTS), data=st.data())
+def test_compiled_check_required_agrees_with_the_reference_walk(aws_values, shape, data):
+    value = data.draw(aws_values(shape))
+    # Drop one member somewhere (maybe a required one) by re-drawing with fewer keys.
+    if value and data.draw(st.booleans()):
+        value = dict(value)
+        del value[data.draw(st.sampled_from(sorted(value)))]
+    reference = _outcome(_check_required, SQS, shape, value, "")
+    compiled = (
+        ("ok", None) if shape._required is None else _compiled_outcome(shape._required, value)
+    )
+    assert compiled[0] == reference[0]
+    assert _outcome(check_required, SQS, shape, value) == reference

@@ -1,0 +1,284 @@
+"""Outbound HTTP/1.1 POSTs to subscriber endpoints: h11 over trio streams, TLS, keep-alive.
+
+Every wait the endpoint controls has a bound: connecting (TCP plus TLS handshake) has the
+connect timeout, sending the request and reading the whole response the response timeout.
+Whatever the endpoint does (refuses, resets, hangs, answers garbage or an endless body) ends
+in an :class:`Outcome`, never an exception: the delivery worker decides what it means.
+
+Idle keep-alive connections are kept per origin and reused for a few seconds. One the server
+has closed is noticed before reuse (it reads as EOF; urllib3 checks the same way); if a send
+still fails on a reused connection, nothing reached the server and the request goes once more
+on a fresh one. A failure after the request was sent counts as a failed attempt: the server
+may have processed it, and SNS deliveries are at-least-once.
+"""
+
+from __future__ import annotations
+
+import base64
+import select
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, NamedTuple
+from urllib.parse import unquote, urlsplit
+
+import h11
+import trio
+
+MAX_RESPONSE_BODY: Final = 64 * 1024  # read (and discard) this much; a longer body closes
+MAX_IDLE_PER_ORIGIN: Final = 16
+# Idle connections older than this are closed, not reused: below the shortest common server
+# keep-alive timeout (Node.js: 5 s), so the server rarely closes one under our feet.
+IDLE_SECONDS: Final = 4.0
+RECEIVE_BYTES: Final = 65536
+
+
+class Outcome(NamedTuple):
+    """How one POST went: a status, or why there is none.
+
+    Attributes:
+        status: the response status, or None when no complete response arrived.
+        error: ``connect``, ``timeout``, ``reset``, ``protocol`` (garbage), ``tls`` or
+            ``invalid-url``; None with a status.
+        detail: a short human-readable reason for logs and dead letters.
+    """
+
+    status: int | None
+    error: str | None = None
+    detail: str = ""
+
+    @property
+    def delivered(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def retryable(self) -> bool:
+        """Server-side trouble worth retrying: no response, 5xx, or 429 (throttled).
+
+        Other 4xx answers are client-side errors SNS does not retry: the endpoint refuses
+        the message, and a retry would be refused the same way (AWS, sns-dead-letter-queues).
+        """
+        if self.status is None:
+            return self.error != "invalid-url"
+        return self.status >= 500 or self.status == 429
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a POST goes: origin, request target, Host header, optional basic auth."""
+
+    scheme: str
+    host: str
+    port: int
+    target: str
+    host_header: str
+    authorization: str | None
+
+    @property
+    def origin(self) -> tuple[str, str, int]:
+        return self.scheme, self.host, self.port
+
+
+def parse_target(url: str) -> Target | None:
+    """Split an endpoint URL; None if it cannot be reached (no host, bad port, other scheme)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    default = 443 if parts.scheme == "https" else 80
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host_header = parts.netloc.rpartition("@")[2]
+    authorization = None
+    if parts.username is not None:  # AWS honours https://user:password@host/ endpoints
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        authorization = "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
+    return Target(parts.scheme, parts.hostname, port or default, target, host_header, authorization)
+
+
+class _Connection:
+    __slots__ = ("h11", "idle_since", "stream")
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.idle_since = 0.0
+
+
+class _Failure(Exception):
+    def __init__(self, error: str, detail: str, *, before_sent: bool = False) -> None:
+        super().__init__(detail)
+        self.error = error
+        self.detail = detail
+        self.before_sent = before_sent  # the request never fully left: safe to send again
+
+
+class HttpClient:
+    """POSTs with timeouts and a small keep-alive pool per origin."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        response_timeout: float,
+        ca_file: str = "",
+        user_agent: str = "Amazon Simple Notification Service Agent",
+    ) -> None:
+        self.connect_timeout = connect_timeout
+        self.response_timeout = response_timeout
+        self.user_agent = user_agent
+        self.ssl_context = ssl.create_default_context(cafile=ca_file or None)
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+
+    async def post(self, url: str, headers: Sequence[tuple[str, str]], body: bytes) -> Outcome:
+        """POST ``body`` to ``url``; never raises for anything the endpoint does."""
+        target = parse_target(url)
+        if target is None:
+            return Outcome(None, "invalid-url", f"not an http(s) URL with a host: {url}")
+        for _ in range(2):
+            connection = await self._checkout(target)
+            reused = connection is not None
+            try:
+                if connection is None:
+                    connection = await self._connect(target)
+                status, reusable = await self._exchange(connection, target, headers, body)
+            except _Failure as failure:
+                if connection is not None:
+                    await _close(connection)
+                if reused and failure.before_sent:
+                    continue  # the server closed the idle connection first: nothing was sent
+                return Outcome(None, failure.error, failure.detail)
+            except BaseException:  # cancelled (shutdown) mid-exchange: do not leak the socket
+                if connection is not None:
+                    await _close(connection)
+                raise
+            if reusable:
+                await self._checkin(target, connection)
+            else:
+                await _close(connection)
+            return Outcome(status)
+        raise AssertionError("unreachable: the second try uses a fresh connection")
+
+    async def _checkout(self, target: Target) -> _Connection | None:
+        idle = self._idle.get(target.origin)
+        now = trio.current_time()
+        while idle:
+            connection = idle.pop()
+            if now - connection.idle_since < IDLE_SECONDS and not _dropped(connection):
+                return connection
+            await _close(connection)  # stale, or the server closed it (urllib3's check)
+        return None
+
+    async def _checkin(self, target: Target, connection: _Connection) -> None:
+        idle = self._idle.setdefault(target.origin, [])
+        if len(idle) >= MAX_IDLE_PER_ORIGIN:
+            await _close(connection)
+            return
+        connection.h11.start_next_cycle()
+        connection.idle_since = trio.current_time()
+        idle.append(connection)
+
+    async def _connect(self, target: Target) -> _Connection:
+        with trio.move_on_after(self.connect_timeout):
+            try:
+                stream: trio.abc.Stream = await trio.open_tcp_stream(target.host, target.port)
+            except OSError as error:
+                raise _Failure("connect", f"connect failed: {error}") from None
+            connected = False
+            try:
+                if target.scheme == "https":
+                    secured = trio.SSLStream(stream, self.ssl_context, server_hostname=target.host)
+                    try:
+                        await secured.do_handshake()
+                    except (trio.BrokenResourceError, ssl.SSLError) as error:
+                        cause = error.__cause__ or error
+                        raise _Failure("tls", f"TLS failed: {cause}") from None
+                    stream = secured
+                connected = True
+                return _Connection(stream)
+            finally:
+                if not connected:  # a failed or timed-out handshake: the socket must not leak
+                    await trio.aclose_forcefully(stream)
+        raise _Failure("timeout", f"connect timed out after {self.connect_timeout} s")
+
+    async def _exchange(
+        self,
+        connection: _Connection,
+        target: Target,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+    ) -> tuple[int, bool]:
+        """Send the request and read the response; return (status, connection reusable)."""
+        request_headers = [
+            ("Host", target.host_header),
+            ("Content-Length", str(len(body))),
+            *[(name, value) for name, value in headers if name.lower() != "user-agent"],
+            ("User-Agent", self.user_agent),
+        ]
+        if target.authorization is not None:
+            request_headers.append(("Authorization", target.authorization))
+        conn = connection.h11
+        sent = False
+        with trio.move_on_after(self.response_timeout):
+            try:
+                data = conn.send(
+                    h11.Request(method="POST", target=target.target, headers=request_headers)
+                )
+                data += conn.send(h11.Data(data=body)) or b""
+                data += conn.send(h11.EndOfMessage()) or b""
+                await connection.stream.send_all(data)
+                sent = True
+                status = 0
+                received = 0
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        conn.receive_data(
+                            bytes(await connection.stream.receive_some(RECEIVE_BYTES))
+                        )
+                    elif isinstance(event, h11.Response):
+                        status = event.status_code
+                    elif isinstance(event, h11.Data):
+                        received += len(event.data)
+                        if received > MAX_RESPONSE_BODY:
+                            return status, False  # the status is known; drop the rest
+                    elif isinstance(event, h11.EndOfMessage):
+                        reusable = conn.our_state is h11.DONE and conn.their_state is h11.DONE
+                        return status, reusable
+                    elif isinstance(event, h11.ConnectionClosed):
+                        raise _Failure("reset", "connection closed before a response")
+            except h11.RemoteProtocolError as error:
+                raise _Failure("protocol", f"invalid response: {error}") from None
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+                raise _Failure(
+                    "reset", f"connection reset: {error}", before_sent=not sent
+                ) from None
+        raise _Failure("timeout", f"no complete response within {self.response_timeout} s")
+
+    async def aclose(self) -> None:
+        """Close every idle connection."""
+        idle, self._idle = self._idle, {}
+        for connections in idle.values():
+            for connection in connections:
+                await _close(connection)
+
+
+def _dropped(connection: _Connection) -> bool:
+    """Whether an idle connection is readable: EOF or a reset (servers say nothing unasked)."""
+    stream: trio.abc.Stream = connection.stream
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream):
+        return False
+    try:
+        readable, _, _ = select.select([stream.socket.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+async def _close(connection: _Connection) -> None:
+    with trio.move_on_after(1):  # a TLS close_notify must not wait on a stalled peer
+        await trio.aclose_forcefully(connection.stream)

@@ -1,0 +1,365 @@
+"""The HTTP/S delivery worker: the outbox in the store, one lane per subscription, retries.
+
+Every POST owed to an endpoint is an outbox row (:class:`~broker.model.sns_mutations.
+HttpDelivery`), written in the same commit as the publish or Subscribe that made it, and taken
+here only once durable. At start the rows still pending are loaded (without their bodies) and
+resume where they were: attempt counts and due times are in the row.
+
+Lanes. Each subscription has a lane: a heap of its deliveries by due time and at most one task
+that starts attempts when they fall due, at most ``endpoint_concurrency`` at a time, spaced by
+the throttle policy's ``maxReceivesPerSecond``. A slow or dead endpoint therefore fills only
+its own lane; other subscriptions keep their pace. All lanes share ``delivery_concurrency``.
+
+After an attempt: 2xx finishes the row; 5xx, 429 and no response are retried when the
+subscription's effective delivery policy allows (phases, backoff, the 3,600 s window); other
+4xx and an exhausted policy send the message to the subscription's RedrivePolicy dead-letter
+queue, in the same commit that deletes the row.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from broker.fanout import Batch
+from broker.model.delivery_policy import EffectiveDeliveryPolicy
+from broker.model.sns_mutations import (
+    HttpDelivery,
+    HttpDeliveryFinished,
+    HttpDeliveryRescheduled,
+    MessageType,
+)
+from broker.registry import now_ms
+from broker.store.base import HttpPayload, PendingHttpDelivery, Store
+from monitoring.logging import EventLog
+
+if TYPE_CHECKING:
+    from broker.fanout import Fanout
+    from broker.http_client import HttpClient, Outcome
+    from broker.topics import Subscription, TopicRegistry
+
+PAYLOAD_CACHE_BYTES: Final = 64 * 1024 * 1024  # bodies kept in memory; the rest read back
+RETRY_AFTER_BUG_SECONDS: Final = 30.0  # an attempt that failed inside Wharf is tried again
+
+
+class _Item:
+    """One pending delivery, as the worker schedules it."""
+
+    __slots__ = (
+        "attempts",
+        "delivery_id",
+        "endpoint",
+        "first_attempt_at",
+        "forgotten",
+        "in_flight",
+        "message_type",
+        "next_attempt_at",
+        "payload",
+        "published_at",
+        "subscription_id",
+        "topic_id",
+    )
+
+    def __init__(self, row: PendingHttpDelivery | HttpDelivery) -> None:
+        self.delivery_id = row.delivery_id
+        self.subscription_id = row.subscription_id
+        self.topic_id = row.topic_id
+        self.message_type: MessageType = row.message_type
+        self.endpoint = row.endpoint
+        self.attempts = row.attempts
+        self.first_attempt_at = row.first_attempt_at
+        self.next_attempt_at = row.next_attempt_at
+        self.published_at = row.published_at
+        self.payload: HttpPayload | None = None
+        self.in_flight = False
+        self.forgotten = False  # unsubscribed or deleted during its attempt: no retry
+
+
+class _Lane:
+    """One subscription's deliveries."""
+
+    __slots__ = ("heap", "in_flight", "items", "next_start", "running", "subscription_id", "wake")
+
+    def __init__(self, subscription_id: str) -> None:
+        self.subscription_id = subscription_id
+        self.heap: list[tuple[int, int]] = []  # (next_attempt_at, delivery_id); stale ones skipped
+        self.items: dict[int, _Item] = {}
+        self.in_flight = 0
+        self.next_start = 0.0  # trio clock: the throttle's earliest next attempt
+        self.running = False
+        self.wake = trio.Event()
+
+    def push(self, item: _Item) -> None:
+        heapq.heappush(self.heap, (item.next_attempt_at, item.delivery_id))
+        self.notify()
+
+    def notify(self) -> None:
+        self.wake.set()
+        self.wake = trio.Event()
+
+
+class HttpDeliveries:
+    """Schedules, attempts, retries and dead-letters the outbox's POSTs."""
+
+    def __init__(
+        self,
+        store: Store,
+        topics: TopicRegistry,
+        client: HttpClient,
+        *,
+        concurrency: int,
+        endpoint_concurrency: int,
+        log: EventLog,
+    ) -> None:
+        self.store = store
+        self.topics = topics
+        self.client = client
+        self.endpoint_concurrency = endpoint_concurrency
+        self.log = log
+        self.fanout: Fanout | None = None  # set by the app: dead letters go through it
+        self._limiter = trio.CapacityLimiter(concurrency)
+        self._lanes: dict[str, _Lane] = {}
+        self._next_id = 1
+        self._cached_bytes = 0
+        self._pending_by_topic: dict[int, int] = {}
+        self._nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------------ the schedule
+
+    def next_id(self) -> int:
+        """A delivery id no live outbox row has (ids only grow while the broker runs)."""
+        delivery_id = self._next_id
+        self._next_id += 1
+        return delivery_id
+
+    def pending(self, topic_id: int) -> int:
+        """Deliveries of a topic not finished yet (the pending-deliveries gauge)."""
+        return self._pending_by_topic.get(topic_id, 0)
+
+    def restore(self, rows: list[PendingHttpDelivery]) -> None:
+        """Take the outbox rows found at start; their bodies stay in the store until needed."""
+        for row in rows:
+            self._add(_Item(row))
+            self._next_id = max(self._next_id, row.delivery_id + 1)
+
+    def track(self, delivery: HttpDelivery) -> None:
+        """Take a durable outbox row (called from the commit's ``on_durable``)."""
+        item = _Item(delivery)
+        size = len(delivery.body)
+        if self._cached_bytes + size <= PAYLOAD_CACHE_BYTES:
+            item.payload = HttpPayload(
+                headers=delivery.headers,
+                body=delivery.body,
+                dead_letter_attributes=delivery.dead_letter_attributes,
+            )
+            self._cached_bytes += size
+        self._add(item)
+
+    def _add(self, item: _Item) -> None:
+        lane = self._lanes.get(item.subscription_id)
+        if lane is None:
+            lane = self._lanes[item.subscription_id] = _Lane(item.subscription_id)
+        lane.items[item.delivery_id] = item
+        self._pending_by_topic[item.topic_id] = self._pending_by_topic.get(item.topic_id, 0) + 1
+        lane.push(item)
+        self._start(lane)
+
+    def _remove(self, lane: _Lane, item: _Item) -> None:
+        if lane.items.pop(item.delivery_id, None) is None:
+            return
+        if item.payload is not None:
+            self._cached_bytes -= len(item.payload.body)
+            item.payload = None
+        left = self._pending_by_topic.get(item.topic_id, 1) - 1
+        if left > 0:
+            self._pending_by_topic[item.topic_id] = left
+        else:
+            self._pending_by_topic.pop(item.topic_id, None)
+
+    def forget_subscription(self, subscription_id: str) -> None:
+        """Unsubscribe: its pending notifications are gone (the store dropped them too)."""
+        lane = self._lanes.get(subscription_id)
+        if lane is not None:
+            for item in list(lane.items.values()):
+                if item.message_type != "Notification":
+                    continue
+                if item.in_flight:
+                    item.forgotten = True
+                else:
+                    self._remove(lane, item)
+            if not lane.items and not lane.running:
+                del self._lanes[subscription_id]
+
+    def forget_topic(self, topic_id: int) -> None:
+        """DeleteTopic: every pending delivery of the topic is gone."""
+        for lane in list(self._lanes.values()):
+            for item in list(lane.items.values()):
+                if item.topic_id != topic_id:
+                    continue
+                if item.in_flight:
+                    item.forgotten = True
+                else:
+                    self._remove(lane, item)
+
+    # ------------------------------------------------------------------ tasks
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the lanes' tasks until cancelled (at shutdown); what is left resumes at start."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for lane in list(self._lanes.values()):
+                    self._start(lane)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            with trio.move_on_after(1, shield=True):
+                await self.client.aclose()
+
+    def _start(self, lane: _Lane) -> None:
+        if lane.running or self._nursery is None:
+            return
+        lane.running = True
+        self._nursery.start_soon(self._run_lane, lane)
+
+    async def _run_lane(self, lane: _Lane) -> None:
+        try:
+            while True:
+                if not lane.heap or lane.in_flight >= self.endpoint_concurrency:
+                    if not lane.heap and lane.in_flight == 0:
+                        return
+                    await lane.wake.wait()
+                    continue
+                due, delivery_id = lane.heap[0]
+                item = lane.items.get(delivery_id)
+                if item is None or item.in_flight or item.next_attempt_at != due:
+                    heapq.heappop(lane.heap)  # finished, forgotten or rescheduled meanwhile
+                    continue
+                delay = max((due - now_ms()) / 1000, lane.next_start - trio.current_time())
+                if delay > 0:
+                    with trio.move_on_after(delay):
+                        await lane.wake.wait()
+                    continue
+                heapq.heappop(lane.heap)
+                item.in_flight = True
+                lane.in_flight += 1
+                interval = self._policy(item).throttle.min_interval
+                lane.next_start = max(lane.next_start, trio.current_time()) + interval
+                assert self._nursery is not None
+                self._nursery.start_soon(self._attempt, lane, item)
+        finally:
+            lane.running = False
+            # An idle lane goes, unless it still holds a throttle interval: the next delivery
+            # must keep maxReceivesPerSecond even if it comes after the lane emptied.
+            idle = not lane.items and lane.next_start <= trio.current_time()
+            if idle and self._lanes.get(lane.subscription_id) is lane:
+                del self._lanes[lane.subscription_id]
+
+    def _subscription(self, item: _Item) -> Subscription | None:
+        return self.topics.subscription_by_id(item.subscription_id)
+
+    def _policy(self, item: _Item) -> EffectiveDeliveryPolicy:
+        subscription = self._subscription(item)
+        if subscription is None:  # a confirmation outliving its subscription: AWS's default
+            return EffectiveDeliveryPolicy()
+        return subscription.effective_delivery()
+
+    async def _attempt(self, lane: _Lane, item: _Item) -> None:
+        try:
+            async with self._limiter:
+                outcome = await self._post(item)
+            await self._settle(lane, item, outcome)
+        except Exception as exc:  # a bug here must not stop the other deliveries
+            self.log.exception("sns.delivery_bug", exc, delivery=item.delivery_id)
+            item.in_flight = False
+            item.next_attempt_at = now_ms() + int(RETRY_AFTER_BUG_SECONDS * 1000)
+            lane.push(item)
+        finally:
+            lane.in_flight -= 1
+            lane.notify()
+
+    async def _post(self, item: _Item) -> Outcome | None:
+        """One attempt; None when there is nothing (left) to deliver."""
+        subscription = self._subscription(item)
+        if item.message_type == "Notification" and subscription is None:
+            return None  # unsubscribed or deleted while it waited
+        if item.payload is None:
+            item.payload = await self.store.read_http_payload(item.delivery_id)
+            if item.payload is None:
+                return None  # the row is gone (the topic was deleted)
+            self._cached_bytes += len(item.payload.body)
+        started = now_ms()
+        if item.first_attempt_at is None:
+            item.first_attempt_at = started
+        item.attempts += 1
+        if subscription is not None:
+            subscription.topic.stats.attempts[subscription.protocol] += 1
+        payload = item.payload
+        return await self.client.post(item.endpoint, payload.headers, payload.body.encode())
+
+    async def _settle(self, lane: _Lane, item: _Item, outcome: Outcome | None) -> None:
+        now = now_ms()
+        finished = HttpDeliveryFinished(delivery_id=item.delivery_id)
+        subscription = self._subscription(item)
+        if outcome is None or outcome.delivered or item.forgotten:
+            await self.store.commit([finished], lambda: self._remove(lane, item))
+            if outcome is not None and subscription is not None and self._counts(item):
+                seconds = max(0.0, (now - item.published_at) / 1000)
+                subscription.topic.stats.deliveries(subscription.protocol, ok=True, seconds=seconds)
+            return
+        if outcome.retryable:
+            first = item.first_attempt_at or now
+            retry_at = self._policy(item).next_attempt_at(
+                item.attempts - 1, first / 1000, now / 1000
+            )
+            if retry_at is not None:
+                item.next_attempt_at = int(retry_at * 1000)
+                rescheduled = HttpDeliveryRescheduled(
+                    delivery_id=item.delivery_id,
+                    attempts=item.attempts,
+                    first_attempt_at=first,
+                    next_attempt_at=item.next_attempt_at,
+                )
+                await self.store.commit([rescheduled])
+                item.in_flight = False
+                lane.push(item)
+                return
+        await self._give_up(lane, item, outcome, subscription, now)
+
+    def _counts(self, item: _Item) -> bool:
+        return item.message_type == "Notification"
+
+    async def _give_up(
+        self,
+        lane: _Lane,
+        item: _Item,
+        outcome: Outcome,
+        subscription: Subscription | None,
+        now: int,
+    ) -> None:
+        batch = Batch()
+        moved = False
+        payload = item.payload
+        if self._counts(item) and subscription is not None and payload is not None:
+            assert self.fanout is not None
+            moved = self.fanout.dead_letter(
+                batch, subscription, payload.body, payload.dead_letter_attributes, None, None, now
+            )
+        batch.mutations.append(HttpDeliveryFinished(delivery_id=item.delivery_id))
+        batch.after.append(lambda: self._remove(lane, item))
+        reason = outcome.detail or f"HTTP {outcome.status}"
+        self.log.warning(
+            "sns.http_delivery_failed",
+            endpoint=item.endpoint,
+            subscription=item.subscription_id,
+            message_type=item.message_type,
+            attempts=item.attempts,
+            reason=reason,
+            dead_letter="moved" if moved else "none",
+        )
+        await self.store.commit(batch.mutations, batch.on_durable)
+        if subscription is not None and self._counts(item):
+            subscription.topic.stats.deliveries(subscription.protocol, ok=False)

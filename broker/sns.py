@@ -1,0 +1,480 @@
+"""SNS actions: request parameters in, response values out.
+
+Parameters arrive in the nested shape :mod:`proto.aws.query_protocol` decodes SNS requests
+into; results leave in the same shape; :mod:`broker.sns_http` does the wire. Topic and
+subscription semantics live in :mod:`broker.model` and :mod:`broker.topics`, publishing in
+:mod:`broker.fanout`. Every subscription change is committed in the trio step that made it,
+together with the confirmation POST it owes, so memory and disk never disagree on order.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+import msgspec
+
+from broker.auth import Caller
+from broker.fanout import Batch, Fanout
+from broker.http_delivery import HttpDeliveries
+from broker.model.policy import Decision, evaluate
+from broker.model.publishing import PreparedMessage, PublishRequest, prepare, publish_size
+from broker.model.sns_errors import SnsError, invalid_parameter
+from broker.model.subscriptions import render_attributes as render_subscription
+from broker.model.topic_permissions import add_permission, remove_permission
+from broker.model.topics import render_attributes as render_topic
+from broker.registry import now_ms
+from broker.topics import Subscription, Topic, TopicRegistry
+from proto.aws.sns_shapes import sns_error
+
+PAGE_SIZE: Final = 100  # ListTopics, ListSubscriptions(ByTopic): "up to 100" per page
+MAX_BATCH_ENTRIES: Final = 10
+MAX_TAGS: Final = 50
+_BATCH_ENTRY_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,80}")
+
+Params = Mapping[str, Any]
+Result = dict[str, Any] | None
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class SnsContext:
+    """Who asked, what, and how they reached us (SNS links echo the address used).
+
+    ``authenticated`` is False for the unsigned ConfirmSubscription and Unsubscribe requests a
+    subscriber makes by following SubscribeURL or UnsubscribeURL.
+    """
+
+    base_url: str
+    caller: Caller
+    action: str
+    authenticated: bool = True
+
+
+class SnsApi:
+    """Every SNS action Wharf serves, bound to the topics, the publisher and the worker."""
+
+    def __init__(
+        self,
+        topics: TopicRegistry,
+        fanout: Fanout,
+        deliveries: HttpDeliveries,
+        *,
+        account_id: str,
+    ) -> None:
+        self.topics = topics
+        self.fanout = fanout
+        self.deliveries = deliveries
+        self.store = topics.store
+        self.account_id = account_id
+        self._actions: dict[str, Callable[[Params, SnsContext], Awaitable[Result]]] = {
+            "CreateTopic": self.create_topic,
+            "DeleteTopic": self.delete_topic,
+            "ListTopics": self.list_topics,
+            "GetTopicAttributes": self.get_topic_attributes,
+            "SetTopicAttributes": self.set_topic_attributes,
+            "Subscribe": self.subscribe,
+            "ConfirmSubscription": self.confirm_subscription,
+            "Unsubscribe": self.unsubscribe,
+            "ListSubscriptions": self.list_subscriptions,
+            "ListSubscriptionsByTopic": self.list_subscriptions_by_topic,
+            "GetSubscriptionAttributes": self.get_subscription_attributes,
+            "SetSubscriptionAttributes": self.set_subscription_attributes,
+            "Publish": self.publish,
+            "PublishBatch": self.publish_batch,
+            "TagResource": self.tag_resource,
+            "UntagResource": self.untag_resource,
+            "ListTagsForResource": self.list_tags_for_resource,
+            "AddPermission": self.add_permission,
+            "RemovePermission": self.remove_permission,
+        }
+
+    def supports(self, action: str) -> bool:
+        return action in self._actions
+
+    async def handle(self, action: str, params: Params, context: SnsContext) -> Result:
+        handler = self._actions.get(action)
+        if handler is None:  # pragma: no cover - the decoder knows only these actions
+            raise invalid_parameter(f"Action {action} is not supported")
+        return await handler(params, context)
+
+    def _topic(self, params: Params, context: SnsContext, action: str | None = None) -> Topic:
+        topic = self.topics.require(params.get("TopicArn"))
+        self._authorize(topic, context, action or context.action)
+        return topic
+
+    def _authorize(self, topic: Topic, context: SnsContext, action: str) -> None:
+        caller = context.caller
+        if caller.anonymous:
+            return
+        decision = evaluate(
+            topic.settings.policy,
+            principal_arn=caller.principal_arn,
+            principal_account=caller.account,
+            owner_account=self.account_id,
+            action=action,
+            resource=topic.arn,
+            service="sns",
+        )
+        if decision is Decision.DENY:
+            raise sns_error(
+                "AuthorizationErrorException",
+                f"User: {caller.principal_arn} is not authorized to perform: SNS:{action} on "
+                f"resource: {topic.arn}",
+            )
+
+    # ------------------------------------------------------------------ topics
+
+    async def create_topic(self, params: Params, context: SnsContext) -> Result:
+        if params.get("DataProtectionPolicy"):
+            raise invalid_parameter(
+                "DataProtectionPolicy Reason: message data protection is out of scope for Wharf"
+            )
+        tags = _tags(params.get("Tags") or [])
+        topic = await self.topics.create(
+            _required(params, "Name"), params.get("Attributes") or {}, tags, now_ms()
+        )
+        return {"TopicArn": topic.arn}
+
+    async def delete_topic(self, params: Params, context: SnsContext) -> Result:
+        try:
+            topic = self._topic(params, context)
+        except SnsError as error:
+            if error.code == "NotFound":
+                return None  # DeleteTopic is idempotent
+            raise
+        await self.topics.delete(topic)
+        self.deliveries.forget_topic(topic.record.topic_id)
+        return None
+
+    async def list_topics(self, params: Params, context: SnsContext) -> Result:
+        arns = sorted(topic.arn for topic in self.topics)
+        page, token = _page(arns, lambda arn: arn, params.get("NextToken"))
+        result: dict[str, Any] = {"Topics": [{"TopicArn": arn} for arn in page]}
+        if token is not None:
+            result["NextToken"] = token
+        return result
+
+    async def get_topic_attributes(self, params: Params, context: SnsContext) -> Result:
+        topic = self._topic(params, context)
+        return {"Attributes": render_topic(topic.settings, topic.facts(self.account_id))}
+
+    async def set_topic_attributes(self, params: Params, context: SnsContext) -> Result:
+        topic = self._topic(params, context)
+        name = _required(params, "AttributeName")
+        await self.topics.set_attribute(topic, name, params.get("AttributeValue") or "", now_ms())
+        return None
+
+    async def add_permission(self, params: Params, context: SnsContext) -> Result:
+        topic = self._topic(params, context)
+        policy = add_permission(
+            topic.settings.policy,
+            topic_arn=topic.arn,
+            owner=self.account_id,
+            label=_required(params, "Label"),
+            accounts=params.get("AWSAccountId") or [],
+            actions=params.get("ActionName") or [],
+        )
+        await self._replace_policy(topic, policy)
+        return None
+
+    async def remove_permission(self, params: Params, context: SnsContext) -> Result:
+        topic = self._topic(params, context)
+        policy = remove_permission(
+            topic.settings.policy,
+            topic_arn=topic.arn,
+            owner=self.account_id,
+            label=_required(params, "Label"),
+        )
+        await self._replace_policy(topic, policy)
+        return None
+
+    async def _replace_policy(self, topic: Topic, policy: str) -> None:
+        settings = msgspec.structs.replace(topic.settings, policy=policy)
+        await self.topics.replace_settings(topic, settings, now_ms())
+
+    # ------------------------------------------------------------------ tags
+
+    def _tagged(self, params: Params) -> Topic:
+        arn = _required(params, "ResourceArn")
+        topic = self.topics.by_arn(arn)
+        if topic is None:
+            raise sns_error("ResourceNotFoundException", "Resource does not exist")
+        return topic
+
+    async def tag_resource(self, params: Params, context: SnsContext) -> Result:
+        topic = self._tagged(params)
+        tags = {**topic.record.tags, **_tags(params.get("Tags") or [])}
+        if len(tags) > MAX_TAGS:
+            raise sns_error(
+                "TagLimitExceededException",
+                "Could not complete request: tag quota of per resource exceeded",
+            )
+        await self.topics.set_tags(topic, tags)
+        return {}
+
+    async def untag_resource(self, params: Params, context: SnsContext) -> Result:
+        topic = self._tagged(params)
+        drop = set(params.get("TagKeys") or [])
+        await self.topics.set_tags(
+            topic, {k: v for k, v in topic.record.tags.items() if k not in drop}
+        )
+        return {}
+
+    async def list_tags_for_resource(self, params: Params, context: SnsContext) -> Result:
+        topic = self._tagged(params)
+        return {"Tags": [{"Key": k, "Value": v} for k, v in sorted(topic.record.tags.items())]}
+
+    # ------------------------------------------------------------------ subscriptions
+
+    async def subscribe(self, params: Params, context: SnsContext) -> Result:
+        topic = self._topic(params, context)
+        now = now_ms()
+        subscription, mutations = self.topics.subscribe(
+            topic,
+            _required(params, "Protocol"),
+            params.get("Endpoint") or "",
+            params.get("Attributes") or {},
+            owner=context.caller.account,
+            now=now,
+        )
+        batch = Batch()
+        batch.mutations.extend(mutations)
+        token = subscription.record.token
+        if mutations and subscription.record.pending and token is not None:
+            self.fanout.confirmation(
+                batch, subscription, "SubscriptionConfirmation", token, context.base_url, now
+            )
+        if batch.mutations:
+            await self.store.commit(batch.mutations, batch.on_durable)
+        pending = subscription.record.pending and not params.get("ReturnSubscriptionArn")
+        return {"SubscriptionArn": "pending confirmation" if pending else subscription.arn}
+
+    async def confirm_subscription(self, params: Params, context: SnsContext) -> Result:
+        found = self.topics.by_token(
+            _required(params, "TopicArn"), _required(params, "Token"), now_ms()
+        )
+        on_unsubscribe = str(params.get("AuthenticateOnUnsubscribe") or "").lower() == "true"
+        subscription, mutations = self.topics.confirm(
+            found,
+            authenticated=context.authenticated,
+            authenticate_on_unsubscribe=on_unsubscribe and context.authenticated,
+        )
+        if mutations:
+            await self.store.commit(mutations)
+        return {"SubscriptionArn": subscription.arn}
+
+    async def unsubscribe(self, params: Params, context: SnsContext) -> Result:
+        subscription = self.topics.subscription(params.get("SubscriptionArn"))
+        if subscription is None:
+            return None  # Unsubscribe is idempotent
+        if not context.authenticated and subscription.record.authenticate_on_unsubscribe:
+            raise sns_error(
+                "AuthorizationErrorException",
+                "The subscription was confirmed with AuthenticateOnUnsubscribe: Unsubscribe "
+                "needs a signed request.",
+            )
+        if context.authenticated:
+            self._authorize(subscription.topic, context, "Unsubscribe")
+        now = now_ms()
+        batch = Batch()
+        batch.mutations.extend(self.topics.unsubscribe(subscription, now))
+        self.deliveries.forget_subscription(subscription.subscription_id)
+        token = self.topics.restore_token(subscription)
+        if token is not None:
+            self.fanout.confirmation(
+                batch, subscription, "UnsubscribeConfirmation", token, context.base_url, now
+            )
+        await self.store.commit(batch.mutations, batch.on_durable)
+        return None
+
+    async def list_subscriptions(self, params: Params, context: SnsContext) -> Result:
+        return self._list(self.topics.subscriptions(), params.get("NextToken"))
+
+    async def list_subscriptions_by_topic(self, params: Params, context: SnsContext) -> Result:
+        topic = self._topic(params, context)
+        subscriptions = [s for s in self.topics.subscriptions() if s.topic is topic]
+        return self._list(subscriptions, params.get("NextToken"))
+
+    def _list(self, subscriptions: Sequence[Subscription], token: str | None) -> Result:
+        page, next_token = _page(
+            subscriptions, lambda s: f"{s.record.created_at:020d}:{s.subscription_id}", token
+        )
+        result: dict[str, Any] = {
+            "Subscriptions": [
+                {
+                    "SubscriptionArn": "PendingConfirmation" if s.record.pending else s.arn,
+                    "Owner": s.record.owner,
+                    "Protocol": s.protocol,
+                    "Endpoint": s.endpoint,
+                    "TopicArn": s.topic.arn,
+                }
+                for s in page
+            ]
+        }
+        if next_token is not None:
+            result["NextToken"] = next_token
+        return result
+
+    async def get_subscription_attributes(self, params: Params, context: SnsContext) -> Result:
+        subscription = self.topics.require_subscription(params.get("SubscriptionArn"))
+        topic_policy = subscription.topic.settings.delivery_policy_parsed
+        rendered = render_subscription(subscription.settings, subscription.facts(), topic_policy)
+        return {"Attributes": rendered}
+
+    async def set_subscription_attributes(self, params: Params, context: SnsContext) -> Result:
+        subscription = self.topics.require_subscription(params.get("SubscriptionArn"))
+        name = _required(params, "AttributeName")
+        mutations = self.topics.set_subscription_attribute(
+            subscription, name, params.get("AttributeValue") or ""
+        )
+        await self.store.commit(mutations)
+        return None
+
+    # ------------------------------------------------------------------ publishing
+
+    async def publish(self, params: Params, context: SnsContext) -> Result:
+        if params.get("PhoneNumber"):
+            raise invalid_parameter(
+                "PhoneNumber Reason: SMS is out of scope for Wharf; publish to a topic"
+            )
+        arn = params.get("TopicArn") or params.get("TargetArn")
+        if not arn:
+            raise invalid_parameter("TopicArn or TargetArn Reason: no value for required parameter")
+        if ":endpoint/" in arn:
+            raise invalid_parameter(
+                "TargetArn Reason: mobile push endpoints are out of scope for Wharf"
+            )
+        topic = self.topics.require(arn, "TopicArn" if params.get("TopicArn") else "TargetArn")
+        self._authorize(topic, context, "Publish")
+        message = prepare(topic.settings, _publish_request(params))
+        (result,) = await self.fanout.publish(
+            topic, [message], base_url=context.base_url, sender_id=context.caller.sender_id
+        )
+        answer: dict[str, Any] = {"MessageId": result.message_id}
+        if result.sequence_number is not None:
+            answer["SequenceNumber"] = result.sequence_number
+        return answer
+
+    async def publish_batch(self, params: Params, context: SnsContext) -> Result:
+        topic = self._topic(params, context, "Publish")
+        entries: list[Params] = params.get("PublishBatchRequestEntries") or []
+        _check_batch(entries)
+        requests = [_publish_request(entry) for entry in entries]
+        if topic.settings.fifo:  # AWS refuses the whole batch (LocalStack, AWS-validated)
+            for request in requests:
+                if not request.group_id:
+                    raise invalid_parameter(
+                        "The MessageGroupId parameter is required for FIFO topics"
+                    )
+        if sum(publish_size(r) for r in requests) > topic.settings.effective_maximum_message_size:
+            raise sns_error(
+                "BatchRequestTooLongException",
+                "The length of all the messages put together is more than the limit.",
+            )
+        prepared: list[tuple[str, PreparedMessage]] = []
+        failed: list[dict[str, Any]] = []
+        for entry, request in zip(entries, requests, strict=True):
+            try:
+                prepared.append((entry["Id"], prepare(topic.settings, request)))
+            except SnsError as error:
+                failed.append(
+                    {"Id": entry["Id"], "Code": error.code, "Message": error.message,
+                     "SenderFault": True}
+                )  # fmt: skip
+        results = await self.fanout.publish(
+            topic,
+            [message for _, message in prepared],
+            base_url=context.base_url,
+            sender_id=context.caller.sender_id,
+        )
+        successful = []
+        for (entry_id, _), result in zip(prepared, results, strict=True):
+            item: dict[str, Any] = {"Id": entry_id, "MessageId": result.message_id}
+            if result.sequence_number is not None:
+                item["SequenceNumber"] = result.sequence_number
+            successful.append(item)
+        return {"Successful": successful, "Failed": failed}
+
+
+# ---------------------------------------------------------------------- request envelopes
+
+
+def _required(params: Params, name: str) -> Any:
+    value = params.get(name)
+    if value is None or value == "":
+        raise invalid_parameter(f"{name} Reason: no value for required parameter")
+    return value
+
+
+def _tags(entries: Sequence[Mapping[str, str]]) -> dict[str, str]:
+    keys = [entry.get("Key", "") for entry in entries]
+    if len(set(keys)) != len(keys):
+        raise invalid_parameter("Duplicated keys are not allowed.")
+    tags = {entry.get("Key", ""): entry.get("Value", "") for entry in entries}
+    if len(tags) > MAX_TAGS:
+        raise sns_error(
+            "TagLimitExceededException",
+            "Could not complete request: tag quota of per resource exceeded",
+        )
+    for key, value in tags.items():
+        if not 1 <= len(key) <= 128 or len(value) > 256:
+            raise invalid_parameter(
+                "Tags Reason: tag keys must be 1-128 characters and values at most 256"
+            )
+    return tags
+
+
+def _page(
+    items: Sequence[T], key: Callable[[T], str], token: str | None
+) -> tuple[Sequence[T], str | None]:
+    """A page of ``items`` (sorted by ``key``) after ``token``; tokens are opaque, as AWS's."""
+    start = 0
+    if token:
+        try:
+            after = base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
+        except (ValueError, UnicodeDecodeError):
+            raise invalid_parameter("NextToken") from None
+        start = next((i for i, item in enumerate(items) if key(item) > after), len(items))
+    page = items[start : start + PAGE_SIZE]
+    more = start + PAGE_SIZE < len(items)
+    next_token = base64.urlsafe_b64encode(key(page[-1]).encode()).decode() if more else None
+    return page, next_token
+
+
+def _check_batch(entries: Sequence[Params]) -> None:
+    if not entries:
+        raise sns_error(
+            "EmptyBatchRequestException", "The batch request doesn't contain any entries"
+        )
+    if len(entries) > MAX_BATCH_ENTRIES:
+        raise sns_error(
+            "TooManyEntriesInBatchRequestException",
+            "The batch request contains more entries than permissible.",
+        )
+    ids = [entry.get("Id") or "" for entry in entries]
+    if len(set(ids)) != len(ids):
+        raise sns_error(
+            "BatchEntryIdsNotDistinctException",
+            "Two or more batch entries in the request have the same Id.",
+        )
+    for entry_id in ids:
+        if _BATCH_ENTRY_ID.fullmatch(entry_id) is None:
+            raise sns_error(
+                "InvalidBatchEntryIdException",
+                "The Id of a batch entry in a batch request doesn't abide by the specification.",
+            )
+
+
+def _publish_request(params: Params) -> PublishRequest:
+    return PublishRequest(
+        message=params.get("Message") or "",
+        subject=params.get("Subject"),
+        structure=params.get("MessageStructure") or None,
+        attributes=dict(params.get("MessageAttributes") or {}),
+        group_id=params.get("MessageGroupId"),
+        deduplication_id=params.get("MessageDeduplicationId"),
+    )

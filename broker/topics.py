@@ -1,0 +1,628 @@
+"""The live topics and subscriptions: stored records, filter indexes, tokens, counters.
+
+What :mod:`broker.registry` is for queues, this is for SNS. Topic changes (create, attributes,
+tags, delete) are store jobs awaited before the topic changes in memory. Subscription changes
+return their mutations instead: the caller (:mod:`broker.sns`) adds what goes with them (a
+confirmation POST for the outbox) and commits all of it in the same trio step, so commits
+reach the disk in the order memory changed.
+
+Only confirmed subscriptions sit in a topic's :class:`SubscriptionFilterIndex`, so a publish
+never even looks at a subscription that may not receive it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Final
+
+import msgspec
+import trio
+
+from broker.model.delivery_policy import EffectiveDeliveryPolicy
+from broker.model.filter_index import SubscriptionFilterIndex
+from broker.model.filter_policy import FilterPolicy
+from broker.model.publishing import Original, TopicDeduplication
+from broker.model.sns_errors import (
+    attribute_error,
+    filter_policy_limit_exceeded,
+    invalid_parameter,
+    not_found,
+)
+from broker.model.sns_mutations import (
+    SnsMutation,
+    SubscriptionDeleted,
+    SubscriptionRecord,
+    SubscriptionSaved,
+    TopicDeduplicationExpired,
+)
+from broker.model.subscriptions import (
+    SubscriptionContext,
+    SubscriptionFacts,
+    SubscriptionSettings,
+    apply_update,
+    compiled_filter,
+    effective_delivery,
+    parse_subscribe,
+)
+from broker.model.topics import (
+    TopicFacts,
+    TopicSettings,
+    check_create_matches,
+    parse_create,
+)
+from broker.model.topics import apply_update as apply_topic_update
+from broker.registry import EXPIRE_INTERVAL_SECONDS, now_ms
+from broker.store.base import (
+    HistogramRecorder,
+    PendingHttpDelivery,
+    Store,
+    TopicNameTaken,
+    TopicRecord,
+)
+from monitoring.logging import EventLog
+from proto.aws.arn import (
+    ArnError,
+    parse_queue_arn,
+    parse_subscription_arn,
+    parse_topic_arn,
+    topic_arn,
+)
+
+SUPPORTED_PROTOCOLS: Final = frozenset({"sqs", "http", "https"})
+# What AWS accepts but Wharf does not deliver to (issue 4: out of scope, answered clearly).
+OUT_OF_SCOPE_PROTOCOLS: Final = frozenset(
+    {"email", "email-json", "sms", "application", "lambda", "firehose"}
+)
+TOKEN_LIFETIME_MS: Final = 2 * 24 * 3600 * 1000  # ConfirmSubscription: "tokens valid 2 days"
+# Delivery latency buckets (seconds): SQS deliveries take milliseconds, HTTP retries an hour.
+LATENCY_BOUNDS: Final = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+)  # fmt: skip
+PROTOCOLS: Final = ("sqs", "http", "https")
+
+
+class TopicStats:
+    """A topic's counters, read by the metrics collector at scrape time."""
+
+    __slots__ = ("attempts", "delivered", "failed", "filtered_out", "latency", "published")
+
+    def __init__(self) -> None:
+        self.published = 0
+        self.filtered_out = 0
+        self.delivered = dict.fromkeys(PROTOCOLS, 0)
+        self.failed = dict.fromkeys(PROTOCOLS, 0)
+        self.attempts = dict.fromkeys(PROTOCOLS, 0)
+        self.latency = {protocol: HistogramRecorder(LATENCY_BOUNDS) for protocol in PROTOCOLS}
+
+    def deliveries(self, protocol: str, *, ok: bool, count: int = 1, seconds: float = 0) -> None:
+        """Count finished deliveries (delivered, or failed for good)."""
+        (self.delivered if ok else self.failed)[protocol] += count
+        if ok:
+            for _ in range(count):
+                self.latency[protocol].observe(seconds)
+
+
+class Subscription:
+    """One live subscription."""
+
+    __slots__ = ("_effective", "arn", "policy", "record", "topic")
+
+    def __init__(self, record: SubscriptionRecord, topic: Topic) -> None:
+        self.record = record
+        self.topic = topic
+        self.arn = f"{topic.arn}:{record.subscription_id}"
+        self.policy: FilterPolicy | None = compiled_filter(record.settings)
+        self._effective: EffectiveDeliveryPolicy | None = None
+
+    @property
+    def subscription_id(self) -> str:
+        return self.record.subscription_id
+
+    @property
+    def protocol(self) -> str:
+        return self.record.protocol
+
+    @property
+    def endpoint(self) -> str:
+        return self.record.endpoint
+
+    @property
+    def settings(self) -> SubscriptionSettings:
+        return self.record.settings
+
+    @property
+    def context(self) -> SubscriptionContext:
+        return SubscriptionContext(self.protocol, self.endpoint, self.topic.settings.fifo)
+
+    def effective_delivery(self) -> EffectiveDeliveryPolicy:
+        """The delivery policy its HTTP/S deliveries follow (topic's and its own, combined)."""
+        if self._effective is None:
+            topic_policy = self.topic.settings.delivery_policy_parsed
+            self._effective = effective_delivery(self.settings, self.protocol, topic_policy)
+        return self._effective
+
+    def replace(self, record: SubscriptionRecord) -> None:
+        self.record = record
+        self.policy = compiled_filter(record.settings)
+        self._effective = None
+
+    def facts(self) -> SubscriptionFacts:
+        record = self.record
+        return SubscriptionFacts(
+            subscription_arn=self.arn,
+            topic_arn=self.topic.arn,
+            protocol=record.protocol,
+            endpoint=record.endpoint,
+            owner=record.owner,
+            pending_confirmation=record.pending,
+            confirmation_was_authenticated=record.authenticated,
+        )
+
+
+class Topic:
+    """One live topic with its subscriptions."""
+
+    __slots__ = (
+        "arn",
+        "deduplication",
+        "deleted",
+        "deleted_subscriptions",
+        "index",
+        "next_seq",
+        "record",
+        "stats",
+        "subscriptions",
+    )
+
+    def __init__(self, record: TopicRecord, arn: str) -> None:
+        self.record = record
+        self.arn = arn
+        self.subscriptions: dict[str, Subscription] = {}
+        self.index: SubscriptionFilterIndex[str] = SubscriptionFilterIndex()  # confirmed only
+        self.deduplication = TopicDeduplication()
+        self.next_seq = record.next_seq
+        self.stats = TopicStats()
+        self.deleted = False
+        self.deleted_subscriptions = 0
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def settings(self) -> TopicSettings:
+        return self.record.settings
+
+    def facts(self, owner: str) -> TopicFacts:
+        pending = sum(s.record.pending for s in self.subscriptions.values())
+        return TopicFacts(
+            topic_arn=self.arn,
+            owner=owner,
+            subscriptions_confirmed=len(self.subscriptions) - pending,
+            subscriptions_pending=pending,
+            subscriptions_deleted=self.deleted_subscriptions,
+        )
+
+    def index_subscription(self, subscription: Subscription) -> None:
+        if subscription.record.pending:
+            self.index.remove(subscription.subscription_id)
+        else:
+            self.index.add(subscription.subscription_id, subscription.policy)
+
+
+class TopicRegistry:
+    """Every live topic by name and ARN, every subscription by id and token."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        region: str,
+        account_id: str,
+        log: EventLog,
+        max_filter_policies: int = 200,
+    ) -> None:
+        self.store = store
+        self.region = region
+        self.account_id = account_id
+        self.log = log
+        self.max_filter_policies = max_filter_policies
+        self._by_name: dict[str, Topic] = {}
+        self._subscriptions: dict[str, Subscription] = {}
+        self._tokens: dict[str, str] = {}  # confirmation token -> subscription id
+        # UnsubscribeConfirmation's SubscribeURL restores the subscription: in memory only.
+        self._unsubscribed: dict[str, SubscriptionRecord] = {}
+        self._creating = trio.Lock()
+        self.pending_deliveries: list[PendingHttpDelivery] = []  # found by load(), once
+
+    def arn_of(self, name: str) -> str:
+        return topic_arn(self.region, self.account_id, name)
+
+    async def load(self) -> None:
+        """Rebuild topics and subscriptions from the store (at start)."""
+        loaded = await self.store.load_sns()
+        by_id: dict[int, Topic] = {}
+        for entry in loaded.topics:
+            topic = Topic(entry.record, self.arn_of(entry.record.name))
+            for dedup in entry.deduplication:
+                original = Original(dedup.message_id, dedup.sequence_number)
+                topic.deduplication.remember(dedup.key, original, dedup.expires_at)
+            self._by_name[topic.name] = topic
+            by_id[topic.record.topic_id] = topic
+        for record in loaded.subscriptions:
+            owner = by_id.get(record.topic_id)
+            if owner is not None:
+                self._add_subscription(Subscription(record, owner))
+        self.pending_deliveries = loaded.deliveries
+        self.log.info(
+            "topics.loaded",
+            topics=len(self._by_name),
+            subscriptions=len(self._subscriptions),
+            pending_http_deliveries=len(loaded.deliveries),
+        )
+
+    # ------------------------------------------------------------------ lookups
+
+    def __iter__(self) -> Iterator[Topic]:
+        return iter(list(self._by_name.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def get(self, name: str) -> Topic | None:
+        return self._by_name.get(name)
+
+    def by_arn(self, arn: str) -> Topic | None:
+        name = arn.rsplit(":", 1)[-1]
+        topic = self._by_name.get(name)
+        return topic if topic is not None and topic.arn == arn else None
+
+    def require(self, arn: str | None, parameter: str = "TopicArn") -> Topic:
+        """The topic an ARN names.
+
+        Raises:
+            SnsError: ``InvalidParameter`` for a malformed ARN or another region, ``NotFound``
+                for an unknown topic.
+        """
+        if not arn:
+            raise invalid_parameter(f"{parameter} Reason: no value for required parameter")
+        topic = self.by_arn(arn)
+        if topic is not None:
+            return topic
+        try:
+            parsed = parse_topic_arn(arn)
+        except ArnError:
+            raise invalid_parameter(parameter) from None
+        if parsed.region != self.region:
+            raise invalid_parameter(parameter)
+        raise not_found("Topic")
+
+    def subscription(self, arn: str | None) -> Subscription | None:
+        """The subscription an ARN names, or None.
+
+        Raises:
+            SnsError: ``InvalidParameter`` for a missing or malformed ARN.
+        """
+        if not arn:
+            raise invalid_parameter("SubscriptionArn Reason: no value for required parameter")
+        try:
+            parsed_topic, subscription_id = parse_subscription_arn(arn)
+        except ArnError:
+            parts = len(arn.split(":"))
+            raise invalid_parameter(
+                f"SubscriptionArn Reason: An ARN must have at least 6 elements, not {parts}"
+            ) from None
+        found = self._subscriptions.get(subscription_id)
+        if found is None or found.topic.arn != str(parsed_topic):
+            return None
+        return found
+
+    def subscription_by_id(self, subscription_id: str) -> Subscription | None:
+        return self._subscriptions.get(subscription_id)
+
+    def require_subscription(self, arn: str | None) -> Subscription:
+        found = self.subscription(arn)
+        if found is None:
+            raise not_found("Subscription")
+        return found
+
+    def subscriptions(self) -> list[Subscription]:
+        """Every subscription, oldest first (ListSubscriptions' order)."""
+        return sorted(
+            self._subscriptions.values(),
+            key=lambda s: (s.record.created_at, s.subscription_id),
+        )
+
+    def _add_subscription(self, subscription: Subscription) -> None:
+        topic = subscription.topic
+        topic.subscriptions[subscription.subscription_id] = subscription
+        topic.index_subscription(subscription)
+        self._subscriptions[subscription.subscription_id] = subscription
+        if subscription.record.token is not None:
+            self._tokens[subscription.record.token] = subscription.subscription_id
+
+    def _drop_subscription(self, subscription: Subscription) -> None:
+        topic = subscription.topic
+        topic.subscriptions.pop(subscription.subscription_id, None)
+        topic.index.remove(subscription.subscription_id)
+        self._subscriptions.pop(subscription.subscription_id, None)
+        token = subscription.record.token
+        if token is not None:
+            self._tokens.pop(token, None)
+
+    # ------------------------------------------------------------------ topics
+
+    async def create(
+        self, name: str, attributes: Mapping[str, str], tags: Mapping[str, str], now: int
+    ) -> Topic:
+        """CreateTopic: a new topic, or the existing one when attributes and tags match."""
+        settings = parse_create(name, attributes)
+        async with self._creating:
+            existing = self._by_name.get(name)
+            if existing is not None:
+                check_create_matches(existing.settings, name, attributes)
+                if tags and any(existing.record.tags.get(k) != v for k, v in tags.items()):
+                    raise invalid_parameter("Tags Reason: Topic already exists with different tags")
+                return existing
+            try:
+                record = await self.store.create_topic(name, settings, tags, now)
+            except TopicNameTaken:  # pragma: no cover - the lock serialises creates
+                return self._by_name[name]
+            topic = Topic(record, self.arn_of(name))
+            self._by_name[name] = topic
+        self.log.info("topic.created", topic=name, fifo=settings.fifo)
+        return topic
+
+    async def delete(self, topic: Topic) -> list[Subscription]:
+        """DeleteTopic: the topic and its subscriptions; returns the subscriptions dropped."""
+        if self._by_name.get(topic.name) is not topic:
+            return []
+        del self._by_name[topic.name]
+        topic.deleted = True
+        dropped = list(topic.subscriptions.values())
+        for subscription in dropped:
+            self._drop_subscription(subscription)
+        await self.store.delete_topic(topic.record.topic_id)
+        self.log.info("topic.deleted", topic=topic.name)
+        return dropped
+
+    async def set_attribute(self, topic: Topic, name: str, value: str, now: int) -> None:
+        await self.replace_settings(topic, apply_topic_update(topic.settings, name, value), now)
+
+    async def replace_settings(self, topic: Topic, settings: TopicSettings, now: int) -> None:
+        await self.store.update_topic(topic.record.topic_id, settings, now)
+        topic.record = msgspec.structs.replace(topic.record, settings=settings, modified_at=now)
+        for subscription in topic.subscriptions.values():
+            subscription.replace(subscription.record)  # the topic's DeliveryPolicy may differ
+
+    async def set_tags(self, topic: Topic, tags: Mapping[str, str]) -> None:
+        await self.store.set_topic_tags(topic.record.topic_id, tags)
+        topic.record = msgspec.structs.replace(topic.record, tags=dict(tags))
+
+    async def expire_forever(self) -> None:
+        """Forget FIFO topics' deduplication ids past their 5 minutes, once a second."""
+        while True:
+            await trio.sleep(EXPIRE_INTERVAL_SECONDS)
+            mutations = self.expire_deduplication(now_ms())
+            if mutations:
+                await self.store.commit(mutations)
+
+    def expire_deduplication(self, now: int) -> list[SnsMutation]:
+        """Forget FIFO deduplication ids past their window; return what to commit."""
+        return [
+            TopicDeduplicationExpired(topic_id=topic.record.topic_id, now=now)
+            for topic in self
+            if topic.settings.fifo and topic.deduplication.expire(now)
+        ]
+
+    # ------------------------------------------------------------------ subscriptions
+
+    def subscribe(
+        self,
+        topic: Topic,
+        protocol: str,
+        endpoint: str,
+        attributes: Mapping[str, str],
+        *,
+        owner: str,
+        now: int,
+    ) -> tuple[Subscription, list[SnsMutation]]:
+        """Subscribe: a new subscription (pending for HTTP/S), or the identical existing one.
+
+        Memory changes now; the caller commits the mutations returned (none for an existing
+        subscription) in the same trio step.
+
+        Raises:
+            SnsError: AWS's errors for the protocol, endpoint or attributes.
+        """
+        self._check_endpoint(topic, protocol, endpoint)
+        context = SubscriptionContext(protocol, endpoint, topic.settings.fifo)
+        settings = parse_subscribe(attributes, context)
+        for existing in topic.subscriptions.values():
+            if existing.protocol == protocol and existing.endpoint == endpoint:
+                if attributes and parse_subscribe(attributes, context) != _only(
+                    existing.settings, attributes
+                ):
+                    raise attribute_error(
+                        "Subscription already exists with different attributes",
+                        in_attributes_map=True,
+                    )
+                return existing, []
+        if settings.filter_policy and self._filtered(topic) >= self.max_filter_policies:
+            raise filter_policy_limit_exceeded()
+        http = protocol in ("http", "https")
+        record = SubscriptionRecord(
+            subscription_id=str(uuid.uuid4()),
+            topic_id=topic.record.topic_id,
+            protocol=protocol,
+            endpoint=endpoint,
+            settings=settings,
+            owner=owner,
+            pending=http,
+            token=secrets.token_hex(64) if http else None,
+            token_expires_at=now + TOKEN_LIFETIME_MS if http else 0,
+            authenticated=not http,
+            created_at=now,
+        )
+        subscription = Subscription(record, topic)
+        self._add_subscription(subscription)
+        return subscription, [SubscriptionSaved(subscription=record)]
+
+    def _filtered(self, topic: Topic) -> int:
+        return sum(1 for s in topic.subscriptions.values() if s.settings.filter_policy)
+
+    def _check_endpoint(self, topic: Topic, protocol: str, endpoint: str) -> None:
+        if protocol in OUT_OF_SCOPE_PROTOCOLS:
+            raise invalid_parameter(
+                f"Protocol Reason: {protocol} subscriptions are out of scope for Wharf: it "
+                "delivers to sqs, http and https only (no e-mail, SMS, mobile push, Lambda or "
+                "Firehose)"
+            )
+        if protocol not in SUPPORTED_PROTOCOLS:
+            raise invalid_parameter(f"Amazon SNS does not support this protocol string: {protocol}")
+        if not endpoint:
+            raise invalid_parameter("Endpoint Reason: no value for required parameter")
+        if protocol != "sqs":
+            if not endpoint.startswith(f"{protocol}://") or len(endpoint) <= len(protocol) + 3:
+                raise invalid_parameter("Endpoint must match the specified protocol")
+            if topic.settings.fifo:
+                raise invalid_parameter(
+                    "Protocol Reason: FIFO topics deliver to Amazon SQS queues only"
+                )
+            return
+        try:
+            queue = parse_queue_arn(endpoint)
+        except ArnError:
+            raise invalid_parameter("SQS endpoint ARN") from None
+        if queue.account != self.account_id or queue.region != self.region:
+            raise invalid_parameter(
+                "SQS endpoint ARN Reason: the queue must be in this broker's account and region"
+            )
+        if queue.resource.endswith(".fifo") and not topic.settings.fifo:
+            # AWS's message, prefix doubled, as LocalStack's AWS-validated snapshot records it.
+            raise invalid_parameter(
+                "Invalid parameter: Endpoint Reason: FIFO SQS Queues can not be subscribed to "
+                "standard SNS topics"
+            )
+
+    def by_token(
+        self, topic_arn_value: str, token: str, now: int
+    ) -> Subscription | SubscriptionRecord:
+        """The subscription a confirmation token names (or the unsubscribed one it restores).
+
+        Raises:
+            SnsError: ``InvalidParameter`` "Topic" or "Token", as AWS answers.
+        """
+        try:
+            parse_topic_arn(topic_arn_value)
+        except ArnError:
+            raise invalid_parameter("Topic") from None
+        subscription_id = self._tokens.get(token)
+        found: Subscription | SubscriptionRecord | None = (
+            self._subscriptions.get(subscription_id) if subscription_id else None
+        )
+        if found is None:
+            found = self._unsubscribed.get(token)
+        if found is None:
+            raise invalid_parameter("Token")
+        record = found.record if isinstance(found, Subscription) else found
+        topic = found.topic if isinstance(found, Subscription) else self._topic_by_id(record)
+        if topic is None or topic.arn != topic_arn_value:
+            raise invalid_parameter("Topic")
+        if record.pending and record.token_expires_at <= now:
+            raise invalid_parameter("Token")
+        return found
+
+    def _topic_by_id(self, record: SubscriptionRecord) -> Topic | None:
+        return next((t for t in self if t.record.topic_id == record.topic_id), None)
+
+    def confirm(
+        self,
+        found: Subscription | SubscriptionRecord,
+        *,
+        authenticated: bool,
+        authenticate_on_unsubscribe: bool,
+    ) -> tuple[Subscription, list[SnsMutation]]:
+        """ConfirmSubscription: confirmed from now on (idempotent); restores an unsubscribed one."""
+        if isinstance(found, SubscriptionRecord):  # the UnsubscribeConfirmation's link
+            assert found.token is not None
+            self._unsubscribed.pop(found.token, None)
+            topic = self._topic_by_id(found)
+            assert topic is not None  # by_token checked it
+            subscription = Subscription(msgspec.structs.replace(found, pending=True), topic)
+            self._add_subscription(subscription)
+            found = subscription
+        if not found.record.pending:
+            return found, []
+        record = msgspec.structs.replace(
+            found.record,
+            pending=False,
+            authenticated=authenticated,
+            authenticate_on_unsubscribe=authenticate_on_unsubscribe,
+        )
+        found.replace(record)
+        found.topic.index_subscription(found)
+        return found, [SubscriptionSaved(subscription=record)]
+
+    def unsubscribe(self, subscription: Subscription, now: int) -> list[SnsMutation]:
+        """Unsubscribe: gone from now on; HTTP/S ones keep a token that restores them."""
+        self._drop_subscription(subscription)
+        subscription.topic.deleted_subscriptions += 1
+        if subscription.protocol in ("http", "https"):
+            token = secrets.token_hex(64)
+            self._unsubscribed[token] = msgspec.structs.replace(
+                subscription.record, token=token, token_expires_at=now + TOKEN_LIFETIME_MS
+            )
+            self._forget_old_unsubscribed(now)
+        return [SubscriptionDeleted(subscription_id=subscription.subscription_id)]
+
+    def restore_token(self, subscription: Subscription) -> str | None:
+        """The token an UnsubscribeConfirmation offers to restore ``subscription`` with."""
+        for token, record in self._unsubscribed.items():
+            if record.subscription_id == subscription.subscription_id:
+                return token
+        return None
+
+    def _forget_old_unsubscribed(self, now: int) -> None:
+        stale = [t for t, r in self._unsubscribed.items() if r.token_expires_at <= now]
+        for token in stale:
+            del self._unsubscribed[token]
+
+    def set_subscription_attribute(
+        self, subscription: Subscription, name: str, value: str
+    ) -> list[SnsMutation]:
+        """SetSubscriptionAttributes; the filter index follows a new FilterPolicy at once."""
+        settings = apply_update(subscription.settings, name, value, subscription.context)
+        topic = subscription.topic
+        newly_filtered = settings.filter_policy and not subscription.settings.filter_policy
+        if newly_filtered and self._filtered(topic) >= self.max_filter_policies:
+            raise filter_policy_limit_exceeded()
+        record = msgspec.structs.replace(subscription.record, settings=settings)
+        subscription.replace(record)
+        topic.index_subscription(subscription)
+        return [SubscriptionSaved(subscription=record)]
+
+
+def _only(settings: SubscriptionSettings, attributes: Mapping[str, str]) -> SubscriptionSettings:
+    """``settings`` reduced to the attributes a repeated Subscribe names, for comparison."""
+    defaults = SubscriptionSettings()
+    kept = {
+        "raw_message_delivery": "RawMessageDelivery",
+        "filter_policy": "FilterPolicy",
+        "filter_policy_scope": "FilterPolicyScope",
+        "delivery_policy": "DeliveryPolicy",
+        "delivery_policy_parsed": "DeliveryPolicy",
+        "redrive_policy": "RedrivePolicy",
+        "dead_letter_target_arn": "RedrivePolicy",
+        "subscription_role_arn": "SubscriptionRoleArn",
+        "replay_policy": "ReplayPolicy",
+    }
+    changes = {
+        field: getattr(defaults, field)
+        for field, attribute in kept.items()
+        if attribute not in attributes
+    }
+    return msgspec.structs.replace(settings, **changes)

@@ -1,0 +1,126 @@
+"""Publishing: one durable commit per publish, bodies built once, FIFO dedup, dead letters."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from broker.fanout import _timestamp
+from broker.model.sns_errors import SnsError
+from broker.registry import now_ms
+from proto.aws import sns_envelope
+from tests.support.sns_harness import Harness, build
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    async with trio.open_nursery() as nursery:
+        built = await build(tmp_path, nursery)
+        yield built
+        nursery.cancel_scope.cancel()
+    await built.store.aclose()
+
+
+@pytest.fixture
+async def fifo(tmp_path: Path) -> AsyncIterator[Harness]:
+    async with trio.open_nursery() as nursery:
+        attributes = {"FifoTopic": "true", "ContentBasedDeduplication": "true"}
+        built = await build(tmp_path, nursery, topic_name="t.fifo", topic_attributes=attributes)
+        yield built
+        nursery.cancel_scope.cancel()
+    await built.store.aclose()
+
+
+async def queue(harness: Harness, name: str, **attributes: str):  # type: ignore[no-untyped-def]
+    return await harness.queues.create(name, attributes, {})
+
+
+async def bodies(harness: Harness, name: str) -> list[str]:
+    queue = harness.queues.get(name)
+    assert queue is not None
+    outcome = queue.index.receive(now_ms(), max_messages=10)
+    stored = await harness.store.read_messages(
+        queue.record.queue_id, [d.seq for d in outcome.deliveries]
+    )
+    return [message.body for message in stored]
+
+
+async def test_one_publish_is_one_commit_for_every_subscriber(harness: Harness) -> None:
+    for index in range(3):
+        made = await queue(harness, f"q{index}")
+        await harness.subscribe_queue(made.arn)
+    before = harness.store.statistics().commits
+    result = await harness.publish("hello", subject="s")
+    assert harness.store.statistics().commits == before + 1
+    for index in range(3):
+        (body,) = await bodies(harness, f"q{index}")
+        assert json.loads(body)["MessageId"] == result.message_id
+
+
+async def test_the_spliced_envelope_equals_a_directly_built_one(harness: Harness) -> None:
+    made = await queue(harness, "q")
+    subscription = await harness.subscribe_queue(made.arn)
+    attributes = {"a": {"DataType": "String", "StringValue": 'b\n"c"'}}
+    result = await harness.publish('tricky "UnsubscribeURL" : ""', attributes=attributes)
+    (body,) = await bodies(harness, "q")
+    envelope = json.loads(body)
+    signer = harness.fanout.signer(harness.topic, "http://broker")
+    direct = sns_envelope.notification(
+        message_id=result.message_id,
+        topic_arn=harness.topic.arn,
+        message='tricky "UnsubscribeURL" : ""',
+        timestamp=envelope["Timestamp"],
+        unsubscribe_url=sns_envelope.unsubscribe_url("http://broker", subscription.arn),
+        message_attributes=attributes,
+        signer=signer,
+    )
+    assert body == sns_envelope.encode(direct)
+
+
+async def test_fifo_duplicates_are_answered_with_the_original(fifo: Harness) -> None:
+    made = await queue(fifo, "q.fifo", FifoQueue="true")
+    await fifo.subscribe_queue(made.arn)
+    first = await fifo.publish("same", group_id="g")
+    second = await fifo.publish("same", group_id="g")
+    assert second == first
+    other = await fifo.publish("other", group_id="g")
+    assert int(other.sequence_number or 0) == int(first.sequence_number or 0) + 1
+    received = await bodies(fifo, "q.fifo")
+    assert [json.loads(b)["Message"] for b in received] == ["same", "other"]
+    assert fifo.topic.next_seq == 3
+
+
+async def test_undeliverable_messages_go_to_the_dead_letter_queue(harness: Harness) -> None:
+    dlq = await queue(harness, "dlq")
+    redrive = json.dumps({"deadLetterTargetArn": dlq.arn})
+    missing = "arn:aws:sqs:us-east-1:000000000000:never-created"
+    await harness.subscribe_queue(missing, RedrivePolicy=redrive, RawMessageDelivery="true")
+    many = {f"a{i}": {"DataType": "String", "StringValue": "v"} for i in range(11)}
+    small = await queue(harness, "small")
+    await harness.subscribe_queue(small.arn, RedrivePolicy=redrive, RawMessageDelivery="true")
+    await harness.publish("to nowhere")
+    await harness.publish("too many attributes for raw SQS", attributes=many)
+    dead = await bodies(harness, "dlq")
+    # Both raw subscriptions refuse 11 attributes; "small" took the first message.
+    assert sorted(dead) == ["to nowhere", *["too many attributes for raw SQS"] * 2]
+    assert await bodies(harness, "small") == ["to nowhere"]
+    assert harness.topic.stats.failed["sqs"] == 3
+    assert harness.topic.stats.delivered["sqs"] == 1
+
+
+async def test_validation_happens_before_anything_is_accepted(harness: Harness) -> None:
+    with pytest.raises(SnsError, match="Empty message"):
+        await harness.publish("")
+    assert harness.topic.stats.published == 0
+
+
+@given(st.integers(min_value=0, max_value=2**42))
+def test_the_cached_timestamp_is_format_timestamp(now: int) -> None:
+    assert _timestamp(now) == sns_envelope.format_timestamp(now)
+    assert _timestamp(now + 1) == sns_envelope.format_timestamp(now + 1)

@@ -1,0 +1,144 @@
+"""Outbound POSTs: statuses, timeouts, resets, garbage, TLS, keep-alive; never an exception."""
+
+from __future__ import annotations
+
+import base64
+import ssl
+
+import pytest
+import trio
+import trustme
+
+from broker.http_client import HttpClient, Outcome, parse_target
+from tests.support.sns import Endpoint
+
+HEADERS = [("x-amz-sns-message-type", "Notification"), ("User-Agent", "spoofed")]
+
+
+_made: list[HttpClient] = []
+
+
+def client(**options: object) -> HttpClient:
+    settings: dict[str, object] = {"connect_timeout": 1.0, "response_timeout": 1.0}
+    settings.update(options)
+    made = HttpClient(**settings)  # type: ignore[arg-type]
+    _made.append(made)
+    return made
+
+
+@pytest.fixture(autouse=True)
+async def close_clients():
+    yield
+    while _made:
+        await _made.pop().aclose()  # idle keep-alive sockets must not leak between tests
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "status", "retryable"),
+    [("ok", 200, False), ("500", 500, True), ("429", 429, True), ("404", 404, False)],
+)
+async def test_statuses(behaviour: str, status: int, retryable: bool) -> None:
+    with Endpoint(behaviour=behaviour) as endpoint:
+        outcome = await client().post(endpoint.url, HEADERS, b"body")
+    assert outcome.status == status
+    assert outcome.delivered is (status == 200)
+    assert outcome.retryable is retryable
+    (request,) = endpoint.requests
+    assert (request.method, request.target, request.body) == ("POST", "/hook", b"body")
+    assert request.headers["user-agent"] == "Amazon Simple Notification Service Agent"
+    assert request.headers["x-amz-sns-message-type"] == "Notification"
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "error"), [("hang", "timeout"), ("reset", "reset"), ("garbage", "protocol")]
+)
+async def test_misbehaving_endpoints_end_in_an_outcome(behaviour: str, error: str) -> None:
+    with Endpoint(behaviour=behaviour) as endpoint:
+        started = trio.current_time()
+        outcome = await client().post(endpoint.url, HEADERS, b"body")
+        elapsed = trio.current_time() - started
+    assert outcome.status is None
+    assert outcome.error == error
+    assert outcome.retryable
+    assert elapsed < 3  # bounded by the response timeout
+
+
+async def test_connection_refused_and_bad_urls() -> None:
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    listener.close()  # nothing listens there now
+    outcome = await client().post(f"http://127.0.0.1:{port}/", HEADERS, b"")
+    assert (outcome.status, outcome.error) == (None, "connect")
+    assert await client().post("ftp://x/", HEADERS, b"") == Outcome(
+        None, "invalid-url", "not an http(s) URL with a host: ftp://x/"
+    )
+    assert not (await client().post("http:///nohost", HEADERS, b"")).retryable
+
+
+async def test_a_stalled_tls_handshake_hits_the_connect_timeout() -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+
+        async def accept_and_stall(stream: trio.SocketStream) -> None:
+            await trio.sleep_forever()
+
+        nursery.start_soon(trio.serve_listeners, accept_and_stall, listeners)
+        started = trio.current_time()
+        outcome = await client(connect_timeout=0.3).post(f"https://127.0.0.1:{port}/", HEADERS, b"")
+        assert outcome.error == "timeout"
+        assert trio.current_time() - started < 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_keep_alive_reuses_connections_and_notices_closed_ones() -> None:
+    http = client()
+    with Endpoint() as endpoint:
+        for _ in range(3):
+            assert (await http.post(endpoint.url, HEADERS, b"x")).delivered
+        assert endpoint.connections == 1
+        endpoint.behaviour = "ok-close"
+        assert (await http.post(endpoint.url, HEADERS, b"x")).delivered
+        await trio.sleep(0.2)  # the server has closed the idle connection by now
+        endpoint.behaviour = "ok"
+        assert (await http.post(endpoint.url, HEADERS, b"x")).delivered
+        assert endpoint.connections == 2
+        assert len(endpoint.requests) == 5  # nothing sent twice
+        endpoint.behaviour = "big"
+        assert (await http.post(endpoint.url, HEADERS, b"x")).status == 200
+        await http.aclose()
+
+
+async def test_basic_auth_from_the_url() -> None:
+    with Endpoint() as endpoint:
+        url = endpoint.url.replace("http://", "http://us%40er:p%3Ass@")
+        assert (await client().post(url, HEADERS, b"")).delivered
+    expected = base64.b64encode(b"us@er:p:ss").decode()
+    assert endpoint.requests[0].headers["authorization"] == f"Basic {expected}"
+    assert endpoint.requests[0].headers["host"].startswith("127.0.0.1:")
+
+
+async def test_https_is_verified_against_the_ca_file(tmp_path) -> None:
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server)
+    with Endpoint(ssl_context=server) as endpoint:
+        trusted = await client(ca_file=str(ca_file)).post(endpoint.url, HEADERS, b"")
+        untrusted = await client().post(endpoint.url, HEADERS, b"")
+    assert trusted.delivered
+    assert (untrusted.error, untrusted.retryable) == ("tls", True)
+    assert "certificate verify failed" in untrusted.detail
+
+
+async def test_targets() -> None:
+    target = parse_target("https://h.example:8443/a/b?c=d")
+    assert target is not None
+    assert (target.host, target.port, target.target) == ("h.example", 8443, "/a/b?c=d")
+    assert target.host_header == "h.example:8443"
+    plain = parse_target("http://h.example")
+    assert plain is not None
+    assert (plain.port, plain.target) == (80, "/")
+    assert parse_target("http://h:99999/") is None

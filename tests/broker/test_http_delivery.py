@@ -1,0 +1,93 @@
+"""The HTTP/S delivery worker: lanes, bounded concurrency, retries in the store, restore."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from broker.fanout import Batch
+from tests.support.sns import Endpoint
+from tests.support.sns_harness import FAST, Harness, build
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    async with trio.open_nursery() as nursery:
+        built = await build(tmp_path, nursery)
+        yield built
+        nursery.cancel_scope.cancel()
+    await built.store.aclose()
+
+
+async def wait_for(endpoint: Endpoint, count: int, seconds: float = 10) -> None:
+    await trio.to_thread.run_sync(lambda: endpoint.wait_for(count, timeout=seconds))
+
+
+async def test_a_hung_endpoint_holds_only_its_own_lane(harness: Harness) -> None:
+    with Endpoint(behaviour="hang") as hung, Endpoint() as fine:
+        await harness.subscribe(hung.url)
+        await harness.subscribe(fine.url)
+        for index in range(6):
+            await harness.publish(f"m{index}")
+        await wait_for(fine, 6, seconds=3)
+        await trio.sleep(0.2)
+        # endpoint_concurrency = 2: the hung endpoint has two attempts in flight, no more.
+        assert len(hung.requests) == 2
+        assert harness.deliveries.pending(harness.topic.record.topic_id) == 6
+
+
+async def test_retries_are_persisted_and_the_row_goes_when_delivered(harness: Harness) -> None:
+    answers = iter(["500", "500", "ok"])
+    with Endpoint() as endpoint:
+        endpoint.behaviour_of = lambda request: next(answers)
+        await harness.subscribe(endpoint.url, DeliveryPolicy=FAST)
+        await harness.publish("m")
+        await wait_for(endpoint, 2)
+        await trio.sleep(0.1)
+        (row,) = (await harness.store.load_sns()).deliveries
+        assert (row.attempts, row.first_attempt_at is not None) == (2, True)
+        await wait_for(endpoint, 3, seconds=5)
+        await trio.sleep(0.1)
+        assert (await harness.store.load_sns()).deliveries == []
+        assert harness.topic.stats.attempts["http"] == 3
+        assert harness.topic.stats.delivered["http"] == 1
+
+
+async def test_unsubscribing_forgets_pending_notifications(harness: Harness) -> None:
+    with Endpoint(behaviour="500") as endpoint:
+        subscription = await harness.subscribe(endpoint.url, DeliveryPolicy=FAST)
+        await harness.publish("m")
+        await wait_for(endpoint, 1)
+        batch = Batch()
+        batch.mutations.extend(harness.topics.unsubscribe(subscription, 5))
+        harness.deliveries.forget_subscription(subscription.subscription_id)
+        await harness.store.commit(batch.mutations)
+        with trio.fail_after(5):  # the attempt in flight settles without a retry
+            while harness.deliveries.pending(harness.topic.record.topic_id):  # noqa: ASYNC110 - bounded poll of an internal count
+                await trio.sleep(0.01)
+        await trio.sleep(1.5)
+        assert len(endpoint.requests) == 1
+
+
+async def test_pending_rows_resume_from_the_store(tmp_path: Path) -> None:
+    with Endpoint(behaviour="500") as endpoint:
+        async with trio.open_nursery() as nursery:
+            first = await build(tmp_path, nursery)
+            await first.subscribe(endpoint.url, DeliveryPolicy=FAST)
+            await first.publish("survives")
+            await wait_for(endpoint, 1)
+            nursery.cancel_scope.cancel()
+        await first.store.aclose()
+        endpoint.behaviour = "ok"
+        async with trio.open_nursery() as nursery:
+            second = await build(tmp_path, nursery)
+            await wait_for(endpoint, 2, seconds=5)  # the body came back from the store
+            assert json.loads(endpoint.requests[-1].body)["Message"] == "survives"
+            await trio.sleep(0.1)
+            assert (await second.store.load_sns()).deliveries == []
+            nursery.cancel_scope.cancel()
+        await second.store.aclose()

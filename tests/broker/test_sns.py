@@ -1,0 +1,108 @@
+"""SNS action handlers: pagination, idempotent deletes, TargetArn, batches, helpers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import botocore.exceptions
+import pytest
+
+from broker.model.sns_errors import SnsError
+from broker.sns import _check_batch, _page, _tags
+from tests.support.broker import ACCOUNT_ID, BrokerThread
+from tests.support.sns import queue_arn, receive_all, sns_client
+
+
+@pytest.fixture
+def sns(shared_broker: BrokerThread) -> Any:
+    return sns_client(shared_broker.endpoint)
+
+
+def test_pages_are_opaque_and_resume_after_the_last_key() -> None:
+    items = [f"k{i:03d}" for i in range(250)]
+    page, token = _page(items, lambda item: item, None)
+    assert (len(page), page[0]) == (100, "k000")
+    assert token is not None
+    page, token = _page(items, lambda item: item, token)
+    assert page[0] == "k100"
+    page, token = _page(items, lambda item: item, token)
+    assert (len(page), token) == (50, None)
+    with pytest.raises(SnsError, match="NextToken"):
+        _page(items, lambda item: item, "%%%")
+
+
+def test_tag_and_batch_checks() -> None:
+    assert _tags([{"Key": "a", "Value": "b"}]) == {"a": "b"}
+    with pytest.raises(SnsError, match="Duplicated keys"):
+        _tags([{"Key": "a", "Value": "b"}, {"Key": "a", "Value": "c"}])
+    with pytest.raises(SnsError, match="Tags Reason"):
+        _tags([{"Key": "", "Value": "b"}])
+    _check_batch([{"Id": "ok-1_"}])
+
+
+def test_list_subscriptions_pages_by_100(shared_broker: BrokerThread, sns: Any) -> None:
+    topic = sns.create_topic(Name="many-subscriptions")["TopicArn"]
+    sqs = shared_broker.client("json")
+    arn = queue_arn(sqs, sqs.create_queue(QueueName="many-subscriptions")["QueueUrl"])
+    made = set()
+    for index in range(120):
+        made.add(sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=f"{arn}{index}")[
+            "SubscriptionArn"
+        ])  # fmt: skip
+    pages = list(sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic))
+    assert [len(page["Subscriptions"]) for page in pages] == [100, 20]
+    assert {s["SubscriptionArn"] for page in pages for s in page["Subscriptions"]} == made
+    listed = {
+        s["SubscriptionArn"]
+        for page in sns.get_paginator("list_subscriptions").paginate()
+        for s in page["Subscriptions"]
+    }
+    assert made <= listed
+    sns.delete_topic(TopicArn=topic)
+    assert not made & {
+        s["SubscriptionArn"] for s in sns.list_subscriptions().get("Subscriptions", [])
+    }
+
+
+def test_target_arn_publishes_to_topics_but_not_to_devices(
+    shared_broker: BrokerThread, sns: Any
+) -> None:
+    topic = sns.create_topic(Name="by-target")["TopicArn"]
+    sqs = shared_broker.client("json")
+    url = sqs.create_queue(QueueName="by-target")["QueueUrl"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn(sqs, url))
+    sns.publish(TargetArn=topic, Message="via TargetArn")
+    (message,) = receive_all(sqs, url, 1)
+    assert json.loads(message["Body"])["Message"] == "via TargetArn"
+    device = f"arn:aws:sns:us-east-1:{ACCOUNT_ID}:endpoint/GCM/app/123"
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.publish(TargetArn=device, Message="m")
+    assert "mobile push endpoints are out of scope" in info.value.response["Error"]["Message"]
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.publish(Message="m")
+    assert info.value.response["Error"]["Message"] == (
+        "Invalid parameter: TopicArn or TargetArn Reason: no value for required parameter"
+    )
+
+
+def test_fifo_publish_batch_answers_sequence_numbers(sns: Any) -> None:
+    topic = sns.create_topic(
+        Name="batch.fifo", Attributes={"FifoTopic": "true", "ContentBasedDeduplication": "true"}
+    )["TopicArn"]
+    result = sns.publish_batch(
+        TopicArn=topic,
+        PublishBatchRequestEntries=[
+            {"Id": "a", "Message": "1", "MessageGroupId": "g"},
+            {"Id": "b", "Message": "2", "MessageGroupId": "g"},
+            {"Id": "c", "Message": "1", "MessageGroupId": "g"},  # a duplicate of "a"
+        ],
+    )
+    by_id = {entry["Id"]: entry for entry in result["Successful"]}
+    assert int(by_id["b"]["SequenceNumber"]) == int(by_id["a"]["SequenceNumber"]) + 1
+    assert by_id["c"]["MessageId"] == by_id["a"]["MessageId"]
+    assert result["Failed"] == []
+
+
+def test_deleting_an_unknown_topic_is_fine(sns: Any) -> None:
+    sns.delete_topic(TopicArn=f"arn:aws:sns:us-east-1:{ACCOUNT_ID}:never-was")

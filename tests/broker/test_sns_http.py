@@ -1,0 +1,178 @@
+"""SNS on the shared listener: routing by scope and action, unsigned links, errors, the cert."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import botocore.exceptions
+import pytest
+
+from tests.support.broker import (
+    ACCESS_KEY_ID,
+    SECRET_ACCESS_KEY,
+    BrokerThread,
+    broker_config,
+    write_credentials,
+)
+from tests.support.sns import Endpoint, sns_client
+
+OTHER_KEY = "AKIAWHARFTESTKEY0002"
+OTHER_SECRET = "wharf-test-secret-access-key-0002"
+OTHER_PRINCIPAL = "arn:aws:iam::111122223333:user/stranger"
+
+
+@pytest.fixture(scope="module")
+def signed_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerThread]:
+    directory = tmp_path_factory.mktemp("signed")
+    auth = write_credentials(
+        directory,
+        [(ACCESS_KEY_ID, SECRET_ACCESS_KEY, ""), (OTHER_KEY, OTHER_SECRET, OTHER_PRINCIPAL)],
+    )
+    with BrokerThread(broker_config(directory / "data", auth=auth)) as broker:
+        yield broker
+
+
+def form(broker: BrokerThread, body: str, method: str = "POST") -> tuple[int, str]:
+    if method == "GET":
+        status, _, answer = broker.http("GET", f"/?{body}")
+    else:
+        status, _, answer = broker.http(
+            "POST",
+            "/",
+            headers=[("content-type", "application/x-www-form-urlencoded")],
+            body=body.encode(),
+        )
+    return status, answer.decode()
+
+
+def test_the_signing_certificate_is_served(shared_broker: BrokerThread) -> None:
+    status, headers, body = shared_broker.http("GET", "/SimpleNotificationService-wharf.pem")
+    assert status == 200
+    assert headers["content-type"] == "application/x-pem-file"
+    assert body.startswith(b"-----BEGIN CERTIFICATE-----")
+
+
+def test_unsigned_requests_are_routed_by_action(shared_broker: BrokerThread) -> None:
+    status, body = form(shared_broker, "Action=ListTopics&Version=2010-03-31")
+    assert status == 200
+    assert "<ListTopicsResponse" in body
+    status, body = form(shared_broker, "Action=ListQueues&Version=2012-11-05")
+    assert status == 200
+    assert "<ListQueuesResponse" in body
+    topic = "arn:aws:sns:us-east-1:000000000000:nope"
+    status, body = form(
+        shared_broker,
+        f"Action=AddPermission&TopicArn={quote(topic)}&Label=l&AWSAccountId.member.1=1"
+        "&ActionName.member.1=Publish",
+    )
+    assert (status, "<Code>NotFound</Code>" in body) == (404, True)
+    status, body = form(shared_broker, "Action=ListPlatformApplications")
+    assert status == 400
+    assert "ListPlatformApplications is out of scope for Wharf" in body
+    assert 'xmlns="http://sns.amazonaws.com/doc/2010-03-31/"' in body
+
+
+def test_signed_sqs_requests_still_reach_sqs(shared_broker: BrokerThread) -> None:
+    for protocol in ("json", "query"):
+        answer = shared_broker.client(protocol).list_queues()
+        assert answer["ResponseMetadata"]["HTTPStatusCode"] == 200
+    sns = sns_client(shared_broker.endpoint)
+    assert "Topics" in sns.list_topics()
+    requests = shared_broker.metrics()["wharf_broker_requests"]
+    services = {sample.labels["service"] for sample in requests.samples}
+    assert {"sqs", "sns"} <= services
+
+
+def test_signatures_are_required_except_for_subscriber_links(signed_broker: BrokerThread) -> None:
+    sns = sns_client(signed_broker.endpoint)
+    topic = sns.create_topic(Name="links")["TopicArn"]
+    status, body = form(signed_broker, "Action=ListTopics")
+    assert status == 403
+    assert "<Code>MissingAuthenticationToken</Code>" in body
+    with Endpoint() as endpoint:
+        sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=endpoint.url)
+        envelope = endpoint.wait_for(1)[0].envelope()
+        url = envelope["SubscribeURL"].split("/", 3)[3]
+        status, body = form(signed_broker, url.removeprefix("?"), method="GET")
+        assert status == 200, body
+        arn = body.split("<SubscriptionArn>")[1].split("<")[0]
+        status, body = form(signed_broker, f"Action=Unsubscribe&SubscriptionArn={arn}", "GET")
+        assert status == 200, body
+        assert sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"] == []
+
+
+def test_authenticate_on_unsubscribe_needs_a_signature(signed_broker: BrokerThread) -> None:
+    sns = sns_client(signed_broker.endpoint)
+    topic = sns.create_topic(Name="guarded")["TopicArn"]
+    with Endpoint() as endpoint:
+        sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=endpoint.url)
+        token = endpoint.wait_for(1)[0].envelope()["Token"]
+        arn = sns.confirm_subscription(
+            TopicArn=topic, Token=token, AuthenticateOnUnsubscribe="true"
+        )["SubscriptionArn"]
+        status, body = form(signed_broker, f"Action=Unsubscribe&SubscriptionArn={arn}", "GET")
+        assert status == 403
+        assert "<Code>AuthorizationError</Code>" in body
+        sns.unsubscribe(SubscriptionArn=arn)
+
+
+def test_topic_policies_apply_to_other_accounts(signed_broker: BrokerThread) -> None:
+    owner = sns_client(signed_broker.endpoint)
+    stranger = sns_client(
+        signed_broker.endpoint, access_key_id=OTHER_KEY, secret_access_key=OTHER_SECRET
+    )
+    topic = owner.create_topic(Name="policed")["TopicArn"]
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        stranger.publish(TopicArn=topic, Message="m")
+    error: dict[str, Any] = info.value.response["Error"]
+    assert error["Code"] == "AuthorizationError"
+    assert error["Message"] == (
+        f"User: {OTHER_PRINCIPAL} is not authorized to perform: SNS:Publish on resource: {topic}"
+    )
+    owner.add_permission(
+        TopicArn=topic, Label="open", AWSAccountId=["111122223333"], ActionName=["Publish"]
+    )
+    assert stranger.publish(TopicArn=topic, Message="m")["MessageId"]
+    with pytest.raises(botocore.exceptions.ClientError):
+        stranger.delete_topic(TopicArn=topic)
+
+
+def test_malformed_signatures_go_to_the_sqs_error_path(shared_broker: BrokerThread) -> None:
+    status, _, body = shared_broker.http(
+        "POST",
+        "/",
+        headers=[("authorization", "AWS4-HMAC-SHA256 nonsense")],
+        body=b"Action=ListTopics",
+    )
+    assert status == 400
+    assert b"IncompleteSignature" in body
+
+
+def test_data_protection_on_create_topic_is_refused(shared_broker: BrokerThread) -> None:
+    sns = sns_client(shared_broker.endpoint)
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.create_topic(Name="dp", DataProtectionPolicy=json.dumps({"Name": "x"}))
+    assert "out of scope" in info.value.response["Error"]["Message"]
+
+
+def test_public_url_shapes_the_links(tmp_path: Path) -> None:
+    config = broker_config(tmp_path / "data", api={"public_url": "https://sns.internal:8443"})
+    with BrokerThread(config) as broker:
+        sns = sns_client(broker.endpoint)
+        sqs = broker.client("json")
+        topic = sns.create_topic(Name="t")["TopicArn"]
+        url = sqs.create_queue(QueueName="q")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
+        sns.publish(TopicArn=topic, Message="m")
+        body = json.loads(sqs.receive_message(QueueUrl=url)["Messages"][0]["Body"])
+        assert body["SigningCertURL"] == (
+            "https://sns.internal:8443/SimpleNotificationService-wharf.pem"
+        )
+        assert body["UnsubscribeURL"].startswith("https://sns.internal:8443/?Action=Unsubscribe")

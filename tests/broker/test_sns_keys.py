@@ -1,0 +1,84 @@
+"""The SNS signing key: generated once and kept, or read from the configured files."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+import trustme
+from cryptography import x509
+
+from broker.config import SnsSettings
+from broker.sns_keys import CERT_FILE, KEY_FILE, load_signing_keys
+from monitoring.configfile import ConfigError
+from proto.aws.sns_signature import sign, string_to_sign, verify
+
+ENVELOPE = {
+    "Type": "Notification",
+    "MessageId": "m",
+    "TopicArn": "arn:aws:sns:us-east-1:000000000000:t",
+    "Message": "hello",
+    "Timestamp": "2026-01-01T00:00:00.000Z",
+}
+
+
+def test_a_key_is_generated_on_first_start_and_kept(tmp_path: Path) -> None:
+    first = load_signing_keys(SnsSettings(), tmp_path)
+    assert stat.S_IMODE((tmp_path / KEY_FILE).stat().st_mode) == 0o600
+    second = load_signing_keys(SnsSettings(), tmp_path)
+    assert first.cert_pem == second.cert_pem
+    certificate = x509.load_pem_x509_certificate(second.cert_pem)
+    signature = sign(string_to_sign(ENVELOPE), first.key, "2")
+    verify({**ENVELOPE, "SignatureVersion": "2", "Signature": signature}, certificate)
+
+
+def test_signers_carry_the_url_and_version(tmp_path: Path) -> None:
+    keys = load_signing_keys(SnsSettings(signing_cert_path="/c.pem"), tmp_path)
+    signer = keys.signer("2", "https://sns.example:8443/")
+    assert signer.cert_url == "https://sns.example:8443/c.pem"
+    assert signer.version == "2"
+    assert keys.signer("2", "https://sns.example:8443/") is signer
+
+
+def test_configured_files_are_used_and_checked(tmp_path: Path) -> None:
+    rsa_leaf = trustme.CA().issue_cert("sns.example", key_type=trustme.KeyType.RSA)
+    key_file, cert_file = tmp_path / "k.pem", tmp_path / "c.pem"
+    rsa_leaf.private_key_pem.write_to_path(str(key_file))
+    rsa_leaf.cert_chain_pems[0].write_to_path(str(cert_file))
+    settings = SnsSettings(signing_key_file=str(key_file), signing_cert_file=str(cert_file))
+    keys = load_signing_keys(settings, tmp_path / "unused")
+    assert keys.cert_pem == cert_file.read_bytes()
+    assert not (tmp_path / "unused" / CERT_FILE).exists()
+    ec_leaf = trustme.CA().issue_cert("sns.example")  # ECDSA: SNS signs with RSA only
+    ec_leaf.private_key_pem.write_to_path(str(key_file))
+    ec_leaf.cert_chain_pems[0].write_to_path(str(cert_file))
+    with pytest.raises(ConfigError, match="RSA"):
+        load_signing_keys(settings, tmp_path)
+
+
+def test_a_certificate_of_another_key_is_refused(tmp_path: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    load_signing_keys(SnsSettings(), one)
+    load_signing_keys(SnsSettings(), two)
+    settings = SnsSettings(
+        signing_key_file=str(one / KEY_FILE), signing_cert_file=str(two / CERT_FILE)
+    )
+    with pytest.raises(ConfigError, match="does not belong"):
+        load_signing_keys(settings, tmp_path)
+    with pytest.raises(ConfigError):
+        load_signing_keys(
+            SnsSettings(signing_key_file=str(tmp_path / "missing"), signing_cert_file="x"),
+            tmp_path,
+        )
+
+
+def test_settings_refuse_half_configured_keys_and_bad_paths() -> None:
+    with pytest.raises(ValueError, match="both"):
+        SnsSettings(signing_key_file="k")
+    with pytest.raises(ValueError, match=r"\.pem"):
+        SnsSettings(signing_cert_path="cert")
+    with pytest.raises(ValueError, match="without a path"):
+        SnsSettings(signing_cert_url_base="https://x/y")

@@ -1,0 +1,161 @@
+"""The live topics: creation, subscriptions, tokens, filter index, and reload from the store."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from broker.model.publishing import Original
+from broker.model.sns_errors import SnsError
+from broker.model.sns_mutations import TopicDeduplicationRecorded
+from broker.store.sqlite import SqliteStore
+from broker.topics import TOKEN_LIFETIME_MS, TopicRegistry
+from monitoring.logging import EventLog
+
+QUEUE = "arn:aws:sqs:us-east-1:000000000000:q"
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    store = SqliteStore(tmp_path)
+    await store.open()
+    yield store
+    await store.aclose()
+
+
+def registry(store: SqliteStore, **options: int) -> TopicRegistry:
+    log = EventLog("test", stream=io.StringIO())
+    return TopicRegistry(store, region="us-east-1", account_id="000000000000", log=log, **options)
+
+
+async def test_create_is_idempotent_and_compares_tags(store: SqliteStore) -> None:
+    topics = registry(store)
+    topic = await topics.create("t", {}, {"k": "v"}, 1)
+    assert await topics.create("t", {}, {"k": "v"}, 2) is topic
+    assert await topics.create("t", {}, {}, 2) is topic
+    with pytest.raises(SnsError, match="different tags"):
+        await topics.create("t", {}, {"k": "w"}, 2)
+    assert topics.by_arn("arn:aws:sns:us-east-1:000000000000:t") is topic
+    assert topics.by_arn("arn:aws:sns:eu-west-1:000000000000:t") is None
+
+
+async def test_require_tells_malformed_from_missing(store: SqliteStore) -> None:
+    topics = registry(store)
+    with pytest.raises(SnsError) as info:
+        topics.require("arn:aws:sns:us-east-1:000000000000:nope")
+    assert (info.value.code, info.value.status) == ("NotFound", 404)
+    for bad in ("nope", "arn:aws:sns:eu-west-1:000000000000:t", ""):
+        with pytest.raises(SnsError) as info:
+            topics.require(bad)
+        assert info.value.code == "InvalidParameter"
+
+
+async def test_subscriptions_and_the_filter_index(store: SqliteStore) -> None:
+    topics = registry(store)
+    topic = await topics.create("t", {}, {}, 1)
+    sqs, mutations = topics.subscribe(topic, "sqs", QUEUE, {}, owner="000000000000", now=1)
+    assert len(mutations) == 1
+    assert not sqs.record.pending
+    http, _ = topics.subscribe(topic, "http", "http://h/", {}, owner="000000000000", now=1)
+    assert http.record.pending
+    assert http.record.token is not None
+    # Only confirmed subscriptions are candidates for publishes.
+    assert topic.index.match({}, "m").matched == (sqs.subscription_id,)
+    again, none = topics.subscribe(topic, "sqs", QUEUE, {}, owner="000000000000", now=2)
+    assert again is sqs
+    assert none == []
+    policy = json.dumps({"a": ["b"]})
+    topics.set_subscription_attribute(sqs, "FilterPolicy", policy)
+    assert topic.index.match({}, "m").matched == ()
+    view = {"a": {"DataType": "String", "StringValue": "b"}}
+    assert topic.index.match(view, "m").matched == (sqs.subscription_id,)
+
+
+async def test_the_filter_policy_quota(store: SqliteStore) -> None:
+    topics = registry(store, max_filter_policies=1)
+    topic = await topics.create("t", {}, {}, 1)
+    attributes = {"FilterPolicy": json.dumps({"a": ["b"]})}
+    topics.subscribe(topic, "sqs", QUEUE, attributes, owner="000000000000", now=1)
+    with pytest.raises(SnsError) as info:
+        topics.subscribe(topic, "sqs", QUEUE + "2", attributes, owner="000000000000", now=1)
+    assert (info.value.code, info.value.status) == ("FilterPolicyLimitExceeded", 403)
+
+
+async def test_tokens_confirm_once_expire_and_restore(store: SqliteStore) -> None:
+    topics = registry(store)
+    topic = await topics.create("t", {}, {}, 1)
+    http, _ = topics.subscribe(topic, "http", "http://h/", {}, owner="000000000000", now=1)
+    token = http.record.token
+    assert token is not None
+    with pytest.raises(SnsError, match="Token"):
+        topics.by_token(topic.arn, token, 1 + TOKEN_LIFETIME_MS)
+    with pytest.raises(SnsError, match="Topic"):
+        topics.by_token(topic.arn + "x", token, 2)
+    found = topics.by_token(topic.arn, token, 2)
+    confirmed, mutations = topics.confirm(
+        found, authenticated=True, authenticate_on_unsubscribe=True
+    )
+    assert not confirmed.record.pending
+    assert confirmed.record.authenticate_on_unsubscribe
+    assert len(mutations) == 1
+    assert topics.confirm(topics.by_token(topic.arn, token, 3), authenticated=True,
+                          authenticate_on_unsubscribe=False)[1] == []  # fmt: skip
+    topics.unsubscribe(confirmed, 4)
+    assert topic.subscriptions == {}
+    assert topic.facts("o").subscriptions_deleted == 1
+    restore = topics.restore_token(confirmed)
+    assert restore is not None
+    restored, _ = topics.confirm(
+        topics.by_token(topic.arn, restore, 5),
+        authenticated=False,
+        authenticate_on_unsubscribe=False,
+    )
+    assert restored.arn == confirmed.arn
+    assert topic.index.match({}, "m").matched == (restored.subscription_id,)
+
+
+async def test_everything_comes_back_after_a_restart(store: SqliteStore, tmp_path: Path) -> None:
+    topics = registry(store)
+    topic = await topics.create("t.fifo", {"FifoTopic": "true"}, {"k": "v"}, 1)
+    sub, mutations = topics.subscribe(
+        topic, "sqs", QUEUE + ".fifo", {}, owner="000000000000", now=1
+    )
+    dedup = TopicDeduplicationRecorded(
+        topic_id=topic.record.topic_id,
+        key=b"k" * 16,
+        message_id="m",
+        sequence_number="10000000000000000001",
+        expires_at=10**15,
+    )
+    await store.commit([*mutations, dedup])
+    await store.aclose()
+    reopened = SqliteStore(tmp_path)
+    await reopened.open()
+    try:
+        again = registry(reopened)
+        await again.load()
+        loaded = again.get("t.fifo")
+        assert loaded is not None
+        assert loaded.record.tags == {"k": "v"}
+        assert list(loaded.subscriptions) == [sub.subscription_id]
+        assert loaded.deduplication.lookup(b"k" * 16, 1) == Original("m", "10000000000000000001")
+        assert again.subscription(sub.arn) is not None
+        with pytest.raises(SnsError, match="6 elements"):
+            again.subscription("arn:aws:sns")
+        dropped = await again.delete(loaded)
+        assert [s.subscription_id for s in dropped] == [sub.subscription_id]
+        assert again.subscription(sub.arn) is None
+    finally:
+        await reopened.aclose()
+
+
+async def test_deduplication_expiry_produces_mutations(store: SqliteStore) -> None:
+    topics = registry(store)
+    topic = await topics.create("t.fifo", {"FifoTopic": "true"}, {}, 1)
+    topic.deduplication.remember(b"k" * 16, Original("m", "1"), 100)
+    assert topics.expire_deduplication(50) == []
+    (expired,) = topics.expire_deduplication(100)
+    assert expired.topic_id == topic.record.topic_id

@@ -1,0 +1,585 @@
+"""boto3 against a real wharf-broker: every SNS action, fan-out, filters, raw and FIFO delivery.
+
+SNS speaks only the query protocol; botocore's SNS model is used as shipped. Queues are read
+back through boto3's SQS client, so each test checks what a real consumer would see.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import botocore.exceptions
+import pytest
+
+from tests.support.broker import ACCOUNT_ID, BrokerThread
+from tests.support.sns import (
+    check_signature,
+    fetch,
+    queue_arn,
+    receive_all,
+    sns_client,
+)
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def sns(shared_broker: BrokerThread) -> Any:
+    return sns_client(shared_broker.endpoint)
+
+
+@pytest.fixture
+def sqs_json(shared_broker: BrokerThread) -> Any:
+    return shared_broker.client("json")
+
+
+class Names:
+    def __init__(self, stem: str) -> None:
+        self.stem = stem
+
+    def __call__(self, suffix: str = "") -> str:
+        return f"{self.stem}-{next(_names)}{suffix}"
+
+
+@pytest.fixture
+def name(request: pytest.FixtureRequest) -> Names:
+    return Names("".join(c if c.isalnum() else "-" for c in request.node.originalname)[:60])
+
+
+@pytest.fixture
+def queue(sqs_json: Any, name: Names) -> Iterator[Any]:
+    """``queue(fifo=False, **attributes)`` -> (url, arn)."""
+    made: list[str] = []
+
+    def make(fifo: bool = False, **attributes: str) -> tuple[str, str]:
+        attrs = dict(attributes)
+        if fifo:
+            attrs["FifoQueue"] = "true"
+        url = sqs_json.create_queue(QueueName=name(".fifo" if fifo else ""), Attributes=attrs)[
+            "QueueUrl"
+        ]
+        made.append(url)
+        return url, queue_arn(sqs_json, url)
+
+    yield make
+    for url in made:
+        sqs_json.delete_queue(QueueUrl=url)
+
+
+def code_of(excinfo: pytest.ExceptionInfo[botocore.exceptions.ClientError]) -> str:
+    return str(excinfo.value.response["Error"]["Code"])
+
+
+def message_of(excinfo: pytest.ExceptionInfo[botocore.exceptions.ClientError]) -> str:
+    return str(excinfo.value.response["Error"]["Message"])
+
+
+def status_of(excinfo: pytest.ExceptionInfo[botocore.exceptions.ClientError]) -> int:
+    return int(excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"])
+
+
+# ---------------------------------------------------------------------- topics
+
+
+def test_create_topic_is_idempotent_and_checks_attributes(sns: Any, name: Names) -> None:
+    topic_name = name()
+    arn = sns.create_topic(Name=topic_name, Attributes={"DisplayName": "d"})["TopicArn"]
+    assert arn == f"arn:aws:sns:us-east-1:{ACCOUNT_ID}:{topic_name}"
+    assert sns.create_topic(Name=topic_name, Attributes={"DisplayName": "d"})["TopicArn"] == arn
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.create_topic(Name=topic_name, Attributes={"DisplayName": "other"})
+    assert code_of(info) == "InvalidParameter"
+    assert message_of(info) == (
+        "Invalid parameter: Attributes Reason: Topic already exists with different attributes"
+    )
+    sns.delete_topic(TopicArn=arn)
+    sns.delete_topic(TopicArn=arn)  # idempotent
+
+
+@pytest.mark.parametrize(
+    ("topic_name", "attributes"),
+    [("bad name", {}), ("x" * 257, {}), ("plain.fifo", {}), ("nofifo", {"FifoTopic": "true"})],
+)
+def test_invalid_topic_names_are_refused(sns: Any, topic_name: str, attributes: Any) -> None:
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.create_topic(Name=topic_name, Attributes=attributes)
+    assert code_of(info) == "InvalidParameter"
+    assert message_of(info) == "Invalid parameter: Topic Name"
+
+
+def test_list_topics_pages_by_100(shared_broker: BrokerThread, tmp_path: Any) -> None:
+    from tests.support.broker import broker_config
+
+    with BrokerThread(broker_config(tmp_path / "data")) as broker:
+        client = sns_client(broker.endpoint)
+        arns = {client.create_topic(Name=f"t{i:03d}")["TopicArn"] for i in range(150)}
+        first = client.list_topics()
+        assert len(first["Topics"]) == 100
+        second = client.list_topics(NextToken=first["NextToken"])
+        assert "NextToken" not in second
+        listed = {t["TopicArn"] for t in first["Topics"] + second["Topics"]}
+        assert listed == arns
+        paginated = client.get_paginator("list_topics").paginate()
+        assert sum(len(page["Topics"]) for page in paginated) == 150
+
+
+def test_topic_attributes(sns: Any, name: Names) -> None:
+    arn = sns.create_topic(Name=name())["TopicArn"]
+    attributes = sns.get_topic_attributes(TopicArn=arn)["Attributes"]
+    assert attributes["TopicArn"] == arn
+    assert attributes["Owner"] == ACCOUNT_ID
+    assert attributes["SubscriptionsConfirmed"] == "0"
+    assert json.loads(attributes["EffectiveDeliveryPolicy"])["http"]["defaultHealthyRetryPolicy"]
+    sns.set_topic_attributes(TopicArn=arn, AttributeName="DisplayName", AttributeValue="Hi")
+    sns.set_topic_attributes(
+        TopicArn=arn, AttributeName="MaximumMessageSize", AttributeValue="2048"
+    )
+    attributes = sns.get_topic_attributes(TopicArn=arn)["Attributes"]
+    assert attributes["DisplayName"] == "Hi"
+    assert attributes["MaximumMessageSize"] == "2048"
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.set_topic_attributes(TopicArn=arn, AttributeName="Nope", AttributeValue="x")
+    assert message_of(info) == "Invalid parameter: AttributeName"
+
+
+def test_unknown_topics_and_subscriptions(sns: Any) -> None:
+    missing = f"arn:aws:sns:us-east-1:{ACCOUNT_ID}:does-not-exist"
+    for call in (
+        lambda: sns.get_topic_attributes(TopicArn=missing),
+        lambda: sns.publish(TopicArn=missing, Message="m"),
+        lambda: sns.list_subscriptions_by_topic(TopicArn=missing),
+        lambda: sns.get_subscription_attributes(SubscriptionArn=f"{missing}:abc-123"),
+    ):
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            call()
+        assert code_of(info) == "NotFound"
+        assert status_of(info) == 404
+    with pytest.raises(sns.exceptions.NotFoundException):
+        sns.get_topic_attributes(TopicArn=missing)
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.get_topic_attributes(TopicArn="not-an-arn")
+    assert message_of(info) == "Invalid parameter: TopicArn"
+
+
+def test_tags(sns: Any, name: Names) -> None:
+    arn = sns.create_topic(Name=name(), Tags=[{"Key": "team", "Value": "a"}])["TopicArn"]
+    sns.tag_resource(ResourceArn=arn, Tags=[{"Key": "env", "Value": "prod"}])
+    tags = sns.list_tags_for_resource(ResourceArn=arn)["Tags"]
+    assert sorted((t["Key"], t["Value"]) for t in tags) == [("env", "prod"), ("team", "a")]
+    sns.untag_resource(ResourceArn=arn, TagKeys=["team"])
+    assert sns.list_tags_for_resource(ResourceArn=arn)["Tags"] == [{"Key": "env", "Value": "prod"}]
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.tag_resource(ResourceArn=arn + "x", Tags=[{"Key": "a", "Value": "b"}])
+    assert code_of(info) == "ResourceNotFound"
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.tag_resource(ResourceArn=arn, Tags=[{"Key": f"k{i}", "Value": "v"} for i in range(51)])
+    assert code_of(info) == "TagLimitExceeded"
+
+
+def test_add_and_remove_permission(sns: Any, name: Names) -> None:
+    arn = sns.create_topic(Name=name())["TopicArn"]
+    sns.add_permission(
+        TopicArn=arn, Label="share", AWSAccountId=["111122223333"], ActionName=["Publish"]
+    )
+    policy = json.loads(sns.get_topic_attributes(TopicArn=arn)["Attributes"]["Policy"])
+    statement = next(s for s in policy["Statement"] if s["Sid"] == "share")
+    assert statement["Action"] == "SNS:Publish"
+    assert statement["Principal"] == {"AWS": "arn:aws:iam::111122223333:root"}
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.add_permission(
+            TopicArn=arn, Label="share", AWSAccountId=["111122223333"], ActionName=["Publish"]
+        )
+    assert message_of(info) == "Invalid parameter: Statement already exists"
+    sns.remove_permission(TopicArn=arn, Label="share")
+    policy = json.loads(sns.get_topic_attributes(TopicArn=arn)["Attributes"]["Policy"])
+    assert all(s["Sid"] != "share" for s in policy["Statement"])
+
+
+@pytest.mark.parametrize(
+    ("call", "action"),
+    [
+        (lambda c: c.create_platform_application(Name="a", Platform="GCM", Attributes={}),
+         "CreatePlatformApplication"),
+        (lambda c: c.list_phone_numbers_opted_out(), "ListPhoneNumbersOptedOut"),
+        (lambda c: c.get_sms_attributes(), "GetSMSAttributes"),
+        (lambda c: c.get_data_protection_policy(ResourceArn="arn:aws:sns:us-east-1:1:x"),
+         "GetDataProtectionPolicy"),
+    ],
+)  # fmt: skip
+def test_out_of_scope_actions_say_so(sns: Any, call: Any, action: str) -> None:
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        call(sns)
+    assert code_of(info) == "InvalidAction"
+    assert f"{action} is out of scope for Wharf" in message_of(info)
+
+
+def test_out_of_scope_protocols_and_sms_say_so(sns: Any, name: Names) -> None:
+    arn = sns.create_topic(Name=name())["TopicArn"]
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.subscribe(TopicArn=arn, Protocol="email", Endpoint="a@example.com")
+    assert "out of scope for Wharf" in message_of(info)
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.subscribe(TopicArn=arn, Protocol="carrier-pigeon", Endpoint="x")
+    assert message_of(info) == (
+        "Invalid parameter: Amazon SNS does not support this protocol string: carrier-pigeon"
+    )
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.publish(PhoneNumber="+15555550100", Message="hi")
+    assert "SMS is out of scope" in message_of(info)
+
+
+# ---------------------------------------------------------------------- subscriptions
+
+
+def test_subscribe_is_confirmed_at_once_and_idempotent(sns: Any, queue: Any, name: Names) -> None:
+    topic = sns.create_topic(Name=name())["TopicArn"]
+    _, arn = queue()
+    first = sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)["SubscriptionArn"]
+    assert first.startswith(topic + ":")
+    assert sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)["SubscriptionArn"] == first
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.subscribe(
+            TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"}
+        )
+    assert message_of(info) == (
+        "Invalid parameter: Attributes Reason: Subscription already exists with different "
+        "attributes"
+    )
+    attributes = sns.get_subscription_attributes(SubscriptionArn=first)["Attributes"]
+    assert attributes["PendingConfirmation"] == "false"
+    assert attributes["Endpoint"] == arn
+    by_topic = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
+    assert by_topic == [
+        {
+            "SubscriptionArn": first,
+            "Owner": ACCOUNT_ID,
+            "Protocol": "sqs",
+            "Endpoint": arn,
+            "TopicArn": topic,
+        }
+    ]
+    assert first in {s["SubscriptionArn"] for s in sns.list_subscriptions()["Subscriptions"]}
+    assert sns.get_topic_attributes(TopicArn=topic)["Attributes"]["SubscriptionsConfirmed"] == "1"
+    sns.unsubscribe(SubscriptionArn=first)
+    sns.unsubscribe(SubscriptionArn=first)  # idempotent
+    assert sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"] == []
+    with pytest.raises(sns.exceptions.NotFoundException):
+        sns.get_subscription_attributes(SubscriptionArn=first)
+
+
+def test_subscribe_validates_endpoints(sns: Any, name: Names) -> None:
+    topic = sns.create_topic(Name=name())["TopicArn"]
+    cases = [
+        ("sqs", "not-an-arn", "Invalid parameter: SQS endpoint ARN"),
+        ("http", "https://example.com/",
+         "Invalid parameter: Endpoint must match the specified protocol"),
+        ("sqs", f"arn:aws:sqs:us-east-1:{ACCOUNT_ID}:q.fifo",
+         "Invalid parameter: Invalid parameter: Endpoint Reason: FIFO SQS Queues can not be "
+         "subscribed to standard SNS topics"),
+    ]  # fmt: skip
+    for protocol, endpoint, message in cases:
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            sns.subscribe(TopicArn=topic, Protocol=protocol, Endpoint=endpoint)
+        assert code_of(info) == "InvalidParameter"
+        assert message_of(info) == message
+
+
+def test_subscription_attributes(sns: Any, queue: Any, name: Names) -> None:
+    topic = sns.create_topic(Name=name())["TopicArn"]
+    _, arn = queue()
+    _, dlq = queue()
+    sub = sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)["SubscriptionArn"]
+    settings = {
+        "RawMessageDelivery": "true",
+        "FilterPolicy": json.dumps({"a": ["b"]}),
+        "FilterPolicyScope": "MessageBody",
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq}),
+    }
+    for key, value in settings.items():
+        sns.set_subscription_attributes(
+            SubscriptionArn=sub, AttributeName=key, AttributeValue=value
+        )
+    attributes = sns.get_subscription_attributes(SubscriptionArn=sub)["Attributes"]
+    for key, value in settings.items():
+        assert attributes[key] == value
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.set_subscription_attributes(
+            SubscriptionArn=sub, AttributeName="FilterPolicy", AttributeValue='{"a": "b"}'
+        )
+    assert code_of(info) == "InvalidParameter"
+    assert message_of(info).startswith("Invalid parameter: FilterPolicy:")
+
+
+def test_invalid_filter_policies_on_subscribe(sns: Any, queue: Any, name: Names) -> None:
+    topic = sns.create_topic(Name=name())["TopicArn"]
+    _, arn = queue()
+    bad = [
+        {"a": "not-a-list"},
+        {"a": [{"numeric": [">", "x"]}]},
+        {"a": [{"unknown-operator": 1}]},
+        {f"k{i}": ["v"] for i in range(6)},
+    ]
+    for policy in bad:
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            sns.subscribe(
+                TopicArn=topic,
+                Protocol="sqs",
+                Endpoint=arn,
+                Attributes={"FilterPolicy": json.dumps(policy)},
+            )
+        assert code_of(info) == "InvalidParameter"
+        assert message_of(info).startswith("Invalid parameter: Attributes Reason: FilterPolicy:")
+
+
+# ---------------------------------------------------------------------- publishing
+
+
+def test_fan_out_to_several_queues(sns: Any, sqs_json: Any, queue: Any, name: Names) -> None:
+    topic = sns.create_topic(Name=name())["TopicArn"]
+    queues = [queue() for _ in range(4)]
+    for _, arn in queues:
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
+    published = {
+        sns.publish(TopicArn=topic, Message=f"m{i}", Subject="s")["MessageId"] for i in range(5)
+    }
+    certificate = None
+    for url, _ in queues:
+        messages = receive_all(sqs_json, url, 5)
+        envelopes = [json.loads(m["Body"]) for m in messages]
+        assert {e["MessageId"] for e in envelopes} == published
+        for envelope in envelopes:
+            assert envelope["Type"] == "Notification"
+            assert envelope["TopicArn"] == topic
+            assert envelope["Subject"] == "s"
+            assert "MessageAttributes" not in envelope
+            certificate = certificate or fetch(envelope["SigningCertURL"])
+            check_signature(envelope, certificate)
+
+
+def test_publish_batch(sns: Any, sqs_json: Any, queue: Any, name: Names) -> None:
+    topic = sns.create_topic(Name=name())["TopicArn"]
+    url, arn = queue()
+    sns.subscribe(
+        TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"}
+    )
+    result = sns.publish_batch(
+        TopicArn=topic,
+        PublishBatchRequestEntries=[
+            {"Id": "one", "Message": "1"},
+            {"Id": "two", "Message": ""},
+            {"Id": "three", "Message": "3",
+             "MessageAttributes": {"n": {"DataType": "Number", "StringValue": "x"}}},
+            {"Id": "four", "Message": "4"},
+        ],
+    )  # fmt: skip
+    assert [s["Id"] for s in result["Successful"]] == ["one", "four"]
+    failed = {f["Id"]: f for f in result["Failed"]}
+    assert failed["two"]["Code"] == "InvalidParameter"
+    assert failed["three"]["Code"] == "ParameterValueInvalid"
+    assert all(f["SenderFault"] for f in result["Failed"])
+    assert sorted(m["Body"] for m in receive_all(sqs_json, url, 2)) == ["1", "4"]
+
+
+@pytest.mark.parametrize(
+    ("entries", "code"),
+    [
+        ([], "EmptyBatchRequest"),
+        ([{"Id": f"i{i}", "Message": "m"} for i in range(11)], "TooManyEntriesInBatchRequest"),
+        ([{"Id": "a", "Message": "m"}, {"Id": "a", "Message": "n"}], "BatchEntryIdsNotDistinct"),
+        ([{"Id": "bad id!", "Message": "m"}], "InvalidBatchEntryId"),
+        ([{"Id": f"i{i}", "Message": "x" * 100_000} for i in range(3)], "BatchRequestTooLong"),
+    ],
+)
+def test_bad_batches(sns: Any, name: Names, entries: Any, code: str) -> None:
+    topic = sns.create_topic(Name=name())["TopicArn"]
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.publish_batch(TopicArn=topic, PublishBatchRequestEntries=entries)
+    assert code_of(info) == code
+
+
+def test_message_size_limits(sns: Any, name: Names) -> None:
+    topic = sns.create_topic(Name=name())["TopicArn"]
+    sns.publish(TopicArn=topic, Message="x" * 262_144)
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.publish(TopicArn=topic, Message="x" * 262_145)
+    assert message_of(info) == "Invalid parameter: Message too long"
+    sns.set_topic_attributes(
+        TopicArn=topic, AttributeName="MaximumMessageSize", AttributeValue="1048576"
+    )
+    sns.publish(TopicArn=topic, Message="x" * 1_000_000)
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.publish(TopicArn=topic, Message="")
+    assert message_of(info) == "Invalid parameter: Empty message"
+
+
+def test_raw_delivery_turns_attributes_into_sqs_attributes(
+    sns: Any, sqs_json: Any, queue: Any, name: Names
+) -> None:
+    topic = sns.create_topic(Name=name())["TopicArn"]
+    url, arn = queue()
+    sns.subscribe(
+        TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"}
+    )
+    sns.publish(
+        TopicArn=topic,
+        Message="raw body",
+        MessageAttributes={
+            "s": {"DataType": "String", "StringValue": "v"},
+            "n": {"DataType": "Number", "StringValue": "42"},
+            "b": {"DataType": "Binary", "BinaryValue": b"\x00\x01"},
+            "a": {"DataType": "String.Array", "StringValue": '["x", 1]'},
+        },
+    )
+    (message,) = receive_all(sqs_json, url, 1)
+    assert message["Body"] == "raw body"
+    attributes = message["MessageAttributes"]
+    assert attributes["s"] == {"DataType": "String", "StringValue": "v"}
+    assert attributes["n"] == {"DataType": "Number", "StringValue": "42"}
+    assert attributes["b"] == {"DataType": "Binary", "BinaryValue": b"\x00\x01"}
+    assert attributes["a"] == {"DataType": "String.Array", "StringValue": '["x", 1]'}
+
+
+def test_envelope_carries_attributes_binary_in_base64(
+    sns: Any, sqs_json: Any, queue: Any, name: Names
+) -> None:
+    topic = sns.create_topic(Name=name())["TopicArn"]
+    url, arn = queue()
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
+    sns.publish(
+        TopicArn=topic,
+        Message="m",
+        MessageAttributes={"b": {"DataType": "Binary", "BinaryValue": b"\xff"}},
+    )
+    (message,) = receive_all(sqs_json, url, 1)
+    envelope = json.loads(message["Body"])
+    assert envelope["MessageAttributes"] == {
+        "b": {"Type": "Binary", "Value": base64.b64encode(b"\xff").decode()}
+    }
+    assert "MessageAttributes" not in message  # not raw: attributes travel in the envelope
+
+
+def test_message_structure_json_gives_each_protocol_its_text(
+    sns: Any, sqs_json: Any, queue: Any, name: Names
+) -> None:
+    topic = sns.create_topic(Name=name())["TopicArn"]
+    url, arn = queue()
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
+    sns.publish(
+        TopicArn=topic,
+        MessageStructure="json",
+        Message=json.dumps({"default": "for everyone", "sqs": "for queues", "http": "web"}),
+    )
+    (message,) = receive_all(sqs_json, url, 1)
+    assert json.loads(message["Body"])["Message"] == "for queues"
+    for bad, reason in (
+        ("not json", "JSON message body failed to parse"),
+        ('{"sqs": "x"}', "No default entry in JSON message body"),
+    ):
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            sns.publish(TopicArn=topic, MessageStructure="json", Message=bad)
+        assert message_of(info) == f"Invalid parameter: Message Structure - {reason}"
+
+
+def test_invalid_message_attributes(sns: Any, name: Names) -> None:
+    topic = sns.create_topic(Name=name())["TopicArn"]
+    cases = [
+        ({"n": {"DataType": "Number", "StringValue": "abc"}},
+         "Could not cast message attribute 'n' value to number."),
+        ({"x": {"DataType": "Weird", "StringValue": "1"}},
+         "The message attribute 'x' has an invalid message attribute type, the set of supported "
+         "type prefixes is Binary, Number, and String."),
+        ({".dot": {"DataType": "String", "StringValue": "1"}},
+         "Invalid message attribute name starting with character '.' was found."),
+    ]  # fmt: skip
+    for attributes, message in cases:
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            sns.publish(TopicArn=topic, Message="m", MessageAttributes=attributes)
+        assert code_of(info) == "ParameterValueInvalid"
+        assert message_of(info) == message
+
+
+# ---------------------------------------------------------------------- FIFO
+
+
+def test_fifo_topic_to_fifo_queues_keeps_group_order_and_deduplicates(
+    sns: Any, sqs_json: Any, queue: Any, name: Names
+) -> None:
+    topic = sns.create_topic(
+        Name=name(".fifo"),
+        Attributes={"FifoTopic": "true", "ContentBasedDeduplication": "true"},
+    )["TopicArn"]
+    queues = [queue(fifo=True), queue(fifo=True)]
+    for _, arn in queues:
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
+    sequence_numbers = []
+    for i in range(20):
+        result = sns.publish(TopicArn=topic, Message=f"m{i:02d}", MessageGroupId=f"g{i % 2}")
+        sequence_numbers.append(int(result["SequenceNumber"]))
+    assert sequence_numbers == sorted(sequence_numbers)
+    duplicate = sns.publish(TopicArn=topic, Message="m00", MessageGroupId="g0")
+    assert int(duplicate["SequenceNumber"]) == sequence_numbers[0]  # the original's answer
+    explicit = sns.publish(
+        TopicArn=topic, Message="m00", MessageGroupId="g0", MessageDeduplicationId="other"
+    )
+    assert int(explicit["SequenceNumber"]) > sequence_numbers[-1]
+    for url, _ in queues:
+        messages = receive_all(sqs_json, url, 21)
+        assert len(messages) == 21
+        for group in ("g0", "g1"):
+            in_group = [m for m in messages if m["Attributes"]["MessageGroupId"] == group]
+            bodies = [json.loads(m["Body"])["Message"] for m in in_group]
+            expected = [f"m{i:02d}" for i in range(20) if i % 2 == int(group[1])]
+            assert bodies[: len(expected)] == expected
+        envelope = json.loads(messages[0]["Body"])
+        assert "SequenceNumber" in envelope
+        assert "Signature" not in envelope
+        content_id = hashlib.sha256(b"m00").hexdigest()
+        assert messages[0]["Attributes"]["MessageDeduplicationId"] == content_id
+
+
+def test_fifo_publish_rules(sns: Any, name: Names) -> None:
+    fifo = sns.create_topic(Name=name(".fifo"), Attributes={"FifoTopic": "true"})["TopicArn"]
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.publish(TopicArn=fifo, Message="m")
+    assert message_of(info) == (
+        "Invalid parameter: The MessageGroupId parameter is required for FIFO topics"
+    )
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.publish(TopicArn=fifo, Message="m", MessageGroupId="g")
+    assert "ContentBasedDeduplication" in message_of(info)
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.publish_batch(TopicArn=fifo, PublishBatchRequestEntries=[{"Id": "a", "Message": "m"}])
+    assert code_of(info) == "InvalidParameter"
+    standard = sns.create_topic(Name=name())["TopicArn"]
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.publish(TopicArn=standard, Message="m", MessageDeduplicationId="d")
+    assert message_of(info).startswith("Invalid parameter: MessageDeduplicationId")
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.subscribe(TopicArn=fifo, Protocol="https", Endpoint="https://example.com/")
+    assert code_of(info) == "InvalidParameter"
+
+
+def test_undeliverable_sqs_messages_go_to_the_dead_letter_queue(
+    sns: Any, sqs_json: Any, queue: Any, name: Names
+) -> None:
+    topic = sns.create_topic(Name=name())["TopicArn"]
+    url, arn = queue(MaximumMessageSize="1024")
+    dlq_url, dlq_arn = queue()
+    sns.subscribe(
+        TopicArn=topic,
+        Protocol="sqs",
+        Endpoint=arn,
+        Attributes={
+            "RawMessageDelivery": "true",
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn}),
+        },
+    )
+    sns.publish(TopicArn=topic, Message="small")
+    sns.publish(TopicArn=topic, Message="y" * 2000)  # too large for the queue
+    assert [m["Body"] for m in receive_all(sqs_json, url, 1)] == ["small"]
+    assert [m["Body"] for m in receive_all(sqs_json, dlq_url, 1)] == ["y" * 2000]

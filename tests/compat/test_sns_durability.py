@@ -1,0 +1,238 @@
+"""A Publish that returned 200 is in every subscribed queue, even after SIGKILL; HTTP resumes.
+
+The broker runs as a real subprocess. Several boto3 clients publish concurrently to a standard
+topic with three SQS subscriptions (one raw) and to a FIFO topic with two FIFO queues, and
+record every publish the broker acknowledged. The broker is killed with SIGKILL mid-stream,
+restarted on the same data directory, and every queue is drained:
+
+- every acknowledged publish is in every subscribed queue (only the one publish per client the
+  kill cut off may be extra);
+- each FIFO group comes back in publish order in both FIFO queues;
+- the FIFO topic's deduplication window survived: an acknowledged id is still a duplicate.
+
+A second test leaves HTTP deliveries pending (the endpoint fails) across a SIGKILL: after the
+restart they are attempted again and delivered.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests.compat.test_sqs_durability import CLIENT_ERRORS, drain
+from tests.support.broker import sqs_client
+from tests.support.processes import DaemonProcess, daemon_process
+from tests.support.sns import Endpoint, queue_arn, sns_client
+
+pytestmark = pytest.mark.slow
+
+PUBLISHERS = 4  # per topic
+WARM_UP = 5  # acknowledged publishes per client before the kill may come
+PUBLISH_SECONDS = 0.5
+
+
+def write_config(tmp_path: Path) -> Path:
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        f"""
+[api]
+port = 0
+[admin]
+port = 0
+[storage]
+data_dir = "{tmp_path / "data"}"
+[sns]
+connect_timeout_seconds = 1.0
+response_timeout_seconds = 1.0
+[logging]
+level = "info"
+"""
+    )
+    return config
+
+
+@contextlib.asynccontextmanager
+async def broker_process(tmp_path: Path, run: int) -> AsyncIterator[tuple[DaemonProcess, str]]:
+    directory = tmp_path / f"run{run}"
+    directory.mkdir()
+    async with daemon_process("broker", write_config(tmp_path), directory) as daemon:
+        await daemon.wait_log("event=daemon.ready")
+        host, port = daemon.addresses["api"]
+        yield daemon, f"http://{host}:{port}"
+        if daemon.process.returncode is None:
+            daemon.signal(signal.SIGTERM)
+
+
+@dataclass
+class Publisher:
+    endpoint: str
+    topic: str
+    number: int
+    fifo: bool
+    acknowledged: dict[int, dict[str, Any]] = field(default_factory=dict)
+    attempted: int = 0
+    warmed_up: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self.client = sns_client(self.endpoint)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            params: dict[str, Any] = {
+                "TopicArn": self.topic,
+                "Message": f"{self.number}:{self.attempted}",
+            }
+            if self.fifo:
+                params["MessageGroupId"] = f"g{self.number}"
+                params["MessageDeduplicationId"] = f"{self.number}-{self.attempted}"
+            sequence = self.attempted
+            self.attempted += 1
+            try:
+                result = self.client.publish(**params)
+            except CLIENT_ERRORS:
+                return  # the broker died under us: this publish may or may not be kept
+            self.acknowledged[sequence] = result
+            if len(self.acknowledged) >= WARM_UP:
+                self.warmed_up.set()
+
+
+def message_of(message: dict[str, Any], raw: bool) -> str:
+    return str(message["Body"] if raw else json.loads(message["Body"])["Message"])
+
+
+async def test_acknowledged_publishes_survive_sigkill(tmp_path: Path) -> None:
+    async with broker_process(tmp_path, 1) as (daemon, endpoint):
+        sns = sns_client(endpoint)
+        sqs = sqs_client(endpoint)
+        standard = sns.create_topic(Name="durable")["TopicArn"]
+        fifo = sns.create_topic(Name="durable.fifo", Attributes={"FifoTopic": "true"})["TopicArn"]
+        for name, raw in (("q-a", False), ("q-b", False), ("q-raw", True)):
+            url = sqs.create_queue(QueueName=name)["QueueUrl"]
+            attributes = {"RawMessageDelivery": "true"} if raw else {}
+            sns.subscribe(
+                TopicArn=standard,
+                Protocol="sqs",
+                Endpoint=queue_arn(sqs, url),
+                Attributes=attributes,
+            )
+        for name in ("f-a.fifo", "f-b.fifo"):
+            url = sqs.create_queue(QueueName=name, Attributes={"FifoQueue": "true"})["QueueUrl"]
+            sns.subscribe(TopicArn=fifo, Protocol="sqs", Endpoint=queue_arn(sqs, url))
+        publishers = [Publisher(endpoint, standard, n, fifo=False) for n in range(PUBLISHERS)]
+        publishers += [Publisher(endpoint, fifo, n, fifo=True) for n in range(PUBLISHERS)]
+        stop = threading.Event()
+        async with trio.open_nursery() as nursery:
+            for publisher in publishers:
+                nursery.start_soon(trio.to_thread.run_sync, publisher.run, stop)
+            warmed_up = await trio.to_thread.run_sync(
+                lambda: all(p.warmed_up.wait(30) for p in publishers)
+            )
+            assert warmed_up, "every client gets some publishes in"
+            await trio.sleep(PUBLISH_SECONDS)
+            daemon.signal(signal.SIGKILL)
+            with trio.fail_after(30):
+                await daemon.process.wait()
+            stop.set()
+    assert daemon.process.returncode == -signal.SIGKILL
+
+    async with broker_process(tmp_path, 2) as (_, endpoint):
+        sqs = sqs_client(endpoint)
+        url = {
+            name: sqs.get_queue_url(QueueName=name)["QueueUrl"]
+            for name in ("q-a", "q-b", "q-raw", "f-a.fifo", "f-b.fifo")
+        }
+        for name in ("q-a", "q-b", "q-raw"):
+            received = await trio.to_thread.run_sync(drain, endpoint, url[name])
+            counts = collections.Counter(message_of(m, name == "q-raw") for m in received)
+            if name != "q-raw":
+                ids = collections.Counter(json.loads(m["Body"])["MessageId"] for m in received)
+            for publisher in publishers[:PUBLISHERS]:
+                for sequence, result in publisher.acknowledged.items():
+                    assert counts[f"{publisher.number}:{sequence}"] == 1, (name, sequence)
+                    if name != "q-raw":
+                        assert ids[result["MessageId"]] == 1
+            extra = len(counts) - sum(len(p.acknowledged) for p in publishers[:PUBLISHERS])
+            assert 0 <= extra <= PUBLISHERS  # at most the publish each kill cut off
+        for name in ("f-a.fifo", "f-b.fifo"):
+            received = await trio.to_thread.run_sync(drain, endpoint, url[name])
+            for publisher in publishers[PUBLISHERS:]:
+                group = [
+                    int(message_of(m, False).split(":")[1])
+                    for m in received
+                    if m["Attributes"]["MessageGroupId"] == f"g{publisher.number}"
+                ]
+                acknowledged = sorted(publisher.acknowledged)
+                assert acknowledged == list(range(len(acknowledged)))
+                assert group[: len(acknowledged)] == acknowledged  # in order, none lost
+                assert group[len(acknowledged) :] in ([], [len(acknowledged)])
+        sns = sns_client(endpoint)
+        fifo = sns.list_topics()["Topics"]
+        fifo_arn = next(t["TopicArn"] for t in fifo if t["TopicArn"].endswith(".fifo"))
+        first = publishers[PUBLISHERS]
+        again = sns.publish(
+            TopicArn=fifo_arn,
+            Message="another body, same id",
+            MessageGroupId=f"g{first.number}",
+            MessageDeduplicationId=f"{first.number}-0",
+        )
+        assert again["MessageId"] == first.acknowledged[0]["MessageId"]
+        assert again["SequenceNumber"] == first.acknowledged[0]["SequenceNumber"]
+        later = sns.publish(
+            TopicArn=fifo_arn, Message="new", MessageGroupId="g0", MessageDeduplicationId="new"
+        )
+        last = max(
+            int(r["SequenceNumber"])
+            for p in publishers[PUBLISHERS:]
+            for r in p.acknowledged.values()
+        )
+        assert int(later["SequenceNumber"]) > last  # sequence numbers are never reused
+
+
+async def test_pending_http_deliveries_resume_after_a_restart(tmp_path: Path) -> None:
+    policy = json.dumps(
+        {"healthyRetryPolicy": {"numRetries": 20, "minDelayTarget": 1, "maxDelayTarget": 1}}
+    )
+    with Endpoint() as endpoint:
+        endpoint.behaviour_of = lambda r: (
+            "503" if r.headers["x-amz-sns-message-type"] == "Notification" else "ok"
+        )
+        async with broker_process(tmp_path, 1) as (daemon, api):
+            sns = sns_client(api)
+            topic = sns.create_topic(Name="hooks")["TopicArn"]
+            arn = sns.subscribe(
+                TopicArn=topic,
+                Protocol="http",
+                Endpoint=endpoint.url,
+                Attributes={"DeliveryPolicy": policy},
+                ReturnSubscriptionArn=True,
+            )["SubscriptionArn"]
+            (confirmation,) = await trio.to_thread.run_sync(endpoint.wait_for, 1)
+            sns.confirm_subscription(TopicArn=topic, Token=confirmation.envelope()["Token"])
+            ids = [sns.publish(TopicArn=topic, Message=f"m{i}")["MessageId"] for i in range(3)]
+            await trio.to_thread.run_sync(
+                lambda: endpoint.wait_for(6, match=lambda r: r.answered == "503")
+            )
+            daemon.signal(signal.SIGKILL)
+            with trio.fail_after(30):
+                await daemon.process.wait()
+        endpoint.behaviour_of = None  # the endpoint recovers while the broker is down
+        killed_at = time.monotonic()
+        async with broker_process(tmp_path, 2) as (_, api):
+            delivered = await trio.to_thread.run_sync(
+                lambda: endpoint.wait_for(
+                    3, match=lambda r: r.answered == "ok" and r.at > killed_at, timeout=20
+                )
+            )
+            assert {r.headers["x-amz-sns-message-id"] for r in delivered} == set(ids)
+            assert {r.headers["x-amz-sns-subscription-arn"] for r in delivered} == {arn}

@@ -1,0 +1,253 @@
+"""HTTP/S subscriptions against real local endpoints: confirm, verify, receive, fail, recover.
+
+The endpoint (tests.support.sns.Endpoint) checks every envelope's signature with the
+certificate fetched from its SigningCertURL, confirms by GETting SubscribeURL, and then fails
+on purpose: 500, a hang past the broker's response timeout, a TCP reset, bytes that are not
+HTTP. The broker must retry per the delivery policy, then dead-letter, while another
+subscription of the same topic keeps receiving at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from broker.config import SnsSettings
+from tests.support.broker import BrokerThread, broker_config
+from tests.support.sns import (
+    Endpoint,
+    Received,
+    check_signature,
+    fetch,
+    queue_arn,
+    receive_all,
+    sns_client,
+)
+from tests.support.tls import write_pair
+
+pytestmark = pytest.mark.slow
+
+_unique = itertools.count()
+FAST_RETRIES = json.dumps(
+    {"healthyRetryPolicy": {"numRetries": 2, "minDelayTarget": 1, "maxDelayTarget": 1}}
+)
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator[BrokerThread]:
+    directory = tmp_path_factory.mktemp("sns-http")
+    ca_file = directory / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    settings = SnsSettings(
+        connect_timeout_seconds=1, response_timeout_seconds=1, ca_file=str(ca_file)
+    )
+    with BrokerThread(broker_config(directory / "data", sns=settings)) as running:
+        yield running
+
+
+def notifications(request: Received) -> bool:
+    return request.headers.get("x-amz-sns-message-type") == "Notification"
+
+
+def confirm(endpoint: Endpoint, *, via_url: bool = True) -> str:
+    """Answer the SubscriptionConfirmation the endpoint got; return the subscription ARN."""
+    (request,) = endpoint.wait_for(
+        1, match=lambda r: r.headers["x-amz-sns-message-type"] == "SubscriptionConfirmation"
+    )[-1:]
+    envelope = request.envelope()
+    check_signature(envelope, fetch(envelope["SigningCertURL"]))
+    body = fetch(envelope["SubscribeURL"]).decode()  # unsigned GET, like a browser's
+    start = body.index("<SubscriptionArn>") + len("<SubscriptionArn>")
+    return body[start : body.index("</SubscriptionArn>")]
+
+
+def topic_and_queue(broker: BrokerThread) -> tuple[Any, str, Any, str, str]:
+    sns = sns_client(broker.endpoint)
+    sqs = broker.client("json")
+    unique = next(_unique)
+    topic = sns.create_topic(Name=f"http-{unique}")["TopicArn"]
+    dlq = sqs.create_queue(QueueName=f"http-dlq-{unique}")["QueueUrl"]
+    return sns, topic, sqs, dlq, queue_arn(sqs, dlq)
+
+
+def test_subscribe_confirm_receive_and_unsubscribe(broker: BrokerThread) -> None:
+    sns, topic, _, _, _ = topic_and_queue(broker)
+    with Endpoint() as endpoint:
+        answer = sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=endpoint.url)
+        assert answer["SubscriptionArn"] == "pending confirmation"
+        (request,) = endpoint.wait_for(1)
+        assert request.method == "POST"
+        assert request.target == "/hook"
+        assert request.headers["x-amz-sns-message-type"] == "SubscriptionConfirmation"
+        assert request.headers["x-amz-sns-topic-arn"] == topic
+        assert "x-amz-sns-subscription-arn" not in request.headers
+        assert request.headers["user-agent"] == "Amazon Simple Notification Service Agent"
+        pending = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
+        assert pending[0]["SubscriptionArn"] == "PendingConfirmation"
+        subscription = confirm(endpoint)
+        attributes = sns.get_subscription_attributes(SubscriptionArn=subscription)["Attributes"]
+        assert attributes["PendingConfirmation"] == "false"
+        assert attributes["ConfirmationWasAuthenticated"] == "false"  # confirmed by a plain GET
+
+        message_id = sns.publish(TopicArn=topic, Message="hello", Subject="hi")["MessageId"]
+        (delivery,) = endpoint.wait_for(1, match=notifications)
+        assert delivery.headers["x-amz-sns-message-id"] == message_id
+        assert delivery.headers["x-amz-sns-subscription-arn"] == subscription
+        assert delivery.headers["x-amz-sns-rawdelivery"] == "false"
+        assert delivery.headers["content-type"] == "text/plain; charset=UTF-8"
+        envelope = delivery.envelope()
+        assert (envelope["Message"], envelope["Subject"]) == ("hello", "hi")
+        check_signature(envelope, fetch(envelope["SigningCertURL"]))
+
+        fetch(envelope["UnsubscribeURL"])
+        assert sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"] == []
+        goodbye = endpoint.wait_for(
+            1, match=lambda r: r.headers["x-amz-sns-message-type"] == "UnsubscribeConfirmation"
+        )[0]
+        assert goodbye.headers["x-amz-sns-subscription-arn"] == subscription
+        check_signature(goodbye.envelope(), fetch(goodbye.envelope()["SigningCertURL"]))
+
+
+def test_confirm_subscription_action_and_signature_version_2(broker: BrokerThread) -> None:
+    sns, topic, _, _, _ = topic_and_queue(broker)
+    sns.set_topic_attributes(TopicArn=topic, AttributeName="SignatureVersion", AttributeValue="2")
+    with Endpoint() as endpoint:
+        arn = sns.subscribe(
+            TopicArn=topic, Protocol="http", Endpoint=endpoint.url, ReturnSubscriptionArn=True
+        )["SubscriptionArn"]
+        envelope = endpoint.wait_for(1)[0].envelope()
+        assert envelope["SignatureVersion"] == "2"
+        check_signature(envelope, fetch(envelope["SigningCertURL"]))
+        confirmed = sns.confirm_subscription(TopicArn=topic, Token=envelope["Token"])
+        assert confirmed["SubscriptionArn"] == arn
+        again = sns.confirm_subscription(TopicArn=topic, Token=envelope["Token"])
+        assert again["SubscriptionArn"] == arn  # idempotent
+        attributes = sns.get_subscription_attributes(SubscriptionArn=arn)["Attributes"]
+        assert attributes["ConfirmationWasAuthenticated"] == "true"
+        with pytest.raises(sns.exceptions.InvalidParameterException):
+            sns.confirm_subscription(TopicArn=topic, Token="0" * 128)
+
+
+@pytest.mark.parametrize("failure", ["500", "hang", "reset", "garbage"])
+def test_failing_endpoint_is_retried_then_dead_lettered_while_others_receive(
+    broker: BrokerThread, failure: str
+) -> None:
+    sns, topic, sqs, dlq_url, dlq_arn = topic_and_queue(broker)
+    attributes = {
+        "DeliveryPolicy": FAST_RETRIES,
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn}),
+    }
+    with Endpoint() as bad, Endpoint() as good:
+        bad.behaviour_of = lambda r: failure if notifications(r) else "ok"
+        sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=bad.url, Attributes=attributes)
+        sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=good.url)
+        confirm(bad)
+        confirm(good)
+        published = time.monotonic()
+        message_id = sns.publish(TopicArn=topic, Message=f"to {failure}")["MessageId"]
+        (prompt,) = good.wait_for(1, match=notifications)
+        assert prompt.at - published < 0.5  # the failing endpoint delays nobody
+        attempts = bad.wait_for(3, match=notifications, timeout=20)
+        assert {r.headers["x-amz-sns-message-id"] for r in attempts} == {message_id}
+        gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(attempts)]
+        assert all(gap >= 0.9 for gap in gaps), gaps  # minDelayTarget 1 s between attempts
+        (dead,) = receive_all(sqs, dlq_url, 1, timeout=10)
+        envelope = json.loads(dead["Body"])
+        assert (envelope["MessageId"], envelope["Message"]) == (message_id, f"to {failure}")
+        time.sleep(1.5)
+        assert len(bad.wait_for(3, match=notifications)) == 3  # numRetries 2: three in all
+        counted = broker.metrics()["wharf_sns_notifications_failed"]
+        name = topic.rsplit(":", 1)[1]
+        failed = {(s.labels["topic"], s.labels["protocol"]): s.value for s in counted.samples}
+        assert failed[(name, "http")] == 1
+
+
+def test_client_errors_are_not_retried_but_throttling_is(broker: BrokerThread) -> None:
+    sns, topic, sqs, dlq_url, dlq_arn = topic_and_queue(broker)
+    attributes = {
+        "DeliveryPolicy": FAST_RETRIES,
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn}),
+    }
+    with Endpoint() as refusing, Endpoint() as throttling:
+        refusing.behaviour_of = lambda r: "404" if notifications(r) else "ok"
+        answers = iter(["429", "ok"])
+        throttling.behaviour_of = lambda r: next(answers) if notifications(r) else "ok"
+        for endpoint in (refusing, throttling):
+            sns.subscribe(
+                TopicArn=topic, Protocol="http", Endpoint=endpoint.url, Attributes=attributes
+            )
+            confirm(endpoint)
+        sns.publish(TopicArn=topic, Message="m")
+        assert len(receive_all(sqs, dlq_url, 1, timeout=10)) == 1
+        assert len(throttling.wait_for(2, match=notifications)) == 2
+        time.sleep(1.5)
+        assert len(refusing.wait_for(1, match=notifications)) == 1
+
+
+def test_raw_delivery_throttle_and_content_type(broker: BrokerThread) -> None:
+    sns, topic, _, _, _ = topic_and_queue(broker)
+    policy = {
+        "throttlePolicy": {"maxReceivesPerSecond": 4},
+        "requestPolicy": {"headerContentType": "application/json"},
+    }
+    with Endpoint() as endpoint:
+        sns.subscribe(
+            TopicArn=topic,
+            Protocol="http",
+            Endpoint=endpoint.url,
+            Attributes={"RawMessageDelivery": "true", "DeliveryPolicy": json.dumps(policy)},
+        )
+        confirm(endpoint)
+        for index in range(5):
+            sns.publish(TopicArn=topic, Message=f'{{"n": {index}}}')
+        received = endpoint.wait_for(5, match=notifications)
+        assert sorted(r.body for r in received) == [f'{{"n": {i}}}'.encode() for i in range(5)]
+        assert all(r.headers["x-amz-sns-rawdelivery"] == "true" for r in received)
+        assert all(r.headers["content-type"] == "application/json" for r in received)
+        assert received[-1].at - received[0].at >= 0.9  # 4 per second: 5 take at least 1 s
+
+
+def test_https_endpoints_are_verified(broker: BrokerThread, ca: trustme.CA, tmp_path: Path) -> None:
+    sns, topic, _, _, _ = topic_and_queue(broker)
+    trusted = ca.issue_cert("localhost")
+    server = trustme.CA().issue_cert("localhost")  # issued by a CA the broker does not trust
+    contexts = []
+    for issued in (trusted, server):
+        import ssl
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        issued.configure_cert(context)
+        contexts.append(context)
+    write_pair(ca, tmp_path, "unused", "localhost")  # the helper stays exercised
+    with Endpoint(ssl_context=contexts[0]) as good, Endpoint(ssl_context=contexts[1]) as bad:
+        sns.subscribe(TopicArn=topic, Protocol="https", Endpoint=good.url)
+        sns.subscribe(TopicArn=topic, Protocol="https", Endpoint=bad.url)
+        confirm(good)
+        time.sleep(0.5)
+        assert bad.requests == []  # the handshake failed: nothing reached the handler
+
+
+def test_pending_confirmation_is_not_delivered_to(broker: BrokerThread) -> None:
+    sns, topic, _, _, _ = topic_and_queue(broker)
+    with Endpoint() as endpoint:
+        sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=endpoint.url)
+        endpoint.wait_for(1)
+        sns.publish(TopicArn=topic, Message="nobody listens yet")
+        time.sleep(0.5)
+        assert [r for r in endpoint.requests if notifications(r)] == []
+        request = urllib.request.Request(f"{broker.endpoint}/SimpleNotificationService-wharf.pem")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.read().startswith(b"-----BEGIN CERTIFICATE-----")
