@@ -40,7 +40,7 @@ from broker.model.sns_mutations import (
 from broker.registry import QueueRegistry, now_ms
 from broker.sns_keys import SigningKeys
 from broker.store.base import Store
-from broker.topics import Subscription, Topic
+from broker.topic_state import Subscription, Topic
 from monitoring.logging import EventLog
 from proto.aws import sns_envelope
 from proto.aws.sns_envelope import EnvelopeError

@@ -38,7 +38,8 @@ from monitoring.logging import EventLog
 if TYPE_CHECKING:
     from broker.fanout import Fanout
     from broker.http_client import HttpClient, Outcome
-    from broker.topics import Subscription, TopicRegistry
+    from broker.topic_state import Subscription
+    from broker.topics import TopicRegistry
 
 PAYLOAD_CACHE_BYTES: Final = 64 * 1024 * 1024  # bodies kept in memory; the rest read back
 RETRY_AFTER_BUG_SECONDS: Final = 30.0  # an attempt that failed inside Wharf is tried again

@@ -27,7 +27,8 @@ from broker.model.subscriptions import render_attributes as render_subscription
 from broker.model.topic_permissions import add_permission, remove_permission
 from broker.model.topics import render_attributes as render_topic
 from broker.registry import now_ms
-from broker.topics import Subscription, Topic, TopicRegistry
+from broker.topic_state import Subscription, Topic
+from broker.topics import TopicRegistry
 from proto.aws.sns_shapes import sns_error
 
 PAGE_SIZE: Final = 100  # ListTopics, ListSubscriptions(ByTopic): "up to 100" per page

@@ -19,7 +19,8 @@ from prometheus_client.metrics_core import (
 )
 
 from broker.http_delivery import HttpDeliveries
-from broker.topics import PROTOCOLS, TopicRegistry
+from broker.topic_state import PROTOCOLS
+from broker.topics import TopicRegistry
 from monitoring.metrics import Metrics
 
 

@@ -20,10 +20,7 @@ from typing import Final
 import msgspec
 import trio
 
-from broker.model.delivery_policy import EffectiveDeliveryPolicy
-from broker.model.filter_index import SubscriptionFilterIndex
-from broker.model.filter_policy import FilterPolicy
-from broker.model.publishing import Original, TopicDeduplication
+from broker.model.publishing import Original
 from broker.model.sns_errors import (
     attribute_error,
     filter_policy_limit_exceeded,
@@ -39,15 +36,11 @@ from broker.model.sns_mutations import (
 )
 from broker.model.subscriptions import (
     SubscriptionContext,
-    SubscriptionFacts,
     SubscriptionSettings,
     apply_update,
-    compiled_filter,
-    effective_delivery,
     parse_subscribe,
 )
 from broker.model.topics import (
-    TopicFacts,
     TopicSettings,
     check_create_matches,
     parse_create,
@@ -55,12 +48,11 @@ from broker.model.topics import (
 from broker.model.topics import apply_update as apply_topic_update
 from broker.registry import EXPIRE_INTERVAL_SECONDS, now_ms
 from broker.store.base import (
-    HistogramRecorder,
     PendingHttpDelivery,
     Store,
     TopicNameTaken,
-    TopicRecord,
 )
+from broker.topic_state import Subscription, Topic
 from monitoring.logging import EventLog
 from proto.aws.arn import (
     ArnError,
@@ -76,141 +68,6 @@ OUT_OF_SCOPE_PROTOCOLS: Final = frozenset(
     {"email", "email-json", "sms", "application", "lambda", "firehose"}
 )
 TOKEN_LIFETIME_MS: Final = 2 * 24 * 3600 * 1000  # ConfirmSubscription: "tokens valid 2 days"
-# Delivery latency buckets (seconds): SQS deliveries take milliseconds, HTTP retries an hour.
-LATENCY_BOUNDS: Final = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
-)  # fmt: skip
-PROTOCOLS: Final = ("sqs", "http", "https")
-
-
-class TopicStats:
-    """A topic's counters, read by the metrics collector at scrape time."""
-
-    __slots__ = ("attempts", "delivered", "failed", "filtered_out", "latency", "published")
-
-    def __init__(self) -> None:
-        self.published = 0
-        self.filtered_out = 0
-        self.delivered = dict.fromkeys(PROTOCOLS, 0)
-        self.failed = dict.fromkeys(PROTOCOLS, 0)
-        self.attempts = dict.fromkeys(PROTOCOLS, 0)
-        self.latency = {protocol: HistogramRecorder(LATENCY_BOUNDS) for protocol in PROTOCOLS}
-
-    def deliveries(self, protocol: str, *, ok: bool, count: int = 1, seconds: float = 0) -> None:
-        """Count finished deliveries (delivered, or failed for good)."""
-        (self.delivered if ok else self.failed)[protocol] += count
-        if ok:
-            for _ in range(count):
-                self.latency[protocol].observe(seconds)
-
-
-class Subscription:
-    """One live subscription."""
-
-    __slots__ = ("_effective", "arn", "policy", "record", "topic")
-
-    def __init__(self, record: SubscriptionRecord, topic: Topic) -> None:
-        self.record = record
-        self.topic = topic
-        self.arn = f"{topic.arn}:{record.subscription_id}"
-        self.policy: FilterPolicy | None = compiled_filter(record.settings)
-        self._effective: EffectiveDeliveryPolicy | None = None
-
-    @property
-    def subscription_id(self) -> str:
-        return self.record.subscription_id
-
-    @property
-    def protocol(self) -> str:
-        return self.record.protocol
-
-    @property
-    def endpoint(self) -> str:
-        return self.record.endpoint
-
-    @property
-    def settings(self) -> SubscriptionSettings:
-        return self.record.settings
-
-    @property
-    def context(self) -> SubscriptionContext:
-        return SubscriptionContext(self.protocol, self.endpoint, self.topic.settings.fifo)
-
-    def effective_delivery(self) -> EffectiveDeliveryPolicy:
-        """The delivery policy its HTTP/S deliveries follow (topic's and its own, combined)."""
-        if self._effective is None:
-            topic_policy = self.topic.settings.delivery_policy_parsed
-            self._effective = effective_delivery(self.settings, self.protocol, topic_policy)
-        return self._effective
-
-    def replace(self, record: SubscriptionRecord) -> None:
-        self.record = record
-        self.policy = compiled_filter(record.settings)
-        self._effective = None
-
-    def facts(self) -> SubscriptionFacts:
-        record = self.record
-        return SubscriptionFacts(
-            subscription_arn=self.arn,
-            topic_arn=self.topic.arn,
-            protocol=record.protocol,
-            endpoint=record.endpoint,
-            owner=record.owner,
-            pending_confirmation=record.pending,
-            confirmation_was_authenticated=record.authenticated,
-        )
-
-
-class Topic:
-    """One live topic with its subscriptions."""
-
-    __slots__ = (
-        "arn",
-        "deduplication",
-        "deleted",
-        "deleted_subscriptions",
-        "index",
-        "next_seq",
-        "record",
-        "stats",
-        "subscriptions",
-    )
-
-    def __init__(self, record: TopicRecord, arn: str) -> None:
-        self.record = record
-        self.arn = arn
-        self.subscriptions: dict[str, Subscription] = {}
-        self.index: SubscriptionFilterIndex[str] = SubscriptionFilterIndex()  # confirmed only
-        self.deduplication = TopicDeduplication()
-        self.next_seq = record.next_seq
-        self.stats = TopicStats()
-        self.deleted = False
-        self.deleted_subscriptions = 0
-
-    @property
-    def name(self) -> str:
-        return self.record.name
-
-    @property
-    def settings(self) -> TopicSettings:
-        return self.record.settings
-
-    def facts(self, owner: str) -> TopicFacts:
-        pending = sum(s.record.pending for s in self.subscriptions.values())
-        return TopicFacts(
-            topic_arn=self.arn,
-            owner=owner,
-            subscriptions_confirmed=len(self.subscriptions) - pending,
-            subscriptions_pending=pending,
-            subscriptions_deleted=self.deleted_subscriptions,
-        )
-
-    def index_subscription(self, subscription: Subscription) -> None:
-        if subscription.record.pending:
-            self.index.remove(subscription.subscription_id)
-        else:
-            self.index.add(subscription.subscription_id, subscription.policy)
 
 
 class TopicRegistry:

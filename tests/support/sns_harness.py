@@ -23,7 +23,8 @@ from broker.model.signing import Signer
 from broker.registry import QueueRegistry
 from broker.sns_keys import load_signing_keys
 from broker.store.sqlite import SqliteStore
-from broker.topics import Subscription, Topic, TopicRegistry
+from broker.topic_state import Subscription, Topic
+from broker.topics import TopicRegistry
 from monitoring.logging import EventLog
 
 FAST = json.dumps(
