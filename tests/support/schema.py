@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 import typing
 from collections.abc import Iterator
 from typing import Any
@@ -48,3 +49,19 @@ def lookup(document: dict[str, Any], path: str) -> bool:
         if not nodes:
             return False
     return True
+
+
+def missing_key_paths(schema: type[msgspec.Struct], toml_text: str) -> list[str]:
+    """The schema's key paths that a shipped, fully commented config file does not show."""
+    document = tomllib.loads(toml_text)
+    return [path for path in sorted(set(key_paths(schema))) if not lookup(document, path)]
+
+
+def uncommented_key_lines(toml_text: str) -> list[str]:
+    """Lines setting a key without a comment line right above them (``line N: text``)."""
+    lines = toml_text.splitlines()
+    return [
+        f"line {i + 1}: {line!r}"
+        for i, line in enumerate(lines)
+        if "=" in line and not line.startswith("#") and not lines[i - 1].startswith("#")
+    ]
