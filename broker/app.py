@@ -27,6 +27,7 @@ from broker.metrics import BrokerMetrics
 from broker.model.errors import SqsError
 from broker.model.signing import Signer
 from broker.move_tasks import MoveTasks
+from broker.refusals import ApiRefusals
 from broker.registry import QueueRegistry
 from broker.sns import SnsApi
 from broker.sns_http import SnsFrontend
@@ -145,6 +146,7 @@ class BrokerApp:
                 region=config.aws.region,
                 account_id=config.aws.account_id,
                 log=frame.log,
+                in_flight_limit=config.sqs.max_in_flight_messages,
             )
             self.registry = registry
             await registry.load()
@@ -154,6 +156,7 @@ class BrokerApp:
             sqs = SqsApi(registry, account_id=config.aws.account_id)
             move_tasks = MoveTasks(registry, authorize=sqs.authorize, log=frame.log)
             sqs.register(move_tasks.actions())
+            await move_tasks.load()  # RUNNING tasks resume once move_tasks.run starts
             self.move_tasks = move_tasks
             sns, deliveries, topics = await self._sns(store, registry, directory)
             frontend = Frontend(
@@ -239,6 +242,7 @@ class BrokerApp:
         api = self.config.api
         limits = api.limits
         frame = self.frame
+        refusals = ApiRefusals()  # 408 and 413 as AWS answers them, not plain text
 
         def report(exc: BaseException) -> None:
             frame.log.exception("api.handler_failed", exc)
@@ -260,6 +264,7 @@ class BrokerApp:
                 draining=frame.draining,
                 on_error=report,
                 max_body_bytes=api.max_request_bytes,
+                on_refusal=refusals,
             )
 
         sockets = await bind_tcp(api.host, api.port)
@@ -303,6 +308,8 @@ class BrokerApp:
             self.frame.log.warning("config.restart_required", section="api/storage")
         if config.sns != self.config.sns:
             self.frame.log.warning("config.restart_required", section="sns")
+        if config.sqs != self.config.sqs:
+            self.frame.log.warning("config.restart_required", section="sqs")
         self.config = config
         if self.registry is not None:
             await self._declare_queues(self.registry)

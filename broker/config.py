@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, field
 
+from broker.model.state import MAX_IN_FLIGHT_MESSAGES
 from monitoring.settings import (
     AdminSettings,
     HttpLimits,
@@ -125,6 +126,21 @@ class StorageSettings(Section, frozen=True, kw_only=True):
     ] = ""
 
 
+class SqsSettings(Section, frozen=True, kw_only=True):
+    """SQS quotas that AWS raises on request."""
+
+    max_in_flight_messages: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=100_000_000,
+            description="In-flight messages per queue (AWS's quota: 120,000). Beyond it a "
+            "standard queue answers short polls with OverLimit; long polls and FIFO queues get "
+            "no messages.",
+        ),
+    ] = MAX_IN_FLIGHT_MESSAGES
+
+
 class SnsSettings(Section, frozen=True, kw_only=True):
     """SNS: the envelope signing key and the outbound HTTP/S delivery worker."""
 
@@ -204,6 +220,7 @@ class BrokerConfig(Section, frozen=True, kw_only=True):
     auth: AuthSettings = AuthSettings()
     storage: StorageSettings = StorageSettings()
     queues: list[DeclaredQueue] = field(default_factory=list)
+    sqs: SqsSettings = SqsSettings()
     sns: SnsSettings = SnsSettings()
     admin: AdminSettings = AdminSettings()
     logging: LoggingSettings = LoggingSettings()

@@ -1,11 +1,15 @@
 """The broker's metrics: the CloudWatch SQS metrics per queue, per-action requests, the store.
 
 Queue levels (visible, in flight, delayed) and the store's counters are read at scrape time
-from the live objects; request counts and latencies are observed as requests finish.
+from the live objects. Request counts and latencies are observed as requests finish, into
+plain dictionaries that a collector turns into metric families at scrape time (as the
+balancer does): a prometheus_client child lookup, lock and two value objects per request cost
+more than the rest of the bookkeeping together.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable
 
 from prometheus_client.metrics_core import (
@@ -17,7 +21,7 @@ from prometheus_client.metrics_core import (
 
 from broker.registry import QueueRegistry, now_ms
 from broker.store.base import Histogram, Store
-from monitoring.metrics import Metrics
+from monitoring.metrics import LATENCY_BUCKETS, Metrics
 
 
 def _outcome(status: int) -> str:
@@ -26,25 +30,60 @@ def _outcome(status: int) -> str:
     return "client_error" if status < 500 else "server_error"
 
 
+class _Latency:
+    """One (service, action)'s request durations: counts per bucket (not cumulative), sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+
 class BrokerMetrics:
-    """Registers the broker's series on the daemon's registry."""
+    """Registers the broker's series on the daemon's registry.
+
+    Only the trio thread observes requests, so the counters need no lock; a scrape (also in
+    the trio thread, or a snapshot copy of plain ints) reads them as they are.
+    """
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self.requests = metrics.counter(
-            "wharf_broker_requests",
-            "API requests by service, action and outcome (success, client_error, server_error).",
-            ["service", "action", "outcome"],
-        )
-        self.latency = metrics.histogram(
-            "wharf_broker_request_duration_seconds",
-            "Time from a complete request to its response, long polls included.",
-            ["service", "action"],
-        )
+        self._requests: dict[tuple[str, str, str], int] = {}
+        self._latency: dict[tuple[str, str], _Latency] = {}
+        metrics.register_collector(self._collect_requests)
 
     def observe_request(self, service: str, action: str, status: int, seconds: float) -> None:
-        self.requests.labels(service, action, _outcome(status)).inc()
-        self.latency.labels(service, action).observe(seconds)
+        key = (service, action, _outcome(status))
+        requests = self._requests
+        requests[key] = requests.get(key, 0) + 1
+        latency = self._latency.get((service, action))
+        if latency is None:
+            latency = self._latency[(service, action)] = _Latency()
+        latency.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        latency.total += seconds
+
+    def _collect_requests(self) -> Iterable[Metric]:
+        requests = CounterMetricFamily(
+            "wharf_broker_requests",
+            "API requests by service, action and outcome (success, client_error, server_error).",
+            labels=["service", "action", "outcome"],
+        )
+        for labels, count in list(self._requests.items()):
+            requests.add_metric(list(labels), count)
+        latency = HistogramMetricFamily(
+            "wharf_broker_request_duration_seconds",
+            "Time from a complete request to its response, long polls included.",
+            labels=["service", "action"],
+        )
+        for (service, action), observed in list(self._latency.items()):
+            running = 0
+            buckets = []
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), observed.counts, strict=True):
+                running += count
+                buckets.append(("+Inf" if bound == float("inf") else str(bound), running))
+            latency.add_metric([service, action], buckets, sum_value=observed.total)
+        return [requests, latency]
 
     def watch(self, registry: QueueRegistry, store: Store) -> None:
         """Read queue and store state at every scrape."""

@@ -30,17 +30,27 @@ each other as fast as the store commits them (two group commits per batch), whic
 broker's "system-optimised" rate; every batch yields to the API between its commits.
 
 Lifetime. The tasks run in a nursery the broker app owns; they stop when the broker stops.
-Tasks live in memory only: after a restart ListMessageMoveTasks has forgotten them, and the
-messages of an interrupted task are either moved or back in the source queue (within the
-visibility timeout). The task ends COMPLETED when a receive finds the source empty (messages
-that reach the dead-letter queue while it runs are moved too), CANCELLED after a cancel, or
-FAILED (with the AWS error code as FailureReason) when a queue disappears, a destination
-refuses a message, or a key for encryption at rest is missing.
+The task ends COMPLETED when a receive finds the source empty (messages that reach the
+dead-letter queue while it runs are moved too), CANCELLED after a cancel, or FAILED (with the
+AWS error code as FailureReason) when a queue disappears, a destination refuses a message, or
+a key for encryption at rest is missing.
+
+Persistence. Every task is a row in the store (``Store.save_move_task``), the 10 most recent
+per source as ListMessageMoveTasks shows them. StartMessageMoveTask and CancelMessageMoveTask
+answer once their row is durable; the moved count is saved at most once a second while the
+task runs (it is "approximate": a crash can lose up to a second of it, never a message),
+when the broker stops, and at the end. At start (:meth:`MoveTasks.load`) the book is rebuilt
+from the rows: a RUNNING task resumes with the same handle, a CANCELLING one ends CANCELLED.
+Messages the task had received but not moved when the broker stopped or died are invisible
+in the source for up to 60 s; so that a resumed task does not end COMPLETED while they are, it
+waits for the source's in-flight messages during its first 60 s before it calls the source
+empty.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
@@ -51,6 +61,7 @@ from broker.model.errors import INVALID_PARAMETER_VALUE, SqsError
 from broker.model.messages import SendRequest, validate_send
 from broker.model.moves import (
     BATCH,
+    MoveStatus,
     MoveTask,
     MoveTaskBook,
     RateLimiter,
@@ -63,12 +74,14 @@ from broker.model.names import parse_queue_arn
 from broker.model.outcomes import Change, Delivery
 from broker.registry import Queue, QueueRegistry, now_ms
 from broker.sqs import RequestContext
-from broker.store.base import StoredMessage
+from broker.store.base import StoredMessage, StoredMoveTask, StoreError
 from monitoring.logging import EventLog
 from proto.aws.errors import common_error
 from proto.aws.json_protocol import sqs_error
 
 MOVE_VISIBILITY_TIMEOUT_S: Final = 60  # how long a message being moved is hidden in the source
+PROGRESS_SAVE_INTERVAL_MS: Final = 1_000  # a running task's moved count is saved this often
+STOP_SAVE_SECONDS: Final = 5.0  # bound on saving a task's progress when the broker stops
 NON_EXISTENT_QUEUE: Final = "AWS.SimpleQueueService.NonExistentQueue"
 INTERNAL_FAILURE: Final = "InternalFailure"
 
@@ -108,6 +121,26 @@ class MoveTasks:
         self._log = log
         self._nursery: trio.Nursery | None = None
         self._cancelled: dict[str, trio.Event] = {}  # task id -> set by CancelMessageMoveTask
+        self._resume: list[MoveTask] = []  # RUNNING tasks read from the store, for run()
+
+    async def load(self) -> None:
+        """Rebuild the book from the store (at start, before :meth:`run`).
+
+        RUNNING tasks resume once :meth:`run` starts; CANCELLING ones (the broker stopped
+        before the runner noticed the cancel) end CANCELLED now.
+        """
+        for stored in await self.store.load_move_tasks():
+            task = _task_of(stored)
+            dropped = self.book.restore(task)
+            if dropped:  # more rows than the book keeps (a smaller RECENT_TASKS)
+                await self._save(task, forget=[old.task_id for old in dropped])
+            if task.status is MoveStatus.RUNNING:
+                self._resume.append(task)
+            elif task.status is MoveStatus.CANCELLING:
+                task.finish()
+                await self._save(task)
+        if self._resume:
+            self._log.info("move_tasks.loaded", resuming=len(self._resume))
 
     def actions(self) -> dict[str, Handler]:
         """The SQS actions this module answers, for :meth:`broker.sqs.SqsApi.register`."""
@@ -122,6 +155,11 @@ class MoveTasks:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                resume, self._resume = self._resume, []
+                for task in resume:
+                    self._cancelled[task.task_id] = trio.Event()
+                    nursery.start_soon(functools.partial(self._run, task, resumed=True))
+                    self._log.info("move_task.resumed", task=task.task_id, moved=task.moved)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -164,8 +202,12 @@ class MoveTasks:
             started_at=now_ms(),
             to_move=source.counts(now_ms()).visible,
         )
-        self.book.add(task)
+        dropped = self.book.add(task)
         self._cancelled[task.task_id] = trio.Event()
+        # Durable before the answer: a task the client was told about survives a crash.
+        await self._save(task, forget=[old.task_id for old in dropped])
+        if self._nursery is None:  # the broker began to stop while the row was written
+            raise common_error("ServiceUnavailable", "The broker is stopping.")
         self._nursery.start_soon(self._run, task)
         self._log.info(
             "move_task.started",
@@ -205,6 +247,7 @@ class MoveTasks:
         event = self._cancelled.get(task_id)
         if event is not None:
             event.set()  # a runner waiting for its rate limit stops waiting
+        await self._save(task)  # a cancel that was answered is not undone by a restart
         return {"ApproximateNumberOfMessagesMoved": task.moved}
 
     def _queue_of_arn(self, arn: object, parameter: str) -> Queue:
@@ -228,11 +271,15 @@ class MoveTasks:
 
     # ------------------------------------------------------------------ the runner
 
-    async def _run(self, task: MoveTask) -> None:
+    async def _run(self, task: MoveTask, *, resumed: bool = False) -> None:
         cancelled = self._cancelled[task.task_id]
         limiter = None
         if task.max_per_second is not None:
             limiter = RateLimiter.for_task(task.max_per_second, _monotonic_ms())
+        saved_at = _monotonic_ms()
+        # A resumed task may have left messages in flight in the source when the broker
+        # stopped: until they are visible again (60 s at most), an empty receive proves nothing.
+        held_until = saved_at + MOVE_VISIBILITY_TIMEOUT_S * 1000 if resumed else None
         try:
             while not cancelled.is_set():
                 wanted = BATCH
@@ -245,7 +292,22 @@ class MoveTasks:
                         continue
                     wanted = limiter.take(now, BATCH)  # at least 1: nothing to wait for
                 if not await self._move_batch(task, wanted):
+                    if held_until is not None and await self._await_held(
+                        task, held_until, cancelled
+                    ):
+                        continue
                     break
+                if _monotonic_ms() - saved_at >= PROGRESS_SAVE_INTERVAL_MS:
+                    await self._save(task)
+                    saved_at = _monotonic_ms()
+        except trio.Cancelled:
+            # The broker stops: keep the task RUNNING, with its progress, to resume it.
+            with trio.move_on_after(STOP_SAVE_SECONDS, shield=True):
+                try:
+                    await self._save(task)
+                except StoreError:
+                    pass  # the progress is approximate; the messages are safe either way
+            raise
         except MoveFailed as failure:
             task.fail(failure.reason)
             self._log.warning("move_task.failed", task=task.task_id, reason=failure.reason)
@@ -259,6 +321,31 @@ class MoveTasks:
             )
         finally:
             self._cancelled.pop(task.task_id, None)
+        # Not reached when the broker stops the runner: the row stays RUNNING, to resume.
+        try:
+            await self._save(task)
+        except StoreError as exc:  # the store failed: the daemon is going down anyway
+            self._log.exception("move_task.not_saved", exc, task=task.task_id)
+
+    async def _await_held(self, task: MoveTask, until_ms: int, cancelled: trio.Event) -> bool:
+        """Wait for in-flight source messages to become visible; False once there are none.
+
+        Used by resumed tasks only, until ``until_ms`` (monotonic).
+        """
+        source = self._live(task.source_arn)
+        now = now_ms()
+        if _monotonic_ms() >= until_ms or source.counts(now).in_flight == 0:
+            return False
+        wake_at = source.index.next_wakeup(now)
+        delay_ms = until_ms - _monotonic_ms()
+        if wake_at is not None:
+            delay_ms = min(delay_ms, max(0, wake_at - now) + 1)
+        with trio.move_on_after(delay_ms / 1000):
+            await cancelled.wait()
+        return True
+
+    async def _save(self, task: MoveTask, forget: Sequence[str] = ()) -> None:
+        await self.store.save_move_task(_stored(task), forget)
 
     async def _move_batch(self, task: MoveTask, wanted: int) -> bool:
         """Move up to ``wanted`` messages; return False when the source had none to give."""
@@ -279,8 +366,9 @@ class MoveTasks:
             raise MoveFailed(error.code) from None
         # From here to the commit is one trio step: no other task sees a half-done move.
         change, moved, failure = self._plan(task, source, deliveries, stored)
-        await self._commit(change)
-        task.record_moved(moved)
+        # Counted when durable, even if the runner is cancelled (a stop) while it waits.
+        counted = Change(change.mutations, [change.on_durable, lambda: task.record_moved(moved)])
+        await self._commit(counted)
         if failure is not None:
             raise MoveFailed(failure)
         return True
@@ -360,6 +448,34 @@ class MoveTasks:
             await self.store.commit(change.mutations, change.on_durable)
         else:
             change.on_durable()
+
+
+def _stored(task: MoveTask) -> StoredMoveTask:
+    return StoredMoveTask(
+        task_id=task.task_id,
+        source_arn=task.source_arn,
+        destination_arn=task.destination_arn,
+        max_per_second=task.max_per_second,
+        started_at=task.started_at,
+        to_move=task.to_move,
+        moved=task.moved,
+        status=str(task.status),
+        failure_reason=task.failure_reason,
+    )
+
+
+def _task_of(stored: StoredMoveTask) -> MoveTask:
+    return MoveTask(
+        task_id=stored.task_id,
+        source_arn=stored.source_arn,
+        destination_arn=stored.destination_arn,
+        max_per_second=stored.max_per_second,
+        started_at=stored.started_at,
+        to_move=stored.to_move,
+        moved=stored.moved,
+        status=MoveStatus(stored.status),
+        failure_reason=stored.failure_reason,
+    )
 
 
 def _check_destination(source: Queue, destination: Queue) -> None:

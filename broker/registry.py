@@ -8,7 +8,7 @@ the same trio step, so commits reach the disk in the order the model made them.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Final
 
 import msgspec
@@ -16,7 +16,7 @@ import trio
 
 from broker.model import QueueIndex, new_index
 from broker.model.attributes import QueueCounts, QueueFacts, check_create_matches
-from broker.model.names import validate_queue_name
+from broker.model.names import RecentlyDeleted, validate_queue_name
 from broker.model.settings import (
     QueueSettings,
     apply_update,
@@ -24,6 +24,7 @@ from broker.model.settings import (
     parse_create,
 )
 from broker.model.signing import Signer
+from broker.model.state import MAX_IN_FLIGHT_MESSAGES
 from broker.store.base import QueueNameTaken, QueueRecord, Store
 from monitoring.logging import EventLog
 from proto.aws.arn import queue_arn
@@ -59,7 +60,13 @@ class Queue:
 
     __slots__ = ("_changed", "arn", "deleted", "index", "record", "stats")
 
-    def __init__(self, record: QueueRecord, arn: str, signer: Signer) -> None:
+    def __init__(
+        self,
+        record: QueueRecord,
+        arn: str,
+        signer: Signer,
+        in_flight_limit: int = MAX_IN_FLIGHT_MESSAGES,
+    ) -> None:
         self.record = record
         self.arn = arn
         self.deleted = False
@@ -73,6 +80,7 @@ class Queue:
             signer=signer,
             next_seq=record.next_seq,
             wake_receivers=self.wake,
+            in_flight_limit=in_flight_limit,
         )
 
     @property
@@ -108,14 +116,32 @@ class QueueRegistry:
     """Every live queue by name and ARN, kept in step with the store."""
 
     def __init__(
-        self, store: Store, signer: Signer, *, region: str, account_id: str, log: EventLog
+        self,
+        store: Store,
+        signer: Signer,
+        *,
+        region: str,
+        account_id: str,
+        log: EventLog,
+        in_flight_limit: int = MAX_IN_FLIGHT_MESSAGES,
+        clock: Callable[[], int] = now_ms,
     ) -> None:
+        """Bind to the store; :meth:`load` fills the registry.
+
+        Args:
+            in_flight_limit: most messages in flight per queue (``sqs.max_in_flight_messages``).
+            clock: wall-clock milliseconds for the 60-second QueueDeletedRecently window;
+                tests pass (or later assign ``clock``) a clock they move forward.
+        """
         self.store = store
         self.signer = signer
         self.region = region
         self.account_id = account_id
         self.log = log
         self.stopping = False
+        self.in_flight_limit = in_flight_limit
+        self.clock = clock
+        self.recently_deleted = RecentlyDeleted()
         self._by_name: dict[str, Queue] = {}
         self._creating = trio.Lock()
 
@@ -126,7 +152,9 @@ class QueueRegistry:
         """Rebuild every queue's index from the store (at start)."""
         now = now_ms()
         for loaded in await self.store.load():
-            queue = Queue(loaded.record, self.arn_of(loaded.record.name), self.signer)
+            queue = Queue(
+                loaded.record, self.arn_of(loaded.record.name), self.signer, self.in_flight_limit
+            )
             queue.index.restore(loaded.messages, now)
             for entry in loaded.deduplication:
                 queue.index.restore_deduplication(entry.key, entry.seq, entry.expires_at)
@@ -167,7 +195,12 @@ class QueueRegistry:
     async def create(
         self, name: str, attributes: Mapping[str, str], tags: Mapping[str, str]
     ) -> Queue:
-        """CreateQueue: a new queue, or the existing one when every attribute matches."""
+        """CreateQueue: a new queue, or the existing one when every attribute matches.
+
+        Raises:
+            SqsError: ``QueueDeletedRecently`` within 60 seconds of deleting a queue of that
+                name; ``QueueAlreadyExists`` and the attribute errors.
+        """
         validate_queue_name(name, fifo=attributes.get("FifoQueue", "").lower() == "true")
         # One create at a time: a second CreateQueue for a name being created waits, then finds
         # the queue (without the lock the loser of the race could wake before the winner had
@@ -177,6 +210,7 @@ class QueueRegistry:
             if existing is not None:
                 check_create_matches(existing.settings, attributes)
                 return existing
+            self.recently_deleted.check(name, self.clock())
             settings = parse_create(attributes)
             self._check_dead_letter_target(settings, name)
             now = now_ms()
@@ -187,7 +221,7 @@ class QueueRegistry:
                 existing = self.require(name)
                 check_create_matches(existing.settings, attributes)
                 return existing
-            queue = Queue(record, self.arn_of(name), self.signer)
+            queue = Queue(record, self.arn_of(name), self.signer, self.in_flight_limit)
             self._by_name[name] = queue
         self.log.info("queue.created", queue=name, fifo=settings.fifo)
         return queue
@@ -209,6 +243,7 @@ class QueueRegistry:
         if self._by_name.get(queue.name) is not queue:
             return
         del self._by_name[queue.name]
+        self.recently_deleted.record(queue.name, self.clock())
         queue.deleted = True
         queue.index.close()
         queue.wake()

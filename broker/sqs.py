@@ -21,8 +21,8 @@ from broker.model.attributes import render_attributes
 from broker.model.errors import SqsError
 from broker.model.index import resolve_wait_time
 from broker.model.messages import AttributeValue, SendRequest, message_size, sequence_number
-from broker.model.mutations import Mutation
-from broker.model.outcomes import Change, Delivery
+from broker.model.mutations import MessageDelivered, Mutation
+from broker.model.outcomes import Change, Delivery, ReceiveOutcome
 from broker.model.policy import Decision, add_permission, evaluate, remove_permission
 from broker.registry import Queue, QueueRegistry, now_ms, queue_does_not_exist
 from broker.store.base import StoredMessage
@@ -35,6 +35,7 @@ MAX_BATCH_ENTRIES: Final = 10
 MAX_BATCH_BYTES: Final = 1_048_576  # SendMessageBatch: "can't exceed 1 MiB" in total
 MAX_TAGS: Final = 50
 LIST_QUEUES_LIMIT: Final = 1000
+QUEUE_URL_CACHE: Final = 1024  # parsed queue URLs remembered (see SqsApi.queue_of)
 _BATCH_ENTRY_ID = re.compile(r"[A-Za-z0-9_-]{1,80}")
 SYSTEM_ATTRIBUTES: Final = (
     "SenderId",
@@ -69,6 +70,9 @@ class SqsApi:
         self.registry = registry
         self.store = registry.store
         self.account_id = account_id
+        # Queue URL -> queue name, for URLs of this account seen before: a client sends the
+        # same few URLs on every request. Cleared when full, so it stays small.
+        self._queue_names: dict[str, str] = {}
         self._actions: dict[str, Callable[[Params, RequestContext], Awaitable[Result]]] = {
             "CreateQueue": self.create_queue,
             "DeleteQueue": self.delete_queue,
@@ -125,15 +129,21 @@ class SqsApi:
             raise common_error(
                 "MissingParameter", "The request must contain the parameter QueueUrl."
             )
-        try:
-            parsed = parse_queue_url(url)
-        except ArnError:
-            raise sqs_error(
-                "InvalidAddress", f"The address {url} is not valid for this endpoint."
-            ) from None
-        if parsed.account != self.account_id:
-            raise queue_does_not_exist()
-        queue = self.registry.require(parsed.name)
+        name = self._queue_names.get(url)
+        if name is None:
+            try:
+                parsed = parse_queue_url(url)
+            except ArnError:
+                raise sqs_error(
+                    "InvalidAddress", f"The address {url} is not valid for this endpoint."
+                ) from None
+            if parsed.account != self.account_id:
+                raise queue_does_not_exist()
+            name = parsed.name
+            if len(self._queue_names) >= QUEUE_URL_CACHE:
+                self._queue_names.clear()
+            self._queue_names[url] = name
+        queue = self.registry.require(name)
         self._authorize(queue, context)
         return queue
 
@@ -319,6 +329,7 @@ class SqsApi:
         deadline = trio.current_time() + wait_seconds
         deliveries = await self._receive(queue, params, deadline)
         if not deliveries:
+            queue.index.check_in_flight_limit(long_poll=wait_seconds > 0)  # OverLimit, 403
             queue.stats.empty_receives += 1
             return {}
         stored = {
@@ -349,7 +360,10 @@ class SqsApi:
                 attempt_id=params.get("ReceiveRequestAttemptId"),
                 dead_letter=self.registry.dead_letter_index(queue),
             )
-            await self._commit(outcome)
+            if outcome.mutations and not _receive_waits(queue, outcome):
+                self.store.commit_later(outcome.mutations, outcome.on_durable)
+            else:
+                await self._commit(outcome)
             if outcome.deliveries:
                 return outcome.deliveries
             if queue.deleted:
@@ -557,6 +571,26 @@ def _count_sent(queue: Queue, requests: Sequence[SendRequest]) -> None:
 
 
 # ---------------------------------------------------------------------- receive results
+
+
+def _receive_waits(queue: Queue, outcome: ReceiveOutcome) -> bool:
+    """Whether a receive's reply waits for its commit (receive count, deadline) to be durable.
+
+    A standard queue's first receive of a message does not: lost in a crash, the receive
+    leaves the message visible again with its former count after the restart -- one more
+    delivery, which at-least-once allows; nothing the client was told is contradicted (the
+    store applies commits in call order, so a later delete or visibility change is never
+    durable without it). A FIFO queue waits: its exactly-once processing and its
+    ReceiveRequestAttemptId retries rest on the receive surviving. So does a redelivery, whose
+    ApproximateFirstReceiveTimestamp may have to be read back from the file, and a receive
+    that also moved messages to the dead-letter queue or dropped expired ones: those are there
+    (and gone) when the reply arrives, as before.
+    """
+    if queue.settings.fifo:
+        return True
+    if any(type(mutation) is not MessageDelivered for mutation in outcome.mutations):
+        return True
+    return any(delivery.receive_count > 1 for delivery in outcome.deliveries)
 
 
 def _system_attribute_names(params: Params) -> frozenset[str]:

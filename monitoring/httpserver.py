@@ -8,6 +8,12 @@ body read, each write. Bodies are bounded before they are buffered: a declared C
 over the limit is refused with 413 before a byte of it is read, a chunked body is cut off the
 moment it passes the limit. A malformed request gets 400 and the connection is closed; h11
 does the framing, we never re-frame bodies by hand.
+
+The server answers some requests itself, before any handler sees them: 408 for a request
+that stalls, 413 for a body over the limit. By default in plain text; an application whose
+clients expect errors in a protocol's shape (the broker's AWS APIs) passes ``on_refusal``,
+which gets a :class:`Refusal` (what happened, and the request head if it had arrived) and
+returns the :class:`Response` to send. The connection closes after it either way.
 """
 
 from __future__ import annotations
@@ -84,6 +90,37 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A request the server refuses itself (408, 413), for ``serve_http``'s ``on_refusal``.
+
+    Attributes:
+        status: 408 (the head or body stalled) or 413 (the body is over the limit).
+        message: the plain-text answer the server sends without ``on_refusal``.
+        max_body_bytes: the body limit in force.
+        method: the request method, or None when the head had not fully arrived (408).
+        target: the request target, or None likewise.
+        headers: the request headers (lower-case names), empty without a head.
+    """
+
+    status: int
+    message: str
+    max_body_bytes: int
+    method: bytes | None = None
+    target: bytes | None = None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lower-case), or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+OnRefusal = Callable[[Refusal], Response]
 
 
 class Draining:
@@ -165,17 +202,27 @@ async def serve_http(
     on_error: Callable[[BaseException], None],
     server_header: str = "wharf",
     max_body_bytes: int = 1 << 20,
+    on_refusal: OnRefusal | None = None,
 ) -> None:
     """Serve requests on one connection until it closes, idles out, errs or the daemon drains.
 
     Exceptions from ``handler`` are reported to ``on_error`` and answered with 500; they never
-    escape, so one bad request cannot take the listener down.
+    escape, so one bad request cannot take the listener down. ``on_refusal`` shapes the 408
+    and 413 answers (plain text without it); an exception from it is reported to
+    ``on_error`` and the plain text goes out instead.
     """
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header_bytes)
     try:
         while True:
             request = await _read_request(
-                conn, stream, limits, client, draining, max_body_bytes, server_header
+                conn,
+                stream,
+                limits,
+                client,
+                draining,
+                max_body_bytes,
+                server_header,
+                _Refuser(on_refusal, on_error, max_body_bytes),
             )
             if request is None:
                 break
@@ -216,6 +263,7 @@ async def _read_request(
     draining: Draining,
     max_body_bytes: int,
     server_header: str,
+    refuser: _Refuser,
 ) -> Request | None:
     """The next complete request, or None when the connection should simply close."""
     head: h11.Request | None = None
@@ -256,7 +304,8 @@ async def _read_request(
                 if head is not None:
                     deadline = trio.current_time() + limits.body_timeout_seconds
                 continue
-            await _send_error(conn, stream, 408, "request timed out\n", limits, server_header)
+            response = refuser.response(408, "request timed out\n", head, headers)
+            await _send_response(conn, stream, response, limits, server_header)
             return None
         idle = False
         if isinstance(event, h11.Request):
@@ -271,27 +320,19 @@ async def _read_request(
                 return None
             declared = _content_length(headers)
             if declared is not None and declared > max_body_bytes:
-                await _send_error(
-                    conn,
-                    stream,
-                    413,
-                    f"request body of {declared} bytes exceeds the limit of {max_body_bytes}\n",
-                    limits,
-                    server_header,
+                message = (
+                    f"request body of {declared} bytes exceeds the limit of {max_body_bytes}\n"
                 )
+                response = refuser.response(413, message, head, headers)
+                await _send_response(conn, stream, response, limits, server_header)
                 return None
             deadline = trio.current_time() + limits.body_timeout_seconds
         elif isinstance(event, h11.Data):
             body += event.data
             if len(body) > max_body_bytes:
-                await _send_error(
-                    conn,
-                    stream,
-                    413,
-                    f"request body exceeds the limit of {max_body_bytes} bytes\n",
-                    limits,
-                    server_header,
-                )
+                message = f"request body exceeds the limit of {max_body_bytes} bytes\n"
+                response = refuser.response(413, message, head, headers)
+                await _send_response(conn, stream, response, limits, server_header)
                 return None
         elif isinstance(event, h11.EndOfMessage):
             assert head is not None
@@ -318,6 +359,44 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
+class _Refuser:
+    """Builds the answer to a refused request: the application's, else plain text."""
+
+    __slots__ = ("_max_body_bytes", "_on_error", "_on_refusal")
+
+    def __init__(
+        self,
+        on_refusal: OnRefusal | None,
+        on_error: Callable[[BaseException], None],
+        max_body_bytes: int,
+    ) -> None:
+        self._on_refusal = on_refusal
+        self._on_error = on_error
+        self._max_body_bytes = max_body_bytes
+
+    def response(
+        self,
+        status: int,
+        message: str,
+        head: h11.Request | None,
+        headers: list[tuple[bytes, bytes]],
+    ) -> Response:
+        if self._on_refusal is not None:
+            refusal = Refusal(
+                status=status,
+                message=message,
+                max_body_bytes=self._max_body_bytes,
+                method=head.method if head is not None else None,
+                target=head.target if head is not None else None,
+                headers=headers if head is not None else [],
+            )
+            try:
+                return self._on_refusal(refusal)
+            except Exception as exc:  # a bug in the application's hook: report, answer plainly
+                self._on_error(exc)
+        return Response(status, message.encode())
+
+
 async def _send_error(
     conn: h11.Connection,
     stream: trio.abc.Stream,
@@ -326,12 +405,25 @@ async def _send_error(
     limits: HttpLimits,
     server_header: str,
 ) -> None:
+    await _send_response(conn, stream, Response(status, message.encode()), limits, server_header)
+
+
+async def _send_response(
+    conn: h11.Connection,
+    stream: trio.abc.Stream,
+    response: Response,
+    limits: HttpLimits,
+    server_header: str,
+) -> None:
+    """Answer through h11 and close: the request may not have been read to its end."""
     if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
         return
-    body = message.encode()
+    body = response.body
+    status = response.status
     headers = [
-        ("content-type", "text/plain; charset=utf-8"),
+        ("content-type", response.content_type),
         ("content-length", str(len(body))),
+        *((name, value) for name, value in response.headers if name.lower() != "connection"),
         ("connection", "close"),
         ("server", server_header),
     ]

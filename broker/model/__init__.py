@@ -14,6 +14,7 @@ from broker.model.index import QueueIndex
 from broker.model.settings import QueueSettings
 from broker.model.signing import Signer
 from broker.model.standard import StandardIndex
+from broker.model.state import MAX_IN_FLIGHT_MESSAGES
 
 
 def new_index(
@@ -25,6 +26,7 @@ def new_index(
     signer: Signer,
     next_seq: int = 1,
     wake_receivers: Callable[[], None] | None = None,
+    in_flight_limit: int = MAX_IN_FLIGHT_MESSAGES,
 ) -> QueueIndex:
     """Create the message index for a queue of the type its settings name.
 
@@ -36,6 +38,7 @@ def new_index(
         signer: issues receipt handles and message ids.
         next_seq: the first seq to hand out.
         wake_receivers: called when long-pollers should look again.
+        in_flight_limit: most messages in flight at once (AWS's quota by default).
 
     Returns:
         A :class:`StandardIndex` or a :class:`FifoIndex`.
@@ -49,6 +52,7 @@ def new_index(
         signer=signer,
         next_seq=next_seq,
         wake_receivers=wake_receivers,
+        in_flight_limit=in_flight_limit,
     )
 
 

@@ -13,6 +13,8 @@ RECEIPT_HANDLE_IS_INVALID = "ReceiptHandleIsInvalid"
 MESSAGE_NOT_INFLIGHT = "AWS.SimpleQueueService.MessageNotInflight"
 PURGE_QUEUE_IN_PROGRESS = "AWS.SimpleQueueService.PurgeQueueInProgress"
 QUEUE_ALREADY_EXISTS = "QueueAlreadyExists"
+QUEUE_DELETED_RECENTLY = "AWS.SimpleQueueService.QueueDeletedRecently"
+OVER_LIMIT = "OverLimit"
 
 
 class SqsError(Exception):

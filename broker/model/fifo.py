@@ -117,6 +117,7 @@ class FifoIndex(QueueIndex):
             retried = self._retry(now, attempt_id, window_ms)
             if retried is not None:
                 return retried
+        max_messages = self._in_flight_room(max_messages, window_ms)
         boundary, cutoff = self._retention_cutoff(now)
         deliveries: list[Delivery] = []
         mutations: list[Mutation] = []

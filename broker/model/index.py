@@ -35,6 +35,7 @@ from broker.model.attributes import QueueCounts
 from broker.model.dedup import DEDUPLICATION_WINDOW_MS, deduplication_key
 from broker.model.errors import (
     MESSAGE_NOT_INFLIGHT,
+    OVER_LIMIT,
     PURGE_QUEUE_IN_PROGRESS,
     SqsError,
     invalid_parameter,
@@ -68,6 +69,12 @@ MAX_VISIBILITY_TIMEOUT_S = 43_200  # 12 hours, also the cap on one receive's tot
 MAX_MESSAGES_PER_RECEIVE = 10
 MAX_WAIT_TIME_S = 20
 SWEEP_LIMIT = 10_000  # deletions per expire() call, so one transaction stays short
+# What SQS answered when a standard queue's in-flight quota was reached (rendered by
+# Cbsoftware/pressureNET-server#74 from a real 403 response).
+OVER_LIMIT_MESSAGE = (
+    "Too many messages have been received without being deleted. Please delete your received "
+    "messages or let them timeout before receiving more."
+)
 
 
 def resolve_wait_time(settings: QueueSettings, requested: int | None) -> int:
@@ -286,6 +293,29 @@ class QueueIndex(QueueState):
                 f"Must be between 0 and {MAX_VISIBILITY_TIMEOUT_S}, if provided",
             )
         return visibility_timeout * 1000
+
+    def _in_flight_room(self, max_messages: int, window_ms: int) -> int:
+        """Cap a receive so the queue stays within its in-flight limit (after ``_advance``).
+
+        A receive with ``VisibilityTimeout=0`` puts nothing in flight and is not capped.
+        """
+        if window_ms == 0:
+            return max_messages
+        return max(0, min(max_messages, self._in_flight_limit - self._in_flight))
+
+    def check_in_flight_limit(self, *, long_poll: bool) -> None:
+        """After a receive that returned nothing: raise AWS's error if the quota is why.
+
+        As AWS documents ("Amazon SQS message quotas"): a standard queue at its in-flight
+        quota answers a short poll with ``OverLimit`` (HTTP 403); a long poll, and any receive
+        of a FIFO queue, gets no messages and no error.
+
+        Raises:
+            SqsError: ``OverLimit``, HTTP 403.
+        """
+        if self.settings.fifo or long_poll or self._in_flight < self._in_flight_limit:
+            return
+        raise SqsError(OVER_LIMIT, OVER_LIMIT_MESSAGE, status=403)
 
     # ------------------------------------------------------------------ handles
 

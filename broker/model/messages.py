@@ -26,6 +26,9 @@ SEQUENCE_NUMBER_BASE = 10**19  # renders every SequenceNumber with 20 digits, as
 
 # SendMessage: "#x9 | #xA | #xD | #x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF".
 _FORBIDDEN_BODY_CHARACTER = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# The allowed ASCII characters as bytes: deleting them from an ASCII body leaves nothing iff
+# the body is valid (a C loop, ~5x faster than the regex on bodies with line breaks).
+_ALLOWED_ASCII: bytes = bytes([0x09, 0x0A, 0x0D, *range(0x20, 0x80)])
 _ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,256}")
 _ATTRIBUTE_TYPE = re.compile(r"(String|Number|Binary)(\..+)?", re.DOTALL)
 _NUMBER_DIGITS_MAX = 38  # AWS: "up to 38 digits of precision"
@@ -66,8 +69,9 @@ def validate_send(settings: QueueSettings, request: SendRequest) -> None:
     if not request.body:
         raise SqsError(MISSING_PARAMETER, "The request must contain the parameter MessageBody.")
     body = request.body
-    # Printable ASCII is all allowed: the common case skips the scan for the rest.
-    if not (body.isascii() and body.isprintable()) and (
+    # Printable ASCII is all allowed: the common case skips the scan for the rest; ASCII with
+    # line breaks (JSON, SNS envelopes) is checked bytewise.
+    if not (body.isascii() and (body.isprintable() or _ascii_allowed(body))) and (
         _FORBIDDEN_BODY_CHARACTER.search(body) is not None
     ):
         raise SqsError(
@@ -101,6 +105,11 @@ def validate_send(settings: QueueSettings, request: SendRequest) -> None:
             request.delay_seconds,
             f"DelaySeconds must be >= {low} and <= {high}",
         )
+
+
+def _ascii_allowed(body: str) -> bool:
+    """For an ASCII ``body``: True if it has only characters SendMessage allows."""
+    return not body.encode("ascii").translate(None, _ALLOWED_ASCII)
 
 
 def _validate_fifo_send(settings: QueueSettings, request: SendRequest) -> None:

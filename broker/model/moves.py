@@ -156,8 +156,12 @@ class MoveTaskBook:
         self._keep = keep
         self._by_source: dict[str, deque[MoveTask]] = {}
 
-    def add(self, task: MoveTask) -> None:
+    def add(self, task: MoveTask) -> list[MoveTask]:
         """Record a task that is starting.
+
+        Returns:
+            The tasks that fell out of the book to make room (finished ones, oldest first):
+            the shell forgets them in the store too.
 
         Raises:
             SqsError: ``InvalidParameterValue`` when its source already has an active task.
@@ -170,9 +174,24 @@ class MoveTaskBook:
                 "source queue arn at a given time.",
             )
         tasks.append(task)
+        return self._trim(tasks)
+
+    def restore(self, task: MoveTask) -> list[MoveTask]:
+        """Put back a task read from the store (oldest first), whatever its status.
+
+        Returns:
+            The tasks that fell out of the book, as :meth:`add` does.
+        """
+        tasks = self._by_source.setdefault(task.source_arn, deque())
+        tasks.append(task)
+        return self._trim(tasks)
+
+    def _trim(self, tasks: deque[MoveTask]) -> list[MoveTask]:
+        dropped = []
         while len(tasks) > self._keep:
             # Only the newest task can be active, so what falls off is finished.
-            tasks.popleft()
+            dropped.append(tasks.popleft())
+        return dropped
 
     def find(self, source_arn: str, task_id: str) -> MoveTask | None:
         """Return the task with ``task_id`` among the recent ones of ``source_arn``."""

@@ -5,11 +5,23 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from broker.model.errors import INVALID_PARAMETER_VALUE, SqsError, invalid_parameter
+from broker.model.errors import (
+    INVALID_PARAMETER_VALUE,
+    QUEUE_DELETED_RECENTLY,
+    SqsError,
+    invalid_parameter,
+)
 
 MAX_QUEUE_NAME_LENGTH = 80  # AWS: "1 to 80 in length", the .fifo suffix included
 FIFO_SUFFIX = ".fifo"
 MAX_FIFO_ID_LENGTH = 128  # MessageGroupId, MessageDeduplicationId, ReceiveRequestAttemptId
+# AWS (DeleteQueue): "When you delete a queue, you must wait at least 60 seconds before
+# creating a queue with the same name."
+NAME_REUSE_DELAY_MS = 60_000
+QUEUE_DELETED_RECENTLY_MESSAGE = (
+    "You must wait 60 seconds after deleting a queue before you can create another with the "
+    "same name."
+)
 
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9_-]{1,80}")
 # AWS: "alphanumeric characters and punctuation (!"#$%&'()*+,-./:;<=>?@[\]^_`{|}~)".
@@ -90,3 +102,48 @@ def parse_queue_arn(text: str) -> QueueArn | None:
         return None
     partition, region, account, name = match.groups()
     return QueueArn(partition, region, account, name)
+
+
+class RecentlyDeleted:
+    """Names of queues deleted less than 60 seconds ago, which CreateQueue may not reuse yet.
+
+    AWS answers such a CreateQueue with ``AWS.SimpleQueueService.QueueDeletedRecently``
+    (HTTP 400). Entries older than the window are dropped as new ones arrive, so the memory
+    held is bounded by the deletions of the last minute.
+    """
+
+    def __init__(self, window_ms: int = NAME_REUSE_DELAY_MS) -> None:
+        """Create an empty record.
+
+        Args:
+            window_ms: how long a deleted name stays blocked, in milliseconds.
+        """
+        self._window_ms = window_ms
+        self._deleted: dict[str, int] = {}  # name -> deleted at, oldest first
+
+    def __len__(self) -> int:
+        return len(self._deleted)
+
+    def record(self, name: str, now: int) -> None:
+        """Remember that the queue ``name`` was deleted at ``now`` (ms since the epoch)."""
+        self._deleted.pop(name, None)  # re-inserted last: the dict stays in deletion order
+        self._deleted[name] = now
+        self._expire(now)
+
+    def check(self, name: str, now: int) -> None:
+        """Refuse to create ``name`` at ``now`` while its deletion is recent.
+
+        Raises:
+            SqsError: ``AWS.SimpleQueueService.QueueDeletedRecently`` with AWS's message.
+        """
+        deleted_at = self._deleted.get(name)
+        if deleted_at is not None and now - deleted_at < self._window_ms:
+            raise SqsError(QUEUE_DELETED_RECENTLY, QUEUE_DELETED_RECENTLY_MESSAGE)
+
+    def _expire(self, now: int) -> None:
+        deleted = self._deleted
+        while deleted:
+            name, deleted_at = next(iter(deleted.items()))
+            if now - deleted_at < self._window_ms:
+                break
+            del deleted[name]

@@ -37,6 +37,7 @@ class StandardIndex(QueueIndex):
         """ReceiveMessage; see :meth:`QueueIndex.receive` (``attempt_id`` is FIFO-only)."""
         window_ms = self._receive_window(max_messages, visibility_timeout)
         self._advance(now)
+        max_messages = self._in_flight_room(max_messages, window_ms)
         boundary, cutoff = self._retention_cutoff(now)
         deliveries: list[Delivery] = []
         mutations: list[Mutation] = []

@@ -18,6 +18,10 @@ from broker.model.settings import QueueSettings
 from broker.model.signing import Signer
 
 PURGE_INTERVAL_MS = 60_000  # AWS: one PurgeQueue per queue every 60 seconds
+# AWS ("Amazon SQS message quotas"): about 120,000 in-flight messages per standard queue and
+# 120,000 per FIFO queue (raised from 20,000 in 2024); AWS raises it on request, so can the
+# operator here (``sqs.max_in_flight_messages``).
+MAX_IN_FLIGHT_MESSAGES = 120_000
 
 
 class ReceivedMessage:
@@ -64,6 +68,7 @@ class QueueState:
         next_seq: int = 1,
         wake_receivers: Callable[[], None] | None = None,
         purge_interval_ms: int = PURGE_INTERVAL_MS,
+        in_flight_limit: int = MAX_IN_FLIGHT_MESSAGES,
     ) -> None:
         """Create an empty index.
 
@@ -77,6 +82,7 @@ class QueueState:
             wake_receivers: called when messages may have become receivable, or the next
                 wake-up moved earlier, through anything but the passing of time.
             purge_interval_ms: minimum time between two purges.
+            in_flight_limit: most messages in flight at once; receives beyond it get none.
         """
         self.queue_id = queue_id
         self.name = name
@@ -86,6 +92,9 @@ class QueueState:
         self._next_seq = next_seq
         self._wake_receivers = wake_receivers
         self._purge_interval_ms = purge_interval_ms
+        if in_flight_limit < 1:
+            raise ValueError("the in-flight limit must be positive")
+        self._in_flight_limit = in_flight_limit
         self._received: dict[int, ReceivedMessage] = {}
         self._delayed: dict[int, int] = {}  # fresh seq -> due
         self._timers: list[tuple[int, int]] = []  # (due, seq): delays and in-flight deadlines

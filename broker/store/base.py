@@ -10,6 +10,13 @@ Contract:
   cannot be overtaken by a later one. ``on_durable`` runs in the trio thread right after the
   batch is durable, even when the caller was cancelled while waiting; a cancelled caller
   never corrupts or drops its batch.
+* ``commit_later(mutations, on_durable)`` queues the same way, in the same order, and returns
+  at once: nobody waits for the fsync. It is for writes whose loss in a crash acknowledges
+  nothing -- a standard queue's receive (receive count, visibility deadline): lost, the message
+  is simply visible again after the restart, which at-least-once delivery allows. Because the
+  order is one, a later ``commit`` (a delete, a visibility change) is durable only with every
+  earlier ``commit_later``, so it is never applied, or acknowledged, before the receive it
+  refers to.
 * A failed commit is fatal: the model may be ahead of the disk. The store refuses further
   commits (``StoreError``) and the daemon must stop; the next start reloads the truth.
 * Times are milliseconds since the epoch; message ids are the model's strings.
@@ -229,6 +236,21 @@ class LoadedSns:
         self.deliveries = deliveries
 
 
+class StoredMoveTask(msgspec.Struct, frozen=True, kw_only=True):
+    """A message move task as stored: what ListMessageMoveTasks shows, and what a restart
+    needs to resume a RUNNING one (the fields of :class:`broker.model.moves.MoveTask`)."""
+
+    task_id: str
+    source_arn: str
+    destination_arn: str | None
+    max_per_second: int | None
+    started_at: int
+    to_move: int
+    moved: int
+    status: str  # a MoveStatus value
+    failure_reason: str | None
+
+
 class Histogram(msgspec.Struct, frozen=True, kw_only=True):
     """Cumulative counts per upper bound, Prometheus style (the last count is +Inf)."""
 
@@ -259,11 +281,11 @@ class HistogramRecorder:
         self._total = 0.0
         self._lock = threading.Lock()
 
-    def observe(self, value: float) -> None:
-        """Count one observation."""
+    def observe(self, value: float, count: int = 1) -> None:
+        """Count ``count`` observations of ``value`` (one, by default)."""
         with self._lock:
-            self._counts[bisect.bisect_left(self._bounds, value)] += 1
-            self._total += value
+            self._counts[bisect.bisect_left(self._bounds, value)] += count
+            self._total += value * count
 
     def snapshot(self) -> Histogram:
         """Return the cumulative counts so far."""
@@ -307,8 +329,25 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    def commit_later(
+        self, mutations: Sequence[AnyMutation], on_durable: Callable[[], None] | None = None
+    ) -> None:
+        """Queue ``mutations`` as :meth:`commit` does, in the same order, without waiting.
+
+        ``on_durable`` still runs once they are durable. A failure is fatal as for
+        :meth:`commit`, and is reported to the next caller.
+
+        Raises:
+            StoreError: the store failed earlier; nothing was queued.
+        """
+
+    @abc.abstractmethod
     async def read_messages(self, queue_id: int, seqs: Sequence[int]) -> list[StoredMessage]:
-        """Return the stored messages among ``seqs``, in that order; gone ones are skipped."""
+        """Return the stored messages among ``seqs``, in that order; gone ones are skipped.
+
+        A message read before the first receive's commit is durable may show no
+        ``first_received_at``: the receive's :class:`~broker.model.outcomes.Delivery` has it.
+        """
 
     @abc.abstractmethod
     async def create_queue(
@@ -361,6 +400,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def read_http_payload(self, delivery_id: int) -> HttpPayload | None:
         """Return a pending delivery's payload, or None if the row is gone."""
+
+    @abc.abstractmethod
+    async def load_move_tasks(self) -> list[StoredMoveTask]:
+        """Return every stored message move task, in the order they were first saved."""
+
+    @abc.abstractmethod
+    async def save_move_task(self, task: StoredMoveTask, forget: Sequence[str] = ()) -> None:
+        """Insert or update a move task, and delete the tasks whose ids are in ``forget``.
+
+        Durable when it returns, and ordered with every other write (as ``commit`` is).
+        """
 
     def check_sealing(self, settings: QueueSettings) -> None:
         """Refuse, before the model accepts them, messages this store could not seal.

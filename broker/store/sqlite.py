@@ -12,6 +12,16 @@ Reads run in trio worker threads on separate read-only connections; WAL lets the
 while the writer commits. When the writer has nothing to do it reclaims purged and deleted
 rows in small transactions and gives free pages back to the filesystem.
 
+Body cache. The bodies (and everything else a receive returns) of recently inserted messages
+are kept in memory, up to ``body_cache_bytes`` (64 MiB by default), until the message is
+deleted, moved or purged, or until newer messages push it out (oldest insert first): a receive
+of cached messages is answered without a worker thread and a query. The cache follows the
+mutations in call order, in the caller's trio step, so it always agrees with the model. A
+backlog larger than the budget is read from the file until the receives reach its cached,
+most recent part. Messages restored at start are never cached, nor
+are messages of queues sealed at rest: every read of those opens them with their key, as the
+key's retirement requires, and their clear text stays out of long-lived memory.
+
 Encryption at rest (:mod:`broker.store.sealing`): the store keeps each live queue's settings,
 and ``commit`` picks, in the caller's trio step, the key each inserted message is sealed with;
 the writer thread seals, the reader threads open.
@@ -25,6 +35,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,11 +43,17 @@ from typing import Any, TypeVar
 import msgspec
 import trio
 
-from broker.model.mutations import MessageInserted, MessageMoved
+from broker.model.mutations import (
+    MessageDeleted,
+    MessageDelivered,
+    MessageInserted,
+    MessageMoved,
+    QueuePurged,
+)
 from broker.model.outcomes import RestoredMessage
 from broker.model.settings import QueueSettings
 from broker.model.topics import TopicSettings
-from broker.store import sqlite_sns
+from broker.store import sqlite_moves, sqlite_sns
 from broker.store.base import (
     AnyMutation,
     DeduplicationEntry,
@@ -50,6 +67,7 @@ from broker.store.base import (
     QueueRecord,
     Store,
     StoredMessage,
+    StoredMoveTask,
     StoreError,
     StoreStatistics,
     TopicNameTaken,
@@ -71,6 +89,11 @@ VACUUM_PAGES = 1_000  # free pages returned to the filesystem per idle step
 MAX_READERS = 4  # read connections kept open; one per concurrent reader thread
 COMMIT_SECONDS_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 MUTATIONS_PER_COMMIT_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
+BODY_CACHE_BYTES = 64 << 20  # bodies of messages kept in memory for receives (see above)
+# What a cached message costs beyond its body and attributes: the StoredMessage, its message
+# id string, the dict slot and the (queue id, seq) key. Measured ~330 bytes; rounded up.
+CACHE_ENTRY_OVERHEAD = 400
+CACHE_ATTRIBUTE_OVERHEAD = 150  # per message attribute: name, AttributeValue, dict slot
 
 _SETTINGS_DECODER = msgspec.json.Decoder(QueueSettings)
 _T = TypeVar("_T")
@@ -83,7 +106,17 @@ class _Job:
     writer can apply a run of such jobs as one batch (``apply`` does the same for one job).
     """
 
-    __slots__ = ("apply", "done", "error", "keys", "mutations", "on_durable", "result", "size")
+    __slots__ = (
+        "apply",
+        "done",
+        "error",
+        "keys",
+        "mutations",
+        "on_durable",
+        "result",
+        "size",
+        "waited",
+    )
 
     def __init__(
         self,
@@ -101,6 +134,7 @@ class _Job:
         self.done = trio.Event()
         self.result: Any = None
         self.error: BaseException | None = None
+        self.waited = True  # False: nobody waits (commit_later); a failure is then fatal
 
 
 _STOP = object()
@@ -109,15 +143,26 @@ _STOP = object()
 class SqliteStore(Store):
     """The SQLite implementation of :class:`~broker.store.base.Store`."""
 
-    def __init__(self, data_dir: Path, *, sealer: Sealer | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        sealer: Sealer | None = None,
+        body_cache_bytes: int = BODY_CACHE_BYTES,
+    ) -> None:
         """Remember where the file lives; :meth:`open` does the work.
 
         Args:
             data_dir: the broker's data directory; the file is ``wharf.sqlite3`` in it.
             sealer: the keys of encryption at rest; None stores every message in clear.
+            body_cache_bytes: the budget of the body cache (0 turns it off).
         """
         self.path = Path(data_dir) / FILE_NAME
         self.sealer = sealer or Sealer(None)
+        self._cache: dict[tuple[int, int], StoredMessage] = {}
+        self._cache_order: deque[tuple[int, int]] = deque()  # keys, oldest insert first
+        self._cache_bytes = 0
+        self._cache_budget = body_cache_bytes
         self._settings: dict[int, QueueSettings] = {}  # live queues, for sealing
         self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -181,17 +226,97 @@ class SqliteStore(Store):
             KeyUnavailable: an inserted message's queue names a KMS key the key file lacks
                 (callers prevent it with :meth:`check_sealing`); nothing was queued.
         """
+        job = self._commit_job(mutations, on_durable)
+        await self._wait(job)
+
+    def commit_later(
+        self, mutations: Sequence[AnyMutation], on_durable: Callable[[], None] | None = None
+    ) -> None:
+        """See :meth:`Store.commit_later`.
+
+        Raises:
+            KeyUnavailable: as :meth:`commit`; nothing was queued.
+            StoreError: the store failed earlier, or is not open.
+        """
+        self._commit_job(mutations, on_durable).waited = False
+
+    def _commit_job(
+        self, mutations: Sequence[AnyMutation], on_durable: Callable[[], None] | None
+    ) -> _Job:
         batch = list(mutations)
         # Resolved now, in the caller's step: a reload of the key file or a settings change
         # after this point applies to later commits only.
         keys = self._sealing_keys(batch)
-        await self._submit(
+        job = self._queue(
             lambda connection: apply_mutations(connection, batch, self._to_reclaim, keys),
             on_durable,
             len(batch),
             mutations=batch,
             keys=keys,
         )
+        if self._cache_budget:
+            self._track(batch, keys)
+        return job
+
+    def _track(self, batch: list[AnyMutation], sealed: Mapping[int, SealingKey]) -> None:
+        """Keep the body cache in step with ``batch`` (in call order, like the commits)."""
+        cache = self._cache
+        for mutation in batch:
+            kind = type(mutation)  # exact types: cheaper than isinstance on the hot path
+            if kind is MessageInserted:
+                assert isinstance(mutation, MessageInserted)
+                if mutation.queue_id not in sealed:
+                    self._cache_insert(mutation)
+            elif kind is MessageDeleted:
+                assert isinstance(mutation, MessageDeleted)
+                self._cache_drop((mutation.queue_id, mutation.seq))
+            elif isinstance(mutation, MessageDelivered):
+                key = (mutation.queue_id, mutation.seq)
+                cached = cache.get(key)
+                if cached is not None and cached.first_received_at is None:
+                    cache[key] = msgspec.structs.replace(
+                        cached, first_received_at=mutation.received_at
+                    )
+            elif isinstance(mutation, MessageMoved):
+                self._cache_drop((mutation.source_queue_id, mutation.source_seq))
+            elif isinstance(mutation, QueuePurged) and cache:
+                queue_id, below = mutation.queue_id, mutation.below_seq
+                for key in [k for k in cache if k[0] == queue_id and k[1] < below]:
+                    self._cache_drop(key)
+
+    def _cache_insert(self, m: MessageInserted) -> None:
+        cost = _cache_cost(m.body, m.attributes)
+        if cost > self._cache_budget:
+            return
+        order = self._cache_order
+        while self._cache_bytes + cost > self._cache_budget:
+            self._cache_drop(order.popleft())  # the oldest first; gone ones cost nothing
+        key = (m.queue_id, m.seq)
+        self._cache_drop(key)  # a failing duplicate insert must not skew the byte count
+        order.append(key)
+        if len(order) > 2 * len(self._cache) + 1024:
+            # Keys of messages deleted meanwhile pile up at the front: keep the live ones.
+            self._cache_order = order = deque(self._cache)
+            order.append(key)
+        self._cache_bytes += cost
+        self._cache[key] = StoredMessage(
+            seq=m.seq,
+            message_id=m.message_id,
+            body=m.body,
+            attributes=m.attributes,
+            sent_at=m.sent_at,
+            first_received_at=None,
+            group_id=m.group_id,
+            deduplication_id=m.deduplication_id,
+            sender_id=m.sender_id,
+            trace_header=m.trace_header,
+            dead_letter_source_arn=None,
+        )
+
+    def _cache_drop(self, key: tuple[int, int]) -> None:
+        cached = self._cache.pop(key, None)
+        if cached is not None:
+            self._cache_bytes -= _cache_cost(cached.body, cached.attributes)
 
     def check_sealing(self, settings: QueueSettings) -> None:
         """See :meth:`Store.check_sealing`."""
@@ -283,6 +408,8 @@ class SqliteStore(Store):
     async def delete_queue(self, queue_id: int) -> None:
         """See :meth:`Store.delete_queue`."""
         self._settings.pop(queue_id, None)
+        for key in [k for k in self._cache if k[0] == queue_id]:
+            self._cache_drop(key)
 
         def mark(connection: sqlite3.Connection) -> None:
             connection.execute("UPDATE queues SET deleted = 1 WHERE queue_id = ?", (queue_id,))
@@ -351,6 +478,19 @@ class SqliteStore(Store):
             lambda connection: sqlite_sns.read_http_payload(connection, delivery_id)
         )
 
+    # ------------------------------------------------------------------ move tasks
+
+    async def load_move_tasks(self) -> list[StoredMoveTask]:
+        """See :meth:`Store.load_move_tasks`."""
+        return await self._read(sqlite_moves.load_move_tasks)
+
+    async def save_move_task(self, task: StoredMoveTask, forget: Sequence[str] = ()) -> None:
+        """See :meth:`Store.save_move_task`."""
+        forgotten = list(forget)
+        await self._submit(
+            lambda connection: sqlite_moves.save_move_task(connection, task, forgotten), None, 0
+        )
+
     async def _submit(
         self,
         apply: Callable[[sqlite3.Connection], Any],
@@ -360,14 +500,27 @@ class SqliteStore(Store):
         mutations: list[AnyMutation] | None = None,
         keys: dict[int, SealingKey] | None = None,
     ) -> Any:
+        return await self._wait(self._queue(apply, on_durable, size, mutations, keys))
+
+    def _queue(
+        self,
+        apply: Callable[[sqlite3.Connection], Any],
+        on_durable: Callable[[], None] | None,
+        size: int,
+        mutations: list[AnyMutation] | None = None,
+        keys: dict[int, SealingKey] | None = None,
+    ) -> _Job:
+        """Hand a job to the writer, now, in the caller's step: commits land in call order."""
         if self._failure is not None:
             raise StoreError("the store failed earlier and accepts no writes") from self._failure
         if self._thread is None:
             raise StoreError("the store is not open")
         job = _Job(apply, on_durable, size, mutations, keys)
-        # Queued before the first checkpoint: commits land in call order.
         self._pending += 1
         self._jobs.put(job)
+        return job
+
+    async def _wait(self, job: _Job) -> Any:
         await job.done.wait()
         if job.error is not None:
             raise StoreError(f"the write failed: {job.error}") from job.error
@@ -473,6 +626,14 @@ class SqliteStore(Store):
                     job.on_durable()
                 except Exception as error:  # a bug in the caller's callback; report it
                     job.error = error
+            if job.error is not None and job.mutations:
+                # The cache took the job's inserts in when it was queued: the file is the truth.
+                for mutation in job.mutations:
+                    if isinstance(mutation, MessageInserted):
+                        self._cache_drop((mutation.queue_id, mutation.seq))
+            if job.error is not None and not job.waited and self._failure is None:
+                # Nobody can be told this write failed, and memory is ahead of the disk.
+                self._failure = job.error
             job.done.set()
 
     def _reclaim(self, connection: sqlite3.Connection) -> None:
@@ -502,14 +663,30 @@ class SqliteStore(Store):
         return queues
 
     async def read_messages(self, queue_id: int, seqs: Sequence[int]) -> list[StoredMessage]:
-        """See :meth:`Store.read_messages`."""
-        wanted = list(seqs)
-        if not wanted:
-            return []
+        """See :meth:`Store.read_messages`.
+
+        Cached messages are answered from memory; only the others are read from the file
+        (in a worker thread), and only when there are any.
+        """
+        cache = self._cache
+        found: list[StoredMessage] = []
+        missing: list[int] = []
+        for seq in seqs:
+            cached = cache.get((queue_id, seq))
+            if cached is None:
+                missing.append(seq)
+            else:
+                found.append(cached)
+        if not missing:
+            return found
         sealer = self.sealer
-        return await self._read(
-            lambda connection: _read_messages(connection, queue_id, wanted, sealer)
+        read = await self._read(
+            lambda connection: _read_messages(connection, queue_id, missing, sealer)
         )
+        if not found:
+            return read
+        by_seq = {m.seq: m for m in (*found, *read)}
+        return [by_seq[seq] for seq in seqs if seq in by_seq]
 
     async def _read(self, query: Callable[[sqlite3.Connection], _T]) -> _T:
         async with self._reader_slots:
@@ -542,6 +719,15 @@ class SqliteStore(Store):
             commit_seconds=self._commit_seconds.snapshot(),
             mutations_per_commit=self._per_commit.snapshot(),
         )
+
+
+def _cache_cost(body: str, attributes: Mapping[str, Any]) -> int:
+    """What a cached message is counted as, in bytes (its body as characters)."""
+    cost = CACHE_ENTRY_OVERHEAD + len(body)
+    for value in attributes.values():
+        payload = value.string_value if value.string_value is not None else value.binary_value
+        cost += CACHE_ATTRIBUTE_OVERHEAD + len(payload or "")
+    return cost
 
 
 def _load(connection: sqlite3.Connection) -> list[LoadedQueue]:

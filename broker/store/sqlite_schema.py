@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _create_version_1(connection: sqlite3.Connection) -> None:
@@ -116,6 +116,28 @@ def _create_sns(connection: sqlite3.Connection) -> None:
     )
 
 
+def _create_move_tasks(connection: sqlite3.Connection) -> None:
+    # Message move tasks (broker/store/sqlite_moves.py): at most 10 per source queue, so that
+    # ListMessageMoveTasks keeps its history and RUNNING tasks resume after a restart.
+    _run_script(
+        connection,
+        """
+        CREATE TABLE move_tasks (
+            task_id TEXT PRIMARY KEY,                    -- a UUID (rowid keeps the saving order)
+            source_arn TEXT NOT NULL,
+            destination_arn TEXT,                        -- NULL: back to each original source
+            max_per_second INTEGER,                      -- NULL: not paced
+            started_at INTEGER NOT NULL,
+            to_move INTEGER NOT NULL,
+            moved INTEGER NOT NULL,
+            status TEXT NOT NULL,                        -- RUNNING, CANCELLING, COMPLETED...
+            failure_reason TEXT
+        );
+        CREATE INDEX move_tasks_source ON move_tasks (source_arn);
+        """,
+    )
+
+
 def _run_script(connection: sqlite3.Connection, script: str) -> None:
     # Not executescript(): it commits first, and migrations must stay inside their transaction.
     # Statements are split on ";", so comments in the script must not contain one.
@@ -129,6 +151,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     0: _create_version_1,
     1: _add_key_ids,
     2: _create_sns,
+    3: _create_move_tasks,
 }
 
 

@@ -159,6 +159,13 @@ def _header_map(headers: Iterable[Header]) -> dict[str, list[str]]:
     return result
 
 
+def _is_authorization(name: str | bytes) -> bool:
+    """Whether a header name is ``Authorization`` as :func:`_header_map` would key it."""
+    if name == b"authorization" or name == "authorization":
+        return True
+    return len(name) >= 13 and _text(name).strip().lower() == "authorization"
+
+
 def _query_pairs(query: str | bytes) -> list[tuple[str, str]]:
     # Raw (still percent-encoded) pairs; empty segments ("a=1&&b=2") carry nothing.
     raw = _text(query)
@@ -605,8 +612,11 @@ def peek_scope(*, headers: Iterable[Header], query: str | bytes) -> CredentialSc
     Raises:
         SigV4Error: ``IncompleteSignature`` if a credential is present but malformed.
     """
-    header_map = _header_map(headers)
-    header = _single(header_map, "authorization", "Header")
+    # Only the Authorization header matters here: collect it without mapping every header.
+    authorization = [_text(value) for name, value in headers if _is_authorization(name)]
+    header = _single(
+        {"authorization": authorization} if authorization else {}, "authorization", "Header"
+    )
     if header is not None:
         algorithm, _, rest = header.strip().partition(" ")
         if algorithm != ALGORITHM:

@@ -10,12 +10,17 @@ import base64
 import itertools
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from botocore.exceptions import ClientError
 
+from broker.store.base import StoredMoveTask
+from broker.store.sqlite import SqliteStore
 from tests.support.broker import BrokerThread, QueueFactory, broker_config
 
 DEADLINE_SECONDS = 30.0
@@ -34,8 +39,8 @@ def counts(sqs: Any, url: str) -> tuple[int, int]:
     return int(attributes[names[0]]), int(attributes[names[1]])
 
 
-def eventually(check: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + DEADLINE_SECONDS
+def eventually(check: Callable[[], Any], what: str, limit_seconds: float = DEADLINE_SECONDS) -> Any:
+    deadline = time.monotonic() + limit_seconds
     while True:
         value = check()
         if value:
@@ -98,12 +103,14 @@ def latest_task(sqs: Any, source_arn: str) -> dict[str, Any]:
     return dict(results[0])
 
 
-def wait_for_status(sqs: Any, source_arn: str, *statuses: str) -> dict[str, Any]:
+def wait_for_status(
+    sqs: Any, source_arn: str, *statuses: str, limit_seconds: float = DEADLINE_SECONDS
+) -> dict[str, Any]:
     def settled() -> dict[str, Any] | None:
         task = latest_task(sqs, source_arn)
         return task if task["Status"] in statuses else None
 
-    return dict(eventually(settled, f"a task in {statuses}"))
+    return dict(eventually(settled, f"a task in {statuses}", limit_seconds))
 
 
 def error_of(call: Callable[[], Any]) -> tuple[str, str, int]:
@@ -362,7 +369,7 @@ def test_bad_task_handles(sqs, queues):
 # ---------------------------------------------------------------------- stop and restart
 
 
-def test_stopping_mid_task_loses_and_duplicates_nothing(tmp_path):
+def test_a_task_stopped_mid_way_resumes_after_the_restart(tmp_path):
     config = broker_config(tmp_path / "data")
     bodies = [f"m{i}" for i in range(40)]
     with BrokerThread(config) as broker:
@@ -372,21 +379,95 @@ def test_stopping_mid_task_loses_and_duplicates_nothing(tmp_path):
         destination = factory()
         send_all(sqs, dlq, bodies)
         dlq_arn = arn_of(sqs, dlq)
-        sqs.start_message_move_task(
+        handle = sqs.start_message_move_task(
             SourceArn=dlq_arn,
             DestinationArn=arn_of(sqs, destination),
             MaxNumberOfMessagesPerSecond=20,
-        )
+        )["TaskHandle"]
         eventually(
             lambda: latest_task(sqs, dlq_arn)["ApproximateNumberOfMessagesMoved"] >= 5, "moves"
         )
+        before = latest_task(sqs, dlq_arn)
     with BrokerThread(config) as broker:  # the same data directory
         sqs = broker.client()
-        assert sqs.list_message_move_tasks(SourceArn=dlq_arn)["Results"] == []  # forgotten
-        visible, hidden = counts(sqs, dlq)
+        resumed = latest_task(sqs, dlq_arn)
+        assert resumed["StartedTimestamp"] == before["StartedTimestamp"]
+        assert resumed["ApproximateNumberOfMessagesToMove"] == len(bodies)
+        assert (
+            resumed["ApproximateNumberOfMessagesMoved"]
+            >= before["ApproximateNumberOfMessagesMoved"]
+        )
+        if resumed["Status"] == "RUNNING":
+            assert resumed["TaskHandle"] == handle
+        # If the stop caught a batch between its receive and its move, those messages come
+        # back in the source after their 60 s; the resumed task waits for them.
+        done = wait_for_status(sqs, dlq_arn, "COMPLETED", limit_seconds=90)
         moved = drain(sqs, destination)
-        assert visible + hidden + len(moved) == len(bodies)
-        left = drain(sqs, dlq)  # the in-flight ones (if any) come back after the timeout
-        assert len(left) == visible
-        assert len({m["Body"] for m in moved}) == len(moved)
-        assert not {m["Body"] for m in moved} & {m["Body"] for m in left}
+        assert sorted(m["Body"] for m in moved) == sorted(bodies)  # all, each once
+        assert done["ApproximateNumberOfMessagesMoved"] == len(bodies)
+        assert counts(sqs, dlq) == (0, 0)
+        assert len(sqs.list_message_move_tasks(SourceArn=dlq_arn, MaxResults=10)["Results"]) == 1
+
+
+def test_the_task_history_survives_a_restart(tmp_path):
+    config = broker_config(tmp_path / "data")
+    with BrokerThread(config) as broker:
+        sqs = broker.client()
+        factory = QueueFactory(sqs, "history")
+        _, dlq = dead_letter_pipe(sqs, factory)
+        destination = factory()
+        dlq_arn = arn_of(sqs, dlq)
+        for round_number in range(3):
+            send_all(sqs, dlq, [f"r{round_number}"])
+            sqs.start_message_move_task(SourceArn=dlq_arn, DestinationArn=arn_of(sqs, destination))
+            wait_for_status(sqs, dlq_arn, "COMPLETED")
+        send_all(sqs, dlq, [f"c{i}" for i in range(20)])
+        handle = sqs.start_message_move_task(
+            SourceArn=dlq_arn,
+            DestinationArn=arn_of(sqs, destination),
+            MaxNumberOfMessagesPerSecond=1,
+        )["TaskHandle"]
+        sqs.cancel_message_move_task(TaskHandle=handle)
+        wait_for_status(sqs, dlq_arn, "CANCELLED")
+        history = sqs.list_message_move_tasks(SourceArn=dlq_arn, MaxResults=10)["Results"]
+    with BrokerThread(config) as broker:
+        sqs = broker.client()
+        after = sqs.list_message_move_tasks(SourceArn=dlq_arn, MaxResults=10)["Results"]
+        assert after == history
+        assert [task["Status"] for task in after] == ["CANCELLED", *["COMPLETED"] * 3]
+
+
+async def save_cancelling_task(directory: Path, source_arn: str) -> None:
+    store = SqliteStore(directory)
+    await store.open()
+    try:
+        await store.save_move_task(
+            StoredMoveTask(
+                task_id=str(uuid.uuid4()),
+                source_arn=source_arn,
+                destination_arn=None,
+                max_per_second=None,
+                started_at=1_700_000_000_000,
+                to_move=3,
+                moved=1,
+                status="CANCELLING",
+                failure_reason=None,
+            )
+        )
+    finally:
+        await store.aclose()
+
+
+def test_a_task_cancelled_just_before_a_stop_ends_cancelled(tmp_path):
+    config = broker_config(tmp_path / "data")
+    with BrokerThread(config) as broker:
+        sqs = broker.client()
+        _, dlq = dead_letter_pipe(sqs, QueueFactory(sqs, "cancelling"))
+        dlq_arn = arn_of(sqs, dlq)
+    # As if the broker had stopped between the cancel's answer and the runner noticing it.
+    trio.run(save_cancelling_task, tmp_path / "data", dlq_arn)
+    with BrokerThread(config) as broker:
+        task = latest_task(broker.client(), dlq_arn)
+        assert task["Status"] == "CANCELLED"
+        assert task["ApproximateNumberOfMessagesMoved"] == 1
+        assert "TaskHandle" not in task

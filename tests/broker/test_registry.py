@@ -28,7 +28,7 @@ MINUTE_MS = 60_000
 
 
 @contextlib.asynccontextmanager
-async def open_registry(directory: Path) -> AsyncIterator[QueueRegistry]:
+async def open_registry(directory: Path, **options: Any) -> AsyncIterator[QueueRegistry]:
     store = SqliteStore(directory)
     await store.open()
     try:
@@ -38,6 +38,7 @@ async def open_registry(directory: Path) -> AsyncIterator[QueueRegistry]:
             region="eu-west-1",
             account_id="123456789012",
             log=EventLog("broker", level="debug", stream=io.StringIO()),
+            **options,
         )
         await registry.load()
         yield registry
@@ -167,8 +168,37 @@ async def test_delete_wakes_long_polls_and_is_idempotent(registry: QueueRegistry
     assert queue.deleted
     assert registry.get("q") is None
     await registry.delete(queue)  # a second delete of the same queue does nothing
+    registry.clock = lambda: now_ms() + MINUTE_MS  # past AWS's 60 s before a name is reused
     again = await registry.create("q", {}, {})
     assert again is not queue
+
+
+async def test_a_deleted_name_is_refused_for_60_seconds(tmp_path: Path):
+    clock = [1_700_000_000_000]
+    async with open_registry(tmp_path, clock=lambda: clock[0]) as registry:
+        queue = await registry.create("reused", {}, {})
+        await registry.delete(queue)
+        clock[0] += MINUTE_MS - 1
+        with pytest.raises(SqsError) as excinfo:
+            await registry.create("reused", {}, {})
+        assert excinfo.value.code == "AWS.SimpleQueueService.QueueDeletedRecently"
+        assert registry.get("reused") is None
+        await registry.create("another", {}, {})  # other names are free
+        clock[0] += 1
+        again = await registry.create("reused", {"VisibilityTimeout": "5"}, {})
+        assert again.settings.visibility_timeout == 5
+
+
+async def test_the_in_flight_limit_reaches_every_queue(tmp_path: Path):
+    async with open_registry(tmp_path, in_flight_limit=2) as registry:
+        queue = await registry.create("few", {}, {})
+        for body in "abc":
+            await send(registry, queue, body)
+        assert len(await receive(registry, queue)) == 2
+    async with open_registry(tmp_path, in_flight_limit=2) as registry:  # loaded queues too
+        queue = registry.require("few")
+        assert queue.counts(now_ms()).in_flight == 2
+        assert await receive(registry, queue) == []
 
 
 # ---------------------------------------------------------------------- wake-ups

@@ -210,3 +210,42 @@ async def test_empty_receives_are_counted(api: SqsApi):
     await call(api, "SendMessage", QueueUrl=url, MessageBody="one")
     await call(api, "ReceiveMessage", QueueUrl=url)
     assert (queue.stats.sent, queue.stats.received, queue.stats.bytes_sent) == (1, 1, 3)
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 20])
+async def test_a_redelivery_keeps_the_first_receive_timestamp(tmp_path: Path, cache_bytes: int):
+    # A standard queue's first receive does not wait for its commit; a redelivery must still
+    # see the first receive's timestamp, from the body cache or from the file.
+    store = SqliteStore(tmp_path, body_cache_bytes=cache_bytes)
+    await store.open()
+    try:
+        registry = QueueRegistry(
+            store,
+            Signer(b"sqs api test key, 32 bytes long."),
+            region="us-east-1",
+            account_id=ACCOUNT,
+            log=EventLog("broker", level="debug", stream=io.StringIO()),
+        )
+        api = SqsApi(registry, account_id=ACCOUNT)
+        url = await make_queue(api, "again")
+        await call(api, "SendMessage", QueueUrl=url, MessageBody="hello")
+        received = []
+        for _ in range(2):
+            result = await call(
+                api,
+                "ReceiveMessage",
+                QueueUrl=url,
+                VisibilityTimeout=0,
+                MessageSystemAttributeNames=["All"],
+            )
+            (message,) = result["Messages"]
+            assert message["Body"] == "hello"
+            received.append(message["Attributes"])
+        first, second = received
+        assert (first["ApproximateReceiveCount"], second["ApproximateReceiveCount"]) == ("1", "2")
+        assert int(first["ApproximateFirstReceiveTimestamp"]) > 0
+        assert (
+            second["ApproximateFirstReceiveTimestamp"] == first["ApproximateFirstReceiveTimestamp"]
+        )
+    finally:
+        await store.aclose()

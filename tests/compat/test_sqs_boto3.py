@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import functools
 import hashlib
 import json
 import time
@@ -19,8 +20,13 @@ from typing import Any
 from unittest import mock
 
 import botocore.exceptions
+import botocore.parsers
 import pytest
+import trio
 
+from broker.config import SqsSettings
+from broker.registry import now_ms
+from monitoring.settings import HttpLimits
 from tests.support.broker import (
     ACCESS_KEY_ID,
     ACCOUNT_ID,
@@ -31,6 +37,7 @@ from tests.support.broker import (
     broker_config,
     write_credentials,
 )
+from tests.support.http import raw_exchange
 
 # ---------------------------------------------------------------------- helpers
 
@@ -245,6 +252,29 @@ def test_list_queues_refuses_bad_max_results(sqs, max_results):
     with pytest.raises(botocore.exceptions.ClientError) as excinfo:
         sqs.list_queues(MaxResults=max_results)
     assert code_of(excinfo) == "InvalidParameterValue"
+
+
+def test_a_deleted_name_is_refused_for_60_seconds(broker: BrokerThread, protocol):
+    sqs = broker.client(protocol)
+    url = sqs.create_queue(QueueName="recycled")["QueueUrl"]
+    sqs.delete_queue(QueueUrl=url)
+    with pytest.raises(sqs.exceptions.QueueDeletedRecently) as excinfo:
+        sqs.create_queue(QueueName="recycled")
+    error = error_of(excinfo)
+    assert error["Code"] == "AWS.SimpleQueueService.QueueDeletedRecently"
+    assert error["Message"] == (
+        "You must wait 60 seconds after deleting a queue before you can create another with "
+        "the same name."
+    )
+    assert error["Type"] == "Sender"
+    assert status_of(excinfo) == 400
+    with pytest.raises(sqs.exceptions.QueueDoesNotExist):
+        sqs.get_queue_url(QueueName="recycled")  # the refused create made nothing
+    # 60 seconds later (the registry's clock moved, not the test's) the name is free again.
+    registry = broker.app.registry
+    assert registry is not None
+    broker.call_sync(setattr, registry, "clock", lambda: now_ms() + 60_000)
+    assert sqs.create_queue(QueueName="recycled")["QueueUrl"] == url
 
 
 # ---------------------------------------------------------------------- attributes
@@ -1091,6 +1121,131 @@ def test_purge_queue(sqs, queues: QueueFactory):
     # Messages sent after the purge are kept.
     sqs.send_message(QueueUrl=url, MessageBody="after")
     assert [m["Body"] for m in receive(sqs, url)] == ["after"]
+
+
+# ---------------------------------------------------------------------- the in-flight limit
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerThread]:
+    """A broker whose queues allow 3 messages in flight (AWS: 120,000)."""
+    config = broker_config(
+        tmp_path_factory.mktemp("limited"), sqs=SqsSettings(max_in_flight_messages=3)
+    )
+    with BrokerThread(config) as broker:
+        yield broker
+
+
+def test_standard_queue_over_the_in_flight_limit(limited: BrokerThread, protocol):
+    sqs = limited.client(protocol)
+    url = sqs.create_queue(QueueName=f"over-limit-{protocol}")["QueueUrl"]
+    for i in range(5):
+        sqs.send_message(QueueUrl=url, MessageBody=str(i))
+    first = receive(sqs, url, MaxNumberOfMessages=10)
+    assert len(first) == 3
+    with pytest.raises(sqs.exceptions.OverLimit) as excinfo:
+        receive(sqs, url)
+    error = error_of(excinfo)
+    assert error["Code"] == "OverLimit"
+    assert error["Type"] == "Sender"
+    assert error["Message"].startswith("Too many messages have been received without being")
+    assert status_of(excinfo) == 403
+    # A long poll gets no messages and no error (AWS: "If you use long polling, Amazon SQS
+    # returns no error messages"), and is answered as soon as a delete makes room.
+    receiver = limited.client(protocol, read_timeout=30)
+    assert receive(receiver, url, WaitTimeSeconds=1) == []
+    assert len(receive(sqs, url, VisibilityTimeout=0)) == 1  # nothing goes in flight: allowed
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(receive, receiver, url, WaitTimeSeconds=10)
+        time.sleep(0.3)
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=first[0]["ReceiptHandle"])
+        assert len(future.result(timeout=8)) == 1
+    assert approximate_counts(sqs, url) == (1, 3, 0)
+
+
+def test_fifo_queue_over_the_in_flight_limit_returns_nothing(limited: BrokerThread, protocol):
+    sqs = limited.client(protocol)
+    url = sqs.create_queue(
+        QueueName=f"over-limit-{protocol}.fifo",
+        Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true"},
+    )["QueueUrl"]
+    for i in range(5):
+        sqs.send_message(QueueUrl=url, MessageBody=str(i), MessageGroupId=f"g{i}")
+    first = receive(sqs, url, MaxNumberOfMessages=10)
+    assert len(first) == 3
+    # AWS: "If this limit is reached, Amazon SQS does not return an error".
+    assert receive(sqs, url, MaxNumberOfMessages=10) == []
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=first[0]["ReceiptHandle"])
+    assert len(receive(sqs, url, MaxNumberOfMessages=10)) == 1
+
+
+# ---------------------------------------------------------------------- refused requests
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerThread]:
+    """A broker with the smallest body limit (64 KiB) and a 0.5 s body timeout."""
+    config = broker_config(
+        tmp_path_factory.mktemp("strict"),
+        api={
+            "max_request_bytes": 65536,
+            "limits": HttpLimits(header_timeout_seconds=0.5, body_timeout_seconds=0.5),
+        },
+    )
+    with BrokerThread(config) as broker:
+        yield broker
+
+
+def test_a_request_body_over_the_limit_is_answered_as_aws_front_end_does(
+    strict: BrokerThread, protocol
+):
+    # AWS answers 413 and a plain-text line, outside both protocols (see broker/refusals.py);
+    # botocore reports the same as it does against AWS.
+    sqs = strict.client(protocol)
+    url = sqs.create_queue(QueueName=f"too-large-{protocol}")["QueueUrl"]
+    if protocol == "json":
+        with pytest.raises(botocore.exceptions.ClientError) as excinfo:
+            sqs.send_message(QueueUrl=url, MessageBody="x" * 70_000)
+        assert error_of(excinfo) == {
+            "Code": "413",
+            "Message": "HTTP content length exceeded 65536 bytes.\n",
+        }
+        assert status_of(excinfo) == 413
+    else:
+        with pytest.raises(botocore.parsers.ResponseParserError) as parse_error:
+            sqs.send_message(QueueUrl=url, MessageBody="x" * 70_000)
+        assert "HTTP content length exceeded 65536 bytes." in str(parse_error.value)
+    assert receive(sqs, url) == []
+    sqs.send_message(QueueUrl=url, MessageBody="x" * 60_000)  # under the limit: accepted
+
+
+@pytest.mark.parametrize("protocol", ["json", "query"])
+def test_a_stalled_request_gets_request_timeout_in_its_protocol(strict: BrokerThread, protocol):
+    host, port = strict.api
+    if protocol == "json":
+        head = b"X-Amz-Target: AmazonSQS.ListQueues\r\nContent-Type: application/x-amz-json-1.0\r\n"
+    else:
+        head = b"Content-Type: application/x-www-form-urlencoded\r\n"
+    payload = (
+        b"POST / HTTP/1.1\r\nHost: "
+        + f"{host}:{port}".encode()
+        + b"\r\n"
+        + head
+        + b"Content-Length: 100\r\n\r\n{"  # then nothing: the body stalls
+    )
+    reply = trio.run(functools.partial(raw_exchange, strict.api, payload))
+    head_bytes, _, body = reply.partition(b"\r\n\r\n")
+    lines = head_bytes.decode().split("\r\n")
+    assert lines[0].startswith("HTTP/1.1 408 ")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    raw = {"status_code": 408, "headers": headers, "body": body}
+    error = botocore.parsers.create_parser(protocol).parse(raw, None)["Error"]
+    if protocol == "json":
+        assert headers["x-amzn-query-error"] == "requesttimeout;sender"  # lower-cased above
+        assert json.loads(body)["__type"] == "com.amazonaws.sqs#RequestTimeout"
+    else:
+        assert error["Code"] == "RequestTimeout"
+    assert error["Message"].startswith("Your socket connection to the server was not read")
 
 
 # ---------------------------------------------------------------------- FIFO

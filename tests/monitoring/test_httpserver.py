@@ -4,7 +4,7 @@ import h11
 import pytest
 import trio
 
-from monitoring.httpserver import Draining, Request, Response, serve_http
+from monitoring.httpserver import Draining, Refusal, Request, Response, serve_http
 from monitoring.settings import HttpLimits
 from tests.support.http import raw_exchange, read_response, request
 
@@ -17,8 +17,9 @@ FAST = HttpLimits(
 
 
 class Server:
-    def __init__(self, nursery, handler, limits=FAST, max_body=1024):
+    def __init__(self, nursery, handler, limits=FAST, max_body=1024, on_refusal=None):
         self.nursery = nursery
+        self.on_refusal = on_refusal
         self.handler = handler
         self.limits = limits
         self.max_body = max_body
@@ -41,6 +42,7 @@ class Server:
             draining=self.draining,
             on_error=self.errors.append,
             max_body_bytes=self.max_body,
+            on_refusal=self.on_refusal,
         )
 
 
@@ -272,3 +274,97 @@ async def test_client_that_never_reads_is_cut_off_by_the_write_timeout(nursery):
             while chunk := await stream.receive_some(1 << 20):
                 received += len(chunk)
         assert received < len(big)
+
+
+# ---------------------------------------------------------------------- refusals shaped by the app
+
+
+class Shaper:
+    """An ``on_refusal`` hook that records what it was given and answers in JSON."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.seen: list[Refusal] = []
+        self.fail = fail
+
+    def __call__(self, refusal: Refusal) -> Response:
+        self.seen.append(refusal)
+        if self.fail:
+            raise RuntimeError("hook bug")
+        body = f'{{"status": {refusal.status}, "limit": {refusal.max_body_bytes}}}'.encode()
+        return Response(
+            refusal.status,
+            body,
+            content_type="application/json",
+            headers=[("x-shaped", "yes"), ("connection", "keep-alive")],
+        )
+
+
+async def test_on_refusal_shapes_413_for_a_declared_body(nursery):
+    shaper = Shaper()
+    server = await Server(nursery, echo, on_refusal=shaper).start()
+    reply = await raw_exchange(
+        server.addr,
+        b"POST /q?x=1 HTTP/1.1\r\nHost: t\r\nX-Amz-Target: A.B\r\nContent-Length: 5000\r\n\r\n",
+    )
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ")
+    assert b"content-type: application/json" in head
+    assert b"x-shaped: yes" in head
+    assert b"connection: close" in head  # always closes
+    assert b"keep-alive" not in head
+    assert body == b'{"status": 413, "limit": 1024}'
+    (refusal,) = shaper.seen
+    assert (refusal.method, refusal.target) == (b"POST", b"/q?x=1")
+    assert refusal.header(b"x-amz-target") == b"A.B"
+    assert "exceeds the limit of 1024" in refusal.message
+
+
+async def test_on_refusal_shapes_413_for_a_chunked_body(nursery):
+    shaper = Shaper()
+    server = await Server(nursery, echo, on_refusal=shaper).start()
+    chunk = b"400\r\n" + b"x" * 1024 + b"\r\n"
+    reply = await raw_exchange(
+        server.addr,
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 3,
+    )
+    assert reply.startswith(b"HTTP/1.1 413 ")
+    assert reply.endswith(b'{"status": 413, "limit": 1024}')
+    assert shaper.seen[0].method == b"POST"
+
+
+async def test_on_refusal_shapes_408_with_and_without_a_head(nursery):
+    shaper = Shaper()
+    server = await Server(nursery, echo, on_refusal=shaper).start()
+    stalled_head = await raw_exchange(server.addr, b"POST / HTTP/1.1\r\nHost: t\r\n")
+    stalled_body = await raw_exchange(
+        server.addr, b"POST /b HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc"
+    )
+    for reply in (stalled_head, stalled_body):
+        assert reply.startswith(b"HTTP/1.1 408 ")
+        assert reply.endswith(b'{"status": 408, "limit": 1024}')
+    without, with_head = shaper.seen
+    assert (without.method, without.target, without.headers) == (None, None, [])
+    assert (with_head.method, with_head.target) == (b"POST", b"/b")
+    assert with_head.header(b"content-length") == b"10"
+
+
+async def test_a_failing_hook_is_reported_and_the_plain_answer_goes_out(nursery):
+    server = await Server(nursery, echo, on_refusal=Shaper(fail=True)).start()
+    reply = await raw_exchange(
+        server.addr, b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 999999\r\n\r\n"
+    )
+    assert reply.startswith(b"HTTP/1.1 413 ")
+    assert b"exceeds the limit of 1024" in reply
+    assert [str(e) for e in server.errors] == ["hook bug"]
+
+
+async def test_431_and_400_stay_plain_with_a_hook(nursery):
+    shaper = Shaper()
+    server = await Server(nursery, echo, on_refusal=shaper).start()
+    reply = await raw_exchange(
+        server.addr, b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n"
+    )
+    assert reply.startswith(b"HTTP/1.1 431 ")
+    reply = await raw_exchange(server.addr, b"GET / HTTP/1.1\r\nHost t\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 400 ")
+    assert shaper.seen == []

@@ -10,11 +10,12 @@ from broker.model import QueueIndex, new_index
 from broker.model.errors import (
     INVALID_PARAMETER_VALUE,
     MESSAGE_NOT_INFLIGHT,
+    OVER_LIMIT,
     PURGE_QUEUE_IN_PROGRESS,
     RECEIPT_HANDLE_IS_INVALID,
     SqsError,
 )
-from broker.model.index import resolve_wait_time
+from broker.model.index import OVER_LIMIT_MESSAGE, resolve_wait_time
 from broker.model.messages import SendRequest
 from broker.model.mutations import (
     MessageDeleted,
@@ -26,6 +27,7 @@ from broker.model.mutations import (
 )
 from broker.model.settings import parse_create
 from broker.model.signing import Signer
+from broker.model.state import MAX_IN_FLIGHT_MESSAGES
 
 SIGNER = Signer(b"test key, 32 bytes long........")
 T0 = 1_700_000_000_000
@@ -348,3 +350,96 @@ def test_draining_returns_every_message_exactly_once(fifo, sends, batch):
             index.delete(now, delivery.receipt_handle)
     assert sorted(received) == sorted(sent)
     assert index.counts(now) == (0, 0, 0)
+
+
+# ---------------------------------------------------------------------- the in-flight limit
+
+
+def limited(fifo: bool, limit: int) -> QueueIndex:
+    attributes = {"FifoQueue": "true", "ContentBasedDeduplication": "true"} if fifo else {}
+    name = "limited.fifo" if fifo else "limited"
+    return new_index(
+        queue_id=1,
+        name=name,
+        arn=ARN + name,
+        settings=parse_create(attributes),
+        signer=SIGNER,
+        in_flight_limit=limit,
+    )
+
+
+def test_the_default_limit_is_aws_quota():
+    assert MAX_IN_FLIGHT_MESSAGES == 120_000
+    with pytest.raises(ValueError):
+        limited(False, 0)
+
+
+@both
+def test_receives_stop_at_the_in_flight_limit(fifo):
+    index = limited(fifo, 3)
+    for number in range(5):
+        send(index, T0, f"m{number}", group=f"g{number}")  # FIFO: five receivable groups
+    first = receive(index, T0, max_messages=10)
+    assert len(first.deliveries) == 3  # capped: only 3 may be in flight
+    assert index.counts(T0) == (2, 3, 0)
+    assert receive(index, T0, max_messages=10).deliveries == []
+    if fifo:  # AWS: "Amazon SQS does not return an error" for FIFO queues
+        index.check_in_flight_limit(long_poll=False)
+    else:  # short polls get OverLimit, 403
+        with pytest.raises(SqsError) as raised:
+            index.check_in_flight_limit(long_poll=False)
+        assert (raised.value.code, raised.value.status) == (OVER_LIMIT, 403)
+        assert raised.value.message == OVER_LIMIT_MESSAGE
+    index.check_in_flight_limit(long_poll=True)  # long polls: no messages, no error
+    # A delete makes room for exactly one more.
+    index.delete(T0, first.deliveries[0].receipt_handle)
+    assert len(receive(index, T0, max_messages=10).deliveries) == 1
+    assert index.counts(T0).in_flight == 3
+    # A visibility timeout that passes makes room too (the queue's default: 30 s).
+    later = T0 + 30_001
+    assert index.counts(later).in_flight == 0
+    assert len(receive(index, later, max_messages=10).deliveries) == 3
+    assert index.counts(later).in_flight == 3
+
+
+@both
+def test_visibility_timeout_zero_receives_are_not_capped(fifo):
+    index = limited(fifo, 1)
+    for number in range(3):
+        send(index, T0, f"m{number}", group=f"g{number}")
+    assert len(receive(index, T0, max_messages=10).deliveries) == 1
+    peeked = receive(index, T0, max_messages=10, visibility_timeout=0).deliveries
+    assert len(peeked) == 2  # nothing goes in flight, so the limit does not apply
+    assert index.counts(T0).in_flight == 1
+
+
+@settings(max_examples=60)
+@given(
+    fifo=st.booleans(),
+    limit=st.integers(1, 6),
+    steps=st.lists(
+        st.tuples(st.sampled_from(["receive", "delete", "wait"]), st.integers(1, 10)),
+        max_size=25,
+    ),
+)
+def test_never_more_in_flight_than_the_limit(fifo, limit, steps):
+    index = limited(fifo, limit)
+    now = T0
+    for number in range(12):
+        send(index, now, f"m{number}", group=f"g{number % 4}")
+    handles: list[str] = []
+    for action, amount in steps:
+        if action == "receive":
+            outcome = receive(index, now, max_messages=amount, visibility_timeout=5)
+            handles += [d.receipt_handle for d in outcome.deliveries]
+        elif action == "delete" and handles:
+            try:
+                index.delete(now, handles.pop(amount % len(handles)))
+            except SqsError:
+                assert fifo  # a FIFO handle whose visibility timeout has passed
+        else:
+            now += amount * 1_000
+        in_flight = index.counts(now).in_flight
+        assert in_flight <= limit
+        if in_flight < limit:
+            index.check_in_flight_limit(long_poll=False)

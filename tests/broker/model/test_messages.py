@@ -140,3 +140,15 @@ def test_bodies_are_accepted_exactly_when_every_character_is_allowed(body):
     )
     assert code == expected
     assert message_size(SendRequest(body=body)) == len(body.encode("utf-8", "surrogatepass"))
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F), min_size=1, max_size=80))
+def test_ascii_bodies_with_control_characters_are_checked_like_any_other(body):
+    # ASCII bodies that are not all printable take the bytewise check, not the regex.
+    allowed = all(ch in "\t\n\r" or ch >= "\x20" for ch in body)
+    code = None
+    try:
+        validate_send(STANDARD, SendRequest(body=body))
+    except SqsError as error:
+        code = error.code
+    assert code == (None if allowed else INVALID_MESSAGE_CONTENTS)

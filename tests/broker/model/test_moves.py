@@ -241,3 +241,38 @@ def test_waiting_as_told_is_enough(rate, burst, start, wanted):
     limiter.take(start, 10**6)  # drain it
     wait = limiter.wait_ms(start, wanted)
     assert limiter.take(start + wait, wanted) == min(wanted, burst)
+
+
+def test_the_book_says_what_falls_off_and_restores_any_status():
+    book = MoveTaskBook(keep=2)
+    first, second, third = task(), task(), task()
+    assert book.add(first) == []
+    first.finish()
+    assert book.add(second) == []
+    second.finish()
+    assert book.add(third) == [first]  # the shell forgets it in the store too
+    restored = MoveTaskBook(keep=2)
+    old = task()
+    old.finish()
+    running = task()
+    assert restored.restore(old) == []
+    assert restored.restore(running) == []  # RUNNING, as it was when the broker stopped
+    assert [t.active for t in restored.active()] == [True]
+    with pytest.raises(SqsError):
+        restored.add(task())  # the restored RUNNING task is the source's active one
+    assert restored.recent(SOURCE, 10) == [running, old]
+
+
+@given(st.integers(1, 25), st.integers(1, 5), st.booleans())
+def test_what_falls_off_plus_what_is_kept_is_everything_added(count, keep, restoring):
+    book = MoveTaskBook(keep=keep)
+    added: list[MoveTask] = []
+    dropped: list[MoveTask] = []
+    for _ in range(count):
+        new = task()
+        dropped += book.restore(new) if restoring else book.add(new)
+        added.append(new)
+        new.finish()
+    kept = list(reversed(book.recent(SOURCE, keep)))
+    assert dropped + kept == added
+    assert len(kept) == min(keep, count)

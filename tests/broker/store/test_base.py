@@ -153,6 +153,14 @@ def test_histogram_is_cumulative():
     assert (snapshot.count, snapshot.total) == (4, 56.5)
 
 
+def test_histogram_counts_repeated_observations_at_once():
+    one_by_one, at_once = HistogramRecorder([1, 10]), HistogramRecorder([1, 10])
+    for _ in range(3):
+        one_by_one.observe(5)
+    at_once.observe(5, 3)
+    assert at_once.snapshot() == one_by_one.snapshot()
+
+
 def test_message_columns_round_trip():
     columns = MessageColumns()
     messages = [RestoredMessage(1, 2, 3, 4, 5, "g"), RestoredMessage(9, 8, 7, 6, 5, None)]

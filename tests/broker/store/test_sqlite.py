@@ -2,6 +2,7 @@
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,11 +14,11 @@ import trio.lowlevel
 
 from broker.model import new_index
 from broker.model.messages import SendRequest
-from broker.model.mutations import MessageInserted, QueuePurged
+from broker.model.mutations import MessageDeleted, MessageDelivered, MessageInserted, QueuePurged
 from broker.model.settings import QueueSettings
 from broker.model.signing import Signer
 from broker.store.base import StoreError
-from broker.store.sqlite import SqliteStore
+from broker.store.sqlite import CACHE_ENTRY_OVERHEAD, SqliteStore
 
 REPO = Path(__file__).resolve().parents[3]
 CRASH_CHILD = REPO / "tests" / "support" / "store_crash_child.py"
@@ -279,3 +280,76 @@ async def test_nothing_acknowledged_is_lost_on_sigkill(tmp_path):
     assert duplicate.results[0].duplicate
     assert duplicate.results[0].message_id == message_id
     await store.aclose()
+
+
+# ---------------------------------------------------------------------- body cache, commit_later
+
+
+def tamper_bodies(data_dir: Path, body: bytes) -> None:
+    """Overwrite every stored body behind the store's back: reads that show it hit the file."""
+    connection = sqlite3.connect(data_dir / "wharf.sqlite3", isolation_level=None)
+    connection.execute("UPDATE messages SET body = ?", (body,))
+    connection.close()
+
+
+async def test_recent_messages_are_answered_from_memory_until_they_go(tmp_path):
+    store = SqliteStore(tmp_path)
+    await store.open()
+    try:
+        queue = await store.create_queue("q", QueueSettings(), {}, 0)
+        qid = queue.queue_id
+        await store.commit([inserted(qid, seq, f"body {seq}") for seq in (1, 2, 3)])
+        tamper_bodies(tmp_path, b"from the file")
+        assert [m.body for m in await store.read_messages(qid, [3, 1])] == ["body 3", "body 1"]
+        await store.commit(
+            [MessageDelivered(queue_id=qid, seq=2, visible_at=9, receive_count=1, received_at=7)]
+        )
+        (delivered,) = await store.read_messages(qid, [2])
+        assert (delivered.body, delivered.first_received_at) == ("body 2", 7)
+        await store.commit([MessageDeleted(queue_id=qid, seq=1)])
+        assert await store.read_messages(qid, [1]) == []
+        await store.commit([QueuePurged(queue_id=qid, below_seq=3)])
+        # Purged rows stay in the file until reclaimed; only the cache forgot them at once.
+        assert [m.body for m in await store.read_messages(qid, [2, 3])] == [
+            "from the file",
+            "body 3",
+        ]
+    finally:
+        await store.aclose()
+
+
+async def test_the_body_cache_keeps_the_most_recent_messages_within_its_budget(tmp_path):
+    one = len("body 1") + CACHE_ENTRY_OVERHEAD
+    store = SqliteStore(tmp_path, body_cache_bytes=2 * one)
+    await store.open()
+    try:
+        queue = await store.create_queue("q", QueueSettings(), {}, 0)
+        qid = queue.queue_id
+        for seq in (1, 2, 3):
+            await store.commit([inserted(qid, seq, f"body {seq}")])
+        tamper_bodies(tmp_path, b"from the file")
+        bodies = [m.body for m in await store.read_messages(qid, [1, 2, 3])]
+        assert bodies == ["from the file", "body 2", "body 3"]
+    finally:
+        await store.aclose()
+
+
+async def test_commit_later_keeps_call_order_with_commits(store):
+    queue = await store.create_queue("q", QueueSettings(), {}, 0)
+    order: list[int] = []
+    store.commit_later([inserted(queue.queue_id, 1)], lambda: order.append(1))
+    await store.commit([inserted(queue.queue_id, 2)], lambda: order.append(2))
+    assert order == [1, 2]  # durable no later than the commit queued after it
+    assert len(await store.read_messages(queue.queue_id, [1, 2])) == 2
+
+
+async def test_a_failed_commit_later_fails_the_store_and_leaves_no_trace_in_memory(store):
+    queue = await store.create_queue("q", QueueSettings(), {}, 0)
+    await store.commit([inserted(queue.queue_id, 1, "first")])
+    store.commit_later([inserted(queue.queue_id, 1, "second")])  # a duplicate: it fails
+    await store.commit([inserted(queue.queue_id, 2)])
+    with pytest.raises(StoreError):
+        await store.commit([inserted(queue.queue_id, 3)])
+    with pytest.raises(StoreError):
+        store.commit_later([inserted(queue.queue_id, 3)])
+    assert [m.body for m in await store.read_messages(queue.queue_id, [1])] == ["first"]

@@ -75,3 +75,21 @@ def test_a_version_2_file_gains_the_sns_tables_and_keeps_its_queues(tmp_path):
     tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
     assert {"topics", "subscriptions", "sns_outbox", "sns_deduplication"} <= tables
     assert connection.execute("SELECT name FROM queues").fetchall() == [("q",)]
+
+
+def test_a_version_3_file_gains_the_move_task_table_and_keeps_its_rows(tmp_path):
+    connection = connect(tmp_path / "s.db")
+    connection.execute("BEGIN")
+    for version in range(3):
+        MIGRATIONS[version](connection)
+    connection.execute("PRAGMA user_version = 3")
+    connection.execute("COMMIT")
+    connection.execute(
+        "INSERT INTO topics (name, settings, tags, created_at, modified_at) "
+        "VALUES ('t', x'', '{}', 0, 0)"
+    )
+    assert migrate(connection) == 3
+    tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+    assert "move_tasks" in tables
+    assert connection.execute("SELECT count(*) FROM move_tasks").fetchone() == (0,)
+    assert connection.execute("SELECT name FROM topics").fetchall() == [("t",)]
