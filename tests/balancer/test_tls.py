@@ -23,6 +23,7 @@ from balancer.config import (
     SslPolicyName,
 )
 from balancer.tls import (
+    CLOSE_NOTIFY_SECONDS,
     ServerTls,
     TlsConnection,
     TlsMetrics,
@@ -258,3 +259,27 @@ async def test_close_sends_close_notify(ca, server_tls):
     await close_tls(server)
     # A clean TLS close reads as end of stream, not as a truncation.
     assert await client_side.receive_some(10) == b""
+    with pytest.raises(trio.ClosedResourceError):  # and the transport is closed
+        await server.stream.transport_stream.send_all(b"x")
+
+
+async def test_close_is_bounded_when_the_client_reads_nothing(ca, server_tls, autojump_clock):
+    # lockstep: a send waits for the peer's receive, so close_notify cannot go out.
+    client_raw, server_raw = trio.testing.lockstep_stream_pair()
+    client_stream = trio.SSLStream(client_raw, client_context(ca), server_hostname="a.example.com")
+
+    async def client_side() -> None:
+        await client_stream.do_handshake()
+        with trio.move_on_after(1.0):  # take the session tickets, then read no more
+            while await client_raw.receive_some():
+                pass
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client_side)
+        server = await accept_tls(server_raw, server_tls)
+    assert server is not None
+    start = trio.current_time()
+    await close_tls(server)
+    assert trio.current_time() - start == pytest.approx(CLOSE_NOTIFY_SECONDS)
+    with trio.fail_after(5), pytest.raises(trio.ClosedResourceError):
+        await server.stream.transport_stream.send_all(b"x")  # an open one would wait
