@@ -17,94 +17,35 @@ restart they are attempted again and delivered.
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from tests.compat.test_sqs_durability import CLIENT_ERRORS, drain
+from tests.compat.test_sqs_durability import drain
 from tests.support.broker import sqs_client
-from tests.support.processes import DaemonProcess, daemon_process
+from tests.support.crash_harness import Writer, broker_process
 from tests.support.sns import Endpoint, queue_arn, sns_client
 
 pytestmark = pytest.mark.slow
 
 PUBLISHERS = 4  # per topic
-WARM_UP = 5  # acknowledged publishes per client before the kill may come
 PUBLISH_SECONDS = 0.5
-
-
-def write_config(tmp_path: Path) -> Path:
-    config = tmp_path / "broker.toml"
-    config.write_text(
-        f"""
-[api]
-port = 0
-[admin]
-port = 0
-[storage]
-data_dir = "{tmp_path / "data"}"
+# Short timeouts so the pending-HTTP test sees retries quickly.
+SNS_CONFIG = """
 [sns]
 connect_timeout_seconds = 1.0
 response_timeout_seconds = 1.0
-[logging]
-level = "info"
 """
-    )
-    return config
 
 
-@contextlib.asynccontextmanager
-async def broker_process(tmp_path: Path, run: int) -> AsyncIterator[tuple[DaemonProcess, str]]:
-    directory = tmp_path / f"run{run}"
-    directory.mkdir()
-    async with daemon_process("broker", write_config(tmp_path), directory) as daemon:
-        await daemon.wait_log("event=daemon.ready")
-        host, port = daemon.addresses["api"]
-        yield daemon, f"http://{host}:{port}"
-        if daemon.process.returncode is None:
-            daemon.signal(signal.SIGTERM)
-
-
-@dataclass
-class Publisher:
-    endpoint: str
-    topic: str
-    number: int
-    fifo: bool
-    acknowledged: dict[int, dict[str, Any]] = field(default_factory=dict)
-    attempted: int = 0
-    warmed_up: threading.Event = field(default_factory=threading.Event)
-
-    def __post_init__(self) -> None:
-        self.client = sns_client(self.endpoint)
-
-    def run(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            params: dict[str, Any] = {
-                "TopicArn": self.topic,
-                "Message": f"{self.number}:{self.attempted}",
-            }
-            if self.fifo:
-                params["MessageGroupId"] = f"g{self.number}"
-                params["MessageDeduplicationId"] = f"{self.number}-{self.attempted}"
-            sequence = self.attempted
-            self.attempted += 1
-            try:
-                result = self.client.publish(**params)
-            except CLIENT_ERRORS:
-                return  # the broker died under us: this publish may or may not be kept
-            self.acknowledged[sequence] = result
-            if len(self.acknowledged) >= WARM_UP:
-                self.warmed_up.set()
+def new_publisher(endpoint: str, topic: str, number: int, *, fifo: bool) -> Writer:
+    return Writer(sns_client(endpoint).publish, {"TopicArn": topic}, "Message", number, fifo)
 
 
 def message_of(message: dict[str, Any], raw: bool) -> str:
@@ -112,7 +53,7 @@ def message_of(message: dict[str, Any], raw: bool) -> str:
 
 
 async def test_acknowledged_publishes_survive_sigkill(tmp_path: Path) -> None:
-    async with broker_process(tmp_path, 1) as (daemon, endpoint):
+    async with broker_process(tmp_path, 1, SNS_CONFIG) as (daemon, endpoint):
         sns = sns_client(endpoint)
         sqs = sqs_client(endpoint)
         standard = sns.create_topic(Name="durable")["TopicArn"]
@@ -129,8 +70,11 @@ async def test_acknowledged_publishes_survive_sigkill(tmp_path: Path) -> None:
         for name in ("f-a.fifo", "f-b.fifo"):
             url = sqs.create_queue(QueueName=name, Attributes={"FifoQueue": "true"})["QueueUrl"]
             sns.subscribe(TopicArn=fifo, Protocol="sqs", Endpoint=queue_arn(sqs, url))
-        publishers = [Publisher(endpoint, standard, n, fifo=False) for n in range(PUBLISHERS)]
-        publishers += [Publisher(endpoint, fifo, n, fifo=True) for n in range(PUBLISHERS)]
+        publishers = [
+            new_publisher(endpoint, arn, n, fifo=arn == fifo)
+            for arn in (standard, fifo)
+            for n in range(PUBLISHERS)
+        ]
         stop = threading.Event()
         async with trio.open_nursery() as nursery:
             for publisher in publishers:
@@ -146,7 +90,7 @@ async def test_acknowledged_publishes_survive_sigkill(tmp_path: Path) -> None:
             stop.set()
     assert daemon.process.returncode == -signal.SIGKILL
 
-    async with broker_process(tmp_path, 2) as (_, endpoint):
+    async with broker_process(tmp_path, 2, SNS_CONFIG) as (_, endpoint):
         sqs = sqs_client(endpoint)
         url = {
             name: sqs.get_queue_url(QueueName=name)["QueueUrl"]
@@ -207,7 +151,7 @@ async def test_pending_http_deliveries_resume_after_a_restart(tmp_path: Path) ->
         endpoint.behaviour_of = lambda r: (
             "503" if r.headers["x-amz-sns-message-type"] == "Notification" else "ok"
         )
-        async with broker_process(tmp_path, 1) as (daemon, api):
+        async with broker_process(tmp_path, 1, SNS_CONFIG) as (daemon, api):
             sns = sns_client(api)
             topic = sns.create_topic(Name="hooks")["TopicArn"]
             arn = sns.subscribe(
@@ -228,7 +172,7 @@ async def test_pending_http_deliveries_resume_after_a_restart(tmp_path: Path) ->
                 await daemon.process.wait()
         endpoint.behaviour_of = None  # the endpoint recovers while the broker is down
         killed_at = time.monotonic()
-        async with broker_process(tmp_path, 2) as (_, api):
+        async with broker_process(tmp_path, 2, SNS_CONFIG) as (_, api):
             delivered = await trio.to_thread.run_sync(
                 lambda: endpoint.wait_for(
                     3, match=lambda r: r.answered == "ok" and r.at > killed_at, timeout=20

@@ -14,103 +14,31 @@ while they are sending, restarted on the same directory, and drained:
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import json
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import botocore.exceptions
 import pytest
 import trio
-import urllib3.exceptions
 
 from tests.support.broker import sqs_client
-from tests.support.processes import DaemonProcess, daemon_process
+from tests.support.crash_harness import Writer, broker_process
 
 pytestmark = pytest.mark.slow
 
 SENDERS = 4  # per queue
-WARM_UP_SENDS = 5  # acknowledged sends per client before the kill may come
 SEND_SECONDS = 0.5  # how long the clients go on sending after that
 INFLIGHT_VISIBILITY = 3  # seconds; the in-flight messages' timeout at the kill
-CLIENT_ERRORS = (
-    botocore.exceptions.BotoCoreError,  # connection reset, refused, read timeout
-    botocore.exceptions.ClientError,
-    urllib3.exceptions.HTTPError,
-    OSError,
-)
 
 
-def write_config(tmp_path: Path) -> Path:
-    config = tmp_path / "broker.toml"
-    config.write_text(
-        f"""
-[api]
-port = 0
-[admin]
-port = 0
-[storage]
-data_dir = "{tmp_path / "data"}"
-[logging]
-level = "info"
-"""
-    )
-    return config
-
-
-@contextlib.asynccontextmanager
-async def broker_process(tmp_path: Path, run: int) -> AsyncIterator[tuple[DaemonProcess, str]]:
-    """The broker as a subprocess; yields it and its API endpoint once it is ready."""
-    directory = tmp_path / f"run{run}"
-    directory.mkdir()
-    async with daemon_process("broker", write_config(tmp_path), directory) as daemon:
-        await daemon.wait_log("event=daemon.ready")
-        host, port = daemon.addresses["api"]
-        yield daemon, f"http://{host}:{port}"
-        if daemon.process.returncode is None:
-            daemon.signal(signal.SIGTERM)
-
-
-@dataclass
-class Sender:
-    """One client sending in a loop until stopped or until the broker is gone."""
-
-    endpoint: str
-    queue_url: str
-    number: int
-    fifo: bool
-    acknowledged: dict[int, dict[str, Any]] = field(default_factory=dict)
-    attempted: int = 0
-    warmed_up: threading.Event = field(default_factory=threading.Event)
-
-    def __post_init__(self) -> None:
-        self.client = sqs_client(self.endpoint, read_timeout=10)
-
-    def run(self, stop: threading.Event) -> None:
-        client = self.client
-        while not stop.is_set():
-            params: dict[str, Any] = {
-                "QueueUrl": self.queue_url,
-                "MessageBody": f"{self.number}:{self.attempted}",
-            }
-            if self.fifo:
-                params["MessageGroupId"] = f"g{self.number}"
-                params["MessageDeduplicationId"] = f"{self.number}-{self.attempted}"
-            sequence = self.attempted
-            self.attempted += 1
-            try:
-                result = client.send_message(**params)
-            except CLIENT_ERRORS:
-                return  # the broker died under us: this last send may or may not be kept
-            self.acknowledged[sequence] = result
-            if len(self.acknowledged) >= WARM_UP_SENDS:
-                self.warmed_up.set()
+def new_sender(endpoint: str, queue_url: str, number: int, *, fifo: bool) -> Writer:
+    client = sqs_client(endpoint, read_timeout=10)
+    return Writer(client.send_message, {"QueueUrl": queue_url}, "MessageBody", number, fifo)
 
 
 def drain(endpoint: str, url: str, *, expect: int = 0) -> list[dict[str, Any]]:
@@ -156,8 +84,11 @@ async def test_acknowledged_messages_survive_sigkill(tmp_path: Path):
         for message in client.receive_message(QueueUrl=deleted, MaxNumberOfMessages=10)["Messages"]:
             client.delete_message(QueueUrl=deleted, ReceiptHandle=message["ReceiptHandle"])
 
-        senders = [Sender(endpoint, standard, n, fifo=False) for n in range(SENDERS)]
-        senders += [Sender(endpoint, fifo, n, fifo=True) for n in range(SENDERS)]
+        senders = [
+            new_sender(endpoint, url, n, fifo=url == fifo)
+            for url in (standard, fifo)
+            for n in range(SENDERS)
+        ]
         stop = threading.Event()
         async with trio.open_nursery() as nursery:
             for sender in senders:
