@@ -16,12 +16,12 @@ confirmed with AuthenticateOnUnsubscribe). Errors leave in SNS's query-protocol 
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 from typing import Final
 from urllib.parse import unquote_plus
 
 from broker.auth import Authenticator, Caller
+from broker.frontend import request_ids
 from broker.metrics import BrokerMetrics
 from broker.model.sns_errors import SnsError
 from broker.sns import SnsApi, SnsContext
@@ -99,7 +99,7 @@ class SnsFrontend:
         region: str,
         public_url: str,
         scheme: str = "http",
-        new_request_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        new_request_id: Callable[[], str] | None = None,
     ) -> None:
         self.api = api
         self.keys = keys
@@ -108,7 +108,8 @@ class SnsFrontend:
         self.region = region
         self.public_url = public_url
         self.scheme = scheme
-        self._new_request_id = new_request_id
+        # Not uuid4: its os.urandom releases the GIL mid-request (see request_ids).
+        self._new_request_id = new_request_id or request_ids()
 
     async def route(self, request: Request, authenticator: Authenticator) -> Response | None:
         """Answer ``request`` if it is SNS's; None hands it on to SQS."""

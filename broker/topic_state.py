@@ -51,14 +51,13 @@ class TopicStats:
         """Count finished deliveries (delivered, or failed for good)."""
         (self.delivered if ok else self.failed)[protocol] += count
         if ok:
-            for _ in range(count):
-                self.latency[protocol].observe(seconds)
+            self.latency[protocol].observe(seconds, count)
 
 
 class Subscription:
     """One live subscription."""
 
-    __slots__ = ("_effective", "arn", "policy", "record", "topic")
+    __slots__ = ("_effective", "arn", "envelope_tail", "policy", "record", "topic")
 
     def __init__(self, record: SubscriptionRecord, topic: Topic) -> None:
         self.record = record
@@ -66,6 +65,9 @@ class Subscription:
         self.arn = f"{topic.arn}:{record.subscription_id}"
         self.policy: FilterPolicy | None = compiled_filter(record.settings)
         self._effective: EffectiveDeliveryPolicy | None = None
+        # (base URL, the envelope's UnsubscribeURL line for it, whether SQS allows its
+        # characters): built once, spliced into every envelope it gets (broker.fanout).
+        self.envelope_tail: tuple[str, str, bool] | None = None
 
     @property
     def subscription_id(self) -> str:

@@ -157,19 +157,26 @@ class QueueIndex(QueueState):
 
     # ------------------------------------------------------------------ sends
 
-    def send(self, now: int, request: SendRequest) -> SendOutcome:
+    def send(
+        self, now: int, request: SendRequest, *, characters_checked: bool = False
+    ) -> SendOutcome:
         """SendMessage: validate and accept one message.
+
+        ``characters_checked``: the caller has checked the body's characters already (see
+        :func:`~broker.model.messages.validate_send`).
 
         Raises:
             SqsError: the message breaks a rule; nothing was accepted.
         """
-        outcome = self.send_batch(now, [request])
+        outcome = self.send_batch(now, [request], characters_checked=characters_checked)
         result = outcome.results[0]
         if isinstance(result, SqsError):
             raise result
         return outcome
 
-    def send_batch(self, now: int, requests: Sequence[SendRequest]) -> SendOutcome:
+    def send_batch(
+        self, now: int, requests: Sequence[SendRequest], *, characters_checked: bool = False
+    ) -> SendOutcome:
         """SendMessageBatch: accept each valid message; report each invalid one.
 
         A FIFO duplicate (same deduplication id within 5 minutes) is answered with the
@@ -181,7 +188,7 @@ class QueueIndex(QueueState):
         accepted: list[tuple[int, int, str | None]] = []
         for request in requests:
             try:
-                validate_send(self.settings, request)
+                validate_send(self.settings, request, characters_checked=characters_checked)
             except SqsError as error:
                 results.append(error)
                 continue

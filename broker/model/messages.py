@@ -56,24 +56,36 @@ class SendRequest(msgspec.Struct, frozen=True, kw_only=True):
     sender_id: str = ""
 
 
-def validate_send(settings: QueueSettings, request: SendRequest) -> None:
+def body_characters_allowed(body: str) -> bool:
+    """True if every character of ``body`` is one a message body may hold (True when empty).
+
+    A character rule, so a text made of allowed parts is allowed: SNS checks an envelope's
+    parts once per message instead of every subscription's copy.
+    """
+    # ASCII (O(1) to tell) is checked bytewise: 0.7 us for 1 KiB, where isprintable() took
+    # 2.6 us and the regex 4 us; anything else by the regex.
+    return (body.isascii() and _ascii_allowed(body)) or (
+        _FORBIDDEN_BODY_CHARACTER.search(body) is None
+    )
+
+
+def validate_send(
+    settings: QueueSettings, request: SendRequest, *, characters_checked: bool = False
+) -> None:
     """Apply SendMessage's rules for one message.
 
     Args:
         settings: the destination queue's settings.
         request: the message.
+        characters_checked: the caller has checked the body with
+            :func:`body_characters_allowed` already; skip that scan.
 
     Raises:
         SqsError: with AWS's code and message for the first rule broken.
     """
     if not request.body:
         raise SqsError(MISSING_PARAMETER, "The request must contain the parameter MessageBody.")
-    body = request.body
-    # Printable ASCII is all allowed: the common case skips the scan for the rest; ASCII with
-    # line breaks (JSON, SNS envelopes) is checked bytewise.
-    if not (body.isascii() and (body.isprintable() or _ascii_allowed(body))) and (
-        _FORBIDDEN_BODY_CHARACTER.search(body) is not None
-    ):
+    if not characters_checked and not body_characters_allowed(request.body):
         raise SqsError(
             INVALID_MESSAGE_CONTENTS,
             "Invalid characters found. Valid unicode characters are #x9 | #xA | #xD | "

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import subprocess
@@ -7,7 +8,7 @@ import sys
 
 import trio
 
-from broker.cli import main
+from broker.cli import GC_THRESHOLDS, main
 from tests.support.http import request
 from tests.support.processes import daemon_process
 
@@ -21,6 +22,17 @@ def test_check_config_accepts_a_good_file_and_names_the_problem_in_a_bad_one(tmp
     assert main(["check-config", str(bad)]) == 1
     err = capsys.readouterr().err
     assert err == f"{bad}: Expected `int` <= 65535 - at `$.admin.port`\n"
+
+
+def test_main_collects_the_youngest_generation_less_often(capsys):
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        assert main(["config-schema"]) == 0
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert GC_THRESHOLDS[0] > 700
+    finally:
+        gc.set_threshold(*saved)
 
 
 def test_config_schema_is_json(capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -12,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.fanout import _timestamp
+from broker.model.publishing import PublishRequest, prepare
 from broker.model.sns_errors import SnsError
 from broker.registry import now_ms
 from proto.aws import sns_envelope
@@ -83,6 +85,68 @@ async def test_the_spliced_envelope_equals_a_directly_built_one(harness: Harness
     assert body == sns_envelope.encode(direct)
 
 
+async def test_each_subscription_gets_its_unsubscribe_url_for_the_base_url_used(
+    harness: Harness,
+) -> None:
+    subscriptions = []
+    for name in ("a", "b"):
+        made = await queue(harness, name)
+        subscriptions.append(await harness.subscribe_queue(made.arn))
+    for base_url in ("http://one", "https://two:8443"):
+        prepared = prepare(harness.topic.settings, PublishRequest(message="m"))
+        await harness.fanout.publish(harness.topic, [prepared], base_url=base_url, sender_id="me")
+        for name, subscription in zip(("a", "b"), subscriptions, strict=True):
+            (body,) = await bodies(harness, name)
+            envelope = json.loads(body)
+            assert envelope["UnsubscribeURL"] == sns_envelope.unsubscribe_url(
+                base_url, subscription.arn
+            )
+            assert envelope["SigningCertURL"].startswith(base_url)
+
+
+async def test_concurrent_publishes_sign_before_any_of_them_commits(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RSA signing releases the GIL: done in the step that queues a commit, it let the
+    # writer thread commit every publish alone. Signed a step ahead, publishes that run
+    # together queue their commits back to back.
+    made = await queue(harness, "q")
+    await harness.subscribe_queue(made.arn)
+    events: list[str] = []
+    sign, commit = sns_envelope.sign, harness.store.commit
+
+    def recording_sign(*args: Any) -> str:
+        events.append("sign")
+        return sign(*args)
+
+    async def recording_commit(*args: Any) -> None:
+        events.append("commit")
+        await commit(*args)
+
+    monkeypatch.setattr(sns_envelope, "sign", recording_sign)
+    monkeypatch.setattr(harness.store, "commit", recording_commit)
+    async with trio.open_nursery() as nursery:
+        for index in range(3):
+            nursery.start_soon(harness.publish, f"m{index}")
+    assert events == ["sign"] * 3 + ["commit"] * 3
+    assert sorted(json.loads(b)["Message"] for b in await bodies(harness, "q")) == [
+        "m0",
+        "m1",
+        "m2",
+    ]
+
+
+async def test_deliveries_are_counted_per_queue_once_durable(harness: Harness) -> None:
+    made = [await queue(harness, name) for name in ("a", "b")]
+    for target in made:
+        await harness.subscribe_queue(target.arn, RawMessageDelivery="true")
+    await harness.publish("12345")
+    await harness.publish("123")
+    assert [(q.stats.sent, q.stats.bytes_sent) for q in made] == [(2, 8), (2, 8)]
+    assert harness.topic.stats.delivered["sqs"] == 4
+    assert harness.topic.stats.latency["sqs"].snapshot().count == 4
+
+
 async def test_fifo_duplicates_are_answered_with_the_original(fifo: Harness) -> None:
     made = await queue(fifo, "q.fifo", FifoQueue="true")
     await fifo.subscribe_queue(made.arn)
@@ -112,6 +176,22 @@ async def test_undeliverable_messages_go_to_the_dead_letter_queue(harness: Harne
     assert await bodies(harness, "small") == ["to nowhere"]
     assert harness.topic.stats.failed["sqs"] == 3
     assert harness.topic.stats.delivered["sqs"] == 1
+
+
+async def test_characters_sqs_refuses_fail_raw_deliveries_only(harness: Harness) -> None:
+    # The envelope escapes control characters; a raw delivery carries them as they are, and
+    # SQS refuses them (so would the dead-letter queue: the delivery is counted as failed).
+    raw, wrapped = await queue(harness, "raw"), await queue(harness, "wrapped")
+    await harness.subscribe_queue(raw.arn, RawMessageDelivery="true")
+    await harness.subscribe_queue(wrapped.arn)
+    await harness.publish("bell\x07")
+    await harness.publish("fine")
+    assert await bodies(harness, "raw") == ["fine"]
+    assert harness.topic.stats.failed["sqs"] == 1
+    assert [json.loads(b)["Message"] for b in await bodies(harness, "wrapped")] == [
+        "bell\x07",
+        "fine",
+    ]
 
 
 async def test_validation_happens_before_anything_is_accepted(harness: Harness) -> None:

@@ -85,6 +85,14 @@ def test_sends_become_receivable_only_when_durable(fifo):
     assert [d.seq for d in index.receive(T0).deliveries] == [inserted.seq]
 
 
+def test_a_send_can_skip_the_character_scan_the_caller_did():
+    index = make(False)
+    with pytest.raises(SqsError):
+        index.send(T0, SendRequest(body="a\x01"))
+    outcome = index.send(T0, SendRequest(body="a\x01"), characters_checked=True)
+    assert outcome.results[0].seq == 1
+
+
 @both
 def test_receive_hides_the_message_until_its_visibility_timeout(fifo):
     index = make(fifo, VisibilityTimeout="10")

@@ -11,6 +11,7 @@ from broker.model.errors import (
 from broker.model.messages import (
     AttributeValue,
     SendRequest,
+    body_characters_allowed,
     content_deduplication_id,
     message_size,
     sequence_number,
@@ -152,3 +153,23 @@ def test_ascii_bodies_with_control_characters_are_checked_like_any_other(body):
     except SqsError as error:
         code = error.code
     assert code == (None if allowed else INVALID_MESSAGE_CONTENTS)
+
+
+@given(st.text(max_size=30), st.text(max_size=30))
+def test_a_body_is_allowed_exactly_when_its_parts_are(left, right):
+    # What lets SNS check an envelope's template and URL line once instead of every copy.
+    whole = body_characters_allowed(left + right)
+    assert whole == (body_characters_allowed(left) and body_characters_allowed(right))
+    try:
+        validate_send(STANDARD, SendRequest(body=left + right + "x"))
+        accepted = True
+    except SqsError:
+        accepted = False
+    assert accepted == whole
+
+
+def test_checked_characters_are_not_scanned_again():
+    assert refused(STANDARD, body="a\x01")[0] == INVALID_MESSAGE_CONTENTS
+    validate_send(STANDARD, SendRequest(body="a\x01"), characters_checked=True)
+    with pytest.raises(SqsError):  # every other rule still applies
+        validate_send(STANDARD, SendRequest(body="x" * 3_000_000), characters_checked=True)
