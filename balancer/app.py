@@ -7,11 +7,25 @@ Task tree under ``BalancerApp.serve``::
     ├── housekeeping              once a second: idle upstream connections past the idle
     │                             timeout closed, access log buffers flushed
     └── frame.serve_listeners     admin listener + one per configured HTTP(S) listener
+                                  (a reload adds and stops listeners: Frame.add_listener,
+                                  Frame.stop_listener)
 
 Everything the data path reads lives in :class:`~balancer.runtime.Runtime`; a reload builds
 the next snapshot (rules, target lists, cookie keys, TLS contexts) and swaps it in, or
 refuses with the old one still serving. Upstream pools, stats and access log writers live
 as long as the process.
+
+Listeners on reload: one whose name, host, port and protocol stay is kept (its connections
+and socket carry on under the new rules). Any other is removed (it stops accepting; its
+connections in flight finish within ``lifecycle.grace_period_seconds``, as on SIGTERM) or
+added (bound with the new generation). A listener that moves, or turns from http to https or
+back, is both. Every new socket is bound before the new generation is installed, so a bind
+failure (port taken, no permission) refuses the whole reload with the old one serving. A
+listener added on the same fixed host and port as one removed takes over its socket, so that
+address never stops accepting.
+
+Targets registered through the admin API are loaded from ``state_dir/targets.json`` at start
+and applied on top of the file's targets (:mod:`balancer.targets_api`).
 """
 
 from __future__ import annotations
@@ -27,11 +41,14 @@ import trio
 from balancer.access_log import AccessLogs
 from balancer.checker import HealthChecker
 from balancer.config import BalancerConfig, HttpsListener
+from balancer.config import Listener as ListenerConfig
+from balancer.health import TargetState
 from balancer.listeners.exchange import ClientInfo, ListenerServices
 from balancer.listeners.http import REJECT_HEADROOM, HttpListenerHandler
 from balancer.listeners.http_metrics import HttpStats
 from balancer.peers import (
     admin_settings,
+    check_workers,
     current_worker,
     forward,
     sibling_admins,
@@ -40,11 +57,12 @@ from balancer.peers import (
 )
 from balancer.runtime import Runtime
 from balancer.stickiness import MIN_KEY_BYTES
-from balancer.targets_api import Overrides, TargetsApi
+from balancer.targets_api import Overrides, StateFile, TargetsApi
 from balancer.tls import ServerTls, TlsMetrics, accept_tls, build_all, close_tls
 from balancer.upstream import Pools, tune_socket
 from monitoring.admin import AdminServer, open_admin_listener
 from monitoring.configfile import ConfigError
+from monitoring.httpserver import Draining
 from monitoring.lifecycle import Frame, Listener, bind_tcp
 from monitoring.settings import HttpLimits
 
@@ -107,11 +125,21 @@ class BalancerApp:
         # workers > 1 (balancer.workers): this process is one of several sharing listeners.
         self.worker = current_worker()
         self.supervisor_pid = os.getppid()
-        # Targets registered through the admin API, applied on top of the file at every reload.
-        self.overrides = Overrides()
+        # Targets registered through the admin API, applied on top of the file at every reload
+        # and kept in the state file (written by this process alone: one worker owns it).
+        state = StateFile(config.state_dir)
+        self.overrides = Overrides.restore(state.load(), config)
+        self._apply_saved_overrides()
+        owns_state = self.worker is None or self.worker.primary
         self.targets_api = TargetsApi(
-            self.runtime, self.overrides, frame.log, reload=self._reload_file
+            self.runtime,
+            self.overrides,
+            frame.log,
+            reload=self._reload_file,
+            state=state if owns_state else None,
         )
+        # The HTTP(S) listeners serving now, by name (the admin listener is not among them).
+        self.listeners: dict[str, Listener] = {}
         if self.worker is not None and self.worker.count > 1:
             siblings = sibling_admins(config.admin, self.worker)
             if self.worker.primary:
@@ -125,7 +153,10 @@ class BalancerApp:
             admin_address = admin_settings(self.config.admin, self.worker)
             admin = await open_admin_listener(frame, admin_address, HttpLimits(), self.admin)
             listeners = [admin]
-            listeners += [await self._open(listener.name) for listener in self.config.listeners]
+            for config in self.config.listeners:
+                sockets = await bind_tcp(config.host, config.port, reuse_port=self._reuse_port)
+                self.listeners[config.name] = self._listener(config, sockets)
+                listeners.append(self.listeners[config.name])
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.checker.run)
                 nursery.start_soon(self._housekeeping)
@@ -142,24 +173,42 @@ class BalancerApp:
             self.pools.close()
             self.access_logs.close()
 
-    async def _open(self, name: str) -> Listener:
-        """Bind one configured listener and wrap its handler (TLS first for https)."""
-        config = next(li for li in self.config.listeners if li.name == name)
-        sockets = await bind_tcp(config.host, config.port, reuse_port=self.worker is not None)
+    @property
+    def _reuse_port(self) -> bool:
+        return self.worker is not None  # every worker binds its own socket (SO_REUSEPORT)
+
+    def _apply_saved_overrides(self) -> None:
+        """At start: the file's targets under the saved API changes, before any traffic."""
+        now = _now()
+        snapshot = self.overrides.apply(self.runtime.current)
+        if snapshot is self.runtime.current:
+            return
+        self.runtime.install(snapshot, now)
+        # Targets deregistered through the API before the restart leave at once: nothing can
+        # be in flight to them yet, so they have no deregistration delay to wait out.
+        for live in self.runtime.live.values():
+            for record in list(live.health):
+                if record.state is TargetState.DRAINING:
+                    self.runtime.notify(live.health.target_idle(record.target_id, now))
+
+    def _listener(self, config: ListenerConfig, sockets: list[trio.SocketListener]) -> Listener:
+        """One configured listener on ``sockets``, its handler wrapped (TLS first for https)."""
+        name = config.name
+        draining = Draining()  # started by a stop of the daemon or of this listener alone
         services = ListenerServices(
             name,
             self.runtime,
             self.pools,
             self.stats,
             self.access_logs,
-            self.frame.draining,
+            draining,
             self.frame.log,
         )
         self.stats.listener_started(name)
         handler = HttpListenerHandler(services)
         limit = config.limits.connections + REJECT_HEADROOM
         if not isinstance(config, HttpsListener):
-            return Listener(name, sockets, handler.handle, max_connections=limit)
+            return Listener(name, sockets, handler.handle, max_connections=limit, draining=draining)
 
         async def handle_tls(stream: trio.SocketStream) -> None:
             tls = self.runtime.current.tls.get(name)
@@ -187,7 +236,7 @@ class BalancerApp:
             finally:
                 await close_tls(accepted)  # close_notify, bounded
 
-        return Listener(name, sockets, handle_tls, max_connections=limit)
+        return Listener(name, sockets, handle_tls, max_connections=limit, draining=draining)
 
     async def _housekeeping(self) -> None:
         while True:
@@ -197,24 +246,142 @@ class BalancerApp:
 
     async def reload(self, config: BalancerConfig) -> None:
         """Swap in a new generation, or raise ConfigError with the old one serving."""
+        if self.frame.draining.started:
+            raise ConfigError("<config>", "the balancer is stopping")
+        if self.worker is not None:
+            check_workers(config, "<config>")  # a new listener needs a fixed port here too
         keys, tls = _compile_inputs(config)
         try:
             for listener in config.listeners:
                 self.access_logs.get(listener.access_log)  # opens new files now, or fails
             snapshot = self.runtime.compile(config, keys, tls)
-            self.overrides.prune(config)  # only once the new generation compiled
-            self.runtime.install(self.overrides.apply(snapshot), trio.current_time())
         except (ValueError, OSError) as exc:
             raise ConfigError("<config>", str(exc)) from None
+        removed, added = self._listener_changes(config)
+        taken_over = self._take_over(config, removed, added)
+        bound = await self._bind(config, [name for name in added if name not in taken_over])
+        try:
+            async with self.targets_api.lock:
+                await self._prune_overrides(config)  # only once the new generation compiled
+                self.runtime.install(self.overrides.apply(snapshot), trio.current_time())
+        except BaseException:
+            await _close(bound)
+            raise
         self.access_logs.retain(
             {li.access_log.destination for li in config.listeners if li.access_log.enabled}
         )
-        if _addresses(config) != _addresses(self.config):
-            # Sockets are bound once; new or moved listeners need a restart (for now).
-            self.frame.log.warning("config.restart_required", section="listeners")
         if config.workers != self.config.workers:
             self.frame.log.warning("config.restart_required", key="workers")
         self.config = config
+        with trio.CancelScope(shield=True):  # short, and never to be left halfway
+            await self._switch_listeners(config, removed, taken_over, bound)
+
+    async def _prune_overrides(self, config: BalancerConfig) -> None:
+        """Forget the API changes ``config`` makes moot, in the state file first."""
+        pruned = self.overrides.copy()
+        pruned.prune(config)
+        state = self.targets_api.state
+        if state is not None and pruned.dump() != self.overrides.dump():
+            try:
+                await state.save_async(pruned)
+            except OSError as exc:
+                raise ConfigError(state.path, f"cannot write the state file: {exc}") from None
+        self.overrides.assign(pruned)
+
+    def _listener_changes(self, config: BalancerConfig) -> tuple[list[str], list[str]]:
+        """(removed, added) listener names: a listener moved or changed protocol is in both.
+
+        A listener configured on port 0 stays when the new file names the port it got.
+        """
+        old = {li.name: li for li in self.config.listeners}
+        new = {li.name: li for li in config.listeners}
+
+        def stays(name: str) -> bool:
+            before, after = old.get(name), new.get(name)
+            if before is None or after is None:
+                return False
+            if _where(before) == _where(after):
+                return True
+            serving = self.listeners.get(name)
+            return (
+                _where(before) == (after.host, 0, type(after).__name__)
+                and serving is not None
+                and after.port in {port for _, port in serving.addresses}
+            )
+
+        return [name for name in old if not stays(name)], [name for name in new if not stays(name)]
+
+    def _take_over(
+        self, config: BalancerConfig, removed: list[str], added: list[str]
+    ) -> dict[str, Listener]:
+        """Added listeners that reuse the socket of a removed one on the same fixed address."""
+        leaving = {
+            (li.host, li.port): self.listeners[li.name]
+            for li in self.config.listeners
+            if li.name in removed and li.port != 0 and li.name in self.listeners
+        }
+        new = {li.name: li for li in config.listeners}
+        found: dict[str, Listener] = {}
+        for name in added:
+            old = leaving.pop((new[name].host, new[name].port), None)
+            if old is not None:
+                found[name] = old
+        return found
+
+    async def _bind(
+        self, config: BalancerConfig, names: list[str]
+    ) -> dict[str, list[trio.SocketListener]]:
+        """Bind the listeners ``names`` of ``config``, or raise ConfigError with none bound."""
+        bound: dict[str, list[trio.SocketListener]] = {}
+        try:
+            for i, listener in enumerate(config.listeners):
+                if listener.name not in names:
+                    continue
+                try:
+                    bound[listener.name] = await bind_tcp(
+                        listener.host, listener.port, reuse_port=self._reuse_port
+                    )
+                except OSError as exc:
+                    where = _format_address(listener.host, listener.port)
+                    raise ConfigError(
+                        "<config>",
+                        f"listener {listener.name!r} cannot bind {where}: "
+                        f"{exc.strerror or exc} - at `$.listeners[{i}]`",
+                    ) from None
+        except BaseException:
+            await _close(bound)
+            raise
+        return bound
+
+    async def _switch_listeners(
+        self,
+        config: BalancerConfig,
+        removed: list[str],
+        taken_over: dict[str, Listener],
+        bound: dict[str, list[trio.SocketListener]],
+    ) -> None:
+        """Stop the removed listeners (they drain), then serve the added ones."""
+        grace = config.lifecycle.grace_period_seconds
+        handed = {id(listener) for listener in taken_over.values()}
+        for name in removed:
+            old = self.listeners.pop(name, None)
+            if old is not None:
+                await self.frame.stop_listener(old, grace, keep_sockets=id(old) in handed)
+        for listener_config in config.listeners:
+            name = listener_config.name
+            if name in taken_over:
+                sockets = list(taken_over[name].sockets)
+            elif name in bound:
+                sockets = bound.pop(name)
+            else:
+                continue
+            listener = self._listener(listener_config, sockets)
+            try:
+                await self.frame.add_listener(listener)
+            except RuntimeError:  # the daemon began to stop meanwhile; the sockets are closed
+                self.frame.log.warning("listener.not_started", name=name)
+                continue
+            self.listeners[name] = listener
 
     async def _reload_file(self) -> str | None:
         """``POST /reload``: what SIGHUP does (the Daemon sets ``frame.reload`` after build)."""
@@ -223,8 +390,19 @@ class BalancerApp:
         return await self.frame.reload()
 
 
-def _addresses(config: BalancerConfig) -> set[tuple[str, str, int, str]]:
-    return {(li.name, li.host, li.port, type(li).__name__) for li in config.listeners}
+def _where(listener: ListenerConfig) -> tuple[str, int, str]:
+    return listener.host, listener.port, type(listener).__name__
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _close(bound: dict[str, list[trio.SocketListener]]) -> None:
+    with trio.CancelScope(shield=True):
+        for sockets in bound.values():
+            for sock in sockets:
+                await sock.aclose()
 
 
 def build(config: BalancerConfig, frame: Frame) -> BalancerApp:

@@ -40,6 +40,7 @@ from monitoring.settings import (
 )
 
 DEFAULT_ADMIN_PORT = 9326
+DEFAULT_STATE_DIR = "/var/lib/wharf-balancer"  # the unit's StateDirectory=wharf-balancer
 
 # AWS quotas (load-balancer-limits.md) and ELBv2 API bounds.
 MAX_LISTENERS = 50
@@ -391,6 +392,14 @@ class BalancerConfig(Section, frozen=True, kw_only=True):
     workers: Annotated[
         int, Meta(ge=1, le=256, description="Processes sharing the listeners (SO_REUSEPORT).")
     ] = 1
+    state_dir: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            description="Directory of targets.json: targets registered and deregistered "
+            "through the admin API, kept across restarts.",
+        ),
+    ] = DEFAULT_STATE_DIR
     stickiness: StickinessKeys = StickinessKeys()
     listeners: Annotated[tuple[Listener, ...], Meta(max_length=MAX_LISTENERS)] = ()
     target_groups: Annotated[tuple[TargetGroup, ...], Meta(max_length=MAX_TARGET_GROUPS)] = ()

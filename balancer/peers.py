@@ -4,12 +4,13 @@ The supervisor (:mod:`balancer.workers`) starts every worker with its index and 
 count in the environment. A worker then:
 
 - binds every listener with SO_REUSEPORT, so the kernel spreads new connections across the
-  workers' sockets;
+  workers' sockets (at start, and the listeners a reload adds);
 - serves its admin listener on ``admin.port + index``: worker 0 holds the configured port
   (the admin listener operators and deploy scripts talk to), worker ``i`` the port ``i``
   above it, so each process's own ``/metrics`` can be scraped (metrics are per process);
 - on worker 0, applies the targets API's changes and reloads to its siblings as well, by
-  forwarding the request to their admin ports (:func:`forward`);
+  forwarding the request to their admin ports (:func:`forward`), and owns the state file the
+  changes are saved in (the siblings only load it at start);
 - stops when its supervisor is gone, instead of holding the ports as an orphan.
 """
 

@@ -20,16 +20,24 @@ stay until deregistered through the API. The effective target list of a group is
 targets, minus those deregistered here, plus those registered here (with the weight given
 here when both name a target). A reload re-reads the file under these changes: an API
 deregistration of a target the file lists holds until the target is registered again or the
-file stops listing it; a registration the file starts listing becomes the file's. The changes
-live in the process's memory: a restart starts from the file alone, so make lasting changes
-in the file. ``source`` in ``GET /targets`` says where each target comes from.
+file stops listing it; a registration the file starts listing becomes the file's. ``source`` in
+``GET /targets`` says where each target comes from.
+
+The changes survive a restart too: :class:`StateFile` keeps them in ``state_dir/targets.json``,
+written atomically (temp file, fsync, rename, fsync of the directory) before the API answers;
+a change that cannot be written is refused and not applied. The balancer loads the file at
+start, on top of the configuration file's targets, and refuses to start on a corrupt one.
+With ``workers = N``, worker 0 (which applies every change and forwards it to the others)
+alone writes the file; every worker loads it when it starts.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Annotated, Any, Final
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
 from urllib.parse import parse_qsl
 
 import msgspec
@@ -48,10 +56,12 @@ from balancer.peers import PEER_HEADER
 from balancer.probes import check_port
 from balancer.runtime import GroupRuntime, Runtime, Snapshot
 from monitoring.admin import AdminServer
+from monitoring.configfile import ConfigError
 from monitoring.httpserver import Request, Response
 from monitoring.logging import EventLog
 
 JSON: Final = "application/json"
+STATE_FILE: Final = "targets.json"
 
 # AWS's descriptions of its reason codes (DescribeTargetHealth ``Description``).
 DESCRIPTIONS: Final[Mapping[Reason, str]] = {
@@ -80,6 +90,24 @@ class TargetsRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 _DECODER: Final = msgspec.json.Decoder(TargetsRequest)
 
 
+class GroupOverrides(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One group's API changes in the state file."""
+
+    registered: tuple[Target, ...] = ()
+    deregistered: tuple[str, ...] = ()  # target ids (host:port) of targets the file lists
+
+
+class SavedOverrides(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The state file's content: every group's API changes."""
+
+    version: Literal[1] = 1
+    target_groups: dict[str, GroupOverrides] = {}
+
+
+_STATE_DECODER: Final = msgspec.json.Decoder(SavedOverrides)
+_STATE_ENCODER: Final = msgspec.json.Encoder(order="sorted")
+
+
 class ApiError(Exception):
     """A request the API refuses; rendered as ``{"error": code, "message": ...}``."""
 
@@ -99,6 +127,50 @@ class Overrides:
     def __init__(self) -> None:
         self._added: dict[str, dict[str, Target]] = {}
         self._removed: dict[str, set[str]] = {}
+
+    def copy(self) -> Overrides:
+        """An independent copy: change it, save it, then :meth:`assign` it."""
+        other = Overrides()
+        other.assign(self)
+        return other
+
+    def assign(self, other: Overrides) -> None:
+        """Take ``other``'s content (in place: the app and the API share this object)."""
+        self._added = {name: dict(added) for name, added in other._added.items() if added}
+        self._removed = {name: set(ids) for name, ids in other._removed.items() if ids}
+
+    def dump(self) -> SavedOverrides:
+        """What the state file holds (groups without changes left out, in a stable order)."""
+        groups: dict[str, GroupOverrides] = {}
+        for name in sorted(self._added.keys() | self._removed.keys()):
+            added = self._added.get(name, {})
+            removed = self._removed.get(name, set())
+            if added or removed:
+                groups[name] = GroupOverrides(
+                    registered=tuple(added[key] for key in sorted(added)),
+                    deregistered=tuple(sorted(removed)),
+                )
+        return SavedOverrides(target_groups=groups)
+
+    @classmethod
+    def restore(cls, saved: SavedOverrides, config: BalancerConfig) -> Overrides:
+        """The overrides ``saved`` describes, under the groups (and ports) of ``config``.
+
+        Groups the file no longer has, and entries it now agrees with, are dropped.
+        """
+        overrides = cls()
+        groups = {g.name: g for g in config.target_groups}
+        for name, entry in saved.target_groups.items():
+            group = groups.get(name)
+            if group is None:
+                continue
+            overrides.register(group, entry.registered)
+            in_file = {e.target_id for e in group.endpoints()}
+            removed = set(entry.deregistered) & in_file
+            if removed:
+                overrides._removed.setdefault(name, set()).update(removed)
+        overrides.prune(config)
+        return overrides
 
     def endpoints(self, group: TargetGroup) -> list[Endpoint]:
         """The group's effective targets: the file's, minus removed, plus (re)registered."""
@@ -166,6 +238,69 @@ def _endpoint(group: TargetGroup, target: Target) -> Endpoint:
     return Endpoint(target_id(target.host, port), target.host, port, target.weight, target.zone)
 
 
+class StateFile:
+    """``targets.json`` in the state directory: the API's changes, across restarts."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / STATE_FILE
+
+    def load(self) -> SavedOverrides:
+        """The saved changes; none when the file does not exist yet.
+
+        Raises:
+            ConfigError: the file cannot be read or is not a state file (corrupt, truncated,
+                from an unknown version): the balancer must not start half-configured.
+        """
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return SavedOverrides()
+        except OSError as exc:
+            raise ConfigError(self.path, f"cannot read the state file: {exc.strerror}") from None
+        try:
+            return _STATE_DECODER.decode(data)
+        except (msgspec.DecodeError, ValueError) as exc:
+            raise ConfigError(
+                self.path,
+                f"corrupt state file ({exc}); it holds the targets registered and deregistered "
+                "through the admin API: repair it, or remove it to start from the "
+                "configuration file's targets alone",
+            ) from None
+
+    def save(self, saved: SavedOverrides) -> None:
+        """Replace the file atomically and durably (blocking: run it in a thread).
+
+        Raises:
+            OSError: nothing was replaced.
+        """
+        data = _STATE_ENCODER.encode(saved) + b"\n"
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temporary = self.directory / f".{STATE_FILE}.{os.getpid()}.tmp"
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temporary, self.path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        directory = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(directory)  # the rename itself is durable
+        finally:
+            os.close(directory)
+
+    async def save_async(self, overrides: Overrides) -> None:
+        """:meth:`save` in a worker thread, so the event loop serves on during the fsyncs."""
+        await trio.to_thread.run_sync(self.save, overrides.dump())
+
+
 # ---------------------------------------------------------------------------------------------
 # The routes.
 
@@ -186,6 +321,8 @@ class TargetsApi:
         primary: on the other workers, the address of worker 0's admin listener: changes
             sent here directly (not forwarded by worker 0) are refused with a pointer to it,
             since they would reach this one process only.
+        state: where changes are saved before they apply (None: in memory only, as on the
+            workers other than worker 0, which owns the file).
     """
 
     def __init__(
@@ -198,6 +335,7 @@ class TargetsApi:
         clock: Callable[[], float] = trio.current_time,
         peers: Peers | None = None,
         primary: tuple[str, int] | None = None,
+        state: StateFile | None = None,
     ) -> None:
         self._runtime = runtime
         self._overrides = overrides
@@ -206,6 +344,10 @@ class TargetsApi:
         self._clock = clock
         self.peers = peers
         self.primary = primary
+        self.state = state
+        # Held from a change's decision to its generation being current, around the state
+        # file's write: changes (and a reload's pruning) apply and reach the file in order.
+        self.lock = trio.Lock()
 
     def mount(self, admin: AdminServer) -> None:
         """Add the routes to the admin listener."""
@@ -246,28 +388,34 @@ class TargetsApi:
 
     async def register(self, request: Request) -> Response:
         body = _decode(request.body)
-        group = self._group(body.target_group)
-        current = {e.target_id for e in self._overrides.endpoints(group.config)}
-        new = {target_id(t.host, t.port or group.config.port) for t in body.targets}
-        if len(current | new) > MAX_TARGETS_PER_GROUP:
-            raise ApiError(
-                400, "ValidationError", f"at most {MAX_TARGETS_PER_GROUP} targets per group"
-            )
-        self._overrides.register(group.config, body.targets)
-        return await self._apply("register", group, sorted(new), request)
+        async with self.lock:
+            group = self._group(body.target_group)
+            current = {e.target_id for e in self._overrides.endpoints(group.config)}
+            new = {target_id(t.host, t.port or group.config.port) for t in body.targets}
+            if len(current | new) > MAX_TARGETS_PER_GROUP:
+                raise ApiError(
+                    400, "ValidationError", f"at most {MAX_TARGETS_PER_GROUP} targets per group"
+                )
+            changed = self._overrides.copy()
+            changed.register(group.config, body.targets)
+            await self._commit(changed, "register", group, sorted(new))
+        return await self._reply("register", group.name, sorted(new), request)
 
     async def deregister(self, request: Request) -> Response:
         body = _decode(request.body)
-        group = self._group(body.target_group)
-        ids = sorted({target_id(t.host, t.port or group.config.port) for t in body.targets})
-        registered = {e.target_id for e in group.endpoints}
-        for key in ids:
-            record = group.live.health.get(key)
-            draining = record is not None and record.state is TargetState.DRAINING
-            if key not in registered and not draining:
-                raise ApiError(400, "InvalidTarget", f"{key} is not registered in {group.name}")
-        self._overrides.deregister(group.config, ids)
-        return await self._apply("deregister", group, ids, request)
+        async with self.lock:
+            group = self._group(body.target_group)
+            ids = sorted({target_id(t.host, t.port or group.config.port) for t in body.targets})
+            registered = {e.target_id for e in group.endpoints}
+            for key in ids:
+                record = group.live.health.get(key)
+                draining = record is not None and record.state is TargetState.DRAINING
+                if key not in registered and not draining:
+                    raise ApiError(400, "InvalidTarget", f"{key} is not registered in {group.name}")
+            changed = self._overrides.copy()
+            changed.deregister(group.config, ids)
+            await self._commit(changed, "deregister", group, ids)
+        return await self._reply("deregister", group.name, ids, request)
 
     async def reload(self, request: Request) -> Response:
         if self._reload is None:
@@ -280,15 +428,34 @@ class TargetsApi:
             reply["workers"] = await self.peers("/reload", b"")
         return _json(200, reply)
 
-    async def _apply(
-        self, action: str, group: GroupRuntime, ids: Sequence[str], request: Request
-    ) -> Response:
+    async def _commit(
+        self, changed: Overrides, action: str, group: GroupRuntime, ids: Sequence[str]
+    ) -> None:
+        """Save ``changed`` (when this process owns the state file), then apply it."""
+        if self.state is not None:
+            try:
+                await self.state.save_async(changed)
+            except OSError as exc:
+                self._log.error(
+                    "targets.state_not_saved", file=str(self.state.path), error=str(exc)
+                )
+                raise ApiError(
+                    500,
+                    "StateNotSaved",
+                    f"cannot write {self.state.path}: {exc.strerror or exc}; nothing changed",
+                ) from None
+        self._overrides.assign(changed)
         endpoints = self._overrides.endpoints(group.config)
         self._runtime.replace_targets(group.name, endpoints, self._clock())
         self._log.info(f"targets.{action}ed", target_group=group.name, targets=",".join(ids))
-        current = self._runtime.current.groups[group.name]
-        targets = [t for t in self._describe_group(current) if t["id"] in ids]
-        reply: dict[str, Any] = {"target_group": group.name, "targets": targets}
+
+    async def _reply(
+        self, action: str, name: str, ids: Sequence[str], request: Request
+    ) -> Response:
+        current = self._runtime.current.groups.get(name)  # a reload may have removed it since
+        described = self._describe_group(current) if current is not None else []
+        targets = [t for t in described if t["id"] in ids]
+        reply: dict[str, Any] = {"target_group": name, "targets": targets}
         if self.peers is not None and not _from_peer(request):
             reply["workers"] = await self.peers(f"/targets/{action}", request.body)
         return _json(200, reply)

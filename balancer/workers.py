@@ -21,8 +21,13 @@ its index in the environment (:mod:`balancer.peers` is the children's side), and
   ``i`` on ``admin.port + i``; metrics are per process, so scrape every worker's port (a
   Prometheus job with the N targets, each labelled with its worker). The targets API and
   ``POST /reload`` are served by worker 0, which forwards each change to the others.
-- **Limits.** Each worker runs its own health checks (N times the check traffic) and keeps
-  API-registered targets in memory: a worker restarted after a crash starts from the file.
+- **Reload.** Each worker reloads on its own (SIGHUP here, or ``POST /reload`` forwarded by
+  worker 0) and binds the listeners the new file adds with SO_REUSEPORT; a worker that cannot
+  bind refuses, and its ``reload refused`` status becomes the supervisor's.
+- **State.** Worker 0 alone writes the targets API's state file (``state_dir/targets.json``);
+  every worker loads it at start, so a worker restarted after a crash has the API's
+  registrations too.
+- **Limits.** Each worker runs its own health checks (N times the check traffic).
 """
 
 from __future__ import annotations

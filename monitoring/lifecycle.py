@@ -5,16 +5,18 @@ Task tree of a running daemon (every task has an owner)::
     run_daemon
     └── control nursery
         ├── app.serve(frame)          the daemon's own resources (store, health checkers, ...)
-        │   └── frame.serve_listeners
-        │       └── handler nursery   one task per connection; gets the grace deadline at stop
-        │           └── accept nursery  one accept loop per socket; cancelled at stop
+        │   └── frame.serve_listeners   listener nursery: open until stop
+        │       └── one task per listener (more join and leave on a reload: add/stop_listener)
+        │           └── handler nursery   one task per connection; grace deadline at stop
+        │               └── accept nursery  one accept loop per socket; cancelled at stop
         ├── watchdog pings            when the unit sets WatchdogSec
         └── signal forwarder          SIGHUP -> reload, SIGTERM/SIGINT -> stop
 
 Stopping (hypercorn's pattern): cancel the accept loops, close idle keep-alive connections at
 once, let busy ones finish their request within ``grace_period_seconds``, then cancel what is
 left. Only after the handler nursery has closed does ``app.serve`` release its resources, so a
-request in flight never finds the store gone.
+request in flight never finds the store gone. :meth:`Frame.stop_listener` does the same for one
+listener while the others serve on (a listener removed by a reload).
 """
 
 from __future__ import annotations
@@ -73,6 +75,14 @@ class Listener:
     max_connections: int = 10000
     active: int = 0
     accepted: int = 0
+    # This listener's own drain: started by Frame.stop and by Frame.stop_listener. Handlers
+    # that close idle connections on a drain watch it (frame.draining covers the whole daemon).
+    draining: Draining = field(default_factory=Draining)
+    _accept_scope: trio.CancelScope | None = field(default=None, repr=False)
+    _handler_scope: trio.CancelScope | None = field(default=None, repr=False)
+    _accepting_done: trio.Event = field(default_factory=trio.Event, repr=False)
+    _stop_deadline: float = field(default=math.inf, repr=False)
+    _keep_sockets: bool = field(default=False, repr=False)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -127,9 +137,13 @@ class Frame:
     # Set by the Daemon: re-read the configuration file now, as SIGHUP does, and return None
     # or the reason it was refused (an admin route's "reload" calls it and reports the outcome).
     reload: Callable[[], Awaitable[str | None]] | None = None
-    _accept_scope: trio.CancelScope | None = None
-    _handler_scope: trio.CancelScope | None = None
     _stop_deadline: float = math.inf
+    _nursery: trio.Nursery | None = None
+    _stopped: trio.Event = field(default_factory=trio.Event)
+    # Listeners stopped alone (stop_listener) whose connections are still finishing, and the
+    # connections accepted by those already gone: the accepted counter never goes backwards.
+    _retiring: list[Listener] = field(default_factory=list)
+    _accepted_before: dict[str, int] = field(default_factory=dict)
 
     async def serve_listeners(
         self,
@@ -137,43 +151,111 @@ class Frame:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept on every listener until :meth:`stop`, then wait for connections to finish."""
-        self.listeners.extend(listeners)
-        for listener in listeners:
-            for address in listener.addresses:
-                self.log.info("listener.bound", name=listener.name, addr=_format(address))
-        async with trio.open_nursery() as handlers:
-            self._handler_scope = handlers.cancel_scope
-            handlers.cancel_scope.deadline = self._stop_deadline
-            try:
-                async with trio.open_nursery() as accepting:
-                    self._accept_scope = accepting.cancel_scope
-                    if self.draining.started:
-                        accepting.cancel_scope.cancel()
-                    for listener in listeners:
-                        for sock in listener.sockets:
-                            accepting.start_soon(self._accept_loop, listener, sock, handlers)
-                    task_status.started()
-            finally:
-                # Closing a listening socket does not wait on any peer; shield it so that a
-                # cancellation still releases the port.
-                with trio.CancelScope(shield=True):
-                    for listener in listeners:
-                        for sock in listener.sockets:
-                            await sock.aclose()
+        """Accept on every listener until :meth:`stop`, then wait for connections to finish.
+
+        Listeners added later (:meth:`add_listener`) are served the same way.
+        """
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                await nursery.start(self._serve_one, listener)
+            self._nursery = nursery
+            task_status.started()
+            await self._stopped.wait()
+        self._nursery = None
+
+    async def add_listener(self, listener: Listener) -> None:
+        """Serve ``listener`` too, from now until it is stopped or the daemon stops.
+
+        Raises:
+            RuntimeError: the frame is not serving (before serve_listeners, or after stop);
+                the listener's sockets are closed.
+        """
+        if self._nursery is None or self._stopped.is_set():
+            for sock in listener.sockets:
+                await sock.aclose()
+            raise RuntimeError("the daemon is not serving listeners")
+        await self._nursery.start(self._serve_one, listener)
+
+    async def stop_listener(
+        self, listener: Listener, grace_period: float, *, keep_sockets: bool = False
+    ) -> None:
+        """Stop accepting on ``listener`` alone, as :meth:`stop` does for every listener.
+
+        Returns once no accept loop runs on its sockets; its connections in flight go on
+        finishing (idle ones close now, busy ones get ``grace_period`` seconds) while the
+        other listeners serve.
+
+        Args:
+            keep_sockets: leave the listening sockets open, for another Listener to accept on
+                (a listener whose handler changes but whose address stays); else close them.
+        """
+        if listener in self.listeners:
+            self.listeners.remove(listener)
+            self._retiring.append(listener)
+        listener._keep_sockets = keep_sockets
+        listener._stop_deadline = min(listener._stop_deadline, trio.current_time() + grace_period)
+        if not listener.draining.started:
+            listener.draining.start()
+        if listener._handler_scope is not None:
+            listener._handler_scope.deadline = min(self._stop_deadline, listener._stop_deadline)
+        if listener._accept_scope is not None:
+            listener._accept_scope.cancel()
+            await listener._accepting_done.wait()
+        self.log.info("listener.stopped", name=listener.name)
 
     def stop(self, grace_period: float) -> None:
         """Stop accepting; idle connections close now, busy ones get ``grace_period`` seconds."""
         self.draining.start()
         self._stop_deadline = trio.current_time() + grace_period
-        if self._accept_scope is not None:
-            self._accept_scope.cancel()
-        if self._handler_scope is not None:
-            self._handler_scope.deadline = self._stop_deadline
+        for listener in [*self.listeners, *self._retiring]:
+            if not listener.draining.started:
+                listener.draining.start()
+            if listener._accept_scope is not None:
+                listener._accept_scope.cancel()
+            if listener._handler_scope is not None:
+                listener._handler_scope.deadline = min(self._stop_deadline, listener._stop_deadline)
+        self._stopped.set()
 
     def connection_counts(self) -> dict[str, tuple[int, int]]:
         """Per listener name: (open connections, connections accepted since start)."""
-        return {lst.name: (lst.active, lst.accepted) for lst in self.listeners}
+        counts = {name: (0, total) for name, total in self._accepted_before.items()}
+        for lst in [*self.listeners, *self._retiring]:
+            active, accepted = counts.get(lst.name, (0, 0))
+            counts[lst.name] = (active + lst.active, accepted + lst.accepted)
+        return counts
+
+    async def _serve_one(
+        self, listener: Listener, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """One listener's accept loops and connections, until it or the daemon stops."""
+        self.listeners.append(listener)
+        for address in listener.addresses:
+            self.log.info("listener.bound", name=listener.name, addr=_format(address))
+        try:
+            async with trio.open_nursery() as handlers:
+                listener._handler_scope = handlers.cancel_scope
+                handlers.cancel_scope.deadline = min(self._stop_deadline, listener._stop_deadline)
+                try:
+                    async with trio.open_nursery() as accepting:
+                        listener._accept_scope = accepting.cancel_scope
+                        if self.draining.started or listener.draining.started:
+                            accepting.cancel_scope.cancel()
+                        for sock in listener.sockets:
+                            accepting.start_soon(self._accept_loop, listener, sock, handlers)
+                        task_status.started()
+                finally:
+                    # Closing a listening socket does not wait on any peer; shield it so that
+                    # a cancellation still releases the port.
+                    with trio.CancelScope(shield=True):
+                        if not listener._keep_sockets:
+                            for sock in listener.sockets:
+                                await sock.aclose()
+                    listener._accepting_done.set()
+        finally:
+            if listener in self._retiring:
+                self._retiring.remove(listener)
+                before = self._accepted_before.get(listener.name, 0)
+                self._accepted_before[listener.name] = before + listener.accepted
 
     async def _accept_loop(
         self, listener: Listener, sock: trio.SocketListener, handlers: trio.Nursery

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import socket
+
 import h11
+import msgspec
+import pytest
 import trio
 
 from balancer.cli import SPEC
-from balancer.config import BalancerConfig
+from balancer.config import BalancerConfig, FixedResponse, HttpListener
+from monitoring.configfile import ConfigError
 from monitoring.settings import AdminSettings, LoggingSettings
 from tests.support.daemons import address, running
 from tests.support.http import request
@@ -37,9 +42,14 @@ async def test_serves_http_listeners_and_reloads_their_rules_for_keep_alive_clie
                 await daemon.app.reload(config([listener(rules=[rule])], [group("web", target)]))
                 # The same keep-alive connection takes the new rules at its next request.
                 assert (await client.request(target="/x"))[0] == 418
+            # A listener renamed is removed and added: the new one serves, the old is gone.
+            old_address = front(daemon)
             moved = config([listener(name="other")], [group("web", target)])
             await daemon.app.reload(moved)
-            assert "config.restart_required" in daemon.log_output.getvalue()
+            assert "config.restart_required" not in daemon.log_output.getvalue()
+            assert (await request(front(daemon, "other"), target="/x"))[0] == 200
+            with pytest.raises(OSError):
+                await trio.open_tcp_stream(*old_address)
 
 
 async def test_https_listeners_terminate_tls_then_proxy(tmp_path):
@@ -79,3 +89,137 @@ async def test_https_listeners_terminate_tls_then_proxy(tmp_path):
             status, _, _body = await read_response(conn, stream)
         assert status == 200
         assert target.seen[0].header("x-forwarded-proto") == "https"
+
+
+# --- listeners added, removed and moved by a reload ---------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _fixed(name: str, port: int, body: str) -> HttpListener:
+    from tests.support.balancer_http import listener
+
+    default = FixedResponse(status_code=200, message_body=body)
+    return msgspec.structs.replace(listener(name=name, default=default), port=port)
+
+
+async def test_a_reload_adds_a_listener_that_serves_at_once():
+    from tests.support.balancer_http import balancer, config, front
+
+    async with balancer(config([_fixed("front", 0, "front")], [])) as daemon:
+        first = front(daemon)
+        port = _free_port()
+        await daemon.app.reload(
+            config([_fixed("front", 0, "front"), _fixed("extra", port, "x")], [])
+        )
+        status, _, body = await request(("127.0.0.1", port), target="/")
+        assert (status, body) == (200, b"x")
+        # The listener that stayed kept its socket and serves on.
+        assert front(daemon) == first
+        assert (await request(first, target="/"))[2] == b"front"
+        assert "event=listener.bound daemon=balancer name=extra" in daemon.log_output.getvalue()
+
+
+async def test_a_removed_listener_lets_its_request_in_flight_finish_and_refuses_new_ones():
+    from tests.support.balancer_http import balancer, config, front, group, listener
+    from tests.support.targets import Reply, Seen, TargetServer, running_targets
+
+    arrived, release = trio.Event(), trio.Event()
+
+    async def slow(seen: Seen, server: TargetServer) -> Reply:
+        arrived.set()
+        await release.wait()
+        return Reply(200, body=b"finished")
+
+    async with running_targets(TargetServer("slow", slow)) as (target,):
+        groups = [group("web", target)]
+        async with balancer(config([listener(), _fixed("stay", 0, "stay")], groups)) as daemon:
+            old, stay = front(daemon), front(daemon, "stay")
+            async with trio.open_nursery() as nursery:
+                replies: list[tuple[int, bytes]] = []
+
+                async def in_flight() -> None:
+                    status, _, body = await request(old, target="/slow")
+                    replies.append((status, body))
+
+                nursery.start_soon(in_flight)
+                with trio.fail_after(10):
+                    await arrived.wait()
+                await daemon.app.reload(config([_fixed("stay", 0, "stay")], groups))
+                with pytest.raises(OSError):  # nobody listens there any more
+                    await trio.open_tcp_stream(*old)
+                assert (await request(stay, target="/"))[2] == b"stay"
+                release.set()
+            assert replies == [(200, b"finished")]
+            assert "event=listener.stopped daemon=balancer name=front" in (
+                daemon.log_output.getvalue()
+            )
+
+
+async def test_a_reload_whose_port_is_taken_is_refused_and_the_old_listeners_answer():
+    from tests.support.balancer_http import balancer, config, front
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        async with balancer(config([_fixed("front", 0, "old")], [])) as daemon:
+            first = front(daemon)
+            new = config([_fixed("front", 0, "new"), _fixed("extra", taken, "x")], [])
+            with pytest.raises(ConfigError) as refused:
+                await daemon.app.reload(new)
+            assert "listener 'extra' cannot bind 127.0.0.1:" in str(refused.value)
+            assert "Address already in use" in str(refused.value)
+            # Nothing of the new generation applied: the old rules answer on the old socket.
+            assert (await request(first, target="/"))[2] == b"old"
+            assert [li.name for li in daemon.frame.listeners] == ["admin", "front"]
+            assert daemon.app.config.listeners[0].default_action == FixedResponse(
+                status_code=200, message_body="old"
+            )
+
+
+async def test_http_turned_https_on_the_same_port_takes_over_the_socket(tmp_path):
+    import ssl
+
+    import trustme
+
+    from balancer.config import Certificate, HttpsListener
+    from tests.support.balancer_http import balancer, config, front
+    from tests.support.http import read_response
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("shop.example.com")
+    cert_file, key_file = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    port = _free_port()
+    async with balancer(config([_fixed("front", port, "plain")], [])) as daemon:
+        assert (await request(("127.0.0.1", port), target="/"))[2] == b"plain"
+        # A keep-alive connection of the http listener, idle across the reload: it closes.
+        idle = await trio.open_tcp_stream("127.0.0.1", port)
+        secure = HttpsListener(
+            name="front",
+            host="127.0.0.1",
+            port=port,
+            certificates=(Certificate(cert_file=str(cert_file), key_file=str(key_file)),),
+            default_action=FixedResponse(status_code=200, message_body="tls"),
+        )
+        async with idle:
+            await daemon.app.reload(config([secure], []))  # type: ignore[list-item]
+            with trio.fail_after(5):
+                assert await idle.receive_some(10) == b""
+        assert front(daemon) == ("127.0.0.1", port)
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        tls = trio.SSLStream(stream, context, server_hostname="shop.example.com")
+        async with tls:
+            conn = h11.Connection(h11.CLIENT)
+            head = h11.Request(method="GET", target="/", headers=[("host", "shop")])
+            await tls.send_all(conn.send(head) + conn.send(h11.EndOfMessage()))
+            status, _, body = await read_response(conn, tls)
+        assert (status, body) == (200, b"tls")

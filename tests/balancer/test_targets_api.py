@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 import trio
@@ -19,8 +20,9 @@ from balancer.config import (
 from balancer.health import Input, TargetState
 from balancer.peers import PEER_HEADER
 from balancer.runtime import Runtime
-from balancer.targets_api import Overrides, TargetsApi
+from balancer.targets_api import GroupOverrides, Overrides, SavedOverrides, StateFile, TargetsApi
 from monitoring.admin import AdminServer, open_admin_listener
+from monitoring.configfile import ConfigError
 from monitoring.lifecycle import Frame
 from monitoring.logging import EventLog
 from monitoring.metrics import Metrics
@@ -28,6 +30,7 @@ from monitoring.settings import AdminSettings, HttpLimits
 from tests.support.check_targets import StubTarget
 from tests.support.daemons import address, running
 from tests.support.http import request
+from tests.support.processes import daemon_process
 
 
 def make_config(*hosts: str, delay: int = 300) -> BalancerConfig:
@@ -257,7 +260,7 @@ async def test_changes_are_forwarded_to_peer_workers_once(nursery):
 
 
 async def test_through_the_daemon_a_registered_target_takes_traffic_and_survives_reload(
-    nursery,
+    nursery, tmp_path
 ):
     first, second = StubTarget(), StubTarget()
     first.body, second.body = b"first", b"second"
@@ -272,7 +275,10 @@ async def test_through_the_daemon_a_registered_target_takes_traffic_and_survives
         name="front", host="127.0.0.1", port=0, default_action=Forward(target_group="web")
     )
     config = BalancerConfig(
-        admin=AdminSettings(port=0), listeners=(listener,), target_groups=(group,)
+        admin=AdminSettings(port=0),
+        state_dir=str(tmp_path),
+        listeners=(listener,),
+        target_groups=(group,),
     )
     async with running(SPEC, config) as daemon:
         admin, front = address(daemon, "admin"), address(daemon, "front")
@@ -300,3 +306,138 @@ async def test_through_the_daemon_a_registered_target_takes_traffic_and_survives
         assert described["port"] == second.port
     first.stop()
     second.stop()
+
+
+# --- the state file: API changes across restarts -------------------------------------------
+
+
+def test_the_state_file_round_trips_the_overrides(tmp_path):
+    config = make_config("10.0.0.1", "10.0.0.2")
+    web = config.target_groups[0]
+    overrides = Overrides()
+    overrides.register(web, [Target(host="10.0.0.3", weight=5, zone="b")])
+    overrides.deregister(web, ["10.0.0.1:8080"])
+    state = StateFile(tmp_path / "state")
+    assert state.load() == SavedOverrides()  # no file yet: nothing saved
+    state.save(overrides.dump())
+    assert sorted(p.name for p in state.directory.iterdir()) == ["targets.json"]  # no temp
+    assert state.path.stat().st_mode & 0o777 == 0o600
+    restored = Overrides.restore(state.load(), config)
+    assert restored.endpoints(web) == overrides.endpoints(web)
+    assert [e.target_id for e in restored.endpoints(web)] == ["10.0.0.2:8080", "10.0.0.3:8080"]
+    assert restored.source("web", "10.0.0.3:8080") == "api"
+    # Loaded under a file that has changed since: what it makes moot is dropped (10.0.0.1 is
+    # no longer listed), what it does not stays (the API's weight for 10.0.0.3).
+    later = make_config("10.0.0.2", "10.0.0.3")
+    moot = Overrides.restore(state.load(), later)
+    kept = GroupOverrides(registered=(Target(host="10.0.0.3", weight=5, zone="b"),))
+    assert moot.dump() == SavedOverrides(target_groups={"web": kept})
+    assert Overrides.restore(state.load(), BalancerConfig()).dump() == SavedOverrides()
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b'{"version": 1, "target_groups": {"web": {"registered": [{"host": ', "corrupt"),
+        (b"", "corrupt"),
+        (b'{"version": 2}', "corrupt"),
+        (b'{"version": 1, "target_groups": {"web": {"registered": [{"host": "a b"}]}}}', "corrupt"),
+    ],
+)
+def test_a_corrupt_state_file_is_refused_with_its_path_and_reason(tmp_path, content, reason):
+    state = StateFile(tmp_path)
+    state.path.write_bytes(content)
+    with pytest.raises(ConfigError) as refused:
+        state.load()
+    assert refused.value.path == str(state.path)
+    assert reason in refused.value.reason
+    assert "remove it" in refused.value.reason
+
+
+async def test_a_change_that_cannot_be_saved_is_refused_and_not_applied(nursery, tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    admin = Admin(make_config("10.0.0.1"), state=StateFile(blocker))
+    await admin.start(nursery)
+    body = {"target_group": "web", "targets": [{"host": "10.0.0.3"}]}
+    status, reply = await admin.call("POST", "/targets/register", body)
+    assert (status, reply["error"]) == (500, "StateNotSaved")
+    assert str(blocker) in reply["message"]
+    assert list(await admin.targets()) == ["10.0.0.1:8080"]
+    # Saved: the file holds the change before the reply.
+    saved = StateFile(tmp_path / "ok")
+    working = Admin(make_config("10.0.0.1"), state=saved)
+    await working.start(nursery)
+    assert (await working.call("POST", "/targets/register", body))[0] == 200
+    assert [t.host for t in saved.load().target_groups["web"].registered] == ["10.0.0.3"]
+    admin.frame.stop(0)
+    working.frame.stop(0)
+
+
+def _restart_config(path, state_dir, target_port: int) -> None:
+    path.write_text(f"""
+state_dir = "{state_dir}"
+[admin]
+port = 0
+[[listeners]]
+name = "front"
+protocol = "http"
+host = "127.0.0.1"
+port = 0
+default_action = {{ type = "forward", target_group = "web" }}
+
+[[target_groups]]
+name = "web"
+deregistration_delay_seconds = 0
+health_check = {{ enabled = false }}
+targets = [{{ host = "127.0.0.1", port = {target_port} }}, {{ host = "10.0.0.1", port = 80 }}]
+""")
+
+
+async def _described(daemon) -> dict[str, str]:
+    await daemon.wait_log("event=daemon.ready")
+    _, _, reply = await request(daemon.addresses["admin"], target="/targets?target_group=web")
+    return {t["id"]: t["source"] for t in json.loads(reply)["target_groups"][0]["targets"]}
+
+
+@pytest.mark.slow
+async def test_registrations_made_through_the_api_survive_a_restart(nursery, tmp_path):
+    target = StubTarget()
+    target.body = b"kept"
+    await target.start(nursery)
+    config = tmp_path / "balancer.toml"
+    _restart_config(config, tmp_path / "state", target.port)
+    async with daemon_process("balancer", config, tmp_path) as daemon:
+        await daemon.wait_log("event=daemon.ready")
+        admin = daemon.addresses["admin"]
+        changes = [
+            ("register", {"host": "10.0.0.7", "port": 8080}),
+            ("deregister", {"host": "10.0.0.1", "port": 80}),
+        ]
+        for action, target_body in changes:
+            body = json.dumps({"target_group": "web", "targets": [target_body]}).encode()
+            status, _, reply = await request(admin, "POST", f"/targets/{action}", body=body)
+            assert status == 200, reply
+        before = await _described(daemon)
+        daemon.signal(signal.SIGTERM)
+    assert daemon.process.returncode == 0
+    (tmp_path / "notify.sock").unlink()
+    async with daemon_process("balancer", config, tmp_path) as restarted:
+        after = await _described(restarted)
+        # The deregistered target stays out of rotation; the registered one is back.
+        assert after == before
+        assert after == {f"127.0.0.1:{target.port}": "config", "10.0.0.7:8080": "api"}
+        restarted.signal(signal.SIGTERM)
+    target.stop()
+
+
+async def test_a_corrupt_state_file_stops_the_start_with_a_clear_message(tmp_path):
+    config = tmp_path / "balancer.toml"
+    _restart_config(config, tmp_path, 9)
+    (tmp_path / "targets.json").write_text('{"version": 1, "target_gr')
+    async with daemon_process("balancer", config, tmp_path) as daemon:
+        with trio.fail_after(30):
+            await daemon.process.wait()
+        line = await daemon.wait_log("targets.json")
+    assert daemon.process.returncode == 1  # EXIT_CONFIG, as for a bad configuration file
+    assert f"{tmp_path / 'targets.json'}: corrupt state file" in line

@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from balancer.peers import COUNT_ENV, INDEX_ENV
+from balancer.targets_api import StateFile
 from balancer.workers import (
     BACKOFF_MAX_SECONDS,
     BACKOFF_MIN_SECONDS,
@@ -81,10 +82,26 @@ def test_supervise_only_serves_with_several_workers(tmp_path, monkeypatch, capsy
 
 
 def listener_config(
-    *, workers: int, port: int, admin: int, target: int = 9, grace: float = 5.0
+    *,
+    workers: int,
+    port: int,
+    admin: int,
+    target: int = 9,
+    grace: float = 5.0,
+    state_dir: str = "",
+    extra_port: int = 0,
 ) -> str:
+    extra = f"""
+[[listeners]]
+name = "extra"
+protocol = "http"
+host = "127.0.0.1"
+port = {extra_port}
+default_action = {{ type = "fixed_response", status_code = 200, message_body = "extra" }}
+"""
     return f"""
 workers = {workers}
+{f'state_dir = "{state_dir}"' if state_dir else ""}
 [admin]
 port = {admin}
 [lifecycle]
@@ -106,7 +123,7 @@ action = {{ type = "forward", target_group = "app" }}
 name = "app"
 deregistration_delay_seconds = 0
 targets = [{{ host = "127.0.0.1", port = {target} }}]
-"""
+{extra if extra_port else ""}"""
 
 
 def free_port(start_pair: bool = False) -> int:
@@ -137,10 +154,11 @@ def worker_pids(daemon: DaemonProcess) -> dict[int, int]:
     return pids
 
 
-async def accepted(admin: tuple[str, int]) -> float:
+async def accepted(admin: tuple[str, int], listener: str = "web") -> float:
     status, _, body = await request(admin, target="/metrics")
     assert status == 200
-    match = re.search(rb'wharf_connections_accepted_total\{listener="web"\} ([0-9.]+)', body)
+    pattern = rb'wharf_connections_accepted_total\{listener="%s"\} ([0-9.]+)' % listener.encode()
+    match = re.search(pattern, body)
     assert match is not None
     return float(match[1])
 
@@ -164,7 +182,12 @@ async def test_two_workers_share_the_listener_reload_restart_and_stop(nursery, t
     await target.start(nursery)
     port, admin_port = free_port(), free_port(start_pair=True)
     config = tmp_path / "balancer.toml"
-    config.write_text(listener_config(workers=2, port=port, admin=admin_port, target=target.port))
+    state = tmp_path / "state"
+    config.write_text(
+        listener_config(
+            workers=2, port=port, admin=admin_port, target=target.port, state_dir=str(state)
+        )
+    )
     admins = [("127.0.0.1", admin_port), ("127.0.0.1", admin_port + 1)]
     async with daemon_process("balancer", config, tmp_path) as daemon:
         # READY=1 comes from the supervisor only once both workers reported ready.
@@ -216,6 +239,13 @@ async def test_two_workers_share_the_listener_reload_restart_and_stop(nursery, t
                     pass
                 await trio.sleep(0.1)
         assert (await request(("127.0.0.1", port), target="/"))[0] == 200
+        # Worker 0 wrote the registration to the state file; the new worker 1 loaded it.
+        assert [t.host for t in StateFile(state).load().target_groups["app"].registered] == [
+            "127.0.0.2"
+        ]
+        _, _, listed = await request(admins[1], target="/targets")
+        ids = [t["id"] for t in json.loads(listed)["target_groups"][0]["targets"]]
+        assert "127.0.0.2:80" in ids
 
         # SIGTERM: every worker drains and exits, then the supervisor exits 0.
         final = worker_pids(daemon)
@@ -225,6 +255,46 @@ async def test_two_workers_share_the_listener_reload_restart_and_stop(nursery, t
     for pid in final.values():
         await wait_gone(pid)
     target.stop()
+
+
+@pytest.mark.slow
+async def test_a_reload_adds_a_listener_in_every_worker_or_is_refused(tmp_path):
+    port, extra_port, admin_port = free_port(), free_port(), free_port(start_pair=True)
+    config = tmp_path / "balancer.toml"
+    settings = {"workers": 2, "port": port, "admin": admin_port, "state_dir": str(tmp_path)}
+    config.write_text(listener_config(**settings))
+    admins = [("127.0.0.1", admin_port), ("127.0.0.1", admin_port + 1)]
+    async with daemon_process("balancer", config, tmp_path) as daemon:
+        assert (await daemon.next_notification()).startswith(b"READY=1")
+        config.write_text(listener_config(**settings, extra_port=extra_port))
+        # POST /reload on worker 0 reloads it, then worker 1: each binds its own socket.
+        status, _, reply = await request(admins[0], "POST", "/reload")
+        assert status == 200, reply
+        assert json.loads(reply)["workers"] == {"1": "ok"}
+        for _ in range(40):
+            assert (await request(("127.0.0.1", extra_port), target="/"))[2] == b"extra"
+        counts = [await accepted(admin, "extra") for admin in admins]
+        assert all(count > 0 for count in counts), counts
+
+        # A listener whose port is taken: worker 0 refuses, and so does worker 1 (SIGHUP).
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", 0))
+            squatter.listen()
+            taken = squatter.getsockname()[1]
+            config.write_text(listener_config(**settings, extra_port=taken))
+            status, _, reply = await request(admins[0], "POST", "/reload")
+            assert status == 400, reply
+            message = json.loads(reply)["message"]
+            assert f"listener 'extra' cannot bind 127.0.0.1:{taken}" in message
+            daemon.signal(signal.SIGHUP)
+            assert (await daemon.next_notification()).startswith(b"RELOADING=1")
+            refused = await daemon.next_notification()
+            assert refused.startswith(b"READY=1\nSTATUS=reload refused"), refused
+        # The old listeners answer on, in both workers.
+        for _ in range(10):
+            assert (await request(("127.0.0.1", extra_port), target="/"))[2] == b"extra"
+            assert (await request(("127.0.0.1", port), target="/"))[2] == b"hi"
+        daemon.signal(signal.SIGTERM)
 
 
 @pytest.mark.slow

@@ -169,3 +169,55 @@ async def test_frame_reload_applies_the_file_and_reports_a_refusal(tmp_path):
         assert reason is not None
         assert "at `$.admin.port`" in reason
         daemon.request_stop()
+
+
+async def test_listeners_join_and_leave_a_serving_frame_one_at_a_time(nursery):
+    frame, out = make_frame()
+    release = trio.Event()
+
+    async def slow(stream):
+        await stream.send_all(b"busy")
+        await release.wait()
+        await stream.send_all(b"done")
+
+    async def quick(stream):
+        await stream.send_all(b"quick")
+
+    first = Listener("first", await bind_tcp("127.0.0.1", 0), slow)
+    await nursery.start(frame.serve_listeners, [first])
+    second = Listener("second", await bind_tcp("127.0.0.1", 0), quick)
+    await frame.add_listener(second)
+    with trio.fail_after(5):
+        async with await trio.open_tcp_stream(*second.addresses[0]) as stream:
+            assert await stream.receive_some(10) == b"quick"
+
+    # Stop the first alone: its connection in flight finishes, new connects are refused.
+    address = first.addresses[0]
+    busy = await trio.open_tcp_stream(*address)
+    async with busy:
+        with trio.fail_after(5):
+            assert await busy.receive_some(10) == b"busy"
+        await frame.stop_listener(first, 10)
+        assert first.draining.started
+        assert not frame.draining.started
+        with pytest.raises(OSError):
+            await trio.open_tcp_stream(*address)
+        assert [lst.name for lst in frame.listeners] == ["second"]
+        assert frame.connection_counts()["first"] == (1, 1)
+        release.set()
+        with trio.fail_after(5):
+            assert await busy.receive_some(10) == b"done"
+            assert await busy.receive_some(10) == b""  # closed once its handler is done
+    assert frame.connection_counts()["first"] == (0, 1)  # accepted never goes backwards
+    assert "event=listener.stopped" in out.getvalue()
+
+    # keep_sockets: another Listener takes over the same socket without a gap.
+    third = Listener("third", second.sockets, quick)
+    await frame.stop_listener(second, 0, keep_sockets=True)
+    await frame.add_listener(third)
+    with trio.fail_after(5):
+        async with await trio.open_tcp_stream(*third.addresses[0]) as stream:
+            assert await stream.receive_some(10) == b"quick"
+    frame.stop(0)
+    with pytest.raises(RuntimeError):
+        await frame.add_listener(Listener("late", await bind_tcp("127.0.0.1", 0), quick))

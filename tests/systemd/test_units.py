@@ -144,12 +144,14 @@ PER_DAEMON: dict[str, dict[str, str | None]] = {
     "broker": {
         "LimitNOFILE": "65536",
         "StateDirectory": "wharf-broker",
+        "StateDirectoryMode": "0700",
         "CapabilityBoundingSet": "",
         "AmbientCapabilities": "",
     },
     "balancer": {
         "LimitNOFILE": "1048576",
-        "StateDirectory": None,  # stateless
+        "StateDirectory": "wharf-balancer",  # targets.json: the targets API's changes
+        "StateDirectoryMode": "0700",
         "CapabilityBoundingSet": "CAP_NET_BIND_SERVICE",
         "AmbientCapabilities": "CAP_NET_BIND_SERVICE",
     },
@@ -222,6 +224,13 @@ def read_unit(daemon: str) -> Unit:
 @pytest.mark.parametrize("daemon", DAEMONS)
 def test_unit_says_everything_it_must(daemon: str) -> None:
     assert problems(read_unit(daemon), daemon) == []
+
+
+def test_the_balancer_state_dir_default_is_the_units_state_directory() -> None:
+    from balancer.config import BalancerConfig
+
+    state = last(read_unit("balancer"), "Service", "StateDirectory")
+    assert BalancerConfig().state_dir == f"/var/lib/{state}"
 
 
 def _drop(text: str, key: str) -> str:
