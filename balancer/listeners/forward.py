@@ -17,12 +17,26 @@ ALB's answers when it goes wrong:
   ``target_response_seconds``.
 - A failure after the response began can only cut the client connection.
 
+A target may answer before it has the whole request (nginx's 413 for
+``client_max_body_size``, an auth proxy's 401, a 417 to ``Expect``), often closing or
+resetting its side right after. While a body streams, a task watches the target's socket:
+when it speaks, or when a write to it fails, the upload stops and its response is read
+(under the target response timeout) and relayed as usual; only a target that answered
+nothing is a 502. The target connection is then never pooled, and the client connection
+closes after the response (its body was not read to the end): the balancer first reads
+and drops what the client still sends for a bounded time, so that the client reads the
+response instead of a reset. ``Expect: 100-continue`` goes to the target, whose 100 or
+final answer reaches the client; a target silent on it for ``EXPECT_CONTINUE_SECONDS``
+gets the body anyway, after the balancer's own 100.
+
 Writes are batched: a response head and the body bytes of the same read go out in one
 write, so a small response costs one read from the target and one write to the client.
 """
 
 from __future__ import annotations
 
+import math
+import socket
 import time
 from typing import Final
 
@@ -60,7 +74,15 @@ FLUSH_BYTES: Final = 1 << 16  # batch small pieces up to this much before a writ
 # before it is relayed: a client gone meanwhile is logged as 460 and the target connection
 # dropped instead of reading a body nobody wants. Fast responses skip the syscall.
 SLOW_RESPONSE_SECONDS: Final = 0.25
+# A client waiting for 100-continue gets the balancer's own 100 when the target neither
+# continued nor answered in this time (curl's wait for a 100 before it sends anyway).
+EXPECT_CONTINUE_SECONDS: Final = 1.0
+# After an early response, what the client still sends of its body is read and dropped for
+# at most this long and this much (nginx's lingering close), then the connection closes.
+LINGER_SECONDS: Final = 5.0
+LINGER_BYTES: Final = 64 << 20
 Header = tuple[bytes, bytes]
+Head = h11.Response | h11.InformationalResponse
 
 
 class BadRequestBody(Exception):
@@ -114,6 +136,9 @@ async def forward(
         events = group.request_finished(target_id, trio.current_time())
         if events:
             runtime.notify(events)
+    conn = client.conn
+    if conn.their_state is h11.SEND_BODY and conn.our_state in (h11.DONE, h11.MUST_CLOSE):
+        await _linger(client, ex)  # answered before the client's body was all read
 
 
 async def _exchange(
@@ -133,10 +158,15 @@ async def _exchange(
     )
     request = ex.request
     upgrade = is_upgrade(ex.headers)
+    headers = _upstream_headers(ex, client, upgrade, wall, services)
+    # A client waiting for 100-continue: the target decides whether the body may come.
+    expect = client.conn.they_are_waiting_for_100_continue and _has_body(ex.headers)
+    if expect:
+        headers.append((b"expect", b"100-continue"))
     head = h11.Request(
         method=request.method,
         target=request.target,
-        headers=_upstream_headers(ex, client, upgrade, wall, services),
+        headers=headers,
         # Every value is h11's parse of the client's head or built here from addresses and
         # hex digits, so h11's per-header validation regexes would only repeat work.
         _parsed=True,
@@ -154,14 +184,20 @@ async def _exchange(
             return
         try:
             try:
+                early: Head | None = None
                 if attempt == 0:
-                    await _send_request(client, ex, up, head)
+                    early = await _send_request(client, ex, up, head, expect=expect)
                 else:  # a retry: the request had no body, so its head is all there is
                     await _send_upstream(
                         up, [up.conn.send(head) or b"", up.conn.send(h11.EndOfMessage()) or b""]
                     )
                     ex.sent_at = trio.current_time()
-                response = await _read_head(ex, up)
+                if early is None:
+                    response = await _read_head(ex, up)
+                else:
+                    response = early
+                    if up.conn.our_state is not h11.DONE:
+                        _answered_early(services, client, ex, response)
             except _TargetFailed as failure:
                 if attempt == 0 and retryable and up.reused and not failure.answered:
                     continue  # the finally below closes the stale connection
@@ -226,20 +262,32 @@ async def _send_upstream(up: Upstream, pieces: list[fastio.Buffer]) -> None:
     try:
         await fastio.send_many(up.stream.socket, pieces)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
+        up.conn.send_failed()  # h11 in ERROR: the connection is never pooled
         raise _TargetFailed("TargetConnectionReset", answered=False) from None
 
 
-async def _send_request(client: Client, ex: Exchange, up: Upstream, head: h11.Request) -> None:
+def _continue(client: Client) -> bytes:
+    """A 100 Continue for the client (h11 then no longer counts it as waiting)."""
+    return client.conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
+
+
+async def _send_request(
+    client: Client, ex: Exchange, up: Upstream, head: h11.Request, *, expect: bool
+) -> Head | None:
     """Send the head, then stream the client's body to the target as it arrives.
 
-    Writes to the target run under whatever deadline is armed: the response timeout for a
-    request that arrived whole, the body timeout while a body trickles in.
+    Returns None once the whole request is out (the caller reads the response), or the
+    target's response head when the target answered before that, or a write to it failed
+    and it had answered (an early response; the request stays unfinished on that
+    connection). Raises :class:`_TargetFailed` when it failed without answering.
+
+    A request that is all here already goes out in one write. Writes to the target run
+    under whatever deadline is armed: the response timeout for a request that arrived
+    whole, the body timeout while a body trickles in.
     """
     conn = client.conn
-    config = ex.listener.config
     pending: list[fastio.Buffer] = [up.conn.send(head) or b""]
     size = 0
-    waited = False
     while True:
         try:
             event = conn.next_event()
@@ -248,18 +296,121 @@ async def _send_request(client: Client, ex: Exchange, up: Upstream, head: h11.Re
             # connection is dropped (never pooled: h11 is mid-message); the client gets 400.
             raise BadRequestBody(str(exc)) from None
         if event is h11.NEED_DATA:
+            break  # a body still on its way: streamed, with the target watched meanwhile
+        if isinstance(event, h11.Data):
+            # The pieces h11 frames the bytes with, the body bytes themselves uncopied.
+            pending += up.conn.send_with_data_passthrough(event) or ()
+            size += len(event.data)
+            if size >= FLUSH_BYTES:
+                break
+        elif isinstance(event, h11.EndOfMessage):
+            pending.append(up.conn.send(h11.EndOfMessage()) or b"")
+            try:
+                await _send_upstream(up, pending)
+            except _TargetFailed:
+                if up.reused:
+                    raise  # it died while idle: what it sent was no answer to this request
+                return await _read_early_head(ex, up, answered=False, broken=True)
+            ex.sent_at = trio.current_time()
+            ex.phase = "response"  # the deadline armed when the head arrived still holds
+            return None
+        else:  # ConnectionClosed in the middle of a body
+            raise ClientGone
+    return await _stream_body(client, ex, up, pending, expect=expect)
+
+
+class _Upload:
+    """What the body upload and the task watching the target meanwhile share."""
+
+    __slots__ = ("answered", "broken", "failure", "response", "scope")
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()  # the upload; cancelled when the target speaks
+        self.answered = False  # response bytes arrived
+        self.broken = False  # a write to the target failed
+        self.response: Head | None = None  # a response head, read by the watcher
+        self.failure: ClientGone | BadRequestBody | None = None
+
+
+async def _stream_body(
+    client: Client, ex: Exchange, up: Upstream, pending: list[fastio.Buffer], *, expect: bool
+) -> Head | None:
+    """Stream the rest of the body while a second task watches the target's socket."""
+    upload = _Upload()
+    complete = False
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_target, client, up, upload)
+        with upload.scope:
+            try:
+                await _upload(client, ex, up, pending, expect=expect)
+                complete = True
+            except _TargetFailed:
+                upload.broken = True
+            except (ClientGone, BadRequestBody) as exc:
+                upload.failure = exc  # raised below: the nursery would wrap it in a group
+        nursery.cancel_scope.cancel()
+    if upload.failure is not None:
+        raise upload.failure
+    if not complete and up.conn.our_state is h11.DONE:
+        up.conn.send_failed()  # its last write was cut short: the connection is not pooled
+    response = upload.response
+    if response is not None:
+        ex.sent_at = ex.sent_at or trio.current_time()
+        ex.response_at = trio.current_time()
+        return response
+    if complete:
+        return None  # the whole request went out (a 100 may have been read meanwhile)
+    return await _read_early_head(ex, up, answered=upload.answered, broken=upload.broken)
+
+
+async def _read_early_head(ex: Exchange, up: Upstream, *, answered: bool, broken: bool) -> Head:
+    """The response of a target that spoke, or broke, before it had the whole request."""
+    ex.sent_at = ex.sent_at or trio.current_time()
+    ex.wait_for("response", ex.listener.config.timeouts.target_response_seconds)
+    try:
+        return await _read_head(ex, up, answered=answered)
+    except _TargetFailed as failure:
+        if broken and not failure.answered:
+            raise _TargetFailed("TargetConnectionReset", answered=False) from None
+        raise
+
+
+async def _upload(
+    client: Client,
+    ex: Exchange,
+    up: Upstream,
+    pending: list[fastio.Buffer],
+    *,
+    expect: bool,
+) -> None:
+    """The body from the client to the target, from ``pending`` (already framed) on."""
+    conn = client.conn
+    config = ex.listener.config
+    size = FLUSH_BYTES  # ``pending`` goes out first
+    waited = False
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise BadRequestBody(str(exc)) from None
+        if event is h11.NEED_DATA:
             if pending:
                 await _send_upstream(up, pending)
                 pending, size = [], 0
-            if conn.they_are_waiting_for_100_continue:
-                await client.send(
-                    conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
-                )
             ex.wait_for("body", config.timeouts.request_body_seconds)
             waited = True
+            if conn.they_are_waiting_for_100_continue:
+                if expect:
+                    # The target's turn: its 100 or final answer (relayed by the watcher),
+                    # or the client's body if it does not wait, or the balancer's 100.
+                    expect = False
+                    with trio.move_on_after(EXPECT_CONTINUE_SECONDS):
+                        conn.receive_data(await client.receive())
+                        continue
+                if conn.they_are_waiting_for_100_continue:
+                    await client.send(_continue(client))
             conn.receive_data(await client.receive())
         elif isinstance(event, h11.Data):
-            # The pieces h11 frames the bytes with, the body bytes themselves uncopied.
             pending += up.conn.send_with_data_passthrough(event) or ()
             size += len(event.data)
             if size >= FLUSH_BYTES:
@@ -278,6 +429,80 @@ async def _send_request(client: Client, ex: Exchange, up: Upstream, head: h11.Re
             raise ClientGone
 
 
+async def _watch_target(client: Client, up: Upstream, upload: _Upload) -> None:
+    """Beside an upload: read what the target sends meanwhile, and stop the upload when it
+    answers (a final response head, or the first bytes of one), closes or breaks. A 100
+    goes on to a client waiting for it; other 1xx are dropped, as after an upload."""
+    conn = up.conn
+    while True:
+        await trio.lowlevel.wait_readable(up.stream.socket)
+        data = await _receive_upstream(up)  # readable: returns at once
+        upload.answered = upload.answered or bool(data)
+        conn.receive_data(data)
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError:
+                upload.scope.cancel()  # _read_head reports it
+                return
+            if event is h11.NEED_DATA:
+                break
+            if isinstance(event, h11.InformationalResponse) and event.status_code != 101:
+                if event.status_code == 100 and client.conn.they_are_waiting_for_100_continue:
+                    try:
+                        await client.send(_continue(client))
+                    except ClientGone as exc:
+                        upload.failure = exc
+                        upload.scope.cancel()
+                        return
+                continue
+            if isinstance(event, h11.Response | h11.InformationalResponse):
+                upload.response = event
+            upload.scope.cancel()  # a response, or the end of the connection
+            return
+        if not data or conn.trailing_data[0]:
+            upload.scope.cancel()  # closed, or part of a response head is here
+            return
+
+
+def _answered_early(
+    services: ListenerServices, client: Client, ex: Exchange, response: Head
+) -> None:
+    """Book a response that came before the target had the whole request."""
+    unread = client.conn.their_state is not h11.DONE
+    if unread:
+        ex.close_after = True  # the rest of the client's body was not read
+    services.log.info(
+        "http.early_response",
+        listener=services.name,
+        target=ex.target.target_id if ex.target is not None else None,
+        status=response.status_code,
+        client_body_unread=unread,
+    )
+
+
+async def _linger(client: Client, ex: Exchange) -> None:
+    """Read and drop what the client still sends of a body its response did not wait for.
+
+    The response is out; closing with unread bytes would send the client a reset, which
+    can make it lose the response while it is still uploading. Half-closing and draining
+    for a bounded time and size (nginx's lingering close) lets it read the response.
+    """
+    if client.socket is not None:
+        try:
+            client.socket.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+    ex.guard.deadline = math.inf  # bounded below; not a timeout of the request
+    dropped = 0
+    with trio.move_on_after(LINGER_SECONDS):
+        while dropped < LINGER_BYTES:
+            data = await client.receive_next()  # a checkpoint per read: fair to the others
+            if not data:
+                return
+            dropped += len(data)
+
+
 async def _receive_upstream(up: Upstream) -> bytes:
     try:
         return await fastio.receive(up.stream.socket, MAX_RECV)
@@ -285,9 +510,8 @@ async def _receive_upstream(up: Upstream) -> bytes:
         return b""  # a reset reads as an end: h11 decides whether the message was complete
 
 
-async def _read_head(ex: Exchange, up: Upstream) -> h11.Response | h11.InformationalResponse:
+async def _read_head(ex: Exchange, up: Upstream, *, answered: bool = False) -> Head:
     """The target's response head (a 101 for a protocol switch), under its timeout."""
-    answered = False
     conn = up.conn
     while True:
         try:

@@ -3,14 +3,23 @@ streaming both ways, 100-continue, pooled connections and the stale-connection r
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import AsyncIterator
+import socket
+import ssl
+import struct
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import h11
 import pytest
 import trio
+import trustme
 
-from balancer.config import ListenerTimeouts
+import balancer.listeners.forward as forward_module
+from balancer.config import Forward, HttpsListener, ListenerTimeouts
 from balancer.listeners.exchange import parse_address
 from balancer.listeners.forward import is_trusted
 from balancer.runtime import ListenerRuntime
@@ -22,10 +31,12 @@ from tests.support.balancer_http import (
     group,
     listener,
     raw,
+    sample,
     statuses,
 )
 from tests.support.http import read_response
 from tests.support.targets import Action, Reply, Seen, TargetServer, running_targets
+from tests.support.tls import client_context, write_pair
 
 
 def seen_headers(body: bytes) -> dict[str, list[str]]:
@@ -261,7 +272,11 @@ async def test_large_bodies_stream_both_ways_without_being_buffered():
         nursery.cancel_scope.cancel()
 
 
-async def test_expect_100_continue_is_answered_before_the_body_is_sent():
+async def test_expect_100_continue_is_answered_before_the_body_is_sent(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """The target ignores Expect (never sends 100): the balancer sends its own."""
+    monkeypatch.setattr(forward_module, "EXPECT_CONTINUE_SECONDS", 0.05)
     async with (
         running_targets(TargetServer("a")) as (target,),
         balancer(config([listener()], [group("web", target)])) as daemon,
@@ -282,7 +297,7 @@ async def test_expect_100_continue_is_answered_before_the_body_is_sent():
                 status, _, body = await read_response(conn, stream)
         assert status == 200
         assert json.loads(body)["body_length"] == 5
-        assert target.seen[0].header("expect") is None
+        assert target.seen[0].header("expect") == "100-continue"
 
 
 async def test_a_streamed_chunked_response_reaches_an_http_1_0_client_close_delimited():
@@ -300,3 +315,297 @@ async def test_a_streamed_chunked_response_reaches_an_http_1_0_client_close_deli
         answer = await raw(front(daemon), b"GET / HTTP/1.0\r\n\r\n")
         assert answer.endswith(b"part0;part1;part2;")
         assert b"transfer-encoding" not in answer.lower()
+
+
+# Early responses: the target answers before it has read the whole request body -----------
+
+BIG_BODY = 8 << 20  # far more than the socket buffers between client, balancer and target
+TOO_LARGE = (
+    b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 14\r\nConnection: close\r\n\r\n"
+    b"body too large"
+)
+
+
+@contextlib.asynccontextmanager
+async def raw_target(
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+) -> AsyncIterator[TargetServer]:
+    """A target on 127.0.0.1 that runs ``handler`` on every connection (raw bytes)."""
+
+    async def serve(stream: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            async with stream:
+                await handler(stream)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        target = TargetServer("raw")
+        target.port = listeners[0].socket.getsockname()[1]
+        nursery.start_soon(trio.serve_listeners, serve, listeners)
+        try:
+            yield target
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def read_request_head(stream: trio.SocketStream) -> h11.Request:
+    """Read up to the end of a request head, leaving its body unread (mostly)."""
+    conn = h11.Connection(h11.SERVER)
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await stream.receive_some(4096))
+        elif isinstance(event, h11.Request):
+            return event
+
+
+def reset(stream: trio.SocketStream) -> None:
+    """Close with an RST (SO_LINGER 0), however much is unread."""
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    stream.socket.close()
+
+
+async def upload(
+    addr: tuple[str, int],
+    answered: trio.Event,
+    *,
+    body: int = BIG_BODY,
+    tls: ssl.SSLContext | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """POST a big body: the first MiB, then (once the target has answered) the rest, while
+    reading the response. Returns the response; the upload may be cut short."""
+    conn = h11.Connection(h11.CLIENT)
+    head = conn.send(
+        h11.Request(
+            method="POST",
+            target="/upload",
+            headers=[("host", "x"), ("content-length", str(body))],
+        )
+    )
+    chunk = b"u" * (1 << 20)
+
+    async def send_body(stream: trio.abc.Stream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(head + chunk)
+            await answered.wait()
+            for _ in range(body // len(chunk) - 1):
+                await stream.send_all(chunk)
+
+    with trio.fail_after(20):
+        stream: trio.abc.Stream = await trio.open_tcp_stream(*addr)
+        if tls is not None:
+            stream = trio.SSLStream(stream, tls, server_hostname="shop.example.com")
+        async with stream, trio.open_nursery() as nursery:
+            nursery.start_soon(send_body, stream)
+            response = await read_response(conn, stream)
+            nursery.cancel_scope.cancel()
+    return response
+
+
+@pytest.mark.parametrize("ending", ["close", "reset", "keep_reading"])
+async def test_an_early_413_reaches_a_client_still_uploading(ending: str) -> None:
+    """The target reads the head, answers 413 and closes (unread bytes: an RST), resets
+    (SO_LINGER 0), or keeps reading, while the client is still sending: 413, not 502."""
+    answered = trio.Event()
+
+    async def too_large(stream: trio.SocketStream) -> None:
+        await read_request_head(stream)
+        await stream.send_all(TOO_LARGE)
+        if ending == "keep_reading":
+            answered.set()
+            while await stream.receive_some(65536):
+                pass
+            return
+        await trio.sleep(0.05)  # the 413 is on its way before the connection ends
+        if ending == "reset":
+            reset(stream)
+        else:
+            await stream.aclose()
+        answered.set()
+
+    async with (
+        raw_target(too_large) as target,
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        status, headers, body = await upload(front(daemon), answered)
+        assert (status, body) == (413, b"body too large")
+        assert headers["connection"] == "close"
+        assert daemon.app.pools.idle_connections() == 0  # type: ignore[attr-defined]
+        log = daemon.log_output.getvalue()  # type: ignore[attr-defined]
+        assert "http.early_response" in log
+        assert "status=413" in log
+        labels = {
+            "listener": "front",
+            "rule": "default",
+            "target_group": "web",
+            "code_class": "4xx",
+            "source": "target",
+        }
+        with trio.fail_after(10):  # counted once the balancer is done with the connection
+            while sample(daemon, "wharf_balancer_http_requests_total", labels) != 1:  # noqa: ASYNC110 (a counter: no event to wait on)
+                await trio.sleep(0.01)
+
+
+async def test_an_early_413_reaches_a_client_over_tls(tmp_path: Path) -> None:
+    answered = trio.Event()
+
+    async def too_large(stream: trio.SocketStream) -> None:
+        await read_request_head(stream)
+        await stream.send_all(TOO_LARGE)
+        reset(stream)
+        answered.set()
+
+    ca = trustme.CA()
+    lst = HttpsListener(
+        name="front",
+        host="127.0.0.1",
+        port=0,
+        default_action=Forward(target_group="web"),
+        certificates=(write_pair(ca, tmp_path, "shop", "shop.example.com"),),
+    )
+    async with (
+        raw_target(too_large) as target,
+        balancer(config([lst], [group("web", target)])) as daemon,
+    ):
+        status, headers, body = await upload(front(daemon), answered, tls=client_context(ca))
+        assert (status, body) == (413, b"body too large")
+        assert headers["connection"] == "close"
+
+
+async def test_a_target_that_resets_without_answering_is_still_a_502():
+    answered = trio.Event()
+
+    async def hang_up(stream: trio.SocketStream) -> None:
+        await read_request_head(stream)
+        await stream.receive_some(65536)  # some of the body has arrived
+        reset(stream)
+        answered.set()
+
+    async with (
+        raw_target(hang_up) as target,
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        status, headers, _ = await upload(front(daemon), answered)
+        assert status == 502
+        assert headers["connection"] == "close"
+        assert "http.early_response" not in daemon.log_output.getvalue()  # type: ignore[attr-defined]
+
+
+async def test_a_real_client_gets_the_early_413():
+    """http.client (through urllib) sends the whole body before it reads a response: the
+    balancer reads and drops the rest of it, so the client sees the 413, not a reset."""
+    answered = trio.Event()
+
+    async def too_large(stream: trio.SocketStream) -> None:
+        await read_request_head(stream)
+        await stream.send_all(TOO_LARGE)
+        reset(stream)
+        answered.set()
+
+    def post(url: str) -> tuple[int, bytes]:
+        request = urllib.request.Request(url, data=b"u" * BIG_BODY, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=20) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    async with (
+        raw_target(too_large) as target,
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        host, port = front(daemon)
+        with trio.fail_after(30):
+            status, body = await trio.to_thread.run_sync(post, f"http://{host}:{port}/upload")
+        assert (status, body) == (413, b"body too large")
+        assert answered.is_set()
+
+
+@pytest.mark.parametrize("status", [401, 417])
+async def test_a_final_answer_to_expect_100_continue_reaches_the_client_without_a_body(
+    status: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(forward_module, "EXPECT_CONTINUE_SECONDS", 60.0)  # no 100 of its own
+    seen: list[h11.Request] = []
+
+    async def refuse(stream: trio.SocketStream) -> None:
+        seen.append(await read_request_head(stream))
+        await stream.send_all(
+            b"HTTP/1.1 %d No\r\nContent-Length: 2\r\n\r\nno" % status  # keeps the connection
+        )
+        await stream.receive_some(65536)  # until the balancer closes it
+
+    async with (
+        raw_target(refuse) as target,
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        with trio.fail_after(10):
+            stream = await trio.open_tcp_stream(*front(daemon))
+            async with stream:
+                await stream.send_all(
+                    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n"
+                    b"Expect: 100-continue\r\n\r\n"
+                )
+                answer = b""
+                while chunk := await stream.receive_some(65536):  # the balancer closes
+                    answer += chunk
+        assert statuses(answer) == [status]  # no 100 before it
+        assert answer.endswith(b"\r\n\r\nno")
+        assert b"connection: close" in answer.lower()
+        assert dict(seen[0].headers)[b"expect"] == b"100-continue"
+        assert daemon.app.pools.idle_connections() == 0  # type: ignore[attr-defined]
+
+
+async def test_the_targets_100_continue_reaches_the_client(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(forward_module, "EXPECT_CONTINUE_SECONDS", 60.0)  # no 100 of its own
+
+    async def continue_then_answer(stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        body = b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                if conn.they_are_waiting_for_100_continue:
+                    await stream.send_all(
+                        conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+                    )
+                conn.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+        reply = h11.Response(status_code=200, headers=[("content-length", str(len(body)))])
+        await stream.send_all(conn.send(reply) + conn.send(h11.Data(data=body)))
+
+    async with (
+        raw_target(continue_then_answer) as target,
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        with trio.fail_after(10):
+            stream = await trio.open_tcp_stream(*front(daemon))
+            async with stream:
+                await stream.send_all(
+                    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                    b"Expect: 100-continue\r\n\r\n"
+                )
+                interim = await stream.receive_some(100)
+                assert interim.startswith(b"HTTP/1.1 100 ")
+                await stream.send_all(b"hello")
+                conn = h11.Connection(h11.CLIENT)
+                conn.send(h11.Request(method="POST", target="/", headers=[("host", "x")]))
+                conn.send(h11.EndOfMessage())
+                status, _, body = await read_response(conn, stream)
+        assert (status, body) == (200, b"hello")
+
+
+async def test_a_body_that_stalls_gets_408():
+    lst = listener(timeouts=ListenerTimeouts(request_body_seconds=0.3))
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([lst], [group("web", target)])) as daemon,
+    ):
+        answer = await raw(
+            front(daemon), b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"
+        )
+        assert statuses(answer) == [408]
+        assert target.seen == []  # the target never had a whole request
