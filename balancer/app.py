@@ -40,7 +40,7 @@ import trio
 
 from balancer.access_log import AccessLogs
 from balancer.checker import HealthChecker
-from balancer.config import BalancerConfig, HttpsListener
+from balancer.config import STATE_DIR_FALLBACK, BalancerConfig, HttpsListener
 from balancer.config import Listener as ListenerConfig
 from balancer.health import TargetState
 from balancer.listeners.exchange import ClientInfo, ListenerServices
@@ -64,7 +64,7 @@ from monitoring.admin import AdminServer, open_admin_listener
 from monitoring.configfile import ConfigError
 from monitoring.httpserver import Draining
 from monitoring.lifecycle import Frame, Listener, bind_tcp
-from monitoring.settings import HttpLimits
+from monitoring.settings import HttpLimits, state_directory
 
 HOUSEKEEPING_SECONDS: Final = 1.0
 
@@ -127,7 +127,7 @@ class BalancerApp:
         self.supervisor_pid = os.getppid()
         # Targets registered through the admin API, applied on top of the file at every reload
         # and kept in the state file (written by this process alone: one worker owns it).
-        state = StateFile(config.state_dir)
+        state = StateFile(state_directory(config.state_dir, STATE_DIR_FALLBACK))
         self.overrides = Overrides.restore(state.load(), config)
         self._apply_saved_overrides()
         owns_state = self.worker is None or self.worker.primary

@@ -40,7 +40,7 @@ from monitoring.settings import (
 )
 
 DEFAULT_ADMIN_PORT = 9326
-DEFAULT_STATE_DIR = "/var/lib/wharf-balancer"  # the unit's StateDirectory=wharf-balancer
+STATE_DIR_FALLBACK = "wharf-balancer-state"  # without state_dir and outside systemd
 
 # AWS quotas (load-balancer-limits.md) and ELBv2 API bounds.
 MAX_LISTENERS = 50
@@ -395,11 +395,11 @@ class BalancerConfig(Section, frozen=True, kw_only=True):
     state_dir: Annotated[
         str,
         Meta(
-            min_length=1,
             description="Directory of targets.json: targets registered and deregistered "
-            "through the admin API, kept across restarts.",
+            "through the admin API, kept across restarts. Empty: $STATE_DIRECTORY under "
+            "systemd, else ./wharf-balancer-state.",
         ),
-    ] = DEFAULT_STATE_DIR
+    ] = ""
     stickiness: StickinessKeys = StickinessKeys()
     listeners: Annotated[tuple[Listener, ...], Meta(max_length=MAX_LISTENERS)] = ()
     target_groups: Annotated[tuple[TargetGroup, ...], Meta(max_length=MAX_TARGET_GROUPS)] = ()

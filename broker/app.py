@@ -43,7 +43,7 @@ from monitoring.admin import AdminServer, open_admin_listener
 from monitoring.configfile import ConfigError
 from monitoring.httpserver import serve_http
 from monitoring.lifecycle import Frame, Listener, bind_tcp
-from monitoring.settings import HttpLimits
+from monitoring.settings import HttpLimits, state_directory
 
 KEY_FILE: Final = "receipt-handle.key"
 KEY_BYTES: Final = 32
@@ -52,10 +52,7 @@ STORE_CLOSE_TIMEOUT_SECONDS: Final = 30.0  # bound on the last commits at shutdo
 
 def data_directory(configured: str) -> Path:
     """The configured data directory, else systemd's StateDirectory, else ./wharf-data."""
-    if configured:
-        return Path(configured)
-    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-    return Path(state) if state else Path("wharf-data")
+    return state_directory(configured, "wharf-data")
 
 
 def signing_key(directory: Path) -> bytes:

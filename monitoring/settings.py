@@ -7,6 +7,8 @@ inherit it). Defaults are what an operator expects without writing anything.
 from __future__ import annotations
 
 import ipaddress
+import os
+from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
@@ -79,3 +81,13 @@ class HttpLimits(Section, frozen=True, kw_only=True):
     max_connections: Annotated[
         int, Meta(ge=1, le=1_000_000, description="Open connections per listener.")
     ] = 10000
+
+
+def state_directory(configured: str, fallback: str) -> Path:
+    """Where a daemon keeps its state: the configured directory, else systemd's
+    ``$STATE_DIRECTORY`` (the unit's StateDirectory=), else ``fallback`` under the working
+    directory, so a daemon started by hand from a checkout needs no root."""
+    if configured:
+        return Path(configured)
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(state) if state else Path(fallback)

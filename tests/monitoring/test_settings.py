@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 import pytest
 
@@ -23,3 +25,13 @@ def test_sections_are_frozen_and_strict():
         admin.port = 1  # type: ignore[misc]
     with pytest.raises(msgspec.ValidationError, match="unknown field `x`"):
         msgspec.convert({"x": 1}, HttpLimits)
+
+
+def test_state_directory_prefers_the_config_then_systemd_then_the_fallback(monkeypatch, tmp_path):
+    from monitoring.settings import state_directory
+
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}/a:{tmp_path}/b")
+    assert state_directory("/etc/x", "here") == Path("/etc/x")
+    assert state_directory("", "here") == tmp_path / "a"  # the first of systemd's list
+    monkeypatch.delenv("STATE_DIRECTORY")
+    assert state_directory("", "here") == Path("here")
