@@ -21,7 +21,7 @@ from broker.model.attributes import render_attributes
 from broker.model.errors import SqsError
 from broker.model.index import resolve_wait_time
 from broker.model.messages import AttributeValue, SendRequest, message_size, sequence_number
-from broker.model.mutations import MessageDelivered, Mutation
+from broker.model.mutations import MessageDelivered
 from broker.model.outcomes import Change, Delivery, ReceiveOutcome
 from broker.model.policy import Decision, add_permission, evaluate, remove_permission
 from broker.registry import Queue, QueueRegistry, now_ms, queue_does_not_exist
@@ -300,7 +300,8 @@ class SqsApi:
                 valid.append(entry)
             except SqsError as error:
                 failed.append(_batch_failure(entry["Id"], error))
-        if sum(message_size(r) for r in requests) > MAX_BATCH_BYTES:
+        sizes = [message_size(r) for r in requests]
+        if sum(sizes) > MAX_BATCH_BYTES:
             raise sqs_error(
                 "BatchRequestTooLong",
                 f"Batch requests cannot be longer than {MAX_BATCH_BYTES} bytes.",
@@ -309,16 +310,17 @@ class SqsApi:
         outcome = queue.index.send_batch(now_ms(), requests)
         await self._commit(outcome)
         successful = []
-        sent_requests = []
-        for entry, request, sent in zip(valid, requests, outcome.results, strict=True):
+        sent_bytes = 0
+        for entry, size, sent in zip(valid, sizes, outcome.results, strict=True):
             if isinstance(sent, SqsError):
                 failed.append(_batch_failure(entry["Id"], sent))
                 continue
-            sent_requests.append(request)
-            successful.append(
-                {"Id": entry["Id"], **_send_result(entry, sent.message_id, sent.sequence_number)}
-            )
-        _count_sent(queue, sent_requests)
+            sent_bytes += size
+            result = _send_result(entry, sent.message_id, sent.sequence_number)
+            result["Id"] = entry["Id"]
+            successful.append(result)
+        queue.stats.sent += len(successful)
+        queue.stats.bytes_sent += sent_bytes
         return {"Successful": successful, "Failed": failed}
 
     # ------------------------------------------------------------------ receives
@@ -424,18 +426,16 @@ class SqsApi:
         """Apply each entry to the model, then commit all of them in one transaction."""
         successful: list[dict[str, Any]] = []
         failed: list[dict[str, Any]] = []
-        mutations: list[Mutation] = []
-        callbacks: list[Callable[[], None]] = []
+        changes: list[Change] = []
         for entry in entries:
             try:
-                change = apply(entry)
+                changes.append(apply(entry))
             except (SqsError, AwsError) as error:
                 failed.append(_batch_failure(entry["Id"], error))
                 continue
-            mutations.extend(change.mutations)
-            callbacks.append(change.on_durable)
             successful.append({"Id": entry["Id"]})
-        await self._commit(Change(mutations, callbacks))
+        # One commit, and one wake-up of the queue's receivers rather than one per entry.
+        await self._commit(Change.combine(changes))
         return {"Successful": successful, "Failed": failed}
 
 

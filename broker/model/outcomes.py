@@ -33,6 +33,23 @@ class Change:
         for callback in after:
             callback()
 
+    @classmethod
+    def combine(cls, changes: Sequence[Change]) -> Change:
+        """One change doing what ``changes`` do, in order (a batch commits them together).
+
+        A callback equal to one already taken (the same bound method of the same object,
+        such as a queue's wake-up, which every delete of a batch carries) runs once: the
+        model's callbacks are idempotent that way. Distinct callables all run.
+        """
+        mutations: list[Mutation] = []
+        after: list[Callable[[], None]] = []
+        for change in changes:
+            mutations.extend(change.mutations)
+            for callback in change._after:
+                if callback not in after:
+                    after.append(callback)
+        return cls(mutations, after)
+
 
 class SentMessage(NamedTuple):
     """The answer to one accepted send (or to a duplicate of an earlier one)."""

@@ -11,7 +11,6 @@ ids and seqs are never reused, and free to keep in memory, since they can be rec
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
@@ -28,6 +27,8 @@ _MAC_BYTES = 16
 _SHA256_BLOCK = 64  # the key of an HMAC-SHA256 is padded to one block (32-byte keys here)
 _HANDLE_BYTES = _BODY.size + _MAC_BYTES
 _MAX_HANDLE_CHARS = 1024  # far above ours; bounds the work spent on garbage
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")  # base64url -> base64
+_TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 class ReceiptHandle(NamedTuple):
@@ -71,8 +72,8 @@ class Signer:
     def receipt_handle(self, queue_id: int, seq: int, serial: int) -> str:
         """Issue the handle for the ``serial``-th receive of message ``seq``."""
         body = _BODY.pack(_VERSION, queue_id, seq, serial)
-        mac = self._mac(body)
-        return base64.urlsafe_b64encode(body + mac).decode("ascii").rstrip("=")
+        encoded = binascii.b2a_base64(body + self._mac(body), newline=False)
+        return encoded.translate(_TO_URLSAFE).rstrip(b"=").decode("ascii")
 
     def parse_receipt_handle(self, handle: str) -> ReceiptHandle:
         """Check a handle's MAC and return what it names.
@@ -116,13 +117,16 @@ class Signer:
 def _decode(handle: str) -> bytes | None:
     if len(handle) > _MAX_HANDLE_CHARS or not handle.isascii():
         return None
+    text = handle.encode("ascii")
     try:
-        raw = base64.urlsafe_b64decode(handle + "=" * (-len(handle) % 4))
+        # binascii directly: base64.urlsafe_b64decode is the same call behind two wrappers.
+        raw = binascii.a2b_base64(text.translate(_TO_STANDARD) + b"=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         return None
-    # Only the canonical spelling is ours: base64 ignores some low bits of the last
-    # character, and a handle that differs from the one issued must not be accepted.
-    if base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=") != handle:
+    # Only the canonical spelling is ours: decoding skips characters outside the alphabet and
+    # ignores some low bits of the last one, and a handle that differs from the one issued
+    # must not be accepted.
+    if binascii.b2a_base64(raw, newline=False).translate(_TO_URLSAFE).rstrip(b"=") != text:
         return None
     return raw
 

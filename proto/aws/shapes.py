@@ -405,6 +405,10 @@ def _compile(shape: Shape) -> None:
     object.__setattr__(shape, "_required", _compile_required(shape))
 
 
+def _is_string(shape: Shape) -> bool:
+    return isinstance(shape, Scalar) and shape.type == "string"
+
+
 def _compile_from_json(shape: Shape) -> _Compiled:
     if isinstance(shape, Scalar):
         kind = shape.type
@@ -440,17 +444,21 @@ def _compile_from_json(shape: Shape) -> _Compiled:
 
         return blob
     if isinstance(shape, Structure):
-        members = [(name, spec.shape._from_json) for name, spec in shape.members.items()]
+        members = [
+            (name, spec.shape._from_json, _is_string(spec.shape))
+            for name, spec in shape.members.items()
+        ]
 
         def structure(value: Any) -> Any:
             if not isinstance(value, dict):
                 raise _Mismatch
             out: dict[str, Any] = {}
             get = value.get
-            for name, convert in members:
+            for name, convert, string in members:
                 item = get(name)
                 if item is not None:
-                    out[name] = convert(item)
+                    # A str member that is a str needs no call (most members are strings).
+                    out[name] = item if string and type(item) is str else convert(item)
             return out
 
         return structure
@@ -490,7 +498,10 @@ def _compile_output(shape: Shape) -> _Compiled:
 
         return scalar
     if isinstance(shape, Structure):
-        members = [(name, spec.shape._output) for name, spec in shape.members.items()]
+        members = [
+            (name, spec.shape._output, _is_string(spec.shape))
+            for name, spec in shape.members.items()
+        ]
         known = frozenset(shape.members)
 
         def structure(value: Any) -> Any:
@@ -500,10 +511,10 @@ def _compile_output(shape: Shape) -> _Compiled:
                 raise _Mismatch
             out: dict[str, Any] = {}
             get = value.get
-            for name, convert in members:
+            for name, convert, string in members:
                 item = get(name)
                 if item is not None:
-                    out[name] = convert(item)
+                    out[name] = item if string and type(item) is str else convert(item)
             return out
 
         return structure

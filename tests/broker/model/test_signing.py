@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from broker.model import signing as _signing
 from broker.model.errors import RECEIPT_HANDLE_IS_INVALID, SqsError
 from broker.model.signing import ReceiptHandle, Signer
 
@@ -76,3 +77,28 @@ def test_receipt_handles_carry_an_hmac_sha256_of_their_body(queue_id, seq, seria
     body, mac = raw[:-16], raw[-16:]
     key = hashlib.sha256(b"wharf receipt handle\0" + KEY).digest()
     assert mac == hmac.digest(key, body, "sha256")[:16]
+
+
+def _reference_decode(handle: str) -> bytes | None:
+    """What handles decoded to before binascii was called directly (base64's wrappers)."""
+    if len(handle) > 1024 or not handle.isascii():
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(handle + "=" * (-len(handle) % 4))
+    except ValueError:
+        return None
+    if base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=") != handle:
+        return None
+    return raw
+
+
+@given(ids, ids, serials, st.data())
+def test_handles_decode_as_base64url_did_character_for_character(queue_id, seq, serial, data):
+    handle = SIGNER.receipt_handle(queue_id, seq, serial)
+    assert handle == base64.urlsafe_b64encode(_signing._decode(handle) or b"").decode().rstrip("=")
+    # Any text, and the handle with one character replaced (padding, the other alphabet,
+    # characters base64 would skip): accepted and decoded exactly when base64url did.
+    position = data.draw(st.integers(min_value=0, max_value=len(handle) - 1))
+    character = data.draw(st.sampled_from("A_-+/= .\n\u00e9") | st.characters())
+    for text in (handle[:position] + character + handle[position + 1 :], data.draw(st.text())):
+        assert _signing._decode(text) == _reference_decode(text)

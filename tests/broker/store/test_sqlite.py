@@ -1,5 +1,6 @@
 """The SQLite store: group commit, cancellation, failure isolation, reclaim, kill -9."""
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -17,8 +18,10 @@ from broker.model.messages import SendRequest
 from broker.model.mutations import MessageDeleted, MessageDelivered, MessageInserted, QueuePurged
 from broker.model.settings import QueueSettings
 from broker.model.signing import Signer
+from broker.store import sqlite as sqlite_store
 from broker.store.base import StoreError
 from broker.store.sqlite import CACHE_ENTRY_OVERHEAD, SqliteStore
+from broker.store.sqlite_apply import reclaim_step
 
 REPO = Path(__file__).resolve().parents[3]
 CRASH_CHILD = REPO / "tests" / "support" / "store_crash_child.py"
@@ -48,6 +51,28 @@ async def wait_until_reclaimed(store: SqliteStore) -> None:
             return
         await trio.sleep(0.02)
     raise AssertionError("purged rows were not reclaimed")
+
+
+def free_pages(store: SqliteStore) -> int:
+    with contextlib.closing(sqlite3.connect(store.path)) as connection:
+        count: int = connection.execute("PRAGMA freelist_count").fetchone()[0]
+        return count
+
+
+async def wait_until_vacuumed(store: SqliteStore) -> None:
+    """After reclaiming, the writer gives free pages back while idle; up to 20 seconds."""
+    for _ in range(1_000):
+        if free_pages(store) == 0:
+            return
+        await trio.sleep(0.02)
+    raise AssertionError(f"{free_pages(store)} free pages were not given back")
+
+
+def checkpoint(store: SqliteStore) -> None:
+    """Copy the whole WAL into the file now (the store's checkpoint thread does it paced)."""
+    with contextlib.closing(sqlite3.connect(store.path)) as connection:
+        busy, _, _ = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        assert busy == 0
 
 
 @pytest.fixture
@@ -172,9 +197,11 @@ async def test_purged_rows_are_reclaimed_and_the_file_stops_growing(store):
         await store.commit(batch)
         await store.commit([QueuePurged(queue_id=queue.queue_id, below_seq=seq + 1)])
         await wait_until_reclaimed(store)
-        await store.commit([])  # a checkpoint of the WAL happens on later commits
+        await wait_until_vacuumed(store)
+        checkpoint(store)
         sizes.append(store.path.stat().st_size)
     assert sizes[-1] <= sizes[0] * 1.2, sizes
+    assert sizes[-1] < len(body) * 1_500 / 2, sizes  # the purged rows' pages were given back
 
 
 async def test_deleted_queue_rows_are_reclaimed(store):
@@ -184,6 +211,54 @@ async def test_deleted_queue_rows_are_reclaimed(store):
     await wait_until_reclaimed(store)
     assert await store.read_messages(queue.queue_id, [1, 50]) == []
     assert await store.load() == []
+
+
+async def test_housekeeping_goes_in_small_steps_and_stops_for_a_queued_job(tmp_path, monkeypatch):
+    store = SqliteStore(tmp_path)
+    await store.open()
+    queue = await store.create_queue("q", QueueSettings(), {}, 0)
+    await store.commit([inserted(queue.queue_id, seq, "x" * 1_000) for seq in range(1, 2_001)])
+    await store.aclose()
+    with contextlib.closing(sqlite3.connect(store.path)) as connection:
+        connection.execute("UPDATE queues SET deleted = 1")
+        connection.commit()
+    # The writer's housekeeping, driven by hand: no writer thread is started.
+    steps: list[int] = []
+
+    def counted_step(connection: sqlite3.Connection, queue_id: int, limit: int) -> bool:
+        steps.append(limit)
+        return reclaim_step(connection, queue_id, limit)
+
+    monkeypatch.setattr(sqlite_store, "reclaim_step", counted_step)
+    housekeeper = SqliteStore(tmp_path)
+    writer = housekeeper._open_writer()
+    try:
+        assert housekeeper.statistics().reclaiming_queues == 1
+        job = object()
+        housekeeper._jobs.put(job)  # a commit arrives: housekeeping stops after one step
+        assert housekeeper._housekeep(writer) is job
+        assert len(steps) == 1
+        assert housekeeper._housekeep(writer) is None  # nothing queued: to the end
+        assert housekeeper.statistics().reclaiming_queues == 0
+        assert len(steps) >= 2_000 // sqlite_store.RECLAIM_ROWS
+        assert set(steps) == {sqlite_store.RECLAIM_ROWS}
+        assert writer.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+        assert writer.execute("PRAGMA freelist_count").fetchone() == (0,)
+        assert writer.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL for commits
+    finally:
+        writer.close()
+
+
+async def test_the_checkpoint_thread_copies_the_wal_into_the_file(store):
+    queue = await store.create_queue("q", QueueSettings(), {}, 0)
+    size = store.path.stat().st_size
+    # ~2 MiB: below the writer's own checkpoint threshold, so only the thread copies it.
+    await store.commit([inserted(queue.queue_id, seq, "x" * 4_000) for seq in range(1, 501)])
+    for _ in range(1_000):
+        if store.path.stat().st_size > size + 1_000_000:
+            return
+        await trio.sleep(0.02)
+    raise AssertionError("the WAL was not checkpointed into the file")
 
 
 def run_child_until_killed(data_dir: Path) -> dict[int, dict[int, tuple[int, str]]]:
