@@ -150,14 +150,7 @@ class Frontend:
             failure = common_error("InternalFailure", f"Internal error (request {request_id}).")
             encoded = codec.error(failure, request_id)
         self.metrics.observe_request("sqs", action, encoded.status, time.perf_counter() - started)
-        content_type = ""
-        headers: list[tuple[str, str]] = []
-        for name, value in encoded.headers:
-            if name.lower() == "content-type":
-                content_type = value
-            else:
-                headers.append((name, value))
-        return Response(encoded.status, encoded.body, content_type=content_type, headers=headers)
+        return http_response(encoded)
 
     def _decode(self, codec: _Codec, request: Request) -> tuple[str, dict[str, object]]:
         if codec.json:
@@ -190,3 +183,15 @@ class Frontend:
 
 def caller_summary(caller: Caller) -> str:
     return "anonymous" if caller.anonymous else caller.principal_arn
+
+
+def http_response(encoded: EncodedResponse) -> Response:
+    """An encoded AWS response as the HTTP server sends it (Content-Type kept apart)."""
+    content_type = ""
+    headers: list[tuple[str, str]] = []
+    for name, value in encoded.headers:
+        if name.lower() == "content-type":
+            content_type = value
+        else:
+            headers.append((name, value))
+    return Response(encoded.status, encoded.body, content_type=content_type, headers=headers)

@@ -25,11 +25,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-from broker.frontend import request_ids
+from broker.frontend import http_response, request_ids
 from monitoring.httpserver import Refusal, Response
 from proto.aws import json_protocol, query_protocol, sigv4
 from proto.aws.errors import AwsError
-from proto.aws.shapes import EncodedResponse
 from proto.aws.sns_shapes import SNS
 from proto.aws.sqs_shapes import SQS
 
@@ -71,7 +70,7 @@ class ApiRefusals:
             encoded = query_protocol.encode_error(SNS, error, request_id=request_id)
         else:
             encoded = query_protocol.encode_error(SQS, error, request_id=request_id)
-        return _response(encoded)
+        return http_response(encoded)
 
 
 def _signed_for_sns(refusal: Refusal) -> bool:
@@ -81,14 +80,3 @@ def _signed_for_sns(refusal: Refusal) -> bool:
     except sigv4.SigV4Error:
         return False
     return scope is not None and scope.service == "sns"
-
-
-def _response(encoded: EncodedResponse) -> Response:
-    content_type = ""
-    headers: list[tuple[str, str]] = []
-    for name, value in encoded.headers:
-        if name.lower() == "content-type":
-            content_type = value
-        else:
-            headers.append((name, value))
-    return Response(encoded.status, encoded.body, content_type=content_type, headers=headers)

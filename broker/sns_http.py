@@ -21,7 +21,7 @@ from typing import Final
 from urllib.parse import unquote_plus
 
 from broker.auth import Authenticator, Caller
-from broker.frontend import request_ids
+from broker.frontend import http_response, request_ids
 from broker.metrics import BrokerMetrics
 from broker.model.sns_errors import SnsError
 from broker.sns import SnsApi, SnsContext
@@ -30,7 +30,7 @@ from monitoring.httpserver import Request, Response
 from monitoring.logging import EventLog
 from proto.aws import query_protocol, sigv4
 from proto.aws.errors import AwsError, common_error
-from proto.aws.shapes import EncodedResponse, check_required
+from proto.aws.shapes import check_required
 from proto.aws.sns_shapes import ERRORS, OPERATIONS, SNS, sns_error
 from proto.aws.sqs_shapes import SQS
 
@@ -168,7 +168,7 @@ class SnsFrontend:
             failure = sns_error("InternalErrorException", f"Internal error ({request_id}).")
             encoded = query_protocol.encode_error(SNS, failure, request_id=request_id)
         self.metrics.observe_request("sns", action, encoded.status, time.perf_counter() - started)
-        return _response(encoded)
+        return http_response(encoded)
 
     def _authenticate(
         self, request: Request, authenticator: Authenticator, action: str, signed: bool
@@ -211,14 +211,3 @@ def _peek(request: Request) -> dict[str, str]:
             name = unquote_plus(key.decode("utf-8", "replace"))
             fields.setdefault(name, unquote_plus(value.decode("utf-8", "replace")))
     return fields
-
-
-def _response(encoded: EncodedResponse) -> Response:
-    content_type = ""
-    headers: list[tuple[str, str]] = []
-    for name, value in encoded.headers:
-        if name.lower() == "content-type":
-            content_type = value
-        else:
-            headers.append((name, value))
-    return Response(encoded.status, encoded.body, content_type=content_type, headers=headers)
