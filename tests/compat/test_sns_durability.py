@@ -45,7 +45,8 @@ response_timeout_seconds = 1.0
 
 
 def new_publisher(endpoint: str, topic: str, number: int, *, fifo: bool) -> Writer:
-    return Writer(sns_client(endpoint).publish, {"TopicArn": topic}, "Message", number, fifo)
+    client = sns_client(endpoint)
+    return Writer(client, "publish", {"TopicArn": topic}, "Message", number, fifo)
 
 
 def message_of(message: dict[str, Any], raw: bool) -> str:

@@ -38,7 +38,7 @@ INFLIGHT_VISIBILITY = 3  # seconds; the in-flight messages' timeout at the kill
 
 def new_sender(endpoint: str, queue_url: str, number: int, *, fifo: bool) -> Writer:
     client = sqs_client(endpoint, read_timeout=10)
-    return Writer(client.send_message, {"QueueUrl": queue_url}, "MessageBody", number, fifo)
+    return Writer(client, "send_message", {"QueueUrl": queue_url}, "MessageBody", number, fifo)
 
 
 def drain(endpoint: str, url: str, *, expect: int = 0) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,8 @@ class Writer:
     """One client writing ``"<number>:<attempt>"`` bodies in a loop until stopped or until the
     broker is gone; FIFO writers use group ``g<number>`` and explicit deduplication ids."""
 
-    write: Callable[..., dict[str, Any]]  # e.g. an sqs client's send_message
+    client: Any  # a boto3 client, closed when the loop ends
+    operation: str  # "send_message" or "publish"
     target: dict[str, str]  # {"QueueUrl": ...} or {"TopicArn": ...}
     body_key: str  # "MessageBody" or "Message"
     number: int
@@ -74,6 +75,13 @@ class Writer:
     warmed_up: threading.Event = field(default_factory=threading.Event)
 
     def run(self, stop: threading.Event) -> None:
+        try:
+            self._loop(stop)
+        finally:
+            self.client.close()  # its pooled sockets would otherwise linger until exit
+
+    def _loop(self, stop: threading.Event) -> None:
+        write = getattr(self.client, self.operation)
         while not stop.is_set():
             params: dict[str, Any] = {
                 **self.target,
@@ -85,7 +93,7 @@ class Writer:
             sequence = self.attempted
             self.attempted += 1
             try:
-                result = self.write(**params)
+                result = write(**params)
             except CLIENT_ERRORS:
                 return  # the broker died under us: this last write may or may not be kept
             self.acknowledged[sequence] = result
