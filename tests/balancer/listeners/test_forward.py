@@ -272,6 +272,24 @@ async def test_large_bodies_stream_both_ways_without_being_buffered():
         nursery.cancel_scope.cancel()
 
 
+async def post_after_100_continue(address: tuple[str, int], body: bytes) -> tuple[int, bytes]:
+    """POST with ``Expect: 100-continue``: the head, a 100, then the body; status and body."""
+    stream = await trio.open_tcp_stream(*address)
+    async with stream:
+        await stream.send_all(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
+            b"Expect: 100-continue\r\n\r\n" % len(body)
+        )
+        interim = await stream.receive_some(100)
+        assert interim.startswith(b"HTTP/1.1 100 ")
+        await stream.send_all(body)
+        conn = h11.Connection(h11.CLIENT)  # only to parse the response
+        conn.send(h11.Request(method="POST", target="/", headers=[("host", "x")]))
+        conn.send(h11.EndOfMessage())
+        status, _, answer = await read_response(conn, stream)
+    return status, answer
+
+
 async def test_expect_100_continue_is_answered_before_the_body_is_sent(
     monkeypatch: pytest.MonkeyPatch,
 ):
@@ -282,19 +300,7 @@ async def test_expect_100_continue_is_answered_before_the_body_is_sent(
         balancer(config([listener()], [group("web", target)])) as daemon,
     ):
         with trio.fail_after(5):
-            stream = await trio.open_tcp_stream(*front(daemon))
-            async with stream:
-                await stream.send_all(
-                    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
-                    b"Expect: 100-continue\r\n\r\n"
-                )
-                interim = await stream.receive_some(100)
-                assert interim.startswith(b"HTTP/1.1 100 ")
-                await stream.send_all(b"hello")
-                conn = h11.Connection(h11.CLIENT)
-                conn.send(h11.Request(method="POST", target="/", headers=[("host", "x")]))
-                conn.send(h11.EndOfMessage())
-                status, _, body = await read_response(conn, stream)
+            status, body = await post_after_100_continue(front(daemon), b"hello")
         assert status == 200
         assert json.loads(body)["body_length"] == 5
         assert target.seen[0].header("expect") == "100-continue"
@@ -582,19 +588,7 @@ async def test_the_targets_100_continue_reaches_the_client(monkeypatch: pytest.M
         balancer(config([listener()], [group("web", target)])) as daemon,
     ):
         with trio.fail_after(10):
-            stream = await trio.open_tcp_stream(*front(daemon))
-            async with stream:
-                await stream.send_all(
-                    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
-                    b"Expect: 100-continue\r\n\r\n"
-                )
-                interim = await stream.receive_some(100)
-                assert interim.startswith(b"HTTP/1.1 100 ")
-                await stream.send_all(b"hello")
-                conn = h11.Connection(h11.CLIENT)
-                conn.send(h11.Request(method="POST", target="/", headers=[("host", "x")]))
-                conn.send(h11.EndOfMessage())
-                status, _, body = await read_response(conn, stream)
+            status, body = await post_after_100_continue(front(daemon), b"hello")
         assert (status, body) == (200, b"hello")
 
 
