@@ -180,7 +180,8 @@ def prepare_request(
     """A request's headers as the next hop gets them, in one pass.
 
     The same result as :func:`strip_hop_by_hop`, then :func:`forwarded_headers`, then
-    ``Expect`` dropped (the proxy answers 100-continue itself), the trace header replaced
+    ``Expect`` dropped (the proxy adds ``100-continue`` back only when its client is waiting
+    for it and a body follows, which h11's state tells), the trace header replaced
     by :func:`trace_header` at the end, and a Host added first when there was none (an
     HTTP/1.0 request). One loop instead of four: this runs for every proxied request.
 

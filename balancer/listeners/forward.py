@@ -533,7 +533,8 @@ async def _read_head(ex: Exchange, up: Upstream, *, answered: bool = False) -> H
             if event.status_code == 101:
                 ex.response_at = trio.current_time()
                 return event
-            # 100 (the balancer handles Expect itself) and 103 are not relayed.
+            # A 100 after the body went out (the upload relayed any earlier one) and 103
+            # Early Hints are not relayed.
         else:
             raise _TargetFailed("TargetClosedConnection", answered=answered)
 
