@@ -1,10 +1,21 @@
 from __future__ import annotations
 
+import itertools
+
 import h11
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from monitoring.httpserver import Draining, Refusal, Request, Response, serve_http
+from monitoring.httpserver import (
+    Draining,
+    Refusal,
+    Request,
+    Response,
+    UnsendableResponse,
+    serve_http,
+)
 from monitoring.settings import HttpLimits
 from tests.support.http import raw_exchange, read_response, request
 
@@ -80,8 +91,7 @@ async def test_keep_alive_serves_several_requests_on_one_connection(server):
 
 
 async def test_pipelined_requests_are_answered_in_order(server):
-    # Each response goes out without h11's writer and the next request starts on a fresh
-    # parser: bytes of the next request that arrived with this one must carry over.
+    # Requests that arrive in one read are queued in order and answered one by one.
     reply = await raw_exchange(
         server.addr,
         b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n"
@@ -133,7 +143,7 @@ async def test_a_response_header_that_cannot_be_sent_is_not_sent(nursery):
     with pytest.raises(BaseExceptionGroup) as raised:
         async with trio.open_nursery() as inner:
             inner.start_soon(server._handle, client)
-    assert raised.group_contains(h11.LocalProtocolError)
+    assert raised.group_contains(UnsendableResponse)
     assert client.sent == b""
 
 
@@ -368,3 +378,162 @@ async def test_431_and_400_stay_plain_with_a_hook(nursery):
     reply = await raw_exchange(server.addr, b"GET / HTTP/1.1\r\nHost t\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 400 ")
     assert shaper.seen == []
+
+
+# ---------------------------------------------------------------------- framing edge cases
+
+
+class _ScriptedStream(trio.abc.Stream):
+    """A client that sends ``chunks`` one read at a time, then closes its side."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = list(chunks)
+        self.sent = b""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent += bytes(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        return
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        return self._chunks.pop(0) if self._chunks else b""
+
+    async def aclose(self) -> None:
+        return
+
+
+def _responses(data: bytes) -> list[tuple[int, bytes]]:
+    """(status, body) of every final response in ``data``, parsed by h11 as a client."""
+    conn = h11.Connection(h11.CLIENT)
+    conn.receive_data(data)
+    conn.receive_data(b"")
+    found: list[tuple[int, bytes]] = []
+    while True:
+        conn.send(h11.Request(method="GET", target="/", headers=[("host", "t")]))
+        conn.send(h11.EndOfMessage())
+        event = conn.next_event()
+        while isinstance(event, h11.InformationalResponse):
+            event = conn.next_event()
+        if not isinstance(event, h11.Response):
+            return found
+        body = b""
+        while isinstance(part := conn.next_event(), h11.Data):
+            body += part.data
+        found.append((event.status_code, body))
+        if conn.their_state is not h11.DONE:
+            return found
+        conn.start_next_cycle()
+
+
+async def _serve_script(chunks: list[bytes], max_body: int = 1024) -> bytes:
+    client = _ScriptedStream(chunks)
+    with trio.fail_after(5):
+        await serve_http(
+            client,
+            echo,
+            FAST,
+            client=("127.0.0.1", 0),
+            draining=Draining(),
+            on_error=lambda exc: None,
+            max_body_bytes=max_body,
+        )
+    return client.sent
+
+
+PIPELINE = (
+    b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n"
+    b"POST /b HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nxyz"
+    b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"2\r\nab\r\n1\r\nc\r\n0\r\nX-Trailer: dropped\r\n\r\n"
+    b"GET /d?q=1 HTTP/1.1\r\nhOsT: t\r\nX-Padded:   v  \r\nConnection: close\r\n\r\n"
+)
+PIPELINE_ANSWERS = [
+    (200, b"GET /a "),
+    (200, b"POST /b xyz"),
+    (200, b"POST /c abc"),
+    (200, b"GET /d?q=1 "),
+]
+
+
+@given(cuts=st.sets(st.integers(min_value=1, max_value=len(PIPELINE) - 1), max_size=12))
+@settings(max_examples=60, deadline=None)
+def test_requests_are_the_same_however_the_bytes_are_split(cuts):
+    bounds = [0, *sorted(cuts), len(PIPELINE)]
+    chunks = [PIPELINE[a:b] for a, b in itertools.pairwise(bounds)]
+    sent = trio.run(_serve_script, chunks)
+    assert _responses(sent) == PIPELINE_ANSWERS
+
+
+@pytest.mark.parametrize(
+    ("payload", "status"),
+    [
+        # Desync attempts llhttp refuses: both framings, two lengths, a bad chunk size.
+        (
+            b"POST / HTTP/1.1\r\nHost: t\r\n"
+            b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+        ),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: t\r\nX: a\r\n folded\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: t\r\nX: a\x01b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without Host
+        (b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", 505),
+        (b"GET / HTTP/1.1\r\nHost: t\r\n", 400),  # the client closed mid-head
+    ],
+)
+async def test_ambiguous_or_malformed_requests_are_refused_and_closed(payload, status):
+    sent = await _serve_script([payload])
+    assert sent.startswith(f"HTTP/1.1 {status} ".encode())
+    assert b"connection: close" in sent.lower()
+
+
+async def test_a_malformed_request_after_good_ones_is_refused_after_they_are_answered():
+    sent = await _serve_script(
+        [b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n"]
+    )
+    assert sent.startswith(b"HTTP/1.1 200 ")
+    assert sent.count(b"HTTP/1.1 ") == 2
+    assert b"HTTP/1.1 400 " in sent
+
+
+async def test_an_upgrade_request_is_answered_then_the_connection_closes():
+    sent = await _serve_script(
+        [
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+            b"GET /never HTTP/1.1\r\nHost: t\r\n\r\n"
+        ]
+    )
+    assert _responses(sent) == [(200, b"GET /ws ")]
+    assert b"/never" not in sent
+
+
+async def test_a_head_that_trickles_in_past_the_limit_gets_431():
+    # httptools hands a header over only once it is whole: the bound must hold before that.
+    trickle = [b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: "] + [b"a" * 1000] * 40
+    sent = await _serve_script(trickle)
+    assert sent.startswith(b"HTTP/1.1 431 ")
+
+
+async def test_trailers_count_against_the_body_limit():
+    sent = await _serve_script(
+        [
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n"
+            + b"X-T: "
+            + b"b" * 2000
+            + b"\r\n\r\n"
+        ]
+    )
+    assert sent.startswith(b"HTTP/1.1 413 ")
+
+
+async def test_a_long_pipeline_split_inside_heads_is_served_whole():
+    # Reads larger than the header limit that end inside a head must not count as that head.
+    one = b"GET /p HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"p" * 150 + b"\r\n\r\n"
+    stream = one * 400
+    chunks = [stream[i : i + 20_000] for i in range(0, len(stream), 20_000)]
+    chunks[-1] += b"GET /end HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    sent = await _serve_script(chunks)
+    assert _responses(sent) == [(200, b"GET /p ")] * 400 + [(200, b"GET /end ")]
