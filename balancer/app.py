@@ -22,7 +22,10 @@ added (bound with the new generation). A listener that moves, or turns from http
 back, is both. Every new socket is bound before the new generation is installed, so a bind
 failure (port taken, no permission) refuses the whole reload with the old one serving. A
 listener added on the same fixed host and port as one removed takes over its socket, so that
-address never stops accepting.
+address never stops accepting. A listener moved to an address its old socket blocks (between
+``0.0.0.0:80`` and ``10.0.0.1:80``, see :mod:`balancer.rebind`) cannot be bound first: the
+old one stops accepting just before the bind, and is bound again on its old addresses if the
+bind or the rest of the reload fails.
 
 Targets registered through the admin API are loaded from ``state_dir/targets.json`` at start
 and applied on top of the file's targets (:mod:`balancer.targets_api`).
@@ -31,6 +34,7 @@ and applied on top of the file's targets (:mod:`balancer.targets_api`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +59,7 @@ from balancer.peers import (
     stop_self,
     watch_parent,
 )
+from balancer.rebind import Address, in_the_way, passive_addresses
 from balancer.runtime import Runtime
 from balancer.stickiness import MIN_KEY_BYTES
 from balancer.targets_api import Overrides, StateFile, TargetsApi
@@ -259,13 +264,24 @@ class BalancerApp:
             raise ConfigError("<config>", str(exc)) from None
         removed, added = self._listener_changes(config)
         taken_over = self._take_over(config, removed, added)
-        bound = await self._bind(config, [name for name in added if name not in taken_over])
+        handed = {id(listener) for listener in taken_over.values()}
+        # Removed listeners whose sockets go away: they may be stopped early to free an address.
+        movable = {
+            name: self.listeners[name].addresses
+            for name in removed
+            if name in self.listeners and id(self.listeners[name]) not in handed
+        }
+        vacated: dict[str, list[Address]] = {}  # those stopped early, and where they were
+        bound = await self._bind(
+            config, [name for name in added if name not in taken_over], movable, vacated
+        )
         try:
             async with self.targets_api.lock:
                 await self._prune_overrides(config)  # only once the new generation compiled
                 self.runtime.install(self.overrides.apply(snapshot), trio.current_time())
         except BaseException:
             await _close(bound)
+            await self._restore(vacated)
             raise
         self.access_logs.retain(
             {li.access_log.destination for li in config.listeners if li.access_log.enabled}
@@ -329,18 +345,37 @@ class BalancerApp:
         return found
 
     async def _bind(
-        self, config: BalancerConfig, names: list[str]
+        self,
+        config: BalancerConfig,
+        names: list[str],
+        movable: dict[str, list[Address]],
+        vacated: dict[str, list[Address]],
     ) -> dict[str, list[trio.SocketListener]]:
-        """Bind the listeners ``names`` of ``config``, or raise ConfigError with none bound."""
+        """Bind the listeners ``names`` of ``config``, or raise ConfigError with none bound
+        (and those of ``movable`` stopped to make way serving again).
+
+        ``movable``: removed listeners (by name, with their addresses) that may be stopped
+        early, when an address they hold blocks a new listener; those stopped go to
+        ``vacated``.
+        """
         bound: dict[str, list[trio.SocketListener]] = {}
         try:
             for i, listener in enumerate(config.listeners):
                 if listener.name not in names:
                     continue
                 try:
-                    bound[listener.name] = await bind_tcp(
-                        listener.host, listener.port, reuse_port=self._reuse_port
-                    )
+                    try:
+                        bound[listener.name] = await bind_tcp(
+                            listener.host, listener.port, reuse_port=self._reuse_port
+                        )
+                    except OSError as exc:
+                        if exc.errno != errno.EADDRINUSE or not await self._make_way(
+                            config, listener, movable, vacated
+                        ):
+                            raise
+                        bound[listener.name] = await bind_tcp(
+                            listener.host, listener.port, reuse_port=self._reuse_port
+                        )
                 except OSError as exc:
                     where = _format_address(listener.host, listener.port)
                     raise ConfigError(
@@ -350,8 +385,51 @@ class BalancerApp:
                     ) from None
         except BaseException:
             await _close(bound)
+            await self._restore(vacated)
             raise
         return bound
+
+    async def _make_way(
+        self,
+        config: BalancerConfig,
+        listener: ListenerConfig,
+        movable: dict[str, list[Address]],
+        vacated: dict[str, list[Address]],
+    ) -> bool:
+        """Stop the removed listeners whose sockets keep ``listener`` from binding; whether
+        there were any (a port held by anything else is no reason to stop one)."""
+        if listener.port == 0:
+            return False
+        held = {name: where for name, where in movable.items() if name not in vacated}
+        blocking = in_the_way(held, await passive_addresses(listener.host, listener.port))
+        for name in blocking:
+            old = self.listeners.pop(name)
+            vacated[name] = held[name]
+            self.frame.log.info("listener.making_way", name=name, to=listener.name)
+            await self.frame.stop_listener(old, config.lifecycle.grace_period_seconds)
+        return bool(blocking)
+
+    async def _restore(self, vacated: dict[str, list[Address]]) -> None:
+        """Serve the listeners stopped early again, on their old addresses and configuration
+        (the reload that stopped them is refused)."""
+        old_configs = {li.name: li for li in self.config.listeners}
+        with trio.CancelScope(shield=True):  # short, and the old config must keep serving
+            for name, addresses in vacated.items():
+                sockets: list[trio.SocketListener] = []
+                try:
+                    for host, port in addresses:
+                        sockets += await bind_tcp(host, port, reuse_port=self._reuse_port)
+                except OSError as exc:
+                    await _close({name: sockets})
+                    self.frame.log.error("listener.restore_failed", name=name, error=str(exc))
+                    continue
+                listener = self._listener(old_configs[name], sockets)
+                try:
+                    await self.frame.add_listener(listener)
+                except RuntimeError:  # the daemon began to stop meanwhile
+                    continue
+                self.listeners[name] = listener
+            vacated.clear()
 
     async def _switch_listeners(
         self,

@@ -20,14 +20,17 @@ ALB's answers when it goes wrong:
 A target may answer before it has the whole request (nginx's 413 for
 ``client_max_body_size``, an auth proxy's 401, a 417 to ``Expect``), often closing or
 resetting its side right after. While a body streams, a task watches the target's socket:
-when it speaks, or when a write to it fails, the upload stops and its response is read
-(under the target response timeout) and relayed as usual; only a target that answered
+when a final response head arrives, the target closes, or a write to it fails, the upload
+stops and the response is read (under the target response timeout) and relayed as usual
+(1xx go on to the client as they come, and the upload goes on); only a target that answered
 nothing is a 502. The target connection is then never pooled, and the client connection
 closes after the response (its body was not read to the end): the balancer first reads
 and drops what the client still sends for a bounded time, so that the client reads the
 response instead of a reset. ``Expect: 100-continue`` goes to the target, whose 100 or
 final answer reaches the client; a target silent on it for ``EXPECT_CONTINUE_SECONDS``
-gets the body anyway, after the balancer's own 100.
+gets the body anyway, after the balancer's own 100. Whatever other 1xx a target sends
+before its final response (103 Early Hints...) is relayed to HTTP/1.1 clients, during the
+upload or after it (:mod:`balancer.listeners.interim`).
 
 Writes are batched: a response head and the body bytes of the same read go out in one
 write, so a small response costs one read from the target and one write to the client.
@@ -54,6 +57,7 @@ from balancer.listeners.exchange import (
     ListenerServices,
     respond,
 )
+from balancer.listeners.interim import relay_interim
 from balancer.listeners.sticky import StickyPlan, plan, response_cookies
 from balancer.listeners.websocket import tunnel
 from balancer.runtime import GroupRuntime, ListenerRuntime, Selected
@@ -193,7 +197,7 @@ async def _exchange(
                     )
                     ex.sent_at = trio.current_time()
                 if early is None:
-                    response = await _read_head(ex, up)
+                    response = await _read_head(client, ex, up)
                 else:
                     response = early
                     if up.conn.our_state is not h11.DONE:
@@ -310,7 +314,7 @@ async def _send_request(
             except _TargetFailed:
                 if up.reused:
                     raise  # it died while idle: what it sent was no answer to this request
-                return await _read_early_head(ex, up, answered=False, broken=True)
+                return await _read_early_head(client, ex, up, answered=False, broken=True)
             ex.sent_at = trio.current_time()
             ex.phase = "response"  # the deadline armed when the head arrived still holds
             return None
@@ -322,10 +326,14 @@ async def _send_request(
 class _Upload:
     """What the body upload and the task watching the target meanwhile share."""
 
-    __slots__ = ("answered", "broken", "failure", "response", "scope")
+    __slots__ = ("answered", "broken", "client_writes", "failure", "response", "scope")
 
     def __init__(self) -> None:
-        self.scope = trio.CancelScope()  # the upload; cancelled when the target speaks
+        self.scope = trio.CancelScope()  # the upload; cancelled when the target answers
+        # Both tasks may write to the client (the target's 1xx, the balancer's own 100):
+        # one at a time, each from h11's send to the last byte, so writes stay whole and
+        # in h11's order (a TLS stream refuses two concurrent writers outright).
+        self.client_writes = trio.Lock()
         self.answered = False  # response bytes arrived
         self.broken = False  # a write to the target failed
         self.response: Head | None = None  # a response head, read by the watcher
@@ -342,7 +350,7 @@ async def _stream_body(
         nursery.start_soon(_watch_target, client, up, upload)
         with upload.scope:
             try:
-                await _upload(client, ex, up, pending, expect=expect)
+                await _upload(client, ex, up, pending, upload.client_writes, expect=expect)
                 complete = True
             except _TargetFailed:
                 upload.broken = True
@@ -360,15 +368,17 @@ async def _stream_body(
         return response
     if complete:
         return None  # the whole request went out (a 100 may have been read meanwhile)
-    return await _read_early_head(ex, up, answered=upload.answered, broken=upload.broken)
+    return await _read_early_head(client, ex, up, answered=upload.answered, broken=upload.broken)
 
 
-async def _read_early_head(ex: Exchange, up: Upstream, *, answered: bool, broken: bool) -> Head:
+async def _read_early_head(
+    client: Client, ex: Exchange, up: Upstream, *, answered: bool, broken: bool
+) -> Head:
     """The response of a target that spoke, or broke, before it had the whole request."""
     ex.sent_at = ex.sent_at or trio.current_time()
     ex.wait_for("response", ex.listener.config.timeouts.target_response_seconds)
     try:
-        return await _read_head(ex, up, answered=answered)
+        return await _read_head(client, ex, up, answered=answered)
     except _TargetFailed as failure:
         if broken and not failure.answered:
             raise _TargetFailed("TargetConnectionReset", answered=False) from None
@@ -380,6 +390,7 @@ async def _upload(
     ex: Exchange,
     up: Upstream,
     pending: list[fastio.Buffer],
+    client_writes: trio.Lock,
     *,
     expect: bool,
 ) -> None:
@@ -407,8 +418,9 @@ async def _upload(
                     with trio.move_on_after(EXPECT_CONTINUE_SECONDS):
                         conn.receive_data(await client.receive())
                         continue
-                if conn.they_are_waiting_for_100_continue:
-                    await client.send(_continue(client))
+                async with client_writes:  # re-checked here: the watcher may have sent one
+                    if conn.they_are_waiting_for_100_continue:
+                        await client.send(_continue(client))
             conn.receive_data(await client.receive())
         elif isinstance(event, h11.Data):
             pending += up.conn.send_with_data_passthrough(event) or ()
@@ -431,8 +443,8 @@ async def _upload(
 
 async def _watch_target(client: Client, up: Upstream, upload: _Upload) -> None:
     """Beside an upload: read what the target sends meanwhile, and stop the upload when it
-    answers (a final response head, or the first bytes of one), closes or breaks. A 100
-    goes on to a client waiting for it; other 1xx are dropped, as after an upload."""
+    answers (a final response head), closes or breaks. Its 1xx go on to the client (a 100
+    only while the client waits for one)."""
     conn = up.conn
     while True:
         await trio.lowlevel.wait_readable(up.stream.socket)
@@ -448,21 +460,23 @@ async def _watch_target(client: Client, up: Upstream, upload: _Upload) -> None:
             if event is h11.NEED_DATA:
                 break
             if isinstance(event, h11.InformationalResponse) and event.status_code != 101:
-                if event.status_code == 100 and client.conn.they_are_waiting_for_100_continue:
-                    try:
-                        await client.send(_continue(client))
-                    except ClientGone as exc:
-                        upload.failure = exc
-                        upload.scope.cancel()
-                        return
+                try:
+                    async with upload.client_writes:
+                        await relay_interim(client, event)
+                except ClientGone as exc:
+                    upload.failure = exc
+                    upload.scope.cancel()
+                    return
                 continue
             if isinstance(event, h11.Response | h11.InformationalResponse):
                 upload.response = event
             upload.scope.cancel()  # a response, or the end of the connection
             return
-        if not data or conn.trailing_data[0]:
-            upload.scope.cancel()  # closed, or part of a response head is here
+        if not data:
+            upload.scope.cancel()  # closed
             return
+        # A head in pieces: read on until it is whole. It may be a 1xx, after which the
+        # target wants the rest of the body.
 
 
 def _answered_early(
@@ -510,8 +524,12 @@ async def _receive_upstream(up: Upstream) -> bytes:
         return b""  # a reset reads as an end: h11 decides whether the message was complete
 
 
-async def _read_head(ex: Exchange, up: Upstream, *, answered: bool = False) -> Head:
-    """The target's response head (a 101 for a protocol switch), under its timeout."""
+async def _read_head(client: Client, ex: Exchange, up: Upstream, *, answered: bool = False) -> Head:
+    """The target's response head (a 101 for a protocol switch), under its timeout.
+
+    The 1xx before it go on to the client as they come. They do not move the deadline:
+    the response timeout bounds the wait for the final head, however chatty the target.
+    """
     conn = up.conn
     while True:
         try:
@@ -533,8 +551,7 @@ async def _read_head(ex: Exchange, up: Upstream, *, answered: bool = False) -> H
             if event.status_code == 101:
                 ex.response_at = trio.current_time()
                 return event
-            # A 100 after the body went out (the upload relayed any earlier one) and 103
-            # Early Hints are not relayed.
+            await relay_interim(client, event)
         else:
             raise _TargetFailed("TargetClosedConnection", answered=answered)
 

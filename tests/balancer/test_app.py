@@ -223,3 +223,107 @@ async def test_http_turned_https_on_the_same_port_takes_over_the_socket(tmp_path
             await tls.send_all(conn.send(head) + conn.send(h11.EndOfMessage()))
             status, _, body = await read_response(conn, tls)
         assert (status, body) == (200, b"tls")
+
+
+# --- a listener moved within one port: one reload -----------------------------------------
+
+
+def _at(host: str, port: int, body: str, name: str = "front") -> HttpListener:
+    return msgspec.structs.replace(_fixed(name, port, body), host=host)
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [("0.0.0.0", "127.0.0.1"), ("127.0.0.1", "0.0.0.0"), ("127.0.0.1", "127.0.0.2")],
+)
+async def test_a_listener_moves_to_another_address_of_its_port_in_one_reload(
+    before: str, after: str
+) -> None:
+    """The old socket blocks the new one (a wildcard and a specific address), or does not
+    (two specific ones): either way one reload moves the listener, and a request in flight
+    on the old one finishes on its connection."""
+    from tests.support.balancer_http import balancer, config, group, listener
+    from tests.support.targets import Reply, Seen, TargetServer, running_targets
+
+    arrived, release = trio.Event(), trio.Event()
+
+    async def slow(seen: Seen, server: TargetServer) -> Reply:
+        arrived.set()
+        await release.wait()
+        return Reply(200, body=b"finished")
+
+    port = _free_port()
+    old = msgspec.structs.replace(listener(), host=before, port=port)
+    async with (
+        running_targets(TargetServer("slow", slow)) as (target,),
+        balancer(config([old], [group("web", target)])) as daemon,
+        trio.open_nursery() as nursery,
+    ):
+        replies: list[tuple[int, bytes]] = []
+
+        async def in_flight() -> None:
+            status, _, body = await request(("127.0.0.1", port), target="/slow")
+            replies.append((status, body))
+
+        nursery.start_soon(in_flight)
+        with trio.fail_after(10):
+            await arrived.wait()
+        await daemon.app.reload(config([_at(after, port, "new")], [group("web", target)]))
+        assert [li.addresses for li in daemon.frame.listeners][1:] == [[(after, port)]]
+        asked = "127.0.0.1" if after == "0.0.0.0" else after
+        status, _, body = await request((asked, port), target="/")
+        assert (status, body) == (200, b"new")
+        if after == "127.0.0.2":  # nothing listens on the old address any more
+            with pytest.raises(OSError):
+                await trio.open_tcp_stream(before, port)
+        release.set()
+    assert replies == [(200, b"finished")]
+    log = daemon.log_output.getvalue()  # type: ignore[attr-defined]
+    # Stopped early only where the kernel would not bind the new address beside it.
+    assert ("event=listener.making_way" in log) == (after != "127.0.0.2")
+
+
+async def test_a_move_whose_new_address_stays_blocked_is_refused_and_the_old_listener_serves() -> (
+    None
+):
+    """Another socket also holds the new address: the old listener, stopped to make way, is
+    bound again on its address and answers with the old rules."""
+    from tests.support.balancer_http import balancer, config
+
+    port = _free_port()
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        async with balancer(config([_at("127.0.0.2", port, "old")], [])) as daemon:
+            with pytest.raises(ConfigError) as refused:
+                await daemon.app.reload(config([_at("0.0.0.0", port, "new")], []))
+            assert f"listener 'front' cannot bind 0.0.0.0:{port}" in str(refused.value)
+            assert "Address already in use" in str(refused.value)
+            log = daemon.log_output.getvalue()  # type: ignore[attr-defined]
+            assert "event=listener.making_way daemon=balancer name=front to=front" in log
+            assert (await request(("127.0.0.2", port), target="/"))[2] == b"old"
+            assert [li.name for li in daemon.frame.listeners] == ["admin", "front"]
+            assert daemon.app.listeners["front"].addresses == [("127.0.0.2", port)]
+
+
+async def test_a_move_refused_by_a_later_listener_puts_the_moved_one_back() -> None:
+    """The move itself binds, but another listener of the same reload cannot: nothing of the
+    new generation stays, and the moved listener serves on its old address again."""
+    from tests.support.balancer_http import balancer, config
+
+    port = _free_port()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        async with balancer(config([_at("0.0.0.0", port, "old")], [])) as daemon:
+            new = config([_at("127.0.0.1", port, "new"), _fixed("extra", taken, "x")], [])
+            with pytest.raises(ConfigError) as refused:
+                await daemon.app.reload(new)
+            assert "listener 'extra' cannot bind" in str(refused.value)
+            assert (await request(("127.0.0.1", port), target="/"))[2] == b"old"
+            assert daemon.app.listeners["front"].addresses == [("0.0.0.0", port)]
+            # The refused reload left the next one free to do it.
+            await daemon.app.reload(config([_at("127.0.0.1", port, "new")], []))
+            assert (await request(("127.0.0.1", port), target="/"))[2] == b"new"
