@@ -20,15 +20,18 @@ Checkpoints (copying the WAL into the database file and syncing it) run in their
 their own connection, so a commit never pays for one either; the writer checkpoints itself
 only should that thread fall ``WRITER_CHECKPOINT_PAGES`` behind.
 
-Body cache. The bodies (and everything else a receive returns) of recently inserted messages
-are kept in memory, up to ``body_cache_bytes`` (64 MiB by default), until the message is
-deleted, moved or purged, or until newer messages push it out (oldest insert first): a receive
-of cached messages is answered without a worker thread and a query. The cache follows the
-mutations in call order, in the caller's trio step, so it always agrees with the model. A
-backlog larger than the budget is read from the file until the receives reach its cached,
-most recent part. Messages restored at start are never cached, nor
-are messages of queues sealed at rest: every read of those opens them with their key, as the
-key's retirement requires, and their clear text stays out of long-lived memory.
+Body cache (:mod:`broker.store.sqlite_cache`). The bodies (and everything else a receive
+returns) of recently inserted messages are kept in memory, up to ``body_cache_bytes`` (64 MiB
+by default), until the message is deleted, moved or purged, or until newer messages push it
+out (oldest insert first): a receive of cached messages is answered without a worker thread
+and a query. The cache follows the mutations in call order, in the caller's trio step, so it
+always agrees with the model. A backlog larger than the budget is read ahead: a receive that
+has to read its messages from the file reads, in the same reader-thread trip, the next few
+hundred rows of the queue too, so the receives after it are answered from memory; rows read
+in a worker thread are brought up to date with the mutations their snapshot may lack before
+they enter the cache (see that module); messages restored at start are read ahead too.
+Messages of queues sealed at rest are never cached: every read of those opens them with their
+key, as the key's retirement requires, and their clear text stays out of long-lived memory.
 
 Encryption at rest (:mod:`broker.store.sealing`): the store keeps each live queue's settings,
 and ``commit`` picks, in the caller's trio step, the key each inserted message is sealed with;
@@ -43,7 +46,6 @@ import queue
 import sqlite3
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,13 +53,7 @@ from typing import Any, TypeVar
 import msgspec
 import trio
 
-from broker.model.mutations import (
-    MessageDeleted,
-    MessageDelivered,
-    MessageInserted,
-    MessageMoved,
-    QueuePurged,
-)
+from broker.model.mutations import MessageInserted, MessageMoved
 from broker.model.outcomes import RestoredMessage
 from broker.model.settings import QueueSettings
 from broker.model.topics import TopicSettings
@@ -83,6 +79,12 @@ from broker.store.base import (
 )
 from broker.store.sealing import Sealer, SealingKey, associated_data
 from broker.store.sqlite_apply import ATTRIBUTES_DECODER, apply_mutations, reclaim_step
+from broker.store.sqlite_cache import (
+    BODY_CACHE_BYTES,
+    CACHE_ENTRY_OVERHEAD,
+    BodyCache,
+    ReadAhead,
+)
 from broker.store.sqlite_schema import configure, migrate
 
 FILE_NAME = "wharf.sqlite3"
@@ -108,11 +110,6 @@ WRITER_CHECKPOINT_PAGES = 16_384
 MAX_READERS = 4  # read connections kept open; one per concurrent reader thread
 COMMIT_SECONDS_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 MUTATIONS_PER_COMMIT_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
-BODY_CACHE_BYTES = 64 << 20  # bodies of messages kept in memory for receives (see above)
-# What a cached message costs beyond its body and attributes: the StoredMessage, its message
-# id string, the dict slot and the (queue id, seq) key. Measured ~330 bytes; rounded up.
-CACHE_ENTRY_OVERHEAD = 400
-CACHE_ATTRIBUTE_OVERHEAD = 150  # per message attribute: name, AttributeValue, dict slot
 
 _SETTINGS_DECODER = msgspec.json.Decoder(QueueSettings)
 _T = TypeVar("_T")
@@ -178,10 +175,8 @@ class SqliteStore(Store):
         """
         self.path = Path(data_dir) / FILE_NAME
         self.sealer = sealer or Sealer(None)
-        self._cache: dict[tuple[int, int], StoredMessage] = {}
-        self._cache_order: deque[tuple[int, int]] = deque()  # keys, oldest insert first
-        self._cache_bytes = 0
-        self._cache_budget = body_cache_bytes
+        self._cache = BodyCache(body_cache_bytes)
+        self._read_ahead_done: dict[int, trio.Event] = {}  # queue id -> its read-ahead landed
         self._settings: dict[int, QueueSettings] = {}  # live queues, for sealing
         self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -289,69 +284,9 @@ class SqliteStore(Store):
             mutations=batch,
             keys=keys,
         )
-        if self._cache_budget:
-            self._track(batch, keys)
+        if self._cache.budget:
+            self._cache.track(batch, keys)
         return job
-
-    def _track(self, batch: list[AnyMutation], sealed: Mapping[int, SealingKey]) -> None:
-        """Keep the body cache in step with ``batch`` (in call order, like the commits)."""
-        cache = self._cache
-        for mutation in batch:
-            kind = type(mutation)  # exact types: cheaper than isinstance on the hot path
-            if kind is MessageInserted:
-                assert isinstance(mutation, MessageInserted)
-                if mutation.queue_id not in sealed:
-                    self._cache_insert(mutation)
-            elif kind is MessageDeleted:
-                assert isinstance(mutation, MessageDeleted)
-                self._cache_drop((mutation.queue_id, mutation.seq))
-            elif isinstance(mutation, MessageDelivered):
-                key = (mutation.queue_id, mutation.seq)
-                cached = cache.get(key)
-                if cached is not None and cached.first_received_at is None:
-                    cache[key] = msgspec.structs.replace(
-                        cached, first_received_at=mutation.received_at
-                    )
-            elif isinstance(mutation, MessageMoved):
-                self._cache_drop((mutation.source_queue_id, mutation.source_seq))
-            elif isinstance(mutation, QueuePurged) and cache:
-                queue_id, below = mutation.queue_id, mutation.below_seq
-                for key in [k for k in cache if k[0] == queue_id and k[1] < below]:
-                    self._cache_drop(key)
-
-    def _cache_insert(self, m: MessageInserted) -> None:
-        cost = _cache_cost(m.body, m.attributes)
-        if cost > self._cache_budget:
-            return
-        order = self._cache_order
-        while self._cache_bytes + cost > self._cache_budget:
-            self._cache_drop(order.popleft())  # the oldest first; gone ones cost nothing
-        key = (m.queue_id, m.seq)
-        self._cache_drop(key)  # a failing duplicate insert must not skew the byte count
-        order.append(key)
-        if len(order) > 2 * len(self._cache) + 1024:
-            # Keys of messages deleted meanwhile pile up at the front: keep the live ones.
-            self._cache_order = order = deque(self._cache)
-            order.append(key)
-        self._cache_bytes += cost
-        self._cache[key] = StoredMessage(
-            seq=m.seq,
-            message_id=m.message_id,
-            body=m.body,
-            attributes=m.attributes,
-            sent_at=m.sent_at,
-            first_received_at=None,
-            group_id=m.group_id,
-            deduplication_id=m.deduplication_id,
-            sender_id=m.sender_id,
-            trace_header=m.trace_header,
-            dead_letter_source_arn=None,
-        )
-
-    def _cache_drop(self, key: tuple[int, int]) -> None:
-        cached = self._cache.pop(key, None)
-        if cached is not None:
-            self._cache_bytes -= _cache_cost(cached.body, cached.attributes)
 
     def check_sealing(self, settings: QueueSettings) -> None:
         """See :meth:`Store.check_sealing`."""
@@ -443,8 +378,7 @@ class SqliteStore(Store):
     async def delete_queue(self, queue_id: int) -> None:
         """See :meth:`Store.delete_queue`."""
         self._settings.pop(queue_id, None)
-        for key in [k for k in self._cache if k[0] == queue_id]:
-            self._cache_drop(key)
+        self._cache.drop_queue(queue_id)
 
         def mark(connection: sqlite3.Connection) -> None:
             connection.execute("UPDATE queues SET deleted = 1 WHERE queue_id = ?", (queue_id,))
@@ -665,11 +599,10 @@ class SqliteStore(Store):
                     job.on_durable()
                 except Exception as error:  # a bug in the caller's callback; report it
                     job.error = error
-            if job.error is not None and job.mutations:
-                # The cache took the job's inserts in when it was queued: the file is the truth.
-                for mutation in job.mutations:
-                    if isinstance(mutation, MessageInserted):
-                        self._cache_drop((mutation.queue_id, mutation.seq))
+            if job.mutations is not None and self._cache.budget:
+                # The cache took the job's inserts in when it was queued; should the job have
+                # failed, the file is the truth.
+                self._cache.settled(job.mutations, failed=job.error is not None)
             if job.error is not None and not job.waited and self._failure is None:
                 # Nobody can be told this write failed, and memory is ahead of the disk.
                 self._failure = job.error
@@ -788,27 +721,67 @@ class SqliteStore(Store):
         """See :meth:`Store.read_messages`.
 
         Cached messages are answered from memory; only the others are read from the file
-        (in a worker thread), and only when there are any.
+        (in a worker thread), and only when there are any -- together with the rows after
+        them, read ahead into the cache for the receives to come (see the module docstring).
+        A receive whose messages the queue's read-ahead in flight is bringing waits for it.
         """
         cache = self._cache
-        found: list[StoredMessage] = []
-        missing: list[int] = []
-        for seq in seqs:
-            cached = cache.get((queue_id, seq))
-            if cached is None:
-                missing.append(seq)
-            else:
-                found.append(cached)
+        found, missing = cache.lookup(queue_id, seqs)
         if not missing:
             return found
-        sealer = self.sealer
-        read = await self._read(
-            lambda connection: _read_messages(connection, queue_id, missing, sealer)
-        )
+        reading = cache.reading(queue_id)
+        if reading is not None and reading.covers(missing):
+            await self._read_ahead_done[queue_id].wait()
+            brought, missing = cache.lookup(queue_id, missing)
+            found += brought
+        read: list[StoredMessage] = []
+        if missing:
+            reading = (
+                cache.start_read_ahead(queue_id, missing)
+                if self._may_read_ahead(queue_id)
+                else None
+            )
+            if reading is None:
+                sealer = self.sealer
+                read = await self._read(
+                    lambda connection: _read_messages(connection, queue_id, missing, sealer)
+                )
+            else:
+                read = await self._read_with_ahead(reading, missing)
         if not found:
             return read
         by_seq = {m.seq: m for m in (*found, *read)}
         return [by_seq[seq] for seq in seqs if seq in by_seq]
+
+    def _may_read_ahead(self, queue_id: int) -> bool:
+        """Tell whether the queue's messages may be read ahead: live and not sealed at rest."""
+        settings = self._settings.get(queue_id)
+        if settings is None:
+            return False
+        try:
+            return self.sealer.key_for(settings) is None
+        except KeyUnavailable:
+            return False
+
+    async def _read_with_ahead(self, reading: ReadAhead, missing: list[int]) -> list[StoredMessage]:
+        """Read ``missing`` and, in the same trip, the rows ``reading`` plans; cache those."""
+        queue_id, sealer = reading.queue_id, self.sealer
+        done = self._read_ahead_done[queue_id] = trio.Event()
+        ahead: list[StoredMessage] = []
+
+        def both(connection: sqlite3.Connection) -> tuple[list[StoredMessage], list[StoredMessage]]:
+            asked = _read_messages(connection, queue_id, missing, sealer)
+            return asked, _read_ahead(connection, reading)
+
+        try:
+            read, ahead = await self._read(both)
+        finally:
+            # Also when the read failed or was cancelled: the next receive may start another.
+            still_clear = self._may_read_ahead(queue_id)  # deleted or sealed meanwhile: keep none
+            self._cache.finish_read_ahead(reading, ahead if still_clear else ())
+            del self._read_ahead_done[queue_id]
+            done.set()
+        return read
 
     async def _read(self, query: Callable[[sqlite3.Connection], _T]) -> _T:
         async with self._reader_slots:
@@ -841,15 +814,6 @@ class SqliteStore(Store):
             commit_seconds=self._commit_seconds.snapshot(),
             mutations_per_commit=self._per_commit.snapshot(),
         )
-
-
-def _cache_cost(body: str, attributes: Mapping[str, Any]) -> int:
-    """What a cached message is counted as, in bytes (its body as characters)."""
-    cost = CACHE_ENTRY_OVERHEAD + len(body)
-    for value in attributes.values():
-        payload = value.string_value if value.string_value is not None else value.binary_value
-        cost += CACHE_ATTRIBUTE_OVERHEAD + len(payload or "")
-    return cost
 
 
 def _load(connection: sqlite3.Connection) -> list[LoadedQueue]:
@@ -896,35 +860,67 @@ def _uuid_text(raw: bytes) -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
+_MESSAGE_COLUMNS = (
+    "seq, message_id, body, attributes, sent_at, first_received_at, group_id, "
+    "deduplication_id, sender_id, trace_header, source_arn, key_id"
+)
+
+
+def _stored(row: tuple[Any, ...], sealer: Sealer | None) -> StoredMessage:
+    """A row of ``_MESSAGE_COLUMNS`` as a receive returns it (opened, when sealed)."""
+    seq, message_id, body, attributes, sent_at, first_received_at, *rest = row
+    group_id, deduplication_id, sender_id, trace_header, source_arn, key_id = rest
+    if key_id is not None:
+        assert sealer is not None  # the read-ahead query reads clear rows only
+        body = sealer.open(key_id, body, associated_data(message_id, b"body"))
+        if attributes is not None:
+            aad = associated_data(message_id, b"attributes")
+            attributes = sealer.open(key_id, attributes, aad)
+    return StoredMessage(
+        seq=seq,
+        message_id=_uuid_text(message_id),
+        body=body.decode(),
+        attributes=ATTRIBUTES_DECODER.decode(attributes) if attributes else {},
+        sent_at=sent_at,
+        first_received_at=first_received_at,
+        group_id=group_id,
+        deduplication_id=deduplication_id,
+        sender_id=sender_id,
+        trace_header=trace_header,
+        dead_letter_source_arn=source_arn,
+    )
+
+
 def _read_messages(
     connection: sqlite3.Connection, queue_id: int, seqs: list[int], sealer: Sealer
 ) -> list[StoredMessage]:
     placeholders = ",".join("?" * len(seqs))
     found = {}
     for row in connection.execute(
-        "SELECT seq, message_id, body, attributes, sent_at, first_received_at, group_id, "
-        "deduplication_id, sender_id, trace_header, source_arn, key_id FROM messages "
-        f"WHERE queue_id = ? AND seq IN ({placeholders})",
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE queue_id = ? AND seq IN ({placeholders})",
         (queue_id, *seqs),
     ):
-        seq, message_id, body, attributes, sent_at, first_received_at, *rest = row
-        group_id, deduplication_id, sender_id, trace_header, source_arn, key_id = rest
-        if key_id is not None:
-            body = sealer.open(key_id, body, associated_data(message_id, b"body"))
-            if attributes is not None:
-                aad = associated_data(message_id, b"attributes")
-                attributes = sealer.open(key_id, attributes, aad)
-        found[seq] = StoredMessage(
-            seq=seq,
-            message_id=_uuid_text(message_id),
-            body=body.decode(),
-            attributes=ATTRIBUTES_DECODER.decode(attributes) if attributes else {},
-            sent_at=sent_at,
-            first_received_at=first_received_at,
-            group_id=group_id,
-            deduplication_id=deduplication_id,
-            sender_id=sender_id,
-            trace_header=trace_header,
-            dead_letter_source_arn=source_arn,
-        )
+        found[row[0]] = _stored(row, sealer)
     return [found[seq] for seq in seqs if seq in found]
+
+
+def _read_ahead(connection: sqlite3.Connection, reading: ReadAhead) -> list[StoredMessage]:
+    """The rows after ``reading.after``, in seq order, within its bounds: clear rows only,
+    none below the purge mark (purged rows stay until reclaimed)."""
+    rows: list[StoredMessage] = []
+    total = 0
+    cursor = connection.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE queue_id = ? AND seq > ? "
+        "AND seq >= (SELECT purged_below FROM queues WHERE queue_id = ?) AND key_id IS NULL "
+        "ORDER BY seq LIMIT ?",
+        (reading.queue_id, reading.after, reading.queue_id, reading.max_rows),
+    )
+    try:
+        for row in cursor:
+            rows.append(_stored(row, None))
+            total += CACHE_ENTRY_OVERHEAD + len(row[2])  # about what the cache counts
+            if total >= reading.max_bytes:
+                break
+    finally:
+        cursor.close()  # stopped early: finish the statement before the read's COMMIT
+    return rows

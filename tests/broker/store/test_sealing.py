@@ -309,6 +309,27 @@ async def test_rotation_in_the_store(tmp_path):
         await store.aclose()
 
 
+@pytest.mark.parametrize("settings", [SSE, CLEAR])
+async def test_a_queue_sealed_at_rest_is_not_read_ahead(tmp_path, settings):
+    # Rows stored in clear before the queue asked for encryption: once it does, their clear
+    # text is not brought into memory ahead of the receives either. (CLEAR: the control.)
+    store = SqliteStore(tmp_path, sealer=Sealer(ring()), body_cache_bytes=40_000)
+    await store.open()
+    try:
+        queue = await store.create_queue("q", CLEAR, {}, 1)
+        qid = queue.queue_id
+        await store.commit([inserted(qid, seq, f"body {seq}") for seq in range(1, 301)])
+        await store.update_queue(qid, settings, 2)
+        await store.read_messages(qid, range(1, 11))
+        tamper = sqlite3.connect(tmp_path / "wharf.sqlite3", isolation_level=None)
+        tamper.execute("UPDATE messages SET body = ? WHERE key_id IS NULL", (b"from the file",))
+        tamper.close()
+        [message] = await store.read_messages(qid, [11])
+        assert message.body == ("from the file" if settings is SSE else "body 11")
+    finally:
+        await store.aclose()
+
+
 # ---------------------------------------------------------------------- through the broker
 
 
