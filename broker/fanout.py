@@ -7,12 +7,15 @@ deduplication entry and sequence counter. The model work and the ``commit`` call
 trio step, so a Publish that returned 200 is on disk for every subscriber, the queue inserts
 become receivable only once durable, and FIFO group order carries into FIFO queues.
 
-Bodies: the envelope is signed once per distinct message text (``MessageStructure=json`` can
-give each protocol its own); it differs per subscription only by ``UnsubscribeURL``, which is
-not signed, so it is encoded once and each subscription's URL line (built once per
-subscription and kept on it) spliced in. Raw deliveries take the text as is, with the message
-attributes converted once per message. What must wait for durability (making the inserts
-receivable, the counters) is one callback per publish, not one per delivery.
+Bodies (:mod:`broker.sns_bodies`): the envelope is signed once per distinct message text and
+each subscription's UnsubscribeURL line spliced in; raw deliveries take the text as is, with
+the message attributes converted (and checked) once per message.
+
+Copies: each SQS copy is one :meth:`~broker.model.index.QueueIndex.send_copy`, which checks
+only the queue's own rules (size, type), the rules on the message alone being checked once per
+message here; the copies of a commit gather in one :class:`~broker.model.outcomes.SentCopies`, so
+what must wait for durability (making them receivable, one wake-up per queue; the counters) is
+one callback per commit, not a send outcome and a callback per delivery.
 
 Message ids come from :func:`broker.frontend.request_ids` (a random prefix and a counter), not
 ``uuid.uuid4()``: its ``os.urandom`` releases the GIL, which lets the store's writer commit
@@ -21,11 +24,10 @@ every publish alone.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import trio
 
@@ -35,10 +37,11 @@ from broker.model.filter_index import Selection
 from broker.model.messages import (
     AttributeValue,
     SendRequest,
-    body_characters_allowed,
     message_size,
+    validate_message,
 )
 from broker.model.mutations import Mutation
+from broker.model.outcomes import SentCopies
 from broker.model.publishing import (
     Original,
     PreparedMessage,
@@ -54,14 +57,13 @@ from broker.model.sns_mutations import (
     TopicSequenceRaised,
 )
 from broker.registry import Queue, QueueRegistry, now_ms
+from broker.sns_bodies import Bodies
 from broker.sns_keys import SigningKeys
 from broker.store.base import Store
 from broker.topic_state import Subscription, Topic
 from monitoring.logging import EventLog
 from proto.aws import sns_envelope
 from proto.aws.sns_envelope import EnvelopeError
-
-_URL_SLOT: Final = '\n  "UnsubscribeURL" : ""'  # a line only encode() writes, never inside a value
 
 
 class DeliveryTracker(Protocol):
@@ -74,19 +76,6 @@ class DeliveryTracker(Protocol):
         """Take a durable outbox row into the worker's schedule."""
 
 
-_second: list[tuple[int, str]] = [(-1, "")]  # the last second rendered, and its text
-
-
-def _timestamp(now: int) -> str:
-    """``format_timestamp``, rendering the date and time once per second (a publish hot path)."""
-    seconds, millis = divmod(now, 1000)
-    cached, text = _second[0]
-    if cached != seconds:
-        text = sns_envelope.format_timestamp(seconds * 1000)[:-5]  # without ".mmmZ"
-        _second[0] = (seconds, text)
-    return f"{text}.{millis:03d}Z"
-
-
 class PublishResult(NamedTuple):
     """What Publish answers: the MessageId, and a FIFO topic's SequenceNumber."""
 
@@ -97,123 +86,28 @@ class PublishResult(NamedTuple):
 class _Plan(NamedTuple):
     """A message's envelopes, signed, and the subscriptions it matched."""
 
-    bodies: _Bodies
+    bodies: Bodies
     selection: Selection[str]
 
 
 class Batch:
-    """The mutations of one commit and what must wait until they are durable."""
+    """The mutations of one commit and what must wait until they are durable.
 
-    __slots__ = ("after", "mutations")
+    The copies sent to subscribed queues add their records to ``mutations`` and, through
+    ``copies``, one activation per queue, rather than a send outcome and a callback each.
+    """
+
+    __slots__ = ("after", "copies", "mutations")
 
     def __init__(self) -> None:
         self.mutations: list[Mutation | SnsMutation] = []
         self.after: list[Callable[[], None]] = []
+        self.copies = SentCopies(self.mutations)
 
     def on_durable(self) -> None:
+        self.copies.on_durable()
         for callback in self.after:
             callback()
-
-
-class _Bodies:
-    """The bodies of one published message, built lazily, once per distinct form."""
-
-    def __init__(
-        self,
-        fanout: Fanout,
-        topic: Topic,
-        message: PreparedMessage,
-        message_id: str,
-        sequence: str | None,
-        now: int,
-        base_url: str,
-    ) -> None:
-        self.fanout = fanout
-        self.topic = topic
-        self.message = message
-        self.message_id = message_id
-        self.sequence = sequence
-        self.timestamp = _timestamp(now)
-        self.base_url = base_url
-        self._templates: dict[str, tuple[str, str, bool]] = {}
-        self._raw_allowed: dict[str, bool] = {}
-        self._raw_attributes: dict[str, AttributeValue] | None = None
-
-    @property
-    def signed(self) -> bool:
-        """Whether an envelope was signed (built) for this message so far."""
-        return bool(self._templates) and self.sequence is None
-
-    def prepare(self, subscription: Subscription) -> None:
-        """Build (and sign) the envelope ``subscription`` will get, if it gets one."""
-        if not subscription.settings.raw_message_delivery:
-            self._envelope(self.message.message_for(subscription.protocol))
-
-    def body(self, subscription: Subscription) -> str:
-        return self.checked_body(subscription)[0]
-
-    def checked_body(self, subscription: Subscription) -> tuple[str, bool]:
-        """The body ``subscription`` gets, and whether SQS allows all its characters.
-
-        Checked once per message text, envelope template and subscription URL line, not per
-        delivery (``characters_checked`` of :meth:`broker.model.index.QueueIndex.send`).
-        """
-        text = self.message.message_for(subscription.protocol)
-        if subscription.settings.raw_message_delivery:
-            allowed = self._raw_allowed.get(text)
-            if allowed is None:
-                allowed = self._raw_allowed[text] = body_characters_allowed(text)
-            return text, allowed
-        prefix, suffix, allowed = self._envelope(text)
-        line, line_allowed = self._url_line(subscription)
-        return prefix + line + suffix, allowed and line_allowed
-
-    def _envelope(self, text: str) -> tuple[str, str, bool]:
-        template = self._templates.get(text)
-        if template is None:
-            prefix, suffix = self._template(text)
-            allowed = body_characters_allowed(prefix) and body_characters_allowed(suffix)
-            template = self._templates[text] = (prefix, suffix, allowed)
-        return template
-
-    def raw_attributes(self) -> dict[str, AttributeValue]:
-        """The SQS attributes of a raw delivery, converted once per message (shared, unchanged).
-
-        Raises:
-            EnvelopeError: as :func:`sqs_attributes`.
-        """
-        if self._raw_attributes is None:
-            self._raw_attributes = sqs_attributes(self.message.request.attributes)
-        return self._raw_attributes
-
-    def _url_line(self, subscription: Subscription) -> tuple[str, bool]:
-        cached = subscription.envelope_tail
-        if cached is None or cached[0] != self.base_url:
-            url = sns_envelope.unsubscribe_url(self.base_url, subscription.arn)
-            line = f'\n  "UnsubscribeURL" : {json.dumps(url)}'
-            cached = (self.base_url, line, body_characters_allowed(line))
-            subscription.envelope_tail = cached
-        return cached[1], cached[2]
-
-    def _template(self, text: str) -> tuple[str, str]:
-        request = self.message.request
-        signer = (
-            None if self.sequence is not None else self.fanout.signer(self.topic, self.base_url)
-        )
-        envelope = sns_envelope.notification(
-            message_id=self.message_id,
-            topic_arn=self.topic.arn,
-            message=text,
-            timestamp=self.timestamp,
-            unsubscribe_url="",
-            subject=request.subject,
-            message_attributes=request.attributes,
-            signer=signer,
-            sequence_number=self.sequence,
-        )
-        prefix, found, suffix = sns_envelope.encode(envelope).partition(_URL_SLOT)
-        assert found, "encode() writes UnsubscribeURL on a line of its own"
-        return prefix, suffix
 
 
 class Fanout:
@@ -310,11 +204,18 @@ class Fanout:
     ) -> _Plan:
         """Select the subscriptions and build (sign) the envelopes they get; changes nothing."""
         selection = topic.index.match(message.request.attributes, message.messages["default"])
-        bodies = _Bodies(self, topic, message, message_id, sequence, now, base_url)
+        bodies = Bodies(self.signer, topic, message, message_id, sequence, now, base_url)
         subscriptions = topic.subscriptions
+        prepared: set[str] = set()  # protocols whose envelope is built: one text each
         for subscription_id in selection.matched:
             subscription = subscriptions.get(subscription_id)
-            if subscription is not None and not subscription.record.pending:
+            if subscription is None:
+                continue
+            record = subscription.record
+            if record.pending or record.settings.raw_message_delivery:
+                continue
+            if record.protocol not in prepared:
+                prepared.add(record.protocol)
                 bodies.prepare(subscription)
         return _Plan(bodies, selection)
 
@@ -364,7 +265,7 @@ class Fanout:
             subscription = subscriptions.get(subscription_id)
             if subscription is None or subscription.record.pending:
                 continue
-            if subscription.protocol == "sqs":
+            if subscription.record.protocol == "sqs":
                 self._to_queue(batch, subscription, bodies, now, sender_id, delivered)
             else:
                 self._to_endpoint(batch, subscription, bodies, now)
@@ -378,22 +279,28 @@ class Fanout:
         self,
         batch: Batch,
         subscription: Subscription,
-        bodies: _Bodies,
+        bodies: Bodies,
         now: int,
         sender_id: str,
         delivered: list[tuple[Queue, int]],
     ) -> None:
-        """Add the send of one delivery to ``batch``, exactly as a SendMessage would make it."""
+        """Add the send of one delivery to ``batch``, exactly as a SendMessage would make it.
+
+        The rules on the message alone are checked here, the attributes of raw deliveries once
+        per message; the queue's own rules and the send itself are the model's
+        (:meth:`~broker.model.index.QueueIndex.send_copy`).
+        """
         request = bodies.message.request
         body, checked = bodies.checked_body(subscription)
-        queue = self.queues.by_arn(subscription.endpoint)
-        fifo_queue = subscription.endpoint.endswith(".fifo")
-        group_id = request.group_id if fifo_queue or not subscription.topic.settings.fifo else None
+        record = subscription.record
+        endpoint = record.endpoint
+        queue = self.queues.by_arn(endpoint)
+        fifo_queue = endpoint.endswith(".fifo")
+        group_id = request.group_id if fifo_queue or not bodies.topic.settings.fifo else None
         deduplication_id = bodies.message.deduplication_id if fifo_queue else None
+        raw = record.settings.raw_message_delivery
         try:
-            attributes = (
-                bodies.raw_attributes() if subscription.settings.raw_message_delivery else {}
-            )
+            attributes = bodies.raw_attributes() if raw else {}
             if queue is None:
                 raise SqsError("AWS.SimpleQueueService.NonExistentQueue", "no such queue")
             send = SendRequest(
@@ -403,15 +310,18 @@ class Fanout:
                 deduplication_id=deduplication_id,
                 sender_id=sender_id,
             )
-            self.store.check_sealing(queue.settings)
-            outcome = queue.index.send(now, send, characters_checked=checked)
+            index = queue.index
+            self.store.check_sealing(index.settings)
+            validate_message(send, characters_checked=checked, attributes_checked=True)
+            if attributes:
+                bodies.check_raw_attributes()
+            size = message_size(send)
+            index.send_copy(now, send, size, batch.copies)
         except (SqsError, EnvelopeError) as error:
             reason = error.message if isinstance(error, SqsError) else str(error)
             self._failed(batch, subscription, body, {}, group_id, deduplication_id, now, reason)
             return
-        batch.mutations.extend(outcome.mutations)
-        batch.after.append(outcome.on_durable)
-        delivered.append((queue, message_size(send)))
+        delivered.append((queue, size))
 
     def _failed(
         self,
@@ -486,7 +396,7 @@ class Fanout:
     # ------------------------------------------------------------------ HTTP/S
 
     def _to_endpoint(
-        self, batch: Batch, subscription: Subscription, bodies: _Bodies, now: int
+        self, batch: Batch, subscription: Subscription, bodies: Bodies, now: int
     ) -> None:
         raw = subscription.settings.raw_message_delivery
         envelope = {"Type": "Notification", "MessageId": bodies.message_id}
@@ -567,16 +477,3 @@ def _unsubscribe_confirmation(subscription_arn: str) -> Callable[..., dict[str, 
         return sns_envelope.unsubscribe_confirmation(subscription_arn=subscription_arn, **fields)
 
     return build
-
-
-def sqs_attributes(attributes: Mapping[str, Mapping[str, Any]]) -> dict[str, AttributeValue]:
-    """The SQS message attributes of a raw delivery: the published ones, same names and types.
-
-    Raises:
-        EnvelopeError: more than 10 attributes (AWS discards such raw deliveries).
-    """
-    converted = sns_envelope.raw_sqs_attributes(attributes)
-    return {
-        name: AttributeValue(value["DataType"], value.get("StringValue"), value.get("BinaryValue"))
-        for name, value in converted.items()
-    }

@@ -66,7 +66,7 @@ class Subscription:
         self.policy: FilterPolicy | None = compiled_filter(record.settings)
         self._effective: EffectiveDeliveryPolicy | None = None
         # (base URL, the envelope's UnsubscribeURL line for it, whether SQS allows its
-        # characters): built once, spliced into every envelope it gets (broker.fanout).
+        # characters): built once, spliced into every envelope it gets (broker.sns_bodies).
         self.envelope_tail: tuple[str, str, bool] | None = None
 
     @property

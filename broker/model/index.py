@@ -44,6 +44,7 @@ from broker.model.messages import (
     SendRequest,
     content_deduplication_id,
     sequence_number,
+    validate_for_queue,
     validate_send,
 )
 from broker.model.mutations import (
@@ -57,8 +58,10 @@ from broker.model.mutations import (
 )
 from broker.model.outcomes import (
     Change,
+    MutationSink,
     ReceiveOutcome,
     SendOutcome,
+    SentCopies,
     SentMessage,
 )
 from broker.model.settings import QueueSettings
@@ -192,47 +195,82 @@ class QueueIndex(QueueState):
             except SqsError as error:
                 results.append(error)
                 continue
-            key = self._deduplication_key(request)
-            original = None if key is None else self._dedup.lookup(key, now)
+            seq, message_id = self._accept(now, request, mutations, accepted)
+            results.append(self._sent(seq, duplicate=message_id is None, message_id=message_id))
+        return SendOutcome(results, mutations, [lambda: self._activate_sent(accepted)])
+
+    def send_copy(self, now: int, request: SendRequest, size: int, copies: SentCopies) -> None:
+        """SendMessage of one copy of a published message (SNS fan-out), into ``copies``.
+
+        The same rules and records as :meth:`send`, without its per-call objects: the caller
+        checked the rules on the message alone (:func:`~broker.model.messages.validate_message`,
+        once for many copies), this checks the queue's (``size`` is ``message_size(request)``).
+        The copy becomes receivable in ``copies.on_durable``; a FIFO duplicate adds nothing.
+
+        Raises:
+            SqsError: the queue refuses the message; nothing was accepted.
+        """
+        self._advance(now)
+        validate_for_queue(self.settings, request, size)
+        accepted = copies.accepted.get(self)
+        if accepted is None:
+            accepted = copies.accepted[self] = []
+        self._accept(now, request, copies.mutations, accepted)
+
+    def _accept(
+        self,
+        now: int,
+        request: SendRequest,
+        mutations: MutationSink,
+        accepted: list[tuple[int, int, str | None]],
+    ) -> tuple[int, str | None]:
+        """Enqueue a valid message (pending until ``_activate_sent(accepted)``).
+
+        Returns:
+            Its seq and message id; a FIFO duplicate's original seq and None.
+        """
+        deduplication_id = self._deduplication_id(request)
+        key = None
+        if deduplication_id is not None:
+            key = self._deduplication_key(deduplication_id, request)
+            original = self._dedup.lookup(key, now)
             if original is not None:
-                results.append(self._sent(original, duplicate=True))
-                continue
-            seq = self._next_seq
-            self._next_seq += 1
-            enqueued_at = max(now, self._latest_now)
-            self._timeline.record(seq, enqueued_at)
-            delay = request.delay_seconds
-            if delay is None or self.settings.fifo:
-                delay = self.settings.delay_seconds
-            visible_at = now + delay * 1000
-            message_id = self._signer.message_id(self.queue_id, seq)
+                return original, None
+        seq = self._next_seq
+        self._next_seq += 1
+        enqueued_at = max(now, self._latest_now)
+        self._timeline.record(seq, enqueued_at)
+        delay = request.delay_seconds
+        if delay is None or self.settings.fifo:
+            delay = self.settings.delay_seconds
+        visible_at = now + delay * 1000
+        message_id = self._signer.message_id(self.queue_id, seq)
+        mutations.append(
+            MessageInserted(
+                queue_id=self.queue_id,
+                seq=seq,
+                message_id=message_id,
+                body=request.body,
+                attributes=request.attributes,
+                sent_at=now,
+                visible_at=visible_at,
+                group_id=request.group_id,
+                deduplication_id=deduplication_id,
+                sender_id=request.sender_id,
+                trace_header=request.trace_header,
+            )
+        )
+        if key is not None:
+            expires_at = now + DEDUPLICATION_WINDOW_MS
+            self._dedup.remember(key, seq, expires_at)
             mutations.append(
-                MessageInserted(
-                    queue_id=self.queue_id,
-                    seq=seq,
-                    message_id=message_id,
-                    body=request.body,
-                    attributes=request.attributes,
-                    sent_at=now,
-                    visible_at=visible_at,
-                    group_id=request.group_id,
-                    deduplication_id=self._deduplication_id(request),
-                    sender_id=request.sender_id,
-                    trace_header=request.trace_header,
+                DeduplicationRecorded(
+                    queue_id=self.queue_id, key=key, seq=seq, expires_at=expires_at
                 )
             )
-            if key is not None:
-                expires_at = now + DEDUPLICATION_WINDOW_MS
-                self._dedup.remember(key, seq, expires_at)
-                mutations.append(
-                    DeduplicationRecorded(
-                        queue_id=self.queue_id, key=key, seq=seq, expires_at=expires_at
-                    )
-                )
-            accepted.append((seq, visible_at, request.group_id))
-            results.append(self._sent(seq, duplicate=False, message_id=message_id))
-        self._pending += len(accepted)
-        return SendOutcome(results, mutations, [lambda: self._activate_sent(accepted)])
+        accepted.append((seq, visible_at, request.group_id))
+        self._pending += 1
+        return seq, message_id
 
     def _sent(self, seq: int, *, duplicate: bool, message_id: str | None = None) -> SentMessage:
         return SentMessage(
@@ -249,10 +287,7 @@ class QueueIndex(QueueState):
             return request.deduplication_id
         return content_deduplication_id(request.body)
 
-    def _deduplication_key(self, request: SendRequest) -> bytes | None:
-        deduplication_id = self._deduplication_id(request)
-        if deduplication_id is None:
-            return None
+    def _deduplication_key(self, deduplication_id: str, request: SendRequest) -> bytes:
         by_group = self.settings.deduplication_scope == "messageGroup"
         return deduplication_key(deduplication_id, request.group_id if by_group else None)
 

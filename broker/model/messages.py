@@ -83,6 +83,24 @@ def validate_send(
     Raises:
         SqsError: with AWS's code and message for the first rule broken.
     """
+    validate_message(request, characters_checked=characters_checked)
+    validate_for_queue(settings, request, message_size(request))
+
+
+def validate_message(
+    request: SendRequest, *, characters_checked: bool = False, attributes_checked: bool = False
+) -> None:
+    """Apply the SendMessage rules that look at the message alone (:func:`validate_send`'s first).
+
+    Args:
+        request: the message.
+        characters_checked: as for :func:`validate_send`.
+        attributes_checked: the caller has checked ``request.attributes`` with
+            :func:`validate_message_attributes` already (SNS: once for every copy).
+
+    Raises:
+        SqsError: with AWS's code and message for the first rule broken.
+    """
     if not request.body:
         raise SqsError(MISSING_PARAMETER, "The request must contain the parameter MessageBody.")
     if not characters_checked and not body_characters_allowed(request.body):
@@ -91,8 +109,22 @@ def validate_send(
             "Invalid characters found. Valid unicode characters are #x9 | #xA | #xD | "
             "#x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF",
         )
-    validate_message_attributes(request.attributes)
-    if message_size(request) > settings.maximum_message_size:
+    if not attributes_checked:
+        validate_message_attributes(request.attributes)
+
+
+def validate_for_queue(settings: QueueSettings, request: SendRequest, size: int) -> None:
+    """Apply the SendMessage rules that depend on the queue (:func:`validate_send`'s last).
+
+    Args:
+        settings: the destination queue's settings.
+        request: the message, which :func:`validate_message` accepted.
+        size: ``message_size(request)``.
+
+    Raises:
+        SqsError: with AWS's code and message for the first rule broken.
+    """
+    if size > settings.maximum_message_size:
         raise SqsError(
             INVALID_PARAMETER_VALUE,
             "One or more parameters are invalid. Reason: Message must be shorter than "

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from broker.model.errors import SqsError
 from broker.model.mutations import Mutation
+
+if TYPE_CHECKING:
+    from broker.model.state import QueueState
 
 
 class Change:
@@ -111,3 +114,31 @@ class RestoredMessage(NamedTuple):
     received_at: int
     enqueued_at: int
     group_id: str | None
+
+
+class MutationSink(Protocol):
+    """Where mutations are collected: a list of them, or of them and other records."""
+
+    def append(self, mutation: Mutation, /) -> None: ...
+
+
+class SentCopies:
+    """The copies of published messages that one commit sends to many queues (SNS fan-out).
+
+    What :class:`SendOutcome` is to one send, for every copy of a
+    commit at once: their records, and one activation per queue once they are durable.
+    """
+
+    __slots__ = ("accepted", "mutations")
+
+    def __init__(self, mutations: MutationSink | None = None) -> None:
+        """Collect the copies' records into ``mutations`` (the commit's list), else a new list."""
+        self.mutations: MutationSink = [] if mutations is None else mutations
+        # index -> (seq, visible_at, group id) of each copy it accepted, in send order
+        self.accepted: dict[QueueState, list[tuple[int, int, str | None]]] = {}
+
+    def on_durable(self) -> None:
+        """Make the copies receivable; call once, after the commit."""
+        accepted, self.accepted = self.accepted, {}
+        for index, copies in accepted.items():
+            index._activate_sent(copies)

@@ -37,7 +37,10 @@ class EnqueueTimeline:
         if seq <= self._last_seq:
             raise ValueError(f"seq {seq} recorded after {self._last_seq}")
         self._last_seq = seq
-        if len(self) and enqueued_at // _BUCKET_MS <= self._latest_times[-1] // _BUCKET_MS:
+        if (
+            len(self._first_seqs) > self._start
+            and enqueued_at // _BUCKET_MS <= self._latest_times[-1] // _BUCKET_MS
+        ):
             self._latest_times[-1] = max(self._latest_times[-1], enqueued_at)
             return
         self._first_seqs.append(seq)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -79,25 +79,45 @@ _PURGE = "UPDATE queues SET purged_below = max(purged_below, ?) WHERE queue_id =
 _NEXT_SEQ = "UPDATE queues SET next_seq = max(next_seq, ?) WHERE queue_id = ?"
 
 
-def _inserted(m: MessageInserted, key: SealingKey | None) -> tuple[Any, ...]:
-    message_id = bytes.fromhex(m.message_id.replace("-", ""))  # the UUID's 16 bytes
-    attributes = ATTRIBUTES_ENCODER.encode(m.attributes) if m.attributes else None
-    attributes, body = seal_payload(key, message_id, attributes, m.body.encode())
-    return (
-        m.queue_id,
-        m.seq,
-        message_id,
-        m.visible_at,
-        m.sent_at,
-        m.sent_at,
-        m.group_id,
-        m.deduplication_id,
-        m.sender_id,
-        m.trace_header,
-        attributes,
-        body,
-        key.key_id if key is not None else None,
-    )
+def _inserted_rows(
+    batch: Sequence[MessageInserted],
+    keys: Mapping[int, SealingKey],
+    next_seqs: dict[int, int],
+) -> list[tuple[Any, ...]]:
+    """The ``_INSERT`` parameters of ``batch``; raises ``next_seqs`` past their seqs.
+
+    One loop, no call per row but the encodings: an SNS fan-out brings a row per subscribed
+    queue, and this runs in the writer thread, on the core the event loop needs.
+    """
+    rows = []
+    for m in batch:
+        queue_id, seq = m.queue_id, m.seq
+        message_id = bytes.fromhex(m.message_id.replace("-", ""))  # the UUID's 16 bytes
+        attributes = ATTRIBUTES_ENCODER.encode(m.attributes) if m.attributes else None
+        body = m.body.encode()
+        key = keys.get(queue_id) if keys else None
+        if key is not None:
+            attributes, body = seal_payload(key, message_id, attributes, body)
+        rows.append(
+            (
+                queue_id,
+                seq,
+                message_id,
+                m.visible_at,
+                m.sent_at,
+                m.sent_at,
+                m.group_id,
+                m.deduplication_id,
+                m.sender_id,
+                m.trace_header,
+                attributes,
+                body,
+                key.key_id if key is not None else None,
+            )
+        )
+        if next_seqs.get(queue_id, 0) <= seq:
+            next_seqs[queue_id] = seq + 1
+    return rows
 
 
 def seal_payload(
@@ -167,10 +187,9 @@ def apply_mutations(
         if kind is MessageMoved:
             _apply_moves(connection, batch, keys)  # type: ignore[arg-type]
         elif kind is MessageInserted:
-            rows = [
-                _inserted(m, keys.get(m.queue_id)) for m in batch if isinstance(m, MessageInserted)
-            ]
-            connection.executemany(_INSERT, rows)
+            inserts = cast("list[MessageInserted]", batch)  # groupby: all of this kind
+            connection.executemany(_INSERT, _inserted_rows(inserts, keys, next_seqs))
+            continue
         elif kind in SNS_APPLIERS:  # subscriptions, the HTTP outbox, FIFO topics
             SNS_APPLIERS[kind](connection, batch)
             continue
@@ -178,9 +197,7 @@ def apply_mutations(
             sql, parameters = _SIMPLE[kind]
             connection.executemany(sql, map(parameters, batch))
         for mutation in batch:
-            if isinstance(mutation, MessageInserted):
-                _raise_next_seq(next_seqs, mutation.queue_id, mutation.seq)
-            elif isinstance(mutation, MessageMoved):
+            if isinstance(mutation, MessageMoved):
                 _raise_next_seq(next_seqs, mutation.target_queue_id, mutation.target_seq)
             elif isinstance(mutation, QueuePurged):
                 purged.add(mutation.queue_id)

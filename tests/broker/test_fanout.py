@@ -9,10 +9,8 @@ from typing import Any
 
 import pytest
 import trio
-from hypothesis import given
-from hypothesis import strategies as st
 
-from broker.fanout import _timestamp
+from broker import sns_bodies
 from broker.model.publishing import PublishRequest, prepare
 from broker.model.sns_errors import SnsError
 from broker.registry import now_ms
@@ -194,13 +192,72 @@ async def test_characters_sqs_refuses_fail_raw_deliveries_only(harness: Harness)
     ]
 
 
+async def test_raw_attributes_sqs_refuses_fail_every_raw_delivery_checked_once(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SNS takes an attribute name starting "aws."; SQS refuses it. The raw copies carry the
+    # attributes and fail; the envelope carries them in its text. One check serves them all.
+    checks: list[object] = []
+    check = sns_bodies.validate_message_attributes
+
+    def counting(attributes: Any) -> None:
+        checks.append(attributes)
+        check(attributes)
+
+    monkeypatch.setattr(sns_bodies, "validate_message_attributes", counting)
+    for name in ("raw1", "raw2", "wrapped"):
+        made = await queue(harness, name)
+        raw = {"RawMessageDelivery": "true"} if name.startswith("raw") else {}
+        await harness.subscribe_queue(made.arn, **raw)
+    reserved = {"aws.n": {"DataType": "String", "StringValue": "v"}}
+    await harness.publish("m", attributes=reserved)
+    assert len(checks) == 1
+    assert await bodies(harness, "raw1") == await bodies(harness, "raw2") == []
+    (wrapped,) = await bodies(harness, "wrapped")
+    assert json.loads(wrapped)["MessageAttributes"]["aws.n"]["Value"] == "v"
+    assert harness.topic.stats.failed["sqs"] == 2
+    assert harness.topic.stats.delivered["sqs"] == 1
+
+
+async def test_an_envelope_is_signed_once_for_every_subscription_before_the_commit(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The raw subscription comes first: it needs no envelope, the others still get theirs
+    # signed a step ahead of the commit.
+    events: list[str] = []
+    sign, commit = sns_envelope.sign, harness.store.commit
+
+    def recording_sign(*args: Any) -> str:
+        events.append("sign")
+        return sign(*args)
+
+    async def recording_commit(*args: Any) -> None:
+        events.append("commit")
+        await commit(*args)
+
+    raw = await queue(harness, "raw")
+    await harness.subscribe_queue(raw.arn, RawMessageDelivery="true")
+    for index in range(4):
+        made = await queue(harness, f"q{index}")
+        await harness.subscribe_queue(made.arn)
+    monkeypatch.setattr(sns_envelope, "sign", recording_sign)
+    monkeypatch.setattr(harness.store, "commit", recording_commit)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(harness.publish, "other")
+        nursery.start_soon(harness.publish, "once")
+    assert events == ["sign", "sign", "commit", "commit"]
+    result = await harness.publish("third")
+    urls = set()
+    for index in range(4):
+        envelopes = [json.loads(body) for body in await bodies(harness, f"q{index}")]
+        assert sorted(e["Message"] for e in envelopes) == ["once", "other", "third"]
+        assert envelopes[-1]["MessageId"] == result.message_id
+        urls.update(e["UnsubscribeURL"] for e in envelopes)
+    assert len(urls) == 4
+    assert sorted(await bodies(harness, "raw")) == ["once", "other", "third"]
+
+
 async def test_validation_happens_before_anything_is_accepted(harness: Harness) -> None:
     with pytest.raises(SnsError, match="Empty message"):
         await harness.publish("")
     assert harness.topic.stats.published == 0
-
-
-@given(st.integers(min_value=0, max_value=2**42))
-def test_the_cached_timestamp_is_format_timestamp(now: int) -> None:
-    assert _timestamp(now) == sns_envelope.format_timestamp(now)
-    assert _timestamp(now + 1) == sns_envelope.format_timestamp(now + 1)

@@ -16,7 +16,7 @@ from broker.model.errors import (
     SqsError,
 )
 from broker.model.index import OVER_LIMIT_MESSAGE, resolve_wait_time
-from broker.model.messages import SendRequest
+from broker.model.messages import SendRequest, message_size, validate_message
 from broker.model.mutations import (
     MessageDeleted,
     MessageDelivered,
@@ -25,6 +25,7 @@ from broker.model.mutations import (
     QueuePurged,
     VisibilityChanged,
 )
+from broker.model.outcomes import SentCopies
 from broker.model.settings import parse_create
 from broker.model.signing import Signer
 from broker.model.state import MAX_IN_FLIGHT_MESSAGES
@@ -358,6 +359,89 @@ def test_draining_returns_every_message_exactly_once(fifo, sends, batch):
             index.delete(now, delivery.receipt_handle)
     assert sorted(received) == sorted(sent)
     assert index.counts(now) == (0, 0, 0)
+
+
+# ---------------------------------------------------------------------- copies (SNS fan-out)
+
+copy_requests = st.lists(
+    st.builds(
+        SendRequest,
+        body=st.sampled_from(["", "a", "b", "x" * 1100, "bell\x07"]),
+        group_id=st.sampled_from([None, "g", "h", "bad group!"]),
+        deduplication_id=st.sampled_from([None, "d1", "d2"]),
+        delay_seconds=st.sampled_from([None, 0, 5, 901]),
+        sender_id=st.just("me"),
+    ),
+    max_size=12,
+)
+
+
+def copy_outcome(index: QueueIndex, now: int, request: SendRequest, copies: SentCopies) -> object:
+    """send_copy as the fan-out calls it: the message's own rules, then the queue's."""
+    try:
+        validate_message(request)
+        index.send_copy(now, request, message_size(request), copies)
+    except SqsError as error:
+        return (error.code, error.message)
+    return None
+
+
+@given(
+    fifo=st.booleans(), requests=copy_requests, settings_size=st.sampled_from(["1024", "262144"])
+)
+@settings(deadline=None)
+def test_a_copy_is_what_send_makes(fifo, requests, settings_size):
+    """send_copy accepts, refuses and records exactly what send does, one request at a time."""
+    attributes = {"MaximumMessageSize": settings_size}
+    sent, copied = make(fifo, **attributes), make(fifo, **attributes)
+    copies = SentCopies()
+    expected = []
+    for offset, request in enumerate(requests):
+        now = T0 + offset * 1000
+        try:
+            outcome = sent.send(now, request)
+        except SqsError as error:
+            wanted: object = (error.code, error.message)
+        else:
+            wanted = None
+            expected.extend(outcome.mutations)
+            outcome.on_durable()
+        assert copy_outcome(copied, now, request, copies) == wanted
+    assert copies.mutations == expected
+    copies.on_durable()
+    later = T0 + 1_000_000
+    assert sent.counts(later) == copied.counts(later)
+    drained = [receive(index, later, max_messages=10).deliveries for index in (sent, copied)]
+    assert drained[0] == drained[1]
+
+
+def test_copies_become_receivable_together_once_durable():
+    woken = []
+    queues = [make(False, queue_id=n, wake=lambda n=n: woken.append(n)) for n in (1, 2)]
+    copies = SentCopies()
+    for index in [*queues, queues[0]]:
+        index.send_copy(T0, SendRequest(body="m"), 1, copies)
+    assert [type(m) for m in copies.mutations] == [MessageInserted] * 3
+    assert all(index.counts(T0) == (0, 0, 0) for index in queues)
+    copies.on_durable()
+    assert [index.counts(T0) for index in queues] == [(2, 0, 0), (1, 0, 0)]
+    assert woken == [1, 2]  # one wake-up per queue, however many copies it took
+    copies.on_durable()  # once only
+    assert [index.counts(T0).visible for index in queues] == [2, 1]
+
+
+def test_a_fifo_duplicate_copy_adds_nothing():
+    index = make(True)
+    copies = SentCopies()
+    request = SendRequest(body="m", group_id="g", deduplication_id="d")
+    index.send_copy(T0, request, 1, copies)
+    index.send_copy(T0 + 1, request, 1, copies)
+    assert [type(m).__name__ for m in copies.mutations] == [
+        "MessageInserted",
+        "DeduplicationRecorded",
+    ]
+    copies.on_durable()
+    assert index.counts(T0 + 1) == (1, 0, 0)
 
 
 # ---------------------------------------------------------------------- the in-flight limit

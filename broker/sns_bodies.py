@@ -1,0 +1,179 @@
+"""The bodies one published message gives its subscribers, each distinct one built once.
+
+The envelope is signed once per distinct message text (``MessageStructure=json`` can give each
+protocol its own); it differs per subscription only by ``UnsubscribeURL``, which is not signed,
+so it is encoded once and each subscription's URL line (built once per subscription and kept
+on it) spliced in. Raw deliveries take the text as is, with the message attributes converted
+(and checked for SQS) once per message. :mod:`broker.fanout` sends them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from broker.model.errors import SqsError
+from broker.model.messages import (
+    AttributeValue,
+    body_characters_allowed,
+    validate_message_attributes,
+)
+from broker.model.publishing import PreparedMessage
+from broker.topic_state import Subscription, Topic
+from proto.aws import sns_envelope
+
+_URL_SLOT: Final = '\n  "UnsubscribeURL" : ""'  # a line only encode() writes, never inside a value
+_second: list[tuple[int, str]] = [(-1, "")]  # the last second rendered, and its text
+
+
+def timestamp(now: int) -> str:
+    """``format_timestamp``, rendering the date and time once per second (a publish hot path)."""
+    seconds, millis = divmod(now, 1000)
+    cached, text = _second[0]
+    if cached != seconds:
+        text = sns_envelope.format_timestamp(seconds * 1000)[:-5]  # without ".mmmZ"
+        _second[0] = (seconds, text)
+    return f"{text}.{millis:03d}Z"
+
+
+class Bodies:
+    """The bodies of one published message, built lazily, once per distinct form."""
+
+    def __init__(
+        self,
+        signer: Callable[[Topic, str], sns_envelope.Signer],
+        topic: Topic,
+        message: PreparedMessage,
+        message_id: str,
+        sequence: str | None,
+        now: int,
+        base_url: str,
+    ) -> None:
+        """Hold what the bodies are built from; nothing is built yet.
+
+        Args:
+            signer: the signer of a topic's envelopes for a base URL (``Fanout.signer``),
+                asked only when an envelope is built for a standard topic.
+            topic: the topic published to.
+            message: the validated message.
+            message_id: its MessageId.
+            sequence: a FIFO topic's SequenceNumber (FIFO envelopes are not signed).
+            now: the publish time (the envelope's Timestamp).
+            base_url: the base of UnsubscribeURL (and SigningCertURL by default).
+        """
+        self._signer = signer
+        self.topic = topic
+        self.message = message
+        self.message_id = message_id
+        self.sequence = sequence
+        self.timestamp = timestamp(now)
+        self.base_url = base_url
+        self._templates: dict[str, tuple[str, str, bool]] = {}
+        self._raw_allowed: dict[str, bool] = {}
+        self._raw_attributes: dict[str, AttributeValue] | None = None
+        self._raw_attributes_error: SqsError | None = None
+        self._raw_attributes_checked = False
+
+    @property
+    def signed(self) -> bool:
+        """Whether an envelope was signed (built) for this message so far."""
+        return bool(self._templates) and self.sequence is None
+
+    def prepare(self, subscription: Subscription) -> None:
+        """Build (and sign) the envelope ``subscription`` will get, if it gets one."""
+        if not subscription.settings.raw_message_delivery:
+            self._envelope(self.message.message_for(subscription.protocol))
+
+    def body(self, subscription: Subscription) -> str:
+        return self.checked_body(subscription)[0]
+
+    def checked_body(self, subscription: Subscription) -> tuple[str, bool]:
+        """The body ``subscription`` gets, and whether SQS allows all its characters.
+
+        Checked once per message text, envelope template and subscription URL line, not per
+        delivery (``characters_checked`` of :func:`broker.model.messages.validate_message`).
+        """
+        record = subscription.record
+        text = self.message.message_for(record.protocol)
+        if record.settings.raw_message_delivery:
+            allowed = self._raw_allowed.get(text)
+            if allowed is None:
+                allowed = self._raw_allowed[text] = body_characters_allowed(text)
+            return text, allowed
+        prefix, suffix, allowed = self._envelope(text)
+        line, line_allowed = self._url_line(subscription)
+        return prefix + line + suffix, allowed and line_allowed
+
+    def _envelope(self, text: str) -> tuple[str, str, bool]:
+        template = self._templates.get(text)
+        if template is None:
+            prefix, suffix = self._template(text)
+            allowed = body_characters_allowed(prefix) and body_characters_allowed(suffix)
+            template = self._templates[text] = (prefix, suffix, allowed)
+        return template
+
+    def raw_attributes(self) -> dict[str, AttributeValue]:
+        """The SQS attributes of a raw delivery, converted once per message (shared, unchanged).
+
+        Raises:
+            EnvelopeError: as :func:`sqs_attributes`.
+        """
+        if self._raw_attributes is None:
+            self._raw_attributes = sqs_attributes(self.message.request.attributes)
+        return self._raw_attributes
+
+    def check_raw_attributes(self) -> None:
+        """:func:`validate_message_attributes` on :meth:`raw_attributes`, once per message.
+
+        Raises:
+            SqsError: as :func:`validate_message_attributes`, for every raw delivery.
+        """
+        if not self._raw_attributes_checked:
+            try:
+                validate_message_attributes(self.raw_attributes())
+            except SqsError as error:
+                self._raw_attributes_error = error
+            self._raw_attributes_checked = True
+        if self._raw_attributes_error is not None:
+            raise self._raw_attributes_error
+
+    def _url_line(self, subscription: Subscription) -> tuple[str, bool]:
+        cached = subscription.envelope_tail
+        if cached is None or cached[0] != self.base_url:
+            url = sns_envelope.unsubscribe_url(self.base_url, subscription.arn)
+            line = f'\n  "UnsubscribeURL" : {json.dumps(url)}'
+            cached = (self.base_url, line, body_characters_allowed(line))
+            subscription.envelope_tail = cached
+        return cached[1], cached[2]
+
+    def _template(self, text: str) -> tuple[str, str]:
+        request = self.message.request
+        signer = None if self.sequence is not None else self._signer(self.topic, self.base_url)
+        envelope = sns_envelope.notification(
+            message_id=self.message_id,
+            topic_arn=self.topic.arn,
+            message=text,
+            timestamp=self.timestamp,
+            unsubscribe_url="",
+            subject=request.subject,
+            message_attributes=request.attributes,
+            signer=signer,
+            sequence_number=self.sequence,
+        )
+        prefix, found, suffix = sns_envelope.encode(envelope).partition(_URL_SLOT)
+        assert found, "encode() writes UnsubscribeURL on a line of its own"
+        return prefix, suffix
+
+
+def sqs_attributes(attributes: Mapping[str, Mapping[str, Any]]) -> dict[str, AttributeValue]:
+    """The SQS message attributes of a raw delivery: the published ones, same names and types.
+
+    Raises:
+        EnvelopeError: more than 10 attributes (AWS discards such raw deliveries).
+    """
+    converted = sns_envelope.raw_sqs_attributes(attributes)
+    return {
+        name: AttributeValue(value["DataType"], value.get("StringValue"), value.get("BinaryValue"))
+        for name, value in converted.items()
+    }

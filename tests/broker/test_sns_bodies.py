@@ -1,0 +1,117 @@
+"""The bodies of a published message: built once per distinct form, checked once for SQS."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from broker.config import SnsSettings
+from broker.model.errors import SqsError
+from broker.model.publishing import PublishRequest, prepare
+from broker.model.sns_mutations import SubscriptionRecord
+from broker.model.subscriptions import SubscriptionSettings
+from broker.model.topics import TopicSettings
+from broker.sns_bodies import Bodies, timestamp
+from broker.sns_keys import load_signing_keys
+from broker.store.base import TopicRecord
+from broker.topic_state import Subscription, Topic
+from proto.aws import sns_envelope
+
+NOW = 1_700_000_000_123
+TOPIC_ARN = "arn:aws:sns:us-east-1:000000000000:t"
+
+
+def topic() -> Topic:
+    record = TopicRecord(
+        topic_id=1, name="t", settings=TopicSettings(), tags={}, created_at=1, modified_at=1
+    )
+    return Topic(record, TOPIC_ARN)
+
+
+def subscription(of: Topic, number: int, *, raw: bool = False) -> Subscription:
+    record = SubscriptionRecord(
+        subscription_id=f"s{number}",
+        topic_id=1,
+        protocol="sqs",
+        endpoint=f"arn:aws:sqs:us-east-1:000000000000:q{number}",
+        settings=SubscriptionSettings(raw_message_delivery=raw),
+        owner="000000000000",
+    )
+    return Subscription(record, of)
+
+
+def test_raw_attributes_are_converted_and_checked_once() -> None:
+    # "aws." names pass SNS's rules and fail SQS's: every raw copy gets the same error.
+    request = PublishRequest(
+        message="m", attributes={"aws.x": {"DataType": "String", "StringValue": "v"}}
+    )
+
+    def no_signer(of: Topic, base_url: str) -> sns_envelope.Signer:
+        raise AssertionError("raw deliveries are not signed")
+
+    bodies = Bodies(
+        no_signer,
+        topic(),
+        prepare(TopicSettings(), request),
+        "id",
+        None,
+        NOW,
+        "http://b",
+    )
+    errors = []
+    for _ in range(3):
+        try:
+            bodies.check_raw_attributes()
+        except SqsError as error:
+            errors.append(error)
+    assert len(errors) == 3
+    assert errors[0] is errors[1] is errors[2]
+    assert bodies.raw_attributes() is bodies.raw_attributes()
+    assert list(bodies.raw_attributes()) == ["aws.x"]
+
+
+def test_envelopes_are_signed_once_and_differ_only_by_the_unsubscribe_url(
+    tmp_path: Path,
+) -> None:
+    keys = load_signing_keys(SnsSettings(), tmp_path)
+    asked: list[str] = []
+
+    def signer(of: Topic, base_url: str) -> sns_envelope.Signer:
+        asked.append(base_url)
+        return keys.signer("1", base_url)
+
+    of = topic()
+    bodies = Bodies(
+        signer,
+        of,
+        prepare(TopicSettings(), PublishRequest(message="m")),
+        "id",
+        None,
+        NOW,
+        "http://b",
+    )
+    assert not bodies.signed
+    raw = subscription(of, 9, raw=True)
+    bodies.prepare(raw)
+    assert not bodies.signed
+    assert asked == []
+    assert bodies.checked_body(raw) == ("m", True)
+    subscriptions = [subscription(of, n) for n in range(3)]
+    for each in subscriptions:
+        bodies.prepare(each)
+    assert bodies.signed
+    assert asked == ["http://b"]
+    envelopes = [json.loads(bodies.body(each)) for each in subscriptions]
+    urls = [envelope.pop("UnsubscribeURL") for envelope in envelopes]
+    assert envelopes[0] == envelopes[1] == envelopes[2]
+    assert urls == [sns_envelope.unsubscribe_url("http://b", each.arn) for each in subscriptions]
+    assert envelopes[0]["Timestamp"] == sns_envelope.format_timestamp(NOW)
+
+
+@given(st.integers(min_value=0, max_value=2**42))
+def test_the_cached_timestamp_is_format_timestamp(now: int) -> None:
+    assert timestamp(now) == sns_envelope.format_timestamp(now)
+    assert timestamp(now + 1) == sns_envelope.format_timestamp(now + 1)
