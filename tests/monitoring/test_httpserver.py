@@ -139,7 +139,7 @@ async def test_a_response_header_that_cannot_be_sent_is_not_sent(nursery):
         return Response(200, b"x", headers=[("x-injected", "a\r\nset-cookie: b")])
 
     server = await Server(nursery, bad).start()
-    client = _NullStream()
+    client = _ScriptedStream([b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"])  # reads nothing back
     with pytest.raises(BaseExceptionGroup) as raised:
         async with trio.open_nursery() as inner:
             inner.start_soon(server._handle, client)
@@ -147,11 +147,11 @@ async def test_a_response_header_that_cannot_be_sent_is_not_sent(nursery):
     assert client.sent == b""
 
 
-class _NullStream(trio.abc.Stream):
-    """A client that sent one request and reads nothing back."""
+class _ScriptedStream(trio.abc.Stream):
+    """A client that sends ``chunks`` one read at a time, then closes its side."""
 
-    def __init__(self) -> None:
-        self._data = [b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"]
+    def __init__(self, chunks: list[bytes]) -> None:
+        self._chunks = list(chunks)
         self.sent = b""
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -162,7 +162,7 @@ class _NullStream(trio.abc.Stream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         await trio.lowlevel.checkpoint()
-        return self._data.pop() if self._data else b""
+        return self._chunks.pop(0) if self._chunks else b""
 
     async def aclose(self) -> None:
         return
@@ -381,27 +381,6 @@ async def test_431_and_400_stay_plain_with_a_hook(nursery):
 
 
 # ---------------------------------------------------------------------- framing edge cases
-
-
-class _ScriptedStream(trio.abc.Stream):
-    """A client that sends ``chunks`` one read at a time, then closes its side."""
-
-    def __init__(self, chunks: list[bytes]) -> None:
-        self._chunks = list(chunks)
-        self.sent = b""
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self.sent += bytes(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        return
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        await trio.lowlevel.checkpoint()
-        return self._chunks.pop(0) if self._chunks else b""
-
-    async def aclose(self) -> None:
-        return
 
 
 def _responses(data: bytes) -> list[tuple[int, bytes]]:
