@@ -54,6 +54,9 @@ class SendRequest(msgspec.Struct, frozen=True, kw_only=True):
     deduplication_id: str | None = None
     trace_header: str | None = None
     sender_id: str = ""
+    # MD5OfMessageBody, when the caller has it already (it answers the send with it): carried
+    # to the store's body cache, so that receives of the message do not hash the body again.
+    body_md5: str | None = None
 
 
 def body_characters_allowed(body: str) -> bool:

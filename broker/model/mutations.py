@@ -26,6 +26,7 @@ class MessageInserted(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     deduplication_id: str | None
     sender_id: str
     trace_header: str | None
+    body_md5: str | None = None  # the request's, if it had one (not stored: see SendRequest)
 
 
 class DeduplicationRecorded(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -23,13 +23,13 @@ MIN_KEY_BYTES = 16  # a shorter key would make the MAC guessable
 _VERSION = 1
 _BODY = struct.Struct(">BQQI")  # version, queue id, seq, receive serial
 _IDS = struct.Struct(">QQ")  # queue id, seq: what a message id is derived from
-# A message id's 128 bits as a number: the version nibble (4) and the variant bits (RFC 4122)
-# cleared, then set.
-_UUID_KEEP = ~(0xF << 76 | 0x3 << 62) & (1 << 128) - 1
-_UUID_VERSION_4 = 0x4 << 76 | 0x2 << 62
 _MAC_BYTES = 16
 _SHA256_BLOCK = 64  # the key of an HMAC-SHA256 is padded to one block (32-byte keys here)
 _HANDLE_BYTES = _BODY.size + _MAC_BYTES
+# Base64 without padding: the handle's characters, and those of its body (21 bytes, a whole
+# number of 3-byte groups, so the body's characters do not depend on the MAC).
+_HANDLE_CHARS = (_HANDLE_BYTES * 4 + 2) // 3
+_BODY_CHARS = _BODY.size * 4 // 3
 _MAX_HANDLE_CHARS = 1024  # far above ours; bounds the work spent on garbage
 _TO_STANDARD = bytes.maketrans(b"-_", b"+/")  # base64url -> base64
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
@@ -106,6 +106,23 @@ class Signer:
             raise invalid_receipt_handle(handle)
         return ReceiptHandle(queue_id, seq, serial)
 
+    def peek_receipt_handle(self, handle: str) -> ReceiptHandle | None:
+        """What a handle of ours would name, unchecked: None if it cannot be one of ours.
+
+        Only for finding the handle issued for that message and comparing it with ``handle``:
+        an equal string is that handle. Anything else needs :meth:`parse_receipt_handle`.
+        """
+        if len(handle) != _HANDLE_CHARS:
+            return None
+        try:
+            raw = binascii.a2b_base64(handle[:_BODY_CHARS].encode("ascii").translate(_TO_STANDARD))
+        except ValueError:  # not ASCII, or not base64
+            return None
+        if len(raw) != _BODY.size:
+            return None
+        version, queue_id, seq, serial = _BODY.unpack(raw)
+        return ReceiptHandle(queue_id, seq, serial) if version == _VERSION else None
+
     def message_id(self, queue_id: int, seq: int) -> str:
         """Derive the MessageId of message ``seq`` of queue ``queue_id``.
 
@@ -114,8 +131,10 @@ class Signer:
         """
         digest = self._id_hash.copy()
         digest.update(_IDS.pack(queue_id, seq))
-        number = int.from_bytes(digest.digest()) & _UUID_KEEP | _UUID_VERSION_4
-        text = f"{number:032x}"
+        raw = bytearray(digest.digest())  # bytes, not a 128-bit int: 0.2 us of 1.6 less
+        raw[6] = raw[6] & 0x0F | 0x40  # version 4
+        raw[8] = raw[8] & 0x3F | 0x80  # variant RFC 4122
+        text = raw.hex()
         return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 

@@ -30,6 +30,7 @@ class ReceivedMessage:
     __slots__ = (
         "enqueued_at",
         "group_id",
+        "handle",
         "in_flight",
         "receive_count",
         "received_at",
@@ -52,6 +53,9 @@ class ReceivedMessage:
         self.enqueued_at = enqueued_at
         self.group_id = group_id
         self.in_flight = False
+        # The receipt handle of the receive that put it in flight, while it is: a delete or
+        # visibility change that brings this very string back skips the MAC check.
+        self.handle: str | None = None
 
 
 class QueueState:
@@ -164,11 +168,14 @@ class QueueState:
         entry.receive_count += 1
         entry.received_at = now
         entry.visible_at = now + window_ms
+        handle = self._signer.receipt_handle(self.queue_id, seq, entry.receive_count)
         if window_ms > 0:
             entry.in_flight = True
+            entry.handle = handle
             self._in_flight += 1
             heapq.heappush(self._timers, (entry.visible_at, seq))
-        handle = self._signer.receipt_handle(self.queue_id, seq, entry.receive_count)
+        else:
+            entry.handle = None
         return Delivery(seq, handle, entry.receive_count, first_receive_at), entry
 
     @staticmethod
@@ -240,6 +247,7 @@ class QueueState:
             heapq.heappush(self._timers, (visible_at, seq))
         elif entry.in_flight:
             entry.in_flight = False
+            entry.handle = None
             self._in_flight -= 1
             self._visibility_expired(seq, entry)
 
@@ -298,6 +306,7 @@ class QueueState:
             entry = self._received.get(seq)
             if entry is not None and entry.in_flight and entry.visible_at == due:
                 entry.in_flight = False
+                entry.handle = None
                 self._in_flight -= 1
                 self._visibility_expired(seq, entry)
 

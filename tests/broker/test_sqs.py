@@ -7,6 +7,7 @@ cancelled long poll leaks nothing, a long poll is woken by the send and not by a
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -247,5 +248,47 @@ async def test_a_redelivery_keeps_the_first_receive_timestamp(tmp_path: Path, ca
         assert (
             second["ApproximateFirstReceiveTimestamp"] == first["ApproximateFirstReceiveTimestamp"]
         )
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 20])
+async def test_body_md5s_agree_from_the_send_the_cache_and_the_file(
+    tmp_path: Path, cache_bytes: int
+):
+    # The send computes MD5OfMessageBody once and the body cache keeps it for the receives;
+    # read from the file (no cache), it is computed again. Either way: the MD5 of the UTF-8.
+    store = SqliteStore(tmp_path, body_cache_bytes=cache_bytes)
+    await store.open()
+    try:
+        registry = QueueRegistry(
+            store,
+            Signer(b"sqs api test key, 32 bytes long."),
+            region="us-east-1",
+            account_id=ACCOUNT,
+            log=EventLog("broker", level="debug", stream=io.StringIO()),
+        )
+        api = SqsApi(registry, account_id=ACCOUNT)
+        url = await make_queue(api, "digests")
+        bodies = ["hello", "h\u00e9llo \u4e16\u754c \U0001f600", "x" * 1024]
+        expected = {body: hashlib.md5(body.encode()).hexdigest() for body in bodies}
+        sent = await call(api, "SendMessage", QueueUrl=url, MessageBody=bodies[0])
+        assert sent["MD5OfMessageBody"] == expected[bodies[0]]
+        batch = await call(
+            api,
+            "SendMessageBatch",
+            QueueUrl=url,
+            Entries=[{"Id": str(i), "MessageBody": body} for i, body in enumerate(bodies[1:])],
+        )
+        assert [e["MD5OfMessageBody"] for e in batch["Successful"]] == [
+            expected[body] for body in bodies[1:]
+        ]
+        for _ in range(2):  # a first delivery, then a redelivery
+            result = await call(
+                api, "ReceiveMessage", QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0
+            )
+            messages = result["Messages"]
+            assert sorted(m["Body"] for m in messages) == sorted(bodies)
+            assert all(m["MD5OfBody"] == expected[m["Body"]] for m in messages)
     finally:
         await store.aclose()

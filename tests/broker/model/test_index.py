@@ -196,6 +196,38 @@ def test_change_visibility(fifo):
     )
 
 
+@both
+def test_a_tampered_handle_of_a_message_in_flight_is_refused(fifo):
+    # The body of the handle still names the message in flight; only the MAC differs, which
+    # the check of a handle that is not the very string issued must catch.
+    index = make(fifo)
+    send(index, T0, "m")
+    handle = receive(index, T0).deliveries[0].receipt_handle
+    for position in (28, 40, 49):  # characters of the MAC (the body's are the first 28)
+        flipped = "A" if handle[position] != "A" else "Q"
+        tampered = handle[:position] + flipped + handle[position + 1 :]
+        assert refused(lambda tampered=tampered: index.delete(T0, tampered))[0] == (
+            RECEIPT_HANDLE_IS_INVALID
+        )
+        assert refused(lambda tampered=tampered: index.change_visibility(T0, tampered, 5))[0] == (
+            RECEIPT_HANDLE_IS_INVALID
+        )
+    assert index.delete(T0, handle).mutations == [MessageDeleted(queue_id=1, seq=1)]
+
+
+@both
+def test_a_handle_whose_receive_timed_out_is_checked_in_full(fifo):
+    # No longer in flight, the message forgets its handle; the handle is then judged as any
+    # other: a standard queue deletes with it, a FIFO queue refuses it as expired.
+    index = make(fifo, VisibilityTimeout="1")
+    send(index, T0, "m")
+    handle = receive(index, T0).deliveries[0].receipt_handle
+    if fifo:
+        assert refused(lambda: index.delete(T0 + 1_000, handle))[0] == INVALID_PARAMETER_VALUE
+    else:
+        assert index.delete(T0 + 1_000, handle).mutations == [MessageDeleted(queue_id=1, seq=1)]
+
+
 def test_standard_stale_handle_still_deletes():
     index = make(False, VisibilityTimeout="1")
     send(index, T0, "m")
@@ -396,6 +428,7 @@ def test_a_copy_is_what_send_makes(fifo, requests, settings_size):
     sent, copied = make(fifo, **attributes), make(fifo, **attributes)
     copies = SentCopies()
     expected = []
+    durable = []  # both sides become durable at the same moment, as in one commit
     for offset, request in enumerate(requests):
         now = T0 + offset * 1000
         try:
@@ -405,9 +438,11 @@ def test_a_copy_is_what_send_makes(fifo, requests, settings_size):
         else:
             wanted = None
             expected.extend(outcome.mutations)
-            outcome.on_durable()
+            durable.append(outcome.on_durable)
         assert copy_outcome(copied, now, request, copies) == wanted
     assert copies.mutations == expected
+    for on_durable in durable:
+        on_durable()
     copies.on_durable()
     later = T0 + 1_000_000
     assert sent.counts(later) == copied.counts(later)

@@ -44,6 +44,18 @@ def test_garbage_is_rejected_with_aws_message(text):
     )
 
 
+@given(ids, ids, serials)
+def test_peeking_at_our_handles_reads_what_they_name(queue_id, seq, serial):
+    handle = SIGNER.receipt_handle(queue_id, seq, serial)
+    assert SIGNER.peek_receipt_handle(handle) == ReceiptHandle(queue_id, seq, serial)
+
+
+@given(st.text(max_size=80))
+def test_peeking_at_garbage_gives_nothing_or_a_name_without_raising(text):
+    peeked = SIGNER.peek_receipt_handle(text)
+    assert peeked is None or isinstance(peeked, ReceiptHandle)
+
+
 def test_another_key_rejects_our_handles():
     other = Signer(b"another key of enough length!!")
     with pytest.raises(SqsError):
