@@ -159,6 +159,9 @@ class QueueRegistry:
             for entry in loaded.deduplication:
                 queue.index.restore_deduplication(entry.key, entry.seq, entry.expires_at)
             self._by_name[queue.name] = queue
+        recent = self.recently_deleted
+        for name, deleted_at in await self.store.queue_deletions(self.clock() - recent.window_ms):
+            recent.record(name, deleted_at)
         self.log.info("queues.loaded", queues=len(self._by_name))
 
     # ------------------------------------------------------------------ lookups
@@ -243,11 +246,16 @@ class QueueRegistry:
         if self._by_name.get(queue.name) is not queue:
             return
         del self._by_name[queue.name]
-        self.recently_deleted.record(queue.name, self.clock())
+        now = self.clock()
+        self.recently_deleted.record(queue.name, now)
         queue.deleted = True
         queue.index.close()
         queue.wake()
-        await self.store.delete_queue(queue.record.queue_id)
+        await self.store.delete_queue(
+            queue.record.queue_id,
+            deleted_at=now,
+            forget_before=now - self.recently_deleted.window_ms,
+        )
         self.log.info("queue.deleted", queue=queue.name)
 
     def _check_dead_letter_target(self, settings: QueueSettings, name: str) -> None:

@@ -118,7 +118,7 @@ class RecentlyDeleted:
         Args:
             window_ms: how long a deleted name stays blocked, in milliseconds.
         """
-        self._window_ms = window_ms
+        self.window_ms = window_ms
         self._deleted: dict[str, int] = {}  # name -> deleted at, oldest first
 
     def __len__(self) -> int:
@@ -137,13 +137,13 @@ class RecentlyDeleted:
             SqsError: ``AWS.SimpleQueueService.QueueDeletedRecently`` with AWS's message.
         """
         deleted_at = self._deleted.get(name)
-        if deleted_at is not None and now - deleted_at < self._window_ms:
+        if deleted_at is not None and now - deleted_at < self.window_ms:
             raise SqsError(QUEUE_DELETED_RECENTLY, QUEUE_DELETED_RECENTLY_MESSAGE)
 
     def _expire(self, now: int) -> None:
         deleted = self._deleted
         while deleted:
             name, deleted_at = next(iter(deleted.items()))
-            if now - deleted_at < self._window_ms:
+            if now - deleted_at < self.window_ms:
                 break
             del deleted[name]

@@ -368,8 +368,16 @@ class Store(abc.ABC):
         """Replace a queue's tags."""
 
     @abc.abstractmethod
-    async def delete_queue(self, queue_id: int) -> None:
-        """Delete a queue; its messages are reclaimed in the background."""
+    async def delete_queue(self, queue_id: int, *, deleted_at: int, forget_before: int) -> None:
+        """Delete a queue; its messages are reclaimed in the background.
+
+        The name's deletion time (ms) is kept for :meth:`queue_deletions`, and deletions
+        before ``forget_before`` are forgotten.
+        """
+
+    @abc.abstractmethod
+    async def queue_deletions(self, since: int) -> list[tuple[str, int]]:
+        """Return ``(name, deleted_at)`` of queues deleted at or after ``since``, oldest first."""
 
     @abc.abstractmethod
     async def load_sns(self) -> LoadedSns:

@@ -375,16 +375,34 @@ class SqliteStore(Store):
             0,
         )
 
-    async def delete_queue(self, queue_id: int) -> None:
+    async def delete_queue(self, queue_id: int, *, deleted_at: int, forget_before: int) -> None:
         """See :meth:`Store.delete_queue`."""
         self._settings.pop(queue_id, None)
         self._cache.drop_queue(queue_id)
 
         def mark(connection: sqlite3.Connection) -> None:
             connection.execute("UPDATE queues SET deleted = 1 WHERE queue_id = ?", (queue_id,))
+            connection.execute(
+                "INSERT OR REPLACE INTO queue_deletions (name, deleted_at) "
+                "SELECT name, ? FROM queues WHERE queue_id = ?",
+                (deleted_at, queue_id),
+            )
+            connection.execute("DELETE FROM queue_deletions WHERE deleted_at < ?", (forget_before,))
             self._to_reclaim.add(queue_id)
 
         await self._submit(mark, None, 0)
+
+    async def queue_deletions(self, since: int) -> list[tuple[str, int]]:
+        """See :meth:`Store.queue_deletions`."""
+
+        def select(connection: sqlite3.Connection) -> list[tuple[str, int]]:
+            return connection.execute(
+                "SELECT name, deleted_at FROM queue_deletions WHERE deleted_at >= ? "
+                "ORDER BY deleted_at",
+                (since,),
+            ).fetchall()
+
+        return await self._read(select)
 
     # ------------------------------------------------------------------ SNS
 

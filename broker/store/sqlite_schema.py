@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _create_version_1(connection: sqlite3.Connection) -> None:
@@ -138,6 +138,16 @@ def _create_move_tasks(connection: sqlite3.Connection) -> None:
     )
 
 
+def _create_queue_deletions(connection: sqlite3.Connection) -> None:
+    # When each queue name was last deleted, so that CreateQueue keeps answering
+    # QueueDeletedRecently for the rest of AWS's 60 seconds after a restart. Rows older than
+    # that window are forgotten on the next deletion.
+    connection.execute(
+        "CREATE TABLE queue_deletions (name TEXT PRIMARY KEY, deleted_at INTEGER NOT NULL) "
+        "WITHOUT ROWID"
+    )
+
+
 def _run_script(connection: sqlite3.Connection, script: str) -> None:
     # Not executescript(): it commits first, and migrations must stay inside their transaction.
     # Statements are split on ";", so comments in the script must not contain one.
@@ -152,6 +162,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     1: _add_key_ids,
     2: _create_sns,
     3: _create_move_tasks,
+    4: _create_queue_deletions,
 }
 
 

@@ -189,6 +189,24 @@ async def test_a_deleted_name_is_refused_for_60_seconds(tmp_path: Path):
         assert again.settings.visibility_timeout == 5
 
 
+async def test_a_deleted_name_stays_refused_across_a_restart(tmp_path: Path):
+    clock = [1_700_000_000_000]
+    async with open_registry(tmp_path, clock=lambda: clock[0]) as registry:
+        old = await registry.create("old", {}, {})
+        await registry.delete(old)
+        clock[0] += 30_000
+        recent = await registry.create("recent", {}, {})
+        await registry.delete(recent)
+        clock[0] += 40_000  # "old" was deleted 70 s ago, "recent" 40 s ago
+    async with open_registry(tmp_path, clock=lambda: clock[0]) as registry:
+        with pytest.raises(SqsError) as excinfo:
+            await registry.create("recent", {}, {})
+        assert excinfo.value.code == "AWS.SimpleQueueService.QueueDeletedRecently"
+        await registry.create("old", {}, {})
+        clock[0] += 20_000
+        await registry.create("recent", {}, {})
+
+
 async def test_the_in_flight_limit_reaches_every_queue(tmp_path: Path):
     async with open_registry(tmp_path, in_flight_limit=2) as registry:
         queue = await registry.create("few", {}, {})

@@ -65,7 +65,7 @@ async def test_queue_lifecycle(store, tmp_path):
         await store.create_queue("q.fifo", fifo, {}, 2_000)
     await store.update_queue(created.queue_id, QueueSettings(fifo=True), 3_000)
     await store.set_tags(created.queue_id, {"team": "b"})
-    await store.delete_queue(other.queue_id)
+    await store.delete_queue(other.queue_id, deleted_at=1_500, forget_before=0)
     store = await reopen(store, tmp_path)
     (loaded,) = await store.load()
     assert loaded.record.name == "q.fifo"
@@ -74,6 +74,19 @@ async def test_queue_lifecycle(store, tmp_path):
     assert (loaded.record.created_at, loaded.record.modified_at) == (1_000, 3_000)
     again = await store.create_queue("other", QueueSettings(), {}, 4_000)
     assert again.queue_id > other.queue_id  # ids are never reused
+    await store.aclose()
+
+
+async def test_queue_deletions_are_kept_until_forgotten(store, tmp_path):
+    for name, at in (("a", 1_000), ("b", 2_000), ("c", 3_000)):
+        queue = await store.create_queue(name, QueueSettings(), {}, 0)
+        await store.delete_queue(queue.queue_id, deleted_at=at, forget_before=1_500)
+    again = await store.create_queue("b", QueueSettings(), {}, 0)
+    await store.delete_queue(again.queue_id, deleted_at=4_000, forget_before=1_500)
+    store = await reopen(store, tmp_path)
+    # "a" was forgotten by the later deletions; "b" was deleted twice: its last time counts.
+    assert await store.queue_deletions(0) == [("c", 3_000), ("b", 4_000)]
+    assert await store.queue_deletions(3_500) == [("b", 4_000)]
     await store.aclose()
 
 

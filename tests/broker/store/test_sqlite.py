@@ -223,7 +223,7 @@ async def test_purged_rows_are_reclaimed_and_the_file_stops_growing(store):
 async def test_deleted_queue_rows_are_reclaimed(store):
     queue = await store.create_queue("q", QueueSettings(), {}, 0)
     await store.commit([inserted(queue.queue_id, seq) for seq in range(1, 100)])
-    await store.delete_queue(queue.queue_id)
+    await store.delete_queue(queue.queue_id, deleted_at=1, forget_before=0)
     await wait_until_reclaimed(store)
     assert await store.read_messages(queue.queue_id, [1, 50]) == []
     assert await store.load() == []
@@ -616,7 +616,7 @@ async def test_a_queue_deleted_during_a_read_ahead_keeps_nothing_in_memory(tmp_p
         async with trio.open_nursery() as nursery:
             nursery.start_soon(store.read_messages, qid, range(1, 11))
             assert await trio.to_thread.run_sync(has_read.wait, 10)
-            await store.delete_queue(qid)
+            await store.delete_queue(qid, deleted_at=1, forget_before=0)
             release.set()
         tamper_bodies(tmp_path, b"from the file")
         assert "body 11" not in bodies(await store.read_messages(qid, [11]))

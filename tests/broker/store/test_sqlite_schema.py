@@ -93,3 +93,19 @@ def test_a_version_3_file_gains_the_move_task_table_and_keeps_its_rows(tmp_path)
     assert "move_tasks" in tables
     assert connection.execute("SELECT count(*) FROM move_tasks").fetchone() == (0,)
     assert connection.execute("SELECT name FROM topics").fetchall() == [("t",)]
+
+
+def test_a_version_4_file_gains_the_queue_deletions_table_and_keeps_its_rows(tmp_path):
+    connection = connect(tmp_path / "s.db")
+    connection.execute("BEGIN")
+    for version in range(4):
+        MIGRATIONS[version](connection)
+    connection.execute("PRAGMA user_version = 4")
+    connection.execute("COMMIT")
+    connection.execute(
+        "INSERT INTO queues (name, settings, tags, created_at, modified_at) "
+        "VALUES ('q', x'', '{}', 0, 0)"
+    )
+    assert migrate(connection) == 4
+    assert connection.execute("SELECT count(*) FROM queue_deletions").fetchone() == (0,)
+    assert connection.execute("SELECT name FROM queues").fetchall() == [("q",)]
