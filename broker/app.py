@@ -35,6 +35,7 @@ from broker.sns_keys import load_signing_keys
 from broker.sns_metrics import watch_topics
 from broker.sqs import SqsApi
 from broker.store.base import Store
+from broker.store.lock import DataDirectoryInUse
 from broker.store.sealing import KeyRing, Sealer, load_key_file
 from broker.store.sqlite import SqliteStore
 from broker.tls import TlsTerminator, server_context
@@ -42,7 +43,7 @@ from broker.topics import TopicRegistry
 from monitoring.admin import AdminServer, open_admin_listener
 from monitoring.configfile import ConfigError
 from monitoring.httpserver import serve_http
-from monitoring.lifecycle import Frame, Listener, bind_tcp
+from monitoring.lifecycle import Frame, Listener, StartupError, bind_tcp
 from monitoring.settings import HttpLimits, state_directory
 
 KEY_FILE: Final = "receipt-handle.key"
@@ -134,7 +135,10 @@ class BrokerApp:
         directory = data_directory(config.storage.data_dir)
         directory.mkdir(parents=True, exist_ok=True)
         store = SqliteStore(directory, sealer=self.sealer)
-        await store.open()
+        try:
+            await store.open()
+        except DataDirectoryInUse as error:
+            raise StartupError(str(error)) from error
         self.store = store
         try:
             registry = QueueRegistry(

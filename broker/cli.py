@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import gc
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Final
 
-from broker.app import build
+from broker import backup
+from broker.app import build, data_directory
 from broker.config import BrokerConfig
+from broker.store.base import StoreError
+from broker.store.sqlite_backup import StoreSummary
+from monitoring.cli import Command
 from monitoring.cli import main as run_cli
 from monitoring.lifecycle import DaemonSpec
 from monitoring.version import VERSION
@@ -26,9 +33,93 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+EXIT_FAILED: Final = 2
+
+
+def _describe(summary: StoreSummary) -> str:
+    return (
+        f"{summary.queues} queues, {summary.messages} messages, {summary.topics} topics, "
+        f"{summary.subscriptions} subscriptions, {summary.bytes} bytes, "
+        f"schema version {summary.schema_version}"
+    )
+
+
+def _data_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="the broker's data directory; default: as `serve` resolves it (storage.data_dir, "
+        "else $STATE_DIRECTORY, else ./wharf-data)",
+    )
+
+
+def _data_dir(args: argparse.Namespace, config: BrokerConfig) -> Path:
+    return Path(args.data_dir) if args.data_dir else data_directory(config.storage.data_dir)
+
+
+def _backup_arguments(parser: argparse.ArgumentParser) -> None:
+    _data_dir_argument(parser)
+    parser.add_argument("destination", type=Path, help="a new (or empty) directory")
+
+
+def _run_backup(args: argparse.Namespace, config: BrokerConfig) -> int:
+    data_dir = _data_dir(args, config)
+    try:
+        summary = backup.backup(data_dir, args.destination)
+    except (StoreError, OSError) as error:
+        print(f"backup failed: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"backed up {data_dir} to {args.destination}: {_describe(summary)}")
+    for name in backup.outside_files(config):
+        print(f"not in the backup, keep it yourself: {name}")
+    return 0
+
+
+def _restore_arguments(parser: argparse.ArgumentParser) -> None:
+    _data_dir_argument(parser)
+    parser.add_argument("source", type=Path, help="a directory `wharf-broker backup` wrote")
+
+
+def _run_restore(args: argparse.Namespace, config: BrokerConfig) -> int:
+    if not (args.data_dir or config.storage.data_dir or os.environ.get("STATE_DIRECTORY")):
+        # The fallback ./wharf-data is right for a broker started by hand in this directory
+        # and wrong for the service's (systemd's StateDirectory): do not guess.
+        print(
+            "restore failed, nothing changed: say which data directory to restore into: "
+            "--data-dir DIR (the systemd unit's is /var/lib/wharf-broker)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    data_dir = _data_dir(args, config)
+    try:
+        summary, aside = backup.restore(data_dir, args.source)
+    except (StoreError, OSError) as error:
+        print(f"restore failed, nothing changed: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"restored {args.source} into {data_dir}: {_describe(summary)}")
+    print(f"the files it replaced are in {aside}")
+    return 0
+
+
+COMMANDS: Final = (
+    Command(
+        "backup",
+        "copy the store and its keys into a new directory (while the broker runs)",
+        _backup_arguments,
+        _run_backup,
+    ),
+    Command(
+        "restore",
+        "put a backup in place of the data directory's store (the broker must be stopped)",
+        _restore_arguments,
+        _run_restore,
+    ),
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     tune_gc()
-    return run_cli(SPEC, argv)
+    return run_cli(SPEC, argv, COMMANDS)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,25 @@ class Listener:
         return [s.socket.getsockname()[:2] for s in self.sockets]
 
 
+class StartupError(Exception):
+    """The daemon cannot start, for a reason the operator can fix; the message says which.
+
+    Raised by :meth:`Daemon.run` for an ``OSError`` (an address in use, a file it cannot
+    read) or a ``StartupError`` of the app while it starts; the command line prints the
+    message alone, without a traceback, and exits 1.
+    """
+
+
+def startup_reason(error: BaseException) -> str:
+    """The one-line reason an error gives, with the notes added on its way up."""
+    if isinstance(error, OSError) and error.strerror:
+        reason = error.strerror + (f": {error.filename}" if error.filename else "")
+    else:
+        reason = str(error) or type(error).__name__
+    notes = getattr(error, "__notes__", ())
+    return ": ".join([*notes, reason])
+
+
 async def bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> list[trio.SocketListener]:
     """Bind ``host:port`` (port 0 = any free port) with SO_REUSEADDR, as trio does.
 
@@ -98,6 +117,14 @@ async def bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> list[tr
         reuse_port: also set SO_REUSEPORT, so that several processes (workers) bind the same
             address and the kernel spreads new connections across their sockets.
     """
+    try:
+        return await _bind_tcp(host, port, reuse_port=reuse_port)
+    except OSError as error:
+        error.add_note(f"cannot bind {host or '*'}:{port}")
+        raise
+
+
+async def _bind_tcp(host: str, port: int, *, reuse_port: bool) -> list[trio.SocketListener]:
     if not reuse_port:
         return list(await trio.open_tcp_listeners(port, host=host))
     found = await trio.socket.getaddrinfo(
@@ -392,7 +419,12 @@ class Daemon(Generic[C]):
         """Serve until a stop request (or SIGTERM/SIGINT when ``handle_signals``)."""
         with _signal_receiver(handle_signals) as signals:
             async with trio.open_nursery() as nursery:
-                await nursery.start(self.app.serve, self.frame)
+                try:
+                    await nursery.start(self.app.serve, self.frame)
+                except (StartupError, OSError) as error:
+                    reason = startup_reason(error)
+                    self.log.error("daemon.start_failed", reason=reason)
+                    raise StartupError(reason) from error
                 self.frame.ready = True
                 self.notifier.ready(status="serving")
                 self.log.info("daemon.ready", version=self.spec.version)

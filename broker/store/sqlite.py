@@ -77,6 +77,7 @@ from broker.store.base import (
     TopicNameTaken,
     TopicRecord,
 )
+from broker.store.lock import DataDirectoryLock
 from broker.store.sealing import Sealer, SealingKey, associated_data
 from broker.store.sqlite_apply import ATTRIBUTES_DECODER, apply_mutations, reclaim_step
 from broker.store.sqlite_cache import (
@@ -174,6 +175,7 @@ class SqliteStore(Store):
             body_cache_bytes: the budget of the body cache (0 turns it off).
         """
         self.path = Path(data_dir) / FILE_NAME
+        self.lock = DataDirectoryLock(Path(data_dir))
         self.sealer = sealer or Sealer(None)
         self._cache = BodyCache(body_cache_bytes)
         self._read_ahead_done: dict[int, trio.Event] = {}  # queue id -> its read-ahead landed
@@ -201,9 +203,18 @@ class SqliteStore(Store):
     # ------------------------------------------------------------------ lifecycle
 
     async def open(self) -> None:
-        """Create or migrate the file and start the writer thread."""
+        """Create or migrate the file and start the writer thread.
+
+        Raises:
+            DataDirectoryInUse: another broker has this data directory open.
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await trio.to_thread.run_sync(self._open_writer)
+        self.lock.acquire()
+        try:
+            self._writer = await trio.to_thread.run_sync(self._open_writer)
+        except BaseException:
+            self.lock.release()
+            raise
         self._token = trio.lowlevel.current_trio_token()
         self._closing.clear()
         self._thread = threading.Thread(target=self._run_writer, name="wharf-store-writer")
@@ -244,6 +255,7 @@ class SqliteStore(Store):
             for reader in self._readers:
                 reader.close()
             self._readers.clear()
+        self.lock.release()  # last: every connection to the file is closed
 
     # ------------------------------------------------------------------ writes
 

@@ -5,10 +5,14 @@ import json
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import trio
 
 from broker.cli import GC_THRESHOLDS, main
+from broker.model.settings import QueueSettings
+from broker.store.sqlite import SqliteStore
+from broker.store.sqlite_schema import SCHEMA_VERSION
 from tests.support.http import request
 from tests.support.processes import daemon_process
 
@@ -95,3 +99,37 @@ async def test_daemon_lifecycle_ready_reload_and_stop_with_a_request_in_flight(t
         assert reply.startswith(b"HTTP/1.1 200 ")
     assert daemon.process.returncode == 0
     assert any("event=daemon.stopped" in line for line in daemon.log_lines)
+
+
+def test_restore_does_not_guess_the_data_directory(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert main(["restore", str(tmp_path / "backup")]) == 2
+    assert "say which data directory to restore into: --data-dir DIR" in capsys.readouterr().err
+    assert not (tmp_path / "wharf-data").exists()
+
+
+def test_backup_and_restore_with_an_explicit_data_directory(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["backup", "--data-dir", str(data), str(tmp_path / "b")]) == 2
+    assert f"backup failed: {data / 'wharf.sqlite3'}: no store file here" in capsys.readouterr().err
+    trio.run(_make_store, data)
+    assert main(["backup", "--data-dir", str(data), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert out == (
+        f"backed up {data} to {tmp_path / 'b'}: 1 queues, 0 messages, 0 topics, "
+        f"0 subscriptions, {(tmp_path / 'b' / 'wharf.sqlite3').stat().st_size} bytes, "
+        f"schema version {SCHEMA_VERSION}\n"
+    )
+    assert main(["restore", "--data-dir", str(tmp_path / "fresh"), str(tmp_path / "b")]) == 0
+    assert capsys.readouterr().out.startswith(
+        f"restored {tmp_path / 'b'} into {tmp_path / 'fresh'}: "
+    )
+    assert (tmp_path / "fresh" / "wharf.sqlite3").is_file()
+
+
+async def _make_store(data: Path) -> None:
+    store = SqliteStore(data)
+    await store.open()
+    await store.create_queue("q", QueueSettings(), {}, 0)
+    await store.aclose()

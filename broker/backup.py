@@ -1,0 +1,125 @@
+"""``wharf-broker backup`` and ``wharf-broker restore``: a data directory, copied and put back.
+
+A backup is a new directory holding a consistent snapshot of the store
+(:func:`broker.store.sqlite_backup.snapshot`, taken while the broker serves) and the keys the
+broker generated in its data directory: the receipt-handle key (message ids derive from it,
+and handles issued before the backup stay valid after a restore) and the SNS signing key and
+certificate. Files the configuration names outside the data directory (``storage.key_file``,
+the credentials file, TLS keys) are the operator's to keep; the report says so.
+
+A restore needs the broker stopped: it takes the data directory's lock
+(:mod:`broker.store.lock`), checks the backup, moves the files it replaces into
+``before-restore-<UTC time>/`` beside them (nothing is deleted), then copies the backup in.
+The next start opens the restored store (and migrates it, if it came from an older broker).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Final
+
+from broker.app import KEY_FILE as RECEIPT_HANDLE_KEY_FILE
+from broker.config import BrokerConfig
+from broker.sns_keys import CERT_FILE as SNS_CERT_FILE
+from broker.sns_keys import KEY_FILE as SNS_KEY_FILE
+from broker.store.base import StoreError
+from broker.store.lock import DataDirectoryLock
+from broker.store.sqlite import FILE_NAME
+from broker.store.sqlite_backup import StoreSummary, fsync_directory, inspect, snapshot
+
+KEY_FILES: Final = (RECEIPT_HANDLE_KEY_FILE, SNS_KEY_FILE, SNS_CERT_FILE)
+_SECRET_FILES: Final = frozenset({RECEIPT_HANDLE_KEY_FILE, SNS_KEY_FILE})
+_STORE_FILES: Final = (FILE_NAME, f"{FILE_NAME}-wal", f"{FILE_NAME}-shm")
+
+
+def backup(data_dir: Path, destination: Path) -> StoreSummary:
+    """Copy the data directory's store and keys into the new directory ``destination``.
+
+    Raises:
+        StoreError: no store in ``data_dir``, ``destination`` exists and is not empty, or the
+            copy failed (a partial destination is left for inspection, never a whole-looking
+            store file).
+    """
+    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+        raise StoreError(f"{destination}: exists and is not an empty directory")
+    destination.mkdir(mode=0o700, parents=True, exist_ok=True)
+    summary = snapshot(data_dir / FILE_NAME, destination / FILE_NAME)
+    for name in KEY_FILES:
+        if (data_dir / name).is_file():
+            _copy(data_dir / name, destination / name)
+    return summary
+
+
+def restore(data_dir: Path, source: Path, now: float | None = None) -> tuple[StoreSummary, Path]:
+    """Put the backup directory ``source`` in place as ``data_dir``'s store and keys.
+
+    Returns:
+        The restored store's summary, and the directory the replaced files were moved to.
+
+    Raises:
+        StoreError: the broker is running on ``data_dir`` (``DataDirectoryInUse``), or
+            ``source`` is not a usable backup. Nothing was changed then.
+    """
+    summary = inspect(source / FILE_NAME)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = DataDirectoryLock(data_dir)
+    lock.acquire()
+    try:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+        aside = data_dir / f"before-restore-{stamp}"
+        aside.mkdir(mode=0o700)
+        # The store's WAL and shared-memory files go with it: left beside the restored file,
+        # SQLite would replay the old WAL into it.
+        for name in (*_STORE_FILES, *KEY_FILES):
+            if (data_dir / name).exists():
+                (data_dir / name).rename(aside / name)
+        fsync_directory(data_dir)
+        _copy(source / FILE_NAME, data_dir / FILE_NAME)
+        restored = [FILE_NAME]
+        for name in KEY_FILES:
+            if (source / name).is_file():
+                _copy(source / name, data_dir / name)
+                restored.append(name)
+        _give_to_owner(data_dir, [aside, *(data_dir / name for name in restored)])
+    finally:
+        lock.release()
+    return summary, aside
+
+
+def _give_to_owner(data_dir: Path, paths: list[Path]) -> None:
+    """Run as root (``sudo wharf-broker restore``), hand the new files to the data
+    directory's owner: the service user must be able to open them."""
+    if os.geteuid() != 0:
+        return
+    owner = data_dir.stat()
+    for path in paths:
+        os.chown(path, owner.st_uid, owner.st_gid)
+
+
+def outside_files(config: BrokerConfig) -> list[str]:
+    """The files the configuration names that a backup does not copy."""
+    named = [
+        config.storage.key_file,
+        config.auth.credentials_file,
+        config.api.tls.cert_file,
+        config.api.tls.key_file,
+        config.sns.signing_key_file,
+        config.sns.signing_cert_file,
+    ]
+    return [name for name in named if name]
+
+
+def _copy(source: Path, destination: Path) -> None:
+    """Copy a file durably: under a temporary name, fsync'd, renamed, directory fsync'd."""
+    partial = destination.with_name(destination.name + ".partial")
+    mode = 0o600 if source.name in _SECRET_FILES else 0o644
+    with open(source, "rb") as reader, open(partial, "wb") as writer:
+        os.fchmod(writer.fileno(), mode)
+        shutil.copyfileobj(reader, writer, 1 << 20)
+        writer.flush()
+        os.fsync(writer.fileno())
+    partial.replace(destination)
+    fsync_directory(destination.parent)

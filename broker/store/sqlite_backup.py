@@ -1,0 +1,130 @@
+"""Online backup of the SQLite store, and the checks a restore makes of a backup file.
+
+A backup is ``VACUUM INTO`` on a read-only connection: one read transaction, so the copy is
+the store as one commit left it (a consistent snapshot, every acknowledged write up to that
+commit included), written compactly into a new file while the broker goes on committing
+(WAL readers never block the writer). SQLite's incremental backup API is not used: it starts
+over whenever another connection writes, which a busy broker does all the time. The copy is
+written under a temporary name, fsync'd, then renamed, so a file with the final name is
+always whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from pathlib import Path
+
+import msgspec
+
+from broker.store.base import StoreError
+from broker.store.sqlite_schema import SCHEMA_VERSION
+
+PARTIAL_SUFFIX = ".partial"
+
+
+class StoreSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """What a store file holds, as a backup or restore reports it."""
+
+    schema_version: int
+    queues: int
+    messages: int
+    topics: int
+    subscriptions: int
+    bytes: int
+
+
+def snapshot(source: Path, destination: Path) -> StoreSummary:
+    """Write a consistent copy of the store file ``source`` to ``destination``.
+
+    Safe while a broker has ``source`` open. ``destination`` must not exist.
+
+    Raises:
+        StoreError: no store at ``source``, ``destination`` exists, or SQLite failed.
+    """
+    if not source.is_file():
+        raise StoreError(f"{source}: no store file here")
+    if destination.exists():
+        raise StoreError(f"{destination}: exists; a backup never overwrites a file")
+    partial = destination.with_name(destination.name + PARTIAL_SUFFIX)
+    partial.unlink(missing_ok=True)  # left by a backup that was killed
+    try:
+        with contextlib.closing(_read_only(source)) as connection:
+            connection.execute("VACUUM INTO ?", (str(partial),))
+        _fsync(partial)
+        partial.replace(destination)
+        fsync_directory(destination.parent)
+    except sqlite3.Error as error:
+        partial.unlink(missing_ok=True)
+        raise StoreError(f"{source}: backup failed: {error}") from error
+    return inspect(destination)
+
+
+def inspect(path: Path) -> StoreSummary:
+    """Check that ``path`` is a whole wharf store this broker can open, and summarise it.
+
+    Raises:
+        StoreError: not a file, not an SQLite database, damaged, not a wharf store, or
+            written by a newer broker.
+    """
+    if not path.is_file():
+        raise StoreError(f"{path}: no such file")
+    try:
+        with contextlib.closing(_read_only(path)) as connection:
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{path}: schema version {version} is newer than this broker's "
+                    f"({SCHEMA_VERSION}); restore it with the broker version that wrote it"
+                )
+            try:
+                check = connection.execute("PRAGMA quick_check").fetchall()
+            except sqlite3.DatabaseError as error:  # "database disk image is malformed"
+                raise StoreError(f"{path}: damaged: {error}") from error
+            if check != [("ok",)]:
+                problems = "; ".join(str(row[0]) for row in check[:3])
+                raise StoreError(f"{path}: damaged: {problems}")
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+            if version < 1 or not {"queues", "messages"} <= tables:
+                raise StoreError(f"{path}: not a wharf-broker store")
+
+            def count(table: str, where: str = "") -> int:
+                if table not in tables:
+                    return 0  # an older schema, migrated when the broker opens it
+                query = f"SELECT count(*) FROM {table} {where}"  # names from this module only
+                return int(connection.execute(query).fetchone()[0])
+
+            return StoreSummary(
+                schema_version=version,
+                queues=count("queues", "WHERE deleted = 0"),
+                messages=count("messages"),
+                topics=count("topics"),
+                subscriptions=count("subscriptions"),
+                bytes=path.stat().st_size,
+            )
+    except sqlite3.Error as error:
+        raise StoreError(f"{path}: not a readable SQLite database: {error}") from error
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    connection.execute("PRAGMA busy_timeout = 10000")
+    return connection
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make the directory's entries (a file created or renamed in it) durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,105 @@
+"""``backup`` and ``restore`` of a data directory: what they copy, move aside and refuse."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from broker.backup import KEY_FILES, backup, outside_files, restore
+from broker.config import AuthSettings, BrokerConfig, StorageSettings
+from broker.model.settings import QueueSettings
+from broker.store.base import StoreError
+from broker.store.lock import DataDirectoryInUse, DataDirectoryLock
+from broker.store.sqlite import FILE_NAME, SqliteStore
+from tests.broker.store.test_base import inserted
+
+
+async def make_store(data_dir: Path, bodies: list[str]) -> None:
+    store = SqliteStore(data_dir)
+    await store.open()
+    queue = await store.create_queue("q", QueueSettings(), {}, 0)
+    await store.commit([inserted(queue.queue_id, seq, b) for seq, b in enumerate(bodies, 1)])
+    await store.aclose()
+    for name in KEY_FILES:
+        (data_dir / name).write_bytes(f"{name} of {data_dir.name}".encode())
+
+
+async def bodies_in(data_dir: Path) -> list[str]:
+    store = SqliteStore(data_dir)
+    await store.open()
+    try:
+        (loaded,) = await store.load()
+        seqs = [m.seq for m in loaded.messages]
+        return [m.body for m in await store.read_messages(loaded.record.queue_id, seqs)]
+    finally:
+        await store.aclose()
+
+
+async def test_backup_then_restore_brings_the_store_and_keys_back(tmp_path: Path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    await make_store(old, ["a", "b"])
+    summary = backup(old, tmp_path / "backup")
+    assert (summary.queues, summary.messages) == (1, 2)
+    copied = tmp_path / "backup"
+    assert stat.S_IMODE(copied.stat().st_mode) == 0o700
+    assert stat.S_IMODE((copied / "receipt-handle.key").stat().st_mode) == 0o600
+    assert stat.S_IMODE((copied / "sns-signing.key").stat().st_mode) == 0o600
+
+    await make_store(new, ["other"])
+    (new / f"{FILE_NAME}-wal").write_bytes(b"a stale WAL must not meet the restored file")
+    restored, aside = restore(new, copied, now=0)
+    assert restored == summary
+    assert aside == new / "before-restore-19700101T000000Z"
+    assert await bodies_in(new) == ["a", "b"]
+    for name in KEY_FILES:
+        assert (new / name).read_bytes() == f"{name} of old".encode()
+        assert (aside / name).read_bytes() == f"{name} of new".encode()  # nothing is deleted
+    assert (aside / f"{FILE_NAME}-wal").exists()
+    assert await bodies_in(aside) == ["other"]
+
+
+async def test_backup_refuses_a_directory_in_use_as_destination(tmp_path: Path):
+    await make_store(tmp_path / "data", ["a"])
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "something").write_text("x")
+    with pytest.raises(StoreError, match="exists and is not an empty directory"):
+        backup(tmp_path / "data", busy)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert backup(tmp_path / "data", empty).messages == 1
+
+
+async def test_restore_changes_nothing_while_the_broker_runs_or_for_a_bad_backup(tmp_path: Path):
+    data, copy = tmp_path / "data", tmp_path / "copy"
+    await make_store(data, ["live"])
+    backup(data, copy)
+    before = sorted(p.name for p in data.iterdir())
+
+    running = DataDirectoryLock(data)
+    running.acquire()
+    with pytest.raises(DataDirectoryInUse):
+        restore(data, copy)
+    running.release()
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / FILE_NAME).write_bytes(b"garbage" * 1000)
+    with pytest.raises(StoreError, match="not a readable SQLite database"):
+        restore(data, broken)
+    with pytest.raises(StoreError, match="no such file"):
+        restore(data, tmp_path / "nowhere")
+
+    assert sorted(p.name for p in data.iterdir()) == before
+    assert await bodies_in(data) == ["live"]
+
+
+def test_outside_files_lists_what_the_operator_keeps(tmp_path: Path):
+    config = BrokerConfig(
+        storage=StorageSettings(data_dir=str(tmp_path), key_file="/etc/wharf/keys.toml"),
+        auth=AuthSettings(anonymous=False, credentials_file="/etc/wharf/credentials.toml"),
+    )
+    assert outside_files(config) == ["/etc/wharf/keys.toml", "/etc/wharf/credentials.toml"]
+    assert outside_files(BrokerConfig()) == []
