@@ -19,6 +19,7 @@ import trio
 
 from broker.auth import Authenticator, Credential, load_credentials
 from broker.config import BrokerConfig
+from broker.disk_space import DiskSpace, statvfs_free_bytes
 from broker.fanout import Fanout
 from broker.frontend import Frontend
 from broker.http_client import HttpClient
@@ -99,7 +100,9 @@ def _needs_restart(old: BrokerConfig, new: BrokerConfig) -> bool:
     Certificates and keys are files read again on reload; turning TLS on or off is not.
     """
     api = msgspec.structs.replace(old.api, tls=new.api.tls)
-    storage = msgspec.structs.replace(old.storage, key_file=new.storage.key_file)
+    storage = msgspec.structs.replace(
+        old.storage, key_file=new.storage.key_file, min_free_bytes=new.storage.min_free_bytes
+    )
     return api != new.api or storage != new.storage or old.api.tls.enabled != new.api.tls.enabled
 
 
@@ -119,6 +122,7 @@ class BrokerApp:
         self.sealer = Sealer(keyring_of(config), on_clear=self._warn_stored_in_clear)
         self.store: Store | None = None
         self.registry: QueueRegistry | None = None
+        self.disk: DiskSpace | None = None
         self.frontend: Frontend | None = None
         self.move_tasks: MoveTasks | None = None
         self.topics: TopicRegistry | None = None
@@ -135,6 +139,10 @@ class BrokerApp:
         directory = data_directory(config.storage.data_dir)
         directory.mkdir(parents=True, exist_ok=True)
         store = SqliteStore(directory, sealer=self.sealer)
+        room = statvfs_free_bytes(directory, store.wal_bytes)
+        disk = DiskSpace(room, config.storage.min_free_bytes, frame.log, store.give_back_wal_space)
+        self.disk = disk
+        frame.metrics.register_collector(disk.collect)
         try:
             await store.open()
         except DataDirectoryInUse as error:
@@ -168,11 +176,14 @@ class BrokerApp:
                 public_url=config.api.public_url,
                 scheme="http" if self.tls is None else "https",
                 sns=sns,
+                admit=disk.admit,
             )
             self.frontend = frontend
             api = await self._api_listener(frontend)
             admin = await open_admin_listener(frame, config.admin, HttpLimits(), self.admin)
             async with trio.open_nursery() as background:
+                background.start_soon(self._stop_if_the_store_fails, store, frame)
+                background.start_soon(disk.watch_forever)
                 background.start_soon(registry.expire_forever)
                 background.start_soon(topics.expire_forever)
                 await background.start(move_tasks.run)  # stopped with the background tasks
@@ -182,6 +193,19 @@ class BrokerApp:
         finally:
             with trio.move_on_after(STORE_CLOSE_TIMEOUT_SECONDS, shield=True):
                 await store.aclose()
+
+    async def _stop_if_the_store_fails(self, store: Store, frame: Frame) -> None:
+        """A failed store (disk full, I/O error) accepts no writes and may be behind memory:
+        stop, and let systemd start the broker again from what is on disk."""
+        error = await store.wait_until_failed()
+        frame.log.error(
+            "store.failed",
+            reason=str(error),
+            consequence="stopping: requests get 503 ServiceUnavailable until the broker "
+            "restarts from what is on disk; everything acknowledged is there",
+        )
+        if frame.fail is not None:
+            frame.fail(f"the store failed: {error}")
 
     async def _sns(
         self, store: Store, queues: QueueRegistry, directory: Path
@@ -236,6 +260,7 @@ class BrokerApp:
             region=config.aws.region,
             public_url=config.api.public_url,
             scheme="http" if self.tls is None else "https",
+            admit=self.disk.admit if self.disk is not None else None,
         )
         return frontend, deliveries, topics
 
@@ -305,6 +330,9 @@ class BrokerApp:
         if self.frontend is not None:
             self.frontend.authenticator = self.authenticator
         self.sealer.replace(keyring)
+        if self.disk is not None:
+            self.disk.min_free_bytes = config.storage.min_free_bytes
+            self.disk.measure()
         if _needs_restart(self.config, config):
             self.frame.log.warning("config.restart_required", section="api/storage")
         if config.sns != self.config.sns:

@@ -27,6 +27,7 @@ REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
 # characters (botocore escapes all non-ASCII). 3 MiB for that plus 1 MiB for the envelope
 # (URLs, parameter names, base64 of binary attributes) admits every valid request.
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+DEFAULT_MIN_FREE_BYTES = 128 << 20  # room for the deletes that make room, and the WAL
 
 
 class TlsSettings(Section, frozen=True, kw_only=True):
@@ -124,6 +125,15 @@ class StorageSettings(Section, frozen=True, kw_only=True):
             "SqsManagedSseEnabled or KmsMasterKeyId). Empty: such messages are stored in clear."
         ),
     ] = ""
+    min_free_bytes: Annotated[
+        int,
+        Meta(
+            ge=0,
+            description="Below this much free space on the data directory's filesystem, "
+            "sends and publishes are refused with 503 ServiceUnavailable (receives and "
+            "deletes go on), so the disk never fills up. 0: never refuse.",
+        ),
+    ] = DEFAULT_MIN_FREE_BYTES
 
 
 class SqsSettings(Section, frozen=True, kw_only=True):

@@ -19,6 +19,7 @@ from broker.auth import Authenticator, Caller
 from broker.metrics import BrokerMetrics
 from broker.model.errors import SqsError
 from broker.sqs import RequestContext, SqsApi
+from broker.store.base import StoreFailed
 from monitoring.httpserver import Request, Response
 from monitoring.logging import EventLog
 from proto.aws import json_protocol, query_protocol
@@ -110,6 +111,7 @@ class Frontend:
         scheme: str = "http",
         new_request_id: Callable[[], str] | None = None,
         sns: ServiceRouter | None = None,
+        admit: Callable[[str, int], None] | None = None,
     ) -> None:
         self.sqs = sqs
         self.sns = sns
@@ -119,6 +121,7 @@ class Frontend:
         self.public_url = public_url
         self.scheme = scheme  # of queue URLs built from the Host header: https behind TLS
         self._new_request_id = new_request_id or request_ids()
+        self._admit = admit  # raises AwsError to refuse an action (broker.disk_space)
 
     async def handle(self, request: Request) -> Response:
         if self.sns is not None:
@@ -132,6 +135,8 @@ class Frontend:
         try:
             caller = self.authenticator.authenticate(request, region=self.sqs.registry.region)
             action, params = self._decode(codec, request)
+            if self._admit is not None:
+                self._admit(action, len(request.body))
             context = RequestContext(
                 base_url=self._base_url(request),
                 caller=caller,
@@ -144,6 +149,9 @@ class Frontend:
             encoded = codec.error(aws_error(error), request_id)
         except AwsError as error:
             encoded = codec.error(error, request_id)
+        except StoreFailed:
+            # Logged once by the broker, which is stopping; SDKs retry a 503 elsewhere or later.
+            encoded = codec.error(store_unavailable(), request_id)
         except Exception as exc:
             # A bug: log it with the request id the client got, answer like AWS would.
             self.log.exception("api.handler_failed", exc, action=action, request_id=request_id)
@@ -179,6 +187,14 @@ class Frontend:
             return self.public_url
         host = (request.header(b"host") or b"").decode("latin-1").strip()
         return f"{self.scheme}://{host or 'localhost'}"
+
+
+def store_unavailable() -> AwsError:
+    """The answer to a request the failed store cannot serve (see ``StoreFailed``)."""
+    return common_error(
+        "ServiceUnavailable",
+        "The broker's store failed and the broker is restarting; retry the request.",
+    )
 
 
 def caller_summary(caller: Caller) -> str:

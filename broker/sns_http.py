@@ -21,11 +21,12 @@ from typing import Final
 from urllib.parse import unquote_plus
 
 from broker.auth import Authenticator, Caller
-from broker.frontend import http_response, request_ids
+from broker.frontend import http_response, request_ids, store_unavailable
 from broker.metrics import BrokerMetrics
 from broker.model.sns_errors import SnsError
 from broker.sns import SnsApi, SnsContext
 from broker.sns_keys import SigningKeys
+from broker.store.base import StoreFailed
 from monitoring.httpserver import Request, Response
 from monitoring.logging import EventLog
 from proto.aws import query_protocol, sigv4
@@ -100,8 +101,10 @@ class SnsFrontend:
         public_url: str,
         scheme: str = "http",
         new_request_id: Callable[[], str] | None = None,
+        admit: Callable[[str, int], None] | None = None,
     ) -> None:
         self.api = api
+        self._admit = admit  # raises AwsError to refuse an action (broker.disk_space)
         self.keys = keys
         self.metrics = metrics
         self.log = log
@@ -150,6 +153,8 @@ class SnsFrontend:
                 raise
             action = decoded.action
             check_required(SNS, SNS.operations[action].input, decoded.params)
+            if self._admit is not None:
+                self._admit(action, len(request.body))
             context = SnsContext(
                 base_url=self._base_url(request),
                 caller=caller,
@@ -162,6 +167,8 @@ class SnsFrontend:
             encoded = query_protocol.encode_error(SNS, wire_error(error), request_id=request_id)
         except AwsError as error:
             encoded = query_protocol.encode_error(SNS, error, request_id=request_id)
+        except StoreFailed:  # logged once by the broker, which is stopping
+            encoded = query_protocol.encode_error(SNS, store_unavailable(), request_id=request_id)
         except Exception as exc:
             # A bug: log it with the request id the client got, answer like AWS would.
             self.log.exception("api.handler_failed", exc, action=action, request_id=request_id)

@@ -18,12 +18,13 @@ from typing import Any
 import trio
 
 from monitoring.configfile import ConfigError, json_schema, load
-from monitoring.lifecycle import Daemon, DaemonSpec, StartupError
+from monitoring.lifecycle import Daemon, DaemonFailed, DaemonSpec, StartupError
 from monitoring.sdnotify import Notifier
 
 EXIT_OK = 0
 EXIT_CONFIG = 1
 EXIT_START = 1  # the reason is printed; systemd's Restart=on-failure tries again
+EXIT_FAILED = 1  # stopped itself (Frame.fail); restarted likewise
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,9 @@ def main(
     except StartupError as error:
         print(f"wharf-{spec.name}: cannot start: {error}", file=sys.stderr)
         return EXIT_START
+    except DaemonFailed as error:
+        print(f"wharf-{spec.name}: stopped: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except BaseExceptionGroup as group:
         failed, others = group.split(StartupError)
         if failed is None or others is not None:

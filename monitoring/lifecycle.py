@@ -98,6 +98,11 @@ class StartupError(Exception):
     """
 
 
+class DaemonFailed(Exception):
+    """The daemon stopped itself because it cannot go on (:meth:`Frame.fail`); the message
+    says why. The command line prints it and exits 1, so that systemd restarts the daemon."""
+
+
 def startup_reason(error: BaseException) -> str:
     """The one-line reason an error gives, with the notes added on its way up."""
     if isinstance(error, OSError) and error.strerror:
@@ -164,6 +169,8 @@ class Frame:
     # Set by the Daemon: re-read the configuration file now, as SIGHUP does, and return None
     # or the reason it was refused (an admin route's "reload" calls it and reports the outcome).
     reload: Callable[[], Awaitable[str | None]] | None = None
+    # Set by the Daemon: stop now, as SIGTERM does, then exit with this reason (status 1).
+    fail: Callable[[str], None] | None = None
     _stop_deadline: float = math.inf
     _nursery: trio.Nursery | None = None
     _stopped: trio.Event = field(default_factory=trio.Event)
@@ -403,12 +410,22 @@ class Daemon(Generic[C]):
         # One reload at a time, whether SIGHUP or an admin route asked for it.
         self._reload_lock = trio.Lock()
         self.frame.reload = self.reload
+        self.frame.fail = self.fail
+        self.failure: str | None = None
 
     def request_reload(self) -> None:
         self._commands_send.send_nowait("reload")
 
     def request_stop(self) -> None:
         self._commands_send.send_nowait("stop")
+
+    def fail(self, reason: str) -> None:
+        """Stop because the app cannot go on: not ready at once, drained, then DaemonFailed."""
+        if self.failure is None:
+            self.failure = reason
+            self.frame.ready = False
+            self.notifier.status(f"failed: {reason}")
+            self.request_stop()
 
     async def run(
         self,
@@ -443,6 +460,8 @@ class Daemon(Generic[C]):
                 self.frame.stop(grace)
                 helpers.cancel()
         self.log.info("daemon.stopped")
+        if self.failure is not None:
+            raise DaemonFailed(self.failure)
 
     async def _helpers(
         self, scope: trio.CancelScope, signals: trio.abc.ReceiveChannel[int] | None

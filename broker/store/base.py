@@ -51,6 +51,14 @@ class StoreError(Exception):
     """The store cannot do what was asked; after a failed commit, it is unusable."""
 
 
+class StoreFailed(StoreError):
+    """The store failed (the disk is full, an I/O error) and accepts no more writes.
+
+    What it acknowledged is durable; memory may be ahead of the disk, so the broker stops
+    and starts again from the disk (see :meth:`Store.wait_until_failed`).
+    """
+
+
 class QueueNameTaken(StoreError):
     """A live queue already has that name."""
 
@@ -317,6 +325,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def load(self) -> list[LoadedQueue]:
         """Return every live queue with its message metadata (no bodies) and dedup entries."""
+
+    @abc.abstractmethod
+    async def wait_until_failed(self) -> BaseException:
+        """Return the error that made the store fail, once it has; wait until then."""
 
     @abc.abstractmethod
     async def commit(

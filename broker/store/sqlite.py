@@ -73,6 +73,7 @@ from broker.store.base import (
     StoredMessage,
     StoredMoveTask,
     StoreError,
+    StoreFailed,
     StoreStatistics,
     TopicNameTaken,
     TopicRecord,
@@ -187,11 +188,13 @@ class SqliteStore(Store):
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._reader_slots = trio.Semaphore(MAX_READERS)
-        self._failure: BaseException | None = None
+        self._failure: BaseException | None = None  # the first; set through _fail only
+        self._failed = trio.Event()
         self._to_reclaim: set[int] = set()
         self._vacuum_due = False  # free pages to give back once reclaiming is done
         self._checkpointer: threading.Thread | None = None
         self._wal_written = threading.Event()  # set by the writer after each transaction
+        self._truncate_wal = threading.Event()  # give_back_wal_space asked for it
         self._closing = threading.Event()
         self._commits = 0
         self._mutations = 0
@@ -223,6 +226,22 @@ class SqliteStore(Store):
             target=self._run_checkpointer, name="wharf-store-checkpoint"
         )
         self._checkpointer.start()
+
+    async def wait_until_failed(self) -> BaseException:
+        """See :meth:`Store.wait_until_failed`."""
+        await self._failed.wait()
+        assert self._failure is not None
+        return self._failure
+
+    def _fail(self, error: BaseException) -> None:
+        """Record the store's first failure (from any thread) and wake the waiters for it."""
+        if self._failure is not None:
+            return
+        self._failure = error
+        token = self._token
+        if token is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._failed.set)
 
     def _open_writer(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -511,7 +530,7 @@ class SqliteStore(Store):
     ) -> _Job:
         """Hand a job to the writer, now, in the caller's step: commits land in call order."""
         if self._failure is not None:
-            raise StoreError("the store failed earlier and accepts no writes") from self._failure
+            raise StoreFailed(f"the store failed earlier: {self._failure}") from self._failure
         if self._thread is None:
             raise StoreError("the store is not open")
         job = _Job(apply, on_durable, size, mutations, keys)
@@ -522,6 +541,8 @@ class SqliteStore(Store):
     async def _wait(self, job: _Job) -> Any:
         await job.done.wait()
         if job.error is not None:
+            if self._failure is not None:
+                raise StoreFailed(f"the write failed: {job.error}") from job.error
             raise StoreError(f"the write failed: {job.error}") from job.error
         return job.result
 
@@ -559,7 +580,7 @@ class SqliteStore(Store):
         started = time.perf_counter()
         try:
             if self._failure is not None:
-                raise StoreError("the store failed earlier") from self._failure
+                raise StoreFailed(f"the store failed earlier: {self._failure}") from self._failure
             connection.execute("BEGIN IMMEDIATE")
             try:
                 self._apply_together(connection, jobs)
@@ -580,7 +601,7 @@ class SqliteStore(Store):
             self._wal_written.set()
         except Exception as error:
             # The transaction is lost; memory may be ahead of the disk. Fail closed.
-            self._failure = error
+            self._fail(error)
             with contextlib.suppress(sqlite3.Error):
                 connection.execute("ROLLBACK")
             for job in jobs:
@@ -635,7 +656,7 @@ class SqliteStore(Store):
                 self._cache.settled(job.mutations, failed=job.error is not None)
             if job.error is not None and not job.waited and self._failure is None:
                 # Nobody can be told this write failed, and memory is ahead of the disk.
-                self._failure = job.error
+                self._fail(job.error)
             job.done.set()
 
     def _housekeep(self, connection: sqlite3.Connection) -> _Job | object | None:
@@ -682,7 +703,7 @@ class SqliteStore(Store):
                 self._to_reclaim.discard(queue_id)
                 self._vacuum_due = True
         except sqlite3.Error as error:
-            self._failure = error  # fail closed, and stop housekeeping
+            self._fail(error)  # fail closed, and stop housekeeping
             self._to_reclaim.clear()
             self._vacuum_due = False
             with contextlib.suppress(sqlite3.Error):
@@ -698,7 +719,7 @@ class SqliteStore(Store):
             after = connection.execute("PRAGMA freelist_count").fetchone()[0]
             self._vacuum_due = 0 < after < before
         except sqlite3.Error as error:
-            self._failure = error
+            self._fail(error)
             self._vacuum_due = False
 
     # ------------------------------------------------------------------ the checkpoint thread
@@ -722,6 +743,10 @@ class SqliteStore(Store):
                 if self._closing.is_set():
                     return
                 self._wal_written.clear()
+                if self._truncate_wal.is_set():
+                    self._truncate_wal.clear()
+                    with contextlib.suppress(sqlite3.Error):
+                        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 with contextlib.suppress(sqlite3.Error):
                     frames = -1
                     for _ in range(CHECKPOINT_ROUNDS):
@@ -735,6 +760,21 @@ class SqliteStore(Store):
                     return
         finally:
             connection.close()
+
+    def wal_bytes(self) -> int:
+        """The size of the WAL file: pages checkpoints may still copy into the database file,
+        and room the WAL keeps for reuse; the disk alarm counts all of it as taken."""
+        try:
+            return self.path.with_name(self.path.name + "-wal").stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def give_back_wal_space(self) -> None:
+        """Ask the checkpoint thread to copy the whole WAL into the database file and
+        truncate it (``wal_checkpoint(TRUNCATE)``): what the disk alarm does when room is
+        short. A WAL otherwise keeps its size (up to ``journal_size_limit``) for reuse."""
+        self._truncate_wal.set()
+        self._wal_written.set()
 
     # ------------------------------------------------------------------ reads
 

@@ -3,13 +3,22 @@ from __future__ import annotations
 import errno
 import io
 
+import msgspec
 import pytest
 import trio
 from prometheus_client import generate_latest
 
 from broker.cli import SPEC as BROKER
-from broker.config import BrokerConfig
-from monitoring.lifecycle import Daemon, Frame, Listener, bind_tcp
+from broker.config import ApiSettings, BrokerConfig, StorageSettings
+from monitoring.lifecycle import (
+    Daemon,
+    DaemonFailed,
+    Frame,
+    Listener,
+    StartupError,
+    bind_tcp,
+    startup_reason,
+)
 from monitoring.logging import EventLog
 from monitoring.metrics import Metrics
 from monitoring.settings import AdminSettings, LifecycleSettings
@@ -221,3 +230,38 @@ async def test_listeners_join_and_leave_a_serving_frame_one_at_a_time(nursery):
     frame.stop(0)
     with pytest.raises(RuntimeError):
         await frame.add_listener(Listener("late", await bind_tcp("127.0.0.1", 0), quick))
+
+
+async def test_an_app_that_cannot_go_on_stops_the_daemon_which_then_fails(tmp_path):
+    out = io.StringIO()
+    config = BrokerConfig(admin=AdminSettings(port=0), api=ApiSettings(port=0))
+    config = msgspec.structs.replace(
+        config, storage=StorageSettings(data_dir=str(tmp_path)), lifecycle=LifecycleSettings()
+    )
+    daemon = Daemon(BROKER, config, config_path=None, log=EventLog("broker", stream=out))
+
+    async def fail_while_serving() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.run)
+            admin = address(daemon, "admin")
+            assert (await request(admin, target="/readyz"))[0] == 200
+            assert daemon.frame.fail is not None
+            daemon.frame.fail("the disk caught fire")
+            assert not daemon.frame.ready  # out of the load balancer's rotation at once
+            daemon.frame.fail("a second reason")  # the first one stands
+
+    with pytest.raises(ExceptionGroup) as raised:
+        await fail_while_serving()
+    assert raised.group_contains(DaemonFailed, match=r"^the disk caught fire$")
+    log = out.getvalue()
+    assert "event=daemon.stopping" in log
+    assert "event=daemon.stopped" in log
+
+
+def test_startup_reason_reads_os_errors_and_their_notes():
+    error = OSError(errno.EADDRINUSE, "Address already in use")
+    error.add_note("cannot bind 127.0.0.1:80")
+    assert startup_reason(error) == "cannot bind 127.0.0.1:80: Address already in use"
+    missing = FileNotFoundError(errno.ENOENT, "No such file or directory", "/etc/x.pem")
+    assert startup_reason(missing) == "No such file or directory: /etc/x.pem"
+    assert startup_reason(StartupError("in use")) == "in use"

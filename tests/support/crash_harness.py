@@ -25,8 +25,11 @@ CLIENT_ERRORS = (
 )
 
 
-def write_config(tmp_path: Path, extra: str = "") -> Path:
-    """A broker.toml on ephemeral ports with its data under ``tmp_path/data``."""
+def write_config(
+    tmp_path: Path, extra: str = "", *, data_dir: Path | None = None, storage: str = ""
+) -> Path:
+    """A broker.toml on ephemeral ports with its data under ``data_dir`` (``tmp_path/data``);
+    ``storage`` adds lines to its [storage] section, ``extra`` sections after it."""
     config = tmp_path / "broker.toml"
     config.write_text(
         f"""
@@ -35,7 +38,8 @@ port = 0
 [admin]
 port = 0
 [storage]
-data_dir = "{tmp_path / "data"}"
+data_dir = "{data_dir or tmp_path / "data"}"
+{storage}
 [logging]
 level = "info"
 {extra}"""

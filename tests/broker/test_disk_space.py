@@ -1,0 +1,125 @@
+"""The disk alarm: new messages refused below the free-space limit, everything else served."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from broker.disk_space import ADDING_ACTIONS, DiskSpace, statvfs_free_bytes
+from monitoring.logging import EventLog
+from proto.aws.errors import AwsError
+
+
+def make(free: list[int | None], limit: int) -> tuple[DiskSpace, io.StringIO]:
+    stream = io.StringIO()
+    log = EventLog("broker", level="debug", stream=stream)
+
+    def measure() -> int:
+        value = free[0]
+        if value is None:
+            raise OSError(2, "No such file or directory")
+        return value
+
+    return DiskSpace(measure, limit, log), stream
+
+
+def test_adding_actions_are_refused_below_the_limit_and_admitted_again_above():
+    free = [1_000]
+    disk, log = make(free, 500)
+    for action in (*ADDING_ACTIONS, "ReceiveMessage", "DeleteMessageBatch", "Subscribe"):
+        disk.admit(action, 10)
+    free[0] = 499
+    disk.measure()
+    assert disk.low
+    with pytest.raises(AwsError) as refused:
+        disk.admit("SendMessage", 10)
+    assert (refused.value.code, refused.value.status_hint) == ("ServiceUnavailable", 503)
+    assert "499 bytes free, below its limit of 500" in refused.value.message
+    for action in ADDING_ACTIONS:
+        with pytest.raises(AwsError):
+            disk.admit(action, 10)
+    for action in ("ReceiveMessage", "DeleteMessage", "DeleteMessageBatch", "PurgeQueue"):
+        disk.admit(action, 10)  # how consumers make room
+    disk.measure()  # still low: logged once
+    free[0] = 500
+    disk.measure()
+    disk.admit("Publish", 10)
+    lines = log.getvalue().splitlines()
+    assert [line.split("event=")[1].split()[0] for line in lines] == [
+        "storage.disk_low",
+        "storage.disk_ok",
+    ]
+    assert "free_bytes=499 min_free_bytes=500" in lines[0]
+
+
+def test_zero_never_refuses_and_a_failed_measure_keeps_the_verdict():
+    free = [-5]  # the WAL alone is larger than the free space
+    disk, log = make(free, 0)
+    disk.admit("SendMessage", 10)
+    assert not disk.low
+    assert log.getvalue() == ""
+    free[0] = 0
+    disk.min_free_bytes = 10  # a reload lowers or raises the limit
+    disk.measure()
+    assert disk.low
+    free[0] = None  # the measurement fails: keep refusing rather than guess
+    disk.measure()
+    assert disk.low
+    with pytest.raises(AwsError):
+        disk.admit("SendMessageBatch", 10)
+
+
+def test_metrics_show_the_free_space_the_limit_and_the_alarm():
+    disk, _ = make([42], 100)
+    samples = {family.name: family.samples[0].value for family in disk.collect()}
+    assert samples == {
+        "wharf_storage_free_bytes": 42,
+        "wharf_storage_min_free_bytes": 100,
+        "wharf_storage_refusing_messages": 1,
+    }
+
+
+def test_statvfs_measures_the_directory_s_filesystem(tmp_path):
+    free = statvfs_free_bytes(tmp_path)()
+    assert free > 0
+    stats = __import__("os").statvfs(tmp_path)
+    assert abs(free - stats.f_bavail * stats.f_frsize) < 64 << 20  # the same, give or take
+
+
+def test_sends_spend_a_budget_and_a_spent_one_measures_again():
+    free = [1_000]
+    calls = []
+
+    def measure() -> int:
+        calls.append(free[0])
+        return free[0]
+
+    disk = DiskSpace(measure, 400, EventLog("broker", stream=io.StringIO()))
+    assert calls == [1_000]  # budget: half the 600 above the limit, spent at 3x the request
+    disk.admit("SendMessage", 50)
+    disk.admit("SendMessageBatch", 50)
+    assert calls == [1_000]  # 300 spent, none left over
+    free[0] = 399  # meanwhile the disk filled up
+    with pytest.raises(AwsError):
+        disk.admit("SendMessage", 1)  # the budget is spent: measured before it is admitted
+    assert calls == [1_000, 399]
+    disk.admit("ReceiveMessage", 10**9)  # not an adding action: no budget, no measurement
+    free[0] = 10_000
+    disk.admit("Publish", 1)  # a publish writes a copy per subscription: measured each time
+    assert calls == [1_000, 399, 10_000]
+    assert not disk.low
+
+
+def test_below_the_limit_the_store_is_asked_for_room_at_every_measurement():
+    free = [100]
+    asked = []
+    disk = DiskSpace(
+        lambda: free[0], 50, EventLog("broker", stream=io.StringIO()), lambda: asked.append(free[0])
+    )
+    free[0] = 40
+    disk.measure()
+    disk.measure()
+    free[0] = 60
+    disk.measure()
+    assert asked == [40, 40]
