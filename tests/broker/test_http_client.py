@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import ssl
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import trio
@@ -15,29 +16,31 @@ from tests.support.sns import Endpoint
 HEADERS = [("x-amz-sns-message-type", "Notification"), ("User-Agent", "spoofed")]
 
 
-_made: list[HttpClient] = []
+MakeClient = Callable[..., HttpClient]
 
 
-def client(**options: object) -> HttpClient:
-    settings: dict[str, object] = {"connect_timeout": 1.0, "response_timeout": 1.0}
-    settings.update(options)
-    made = HttpClient(**settings)  # type: ignore[arg-type]
-    _made.append(made)
-    return made
+@pytest.fixture
+async def client() -> AsyncIterator[MakeClient]:
+    """Makes clients with short timeouts, closed after the test: their idle keep-alive
+    sockets must not outlive it. (Not autouse: pytest-trio runs no autouse async fixture.)"""
+    made: list[HttpClient] = []
 
+    def make(**options: object) -> HttpClient:
+        settings: dict[str, object] = {"connect_timeout": 1.0, "response_timeout": 1.0}
+        settings.update(options)
+        made.append(HttpClient(**settings))  # type: ignore[arg-type]
+        return made[-1]
 
-@pytest.fixture(autouse=True)
-async def close_clients():
-    yield
-    while _made:
-        await _made.pop().aclose()  # idle keep-alive sockets must not leak between tests
+    yield make
+    for http in made:
+        await http.aclose()
 
 
 @pytest.mark.parametrize(
     ("behaviour", "status", "retryable"),
     [("ok", 200, False), ("500", 500, True), ("429", 429, True), ("404", 404, False)],
 )
-async def test_statuses(behaviour: str, status: int, retryable: bool) -> None:
+async def test_statuses(behaviour: str, status: int, retryable: bool, client: MakeClient) -> None:
     with Endpoint(behaviour=behaviour) as endpoint:
         outcome = await client().post(endpoint.url, HEADERS, b"body")
     assert outcome.status == status
@@ -52,7 +55,9 @@ async def test_statuses(behaviour: str, status: int, retryable: bool) -> None:
 @pytest.mark.parametrize(
     ("behaviour", "error"), [("hang", "timeout"), ("reset", "reset"), ("garbage", "protocol")]
 )
-async def test_misbehaving_endpoints_end_in_an_outcome(behaviour: str, error: str) -> None:
+async def test_misbehaving_endpoints_end_in_an_outcome(
+    behaviour: str, error: str, client: MakeClient
+) -> None:
     with Endpoint(behaviour=behaviour) as endpoint:
         started = trio.current_time()
         outcome = await client().post(endpoint.url, HEADERS, b"body")
@@ -63,7 +68,7 @@ async def test_misbehaving_endpoints_end_in_an_outcome(behaviour: str, error: st
     assert elapsed < 3  # bounded by the response timeout
 
 
-async def test_connection_refused_and_bad_urls() -> None:
+async def test_connection_refused_and_bad_urls(client: MakeClient) -> None:
     listener = trio.socket.socket()
     await listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -76,7 +81,7 @@ async def test_connection_refused_and_bad_urls() -> None:
     assert not (await client().post("http:///nohost", HEADERS, b"")).retryable
 
 
-async def test_a_stalled_tls_handshake_hits_the_connect_timeout() -> None:
+async def test_a_stalled_tls_handshake_hits_the_connect_timeout(client: MakeClient) -> None:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
@@ -92,7 +97,7 @@ async def test_a_stalled_tls_handshake_hits_the_connect_timeout() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_keep_alive_reuses_connections_and_notices_closed_ones() -> None:
+async def test_keep_alive_reuses_connections_and_notices_closed_ones(client: MakeClient) -> None:
     http = client()
     with Endpoint() as endpoint:
         for _ in range(3):
@@ -110,7 +115,7 @@ async def test_keep_alive_reuses_connections_and_notices_closed_ones() -> None:
         await http.aclose()
 
 
-async def test_basic_auth_from_the_url() -> None:
+async def test_basic_auth_from_the_url(client: MakeClient) -> None:
     with Endpoint() as endpoint:
         url = endpoint.url.replace("http://", "http://us%40er:p%3Ass@")
         assert (await client().post(url, HEADERS, b"")).delivered
@@ -119,7 +124,7 @@ async def test_basic_auth_from_the_url() -> None:
     assert endpoint.requests[0].headers["host"].startswith("127.0.0.1:")
 
 
-async def test_https_is_verified_against_the_ca_file(tmp_path) -> None:
+async def test_https_is_verified_against_the_ca_file(tmp_path, client: MakeClient) -> None:
     ca = trustme.CA()
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
