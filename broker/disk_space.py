@@ -84,7 +84,7 @@ class DiskSpace:
         except OSError as error:  # the directory vanished, say: keep the last verdict
             self._log.warning("storage.free_space_unknown", reason=str(error))
             return
-        low = 0 < self.min_free_bytes > self.free
+        low = self.min_free_bytes > 0 and self.free < self.min_free_bytes
         self._budget = (self.free - self.min_free_bytes) // 2
         if low and not self.low:
             self._log.error(
