@@ -62,6 +62,7 @@ def restore(data_dir: Path, source: Path, now: float | None = None) -> tuple[Sto
     Raises:
         StoreError: the broker is running on ``data_dir`` (``DataDirectoryInUse``), or
             ``source`` is not a usable backup. Nothing was changed then.
+        OSError: copying failed (the disk is full, say); the replaced files were put back.
     """
     summary = inspect(source / FILE_NAME)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -73,20 +74,42 @@ def restore(data_dir: Path, source: Path, now: float | None = None) -> tuple[Sto
         aside.mkdir(mode=0o700)
         # The store's WAL and shared-memory files go with it: left beside the restored file,
         # SQLite would replay the old WAL into it.
-        for name in (*_STORE_FILES, *KEY_FILES):
-            if (data_dir / name).exists():
-                (data_dir / name).rename(aside / name)
+        moved = [name for name in (*_STORE_FILES, *KEY_FILES) if (data_dir / name).exists()]
+        for name in moved:
+            (data_dir / name).rename(aside / name)
         fsync_directory(data_dir)
-        _copy(source / FILE_NAME, data_dir / FILE_NAME)
-        restored = [FILE_NAME]
-        for name in KEY_FILES:
-            if (source / name).is_file():
-                _copy(source / name, data_dir / name)
-                restored.append(name)
+        try:
+            restored = _copy_in(source, data_dir)
+        except BaseException:
+            # A disk full half-way, say: the next start would find no store and begin an
+            # empty one. Put the replaced files back instead.
+            _put_back(data_dir, aside, moved)
+            raise
         _give_to_owner(data_dir, [aside, *(data_dir / name for name in restored)])
     finally:
         lock.release()
     return summary, aside
+
+
+def _copy_in(source: Path, data_dir: Path) -> list[str]:
+    """Copy the backup's store and keys into ``data_dir``; the names copied."""
+    _copy(source / FILE_NAME, data_dir / FILE_NAME)
+    restored = [FILE_NAME]
+    for name in KEY_FILES:
+        if (source / name).is_file():
+            _copy(source / name, data_dir / name)
+            restored.append(name)
+    return restored
+
+
+def _put_back(data_dir: Path, aside: Path, moved: list[str]) -> None:
+    for name in (*_STORE_FILES, *KEY_FILES):
+        (data_dir / name).unlink(missing_ok=True)
+        (data_dir / (name + ".partial")).unlink(missing_ok=True)
+    for name in moved:
+        (aside / name).rename(data_dir / name)
+    aside.rmdir()
+    fsync_directory(data_dir)
 
 
 def _give_to_owner(data_dir: Path, paths: list[Path]) -> None:

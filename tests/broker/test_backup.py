@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from broker import backup as broker_backup
 from broker.backup import KEY_FILES, backup, outside_files, restore
 from broker.config import AuthSettings, BrokerConfig, StorageSettings
 from broker.model.settings import QueueSettings
@@ -103,3 +104,25 @@ def test_outside_files_lists_what_the_operator_keeps(tmp_path: Path):
     )
     assert outside_files(config) == ["/etc/wharf/keys.toml", "/etc/wharf/credentials.toml"]
     assert outside_files(BrokerConfig()) == []
+
+
+async def test_a_restore_that_fails_half_way_puts_the_replaced_files_back(tmp_path, monkeypatch):
+    data, copy = tmp_path / "data", tmp_path / "copy"
+    await make_store(tmp_path / "old", ["backed up"])
+    backup(tmp_path / "old", copy)
+    await make_store(data, ["current"])
+    before = {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()}
+    real_copy = broker_backup._copy
+
+    def copy_until_full(source: Path, destination: Path) -> None:
+        if destination.name != FILE_NAME:
+            raise OSError(28, "No space left on device")  # the store went in, a key did not
+        real_copy(source, destination)
+
+    monkeypatch.setattr(broker_backup, "_copy", copy_until_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        restore(data, copy, now=0)
+    after = {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()}
+    assert after == before
+    assert not (data / "before-restore-19700101T000000Z").exists()
+    assert await bodies_in(data) == ["current"]
