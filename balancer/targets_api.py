@@ -33,7 +33,6 @@ alone writes the file; every worker loads it when it starts.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -57,6 +56,7 @@ from balancer.probes import check_port
 from balancer.runtime import GroupRuntime, Runtime, Snapshot
 from monitoring.admin import AdminServer
 from monitoring.configfile import ConfigError
+from monitoring.durable import write_file
 from monitoring.httpserver import Request, Response
 from monitoring.logging import EventLog
 
@@ -276,25 +276,7 @@ class StateFile:
         """
         data = _STATE_ENCODER.encode(saved) + b"\n"
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temporary = self.directory / f".{STATE_FILE}.{os.getpid()}.tmp"
-        try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temporary, self.path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-        directory = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(directory)  # the rename itself is durable
-        finally:
-            os.close(directory)
+        write_file(self.path, data, 0o600)
 
     async def save_async(self, overrides: Overrides) -> None:
         """:meth:`save` in a worker thread, so the event loop serves on during the fsyncs."""

@@ -7,10 +7,8 @@ once), and only then is the store closed, after its last commits are durable.
 
 from __future__ import annotations
 
-import os
 import secrets
 import ssl
-from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -43,6 +41,7 @@ from broker.tls import TlsTerminator, server_context
 from broker.topics import TopicRegistry
 from monitoring.admin import AdminServer, open_admin_listener
 from monitoring.configfile import ConfigError
+from monitoring.durable import write_file
 from monitoring.httpserver import serve_http
 from monitoring.lifecycle import Frame, Listener, StartupError, bind_tcp
 from monitoring.settings import HttpLimits, state_directory
@@ -68,17 +67,7 @@ def signing_key(directory: Path) -> bytes:
         key = path.read_bytes()
     except FileNotFoundError:
         key = secrets.token_bytes(KEY_BYTES)
-        temporary = path.with_suffix(".tmp")
-        with open(temporary, "wb", opener=partial(os.open, mode=0o600)) as handle:
-            handle.write(key)
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.replace(path)
-        directory_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(directory_fd)
-        finally:
-            os.close(directory_fd)
+        write_file(path, key, 0o600)
     if len(key) != KEY_BYTES:
         raise ConfigError(path, f"expected {KEY_BYTES} bytes, found {len(key)}")
     return key

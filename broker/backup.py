@@ -16,7 +16,6 @@ The next start opens the restored store (and migrates it, if it came from an old
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Final
@@ -28,7 +27,8 @@ from broker.sns_keys import KEY_FILE as SNS_KEY_FILE
 from broker.store.base import StoreError
 from broker.store.lock import DataDirectoryLock
 from broker.store.sqlite import FILE_NAME
-from broker.store.sqlite_backup import StoreSummary, fsync_directory, inspect, snapshot
+from broker.store.sqlite_backup import StoreSummary, inspect, snapshot
+from monitoring.durable import copy_file, fsync_directory
 
 KEY_FILES: Final = (RECEIPT_HANDLE_KEY_FILE, SNS_KEY_FILE, SNS_CERT_FILE)
 _SECRET_FILES: Final = frozenset({RECEIPT_HANDLE_KEY_FILE, SNS_KEY_FILE})
@@ -91,6 +91,10 @@ def restore(data_dir: Path, source: Path, now: float | None = None) -> tuple[Sto
     return summary, aside
 
 
+def _copy(source: Path, destination: Path) -> None:
+    copy_file(source, destination, 0o600 if source.name in _SECRET_FILES else 0o644)
+
+
 def _copy_in(source: Path, data_dir: Path) -> list[str]:
     """Copy the backup's store and keys into ``data_dir``; the names copied."""
     _copy(source / FILE_NAME, data_dir / FILE_NAME)
@@ -105,7 +109,6 @@ def _copy_in(source: Path, data_dir: Path) -> list[str]:
 def _put_back(data_dir: Path, aside: Path, moved: list[str]) -> None:
     for name in (*_STORE_FILES, *KEY_FILES):
         (data_dir / name).unlink(missing_ok=True)
-        (data_dir / (name + ".partial")).unlink(missing_ok=True)
     for name in moved:
         (aside / name).rename(data_dir / name)
     aside.rmdir()
@@ -133,16 +136,3 @@ def outside_files(config: BrokerConfig) -> list[str]:
         config.sns.signing_cert_file,
     ]
     return [name for name in named if name]
-
-
-def _copy(source: Path, destination: Path) -> None:
-    """Copy a file durably: under a temporary name, fsync'd, renamed, directory fsync'd."""
-    partial = destination.with_name(destination.name + ".partial")
-    mode = 0o600 if source.name in _SECRET_FILES else 0o644
-    with open(source, "rb") as reader, open(partial, "wb") as writer:
-        os.fchmod(writer.fileno(), mode)
-        shutil.copyfileobj(reader, writer, 1 << 20)
-        writer.flush()
-        os.fsync(writer.fileno())
-    partial.replace(destination)
-    fsync_directory(destination.parent)

@@ -9,8 +9,6 @@ signatures stay verifiable across restarts. Subscribers fetch the certificate fr
 from __future__ import annotations
 
 import datetime
-import os
-from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -21,6 +19,7 @@ from cryptography.x509.oid import NameOID
 
 from broker.config import SnsSettings
 from monitoring.configfile import ConfigError
+from monitoring.durable import write_file
 from proto.aws.sns_signature import SignatureError, SignatureVersion, Signer, load_signing_key
 
 KEY_FILE: Final = "sns-signing.key"
@@ -102,19 +101,5 @@ def _generate(key_path: Path, cert_path: Path) -> None:
         serialization.NoEncryption(),
     )
     # The certificate first: a key without its certificate would be regenerated, not orphaned.
-    _write_durably(cert_path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
-    _write_durably(key_path, key_pem, 0o600)
-
-
-def _write_durably(path: Path, data: bytes, mode: int) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
-    with open(temporary, "wb", opener=partial(os.open, mode=mode)) as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    temporary.replace(path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_file(cert_path, certificate.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_file(key_path, key_pem, 0o600)

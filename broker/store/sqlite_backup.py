@@ -20,6 +20,7 @@ import msgspec
 
 from broker.store.base import StoreError
 from broker.store.sqlite_schema import SCHEMA_VERSION
+from monitoring.durable import fsync_directory
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -52,7 +53,8 @@ def snapshot(source: Path, destination: Path) -> StoreSummary:
     try:
         with contextlib.closing(_read_only(source)) as connection:
             connection.execute("VACUUM INTO ?", (str(partial),))
-        _fsync(partial)
+        with open(partial, "rb+") as copy:  # VACUUM INTO leaves syncing to the caller
+            os.fsync(copy.fileno())
         partial.replace(destination)
         fsync_directory(destination.parent)
     except sqlite3.Error as error:
@@ -111,20 +113,3 @@ def _read_only(path: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     connection.execute("PRAGMA busy_timeout = 10000")
     return connection
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make the directory's entries (a file created or renamed in it) durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
