@@ -1,1 +1,1 @@
-"""wharf-balancer: ALB-, NLB- and Gateway-LB-style load balancing on trio."""
+"""wharf-balancer: ALB-style HTTP(S) load balancing on trio (NLB, Gateway LB: planned)."""

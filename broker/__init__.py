@@ -1,1 +1,1 @@
-"""wharf-broker: SQS and SNS on the wire, durable on SQLite or PostgreSQL."""
+"""wharf-broker: SQS and SNS on the wire, durable on SQLite (a PostgreSQL store is planned)."""
