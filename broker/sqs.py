@@ -644,7 +644,7 @@ def _message(
         "MessageId": stored.message_id,
         "ReceiptHandle": delivery.receipt_handle,
         # Carried from the send by the store's body cache when it has it (see SendRequest).
-        "MD5OfBody": getattr(stored, "body_md5", None) or md5_of_body(stored.body),
+        "MD5OfBody": stored.body_md5 or md5_of_body(stored.body),
         "Body": stored.body,
     }
     if system_names:

@@ -55,7 +55,7 @@ class SendRequest(msgspec.Struct, frozen=True, kw_only=True):
     trace_header: str | None = None
     sender_id: str = ""
     # MD5OfMessageBody, when the caller has it already (it answers the send with it): carried
-    # to the store's body cache, so that receives of the message do not hash the body again.
+    # to the store (its body cache and the row), so that receives do not hash the body again.
     body_md5: str | None = None
 
 

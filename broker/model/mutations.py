@@ -26,7 +26,8 @@ class MessageInserted(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     deduplication_id: str | None
     sender_id: str
     trace_header: str | None
-    body_md5: str | None = None  # the request's, if it had one (not stored: see SendRequest)
+    # The request's, if it had one; stored with the row unless sealed (see SendRequest).
+    body_md5: str | None = None
 
 
 class DeduplicationRecorded(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -108,6 +108,10 @@ class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
     sender_id: str
     trace_header: str | None
     dead_letter_source_arn: str | None
+    # The body's MD5 (hex) when the send computed it, kept so that a receive need not hash
+    # the body again (1 KiB: ~2.5 us, a tenth of a receive's CPU per message); None: unknown
+    # (fan-out copies, rows stored sealed at rest, rows of files older than schema 6).
+    body_md5: str | None = None
 
 
 class MessageColumns:

@@ -932,14 +932,14 @@ def _uuid_text(raw: bytes) -> str:
 
 _MESSAGE_COLUMNS = (
     "seq, message_id, body, attributes, sent_at, first_received_at, group_id, "
-    "deduplication_id, sender_id, trace_header, source_arn, key_id"
+    "deduplication_id, sender_id, trace_header, source_arn, key_id, body_md5"
 )
 
 
 def _stored(row: tuple[Any, ...], sealer: Sealer | None) -> StoredMessage:
     """A row of ``_MESSAGE_COLUMNS`` as a receive returns it (opened, when sealed)."""
     seq, message_id, body, attributes, sent_at, first_received_at, *rest = row
-    group_id, deduplication_id, sender_id, trace_header, source_arn, key_id = rest
+    group_id, deduplication_id, sender_id, trace_header, source_arn, key_id, body_md5 = rest
     if key_id is not None:
         assert sealer is not None  # the read-ahead query reads clear rows only
         body = sealer.open(key_id, body, associated_data(message_id, b"body"))
@@ -958,6 +958,7 @@ def _stored(row: tuple[Any, ...], sealer: Sealer | None) -> StoredMessage:
         sender_id=sender_id,
         trace_header=trace_header,
         dead_letter_source_arn=source_arn,
+        body_md5=body_md5.hex() if body_md5 is not None else None,
     )
 
 

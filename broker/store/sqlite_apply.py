@@ -39,8 +39,8 @@ ATTRIBUTES_DECODER = msgspec.msgpack.Decoder(dict[str, AttributeValue])
 _INSERT = """
     INSERT INTO messages (queue_id, seq, message_id, visible_at, receive_count, received_at,
         first_received_at, enqueued_at, sent_at, group_id, deduplication_id, sender_id,
-        trace_header, source_arn, attributes, body, key_id)
-    VALUES (?, ?, ?, ?, 0, 0, NULL, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?)
+        trace_header, source_arn, attributes, body, key_id, body_md5)
+    VALUES (?, ?, ?, ?, 0, 0, NULL, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?)
 """
 _DELIVERED = """
     UPDATE messages SET visible_at = ?, receive_count = ?, received_at = ?,
@@ -52,10 +52,10 @@ _DELETE = "DELETE FROM messages WHERE queue_id = ? AND seq = ?"
 _MOVE = """
     INSERT INTO messages (queue_id, seq, message_id, visible_at, receive_count, received_at,
         first_received_at, enqueued_at, sent_at, group_id, deduplication_id, sender_id,
-        trace_header, source_arn, attributes, body, key_id)
+        trace_header, source_arn, attributes, body, key_id, body_md5)
     SELECT ?, ?, message_id, ?, receive_count, received_at, first_received_at,
         coalesce(?, enqueued_at), sent_at, group_id, deduplication_id, sender_id,
-        trace_header, ?, attributes, body, key_id
+        trace_header, ?, attributes, body, key_id, body_md5
     FROM messages WHERE queue_id = ? AND seq = ?
 """
 # The same move with the payload given: the clear row of the source, sealed for the target.
@@ -96,8 +96,10 @@ def _inserted_rows(
         attributes = ATTRIBUTES_ENCODER.encode(m.attributes) if m.attributes else None
         body = m.body.encode()
         key = keys.get(queue_id) if keys else None
+        body_md5 = m.body_md5
         if key is not None:
             attributes, body = seal_payload(key, message_id, attributes, body)
+            body_md5 = None  # see _add_body_md5s: no digest of a sealed body in the file
         rows.append(
             (
                 queue_id,
@@ -113,6 +115,7 @@ def _inserted_rows(
                 attributes,
                 body,
                 key.key_id if key is not None else None,
+                bytes.fromhex(body_md5) if body_md5 is not None else None,
             )
         )
         if next_seqs.get(queue_id, 0) <= seq:

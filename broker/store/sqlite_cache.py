@@ -1,8 +1,8 @@
 """The SQLite store's body cache: recent inserts, and reads ahead of a deep backlog.
 
-What a receive returns beyond the model's delivery (body, attributes, ids, times; and the
-body's MD5 when the send brought it, see :class:`CachedMessage`) is kept in memory for two
-kinds of messages, in one budget (``body_cache_bytes``, 64 MiB by default):
+What a receive returns beyond the model's delivery (body, attributes, ids, times, the body's
+MD5 when the send computed it) is kept in memory for two kinds of messages, in one budget
+(``body_cache_bytes``, 64 MiB by default):
 
 * Inserted ones, from the commit that inserts them until they are deleted, moved or purged,
   or until newer inserts push them out (oldest insert first).
@@ -43,8 +43,7 @@ No I/O and no trio here: the store calls these methods from the trio thread only
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import partial
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -76,16 +75,6 @@ READ_AHEAD_QUEUE_BYTES = 4 << 20
 READ_AHEAD_SHARE = 4  # read-ahead messages take at most a quarter of the budget
 
 Key = tuple[int, int]  # (queue id, seq)
-
-
-class CachedMessage(StoredMessage, frozen=True, kw_only=True):
-    """A sent message as the cache keeps it: with its body's MD5 when the send computed it.
-
-    A receive answers ``MD5OfBody`` with it instead of hashing the body again (1 KiB: 2.5 us,
-    a tenth of a receive's CPU per message). Only the cache holds it; the file does not.
-    """
-
-    body_md5: str | None = None
 
 
 def cache_cost(body: str, attributes: Mapping[str, Any]) -> int:
@@ -381,12 +370,8 @@ class BodyCache:
 
 
 def _cached(m: MessageInserted) -> StoredMessage:
-    """The message of an insert as a receive would read it back (with its MD5, if known)."""
-    # A plain StoredMessage without the MD5: it then equals what a read from the file gives.
-    make: Callable[..., StoredMessage] = (
-        StoredMessage if m.body_md5 is None else partial(CachedMessage, body_md5=m.body_md5)
-    )
-    return make(
+    """The message of an insert as a receive would read it back from the file."""
+    return StoredMessage(
         seq=m.seq,
         message_id=m.message_id,
         body=m.body,
@@ -398,6 +383,7 @@ def _cached(m: MessageInserted) -> StoredMessage:
         sender_id=m.sender_id,
         trace_header=m.trace_header,
         dead_letter_source_arn=None,
+        body_md5=m.body_md5,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -256,8 +257,9 @@ async def test_a_redelivery_keeps_the_first_receive_timestamp(tmp_path: Path, ca
 async def test_body_md5s_agree_from_the_send_the_cache_and_the_file(
     tmp_path: Path, cache_bytes: int
 ):
-    # The send computes MD5OfMessageBody once and the body cache keeps it for the receives;
-    # read from the file (no cache), it is computed again. Either way: the MD5 of the UTF-8.
+    # The send computes MD5OfMessageBody once; the body cache and the row keep it for the
+    # receives. A row without one (written before schema 6) is hashed again on receive.
+    # Either way: the MD5 of the UTF-8.
     store = SqliteStore(tmp_path, body_cache_bytes=cache_bytes)
     await store.open()
     try:
@@ -290,5 +292,15 @@ async def test_body_md5s_agree_from_the_send_the_cache_and_the_file(
             messages = result["Messages"]
             assert sorted(m["Body"] for m in messages) == sorted(bodies)
             assert all(m["MD5OfBody"] == expected[m["Body"]] for m in messages)
+        file = sqlite3.connect(tmp_path / "wharf.sqlite3", isolation_level=None)
+        stored = dict(file.execute("SELECT body, body_md5 FROM messages"))
+        assert stored == {body.encode(): bytes.fromhex(expected[body]) for body in bodies}
+        if not cache_bytes:  # rows as an older file holds them: no digest
+            file.execute("UPDATE messages SET body_md5 = NULL")
+            result = await call(
+                api, "ReceiveMessage", QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0
+            )
+            assert {m["Body"]: m["MD5OfBody"] for m in result["Messages"]} == expected
+        file.close()
     finally:
         await store.aclose()

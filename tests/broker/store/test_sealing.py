@@ -1,6 +1,7 @@
 """Encryption at rest: key files, sealing round trips, tampering, rotation, and the store."""
 
 import base64
+import hashlib
 import os
 import sqlite3
 import uuid
@@ -223,6 +224,35 @@ async def test_the_store_seals_encrypted_queues_and_reads_them_back(tmp_path):
         "SELECT queue_id, key_id FROM messages ORDER BY queue_id"
     )
     assert rows.fetchall() == [(sealed_queue.queue_id, "k1"), (clear_queue.queue_id, None)]
+
+
+async def test_a_sealed_row_keeps_no_digest_of_its_body_and_a_clear_row_does(tmp_path):
+    # The MD5 of a clear body would let anyone holding the file confirm a guessed body.
+    store = SqliteStore(tmp_path, sealer=Sealer(ring()))
+    await store.open()
+    try:
+        sealed_queue = await store.create_queue("sealed", SSE, {}, 1)
+        clear_queue = await store.create_queue("clear", CLEAR, {}, 1)
+        digest = hashlib.md5(b"guessable").hexdigest()
+        await store.commit(
+            [
+                msgspec.structs.replace(inserted(queue.queue_id, 1, "guessable"), body_md5=digest)
+                for queue in (sealed_queue, clear_queue)
+            ]
+        )
+        [sealed] = await store.read_messages(sealed_queue.queue_id, [1])
+        [clear] = await store.read_messages(clear_queue.queue_id, [1])
+        assert (sealed.body, sealed.body_md5) == ("guessable", None)  # a receive hashes it
+        assert (clear.body, clear.body_md5) == ("guessable", digest)
+    finally:
+        await store.aclose()
+    rows = sqlite3.connect(tmp_path / "wharf.sqlite3").execute(
+        "SELECT queue_id, body_md5 FROM messages ORDER BY queue_id"
+    )
+    assert rows.fetchall() == [
+        (sealed_queue.queue_id, None),
+        (clear_queue.queue_id, bytes.fromhex(digest)),
+    ]
 
 
 async def test_a_tampered_row_is_refused(tmp_path):

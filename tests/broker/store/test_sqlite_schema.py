@@ -109,3 +109,21 @@ def test_a_version_4_file_gains_the_queue_deletions_table_and_keeps_its_rows(tmp
     assert migrate(connection) == 4
     assert connection.execute("SELECT count(*) FROM queue_deletions").fetchone() == (0,)
     assert connection.execute("SELECT name FROM queues").fetchall() == [("q",)]
+
+
+def test_a_version_5_file_gains_body_md5s_and_its_rows_have_none(tmp_path):
+    connection = connect(tmp_path / "s.db")
+    connection.execute("BEGIN")
+    for version in range(5):
+        MIGRATIONS[version](connection)
+    connection.execute("PRAGMA user_version = 5")
+    connection.execute("COMMIT")
+    connection.execute(
+        "INSERT INTO messages (queue_id, seq, message_id, visible_at, receive_count, "
+        "received_at, enqueued_at, sent_at, sender_id, body) "
+        "VALUES (1, 1, x'00', 0, 0, 0, 0, 0, 's', x'68')"
+    )
+    assert migrate(connection) == 5
+    assert connection.execute("SELECT seq, body, body_md5 FROM messages").fetchall() == [
+        (1, b"h", None)
+    ]
