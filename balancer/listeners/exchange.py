@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 import h11
 import trio
 
-from balancer import fastio
 from balancer.access_log import AccessLogs
 from balancer.listeners.http_metrics import HttpStats
 from balancer.runtime import ListenerRuntime, Runtime, Snapshot
 from balancer.upstream import Pools
+from monitoring import fastio
 from monitoring.httpserver import Draining
 from monitoring.logging import EventLog
 from proto.http1 import COMPLIANT, Verdict, header_list

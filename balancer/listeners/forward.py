@@ -46,7 +46,6 @@ from typing import Final
 import h11
 import trio
 
-from balancer import fastio
 from balancer.config import Forward
 from balancer.listeners.exchange import (
     MAX_RECV,
@@ -62,6 +61,7 @@ from balancer.listeners.sticky import StickyPlan, plan, response_cookies
 from balancer.listeners.websocket import tunnel
 from balancer.runtime import GroupRuntime, ListenerRuntime, Selected
 from balancer.upstream import ConnectFailed, ConnectTimedOut, Pool, Upstream
+from monitoring import fastio
 from proto.http1 import (
     Forwarding,
     client_address,

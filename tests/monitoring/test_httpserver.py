@@ -516,3 +516,29 @@ async def test_a_long_pipeline_split_inside_heads_is_served_whole():
     chunks[-1] += b"GET /end HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
     sent = await _serve_script(chunks)
     assert _responses(sent) == [(200, b"GET /p ")] * 400 + [(200, b"GET /end ")]
+
+
+async def test_a_client_pipelining_many_requests_does_not_hold_the_event_loop(nursery):
+    # The requests are all there at once and every answer fits the socket buffer, so no read
+    # or write has to wait: the server must still yield between requests, or another client
+    # would wait until the whole pipeline was served.
+    served: list[bytes] = []
+    all_served = trio.Event()
+
+    async def record(request: Request) -> Response:
+        served.append(request.target)  # never yields
+        if len(served) == 301:
+            all_served.set()
+        return Response(200, b"ok")
+
+    srv = await Server(nursery, record).start()
+    busy = await trio.open_tcp_stream(*srv.addr)
+    other = await trio.open_tcp_stream(*srv.addr)
+    async with busy, other:
+        pipeline = b"GET /busy HTTP/1.1\r\nHost: t\r\n\r\n" * 300
+        await busy.send_all(pipeline)
+        await other.send_all(b"GET /other HTTP/1.1\r\nHost: t\r\n\r\n")
+        with trio.fail_after(5):
+            await all_served.wait()
+    assert served.count(b"/busy") == 300
+    assert served.index(b"/other") < 300  # served while the pipeline was, not after it

@@ -1,17 +1,19 @@
-"""Socket reads and writes for the proxy's hot path, with trio's semantics and less overhead.
+"""Socket reads and writes for hot paths, with trio's semantics and less overhead.
 
 ``trio.SocketStream.send_all`` / ``receive_some`` cost, per call, two context managers
 (error translation, conflict detection) and a trip through the scheduler even when the
-kernel could take or give the bytes at once; on a proxy that makes four such calls per
-request that is a measurable share of the request's CPU time. These helpers try the
-syscall on the underlying non-blocking socket first and only fall back to trio's waiting
-(``wait_readable`` / ``wait_writable``, which are checkpoints) when the kernel says
-``EAGAIN``.
+kernel could take or give the bytes at once; the balancer's proxy makes four such calls per
+request, the HTTP server of the broker and the admin listeners two, and on both that is a
+measurable share of a request's CPU time. These helpers try the syscall on the underlying
+non-blocking socket first and only fall back to trio's waiting (``wait_readable`` /
+``wait_writable``, which are checkpoints) when the kernel says ``EAGAIN``;
+:func:`try_receive` and :func:`try_send` only try, so that a caller can set up a deadline
+(a cancel scope) for the rare call that must wait, and for it alone.
 
-Fairness and cancellation: a call that completes at once is not a checkpoint. The HTTP
-listener therefore waits for every new request through trio's own path (a checkpoint per
-request), and the waits on a target's response almost always block; a connection can not
-monopolise the event loop.
+Fairness and cancellation: a call that completes at once is not a checkpoint. Callers
+therefore take one per request on their own (the proxy waits for every new request through
+trio's path; the HTTP server takes a shielded checkpoint when a request was there at once),
+so a connection cannot monopolise the event loop.
 
 Errors follow trio's stream vocabulary: a reset or broken pipe raises
 ``trio.BrokenResourceError``, a socket closed by this process ``trio.ClosedResourceError``.
@@ -117,6 +119,38 @@ async def receive(
         if checkpoint and not waited:
             await trio.lowlevel.cancel_shielded_checkpoint()
         return data
+
+
+def try_receive(raw: socket.socket, max_bytes: int) -> bytes | None:
+    """Up to ``max_bytes`` bytes if the kernel has any (``b""``: the end of the stream), or
+    None when a read would have to wait. Never blocks, never a checkpoint.
+
+    Raises:
+        trio.BrokenResourceError: the connection was reset.
+        trio.ClosedResourceError: the socket was closed by this process.
+    """
+    try:
+        return raw.recv(max_bytes)
+    except _BLOCKING:
+        return None
+    except OSError as exc:
+        raise _translate(raw, exc) from exc
+
+
+def try_send(raw: socket.socket, data: Buffer) -> int:
+    """Write what the kernel takes of ``data`` now; return how many bytes (0: it would have
+    to wait). Never blocks, never a checkpoint.
+
+    Raises:
+        trio.BrokenResourceError: the connection was reset or the peer is gone.
+        trio.ClosedResourceError: the socket was closed by this process.
+    """
+    try:
+        return raw.send(data)
+    except _BLOCKING:
+        return 0
+    except OSError as exc:
+        raise _translate(raw, exc) from exc
 
 
 async def _wait_readable(raw: socket.socket) -> None:

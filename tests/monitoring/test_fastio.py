@@ -5,7 +5,7 @@ import socket
 import pytest
 import trio
 
-from balancer import fastio
+from monitoring import fastio
 
 
 async def pair() -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
@@ -99,3 +99,48 @@ async def test_gathered_writes_arrive_whole_and_in_order(monkeypatch, through_tr
             await fastio.send_many(a, [])
             await fastio.send_many(a, [b"", b""])
     assert bytes(received) == expected
+
+
+async def test_attempts_never_wait_and_say_what_happened():
+    a, b = await pair()
+    with a, b:
+        raw_a, raw_b = fastio.raw_socket(a), fastio.raw_socket(b)
+        assert raw_a is not None
+        assert raw_b is not None
+        assert fastio.try_receive(raw_b, 10) is None  # nothing yet
+        assert fastio.try_send(raw_a, b"hello") == 5
+        assert fastio.try_receive(raw_b, 10) == b"hello"
+        sent = 0
+        while taken := fastio.try_send(raw_a, b"x" * 65536):
+            sent += taken
+        assert sent > 0  # then the buffers were full: 0, not a wait
+        a.shutdown(socket.SHUT_WR)
+        drained = 0
+        while (chunk := fastio.try_receive(raw_b, 1 << 20)) != b"":
+            assert chunk is not None  # the end is there: never "nothing yet" on the way
+            drained += len(chunk)
+        assert drained == sent
+
+
+def fill_until_refused(raw: socket.socket) -> None:
+    for _ in range(100):
+        fastio.try_send(raw, b"x" * 65536)
+
+
+async def test_attempts_raise_trio_errors():
+    a, b = await pair()
+    with b:
+        raw_b = fastio.raw_socket(b)
+        assert raw_b is not None
+        a.close()
+        with pytest.raises(trio.BrokenResourceError):
+            fill_until_refused(raw_b)  # the first send may still be taken: then the reset
+    c, d = await pair()
+    with d:
+        raw_c = fastio.raw_socket(c)
+        assert raw_c is not None
+        c.close()
+        with pytest.raises(trio.ClosedResourceError):
+            fastio.try_receive(raw_c, 10)
+        with pytest.raises(trio.ClosedResourceError):
+            fastio.try_send(raw_c, b"x")
