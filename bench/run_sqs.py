@@ -52,6 +52,8 @@ LABELS = {"moto": "moto", "localstack": "LocalStack", "wharf": "wharf"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVER_CORE = 0
 LOADGEN_CORE = 1
+SERVER_IDLE_LIMIT = 60.0  # s to wait, before a measured scenario, for the server to go idle
+SERVER_IDLE_CORES = 0.05
 
 
 def log(message: str) -> None:
@@ -416,8 +418,10 @@ class Meter:
     started: float = 0.0
     io: int = 0
     samples: dict[str, float] = field(default_factory=dict)
+    idle_wait: dict[str, float] = field(default_factory=dict)
 
     def __enter__(self) -> Meter:
+        self.idle_wait = wait_server_idle(self.peer.pid)
         self.server_cpu = tree_cpu_seconds(self.peer.pid)
         self.busy = machine_busy_seconds()
         usage = os.times()
@@ -452,6 +456,7 @@ class Meter:
             "server_rss_mib": round(tree_rss_mib(self.peer.pid), 1),
             "disk_write_bytes": written,
             "disk_bytes_per_message": per_message(written),
+            "server_idle_wait": self.idle_wait,
         }
         if self.peer.admin_port:
             after = commit_counters(scrape(self.peer.admin_port))
@@ -1000,6 +1005,25 @@ def main(argv: list[str] | None = None) -> int:
         log(f"results: {output}")
     print(markdown(report))
     return 0
+
+
+def wait_server_idle(
+    pid: int, limit: float = SERVER_IDLE_LIMIT, threshold: float = SERVER_IDLE_CORES
+) -> dict[str, float]:
+    """Wait up to ``limit`` s until the server uses < ``threshold`` cores (0.5 s windows).
+
+    Before every measured scenario, for every peer alike: housekeeping the previous scenario
+    left behind (wharf reclaims a deleted queue's rows in the background) is then not billed
+    to the next one. Returns how long it waited and the server's use in the last window.
+    """
+    started = time.monotonic()
+    while True:
+        before, window = tree_cpu_seconds(pid), time.monotonic()
+        time.sleep(0.5)
+        cores = (tree_cpu_seconds(pid) - before) / (time.monotonic() - window)
+        waited = time.monotonic() - started
+        if cores < threshold or waited >= limit:
+            return {"seconds": round(waited, 1), "server_cores": round(cores, 3)}
 
 
 def wait_quiet(limit: float, threshold: float = 0.25) -> float:
