@@ -1,6 +1,7 @@
 """The SQLite store: group commit, cancellation, failure isolation, reclaim, kill -9."""
 
 import contextlib
+import hashlib
 import os
 import signal
 import sqlite3
@@ -10,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 import trio.lowlevel
@@ -642,6 +644,30 @@ async def test_messages_restored_at_start_are_read_ahead(tmp_path, monkeypatch):
         # A deep backlog restored at start drains from memory like one sent since.
         assert bodies(await store.read_messages(qid, [11])) == ["body 11"]
         assert reads == [list(range(1, 11))]
+    finally:
+        await store.aclose()
+
+
+async def test_body_md5s_come_back_from_the_file_alone_and_through_the_read_ahead(tmp_path):
+    digest = {seq: hashlib.md5(f"body {seq}".encode()).hexdigest() for seq in range(1, 31)}
+    store = SqliteStore(tmp_path)
+    await store.open()
+    queue = await store.create_queue("q", QueueSettings(), {}, 0)
+    qid = queue.queue_id
+    await store.commit(
+        [
+            msgspec.structs.replace(inserted(qid, seq, f"body {seq}"), body_md5=digest[seq])
+            for seq in range(1, 31)
+        ]
+    )
+    await store.aclose()
+    store = SqliteStore(tmp_path)  # a restart: the file is the only copy
+    await store.open()
+    try:
+        await store.load()
+        first = await store.read_messages(qid, range(1, 11))  # from the file; reads ahead
+        second = await store.read_messages(qid, range(11, 21))  # from the read-ahead
+        assert [m.body_md5 for m in [*first, *second]] == [digest[s] for s in range(1, 21)]
     finally:
         await store.aclose()
 
