@@ -142,6 +142,10 @@ class Frontend:
                 caller=caller,
                 action=action,
                 path=request.path,
+                # This listener's own TLS, not a header a client could set: a proxy that
+                # terminates TLS in front of the broker makes every request look plain.
+                secure=self.scheme == "https",
+                source_ip=request.client[0],
             )
             result = await self.sqs.handle(action, params, context)
             encoded = codec.response(action, result, request_id)

@@ -18,12 +18,18 @@ import trio
 
 from broker.auth import Caller
 from broker.model.attributes import render_attributes
+from broker.model.conditions import request_context
 from broker.model.errors import SqsError
 from broker.model.index import resolve_wait_time
 from broker.model.messages import AttributeValue, SendRequest, message_size, sequence_number
 from broker.model.mutations import MessageDelivered
 from broker.model.outcomes import Change, Delivery, ReceiveOutcome
-from broker.model.policy import Decision, add_permission, evaluate, remove_permission
+from broker.model.policy import (
+    Decision,
+    add_permission,
+    evaluate,
+    remove_permission,
+)
 from broker.registry import Queue, QueueRegistry, now_ms, queue_does_not_exist
 from broker.store.base import StoredMessage
 from proto.aws.arn import ArnError, build_queue_url, parse_queue_url
@@ -61,6 +67,8 @@ class RequestContext:
     caller: Caller
     action: str
     path: str = "/"
+    secure: bool = False  # arrived over TLS (aws:SecureTransport)
+    source_ip: str = ""  # the peer's address (aws:SourceIp)
 
 
 class SqsApi:
@@ -148,22 +156,33 @@ class SqsApi:
         return queue
 
     def _authorize(self, queue: Queue, context: RequestContext) -> None:
+        if not self._allows(queue, context):
+            raise access_denied(queue.arn, context.caller)
+
+    def _allows(self, queue: Queue, context: RequestContext, action: str | None = None) -> bool:
+        """Whether the queue's policy lets the caller do ``action`` (the request's own)."""
         caller = context.caller
-        if caller.anonymous:
-            return
+        policy = queue.settings.policy
+        if policy is None:  # the common case, kept cheap: no context to build
+            return caller.anonymous or caller.account == self.account_id
+        conditions = request_context(
+            now_ms=now_ms(),
+            secure=context.secure,
+            source_ip=context.source_ip or None,
+            principal_arn=None if caller.anonymous else caller.principal_arn,
+            principal_account=None if caller.anonymous else caller.account,
+        )
         decision = evaluate(
-            queue.settings.policy,
+            policy,
             principal_arn=caller.principal_arn,
             principal_account=caller.account,
             owner_account=self.account_id,
-            action=context.action,
+            action=action or context.action,
             resource=queue.arn,
+            context=conditions,
+            anonymous=caller.anonymous,
         )
-        if decision is Decision.DENY:
-            raise common_error(
-                "AccessDenied",
-                f"Access to the resource {queue.arn} is denied for {caller.principal_arn}.",
-            )
+        return decision is Decision.ALLOW
 
     def url_of(self, queue: Queue, context: RequestContext) -> str:
         return build_queue_url(context.base_url, self.account_id, queue.name)
@@ -178,9 +197,22 @@ class SqsApi:
 
     async def create_queue(self, params: Params, context: RequestContext) -> Result:
         name = _required(params, "QueueName")
+        caller = context.caller
+        if not caller.anonymous and caller.account != self.account_id:
+            # AWS creates a queue in the caller's own account; this broker serves one account,
+            # and no queue policy can let another account create queues in it.
+            raise common_error(
+                "AccessDenied",
+                f"User: {caller.principal_arn} is not authorized to perform: sqs:CreateQueue "
+                f"in account {self.account_id}.",
+            )
+        existing = self.registry.get(name)
+        if existing is not None:
+            self._authorize(existing, context)  # an explicit Deny of sqs:CreateQueue
         tags = params.get("tags") or {}
         _check_tags(tags)
-        queue = await self.registry.create(name, params.get("Attributes") or {}, tags)
+        attributes = params.get("Attributes") or {}
+        queue = await self.registry.create(name, attributes, tags)
         return {"QueueUrl": self.url_of(queue, context)}
 
     async def delete_queue(self, params: Params, context: RequestContext) -> Result:
@@ -189,13 +221,20 @@ class SqsApi:
 
     async def get_queue_url(self, params: Params, context: RequestContext) -> Result:
         name = _required(params, "QueueName")
-        owner = params.get("QueueOwnerAWSAccountId")
-        if owner is not None and owner != self.account_id:
+        # Without QueueOwnerAWSAccountId, AWS looks in the caller's own account.
+        owner = params.get("QueueOwnerAWSAccountId") or context.caller.account
+        if owner != self.account_id:
             raise queue_does_not_exist()
-        return {"QueueUrl": self.url_of(self.registry.require(name), context)}
+        queue = self.registry.require(name)
+        self._authorize(queue, context)
+        return {"QueueUrl": self.url_of(queue, context)}
 
     async def list_queues(self, params: Params, context: RequestContext) -> Result:
         prefix = params.get("QueueNamePrefix") or ""
+        if context.caller.account != self.account_id:
+            # ListQueues lists the caller's own account's queues: none here for another
+            # account, whatever the queues' policies grant it.
+            return {}
         names = sorted(q.name for q in self.registry if q.name.startswith(prefix))
         page, token = _paginate(names, params.get("MaxResults"), params.get("NextToken"))
         urls = [build_queue_url(context.base_url, self.account_id, n) for n in page]
@@ -212,7 +251,8 @@ class SqsApi:
 
     async def set_queue_attributes(self, params: Params, context: RequestContext) -> Result:
         queue = self.queue_of(params, context)
-        await self.registry.set_attributes(queue, params.get("Attributes") or {})
+        attributes = params.get("Attributes") or {}
+        await self.registry.set_attributes(queue, attributes)
         return None
 
     async def tag_queue(self, params: Params, context: RequestContext) -> Result:
@@ -243,11 +283,13 @@ class SqsApi:
         self, params: Params, context: RequestContext
     ) -> Result:
         target = self.queue_of(params, context)
+        # A source queue is listed only if the caller may learn its URL (sqs:GetQueueUrl).
         names = sorted(
             q.name
             for q in self.registry
             if q.settings.redrive_policy is not None
             and q.settings.redrive_policy.dead_letter_target_arn == target.arn
+            and self._allows(q, context, "GetQueueUrl")
         )
         page, token = _paginate(names, params.get("MaxResults"), params.get("NextToken"))
         result: dict[str, Any] = {
@@ -440,6 +482,11 @@ class SqsApi:
 
 
 # ---------------------------------------------------------------------- request envelopes
+
+
+def access_denied(arn: str, caller: Caller) -> AwsError:
+    who = "anonymous" if caller.anonymous else caller.principal_arn
+    return common_error("AccessDenied", f"Access to the resource {arn} is denied for {who}.")
 
 
 def _required(params: Params, name: str) -> Any:

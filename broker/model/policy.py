@@ -3,11 +3,15 @@
 The subset of the IAM policy language SQS queue policies use: statements with Effect,
 Principal (``*``, ``{"AWS": ...}`` with account ids or ARNs), Action (``sqs:SendMessage``,
 ``sqs:Send*``, ``sqs:*``, case-insensitive), Resource (queue ARNs with ``*``/``?``).
-Evaluation follows IAM's order: an explicit Deny wins, then an explicit Allow; without either,
-principals of the queue's own account are allowed (as the account's identity policies would
-let them) and other accounts are denied. A statement with a Condition, NotAction,
-NotPrincipal or NotResource is not understood here: as an Allow it never matches, as a Deny
-it always matches its principal and action, so an unsupported rule can only deny more.
+Condition blocks are evaluated by :mod:`broker.model.conditions` against the request's
+context. Evaluation follows IAM's order: an explicit Deny wins, then an explicit Allow;
+without either, principals of the queue's own account are allowed (as the account's identity
+policies would let them) and other accounts are denied. An anonymous caller (the broker's
+anonymous mode) is matched only by ``"*"`` principals and, without a Deny, is let in.
+A statement with NotAction, NotPrincipal or NotResource, or a Condition that cannot be read
+(only a policy stored before :func:`check_policy` existed can hold one), is not understood:
+as an Allow it never matches, as a Deny it always matches its principal and action, so an
+unsupported rule can only deny more.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from enum import Enum
 from functools import lru_cache
 from typing import Any
 
-from broker.model.errors import INVALID_PARAMETER_VALUE, SqsError
+from broker.model.conditions import ConditionError, Context, check, holds
+from broker.model.errors import INVALID_PARAMETER_VALUE, SqsError, invalid_attribute_value
 
 POLICY_VERSION = "2012-10-17"
 # The batch actions have no IAM actions of their own: SendMessageBatch needs sqs:SendMessage
@@ -61,7 +66,8 @@ SQS_ACTIONS = frozenset(
 )
 MAX_LABEL_LENGTH = 80
 _LABEL = re.compile(r"[A-Za-z0-9_-]{1,80}")
-_UNSUPPORTED_KEYS = frozenset({"Condition", "NotAction", "NotPrincipal", "NotResource"})
+_UNSUPPORTED_KEYS = frozenset({"NotAction", "NotPrincipal", "NotResource"})
+_NO_CONTEXT: Context = {}
 
 
 class Decision(Enum):
@@ -87,7 +93,8 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-def _principal_matches(statement: dict[str, Any], principal_arn: str, account: str) -> bool:
+def _principal_matches(statement: dict[str, Any], principal_arn: str | None, account: str) -> bool:
+    """Whether the statement names the caller; ``principal_arn`` None is an anonymous caller."""
     principal = statement.get("Principal")
     if principal == "*":
         return True
@@ -96,7 +103,11 @@ def _principal_matches(statement: dict[str, Any], principal_arn: str, account: s
     for entry in _as_list(principal.get("AWS")):
         if not isinstance(entry, str):
             continue
-        if entry == "*" or entry == principal_arn:
+        if entry == "*":
+            return True
+        if principal_arn is None:
+            continue  # only "*" names an anonymous caller
+        if entry == principal_arn:
             return True
         # An account id, or the account's root ARN, stands for every principal in it.
         if entry in (account, f"arn:aws:iam::{account}:root"):
@@ -129,6 +140,8 @@ def evaluate(
     action: str,
     resource: str,
     service: str = "sqs",
+    context: Context | None = None,
+    anonymous: bool = False,
 ) -> Decision:
     """Decide whether ``principal_arn`` may call ``<service>:<action>`` on ``resource``.
 
@@ -142,27 +155,66 @@ def evaluate(
         resource: the queue ARN (or topic ARN).
         service: the IAM service prefix: ``sqs`` for queue policies, ``sns`` for topic
             policies (the same language; :mod:`broker.model.topic_permissions` edits those).
+        context: the request's condition keys (:func:`broker.model.conditions.request_context`);
+            None is a request that carries none, so every condition on a key is false.
+        anonymous: an unsigned caller of a broker in anonymous mode: only ``"*"`` principals
+            name it, and it is allowed unless a Deny matches.
 
     Returns:
         ALLOW or DENY.
     """
     qualified = f"{service}:{IAM_ACTION.get(action, action)}"
+    request = _NO_CONTEXT if context is None else context
     allowed = False
     for statement in _statements(policy):
-        if not _principal_matches(statement, principal_arn, principal_account):
+        if not _principal_matches(
+            statement, None if anonymous else principal_arn, principal_account
+        ):
             continue
         if not _any_glob(_as_list(statement.get("Action")), qualified):
             continue
-        unsupported = bool(_UNSUPPORTED_KEYS & statement.keys())
         resources = _as_list(statement.get("Resource")) or ["*"]
         effect = statement.get("Effect")
-        if effect == "Deny" and (unsupported or _any_glob(resources, resource)):
+        if bool(_UNSUPPORTED_KEYS & statement.keys()):
+            if effect == "Deny":
+                return Decision.DENY
+            continue
+        if not _any_glob(resources, resource):
+            continue
+        if "Condition" in statement:
+            try:
+                applies = holds(statement["Condition"], request)
+            except ConditionError:
+                applies = effect == "Deny"  # unreadable: it can only deny more
+            if not applies:
+                continue
+        if effect == "Deny":
             return Decision.DENY
-        if effect == "Allow" and not unsupported and _any_glob(resources, resource):
+        if effect == "Allow":
             allowed = True
-    if allowed or principal_account == owner_account:
+    if allowed or anonymous or principal_account == owner_account:
         return Decision.ALLOW
     return Decision.DENY
+
+
+def check_policy(policy: str) -> None:
+    """Refuse a Policy whose conditions could not be evaluated as IAM would evaluate them.
+
+    SQS validates a policy when it is set and answers ``InvalidAttributeValue`` ("Invalid
+    value for the parameter Policy."); a policy that is stored is therefore one whose every
+    Condition :func:`broker.model.conditions.holds` can read.
+
+    Raises:
+        SqsError: ``InvalidAttributeValue`` for an unknown condition operator or a value its
+            operator cannot compare.
+    """
+    for statement in _statements(policy):
+        if "Condition" not in statement:
+            continue
+        try:
+            check(statement["Condition"])
+        except ConditionError:
+            raise invalid_attribute_value("Policy") from None
 
 
 def add_permission(

@@ -20,6 +20,7 @@ from broker.model.errors import (
     unknown_attribute,
 )
 from broker.model.names import parse_queue_arn
+from broker.model.policy import check_policy
 
 # (minimum, maximum, default) of each integer attribute, as the SQS API reference gives them.
 INTEGER_RANGES: dict[str, tuple[int, int, int]] = {
@@ -242,6 +243,7 @@ def _parse_policy(value: str) -> str | None:
         document = None
     if not isinstance(document, dict):
         raise invalid_attribute_value("Policy")
+    check_policy(value)  # conditions it could not evaluate: refused, as AWS validates them
     return value
 
 

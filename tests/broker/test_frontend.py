@@ -550,3 +550,29 @@ def test_request_ids_are_distinct_uuid4_shaped_and_differ_between_sources():
         assert parsed.variant == uuid.RFC_4122
     other = request_ids()()
     assert other[:24] != issued[0][:24]  # 74 random bits apart: equal once in 2**74
+
+
+async def test_the_peer_address_and_transport_reach_the_queue_policy(api):
+    status, _, created = await call_json(api, "CreateQueue", {"QueueName": "by-address"})
+    assert status == 200
+    url = created["QueueUrl"]  # type: ignore[index]
+
+    async def deny_when(condition: dict[str, object]) -> str:
+        statement = {
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "sqs:SendMessage",
+            "Resource": "*",
+            "Condition": condition,
+        }
+        policy = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+        attributes = {"QueueUrl": url, "Attributes": {"Policy": policy}}
+        assert (await call_json(api, "SetQueueAttributes", attributes))[0] == 200
+        _, headers, _ = await call_json(api, "SendMessage", {"QueueUrl": url, "MessageBody": "x"})
+        return headers.get("x-amzn-query-error", "sent").split(";")[0]
+
+    assert await deny_when({"IpAddress": {"aws:SourceIp": "127.0.0.0/8"}}) == "AccessDenied"
+    assert await deny_when({"NotIpAddress": {"aws:SourceIp": "127.0.0.0/8"}}) == "sent"
+    # Plain HTTP, and an anonymous caller has no principal.
+    assert await deny_when({"Bool": {"aws:SecureTransport": "false"}}) == "AccessDenied"
+    assert await deny_when({"Null": {"aws:PrincipalArn": "true"}}) == "AccessDenied"

@@ -14,8 +14,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from broker.model.conditions import request_context
 from broker.model.errors import SqsError
-from broker.model.policy import Decision, add_permission, evaluate, remove_permission
+from broker.model.policy import (
+    Decision,
+    add_permission,
+    check_policy,
+    evaluate,
+    remove_permission,
+)
 
 OWNER = "000000000000"
 PARTNER = "111122223333"
@@ -25,7 +32,15 @@ ALICE = f"arn:aws:iam::{OWNER}:user/alice"
 BOB = f"arn:aws:iam::{PARTNER}:user/bob"
 
 
-def decide(policy: dict[str, Any] | str | None, principal: str, action: str, resource: str = ARN):
+def decide(
+    policy: dict[str, Any] | str | None,
+    principal: str,
+    action: str,
+    resource: str = ARN,
+    *,
+    context: dict[str, tuple[str, ...]] | None = None,
+    anonymous: bool = False,
+):
     account = principal.split(":")[4]
     document = json.dumps(policy) if isinstance(policy, dict) else policy
     return evaluate(
@@ -35,7 +50,24 @@ def decide(policy: dict[str, Any] | str | None, principal: str, action: str, res
         owner_account=OWNER,
         action=action,
         resource=resource,
+        context=context,
+        anonymous=anonymous,
     )
+
+
+def over(
+    *, secure: bool = True, principal: str = ALICE, **extra: str
+) -> dict[str, tuple[str, ...]]:
+    """A request context: what the broker builds for ``principal`` over HTTPS or HTTP."""
+    context = request_context(
+        now_ms=1_700_000_000_000,
+        secure=secure,
+        source_ip="127.0.0.1",
+        principal_arn=principal,
+        principal_account=principal.split(":")[4],
+    )
+    context.update({key.lower(): (value,) for key, value in extra.items()})
+    return context
 
 
 def statement(effect: str, principal: Any, action: Any, resource: Any = ARN, **extra: Any):
@@ -139,13 +171,100 @@ def test_resources():
     assert decide(no_resource, BOB, "SendMessage") is Decision.ALLOW
 
 
-def test_unsupported_conditions_can_only_deny_more():
-    condition = {"Condition": {"ArnEquals": {"aws:SourceArn": "arn:aws:sns:x"}}}
-    allow = policy_of(statement("Allow", {"AWS": BOB}, "sqs:SendMessage", **condition))
+def test_a_secure_transport_deny_refuses_plain_http_only():
+    # AWS's recommended "deny everything over plain HTTP" statement.
+    policy = policy_of(
+        statement("Deny", "*", "sqs:*", Condition={"Bool": {"aws:SecureTransport": "false"}})
+    )
+    assert decide(policy, ALICE, "SendMessage", context=over(secure=True)) is Decision.ALLOW
+    assert decide(policy, ALICE, "SendMessage", context=over(secure=False)) is Decision.DENY
+    # A request that carries no context has no aws:SecureTransport: the condition is false.
+    assert decide(policy, ALICE, "SendMessage") is Decision.ALLOW
+
+
+def test_a_source_arn_allow_grants_only_to_that_source():
+    topic = f"arn:aws:sns:us-east-1:{PARTNER}:orders"
+    condition = {"Condition": {"ArnEquals": {"aws:SourceArn": topic}}}
+    policy = policy_of(statement("Allow", {"AWS": BOB}, "sqs:SendMessage", **condition))
+    assert decide(policy, BOB, "SendMessage", context=over(principal=BOB)) is Decision.DENY
+    from_topic = over(principal=BOB, **{"aws:SourceArn": topic})
+    assert decide(policy, BOB, "SendMessage", context=from_topic) is Decision.ALLOW
+    elsewhere = over(principal=BOB, **{"aws:SourceArn": topic + "-other"})
+    assert decide(policy, BOB, "SendMessage", context=elsewhere) is Decision.DENY
+
+
+def test_a_principal_arn_condition():
+    condition = {"Condition": {"ArnLike": {"aws:PrincipalArn": f"arn:aws:iam::{PARTNER}:user/*"}}}
+    policy = policy_of(statement("Allow", "*", "sqs:ReceiveMessage", **condition))
+    assert decide(policy, BOB, "ReceiveMessage", context=over(principal=BOB)) is Decision.ALLOW
+    carol = f"arn:aws:iam::{PARTNER}:role/carol"
+    assert decide(policy, carol, "ReceiveMessage", context=over(principal=carol)) is Decision.DENY
+
+
+def test_anonymous_callers_are_named_only_by_star():
+    denied = policy_of(statement("Deny", "*", "sqs:SendMessage"))
+    assert decide(denied, ALICE, "SendMessage", anonymous=True) is Decision.DENY
+    by_account = policy_of(statement("Deny", {"AWS": OWNER}, "sqs:SendMessage"))
+    assert decide(by_account, ALICE, "SendMessage", anonymous=True) is Decision.ALLOW
+    assert decide(by_account, ALICE, "SendMessage") is Decision.DENY
+    # Anonymous mode lets them in without an Allow, whatever account they stand for.
+    assert decide(None, BOB, "SendMessage", anonymous=True) is Decision.ALLOW
+
+
+def test_not_action_and_friends_can_only_deny_more():
+    allow = policy_of({"Effect": "Allow", "Principal": "*", "NotAction": "sqs:PurgeQueue"})
     assert decide(allow, BOB, "SendMessage") is Decision.DENY
-    deny = policy_of(statement("Deny", {"AWS": ALICE}, "sqs:SendMessage", OTHER_ARN, **condition))
+    deny = policy_of(
+        {"Effect": "Deny", "Principal": "*", "Action": "sqs:Send*", "NotResource": ARN}
+    )
     assert decide(deny, ALICE, "SendMessage") is Decision.DENY
     assert decide(deny, ALICE, "ReceiveMessage") is Decision.ALLOW
+
+
+def test_an_unreadable_stored_condition_can_only_deny_more():
+    odd = {"Condition": {"StringSoundsLike": {"aws:username": "alice"}}}
+    allow = policy_of(statement("Allow", {"AWS": BOB}, "sqs:SendMessage", **odd))
+    assert decide(allow, BOB, "SendMessage", context=over(principal=BOB)) is Decision.DENY
+    deny = policy_of(statement("Deny", {"AWS": ALICE}, "sqs:SendMessage", **odd))
+    assert decide(deny, ALICE, "SendMessage", context=over()) is Decision.DENY
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        {"StringSoundsLike": {"aws:username": "alice"}},
+        {"NumericLessThan": {"aws:EpochTime": "soon"}},
+        {"IpAddress": {"aws:SourceIp": "10.0.0.0/33"}},
+        {"StringEquals": {"aws:username": {"nested": "object"}}},
+        {"StringEquals": {}},
+        ["not", "an", "object"],
+    ],
+)
+def test_check_policy_refuses_conditions_it_cannot_evaluate(condition):
+    policy = policy_of(statement("Allow", "*", "sqs:*", Condition=condition))
+    with pytest.raises(SqsError) as excinfo:
+        check_policy(json.dumps(policy))
+    assert excinfo.value.code == "InvalidAttributeValue"
+    assert "Policy" in excinfo.value.message
+
+
+def test_check_policy_accepts_what_iam_documents():
+    policy = policy_of(
+        statement(
+            "Allow",
+            "*",
+            "sqs:*",
+            Condition={
+                "ForAnyValue:StringLikeIfExists": {"aws:username": ["a*", "b?"]},
+                "Bool": {"aws:SecureTransport": True},
+                "DateGreaterThan": {"aws:CurrentTime": "2020-01-01T00:00:00Z"},
+                "Null": {"aws:SourceArn": "true"},
+                "NotIpAddress": {"aws:SourceIp": ["10.0.0.0/8", "::1"]},
+            },
+        )
+    )
+    check_policy(json.dumps(policy))
+    check_policy("not json")  # the attribute's own parser refuses that one
 
 
 @pytest.mark.parametrize("document", ["not json", "[]", '{"Statement": 3}', '{"Statement": [1]}'])
@@ -261,8 +380,13 @@ def _listed(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def reference(policy: list[dict[str, Any]], principal: str, action: str, resource: str) -> Decision:
-    """IAM's order in a dozen lines: explicit Deny, then Allow, then same-account default."""
+def reference(
+    policy: list[dict[str, Any]], principal: str, action: str, resource: str, secure: bool = True
+) -> Decision:
+    """IAM's order in a dozen lines: explicit Deny, then Allow, then same-account default.
+
+    The one generated condition, ``Bool aws:SecureTransport true``, holds over HTTPS.
+    """
     account = principal.split(":")[4]
 
     def principal_matches(spec: Any) -> bool:
@@ -281,12 +405,11 @@ def reference(policy: list[dict[str, Any]], principal: str, action: str, resourc
     for s in policy:
         if not principal_matches(s["Principal"]) or not glob(s["Action"], f"sqs:{iam_action}"):
             continue
-        conditional = "Condition" in s
-        in_resource = glob(s["Resource"], resource)
-        if s["Effect"] == "Deny" and (conditional or in_resource):
+        if not glob(s["Resource"], resource) or ("Condition" in s and not secure):
+            continue
+        if s["Effect"] == "Deny":
             return Decision.DENY
-        if s["Effect"] == "Allow" and not conditional and in_resource:
-            allowed = True
+        allowed = True
     return Decision.ALLOW if allowed or account == OWNER else Decision.DENY
 
 
@@ -294,10 +417,29 @@ def reference(policy: list[dict[str, Any]], principal: str, action: str, resourc
     policy=st.lists(statements, max_size=5),
     principal=st.sampled_from(PRINCIPALS),
     action=st.sampled_from(ACTIONS),
+    secure=st.booleans(),
 )
-def test_evaluate_agrees_with_the_reference(policy, principal, action):
-    expected = reference(policy, principal, action, ARN)
-    assert decide(policy_of(*policy), principal, action) is expected
+def test_evaluate_agrees_with_the_reference(policy, principal, action, secure):
+    expected = reference(policy, principal, action, ARN, secure)
+    context = over(secure=secure, principal=principal)
+    assert decide(policy_of(*policy), principal, action, context=context) is expected
+
+
+@given(
+    policy=st.lists(statements, max_size=5),
+    principal=st.sampled_from(PRINCIPALS),
+    action=st.sampled_from(ACTIONS),
+)
+def test_an_anonymous_caller_is_denied_exactly_by_star_denies(policy, principal, action):
+    starred = [s for s in policy if s["Principal"] == "*" or s["Principal"].get("AWS") == "*"]
+    # For a caller of the owner account the reference refuses only on an explicit Deny.
+    denies = [
+        s
+        for s in starred
+        if s["Effect"] == "Deny" and reference([s], ALICE, action, ARN) is Decision.DENY
+    ]
+    decision = decide(policy_of(*policy), principal, action, context=over(), anonymous=True)
+    assert (decision is Decision.DENY) == bool(denies)
 
 
 @given(
@@ -334,7 +476,7 @@ def test_add_then_remove_permission_restores_every_decision(
     )
     account = principal.split(":")[4]
     if account in accounts and ("*" in granted or action.removesuffix("Batch") in granted):
-        assert decide(added, principal, action) is reference(
+        assert decide(added, principal, action, context=over(principal=principal)) is reference(
             [*policy, {"Effect": "Allow", "Principal": "*", "Action": "*", "Resource": ARN}],
             principal,
             action,

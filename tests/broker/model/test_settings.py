@@ -216,3 +216,19 @@ def test_integers_are_accepted_exactly_in_range(name, value):
     except SqsError:
         accepted = False
     assert accepted == (low <= value <= high)
+
+
+def test_a_policy_whose_condition_cannot_be_evaluated_is_refused() -> None:
+    # Also for queues declared in the TOML file, which never pass through the API handlers.
+    statement = {
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "sqs:*",
+        "Resource": "*",
+        "Condition": {"NoSuchOperator": {"aws:SecureTransport": "false"}},
+    }
+    document = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+    assert error_of(lambda: parse_create({"Policy": document}))[0] == "InvalidAttributeValue"
+    statement["Condition"] = {"Bool": {"aws:SecureTransport": "false"}}
+    allowed = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+    assert parse_create({"Policy": allowed}).policy == allowed
