@@ -19,6 +19,15 @@ A view maps a key path to the scalar values found there:
 
 Values keep their JSON type: the string ``"5"`` never equals the number ``5``, and ``true`` is
 not ``1``. Exact matching compares ``(type, value)`` pairs; numbers are floats.
+
+Numbers: "the value can range from -10^9 to 10^9 (-1 billion to 1 billion), with five digits
+of accuracy after the decimal point" (subscription-filter-policy-constraints.md). So every
+number inside that range, in a policy or a message, is cut to 5 decimal places once, when it
+is read (:func:`number`), and every comparison after that sees the cut value: ``1.000001``
+equals ``1``. A message number outside the range matches no ``numeric`` condition (AWS cannot
+compare it); exact literals still compare it as it is. The cut rounds down (toward -inf), as
+event-ruler's fixed-point ``ComparableNumber`` did when it worked on doubles, and from the
+shortest decimal text of the float, so ``0.29`` stays ``0.29`` despite its binary error.
 """
 
 from __future__ import annotations
@@ -28,11 +37,17 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import ROUND_FLOOR, Decimal
+from typing import Final
 
 Scalar = str | float | bool | None
 View = Mapping[str, tuple[Scalar, ...]]
 TypedValue = tuple[type, Scalar]
 Predicate = Callable[[Scalar], bool]
+
+# subscription-filter-policy-constraints.md, "Numeric matching": -10^9 .. 10^9, five decimals.
+NUMERIC_LIMIT: Final = 1_000_000_000
+NUMERIC_STEP: Final = Decimal("0.00001")  # the fifth decimal place
 
 
 def typed(value: Scalar) -> TypedValue:
@@ -48,20 +63,37 @@ def typed(value: Scalar) -> TypedValue:
 
 
 def number(raw: int | float) -> float:
-    """Turn a JSON number into the float every comparison uses.
+    """Turn a JSON number into the float every comparison uses, at AWS's precision.
 
     Args:
-        raw: an int or float from ``json.loads``.
+        raw: an int or float from ``json.loads`` (or ``float()`` of a Number attribute).
 
     Returns:
-        The float; integers too large for a float become an infinity of their sign.
+        The float, cut to 5 decimal places when it is within :data:`NUMERIC_LIMIT`; beyond it
+        the float as is (integers too large for a float become an infinity of their sign).
     """
-    if isinstance(raw, float):
+    if isinstance(raw, int):
+        try:
+            return float(raw)  # a whole number has no decimals to cut
+        except OverflowError:
+            return math.inf if raw > 0 else -math.inf
+    if raw.is_integer() or not within_numeric_limit(raw):
         return raw
-    try:
-        return float(raw)
-    except OverflowError:
-        return math.inf if raw > 0 else -math.inf
+    # repr() is the shortest text that reads back as this float: cut the decimal the client
+    # wrote, not the binary approximation of it (0.29 is 0.28999999999999998 in binary).
+    return float(Decimal(repr(raw)).quantize(NUMERIC_STEP, rounding=ROUND_FLOOR))
+
+
+def within_numeric_limit(raw: int | float) -> bool:
+    """Tell whether a number is inside the range AWS's numeric matching works in.
+
+    Args:
+        raw: a number as parsed (any int, any float).
+
+    Returns:
+        True for -10^9 <= raw <= 10^9.
+    """
+    return -NUMERIC_LIMIT <= raw <= NUMERIC_LIMIT
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +195,9 @@ def numeric_predicate(
 ) -> Predicate:
     """Match numbers in a range; ``=`` is the range [x, x]. Strings and booleans never match.
 
+    Neither do numbers beyond :data:`NUMERIC_LIMIT`: AWS documents numeric matching for
+    -10^9 .. 10^9 only, and its engine cannot place a larger number in any range.
+
     Args:
         low: the lower bound (``-inf`` when open).
         low_inclusive: whether ``low`` itself matches.
@@ -176,6 +211,8 @@ def numeric_predicate(
     def match(value: Scalar) -> bool:
         if not isinstance(value, float):  # bool is an int, never a float: excluded here
             return False
+        if not -NUMERIC_LIMIT <= value <= NUMERIC_LIMIT:
+            return False  # beyond what AWS's numeric matching can represent
         above = value >= low if low_inclusive else value > low
         below = value <= high if high_inclusive else value < high
         return above and below
@@ -261,7 +298,7 @@ def _number_text(text: str) -> Scalar:
         value = float(text)
     except ValueError:
         return text
-    return value if math.isfinite(value) else text
+    return number(value) if math.isfinite(value) else text
 
 
 def _is_scalar(item: object) -> bool:

@@ -43,8 +43,9 @@ from broker.model.filter_match import (
     prefix_predicate,
     suffix_predicate,
     typed,
+    within_numeric_limit,
 )
-from broker.model.sns_errors import attribute_error
+from broker.model.sns_errors import attribute_error, filter_policy_limit_exceeded
 
 Scope = Literal["MessageAttributes", "MessageBody"]
 SCOPES: Final[tuple[Scope, ...]] = ("MessageAttributes", "MessageBody")
@@ -56,7 +57,7 @@ MAX_KEYS: Final = 5
 MAX_COMBINATIONS: Final = 150
 MAX_POLICY_BYTES: Final = 256 * 1024
 # "By default, you can have up to 200 filter policies per topic, and 10,000 filter policies per
-# AWS account" (same page); the topic model counts, sns_errors.filter_policy_limit_exceeded().
+# AWS account" (same page): check_policy_quota() applies both. A broker is one account.
 MAX_POLICIES_PER_TOPIC: Final = 200
 MAX_POLICIES_PER_ACCOUNT: Final = 10_000
 
@@ -75,6 +76,13 @@ NUMERIC_OPERATORS: Final = frozenset({"=", "<", "<=", ">", ">="})
 NESTED_IN_ATTRIBUTES_SCOPE: Final = (
     "Filter policy scope MessageAttributes does not support nested filter policy"
 )
+# The operands of numeric conditions must be within subscription-filter-policy-constraints.md's
+# -10^9 .. 10^9. No AWS answer to an operand beyond it has been recorded publicly; the wording
+# is event-ruler's ComparableNumber refusal (Java's Double.toString of the bounds) with SNS's
+# documented bounds in place of event-ruler's 5.0E9. Exact literals are not checked: event-ruler
+# keeps an unrepresentable literal as a text match ("make that condition survivable"), and
+# LocalStack's AWS-validated suite found AWS accepting them.
+NUMERIC_OUT_OF_RANGE: Final = "Value must be between -1.0E9 and 1.0E9, inclusive"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +133,32 @@ class FilterPolicy:
         if not view:
             return False
         return any(branch.matches(view) for branch in self.branches)
+
+
+def check_policy_quota(
+    *,
+    on_topic: int,
+    in_account: int,
+    per_topic: int = MAX_POLICIES_PER_TOPIC,
+    per_account: int = MAX_POLICIES_PER_ACCOUNT,
+) -> None:
+    """Refuse one more filter policy once the topic or the account holds its quota.
+
+    subscription-filter-policy-constraints.md: the quota "won't stop Amazon SQS queue
+    subscriptions from being created", but attaching a policy in Subscribe or
+    SetSubscriptionAttributes fails; so call this only when a subscription gains a policy.
+
+    Args:
+        on_topic: subscriptions of the topic that have a filter policy now.
+        in_account: subscriptions of every topic that have a filter policy now.
+        per_topic: the topic quota (``[sns] max_filter_policies_per_topic``).
+        per_account: the account quota.
+
+    Raises:
+        SnsError: ``FilterPolicyLimitExceeded`` (403) when either quota is reached.
+    """
+    if on_topic >= per_topic or in_account >= per_account:
+        raise filter_policy_limit_exceeded()
 
 
 def parse_filter_policy(text: str, scope: Scope, *, in_attributes_map: bool) -> FilterPolicy | None:
@@ -316,31 +350,40 @@ class _Parser:
             self.fail(f"Invalid member in numeric match: {_token_text(operator)}")
         if operator not in NUMERIC_OPERATORS:
             self.fail(f"Unrecognized numeric range operator: {operator}")
-        value = self._numeric_value(terms, 1, "equals" if operator == "=" else operator)
+        raw = self._numeric_value(terms, 1, "equals" if operator == "=" else operator)
         if operator in ("=", "<", "<="):
             if len(terms) > 2:
                 self.fail("Too many elements in numeric expression")
+            value = self._in_range(raw)
             if operator == "=":
                 return numeric_predicate(value, True, value, True)
             return numeric_predicate(-math.inf, False, value, operator == "<=")
         if len(terms) == 2:
-            return numeric_predicate(value, operator == ">=", math.inf, False)
+            return numeric_predicate(self._in_range(raw), operator == ">=", math.inf, False)
         upper_operator = terms[2]
         if not isinstance(upper_operator, str):
             self.fail(f"Bad value in numeric range: {_token_text(upper_operator)}")
         if upper_operator not in ("<", "<="):
             self.fail(f"Bad numeric range operator: {upper_operator}")
-        top = self._numeric_value(terms, 3, upper_operator)
+        raw_top = self._numeric_value(terms, 3, upper_operator)
         if len(terms) > 4:
             self.fail("Too many terms in numeric range expression")
+        # event-ruler checks the bounds once the expression is read, then their order; the
+        # order is of the values at AWS's precision: [">", 1.000001, "<", 1.000002] is empty.
+        value, top = self._in_range(raw), self._in_range(raw_top)
         if not value < top:
             self.fail("Bottom must be less than top")
         return numeric_predicate(value, operator == ">=", top, upper_operator == "<=")
 
-    def _numeric_value(self, terms: list[object], index: int, name: str) -> float:
+    def _numeric_value(self, terms: list[object], index: int, name: str) -> int | float:
         raw = terms[index] if index < len(terms) else None
         if isinstance(raw, bool) or not isinstance(raw, (int, float)):
             self.fail(f"Value of {name} must be numeric")
+        return raw
+
+    def _in_range(self, raw: int | float) -> float:
+        if not within_numeric_limit(raw):
+            self.fail(NUMERIC_OUT_OF_RANGE)
         return number(raw)
 
     def anything_but(self, operand: object) -> Predicate:
@@ -365,6 +408,9 @@ class _Parser:
             for item in operand:
                 if not isinstance(item, (str, int, float)) or isinstance(item, bool):
                     self.fail("Inside anything but list, start|null|boolean is not supported.")
+                # event-ruler turns each number into its fixed-point form as it reads the list.
+                if not isinstance(item, str) and not within_numeric_limit(item):
+                    self.fail(NUMERIC_OUT_OF_RANGE)
             if not operand or (any(is_text) and not all(is_text)):
                 self.fail(
                     "Inside anything but list, either all values are number or string, "
@@ -373,6 +419,8 @@ class _Parser:
             return anything_but_values(frozenset(typed(_literal(item)) for item in operand))
         if isinstance(operand, bool) or not isinstance(operand, (str, int, float)):
             self.fail("Value of anything-but must be an array or single string/number value.")
+        if not isinstance(operand, str) and not within_numeric_limit(operand):
+            self.fail(NUMERIC_OUT_OF_RANGE)
         return anything_but_values(frozenset({typed(_literal(operand))}))
 
     def cidr(self, operand: object) -> Predicate:

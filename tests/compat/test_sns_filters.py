@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from tests.support.broker import BrokerThread
 from tests.support.sns import queue_arn, receive_all, sns_client
@@ -79,6 +80,26 @@ BODY_CASES = [
      [{"t": "1", "s": "x"}]),
     ("cidr", {"ip": [{"cidr": "fe80::/64"}]}, [{"ip": "fe80::1"}], [{"ip": "fe81::1"}]),
     ("or", {"$or": [{"a": [1]}, {"b": {"c": ["d"]}}]}, [{"b": {"c": "d"}}], [{"b": {"c": "e"}}]),
+    ("suffix", {"f": {"name": [{"suffix": ".png"}]}}, [{"f": {"name": "a.png"}}],
+     [{"f": {"name": "a.png.bak"}}, {"name": "a.png"}]),
+    ("equals-ignore-case", {"tier": [{"equals-ignore-case": "gold"}]},
+     [{"tier": "GOLD"}, {"tier": ["x", "Gold"]}], [{"tier": "golden"}]),
+    ("exists-true", {"coupon": [{"exists": True}]}, [{"coupon": "c1"}, {"coupon": 0}],
+     [{"coupon": None, "x": 1}, {"x": 1}, {"x": {"coupon": "c1"}}]),
+    ("anything-but-value", {"tier": [{"anything-but": "gold"}]}, [{"tier": "Gold"}],
+     [{"tier": "gold"}, {"x": "silver"}]),
+    ("anything-but-number", {"price": [{"anything-but": 0}]}, [{"price": 1}, {"price": 0.1}],
+     [{"price": 0}, {"price": 0.0}]),
+    ("anything-but-prefix", {"src": [{"anything-but": {"prefix": "int-"}}]},
+     [{"src": "ext-1"}, {"src": "INT-1"}], [{"src": "int-1"}, {"x": "ext-1"}]),
+    ("numeric-equals", {"price": [{"numeric": ["=", 301.5]}]}, [{"price": 301.5}],
+     [{"price": 301.51}, {"price": "301.5"}]),
+    ("numeric-range", {"price": [{"numeric": [">", 0, "<=", 150]}]},
+     [{"price": 150}, {"price": 0.5}], [{"price": 0}, {"price": 150.5}, {"price": True}]),
+    ("numeric-precision", {"price": [{"numeric": [">", 100]}]}, [{"price": 100.00001}],
+     [{"price": 100.000009}, {"price": 2000000000}]),
+    ("cidr-ipv4", {"ip": [{"cidr": "10.0.0.0/24"}]}, [{"ip": "10.0.0.255"}],
+     [{"ip": "10.0.1.0"}, {"ip": 10}]),
 ]  # fmt: skip
 
 
@@ -136,6 +157,107 @@ def test_body_scope(
     expected = sorted(json.dumps(body) for body in matching)
     assert sorted(m["Body"] for m in received) == expected
     assert sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0).get("Messages", []) == []
+
+
+# One topic, one queue per body-scope operator: every message goes to exactly the queues
+# whose policy it satisfies (worked out by hand from the AWS Developer Guide, not by the
+# broker's matcher), through the topic's filter index and one fan-out per publish.
+BODY_QUEUES = {
+    "suffix": {"kind": [{"suffix": ".png"}]},
+    "equals-ignore-case": {"tier": [{"equals-ignore-case": "gold"}]},
+    "exists-true": {"coupon": [{"exists": True}]},
+    "anything-but-value": {"tier": [{"anything-but": "gold"}]},
+    "anything-but-number": {"price": [{"anything-but": 0}]},
+    "anything-but-prefix": {"src": [{"anything-but": {"prefix": "int-"}}]},
+    "numeric-equals": {"price": [{"numeric": ["=", 3]}]},
+    "numeric-range": {"price": [{"numeric": [">", 0, "<=", 150]}]},
+    "cidr": {"ip": [{"cidr": "10.0.0.0/24"}]},
+}
+BODY_MESSAGES = {
+    "A": '{"id": "A", "kind": "a.png", "tier": "GOLD", "price": 150, "ip": "10.0.0.7", '
+    '"src": "ext-1", "coupon": "c1"}',
+    "B": '{"id": "B", "kind": "a.jpg", "tier": "gold", "price": 0, "ip": "10.1.0.1", '
+    '"src": "int-1"}',
+    "C": '{"id": "C", "kind": "x.png.bak", "tier": "silver", "price": 3, "ip": "10.0.0.255", '
+    '"src": "INT-2", "coupon": null}',
+    "D": '{"id": "D", "order": {"kind": "b.png", "price": 3, "tier": "gold"}}',
+    "E": '{"id": "E", "tier": ["x", "Gold"], "kind": ["a.txt", "b.png"], "price": 7}',
+    "F": '{"id": "F", "price": 3e0, "ip": "10.0.0.0"}',
+    "G": "not json",
+    "H": '[{"id": "H", "price": 3}]',
+}
+BODY_EXPECTED = {
+    "suffix": {"A", "E"},
+    "equals-ignore-case": {"A", "B", "E"},
+    "exists-true": {"A"},
+    "anything-but-value": {"A", "C", "E"},
+    "anything-but-number": {"A", "C", "E", "F"},
+    "anything-but-prefix": {"A", "C"},
+    "numeric-equals": {"C", "F"},
+    "numeric-range": {"A", "C", "E", "F"},
+    "cidr": {"A", "C", "F"},
+}
+
+
+def test_body_scope_operators_route_each_message_to_exactly_its_queues(
+    shared_broker: BrokerThread,
+) -> None:
+    sns = sns_client(shared_broker.endpoint)
+    sqs = shared_broker.client("json")
+    unique = next(_unique)
+    topic = sns.create_topic(Name=f"body-routes-{unique}")["TopicArn"]
+    urls = {}
+    for name, policy in BODY_QUEUES.items():
+        url = sqs.create_queue(QueueName=f"body-routes-{unique}-{name}")["QueueUrl"]
+        sns.subscribe(
+            TopicArn=topic,
+            Protocol="sqs",
+            Endpoint=queue_arn(sqs, url),
+            Attributes={
+                "RawMessageDelivery": "true",
+                "FilterPolicyScope": "MessageBody",
+                "FilterPolicy": json.dumps(policy),
+            },
+        )
+        urls[name] = url
+    for body in BODY_MESSAGES.values():
+        sns.publish(TopicArn=topic, Message=body)
+    got = {}
+    for name, url in urls.items():
+        received = receive_all(sqs, url, len(BODY_EXPECTED[name]), timeout=5)
+        got[name] = {json.loads(m["Body"])["id"] for m in received}
+        assert len(received) == len(got[name])  # each message once
+        assert sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0).get("Messages", []) == []
+    assert got == BODY_EXPECTED
+
+
+def test_numeric_operands_beyond_one_billion_are_refused(shared_broker: BrokerThread) -> None:
+    sns = sns_client(shared_broker.endpoint)
+    sqs = shared_broker.client("json")
+    unique = next(_unique)
+    topic = sns.create_topic(Name=f"filters-range-{unique}")["TopicArn"]
+    endpoint = queue_arn(sqs, sqs.create_queue(QueueName=f"filters-range-{unique}")["QueueUrl"])
+    beyond = json.dumps({"price": [{"numeric": [">", 0, "<", 1_000_000_001]}]})
+    reason = "FilterPolicy: Value must be between -1.0E9 and 1.0E9, inclusive"
+    with pytest.raises(ClientError) as caught:
+        sns.subscribe(
+            TopicArn=topic, Protocol="sqs", Endpoint=endpoint, Attributes={"FilterPolicy": beyond}
+        )
+    error = caught.value.response["Error"]
+    assert error["Code"] == "InvalidParameter"
+    assert error["Message"] == f"Invalid parameter: Attributes Reason: {reason}"
+    arn = sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=endpoint)["SubscriptionArn"]
+    with pytest.raises(ClientError) as caught:
+        sns.set_subscription_attributes(
+            SubscriptionArn=arn, AttributeName="FilterPolicy", AttributeValue=beyond
+        )
+    error = caught.value.response["Error"]
+    assert (error["Code"], error["Message"]) == ("InvalidParameter", f"Invalid parameter: {reason}")
+    # At the edge it is accepted.
+    edge = json.dumps({"price": [{"numeric": [">=", -1_000_000_000, "<=", 1_000_000_000]}]})
+    sns.set_subscription_attributes(
+        SubscriptionArn=arn, AttributeName="FilterPolicy", AttributeValue=edge
+    )
 
 
 def test_filtered_out_is_counted(shared_broker: BrokerThread) -> None:

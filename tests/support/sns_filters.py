@@ -17,12 +17,15 @@ from hypothesis import strategies as st
 KEYS = ("a", "b", "c")
 NESTED = "n"
 STRINGS = ("x", "xy", "yx", "X", "Xy", "10.0.0.7", "10.1.0.1", "::1", "fe80::1", "")
-NUMBERS = (-1, 0, 1, 2.5, 100)
+# Numeric operands must lie in -10^9 .. 10^9; 2.500001 equals 2.5 at AWS's five decimals.
+NUMBERS = (-1, 0, 1, 2.5, 2.500001, 100, 10**9, -(10**9))
+# Valid as exact literals and as message values, beyond what numeric conditions compare.
+BEYOND = (1_000_000_000.5, -3e9)
 
 strings = st.sampled_from(STRINGS)
 numbers = st.sampled_from(NUMBERS)
 nonempty_strings = st.sampled_from([s for s in STRINGS if s])
-literals = st.one_of(strings, numbers, st.booleans(), st.none())
+literals = st.one_of(strings, numbers, st.sampled_from(BEYOND), st.booleans(), st.none())
 
 
 @st.composite
@@ -30,7 +33,9 @@ def numeric_rules(draw: st.DrawFn) -> dict[str, Any]:
     kind = draw(st.sampled_from(["=", "<", "<=", ">", ">=", "range"]))
     if kind != "range":
         return {"numeric": [kind, draw(numbers)]}
-    low, high = sorted(draw(st.lists(numbers, min_size=2, max_size=2, unique=True)))
+    # Bounds equal at AWS's five decimals (2.5 and 2.500001) make an empty, refused range.
+    pairs = st.lists(numbers, min_size=2, max_size=2, unique=True)
+    low, high = sorted(draw(pairs.filter(lambda pair: abs(pair[0] - pair[1]) >= 0.00001)))
     return {
         "numeric": [
             draw(st.sampled_from([">", ">="])),
@@ -85,7 +90,9 @@ def policies(draw: st.DrawFn, *, body: bool) -> dict[str, Any]:
 
 attribute_values = st.one_of(
     strings.filter(bool).map(lambda s: {"DataType": "String", "StringValue": s}),
-    numbers.map(lambda n: {"DataType": "Number", "StringValue": str(n)}),
+    st.one_of(numbers, st.sampled_from(BEYOND)).map(
+        lambda n: {"DataType": "Number", "StringValue": str(n)}
+    ),
     st.lists(literals, max_size=3).map(
         lambda v: {"DataType": "String.Array", "StringValue": json.dumps(v)}
     ),
@@ -131,9 +138,9 @@ def _leaves(policy: dict[str, Any], prefix: str = "") -> list[tuple[str, list[An
     return found
 
 
-def _candidates(rule_list: list[Any]) -> list[Any]:
+def candidates(rule_list: list[Any]) -> list[Any]:
     """Values likely to hit (or just miss) the rules: their operands and neighbours."""
-    values: list[Any] = list(STRINGS) + list(NUMBERS)
+    values: list[Any] = list(STRINGS) + list(NUMBERS) + list(BEYOND)
     for rule in rule_list:
         if not isinstance(rule, dict):
             values.append(rule)
@@ -142,8 +149,10 @@ def _candidates(rule_list: list[Any]) -> list[Any]:
         if name in ("prefix", "suffix", "equals-ignore-case"):
             values += [argument, argument + "y", "y" + argument, argument.upper()]
         elif name == "numeric":
-            values += [n for n in argument if not isinstance(n, str)]
-            values += [n + 0.5 for n in argument if not isinstance(n, str)]
+            operands = [n for n in argument if not isinstance(n, str)]
+            # the operand, just past it, and within AWS's precision of it either side
+            values += operands + [n + 0.5 for n in operands]
+            values += [n + 0.000001 for n in operands] + [n - 0.000001 for n in operands]
         elif name == "anything-but":
             if isinstance(argument, dict):
                 values += [argument["prefix"], argument["prefix"] + "y"]
@@ -161,7 +170,7 @@ def attributes_near(draw: st.DrawFn, policy: dict[str, Any]) -> dict[str, Any]:
     for path, rule_list in _leaves(policy):
         if not draw(st.integers(0, 4)):
             continue  # leave some keys out
-        pool = st.sampled_from(_candidates(rule_list))
+        pool = st.sampled_from(candidates(rule_list))
         value = draw(st.one_of(pool, st.lists(pool, min_size=1, max_size=2)))
         if isinstance(value, list):
             attributes[path] = {"DataType": "String.Array", "StringValue": json.dumps(value)}
@@ -179,7 +188,7 @@ def bodies_near(draw: st.DrawFn, policy: dict[str, Any]) -> str:
     for path, rule_list in _leaves(policy):
         if not draw(st.integers(0, 4)):
             continue
-        pool = st.sampled_from(_candidates(rule_list))
+        pool = st.sampled_from(candidates(rule_list))
         value = draw(st.one_of(pool, st.lists(pool, min_size=1, max_size=2)))
         head, dot, tail = path.partition(".")
         if dot and draw(st.booleans()):

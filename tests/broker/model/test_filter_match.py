@@ -1,6 +1,7 @@
 import ipaddress
 import json
 import math
+from fractions import Fraction
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -20,6 +21,7 @@ from broker.model.filter_match import (
     prefix_predicate,
     suffix_predicate,
     typed,
+    within_numeric_limit,
 )
 
 
@@ -72,6 +74,48 @@ def test_typed_values_keep_booleans_and_numbers_apart():
     assert typed(1.0) == typed(number(1))
     assert number(10**400) == math.inf
     assert number(-(10**400)) == -math.inf
+
+
+def test_numbers_are_cut_to_five_decimals_within_one_billion():
+    # subscription-filter-policy-constraints.md: -10^9 .. 10^9, five digits after the point.
+    assert number(1.000001) == 1.0
+    assert number(1.000019) == 1.00001
+    assert number(0.29) == 0.29  # from its decimal text, not 0.28999999999999998
+    assert number(-0.000001) == -0.00001  # toward -inf, as a fixed-point cut
+    assert number(301.5) == 301.5
+    assert number(1e9) == 1e9
+    assert number(1_000_000_000.000001) == 1_000_000_000.000001  # beyond: left alone
+    assert number(-3e9) == -3e9
+    assert within_numeric_limit(-(10**9))
+    assert within_numeric_limit(10**9)
+    assert not within_numeric_limit(10**9 + 1)
+    assert not within_numeric_limit(10**400)
+
+
+def test_numeric_conditions_never_match_numbers_beyond_the_limit():
+    anything = numeric_predicate(-math.inf, False, math.inf, False)
+    assert anything(1e9)
+    assert anything(-1e9)
+    assert not anything(1_000_000_000.5)
+    assert not anything(-2e9)
+    assert not anything(math.inf)
+    # Exact literals still compare them: they are not numeric conditions.
+    assert Branch((KeyTest("k", exact=frozenset({typed(number(5e9))})),)).matches({"k": (5e9,)})
+
+
+def test_attribute_numbers_are_read_at_the_same_precision():
+    view = attributes_view({"n": {"DataType": "Number", "StringValue": "2.500009"}})
+    assert view == {"n": (2.5,)}
+
+
+@given(raw=st.floats(-2e9, 2e9) | st.integers(-(2**60), 2**60))
+def test_the_cut_is_the_floor_of_the_decimal_text_at_five_places(raw):
+    cut = number(raw)
+    if not within_numeric_limit(raw):
+        assert cut == float(raw)
+        return
+    exact = Fraction(repr(float(raw)))
+    assert cut == float(Fraction(math.floor(exact * 100_000), 100_000))
 
 
 def test_predicates():
@@ -130,7 +174,9 @@ def test_a_flat_object_views_as_itself(document):
     view = body_view(json.dumps(document))
     expected = {
         key: (
-            (float(value),) if isinstance(value, int) and not isinstance(value, bool) else (value,)
+            (number(value),)
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+            else (value,)
         )
         for key, value in document.items()
     }

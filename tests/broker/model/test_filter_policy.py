@@ -1,6 +1,7 @@
 import ipaddress
 import json
 import math
+from fractions import Fraction
 
 import pytest
 from hypothesis import assume, example, given
@@ -8,18 +9,24 @@ from hypothesis import strategies as st
 
 from broker.model.filter_match import attributes_view, body_view
 from broker.model.filter_policy import (
+    MAX_POLICIES_PER_ACCOUNT,
     MAX_POLICY_BYTES,
     FilterPolicy,
     Scope,
+    check_policy_quota,
     parse_filter_policy,
 )
 from broker.model.sns_errors import SnsError
 from tests.support.sns_filters import (
+    BEYOND,
     attributes_near,
     bodies,
     bodies_near,
+    candidates,
     literals,
     message_attributes,
+    numbers,
+    numeric_rules,
     policies,
     rules,
 )
@@ -33,6 +40,15 @@ def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _comparable(number):
+    # subscription-filter-policy-constraints.md: numbers "from -10^9 to 10^9 ... with five
+    # digits of accuracy after the decimal point": whole hundred-thousandths, cut toward -inf
+    # from the number's decimal text; None beyond the range, where numeric matching stops.
+    if not -(10**9) <= number <= 10**9:
+        return None
+    return math.floor(Fraction(repr(float(number))) * 100_000)
+
+
 def _same(value, literal):
     # string-value-matching / numeric-value-matching "exact matching"; JSON types must agree.
     if literal is None:
@@ -40,7 +56,12 @@ def _same(value, literal):
     if isinstance(literal, bool):
         return isinstance(value, bool) and value == literal
     if _is_number(literal):
-        return _is_number(value) and float(value) == float(literal)
+        if not _is_number(value):
+            return False
+        ours, theirs = _comparable(value), _comparable(literal)
+        if ours is None or theirs is None:
+            return float(value) == float(literal)
+        return ours == theirs
     return isinstance(value, str) and value == literal
 
 
@@ -57,7 +78,7 @@ def _operator(name, argument, value):
         excluded = argument if isinstance(argument, list) else [argument]
         return not any(_same(value, item) for item in excluded)
     if name == "numeric":
-        if not _is_number(value):
+        if not _is_number(value) or _comparable(value) is None:
             return False
         checks = {
             "=": lambda x, n: x == n,
@@ -67,7 +88,7 @@ def _operator(name, argument, value):
             ">=": lambda x, n: x >= n,
         }
         pairs = zip(argument[::2], argument[1::2], strict=True)
-        return all(checks[op](float(value), float(n)) for op, n in pairs)
+        return all(checks[op](_comparable(value), _comparable(n)) for op, n in pairs)
     if name == "cidr":
         if not isinstance(value, str):
             return False
@@ -546,6 +567,81 @@ def test_other_validation_errors(policy, reason):
     assert error_of(policy) == f"Invalid parameter: FilterPolicy: {reason}"
 
 
+OUT_OF_RANGE = "Value must be between -1.0E9 and 1.0E9, inclusive"
+
+
+@pytest.mark.parametrize(
+    "operands",
+    [
+        ["=", 1_000_000_001],
+        ["<", -1_000_000_000.5],
+        ["<=", 10**400],
+        [">", 2e9],
+        [">=", -2e9],
+        [">", 0, "<", 1_000_000_000.00001],
+        [">", -1_000_000_000.00001, "<=", 0],
+    ],
+)
+def test_numeric_operands_beyond_one_billion_are_refused(operands):
+    # subscription-filter-policy-constraints.md: "the value can range from -10^9 to 10^9".
+    policy = {"price": [{"numeric": operands}]}
+    assert error_of(policy, in_map=True) == (
+        f"Invalid parameter: Attributes Reason: FilterPolicy: {OUT_OF_RANGE}"
+    )
+    assert error_of(policy, "MessageBody") == f"Invalid parameter: FilterPolicy: {OUT_OF_RANGE}"
+
+
+def test_numeric_limits_and_precision_at_the_edges():
+    assert matches_attributes({"p": [{"numeric": ["<=", 10**9]}]}, attrs(p=10**9))
+    assert matches_attributes({"p": [{"numeric": [">=", -(10**9)]}]}, attrs(p=-(10**9)))
+    for anything_but in (3e9, [1, -3e9]):
+        assert error_of({"p": [{"anything-but": anything_but}]}).endswith(OUT_OF_RANGE)
+    # Structure is checked before the bounds, as event-ruler reads the whole expression first.
+    assert error_of({"p": [{"numeric": ["=", 2e9, 1]}]}).endswith(
+        "Too many elements in numeric expression"
+    )
+    # Exact literals are not numeric conditions: AWS accepts them beyond the range.
+    assert matches_body({"p": [5e9]}, {"p": 5e9})
+    assert not matches_body({"p": [{"numeric": [">", 0]}]}, {"p": 5e9})
+    # Five decimals: both bounds cut to 1.0 leave an empty range.
+    assert error_of({"p": [{"numeric": [">", 1.000001, "<", 1.000002]}]}).endswith(
+        "Bottom must be less than top"
+    )
+    assert matches_attributes({"p": [{"numeric": ["=", 301.5]}]}, attrs(p=301.500001))
+    assert not matches_attributes({"p": [{"numeric": ["=", 301.5]}]}, attrs(p=301.50001))
+    assert matches_body({"p": [100]}, {"p": 100.000009})
+    assert not matches_body({"p": [{"anything-but": [100]}]}, {"p": 100.000009})
+    assert not matches_body({"p": [{"numeric": [">", 0]}]}, {"p": 0.000009})
+
+
+def test_the_policy_quotas_per_topic_and_per_account():
+    check_policy_quota(on_topic=199, in_account=9_999)
+    for on_topic, in_account in ((200, 200), (0, 10_000)):
+        with pytest.raises(SnsError) as caught:
+            check_policy_quota(on_topic=on_topic, in_account=in_account)
+        assert (caught.value.code, caught.value.status) == ("FilterPolicyLimitExceeded", 403)
+    check_policy_quota(on_topic=5, in_account=5, per_topic=6, per_account=6)
+    with pytest.raises(SnsError):
+        check_policy_quota(on_topic=0, in_account=6, per_topic=6, per_account=6)
+
+
+@given(
+    on_topic=st.integers(0, 300),
+    extra=st.integers(0, 20_000),
+    per_topic=st.integers(1, 300),
+)
+def test_the_quota_refuses_exactly_when_either_count_is_full(on_topic, extra, per_topic):
+    in_account = on_topic + extra  # the topic's policies are the account's too
+    full = on_topic >= per_topic or in_account >= MAX_POLICIES_PER_ACCOUNT
+    try:
+        check_policy_quota(on_topic=on_topic, in_account=in_account, per_topic=per_topic)
+    except SnsError:
+        refused = True
+    else:
+        refused = False
+    assert refused == full
+
+
 def test_nested_policies_are_refused_in_the_attributes_scope():
     nested = {"object": {"key": [{"prefix": "auto-"}]}}
     reason = "Filter policy scope MessageAttributes does not support nested filter policy"
@@ -641,6 +737,44 @@ def test_body_policies_agree_with_the_reference(case):
     assert compiled.matches(body_view(body)) == expected
 
 
+number_rules = st.one_of(
+    numeric_rules(),
+    numbers.map(lambda n: [n]),
+    st.sampled_from(BEYOND).map(lambda n: [n]),
+    st.lists(numbers, min_size=1, max_size=2).map(lambda v: {"anything-but": v}),
+)
+
+
+@given(
+    case=number_rules.flatmap(
+        lambda rule: st.tuples(
+            st.just(rule if isinstance(rule, list) else [rule]),
+            st.sampled_from(candidates([rule] if isinstance(rule, dict) else rule)),
+            st.booleans(),
+        )
+    )
+)
+@example(case=([{"numeric": ["=", 2.5]}], 2.500001, True))
+@example(case=([{"numeric": [">", 0]}], 1_000_000_000.5, False))
+def test_numbers_compare_at_five_decimals_within_one_billion(case):
+    rule_list, value, in_body = case
+    policy = {"k": rule_list}
+    try:
+        compiled = compile_policy(policy, "MessageBody" if in_body else "MessageAttributes")
+    except SnsError:
+        assume(False)
+    if in_body:
+        body = json.dumps({"k": value})
+        assert compiled.matches(body_view(body)) == reference_matches(
+            policy, "MessageBody", {}, body
+        )
+    else:
+        attributes = attrs(k=value) if not isinstance(value, str) or value else {}
+        assume(attributes)
+        got = compiled.matches(attributes_view(attributes))
+        assert got == reference_matches(policy, "MessageAttributes", attributes, "")
+
+
 scalar_rules = st.one_of(
     literals.map(lambda v: [v]),
     st.lists(st.sampled_from(["x", "xy", "X"]), min_size=1, max_size=3),
@@ -653,7 +787,7 @@ def test_anything_but_matches_exactly_when_the_values_do_not(excluded, value):
     # Only lists of one JSON type are valid anything-but operands (event-ruler's rule).
     assume(
         all(isinstance(v, str) for v in excluded)
-        or all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in excluded)
+        or all(_is_number(v) and _comparable(v) is not None for v in excluded)
     )
     body = json.dumps({"k": value, "other": 1})
     positive = compile_policy({"k": excluded}, "MessageBody").matches(body_view(body))
