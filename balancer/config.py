@@ -83,10 +83,27 @@ def _only(keep: str) -> str:
 
 
 _NO_SHA1 = _only(r"(GCM|SHA256|SHA384)$")
+_FORWARD_SECRET_ALL = _only(r"^ECDHE-")  # AWS's FS policies: every ECDHE suite, SHA-1 too
 _FORWARD_SECRET = _only(r"^ECDHE-.*(GCM|SHA256|SHA384)$")
 _FORWARD_SECRET_GCM = _only(r"^ECDHE-.*GCM")
 # OpenSSL 3 refuses TLS 1.0/1.1 (SHA-1 handshakes) above security level 0.
 _LEGACY = "@SECLEVEL=0"
+
+# The 2021-06 TLS 1.3 policies. AWS's 2025-09 "PQ" twins of each (below) differ only in
+# offering hybrid post-quantum key exchange (X25519MLKEM768, SecP256r1MLKEM768,
+# SecP384r1MLKEM1024), which OpenSSL 3.0 cannot do: under a PQ name wharf negotiates the
+# classical groups (X25519, P-256, P-384...) with the same versions and ciphers. A client
+# offering an ML-KEM share next to a classical one (as browsers do) still connects.
+_TLS13_2021: dict[str, TlsPolicy] = {
+    "TLS13-1-2": TlsPolicy("TLSv1_2", "TLSv1_3", _FORWARD_SECRET),
+    "TLS13-1-2-Res": TlsPolicy("TLSv1_2", "TLSv1_3", _FORWARD_SECRET_GCM),
+    "TLS13-1-2-Ext1": TlsPolicy("TLSv1_2", "TLSv1_3", _NO_SHA1),
+    "TLS13-1-2-Ext2": TlsPolicy("TLSv1_2", "TLSv1_3", _CIPHERS_2016_08),
+    "TLS13-1-3": TlsPolicy("TLSv1_3", "TLSv1_3", ""),
+    "TLS13-1-1": TlsPolicy("TLSv1_1", "TLSv1_3", f"{_CIPHERS_2016_08}:{_LEGACY}"),
+    "TLS13-1-0": TlsPolicy("TLSv1", "TLSv1_3", f"{_CIPHERS_2016_08}:{_LEGACY}"),
+}
+_PQ_2025 = ("TLS13-1-2", "TLS13-1-2-Res", "TLS13-1-2-Ext1", "TLS13-1-2-Ext2", "TLS13-1-3")
 
 SslPolicyName = Literal[
     "ELBSecurityPolicy-TLS13-1-2-2021-06",
@@ -96,26 +113,31 @@ SslPolicyName = Literal[
     "ELBSecurityPolicy-TLS13-1-3-2021-06",
     "ELBSecurityPolicy-TLS13-1-1-2021-06",
     "ELBSecurityPolicy-TLS13-1-0-2021-06",
+    "ELBSecurityPolicy-TLS13-1-2-PQ-2025-09",
+    "ELBSecurityPolicy-TLS13-1-2-Res-PQ-2025-09",
+    "ELBSecurityPolicy-TLS13-1-2-Ext1-PQ-2025-09",
+    "ELBSecurityPolicy-TLS13-1-2-Ext2-PQ-2025-09",
+    "ELBSecurityPolicy-TLS13-1-3-PQ-2025-09",
     "ELBSecurityPolicy-2016-08",
+    "ELBSecurityPolicy-2015-05",
     "ELBSecurityPolicy-TLS-1-0-2015-04",
     "ELBSecurityPolicy-TLS-1-1-2017-01",
     "ELBSecurityPolicy-TLS-1-2-2017-01",
     "ELBSecurityPolicy-TLS-1-2-Ext-2018-06",
+    "ELBSecurityPolicy-FS-2018-06",
+    "ELBSecurityPolicy-FS-1-1-2019-08",
+    "ELBSecurityPolicy-FS-1-2-2019-08",
     "ELBSecurityPolicy-FS-1-2-Res-2019-08",
+    "ELBSecurityPolicy-FS-1-2-Res-2020-10",
 ]
+# Versions and TLS 1.2-and-older ciphers from AWS's security policy tables for ALB
+# (describe-ssl-policies).
 SSL_POLICIES: dict[str, TlsPolicy] = {
-    "ELBSecurityPolicy-TLS13-1-2-2021-06": TlsPolicy("TLSv1_2", "TLSv1_3", _FORWARD_SECRET),
-    "ELBSecurityPolicy-TLS13-1-2-Res-2021-06": TlsPolicy("TLSv1_2", "TLSv1_3", _FORWARD_SECRET_GCM),
-    "ELBSecurityPolicy-TLS13-1-2-Ext1-2021-06": TlsPolicy("TLSv1_2", "TLSv1_3", _NO_SHA1),
-    "ELBSecurityPolicy-TLS13-1-2-Ext2-2021-06": TlsPolicy("TLSv1_2", "TLSv1_3", _CIPHERS_2016_08),
-    "ELBSecurityPolicy-TLS13-1-3-2021-06": TlsPolicy("TLSv1_3", "TLSv1_3", ""),
-    "ELBSecurityPolicy-TLS13-1-1-2021-06": TlsPolicy(
-        "TLSv1_1", "TLSv1_3", f"{_CIPHERS_2016_08}:{_LEGACY}"
-    ),
-    "ELBSecurityPolicy-TLS13-1-0-2021-06": TlsPolicy(
-        "TLSv1", "TLSv1_3", f"{_CIPHERS_2016_08}:{_LEGACY}"
-    ),
+    **{f"ELBSecurityPolicy-{name}-2021-06": policy for name, policy in _TLS13_2021.items()},
+    **{f"ELBSecurityPolicy-{name}-PQ-2025-09": _TLS13_2021[name] for name in _PQ_2025},
     "ELBSecurityPolicy-2016-08": TlsPolicy("TLSv1", "TLSv1_2", f"{_CIPHERS_2016_08}:{_LEGACY}"),
+    # AWS: identical to 2016-08.
+    "ELBSecurityPolicy-2015-05": TlsPolicy("TLSv1", "TLSv1_2", f"{_CIPHERS_2016_08}:{_LEGACY}"),
     "ELBSecurityPolicy-TLS-1-0-2015-04": TlsPolicy(
         "TLSv1", "TLSv1_2", f"{_CIPHERS_2016_08}:DES-CBC3-SHA:{_LEGACY}"
     ),
@@ -124,7 +146,15 @@ SSL_POLICIES: dict[str, TlsPolicy] = {
     ),
     "ELBSecurityPolicy-TLS-1-2-2017-01": TlsPolicy("TLSv1_2", "TLSv1_2", _NO_SHA1),
     "ELBSecurityPolicy-TLS-1-2-Ext-2018-06": TlsPolicy("TLSv1_2", "TLSv1_2", _CIPHERS_2016_08),
+    "ELBSecurityPolicy-FS-2018-06": TlsPolicy(
+        "TLSv1", "TLSv1_2", f"{_FORWARD_SECRET_ALL}:{_LEGACY}"
+    ),
+    "ELBSecurityPolicy-FS-1-1-2019-08": TlsPolicy(
+        "TLSv1_1", "TLSv1_2", f"{_FORWARD_SECRET_ALL}:{_LEGACY}"
+    ),
+    "ELBSecurityPolicy-FS-1-2-2019-08": TlsPolicy("TLSv1_2", "TLSv1_2", _FORWARD_SECRET_ALL),
     "ELBSecurityPolicy-FS-1-2-Res-2019-08": TlsPolicy("TLSv1_2", "TLSv1_2", _FORWARD_SECRET),
+    "ELBSecurityPolicy-FS-1-2-Res-2020-10": TlsPolicy("TLSv1_2", "TLSv1_2", _FORWARD_SECRET_GCM),
 }
 DEFAULT_SSL_POLICY: SslPolicyName = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 
@@ -191,7 +221,10 @@ class _HttpListenerBase(Section, frozen=True, kw_only=True):
     limits: ListenerLimits = ListenerLimits()
     x_forwarded_for: Annotated[
         Literal["append", "preserve", "remove"],
-        Meta(description="append the client address, pass it unchanged, or drop the header."),
+        Meta(
+            description="append the client address; preserve: pass a trusted proxy's header "
+            "unchanged (from other peers it is dropped); remove: drop it.",
+        ),
     ] = "append"
     x_forwarded_for_client_port: bool = False
     trusted_proxies: Annotated[
@@ -278,7 +311,14 @@ class Target(Section, frozen=True, kw_only=True):
     host: Annotated[str, Meta(description="IPv4, IPv6 or a DNS name.")]
     port: Annotated[int, Meta(ge=0, le=65535, description="0: the target group's port.")] = 0
     weight: Annotated[int, Meta(ge=1, le=999, description="Relative share of requests.")] = 1
-    zone: Annotated[str, Meta(max_length=64, description="Free label for metrics.")] = ""
+    zone: Annotated[
+        str,
+        Meta(
+            max_length=64,
+            description="Free label (an availability zone, a rack), shown by the admin API's "
+            "target listing; it does not affect routing, and no metric carries it.",
+        ),
+    ] = ""
 
     def __post_init__(self) -> None:
         check_target_host(self.host)

@@ -133,6 +133,11 @@ class ServerTls:
             index = self._wildcard.get(name.partition(".")[2], 0)
         return index
 
+    def matches(self, server_name: str) -> bool:
+        """Whether some certificate carries ``server_name`` (exactly or by wildcard)."""
+        name = server_name.lower().rstrip(".")
+        return name in self._exact or name.partition(".")[2] in self._wildcard
+
     def _on_server_name(
         self, connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
     ) -> None:
@@ -231,7 +236,9 @@ class TlsConnection(NamedTuple):
 
     Attributes:
         stream: the decrypted stream to speak HTTP over.
-        server_name: the SNI name the client sent (lower-case), or None.
+        server_name: the SNI name the client sent (lower-case) when a certificate carries
+            it; None when it sent none or one only the default certificate stood in for
+            (ALB's ``domain_name`` is ``-`` then too).
         certificate: ``cert_file`` of the certificate presented.
         protocol: the TLS version (``TLSv1.3``), for access logs.
         cipher: the OpenSSL cipher name, for access logs.
@@ -275,9 +282,10 @@ async def accept_tls(
                 reason = _failure_reason(exc)
             else:
                 cipher = ssl_stream.cipher()
+                sent = slot[-1] if slot else None
                 return TlsConnection(
                     stream=ssl_stream,
-                    server_name=slot[-1] if slot else None,
+                    server_name=sent if sent is not None and tls.matches(sent) else None,
                     certificate=_presented(ssl_stream, tls),
                     protocol=ssl_stream.version() or "-",
                     cipher=cipher[0] if cipher else "-",

@@ -1,5 +1,5 @@
-"""HTTP/1.1 helpers around h11 for a proxy: hop-by-hop headers, X-Forwarded-*, trace ids,
-and the desync classification of requests.
+"""HTTP/1.1 helpers around h11 for a proxy: hop-by-hop headers, X-Forwarded-* (and ALB's
+30-address limit), trace ids, and the desync classification of requests.
 
 h11 parses and frames; these functions only look at what it parsed (header lists of
 ``(lower-case name, value)`` bytes pairs, as h11's events iterate) and at the raw bytes of a
@@ -477,7 +477,44 @@ def classify_headers(method: bytes, headers: Sequence[Header]) -> Verdict:
     return result
 
 
-# h11's RemoteProtocolError messages -> ALB reasons, for requests h11 refused itself.
+# Header fields of a head h11 refused, for the checks it makes before classify_head could.
+_FIELD = re.compile(rb"\n([^:\r\n]*):([^\r\n]*)")
+_CHUNKED_ONLY = re.compile(rb"[ \t]*chunked[ \t]*", re.IGNORECASE)
+
+
+def classify_refused_head(head: bytes | bytearray) -> Verdict:
+    """Classify the complete head of a request h11 refused, from its bytes alone.
+
+    :func:`classify_head` first (folding, control bytes, repeated lengths), then what h11
+    checks that it does not: a name with whitespace before its colon (``SuspiciousHeader``
+    when it would read as a framing header once trimmed, else ``BadHeader``), a
+    Content-Length that is not digits (``BadContentLength``), a Transfer-Encoding other than
+    ``chunked`` (``BadTransferEncoding``).
+
+    Returns:
+        A refusing verdict, or :data:`COMPLIANT` when the bytes show nothing (the caller
+        falls back to h11's message).
+    """
+    head = bytes(head)
+    result = classify_head(head)
+    if result.action is Action.REFUSE:
+        return result
+    for match in _FIELD.finditer(head):
+        raw_name, value = match.group(1), match.group(2).strip(b" \t")
+        name = raw_name.strip(b" \t").lower()
+        if raw_name != raw_name.rstrip(b" \t") or not raw_name or raw_name[:1] in b" \t":
+            framing = name in (b"content-length", b"transfer-encoding") or name in _LOOKALIKES
+            result = _worst(result, verdict("SuspiciousHeader" if framing else "BadHeader"))
+        elif name == b"content-length":
+            if not all(part.strip(b" \t").isdigit() for part in value.split(b",")):
+                result = _worst(result, verdict("BadContentLength"))
+        elif name == b"transfer-encoding" and not _CHUNKED_ONLY.fullmatch(value):
+            result = _worst(result, verdict("BadTransferEncoding"))
+    return result if result.action is Action.REFUSE else COMPLIANT
+
+
+# h11's RemoteProtocolError messages -> ALB reasons, for requests h11 refused before their
+# head was complete (or for what the head's bytes do not show).
 _H11_MESSAGES: Final = (
     ("conflicting content-length", "MultipleContentLength"),
     ("bad content-length", "BadContentLength"),
@@ -495,10 +532,11 @@ _H11_MESSAGES: Final = (
 def classify_parse_error(message: str, head: bytes | bytearray | None = None) -> Verdict:
     """The verdict for a request h11 could not parse (always refused).
 
-    The raw head, when complete, names the reason best; otherwise h11's message does.
+    The raw head, when complete, names the reason (:func:`classify_refused_head`);
+    otherwise h11's message does.
     """
     if head is not None:
-        found = classify_head(head)
+        found = classify_refused_head(head)
         if found.action is Action.REFUSE:
             return found
     lowered = message.lower()
@@ -506,3 +544,26 @@ def classify_parse_error(message: str, head: bytes | bytearray | None = None) ->
         if needle in lowered:
             return verdict(reason)
     return Verdict(Classification.SEVERE, "BadHeader", Action.REFUSE)
+
+
+# ---------------------------------------------------------------------------------------------
+# ALB's 463: an X-Forwarded-For chain longer than it accepts.
+
+# ALB answers 463 when X-Forwarded-For lists more than 30 addresses (ALB troubleshooting,
+# "HTTP 463"); a chain that long is a loop between proxies or a client stuffing the header.
+MAX_FORWARDED_FOR_ADDRESSES: Final = 30
+
+
+def forwarded_for_overflow(headers: Iterable[Header]) -> bool:
+    """Whether the X-Forwarded-For headers together list more than 30 addresses.
+
+    Entries are counted as ALB does, by commas across every X-Forwarded-For line; an
+    empty entry counts too (it is still an element of the list).
+    """
+    count = 0
+    for name, value in headers:
+        if name == FORWARDED_FOR:
+            count += value.count(b",") + 1
+            if count > MAX_FORWARDED_FOR_ADDRESSES:
+                return True
+    return False

@@ -63,6 +63,7 @@ from balancer.runtime import GroupRuntime, ListenerRuntime, Selected
 from balancer.upstream import ConnectFailed, ConnectTimedOut, Pool, Upstream
 from monitoring import fastio
 from proto.http1 import (
+    Action,
     Forwarding,
     client_address,
     is_upgrade,
@@ -215,12 +216,14 @@ async def _exchange(
                 return
             await _relay(client, ex, up, response, sticky, group, wall)
         finally:
-            _put_back(pool, up)
+            # ALB's defensive mode closes both connections after an ambiguous request it
+            # served: the target may have read its framing differently than h11 did.
+            _put_back(pool, up, close=ex.verdict.action is Action.CLOSE_AFTER)
         return
 
 
-def _put_back(pool: Pool, up: Upstream) -> None:
-    if up.reusable():
+def _put_back(pool: Pool, up: Upstream, *, close: bool = False) -> None:
+    if not close and up.reusable():
         pool.release(up, trio.current_time())
     else:
         up.close()

@@ -15,8 +15,10 @@ The TLS shell hands its decrypted stream to :meth:`HttpListenerHandler.serve`.
 What the client sees from the balancer itself: 400 for a malformed or refused (desync)
 request, then close; 408 when the head or body does not arrive in time; 414/431/400 for a
 request line, head or header count over the limits; 502/503/504 from the forward path;
-and a silent close when the client idles out. A client that goes away before its response
-is logged with ALB's 460.
+463 (ALB's) when a trusted proxy's X-Forwarded-For lists more than 30 addresses; and a
+silent close when the client idles out. A client that goes away before its response is
+logged with ALB's 460. Every desync refusal is logged at info (``http.desync_refused``)
+with its classification, whether h11 or :mod:`proto.http1` refused it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from balancer.listeners.exchange import (
     ListenerServices,
     respond,
 )
-from balancer.listeners.forward import BadRequestBody, forward
+from balancer.listeners.forward import BadRequestBody, forward, is_trusted
 from balancer.rules import RequestView, redirect_status, render_redirect
 from balancer.runtime import ListenerRuntime, Snapshot
 from balancer.upstream import tune_socket
@@ -48,6 +50,7 @@ from proto.http1 import (
     classify_head,
     classify_headers,
     classify_parse_error,
+    forwarded_for_overflow,
     head_end,
     header_list,
 )
@@ -274,13 +277,15 @@ class _Connection:
             services.stats.desync_request(
                 services.name, verdict.classification.label, verdict.reason, refused=True
             )
-        services.log.debug(
-            "http.request_refused",
-            listener=services.name,
-            client=self.client.info.ip,
-            reason=verdict.reason,
-            detail=str(exc),
-        )
+            self._log_refusal(verdict, detail=str(exc))
+        else:  # a head over the size limit: no desync, and clients cause it at will
+            services.log.debug(
+                "http.request_refused",
+                listener=services.name,
+                client=self.client.info.ip,
+                reason=verdict.reason,
+                detail=str(exc),
+            )
         services.stats.request(services.name, "-", "-", status, by_target=False)
         await self._answer(None, status, b"bad request\n")
         writer = services.access_logs.get(listener.config.access_log)
@@ -330,6 +335,12 @@ class _Connection:
         if ex.verdict.action is Action.CLOSE_AFTER or services.draining.started:
             ex.close_after = True
         listener = ex.listener
+        if listener.trusted_proxies and self._forwarded_for_overflow(ex):
+            # ALB's 463. Only a trusted proxy's chain is forwarded (anyone else's is
+            # dropped), so only that one can grow without bound on its way to a target.
+            ex.error_reason = "ForwardedForTooLong"
+            await respond(client, ex, 463, b"too many addresses in X-Forwarded-For\n")
+            return
         if listener.default_only:
             match = listener.rules.default
         else:
@@ -349,6 +360,12 @@ class _Connection:
             ex.close_after = True
         except BadRequestBody as exc:
             await self._refuse_body(ex, str(exc))
+
+    def _forwarded_for_overflow(self, ex: Exchange) -> bool:
+        listener = ex.listener
+        if listener.config.x_forwarded_for == "remove":
+            return False  # the header goes nowhere
+        return is_trusted(self.client.address, listener) and forwarded_for_overflow(ex.headers)
 
     async def _reusable(self, ex: Exchange) -> bool:
         """Whether the connection may carry the next request after this one."""
@@ -454,10 +471,7 @@ class _Connection:
         now_wall = time.time()
         now = trio.current_time()
         created = now_wall - (now - ex.started)
-        host = _first(ex.headers, b"host")
-        url = request.target.decode("latin-1")
-        if url.startswith("/"):
-            url = f"{info.scheme}://{(host or b'-').decode('latin-1')}{url}"
+        url = request_url(info.scheme, _first(ex.headers, b"host"), request.target, info.local_port)
         version = request.http_version.decode("ascii", "replace")
         target = ex.target.target_id if ex.target is not None else None
         sent_at, response_at = ex.sent_at, ex.response_at
@@ -500,7 +514,7 @@ class _Connection:
             classification_reason=ex.verdict.reason or None,
         )
 
-    def _log_refusal(self, verdict: Verdict) -> None:
+    def _log_refusal(self, verdict: Verdict, detail: str | None = None) -> None:
         services = self.services
         services.log.info(
             "http.desync_refused",
@@ -508,7 +522,36 @@ class _Connection:
             client=self.client.info.ip,
             classification=verdict.classification.label,
             reason=verdict.reason,
+            detail=detail,
         )
+
+
+def request_url(scheme: str, host: bytes | None, target: bytes, port: int) -> str:
+    """The access log's URL: ``scheme://host:port/path?query``, always with a port.
+
+    ALB writes the port even when it is the scheme's default: the Host header's name with
+    the port the client connected to, or an absolute-form target's own authority (its
+    port added when it has none).
+    """
+    text = target.decode("latin-1")
+    if not text.startswith("/"):
+        scheme_part, sep, rest = text.partition("://")
+        if not sep:
+            return text  # authority-form (CONNECT) or "*": as sent
+        authority, slash, path = rest.partition("/")
+        if not _has_port(authority):
+            authority = f"{authority}:{port}"
+        return f"{scheme_part}://{authority}{slash}{path}"
+    name = (host or b"-").decode("latin-1")
+    if _has_port(name):
+        name = name.rpartition(":")[0]
+    return f"{scheme}://{name}:{port}{text}"
+
+
+def _has_port(authority: str) -> bool:
+    """Whether ``host:port`` / ``[v6]:port`` names a port (a bare IPv6 literal does not)."""
+    head, colon, tail = authority.rpartition(":")
+    return bool(colon) and tail.isdigit() and (not head.startswith("[") or head.endswith("]"))
 
 
 def _first(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:

@@ -383,6 +383,50 @@ def test_policy_contents_follow_aws():
     assert "DES-CBC3-SHA" in SSL_POLICIES["ELBSecurityPolicy-TLS-1-0-2015-04"].ciphers
 
 
+# AWS's table for the FS policies (describe-ssl-policies): TLS versions, then TLS 1.2 ciphers.
+_ECDHE_SHA1 = {
+    "ECDHE-ECDSA-AES128-SHA",
+    "ECDHE-RSA-AES128-SHA",
+    "ECDHE-RSA-AES256-SHA",
+    "ECDHE-ECDSA-AES256-SHA",
+}
+_ECDHE_GCM = {
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+}
+_ECDHE_CBC_SHA2 = {
+    "ECDHE-ECDSA-AES128-SHA256",
+    "ECDHE-RSA-AES128-SHA256",
+    "ECDHE-ECDSA-AES256-SHA384",
+    "ECDHE-RSA-AES256-SHA384",
+}
+FS_TABLE = {
+    "ELBSecurityPolicy-FS-2018-06": ("TLSv1", _ECDHE_GCM | _ECDHE_CBC_SHA2 | _ECDHE_SHA1),
+    "ELBSecurityPolicy-FS-1-1-2019-08": ("TLSv1_1", _ECDHE_GCM | _ECDHE_CBC_SHA2 | _ECDHE_SHA1),
+    "ELBSecurityPolicy-FS-1-2-2019-08": ("TLSv1_2", _ECDHE_GCM | _ECDHE_CBC_SHA2 | _ECDHE_SHA1),
+    "ELBSecurityPolicy-FS-1-2-Res-2019-08": ("TLSv1_2", _ECDHE_GCM | _ECDHE_CBC_SHA2),
+    "ELBSecurityPolicy-FS-1-2-Res-2020-10": ("TLSv1_2", _ECDHE_GCM),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FS_TABLE))
+def test_forward_secrecy_policies_follow_awss_table(name):
+    policy = SSL_POLICIES[name]
+    minimum, ciphers = FS_TABLE[name]
+    assert (policy.minimum_version, policy.maximum_version) == (minimum, "TLSv1_2")
+    assert {c for c in policy.ciphers.split(":") if not c.startswith("@")} == ciphers
+
+
+def test_pq_policies_are_their_2021_twins_without_the_ml_kem_groups():
+    pq = [name for name in SSL_POLICIES if name.endswith("-PQ-2025-09")]
+    assert len(pq) == 5
+    for name in pq:
+        assert SSL_POLICIES[name] == SSL_POLICIES[name.replace("-PQ-2025-09", "-2021-06")]
+    assert SSL_POLICIES["ELBSecurityPolicy-2015-05"] == SSL_POLICIES["ELBSecurityPolicy-2016-08"]
+
+
 # The shipped file documents every variant ------------------------------------------------------
 
 

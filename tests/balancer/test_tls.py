@@ -96,6 +96,24 @@ def test_select_follows_albs_rules(server_tls, server_name, stem):
     assert chosen.cert_file.endswith(f"/{stem}.pem")
 
 
+@pytest.mark.parametrize(
+    ("server_name", "matched"),
+    [
+        ("default.example.net", True),
+        ("A.Example.COM.", True),
+        ("api2.example.com", True),
+        ("unknown.example.org", False),
+        ("example.com", False),
+        ("a.b.example.com", False),
+        ("net", False),
+    ],
+)
+def test_matches_tells_a_certificate_name_from_the_default_standing_in(
+    server_tls, server_name, matched
+):
+    assert server_tls.matches(server_name) is matched
+
+
 async def handshake(
     tls: ServerTls,
     client: ssl.SSLContext,
@@ -131,7 +149,12 @@ def common_name(stream: trio.SSLStream) -> str:
 
 @pytest.mark.parametrize(
     ("server_name", "stem"),
-    [("a.example.com", "wild"), ("api.example.com", "api"), ("other.example.org", "default")],
+    [
+        ("a.example.com", "wild"),
+        ("api.example.com", "api"),
+        ("default.example.net", "default"),
+        ("other.example.org", "default"),
+    ],
 )
 async def test_handshake_presents_the_sni_certificate_and_alpn(ca, server_tls, server_name, stem):
     client = client_context(ca)
@@ -143,7 +166,8 @@ async def test_handshake_presents_the_sni_certificate_and_alpn(ca, server_tls, s
     assert client_side.selected_alpn_protocol() == "http/1.1"
     assert server.stream.selected_alpn_protocol() == "http/1.1"
     assert server.certificate.endswith(f"/{stem}.pem")
-    assert server.server_name == server_name
+    # ALB's domain_name: the SNI name only when a certificate carries it.
+    assert server.server_name == (None if server_name == "other.example.org" else server_name)
     assert server.protocol == "TLSv1.3"
     assert server.cipher.startswith("TLS_")
 

@@ -249,3 +249,103 @@ async def test_a_missing_certificate_stops_the_start(tmp_path, certificates):
         )
     assert result.returncode == 1
     assert missing in result.stderr.decode()
+
+
+def cipher_of(output: str) -> str | None:
+    match = re.search(r"Cipher is (\S+)", output)
+    return match[1] if match else None
+
+
+# Per AWS policy: a client the policy must refuse, then one it must serve and the cipher it
+# negotiates (one of the policy's, chosen by the client's single offer).
+POLICY_CASES = {
+    "ELBSecurityPolicy-FS-1-1-2019-08": [
+        (["-tls1", "-cipher", "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:@SECLEVEL=0"], None),
+        (["-tls1_1", "-cipher", "AES128-SHA:AES256-SHA:@SECLEVEL=0"], None),  # not FS
+        (["-tls1_1", "-cipher", "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:@SECLEVEL=0"], "SHA"),
+    ],
+    "ELBSecurityPolicy-FS-1-2-2019-08": [
+        (["-tls1_1", "-cipher", "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:@SECLEVEL=0"], None),
+        (["-tls1_3"], None),
+        (["-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA"], "AES256-SHA"),
+    ],
+    "ELBSecurityPolicy-FS-1-2-Res-2020-10": [
+        (["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"], None),
+        # In FS-1-2-Res-2019-08, no longer in 2020-10 (GCM only).
+        (["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA256:ECDHE-RSA-AES128-SHA256"], None),
+        (
+            ["-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384"],
+            "GCM",
+        ),
+    ],
+    "ELBSecurityPolicy-FS-2018-06": [
+        (["-tls1", "-cipher", "AES128-SHA:@SECLEVEL=0"], None),  # not FS
+        (["-tls1", "-cipher", "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:@SECLEVEL=0"], "SHA"),
+    ],
+    # Served with classical key exchange (OpenSSL 3.0 has no ML-KEM): a TLS 1.3 client
+    # offering only X25519 connects, as one offering an ML-KEM hybrid next to it would.
+    "ELBSecurityPolicy-TLS13-1-2-Res-PQ-2025-09": [
+        (["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA256:ECDHE-RSA-AES128-SHA256"], None),
+        (["-tls1_3", "-groups", "X25519"], "TLS_AES"),
+        (
+            ["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"],
+            "GCM",
+        ),
+    ],
+    "ELBSecurityPolicy-TLS13-1-3-PQ-2025-09": [
+        (["-tls1_2"], None),
+        (["-tls1_3", "-groups", "X25519"], "TLS_"),
+    ],
+}
+
+
+@pytest.mark.parametrize("policy", sorted(POLICY_CASES))
+async def test_aws_policy_names_set_versions_and_ciphers(tmp_path, certificates, policy):
+    path = tmp_path / "balancer.toml"
+    path.write_text(
+        '[admin]\nport = 0\n[logging]\nlevel = "warning"\n'
+        + listener("policy", policy, certificates[:1])
+    )
+    async with balancer(path) as daemon:
+        port = address(daemon, "policy")[1]
+        for options, cipher in POLICY_CASES[policy]:
+            code, output = await s_client(port, *options)
+            if cipher is None:
+                assert code != 0, (options, output)
+                assert "HTTP/1.1 200" not in output
+            else:
+                assert code == 0, (options, output)
+                assert "hello policy" in output
+                negotiated = cipher_of(output)
+                assert negotiated is not None
+                assert cipher in negotiated, (options, negotiated)
+
+
+async def test_access_log_domain_name_is_the_sni_only_when_a_certificate_matched(
+    tmp_path, certificates
+):
+    log_path = tmp_path / "access.log"
+    path = tmp_path / "balancer.toml"
+    path.write_text(
+        '[admin]\nport = 0\n[logging]\nlevel = "warning"\n'
+        + listener("web-tls", "ELBSecurityPolicy-TLS13-1-2-2021-06", certificates)
+        + f'access_log = {{ enabled = true, destination = "{log_path}" }}\n'
+    )
+    async with balancer(path) as daemon:
+        port = address(daemon, "web-tls")[1]
+        for names in (
+            ["-servername", "a.example.com"],
+            ["-servername", "default.example.net"],  # the default's own name: a match
+            ["-servername", "unknown.example.org"],  # the default stands in: no match
+            ["-noservername"],
+        ):
+            code, output = await s_client(port, *names)
+            assert code == 0, output
+        await trio.sleep(1.3)  # the app flushes access logs once a second
+    lines = log_path.read_text().splitlines()
+    assert len(lines) == 4
+    # Quoted fields: request, user_agent, trace_id, domain_name, chosen_cert_arn, ...
+    quoted = [re.findall(r'"((?:[^"\\]|\\.)*)"', line) for line in lines]
+    assert [fields[3] for fields in quoted] == ["a.example.com", "default.example.net", "-", "-"]
+    # ALB writes the port in the request's URL, the scheme's default or not.
+    assert all(fields[0] == f"GET https://example.com:{port}/hello HTTP/1.1" for fields in quoted)

@@ -15,8 +15,10 @@ from proto.http1 import (
     classify_head,
     classify_headers,
     classify_parse_error,
+    classify_refused_head,
     client_address,
     connection_tokens,
+    forwarded_for_overflow,
     forwarded_headers,
     head_end,
     header_list,
@@ -271,6 +273,79 @@ def test_h11_parse_errors_map_to_alb_reasons():
     assert verdict("BadHeader").classification is Classification.SEVERE
 
 
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ((b"Content-Length: 1", b"Content-Length: 2"), "MultipleContentLength"),
+        ((b"X-A: a\x00b",), "BadHeader"),
+        ((b"X-A: a\rb",), "BadHeader"),
+        ((b"Transfer-Encoding : chunked",), "SuspiciousHeader"),
+        ((b"Content-Length\t: 3",), "SuspiciousHeader"),
+        ((b"X-Other : 1",), "BadHeader"),
+        ((b"Content-Length: 1x",), "BadContentLength"),
+        ((b"Content-Length: -1",), "BadContentLength"),
+        ((b"Transfer-Encoding: gzip, chunked",), "BadTransferEncoding"),
+        ((b"Transfer-Encoding: identity",), "BadTransferEncoding"),
+    ],
+)
+def test_heads_h11_refuses_are_classified_from_their_bytes(fields, reason):
+    raw = head(b"Host: x", *fields)
+    server = h11.Connection(h11.SERVER)
+    server.receive_data(raw)
+    with pytest.raises(h11.RemoteProtocolError):
+        server.next_event()  # h11 refuses each of them itself
+    found = classify_refused_head(raw)
+    assert (found.reason, found.action) == (reason, Action.REFUSE)
+    # The bytes decide, whatever h11's message says.
+    assert classify_parse_error("an unrelated message", raw) == found
+
+
+FRAMING_NAMES = st.sampled_from(["content-length", "transfer-encoding", "x-a", "host"])
+FRAMING_VALUES = st.sampled_from(["0", "12", "chunked", "Chunked ", "a", "1,1", "1 2"])
+
+
+@given(st.lists(st.tuples(FRAMING_NAMES, FRAMING_VALUES), max_size=6))
+def test_the_extra_checks_never_fire_on_a_head_h11_accepts(fields):
+    raw = (
+        b"POST / HTTP/1.1\r\n"
+        + b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in fields)
+        + b"\r\n"
+    )
+    server = h11.Connection(h11.SERVER)
+    server.receive_data(raw)
+    try:
+        event = server.next_event()
+    except h11.RemoteProtocolError:
+        assert classify_parse_error("x", raw).action is Action.REFUSE
+        return
+    assert isinstance(event, h11.Request)
+    by_head = classify_head(raw)
+    expected = by_head if by_head.action is Action.REFUSE else COMPLIANT
+    assert classify_refused_head(raw) == expected
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"x-forwarded-for", b"x-a"]),
+            st.lists(st.sampled_from([b"10.0.0.1", b"::1", b""]), min_size=1, max_size=40).map(
+                b", ".join
+            ),
+        ),
+        max_size=4,
+    )
+)
+def test_forwarded_for_overflow_counts_every_listed_address(headers):
+    listed = sum(len(v.split(b",")) for n, v in headers if n == b"x-forwarded-for")
+    assert forwarded_for_overflow(headers) is (listed > 30)
+
+
+def test_thirty_forwarded_addresses_pass_and_thirty_one_do_not():
+    chain = b", ".join(b"10.0.0.%d" % i for i in range(30))
+    assert not forwarded_for_overflow([(b"x-forwarded-for", chain)])
+    assert forwarded_for_overflow([(b"x-forwarded-for", chain), (b"x-forwarded-for", b"1.2.3.4")])
+
+
 def test_head_end_finds_the_blank_line_as_h11_does():
     assert head_end(CLEAN) == len(CLEAN)
     assert head_end(b"GET / HTTP/1.1\nHost: a\n\nbody") == len(b"GET / HTTP/1.1\nHost: a\n\n")
@@ -284,6 +359,7 @@ def test_classification_is_total(raw):
     found = classify_head(raw)
     assert found.action in Action
     assert classify_parse_error("x", raw).action is Action.REFUSE
+    assert classify_refused_head(raw).action in (Action.REFUSE, Action.ALLOW)
 
 
 FIELD_NAME = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=10)

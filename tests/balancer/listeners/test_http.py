@@ -4,6 +4,7 @@ desync refusals, timeouts, rules and actions, draining, access log and metrics."
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import trio
@@ -18,6 +19,7 @@ from balancer.config import (
     Redirect,
     Rule,
 )
+from proto.http1 import verdict
 from tests.support.balancer_http import (
     Client,
     balancer,
@@ -94,17 +96,50 @@ DESYNC = {
 }
 
 
+# ALB's classification_reason for each DESYNC case, as logged with http.desync_refused.
+DESYNC_REASONS = {
+    "both TE and CL": "BothTeClPresent",
+    "repeated Content-Length": "DuplicateContentLength",
+    "differing Content-Length": "MultipleContentLength",
+    "obs-fold": "ObsFold",
+    "NUL in a header": "BadHeader",
+    "control byte in a header": "BadHeader",
+    "bare CR": "BadHeader",
+    "bad chunk size": "BadTransferEncoding",
+    "space before colon": "SuspiciousHeader",
+    "underscore lookalike": "SuspiciousHeader",
+    "bad Content-Length": "BadContentLength",
+    "unsupported Transfer-Encoding": "BadTransferEncoding",
+}
+
+
+def desync_log_reasons(daemon) -> list[tuple[str, str]]:
+    """(classification, reason) of every http.desync_refused line logged so far, in order."""
+    found = []
+    for line in daemon.log_output.getvalue().splitlines():
+        if "event=http.desync_refused" in line and "level=info" in line:
+            fields = dict(re.findall(r"(\w+)=(\S+)", line))
+            found.append((fields["classification"], fields["reason"]))
+    return found
+
+
 async def test_every_desync_attempt_is_refused_with_400_and_a_close():
     async with (
         running_targets(TargetServer("a")) as (target,),
         balancer(config([listener()], [group("web", target)])) as daemon,
     ):
-        for name, payload in DESYNC.items():
+        for i, (name, payload) in enumerate(DESYNC.items()):
             # A second, innocent request after it must never be reached.
             answer = await raw(
                 front(daemon), payload + b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
             )
             assert statuses(answer) == [400], name
+            # Logged at info with its own classification, whether h11 or the balancer's
+            # classifier refused it.
+            logged = desync_log_reasons(daemon)
+            assert len(logged) == i + 1, name
+            reason = DESYNC_REASONS[name]
+            assert logged[-1] == (verdict(reason).classification.label, reason), name
         assert all(s.target != "/smuggled" for s in target.seen)
         assert all(s.method != "POST" or s.body == b"" for s in target.seen)
         refused = sum(
@@ -116,7 +151,82 @@ async def test_every_desync_attempt_is_refused_with_400_and_a_close():
             for value in [sample_.value]
         )
         assert refused == len(DESYNC)
-        assert "http.desync_refused" in daemon.log_output.getvalue()  # type: ignore[attr-defined]
+        for reason in set(DESYNC_REASONS.values()):
+            labels = {
+                "listener": "front",
+                "classification": verdict(reason).classification.label,
+                "reason": reason,
+                "refused": "true",
+            }
+            expected = list(DESYNC_REASONS.values()).count(reason)
+            assert sample(daemon, "wharf_balancer_http_desync_requests_total", labels) == (
+                expected
+            ), reason
+
+
+AMBIGUOUS_SERVED = {
+    "Content-Length on a GET": b"GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+    "Transfer-Encoding on a GET": b"GET /a HTTP/1.1\r\nHost: x\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(AMBIGUOUS_SERVED))
+async def test_an_ambiguous_request_is_served_then_both_connections_close(name):
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        answer = await raw(front(daemon), AMBIGUOUS_SERVED[name])
+        assert statuses(answer) == [200]
+        assert b"connection: close" in answer.lower()
+        # The target connection was closed too, not pooled: the next request opens another.
+        assert statuses(await raw(front(daemon), CLOSE_GET)) == [200]
+        assert target.accepts == 2
+        # A compliant request's target connection is pooled and reused.
+        assert statuses(await raw(front(daemon), CLOSE_GET)) == [200]
+        assert target.accepts == 2
+
+
+CLOSE_GET = b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+def forwarded_for(count: int) -> bytes:
+    chain = b", ".join(b"192.0.2.%d" % (i % 250) for i in range(count))
+    return b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: %s\r\nConnection: close\r\n\r\n" % (
+        chain
+    )
+
+
+async def test_a_trusted_chain_of_more_than_30_addresses_gets_463(tmp_path):
+    path = tmp_path / "access.log"
+    trusted = listener(
+        trusted_proxies=("127.0.0.0/8",),
+        access_log=AccessLog(enabled=True, destination=str(path)),
+    )
+    untrusted = listener(name="open", x_forwarded_for="preserve")
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([trusted, untrusted], [group("web", target)])) as daemon,
+    ):
+        assert statuses(await raw(front(daemon), forwarded_for(30))) == [200]
+        assert statuses(await raw(front(daemon), forwarded_for(31))) == [463]
+        # From an untrusted peer the chain is dropped, never forwarded: nothing to limit.
+        assert statuses(await raw(front(daemon, "open"), forwarded_for(31))) == [200]
+        assert len(target.seen) == 2
+        labels = {
+            "listener": "front",
+            "rule": "default",
+            "target_group": "-",
+            "code_class": "4xx",
+            "source": "elb",
+        }
+        assert sample(daemon, "wharf_balancer_http_requests_total", labels) == 1
+        await trio.sleep(1.3)  # the app flushes access logs once a second
+    lines = path.read_text().splitlines()
+    refused = [line for line in lines if " 463 - " in line]
+    assert len(refused) == 1
+    assert '"ForwardedForTooLong"' in refused[0]
 
 
 async def test_head_size_count_and_request_line_limits():
@@ -225,6 +335,7 @@ async def test_access_log_lines_follow_albs_field_order(tmp_path):
         Client.connect(front(daemon)) as client,
     ):
         await client.request(target="/logged?x=1", headers=[("user-agent", 'ev"il\\agent')])
+        port = front(daemon)[1]
         await trio.sleep(1.3)  # the app flushes access logs once a second
     lines = path.read_text().splitlines()
     assert len(lines) == 1
@@ -233,8 +344,7 @@ async def test_access_log_lines_follow_albs_field_order(tmp_path):
     assert "app/front" in line
     assert f"127.0.0.1:{target.port}" in line
     assert " 200 200 " in line
-    assert '"GET http://127.0.0.1:' in line
-    assert '/logged?x=1 HTTP/1.1"' in line
+    assert f'"GET http://127.0.0.1:{port}/logged?x=1 HTTP/1.1"' in line
     assert '"ev\\"il\\\\agent"' in line
     assert '"forward"' in line
     assert '"Root=1-' in line
