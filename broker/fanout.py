@@ -260,17 +260,19 @@ class Fanout:
         topic.stats.published += 1
         topic.stats.filtered_out += selection.filtered_out
         delivered: list[tuple[Queue, int]] = []
+        sqs_attempts = 0
         subscriptions = topic.subscriptions
         for subscription_id in selection.matched:
             subscription = subscriptions.get(subscription_id)
             if subscription is None or subscription.record.pending:
                 continue
             if subscription.record.protocol == "sqs":
+                sqs_attempts += 1  # delivered or failed at once: one attempt either way
                 self._to_queue(batch, subscription, bodies, now, sender_id, delivered)
             else:
                 self._to_endpoint(batch, subscription, bodies, now)
-        if delivered:
-            batch.after.append(lambda: _count_deliveries(topic, delivered, now))
+        if sqs_attempts:
+            batch.after.append(lambda: _count_deliveries(topic, delivered, sqs_attempts, now))
         return PublishResult(bodies.message_id, bodies.sequence)
 
     # ------------------------------------------------------------------ SQS
@@ -319,7 +321,10 @@ class Fanout:
             index.send_copy(now, send, size, batch.copies)
         except (SqsError, EnvelopeError) as error:
             reason = error.message if isinstance(error, SqsError) else str(error)
-            self._failed(batch, subscription, body, {}, group_id, deduplication_id, now, reason)
+            attributes = _dead_letter_attributes(bodies) if raw else {}
+            self._failed(
+                batch, subscription, body, attributes, group_id, deduplication_id, now, reason
+            )
             return
         delivered.append((queue, size))
 
@@ -405,9 +410,11 @@ class Fanout:
         headers = sns_envelope.http_headers(
             envelope, subscription_arn=subscription.arn, raw=raw, content_type=content_type
         )
-        self.queue_http(
-            batch, subscription, "Notification", bodies.body(subscription), headers, now
-        )
+        body = bodies.body(subscription)
+        # A raw body has lost the attributes the envelope would carry: the dead letter keeps
+        # them as SQS attributes, as a raw SQS delivery would have them.
+        attributes = _dead_letter_attributes(bodies) if raw else {}
+        self.queue_http(batch, subscription, "Notification", body, headers, now, attributes)
 
     def queue_http(
         self,
@@ -417,8 +424,13 @@ class Fanout:
         body: str,
         headers: list[tuple[str, str]],
         now: int,
+        dead_letter_attributes: Mapping[str, AttributeValue] | None = None,
     ) -> None:
-        """Add an outbox row for ``subscription`` to ``batch``; the worker takes it once durable."""
+        """Add an outbox row for ``subscription`` to ``batch``; the worker takes it once durable.
+
+        ``dead_letter_attributes``: the SQS attributes the message keeps if it ends in the
+        subscription's dead-letter queue (raw deliveries: the published ones).
+        """
         delivery = HttpDelivery(
             delivery_id=self.deliveries.next_id(),
             subscription_id=subscription.subscription_id,
@@ -427,6 +439,7 @@ class Fanout:
             endpoint=subscription.endpoint,
             headers=headers,
             body=body,
+            dead_letter_attributes=dict(dead_letter_attributes or {}),
             published_at=now,
             next_attempt_at=now,
         )
@@ -462,14 +475,32 @@ class Fanout:
         self.queue_http(batch, subscription, message_type, body, headers, now)
 
 
-def _count_deliveries(topic: Topic, delivered: list[tuple[Queue, int]], published_at: int) -> None:
-    """Once a publish is durable: count its SQS deliveries, per queue and for the topic."""
+def _count_deliveries(
+    topic: Topic, delivered: list[tuple[Queue, int]], attempts: int, published_at: int
+) -> None:
+    """Once a publish is durable: count its SQS attempts and deliveries, per queue and topic."""
+    topic.stats.attempts["sqs"] += attempts
+    if not delivered:
+        return
     for queue, size in delivered:
         stats = queue.stats
         stats.sent += 1
         stats.bytes_sent += size
     seconds = max(0.0, time.time() - published_at / 1000)
     topic.stats.deliveries("sqs", ok=True, count=len(delivered), seconds=seconds)
+
+
+def _dead_letter_attributes(bodies: Bodies) -> dict[str, AttributeValue]:
+    """The published attributes as SQS attributes, or none when SQS would refuse them.
+
+    A dead letter without attributes beats none at all: the DLQ send validates them again.
+    """
+    try:
+        attributes = bodies.raw_attributes()
+        bodies.check_raw_attributes()
+    except (SqsError, EnvelopeError):
+        return {}
+    return attributes
 
 
 def _unsubscribe_confirmation(subscription_arn: str) -> Callable[..., dict[str, Any]]:

@@ -6,19 +6,31 @@ here only once durable. At start the rows still pending are loaded (without thei
 resume where they were: attempt counts and due times are in the row.
 
 Lanes. Each subscription has a lane: a heap of its deliveries by due time and at most one task
-that starts attempts when they fall due, at most ``endpoint_concurrency`` at a time, spaced by
-the throttle policy's ``maxReceivesPerSecond``. A slow or dead endpoint therefore fills only
-its own lane; other subscriptions keep their pace. All lanes share ``delivery_concurrency``.
+that starts attempts when they fall due, spaced by the throttle policy's
+``maxReceivesPerSecond``. A slow or dead endpoint therefore fills only its own lane.
+
+Health. An endpoint is *proven* while its last finished attempt got a 2xx, *failing* while it
+got no response or a retryable status (5xx, 429: timeouts, resets, refusals), and *new* before
+either. A proven lane may have ``endpoint_concurrency`` attempts in flight; a new or failing
+one has one, a probe, until it succeeds. Failing lanes' probes also share a limiter of half
+``delivery_concurrency``, so endpoints known dead, however many, never hold more than half the
+shared slots. What remains: an endpoint that dies unnoticed holds its slots until its attempts
+fail (one for a new endpoint, up to ``endpoint_concurrency`` for one proven until then), each
+for at most the connect plus response timeout. ``delivery_concurrency`` is a bound on sockets
+and memory, not the fairness device.
 
 After an attempt: 2xx finishes the row; 5xx, 429 and no response are retried when the
-subscription's effective delivery policy allows (phases, backoff, the 3,600 s window); other
-4xx and an exhausted policy send the message to the subscription's RedrivePolicy dead-letter
-queue, in the same commit that deletes the row.
+subscription's effective delivery policy allows (phases, backoff, the 3,600 s window), each
+retry delayed by up to ``RETRY_JITTER`` more than the policy says (AWS adds jitter too: lanes
+that failed together do not retry in lockstep), never past the window; other 4xx and an
+exhausted policy send the message to the subscription's RedrivePolicy dead-letter queue, in
+the same commit that deletes the row.
 """
 
 from __future__ import annotations
 
 import heapq
+import random
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -43,6 +55,9 @@ if TYPE_CHECKING:
 
 PAYLOAD_CACHE_BYTES: Final = 64 * 1024 * 1024  # bodies kept in memory; the rest read back
 RETRY_AFTER_BUG_SECONDS: Final = 30.0  # an attempt that failed inside Wharf is tried again
+# A retry waits up to this fraction of its delay longer than the policy says: enough to spread
+# lanes that failed at the same moment, small enough to keep the policy's schedule recognisable.
+RETRY_JITTER: Final = 0.1
 
 
 class _Item:
@@ -113,7 +128,20 @@ class HttpDeliveries:
         concurrency: int,
         endpoint_concurrency: int,
         log: EventLog,
+        rng: random.Random | None = None,
     ) -> None:
+        """Wire the worker.
+
+        Args:
+            store: the outbox's store.
+            topics: the live subscriptions (policies, endpoints, counters).
+            client: the outbound HTTP client.
+            concurrency: attempts in flight in all (a socket and memory bound); failing
+                lanes' probes share half of it.
+            endpoint_concurrency: attempts in flight per proven lane.
+            log: the daemon's event log.
+            rng: the source of retry jitter (tests pass a seeded one).
+        """
         self.store = store
         self.topics = topics
         self.client = client
@@ -121,6 +149,10 @@ class HttpDeliveries:
         self.log = log
         self.fanout: Fanout | None = None  # set by the app: dead letters go through it
         self._limiter = trio.CapacityLimiter(concurrency)
+        self._probes = trio.CapacityLimiter(max(1, concurrency // 2))
+        self._proven: set[str] = set()  # subscription ids whose last attempt got a 2xx
+        self._failing: set[str] = set()  # ... whose last attempt got no answer, 5xx or 429
+        self._rng = rng or random.Random()
         self._lanes: dict[str, _Lane] = {}
         self._next_id = 1
         self._cached_bytes = 0
@@ -181,6 +213,8 @@ class HttpDeliveries:
 
     def forget_subscription(self, subscription_id: str) -> None:
         """Unsubscribe: its pending notifications are gone (the store dropped them too)."""
+        self._proven.discard(subscription_id)
+        self._failing.discard(subscription_id)
         lane = self._lanes.get(subscription_id)
         if lane is not None:
             for item in list(lane.items.values()):
@@ -194,7 +228,10 @@ class HttpDeliveries:
                 del self._lanes[subscription_id]
 
     def forget_topic(self, topic_id: int) -> None:
-        """DeleteTopic: every pending delivery of the topic is gone."""
+        """DeleteTopic: every pending delivery of the topic is gone (called after the delete)."""
+        live = self.topics.subscription_by_id
+        self._proven = {s for s in self._proven if live(s) is not None}
+        self._failing = {s for s in self._failing if live(s) is not None}
         for lane in list(self._lanes.values()):
             for item in list(lane.items.values()):
                 if item.topic_id != topic_id:
@@ -229,7 +266,8 @@ class HttpDeliveries:
     async def _run_lane(self, lane: _Lane) -> None:
         try:
             while True:
-                if not lane.heap or lane.in_flight >= self.endpoint_concurrency:
+                proven = lane.subscription_id in self._proven
+                if not lane.heap or lane.in_flight >= (self.endpoint_concurrency if proven else 1):
                     if not lane.heap and lane.in_flight == 0:
                         return
                     await lane.wake.wait()
@@ -250,7 +288,8 @@ class HttpDeliveries:
                 interval = self._policy(item).throttle.min_interval
                 lane.next_start = max(lane.next_start, trio.current_time()) + interval
                 assert self._nursery is not None
-                self._nursery.start_soon(self._attempt, lane, item)
+                probe = lane.subscription_id in self._failing
+                self._nursery.start_soon(self._attempt, lane, item, probe)
         finally:
             lane.running = False
             # An idle lane goes, unless it still holds a throttle interval: the next delivery
@@ -268,10 +307,15 @@ class HttpDeliveries:
             return EffectiveDeliveryPolicy()
         return subscription.effective_delivery()
 
-    async def _attempt(self, lane: _Lane, item: _Item) -> None:
+    async def _attempt(self, lane: _Lane, item: _Item, probe: bool) -> None:
         try:
-            async with self._limiter:
-                outcome = await self._post(item)
+            if probe:
+                async with self._probes, self._limiter:
+                    outcome = await self._post(item)
+            else:
+                async with self._limiter:
+                    outcome = await self._post(item)
+            self._note_health(lane, outcome)
             await self._settle(lane, item, outcome)
         except Exception as exc:  # a bug here must not stop the other deliveries
             self.log.exception("sns.delivery_bug", exc, delivery=item.delivery_id)
@@ -281,6 +325,34 @@ class HttpDeliveries:
         finally:
             lane.in_flight -= 1
             lane.notify()
+
+    def _note_health(self, lane: _Lane, outcome: Outcome | None) -> None:
+        """Open the lane up after a 2xx; hold it to probes after the endpoint failed."""
+        if outcome is None:
+            return
+        subscription_id = lane.subscription_id
+        if outcome.delivered:
+            self._failing.discard(subscription_id)
+            if self.topics.subscription_by_id(subscription_id) is not None:
+                self._proven.add(subscription_id)
+        elif outcome.status is None or outcome.retryable:
+            self._proven.discard(subscription_id)
+            if self.topics.subscription_by_id(subscription_id) is not None:
+                self._failing.add(subscription_id)
+
+    def retry_time(
+        self, policy: EffectiveDeliveryPolicy, retries_done: int, first: int, now: int
+    ) -> int | None:
+        """When to retry (ms): the policy's time plus jitter, within its window; None: give up."""
+        at = policy.next_attempt_at(retries_done, first / 1000, now / 1000)
+        if at is None:
+            return None
+        delay = max(0.0, at - now / 1000)
+        at += delay * RETRY_JITTER * self._rng.random()
+        window = policy.max_retry_seconds
+        if window is not None:
+            at = min(at, first / 1000 + window)
+        return int(at * 1000)
 
     async def _post(self, item: _Item) -> Outcome | None:
         """One attempt; None when there is nothing (left) to deliver."""
@@ -296,10 +368,20 @@ class HttpDeliveries:
         if item.first_attempt_at is None:
             item.first_attempt_at = started
         item.attempts += 1
-        if subscription is not None:
-            subscription.topic.stats.attempts[subscription.protocol] += 1
+        self._count_attempt(item, subscription)
         payload = item.payload
         return await self.client.post(item.endpoint, payload.headers, payload.body.encode())
+
+    def _count_attempt(self, item: _Item, subscription: Subscription | None) -> None:
+        if item.message_type == "Notification":
+            if subscription is not None:
+                subscription.topic.stats.attempts[subscription.protocol] += 1
+            return
+        # Confirmations count apart; an UnsubscribeConfirmation outlives its subscription.
+        topic = self.topics.topic_by_id(item.topic_id)
+        if topic is not None:
+            protocol = "https" if item.endpoint.startswith("https:") else "http"
+            topic.stats.confirmations[protocol] += 1
 
     async def _settle(self, lane: _Lane, item: _Item, outcome: Outcome | None) -> None:
         now = now_ms()
@@ -313,11 +395,9 @@ class HttpDeliveries:
             return
         if outcome.retryable:
             first = item.first_attempt_at or now
-            retry_at = self._policy(item).next_attempt_at(
-                item.attempts - 1, first / 1000, now / 1000
-            )
+            retry_at = self.retry_time(self._policy(item), item.attempts - 1, first, now)
             if retry_at is not None:
-                item.next_attempt_at = int(retry_at * 1000)
+                item.next_attempt_at = retry_at
                 rescheduled = HttpDeliveryRescheduled(
                     delivery_id=item.delivery_id,
                     attempts=item.attempts,

@@ -2,9 +2,11 @@
 
 ``wharf_sns_messages_published`` (NumberOfMessagesPublished), ``..._notifications_delivered``
 and ``..._notifications_failed`` by protocol (NumberOfNotificationsDelivered / Failed),
-``..._notifications_filtered_out`` (NumberOfNotificationsFilteredOut), delivery attempts by
-protocol, the publish-to-delivery latency histogram by protocol, and the HTTP/S deliveries
-still pending. Every protocol label is present from the start, at 0.
+``..._notifications_filtered_out`` (NumberOfNotificationsFilteredOut), notification delivery
+attempts by protocol (an SQS copy is one attempt; an HTTP/S POST, retries included, one each),
+confirmation POSTs by protocol (apart: they are not deliveries), the publish-to-delivery
+latency histogram by protocol, and the HTTP/S deliveries still pending. Every protocol label
+is present from the start, at 0.
 """
 
 from __future__ import annotations
@@ -46,7 +48,14 @@ def _collector(topics: TopicRegistry, deliveries: HttpDeliveries) -> Callable[[]
             for name, help_text in (
                 ("notifications_delivered", "Notifications delivered, by subscription protocol."),
                 ("notifications_failed", "Notifications given up on (dead-lettered or dropped)."),
-                ("delivery_attempts", "HTTP/S delivery attempts, retries included."),
+                (
+                    "delivery_attempts",
+                    "Notification delivery attempts: SQS copies, HTTP/S POSTs with retries.",
+                ),
+                (
+                    "confirmation_attempts",
+                    "Subscription and unsubscribe confirmation POSTs (not delivery attempts).",
+                ),
             )
         }
         latency = HistogramMetricFamily(
@@ -70,6 +79,8 @@ def _collector(topics: TopicRegistry, deliveries: HttpDeliveries) -> Callable[[]
                 by_protocol["notifications_delivered"].add_metric(labels, stats.delivered[protocol])
                 by_protocol["notifications_failed"].add_metric(labels, stats.failed[protocol])
                 by_protocol["delivery_attempts"].add_metric(labels, stats.attempts[protocol])
+                confirmations = stats.confirmations[protocol]
+                by_protocol["confirmation_attempts"].add_metric(labels, confirmations)
                 histogram = stats.latency[protocol].snapshot()
                 buckets = [
                     (str(bound), count)

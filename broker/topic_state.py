@@ -37,14 +37,25 @@ PROTOCOLS: Final = ("sqs", "http", "https")
 class TopicStats:
     """A topic's counters, read by the metrics collector at scrape time."""
 
-    __slots__ = ("attempts", "delivered", "failed", "filtered_out", "latency", "published")
+    __slots__ = (
+        "attempts",
+        "confirmations",
+        "delivered",
+        "failed",
+        "filtered_out",
+        "latency",
+        "published",
+    )
 
     def __init__(self) -> None:
         self.published = 0
         self.filtered_out = 0
         self.delivered = dict.fromkeys(PROTOCOLS, 0)
         self.failed = dict.fromkeys(PROTOCOLS, 0)
+        # Notification delivery attempts: one per SQS copy, one per HTTP/S POST (retries too).
         self.attempts = dict.fromkeys(PROTOCOLS, 0)
+        # Subscription/UnsubscribeConfirmation POSTs: not deliveries, counted apart.
+        self.confirmations = dict.fromkeys(PROTOCOLS, 0)
         self.latency = {protocol: HistogramRecorder(LATENCY_BOUNDS) for protocol in PROTOCOLS}
 
     def deliveries(self, protocol: str, *, ok: bool, count: int = 1, seconds: float = 0) -> None:

@@ -20,10 +20,10 @@ from typing import Final
 import msgspec
 import trio
 
+from broker.model.filter_policy import check_policy_quota
 from broker.model.publishing import Original
 from broker.model.sns_errors import (
     attribute_error,
-    filter_policy_limit_exceeded,
     invalid_parameter,
     not_found,
 )
@@ -43,6 +43,7 @@ from broker.model.subscriptions import (
 from broker.model.topics import (
     TopicSettings,
     check_create_matches,
+    check_large_messages,
     parse_create,
 )
 from broker.model.topics import apply_update as apply_topic_update
@@ -152,6 +153,11 @@ class TopicRegistry:
         try:
             parsed = parse_topic_arn(arn)
         except ArnError:
+            parts = len(arn.split(":"))
+            if parts < 6:  # AWS names the ARN's shape only for this case
+                raise invalid_parameter(
+                    f"{parameter} Reason: An ARN must have at least 6 elements, not {parts}"
+                ) from None
             raise invalid_parameter(parameter) from None
         if parsed.region != self.region:
             raise invalid_parameter(parameter)
@@ -250,6 +256,14 @@ class TopicRegistry:
         await self.replace_settings(topic, apply_topic_update(topic.settings, name, value), now)
 
     async def replace_settings(self, topic: Topic, settings: TopicSettings, now: int) -> None:
+        """Store and apply new settings.
+
+        Raises:
+            SnsError: ``InvalidParameter`` when a MaximumMessageSize above 256 KiB does not
+                suit the topic's subscriptions (:func:`check_large_messages`).
+        """
+        protocols = (s.protocol for s in topic.subscriptions.values())
+        check_large_messages(settings.effective_maximum_message_size, protocols)
         await self.store.update_topic(topic.record.topic_id, settings, now)
         topic.record = msgspec.structs.replace(topic.record, settings=settings, modified_at=now)
         for subscription in topic.subscriptions.values():
@@ -289,8 +303,9 @@ class TopicRegistry:
     ) -> tuple[Subscription, list[SnsMutation]]:
         """Subscribe: a new subscription (pending for HTTP/S), or the identical existing one.
 
-        Memory changes now; the caller commits the mutations returned (none for an existing
-        subscription) in the same trio step.
+        Memory changes now; the caller commits the mutations returned in the same trio step:
+        none for an existing confirmed subscription, a new token for a pending one (the
+        caller then sends a new SubscriptionConfirmation).
 
         Raises:
             SnsError: AWS's errors for the protocol, endpoint or attributes.
@@ -307,9 +322,15 @@ class TopicRegistry:
                         "Subscription already exists with different attributes",
                         in_attributes_map=True,
                     )
+                if existing.record.pending:
+                    return existing, self._reissue_token(existing, now)
                 return existing, []
-        if settings.filter_policy and self._filtered(topic) >= self.max_filter_policies:
-            raise filter_policy_limit_exceeded()
+        if settings.filter_policy:
+            self._check_filter_quota(topic)
+        existing_protocols = (s.protocol for s in topic.subscriptions.values())
+        check_large_messages(
+            topic.settings.effective_maximum_message_size, [*existing_protocols, protocol]
+        )
         http = protocol in ("http", "https")
         record = SubscriptionRecord(
             subscription_id=str(uuid.uuid4()),
@@ -328,8 +349,30 @@ class TopicRegistry:
         self._add_subscription(subscription)
         return subscription, [SubscriptionSaved(subscription=record)]
 
-    def _filtered(self, topic: Topic) -> int:
-        return sum(1 for s in topic.subscriptions.values() if s.settings.filter_policy)
+    def _reissue_token(self, subscription: Subscription, now: int) -> list[SnsMutation]:
+        """A repeated Subscribe of a pending subscription: a new token, for a new confirmation.
+
+        AWS sends a fresh SubscriptionConfirmation each time, so an endpoint that missed the
+        first one is not stuck. The record holds one token: the new one replaces the old.
+        """
+        old = subscription.record.token
+        if old is not None:
+            self._tokens.pop(old, None)
+        token = secrets.token_hex(64)
+        record = msgspec.structs.replace(
+            subscription.record, token=token, token_expires_at=now + TOKEN_LIFETIME_MS
+        )
+        subscription.replace(record)
+        self._tokens[token] = subscription.subscription_id
+        return [SubscriptionSaved(subscription=record)]
+
+    def _check_filter_quota(self, topic: Topic) -> None:
+        """Refuse one more filter policy on ``topic`` once the topic or the account is full."""
+        check_policy_quota(
+            on_topic=sum(1 for s in topic.subscriptions.values() if s.settings.filter_policy),
+            in_account=sum(1 for s in self._subscriptions.values() if s.settings.filter_policy),
+            per_topic=self.max_filter_policies,
+        )
 
     def _check_endpoint(self, topic: Topic, protocol: str, endpoint: str) -> None:
         if protocol in OUT_OF_SCOPE_PROTOCOLS:
@@ -394,7 +437,11 @@ class TopicRegistry:
         return found
 
     def _topic_by_id(self, record: SubscriptionRecord) -> Topic | None:
-        return next((t for t in self if t.record.topic_id == record.topic_id), None)
+        return self.topic_by_id(record.topic_id)
+
+    def topic_by_id(self, topic_id: int) -> Topic | None:
+        """The live topic with this store id (a scan: for confirmations, not per delivery)."""
+        return next((t for t in self if t.record.topic_id == topic_id), None)
 
     def confirm(
         self,
@@ -409,6 +456,8 @@ class TopicRegistry:
             self._unsubscribed.pop(found.token, None)
             topic = self._topic_by_id(found)
             assert topic is not None  # by_token checked it
+            protocols = [*(s.protocol for s in topic.subscriptions.values()), found.protocol]
+            check_large_messages(topic.settings.effective_maximum_message_size, protocols)
             subscription = Subscription(msgspec.structs.replace(found, pending=True), topic)
             self._add_subscription(subscription)
             found = subscription
@@ -455,8 +504,8 @@ class TopicRegistry:
         settings = apply_update(subscription.settings, name, value, subscription.context)
         topic = subscription.topic
         newly_filtered = settings.filter_policy and not subscription.settings.filter_policy
-        if newly_filtered and self._filtered(topic) >= self.max_filter_policies:
-            raise filter_policy_limit_exceeded()
+        if newly_filtered:
+            self._check_filter_quota(topic)
         record = msgspec.structs.replace(subscription.record, settings=settings)
         subscription.replace(record)
         topic.index_subscription(subscription)

@@ -19,7 +19,9 @@ passes the clock readings in. Sources (AWS SNS Developer Guide):
 
 AWS documents the four backoff curves only as a graph. Wharf's formulas keep its anchors (first
 backoff retry at min, last at max) and its ordering (exponential rises latest and steepest,
-then geometric, arithmetic, linear). AWS adds jitter; the shell may, this module does not.
+then geometric, arithmetic, linear). AWS adds jitter; so does the shell
+(:meth:`broker.http_delivery.HttpDeliveries.retry_time`), never this module: its schedule is a
+function of its arguments.
 """
 
 from __future__ import annotations

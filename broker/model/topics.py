@@ -34,6 +34,11 @@ _TOPIC_NAME = re.compile(r"[A-Za-z0-9_-]+")
 # MaximumMessageSize: "Valid values are 1024 to 1048576 (1 MiB). The default is 262144".
 MESSAGE_SIZE_RANGE: Final = (1_024, 1_048_576)
 DEFAULT_MAXIMUM_MESSAGE_SIZE: Final = 262_144
+# large-message-payloads: a topic above 256 KiB "supports up to 100 total subscriptions" of
+# Firehose, SQS and Lambda only; more, or another protocol, is an InvalidParameter. AWS's
+# exact message text is not documented: Wharf's names the rule.
+MAX_LARGE_MESSAGE_SUBSCRIPTIONS: Final = 100
+LARGE_MESSAGE_PROTOCOLS: Final = frozenset({"sqs", "lambda", "firehose"})
 
 # <Protocol>{Success,Failure}Feedback* : stored and echoed; Wharf writes no CloudWatch Logs.
 FEEDBACK_ATTRIBUTES: Final = frozenset(
@@ -100,6 +105,36 @@ class TopicSettings(msgspec.Struct, frozen=True, kw_only=True):
     def effective_maximum_message_size(self) -> int:
         """The Publish size limit in bytes (256 KiB unless raised)."""
         return self.maximum_message_size or DEFAULT_MAXIMUM_MESSAGE_SIZE
+
+
+def check_large_messages(maximum_message_size: int, protocols: Iterable[str]) -> None:
+    """Check the rule for topics above 256 KiB against the topic's subscriptions' protocols.
+
+    Args:
+        maximum_message_size: the topic's effective MaximumMessageSize.
+        protocols: the protocol of every subscription the topic would have, pending included.
+
+    Raises:
+        SnsError: ``InvalidParameter`` when the topic is above 256 KiB and would have more than
+            100 subscriptions, or one whose protocol is not SQS, Lambda or Firehose.
+    """
+    if maximum_message_size <= DEFAULT_MAXIMUM_MESSAGE_SIZE:
+        return
+    count = 0
+    for protocol in protocols:
+        count += 1
+        if protocol not in LARGE_MESSAGE_PROTOCOLS:
+            raise invalid_parameter(
+                f"Protocol Reason: a topic whose MaximumMessageSize is above "
+                f"{DEFAULT_MAXIMUM_MESSAGE_SIZE} bytes delivers to sqs, lambda and firehose "
+                f"subscriptions only, not {protocol}"
+            )
+    if count > MAX_LARGE_MESSAGE_SUBSCRIPTIONS:
+        raise invalid_parameter(
+            f"Subscriptions Reason: a topic whose MaximumMessageSize is above "
+            f"{DEFAULT_MAXIMUM_MESSAGE_SIZE} bytes may have at most "
+            f"{MAX_LARGE_MESSAGE_SUBSCRIPTIONS} subscriptions"
+        )
 
 
 class TopicFacts(NamedTuple):

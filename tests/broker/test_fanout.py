@@ -174,6 +174,7 @@ async def test_undeliverable_messages_go_to_the_dead_letter_queue(harness: Harne
     assert await bodies(harness, "small") == ["to nowhere"]
     assert harness.topic.stats.failed["sqs"] == 3
     assert harness.topic.stats.delivered["sqs"] == 1
+    assert harness.topic.stats.attempts["sqs"] == 4  # failed at once or not: one attempt each
 
 
 async def test_characters_sqs_refuses_fail_raw_deliveries_only(harness: Harness) -> None:

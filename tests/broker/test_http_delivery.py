@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,6 +12,8 @@ import pytest
 import trio
 
 from broker.fanout import Batch
+from broker.http_delivery import HttpDeliveries
+from broker.model.delivery_policy import EffectiveDeliveryPolicy
 from tests.support.sns import Endpoint
 from tests.support.sns_harness import FAST, Harness, build
 
@@ -35,9 +39,50 @@ async def test_a_hung_endpoint_holds_only_its_own_lane(harness: Harness) -> None
             await harness.publish(f"m{index}")
         await wait_for(fine, 6, seconds=3)
         await trio.sleep(0.2)
-        # endpoint_concurrency = 2: the hung endpoint has two attempts in flight, no more.
-        assert len(hung.requests) == 2
+        # Never answered, never proven: one attempt in flight (a probe), not its lane's two.
+        assert len(hung.requests) == 1
         assert harness.deliveries.pending(harness.topic.record.topic_id) == 6
+
+
+async def test_a_proven_endpoint_that_fails_falls_back_to_one_probe(harness: Harness) -> None:
+    with Endpoint() as endpoint:
+        endpoint.behaviour_of = lambda request: "ok" if len(endpoint.requests) == 0 else "hang"
+        await harness.subscribe(endpoint.url, DeliveryPolicy=FAST)
+        await harness.publish("proves it")
+        await wait_for(endpoint, 1)
+        await trio.sleep(0.1)  # the 2xx is settled: the lane is proven
+        for index in range(4):
+            await harness.publish(f"m{index}")
+        hung = await trio.to_thread.run_sync(
+            lambda: endpoint.wait_for(6, timeout=10, match=lambda r: r.answered == "hang")
+        )
+        # Proven: endpoint_concurrency (2) attempts at once; once they timed out (0.5 s),
+        # one probe at a time, each holding the lane for its whole response timeout.
+        assert hung[1].at - hung[0].at < 0.3
+        gaps = [later.at - earlier.at for earlier, later in itertools.pairwise(hung[1:])]
+        assert all(gap >= 0.4 for gap in gaps), gaps
+
+
+async def test_retries_are_jittered_within_the_policy_window(harness: Harness) -> None:
+    policy = EffectiveDeliveryPolicy()  # 20 s between retries, 3,600 s window
+    times = set()
+    for seed in range(20):
+        deliveries = HttpDeliveries(
+            harness.store,
+            harness.topics,
+            harness.deliveries.client,
+            concurrency=4,
+            endpoint_concurrency=2,
+            log=harness.deliveries.log,
+            rng=random.Random(seed),
+        )
+        at = deliveries.retry_time(policy, 0, 1_000_000, 1_000_000)
+        assert at is not None
+        assert 1_000_000 + 20_000 <= at <= 1_000_000 + 20_000 + 2_000  # up to 10 % later
+        times.add(at)
+        late = deliveries.retry_time(policy, 0, 1_000_000, 1_000_000 + 3_580_000)
+        assert late == 1_000_000 + 3_600_000  # never past the window the policy allows
+    assert len(times) > 10  # seeds give different delays: no lockstep
 
 
 async def test_retries_are_persisted_and_the_row_goes_when_delivered(harness: Harness) -> None:

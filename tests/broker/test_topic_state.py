@@ -82,5 +82,6 @@ def test_stats_count_by_protocol_with_latencies() -> None:
     stats.deliveries("http", ok=False)
     assert stats.delivered["sqs"] == 2
     assert stats.failed["http"] == 1
+    assert stats.attempts == stats.confirmations == dict.fromkeys(PROTOCOLS, 0)
     assert stats.latency["sqs"].snapshot().count == 2
     assert stats.latency["http"].snapshot().count == 0

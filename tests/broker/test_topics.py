@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from pathlib import Path
 
 import pytest
 
+from broker.model.filter_policy import check_policy_quota
 from broker.model.publishing import Original
 from broker.model.sns_errors import SnsError
 from broker.model.sns_mutations import TopicDeduplicationRecorded
@@ -51,6 +53,11 @@ async def test_require_tells_malformed_from_missing(store: SqliteStore) -> None:
         with pytest.raises(SnsError) as info:
             topics.require(bad)
         assert info.value.code == "InvalidParameter"
+    with pytest.raises(SnsError) as info:
+        topics.require("arn:aws:sns:us-east-1:t")
+    assert info.value.message == (
+        "Invalid parameter: TopicArn Reason: An ARN must have at least 6 elements, not 5"
+    )
 
 
 async def test_subscriptions_and_the_filter_index(store: SqliteStore) -> None:
@@ -84,6 +91,28 @@ async def test_the_filter_policy_quota(store: SqliteStore) -> None:
     assert (info.value.code, info.value.status) == ("FilterPolicyLimitExceeded", 403)
 
 
+async def test_the_account_wide_filter_policy_quota(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # AWS's 10,000 per account, lowered to 2 here: the third policy fails although each topic
+    # is far below its own quota, on Subscribe and on SetSubscriptionAttributes alike.
+    monkeypatch.setattr(
+        "broker.topics.check_policy_quota", functools.partial(check_policy_quota, per_account=2)
+    )
+    topics = registry(store)
+    first = await topics.create("t1", {}, {}, 1)
+    second = await topics.create("t2", {}, {}, 1)
+    attributes = {"FilterPolicy": json.dumps({"a": ["b"]})}
+    topics.subscribe(first, "sqs", QUEUE, attributes, owner="000000000000", now=1)
+    topics.subscribe(second, "sqs", QUEUE, attributes, owner="000000000000", now=1)
+    with pytest.raises(SnsError) as info:
+        topics.subscribe(second, "sqs", QUEUE + "2", attributes, owner="000000000000", now=1)
+    assert (info.value.code, info.value.status) == ("FilterPolicyLimitExceeded", 403)
+    plain, _ = topics.subscribe(second, "sqs", QUEUE + "3", {}, owner="000000000000", now=1)
+    with pytest.raises(SnsError, match="limit"):
+        topics.set_subscription_attribute(plain, "FilterPolicy", attributes["FilterPolicy"])
+
+
 async def test_tokens_confirm_once_expire_and_restore(store: SqliteStore) -> None:
     topics = registry(store)
     topic = await topics.create("t", {}, {}, 1)
@@ -115,6 +144,34 @@ async def test_tokens_confirm_once_expire_and_restore(store: SqliteStore) -> Non
     )
     assert restored.arn == confirmed.arn
     assert topic.index.match({}, "m").matched == (restored.subscription_id,)
+
+
+async def test_subscribing_again_while_pending_reissues_the_token(
+    store: SqliteStore, tmp_path: Path
+) -> None:
+    topics = registry(store)
+    topic = await topics.create("t", {}, {}, 1)
+    http, created = topics.subscribe(topic, "http", "http://h/", {}, owner="000000000000", now=1)
+    old = http.record.token
+    again, reissued = topics.subscribe(topic, "http", "http://h/", {}, owner="000000000000", now=5)
+    assert again is http
+    assert len(reissued) == 1  # the new token, to commit: a new confirmation goes with it
+    new = http.record.token
+    assert new is not None
+    assert new != old
+    assert http.record.token_expires_at == 5 + TOKEN_LIFETIME_MS
+    with pytest.raises(SnsError, match="Token"):
+        topics.by_token(topic.arn, old or "", 6)
+    assert topics.by_token(topic.arn, new, 6) is http
+    await store.commit([*created, *reissued])
+    reopened = registry(store)
+    await reopened.load()
+    loaded = reopened.subscription(http.arn)
+    assert loaded is not None
+    assert loaded.record.token == new  # durable
+    topics.confirm(http, authenticated=True, authenticate_on_unsubscribe=False)
+    _, none = topics.subscribe(topic, "http", "http://h/", {}, owner="000000000000", now=7)
+    assert none == []  # confirmed: nothing to send
 
 
 async def test_everything_comes_back_after_a_restart(store: SqliteStore, tmp_path: Path) -> None:

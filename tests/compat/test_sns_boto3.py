@@ -16,7 +16,7 @@ from typing import Any
 import botocore.exceptions
 import pytest
 
-from tests.support.broker import ACCOUNT_ID, BrokerThread
+from tests.support.broker import ACCOUNT_ID, REGION, BrokerThread
 from tests.support.sns import (
     check_signature,
     fetch,
@@ -163,7 +163,15 @@ def test_unknown_topics_and_subscriptions(sns: Any) -> None:
         sns.get_topic_attributes(TopicArn=missing)
     with pytest.raises(botocore.exceptions.ClientError) as info:
         sns.get_topic_attributes(TopicArn="not-an-arn")
-    assert message_of(info) == "Invalid parameter: TopicArn"
+    assert message_of(info) == (
+        "Invalid parameter: TopicArn Reason: An ARN must have at least 6 elements, not 1"
+    )
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.publish(TopicArn="arn:aws:sns:us-east-1:topic", Message="m")
+    assert (code_of(info), message_of(info)) == (
+        "InvalidParameter",
+        "Invalid parameter: TopicArn Reason: An ARN must have at least 6 elements, not 5",
+    )
 
 
 def test_tags(sns: Any, name: Names) -> None:
@@ -415,6 +423,36 @@ def test_message_size_limits(sns: Any, name: Names) -> None:
     with pytest.raises(botocore.exceptions.ClientError) as info:
         sns.publish(TopicArn=topic, Message="")
     assert message_of(info) == "Invalid parameter: Empty message"
+
+
+def test_topics_above_256_kib_take_100_sqs_subscriptions_at_most(sns: Any, name: Names) -> None:
+    # large-message-payloads: above 256 KiB, at most 100 subscriptions, SQS/Lambda/Firehose.
+    big = sns.create_topic(Name=name(), Attributes={"MaximumMessageSize": "1048576"})["TopicArn"]
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.subscribe(TopicArn=big, Protocol="https", Endpoint="https://example.com/hook")
+    assert code_of(info) == "InvalidParameter"
+    assert "sqs, lambda and firehose subscriptions only" in message_of(info)
+    stem = f"arn:aws:sqs:{REGION}:{ACCOUNT_ID}:{name()}"
+    for index in range(100):
+        sns.subscribe(TopicArn=big, Protocol="sqs", Endpoint=f"{stem}-{index}")
+    sns.subscribe(TopicArn=big, Protocol="sqs", Endpoint=f"{stem}-0")  # the same one: fine
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.subscribe(TopicArn=big, Protocol="sqs", Endpoint=f"{stem}-100")
+    assert code_of(info) == "InvalidParameter"
+    assert "at most 100 subscriptions" in message_of(info)
+
+    hooked = sns.create_topic(Name=name())["TopicArn"]
+    sns.subscribe(TopicArn=hooked, Protocol="http", Endpoint="http://example.com/hook")
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.set_topic_attributes(
+            TopicArn=hooked, AttributeName="MaximumMessageSize", AttributeValue="262145"
+        )
+    assert code_of(info) == "InvalidParameter"
+    sns.set_topic_attributes(
+        TopicArn=hooked, AttributeName="MaximumMessageSize", AttributeValue="262144"
+    )
+    attributes = sns.get_topic_attributes(TopicArn=hooked)["Attributes"]
+    assert attributes["MaximumMessageSize"] == "262144"
 
 
 def test_raw_delivery_turns_attributes_into_sqs_attributes(

@@ -30,7 +30,7 @@ import trio
 from tests.compat.test_sqs_durability import drain
 from tests.support.broker import sqs_client
 from tests.support.crash_harness import Writer, broker_process
-from tests.support.sns import Endpoint, queue_arn, sns_client
+from tests.support.sns import Endpoint, queue_arn, receive_all, sns_client
 
 pytestmark = pytest.mark.slow
 
@@ -181,3 +181,55 @@ async def test_pending_http_deliveries_resume_after_a_restart(tmp_path: Path) ->
             )
             assert {r.headers["x-amz-sns-message-id"] for r in delivered} == set(ids)
             assert {r.headers["x-amz-sns-subscription-arn"] for r in delivered} == {arn}
+
+
+async def test_a_raw_dead_letter_keeps_its_attributes_across_a_restart(tmp_path: Path) -> None:
+    policy = json.dumps(
+        {"healthyRetryPolicy": {"numRetries": 20, "minDelayTarget": 1, "maxDelayTarget": 1}}
+    )
+    attributes = {
+        "colour": {"DataType": "String", "StringValue": "red"},
+        "blob": {"DataType": "Binary", "BinaryValue": b"\x00\x01"},
+    }
+    with Endpoint() as endpoint:
+        endpoint.behaviour_of = lambda r: (
+            "503" if r.headers["x-amz-sns-message-type"] == "Notification" else "ok"
+        )
+        async with broker_process(tmp_path, 1, SNS_CONFIG) as (daemon, api):
+            sns = sns_client(api)
+            sqs = sqs_client(api)
+            topic = sns.create_topic(Name="raw-hooks")["TopicArn"]
+            dlq = sqs.create_queue(QueueName="raw-hooks-dlq")["QueueUrl"]
+            sns.subscribe(
+                TopicArn=topic,
+                Protocol="http",
+                Endpoint=endpoint.url,
+                Attributes={
+                    "DeliveryPolicy": policy,
+                    "RawMessageDelivery": "true",
+                    "RedrivePolicy": json.dumps({"deadLetterTargetArn": queue_arn(sqs, dlq)}),
+                },
+            )
+            (confirmation,) = await trio.to_thread.run_sync(endpoint.wait_for, 1)
+            sns.confirm_subscription(TopicArn=topic, Token=confirmation.envelope()["Token"])
+            sns.publish(TopicArn=topic, Message="raw", MessageAttributes=attributes)
+            await trio.to_thread.run_sync(
+                lambda: endpoint.wait_for(1, match=lambda r: r.answered == "503")
+            )
+            daemon.signal(signal.SIGKILL)
+            with trio.fail_after(30):
+                await daemon.process.wait()
+        # After the restart the endpoint refuses for good: the row read back from the store
+        # goes to the DLQ with the attributes stored beside its body.
+        endpoint.behaviour_of = lambda r: "404"
+        async with broker_process(tmp_path, 2, SNS_CONFIG) as (_, api):
+            sqs = sqs_client(api)
+            dlq = sqs.get_queue_url(QueueName="raw-hooks-dlq")["QueueUrl"]
+            (dead,) = await trio.to_thread.run_sync(lambda: receive_all(sqs, dlq, 1, timeout=20))
+            assert dead["Body"] == "raw"
+            kept = ("DataType", "StringValue", "BinaryValue")
+            found = {
+                name: {k: v for k, v in value.items() if k in kept}
+                for name, value in dead["MessageAttributes"].items()
+            }
+            assert found == attributes

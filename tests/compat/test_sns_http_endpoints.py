@@ -251,3 +251,93 @@ def test_pending_confirmation_is_not_delivered_to(broker: BrokerThread) -> None:
         request = urllib.request.Request(f"{broker.endpoint}/SimpleNotificationService-wharf.pem")
         with urllib.request.urlopen(request, timeout=5) as response:
             assert response.read().startswith(b"-----BEGIN CERTIFICATE-----")
+
+
+ATTRIBUTES = {
+    "colour": {"DataType": "String", "StringValue": "red"},
+    "count": {"DataType": "Number", "StringValue": "7"},
+    "blob": {"DataType": "Binary", "BinaryValue": b"\x00\x01"},
+}
+
+
+def sqs_attributes(message: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: {k: v for k, v in value.items() if k in ("DataType", "StringValue", "BinaryValue")}
+        for name, value in message.get("MessageAttributes", {}).items()
+    }
+
+
+def test_dead_letters_keep_the_published_attributes(broker: BrokerThread) -> None:
+    sns, topic, sqs, raw_dlq, raw_dlq_arn = topic_and_queue(broker)
+    plain_dlq = sqs.create_queue(QueueName=f"http-plain-dlq-{next(_unique)}")["QueueUrl"]
+    gone = sqs.create_queue(QueueName=f"http-gone-{next(_unique)}")["QueueUrl"]
+    sqs_dlq = sqs.create_queue(QueueName=f"http-sqs-dlq-{next(_unique)}")["QueueUrl"]
+    with Endpoint() as raw, Endpoint() as plain:
+        for endpoint, dlq_arn, is_raw in (
+            (raw, raw_dlq_arn, "true"),
+            (plain, queue_arn(sqs, plain_dlq), "false"),
+        ):
+            endpoint.behaviour_of = lambda r: "404" if notifications(r) else "ok"
+            sns.subscribe(
+                TopicArn=topic,
+                Protocol="http",
+                Endpoint=endpoint.url,
+                Attributes={
+                    "RawMessageDelivery": is_raw,
+                    "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn}),
+                },
+            )
+            confirm(endpoint)
+        # A raw SQS subscription whose queue is gone: dead-lettered at once, as AWS does.
+        sns.subscribe(
+            TopicArn=topic,
+            Protocol="sqs",
+            Endpoint=queue_arn(sqs, gone),
+            Attributes={
+                "RawMessageDelivery": "true",
+                "RedrivePolicy": json.dumps({"deadLetterTargetArn": queue_arn(sqs, sqs_dlq)}),
+            },
+        )
+        sqs.delete_queue(QueueUrl=gone)
+        sns.publish(TopicArn=topic, Message="undeliverable", MessageAttributes=ATTRIBUTES)
+        (raw_dead,) = receive_all(sqs, raw_dlq, 1, timeout=10)
+        assert raw_dead["Body"] == "undeliverable"
+        assert sqs_attributes(raw_dead) == ATTRIBUTES
+        (sqs_dead,) = receive_all(sqs, sqs_dlq, 1, timeout=10)
+        assert sqs_dead["Body"] == "undeliverable"
+        assert sqs_attributes(sqs_dead) == ATTRIBUTES
+        (plain_dead,) = receive_all(sqs, plain_dlq, 1, timeout=10)
+        envelope = json.loads(plain_dead["Body"])  # the envelope carries them
+        assert envelope["Message"] == "undeliverable"
+        assert envelope["MessageAttributes"] == {
+            "colour": {"Type": "String", "Value": "red"},
+            "count": {"Type": "Number", "Value": "7"},
+            "blob": {"Type": "Binary", "Value": "AAE="},
+        }
+
+
+def test_subscribing_again_while_pending_sends_a_new_confirmation(broker: BrokerThread) -> None:
+    sns, topic, _, _, _ = topic_and_queue(broker)
+
+    def confirmations(request: Received) -> bool:
+        return request.headers["x-amz-sns-message-type"] == "SubscriptionConfirmation"
+
+    with Endpoint() as endpoint:
+        first_arn = sns.subscribe(
+            TopicArn=topic, Protocol="http", Endpoint=endpoint.url, ReturnSubscriptionArn=True
+        )["SubscriptionArn"]
+        endpoint.wait_for(1, match=confirmations)  # the endpoint lets this one lapse
+        again = sns.subscribe(
+            TopicArn=topic, Protocol="http", Endpoint=endpoint.url, ReturnSubscriptionArn=True
+        )
+        assert again["SubscriptionArn"] == first_arn  # the same subscription, still pending
+        first, second = endpoint.wait_for(2, match=confirmations)
+        assert second.envelope()["Token"] != first.envelope()["Token"]
+        check_signature(second.envelope(), fetch(second.envelope()["SigningCertURL"]))
+        assert confirm(endpoint) == first_arn  # the newest confirmation's SubscribeURL
+        attributes = sns.get_subscription_attributes(SubscriptionArn=first_arn)["Attributes"]
+        assert attributes["PendingConfirmation"] == "false"
+        # Confirmed: a repeated Subscribe answers the ARN and sends nothing more.
+        sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=endpoint.url)
+        time.sleep(0.3)
+        assert len([r for r in endpoint.requests if confirmations(r)]) == 2

@@ -8,9 +8,12 @@ from broker.model.sns_errors import SnsError
 from broker.model.topics import (
     DEFAULT_MAXIMUM_MESSAGE_SIZE,
     FEEDBACK_ATTRIBUTES,
+    LARGE_MESSAGE_PROTOCOLS,
+    MAX_LARGE_MESSAGE_SUBSCRIPTIONS,
     TopicFacts,
     apply_update,
     check_create_matches,
+    check_large_messages,
     default_policy,
     parse_create,
     render_attributes,
@@ -195,3 +198,32 @@ def test_what_is_set_is_what_get_topic_attributes_shows(updates):
     for name, value in expected.items():
         assert setting_value(settings, name) == value
         assert rendered[name] == value
+
+
+@given(
+    size=st.integers(min_value=1_024, max_value=1_048_576),
+    protocols=st.lists(
+        st.sampled_from(["sqs", "lambda", "firehose", "http", "https"]), max_size=120
+    ),
+)
+def test_large_message_topics_take_few_subscriptions_of_aws_managed_protocols(size, protocols):
+    # large-message-payloads: above 256 KiB, at most 100 subscriptions, SQS/Lambda/Firehose.
+    allowed = size <= DEFAULT_MAXIMUM_MESSAGE_SIZE or (
+        len(protocols) <= MAX_LARGE_MESSAGE_SUBSCRIPTIONS
+        and set(protocols) <= LARGE_MESSAGE_PROTOCOLS
+    )
+    if allowed:
+        check_large_messages(size, protocols)
+    else:
+        assert "MaximumMessageSize is above 262144 bytes" in message_of(
+            lambda: check_large_messages(size, protocols)
+        )
+
+
+def test_the_large_message_limits_at_their_edges():
+    check_large_messages(DEFAULT_MAXIMUM_MESSAGE_SIZE, ["http"] * 500)
+    check_large_messages(DEFAULT_MAXIMUM_MESSAGE_SIZE + 1, ["sqs"] * 100)
+    assert "at most 100 subscriptions" in message_of(
+        lambda: check_large_messages(DEFAULT_MAXIMUM_MESSAGE_SIZE + 1, ["sqs"] * 101)
+    )
+    assert message_of(lambda: check_large_messages(262_145, ["sqs", "https"])).endswith("not https")
