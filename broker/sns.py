@@ -20,6 +20,7 @@ import msgspec
 from broker.auth import Caller
 from broker.fanout import Batch, Fanout
 from broker.http_delivery import HttpDeliveries
+from broker.model.conditions import request_context
 from broker.model.policy import Decision, evaluate
 from broker.model.publishing import PreparedMessage, PublishRequest, prepare, publish_size
 from broker.model.sns_errors import SnsError, invalid_parameter
@@ -53,6 +54,8 @@ class SnsContext:
     caller: Caller
     action: str
     authenticated: bool = True
+    secure: bool = False  # arrived over this listener's TLS (aws:SecureTransport)
+    source_ip: str = ""  # the peer's address (aws:SourceIp)
 
 
 class SnsApi:
@@ -109,17 +112,32 @@ class SnsApi:
 
     def _authorize(self, topic: Topic, context: SnsContext, action: str) -> None:
         caller = context.caller
-        if caller.anonymous:
-            return
-        decision = evaluate(
-            topic.settings.policy,
-            principal_arn=caller.principal_arn,
-            principal_account=caller.account,
-            owner_account=self.account_id,
-            action=action,
-            resource=topic.arn,
-            service="sns",
-        )
+        policy = topic.settings.policy
+        if policy is None:  # the common case, kept cheap: no condition context to build
+            if caller.anonymous or caller.account == self.account_id:
+                return
+            decision = Decision.DENY
+        else:
+            # As for queue policies: conditions see the request's keys, and an anonymous
+            # caller is held to the statements that name every principal ("*").
+            anonymous = caller.anonymous
+            decision = evaluate(
+                policy,
+                principal_arn=caller.principal_arn,
+                principal_account=caller.account,
+                owner_account=self.account_id,
+                action=action,
+                resource=topic.arn,
+                service="sns",
+                context=request_context(
+                    now_ms=now_ms(),
+                    secure=context.secure,
+                    source_ip=context.source_ip or None,
+                    principal_arn=None if anonymous else caller.principal_arn,
+                    principal_account=None if anonymous else caller.account,
+                ),
+                anonymous=anonymous,
+            )
         if decision is Decision.DENY:
             raise sns_error(
                 "AuthorizationErrorException",

@@ -160,6 +160,8 @@ class SnsFrontend:
                 caller=caller,
                 action=action,
                 authenticated=authenticated,
+                secure=self.scheme == "https",
+                source_ip=request.client[0],
             )
             result = await self.api.handle(action, decoded.params, context)
             encoded = query_protocol.encode_response(SNS, action, result, request_id=request_id)
