@@ -8,10 +8,10 @@ context. Evaluation follows IAM's order: an explicit Deny wins, then an explicit
 without either, principals of the queue's own account are allowed (as the account's identity
 policies would let them) and other accounts are denied. An anonymous caller (the broker's
 anonymous mode) is matched only by ``"*"`` principals and, without a Deny, is let in.
-A statement with NotAction, NotPrincipal or NotResource, or a Condition that cannot be read
-(only a policy stored before :func:`check_policy` existed can hold one), is not understood:
-as an Allow it never matches, as a Deny it always matches its principal and action, so an
-unsupported rule can only deny more.
+NotPrincipal, NotAction and NotResource match what their lists do not name, as in IAM. A
+Condition that cannot be read (only a policy stored before :func:`check_policy` existed can
+hold one) is not understood: as an Allow it never matches, as a Deny it always matches its
+principal and action, so it can only deny more.
 """
 
 from __future__ import annotations
@@ -66,7 +66,6 @@ SQS_ACTIONS = frozenset(
 )
 MAX_LABEL_LENGTH = 80
 _LABEL = re.compile(r"[A-Za-z0-9_-]{1,80}")
-_UNSUPPORTED_KEYS = frozenset({"NotAction", "NotPrincipal", "NotResource"})
 _NO_CONTEXT: Context = {}
 
 
@@ -94,8 +93,14 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _principal_matches(statement: dict[str, Any], principal_arn: str | None, account: str) -> bool:
-    """Whether the statement names the caller; ``principal_arn`` None is an anonymous caller."""
-    principal = statement.get("Principal")
+    """Whether the statement applies to the caller; ``principal_arn`` None is anonymous."""
+    if "NotPrincipal" in statement:
+        return not _names(statement["NotPrincipal"], principal_arn, account)
+    return _names(statement.get("Principal"), principal_arn, account)
+
+
+def _names(principal: Any, principal_arn: str | None, account: str) -> bool:
+    """Whether a Principal (or NotPrincipal) element names the caller."""
     if principal == "*":
         return True
     if not isinstance(principal, dict):
@@ -113,6 +118,18 @@ def _principal_matches(statement: dict[str, Any], principal_arn: str | None, acc
         if entry in (account, f"arn:aws:iam::{account}:root"):
             return True
     return False
+
+
+def _listed_or_not(statement: dict[str, Any], element: str, value: str) -> bool:
+    """Whether ``value`` matches the statement's ``element`` (Action or Resource), or is left
+    out by its ``Not<element>``; a statement with neither covers every resource."""
+    excluded = statement.get(f"Not{element}")
+    if excluded is not None:
+        return not _any_glob(_as_list(excluded), value)
+    listed = _as_list(statement.get(element))
+    if not listed and element == "Resource":
+        return True
+    return _any_glob(listed, value)
 
 
 def _any_glob(globs: Iterable[Any], value: str) -> bool:
@@ -171,16 +188,11 @@ def evaluate(
             statement, None if anonymous else principal_arn, principal_account
         ):
             continue
-        if not _any_glob(_as_list(statement.get("Action")), qualified):
+        if not _listed_or_not(statement, "Action", qualified):
             continue
-        resources = _as_list(statement.get("Resource")) or ["*"]
+        if not _listed_or_not(statement, "Resource", resource):
+            continue
         effect = statement.get("Effect")
-        if bool(_UNSUPPORTED_KEYS & statement.keys()):
-            if effect == "Deny":
-                return Decision.DENY
-            continue
-        if not _any_glob(resources, resource):
-            continue
         if "Condition" in statement:
             try:
                 applies = holds(statement["Condition"], request)

@@ -211,14 +211,23 @@ def test_anonymous_callers_are_named_only_by_star():
     assert decide(None, BOB, "SendMessage", anonymous=True) is Decision.ALLOW
 
 
-def test_not_action_and_friends_can_only_deny_more():
+def test_not_action_not_resource_and_not_principal_match_what_they_do_not_name():
     allow = policy_of({"Effect": "Allow", "Principal": "*", "NotAction": "sqs:PurgeQueue"})
-    assert decide(allow, BOB, "SendMessage") is Decision.DENY
-    deny = policy_of(
+    assert decide(allow, BOB, "SendMessage") is Decision.ALLOW
+    assert decide(allow, BOB, "PurgeQueue") is Decision.DENY
+    elsewhere = policy_of(
         {"Effect": "Deny", "Principal": "*", "Action": "sqs:Send*", "NotResource": ARN}
     )
-    assert decide(deny, ALICE, "SendMessage") is Decision.DENY
-    assert decide(deny, ALICE, "ReceiveMessage") is Decision.ALLOW
+    assert decide(elsewhere, ALICE, "SendMessage") is Decision.ALLOW
+    assert decide(elsewhere, ALICE, "SendMessage", OTHER_ARN) is Decision.DENY
+    # The usual "deny everyone but this role" statement.
+    everyone_but_alice = policy_of(
+        {"Effect": "Deny", "NotPrincipal": {"AWS": ALICE}, "Action": "sqs:*", "Resource": ARN}
+    )
+    assert decide(everyone_but_alice, ALICE, "SendMessage") is Decision.ALLOW
+    owner_role = f"arn:aws:iam::{OWNER}:role/deployer"
+    assert decide(everyone_but_alice, owner_role, "SendMessage") is Decision.DENY
+    assert decide(everyone_but_alice, ALICE, "SendMessage", anonymous=True) is Decision.DENY
 
 
 def test_an_unreadable_stored_condition_can_only_deny_more():
@@ -365,7 +374,7 @@ principal_values = st.one_of(
         }
     ),
 )
-statements = st.fixed_dictionaries(
+plain_statements = st.fixed_dictionaries(
     {
         "Effect": st.sampled_from(["Allow", "Deny"]),
         "Principal": principal_values,
@@ -374,6 +383,16 @@ statements = st.fixed_dictionaries(
     },
     optional={"Condition": st.just({"Bool": {"aws:SecureTransport": "true"}})},
 )
+
+
+@st.composite
+def statements(draw: st.DrawFn) -> dict[str, Any]:
+    """A statement, sometimes with NotPrincipal / NotAction / NotResource for its element."""
+    statement = dict(draw(plain_statements))
+    for element in ("Principal", "Action", "Resource"):
+        if draw(st.integers(0, 3)) == 0:
+            statement[f"Not{element}"] = statement.pop(element)
+    return statement
 
 
 def _listed(value: Any) -> list[Any]:
@@ -400,12 +419,22 @@ def reference(
     def glob(patterns: Any, value: str) -> bool:
         return any(fnmatch.fnmatchcase(value.lower(), p.lower()) for p in _listed(patterns))
 
+    def applies(s: dict[str, Any], element: str, matches: Any) -> bool:
+        # Not<element> applies to everything its list does not name.
+        if f"Not{element}" in s:
+            return not matches(s[f"Not{element}"])
+        return bool(matches(s[element]))
+
     iam_action = action.removesuffix("Batch")  # SendMessageBatch needs sqs:SendMessage
     allowed = False
     for s in policy:
-        if not principal_matches(s["Principal"]) or not glob(s["Action"], f"sqs:{iam_action}"):
+        if not applies(s, "Principal", principal_matches):
             continue
-        if not glob(s["Resource"], resource) or ("Condition" in s and not secure):
+        if not applies(s, "Action", lambda p: glob(p, f"sqs:{iam_action}")):
+            continue
+        if not applies(s, "Resource", lambda p: glob(p, resource)):
+            continue
+        if "Condition" in s and not secure:
             continue
         if s["Effect"] == "Deny":
             return Decision.DENY
@@ -414,7 +443,7 @@ def reference(
 
 
 @given(
-    policy=st.lists(statements, max_size=5),
+    policy=st.lists(statements(), max_size=5),
     principal=st.sampled_from(PRINCIPALS),
     action=st.sampled_from(ACTIONS),
     secure=st.booleans(),
@@ -426,7 +455,7 @@ def test_evaluate_agrees_with_the_reference(policy, principal, action, secure):
 
 
 @given(
-    policy=st.lists(statements, max_size=5),
+    policy=st.lists(plain_statements, max_size=5),
     principal=st.sampled_from(PRINCIPALS),
     action=st.sampled_from(ACTIONS),
 )
@@ -443,10 +472,10 @@ def test_an_anonymous_caller_is_denied_exactly_by_star_denies(policy, principal,
 
 
 @given(
-    policy=st.lists(statements, max_size=4),
+    policy=st.lists(statements(), max_size=4),
     principal=st.sampled_from(PRINCIPALS),
     action=st.sampled_from(ACTIONS),
-    extra=statements,
+    extra=statements(),
 )
 def test_a_deny_statement_never_grants(policy, principal, action, extra):
     extra = {**extra, "Effect": "Deny"}
@@ -456,7 +485,7 @@ def test_a_deny_statement_never_grants(policy, principal, action, extra):
 
 
 @given(
-    policy=st.lists(statements, max_size=4),
+    policy=st.lists(statements(), max_size=4),
     principal=st.sampled_from(PRINCIPALS),
     action=st.sampled_from(ACTIONS),
     accounts=st.lists(st.sampled_from([OWNER, PARTNER]), min_size=1, max_size=2, unique=True),
