@@ -15,6 +15,7 @@ from typing import Final
 import msgspec
 import trio
 
+from broker import declarations
 from broker.auth import Authenticator, Credential, load_credentials
 from broker.config import BrokerConfig
 from broker.disk_space import DiskSpace, statvfs_free_bytes
@@ -23,7 +24,6 @@ from broker.frontend import Frontend
 from broker.http_client import HttpClient
 from broker.http_delivery import HttpDeliveries
 from broker.metrics import BrokerMetrics
-from broker.model.errors import SqsError
 from broker.model.signing import Signer
 from broker.move_tasks import MoveTasks
 from broker.refusals import ApiRefusals
@@ -48,6 +48,7 @@ from monitoring.settings import HttpLimits, state_directory
 
 KEY_FILE: Final = "receipt-handle.key"
 KEY_BYTES: Final = 32
+DECLARED_FILE: Final = "declared-queues.json"  # the names the file declared at the last apply
 STORE_CLOSE_TIMEOUT_SECONDS: Final = 30.0  # bound on the last commits at shutdown
 
 
@@ -110,6 +111,7 @@ class BrokerApp:
         self.tls = TlsTerminator(config.api.tls) if config.api.tls.enabled else None
         self.sealer = Sealer(keyring_of(config), on_clear=self._warn_stored_in_clear)
         self.store: Store | None = None
+        self.directory: Path | None = None  # the data directory in use (a reload keeps it)
         self.registry: QueueRegistry | None = None
         self.disk: DiskSpace | None = None
         self.frontend: Frontend | None = None
@@ -127,6 +129,7 @@ class BrokerApp:
         config = self.config
         directory = data_directory(config.storage.data_dir)
         directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
         store = SqliteStore(directory, sealer=self.sealer)
         room = statvfs_free_bytes(directory, store.wal_bytes)
         disk = DiskSpace(room, config.storage.min_free_bytes, frame.log, store.give_back_wal_space)
@@ -148,7 +151,14 @@ class BrokerApp:
             )
             self.registry = registry
             await registry.load()
-            await self._declare_queues(registry)
+            file = self._config_file()
+            try:
+                await declarations.apply(
+                    registry, declarations.plan(registry, config, file), file, frame.log
+                )
+            except ConfigError as error:
+                raise StartupError(str(error)) from None
+            declarations.note_undeclared(directory / DECLARED_FILE, config, frame.log)
             self.metrics.watch(registry, store)
             frame.draining.on_start(registry.stop_waiting)
             sqs = SqsApi(registry, account_id=config.aws.account_id)
@@ -285,28 +295,22 @@ class BrokerApp:
         sockets = await bind_tcp(api.host, api.port)
         return Listener("api", sockets, handle_connection, max_connections=limits.max_connections)
 
-    async def _declare_queues(self, registry: QueueRegistry) -> None:
-        """Create or update the queues the config declares; never delete any."""
-        for declared in self.config.queues:
-            existing = registry.get(declared.name)
-            try:
-                if existing is None:
-                    await registry.create(declared.name, declared.attributes, declared.tags)
-                    continue
-                await registry.set_attributes(existing, declared.attributes)
-                if declared.tags:
-                    await registry.set_tags(existing, {**existing.record.tags, **declared.tags})
-            except SqsError as error:
-                raise ConfigError(
-                    "<config>", f"queue {declared.name!r}: {error.code}: {error.message}"
-                ) from None
+    def _config_file(self) -> str:
+        """The configuration file's path, for errors in the queues it declares."""
+        path = self.frame.config_path
+        return "<config>" if path is None else str(path)
 
     async def reload(self, config: BrokerConfig) -> None:
         """Apply a new config: credentials, certificates, encryption keys, declared queues.
 
-        Every file is read before anything changes, so a bad one refuses the whole reload.
-        Listener addresses, the data directory and turning TLS on or off need a restart.
+        Every file is read, and the declared queues are checked against the live ones,
+        before anything changes, so a bad one refuses the whole reload. Listener addresses,
+        the data directory and turning TLS on or off need a restart.
         """
+        file = self._config_file()
+        steps = None
+        if self.registry is not None:
+            steps = declarations.plan(self.registry, config, file)
         authenticator = Authenticator(
             config.auth, credentials_of(config), account_id=config.aws.account_id
         )
@@ -329,8 +333,9 @@ class BrokerApp:
         if config.sqs != self.config.sqs:
             self.frame.log.warning("config.restart_required", section="sqs")
         self.config = config
-        if self.registry is not None:
-            await self._declare_queues(self.registry)
+        if self.registry is not None and self.directory is not None and steps is not None:
+            await declarations.apply(self.registry, steps, file, self.frame.log)
+            declarations.note_undeclared(self.directory / DECLARED_FILE, config, self.frame.log)
 
 
 def build(config: BrokerConfig, frame: Frame) -> BrokerApp:

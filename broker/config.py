@@ -8,6 +8,9 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, field
 
+from broker.model.errors import SqsError
+from broker.model.names import validate_queue_name
+from broker.model.settings import parse_create
 from broker.model.state import MAX_IN_FLIGHT_MESSAGES
 from monitoring.settings import (
     AdminSettings,
@@ -19,6 +22,7 @@ from monitoring.settings import (
     Section,
     check_host,
 )
+from proto.aws.arn import queue_arn
 
 ACCOUNT_ID = re.compile(r"\d{12}")
 REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
@@ -179,11 +183,22 @@ class SnsSettings(Section, frozen=True, kw_only=True):
         Meta(description="SignatureVersion of topics that do not set one (AWS's default: 1)."),
     ] = "1"
     delivery_concurrency: Annotated[
-        int, Meta(ge=1, le=10_000, description="HTTP/S delivery attempts in flight, in all.")
-    ] = 64
+        int,
+        Meta(
+            ge=1,
+            le=10_000,
+            description="HTTP/S delivery attempts in flight, in all: a bound on sockets and "
+            "memory. Failing endpoints' probes hold at most half of it.",
+        ),
+    ] = 256
     endpoint_concurrency: Annotated[
         int,
-        Meta(ge=1, le=1_000, description="HTTP/S delivery attempts in flight per subscription."),
+        Meta(
+            ge=1,
+            le=1_000,
+            description="HTTP/S delivery attempts in flight per subscription whose last attempt "
+            "succeeded; a new or failing one has one attempt (a probe) in flight.",
+        ),
     ] = 8
     connect_timeout_seconds: Annotated[
         Seconds, Meta(description="Bound on TCP connect plus TLS handshake to an endpoint.")
@@ -215,11 +230,43 @@ class SnsSettings(Section, frozen=True, kw_only=True):
 
 
 class DeclaredQueue(Section, frozen=True, kw_only=True):
-    """A queue created (or updated) at start. Removing it here never deletes the queue."""
+    """A queue created (or updated) at start and at reload. Removing it here never deletes
+    the queue."""
 
     name: str
     attributes: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def fifo(self) -> bool:
+        return self.attributes.get("FifoQueue", "").lower() == "true"
+
+    def __post_init__(self) -> None:
+        # Values are checked here, not first at start, so that check-config and a reload
+        # refuse them with the file and the key, before anything changes.
+        try:
+            validate_queue_name(self.name, fifo=self.fifo)
+        except SqsError as error:
+            raise ValueError(f"name {self.name!r}: {error.message}") from None
+        fifo = {"FifoQueue": self.attributes["FifoQueue"]} if self.fifo else {}
+        for key, value in self.attributes.items():
+            try:
+                parse_create({**fifo, key: value})
+            except SqsError as error:
+                raise ValueError(
+                    f"queue {self.name!r}: attributes.{key}: {error.code}: {error.message}"
+                ) from None
+        try:  # what only the whole set can break (SSE-SQS with a KMS key, say)
+            parse_create(self.attributes)
+        except SqsError as error:
+            raise ValueError(
+                f"queue {self.name!r}: attributes: {error.code}: {error.message}"
+            ) from None
+
+    def dead_letter_target(self) -> str | None:
+        """The ARN its RedrivePolicy names, if it has one (the value is already valid)."""
+        policy = parse_create(self.attributes).redrive_policy
+        return None if policy is None else policy.dead_letter_target_arn
 
 
 class BrokerConfig(Section, frozen=True, kw_only=True):
@@ -254,6 +301,44 @@ class BrokerConfig(Section, frozen=True, kw_only=True):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"queues declared twice: {', '.join(duplicates)}")
+        self.declaration_order()  # refuses a cycle of dead-letter targets
+
+    def declaration_order(self) -> list[tuple[int, DeclaredQueue]]:
+        """The declared queues (with their index in ``queues``), dead-letter targets first.
+
+        A RedrivePolicy may name a queue declared further down; creating it first is the only
+        order that works. Otherwise the file's order is kept.
+
+        Raises:
+            ValueError: the declared dead-letter targets form a cycle, which no order can
+                create (each queue's target must exist before it).
+        """
+        by_arn = {
+            queue_arn(self.aws.region, self.aws.account_id, q.name): i
+            for i, q in enumerate(self.queues)
+        }
+        order: list[tuple[int, DeclaredQueue]] = []
+        done: set[int] = set()
+        for start in range(len(self.queues)):
+            path: list[int] = []
+            at: int | None = start
+            # Follow the chain of targets (each queue has at most one) to its first queue
+            # already placed or undeclared, then place the chain from its far end.
+            while at is not None and at not in done:
+                if at in path:
+                    cycle = [*path[path.index(at) :], at]
+                    names = " -> ".join(f"queues[{i}] {self.queues[i].name!r}" for i in cycle)
+                    raise ValueError(
+                        f"queues[{at}].attributes.RedrivePolicy: the declared dead-letter "
+                        f"targets form a cycle ({names}); no order can create them"
+                    )
+                path.append(at)
+                target = self.queues[at].dead_letter_target()
+                at = None if target is None else by_arn.get(target)
+            for i in reversed(path):
+                done.add(i)
+                order.append((i, self.queues[i]))
+        return order
 
 
 def _is_loopback(host: str) -> bool:

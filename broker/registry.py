@@ -16,6 +16,7 @@ import trio
 
 from broker.model import QueueIndex, new_index
 from broker.model.attributes import QueueCounts, QueueFacts, check_create_matches
+from broker.model.errors import SqsError
 from broker.model.names import RecentlyDeleted, validate_queue_name
 from broker.model.settings import (
     QueueSettings,
@@ -196,13 +197,23 @@ class QueueRegistry:
     # ------------------------------------------------------------------ changes
 
     async def create(
-        self, name: str, attributes: Mapping[str, str], tags: Mapping[str, str]
+        self,
+        name: str,
+        attributes: Mapping[str, str],
+        tags: Mapping[str, str],
+        *,
+        declared: bool = False,
     ) -> Queue:
         """CreateQueue: a new queue, or the existing one when every attribute matches.
 
+        Args:
+            declared: the configuration file declares the queue. The operator's file wins over
+                the 60-second wait after a deletion: the queue is created (logged as
+                ``queue.recreated``) rather than the broker refusing to start.
+
         Raises:
             SqsError: ``QueueDeletedRecently`` within 60 seconds of deleting a queue of that
-                name; ``QueueAlreadyExists`` and the attribute errors.
+                name (unless ``declared``); ``QueueAlreadyExists`` and the attribute errors.
         """
         validate_queue_name(name, fifo=attributes.get("FifoQueue", "").lower() == "true")
         # One create at a time: a second CreateQueue for a name being created waits, then finds
@@ -213,7 +224,13 @@ class QueueRegistry:
             if existing is not None:
                 check_create_matches(existing.settings, attributes)
                 return existing
-            self.recently_deleted.check(name, self.clock())
+            recreated = False
+            try:
+                self.recently_deleted.check(name, self.clock())
+            except SqsError:
+                if not declared:
+                    raise
+                recreated = True
             settings = parse_create(attributes)
             self._check_dead_letter_target(settings, name)
             now = now_ms()
@@ -227,6 +244,13 @@ class QueueRegistry:
             queue = Queue(record, self.arn_of(name), self.signer, self.in_flight_limit)
             self._by_name[name] = queue
         self.log.info("queue.created", queue=name, fifo=settings.fifo)
+        if recreated:
+            self.log.warning(
+                "queue.recreated",
+                queue=name,
+                reason="the configuration file declares it; it had been deleted through the "
+                "API less than 60 s before",
+            )
         return queue
 
     async def set_attributes(self, queue: Queue, attributes: Mapping[str, str]) -> None:

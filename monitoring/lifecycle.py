@@ -171,6 +171,8 @@ class Frame:
     reload: Callable[[], Awaitable[str | None]] | None = None
     # Set by the Daemon: stop now, as SIGTERM does, then exit with this reason (status 1).
     fail: Callable[[str], None] | None = None
+    # Set by the Daemon: the configuration file (None: embedded defaults), for the app's errors.
+    config_path: Path | None = None
     _stop_deadline: float = math.inf
     _nursery: trio.Nursery | None = None
     _stopped: trio.Event = field(default_factory=trio.Event)
@@ -403,7 +405,7 @@ class Daemon(Generic[C]):
         self.notifier = notifier or Notifier(None)
         self.log = log or EventLog(spec.name, level=config.logging.level)
         self.metrics = Metrics(spec.name, version=spec.version)
-        self.frame = Frame(self.log, self.metrics)
+        self.frame = Frame(self.log, self.metrics, config_path=config_path)
         self.metrics.register_collector(connection_metrics(self.frame))
         self.app = spec.build(config, self.frame)
         self._commands_send, self._commands = trio.open_memory_channel[str](16)

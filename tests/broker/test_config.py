@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from broker.config import BrokerConfig
+from broker.config import BrokerConfig, DeclaredQueue
 from monitoring.configfile import ConfigError, decode, load
 from tests.support.schema import missing_key_paths, uncommented_key_lines
 
@@ -53,3 +56,76 @@ def test_errors_name_file_key_path_and_reason():
     with pytest.raises(ConfigError) as info:
         decode(b"[admin]\nport = 70000\n", BrokerConfig, path="conf/broker.toml")
     assert str(info.value) == "conf/broker.toml: Expected `int` <= 65535 - at `$.admin.port`"
+
+
+def declared(targets: list[int | None]) -> list[DeclaredQueue]:
+    """Queues q0, q1, ... where queue i's RedrivePolicy names queue targets[i]."""
+    queues = []
+    for i, target in enumerate(targets):
+        attributes = {}
+        if target is not None:
+            dlq = f"arn:aws:sqs:us-east-1:000000000000:q{target}"
+            attributes["RedrivePolicy"] = json.dumps(
+                {"deadLetterTargetArn": dlq, "maxReceiveCount": 3}
+            )
+        queues.append(DeclaredQueue(name=f"q{i}", attributes=attributes))
+    return queues
+
+
+def has_cycle(targets: list[int | None]) -> bool:
+    for start in range(len(targets)):
+        seen = set()
+        at: int | None = start
+        while at is not None:
+            if at in seen:
+                return True
+            seen.add(at)
+            at = targets[at]
+    return False
+
+
+@given(
+    st.integers(0, 8).flatmap(
+        lambda n: (
+            st.lists(st.none() | st.integers(0, n - 1), min_size=n, max_size=n)
+            if n
+            else st.just([])
+        )
+    )
+)
+def test_declared_dead_letter_targets_come_before_their_sources(targets: list[int | None]):
+    queues = declared(targets)
+    if has_cycle(targets):
+        with pytest.raises(ValueError, match="the declared dead-letter targets form a cycle"):
+            BrokerConfig(queues=queues)
+        return
+    order = [i for i, _ in BrokerConfig(queues=queues).declaration_order()]
+    assert sorted(order) == list(range(len(targets)))
+    for source, target in enumerate(targets):
+        if target is not None:
+            assert order.index(target) < order.index(source)
+
+
+def test_declaration_order_keeps_the_file_order_where_it_can():
+    order = BrokerConfig(queues=declared([None, 3, None, None])).declaration_order()
+    assert [i for i, _ in order] == [0, 3, 1, 2]
+
+
+def test_a_declared_value_is_refused_with_its_key():
+    text = (
+        b'[[queues]]\nname = "ok"\n[[queues]]\nname = "q"\nattributes = { DelaySeconds = "901" }\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        decode(text, BrokerConfig, path="broker.toml")
+    assert str(info.value) == (
+        "broker.toml: queue 'q': attributes.DelaySeconds: InvalidAttributeValue: "
+        "Invalid value for the parameter DelaySeconds. - at `$.queues[1]`"
+    )
+    fifo_only = b'[[queues]]\nname = "q"\nattributes = { ContentBasedDeduplication = "true" }\n'
+    with pytest.raises(ConfigError, match=re.escape("attributes.ContentBasedDeduplication")):
+        decode(fifo_only, BrokerConfig)
+    fifo = (
+        b'[[queues]]\nname = "q.fifo"\n'
+        b'attributes = { FifoQueue = "true", ContentBasedDeduplication = "true" }\n'
+    )
+    assert decode(fifo, BrokerConfig).queues[0].fifo

@@ -207,6 +207,22 @@ async def test_a_deleted_name_stays_refused_across_a_restart(tmp_path: Path):
         await registry.create("recent", {}, {})
 
 
+async def test_a_declared_queue_is_created_within_the_60_seconds(tmp_path: Path):
+    clock = [1_700_000_000_000]
+    output = io.StringIO()
+    async with open_registry(tmp_path, clock=lambda: clock[0]) as registry:
+        registry.log = EventLog("broker", level="debug", stream=output)
+        await registry.delete(await registry.create("declared", {}, {}))
+        clock[0] += 1_000
+        with pytest.raises(SqsError):  # CreateQueue through the API still waits
+            await registry.create("declared", {}, {})
+        queue = await registry.create("declared", {"DelaySeconds": "2"}, {}, declared=True)
+        assert registry.get("declared") is queue
+        assert queue.settings.delay_seconds == 2
+    assert "event=queue.recreated" in output.getvalue()
+    assert "queue=declared" in output.getvalue()
+
+
 async def test_the_in_flight_limit_reaches_every_queue(tmp_path: Path):
     async with open_registry(tmp_path, in_flight_limit=2) as registry:
         queue = await registry.create("few", {}, {})
