@@ -5,6 +5,7 @@ Every scrape is parsed with prometheus_client's own parser, so the exposition is
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +74,48 @@ def test_queue_levels_and_counters(traffic):
     assert sample(families, "wharf_sqs_sent_bytes_total", queue="metered") == len(
         "onetwothreefourfivelater"
     )
-    age = sample(families, "wharf_sqs_oldest_message_age_seconds", queue="metered")
-    assert 0 <= age < 60
+
+
+AGE_WAIT_SECONDS = 1.2  # long enough that a collector stuck at 0 cannot pass, short for CI
+
+
+def test_the_oldest_message_age_is_measured_on_the_broker_clock(tmp_path: Path):
+    """The age is read against time.time(), the clock the broker stamps messages with.
+
+    Messages sent in [before, after] are between (scrape start - after) and (scrape end -
+    before) seconds old. The broker keeps enqueue times per second, as the latest time in
+    each second, so ``after`` is taken once every send is done.
+    """
+    with BrokerThread(broker_config(tmp_path)) as broker:
+        sqs = broker.client("json")
+        url = sqs.create_queue(QueueName="aging")["QueueUrl"]
+        before = time.time()
+        sqs.send_message(QueueUrl=url, MessageBody="old")
+        sqs.send_message(QueueUrl=url, MessageBody="young", DelaySeconds=5)
+        after = time.time()
+        time.sleep(AGE_WAIT_SECONDS)
+
+        def scrape() -> float:
+            start = time.time()
+            families = broker.metrics()
+            end = time.time()
+            age = sample(families, "wharf_sqs_oldest_message_age_seconds", queue="aging")
+            assert start - after - 0.002 <= age <= end - before + 0.002
+            return age
+
+        first = scrape()
+        assert first >= AGE_WAIT_SECONDS - 0.002  # a collector stuck at 0 fails here
+        time.sleep(0.3)
+        assert scrape() >= first + 0.3 - 0.002  # it grows with the clock
+        # Received (in flight) or delayed, a message not deleted still counts, as in
+        # CloudWatch; only an empty queue reads 0.
+        received = sqs.receive_message(QueueUrl=url)["Messages"]
+        assert scrape() > first
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=received[0]["ReceiptHandle"])
+        assert scrape() > first
+        sqs.purge_queue(QueueUrl=url)
+        families = broker.metrics()
+        assert sample(families, "wharf_sqs_oldest_message_age_seconds", queue="aging") == 0
 
 
 def test_request_counts_and_latency(traffic):

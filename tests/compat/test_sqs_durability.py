@@ -7,7 +7,8 @@ while they are sending, restarted on the same directory, and drained:
 
 - every acknowledged message is there (duplicates of unacknowledged sends are allowed);
 - each FIFO group comes back in send order, with nothing acknowledged missing;
-- an acknowledged deduplication id is still deduplicated after the restart;
+- an acknowledged deduplication id is still deduplicated after the restart, and so is an
+  acknowledged body in a queue with ContentBasedDeduplication;
 - messages received but not deleted before the kill come back after their visibility timeout.
 """
 
@@ -34,6 +35,7 @@ pytestmark = pytest.mark.slow
 SENDERS = 4  # per queue
 SEND_SECONDS = 0.5  # how long the clients go on sending after that
 INFLIGHT_VISIBILITY = 3  # seconds; the in-flight messages' timeout at the kill
+CONTENT_BODY = "deduplicated by its SHA-256, across the kill"
 
 
 def new_sender(endpoint: str, queue_url: str, number: int, *, fifo: bool) -> Writer:
@@ -70,6 +72,13 @@ async def test_acknowledged_messages_survive_sigkill(tmp_path: Path):
         fifo = client.create_queue(QueueName="durable.fifo", Attributes={"FifoQueue": "true"})[
             "QueueUrl"
         ]
+        by_content = client.create_queue(
+            QueueName="content.fifo",
+            Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true"},
+        )["QueueUrl"]
+        first_copy = client.send_message(
+            QueueUrl=by_content, MessageBody=CONTENT_BODY, MessageGroupId="g"
+        )
         inflight = client.create_queue(QueueName="inflight")["QueueUrl"]
         for i in range(5):
             client.send_message(QueueUrl=inflight, MessageBody=f"held {i}")
@@ -109,7 +118,7 @@ async def test_acknowledged_messages_survive_sigkill(tmp_path: Path):
         client = sqs_client(endpoint)
         urls = {
             name: client.get_queue_url(QueueName=name)["QueueUrl"]
-            for name in ("durable", "durable.fifo", "inflight", "deleted")
+            for name in ("durable", "durable.fifo", "content.fifo", "inflight", "deleted")
         }
         # Acknowledged deletes are durable too: nothing comes back.
         assert await trio.to_thread.run_sync(drain, endpoint, urls["deleted"]) == []
@@ -166,6 +175,19 @@ async def test_acknowledged_messages_survive_sigkill(tmp_path: Path):
         assert again["MessageId"] == original["MessageId"]
         assert again["SequenceNumber"] == original["SequenceNumber"]
         assert client.receive_message(QueueUrl=urls["durable.fifo"]).get("Messages", []) == []
+
+        # Content-based deduplication survived too: the same body again, well within the
+        # 5 minutes, is accepted as the same message (AWS answers with the first send's
+        # MessageId and SequenceNumber) and delivered once.
+        second_copy = client.send_message(
+            QueueUrl=urls["content.fifo"], MessageBody=CONTENT_BODY, MessageGroupId="g"
+        )
+        assert second_copy["MessageId"] == first_copy["MessageId"]
+        assert second_copy["SequenceNumber"] == first_copy["SequenceNumber"]
+        delivered = await trio.to_thread.run_sync(drain, endpoint, urls["content.fifo"])
+        assert [(m["MessageId"], m["Body"]) for m in delivered] == [
+            (first_copy["MessageId"], CONTENT_BODY)
+        ]
 
 
 def move_task_of(client: Any, source_arn: str) -> dict[str, Any]:
