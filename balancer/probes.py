@@ -18,7 +18,6 @@ What a check sends and how it is judged follows the ALB user guide
 from __future__ import annotations
 
 import functools
-import ipaddress
 import ssl
 from typing import Final, NamedTuple
 
@@ -27,6 +26,7 @@ import trio
 
 from balancer.config import HealthCheck
 from balancer.health import Input, Matcher, classify_response, parse_matcher
+from balancer.target_tls import client_context, server_name
 
 USER_AGENT: Final = "ELB-HealthChecker/2.0"
 # A status line and headers fit easily; a target that sends more is not answering a check.
@@ -43,12 +43,9 @@ class CheckResult(NamedTuple):
 
 @functools.lru_cache(maxsize=1)
 def unverified_client_context() -> ssl.SSLContext:
-    """The TLS client context of HTTPS checks: no certificate or host name verification."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    context.set_alpn_protocols(["http/1.1"])
-    return context
+    """The TLS client context of HTTPS checks: the one https targets get for traffic (no
+    certificate or host name verification), built once for the process's checks."""
+    return client_context()
 
 
 @functools.lru_cache(maxsize=256)
@@ -60,14 +57,6 @@ def matcher_of(text: str) -> Matcher:
 def check_port(check: HealthCheck, traffic_port: int) -> int:
     """The port a check connects to: the target's own, or the configured number."""
     return traffic_port if check.port == "traffic-port" else check.port
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _request(check: HealthCheck, host: str, port: int) -> tuple[h11.Connection, bytes]:
@@ -113,7 +102,7 @@ async def _attempt(host: str, port: int, check: HealthCheck) -> CheckResult:
             tls = trio.SSLStream(
                 stream,
                 unverified_client_context(),
-                server_hostname=None if _is_ip(host) else host,
+                server_hostname=server_name(host),
                 https_compatible=True,
             )
             stream = tls

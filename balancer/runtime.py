@@ -5,8 +5,9 @@ Two kinds of state, kept apart on purpose:
 * :class:`Snapshot` is built from one :class:`~balancer.config.BalancerConfig` (and the
   stickiness keys) and never changes afterwards: each listener's compiled
   :class:`~balancer.rules.RuleTable`, each target group's target list, its
-  :class:`~balancer.selection.TargetSelector`, the :class:`~balancer.stickiness.CookieSealer`.
-  Compiling happens once per generation, never per request.
+  :class:`~balancer.selection.TargetSelector`, the :class:`~balancer.stickiness.CookieSealer`,
+  and one TLS client context for every https target group's connections. Compiling happens
+  once per generation, never per request.
 * :class:`GroupLive` is what must survive a reload, keyed by target-group name: the
   :class:`~balancer.health.HealthTable` (targets kept across a reload keep their state) and
   the requests in flight per target (least-outstanding-requests and early draining read
@@ -38,7 +39,10 @@ Interface (used by the HTTP listener, the health checker, the admin targets API 
     A new generation where one group has a new target list (admin register/deregister);
     rules, sealer and the other groups are shared with the previous generation.
 ``GroupRuntime.choose(now=, rand=, sticky_target=) -> Selected | None``
-    Target selection among the group's targets with live health; None means 503.
+    Target selection among the group's targets with live health; None means 503. The
+    endpoint is a :class:`~balancer.upstream.TargetEndpoint`: it carries the generation's
+    TLS context (https groups) and the group's ``GroupLive``, which the connection pools
+    ask whether a target still keeps connections (``GroupLive.keeps_connections``).
 ``GroupRuntime.request_started(target_id)`` / ``request_finished(target_id, now) -> events``
     Bracket every request sent to a target; the last request of a draining target ends its
     draining early. The shell hands the returned events to ``runtime.notify``.
@@ -58,6 +62,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import ssl
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -74,7 +79,9 @@ from balancer.health import HealthPolicy, HealthTable, TargetState, TargetStateC
 from balancer.rules import RuleTable
 from balancer.selection import Candidate, Choice, RandomSource, TargetSelector
 from balancer.stickiness import CookieSealer
+from balancer.target_tls import client_context
 from balancer.tls import ServerTls
+from balancer.upstream import TargetEndpoint
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 HealthObserver = Callable[[Sequence[TargetStateChanged]], None]
@@ -93,6 +100,12 @@ class GroupLive:
     def in_flight(self, target_id: str) -> int:
         """Requests in flight to one target, across every generation."""
         return self.outstanding.get(target_id, 0)
+
+    def keeps_connections(self, target_id: str) -> bool:
+        """Whether pooled connections to the target are worth keeping: it is registered and
+        not draining (a draining target gets no new request; a gone one none at all)."""
+        record = self.health.get(target_id)
+        return record is not None and record.state is not TargetState.DRAINING
 
 
 class Selected(NamedTuple):
@@ -118,6 +131,7 @@ class GroupRuntime:
         "in_use",
         "live",
         "selector",
+        "tls",
     )
 
     def __init__(
@@ -127,11 +141,17 @@ class GroupRuntime:
         endpoints: Sequence[Endpoint] | None = None,
         *,
         in_use: bool = True,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.config = config
         self.live = live
         self.in_use = in_use  # some listener rule of this generation forwards here
-        self.endpoints = tuple(config.endpoints() if endpoints is None else endpoints)
+        # The generation's client context for https targets (one built here if none given).
+        self.tls = None if config.protocol != "https" else tls or client_context()
+        self.endpoints = tuple(
+            TargetEndpoint.of(e, tls=self.tls, owner=live)
+            for e in (config.endpoints() if endpoints is None else endpoints)
+        )
         self.by_id: Mapping[str, Endpoint] = {e.target_id: e for e in self.endpoints}
         self.selector = TargetSelector.from_target_group(config, outstanding=live.outstanding)
         self._memo: tuple[Candidate, ...] = ()
@@ -302,7 +322,11 @@ class Runtime:
         previous = old.groups[group]
         groups = dict(old.groups)
         groups[group] = GroupRuntime(
-            previous.config, previous.live, tuple(endpoints), in_use=previous.in_use
+            previous.config,
+            previous.live,
+            tuple(endpoints),
+            in_use=previous.in_use,
+            tls=previous.tls,
         )
         self._generation += 1
         snapshot = replace(old, generation=self._generation, groups=groups)
@@ -316,11 +340,16 @@ class Runtime:
     ) -> Snapshot:
         sealer = CookieSealer(keys) if keys else None
         in_use = groups_in_use(config)
+        # One context for the generation, not one per connection or group.
+        https = any(group.protocol == "https" for group in config.target_groups)
+        tls_context = client_context() if https else None
         groups: dict[str, GroupRuntime] = {}
         for group in config.target_groups:
             policy = HealthPolicy.from_target_group(group, in_use=group.name in in_use)
             live = self.live.get(group.name) or GroupLive(group.name, policy)
-            groups[group.name] = GroupRuntime(group, live, in_use=group.name in in_use)
+            groups[group.name] = GroupRuntime(
+                group, live, in_use=group.name in in_use, tls=tls_context
+            )
         listeners = {li.name: ListenerRuntime.compile(li) for li in config.listeners}
         self._generation += 1
         return Snapshot(self._generation, config, listeners, groups, sealer, keys, tls or {})

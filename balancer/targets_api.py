@@ -227,7 +227,9 @@ class Overrides:
         for name, group in snapshot.groups.items():
             endpoints = self.endpoints(group.config)
             if list(group.endpoints) != endpoints:
-                group = GroupRuntime(group.config, group.live, endpoints, in_use=group.in_use)
+                group = GroupRuntime(
+                    group.config, group.live, endpoints, in_use=group.in_use, tls=group.tls
+                )
                 changed = True
             groups[name] = group
         return replace(snapshot, groups=groups) if changed else snapshot

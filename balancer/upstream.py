@@ -7,23 +7,40 @@ mid-exchange, ``Connection: close``, a protocol switch) closes it. Each pool kee
 ``max_idle`` idle connections, newest on top (a hot connection has the best chance of still
 being open), and forgets those idle longer than the idle timeout.
 
+Targets of https target groups are reached over TLS (:mod:`balancer.target_tls`: no
+certificate verification, as on ALB), pooled and reused the same way; the handshake is part
+of connecting, under the same timeout. Which is which comes with the endpoint: the runtime
+hands out :class:`TargetEndpoint` objects that carry their generation's TLS context and their
+group's live state (the ``owner``).
+
+Pools follow the targets' lives: a pool whose target is draining or gone (deregistered,
+removed by a reload) is retired at the next :meth:`Pools.prune` (the app's housekeeping runs
+it every second): its idle connections are closed and it is forgotten; connections still in
+use finish their request and are closed when they come back instead of being pooled.
+
+A response head larger than the pool's ``max_head_bytes`` (``limits.response_header_bytes``,
+ALB's 32 KiB by default) is a protocol error (:class:`TargetConnection`), which the listener
+answers as an invalid target response: 502.
+
 Errors are typed by phase, as httpcore does, so the listener maps them to ALB's status
-codes without looking inside: :class:`ConnectFailed` (refused, unreachable: 502),
-:class:`ConnectTimedOut` (504). Failures after connecting surface from the listener's own
-reads and writes.
+codes without looking inside: :class:`ConnectFailed` (refused, unreachable, TLS handshake
+failed: 502), :class:`ConnectTimedOut` (504). Failures after connecting surface from the
+listener's own reads and writes.
 """
 
 from __future__ import annotations
 
 import select
 import socket
+import ssl
 from collections.abc import Iterator
-from typing import Final
+from typing import Final, Protocol
 
 import h11
 import trio
 
-from balancer.config import Endpoint
+from balancer import target_tls
+from balancer.config import Endpoint, ListenerLimits
 
 # A connection idle for less than this is reused without asking the kernel whether the
 # target closed it: a target that closes keep-alive connections after milliseconds is
@@ -35,6 +52,8 @@ SOCKET_BUFFER_BYTES: Final = 1 << 18
 # trio sets TCP_NOTSENT_LOWAT to 16 KiB, which splits every large write into several waits
 # for writability; a proxy relaying big bodies is better served by the kernel default.
 NOTSENT_LOWAT_UNLIMITED: Final = 2**31 - 1  # the largest value setsockopt takes
+# ALB's bound on a target's response head, when the listener passes none.
+DEFAULT_MAX_HEAD_BYTES: Final = ListenerLimits().response_header_bytes
 
 
 class UpstreamError(Exception):
@@ -61,15 +80,90 @@ def tune_socket(sock: trio.socket.SocketType) -> None:
         pass
 
 
+class TargetOwner(Protocol):
+    """What a pool asks of its target's group (``runtime.GroupLive`` answers)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def keeps_connections(self, target_id: str) -> bool:
+        """Whether the target may get new requests: registered and not draining."""
+        ...
+
+
+class TargetEndpoint(Endpoint):
+    """An endpoint as the runtime hands it to the data path: where to connect, with what
+    TLS context (None: plain TCP) and whose target it is. Compares as the plain endpoint."""
+
+    tls: ssl.SSLContext | None
+    owner: TargetOwner | None
+
+    @classmethod
+    def of(
+        cls, endpoint: Endpoint, *, tls: ssl.SSLContext | None, owner: TargetOwner | None
+    ) -> TargetEndpoint:
+        made = cls(*endpoint)
+        made.tls = tls
+        made.owner = owner
+        return made
+
+
+def _tls_of(endpoint: Endpoint) -> ssl.SSLContext | None:
+    return endpoint.tls if isinstance(endpoint, TargetEndpoint) else None
+
+
+def _owner_of(endpoint: Endpoint) -> TargetOwner | None:
+    return endpoint.owner if isinstance(endpoint, TargetEndpoint) else None
+
+
+def _head_bytes(head: h11.Response | h11.InformationalResponse) -> int:
+    # As sent, give or take optional whitespace: status line, "name: value" lines, blank line.
+    size = 17 + len(head.reason)
+    for name, value in head.headers:
+        size += len(name) + len(value) + 4
+    return size
+
+
+class TargetConnection(h11.Connection):
+    """h11's client side with a bound on the target's response heads.
+
+    h11's ``max_incomplete_event_size`` bounds a head only while it is incomplete; one that
+    arrives whole in a single read passes however large. Here a complete head over the
+    bound is refused too, and the refusal sticks (the connection is never reused).
+    """
+
+    def __init__(self, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES) -> None:
+        super().__init__(h11.CLIENT, max_incomplete_event_size=max_head_bytes)
+        self.max_head_bytes = max_head_bytes
+        self._refused: str | None = None
+
+    def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        if self._refused is not None:
+            raise h11.RemoteProtocolError(self._refused)
+        event = super().next_event()
+        kind = type(event)
+        if kind is h11.Response or kind is h11.InformationalResponse:
+            assert isinstance(event, h11.Response | h11.InformationalResponse)
+            if _head_bytes(event) > self.max_head_bytes:
+                self._refused = f"response head over {self.max_head_bytes} bytes"
+                raise h11.RemoteProtocolError(self._refused)
+        return event
+
+
 class Upstream:
     """One connection to a target and its h11 client state."""
 
     __slots__ = ("conn", "endpoint", "idle_since", "reused", "stream")
 
-    def __init__(self, endpoint: Endpoint, stream: trio.SocketStream) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        stream: trio.SocketStream,
+        max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
+    ) -> None:
         self.endpoint = endpoint
-        self.stream = stream
-        self.conn = h11.Connection(h11.CLIENT)
+        self.stream = stream  # over a target_tls.TlsSocket for an https target
+        self.conn = TargetConnection(max_head_bytes)
         self.reused = False
         self.idle_since = 0.0
 
@@ -78,7 +172,7 @@ class Upstream:
         return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
 
     def close(self) -> None:
-        """Close at once. A plain TCP socket's close never waits on the peer."""
+        """Close at once. A socket's close never waits on the peer (nor a TLS one's)."""
         self.stream.socket.close()
 
 
@@ -90,9 +184,20 @@ def _looks_closed(stream: trio.SocketStream) -> bool:
 
 
 class Pool:
-    """Idle keep-alive connections to one target."""
+    """Idle keep-alive connections to one target of one target group."""
 
-    __slots__ = ("_idle", "connect_timeout", "endpoint", "idle_timeout", "max_idle", "opened")
+    __slots__ = (
+        "_idle",
+        "connect_timeout",
+        "endpoint",
+        "idle_timeout",
+        "max_head_bytes",
+        "max_idle",
+        "opened",
+        "owner",
+        "retired",
+        "tls",
+    )
 
     def __init__(
         self,
@@ -101,22 +206,32 @@ class Pool:
         connect_timeout: float,
         idle_timeout: float,
         max_idle: int = DEFAULT_MAX_IDLE,
+        max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
     ) -> None:
         self.endpoint = endpoint
+        self.tls = _tls_of(endpoint)
+        self.owner = _owner_of(endpoint)
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle
+        self.max_head_bytes = max_head_bytes
         self.opened = 0  # connections opened since start (tests count reuse with it)
+        self.retired = False  # its target left or drains: nothing goes back into it
         self._idle: list[Upstream] = []
 
     def __len__(self) -> int:
         return len(self._idle)
 
+    def kept(self) -> bool:
+        """Whether its target may still get requests (a plain endpoint always may)."""
+        owner = self.owner
+        return owner is None or owner.keeps_connections(self.endpoint.target_id)
+
     async def acquire(self, now: float) -> Upstream:
         """An idle connection that still looks usable, or a new one.
 
         Raises:
-            ConnectFailed: the target refused or is unreachable.
+            ConnectFailed: the target refused or is unreachable, or the TLS handshake failed.
             ConnectTimedOut: the connect timeout passed.
         """
         while self._idle:
@@ -126,26 +241,43 @@ class Pool:
                 idle_for < self.idle_timeout and not _looks_closed(upstream.stream)
             ):
                 upstream.reused = True
+                if upstream.conn.max_head_bytes != self.max_head_bytes:
+                    # Another listener's limit: h11 fixes its bound at construction, and
+                    # a pooled connection is between exchanges, with nothing buffered.
+                    upstream.conn = TargetConnection(self.max_head_bytes)
                 return upstream
             upstream.close()
         return await self.connect()
 
     async def connect(self) -> Upstream:
-        """A new connection to the target."""
+        """A new connection to the target (TLS handshake included, for an https one)."""
         endpoint = self.endpoint
+        max_head_bytes = self.max_head_bytes
         with trio.move_on_after(self.connect_timeout) as scope:
             try:
-                stream = await _open(endpoint.host, endpoint.port)
+                stream = await _open(endpoint.host, endpoint.port, self.tls)
+            except ssl.SSLError as exc:
+                detail = f"TLS handshake failed: {exc.reason or exc}"
+                raise ConnectFailed(endpoint.target_id, detail) from None
             except OSError as exc:
                 raise ConnectFailed(endpoint.target_id, exc.strerror or str(exc)) from None
+            except trio.BrokenResourceError as exc:  # reset during the TLS handshake
+                detail = f"TLS handshake failed: {exc.__cause__ or exc}"
+                raise ConnectFailed(endpoint.target_id, detail) from None
         if scope.cancelled_caught:
             raise ConnectTimedOut(endpoint.target_id, f"no connection in {self.connect_timeout}s")
         self.opened += 1
-        return Upstream(endpoint, stream)
+        return Upstream(endpoint, stream, max_head_bytes)
 
     def release(self, upstream: Upstream, now: float) -> None:
-        """Take a connection back after an exchange; closes it unless it is reusable."""
-        if not upstream.reusable() or len(self._idle) >= self.max_idle:
+        """Take a connection back after an exchange; closes it unless it is reusable and
+        its target still takes requests."""
+        if (
+            not upstream.reusable()
+            or len(self._idle) >= self.max_idle
+            or self.retired
+            or not self.kept()
+        ):
             upstream.close()
             return
         upstream.conn.start_next_cycle()
@@ -162,13 +294,20 @@ class Pool:
         self._idle = keep
         return closed
 
+    def retire(self) -> int:
+        """Close the idle connections and take none back from now on; returns how many."""
+        self.retired = True
+        closed = len(self._idle)
+        self.close()
+        return closed
+
     def close(self) -> None:
         for upstream in self._idle:
             upstream.close()
         self._idle.clear()
 
 
-async def _open(host: str, port: int) -> trio.SocketStream:
+async def _open(host: str, port: int, tls: ssl.SSLContext | None) -> trio.SocketStream:
     # A direct connect for IP literals: trio.open_tcp_stream's happy-eyeballs nursery costs
     # more than the connect itself on loopback. Names go through getaddrinfo (in a thread).
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -177,54 +316,94 @@ async def _open(host: str, port: int) -> trio.SocketStream:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
         await sock.connect(address)
+        if tls is None:
+            stream = trio.SocketStream(sock)
+        else:
+            stream = await target_tls.wrap(sock, tls, host)
     except BaseException:
         sock.close()
         raise
-    tune_socket(sock)
-    return trio.SocketStream(sock)
+    tune_socket(stream.socket)  # after SocketStream, which sets trio's 16 KiB
+    return stream
+
+
+PoolKey = tuple[str, str]  # (target group, target id); "" for a plain endpoint's group
+
+
+def _key(endpoint: Endpoint) -> PoolKey:
+    owner = _owner_of(endpoint)
+    return ("" if owner is None else owner.name, endpoint.target_id)
 
 
 class Pools:
-    """Every target's pool, keyed by target id; survives config generations."""
+    """Every target's pool, keyed by target group and target id; survives config
+    generations (a target in two groups has a pool in each: each group drains it alone)."""
 
     def __init__(self, *, max_idle: int = DEFAULT_MAX_IDLE) -> None:
         self.max_idle = max_idle
-        self._pools: dict[str, Pool] = {}
+        self._pools: dict[PoolKey, Pool] = {}
 
     def __iter__(self) -> Iterator[Pool]:
         return iter(list(self._pools.values()))
 
-    def get(self, endpoint: Endpoint, *, connect_timeout: float, idle_timeout: float) -> Pool:
-        """The pool of one target, created on first use; timeouts follow the latest config."""
-        pool = self._pools.get(endpoint.target_id)
+    def get(
+        self,
+        endpoint: Endpoint,
+        *,
+        connect_timeout: float,
+        idle_timeout: float,
+        max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
+    ) -> Pool:
+        """The pool of one target, created on first use; timeouts, the response head bound
+        and the TLS context follow the latest config (a group that switched between http
+        and https gets a new pool: the old connections speak the other protocol)."""
+        key = _key(endpoint)
+        pool = self._pools.get(key)
+        tls = _tls_of(endpoint)
+        if pool is not None and (pool.tls is None) != (tls is None):
+            pool.retire()
+            pool = None
         if pool is None:
             pool = Pool(
                 endpoint,
                 connect_timeout=connect_timeout,
                 idle_timeout=idle_timeout,
                 max_idle=self.max_idle,
+                max_head_bytes=max_head_bytes,
             )
-            self._pools[endpoint.target_id] = pool
+            self._pools[key] = pool
         else:
             # Same target id, same address; weight and zone may have changed.
             pool.endpoint = endpoint
+            pool.tls = tls
+            pool.owner = _owner_of(endpoint)
             pool.connect_timeout = connect_timeout
             pool.idle_timeout = idle_timeout
+            pool.max_head_bytes = max_head_bytes
         return pool
 
     def prune(self, now: float) -> int:
-        """Close idle connections past their idle timeout in every pool."""
-        return sum(pool.prune(now) for pool in self._pools.values())
+        """Close idle connections past their idle timeout in every pool, and retire the
+        pools whose targets drain or left; returns how many connections were closed."""
+        closed = 0
+        for key, pool in list(self._pools.items()):
+            if pool.kept():
+                closed += pool.prune(now)
+            else:
+                closed += pool.retire()
+                del self._pools[key]
+        return closed
 
     def discard(self, target_id: str) -> None:
-        """Close a target's idle connections (it left, or is draining)."""
-        pool = self._pools.pop(target_id, None)
-        if pool is not None:
-            pool.close()
+        """Retire every pool of a target, whatever its group."""
+        for key, pool in list(self._pools.items()):
+            if key[1] == target_id:
+                pool.retire()
+                del self._pools[key]
 
     def close(self) -> None:
         for pool in self._pools.values():
-            pool.close()
+            pool.retire()
         self._pools.clear()
 
     def idle_connections(self) -> int:

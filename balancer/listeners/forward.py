@@ -160,6 +160,7 @@ async def _exchange(
         selected.endpoint,
         connect_timeout=config.timeouts.target_connect_seconds,
         idle_timeout=config.idle_timeout_seconds,
+        max_head_bytes=config.limits.response_header_bytes,
     )
     request = ex.request
     upgrade = is_upgrade(ex.headers)

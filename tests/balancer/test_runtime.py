@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from balancer.config import (
@@ -177,3 +178,44 @@ def test_a_generation_still_routes_to_a_group_a_newer_one_left_unused():
     assert picked is not None
     assert picked.endpoint.target_id == "10.0.0.1:8080"
     assert picked.choice.fail_open
+
+
+def test_https_groups_share_one_tls_context_per_generation():
+    plain = config("10.0.0.1")
+    https = msgspec.structs.replace(
+        plain,
+        target_groups=(
+            msgspec.structs.replace(plain.target_groups[0], protocol="https"),
+            TargetGroup(name="api", protocol="https", targets=(Target(host="api.internal"),)),
+        ),
+    )
+    runtime = Runtime(plain, now=0.0)
+    assert runtime.current.groups["web"].tls is None
+    assert runtime.current.groups["web"].endpoints[0].tls is None
+    runtime.reload(https, (), 1.0)
+    first = runtime.current
+    context = first.groups["web"].tls
+    assert context is not None
+    assert first.groups["api"].tls is context  # one per generation, not per group
+    assert {e.tls for g in first.groups.values() for e in g.endpoints} == {context}
+    # Registering a target makes a generation that keeps the context...
+    endpoints = [*first.groups["web"].endpoints, Endpoint("10.0.0.2:8080", "10.0.0.2", 8080, 1, "")]
+    runtime.replace_targets("web", endpoints, 2.0)
+    assert runtime.current.groups["web"].endpoints[1].tls is context
+    # ...and a reload builds the next one.
+    runtime.reload(https, (), 3.0)
+    assert runtime.current.groups["web"].tls not in (None, context)
+
+
+def test_pools_keep_connections_only_to_targets_that_take_requests():
+    runtime = Runtime(config("10.0.0.1", "10.0.0.2", checks=False), now=0.0)
+    group = runtime.current.groups["web"]
+    live = group.live
+    assert all(e.owner is live for e in group.endpoints)
+    assert live.keeps_connections("10.0.0.1:8080")
+    runtime.reload(config("10.0.0.2", checks=False), (), 1.0)
+    assert live.health.get("10.0.0.1:8080").state is TargetState.DRAINING  # type: ignore[union-attr]
+    assert not live.keeps_connections("10.0.0.1:8080")  # draining: no new request
+    runtime.advance(31.0)
+    assert not live.keeps_connections("10.0.0.1:8080")  # gone
+    assert live.keeps_connections("10.0.0.2:8080")

@@ -5,11 +5,32 @@ from __future__ import annotations
 import h11
 import pytest
 import trio
+import trustme
+from hypothesis import given
+from hypothesis import strategies as st
 
 from balancer import upstream
-from balancer.config import Endpoint
-from balancer.upstream import ConnectFailed, ConnectTimedOut, Pool, Pools
+from balancer.config import (
+    BalancerConfig,
+    Endpoint,
+    Forward,
+    HealthCheck,
+    HttpListener,
+    Target,
+    TargetGroup,
+)
+from balancer.runtime import Runtime
+from balancer.target_tls import client_context
+from balancer.upstream import (
+    ConnectFailed,
+    ConnectTimedOut,
+    Pool,
+    Pools,
+    TargetConnection,
+    TargetEndpoint,
+)
 from tests.support.targets import TargetServer, running_targets
+from tests.support.tls_targets import TlsTargetServer, server_context
 
 
 def endpoint(port: int) -> Endpoint:
@@ -95,7 +116,7 @@ async def test_refused_and_timed_out_connects_are_typed():
 
 
 async def test_a_connect_that_hangs_times_out(monkeypatch, autojump_clock):
-    async def hang(host: str, port: int) -> trio.SocketStream:
+    async def hang(host: str, port: int, tls: object) -> trio.SocketStream:
         await trio.sleep_forever()
         raise AssertionError
 
@@ -119,3 +140,174 @@ async def test_pools_are_per_target_and_follow_new_timeouts():
     assert pools.idle_connections() == 0
     assert pools.prune(0.0) == 0
     pools.close()
+
+
+# --- https targets: TLS connections, pooled like plain ones ---------------------------------
+
+
+def tls_endpoint(port: int) -> TargetEndpoint:
+    return TargetEndpoint.of(endpoint(port), tls=client_context(), owner=None)
+
+
+async def test_a_tls_connection_is_pooled_and_reused():
+    target = TlsTargetServer("s", context=server_context(trustme.CA()))
+    async with running_targets(target):
+        pool = Pool(tls_endpoint(target.port), connect_timeout=5, idle_timeout=60)
+        for _ in range(3):
+            up = await pool.acquire(trio.current_time())
+            assert await exchange(up) == 200
+            pool.release(up, trio.current_time())
+        assert (target.accepts, target.handshakes, pool.opened) == (1, 1, 1)
+        assert target.alpn == ["http/1.1"]
+        assert target.server_names == [None]  # an IP literal: no SNI
+        assert target.seen[0].header("host") == "t"
+        pool.close()
+
+
+async def test_a_target_that_is_not_tls_fails_the_connect():
+    async with running_targets(TargetServer("plain")) as (target,):
+        pool = Pool(tls_endpoint(target.port), connect_timeout=5, idle_timeout=60)
+        with pytest.raises(ConnectFailed, match="TLS handshake failed"):
+            await pool.acquire(trio.current_time())
+        assert pool.opened == 0
+
+
+async def test_the_handshake_is_under_the_connect_timeout():
+    # A listening socket nobody accepts on: TCP connects (the kernel's backlog), TLS never.
+    silent = trio.socket.socket()
+    await silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    pool = Pool(tls_endpoint(silent.getsockname()[1]), connect_timeout=0.5, idle_timeout=60)
+    start = trio.current_time()
+    with pytest.raises(ConnectTimedOut):
+        await pool.acquire(start)
+    assert 0.5 <= trio.current_time() - start < 4
+    silent.close()
+
+
+# --- the response head bound ----------------------------------------------------------------
+
+
+def head_of(size: int) -> bytes:
+    """A 200 head of exactly ``size`` bytes (one padding header)."""
+    fixed = len(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-pad: \r\n\r\n")
+    return b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nx-pad: %s\r\n\r\n" % (b"p" * (size - fixed))
+
+
+def started(limit: int) -> TargetConnection:
+    conn = TargetConnection(limit)
+    conn.send(h11.Request(method="GET", target="/", headers=[("host", "t")]))
+    conn.send(h11.EndOfMessage())
+    return conn
+
+
+@given(size=st.integers(min_value=100, max_value=3000), pieces=st.integers(1, 4))
+def test_a_head_passes_exactly_when_it_fits_the_bound(size, pieces):
+    limit = 1500
+    conn = started(limit)
+    head = head_of(size)
+    step = -(-len(head) // pieces)
+    event: object = h11.NEED_DATA
+    try:
+        for start in range(0, len(head), step):
+            conn.receive_data(head[start : start + step])
+            event = conn.next_event()
+    except h11.RemoteProtocolError:
+        assert size > limit
+        with pytest.raises(h11.RemoteProtocolError):  # sticks: never reused
+            conn.next_event()
+        return
+    assert size <= limit
+    assert isinstance(event, h11.Response)
+
+
+def test_h11_alone_lets_a_whole_oversized_head_through():
+    # Why TargetConnection checks complete heads: h11 bounds only incomplete ones.
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=1000)
+    conn.send(h11.Request(method="GET", target="/", headers=[("host", "t")]))
+    conn.receive_data(head_of(5000))
+    assert isinstance(conn.next_event(), h11.Response)
+
+
+async def test_pools_hand_out_the_bound_they_were_given():
+    async with running_targets(TargetServer("a")) as (target,):
+        pools = Pools()
+        pool = pools.get(endpoint(target.port), connect_timeout=5, idle_timeout=60)
+        up = await pool.acquire(trio.current_time())
+        assert up.conn.max_head_bytes == upstream.DEFAULT_MAX_HEAD_BYTES == 32768
+        assert await exchange(up) == 200
+        pool.release(up, trio.current_time())
+        # Another listener with its own limit reuses the connection under that limit.
+        pool = pools.get(
+            endpoint(target.port), connect_timeout=5, idle_timeout=60, max_head_bytes=2048
+        )
+        again = await pool.acquire(trio.current_time())
+        assert again is up
+        assert again.conn.max_head_bytes == 2048
+        assert await exchange(again) == 200
+        again.close()
+        pools.close()
+
+
+# --- pools follow their targets' lives ------------------------------------------------------
+
+
+def runtime_for(*ports: int, protocol: str = "http") -> Runtime:
+    group = TargetGroup(
+        name="web",
+        protocol=protocol,  # type: ignore[arg-type]
+        targets=tuple(Target(host="127.0.0.1", port=port) for port in ports),
+        health_check=HealthCheck(enabled=False),
+    )
+    listener = HttpListener(name="front", port=8080, default_action=Forward(target_group="web"))
+    config = BalancerConfig(listeners=(listener,), target_groups=(group,))
+    return Runtime(config, now=trio.current_time())
+
+
+async def wait_closed(target: TargetServer) -> None:
+    with trio.fail_after(5):
+        while target.open_connections:  # noqa: ASYNC110 (a counter: no event to wait on)
+            await trio.sleep(0.01)
+
+
+async def test_a_draining_targets_pool_is_retired_and_in_use_connections_close():
+    async with running_targets(TargetServer("a"), TargetServer("b")) as (a, b):
+        runtime = runtime_for(a.port, b.port)
+        pools = Pools()
+        group = runtime.current.groups["web"]
+        first, second = (pools.get(e, connect_timeout=5, idle_timeout=60) for e in group.endpoints)
+        idle = await first.acquire(trio.current_time())
+        busy = await first.acquire(trio.current_time())
+        other = await second.acquire(trio.current_time())
+        for up in (idle, busy, other):
+            assert await exchange(up) == 200
+        first.release(idle, trio.current_time())
+        second.release(other, trio.current_time())
+        assert pools.prune(trio.current_time()) == 0
+        # a is deregistered: it drains (300 s by default), b stays.
+        runtime.replace_targets("web", [group.endpoints[1]], trio.current_time())
+        assert not runtime.live["web"].keeps_connections(group.endpoints[0].target_id)
+        assert pools.prune(trio.current_time()) == 1
+        assert [p.endpoint.port for p in pools] == [b.port]
+        first.release(busy, trio.current_time())  # its request ended: closed, not pooled
+        assert len(first) == 0
+        await wait_closed(a)
+        assert b.open_connections == 1
+        # Registered again: a new pool, new connections.
+        runtime.replace_targets("web", group.endpoints, trio.current_time())
+        fresh = pools.get(group.endpoints[0], connect_timeout=5, idle_timeout=60)
+        assert fresh is not first
+        pools.close()
+
+
+async def test_a_group_switching_to_https_gets_a_new_pool():
+    pools = Pools()
+    plain = runtime_for(1000).current.groups["web"].endpoints[0]
+    tls = runtime_for(1000, protocol="https").current.groups["web"].endpoints[0]
+    assert tls == plain  # the same target...
+    old = pools.get(plain, connect_timeout=1, idle_timeout=2)
+    new = pools.get(tls, connect_timeout=1, idle_timeout=2)
+    assert new is not old  # ...but the pooled connections speak another protocol
+    assert old.retired
+    assert new.tls is not None
+    assert len(list(pools)) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import trio
+import trustme
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -14,6 +15,7 @@ from wsproto.events import (
 
 from tests.support.balancer_http import balancer, config, front, group, listener
 from tests.support.targets import Action, Reply, Seen, TargetServer, running_targets
+from tests.support.tls_targets import TlsTargetServer, server_context
 
 
 async def websocket(seen: Seen, server: TargetServer) -> Reply | str:
@@ -104,3 +106,28 @@ async def test_an_upgrade_the_target_declines_is_an_ordinary_response():
             with trio.fail_after(5):
                 answer = await stream.receive_some(65536)
             assert answer.startswith(b"HTTP/1.1 200")
+
+
+async def test_a_websocket_to_an_https_target_tunnels_over_tls():
+    target = TlsTargetServer("wss", websocket, context=server_context(trustme.CA()))
+    async with (
+        running_targets(target),
+        balancer(config([listener()], [group("web", target, protocol="https")])) as daemon,
+    ):
+        stream = await trio.open_tcp_stream(*front(daemon))
+        async with stream:
+            client = WsClient(stream)
+            await client.handshake("chat.example.com")
+            payload = bytes(range(256)) * 512  # several TLS records each way
+            for _ in range(2):
+                await stream.send_all(client.ws.send(BytesMessage(data=payload)))
+                received = b""
+                while len(received) < len(payload):
+                    message = await client.expect(BytesMessage)
+                    assert isinstance(message, BytesMessage)
+                    received += message.data
+                assert received == payload
+            await stream.send_all(client.ws.send(CloseConnection(code=1000)))
+            await client.expect(CloseConnection)
+    assert target.handshakes == 1
+    assert target.seen[0].header("upgrade") == "websocket"
