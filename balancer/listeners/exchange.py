@@ -223,6 +223,7 @@ class Exchange:
         guard: trio.CancelScope | None = None,
         headers: list[tuple[bytes, bytes]] | None = None,
         verdict: Verdict = COMPLIANT,
+        start_received: int | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.listener = listener
@@ -230,7 +231,8 @@ class Exchange:
         # The request's headers as a plain list, walked by routing, stickiness and forwarding.
         self.headers = header_list(request.headers) if headers is None else headers
         self.started = started  # trio clock, when the head was complete
-        self.start_received = client.received
+        # The client's byte count where this request began (default: now, after its head).
+        self.start_received = client.received if start_received is None else start_received
         self.start_sent = client.sent
         self.verdict = verdict
         # The request cycle's scope, armed once for the common case (request sent, response

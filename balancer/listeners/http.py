@@ -176,6 +176,9 @@ class _Connection:
         conn = client.conn
         config = listener.config
         raw = conn.trailing_data[0]  # a pipelined request's first bytes, usually b""
+        # Where this request's bytes begin in the client's count: ALB's processed and
+        # received bytes include the request line and headers.
+        start_received = client.received - len(raw)
         if not raw:
             # Nothing of the next request yet: the idle timeout runs, and draining closes
             # the connection at once (no work is lost). A connection accepted just before
@@ -212,7 +215,7 @@ class _Connection:
                 # (a reload may have happened while the connection idled).
                 current = self.services.runtime.current
                 listener = current.listeners.get(self.services.name, listener)
-                return self._exchange(scope, current, listener, event, raw)
+                return self._exchange(scope, current, listener, event, raw, start_received)
             return None  # ConnectionClosed: the client is done
 
     def _exchange(
@@ -222,6 +225,7 @@ class _Connection:
         listener: ListenerRuntime,
         request: h11.Request,
         raw: bytes | bytearray,
+        start_received: int,
     ) -> Exchange:
         services = self.services
         limits = listener.config.limits
@@ -246,6 +250,7 @@ class _Connection:
             guard=guard,
             headers=headers,
             verdict=verdict,
+            start_received=start_received,
         )
         if verdict.classification is not Classification.COMPLIANT:
             services.stats.desync_request(
@@ -458,7 +463,9 @@ class _Connection:
         stats.request(name, rule, group, ex.status or 460, by_target=by_target)
         if ex.response_at is not None and ex.sent_at is not None:
             stats.target_response(name, group, ex.response_at - ex.sent_at)
-        received = client.received - ex.start_received
+        # Bytes of a pipelined next request, read with this one's, are the next one's.
+        ahead = 0 if ex.upgraded else len(client.conn.trailing_data[0])
+        received = client.received - ahead - ex.start_received
         sent = client.sent - ex.start_sent
         stats.processed(name, received, sent)
         writer = services.access_logs.get(ex.listener.config.access_log)
