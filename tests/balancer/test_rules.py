@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 import ipaddress
+import re
+from dataclasses import dataclass
 from functools import cache
+from urllib.parse import quote
 
+import msgspec
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, reject
 from hypothesis import strategies as st
 
 from balancer.config import (
@@ -360,6 +364,380 @@ def test_the_matching_rule_with_the_lowest_priority_wins(specs, path):
     match = RuleTable(rules, DEFAULT).match(view("/" + path), None)
     assert match.priority == min(matching, default=0)
     assert match.action == (DEFAULT if not matching else forward(f"r{min(matching)}"))
+
+
+# Condition properties against a reference -----------------------------------------------------
+#
+# A second, deliberately plain model of AWS's documented semantics (rule-condition-types.md;
+# shared/reference/aws-load-balancing.md section 1.2), used as the oracle for every condition
+# type: wildcards become an anchored regex (`*` any run, `?` one character), host-header,
+# http-header and query-string compare ASCII case-insensitively, path-pattern and
+# http-request-method case-sensitively; the host's port is ignored; any instance of a header
+# counts; query pairs are compared decoded, and a pair without a key matches any value;
+# source-ip is CIDR membership as the ipaddress module decides it. A rule matches when every
+# present condition matches (AND), and a condition when any of its values does (OR).
+
+
+def oracle_glob(pattern: str, text: str, *, fold: bool, escapes: bool = False) -> bool:
+    parts: list[str] = []
+    i = 0
+    while i < len(pattern):
+        if escapes and pattern[i] == "\\" and i + 1 < len(pattern):
+            parts.append(re.escape(pattern[i + 1]))
+            i += 2
+            continue
+        parts.append({"*": ".*", "?": "."}.get(pattern[i]) or re.escape(pattern[i]))
+        i += 1
+    flags = re.DOTALL | (re.IGNORECASE | re.ASCII if fold else 0)
+    return re.fullmatch("".join(parts), text, flags) is not None
+
+
+@dataclass(frozen=True)
+class Req:
+    """A request as the oracle sees it: the query already as decoded pairs."""
+
+    method: str = "GET"
+    host: str = "example.com"
+    path: str = "/"
+    query: tuple[tuple[str | None, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()
+    source: str | None = None
+
+    def view(self) -> RequestView:
+        encoded = "&".join(
+            quote(value, safe="")
+            if key is None
+            else f"{quote(key, safe='')}={quote(value, safe='')}"
+            for key, value in self.query
+        )
+        target = self.path + (f"?{encoded}" if encoded else "")
+        return RequestView.from_target(self.method, target, [("Host", self.host), *self.headers])
+
+
+def oracle_source(source: str | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if source is None:
+        return None
+    address = ipaddress.ip_address(source)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped  # how a dual-stack socket reports an IPv4 peer
+    return address
+
+
+def oracle_host(host: str) -> str:
+    name, colon, port = host.rpartition(":")
+    return name if colon and port.isdigit() else host
+
+
+def oracle_condition_results(conditions: Conditions, req: Req) -> list[bool]:
+    """One verdict per present condition."""
+    results = []
+    if conditions.host_header:
+        host = oracle_host(req.host)
+        results.append(any(oracle_glob(p, host, fold=True) for p in conditions.host_header))
+    if conditions.path_pattern:
+        results.append(any(oracle_glob(p, req.path, fold=False) for p in conditions.path_pattern))
+    if conditions.http_request_method:
+        results.append(req.method in conditions.http_request_method)
+    if conditions.source_ip:
+        source = oracle_source(req.source)
+        results.append(
+            source is not None
+            and any(
+                source.version == (net := ipaddress.ip_network(cidr)).version and source in net
+                for cidr in conditions.source_ip
+            )
+        )
+    for header in conditions.http_header:
+        values = [v for k, v in req.headers if k.lower() == header.name.lower()]
+        results.append(any(oracle_glob(p, v, fold=True) for p in header.values for v in values))
+    results.extend(oracle_query(query, req) for query in conditions.query_string)
+    return results
+
+
+def oracle_query(query: QueryStringCondition, req: Req) -> bool:
+    for pair in query.values:
+        for key, value in req.query:
+            if pair.key and (
+                key is None or not oracle_glob(pair.key, key, fold=True, escapes=True)
+            ):
+                continue
+            if oracle_glob(pair.value, value, fold=True, escapes=True):
+                return True
+    return False
+
+
+def oracle_matches(conditions: Conditions, req: Req) -> bool:
+    return all(oracle_condition_results(conditions, req))
+
+
+def matches(conditions: Conditions, req: Req) -> bool:
+    table = RuleTable([Rule(priority=1, conditions=conditions, action=forward("r"))], DEFAULT)
+    return table.match(req.view(), req.source).rule is not None
+
+
+def conditions_or_reject(**fields: object) -> Conditions:
+    """Conditions within AWS's per-rule limits; examples over them are not interesting here."""
+    try:
+        return Conditions(**fields)  # type: ignore[arg-type]
+    except ValueError:
+        reject()
+
+
+def fill(pattern: str, draw: st.DrawFn, alphabet: str, *, escapes: bool = False) -> str:
+    """A text the pattern matches: each '*' and '?' replaced by random characters."""
+    out = []
+    chars = iter(pattern)
+    for char in chars:
+        if escapes and char == "\\":
+            out.append(next(chars, "\\"))
+        elif char == "*":
+            out.append(draw(st.text(alphabet, max_size=3)))
+        elif char == "?":
+            out.append(draw(st.sampled_from(alphabet)))
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def shuffle_case(text: str, draw: st.DrawFn) -> str:
+    flips = draw(st.lists(st.booleans(), min_size=len(text), max_size=len(text)))
+    return "".join(c.swapcase() if flip else c for c, flip in zip(text, flips, strict=True))
+
+
+host_patterns = st.builds(
+    lambda head, tld: f"{head}.{tld}",
+    st.text("aB-.*?", max_size=6),
+    st.text("aBc*?", min_size=1, max_size=3),
+)
+
+
+@st.composite
+def host_cases(draw: st.DrawFn) -> tuple[Conditions, Req]:
+    patterns = tuple(draw(st.lists(host_patterns, min_size=1, max_size=3)))
+    if draw(st.booleans()):  # one the rule should match: wildcards filled, case shuffled
+        host = shuffle_case(fill(draw(st.sampled_from(patterns)), draw, "abAB.-"), draw)
+    else:
+        host = draw(st.text("aAbBcC.-", max_size=8))
+    port = draw(st.sampled_from(["", ":80", ":8443"]))
+    return conditions_or_reject(host_header=patterns), Req(host=host + port)
+
+
+@given(host_cases())
+def test_host_header_agrees_with_the_reference(case):
+    conditions, req = case
+    assert matches(conditions, req) is oracle_matches(conditions, req)
+
+
+header_patterns = st.text("aBc *?", min_size=1, max_size=5)
+
+
+@st.composite
+def header_cases(draw: st.DrawFn) -> tuple[Conditions, Req]:
+    name = draw(st.sampled_from(["X-Client", "user-agent"]))
+    patterns = tuple(draw(st.lists(header_patterns, min_size=1, max_size=3)))
+    headers = []
+    for _ in range(draw(st.integers(0, 3))):
+        header_name = draw(st.sampled_from([name, name.upper(), name.lower(), "X-Other"]))
+        if draw(st.booleans()):
+            text = shuffle_case(fill(draw(st.sampled_from(patterns)), draw, "abC "), draw)
+        else:
+            text = draw(st.text("aAbBcC ", max_size=5))
+        headers.append((header_name, text))
+    condition = HttpHeaderCondition(name=shuffle_case(name, draw), values=patterns)
+    return conditions_or_reject(http_header=(condition,)), Req(headers=tuple(headers))
+
+
+@given(header_cases())
+def test_http_header_agrees_with_the_reference(case):
+    conditions, req = case
+    assert matches(conditions, req) is oracle_matches(conditions, req)
+
+
+# Query texts include the characters a query must escape ('&', '=', '%', ' ', '+', '#').
+query_text = st.text("aBc*?&=% +#", min_size=1, max_size=5)
+query_patterns = st.lists(
+    st.sampled_from(["a", "B", "c", "*", "?", "\\*", "\\?", "%", "="]), min_size=1, max_size=4
+).map("".join)
+
+
+@st.composite
+def query_cases(draw: st.DrawFn) -> tuple[Conditions, Req]:
+    pairs = tuple(
+        draw(
+            st.lists(
+                st.builds(
+                    QueryPair,
+                    key=st.one_of(st.just(""), query_patterns),
+                    value=query_patterns,
+                ),
+                min_size=1,
+                max_size=3,
+            )
+        )
+    )
+    query: list[tuple[str | None, str]] = []
+    for _ in range(draw(st.integers(0, 3))):
+        if draw(st.booleans()):
+            pair = draw(st.sampled_from(pairs))
+            fold = shuffle_case
+            key = fold(fill(pair.key, draw, "abC", escapes=True), draw) if pair.key else None
+            value = fold(fill(pair.value, draw, "abC", escapes=True), draw)
+            # A value-only pattern matches the value of any key as well as a bare value.
+            if key is None and not value:
+                continue  # "?&" has no empty bare value to match: an empty part is nothing
+            if key is None and draw(st.booleans()):
+                key = draw(query_text)
+            query.append((key, value))
+        else:
+            query.append((draw(st.one_of(st.none(), query_text)), draw(query_text)))
+    conditions = conditions_or_reject(query_string=(QueryStringCondition(values=pairs),))
+    return conditions, Req(query=tuple(query))
+
+
+@given(query_cases())
+def test_query_string_agrees_with_the_reference(case):
+    conditions, req = case
+    assert matches(conditions, req) is oracle_matches(conditions, req)
+
+
+@st.composite
+def networks(draw: st.DrawFn) -> str:
+    version = draw(st.sampled_from([4, 6]))
+    address = draw(st.ip_addresses(v=version))
+    prefix = draw(st.integers(0, 32 if version == 4 else 128))
+    network = ipaddress.ip_network(f"{address}/{prefix}", strict=False)
+    assume(network != ipaddress.ip_network("255.255.255.255/32"))
+    return str(network)
+
+
+@st.composite
+def source_cases(draw: st.DrawFn) -> tuple[Conditions, Req]:
+    cidrs = tuple(draw(st.lists(networks(), min_size=1, max_size=3)))
+    choice = draw(st.sampled_from(["inside", "random", "mapped", "none"]))
+    source: str | None
+    if choice == "inside":  # an address of one of the networks
+        network = ipaddress.ip_network(draw(st.sampled_from(cidrs)))
+        offset = draw(st.integers(0, network.num_addresses - 1))
+        source = str(network.network_address + offset)
+    elif choice == "random":
+        source = str(draw(st.ip_addresses()))
+    elif choice == "mapped":  # an IPv4 client as a dual-stack socket reports it
+        source = f"::ffff:{draw(st.ip_addresses(v=4))}"
+    else:
+        source = None
+    return conditions_or_reject(source_ip=cidrs), Req(source=source)
+
+
+@given(source_cases())
+def test_source_ip_agrees_with_the_reference(case):
+    conditions, req = case
+    assert matches(conditions, req) is oracle_matches(conditions, req)
+
+
+RULE_DOMAINS: dict[str, list[object]] = {
+    "host_header": ["*.a.com", "b.com", "a?.com"],
+    "path_pattern": ["/x*", "/y", "/?"],
+    "http_request_method": ["GET", "POST"],
+    "source_ip": ["10.0.0.0/8", "2001:db8::/32"],
+    "http_header": [
+        HttpHeaderCondition(name="A", values=("1", "x")),
+        HttpHeaderCondition(name="b", values=("2*",)),
+    ],
+    "query_string": [
+        QueryStringCondition(values=(QueryPair(key="k", value="v*"), QueryPair(value="z"))),
+        QueryStringCondition(values=(QueryPair(key="?", value="x"),)),
+    ],
+}
+
+
+@st.composite
+def rule_cases(draw: st.DrawFn) -> tuple[Conditions, Req]:
+    """Up to three condition types in one rule, over small domains so that each of them both
+    matches and fails often; the request is drawn from the same small domains."""
+    kinds = draw(
+        st.lists(st.sampled_from(sorted(RULE_DOMAINS)), min_size=1, max_size=3, unique=True)
+    )
+    fields = {
+        kind: tuple(
+            draw(st.lists(st.sampled_from(RULE_DOMAINS[kind]), min_size=1, max_size=2, unique=True))
+        )
+        for kind in kinds
+    }
+    conditions = conditions_or_reject(**fields)
+    req = Req(
+        method=draw(st.sampled_from(["GET", "POST", "get"])),
+        host=draw(st.sampled_from(["q.A.com", "b.com:81", "aa.com", "a.com"])),
+        path=draw(st.sampled_from(["/x", "/xyz", "/y", "/z", "/yy"])),
+        query=tuple(
+            draw(
+                st.lists(
+                    st.sampled_from([("k", "v1"), ("K", "x"), (None, "z"), ("z", "Z")]), max_size=2
+                )
+            )
+        ),
+        headers=tuple(
+            draw(
+                st.lists(
+                    st.sampled_from([("a", "1"), ("b", "2x"), ("B", "3"), ("A", "X")]), max_size=3
+                )
+            )
+        ),
+        source=draw(
+            st.sampled_from(["10.1.1.1", "192.0.2.1", "2001:db8::1", "::ffff:10.0.0.1", None])
+        ),
+    )
+    return conditions, req
+
+
+SINGLE_FIELDS = ("host_header", "path_pattern", "http_request_method", "source_ip")
+
+
+def split(conditions: Conditions) -> list[Conditions]:
+    """Each present condition alone in a rule of its own."""
+    alone = [
+        Conditions(**{f: getattr(conditions, f)}) for f in SINGLE_FIELDS if getattr(conditions, f)
+    ]
+    alone += [Conditions(http_header=(h,)) for h in conditions.http_header]
+    alone += [Conditions(query_string=(q,)) for q in conditions.query_string]
+    return alone
+
+
+def alternatives(conditions: Conditions) -> list[Conditions]:
+    """The rule once per value of its first single-type condition, the rest unchanged."""
+    for f in SINGLE_FIELDS:
+        values = getattr(conditions, f)
+        if values:
+            return [msgspec.structs.replace(conditions, **{f: (v,)}) for v in values]
+    return [conditions]
+
+
+@given(rule_cases())
+def test_conditions_and_together_and_values_or_together(case):
+    conditions, req = case
+    matched = matches(conditions, req)
+    assert matched is oracle_matches(conditions, req)
+    # The same laws stated on the balancer alone: a rule matches exactly when each of its
+    # conditions would match on its own (AND), and exactly when one of the rules made of a
+    # single value of a condition would (OR).
+    assert matched is all(matches(alone, req) for alone in split(conditions))
+    assert matched is any(matches(one, req) for one in alternatives(conditions))
+
+
+@given(
+    st.lists(rule_cases(), min_size=1, max_size=4),
+    st.lists(st.integers(1, 50000), min_size=4, max_size=4, unique=True),
+)
+def test_the_first_rule_by_priority_whose_conditions_all_hold_wins(cases, priorities):
+    rules = [
+        Rule(priority=p, conditions=c, action=forward(f"r{p}"))
+        for p, (c, _) in zip(priorities, cases, strict=False)
+    ]
+    req = cases[0][1]  # one request against every rule
+    expected = min(
+        (p for p, (c, _) in zip(priorities, cases, strict=False) if oracle_matches(c, req)),
+        default=0,
+    )
+    assert RuleTable(rules, DEFAULT).match(req.view(), req.source).priority == expected
 
 
 # Redirects -------------------------------------------------------------------------------------

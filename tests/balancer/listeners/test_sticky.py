@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
+import msgspec
 import pytest
+import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,11 +24,13 @@ from balancer.config import (
     TargetGroup,
     WeightedTargetGroup,
 )
+from balancer.health import TargetState
 from balancer.listeners.sticky import plan, response_cookies
 from balancer.runtime import Runtime
 from balancer.stickiness import APP_COOKIE, GROUP_COOKIE, LB_COOKIE, CookieSealer
+from monitoring.lifecycle import Daemon
 from tests.support.balancer_http import Client, balancer, config, front, group, listener
-from tests.support.targets import Reply, Seen, TargetServer, echo, running_targets
+from tests.support.targets import Handler, Reply, Seen, TargetServer, echo, running_targets
 
 KEY = b"0123456789abcdef0123456789abcdef"
 NOW = 1_800_000_000.0
@@ -235,3 +241,100 @@ async def test_weighted_groups_with_group_stickiness(key_file):
                     for _ in range(8)
                 }
             assert len(seen) == 1
+
+
+class RestartableTarget(TargetServer):
+    """A test target that can be stopped and started again on the same port."""
+
+    def __init__(self, name: str, handler: Handler) -> None:
+        super().__init__(name, handler)
+        self._scope: trio.CancelScope | None = None
+
+    async def serve(self, *, task_status: trio.TaskStatus[TargetServer]) -> None:
+        listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        with trio.CancelScope() as self._scope:
+            task_status.started(self)
+            await trio.serve_listeners(self._connection, listeners)
+
+    def stop(self) -> None:
+        assert self._scope is not None
+        self._scope.cancel()
+
+
+async def wait_state(daemon: Daemon[Any], target: TargetServer, state: TargetState) -> None:
+    """Until the target's health record says ``state`` (virtual time, bounded)."""
+    runtime = daemon.app.runtime
+
+    def reached() -> bool:
+        record = runtime.live["web"].health.get(f"127.0.0.1:{target.port}")
+        return record is not None and record.state is state
+
+    with trio.fail_after(60):
+        while not reached():
+            changed = trio.Event()
+            runtime.observers.append(lambda _events, changed=changed: changed.set())
+            try:
+                await changed.wait()
+            finally:
+                runtime.observers.pop()
+
+
+@pytest.fixture
+def lazy_clock():
+    # Health checks come every 5 virtual seconds; loopback I/O finishes well within 0.1 s
+    # of real time, and only then does the clock jump.
+    return trio.testing.MockClock(autojump_threshold=0.1)
+
+
+async def test_an_app_cookie_session_re_sticks_and_stays_when_the_old_target_returns(
+    nursery, key_file, lazy_clock
+):
+    async def session(seen: Seen, server: TargetServer) -> Reply | str:
+        reply = await echo(seen, server)
+        assert isinstance(reply, Reply)
+        if seen.target != "/health" and not any("SESSION=" in v for v in seen.all("cookie")):
+            reply.headers.append(("set-cookie", f"SESSION={server.name}-1; Path=/"))
+        return reply
+
+    a, b = RestartableTarget("a", session), RestartableTarget("b", session)
+    for target in (a, b):
+        await nursery.start(target.serve)
+    check = HealthCheck(path="/health", interval_seconds=5, timeout_seconds=2, healthy_threshold=2)
+    sticky = Stickiness(enabled=True, type="app_cookie", cookie_name="SESSION")
+    web = msgspec.structs.replace(group("web", a, b, stickiness=sticky), health_check=check)
+    async with balancer(config([listener()], [web], key_file=key_file)) as daemon:
+        for target in (a, b):
+            await wait_state(daemon, target, TargetState.HEALTHY)
+        jar: dict[str, str] = {}
+
+        async def get(client: Client) -> str:
+            cookie = "; ".join(f"{k}={v}" for k, v in jar.items())
+            status, headers, _ = await client.request(headers=[("cookie", cookie)] if jar else [])
+            assert status == 200
+            for set_cookie in client.set_cookies:
+                name, _, value = set_cookie.partition(";")[0].partition("=")
+                jar[name] = value
+            return headers["x-target"]
+
+        async with Client.connect(front(daemon)) as client:
+            owner_name = await get(client)
+            owner, other = (a, b) if owner_name == "a" else (b, a)
+            assert jar["SESSION"] == f"{owner.name}-1"
+            assert APP_COOKIE in jar
+            assert {await get(client) for _ in range(4)} == {owner.name}
+
+            owner.stop()
+            await wait_state(daemon, owner, TargetState.UNHEALTHY)
+            mapping = jar[APP_COOKIE]
+            assert await get(client) == other.name
+            # The session moved: same application cookie, a new mapping to the new target.
+            assert jar["SESSION"] == f"{owner.name}-1"
+            assert jar[APP_COOKIE] != mapping
+
+            owner.seen.clear()
+            await nursery.start(owner.serve)  # the old target comes back on its port
+            await wait_state(daemon, owner, TargetState.HEALTHY)
+            # Round robin alone would send every other request to the old target.
+            assert {await get(client) for _ in range(6)} == {other.name}
+            assert {s.target for s in owner.seen} == {"/health"}  # checks only, no session
