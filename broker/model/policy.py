@@ -220,13 +220,24 @@ def check_policy(policy: str) -> None:
         SqsError: ``InvalidAttributeValue`` for an unknown condition operator or a value its
             operator cannot compare.
     """
+    if unreadable_condition(policy) is not None:
+        raise invalid_attribute_value("Policy")
+
+
+def unreadable_condition(policy: str) -> ConditionError | None:
+    """The first Condition block of ``policy`` that could not be evaluated, or None.
+
+    Shared by queue policies (:func:`check_policy`) and topic policies, which answer with
+    their own service's error.
+    """
     for statement in _statements(policy):
         if "Condition" not in statement:
             continue
         try:
             check(statement["Condition"])
-        except ConditionError:
-            raise invalid_attribute_value("Policy") from None
+        except ConditionError as error:
+            return error
+    return None
 
 
 def add_permission(

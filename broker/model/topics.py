@@ -22,6 +22,7 @@ from broker.model.delivery_policy import (
     parse_topic_delivery_policy,
     render_topic_effective,
 )
+from broker.model.policy import unreadable_condition
 from broker.model.sns_errors import attribute_error, invalid_parameter
 
 FIFO_SUFFIX: Final = ".fifo"
@@ -224,7 +225,11 @@ def _apply(settings: TopicSettings, name: str, value: str, *, in_map: bool) -> T
         case "DisplayName":
             change = {"display_name": value}
         case "Policy":
-            change = {"policy": _json_object(name, value, in_map) or None}
+            policy = _json_object(name, value, in_map)
+            error = unreadable_condition(policy) if policy else None
+            if error is not None:  # a condition the evaluator would have to guess at
+                raise attribute_error(f"{name}: {error}", in_attributes_map=in_map)
+            change = {"policy": policy or None}
         case "DeliveryPolicy":
             parsed = parse_topic_delivery_policy(value, in_attributes_map=in_map)
             change = {"delivery_policy": value or None, "delivery_policy_parsed": parsed}

@@ -227,3 +227,21 @@ def test_the_large_message_limits_at_their_edges():
         lambda: check_large_messages(DEFAULT_MAXIMUM_MESSAGE_SIZE + 1, ["sqs"] * 101)
     )
     assert message_of(lambda: check_large_messages(262_145, ["sqs", "https"])).endswith("not https")
+
+
+def test_a_topic_policy_whose_condition_cannot_be_evaluated_is_refused():
+    statement = {
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "SNS:Publish",
+        "Resource": ARN,
+        "Condition": {"StringSoundsLike": {"aws:username": "alice"}},
+    }
+    odd = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+    settings = parse_create("t", {})
+    assert message_of(lambda: apply_update(settings, "Policy", odd)).startswith(
+        "Invalid parameter: Policy: "
+    )
+    statement["Condition"] = {"StringEquals": {"aws:username": "alice"}}
+    readable = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+    assert apply_update(settings, "Policy", readable).policy == readable
