@@ -110,6 +110,22 @@ def _bool(value: str, pattern: str) -> bool:
     return value.lower() == pattern.lower()
 
 
+def _is_bool(text: str) -> bool:
+    return text.lower() in ("true", "false")
+
+
+def _is_network(text: str) -> bool:
+    return _network(text) is not None
+
+
+def _is_number(text: str) -> bool:
+    return _number(text) is not None
+
+
+def _is_date(text: str) -> bool:
+    return _seconds(text) is not None
+
+
 # Base operator (lower-case) -> (value test, negated, check for a policy value).
 _Test = Callable[[str, str], bool]
 _OPERATORS: dict[str, tuple[_Test, bool, Callable[[str], bool] | None]] = {
@@ -123,22 +139,22 @@ _OPERATORS: dict[str, tuple[_Test, bool, Callable[[str], bool] | None]] = {
     "arnlike": (_arn_like, False, None),
     "arnnotequals": (_arn_like, True, None),
     "arnnotlike": (_arn_like, True, None),
-    "bool": (_bool, False, lambda v: v.lower() in ("true", "false")),
-    "ipaddress": (_in_network, False, lambda v: _network(v) is not None),
-    "notipaddress": (_in_network, True, lambda v: _network(v) is not None),
-    "numericequals": (_numeric(float.__eq__), False, lambda v: _number(v) is not None),
-    "numericnotequals": (_numeric(float.__eq__), True, lambda v: _number(v) is not None),
-    "numericlessthan": (_numeric(float.__lt__), False, lambda v: _number(v) is not None),
-    "numericlessthanequals": (_numeric(float.__le__), False, lambda v: _number(v) is not None),
-    "numericgreaterthan": (_numeric(float.__gt__), False, lambda v: _number(v) is not None),
-    "numericgreaterthanequals": (_numeric(float.__ge__), False, lambda v: _number(v) is not None),
-    "dateequals": (_date(float.__eq__), False, lambda v: _seconds(v) is not None),
-    "datenotequals": (_date(float.__eq__), True, lambda v: _seconds(v) is not None),
-    "datelessthan": (_date(float.__lt__), False, lambda v: _seconds(v) is not None),
-    "datelessthanequals": (_date(float.__le__), False, lambda v: _seconds(v) is not None),
-    "dategreaterthan": (_date(float.__gt__), False, lambda v: _seconds(v) is not None),
-    "dategreaterthanequals": (_date(float.__ge__), False, lambda v: _seconds(v) is not None),
-    "null": (_bool, False, lambda v: v.lower() in ("true", "false")),
+    "bool": (_bool, False, _is_bool),
+    "ipaddress": (_in_network, False, _is_network),
+    "notipaddress": (_in_network, True, _is_network),
+    "numericequals": (_numeric(float.__eq__), False, _is_number),
+    "numericnotequals": (_numeric(float.__eq__), True, _is_number),
+    "numericlessthan": (_numeric(float.__lt__), False, _is_number),
+    "numericlessthanequals": (_numeric(float.__le__), False, _is_number),
+    "numericgreaterthan": (_numeric(float.__gt__), False, _is_number),
+    "numericgreaterthanequals": (_numeric(float.__ge__), False, _is_number),
+    "dateequals": (_date(float.__eq__), False, _is_date),
+    "datenotequals": (_date(float.__eq__), True, _is_date),
+    "datelessthan": (_date(float.__lt__), False, _is_date),
+    "datelessthanequals": (_date(float.__le__), False, _is_date),
+    "dategreaterthan": (_date(float.__gt__), False, _is_date),
+    "dategreaterthanequals": (_date(float.__ge__), False, _is_date),
+    "null": (_bool, False, _is_bool),
 }
 _SET_PREFIXES = ("foranyvalue:", "forallvalues:")
 
