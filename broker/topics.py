@@ -91,7 +91,8 @@ class TopicRegistry:
         self._by_name: dict[str, Topic] = {}
         self._subscriptions: dict[str, Subscription] = {}
         self._tokens: dict[str, str] = {}  # confirmation token -> subscription id
-        # UnsubscribeConfirmation's SubscribeURL restores the subscription: in memory only.
+        # UnsubscribeConfirmation's SubscribeURL restores the subscription until its token
+        # expires: token -> the record, kept in the store too (``unsubscribed``).
         self._unsubscribed: dict[str, SubscriptionRecord] = {}
         self._creating = trio.Lock()
         self.pending_deliveries: list[PendingHttpDelivery] = []  # found by load(), once
@@ -112,8 +113,13 @@ class TopicRegistry:
             by_id[topic.record.topic_id] = topic
         for record in loaded.subscriptions:
             owner = by_id.get(record.topic_id)
-            if owner is not None:
-                self._add_subscription(Subscription(record, owner))
+            if owner is None:
+                continue
+            if record.unsubscribed:
+                if record.token is not None:  # expired ones go at the next Unsubscribe
+                    self._unsubscribed[record.token] = record
+                continue
+            self._add_subscription(Subscription(record, owner))
         self.pending_deliveries = loaded.deliveries
         self.log.info(
             "topics.loaded",
@@ -425,7 +431,9 @@ class TopicRegistry:
             self._subscriptions.get(subscription_id) if subscription_id else None
         )
         if found is None:
-            found = self._unsubscribed.get(token)
+            restorable = self._unsubscribed.get(token)
+            if restorable is not None and restorable.token_expires_at > now:
+                found = restorable
         if found is None:
             raise invalid_parameter("Token")
         record = found.record if isinstance(found, Subscription) else found
@@ -458,7 +466,8 @@ class TopicRegistry:
             assert topic is not None  # by_token checked it
             protocols = [*(s.protocol for s in topic.subscriptions.values()), found.protocol]
             check_large_messages(topic.settings.effective_maximum_message_size, protocols)
-            subscription = Subscription(msgspec.structs.replace(found, pending=True), topic)
+            restored = msgspec.structs.replace(found, pending=True, unsubscribed=False)
+            subscription = Subscription(restored, topic)
             self._add_subscription(subscription)
             found = subscription
         if not found.record.pending:
@@ -477,13 +486,22 @@ class TopicRegistry:
         """Unsubscribe: gone from now on; HTTP/S ones keep a token that restores them."""
         self._drop_subscription(subscription)
         subscription.topic.deleted_subscriptions += 1
+        mutations: list[SnsMutation] = [
+            SubscriptionDeleted(subscription_id=subscription.subscription_id)
+        ]
+        mutations += self._forget_old_unsubscribed(now)
         if subscription.protocol in ("http", "https"):
             token = secrets.token_hex(64)
-            self._unsubscribed[token] = msgspec.structs.replace(
-                subscription.record, token=token, token_expires_at=now + TOKEN_LIFETIME_MS
+            kept = msgspec.structs.replace(
+                subscription.record,
+                token=token,
+                token_expires_at=now + TOKEN_LIFETIME_MS,
+                unsubscribed=True,
             )
-            self._forget_old_unsubscribed(now)
-        return [SubscriptionDeleted(subscription_id=subscription.subscription_id)]
+            self._unsubscribed[token] = kept
+            # The row comes back marked, after the delete dropped its pending notifications.
+            mutations.append(SubscriptionSaved(subscription=kept))
+        return mutations
 
     def restore_token(self, subscription: Subscription) -> str | None:
         """The token an UnsubscribeConfirmation offers to restore ``subscription`` with."""
@@ -492,10 +510,13 @@ class TopicRegistry:
                 return token
         return None
 
-    def _forget_old_unsubscribed(self, now: int) -> None:
+    def _forget_old_unsubscribed(self, now: int) -> list[SnsMutation]:
+        """Drop the restore links that expired, from memory and (the returned deletes) the store."""
         stale = [t for t, r in self._unsubscribed.items() if r.token_expires_at <= now]
-        for token in stale:
-            del self._unsubscribed[token]
+        return [
+            SubscriptionDeleted(subscription_id=self._unsubscribed.pop(token).subscription_id)
+            for token in stale
+        ]
 
     def set_subscription_attribute(
         self, subscription: Subscription, name: str, value: str

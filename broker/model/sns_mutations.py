@@ -43,6 +43,9 @@ class SubscriptionRecord(msgspec.Struct, frozen=True, kw_only=True):
         authenticated: ConfirmationWasAuthenticated.
         authenticate_on_unsubscribe: Unsubscribe needs a signed request (set at confirmation).
         created_at: when Subscribe created it; orders listings.
+        unsubscribed: kept after Unsubscribe only so that the token its
+            UnsubscribeConfirmation carries can restore it (until ``token_expires_at``), also
+            after a restart; no deliveries, not listed.
     """
 
     subscription_id: str
@@ -57,6 +60,7 @@ class SubscriptionRecord(msgspec.Struct, frozen=True, kw_only=True):
     authenticated: bool = False
     authenticate_on_unsubscribe: bool = False
     created_at: int = 0
+    unsubscribed: bool = False
 
 
 class HttpDelivery(msgspec.Struct, frozen=True, kw_only=True):

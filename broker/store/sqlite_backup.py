@@ -102,7 +102,11 @@ def inspect(path: Path) -> StoreSummary:
                 queues=count("queues", "WHERE deleted = 0"),
                 messages=count("messages"),
                 topics=count("topics"),
-                subscriptions=count("subscriptions"),
+                # Not the unsubscribed ones kept for their restore links (SubscriptionRecord).
+                subscriptions=count(
+                    "subscriptions",
+                    "WHERE json_extract(CAST(record AS TEXT), '$.unsubscribed') IS NOT 1",
+                ),
                 bytes=path.stat().st_size,
             )
     except sqlite3.Error as error:

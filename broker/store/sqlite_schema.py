@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def _create_version_1(connection: sqlite3.Connection) -> None:
@@ -164,6 +164,14 @@ def _add_body_md5s(connection: sqlite3.Connection) -> None:
     connection.execute("ALTER TABLE messages ADD COLUMN body_md5 BLOB")
 
 
+def _keep_unsubscribed_subscriptions(connection: sqlite3.Connection) -> None:
+    # No table changes: from version 7 the subscriptions table also holds unsubscribed HTTP/S
+    # subscriptions (their record's "unsubscribed" is true) while the token of their
+    # UnsubscribeConfirmation can restore them. A broker older than this would load those
+    # rows as live subscriptions; the version number keeps it from opening the file at all.
+    del connection
+
+
 # MIGRATIONS[n] brings a file at version n to version n + 1.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     0: _create_version_1,
@@ -172,6 +180,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     3: _create_move_tasks,
     4: _create_queue_deletions,
     5: _add_body_md5s,
+    6: _keep_unsubscribed_subscriptions,
 }
 
 

@@ -216,3 +216,68 @@ async def test_deduplication_expiry_produces_mutations(store: SqliteStore) -> No
     assert topics.expire_deduplication(50) == []
     (expired,) = topics.expire_deduplication(100)
     assert expired.topic_id == topic.record.topic_id
+
+
+async def test_an_unsubscribe_restore_link_outlives_a_restart_until_it_expires(
+    store: SqliteStore,
+) -> None:
+    topics = registry(store)
+    topic = await topics.create("t", {}, {}, 1)
+    http, created = topics.subscribe(topic, "http", "http://h/", {}, owner="000000000000", now=1)
+    assert http.record.token is not None
+    found = topics.by_token(topic.arn, http.record.token, 2)
+    confirmed, saved = topics.confirm(found, authenticated=True, authenticate_on_unsubscribe=False)
+    await store.commit([*created, *saved])
+    await store.commit(topics.unsubscribe(confirmed, 3))
+    restore = topics.restore_token(confirmed)
+    assert restore is not None
+
+    again = registry(store)  # what a restart loads from the same store
+    await again.load()
+    reloaded = again.get("t")
+    assert reloaded is not None
+    assert reloaded.subscriptions == {}  # kept for its link only: not live, not listed
+    assert list(again.subscriptions()) == []
+    with pytest.raises(SnsError, match="Token"):
+        again.by_token(topic.arn, restore, 3 + TOKEN_LIFETIME_MS)
+    restored, mutations = again.confirm(
+        again.by_token(topic.arn, restore, 4),
+        authenticated=False,
+        authenticate_on_unsubscribe=False,
+    )
+    assert restored.arn == confirmed.arn
+    assert not restored.record.unsubscribed
+    assert reloaded.index.match({}, "m").matched == (restored.subscription_id,)
+    await store.commit(mutations)
+
+    third = registry(store)
+    await third.load()
+    assert [s.arn for s in third.subscriptions()] == [confirmed.arn]
+
+
+async def test_expired_restore_links_leave_the_store_at_the_next_unsubscribe(
+    store: SqliteStore,
+) -> None:
+    topics = registry(store)
+    topic = await topics.create("t", {}, {}, 1)
+    made = []
+    for endpoint in ("http://a/", "http://b/"):
+        subscription, created = topics.subscribe(
+            topic, "http", endpoint, {}, owner="000000000000", now=1
+        )
+        await store.commit(created)
+        made.append(subscription)
+    first, second = made
+    await store.commit(topics.unsubscribe(first, 2))
+    mutations = topics.unsubscribe(second, 3 + TOKEN_LIFETIME_MS)
+    assert [type(m).__name__ for m in mutations] == [
+        "SubscriptionDeleted",  # the subscription itself
+        "SubscriptionDeleted",  # the first one's expired restore link
+        "SubscriptionSaved",  # the second one's restore link
+    ]
+    assert topics.restore_token(first) is None
+    await store.commit(mutations)
+    reloaded = registry(store)
+    await reloaded.load()
+    assert reloaded.restore_token(first) is None
+    assert reloaded.restore_token(second) is not None

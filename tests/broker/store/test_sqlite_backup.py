@@ -12,7 +12,7 @@ from broker.model.settings import QueueSettings
 from broker.store.base import StoreError
 from broker.store.sqlite import FILE_NAME, SqliteStore
 from broker.store.sqlite_backup import PARTIAL_SUFFIX, inspect, snapshot
-from broker.store.sqlite_schema import SCHEMA_VERSION
+from broker.store.sqlite_schema import SCHEMA_VERSION, migrate
 from tests.broker.store.test_base import inserted
 
 BATCH = 50
@@ -130,3 +130,19 @@ async def test_inspect_finds_a_damaged_file(tmp_path: Path):
     copy.write_bytes(bytes(data))
     with pytest.raises(StoreError, match=f"{copy}: damaged: "):
         inspect(copy)
+
+
+def test_inspect_counts_live_subscriptions_not_the_kept_restore_links(tmp_path: Path):
+    store = tmp_path / FILE_NAME
+    connection = sqlite3.connect(store, isolation_level=None)
+    migrate(connection)
+    connection.executemany(
+        "INSERT INTO subscriptions (subscription_id, topic_id, record) VALUES (?, 1, ?)",
+        [
+            ("live", b'{"subscription_id":"live","unsubscribed":false}'),
+            ("older", b'{"subscription_id":"older"}'),  # written before version 7
+            ("gone", b'{"subscription_id":"gone","unsubscribed":true}'),
+        ],
+    )
+    connection.close()
+    assert inspect(store).subscriptions == 2

@@ -127,3 +127,20 @@ def test_a_version_5_file_gains_body_md5s_and_its_rows_have_none(tmp_path):
     assert connection.execute("SELECT seq, body, body_md5 FROM messages").fetchall() == [
         (1, b"h", None)
     ]
+
+
+def test_a_version_6_file_becomes_version_7_with_its_subscriptions_as_they_were(tmp_path):
+    connection = connect(tmp_path / "s.db")
+    connection.execute("BEGIN")
+    for version in range(6):
+        MIGRATIONS[version](connection)
+    connection.execute("PRAGMA user_version = 6")
+    connection.execute("COMMIT")
+    connection.execute(
+        "INSERT INTO subscriptions (subscription_id, topic_id, record) VALUES ('s', 1, '{}')"
+    )
+    assert migrate(connection) == 6
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == 7
+    assert connection.execute("SELECT subscription_id, record FROM subscriptions").fetchall() == [
+        ("s", "{}")
+    ]
