@@ -21,6 +21,7 @@ import json
 import signal
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import trio
 from tests.compat.test_sqs_durability import drain
 from tests.support.broker import sqs_client
 from tests.support.crash_harness import Writer, broker_process
-from tests.support.sns import Endpoint, queue_arn, receive_all, sns_client
+from tests.support.sns import Endpoint, fetch, queue_arn, receive_all, sns_client
 
 pytestmark = pytest.mark.slow
 
@@ -233,3 +234,45 @@ async def test_a_raw_dead_letter_keeps_its_attributes_across_a_restart(tmp_path:
                 for name, value in dead["MessageAttributes"].items()
             }
             assert found == attributes
+
+
+async def test_an_unsubscribe_restore_link_works_after_a_restart(tmp_path: Path) -> None:
+    with Endpoint() as endpoint:
+        async with broker_process(tmp_path, 1, SNS_CONFIG) as (daemon, api):
+            sns = sns_client(api)
+            topic = sns.create_topic(Name="restorable")["TopicArn"]
+            arn = sns.subscribe(
+                TopicArn=topic, Protocol="http", Endpoint=endpoint.url, ReturnSubscriptionArn=True
+            )["SubscriptionArn"]
+            (confirmation,) = await trio.to_thread.run_sync(endpoint.wait_for, 1)
+            sns.confirm_subscription(TopicArn=topic, Token=confirmation.envelope()["Token"])
+            sns.unsubscribe(SubscriptionArn=arn)
+            (goodbye,) = await trio.to_thread.run_sync(
+                lambda: endpoint.wait_for(
+                    1,
+                    match=lambda r: (
+                        r.headers["x-amz-sns-message-type"] == "UnsubscribeConfirmation"
+                    ),
+                )
+            )
+            daemon.signal(signal.SIGKILL)
+            with trio.fail_after(30):
+                await daemon.process.wait()
+        link = urllib.parse.urlsplit(goodbye.envelope()["SubscribeURL"])
+        async with broker_process(tmp_path, 2, SNS_CONFIG) as (_, api):
+            sns = sns_client(api)
+            assert sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"] == []
+            # The link names the first run's address; the second run listens elsewhere.
+            moved = link._replace(netloc=urllib.parse.urlsplit(api).netloc).geturl()
+            await trio.to_thread.run_sync(fetch, moved)  # an unsigned GET, as a browser's
+            listed = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
+            assert [s["SubscriptionArn"] for s in listed] == [arn]
+            message_id = sns.publish(TopicArn=topic, Message="back")["MessageId"]
+            (delivery,) = await trio.to_thread.run_sync(
+                lambda: endpoint.wait_for(
+                    1,
+                    match=lambda r: r.headers["x-amz-sns-message-type"] == "Notification",
+                    timeout=20,
+                )
+            )
+            assert delivery.headers["x-amz-sns-message-id"] == message_id
