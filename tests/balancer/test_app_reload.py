@@ -7,9 +7,8 @@ come from one of the two generations (never a mix or an error).
 from __future__ import annotations
 
 import contextlib
-import io
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import h11
 import trio
@@ -19,9 +18,8 @@ from balancer.config import BalancerConfig
 from balancer.health import TargetState
 from monitoring.configfile import load
 from monitoring.lifecycle import Daemon
-from monitoring.logging import EventLog
 from tests.support.check_targets import StubTarget
-from tests.support.daemons import address
+from tests.support.daemons import address, running
 from tests.support.http import read_response
 
 REQUESTS_PER_CLIENT = 60
@@ -57,16 +55,8 @@ targets = [{{ host = "127.0.0.1", port = {green} }}]
 """)
 
 
-@contextlib.asynccontextmanager
-async def balancer(path: Path) -> AsyncIterator[Daemon[BalancerConfig]]:
-    log = EventLog("balancer", level="warning", stream=io.StringIO())
-    daemon = Daemon(SPEC, load(path, BalancerConfig), config_path=path, log=log)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(daemon.run)
-        try:
-            yield daemon
-        finally:
-            daemon.request_stop()
+def balancer(path: Path) -> contextlib.AbstractAsyncContextManager[Daemon[Any]]:
+    return running(SPEC, load(path, BalancerConfig), config_path=path, level="warning")
 
 
 async def wait_healthy(daemon: Daemon[BalancerConfig], *groups: str) -> None:

@@ -15,10 +15,10 @@ purpose, so that every reload lands while requests wait on it.
 from __future__ import annotations
 
 import contextlib
-import io
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -36,7 +36,6 @@ from balancer.config import (
 from balancer.health import TargetState, TargetStateChanged
 from monitoring.configfile import load
 from monitoring.lifecycle import Daemon
-from monitoring.logging import EventLog
 from monitoring.settings import AdminSettings
 from tests.support.balancer_http import Client
 from tests.support.check_targets import StubTarget
@@ -229,17 +228,9 @@ health_check = {{ enabled = false }}
 """)
 
 
-@contextlib.asynccontextmanager
-async def file_balancer(path: Path) -> AsyncIterator[Daemon[BalancerConfig]]:
+def file_balancer(path: Path) -> contextlib.AbstractAsyncContextManager[Daemon[Any]]:
     """A balancer that reloads from ``path``, as SIGHUP makes it (Daemon.reload)."""
-    log = EventLog("balancer", level="warning", stream=io.StringIO())
-    daemon = Daemon(SPEC, load(path, BalancerConfig), config_path=path, log=log)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(daemon.run)
-        try:
-            yield daemon
-        finally:
-            daemon.request_stop()
+    return running(SPEC, load(path, BalancerConfig), config_path=path, level="warning")
 
 
 async def slow(seen: Seen, server: TargetServer) -> Reply | str:

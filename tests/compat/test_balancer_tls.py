@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import io
 import re
 import shutil
 import ssl
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import h11
 import pytest
@@ -25,8 +24,7 @@ from balancer.cli import SPEC
 from balancer.config import BalancerConfig
 from monitoring.configfile import ConfigError, load
 from monitoring.lifecycle import Daemon
-from monitoring.logging import EventLog
-from tests.support.daemons import address
+from tests.support.daemons import address, running
 from tests.support.http import read_response, request
 from tests.support.tls import write_pair
 
@@ -79,17 +77,9 @@ def certificates(ca, tmp_path) -> list[tuple[str, str]]:
     return [(p.cert_file, p.key_file) for p in pairs]
 
 
-@contextlib.asynccontextmanager
-async def balancer(config_path: Path) -> AsyncIterator[Daemon[BalancerConfig]]:
+def balancer(config_path: Path) -> contextlib.AbstractAsyncContextManager[Daemon[Any]]:
     config = load(config_path, BalancerConfig)
-    log = EventLog("balancer", level="warning", stream=io.StringIO())
-    daemon = Daemon(SPEC, config, config_path=config_path, log=log)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(daemon.run)
-        try:
-            yield daemon
-        finally:
-            daemon.request_stop()
+    return running(SPEC, config, config_path=config_path, level="warning")
 
 
 async def s_client(port: int, *options: str, send: bytes = HTTP_REQUEST) -> tuple[int, str]:

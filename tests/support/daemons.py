@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -14,11 +15,20 @@ from monitoring.logging import EventLog
 
 
 @contextlib.asynccontextmanager
-async def running(spec: DaemonSpec[Any], config: Any) -> AsyncIterator[Daemon[Any]]:
-    """Run ``spec`` with ``config`` until the block ends; logs go to ``daemon.log_output``."""
+async def running(
+    spec: DaemonSpec[Any],
+    config: Any,
+    *,
+    config_path: Path | None = None,
+    level: str = "debug",
+) -> AsyncIterator[Daemon[Any]]:
+    """Run ``spec`` with ``config`` until the block ends; logs go to ``daemon.log_output``.
+
+    With ``config_path`` the daemon reloads from that file, as SIGHUP makes it.
+    """
     output = io.StringIO()
-    log = EventLog(spec.name, level="debug", stream=output)
-    daemon = Daemon(spec, config, config_path=None, log=log)
+    log = EventLog(spec.name, level=level, stream=output)
+    daemon = Daemon(spec, config, config_path=config_path, log=log)
     daemon.log_output = output  # type: ignore[attr-defined]
     async with trio.open_nursery() as nursery:
         await nursery.start(daemon.run)
