@@ -18,7 +18,7 @@ from balancer.config import BalancerConfig
 from balancer.health import TargetState
 from monitoring.configfile import load
 from monitoring.lifecycle import Daemon
-from tests.support.check_targets import StubTarget
+from tests.support.check_targets import StubTarget, until_health
 from tests.support.daemons import address, running
 from tests.support.http import read_response
 
@@ -68,14 +68,7 @@ async def wait_healthy(daemon: Daemon[BalancerConfig], *groups: str) -> None:
             any(r.state is TargetState.HEALTHY for r in runtime.live[g].health) for g in groups
         )
 
-    with trio.fail_after(10):
-        while not done():
-            changed = trio.Event()
-            runtime.observers.append(lambda _events, changed=changed: changed.set())
-            try:
-                await changed.wait()
-            finally:
-                runtime.observers.pop()
+    await until_health(runtime, done, within=10)
 
 
 class KeepAliveClient:

@@ -31,7 +31,7 @@ from balancer.runtime import Runtime
 from monitoring.logging import EventLog
 from monitoring.metrics import Metrics
 from monitoring.settings import AdminSettings
-from tests.support.check_targets import StubTarget
+from tests.support.check_targets import StubTarget, until_health
 from tests.support.daemons import address, running
 from tests.support.http import request
 
@@ -79,14 +79,7 @@ async def wait_for(
 ) -> float:
     """Virtual seconds until ``port``'s target reaches ``state`` (woken by health events)."""
     start = trio.current_time()
-    with trio.fail_after(within):
-        while state_of(runtime, port) is not state:
-            changed = trio.Event()
-            runtime.observers.append(lambda _events, changed=changed: changed.set())
-            try:
-                await changed.wait()
-            finally:
-                runtime.observers.pop()
+    await until_health(runtime, lambda: state_of(runtime, port) is state, within=within)
     return trio.current_time() - start
 
 

@@ -16,6 +16,7 @@ from balancer.config import HealthCheck, Target, TargetGroup
 from balancer.health import TargetState
 from balancer.runtime import Runtime
 from tests.support.balancer_http import Client, balancer, config, front, listener
+from tests.support.check_targets import until_health
 from tests.support.targets import Reply, Seen, TargetServer, echo, running_targets
 
 pytestmark = pytest.mark.slow
@@ -60,14 +61,7 @@ async def wait_state(runtime: Runtime, target_id: str, state: TargetState) -> No
         record = runtime.live["web"].health.get(target_id)
         return record is not None and record.state is state
 
-    with trio.fail_after(60):
-        while not reached():
-            changed = trio.Event()
-            runtime.observers.append(lambda _events, changed=changed: changed.set())
-            try:
-                await changed.wait()
-            finally:
-                runtime.observers.pop()
+    await until_health(runtime, reached, within=60)
 
 
 @pytest.fixture

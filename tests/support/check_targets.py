@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 
 import h11
 import trio
+
+from balancer.runtime import Runtime
+
+
+async def until_health(runtime: Runtime, reached: Callable[[], bool], *, within: float) -> None:
+    """Wait, at most ``within`` seconds, until ``reached()``: checked after every batch of
+    health events the runtime hands its observers (no polling)."""
+    with trio.fail_after(within):
+        while not reached():
+            changed = trio.Event()
+            runtime.observers.append(lambda _events, changed=changed: changed.set())
+            try:
+                await changed.wait()
+            finally:
+                runtime.observers.pop()
 
 
 class StubTarget:

@@ -30,6 +30,7 @@ from balancer.runtime import Runtime
 from balancer.stickiness import APP_COOKIE, GROUP_COOKIE, LB_COOKIE, CookieSealer
 from monitoring.lifecycle import Daemon
 from tests.support.balancer_http import Client, balancer, config, front, group, listener
+from tests.support.check_targets import until_health
 from tests.support.targets import Handler, Reply, Seen, TargetServer, echo, running_targets
 
 KEY = b"0123456789abcdef0123456789abcdef"
@@ -270,14 +271,7 @@ async def wait_state(daemon: Daemon[Any], target: TargetServer, state: TargetSta
         record = runtime.live["web"].health.get(f"127.0.0.1:{target.port}")
         return record is not None and record.state is state
 
-    with trio.fail_after(60):
-        while not reached():
-            changed = trio.Event()
-            runtime.observers.append(lambda _events, changed=changed: changed.set())
-            try:
-                await changed.wait()
-            finally:
-                runtime.observers.pop()
+    await until_health(runtime, reached, within=60)
 
 
 @pytest.fixture

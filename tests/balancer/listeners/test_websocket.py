@@ -45,6 +45,17 @@ class WsClient:
                 self.ws.receive_data(data)
 
 
+async def echo_bytes(stream: trio.SocketStream, client: WsClient, payload: bytes) -> None:
+    """Send ``payload`` as one binary message; the echo may come back in several frames."""
+    await stream.send_all(client.ws.send(BytesMessage(data=payload)))
+    received = b""
+    while len(received) < len(payload):
+        message = await client.expect(BytesMessage)
+        assert isinstance(message, BytesMessage)
+        received += message.data
+    assert received == payload
+
+
 async def test_messages_are_echoed_through_the_tunnel():
     async with (
         running_targets(TargetServer("ws", websocket)) as (target,),
@@ -58,14 +69,7 @@ async def test_messages_are_echoed_through_the_tunnel():
             echoed = await client.expect(TextMessage)
             assert isinstance(echoed, TextMessage)
             assert echoed.data == "hello"
-            payload = bytes(range(256)) * 1024
-            await stream.send_all(client.ws.send(BytesMessage(data=payload)))
-            received = b""
-            while len(received) < len(payload):
-                message = await client.expect(BytesMessage)
-                assert isinstance(message, BytesMessage)
-                received += message.data
-            assert received == payload
+            await echo_bytes(stream, client, bytes(range(256)) * 1024)
             await stream.send_all(client.ws.send(CloseConnection(code=1000)))
             await client.expect(CloseConnection)
         (seen,) = target.seen
@@ -120,13 +124,7 @@ async def test_a_websocket_to_an_https_target_tunnels_over_tls():
             await client.handshake("chat.example.com")
             payload = bytes(range(256)) * 512  # several TLS records each way
             for _ in range(2):
-                await stream.send_all(client.ws.send(BytesMessage(data=payload)))
-                received = b""
-                while len(received) < len(payload):
-                    message = await client.expect(BytesMessage)
-                    assert isinstance(message, BytesMessage)
-                    received += message.data
-                assert received == payload
+                await echo_bytes(stream, client, payload)
             await stream.send_all(client.ws.send(CloseConnection(code=1000)))
             await client.expect(CloseConnection)
     assert target.handshakes == 1
