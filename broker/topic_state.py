@@ -149,7 +149,8 @@ class Topic:
         self.next_seq = record.next_seq
         self.stats = TopicStats()
         self.deleted = False
-        self.deleted_subscriptions = 0
+        # From the stored count; the store raises it in each Unsubscribe's commit too.
+        self.deleted_subscriptions = record.subscriptions_deleted
 
     @property
     def name(self) -> str:

@@ -180,7 +180,13 @@ class LoadedQueue:
 
 
 class TopicRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """A topic as stored: identity, settings, tags, timestamps, its FIFO sequence counter."""
+    """A topic as stored: identity, settings, tags, timestamps, its FIFO sequence counter and
+    its SubscriptionsDeleted count, both as loaded (the live topic counts on from them).
+
+    The store raises ``subscriptions_deleted`` in the transaction of each
+    :class:`~broker.model.sns_mutations.SubscriptionDeleted` that deletes a live
+    subscription (not one of the unsubscribed records kept for their restore links).
+    """
 
     topic_id: int
     name: str
@@ -189,6 +195,7 @@ class TopicRecord(msgspec.Struct, frozen=True, kw_only=True):
     created_at: int
     modified_at: int
     next_seq: int = 1
+    subscriptions_deleted: int = 0
 
 
 class TopicDeduplicationEntry(msgspec.Struct, frozen=True, array_like=True):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def _create_version_1(connection: sqlite3.Connection) -> None:
@@ -172,6 +172,27 @@ def _keep_unsubscribed_subscriptions(connection: sqlite3.Connection) -> None:
     del connection
 
 
+def _count_deleted_subscriptions(connection: sqlite3.Connection) -> None:
+    # SubscriptionsDeleted, kept per topic and raised in the transaction of each Unsubscribe
+    # (broker/store/sqlite_sns.py), so that it survives a restart; a deleted topic's count
+    # goes with its row. Version 7 counted in memory only and showed 0 after every restart,
+    # so the true count of an older file is unknown: each unsubscribed row kept for its
+    # restore link is at least one Unsubscribe of its topic, and that is where the count
+    # starts.
+    connection.execute(
+        "ALTER TABLE topics ADD COLUMN subscriptions_deleted INTEGER NOT NULL DEFAULT 0"
+    )
+    connection.execute(
+        """
+        UPDATE topics SET subscriptions_deleted = (
+            SELECT count(*) FROM subscriptions
+            WHERE subscriptions.topic_id = topics.topic_id
+                AND json_extract(CAST(record AS TEXT), '$.unsubscribed') IS 1
+        )
+        """
+    )
+
+
 # MIGRATIONS[n] brings a file at version n to version n + 1.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     0: _create_version_1,
@@ -181,6 +202,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     4: _create_queue_deletions,
     5: _add_body_md5s,
     6: _keep_unsubscribed_subscriptions,
+    7: _count_deleted_subscriptions,
 }
 
 

@@ -1,8 +1,10 @@
 """The SNS half of the SQLite store: topic rows, SNS mutations as SQL, and loading at start.
 
-Tables (schema version 3, :mod:`broker.store.sqlite_schema`): ``topics``, ``subscriptions``
-(one msgspec-JSON record each), ``sns_outbox`` (HTTP/S deliveries owed, with their attempt
-counts and due times) and ``sns_deduplication`` (FIFO topics' 5-minute window).
+Tables (created in schema version 3, :mod:`broker.store.sqlite_schema`): ``topics`` (with
+each topic's SubscriptionsDeleted count from version 8), ``subscriptions`` (one msgspec-JSON
+record each; from version 7 also the unsubscribed ones kept for their restore links),
+``sns_outbox`` (HTTP/S deliveries owed, with their attempt counts and due times) and
+``sns_deduplication`` (FIFO topics' 5-minute window).
 
 Functions here run inside the writer's transaction (mutations, topic changes) or a reader's
 snapshot (loading); :mod:`broker.store.sqlite` owns the threads.
@@ -49,6 +51,16 @@ _SAVE_SUBSCRIPTION: Final = (
     "INSERT OR REPLACE INTO subscriptions (subscription_id, topic_id, record) VALUES (?, ?, ?)"
 )
 _DELETE_SUBSCRIPTION: Final = "DELETE FROM subscriptions WHERE subscription_id = ?"
+# SubscriptionDeleted also forgets the unsubscribed rows kept for their restore links (they
+# were counted when they were unsubscribed); only a live row's deletion is an Unsubscribe.
+_COUNT_UNSUBSCRIBE: Final = """
+    UPDATE topics SET subscriptions_deleted = subscriptions_deleted + 1
+    WHERE topic_id = (
+        SELECT topic_id FROM subscriptions
+        WHERE subscription_id = ?
+            AND json_extract(CAST(record AS TEXT), '$.unsubscribed') IS NOT 1
+    )
+"""
 # Confirmations are owed to the endpoint even once the subscription is gone; notifications not.
 _DROP_NOTIFICATIONS: Final = (
     "DELETE FROM sns_outbox WHERE subscription_id = ? AND message_type = 'Notification'"
@@ -99,9 +111,12 @@ def _queued(m: HttpDeliveryQueued) -> tuple[Any, ...]:
 
 
 def _apply_deleted(connection: sqlite3.Connection, batch: Sequence[Any]) -> None:
-    ids = [(m.subscription_id,) for m in batch]
-    connection.executemany(_DELETE_SUBSCRIPTION, ids)
-    connection.executemany(_DROP_NOTIFICATIONS, ids)
+    # One at a time: each deletion is counted against the row as the one before left it.
+    for mutation in batch:
+        row = (mutation.subscription_id,)
+        connection.execute(_COUNT_UNSUBSCRIBE, row)
+        connection.execute(_DELETE_SUBSCRIPTION, row)
+        connection.execute(_DROP_NOTIFICATIONS, row)
 
 
 def _simple(sql: str, row: Callable[[Any], tuple[Any, ...]]) -> Callable[..., None]:
@@ -177,10 +192,10 @@ def load_sns(connection: sqlite3.Connection) -> LoadedSns:
     """Read every topic, subscription and pending delivery (without payloads)."""
     topics = []
     for row in connection.execute(
-        "SELECT topic_id, name, settings, tags, created_at, modified_at, next_seq FROM topics "
-        "ORDER BY topic_id"
+        "SELECT topic_id, name, settings, tags, created_at, modified_at, next_seq, "
+        "subscriptions_deleted FROM topics ORDER BY topic_id"
     ).fetchall():
-        topic_id, name, settings, tags, created_at, modified_at, next_seq = row
+        topic_id, name, settings, tags, created_at, modified_at, next_seq, deleted = row
         record = TopicRecord(
             topic_id=topic_id,
             name=name,
@@ -189,6 +204,7 @@ def load_sns(connection: sqlite3.Connection) -> LoadedSns:
             created_at=created_at,
             modified_at=modified_at,
             next_seq=next_seq,
+            subscriptions_deleted=deleted,
         )
         deduplication = [
             TopicDeduplicationEntry(key, message_id, sequence_number, expires_at)

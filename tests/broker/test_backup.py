@@ -11,10 +11,13 @@ from broker import backup as broker_backup
 from broker.backup import KEY_FILES, backup, outside_files, restore
 from broker.config import AuthSettings, BrokerConfig, StorageSettings
 from broker.model.settings import QueueSettings
+from broker.model.sns_mutations import SubscriptionDeleted, SubscriptionSaved
+from broker.model.topics import TopicSettings
 from broker.store.base import StoreError
 from broker.store.lock import DataDirectoryInUse, DataDirectoryLock
 from broker.store.sqlite import FILE_NAME, SqliteStore
 from tests.broker.store.test_base import inserted
+from tests.broker.store.test_sqlite_sns import subscription
 
 
 async def make_store(data_dir: Path, bodies: list[str]) -> None:
@@ -59,6 +62,26 @@ async def test_backup_then_restore_brings_the_store_and_keys_back(tmp_path: Path
         assert (aside / name).read_bytes() == f"{name} of new".encode()  # nothing is deleted
     assert (aside / f"{FILE_NAME}-wal").exists()
     assert await bodies_in(aside) == ["other"]
+
+
+async def test_a_restored_topic_keeps_its_deleted_subscription_count(tmp_path: Path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    store = SqliteStore(old)
+    await store.open()
+    topic_id = (await store.create_topic("t", TopicSettings(), {}, 0)).topic_id
+    for name in ("a", "b", "c"):
+        await store.commit([SubscriptionSaved(subscription=subscription(topic_id, name))])
+    await store.commit([SubscriptionDeleted(subscription_id=n) for n in ("a", "b")])
+    await store.aclose()
+    assert backup(old, tmp_path / "backup").subscriptions == 1
+    restore(new, tmp_path / "backup", now=0)
+    store = SqliteStore(new)
+    await store.open()
+    try:
+        (topic,) = (await store.load_sns()).topics
+        assert topic.record.subscriptions_deleted == 2
+    finally:
+        await store.aclose()
 
 
 async def test_backup_refuses_a_directory_in_use_as_destination(tmp_path: Path):

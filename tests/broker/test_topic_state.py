@@ -15,7 +15,7 @@ from broker.topic_state import PROTOCOLS, Subscription, Topic, TopicStats
 ARN = "arn:aws:sns:us-east-1:000000000000:t"
 
 
-def topic(**settings: object) -> Topic:
+def topic(subscriptions_deleted: int = 0, **settings: object) -> Topic:
     record = TopicRecord(
         topic_id=1,
         name="t",
@@ -24,6 +24,7 @@ def topic(**settings: object) -> Topic:
         created_at=0,
         modified_at=0,
         next_seq=7,
+        subscriptions_deleted=subscriptions_deleted,
     )
     return Topic(record, ARN)
 
@@ -53,6 +54,13 @@ def test_facts_count_confirmed_and_pending() -> None:
     assert (facts.subscriptions_confirmed, facts.subscriptions_pending) == (1, 1)
     assert owner.index.match({}, "m").matched == ("a",)  # pending ones are not indexed
     assert owner.next_seq == 7
+
+
+def test_the_deleted_count_goes_on_from_the_stored_one() -> None:
+    owner = topic(subscriptions_deleted=2)
+    assert owner.facts("000000000000").subscriptions_deleted == 2
+    owner.deleted_subscriptions += 1
+    assert owner.facts("000000000000").subscriptions_deleted == 3
 
 
 def test_a_new_filter_policy_is_compiled_and_indexed() -> None:

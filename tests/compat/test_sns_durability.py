@@ -276,3 +276,61 @@ async def test_an_unsubscribe_restore_link_works_after_a_restart(tmp_path: Path)
                 )
             )
             assert delivery.headers["x-amz-sns-message-id"] == message_id
+
+
+def subscription_counts(sns: Any, topic: str) -> tuple[str, str, str]:
+    """GetTopicAttributes' SubscriptionsConfirmed, SubscriptionsPending, SubscriptionsDeleted."""
+    attributes = sns.get_topic_attributes(TopicArn=topic)["Attributes"]
+    return (
+        attributes["SubscriptionsConfirmed"],
+        attributes["SubscriptionsPending"],
+        attributes["SubscriptionsDeleted"],
+    )
+
+
+async def test_subscription_counts_survive_sigkill(tmp_path: Path) -> None:
+    with Endpoint() as endpoint:
+        async with broker_process(tmp_path, 1, SNS_CONFIG) as (daemon, api):
+            sns = sns_client(api)
+            sqs = sqs_client(api)
+            topic = sns.create_topic(Name="counted")["TopicArn"]
+            queues = [sqs.create_queue(QueueName=f"counted-{n}")["QueueUrl"] for n in range(2)]
+            sqs_arns = [
+                sns.subscribe(
+                    TopicArn=topic,
+                    Protocol="sqs",
+                    Endpoint=queue_arn(sqs, url),
+                    ReturnSubscriptionArn=True,
+                )["SubscriptionArn"]
+                for url in queues
+            ]
+            http_arn = sns.subscribe(
+                TopicArn=topic, Protocol="http", Endpoint=endpoint.url, ReturnSubscriptionArn=True
+            )["SubscriptionArn"]
+            (confirmation,) = await trio.to_thread.run_sync(endpoint.wait_for, 1)
+            sns.confirm_subscription(TopicArn=topic, Token=confirmation.envelope()["Token"])
+            # An SQS one and an HTTP one (kept for its restore link) are unsubscribed.
+            sns.unsubscribe(SubscriptionArn=sqs_arns[0])
+            sns.unsubscribe(SubscriptionArn=http_arn)
+            # Another one is left pending: its confirmation is never answered.
+            sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=f"{endpoint.url}/pending")
+            # A topic deleted and created again starts counting afresh, as AWS's does.
+            again = sns.create_topic(Name="again")["TopicArn"]
+            gone = sns.subscribe(
+                TopicArn=again,
+                Protocol="sqs",
+                Endpoint=queue_arn(sqs, queues[1]),
+                ReturnSubscriptionArn=True,
+            )["SubscriptionArn"]
+            sns.unsubscribe(SubscriptionArn=gone)
+            sns.delete_topic(TopicArn=again)
+            assert sns.create_topic(Name="again")["TopicArn"] == again
+            assert subscription_counts(sns, topic) == ("1", "1", "2")
+            assert subscription_counts(sns, again) == ("0", "0", "0")
+            daemon.signal(signal.SIGKILL)
+            with trio.fail_after(30):
+                await daemon.process.wait()
+        async with broker_process(tmp_path, 2, SNS_CONFIG) as (_, api):
+            sns = sns_client(api)
+            assert subscription_counts(sns, topic) == ("1", "1", "2")
+            assert subscription_counts(sns, again) == ("0", "0", "0")

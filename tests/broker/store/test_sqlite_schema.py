@@ -129,7 +129,7 @@ def test_a_version_5_file_gains_body_md5s_and_its_rows_have_none(tmp_path):
     ]
 
 
-def test_a_version_6_file_becomes_version_7_with_its_subscriptions_as_they_were(tmp_path):
+def test_a_version_6_file_keeps_its_subscriptions_as_they_were(tmp_path):
     connection = connect(tmp_path / "s.db")
     connection.execute("BEGIN")
     for version in range(6):
@@ -140,7 +140,37 @@ def test_a_version_6_file_becomes_version_7_with_its_subscriptions_as_they_were(
         "INSERT INTO subscriptions (subscription_id, topic_id, record) VALUES ('s', 1, '{}')"
     )
     assert migrate(connection) == 6
-    assert connection.execute("PRAGMA user_version").fetchone()[0] == 7
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert connection.execute("SELECT subscription_id, record FROM subscriptions").fetchall() == [
         ("s", "{}")
     ]
+
+
+def test_a_version_7_file_gains_deleted_counts_from_its_kept_unsubscribed_rows(tmp_path):
+    connection = connect(tmp_path / "s.db")
+    connection.execute("BEGIN")
+    for version in range(7):
+        MIGRATIONS[version](connection)
+    connection.execute("PRAGMA user_version = 7")
+    connection.execute("COMMIT")
+    for name in ("kept", "none"):
+        connection.execute(
+            "INSERT INTO topics (name, settings, tags, created_at, modified_at) "
+            "VALUES (?, x'', '{}', 0, 0)",
+            (name,),
+        )
+    connection.executemany(
+        "INSERT INTO subscriptions (subscription_id, topic_id, record) VALUES (?, ?, ?)",
+        [
+            ("live", 1, b'{"unsubscribed":false}'),
+            ("older", 1, b"{}"),  # written before version 7
+            ("gone", 1, b'{"unsubscribed":true}'),
+            ("gone too", 1, b'{"unsubscribed":true}'),
+            ("other", 2, b'{"unsubscribed":false}'),
+        ],
+    )
+    assert migrate(connection) == 7
+    assert connection.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    counts = connection.execute("SELECT name, subscriptions_deleted FROM topics ORDER BY name")
+    assert counts.fetchall() == [("kept", 2), ("none", 0)]
+    assert connection.execute("SELECT count(*) FROM subscriptions").fetchone() == (5,)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from broker.model.messages import AttributeValue
 from broker.model.mutations import MessageInserted
@@ -26,6 +30,8 @@ from broker.model.subscriptions import SubscriptionSettings
 from broker.model.topics import TopicSettings
 from broker.store.base import TopicNameTaken
 from broker.store.sqlite import SqliteStore
+from broker.store.sqlite_apply import apply_mutations
+from broker.store.sqlite_schema import configure, migrate
 
 
 @pytest.fixture
@@ -200,3 +206,79 @@ async def test_deleting_a_topic_deletes_its_rows(store: SqliteStore) -> None:
     assert [t.record.name for t in loaded.topics] == ["keep"]
     assert [s.subscription_id for s in loaded.subscriptions] == ["a"]
     assert [d.delivery_id for d in loaded.deliveries] == [1]
+
+
+async def test_unsubscribes_are_counted_per_topic_through_a_restart(store: SqliteStore) -> None:
+    first = (await store.create_topic("first", TopicSettings(), {}, 1)).topic_id
+    second = (await store.create_topic("second", TopicSettings(), {}, 1)).topic_id
+    await store.commit(
+        [
+            SubscriptionSaved(subscription=subscription(first, "a", protocol="sqs")),
+            SubscriptionSaved(subscription=subscription(first, "b", pending=False)),
+            SubscriptionSaved(subscription=subscription(second, "c")),
+            SubscriptionDeleted(subscription_id="a"),
+            # Unsubscribe of an HTTP/S one: deleted, then kept for its restore link...
+            SubscriptionDeleted(subscription_id="b"),
+            SubscriptionSaved(subscription=subscription(first, "b", unsubscribed=True)),
+        ]
+    )
+    # ... which, forgotten once expired, is not a second Unsubscribe; nor is an unknown id.
+    await store.commit(
+        [SubscriptionDeleted(subscription_id="b"), SubscriptionDeleted(subscription_id="x")]
+    )
+    store = await reopened(store)
+    try:
+        counts = {
+            t.record.name: t.record.subscriptions_deleted for t in (await store.load_sns()).topics
+        }
+        assert counts == {"first": 2, "second": 0}
+        # A topic deleted and created again with the same name counts from 0, as AWS's does.
+        await store.delete_topic(first)
+        again = await store.create_topic("first", TopicSettings(), {}, 2)
+        assert again.subscriptions_deleted == 0
+        counts = {
+            t.record.name: t.record.subscriptions_deleted for t in (await store.load_sns()).topics
+        }
+        assert counts == {"second": 0, "first": 0}
+    finally:
+        await store.aclose()
+
+
+# Subscription ids 0..3; id n belongs to topic 1 + n % 2.
+saved = st.builds(
+    lambda n, unsubscribed: SubscriptionSaved(
+        subscription=subscription(1 + n % 2, str(n), unsubscribed=unsubscribed)
+    ),
+    st.integers(0, 3),
+    st.booleans(),
+)
+deleted = st.builds(lambda n: SubscriptionDeleted(subscription_id=str(n)), st.integers(0, 3))
+
+
+@given(commits=st.lists(st.lists(saved | deleted, max_size=8), max_size=4))
+def test_the_count_is_the_deletions_of_live_rows_however_they_are_batched(commits):
+    """Every deletion of a live row counts once against its topic; deleting a kept
+    unsubscribed row or a missing one counts nothing, in whatever runs the mutations come."""
+    expected = {1: 0, 2: 0}
+    rows: dict[str, bool] = {}  # subscription id -> unsubscribed
+    with contextlib.closing(sqlite3.connect(":memory:", isolation_level=None)) as connection:
+        configure(connection, writer=True)
+        migrate(connection)
+        for topic_id in expected:
+            connection.execute(
+                "INSERT INTO topics (topic_id, name, settings, tags, created_at, modified_at) "
+                "VALUES (?, ?, x'', '{}', 0, 0)",
+                (topic_id, f"t{topic_id}"),
+            )
+        for mutations in commits:
+            connection.execute("BEGIN")
+            apply_mutations(connection, mutations, set())
+            connection.execute("COMMIT")
+            for mutation in mutations:
+                if isinstance(mutation, SubscriptionSaved):
+                    record = mutation.subscription
+                    rows[record.subscription_id] = record.unsubscribed
+                elif rows.pop(mutation.subscription_id, True) is False:
+                    expected[1 + int(mutation.subscription_id) % 2] += 1
+        found = dict(connection.execute("SELECT topic_id, subscriptions_deleted FROM topics"))
+    assert found == expected
