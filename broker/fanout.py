@@ -17,6 +17,12 @@ message here; the copies of a commit gather in one :class:`~broker.model.outcome
 what must wait for durability (making them receivable, one wake-up per queue; the counters) is
 one callback per commit, not a send outcome and a callback per delivery.
 
+Access: SNS sends to a queue only if the queue's policy lets ``sns.amazonaws.com`` send for
+the topic (:mod:`broker.model.sns_to_sqs_access`, compiled once per policy and topic). A
+refused delivery is a failed one, as any client-side error: to the subscription's dead-letter
+queue if it has one, else dropped; it is logged when a subscription's refusal starts or
+changes, and when its deliveries are allowed again, not once per message.
+
 Message ids come from :func:`broker.frontend.request_ids` (a random prefix and a counter), not
 ``uuid.uuid4()``: its ``os.urandom`` releases the GIL, which lets the store's writer commit
 every publish alone.
@@ -56,6 +62,8 @@ from broker.model.sns_mutations import (
     TopicDeduplicationRecorded,
     TopicSequenceRaised,
 )
+from broker.model.sns_to_sqs_access import Refusal
+from broker.model.sns_to_sqs_access import refusal as sns_refusal
 from broker.registry import Queue, QueueRegistry, now_ms
 from broker.sns_bodies import Bodies
 from broker.sns_keys import SigningKeys
@@ -144,6 +152,8 @@ class Fanout:
         self.cert_url_base = cert_url_base
         self.log = log
         self._new_message_id = request_ids()
+        # Subscription id -> why its queue's policy refuses SNS: logged when it changes.
+        self._refused: dict[str, Refusal] = {}
 
     def signer(self, topic: Topic, base_url: str) -> sns_envelope.Signer:
         version = topic.settings.signature_version or self.signature_version
@@ -301,6 +311,26 @@ class Fanout:
         group_id = request.group_id if fifo_queue or not bodies.topic.settings.fifo else None
         deduplication_id = bodies.message.deduplication_id if fifo_queue else None
         raw = record.settings.raw_message_delivery
+        if queue is not None:
+            refused = sns_refusal(
+                queue.settings.policy, topic_arn=bodies.topic.arn, queue_arn=queue.arn, now_ms=now
+            )
+            if refused is not None or self._refused:
+                self._note_access(subscription, refused)
+            if refused is not None:
+                attributes = _dead_letter_attributes(bodies) if raw else {}
+                self._failed(
+                    batch,
+                    subscription,
+                    body,
+                    attributes,
+                    group_id,
+                    deduplication_id,
+                    now,
+                    refused.value,
+                    log=False,  # _note_access logged the refusal once
+                )
+                return
         try:
             attributes = bodies.raw_attributes() if raw else {}
             if queue is None:
@@ -338,25 +368,55 @@ class Fanout:
         deduplication_id: str | None,
         now: int,
         reason: str,
+        *,
+        log: bool = True,
     ) -> None:
         """A delivery that cannot be made: to the subscription's dead-letter queue, if any.
 
-        SQS answers such client-side errors (deleted queue, oversized or invalid message) at
-        once, so no retry could help; AWS moves them to the DLQ straight away.
+        SQS answers such client-side errors (deleted queue, access denied, oversized or
+        invalid message) at once, so no retry could help; AWS moves them to the DLQ straight
+        away. ``log``: log this failure (False: the caller logs such failures its own way).
         """
         topic = subscription.topic
         moved = self.dead_letter(
             batch, subscription, body, attributes, group_id, deduplication_id, now
         )
-        self.log.warning(
-            "sns.delivery_failed",
-            topic=topic.name,
-            subscription=subscription.arn,
-            reason=reason,
-            dead_letter="moved" if moved else "none",
-        )
+        if log:
+            self.log.warning(
+                "sns.delivery_failed",
+                topic=topic.name,
+                subscription=subscription.arn,
+                reason=reason,
+                dead_letter="moved" if moved else "none",
+            )
         stats = topic.stats
         batch.after.append(lambda: stats.deliveries(subscription.protocol, ok=False))
+
+    def _note_access(self, subscription: Subscription, refused: Refusal | None) -> None:
+        """Log a subscription's refusal when it starts or changes, and its end."""
+        key = subscription.subscription_id
+        before = self._refused.get(key)
+        if refused is before:
+            return
+        topic = subscription.topic
+        if refused is None:
+            del self._refused[key]
+            self.log.info(
+                "sns.delivery_allowed",
+                topic=topic.name,
+                subscription=subscription.arn,
+                queue=subscription.endpoint,
+            )
+            return
+        self._refused[key] = refused
+        self.log.warning(
+            "sns.delivery_refused",
+            topic=topic.name,
+            subscription=subscription.arn,
+            queue=subscription.endpoint,
+            reason=refused.value,
+            dead_letter=subscription.settings.dead_letter_target_arn or "none",
+        )
 
     def dead_letter(
         self,

@@ -10,7 +10,10 @@ values is true. Negated operators (``StringNotEquals``, ``ArnNotLike``, ``NotIpA
 ...) hold when the request's value matches none of the listed values.
 
 The request context is a mapping of lower-case key names (IAM key names are
-case-insensitive) to the request's values, built by the shell; the time is one of them.
+case-insensitive) to the request's values, built by the shell; the time is one of them. A
+client's own request carries no ``aws:SourceArn``/``aws:SourceAccount``; a request an AWS
+service makes on behalf of a resource does (SNS delivering to a subscribed queue: the topic's
+ARN and account, :mod:`broker.model.sns_to_sqs_access`).
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 
 Context = Mapping[str, Sequence[str]]
+# The keys that differ between two requests of the same caller, action, resource and source.
+TIME_KEYS: Final = frozenset({"aws:currenttime", "aws:epochtime"})
 
 
 class ConditionError(ValueError):
@@ -256,6 +261,23 @@ def holds(block: Any, context: Context) -> bool:
     return True
 
 
+def keys_read(block: Any) -> frozenset[str]:
+    """The condition keys (lower-case) a Condition block compares.
+
+    No other key of a request can change what :func:`holds` answers for the block (or whether
+    it raises); a block that is not an object reads none.
+    """
+    if not isinstance(block, dict):
+        return frozenset()
+    return frozenset(
+        key.lower()
+        for keys in block.values()
+        if isinstance(keys, dict)
+        for key in keys
+        if isinstance(key, str)
+    )
+
+
 def request_context(
     *,
     now_ms: int,
@@ -268,8 +290,10 @@ def request_context(
 ) -> dict[str, tuple[str, ...]]:
     """The global condition keys of one request ("AWS global condition context keys").
 
-    A None leaves its keys out, as AWS does for anonymous callers (no principal keys) and for
-    requests no service makes on someone's behalf (no ``aws:SourceArn``/``aws:SourceAccount``).
+    A None leaves its keys out: anonymous callers carry no principal keys (nor, here, does a
+    service), and a client's own request no ``aws:SourceArn``/``aws:SourceAccount`` (AWS: they
+    are there only when an AWS service principal calls the resource directly). SNS's
+    deliveries to queues carry them: the topic's ARN and the topic owner's account.
     """
     moment = datetime.datetime.fromtimestamp(now_ms / 1000, datetime.UTC)
     context: dict[str, tuple[str, ...]] = {

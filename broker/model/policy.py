@@ -1,13 +1,19 @@
 """Queue access policies: the Policy attribute, AddPermission/RemovePermission, evaluation.
 
 The subset of the IAM policy language SQS queue policies use: statements with Effect,
-Principal (``*``, ``{"AWS": ...}`` with account ids or ARNs), Action (``sqs:SendMessage``,
-``sqs:Send*``, ``sqs:*``, case-insensitive), Resource (queue ARNs with ``*``/``?``).
+Principal (``*``, ``{"AWS": ...}`` with account ids or ARNs, ``{"Service": ...}`` with AWS
+service principals such as ``sns.amazonaws.com``), Action (``sqs:SendMessage``, ``sqs:Send*``,
+``sqs:*``, case-insensitive), Resource (queue ARNs with ``*``/``?``).
 Condition blocks are evaluated by :mod:`broker.model.conditions` against the request's
 context. Evaluation follows IAM's order: an explicit Deny wins, then an explicit Allow;
 without either, principals of the queue's own account are allowed (as the account's identity
 policies would let them) and other accounts are denied. An anonymous caller (the broker's
-anonymous mode) is matched only by ``"*"`` principals and, without a Deny, is let in.
+anonymous mode) is matched only by ``"*"`` principals and, without a Deny, is let in. A
+request an AWS service makes (SNS delivering to a subscribed queue) is matched by ``"*"``
+and by ``Service`` entries naming that service, never by ``AWS`` entries other than ``"*"``;
+a ``Service`` entry never names an ordinary caller. Such a request belongs to no account: only
+an explicit Allow lets it in (:mod:`broker.model.sns_to_sqs_access` adds Wharf's same-account
+leniency for SNS).
 NotPrincipal, NotAction and NotResource match what their lists do not name, as in IAM. A
 Condition that cannot be read (only a policy stored before :func:`check_policy` existed can
 hold one) is not understood: as an Allow it never matches, as a Deny it always matches its
@@ -21,7 +27,7 @@ import re
 from collections.abc import Iterable, Sequence
 from enum import Enum
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from broker.model.conditions import ConditionError, Context, check, holds
 from broker.model.errors import INVALID_PARAMETER_VALUE, SqsError, invalid_attribute_value
@@ -92,14 +98,22 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
-def _principal_matches(statement: dict[str, Any], principal_arn: str | None, account: str) -> bool:
-    """Whether the statement applies to the caller; ``principal_arn`` None is anonymous."""
+class _Caller(NamedTuple):
+    """Who makes a request, as Principal elements see it."""
+
+    arn: str | None  # None: anonymous, or an AWS service
+    account: str
+    service: str | None  # an AWS service principal, e.g. "sns.amazonaws.com"
+
+
+def _principal_matches(statement: dict[str, Any], caller: _Caller) -> bool:
+    """Whether the statement applies to the caller."""
     if "NotPrincipal" in statement:
-        return not _names(statement["NotPrincipal"], principal_arn, account)
-    return _names(statement.get("Principal"), principal_arn, account)
+        return not _names(statement["NotPrincipal"], caller)
+    return _names(statement.get("Principal"), caller)
 
 
-def _names(principal: Any, principal_arn: str | None, account: str) -> bool:
+def _names(principal: Any, caller: _Caller) -> bool:
     """Whether a Principal (or NotPrincipal) element names the caller."""
     if principal == "*":
         return True
@@ -108,15 +122,17 @@ def _names(principal: Any, principal_arn: str | None, account: str) -> bool:
     for entry in _as_list(principal.get("AWS")):
         if not isinstance(entry, str):
             continue
-        if entry == "*":
+        if entry == "*":  # IAM: the same as "Principal": "*"
             return True
-        if principal_arn is None:
-            continue  # only "*" names an anonymous caller
-        if entry == principal_arn:
+        if caller.arn is None:
+            continue  # only "*" names an anonymous caller or a service
+        if entry == caller.arn:
             return True
         # An account id, or the account's root ARN, stands for every principal in it.
-        if entry in (account, f"arn:aws:iam::{account}:root"):
+        if entry in (caller.account, f"arn:aws:iam::{caller.account}:root"):
             return True
+    if caller.service is not None:
+        return caller.service in _as_list(principal.get("Service"))
     return False
 
 
@@ -148,6 +164,72 @@ def _statements(policy: str | None) -> list[dict[str, Any]]:
     return [s for s in _as_list(document.get("Statement")) if isinstance(s, dict)]
 
 
+def applicable(
+    policy: str | None,
+    *,
+    principal_arn: str | None,
+    principal_account: str,
+    action: str,
+    resource: str,
+    service: str = "sqs",
+    calling_service: str | None = None,
+) -> list[dict[str, Any]]:
+    """The statements of ``policy`` whose principal, action and resource cover a request.
+
+    Their conditions are left to :func:`explicit_decision`, so that a caller asking the same
+    question often (SNS, once per subscription and topic) parses and filters only once.
+
+    Args:
+        policy: the queue's (or topic's) Policy attribute (JSON), or None.
+        principal_arn: the caller's ARN; None for an anonymous caller or a service.
+        principal_account: the caller's account id (ignored for a service).
+        action: the API action; a batch action is checked as the IAM action it needs.
+        resource: the queue ARN (or topic ARN).
+        service: the IAM service prefix of ``action``: ``sqs`` or ``sns``.
+        calling_service: the AWS service principal making the request (``sns.amazonaws.com``),
+            or None for an ordinary caller.
+    """
+    qualified = f"{service}:{IAM_ACTION.get(action, action)}"
+    if calling_service is not None:
+        caller = _Caller(None, "", calling_service)
+    else:
+        caller = _Caller(principal_arn, principal_account, None)
+    return [
+        statement
+        for statement in _statements(policy)
+        if _principal_matches(statement, caller)
+        and _listed_or_not(statement, "Action", qualified)
+        and _listed_or_not(statement, "Resource", resource)
+    ]
+
+
+def explicit_decision(
+    statements: Iterable[dict[str, Any]], context: Context | None
+) -> Decision | None:
+    """What :func:`applicable` statements decide for a request with ``context``.
+
+    Returns:
+        DENY if a Deny's condition holds, else ALLOW if an Allow's does, else None (nothing
+        explicit: the caller's account decides).
+    """
+    request = _NO_CONTEXT if context is None else context
+    allowed = False
+    for statement in statements:
+        effect = statement.get("Effect")
+        if "Condition" in statement:
+            try:
+                applies = holds(statement["Condition"], request)
+            except ConditionError:
+                applies = effect == "Deny"  # unreadable: it can only deny more
+            if not applies:
+                continue
+        if effect == "Deny":
+            return Decision.DENY
+        if effect == "Allow":
+            allowed = True
+    return Decision.ALLOW if allowed else None
+
+
 def evaluate(
     policy: str | None,
     *,
@@ -159,6 +241,7 @@ def evaluate(
     service: str = "sqs",
     context: Context | None = None,
     anonymous: bool = False,
+    calling_service: str | None = None,
 ) -> Decision:
     """Decide whether ``principal_arn`` may call ``<service>:<action>`` on ``resource``.
 
@@ -176,35 +259,26 @@ def evaluate(
             None is a request that carries none, so every condition on a key is false.
         anonymous: an unsigned caller of a broker in anonymous mode: only ``"*"`` principals
             name it, and it is allowed unless a Deny matches.
+        calling_service: the request is an AWS service's (e.g. ``sns.amazonaws.com``), not
+            ``principal_arn``'s: only ``"*"`` and that service's ``Service`` entries name it,
+            and only an explicit Allow lets it in.
 
     Returns:
         ALLOW or DENY.
     """
-    qualified = f"{service}:{IAM_ACTION.get(action, action)}"
-    request = _NO_CONTEXT if context is None else context
-    allowed = False
-    for statement in _statements(policy):
-        if not _principal_matches(
-            statement, None if anonymous else principal_arn, principal_account
-        ):
-            continue
-        if not _listed_or_not(statement, "Action", qualified):
-            continue
-        if not _listed_or_not(statement, "Resource", resource):
-            continue
-        effect = statement.get("Effect")
-        if "Condition" in statement:
-            try:
-                applies = holds(statement["Condition"], request)
-            except ConditionError:
-                applies = effect == "Deny"  # unreadable: it can only deny more
-            if not applies:
-                continue
-        if effect == "Deny":
-            return Decision.DENY
-        if effect == "Allow":
-            allowed = True
-    if allowed or anonymous or principal_account == owner_account:
+    statements = applicable(
+        policy,
+        principal_arn=None if anonymous else principal_arn,
+        principal_account=principal_account,
+        action=action,
+        resource=resource,
+        service=service,
+        calling_service=calling_service,
+    )
+    explicit = explicit_decision(statements, context)
+    if explicit is not None:
+        return explicit
+    if calling_service is None and (anonymous or principal_account == owner_account):
         return Decision.ALLOW
     return Decision.DENY
 

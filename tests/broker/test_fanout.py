@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from broker import sns_bodies
 from broker.model.publishing import PublishRequest, prepare
 from broker.model.sns_errors import SnsError
 from broker.registry import now_ms
+from monitoring.logging import EventLog
 from proto.aws import sns_envelope
 from tests.support.sns_harness import Harness, build
 
@@ -262,3 +264,95 @@ async def test_validation_happens_before_anything_is_accepted(harness: Harness) 
     with pytest.raises(SnsError, match="Empty message"):
         await harness.publish("")
     assert harness.topic.stats.published == 0
+
+
+# ------------------------------------------------------------------ queue policies
+
+SNS_PRINCIPAL = "sns.amazonaws.com"
+PARTNER = "111122223333"
+
+
+def sns_statement(effect: str, topic_arn: str, queue_arn: str) -> str:
+    """AWS's usual queue policy for a topic's deliveries, with ``effect``."""
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": effect,
+                    "Principal": {"Service": SNS_PRINCIPAL},
+                    "Action": "sqs:SendMessage",
+                    "Resource": queue_arn,
+                    "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+                }
+            ],
+        }
+    )
+
+
+def events(log: io.StringIO, name: str) -> list[str]:
+    return [line for line in log.getvalue().splitlines() if f"event={name} " in line]
+
+
+async def test_a_queue_policy_deny_for_the_topic_blocks_its_deliveries_only(
+    harness: Harness,
+) -> None:
+    log = io.StringIO()
+    harness.fanout.log = EventLog("test", stream=log)
+    topic_arn = harness.topic.arn
+    dlq = await queue(harness, "dlq")
+    denied = await queue(harness, "denied")
+    await harness.queues.set_attributes(
+        denied, {"Policy": sns_statement("Deny", topic_arn, denied.arn)}
+    )
+    elsewhere = await queue(harness, "elsewhere")  # denies another topic only
+    await harness.queues.set_attributes(
+        elsewhere, {"Policy": sns_statement("Deny", topic_arn + "-other", elsewhere.arn)}
+    )
+    open_queue = await queue(harness, "open")
+    redrive = json.dumps({"deadLetterTargetArn": dlq.arn})
+    await harness.subscribe_queue(denied.arn, RedrivePolicy=redrive, RawMessageDelivery="true")
+    await harness.subscribe_queue(elsewhere.arn, RawMessageDelivery="true")
+    await harness.subscribe_queue(open_queue.arn, RawMessageDelivery="true")
+    await harness.publish("one")
+    await harness.publish("two")
+    assert await bodies(harness, "denied") == []
+    assert sorted(await bodies(harness, "dlq")) == ["one", "two"]
+    assert sorted(await bodies(harness, "elsewhere")) == ["one", "two"]
+    assert sorted(await bodies(harness, "open")) == ["one", "two"]
+    stats = harness.topic.stats
+    assert (stats.attempts["sqs"], stats.delivered["sqs"], stats.failed["sqs"]) == (6, 4, 2)
+    # Logged once for the subscription, not per message; once more when the Deny is gone.
+    (refused,) = events(log, "sns.delivery_refused")
+    assert f"dead_letter={dlq.arn}" in refused
+    assert events(log, "sns.delivery_failed") == []
+    await harness.queues.set_attributes(denied, {"Policy": ""})
+    await harness.publish("three")
+    await harness.publish("four")
+    assert sorted(await bodies(harness, "denied")) == ["four", "three"]
+    assert len(events(log, "sns.delivery_allowed")) == 1
+    assert len(events(log, "sns.delivery_refused")) == 1
+
+
+async def test_a_queue_in_another_account_needs_an_allow_for_the_topic(harness: Harness) -> None:
+    # This broker keeps topics and queues in one account; a topic whose ARN names another
+    # account stands for the cross-account set-up (the queue's policy sees that ARN).
+    partner_topic = f"arn:aws:sns:us-east-1:{PARTNER}:{harness.topic.name}"
+    target = await queue(harness, "target")
+    await harness.subscribe_queue(target.arn, RawMessageDelivery="true")
+    harness.topic.arn = partner_topic
+    await harness.publish("without an allow")
+    assert await bodies(harness, "target") == []
+    assert harness.topic.stats.failed["sqs"] == 1
+    await harness.queues.set_attributes(
+        target, {"Policy": sns_statement("Allow", partner_topic + "-other", target.arn)}
+    )
+    await harness.publish("allowed for another topic")
+    assert await bodies(harness, "target") == []
+    await harness.queues.set_attributes(
+        target, {"Policy": sns_statement("Allow", partner_topic, target.arn)}
+    )
+    await harness.publish("with the usual allow")
+    assert await bodies(harness, "target") == ["with the usual allow"]
+    assert harness.topic.stats.failed["sqs"] == 2
+    assert harness.topic.stats.delivered["sqs"] == 1

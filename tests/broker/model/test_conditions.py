@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.model.conditions import ConditionError, check, holds, request_context
+from broker.model.conditions import (
+    TIME_KEYS,
+    ConditionError,
+    check,
+    holds,
+    keys_read,
+    request_context,
+)
 
 NOW_MS = 1_700_000_000_000  # 2023-11-14T22:13:20Z
 ALICE = "arn:aws:iam::000000000000:user/team/alice"
@@ -43,6 +50,40 @@ def test_the_request_context_keys():
         now_ms=NOW_MS, secure=False, source_ip=None, principal_arn=None, principal_account=None
     )
     assert set(anonymous) == {"aws:securetransport", "aws:currenttime", "aws:epochtime"}
+
+
+def test_a_service_request_carries_its_source_keys_and_no_principal_keys():
+    # SNS delivering to a queue: the topic's ARN and account, over HTTPS, at a time.
+    keys = request_context(
+        now_ms=NOW_MS,
+        secure=True,
+        source_ip=None,
+        principal_arn=None,
+        principal_account=None,
+        source_arn=TOPIC,
+        source_account="111122223333",
+    )
+    assert set(keys) == {
+        "aws:securetransport",
+        "aws:currenttime",
+        "aws:epochtime",
+        "aws:sourcearn",
+        "aws:sourceaccount",
+    }
+    assert holds({"ArnEquals": {"aws:SourceArn": TOPIC}}, keys)
+    assert holds({"StringEquals": {"aws:SourceAccount": "111122223333"}}, keys)
+    assert holds({"Null": {"aws:PrincipalArn": "true"}}, keys)
+
+
+def test_the_keys_a_block_reads():
+    block = {
+        "ArnLike": {"aws:SourceArn": "arn:*", "AWS:SourceAccount": "1"},
+        "DateGreaterThan": {"aws:CurrentTime": "2024-01-01T00:00:00Z"},
+    }
+    assert keys_read(block) == {"aws:sourcearn", "aws:sourceaccount", "aws:currenttime"}
+    assert keys_read(block) & TIME_KEYS == {"aws:currenttime"}
+    assert keys_read("not a block") == frozenset()
+    assert keys_read({"StringEquals": "not keys"}) == frozenset()
 
 
 @pytest.mark.parametrize(
@@ -206,3 +247,19 @@ def test_check_and_holds_agree_on_what_is_readable(block):
     except ConditionError:
         return
     holds(block, {})  # whatever check accepts, holds can evaluate
+
+
+@given(
+    first=st.tuples(string_operators, keys, patterns),
+    second=st.tuples(string_operators, keys, patterns),
+    request=contexts,
+)
+def test_only_the_keys_a_block_reads_decide_it(first, second, request):
+    # What SNS's compiled queue policies rely on: keys a block does not read (the time, for
+    # most) cannot change its answer.
+    (op1, _), key1, listed1 = first
+    (_, op2), key2, listed2 = second
+    block = {op1: {key1: listed1}, op2: {key2: listed2}}
+    read = keys_read(block)
+    narrowed = {key: value for key, value in request.items() if key in read}
+    assert holds(block, narrowed) is holds(block, request)

@@ -211,6 +211,94 @@ def test_anonymous_callers_are_named_only_by_star():
     assert decide(None, BOB, "SendMessage", anonymous=True) is Decision.ALLOW
 
 
+SNS = "sns.amazonaws.com"
+
+
+def by_service(policy: dict[str, Any] | None, service: str = SNS, **context: str) -> Decision:
+    """The decision for ``sqs:SendMessage`` on ARN when ``service`` sends (SNS delivering)."""
+    keys = request_context(
+        now_ms=1_700_000_000_000,
+        secure=True,
+        source_ip=None,
+        principal_arn=None,
+        principal_account=None,
+        source_arn=context.get("source_arn"),
+        source_account=context.get("source_account"),
+    )
+    return evaluate(
+        None if policy is None else json.dumps(policy),
+        principal_arn="",
+        principal_account="",
+        owner_account=OWNER,
+        action="SendMessage",
+        resource=ARN,
+        context=keys,
+        calling_service=service,
+    )
+
+
+@pytest.mark.parametrize(
+    ("principal", "names_sns"),
+    [
+        ("*", True),
+        ({"AWS": "*"}, True),
+        ({"AWS": ["*"]}, True),
+        ({"Service": SNS}, True),
+        ({"Service": ["events.amazonaws.com", SNS]}, True),
+        ({"AWS": BOB, "Service": SNS}, True),
+        ({"Service": "events.amazonaws.com"}, False),
+        ({"Service": []}, False),
+        ({"AWS": OWNER}, False),
+        ({"AWS": f"arn:aws:iam::{OWNER}:root"}, False),
+        ({"AWS": ALICE}, False),
+    ],
+)
+def test_service_principals_name_only_the_service(principal, names_sns):
+    allow = policy_of(statement("Allow", principal, "sqs:SendMessage"))
+    assert (by_service(allow) is Decision.ALLOW) == names_sns
+    deny = policy_of(statement("Allow", "*", "sqs:*"), statement("Deny", principal, "sqs:*"))
+    assert (by_service(deny) is Decision.DENY) == names_sns
+
+
+def test_a_service_entry_never_names_an_ordinary_caller():
+    services = {"Service": [SNS, "events.amazonaws.com"]}
+    deny = policy_of(statement("Deny", services, "sqs:*"))
+    assert decide(deny, ALICE, "SendMessage") is Decision.ALLOW
+    assert decide(deny, ALICE, "SendMessage", anonymous=True) is Decision.ALLOW
+    allow = policy_of(statement("Allow", services, "sqs:*"))
+    assert decide(allow, BOB, "SendMessage") is Decision.DENY
+
+
+def test_a_service_needs_an_explicit_allow_and_sees_its_source_keys():
+    # A service belongs to no account: the owner account's default does not let it in.
+    assert by_service(None) is Decision.DENY
+    topic = f"arn:aws:sns:us-east-1:{PARTNER}:orders"
+    usual = statement(
+        "Allow",
+        {"Service": SNS},
+        "sqs:SendMessage",
+        Condition={"ArnEquals": {"aws:SourceArn": topic}},
+    )
+    policy = policy_of(usual)
+    assert by_service(policy, source_arn=topic) is Decision.ALLOW
+    assert by_service(policy, source_arn=topic + "-other") is Decision.DENY
+    assert by_service(policy) is Decision.DENY  # no aws:SourceArn: the condition is false
+    assert by_service(policy, "events.amazonaws.com", source_arn=topic) is Decision.DENY
+    by_account = statement(
+        "Allow",
+        "*",
+        "sqs:SendMessage",
+        Condition={"StringEquals": {"aws:SourceAccount": PARTNER}},
+    )
+    assert by_service(policy_of(by_account), source_account=PARTNER) is Decision.ALLOW
+    # NotPrincipal names services too: "deny everyone but SNS".
+    but_sns = {"Effect": "Deny", "NotPrincipal": {"Service": SNS}, "Action": "sqs:*"}
+    allow_all = statement("Allow", "*", "sqs:*")
+    assert by_service(policy_of(allow_all, but_sns)) is Decision.ALLOW
+    assert by_service(policy_of(allow_all, but_sns), "events.amazonaws.com") is Decision.DENY
+    assert decide(policy_of(allow_all, but_sns), BOB, "SendMessage") is Decision.DENY
+
+
 def test_not_action_not_resource_and_not_principal_match_what_they_do_not_name():
     allow = policy_of({"Effect": "Allow", "Principal": "*", "NotAction": "sqs:PurgeQueue"})
     assert decide(allow, BOB, "SendMessage") is Decision.ALLOW
@@ -363,6 +451,7 @@ action_globs = st.sampled_from(
         "sqs:?urge*",
     ]
 )
+SERVICES = ["sns.amazonaws.com", "events.amazonaws.com"]
 principal_values = st.one_of(
     st.just("*"),
     st.fixed_dictionaries(
@@ -370,6 +459,18 @@ principal_values = st.one_of(
             "AWS": st.one_of(
                 st.sampled_from([*PRINCIPALS, OWNER, PARTNER, "*"]),
                 st.lists(st.sampled_from([*PRINCIPALS, OWNER, PARTNER]), max_size=3),
+            )
+        },
+        optional={
+            "Service": st.one_of(
+                st.sampled_from(SERVICES), st.lists(st.sampled_from(SERVICES), max_size=2)
+            )
+        },
+    ),
+    st.fixed_dictionaries(
+        {
+            "Service": st.one_of(
+                st.sampled_from(SERVICES), st.lists(st.sampled_from(SERVICES), max_size=2)
             )
         }
     ),
@@ -400,19 +501,27 @@ def _listed(value: Any) -> list[Any]:
 
 
 def reference(
-    policy: list[dict[str, Any]], principal: str, action: str, resource: str, secure: bool = True
+    policy: list[dict[str, Any]],
+    principal: str,
+    action: str,
+    resource: str,
+    secure: bool = True,
+    service: str | None = None,
 ) -> Decision:
     """IAM's order in a dozen lines: explicit Deny, then Allow, then same-account default.
 
-    The one generated condition, ``Bool aws:SecureTransport true``, holds over HTTPS.
+    The one generated condition, ``Bool aws:SecureTransport true``, holds over HTTPS. A
+    ``service`` caller is named by "*" and its Service entries, and needs an explicit Allow.
     """
     account = principal.split(":")[4]
 
     def principal_matches(spec: Any) -> bool:
-        if spec == "*":
+        if spec == "*" or "*" in _listed(spec.get("AWS", [])):
             return True
+        if service is not None:
+            return service in _listed(spec.get("Service", []))
         return any(
-            entry in ("*", principal, account, f"arn:aws:iam::{account}:root")
+            entry in (principal, account, f"arn:aws:iam::{account}:root")
             for entry in _listed(spec.get("AWS", []))
         )
 
@@ -439,7 +548,9 @@ def reference(
         if s["Effect"] == "Deny":
             return Decision.DENY
         allowed = True
-    return Decision.ALLOW if allowed or account == OWNER else Decision.DENY
+    if allowed or (service is None and account == OWNER):
+        return Decision.ALLOW
+    return Decision.DENY
 
 
 @given(
@@ -452,6 +563,26 @@ def test_evaluate_agrees_with_the_reference(policy, principal, action, secure):
     expected = reference(policy, principal, action, ARN, secure)
     context = over(secure=secure, principal=principal)
     assert decide(policy_of(*policy), principal, action, context=context) is expected
+
+
+@given(
+    policy=st.lists(statements(), max_size=5),
+    service=st.sampled_from(SERVICES),
+    action=st.sampled_from(ACTIONS),
+)
+def test_a_service_caller_agrees_with_the_reference(policy, service, action):
+    expected = reference(policy, ALICE, action, ARN, service=service)
+    decision = evaluate(
+        json.dumps(policy_of(*policy)),
+        principal_arn=ALICE,  # ignored: the request is the service's
+        principal_account=OWNER,
+        owner_account=OWNER,
+        action=action,
+        resource=ARN,
+        context=over(),
+        calling_service=service,
+    )
+    assert decision is expected
 
 
 @given(
