@@ -30,6 +30,12 @@ from balancer.config_rules import Redirect as Redirect
 from balancer.config_rules import Rule as Rule
 from balancer.config_rules import WeightedTargetGroup as WeightedTargetGroup
 from balancer.health import parse_matcher
+
+# AWS's security policy names and what they mean to OpenSSL (their own module: the table).
+from balancer.tls_policies import DEFAULT_SSL_POLICY as DEFAULT_SSL_POLICY
+from balancer.tls_policies import SSL_POLICIES as SSL_POLICIES
+from balancer.tls_policies import SslPolicyName as SslPolicyName
+from balancer.tls_policies import TlsPolicy as TlsPolicy
 from monitoring.settings import (
     AdminSettings,
     LifecycleSettings,
@@ -50,113 +56,6 @@ MAX_TARGET_GROUPS = 100
 MAX_TARGETS_PER_GROUP = 1000
 RESERVED_COOKIE_PREFIX = "AWSALB"  # covers AWSALBAPP and AWSALBTG too
 
-
-# ---------------------------------------------------------------------------------------------
-# TLS security policies: AWS's names mapped to OpenSSL settings.
-
-
-class TlsPolicy(NamedTuple):
-    """What an AWS security policy name means to OpenSSL.
-
-    ``minimum_version`` / ``maximum_version`` name ``ssl.TLSVersion`` members; ``ciphers`` is
-    the OpenSSL list for TLS 1.2 and older, in AWS's server order. TLS 1.3 suites are the
-    three AWS offers in every TLS13 policy, which is also OpenSSL's default set.
-    """
-
-    minimum_version: str
-    maximum_version: str
-    ciphers: str
-
-
-_CIPHERS_2016_08 = (
-    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
-    "ECDHE-ECDSA-AES128-SHA256:ECDHE-RSA-AES128-SHA256:ECDHE-ECDSA-AES128-SHA:"
-    "ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
-    "ECDHE-ECDSA-AES256-SHA384:ECDHE-RSA-AES256-SHA384:ECDHE-RSA-AES256-SHA:"
-    "ECDHE-ECDSA-AES256-SHA:AES128-GCM-SHA256:AES128-SHA256:AES128-SHA:"
-    "AES256-GCM-SHA384:AES256-SHA256:AES256-SHA"
-)
-
-
-def _only(keep: str) -> str:
-    return ":".join(c for c in _CIPHERS_2016_08.split(":") if re.search(keep, c))
-
-
-_NO_SHA1 = _only(r"(GCM|SHA256|SHA384)$")
-_FORWARD_SECRET_ALL = _only(r"^ECDHE-")  # AWS's FS policies: every ECDHE suite, SHA-1 too
-_FORWARD_SECRET = _only(r"^ECDHE-.*(GCM|SHA256|SHA384)$")
-_FORWARD_SECRET_GCM = _only(r"^ECDHE-.*GCM")
-# OpenSSL 3 refuses TLS 1.0/1.1 (SHA-1 handshakes) above security level 0.
-_LEGACY = "@SECLEVEL=0"
-
-# The 2021-06 TLS 1.3 policies. AWS's 2025-09 "PQ" twins of each (below) differ only in
-# offering hybrid post-quantum key exchange (X25519MLKEM768, SecP256r1MLKEM768,
-# SecP384r1MLKEM1024), which OpenSSL 3.0 cannot do: under a PQ name wharf negotiates the
-# classical groups (X25519, P-256, P-384...) with the same versions and ciphers. A client
-# offering an ML-KEM share next to a classical one (as browsers do) still connects.
-_TLS13_2021: dict[str, TlsPolicy] = {
-    "TLS13-1-2": TlsPolicy("TLSv1_2", "TLSv1_3", _FORWARD_SECRET),
-    "TLS13-1-2-Res": TlsPolicy("TLSv1_2", "TLSv1_3", _FORWARD_SECRET_GCM),
-    "TLS13-1-2-Ext1": TlsPolicy("TLSv1_2", "TLSv1_3", _NO_SHA1),
-    "TLS13-1-2-Ext2": TlsPolicy("TLSv1_2", "TLSv1_3", _CIPHERS_2016_08),
-    "TLS13-1-3": TlsPolicy("TLSv1_3", "TLSv1_3", ""),
-    "TLS13-1-1": TlsPolicy("TLSv1_1", "TLSv1_3", f"{_CIPHERS_2016_08}:{_LEGACY}"),
-    "TLS13-1-0": TlsPolicy("TLSv1", "TLSv1_3", f"{_CIPHERS_2016_08}:{_LEGACY}"),
-}
-_PQ_2025 = ("TLS13-1-2", "TLS13-1-2-Res", "TLS13-1-2-Ext1", "TLS13-1-2-Ext2", "TLS13-1-3")
-
-SslPolicyName = Literal[
-    "ELBSecurityPolicy-TLS13-1-2-2021-06",
-    "ELBSecurityPolicy-TLS13-1-2-Res-2021-06",
-    "ELBSecurityPolicy-TLS13-1-2-Ext1-2021-06",
-    "ELBSecurityPolicy-TLS13-1-2-Ext2-2021-06",
-    "ELBSecurityPolicy-TLS13-1-3-2021-06",
-    "ELBSecurityPolicy-TLS13-1-1-2021-06",
-    "ELBSecurityPolicy-TLS13-1-0-2021-06",
-    "ELBSecurityPolicy-TLS13-1-2-PQ-2025-09",
-    "ELBSecurityPolicy-TLS13-1-2-Res-PQ-2025-09",
-    "ELBSecurityPolicy-TLS13-1-2-Ext1-PQ-2025-09",
-    "ELBSecurityPolicy-TLS13-1-2-Ext2-PQ-2025-09",
-    "ELBSecurityPolicy-TLS13-1-3-PQ-2025-09",
-    "ELBSecurityPolicy-2016-08",
-    "ELBSecurityPolicy-2015-05",
-    "ELBSecurityPolicy-TLS-1-0-2015-04",
-    "ELBSecurityPolicy-TLS-1-1-2017-01",
-    "ELBSecurityPolicy-TLS-1-2-2017-01",
-    "ELBSecurityPolicy-TLS-1-2-Ext-2018-06",
-    "ELBSecurityPolicy-FS-2018-06",
-    "ELBSecurityPolicy-FS-1-1-2019-08",
-    "ELBSecurityPolicy-FS-1-2-2019-08",
-    "ELBSecurityPolicy-FS-1-2-Res-2019-08",
-    "ELBSecurityPolicy-FS-1-2-Res-2020-10",
-]
-# Versions and TLS 1.2-and-older ciphers from AWS's security policy tables for ALB
-# (describe-ssl-policies).
-SSL_POLICIES: dict[str, TlsPolicy] = {
-    **{f"ELBSecurityPolicy-{name}-2021-06": policy for name, policy in _TLS13_2021.items()},
-    **{f"ELBSecurityPolicy-{name}-PQ-2025-09": _TLS13_2021[name] for name in _PQ_2025},
-    "ELBSecurityPolicy-2016-08": TlsPolicy("TLSv1", "TLSv1_2", f"{_CIPHERS_2016_08}:{_LEGACY}"),
-    # AWS: identical to 2016-08.
-    "ELBSecurityPolicy-2015-05": TlsPolicy("TLSv1", "TLSv1_2", f"{_CIPHERS_2016_08}:{_LEGACY}"),
-    "ELBSecurityPolicy-TLS-1-0-2015-04": TlsPolicy(
-        "TLSv1", "TLSv1_2", f"{_CIPHERS_2016_08}:DES-CBC3-SHA:{_LEGACY}"
-    ),
-    "ELBSecurityPolicy-TLS-1-1-2017-01": TlsPolicy(
-        "TLSv1_1", "TLSv1_2", f"{_CIPHERS_2016_08}:{_LEGACY}"
-    ),
-    "ELBSecurityPolicy-TLS-1-2-2017-01": TlsPolicy("TLSv1_2", "TLSv1_2", _NO_SHA1),
-    "ELBSecurityPolicy-TLS-1-2-Ext-2018-06": TlsPolicy("TLSv1_2", "TLSv1_2", _CIPHERS_2016_08),
-    "ELBSecurityPolicy-FS-2018-06": TlsPolicy(
-        "TLSv1", "TLSv1_2", f"{_FORWARD_SECRET_ALL}:{_LEGACY}"
-    ),
-    "ELBSecurityPolicy-FS-1-1-2019-08": TlsPolicy(
-        "TLSv1_1", "TLSv1_2", f"{_FORWARD_SECRET_ALL}:{_LEGACY}"
-    ),
-    "ELBSecurityPolicy-FS-1-2-2019-08": TlsPolicy("TLSv1_2", "TLSv1_2", _FORWARD_SECRET_ALL),
-    "ELBSecurityPolicy-FS-1-2-Res-2019-08": TlsPolicy("TLSv1_2", "TLSv1_2", _FORWARD_SECRET),
-    "ELBSecurityPolicy-FS-1-2-Res-2020-10": TlsPolicy("TLSv1_2", "TLSv1_2", _FORWARD_SECRET_GCM),
-}
-DEFAULT_SSL_POLICY: SslPolicyName = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 
 # ---------------------------------------------------------------------------------------------
 # Listeners.

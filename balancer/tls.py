@@ -3,7 +3,7 @@
 One :class:`ServerTls` per https listener and config generation. It holds one
 ``ssl.SSLContext`` per configured certificate, all with the listener's security policy (AWS's
 policy names, mapped to TLS versions and OpenSSL cipher lists in
-:data:`balancer.config.SSL_POLICIES`) and ALPN ``http/1.1``. Handshakes start on the first
+:data:`balancer.tls_policies.SSL_POLICIES`) and ALPN ``http/1.1``. Handshakes start on the first
 certificate's context, the default; its ``sni_callback`` moves the connection to the context of
 the certificate the client asked for:
 
@@ -32,7 +32,8 @@ import trio
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from balancer.certificates import CertificateFiles, load_certificate_files
-from balancer.config import SSL_POLICIES, HttpsListener, Listener, TlsPolicy
+from balancer.config import HttpsListener, Listener
+from balancer.tls_policies import SSL_POLICIES, TLS13_SUITES, TlsPolicy
 from monitoring.configfile import ConfigError
 from monitoring.logging import EventLog
 from monitoring.metrics import Metrics
@@ -59,7 +60,10 @@ def policy_context(policy: TlsPolicy, certificate: CertificateFiles) -> ssl.SSLC
         context.minimum_version = ssl.TLSVersion[policy.minimum_version]
         context.maximum_version = ssl.TLSVersion[policy.maximum_version]
     context.options |= _OPTIONS
-    if policy.ciphers:  # empty for TLS 1.3-only policies: 1.3 suites are set apart
+    # Only TLS 1.2-and-older ciphers can be set: Python's ssl has no set_ciphersuites, so TLS
+    # 1.3 offers OpenSSL's three suites whatever the policy lists (accept_tls enforces a
+    # shorter list after the handshake).
+    if policy.ciphers:  # empty for TLS 1.3-only policies
         try:
             context.set_ciphers(policy.ciphers)
         except ssl.SSLError as exc:
@@ -95,12 +99,15 @@ class ServerTls:
         certificates: the checked certificate pairs, the default first.
         contexts: one context per certificate, in the same order.
         handshake_timeout: seconds a client gets to complete the handshake.
+        tls13_suites: the TLS 1.3 suites the policy allows; a connection that negotiated
+            another (OpenSSL offers all three) is dropped after its handshake.
     """
 
     listener: str
     certificates: tuple[CertificateFiles, ...]
     contexts: tuple[ssl.SSLContext, ...]
     handshake_timeout: float
+    tls13_suites: frozenset[str] = frozenset(TLS13_SUITES)
     _exact: Mapping[str, int] = field(default_factory=dict)
     _wildcard: Mapping[str, int] = field(default_factory=dict)
 
@@ -169,6 +176,7 @@ def build_server_tls(listener: HttpsListener) -> ServerTls:
         certificates=certificates,
         contexts=contexts,
         handshake_timeout=listener.timeouts.tls_handshake_seconds,
+        tls13_suites=frozenset(policy.tls13_suites),
     )
 
 
@@ -202,7 +210,8 @@ class TlsMetrics:
         # ALB's ClientTLSNegotiationErrorCount, with OpenSSL's reason (a finite set of names).
         self.negotiation_errors = metrics.counter(
             "wharf_balancer_tls_negotiation_errors",
-            "TLS handshakes that failed (reason: OpenSSL's reason, timeout or closed).",
+            "TLS handshakes that failed (reason: OpenSSL's reason, timeout, closed, or "
+            "suite_not_in_policy).",
             ["listener", "reason"],
         )
         metrics.register_collector(self.collect_expiry)
@@ -263,8 +272,9 @@ async def accept_tls(
 
     Returns:
         The connection, with the certificate and ALPN settled; None when the client failed
-        the handshake (not TLS, no common version or cipher, went away, or too slow).
-        Failures are counted, never raised: clients cause them at will.
+        the handshake (not TLS, no common version or cipher, went away, or too slow) or
+        negotiated a TLS 1.3 suite the policy does not list. Failures are counted, never
+        raised: clients cause them at will.
     """
     # Not https_compatible: closing sends close_notify (without waiting for the client's), as
     # nginx and HAProxy do; OpenSSL 3 clients report a bare TCP close as a truncation error.
@@ -282,14 +292,21 @@ async def accept_tls(
                 reason = _failure_reason(exc)
             else:
                 cipher = ssl_stream.cipher()
-                sent = slot[-1] if slot else None
-                return TlsConnection(
-                    stream=ssl_stream,
-                    server_name=sent if sent is not None and tls.matches(sent) else None,
-                    certificate=_presented(ssl_stream, tls),
-                    protocol=ssl_stream.version() or "-",
-                    cipher=cipher[0] if cipher else "-",
-                )
+                protocol = ssl_stream.version() or "-"
+                name = cipher[0] if cipher else "-"
+                if protocol == "TLSv1.3" and name not in tls.tls13_suites:
+                    # The policy's TLS 1.3 suites could not be set (policy_context), so the
+                    # connection goes now, before any HTTP, as if the handshake had failed.
+                    reason = "suite_not_in_policy"
+                else:
+                    sent = slot[-1] if slot else None
+                    return TlsConnection(
+                        stream=ssl_stream,
+                        server_name=sent if sent is not None and tls.matches(sent) else None,
+                        certificate=_presented(ssl_stream, tls),
+                        protocol=protocol,
+                        cipher=name,
+                    )
     finally:
         _SERVER_NAME.reset(token)
     if metrics is not None:

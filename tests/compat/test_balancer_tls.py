@@ -259,14 +259,44 @@ POLICY_CASES = {
         (["-tls1_3"], None),
         (["-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES256-SHA"], "AES256-SHA"),
     ],
+    # AWS: TLS 1.2 only, the four ECDHE AES-GCM suites.
     "ELBSecurityPolicy-FS-1-2-Res-2020-10": [
         (["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"], None),
+        (["-tls1_3"], None),
         # In FS-1-2-Res-2019-08, no longer in 2020-10 (GCM only).
         (["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA256:ECDHE-RSA-AES128-SHA256"], None),
+        (["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA"], None),
+        (["-tls1_2", "-cipher", "AES128-GCM-SHA256:AES256-GCM-SHA384"], None),  # not FS
+        (["-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"], None),
         (
             ["-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384"],
-            "GCM",
+            "AES256-GCM-SHA384",
         ),
+        (
+            ["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"],
+            "AES128-GCM-SHA256",
+        ),
+    ],
+    # AWS: TLS 1.2 and 1.3; TLS 1.3 with the AES-GCM suites only, TLS 1.2 with ECDHE and
+    # SHA-2. ChaCha20 is refused whichever version offers it.
+    "ELBSecurityPolicy-TLS13-1-2-FIPS-2023-04": [
+        (["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"], None),
+        (["-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"], None),
+        (["-tls1_2", "-cipher", "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"], None),
+        (["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA"], None),  # SHA-1
+        (["-tls1_2", "-cipher", "AES128-GCM-SHA256:AES256-GCM-SHA384"], None),  # not FS
+        (["-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256"], "TLS_AES_128_GCM_SHA256"),
+        (["-tls1_3"], "TLS_AES_256_GCM_SHA384"),  # the server's first choice
+        (
+            ["-tls1_2", "-cipher", "ECDHE-ECDSA-AES256-SHA384:ECDHE-RSA-AES256-SHA384"],
+            "AES256-SHA384",
+        ),
+    ],
+    # AWS: TLS 1.3 only, AES-GCM suites only.
+    "ELBSecurityPolicy-TLS13-1-3-FIPS-2023-04": [
+        (["-tls1_2"], None),
+        (["-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"], None),
+        (["-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"], "TLS_AES_256_GCM_SHA384"),
     ],
     "ELBSecurityPolicy-FS-2018-06": [
         (["-tls1", "-cipher", "AES128-SHA:@SECLEVEL=0"], None),  # not FS
@@ -309,6 +339,31 @@ async def test_aws_policy_names_set_versions_and_ciphers(tmp_path, certificates,
                 negotiated = cipher_of(output)
                 assert negotiated is not None
                 assert cipher in negotiated, (options, negotiated)
+
+
+async def test_a_fips_policy_drops_a_chacha20_tls13_connection_before_any_http(
+    tmp_path, certificates
+):
+    path = tmp_path / "balancer.toml"
+    path.write_text(
+        '[admin]\nport = 0\n[logging]\nlevel = "warning"\n'
+        + listener("fips", "ELBSecurityPolicy-TLS13-1-2-Res-FIPS-2023-04", certificates[:1])
+    )
+    async with balancer(path) as daemon:
+        port = address(daemon, "fips")[1]
+        # OpenSSL offers ChaCha20 in TLS 1.3 whatever the policy, so the handshake completes;
+        # the connection is then closed unanswered, and counted as a negotiation error.
+        _, output = await s_client(port, "-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256")
+        assert "HTTP/1.1" not in output
+        code, output = await s_client(port, "-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256")
+        assert code == 0, output
+        assert "hello fips" in output
+        status, _, body = await request(address(daemon, "admin"), target="/metrics")
+    assert status == 200
+    assert (
+        b'wharf_balancer_tls_negotiation_errors_total{listener="fips",reason="suite_not_in_policy"}'
+        b" 1.0" in body
+    )
 
 
 async def test_access_log_domain_name_is_the_sni_only_when_a_certificate_matched(
