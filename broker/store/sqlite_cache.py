@@ -5,7 +5,13 @@ MD5 when the send computed it) is kept in memory for two kinds of messages, in o
 (``body_cache_bytes``, 64 MiB by default):
 
 * Inserted ones, from the commit that inserts them until they are deleted, moved or purged,
-  or until newer inserts push them out (oldest insert first).
+  or until newer inserts of other queues push them out (oldest insert first). When the
+  budget is full and the oldest insert held is of the inserting queue itself, the new
+  message is not kept: that queue has a backlog, receives take its older messages first, and
+  the ones kept are exactly those (a read-ahead brings the rest when the receives get there).
+  Evicting them instead would cost a push-out per send and leave the receives of the
+  backlog's head to the file. Another queue's inserts still push a backlog's oldest out, so
+  one queue nobody receives from cannot keep the others' fresh messages out of memory.
 * Read-ahead ones. A receive whose messages are not in memory reads them from the file; in
   the same reader-thread trip the store reads the rows that follow them in the queue
   (``READ_AHEAD_ROWS`` or ``READ_AHEAD_BYTES`` at most). Receives take a standard queue's
@@ -261,6 +267,8 @@ class BodyCache:
             return
         key = (m.queue_id, m.seq)
         self.drop(key)  # a failing duplicate insert must not skew the byte count
+        if self._bytes + cost > self.budget and self._oldest_insert_queue() == m.queue_id:
+            return  # its queue's backlog, kept from its head (see the module)
         self._make_room(cost)
         order = self._inserted
         order.append(key)
@@ -271,6 +279,18 @@ class BodyCache:
             order.append(key)
         self._bytes += cost
         self._entries[key] = _cached(m)
+
+    def _oldest_insert_queue(self) -> int | None:
+        """The queue of the oldest insert still held (keys of gone ones are dropped here)."""
+        order = self._inserted
+        entries = self._entries
+        ahead = self._ahead
+        while order:
+            key = order[0]
+            if key in entries and key not in ahead:
+                return key[0]
+            order.popleft()
+        return None
 
     def _make_room(self, cost: int) -> None:
         """Push out the oldest inserts (then the oldest read-ahead) until ``cost`` fits."""

@@ -411,18 +411,23 @@ async def test_recent_messages_are_answered_from_memory_until_they_go(tmp_path):
         await store.aclose()
 
 
-async def test_the_body_cache_keeps_the_most_recent_messages_within_its_budget(tmp_path):
+async def test_the_body_cache_keeps_a_backlogs_head_and_yields_to_other_queues(tmp_path):
     one = len("body 1") + CACHE_ENTRY_OVERHEAD
     store = SqliteStore(tmp_path, body_cache_bytes=2 * one)
     await store.open()
     try:
         queue = await store.create_queue("q", QueueSettings(), {}, 0)
+        other = await store.create_queue("other", QueueSettings(), {}, 0)
         qid = queue.queue_id
         for seq in (1, 2, 3):
             await store.commit([inserted(qid, seq, f"body {seq}")])
+        await store.commit([inserted(other.queue_id, 1, "body 1")])
         tamper_bodies(tmp_path, b"from the file")
+        # The queue's own third send did not push its head out; the other queue's send took
+        # the oldest's room.
         bodies = [m.body for m in await store.read_messages(qid, [1, 2, 3])]
-        assert bodies == ["from the file", "body 2", "body 3"]
+        assert bodies == ["from the file", "body 2", "from the file"]
+        assert [m.body for m in await store.read_messages(other.queue_id, [1])] == ["body 1"]
     finally:
         await store.aclose()
 
@@ -458,13 +463,18 @@ def cost_of(body: str) -> int:
 async def open_deep_queue(
     tmp_path: Path, count: int = 500, cached: int = 200
 ) -> tuple[SqliteStore, int]:
-    """A queue of ``count`` messages of which the cache holds only the newest ``cached``
-    (its read-ahead share: a quarter of that)."""
+    """A queue of ``count`` messages none of which the cache holds: it has room for
+    ``cached`` (its read-ahead share: a quarter of that), and another queue's later sends
+    pushed out the ones it kept."""
     store = SqliteStore(tmp_path, body_cache_bytes=cached * cost_of("body 100"))
     await store.open()
     queue = await store.create_queue("q", QueueSettings(), {}, 0)
     qid = queue.queue_id
     await store.commit([inserted(qid, seq, f"body {seq}") for seq in range(1, count + 1)])
+    filler = await store.create_queue("filler", QueueSettings(), {}, 0)
+    await store.commit(
+        [inserted(filler.queue_id, seq, f"body {seq}") for seq in range(1, cached + 1)]
+    )
     return store, qid
 
 

@@ -160,6 +160,36 @@ def test_inserted_messages_stay_after_a_receive():
     assert [m.seq for m in cache.lookup(1, [1, 2])[0]] == [1, 2]
 
 
+def test_a_full_budget_keeps_the_head_of_a_queues_own_backlog():
+    one = cache_cost("body 1/10", {})
+    cache = filled(4 * one, 10)  # room for four: the first four stay, the rest are not kept
+    assert sorted(cache.cached_keys()) == [(1, 1), (1, 2), (1, 3), (1, 4)]
+    assert cache.bytes <= cache.budget
+    found, missing = cache.lookup(1, range(1, 11))
+    assert [m.seq for m in found] == [1, 2, 3, 4]
+    assert missing == [5, 6, 7, 8, 9, 10]
+    # Once the head is received and deleted, there is room for the queue's next sends again.
+    deleted = [MessageDeleted(queue_id=1, seq=seq) for seq in (1, 2)]
+    cache.track(deleted, {})
+    batch = [inserted(1, 11), inserted(1, 12)]
+    cache.track(batch, {})
+    assert sorted(cache.cached_keys()) == [(1, 3), (1, 4), (1, 11), (1, 12)]
+
+
+def test_another_queues_sends_push_out_the_oldest_of_a_full_budget():
+    one = cache_cost("body 1/10", {})
+    cache = filled(4 * one, 10)  # queue 1's backlog holds the budget: seqs 1-4
+    for seq in (1, 2):
+        batch = [inserted(2, seq)]
+        cache.track(batch, {})
+        cache.settled(batch)
+    assert sorted(cache.cached_keys()) == [(1, 3), (1, 4), (2, 1), (2, 2)]
+    # Queue 1's oldest held (3) is still older than queue 2's: a send of queue 1 is not kept.
+    cache.track([inserted(1, 11)], {})
+    assert (1, 11) not in cache.cached_keys()
+    assert (1, 3) in cache.cached_keys()
+
+
 def test_no_read_ahead_when_off_in_flight_or_at_the_cached_part():
     assert BodyCache(0).start_read_ahead(1, [1]) is None
     cache = filled(1 << 20, 20)
