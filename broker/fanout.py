@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -152,8 +153,11 @@ class Fanout:
         self.cert_url_base = cert_url_base
         self.log = log
         self._new_message_id = request_ids()
-        # Subscription id -> why its queue's policy refuses SNS: logged when it changes.
-        self._refused: dict[str, Refusal] = {}
+        # Subscription -> why its queue's policy refuses SNS: logged when it changes. Weak: an
+        # unsubscribed subscription's entry goes with it.
+        self._refused: weakref.WeakKeyDictionary[Subscription, Refusal] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def signer(self, topic: Topic, base_url: str) -> sns_envelope.Signer:
         version = topic.settings.signature_version or self.signature_version
@@ -394,7 +398,7 @@ class Fanout:
 
     def _note_access(self, subscription: Subscription, refused: Refusal | None) -> None:
         """Log a subscription's refusal when it starts or changes, and its end."""
-        key = subscription.subscription_id
+        key = subscription
         before = self._refused.get(key)
         if refused is before:
             return

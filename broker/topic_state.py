@@ -68,7 +68,8 @@ class TopicStats:
 class Subscription:
     """One live subscription."""
 
-    __slots__ = ("_effective", "arn", "envelope_tail", "policy", "record", "topic")
+    # __weakref__: the fan-out remembers refused subscriptions without keeping them alive.
+    __slots__ = ("__weakref__", "_effective", "arn", "envelope_tail", "policy", "record", "topic")
 
     def __init__(self, record: SubscriptionRecord, topic: Topic) -> None:
         self.record = record

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 from collections.abc import AsyncIterator
@@ -356,3 +357,17 @@ async def test_a_queue_in_another_account_needs_an_allow_for_the_topic(harness: 
     assert await bodies(harness, "target") == ["with the usual allow"]
     assert harness.topic.stats.failed["sqs"] == 2
     assert harness.topic.stats.delivered["sqs"] == 1
+
+
+async def test_an_unsubscribed_refused_subscription_is_forgotten(harness: Harness) -> None:
+    denied = await queue(harness, "denied")
+    await harness.queues.set_attributes(
+        denied, {"Policy": sns_statement("Deny", harness.topic.arn, denied.arn)}
+    )
+    subscription = await harness.subscribe_queue(denied.arn, RawMessageDelivery="true")
+    await harness.publish("one")
+    assert len(harness.fanout._refused) == 1
+    await harness.store.commit(harness.topics.unsubscribe(subscription, 2))
+    del subscription
+    gc.collect()
+    assert len(harness.fanout._refused) == 0
