@@ -23,16 +23,17 @@ only should that thread fall ``WRITER_CHECKPOINT_PAGES`` behind.
 Body cache (:mod:`broker.store.sqlite_cache`). The bodies (and everything else a receive
 returns) of recently inserted messages are kept in memory, up to ``body_cache_bytes`` (64 MiB
 by default), until the message is deleted, moved or purged, or until newer messages of other
-queues push it out (oldest insert first; a queue whose own older messages fill the budget keeps
-those, its head, rather than its newest): a receive of cached messages is answered without a
-worker thread and a query. The cache follows the mutations in call order, in the caller's trio
-step, so it always agrees with the model. A backlog larger than the budget is read ahead: a
-receive that has to read its messages from the file reads, in the same reader-thread trip, the
-next few hundred rows of the queue too, so the receives after it are answered from memory; rows
-read in a worker thread are brought up to date with the mutations their snapshot may lack
-before they enter the cache (see that module); messages restored at start are read ahead too.
-Messages of queues sealed at rest are never cached: every read of those opens them with their
-key, as the key's retirement requires, and their clear text stays out of long-lived memory.
+queues push it out (oldest insert first; a queue whose own older messages, or those of a queue
+holding no more than it, fill the budget keeps them, the heads, rather than its newest): a
+receive of cached messages is answered without a worker thread and a query. The cache follows
+the mutations in call order, in the caller's trio step, so it always agrees with the model. A
+backlog larger than the budget is read ahead: a receive that has to read its messages from the
+file reads, in the same reader-thread trip, the next few hundred rows of the queue too, so the
+receives after it are answered from memory; rows read in a worker thread are brought up to date
+with the mutations their snapshot may lack before they enter the cache (see that module);
+messages restored at start are read ahead too. Messages of queues sealed at rest are never
+cached: every read of those opens them with their key, as the key's retirement requires, and
+their clear text stays out of long-lived memory.
 
 Encryption at rest (:mod:`broker.store.sealing`): the store keeps each live queue's settings,
 and ``commit`` picks, in the caller's trio step, the key each inserted message is sealed with;

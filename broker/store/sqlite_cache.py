@@ -6,12 +6,14 @@ MD5 when the send computed it) is kept in memory for two kinds of messages, in o
 
 * Inserted ones, from the commit that inserts them until they are deleted, moved or purged,
   or until newer inserts of other queues push them out (oldest insert first). When the
-  budget is full and the oldest insert held is of the inserting queue itself, the new
-  message is not kept: that queue has a backlog, receives take its older messages first, and
-  the ones kept are exactly those (a read-ahead brings the rest when the receives get there).
-  Evicting them instead would cost a push-out per send and leave the receives of the
-  backlog's head to the file. Another queue's inserts still push a backlog's oldest out, so
-  one queue nobody receives from cannot keep the others' fresh messages out of memory.
+  budget is full and the oldest insert held is of the inserting queue itself, or of a queue
+  whose held inserts weigh no more than the inserting queue's, the new message is not kept:
+  those are backlogs, receives take their older messages first, and the ones kept are exactly
+  those (a read-ahead brings the rest when the receives get there). Evicting them instead
+  would cost a push-out per send and leave the receives of each backlog's head to the file
+  (a fan-out to several backlogged queues did just that). A queue holding less than the
+  oldest holder still pushes that one's oldest out, so one queue nobody receives from cannot
+  keep the others' fresh messages out of memory.
 * Read-ahead ones. A receive whose messages are not in memory reads them from the file; in
   the same reader-thread trip the store reads the rows that follow them in the queue
   (``READ_AHEAD_ROWS`` or ``READ_AHEAD_BYTES`` at most). Receives take a standard queue's
@@ -147,6 +149,7 @@ class BodyCache:
         self._unsettled: dict[int, Sequence[AnyMutation]] = {}  # id(batch) -> batch, in order
         self._reading: dict[int, ReadAhead] = {}  # queue id -> its read-ahead in flight
         self._read_up_to: dict[int, int] = {}  # queue id -> the last seq its read-aheads read
+        self._held_bytes: dict[int, int] = {}  # queue id -> bytes of its inserts held
 
     # ------------------------------------------------------------------ queries
 
@@ -167,6 +170,10 @@ class BodyCache:
     def cached_keys(self) -> list[Key]:
         """Return the keys of every cached message."""
         return list(self._entries)
+
+    def held_bytes(self, queue_id: int) -> int:
+        """What the queue's inserted messages held here are counted as (read-ahead not)."""
+        return self._held_bytes.get(queue_id, 0)
 
     def is_read_ahead(self, key: Key) -> bool:
         """Tell whether the message came in by a read-ahead (and was not taken yet)."""
@@ -260,6 +267,12 @@ class BodyCache:
             part.bytes -= cost
             if not part.costs:
                 del self._ahead_by_queue[key[0]]
+            return
+        held = self._held_bytes[key[0]] - cost
+        if held:
+            self._held_bytes[key[0]] = held
+        else:
+            del self._held_bytes[key[0]]
 
     def _insert(self, m: MessageInserted) -> None:
         cost = cache_cost(m.body, m.attributes)
@@ -267,8 +280,8 @@ class BodyCache:
             return
         key = (m.queue_id, m.seq)
         self.drop(key)  # a failing duplicate insert must not skew the byte count
-        if self._bytes + cost > self.budget and self._oldest_insert_queue() == m.queue_id:
-            return  # its queue's backlog, kept from its head (see the module)
+        if self._bytes + cost > self.budget and self._keeps_older(m.queue_id):
+            return  # the budget holds older messages of at least as deep a backlog
         self._make_room(cost)
         order = self._inserted
         order.append(key)
@@ -278,7 +291,24 @@ class BodyCache:
             self._inserted = order = deque(k for k in self._entries if k not in ahead)
             order.append(key)
         self._bytes += cost
+        held = self._held_bytes
+        held[m.queue_id] = held.get(m.queue_id, 0) + cost
         self._entries[key] = _cached(m)
+
+    def _keeps_older(self, queue_id: int) -> bool:
+        """When the budget is full: True if a new insert of ``queue_id`` is not to be kept.
+
+        So when the oldest insert held is the queue's own, or another queue's whose held
+        inserts weigh no more than this queue's: pushing it out would trade the head of a
+        backlog (what receives take next) for the tail of one at least as deep. A fan-out to
+        several backlogged queues keeps each one's head; a send to a queue holding less than
+        the oldest holder (a queue nobody receives from, say) still pushes that one out.
+        """
+        oldest = self._oldest_insert_queue()
+        if oldest is None:
+            return False
+        held = self._held_bytes
+        return oldest == queue_id or held.get(queue_id, 0) >= held.get(oldest, 0)
 
     def _oldest_insert_queue(self) -> int | None:
         """The queue of the oldest insert still held (keys of gone ones are dropped here)."""

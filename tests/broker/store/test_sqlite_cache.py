@@ -190,6 +190,17 @@ def test_another_queues_sends_push_out_the_oldest_of_a_full_budget():
     assert (1, 3) in cache.cached_keys()
 
 
+def test_a_fan_out_to_backlogged_queues_keeps_each_ones_head():
+    one = cache_cost("body 1/1", {})
+    cache = BodyCache(4 * one)
+    for seq in range(1, 5):  # a publish to two queues, four times: the budget holds two each
+        batch = [inserted(1, seq), inserted(2, seq)]
+        cache.track(batch, {})
+        cache.settled(batch)
+    assert sorted(cache.cached_keys()) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert cache.held_bytes(1) == cache.held_bytes(2) == 2 * one
+
+
 def test_no_read_ahead_when_off_in_flight_or_at_the_cached_part():
     assert BodyCache(0).start_read_ahead(1, [1]) is None
     cache = filled(1 << 20, 20)
@@ -523,6 +534,12 @@ class CacheMachine(RuleBasedStateMachine):
         total = sum(cache_cost(m.body, m.attributes) for m in entries if m is not None)
         assert self.cache.bytes == total <= self.cache.budget
         assert self.cache.ahead_bytes <= self.cache.ahead_budget
+        held: dict[int, int] = {}
+        for key, m in zip(self.cache.cached_keys(), entries, strict=True):
+            if m is not None and not self.cache.is_read_ahead(key):
+                held[key[0]] = held.get(key[0], 0) + cache_cost(m.body, m.attributes)
+        assert {q: self.cache.held_bytes(q) for q in held} == held
+        assert sum(held.values()) + self.cache.ahead_bytes == self.cache.bytes
 
 
 CacheMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
