@@ -11,6 +11,17 @@ def connect(path):
     return connection
 
 
+def file_at_version(tmp_path, version: int) -> sqlite3.Connection:
+    """A store file as a broker of schema ``version`` left it (its migrations, nothing more)."""
+    connection = connect(tmp_path / "s.db")
+    connection.execute("BEGIN")
+    for step in range(version):
+        MIGRATIONS[step](connection)
+    connection.execute(f"PRAGMA user_version = {version}")
+    connection.execute("COMMIT")
+    return connection
+
+
 def test_a_new_file_gets_the_current_schema(tmp_path):
     connection = connect(tmp_path / "s.db")
     assert migrate(connection) == 0
@@ -45,11 +56,7 @@ def test_live_queue_names_are_unique(tmp_path):
 
 
 def test_a_version_1_file_gains_key_ids_and_keeps_its_rows_in_clear(tmp_path):
-    connection = connect(tmp_path / "s.db")
-    connection.execute("BEGIN")
-    MIGRATIONS[0](connection)
-    connection.execute("PRAGMA user_version = 1")
-    connection.execute("COMMIT")
+    connection = file_at_version(tmp_path, 1)
     connection.execute(
         "INSERT INTO messages (queue_id, seq, message_id, visible_at, receive_count, "
         "received_at, enqueued_at, sent_at, sender_id, body) "
@@ -61,12 +68,7 @@ def test_a_version_1_file_gains_key_ids_and_keeps_its_rows_in_clear(tmp_path):
 
 
 def test_a_version_2_file_gains_the_sns_tables_and_keeps_its_queues(tmp_path):
-    connection = connect(tmp_path / "s.db")
-    connection.execute("BEGIN")
-    MIGRATIONS[0](connection)
-    MIGRATIONS[1](connection)
-    connection.execute("PRAGMA user_version = 2")
-    connection.execute("COMMIT")
+    connection = file_at_version(tmp_path, 2)
     connection.execute(
         "INSERT INTO queues (name, settings, tags, created_at, modified_at) "
         "VALUES ('q', x'', '{}', 0, 0)"
@@ -78,12 +80,7 @@ def test_a_version_2_file_gains_the_sns_tables_and_keeps_its_queues(tmp_path):
 
 
 def test_a_version_3_file_gains_the_move_task_table_and_keeps_its_rows(tmp_path):
-    connection = connect(tmp_path / "s.db")
-    connection.execute("BEGIN")
-    for version in range(3):
-        MIGRATIONS[version](connection)
-    connection.execute("PRAGMA user_version = 3")
-    connection.execute("COMMIT")
+    connection = file_at_version(tmp_path, 3)
     connection.execute(
         "INSERT INTO topics (name, settings, tags, created_at, modified_at) "
         "VALUES ('t', x'', '{}', 0, 0)"
@@ -96,12 +93,7 @@ def test_a_version_3_file_gains_the_move_task_table_and_keeps_its_rows(tmp_path)
 
 
 def test_a_version_4_file_gains_the_queue_deletions_table_and_keeps_its_rows(tmp_path):
-    connection = connect(tmp_path / "s.db")
-    connection.execute("BEGIN")
-    for version in range(4):
-        MIGRATIONS[version](connection)
-    connection.execute("PRAGMA user_version = 4")
-    connection.execute("COMMIT")
+    connection = file_at_version(tmp_path, 4)
     connection.execute(
         "INSERT INTO queues (name, settings, tags, created_at, modified_at) "
         "VALUES ('q', x'', '{}', 0, 0)"
@@ -112,12 +104,7 @@ def test_a_version_4_file_gains_the_queue_deletions_table_and_keeps_its_rows(tmp
 
 
 def test_a_version_5_file_gains_body_md5s_and_its_rows_have_none(tmp_path):
-    connection = connect(tmp_path / "s.db")
-    connection.execute("BEGIN")
-    for version in range(5):
-        MIGRATIONS[version](connection)
-    connection.execute("PRAGMA user_version = 5")
-    connection.execute("COMMIT")
+    connection = file_at_version(tmp_path, 5)
     connection.execute(
         "INSERT INTO messages (queue_id, seq, message_id, visible_at, receive_count, "
         "received_at, enqueued_at, sent_at, sender_id, body) "
@@ -130,12 +117,7 @@ def test_a_version_5_file_gains_body_md5s_and_its_rows_have_none(tmp_path):
 
 
 def test_a_version_6_file_keeps_its_subscriptions_as_they_were(tmp_path):
-    connection = connect(tmp_path / "s.db")
-    connection.execute("BEGIN")
-    for version in range(6):
-        MIGRATIONS[version](connection)
-    connection.execute("PRAGMA user_version = 6")
-    connection.execute("COMMIT")
+    connection = file_at_version(tmp_path, 6)
     connection.execute(
         "INSERT INTO subscriptions (subscription_id, topic_id, record) VALUES ('s', 1, '{}')"
     )
@@ -147,12 +129,7 @@ def test_a_version_6_file_keeps_its_subscriptions_as_they_were(tmp_path):
 
 
 def test_a_version_7_file_gains_deleted_counts_from_its_kept_unsubscribed_rows(tmp_path):
-    connection = connect(tmp_path / "s.db")
-    connection.execute("BEGIN")
-    for version in range(7):
-        MIGRATIONS[version](connection)
-    connection.execute("PRAGMA user_version = 7")
-    connection.execute("COMMIT")
+    connection = file_at_version(tmp_path, 7)
     for name in ("kept", "none"):
         connection.execute(
             "INSERT INTO topics (name, settings, tags, created_at, modified_at) "
