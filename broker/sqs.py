@@ -633,8 +633,8 @@ def _receive_waits(queue: Queue, outcome: ReceiveOutcome) -> bool:
     A standard queue's first receive of a message does not: lost in a crash, the receive
     leaves the message visible again with its former count after the restart -- one more
     delivery, which at-least-once allows; nothing the client was told is contradicted (the
-    store applies commits in call order, so a later delete or visibility change is never
-    durable without it). A FIFO queue waits: its exactly-once processing and its
+    store writes the record ahead of any later write that touches the message, and drops it
+    when the message is deleted first: ``commit_later``). A FIFO queue waits: its exactly-once processing and its
     ReceiveRequestAttemptId retries rest on the receive surviving. So does a redelivery, whose
     ApproximateFirstReceiveTimestamp may have to be read back from the file, and a receive
     that also moved messages to the dead-letter queue or dropped expired ones: those are there

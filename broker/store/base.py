@@ -10,13 +10,15 @@ Contract:
   cannot be overtaken by a later one. ``on_durable`` runs in the trio thread right after the
   batch is durable, even when the caller was cancelled while waiting; a cancelled caller
   never corrupts or drops its batch.
-* ``commit_later(mutations, on_durable)`` queues the same way, in the same order, and returns
-  at once: nobody waits for the fsync. It is for writes whose loss in a crash acknowledges
-  nothing -- a standard queue's receive (receive count, visibility deadline): lost, the message
-  is simply visible again after the restart, which at-least-once delivery allows. Because the
-  order is one, a later ``commit`` (a delete, a visibility change) is durable only with every
-  earlier ``commit_later``, so it is never applied, or acknowledged, before the receive it
-  refers to.
+* ``commit_later(mutations, on_durable)`` returns at once: nobody waits for the fsync. It is
+  for writes whose loss in a crash acknowledges nothing -- a standard queue's receive (receive
+  count, visibility deadline): lost, the message is simply visible again after the restart,
+  which at-least-once delivery allows. A later ``commit`` that touches the same message (a
+  visibility change, a redelivery, a move) is durable only with it, so it is never applied, or
+  acknowledged, before the receive it refers to. An implementation may hold receive records
+  back for a while (the SQLite store does, for a second: ``broker/store/write_behind.py``) and
+  drop a record whose message a later commit deletes; it writes them at the latest when it
+  closes.
 * A failed commit is fatal: the model may be ahead of the disk. The store refuses further
   commits (``StoreError``) and the daemon must stop; the next start reloads the truth.
 * Times are milliseconds since the epoch; message ids are the model's strings.

@@ -25,6 +25,7 @@ from broker.model.mutations import (
     MessageInserted,
     MessageMoved,
     QueuePurged,
+    VisibilityChanged,
 )
 from broker.model.settings import QueueSettings
 from broker.model.signing import Signer
@@ -585,6 +586,8 @@ async def test_a_receive_queued_before_the_read_began_is_not_lost(tmp_path, monk
         store.commit_later(
             [MessageDelivered(queue_id=qid, seq=13, visible_at=9, receive_count=1, received_at=77)]
         )
+        # Held back (write-behind) until a later commit touches the message: this one.
+        store.commit_later([VisibilityChanged(queue_id=qid, seq=13, visible_at=9)])
         assert await trio.to_thread.run_sync(writing.wait, 10)
         await store.read_messages(qid, range(1, 11))  # reads 11... ahead meanwhile
         proceed.set()
