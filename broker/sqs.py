@@ -19,7 +19,7 @@ import trio
 from broker.auth import Caller
 from broker.model.attributes import render_attributes
 from broker.model.conditions import request_context
-from broker.model.errors import SqsError
+from broker.model.errors import INVALID_PARAMETER_VALUE, SqsError
 from broker.model.index import resolve_wait_time
 from broker.model.messages import AttributeValue, SendRequest, message_size, sequence_number
 from broker.model.mutations import MessageDelivered
@@ -576,10 +576,16 @@ def _send_request(params: Params, context: RequestContext) -> SendRequest:
     trace = system.get("AWSTraceHeader")
     for name in system:
         if name != "AWSTraceHeader":
-            raise common_error(
-                "InvalidParameterValue",
-                f"Message system attribute name '{name}' is invalid.",
+            raise SqsError(
+                INVALID_PARAMETER_VALUE, f"Message system attribute name '{name}' is invalid."
             )
+    if trace is not None and (trace.get("DataType") != "String" or not trace.get("StringValue")):
+        # The only system attribute: "Its type must be String" (SendMessage API reference).
+        raise SqsError(
+            INVALID_PARAMETER_VALUE,
+            "Message (system) attribute 'AWSTraceHeader' must contain a non-empty value of "
+            "type 'String'.",
+        )
     try:
         body_md5: str | None = md5_of_body(body)
     except DigestError:  # a lone surrogate: the model refuses the body (InvalidMessageContents)
@@ -634,8 +640,9 @@ def _receive_waits(queue: Queue, outcome: ReceiveOutcome) -> bool:
     leaves the message visible again with its former count after the restart -- one more
     delivery, which at-least-once allows; nothing the client was told is contradicted (the
     store writes the record ahead of any later write that touches the message, and drops it
-    when the message is deleted first: ``commit_later``). A FIFO queue waits: its exactly-once processing and its
-    ReceiveRequestAttemptId retries rest on the receive surviving. So does a redelivery, whose
+    when the message is deleted first: ``commit_later``). A FIFO queue waits: its
+    exactly-once processing and its ReceiveRequestAttemptId retries rest on the receive
+    surviving. So does a redelivery, whose
     ApproximateFirstReceiveTimestamp may have to be read back from the file, and a receive
     that also moved messages to the dead-letter queue or dropped expired ones: those are there
     (and gone) when the reply arrives, as before.

@@ -22,8 +22,9 @@ import datetime
 import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
-from functools import lru_cache
 from typing import Any, Final
+
+from broker.model.globs import compile_glob
 
 Context = Mapping[str, Sequence[str]]
 # The keys that differ between two requests of the same caller, action, resource and source.
@@ -34,20 +35,8 @@ class ConditionError(ValueError):
     """A Condition block this evaluator cannot read (unknown operator, malformed value)."""
 
 
-def _glob(pattern: str) -> re.Pattern[str]:
-    return re.compile(
-        "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern),
-        re.DOTALL,
-    )
-
-
-@lru_cache(maxsize=4096)
-def _compiled(pattern: str) -> re.Pattern[str]:
-    return _glob(pattern)
-
-
 def _string_like(value: str, pattern: str) -> bool:
-    return _compiled(pattern).fullmatch(value) is not None
+    return compile_glob(pattern).fullmatch(value) is not None
 
 
 def _arn_like(value: str, pattern: str) -> bool:

@@ -26,11 +26,11 @@ import json
 import re
 from collections.abc import Iterable, Sequence
 from enum import Enum
-from functools import lru_cache
 from typing import Any, NamedTuple
 
 from broker.model.conditions import ConditionError, Context, check, holds
 from broker.model.errors import INVALID_PARAMETER_VALUE, SqsError, invalid_attribute_value
+from broker.model.globs import compile_glob
 
 POLICY_VERSION = "2012-10-17"
 # The batch actions have no IAM actions of their own: SendMessageBatch needs sqs:SendMessage
@@ -78,18 +78,6 @@ _NO_CONTEXT: Context = {}
 class Decision(Enum):
     ALLOW = "allow"
     DENY = "deny"
-
-
-def _pattern(glob: str) -> re.Pattern[str]:
-    return re.compile(
-        "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in glob),
-        re.IGNORECASE | re.DOTALL,
-    )
-
-
-@lru_cache(maxsize=4096)
-def _compiled(glob: str) -> re.Pattern[str]:
-    return _pattern(glob)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -149,7 +137,9 @@ def _listed_or_not(statement: dict[str, Any], element: str, value: str) -> bool:
 
 
 def _any_glob(globs: Iterable[Any], value: str) -> bool:
-    return any(isinstance(g, str) and _compiled(g).fullmatch(value) for g in globs)
+    return any(
+        isinstance(g, str) and compile_glob(g, ignore_case=True).fullmatch(value) for g in globs
+    )
 
 
 def _statements(policy: str | None) -> list[dict[str, Any]]:
@@ -157,7 +147,7 @@ def _statements(policy: str | None) -> list[dict[str, Any]]:
         return []
     try:
         document = json.loads(policy)
-    except ValueError:
+    except (ValueError, RecursionError):
         return []
     if not isinstance(document, dict):
         return []

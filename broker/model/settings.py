@@ -239,7 +239,7 @@ def _parse_policy(value: str) -> str | None:
         return None  # an empty Policy removes it
     try:
         document = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
         document = None
     if not isinstance(document, dict):
         raise invalid_attribute_value("Policy")
@@ -263,7 +263,7 @@ def parse_redrive_policy(value: str) -> RedrivePolicy | None:
         return None
     try:
         document = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
         document = None
     if not isinstance(document, dict):
         raise invalid_parameter("RedrivePolicy", value, "Redrive policy is not a valid JSON map")
@@ -316,7 +316,7 @@ def parse_redrive_allow_policy(value: str) -> RedriveAllowPolicy | None:
         return None
     try:
         document = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
         document = None
     if not isinstance(document, dict):
         raise invalid_parameter(

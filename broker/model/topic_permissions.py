@@ -35,7 +35,7 @@ TOPIC_ACTIONS: Final = frozenset(
 def _document(policy: str | None, topic_arn: str, owner: str) -> dict[str, Any]:
     try:
         document = json.loads(policy or default_policy(topic_arn, owner))
-    except ValueError:
+    except (ValueError, RecursionError):
         document = None
     if not isinstance(document, dict):  # validated when set; defensive
         document = {"Version": "2008-10-17", "Statement": []}

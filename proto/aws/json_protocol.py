@@ -144,6 +144,10 @@ def decode_request(
         data = _DECODER.decode(body) if body.strip() else {}
     except msgspec.DecodeError as exc:
         raise common_error("SerializationException", f"Malformed JSON body: {exc}") from None
+    except RecursionError:  # msgspec's own depth limit
+        raise common_error(
+            "SerializationException", "Malformed JSON body: nested too deeply"
+        ) from None
     params = from_json(service.operations[action].input, data, "")
     return DecodedRequest(action, params)
 
