@@ -64,7 +64,7 @@ from balancer.runtime import Runtime
 from balancer.stickiness import MIN_KEY_BYTES
 from balancer.targets_api import Overrides, StateFile, TargetsApi
 from balancer.tls import ServerTls, TlsMetrics, accept_tls, build_all, close_tls
-from balancer.upstream import Pools, tune_socket
+from balancer.upstream import Pools, accepted_addresses, tune_socket
 from monitoring.admin import AdminServer, open_admin_listener
 from monitoring.configfile import ConfigError
 from monitoring.httpserver import Draining
@@ -220,7 +220,10 @@ class BalancerApp:
             if tls is None:
                 return  # no longer an https listener in this generation
             sock = stream.socket
-            peer, local = sock.getpeername(), sock.getsockname()
+            addresses = accepted_addresses(sock)
+            if addresses is None:
+                return  # reset before the handshake: nothing to answer
+            peer, local = addresses
             tune_socket(sock)
             accepted = await accept_tls(stream, tls, self.tls_metrics)
             if accepted is None:

@@ -34,7 +34,7 @@ import select
 import socket
 import ssl
 from collections.abc import Iterator
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import h11
 import trio
@@ -78,6 +78,15 @@ def tune_socket(sock: trio.socket.SocketType) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT_UNLIMITED)
     except (OSError, AttributeError):  # not every kernel has it
         pass
+
+
+def accepted_addresses(sock: trio.socket.SocketType) -> tuple[Any, Any] | None:
+    """(peer, local) of an accepted connection; None if the client is already gone (a reset
+    before the first byte leaves no peer: ENOTCONN)."""
+    try:
+        return sock.getpeername(), sock.getsockname()
+    except OSError:
+        return None
 
 
 class TargetOwner(Protocol):

@@ -211,8 +211,11 @@ async def _exchange(
                 ex.close_after = ex.close_after or client.conn.their_state is not h11.DONE
                 await respond(client, ex, 502, b"bad gateway\n")
                 return
-            if response.status_code == 101:
-                ex.target_status = 101
+            if response.status_code == 101 or (
+                request.method == b"CONNECT" and 200 <= response.status_code < 300
+            ):
+                # A tunnel the target opened (WebSocket, or CONNECT as HAProxy relays it).
+                ex.target_status = response.status_code
                 await _switch(client, ex, up, response)
                 return
             await _relay(client, ex, up, response, sticky, group, wall)
@@ -640,19 +643,26 @@ async def _flush(client: Client, ex: Exchange, pending: list[fastio.Buffer]) -> 
 async def _switch(
     client: Client, ex: Exchange, up: Upstream, response: h11.Response | h11.InformationalResponse
 ) -> None:
-    """A 101 from the target: pass it on, then relay bytes both ways (WebSocket)."""
+    """A 101 from the target (or a 2xx to CONNECT): pass it on, then relay bytes both ways."""
     conn = client.conn
+    status = response.status_code
     headers = strip_hop_by_hop(response.headers, upgrade=True)
+    head: h11.Response | h11.InformationalResponse
+    if status == 101:
+        head = h11.InformationalResponse(status_code=101, headers=headers, reason=response.reason)
+    else:  # RFC 9110 9.3.6: no Content-Length or Transfer-Encoding in a 2xx to CONNECT
+        kept = [
+            (n, v) for n, v in headers if n.lower() not in (b"content-length", b"transfer-encoding")
+        ]
+        head = h11.Response(status_code=status, headers=kept, reason=response.reason)
     try:
-        data = conn.send(
-            h11.InformationalResponse(status_code=101, headers=headers, reason=response.reason)
-        )
+        data = conn.send(head)
     except h11.LocalProtocolError:
         # The client did not ask to switch: a target answering 101 anyway is broken.
         ex.error_reason = "InvalidTargetResponse"
         await respond(client, ex, 502, b"bad gateway\n", close=True)
         return
-    ex.status = 101
+    ex.status = status
     ex.upgraded = True
     await _flush(client, ex, [data or b""])
     await tunnel(client, up, ex, ex.listener.config.idle_timeout_seconds)

@@ -42,7 +42,7 @@ from balancer.listeners.exchange import (
 from balancer.listeners.forward import BadRequestBody, forward, is_trusted
 from balancer.rules import RequestView, redirect_status, render_redirect
 from balancer.runtime import ListenerRuntime, Snapshot
-from balancer.upstream import tune_socket
+from balancer.upstream import accepted_addresses, tune_socket
 from proto.http1 import (
     Action,
     Classification,
@@ -81,8 +81,10 @@ class HttpListenerHandler:
     async def handle(self, stream: trio.SocketStream) -> None:
         """The lifecycle frame's connection handler for a plain HTTP listener."""
         sock = stream.socket
-        peer = sock.getpeername()
-        local = sock.getsockname()
+        addresses = accepted_addresses(sock)
+        if addresses is None:
+            return  # reset before it was served: nothing to answer, nothing to log
+        peer, local = addresses
         tune_socket(sock)
         info = ClientInfo(str(peer[0]), int(peer[1]), int(local[1]), local_ip=str(local[0]))
         await self.serve(stream, info)
@@ -155,7 +157,10 @@ class _Connection:
                 return False
             if ex is None:
                 return False
-            await self._handle(ex)
+            try:
+                await self._handle(ex)
+            except ClientGone:  # gone while we answered it ourselves (a refusal, a 400)
+                ex.close_after = True
         if ex is None:  # a deadline passed while reading the head
             if self.phase == "header":
                 await self._answer(None, 408, b"request header timeout\n")

@@ -4,6 +4,7 @@ streaming both ways, 100-continue, pooled connections and the stale-connection r
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import socket
 import ssl
@@ -603,3 +604,82 @@ async def test_a_body_that_stalls_gets_408():
         )
         assert statuses(answer) == [408]
         assert target.seen == []  # the target never had a whole request
+
+
+class ConnectTarget:
+    """A forward proxy of sorts: answers CONNECT with ``status``, then echoes the tunnel."""
+
+    def __init__(self, status: bytes) -> None:
+        self.status = status
+        self.port = 0
+        self.heads: list[bytes] = []
+
+    async def serve(self, stream: trio.SocketStream) -> None:
+        buffered = b""
+        while b"\r\n\r\n" not in buffered:
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                return
+            buffered += chunk
+        head, _, early = buffered.partition(b"\r\n\r\n")
+        self.heads.append(head)
+        await stream.send_all(b"HTTP/1.1 " + self.status + b"\r\n\r\n")
+        if not self.status.startswith(b"2"):
+            return
+        if early:
+            await stream.send_all(early)
+        while chunk := await stream.receive_some(4096):
+            await stream.send_all(chunk)
+
+
+@contextlib.asynccontextmanager
+async def connect_target(status: bytes) -> AsyncIterator[ConnectTarget]:
+    target = ConnectTarget(status)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, target.serve, 0, host="127.0.0.1")
+        )
+        (listening,) = listeners
+        target.port = listening.socket.getsockname()[1]
+        yield target
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_target_that_accepts_connect_gets_a_tunnel():
+    # As HAProxy relays it: the 2xx goes to the client (no framing headers), then bytes flow
+    # both ways until one side closes. Before, the client got an empty close, logged as 200.
+    async with (
+        connect_target(b"200 Connection established") as target,
+        balancer(config([listener()], [group("web", target)])) as daemon,  # type: ignore[arg-type]
+    ):
+        with trio.fail_after(10):
+            stream = await trio.open_tcp_stream(*front(daemon))
+            async with stream:
+                await stream.send_all(
+                    b"CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\n"
+                )
+                answer = b""
+                while b"\r\n\r\n" not in answer:
+                    answer += await stream.receive_some(4096)
+                head, _, rest = answer.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200 ")
+                assert b"content-length" not in head.lower()
+                await stream.send_all(b"ping through the tunnel")
+                while len(rest) < len(b"ping through the tunnel"):
+                    rest += await stream.receive_some(4096)
+                assert rest == b"ping through the tunnel"
+    (seen,) = target.heads
+    assert seen.startswith(b"CONNECT db.internal:5432 HTTP/1.1")
+
+
+async def test_a_target_that_refuses_connect_is_an_ordinary_response():
+    async with (
+        connect_target(b"405 Method Not Allowed\r\nContent-Length: 0") as target,
+        balancer(config([listener()], [group("web", target)])) as daemon,  # type: ignore[arg-type]
+    ):
+        answer = await raw(
+            front(daemon),
+            b"CONNECT x:1 HTTP/1.1\r\nHost: x:1\r\nConnection: close\r\n\r\n",
+            limit=10,
+        )
+        assert statuses(answer) == [405]
