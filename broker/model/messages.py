@@ -31,6 +31,7 @@ _FORBIDDEN_BODY_CHARACTER = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U000100
 _ALLOWED_ASCII: bytes = bytes([0x09, 0x0A, 0x0D, *range(0x20, 0x80)])
 _ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,256}")
 _ATTRIBUTE_TYPE = re.compile(r"(String|Number|Binary)(\..+)?", re.DOTALL)
+_NUMBER_TEXT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _NUMBER_DIGITS_MAX = 38  # AWS: "up to 38 digits of precision"
 _NUMBER_MIN = decimal.Decimal("-1e128")
 _NUMBER_MAX = decimal.Decimal("1e126")
@@ -246,6 +247,10 @@ def _empty_attribute(name: str, kind: str) -> SqsError:
 
 
 def _is_sqs_number(text: str) -> bool:
+    # Decimal() alone also takes " 1", "1_000", "١٢" and "Infinity"; a Number attribute is a
+    # plain decimal numeral (as Java's BigDecimal reads it, less non-ASCII digits).
+    if not _NUMBER_TEXT.fullmatch(text):
+        return False
     try:
         number = decimal.Decimal(text)
     except decimal.InvalidOperation:

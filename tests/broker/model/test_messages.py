@@ -61,6 +61,11 @@ def test_size_counts_body_and_attributes():
         ({"a": AttributeValue("Binary", None, b"")}, "non-empty value of type 'Binary'"),
         ({"a": AttributeValue("Number", "twelve")}, "to a number"),
         ({"a": AttributeValue("Number", "1e127")}, "to a number"),
+        # Python's Decimal reads these; a Number attribute may not (found by the wire fuzz).
+        ({"a": AttributeValue("Number", " 1")}, "to a number"),
+        ({"a": AttributeValue("Number", "1_000")}, "to a number"),
+        ({"a": AttributeValue("Number", "\u0661\u0662")}, "to a number"),
+        ({"a": AttributeValue("Number", "Infinity")}, "to a number"),
         ({"a": AttributeValue("String", "\ud800")}, "not allowed"),
     ],
 )
