@@ -13,6 +13,7 @@ GET still gets 200 afterwards. Helpers: tests/support/http_fuzz.py.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections import Counter
@@ -49,7 +50,7 @@ class Rig:
     def __init__(self) -> None:
         self.balancer = FuzzBalancer().start()
         self.cases: dict[str, Case] = {}  # by tag: every case sent so far
-        self.seen_ids: set[str] = set()  # every request id the backend received
+        self.seen_ids: Counter[str] = Counter()  # every request id the backend received
 
     def ready(self) -> FuzzBalancer:
         if not self.balancer.alive:
@@ -72,6 +73,12 @@ def rig() -> Iterator[Rig]:
         rig.close()
 
 
+def sent_copies(payload: bytes, ident: str) -> int:
+    """How many requests carrying ``ident`` the client's bytes hold (as a target path)."""
+    tag, _, index = ident.partition("-")
+    return payload.count(b"/fz/%s/%s " % (tag.encode(), index.encode()))
+
+
 def health_check(lb: FuzzBalancer, tag: bytes) -> list[Response]:
     payload = (
         b"GET /fz/%s/ok HTTP/1.1\r\nHost: fuzz.test\r\nX-Fuzz-Id: %s-ok\r\n"
@@ -81,8 +88,12 @@ def health_check(lb: FuzzBalancer, tag: bytes) -> list[Response]:
     return parse_responses(answer.data, bodiless=False)[0]
 
 
+# HYPOTHESIS_PROFILE=deep runs ten times as many examples.
+EXAMPLES = 300 * (10 if os.environ.get("HYPOTHESIS_PROFILE") == "deep" else 1)
+
+
 @settings(
-    max_examples=300,
+    max_examples=EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -91,7 +102,8 @@ def test_no_request_crashes_hangs_or_splits_at_the_backend(rig: Rig, case: Case)
     lb = rig.ready()
     tag = new_tag()
     rig.cases[tag.decode()] = case
-    answer = send(lb.address, case.payload(tag), case.mode, case.pauses)
+    payload = case.payload(tag)
+    answer = send(lb.address, payload, case.mode, case.pauses)
     health = health_check(lb, tag)
     # Account for everything the backend got before asserting anything, so that a failed
     # example leaves nothing for the next one.
@@ -103,9 +115,11 @@ def test_no_request_crashes_hangs_or_splits_at_the_backend(rig: Rig, case: Case)
         if ident is None or ident[:8] not in rig.cases:
             unknown.append(seen)
             continue
-        if ident in rig.seen_ids:
+        # A body of repeated hidden requests that the framing leaves outside any body is
+        # that many pipelined requests with one id: each may arrive once per copy sent.
+        rig.seen_ids[ident] += 1
+        if rig.seen_ids[ident] > max(1, sent_copies(payload, ident)):
             duplicated.append(ident)
-        rig.seen_ids.add(ident)
         if ident[:8] == tag.decode():
             if not ident.endswith("-ok"):
                 arrived[ident[9:]] += 1

@@ -11,7 +11,7 @@ from typing import Any
 import trio
 
 from monitoring.lifecycle import Daemon, DaemonSpec
-from monitoring.logging import EventLog
+from monitoring.logging import EventLog, LevelName
 
 
 @contextlib.asynccontextmanager
@@ -20,7 +20,7 @@ async def running(
     config: Any,
     *,
     config_path: Path | None = None,
-    level: str = "debug",
+    level: LevelName = "debug",
 ) -> AsyncIterator[Daemon[Any]]:
     """Run ``spec`` with ``config`` until the block ends; logs go to ``daemon.log_output``.
 
