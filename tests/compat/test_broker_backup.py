@@ -43,6 +43,11 @@ async def test_backup_while_serving_then_restore(tmp_path: Path):
         url = client.create_queue(QueueName="kept")["QueueUrl"]
         client.send_message(QueueUrl=url, MessageBody="held")
         (held,) = client.receive_message(QueueUrl=url, VisibilityTimeout=600)["Messages"]
+        # A receive's record is written behind (up to a second later); a visibility change is
+        # acknowledged only once it, and the receive before it, are on disk.
+        client.change_message_visibility(
+            QueueUrl=url, ReceiptHandle=held["ReceiptHandle"], VisibilityTimeout=600
+        )
 
         senders = [new_sender(endpoint, url, n, fifo=False) for n in range(SENDERS)]
         stop = threading.Event()
