@@ -22,7 +22,6 @@ from broker.model.messages import SendRequest
 from broker.model.mutations import (
     MessageDeleted,
     MessageDelivered,
-    MessageInserted,
     MessageMoved,
     QueuePurged,
     VisibilityChanged,
@@ -34,26 +33,10 @@ from broker.store.base import StoredMessage, StoreError
 from broker.store.sqlite import SqliteStore
 from broker.store.sqlite_apply import reclaim_step
 from broker.store.sqlite_cache import CACHE_ENTRY_OVERHEAD
+from tests.support.mutations import inserted
 
 REPO = Path(__file__).resolve().parents[3]
 CRASH_CHILD = REPO / "tests" / "support" / "store_crash_child.py"
-MESSAGE_ID = "0b7b1c4e-1d2f-4a6b-8c9d-0e1f2a3b4c5d"
-
-
-def inserted(queue_id: int, seq: int, body: str = "b") -> MessageInserted:
-    return MessageInserted(
-        queue_id=queue_id,
-        seq=seq,
-        message_id=MESSAGE_ID,
-        body=body,
-        attributes={},
-        sent_at=1,
-        visible_at=1,
-        group_id=None,
-        deduplication_id=None,
-        sender_id="",
-        trace_header=None,
-    )
 
 
 async def wait_until_reclaimed(store: SqliteStore) -> None:

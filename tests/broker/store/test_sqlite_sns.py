@@ -12,7 +12,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.model.messages import AttributeValue
-from broker.model.mutations import MessageInserted
 from broker.model.settings import QueueSettings
 from broker.model.sns_mutations import (
     HttpDelivery,
@@ -32,6 +31,7 @@ from broker.store.base import TopicNameTaken
 from broker.store.sqlite import SqliteStore
 from broker.store.sqlite_apply import apply_mutations
 from broker.store.sqlite_schema import configure, migrate
+from tests.support.mutations import inserted
 
 
 @pytest.fixture
@@ -169,21 +169,9 @@ async def test_unsubscribe_drops_notifications_but_keeps_confirmations(store: Sq
 async def test_a_publish_is_one_transaction_with_its_queue_inserts(store: SqliteStore) -> None:
     queue = await store.create_queue("q", QueueSettings(), {}, 1)
     tid = (await store.create_topic("t", TopicSettings(), {}, 1)).topic_id
-    inserted = MessageInserted(
-        queue_id=queue.queue_id,
-        seq=1,
-        message_id="0b7b1c4e-1d2f-4a6b-8c9d-0e1f2a3b4c5d",
-        body="envelope",
-        attributes={},
-        sent_at=1,
-        visible_at=1,
-        group_id=None,
-        deduplication_id=None,
-        sender_id="",
-        trace_header=None,
-    )
+    message = inserted(queue.queue_id, 1, "envelope")
     durable = trio.Event()
-    await store.commit([inserted, HttpDeliveryQueued(delivery=delivery(1, tid))], durable.set)
+    await store.commit([message, HttpDeliveryQueued(delivery=delivery(1, tid))], durable.set)
     assert durable.is_set()
     (loaded,) = await store.load()
     assert len(loaded.messages) == 1

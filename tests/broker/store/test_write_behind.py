@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from broker.model.mutations import (
     MessageDeleted,
     MessageDelivered,
-    MessageInserted,
     MessageMoved,
     VisibilityChanged,
 )
@@ -23,6 +22,7 @@ from broker.store import sqlite as sqlite_store
 from broker.store.base import AnyMutation
 from broker.store.sqlite import SqliteStore
 from broker.store.write_behind import HeldBatch, WriteBehind, written
+from tests.support.mutations import inserted
 
 # ---------------------------------------------------------------------- a reference table
 
@@ -113,19 +113,7 @@ def test_a_redelivery_or_a_move_has_the_record_written_ahead(touch):
 def test_other_mutations_leave_the_records_held():
     behind = WriteBehind(1.0, 100)
     behind.hold([delivered(1)], None, now=0.0)
-    other = MessageInserted(
-        queue_id=1,
-        seq=9,
-        message_id="0b7b1c4e-1d2f-4a6b-8c9d-0e1f2a3b4c5d",
-        body="b",
-        attributes={},
-        sent_at=1,
-        visible_at=1,
-        group_id=None,
-        deduplication_id=None,
-        sender_id="",
-        trace_header=None,
-    )
+    other = inserted(1, 9)
     assert behind.before([other, MessageDeleted(queue_id=2, seq=1)]) == ([], [])
     assert len(behind) == 1
 
@@ -261,22 +249,6 @@ def _batch_of(behind: WriteBehind, record: MessageDelivered) -> HeldBatch:
 # ---------------------------------------------------------------------- through the store
 
 
-def inserted(queue_id: int, seq: int) -> MessageInserted:
-    return MessageInserted(
-        queue_id=queue_id,
-        seq=seq,
-        message_id="0b7b1c4e-1d2f-4a6b-8c9d-0e1f2a3b4c5d",
-        body=f"body {seq}",
-        attributes={},
-        sent_at=1,
-        visible_at=1,
-        group_id=None,
-        deduplication_id=None,
-        sender_id="",
-        trace_header=None,
-    )
-
-
 def row(store: SqliteStore, queue_id: int, seq: int) -> tuple[int, int | None] | None:
     """(receive_count, first_received_at) as the file has it (the WAL included)."""
     with contextlib.closing(sqlite3.connect(store.path)) as connection:
@@ -303,7 +275,7 @@ async def open_with_messages(tmp_path, seqs: int = 3) -> tuple[SqliteStore, int]
     store = SqliteStore(tmp_path)
     await store.open()
     queue = await store.create_queue("q", QueueSettings(), {}, 0)
-    await store.commit([inserted(queue.queue_id, seq) for seq in range(1, seqs + 1)])
+    await store.commit([inserted(queue.queue_id, seq, f"body {seq}") for seq in range(1, seqs + 1)])
     return store, queue.queue_id
 
 
