@@ -31,6 +31,7 @@ from tests.support.wire_fuzz import (
     FORM_CONTENT_TYPE,
     JSON_CONTENT_TYPE,
     TIMEOUT_SECONDS,
+    Answer,
     Call,
     Protocol,
     Ref,
@@ -69,16 +70,23 @@ def targets(shared_broker: BrokerThread) -> Targets:
     )
 
 
+def answered(broker: BrokerThread, request: Wire) -> tuple[Answer, dict[str, Any]]:
+    """Send ``request``; the answer must keep the rule (see ``check_answer``), nothing may be
+    logged as an error meanwhile, and the broker must still answer after it."""
+    with no_new_errors(broker.daemon.log_output):  # type: ignore[attr-defined]
+        answer = send(broker.api, request)
+        parsed = check_answer(request, answer)
+        health_check(broker.api)
+    return answer, parsed
+
+
 def exercise(broker: BrokerThread, targets: Targets, call: Call) -> None:
     """Send ``call`` with live names, check the answer and the broker, retire what changed."""
     refs: set[Ref] = set()
     params = targets.resolved(call.params, refs)
     request = encode_call(call, params)
     note(request.describe())
-    with no_new_errors(broker.daemon.log_output):  # type: ignore[attr-defined]
-        answer = send(broker.api, request)
-        parsed = check_answer(request, answer)
-        health_check(broker.api)
+    answer, parsed = answered(broker, request)
     event(f"{call.operation}: {answer.status} {parsed.get('Error', {}).get('Code', '')}")
     if answer.status == 200 and call.operation in CHANGING_ACTIONS:
         targets.retire(refs)
@@ -112,11 +120,8 @@ def test_sns_query_requests_get_200_or_an_aws_error(
 @given(request=garbage())
 def test_raw_wire_garbage_gets_an_aws_error(shared_broker: BrokerThread, request: Wire) -> None:
     note(request.describe())
-    with no_new_errors(shared_broker.daemon.log_output):  # type: ignore[attr-defined]
-        answer = send(shared_broker.api, request)
-        parsed = check_answer(request, answer)
-        event(f"{answer.status} {parsed.get('Error', {}).get('Code', '')}")
-        health_check(shared_broker.api)
+    answer, parsed = answered(shared_broker, request)
+    event(f"{answer.status} {parsed.get('Error', {}).get('Code', '')}")
 
 
 # ---------------------------------------------------------------------- the bugs found
@@ -136,9 +141,7 @@ def json_request(action: str, body: bytes | str | dict[str, Any]) -> Wire:
 
 
 def assert_answered_in_shape(broker: BrokerThread, request: Wire) -> dict[str, Any]:
-    with no_new_errors(broker.daemon.log_output):  # type: ignore[attr-defined]
-        answer = send(broker.api, request)
-        parsed = check_answer(request, answer)
+    answer, parsed = answered(broker, request)
     assert 400 <= answer.status < 500
     return parsed
 
@@ -168,9 +171,7 @@ def test_a_trace_header_without_a_value_is_refused(
         assert parsed["Error"]["Code"] == "InvalidParameterValue"
         return
     # A batch refuses the entry, not the request.
-    with no_new_errors(shared_broker.daemon.log_output):  # type: ignore[attr-defined]
-        answer = send(shared_broker.api, request)
-        parsed = check_answer(request, answer)
+    answer, parsed = answered(shared_broker, request)
     assert answer.status == 200
     assert [(f["Id"], f["Code"]) for f in parsed["Failed"]] == [("a", "InvalidParameterValue")]
     assert not parsed.get("Successful")
