@@ -29,10 +29,22 @@ from enum import Enum
 from typing import Any, NamedTuple
 
 from broker.model.conditions import ConditionError, Context, check, holds
-from broker.model.errors import INVALID_PARAMETER_VALUE, SqsError, invalid_attribute_value
+from broker.model.errors import (
+    INVALID_ATTRIBUTE_VALUE,
+    INVALID_PARAMETER_VALUE,
+    OVER_LIMIT,
+    SqsError,
+)
 from broker.model.globs import compile_glob
 
 POLICY_VERSION = "2012-10-17"
+# "Amazon SQS policy quotas" (SQS Developer Guide): bytes, statements and principals per
+# policy, actions per statement, conditions per policy.
+POLICY_MAX_BYTES = 8192
+POLICY_MAX_STATEMENTS = 20
+POLICY_MAX_PRINCIPALS = 50
+POLICY_MAX_ACTIONS = 7
+POLICY_MAX_CONDITIONS = 10
 # The batch actions have no IAM actions of their own: SendMessageBatch needs sqs:SendMessage
 # and so on ("Amazon SQS API permissions: Actions and resource reference", SQS Developer Guide;
 # AddPermission: "Specifying SendMessage ... also grants permissions for the corresponding batch
@@ -274,18 +286,68 @@ def evaluate(
 
 
 def check_policy(policy: str) -> None:
-    """Refuse a Policy whose conditions could not be evaluated as IAM would evaluate them.
+    """Refuse a Policy SQS would not store: not the policy grammar, over a quota, or holding
+    a condition that could not be evaluated as IAM would evaluate it.
 
     SQS validates a policy when it is set and answers ``InvalidAttributeValue`` ("Invalid
     value for the parameter Policy."); a policy that is stored is therefore one whose every
     Condition :func:`broker.model.conditions.holds` can read.
 
     Raises:
-        SqsError: ``InvalidAttributeValue`` for an unknown condition operator or a value its
-            operator cannot compare.
+        SqsError: ``InvalidAttributeValue``, the reason appended to AWS's message.
     """
-    if unreadable_condition(policy) is not None:
-        raise invalid_attribute_value("Policy")
+    reason = policy_problem(policy)
+    if reason is None and unreadable_condition(policy) is not None:
+        reason = "a Condition uses an unknown operator or a value it cannot compare"
+    if reason is not None:
+        raise SqsError(
+            INVALID_ATTRIBUTE_VALUE, f"Invalid value for the parameter Policy. Reason: {reason}."
+        )
+
+
+def policy_problem(policy: str) -> str | None:
+    """Why ``policy`` is not a queue policy SQS would store, or None.
+
+    The elements every statement of a resource policy needs (Effect, a Principal or
+    NotPrincipal, an Action or NotAction) and the SQS policy quotas (``POLICY_MAX_*``).
+    """
+    try:
+        document = json.loads(policy)
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
+        return "not a JSON document"
+    if not isinstance(document, dict):
+        return "not a JSON object"
+    statements = document.get("Statement")
+    if isinstance(statements, dict):
+        statements = [statements]
+    if not isinstance(statements, list):  # an empty list grants nothing: RemovePermission's
+        return "a policy needs a Statement"
+    conditions = 0
+    for statement in statements:
+        if not isinstance(statement, dict):
+            return "every statement must be a JSON object"
+        if statement.get("Effect") not in ("Allow", "Deny"):
+            return "every statement needs an Effect of Allow or Deny"
+        if _one_of(statement, "Principal") is None or _one_of(statement, "Action") is None:
+            return "every statement needs one Principal or NotPrincipal and one Action or NotAction"
+        condition = statement.get("Condition")
+        if isinstance(condition, dict):
+            conditions += sum(len(k) if isinstance(k, dict) else 1 for k in condition.values())
+    if conditions > POLICY_MAX_CONDITIONS:
+        return f"a policy holds at most {POLICY_MAX_CONDITIONS} conditions"
+    return _over_quota(policy, statements)
+
+
+def _one_of(statement: dict[str, Any], element: str) -> Any:
+    """The statement's ``element`` or ``Not<element>``; None unless exactly one is there."""
+    present = [statement[k] for k in (element, f"Not{element}") if k in statement]
+    return present[0] if len(present) == 1 and present[0] not in (None, [], {}) else None
+
+
+def _principal_count(principal: Any) -> int:
+    if not isinstance(principal, dict):
+        return 1  # "*"
+    return sum(len(_as_list(entries)) for entries in principal.values())
 
 
 def unreadable_condition(policy: str) -> ConditionError | None:
@@ -348,13 +410,36 @@ def add_permission(
             "Resource": queue_arn,
         }
     )
-    return json.dumps(
+    policy = json.dumps(
         {"Version": POLICY_VERSION, "Id": f"{queue_arn}/SQSDefaultPolicy", "Statement": statements}
     )
+    over = _over_quota(policy, statements)
+    if over is not None:
+        # AddPermission's own error for "the maximum number of permissions for the queue"
+        # (SQS API reference, OverLimit), rather than the Policy attribute's.
+        raise SqsError(
+            OVER_LIMIT, f"AddPermission would pass the queue's policy quota: {over}.", status=403
+        )
+    return policy
+
+
+def _over_quota(policy: str, statements: list[dict[str, Any]]) -> str | None:
+    if len(policy.encode("utf-8", "surrogatepass")) > POLICY_MAX_BYTES:
+        return f"a policy holds at most {POLICY_MAX_BYTES:,} bytes"
+    if len(statements) > POLICY_MAX_STATEMENTS:
+        return f"a policy holds at most {POLICY_MAX_STATEMENTS} statements"
+    if any(len(_as_list(_one_of(s, "Action"))) > POLICY_MAX_ACTIONS for s in statements):
+        return f"a statement holds at most {POLICY_MAX_ACTIONS} actions"
+    principals = sum(_principal_count(_one_of(s, "Principal")) for s in statements)
+    if principals > POLICY_MAX_PRINCIPALS:
+        return f"a policy names at most {POLICY_MAX_PRINCIPALS} principals"
+    return None
 
 
 def remove_permission(policy: str | None, *, label: str) -> str:
     """RemovePermission: drop the statement with Sid ``label``; returns the new Policy JSON.
+
+    The last one's removal leaves a policy with an empty Statement list, which grants nothing.
 
     Raises:
         SqsError: ``InvalidParameterValue`` when no statement has that label.

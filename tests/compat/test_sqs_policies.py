@@ -248,6 +248,47 @@ def test_a_policy_with_an_unreadable_condition_is_refused(owner, condition):
     owner.delete_queue(QueueUrl=url)
 
 
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"Version": "2012-10-17"},
+        {"Statement": [{"Effect": "Allow", "Action": "sqs:*"}]},
+        {"Statement": [{"Effect": "Allow", "Principal": "*", "Action": ["sqs:A"] * 8}]},
+        {"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "sqs:*"}] * 21},
+    ],
+)
+def test_a_policy_that_is_not_a_valid_queue_policy_is_refused(owner, document):
+    url = owner.create_queue(QueueName=unique("bad-policy"))["QueueUrl"]
+    attributes = {"Policy": json.dumps(document)}
+    assert (
+        refused(owner.set_queue_attributes, QueueUrl=url, Attributes=attributes)
+        == "InvalidAttributeValue"
+    )
+    assert "Policy" not in owner.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]).get(
+        "Attributes", {}
+    )
+    owner.delete_queue(QueueUrl=url)
+
+
+def test_add_permission_past_the_principal_quota_is_over_limit(owner):
+    url = owner.create_queue(QueueName=unique("permission-quota"))["QueueUrl"]
+    accounts = [f"{n:012d}" for n in range(51)]
+    assert (
+        refused(
+            owner.add_permission,
+            QueueUrl=url,
+            Label="many",
+            AWSAccountIds=accounts,
+            Actions=["SendMessage"],
+        )
+        == "OverLimit"
+    )
+    owner.add_permission(
+        QueueUrl=url, Label="fifty", AWSAccountIds=accounts[:50], Actions=["SendMessage"]
+    )
+    owner.delete_queue(QueueUrl=url)
+
+
 def test_a_secure_transport_deny_refuses_plain_http_even_to_the_owner(owner):
     url = owner.create_queue(QueueName=unique("https-only-plain"))["QueueUrl"]
     owner.set_queue_attributes(QueueUrl=url, Attributes={"Policy": policy(DENY_PLAIN_HTTP)})

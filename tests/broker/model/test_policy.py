@@ -361,7 +361,79 @@ def test_check_policy_accepts_what_iam_documents():
         )
     )
     check_policy(json.dumps(policy))
-    check_policy("not json")  # the attribute's own parser refuses that one
+
+
+def principals(count: int) -> dict[str, list[str]]:
+    return {"AWS": [f"{n:012d}" for n in range(count)]}
+
+
+def conditions(count: int) -> dict[str, dict[str, str]]:
+    return {"StringEquals": {f"aws:username{n}": "x" for n in range(count)}}
+
+
+ALLOW_ALL = statement("Allow", "*", "sqs:*")
+# Each at a quota: accepted; one more of the same: refused.
+AT_QUOTA = {
+    "statements": lambda n: policy_of(*[ALLOW_ALL] * n),
+    "actions": lambda n: policy_of(statement("Allow", "*", [f"sqs:A{i}" for i in range(n)])),
+    "principals": lambda n: policy_of(statement("Allow", principals(n), "sqs:*")),
+    "conditions": lambda n: policy_of(statement("Allow", "*", "sqs:*", Condition=conditions(n))),
+}
+
+
+@pytest.mark.parametrize(
+    ("quota", "limit"), [("statements", 20), ("actions", 7), ("principals", 50), ("conditions", 10)]
+)
+def test_check_policy_holds_the_sqs_policy_quotas(quota, limit):
+    check_policy(json.dumps(AT_QUOTA[quota](limit)))
+    with pytest.raises(SqsError) as excinfo:
+        check_policy(json.dumps(AT_QUOTA[quota](limit + 1)))
+    assert excinfo.value.code == "InvalidAttributeValue"
+    assert f"at most {limit} {quota}" in excinfo.value.message
+
+
+def test_check_policy_holds_the_byte_quota():
+    padded = policy_of(statement("Allow", "*", "sqs:*", Sid=""))
+    room = 8192 - len(json.dumps(padded))
+    padded["Statement"][0]["Sid"] = "s" * room
+    check_policy(json.dumps(padded))
+    padded["Statement"][0]["Sid"] += "s"
+    with pytest.raises(SqsError, match="8,192 bytes"):
+        check_policy(json.dumps(padded))
+
+
+@pytest.mark.parametrize(
+    ("document", "reason"),
+    [
+        ("not json", "not a JSON document"),
+        ('"a string"', "not a JSON object"),
+        ('{"Version": "2012-10-17"}', "needs a Statement"),
+        ('{"Statement": null}', "needs a Statement"),
+        ('{"Statement": [1]}', "must be a JSON object"),
+        (json.dumps(policy_of({**ALLOW_ALL, "Effect": "Maybe"})), "Effect of Allow or Deny"),
+        (json.dumps(policy_of({"Effect": "Allow", "Action": "sqs:*"})), "one Principal"),
+        (json.dumps(policy_of({"Effect": "Allow", "Principal": "*"})), "one Action"),
+        (json.dumps(policy_of({**ALLOW_ALL, "NotPrincipal": {"AWS": "x"}})), "one Principal"),
+        (json.dumps(policy_of({**ALLOW_ALL, "NotAction": "sqs:Send*"})), "one Action"),
+        (json.dumps(policy_of({**ALLOW_ALL, "Action": []})), "one Action"),
+    ],
+)
+def test_check_policy_refuses_what_is_not_a_resource_policy(document, reason):
+    with pytest.raises(SqsError) as excinfo:
+        check_policy(document)
+    assert excinfo.value.code == "InvalidAttributeValue"
+    assert excinfo.value.message.startswith("Invalid value for the parameter Policy. Reason: ")
+    assert reason in excinfo.value.message
+
+
+def test_check_policy_takes_a_single_statement_object_and_the_not_elements():
+    check_policy(json.dumps({"Statement": ALLOW_ALL}))
+    check_policy(
+        remove_permission(json.dumps(policy_of({**ALLOW_ALL, "Sid": "only"})), label="only")
+    )
+    check_policy(
+        json.dumps(policy_of({"Effect": "Deny", "NotPrincipal": {"AWS": ALICE}, "NotAction": "x"}))
+    )
 
 
 @pytest.mark.parametrize("document", ["not json", "[]", '{"Statement": 3}', '{"Statement": [1]}'])
@@ -409,6 +481,27 @@ def test_add_permission_refuses(label, accounts, actions):
     with pytest.raises(SqsError) as excinfo:
         add_permission(existing, queue_arn=ARN, label=label, accounts=accounts, actions=actions)
     assert excinfo.value.code == "InvalidParameterValue"
+
+
+@pytest.mark.parametrize(
+    ("existing", "accounts", "actions", "quota"),
+    [
+        (0, [PARTNER] * 51, ["SendMessage"], "at most 50 principals"),
+        (1, [PARTNER] * 50, ["SendMessage"], "at most 50 principals"),
+        (0, [PARTNER], ["SendMessage"] * 8, "at most 7 actions"),
+        (20, [PARTNER], ["SendMessage"], "at most 20 statements"),
+    ],
+)
+def test_add_permission_past_a_quota_is_over_limit(existing, accounts, actions, quota):
+    policy = None
+    for n in range(existing):
+        policy = add_permission(
+            policy, queue_arn=ARN, label=f"p{n}", accounts=[PARTNER], actions=["SendMessage"]
+        )
+    with pytest.raises(SqsError) as excinfo:
+        add_permission(policy, queue_arn=ARN, label="one-more", accounts=accounts, actions=actions)
+    assert (excinfo.value.code, excinfo.value.status) == ("OverLimit", 403)
+    assert quota in excinfo.value.message
 
 
 def test_remove_permission_of_an_unknown_label():

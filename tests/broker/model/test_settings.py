@@ -202,7 +202,11 @@ def test_encryption_kinds_exclude_each_other():
 
 
 def test_policy_must_be_a_json_object():
-    assert parse_create({"Policy": '{"Version": "2012-10-17"}'}).policy is not None
+    allow_all = '{"Statement": {"Effect": "Allow", "Principal": "*", "Action": "sqs:*"}}'
+    assert parse_create({"Policy": allow_all}).policy == allow_all
+    assert error_of(lambda: parse_create({"Policy": '{"Version": "2012-10-17"}'}))[0] == (
+        INVALID_ATTRIBUTE_VALUE
+    )
     assert parse_create({"Policy": ""}).policy is None
     assert error_of(lambda: parse_create({"Policy": "[]"}))[0] == INVALID_ATTRIBUTE_VALUE
 
