@@ -18,7 +18,7 @@ from broker.model.mutations import (
     VisibilityChanged,
 )
 from broker.model.settings import QueueSettings
-from broker.store import sqlite as sqlite_store
+from broker.store import sqlite_writer as sqlite_store
 from broker.store.base import AnyMutation
 from broker.store.sqlite import SqliteStore
 from broker.store.write_behind import HeldBatch, WriteBehind, written

@@ -1,0 +1,529 @@
+"""The store's writes: one writer thread doing group commit, the write-behind of receive
+records, housekeeping, and the checkpoint thread.
+
+:class:`SqliteWriter` is the write side of :class:`~broker.store.sqlite.SqliteStore`, kept
+apart so that it reads in one sitting. It is a mixin, not an object of its own: its methods run
+on the store itself, so a commit passes through no extra object or call on its way to the
+writer. It owns (and sets up in ``__init__``) the state its threads share with the trio thread;
+the store's path and body cache are the store's.
+
+Writes. Callers (trio tasks) queue jobs; one dedicated thread takes every job pending
+(after a fraction of a millisecond's wait when the previous group was shared, so that more
+callers join), applies them in one transaction -- the commit jobs' mutations as one batch;
+should a job fail, the transaction is rolled back and redone with a savepoint per job, so
+one bad job fails alone -- commits with ``synchronous=FULL`` (fsync), then hands the results
+back to the trio thread through the trio token, where each job's ``on_durable`` runs and its
+waiter wakes. Many callers therefore share one fsync; none is answered before it.
+
+Receive records (``commit_later`` batches of ``MessageDelivered``) are held back in the trio
+thread for up to ``HOLD_SECONDS`` (:mod:`broker.store.write_behind`): a delete of the message
+meanwhile makes the record moot, any other write that touches the message has it queued just
+ahead of itself, and the writer, idle, wakes every ``HOLD_SECONDS`` to have the due ones
+queued. The body cache treats a held batch as not yet durable until each of its records is
+written or moot.
+
+Housekeeping never holds a commit up for long. When the writer has been idle for
+``IDLE_SECONDS`` it reclaims purged and deleted rows, then gives free pages back to the
+filesystem, in small transactions (``RECLAIM_ROWS`` rows, ``VACUUM_PAGES`` pages: well under a
+millisecond each, without an fsync: see :meth:`SqliteWriter._housekeep`) with a pause between
+them, and stops as soon as a job is queued: a commit waits for one such step at most.
+Checkpoints (copying the WAL into the database file and syncing it) run in their own thread on
+their own connection, so a commit never pays for one either; the writer checkpoints itself
+only should that thread fall ``WRITER_CHECKPOINT_PAGES`` behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from broker.store.base import (
+    AnyMutation,
+    HistogramRecorder,
+    StoreError,
+    StoreFailed,
+    StoreStatistics,
+)
+from broker.store.sealing import SealingKey
+from broker.store.sqlite_apply import apply_mutations, reclaim_step
+from broker.store.sqlite_cache import BodyCache
+from broker.store.sqlite_schema import configure, migrate
+from broker.store.write_behind import Held, HeldBatch, WriteBehind, written
+
+IDLE_SECONDS = 0.05  # writer idle this long before it reclaims space (see the docstring)
+# Group commit under concurrency: when the last group held more than one job, others are
+# likely on their way, so the writer lets them gather this long before it takes what is
+# queued (unless plenty already is). A lone caller never waits: its group held one job.
+GATHER_SECONDS = 0.0003
+GATHER_ENOUGH = 16  # jobs already queued: commit at once
+# Rows deleted per reclaim transaction and free pages returned to the filesystem per vacuum
+# transaction: well under 1 ms each on a quiet machine (2,000 rows and an fsync took 8-60 ms,
+# and a send arriving meanwhile waited for all of it: send->receive p99 of 30-165 ms). On a
+# loaded machine a step's wall time is mostly waiting for the CPU, so smaller is better.
+RECLAIM_ROWS = 128
+VACUUM_PAGES = 64
+HOUSEKEEPING_PAUSE = 0.001  # between housekeeping steps (see SqliteWriter._housekeep)
+CHECKPOINT_SECONDS = 0.25  # the checkpoint thread runs at most this often, after commits
+CHECKPOINT_ROUNDS = 4  # checkpoints in a row, each for what was committed during the last
+# The writer's own (automatic) checkpoint: only when the checkpoint thread falls this far
+# behind (pages of 4 KiB: 64 MiB of WAL). SQLite's default, 1,000, put a checkpoint of ~4 MiB
+# inside whichever commit crossed it.
+WRITER_CHECKPOINT_PAGES = 16_384
+# Receive records held back (broker/store/write_behind.py): written at the latest this long
+# after the receive, or once this many are held, unless a delete makes them moot first.
+HOLD_SECONDS = 1.0
+HOLD_RECORDS = 20_000
+COMMIT_SECONDS_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+MUTATIONS_PER_COMMIT_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
+
+
+class Job:
+    """One caller's unit of work for the writer thread.
+
+    A :meth:`~broker.store.sqlite.SqliteStore.commit` job also carries its mutations and sealing
+    keys, so that the writer can apply a run of such jobs as one batch (``apply`` does the same
+    for one job).
+    """
+
+    __slots__ = (
+        "apply",
+        "done",
+        "error",
+        "keys",
+        "mutations",
+        "on_durable",
+        "result",
+        "size",
+        "waited",
+    )
+
+    def __init__(
+        self,
+        apply: Callable[[sqlite3.Connection], Any],
+        on_durable: Callable[[], None] | None,
+        size: int,
+        mutations: list[AnyMutation] | None = None,
+        keys: dict[int, SealingKey] | None = None,
+    ) -> None:
+        self.apply = apply
+        self.on_durable = on_durable
+        self.size = size
+        self.mutations = mutations
+        self.keys = keys
+        self.done = trio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.waited = True  # False: nobody waits (commit_later); a failure is then fatal
+
+
+STOP = object()
+
+
+class SqliteWriter:
+    """The write side of :class:`~broker.store.sqlite.SqliteStore` (see the module docstring)."""
+
+    path: Path
+    _cache: BodyCache
+
+    def __init__(self) -> None:
+        self._held = WriteBehind(HOLD_SECONDS, HOLD_RECORDS)
+        self._jobs: queue.SimpleQueue[Job | object] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._failure: BaseException | None = None  # the first; set through _fail only
+        self._failed = trio.Event()
+        self._to_reclaim: set[int] = set()
+        self._vacuum_due = False  # free pages to give back once reclaiming is done
+        self._checkpointer: threading.Thread | None = None
+        self._wal_written = threading.Event()  # set by the writer after each transaction
+        self._truncate_wal = threading.Event()  # give_back_wal_space asked for it
+        self._closing = threading.Event()
+        self._commits = 0
+        self._mutations = 0
+        self._failed_jobs = 0
+        self._pending = 0
+        self._commit_seconds = HistogramRecorder(COMMIT_SECONDS_BOUNDS)
+        self._per_commit = HistogramRecorder(MUTATIONS_PER_COMMIT_BOUNDS)
+
+    # ------------------------------------------------------------------ failure, the connection
+
+    async def wait_until_failed(self) -> BaseException:
+        """See :meth:`Store.wait_until_failed`."""
+        await self._failed.wait()
+        assert self._failure is not None
+        return self._failure
+
+    def _fail(self, error: BaseException) -> None:
+        """Record the store's first failure (from any thread) and wake the waiters for it."""
+        if self._failure is not None:
+            return
+        self._failure = error
+        token = self._token
+        if token is not None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._failed.set)
+
+    def _open_writer(self) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        configure(connection, writer=True)
+        migrate(connection)
+        connection.execute(f"PRAGMA wal_autocheckpoint = {WRITER_CHECKPOINT_PAGES}")
+        rows = connection.execute(
+            "SELECT queue_id FROM queues WHERE deleted = 1 OR purged_below > 0"
+        ).fetchall()
+        self._to_reclaim.update(queue_id for (queue_id,) in rows)
+        return connection
+
+    # ------------------------------------------------------------------ the job queue
+
+    async def _submit(
+        self,
+        apply: Callable[[sqlite3.Connection], Any],
+        on_durable: Callable[[], None] | None,
+        size: int,
+        *,
+        mutations: list[AnyMutation] | None = None,
+        keys: dict[int, SealingKey] | None = None,
+    ) -> Any:
+        return await self._wait(self._queue(apply, on_durable, size, mutations, keys))
+
+    def _queue(
+        self,
+        apply: Callable[[sqlite3.Connection], Any],
+        on_durable: Callable[[], None] | None,
+        size: int,
+        mutations: list[AnyMutation] | None = None,
+        keys: dict[int, SealingKey] | None = None,
+    ) -> Job:
+        """Hand a job to the writer, now, in the caller's step: commits land in call order."""
+        self._check_writable()
+        if mutations is None and self._held:
+            # Not a plain commit (a queue operation, a backup): the file is brought up to date.
+            self._write_held(self._held.take_all())
+        job = Job(apply, on_durable, size, mutations, keys)
+        self._pending += 1
+        self._jobs.put(job)
+        return job
+
+    def _check_writable(self) -> None:
+        if self._failure is not None:
+            raise StoreFailed(f"the store failed earlier: {self._failure}") from self._failure
+        if self._thread is None:
+            raise StoreError("the store is not open")
+
+    async def _wait(self, job: Job) -> Any:
+        await job.done.wait()
+        if job.error is not None:
+            if self._failure is not None:
+                raise StoreFailed(f"the write failed: {job.error}") from job.error
+            raise StoreError(f"the write failed: {job.error}") from job.error
+        return job.result
+
+    # ------------------------------------------------------------------ write-behind
+
+    def _settle_held_records(self, batch: list[AnyMutation]) -> None:
+        """Before ``batch`` is queued: drop the held records of messages it deletes, queue
+        those of messages it touches otherwise just ahead of it (and every one, when the
+        oldest is due)."""
+        held = self._held
+        ahead, moot = held.before(batch)
+        if held.due(time.monotonic()):
+            ahead.extend(held.take_all())
+        if ahead:
+            self._write_held(ahead)
+        for batch_held in moot:
+            self._held_settled(batch_held)
+
+    def _write_held(self, records: list[Held]) -> None:
+        """Queue held records for the writer (in call order, as any commit)."""
+        mutations: list[AnyMutation] = [record for record, _ in records]
+        job = self._queue(
+            lambda connection: apply_mutations(connection, mutations, self._to_reclaim),
+            lambda: self._held_written(records),
+            len(mutations),
+            mutations=mutations,
+            keys={},
+        )
+        job.waited = False
+
+    def _held_written(self, records: list[Held]) -> None:
+        for batch_held in written(records):
+            self._held_settled(batch_held)
+
+    def _held_settled(self, batch_held: HeldBatch) -> None:
+        """Every record of a held batch is durable or moot: what waited for it may go on."""
+        if self._cache.budget:
+            self._cache.settled(batch_held.batch)
+        if batch_held.on_durable is not None:
+            try:
+                batch_held.on_durable()
+            except Exception as error:  # a bug in the caller's callback; nobody to tell
+                self._fail(error)
+
+    def _write_due(self) -> None:
+        """Runs in the trio thread when the writer found nothing to do for ``HOLD_SECONDS``."""
+        live = self._failure is None and self._thread is not None
+        if live and self._held and self._held.due(time.monotonic()):
+            self._write_held(self._held.take_all())
+
+    # ------------------------------------------------------------------ the writer thread
+
+    def _run_writer(self) -> None:
+        connection = self._writer
+        assert connection is not None
+        last_group = 1
+        while True:
+            housekeeping = bool(self._to_reclaim or self._vacuum_due)
+            # Idle, the writer still wakes every HOLD_SECONDS: receive records may be held
+            # (they queue no job), and the trio thread is asked to write the due ones.
+            idle = IDLE_SECONDS if housekeeping else HOLD_SECONDS
+            try:
+                first = self._jobs.get(timeout=idle)
+            except queue.Empty:
+                if self._held:  # a length read across threads: stale, it costs a wake-up
+                    assert self._token is not None
+                    with contextlib.suppress(trio.RunFinishedError):
+                        self._token.run_sync_soon(self._write_due)
+                if not housekeeping:
+                    continue
+                taken = self._housekeep(connection)
+                if taken is None:
+                    continue
+                first = taken
+            if last_group > 1 and self._jobs.qsize() < GATHER_ENOUGH:
+                time.sleep(GATHER_SECONDS)  # releases the GIL; puts do not wake it
+            jobs = [first]
+            while True:
+                try:
+                    jobs.append(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+            work = [job for job in jobs if isinstance(job, Job)]
+            last_group = len(work)
+            if work:
+                self._commit_group(connection, work)
+            if len(work) < len(jobs):
+                return  # STOP: everything queued before it is committed
+
+    def _commit_group(self, connection: sqlite3.Connection, jobs: list[Job]) -> None:
+        started = time.perf_counter()
+        try:
+            if self._failure is not None:
+                raise StoreFailed(f"the store failed earlier: {self._failure}") from self._failure
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                self._apply_together(connection, jobs)
+            except Exception:
+                # Some job failed: start again, each job in a savepoint, so it fails alone.
+                connection.execute("ROLLBACK")
+                connection.execute("BEGIN IMMEDIATE")
+                for job in jobs:
+                    job.result = None
+                    connection.execute("SAVEPOINT job")
+                    try:
+                        job.result = job.apply(connection)
+                    except Exception as error:
+                        connection.execute("ROLLBACK TO job")
+                        job.error = error
+                    connection.execute("RELEASE job")
+            connection.execute("COMMIT")
+            self._wal_written.set()
+        except Exception as error:
+            # The transaction is lost; memory may be ahead of the disk. Fail closed.
+            self._fail(error)
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+            for job in jobs:
+                job.error = job.error or error
+        elapsed = time.perf_counter() - started
+        size = sum(job.size for job in jobs if job.error is None)
+        self._commits += 1
+        self._mutations += size
+        self._failed_jobs += sum(job.error is not None for job in jobs)
+        self._commit_seconds.observe(elapsed)
+        self._per_commit.observe(size)
+        assert self._token is not None
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self._complete, jobs)
+
+    def _apply_together(self, connection: sqlite3.Connection, jobs: list[Job]) -> None:
+        """Apply every job in the open transaction, without savepoints; raise if one fails.
+
+        Consecutive commit jobs with the same sealing keys go through one
+        :func:`apply_mutations` (the same statements as one call per job, with fewer and
+        longer ``executemany`` runs). A failure leaves the transaction for the caller to roll
+        back; every job can be applied again from the start (they only write rows).
+        """
+        start = 0
+        while start < len(jobs):
+            job = jobs[start]
+            if job.mutations is None:
+                job.result = job.apply(connection)
+                start += 1
+                continue
+            run = [job.mutations]
+            for other in jobs[start + 1 :]:
+                if other.mutations is None or other.keys != job.keys:
+                    break
+                run.append(other.mutations)
+            merged = run[0] if len(run) == 1 else [m for part in run for m in part]
+            apply_mutations(connection, merged, self._to_reclaim, job.keys)
+            start += len(run)
+
+    def _complete(self, jobs: list[Job]) -> None:
+        """Runs in the trio thread: apply what waited for durability, wake the callers."""
+        for job in jobs:
+            self._pending -= 1
+            if job.error is None and job.on_durable is not None:
+                try:
+                    job.on_durable()
+                except Exception as error:  # a bug in the caller's callback; report it
+                    job.error = error
+            if job.mutations is not None and self._cache.budget:
+                # The cache took the job's inserts in when it was queued; should the job have
+                # failed, the file is the truth.
+                self._cache.settled(job.mutations, failed=job.error is not None)
+            if job.error is not None and not job.waited and self._failure is None:
+                # Nobody can be told this write failed, and memory is ahead of the disk.
+                self._fail(job.error)
+            job.done.set()
+
+    def _housekeep(self, connection: sqlite3.Connection) -> Job | object | None:
+        """Reclaim rows, then free pages, one small transaction after another, until done or
+        until a job is queued; return that job (None when done). A commit waits for the step
+        under way only.
+
+        Between steps the writer waits ``HOUSEKEEPING_PAUSE`` for a job, which also leaves the
+        CPU to the event loop: the broker runs on one core, and back-to-back steps took half
+        of it while requests were being served.
+
+        These transactions do not fsync (``synchronous=NORMAL``): on a loaded disk one fsync
+        took 40-60 ms, and a commit queued behind it waited that long. Nothing is lost by it:
+        a step lost in a crash is done again after the restart (deleted and purged queues are
+        found again by :meth:`_open_writer`; a lost vacuum leaves the file larger), and the
+        WAL stays ordered: the next commit's fsync (``FULL``) or checkpoint covers every frame
+        written before it, so no later commit is durable without the steps before it.
+        """
+        if self._failure is not None:
+            self._to_reclaim.clear()
+            self._vacuum_due = False
+            return None
+        connection.execute("PRAGMA synchronous = NORMAL")
+        try:
+            while self._to_reclaim or self._vacuum_due:
+                if self._to_reclaim:
+                    self._reclaim(connection)
+                else:
+                    self._vacuum(connection)
+                self._wal_written.set()
+                with contextlib.suppress(queue.Empty):
+                    return self._jobs.get(timeout=HOUSEKEEPING_PAUSE)
+            return None
+        finally:
+            connection.execute("PRAGMA synchronous = FULL")
+
+    def _reclaim(self, connection: sqlite3.Connection) -> None:
+        queue_id = next(iter(self._to_reclaim))
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            finished = reclaim_step(connection, queue_id, RECLAIM_ROWS)
+            connection.execute("COMMIT")
+            if finished:
+                self._to_reclaim.discard(queue_id)
+                self._vacuum_due = True
+        except sqlite3.Error as error:
+            self._fail(error)  # fail closed, and stop housekeeping
+            self._to_reclaim.clear()
+            self._vacuum_due = False
+            with contextlib.suppress(sqlite3.Error):
+                connection.execute("ROLLBACK")
+
+    def _vacuum(self, connection: sqlite3.Connection) -> None:
+        """Give up to ``VACUUM_PAGES`` free pages back to the filesystem (one transaction)."""
+        try:
+            before = connection.execute("PRAGMA freelist_count").fetchone()[0]
+            if before:
+                # executescript steps the pragma to its end; execute() frees one page a call.
+                connection.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES})")
+            after = connection.execute("PRAGMA freelist_count").fetchone()[0]
+            self._vacuum_due = 0 < after < before
+        except sqlite3.Error as error:
+            self._fail(error)
+            self._vacuum_due = False
+
+    # ------------------------------------------------------------------ the checkpoint thread
+
+    def _run_checkpointer(self) -> None:
+        """Copy committed WAL frames into the database file, off the writer's path.
+
+        A PASSIVE checkpoint takes no lock the writer needs: commits go on appending to the
+        WAL meanwhile. The writer starts the WAL over (writing it in place, not growing it)
+        only when it finds every frame copied, so a checkpoint that copied many frames, while
+        commits went on, is followed by quicker ones for what came in meanwhile, until one
+        finds nothing new (at most ``CHECKPOINT_ROUNDS``). Paced by ``CHECKPOINT_SECONDS``;
+        idle while nothing is written. A failed checkpoint loses nothing (the frames stay in
+        the WAL), so it is only retried later.
+        """
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            configure(connection, writer=False)
+            while True:
+                self._wal_written.wait()
+                if self._closing.is_set():
+                    return
+                self._wal_written.clear()
+                if self._truncate_wal.is_set():
+                    self._truncate_wal.clear()
+                    with contextlib.suppress(sqlite3.Error):
+                        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                with contextlib.suppress(sqlite3.Error):
+                    frames = -1
+                    for _ in range(CHECKPOINT_ROUNDS):
+                        _, log, copied = connection.execute(
+                            "PRAGMA wal_checkpoint(PASSIVE)"
+                        ).fetchone()
+                        if log == frames or copied < log:  # nothing new, or readers hold some
+                            break
+                        frames = log
+                if self._closing.wait(CHECKPOINT_SECONDS):
+                    return
+        finally:
+            connection.close()
+
+    def wal_bytes(self) -> int:
+        """The size of the WAL file: pages checkpoints may still copy into the database file,
+        and room the WAL keeps for reuse; the disk alarm counts all of it as taken."""
+        try:
+            return self.path.with_name(self.path.name + "-wal").stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def give_back_wal_space(self) -> None:
+        """Ask the checkpoint thread to copy the whole WAL into the database file and
+        truncate it (``wal_checkpoint(TRUNCATE)``): what the disk alarm does when room is
+        short. A WAL otherwise keeps its size (up to ``journal_size_limit``) for reuse."""
+        self._truncate_wal.set()
+        self._wal_written.set()
+
+    # ------------------------------------------------------------------ statistics
+
+    def statistics(self) -> StoreStatistics:
+        """See :meth:`Store.statistics`."""
+        return StoreStatistics(
+            commits=self._commits,
+            mutations=self._mutations,
+            failed_jobs=self._failed_jobs,
+            pending_jobs=self._pending,
+            reclaiming_queues=len(self._to_reclaim),
+            commit_seconds=self._commit_seconds.snapshot(),
+            mutations_per_commit=self._per_commit.snapshot(),
+        )
