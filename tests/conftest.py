@@ -13,6 +13,9 @@ settings.register_profile(
 )
 settings.register_profile("deep", max_examples=20_000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+# The broker's message actions skip their output check for speed; every broker the tests
+# start (in-process or as a child, which inherits this) checks them (broker/frontend.py).
+os.environ.setdefault("WHARF_CHECK_OUTPUTS", "1")
 
 
 @pytest.hookimpl(hookwrapper=True)

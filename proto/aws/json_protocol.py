@@ -157,7 +157,12 @@ def _headers(request_id: str) -> list[tuple[str, str]]:
 
 
 def encode_response(
-    service: Service, action: str, result: Mapping[str, Any] | None, *, request_id: str
+    service: Service,
+    action: str,
+    result: Mapping[str, Any] | None,
+    *,
+    request_id: str,
+    checked: bool = True,
 ) -> EncodedResponse:
     """Encode a handler's result as an awsJson 1.0 success response.
 
@@ -167,6 +172,10 @@ def encode_response(
         result: the output values (``None`` or ``{}`` for actions with no output); ``bytes``
             values leave as base64 strings, ``None`` members are left out.
         request_id: goes in ``x-amzn-RequestId``.
+        checked: False to encode ``result`` as it is, for a caller that builds it in the
+            output shape's normal form already (no ``None`` members, ``bytes`` blobs), where
+            the check would only copy it: the JSON is the same, since its member order does
+            not matter to any JSON reader.
 
     Returns:
         Status 200, headers and body. Actions without an output get an empty body, as SQS
@@ -181,8 +190,8 @@ def encode_response(
         if result:
             raise common_error("InternalFailure", f"{action} has no output, got {list(result)}.")
         return EncodedResponse(200, _headers(request_id), b"")
-    body = _ENCODER.encode(normalize_output(operation.output, result or {}))
-    return EncodedResponse(200, _headers(request_id), body)
+    value = normalize_output(operation.output, result or {}) if checked else result or {}
+    return EncodedResponse(200, _headers(request_id), _ENCODER.encode(value))
 
 
 def encode_error(service: Service, error: AwsError, *, request_id: str) -> EncodedResponse:

@@ -18,11 +18,14 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from broker import frontend
 from broker.config import ApiSettings
 from broker.frontend import aws_error, request_ids
 from broker.model.errors import SqsError
 from monitoring.httpserver import Request
 from monitoring.settings import HttpLimits
+from proto.aws import json_protocol
+from proto.aws.errors import AwsError
 from proto.aws.sqs_shapes import SQS
 from tests.support.broker import BrokerThread, broker_config, open_broker
 from tests.support.daemons import address
@@ -576,3 +579,48 @@ async def test_the_peer_address_and_transport_reach_the_queue_policy(api):
     # Plain HTTP, and an anonymous caller has no principal.
     assert await deny_when({"Bool": {"aws:SecureTransport": "false"}}) == "AccessDenied"
     assert await deny_when({"Null": {"aws:PrincipalArn": "true"}}) == "AccessDenied"
+
+
+# ---------------------------------------------------------------------- unchecked outputs
+
+NORMAL_RESULTS = {
+    "SendMessage": {"MessageId": "m-1", "MD5OfMessageBody": "0" * 32},
+    "SendMessageBatch": {
+        "Successful": [{"Id": "a", "MessageId": "m-1", "MD5OfMessageBody": "0" * 32}],
+        "Failed": [{"Id": "b", "SenderFault": True, "Code": "InvalidParameterValue"}],
+    },
+    "ReceiveMessage": {
+        "Messages": [
+            {
+                "MessageId": "m-1",
+                "ReceiptHandle": "h",
+                "MD5OfBody": "0" * 32,
+                "Body": "x",
+                "Attributes": {"SentTimestamp": "1"},
+            }
+        ]
+    },
+    "DeleteMessageBatch": {"Successful": [{"Id": "a"}], "Failed": []},
+}
+
+
+@pytest.mark.parametrize("action", sorted(NORMAL_RESULTS))
+def test_an_unchecked_output_answers_what_the_checked_one_does(action, monkeypatch):
+    assert action in frontend.UNCHECKED_OUTPUTS
+    result = NORMAL_RESULTS[action]
+    checked = json_protocol.encode_response(SQS, action, result, request_id="r")
+    for check_every_output in (False, True):
+        monkeypatch.setattr(frontend, "CHECK_EVERY_OUTPUT", check_every_output)
+        unchecked = frontend.JSON_SQS.response(action, result, "r")
+        assert (unchecked.status, unchecked.headers) == (checked.status, checked.headers)
+        assert json.loads(unchecked.body) == json.loads(checked.body)
+
+
+def test_under_the_test_suite_a_result_out_of_normal_form_fails(monkeypatch):
+    assert frontend.CHECK_EVERY_OUTPUT  # tests/conftest.py sets WHARF_CHECK_OUTPUTS=1
+    with_none = {"MessageId": "m-1", "MD5OfMessageBody": "0" * 32, "SequenceNumber": None}
+    with pytest.raises(AwsError) as excinfo:
+        frontend.JSON_SQS.response("SendMessage", with_none, "r")
+    assert excinfo.value.code == "InternalFailure"
+    monkeypatch.setattr(frontend, "CHECK_EVERY_OUTPUT", False)
+    assert b"null" in frontend.JSON_SQS.response("SendMessage", with_none, "r").body
