@@ -30,7 +30,6 @@ listener's own reads and writes.
 
 from __future__ import annotations
 
-import select
 import socket
 import ssl
 from collections.abc import Iterator
@@ -41,6 +40,7 @@ import trio
 
 from balancer import target_tls
 from balancer.config import Endpoint, ListenerLimits
+from monitoring import fastio
 
 # A connection idle for less than this is reused without asking the kernel whether the
 # target closed it: a target that closes keep-alive connections after milliseconds is
@@ -188,8 +188,7 @@ class Upstream:
 def _looks_closed(stream: trio.SocketStream) -> bool:
     # Readable while idle means the target closed (EOF or RST) or sent bytes nobody asked
     # for: either way the connection cannot carry a new exchange.
-    readable, _, _ = select.select([stream.socket.fileno()], [], [], 0)
-    return bool(readable)
+    return fastio.readable_now(stream.socket.fileno())
 
 
 class Pool:

@@ -584,7 +584,10 @@ def idle_memory(port: int, pid: int, count: int) -> float:
             while b"\r\n\r\n" not in data or not data.endswith(SMALL_BODY):
                 chunk = sock.recv(65536)
                 if not chunk:
-                    raise RuntimeError("proxy closed an idle-test connection")
+                    raise RuntimeError(
+                        f"the proxy on port {port} closed idle-test connection {len(sockets) + 1}"
+                        f" of {count} (answered {data[:80]!r})"
+                    )
                 data += chunk
             sockets.append(sock)
         time.sleep(1.0)
@@ -932,7 +935,12 @@ def main() -> int:
                         ("haproxy", haproxy, ports["haproxy_small"]),
                         ("wharf", wharf, ports["wharf_small"]),
                     ):
-                        per = idle_memory(port, proxy_pid(proc), IDLE_CONNECTIONS)
+                        try:
+                            per = idle_memory(port, proxy_pid(proc), IDLE_CONNECTIONS)
+                        except RuntimeError:
+                            log = work / f"{label}.out"
+                            print(f"--- {label}\n{log.read_text()[-3000:]}", file=sys.stderr)
+                            raise
                         results[(label, "idle")] = {"kib_per_conn": per}
                 if "workers" in only:
                     results.update(

@@ -15,7 +15,6 @@ may have processed it, and SNS deliveries are at-least-once.
 from __future__ import annotations
 
 import base64
-import select
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +23,8 @@ from urllib.parse import unquote, urlsplit
 
 import h11
 import trio
+
+from monitoring import fastio
 
 MAX_RESPONSE_BODY: Final = 64 * 1024  # read (and discard) this much; a longer body closes
 MAX_IDLE_PER_ORIGIN: Final = 16
@@ -273,10 +274,9 @@ def _dropped(connection: _Connection) -> bool:
     if not isinstance(stream, trio.SocketStream):
         return False
     try:
-        readable, _, _ = select.select([stream.socket.fileno()], [], [], 0)
-    except (OSError, ValueError):
+        return fastio.readable_now(stream.socket.fileno())
+    except (OSError, ValueError):  # closed meanwhile: fileno() is -1
         return True
-    return bool(readable)
 
 
 async def _close(connection: _Connection) -> None:

@@ -13,7 +13,6 @@ per wait.
 from __future__ import annotations
 
 import ipaddress
-import select
 import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
@@ -154,8 +153,7 @@ class Client:
         sock = _socket_of(self.stream)
         if sock is None:
             return False
-        readable, _, _ = select.select([sock.fileno()], [], [], 0)
-        if not readable:
+        if not fastio.readable_now(sock.fileno()):
             return False
         try:
             data = await sock.recv(1, socket.MSG_PEEK)

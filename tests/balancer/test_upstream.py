@@ -29,6 +29,7 @@ from balancer.upstream import (
     TargetConnection,
     TargetEndpoint,
 )
+from tests.support.descriptors import FD_SETSIZE, new_descriptors_past_fd_setsize
 from tests.support.targets import TargetServer, running_targets
 from tests.support.tls_targets import TlsTargetServer, server_context
 
@@ -92,6 +93,29 @@ async def test_a_connection_the_target_closed_is_not_handed_out_after_a_while():
         assert fresh is not up
         assert pool.opened == 2
         fresh.close()
+
+
+async def test_a_connection_numbered_past_fd_setsize_is_checked_and_reused():
+    # A balancer holding a thousand client connections gives every new target connection such
+    # a number; the check before reuse once used select(), which refuses them (ValueError).
+    async with running_targets(TargetServer("a")) as (target,):
+        pool = Pool(endpoint(target.port), connect_timeout=5, idle_timeout=60)
+        with new_descriptors_past_fd_setsize():
+            up = await pool.acquire(trio.current_time())
+        assert up.stream.socket.fileno() >= FD_SETSIZE
+        assert await exchange(up) == 200
+        pool.release(up, trio.current_time())
+        up.idle_since -= upstream.FRESH_SECONDS + 1  # idle long enough to be checked
+        again = await pool.acquire(trio.current_time())
+        assert again is up
+        assert await exchange(again) == 200
+        pool.release(again, trio.current_time())
+        again.idle_since -= upstream.FRESH_SECONDS + 1
+        again.stream.socket.shutdown(2)
+        fresh = await pool.acquire(trio.current_time())
+        assert fresh is not again
+        fresh.close()
+        pool.close()
 
 
 async def test_idle_connections_are_bounded_and_pruned():

@@ -11,6 +11,7 @@ import trio
 import trustme
 
 from broker.http_client import HttpClient, Outcome, parse_target
+from tests.support.descriptors import FD_SETSIZE, new_descriptors_past_fd_setsize
 from tests.support.sns import Endpoint
 
 HEADERS = [("x-amz-sns-message-type", "Notification"), ("User-Agent", "spoofed")]
@@ -112,6 +113,21 @@ async def test_keep_alive_reuses_connections_and_notices_closed_ones(client: Mak
         assert len(endpoint.requests) == 5  # nothing sent twice
         endpoint.behaviour = "big"
         assert (await http.post(endpoint.url, HEADERS, b"x")).status == 200
+        await http.aclose()
+
+
+async def test_a_connection_numbered_past_fd_setsize_is_reused(client: MakeClient) -> None:
+    # The check before reuse once used select(), which refuses descriptors from 1,024 on: a
+    # broker with a thousand client connections would have failed every delivery.
+    http = client()
+    with Endpoint() as endpoint:
+        with new_descriptors_past_fd_setsize():
+            assert (await http.post(endpoint.url, HEADERS, b"x")).delivered
+        ((idle,),) = http._idle.values()
+        assert idle.stream.socket.fileno() >= FD_SETSIZE
+        for _ in range(2):
+            assert (await http.post(endpoint.url, HEADERS, b"x")).delivered
+        assert endpoint.connections == 1
         await http.aclose()
 
 

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import select
 import socket
 
 import pytest
 import trio
 
 from monitoring import fastio
+from tests.support.descriptors import FD_SETSIZE, new_descriptors_past_fd_setsize
 
 
 async def pair() -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
@@ -144,3 +146,19 @@ async def test_attempts_raise_trio_errors():
             fastio.try_receive(raw_c, 10)
         with pytest.raises(trio.ClosedResourceError):
             fastio.try_send(raw_c, b"x")
+
+
+def test_readable_now_tells_data_and_the_end_apart_from_nothing_past_fd_setsize():
+    with new_descriptors_past_fd_setsize():
+        ours, theirs = socket.socketpair()
+    with ours, theirs:
+        assert ours.fileno() >= FD_SETSIZE
+        with pytest.raises(ValueError, match="out of range"):  # what select() made of it
+            select.select([ours.fileno()], [], [], 0)
+        assert not fastio.readable_now(ours.fileno())
+        theirs.send(b"x")
+        assert fastio.readable_now(ours.fileno())
+        assert ours.recv(1) == b"x"
+        assert not fastio.readable_now(ours.fileno())
+        theirs.close()
+        assert fastio.readable_now(ours.fileno())  # the end of the stream

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 import h11
 import trio
@@ -9,6 +10,7 @@ import trio.testing
 from balancer.config import BalancerConfig, FixedResponse, HttpListener
 from balancer.listeners.exchange import Client, ClientInfo, Exchange, parse_address, respond
 from balancer.runtime import Runtime
+from tests.support.descriptors import FD_SETSIZE, new_descriptors_past_fd_setsize
 
 
 def test_addresses_are_parsed_once_with_ipv4_mapped_as_ipv4():
@@ -57,6 +59,23 @@ async def test_a_closed_memory_stream_reads_as_the_end():
     await receive.aclose()
     assert await client.receive() == b""
     assert not await client.left()  # not a socket: nothing to peek at
+
+
+async def test_a_client_numbered_past_fd_setsize_is_seen_to_leave():
+    # left() runs for a slow response; on a balancer with a thousand clients it once used
+    # select(), which refuses such numbers, and the request failed with a ValueError.
+    with new_descriptors_past_fd_setsize():
+        ours, theirs = socket.socketpair()
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    client = Client(stream, ClientInfo("127.0.0.1", 1, 2), 4096)
+    assert ours.fileno() >= FD_SETSIZE
+    assert not await client.left()
+    theirs.send(b"GET /next HTTP/1.1\r\n")  # a pipelined request: still there
+    assert not await client.left()
+    theirs.close()
+    await client.receive()  # the pipelined bytes; the end of the stream follows
+    assert await client.left()
+    await stream.aclose()
 
 
 def test_wait_for_moves_the_deadline_and_names_the_phase():
