@@ -463,7 +463,7 @@ class Engine:
         # events are then read with a zero timeout.
         epoll_fd = [self._epoll.fileno()]
         _tighten_timer_slack()
-        select_fds = select.select
+        select_fds = select.select  # noqa: TID251 -- the epoll descriptor, opened first: low
         by_fd = self._by_fd
         retry = self._retry
         monotonic_ns = time.monotonic_ns
