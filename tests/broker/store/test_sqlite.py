@@ -23,14 +23,6 @@ REPO = Path(__file__).resolve().parents[3]
 CRASH_CHILD = REPO / "tests" / "support" / "store_crash_child.py"
 
 
-@pytest.fixture
-async def store(tmp_path):
-    store = SqliteStore(tmp_path)
-    await store.open()
-    yield store
-    await store.aclose()
-
-
 async def test_commits_land_in_call_order(store):
     queue = await store.create_queue("q", QueueSettings(), {}, 0)
     order: list[int] = []

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import msgspec
-import pytest
 
 from broker.store.base import StoredMoveTask
 from broker.store.sqlite import SqliteStore
@@ -28,14 +24,6 @@ def stored(task_id: str, **fields: object) -> StoredMoveTask:
         **fields,
     }
     return StoredMoveTask(**values)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    opened = SqliteStore(tmp_path)
-    await opened.open()
-    yield opened
-    await opened.aclose()
 
 
 async def reopen(store: SqliteStore) -> SqliteStore:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from pathlib import Path
 
 import pytest
 import trio
@@ -32,14 +31,6 @@ from broker.store.sqlite import SqliteStore
 from broker.store.sqlite_apply import apply_mutations
 from broker.store.sqlite_schema import configure, migrate
 from tests.support.mutations import inserted
-
-
-@pytest.fixture
-async def store(tmp_path: Path):
-    store = SqliteStore(tmp_path)
-    await store.open()
-    yield store
-    await store.aclose()
 
 
 async def reopened(store: SqliteStore) -> SqliteStore:

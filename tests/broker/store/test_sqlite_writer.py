@@ -54,14 +54,6 @@ def checkpoint(store: SqliteStore) -> None:
         raise AssertionError("the WAL stayed busy")
 
 
-@pytest.fixture
-async def store(tmp_path):
-    store = SqliteStore(tmp_path)
-    await store.open()
-    yield store
-    await store.aclose()
-
-
 async def test_concurrent_callers_share_commits(store):
     queue = await store.create_queue("q", QueueSettings(), {}, 0)
     before = store.statistics()
