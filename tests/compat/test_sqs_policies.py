@@ -230,9 +230,14 @@ def test_a_source_arn_allow_grants_nothing_to_a_direct_call(owner, partner):
     ],
 )
 def test_a_policy_with_an_unreadable_condition_is_refused(owner, condition):
-    name = unique("bad-condition")
     statement = {"Effect": "Deny", "Principal": "*", "Action": "sqs:*", "Condition": condition}
-    attributes = {"Policy": policy(statement)}
+    assert_policy_refused(owner, policy(statement))
+
+
+def assert_policy_refused(owner, document: str) -> None:
+    """CreateQueue and SetQueueAttributes both refuse ``document`` and store no Policy."""
+    name = unique("bad-policy")
+    attributes = {"Policy": document}
     assert (
         refused(owner.create_queue, QueueName=name, Attributes=attributes)
         == "InvalidAttributeValue"
@@ -258,16 +263,7 @@ def test_a_policy_with_an_unreadable_condition_is_refused(owner, condition):
     ],
 )
 def test_a_policy_that_is_not_a_valid_queue_policy_is_refused(owner, document):
-    url = owner.create_queue(QueueName=unique("bad-policy"))["QueueUrl"]
-    attributes = {"Policy": json.dumps(document)}
-    assert (
-        refused(owner.set_queue_attributes, QueueUrl=url, Attributes=attributes)
-        == "InvalidAttributeValue"
-    )
-    assert "Policy" not in owner.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]).get(
-        "Attributes", {}
-    )
-    owner.delete_queue(QueueUrl=url)
+    assert_policy_refused(owner, json.dumps(document))
 
 
 def test_add_permission_past_the_principal_quota_is_over_limit(owner):
