@@ -177,8 +177,22 @@ class Upstream:
         self.idle_since = 0.0
 
     def reusable(self) -> bool:
-        """Whether the last exchange ended cleanly enough to send another request."""
-        return self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+        """Whether the last exchange ended cleanly enough to send another request.
+
+        Bytes the target sent past its response (already read, or waiting in a plain
+        socket) answer no request: on a reused connection they would be read as the next
+        request's response, so such a connection is not reused.
+        """
+        conn = self.conn
+        if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            return False
+        if conn.trailing_data[0] or conn.trailing_data[1]:
+            return False
+        # A TLS socket may be readable with records that are no response bytes (session
+        # tickets): only a plain one is asked.
+        return isinstance(self.stream.socket, target_tls.TlsSocket) or not _looks_closed(
+            self.stream
+        )
 
     def close(self) -> None:
         """Close at once. A socket's close never waits on the peer (nor a TLS one's)."""

@@ -23,6 +23,7 @@ releases); without it, every call takes trio's public path.
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 
@@ -30,6 +31,9 @@ import trio
 
 # send() of a large buffer may take only part of it; the rest waits for writability.
 _BLOCKING = (BlockingIOError, InterruptedError)
+# The most buffers one sendmsg() takes (EMSGSIZE beyond): a body of many small chunks makes
+# three pieces of each, so a gathered write can hold far more.
+IOV_MAX = os.sysconf("SC_IOV_MAX")
 
 
 def raw_socket(sock: trio.socket.SocketType) -> socket.socket | None:
@@ -75,21 +79,22 @@ async def send_many(sock: trio.socket.SocketType, pieces: list[Buffer]) -> None:
     if raw is None:
         await _trio_send_all(sock, b"".join(buffers))
         return
-    while buffers:
+    start = 0  # buffers before it are sent
+    while start < len(buffers):
         try:
-            sent = raw.sendmsg(buffers)
+            sent = raw.sendmsg(buffers[start : start + IOV_MAX])
         except _BLOCKING:
             await _wait_writable(raw)
             continue
         except OSError as exc:
             raise _translate(raw, exc) from exc
         while sent:
-            first = buffers[0]
+            first = buffers[start]
             if sent >= len(first):
                 sent -= len(first)
-                buffers.pop(0)
+                start += 1
             else:
-                buffers[0] = first[sent:]
+                buffers[start] = first[sent:]
                 sent = 0
 
 

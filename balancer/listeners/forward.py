@@ -188,6 +188,7 @@ async def _exchange(
             services.log.debug("http.target_connect_failed", target=exc.target_id, error=str(exc))
             await respond(client, ex, 504 if timed_out else 502, b"target unreachable\n")
             return
+        response: Head | None = None
         try:
             try:
                 early: Head | None = None
@@ -221,9 +222,19 @@ async def _exchange(
             await _relay(client, ex, up, response, sticky, group, wall)
         finally:
             # ALB's defensive mode closes both connections after an ambiguous request it
-            # served: the target may have read its framing differently than h11 did.
-            _put_back(pool, up, close=ex.verdict.action is Action.CLOSE_AFTER)
+            # served: the target may have read its framing differently than h11 did. So
+            # after a response framed by both Transfer-Encoding and Content-Length (RFC 9112
+            # 6.3: an error, maybe response splitting; h11 reads it chunked).
+            close = ex.verdict.action is Action.CLOSE_AFTER or _framed_twice(response)
+            _put_back(pool, up, close=close)
         return
+
+
+def _framed_twice(response: Head | None) -> bool:
+    if response is None:
+        return False
+    names = {name for name, _ in response.headers}
+    return b"transfer-encoding" in names and b"content-length" in names
 
 
 def _put_back(pool: Pool, up: Upstream, *, close: bool = False) -> None:
@@ -607,8 +618,12 @@ async def _relay(
         try:
             event = up.conn.next_event()
         except h11.RemoteProtocolError:
+            # The head (and body bytes) of the same read go out first: the client sees the
+            # response cut short, as when the error comes a read later, not a bare close.
             ex.close_after = True
             ex.error_reason = "TruncatedTargetResponse"
+            if pending:
+                await _flush(client, ex, pending)
             return
         if event is h11.NEED_DATA:
             if pending:
@@ -629,6 +644,8 @@ async def _relay(
         else:
             ex.close_after = True
             ex.error_reason = "TruncatedTargetResponse"
+            if pending:
+                await _flush(client, ex, pending)
             return
 
 

@@ -103,6 +103,25 @@ async def test_gathered_writes_arrive_whole_and_in_order(monkeypatch, through_tr
     assert bytes(received) == expected
 
 
+async def test_more_pieces_than_one_sendmsg_takes_arrive_whole_and_in_order():
+    # A body of many small chunks: h11 makes three pieces of each, far past IOV_MAX.
+    a, b = await pair()
+    count = 5 * fastio.IOV_MAX
+    pieces: list[fastio.Buffer] = [b"%x\r\n" % n + b"y" * (n % 7) for n in range(count)]
+    expected = b"".join(bytes(p) for p in pieces)
+    received = bytearray()
+
+    async def read_all() -> None:
+        while len(received) < len(expected):
+            received.extend(await fastio.receive(b, 1 << 18))
+
+    with a, b:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await fastio.send_many(a, pieces)
+    assert bytes(received) == expected
+
+
 async def test_attempts_never_wait_and_say_what_happened():
     a, b = await pair()
     with a, b:
