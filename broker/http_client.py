@@ -246,7 +246,14 @@ class HttpClient:
                         if received > MAX_RESPONSE_BODY:
                             return status, False  # the status is known; drop the rest
                     elif isinstance(event, h11.EndOfMessage):
-                        reusable = conn.our_state is h11.DONE and conn.their_state is h11.DONE
+                        # Bytes past the response (already read) would be taken for the
+                        # next delivery's response: such a connection is not reused. Bytes
+                        # still in the socket make it readable, which the checkout sees.
+                        reusable = (
+                            conn.our_state is h11.DONE
+                            and conn.their_state is h11.DONE
+                            and not any(conn.trailing_data)
+                        )
                         return status, reusable
                     elif isinstance(event, h11.ConnectionClosed):
                         raise _Failure("reset", "connection closed before a response")

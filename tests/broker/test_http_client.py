@@ -131,6 +131,20 @@ async def test_a_connection_numbered_past_fd_setsize_is_reused(client: MakeClien
         await http.aclose()
 
 
+async def test_a_response_followed_by_bytes_nobody_asked_for_ends_the_connection(
+    client: MakeClient,
+) -> None:
+    # The unasked-for 200 must not become the answer to the next delivery, which fails.
+    http = client()
+    with Endpoint() as endpoint:
+        endpoint.behaviour = "ok-extra"
+        assert (await http.post(endpoint.url, HEADERS, b"x")).delivered
+        endpoint.behaviour = "500"
+        assert (await http.post(endpoint.url, HEADERS, b"x")).status == 500
+        assert endpoint.connections == 2
+        await http.aclose()
+
+
 async def test_basic_auth_from_the_url(client: MakeClient) -> None:
     with Endpoint() as endpoint:
         url = endpoint.url.replace("http://", "http://us%40er:p%3Ass@")

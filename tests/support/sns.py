@@ -9,7 +9,8 @@ is its current ``behaviour``:
 - ``big``: 200 with a 1 MiB body;
 - ``hang``: never answer (the broker's response timeout must fire);
 - ``reset``: close the connection with a TCP RST;
-- ``garbage``: answer bytes that are not HTTP.
+- ``garbage``: answer bytes that are not HTTP;
+- ``ok-extra``: 200, with a second, unasked-for 200 right behind it in the same write.
 
 Signatures are checked here with an implementation of AWS's documented algorithm written for
 the tests (not :mod:`proto.aws.sns_signature`).
@@ -298,6 +299,8 @@ class Endpoint:
             )
             data += conn.send(h11.Data(data=content)) or b""
             data += conn.send(h11.EndOfMessage()) or b""
+            if behaviour == "ok-extra":
+                data += b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
             with contextlib.suppress(trio.BrokenResourceError):
                 await stream.send_all(data)
             if conn.our_state is h11.MUST_CLOSE or behaviour in ("ok-close", "big"):
