@@ -163,10 +163,17 @@ class FuzzBackend:
 
 class FuzzBalancer:
     """A balancer with one HTTP listener forwarding to a :class:`FuzzBackend`, both on a
-    trio loop in a thread of their own, so that a blocking client can drive them."""
+    trio loop in a thread of their own, so that a blocking client can drive them.
+
+    A subclass may put another backend in (anything with a trio ``serve`` task that reports
+    its ``port``) and other listener bounds (``timeouts``, ``idle_timeout_seconds``).
+    """
+
+    timeouts = TIMEOUTS
+    idle_timeout_seconds = IDLE_SECONDS
 
     def __init__(self) -> None:
-        self.backend = FuzzBackend()
+        self.backend: Any = FuzzBackend()
         self.address: tuple[str, int] = ("127.0.0.1", 0)
         self.error: BaseException | None = None
         self._daemon: Daemon[Any] | None = None
@@ -195,7 +202,7 @@ class FuzzBalancer:
                 targets=(Target(host="127.0.0.1", port=self.backend.port),),
                 health_check=HealthCheck(enabled=False),
             )
-            lst = listener(timeouts=TIMEOUTS, idle_timeout_seconds=IDLE_SECONDS)
+            lst = listener(timeouts=self.timeouts, idle_timeout_seconds=self.idle_timeout_seconds)
             async with running(SPEC, config([lst], [group]), level="info") as daemon:
                 self._daemon = daemon
                 self.address = front(daemon)

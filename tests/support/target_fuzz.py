@@ -32,10 +32,7 @@ from typing import Any, Literal
 
 import trio
 
-from balancer.cli import SPEC
-from balancer.config import HealthCheck, ListenerTimeouts, Target, TargetGroup
-from tests.support.balancer_http import config, front, listener
-from tests.support.daemons import running
+from balancer.config import ListenerTimeouts
 from tests.support.http_fuzz import FuzzBalancer
 
 TAG = b"########"  # replaced by the example's tag when played (8 hex digits: same length)
@@ -274,27 +271,12 @@ class TargetFuzzBalancer(FuzzBalancer):
     """:class:`tests.support.http_fuzz.FuzzBalancer` with the hostile target as its only
     target and the short target-side timeouts above."""
 
+    timeouts = TIMEOUTS
+    idle_timeout_seconds = IDLE_SECONDS
+
     def __init__(self) -> None:
         super().__init__()
-        self.target = HostileTarget()
-
-    async def _main(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
-        self._stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.target.serve)
-            group = TargetGroup(
-                name="web",
-                targets=(Target(host="127.0.0.1", port=self.target.port),),
-                health_check=HealthCheck(enabled=False),
-            )
-            lst = listener(timeouts=TIMEOUTS, idle_timeout_seconds=IDLE_SECONDS)
-            async with running(SPEC, config([lst], [group]), level="info") as daemon:
-                self._daemon = daemon
-                self.address = front(daemon)
-                self._started.set()
-                await self._stop.wait()
-            nursery.cancel_scope.cancel()
+        self.target = self.backend = HostileTarget()
 
     def start(self) -> TargetFuzzBalancer:
         super().start()
