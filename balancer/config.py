@@ -38,6 +38,7 @@ from balancer.tls_policies import SslPolicyName as SslPolicyName
 from balancer.tls_policies import TlsPolicy as TlsPolicy
 from monitoring.settings import (
     AdminSettings,
+    FilePath,
     LifecycleSettings,
     LoggingSettings,
     Port,
@@ -64,8 +65,8 @@ RESERVED_COOKIE_PREFIX = "AWSALB"  # covers AWSALBAPP and AWSALBTG too
 class Certificate(Section, frozen=True, kw_only=True):
     """A PEM certificate chain and its key; the first of a listener is the default."""
 
-    cert_file: Annotated[str, Meta(min_length=1)]
-    key_file: Annotated[str, Meta(min_length=1)]
+    cert_file: Annotated[FilePath, Meta(min_length=1)]
+    key_file: Annotated[FilePath, Meta(min_length=1)]
 
 
 class ListenerTimeouts(Section, frozen=True, kw_only=True):
@@ -100,7 +101,9 @@ class AccessLog(Section, frozen=True, kw_only=True):
     """One ALB-format line per request."""
 
     enabled: bool = False
-    destination: Annotated[str, Meta(description='"stderr" or an absolute file path.')] = "stderr"
+    destination: Annotated[FilePath, Meta(description='"stderr" or an absolute file path.')] = (
+        "stderr"
+    )
 
     def __post_init__(self) -> None:
         if self.destination != "stderr" and not self.destination.startswith("/"):
@@ -318,7 +321,8 @@ class StickinessKeys(Section, frozen=True, kw_only=True):
     """Keys that seal stickiness cookies: the first seals, every one opens (rotation)."""
 
     key_files: Annotated[
-        tuple[str, ...], Meta(description="Files of at least 16 random bytes; share across nodes.")
+        tuple[Annotated[FilePath, Meta(min_length=1)], ...],
+        Meta(description="Files of at least 16 random bytes; share across nodes."),
     ] = ()
 
 
@@ -332,7 +336,7 @@ class BalancerConfig(Section, frozen=True, kw_only=True):
         int, Meta(ge=1, le=256, description="Processes sharing the listeners (SO_REUSEPORT).")
     ] = 1
     state_dir: Annotated[
-        str,
+        FilePath,
         Meta(
             description="Directory of targets.json: targets registered and deregistered "
             "through the admin API, kept across restarts. Empty: $STATE_DIRECTORY under "

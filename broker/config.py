@@ -14,6 +14,7 @@ from broker.model.settings import parse_create
 from broker.model.state import MAX_IN_FLIGHT_MESSAGES
 from monitoring.settings import (
     AdminSettings,
+    FilePath,
     HttpLimits,
     LifecycleSettings,
     LoggingSettings,
@@ -38,10 +39,10 @@ class TlsSettings(Section, frozen=True, kw_only=True):
     """HTTPS on the API listener: both files set, or neither (plain HTTP)."""
 
     cert_file: Annotated[
-        str,
+        FilePath,
         Meta(description="PEM certificate chain, server certificate first. Empty: plain HTTP."),
     ] = ""
-    key_file: Annotated[str, Meta(description="PEM private key of the certificate.")] = ""
+    key_file: Annotated[FilePath, Meta(description="PEM private key of the certificate.")] = ""
     handshake_timeout_seconds: Annotated[
         Seconds, Meta(description="Longest a client may take to complete the TLS handshake.")
     ] = 10.0
@@ -106,7 +107,7 @@ class AuthSettings(Section, frozen=True, kw_only=True):
     ] = True
     allow_anonymous_on_network: bool = False
     credentials_file: Annotated[
-        str,
+        FilePath,
         Meta(description="TOML file of [[keys]] access_key_id/secret_access_key/principal."),
     ] = ""
 
@@ -116,14 +117,14 @@ class StorageSettings(Section, frozen=True, kw_only=True):
 
     backend: Literal["sqlite"] = "sqlite"
     data_dir: Annotated[
-        str,
+        FilePath,
         Meta(
             description="Directory of the SQLite file and the signing key. Empty: "
             "$STATE_DIRECTORY under systemd, else ./wharf-data."
         ),
     ] = ""
     key_file: Annotated[
-        str,
+        FilePath,
         Meta(
             description="TOML file of the keys that encrypt messages at rest (queues with "
             "SqsManagedSseEnabled or KmsMasterKeyId). Empty: such messages are stored in clear."
@@ -159,14 +160,14 @@ class SnsSettings(Section, frozen=True, kw_only=True):
     """SNS: the envelope signing key and the outbound HTTP/S delivery worker."""
 
     signing_key_file: Annotated[
-        str,
+        FilePath,
         Meta(
             description="PEM RSA private key that signs SNS envelopes. Empty: a key and a "
             "self-signed certificate are generated into the data directory on first start."
         ),
     ] = ""
     signing_cert_file: Annotated[
-        str, Meta(description="PEM certificate of signing_key_file, served at SigningCertURL.")
+        FilePath, Meta(description="PEM certificate of signing_key_file, served at SigningCertURL.")
     ] = ""
     signing_cert_path: Annotated[
         str, Meta(description="Path on the API listener that serves the signing certificate.")
@@ -207,7 +208,7 @@ class SnsSettings(Section, frozen=True, kw_only=True):
         Seconds, Meta(description="Bound on sending a delivery and reading the response (AWS: 15).")
     ] = 15.0
     ca_file: Annotated[
-        str,
+        FilePath,
         Meta(description="PEM CA bundle for https endpoints. Empty: the system trust store."),
     ] = ""
     max_filter_policies_per_topic: Annotated[

@@ -38,6 +38,9 @@ def decode(data: bytes | str, schema: type[T], *, path: Path | str = "<config>")
         raise ConfigError(path, str(exc)) from None
     except msgspec.DecodeError as exc:
         raise ConfigError(path, f"TOML syntax error: {exc}") from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables by recursion, without a depth limit.
+        raise ConfigError(path, "TOML syntax error: arrays or tables nested too deeply") from None
 
 
 def load(path: Path | str, schema: type[T]) -> T:

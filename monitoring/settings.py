@@ -16,6 +16,8 @@ from msgspec import Meta
 
 Port = Annotated[int, Meta(ge=0, le=65535, description="TCP port; 0 picks a free port.")]
 Seconds = Annotated[float, Meta(gt=0, le=86400)]
+# A path the daemon opens: a NUL in it would make the system call raise ValueError, not OSError.
+FilePath = Annotated[str, Meta(pattern=r"^[^\x00]*$")]
 
 
 class Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
