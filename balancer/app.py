@@ -68,7 +68,7 @@ from balancer.upstream import Pools, accepted_addresses, tune_socket
 from monitoring.admin import AdminServer, open_admin_listener
 from monitoring.configfile import ConfigError
 from monitoring.httpserver import Draining
-from monitoring.lifecycle import Frame, Listener, bind_tcp
+from monitoring.lifecycle import Frame, Listener, StartupError, bind_tcp
 from monitoring.settings import HttpLimits, state_directory
 
 HOUSEKEEPING_SECONDS: Final = 1.0
@@ -90,6 +90,24 @@ def read_keys(config: BalancerConfig) -> list[bytes]:
             raise ConfigError(path, f"a stickiness key needs at least {MIN_KEY_BYTES} bytes")
         keys.append(key)
     return keys
+
+
+def open_access_logs(logs: AccessLogs, config: BalancerConfig) -> None:
+    """Open every access log file ``config`` names that ``logs`` has not open yet.
+
+    Raises:
+        ConfigError: one cannot be opened; it names the file, the key and the reason.
+    """
+    for i, listener in enumerate(config.listeners):
+        settings = listener.access_log
+        try:
+            logs.get(settings)
+        except OSError as exc:
+            raise ConfigError(
+                settings.destination,
+                f"cannot open the access log of listener {listener.name!r}: "
+                f"{exc.strerror or exc} - at `$.listeners[{i}].access_log.destination`",
+            ) from None
 
 
 def _now() -> float:
@@ -118,7 +136,7 @@ class BalancerApp:
         try:
             self.runtime = Runtime(config, keys=keys, tls=tls, now=_now())
         except ValueError as exc:
-            raise ConfigError("<config>", str(exc)) from None
+            raise ConfigError(self._config_file, f"{exc} - at `$.stickiness.key_files`") from None
         self.pools = Pools()
         self.stats = HttpStats()
         self.access_logs = AccessLogs()
@@ -155,6 +173,12 @@ class BalancerApp:
 
     async def serve(self, frame: Frame, *, task_status: trio.TaskStatus[None]) -> None:
         with self._resources():
+            try:
+                # Before any listener: a log that cannot be written stops the start, naming
+                # its file and key, instead of failing the first request.
+                open_access_logs(self.access_logs, self.config)
+            except ConfigError as exc:
+                raise StartupError(str(exc)) from None
             admin_address = admin_settings(self.config.admin, self.worker)
             admin = await open_admin_listener(frame, admin_address, HttpLimits(), self.admin)
             listeners = [admin]
@@ -255,16 +279,15 @@ class BalancerApp:
     async def reload(self, config: BalancerConfig) -> None:
         """Swap in a new generation, or raise ConfigError with the old one serving."""
         if self.frame.draining.started:
-            raise ConfigError("<config>", "the balancer is stopping")
-        if self.worker is not None:
-            check_workers(config, "<config>")  # a new listener needs a fixed port here too
+            raise ConfigError(self._config_file, "the balancer is stopping")
+        if self.worker is not None:  # a new listener needs a fixed port here too
+            check_workers(config, self._config_file)
         keys, tls = _compile_inputs(config)
+        open_access_logs(self.access_logs, config)  # the files it adds, now
         try:
-            for listener in config.listeners:
-                self.access_logs.get(listener.access_log)  # opens new files now, or fails
             snapshot = self.runtime.compile(config, keys, tls)
-        except (ValueError, OSError) as exc:
-            raise ConfigError("<config>", str(exc)) from None
+        except ValueError as exc:
+            raise ConfigError(self._config_file, f"{exc} - at `$.stickiness.key_files`") from None
         removed, added = self._listener_changes(config)
         taken_over = self._take_over(config, removed, added)
         handed = {id(listener) for listener in taken_over.values()}
@@ -294,6 +317,12 @@ class BalancerApp:
         self.config = config
         with trio.CancelScope(shield=True):  # short, and never to be left halfway
             await self._switch_listeners(config, removed, taken_over, bound)
+
+    @property
+    def _config_file(self) -> str:
+        """The configuration file, as the app's refusals name it."""
+        path = self.frame.config_path
+        return "<config>" if path is None else str(path)
 
     async def _prune_overrides(self, config: BalancerConfig) -> None:
         """Forget the API changes ``config`` makes moot, in the state file first."""
@@ -382,7 +411,7 @@ class BalancerApp:
                 except OSError as exc:
                     where = _format_address(listener.host, listener.port)
                     raise ConfigError(
-                        "<config>",
+                        self._config_file,
                         f"listener {listener.name!r} cannot bind {where}: "
                         f"{exc.strerror or exc} - at `$.listeners[{i}]`",
                     ) from None

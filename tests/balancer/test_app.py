@@ -327,3 +327,27 @@ async def test_a_move_refused_by_a_later_listener_puts_the_moved_one_back() -> N
             # The refused reload left the next one free to do it.
             await daemon.app.reload(config([_at("127.0.0.1", port, "new")], []))
             assert (await request(("127.0.0.1", port), target="/"))[2] == b"new"
+
+
+async def test_a_start_whose_access_log_cannot_be_opened_names_the_file_and_key(tmp_path):
+    from balancer.config import AccessLog
+    from monitoring.lifecycle import StartupError
+
+    listener = HttpListener(
+        name="front",
+        port=0,
+        default_action=FixedResponse(status_code=200),
+        access_log=AccessLog(enabled=True, destination=str(tmp_path)),  # a directory
+    )
+    config = BalancerConfig(admin=AdminSettings(port=0), listeners=[listener])
+    with pytest.raises(BaseException) as raised:  # StartupError, in nurseries' groups
+        async with running(SPEC, config):
+            pytest.fail("the balancer started")
+    error = raised.value
+    while isinstance(error, BaseExceptionGroup):
+        (error,) = error.exceptions
+    assert isinstance(error, StartupError)
+    message = str(error)
+    assert str(tmp_path) in message
+    assert "cannot open the access log of listener 'front'" in message
+    assert "$.listeners[0].access_log.destination" in message

@@ -108,6 +108,15 @@ class Files:
             return value == "stderr"
         return value == "stderr" or value.startswith(str(self.root) + "/")
 
+    def loggable(self, value: object) -> bool:
+        """Whether a running balancer may take ``value`` as an access log destination and
+        write to it: the schema refuses it (not an absolute path), or it is the fixture's log,
+        or opening it fails without creating anything. Requests through a running balancer
+        write their log lines: an input file (a certificate, ``missing``) must not get them."""
+        if not isinstance(value, str) or not value.startswith("/") or "\x00" in value:
+            return True
+        return value in {self.access_log, self.directory, str(self.root / "nested/deeper/missing")}
+
 
 CREDENTIAL_KEY = "AKIAFUZZFUZZFUZZ0001"
 CREDENTIAL_SECRET = "fuzz-secret-0123456789"
@@ -338,6 +347,41 @@ def balancer_document(files: Files) -> dict[str, Any]:
             },
         ],
     }
+
+
+MARKER_LISTENER = "marker"
+
+
+def serving_document(
+    document: dict[str, Any], target_ports: list[int], message: str
+) -> dict[str, Any]:
+    """``document`` made to run inside a test: the admin listener and every listener on
+    127.0.0.1, port 0; every target on 127.0.0.1 at one of ``target_ports`` (two, so that no
+    group lists a target twice); and a listener :data:`MARKER_LISTENER` whose fixed response
+    ``message`` tells which configuration serves."""
+    served = copy.deepcopy(document)
+    served["admin"] = {**served.get("admin", {}), "host": "127.0.0.1", "port": 0}
+    for listener in served.get("listeners", []):
+        listener["host"], listener["port"] = "127.0.0.1", 0
+    for group in served.get("target_groups", []):
+        group["targets"] = [
+            {**target, "host": "127.0.0.1", "port": target_ports[i % len(target_ports)]}
+            for i, target in enumerate(group.get("targets", []))
+        ]
+    served.setdefault("listeners", []).append(
+        {
+            "name": MARKER_LISTENER,
+            "protocol": "http",
+            "host": "127.0.0.1",
+            "port": 0,
+            "default_action": {
+                "type": "fixed_response",
+                "status_code": 200,
+                "message_body": message,
+            },
+        }
+    )
+    return served
 
 
 # ---------------------------------------------------------------------------------------------
