@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from tests.support.broker import (
     broker_config,
     write_credentials,
 )
+from tests.support.digests import expected_attributes_md5, md5_hex
 from tests.support.sns import check_signature, fetch
 
 JS_DIR = Path(__file__).with_name("js")
@@ -122,26 +122,16 @@ def sns_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScenarioRun]:
         yield ScenarioRun(run_scenarios(broker, "sns.mjs"), broker)
 
 
-def md5_hex(data: bytes) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
 def attributes_md5(attributes: dict[str, dict[str, str]]) -> str:
-    """AWS's MD5OfMessageAttributes (SQS Developer Guide, "Calculating the MD5 message digest
-    for message attributes"), of attributes as the scripts print them (binary in base64)."""
-
-    def prefixed(data: bytes) -> bytes:
-        return len(data).to_bytes(4, "big") + data
-
-    buffer = b""
-    for name in sorted(attributes):
-        value = attributes[name]
-        buffer += prefixed(name.encode()) + prefixed(value["DataType"].encode())
-        if "BinaryValue" in value:
-            buffer += b"\x02" + prefixed(base64.b64decode(value["BinaryValue"]))
-        else:
-            buffer += b"\x01" + prefixed(value["StringValue"].encode())
-    return md5_hex(buffer)
+    """MD5OfMessageAttributes of attributes as the scripts print them (binary in base64)."""
+    return expected_attributes_md5(
+        {
+            name: {**value, "BinaryValue": base64.b64decode(value["BinaryValue"])}
+            if "BinaryValue" in value
+            else value
+            for name, value in attributes.items()
+        }
+    )
 
 
 def queue_url(run: ScenarioRun, name: str) -> str:

@@ -37,6 +37,7 @@ from tests.support.broker import (
     broker_config,
     write_credentials,
 )
+from tests.support.digests import expected_attributes_md5, md5_hex
 from tests.support.http import raw_exchange
 
 # ---------------------------------------------------------------------- helpers
@@ -53,30 +54,6 @@ def code_of(excinfo: pytest.ExceptionInfo[botocore.exceptions.ClientError]) -> s
 
 def status_of(excinfo: pytest.ExceptionInfo[botocore.exceptions.ClientError]) -> int:
     return int(excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"])
-
-
-def md5_hex(data: bytes) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
-def expected_attributes_md5(attributes: dict[str, dict[str, Any]]) -> str:
-    """AWS's MD5OfMessageAttributes ("Calculating the MD5 message digest for message
-    attributes", SQS Developer Guide): per attribute, in order of name, the 4-byte big-endian
-    length and UTF-8 bytes of the name and of the data type, then 1 + length + value for a
-    string value or 2 + length + bytes for a binary one."""
-
-    def prefixed(data: bytes) -> bytes:
-        return len(data).to_bytes(4, "big") + data
-
-    buffer = b""
-    for name in sorted(attributes):
-        value = attributes[name]
-        buffer += prefixed(name.encode()) + prefixed(value["DataType"].encode())
-        if "StringValue" in value:
-            buffer += b"\x01" + prefixed(value["StringValue"].encode())
-        else:
-            buffer += b"\x02" + prefixed(bytes(value["BinaryValue"]))
-    return md5_hex(buffer)
 
 
 def receive(sqs: Any, url: str, **options: Any) -> list[dict[str, Any]]:
