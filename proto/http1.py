@@ -104,6 +104,32 @@ def strip_hop_by_hop(headers: Iterable[Header], *, upgrade: bool = False) -> lis
     return kept
 
 
+def forwardable_framing(status: int, headers: list[Header]) -> list[Header]:
+    """A target's response headers without framing fields a proxy must not pass on.
+
+    - A 204 carries neither Content-Length nor Transfer-Encoding (RFC 9110 8.6, RFC 9112 6.1):
+      a client that does not special-case 204 would wait for, or read the next response as,
+      the body those fields announce.
+    - A response framed by both is read by Transfer-Encoding, and its Content-Length must be
+      removed before forwarding (RFC 9112 6.3 item 3); otherwise the client may frame it by
+      the other field than the proxy did.
+
+    Args:
+        status: the response's status code.
+        headers: its headers as h11 parsed them (lower-case names).
+    """
+    names = {name for name, _ in headers}
+    if status == 204:
+        dropped: tuple[bytes, ...] = (b"content-length", b"transfer-encoding")
+    elif b"transfer-encoding" in names:
+        dropped = (b"content-length",)
+    else:
+        return headers
+    if not names.intersection(dropped):
+        return headers
+    return [(name, value) for name, value in headers if name not in dropped]
+
+
 def is_upgrade(headers: Iterable[Header]) -> bool:
     """Whether a request asks to switch protocols (``Connection: upgrade`` + ``Upgrade``)."""
     headers = list(headers)

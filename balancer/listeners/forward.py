@@ -66,6 +66,7 @@ from proto.http1 import (
     Action,
     Forwarding,
     client_address,
+    forwardable_framing,
     is_upgrade,
     new_trace_id,
     prepare_request,
@@ -592,7 +593,7 @@ async def _relay(
         and await client.left()
     ):
         raise ClientGone  # ALB's 460; the target connection is dropped mid-response
-    headers = strip_hop_by_hop(response.headers)
+    headers = forwardable_framing(response.status_code, strip_hop_by_hop(response.headers))
     assert ex.target is not None
     headers += response_cookies(
         sticky, ex.snapshot, group.config, ex.target.target_id, response.headers, wall=wall

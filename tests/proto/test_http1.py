@@ -18,6 +18,7 @@ from proto.http1 import (
     classify_refused_head,
     client_address,
     connection_tokens,
+    forwardable_framing,
     forwarded_for_overflow,
     forwarded_headers,
     head_end,
@@ -422,3 +423,44 @@ def test_the_one_pass_preparation_equals_the_composition(headers, mode, trusted,
         expected.insert(0, (b"host", b"lb:80"))
     assert got == expected
     assert trace == expected[-1][1]
+
+
+# ------------------------------------------------------------------ framing passed on
+
+
+def test_a_204_loses_both_framing_fields():
+    headers = [(b"x-a", b"1"), (b"transfer-encoding", b"chunked"), (b"content-length", b"3")]
+    assert forwardable_framing(204, headers) == [(b"x-a", b"1")]
+
+
+def test_transfer_encoding_wins_over_content_length():
+    headers = [(b"content-length", b"3"), (b"x-a", b"1"), (b"transfer-encoding", b"chunked")]
+    assert forwardable_framing(200, headers) == [(b"x-a", b"1"), (b"transfer-encoding", b"chunked")]
+    assert forwardable_framing(304, headers) == [(b"x-a", b"1"), (b"transfer-encoding", b"chunked")]
+
+
+def test_one_framing_field_is_passed_on():
+    length = [(b"content-length", b"3"), (b"x-a", b"1")]
+    assert forwardable_framing(200, length) is length
+    assert forwardable_framing(304, length) is length
+
+
+FRAMING = st.sampled_from([b"content-length", b"transfer-encoding"])
+FRAMED_HEADERS = st.lists(st.tuples(TOKEN | FRAMING, VALUE), max_size=12)
+
+
+@given(st.integers(200, 599), FRAMED_HEADERS)
+def test_never_both_fields_and_nothing_else_touched(status, headers):
+    kept = forwardable_framing(status, headers)
+    names = {name for name, _ in kept}
+    assert not {b"content-length", b"transfer-encoding"} <= names
+    if status == 204:
+        assert not names & {b"content-length", b"transfer-encoding"}
+    others = [(n, v) for n, v in headers if n not in (b"content-length", b"transfer-encoding")]
+    assert [(n, v) for n, v in kept if n not in (b"content-length", b"transfer-encoding")] == others
+    if status != 204:  # Transfer-Encoding is never dropped but from a 204
+        assert [h for h in kept if h[0] == b"transfer-encoding"] == [
+            h for h in headers if h[0] == b"transfer-encoding"
+        ]
+    if status != 204 and not any(n == b"transfer-encoding" for n, _ in headers):
+        assert kept == headers
