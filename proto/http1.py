@@ -107,9 +107,9 @@ def strip_hop_by_hop(headers: Iterable[Header], *, upgrade: bool = False) -> lis
 def forwardable_framing(status: int, headers: list[Header]) -> list[Header]:
     """A target's response headers without framing fields a proxy must not pass on.
 
-    - A 204 carries neither Content-Length nor Transfer-Encoding (RFC 9110 8.6, RFC 9112 6.1):
-      a client that does not special-case 204 would wait for, or read the next response as,
-      the body those fields announce.
+    - A 1xx or a 204 carries neither Content-Length nor Transfer-Encoding (RFC 9110 8.6,
+      RFC 9112 6.1): a client that does not special-case them would wait for, or read the
+      next response as, the body those fields announce.
     - A response framed by both is read by Transfer-Encoding, and its Content-Length must be
       removed before forwarding (RFC 9112 6.3 item 3); otherwise the client may frame it by
       the other field than the proxy did.
@@ -119,7 +119,7 @@ def forwardable_framing(status: int, headers: list[Header]) -> list[Header]:
         headers: its headers as h11 parsed them (lower-case names).
     """
     names = {name for name, _ in headers}
-    if status == 204:
+    if status == 204 or status < 200:
         dropped: tuple[bytes, ...] = (b"content-length", b"transfer-encoding")
     elif b"transfer-encoding" in names:
         dropped = (b"content-length",)

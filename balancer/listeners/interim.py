@@ -24,7 +24,7 @@ from __future__ import annotations
 import h11
 
 from balancer.listeners.exchange import Client
-from proto.http1 import strip_hop_by_hop
+from proto.http1 import forwardable_framing, strip_hop_by_hop
 
 
 def interim_bytes(conn: h11.Connection, response: h11.InformationalResponse) -> bytes:
@@ -42,7 +42,7 @@ def interim_bytes(conn: h11.Connection, response: h11.InformationalResponse) -> 
     waiting = conn.they_are_waiting_for_100_continue
     interim = h11.InformationalResponse(
         status_code=status,
-        headers=strip_hop_by_hop(response.headers),
+        headers=forwardable_framing(status, strip_hop_by_hop(response.headers)),
         reason=response.reason,
         # Parsed and validated by h11 on the target's side; removing fields keeps them valid.
         _parsed=True,

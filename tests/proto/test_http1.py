@@ -428,9 +428,11 @@ def test_the_one_pass_preparation_equals_the_composition(headers, mode, trusted,
 # ------------------------------------------------------------------ framing passed on
 
 
-def test_a_204_loses_both_framing_fields():
+@pytest.mark.parametrize("status", [204, 100, 103])
+def test_a_204_or_1xx_loses_both_framing_fields(status):
     headers = [(b"x-a", b"1"), (b"transfer-encoding", b"chunked"), (b"content-length", b"3")]
-    assert forwardable_framing(204, headers) == [(b"x-a", b"1")]
+    assert forwardable_framing(status, headers) == [(b"x-a", b"1")]
+    assert forwardable_framing(status, [(b"content-length", b"0")]) == []
 
 
 def test_transfer_encoding_wins_over_content_length():
@@ -449,18 +451,18 @@ FRAMING = st.sampled_from([b"content-length", b"transfer-encoding"])
 FRAMED_HEADERS = st.lists(st.tuples(TOKEN | FRAMING, VALUE), max_size=12)
 
 
-@given(st.integers(200, 599), FRAMED_HEADERS)
+@given(st.integers(100, 599), FRAMED_HEADERS)
 def test_never_both_fields_and_nothing_else_touched(status, headers):
     kept = forwardable_framing(status, headers)
     names = {name for name, _ in kept}
     assert not {b"content-length", b"transfer-encoding"} <= names
-    if status == 204:
+    if status == 204 or status < 200:
         assert not names & {b"content-length", b"transfer-encoding"}
     others = [(n, v) for n, v in headers if n not in (b"content-length", b"transfer-encoding")]
     assert [(n, v) for n, v in kept if n not in (b"content-length", b"transfer-encoding")] == others
-    if status != 204:  # Transfer-Encoding is never dropped but from a 204
+    if status >= 200 and status != 204:  # Transfer-Encoding stays but on a 1xx or 204
         assert [h for h in kept if h[0] == b"transfer-encoding"] == [
             h for h in headers if h[0] == b"transfer-encoding"
         ]
-    if status != 204 and not any(n == b"transfer-encoding" for n, _ in headers):
+    if status >= 200 and status != 204 and not any(n == b"transfer-encoding" for n, _ in headers):
         assert kept == headers
