@@ -185,6 +185,14 @@ NO_CONTENT_FRAMED = script_of(
     content=b"",
     message_end=len(_NO_CONTENT) + len(b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"),
 )
+# A close-delimited body cut inside its tag: a bug of the judge (it cut, then tagged).
+CUT_IN_TAG = script_of(
+    b"HTTP/1.1 200 OK\r\nX-Tf-Id: ########\nX-Lf: 1\r\n\r\nid:########;",
+    validity="lenient",
+    message_end=None,
+    cut=50,
+    end="close",
+)
 
 # HYPOTHESIS_PROFILE=deep runs ten times as many examples.
 EXAMPLES = 150 * (10 if os.environ.get("HYPOTHESIS_PROFILE") == "deep" else 1)
@@ -201,6 +209,7 @@ EXAMPLES = 150 * (10 if os.environ.get("HYPOTHESIS_PROFILE") == "deep" else 1)
 @example(case=Case(ClientRequest(b"GET"), TE_AND_CL))
 @example(case=Case(ClientRequest(b"GET"), SMALL_CHUNKS))
 @example(case=Case(ClientRequest(b"GET"), NO_CONTENT_FRAMED))
+@example(case=Case(ClientRequest(b"GET"), CUT_IN_TAG))
 def test_every_target_answer_gets_the_client_one_right_response(rig: Rig, case: Case) -> None:
     run_case(rig.ready(), case)
 

@@ -520,7 +520,8 @@ def judge(case: Case, outcome: Outcome, tag: bytes) -> list[str]:
     delimited = script.message_end is None and not bodiless  # by the close
     if delimited:
         assert decisive is not None
-        content = script.data[decisive:sent].replace(TAG, tag)
+        # The target tagged the whole response, then cut it: a cut may split the tag.
+        content = script.data.replace(TAG, tag)[decisive:sent]
     body_end = script.message_end or len(script.data)
     mid_stall = _stalls(script, decisive or 0, body_end, BODY_STALL)
     whole = (
