@@ -211,7 +211,13 @@ class HttpClient:
         headers: Sequence[tuple[str, str]],
         body: bytes,
     ) -> tuple[int, bool]:
-        """Send the request and read the response; return (status, connection reusable)."""
+        """Send the request and read the response; return (status, connection reusable).
+
+        The response is read while the request is still going out: an endpoint may answer
+        before it has read the body (a proxy's 413 or 401, then a close) and stop reading,
+        and that answer is the outcome -- not a reset, nor a timeout of two peers each
+        waiting for the other to read.
+        """
         request_headers = [
             ("Host", target.host_header),
             ("Content-Length", str(len(body))),
@@ -221,49 +227,31 @@ class HttpClient:
         if target.authorization is not None:
             request_headers.append(("Authorization", target.authorization))
         conn = connection.h11
-        sent = False
+        data = conn.send(h11.Request(method="POST", target=target.target, headers=request_headers))
+        data += conn.send(h11.Data(data=body)) or b""
+        data += conn.send(h11.EndOfMessage()) or b""
+        upload = _Upload(connection.stream, data)
+        result: tuple[int, bool] | _Failure | None = None
         with trio.move_on_after(self.response_timeout):
-            try:
-                data = conn.send(
-                    h11.Request(method="POST", target=target.target, headers=request_headers)
-                )
-                data += conn.send(h11.Data(data=body)) or b""
-                data += conn.send(h11.EndOfMessage()) or b""
-                await connection.stream.send_all(data)
-                sent = True
-                status = 0
-                received = 0
-                while True:
-                    event = conn.next_event()
-                    if event is h11.NEED_DATA:
-                        conn.receive_data(
-                            bytes(await connection.stream.receive_some(RECEIVE_BYTES))
-                        )
-                    elif isinstance(event, h11.Response):
-                        status = event.status_code
-                    elif isinstance(event, h11.Data):
-                        received += len(event.data)
-                        if received > MAX_RESPONSE_BODY:
-                            return status, False  # the status is known; drop the rest
-                    elif isinstance(event, h11.EndOfMessage):
-                        # Bytes past the response (already read) would be taken for the
-                        # next delivery's response: such a connection is not reused. Bytes
-                        # still in the socket make it readable, which the checkout sees.
-                        reusable = (
-                            conn.our_state is h11.DONE
-                            and conn.their_state is h11.DONE
-                            and not any(conn.trailing_data)
-                        )
-                        return status, reusable
-                    elif isinstance(event, h11.ConnectionClosed):
-                        raise _Failure("reset", "connection closed before a response")
-            except h11.RemoteProtocolError as error:
-                raise _Failure("protocol", f"invalid response: {error}") from None
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
-                raise _Failure(
-                    "reset", f"connection reset: {error}", before_sent=not sent
-                ) from None
-        raise _Failure("timeout", f"no complete response within {self.response_timeout} s")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(upload.run)
+                try:
+                    result = await _read_response(conn, connection.stream)
+                except _Failure as failure:
+                    result = failure
+                except h11.RemoteProtocolError as error:
+                    result = _Failure("protocol", f"invalid response: {error}")
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+                    result = _Failure(
+                        "reset", f"connection reset: {error}", before_sent=not upload.done
+                    )
+                nursery.cancel_scope.cancel()  # an answer before the whole request: stop
+        if result is None:
+            raise _Failure("timeout", f"no complete response within {self.response_timeout} s")
+        if isinstance(result, _Failure):
+            raise result
+        status, reusable = result
+        return status, reusable and upload.done
 
     async def aclose(self) -> None:
         """Close every idle connection."""
@@ -289,3 +277,50 @@ def _dropped(connection: _Connection) -> bool:
 async def _close(connection: _Connection) -> None:
     with trio.move_on_after(1):  # a TLS close_notify must not wait on a stalled peer
         await trio.aclose_forcefully(connection.stream)
+
+
+class _Upload:
+    """The request's bytes going out, beside the response being read; a failed send is the
+    reader's to report (it sees the reset, or reads the answer that came before it)."""
+
+    __slots__ = ("data", "done", "stream")
+
+    def __init__(self, stream: trio.abc.Stream, data: bytes) -> None:
+        self.stream = stream
+        self.data = data
+        self.done = False
+
+    async def run(self) -> None:
+        try:
+            await self.stream.send_all(self.data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return
+        self.done = True
+
+
+async def _read_response(conn: h11.Connection, stream: trio.abc.Stream) -> tuple[int, bool]:
+    """Read one response; return (status, connection reusable as far as reading goes)."""
+    status = 0
+    received = 0
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(bytes(await stream.receive_some(RECEIVE_BYTES)))
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            received += len(event.data)
+            if received > MAX_RESPONSE_BODY:
+                return status, False  # the status is known; drop the rest
+        elif isinstance(event, h11.EndOfMessage):
+            # Bytes past the response (already read) would be taken for the next delivery's
+            # response: such a connection is not reused. Bytes still in the socket make it
+            # readable, which the checkout sees.
+            reusable = (
+                conn.our_state is h11.DONE
+                and conn.their_state is h11.DONE
+                and not any(conn.trailing_data)
+            )
+            return status, reusable
+        elif isinstance(event, h11.ConnectionClosed):
+            raise _Failure("reset", "connection closed before a response")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import ssl
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 
 import pytest
 import trio
@@ -143,6 +144,39 @@ async def test_a_response_followed_by_bytes_nobody_asked_for_ends_the_connection
         assert (await http.post(endpoint.url, HEADERS, b"x")).status == 500
         assert endpoint.connections == 2
         await http.aclose()
+
+
+@pytest.mark.parametrize("response_body", [0, 200_000])
+async def test_an_answer_before_the_body_is_read_is_the_outcome(
+    client: MakeClient, response_body: int
+) -> None:
+    # An endpoint that answers after the head and reads no more (nginx's 413 for a body over
+    # client_max_body_size, an auth proxy's 401) while the body is larger than the socket
+    # buffers: the client, still sending, must read the answer instead of waiting out the
+    # response timeout (found by a deep run of tests/broker/test_http_client_fuzz.py).
+    answered = trio.Event()
+
+    async def answer_early(stream: trio.SocketStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive_some(4096)
+        await stream.send_all(
+            b"HTTP/1.1 413 Content Too Large\r\nContent-Length: %d\r\n\r\n" % response_body
+            + b"z" * response_body
+        )
+        answered.set()
+        await trio.sleep(5)  # reads nothing more, closes nothing
+
+    http = client(response_timeout=3.0)
+    async with trio.open_nursery() as nursery:
+        serve = partial(trio.serve_tcp, answer_early, 0, host="127.0.0.1")
+        (listener,) = await nursery.start(serve)
+        port = listener.socket.getsockname()[1]
+        outcome = await http.post(f"http://127.0.0.1:{port}/", HEADERS, b"x" * (8 << 20))
+        assert outcome == Outcome(413)
+        assert answered.is_set()
+        nursery.cancel_scope.cancel()
+    await http.aclose()
 
 
 async def test_basic_auth_from_the_url(client: MakeClient) -> None:
