@@ -12,7 +12,6 @@ out in the message.
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import Annotated, Literal, NamedTuple
 
 from msgspec import Meta
@@ -44,6 +43,7 @@ from monitoring.settings import (
     Port,
     Section,
     check_host,
+    is_dns_name,
 )
 
 DEFAULT_ADMIN_PORT = 9326
@@ -179,16 +179,13 @@ Listener = HttpListener | HttpsListener
 # ---------------------------------------------------------------------------------------------
 # Target groups.
 
-_HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-
 
 def check_target_host(host: str) -> None:
     """Accept an IPv4 or IPv6 literal, or a DNS name (resolved by the shell)."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        labels = host.removesuffix(".").split(".")
-        if len(host) > 253 or not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels):
+        if not is_dns_name(host):
             raise ValueError(f"target host {host!r} is not an IP address or a DNS name") from None
 
 

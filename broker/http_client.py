@@ -32,6 +32,9 @@ MAX_IDLE_PER_ORIGIN: Final = 16
 # keep-alive timeout (Node.js: 5 s), so the server rarely closes one under our feet.
 IDLE_SECONDS: Final = 4.0
 RECEIVE_BYTES: Final = 65536
+# After a reset seen by the reader, how long the upload gets to end before the request's
+# fate (sent whole or not) is decided; a broken connection ends it within a round trip.
+UPLOAD_SETTLE_SECONDS: Final = 1.0
 
 
 class Outcome(NamedTuple):
@@ -242,8 +245,12 @@ class HttpClient:
                 except h11.RemoteProtocolError as error:
                     result = _Failure("protocol", f"invalid response: {error}")
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
+                    # Whether the request may go again on a fresh connection depends on how
+                    # its upload ended, which a broken connection decides at once.
+                    with trio.move_on_after(UPLOAD_SETTLE_SECONDS):
+                        await upload.finished.wait()
                     result = _Failure(
-                        "reset", f"connection reset: {error}", before_sent=not upload.done
+                        "reset", f"connection reset: {error}", before_sent=upload.failed
                     )
                 nursery.cancel_scope.cancel()  # an answer before the whole request: stop
         if result is None:
@@ -283,19 +290,23 @@ class _Upload:
     """The request's bytes going out, beside the response being read; a failed send is the
     reader's to report (it sees the reset, or reads the answer that came before it)."""
 
-    __slots__ = ("data", "done", "stream")
+    __slots__ = ("data", "done", "failed", "finished", "stream")
 
     def __init__(self, stream: trio.abc.Stream, data: bytes) -> None:
         self.stream = stream
         self.data = data
-        self.done = False
+        self.done = False  # every byte went out
+        self.failed = False  # the send itself failed: the request did not leave whole
+        self.finished = trio.Event()
 
     async def run(self) -> None:
         try:
             await self.stream.send_all(self.data)
+            self.done = True
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            return
-        self.done = True
+            self.failed = True
+        finally:
+            self.finished.set()
 
 
 async def _read_response(conn: h11.Connection, stream: trio.abc.Stream) -> tuple[int, bool]:

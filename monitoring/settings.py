@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -24,13 +25,28 @@ class Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     """Base of every configuration section."""
 
 
+_HOSTNAME_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def is_dns_name(host: str) -> bool:
+    """Whether ``host`` is a DNS name: ASCII labels of letters, digits and inner hyphens.
+
+    Anything else would reach the resolver and fail there -- for a name that is not ASCII,
+    with a UnicodeError (IDNA) rather than the OSError a bind or connect failure raises.
+    """
+    labels = host.removesuffix(".").split(".")
+    return len(host) <= 253 and all(_HOSTNAME_LABEL.fullmatch(label) for label in labels)
+
+
 def check_host(host: str) -> None:
-    """Reject a listen host that is neither an IP literal nor a plausible DNS name."""
+    """Reject a listen host that is neither an IP literal nor a DNS name."""
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        if not host or len(host) > 253 or any(c.isspace() for c in host):
-            raise ValueError(f"invalid listen host {host!r}") from None
+        if not is_dns_name(host):
+            raise ValueError(
+                f"invalid listen host {host!r}: not an IP address or a DNS name"
+            ) from None
 
 
 class AdminSettings(Section, frozen=True, kw_only=True):

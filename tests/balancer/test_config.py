@@ -175,7 +175,7 @@ def test_endpoints_resolve_ports_and_bracket_ipv6():
         ),
         (
             config(listeners=[listener(host="a b")]),
-            "invalid listen host 'a b' - at `$.listeners[0]`",
+            "invalid listen host 'a b': not an IP address or a DNS name - at `$.listeners[0]`",
         ),
         (
             config(listeners=[listener(trusted_proxies=["10.0.0.0/33"])]),

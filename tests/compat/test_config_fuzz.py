@@ -715,3 +715,17 @@ def test_a_reload_whose_access_log_cannot_be_opened_names_the_file_and_key(
         " - at `$.listeners[0].access_log.destination`"
     )
     assert answer == (200, "", b"old")
+
+
+def test_a_reload_with_a_listen_host_that_is_not_ascii_is_refused_and_the_old_config_serves(
+    files: Files,
+) -> None:
+    # Found in CI: a listener host "»" passed the config check, and the reload's bind raised
+    # UnicodeError (IDNA) where an OSError was handled; the running balancer died. A listen
+    # host is now an IP address or an ASCII DNS name (monitoring/settings.check_host).
+    path = files.root / "host-refused.toml"
+    refused, answer = reload_while_serving(path, web_listener("old"), web_listener("new", host="»"))
+    assert refused == (
+        f"{path}: invalid listen host '»': not an IP address or a DNS name - at `$.listeners[0]`"
+    )
+    assert answer == (200, "", b"old")

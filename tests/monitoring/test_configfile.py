@@ -24,7 +24,10 @@ from monitoring.settings import AdminSettings, LifecycleSettings, LoggingSetting
             "Expected `float` <= 3600.0 - at `$.lifecycle.grace_period_seconds`",
         ),
         ('[logging]\nlevel = "loud"\n', "Invalid enum value 'loud' - at `$.logging.level`"),
-        ('[admin]\nhost = "a b"\n', "invalid listen host 'a b' - at `$.admin`"),
+        (
+            '[admin]\nhost = "a b"\n',
+            "invalid listen host 'a b': not an IP address or a DNS name - at `$.admin`",
+        ),
     ],
 )
 def test_each_kind_of_bad_value_names_path_and_reason(text, reason):
