@@ -15,6 +15,9 @@ Modes:
 - ``depth N``: fill a new queue with N + ``--drain`` messages, wait until the broker is idle,
   then ReceiveMessage(10) + DeleteMessageBatch the oldest ``--drain``; CPU per message.
 
+``--profile FILE``: py-spy samples the measured part (``--gil``: the thread holding the GIL,
+i.e. the Python work, not the waits) into FILE in its raw format, one folded stack per line.
+
 Example: ``.venv/bin/python bench/cpu_by_thread.py --pid $(pgrep -f 'wharf-broker serve' |
 head -1) --port 9400 depth 300000``.
 """
@@ -23,6 +26,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -32,6 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loadgen as lg  # bench/ is not a package: imported from beside this file
 
+BENCH = Path(__file__).resolve().parent
 TICKS = os.sysconf("SC_CLK_TCK")
 IDLE_CORES = 0.05  # the broker counts as idle below this share of a core
 IDLE_LIMIT_SECONDS = 120.0
@@ -61,11 +68,35 @@ def wait_idle(pid: int) -> float:
     return time.monotonic() - started
 
 
-def measure(pid: int, units: str, run: Callable[[], int]) -> None:
+def start_profile(pid: int, output: str) -> subprocess.Popen[bytes]:
+    spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{BENCH}/.peers/tools/bin")
+    if spy is None:
+        raise SystemExit("--profile needs py-spy: bench/peers.sh install tools")
+    command = [spy, "record", "--nonblocking", "--gil", "-r", "250", "-f", "raw", "-o", output]
+    spy_process = subprocess.Popen([*command, "-p", str(pid)], stdout=subprocess.DEVNULL)
+    time.sleep(0.5)  # py-spy attaches before the load starts
+    return spy_process
+
+
+def stop_profile(spy_process: subprocess.Popen[bytes]) -> None:
+    spy_process.send_signal(signal.SIGINT)  # py-spy writes what it sampled, then exits
+    try:
+        spy_process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        spy_process.kill()
+        spy_process.wait()
+
+
+def measure(pid: int, units: str, run: Callable[[], int], profile: str | None = None) -> None:
     """Print each thread's CPU per unit of ``run``'s work (it returns how many units)."""
+    spy_process = start_profile(pid, profile) if profile else None
     before = thread_seconds(pid)
-    count = run()
-    after = thread_seconds(pid)
+    try:
+        count = run()
+    finally:
+        after = thread_seconds(pid)
+        if spy_process is not None:
+            stop_profile(spy_process)
     total = 0.0
     for key in sorted(after):
         spent = after[key] - before.get(key, 0.0)
@@ -83,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--drain", type=int, default=30_000, help="depth: messages drained")
+    parser.add_argument("--profile", help="py-spy raw output file for the measured part")
     parser.add_argument("mode", choices=["floor", "send", "send_batch", "depth"])
     parser.add_argument("argument", nargs="?", default="", help="floor: action; depth: N")
     args = parser.parse_args(argv)
@@ -103,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 return int(result.messages)
 
-            measure(args.pid, "message", drain)
+            measure(args.pid, "message", drain, args.profile)
             return 0
         if args.mode == "floor":
             action = args.argument or "GetQueueUrl"
@@ -131,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             return max(1, int(result.requests_per_second * args.seconds * per_request))
 
-        measure(args.pid, units, fixed)
+        measure(args.pid, units, fixed, args.profile)
     finally:
         lg.delete_queue(endpoint, url)
     return 0

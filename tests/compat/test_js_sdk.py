@@ -4,8 +4,9 @@ A second SDK next to botocore, written by other people: its own serializers (aws
 SQS, the query protocol for SNS), its own SigV4 signer, error parsing (awsQueryCompatible
 codes, the client's exception classes) and the MD5 check of message bodies it makes on every
 send and receive. The scenarios are in tests/compat/js/*.mjs; each prints one JSON object of
-what the SDK returned, and the assertions are here. Attribute digests are checked with AWS's
-algorithm written out below (the SDK checks only the body's).
+what the SDK returned, and the assertions are here. Attribute digests are checked with the
+oracle in tests/support/digests.py, written from AWS's documentation (the SDK checks only the
+body's).
 
 Needs node and npm; the pinned SDK is installed by ``npm ci`` in tests/compat/js on first use
 (.ci/run installs node and npm when absent).
