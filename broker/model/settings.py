@@ -255,12 +255,7 @@ def parse_redrive_policy(value: str) -> RedrivePolicy | None:
     """
     if not value:
         return None
-    try:
-        document = json.loads(value)
-    except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
-        document = None
-    if not isinstance(document, dict):
-        raise invalid_parameter("RedrivePolicy", value, "Redrive policy is not a valid JSON map")
+    document = _json_map("RedrivePolicy", value, "Redrive policy")
     for key in ("deadLetterTargetArn", "maxReceiveCount"):
         if key not in document:
             raise invalid_parameter(
@@ -281,6 +276,17 @@ def parse_redrive_policy(value: str) -> RedrivePolicy | None:
             f"valid values are from {low} to {high} both inclusive",
         )
     return RedrivePolicy(dead_letter_target_arn=target, max_receive_count=count)
+
+
+def _json_map(name: str, value: str, what: str) -> dict[str, Any]:
+    """The JSON object ``value`` holds, or ``InvalidParameterValue`` as AWS words it."""
+    try:
+        document = json.loads(value)
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
+        document = None
+    if not isinstance(document, dict):
+        raise invalid_parameter(name, value, f"{what} is not a valid JSON map")
+    return document
 
 
 def _receive_count(raw: object) -> int | None:
@@ -308,14 +314,7 @@ def parse_redrive_allow_policy(value: str) -> RedriveAllowPolicy | None:
     """
     if not value:
         return None
-    try:
-        document = json.loads(value)
-    except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
-        document = None
-    if not isinstance(document, dict):
-        raise invalid_parameter(
-            "RedriveAllowPolicy", value, "Redrive allow policy is not a valid JSON map"
-        )
+    document = _json_map("RedriveAllowPolicy", value, "Redrive allow policy")
     permission = document.get("redrivePermission")
     if permission not in ("allowAll", "denyAll", "byQueue"):
         raise invalid_parameter("RedriveAllowPolicy", value, "Invalid value for redrivePermission")

@@ -53,18 +53,24 @@ ScalarType = Literal["string", "integer", "long", "boolean", "blob"]
 
 
 @dataclass(frozen=True, slots=True)
-class Scalar:
-    """A leaf value. ``integer`` and ``long`` are both Python ``int``; ``blob`` is ``bytes``."""
+class _CompiledShape:
+    """What every shape carries: the walks compiled when it is made ("compiled walks" below),
+    not compared, not shown. ``_required`` is None when nothing inside the shape is required.
+    """
 
-    type: ScalarType
-    # The walks compiled when the shape is made ("compiled walks" below): not compared, not
-    # shown. ``_required`` is None when nothing inside the shape is required.
     _from_json: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
     _output: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
     _required: Callable[[Any], None] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _compile(self)
+        _compile(self)  # type: ignore[arg-type]  # only the concrete shapes are made
+
+
+@dataclass(frozen=True, slots=True)
+class Scalar(_CompiledShape):
+    """A leaf value. ``integer`` and ``long`` are both Python ``int``; ``blob`` is ``bytes``."""
+
+    type: ScalarType
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,53 +83,29 @@ class Member:
 
 
 @dataclass(frozen=True, slots=True)
-class Structure:
+class Structure(_CompiledShape):
     """Named members, in the order the model lists them (the order XML responses use)."""
 
     members: Mapping[str, Member]
-    # The walks compiled when the shape is made ("compiled walks" below): not compared, not
-    # shown. ``_required`` is None when nothing inside the shape is required.
-    _from_json: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
-    _output: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
-    _required: Callable[[Any], None] | None = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        _compile(self)
 
 
 @dataclass(frozen=True, slots=True)
-class ListOf:
+class ListOf(_CompiledShape):
     """A list. Wrapped lists put each item in a ``member_wire`` element (``member``)."""
 
     member: Shape
     flattened: bool = False
     member_wire: str = "member"
-    # The walks compiled when the shape is made ("compiled walks" below): not compared, not
-    # shown. ``_required`` is None when nothing inside the shape is required.
-    _from_json: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
-    _output: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
-    _required: Callable[[Any], None] | None = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        _compile(self)
 
 
 @dataclass(frozen=True, slots=True)
-class MapOf:
+class MapOf(_CompiledShape):
     """A map from strings to ``value``. Wrapped maps put each pair in an ``entry`` element."""
 
     value: Shape
     flattened: bool = False
     key_wire: str = "key"
     value_wire: str = "value"
-    # The walks compiled when the shape is made ("compiled walks" below): not compared, not
-    # shown. ``_required`` is None when nothing inside the shape is required.
-    _from_json: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
-    _output: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
-    _required: Callable[[Any], None] | None = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        _compile(self)
 
 
 Shape = Scalar | Structure | ListOf | MapOf
