@@ -1,7 +1,7 @@
 """The AWS CLI (v1, from the venv) against a real broker: the commands people type first.
 
-Each command runs in a subprocess with only the environment given here (no user config or
-credentials files), so the results do not depend on the machine's ~/.aws.
+Each command runs in a subprocess with nothing from the machine's ~/.aws
+(tests/support/aws_cli.py).
 """
 
 from __future__ import annotations
@@ -10,22 +10,20 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support import aws_cli
 from tests.support.broker import (
     ACCESS_KEY_ID,
-    REGION,
     SECRET_ACCESS_KEY,
     BrokerThread,
     broker_config,
     write_credentials,
 )
 
-AWS = Path(sys.executable).with_name("aws")
 pytestmark = pytest.mark.slow
 
 
@@ -35,33 +33,11 @@ def aws(
     key: tuple[str, str] = (ACCESS_KEY_ID, SECRET_ACCESS_KEY),
     check: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": "/nonexistent",
-        "AWS_ACCESS_KEY_ID": key[0],
-        "AWS_SECRET_ACCESS_KEY": key[1],
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_CONFIG_FILE": "/dev/null",
-        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-        "AWS_MAX_ATTEMPTS": "1",
-        "AWS_PAGER": "",
-    }
-    completed = subprocess.run(
-        [str(AWS), "--endpoint-url", endpoint, "--output", "json", "sqs", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if check:
-        assert completed.returncode == 0, completed.stderr
-    return completed
+    return aws_cli.aws(endpoint, "sqs", *args, key=key, check=check)
 
 
 def aws_json(endpoint: str, *args: str) -> Any:
-    output = aws(endpoint, *args).stdout
-    return json.loads(output) if output.strip() else None
+    return aws_cli.aws_json(endpoint, "sqs", *args)
 
 
 def test_the_everyday_commands(shared_broker: BrokerThread):
@@ -152,10 +128,7 @@ def test_the_cli_signs_and_the_broker_checks(tmp_path: Path):
 
 
 def refused(endpoint: str, *args: str) -> str:
-    """Run a command the broker must refuse; its stderr (where the CLI prints the code)."""
-    completed = aws(endpoint, *args, check=False)
-    assert completed.returncode != 0, completed.stdout
-    return completed.stderr
+    return aws_cli.refused(endpoint, "sqs", *args)
 
 
 def entries(*items: dict[str, Any]) -> str:
