@@ -25,20 +25,8 @@ from tests.support.broker import (
     BrokerThread,
     botocore_session,
     broker_config,
+    tls_settings,
 )
-
-
-def issue(ca: trustme.CA, directory: Path, stem: str = "server") -> TlsSettings:
-    """Write a certificate for 127.0.0.1 signed by ``ca``; return the settings naming it."""
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert_file, key_file = directory / f"{stem}.pem", directory / f"{stem}.key"
-    cert.cert_chain_pems[0].write_to_path(str(cert_file))
-    for extra in cert.cert_chain_pems[1:]:
-        extra.write_to_path(str(cert_file), append=True)
-    cert.private_key_pem.write_to_path(str(key_file))
-    return TlsSettings(
-        cert_file=str(cert_file), key_file=str(key_file), handshake_timeout_seconds=0.5
-    )
 
 
 def trust(ca: trustme.CA, path: Path) -> str:
@@ -103,10 +91,10 @@ def test_tls_needs_both_files():
 
 
 def test_unusable_files_are_config_errors(tmp_path, ca):
-    settings = issue(ca, tmp_path)
+    settings = tls_settings(ca, tmp_path)
     with pytest.raises(ConfigError, match="not found"):
         server_context(TlsSettings(cert_file=str(tmp_path / "none.pem"), key_file="k"))
-    other = issue(trustme.CA(), tmp_path, "other")
+    other = tls_settings(trustme.CA(), tmp_path, "other")
     mismatched = TlsSettings(cert_file=settings.cert_file, key_file=other.key_file)
     with pytest.raises(ConfigError, match="cannot load certificate and key"):
         server_context(mismatched)
@@ -117,9 +105,9 @@ def test_unusable_files_are_config_errors(tmp_path, ca):
 
 
 def test_the_context_refuses_old_protocols(tmp_path, ca):
-    context = server_context(issue(ca, tmp_path))
+    context = server_context(tls_settings(ca, tmp_path))
     assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
-    terminator = TlsTerminator(issue(ca, tmp_path))
+    terminator = TlsTerminator(tls_settings(ca, tmp_path))
     with pytest.raises(ConfigError):
         terminator.reload(TlsSettings(cert_file="/nonexistent.pem", key_file="/nonexistent"))
     assert terminator.settings.cert_file.endswith("server.pem")  # still the old one
@@ -130,7 +118,7 @@ def test_the_context_refuses_old_protocols(tmp_path, ca):
 
 def test_boto3_talks_to_the_broker_over_https(tmp_path, ca):
     ca_file = trust(ca, tmp_path / "ca.pem")
-    with BrokerThread(tls_config(tmp_path, issue(ca, tmp_path))) as broker:
+    with BrokerThread(tls_config(tmp_path, tls_settings(ca, tmp_path))) as broker:
         host, port = broker.api
         sqs = https_client(f"https://{host}:{port}", verify=ca_file)
         url = sqs.create_queue(QueueName="secure")["QueueUrl"]
@@ -150,7 +138,7 @@ def test_boto3_talks_to_the_broker_over_https(tmp_path, ca):
 
 def test_plain_http_old_tls_and_silent_clients_are_turned_away(tmp_path, ca):
     ca_file = trust(ca, tmp_path / "ca.pem")
-    with BrokerThread(tls_config(tmp_path, issue(ca, tmp_path))) as broker:
+    with BrokerThread(tls_config(tmp_path, tls_settings(ca, tmp_path))) as broker:
         address = broker.api
         # Plain HTTP to the TLS port: the handshake fails and the connection closes.
         with socket.create_connection(address, timeout=5) as raw:
@@ -175,7 +163,7 @@ def test_plain_http_old_tls_and_silent_clients_are_turned_away(tmp_path, ca):
 
 
 def test_reload_swaps_the_certificate(tmp_path, ca):
-    first = issue(ca, tmp_path)
+    first = tls_settings(ca, tmp_path)
     config = tls_config(tmp_path, first)
     with BrokerThread(config) as broker:
         address = broker.api
@@ -183,7 +171,7 @@ def test_reload_swaps_the_certificate(tmp_path, ca):
 
         # Renewal: a certificate from a new CA written over the same files, then SIGHUP.
         renewed_ca = trustme.CA()
-        issue(renewed_ca, tmp_path)
+        tls_settings(renewed_ca, tmp_path)
         broker.call(broker.app.reload, config)
         after = presented_certificate(address, trust(renewed_ca, tmp_path / "renewed.pem"))
         assert after != before

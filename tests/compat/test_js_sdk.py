@@ -9,7 +9,7 @@ oracle in tests/support/digests.py, written from AWS's documentation (the SDK ch
 body's).
 
 Needs node and npm; the pinned SDK is installed by ``npm ci`` in tests/compat/js on first use
-(.ci/run installs node and npm when absent).
+(tests/support/js.py; .ci/run installs node and npm when absent).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import base64
 import datetime
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,12 +36,9 @@ from tests.support.broker import (
     write_credentials,
 )
 from tests.support.digests import expected_attributes_md5, md5_hex
+from tests.support.js import JS_DIR, NODE_TIMEOUT_SECONDS, node_executable
 from tests.support.sns import check_signature, fetch
 
-JS_DIR = Path(__file__).with_name("js")
-SDK_PACKAGES = ("@aws-sdk/client-sqs", "@aws-sdk/client-sns")
-NODE_TIMEOUT_SECONDS = 120  # both scripts take under 10 s; past this node is stuck
-NPM_TIMEOUT_SECONDS = 300  # npm ci of the pinned SDK: ~4 s from the registry
 pytestmark = pytest.mark.slow
 
 
@@ -52,31 +48,6 @@ class ScenarioRun:
 
     results: dict[str, Any]
     broker: BrokerThread
-
-
-def node_executable() -> str:
-    """node, with the pinned SDK installed; a clear failure (not a skip) when either is missing."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not installed (Debian: apt-get install nodejs npm; .ci/run does it)")
-    if _missing_packages() and shutil.which("npm") is not None:
-        # The README's test command alone must pass on a fresh machine: install the SDK
-        # exactly as the lockfile pins it, once.
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=JS_DIR,
-            capture_output=True,
-            timeout=NPM_TIMEOUT_SECONDS,
-            check=False,
-        )
-    missing = _missing_packages()
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not installed: run `npm ci --prefix {JS_DIR}`")
-    return node
-
-
-def _missing_packages() -> list[str]:
-    return [name for name in SDK_PACKAGES if not (JS_DIR / "node_modules" / name).is_dir()]
 
 
 def run_scenarios(broker: BrokerThread, script: str) -> dict[str, Any]:

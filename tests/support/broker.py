@@ -29,11 +29,12 @@ import botocore.config
 import botocore.session
 import pytest
 import trio
+import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
 from broker.app import BrokerApp
 from broker.cli import SPEC
-from broker.config import ApiSettings, AuthSettings, BrokerConfig, StorageSettings
+from broker.config import ApiSettings, AuthSettings, BrokerConfig, StorageSettings, TlsSettings
 from monitoring.lifecycle import Daemon
 from monitoring.settings import AdminSettings
 from tests.support.aws_models import legacy_sqs_query_model_document
@@ -62,6 +63,20 @@ def broker_config(data_dir: Path | str, **sections: Any) -> BrokerConfig:
         admin=AdminSettings(port=0),
         storage=StorageSettings(data_dir=str(data_dir)),
         **sections,
+    )
+
+
+def tls_settings(ca: trustme.CA, directory: Path, stem: str = "server") -> TlsSettings:
+    """Write a certificate for 127.0.0.1 signed by ``ca``; the API listener's settings naming
+    it (``api.tls``)."""
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert_file, key_file = directory / f"{stem}.pem", directory / f"{stem}.key"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    for extra in cert.cert_chain_pems[1:]:
+        extra.write_to_path(str(cert_file), append=True)
+    cert.private_key_pem.write_to_path(str(key_file))
+    return TlsSettings(
+        cert_file=str(cert_file), key_file=str(key_file), handshake_timeout_seconds=0.5
     )
 
 
