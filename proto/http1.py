@@ -136,6 +136,23 @@ def is_upgrade(headers: Iterable[Header]) -> bool:
     return b"upgrade" in connection_tokens(headers) and any(n == b"upgrade" for n, _ in headers)
 
 
+def upgrade_protocols(headers: Iterable[Header]) -> list[bytes]:
+    """The protocols every ``Upgrade`` header lists, lower-case, in order (``websocket``,
+    ``h2c``, ``foo/1``); empty members are skipped."""
+    protocols: list[bytes] = []
+    for name, value in headers:
+        if name == b"upgrade":
+            protocols.extend(p.strip().lower() for p in value.split(b",") if p.strip())
+    return protocols
+
+
+def valid_switch(request_headers: Iterable[Header], response_headers: Iterable[Header]) -> bool:
+    """Whether a 101 may be passed on for this request: it names the protocol(s) it switches
+    to (RFC 9110 7.8: its sender MUST send Upgrade), each one the request offered."""
+    chosen = upgrade_protocols(response_headers)
+    return bool(chosen) and set(chosen) <= set(upgrade_protocols(request_headers))
+
+
 # ---------------------------------------------------------------------------------------------
 # X-Forwarded-* (ALB x-forwarded-headers.md).
 

@@ -71,6 +71,7 @@ from proto.http1 import (
     new_trace_id,
     prepare_request,
     strip_hop_by_hop,
+    valid_switch,
 )
 
 # Safe to send twice: the retry after a stale keep-alive connection is limited to these.
@@ -164,7 +165,9 @@ async def _exchange(
         max_head_bytes=config.limits.response_header_bytes,
     )
     request = ex.request
-    upgrade = is_upgrade(ex.headers)
+    # RFC 9110 7.8: Upgrade in an HTTP/1.0 request is ignored (and 15.2: no 1xx to such a
+    # client); the header is hop-by-hop, so the target never sees it.
+    upgrade = request.http_version == b"1.1" and is_upgrade(ex.headers)
     headers = _upstream_headers(ex, client, upgrade, wall, services)
     # A client waiting for 100-continue: the target decides whether the body may come.
     expect = client.conn.they_are_waiting_for_100_continue and _has_body(ex.headers)
@@ -218,7 +221,7 @@ async def _exchange(
             ):
                 # A tunnel the target opened (WebSocket, or CONNECT as HAProxy relays it).
                 ex.target_status = response.status_code
-                await _switch(client, ex, up, response)
+                await _switch(client, ex, up, response, upgrade=upgrade)
                 return
             await _relay(client, ex, up, response, sticky, group, wall)
         finally:
@@ -659,28 +662,48 @@ async def _flush(client: Client, ex: Exchange, pending: list[fastio.Buffer]) -> 
 
 
 async def _switch(
-    client: Client, ex: Exchange, up: Upstream, response: h11.Response | h11.InformationalResponse
+    client: Client,
+    ex: Exchange,
+    up: Upstream,
+    response: h11.Response | h11.InformationalResponse,
+    *,
+    upgrade: bool,
 ) -> None:
-    """A 101 from the target (or a 2xx to CONNECT): pass it on, then relay bytes both ways."""
-    conn = client.conn
+    """A 101 from the target (or a 2xx to CONNECT): pass it on, then relay bytes both ways.
+
+    A 101 is passed on only to a request that asked to upgrade (HTTP/1.1, ``Connection:
+    upgrade``), naming in its ``Upgrade`` only protocols the request offered; any other 101
+    is a broken response (502). The head goes on without hop-by-hop fields but ``Upgrade``,
+    and without framing fields, which neither a 1xx nor a 2xx to CONNECT may carry (RFC 9110
+    8.6, 9.3.6).
+    """
     status = response.status_code
-    headers = strip_hop_by_hop(response.headers, upgrade=True)
     head: h11.Response | h11.InformationalResponse
     if status == 101:
+        if not upgrade or not valid_switch(ex.headers, response.headers):
+            await _refuse_switch(client, ex)
+            return
+        headers = forwardable_framing(101, strip_hop_by_hop(response.headers, upgrade=True))
         head = h11.InformationalResponse(status_code=101, headers=headers, reason=response.reason)
-    else:  # RFC 9110 9.3.6: no Content-Length or Transfer-Encoding in a 2xx to CONNECT
+    else:
         kept = [
-            (n, v) for n, v in headers if n.lower() not in (b"content-length", b"transfer-encoding")
+            (n, v)
+            for n, v in strip_hop_by_hop(response.headers)
+            if n not in (b"content-length", b"transfer-encoding")
         ]
         head = h11.Response(status_code=status, headers=kept, reason=response.reason)
     try:
-        data = conn.send(head)
+        data = client.conn.send(head)
     except h11.LocalProtocolError:
         # The client did not ask to switch: a target answering 101 anyway is broken.
-        ex.error_reason = "InvalidTargetResponse"
-        await respond(client, ex, 502, b"bad gateway\n", close=True)
+        await _refuse_switch(client, ex)
         return
     ex.status = status
     ex.upgraded = True
     await _flush(client, ex, [data or b""])
     await tunnel(client, up, ex, ex.listener.config.idle_timeout_seconds)
+
+
+async def _refuse_switch(client: Client, ex: Exchange) -> None:
+    ex.error_reason = "InvalidTargetResponse"
+    await respond(client, ex, 502, b"bad gateway\n", close=True)

@@ -1,10 +1,15 @@
-"""After a 101: the client and target connections become one two-way byte tunnel.
+"""After a 101 (or a 2xx to CONNECT): the client and target connections become one two-way
+byte tunnel.
 
-The target that answered 101 owns the connection for its lifetime (stickiness no longer
-applies). Bytes are relayed as they come, in both directions at once; the tunnel ends when
-either side closes or resets, or when nothing moved in either direction for the listener's
-idle timeout (ALB: "no data sent or received"). A quiet direction alone does not end it:
-each receive waits until the idle deadline measured from the last activity of either side.
+The target that answered owns the connection for its lifetime (stickiness no longer
+applies). Bytes are relayed as they come, in both directions at once. A side that half-closes
+(shuts down its sending side) has that passed on, as HAProxy's tunnel mode does, and the
+other direction goes on until it ends too: a client may send its last bytes and wait for the
+answer. Where the other end cannot be half-closed (TLS on it), the tunnel ends instead. It
+also ends when either side resets, or when nothing moved in either direction for the
+listener's idle timeout (ALB: "no data sent or received"). A quiet direction alone does not
+end it: each receive waits until the idle deadline measured from the last activity of either
+side, and so does every write, the first bytes' included.
 """
 
 from __future__ import annotations
@@ -14,18 +19,20 @@ from typing import TYPE_CHECKING
 import trio
 
 from balancer.listeners.exchange import MAX_RECV, Client, Exchange
+from balancer.target_tls import TlsSocket
 
 if TYPE_CHECKING:
     from balancer.upstream import Upstream
 
 
 class _Activity:
-    __slots__ = ("idle_timeout", "last", "timed_out")
+    __slots__ = ("idle_timeout", "last", "open_directions", "timed_out")
 
     def __init__(self, idle_timeout: float) -> None:
         self.idle_timeout = idle_timeout
         self.last = trio.current_time()
         self.timed_out = False
+        self.open_directions = 2
 
 
 async def tunnel(client: Client, up: Upstream, ex: Exchange, idle_timeout: float) -> None:
@@ -36,11 +43,15 @@ async def tunnel(client: Client, up: Upstream, ex: Exchange, idle_timeout: float
     early_from_target = up.conn.trailing_data[0]  # frames sent right after the 101
     activity = _Activity(idle_timeout)
     try:
-        if early_from_target:
-            await client.send(early_from_target)
-        if early_from_client:
-            await up.stream.send_all(early_from_client)
+        with trio.move_on_after(idle_timeout) as scope:
+            if early_from_target:
+                await client.send(early_from_target)
+            if early_from_client:
+                await up.stream.send_all(early_from_client)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return
+    if scope.cancelled_caught:
+        ex.error_reason = "IdleTimeout"
         return
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_pump, client.stream, up.stream, activity, nursery, client, True)
@@ -57,6 +68,7 @@ async def _pump(
     client: Client,
     from_client: bool,
 ) -> None:
+    half_closed = False
     try:
         while True:
             with trio.move_on_at(activity.last + activity.idle_timeout) as scope:
@@ -67,6 +79,7 @@ async def _pump(
                     return
                 continue  # the other direction was active: wait on
             if not data:
+                half_closed = await _pass_half_close(sink)
                 return
             with trio.move_on_after(activity.idle_timeout) as scope:
                 await sink.send_all(data)
@@ -81,4 +94,19 @@ async def _pump(
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return
     finally:
-        nursery.cancel_scope.cancel()  # either side ending ends the tunnel
+        activity.open_directions -= 1
+        if not half_closed or activity.open_directions == 0:
+            nursery.cancel_scope.cancel()
+
+
+async def _pass_half_close(sink: trio.abc.SendStream) -> bool:
+    """Shut down ``sink``'s sending side; False where it cannot be (TLS on it)."""
+    if not isinstance(sink, trio.SocketStream) or isinstance(sink.socket, TlsSocket):
+        # A TLS client's SSLStream has no half-close; a TLS target's close_notify would end
+        # its reading side too in some peers. The tunnel ends there instead.
+        return False
+    try:
+        await sink.send_eof()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return False
+    return True

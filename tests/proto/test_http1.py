@@ -30,6 +30,8 @@ from proto.http1 import (
     strip_hop_by_hop,
     trace_header,
     trace_root,
+    upgrade_protocols,
+    valid_switch,
     verdict,
 )
 
@@ -466,3 +468,43 @@ def test_never_both_fields_and_nothing_else_touched(status, headers):
         ]
     if status >= 200 and status != 204 and not any(n == b"transfer-encoding" for n, _ in headers):
         assert kept == headers
+
+
+# ------------------------------------------------------------------ switching protocols
+
+
+def test_upgrade_protocols_are_listed_lower_case_in_order():
+    headers = [(b"upgrade", b"WebSocket, foo/1 ,,"), (b"x-a", b"1"), (b"upgrade", b"h2c")]
+    assert upgrade_protocols(headers) == [b"websocket", b"foo/1", b"h2c"]
+    assert upgrade_protocols([(b"connection", b"upgrade")]) == []
+
+
+@pytest.mark.parametrize(
+    ("offered", "answered", "valid"),
+    [
+        (b"websocket", b"websocket", True),
+        (b"websocket", b"WebSocket", True),  # protocol names compare case-insensitively
+        (b"h2c, websocket", b"websocket", True),
+        (b"websocket", None, False),  # RFC 9110 7.8: a 101 MUST say what it switches to
+        (b"websocket", b"", False),
+        (b"websocket", b"h2c", False),  # only to a protocol the client offered
+        (b"websocket", b"websocket, h2c", False),
+        (None, b"websocket", False),
+    ],
+)
+def test_a_101_must_name_an_offered_protocol(offered, answered, valid):
+    request = [(b"connection", b"upgrade")] + ([(b"upgrade", offered)] if offered else [])
+    response = [(b"connection", b"upgrade")] + ([(b"upgrade", answered)] if answered else [])
+    assert valid_switch(request, response) is valid
+
+
+PROTOCOL = st.sampled_from([b"websocket", b"WebSocket", b"h2c", b"foo/1", b"TLS/1.0"])
+
+
+@given(st.lists(PROTOCOL, max_size=4), st.lists(PROTOCOL, max_size=4))
+def test_a_switch_is_valid_exactly_when_it_names_some_offered_protocols_only(offered, answered):
+    request = [(b"upgrade", b", ".join(offered))]
+    response = [(b"upgrade", b", ".join(answered))]
+    lower = {p.lower() for p in offered}
+    expected = bool(answered) and all(p.lower() in lower for p in answered)
+    assert valid_switch(request, response) is expected

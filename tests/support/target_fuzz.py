@@ -157,27 +157,28 @@ class Arrival:
     connection: int
 
 
-class HostileTarget:
-    """A raw TCP target that plays the script registered for each request's tag."""
+class RawTarget:
+    """A raw TCP target on 127.0.0.1 that serves each connection with ``_serve``.
+
+    Connections are numbered from 1. A failure of the target's own code is recorded in
+    ``errors`` (the test asserts there are none) instead of ending the run; the peer going
+    away is not a failure.
+    """
 
     def __init__(self) -> None:
-        self.scripts: dict[str, Script] = {}
-        self.arrivals: list[Arrival] = []
         self.errors: list[str] = []
         self.port = 0
-        self._connections = itertools.count(1)
+        self._numbers = itertools.count(1)
 
-    def connections_of(self, tag: bytes) -> set[int]:
-        return {a.connection for a in self.arrivals if a.tag == tag.decode()}
-
-    async def serve(self, *, task_status: trio.TaskStatus[HostileTarget]) -> None:
+    async def serve(self, *, task_status: trio.TaskStatus[Any]) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
         task_status.started(self)
         await trio.serve_listeners(self._connection, listeners)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        number = next(self._connections)
+        number = next(self._numbers)
+        self._opened(number, stream)
         try:
             await self._serve(stream, number)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -186,19 +187,49 @@ class HostileTarget:
             self.errors.append(f"target failed: {exc!r}")
         finally:
             stream.socket.close()
+            self._closed(number)
+
+    def _opened(self, number: int, stream: trio.SocketStream) -> None:
+        """Connection ``number`` was accepted."""
+
+    def _closed(self, number: int) -> None:
+        """Connection ``number`` is closed."""
+
+    async def _serve(self, stream: trio.SocketStream, number: int) -> None:
+        raise NotImplementedError
+
+    async def _read_head(self, stream: trio.SocketStream, buffer: bytes) -> tuple[bytes, bytes]:
+        """The next request head past ``buffer`` and what came after it; ``(b"", b"")`` at
+        EOF, or for a head over 1 MiB (recorded as an error)."""
+        while b"\r\n\r\n" not in buffer:
+            data = await stream.receive_some(65536)
+            if not data:
+                return b"", b""
+            buffer += data
+            if len(buffer) > 1 << 20:
+                self.errors.append("a request head over 1 MiB")
+                return b"", b""
+        head, _, rest = buffer.partition(b"\r\n\r\n")
+        return head, rest
+
+
+class HostileTarget(RawTarget):
+    """A raw TCP target that plays the script registered for each request's tag."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scripts: dict[str, Script] = {}
+        self.arrivals: list[Arrival] = []
+
+    def connections_of(self, tag: bytes) -> set[int]:
+        return {a.connection for a in self.arrivals if a.tag == tag.decode()}
 
     async def _serve(self, stream: trio.SocketStream, number: int) -> None:
         buffer = b""
         while True:
-            while b"\r\n\r\n" not in buffer:
-                data = await stream.receive_some(65536)
-                if not data:
-                    return
-                buffer += data
-                if len(buffer) > 1 << 20:
-                    self.errors.append("a request head over 1 MiB")
-                    return
-            head, _, buffer = buffer.partition(b"\r\n\r\n")
+            head, buffer = await self._read_head(stream, buffer)
+            if not head:
+                return
             lines = head.split(b"\r\n")
             found = re.match(rb"[A-Z]+ /tf/([0-9a-f]{8})", lines[0])
             tag = found.group(1).decode() if found else "?"
@@ -210,16 +241,17 @@ class HostileTarget:
             self.arrivals.append(Arrival(tag, number))
             script = self.scripts.get(tag) or good_script()
             if script.read_body or not length:
-                buffer = await _read_exactly(stream, buffer, length)
-                if buffer is None:
+                rest = await _read_exactly(stream, buffer, length)
+                if rest is None:
                     return
-                length = 0
+                buffer, length = rest, 0
             if not await _play(stream, script, tag.encode()):
                 return
             if length:  # answered early: now read what was left of the body
-                buffer = await _read_exactly(stream, buffer, length)
-                if buffer is None:
+                rest = await _read_exactly(stream, buffer, length)
+                if rest is None:
                     return
+                buffer = rest
 
 
 async def _read_exactly(stream: trio.SocketStream, buffer: bytes, length: int) -> bytes | None:
@@ -529,9 +561,41 @@ def judge(case: Case, outcome: Outcome, tag: bytes) -> list[str]:
         and not mid_stall
         and (script.end in ("close", "reset") if delimited else sent >= body_end)
     )
+    return problems + body_problems(
+        final,
+        content,
+        whole=whole,
+        lossy=lossy,
+        delimited=delimited,
+        closed=outcome.closed,
+        label=script.label,
+    )
+
+
+def body_problems(
+    final: Response,
+    content: bytes,
+    *,
+    whole: bool,
+    lossy: bool,
+    delimited: bool,
+    closed: bool,
+    label: str,
+) -> list[str]:
+    """What is wrong with a relayed body, against ``content``, what the target meant.
+
+    Args:
+        final: the response the client parsed.
+        whole: the target sent all of it (a cut or a stall excepted).
+        lossy: the target's reset (or the like) may have lost any of its bytes.
+        delimited: the body ends with the close, not by its framing.
+        closed: the client's connection was closed after it.
+        label: the target's script, for the messages.
+    """
+    problems = []
     if final.complete:
         if not whole:
-            problems.append(f"a complete response from an incomplete one ({script.label})")
+            problems.append(f"a complete response from an incomplete one ({label})")
         if lossy and delimited:
             if not content.startswith(final.body):
                 problems.append(f"body {final.body[:100]!r} is not a prefix of {content[:100]!r}")
@@ -539,10 +603,10 @@ def judge(case: Case, outcome: Outcome, tag: bytes) -> list[str]:
             problems.append(f"body {final.body[:100]!r}, the target sent {content[:100]!r}")
     else:
         if whole and not lossy:
-            problems.append(f"a valid response cut short ({script.label})")
+            problems.append(f"a valid response cut short ({label})")
         if not content.startswith(final.body):
             problems.append(f"body {final.body[:100]!r} is not a prefix of {content[:100]!r}")
-        if not outcome.closed:
+        if not closed:
             problems.append("an incomplete response, and the connection left open")
     return problems
 
