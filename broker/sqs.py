@@ -191,6 +191,9 @@ class SqsApi:
         if change.mutations:
             await self.store.commit(change.mutations, change.on_durable)
         else:
+            # Nothing to write, but the answer may rest on an earlier write still on its way
+            # to the disk (a FIFO duplicate's original, the first of two deletes).
+            await self.store.settled()
             change.on_durable()
 
     # ------------------------------------------------------------------ queues

@@ -378,13 +378,17 @@ class QueueIndex(QueueState):
         handle = self._parse_handle(receipt_handle)
         entry = self._received.get(handle.seq)
         if entry is None:
-            return Change()
+            return self._delete_unreceived(handle)
         if self.settings.fifo and not self._is_current(handle, entry):
             raise invalid_parameter(
                 "ReceiptHandle", receipt_handle, "The receipt handle has expired"
             )
         self._remove(handle.seq, entry)
         return Change([MessageDeleted(queue_id=self.queue_id, seq=handle.seq)], [self._wake])
+
+    def _delete_unreceived(self, handle: ReceiptHandle) -> Change:
+        """DeleteMessage naming a message with no receive on record: gone, here."""
+        return Change()
 
     def change_visibility(self, now: int, receipt_handle: str, visibility_timeout: int) -> Change:
         """ChangeMessageVisibility: the new timeout counts from ``now``.

@@ -4,6 +4,12 @@ Fresh visible messages wait in a deque in send order (8 bytes per message plus t
 messages that come back from a visibility timeout, or arrive from a source queue, wait in a
 heap by seq so the oldest goes first. A receive takes returned messages first, then fresh
 ones: O(1) or O(log n) per message, whatever the depth of the queue.
+
+A first receive's record is written behind (broker/store/write_behind.py): lost in a crash,
+the message comes back fresh at the restart, while its consumer still holds the handle of
+that first receive. A delete with such a handle (serial 1, a message restored fresh) deletes
+it: the row at once, the deque entry lazily, when it reaches the head (the deque cannot drop
+from its middle); until then ApproximateNumberOfMessages still counts it.
 """
 
 from __future__ import annotations
@@ -13,7 +19,8 @@ from collections import deque
 
 from broker.model.index import QueueIndex
 from broker.model.mutations import MessageDeleted, Mutation
-from broker.model.outcomes import Delivery, ReceiveOutcome
+from broker.model.outcomes import Change, Delivery, ReceiveOutcome
+from broker.model.signing import ReceiptHandle
 from broker.model.state import ReceivedMessage
 
 
@@ -24,6 +31,8 @@ class StandardIndex(QueueIndex):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._fresh: deque[int] = deque()
         self._returned: list[int] = []  # heap of seqs of received messages visible again
+        self._restored_below = 0  # seqs below were restored at the start
+        self._deleted_fresh: set[int] = set()  # deleted by a forgotten receive's handle
 
     def receive(
         self,
@@ -74,9 +83,28 @@ class StandardIndex(QueueIndex):
             entry = self._received.get(seq)
             if entry is not None and not entry.in_flight:
                 return seq
-        if self._fresh:
-            return self._fresh.popleft()
+        fresh = self._fresh
+        while fresh:
+            seq = fresh.popleft()
+            if seq not in self._deleted_fresh:
+                return seq
+            self._deleted_fresh.discard(seq)  # its row is gone already
+            self._present -= 1
         return None
+
+    def _delete_unreceived(self, handle: ReceiptHandle) -> Change:
+        seq = handle.seq
+        if (
+            handle.serial != 1
+            or seq >= self._restored_below
+            or seq in self._delayed
+            or seq in self._deleted_fresh
+        ):
+            return Change()  # gone (deleted, expired, moved) or never received
+        # Maybe restored fresh after its first receive was lost in a crash (see the module
+        # docstring); if it is gone instead, the row's delete and the set entry are moot.
+        self._deleted_fresh.add(seq)
+        return Change([MessageDeleted(queue_id=self.queue_id, seq=seq)])
 
     # ------------------------------------------------------------------ hooks
 
@@ -103,8 +131,10 @@ class StandardIndex(QueueIndex):
         fresh = self._fresh
         while fresh and fresh[0] < boundary and len(expired) < limit:
             seq = fresh.popleft()
+            self._deleted_fresh.discard(seq)
             self._remove(seq, None)
             expired.append(seq)
+        self._deleted_fresh = {seq for seq in self._deleted_fresh if seq >= boundary}
         return expired
 
     def _oldest_fresh(self) -> int | None:
@@ -116,6 +146,10 @@ class StandardIndex(QueueIndex):
             candidates.append(min(self._delayed))
         return min(candidates) if candidates else None
 
+    def _after_restore(self) -> None:
+        self._restored_below = self._next_seq
+
     def _clear(self) -> None:
         self._fresh.clear()
         self._returned.clear()
+        self._deleted_fresh.clear()

@@ -354,6 +354,20 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def settled(self) -> None:
+        """Return once every commit queued before this call is durable (at once when none
+        is pending).
+
+        A call that writes nothing may still report state that an earlier commit, not yet
+        durable, brought into memory (a FIFO duplicate naming its original, a second delete
+        of a message); it waits for this before it answers, so that nothing acknowledged is
+        lost in a crash.
+
+        Raises:
+            StoreFailed: the store has failed.
+        """
+
+    @abc.abstractmethod
     def commit_later(
         self, mutations: Sequence[AnyMutation], on_durable: Callable[[], None] | None = None
     ) -> None:

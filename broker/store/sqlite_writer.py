@@ -151,6 +151,7 @@ class SqliteWriter:
         self._mutations = 0
         self._failed_jobs = 0
         self._pending = 0
+        self._last_job: Job | None = None  # the newest queued; jobs complete in queue order
         self._commit_seconds = HistogramRecorder(COMMIT_SECONDS_BOUNDS)
         self._per_commit = HistogramRecorder(MUTATIONS_PER_COMMIT_BOUNDS)
 
@@ -212,7 +213,16 @@ class SqliteWriter:
         job = Job(apply, on_durable, size, mutations, keys)
         self._pending += 1
         self._jobs.put(job)
+        self._last_job = job
         return job
+
+    async def settled(self) -> None:
+        """See :meth:`Store.settled`."""
+        job = self._last_job
+        if job is not None and not job.done.is_set():
+            await job.done.wait()
+        if self._failure is not None:
+            raise StoreFailed(f"the store failed: {self._failure}") from self._failure
 
     def _check_writable(self) -> None:
         if self._failure is not None:

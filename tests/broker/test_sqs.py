@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import io
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -24,6 +26,7 @@ from broker.model.errors import SqsError
 from broker.model.signing import Signer
 from broker.registry import QueueRegistry
 from broker.sqs import RequestContext, SqsApi, _batch_entries, _paginate, _wanted
+from broker.store import sqlite_writer
 from broker.store.sqlite import SqliteStore
 from monitoring.logging import EventLog
 from proto.aws.errors import AwsError
@@ -304,3 +307,58 @@ async def test_body_md5s_agree_from_the_send_the_cache_and_the_file(
         file.close()
     finally:
         await store.aclose()
+
+
+# ---------------------------------------------------------------------- durability of answers
+
+
+async def test_an_answer_that_writes_nothing_waits_for_the_write_it_rests_on(
+    api: SqsApi, monkeypatch: pytest.MonkeyPatch
+):
+    """A second delete of a message, and a FIFO duplicate send, write nothing themselves, but
+    what they report (deleted; accepted as the original) is true only once the first call's
+    commit is durable: answered earlier, a crash in between loses an acknowledged call.
+    Found by tests/compat/test_crash_recovery.py."""
+    gate, writing = threading.Event(), threading.Event()
+    gate.set()
+    unhindered = sqlite_writer.apply_mutations
+
+    def held_at_the_gate(*args: Any, **kwargs: Any) -> None:
+        writing.set()
+        if not gate.wait(30):
+            raise TimeoutError("the test never opened the gate")
+        unhindered(*args, **kwargs)
+
+    monkeypatch.setattr(sqlite_writer, "apply_mutations", held_at_the_gate)
+    standard = await make_queue(api, "deleted-twice")
+    fifo = await make_queue(api, "sent-twice.fifo", FifoQueue="true")
+    await call(api, "SendMessage", QueueUrl=standard, MessageBody="m")
+    (message,) = (await call(api, "ReceiveMessage", QueueUrl=standard))["Messages"]
+    twice = {
+        "DeleteMessage": {"QueueUrl": standard, "ReceiptHandle": message["ReceiptHandle"]},
+        "SendMessage": {
+            "QueueUrl": fifo,
+            "MessageBody": "b",
+            "MessageGroupId": "g",
+            "MessageDeduplicationId": "d",
+        },
+    }
+    for action, params in twice.items():
+        answered: list[str] = []
+
+        async def answer(
+            which: str, action: str = action, params: Any = params, answered: Any = answered
+        ) -> None:
+            await call(api, action, **params)
+            answered.append(which)
+
+        gate.clear()
+        writing.clear()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(answer, "first")
+            assert await trio.to_thread.run_sync(writing.wait, 10)  # its commit is under way
+            nursery.start_soon(answer, "second")
+            await trio.testing.wait_all_tasks_blocked()
+            assert answered == [], f"{action}: answered before the first call was durable"
+            gate.set()
+        assert sorted(answered) == ["first", "second"], action  # woken by the same commit

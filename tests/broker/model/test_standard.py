@@ -21,6 +21,8 @@ from broker.model.errors import (
     SqsError,
 )
 from broker.model.messages import SendRequest
+from broker.model.mutations import MessageDeleted
+from broker.model.outcomes import RestoredMessage
 from broker.model.settings import QueueSettings
 from broker.model.signing import Signer
 from broker.model.standard import StandardIndex
@@ -207,3 +209,62 @@ def test_nothing_is_handed_out_twice_while_in_flight(steps):
         for delivery in index.receive(T0, max_messages=most).deliveries:
             assert delivery.seq not in in_flight
             in_flight.add(delivery.seq)
+
+
+def restored(*seqs: int, delayed: int | None = None) -> StandardIndex:
+    """An index restored at ``T0`` with these messages never received (``delayed`` too,
+    until T0 + 9 s)."""
+    index = make(visibility_timeout=30)
+    messages = [RestoredMessage(seq, T0 - 1, 0, 0, T0 - 5_000, None) for seq in seqs]
+    if delayed is not None:
+        messages.append(RestoredMessage(delayed, T0 + 9_000, 0, 0, T0 - 5_000, None))
+    index.restore(sorted(messages), T0)
+    return index
+
+
+def test_a_first_receive_lost_in_a_crash_still_lets_its_handle_delete():
+    """The consumer's handle names a receive the store lost (written behind): the message
+    came back fresh, and a delete with that handle deletes it (the row now, the deque entry
+    when it surfaces)."""
+    index = restored(1, 2, 3)
+    forgotten = SIGNER.receipt_handle(1, 2, 1)
+    change = index.delete(T0, forgotten)
+    assert change.mutations == [MessageDeleted(queue_id=1, seq=2)]
+    assert index.delete(T0, forgotten).mutations == []  # once
+    assert [d.seq for d in index.receive(T0, max_messages=10).deliveries] == [1, 3]
+    assert index.counts(T0) == (0, 2, 0)
+
+
+def test_handles_that_name_no_lost_receive_delete_nothing():
+    index = restored(1, 2, delayed=4)
+    index.send(T0, SendRequest(body="after the restart")).on_durable()  # seq 5
+    (delivery,) = index.receive(T0, max_messages=1).deliveries
+    assert index.delete(T0, delivery.receipt_handle).mutations == [
+        MessageDeleted(queue_id=1, seq=1)
+    ]
+    for seq, serial in ((5, 1), (4, 1), (2, 2)):
+        # sent since the restart; delayed (never received); a later receive's
+        assert index.delete(T0, SIGNER.receipt_handle(1, seq, serial)).mutations == []
+    # Gone since the restart: the index cannot tell it from a lost receive without a lookup,
+    # and deletes the row again (a no-op); nothing else changes.
+    assert index.delete(T0, delivery.receipt_handle).mutations == [
+        MessageDeleted(queue_id=1, seq=1)
+    ]
+    assert index.counts(T0) == (2, 0, 1)
+    assert [d.seq for d in index.receive(T0, max_messages=10).deliveries] == [2, 5]
+
+
+@given(st.sets(st.integers(1, 30), max_size=30), st.sets(st.integers(1, 30), max_size=30))
+def test_lost_receives_deleted_never_come_back_and_the_rest_all_do(present, deleted):
+    index = restored(*present)
+    deleted = {seq for seq in deleted if seq <= max(present, default=0)}  # issued handles only
+    for seq in deleted:
+        index.delete(T0, SIGNER.receipt_handle(1, seq, 1))
+    received = [d.seq for d in index.receive(T0, max_messages=10).deliveries]
+    while True:
+        more = index.receive(T0, max_messages=10).deliveries
+        if not more:
+            break
+        received += [d.seq for d in more]
+    assert received == sorted(present - deleted)
+    assert index.counts(T0) == (0, len(present - deleted), 0)
