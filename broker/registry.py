@@ -268,6 +268,7 @@ class QueueRegistry:
 
     async def delete(self, queue: Queue) -> None:
         if self._by_name.get(queue.name) is not queue:
+            await self.store.settled()  # deleted by a call whose commit may be under way
             return
         del self._by_name[queue.name]
         now = self.clock()

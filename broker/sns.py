@@ -163,6 +163,7 @@ class SnsApi:
             topic = self._topic(params, context)
         except SnsError as error:
             if error.code == "NotFound":
+                await self.store.settled()  # a delete's commit may be under way
                 return None  # DeleteTopic is idempotent
             raise
         await self.topics.delete(topic)
@@ -269,6 +270,8 @@ class SnsApi:
             )
         if batch.mutations:
             await self.store.commit(batch.mutations, batch.on_durable)
+        else:  # the identical subscription: its creation's commit may be under way
+            await self.store.settled()
         pending = subscription.record.pending and not params.get("ReturnSubscriptionArn")
         return {"SubscriptionArn": "pending confirmation" if pending else subscription.arn}
 
@@ -284,11 +287,14 @@ class SnsApi:
         )
         if mutations:
             await self.store.commit(mutations)
+        else:  # confirmed already: that commit may be under way
+            await self.store.settled()
         return {"SubscriptionArn": subscription.arn}
 
     async def unsubscribe(self, params: Params, context: SnsContext) -> Result:
         subscription = self.topics.subscription(params.get("SubscriptionArn"))
         if subscription is None:
+            await self.store.settled()  # an earlier Unsubscribe's commit may be under way
             return None  # Unsubscribe is idempotent
         if not context.authenticated and subscription.record.authenticate_on_unsubscribe:
             raise sns_error(

@@ -248,6 +248,7 @@ class TopicRegistry:
     async def delete(self, topic: Topic) -> list[Subscription]:
         """DeleteTopic: the topic and its subscriptions; returns the subscriptions dropped."""
         if self._by_name.get(topic.name) is not topic:
+            await self.store.settled()  # deleted by a call whose commit may be under way
             return []
         del self._by_name[topic.name]
         topic.deleted = True

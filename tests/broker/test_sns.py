@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from pathlib import Path
 from typing import Any
 
 import botocore.exceptions
@@ -10,7 +12,8 @@ import pytest
 
 from broker.model.sns_errors import SnsError
 from broker.sns import _check_batch, _page, _tags
-from tests.support.broker import ACCOUNT_ID, BrokerThread
+from broker.store import sqlite_writer
+from tests.support.broker import ACCOUNT_ID, BrokerThread, broker_config
 from tests.support.sns import queue_arn, receive_all, sns_client
 
 
@@ -106,3 +109,59 @@ def test_fifo_publish_batch_answers_sequence_numbers(sns: Any) -> None:
 
 def test_deleting_an_unknown_topic_is_fine(sns: Any) -> None:
     sns.delete_topic(TopicArn=f"arn:aws:sns:us-east-1:{ACCOUNT_ID}:never-was")
+
+
+def test_idempotent_answers_wait_for_the_commit_they_rest_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repeated Subscribe, Unsubscribe or DeleteTopic writes nothing, but reports what the
+    first call did: it answers only once that call's commit is durable (as SQS's second
+    delete does, tests/broker/test_sqs.py)."""
+    gate, writing = threading.Event(), threading.Event()
+    gate.set()
+    unhindered = sqlite_writer.apply_mutations
+
+    def held_at_the_gate(*args: Any, **kwargs: Any) -> None:
+        writing.set()
+        if not gate.wait(30):
+            raise TimeoutError("the test never opened the gate")
+        unhindered(*args, **kwargs)
+
+    monkeypatch.setattr(sqlite_writer, "apply_mutations", held_at_the_gate)
+    with BrokerThread(broker_config(tmp_path / "data")) as broker:
+        first, second = sns_client(broker.endpoint), sns_client(broker.endpoint, region="eu-west-1")
+        sqs = broker.client("json")
+        arn = queue_arn(sqs, sqs.create_queue(QueueName="subscribed")["QueueUrl"])
+        topic = first.create_topic(Name="twice")["TopicArn"]
+        subscription = first.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
+        calls = {
+            "Subscribe": lambda client: client.subscribe(
+                TopicArn=topic, Protocol="sqs", Endpoint=arn + "-2"
+            ),
+            "Unsubscribe": lambda client: client.unsubscribe(
+                SubscriptionArn=subscription["SubscriptionArn"]
+            ),
+        }
+        for action, run in calls.items():
+            answered: list[str] = []
+            gate.clear()
+            writing.clear()
+            threads = [
+                threading.Thread(
+                    target=lambda c=c, w=w, run=run, answered=answered: (
+                        run(c),
+                        answered.append(w),
+                    )
+                )
+                for c, w in ((first, "first"), (second, "second"))
+            ]
+            threads[0].start()
+            assert writing.wait(10), action  # the first call's commit is under way
+            threads[1].start()
+            threads[1].join(0.5)  # a wrong broker answers at once; a right one waits
+            early = list(answered)
+            gate.set()
+            assert early == [], f"{action}: answered before the first call was durable"
+            for thread in threads:
+                thread.join(10)
+            assert sorted(answered) == ["first", "second"], action
