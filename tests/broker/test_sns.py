@@ -12,9 +12,9 @@ import pytest
 
 from broker.model.sns_errors import SnsError
 from broker.sns import _check_batch, _page, _tags
-from broker.store import sqlite_writer
 from tests.support.broker import ACCOUNT_ID, BrokerThread, broker_config
 from tests.support.sns import queue_arn, receive_all, sns_client
+from tests.support.writer_gate import WriterGate
 
 
 @pytest.fixture
@@ -117,17 +117,7 @@ def test_idempotent_answers_wait_for_the_commit_they_rest_on(
     """A repeated Subscribe, Unsubscribe or DeleteTopic writes nothing, but reports what the
     first call did: it answers only once that call's commit is durable (as SQS's second
     delete does, tests/broker/test_sqs.py)."""
-    gate, writing = threading.Event(), threading.Event()
-    gate.set()
-    unhindered = sqlite_writer.apply_mutations
-
-    def held_at_the_gate(*args: Any, **kwargs: Any) -> None:
-        writing.set()
-        if not gate.wait(30):
-            raise TimeoutError("the test never opened the gate")
-        unhindered(*args, **kwargs)
-
-    monkeypatch.setattr(sqlite_writer, "apply_mutations", held_at_the_gate)
+    gate = WriterGate(monkeypatch)
     with BrokerThread(broker_config(tmp_path / "data")) as broker:
         first, second = sns_client(broker.endpoint), sns_client(broker.endpoint, region="eu-west-1")
         sqs = broker.client("json")
@@ -144,8 +134,7 @@ def test_idempotent_answers_wait_for_the_commit_they_rest_on(
         }
         for action, run in calls.items():
             answered: list[str] = []
-            gate.clear()
-            writing.clear()
+            gate.close()
             threads = [
                 threading.Thread(
                     target=lambda c=c, w=w, run=run, answered=answered: (
@@ -156,11 +145,11 @@ def test_idempotent_answers_wait_for_the_commit_they_rest_on(
                 for c, w in ((first, "first"), (second, "second"))
             ]
             threads[0].start()
-            assert writing.wait(10), action  # the first call's commit is under way
+            assert gate.writing.wait(10), action  # the first call's commit is under way
             threads[1].start()
             threads[1].join(0.5)  # a wrong broker answers at once; a right one waits
             early = list(answered)
-            gate.set()
+            gate.open.set()
             assert early == [], f"{action}: answered before the first call was durable"
             for thread in threads:
                 thread.join(10)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import sqlite3
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,10 @@ from broker.model.errors import SqsError
 from broker.model.signing import Signer
 from broker.registry import QueueRegistry
 from broker.sqs import RequestContext, SqsApi, _batch_entries, _paginate, _wanted
-from broker.store import sqlite_writer
 from broker.store.sqlite import SqliteStore
 from monitoring.logging import EventLog
 from proto.aws.errors import AwsError
+from tests.support.writer_gate import WriterGate
 
 ACCOUNT = "000000000000"
 BASE = "http://broker.test:9324"
@@ -319,17 +318,7 @@ async def test_an_answer_that_writes_nothing_waits_for_the_write_it_rests_on(
     what they report (deleted; accepted as the original) is true only once the first call's
     commit is durable: answered earlier, a crash in between loses an acknowledged call.
     Found by tests/compat/test_crash_recovery.py."""
-    gate, writing = threading.Event(), threading.Event()
-    gate.set()
-    unhindered = sqlite_writer.apply_mutations
-
-    def held_at_the_gate(*args: Any, **kwargs: Any) -> None:
-        writing.set()
-        if not gate.wait(30):
-            raise TimeoutError("the test never opened the gate")
-        unhindered(*args, **kwargs)
-
-    monkeypatch.setattr(sqlite_writer, "apply_mutations", held_at_the_gate)
+    gate = WriterGate(monkeypatch)
     standard = await make_queue(api, "deleted-twice")
     fifo = await make_queue(api, "sent-twice.fifo", FifoQueue="true")
     await call(api, "SendMessage", QueueUrl=standard, MessageBody="m")
@@ -352,13 +341,12 @@ async def test_an_answer_that_writes_nothing_waits_for_the_write_it_rests_on(
             await call(api, action, **params)
             answered.append(which)
 
-        gate.clear()
-        writing.clear()
+        gate.close()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(answer, "first")
-            assert await trio.to_thread.run_sync(writing.wait, 10)  # its commit is under way
+            assert await trio.to_thread.run_sync(gate.writing.wait, 10)  # its commit is under way
             nursery.start_soon(answer, "second")
             await trio.testing.wait_all_tasks_blocked()
             assert answered == [], f"{action}: answered before the first call was durable"
-            gate.set()
+            gate.open.set()
         assert sorted(answered) == ["first", "second"], action  # woken by the same commit
