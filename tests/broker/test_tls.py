@@ -7,10 +7,7 @@ import ssl
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
-import boto3
-import botocore.config
 import pytest
 import trustme
 from botocore.exceptions import SSLError
@@ -19,12 +16,9 @@ from broker.config import ApiSettings, BrokerConfig, TlsSettings
 from broker.tls import TlsTerminator, server_context
 from monitoring.configfile import ConfigError, decode
 from tests.support.broker import (
-    ACCESS_KEY_ID,
-    REGION,
-    SECRET_ACCESS_KEY,
     BrokerThread,
-    botocore_session,
     broker_config,
+    https_client,
     tls_settings,
 )
 
@@ -40,19 +34,6 @@ def tls_config(directory: Path, tls: TlsSettings) -> BrokerConfig:
         api=ApiSettings(port=0, tls=tls),
         admin=config.admin,
         storage=config.storage,
-    )
-
-
-def https_client(endpoint: str, verify: str | bool) -> Any:
-    session = boto3.Session(botocore_session=botocore_session("json"))
-    return session.client(
-        "sqs",
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id=ACCESS_KEY_ID,
-        aws_secret_access_key=SECRET_ACCESS_KEY,
-        verify=verify,
-        config=botocore.config.Config(retries={"total_max_attempts": 1}, connect_timeout=5),
     )
 
 
@@ -120,7 +101,7 @@ def test_boto3_talks_to_the_broker_over_https(tmp_path, ca):
     ca_file = trust(ca, tmp_path / "ca.pem")
     with BrokerThread(tls_config(tmp_path, tls_settings(ca, tmp_path))) as broker:
         host, port = broker.api
-        sqs = https_client(f"https://{host}:{port}", verify=ca_file)
+        sqs = https_client("sqs", f"https://{host}:{port}", verify=ca_file)
         url = sqs.create_queue(QueueName="secure")["QueueUrl"]
         assert url == f"https://{host}:{port}/000000000000/secure"
         assert sqs.list_queues()["QueueUrls"] == [url]
@@ -130,7 +111,7 @@ def test_boto3_talks_to_the_broker_over_https(tmp_path, ca):
 
         # A client that does not trust the CA refuses the connection.
         stranger = https_client(
-            f"https://{host}:{port}", verify=trust(trustme.CA(), tmp_path / "x")
+            "sqs", f"https://{host}:{port}", verify=trust(trustme.CA(), tmp_path / "x")
         )
         with pytest.raises(SSLError):
             stranger.list_queues()

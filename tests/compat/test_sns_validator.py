@@ -24,19 +24,14 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
-import botocore.config
 import pytest
 import trustme
 
 from broker.config import ApiSettings, BrokerConfig
 from tests.support.broker import (
-    ACCESS_KEY_ID,
-    REGION,
-    SECRET_ACCESS_KEY,
     BrokerThread,
-    botocore_session,
     broker_config,
+    https_client,
     tls_settings,
 )
 from tests.support.js import JS_DIR, NODE_TIMEOUT_SECONDS, node_executable
@@ -45,19 +40,6 @@ from tests.support.sns import Endpoint, check_signature, receive_all
 pytestmark = pytest.mark.slow
 
 HOST_PATTERN = r"^127\.0\.0\.1:\d+$"  # the broker's host, in place of sns.<region>.amazonaws.com
-
-
-def client(service: str, endpoint: str, ca_file: str) -> Any:
-    session = boto3.Session(botocore_session=botocore_session("json"))
-    return session.client(
-        service,
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id=ACCESS_KEY_ID,
-        aws_secret_access_key=SECRET_ACCESS_KEY,
-        verify=ca_file,
-        config=botocore.config.Config(retries={"total_max_attempts": 1}, connect_timeout=5),
-    )
 
 
 def validate(envelopes: list[dict[str, Any]], ca_file: str) -> list[dict[str, Any]]:
@@ -93,7 +75,7 @@ def collected(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[s
     with BrokerThread(config) as broker, Endpoint() as endpoint:
         host, port = broker.api
         https = f"https://{host}:{port}"
-        sns, sqs = client("sns", https, ca_file), client("sqs", https, ca_file)
+        sns, sqs = https_client("sns", https, ca_file), https_client("sqs", https, ca_file)
         envelopes: dict[str, Any] = {}
 
         for version in ("1", "2"):

@@ -80,6 +80,21 @@ def tls_settings(ca: trustme.CA, directory: Path, stem: str = "server") -> TlsSe
     )
 
 
+def https_client(service: str, endpoint: str, verify: str | bool) -> Any:
+    """A boto3 client of ``service`` for an HTTPS ``endpoint``, trusting ``verify`` (a CA
+    file; False: no check); no retries."""
+    session = boto3.Session(botocore_session=botocore_session("json"))
+    return session.client(
+        service,
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id=ACCESS_KEY_ID,
+        aws_secret_access_key=SECRET_ACCESS_KEY,
+        verify=verify,
+        config=botocore.config.Config(retries={"total_max_attempts": 1}, connect_timeout=5),
+    )
+
+
 def write_credentials(
     directory: Path, keys: list[tuple[str, str, str]] | None = None
 ) -> AuthSettings:
