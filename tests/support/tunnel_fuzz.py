@@ -836,17 +836,9 @@ async def _follow_up(stream: trio.SocketStream, inbox: Inbox, tag: bytes, start:
     """A well-behaved GET: its own 200 and body, then the close it asked for."""
     if not await send_chunks(stream, (plain_request(tag, close=True),), 0):
         return ["the balancer closed the connection before the next request"]
-    parsed: Parsed | None = None
-    with trio.move_on_after(LIMIT):
-        while True:
-            data, closed = bytes(inbox.data[start:]), inbox.ended is not None
-            try:
-                parsed = parse_one(data, bodiless=False, eof=closed)
-            except Malformed as exc:
-                return [f"the next request got a malformed answer: {exc}"]
-            if closed or (parsed.final is not None and parsed.final.complete):
-                break
-            await inbox.changed(LIMIT)
+    parsed = await _read_response(inbox, start)
+    if isinstance(parsed, str):
+        return [f"the next request got a malformed answer: {parsed}"]
     data = bytes(inbox.data[start:])
     if parsed is None or parsed.final is None or not parsed.final.complete:
         return [f"the next request got no whole answer: {data[:300]!r}"]
