@@ -58,6 +58,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -157,14 +158,16 @@ def wait_port(port: int, limit: float = 10.0) -> None:
 
 
 @contextlib.contextmanager
-def process(args: list[str], *, core: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``args`` on ``core`` (a taskset list) until the block ends."""
+def process(
+    args: list[str], *, core: str, log: Path, stop: int = signal.SIGTERM
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``args`` on ``core`` (a taskset list) until the block ends, then send it ``stop``."""
     with log.open("wb") as out:
         proc = subprocess.Popen(["taskset", "-c", core, *args], stdout=out, stderr=out)
     try:
         yield proc
     finally:
-        proc.terminate()
+        proc.send_signal(stop)
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
@@ -803,7 +806,11 @@ def main() -> int:
     parser.add_argument("--no-direct", action="store_true", help="skip the direct-to-nginx runs")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each workers setup")
     parser.add_argument("--no-install", action="store_true", help="never run apt-get")
-    parser.add_argument("--profile", metavar="SVG", help="py-spy record wharf during the runs")
+    parser.add_argument(
+        "--profile",
+        metavar="SVG",
+        help="py-spy record wharf during the runs (.txt: collapsed stacks, else SVG)",
+    )
     parser.add_argument(
         "--instructions",
         type=int,
@@ -889,9 +896,14 @@ def main() -> int:
                                 "--nonblocking",
                                 "-r",
                                 "200",
+                                # Collapsed stacks for a .txt path (to aggregate), else SVG.
+                                "-f",
+                                "raw" if args.profile.endswith(".txt") else "flamegraph",
                             ],
                             core=LOAD_CORE,
                             log=work / "py-spy.out",
+                            # py-spy writes its profile on SIGINT only; SIGTERM loses it.
+                            stop=signal.SIGINT,
                         )
                     )
                 if only & {"https-keepalive", "https-handshake"}:
