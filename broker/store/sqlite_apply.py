@@ -103,8 +103,6 @@ def _inserted_rows(
     full = []
     for m in batch:
         queue_id, seq = m.queue_id, m.seq
-        message_id = bytes.fromhex(m.message_id.replace("-", ""))  # the UUID's 16 bytes
-        body = m.body.encode()
         key = keys.get(queue_id) if keys else None
         body_md5 = m.body_md5
         if (
@@ -115,11 +113,24 @@ def _inserted_rows(
             and m.deduplication_id is None
             and m.trace_header is None
         ):
-            md5 = bytes.fromhex(body_md5)
+            # bytearray, not bytes: Python 3.11's sqlite3 binds a bytes parameter only after
+            # looking for an adapter (and formatting the AttributeError of a missing
+            # __adapt__), ~0.3 us per parameter; a bytearray is bound at once, as the same BLOB.
             plain.append(
-                (queue_id, seq, message_id, m.visible_at, m.sent_at, m.sender_id, body, md5)
+                (
+                    queue_id,
+                    seq,
+                    bytearray.fromhex(m.message_id.replace("-", "")),  # the UUID's 16 bytes
+                    m.visible_at,
+                    m.sent_at,
+                    m.sender_id,
+                    bytearray(m.body, "utf-8"),
+                    bytearray.fromhex(body_md5),
+                )
             )
         else:
+            message_id = bytes.fromhex(m.message_id.replace("-", ""))
+            body = m.body.encode()
             attributes = ATTRIBUTES_ENCODER.encode(m.attributes) if m.attributes else None
             if key is not None:
                 attributes, body = seal_payload(key, message_id, attributes, body)
