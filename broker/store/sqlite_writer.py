@@ -35,6 +35,7 @@ only should that thread fall ``WRITER_CHECKPOINT_PAGES`` behind.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import sqlite3
 import threading
@@ -513,7 +514,8 @@ class SqliteWriter:
         """The size of the WAL file: pages checkpoints may still copy into the database file,
         and room the WAL keeps for reuse; the disk alarm counts all of it as taken."""
         try:
-            return self.path.with_name(self.path.name + "-wal").stat().st_size
+            # os.stat of a str: a Path built per call cost 5 us, and every Publish asks.
+            return os.stat(f"{self.path}-wal").st_size
         except FileNotFoundError:
             return 0
 
