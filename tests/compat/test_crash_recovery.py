@@ -37,7 +37,6 @@ failing run took and what it saw are attached to the exception.
 from __future__ import annotations
 
 import os
-import signal
 import tempfile
 import threading
 import time
@@ -54,9 +53,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.broker import sqs_client
-from tests.support.crash_harness import CLIENT_ERRORS, broker_process
+from tests.support.crash_harness import Worker, run_with_kills
 from tests.support.digests import expected_attributes_md5, md5_hex
-from tests.support.wire_fuzz import error_lines
 
 pytestmark = pytest.mark.slow
 
@@ -301,6 +299,18 @@ class Runner:
 
     def close(self) -> None:
         self.client.close()
+
+    def begin(self, run: int) -> None:
+        if run == 1:
+            self.create_queues()
+        else:
+            self.restarted()
+
+    def busy(self, kill: Kill, run: int) -> Busy:
+        return Busy(self, kill, run)
+
+    def killed(self) -> None:
+        self.model.killed()
 
     # ---- set-up and checks after a restart
 
@@ -633,33 +643,6 @@ def send_params(message: Message, delay: int = 0) -> dict[str, Any]:
 # ---------------------------------------------------------------------- background clients
 
 
-class Worker:
-    """One background client: ``step`` until stopped or the broker is gone."""
-
-    def __init__(self, endpoint: str, step: Any, stop: threading.Event) -> None:
-        self.client = sqs_client(endpoint, read_timeout=10)
-        self.step = step  # (client) -> bool: whether there is more to do
-        self.stop = stop
-        self.answers = 0
-        self.done = False
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        try:
-            while not self.stop.is_set() and self.step(self.client):
-                self.answers += 1
-        except botocore.exceptions.ClientError as error:
-            self.error = error  # an answer, so not the kill: the broker refused
-        except CLIENT_ERRORS:
-            pass  # the broker died under us: the call may or may not have happened
-        except BaseException as error:
-            self.error = error
-        finally:
-            self.done = True
-            self.client.close()  # its pooled sockets would otherwise linger until exit
-
-
 class Busy:
     """The background clients of one kill."""
 
@@ -697,7 +680,7 @@ class Busy:
             assert worker.error is None, worker.error
 
     def spawn(self, step: Any) -> None:
-        worker = Worker(self.runner.endpoint, step, self.stop)
+        worker = Worker(sqs_client(self.runner.endpoint, read_timeout=10), step, self.stop)
         self.workers.append(worker)
         worker.thread.start()
 
@@ -793,47 +776,6 @@ class SharedDeletes:
 # ---------------------------------------------------------------------- the test
 
 
-async def run_program(tmp_path: Path, program: list[Segment], tail: tuple[Step, ...]) -> None:
-    model = Model()
-    try:
-        for run, segment in enumerate([*program, None], start=1):
-            async with broker_process(tmp_path, run) as (daemon, endpoint):
-                runner = Runner(model, endpoint)
-                try:
-                    if run == 1:
-                        await trio.to_thread.run_sync(runner.create_queues)
-                    else:
-                        await trio.to_thread.run_sync(runner.restarted)
-                    for step in segment.steps if segment else tail:
-                        await trio.to_thread.run_sync(runner.run, step)
-                    if segment is None:
-                        await trio.to_thread.run_sync(runner.finish)
-                    else:
-                        await kill(daemon, runner, segment.kill, run)
-                finally:
-                    runner.close()
-                errors = error_lines("\n".join(daemon.log_lines))
-                assert not errors, "the broker logged errors:\n" + "\n".join(errors)
-    except BaseException as error:
-        # Not hypothesis's note(): with a kill's timing in play, a failure may not come back
-        # when the example is replayed, and then the replay's notes would be all one saw.
-        error.add_note("The test did and saw (latest last):\n" + "\n".join(model.trace[-80:]))
-        raise
-
-
-async def kill(daemon: Any, runner: Runner, what: Kill, number: int) -> None:
-    busy = Busy(runner, what, number)
-    try:
-        await trio.to_thread.run_sync(busy.start)
-        daemon.signal(signal.SIGKILL)
-        with trio.fail_after(30):
-            await daemon.process.wait()
-    finally:
-        await trio.to_thread.run_sync(busy.finish)
-    assert daemon.process.returncode == -signal.SIGKILL
-    runner.model.killed()
-
-
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -843,5 +785,13 @@ async def kill(daemon: Any, runner: Runner, what: Kill, number: int) -> None:
 def test_what_the_broker_acknowledged_survives_random_sigkills(
     program: list[Segment], tail: list[Step]
 ) -> None:
+    model = Model()
     with tempfile.TemporaryDirectory(prefix="wharf-crash-") as tmp:
-        trio.run(run_program, Path(tmp), program, tuple(tail))
+        trio.run(
+            run_with_kills,
+            Path(tmp),
+            program,
+            tuple(tail),
+            lambda endpoint: Runner(model, endpoint),
+            lambda: model.trace,
+        )

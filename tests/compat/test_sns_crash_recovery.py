@@ -1,0 +1,893 @@
+"""Random programs of SNS calls with SIGKILLs between them: what was acknowledged survives.
+
+Hypothesis draws a program: subscriptions to set up, then segments of steps, each ended by a
+SIGKILL of the broker and a restart on the same data directory, then a tail of steps and a
+final drain. The steps are boto3 calls against a real broker subprocess
+(tests.support.crash_harness): a standard topic with three standard queues subscribed and a
+FIFO topic with two FIFO queues, each subscription raw or enveloped, with or without a filter
+policy on the message attributes. Steps: Publish and PublishBatch (unique bodies, attributes
+that a filter may or may not match, FIFO groups and deduplication ids), resends of an
+acknowledged deduplication id, Subscribe (a repeated identical one must answer the same
+SubscriptionArn, one with other attributes is refused), Unsubscribe (again: idempotent),
+SetSubscriptionAttributes (RawMessageDelivery, FilterPolicy), DeleteTopic and CreateTopic
+again, and drains of every queue. A kill may come while background clients are busy:
+publishing to either topic, publishing the same deduplication ids from two clients at once,
+or subscribing, changing and unsubscribing a queue of its own while the others publish; what
+they were not answered may or may not have happened.
+
+The model (tests.support.sns_crash_model) is checked at every delivery, after every restart
+and at the end:
+
+- an acknowledged publish is delivered to every queue whose subscription surely delivered
+  it: subscribed (Subscribe answered before the publish began, no Unsubscribe begun before
+  its answer) with a filter that matches; to no queue that no subscription possibly in force
+  while it ran would have delivered it to; a publish never sent, or a deduplicated resend,
+  never; a publish cut off by a kill, only where it might have gone, and then everywhere it
+  would surely have gone (one publish is one commit, broker/fanout.py);
+- each copy is as published: raw (the body, the attributes as SQS attributes) or enveloped
+  as its subscription was: Type, the MessageId the publish answered (the same in every
+  queue), TopicArn, Message, Timestamp, MessageAttributes, UnsubscribeURL naming the
+  subscription, a standard topic's signature (checked against the broker's certificate), a
+  FIFO topic's SequenceNumber;
+- FIFO: each queue has a group's messages in publish order, each once; a resend of an
+  acknowledged deduplication id (the last ones also after each restart) answers the original
+  MessageId and SequenceNumber and delivers nothing; sequence numbers grow;
+- after a restart, ListSubscriptionsByTopic lists exactly the subscriptions the model says
+  (give or take the changes a kill cut off), with their attributes as last acknowledged.
+
+``HYPOTHESIS_PROFILE=deep`` runs twelve times as many examples. A kill's timing is not part
+of the example, so a failure may not come back when hypothesis replays it (it then reports a
+FlakyFailure with the first one): the steps the failing run took are attached to the
+exception.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
+
+import botocore.exceptions
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.support.broker import sqs_client
+from tests.support.crash_harness import Worker, run_with_kills
+from tests.support.sns import check_signature, fetch, queue_arn
+from tests.support.sns_crash_model import (
+    COLOURS,
+    POLICIES,
+    SIZES,
+    TIMESTAMP,
+    TOPIC_NAMES,
+    Message,
+    Model,
+    Slot,
+    State,
+    TopicKind,
+    attributes_for,
+    envelope_attributes,
+    own_sns_client,
+    parse_envelope,
+    sqs_attributes,
+)
+
+pytestmark = pytest.mark.slow
+
+# Each example starts a broker process per segment (about 2 s an example): 25 keep the
+# default run under a minute; HYPOTHESIS_PROFILE=deep runs twelve times as many.
+EXAMPLES = 25 * (12 if os.environ.get("HYPOTHESIS_PROFILE") == "deep" else 1)
+GROUPS = 3  # the main program's FIFO message groups g0..g2
+DRAIN_SECONDS = 20
+WARM_UP_SECONDS = 30
+DEDUPLICATION_SECONDS = 290  # resend only well within AWS's 5-minute window
+VISIBILITY = 30  # seconds: a drain deletes what it receives at once
+
+TOPICS: tuple[TopicKind, ...] = ("standard", "fifo")
+# The main program's (topic, queue) pairs; "churn" is the background subscriber's own.
+PAIRS: tuple[tuple[TopicKind, str], ...] = (
+    ("standard", "s0"),
+    ("standard", "s1"),
+    ("standard", "s2"),
+    ("fifo", "f0.fifo"),
+    ("fifo", "f1.fifo"),
+)
+CHURN: tuple[TopicKind, str] = ("standard", "churn")
+Background = Literal["standard", "fifo", "fifo-duplicates", "churn"]
+BACKGROUNDS: tuple[Background, ...] = ("standard", "fifo", "fifo-duplicates", "churn")
+
+
+# ---------------------------------------------------------------------- the program
+
+
+@dataclass(frozen=True)
+class Initial:
+    raw: bool
+    filter: str | None
+
+
+@dataclass(frozen=True)
+class Entry:
+    colour: str | None
+    size: int | None
+    blob: bool
+    group: int
+
+
+@dataclass(frozen=True)
+class Publish:
+    topic: TopicKind
+    batch: bool  # PublishBatch, else Publish (one message)
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True)
+class Resend:
+    pick: int  # which acknowledged FIFO publish's deduplication id, modulo their number
+    count: int  # how many from there on (PublishBatch if more than one)
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    pair: int
+    raw: bool | None  # None: RawMessageDelivery not given
+    filter: str | None  # None: FilterPolicy not given
+    return_arn: bool
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    pair: int
+
+
+@dataclass(frozen=True)
+class SetAttribute:
+    pair: int
+    name: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Recreate:
+    topic: TopicKind
+
+
+@dataclass(frozen=True)
+class Drain:
+    pass
+
+
+Step = Publish | Resend | Subscribe | Unsubscribe | SetAttribute | Recreate | Drain
+
+
+@dataclass(frozen=True)
+class Kill:
+    background: tuple[Background, ...]  # clients busy when the SIGKILL comes
+    acknowledged: int  # answers each of them gets before it
+
+
+@dataclass(frozen=True)
+class Segment:
+    steps: tuple[Step, ...]
+    kill: Kill
+
+
+topics = st.sampled_from(TOPICS)
+pairs = st.integers(0, len(PAIRS) - 1)
+policies = st.sampled_from(POLICIES)
+entries = st.builds(
+    Entry,
+    st.sampled_from(COLOURS),
+    st.sampled_from(SIZES),
+    st.booleans(),
+    st.integers(0, GROUPS - 1),
+)
+
+
+@st.composite
+def publishes(draw: st.DrawFn) -> Publish:
+    batch = draw(st.booleans())
+    count = draw(st.integers(1, 10)) if batch else 1
+    drawn = draw(st.lists(entries, min_size=count, max_size=count))
+    return Publish(draw(topics), batch, tuple(drawn))
+
+
+attribute_changes = st.one_of(
+    st.tuples(st.just("RawMessageDelivery"), st.sampled_from(("true", "false"))),
+    st.tuples(st.just("FilterPolicy"), st.sampled_from((*POLICIES, "{}"))),
+)
+steps: st.SearchStrategy[Step] = st.one_of(
+    publishes(),
+    st.builds(
+        Subscribe,
+        pairs,
+        st.sampled_from((None, True, False)),
+        st.one_of(st.none(), policies),
+        st.booleans(),
+    ),
+    publishes(),
+    st.builds(Unsubscribe, pairs),
+    st.builds(Resend, st.integers(0, 100), st.integers(1, 3)),
+    attribute_changes.flatmap(
+        lambda c: st.builds(SetAttribute, pairs, st.just(c[0]), st.just(c[1]))
+    ),
+    publishes(),
+    st.just(Drain()),
+    st.builds(Recreate, topics),
+)
+initials = st.lists(
+    st.one_of(st.none(), st.builds(Initial, st.booleans(), st.one_of(st.none(), policies))),
+    min_size=len(PAIRS),
+    max_size=len(PAIRS),
+)
+kills = st.builds(
+    Kill,
+    st.lists(st.sampled_from(BACKGROUNDS), unique=True, max_size=3).map(tuple),
+    st.integers(0, 5),
+)
+segments = st.builds(Segment, st.lists(steps, max_size=10).map(tuple), kills)
+
+
+def error_code(error: botocore.exceptions.ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def same(model: State | None, actual: State | None) -> bool:
+    """Whether the broker's subscription is the model's (whose ARN may be unknown)."""
+    if model is None or actual is None:
+        return model is actual
+    return model.arn in (None, actual.arn) and (model.raw, model.filter) == (
+        actual.raw,
+        actual.filter,
+    )
+
+
+def publish_params(message: Message) -> dict[str, Any]:
+    params: dict[str, Any] = {"Message": message.body}
+    if message.attributes:
+        params["MessageAttributes"] = message.attributes
+    if message.group is not None:
+        params["MessageGroupId"] = message.group
+        params["MessageDeduplicationId"] = message.dedup
+    return params
+
+
+# ---------------------------------------------------------------------- one broker run
+
+
+class Runner:
+    """The program's steps against one broker run (blocking calls: run in a worker thread)."""
+
+    def __init__(
+        self,
+        model: Model,
+        endpoint: str,
+        queue_arns: dict[str, str],
+        initial: list[Initial | None],
+    ) -> None:
+        self.model = model
+        self.initial = initial  # the subscriptions the first run sets up
+        self.endpoint = endpoint
+        self.sns = own_sns_client(endpoint)
+        self.sqs = sqs_client(endpoint, read_timeout=20)
+        self.queue_arns = queue_arns  # name -> ARN (the same in every run)
+        self.urls: dict[str, str] = {}
+        self._certificate: bytes | None = None
+
+    def close(self) -> None:
+        self.sns.close()
+        self.sqs.close()
+
+    def begin(self, run: int) -> None:
+        if run == 1:
+            self.create(self.initial)
+        else:
+            self.restarted()
+
+    def busy(self, kill: Kill, run: int) -> Busy:
+        return Busy(self, kill, run)
+
+    def killed(self) -> None:
+        self.model.killed(time.monotonic())
+
+    # ---- set-up and checks after a restart
+
+    def create(self, initial: list[Initial | None]) -> None:
+        for kind in TOPICS:
+            self.model.arns[kind] = self.create_topic(kind)
+        for _, name in (*PAIRS, CHURN):
+            attributes = {"VisibilityTimeout": str(VISIBILITY)}
+            if name.endswith(".fifo"):
+                attributes["FifoQueue"] = "true"
+            self.urls[name] = self.sqs.create_queue(QueueName=name, Attributes=attributes)[
+                "QueueUrl"
+            ]
+            self.queue_arns[name] = queue_arn(self.sqs, self.urls[name])
+        for n, first in enumerate(initial):
+            if first is not None:
+                self.subscribe(Subscribe(n, first.raw, first.filter, True))
+
+    def create_topic(self, kind: TopicKind) -> str:
+        attributes = {"FifoTopic": "true"} if kind == "fifo" else {}
+        arn: str = self.sns.create_topic(Name=TOPIC_NAMES[kind], Attributes=attributes)["TopicArn"]
+        return arn
+
+    def restarted(self) -> None:
+        for _, name in (*PAIRS, CHURN):
+            self.urls[name] = self.sqs.get_queue_url(QueueName=name)["QueueUrl"]
+        listed = {t["TopicArn"] for t in self.sns.list_topics()["Topics"]}
+        assert listed == set(self.model.arns.values()), listed
+        # First the deliveries (of the publishes before the kill: the resync's entries do not
+        # bear on them), then the subscriptions, which the deliveries may vouch for.
+        self.drain()
+        self.check_cut_off()
+        for kind in TOPICS:
+            self.resync(kind)
+        # The deduplication ids closest to the kill are the likeliest to have been lost.
+        self.resend(self.resendable()[-10:])
+
+    def resync(self, kind: TopicKind) -> None:
+        """Check what the broker lists against the model; take it as the truth from now on."""
+        topic_arn = self.model.arns[kind]
+        listed = self.sns.list_subscriptions_by_topic(TopicArn=topic_arn)
+        assert "NextToken" not in listed
+        by_endpoint: dict[str, dict[str, Any]] = {}
+        for entry in listed["Subscriptions"]:
+            assert entry["Protocol"] == "sqs", entry
+            assert entry["TopicArn"] == topic_arn, entry
+            assert entry["Endpoint"] not in by_endpoint, f"listed twice: {entry}"
+            by_endpoint[entry["Endpoint"]] = entry
+        names = {arn: name for name, arn in self.queue_arns.items()}
+        now = time.monotonic()
+        for endpoint, entry in by_endpoint.items():
+            assert endpoint in names, f"a subscription never made: {entry}"
+        for slot in self.model.slots_of(kind):
+            possible = slot.possible_now()
+            entry = by_endpoint.get(self.queue_arns[slot.queue])
+            actual: State | None = None
+            if entry is not None:
+                arn = entry["SubscriptionArn"]
+                attributes = self.sns.get_subscription_attributes(SubscriptionArn=arn)["Attributes"]
+                assert attributes["SubscriptionArn"] == arn, attributes
+                assert attributes["PendingConfirmation"] == "false", attributes
+                actual = State(
+                    arn,
+                    attributes["RawMessageDelivery"] == "true",
+                    attributes.get("FilterPolicy"),
+                )
+                assert any(same(s, actual) for s in possible), (
+                    f"{slot.queue}: after a restart the broker lists {actual}, "
+                    f"the model allows {possible}"
+                )
+            else:
+                assert None in possible, (
+                    f"{slot.queue}: after a restart no subscription to {kind}, "
+                    f"the model allows only {possible}"
+                )
+            self.check_vouched(slot, actual)
+            slot.record("resync", actual, now, now)
+            self.model.note(f"restarted: {kind} -> {slot.queue} is {actual}")
+
+    # ---- steps
+
+    def run(self, step: Step) -> None:
+        match step:
+            case Publish():
+                self.publish(step)
+            case Resend(pick, count):
+                candidates = self.resendable()
+                if candidates:
+                    start = pick % len(candidates)
+                    self.resend(candidates[start : start + count])
+            case Subscribe():
+                self.subscribe(step)
+            case Unsubscribe(pair):
+                self.unsubscribe(self.slot(pair))
+            case SetAttribute(pair, name, value):
+                self.set_attribute(self.slot(pair), name, value)
+            case Recreate(kind):
+                self.recreate(kind)
+            case Drain():
+                self.drain()
+
+    def slot(self, pair: int) -> Slot:
+        return self.model.slots[PAIRS[pair]]
+
+    def publish(self, step: Publish) -> None:
+        fifo = step.topic == "fifo"
+        messages = [
+            self.model.new_message(
+                step.topic,
+                attributes_for(e.colour, e.size, e.blob, n),
+                f"g{e.group}" if fifo else None,
+            )
+            for n, e in enumerate(step.entries)
+        ]
+        arn = self.model.arns[step.topic]
+        if step.batch:
+            answer = self.sns.publish_batch(
+                TopicArn=arn,
+                PublishBatchRequestEntries=[
+                    {"Id": str(n), **publish_params(m)} for n, m in enumerate(messages)
+                ],
+            )
+            assert not answer.get("Failed"), answer
+            answers = {int(entry["Id"]): entry for entry in answer["Successful"]}
+        else:
+            answers = {0: self.sns.publish(TopicArn=arn, **publish_params(messages[0]))}
+        assert sorted(answers) == list(range(len(messages))), answers
+        for n, message in enumerate(messages):
+            self.model.acknowledged(message, answers[n])
+        self.model.note(f"published to {step.topic}: {[m.body for m in messages]}")
+
+    def resendable(self) -> list[Message]:
+        """FIFO publishes whose deduplication id the topic surely still knows."""
+        since = time.monotonic() - DEDUPLICATION_SECONDS
+        generation = self.model.generation["fifo"]
+        return [
+            m
+            for m in self.model.messages.values()
+            if m.topic == "fifo"
+            and m.acknowledged
+            and m.generation == generation
+            and m.start > since
+        ]
+
+    def resend(self, originals: list[Message]) -> None:
+        """Publish each one's deduplication id again with another body: the original answers."""
+        if not originals:
+            return
+        entries = [
+            {
+                "Id": str(n),
+                "Message": self.model.phantom(),
+                "MessageGroupId": m.group,
+                "MessageDeduplicationId": m.dedup,
+            }
+            for n, m in enumerate(originals)
+        ]
+        arn = self.model.arns["fifo"]
+        if len(entries) == 1:
+            params = {k: v for k, v in entries[0].items() if k != "Id"}
+            answers = [{**self.sns.publish(TopicArn=arn, **params), "Id": "0"}]
+        else:
+            answer = self.sns.publish_batch(TopicArn=arn, PublishBatchRequestEntries=entries)
+            assert not answer.get("Failed"), answer
+            answers = answer["Successful"]
+        assert len(answers) == len(originals), answers
+        for entry in answers:
+            original = originals[int(entry["Id"])]
+            assert (entry["MessageId"], entry["SequenceNumber"]) == (
+                original.message_id,
+                original.sequence_number,
+            ), f"a resend of {original.dedup} ({original.body!r}) was taken as a new message"
+        self.model.note(f"resent {[m.dedup for m in originals]}")
+
+    def subscribe(self, step: Subscribe) -> None:
+        slot = self.slot(step.pair)
+        attributes: dict[str, str] = {}
+        if step.raw is not None:
+            attributes["RawMessageDelivery"] = "true" if step.raw else "false"
+        if step.filter is not None:
+            attributes["FilterPolicy"] = step.filter
+        current = slot.current
+        conflict = current is not None and (
+            (step.raw is not None and step.raw != current.raw)
+            or (step.filter is not None and step.filter != current.filter)
+        )
+        params = {
+            "TopicArn": self.model.arns[slot.topic],
+            "Protocol": "sqs",
+            "Endpoint": self.queue_arns[slot.queue],
+            "Attributes": attributes,
+            "ReturnSubscriptionArn": step.return_arn,
+        }
+        if conflict:  # AWS: "Subscription already exists with different attributes"
+            with pytest.raises(botocore.exceptions.ClientError) as refused:
+                self.sns.subscribe(**params)
+            assert error_code(refused.value) == "InvalidParameter", refused.value
+            self.model.note(f"subscribe {slot.queue} {attributes}: refused, {current} stays")
+            return
+        start = time.monotonic()
+        answer = self.sns.subscribe(**params)
+        arn = answer["SubscriptionArn"]
+        assert arn.startswith(self.model.arns[slot.topic] + ":"), arn
+        if current is not None:
+            assert arn == current.arn, f"a repeated Subscribe answered {arn}, not {current.arn}"
+            self.model.note(f"subscribed {slot.queue} again: {arn}")
+            return
+        state = State(arn, bool(step.raw), step.filter)
+        slot.record("subscribe", state, start, time.monotonic())
+        self.model.note(f"subscribed {slot.queue}: {state}")
+
+    def stale_arn(self, slot: Slot) -> str | None:
+        arns = [c.after.arn for c in slot.history if c.after is not None]
+        return arns[-1] if arns else None
+
+    def unsubscribe(self, slot: Slot) -> None:
+        current = slot.current
+        if current is None:
+            stale = self.stale_arn(slot)
+            if stale is not None:  # gone already: Unsubscribe is idempotent
+                self.sns.unsubscribe(SubscriptionArn=stale)
+                self.model.note(f"unsubscribed {slot.queue} again")
+            return
+        assert current.arn is not None
+        start = time.monotonic()
+        self.sns.unsubscribe(SubscriptionArn=current.arn)
+        slot.record("unsubscribe", None, start, time.monotonic())
+        self.model.note(f"unsubscribed {slot.queue}")
+
+    def set_attribute(self, slot: Slot, name: str, value: str) -> None:
+        current = slot.current
+        if current is None:
+            stale = self.stale_arn(slot)
+            if stale is not None:
+                with pytest.raises(botocore.exceptions.ClientError) as refused:
+                    self.sns.set_subscription_attributes(
+                        SubscriptionArn=stale, AttributeName=name, AttributeValue=value
+                    )
+                assert error_code(refused.value) == "NotFound", refused.value
+            return
+        assert current.arn is not None
+        start = time.monotonic()
+        self.sns.set_subscription_attributes(
+            SubscriptionArn=current.arn, AttributeName=name, AttributeValue=value
+        )
+        if name == "RawMessageDelivery":
+            state = State(current.arn, value == "true", current.filter)
+        else:
+            state = State(current.arn, current.raw, value)
+        slot.record(f"set {name}", state, start, time.monotonic())
+        self.model.note(f"set {slot.queue}'s {name} to {value}")
+
+    def recreate(self, kind: TopicKind) -> None:
+        start = time.monotonic()
+        self.sns.delete_topic(TopicArn=self.model.arns[kind])
+        end = time.monotonic()
+        with self.model.lock:
+            for slot in self.model.slots_of(kind):
+                if slot.current is not None:
+                    slot.record("delete-topic", None, start, end)
+            self.model.generation[kind] += 1
+        assert self.create_topic(kind) == self.model.arns[kind]
+        listed = self.sns.list_subscriptions_by_topic(TopicArn=self.model.arns[kind])
+        assert listed["Subscriptions"] == [], listed
+        self.model.note(f"deleted and created {kind} again")
+
+    # ---- deliveries
+
+    def drain(self) -> None:
+        """Receive and delete until every queue had what it surely holds, and then nothing."""
+        for (kind, name), slot in self.model.slots.items():
+            expected = [
+                m
+                for m in self.model.messages.values()
+                if m.topic == kind
+                and m.acknowledged
+                and not m.delivered[name]
+                and self.model.must_deliver(m, slot)
+            ]
+            deadline = time.monotonic() + DRAIN_SECONDS
+            while True:
+                waiting = [m for m in expected if not m.delivered[name]]
+                got = self.sqs.receive_message(
+                    QueueUrl=self.urls[name],
+                    MaxNumberOfMessages=10,
+                    WaitTimeSeconds=1 if waiting else 0,
+                    AttributeNames=["All"],
+                    MessageAttributeNames=["All"],
+                ).get("Messages", [])
+                for raw in got:
+                    self.check_delivery(slot, raw)
+                if got:
+                    answer = self.sqs.delete_message_batch(
+                        QueueUrl=self.urls[name],
+                        Entries=[
+                            {"Id": str(n), "ReceiptHandle": r["ReceiptHandle"]}
+                            for n, r in enumerate(got)
+                        ],
+                    )
+                    assert not answer.get("Failed"), answer
+                    self.model.note(f"drained {len(got)} from {name}")
+                elif not waiting:
+                    break
+                assert time.monotonic() < deadline, (
+                    f"{name}: acknowledged publishes never delivered: {[m.body for m in waiting]}"
+                )
+
+    def check_delivery(self, slot: Slot, raw: dict[str, Any]) -> None:
+        name = slot.queue
+        envelope = parse_envelope(raw["Body"])
+        text = raw["Body"] if envelope is None else envelope["Message"]
+        assert text not in self.model.phantoms, f"a deduplicated resend was delivered: {text!r}"
+        message = self.model.messages.get(text)
+        assert message is not None, f"{name}: delivered a message never published: {text!r}"
+        assert message.topic == slot.topic, (name, text)
+        fates = self.model.fates(message, slot)
+        delivering = [s for s in fates if s is not None and s.delivers(message.attributes)]
+        assert delivering, (
+            f"{name}: delivered {text!r}, which no subscription possibly in force "
+            f"while it was published would deliver ({fates})"
+        )
+        live = [s for s in fates if s is not None]
+        if envelope is None:
+            assert any(s.raw for s in live), f"{name}: {text!r} raw, subscriptions: {fates}"
+            attributes = sqs_attributes(raw)
+            assert attributes == message.attributes, (text, attributes)
+            form = "raw"
+        else:
+            assert any(not s.raw for s in live), f"{name}: {text!r} enveloped, {fates}"
+            form = self.check_envelope(message, envelope, live)
+            assert not raw.get("MessageAttributes"), raw
+        if slot.fifo:
+            system = raw["Attributes"]
+            assert system["MessageGroupId"] == message.group, (text, system)
+            assert system["MessageDeduplicationId"] == message.dedup, (text, system)
+            self.check_group_order(slot, message)
+        message.delivered[name] += 1
+        message.forms[name].add(form)
+        if message.delivered[name] > 1:
+            # AWS allows a standard topic's deliveries to repeat (at least once), not FIFO's.
+            assert not slot.fifo, f"{name}: {text!r} delivered twice"
+            self.model.note(f"{name}: {text!r} delivered again")
+
+    def check_envelope(self, message: Message, envelope: dict[str, Any], live: list[State]) -> str:
+        """Check an envelope; return the SubscriptionArn its UnsubscribeURL names."""
+        text = message.body
+        assert envelope["Type"] == "Notification", envelope
+        assert envelope["TopicArn"] == self.model.arns[message.topic], envelope
+        assert TIMESTAMP.fullmatch(envelope["Timestamp"]), envelope
+        if message.message_id is None:  # cut off by a kill: every copy has the same id
+            message.message_id = envelope["MessageId"]
+        assert envelope["MessageId"] == message.message_id, (text, envelope)
+        assert envelope.get("MessageAttributes", {}) == envelope_attributes(message.attributes)
+        if message.topic == "fifo":
+            if message.sequence_number is None:
+                message.sequence_number = envelope["SequenceNumber"]
+            assert envelope["SequenceNumber"] == message.sequence_number, (text, envelope)
+        else:
+            assert "SequenceNumber" not in envelope, envelope
+            assert envelope["SignatureVersion"] == "1", envelope
+            check_signature(envelope, self.certificate(envelope["SigningCertURL"]))
+        query: dict[str, list[str]] = parse_qs(urlsplit(envelope["UnsubscribeURL"]).query)
+        assert query["Action"] == ["Unsubscribe"], envelope
+        (arn,) = query["SubscriptionArn"]
+        arns = {s.arn for s in live if not s.raw}
+        assert None in arns or arn in arns, f"{text!r} delivered under {arn}, not {arns}"
+        return arn
+
+    def certificate(self, url: str) -> bytes:
+        """The signing certificate, from this run (the URL names the run that published)."""
+        if self._certificate is None:
+            moved = urlsplit(url)._replace(netloc=urlsplit(self.endpoint).netloc).geturl()
+            self._certificate = fetch(moved)
+        return self._certificate
+
+    def check_group_order(self, slot: Slot, message: Message) -> None:
+        """No message of its group that this queue surely gets, published before it, is still
+        to come; and none published after it came already."""
+        for other in self.model.messages.values():
+            if other.topic != "fifo" or other.group != message.group or other is message:
+                continue
+            if other.order < message.order:
+                assert (
+                    other.delivered[slot.queue]
+                    or not other.acknowledged
+                    or not self.model.must_deliver(other, slot)
+                ), f"{slot.queue}: {message.body!r} delivered before {other.body!r}"
+            else:
+                assert not other.delivered[slot.queue], (
+                    f"{slot.queue}: {message.body!r} delivered after {other.body!r}, "
+                    "published after it"
+                )
+
+    def check_vouched(self, slot: Slot, actual: State | None) -> None:
+        """A change a kill cut off that an acknowledged publish saw has survived the kill.
+
+        A change is in memory and its commit queued in one trio step, before it is answered;
+        an acknowledged publish's commit is durable and was queued after every change it saw
+        (broker/sns.py, broker/fanout.py): commits complete in order.
+        """
+        history = slot.history
+        change = history[-1]
+        if change.end is None:
+            reason = self.model.evidence(slot)
+            after = change.after
+            if reason is not None:
+                assert same(after, actual), (
+                    f"{slot.queue}: {change.what} -> {after}, cut off by the kill, was seen by "
+                    f"an acknowledged publish ({reason}), but after the restart it is {actual}"
+                )
+                self.model.note(f"{slot.queue}: {change.what} vouched for by {reason}")
+
+    def check_cut_off(self) -> None:
+        """A publish a kill cut off went everywhere it was bound for, or nowhere: it is one
+        commit (broker/fanout.py)."""
+        for message in self.model.messages.values():
+            if message.acknowledged or not any(message.delivered.values()):
+                continue
+            for slot in self.model.slots_of(message.topic):
+                if self.model.must_deliver(message, slot):
+                    assert message.delivered[slot.queue], (
+                        f"{message.body!r}, cut off by a kill, delivered to "
+                        f"{dict(message.delivered)} but not to {slot.queue}"
+                    )
+
+    def finish(self) -> None:
+        self.drain()
+        for message in self.model.messages.values():
+            if not message.acknowledged:
+                continue
+            for slot in self.model.slots_of(message.topic):
+                if self.model.must_deliver(message, slot):
+                    assert message.delivered[slot.queue], (message.body, slot.queue)
+
+
+# ---------------------------------------------------------------------- background clients
+
+
+class Busy:
+    """The background clients of one kill."""
+
+    def __init__(self, runner: Runner, kill: Kill, number: int) -> None:
+        self.runner = runner
+        self.model = runner.model
+        self.kill = kill
+        self.number = number
+        self.stop = threading.Event()
+        self.workers: list[Worker] = []
+
+    def start(self) -> None:
+        """Start the clients; return once each has its answers (or has run out of work)."""
+        for kind in self.kill.background:
+            # Groups of their own per kind, so that send order is the order of the model.
+            if kind == "standard":
+                self.spawn(lambda client: self.publish_new(client, "standard", None))
+            elif kind == "fifo":
+                group = f"b{self.number}"
+                self.spawn(lambda client, group=group: self.publish_new(client, "fifo", group))
+            elif kind == "fifo-duplicates":
+                shared = SharedPublishes(self.model, f"d{self.number}")
+                for _ in range(2):
+                    self.spawn(shared.stepper())
+            else:
+                self.spawn(self.churn)
+        deadline = time.monotonic() + WARM_UP_SECONDS
+        while not all(w.done or w.answers >= self.kill.acknowledged for w in self.workers):
+            assert time.monotonic() < deadline, "the background clients got no answers"
+            time.sleep(0.001)
+        for worker in self.workers:
+            assert worker.error is None, worker.error
+
+    def spawn(self, step: Any) -> None:
+        worker = Worker(own_sns_client(self.runner.endpoint, read_timeout=10), step, self.stop)
+        self.workers.append(worker)
+        worker.thread.start()
+
+    def publish_new(self, client: Any, kind: TopicKind, group: str | None) -> bool:
+        n = len(self.model.messages)
+        attributes = attributes_for(COLOURS[n % 4], SIZES[n % 3], False, n)
+        message = self.model.new_message(kind, attributes, group, label="bg")
+        answer = client.publish(TopicArn=self.model.arns[kind], **publish_params(message))
+        self.model.acknowledged(message, answer)
+        return True
+
+    def churn(self, client: Any) -> bool:
+        """One change of the churn queue's subscription: subscribe, raw, filtered, unfiltered,
+        enveloped, unsubscribed, and again."""
+        slot = self.model.slots[CHURN]
+        current = slot.current
+        start = time.monotonic()
+        if current is None:
+            with self.model.lock:
+                change = slot.record("subscribe", State(None, False, None), start, None)
+            answer = client.subscribe(
+                TopicArn=self.model.arns["standard"],
+                Protocol="sqs",
+                Endpoint=self.runner.queue_arns[CHURN[1]],
+                ReturnSubscriptionArn=True,
+            )
+            with self.model.lock:
+                change.after = State(answer["SubscriptionArn"], False, None)
+                change.end = time.monotonic()
+            return True
+        assert current.arn is not None
+        arn = current.arn
+        shape = (current.raw, current.filter)
+        if shape == (False, None):
+            name, value, after = "RawMessageDelivery", "true", State(arn, True, None)
+        elif shape == (True, None):
+            name, value = "FilterPolicy", POLICIES[0]
+            after = State(arn, True, POLICIES[0])
+        elif shape == (True, POLICIES[0]):
+            name, value, after = "FilterPolicy", "{}", State(arn, True, "{}")
+        elif shape == (True, "{}"):
+            name, value, after = "RawMessageDelivery", "false", State(arn, False, "{}")
+        else:
+            with self.model.lock:
+                change = slot.record("unsubscribe", None, start, None)
+            client.unsubscribe(SubscriptionArn=arn)
+            change.end = time.monotonic()
+            return True
+        with self.model.lock:
+            change = slot.record(f"set {name}", after, start, None)
+        client.set_subscription_attributes(
+            SubscriptionArn=arn, AttributeName=name, AttributeValue=value
+        )
+        change.end = time.monotonic()
+        return True
+
+    def finish(self) -> None:
+        self.stop.set()
+        for worker in self.workers:
+            worker.thread.join(30)
+            assert not worker.thread.is_alive(), "a background client hangs"
+        for worker in self.workers:
+            assert worker.error is None, worker.error
+        self.model.note(
+            f"killed with {self.kill.background}: {[w.answers for w in self.workers]} answers"
+        )
+
+
+class SharedPublishes:
+    """Two clients publishing the same deduplication ids (and bodies) in the same order, as a
+    retrying client or two producers of the same events would."""
+
+    def __init__(self, model: Model, group: str) -> None:
+        self.model = model
+        self.group = group
+        self.messages: list[Message] = []
+
+    def stepper(self) -> Any:
+        position = iter(range(10**9))
+
+        def step(client: Any) -> bool:
+            n = next(position)
+            with self.model.lock:
+                while len(self.messages) <= n:  # made in order: send order is model order
+                    self.messages.append(
+                        self.model.new_message("fifo", {}, self.group, label="dup")
+                    )
+                message = self.messages[n]
+            answer = client.publish(TopicArn=self.model.arns["fifo"], **publish_params(message))
+            self.model.acknowledged(message, answer)
+            return True
+
+        return step
+
+
+# ---------------------------------------------------------------------- the test
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    initial=initials,
+    program=st.lists(segments, min_size=1, max_size=3),
+    tail=st.lists(steps, max_size=10),
+)
+def test_what_sns_acknowledged_survives_random_sigkills(
+    initial: list[Initial | None], program: list[Segment], tail: list[Step]
+) -> None:
+    model = Model([Slot(kind, name) for kind, name in (*PAIRS, CHURN)])
+    queue_arns: dict[str, str] = {}  # name -> ARN (the same in every run)
+    with tempfile.TemporaryDirectory(prefix="wharf-sns-crash-") as tmp:
+        trio.run(
+            run_with_kills,
+            Path(tmp),
+            program,
+            tuple(tail),
+            lambda endpoint: Runner(model, endpoint, queue_arns, initial),
+            lambda: model.trace,
+        )
