@@ -280,7 +280,7 @@ class BodyCache:
             return
         key = (m.queue_id, m.seq)
         self.drop(key)  # a failing duplicate insert must not skew the byte count
-        if self._bytes + cost > self.budget and self._keeps_older(m.queue_id):
+        if self._bytes + cost > self.budget and self._keeps_older(m.queue_id, cost):
             return  # the budget holds older messages of at least as deep a backlog
         self._make_room(cost)
         order = self._inserted
@@ -295,20 +295,25 @@ class BodyCache:
         held[m.queue_id] = held.get(m.queue_id, 0) + cost
         self._entries[key] = _cached(m)
 
-    def _keeps_older(self, queue_id: int) -> bool:
-        """When the budget is full: True if a new insert of ``queue_id`` is not to be kept.
+    def _keeps_older(self, queue_id: int, cost: int) -> bool:
+        """When the budget is full: True if a new insert of ``queue_id`` (``cost`` bytes) is
+        not to be kept.
 
         So when the oldest insert held is the queue's own, or another queue's whose held
-        inserts weigh no more than this queue's: pushing it out would trade the head of a
-        backlog (what receives take next) for the tail of one at least as deep. A fan-out to
-        several backlogged queues keeps each one's head; a send to a queue holding less than
-        the oldest holder (a queue nobody receives from, say) still pushes that one out.
+        inserts weigh no more than this queue's would with this one: pushing it out would
+        trade the head of a backlog (what receives take next) for the tail of one at least as
+        deep. A fan-out to several backlogged queues keeps each one's head; a send to a queue
+        holding less than the oldest holder (a queue nobody receives from, say) still pushes
+        that one out, until the two hold about as much. Counting the new message in is what
+        makes that stable: without it, queues one message apart (as a fan-out leaves them when
+        the budget fills in the middle of a publish) push each other's heads out in turn, one
+        push-out per copy, for as long as the fan-out goes on.
         """
         oldest = self._oldest_insert_queue()
         if oldest is None:
             return False
         held = self._held_bytes
-        return oldest == queue_id or held.get(queue_id, 0) >= held.get(oldest, 0)
+        return oldest == queue_id or held.get(queue_id, 0) + cost >= held.get(oldest, 0)
 
     def _oldest_insert_queue(self) -> int | None:
         """The queue of the oldest insert still held (keys of gone ones are dropped here)."""

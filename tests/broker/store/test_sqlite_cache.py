@@ -201,6 +201,20 @@ def test_a_fan_out_to_backlogged_queues_keeps_each_ones_head():
     assert cache.held_bytes(1) == cache.held_bytes(2) == 2 * one
 
 
+def test_a_fan_out_that_fills_the_budget_mid_publish_pushes_no_head_out():
+    one = cache_cost("body 1/1", {})
+    cache = BodyCache(7 * one)  # full in the middle of the third publish to three queues
+    for seq in range(1, 8):
+        batch = [inserted(queue, seq) for queue in (1, 2, 3)]
+        cache.track(batch, {})
+        cache.settled(batch)
+    # Queue 1 got one more in before the budget filled. Queues 2 and 3, one message short of
+    # it, do not push its head out (nor then each other's, in turn, copy after copy).
+    assert sorted(cache.cached_keys()) == [
+        (1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (3, 1), (3, 2)
+    ]  # fmt: skip
+
+
 def test_no_read_ahead_when_off_in_flight_or_at_the_cached_part():
     assert BodyCache(0).start_read_ahead(1, [1]) is None
     cache = filled(1 << 20, 20)
