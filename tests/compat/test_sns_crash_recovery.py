@@ -29,6 +29,19 @@ and at the end:
   queue), TopicArn, Message, Timestamp, MessageAttributes, UnsubscribeURL naming the
   subscription, a standard topic's signature (checked against the broker's certificate), a
   FIFO topic's SequenceNumber;
+- HTTP: two endpoints in the test process (tests.support.sns_crash_http), one that always
+  answers 200 and one that answers some requests with a 500 or a reset (drawn per example),
+  are subscriptions of the standard topic like the queues (raw or enveloped, filtered or
+  not), pending until a Confirm step follows the SubscribeURL of a SubscriptionConfirmation
+  the endpoint got (or calls ConfirmSubscription with its token), also across restarts. At
+  every drain, after every restart and at the end, within a bounded wait for the delivery
+  worker: every acknowledged publish that a confirmed subscription surely delivered, and that
+  no Unsubscribe or DeleteTopic removed since, was POSTed and answered 200 at least once
+  (duplicates allowed); every POST names a publish that was made, under a subscription
+  possibly confirmed and matching while it ran, with the x-amz-sns-message-type, -message-id
+  (the publish's), -topic-arn, -subscription-arn and -rawdelivery headers, and an enveloped
+  one's signature valid; a publish a kill cut off reaches the endpoints too, if it reached
+  anything;
 - FIFO: each queue has a group's messages in publish order, each once; a resend of an
   acknowledged deduplication id (the last ones also after each restart) answers the original
   MessageId and SequenceNumber and delivers nothing; sequence numbers grow;
@@ -47,7 +60,7 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -60,7 +73,16 @@ from hypothesis import strategies as st
 
 from tests.support.broker import sqs_client
 from tests.support.crash_harness import Worker, run_with_kills
-from tests.support.sns import check_signature, fetch, queue_arn
+from tests.support.sns import Endpoint, Received, check_signature, fetch, queue_arn
+from tests.support.sns_crash_http import (
+    DELIVERY_POLICY,
+    HOOKS,
+    Flakiness,
+    Hook,
+    behaviour,
+    follow_subscribe_url,
+    moved,
+)
 from tests.support.sns_crash_model import (
     COLOURS,
     POLICIES,
@@ -91,14 +113,19 @@ DEDUPLICATION_SECONDS = 290  # resend only well within AWS's 5-minute window
 VISIBILITY = 30  # seconds: a drain deletes what it receives at once
 
 TOPICS: tuple[TopicKind, ...] = ("standard", "fifo")
-# The main program's (topic, queue) pairs; "churn" is the background subscriber's own.
-PAIRS: tuple[tuple[TopicKind, str], ...] = (
+HTTP_SECONDS = 30  # for the delivery worker to get an owed POST through (retries included)
+CONFIRM_SECONDS = 20  # for a SubscriptionConfirmation to reach its endpoint
+# The main program's (topic, queue) pairs and (topic, HTTP endpoint) pairs; "churn" is the
+# background subscriber's own.
+SQS_PAIRS: tuple[tuple[TopicKind, str], ...] = (
     ("standard", "s0"),
     ("standard", "s1"),
     ("standard", "s2"),
     ("fifo", "f0.fifo"),
     ("fifo", "f1.fifo"),
 )
+HTTP_PAIRS: tuple[tuple[TopicKind, str], ...] = tuple(("standard", name) for name in HOOKS)
+PAIRS = SQS_PAIRS + HTTP_PAIRS
 CHURN: tuple[TopicKind, str] = ("standard", "churn")
 Background = Literal["standard", "fifo", "fifo-duplicates", "churn"]
 BACKGROUNDS: tuple[Background, ...] = ("standard", "fifo", "fifo-duplicates", "churn")
@@ -111,6 +138,7 @@ BACKGROUNDS: tuple[Background, ...] = ("standard", "fifo", "fifo-duplicates", "c
 class Initial:
     raw: bool
     filter: str | None
+    confirm: bool  # HTTP: confirmed at once (else left pending)
 
 
 @dataclass(frozen=True)
@@ -160,11 +188,17 @@ class Recreate:
 
 
 @dataclass(frozen=True)
+class Confirm:
+    hook: int  # which HTTP pair
+    via_url: bool  # GET SubscribeURL, else ConfirmSubscription
+
+
+@dataclass(frozen=True)
 class Drain:
     pass
 
 
-Step = Publish | Resend | Subscribe | Unsubscribe | SetAttribute | Recreate | Drain
+Step = Publish | Resend | Subscribe | Unsubscribe | SetAttribute | Recreate | Confirm | Drain
 
 
 @dataclass(frozen=True)
@@ -221,11 +255,26 @@ steps: st.SearchStrategy[Step] = st.one_of(
     publishes(),
     st.just(Drain()),
     st.builds(Recreate, topics),
+    st.builds(Confirm, st.integers(0, len(HTTP_PAIRS) - 1), st.booleans()),
+    publishes(),
 )
-initials = st.lists(
-    st.one_of(st.none(), st.builds(Initial, st.booleans(), st.one_of(st.none(), policies))),
-    min_size=len(PAIRS),
-    max_size=len(PAIRS),
+initial_states = st.builds(Initial, st.booleans(), st.one_of(st.none(), policies), st.booleans())
+# The endpoints are subscribed at first more often than the queues (three in four, mostly
+# confirmed): few steps name them, and an endpoint without a subscription tests little.
+initial_hooks = st.one_of(
+    st.none(),
+    *[st.builds(Initial, st.booleans(), st.one_of(st.none(), policies), st.just(True))] * 2,
+    initial_states,
+)
+initials = st.tuples(
+    *[st.one_of(st.none(), initial_states)] * len(SQS_PAIRS),
+    *[initial_hooks] * len(HTTP_PAIRS),
+).map(list)
+flakiness = st.builds(
+    Flakiness,
+    st.sampled_from(("none", "500", "reset")),
+    st.sampled_from((0.2, 0.5)),
+    st.integers(0, 2**32 - 1),
 )
 kills = st.builds(
     Kill,
@@ -243,9 +292,10 @@ def same(model: State | None, actual: State | None) -> bool:
     """Whether the broker's subscription is the model's (whose ARN may be unknown)."""
     if model is None or actual is None:
         return model is actual
-    return model.arn in (None, actual.arn) and (model.raw, model.filter) == (
+    return model.arn in (None, actual.arn) and (model.raw, model.filter, model.confirmed) == (
         actual.raw,
         actual.filter,
+        actual.confirmed,
     )
 
 
@@ -271,8 +321,10 @@ class Runner:
         endpoint: str,
         queue_arns: dict[str, str],
         initial: list[Initial | None],
+        hooks: dict[str, Hook],
     ) -> None:
         self.model = model
+        self.hooks = hooks  # the HTTP endpoints by name (the same in every run)
         self.initial = initial  # the subscriptions the first run sets up
         self.endpoint = endpoint
         self.sns = own_sns_client(endpoint)
@@ -302,7 +354,7 @@ class Runner:
     def create(self, initial: list[Initial | None]) -> None:
         for kind in TOPICS:
             self.model.arns[kind] = self.create_topic(kind)
-        for _, name in (*PAIRS, CHURN):
+        for _, name in (*SQS_PAIRS, CHURN):
             attributes = {"VisibilityTimeout": str(VISIBILITY)}
             if name.endswith(".fifo"):
                 attributes["FifoQueue"] = "true"
@@ -313,6 +365,8 @@ class Runner:
         for n, first in enumerate(initial):
             if first is not None:
                 self.subscribe(Subscribe(n, first.raw, first.filter, True))
+                if PAIRS[n] in HTTP_PAIRS and first.confirm:
+                    self.confirm(self.slot(n), via_url=n % 2 == 0)
 
     def create_topic(self, kind: TopicKind) -> str:
         attributes = {"FifoTopic": "true"} if kind == "fifo" else {}
@@ -320,12 +374,13 @@ class Runner:
         return arn
 
     def restarted(self) -> None:
-        for _, name in (*PAIRS, CHURN):
+        for _, name in (*SQS_PAIRS, CHURN):
             self.urls[name] = self.sqs.get_queue_url(QueueName=name)["QueueUrl"]
         listed = {t["TopicArn"] for t in self.sns.list_topics()["Topics"]}
         assert listed == set(self.model.arns.values()), listed
         # First the deliveries (of the publishes before the kill: the resync's entries do not
-        # bear on them), then the subscriptions, which the deliveries may vouch for.
+        # bear on them), then the subscriptions, which the deliveries may vouch for. The
+        # delivery worker resumes the POSTs still owed: they come within the drain's wait.
         self.drain()
         self.check_cut_off()
         for kind in TOPICS:
@@ -340,28 +395,21 @@ class Runner:
         assert "NextToken" not in listed
         by_endpoint: dict[str, dict[str, Any]] = {}
         for entry in listed["Subscriptions"]:
-            assert entry["Protocol"] == "sqs", entry
+            assert entry["Protocol"] in ("sqs", "http"), entry
             assert entry["TopicArn"] == topic_arn, entry
             assert entry["Endpoint"] not in by_endpoint, f"listed twice: {entry}"
             by_endpoint[entry["Endpoint"]] = entry
-        names = {arn: name for name, arn in self.queue_arns.items()}
+        addresses = {slot.queue: self.address(slot) for slot in self.model.slots_of(kind)}
         now = time.monotonic()
         for endpoint, entry in by_endpoint.items():
-            assert endpoint in names, f"a subscription never made: {entry}"
+            assert endpoint in addresses.values(), f"a subscription never made: {entry}"
         for slot in self.model.slots_of(kind):
             possible = slot.possible_now()
-            entry = by_endpoint.get(self.queue_arns[slot.queue])
+            entry = by_endpoint.get(addresses[slot.queue])
             actual: State | None = None
             if entry is not None:
-                arn = entry["SubscriptionArn"]
-                attributes = self.sns.get_subscription_attributes(SubscriptionArn=arn)["Attributes"]
-                assert attributes["SubscriptionArn"] == arn, attributes
-                assert attributes["PendingConfirmation"] == "false", attributes
-                actual = State(
-                    arn,
-                    attributes["RawMessageDelivery"] == "true",
-                    attributes.get("FilterPolicy"),
-                )
+                assert entry["Protocol"] == slot.protocol, entry
+                actual = self.listed_state(slot, entry["SubscriptionArn"], possible)
                 assert any(same(s, actual) for s in possible), (
                     f"{slot.queue}: after a restart the broker lists {actual}, "
                     f"the model allows {possible}"
@@ -374,6 +422,36 @@ class Runner:
             self.check_vouched(slot, actual)
             slot.record("resync", actual, now, now)
             self.model.note(f"restarted: {kind} -> {slot.queue} is {actual}")
+
+    def address(self, slot: Slot) -> str:
+        """What the slot's subscription names as its Endpoint."""
+        if slot.protocol == "http":
+            return self.hooks[slot.queue].url
+        return self.queue_arns[slot.queue]
+
+    def listed_state(self, slot: Slot, listed_arn: str, possible: list[State | None]) -> State:
+        """The subscription the broker lists for ``slot``, as a State."""
+        pending = listed_arn == "PendingConfirmation"
+        arn: str | None = listed_arn
+        if pending:
+            # A pending subscription is listed without its ARN: the model's, if it knows it.
+            known = {s.arn for s in possible if s is not None and s.arn is not None}
+            assert slot.protocol == "http", (slot.queue, possible)
+            assert len(known) <= 1, (slot.queue, possible)
+            if not known:  # Subscribe answered "pending confirmation": no ARN to look up
+                (model,) = {s for s in possible if s is not None and not s.confirmed}
+                return State(None, model.raw, model.filter, confirmed=False)
+            (arn,) = known
+        assert arn is not None
+        attributes = self.sns.get_subscription_attributes(SubscriptionArn=arn)["Attributes"]
+        assert attributes["SubscriptionArn"] == arn, attributes
+        assert attributes["PendingConfirmation"] == ("true" if pending else "false"), attributes
+        return State(
+            arn,
+            attributes["RawMessageDelivery"] == "true",
+            attributes.get("FilterPolicy"),
+            confirmed=not pending,
+        )
 
     # ---- steps
 
@@ -394,6 +472,8 @@ class Runner:
                 self.set_attribute(self.slot(pair), name, value)
             case Recreate(kind):
                 self.recreate(kind)
+            case Confirm(hook, via_url):
+                self.confirm(self.model.slots[HTTP_PAIRS[hook]], via_url=via_url)
             case Drain():
                 self.drain()
 
@@ -482,10 +562,13 @@ class Runner:
             (step.raw is not None and step.raw != current.raw)
             or (step.filter is not None and step.filter != current.filter)
         )
+        http = slot.protocol == "http"
+        if http:  # always the same: never a conflict of its own
+            attributes["DeliveryPolicy"] = DELIVERY_POLICY
         params = {
             "TopicArn": self.model.arns[slot.topic],
-            "Protocol": "sqs",
-            "Endpoint": self.queue_arns[slot.queue],
+            "Protocol": slot.protocol,
+            "Endpoint": self.address(slot),
             "Attributes": attributes,
             "ReturnSubscriptionArn": step.return_arn,
         }
@@ -497,15 +580,84 @@ class Runner:
             return
         start = time.monotonic()
         answer = self.sns.subscribe(**params)
-        arn = answer["SubscriptionArn"]
-        assert arn.startswith(self.model.arns[slot.topic] + ":"), arn
+        pending = http and (current is None or not current.confirmed)
+        known: str | None = answer["SubscriptionArn"]
+        if pending and not step.return_arn:  # AWS answers no ARN for a pending one
+            assert known == "pending confirmation", answer
+            known = None
+        else:
+            assert str(known).startswith(self.model.arns[slot.topic] + ":"), answer
         if current is not None:
-            assert arn == current.arn, f"a repeated Subscribe answered {arn}, not {current.arn}"
-            self.model.note(f"subscribed {slot.queue} again: {arn}")
+            assert current.arn in (None, known) or known is None, (
+                f"a repeated Subscribe answered {known}, not {current.arn}"
+            )
+            if pending:  # a new token and SubscriptionConfirmation; the old token is void
+                state = replace(current, arn=current.arn or known)
+                slot.record("subscribe again", state, start, time.monotonic())
+            self.model.note(f"subscribed {slot.queue} again: {known}")
             return
-        state = State(arn, bool(step.raw), step.filter)
+        state = State(known, bool(step.raw), step.filter, confirmed=not http)
         slot.record("subscribe", state, start, time.monotonic())
         self.model.note(f"subscribed {slot.queue}: {state}")
+
+    def confirm(self, slot: Slot, *, via_url: bool) -> None:
+        """Confirm a pending HTTP subscription with the token of a SubscriptionConfirmation
+        its endpoint got (and answered 200), newest first: a repeated Subscribe voids the
+        earlier tokens, which the broker then refuses."""
+        current = slot.current
+        if current is None or current.confirmed:
+            return
+        hook = self.hooks[slot.queue]
+        topic_arn = self.model.arns[slot.topic]
+        deadline = time.monotonic() + CONFIRM_SECONDS
+        while True:
+            for request in hook.confirmations(topic_arn):
+                envelope = request.envelope()
+                token = envelope["Token"]
+                if token in hook.stale or token in hook.used:
+                    continue
+                self.check_confirmation(request, topic_arn)
+                start = time.monotonic()
+                if via_url:
+                    arn = follow_subscribe_url(moved(envelope["SubscribeURL"], self.endpoint))
+                else:
+                    arn = self.confirm_subscription(topic_arn, token)
+                if arn is None:
+                    hook.stale.add(token)
+                    continue
+                end = time.monotonic()
+                hook.used.add(token)
+                assert current.arn in (None, arn), f"confirmed {arn}, subscribed {current.arn}"
+                state = replace(current, arn=arn, confirmed=True)
+                slot.record("confirm", state, start, end)
+                self.model.note(f"confirmed {slot.queue} ({'URL' if via_url else 'action'})")
+                return
+            assert time.monotonic() < deadline, (
+                f"{slot.queue}: no SubscriptionConfirmation with a live token came in "
+                f"{CONFIRM_SECONDS} s (refused tokens: {len(hook.stale)})"
+            )
+            time.sleep(0.02)
+
+    def confirm_subscription(self, topic_arn: str, token: str) -> str | None:
+        """ConfirmSubscription: the SubscriptionArn, or None when the token is refused."""
+        try:
+            answer = self.sns.confirm_subscription(TopicArn=topic_arn, Token=token)
+        except botocore.exceptions.ClientError as error:
+            if error_code(error) == "InvalidParameter":
+                return None
+            raise
+        arn: str = answer["SubscriptionArn"]
+        return arn
+
+    def check_confirmation(self, request: Received, topic_arn: str) -> None:
+        envelope = request.envelope()
+        headers = request.headers
+        assert request.method == "POST", request
+        assert envelope["Type"] == headers["x-amz-sns-message-type"], (envelope, headers)
+        assert headers["x-amz-sns-message-id"] == envelope["MessageId"], (envelope, headers)
+        assert envelope["TopicArn"] == topic_arn, envelope
+        assert "x-amz-sns-subscription-arn" not in headers, headers
+        check_signature(envelope, self.certificate(envelope["SigningCertURL"]))
 
     def stale_arn(self, slot: Slot) -> str | None:
         arns = [c.after.arn for c in slot.history if c.after is not None]
@@ -519,7 +671,8 @@ class Runner:
                 self.sns.unsubscribe(SubscriptionArn=stale)
                 self.model.note(f"unsubscribed {slot.queue} again")
             return
-        assert current.arn is not None
+        if current.arn is None:  # pending, answered without its ARN: nothing to name
+            return
         start = time.monotonic()
         self.sns.unsubscribe(SubscriptionArn=current.arn)
         slot.record("unsubscribe", None, start, time.monotonic())
@@ -536,15 +689,16 @@ class Runner:
                     )
                 assert error_code(refused.value) == "NotFound", refused.value
             return
-        assert current.arn is not None
+        if current.arn is None:  # pending, answered without its ARN: nothing to name
+            return
         start = time.monotonic()
         self.sns.set_subscription_attributes(
             SubscriptionArn=current.arn, AttributeName=name, AttributeValue=value
         )
         if name == "RawMessageDelivery":
-            state = State(current.arn, value == "true", current.filter)
+            state = replace(current, raw=value == "true")
         else:
-            state = State(current.arn, current.raw, value)
+            state = replace(current, filter=value)
         slot.record(f"set {name}", state, start, time.monotonic())
         self.model.note(f"set {slot.queue}'s {name} to {value}")
 
@@ -565,8 +719,11 @@ class Runner:
     # ---- deliveries
 
     def drain(self) -> None:
-        """Receive and delete until every queue had what it surely holds, and then nothing."""
+        """Receive and delete until every queue had what it surely holds, and then nothing;
+        then wait until every endpoint had every POST it is owed."""
         for (kind, name), slot in self.model.slots.items():
+            if slot.protocol != "sqs":
+                continue
             expected = [
                 m
                 for m in self.model.messages.values()
@@ -602,6 +759,105 @@ class Runner:
                 assert time.monotonic() < deadline, (
                     f"{name}: acknowledged publishes never delivered: {[m.body for m in waiting]}"
                 )
+        self.collect_posts()
+
+    def collect_posts(self) -> None:
+        """Check what the endpoints got; wait (bounded) until each had every POST it is owed:
+        those of the acknowledged publishes it must get, and of the publishes a kill cut off
+        that reached some queue or endpoint (they were committed, with the outbox rows)."""
+        deadline = time.monotonic() + HTTP_SECONDS
+        while True:
+            for hook in self.hooks.values():
+                for request in hook.unread():
+                    self.check_post(self.model.slots[("standard", hook.name)], request)
+            waiting = {
+                slot.queue: [m.body for m in self.owed_posts(slot)]
+                for slot in self.model.slots_of("standard", "http")
+            }
+            if not any(waiting.values()):
+                return
+            assert time.monotonic() < deadline, (
+                f"publishes owed to HTTP endpoints not POSTed (answered 200) within "
+                f"{HTTP_SECONDS} s: {waiting}; attempts at them: {self.attempts(waiting)}"
+            )
+            time.sleep(0.02)
+
+    def owed_posts(self, slot: Slot) -> list[Message]:
+        return [
+            m
+            for m in self.model.messages.values()
+            if m.topic == slot.topic
+            and not m.delivered[slot.queue]
+            and (m.acknowledged or any(m.delivered.values()))
+            and self.model.must_post(m, slot)
+        ]
+
+    def attempts(self, waiting: dict[str, list[str]]) -> dict[str, list[str]]:
+        """What each endpoint answered to the POSTs of the messages it still waits for."""
+        found: dict[str, list[str]] = {}
+        for name, bodies in waiting.items():
+            ids = {self.model.messages[b].message_id for b in bodies}
+            found[name] = [
+                f"{r.headers.get('x-amz-sns-message-id')}: {r.answered}"
+                for r in self.hooks[name].endpoint.requests
+                if r.headers.get("x-amz-sns-message-id") in ids
+            ]
+        return found
+
+    def check_post(self, slot: Slot, request: Received) -> None:
+        """One request an endpoint got (whatever it answered): a confirmation, or a POST of
+        a publish made, that a subscription possibly in force while it ran delivers, as that
+        subscription delivered (raw or enveloped, its ARN), with AWS's headers."""
+        name = slot.queue
+        headers = request.headers
+        assert request.method == "POST", (name, request)
+        assert request.target == urlsplit(self.hooks[name].url).path, (name, request)
+        topic_arn = self.model.arns[slot.topic]
+        kind = headers.get("x-amz-sns-message-type")
+        if kind == "SubscriptionConfirmation":
+            self.check_confirmation(request, topic_arn)
+            return
+        if kind == "UnsubscribeConfirmation":
+            envelope = request.envelope()
+            assert envelope["Type"] == kind, envelope
+            assert headers["x-amz-sns-topic-arn"] == envelope["TopicArn"] == topic_arn, envelope
+            assert headers["x-amz-sns-subscription-arn"].startswith(topic_arn + ":"), headers
+            check_signature(envelope, self.certificate(envelope["SigningCertURL"]))
+            return
+        assert kind == "Notification", (name, headers)
+        raw = headers["x-amz-sns-rawdelivery"] == "true"
+        assert headers["x-amz-sns-rawdelivery"] in ("true", "false"), headers
+        body = request.body.decode()
+        envelope = parse_envelope(body)
+        assert (envelope is None) == raw, (name, headers, body)
+        text = body if envelope is None else envelope["Message"]
+        message = self.model.messages.get(text)
+        assert message is not None, f"{name}: POSTed a message never published: {text!r}"
+        assert message.topic == slot.topic, (name, text)
+        fates = self.model.fates(message, slot)
+        delivering = [s for s in fates if s is not None and s.delivers(message.attributes)]
+        assert delivering, (
+            f"{name}: POSTed {text!r}, which no subscription possibly in force (and "
+            f"confirmed) while it was published would deliver ({fates})"
+        )
+        shaped = [s for s in delivering if s.raw == raw]
+        assert shaped, f"{name}: {text!r} POSTed raw={raw}, subscriptions: {delivering}"
+        if message.message_id is None:  # cut off by a kill: every copy has the same id
+            message.message_id = headers["x-amz-sns-message-id"]
+        assert headers["x-amz-sns-message-id"] == message.message_id, (text, headers)
+        assert headers["x-amz-sns-topic-arn"] == topic_arn, (text, headers)
+        assert headers["content-type"] == "text/plain; charset=UTF-8", (text, headers)
+        arn = headers["x-amz-sns-subscription-arn"]
+        arns = {s.arn for s in shaped}
+        assert None in arns or arn in arns, f"{name}: {text!r} POSTed under {arn}, not {arns}"
+        if envelope is not None:
+            assert self.check_envelope(message, envelope, shaped) == arn, (text, envelope)
+        if request.answered != "ok":
+            return  # a failed attempt: the broker owes it still
+        message.delivered[name] += 1
+        message.forms[name].add("raw" if raw else arn)
+        if message.delivered[name] > 1:
+            self.model.note(f"{name}: {text!r} POSTed again")  # at least once
 
     def check_delivery(self, slot: Slot, raw: dict[str, Any]) -> None:
         name = slot.queue
@@ -715,7 +971,7 @@ class Runner:
             if message.acknowledged or not any(message.delivered.values()):
                 continue
             for slot in self.model.slots_of(message.topic):
-                if self.model.must_deliver(message, slot):
+                if self.model.owed(message, slot):
                     assert message.delivered[slot.queue], (
                         f"{message.body!r}, cut off by a kill, delivered to "
                         f"{dict(message.delivered)} but not to {slot.queue}"
@@ -727,7 +983,7 @@ class Runner:
             if not message.acknowledged:
                 continue
             for slot in self.model.slots_of(message.topic):
-                if self.model.must_deliver(message, slot):
+                if self.model.owed(message, slot):
                     assert message.delivered[slot.queue], (message.body, slot.queue)
 
 
@@ -876,18 +1132,28 @@ class SharedPublishes:
     initial=initials,
     program=st.lists(segments, min_size=1, max_size=3),
     tail=st.lists(steps, max_size=10),
+    flaky=flakiness,
 )
 def test_what_sns_acknowledged_survives_random_sigkills(
-    initial: list[Initial | None], program: list[Segment], tail: list[Step]
+    initial: list[Initial | None], program: list[Segment], tail: list[Step], flaky: Flakiness
 ) -> None:
-    model = Model([Slot(kind, name) for kind, name in (*PAIRS, CHURN)])
+    model = Model(
+        [Slot(kind, name) for kind, name in (*SQS_PAIRS, CHURN)]
+        + [Slot(kind, name, "http") for kind, name in HTTP_PAIRS]
+    )
+    model.note(f"the flaky endpoint: {flaky}")
     queue_arns: dict[str, str] = {}  # name -> ARN (the same in every run)
-    with tempfile.TemporaryDirectory(prefix="wharf-sns-crash-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="wharf-sns-crash-") as tmp,
+        Endpoint() as steady,
+        Endpoint(behaviour_of=behaviour(flaky)) as failing,
+    ):
+        hooks = {HOOKS[0]: Hook(HOOKS[0], steady), HOOKS[1]: Hook(HOOKS[1], failing)}
         trio.run(
             run_with_kills,
             Path(tmp),
             program,
             tuple(tail),
-            lambda endpoint: Runner(model, endpoint, queue_arns, initial),
+            lambda endpoint: Runner(model, endpoint, queue_arns, initial, hooks),
             lambda: model.trace,
         )

@@ -11,6 +11,11 @@ kill). It must have been delivered where every such state delivers it. The histo
 is written by one client at a time (the main program, or one background client at a kill),
 and after each restart a ``resync`` entry records what the broker lists, so a change cut off
 by a kill stays open only for the publishes of its own run.
+
+HTTP subscriptions (to the standard topic) are pairs too, with the endpoint's name for the
+queue's: pending until a confirmation was answered, and delivering nothing until then. Their
+POSTs come later than a publish's answer (the delivery worker, retries), so a publish must
+reach an endpoint only if, besides, no change since it began removed the subscription.
 """
 
 from __future__ import annotations
@@ -110,13 +115,18 @@ def own_sns_client(endpoint: str, read_timeout: float = 20) -> Any:
 
 @dataclass(frozen=True)
 class State:
-    """A live subscription: its ARN (None while a cut-off Subscribe left it unknown)."""
+    """A live subscription: its ARN (None while a cut-off Subscribe, or an HTTP Subscribe
+    answered "pending confirmation", left it unknown); an HTTP one delivers only once its
+    confirmation was answered."""
 
     arn: str | None
     raw: bool
     filter: str | None
+    confirmed: bool = True
 
     def delivers(self, attributes: Attributes) -> bool:
+        if not self.confirmed:
+            return False
         return self.filter is None or FILTERS[self.filter](attributes)
 
 
@@ -133,10 +143,11 @@ class Change:
 
 @dataclass
 class Slot:
-    """One (topic, queue) pair and its subscription's history."""
+    """One (topic, queue) pair, or (topic, HTTP endpoint), and its subscription's history."""
 
     topic: TopicKind
-    queue: str  # queue name
+    queue: str  # queue name, or the endpoint's name (tests.support.sns_crash_http.HOOKS)
+    protocol: Literal["sqs", "http"] = "sqs"
     history: list[Change] = field(
         default_factory=lambda: [Change("start", None, -math.inf, -math.inf)]
     )
@@ -293,6 +304,16 @@ class Model:
             for state in self.fates(message, slot)
         )
 
+    def must_post(self, message: Message, slot: Slot) -> bool:
+        """Whether ``slot``'s HTTP endpoint must get ``message`` (were it acknowledged): a
+        subscription that surely delivered it, and that nothing removed since (an Unsubscribe
+        or DeleteTopic drops the POSTs still owed, as AWS's do), however late the POST."""
+        if not self.must_deliver(message, slot):
+            return False
+        history = slot.history
+        last = max(i for i, c in enumerate(history) if c.end is not None and c.end < message.start)
+        return all(c.after is not None for c in history[last + 1 :])
+
     def may_deliver(self, message: Message, slot: Slot) -> bool:
         return any(
             state is not None and state.delivers(message.attributes)
@@ -324,8 +345,17 @@ class Model:
                 return f"{message.body!r} came as {message.forms[slot.queue]}"
         return None
 
-    def slots_of(self, topic: TopicKind) -> list[Slot]:
-        return [s for s in self.slots.values() if s.topic == topic]
+    def slots_of(self, topic: TopicKind, protocol: str | None = None) -> list[Slot]:
+        return [
+            s for s in self.slots.values() if s.topic == topic and protocol in (None, s.protocol)
+        ]
+
+    def owed(self, message: Message, slot: Slot) -> bool:
+        """Whether ``slot`` must have ``message`` by now: SQS copies at once, HTTP POSTs once
+        the delivery worker got them through."""
+        if slot.protocol == "http":
+            return self.must_post(message, slot)
+        return self.must_deliver(message, slot)
 
 
 # ---------------------------------------------------------------------- deliveries
