@@ -622,8 +622,9 @@ class Runner:
                     arn = follow_subscribe_url(moved(envelope["SubscribeURL"], self.endpoint))
                 else:
                     arn = self.confirm_subscription(topic_arn, token)
-                if arn is None:
+                if arn is None:  # void (a later Subscribe, an Unsubscribe), or lost
                     hook.stale.add(token)
+                    self.model.note(f"{slot.queue}: the token of {envelope['MessageId']} refused")
                     continue
                 end = time.monotonic()
                 hook.used.add(token)
@@ -818,11 +819,11 @@ class Runner:
             self.check_confirmation(request, topic_arn)
             return
         if kind == "UnsubscribeConfirmation":
-            envelope = request.envelope()
-            assert envelope["Type"] == kind, envelope
-            assert headers["x-amz-sns-topic-arn"] == envelope["TopicArn"] == topic_arn, envelope
+            goodbye = request.envelope()
+            assert goodbye["Type"] == kind, goodbye
+            assert headers["x-amz-sns-topic-arn"] == goodbye["TopicArn"] == topic_arn, goodbye
             assert headers["x-amz-sns-subscription-arn"].startswith(topic_arn + ":"), headers
-            check_signature(envelope, self.certificate(envelope["SigningCertURL"]))
+            check_signature(goodbye, self.certificate(goodbye["SigningCertURL"]))
             return
         assert kind == "Notification", (name, headers)
         raw = headers["x-amz-sns-rawdelivery"] == "true"
