@@ -36,6 +36,7 @@ failing run took and what it saw are attached to the exception.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import threading
@@ -53,7 +54,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.broker import sqs_client
-from tests.support.crash_harness import Worker, run_with_kills
+from tests.support.crash_harness import Worker, resend_deduplicated, run_with_kills
 from tests.support.digests import expected_attributes_md5, md5_hex
 
 pytestmark = pytest.mark.slow
@@ -404,30 +405,14 @@ class Runner:
         """Send each one's deduplication id again with another body: the original answers."""
         if not originals:
             return
-        entries = [
-            {
-                "Id": str(n),
-                "MessageBody": self.model.phantom(),
-                "MessageGroupId": m.group,
-                "MessageDeduplicationId": m.dedup,
-            }
-            for n, m in enumerate(originals)
-        ]
         url = self.model.urls["fifo"]
-        if len(entries) == 1:
-            params = {k: v for k, v in entries[0].items() if k != "Id"}
-            answers = [{**self.client.send_message(QueueUrl=url, **params), "Id": "0"}]
-        else:
-            answer = self.client.send_message_batch(QueueUrl=url, Entries=entries)
-            assert not answer.get("Failed"), answer
-            answers = answer["Successful"]
-        assert len(answers) == len(originals)
-        for entry in answers:
-            original = originals[int(entry["Id"])]
-            assert (entry["MessageId"], entry["SequenceNumber"]) == (
-                original.message_id,
-                original.sequence_number,
-            ), f"a resend of {original.dedup} ({original.body!r}) was taken as a new message"
+        resend_deduplicated(
+            originals,
+            self.model.phantom,
+            "MessageBody",
+            functools.partial(self.client.send_message, QueueUrl=url),
+            lambda entries: self.client.send_message_batch(QueueUrl=url, Entries=entries),
+        )
         self.model.note(f"resent {[m.dedup for m in originals]}")
 
     def receive(

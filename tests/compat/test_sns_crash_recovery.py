@@ -56,6 +56,7 @@ exception.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import threading
@@ -72,7 +73,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.broker import sqs_client
-from tests.support.crash_harness import Worker, run_with_kills
+from tests.support.crash_harness import Worker, resend_deduplicated, run_with_kills
 from tests.support.sns import Endpoint, Received, check_signature, fetch, queue_arn
 from tests.support.sns_crash_http import (
     DELIVERY_POLICY,
@@ -524,30 +525,16 @@ class Runner:
         """Publish each one's deduplication id again with another body: the original answers."""
         if not originals:
             return
-        entries = [
-            {
-                "Id": str(n),
-                "Message": self.model.phantom(),
-                "MessageGroupId": m.group,
-                "MessageDeduplicationId": m.dedup,
-            }
-            for n, m in enumerate(originals)
-        ]
         arn = self.model.arns["fifo"]
-        if len(entries) == 1:
-            params = {k: v for k, v in entries[0].items() if k != "Id"}
-            answers = [{**self.sns.publish(TopicArn=arn, **params), "Id": "0"}]
-        else:
-            answer = self.sns.publish_batch(TopicArn=arn, PublishBatchRequestEntries=entries)
-            assert not answer.get("Failed"), answer
-            answers = answer["Successful"]
-        assert len(answers) == len(originals), answers
-        for entry in answers:
-            original = originals[int(entry["Id"])]
-            assert (entry["MessageId"], entry["SequenceNumber"]) == (
-                original.message_id,
-                original.sequence_number,
-            ), f"a resend of {original.dedup} ({original.body!r}) was taken as a new message"
+        resend_deduplicated(
+            originals,
+            self.model.phantom,
+            "Message",
+            functools.partial(self.sns.publish, TopicArn=arn),
+            lambda entries: self.sns.publish_batch(
+                TopicArn=arn, PublishBatchRequestEntries=entries
+            ),
+        )
         self.model.note(f"resent {[m.dedup for m in originals]}")
 
     def subscribe(self, step: Subscribe) -> None:

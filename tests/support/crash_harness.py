@@ -225,3 +225,56 @@ class Worker:
         finally:
             self.done = True
             self.client.close()  # its pooled sockets would otherwise linger until exit
+
+
+class Deduplicated(Protocol):
+    """An acknowledged FIFO write: its deduplication id and what the broker answered."""
+
+    @property
+    def group(self) -> str | None: ...
+    @property
+    def dedup(self) -> str | None: ...
+    @property
+    def body(self) -> str: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def sequence_number(self) -> str | None: ...
+
+
+def resend_deduplicated(
+    originals: Sequence[Deduplicated],
+    new_body: Callable[[], str],
+    body_key: str,
+    send_one: Callable[..., dict[str, Any]],
+    send_batch: Callable[[list[dict[str, Any]]], dict[str, Any]],
+) -> None:
+    """Write each original's deduplication id again with another body (``new_body()``), alone
+    or as one batch, and check that each answer names the original: nothing new was taken.
+
+    ``send_one(**entry)`` and ``send_batch(entries)`` are the service's single and batch write
+    with the queue or topic bound; ``body_key`` is its body parameter.
+    """
+    entries = [
+        {
+            "Id": str(n),
+            body_key: new_body(),
+            "MessageGroupId": m.group,
+            "MessageDeduplicationId": m.dedup,
+        }
+        for n, m in enumerate(originals)
+    ]
+    if len(entries) == 1:
+        params = {k: v for k, v in entries[0].items() if k != "Id"}
+        answers = [{**send_one(**params), "Id": "0"}]
+    else:
+        answer = send_batch(entries)
+        assert not answer.get("Failed"), answer
+        answers = answer["Successful"]
+    assert len(answers) == len(originals), answers
+    for entry in answers:
+        original = originals[int(entry["Id"])]
+        assert (entry["MessageId"], entry["SequenceNumber"]) == (
+            original.message_id,
+            original.sequence_number,
+        ), f"a resend of {original.dedup} ({original.body!r}) was taken as a new message"
