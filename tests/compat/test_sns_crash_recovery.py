@@ -73,7 +73,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.broker import sqs_client
-from tests.support.crash_harness import Worker, resend_deduplicated, run_with_kills
+from tests.support.crash_harness import (
+    Worker,
+    resend_deduplicated,
+    run_with_kills,
+    stop_workers,
+)
 from tests.support.sns import Endpoint, Received, check_signature, fetch, queue_arn
 from tests.support.sns_crash_http import (
     DELIVERY_POLICY,
@@ -1070,15 +1075,8 @@ class Busy:
         return True
 
     def finish(self) -> None:
-        self.stop.set()
-        for worker in self.workers:
-            worker.thread.join(30)
-            assert not worker.thread.is_alive(), "a background client hangs"
-        for worker in self.workers:
-            assert worker.error is None, worker.error
-        self.model.note(
-            f"killed with {self.kill.background}: {[w.answers for w in self.workers]} answers"
-        )
+        answers = stop_workers(self.stop, self.workers)
+        self.model.note(f"killed with {self.kill.background}: {answers} answers")
 
 
 class SharedPublishes:

@@ -278,3 +278,15 @@ def resend_deduplicated(
             original.message_id,
             original.sequence_number,
         ), f"a resend of {original.dedup} ({original.body!r}) was taken as a new message"
+
+
+def stop_workers(stop: threading.Event, workers: Sequence[Worker]) -> list[int]:
+    """Stop the background clients of a kill, join them and check none failed; returns how
+    many answers each got."""
+    stop.set()
+    for worker in workers:
+        worker.thread.join(30)
+        assert not worker.thread.is_alive(), "a background client hangs"
+    for worker in workers:
+        assert worker.error is None, worker.error
+    return [worker.answers for worker in workers]
