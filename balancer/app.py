@@ -248,10 +248,10 @@ class BalancerApp:
             if addresses is None:
                 return  # reset before the handshake: nothing to answer
             peer, local = addresses
-            tune_socket(sock)
             accepted = await accept_tls(stream, tls, self.tls_metrics)
             if accepted is None:
                 return
+            tune_socket(accepted.stream.socket)  # after SocketStream, which sets trio's 16 KiB
             info = ClientInfo(
                 str(peer[0]),
                 int(peer[1]),

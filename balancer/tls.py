@@ -14,9 +14,10 @@ the certificate the client asked for:
 4. no SNI, or a name no certificate has, gets the default (ALB's rule).
 
 Reload builds a new ServerTls and the runtime snapshot swaps it in: connections accepted
-afterwards handshake with the new contexts, established ones keep the ``SSLStream`` (and so the
-context) they started with. Building reads and checks every file first
-(:mod:`balancer.certificates`), so a bad file refuses the reload instead of half-applying it.
+afterwards handshake with the new contexts, established ones keep the
+:class:`~balancer.tls_socket.TlsSocket` (and so the context) they started with. Building reads
+and checks every file first (:mod:`balancer.certificates`), so a bad file refuses the reload
+instead of half-applying it.
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from balancer.certificates import CertificateFiles, load_certificate_files
 from balancer.config import HttpsListener, Listener
 from balancer.tls_policies import SSL_POLICIES, TLS13_SUITES, TlsPolicy
+from balancer.tls_socket import TlsSocket
 from monitoring.configfile import ConfigError
 from monitoring.logging import EventLog
 from monitoring.metrics import Metrics
 
 ALPN_PROTOCOLS = ("http/1.1",)
-CLOSE_NOTIFY_SECONDS = 1.0  # sending one alert; a client that does not read cannot hold us
 # Options every policy shares: the server's cipher order wins (AWS's policies are ordered),
 # no TLS compression (CRIME), no client-initiated renegotiation (a cheap CPU DoS; ALB
 # refuses it too).
@@ -234,7 +235,7 @@ class TlsMetrics:
 
 
 def _failure_reason(exc: BaseException) -> str:
-    cause = exc.__cause__
+    cause = exc if isinstance(exc, ssl.SSLError) else exc.__cause__
     if isinstance(cause, ssl.SSLError) and cause.reason:
         return str(cause.reason).lower()
     return "closed"
@@ -253,7 +254,7 @@ class TlsConnection(NamedTuple):
         cipher: the OpenSSL cipher name, for access logs.
     """
 
-    stream: trio.SSLStream[trio.abc.Stream]
+    stream: trio.SocketStream
     server_name: str | None
     certificate: str
     protocol: str
@@ -261,7 +262,7 @@ class TlsConnection(NamedTuple):
 
 
 async def accept_tls(
-    stream: trio.abc.Stream, tls: ServerTls, metrics: TlsMetrics | None = None
+    stream: trio.SocketStream, tls: ServerTls, metrics: TlsMetrics | None = None
 ) -> TlsConnection | None:
     """Complete the server side of a handshake within the listener's timeout.
 
@@ -276,23 +277,24 @@ async def accept_tls(
         negotiated a TLS 1.3 suite the policy does not list. Failures are counted, never
         raised: clients cause them at will.
     """
-    # Not https_compatible: closing sends close_notify (without waiting for the client's), as
-    # nginx and HAProxy do; OpenSSL 3 clients report a bare TCP close as a truncation error.
-    # A client that closes without close_notify, as browsers do, surfaces as
-    # BrokenResourceError on receive, which the HTTP shell treats as the client leaving.
-    ssl_stream = trio.SSLStream(stream, tls.context, server_side=True)
+    # A TlsSocket, not trio's SSLStream: the HTTP shell then reads and writes it as it does a
+    # plain socket, without SSLStream's per-call machinery (bench/BALANCER.md, "TLS"). Closing
+    # sends close_notify without waiting for the client's, as nginx and HAProxy do (OpenSSL 3
+    # clients report a bare TCP close as a truncation error); a client that closes without
+    # one, as browsers do, reads as the end of the stream.
+    tls_socket = TlsSocket(stream.socket, tls.context, None, server_side=True)
     reason = "timeout"
     slot: list[str] = []
     token = _SERVER_NAME.set(slot)
     try:
         with trio.move_on_after(tls.handshake_timeout):
             try:
-                await ssl_stream.do_handshake()
-            except trio.BrokenResourceError as exc:
+                await tls_socket.handshake()
+            except (ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 reason = _failure_reason(exc)
             else:
-                cipher = ssl_stream.cipher()
-                protocol = ssl_stream.version() or "-"
+                cipher = tls_socket.cipher()
+                protocol = tls_socket.version() or "-"
                 name = cipher[0] if cipher else "-"
                 if protocol == "TLSv1.3" and name not in tls.tls13_suites:
                     # The policy's TLS 1.3 suites could not be set (policy_context), so the
@@ -301,9 +303,9 @@ async def accept_tls(
                 else:
                     sent = slot[-1] if slot else None
                     return TlsConnection(
-                        stream=ssl_stream,
+                        stream=trio.SocketStream(tls_socket),
                         server_name=sent if sent is not None and tls.matches(sent) else None,
-                        certificate=_presented(ssl_stream, tls),
+                        certificate=_presented(tls_socket, tls),
                         protocol=protocol,
                         cipher=name,
                     )
@@ -315,22 +317,12 @@ async def accept_tls(
 
 
 async def close_tls(connection: TlsConnection) -> None:
-    """Send close_notify and close, within :data:`CLOSE_NOTIFY_SECONDS`, even if cancelled."""
-    closed = False
-    with trio.move_on_after(CLOSE_NOTIFY_SECONDS, shield=True):
-        try:
-            await connection.stream.aclose()
-            closed = True
-        except (trio.BrokenResourceError, OSError):
-            pass  # the client went first: nothing left to tell it
-    # SSLStream.aclose closes the transport on every path, a failed or timed-out one
-    # included; this is for the unexpected. Not repeated after a clean close: it would cost
-    # a cancel scope and a scheduler round trip per connection (bench/BALANCER.md, "TLS").
-    if not closed:
-        await trio.aclose_forcefully(connection.stream.transport_stream)
+    """Send close_notify if the kernel takes it now, and close; never waits on the client
+    (as nginx and HAProxy: the client's own close_notify is not awaited)."""
+    connection.stream.socket.close()
 
 
-def _presented(stream: trio.SSLStream[trio.abc.Stream], tls: ServerTls) -> str:
+def _presented(stream: TlsSocket, tls: ServerTls) -> str:
     """The cert_file of the certificate a finished handshake presented."""
     context = stream.context
     for certificate, candidate in zip(tls.certificates, tls.contexts, strict=True):

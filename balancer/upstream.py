@@ -40,6 +40,7 @@ import trio
 
 from balancer import target_tls
 from balancer.config import Endpoint, ListenerLimits
+from balancer.tls_socket import TlsSocket
 from monitoring import fastio
 
 # A connection idle for less than this is reused without asking the kernel whether the
@@ -171,7 +172,7 @@ class Upstream:
         max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
     ) -> None:
         self.endpoint = endpoint
-        self.stream = stream  # over a target_tls.TlsSocket for an https target
+        self.stream = stream  # over a TlsSocket for an https target
         self.conn = TargetConnection(max_head_bytes)
         self.reused = False
         self.idle_since = 0.0
@@ -190,9 +191,7 @@ class Upstream:
             return False
         # A TLS socket may be readable with records that are no response bytes (session
         # tickets): only a plain one is asked.
-        return isinstance(self.stream.socket, target_tls.TlsSocket) or not _looks_closed(
-            self.stream
-        )
+        return isinstance(self.stream.socket, TlsSocket) or not _looks_closed(self.stream)
 
     def close(self) -> None:
         """Close at once. A socket's close never waits on the peer (nor a TLS one's)."""

@@ -23,6 +23,7 @@ import trio
 from balancer.access_log import AccessLogs
 from balancer.listeners.http_metrics import HttpStats
 from balancer.runtime import ListenerRuntime, Runtime, Snapshot
+from balancer.tls_socket import TlsSocket
 from balancer.upstream import Pools
 from monitoring import fastio
 from monitoring.httpserver import Draining
@@ -174,10 +175,11 @@ class Client:
 
 
 def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
-    if isinstance(stream, trio.SocketStream):
-        return stream.socket
-    transport = getattr(stream, "transport_stream", None)  # trio.SSLStream
-    return transport.socket if isinstance(transport, trio.SocketStream) else None
+    """The TCP socket under a client stream (under the encryption of a TLS one)."""
+    if not isinstance(stream, trio.SocketStream):
+        return None
+    sock = stream.socket
+    return sock.tcp if isinstance(sock, TlsSocket) else sock
 
 
 class Exchange:

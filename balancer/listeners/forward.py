@@ -60,6 +60,7 @@ from balancer.listeners.interim import relay_interim
 from balancer.listeners.sticky import StickyPlan, plan, response_cookies
 from balancer.listeners.websocket import tunnel
 from balancer.runtime import GroupRuntime, ListenerRuntime, Selected
+from balancer.tls_socket import TlsSocket
 from balancer.upstream import ConnectFailed, ConnectTimedOut, Pool, Upstream
 from monitoring import fastio
 from proto.http1 import (
@@ -524,7 +525,8 @@ async def _linger(client: Client, ex: Exchange) -> None:
     can make it lose the response while it is still uploading. Half-closing and draining
     for a bounded time and size (nginx's lingering close) lets it read the response.
     """
-    if client.socket is not None:
+    # Not a TLS client's: its close_notify would end what some clients still read.
+    if client.socket is not None and not isinstance(client.socket, TlsSocket):
         try:
             client.socket.shutdown(socket.SHUT_WR)
         except OSError:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from balancer.listeners.exchange import MAX_RECV, Client, Exchange
-from balancer.target_tls import TlsSocket
+from balancer.tls_socket import TlsSocket
 
 if TYPE_CHECKING:
     from balancer.upstream import Upstream
@@ -102,8 +102,8 @@ async def _pump(
 async def _pass_half_close(sink: trio.abc.SendStream) -> bool:
     """Shut down ``sink``'s sending side; False where it cannot be (TLS on it)."""
     if not isinstance(sink, trio.SocketStream) or isinstance(sink.socket, TlsSocket):
-        # A TLS client's SSLStream has no half-close; a TLS target's close_notify would end
-        # its reading side too in some peers. The tunnel ends there instead.
+        # A close_notify would end the peer's reading side too in some TLS stacks (client or
+        # target), so no TLS side is half-closed: the tunnel ends there instead.
         return False
     try:
         await sink.send_eof()

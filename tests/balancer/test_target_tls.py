@@ -1,9 +1,8 @@
-"""TLS to targets on real sockets: the unverified client context, SNI, and a socket whose
-reads leave nothing decryptable behind (so waiting on its descriptor stays truthful)."""
+"""TLS to targets on real sockets: the unverified client context, SNI and ALPN, and a
+handshake against a server that does not speak TLS (TlsSocket itself: test_tls_socket.py)."""
 
 from __future__ import annotations
 
-import socket
 import ssl
 
 import pytest
@@ -11,8 +10,8 @@ import trio
 import trustme
 
 from balancer import target_tls
-from balancer.target_tls import TlsSocket, client_context, server_name
-from monitoring import fastio
+from balancer.target_tls import client_context, server_name
+from balancer.tls_socket import TlsSocket
 from tests.support.tls_targets import server_context
 
 
@@ -86,39 +85,6 @@ async def test_an_untrusted_certificate_is_accepted_with_sni_and_alpn(server):
     bare.close()
 
 
-async def test_a_read_takes_every_record_already_received(server):
-    client = await connect(server.port, None)
-    peer = await server.accepted.receive()
-    for i in range(3):  # three writes: three TLS records of 10 KB each
-        await peer.send_all(bytes([i]) * 10_000)
-    await trio.sleep(0.2)  # all of it in the client's kernel buffer
-    stream = trio.SocketStream(client)
-    with trio.fail_after(5):
-        data = await stream.receive_some(1 << 18)
-    assert data == b"\x00" * 10_000 + b"\x01" * 10_000 + b"\x02" * 10_000
-    # Nothing decryptable stayed behind: the descriptor says "nothing to read", truly.
-    assert not client.is_readable()
-    assert not fastio.readable_now(client.fileno())
-    await stream.send_all(b"ping")
-    assert await peer.receive_some(10) == b"ping"
-    client.close()
-
-
-async def test_close_says_goodbye_and_the_end_reads_as_empty(server):
-    client = await connect(server.port, None)
-    peer = await server.accepted.receive()
-    client.close()
-    with trio.fail_after(5):
-        assert await peer.receive_some(10) == b""  # a close_notify, not a bare FIN
-    other = await connect(server.port, None)
-    peer = await server.accepted.receive()
-    await peer.aclose()
-    with trio.fail_after(5):
-        assert await other.recv(100) == b""
-        assert await other.recv(100) == b""  # and stays ended
-    other.close()
-
-
 async def test_a_plain_http_server_fails_the_handshake(nursery):
     async def http(stream: trio.SocketStream) -> None:
         await stream.receive_some(1000)
@@ -133,12 +99,3 @@ async def test_a_plain_http_server_fails_the_handshake(nursery):
     with pytest.raises(ssl.SSLError), trio.fail_after(5):
         await target_tls.wrap(tcp, client_context(), "127.0.0.1")
     tcp.close()
-
-
-async def test_it_is_a_stream_socket_for_trio():
-    tcp = trio.socket.socket()
-    tls = TlsSocket(tcp, client_context(), None)
-    assert tls.type == socket.SOCK_STREAM
-    assert tls.fileno() == tcp.fileno()
-    tls.close()
-    assert tcp.fileno() == -1

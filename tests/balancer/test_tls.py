@@ -23,7 +23,6 @@ from balancer.config import (
     SslPolicyName,
 )
 from balancer.tls import (
-    CLOSE_NOTIFY_SECONDS,
     ServerTls,
     TlsConnection,
     TlsMetrics,
@@ -32,6 +31,7 @@ from balancer.tls import (
     build_server_tls,
     close_tls,
 )
+from monitoring import fastio
 from monitoring.configfile import ConfigError
 from monitoring.logging import EventLog
 from monitoring.metrics import Metrics
@@ -120,8 +120,8 @@ async def handshake(
     server_name: str | None,
     tls_metrics: TlsMetrics | None = None,
 ) -> tuple[TlsConnection | None, trio.SSLStream | BaseException]:
-    """Run both sides over a memory pipe; the client side result or its exception."""
-    client_raw, server_raw = trio.testing.memory_stream_pair()
+    """Run both sides over a socket pair; the client side result or its exception."""
+    client_raw, server_raw = socket_pair()
     client_stream = trio.SSLStream(client_raw, client, server_hostname=server_name)
     result: dict[str, object] = {}
 
@@ -164,7 +164,7 @@ async def test_handshake_presents_the_sni_certificate_and_alpn(ca, server_tls, s
     assert isinstance(client_side, trio.SSLStream)
     assert common_name(client_side) == stem
     assert client_side.selected_alpn_protocol() == "http/1.1"
-    assert server.stream.selected_alpn_protocol() == "http/1.1"
+    assert server.stream.socket.selected_alpn_protocol() == "http/1.1"
     assert server.certificate.endswith(f"/{stem}.pem")
     # ALB's domain_name: the SNI name only when a certificate carries it.
     assert server.server_name == (None if server_name == "other.example.org" else server_name)
@@ -221,7 +221,7 @@ async def test_tls12_only_policy_refuses_tls13_and_serves_tls12(ca, certificates
 async def test_a_silent_client_times_out(certificates, autojump_clock):
     tls = build_server_tls(https_listener(certificates, handshake=3.0))
     metrics, tls_metrics = metrics_and_tls(tls)
-    _, server_raw = trio.testing.memory_stream_pair()
+    _client, server_raw = socket_pair()
     start = trio.current_time()
     assert await accept_tls(server_raw, tls, tls_metrics) is None
     assert trio.current_time() - start == pytest.approx(3.0)
@@ -234,7 +234,7 @@ async def test_a_silent_client_times_out(certificates, autojump_clock):
 
 async def test_plain_http_on_the_tls_port_is_a_counted_failure(server_tls):
     metrics, tls_metrics = metrics_and_tls(server_tls)
-    client_raw, server_raw = trio.testing.memory_stream_pair()
+    client_raw, server_raw = socket_pair()
     await client_raw.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert await accept_tls(server_raw, server_tls, tls_metrics) is None
     samples = [
@@ -283,27 +283,44 @@ async def test_close_sends_close_notify(ca, server_tls):
     await close_tls(server)
     # A clean TLS close reads as end of stream, not as a truncation.
     assert await client_side.receive_some(10) == b""
-    with pytest.raises(trio.ClosedResourceError):  # and the transport is closed
-        await server.stream.transport_stream.send_all(b"x")
+    with pytest.raises(trio.ClosedResourceError):  # and the socket is closed
+        await server.stream.send_all(b"x")
 
 
-async def test_close_is_bounded_when_the_client_reads_nothing(ca, server_tls, autojump_clock):
-    # lockstep: a send waits for the peer's receive, so close_notify cannot go out.
-    client_raw, server_raw = trio.testing.lockstep_stream_pair()
-    client_stream = trio.SSLStream(client_raw, client_context(ca), server_hostname="a.example.com")
-
-    async def client_side() -> None:
-        await client_stream.do_handshake()
-        with trio.move_on_after(1.0):  # take the session tickets, then read no more
-            while await client_raw.receive_some():
-                pass
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(client_side)
-        server = await accept_tls(server_raw, server_tls)
+async def test_close_never_waits_for_a_client_that_reads_nothing(ca, server_tls, autojump_clock):
+    server, client_side = await handshake(server_tls, client_context(ca), "a.example.com")
     assert server is not None
+    assert isinstance(client_side, trio.SSLStream)
+    tcp = server.stream.socket.tcp
+    raw = fastio.raw_socket(tcp)
+    assert raw is not None
+    while True:  # fill the client's receive buffer and our send buffer: nothing more goes out
+        try:
+            raw.send(b"x" * 65536)
+        except BlockingIOError:
+            break
     start = trio.current_time()
     await close_tls(server)
-    assert trio.current_time() - start == pytest.approx(CLOSE_NOTIFY_SECONDS)
-    with trio.fail_after(5), pytest.raises(trio.ClosedResourceError):
-        await server.stream.transport_stream.send_all(b"x")  # an open one would wait
+    assert trio.current_time() == start  # the close_notify that did not fit is dropped
+    assert tcp.fileno() == -1
+    await client_side.transport_stream.aclose()
+
+
+_OPEN_SOCKETS: list[trio.socket.SocketType] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_socket_pairs():
+    yield
+    while _OPEN_SOCKETS:  # after trio's run: through the standard-library socket
+        raw = fastio.raw_socket(_OPEN_SOCKETS.pop())
+        if raw is not None:
+            raw.close()
+
+
+def socket_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    """A connected pair of real (AF_UNIX) stream sockets, as the listener's accept gives;
+    closed after the test."""
+    client, server = trio.socket.socketpair()
+    _OPEN_SOCKETS.extend((client, server))
+    return trio.SocketStream(client), trio.SocketStream(server)
