@@ -41,7 +41,9 @@ Scenarios, each run against both proxies (and directly against nginx for referen
 Every throughput run also reports the proxy's CPU time per request (from ``/proc``), the
 steadier comparison on a shared machine, and the CPU that other processes (not this
 benchmark's) used meanwhile, in cores. ``--instructions N`` adds a deterministic one: each
-proxy under valgrind's callgrind, user-space instructions per request over N requests.
+proxy under valgrind's callgrind, user-space instructions per request over N requests, for
+plain keep-alive (small and 64 KiB responses), TLS keep-alive and a TLS handshake per request
+(ECDSA and RSA-2048).
 
 Usage: ``python bench/balancer_http.py [--seconds 10] [--only keepalive,64k] [--rate 5000]
 [--instructions 1000] [--profile wharf.svg] [--no-install]``.
@@ -67,6 +69,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -604,31 +607,90 @@ def idle_memory(port: int, pid: int, count: int) -> float:
 def drive(port: int, count: int, connections: int = 8) -> None:
     """``count`` keep-alive GETs over ``connections`` connections, one at a time."""
     socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
-    request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
     try:
         for i in range(count):
-            sock = socks[i % connections]
-            sock.sendall(request)
-            data = b""
-            while True:
-                data += sock.recv(1 << 20)
-                head, sep, body = data.partition(b"\r\n\r\n")
-                if not sep:
-                    continue
-                length = re.search(rb"content-length:\s*(\d+)", head, re.IGNORECASE)
-                if length and len(body) >= int(length.group(1)):
-                    break
+            exchange(socks[i % connections])
     finally:
         for sock in socks:
             sock.close()
 
 
+def exchange(sock: socket.socket, close: bool = False) -> None:
+    """One GET and its whole response (plain or TLS socket)."""
+    extra = b"Connection: close\r\n" if close else b""
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n" + extra + b"\r\n")
+    data = b""
+    while True:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            raise RuntimeError(f"the proxy closed before the whole response: {data[:80]!r}")
+        data += chunk
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        length = re.search(rb"content-length:\s*(\d+)", head, re.IGNORECASE)
+        if length and len(body) >= int(length.group(1)):
+            return
+
+
+def drive_tls(port: int, count: int, *, handshake_each: bool, connections: int = 8) -> None:
+    """``count`` GETs over TLS: keep-alive over ``connections`` connections, or a new
+    connection and full handshake for each (no session offered; the proxies issue none)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["http/1.1"])
+
+    def connect() -> ssl.SSLSocket:
+        raw = socket.create_connection(("127.0.0.1", port))
+        return context.wrap_socket(raw, server_hostname="bench.wharf.test")
+
+    if handshake_each:
+        for _ in range(count):
+            with connect() as sock:
+                exchange(sock, close=True)
+        return
+    socks = [connect() for _ in range(connections)]
+    try:
+        for i in range(count):
+            exchange(socks[i % connections])
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+@dataclass(frozen=True)
+class Driver:
+    """A kind of request to count instructions for: the port and how to send ``n`` of them."""
+
+    name: str
+    port: int
+    send: Callable[[int, int], None]
+
+    def run(self, count: int) -> None:
+        self.send(self.port, count)
+
+
+def drivers_for(label: str, ports: dict[str, int]) -> list[Driver]:
+    """What --instructions counts, per proxy: plain keep-alive (small and 64 KiB responses),
+    TLS keep-alive (ECDSA) and a TLS handshake per request (ECDSA and RSA-2048)."""
+    tls = functools.partial(drive_tls, handshake_each=False)
+    handshakes = functools.partial(drive_tls, handshake_each=True)
+    return [
+        Driver("small", ports[f"{label}_small"], drive),
+        Driver("big", ports[f"{label}_big"], drive),
+        Driver("https-keepalive", ports[f"{label}_tls_ecdsa"], tls),
+        Driver("https-handshake ecdsa", ports[f"{label}_tls_ecdsa"], handshakes),
+        Driver("https-handshake rsa", ports[f"{label}_tls_rsa"], handshakes),
+    ]
+
+
 def instructions(
-    label: str, command: list[str], ports: list[int], work: Path, count: int
+    label: str, command: list[str], drivers: list[Driver], work: Path, count: int
 ) -> list[float]:
     """User-space instructions per request under callgrind (deterministic, unlike time on a
-    shared machine), for each port: warm up, zero the counters, drive ``count`` requests,
-    dump. Kernel work (the syscalls) is not counted."""
+    shared machine), for each driver: warm up, zero the counters, drive ``count`` requests,
+    dump. Kernel work (the syscalls) is not counted; OpenSSL's is (it runs in the proxy)."""
     out = work / f"callgrind.{label}"
     proc = subprocess.Popen(
         [
@@ -645,14 +707,14 @@ def instructions(
     )
     found = []
     try:
-        for port in ports:
-            wait_port(port, limit=120)
-        for i, port in enumerate(ports):
-            drive(port, 300)
+        for driver in drivers:
+            wait_port(driver.port, limit=120)
+        for i, driver in enumerate(drivers):
+            driver.run(min(300, count))
             subprocess.run(
                 ["callgrind_control", "-z", str(proc.pid)], capture_output=True, check=True
             )
-            drive(port, count)
+            driver.run(count)
             subprocess.run(
                 ["callgrind_control", "-d", str(proc.pid)], capture_output=True, check=True
             )
@@ -774,15 +836,16 @@ def count_instructions(
     need("valgrind", "callgrind_control", "callgrind_annotate")
     nginx = ["nginx", "-c", str(work / "nginx.conf"), "-g", "daemon off;"]
     stack.enter_context(process(nginx, core=LOAD_CORE, log=work / "nginx2.out"))
-    wharf = [sys.executable, "-m", "balancer.cli", "serve", "--config", str(work / "balancer.toml")]
+    # As in the timed runs: the launcher that turns session tickets off, as on HAProxy.
+    wharf = [sys.executable, "-c", WHARF_LAUNCHER, "serve", "--config", str(work / "balancer.toml")]
     found: dict[tuple[str, str], dict[str, float]] = {}
     for label, command in (
         ("haproxy", ["haproxy", "-db", "-f", str(work / "haproxy.cfg")]),
         ("wharf", wharf),
     ):
-        pair = [ports[f"{label}_small"], ports[f"{label}_big"]]
-        counts = instructions(label, command, pair, work, count)
-        found[(label, "instructions")] = dict(zip(("small", "big"), counts, strict=True))
+        drivers = drivers_for(label, ports)
+        counts = instructions(label, command, drivers, work, count)
+        found[(label, "instructions")] = {d.name: n for d, n in zip(drivers, counts, strict=True)}
     return found
 
 
@@ -1035,10 +1098,10 @@ def report(
                 print(f"  {key} wharf workers 2 / 1: {two.get('rps', 0) / one['rps']:.2f}x req/s")
     if ("wharf", "instructions") in results:
         h, w = results[("haproxy", "instructions")], results[("wharf", "instructions")]
-        for size in ("small", "big"):
+        for kind in w:
             print(
-                f"user-space instructions per request, {size} response: haproxy {h[size]:,.0f}"
-                f"  wharf {w[size]:,.0f}  ratio {h[size] / w[size] if w[size] else 0:.3f}x"
+                f"user-space instructions per request, {kind}: haproxy {h[kind]:,.0f}"
+                f"  wharf {w[kind]:,.0f}  ratio {h[kind] / w[kind] if w[kind] else 0:.3f}x"
             )
     if ("wharf", "idle") in results:
         for label in ("haproxy", "wharf"):
