@@ -42,6 +42,7 @@ from balancer import target_tls
 from balancer.config import Endpoint, ListenerLimits
 from balancer.tls_socket import TlsSocket
 from monitoring import fastio
+from proto.http1 import header_list
 
 # A connection idle for less than this is reused without asking the kernel whether the
 # target closed it: a target that closes keep-alive connections after milliseconds is
@@ -107,6 +108,7 @@ class TargetEndpoint(Endpoint):
 
     tls: ssl.SSLContext | None
     owner: TargetOwner | None
+    pool_key: PoolKey  # computed once per generation, not per request
 
     @classmethod
     def of(
@@ -115,6 +117,7 @@ class TargetEndpoint(Endpoint):
         made = cls(*endpoint)
         made.tls = tls
         made.owner = owner
+        made.pool_key = ("" if owner is None else owner.name, endpoint.target_id)
         return made
 
 
@@ -129,7 +132,7 @@ def _owner_of(endpoint: Endpoint) -> TargetOwner | None:
 def _head_bytes(head: h11.Response | h11.InformationalResponse) -> int:
     # As sent, give or take optional whitespace: status line, "name: value" lines, blank line.
     size = 17 + len(head.reason)
-    for name, value in head.headers:
+    for name, value in header_list(head.headers):
         size += len(name) + len(value) + 4
     return size
 
@@ -150,13 +153,18 @@ class TargetConnection(h11.Connection):
     def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
         if self._refused is not None:
             raise h11.RemoteProtocolError(self._refused)
+        # A head comes out of what is buffered now: under the bound, no head can be over it,
+        # and the headers need not be walked (almost every response).
+        buffered = getattr(self, "_receive_buffer", None)  # h11's; without it, always check
+        could_be_over = buffered is None or len(buffered) > self.max_head_bytes
         event = super().next_event()
-        kind = type(event)
-        if kind is h11.Response or kind is h11.InformationalResponse:
-            assert isinstance(event, h11.Response | h11.InformationalResponse)
-            if _head_bytes(event) > self.max_head_bytes:
-                self._refused = f"response head over {self.max_head_bytes} bytes"
-                raise h11.RemoteProtocolError(self._refused)
+        if could_be_over:
+            kind = type(event)
+            if kind is h11.Response or kind is h11.InformationalResponse:
+                assert isinstance(event, h11.Response | h11.InformationalResponse)
+                if _head_bytes(event) > self.max_head_bytes:
+                    self._refused = f"response head over {self.max_head_bytes} bytes"
+                    raise h11.RemoteProtocolError(self._refused)
         return event
 
 
@@ -187,7 +195,8 @@ class Upstream:
         conn = self.conn
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             return False
-        if conn.trailing_data[0] or conn.trailing_data[1]:
+        buffered, closed = conn.trailing_data  # a property that copies the buffer: read once
+        if buffered or closed:
             return False
         # A TLS socket may be readable with records that are no response bytes (session
         # tickets): only a plain one is asked.
@@ -378,8 +387,16 @@ class Pools:
         """The pool of one target, created on first use; timeouts, the response head bound
         and the TLS context follow the latest config (a group that switched between http
         and https gets a new pool: the old connections speak the other protocol)."""
-        key = _key(endpoint)
+        key = endpoint.pool_key if isinstance(endpoint, TargetEndpoint) else _key(endpoint)
         pool = self._pools.get(key)
+        if (  # the common case, every request: nothing changed since the last one
+            pool is not None
+            and pool.endpoint is endpoint
+            and pool.connect_timeout == connect_timeout
+            and pool.idle_timeout == idle_timeout
+            and pool.max_head_bytes == max_head_bytes
+        ):
+            return pool
         tls = _tls_of(endpoint)
         if pool is not None and (pool.tls is None) != (tls is None):
             pool.retire()

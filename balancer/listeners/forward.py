@@ -68,6 +68,7 @@ from proto.http1 import (
     Forwarding,
     client_address,
     forwardable_framing,
+    header_list,
     is_upgrade,
     new_trace_id,
     prepare_request,
@@ -238,15 +239,15 @@ async def _exchange(
 def _framed_twice(response: Head | None) -> bool:
     if response is None:
         return False
-    names = {name for name, _ in response.headers}
+    names = {name for name, _ in header_list(response.headers)}
     return b"transfer-encoding" in names and b"content-length" in names
 
 
 def _put_back(pool: Pool, up: Upstream, *, close: bool = False) -> None:
-    if not close and up.reusable():
-        pool.release(up, trio.current_time())
-    else:
+    if close:
         up.close()
+    else:
+        pool.release(up, trio.current_time())  # closes it unless it is reusable
 
 
 def _has_body(headers: list[Header]) -> bool:
