@@ -7,6 +7,8 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.support import socket_pairs
+
 # "ci" is the default: enough examples to find real bugs, no deadline (CI timing varies).
 settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -32,3 +34,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     ):
         report.outcome = "failed"
         report.longrepr = f"skipped under WHARF_CI=1: {report.longrepr}"
+
+
+@pytest.fixture(autouse=True)
+def _close_socket_pairs():  # type: ignore[no-untyped-def]
+    """Close the socket pairs a test made with tests.support.socket_pairs."""
+    yield
+    socket_pairs.close_all()

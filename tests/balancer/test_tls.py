@@ -35,6 +35,7 @@ from monitoring import fastio
 from monitoring.configfile import ConfigError
 from monitoring.logging import EventLog
 from monitoring.metrics import Metrics
+from tests.support.socket_pairs import stream_pair
 from tests.support.tls import client_context, write_pair
 
 NOT_AFTER = datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
@@ -121,7 +122,7 @@ async def handshake(
     tls_metrics: TlsMetrics | None = None,
 ) -> tuple[TlsConnection | None, trio.SSLStream | BaseException]:
     """Run both sides over a socket pair; the client side result or its exception."""
-    client_raw, server_raw = socket_pair()
+    client_raw, server_raw = stream_pair()
     client_stream = trio.SSLStream(client_raw, client, server_hostname=server_name)
     result: dict[str, object] = {}
 
@@ -221,7 +222,7 @@ async def test_tls12_only_policy_refuses_tls13_and_serves_tls12(ca, certificates
 async def test_a_silent_client_times_out(certificates, autojump_clock):
     tls = build_server_tls(https_listener(certificates, handshake=3.0))
     metrics, tls_metrics = metrics_and_tls(tls)
-    _client, server_raw = socket_pair()
+    _client, server_raw = stream_pair()
     start = trio.current_time()
     assert await accept_tls(server_raw, tls, tls_metrics) is None
     assert trio.current_time() - start == pytest.approx(3.0)
@@ -234,7 +235,7 @@ async def test_a_silent_client_times_out(certificates, autojump_clock):
 
 async def test_plain_http_on_the_tls_port_is_a_counted_failure(server_tls):
     metrics, tls_metrics = metrics_and_tls(server_tls)
-    client_raw, server_raw = socket_pair()
+    client_raw, server_raw = stream_pair()
     await client_raw.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert await accept_tls(server_raw, server_tls, tls_metrics) is None
     samples = [
@@ -304,23 +305,3 @@ async def test_close_never_waits_for_a_client_that_reads_nothing(ca, server_tls,
     assert trio.current_time() == start  # the close_notify that did not fit is dropped
     assert tcp.fileno() == -1
     await client_side.transport_stream.aclose()
-
-
-_OPEN_SOCKETS: list[trio.socket.SocketType] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_socket_pairs():
-    yield
-    while _OPEN_SOCKETS:  # after trio's run: through the standard-library socket
-        raw = fastio.raw_socket(_OPEN_SOCKETS.pop())
-        if raw is not None:
-            raw.close()
-
-
-def socket_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
-    """A connected pair of real (AF_UNIX) stream sockets, as the listener's accept gives;
-    closed after the test."""
-    client, server = trio.socket.socketpair()
-    _OPEN_SOCKETS.extend((client, server))
-    return trio.SocketStream(client), trio.SocketStream(server)

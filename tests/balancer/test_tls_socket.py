@@ -15,29 +15,13 @@ import trustme
 from balancer.target_tls import client_context
 from balancer.tls_socket import TlsSocket
 from monitoring import fastio
+from tests.support.socket_pairs import raw_pair
 from tests.support.tls_targets import server_context
-
-_OPEN: list[trio.socket.SocketType] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_pairs():
-    yield
-    while _OPEN:  # after trio's run: through the standard-library socket
-        raw = fastio.raw_socket(_OPEN.pop())
-        if raw is not None:
-            raw.close()
-
-
-def pair() -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
-    ours, theirs = trio.socket.socketpair()
-    _OPEN.extend((ours, theirs))
-    return ours, theirs
 
 
 async def client_to_stdlib_server() -> tuple[TlsSocket, trio.SSLStream[trio.SocketStream]]:
     """Our client side, handshaken with a standard-library server."""
-    ours, theirs = pair()
+    ours, theirs = raw_pair()
     tls = TlsSocket(ours, client_context(), None)
     peer = trio.SSLStream(trio.SocketStream(theirs), server_context(trustme.CA()), server_side=True)
     with trio.fail_after(5):
@@ -51,7 +35,7 @@ async def server_to_stdlib_client(
     server: ssl.SSLContext, client: ssl.SSLContext, hostname: str | None = "127.0.0.1"
 ) -> tuple[TlsSocket, trio.SSLStream[trio.SocketStream]]:
     """Our server side, handshaken with a standard-library client."""
-    ours, theirs = pair()
+    ours, theirs = raw_pair()
     tls = TlsSocket(ours, server, None, server_side=True)
     peer = trio.SSLStream(trio.SocketStream(theirs), client, server_hostname=hostname)
     with trio.fail_after(5):
@@ -145,7 +129,7 @@ async def test_a_failed_handshake_tells_the_client_why():
     server.minimum_version = ssl.TLSVersion.TLSv1_3
     client = trusting(ca)
     client.maximum_version = ssl.TLSVersion.TLSv1_2
-    ours, theirs = pair()
+    ours, theirs = raw_pair()
     tls = TlsSocket(ours, server, None, server_side=True)
     peer = trio.SSLStream(trio.SocketStream(theirs), client, server_hostname="127.0.0.1")
     failures: list[BaseException] = []
