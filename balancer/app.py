@@ -266,7 +266,7 @@ class BalancerApp:
             try:
                 await handler.serve(accepted.stream, info)
             finally:
-                await close_tls(accepted)  # close_notify, bounded
+                close_tls(accepted)  # close_notify if it fits now, never waits
 
         return Listener(name, sockets, handle_tls, max_connections=limit, draining=draining)
 

@@ -316,7 +316,7 @@ async def accept_tls(
     return None
 
 
-async def close_tls(connection: TlsConnection) -> None:
+def close_tls(connection: TlsConnection) -> None:
     """Send close_notify if the kernel takes it now, and close; never waits on the client
     (as nginx and HAProxy: the client's own close_notify is not awaited)."""
     connection.stream.socket.close()

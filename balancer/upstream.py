@@ -117,7 +117,7 @@ class TargetEndpoint(Endpoint):
         made = cls(*endpoint)
         made.tls = tls
         made.owner = owner
-        made.pool_key = ("" if owner is None else owner.name, endpoint.target_id)
+        made.pool_key = _key(made)
         return made
 
 

@@ -281,7 +281,7 @@ async def test_close_sends_close_notify(ca, server_tls):
     server, client_side = await handshake(server_tls, client, "a.example.com")
     assert server is not None
     assert isinstance(client_side, trio.SSLStream)
-    await close_tls(server)
+    close_tls(server)
     # A clean TLS close reads as end of stream, not as a truncation.
     assert await client_side.receive_some(10) == b""
     with pytest.raises(trio.ClosedResourceError):  # and the socket is closed
@@ -301,7 +301,7 @@ async def test_close_never_waits_for_a_client_that_reads_nothing(ca, server_tls,
         except BlockingIOError:
             break
     start = trio.current_time()
-    await close_tls(server)
+    close_tls(server)
     assert trio.current_time() == start  # the close_notify that did not fit is dropped
     assert tcp.fileno() == -1
     await client_side.transport_stream.aclose()

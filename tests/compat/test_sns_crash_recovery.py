@@ -824,15 +824,7 @@ class Runner:
         envelope = parse_envelope(body)
         assert (envelope is None) == raw, (name, headers, body)
         text = body if envelope is None else envelope["Message"]
-        message = self.model.messages.get(text)
-        assert message is not None, f"{name}: POSTed a message never published: {text!r}"
-        assert message.topic == slot.topic, (name, text)
-        fates = self.model.fates(message, slot)
-        delivering = [s for s in fates if s is not None and s.delivers(message.attributes)]
-        assert delivering, (
-            f"{name}: POSTed {text!r}, which no subscription possibly in force (and "
-            f"confirmed) while it was published would deliver ({fates})"
-        )
+        message, _, delivering = self.published(slot, text, "POSTed", " (and confirmed)")
         shaped = [s for s in delivering if s.raw == raw]
         assert shaped, f"{name}: {text!r} POSTed raw={raw}, subscriptions: {delivering}"
         if message.message_id is None:  # cut off by a kill: every copy has the same id
@@ -857,15 +849,7 @@ class Runner:
         envelope = parse_envelope(raw["Body"])
         text = raw["Body"] if envelope is None else envelope["Message"]
         assert text not in self.model.phantoms, f"a deduplicated resend was delivered: {text!r}"
-        message = self.model.messages.get(text)
-        assert message is not None, f"{name}: delivered a message never published: {text!r}"
-        assert message.topic == slot.topic, (name, text)
-        fates = self.model.fates(message, slot)
-        delivering = [s for s in fates if s is not None and s.delivers(message.attributes)]
-        assert delivering, (
-            f"{name}: delivered {text!r}, which no subscription possibly in force "
-            f"while it was published would deliver ({fates})"
-        )
+        message, fates, _ = self.published(slot, text, "delivered")
         live = [s for s in fates if s is not None]
         if envelope is None:
             assert any(s.raw for s in live), f"{name}: {text!r} raw, subscriptions: {fates}"
@@ -887,6 +871,24 @@ class Runner:
             # AWS allows a standard topic's deliveries to repeat (at least once), not FIFO's.
             assert not slot.fifo, f"{name}: {text!r} delivered twice"
             self.model.note(f"{name}: {text!r} delivered again")
+
+    def published(
+        self, slot: Slot, text: str, verb: str, condition: str = ""
+    ) -> tuple[Message, list[State | None], list[State]]:
+        """The published message ``text`` that ``slot`` got (by HTTP POST or from its queue),
+        the subscription states possibly in force while it was published, and those of them
+        that deliver it: at least one must."""
+        name = slot.queue
+        message = self.model.messages.get(text)
+        assert message is not None, f"{name}: {verb} a message never published: {text!r}"
+        assert message.topic == slot.topic, (name, text)
+        fates = self.model.fates(message, slot)
+        delivering = [s for s in fates if s is not None and s.delivers(message.attributes)]
+        assert delivering, (
+            f"{name}: {verb} {text!r}, which no subscription possibly in force{condition} "
+            f"while it was published would deliver ({fates})"
+        )
+        return message, fates, delivering
 
     def check_envelope(self, message: Message, envelope: dict[str, Any], live: list[State]) -> str:
         """Check an envelope; return the SubscriptionArn its UnsubscribeURL names."""
