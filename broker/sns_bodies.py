@@ -101,9 +101,15 @@ class Bodies:
             if allowed is None:
                 allowed = self._raw_allowed[text] = body_characters_allowed(text)
             return text, allowed
-        prefix, suffix, allowed = self._envelope(text)
-        line, line_allowed = self._url_line(subscription)
-        return prefix + line + suffix, allowed and line_allowed
+        # What _envelope and _url_tail return, without their calls once built (per delivery).
+        template = self._templates.get(text)
+        if template is None:
+            template = self._envelope(text)
+        prefix, suffix, allowed = template
+        tail = subscription.envelope_tail
+        if tail is None or tail[0] != self.base_url:
+            tail = self._url_tail(subscription)
+        return prefix + tail[1] + suffix, allowed and tail[2]
 
     def _envelope(self, text: str) -> tuple[str, str, bool]:
         template = self._templates.get(text)
@@ -138,14 +144,16 @@ class Bodies:
         if self._raw_attributes_error is not None:
             raise self._raw_attributes_error
 
-    def _url_line(self, subscription: Subscription) -> tuple[str, bool]:
+    def _url_tail(self, subscription: Subscription) -> tuple[str, str, bool]:
+        """The subscription's URL line for this base URL, and whether SQS allows it: (base
+        URL, line, allowed), built once and kept on the subscription."""
         cached = subscription.envelope_tail
         if cached is None or cached[0] != self.base_url:
             url = sns_envelope.unsubscribe_url(self.base_url, subscription.arn)
             line = f'\n  "UnsubscribeURL" : {json.dumps(url)}'
             cached = (self.base_url, line, body_characters_allowed(line))
             subscription.envelope_tail = cached
-        return cached[1], cached[2]
+        return cached
 
     def _template(self, text: str) -> tuple[str, str]:
         request = self.message.request

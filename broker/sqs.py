@@ -69,6 +69,9 @@ class RequestContext:
     path: str = "/"
     secure: bool = False  # arrived over TLS (aws:SecureTransport)
     source_ip: str = ""  # the peer's address (aws:SourceIp)
+    # Every string of the parameters is ASCII from space up, tab, LF or CR, as the JSON body
+    # showed (json_protocol.plain_text): message bodies need no scan of their characters.
+    plain_text: bool = False
 
 
 class SqsApi:
@@ -326,33 +329,42 @@ class SqsApi:
         queue = self.queue_of(params, context)
         request = _send_request(params, context)
         self.store.check_sealing(queue.settings)  # KMS.NotFoundException before accepting
-        outcome = queue.index.send(now_ms(), request)
+        size = message_size(request)
+        outcome = queue.index.send(
+            now_ms(), request, characters_checked=context.plain_text, size=size
+        )
         await self._commit(outcome)
         sent = outcome.results[0]
         assert not isinstance(sent, SqsError)  # send() raises instead
-        _count_sent(queue, [request])
+        queue.stats.sent += 1
+        queue.stats.bytes_sent += size
         return _send_result(params, request, sent.message_id, sent.sequence_number)
 
     async def send_message_batch(self, params: Params, context: RequestContext) -> Result:
         queue = self.queue_of(params, context)
         entries = _batch_entries(params)
         requests = []
+        sizes = []
         failed: list[dict[str, Any]] = []
         valid: list[Params] = []
         for entry in entries:
             try:
-                requests.append(_send_request(entry, context))
-                valid.append(entry)
+                request = _send_request(entry, context)
             except SqsError as error:
                 failed.append(_batch_failure(entry["Id"], error))
-        sizes = [message_size(r) for r in requests]
+                continue
+            requests.append(request)
+            sizes.append(message_size(request))  # for the model too, which checks each
+            valid.append(entry)
         if sum(sizes) > MAX_BATCH_BYTES:
             raise sqs_error(
                 "BatchRequestTooLong",
                 f"Batch requests cannot be longer than {MAX_BATCH_BYTES} bytes.",
             )
         self.store.check_sealing(queue.settings)  # KMS.NotFoundException before accepting
-        outcome = queue.index.send_batch(now_ms(), requests)
+        outcome = queue.index.send_batch(
+            now_ms(), requests, characters_checked=context.plain_text, sizes=sizes
+        )
         await self._commit(outcome)
         successful = []
         sent_bytes = 0
@@ -361,8 +373,21 @@ class SqsApi:
                 failed.append(_batch_failure(entry["Id"], sent))
                 continue
             sent_bytes += size
-            result = _send_result(entry, request, sent.message_id, sent.sequence_number)
-            result["Id"] = entry["Id"]
+            if (
+                sent.sequence_number is None
+                and request.body_md5 is not None
+                and not entry.get("MessageAttributes")
+                and not entry.get("MessageSystemAttributes")
+            ):
+                # _send_result's answer for a plain message, without the call (most are plain)
+                result = {
+                    "MessageId": sent.message_id,
+                    "MD5OfMessageBody": request.body_md5,
+                    "Id": entry["Id"],
+                }
+            else:
+                result = _send_result(entry, request, sent.message_id, sent.sequence_number)
+                result["Id"] = entry["Id"]
             successful.append(result)
         queue.stats.sent += len(successful)
         queue.stats.bytes_sent += sent_bytes
@@ -547,15 +572,17 @@ def _batch_entries(params: Params) -> list[Params]:
             f"Maximum number of entries per request are {MAX_BATCH_ENTRIES}. "
             f"You have sent {len(entries)}.",
         )
-    ids = [entry.get("Id") or "" for entry in entries]
-    for entry_id in ids:
+    ids = set()
+    for entry in entries:
+        entry_id = entry.get("Id") or ""
         if not _BATCH_ENTRY_ID.fullmatch(entry_id):
             raise sqs_error(
                 "InvalidBatchEntryId",
                 "A batch entry id can only contain alphanumeric characters, hyphens and "
                 "underscores. It can be at most 80 letters long.",
             )
-    if len(set(ids)) != len(ids):
+        ids.add(entry_id)
+    if len(ids) != len(entries):
         raise sqs_error("BatchEntryIdsNotDistinct", "Two or more batch entries have the same Id.")
     return entries
 
@@ -575,36 +602,44 @@ def _send_request(params: Params, context: RequestContext) -> SendRequest:
         raise common_error(
             "MissingParameter", "The request must contain the parameter MessageBody."
         )
-    system = params.get("MessageSystemAttributes") or {}
-    trace = system.get("AWSTraceHeader")
-    for name in system:
-        if name != "AWSTraceHeader":
+    system = params.get("MessageSystemAttributes")
+    trace_header = None
+    if system:
+        trace = system.get("AWSTraceHeader")
+        for name in system:
+            if name != "AWSTraceHeader":
+                raise SqsError(
+                    INVALID_PARAMETER_VALUE, f"Message system attribute name '{name}' is invalid."
+                )
+        if trace is not None and (
+            trace.get("DataType") != "String" or not trace.get("StringValue")
+        ):
+            # The only system attribute: "Its type must be String" (SendMessage API reference).
             raise SqsError(
-                INVALID_PARAMETER_VALUE, f"Message system attribute name '{name}' is invalid."
+                INVALID_PARAMETER_VALUE,
+                "Message (system) attribute 'AWSTraceHeader' must contain a non-empty value of "
+                "type 'String'.",
             )
-    if trace is not None and (trace.get("DataType") != "String" or not trace.get("StringValue")):
-        # The only system attribute: "Its type must be String" (SendMessage API reference).
-        raise SqsError(
-            INVALID_PARAMETER_VALUE,
-            "Message (system) attribute 'AWSTraceHeader' must contain a non-empty value of "
-            "type 'String'.",
-        )
+        trace_header = trace.get("StringValue") if trace else None
     try:
         body_md5: str | None = md5_of_body(body)
     except DigestError:  # a lone surrogate: the model refuses the body (InvalidMessageContents)
         body_md5 = None
+    attributes = params.get("MessageAttributes")
     return SendRequest(
         body=body,
         attributes={
             name: AttributeValue(
                 value.get("DataType", ""), value.get("StringValue"), value.get("BinaryValue")
             )
-            for name, value in (params.get("MessageAttributes") or {}).items()
-        },
+            for name, value in attributes.items()
+        }
+        if attributes
+        else {},
         delay_seconds=params.get("DelaySeconds"),
         group_id=params.get("MessageGroupId"),
         deduplication_id=params.get("MessageDeduplicationId"),
-        trace_header=trace.get("StringValue") if trace else None,
+        trace_header=trace_header,
         sender_id=context.caller.sender_id,
         body_md5=body_md5,
     )
@@ -626,11 +661,6 @@ def _send_result(
     if sequence_number is not None:
         result["SequenceNumber"] = sequence_number
     return result
-
-
-def _count_sent(queue: Queue, requests: Sequence[SendRequest]) -> None:
-    queue.stats.sent += len(requests)
-    queue.stats.bytes_sent += sum(message_size(r) for r in requests)
 
 
 # ---------------------------------------------------------------------- receive results

@@ -44,9 +44,10 @@ from broker.model.errors import (
 from broker.model.messages import (
     SendRequest,
     content_deduplication_id,
+    message_size,
     sequence_number,
     validate_for_queue,
-    validate_send,
+    validate_message,
 )
 from broker.model.mutations import (
     DeduplicationExpired,
@@ -162,42 +163,69 @@ class QueueIndex(QueueState):
     # ------------------------------------------------------------------ sends
 
     def send(
-        self, now: int, request: SendRequest, *, characters_checked: bool = False
+        self,
+        now: int,
+        request: SendRequest,
+        *,
+        characters_checked: bool = False,
+        size: int | None = None,
     ) -> SendOutcome:
         """SendMessage: validate and accept one message.
 
         ``characters_checked``: the caller has checked the body's characters already (see
-        :func:`~broker.model.messages.validate_send`).
+        :func:`~broker.model.messages.validate_send`). ``size``: ``message_size(request)``,
+        when the caller has it already.
 
         Raises:
             SqsError: the message breaks a rule; nothing was accepted.
         """
-        outcome = self.send_batch(now, [request], characters_checked=characters_checked)
+        outcome = self.send_batch(
+            now,
+            [request],
+            characters_checked=characters_checked,
+            sizes=None if size is None else (size,),
+        )
         result = outcome.results[0]
         if isinstance(result, SqsError):
             raise result
         return outcome
 
     def send_batch(
-        self, now: int, requests: Sequence[SendRequest], *, characters_checked: bool = False
+        self,
+        now: int,
+        requests: Sequence[SendRequest],
+        *,
+        characters_checked: bool = False,
+        sizes: Sequence[int] | None = None,
     ) -> SendOutcome:
         """SendMessageBatch: accept each valid message; report each invalid one.
 
         A FIFO duplicate (same deduplication id within 5 minutes) is answered with the
         original message's id and sequence number and is not enqueued again.
+
+        ``sizes``: ``message_size`` of each request, when the caller has them already.
         """
         self._advance(now)
+        settings = self.settings
+        fifo = settings.fifo
         results: list[SentMessage | SqsError] = []
         mutations: list[Mutation] = []
         accepted: list[tuple[int, int, str | None]] = []
-        for request in requests:
+        for i, request in enumerate(requests):
             try:
-                validate_send(self.settings, request, characters_checked=characters_checked)
+                # validate_send's two halves, with the size the caller may have computed
+                validate_message(request, characters_checked=characters_checked)
+                size = message_size(request) if sizes is None else sizes[i]
+                validate_for_queue(settings, request, size)
             except SqsError as error:
                 results.append(error)
                 continue
             seq, message_id = self._accept(now, request, mutations, accepted)
-            results.append(self._sent(seq, duplicate=message_id is None, message_id=message_id))
+            duplicate = message_id is None
+            if message_id is None:  # a FIFO duplicate: the original's id
+                message_id = self._signer.message_id(self.queue_id, seq)
+            sequence = sequence_number(seq) if fifo else None
+            results.append(SentMessage(message_id, sequence, seq, duplicate))
         return SendOutcome(results, mutations, [lambda: self._activate_sent(accepted)])
 
     def send_copy(self, now: int, request: SendRequest, size: int, copies: SentCopies) -> None:
@@ -230,25 +258,28 @@ class QueueIndex(QueueState):
         Returns:
             Its seq and message id; a FIFO duplicate's original seq and None.
         """
-        deduplication_id = self._deduplication_id(request)
+        settings = self.settings
+        deduplication_id = None
         key = None
-        if deduplication_id is not None:
+        delay = request.delay_seconds
+        if settings.fifo:
+            deduplication_id = self._deduplication_id(request)
             key = self._deduplication_key(deduplication_id, request)
             original = self._dedup.lookup(key, now)
             if original is not None:
                 return original, None
+            delay = settings.delay_seconds
+        elif delay is None:
+            delay = settings.delay_seconds
         seq = self._next_seq
         self._next_seq += 1
-        enqueued_at = max(now, self._latest_now)
-        self._timeline.record(seq, enqueued_at)
-        delay = request.delay_seconds
-        if delay is None or self.settings.fifo:
-            delay = self.settings.delay_seconds
+        self._timeline.record(seq, max(now, self._latest_now))
         visible_at = now + delay * 1000
-        message_id = self._signer.message_id(self.queue_id, seq)
+        queue_id = self.queue_id
+        message_id = self._signer.message_id(queue_id, seq)
         mutations.append(
             MessageInserted(
-                queue_id=self.queue_id,
+                queue_id=queue_id,
                 seq=seq,
                 message_id=message_id,
                 body=request.body,
@@ -274,17 +305,8 @@ class QueueIndex(QueueState):
         self._pending += 1
         return seq, message_id
 
-    def _sent(self, seq: int, *, duplicate: bool, message_id: str | None = None) -> SentMessage:
-        return SentMessage(
-            message_id=message_id or self._signer.message_id(self.queue_id, seq),
-            sequence_number=sequence_number(seq) if self.settings.fifo else None,
-            seq=seq,
-            duplicate=duplicate,
-        )
-
-    def _deduplication_id(self, request: SendRequest) -> str | None:
-        if not self.settings.fifo:
-            return None
+    def _deduplication_id(self, request: SendRequest) -> str:
+        """A FIFO message's deduplication id: the request's, else the body's digest."""
         if request.deduplication_id is not None:
             return request.deduplication_id
         return content_deduplication_id(request.body)

@@ -68,9 +68,9 @@ def body_characters_allowed(body: str) -> bool:
     """
     # ASCII (O(1) to tell) is checked bytewise: 0.7 us for 1 KiB, where isprintable() took
     # 2.6 us and the regex 4 us; anything else by the regex.
-    return (body.isascii() and _ascii_allowed(body)) or (
-        _FORBIDDEN_BODY_CHARACTER.search(body) is None
-    )
+    if body.isascii():
+        return not body.encode("ascii").translate(None, _ALLOWED_ASCII)
+    return _FORBIDDEN_BODY_CHARACTER.search(body) is None
 
 
 def validate_send(
@@ -113,7 +113,7 @@ def validate_message(
             "Invalid characters found. Valid unicode characters are #x9 | #xA | #xD | "
             "#x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF",
         )
-    if not attributes_checked:
+    if not attributes_checked and request.attributes:  # most messages have none
         validate_message_attributes(request.attributes)
 
 
@@ -146,18 +146,14 @@ def validate_for_queue(settings: QueueSettings, request: SendRequest, size: int)
     if request.group_id is not None:
         # Fair queues (2025): standard queues accept a MessageGroupId and return it.
         validate_fifo_id(request.group_id, "MessageGroupId")
-    low, high, _ = INTEGER_RANGES["DelaySeconds"]
-    if request.delay_seconds is not None and not low <= request.delay_seconds <= high:
-        raise invalid_parameter(
-            "DelaySeconds",
-            request.delay_seconds,
-            f"DelaySeconds must be >= {low} and <= {high}",
-        )
-
-
-def _ascii_allowed(body: str) -> bool:
-    """For an ASCII ``body``: True if it has only characters SendMessage allows."""
-    return not body.encode("ascii").translate(None, _ALLOWED_ASCII)
+    if request.delay_seconds is not None:
+        low, high, _ = INTEGER_RANGES["DelaySeconds"]
+        if not low <= request.delay_seconds <= high:
+            raise invalid_parameter(
+                "DelaySeconds",
+                request.delay_seconds,
+                f"DelaySeconds must be >= {low} and <= {high}",
+            )
 
 
 def _validate_fifo_send(settings: QueueSettings, request: SendRequest) -> None:
@@ -272,6 +268,8 @@ def message_size(request: SendRequest) -> int:
     """
     body = request.body
     size = len(body) if body.isascii() else len(body.encode())  # isascii() is O(1)
+    if not request.attributes:  # most messages have none
+        return size
     for name, value in request.attributes.items():
         size += len(name.encode()) + len(value.data_type.encode())
         if value.string_value is not None:

@@ -11,12 +11,13 @@ import bisect
 from array import array
 
 _BUCKET_MS = 1_000  # granularity: a message may outlive its retention by up to a second
+_NO_BUCKET = float("-inf")  # no time is before it
 
 
 class EnqueueTimeline:
     """Maps seq ranges to the latest enqueue time in each one-second bucket."""
 
-    __slots__ = ("_first_seqs", "_floor", "_last_seq", "_latest_times", "_start")
+    __slots__ = ("_first_seqs", "_floor", "_last_seq", "_latest_times", "_open_until", "_start")
 
     def __init__(self) -> None:
         self._first_seqs = array("q")
@@ -24,6 +25,9 @@ class EnqueueTimeline:
         self._start = 0  # buckets before this index are dropped
         self._last_seq = -1
         self._floor = -1  # every seq below this is known to be expired
+        # The end of the last bucket's second while that bucket is kept (-inf: none is): an
+        # earlier time joins it, so a send tells its bucket with one comparison.
+        self._open_until: float = _NO_BUCKET
 
     def __len__(self) -> int:
         return len(self._first_seqs) - self._start
@@ -37,14 +41,14 @@ class EnqueueTimeline:
         if seq <= self._last_seq:
             raise ValueError(f"seq {seq} recorded after {self._last_seq}")
         self._last_seq = seq
-        if (
-            len(self._first_seqs) > self._start
-            and enqueued_at // _BUCKET_MS <= self._latest_times[-1] // _BUCKET_MS
-        ):
-            self._latest_times[-1] = max(self._latest_times[-1], enqueued_at)
+        if enqueued_at < self._open_until:
+            latest = self._latest_times
+            if enqueued_at > latest[-1]:
+                latest[-1] = enqueued_at
             return
         self._first_seqs.append(seq)
         self._latest_times.append(enqueued_at)
+        self._open_until = (enqueued_at // _BUCKET_MS + 1) * _BUCKET_MS
 
     def expired_below(self, cutoff: int) -> int:
         """Return S such that every recorded seq below S was enqueued at or before ``cutoff``."""
@@ -76,6 +80,8 @@ class EnqueueTimeline:
             or (self._start + 1 == end and self._last_seq < seq)
         ):
             self._start += 1
+        if self._start == end:
+            self._open_until = _NO_BUCKET
         if self._start > 1024 and self._start * 2 > end:
             # Compact now and then so dropped buckets do not pile up.
             del self._first_seqs[: self._start]
@@ -87,3 +93,4 @@ class EnqueueTimeline:
         self._first_seqs = array("q")
         self._latest_times = array("q")
         self._start = 0
+        self._open_until = _NO_BUCKET

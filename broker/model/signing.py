@@ -15,7 +15,8 @@ import binascii
 import hashlib
 import hmac
 import struct
-from typing import NamedTuple
+
+import msgspec
 
 from broker.model.errors import RECEIPT_HANDLE_IS_INVALID, SqsError
 
@@ -33,10 +34,13 @@ _BODY_CHARS = _BODY.size * 4 // 3
 _MAX_HANDLE_CHARS = 1024  # far above ours; bounds the work spent on garbage
 _TO_STANDARD = bytes.maketrans(b"-_", b"+/")  # base64url -> base64
 _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
+# A hex digit with its top two bits made 10, the RFC 4122 variant (0 -> 8, 5 -> 9, f -> b).
+_VARIANT_DIGIT = {f"{n:x}": f"{n & 0x3 | 0x8:x}" for n in range(16)}
 
 
-class ReceiptHandle(NamedTuple):
-    """What a receipt handle names: one receive of one message."""
+class ReceiptHandle(msgspec.Struct, frozen=True):
+    """What a receipt handle names: one receive of one message (a struct: made per delete,
+    where a NamedTuple's ``__new__`` is a Python call)."""
 
     queue_id: int
     seq: int
@@ -131,11 +135,13 @@ class Signer:
         """
         digest = self._id_hash.copy()
         digest.update(_IDS.pack(queue_id, seq))
-        raw = bytearray(digest.digest())  # bytes, not a 128-bit int: 0.2 us of 1.6 less
-        raw[6] = raw[6] & 0x0F | 0x40  # version 4
-        raw[8] = raw[8] & 0x3F | 0x80  # variant RFC 4122
-        text = raw.hex()
-        return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+        # The bits set on the hex digits rather than on the bytes: a sixth fewer instructions
+        # than a bytearray of the digest (a fan-out derives an id per copy).
+        text = digest.hexdigest()
+        return (
+            f"{text[:8]}-{text[8:12]}-4{text[13:16]}-"  # version 4 (the 13th digit)
+            f"{_VARIANT_DIGIT[text[16]]}{text[17:20]}-{text[20:]}"  # variant RFC 4122
+        )
 
 
 def _decode(handle: str) -> bytes | None:

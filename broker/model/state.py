@@ -114,15 +114,19 @@ class QueueState:
 
     def _activate_sent(self, accepted: list[tuple[int, int, str | None]]) -> None:
         self._pending -= len(accepted)
-        for seq, visible_at, group_id in accepted:
-            if self._closed or seq < self._purged_below:
-                continue  # purged or deleted while the insert was being committed
-            self._present += 1
-            delayed = visible_at > self._latest_now
-            if delayed:
-                self._delayed[seq] = visible_at
-                heapq.heappush(self._timers, (visible_at, seq))
-            self._add_fresh(seq, group_id, delayed=delayed)
+        if not self._closed:  # else deleted while the inserts were being committed
+            purged_below = self._purged_below
+            latest_now = self._latest_now
+            add_fresh = self._add_fresh
+            for seq, visible_at, group_id in accepted:
+                if seq < purged_below:
+                    continue  # purged while the insert was being committed
+                self._present += 1
+                delayed = visible_at > latest_now
+                if delayed:
+                    self._delayed[seq] = visible_at
+                    heapq.heappush(self._timers, (visible_at, seq))
+                add_fresh(seq, group_id, delayed=delayed)
         self._wake()
 
     def _retention_cutoff(self, now: int) -> tuple[int, int]:

@@ -275,25 +275,47 @@ class BodyCache:
             del self._held_bytes[key[0]]
 
     def _insert(self, m: MessageInserted) -> None:
-        cost = cache_cost(m.body, m.attributes)
-        if cost > self.budget:
+        # cache_cost's count, without the call for a message without attributes (most)
+        body = m.body
+        attributes = m.attributes
+        cost = cache_cost(body, attributes) if attributes else CACHE_ENTRY_OVERHEAD + len(body)
+        budget = self.budget
+        if cost > budget:
             return
-        key = (m.queue_id, m.seq)
-        self.drop(key)  # a failing duplicate insert must not skew the byte count
-        if self._bytes + cost > self.budget and self._keeps_older(m.queue_id, cost):
-            return  # the budget holds older messages of at least as deep a backlog
-        self._make_room(cost)
+        queue_id = m.queue_id
+        key = (queue_id, m.seq)
+        entries = self._entries
+        if key in entries:
+            self.drop(key)  # a failing duplicate insert must not skew the byte count
+        if self._bytes + cost > budget:
+            if self._keeps_older(queue_id, cost):
+                return  # the budget holds older messages of at least as deep a backlog
+            self._make_room(cost)
         order = self._inserted
         order.append(key)
-        if len(order) > 2 * len(self._entries) + 1024:
+        if len(order) > 2 * len(entries) + 1024:
             # Keys of messages deleted meanwhile pile up at the front: keep the live ones.
             ahead = self._ahead
-            self._inserted = order = deque(k for k in self._entries if k not in ahead)
+            self._inserted = order = deque(k for k in entries if k not in ahead)
             order.append(key)
         self._bytes += cost
         held = self._held_bytes
-        held[m.queue_id] = held.get(m.queue_id, 0) + cost
-        self._entries[key] = _cached(m)
+        held[queue_id] = held.get(queue_id, 0) + cost
+        # The message as a receive would read it back from the file.
+        entries[key] = StoredMessage(
+            seq=m.seq,
+            message_id=m.message_id,
+            body=body,
+            attributes=attributes,
+            sent_at=m.sent_at,
+            first_received_at=None,
+            group_id=m.group_id,
+            deduplication_id=m.deduplication_id,
+            sender_id=m.sender_id,
+            trace_header=m.trace_header,
+            dead_letter_source_arn=None,
+            body_md5=m.body_md5,
+        )
 
     def _keeps_older(self, queue_id: int, cost: int) -> bool:
         """When the budget is full: True if a new insert of ``queue_id`` (``cost`` bytes) is
@@ -422,24 +444,6 @@ class BodyCache:
         self._ahead_bytes += cost
         self._bytes += cost
         self._entries[key] = message
-
-
-def _cached(m: MessageInserted) -> StoredMessage:
-    """The message of an insert as a receive would read it back from the file."""
-    return StoredMessage(
-        seq=m.seq,
-        message_id=m.message_id,
-        body=m.body,
-        attributes=m.attributes,
-        sent_at=m.sent_at,
-        first_received_at=None,
-        group_id=m.group_id,
-        deduplication_id=m.deduplication_id,
-        sender_id=m.sender_id,
-        trace_header=m.trace_header,
-        dead_letter_source_arn=None,
-        body_md5=m.body_md5,
-    )
 
 
 def replay(batch: Iterable[AnyMutation], queue_id: int, by_seq: dict[int, StoredMessage]) -> None:

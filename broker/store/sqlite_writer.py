@@ -313,11 +313,9 @@ class SqliteWriter:
             if last_group > 1 and self._jobs.qsize() < GATHER_ENOUGH:
                 time.sleep(GATHER_SECONDS)  # releases the GIL; puts do not wake it
             jobs = [first]
-            while True:
-                try:
-                    jobs.append(self._jobs.get_nowait())
-                except queue.Empty:
-                    break
+            # This thread alone takes jobs: what empty() denies is there (no Empty raised).
+            while not self._jobs.empty():
+                jobs.append(self._jobs.get_nowait())
             work = [job for job in jobs if isinstance(job, Job)]
             last_group = len(work)
             if work:
@@ -347,7 +345,8 @@ class SqliteWriter:
                         job.error = error
                     connection.execute("RELEASE job")
             connection.execute("COMMIT")
-            self._wal_written.set()
+            if not self._wal_written.is_set():  # set() takes a lock even when it is set
+                self._wal_written.set()
         except Exception as error:
             # The transaction is lost; memory may be ahead of the disk. Fail closed.
             self._fail(error)
@@ -356,10 +355,16 @@ class SqliteWriter:
             for job in jobs:
                 job.error = job.error or error
         elapsed = time.perf_counter() - started
-        size = sum(job.size for job in jobs if job.error is None)
+        size = 0
+        failed = 0
+        for job in jobs:
+            if job.error is None:
+                size += job.size
+            else:
+                failed += 1
         self._commits += 1
         self._mutations += size
-        self._failed_jobs += sum(job.error is not None for job in jobs)
+        self._failed_jobs += failed
         self._commit_seconds.observe(elapsed)
         self._per_commit.observe(size)
         assert self._token is not None

@@ -101,6 +101,41 @@ async def test_json_protocol_round_trip(api):
     assert (status, body) == (200, {})
 
 
+async def test_json_sends_check_bodies_whether_or_not_the_request_is_plain_text(api):
+    # Plain-text JSON skips the per-body scan (json_protocol.plain_text); escaped control
+    # characters must still be refused, whichever way they are written.
+    await call_json(api, "CreateQueue", {"QueueName": "bodies"})
+    url = "http://h/000000000000/bodies"
+    bodies = ["plain", 'line\nquote"tab\t', "bell\b", "feed\f", "nul\u0000", "A"]
+    payload = json.dumps(
+        {
+            "QueueUrl": url,
+            "Entries": [{"Id": str(i), "MessageBody": b} for i, b in enumerate(bodies)],
+        }
+    )
+    status, _, body = await call_json(api, "SendMessageBatch", payload.encode())
+    assert status == 200
+    assert sorted(entry["Id"] for entry in body["Successful"]) == ["0", "1", "5"]
+    assert {entry["Id"]: entry["Code"] for entry in body["Failed"]} == {
+        "2": "InvalidMessageContents",
+        "3": "InvalidMessageContents",
+        "4": "InvalidMessageContents",
+    }
+    entries = [{"Id": "a", "MessageBody": "plain"}, {"Id": "b", "MessageBody": "tab\tline\n"}]
+    status, _, body = await call_json(
+        api, "SendMessageBatch", {"QueueUrl": url, "Entries": entries}
+    )
+    assert (status, len(body["Successful"]), body["Failed"]) == (200, 2, [])
+    for text in ("plain", "with\nline"):
+        payload = json.dumps({"QueueUrl": url, "MessageBody": text})
+        status, _, body = await call_json(api, "SendMessage", payload.encode())
+        assert status == 200, body
+    payload = json.dumps({"QueueUrl": url, "MessageBody": "unit\u001f"})
+    status, _, body = await call_json(api, "SendMessage", payload.encode())
+    assert status == 400
+    assert body["__type"].endswith("InvalidMessageContents")
+
+
 async def test_query_protocol_round_trip(api):
     status, headers, document = await call_query(
         api, {"Action": "CreateQueue", "Version": "2012-11-05", "QueueName": "raw-query"}

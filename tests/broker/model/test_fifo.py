@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -92,7 +93,7 @@ def test_duplicate_send_returns_the_original():
     original = send(index, T0, "x", "A", dedup="d1")
     outcome = index.send(T0 + 1, SendRequest(body="y", group_id="B", deduplication_id="d1"))
     assert outcome.mutations == []
-    assert outcome.results == [original._replace(duplicate=True)]
+    assert outcome.results == [msgspec.structs.replace(original, duplicate=True)]
     assert original.sequence_number == sequence_number(original.seq)
     outcome.on_durable()
     assert index.counts(T0 + 1) == (1, 0, 0)

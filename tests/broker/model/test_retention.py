@@ -55,3 +55,43 @@ def test_never_expires_a_message_early(steps, cutoff):
     assert all(
         seq < boundary for seq in range(1, len(times) + 1) if times[seq - 1] <= cutoff - 1_000
     )
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("record"), st.integers(-1_500, 3_000)),
+            st.tuples(st.just("drop"), st.integers(-2, 8)),  # past the last seq too
+            st.tuples(st.just("clear"), st.just(0)),
+        ),
+        max_size=40,
+    )
+)
+def test_a_time_joins_the_last_kept_bucket_when_its_second_is_not_later(steps):
+    """record() by its rule: into the last bucket kept unless the time's second is later."""
+    timeline = EnqueueTimeline()
+    buckets: list[tuple[int, int]] = []  # the reference: (first seq, latest time) kept
+    seq = 0
+    now = 10_000
+    for action, number in steps:
+        if action == "record":
+            seq += 1
+            now += number
+            timeline.record(seq, now)
+            if buckets and now // 1_000 <= buckets[-1][1] // 1_000:
+                buckets[-1] = (buckets[-1][0], max(buckets[-1][1], now))
+            else:
+                buckets.append((seq, now))
+        elif action == "drop":
+            below = max(0, seq - number)
+            timeline.drop_below(below)
+            while buckets and (
+                (len(buckets) > 1 and buckets[1][0] <= below) or (len(buckets) == 1 and seq < below)
+            ):
+                buckets.pop(0)
+        else:
+            timeline.clear()
+            buckets.clear()
+        assert len(timeline) == len(buckets)
+        for first, latest in buckets:
+            assert timeline.time_of(first) == latest

@@ -321,3 +321,34 @@ def test_boto_client_round_trip():
             },
         )
     ]
+
+
+_PLAIN_CHARACTERS = {"\t", "\n", "\r", *map(chr, range(0x20, 0x80))}
+
+
+@given(
+    st.lists(st.text(max_size=8), max_size=4),
+    st.sampled_from(["json", "json-utf8", "msgspec"]),
+)
+def test_plain_text_promises_only_ascii_from_space_tab_lf_and_cr(texts, encoder):
+    if encoder == "msgspec":
+        body = msgspec.json.encode({"Entries": texts})
+    else:
+        body = json.dumps({"Entries": texts}, ensure_ascii=encoder == "json").encode()
+    if json_protocol.plain_text(body):
+        assert all(set(text) <= _PLAIN_CHARACTERS for text in msgspec.json.decode(body)["Entries"])
+
+
+@pytest.mark.parametrize(
+    ("body", "plain"),
+    [
+        (b'{"MessageBody": "plain text"}', True),
+        (b'{"MessageBody": "tab\\t line\\n quote\\" slash\\/ back\\\\"}', True),
+        (b'{"MessageBody": "\\u0041"}', False),  # any \u escape, even of a plain character
+        (b'{"MessageBody": "bell\\b"}', False),
+        (b'{"MessageBody": "feed\\f"}', False),
+        ('{"MessageBody": "caf\u00e9"}'.encode(), False),
+    ],
+)
+def test_plain_text_examples(body, plain):
+    assert json_protocol.plain_text(body) is plain

@@ -55,6 +55,17 @@ def test_from_json_drops_unknown_and_null_members():
     assert from_json(SHAPE, value, "") == {"Name": "n", "Blob": b"\x00\x01"}
 
 
+@given(st.permutations(["Name", "Count", "Blob", "Items", "Tags", "Extra"]), st.integers(1, 6))
+def test_from_json_keeps_model_order_whatever_order_members_come_in(names, given_count):
+    # Both compiled paths (few members given: the value's items; else every member) must give
+    # what the reference walk gives, in the same (model) order.
+    values = {"Name": "n", "Count": 1, "Blob": "AAE=", "Items": [], "Tags": {}, "Extra": 2}
+    value = {name: values[name] for name in names[:given_count]}
+    converted = from_json(SHAPE, value, "")
+    assert list(converted.items()) == list(_from_json_walk(SHAPE, value, "").items())
+    assert list(converted) == [name for name in SHAPE.members if name in value]
+
+
 @pytest.mark.parametrize(
     ("value", "where"),
     [
