@@ -157,6 +157,10 @@ class TargetSelector:
         self._cursor = 0
         self._current: dict[str, float] = {}  # smooth weighted round robin
         self._outstanding: dict[str, int] = {} if outstanding is None else outstanding
+        # The eligible pool (and, without slow start, its weights) of the last candidate
+        # tuple seen: the runtime hands the same tuple until the group's health changes.
+        self._memo_for: tuple[Candidate, ...] | None = None
+        self._memo: tuple[list[Candidate], bool, tuple[float, ...] | None] = ([], False, None)
 
     @classmethod
     def from_target_group(
@@ -190,18 +194,26 @@ class TargetSelector:
         Returns:
             The choice, or None when no target may take the request (the shell answers 503).
         """
-        pool, fail_open = eligible(
-            candidates,
-            minimum_count=self.minimum_healthy_count,
-            minimum_percent=self.minimum_healthy_percent,
-        )
+        if candidates is self._memo_for:
+            pool, fail_open, fixed = self._memo
+        else:
+            pool, fail_open = eligible(
+                candidates,
+                minimum_count=self.minimum_healthy_count,
+                minimum_percent=self.minimum_healthy_percent,
+            )
+            # Weights depend on the time only while slow start is on.
+            fixed = None if self.slow_start_seconds > 0 else tuple(float(c.weight) for c in pool)
+            if type(candidates) is tuple:  # immutable: the same object, the same answer
+                self._memo_for = candidates
+                self._memo = (pool, fail_open, fixed)
         if not pool:
             return None
         if sticky_target is not None:
             for candidate in pool:
                 if candidate.target_id == sticky_target:
                     return Choice(candidate, fail_open, sticky=True)
-        weights = slow_start_weights(pool, now, self.slow_start_seconds)
+        weights = slow_start_weights(pool, now, self.slow_start_seconds) if fixed is None else fixed
         if self.algorithm == "weighted_random":
             index = weighted_pick(weights, rand)
         elif self.algorithm == "least_outstanding_requests":

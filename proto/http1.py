@@ -22,11 +22,16 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Final, Literal, NamedTuple
+
+# h11's container of parsed fields (private, but what its events keep): events built from
+# fields h11 normalised already take it as they are (parsed_headers).
+from h11._headers import Headers
 
 Header = tuple[bytes, bytes]
 XffMode = Literal["append", "preserve", "remove"]
+
 
 # RFC 9110 §7.6.1 and RFC 2616 §13.5.1: meaningful for one connection only, never forwarded.
 # Transfer-Encoding is hop-by-hop too, but it is h11's framing instruction: the shell hands
@@ -72,6 +77,27 @@ def header_list(headers: Iterable[Header]) -> list[Header]:
     return list(headers)
 
 
+class _FastHeaders(Headers):
+    """h11's ``Headers``, iterated as a list is (not one ``__getitem__`` call per item)."""
+
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[Header]:
+        return iter([(name, value) for _, name, value in self._full_items])
+
+
+def parsed_headers(headers: list[Header]) -> Headers:
+    """``headers`` as h11's ``Headers``, for an event built with ``_parsed=True``.
+
+    Only for fields h11 normalised already (its parse of a message, lower-case names) and
+    ones built here the same way: for those, the normalisation h11 applies to a plain list
+    (lower-casing every name again, re-checking Content-Length and Transfer-Encoding) is
+    the identity, and it runs for both heads of every proxied request. The container also
+    iterates without ``Sequence.__iter__``, which h11 itself walks (Host counting).
+    """
+    return _FastHeaders([(name, name, value) for name, value in headers])
+
+
 def connection_tokens(headers: Iterable[Header]) -> frozenset[bytes]:
     """The lower-case options of every ``Connection`` header (``close``, ``upgrade``...)."""
     tokens: set[bytes] = set()
@@ -90,8 +116,12 @@ def strip_hop_by_hop(headers: Iterable[Header], *, upgrade: bool = False) -> lis
         upgrade: keep ``Connection: upgrade`` and ``Upgrade`` (a WebSocket handshake being
             forwarded, whose upgrade the next hop must see).
     """
-    headers = list(headers)
-    listed = connection_tokens(headers) - NEVER_DROPPED
+    headers = header_list(headers)
+    listed: frozenset[bytes] | set[bytes] = _EMPTY
+    for name, _ in headers:
+        if name == b"connection":
+            listed = connection_tokens(headers) - NEVER_DROPPED
+            break
     kept: list[Header] = []
     for name, value in headers:
         if name in HOP_BY_HOP or name in listed:
@@ -130,9 +160,49 @@ def forwardable_framing(status: int, headers: list[Header]) -> list[Header]:
     return [(name, value) for name, value in headers if name not in dropped]
 
 
+def prepare_response(status: int, headers: Iterable[Header]) -> tuple[list[Header], bool]:
+    """A target's response headers as the client gets them, in one pass.
+
+    The same list as ``forwardable_framing(status, strip_hop_by_hop(headers))``, and whether
+    the response was framed by both Transfer-Encoding and Content-Length (which a proxy
+    must not trust its next exchange on that connection to). This runs for every
+    proxied response.
+    """
+    fields = header_list(headers)
+    listed: frozenset[bytes] | set[bytes] = _EMPTY
+    tokens_read = has_length = has_chunked = False
+    for name, _ in fields:
+        if name == b"connection":
+            if not tokens_read:
+                listed = connection_tokens(fields) - NEVER_DROPPED
+                tokens_read = True
+        elif name == b"content-length":
+            has_length = True
+        elif name == b"transfer-encoding":
+            has_chunked = True
+    dropped: frozenset[bytes] = HOP_BY_HOP
+    if status == 204 or status < 200:
+        if has_length or has_chunked:
+            dropped = HOP_BY_HOP | _FRAMING
+    elif has_chunked and has_length:
+        dropped = HOP_BY_HOP | _LENGTH
+    if listed:
+        dropped = dropped | listed
+    return [field for field in fields if field[0] not in dropped], has_chunked and has_length
+
+
+_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
+_LENGTH: Final = frozenset({b"content-length"})
+
+
 def is_upgrade(headers: Iterable[Header]) -> bool:
     """Whether a request asks to switch protocols (``Connection: upgrade`` + ``Upgrade``)."""
     headers = list(headers)
+    for name, _ in headers:
+        if name == b"connection":
+            break
+    else:
+        return False  # nearly every request: no Connection header, no tokens to read
     return b"upgrade" in connection_tokens(headers) and any(n == b"upgrade" for n, _ in headers)
 
 
@@ -411,8 +481,14 @@ _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # HTAB is the only control 
 _FRAMING_LINE = re.compile(rb"\n(content-length|transfer-encoding)[ \t]*:([^\r\n]*)", re.IGNORECASE)
 _METHOD = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
+# A first line that _classify_request_line finds compliant (a token method, a target of
+# visible ASCII or HTAB, HTTP/1.0 or 1.1), ended by CRLF or LF: nearly every request's,
+# checked in one match instead of a split and four.
+_PLAIN_REQUEST_LINE = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+ [\t\x21-\x7e]+ HTTP/1\.[01]\r?\n")
 # Names a lenient server (one that maps '_' to '-', as CGI does) reads as framing headers.
 _LOOKALIKES = frozenset({b"content_length", b"transfer_encoding"})
+# Every name classify_headers looks at: headers with none of them are compliant there.
+CLASSIFIED_NAMES: Final = frozenset({b"content-length", b"transfer-encoding"}) | _LOOKALIKES
 
 
 def head_end(buffer: bytes | bytearray) -> int:
@@ -439,10 +515,12 @@ def classify_head(head: bytes | bytearray, *, framing: bool = True) -> Verdict:
     """
     head = bytes(head)
     found = _SUSPECT.search(head)
-    result = COMPLIANT
     line_end = head.find(b"\n")
-    request_line = head[: line_end if line_end >= 0 else len(head)].removesuffix(b"\r")
-    result = _worst(result, _classify_request_line(request_line))
+    if _PLAIN_REQUEST_LINE.match(head) is not None:
+        result = COMPLIANT  # what _classify_request_line says of it, in one match
+    else:
+        request_line = head[: line_end if line_end >= 0 else len(head)].removesuffix(b"\r")
+        result = _classify_request_line(request_line)
     if found is not None:
         result = _worst(result, _classify_suspect(head, max(line_end, 0)))
     if not framing:

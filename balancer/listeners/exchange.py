@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
@@ -28,7 +29,7 @@ from balancer.upstream import Pools
 from monitoring import fastio
 from monitoring.httpserver import Draining
 from monitoring.logging import EventLog
-from proto.http1 import COMPLIANT, Verdict, header_list
+from proto.http1 import COMPLIANT, Forwarding, Verdict, header_list
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -87,7 +88,18 @@ class ListenerServices:
 class Client:
     """The client side of one connection."""
 
-    __slots__ = ("address", "conn", "host_header", "info", "received", "sent", "socket", "stream")
+    __slots__ = (
+        "address",
+        "conn",
+        "forwarding",
+        "host_header",
+        "info",
+        "now",
+        "received",
+        "sent",
+        "socket",
+        "stream",
+    )
 
     def __init__(self, stream: trio.abc.Stream, info: ClientInfo, max_head_bytes: int) -> None:
         self.stream = stream
@@ -101,6 +113,12 @@ class Client:
         local = f"[{local}]" if ":" in local else local
         self.host_header = f"{local}:{info.local_port}".encode("ascii")
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_bytes)
+        # The X-Forwarded-* facts of this connection under one listener generation (built
+        # by the forward path on its first request there).
+        self.forwarding: tuple[ListenerRuntime, Forwarding] | None = None
+        # trio.current_time() without its two wrappers (the run's clock is fixed): the
+        # request path reads the time about eight times per request.
+        self.now = _clock_reader()
         self.received = 0
         self.sent = 0
 
@@ -172,6 +190,13 @@ class Client:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise ClientGone from None
         self.sent += len(data)
+
+
+def _clock_reader() -> Callable[[], float]:
+    try:
+        return trio.lowlevel.current_clock().current_time
+    except RuntimeError:  # made outside a run (tests): trio's clock of whichever run reads
+        return trio.current_time
 
 
 def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:

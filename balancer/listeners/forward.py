@@ -71,7 +71,9 @@ from proto.http1 import (
     header_list,
     is_upgrade,
     new_trace_id,
+    parsed_headers,
     prepare_request,
+    prepare_response,
     strip_hop_by_hop,
     valid_switch,
 )
@@ -130,7 +132,7 @@ async def forward(
     selected = None
     if group is not None:
         selected = group.choose(
-            now=trio.current_time(), rand=runtime.rand, sticky_target=sticky.sticky_target
+            now=client.now(), rand=runtime.rand, sticky_target=sticky.sticky_target
         )
     if group is None or selected is None:
         ex.error_reason = "NoHealthyTargets"
@@ -142,7 +144,7 @@ async def forward(
     try:
         await _exchange(services, client, ex, group, selected, sticky, wall)
     finally:
-        events = group.request_finished(target_id, trio.current_time())
+        events = group.request_finished(target_id, client.now())
         if events:
             runtime.notify(events)
     conn = client.conn
@@ -178,7 +180,7 @@ async def _exchange(
     head = h11.Request(
         method=request.method,
         target=request.target,
-        headers=headers,
+        headers=parsed_headers(headers),
         # Every value is h11's parse of the client's head or built here from addresses and
         # hex digits, so h11's per-header validation regexes would only repeat work.
         _parsed=True,
@@ -186,7 +188,7 @@ async def _exchange(
     retryable = request.method in IDEMPOTENT and not upgrade and not _has_body(ex.headers)
     for attempt in (0, 1):
         try:
-            up = await (pool.acquire(trio.current_time()) if attempt == 0 else pool.connect())
+            up = await (pool.acquire(client.now()) if attempt == 0 else pool.connect())
         except (ConnectFailed, ConnectTimedOut) as exc:
             services.stats.target_connection_error(group.name)
             timed_out = isinstance(exc, ConnectTimedOut)
@@ -195,6 +197,7 @@ async def _exchange(
             await respond(client, ex, 504 if timed_out else 502, b"target unreachable\n")
             return
         response: Head | None = None
+        framed_twice: bool | None = None  # known once _relay has read the response's head
         try:
             try:
                 early: Head | None = None
@@ -225,14 +228,16 @@ async def _exchange(
                 ex.target_status = response.status_code
                 await _switch(client, ex, up, response, upgrade=upgrade)
                 return
-            await _relay(client, ex, up, response, sticky, group, wall)
+            framed_twice = await _relay(client, ex, up, response, sticky, group, wall)
         finally:
             # ALB's defensive mode closes both connections after an ambiguous request it
             # served: the target may have read its framing differently than h11 did. So
             # after a response framed by both Transfer-Encoding and Content-Length (RFC 9112
             # 6.3: an error, maybe response splitting; h11 reads it chunked).
-            close = ex.verdict.action is Action.CLOSE_AFTER or _framed_twice(response)
-            _put_back(pool, up, close=close)
+            close = ex.verdict.action is Action.CLOSE_AFTER or (
+                _framed_twice(response) if framed_twice is None else framed_twice
+            )
+            _put_back(pool, up, client.now(), close=close)
         return
 
 
@@ -243,11 +248,11 @@ def _framed_twice(response: Head | None) -> bool:
     return b"transfer-encoding" in names and b"content-length" in names
 
 
-def _put_back(pool: Pool, up: Upstream, *, close: bool = False) -> None:
+def _put_back(pool: Pool, up: Upstream, now: float, *, close: bool = False) -> None:
     if close:
         up.close()
     else:
-        pool.release(up, trio.current_time())  # closes it unless it is reusable
+        pool.release(up, now)  # closes it unless it is reusable
 
 
 def _has_body(headers: list[Header]) -> bool:
@@ -261,19 +266,27 @@ def _upstream_headers(
     ex: Exchange, client: Client, upgrade: bool, wall: float, services: ListenerServices
 ) -> list[Header]:
     """The request's headers as the target gets them (and ``ex.trace`` set)."""
-    info = client.info
     listener = ex.listener
-    config = listener.config
-    mode = config.x_forwarded_for
-    forwarding = Forwarding(
-        client=client_address(
-            info.ip, info.port, with_port=config.x_forwarded_for_client_port and mode == "append"
-        ),
-        proto=b"https" if info.scheme == "https" else b"http",
-        port=b"%d" % info.local_port,
-        mode=mode,
-        trusted=is_trusted(client.address, listener),
-    )
+    # The same for every request of a connection while the listener's generation holds.
+    cached = client.forwarding
+    if cached is not None and cached[0] is listener:
+        forwarding = cached[1]
+    else:
+        info = client.info
+        config = listener.config
+        mode = config.x_forwarded_for
+        forwarding = Forwarding(
+            client=client_address(
+                info.ip,
+                info.port,
+                with_port=config.x_forwarded_for_client_port and mode == "append",
+            ),
+            proto=b"https" if info.scheme == "https" else b"http",
+            port=b"%d" % info.local_port,
+            mode=mode,
+            trusted=is_trusted(client.address, listener),
+        )
+        client.forwarding = (listener, forwarding)
     random_bytes = services.runtime.rand.getrandbits(96).to_bytes(12, "big")
     headers, ex.trace = prepare_request(
         ex.headers,
@@ -339,7 +352,7 @@ async def _send_request(
                 if up.reused:
                     raise  # it died while idle: what it sent was no answer to this request
                 return await _read_early_head(client, ex, up, answered=False, broken=True)
-            ex.sent_at = trio.current_time()
+            ex.sent_at = client.now()
             ex.phase = "response"  # the deadline armed when the head arrived still holds
             return None
         else:  # ConnectionClosed in the middle of a body
@@ -569,7 +582,7 @@ async def _read_head(client: Client, ex: Exchange, up: Upstream, *, answered: bo
             answered = answered or bool(data)
             conn.receive_data(data)
         elif isinstance(event, h11.Response):
-            ex.response_at = trio.current_time()
+            ex.response_at = client.now()
             return event
         elif isinstance(event, h11.InformationalResponse):
             answered = True
@@ -589,8 +602,11 @@ async def _relay(
     sticky: StickyPlan,
     group: GroupRuntime,
     wall: float,
-) -> None:
-    """Send the response head and stream its body to the client."""
+) -> bool:
+    """Send the response head and stream its body to the client.
+
+    Returns whether the response was framed by both Transfer-Encoding and Content-Length.
+    """
     ex.target_status = response.status_code
     if (
         ex.sent_at is not None
@@ -599,11 +615,12 @@ async def _relay(
         and await client.left()
     ):
         raise ClientGone  # ALB's 460; the target connection is dropped mid-response
-    headers = forwardable_framing(response.status_code, strip_hop_by_hop(response.headers))
+    headers, framed_twice = prepare_response(response.status_code, response.headers)
     assert ex.target is not None
-    headers += response_cookies(
-        sticky, ex.snapshot, group.config, ex.target.target_id, response.headers, wall=wall
-    )
+    if sticky.group_cookie or sticky.stickiness_on:  # else response_cookies has none
+        headers += response_cookies(
+            sticky, ex.snapshot, group.config, ex.target.target_id, response.headers, wall=wall
+        )
     if ex.close_after:
         headers.append((b"connection", b"close"))
     conn = client.conn
@@ -611,7 +628,7 @@ async def _relay(
         conn.send(
             h11.Response(
                 status_code=response.status_code,
-                headers=headers,
+                headers=parsed_headers(headers),
                 reason=response.reason,
                 _parsed=True,
             )
@@ -631,7 +648,7 @@ async def _relay(
             ex.error_reason = "TruncatedTargetResponse"
             if pending:
                 await _flush(client, ex, pending)
-            return
+            return framed_twice
         if event is h11.NEED_DATA:
             if pending:
                 await _flush(client, ex, pending)
@@ -647,13 +664,13 @@ async def _relay(
         elif isinstance(event, h11.EndOfMessage):
             pending.append(conn.send(h11.EndOfMessage()) or b"")
             await _flush(client, ex, pending)
-            return
+            return framed_twice
         else:
             ex.close_after = True
             ex.error_reason = "TruncatedTargetResponse"
             if pending:
                 await _flush(client, ex, pending)
-            return
+            return framed_twice
 
 
 async def _flush(client: Client, ex: Exchange, pending: list[fastio.Buffer]) -> None:

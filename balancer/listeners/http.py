@@ -44,6 +44,7 @@ from balancer.rules import RequestView, redirect_status, render_redirect
 from balancer.runtime import ListenerRuntime, Snapshot
 from balancer.upstream import accepted_addresses, tune_socket
 from proto.http1 import (
+    CLASSIFIED_NAMES,
     Action,
     Classification,
     Verdict,
@@ -62,6 +63,11 @@ MAX_DISCARD_BYTES: Final = 1 << 20
 # so an overloaded listener says so instead of leaving clients in the backlog.
 REJECT_HEADROOM: Final = 64
 WRITE_TIMEOUT_SECONDS: Final = 10.0  # bound on writing the balancer's own short answers
+# What a request cycle leaves the connection to do: serve the next request, drop the rest
+# of this one's body first, or close.
+_NEXT: Final = 0
+_DISCARD: Final = 1
+_STOP: Final = 2
 
 
 class HttpListenerHandler:
@@ -116,13 +122,16 @@ class HttpListenerHandler:
 class _Connection:
     """One client connection's request loop.
 
-    Each request cycle runs under one cancel scope, from the idle wait for its first byte
-    to its last response byte: its deadline moves from the idle timeout to the header
-    timeout to the request's own phases (``Exchange.wait_for``), and ``phase`` says which
-    wait a timeout cut, once the scope has unwound.
+    Each request cycle runs under a cancel scope, from the idle wait for its first byte to
+    its last response byte: its deadline moves from the idle timeout to the header timeout
+    to the request's own phases (``Exchange.wait_for``), and ``phase`` says which wait a
+    timeout cut, once the scope has unwound. Requests that follow one another without
+    trouble share one scope (moving a deadline costs less than entering and leaving a
+    scope); a timeout ends the connection, and a cycle that must leave the scope (a body
+    to drop, a deadline that passed just after its wait ended) takes a fresh one.
     """
 
-    __slots__ = ("client", "idle", "phase", "served", "services")
+    __slots__ = ("client", "ex", "idle", "phase", "served", "services")
 
     def __init__(
         self, services: ListenerServices, client: Client, idle: set[trio.CancelScope]
@@ -131,45 +140,66 @@ class _Connection:
         self.client = client
         self.idle = idle
         self.phase = "idle"  # before an Exchange exists: idle, then header
+        self.ex: Exchange | None = None  # the current cycle's request, once its head is read
         self.served = 0
 
     async def run(self) -> None:
         conn = self.client.conn
-        while await self._cycle():
-            conn.start_next_cycle()
+        while True:
+            scope = trio.CancelScope()
+            step = _STOP
+            with scope:
+                while True:
+                    step = await self._cycle(scope)
+                    if step != _NEXT:
+                        break
+                    conn.start_next_cycle()
+                    if scope.cancel_called:
+                        # A deadline passed after the last wait had ended: that request is
+                        # served, and the next one gets a scope of its own.
+                        break
+            ex = self.ex
+            if scope.cancelled_caught:  # a deadline, or draining during the idle wait
+                if ex is None:  # cut while reading the head
+                    if self.phase == "header":
+                        await self._answer(None, 408, b"request header timeout\n")
+                    return
+                await self._timed_out(ex)  # the connection closes after it
+                self.served += 1
+                self._finish(ex)
+                return
+            if step == _STOP:
+                return
+            if step == _DISCARD:
+                assert ex is not None
+                if not await self._discard_body(ex):
+                    return
+                conn.start_next_cycle()
 
-    async def _cycle(self) -> bool:
-        """Read and answer one request; True when the connection may carry another."""
+    async def _cycle(self, scope: trio.CancelScope) -> int:
+        """Read and answer one request: _NEXT when the connection may carry another,
+        _DISCARD when it may once the rest of the request body is dropped, else _STOP."""
         services = self.services
-        snapshot = services.runtime.current
-        listener = snapshot.listeners.get(services.name)
+        listener = services.runtime.current.listeners.get(services.name)
         if listener is None:
-            return False  # the listener left the configuration
-        scope = trio.CancelScope(
-            deadline=trio.current_time() + listener.config.idle_timeout_seconds
-        )
-        ex: Exchange | None = None
+            return _STOP  # the listener left the configuration
+        scope.deadline = self.client.now() + listener.config.idle_timeout_seconds
         self.phase = "idle"
-        with scope:
-            try:
-                ex = await self._read_request(scope, listener)
-            except ClientGone:
-                return False
-            if ex is None:
-                return False
-            try:
-                await self._handle(ex)
-            except ClientGone:  # gone while we answered it ourselves (a refusal, a 400)
-                ex.close_after = True
-        if ex is None:  # a deadline passed while reading the head
-            if self.phase == "header":
-                await self._answer(None, 408, b"request header timeout\n")
-            return False
-        if scope.cancelled_caught:
-            await self._timed_out(ex)
+        self.ex = None
+        try:
+            ex = await self._read_request(scope, listener)
+        except ClientGone:
+            return _STOP
+        if ex is None:
+            return _STOP
+        self.ex = ex
+        try:
+            await self._handle(ex)
+        except ClientGone:  # gone while we answered it ourselves (a refusal, a 400)
+            ex.close_after = True
         self.served += 1
         self._finish(ex)
-        return await self._reusable(ex)
+        return self._reusable(ex)
 
     # Reading a request ---------------------------------------------------------------------
 
@@ -235,22 +265,24 @@ class _Connection:
         services = self.services
         limits = listener.config.limits
         headers = header_list(request.headers)
-        has_framing = False
+        has_framing = classified = False
         for name, _ in headers:
-            if name == b"content-length" or name == b"transfer-encoding":
-                has_framing = True
-                break
+            if name in CLASSIFIED_NAMES:
+                classified = True
+                if name == b"content-length" or name == b"transfer-encoding":
+                    has_framing = True
         end = head_end(raw)
         head = raw[: end if end >= 0 else len(raw)]
         verdict = classify_head(head, framing=has_framing)
-        by_headers = classify_headers(request.method, headers)
-        if by_headers.classification > verdict.classification:
-            verdict = by_headers
+        if classified:  # without any of these names, classify_headers finds nothing
+            by_headers = classify_headers(request.method, headers)
+            if by_headers.classification > verdict.classification:
+                verdict = by_headers
         ex = Exchange(
             snapshot,
             listener,
             request,
-            started=trio.current_time(),
+            started=self.client.now(),
             client=self.client,
             guard=guard,
             headers=headers,
@@ -377,16 +409,17 @@ class _Connection:
             return False  # the header goes nowhere
         return is_trusted(self.client.address, listener) and forwarded_for_overflow(ex.headers)
 
-    async def _reusable(self, ex: Exchange) -> bool:
-        """Whether the connection may carry the next request after this one."""
+    def _reusable(self, ex: Exchange) -> int:
+        """Whether the connection may carry the next request after this one (_NEXT), once
+        the rest of this one's body is dropped (_DISCARD), or not (_STOP)."""
         if ex.close_after or ex.upgraded:
-            return False
+            return _STOP
         conn = self.client.conn
         if conn.our_state is not h11.DONE:
-            return False
+            return _STOP
         if conn.their_state is not h11.DONE:
-            return await self._discard_body(ex)
-        return True
+            return _DISCARD
+        return _NEXT
 
     async def _refuse_body(self, ex: Exchange, detail: str) -> None:
         """A body h11 could not frame (bad chunk sizes...): a desync attempt, refused."""
@@ -473,9 +506,11 @@ class _Connection:
         received = client.received - ahead - ex.start_received
         sent = client.sent - ex.start_sent
         stats.processed(name, received, sent)
-        writer = services.access_logs.get(ex.listener.config.access_log)
-        if writer is not None:
-            writer.write(self._entry(ex, received, sent))
+        settings = ex.listener.config.access_log
+        if settings.enabled:  # else there is no writer to get
+            writer = services.access_logs.get(settings)
+            if writer is not None:
+                writer.write(self._entry(ex, received, sent))
 
     def _entry(self, ex: Exchange, received: int, sent: int) -> AccessEntry:
         info = self.client.info

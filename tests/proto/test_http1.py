@@ -26,7 +26,9 @@ from proto.http1 import (
     is_trace_field,
     is_upgrade,
     new_trace_id,
+    parsed_headers,
     prepare_request,
+    prepare_response,
     strip_hop_by_hop,
     trace_header,
     trace_root,
@@ -508,3 +510,90 @@ def test_a_switch_is_valid_exactly_when_it_names_some_offered_protocols_only(off
     lower = {p.lower() for p in offered}
     expected = bool(answered) and all(p.lower() in lower for p in answered)
     assert valid_switch(request, response) is expected
+
+
+RESPONSE_HEADERS = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                b"connection",
+                b"keep-alive",
+                b"upgrade",
+                b"x-a",
+                b"x-b",
+                b"content-length",
+                b"transfer-encoding",
+                b"set-cookie",
+            ]
+        ),
+        st.sampled_from([b"1", b"x-a", b"keep-alive, x-b", b"close", b"content-length"]),
+    ),
+    max_size=10,
+)
+
+
+@given(st.sampled_from([100, 101, 103, 200, 204, 304, 404, 502]), RESPONSE_HEADERS)
+@example(200, [(b"content-length", b"1"), (b"transfer-encoding", b"chunked")])
+@example(200, [(b"connection", b"x-a"), (b"connection", b"x-b"), (b"x-a", b"1"), (b"x-b", b"1")])
+def test_the_one_pass_response_preparation_equals_the_composition(status, headers):
+    got, framed_twice = prepare_response(status, headers)
+    assert got == forwardable_framing(status, strip_hop_by_hop(headers))
+    names = {name for name, _ in headers}
+    assert framed_twice == ({b"content-length", b"transfer-encoding"} <= names)
+
+
+def test_a_parsed_response_is_prepared_from_h11s_headers():
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method="GET", target="/", headers=[("host", "a")]))
+    client.receive_data(
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-A\r\nX-A: 1\r\nKeep-Alive: timeout=5\r\n"
+        b"Content-Length: 2\r\nX-B: 2\r\n\r\nok"
+    )
+    response = client.next_event()
+    assert isinstance(response, h11.Response)
+    got, framed_twice = prepare_response(response.status_code, response.headers)
+    assert got == [(b"content-length", b"2"), (b"x-b", b"2")]
+    assert not framed_twice
+
+
+@given(HEADERS)
+def test_parsed_headers_are_what_h11_would_make_of_the_list(headers):
+    fields = [(name, value) for name, value in headers if name not in NOT_LISTED]
+    fields.insert(0, (b"host", b"a"))
+    built = h11.Request(method=b"GET", target=b"/", headers=parsed_headers(fields), _parsed=True)
+    plain = h11.Request(method=b"GET", target=b"/", headers=fields, _parsed=True)
+    assert list(built.headers) == list(plain.headers) == fields
+    assert built.headers.raw_items() == plain.headers.raw_items()
+    assert len(built.headers) == len(fields)
+    assert built.headers[0] == (b"host", b"a")
+    wire = h11.Connection(h11.CLIENT).send(built)
+    assert wire == h11.Connection(h11.CLIENT).send(plain)
+
+
+NOT_LISTED = (b"content-length", b"transfer-encoding", b"host")  # host: added once
+
+
+REQUEST_LINE_BYTES = st.sampled_from(
+    [
+        *(b"GET", b"POST", b"G(T", b"", b" ", b"/", b"/a?b=c", b"\t", b"\x7f", b"\x01"),
+        *(b"\xe9", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1\r", b"\r", b"*"),
+        b"http/1.1",
+    ]
+)
+
+
+@given(st.lists(REQUEST_LINE_BYTES, min_size=1, max_size=6), st.sampled_from([b" ", b""]))
+@example([b"GET", b"/", b"HTTP/1.1"], b" ")
+@example([b"GET", b"/\t", b"HTTP/1.0"], b" ")
+def test_the_plain_request_line_match_agrees_with_the_full_check(parts, separator):
+    from proto.http1 import _PLAIN_REQUEST_LINE, _classify_request_line
+
+    line = separator.join(parts)
+    for end in (b"\r\n", b"\n"):
+        plain = _PLAIN_REQUEST_LINE.match(line + end + b"Host: a\r\n\r\n") is not None
+        if b"\n" not in line:
+            full = _classify_request_line(line.removesuffix(b"\r")) == COMPLIANT
+            assert plain == full or (not plain and line.endswith(b"\r"))
+        head = line + end + b"Host: a" + end + end
+        if plain:
+            assert classify_head(head, framing=False) == COMPLIANT

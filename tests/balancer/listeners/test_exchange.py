@@ -87,3 +87,26 @@ def test_wait_for_moves_the_deadline_and_names_the_phase():
         assert ex.guard.deadline == trio.current_time() + 5.0
 
     trio.run(check, clock=trio.testing.MockClock())
+
+
+def test_a_client_reads_the_runs_clock():
+    async def check() -> None:
+        send, _ = trio.testing.memory_stream_pair()
+        client = Client(send, ClientInfo("127.0.0.1", 1, 2), 4096)
+        assert client.now() == trio.current_time()
+        await trio.sleep(1.5)
+        assert client.now() == trio.current_time() >= 1.5
+
+    trio.run(check, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_client_made_outside_a_run_reads_the_clock_of_the_run_it_serves_in():
+    send, _ = trio.testing.memory_stream_pair()
+    client = Client(send, ClientInfo("127.0.0.1", 1, 2), 4096)
+    clock = trio.testing.MockClock()
+    clock.jump(100.0)
+
+    async def check() -> None:
+        assert client.now() == trio.current_time() >= 100.0
+
+    trio.run(check, clock=clock)
