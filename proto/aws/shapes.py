@@ -553,7 +553,12 @@ def _compile_required(shape: Shape) -> _Compiled | None:
     if isinstance(shape, Scalar):
         return None
     if isinstance(shape, Structure):
-        required, nested = _required_members(shape)
+        required = [name for name, spec in shape.members.items() if spec.required]
+        nested = [
+            (name, check)
+            for name, spec in shape.members.items()
+            if (check := spec.shape._required) is not None
+        ]
         if not required and not nested:
             return None
 
@@ -570,20 +575,6 @@ def _compile_required(shape: Shape) -> _Compiled | None:
         item_check = shape.member._required
         if item_check is None:
             return None
-        if isinstance(shape.member, Structure):
-            # The item's structure check inline, not a call per item (a batch's entries).
-            item_required, item_nested = _required_members(shape.member)
-
-            def list_of_structures(value: Any) -> None:
-                for item in value:
-                    for name in item_required:
-                        if name not in item:
-                            raise _Mismatch
-                    for name, check in item_nested:
-                        if name in item:
-                            check(item[name])
-
-            return list_of_structures
 
         def list_of(value: Any) -> None:
             for item in value:
@@ -599,19 +590,6 @@ def _compile_required(shape: Shape) -> _Compiled | None:
             value_check(item)
 
     return map_of
-
-
-def _required_members(
-    shape: Structure,
-) -> tuple[list[str], list[tuple[str, Callable[[Any], None]]]]:
-    """A structure's required member names, and the checks of its members that have one."""
-    required = [name for name, spec in shape.members.items() if spec.required]
-    nested = [
-        (name, check)
-        for name, spec in shape.members.items()
-        if (check := spec.shape._required) is not None
-    ]
-    return required, nested
 
 
 STRING: Final = Scalar("string")
