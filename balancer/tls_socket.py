@@ -67,6 +67,7 @@ class TlsSocket(trio.socket.SocketType):
         self._sending = trio.Lock()
         self._shut_wr = False
         self._eof = False
+        self._server_side = server_side
 
     # --- the TLS side ------------------------------------------------------------------
 
@@ -77,6 +78,10 @@ class TlsSocket(trio.socket.SocketType):
             ssl.SSLError: the target does not speak TLS as a server, or refused us.
             trio.BrokenResourceError: reset or closed during the handshake.
         """
+        if self._server_side:
+            # A client's hello is usually there already: reading it first saves the step
+            # that would only find the buffer empty (~5 µs of OpenSSL and an exception).
+            self._take_ready()
         while True:
             try:
                 self._tls.do_handshake()
@@ -141,6 +146,17 @@ class TlsSocket(trio.socket.SocketType):
                 break
             pieces.append(data)
         return b"".join(pieces)
+
+    def _take_ready(self) -> None:
+        """Hand OpenSSL what the socket holds now, without waiting."""
+        raw = fastio.raw_socket(self._tcp)
+        if raw is None:
+            return
+        data = fastio.try_receive(raw, TLS_READ_BYTES)
+        if data:
+            self._incoming.write(data)
+        elif data is not None:
+            self._incoming.write_eof()
 
     async def _fill(self, max_bytes: int) -> None:
         data = await fastio.receive(self._tcp, max_bytes)

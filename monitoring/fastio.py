@@ -23,9 +23,11 @@ releases); without it, every call takes trio's public path.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import socket
+from typing import Final
 
 import trio
 
@@ -157,6 +159,56 @@ def try_send(raw: socket.socket, data: Buffer) -> int:
         return 0
     except OSError as exc:
         raise _translate(raw, exc) from exc
+
+
+# What trio's SocketListener.accept also retries on (its list): a connection reset or
+# refused while in the backlog, or a transient failure of one accept (accept(2), "Error
+# handling"). EAGAIN is a wait, handled apart.
+_RETRY_ACCEPT: Final = frozenset(
+    getattr(errno, name)
+    for name in (
+        *("EPERM", "ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET"),
+        *("EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH", "ENOSR", "ESOCKTNOSUPPORT"),
+        *("EPROTONOSUPPORT", "ETIMEDOUT", "ECONNRESET"),
+    )
+    if hasattr(errno, name)
+)
+
+
+async def accept(listener: trio.SocketListener, *, checkpoint: bool) -> trio.SocketStream:
+    """The next connection of ``listener``, as ``listener.accept()`` returns it.
+
+    A connection already in the backlog is taken at once, not a checkpoint, unless
+    ``checkpoint`` is set (the caller asks for one every so often, so that a burst of
+    connections cannot hold the event loop and a cancellation is seen); trio's own accept
+    makes a trip through the scheduler for every connection, and a connection per request
+    pays it on every request.
+
+    Raises:
+        trio.ClosedResourceError: the listening socket was closed.
+        OSError: any other failure of accept(2) (EMFILE and its kind among them).
+    """
+    raw = raw_socket(listener.socket)
+    if raw is None:
+        return await listener.accept()
+    if checkpoint:  # trio's sandwich: a cancellation is seen before, the yield comes after
+        await trio.lowlevel.checkpoint_if_cancelled()
+    while True:
+        try:
+            sock, _ = raw.accept()
+        except _BLOCKING:
+            await _wait_readable(raw)
+            checkpoint = False  # the wait was the checkpoint
+            continue
+        except OSError as exc:
+            if exc.errno == errno.EBADF or raw.fileno() == -1:
+                raise trio.ClosedResourceError("listening socket was closed") from None
+            if exc.errno in _RETRY_ACCEPT:
+                continue
+            raise
+        if checkpoint:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
 
 
 def readable_now(fileno: int) -> bool:

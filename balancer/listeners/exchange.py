@@ -12,6 +12,7 @@ per wait.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from balancer.upstream import Pools
 from monitoring import fastio
 from monitoring.httpserver import Draining
 from monitoring.logging import EventLog
-from proto.http1 import COMPLIANT, Forwarding, Verdict, header_list
+from proto.http1 import COMPLIANT, Forwarding, ServerConnection, Verdict, header_list
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -42,6 +43,9 @@ MAX_RECV: Final = 1 << 18
 Phase = Literal["header", "body", "response", "relay", "client_write", "tunnel"]
 
 
+# Addresses are immutable, and the same clients (and proxies in front) connect again and
+# again: parsing one costs more than a cached look-up, once per connection.
+@functools.lru_cache(maxsize=4096)
 def parse_address(ip: str) -> IPAddress | None:
     """A peer address as rules and trusted-proxy checks compare it (IPv4-mapped as IPv4)."""
     try:
@@ -112,7 +116,7 @@ class Client:
         local = info.local_ip or info.ip
         local = f"[{local}]" if ":" in local else local
         self.host_header = f"{local}:{info.local_port}".encode("ascii")
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_bytes)
+        self.conn = ServerConnection(h11.SERVER, max_incomplete_event_size=max_head_bytes)
         # The X-Forwarded-* facts of this connection under one listener generation (built
         # by the forward path on its first request there).
         self.forwarding: tuple[ListenerRuntime, Forwarding] | None = None
@@ -122,13 +126,14 @@ class Client:
         self.received = 0
         self.sent = 0
 
-    async def receive_next(self) -> bytes:
-        """Like :meth:`receive`, but always a checkpoint: used for the wait on each new
-        request, so every request cycle yields to the other connections."""
+    async def receive_next(self, *, checkpoint: bool = True) -> bytes:
+        """Like :meth:`receive`, but a checkpoint: used for the wait on each new request, so
+        every request cycle yields to the other connections. ``checkpoint=False`` for a
+        connection's first request: its task has only just been scheduled."""
         data: bytes | bytearray
         try:
             if self.socket is not None:
-                data = await fastio.receive(self.socket, MAX_RECV, checkpoint=True)
+                data = await fastio.receive(self.socket, MAX_RECV, checkpoint=checkpoint)
             else:
                 data = await self.stream.receive_some(MAX_RECV)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

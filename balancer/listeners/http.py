@@ -223,7 +223,7 @@ class _Connection:
                 return None
             self.idle.add(scope)
             try:
-                raw = await client.receive_next()
+                raw = await client.receive_next(checkpoint=self.served > 0)
             finally:
                 self.idle.discard(scope)
             if not raw:

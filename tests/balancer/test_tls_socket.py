@@ -159,3 +159,36 @@ async def test_it_is_a_stream_socket_for_trio():
     assert tls.tcp is tcp
     tls.close()
     assert tcp.fileno() == -1
+
+
+async def test_a_hello_already_waiting_is_read_before_the_first_handshake_step():
+    ca = trustme.CA()
+    ours, theirs = raw_pair()
+    tls = TlsSocket(ours, server_context(ca), None, server_side=True)
+    peer = trio.SSLStream(trio.SocketStream(theirs), trusting(ca), server_hostname="127.0.0.1")
+    steps = 0
+    do_handshake = tls._tls.do_handshake
+
+    def counted() -> None:
+        nonlocal steps
+        steps += 1
+        do_handshake()
+
+    tls._tls.do_handshake = counted  # type: ignore[method-assign]
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(peer.do_handshake)
+            await trio.testing.wait_all_tasks_blocked()  # the hello is in our socket now
+            await tls.handshake()
+    # The hello, then the client's Finished: two steps, none that found nothing to read.
+    assert steps == 2
+    assert tls.version() == peer.version()
+
+
+async def test_a_client_gone_before_its_hello_fails_the_handshake():
+    ca = trustme.CA()
+    ours, theirs = raw_pair()
+    theirs.close()
+    tls = TlsSocket(ours, server_context(ca), None, server_side=True)
+    with trio.fail_after(5), pytest.raises((ssl.SSLError, trio.BrokenResourceError)):
+        await tls.handshake()

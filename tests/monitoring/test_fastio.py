@@ -5,6 +5,7 @@ import socket
 
 import pytest
 import trio
+import trio.testing
 
 from monitoring import fastio
 from tests.support.descriptors import FD_SETSIZE, new_descriptors_past_fd_setsize
@@ -174,3 +175,63 @@ def test_readable_now_tells_data_and_the_end_apart_from_nothing_past_fd_setsize(
         assert not fastio.readable_now(ours.fileno())
         theirs.close()
         assert fastio.readable_now(ours.fileno())  # the end of the stream
+
+
+async def test_accept_takes_the_backlog_and_waits_for_more():
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    listener = listeners[0]
+    port = listener.socket.getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    try:
+        streams = [await fastio.accept(listener, checkpoint=i == 1) for i in range(3)]
+        for stream, client in zip(streams, clients, strict=True):
+            assert isinstance(stream, trio.SocketStream)
+            assert stream.socket.getpeername() == client.getsockname()
+            assert stream.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)  # as trio's
+            client.sendall(b"hi")
+            assert await stream.receive_some(10) == b"hi"
+            await stream.aclose()
+        with trio.move_on_after(0.05) as scope:  # the backlog is empty: a real wait
+            await fastio.accept(listener, checkpoint=False)
+        assert scope.cancelled_caught
+        late = socket.create_connection(("127.0.0.1", port))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.sleep, 0)
+            stream = await fastio.accept(listener, checkpoint=False)
+        await stream.aclose()
+        late.close()
+    finally:
+        for client in clients:
+            client.close()
+        await listener.aclose()
+
+
+async def test_a_burst_of_accepts_still_yields_when_asked():
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    try:
+        await trio.sleep(0.01)  # both connections are in the backlog
+        with trio.testing.assert_no_checkpoints():  # taken at once, no scheduler trip
+            (await fastio.accept(listener, checkpoint=False)).socket.close()
+        with trio.testing.assert_checkpoints():
+            (await fastio.accept(listener, checkpoint=True)).socket.close()
+    finally:
+        for client in clients:
+            client.close()
+        await listener.aclose()
+
+
+async def test_accept_on_a_closed_listener_is_closed_resource():
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+
+    async def close_soon() -> None:
+        await trio.sleep(0.02)
+        listener.socket.close()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(close_soon)
+        with pytest.raises(trio.ClosedResourceError):
+            await fastio.accept(listener, checkpoint=False)
+    with pytest.raises(trio.ClosedResourceError):
+        await fastio.accept(listener, checkpoint=False)
