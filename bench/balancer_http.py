@@ -42,8 +42,8 @@ Every throughput run also reports the proxy's CPU time per request (from ``/proc
 steadier comparison on a shared machine, and the CPU that other processes (not this
 benchmark's) used meanwhile, in cores. ``--instructions N`` adds a deterministic one: each
 proxy under valgrind's callgrind, user-space instructions per request over N requests, for
-plain keep-alive (small and 64 KiB responses), TLS keep-alive and a TLS handshake per request
-(ECDSA and RSA-2048).
+plain keep-alive (small and 64 KiB responses), a new plain connection per request, TLS
+keep-alive and a TLS handshake per request (ECDSA and RSA-2048).
 
 Usage: ``python bench/balancer_http.py [--seconds 10] [--only keepalive,64k] [--rate 5000]
 [--instructions 1000] [--profile wharf.svg] [--no-install]``.
@@ -615,6 +615,13 @@ def drive(port: int, count: int, connections: int = 8) -> None:
             sock.close()
 
 
+def drive_newconn(port: int, count: int) -> None:
+    """``count`` GETs with ``Connection: close``, each on a new connection."""
+    for _ in range(count):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            exchange(sock, close=True)
+
+
 def exchange(sock: socket.socket, close: bool = False) -> None:
     """One GET and its whole response (plain or TLS socket)."""
     extra = b"Connection: close\r\n" if close else b""
@@ -673,12 +680,14 @@ class Driver:
 
 def drivers_for(label: str, ports: dict[str, int]) -> list[Driver]:
     """What --instructions counts, per proxy: plain keep-alive (small and 64 KiB responses),
-    TLS keep-alive (ECDSA) and a TLS handshake per request (ECDSA and RSA-2048)."""
+    a new plain connection per request, TLS keep-alive (ECDSA) and a TLS handshake per
+    request (ECDSA and RSA-2048)."""
     tls = functools.partial(drive_tls, handshake_each=False)
     handshakes = functools.partial(drive_tls, handshake_each=True)
     return [
         Driver("small", ports[f"{label}_small"], drive),
         Driver("big", ports[f"{label}_big"], drive),
+        Driver("newconn", ports[f"{label}_small"], drive_newconn),
         Driver("https-keepalive", ports[f"{label}_tls_ecdsa"], tls),
         Driver("https-handshake ecdsa", ports[f"{label}_tls_ecdsa"], handshakes),
         Driver("https-handshake rsa", ports[f"{label}_tls_rsa"], handshakes),
