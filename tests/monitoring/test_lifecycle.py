@@ -79,6 +79,37 @@ async def test_max_connections_holds_new_clients_in_the_backlog(nursery):
     frame.stop(0)
 
 
+async def test_running_out_of_descriptors_backs_off_and_serves_the_client_later(
+    nursery, monkeypatch
+):
+    from monitoring import fastio, lifecycle
+
+    frame, out = make_frame()
+    accept = fastio.accept
+    failures = [OSError(errno.EMFILE, "Too many open files")]
+
+    async def accept_failing_once(listener, *, checkpoint):
+        if failures:
+            raise failures.pop()
+        return await accept(listener, checkpoint=checkpoint)
+
+    monkeypatch.setattr(fastio, "accept", accept_failing_once)
+    monkeypatch.setattr(lifecycle, "ACCEPT_BACKOFF_SECONDS", 0.05)
+
+    async def handler(stream):
+        await stream.send_all(b"hi")
+
+    listener = Listener("t", await bind_tcp("127.0.0.1", 0), handler, max_connections=1)
+    await nursery.start(frame.serve_listeners, [listener])
+    client = await trio.open_tcp_stream(*listener.addresses[0])
+    async with client:
+        with trio.fail_after(5):
+            assert await client.receive_some(10) == b"hi"  # served after the pause
+    assert "event=listener.accept_failed" in out.getvalue()
+    assert listener.active == 0  # the failed attempt gave its slot back
+    frame.stop(0)
+
+
 async def test_stop_lets_a_request_in_flight_finish():
     config = BrokerConfig(admin=AdminSettings(port=0))
     async with running(BROKER, config) as daemon:
