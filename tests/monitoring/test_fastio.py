@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -177,12 +179,23 @@ def test_readable_now_tells_data_and_the_end_apart_from_nothing_past_fd_setsize(
         assert fastio.readable_now(ours.fileno())  # the end of the stream
 
 
-async def test_accept_takes_the_backlog_and_waits_for_more():
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    listener = listeners[0]
+@contextlib.asynccontextmanager
+async def backlog(clients: int) -> AsyncIterator[tuple[trio.SocketListener, list[socket.socket]]]:
+    """A listener with ``clients`` connections waiting in its backlog."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     port = listener.socket.getsockname()[1]
-    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    waiting = [socket.create_connection(("127.0.0.1", port)) for _ in range(clients)]
     try:
+        await trio.sleep(0.01)  # the handshakes are done: the connections are queued
+        yield listener, waiting
+    finally:
+        for client in waiting:
+            client.close()
+        await listener.aclose()
+
+
+async def test_accept_takes_the_backlog_and_waits_for_more():
+    async with backlog(3) as (listener, clients):
         streams = [await fastio.accept(listener, checkpoint=i == 1) for i in range(3)]
         for stream, client in zip(streams, clients, strict=True):
             assert isinstance(stream, trio.SocketStream)
@@ -191,35 +204,28 @@ async def test_accept_takes_the_backlog_and_waits_for_more():
             client.sendall(b"hi")
             assert await stream.receive_some(10) == b"hi"
             await stream.aclose()
-        with trio.move_on_after(0.05) as scope:  # the backlog is empty: a real wait
-            await fastio.accept(listener, checkpoint=False)
-        assert scope.cancelled_caught
-        late = socket.create_connection(("127.0.0.1", port))
+        accepted: list[trio.SocketStream] = []
+
+        async def accept_one() -> None:
+            accepted.append(await fastio.accept(listener, checkpoint=False))
+
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.sleep, 0)
-            stream = await fastio.accept(listener, checkpoint=False)
-        await stream.aclose()
-        late.close()
-    finally:
-        for client in clients:
-            client.close()
-        await listener.aclose()
+            nursery.start_soon(accept_one)
+            await trio.testing.wait_all_tasks_blocked()  # the backlog is empty: it waits
+            assert not accepted
+            port = listener.socket.getsockname()[1]
+            clients.append(socket.create_connection(("127.0.0.1", port)))
+        [late] = accepted
+        assert late.socket.getpeername() == clients[-1].getsockname()
+        await late.aclose()
 
 
 async def test_a_burst_of_accepts_still_yields_when_asked():
-    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
-    port = listener.socket.getsockname()[1]
-    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
-    try:
-        await trio.sleep(0.01)  # both connections are in the backlog
+    async with backlog(2) as (listener, _):
         with trio.testing.assert_no_checkpoints():  # taken at once, no scheduler trip
             (await fastio.accept(listener, checkpoint=False)).socket.close()
         with trio.testing.assert_checkpoints():
             (await fastio.accept(listener, checkpoint=True)).socket.close()
-    finally:
-        for client in clients:
-            client.close()
-        await listener.aclose()
 
 
 async def test_accept_on_a_closed_listener_is_closed_resource():
