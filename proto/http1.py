@@ -103,46 +103,66 @@ def parsed_headers(headers: list[Header]) -> Headers:
 class ServerConnection(h11.Connection):
     """h11's server side, for a connection whose responses carry :func:`parsed_headers`.
 
-    When a connection is not kept alive (the client sent ``Connection: close``, or spoke
-    HTTP/1.0), h11 rewrites the ``Connection`` field of every response it sends and, to do
-    so, normalises and validates each header of the head again: on a connection per request
-    that is the largest cost h11 adds to the response. For a head from
-    :func:`parsed_headers` (fields normalised already) framed by Content-Length, this makes
-    the same rewrite (the same bytes on the wire, checked against h11 by the tests) without
-    the second validation; any other head gets h11's own.
+    Before sending a response h11 fixes its framing and ``Connection`` fields: on a connection
+    that closes (the client sent ``Connection: close``, or spoke HTTP/1.0) it rewrites
+    ``Connection``, and for a body of unknown length it rewrites ``Transfer-Encoding`` and
+    drops ``Content-Length``. Each rewrite normalises and validates every header of the
+    head again (``set_comma_header``), and even a head it leaves alone is read twice for
+    its framing. For a head from :func:`parsed_headers` (fields normalised already) this
+    makes the same changes, in the same order, without those passes (the bytes on the wire
+    and the state are checked against stock h11 by the tests); any other head gets h11's
+    own.
     """
 
     def _clean_up_response_headers_for_sending(self, response: h11.Response) -> h11.Response:
         headers = response.headers
-        if self._cstate.keep_alive or type(headers) is not _FastHeaders:
+        if type(headers) is not _FastHeaders:
             return super()._clean_up_response_headers_for_sending(response)
         fields = headers._full_items
-        has_length = False
+        chunked = has_length = False
         options: list[bytes] = []  # the Connection values
         for _, name, value in fields:
             if name == b"transfer-encoding":
-                return super()._clean_up_response_headers_for_sending(response)
-            if name == b"content-length":
-                has_length = True
+                chunked = chunked or _has_token(value)
+            elif name == b"content-length":
+                has_length = has_length or _has_token(value)
             elif name == b"connection":
                 options.append(value)
-        if not has_length:  # close-delimited or chunked: h11 changes the framing too
-            return super()._clean_up_response_headers_for_sending(response)
-        if options == [b"close"]:  # what the proxy itself adds to a closing response
-            tokens = {b"close"}
-        else:
-            tokens = set(connection_tokens((b"connection", value) for value in options))
-            tokens.discard(b"keep-alive")
-            tokens.add(b"close")
-        kept = [field for field in fields if field[1] != b"connection"]
-        kept += [(b"Connection", b"connection", token) for token in sorted(tokens)]
+        method = self._request_method
+        status = response.status_code
+        # A HEAD's head is framed as its GET's would be (as h11 does).
+        no_body = status in (204, 304) or (method == b"CONNECT" and 200 <= status < 300)
+        need_close = False
+        if not no_body and (chunked or not has_length):  # a body of unknown length
+            fields = [f for f in fields if f[1] not in _FRAMING]
+            version = self.their_http_version
+            if version is None or version < b"1.1":
+                need_close = method != b"HEAD"  # read until the close
+            else:
+                fields.append((b"Transfer-Encoding", b"transfer-encoding", b"chunked"))
+        elif self._cstate.keep_alive:
+            return response  # nothing to change: the common case
+        if not self._cstate.keep_alive or need_close:
+            if options == [b"close"]:  # what the proxy itself adds to a closing response
+                tokens = {b"close"}
+            else:
+                tokens = set(connection_tokens((b"connection", value) for value in options))
+                tokens.discard(b"keep-alive")
+                tokens.add(b"close")
+            fields = [field for field in fields if field[1] != b"connection"]
+            fields += [(b"Connection", b"connection", token) for token in sorted(tokens)]
         return h11.Response(
-            headers=_FastHeaders(kept),
-            status_code=response.status_code,
+            headers=_FastHeaders(fields),
+            status_code=status,
             http_version=response.http_version,
             reason=response.reason,
             _parsed=True,
         )
+
+
+def _has_token(value: bytes) -> bool:
+    """Whether a comma-separated field value names anything (h11's ``get_comma_header``)."""
+    return any(part.strip() for part in value.split(b","))
 
 
 def connection_tokens(headers: Iterable[Header]) -> frozenset[bytes]:

@@ -588,14 +588,14 @@ SENT_HEADERS = st.lists(
     ),
     max_size=8,
 )
-FRAMING = st.sampled_from(
+RESPONSE_FRAMING = st.sampled_from(
     [
         [],
         [(b"content-length", b"0")],
         [(b"content-length", b"17")],
         [(b"transfer-encoding", b"chunked")],
     ]
-)
+)  # as h11 parses a target's head (one Content-Length, or chunked, lower-case) or we build one
 REQUESTS = st.sampled_from(
     [
         b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
@@ -603,6 +603,9 @@ REQUESTS = st.sampled_from(
         b"HEAD / HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive, close\r\n\r\n",
         b"GET / HTTP/1.0\r\n\r\n",
         b"HEAD / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+        b"CONNECT a:443 HTTP/1.0\r\n\r\n",
     ]
 )
 
@@ -613,7 +616,7 @@ def _head_sent(connection: h11.Connection, request: bytes, response: h11.Respons
     return connection.send(response) or b""
 
 
-@given(REQUESTS, st.sampled_from([200, 204, 304, 404]), SENT_HEADERS, FRAMING)
+@given(REQUESTS, st.sampled_from([200, 201, 204, 304, 404]), SENT_HEADERS, RESPONSE_FRAMING)
 @example(
     b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
     200,
@@ -648,6 +651,33 @@ def test_a_closing_response_framed_by_length_is_not_validated_again(monkeypatch)
     assert calls == []
     _head_sent(h11.Connection(h11.SERVER), request, response)
     assert calls  # the check can fail: stock h11 does call it
+
+
+@pytest.mark.parametrize(
+    ("request_head", "framing", "expected"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", (b"content-length", b"2"), b"content-length: 2"),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            (b"transfer-encoding", b"chunked"),
+            b"Transfer-Encoding: chunked",
+        ),
+    ],
+)
+def test_a_kept_alive_response_is_not_validated_again(monkeypatch, request_head, framing, expected):
+    import h11._headers
+
+    calls = []
+    validate = h11._headers.normalize_and_validate
+    monkeypatch.setattr(
+        h11._headers, "normalize_and_validate", lambda *a, **k: calls.append(1) or validate(*a, **k)
+    )
+    response = h11.Response(
+        status_code=200, headers=parsed_headers([(b"server", b"nginx"), framing]), _parsed=True
+    )
+    head = _head_sent(ServerConnection(h11.SERVER), request_head, response)
+    assert head == b"HTTP/1.1 200 \r\nserver: nginx\r\n" + expected + b"\r\n\r\n"
+    assert calls == []
 
 
 REQUEST_LINE_BYTES = st.sampled_from(
