@@ -15,6 +15,7 @@ Scenarios: ``send`` (SendMessage, 1 KiB), ``batch`` (SendMessageBatch of 10), ``
 ``publish@N`` (SNS Publish, 1 KiB, to a topic with N enveloped SQS subscriptions).
 
     .venv/bin/python bench/broker_instructions.py [--count 200] [--only send,batch,publish@100]
+        [--keep-dumps DIR]   # each scenario's callgrind dump, for callgrind_annotate
 
 Needs valgrind (``apt-get install valgrind``). Binds and talks to 127.0.0.1 only; every loop is
 bounded by ``--count`` and every wait by a timeout.
@@ -119,8 +120,9 @@ class Broker:
     def log_tail(self) -> str:
         return (self.work / "broker.log").read_text(errors="replace")[-2000:]
 
-    def count(self, run: Callable[[], int]) -> float:
-        """Instructions per request of ``run`` (which returns how many it sent)."""
+    def count(self, run: Callable[[], int], keep: Path | None = None) -> float:
+        """Instructions per request of ``run`` (which returns how many it sent); ``keep``:
+        copy the callgrind dump there."""
         control = ["callgrind_control"]
         subprocess.run([*control, "-z", str(self.process.pid)], capture_output=True, check=True)
         requests = run()
@@ -130,7 +132,10 @@ class Broker:
         totals = subprocess.run(
             ["callgrind_annotate", str(dump)], capture_output=True, text=True, check=True
         ).stdout
-        dump.rename(dump.with_name(dump.name + ".done"))
+        kept = dump.with_name(dump.name + ".done")
+        dump.rename(kept)
+        if keep is not None:  # for callgrind_annotate: where the instructions go
+            shutil.copy(kept, keep)
         match = re.search(r"([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", totals) or re.search(
             r"([\d,]+)\s+PROGRAM TOTALS", totals
         )
@@ -194,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200, help="requests counted per scenario")
     parser.add_argument("--only", default=SCENARIOS, help=f"comma-separated, of {SCENARIOS}")
+    parser.add_argument("--keep-dumps", type=Path, help="directory for each scenario's dump")
     args = parser.parse_args(argv)
     only = [s for s in args.only.split(",") if s]
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate", "taskset"):
@@ -204,6 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="wharf-instructions-"))
     broker = Broker(work)
     results: dict[str, tuple[float, int]] = {}
+    if args.keep_dumps is not None:
+        args.keep_dumps.mkdir(parents=True, exist_ok=True)
+
+    def keep(scenario: str) -> Path | None:
+        if args.keep_dumps is None:
+            return None
+        return args.keep_dumps / f"callgrind.{scenario.replace('@', '-')}"
+
     try:
         conn = Connection(broker.port)
         builder = lg.RequestBuilder(broker.endpoint)
@@ -215,19 +229,22 @@ def main(argv: list[str] | None = None) -> int:
                     lg.send_request(builder, url) if per == 1 else lg.batch_request(builder, url)
                 )
                 repeat(conn, request, warm)()
-                results[scenario] = (broker.count(repeat(conn, request, args.count)), per)
+                counted = broker.count(repeat(conn, request, args.count), keep(scenario))
+                results[scenario] = (counted, per)
             elif scenario == "drain":
                 url = lg.create_queue(broker.endpoint, "bench-drain")
                 fill = lg.batch_request(builder, url)
                 repeat(conn, fill, warm + args.count)()
                 drain(conn, builder, url, warm)()
-                results[scenario] = (broker.count(drain(conn, builder, url, args.count)), 10)
+                counted = broker.count(drain(conn, builder, url, args.count), keep(scenario))
+                results[scenario] = (counted, 10)
             elif scenario.startswith("publish@"):
                 fanout = int(scenario.partition("@")[2])
                 topic = sns_topic(broker.endpoint, f"bench-fan{fanout}", fanout)
                 request = run_sns.publish_request(broker.endpoint, topic, lg.BODY_1K)
                 repeat(conn, request, warm)()
-                results[scenario] = (broker.count(repeat(conn, request, args.count)), fanout)
+                counted = broker.count(repeat(conn, request, args.count), keep(scenario))
+                results[scenario] = (counted, fanout)
             else:
                 raise SystemExit(f"unknown scenario {scenario!r}; known: {SCENARIOS}")
         conn.close()

@@ -9,8 +9,11 @@ measured every second (others may fill the disk too), and sooner when the broker
 have used up the room: each measurement grants a budget of half the room above the limit,
 each send spends three times its request's size from it (a row is written to the WAL, then
 to the database file, both in whole pages), and a spent budget means a new measurement
-before the next send: the nearer the limit, the more often it is measured. A publish,
-which writes a copy per subscription, measures every time (one ``statvfs``: microseconds).
+before the next send: the nearer the limit, the more often it is measured. A publish spends
+its request's size when it is admitted and, once its subscriptions are known, the bytes of
+every copy and outbox row it writes (:meth:`DiskSpace.written`), so the next adding action
+after a large fan-out measures again; no single publish can overrun the limit by more than
+what it writes itself, as before, when every publish was measured before it was admitted.
 Everything else goes on: receives and deletes are how consumers make room, and they need
 only a little of the space kept back. Below the limit the store is also asked to copy its
 WAL into the database file and truncate it, which gives back what the WAL kept for reuse.
@@ -31,8 +34,7 @@ from monitoring.logging import EventLog
 from proto.aws.errors import common_error
 
 CHECK_SECONDS: Final = 1.0
-PUBLISHING_ACTIONS: Final = frozenset({"Publish", "PublishBatch"})
-ADDING_ACTIONS: Final = frozenset({"SendMessage", "SendMessageBatch", *PUBLISHING_ACTIONS})
+ADDING_ACTIONS: Final = frozenset({"SendMessage", "SendMessageBatch", "Publish", "PublishBatch"})
 
 
 def statvfs_free_bytes(
@@ -115,7 +117,7 @@ class DiskSpace:
         if action not in ADDING_ACTIONS or not self.min_free_bytes:
             return
         self._budget -= 3 * request_bytes
-        if self._budget < 0 or action in PUBLISHING_ACTIONS:
+        if self._budget < 0:
             self.measure()
         if self.low:
             raise common_error(
@@ -124,6 +126,12 @@ class DiskSpace:
                 f"{self.min_free_bytes}: new messages are refused until consumers or the "
                 "operator make room. Retry later.",
             )
+
+    def written(self, stored_bytes: int) -> None:
+        """Spend what an admitted action stores beyond its request's size (a publish's
+        copies and outbox rows), at the same three times; the next adding action measures
+        if that spent the budget."""
+        self._budget -= 3 * stored_bytes
 
     async def watch_forever(self) -> None:
         while True:

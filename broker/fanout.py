@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -106,12 +105,13 @@ class Batch:
     ``copies``, one activation per queue, rather than a send outcome and a callback each.
     """
 
-    __slots__ = ("after", "copies", "mutations")
+    __slots__ = ("after", "copies", "mutations", "stored_bytes")
 
     def __init__(self) -> None:
         self.mutations: list[Mutation | SnsMutation] = []
         self.after: list[Callable[[], None]] = []
         self.copies = SentCopies(self.mutations)
+        self.stored_bytes = 0  # bodies of the copies and outbox rows (for the disk alarm)
 
     def on_durable(self) -> None:
         self.copies.on_durable()
@@ -132,6 +132,7 @@ class Fanout:
         signature_version: str,
         cert_url_base: str,
         log: EventLog,
+        written: Callable[[int], None] | None = None,
     ) -> None:
         """Wire the publisher.
 
@@ -144,6 +145,8 @@ class Fanout:
             signature_version: SignatureVersion of topics that set none.
             cert_url_base: base of SigningCertURL; empty: the request's base URL.
             log: the daemon's event log.
+            written: told the bytes each publish stores
+                (:meth:`broker.disk_space.DiskSpace.written`).
         """
         self.store = store
         self.queues = queues
@@ -152,12 +155,8 @@ class Fanout:
         self.signature_version = signature_version
         self.cert_url_base = cert_url_base
         self.log = log
+        self.written = written
         self._new_message_id = request_ids()
-        # Subscription -> why its queue's policy refuses SNS: logged when it changes. Weak: an
-        # unsubscribed subscription's entry goes with it.
-        self._refused: weakref.WeakKeyDictionary[Subscription, Refusal] = (
-            weakref.WeakKeyDictionary()
-        )
 
     def signer(self, topic: Topic, base_url: str) -> sns_envelope.Signer:
         version = topic.settings.signature_version or self.signature_version
@@ -202,6 +201,8 @@ class Fanout:
             batch.mutations.append(seq)
         else:
             results = [self._deliver(batch, topic, plan, now, sender_id) for plan in plans]
+        if self.written is not None:
+            self.written(batch.stored_bytes)
         # Always commit, even with nothing to write: a duplicate then answers only once the
         # original it names is durable (commits complete in order).
         await self.store.commit(batch.mutations, batch.on_durable)
@@ -319,7 +320,7 @@ class Fanout:
             refused = sns_refusal(
                 queue.settings.policy, topic_arn=bodies.topic.arn, queue_arn=queue.arn, now_ms=now
             )
-            if refused is not None or self._refused:
+            if refused is not subscription.refused:
                 self._note_access(subscription, refused)
             if refused is not None:
                 attributes = _dead_letter_attributes(bodies) if raw else {}
@@ -353,6 +354,7 @@ class Fanout:
                 bodies.check_raw_attributes()
             size = message_size(send)
             index.send_copy(now, send, size, batch.copies)
+            batch.stored_bytes += size
         except (SqsError, EnvelopeError) as error:
             reason = error.message if isinstance(error, SqsError) else str(error)
             attributes = _dead_letter_attributes(bodies) if raw else {}
@@ -398,13 +400,9 @@ class Fanout:
 
     def _note_access(self, subscription: Subscription, refused: Refusal | None) -> None:
         """Log a subscription's refusal when it starts or changes, and its end."""
-        key = subscription
-        before = self._refused.get(key)
-        if refused is before:
-            return
+        subscription.refused = refused
         topic = subscription.topic
         if refused is None:
-            del self._refused[key]
             self.log.info(
                 "sns.delivery_allowed",
                 topic=topic.name,
@@ -412,7 +410,6 @@ class Fanout:
                 queue=subscription.endpoint,
             )
             return
-        self._refused[key] = refused
         self.log.warning(
             "sns.delivery_refused",
             topic=topic.name,
@@ -460,6 +457,7 @@ class Fanout:
             return False
         batch.mutations.extend(outcome.mutations)
         batch.after.append(outcome.on_durable)
+        batch.stored_bytes += len(body)
         return True
 
     # ------------------------------------------------------------------ HTTP/S
@@ -509,6 +507,7 @@ class Fanout:
         )
         batch.mutations.append(HttpDeliveryQueued(delivery=delivery))
         batch.after.append(lambda: self.deliveries.track(delivery))
+        batch.stored_bytes += len(body)
 
     def confirmation(
         self,

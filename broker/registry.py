@@ -59,7 +59,7 @@ class QueueStats:
 class Queue:
     """One live queue."""
 
-    __slots__ = ("_changed", "arn", "deleted", "index", "record", "stats")
+    __slots__ = ("_changed", "_changed_taken", "arn", "deleted", "index", "record", "stats")
 
     def __init__(
         self,
@@ -73,6 +73,7 @@ class Queue:
         self.deleted = False
         self.stats = QueueStats()
         self._changed = trio.Event()
+        self._changed_taken = False
         self.index: QueueIndex = new_index(
             queue_id=record.queue_id,
             name=record.name,
@@ -93,12 +94,19 @@ class Queue:
         return self.index.settings
 
     def wake(self) -> None:
-        """Tell long-polling receives to look again (a send, a visibility change, ...)."""
-        self._changed.set()
-        self._changed = trio.Event()
+        """Tell long-polling receives to look again (a send, a visibility change, ...).
+
+        Only an event someone took can have a waiter: one nobody took is kept (a fan-out
+        wakes every subscribed queue at each commit, most with no receive waiting).
+        """
+        if self._changed_taken:
+            self._changed.set()
+            self._changed = trio.Event()
+            self._changed_taken = False
 
     def changed(self) -> trio.Event:
         """The event the next :meth:`wake` sets; take it before looking at the index."""
+        self._changed_taken = True
         return self._changed
 
     def facts(self, now: int) -> QueueFacts:

@@ -16,6 +16,7 @@ from broker.model.filter_index import SubscriptionFilterIndex
 from broker.model.filter_policy import FilterPolicy
 from broker.model.publishing import TopicDeduplication
 from broker.model.sns_mutations import SubscriptionRecord
+from broker.model.sns_to_sqs_access import Refusal
 from broker.model.subscriptions import (
     SubscriptionContext,
     SubscriptionFacts,
@@ -68,8 +69,7 @@ class TopicStats:
 class Subscription:
     """One live subscription."""
 
-    # __weakref__: the fan-out remembers refused subscriptions without keeping them alive.
-    __slots__ = ("__weakref__", "_effective", "arn", "envelope_tail", "policy", "record", "topic")
+    __slots__ = ("_effective", "arn", "envelope_tail", "policy", "record", "refused", "topic")
 
     def __init__(self, record: SubscriptionRecord, topic: Topic) -> None:
         self.record = record
@@ -80,6 +80,9 @@ class Subscription:
         # (base URL, the envelope's UnsubscribeURL line for it, whether SQS allows its
         # characters): built once, spliced into every envelope it gets (broker.sns_bodies).
         self.envelope_tail: tuple[str, str, bool] | None = None
+        # Why its queue's policy refuses SNS, as last logged by the fan-out (which logs the
+        # changes only): None while deliveries are allowed.
+        self.refused: Refusal | None = None
 
     @property
     def subscription_id(self) -> str:

@@ -26,6 +26,7 @@ earlier than ...", quoted in aws-sdk-js#401 from a live SQS queue).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -301,7 +302,10 @@ def _incomplete(message: str) -> SigV4Error:
     return SigV4Error("IncompleteSignature", message)
 
 
+@functools.lru_cache(maxsize=256)
 def _parse_credential(credential: str) -> CredentialScope:
+    # Cached: a client sends the same credential all day (immutable scope; errors are raised
+    # afresh, lru_cache keeps no exceptions).
     parts = credential.split("/")
     if len(parts) != 5 or not all(parts):
         raise _incomplete(

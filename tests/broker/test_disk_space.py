@@ -106,9 +106,29 @@ def test_sends_spend_a_budget_and_a_spent_one_measures_again():
     assert calls == [1_000, 399]
     disk.admit("ReceiveMessage", 10**9)  # not an adding action: no budget, no measurement
     free[0] = 10_000
-    disk.admit("Publish", 1)  # a publish writes a copy per subscription: measured each time
+    disk.measure()
     assert calls == [1_000, 399, 10_000]
     assert not disk.low
+
+
+def test_a_publish_spends_what_its_copies_store_and_the_next_send_measures():
+    free = [10_000]
+    calls = []
+
+    def measure() -> int:
+        calls.append(free[0])
+        return free[0]
+
+    disk = DiskSpace(measure, 400, EventLog("broker", stream=io.StringIO()))
+    disk.admit("Publish", 100)  # its request: 300 of the 4,800 budget
+    assert calls == [10_000]
+    disk.written(1_400)  # its copies, known once its subscriptions are: 4,200
+    disk.admit("Publish", 100)  # all 4,800 spent, none overspent: no measurement yet
+    assert calls == [10_000]
+    free[0] = 300  # meanwhile the copies (and others) filled the disk
+    with pytest.raises(AwsError):
+        disk.admit("SendMessage", 1)  # the budget is spent: measured first
+    assert calls == [10_000, 300]
 
 
 def test_below_the_limit_the_store_is_asked_for_room_at_every_measurement():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import io
 import json
 from collections.abc import AsyncIterator
@@ -64,6 +63,19 @@ async def test_one_publish_is_one_commit_for_every_subscriber(harness: Harness) 
     for index in range(3):
         (body,) = await bodies(harness, f"q{index}")
         assert json.loads(body)["MessageId"] == result.message_id
+
+
+async def test_each_publish_tells_the_disk_alarm_what_its_copies_store(harness: Harness) -> None:
+    raw = await queue(harness, "raw")
+    enveloped = await queue(harness, "enveloped")
+    await harness.subscribe_queue(raw.arn, RawMessageDelivery="true")
+    await harness.subscribe_queue(enveloped.arn)
+    stored: list[int] = []
+    harness.fanout.written = stored.append
+    await harness.publish("hello")
+    (raw_body,) = await bodies(harness, "raw")
+    (envelope,) = await bodies(harness, "enveloped")
+    assert stored == [len(raw_body) + len(envelope)]
 
 
 async def test_the_spliced_envelope_equals_a_directly_built_one(harness: Harness) -> None:
@@ -358,16 +370,3 @@ async def test_a_queue_in_another_account_needs_an_allow_for_the_topic(harness: 
     assert harness.topic.stats.failed["sqs"] == 2
     assert harness.topic.stats.delivered["sqs"] == 1
 
-
-async def test_an_unsubscribed_refused_subscription_is_forgotten(harness: Harness) -> None:
-    denied = await queue(harness, "denied")
-    await harness.queues.set_attributes(
-        denied, {"Policy": sns_statement("Deny", harness.topic.arn, denied.arn)}
-    )
-    subscription = await harness.subscribe_queue(denied.arn, RawMessageDelivery="true")
-    await harness.publish("one")
-    assert len(harness.fanout._refused) == 1
-    await harness.store.commit(harness.topics.unsubscribe(subscription, 2))
-    del subscription
-    gc.collect()
-    assert len(harness.fanout._refused) == 0

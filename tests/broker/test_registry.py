@@ -249,6 +249,24 @@ async def test_a_durable_send_wakes_waiting_receives(registry: QueueRegistry):
     assert queue.changed() is not changed  # the next wait gets a fresh event
 
 
+async def test_a_wake_nobody_waits_for_keeps_the_event_and_one_taken_is_set(
+    registry: QueueRegistry,
+):
+    queue = await registry.create("q", {}, {})
+    first = queue.changed()
+    queue.wake()
+    assert first.is_set()
+    untaken = queue._changed
+    queue.wake()  # nobody took the new event: nothing to set, nothing to replace
+    assert queue._changed is untaken
+    assert not untaken.is_set()
+    taken = queue.changed()
+    assert taken is untaken  # a receive that looks now sees what the wakes announced
+    queue.wake()
+    assert taken.is_set()
+    assert queue.changed() is not taken
+
+
 async def test_stop_waiting_wakes_every_queue(registry: QueueRegistry):
     events = [(await registry.create(name, {}, {})).changed() for name in ("a", "b")]
     registry.stop_waiting()
