@@ -391,6 +391,8 @@ def markdown(report: dict[str, Any]) -> str:
         metric("  delivered within the wait (share)", (key, "delivered_fraction"), 3)
         metric("  publish p99 ms", (key, "latency", "p99_ms"), 1, higher=False)
         metric("  server CPU µs/publish", (key, "server_cpu_us_per_message"), 0, higher=False)
+        metric("  server core probe ms before/after", (key, "server_core_probe_ms"), 1, False)
+        metric("  steal (cores)", (key, "steal_cores"), 3, False)
     metric(
         "Publish, 1,000 filtered subs (4 match): publishes/s",
         ("filtered@1000", "messages_per_second"),

@@ -130,6 +130,41 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
+def steal_seconds() -> float:
+    """CPU time the hypervisor gave to other guests while this VM wanted it (all cores)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    return int(fields[7]) / CLK_TCK
+
+
+SPEED_PROBE_LOOPS = 300_000
+
+
+def server_core_speed_ms() -> float | None:
+    """Milliseconds a fixed pure-Python loop takes on the server core (best of 3), now.
+
+    A VM's cores do not keep one speed: on some of the VMs these figures come from the same
+    loop took 62 ms one minute and 105 ms a few minutes later (hypervisor steal, frequency).
+    Peers run one after the other, so each scenario records the probe before and after its
+    load: a ratio between two runs is only as good as their probes agree.
+    """
+    try:
+        mine = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {SERVER_CORE})
+    except (AttributeError, OSError):
+        return None
+    try:
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            total = 0
+            for i in range(SPEED_PROBE_LOOPS):
+                total += i * i
+            best = min(best, time.perf_counter() - started)
+    finally:
+        os.sched_setaffinity(0, mine)
+    return round(best * 1e3, 2)
+
+
 # --------------------------------------------------------------------------- peers
 
 
@@ -419,9 +454,13 @@ class Meter:
     io: int = 0
     samples: dict[str, float] = field(default_factory=dict)
     idle_wait: dict[str, float] = field(default_factory=dict)
+    steal: float = 0.0
+    speed_before: float | None = None
 
     def __enter__(self) -> Meter:
         self.idle_wait = wait_server_idle(self.peer.pid)
+        self.speed_before = server_core_speed_ms()
+        self.steal = steal_seconds()
         self.server_cpu = tree_cpu_seconds(self.peer.pid)
         self.busy = machine_busy_seconds()
         usage = os.times()
@@ -444,6 +483,7 @@ class Meter:
         loadgen = usage.user + usage.system - self.loadgen_cpu
         other = machine_busy_seconds() - self.busy - server - loadgen
         written = io_write_bytes(self.peer.pid) - self.io
+        steal = steal_seconds() - self.steal
         rate = result.messages_per_second
 
         def per_message(total: float, scale: float = 1.0) -> float | None:
@@ -457,6 +497,8 @@ class Meter:
             "disk_write_bytes": written,
             "disk_bytes_per_message": per_message(written),
             "server_idle_wait": self.idle_wait,
+            "steal_cores": round(steal / wall, 3),
+            "server_core_probe_ms": [self.speed_before, server_core_speed_ms()],
         }
         if self.peer.admin_port:
             after = commit_counters(scrape(self.peer.admin_port))
@@ -716,10 +758,15 @@ def _fmt(value: Any, digits: int = 0) -> str:
         return "—"
     if isinstance(value, float | int):
         return f"{value:,.{digits}f}"
+    if isinstance(value, list):  # a before/after pair
+        return " / ".join(_fmt(item, digits) for item in value)
     return str(value)
 
 
 def _ratio(numerator: Any, denominator: Any) -> str:
+    numbers = (float, int)
+    if not isinstance(numerator, numbers) or not isinstance(denominator, numbers):
+        return "—"
     if not numerator or not denominator:
         return "—"
     return f"{numerator / denominator:.2f}x"
@@ -754,6 +801,8 @@ def markdown(report: dict[str, Any]) -> str:
     metric("server CPU during SendMessage (cores)", ("send", "server_cpu_cores"), 2)
     metric("load generator CPU during SendMessage (cores)", ("send", "loadgen", "cpu_share"), 2)
     metric("other processes' CPU during SendMessage (cores)", ("send", "other_cpu_cores"), 2)
+    metric("  of it, steal (cores)", ("send", "steal_cores"), 3)
+    metric("server core probe, SendMessage (ms before/after)", ("send", "server_core_probe_ms"), 1)
     metric("server RSS, fresh and idle (MiB)", ("memory", "server_rss_mib_idle"), 0, False)
     metric("server RSS, fresh, N messages queued (MiB)", ("memory", "server_rss_mib"), 0, False)
     metric("  … N (1 KiB messages stored)", ("memory", "messages"))
