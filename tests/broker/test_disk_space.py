@@ -87,15 +87,20 @@ def test_statvfs_measures_the_directory_s_filesystem(tmp_path):
     assert abs(free - stats.f_bavail * stats.f_frsize) < 64 << 20  # the same, give or take
 
 
-def test_sends_spend_a_budget_and_a_spent_one_measures_again():
-    free = [1_000]
-    calls = []
+def counted(free: list[int], limit: int) -> tuple[DiskSpace, list[int]]:
+    """A DiskSpace over ``free[0]`` that records every measurement it takes."""
+    calls: list[int] = []
 
     def measure() -> int:
         calls.append(free[0])
         return free[0]
 
-    disk = DiskSpace(measure, 400, EventLog("broker", stream=io.StringIO()))
+    return DiskSpace(measure, limit, EventLog("broker", stream=io.StringIO())), calls
+
+
+def test_sends_spend_a_budget_and_a_spent_one_measures_again():
+    free = [1_000]
+    disk, calls = counted(free, 400)
     assert calls == [1_000]  # budget: half the 600 above the limit, spent at 3x the request
     disk.admit("SendMessage", 50)
     disk.admit("SendMessageBatch", 50)
@@ -113,13 +118,7 @@ def test_sends_spend_a_budget_and_a_spent_one_measures_again():
 
 def test_a_publish_spends_what_its_copies_store_and_the_next_send_measures():
     free = [10_000]
-    calls = []
-
-    def measure() -> int:
-        calls.append(free[0])
-        return free[0]
-
-    disk = DiskSpace(measure, 400, EventLog("broker", stream=io.StringIO()))
+    disk, calls = counted(free, 400)
     disk.admit("Publish", 100)  # its request: 300 of the 4,800 budget
     assert calls == [10_000]
     disk.written(1_400)  # its copies, known once its subscriptions are: 4,200
