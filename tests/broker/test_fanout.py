@@ -369,4 +369,3 @@ async def test_a_queue_in_another_account_needs_an_allow_for_the_topic(harness: 
     assert await bodies(harness, "target") == ["with the usual allow"]
     assert harness.topic.stats.failed["sqs"] == 2
     assert harness.topic.stats.delivered["sqs"] == 1
-
