@@ -79,6 +79,9 @@ from cryptography.x509.oid import NameOID
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # bench/ is a directory of scripts, not a package
+
+import core_probe  # noqa: E402
 
 from balancer.certificates import load_certificate_files  # noqa: E402
 from balancer.config import DEFAULT_SSL_POLICY, SSL_POLICIES  # noqa: E402
@@ -517,6 +520,7 @@ def measured(pid: int | None, run: Callable[[], dict[str, float]]) -> dict[str, 
     """Run a wrk scenario; add the proxy's CPU microseconds per request when ``pid`` (its
     whole process tree: a supervisor's workers count), and ``others``: the cores that
     processes outside this benchmark kept busy meanwhile (the machine's load)."""
+    probe = core_probe.speed_ms(int(PROXY_CORE)) if pid else None
     before = tree_cpu(pid) if pid else {}
     busy, own, start = busy_seconds(), _own_cpu(), time.monotonic()
     result = run()
@@ -530,6 +534,8 @@ def measured(pid: int | None, run: Callable[[], dict[str, float]]) -> dict[str, 
         result["cpu_us"] = spent * 1e6 / result["requests"]
         result["proxy_cores"] = spent / elapsed
         result["harness_cores"] = (ours - spent) / elapsed  # wrk, nginx, this script
+    if probe is not None:
+        result["probe_ms"] = probe  # the proxy core's speed just before (bench/core_probe.py)
     return result
 
 
@@ -1076,6 +1082,12 @@ def report(
         for pct in ("p50", "p99"):
             lat = [res[label].get(pct, 0.0) for label in ("direct", "haproxy", "wharf")]
             print(f"{'  ' + pct + ' ms':<22} {lat[0]:>10.2f} {lat[1]:>10.2f} {lat[2]:>10.2f}")
+        probes = [res[label].get("probe_ms", 0.0) for label in ("haproxy", "wharf")]
+        if probes[0] and probes[1]:
+            print(
+                f"{'  core probe ms':<22} {'':>10} {probes[0]:>10.1f} {probes[1]:>10.1f}"
+                "  (the proxy core's speed before each run: lower is faster)"
+            )
     if ("wharf", "latency") in results:
         print(f"latency at {rate}/s (wrk, {LATENCY_CONNECTIONS} paced connections):")
         for label in ("direct", "haproxy", "wharf"):

@@ -41,6 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import core_probe
 import fsync_rate  # bench/ is a directory of scripts, not a package
 import loadgen as lg
 
@@ -136,33 +137,9 @@ def steal_seconds() -> float:
     return int(fields[7]) / CLK_TCK
 
 
-SPEED_PROBE_LOOPS = 300_000
-
-
 def server_core_speed_ms() -> float | None:
-    """Milliseconds a fixed pure-Python loop takes on the server core (best of 3), now.
-
-    A VM's cores do not keep one speed: on some of the VMs these figures come from the same
-    loop took 62 ms one minute and 105 ms a few minutes later (hypervisor steal, frequency).
-    Peers run one after the other, so each scenario records the probe before and after its
-    load: a ratio between two runs is only as good as their probes agree.
-    """
-    try:
-        mine = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, {SERVER_CORE})
-    except (AttributeError, OSError):
-        return None
-    try:
-        best = float("inf")
-        for _ in range(3):
-            started = time.perf_counter()
-            total = 0
-            for i in range(SPEED_PROBE_LOOPS):
-                total += i * i
-            best = min(best, time.perf_counter() - started)
-    finally:
-        os.sched_setaffinity(0, mine)
-    return round(best * 1e3, 2)
+    """:func:`core_probe.speed_ms` on the server core."""
+    return core_probe.speed_ms(SERVER_CORE)
 
 
 # --------------------------------------------------------------------------- peers
