@@ -13,7 +13,7 @@ before the next send: the nearer the limit, the more often it is measured. A pub
 its request's size when it is admitted and, once its subscriptions are known, the bytes of
 every copy and outbox row it writes (:meth:`DiskSpace.written`), so the next adding action
 after a large fan-out measures again; no single publish can overrun the limit by more than
-what it writes itself, as before, when every publish was measured before it was admitted.
+what it writes itself.
 Everything else goes on: receives and deletes are how consumers make room, and they need
 only a little of the space kept back. Below the limit the store is also asked to copy its
 WAL into the database file and truncate it, which gives back what the WAL kept for reuse.
