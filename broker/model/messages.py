@@ -211,7 +211,7 @@ def validate_message_attributes(attributes: dict[str, AttributeValue]) -> None:
                 INVALID_PARAMETER_VALUE,
                 f"Message (user) attribute '{name}' contains characters that are not allowed.",
             )
-        elif value.data_type.startswith("Number") and not _is_sqs_number(value.string_value):
+        elif value.data_type.startswith("Number") and not is_number_value(value.string_value):
             raise SqsError(
                 INVALID_PARAMETER_VALUE,
                 f"Can't cast the value of message (user) attribute '{name}' to a number.",
@@ -242,9 +242,12 @@ def _empty_attribute(name: str, kind: str) -> SqsError:
     )
 
 
-def _is_sqs_number(text: str) -> bool:
-    # Decimal() alone also takes " 1", "1_000", "١٢" and "Infinity"; a Number attribute is a
-    # plain decimal numeral (as Java's BigDecimal reads it, less non-ASCII digits).
+def is_number_value(text: str) -> bool:
+    """Whether ``text`` is a valid value of a Number message attribute (SQS and SNS alike).
+
+    Decimal() alone also takes " 1", "1_000", "١٢" and "Infinity"; a Number attribute is a
+    plain decimal numeral (as Java's BigDecimal reads it, less non-ASCII digits).
+    """
     if not _NUMBER_TEXT.fullmatch(text):
         return False
     try:

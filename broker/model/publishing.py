@@ -12,7 +12,6 @@ Messages are LocalStack's AWS-validated ones where it has them (``provider.py``:
 
 from __future__ import annotations
 
-import decimal
 import json
 import re
 from collections import deque
@@ -22,6 +21,7 @@ from typing import Any, Final, NamedTuple
 import msgspec
 
 from broker.model.dedup import DEDUPLICATION_WINDOW_MS, deduplication_key
+from broker.model.messages import is_number_value
 from broker.model.sns_errors import INVALID_PARAMETER_VALUE, SnsError, invalid_parameter
 from broker.model.topics import TopicSettings
 from proto.aws.sns_envelope import content_deduplication_id
@@ -33,9 +33,9 @@ SEQUENCE_NUMBER_BASE: Final = 10**19  # 20 digits, as AWS's SequenceNumbers look
 _FIFO_ID: Final = re.compile(r"[0-9A-Za-z!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]{1,128}")
 _ATTRIBUTE_NAME: Final = re.compile(r"[A-Za-z0-9_.\-]+")
 _ATTRIBUTE_TYPE: Final = re.compile(r"(String|Number|Binary)(\.[^\s].*)?", re.DOTALL)
+_RESERVED_NAME_PREFIXES: Final = ("aws.", "amazon.")
 _SUBJECT_FORBIDDEN: Final = re.compile(r"[\x00-\x1f\x7f]")
-_NUMBER_DIGITS_MAX: Final = 38  # "up to 38 digits of precision"
-_NUMBER_LIMIT: Final = decimal.Decimal("1e126")
+MAX_ATTRIBUTE_TYPE_BYTES: Final = 256
 
 
 class PublishRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -171,6 +171,11 @@ def check_attributes(attributes: Mapping[str, Mapping[str, Any]]) -> None:
     for name, attribute in attributes.items():
         _check_attribute_name(name)
         data_type = str(attribute.get("DataType") or "")
+        if len(data_type.encode()) > MAX_ATTRIBUTE_TYPE_BYTES:
+            raise _bad_value(
+                f"The message attribute '{name}' has a type longer than "
+                f"{MAX_ATTRIBUTE_TYPE_BYTES} bytes."
+            )
         if not _ATTRIBUTE_TYPE.fullmatch(data_type):
             raise _bad_value(
                 f"The message attribute '{name}' has an invalid message attribute type, the set "
@@ -190,7 +195,7 @@ def check_attributes(attributes: Mapping[str, Mapping[str, Any]]) -> None:
                 f"for message attribute type '{data_type}'."
             )
         if data_type == "Number" or data_type.startswith("Number."):
-            if not _is_number(str(value)):
+            if not is_number_value(str(value)):
                 raise _bad_value(f"Could not cast message attribute '{name}' value to number.")
         elif data_type == "String.Array" and not _is_array(str(value)):
             raise _bad_value(
@@ -204,6 +209,11 @@ def _check_attribute_name(name: str) -> None:
         raise _bad_value("The message attribute name must not be empty.")
     if len(name.encode()) > MAX_ATTRIBUTE_NAME_BYTES:
         raise _bad_value("Length of message attribute name must be less than 256 bytes.")
+    if name.lower().startswith(_RESERVED_NAME_PREFIXES):
+        raise _bad_value(
+            f"The message attribute name '{name}' is reserved: names starting with 'AWS.' or "
+            "'Amazon.' (in any case) are AWS's."
+        )
     if name.startswith("."):
         raise _bad_value("Invalid message attribute name starting with character '.' was found.")
     if name.endswith("."):
@@ -221,16 +231,6 @@ def _check_attribute_name(name: str) -> None:
 
 def _bad_value(message: str) -> SnsError:
     return SnsError(INVALID_PARAMETER_VALUE, message)
-
-
-def _is_number(text: str) -> bool:
-    try:
-        number = decimal.Decimal(text)
-    except decimal.InvalidOperation:
-        return False
-    if not number.is_finite():
-        return False
-    return len(number.as_tuple().digits) <= _NUMBER_DIGITS_MAX and abs(number) <= _NUMBER_LIMIT
 
 
 def _is_array(text: str) -> bool:

@@ -47,6 +47,8 @@ FEEDBACK_ATTRIBUTES: Final = frozenset(
     for protocol in ("Application", "Firehose", "HTTP", "Lambda", "SQS")
     for suffix in ("SuccessFeedbackRoleArn", "SuccessFeedbackSampleRate", "FailureFeedbackRoleArn")
 )
+# ArchivePolicy's MessageRetentionPeriod, in days (stored and echoed: Wharf archives nothing).
+ARCHIVE_RETENTION_DAYS: Final = (1, 365)
 FIFO_ONLY_ATTRIBUTES: Final = frozenset(
     {"ContentBasedDeduplication", "FifoThroughputScope", "ArchivePolicy"}
 )
@@ -238,7 +240,11 @@ def _apply(settings: TopicSettings, name: str, value: str, *, in_map: bool) -> T
         case "SignatureVersion":
             change = {"signature_version": _choice(name, value, ("1", "2"), in_map)}
         case "TracingConfig":
-            change = {"tracing_config": _choice(name, value, ("PassThrough", "Active"), in_map)}
+            tracing = _choice(name, value, ("PassThrough", "Active"), in_map)
+            if tracing == "Active" and settings.fifo:  # X-Ray traces standard topics only
+                detail = f"{name}: Active tracing is only supported on standard topics"
+                raise attribute_error(detail, in_attributes_map=in_map)
+            change = {"tracing_config": tracing}
         case "KmsMasterKeyId":
             change = {"kms_master_key_id": value or None}
         case "ContentBasedDeduplication":
@@ -247,8 +253,11 @@ def _apply(settings: TopicSettings, name: str, value: str, *, in_map: bool) -> T
             scopes = ("Topic", "MessageGroup")
             change = {"fifo_throughput_scope": _choice(name, value, scopes, in_map)}
         case "ArchivePolicy":
-            change = {"archive_policy": _json_object(name, value, in_map) or None}
+            change = {"archive_policy": _archive_policy(value, in_map) or None}
         case _:  # the delivery-status feedback attributes
+            if value and name.endswith("SampleRate") and not _is_percentage(value):
+                detail = f"{name}: Invalid value [{value}]. Must be an integer from 0 to 100"
+                raise attribute_error(detail, in_attributes_map=in_map)
             feedback = dict(settings.feedback)
             if value:
                 feedback[name] = value
@@ -292,6 +301,35 @@ def _json_object(name: str, value: str, in_map: bool) -> str:
     if not isinstance(document, dict):
         raise attribute_error(f"{name}: failed to parse JSON.", in_attributes_map=in_map)
     return value
+
+
+def _archive_policy(value: str, in_map: bool) -> str:
+    """A FIFO topic's ArchivePolicy: ``{}`` (none) or a MessageRetentionPeriod of 1-365 days."""
+    text = _json_object("ArchivePolicy", value, in_map)
+    if not text:
+        return ""
+    policy = json.loads(text)
+    period = policy.get("MessageRetentionPeriod")
+    if not policy.keys() <= {"MessageRetentionPeriod"} or (
+        policy and not _days_in_range(period, ARCHIVE_RETENTION_DAYS)
+    ):
+        low, high = ARCHIVE_RETENTION_DAYS
+        detail = (
+            f"ArchivePolicy: Invalid value [{value}]. Must be {{}} or "
+            f'{{"MessageRetentionPeriod": <days from {low} to {high}>}}'
+        )
+        raise attribute_error(detail, in_attributes_map=in_map)
+    return text
+
+
+def _days_in_range(period: object, bounds: tuple[int, int]) -> bool:
+    if isinstance(period, str) and period.isascii() and period.isdigit():
+        period = int(period)
+    return type(period) is int and bounds[0] <= period <= bounds[1]
+
+
+def _is_percentage(value: str) -> bool:
+    return value.isascii() and value.isdigit() and int(value) <= 100
 
 
 def check_create_matches(existing: TopicSettings, name: str, attributes: Mapping[str, str]) -> None:

@@ -211,7 +211,7 @@ async def test_characters_sqs_refuses_fail_raw_deliveries_only(harness: Harness)
 async def test_raw_attributes_sqs_refuses_fail_every_raw_delivery_checked_once(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # SNS takes an attribute name starting "aws."; SQS refuses it. The raw copies carry the
+    # SNS takes a NUL in an attribute value; SQS refuses it. The raw copies carry the
     # attributes and fail; the envelope carries them in its text. One check serves them all.
     checks: list[object] = []
     check = sns_bodies.validate_message_attributes
@@ -225,12 +225,12 @@ async def test_raw_attributes_sqs_refuses_fail_every_raw_delivery_checked_once(
         made = await queue(harness, name)
         raw = {"RawMessageDelivery": "true"} if name.startswith("raw") else {}
         await harness.subscribe_queue(made.arn, **raw)
-    reserved = {"aws.n": {"DataType": "String", "StringValue": "v"}}
-    await harness.publish("m", attributes=reserved)
+    refused = {"n": {"DataType": "String", "StringValue": "v\x00"}}
+    await harness.publish("m", attributes=refused)
     assert len(checks) == 1
     assert await bodies(harness, "raw1") == await bodies(harness, "raw2") == []
     (wrapped,) = await bodies(harness, "wrapped")
-    assert json.loads(wrapped)["MessageAttributes"]["aws.n"]["Value"] == "v"
+    assert json.loads(wrapped)["MessageAttributes"]["n"]["Value"] == "v\x00"
     assert harness.topic.stats.failed["sqs"] == 2
     assert harness.topic.stats.delivered["sqs"] == 1
 

@@ -104,6 +104,18 @@ def test_fifo_rules() -> None:
          "The message attribute 'a' with type 'Binary' must use field 'Binary'."),
         ({"a": {"DataType": "Number", "StringValue": "1e999"}},
          "Could not cast message attribute 'a' value to number."),
+        ({"a": {"DataType": "Number", "StringValue": "1_000"}},
+         "Could not cast message attribute 'a' value to number."),
+        ({"a": {"DataType": "Number", "StringValue": " 1000"}},
+         "Could not cast message attribute 'a' value to number."),
+        ({"AWS.trace": {"DataType": "String", "StringValue": "v"}},
+         "The message attribute name 'AWS.trace' is reserved: names starting with 'AWS.' or "
+         "'Amazon.' (in any case) are AWS's."),
+        ({"amazon.x": {"DataType": "String", "StringValue": "v"}},
+         "The message attribute name 'amazon.x' is reserved: names starting with 'AWS.' or "
+         "'Amazon.' (in any case) are AWS's."),
+        ({"a": {"DataType": "String." + "x" * 250, "StringValue": "v"}},
+         "The message attribute 'a' has a type longer than 256 bytes."),
         ({"a": {"DataType": "String.Array", "StringValue": "nope"}},
          "The message attribute 'a' with type 'String.Array' has an invalid value: it must be a "
          "JSON array."),

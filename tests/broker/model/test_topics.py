@@ -149,6 +149,14 @@ def test_settable_attributes_and_their_errors():
             "Must be between 1024 and 1048576"
         ),
         ("Policy", "[]"): "Invalid parameter: Policy: failed to parse JSON.",
+        ("SQSSuccessFeedbackSampleRate", "101"): (
+            "Invalid parameter: SQSSuccessFeedbackSampleRate: Invalid value [101]. "
+            "Must be an integer from 0 to 100"
+        ),
+        ("HTTPSuccessFeedbackSampleRate", "half"): (
+            "Invalid parameter: HTTPSuccessFeedbackSampleRate: Invalid value [half]. "
+            "Must be an integer from 0 to 100"
+        ),
         (
             "DeliveryPolicy",
             '{"x":1}',
@@ -183,7 +191,14 @@ settable = st.one_of(
     st.tuples(st.just("TracingConfig"), st.sampled_from(["PassThrough", "Active"])),
     st.tuples(st.just("MaximumMessageSize"), st.integers(1_024, 1_048_576).map(str)),
     st.tuples(st.just("KmsMasterKeyId"), st.text(min_size=1, max_size=20)),
-    st.tuples(st.sampled_from(sorted(FEEDBACK_ATTRIBUTES)), st.text(min_size=1, max_size=20)),
+    st.tuples(
+        st.sampled_from(sorted(a for a in FEEDBACK_ATTRIBUTES if not a.endswith("SampleRate"))),
+        st.text(min_size=1, max_size=20),
+    ),
+    st.tuples(
+        st.sampled_from(sorted(a for a in FEEDBACK_ATTRIBUTES if a.endswith("SampleRate"))),
+        st.integers(0, 100).map(str),
+    ),
 )
 
 
@@ -245,3 +260,26 @@ def test_a_topic_policy_whose_condition_cannot_be_evaluated_is_refused():
     statement["Condition"] = {"StringEquals": {"aws:username": "alice"}}
     readable = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
     assert apply_update(settings, "Policy", readable).policy == readable
+
+
+def test_fifo_topics_archive_for_1_to_365_days_and_trace_nothing():
+    fifo = parse_create("orders.fifo", {"FifoTopic": "true"})
+    for period in ("1", "365", 30):
+        policy = json.dumps({"MessageRetentionPeriod": period})
+        assert apply_update(fifo, "ArchivePolicy", policy).archive_policy == policy
+    assert apply_update(fifo, "ArchivePolicy", "{}").archive_policy == "{}"
+    assert apply_update(fifo, "ArchivePolicy", "").archive_policy is None
+    for bad in ('{"MessageRetentionPeriod": "0"}', '{"MessageRetentionPeriod": "366"}',
+                '{"MessageRetentionPeriod": 1.5}', '{"MessageRetentionPeriod": true}',
+                '{"Retention": "30"}'):  # fmt: skip
+        assert message_of(lambda bad=bad: apply_update(fifo, "ArchivePolicy", bad)) == (
+            f"Invalid parameter: ArchivePolicy: Invalid value [{bad}]. Must be {{}} or "
+            '{"MessageRetentionPeriod": <days from 1 to 365>}'
+        )
+    assert apply_update(fifo, "TracingConfig", "PassThrough").tracing_config == "PassThrough"
+    assert message_of(
+        lambda: parse_create("o.fifo", {"FifoTopic": "true", "TracingConfig": "Active"})
+    ) == (
+        "Invalid parameter: Attributes Reason: TracingConfig: Active tracing is only supported "
+        "on standard topics"
+    )
