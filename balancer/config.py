@@ -81,15 +81,25 @@ class ListenerTimeouts(Section, frozen=True, kw_only=True):
     ] = 60.0
     target_connect_seconds: Annotated[float, Meta(gt=0, le=300)] = 10.0
     target_response_seconds: Annotated[
-        float, Meta(gt=0, le=4000, description="Request sent to response headers; then 504.")
-    ] = 60.0
+        float,
+        Meta(
+            ge=0,
+            le=4000,
+            description="Request sent to response headers; then 504. 0: the listener's "
+            "idle_timeout_seconds, as on ALB (where the idle timeout bounds a silent target).",
+        ),
+    ] = 0.0
 
 
 class ListenerLimits(Section, frozen=True, kw_only=True):
-    """Size limits (AWS: request line 16K, request headers 64K, response headers 32K)."""
+    """Size limits (AWS: request line 16K, one header 16K, request headers 64K, response
+    headers 32K)."""
 
     request_line_bytes: Annotated[int, Meta(ge=256, le=65536)] = 16384
     request_header_bytes: Annotated[int, Meta(ge=1024, le=1048576)] = 65536
+    header_field_bytes: Annotated[
+        int, Meta(ge=256, le=1048576, description="One request header: name, ': ', value.")
+    ] = 16384
     response_header_bytes: Annotated[int, Meta(ge=1024, le=1048576)] = 32768
     header_count: Annotated[
         int, Meta(ge=8, le=1000, description="Headers per request (HAProxy allows 101).")
@@ -133,6 +143,11 @@ class _HttpListenerBase(Section, frozen=True, kw_only=True):
         tuple[str, ...], Meta(description="CIDRs whose incoming X-Forwarded-* headers are kept.")
     ] = ()
     access_log: AccessLog = AccessLog()
+
+    @property
+    def response_timeout_seconds(self) -> float:
+        """How long a target may take to start its response before the client gets a 504."""
+        return self.timeouts.target_response_seconds or float(self.idle_timeout_seconds)
 
     def __post_init__(self) -> None:
         check_host(self.host)

@@ -79,6 +79,35 @@ def header_list(headers: Iterable[Header]) -> list[Header]:
     return list(headers)
 
 
+def origin_form(target: bytes, headers: list[Header]) -> tuple[bytes, list[Header]] | None:
+    """An absolute-form request (``GET http://host/path``) as origin-form, with its Host.
+
+    RFC 9112 §3.2.2: a proxy ignores the received Host of such a request and sends the
+    request-target's authority as Host instead, so the target serves the host the rules
+    routed on. Userinfo (``user@``) is dropped, as RFC 9110 §4.2.4 asks.
+
+    Returns:
+        The origin-form target (``/`` when the URI has no path) and the headers with the one
+        Host first; None for any other form (origin, authority, asterisk), or an ``http(s)``
+        URI without a host, which the caller refuses.
+    """
+    scheme, separator, rest = target.partition(b"://")
+    if not separator or scheme.lower() not in (b"http", b"https"):
+        return None
+    end = len(rest)
+    for delimiter in b"/?":  # the authority ends at the path or the query
+        found = rest.find(delimiter)
+        if 0 <= found < end:
+            end = found
+    authority = rest[:end].rpartition(b"@")[2]
+    if not authority:
+        return None
+    path = rest[end:]
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    return path, [(b"host", authority)] + [h for h in headers if h[0] != b"host"]
+
+
 class _FastHeaders(Headers):
     """h11's ``Headers``, iterated as a list is (not one ``__getitem__`` call per item)."""
 

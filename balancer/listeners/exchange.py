@@ -13,6 +13,7 @@ per wait.
 from __future__ import annotations
 
 import functools
+import http
 import ipaddress
 import socket
 from collections.abc import Callable
@@ -269,7 +270,7 @@ class Exchange:
         # awaited, a short response written back); only waits that need another bound move
         # it (wait_for).
         self.guard = trio.CancelScope() if guard is None else guard
-        self.guard.deadline = started + listener.config.timeouts.target_response_seconds
+        self.guard.deadline = started + listener.config.response_timeout_seconds
         self.phase: Phase = "response"
         self.rule = 0  # matched_rule_priority: 0 is the default action
         self.group: str | None = None
@@ -292,23 +293,10 @@ class Exchange:
         self.guard.deadline = trio.current_time() + seconds
 
 
-REASONS: Final = {
-    100: b"Continue",
-    200: b"OK",
-    301: b"Moved Permanently",
-    302: b"Found",
-    400: b"Bad Request",
-    403: b"Forbidden",
-    404: b"Not Found",
-    408: b"Request Timeout",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    501: b"Not Implemented",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-}
+# Every registered status's phrase (ALB's own 460 and 463 have none).
+REASONS: Final = {status.value: status.phrase.encode() for status in http.HTTPStatus}
+# RFC 9110 15.3.5 / 15.4.5: these never carry content, nor a Content-Length of any.
+_NO_CONTENT: Final = frozenset({204, 304})
 
 
 async def respond(
@@ -331,7 +319,12 @@ async def respond(
     if conn.our_state is not h11.SEND_RESPONSE and conn.our_state is not h11.IDLE:
         return False
     close = close or (ex is not None and ex.close_after)
-    fields = [("content-type", content_type), ("content-length", str(len(body))), *headers]
+    if status in _NO_CONTENT or status == 205:  # 205: no content either (RFC 9110 15.3.6)
+        body = b""
+        fields = [] if status in _NO_CONTENT else [("content-length", "0")]
+        fields += headers
+    else:
+        fields = [("content-type", content_type), ("content-length", str(len(body))), *headers]
     if close:
         fields.append(("connection", "close"))
     try:

@@ -14,7 +14,7 @@ ALB's answers when it goes wrong:
   connection when the request has no body and an idempotent method (the target may have
   closed it just as it was reused).
 - 504: no connection within ``target_connect_seconds``, or no response head within
-  ``target_response_seconds``.
+  ``target_response_seconds`` (by default the listener's idle timeout, as on ALB).
 - A failure after the response began can only cut the client connection.
 
 A target may answer before it has the whole request (nginx's 413 for
@@ -413,7 +413,7 @@ async def _read_early_head(
 ) -> Head:
     """The response of a target that spoke, or broke, before it had the whole request."""
     ex.sent_at = ex.sent_at or trio.current_time()
-    ex.wait_for("response", ex.listener.config.timeouts.target_response_seconds)
+    ex.wait_for("response", ex.listener.config.response_timeout_seconds)
     try:
         return await _read_head(client, ex, up, answered=answered)
     except _TargetFailed as failure:
@@ -470,7 +470,7 @@ async def _upload(
             await _send_upstream(up, pending)
             ex.sent_at = trio.current_time()
             if waited:
-                ex.wait_for("response", config.timeouts.target_response_seconds)
+                ex.wait_for("response", config.response_timeout_seconds)
             else:
                 ex.phase = "response"  # the deadline armed when the head arrived still holds
             return

@@ -13,7 +13,7 @@ keeps it to the end; the next request on the same connection takes the then curr
 The TLS shell hands its decrypted stream to :meth:`HttpListenerHandler.serve`.
 
 What the client sees from the balancer itself: 400 for a malformed or refused (desync)
-request, then close; 408 when the head or body does not arrive in time; 414/431/400 for a
+request, then close; 408 when the head or body does not arrive in time; 400 for a
 request line, head or header count over the limits; 502/503/504 from the forward path;
 463 (ALB's) when a trusted proxy's X-Forwarded-For lists more than 30 addresses; and a
 silent close when the client idles out. A client that goes away before its response is
@@ -54,6 +54,8 @@ from proto.http1 import (
     forwarded_for_overflow,
     head_end,
     header_list,
+    origin_form,
+    parsed_headers,
 )
 
 # Bytes of an unread request body the balancer reads and drops after answering on its own
@@ -265,6 +267,23 @@ class _Connection:
         services = self.services
         limits = listener.config.limits
         headers = header_list(request.headers)
+        bad_target = False
+        if request.target[:1] != b"/" and b"://" in request.target:
+            rewritten = origin_form(request.target, headers)
+            if rewritten is None:
+                bad_target = True
+            else:
+                target, headers = rewritten
+                request = h11.Request(
+                    method=request.method,
+                    target=target,
+                    headers=parsed_headers(headers),
+                    http_version=request.http_version,
+                    _parsed=True,  # h11 parsed the target's bytes and every field already
+                )
+        elif request.http_version == b"1.0" and _first(headers, b"host") is None:
+            # As ALB: a Host of the balancer's own address, for the rules, redirects and logs.
+            headers.insert(0, (b"host", self.client.host_header))
         has_framing = classified = False
         for name, _ in headers:
             if name in CLASSIFIED_NAMES:
@@ -296,26 +315,36 @@ class _Connection:
                 verdict.reason,
                 refused=verdict.action is Action.REFUSE,
             )
+        # ALB answers 400 to every request over its size limits (not 414 or 431).
         if len(head) > limits.request_header_bytes:
             ex.error_reason = "RequestHeaderTooLarge"
-            ex.status = 431
+            ex.status = 400
         elif len(request.method) + len(request.target) + 10 > limits.request_line_bytes:
             ex.error_reason = "RequestLineTooLong"
-            ex.status = 414
+            ex.status = 400
+        elif len(head) > limits.header_field_bytes and any(
+            len(name) + len(value) + 2 > limits.header_field_bytes for name, value in headers
+        ):  # no field can be longer than the whole head: most requests skip the scan
+            ex.error_reason = "HeaderFieldTooLarge"
+            ex.status = 400
         elif len(headers) > limits.header_count:
             ex.error_reason = "TooManyHeaders"
+            ex.status = 400
+        elif bad_target:
+            ex.error_reason = "BadRequestTarget"
             ex.status = 400
         return ex
 
     async def _refuse_unparsed(
         self, listener: ListenerRuntime, exc: h11.RemoteProtocolError, raw: bytes | bytearray
     ) -> None:
-        """A request h11 could not parse: 400 (or its hint, e.g. 431), counted and logged."""
+        """A request h11 could not parse: 400 (as ALB, also for a head too large), counted
+        and logged."""
         services = self.services
         end = head_end(raw)
         verdict = classify_parse_error(str(exc), raw[:end] if end >= 0 else None)
-        status = exc.error_status_hint if exc.error_status_hint == 431 else 400
-        if status == 400:
+        status = 400
+        if exc.error_status_hint != 431:
             services.stats.desync_request(
                 services.name, verdict.classification.label, verdict.reason, refused=True
             )

@@ -11,6 +11,8 @@ CloudWatch name -> series (all prefixed ``wharf_balancer_``):
   rule (priority, ``default``), target group, code class and ``source`` (``elb`` when the
   balancer answered, ``target`` when the target did), so ELB- and target-generated 5xx
   are told apart.
+- HTTPCode_ELB_500/502/503/504_Count: ``http_elb_5xx_responses_total`` by listener and the
+  exact code the balancer answered with (a target's own 5xx are not in it).
 - TargetResponseTime: ``target_response_seconds`` histogram by listener and target group.
 - ActiveConnectionCount, NewConnectionCount: ``http_connections_active`` (gauge) and
   ``http_connections_new_total``.
@@ -83,6 +85,7 @@ class HttpStats:
         self.rejected: dict[str, int] = {}
         self.desync: dict[tuple[str, str, str, bool], int] = {}
         self.target_connection_errors: dict[str, int] = {}
+        self.elb_5xx: dict[tuple[str, int], int] = {}
 
     def listener_started(self, listener: str) -> None:
         """Make a listener's series exist at zero (dashboards show 0, not "no data")."""
@@ -115,6 +118,9 @@ class HttpStats:
     ) -> None:
         key = (listener, rule, group, code_class(status), "target" if by_target else "elb")
         self.requests[key] = self.requests.get(key, 0) + 1
+        if status >= 500 and not by_target:
+            code = (listener, status)
+            self.elb_5xx[code] = self.elb_5xx.get(code, 0) + 1
 
     def target_response(self, listener: str, group: str, seconds: float) -> None:
         histogram = self.response_time.get((listener, group))
@@ -199,7 +205,14 @@ class HttpStats:
         )
         for group, value in sorted(self.target_connection_errors.items()):
             errors.add_metric([group], value)
-        return [*families, desync, errors]
+        elb_5xx = CounterMetricFamily(
+            PREFIX + "http_elb_5xx_responses",
+            "5xx responses the balancer itself answered, by exact code (ALB's HTTPCode_ELB_5xx).",
+            labels=["listener", "code"],
+        )
+        for (listener, status), value in sorted(self.elb_5xx.items()):
+            elb_5xx.add_metric([listener, str(status)], value)
+        return [*families, desync, errors, elb_5xx]
 
 
 def _per_listener(name: str, documentation: str, values: dict[str, int]) -> list[Metric]:

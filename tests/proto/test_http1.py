@@ -27,6 +27,7 @@ from proto.http1 import (
     is_trace_field,
     is_upgrade,
     new_trace_id,
+    origin_form,
     parsed_headers,
     prepare_request,
     prepare_response,
@@ -704,3 +705,49 @@ def test_the_plain_request_line_match_agrees_with_the_full_check(parts, separato
         head = line + end + b"Host: a" + end + end
         if plain:
             assert classify_head(head, framing=False) == COMPLIANT
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (b"http://a.example/p?q=1", (b"/p?q=1", b"a.example")),
+        (b"https://a.example:8443", (b"/", b"a.example:8443")),
+        (b"HTTP://a.example?x", (b"/?x", b"a.example")),
+        (b"http://u:pw@a.example/p", (b"/p", b"a.example")),
+        (b"http://[::1]:8080/p", (b"/p", b"[::1]:8080")),
+        (b"http:///p", None),
+        (b"ftp://a.example/p", None),
+        (b"/p", None),
+        (b"a.example:443", None),
+        (b"*", None),
+    ],
+)  # fmt: skip
+def test_origin_form(target: bytes, expected: tuple[bytes, bytes] | None) -> None:
+    rewritten = origin_form(target, [(b"host", b"other"), (b"x-a", b"1")])
+    if expected is None:
+        assert rewritten is None
+        return
+    assert rewritten is not None
+    path, headers = rewritten
+    assert (path, headers) == (expected[0], [(b"host", expected[1]), (b"x-a", b"1")])
+
+
+_AUTHORITIES = st.from_regex(rb"[a-z0-9.\-]{1,20}(:[0-9]{1,5})?", fullmatch=True)
+_PATHS = st.from_regex(rb"(/[A-Za-z0-9._~%!$&'()*+,;=:@\-]*)*(\?[A-Za-z0-9=&%]*)?", fullmatch=True)
+
+
+@given(
+    st.sampled_from([b"http", b"https", b"HTTP"]),
+    _AUTHORITIES,
+    _PATHS,
+    st.lists(st.tuples(st.sampled_from([b"host", b"x-a", b"accept"]), st.binary(max_size=4))),
+)
+def test_origin_form_keeps_the_path_and_sends_the_authority_as_the_one_host(
+    scheme: bytes, authority: bytes, path: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    rewritten = origin_form(scheme + b"://" + authority + path, headers)
+    assert rewritten is not None
+    target, sent = rewritten
+    assert target == (path if path.startswith(b"/") else b"/" + path)
+    assert [v for k, v in sent if k == b"host"] == [authority]
+    assert sent[1:] == [h for h in headers if h[0] != b"host"]

@@ -151,6 +151,27 @@ async def test_502_when_the_target_answers_garbage_or_nothing(outcome: str) -> N
         assert (await client.request("POST", body=b"x"))[0] == 502
 
 
+async def test_without_a_response_timeout_the_idle_timeout_bounds_a_silent_target():
+    # ALB has no separate response timeout: raising the idle timeout lets slow targets answer.
+    async def slow(seen: Seen, server: TargetServer) -> Reply | str:
+        await trio.sleep(2)
+        return Reply()
+
+    patient, hasty = listener(idle_timeout_seconds=30), listener(idle_timeout_seconds=1)
+    assert patient.response_timeout_seconds == 30
+    assert (
+        listener(timeouts=ListenerTimeouts(target_response_seconds=5)).response_timeout_seconds == 5
+    )
+    for lst, status in ((hasty, 504), (patient, 200)):
+        async with (
+            running_targets(TargetServer("a", slow)) as (target,),
+            balancer(config([lst], [group("web", target)])) as daemon,
+            Client.connect(front(daemon)) as client,
+        ):
+            with trio.fail_after(5):
+                assert (await client.request())[0] == status
+
+
 async def test_504_when_the_target_is_too_slow():
     async def slow(seen: Seen, server: TargetServer) -> Reply | str:
         await trio.sleep(5)
@@ -175,6 +196,10 @@ async def test_504_when_the_target_is_too_slow():
             "wharf_balancer_http_requests_total", labels
         )
         assert value == 1
+        by_code = daemon.metrics.registry.get_sample_value(
+            "wharf_balancer_http_elb_5xx_responses_total", {"listener": "front", "code": "504"}
+        )
+        assert by_code == 1
 
 
 async def test_stale_keep_alive_connections_are_retried_for_idempotent_requests():

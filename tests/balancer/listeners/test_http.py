@@ -74,6 +74,80 @@ async def test_http_1_0_clients_get_an_answer_and_a_close():
         assert target.seen[0].header("host")  # a Host was supplied for the target
 
 
+async def test_an_absolute_form_target_names_the_host_routed_on_and_forwarded():
+    # RFC 9112 3.2.2: the URI's authority replaces Host, so the target serves the host the
+    # rules matched (never the Host header the client also sent).
+    rules = [
+        Rule(
+            priority=1,
+            conditions=Conditions(host_header=("api.example.com",)),
+            action=Forward(target_group="api"),
+        )
+    ]
+    async with (
+        running_targets(TargetServer("web"), TargetServer("api")) as (web, api),
+        balancer(config([listener(rules=rules)], [group("web", web), group("api", api)])) as d,
+    ):
+        answer = await raw(
+            front(d),
+            b"GET http://user@api.example.com/v1/z?q=1 HTTP/1.1\r\nHost: other\r\n\r\n"
+            b"GET HTTP://api.example.com HTTP/1.1\r\nHost: other\r\n\r\n"
+            b"GET http:///nohost HTTP/1.1\r\nHost: other\r\n\r\n",
+        )
+        assert statuses(answer) == [200, 200, 400]
+        assert [(s.target, s.header("host")) for s in api.seen] == [
+            ("/v1/z?q=1", "api.example.com"),
+            ("/", "api.example.com"),
+        ]
+        assert all(len([k for k, _ in s.headers if k.lower() == "host"]) == 1 for s in api.seen)
+        assert web.seen == []
+
+
+async def test_an_http_1_0_request_without_host_is_redirected_to_the_balancers_address():
+    rule = Rule(
+        priority=1,
+        conditions=Conditions(path_pattern=("/old/*",)),
+        action=Redirect(path="/new/#{path}", status_code="HTTP_302"),
+    )
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener(rules=[rule])], [group("web", target)])) as daemon,
+    ):
+        port = front(daemon)[1]
+        answer = await raw(front(daemon), b"GET /old/x HTTP/1.0\r\n\r\n")
+        assert statuses(answer) == [302]
+        assert f"location: http://127.0.0.1:{port}/new/old/x".encode() in answer.lower()
+
+
+async def test_fixed_responses_without_content_send_none_and_keep_the_connection():
+    rules = [
+        Rule(
+            priority=code,
+            conditions=Conditions(path_pattern=(f"/{code}",)),
+            action=FixedResponse(status_code=code, message_body="ignored"),
+        )
+        for code in (204, 205, 418)
+    ]
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener(rules=rules)], [group("web", target)])) as daemon,
+    ):
+        answer = await raw(
+            front(daemon),
+            b"GET /204 HTTP/1.1\r\nHost: x\r\n\r\nGET /205 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /418 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        assert statuses(answer) == [204, 205, 418]
+        no_content, reset_content, teapot = answer.split(b"HTTP/1.1 ")[1:]
+        assert no_content.startswith(b"204 No Content\r\n")
+        assert b"content-length" not in no_content.lower()
+        assert reset_content.startswith(b"205 Reset Content\r\n")
+        assert b"content-length: 0\r\n" in reset_content.lower()
+        assert b"ignored" not in no_content + reset_content
+        assert teapot.startswith(b"418 I'm a Teapot\r\n")
+        assert teapot.endswith(b"ignored")
+
+
 DESYNC = {
     "both TE and CL": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -230,18 +304,24 @@ async def test_a_trusted_chain_of_more_than_30_addresses_gets_463(tmp_path):
 
 
 async def test_head_size_count_and_request_line_limits():
-    limits = ListenerLimits(request_header_bytes=1024, header_count=8, request_line_bytes=256)
+    # ALB answers 400 past each of its limits (request line, one header, all headers, count).
+    limits = ListenerLimits(
+        request_header_bytes=1024, header_count=8, request_line_bytes=256, header_field_bytes=300
+    )
     async with (
         running_targets(TargetServer("a")) as (target,),
         balancer(config([listener(limits=limits)], [group("web", target)])) as daemon,
     ):
         big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n"
-        assert statuses(await raw(front(daemon), big)) == [431]
+        assert statuses(await raw(front(daemon), big)) == [400]
         many = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(12))
         assert statuses(await raw(front(daemon), many + b"\r\n")) == [400]
         long_line = b"GET /" + b"a" * 400 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
-        assert statuses(await raw(front(daemon), long_line)) == [414]
+        assert statuses(await raw(front(daemon), long_line)) == [400]
+        field = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-A: %s\r\n\r\n"
+        assert statuses(await raw(front(daemon), field % (b"a" * 296))) == [400]  # 301 bytes
         assert target.seen == []
+        assert statuses(await raw(front(daemon), field % (b"a" * 295))) == [200]  # 300 bytes
 
 
 async def test_a_slow_head_gets_408_and_an_idle_connection_is_closed():

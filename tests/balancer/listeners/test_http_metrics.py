@@ -24,6 +24,7 @@ def test_counters_become_prometheus_families():
     stats.connection_opened("front")
     stats.request("front", "default", "web", 200, by_target=True)
     stats.request("front", "default", "web", 502, by_target=False)
+    stats.request("front", "default", "web", 503, by_target=True)  # the target's own 503
     stats.target_response("front", "web", 0.003)
     stats.target_response("front", "web", 40.0)
     stats.processed("front", 100, 2000)
@@ -46,6 +47,9 @@ def test_counters_become_prometheus_families():
         get("wharf_balancer_http_requests_total", {**labels, "code_class": "5xx", "source": "elb"})
         == 1
     )
+    elb_5xx = "wharf_balancer_http_elb_5xx_responses_total"
+    assert get(elb_5xx, {"listener": "front", "code": "502"}) == 1
+    assert get(elb_5xx, {"listener": "front", "code": "503"}) is None
     timing = {"listener": "front", "target_group": "web"}
     assert get("wharf_balancer_target_response_seconds_count", timing) == 2
     assert get("wharf_balancer_target_response_seconds_bucket", {**timing, "le": "0.005"}) == 1
