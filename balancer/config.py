@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Literal, NamedTuple
 
+import msgspec
 from msgspec import Meta
 
 from balancer.config_rules import TOKEN, Name, StickyDuration, TargetPort
@@ -104,7 +105,9 @@ class ListenerLimits(Section, frozen=True, kw_only=True):
     header_count: Annotated[
         int, Meta(ge=8, le=1000, description="Headers per request (HAProxy allows 101).")
     ] = 100
-    connections: Annotated[int, Meta(ge=1, le=1_000_000)] = 10000
+    connections: Annotated[
+        int, Meta(ge=1, le=1_000_000, description="Open client connections per worker process.")
+    ] = 10000
 
 
 class AccessLog(Section, frozen=True, kw_only=True):
@@ -244,7 +247,10 @@ class HealthCheck(Section, frozen=True, kw_only=True):
     enabled: bool = True
     protocol: Literal["http", "https", "tcp"] = "http"
     path: Annotated[str, Meta(min_length=1, max_length=1024)] = "/"
-    port: TargetPort | Literal["traffic-port"] = "traffic-port"
+    port: Annotated[
+        TargetPort | str,
+        Meta(description='"traffic-port", or a port: 8080 or "8080" (ALB\'s HealthCheckPort).'),
+    ] = "traffic-port"
     interval_seconds: Annotated[int, Meta(ge=5, le=300)] = 30
     timeout_seconds: Annotated[int, Meta(ge=2, le=120)] = 5
     healthy_threshold: Annotated[int, Meta(ge=2, le=10)] = 5
@@ -252,6 +258,11 @@ class HealthCheck(Section, frozen=True, kw_only=True):
     matcher: Annotated[str, Meta(description='Passing codes: "200", "200,202", "200-299".')] = "200"
 
     def __post_init__(self) -> None:
+        if isinstance(self.port, str) and self.port != "traffic-port":
+            port = int(self.port) if self.port.isascii() and self.port.isdigit() else 0
+            if not 1 <= port <= 65535:
+                raise ValueError(f'health_check port {self.port!r}: use 1-65535 or "traffic-port"')
+            msgspec.structs.force_setattr(self, "port", port)  # "8080", as ALB writes it
         if not self.path.startswith("/"):
             raise ValueError("health_check path must start with '/'")
         if self.timeout_seconds >= self.interval_seconds:

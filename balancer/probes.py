@@ -56,7 +56,8 @@ def matcher_of(text: str) -> Matcher:
 
 def check_port(check: HealthCheck, traffic_port: int) -> int:
     """The port a check connects to: the target's own, or the configured number."""
-    return traffic_port if check.port == "traffic-port" else check.port
+    port = check.port  # the config turned a port given as text into a number
+    return port if isinstance(port, int) else traffic_port
 
 
 def _request(check: HealthCheck, host: str, port: int) -> tuple[h11.Connection, bytes]:

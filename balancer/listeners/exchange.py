@@ -226,6 +226,7 @@ class Exchange:
         "listener",
         "phase",
         "redirect_url",
+        "relayed_at",
         "request",
         "response_at",
         "response_started",
@@ -279,6 +280,7 @@ class Exchange:
         self.target_status: int | None = None
         self.sent_at: float | None = None  # request head written to the target
         self.response_at: float | None = None  # response head read from the target
+        self.relayed_at: float | None = None  # that head handed to the client connection
         self.response_started = False  # bytes of a response went to the client
         self.actions = ""
         self.redirect_url: str | None = None

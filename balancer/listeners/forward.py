@@ -100,6 +100,14 @@ class BadRequestBody(Exception):
     """The client's body broke its own framing (bad chunk sizes...): 400 and close."""
 
 
+def _body_failure(conn: h11.Connection, error: h11.RemoteProtocolError) -> Exception:
+    """Why a request body could not be read: the client hung up (ALB's 460, an abandoned
+    upload, no attack), or it broke the body's framing (a desync attempt: 400)."""
+    if conn.trailing_data[1]:  # h11 saw the end of the client's stream
+        return ClientGone()
+    return BadRequestBody(str(error))
+
+
 class _TargetFailed(Exception):
     """The target connection broke; ``answered`` when response bytes had arrived."""
 
@@ -228,6 +236,8 @@ async def _exchange(
                 ex.target_status = response.status_code
                 await _switch(client, ex, up, response, upgrade=upgrade)
                 return
+            if services.draining.started:  # the stop began while this request was out
+                ex.close_after = True
             framed_twice = await _relay(client, ex, up, response, sticky, group, wall)
         finally:
             # ALB's defensive mode closes both connections after an ambiguous request it
@@ -335,7 +345,7 @@ async def _send_request(
         except h11.RemoteProtocolError as exc:
             # A malformed body (bad chunk sizes...): the target has a half request, so its
             # connection is dropped (never pooled: h11 is mid-message); the client gets 400.
-            raise BadRequestBody(str(exc)) from None
+            raise _body_failure(conn, exc) from None
         if event is h11.NEED_DATA:
             break  # a body still on its way: streamed, with the target watched meanwhile
         if isinstance(event, h11.Data):
@@ -440,7 +450,7 @@ async def _upload(
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
-            raise BadRequestBody(str(exc)) from None
+            raise _body_failure(conn, exc) from None
         if event is h11.NEED_DATA:
             if pending:
                 await _send_upstream(up, pending)
@@ -636,6 +646,7 @@ async def _relay(
         or b""
     ]
     ex.status = response.status_code
+    ex.relayed_at = client.now()  # ALB's response_processing_time ends here
     idle = ex.listener.config.idle_timeout_seconds
     size = 0
     while True:

@@ -45,6 +45,7 @@ from balancer.runtime import ListenerRuntime, Snapshot
 from balancer.upstream import accepted_addresses, tune_socket
 from proto.http1 import (
     CLASSIFIED_NAMES,
+    TRACE_ID,
     Action,
     Classification,
     Verdict,
@@ -54,8 +55,10 @@ from proto.http1 import (
     forwarded_for_overflow,
     head_end,
     header_list,
+    new_trace_id,
     origin_form,
     parsed_headers,
+    trace_header,
 )
 
 # Bytes of an unread request body the balancer reads and drops after answering on its own
@@ -237,7 +240,8 @@ class _Connection:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
-                await self._refuse_unparsed(listener, exc, raw)
+                if not conn.trailing_data[1]:  # else the client hung up mid-head: no attack
+                    await self._refuse_unparsed(listener, exc, raw)
                 return None
             if event is h11.NEED_DATA:
                 if not timed:  # a head in pieces: the header timeout runs from now
@@ -541,6 +545,16 @@ class _Connection:
             if writer is not None:
                 writer.write(self._entry(ex, received, sent))
 
+    def _trace(self, ex: Exchange, wall: float) -> bytes:
+        """The request's X-Amzn-Trace-Id: ALB gives every request one as it arrives, so a
+        request answered by the balancer itself (redirect, fixed response, 4xx/5xx) is
+        logged with its own too, the client's Root kept."""
+        if ex.trace is None:
+            random_bytes = self.services.runtime.rand.getrandbits(96).to_bytes(12, "big")
+            own = new_trace_id(wall, random_bytes)
+            ex.trace = trace_header(_first(ex.headers, TRACE_ID), own)
+        return ex.trace
+
     def _entry(self, ex: Exchange, received: int, sent: int) -> AccessEntry:
         info = self.client.info
         request = ex.request
@@ -564,7 +578,11 @@ class _Connection:
             target_processing_time=(
                 None if sent_at is None or response_at is None else response_at - sent_at
             ),
-            response_processing_time=None if response_at is None else now - response_at,
+            # ALB: from the target's response head to the start of the response to the
+            # client (not its end: a long download is not the balancer's time).
+            response_processing_time=(
+                None if response_at is None else (ex.relayed_at or now) - response_at
+            ),
             elb_status_code=ex.status or 460,
             target_status_code=ex.target_status,
             received_bytes=received,
@@ -574,7 +592,7 @@ class _Connection:
             ssl_cipher=info.tls_cipher,
             ssl_protocol=info.tls_protocol,
             target_group=ex.group,
-            trace_id=None if ex.trace is None else ex.trace.decode("ascii", "replace"),
+            trace_id=self._trace(ex, now_wall).decode("ascii", "replace"),
             domain_name=info.sni,
             chosen_cert=info.certificate,
             matched_rule_priority=ex.rule,

@@ -206,6 +206,15 @@ def test_endpoints_resolve_ports_and_bracket_ipv6():
             "less than interval_seconds - at `$.target_groups[0].health_check`",
         ),
         (
+            config(target_groups=[{"name": "web", "health_check": {"port": "80a"}}]),
+            "health_check port '80a': use 1-65535 or \"traffic-port\" - at "
+            "`$.target_groups[0].health_check`",
+        ),
+        (
+            config(target_groups=[{"name": "web", "health_check": {"port": "65536"}}]),
+            'use 1-65535 or "traffic-port" - at `$.target_groups[0].health_check`',
+        ),
+        (
             config(target_groups=[{"name": "web", "health_check": {"matcher": "200-600"}}]),
             "codes must be within 200-499 - at `$.target_groups[0].health_check`",
         ),

@@ -116,6 +116,7 @@ async def test_check_port_overrides_the_traffic_port(nursery):
     await target.start(nursery)
     assert check_port(HealthCheck(), 8080) == 8080
     assert check_port(HealthCheck(port=9000), 8080) == 9000
+    assert check_port(HealthCheck(port="9000"), 8080) == 9000  # ALB's HealthCheckPort is text
     result = await run_check("127.0.0.1", 1, http_check(port=target.port))
     assert result.input is Input.CHECK_PASSED
     target.stop()

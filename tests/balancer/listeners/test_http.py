@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -406,6 +407,33 @@ async def test_draining_closes_idle_keep_alive_connections_at_once():
             assert await client.stream.receive_some(10) == b""
 
 
+async def test_a_response_in_flight_when_draining_starts_says_connection_close():
+    # The connection closes after it: a pooled client must not send the next request into it.
+    arrived, release = trio.Event(), trio.Event()
+
+    async def slow(seen: Seen, server: TargetServer) -> Reply | str:
+        arrived.set()
+        await release.wait()
+        return Reply(200, body=b"late")
+
+    async with (
+        running_targets(TargetServer("a", slow)) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        with trio.fail_after(5):
+            stream = await trio.open_tcp_stream(*front(daemon))
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await arrived.wait()
+            daemon.request_stop()
+            release.set()
+            answer = b""
+            while chunk := await stream.receive_some(4096):
+                answer += chunk
+            await stream.aclose()
+        assert statuses(answer) == [200]
+        assert b"connection: close\r\n" in answer.lower()
+
+
 async def test_access_log_lines_follow_albs_field_order(tmp_path):
     path = tmp_path / "access.log"
     lst = listener(access_log=AccessLog(enabled=True, destination=str(path)))
@@ -456,6 +484,98 @@ async def test_a_client_that_leaves_before_its_response_is_logged_as_460():
             "source": "elb",
         }
         assert sample(daemon, "wharf_balancer_http_requests_total", labels) == 1
+
+
+async def test_response_processing_time_ends_when_the_response_starts(tmp_path):
+    # ALB: "until it started to send the response to the client", not until its last byte.
+    path = tmp_path / "access.log"
+    lst = listener(access_log=AccessLog(enabled=True, destination=str(path)))
+    hold = trio.Event()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"first;"
+        await hold.wait()
+        yield b"last"
+
+    async def streamed(seen: Seen, server: TargetServer) -> Reply | str:
+        return Reply(200, chunks=chunks())
+
+    async with (
+        running_targets(TargetServer("a", streamed)) as (target,),
+        balancer(config([lst], [group("web", target)])) as daemon,
+    ):
+        with trio.fail_after(10):
+            stream = await trio.open_tcp_stream(*front(daemon))
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            received = b""
+            while b"first;" not in received:
+                received += await stream.receive_some(4096)
+            await trio.sleep(1.0)  # the body's last chunk waits: download time, not ours
+            hold.set()
+            while chunk := await stream.receive_some(4096):
+                received += chunk
+            assert b"last" in received
+            await stream.aclose()
+    (line,) = path.read_text().splitlines()
+    response_time = float(line.split(" ")[7])  # the third of the three processing times
+    assert 0 <= response_time < 1.0
+
+
+async def test_requests_the_balancer_answers_are_logged_with_a_trace_id(tmp_path):
+    path = tmp_path / "access.log"
+    rule = Rule(
+        priority=1,
+        conditions=Conditions(path_pattern=("/fixed",)),
+        action=FixedResponse(status_code=200),
+    )
+    lst = listener(rules=[rule], access_log=AccessLog(enabled=True, destination=str(path)))
+    root = "Root=1-67891233-abcdef012345678912345678"
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([lst], [group("web", target)])) as daemon,
+    ):
+        answer = await raw(
+            front(daemon),
+            b"GET /fixed HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /fixed HTTP/1.1\r\nHost: x\r\nX-Amzn-Trace-Id: %s\r\n"
+            b"Connection: close\r\n\r\n" % root.encode(),
+        )
+        assert statuses(answer) == [200, 200]
+    own, kept = path.read_text().splitlines()
+    assert re.search(r'"Root=1-[0-9a-f]{8}-[0-9a-f]{24}"', own)
+    assert f'"{root};Self=1-' in kept
+
+
+async def test_a_client_that_hangs_up_mid_request_is_a_460_not_a_desync(tmp_path):
+    # An abandoned upload (or head) is a client leaving, as ALB logs it: no 400, no desync.
+    path = tmp_path / "access.log"
+    lst = listener(access_log=AccessLog(enabled=True, destination=str(path)))
+    abandoned = [
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"a" * 5000,
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc",
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Half: ",
+    ]
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([lst], [group("web", target)])) as daemon,
+    ):
+        for request in abandoned:
+            with trio.fail_after(5):
+                stream = await trio.open_tcp_stream(*front(daemon))
+                await stream.send_all(request)
+                await stream.send_eof()
+                assert await stream.receive_some(100) == b""  # closed without an answer
+                await stream.aclose()
+        answer = await raw(front(daemon), b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert statuses(answer) == [200]
+        desync = daemon.metrics.registry.get_sample_value(
+            "wharf_balancer_http_desync_requests_total",
+            {"listener": "front", "classification": "Severe", "reason": "BadHeader",
+             "refused": "true"},
+        )  # fmt: skip
+        assert not desync
+    lines = path.read_text().splitlines()
+    assert [line.split(" ")[8] for line in lines] == ["460", "460", "200"]
 
 
 async def test_connections_past_the_limit_are_answered_503():
