@@ -188,8 +188,9 @@ class SnsSettings(Section, frozen=True, kw_only=True):
         Meta(
             ge=1,
             le=10_000,
-            description="HTTP/S delivery attempts in flight, in all: a bound on sockets and "
-            "memory. Failing endpoints' probes hold at most half of it.",
+            description="Lead slots (each subscription's first HTTP/S attempt in flight; "
+            "failing endpoints' probes hold at most half), and as many shared slots for "
+            "healthy subscriptions' further attempts: sockets and memory stay under twice it.",
         ),
     ] = 256
     endpoint_concurrency: Annotated[

@@ -12,12 +12,16 @@ that starts attempts when they fall due, spaced by the throttle policy's
 Health. An endpoint is *proven* while its last finished attempt got a 2xx, *failing* while it
 got no response or a retryable status (5xx, 429: timeouts, resets, refusals), and *new* before
 either. A proven lane may have ``endpoint_concurrency`` attempts in flight; a new or failing
-one has one, a probe, until it succeeds. Failing lanes' probes also share a limiter of half
-``delivery_concurrency``, so endpoints known dead, however many, never hold more than half the
-shared slots. What remains: an endpoint that dies unnoticed holds its slots until its attempts
-fail (one for a new endpoint, up to ``endpoint_concurrency`` for one proven until then), each
-for at most the connect plus response timeout. ``delivery_concurrency`` is a bound on sockets
-and memory, not the fairness device.
+one has one, a probe, until it succeeds.
+
+Slots. A lane's first attempt in flight (its lead) takes a slot from the leads' limiter; a
+proven lane's further attempts share a second limiter of the same size
+(``delivery_concurrency`` each). So slow endpoints, even ones that answer 200 after many
+seconds, can fill the shared slots with their backlog, yet every other lane still starts its
+lead: a healthy subscription waits only when ``delivery_concurrency`` distinct endpoints hold a
+lead at once. Failing lanes' probes (leads too) also share a limiter of half the leads, so
+endpoints known dead, however many, leave half of the leads to the others. The two limiters
+bound sockets and memory at twice ``delivery_concurrency``.
 
 After an attempt: 2xx finishes the row; 5xx, 429 and no response are retried when the
 subscription's effective delivery policy allows (phases, backoff, the 3,600 s window), each
@@ -43,6 +47,7 @@ from broker.model.sns_mutations import (
     HttpDeliveryRescheduled,
     MessageType,
 )
+from broker.model.subscriptions import masked_endpoint
 from broker.registry import now_ms
 from broker.store.base import HttpPayload, PendingHttpDelivery, Store
 from monitoring.logging import EventLog
@@ -96,13 +101,23 @@ class _Item:
 class _Lane:
     """One subscription's deliveries."""
 
-    __slots__ = ("heap", "in_flight", "items", "next_start", "running", "subscription_id", "wake")
+    __slots__ = (
+        "heap",
+        "in_flight",
+        "items",
+        "leading",
+        "next_start",
+        "running",
+        "subscription_id",
+        "wake",
+    )
 
     def __init__(self, subscription_id: str) -> None:
         self.subscription_id = subscription_id
         self.heap: list[tuple[int, int]] = []  # (next_attempt_at, delivery_id); stale ones skipped
         self.items: dict[int, _Item] = {}
         self.in_flight = 0
+        self.leading = False  # an attempt of this lane holds a lead slot
         self.next_start = 0.0  # trio clock: the throttle's earliest next attempt
         self.running = False
         self.wake = trio.Event()
@@ -136,8 +151,9 @@ class HttpDeliveries:
             store: the outbox's store.
             topics: the live subscriptions (policies, endpoints, counters).
             client: the outbound HTTP client.
-            concurrency: attempts in flight in all (a socket and memory bound); failing
-                lanes' probes share half of it.
+            concurrency: lanes' first attempts in flight, and as many more shared by proven
+                lanes' further attempts (at most twice this many sockets); failing lanes'
+                probes hold at most half of the first.
             endpoint_concurrency: attempts in flight per proven lane.
             log: the daemon's event log.
             rng: the source of retry jitter (tests pass a seeded one).
@@ -148,8 +164,10 @@ class HttpDeliveries:
         self.endpoint_concurrency = endpoint_concurrency
         self.log = log
         self.fanout: Fanout | None = None  # set by the app: dead letters go through it
-        self._limiter = trio.CapacityLimiter(concurrency)
+        self._leads = trio.CapacityLimiter(concurrency)
+        self._shared = trio.CapacityLimiter(concurrency)
         self._probes = trio.CapacityLimiter(max(1, concurrency // 2))
+        self._awaiting_shared: set[_Lane] = set()  # lanes that found no shared slot free
         self._proven: set[str] = set()  # subscription ids whose last attempt got a 2xx
         self._failing: set[str] = set()  # ... whose last attempt got no answer, 5xx or 429
         self._rng = rng or random.Random()
@@ -267,7 +285,8 @@ class HttpDeliveries:
         try:
             while True:
                 proven = lane.subscription_id in self._proven
-                if not lane.heap or lane.in_flight >= (self.endpoint_concurrency if proven else 1):
+                limit = self.endpoint_concurrency if proven else 1
+                if not lane.heap or lane.in_flight >= limit:
                     if not lane.heap and lane.in_flight == 0:
                         return
                     await lane.wake.wait()
@@ -282,14 +301,25 @@ class HttpDeliveries:
                     with trio.move_on_after(delay):
                         await lane.wake.wait()
                     continue
+                lead = not lane.leading
+                if not lead:
+                    # A further attempt starts only on a shared slot free now: queued for one,
+                    # it would hold this lane back when its lead ends, behind slow endpoints.
+                    try:
+                        self._shared.acquire_on_behalf_of_nowait(item)
+                    except trio.WouldBlock:
+                        self._awaiting_shared.add(lane)
+                        await lane.wake.wait()  # a shared slot freed, its lead's end, new work
+                        continue
                 heapq.heappop(lane.heap)
                 item.in_flight = True
+                lane.leading = True
                 lane.in_flight += 1
                 interval = self._policy(item).throttle.min_interval
                 lane.next_start = max(lane.next_start, trio.current_time()) + interval
                 assert self._nursery is not None
                 probe = lane.subscription_id in self._failing
-                self._nursery.start_soon(self._attempt, lane, item, probe)
+                self._nursery.start_soon(self._attempt, lane, item, probe, lead)
         finally:
             lane.running = False
             # An idle lane goes, unless it still holds a throttle interval: the next delivery
@@ -307,14 +337,22 @@ class HttpDeliveries:
             return EffectiveDeliveryPolicy()
         return subscription.effective_delivery()
 
-    async def _attempt(self, lane: _Lane, item: _Item, probe: bool) -> None:
+    async def _attempt(self, lane: _Lane, item: _Item, probe: bool, lead: bool) -> None:
         try:
             if probe:
-                async with self._probes, self._limiter:
+                async with self._probes, self._leads:
                     outcome = await self._post(item)
-            else:
-                async with self._limiter:
+            elif lead:
+                async with self._leads:
                     outcome = await self._post(item)
+            else:  # its shared slot was taken when it started
+                try:
+                    outcome = await self._post(item)
+                finally:
+                    self._shared.release_on_behalf_of(item)
+                    waiting, self._awaiting_shared = self._awaiting_shared, set()
+                    for other in waiting:
+                        other.notify()
             self._note_health(lane, outcome)
             await self._settle(lane, item, outcome)
         except Exception as exc:  # a bug here must not stop the other deliveries
@@ -324,6 +362,8 @@ class HttpDeliveries:
             lane.push(item)
         finally:
             lane.in_flight -= 1
+            if lead:
+                lane.leading = False
             lane.notify()
 
     def _note_health(self, lane: _Lane, outcome: Outcome | None) -> None:
@@ -393,6 +433,10 @@ class HttpDeliveries:
                 seconds = max(0.0, (now - item.published_at) / 1000)
                 subscription.topic.stats.deliveries(subscription.protocol, ok=True, seconds=seconds)
             return
+        if subscription is not None and self._counts(item):
+            # As AWS's NumberOfNotificationsFailed for HTTP/S: every failed attempt counts,
+            # the retries included (SQS copies fail once, for good).
+            subscription.topic.stats.deliveries(subscription.protocol, ok=False)
         if outcome.retryable:
             first = item.first_attempt_at or now
             retry_at = self.retry_time(self._policy(item), item.attempts - 1, first, now)
@@ -434,7 +478,7 @@ class HttpDeliveries:
         reason = outcome.detail or f"HTTP {outcome.status}"
         self.log.warning(
             "sns.http_delivery_failed",
-            endpoint=item.endpoint,
+            endpoint=masked_endpoint(item.endpoint),
             subscription=item.subscription_id,
             message_type=item.message_type,
             attempts=item.attempts,
@@ -442,5 +486,3 @@ class HttpDeliveries:
             dead_letter="moved" if moved else "none",
         )
         await self.store.commit(batch.mutations, batch.on_durable)
-        if subscription is not None and self._counts(item):
-            subscription.topic.stats.deliveries(subscription.protocol, ok=False)

@@ -24,6 +24,7 @@ from broker.model.conditions import request_context
 from broker.model.policy import Decision, evaluate
 from broker.model.publishing import PreparedMessage, PublishRequest, prepare, publish_size
 from broker.model.sns_errors import SnsError, invalid_parameter
+from broker.model.subscriptions import masked_endpoint
 from broker.model.subscriptions import render_attributes as render_subscription
 from broker.model.topic_permissions import add_permission, remove_permission
 from broker.model.topics import render_attributes as render_topic
@@ -334,7 +335,7 @@ class SnsApi:
                     "SubscriptionArn": "PendingConfirmation" if s.record.pending else s.arn,
                     "Owner": s.record.owner,
                     "Protocol": s.protocol,
-                    "Endpoint": s.endpoint,
+                    "Endpoint": masked_endpoint(s.endpoint),
                     "TopicArn": s.topic.arn,
                 }
                 for s in page

@@ -47,7 +47,11 @@ def _collector(topics: TopicRegistry, deliveries: HttpDeliveries) -> Callable[[]
             name: CounterMetricFamily(f"wharf_sns_{name}", help_text, labels=["topic", "protocol"])
             for name, help_text in (
                 ("notifications_delivered", "Notifications delivered, by subscription protocol."),
-                ("notifications_failed", "Notifications given up on (dead-lettered or dropped)."),
+                (
+                    "notifications_failed",
+                    "Failed notifications: SQS copies that failed for good, and every failed "
+                    "HTTP/S attempt, retries included (as AWS's NumberOfNotificationsFailed).",
+                ),
                 (
                     "delivery_attempts",
                     "Notification delivery attempts: SQS copies, HTTP/S POSTs with retries.",

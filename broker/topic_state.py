@@ -60,7 +60,7 @@ class TopicStats:
         self.latency = {protocol: HistogramRecorder(LATENCY_BOUNDS) for protocol in PROTOCOLS}
 
     def deliveries(self, protocol: str, *, ok: bool, count: int = 1, seconds: float = 0) -> None:
-        """Count finished deliveries (delivered, or failed for good)."""
+        """Count deliveries made, and failures (an SQS copy's, or one HTTP/S attempt's)."""
         (self.delivered if ok else self.failed)[protocol] += count
         if ok:
             self.latency[protocol].observe(seconds, count)

@@ -203,6 +203,27 @@ def _dead_letter_target(value: str, context: SubscriptionContext, in_map: bool) 
     return target
 
 
+def masked_endpoint(endpoint: str) -> str:
+    """An HTTP/S endpoint with the password of its ``user:password@`` shown as ``****``.
+
+    ListSubscriptions(ByTopic) and the logs show endpoints this way: AWS hands out the full
+    URL of an endpoint with credentials only through GetSubscriptionAttributes.
+    """
+    scheme, separator, rest = endpoint.partition("://")
+    if not separator:
+        return endpoint
+    end = len(rest)
+    for delimiter in "/?#":  # the authority ends at the path, query or fragment
+        found = rest.find(delimiter)
+        if 0 <= found < end:
+            end = found
+    userinfo, at, host = rest[:end].rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if not at or not colon:
+        return endpoint
+    return f"{scheme}://{user}:****@{host}{rest[end:]}"
+
+
 def compiled_filter(settings: SubscriptionSettings) -> FilterPolicy | None:
     """Compile a stored (already validated) filter policy for the topic's index.
 

@@ -44,6 +44,55 @@ async def test_a_hung_endpoint_holds_only_its_own_lane(harness: Harness) -> None
         assert harness.deliveries.pending(harness.topic.record.topic_id) == 6
 
 
+async def test_slow_endpoints_that_succeed_fill_only_the_shared_slots(tmp_path: Path) -> None:
+    # Two proven endpoints answer 200, but only once the test opens their gate: their backlog
+    # holds a lead slot each and all 4 shared slots. The fast subscription still has a lead
+    # slot, so a message published then reaches it at once.
+    with Endpoint() as slow1, Endpoint() as slow2, Endpoint() as fast:
+        for slow in (slow1, slow2):
+            slow.behaviour_of = lambda request, slow=slow: (
+                "ok" if len(slow.requests) == 0 else "gated"
+            )
+        harness: Harness | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                harness = await build(
+                    tmp_path,
+                    nursery,
+                    concurrency=4,
+                    endpoint_concurrency=4,
+                    response_timeout_ms=20_000,
+                )
+                try:
+                    await _fill_the_shared_slots_then_publish(harness, slow1, slow2, fast)
+                finally:
+                    nursery.cancel_scope.cancel()  # no checkpoint after it: a failure stays
+        finally:
+            slow1.gate.set()
+            slow2.gate.set()
+            if harness is not None:
+                await harness.store.aclose()
+
+
+async def _fill_the_shared_slots_then_publish(
+    harness: Harness, slow1: Endpoint, slow2: Endpoint, fast: Endpoint
+) -> None:
+    for endpoint in (slow1, slow2, fast):
+        await harness.subscribe(endpoint.url)
+    await harness.publish("proves them")
+    for endpoint in (slow1, slow2, fast):
+        await wait_for(endpoint, 1)
+    await trio.sleep(0.1)  # the 2xx are settled: the lanes are proven
+    for index in range(4):
+        await harness.publish(f"m{index}")
+    with trio.fail_after(5):  # a lead each and the 4 shared slots, all held
+        # The counts grow in the endpoints' own threads: nothing here to wait on.
+        while len(slow1.requests) + len(slow2.requests) < 2 + 2 + 4:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    await harness.publish("while both gates are shut")
+    await wait_for(fast, 6, seconds=5)
+
+
 async def test_a_proven_endpoint_that_fails_falls_back_to_one_probe(harness: Harness) -> None:
     with Endpoint() as endpoint:
         endpoint.behaviour_of = lambda request: "ok" if len(endpoint.requests) == 0 else "hang"

@@ -172,7 +172,7 @@ def test_failing_endpoint_is_retried_then_dead_lettered_while_others_receive(
         counted = broker.metrics()["wharf_sns_notifications_failed"]
         name = topic.rsplit(":", 1)[1]
         failed = {(s.labels["topic"], s.labels["protocol"]): s.value for s in counted.samples}
-        assert failed[(name, "http")] == 1
+        assert failed[(name, "http")] == 3  # every failed attempt, as AWS counts HTTP/S
 
 
 def test_client_errors_are_not_retried_but_throttling_is(broker: BrokerThread) -> None:
@@ -341,3 +341,21 @@ def test_subscribing_again_while_pending_sends_a_new_confirmation(broker: Broker
         sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=endpoint.url)
         time.sleep(0.3)
         assert len([r for r in endpoint.requests if confirmations(r)]) == 2
+
+
+def test_an_endpoints_password_is_shown_only_by_get_subscription_attributes(
+    broker: BrokerThread,
+) -> None:
+    sns, topic, _, _, _ = topic_and_queue(broker)
+    with Endpoint() as endpoint:
+        secret_url = endpoint.url.replace("http://", "http://alice:s3cret@")
+        arn = sns.subscribe(
+            TopicArn=topic, Protocol="http", Endpoint=secret_url, ReturnSubscriptionArn=True
+        )["SubscriptionArn"]
+        (request,) = endpoint.wait_for(1)
+        assert request.headers["authorization"] == "Basic YWxpY2U6czNjcmV0"  # alice:s3cret
+        listed = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
+        assert [s["Endpoint"] for s in listed] == [secret_url.replace("s3cret", "****")]
+        assert not any("s3cret" in s["Endpoint"] for s in sns.list_subscriptions()["Subscriptions"])
+        attributes = sns.get_subscription_attributes(SubscriptionArn=arn)["Attributes"]
+        assert attributes["Endpoint"] == secret_url

@@ -8,6 +8,7 @@ is its current ``behaviour``:
 - ``ok-close``: 200 with keep-alive, then close the idle connection right after;
 - ``big``: 200 with a 1 MiB body;
 - ``hang``: never answer (the broker's response timeout must fire);
+- ``gated``: answer 200 once ``gate`` is set (a slow endpoint that does succeed);
 - ``reset``: close the connection with a TCP RST;
 - ``garbage``: answer bytes that are not HTTP;
 - ``ok-extra``: 200, with a second, unasked-for 200 right behind it in the same write.
@@ -178,6 +179,7 @@ class Endpoint:
     ssl_context: Any = None  # an ssl.SSLContext for https
     requests: list[Received] = field(default_factory=list)
     behaviour_of: Callable[[Received], str] | None = None  # per request, overrides behaviour
+    gate: threading.Event = field(default_factory=threading.Event)  # opens "gated" answers
 
     def __post_init__(self) -> None:
         self._lock = threading.Condition()
@@ -285,6 +287,9 @@ class Endpoint:
                 self._lock.notify_all()
             if behaviour == "hang":
                 await trio.sleep_forever()
+            # The gate is a threading.Event the test sets from another thread (and trio run).
+            while behaviour == "gated" and not self.gate.is_set():  # noqa: ASYNC110
+                await trio.sleep(0.01)
             if behaviour == "reset":
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 raw.close()

@@ -88,7 +88,9 @@ async def build(
     deliveries = HttpDeliveries(
         store,
         topics,
-        HttpClient(connect_timeout=0.5, response_timeout=0.5),
+        HttpClient(
+            connect_timeout=0.5, response_timeout=settings.get("response_timeout_ms", 500) / 1000
+        ),
         concurrency=settings.get("concurrency", 16),
         endpoint_concurrency=settings.get("endpoint_concurrency", 2),
         log=log,

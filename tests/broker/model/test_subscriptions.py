@@ -14,6 +14,7 @@ from broker.model.subscriptions import (
     apply_update,
     compiled_filter,
     effective_delivery,
+    masked_endpoint,
     parse_subscribe,
     render_attributes,
 )
@@ -190,3 +191,30 @@ def test_subscribe_keeps_what_it_was_given(raw, scope, values):
     compiled = compiled_filter(settings)
     assert compiled is not None
     assert compiled.scope == scope
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "shown"),
+    [
+        ("http://alice:s3cret@h:8080/p?q=1", "http://alice:****@h:8080/p?q=1"),
+        ("https://bob:p%40ss@h", "https://bob:****@h"),
+        ("https://u:a@b@h/x", "https://u:****@h/x"),
+        ("https://nopass@h/x", "https://nopass@h/x"),
+        ("https://h/path@x:y", "https://h/path@x:y"),
+        ("arn:aws:sqs:us-east-1:000000000000:q", "arn:aws:sqs:us-east-1:000000000000:q"),
+    ],
+)  # fmt: skip
+def test_endpoint_passwords_are_masked(endpoint, shown):
+    assert masked_endpoint(endpoint) == shown
+
+
+@given(
+    st.from_regex(r"[a-z]{1,8}", fullmatch=True),
+    st.from_regex(r"[A-Za-z0-9%!$]{1,12}", fullmatch=True),
+    st.from_regex(r"[a-z0-9.]{1,12}(:[0-9]{1,5})?", fullmatch=True),
+    st.from_regex(r"(/[a-z0-9@:]*)?(\?[a-z=&@:]*)?", fullmatch=True),
+)
+def test_a_masked_endpoint_keeps_everything_but_the_password(user, password, host, tail):
+    shown = masked_endpoint(f"https://{user}:{password}@{host}{tail}")
+    assert shown == f"https://{user}:****@{host}{tail}"
+    assert masked_endpoint(f"https://{host}{tail}") == f"https://{host}{tail}"
