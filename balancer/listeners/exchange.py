@@ -31,7 +31,15 @@ from balancer.upstream import Pools
 from monitoring import fastio
 from monitoring.httpserver import Draining
 from monitoring.logging import EventLog
-from proto.http1 import COMPLIANT, Forwarding, ServerConnection, Verdict, header_list
+from proto.http1 import (
+    COMPLIANT,
+    TRACE_ID_BYTES,
+    Forwarding,
+    ServerConnection,
+    Verdict,
+    header_list,
+    new_trace_id,
+)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -88,6 +96,13 @@ class ListenerServices:
     access_logs: AccessLogs
     draining: Draining
     log: EventLog
+
+    def new_trace_id(self, wall: float) -> bytes:
+        """A fresh ``Root=`` trace id for a request that arrived at ``wall`` time."""
+        random_bytes = self.runtime.rand.getrandbits(8 * TRACE_ID_BYTES).to_bytes(
+            TRACE_ID_BYTES, "big"
+        )
+        return new_trace_id(wall, random_bytes)
 
 
 class Client:
@@ -297,8 +312,9 @@ class Exchange:
 
 # Every registered status's phrase (ALB's own 460 and 463 have none).
 REASONS: Final = {status.value: status.phrase.encode() for status in http.HTTPStatus}
-# RFC 9110 15.3.5 / 15.4.5: these never carry content, nor a Content-Length of any.
-_NO_CONTENT: Final = frozenset({204, 304})
+# RFC 9110 15.3.5, 15.3.6, 15.4.5: these never carry content; 204 and 304 no Content-Length.
+_NO_CONTENT: Final = frozenset({204, 205, 304})
+_NO_CONTENT_LENGTH: Final = frozenset({204, 304})
 
 
 async def respond(
@@ -321,10 +337,9 @@ async def respond(
     if conn.our_state is not h11.SEND_RESPONSE and conn.our_state is not h11.IDLE:
         return False
     close = close or (ex is not None and ex.close_after)
-    if status in _NO_CONTENT or status == 205:  # 205: no content either (RFC 9110 15.3.6)
+    if status in _NO_CONTENT:
         body = b""
-        fields = [] if status in _NO_CONTENT else [("content-length", "0")]
-        fields += headers
+        fields = [*headers] if status in _NO_CONTENT_LENGTH else [("content-length", "0"), *headers]
     else:
         fields = [("content-type", content_type), ("content-length", str(len(body))), *headers]
     if close:

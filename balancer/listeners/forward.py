@@ -70,7 +70,6 @@ from proto.http1 import (
     forwardable_framing,
     header_list,
     is_upgrade,
-    new_trace_id,
     parsed_headers,
     prepare_request,
     prepare_response,
@@ -297,11 +296,10 @@ def _upstream_headers(
             trusted=is_trusted(client.address, listener),
         )
         client.forwarding = (listener, forwarding)
-    random_bytes = services.runtime.rand.getrandbits(96).to_bytes(12, "big")
     headers, ex.trace = prepare_request(
         ex.headers,
         forwarding,
-        new_trace_id(wall, random_bytes),
+        services.new_trace_id(wall),
         upgrade=upgrade,
         # An HTTP/1.0 client may omit Host; HTTP/1.1 requires one on the way to the target.
         default_host=client.host_header,

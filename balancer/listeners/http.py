@@ -55,7 +55,6 @@ from proto.http1 import (
     forwarded_for_overflow,
     head_end,
     header_list,
-    new_trace_id,
     origin_form,
     parsed_headers,
     trace_header,
@@ -550,8 +549,7 @@ class _Connection:
         request answered by the balancer itself (redirect, fixed response, 4xx/5xx) is
         logged with its own too, the client's Root kept."""
         if ex.trace is None:
-            random_bytes = self.services.runtime.rand.getrandbits(96).to_bytes(12, "big")
-            own = new_trace_id(wall, random_bytes)
+            own = self.services.new_trace_id(wall)
             ex.trace = trace_header(_first(ex.headers, TRACE_ID), own)
         return ex.trace
 
