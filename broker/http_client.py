@@ -10,12 +10,17 @@ has closed is noticed before reuse (it reads as EOF; urllib3 checks the same way
 still fails on a reused connection, nothing reached the server and the request goes once more
 on a fresh one. A failure after the request was sent counts as a failed attempt: the server
 may have processed it, and SNS deliveries are at-least-once.
+
+An endpoint URL's ``user:password@`` answers the endpoint's 401 (Basic or Digest, as
+:mod:`proto.http_auth` decides): one post may then send up to ``MAX_AUTH_ROUNDS`` requests,
+each with the timeouts above.
 """
 
 from __future__ import annotations
 
-import base64
+import secrets
 import ssl
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
@@ -25,6 +30,7 @@ import h11
 import trio
 
 from monitoring import fastio
+from proto.http_auth import BasicScheme, Credentials, DigestSession, answer_challenges, is_stale
 
 MAX_RESPONSE_BODY: Final = 64 * 1024  # read (and discard) this much; a longer body closes
 MAX_IDLE_PER_ORIGIN: Final = 16
@@ -35,6 +41,11 @@ RECEIVE_BYTES: Final = 65536
 # After a reset seen by the reader, how long the upload gets to end before the request's
 # fate (sent whole or not) is decided; a broken connection ends it within a round trip.
 UPLOAD_SETTLE_SECONDS: Final = 1.0
+# Endpoints whose authentication scheme is remembered (then sent without waiting for a 401).
+MAX_REMEMBERED_SCHEMES: Final = 4096
+# Requests one post may send while answering 401s: the first, the answer, and one more for
+# a remembered Digest nonce the server has since let expire.
+MAX_AUTH_ROUNDS: Final = 3
 
 
 class Outcome(NamedTuple):
@@ -69,14 +80,14 @@ class Outcome(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where a POST goes: origin, request target, Host header, optional basic auth."""
+    """Where a POST goes: origin, request target, Host header, the URL's credentials."""
 
     scheme: str
     host: str
     port: int
     target: str
     host_header: str
-    authorization: str | None
+    credentials: Credentials | None
 
     @property
     def origin(self) -> tuple[str, str, int]:
@@ -95,11 +106,13 @@ def parse_target(url: str) -> Target | None:
     default = 443 if parts.scheme == "https" else 80
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     host_header = parts.netloc.rpartition("@")[2]
-    authorization = None
+    credentials = None
     if parts.username is not None:  # AWS honours https://user:password@host/ endpoints
-        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        authorization = "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
-    return Target(parts.scheme, parts.hostname, port or default, target, host_header, authorization)
+        credentials = Credentials(unquote(parts.username), unquote(parts.password or ""))
+    return Target(parts.scheme, parts.hostname, port or default, target, host_header, credentials)
+
+
+_Scheme = BasicScheme | DigestSession
 
 
 class _Connection:
@@ -135,25 +148,79 @@ class HttpClient:
         self.user_agent = user_agent
         self.ssl_context = ssl.create_default_context(cafile=ca_file or None)
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._schemes: OrderedDict[tuple[tuple[str, str, int], Credentials | None], _Scheme]
+        self._schemes = OrderedDict()
 
     async def post(self, url: str, headers: Sequence[tuple[str, str]], body: bytes) -> Outcome:
         """POST ``body`` to ``url``; never raises for anything the endpoint does."""
         target = parse_target(url)
         if target is None:
             return Outcome(None, "invalid-url", f"not an http(s) URL with a host: {url}")
+        try:
+            return Outcome(await self._authenticated(target, headers, body))
+        except _Failure as failure:
+            return Outcome(None, failure.error, failure.detail)
+
+    async def _authenticated(
+        self, target: Target, headers: Sequence[tuple[str, str]], body: bytes
+    ) -> int:
+        """Send the request, answering a 401 with the URL's credentials as AWS does: Basic or
+        Digest, whichever the endpoint asks for. The scheme that got through is remembered
+        per endpoint and sent up front next time; Digest keeps counting its nonce."""
+        credentials = target.credentials
+        key = (target.origin, credentials)
+        scheme = self._schemes.get(key) if credentials is not None else None
+        answered = False  # sent an answer to a challenge this endpoint gave for this request
+        for _ in range(MAX_AUTH_ROUNDS):
+            authorization = None
+            if scheme is not None:
+                cnonce = secrets.token_hex(16)
+                authorization = scheme.authorization("POST", target.target, body, cnonce)
+            status, challenges = await self._send(target, headers, body, authorization)
+            if status != 401 or credentials is None:
+                if scheme is not None:
+                    self._remember(key, scheme)
+                return status
+            if answered and not is_stale(challenges):
+                break  # the endpoint refused the credentials themselves
+            fresh = answer_challenges(challenges, credentials)
+            if fresh is None or (isinstance(fresh, BasicScheme) and fresh == scheme):
+                break  # nothing it asks for can be answered, or the same answer failed
+            scheme, answered = fresh, True
+        self._schemes.pop(key, None)
+        return 401
+
+    def _remember(
+        self, key: tuple[tuple[str, str, int], Credentials | None], scheme: _Scheme
+    ) -> None:
+        self._schemes[key] = scheme
+        self._schemes.move_to_end(key)
+        if len(self._schemes) > MAX_REMEMBERED_SCHEMES:
+            self._schemes.popitem(last=False)
+
+    async def _send(
+        self,
+        target: Target,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        authorization: str | None,
+    ) -> tuple[int, list[str]]:
+        """One request on a pooled or fresh connection: (status, a 401's challenges)."""
         for _ in range(2):
             connection = await self._checkout(target)
             reused = connection is not None
             try:
                 if connection is None:
                     connection = await self._connect(target)
-                status, reusable = await self._exchange(connection, target, headers, body)
+                status, reusable, challenges = await self._exchange(
+                    connection, target, headers, body, authorization
+                )
             except _Failure as failure:
                 if connection is not None:
                     await _close(connection)
                 if reused and failure.before_sent:
                     continue  # the server closed the idle connection first: nothing was sent
-                return Outcome(None, failure.error, failure.detail)
+                raise
             except BaseException:  # cancelled (shutdown) mid-exchange: do not leak the socket
                 if connection is not None:
                     await _close(connection)
@@ -162,7 +229,7 @@ class HttpClient:
                 await self._checkin(target, connection)
             else:
                 await _close(connection)
-            return Outcome(status)
+            return status, challenges
         raise AssertionError("unreachable: the second try uses a fresh connection")
 
     async def _checkout(self, target: Target) -> _Connection | None:
@@ -213,8 +280,10 @@ class HttpClient:
         target: Target,
         headers: Sequence[tuple[str, str]],
         body: bytes,
-    ) -> tuple[int, bool]:
-        """Send the request and read the response; return (status, connection reusable).
+        authorization: str | None,
+    ) -> tuple[int, bool, list[str]]:
+        """Send the request and read the response; return (status, connection reusable,
+        the ``WWW-Authenticate`` values of a 401).
 
         The response is read while the request is still going out: an endpoint may answer
         before it has read the body (a proxy's 413 or 401, then a close) and stop reading,
@@ -227,14 +296,14 @@ class HttpClient:
             *[(name, value) for name, value in headers if name.lower() != "user-agent"],
             ("User-Agent", self.user_agent),
         ]
-        if target.authorization is not None:
-            request_headers.append(("Authorization", target.authorization))
+        if authorization is not None:
+            request_headers.append(("Authorization", authorization))
         conn = connection.h11
         data = conn.send(h11.Request(method="POST", target=target.target, headers=request_headers))
         data += conn.send(h11.Data(data=body)) or b""
         data += conn.send(h11.EndOfMessage()) or b""
         upload = _Upload(connection.stream, data)
-        result: tuple[int, bool] | _Failure | None = None
+        result: tuple[int, bool, list[str]] | _Failure | None = None
         with trio.move_on_after(self.response_timeout):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(upload.run)
@@ -257,8 +326,8 @@ class HttpClient:
             raise _Failure("timeout", f"no complete response within {self.response_timeout} s")
         if isinstance(result, _Failure):
             raise result
-        status, reusable = result
-        return status, reusable and upload.done
+        status, reusable, challenges = result
+        return status, reusable and upload.done, challenges
 
     async def aclose(self) -> None:
         """Close every idle connection."""
@@ -309,20 +378,30 @@ class _Upload:
             self.finished.set()
 
 
-async def _read_response(conn: h11.Connection, stream: trio.abc.Stream) -> tuple[int, bool]:
-    """Read one response; return (status, connection reusable as far as reading goes)."""
+async def _read_response(
+    conn: h11.Connection, stream: trio.abc.Stream
+) -> tuple[int, bool, list[str]]:
+    """Read one response; return (status, connection reusable as far as reading goes, the
+    ``WWW-Authenticate`` values of a 401)."""
     status = 0
     received = 0
+    challenges: list[str] = []
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
             conn.receive_data(bytes(await stream.receive_some(RECEIVE_BYTES)))
         elif isinstance(event, h11.Response):
             status = event.status_code
+            if status == 401:
+                challenges = [
+                    value.decode("latin-1")
+                    for name, value in event.headers
+                    if name == b"www-authenticate"
+                ]
         elif isinstance(event, h11.Data):
             received += len(event.data)
             if received > MAX_RESPONSE_BODY:
-                return status, False  # the status is known; drop the rest
+                return status, False, challenges  # the status is known; drop the rest
         elif isinstance(event, h11.EndOfMessage):
             # Bytes past the response (already read) would be taken for the next delivery's
             # response: such a connection is not reused. Bytes still in the socket make it
@@ -332,6 +411,6 @@ async def _read_response(conn: h11.Connection, stream: trio.abc.Stream) -> tuple
                 and conn.their_state is h11.DONE
                 and not any(conn.trailing_data)
             )
-            return status, reusable
+            return status, reusable, challenges
         elif isinstance(event, h11.ConnectionClosed):
             raise _Failure("reset", "connection closed before a response")

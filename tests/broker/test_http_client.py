@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import shutil
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 
@@ -12,9 +14,11 @@ import trio
 import trustme
 
 from broker.http_client import HttpClient, Outcome, parse_target
+from tests.support.auth_guard import AuthGuard
 from tests.support.descriptors import FD_SETSIZE, new_descriptors_past_fd_setsize
 from tests.support.sns import Endpoint
 
+CURL = shutil.which("curl")
 HEADERS = [("x-amz-sns-message-type", "Notification"), ("User-Agent", "spoofed")]
 
 
@@ -179,13 +183,121 @@ async def test_an_answer_before_the_body_is_read_is_the_outcome(
     await http.aclose()
 
 
-async def test_basic_auth_from_the_url(client: MakeClient) -> None:
-    with Endpoint() as endpoint:
+async def test_basic_auth_answers_the_endpoints_401_then_goes_up_front(
+    client: MakeClient,
+) -> None:
+    guard = AuthGuard("us@er", "p:ss", schemes=("Basic",))
+    with Endpoint(auth=guard) as endpoint:
         url = endpoint.url.replace("http://", "http://us%40er:p%3Ass@")
-        assert (await client().post(url, HEADERS, b"")).delivered
-    expected = base64.b64encode(b"us@er:p:ss").decode()
-    assert endpoint.requests[0].headers["authorization"] == f"Basic {expected}"
+        http = client()
+        assert (await http.post(url, HEADERS, b"one")).delivered
+        assert (await http.post(url, HEADERS, b"two")).delivered
+    expected = "Basic " + base64.b64encode(b"us@er:p:ss").decode()
+    sent = [(r.headers.get("authorization"), r.answered, r.body) for r in endpoint.requests]
+    # As AWS does: credentials only once the endpoint asks (a 401), then with every request.
+    assert sent == [(None, "401", b"one"), (expected, "ok", b"one"), (expected, "ok", b"two")]
     assert endpoint.requests[0].headers["host"].startswith("127.0.0.1:")
+    assert endpoint.connections == 1  # the 401's connection carried the answer
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "qop", "userhash"),
+    [
+        (None, "auth", False),
+        ("MD5", "auth,auth-int", False),
+        ("MD5-sess", "auth", False),
+        ("SHA-256", "auth", True),
+        ("SHA-256-sess", "auth-int", False),
+        ("SHA-512-256", "auth", False),
+        (None, None, False),  # RFC 2069: no qop, no nonce count
+    ],
+)
+async def test_digest_auth_is_answered_and_its_nonce_reused(
+    algorithm: str | None, qop: str | None, userhash: bool, client: MakeClient
+) -> None:
+    guard = AuthGuard("alice", "s3cret", algorithm=algorithm, qop=qop, userhash=userhash)
+    with Endpoint(auth=guard) as endpoint:
+        http = client()
+        url = endpoint.url.replace("http://", "http://alice:s3cret@")
+        for body in (b"one", b"two", b"three"):
+            assert (await http.post(url, HEADERS, body)).delivered
+    answered = [r.answered for r in endpoint.requests]
+    assert answered == ["401", "ok", "ok", "ok"]
+    assert guard.accepted == ["Digest"] * 3
+    assert "s3cret" not in str([r.headers for r in endpoint.requests])
+    if qop is not None:
+        counts = [r.headers["authorization"].split("nc=")[1][:8] for r in endpoint.requests[1:]]
+        assert counts == ["00000001", "00000002", "00000003"]
+
+
+async def test_a_stale_nonce_is_answered_again(client: MakeClient) -> None:
+    guard = AuthGuard("alice", "s3cret", algorithm="SHA-256", stale_after=2)
+    with Endpoint(auth=guard) as endpoint:
+        http = client()
+        url = endpoint.url.replace("http://", "http://alice:s3cret@")
+        outcomes = [await http.post(url, HEADERS, b"x") for _ in range(4)]
+    assert all(outcome.delivered for outcome in outcomes)
+    # 401 (no credentials), nc 1, nc 2, nc 3 is stale, the new nonce's nc 1, its nc 2
+    assert [r.answered for r in endpoint.requests] == ["401", "ok", "ok", "401", "ok", "ok"]
+
+
+async def test_digest_is_preferred_to_basic(client: MakeClient) -> None:
+    guard = AuthGuard("alice", "s3cret", schemes=("Basic", "Digest"))
+    with Endpoint(auth=guard) as endpoint:
+        url = endpoint.url.replace("http://", "http://alice:s3cret@")
+        assert (await client().post(url, HEADERS, b"")).delivered
+    assert guard.accepted == ["Digest"]
+
+
+@pytest.mark.parametrize("schemes", [("Digest",), ("Basic",)])
+async def test_refused_credentials_end_in_one_401(
+    schemes: tuple[str, ...], client: MakeClient
+) -> None:
+    guard = AuthGuard("alice", "s3cret", schemes=schemes)
+    with Endpoint(auth=guard) as endpoint:
+        http = client()
+        wrong = await http.post(endpoint.url.replace("http://", "http://alice:nope@"), HEADERS, b"")
+        anonymous = await http.post(endpoint.url, HEADERS, b"")
+        again = await http.post(endpoint.url.replace("http://", "http://alice:nope@"), HEADERS, b"")
+    assert wrong == anonymous == again == Outcome(401)
+    assert not wrong.retryable  # a 4xx: AWS does not retry it
+    # the first try and the answer; the anonymous one; the same again (nothing remembered)
+    assert [r.answered for r in endpoint.requests] == ["401"] * 5
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "userhash"),
+    # Not SHA-512-256: curl before 8.8 answers it with SHA-256 (against RFC 7616 §6.1).
+    [("MD5", False), ("MD5-sess", False), ("SHA-256", True), ("SHA-256-sess", False)],
+)
+async def test_the_test_guard_lets_curl_in(algorithm: str, userhash: bool) -> None:
+    """The guard the client is tested against accepts curl's Digest (and refuses a wrong
+    password), so it is not only the client's own reading of RFC 7616."""
+    assert CURL is not None, "curl is a test dependency (.ci/run installs it)"
+    guard = AuthGuard("alice", "s3cret", algorithm=algorithm, userhash=userhash)
+    with Endpoint(auth=guard) as endpoint:
+        for password, expected in (("s3cret", b"200"), ("wrong", b"401")):
+            command = [CURL, "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"]
+            command += ["--digest", "-u", f"alice:{password}", "-d", "body", endpoint.url]
+            result = await trio.run_process(command, capture_stdout=True)
+            assert result.stdout == expected
+    assert guard.accepted == ["Digest"]
+
+
+async def test_the_test_guard_lets_urllib_in() -> None:
+    guard = AuthGuard("alice", "s3cret", algorithm="MD5")
+    with Endpoint(auth=guard) as endpoint:
+        passwords = urllib.request.HTTPPasswordMgrWithDefaultRealm()
+        passwords.add_password(None, endpoint.url, "alice", "s3cret")
+        opener = urllib.request.build_opener(urllib.request.HTTPDigestAuthHandler(passwords))
+
+        def post() -> int:
+            with opener.open(endpoint.url, data=b"body", timeout=10) as response:
+                status: int = response.status
+                return status
+
+        assert await trio.to_thread.run_sync(post) == 200
+    assert guard.accepted == ["Digest"]
 
 
 async def test_https_is_verified_against_the_ca_file(tmp_path, client: MakeClient) -> None:

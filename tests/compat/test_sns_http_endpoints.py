@@ -21,6 +21,7 @@ import pytest
 import trustme
 
 from broker.config import SnsSettings
+from tests.support.auth_guard import AuthGuard
 from tests.support.broker import BrokerThread, broker_config
 from tests.support.sns import (
     Endpoint,
@@ -343,16 +344,33 @@ def test_subscribing_again_while_pending_sends_a_new_confirmation(broker: Broker
         assert len([r for r in endpoint.requests if confirmations(r)]) == 2
 
 
+def test_a_digest_protected_endpoint_is_confirmed_and_delivered_to(broker: BrokerThread) -> None:
+    sns, topic, _, _, _ = topic_and_queue(broker)
+    guard = AuthGuard("alice", "s3cret", algorithm="SHA-256", qop="auth,auth-int")
+    with Endpoint(auth=guard) as endpoint:
+        secret_url = endpoint.url.replace("http://", "http://alice:s3cret@")
+        sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=secret_url)
+        endpoint.wait_for(1, match=lambda r: r.answered == "ok")
+        confirm(endpoint)
+        sns.publish(TopicArn=topic, Message="hello")
+        (delivery,) = endpoint.wait_for(1, match=notifications)
+        assert delivery.envelope()["Message"] == "hello"
+        assert delivery.answered == "ok"  # the remembered nonce went up front: no second 401
+    assert [r.answered for r in endpoint.requests] == ["401", "ok", "ok"]
+    assert guard.accepted == ["Digest", "Digest"]
+    assert not any("s3cret" in str(r.headers) for r in endpoint.requests)
+
+
 def test_an_endpoints_password_is_shown_only_by_get_subscription_attributes(
     broker: BrokerThread,
 ) -> None:
     sns, topic, _, _, _ = topic_and_queue(broker)
-    with Endpoint() as endpoint:
+    with Endpoint(auth=AuthGuard("alice", "s3cret", schemes=("Basic",))) as endpoint:
         secret_url = endpoint.url.replace("http://", "http://alice:s3cret@")
         arn = sns.subscribe(
             TopicArn=topic, Protocol="http", Endpoint=secret_url, ReturnSubscriptionArn=True
         )["SubscriptionArn"]
-        (request,) = endpoint.wait_for(1)
+        (request,) = endpoint.wait_for(1, match=lambda r: r.answered == "ok")
         assert request.headers["authorization"] == "Basic YWxpY2U6czNjcmV0"  # alice:s3cret
         listed = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
         assert [s["Endpoint"] for s in listed] == [secret_url.replace("s3cret", "****")]

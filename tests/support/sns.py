@@ -13,6 +13,9 @@ is its current ``behaviour``:
 - ``garbage``: answer bytes that are not HTTP;
 - ``ok-extra``: 200, with a second, unasked-for 200 right behind it in the same write.
 
+With an ``auth`` guard (:class:`tests.support.auth_guard.AuthGuard`), a request without
+acceptable credentials gets a 401 with the guard's challenges instead (recorded as ``401``).
+
 Signatures are checked here with an implementation of AWS's documented algorithm written for
 the tests (not :mod:`proto.aws.sns_signature`).
 """
@@ -40,6 +43,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from tests.support.auth_guard import AuthGuard
 from tests.support.broker import (
     ACCESS_KEY_ID,
     REGION,
@@ -180,6 +184,7 @@ class Endpoint:
     requests: list[Received] = field(default_factory=list)
     behaviour_of: Callable[[Received], str] | None = None  # per request, overrides behaviour
     gate: threading.Event = field(default_factory=threading.Event)  # opens "gated" answers
+    auth: AuthGuard | None = None  # credentials every request must carry
 
     def __post_init__(self) -> None:
         self._lock = threading.Condition()
@@ -281,6 +286,15 @@ class Endpoint:
                 answered="",
             )
             behaviour = self.behaviour_of(received) if self.behaviour_of else self.behaviour
+            challenges: list[tuple[str, str]] = []
+            if self.auth is not None:
+                verdict = self.auth.check(
+                    received.method, received.target, received.headers.get("authorization"), body
+                )
+                if verdict != "ok":
+                    behaviour = "401"
+                    stale = verdict == "stale"
+                    challenges = [self.auth.stale_challenge()] if stale else self.auth.challenges()
             received.answered = behaviour
             with self._lock:
                 self.requests.append(received)
@@ -299,9 +313,8 @@ class Endpoint:
                 return
             status = int(behaviour) if behaviour.isdigit() else 200
             content = b"x" * (1 << 20) if behaviour == "big" else b"ok"
-            data = conn.send(
-                h11.Response(status_code=status, headers=[("content-length", str(len(content)))])
-            )
+            response_headers = [("content-length", str(len(content))), *challenges]
+            data = conn.send(h11.Response(status_code=status, headers=response_headers))
             data += conn.send(h11.Data(data=content)) or b""
             data += conn.send(h11.EndOfMessage()) or b""
             if behaviour == "ok-extra":
