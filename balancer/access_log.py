@@ -78,7 +78,9 @@ class AccessEntry:
     trace_id: str | None = None
     domain_name: str | None = None
     chosen_cert: str | None = None
-    matched_rule_priority: int = 0
+    # 0 for the default action, -1 for an error while evaluating rules; None (``-``) when
+    # the rules were never evaluated (a malformed or refused request), as ALB writes.
+    matched_rule_priority: int | None = None
     request_creation_time: float = 0.0
     actions_executed: str | None = None
     redirect_url: str | None = None
@@ -113,7 +115,7 @@ def format_entry(entry: AccessEntry) -> str:
         quote(entry.trace_id),
         quote(entry.domain_name),
         quote(entry.chosen_cert),
-        str(entry.matched_rule_priority),
+        UNKNOWN if entry.matched_rule_priority is None else str(entry.matched_rule_priority),
         iso_time(entry.request_creation_time),
         quote(entry.actions_executed),
         quote(entry.redirect_url),

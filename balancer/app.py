@@ -47,6 +47,7 @@ from balancer.checker import HealthChecker
 from balancer.config import STATE_DIR_FALLBACK, BalancerConfig, HttpsListener
 from balancer.config import Listener as ListenerConfig
 from balancer.health import TargetState
+from balancer.listeners.cutoffs import DrainCutoffs
 from balancer.listeners.exchange import ClientInfo, ListenerServices
 from balancer.listeners.http import REJECT_HEADROOM, HttpListenerHandler
 from balancer.listeners.http_metrics import HttpStats
@@ -119,6 +120,14 @@ def _now() -> float:
         return 0.0
 
 
+def _clock_running() -> bool:
+    try:
+        trio.current_time()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _compile_inputs(config: BalancerConfig) -> tuple[list[bytes], dict[str, ServerTls]]:
     keys = read_keys(config)
     tls = build_all(config.listeners)
@@ -133,11 +142,17 @@ class BalancerApp:
         self.frame = frame
         self.admin = AdminServer(frame)
         keys, tls = _compile_inputs(config)
+        # Built before trio runs (the CLI does, to report file errors early), the health
+        # tables start at time 0; serve() moves them onto trio's clock.
+        self._built_at = _now()
+        self._clock_started = _clock_running()
         try:
-            self.runtime = Runtime(config, keys=keys, tls=tls, now=_now())
+            self.runtime = Runtime(config, keys=keys, tls=tls, now=self._built_at)
         except ValueError as exc:
             raise ConfigError(self._config_file, f"{exc} - at `$.stickiness.key_files`") from None
         self.pools = Pools()
+        self.cutoffs = DrainCutoffs()  # shared by the listeners, told by the runtime
+        self.runtime.observers.append(self.cutoffs.on_events)
         self.stats = HttpStats()
         self.access_logs = AccessLogs()
         self.checker = HealthChecker(self.runtime, frame.log, frame.metrics)
@@ -172,6 +187,9 @@ class BalancerApp:
         self.targets_api.mount(self.admin)
 
     async def serve(self, frame: Frame, *, task_status: trio.TaskStatus[None]) -> None:
+        if not self._clock_started:  # else seconds_in_state would count from trio's epoch
+            self.runtime.shift_clock(trio.current_time() - self._built_at)
+            self._clock_started = True
         with self._resources():
             try:
                 # Before any listener: a log that cannot be written stops the start, naming
@@ -232,6 +250,7 @@ class BalancerApp:
             self.access_logs,
             draining,
             self.frame.log,
+            self.cutoffs,
         )
         self.stats.listener_started(name)
         handler = HttpListenerHandler(services)

@@ -213,7 +213,9 @@ class HealthChecker:
                 result=result.input.value,
                 detail=result.detail,
             )
-        events = live.health.record_check(target_id, result.input, self._clock())
+        events = live.health.record_check(
+            target_id, result.input, self._clock(), status=result.status
+        )
         self._runtime.notify(events)
 
     async def _clock_loop(self) -> None:

@@ -178,6 +178,8 @@ class TargetHealth:
     passes: int = 0  # consecutive passing checks
     failures: int = 0  # consecutive failing checks
     drain_deadline: float | None = None
+    # The status of the last check that failed on it (ALB's "failed with these codes").
+    failed_status: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,6 +388,9 @@ class HealthTable:
         self.policy = policy
         self.name = name  # the target group's name, stamped on every event
         self._records: dict[str, TargetHealth] = {}
+        # Targets that finished draining early, shown as draining until their deadline as
+        # ALB shows them (load-balancer-target-groups.md); nothing routes to them.
+        self._departed: dict[str, TargetHealth] = {}
         # Bumped on every change of a record, so readers can cache what they derive from
         # the table (the runtime's per-group candidate list) and notice when it is stale.
         self.version = 0
@@ -405,6 +410,7 @@ class HealthTable:
         record = self._records.get(target_id)
         if record is not None:
             return self.apply(target_id, Input.REGISTERED, now)
+        self._departed.pop(target_id, None)
         state, reason = self.policy.starting_state()
         self._records[target_id] = TargetHealth(target_id, state, reason, now)
         self.version += 1
@@ -417,11 +423,18 @@ class HealthTable:
             events += self.apply(target_id, Input.IDLE, now)
         return events
 
-    def record_check(self, target_id: str, result: Input, now: float) -> list[TargetStateChanged]:
-        """Apply one health-check outcome (one of the ``CHECK_*`` inputs)."""
+    def record_check(
+        self, target_id: str, result: Input, now: float, *, status: int | None = None
+    ) -> list[TargetStateChanged]:
+        """Apply one health-check outcome (one of the ``CHECK_*`` inputs); ``status`` is the
+        HTTP status a ``CHECK_CODE_MISMATCH`` got."""
         if result not in _CHECKS:
             raise ValueError(f"{result} is not a health-check outcome")
-        return self.apply(target_id, result, now)
+        events = self.apply(target_id, result, now)
+        record = self._records.get(target_id)
+        if result is Input.CHECK_CODE_MISMATCH and record is not None:
+            self._records[target_id] = replace(record, failed_status=status)
+        return events
 
     def target_idle(self, target_id: str, now: float) -> list[TargetStateChanged]:
         """The target's last request finished: a draining target leaves early."""
@@ -437,6 +450,9 @@ class HealthTable:
             self.version += 1
         if new is None:
             del self._records[target_id]
+            deadline = record.drain_deadline
+            if deadline is not None and now < deadline:  # left early
+                self._departed[target_id] = record
         else:
             self._records[target_id] = new
         return self._tag(events)
@@ -453,6 +469,30 @@ class HealthTable:
             if record.drain_deadline is not None and now >= record.drain_deadline:
                 events += self.apply(record.target_id, Input.TICK, now)
         return events
+
+    def shift_clock(self, delta: float) -> None:
+        """Move every time in the table by ``delta``: the table was filled before the
+        clock it is read with started (the app is built before trio runs, at time 0)."""
+
+        def shifted(record: TargetHealth) -> TargetHealth:
+            deadline = record.drain_deadline
+            return replace(
+                record,
+                since=record.since + delta,
+                drain_deadline=None if deadline is None else deadline + delta,
+            )
+
+        self._records = {key: shifted(r) for key, r in self._records.items()}
+        self._departed = {key: shifted(r) for key, r in self._departed.items()}
+        self.version += 1
+
+    def departed(self, now: float) -> list[TargetHealth]:
+        """Targets that left early, as the ``draining`` records they were, until the
+        deadline their deregistration delay set; for display only."""
+        for target_id, record in list(self._departed.items()):
+            if record.drain_deadline is None or now >= record.drain_deadline:
+                del self._departed[target_id]
+        return list(self._departed.values())
 
     def next_deadline(self) -> float | None:
         """When :meth:`advance` next has work to do, or None."""

@@ -35,10 +35,12 @@ MAX_RECV: Final = 4096
 
 
 class CheckResult(NamedTuple):
-    """What one check found: the health-table input and a human-readable detail for logs."""
+    """What one check found: the health-table input, a human-readable detail for logs, and
+    the HTTP status when one came back."""
 
     input: Input
     detail: str
+    status: int | None = None
 
 
 @functools.lru_cache(maxsize=1)
@@ -109,7 +111,8 @@ async def _attempt(host: str, port: int, check: HealthCheck) -> CheckResult:
             stream = tls
             await tls.do_handshake()
         status = await _exchange(stream, check, host, port)
-        return CheckResult(classify_response(status, matcher_of(check.matcher)), f"HTTP {status}")
+        verdict = classify_response(status, matcher_of(check.matcher))
+        return CheckResult(verdict, f"HTTP {status}", status)
     finally:
         # Closing never waits on the target: no close_notify round trip inside the deadline.
         await trio.aclose_forcefully(stream)

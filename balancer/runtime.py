@@ -373,6 +373,11 @@ class Runtime:
         self.current = snapshot
         return events
 
+    def shift_clock(self, delta: float) -> None:
+        """Move every health time by ``delta`` (built at time 0, before trio's clock ran)."""
+        for live in self.live.values():
+            live.health.shift_clock(delta)
+
     def advance(self, now: float) -> list[TargetStateChanged]:
         """Let time pass for every group (draining deadlines); the checker calls this."""
         events: list[TargetStateChanged] = []

@@ -12,8 +12,9 @@ Routes, mounted on the admin listener (127.0.0.1:9326 by default)::
     POST /reload                       what SIGHUP does, with the outcome in the reply
 
 Errors are JSON, ``{"error": CODE, "message": TEXT}``: 400 ``ValidationError`` (a body that is
-not the shape above), 400 ``InvalidTarget`` (deregistering a target that is not registered),
-404 ``TargetGroupNotFound``, 400 ``ConfigError`` (a reload refused: the old config serves on).
+not the shape above), 404 ``TargetGroupNotFound``, 400 ``ConfigError`` (a reload refused:
+the old config serves on). Deregistering a target that is not registered succeeds, as AWS's
+DeregisterTargets does.
 
 Registrations made here survive a reload, as on ALB, where targets registered through the API
 stay until deregistered through the API. The effective target list of a group is the file's
@@ -50,7 +51,7 @@ from balancer.config import (
     TargetGroup,
     target_id,
 )
-from balancer.health import Reason, TargetHealth, TargetState
+from balancer.health import Reason, TargetHealth
 from balancer.peers import PEER_HEADER
 from balancer.probes import check_port
 from balancer.runtime import GroupRuntime, Runtime, Snapshot
@@ -67,8 +68,8 @@ STATE_FILE: Final = "targets.json"
 DESCRIPTIONS: Final[Mapping[Reason, str]] = {
     Reason.REGISTRATION_IN_PROGRESS: "Target registration is in progress",
     Reason.INITIAL_HEALTH_CHECKING: "Initial health checks in progress",
-    Reason.INTERNAL_ERROR: "Health checks failed with an internal error",
-    Reason.RESPONSE_CODE_MISMATCH: "Health checks failed with a status code outside the matcher",
+    Reason.INTERNAL_ERROR: "Health checks failed due to an internal error",
+    Reason.RESPONSE_CODE_MISMATCH: "Health checks failed",
     Reason.TIMEOUT: "Request timed out",
     Reason.FAILED_HEALTH_CHECKS: "Health checks failed",
     Reason.DEREGISTRATION_IN_PROGRESS: "Target deregistration is in progress",
@@ -389,13 +390,9 @@ class TargetsApi:
         body = _decode(request.body)
         async with self.lock:
             group = self._group(body.target_group)
+            # A target that is not registered is no error: AWS's DeregisterTargets "returns
+            # successfully" for it, so a deploy script may deregister twice.
             ids = sorted({target_id(t.host, t.port or group.config.port) for t in body.targets})
-            registered = {e.target_id for e in group.endpoints}
-            for key in ids:
-                record = group.live.health.get(key)
-                draining = record is not None and record.state is TargetState.DRAINING
-                if key not in registered and not draining:
-                    raise ApiError(400, "InvalidTarget", f"{key} is not registered in {group.name}")
             changed = self._overrides.copy()
             changed.deregister(group.config, ids)
             await self._commit(changed, "deregister", group, ids)
@@ -471,10 +468,12 @@ class TargetsApi:
                     "in_flight": group.live.in_flight(endpoint.target_id),
                 }
             )
-        # Deregistered targets stay visible while they drain, as in DescribeTargetHealth.
-        for record in group.live.health:
+        # Deregistered targets stay visible while they drain, as in DescribeTargetHealth, and
+        # until the deregistration delay ends even when they finished early.
+        for record in [*group.live.health, *group.live.health.departed(now)]:
             if record.target_id in listed:
                 continue
+            listed.add(record.target_id)
             host, port = _split(record.target_id)
             described.append(
                 {
@@ -493,10 +492,13 @@ def _health(record: TargetHealth | None, now: float) -> dict[str, Any]:
     if record is None:  # listed but not yet in the table: a reload is being applied
         reason = Reason.REGISTRATION_IN_PROGRESS
         return {"state": "initial", "reason": reason.value, "description": DESCRIPTIONS[reason]}
+    description = DESCRIPTIONS[record.reason] if record.reason else None
+    if record.reason is Reason.RESPONSE_CODE_MISMATCH and record.failed_status is not None:
+        description = f"Health checks failed with these codes: [{record.failed_status}]"
     return {
         "state": record.state.value,
         "reason": record.reason.value if record.reason else None,
-        "description": DESCRIPTIONS[record.reason] if record.reason else None,
+        "description": description,
         "seconds_in_state": round(max(0.0, now - record.since), 3),
     }
 

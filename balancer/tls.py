@@ -323,7 +323,10 @@ def close_tls(connection: TlsConnection) -> None:
 
 
 def _presented(stream: TlsSocket, tls: ServerTls) -> str:
-    """The cert_file of the certificate a finished handshake presented."""
+    """The cert_file of the certificate a finished handshake presented; ``session-reused``
+    for a resumed session, which presents none (ALB's chosen_cert_arn)."""
+    if stream.session_reused:
+        return "session-reused"
     context = stream.context
     for certificate, candidate in zip(tls.certificates, tls.contexts, strict=True):
         if candidate is context:

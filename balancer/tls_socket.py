@@ -105,6 +105,11 @@ class TlsSocket(trio.socket.SocketType):
         return self._tls.cipher()
 
     @property
+    def session_reused(self) -> bool:
+        """Whether the handshake resumed an earlier session (a ticket or session id)."""
+        return self._tls.session_reused
+
+    @property
     def context(self) -> ssl.SSLContext:
         """The context in use: on a server, the one its SNI callback chose."""
         return self._tls.context

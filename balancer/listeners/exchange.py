@@ -24,6 +24,7 @@ import h11
 import trio
 
 from balancer.access_log import AccessLogs
+from balancer.listeners.cutoffs import DrainCutoffs
 from balancer.listeners.http_metrics import HttpStats
 from balancer.runtime import ListenerRuntime, Runtime, Snapshot
 from balancer.tls_socket import TlsSocket
@@ -96,6 +97,7 @@ class ListenerServices:
     access_logs: AccessLogs
     draining: Draining
     log: EventLog
+    cutoffs: DrainCutoffs
 
     def new_trace_id(self, wall: float) -> bytes:
         """A fresh ``Root=`` trace id for a request that arrived at ``wall`` time."""
@@ -288,7 +290,8 @@ class Exchange:
         self.guard = trio.CancelScope() if guard is None else guard
         self.guard.deadline = started + listener.config.response_timeout_seconds
         self.phase: Phase = "response"
-        self.rule = 0  # matched_rule_priority: 0 is the default action
+        # matched_rule_priority once the rules ran (0: the default action); None before
+        self.rule: int | None = None
         self.group: str | None = None
         self.target: Endpoint | None = None
         self.status = 0  # what the client got (ALB's elb_status_code)

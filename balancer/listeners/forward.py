@@ -9,7 +9,9 @@ connection to its pool only if both state machines ended cleanly.
 ALB's answers when it goes wrong:
 
 - 503: the group has no target that may take the request (none registered, all draining).
-- 502: connection refused or reset, or an invalid / truncated response head. A reused
+- 502: connection refused or reset, or an invalid / truncated response head; or the
+  target's deregistration delay ended with the request still in flight
+  (:mod:`balancer.listeners.cutoffs`; a response already begun loses its connection). A reused
   keep-alive connection that fails before any response byte is retried once on a new
   connection when the request has no body and an idempotent method (the target may have
   closed it just as it was reused).
@@ -148,12 +150,20 @@ async def forward(
     target_id = selected.endpoint.target_id
     ex.target = selected.endpoint
     group.request_started(target_id)
+    cutoff = services.cutoffs.open(group.name, target_id)
     try:
-        await _exchange(services, client, ex, group, selected, sticky, wall)
+        with cutoff:
+            await _exchange(services, client, ex, group, selected, sticky, wall)
     finally:
+        services.cutoffs.close(group.name, target_id, cutoff)
         events = group.request_finished(target_id, client.now())
         if events:
             runtime.notify(events)
+    if cutoff.cancelled_caught:  # the target's deregistration delay ended under it
+        ex.error_reason = "TargetDeregistered"
+        ex.close_after = True
+        await respond(client, ex, 502, b"bad gateway\n")  # nothing if the response began
+        return
     conn = client.conn
     if conn.their_state is h11.SEND_BODY and conn.our_state in (h11.DONE, h11.MUST_CLOSE):
         await _linger(client, ex)  # answered before the client's body was all read
@@ -729,6 +739,7 @@ async def _switch(
         return
     ex.status = status
     ex.upgraded = True
+    ex.relayed_at = client.now()  # response_processing_time ends here, not with the tunnel
     await _flush(client, ex, [data or b""])
     await tunnel(client, up, ex, ex.listener.config.idle_timeout_seconds)
 

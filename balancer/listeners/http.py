@@ -376,7 +376,6 @@ class _Connection:
                     elb_status_code=status,
                     received_bytes=len(raw),
                     request_creation_time=now,
-                    matched_rule_priority=-1,
                     classification=verdict.classification.label,
                     classification_reason=verdict.reason,
                     error_reason="MalformedRequest",
@@ -475,6 +474,9 @@ class _Connection:
         elif ex.phase == "body":
             ex.error_reason = "RequestBodyTimeout"
             await self._answer(ex, 408, b"request body timeout\n")
+        elif await self.client.left():
+            # ALB's 460: the client gave up before the target answered; not the target's 504.
+            ex.status = 460
         else:
             ex.error_reason = "TargetResponseTimeout"
             await self._answer(ex, 504, b"target response timeout\n")
@@ -529,7 +531,7 @@ class _Connection:
         group = ex.group or "-"
         stats = services.stats
         by_target = ex.target_status is not None and ex.status == ex.target_status
-        rule = "default" if ex.rule == 0 else str(ex.rule)
+        rule = "-" if ex.rule is None else "default" if ex.rule == 0 else str(ex.rule)
         stats.request(name, rule, group, ex.status or 460, by_target=by_target)
         if ex.response_at is not None and ex.sent_at is not None:
             stats.target_response(name, group, ex.response_at - ex.sent_at)

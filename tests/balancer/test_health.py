@@ -223,6 +223,45 @@ def test_draining_ends_early_when_the_target_goes_idle():
     assert len(health) == 0
 
 
+def test_a_target_that_left_early_is_shown_draining_until_its_deadline():
+    # ALB: "the status of the target will be displayed as draining until the deregistration
+    # delay elapses" -- for display only; the table itself no longer holds it.
+    health = table(POLICY, "a", "b")
+    health.deregister("a", 10.0, idle=False)
+    health.target_idle("a", 42.0)
+    assert health.get("a") is None
+    [shown] = health.departed(100.0)
+    assert (shown.target_id, shown.state, shown.since) == ("a", TargetState.DRAINING, 10.0)
+    assert shown.reason is Reason.DEREGISTRATION_IN_PROGRESS
+    assert health.departed(309.9) == [shown]
+    assert health.departed(310.0) == []  # 10 + the 300 s delay
+    # Registered again before its deadline: a new target, not a departed one.
+    health.deregister("b", 10.0, idle=True)
+    health.register("b", 20.0)
+    assert health.departed(21.0) == []
+    assert state(health, "b") is TargetState.INITIAL
+
+
+def test_the_clock_can_be_moved_under_the_table():
+    health = table(POLICY, "a", "b", now=0.0)
+    health.deregister("b", 5.0, idle=False)
+    health.shift_clock(1000.0)
+    assert [r.since for r in health] == [1000.0, 1005.0]
+    assert health.next_deadline() == 1305.0
+    assert health.advance(1304.0) == []
+    assert [type(e) for e in health.advance(1305.0)] == [TargetDeregistered]
+
+
+def test_a_code_mismatch_keeps_the_status_it_got():
+    health = table()
+    health.record_check("a", Input.CHECK_CODE_MISMATCH, 1.0, status=404)
+    health.record_check("a", Input.CHECK_CODE_MISMATCH, 2.0, status=503)
+    record = health.get("a")
+    assert record is not None
+    assert (record.state, record.reason) == (TargetState.UNHEALTHY, Reason.RESPONSE_CODE_MISMATCH)
+    assert record.failed_status == 503
+
+
 def test_an_idle_target_leaves_at_once():
     health = table()
     events = health.deregister("a", 10.0, idle=True)

@@ -4,9 +4,10 @@ bound, and pooled connections that follow their targets through draining and rel
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import h11
 import msgspec
 import pytest
 import trio
@@ -233,3 +234,49 @@ async def test_a_request_in_flight_finishes_while_its_target_drains(tmp_path):
             await wait_for(lambda: live.health.get(f"127.0.0.1:{busy.port}") is None)
             await wait_for(lambda: busy.open_connections == 0)
             assert other.open_connections == 1
+
+
+async def test_requests_still_in_flight_when_the_delay_ends_are_cut(tmp_path):
+    # ALB's 502: "the deregistration delay period elapsed for a request being handled by a
+    # target that was deregistered"; a response already under way loses its connection.
+    never = trio.Event()
+
+    async def stalling(seen: Seen, server: TargetServer) -> Reply:
+        if seen.target == "/stall":
+            await never.wait()
+        if seen.target == "/trickle":
+            return Reply(200, [("x-target", server.name)], chunks=first_chunk_only())
+        return Reply(200, [("x-target", server.name)], b"quick")
+
+    async def first_chunk_only() -> AsyncIterator[bytes]:
+        yield b"the beginning"
+        await never.wait()
+
+    a = TargetServer("a", stalling)
+    async with running_targets(a):
+        cfg = with_state(tmp_path, group("web", a, deregistration_delay_seconds=1))
+        async with balancer(cfg) as daemon, trio.open_nursery() as nursery:
+            answers: dict[str, Any] = {}
+
+            async def ask(target: str) -> None:
+                try:
+                    answers[target] = await request(front(daemon), target=target, limit_seconds=20)
+                except (trio.BrokenResourceError, h11.RemoteProtocolError) as exc:
+                    answers[target] = exc
+
+            nursery.start_soon(ask, "/stall")
+            nursery.start_soon(ask, "/trickle")
+            await wait_for(lambda: len(a.seen) == 2)
+            await trio.sleep(0.2)  # the trickle's head and first bytes are out
+            started = trio.current_time()
+            await deregister(daemon, a)
+            await wait_for(lambda: len(answers) == 2, seconds=10)
+            assert trio.current_time() - started < 4  # at the deadline, not at the target's
+            status, _, body = answers["/stall"]
+            assert (status, body) == (502, b"bad gateway\n")
+            assert not isinstance(answers["/trickle"], tuple)  # cut: no complete response
+            live = daemon.app.runtime.live["web"]  # type: ignore[attr-defined]
+            assert live.health.get(f"127.0.0.1:{a.port}") is None
+            assert len(daemon.app.cutoffs) == 0  # type: ignore[attr-defined]
+            never.set()  # the target's handlers end, and find their connections closed
+            await wait_for(lambda: a.open_connections == 0)

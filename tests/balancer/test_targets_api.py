@@ -132,16 +132,48 @@ async def test_deregister_drains_then_register_brings_it_back(admin):
     assert described["source"] == "deregistered"
     assert described["in_flight"] == 2
     assert "10.0.0.2:8080" not in admin.runtime.current.groups["web"].by_id
-    # Deregistering a draining target again is a no-op; a stranger is an error.
+    # Deregistering a draining target again is a no-op; so is deregistering a stranger
+    # (AWS's DeregisterTargets "returns successfully"), even beside a registered target.
     assert (await admin.call("POST", "/targets/deregister", body))[0] == 200
-    stranger = {"target_group": "web", "targets": [{"host": "10.9.9.9"}]}
+    stranger = {"target_group": "web", "targets": [{"host": "10.9.9.9"}, {"host": "10.0.0.1"}]}
     status, reply = await admin.call("POST", "/targets/deregister", stranger)
-    assert (status, reply["error"]) == (400, "InvalidTarget")
+    assert status == 200
+    assert [t["id"] for t in reply["targets"]] == ["10.0.0.1:8080"]
+    assert reply["targets"][0]["state"] == "draining"
+    assert "10.9.9.9:8080" not in await admin.targets()
     # Registered again while draining: back in service, checked from scratch.
     status, reply = await admin.call("POST", "/targets/register", body)
     assert status == 200
     assert reply["targets"][0]["state"] == "initial"
     assert live.health.get("10.0.0.2:8080").state is TargetState.INITIAL
+
+
+async def test_a_target_that_drained_early_is_listed_as_draining_until_its_delay_ends(nursery):
+    now = [trio.current_time()]
+    admin = Admin(make_config("10.0.0.1", "10.0.0.2", delay=30), clock=lambda: now[0])
+    await admin.start(nursery)
+    body = {"target_group": "web", "targets": [{"host": "10.0.0.2", "port": 8080}]}
+    assert (await admin.call("POST", "/targets/deregister", body))[0] == 200
+    live = admin.runtime.live["web"]
+    admin.runtime.notify(live.health.target_idle("10.0.0.2:8080", now[0]))  # nothing in flight
+    assert live.health.get("10.0.0.2:8080") is None  # gone for routing and connections
+    now[0] += 29
+    shown = (await admin.targets())["10.0.0.2:8080"]
+    assert (shown["state"], shown["reason"]) == ("draining", "Target.DeregistrationInProgress")
+    assert (shown["in_flight"], shown["source"]) == (0, "deregistered")
+    assert shown["seconds_in_state"] == pytest.approx(29, abs=0.01)
+    now[0] += 1
+    assert "10.0.0.2:8080" not in await admin.targets()
+    admin.frame.stop(0)
+
+
+async def test_a_code_mismatch_is_described_with_the_code(admin):
+    health = admin.runtime.live["web"].health
+    for _ in range(2):
+        health.record_check("10.0.0.1:8080", Input.CHECK_CODE_MISMATCH, 1.0, status=404)
+    shown = (await admin.targets())["10.0.0.1:8080"]
+    assert (shown["state"], shown["reason"]) == ("unhealthy", "Target.ResponseCodeMismatch")
+    assert shown["description"] == "Health checks failed with these codes: [404]"
 
 
 @pytest.mark.parametrize(
@@ -410,6 +442,10 @@ async def test_registrations_made_through_the_api_survive_a_restart(nursery, tmp
     async with daemon_process("balancer", config, tmp_path) as daemon:
         await daemon.wait_log("event=daemon.ready")
         admin = daemon.addresses["admin"]
+        # The CLI builds the app before trio runs; its targets' times are on trio's clock.
+        _, _, reply = await request(admin, target="/targets?target_group=web")
+        for described in json.loads(reply)["target_groups"][0]["targets"]:
+            assert 0 <= described["seconds_in_state"] < 30
         changes = [
             ("register", {"host": "10.0.0.7", "port": 8080}),
             ("deregister", {"host": "10.0.0.1", "port": 80}),

@@ -394,3 +394,30 @@ async def test_access_log_domain_name_is_the_sni_only_when_a_certificate_matched
     assert [fields[3] for fields in quoted] == ["a.example.com", "default.example.net", "-", "-"]
     # ALB writes the port in the request's URL, the scheme's default or not.
     assert all(fields[0] == f"GET https://example.com:{port}/hello HTTP/1.1" for fields in quoted)
+
+
+async def test_access_log_chosen_cert_is_session_reused_for_a_resumed_session(
+    tmp_path, certificates
+):
+    # ALB's chosen_cert_arn: "set to session-reused if the session is reused".
+    log_path = tmp_path / "access.log"
+    session = tmp_path / "session.pem"
+    path = tmp_path / "balancer.toml"
+    path.write_text(
+        '[admin]\nport = 0\n[logging]\nlevel = "warning"\n'
+        + listener("web-tls", "ELBSecurityPolicy-TLS13-1-2-2021-06", certificates)
+        + f'access_log = {{ enabled = true, destination = "{log_path}" }}\n'
+    )
+    async with balancer(path) as daemon:
+        port = address(daemon, "web-tls")[1]
+        sni = ["-servername", "a.example.com", "-tls1_2"]
+        code, output = await s_client(port, *sni, "-sess_out", str(session))
+        assert code == 0, output
+        code, output = await s_client(port, *sni, "-sess_in", str(session))
+        assert code == 0, output
+        assert "Reused, TLSv1.2" in output
+        await trio.sleep(1.3)  # the app flushes access logs once a second
+    quoted = [
+        re.findall(r'"((?:[^"\\]|\\.)*)"', line) for line in log_path.read_text().splitlines()
+    ]
+    assert [fields[4] for fields in quoted] == [certificates[1][0], "session-reused"]  # wild

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from collections.abc import AsyncIterator
 
 import pytest
@@ -291,7 +292,7 @@ async def test_a_trusted_chain_of_more_than_30_addresses_gets_463(tmp_path):
         assert len(target.seen) == 2
         labels = {
             "listener": "front",
-            "rule": "default",
+            "rule": "-",  # refused before the rules ran
             "target_group": "-",
             "code_class": "4xx",
             "source": "elb",
@@ -302,6 +303,10 @@ async def test_a_trusted_chain_of_more_than_30_addresses_gets_463(tmp_path):
     refused = [line for line in lines if " 463 - " in line]
     assert len(refused) == 1
     assert '"ForwardedForTooLong"' in refused[0]
+    assert shlex.split(refused[0])[20] == "-"  # matched_rule_priority: rules never ran
+    served = [shlex.split(line)[20] for line in lines if " 200 200 " in line]
+    assert served
+    assert set(served) == {"0"}  # the default action
 
 
 async def test_head_size_count_and_request_line_limits():
@@ -484,6 +489,42 @@ async def test_a_client_that_leaves_before_its_response_is_logged_as_460():
             "source": "elb",
         }
         assert sample(daemon, "wharf_balancer_http_requests_total", labels) == 1
+
+
+async def test_a_client_gone_when_the_target_response_timeout_ends_is_a_460(tmp_path):
+    # ALB's 460 is the client leaving first; a 504 written into a closed socket is not.
+    path = tmp_path / "access.log"
+    never = trio.Event()
+
+    async def silent(seen: Seen, server: TargetServer) -> Reply | str:
+        await never.wait()
+        return Reply(200)
+
+    lst = listener(
+        timeouts=ListenerTimeouts(target_response_seconds=1),
+        access_log=AccessLog(enabled=True, destination=str(path)),
+    )
+    async with (
+        running_targets(TargetServer("a", silent)) as (target,),
+        balancer(config([lst], [group("web", target)])) as daemon,
+    ):
+        for leave in (True, False):
+            with trio.fail_after(5):
+                stream = await trio.open_tcp_stream(*front(daemon))
+                await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                if leave:
+                    await trio.sleep(0.2)
+                    await stream.aclose()
+                    await trio.sleep(1.2)  # past the target response timeout
+                else:
+                    assert (await stream.receive_some(100)).startswith(b"HTTP/1.1 504 ")
+                    await stream.aclose()
+        await trio.sleep(1.3)  # the app flushes access logs once a second
+        elb_5xx = {"listener": "front", "code": "504"}
+        assert sample(daemon, "wharf_balancer_http_elb_5xx_responses_total", elb_5xx) == 1
+        never.set()
+    fields = [shlex.split(line) for line in path.read_text().splitlines()]
+    assert [(f[8], f[24]) for f in fields] == [("460", "-"), ("504", "TargetResponseTimeout")]
 
 
 async def test_response_processing_time_ends_when_the_response_starts(tmp_path):

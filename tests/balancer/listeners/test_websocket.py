@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import trio
 import trustme
 from wsproto import ConnectionType, WSConnection
@@ -13,6 +15,7 @@ from wsproto.events import (
     TextMessage,
 )
 
+from balancer.config import AccessLog
 from tests.support.balancer_http import balancer, config, front, group, listener
 from tests.support.targets import Action, Reply, Seen, TargetServer, running_targets
 from tests.support.tls_targets import TlsTargetServer, server_context
@@ -129,3 +132,25 @@ async def test_a_websocket_to_an_https_target_tunnels_over_tls():
             await client.expect(CloseConnection)
     assert target.handshakes == 1
     assert target.seen[0].header("upgrade") == "websocket"
+
+
+async def test_the_access_log_ends_response_processing_time_at_the_101(tmp_path):
+    # ALB's ws lines show the time to start the response (the 101), not the tunnel's life.
+    path = tmp_path / "access.log"
+    lst = listener(access_log=AccessLog(enabled=True, destination=str(path)))
+    async with (
+        running_targets(TargetServer("ws", websocket)) as (target,),
+        balancer(config([lst], [group("web", target)])) as daemon,
+    ):
+        stream = await trio.open_tcp_stream(*front(daemon))
+        async with stream:
+            client = WsClient(stream)
+            await client.handshake("chat.example.com")
+            await trio.sleep(1.2)  # the tunnel stays open a while
+            await stream.send_all(client.ws.send(CloseConnection(code=1000)))
+            await client.expect(CloseConnection)
+        await trio.sleep(1.3)  # the app flushes access logs once a second
+    (line,) = path.read_text().splitlines()
+    fields = shlex.split(line)
+    assert (fields[0], fields[8]) == ("ws", "101")
+    assert 0 <= float(fields[7]) < 0.5
