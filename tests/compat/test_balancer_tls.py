@@ -366,16 +366,22 @@ async def test_a_fips_policy_drops_a_chacha20_tls13_connection_before_any_http(
     )
 
 
-async def test_access_log_domain_name_is_the_sni_only_when_a_certificate_matched(
-    tmp_path, certificates
-):
-    log_path = tmp_path / "access.log"
+def logged_config(tmp_path: Path, certificates: list[tuple[str, str]], log_path: Path) -> Path:
+    """One TLS 1.2-1.3 listener whose access log goes to ``log_path``."""
     path = tmp_path / "balancer.toml"
     path.write_text(
         '[admin]\nport = 0\n[logging]\nlevel = "warning"\n'
         + listener("web-tls", "ELBSecurityPolicy-TLS13-1-2-2021-06", certificates)
         + f'access_log = {{ enabled = true, destination = "{log_path}" }}\n'
     )
+    return path
+
+
+async def test_access_log_domain_name_is_the_sni_only_when_a_certificate_matched(
+    tmp_path, certificates
+):
+    log_path = tmp_path / "access.log"
+    path = logged_config(tmp_path, certificates, log_path)
     async with balancer(path) as daemon:
         port = address(daemon, "web-tls")[1]
         for names in (
@@ -402,12 +408,7 @@ async def test_access_log_chosen_cert_is_session_reused_for_a_resumed_session(
     # ALB's chosen_cert_arn: "set to session-reused if the session is reused".
     log_path = tmp_path / "access.log"
     session = tmp_path / "session.pem"
-    path = tmp_path / "balancer.toml"
-    path.write_text(
-        '[admin]\nport = 0\n[logging]\nlevel = "warning"\n'
-        + listener("web-tls", "ELBSecurityPolicy-TLS13-1-2-2021-06", certificates)
-        + f'access_log = {{ enabled = true, destination = "{log_path}" }}\n'
-    )
+    path = logged_config(tmp_path, certificates, log_path)
     async with balancer(path) as daemon:
         port = address(daemon, "web-tls")[1]
         sni = ["-servername", "a.example.com", "-tls1_2"]
