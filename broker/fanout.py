@@ -44,6 +44,7 @@ from broker.model.messages import (
     AttributeValue,
     SendRequest,
     message_size,
+    replace_forbidden_characters,
     validate_message,
 )
 from broker.model.mutations import Mutation
@@ -309,6 +310,10 @@ class Fanout:
         """
         request = bodies.message.request
         body, checked = bodies.checked_body(subscription)
+        if not checked:
+            # A raw copy with characters SQS would not store (NUL, U+FFFF...): replaced by
+            # U+FFFD, as SQS does, rather than refused after Publish said 200 (lost).
+            body, checked = replace_forbidden_characters(body), True
         record = subscription.record
         endpoint = record.endpoint
         queue = self.queues.by_arn(endpoint)

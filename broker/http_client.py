@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import h11
 import trio
@@ -32,6 +32,8 @@ import trio
 from monitoring import fastio
 from proto.http_auth import BasicScheme, Credentials, DigestSession, answer_challenges, is_stale
 
+# RFC 3986's reserved and unreserved characters and '%': kept as they are in a request target.
+_URI_CHARACTERS: Final = "!#$%&'()*+,/:;=?@[]~-._"
 MAX_RESPONSE_BODY: Final = 64 * 1024  # read (and discard) this much; a longer body closes
 MAX_IDLE_PER_ORIGIN: Final = 16
 # Idle connections older than this are closed, not reused: below the shortest common server
@@ -103,13 +105,22 @@ def parse_target(url: str) -> Target | None:
         return None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return None
+    try:  # what the resolver and TLS will be given: a name past DNS's limits cannot be sent
+        host = parts.hostname.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
     default = 443 if parts.scheme == "https" else 80
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    # Spaces, controls and non-ASCII cannot go on a request line: percent-encoded (UTF-8), as
+    # browsers and requests send such URLs; what is already encoded stays as it is.
+    target = quote(target, safe=_URI_CHARACTERS)
     host_header = parts.netloc.rpartition("@")[2]
+    if not host_header.isascii():  # an internationalised name: its A-label form
+        host_header = host + (f":{port}" if port is not None else "")
     credentials = None
     if parts.username is not None:  # AWS honours https://user:password@host/ endpoints
         credentials = Credentials(unquote(parts.username), unquote(parts.password or ""))
-    return Target(parts.scheme, parts.hostname, port or default, target, host_header, credentials)
+    return Target(parts.scheme, host, port or default, target, host_header, credentials)
 
 
 _Scheme = BasicScheme | DigestSession
@@ -257,6 +268,8 @@ class HttpClient:
                 stream: trio.abc.Stream = await trio.open_tcp_stream(target.host, target.port)
             except OSError as error:
                 raise _Failure("connect", f"connect failed: {error}") from None
+            except ValueError as error:  # a name the resolver refuses (UnicodeError...)
+                raise _Failure("invalid-url", f"cannot resolve this host: {error}") from None
             connected = False
             try:
                 if target.scheme == "https":
@@ -299,7 +312,11 @@ class HttpClient:
         if authorization is not None:
             request_headers.append(("Authorization", authorization))
         conn = connection.h11
-        data = conn.send(h11.Request(method="POST", target=target.target, headers=request_headers))
+        try:
+            head = h11.Request(method="POST", target=target.target, headers=request_headers)
+        except h11.LocalProtocolError as error:  # parse_target lets nothing through that fails
+            raise _Failure("invalid-url", f"cannot send to this URL: {error}") from None
+        data = conn.send(head)
         data += conn.send(h11.Data(data=body)) or b""
         data += conn.send(h11.EndOfMessage()) or b""
         upload = _Upload(connection.stream, data)

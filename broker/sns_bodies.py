@@ -17,6 +17,7 @@ from broker.model.errors import SqsError
 from broker.model.messages import (
     AttributeValue,
     body_characters_allowed,
+    replace_forbidden_characters,
     validate_message_attributes,
 )
 from broker.model.publishing import PreparedMessage
@@ -182,6 +183,15 @@ def sqs_attributes(attributes: Mapping[str, Mapping[str, Any]]) -> dict[str, Att
     """
     converted = sns_envelope.raw_sqs_attributes(attributes)
     return {
-        name: AttributeValue(value["DataType"], value.get("StringValue"), value.get("BinaryValue"))
+        name: AttributeValue(
+            value["DataType"], _storable(value.get("StringValue")), value.get("BinaryValue")
+        )
         for name, value in converted.items()
     }
+
+
+def _storable(text: str | None) -> str | None:
+    """A string attribute value as SQS stores it (characters it may not hold become U+FFFD)."""
+    if text is None or body_characters_allowed(text):
+        return text
+    return replace_forbidden_characters(text)

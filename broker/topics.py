@@ -181,9 +181,11 @@ class TopicRegistry:
             parsed_topic, subscription_id = parse_subscription_arn(arn)
         except ArnError:
             parts = len(arn.split(":"))
-            raise invalid_parameter(
-                f"SubscriptionArn Reason: An ARN must have at least 6 elements, not {parts}"
-            ) from None
+            if parts < 6:  # AWS's wording for this case
+                reason = f"An ARN must have at least 6 elements, not {parts}"
+            else:
+                reason = "not a subscription ARN (arn:aws:sns:REGION:ACCOUNT:TOPIC:ID)"
+            raise invalid_parameter(f"SubscriptionArn Reason: {reason}") from None
         found = self._subscriptions.get(subscription_id)
         if found is None or found.topic.arn != str(parsed_topic):
             return None

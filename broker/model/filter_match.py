@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 from typing import Final
 
+from broker.model import strict_json
+
 Scalar = str | float | bool | None
 View = Mapping[str, tuple[Scalar, ...]]
 TypedValue = tuple[type, Scalar]
@@ -313,11 +315,6 @@ def _scalar(item: object) -> Scalar:
     raise TypeError(item)  # pragma: no cover - callers filter with _is_scalar
 
 
-def _reject_constant(name: str) -> object:
-    # NaN and Infinity are not JSON (RFC 8259 §6); AWS's parser refuses them, so does this one.
-    raise ValueError(name)
-
-
 def body_view(body: str) -> dict[str, tuple[Scalar, ...]] | None:
     """Build the view of a JSON message body that body-scope policies read.
 
@@ -329,7 +326,7 @@ def body_view(body: str) -> dict[str, tuple[Scalar, ...]] | None:
         policy matches).
     """
     try:
-        document = json.loads(body, parse_constant=_reject_constant)
+        document = strict_json.loads(body)
     except (ValueError, RecursionError):
         return None
     if not isinstance(document, dict):

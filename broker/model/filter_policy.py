@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Final, Literal, NoReturn
 
+from broker.model import strict_json
 from broker.model.filter_match import (
     Branch,
     KeyTest,
@@ -183,7 +184,7 @@ def parse_filter_policy(text: str, scope: Scope, *, in_attributes_map: bool) -> 
     if len(text.encode("utf-8", "surrogatepass")) > MAX_POLICY_BYTES:
         parser.fail("Filter policy is too long")  # the limit is AWS's; the wording is not recorded
     try:
-        document = json.loads(text, parse_constant=_reject_constant)
+        document = strict_json.loads(text)
     except (ValueError, RecursionError):
         parser.fail("failed to parse JSON.")
     if not isinstance(document, dict):
@@ -199,10 +200,6 @@ def parse_filter_policy(text: str, scope: Scope, *, in_attributes_map: bool) -> 
         parser.fail("Filter policy is too complex")  # AWS-recorded
     compiled = tuple(Branch(tuple(branch.tests.values())) for branch in branches)
     return FilterPolicy(scope=scope, branches=compiled, combinations=combinations, text=text)
-
-
-def _reject_constant(name: str) -> object:
-    raise ValueError(name)  # NaN/Infinity are not JSON; AWS's Jackson parser refuses them
 
 
 @dataclass(slots=True)

@@ -73,6 +73,12 @@ def body_characters_allowed(body: str) -> bool:
     return _FORBIDDEN_BODY_CHARACTER.search(body) is None
 
 
+def replace_forbidden_characters(text: str) -> str:
+    """``text`` with each character a message may not hold replaced by U+FFFD, as SQS
+    stores a body that has some (SendMessage's documentation since 2024)."""
+    return _FORBIDDEN_BODY_CHARACTER.sub("\ufffd", text)
+
+
 def validate_send(
     settings: QueueSettings, request: SendRequest, *, characters_checked: bool = False
 ) -> None:

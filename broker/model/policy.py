@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from enum import Enum
 from typing import Any, NamedTuple
 
+from broker.model import strict_json
 from broker.model.conditions import ConditionError, Context, check, holds
 from broker.model.errors import (
     INVALID_ATTRIBUTE_VALUE,
@@ -83,7 +84,8 @@ SQS_ACTIONS = frozenset(
     }
 )
 MAX_LABEL_LENGTH = 80
-_LABEL = re.compile(r"[A-Za-z0-9_-]{1,80}")
+PERMISSION_LABEL = re.compile(r"[A-Za-z0-9_-]{1,80}")  # AddPermission's Label (SQS and SNS)
+ACCOUNT_ID = re.compile(r"\d{12}")  # an AWS account id: twelve digits
 _NO_CONTEXT: Context = {}
 
 
@@ -308,34 +310,68 @@ def check_policy(policy: str) -> None:
 def policy_problem(policy: str) -> str | None:
     """Why ``policy`` is not a queue policy SQS would store, or None.
 
-    The elements every statement of a resource policy needs (Effect, a Principal or
-    NotPrincipal, an Action or NotAction) and the SQS policy quotas (``POLICY_MAX_*``).
+    :func:`grammar_problem`, then the SQS policy quotas (``POLICY_MAX_*``).
     """
-    try:
-        document = json.loads(policy)
-    except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
-        return "not a JSON document"
-    if not isinstance(document, dict):
-        return "not a JSON object"
-    statements = document.get("Statement")
-    if isinstance(statements, dict):
-        statements = [statements]
-    if not isinstance(statements, list):  # an empty list grants nothing: RemovePermission's
-        return "a policy needs a Statement"
+    reason, statements = _grammar(policy)
+    if reason is not None:
+        return reason
     conditions = 0
     for statement in statements:
-        if not isinstance(statement, dict):
-            return "every statement must be a JSON object"
-        if statement.get("Effect") not in ("Allow", "Deny"):
-            return "every statement needs an Effect of Allow or Deny"
-        if _one_of(statement, "Principal") is None or _one_of(statement, "Action") is None:
-            return "every statement needs one Principal or NotPrincipal and one Action or NotAction"
         condition = statement.get("Condition")
         if isinstance(condition, dict):
             conditions += sum(len(k) if isinstance(k, dict) else 1 for k in condition.values())
     if conditions > POLICY_MAX_CONDITIONS:
         return f"a policy holds at most {POLICY_MAX_CONDITIONS} conditions"
     return _over_quota(policy, statements)
+
+
+def grammar_problem(policy: str) -> str | None:
+    """Why ``policy`` is not a resource policy by IAM's grammar, or None: the elements every
+    statement needs (Effect, a Principal or NotPrincipal, an Action or NotAction) and their
+    types. Topic policies are checked with this (SNS's quotas are not SQS's)."""
+    return _grammar(policy)[0]
+
+
+def _grammar(policy: str) -> tuple[str | None, list[dict[str, Any]]]:
+    try:
+        document = strict_json.loads(policy)
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
+        return "not a JSON document", []
+    if not isinstance(document, dict):
+        return "not a JSON object", []
+    statements = document.get("Statement")
+    if isinstance(statements, dict):
+        statements = [statements]
+    if not isinstance(statements, list):  # an empty list grants nothing: RemovePermission's
+        return "a policy needs a Statement", []
+    for statement in statements:
+        if not isinstance(statement, dict):
+            return "every statement must be a JSON object", []
+        if statement.get("Effect") not in ("Allow", "Deny"):
+            return "every statement needs an Effect of Allow or Deny", []
+        principal = _one_of(statement, "Principal")
+        if principal is None or _one_of(statement, "Action") is None:
+            return (
+                "every statement needs one Principal or NotPrincipal and one Action or NotAction",
+                [],
+            )
+        if principal != "*" and not (
+            isinstance(principal, dict) and all(map(_strings, principal.values()))
+        ):
+            return 'a Principal is "*" or an object of principal names', []
+        for element in ("Action", "NotAction", "Resource", "NotResource"):
+            if element in statement and not _strings(statement[element]):
+                return f"{element} must be a string or a list of strings", []
+        if "Condition" in statement and not isinstance(statement["Condition"], dict):
+            return "a Condition must be a JSON object", []
+    return None, statements
+
+
+def _strings(value: Any) -> bool:
+    """A string, or a non-empty list of strings (IAM's form for most elements)."""
+    if isinstance(value, str):
+        return True
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
 
 
 def _one_of(statement: dict[str, Any], element: str) -> Any:
@@ -380,7 +416,7 @@ def add_permission(
         SqsError: ``InvalidParameterValue`` for a bad or duplicate label, no accounts or
             actions, or an action name that is not an SQS action.
     """
-    if not _LABEL.fullmatch(label):
+    if not PERMISSION_LABEL.fullmatch(label):
         raise SqsError(
             INVALID_PARAMETER_VALUE,
             "Value for parameter Label is invalid. Reason: Must be up to 80 alphanumeric "

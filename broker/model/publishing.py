@@ -20,6 +20,7 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
+from broker.model import strict_json
 from broker.model.dedup import DEDUPLICATION_WINDOW_MS, deduplication_key
 from broker.model.messages import is_number_value
 from broker.model.sns_errors import INVALID_PARAMETER_VALUE, SnsError, invalid_parameter
@@ -119,7 +120,7 @@ def structured_messages(text: str) -> dict[str, str]:
         SnsError: the text is not a JSON object, or has no string ``default``.
     """
     try:
-        document = json.loads(text)
+        document = strict_json.loads(text)
     except (ValueError, RecursionError):
         document = None
     if not isinstance(document, dict):

@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Final
 
+from broker.model.policy import ACCOUNT_ID, PERMISSION_LABEL
 from broker.model.sns_errors import invalid_parameter
 from broker.model.topics import default_policy
 
@@ -70,14 +71,19 @@ def add_permission(
         The new Policy JSON.
 
     Raises:
-        SnsError: ``InvalidParameter`` for a duplicate label, no accounts or actions, or an
-            action that is not a topic action.
+        SnsError: ``InvalidParameter`` for a duplicate or malformed label (SQS's rule), no
+            accounts or one that is not twelve digits, no actions, or an action that is not a
+            topic action.
     """
     document = _document(policy, topic_arn, owner)
     if any(statement.get("Sid") == label for statement in document["Statement"]):
         raise invalid_parameter("Statement already exists")
-    if not accounts:
-        raise invalid_parameter("AWSAccountId")
+    if not PERMISSION_LABEL.fullmatch(label):
+        raise invalid_parameter(
+            "Label Reason: up to 80 alphanumeric characters, hyphens or underscores"
+        )
+    if not accounts or not all(ACCOUNT_ID.fullmatch(account) for account in accounts):
+        raise invalid_parameter("AWSAccountId Reason: an AWS account id is twelve digits")
     if not actions or any(action not in TOPIC_ACTIONS for action in actions):
         raise invalid_parameter("Policy statement action out of service scope!")
     principals = [f"arn:aws:iam::{account}:root" for account in accounts]

@@ -17,12 +17,13 @@ from typing import Any, Final, Literal, NamedTuple
 
 import msgspec
 
+from broker.model import strict_json
 from broker.model.delivery_policy import (
     TopicDeliveryPolicy,
     parse_topic_delivery_policy,
     render_topic_effective,
 )
-from broker.model.policy import unreadable_condition
+from broker.model.policy import grammar_problem, unreadable_condition
 from broker.model.sns_errors import attribute_error, invalid_parameter
 
 FIFO_SUFFIX: Final = ".fifo"
@@ -228,6 +229,9 @@ def _apply(settings: TopicSettings, name: str, value: str, *, in_map: bool) -> T
             change = {"display_name": value}
         case "Policy":
             policy = _json_object(name, value, in_map)
+            problem = grammar_problem(policy) if policy else None
+            if problem is not None:  # as AWS: "Invalid parameter: Policy Error: ..."
+                raise attribute_error(f"{name} Error: {problem}", in_attributes_map=in_map)
             error = unreadable_condition(policy) if policy else None
             if error is not None:  # a condition the evaluator would have to guess at
                 raise attribute_error(f"{name}: {error}", in_attributes_map=in_map)
@@ -295,7 +299,7 @@ def _json_object(name: str, value: str, in_map: bool) -> str:
     if not value:
         return ""
     try:
-        document = json.loads(value)
+        document = strict_json.loads(value)
     except (ValueError, RecursionError):
         document = None
     if not isinstance(document, dict):

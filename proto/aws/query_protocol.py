@@ -65,6 +65,10 @@ MAX_FIELDS: Final = 5000
 # and a sign hold any of them, and bounding the length keeps int() linear.
 _INTEGER: Final = re.compile(r"[+-]?\d{1,20}")
 _INDEX: Final = re.compile(r"[1-9]\d{0,5}")
+# The most dotted segments one key may have. The deepest keys of the SQS and SNS models have 8
+# (``PublishBatchRequestEntries.member.1.MessageAttributes.entry.1.Value.StringValue``); a key
+# of a million dots would otherwise build a million tree nodes (a gigabyte) for one field.
+MAX_KEY_SEGMENTS: Final = 16
 
 
 class _Node:
@@ -105,7 +109,10 @@ def _tree(body: bytes, query: str | bytes) -> _Node:
     root = _Node()
     for key, value in fields:
         node = root
-        for segment in key.split("."):
+        segments = key.split(".", MAX_KEY_SEGMENTS)
+        if len(segments) > MAX_KEY_SEGMENTS:
+            raise _malformed(key[:64] + "...", f"it nests deeper than {MAX_KEY_SEGMENTS} levels")
+        for segment in segments:
             node = node.children.setdefault(segment, _Node())
         if node.value is not None:
             raise _malformed(key, "it appears more than once")

@@ -25,6 +25,7 @@ import base64
 import datetime
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -362,7 +363,16 @@ def encode(envelope: Mapping[str, Any]) -> str:
         else:
             text = _json(value)
         lines.append(f"  {_json(name)} : {text}")
-    return "{\n" + ",\n".join(lines) + "\n}"
+    encoded = "{\n" + ",\n".join(lines) + "\n}"
+    if _UNSTORABLE.search(encoded) is None:
+        return encoded
+    return _UNSTORABLE.sub(lambda found: f"\\u{ord(found[0]):04x}", encoded)
+
+
+# Characters JSON may carry but an SQS message body may not (U+FFFE, U+FFFF, lone
+# surrogates): written as \u escapes, so an envelope always fits in a queue, and a JSON
+# reader still gets the very characters that were published.
+_UNSTORABLE: Final = re.compile("[\ud800-\udfff\ufffe\uffff]")
 
 
 # One encoder for every value: json.dumps with options builds a new JSONEncoder per call,

@@ -192,27 +192,27 @@ async def test_undeliverable_messages_go_to_the_dead_letter_queue(harness: Harne
     assert harness.topic.stats.attempts["sqs"] == 4  # failed at once or not: one attempt each
 
 
-async def test_characters_sqs_refuses_fail_raw_deliveries_only(harness: Harness) -> None:
-    # The envelope escapes control characters; a raw delivery carries them as they are, and
-    # SQS refuses them (so would the dead-letter queue: the delivery is counted as failed).
+async def test_characters_sqs_cannot_store_are_replaced_in_raw_copies(harness: Harness) -> None:
+    # The envelope escapes control characters; a raw copy gets U+FFFD in their place, as SQS
+    # stores such a body, rather than being refused after Publish said 200.
     raw, wrapped = await queue(harness, "raw"), await queue(harness, "wrapped")
     await harness.subscribe_queue(raw.arn, RawMessageDelivery="true")
     await harness.subscribe_queue(wrapped.arn)
     await harness.publish("bell\x07")
     await harness.publish("fine")
-    assert await bodies(harness, "raw") == ["fine"]
-    assert harness.topic.stats.failed["sqs"] == 1
+    assert await bodies(harness, "raw") == ["bell\ufffd", "fine"]
+    assert harness.topic.stats.failed["sqs"] == 0
     assert [json.loads(b)["Message"] for b in await bodies(harness, "wrapped")] == [
         "bell\x07",
         "fine",
     ]
 
 
-async def test_raw_attributes_sqs_refuses_fail_every_raw_delivery_checked_once(
+async def test_raw_attributes_are_checked_once_for_every_raw_copy(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # SNS takes a NUL in an attribute value; SQS refuses it. The raw copies carry the
-    # attributes and fail; the envelope carries them in its text. One check serves them all.
+    # SNS takes a NUL in an attribute value; SQS cannot store it, so raw copies carry U+FFFD
+    # there; the envelope carries it in its text. One check serves every raw copy.
     checks: list[object] = []
     check = sns_bodies.validate_message_attributes
 
@@ -225,14 +225,14 @@ async def test_raw_attributes_sqs_refuses_fail_every_raw_delivery_checked_once(
         made = await queue(harness, name)
         raw = {"RawMessageDelivery": "true"} if name.startswith("raw") else {}
         await harness.subscribe_queue(made.arn, **raw)
-    refused = {"n": {"DataType": "String", "StringValue": "v\x00"}}
-    await harness.publish("m", attributes=refused)
+    odd = {"n": {"DataType": "String", "StringValue": "v\x00"}}
+    await harness.publish("m", attributes=odd)
     assert len(checks) == 1
-    assert await bodies(harness, "raw1") == await bodies(harness, "raw2") == []
+    assert await bodies(harness, "raw1") == await bodies(harness, "raw2") == ["m"]
     (wrapped,) = await bodies(harness, "wrapped")
     assert json.loads(wrapped)["MessageAttributes"]["n"]["Value"] == "v\x00"
-    assert harness.topic.stats.failed["sqs"] == 2
-    assert harness.topic.stats.delivered["sqs"] == 1
+    assert harness.topic.stats.failed["sqs"] == 0
+    assert harness.topic.stats.delivered["sqs"] == 3
 
 
 async def test_an_envelope_is_signed_once_for_every_subscription_before_the_commit(

@@ -323,3 +323,20 @@ async def test_targets() -> None:
     assert plain is not None
     assert (plain.port, plain.target) == (80, "/")
     assert parse_target("http://h:99999/") is None
+    assert parse_target("http://" + "a" * 64 + ".example/") is None  # a DNS label over 63
+    idn = parse_target("http://café.example:8080/p")
+    assert idn is not None
+    assert (idn.host, idn.host_header) == ("xn--caf-dma.example", "xn--caf-dma.example:8080")
+
+
+async def test_urls_a_request_line_cannot_carry_are_encoded_or_refused(client: MakeClient) -> None:
+    # Subscribe takes such URLs; a delivery must then either go out or end in an outcome
+    # that is not retried, never in an exception retried forever.
+    with Endpoint() as endpoint:
+        http = client()
+        odd = endpoint.url + "/café and more?q=a b&r=%41"
+        assert (await http.post(odd, HEADERS, b"")).delivered
+        (request,) = endpoint.requests
+        assert request.target == "/hook/caf%C3%A9%20and%20more?q=a%20b&r=%41"
+        unresolvable = await http.post("http://" + "a" * 64 + ".example/", HEADERS, b"")
+        assert (unresolvable.error, unresolvable.retryable) == ("invalid-url", False)

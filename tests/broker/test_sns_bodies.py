@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from broker import sns_bodies
 from broker.config import SnsSettings
 from broker.model.errors import SqsError
 from broker.model.messages import validate_message_attributes
@@ -45,8 +47,9 @@ def subscription(of: Topic, number: int, *, raw: bool = False) -> Subscription:
     return Subscription(record, of)
 
 
-def test_raw_attributes_are_converted_and_checked_once() -> None:
-    # A NUL in a value passes SNS's rules and fails SQS's: every raw copy gets the same error.
+def test_raw_attributes_are_converted_and_checked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A NUL in a value passes SNS's rules but SQS cannot store it: it becomes U+FFFD, as SQS
+    # stores such a value. Whatever the check finds, every raw copy gets the same verdict.
     request = PublishRequest(
         message="m", attributes={"x": {"DataType": "String", "StringValue": "v\x00"}}
     )
@@ -63,12 +66,21 @@ def test_raw_attributes_are_converted_and_checked_once() -> None:
         NOW,
         "http://b",
     )
+    assert bodies.raw_attributes()["x"].string_value == "v\ufffd"
+    checks: list[object] = []
+
+    def refusing(attributes: object) -> None:
+        checks.append(attributes)
+        raise SqsError("InvalidParameterValue", "refused")
+
+    monkeypatch.setattr(sns_bodies, "validate_message_attributes", refusing)
     errors = []
     for _ in range(3):
         try:
             bodies.check_raw_attributes()
         except SqsError as error:
             errors.append(error)
+    assert len(checks) == 1
     assert len(errors) == 3
     assert errors[0] is errors[1] is errors[2]
     assert bodies.raw_attributes() is bodies.raw_attributes()

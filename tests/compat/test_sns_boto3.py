@@ -209,6 +209,53 @@ def test_add_and_remove_permission(sns: Any, name: Names) -> None:
 
 
 @pytest.mark.parametrize(
+    ("label", "account"),
+    [("share", "abc"), ("share", ""), ("share", "*"), ("share", "arn:aws:iam::111122223333:root"),
+     ("has space", "111122223333"), ("x" * 81, "111122223333")],
+)  # fmt: skip
+def test_add_permission_refuses_what_is_no_account_or_label(
+    sns: Any, name: Names, label: str, account: str
+) -> None:
+    arn = sns.create_topic(Name=name())["TopicArn"]
+    before = sns.get_topic_attributes(TopicArn=arn)["Attributes"]["Policy"]
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.add_permission(
+            TopicArn=arn, Label=label, AWSAccountId=[account], ActionName=["Publish"]
+        )
+    assert code_of(info) == "InvalidParameter"
+    assert sns.get_topic_attributes(TopicArn=arn)["Attributes"]["Policy"] == before
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        '{"Statement":"x"}', '{"Statement":[5]}', "{}", '{"Statement":NaN}',
+        '{"Statement":[{"Effect":"Maybe","Principal":"*","Action":"SNS:Publish"}]}',
+        '{"Statement":[{"Effect":"Allow","Principal":5,"Action":"SNS:Publish"}]}',
+        '{"Statement":[{"Effect":"Allow","Principal":"*","Action":5}]}',
+        '{"Statement":[{"Effect":"Allow","Principal":"*","Action":"SNS:Publish","Resource":5}]}',
+        '{"Statement":[{"Effect":"Deny","NotPrincipal":5,"Action":"SNS:Publish"}]}',
+    ],
+)  # fmt: skip
+def test_set_topic_attributes_refuses_malformed_policies(
+    sns: Any, name: Names, policy: str
+) -> None:
+    # A stored malformed Deny would quietly deny nothing: AWS refuses such a policy.
+    arn = sns.create_topic(Name=name())["TopicArn"]
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.set_topic_attributes(TopicArn=arn, AttributeName="Policy", AttributeValue=policy)
+    assert code_of(info) == "InvalidParameter"
+    assert message_of(info).startswith("Invalid parameter: Policy")
+
+
+def test_structured_messages_are_strict_json(sns: Any, name: Names) -> None:
+    arn = sns.create_topic(Name=name())["TopicArn"]
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.publish(TopicArn=arn, MessageStructure="json", Message='{"default":"x","a":NaN}')
+    assert code_of(info) == "InvalidParameter"
+
+
+@pytest.mark.parametrize(
     ("call", "action"),
     [
         (lambda c: c.create_platform_application(Name="a", Platform="GCM", Attributes={}),
@@ -480,6 +527,32 @@ def test_raw_delivery_turns_attributes_into_sqs_attributes(
     assert attributes["n"] == {"DataType": "Number", "StringValue": "42"}
     assert attributes["b"] == {"DataType": "Binary", "BinaryValue": b"\x00\x01"}
     assert attributes["a"] == {"DataType": "String.Array", "StringValue": '["x", 1]'}
+
+
+@pytest.mark.parametrize("text", ["a\ufffeb", "nul\x00and\x01", "\uffff"])
+def test_characters_sqs_cannot_store_never_lose_a_copy(
+    sns: Any, sqs_json: Any, queue: Any, name: Names, text: str
+) -> None:
+    # Publish said 200, so every subscribed queue gets its copy: an envelope carries such
+    # characters as JSON escapes (the reader gets them back), a raw copy gets U+FFFD in
+    # their place, as SQS itself stores them.
+    topic = sns.create_topic(Name=name())["TopicArn"]
+    (enveloped, enveloped_arn), (raw, raw_arn) = queue(), queue()
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=enveloped_arn)
+    sns.subscribe(
+        TopicArn=topic, Protocol="sqs", Endpoint=raw_arn, Attributes={"RawMessageDelivery": "true"}
+    )
+    attributes = {"s": {"DataType": "String", "StringValue": f"v{text}"}}
+    subject = f"s{text}" if "\x00" not in text else "control characters are refused here"
+    sns.publish(TopicArn=topic, Message=text, Subject=subject, MessageAttributes=attributes)
+    (copy,) = receive_all(sqs_json, enveloped, 1)
+    envelope = json.loads(copy["Body"])
+    assert (envelope["Message"], envelope["Subject"]) == (text, subject)
+    assert envelope["MessageAttributes"]["s"]["Value"] == f"v{text}"
+    (raw_copy,) = receive_all(sqs_json, raw, 1)
+    replaced = "".join(c if c.isprintable() and c not in "\ufffe\uffff" else "\ufffd" for c in text)
+    assert raw_copy["Body"] == replaced
+    assert raw_copy["MessageAttributes"]["s"]["StringValue"] == f"v{replaced}"
 
 
 def test_envelope_carries_attributes_binary_in_base64(

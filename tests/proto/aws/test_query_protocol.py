@@ -295,6 +295,9 @@ def test_sns_api_reference_publish_sample():
             b"Action=ListQueues&" + b"&".join(b"k%d=v" % i for i in range(6000)),
             "InvalidQueryParameter",
         ),
+        # A million-dot key would build a tree of a million nodes (a gigabyte) for one field.
+        (b"Action=ListQueues&" + b"." * 1_000_000 + b"=1", "InvalidQueryParameter"),
+        (b"Action=ListQueues&" + b"a." * 16 + b"b=1", "InvalidQueryParameter"),
     ],
 )
 def test_sqs_request_errors(body, code):

@@ -2,6 +2,7 @@ import base64
 import datetime
 import hashlib
 import json
+import re
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -308,3 +309,18 @@ def test_format_timestamp_round_trips(epoch_ms):
     assert text.endswith("Z")
     parsed = datetime.datetime.fromisoformat(text)
     assert round(parsed.timestamp() * 1000) == epoch_ms
+
+
+# What an SQS message body may hold (SendMessage's documentation), written out here.
+_SQS_BODY = re.compile("[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*")
+
+
+@given(message=st.text(), subject=st.text())
+def test_an_envelope_always_fits_in_a_queue_and_reads_back_the_same(message, subject):
+    encoded = encode({"Type": "Notification", "Message": message, "Subject": subject})
+    assert _SQS_BODY.fullmatch(encoded)
+    assert decode(encoded) == {"Type": "Notification", "Message": message, "Subject": subject}
+
+
+def test_non_characters_are_json_escapes():
+    assert encode({"Message": "a\ufffeb\uffff"}) == '{\n  "Message" : "a\\ufffeb\\uffff"\n}'
