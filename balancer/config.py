@@ -282,8 +282,13 @@ class Stickiness(Section, frozen=True, kw_only=True):
         if self.type == "lb_cookie" and self.cookie_name:
             raise ValueError("cookie_name is only used with type = app_cookie")
         if self.type == "app_cookie":
+            if not self.cookie_name:
+                raise ValueError("app_cookie stickiness needs a cookie_name")
             if not TOKEN.fullmatch(self.cookie_name):
-                raise ValueError("app_cookie stickiness needs a cookie_name (a token)")
+                raise ValueError(
+                    f"cookie_name {self.cookie_name!r} must be 1-40 characters of an HTTP "
+                    "token (letters, digits and !#$%&'+.^_`|~-)"
+                )
             if self.cookie_name.startswith(RESERVED_COOKIE_PREFIX):
                 raise ValueError(f"cookie_name cannot start with {RESERVED_COOKIE_PREFIX}")
 

@@ -35,12 +35,18 @@ StickyDuration = Annotated[int, Meta(ge=1, le=604800, description="1 second to 7
 # Rule conditions (rule-condition-types.md). Character sets are AWS's: visible ASCII only.
 
 _HOST_PATTERN = re.compile(r"[A-Za-z0-9.*?-]{1,128}")
-_HOST_TLD = re.compile(r"[A-Za-z*?]+")
+_HOST_TLD = re.compile(r"[A-Za-z]+")  # ALB: "only alphabetical characters after the final ."
 _PATH_PATTERN = re.compile(r"[A-Za-z0-9_\-.$/~\"'@:+&*?]{1,128}")
 _METHOD = re.compile(r"[A-Z_-]{1,40}")
 TOKEN = re.compile(r"[A-Za-z0-9!#$%&'+.^_`|~-]{1,40}")  # an RFC 9110 token without '*'
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,128}")
-_QUERY_TEXT = re.compile(r"[\x21-\x7e]{1,128}")
+# A query condition's key and value: a value may hold a space (a decoded '+' or %20).
+_QUERY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
+_QUERY_VALUE = re.compile(r"[\x20-\x7e]{1,128}")
+# What a redirect's host, path and query may hold besides their placeholders (ALB's
+# redirect-actions: alphanumerics, '-', and for paths a few more; here every URI character).
+_REDIRECT_HOST = re.compile(r"[A-Za-z0-9.-]*")
+_REDIRECT_TEXT = re.compile(r"[\x21-\x7e]*")
 
 
 def count_wildcards(pattern: str, *, escapes: bool = False) -> int:
@@ -120,8 +126,8 @@ class Conditions(Section, frozen=True, kw_only=True):
         for query in self.query_string:
             for pair in query.values:
                 if pair.key:
-                    _check(_QUERY_TEXT, pair.key, "query_string key", "1-128 visible ASCII")
-                _check(_QUERY_TEXT, pair.value, "query_string", "1-128 visible ASCII characters")
+                    _check(_QUERY_KEY, pair.key, "query_string key", "1-128 visible ASCII")
+                _check(_QUERY_VALUE, pair.value, "query_string", "1-128 visible ASCII characters")
         for cidr in self.source_ip:
             try:
                 network = ipaddress.ip_network(cidr)
@@ -239,6 +245,16 @@ class Redirect(Section, frozen=True, kw_only=True, tag="redirect", tag_field="ty
                     raise ValueError(f"redirect {field} cannot use the placeholder #{{{name}}}")
         if not self.path.startswith("/"):
             raise ValueError("redirect path must start with '/'")
+        for field, pattern, allowed in (
+            ("host", _REDIRECT_HOST, "letters, digits, '.' and '-'"),
+            ("path", _REDIRECT_TEXT, "visible ASCII characters, no spaces"),
+            ("query", _REDIRECT_TEXT, "visible ASCII characters, no spaces"),
+        ):
+            literal = _PLACEHOLDER.sub("", getattr(self, field))
+            if not pattern.fullmatch(literal):
+                # A space, a CR LF or a '/' in a host would make a Location that is no URL,
+                # or a response head h11 refuses to write.
+                raise ValueError(f"redirect {field} {getattr(self, field)!r}: only {allowed}")
         unchanged = (self.protocol, self.host, self.port, self.path)
         if unchanged == ("#{protocol}", "#{host}", "#{port}", "/#{path}"):
             # AWS's loop guard: a redirect to the same URL would never end.

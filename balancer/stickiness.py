@@ -5,9 +5,13 @@ ALB's cookies (sticky-sessions.md), reproduced by name and behaviour:
 - ``AWSALB`` names the target of a group with ``lb_cookie`` stickiness; ``AWSALBCORS`` carries
   the same value with ``SameSite=None; Secure`` for cross-origin requests.
 - ``AWSALBTG`` / ``AWSALBTGCORS`` name the target group of a weighted forward.
-- ``AWSALBAPP-0`` maps the application's own cookie to a target (``app_cookie``). ALB shards
-  this cookie into ``AWSALBAPP-0..3`` because it copies the app cookie; ours seals only a
-  digest of the app cookie, so one shard always suffices.
+- ``AWSALBAPP-0`` maps the application's own cookie to a target (``app_cookie``), "for each
+  target group that has application-based stickiness enabled": its value is a list of sealed
+  entries joined by ``.``, one per target group, of this balancer or of another layer in
+  front of or behind it (entries this balancer cannot open are kept as they are, up to
+  ``MAX_APP_ENTRIES``). ALB shards this cookie into ``AWSALBAPP-0..3`` because it copies the
+  app cookie; ours seals only a digest of it, so one shard suffices. It carries
+  ``SameSite=None; Secure`` for Chromium 80 and later, as ALB's does.
 - Cookies expire in the browser after a fixed 7 days (``Expires``, never ``Max-Age``); the
   configured duration is sealed inside and checked on every request, and the shell re-issues
   the cookie on every response, which slides the window.
@@ -38,6 +42,7 @@ import enum
 import hashlib
 import hmac
 import math
+import re
 import struct
 from collections.abc import Collection, Iterable, Sequence
 from email.utils import formatdate
@@ -56,6 +61,8 @@ APP_COOKIE = "AWSALBAPP-0"
 COOKIE_LIFETIME_SECONDS = 7 * 86400  # ALB's fixed browser expiry
 MIN_KEY_BYTES = 16  # below 128 bits a key could be guessed
 MAX_COOKIE_CHARS = 1024  # ours are ~100-700; bounds the work spent on garbage
+APP_ENTRY_SEPARATOR = "."  # not in base64url: it joins AWSALBAPP-0's entries
+MAX_APP_ENTRIES = 8  # target groups (of every layer) one AWSALBAPP-0 remembers
 
 _VERSION = 1
 _HEADER = struct.Struct(">B4s")  # version, key id
@@ -203,11 +210,33 @@ class CookieSealer:
         return group if offset == len(body) else None
 
     def open_app(self, value: str, app_cookie: str, *, now: float) -> StickyTarget | None:
-        """The target an ``AWSALBAPP-0`` value names for this app cookie value, or None."""
+        """The target one ``AWSALBAPP-0`` entry names for this app cookie value, or None."""
+        opened = self._open_app(value, now)
+        if opened is None:
+            return None
+        mapping, digest = opened
+        if not hmac.compare_digest(digest, app_digest(app_cookie)):
+            return None  # the application started a new session: pick afresh
+        return mapping
+
+    def app_entry_group(self, value: str, *, now: float) -> str | None:
+        """The target group a live ``AWSALBAPP-0`` entry of ours is for, or None."""
+        opened = self._open_app(value, now)
+        return None if opened is None else opened[0].target_group
+
+    def sealed_here(self, value: str) -> bool:
+        """Whether a value carries the id of one of this sealer's keys (so one that does not
+        open is stale or forged, not another balancer's)."""
+        try:
+            raw = base64.urlsafe_b64decode(value[:8] + "=" * (-len(value[:8]) % 4))
+        except (binascii.Error, ValueError):
+            return False
+        return len(raw) >= _HEADER.size and raw[1 : _HEADER.size] in self._by_id
+
+    def _open_app(self, value: str, now: float) -> tuple[StickyTarget, bytes] | None:
         body = self._open(Kind.APP, value, now)
         if body is None or len(body) < _APP_DIGEST_BYTES:
             return None
-        digest = body[-_APP_DIGEST_BYTES:]
         try:
             group, offset = _read_field(body, 0)
             target, offset = _read_field(body, offset)
@@ -215,9 +244,42 @@ class CookieSealer:
             return None
         if offset != len(body) - _APP_DIGEST_BYTES:
             return None
-        if not hmac.compare_digest(digest, app_digest(app_cookie)):
-            return None  # the application started a new session: pick afresh
-        return StickyTarget(group, target)
+        return StickyTarget(group, target), body[-_APP_DIGEST_BYTES:]
+
+
+def app_entries(value: str | None) -> list[str]:
+    """The entries of an ``AWSALBAPP-0`` value (bounded in number and size)."""
+    if not value or len(value) > MAX_APP_ENTRIES * (MAX_COOKIE_CHARS + 1):
+        return []
+    entries = value.split(APP_ENTRY_SEPARATOR, MAX_APP_ENTRIES)[:MAX_APP_ENTRIES]
+    return [entry for entry in entries if entry and len(entry) <= MAX_COOKIE_CHARS]
+
+
+def merged_app_value(
+    sealer: CookieSealer, own: str, target_group: str, previous: Iterable[str], *, now: float
+) -> str:
+    """``AWSALBAPP-0``'s new value: this group's fresh entry first, then the entries of other
+    groups and other balancers, without this group's old entry or stale ones of ours."""
+    kept = [own]
+    for entry in previous:
+        if len(kept) == MAX_APP_ENTRIES:
+            break
+        group = sealer.app_entry_group(entry, now=now)
+        if group is None and sealer.sealed_here(entry):
+            continue  # ours, but expired or forged
+        if group != target_group and entry not in kept:
+            kept.append(entry)
+    return APP_ENTRY_SEPARATOR.join(kept)
+
+
+_CHROMIUM = re.compile(r"(?:Chrome|Chromium)/(\d{1,6})")
+
+
+def chromium_80_or_later(user_agent: str | None) -> bool:
+    """Whether a user agent is Chromium 80 or later: ALB gives ``AWSALBAPP`` cookies
+    ``SameSite=None; Secure`` for those only (older ones reject SameSite=None cookies)."""
+    found = _CHROMIUM.search(user_agent) if user_agent else None
+    return found is not None and int(found[1]) >= 80
 
 
 # ---------------------------------------------------------------------------------------------

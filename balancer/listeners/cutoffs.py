@@ -4,13 +4,18 @@ ALB lets a draining target finish what it has for ``deregistration_delay`` secon
 still with it then gets a 502 (load-balancer-troubleshooting.md, "HTTP 502": "the
 deregistration delay period elapsed for a request being handled by a target that was
 deregistered"), and a response or WebSocket tunnel already under way loses its connection.
-The forward action runs each exchange in a cancel scope opened here; the runtime's health
-events (this is one of its observers) say when a target's time is up.
+
+The forward action registers each exchange with its target here; the runtime's health events
+(this is one of its observers) say when a target's time is up, and its exchanges are marked
+and their request's own scope (``Exchange.guard``) cancelled, so that the HTTP shell answers
+them as it answers a timeout. No scope of its own per request: entering a trio cancel scope
+costs more than the rest of this bookkeeping many times over.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import trio
 
@@ -19,35 +24,45 @@ from balancer.health import TargetDeregistered, TargetStateChanged
 _Key = tuple[str, str]  # (target group, target id)
 
 
-class DrainCutoffs:
-    """The cancel scopes of the exchanges in flight, per target group and target."""
+class Cuttable(Protocol):
+    """What an exchange offers: the scope of its request, and the mark it is cut with."""
 
-    __slots__ = ("_scopes",)
+    guard: trio.CancelScope
+    cut_off: bool
+
+
+class DrainCutoffs:
+    """The exchanges in flight, per target group and target."""
+
+    __slots__ = ("_exchanges",)
 
     def __init__(self) -> None:
-        self._scopes: dict[_Key, set[trio.CancelScope]] = {}
+        self._exchanges: dict[_Key, set[Cuttable]] = {}
 
-    def open(self, group: str, target_id: str) -> trio.CancelScope:
-        """A scope for one exchange with the target; :meth:`close` it when the exchange ends."""
-        scope = trio.CancelScope()
-        self._scopes.setdefault((group, target_id), set()).add(scope)
-        return scope
-
-    def close(self, group: str, target_id: str, scope: trio.CancelScope) -> None:
+    def track(self, group: str, target_id: str, exchange: Cuttable) -> None:
+        """An exchange with the target began; :meth:`untrack` it when it ends."""
         key = (group, target_id)
-        scopes = self._scopes.get(key)
-        if scopes is not None:
-            scopes.discard(scope)
-            if not scopes:
-                del self._scopes[key]
+        exchanges = self._exchanges.get(key)
+        if exchanges is None:
+            exchanges = self._exchanges[key] = set()
+        exchanges.add(exchange)
+
+    def untrack(self, group: str, target_id: str, exchange: Cuttable) -> None:
+        key = (group, target_id)
+        exchanges = self._exchanges.get(key)
+        if exchanges is not None:
+            exchanges.discard(exchange)
+            if not exchanges:
+                del self._exchanges[key]
 
     def on_events(self, events: Sequence[TargetStateChanged]) -> None:
         """A runtime observer: a target that left at its deadline (not early, when idle)
         takes the exchanges still in flight with it."""
         for event in events:
             if isinstance(event, TargetDeregistered) and not event.early:
-                for scope in self._scopes.pop((event.target_group, event.target_id), ()):
-                    scope.cancel()
+                for exchange in self._exchanges.pop((event.target_group, event.target_id), ()):
+                    exchange.cut_off = True
+                    exchange.guard.cancel()
 
     def __len__(self) -> int:
-        return sum(len(scopes) for scopes in self._scopes.values())
+        return sum(len(exchanges) for exchanges in self._exchanges.values())

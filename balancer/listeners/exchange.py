@@ -236,6 +236,7 @@ class Exchange:
     __slots__ = (
         "actions",
         "close_after",
+        "cut_off",
         "error_reason",
         "group",
         "guard",
@@ -292,6 +293,7 @@ class Exchange:
         self.phase: Phase = "response"
         # matched_rule_priority once the rules ran (0: the default action); None before
         self.rule: int | None = None
+        self.cut_off = False  # its target's deregistration delay ended under it (cutoffs)
         self.group: str | None = None
         self.target: Endpoint | None = None
         self.status = 0  # what the client got (ALB's elb_status_code)

@@ -150,20 +150,16 @@ async def forward(
     target_id = selected.endpoint.target_id
     ex.target = selected.endpoint
     group.request_started(target_id)
-    cutoff = services.cutoffs.open(group.name, target_id)
+    # Cut (ex.guard cancelled, ex.cut_off set) if the target's deregistration delay ends
+    # first; the HTTP shell then answers as for a timeout (Handler._timed_out).
+    services.cutoffs.track(group.name, target_id, ex)
     try:
-        with cutoff:
-            await _exchange(services, client, ex, group, selected, sticky, wall)
+        await _exchange(services, client, ex, group, selected, sticky, wall)
     finally:
-        services.cutoffs.close(group.name, target_id, cutoff)
+        services.cutoffs.untrack(group.name, target_id, ex)
         events = group.request_finished(target_id, client.now())
         if events:
             runtime.notify(events)
-    if cutoff.cancelled_caught:  # the target's deregistration delay ended under it
-        ex.error_reason = "TargetDeregistered"
-        ex.close_after = True
-        await respond(client, ex, 502, b"bad gateway\n")  # nothing if the response began
-        return
     conn = client.conn
     if conn.their_state is h11.SEND_BODY and conn.our_state in (h11.DONE, h11.MUST_CLOSE):
         await _linger(client, ex)  # answered before the client's body was all read
@@ -637,7 +633,7 @@ async def _relay(
     assert ex.target is not None
     if sticky.group_cookie or sticky.stickiness_on:  # else response_cookies has none
         headers += response_cookies(
-            sticky, ex.snapshot, group.config, ex.target.target_id, response.headers, wall=wall
+            sticky, ex.snapshot, group.config, ex.target.target_id, headers, wall=wall
         )
     if ex.close_after:
         headers.append((b"connection", b"close"))

@@ -467,7 +467,11 @@ class _Connection:
     async def _timed_out(self, ex: Exchange) -> None:
         """A deadline of the request passed; ``ex.phase`` says which wait it cut."""
         ex.close_after = True
-        if ex.response_started:
+        if ex.cut_off:  # the target's deregistration delay ended (balancer.listeners.cutoffs)
+            ex.error_reason = "TargetDeregistered"
+            if not ex.response_started:
+                await self._answer(ex, 502, b"bad gateway\n")  # sends nothing mid-response
+        elif ex.response_started:
             # Mid-response: all that can be done is to close.
             stalled = "ClientWriteTimeout" if ex.phase == "client_write" else "IdleTimeout"
             ex.error_reason = ex.error_reason or stalled

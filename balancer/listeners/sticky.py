@@ -8,7 +8,11 @@ cookies the response carries back (ALB sticky-sessions.md).
 - ``app_cookie``: the application's own cookie is mapped to the target with
   ``AWSALBAPP-0``, issued when the target sets the application cookie and refreshed while
   the client presents one; when the sticky target is replaced, the session re-sticks to
-  the new target (ALB keeps it there even if the old one comes back).
+  the new target (ALB keeps it there even if the old one comes back). The cookie holds one
+  entry per target group, so several app-cookie groups, and several balancers in layers,
+  each keep their own (:func:`balancer.stickiness.merged_app_value`): a balancer behind this
+  one sets the cookie on its response, and this one merges its entry into that value and
+  sends one ``Set-Cookie`` for it instead of two that would overwrite each other.
 
 Cookies that do not open (tampered, expired, from another group or key) are ignored and
 the request is routed as a new one. Without stickiness anywhere in the action, no cookie
@@ -28,7 +32,10 @@ from balancer.stickiness import (
     GROUP_CORS_COOKIE,
     LB_COOKIE,
     LB_CORS_COOKIE,
+    app_entries,
+    chromium_80_or_later,
     group_cookies,
+    merged_app_value,
     read_cookies,
     set_cookie,
     sticky_value,
@@ -41,13 +48,23 @@ Header = tuple[bytes, bytes]
 class StickyPlan:
     """What the cookies of one request decided, and what its response must set."""
 
-    __slots__ = ("app_cookie", "group", "group_cookie", "stickiness_on", "sticky_target")
+    __slots__ = (
+        "app_cookie",
+        "app_entries",
+        "app_same_site",
+        "group",
+        "group_cookie",
+        "stickiness_on",
+        "sticky_target",
+    )
 
     def __init__(self, group: str) -> None:
         self.group = group
         self.group_cookie = 0  # seconds the AWSALBTG cookie lasts; 0: none to issue
         self.sticky_target: str | None = None
         self.app_cookie: str | None = None  # the request's application cookie value
+        self.app_entries: list[str] = []  # the request's AWSALBAPP-0 entries
+        self.app_same_site = False  # AWSALBAPP-0 gets SameSite=None; Secure (Chromium 80+)
         self.stickiness_on = False  # the group's target stickiness is enabled (and keyed)
 
 
@@ -92,15 +109,25 @@ def plan(
         opened = sealer.open_target(value, now=wall) if value else None
     else:
         result.app_cookie = cookies.get(stickiness.cookie_name)
-        mapping = cookies.get(APP_COOKIE)
-        opened = (
-            sealer.open_app(mapping, result.app_cookie, now=wall)
-            if mapping and result.app_cookie is not None
-            else None
-        )
+        result.app_entries = app_entries(cookies.get(APP_COOKIE))
+        result.app_same_site = chromium_80_or_later(_first(headers, b"user-agent"))
+        opened = None
+        if result.app_cookie is not None:
+            for entry in result.app_entries:
+                found = sealer.open_app(entry, result.app_cookie, now=wall)
+                if found is not None and found.target_group == result.group:
+                    opened = found
+                    break
     if opened is not None and opened.target_group == result.group:
         result.sticky_target = opened.target_id
     return result
+
+
+def _first(headers: Sequence[Header], name: bytes) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 _ALL_NAMES = frozenset({GROUP_COOKIE, GROUP_CORS_COOKIE, LB_COOKIE, LB_CORS_COOKIE, APP_COOKIE})
@@ -111,11 +138,15 @@ def response_cookies(
     snapshot: Snapshot,
     group: TargetGroup,
     target_id: str,
-    response_headers: Sequence[Header],
+    response_headers: list[Header],
     *,
     wall: float,
 ) -> list[Header]:
-    """The ``Set-Cookie`` headers the balancer adds to a forwarded response."""
+    """The ``Set-Cookie`` headers the balancer adds to a forwarded response.
+
+    ``response_headers`` are the headers going to the client; an ``AWSALBAPP-0`` the target
+    set (a balancer behind this one) is taken out of them and merged into this one's.
+    """
     sealer = snapshot.sealer
     if sealer is None or not (result.group_cookie or result.stickiness_on):
         return []
@@ -135,8 +166,29 @@ def response_cookies(
             app_value = result.app_cookie
         if app_value is not None:
             sealed = sealer.seal_app(result.group, target_id, app_value, expires_at=expires_at)
-            found.append(set_cookie(APP_COOKIE, sealed, now=wall))
+            behind = _take_set_cookie(response_headers, APP_COOKIE)
+            previous = app_entries(behind) if behind is not None else result.app_entries
+            value = merged_app_value(sealer, sealed, result.group, previous, now=wall)
+            found.append(set_cookie(APP_COOKIE, value, now=wall, cors=result.app_same_site))
     return [(b"set-cookie", c.encode("latin-1")) for c in found]
+
+
+def _take_set_cookie(headers: list[Header], name: str) -> str | None:
+    """Remove the ``Set-Cookie`` headers of cookie ``name``; the last one's value."""
+    wanted = name.encode("latin-1")
+    value: str | None = None
+    kept: list[Header] = []
+    for header in headers:
+        key, raw = header
+        if key == b"set-cookie":
+            cookie_name, equals, rest = raw.partition(b"=")
+            if equals and cookie_name.strip() == wanted:
+                value = rest.partition(b";")[0].strip().decode("latin-1")
+                continue
+        kept.append(header)
+    if value is not None:
+        headers[:] = kept
+    return value
 
 
 def _set_cookie_value(headers: Sequence[Header], name: str) -> str | None:

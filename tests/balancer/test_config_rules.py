@@ -55,6 +55,7 @@ def test_valid_conditions_of_every_kind():
         ({"host_header": ["exa mple.com"]}, "host_header value 'exa mple.com' is invalid"),
         ({"host_header": ["localhost"]}, "needs a '.'"),
         ({"host_header": ["example.c0m"]}, "only letters after the last one"),
+        ({"host_header": ["www.example.*"]}, "only letters after the last one"),
         ({"host_header": ["a" * 129 + ".com"]}, "is invalid"),
         ({"path_pattern": ["/a b"]}, "path_pattern value '/a b' is invalid"),
         ({"path_pattern": ["/%41"]}, "is invalid"),
@@ -63,7 +64,7 @@ def test_valid_conditions_of_every_kind():
         ({"http_header": [{"name": "X", "values": ["a\tb"]}]}, "http_header value"),
         ({"http_header": [{"name": "X", "values": []}]}, "needs at least one value"),
         ({"query_string": [{"values": []}]}, "needs at least one value"),
-        ({"query_string": [{"values": [{"value": "a b"}]}]}, "query_string value"),
+        ({"query_string": [{"values": [{"value": "a\tb"}]}]}, "query_string value"),
         ({"query_string": [{"values": [{"key": "k k", "value": "a"}]}]}, "query_string key"),
         ({"source_ip": ["10.0.0.1/8"]}, "has host bits set"),
         ({"source_ip": ["nope"]}, "source_ip value 'nope' is invalid"),
@@ -154,10 +155,31 @@ def test_redirect_defaults_keep_every_part():
         ({"port": "8080"}, "Invalid enum value '8080'"),
         ({"port": 0}, ">= 1"),
         ({"host": "h" * 129}, "length <= 128"),
+        # What would make a Location that is no URL, or a head h11 refuses to write:
+        ({"path": "/a\r\nX-Inj: 1"}, "redirect path '/a\\r\\nX-Inj: 1': only visible ASCII"),
+        ({"host": "evil.test/x?"}, "redirect host 'evil.test/x?': only letters, digits"),
+        ({"host": "b.test", "query": "a b\u0001"}, "redirect query"),
+        ({"host": "#{host}.example/x"}, "redirect host"),
     ],
 )
 def test_bad_redirects_are_refused(data, message):
     assert message in refused(Redirect, {"type": "redirect", "status_code": "HTTP_302", **data})
+
+
+def test_query_values_may_hold_spaces_as_decoded_queries_do():
+    parsed = conditions(query_string=[{"values": [{"key": "q", "value": "hello world"}]}])
+    assert parsed.query_string[0].values[0].value == "hello world"
+
+
+def test_redirects_with_placeholders_and_uri_characters_are_accepted():
+    redirect = Redirect(
+        protocol="HTTPS",
+        host="www.#{host}",
+        path="/new/#{path}/~user@x:1+2",
+        query="#{query}&from=old%20site",
+        status_code="HTTP_301",
+    )
+    assert redirect.query == "#{query}&from=old%20site"
 
 
 def test_a_redirect_needs_a_status_code():

@@ -275,6 +275,14 @@ def test_query_string_pairs_keys_values_and_decoding():
     assert winner(rules, view("/")) == "default"
 
 
+def test_query_string_values_with_spaces_match_their_encoded_forms():
+    rules = [
+        rule(1, query_string=(QueryStringCondition(values=(QueryPair(key="q", value="a b"),)),))
+    ]
+    assert winner(rules, view("/?q=a%20b")) == "r1"
+    assert winner(rules, view("/?q=a%2520b")) == "default"  # decoded once, not twice
+
+
 def test_query_string_escapes():
     rules = [rule(1, query_string=(QueryStringCondition(values=(QueryPair(value=r"a\*"),)),))]
     assert winner(rules, view("/?k=a*")) == "r1"

@@ -12,9 +12,13 @@ from balancer.stickiness import (
     GROUP_CORS_COOKIE,
     LB_COOKIE,
     LB_CORS_COOKIE,
+    MAX_APP_ENTRIES,
     CookieSealer,
     StickyTarget,
+    app_entries,
+    chromium_80_or_later,
     group_cookies,
+    merged_app_value,
     read_cookies,
     set_cookie,
     sticky_value,
@@ -219,3 +223,60 @@ def test_opening_never_raises(value, app):
 def test_read_cookies_never_raises(headers):
     found = read_cookies(headers, {LB_COOKIE})
     assert set(found) <= {LB_COOKIE}
+
+
+# AWSALBAPP-0: one entry per target group, of this balancer and of others -------------------
+
+
+def test_app_entries_of_other_groups_and_balancers_are_kept(sealer):
+    other_layer = CookieSealer([OTHER])
+    theirs = other_layer.seal_app("inner", "10.0.0.9:80", "s", expires_at=LATER)
+    web_old = sealer.seal_app("web", "10.0.0.1:80", "s", expires_at=LATER)
+    api = sealer.seal_app("api", "10.0.0.2:80", "t", expires_at=LATER)
+    expired = sealer.seal_app("old", "10.0.0.3:80", "s", expires_at=NOW - 1)
+    web_new = sealer.seal_app("web", "10.0.0.4:80", "s", expires_at=LATER)
+    value = merged_app_value(sealer, web_new, "web", [web_old, api, theirs, expired], now=NOW)
+    assert app_entries(value) == [web_new, api, theirs]  # its own first; stale ones dropped
+    assert other_layer.open_app(app_entries(value)[2], "s", now=NOW) == ("inner", "10.0.0.9:80")
+
+
+def test_app_entries_are_bounded(sealer):
+    many = [sealer.seal_app(f"g{i}", "t:1", "s", expires_at=LATER) for i in range(20)]
+    value = merged_app_value(sealer, many[0], "g0", many[1:], now=NOW)
+    assert len(app_entries(value)) == MAX_APP_ENTRIES
+    assert app_entries("." * 10_000) == []
+    assert app_entries("a" * 20_000) == []
+    assert app_entries("x." + "y" * 2000 + ".z") == ["x", "z"]
+
+
+@given(st.lists(st.sampled_from(["a", "b", "c", "d"]), min_size=1, max_size=30))
+def test_every_group_keeps_its_latest_mapping(updates):
+    # Requests to several app-cookie groups, in any order, each re-sealing its own entry.
+    sealer = CookieSealer([KEY])
+    value = ""
+    latest: dict[str, str] = {}
+    for step, group in enumerate(updates):
+        target = f"10.0.0.{step}:80"
+        own = sealer.seal_app(group, target, f"session-{group}", expires_at=LATER)
+        value = merged_app_value(sealer, own, group, app_entries(value), now=NOW)
+        latest[group] = target
+    for group, target in latest.items():
+        opened = [sealer.open_app(e, f"session-{group}", now=NOW) for e in app_entries(value)]
+        assert [o for o in opened if o is not None and o.target_group == group] == [
+            StickyTarget(group, target)
+        ]
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "expected"),
+    [
+        ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/120.0.0.0 Safari/537.36", True),
+        ("Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko) Chrome/80.0.3987.87", True),
+        ("Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko) Chrome/79.0.3945.130", False),
+        ("Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0", False),
+        ("curl/8.0", False),
+        (None, False),
+    ],
+)  # fmt: skip
+def test_chromium_80_or_later(user_agent, expected):
+    assert chromium_80_or_later(user_agent) is expected

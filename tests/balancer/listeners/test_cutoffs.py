@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import trio
+
 from balancer.health import Reason, TargetDeregistered, TargetState
 from balancer.listeners.cutoffs import DrainCutoffs
+
+
+class FakeExchange:
+    def __init__(self) -> None:
+        self.guard = trio.CancelScope()
+        self.cut_off = False
 
 
 def gone(target: str, *, early: bool, group: str = "web") -> TargetDeregistered:
@@ -20,23 +28,32 @@ def gone(target: str, *, early: bool, group: str = "web") -> TargetDeregistered:
 
 async def test_the_deadline_cuts_that_targets_exchanges_only() -> None:
     cutoffs = DrainCutoffs()
-    a1, a2 = cutoffs.open("web", "a:80"), cutoffs.open("web", "a:80")
-    b = cutoffs.open("web", "b:80")
-    elsewhere = cutoffs.open("api", "a:80")  # the same target in another group drains alone
+    a1, a2, b, elsewhere = FakeExchange(), FakeExchange(), FakeExchange(), FakeExchange()
+    cutoffs.track("web", "a:80", a1)
+    cutoffs.track("web", "a:80", a2)
+    cutoffs.track("web", "b:80", b)
+    cutoffs.track("api", "a:80", elsewhere)  # the same target in another group drains alone
     cutoffs.on_events([gone("a:80", early=True)])  # idle: nothing was in flight to cut
-    assert not any(s.cancel_called for s in (a1, a2, b, elsewhere))
+    assert not any(x.guard.cancel_called for x in (a1, a2, b, elsewhere))
     cutoffs.on_events([gone("a:80", early=False)])
-    assert (a1.cancel_called, a2.cancel_called) == (True, True)
-    assert not b.cancel_called
-    assert not elsewhere.cancel_called
+    assert (a1.cut_off, a1.guard.cancel_called, a2.cut_off, a2.guard.cancel_called) == (
+        True,
+        True,
+        True,
+        True,
+    )
+    assert not b.cut_off
+    assert not elsewhere.guard.cancel_called
     assert len(cutoffs) == 2
 
 
-async def test_closed_exchanges_are_forgotten() -> None:
+async def test_finished_exchanges_are_forgotten() -> None:
     cutoffs = DrainCutoffs()
-    scope = cutoffs.open("web", "a:80")
-    cutoffs.close("web", "a:80", scope)
-    cutoffs.close("web", "a:80", scope)  # twice, or after the deadline took it: no error
+    exchange = FakeExchange()
+    cutoffs.track("web", "a:80", exchange)
+    cutoffs.untrack("web", "a:80", exchange)
+    cutoffs.untrack("web", "a:80", exchange)  # twice, or after the deadline took it: no error
     assert len(cutoffs) == 0
     cutoffs.on_events([gone("a:80", early=False)])
-    assert not scope.cancel_called
+    assert not exchange.cut_off
+    assert not exchange.guard.cancel_called

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -14,10 +15,12 @@ from hypothesis import strategies as st
 
 from balancer.config import (
     BalancerConfig,
+    Conditions,
     Forward,
     GroupStickiness,
     HealthCheck,
     HttpListener,
+    Rule,
     Stickiness,
     StickinessKeys,
     Target,
@@ -220,6 +223,106 @@ async def test_app_cookie_stickiness_through_the_balancer(key_file):
             for _ in range(5):
                 _, headers, _ = await client.request(headers=[("cookie", jar)])
                 assert headers["x-target"] == owner
+
+
+def setting(cookie: str) -> Handler:
+    """A target that starts an application session (cookie ``cookie``) when none is sent."""
+
+    async def session(seen: Seen, server: TargetServer) -> Reply | str:
+        reply = await echo(seen, server)
+        assert isinstance(reply, Reply)
+        if not any(f"{cookie}=" in v for v in seen.all("cookie")):
+            reply.headers.append(("set-cookie", f"{cookie}={server.name}-1; Path=/"))
+        return reply
+
+    return session
+
+
+class Browser:
+    """A client with a cookie jar, as a browser keeps one (a later Set-Cookie replaces)."""
+
+    def __init__(self, client: Client, *, user_agent: str = "test") -> None:
+        self.client = client
+        self.user_agent = user_agent
+        self.jar: dict[str, str] = {}
+        self.set_cookies: list[str] = []
+
+    async def get(self, path: str = "/") -> tuple[str, Any]:
+        headers = [("user-agent", self.user_agent)]
+        if self.jar:
+            headers.append(("cookie", "; ".join(f"{k}={v}" for k, v in self.jar.items())))
+        status, response, body = await self.client.request(target=path, headers=headers)
+        assert status == 200
+        self.set_cookies = list(self.client.set_cookies)
+        for cookie in self.set_cookies:
+            name, _, value = cookie.partition(";")[0].partition("=")
+            self.jar[name] = value
+        return response["x-target"], json.loads(body)
+
+
+async def test_two_app_cookie_groups_each_keep_their_own_session(key_file):
+    # ALB: stickiness information "is captured for each target group that has
+    # application-based stickiness enabled"; one group's mapping must not evict another's.
+    one = Stickiness(enabled=True, type="app_cookie", cookie_name="SESSION")
+    two = Stickiness(enabled=True, type="app_cookie", cookie_name="OTHER")
+    rules = [
+        Rule(priority=1, conditions=Conditions(path_pattern=("/one/*",)),
+             action=Forward(target_group="one")),
+        Rule(priority=2, conditions=Conditions(path_pattern=("/two/*",)),
+             action=Forward(target_group="two")),
+    ]  # fmt: skip
+    servers = [TargetServer(n, setting("SESSION")) for n in ("a1", "a2")] + [
+        TargetServer(n, setting("OTHER")) for n in ("b1", "b2")
+    ]
+    async with running_targets(*servers) as (a1, a2, b1, b2):
+        groups = [group("one", a1, a2, stickiness=one), group("two", b1, b2, stickiness=two)]
+        cfg = config(
+            [listener(Forward(target_group="one"), rules=rules)], groups, key_file=key_file
+        )
+        async with balancer(cfg) as daemon, Client.connect(front(daemon)) as client:
+            browser = Browser(client, user_agent="Mozilla/5.0 Chrome/120.0.0.0 Safari/537.36")
+            seen_one: set[str] = set()
+            seen_two: set[str] = set()
+            for i in range(6):
+                seen_one.add((await browser.get(f"/one/{i}"))[0])
+                seen_two.add((await browser.get(f"/two/{i}"))[0])
+            assert len(seen_one) == len(seen_two) == 1
+            (app_cookie,) = [c for c in browser.set_cookies if c.startswith(f"{APP_COOKIE}=")]
+            assert app_cookie.endswith("; Path=/; SameSite=None; Secure")  # Chromium 80+
+
+
+async def test_app_cookie_stickiness_holds_across_two_layers_of_balancers(key_file, tmp_path):
+    # ALB: "If you are using multiple layers of Application Load Balancers, you can enable
+    # sticky sessions across all layers with application-based cookies."
+    inner_key = tmp_path / "inner.key"
+    inner_key.write_bytes(b"another key of thirty-two bytes!")
+    sticky = Stickiness(enabled=True, type="app_cookie", cookie_name="SESSION")
+    async with running_targets(
+        TargetServer("t1", setting("SESSION")), TargetServer("t2", setting("SESSION"))
+    ) as (t1, t2):
+        inner_cfg = config(
+            [listener(name="in1"), listener(name="in2")],
+            [group("web", t1, t2, stickiness=sticky)],
+            key_file=str(inner_key),
+        )
+        async with balancer(inner_cfg) as inner:
+            ports = [front(inner, name)[1] for name in ("in1", "in2")]
+            layer = msgspec.structs.replace(
+                group("web", stickiness=sticky),
+                targets=tuple(Target(host="127.0.0.1", port=port) for port in ports),
+            )
+            outer_cfg = config([listener()], [layer], key_file=key_file)
+            async with balancer(outer_cfg) as outer, Client.connect(front(outer)) as client:
+                browser = Browser(client)
+                paths = set()
+                for _ in range(8):
+                    target, echoed = await browser.get()
+                    headers = dict(echoed["headers"])
+                    paths.add((target, headers["x-forwarded-port"]))
+                assert len(paths) == 1  # the same inner listener and the same target
+                app_cookies = [c for c in browser.set_cookies if c.startswith(f"{APP_COOKIE}=")]
+                assert len(app_cookies) == 1  # the layers' entries merged into one cookie
+                assert len(browser.jar[APP_COOKIE].split(".")) == 2
 
 
 async def test_weighted_groups_with_group_stickiness(key_file):
