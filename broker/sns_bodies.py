@@ -117,6 +117,10 @@ class Bodies:
         if template is None:
             prefix, suffix = self._template(text)
             allowed = body_characters_allowed(prefix) and body_characters_allowed(suffix)
+            if not allowed:  # U+FFFF and the like: JSON escapes keep the copy storable
+                prefix = sns_envelope.escape_unstorable(prefix)
+                suffix = sns_envelope.escape_unstorable(suffix)
+                allowed = body_characters_allowed(prefix) and body_characters_allowed(suffix)
             template = self._templates[text] = (prefix, suffix, allowed)
         return template
 

@@ -363,15 +363,18 @@ def encode(envelope: Mapping[str, Any]) -> str:
         else:
             text = _json(value)
         lines.append(f"  {_json(name)} : {text}")
-    encoded = "{\n" + ",\n".join(lines) + "\n}"
-    if _UNSTORABLE.search(encoded) is None:
-        return encoded
+    return "{\n" + ",\n".join(lines) + "\n}"
+
+
+def escape_unstorable(encoded: str) -> str:
+    """JSON text with the characters an SQS message body may not hold (U+FFFE, U+FFFF, lone
+    surrogates) written as ``\\u`` escapes: the same document to a JSON reader (and the
+    same signature, which covers values, not their spelling), storable in a queue. The
+    caller runs it only on text that failed SQS's character check: a rare case, and a scan
+    of every envelope would cost more than the rest of building it."""
     return _UNSTORABLE.sub(lambda found: f"\\u{ord(found[0]):04x}", encoded)
 
 
-# Characters JSON may carry but an SQS message body may not (U+FFFE, U+FFFF, lone
-# surrogates): written as \u escapes, so an envelope always fits in a queue, and a JSON
-# reader still gets the very characters that were published.
 _UNSTORABLE: Final = re.compile("[\ud800-\udfff\ufffe\uffff]")
 
 
