@@ -314,7 +314,7 @@ class HttpClient:
         conn = connection.h11
         try:
             head = h11.Request(method="POST", target=target.target, headers=request_headers)
-        except h11.LocalProtocolError as error:  # parse_target lets nothing through that fails
+        except (h11.LocalProtocolError, UnicodeError) as error:  # parse_target prevents it
             raise _Failure("invalid-url", f"cannot send to this URL: {error}") from None
         data = conn.send(head)
         data += conn.send(h11.Data(data=body)) or b""

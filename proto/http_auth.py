@@ -158,6 +158,9 @@ def _digest_session(params: dict[str, str], credentials: Credentials) -> DigestS
     algorithm = params.get("algorithm")
     if nonce is None:
         return None
+    echoed = (params.get(name) for name in ("realm", "nonce", "opaque", "algorithm"))
+    if not all(value is None or (value.isascii() and value.isprintable()) for value in echoed):
+        return None  # they go back in a header: only printable ASCII can
     if algorithm is not None and algorithm.upper().removesuffix("-SESS") not in _DIGEST_HASHES:
         return None
     offered = {option.strip().lower() for option in params.get("qop", "").split(",")}

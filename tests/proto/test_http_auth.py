@@ -8,6 +8,7 @@ import hashlib
 import urllib.request
 from typing import Any
 
+import h11
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -130,6 +131,8 @@ def test_the_first_answerable_digest_wins_over_basic() -> None:
         MUFASA
     )  # a Digest challenge without a nonce cannot be answered
     assert answer_challenges(['Bearer realm="r"', "Negotiate abc=="], MUFASA) is None
+    # Values that would go back in the Authorization header must be printable ASCII there.
+    assert answer_challenges(['Digest realm="r\xe9", nonce="n"'], MUFASA) is None
     assert answer_challenges([], MUFASA) is None
 
 
@@ -197,3 +200,28 @@ def test_md5_answers_agree_with_urllib(
         )
         answer = fields(ours.authorization("POST", request.selector, b"x", cnonce))
         assert (answer["response"], answer["nc"]) == (expected["response"], expected["nc"])
+
+
+@given(
+    params=st.dictionaries(
+        st.sampled_from(["realm", "nonce", "opaque", "algorithm", "qop", "userhash", "x"]),
+        st.text(max_size=30),
+    ),
+    user=st.text(min_size=1, max_size=20),
+    password=st.text(max_size=20),
+)
+def test_every_answer_is_a_header_value_h11_sends(
+    params: dict[str, str], user: str, password: str
+) -> None:
+    quoted = ", ".join(
+        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+        for k, v in params.items()
+    )
+    for value in (f"Digest {quoted}", "Basic realm=x"):
+        scheme = answer_challenges([value], Credentials(user, password))
+        if scheme is None:
+            continue
+        header = scheme.authorization("POST", "/hook?a=1", b"body", "c0ffee")
+        h11.Request(
+            method="POST", target="/hook", headers=[("Host", "h"), ("Authorization", header)]
+        )
