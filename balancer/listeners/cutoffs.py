@@ -48,21 +48,26 @@ class DrainCutoffs:
         exchanges.add(exchange)
 
     def untrack(self, group: str, target_id: str, exchange: Cuttable) -> None:
-        key = (group, target_id)
-        exchanges = self._exchanges.get(key)
+        # A target's set stays while it is registered (no set made and dropped per request);
+        # its departure removes it.
+        exchanges = self._exchanges.get((group, target_id))
         if exchanges is not None:
             exchanges.discard(exchange)
-            if not exchanges:
-                del self._exchanges[key]
 
     def on_events(self, events: Sequence[TargetStateChanged]) -> None:
         """A runtime observer: a target that left at its deadline (not early, when idle)
         takes the exchanges still in flight with it."""
         for event in events:
-            if isinstance(event, TargetDeregistered) and not event.early:
-                for exchange in self._exchanges.pop((event.target_group, event.target_id), ()):
-                    exchange.cut_off = True
-                    exchange.guard.cancel()
+            if not isinstance(event, TargetDeregistered):
+                continue
+            key = (event.target_group, event.target_id)
+            if event.early:  # it went idle: nothing to cut, and its (empty) set can go
+                if not self._exchanges.get(key):
+                    self._exchanges.pop(key, None)
+                continue
+            for exchange in self._exchanges.pop(key, ()):
+                exchange.cut_off = True
+                exchange.guard.cancel()
 
     def __len__(self) -> int:
         return sum(len(exchanges) for exchanges in self._exchanges.values())

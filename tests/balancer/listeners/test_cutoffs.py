@@ -54,6 +54,8 @@ async def test_finished_exchanges_are_forgotten() -> None:
     cutoffs.untrack("web", "a:80", exchange)
     cutoffs.untrack("web", "a:80", exchange)  # twice, or after the deadline took it: no error
     assert len(cutoffs) == 0
+    cutoffs.on_events([gone("a:80", early=True)])  # idle and gone: its set goes too
+    assert cutoffs._exchanges == {}
     cutoffs.on_events([gone("a:80", early=False)])
     assert not exchange.cut_off
     assert not exchange.guard.cancel_called
