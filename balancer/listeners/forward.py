@@ -231,6 +231,10 @@ async def _exchange(
                 if attempt == 0 and retryable and up.reused and not failure.answered:
                     continue  # the finally below closes the stale connection
                 ex.error_reason = failure.reason
+                if not failure.answered:
+                    # ALB's access log: every processing time -1 when "the target closes the
+                    # connection before the idle timeout" (the request was never dispatched).
+                    ex.sent_at = None
                 ex.close_after = ex.close_after or client.conn.their_state is not h11.DONE
                 await respond(client, ex, 502, b"bad gateway\n")
                 return

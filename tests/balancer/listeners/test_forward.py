@@ -20,7 +20,7 @@ import trio
 import trustme
 
 import balancer.listeners.forward as forward_module
-from balancer.config import Forward, HttpsListener, ListenerTimeouts
+from balancer.config import AccessLog, Forward, HttpsListener, ListenerTimeouts
 from balancer.listeners.exchange import parse_address
 from balancer.listeners.forward import is_trusted
 from balancer.runtime import ListenerRuntime
@@ -139,16 +139,26 @@ async def test_502_when_the_target_refuses_connections():
 
 
 @pytest.mark.parametrize("outcome", [Action.GARBAGE, Action.CLOSE])
-async def test_502_when_the_target_answers_garbage_or_nothing(outcome: str) -> None:
+async def test_502_when_the_target_answers_garbage_or_nothing(outcome: str, tmp_path) -> None:
     async def broken(seen: Seen, server: TargetServer) -> Reply | str:
         return outcome
 
+    path = tmp_path / "access.log"
+    logged = listener(access_log=AccessLog(enabled=True, destination=str(path)))
     async with (
         running_targets(TargetServer("a", broken)) as (target,),
-        balancer(config([listener()], [group("web", target)])) as daemon,
+        balancer(config([logged], [group("web", target)])) as daemon,
         Client.connect(front(daemon)) as client,
     ):
         assert (await client.request("POST", body=b"x"))[0] == 502
+        await trio.sleep(1.3)  # the app flushes access logs once a second
+    (line,) = path.read_text().splitlines()
+    times = line.split(" ")[5:8]
+    if outcome == Action.CLOSE:  # ALB: all three -1 when the target closes before answering
+        assert times == ["-1", "-1", "-1"]
+    else:  # it answered, if with garbage: the request was dispatched
+        assert times[0] != "-1"
+        assert times[1:] == ["-1", "-1"]
 
 
 async def test_without_a_response_timeout_the_idle_timeout_bounds_a_silent_target():
