@@ -39,6 +39,16 @@ from monitoring import fastio
 from monitoring.settings import HttpLimits
 
 MAX_RECV: Final = 65536  # bytes per receive_some: one socket buffer's worth, bounds each read
+# A response goes out in slices of this size, each with the whole write timeout.
+WRITE_SLICE_BYTES: Final = 256 * 1024
+# The bytes a request may take on the wire past its head and body limits: chunk-size lines,
+# chunk extensions and trailers, which llhttp reads but the body bound does not see.
+FRAMING_ALLOWANCE_BYTES: Final = 64 * 1024
+# After a refusal, how long and how much of what the client still sends is read and dropped.
+LINGER_SECONDS: Final = 2.0
+LINGER_BYTES: Final = 8 << 20
+# Empty lines ignored before a request line (RFC 9112 §2.2: "SHOULD ignore at least one").
+BLANK_READS_IGNORED: Final = 1
 
 REASONS: Final = {
     200: b"OK",
@@ -51,6 +61,7 @@ REASONS: Final = {
     413: b"Content Too Large",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
+    501: b"Not Implemented",
     503: b"Service Unavailable",
     505: b"HTTP Version Not Supported",
 }
@@ -226,14 +237,35 @@ class _Connection:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise _ClientGone from None
 
-    async def receive(self) -> bytes:
-        """The next bytes from the client, waiting for them (the caller bounds the wait)."""
+    async def receive(self, *, checkpoint: bool = False) -> bytes:
+        """The next bytes from the client, waiting for them (the caller bounds the wait).
+
+        ``checkpoint`` yields to the other tasks even when bytes were there at once: a
+        client that keeps the socket full must not hold the event loop for a whole body.
+        """
         try:
             if self._socket is not None:
-                return await fastio.receive(self._socket, MAX_RECV)
+                return await fastio.receive(self._socket, MAX_RECV, checkpoint=checkpoint)
             return bytes(await self.stream.receive_some(MAX_RECV))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise _ClientGone from None
+
+    async def linger(self) -> None:
+        """Before closing after a refusal: half-close, then read and drop what the client
+        still sends, for a moment, so that it reads the answer rather than a reset (a close
+        with unread bytes sends RST, which discards the answer; RFC 9112 §9.6)."""
+        with trio.move_on_after(LINGER_SECONDS):
+            try:
+                if isinstance(self.stream, trio.SocketStream):
+                    await self.stream.send_eof()
+                drained = 0
+                while drained < LINGER_BYTES:
+                    data = await self.receive(checkpoint=True)
+                    if not data:
+                        return
+                    drained += len(data)
+            except (_ClientGone, OSError):
+                return
 
     async def write(self, data: bytes, limits: HttpLimits) -> None:
         """Send all of ``data``; a write that must wait is bounded by the write timeout."""
@@ -252,16 +284,21 @@ class _Connection:
                 await trio.lowlevel.cancel_shielded_checkpoint()
                 return
             pending = memoryview(data)[sent:]
-        with trio.move_on_after(limits.write_timeout_seconds) as scope:
-            try:
-                if self._socket is not None:
-                    await fastio.send_all(self._socket, pending)
-                else:
-                    await self.stream.send_all(pending)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise _ClientGone from None
-        if scope.cancelled_caught:
-            raise _ClientGone
+        # The write timeout bounds how long the client may stop reading, not the whole
+        # response: a steady reader of a large ReceiveMessage answer must not be cut off
+        # (its messages would stay in flight, received but never delivered).
+        view = memoryview(pending)
+        for start in range(0, len(view), WRITE_SLICE_BYTES):
+            with trio.move_on_after(limits.write_timeout_seconds) as scope:
+                try:
+                    if self._socket is not None:
+                        await fastio.send_all(self._socket, view[start : start + WRITE_SLICE_BYTES])
+                    else:
+                        await self.stream.send_all(view[start : start + WRITE_SLICE_BYTES])
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    raise _ClientGone from None
+            if scope.cancelled_caught:
+                raise _ClientGone
 
 
 class UnsendableResponse(ValueError):
@@ -293,14 +330,17 @@ class _RequestParser:
         "_body",
         "_body_size",
         "_client",
+        "_declares_body",
         "_head_bytes",
         "_head_size",
         "_headers",
         "_http",
         "_max_body_bytes",
         "_max_header_bytes",
+        "_max_wire_bytes",
         "_method",
         "_target",
+        "_wire_bytes",
         "complete",
         "expects_continue",
         "fault",
@@ -327,6 +367,10 @@ class _RequestParser:
         self._body = bytearray()
         self._body_size = 0
         self._begun = 0  # messages begun on this connection
+        self._declares_body = False
+        # Everything a request may take on the wire: head, body and chunked framing.
+        self._max_wire_bytes = max_header_bytes + 2 * max_body_bytes + FRAMING_ALLOWANCE_BYTES
+        self._wire_bytes = 0
 
     def feed(self, data: bytes) -> None:
         """Parse ``data`` (b"" when the client closed its side)."""
@@ -341,7 +385,15 @@ class _RequestParser:
         try:
             self._http.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self.fault = (0, "")  # no protocol switch here: answer what came, then close
+            if self._declares_body and self.complete:
+                # llhttp ends an Upgrade request at its head and takes the body for the new
+                # protocol's bytes: the request would run without its body. No protocol
+                # switch happens here, so refuse it (RFC 9110 §7.8 lets a server ignore
+                # Upgrade; llhttp cannot, for a request with a body).
+                self.complete.pop()
+                self.fault = (400, "malformed request: Upgrade with a body is not supported\n")
+            else:
+                self.fault = (0, "")  # no protocol switch here: answer what came, then close
         except httptools.HttpParserCallbackError as exc:
             refused = exc.__context__
             if not isinstance(refused, _Refused):
@@ -357,6 +409,12 @@ class _RequestParser:
                 self._head_bytes += len(data)
                 if self._head_bytes > self._max_header_bytes:
                     self.fault = (431, "request headers too large\n")
+            if self.in_message:
+                # A chunked body's framing is not body: an endless chunk extension, or a
+                # body of one-byte chunks, is bounded here.
+                self._wire_bytes += len(data)
+                if self._wire_bytes > self._max_wire_bytes:
+                    self.fault = (413, "request exceeds the limit of its size on the wire\n")
 
     def between_requests(self) -> bool:
         """Whether nothing of a next request (nor a fault) has arrived yet."""
@@ -378,6 +436,8 @@ class _RequestParser:
         self._head_bytes = 0
         self._body = bytearray()
         self._body_size = 0
+        self._declares_body = False
+        self._wire_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self._target += url
@@ -403,6 +463,14 @@ class _RequestParser:
                 host = True
             elif name == b"content-length":
                 declared = int(value)  # llhttp has refused a malformed Content-Length
+                self._declares_body = self._declares_body or declared > 0
+            elif name == b"transfer-encoding":
+                self._declares_body = True
+                codings = [c.strip().lower() for c in value.split(b",")]
+                if any(coding != b"chunked" for coding in codings):
+                    # RFC 9112 §6.1: a transfer coding the server does not understand is
+                    # answered 501 (llhttp would frame the body and pass it on still coded).
+                    raise _Refused(501, "only the chunked transfer coding is supported\n")
             elif name == b"expect":
                 continue_ = value.lower() == b"100-continue"
         if version == "1.1" and not host:
@@ -505,15 +573,22 @@ async def _read_request(
 ) -> Request | None:
     """The next complete request, or None when the connection should close (answered)."""
     if parser.between_requests():
-        data = connection.ready()
-        if data is None:
-            # Nothing of the next request yet: closing now loses no work.
-            with draining.idle(trio.current_time() + limits.idle_timeout_seconds):
-                data = await connection.receive()
-        if data is not None:
-            parser.feed(data)
-        if parser.between_requests():
-            return None  # idle timeout, the daemon is draining, or only blank lines came
+        idle_until = trio.current_time() + limits.idle_timeout_seconds
+        for _ in range(BLANK_READS_IGNORED + 1):
+            data = connection.ready()
+            if data is None:
+                # Nothing of the next request yet: closing now loses no work.
+                with draining.idle(idle_until):
+                    data = await connection.receive()
+            if data is not None:
+                parser.feed(data)
+            if not parser.between_requests():
+                break
+            if data is None:
+                return None  # idle timeout, or the daemon is draining
+            # Only empty lines came (llhttp skips them): wait for the request itself.
+        else:
+            return None  # nothing but empty lines
     if parser.complete:
         return parser.complete.popleft()
     deadline = trio.current_time() + (
@@ -534,7 +609,7 @@ async def _read_request(
             parser.expects_continue = False
             await connection.write(b"HTTP/1.1 100 Continue\r\n\r\n", limits)
         with trio.move_on_at(deadline):
-            parser.feed(await connection.receive())
+            parser.feed(await connection.receive(checkpoint=True))
             if parser.head_done:
                 deadline = trio.current_time() + limits.body_timeout_seconds
             continue
@@ -595,6 +670,7 @@ async def _send_closing(
     except UnsendableResponse:
         return  # an on_refusal hook's bad header: close without an answer
     await connection.write(data, limits)
+    await connection.linger()
 
 
 # RFC 9110 token characters; a header value may hold no control character but HTAB.

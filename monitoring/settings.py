@@ -91,7 +91,8 @@ class HttpLimits(Section, frozen=True, kw_only=True):
         Seconds, Meta(description="How long an idle keep-alive connection stays open.")
     ] = 60.0
     write_timeout_seconds: Annotated[
-        Seconds, Meta(description="Longest a client may take to accept a response's bytes.")
+        Seconds,
+        Meta(description="Longest a client may take to accept each 256 KiB of a response."),
     ] = 30.0
     max_header_bytes: Annotated[
         int, Meta(ge=1024, le=1048576, description="Request line plus all headers.")

@@ -31,7 +31,7 @@ import binascii
 import re
 from collections.abc import Mapping
 from typing import Any, Final
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 from proto.aws.errors import AwsError, common_error
 from proto.aws.shapes import (
@@ -65,6 +65,8 @@ MAX_FIELDS: Final = 5000
 # and a sign hold any of them, and bounding the length keeps int() linear.
 _INTEGER: Final = re.compile(r"[+-]?\d{1,20}")
 _INDEX: Final = re.compile(r"[1-9]\d{0,5}")
+# Form bodies at least this long are split and decoded by :func:`split_form`.
+LARGE_FORM_CHARS: Final = 64 * 1024
 # The most dotted segments one key may have. The deepest keys of the SQS and SNS models have 8
 # (``PublishBatchRequestEntries.member.1.MessageAttributes.entry.1.Value.StringValue``); a key
 # of a million dots would otherwise build a million tree nodes (a gigabyte) for one field.
@@ -88,7 +90,43 @@ def _malformed(path: str, why: str) -> AwsError:
 def _fields(source: str | bytes) -> list[tuple[str, str]]:
     text = source.decode("utf-8") if isinstance(source, bytes) else source
     # Form encoding (application/x-www-form-urlencoded): '+' is a space here.
-    return parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=MAX_FIELDS)
+    if len(text) < LARGE_FORM_CHARS:
+        return parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=MAX_FIELDS)
+    return split_form(text)
+
+
+def split_form(text: str) -> list[tuple[str, str]]:
+    """``parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=MAX_FIELDS)``,
+    the same pairs and errors, with long percent-encoded values decoded at C speed.
+
+    parse_qsl decodes each ``%XX`` in a Python loop (~0.6 us each): a 1 MiB message of
+    non-ASCII text, 3 MiB encoded, held the event loop for a second.
+    """
+    if text.count("&") + 1 > MAX_FIELDS:
+        raise ValueError("Max number of fields exceeded")
+    fields = []
+    for pair in text.split("&"):
+        if not pair:
+            continue
+        name, _, value = pair.partition("=")
+        fields.append((unquote_plus(name), unquote_plus(value)))
+    return fields
+
+
+def unquote_plus(text: str) -> str:
+    """``urllib.parse.unquote(text.replace("+", " "), errors="strict")``, faster when long."""
+    text = text.replace("+", " ")
+    if "%" not in text:
+        return text
+    if len(text) < 64 or not text.isascii() or "\\" in text:
+        return unquote(text, errors="strict")
+    try:
+        # Every %XX becomes \xXX and unicode_escape turns those into code points 0-255 in C;
+        # their latin-1 bytes are then the decoded bytes, read as UTF-8 like unquote does.
+        octets = text.replace("%", "\\x").encode("ascii").decode("unicode_escape")
+    except UnicodeDecodeError:
+        return unquote(text, errors="strict")  # a '%' not followed by two hex digits
+    return octets.encode("latin-1").decode("utf-8")
 
 
 def _tree(body: bytes, query: str | bytes) -> _Node:

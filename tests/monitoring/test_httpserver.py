@@ -542,3 +542,123 @@ async def test_a_client_pipelining_many_requests_does_not_hold_the_event_loop(nu
             await all_served.wait()
     assert served.count(b"/busy") == 300
     assert served.index(b"/other") < 300  # served while the pipeline was, not after it
+
+
+# ---------------------------------------------------------------------- hostile streams
+
+
+async def test_an_endless_chunk_extension_is_bounded_and_never_holds_the_event_loop(nursery):
+    # One chunk whose extension never ends: llhttp reads it, the body bound never sees it.
+    served: list[bytes] = []
+
+    async def record(request: Request) -> Response:
+        served.append(request.target)
+        return Response(200, b"ok")
+
+    srv = await Server(nursery, record, max_body=4 << 20).start()
+    answered_meanwhile = False
+    hostile = await trio.open_tcp_stream(*srv.addr)
+    async with hostile:
+        await hostile.send_all(
+            b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1;e="
+        )
+        sent = 0
+        with trio.fail_after(20):
+            try:
+                while sent < 64 << 20:  # bounded; the server must stop it far earlier
+                    await hostile.send_all(b"e" * 65536)
+                    sent += 65536
+                    if sent == 1 << 20:  # mid-stream: does anyone else get served?
+                        other = await request(srv.addr, target="/other")
+                        answered_meanwhile = other[0] == 200
+            except trio.BrokenResourceError:
+                pass  # the server closed after its 413
+            answer = b""
+            with trio.move_on_after(2):
+                while chunk := await hostile.receive_some(65536):
+                    answer += chunk
+    assert answered_meanwhile
+    # refused past head + twice the body limit + a framing allowance (~8 MiB), then at most
+    # 8 MiB more read and dropped while the 413 is given a chance to be read
+    assert sent < 20 << 20
+    assert served == [b"/other"]
+    assert answer.startswith(b"HTTP/1.1 413 ") or answer == b""  # the reset may beat it
+
+
+async def test_an_upgrade_request_with_a_body_is_refused_not_run_without_it():
+    # llhttp ends an Upgrade request at its head: the body would be lost, the action run empty.
+    sent = await _serve_script(
+        [
+            b"POST /x HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+            b"Content-Length: 5\r\n\r\nhello"
+        ]
+    )
+    assert sent.startswith(b"HTTP/1.1 400 ")
+    assert b"POST /x" not in sent
+
+
+async def test_an_empty_line_between_keep_alive_requests_is_ignored(server):
+    stream = await trio.open_tcp_stream(*server.addr)
+    async with stream:
+        received = b""
+        with trio.fail_after(5):
+            await stream.send_all(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n")
+            while b"GET /a " not in received:
+                received += await stream.receive_some(65536)
+            await stream.send_all(b"\r\n")
+            await trio.sleep(0.1)  # its own read, as the empty line of a separate write
+            await stream.send_all(b"GET /b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            while chunk := await stream.receive_some(65536):
+                received += chunk
+    assert _responses(received) == [(200, b"GET /a "), (200, b"GET /b ")]
+
+
+async def test_a_steady_slow_reader_gets_a_response_longer_than_the_write_timeout(nursery):
+    # The write timeout bounds a pause in reading, not the whole transfer: a large answer to
+    # a client that reads steadily must arrive whole (ReceiveMessage: else it is lost in flight).
+    big = bytes(range(256)) * (64 * 1024)  # 16 MiB: more than the loopback buffers hold
+    limits = HttpLimits(write_timeout_seconds=1.0, idle_timeout_seconds=5)
+
+    async def huge(request: Request) -> Response:
+        return Response(200, big)
+
+    srv = await Server(nursery, huge, limits=limits).start()
+    stream = await trio.open_tcp_stream(*srv.addr)
+    async with stream:
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        received = bytearray()
+        with trio.fail_after(60):
+            while chunk := await stream.receive_some(512 * 1024):
+                received += chunk
+                await trio.sleep(0.1)  # ~5 MB/s: several seconds in all, no long pause
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert body == big
+
+
+async def test_a_client_still_sending_a_refused_body_reads_the_413_not_a_reset(nursery):
+    # http.client sends the whole body before it reads: a close with its bytes unread would
+    # reset the connection, and the reset discards the 413 waiting in the client's buffer.
+    srv = await Server(nursery, echo, max_body=1024).start()
+    stream = await trio.open_tcp_stream(*srv.addr)
+    async with stream:
+        body = b"b" * (2 << 20)
+        await stream.send_all(
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        with trio.fail_after(10):
+            await stream.send_all(body)
+            answer = b""
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413 ")
+
+
+async def test_an_unknown_transfer_coding_is_not_implemented():
+    sent = await _serve_script(
+        [
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\n"
+        ]
+    )
+    assert sent.startswith(b"HTTP/1.1 501 ")

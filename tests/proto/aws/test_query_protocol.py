@@ -3,6 +3,7 @@ XML parser, a real SNS client, and request/response samples from the AWS API ref
 
 from __future__ import annotations
 
+import urllib.parse
 import xml.etree.ElementTree as ET
 from typing import Any
 from urllib.parse import urlencode
@@ -644,3 +645,44 @@ def test_common_errors_render_in_both_services():
 
 def test_module_constants():
     assert query_protocol.CONTENT_TYPE == "application/x-www-form-urlencoded"
+
+
+# Large form bodies: decoded like parse_qsl, faster -------------------------------------------
+
+_FORM_PIECES = [*"%&=+aAzZ09fF\\é€ ", "%C3%A9", "%E2%82%AC", "%41", "%ff", "%2B", "%4"]
+# Pieces repeated so that values pass the fast path's 64-character threshold.
+_FORM_TEXT = st.lists(st.sampled_from(_FORM_PIECES), max_size=120).map(lambda p: "".join(p) * 3)
+
+
+def _outcome(function: Any, *args: Any) -> Any:
+    try:
+        return ("ok", function(*args))
+    except (ValueError, UnicodeDecodeError) as error:  # what parse_qsl/unquote raise
+        return ("error", type(error))
+
+
+@given(_FORM_TEXT)
+@example("%C3" * 40)  # cut UTF-8: both raise
+@example("%41" * 30 + "%4")  # a dangling escape: unquote keeps it literally
+@example("%e2%82%ac+" * 30)  # the fast path proper
+def test_unquote_plus_is_urllibs(text: str) -> None:
+    assert _outcome(query_protocol.unquote_plus, text) == _outcome(
+        lambda t: urllib.parse.unquote(t.replace("+", " "), errors="strict"), text
+    )
+
+
+@given(_FORM_TEXT)
+def test_split_form_is_parse_qsl(text: str) -> None:
+    expected = _outcome(
+        lambda t: urllib.parse.parse_qsl(
+            t, keep_blank_values=True, errors="strict", max_num_fields=query_protocol.MAX_FIELDS
+        ),
+        text,
+    )
+    assert _outcome(query_protocol.split_form, text) == expected
+
+
+def test_a_large_form_body_decodes_through_the_fast_path() -> None:
+    body = b"Action=ListQueues&QueueNamePrefix=" + b"%41" * 100_000
+    decoded = query_protocol.decode_request(SQS, body=body)
+    assert decoded.params["QueueNamePrefix"] == "A" * 100_000
