@@ -515,7 +515,7 @@ def shuffle_case(text: str, draw: st.DrawFn) -> str:
 host_patterns = st.builds(
     lambda head, tld: f"{head}.{tld}",
     st.text("aB-.*?", max_size=6),
-    st.text("aBc*?", min_size=1, max_size=3),
+    st.text("aBc", min_size=1, max_size=3),  # ALB: only letters after the last "."
 )
 
 
