@@ -4,10 +4,14 @@ Serves the admin listener of both daemons and the broker's SQS/SNS API: whole re
 whole responses out. (The balancer's proxy streams bodies and has its own shell.)
 
 Every wait a client controls has a deadline: the idle keep-alive wait, the header read, each
-body read, each write. Bodies are bounded before they are buffered: a declared Content-Length
-over the limit is refused with 413 before a byte of it is read, a chunked body is cut off the
-moment it passes the limit. A malformed request gets 400 and the connection is closed;
-llhttp does the framing, we never re-frame bodies by hand.
+body read, each 256 KiB of a response. Bodies are bounded before they are buffered: a declared
+Content-Length over the limit is refused with 413 before a byte of it is read, a chunked body
+is cut off the moment it passes the limit, and a request's bytes on the wire (chunk framing
+and extensions included) are bounded too. Reads inside a request yield to the other tasks,
+so one client streaming at full speed never holds the event loop. A malformed request gets
+400 and the connection is closed, after a moment of reading what the client still sends (so
+that it reads the answer, not a reset); llhttp does the framing, we never re-frame bodies by
+hand.
 
 Why llhttp and not h11 (which the balancer's proxy uses): the broker's requests are small and
 many, and h11's pure-Python parsing was a quarter of a SendMessage's CPU; llhttp parses the
