@@ -256,6 +256,14 @@ def forwardable_framing(status: int, headers: list[Header]) -> list[Header]:
     return [(name, value) for name, value in headers if name not in dropped]
 
 
+def first_header(headers: Iterable[Header], name: bytes) -> bytes | None:
+    """The value of the first header named ``name`` (lower-case, as h11 gives names)."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
 def prepare_response(status: int, headers: Iterable[Header]) -> tuple[list[Header], bool]:
     """A target's response headers as the client gets them, in one pass.
 

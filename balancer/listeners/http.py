@@ -52,6 +52,7 @@ from proto.http1 import (
     classify_head,
     classify_headers,
     classify_parse_error,
+    first_header,
     forwarded_for_overflow,
     head_end,
     header_list,
@@ -284,7 +285,7 @@ class _Connection:
                     http_version=request.http_version,
                     _parsed=True,  # h11 parsed the target's bytes and every field already
                 )
-        elif request.http_version == b"1.0" and _first(headers, b"host") is None:
+        elif request.http_version == b"1.0" and first_header(headers, b"host") is None:
             # As ALB: a Host of the balancer's own address, for the rules, redirects and logs.
             headers.insert(0, (b"host", self.client.host_header))
         has_framing = classified = False
@@ -556,7 +557,7 @@ class _Connection:
         logged with its own too, the client's Root kept."""
         if ex.trace is None:
             own = self.services.new_trace_id(wall)
-            ex.trace = trace_header(_first(ex.headers, TRACE_ID), own)
+            ex.trace = trace_header(first_header(ex.headers, TRACE_ID), own)
         return ex.trace
 
     def _entry(self, ex: Exchange, received: int, sent: int) -> AccessEntry:
@@ -565,12 +566,14 @@ class _Connection:
         now_wall = time.time()
         now = trio.current_time()
         created = now_wall - (now - ex.started)
-        url = request_url(info.scheme, _first(ex.headers, b"host"), request.target, info.local_port)
+        url = request_url(
+            info.scheme, first_header(ex.headers, b"host"), request.target, info.local_port
+        )
         version = request.http_version.decode("ascii", "replace")
         target = ex.target.target_id if ex.target is not None else None
         sent_at, response_at = ex.sent_at, ex.response_at
         kind = info.scheme if not ex.upgraded else ("wss" if info.scheme == "https" else "ws")
-        user_agent = _first(ex.headers, b"user-agent")
+        user_agent = first_header(ex.headers, b"user-agent")
         return AccessEntry(
             type=kind,
             time=now_wall,
@@ -652,19 +655,12 @@ def _has_port(authority: str) -> bool:
     return bool(colon) and tail.isdigit() and (not head.startswith("[") or head.endswith("]"))
 
 
-def _first(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
-
-
 def _view(ex: Exchange, listener: ListenerRuntime) -> RequestView:
     """What the rules see. Header values are decoded only when some rule reads headers."""
     request = ex.request
     if listener.rules.needs_headers:
         return RequestView.from_h11(request.method, request.target, ex.headers)
-    host = _first(ex.headers, b"host") or b""
+    host = first_header(ex.headers, b"host") or b""
     return RequestView.from_target(
         request.method.decode("latin-1"),
         request.target.decode("latin-1"),

@@ -41,6 +41,7 @@ from balancer.stickiness import (
     sticky_value,
     target_cookies,
 )
+from proto.http1 import first_header
 
 Header = tuple[bytes, bytes]
 
@@ -110,7 +111,10 @@ def plan(
     else:
         result.app_cookie = cookies.get(stickiness.cookie_name)
         result.app_entries = app_entries(cookies.get(APP_COOKIE))
-        result.app_same_site = chromium_80_or_later(_first(headers, b"user-agent"))
+        user_agent = first_header(headers, b"user-agent")
+        result.app_same_site = chromium_80_or_later(
+            user_agent.decode("latin-1") if user_agent is not None else None
+        )
         opened = None
         if result.app_cookie is not None:
             for entry in result.app_entries:
@@ -121,13 +125,6 @@ def plan(
     if opened is not None and opened.target_group == result.group:
         result.sticky_target = opened.target_id
     return result
-
-
-def _first(headers: Sequence[Header], name: bytes) -> str | None:
-    for key, value in headers:
-        if key == name:
-            return value.decode("latin-1")
-    return None
 
 
 _ALL_NAMES = frozenset({GROUP_COOKIE, GROUP_CORS_COOKIE, LB_COOKIE, LB_CORS_COOKIE, APP_COOKIE})
@@ -179,13 +176,11 @@ def _take_set_cookie(headers: list[Header], name: str) -> str | None:
     value: str | None = None
     kept: list[Header] = []
     for header in headers:
-        key, raw = header
-        if key == b"set-cookie":
-            cookie_name, equals, rest = raw.partition(b"=")
-            if equals and cookie_name.strip() == wanted:
-                value = rest.partition(b";")[0].strip().decode("latin-1")
-                continue
-        kept.append(header)
+        found = _cookie_set(header, wanted)
+        if found is None:
+            kept.append(header)
+        else:
+            value = found
     if value is not None:
         headers[:] = kept
     return value
@@ -194,10 +189,19 @@ def _take_set_cookie(headers: list[Header], name: str) -> str | None:
 def _set_cookie_value(headers: Sequence[Header], name: str) -> str | None:
     """The value the response's ``Set-Cookie`` gives cookie ``name``, if it sets it."""
     wanted = name.encode("latin-1")
-    for key, value in headers:
-        if key != b"set-cookie":
-            continue
-        cookie_name, equals, rest = value.partition(b"=")
-        if equals and cookie_name.strip() == wanted:
-            return rest.partition(b";")[0].strip().decode("latin-1")
+    for header in headers:
+        found = _cookie_set(header, wanted)
+        if found is not None:
+            return found
     return None
+
+
+def _cookie_set(header: Header, wanted: bytes) -> str | None:
+    """The value ``header`` sets cookie ``wanted`` to, if it is a Set-Cookie of that cookie."""
+    key, raw = header
+    if key != b"set-cookie":
+        return None
+    cookie_name, equals, rest = raw.partition(b"=")
+    if not equals or cookie_name.strip() != wanted:
+        return None
+    return rest.partition(b";")[0].strip().decode("latin-1")

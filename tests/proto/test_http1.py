@@ -19,6 +19,7 @@ from proto.http1 import (
     classify_refused_head,
     client_address,
     connection_tokens,
+    first_header,
     forwardable_framing,
     forwarded_for_overflow,
     forwarded_headers,
@@ -751,3 +752,9 @@ def test_origin_form_keeps_the_path_and_sends_the_authority_as_the_one_host(
     assert target == (path if path.startswith(b"/") else b"/" + path)
     assert [v for k, v in sent if k == b"host"] == [authority]
     assert sent[1:] == [h for h in headers if h[0] != b"host"]
+
+
+def test_first_header_takes_the_first_of_its_name():
+    headers = [(b"host", b"a"), (b"x", b"1"), (b"host", b"b")]
+    assert first_header(headers, b"host") == b"a"
+    assert first_header(headers, b"missing") is None
