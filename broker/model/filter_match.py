@@ -129,8 +129,9 @@ class KeyTest:
             True when the key's conditions pass.
         """
         # AWS: "exists": true needs "a non-null and non-empty value"; a key holding only
-        # nulls therefore counts as absent for both exists forms (attribute-key-matching.md).
-        present = values is not None and any(value is not None for value in values)
+        # nulls and empty strings therefore counts as absent for both exists forms
+        # (attribute-key-matching.md).
+        present = values is not None and any(value is not None and value != "" for value in values)
         if self.accepts_absent and not present:
             return True
         if self.accepts_present and present:
@@ -275,14 +276,25 @@ def attributes_view(
         text = attribute.get("StringValue")
         if not isinstance(data_type, str) or not isinstance(text, str):
             continue  # Binary attributes carry BinaryValue only
-        if data_type in ("String.Array", "Number.Array"):
-            # numeric-value-matching.md matches anything-but against a "Number.Array" value.
-            view[name] = _array_elements(text)
+        if data_type == "String.Array":
+            view[name] = tuple(
+                _escaped(item) if isinstance(item, str) else item for item in _array_elements(text)
+            )
         elif data_type == "Number" or data_type.startswith("Number."):
             view[name] = (_number_text(text),)
         elif data_type == "String" or data_type.startswith("String."):
-            view[name] = (text,)
+            view[name] = (_escaped(text),)
     return view
+
+
+def _escaped(text: str) -> str:
+    """An attribute's string as attribute-scope policies compare it: with ``"`` and ``\\``
+    escaped once, so a policy names them double-escaped in its JSON, as AWS requires
+    ("Policy constraints for attribute-based filtering", subscription-filter-policy-constraints).
+    """
+    if '"' not in text and "\\" not in text:
+        return text
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _array_elements(text: str) -> tuple[Scalar, ...]:

@@ -62,6 +62,10 @@ ATTRIBUTE_CASES = [
      [{"a": s("1"), "b": s("xy")}], [{"a": s("1"), "b": s("yx")}, {"a": s("1")}]),
     ("string-array", {"tags": ["red"]}, [{"tags": array(["blue", "red"])}],
      [{"tags": array(["blue"])}]),
+    # subscription-filter-policy-constraints: quotes and backslashes double-escaped.
+    ("double-escaped", {"q": ['say \\"hi\\"', "a\\\\b"]},
+     [{"q": s('say "hi"')}, {"q": s("a\\b")}, {"q": array(['say "hi"'])}],
+     [{"q": s('say \\"hi\\"')}, {"q": s("a\\\\b")}]),
 ]  # fmt: skip
 
 # (case id, policy, [matching bodies], [non-matching bodies])
@@ -85,7 +89,7 @@ BODY_CASES = [
     ("equals-ignore-case", {"tier": [{"equals-ignore-case": "gold"}]},
      [{"tier": "GOLD"}, {"tier": ["x", "Gold"]}], [{"tier": "golden"}]),
     ("exists-true", {"coupon": [{"exists": True}]}, [{"coupon": "c1"}, {"coupon": 0}],
-     [{"coupon": None, "x": 1}, {"x": 1}, {"x": {"coupon": "c1"}}]),
+     [{"coupon": None, "x": 1}, {"coupon": "", "x": 1}, {"x": 1}, {"x": {"coupon": "c1"}}]),
     ("anything-but-value", {"tier": [{"anything-but": "gold"}]}, [{"tier": "Gold"}],
      [{"tier": "gold"}, {"x": "silver"}]),
     ("anything-but-number", {"price": [{"anything-but": 0}]}, [{"price": 1}, {"price": 0.1}],

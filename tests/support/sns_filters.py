@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 KEYS = ("a", "b", "c")
 NESTED = "n"
-STRINGS = ("x", "xy", "yx", "X", "Xy", "10.0.0.7", "10.1.0.1", "::1", "fe80::1", "")
+# 'q"' and 'q\\"' meet: attribute-scope policies name quotes and backslashes double-escaped.
+STRINGS = ("x", "xy", "yx", "X", "Xy", "10.0.0.7", "10.1.0.1", "::1", "fe80::1", "", 'q"', 'q\\"')
 # Numeric operands must lie in -10^9 .. 10^9; 2.500001 equals 2.5 at AWS's five decimals.
 NUMBERS = (-1, 0, 1, 2.5, 2.500001, 100, 10**9, -(10**9))
 # Valid as exact literals and as message values, beyond what numeric conditions compare.

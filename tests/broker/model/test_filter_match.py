@@ -47,7 +47,7 @@ def test_attributes_view_types_values_by_data_type():
         "odd": ("five",),
         "a": ("x", 1.0, True, None),
         "bad": ("[oops",),
-        "notlist": ('"x"',),
+        "notlist": ('\\"x\\"',),  # a plain string, escaped as attribute strings are
         "custom": ("c",),
     }
     assert attributes_view(None) == {}

@@ -103,7 +103,7 @@ def _operator(name, argument, value):
 
 def _rule(rule, values):
     # attribute-key-matching: "exists": true needs "a non-null and non-empty value".
-    present = values is not None and any(value is not None for value in values)
+    present = values is not None and any(value not in (None, "") for value in values)
     if isinstance(rule, dict):
         ((name, argument),) = rule.items()
         if name == "exists":
@@ -148,13 +148,21 @@ def _attribute_values(attributes, name):
     if attribute is None or attribute["DataType"].startswith("Binary"):
         return None  # "Amazon SNS ignores message attributes with the Binary data type"
     text = attribute["StringValue"]
-    if attribute["DataType"] in ("String.Array", "Number.Array"):
+    if attribute["DataType"] == "String.Array":
         items = json.loads(text)
-        return [item for item in items if not isinstance(item, (list, dict))]
+        return [_as_policies_see(item) for item in items if not isinstance(item, (list, dict))]
     if attribute["DataType"].startswith("Number"):
         number = float(text)
         return [number] if math.isfinite(number) else [text]
-    return [text]
+    return [_as_policies_see(text)]
+
+
+def _as_policies_see(value):
+    # subscription-filter-policy-constraints: attribute-based filtering needs double quotes
+    # and backslashes double-escaped in the policy, so the value is compared escaped once.
+    if not isinstance(value, str):
+        return value
+    return "".join("\\" + char if char in '"\\' else char for char in value)
 
 
 def _body_values(document, path):
@@ -303,7 +311,7 @@ def test_anything_but_value_list_prefix_and_numbers():
     assert matches_attributes(numbers, attrs(price=101))
     assert matches_attributes(numbers, attrs(price=100.1))
     assert not matches_attributes(numbers, attrs(price=100))
-    array = {"price": {"DataType": "Number.Array", "StringValue": "[100, 50]"}}
+    array = {"price": {"DataType": "String.Array", "StringValue": "[100, 50]"}}
     assert matches_attributes(numbers, array)
     assert matches_body(numbers, {"price": [100, 50]})
     assert not matches_body(numbers, {"price": 100})
@@ -324,6 +332,20 @@ def test_numeric_ranges():
     assert not matches_body(between, {"p": True})
 
 
+def test_attribute_policies_name_quotes_and_backslashes_double_escaped():
+    # subscription-filter-policy-constraints, "Policy constraints for attribute-based
+    # filtering": double quotes and backslashes must be double-escaped, or nothing matches.
+    quoted = attrs(k='say "hi"')
+    assert matches_attributes({"k": ['say \\"hi\\"']}, quoted)
+    assert not matches_attributes({"k": ['say "hi"']}, quoted)
+    assert matches_attributes({"k": [{"prefix": 'say \\"'}]}, quoted)
+    assert not matches_attributes({"k": [{"anything-but": 'say \\"hi\\"'}]}, quoted)
+    assert matches_attributes({"k": ["a\\\\b"]}, attrs(k="a\\b"))
+    assert matches_attributes({"k": ['q\\"']}, attrs(k=["x", 'q"']))
+    # The message body scope compares the JSON values themselves.
+    assert matches_body({"k": ['say "hi"']}, {"k": 'say "hi"'})
+
+
 def test_exists_true_and_false():
     assert matches_attributes({"store": [{"exists": True}]}, attrs(store="fans"))
     assert not matches_attributes({"store": [{"exists": True}]}, attrs(other="x"))
@@ -334,6 +356,10 @@ def test_exists_true_and_false():
     assert matches_body({"store": [{"exists": False}]}, {"other": 1})
     assert matches_body({"store": [{"exists": False}]}, {"store": None, "other": 1})
     assert not matches_body({"store": [{"exists": True}]}, {"store": None, "other": 1})
+    # attribute-key-matching: exists true needs "a non-null and non-empty value".
+    assert not matches_body({"store": [{"exists": True}]}, {"store": "", "other": 1})
+    assert matches_body({"store": [{"exists": False}]}, {"store": "", "other": 1})
+    assert matches_body({"store": [{"exists": True}]}, {"store": ["", "x"]})
     # exists works on leaves only: an object is not a value.
     assert not matches_body({"store": [{"exists": True}]}, {"store": {"inner": 1}})
 
