@@ -44,10 +44,6 @@ from balancer.tls_socket import TlsSocket
 from monitoring import fastio
 from proto.http1 import header_list
 
-# A connection idle for less than this is reused without asking the kernel whether the
-# target closed it: a target that closes keep-alive connections after milliseconds is
-# broken, and the listener retries a reused connection that fails before any response byte.
-FRESH_SECONDS: Final = 1.0
 DEFAULT_MAX_IDLE: Final = 256  # per target; more concurrent requests open more connections
 # Socket buffers: large enough that a 64 KiB response passes in one read and one write.
 SOCKET_BUFFER_BYTES: Final = 1 << 18
@@ -266,10 +262,10 @@ class Pool:
         """
         while self._idle:
             upstream = self._idle.pop()
-            idle_for = now - upstream.idle_since
-            if idle_for < FRESH_SECONDS or (
-                idle_for < self.idle_timeout and not _looks_closed(upstream.stream)
-            ):
+            # Asked every time, however short the pause: bytes the target sent after its
+            # response would otherwise reach the next client as its answer (RFC 9112 6.3),
+            # and a close would fail a request that cannot be retried.
+            if now - upstream.idle_since < self.idle_timeout and not _looks_closed(upstream.stream):
                 upstream.reused = True
                 if upstream.conn.max_head_bytes != self.max_head_bytes:
                     # Another listener's limit: h11 fixes its bound at construction, and

@@ -589,10 +589,28 @@ _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 # visible ASCII or HTAB, HTTP/1.0 or 1.1), ended by CRLF or LF: nearly every request's,
 # checked in one match instead of a split and four.
 _PLAIN_REQUEST_LINE = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+ [\t\x21-\x7e]+ HTTP/1\.[01]\r?\n")
-# Names a lenient server (one that maps '_' to '-', as CGI does) reads as framing headers.
-_LOOKALIKES = frozenset({b"content_length", b"transfer_encoding"})
-# Every name classify_headers looks at: headers with none of them are compliant there.
-CLASSIFIED_NAMES: Final = frozenset({b"content-length", b"transfer-encoding"}) | _LOOKALIKES
+_FRAMING_NAMES = frozenset({b"content-length", b"transfer-encoding"})
+# A name with the letters of a framing header and other punctuation (Content_Length,
+# Transfer--Encoding) is one to a lenient server, which maps '_' to '-' as CGI does or
+# skips what is not a letter: ALB's guardian calls those names SuspiciousHeader.
+_FRAMING_LETTERS = frozenset({b"contentlength", b"transferencoding"})
+_NOT_ALPHANUMERIC = bytes(b for b in range(256) if not chr(b).isascii() or not chr(b).isalnum())
+LOOKALIKE_MIN_LENGTH: Final = len(b"contentlength")  # shorter names cannot be one
+# Every name classify_headers looks at, but for lookalikes (see is_lookalike).
+CLASSIFIED_NAMES: Final = _FRAMING_NAMES
+# The largest Content-Length ALB's guardian parses: it reads the value as an unsigned
+# 64-bit number, and a larger one (which a target may wrap around) is BadContentLength.
+MAX_CONTENT_LENGTH: Final = 2**64 - 1
+
+
+def is_lookalike(name: bytes) -> bool:
+    """Whether a lower-case header name reads as Content-Length or Transfer-Encoding once
+    its punctuation is ignored, without being one of them."""
+    return (
+        len(name) >= LOOKALIKE_MIN_LENGTH
+        and name not in _FRAMING_NAMES
+        and name.translate(None, _NOT_ALPHANUMERIC) in _FRAMING_LETTERS
+    )
 
 
 def head_end(buffer: bytes | bytearray) -> int:
@@ -636,10 +654,8 @@ def classify_head(head: bytes | bytearray, *, framing: bool = True) -> Verdict:
         result = _worst(result, verdict(reason))
     elif b"content-length" in lines:
         value = next(m.group(2) for m in _FRAMING_LINE.finditer(head))
-        if b"," in value:
-            parts = {p.strip() for p in value.split(b",")}
-            reason = "MultipleContentLength" if len(parts) > 1 else "DuplicateContentLength"
-            result = _worst(result, verdict(reason))
+        if b"," in value:  # not a number: ALB's guardian reads "5, 5" as BadContentLength
+            result = _worst(result, verdict("BadContentLength"))
     if lines.count(b"transfer-encoding") > 1:
         result = _worst(result, verdict("MultipleTransferEncodingChunked"))
     return result
@@ -678,8 +694,11 @@ def _classify_suspect(head: bytes, fields_start: int) -> Verdict:
     return COMPLIANT
 
 
-def classify_headers(method: bytes, headers: Sequence[Header]) -> Verdict:
-    """Classify what h11 parsed: framing headers and their meaning for this method."""
+def classify_headers(
+    method: bytes, headers: Sequence[Header], http_version: bytes = b"1.1"
+) -> Verdict:
+    """Classify what h11 parsed: framing headers and their meaning for this method and
+    version."""
     has_cl = has_te = False
     length = b""
     result = COMPLIANT
@@ -688,10 +707,14 @@ def classify_headers(method: bytes, headers: Sequence[Header]) -> Verdict:
             has_cl, length = True, value
         elif name == b"transfer-encoding":
             has_te = True
-        elif name in _LOOKALIKES:
+        elif is_lookalike(name):
             result = _worst(result, verdict("SuspiciousHeader"))
     if has_cl and has_te:
         return _worst(result, verdict("BothTeClPresent"))
+    if has_cl and len(length) > 19 and int(length) > MAX_CONTENT_LENGTH:
+        return _worst(result, verdict("BadContentLength"))
+    if has_te and http_version == b"1.0":  # chunked is HTTP/1.1's: undefined in 1.0
+        result = _worst(result, verdict("UndefinedTransferEncodingSemantics"))
     if method in (b"GET", b"HEAD"):
         if has_te:
             result = _worst(result, verdict("UndefinedTransferEncodingSemantics"))
@@ -728,7 +751,7 @@ def classify_refused_head(head: bytes | bytearray) -> Verdict:
         raw_name, value = match.group(1), match.group(2).strip(b" \t")
         name = raw_name.strip(b" \t").lower()
         if raw_name != raw_name.rstrip(b" \t") or not raw_name or raw_name[:1] in b" \t":
-            framing = name in (b"content-length", b"transfer-encoding") or name in _LOOKALIKES
+            framing = name in _FRAMING_NAMES or is_lookalike(name)
             result = _worst(result, verdict("SuspiciousHeader" if framing else "BadHeader"))
         elif name == b"content-length":
             if not all(part.strip(b" \t").isdigit() for part in value.split(b",")):

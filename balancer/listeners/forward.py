@@ -161,8 +161,27 @@ async def forward(
         if events:
             runtime.notify(events)
     conn = client.conn
-    if conn.their_state is h11.SEND_BODY and conn.our_state in (h11.DONE, h11.MUST_CLOSE):
-        await _linger(client, ex)  # answered before the client's body was all read
+    if (
+        conn.their_state is h11.SEND_BODY
+        and (conn.our_state is h11.MUST_CLOSE or (conn.our_state is h11.DONE and ex.close_after))
+        and not _rest_of_body_buffered(conn)
+    ):
+        # Answered before the client's body was all read, and closing. A connection that
+        # stays open drops the rest of the body in the HTTP shell, then reads the next
+        # request (as after the balancer's own answers).
+        await _linger(client, ex)
+
+
+def _rest_of_body_buffered(conn: h11.Connection) -> bool:
+    """Read what remains of the request body from h11's buffer (a bodiless request's end
+    is there at once); True when its end was there too."""
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError:
+            return False
+        if not isinstance(event, h11.Data):
+            return isinstance(event, h11.EndOfMessage)
 
 
 async def _exchange(

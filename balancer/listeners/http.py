@@ -45,6 +45,7 @@ from balancer.runtime import ListenerRuntime, Snapshot
 from balancer.upstream import accepted_addresses, tune_socket
 from proto.http1 import (
     CLASSIFIED_NAMES,
+    LOOKALIKE_MIN_LENGTH,
     TRACE_ID,
     Action,
     Classification,
@@ -56,6 +57,7 @@ from proto.http1 import (
     forwarded_for_overflow,
     head_end,
     header_list,
+    is_lookalike,
     origin_form,
     parsed_headers,
     trace_header,
@@ -177,7 +179,11 @@ class _Connection:
                 return
             if step == _DISCARD:
                 assert ex is not None
-                if not await self._discard_body(ex):
+                try:
+                    kept = await self._discard_body(ex)
+                finally:
+                    self._finish(ex)  # booked now: ALB counts the dropped body's bytes
+                if not kept:
                     return
                 conn.start_next_cycle()
 
@@ -203,8 +209,10 @@ class _Connection:
         except ClientGone:  # gone while we answered it ourselves (a refusal, a 400)
             ex.close_after = True
         self.served += 1
-        self._finish(ex)
-        return self._reusable(ex)
+        step = self._reusable(ex)
+        if step != _DISCARD:  # else booked once the rest of its body is dropped
+            self._finish(ex)
+        return step
 
     # Reading a request ---------------------------------------------------------------------
 
@@ -290,7 +298,9 @@ class _Connection:
             headers.insert(0, (b"host", self.client.host_header))
         has_framing = classified = False
         for name, _ in headers:
-            if name in CLASSIFIED_NAMES:
+            if name in CLASSIFIED_NAMES or (
+                len(name) >= LOOKALIKE_MIN_LENGTH and is_lookalike(name)
+            ):
                 classified = True
                 if name == b"content-length" or name == b"transfer-encoding":
                     has_framing = True
@@ -298,7 +308,7 @@ class _Connection:
         head = raw[: end if end >= 0 else len(raw)]
         verdict = classify_head(head, framing=has_framing)
         if classified:  # without any of these names, classify_headers finds nothing
-            by_headers = classify_headers(request.method, headers)
+            by_headers = classify_headers(request.method, headers, request.http_version)
             if by_headers.classification > verdict.classification:
                 verdict = by_headers
         ex = Exchange(

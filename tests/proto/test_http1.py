@@ -25,6 +25,7 @@ from proto.http1 import (
     forwarded_headers,
     head_end,
     header_list,
+    is_lookalike,
     is_trace_field,
     is_upgrade,
     new_trace_id,
@@ -208,7 +209,9 @@ CLEAN = head(b"Host: a.example", b"Accept: */*")
         (head(b"Host: a", b"X: a\rb"), "BadHeader"),
         (head(b"Host: a", b"X: a\x01b"), "BadHeader"),
         (head(b"Host: a", b"Content-Length: 5", b"Content-Length: 5"), "DuplicateContentLength"),
-        (head(b"Host: a", b"Content-Length: 5, 5"), "DuplicateContentLength"),
+        # ALB's guardian parses one line's value as a number: a list is BadContentLength.
+        (head(b"Host: a", b"Content-Length: 5, 5"), "BadContentLength"),
+        (head(b"Host: a", b"Content-Length: 5,6"), "BadContentLength"),
         (head(b"Host: a", b"Content-Length: 5", b"content-length: 6"), "MultipleContentLength"),
         (
             head(b"Host: a", b"Transfer-Encoding: chunked", b"Transfer-Encoding: chunked"),
@@ -245,6 +248,19 @@ def test_a_clean_head_is_compliant_and_obs_text_only_acceptable():
             Action.REFUSE,
         ),
         (b"POST", [(b"content_length", b"5")], "SuspiciousHeader", Action.REFUSE),
+        (b"POST", [(b"transfer---encoding", b"chunked")], "SuspiciousHeader", Action.REFUSE),
+        (b"POST", [(b"content.length.", b"5")], "SuspiciousHeader", Action.REFUSE),
+        (b"POST", [(b"content-lengths", b"5")], "", Action.ALLOW),
+        (b"POST", [(b"content-length2", b"5")], "", Action.ALLOW),
+        # Read as an unsigned 64-bit number by ALB's guardian; beyond it, a target may wrap.
+        (b"POST", [(b"content-length", b"18446744073709551615")], "", Action.ALLOW),
+        (
+            b"POST",
+            [(b"content-length", b"18446744073709551616")],
+            "BadContentLength",
+            Action.REFUSE,
+        ),
+        (b"POST", [(b"content-length", b"000000000000000000000005")], "", Action.ALLOW),
         (
             b"GET",
             [(b"content-length", b"5")],
@@ -264,6 +280,33 @@ def test_a_clean_head_is_compliant_and_obs_text_only_acceptable():
 def test_header_semantics(method, headers, reason, action):
     found = classify_headers(method, headers)
     assert (found.reason, found.action) == (reason, action)
+
+
+def test_chunked_in_an_http_1_0_request_is_undefined():
+    chunked = [(b"transfer-encoding", b"chunked")]
+    found = classify_headers(b"POST", chunked, b"1.0")
+    assert (found.reason, found.action) == (
+        "UndefinedTransferEncodingSemantics",
+        Action.CLOSE_AFTER,
+    )
+    assert classify_headers(b"POST", chunked, b"1.1") == COMPLIANT
+
+
+@given(
+    name=st.binary(min_size=1, max_size=24).map(bytes.lower)
+    | st.lists(st.sampled_from([b"content", b"length", b"transfer", b"encoding", b"-", b"_", b"."]))
+    .map(b"".join)
+    .filter(bool)
+)
+@example(name=b"transfer_encoding")
+@example(name=b"-content-length")
+def test_a_lookalike_has_the_letters_of_a_framing_header_and_is_not_one(name):
+    letters = bytes(b for b in name if chr(b).isascii() and chr(b).isalnum())
+    expected = letters in (b"contentlength", b"transferencoding") and name not in (
+        b"content-length",
+        b"transfer-encoding",
+    )
+    assert is_lookalike(name) == expected
 
 
 def test_h11_parse_errors_map_to_alb_reasons():

@@ -24,6 +24,7 @@ from balancer.config import AccessLog, Forward, HttpsListener, ListenerTimeouts
 from balancer.listeners.exchange import parse_address
 from balancer.listeners.forward import is_trusted
 from balancer.runtime import ListenerRuntime
+from proto.http1 import verdict
 from tests.support.balancer_http import (
     Client,
     balancer,
@@ -718,3 +719,119 @@ async def test_a_target_that_refuses_connect_is_an_ordinary_response():
             limit=10,
         )
         assert statuses(answer) == [405]
+
+
+async def test_bytes_a_target_sends_after_its_response_never_reach_another_client():
+    """RFC 9112 6.3: extra data after a complete response is not a response. A pooled
+    connection with bytes waiting is closed, however short its pause."""
+    stray_sent = trio.Event()
+
+    async def answer_then_stray(stream: trio.SocketStream) -> None:
+        await read_request_head(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await trio.sleep(0.05)
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\nX-Poison: 1\r\nContent-Length: 8\r\n\r\nsmuggled"
+        )
+        stray_sent.set()
+        await trio.sleep(5)  # holds the connection open, as a keep-alive target does
+
+    async with (
+        raw_target(answer_then_stray) as target,
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        async with Client.connect(front(daemon)) as first:
+            assert (await first.request())[2] == b"ok"
+        with trio.fail_after(5):
+            await stray_sent.wait()
+        await trio.sleep(0.05)  # the stray bytes are in the balancer's receive buffer
+        async with Client.connect(front(daemon)) as second:
+            status, headers, body = await second.request()
+        assert (status, body, "x-poison" in headers) == (200, b"ok", False)
+
+
+async def test_a_post_after_the_target_closed_its_pooled_connection_succeeds():
+    """A target closing its keep-alive connection just after answering: the next request,
+    even one that cannot be retried, goes on a new connection."""
+
+    async def hang_up(seen: Seen, server: TargetServer) -> Reply | str:
+        return Reply(200, body=b"ok", hang_up=True)  # no Connection: close header
+
+    async with (
+        running_targets(TargetServer("a", hang_up)) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+        Client.connect(front(daemon)) as client,
+    ):
+        for _ in range(3):
+            assert (await client.request("POST", body=b"payload"))[0] == 200
+            await trio.sleep(0.05)  # the target's close arrives, well within a second
+
+
+async def test_after_a_failed_connect_the_client_connection_serves_the_next_request():
+    async with running_targets(TargetServer("a")) as (target,):
+        cfg = config([listener()], [group("web", target)])
+    # The target has stopped: its port refuses.
+    async with balancer(cfg) as daemon, Client.connect(front(daemon)) as client:
+        for _ in range(2):
+            status, headers, _ = await client.request()
+            assert (status, headers.get("connection")) == (502, None)
+        status, _, _ = await client.request("POST", body=b"x" * 1000)
+        assert status == 502
+        assert (await client.request())[0] == 502  # the dropped body framed correctly
+
+
+async def test_a_content_length_beyond_64_bits_is_refused_before_anything_is_forwarded():
+    """ALB's guardian reads Content-Length as an unsigned 64-bit number: a larger one is
+    BadContentLength (Severe), since a target may wrap it and read the body as requests."""
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        payload = (
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 18446744073709551621\r\n\r\n"
+            b"helloGET /admin HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        answer = await raw(front(daemon), payload)
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        assert target.accepts == 0
+        refused = sample(
+            daemon,
+            "wharf_balancer_http_desync_requests_total",
+            {
+                "listener": "front",
+                "classification": verdict("BadContentLength").classification.label,
+                "reason": "BadContentLength",
+                "refused": "true",
+            },
+        )
+        assert refused == 1
+
+
+async def test_a_body_the_balancer_answered_without_is_counted_in_processed_bytes():
+    """ALB's ProcessedBytes and received_bytes count the whole request, a body dropped after
+    the balancer's own answer (here a 503) included."""
+    async with (
+        balancer(config([listener()], [group("web")])) as daemon,
+        Client.connect(front(daemon)) as client,
+    ):
+        sent = 0
+        for request in (
+            h11.Request(
+                method="POST", target="/", headers=[("host", "x"), ("content-length", "1000")]
+            ),
+            h11.Request(method="GET", target="/", headers=[("host", "x")]),
+        ):
+            data = client.conn.send(request)
+            if request.method == b"POST":
+                data += client.conn.send(h11.Data(data=b"x" * 1000))
+            data += client.conn.send(h11.EndOfMessage())
+            sent += len(data)
+            await client.stream.send_all(data)
+            while not isinstance(event := client.conn.next_event(), h11.EndOfMessage):
+                if event is h11.NEED_DATA:
+                    client.conn.receive_data(await client.stream.receive_some(65536))
+            client.conn.start_next_cycle()
+        labels = {"listener": "front", "direction": "in"}
+        with trio.fail_after(10):  # booked once the balancer is done with each request
+            while sample(daemon, "wharf_balancer_http_processed_bytes_total", labels) != sent:  # noqa: ASYNC110 (a counter: no event to wait on)
+                await trio.sleep(0.01)
