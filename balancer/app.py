@@ -66,6 +66,7 @@ from balancer.stickiness import MIN_KEY_BYTES
 from balancer.targets_api import Overrides, StateFile, TargetsApi
 from balancer.tls import ServerTls, TlsMetrics, accept_tls, build_all, close_tls
 from balancer.upstream import Pools, accepted_addresses, tune_socket
+from monitoring import fastio
 from monitoring.admin import AdminServer, open_admin_listener
 from monitoring.configfile import ConfigError
 from monitoring.httpserver import Draining
@@ -267,6 +268,15 @@ class BalancerApp:
             if addresses is None:
                 return  # reset before the handshake: nothing to answer
             peer, local = addresses
+            if not fastio.readable_now(sock.fileno()):
+                # Until its hello arrives a client is idle: a stop closes it at once, as it
+                # does an idle keep-alive connection (not after the handshake timeout).
+                with draining.idle(trio.current_time() + tls.handshake_timeout) as wait:
+                    await trio.lowlevel.wait_readable(sock)
+                if wait.cancelled_caught:
+                    if not draining.started:
+                        self.tls_metrics.handshake_failed(name, "timeout")
+                    return
             accepted = await accept_tls(stream, tls, self.tls_metrics)
             if accepted is None:
                 return

@@ -12,7 +12,7 @@ out in the message.
 from __future__ import annotations
 
 import ipaddress
-from typing import Annotated, Literal, NamedTuple
+from typing import Annotated, Final, Literal, NamedTuple
 
 import msgspec
 from msgspec import Meta
@@ -199,12 +199,23 @@ Listener = HttpListener | HttpsListener
 
 
 def check_target_host(host: str) -> None:
-    """Accept an IPv4 or IPv6 literal, or a DNS name (resolved by the shell)."""
+    """Accept an IPv4 or IPv6 literal a connection can go to, or a DNS name (resolved by the
+    shell). Digits and dots alone are an IPv4 address or a mistake, never a name: a top-level
+    domain is not all digits (RFC 3696 2), and ``999.1.1.1`` would otherwise wait on DNS
+    forever as a target that never resolves."""
     try:
-        ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host)
     except ValueError:
+        if host.replace(".", "").isdigit():
+            raise ValueError(f"target host {host!r} is not a valid IPv4 address") from None
         if not is_dns_name(host):
             raise ValueError(f"target host {host!r} is not an IP address or a DNS name") from None
+        return
+    if address.is_unspecified or address.is_multicast or address == _BROADCAST:
+        raise ValueError(f"target host {host!r} is not an address a target can have")
+
+
+_BROADCAST: Final = ipaddress.IPv4Address("255.255.255.255")
 
 
 def target_id(host: str, port: int) -> str:

@@ -116,6 +116,7 @@ class Client:
         "forwarding",
         "host_header",
         "info",
+        "max_head_bytes",
         "now",
         "received",
         "sent",
@@ -134,6 +135,7 @@ class Client:
         local = info.local_ip or info.ip
         local = f"[{local}]" if ":" in local else local
         self.host_header = f"{local}:{info.local_port}".encode("ascii")
+        self.max_head_bytes = max_head_bytes
         self.conn = ServerConnection(h11.SERVER, max_incomplete_event_size=max_head_bytes)
         # The X-Forwarded-* facts of this connection under one listener generation (built
         # by the forward path on its first request there).
@@ -143,6 +145,19 @@ class Client:
         self.now = _clock_reader()
         self.received = 0
         self.sent = 0
+
+    def skip_empty_lines(self, buffered: bytes) -> bytes:
+        """Drop the empty lines before a request line (RFC 9112 2.2: a server SHOULD ignore
+        at least one), given what h11 holds between requests; returns what is left.
+
+        h11 cannot drop bytes it holds, so the connection gets a fresh h11 state, which is
+        what a new request cycle starts from anyway.
+        """
+        rest = buffered.lstrip(b"\r\n")
+        self.conn = ServerConnection(h11.SERVER, max_incomplete_event_size=self.max_head_bytes)
+        if rest:
+            self.conn.receive_data(rest)
+        return rest
 
     async def receive_next(self, *, checkpoint: bool = True) -> bytes:
         """Like :meth:`receive`, but a checkpoint: used for the wait on each new request, so

@@ -126,6 +126,14 @@ class HttpListenerHandler:
             stats.connection_closed(services.name)
 
 
+_LINE_ENDS: Final = (b"\r", b"\n")
+# The body of a refusal found while reading a head, by error reason (else a size limit's).
+_HEAD_REFUSALS: Final = {
+    "BadRequestTarget": b"bad request target\n",
+    "UnsupportedHttpVersion": b"HTTP version not supported\n",
+}
+
+
 class _Connection:
     """One client connection's request loop.
 
@@ -151,7 +159,7 @@ class _Connection:
         self.served = 0
 
     async def run(self) -> None:
-        conn = self.client.conn
+        client = self.client  # client.conn is replaced when empty lines are skipped
         while True:
             scope = trio.CancelScope()
             step = _STOP
@@ -160,7 +168,7 @@ class _Connection:
                     step = await self._cycle(scope)
                     if step != _NEXT:
                         break
-                    conn.start_next_cycle()
+                    client.conn.start_next_cycle()
                     if scope.cancel_called:
                         # A deadline passed after the last wait had ended: that request is
                         # served, and the next one gets a scope of its own.
@@ -185,7 +193,7 @@ class _Connection:
                     self._finish(ex)  # booked now: ALB counts the dropped body's bytes
                 if not kept:
                     return
-                conn.start_next_cycle()
+                client.conn.start_next_cycle()
 
     async def _cycle(self, scope: trio.CancelScope) -> int:
         """Read and answer one request: _NEXT when the connection may carry another,
@@ -227,7 +235,10 @@ class _Connection:
         # Where this request's bytes begin in the client's count: ALB's processed and
         # received bytes include the request line and headers.
         start_received = client.received - len(raw)
-        if not raw:
+        if raw[:1] in _LINE_ENDS:
+            raw = client.skip_empty_lines(raw)
+            conn = client.conn
+        while not raw:
             # Nothing of the next request yet: the idle timeout runs, and draining closes
             # the connection at once (no work is lost). A connection accepted just before
             # the stop still has its first request answered; one whose request was in
@@ -241,7 +252,11 @@ class _Connection:
                 self.idle.discard(scope)
             if not raw:
                 return None
-            conn.receive_data(raw)
+            if raw[:1] in _LINE_ENDS:  # counted as this request's bytes, as ALB would
+                raw = client.skip_empty_lines(raw)
+                conn = client.conn
+            else:
+                conn.receive_data(raw)
         self.phase = "header"
         timed = False
         while True:
@@ -344,7 +359,13 @@ class _Connection:
         elif len(headers) > limits.header_count:
             ex.error_reason = "TooManyHeaders"
             ex.status = 400
-        elif bad_target:
+        elif request.http_version[:2] != b"1.":  # 1.2 and on read as 1.1 (RFC 9110 2.5)
+            # An HTTP/2 preface (PRI * HTTP/2.0) or a major version this server does not
+            # speak: RFC 9110 6.2 and 15.6.6, not a request to pass on as HTTP/1.1.
+            ex.error_reason = "UnsupportedHttpVersion"
+            ex.status = 505
+        elif bad_target or (request.target == b"*" and request.method != b"OPTIONS"):
+            # RFC 9112 3.2.4: the asterisk form is OPTIONS's alone.
             ex.error_reason = "BadRequestTarget"
             ex.status = 400
         return ex
@@ -406,9 +427,10 @@ class _Connection:
     async def _handle(self, ex: Exchange) -> None:
         """Answer one request (inside its cycle's scope)."""
         services, client = self.services, self.client
-        if ex.status:  # over a limit, found while reading the head
+        if ex.status:  # over a limit or not servable, found while reading the head
             ex.close_after = True
-            await respond(client, ex, ex.status, b"request too large\n")
+            body = _HEAD_REFUSALS.get(ex.error_reason or "", b"request too large\n")
+            await respond(client, ex, ex.status, body)
             return
         if ex.verdict.action is Action.REFUSE:
             ex.error_reason = "DesyncRefused"

@@ -231,6 +231,23 @@ def test_endpoints_resolve_ports_and_bracket_ipv6():
             "not an IP address or a DNS name - at `$.target_groups[0].targets[0]`",
         ),
         (
+            config(target_groups=[{"name": "web", "targets": [{"host": "999.1.1.1"}]}]),
+            "target host '999.1.1.1' is not a valid IPv4 address - at "
+            "`$.target_groups[0].targets[0]`",
+        ),
+        (
+            config(target_groups=[{"name": "web", "targets": [{"host": "10.0.0"}]}]),
+            "is not a valid IPv4 address - at `$.target_groups[0].targets[0]`",
+        ),
+        (
+            config(target_groups=[{"name": "web", "targets": [{"host": "0.0.0.0"}]}]),
+            "is not an address a target can have - at `$.target_groups[0].targets[0]`",
+        ),
+        (
+            config(target_groups=[{"name": "web", "targets": [{"host": "ff02::1"}]}]),
+            "is not an address a target can have - at `$.target_groups[0].targets[0]`",
+        ),
+        (
             config(
                 target_groups=[
                     {"name": "web", "targets": [{"host": "a"}, {"host": "a", "port": 80}]}
@@ -451,7 +468,9 @@ def test_the_commented_https_example_is_valid():
 
 names = st.from_regex(r"[a-z][a-z0-9]{0,8}", fullmatch=True)
 hosts = st.one_of(
-    st.ip_addresses().map(str),
+    st.ip_addresses()
+    .filter(lambda a: not (a.is_unspecified or a.is_multicast or str(a) == "255.255.255.255"))
+    .map(str),
     st.from_regex(r"[a-z]{1,8}(\.[a-z]{1,8}){0,2}", fullmatch=True),
 )
 actions = st.one_of(

@@ -183,6 +183,7 @@ async def test_a_code_mismatch_is_described_with_the_code(admin):
         ({"target_group": "web"}, 400, "ValidationError"),
         ({"target_group": "web", "targets": []}, 400, "ValidationError"),
         ({"target_group": "web", "targets": [{"host": "bad host!"}]}, 400, "ValidationError"),
+        ({"target_group": "web", "targets": [{"host": "300.2.3.4"}]}, 400, "ValidationError"),
         (
             {"target_group": "web", "targets": [{"host": "10.0.0.1", "port": 70000}]},
             400,

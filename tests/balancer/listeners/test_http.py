@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+import trustme
 
 from balancer.config import (
     AccessLog,
     Conditions,
     FixedResponse,
     Forward,
+    HttpsListener,
     ListenerLimits,
     ListenerTimeouts,
     Redirect,
@@ -34,6 +36,7 @@ from tests.support.balancer_http import (
     statuses,
 )
 from tests.support.targets import Reply, Seen, TargetServer, running_targets
+from tests.support.tls import write_pair
 
 
 async def test_keep_alive_serves_many_requests_on_one_connection_each_way():
@@ -690,3 +693,77 @@ async def test_a_request_in_flight_when_draining_starts_finishes_then_the_connec
         assert result[0][2] == b"done"
         with trio.fail_after(3):
             assert await client.stream.receive_some(10) == b""
+
+
+async def test_draining_closes_tls_connections_still_waiting_for_their_hello(tmp_path):
+    ca = trustme.CA()
+    lst = HttpsListener(
+        name="front",
+        host="127.0.0.1",
+        port=0,
+        default_action=FixedResponse(status_code=200),
+        certificates=(write_pair(ca, tmp_path, "shop", "shop.example.com"),),
+        timeouts=ListenerTimeouts(tls_handshake_seconds=60),
+    )
+    async with balancer(config([lst], [])) as daemon:
+        silent = [await trio.open_tcp_stream(*front(daemon)) for _ in range(3)]
+        await trio.sleep(0.1)  # accepted, each waiting for a ClientHello
+        daemon.request_stop()
+        with trio.fail_after(5):  # not the 60 s handshake timeout
+            for stream in silent:
+                assert await stream.receive_some(10) == b""
+                await stream.aclose()
+
+
+@pytest.mark.parametrize(
+    ("payload", "status"),
+    [
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),  # an HTTP/2 preface on a cleartext port
+        (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        (b"GET / HTTP/3.0\r\nHost: x\r\n\r\n", 505),
+        (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400),  # the asterisk form is OPTIONS's alone
+    ],
+)
+async def test_requests_that_are_not_http_1_are_refused_not_forwarded(payload, status):
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        answer = await raw(front(daemon), payload)
+        assert statuses(answer) == [status]
+        assert target.accepts == 0
+
+
+async def test_http_1_2_is_served_as_1_1_and_options_star_is_forwarded():
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        answer = await raw(
+            front(daemon),
+            b"GET / HTTP/1.2\r\nHost: x\r\n\r\n"
+            b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        assert statuses(answer) == [200, 200]
+
+
+async def test_empty_lines_before_a_request_line_are_ignored():
+    """RFC 9112 2.2: a server SHOULD ignore at least one empty line before a request line,
+    at the start of a connection and after a request (some clients add CRLF after a body)."""
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        payload = (
+            b"\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok\r\n"
+            b"\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert statuses(await raw(front(daemon), payload)) == [200, 200, 200]
+        async with Client.connect(front(daemon)) as client:
+            await client.stream.send_all(b"\r\n")
+            await trio.sleep(0.05)  # the empty line arrives alone
+            assert (await client.request())[0] == 200
+            await client.stream.send_all(b"\r\n")
+            await trio.sleep(0.05)
+            assert (await client.request())[0] == 200
