@@ -423,6 +423,13 @@ class _Reader:
                 f"{path}.numRetries must be greater than or equal to total of "
                 "numMinDelayRetries, numNoDelayRetries and numMaxDelayRetries"
             )
+        # sns-message-delivery-retries: "The total policy retry time for an HTTP/S endpoint
+        # cannot be greater than 3,600 seconds. This is a hard limit."
+        if sum(policy.schedule()) > MAX_RETRY_SECONDS:
+            self.fail(
+                f"{path}: Total policy retry time cannot be greater than "
+                f"{MAX_RETRY_SECONDS} seconds"
+            )
 
     def throttle(self, node: object, path: str) -> ThrottlePolicy | None:
         if node is None:

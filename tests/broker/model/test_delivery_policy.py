@@ -118,6 +118,19 @@ def test_each_backoff_function_runs_from_min_to_max():
     assert middle["exponential"] < middle["geometric"] < middle["arithmetic"] < middle["linear"]
 
 
+def test_a_policy_retrying_for_more_than_an_hour_is_refused():
+    over = {"healthyRetryPolicy": {"minDelayTarget": 100, "maxDelayTarget": 100, "numRetries": 37}}
+    with pytest.raises(SnsError) as caught:
+        sub_policy(over)
+    assert "healthyRetryPolicy: Total policy retry time cannot be greater than 3600 seconds" in (
+        str(caught.value)
+    )
+    exactly = {
+        "healthyRetryPolicy": {"minDelayTarget": 100, "maxDelayTarget": 100, "numRetries": 36}
+    }
+    assert sum(sub_policy(exactly).healthy_retry_policy.schedule()) == 3_600
+
+
 def test_next_attempt_and_the_one_hour_window():
     effective = EffectiveDeliveryPolicy(retry=RetryPolicy(max_delay_target=40))
     assert effective.next_attempt_at(0, first_attempt_at=100.0, failed_at=115.0) == 135.0
@@ -296,8 +309,13 @@ def test_schedules_follow_the_four_phases(policy):
             "backoffFunction": policy.backoff_function,
         }
     }
-    assert sub_policy(document).healthy_retry_policy == policy
     schedule = policy.schedule()
+    # sns-message-delivery-retries: the total policy retry time is at most 3,600 s.
+    if sum(schedule) > MAX_RETRY_SECONDS:
+        with pytest.raises(SnsError, match="Total policy retry time cannot be greater than 3600"):
+            sub_policy(document)
+    else:
+        assert sub_policy(document).healthy_retry_policy == policy
     assert len(schedule) == policy.num_retries
     phases = [0.0] * policy.num_no_delay_retries + [
         float(policy.min_delay_target)
