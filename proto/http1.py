@@ -478,17 +478,22 @@ def new_trace_id(now: float, random_bytes: bytes) -> bytes:
 def trace_header(existing: bytes | None, trace_id: bytes) -> bytes:
     """The X-Amzn-Trace-Id value to forward.
 
-    Absent: ``Root=<id>``. With a Root: ALB's rule, ``Self=<id>`` inserted after it (or
-    replacing an old Self), other fields kept. Without a Root, or too long: a fresh Root
-    in front of what was there, or only a Root when the result would be too long.
+    Absent: ``Root=<id>``. With a Root: ALB's rule (load-balancer-request-tracing), a Self
+    field's value updated in place, else ``Self=<id>`` inserted first (``Self=..;Root=..``),
+    other fields kept. Without a Root, or too long: a fresh Root in front of what was there,
+    or only a Root when the result would be too long.
     """
     if not existing:
         return b"Root=" + trace_id
     fields = [f.strip() for f in existing.split(b";") if f.strip()]
     if any(f.startswith(b"Root=") for f in fields):
-        fields = [f for f in fields if not f.startswith(b"Self=")]
-        root = next(i for i, f in enumerate(fields) if f.startswith(b"Root="))
-        fields.insert(root + 1, b"Self=" + trace_id)
+        own = b"Self=" + trace_id
+        selves = [i for i, f in enumerate(fields) if f.startswith(b"Self=")]
+        if selves:  # one Self, where the first was
+            fields = [own if i == selves[0] else f for i, f in enumerate(fields)]
+            fields = [f for i, f in enumerate(fields) if i not in selves[1:]]
+        else:
+            fields.insert(0, own)
     else:
         fields.insert(0, b"Root=" + trace_id)
     value = b";".join(fields)

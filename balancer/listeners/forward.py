@@ -619,6 +619,8 @@ async def _read_head(client: Client, ex: Exchange, up: Upstream, *, answered: bo
             answered = answered or bool(data)
             conn.receive_data(data)
         elif isinstance(event, h11.Response):
+            if event.status_code > 599:  # h11 takes any 3 digits; RFC 9110 15: invalid
+                raise _TargetFailed("InvalidTargetResponse", answered=True)
             ex.response_at = client.now()
             return event
         elif isinstance(event, h11.InformationalResponse):

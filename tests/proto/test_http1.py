@@ -170,10 +170,13 @@ def test_trace_ids_have_aws_format():
 def test_trace_header_rules():
     assert trace_header(None, ID) == b"Root=" + ID
     other = b"Root=1-00000000-aaaaaaaaaaaaaaaaaaaaaaaa"
+    # load-balancer-request-tracing: "Self=...;Root=...;CalledFrom=app", a Self updated.
     assert (
-        trace_header(other + b";CalledFrom=app", ID) == other + b";Self=" + ID + b";CalledFrom=app"
+        trace_header(other + b";CalledFrom=app", ID)
+        == b"Self=" + ID + b";" + other + b";CalledFrom=app"
     )
     assert trace_header(other + b";Self=old", ID) == other + b";Self=" + ID
+    assert trace_header(b"Self=a;" + other + b";Self=b", ID) == b"Self=" + ID + b";" + other
     assert trace_header(b"CalledFrom=app", ID) == b"Root=" + ID + b";CalledFrom=app"
     assert trace_header(b"x=" + b"y" * 2000, ID) == b"Root=" + ID
     assert trace_root(other + b";Self=" + ID) == other
