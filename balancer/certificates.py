@@ -9,6 +9,9 @@ that message; a reload with it is refused and the old certificates keep serving.
 Names are parsed with ``cryptography`` (not left to OpenSSL) because SNI selection and the
 expiry metric need them: the DNS names of the subjectAltName extension, or the subject's
 common name when a certificate has none (RFC 6125 §6.4.4 keeps the CN only as that fallback).
+The key type (:data:`ECDSA`, :data:`RSA`) is read here too: :mod:`balancer.tls` pairs an ECDSA
+and an RSA certificate for the same name in one context, so that each client gets the one it
+can use.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -31,6 +35,10 @@ from monitoring.configfile import ConfigError
 # certificate file, and reading it whole would only waste memory.
 MAX_PEM_BYTES = 1 << 20
 
+# Key types of a certificate's public key: the two ALB accepts, and any other by its name.
+ECDSA = "ECDSA"
+RSA = "RSA"
+
 
 @dataclass(frozen=True, slots=True)
 class CertificateFiles:
@@ -42,6 +50,8 @@ class CertificateFiles:
         names: lower-case DNS names the leaf is valid for (``*.example.com`` for wildcards).
         subject: the leaf's subject as RFC 4514 text, for logs.
         not_after: end of the leaf's validity, seconds since the epoch.
+        key_type: the leaf's public key type: :data:`ECDSA`, :data:`RSA`, or another
+            algorithm's name (``Ed25519``, ``Ed448``, ``DSA``, ``unknown``).
     """
 
     cert_file: str
@@ -49,6 +59,7 @@ class CertificateFiles:
     names: tuple[str, ...]
     subject: str
     not_after: float
+    key_type: str
 
 
 def read_pem(path: str) -> bytes:
@@ -78,6 +89,22 @@ def dns_names(certificate: x509.Certificate) -> tuple[str, ...]:
             for attribute in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         ]
     return tuple(dict.fromkeys(name.lower().rstrip(".") for name in names if name))
+
+
+def key_type(certificate: x509.Certificate) -> str:
+    """The type of a certificate's public key (see :attr:`CertificateFiles.key_type`)."""
+    public = certificate.public_key()
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        return ECDSA
+    if isinstance(public, rsa.RSAPublicKey):
+        return RSA
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        return "Ed25519"
+    if isinstance(public, ed448.Ed448PublicKey):
+        return "Ed448"
+    if isinstance(public, dsa.DSAPublicKey):
+        return "DSA"
+    return "unknown"
 
 
 def _load_key(path: str) -> PrivateKeyTypes:
@@ -117,4 +144,5 @@ def load_certificate_files(cert_file: str, key_file: str) -> CertificateFiles:
         names=dns_names(leaf),
         subject=leaf.subject.rfc4514_string(),
         not_after=leaf.not_valid_after_utc.timestamp(),
+        key_type=key_type(leaf),
     )

@@ -1,18 +1,39 @@
-"""TLS termination for https listeners: contexts per certificate, SNI, policies, handshakes.
+"""TLS termination for https listeners: contexts per certificate set, SNI, policies, handshakes.
 
-One :class:`ServerTls` per https listener and config generation. It holds one
-``ssl.SSLContext`` per configured certificate, all with the listener's security policy (AWS's
-policy names, mapped to TLS versions and OpenSSL cipher lists in
-:data:`balancer.tls_policies.SSL_POLICIES`) and ALPN ``http/1.1``. Handshakes start on the first
-certificate's context, the default; its ``sni_callback`` moves the connection to the context of
-the certificate the client asked for:
+One :class:`ServerTls` per https listener and config generation. Its ``ssl.SSLContext`` objects
+all have the listener's security policy (AWS's policy names, mapped to TLS versions and OpenSSL
+cipher lists in :data:`balancer.tls_policies.SSL_POLICIES`) and ALPN ``http/1.1``. Each holds
+the certificates one SNI name can get: a single certificate, or an ECDSA and an RSA
+certificate for that name (ALB lets a listener hold both). OpenSSL keeps one certificate per
+key type in a context and picks one per handshake, from what the client offers: its cipher
+suites up to TLS 1.2, its signature algorithms in TLS 1.3. ECDSA wins when the client
+supports both, as on ALB ("the best certificate that the client can support"): in TLS 1.3
+because the server's preference (``OP_CIPHER_SERVER_PREFERENCE``) orders the shared signature
+algorithms by OpenSSL's list, ECDSA first; up to TLS 1.2 because the policy's cipher order
+lists every ECDSA suite before its RSA twin (except ``ECDHE-*-AES256-SHA``, RSA first in
+AWS's order too). The order the two are loaded in changes nothing.
+
+Handshakes start on the default's context; its ``sni_callback`` moves the connection to the
+context of the name the client asked for (:class:`CertificateChoice`):
 
 1. an exact name (``api.example.com``) wins over a wildcard;
 2. ``*.example.com`` matches exactly one label (``a.example.com``, never ``example.com`` or
    ``a.b.example.com``, RFC 6125 §6.4.3);
-3. among certificates with the same name the one listed first wins;
-4. no SNI, or a name no certificate has, gets the default (ALB's rule).
+3. of the certificates with the name (the exact ones, else the wildcard ones), the first listed
+   ECDSA one and the first listed RSA one are served together: a client supporting both gets
+   the ECDSA one, any other the one it can use. Of several with the same key type, the one
+   listed first wins (ALB would compare hash, key length and validity). When the first
+   listed has another key type (Ed25519, ...), it is served alone;
+4. an exact ECDSA certificate without an exact RSA twin is paired with the first listed RSA
+   wildcard for the name: clients that support ECDSA still get the exact one, the others
+   the wildcard instead of a failed handshake. Not the reverse: an exact RSA certificate is
+   never paired with an ECDSA wildcard, which would win over it;
+5. no SNI, or a name no certificate has, gets the default (the first listed; ALB's rule),
+   paired with the first listed certificate of the other key type that carries all of the
+   default's names.
 
+Contexts are built once per config generation, one per distinct set (plus one for each
+certificate that no name selects, so that OpenSSL checks every file), never per handshake.
 Reload builds a new ServerTls and the runtime snapshot swaps it in: connections accepted
 afterwards handshake with the new contexts, established ones keep the
 :class:`~balancer.tls_socket.TlsSocket` (and so the context) they started with. Building reads
@@ -25,14 +46,14 @@ from __future__ import annotations
 import contextvars
 import ssl
 import warnings
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import trio
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from balancer.certificates import CertificateFiles, load_certificate_files
+from balancer.certificates import ECDSA, RSA, CertificateFiles, load_certificate_files
 from balancer.config import HttpsListener, Listener
 from balancer.tls_policies import SSL_POLICIES, TLS13_SUITES, TlsPolicy
 from balancer.tls_socket import TlsSocket
@@ -70,13 +91,23 @@ def policy_context(policy: TlsPolicy, certificate: CertificateFiles) -> ssl.SSLC
         except ssl.SSLError as exc:
             raise ConfigError(certificate.cert_file, f"cipher list refused: {exc}") from None
     context.set_alpn_protocols(list(ALPN_PROTOCOLS))
+    add_certificate(context, certificate)
+    return context
+
+
+def add_certificate(context: ssl.SSLContext, certificate: CertificateFiles) -> None:
+    """Load a certificate pair into ``context``, next to those of other key types it holds
+    (OpenSSL keeps one per key type: one of the same type replaces it).
+
+    Raises:
+        ConfigError: OpenSSL refuses the certificate chain or the key.
+    """
     try:
         context.load_cert_chain(certificate.cert_file, certificate.key_file)
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(
             certificate.cert_file, f"cannot load certificate and key: {exc}"
         ) from None
-    return context
 
 
 # The SNI name of the handshake under way in this task. Python offers no server-side getter
@@ -91,6 +122,101 @@ def _wildcard_parent(name: str) -> str | None:
     return parent if label == "*" and dot and parent else None
 
 
+# The key types one context pairs, in ALB's order of preference. OpenSSL would hold others
+# side by side too, but ALB accepts only these two, and up to TLS 1.2 the suite a handshake
+# negotiated tells them apart (_presented).
+_PAIRED_KEY_TYPES = (ECDSA, RSA)
+
+
+def _pick(certificates: Sequence[CertificateFiles], candidates: Sequence[int]) -> tuple[int, ...]:
+    """The set served for a name from the certificates carrying it (indexes, listed order):
+    the first listed, and when it is ECDSA or RSA, the first listed of the other of the two;
+    ECDSA first."""
+    first = candidates[0]
+    if certificates[first].key_type not in _PAIRED_KEY_TYPES:
+        return (first,)
+    chosen: dict[str, int] = {}
+    for index in candidates:
+        kind = certificates[index].key_type
+        if kind in _PAIRED_KEY_TYPES:
+            chosen.setdefault(kind, index)
+    return tuple(chosen[kind] for kind in _PAIRED_KEY_TYPES if kind in chosen)
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateChoice:
+    """Which certificates each SNI name gets; worked out once per config generation.
+
+    Attributes:
+        sets: the certificate sets handshakes get, as indexes into the listener's
+            certificates: one certificate, or an ECDSA and an RSA one (in that order).
+            ``sets[0]`` is the default's: no SNI, or a name no certificate carries.
+        exact: a DNS name -> index into ``sets``.
+        wildcard: ``example.com`` (for ``*.example.com``) -> index into ``sets``.
+    """
+
+    sets: tuple[tuple[int, ...], ...]
+    exact: Mapping[str, int]
+    wildcard: Mapping[str, int]
+
+    def index(self, server_name: str | None) -> int:
+        """Index into :attr:`sets` for an SNI name (None: the client sent none)."""
+        if not server_name:
+            return 0
+        name = server_name.lower().rstrip(".")
+        index = self.exact.get(name)
+        if index is None:
+            index = self.wildcard.get(name.partition(".")[2], 0)
+        return index
+
+    def matches(self, server_name: str) -> bool:
+        """Whether some certificate carries ``server_name`` (exactly or by wildcard)."""
+        name = server_name.lower().rstrip(".")
+        return name in self.exact or name.partition(".")[2] in self.wildcard
+
+
+def choose_certificates(certificates: Sequence[CertificateFiles]) -> CertificateChoice:
+    """The rules of the module docstring, applied to a listener's certificates (default first)."""
+    exact: dict[str, list[int]] = {}
+    wildcard: dict[str, list[int]] = {}
+    for index, certificate in enumerate(certificates):
+        for name in certificate.names:
+            parent = _wildcard_parent(name)
+            if parent is None:
+                exact.setdefault(name, []).append(index)
+            else:
+                wildcard.setdefault(parent, []).append(index)
+    sets: dict[tuple[int, ...], int] = {}
+
+    def set_index(chosen: tuple[int, ...]) -> int:
+        return sets.setdefault(chosen, len(sets))
+
+    default = certificates[0]
+    twins = [
+        index
+        for index, certificate in enumerate(certificates)
+        if index > 0 and default.names and set(default.names) <= set(certificate.names)
+    ]
+    set_index(_pick(certificates, [0, *twins]))
+    by_name: dict[str, int] = {}
+    for name, found in exact.items():
+        chosen = _pick(certificates, found)
+        if [certificates[index].key_type for index in chosen] == [ECDSA]:
+            wild_rsa = [
+                index
+                for index in wildcard.get(name.partition(".")[2], ())
+                if certificates[index].key_type == RSA
+            ]
+            chosen = (*chosen, *wild_rsa[:1])
+        by_name[name] = set_index(chosen)
+    by_parent = {name: set_index(_pick(certificates, found)) for name, found in wildcard.items()}
+    served = {index for chosen in sets for index in chosen}
+    for index in range(len(certificates)):
+        if index not in served:
+            set_index((index,))  # never served, but OpenSSL checks it like the others
+    return CertificateChoice(sets=tuple(sets), exact=by_name, wildcard=by_parent)
+
+
 @dataclass(frozen=True, slots=True)
 class ServerTls:
     """The TLS side of one https listener for one config generation.
@@ -98,7 +224,9 @@ class ServerTls:
     Attributes:
         listener: the listener's name (metric label).
         certificates: the checked certificate pairs, the default first.
-        contexts: one context per certificate, in the same order.
+        choice: which of them each SNI name gets.
+        contexts: one context per set of ``choice.sets``, in the same order, holding that
+            set's certificates.
         handshake_timeout: seconds a client gets to complete the handshake.
         tls13_suites: the TLS 1.3 suites the policy allows; a connection that negotiated
             another (OpenSSL offers all three) is dropped after its handshake.
@@ -106,24 +234,14 @@ class ServerTls:
 
     listener: str
     certificates: tuple[CertificateFiles, ...]
+    choice: CertificateChoice
     contexts: tuple[ssl.SSLContext, ...]
     handshake_timeout: float
     tls13_suites: frozenset[str] = frozenset(TLS13_SUITES)
-    _exact: Mapping[str, int] = field(default_factory=dict)
-    _wildcard: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        exact: dict[str, int] = {}
-        wildcard: dict[str, int] = {}
-        for index, certificate in enumerate(self.certificates):
-            for name in certificate.names:
-                parent = _wildcard_parent(name)
-                if parent is None:
-                    exact.setdefault(name, index)
-                else:
-                    wildcard.setdefault(parent, index)
-        object.__setattr__(self, "_exact", exact)
-        object.__setattr__(self, "_wildcard", wildcard)
+        if len(self.contexts) != len(self.choice.sets):
+            raise ValueError("one context per certificate set")
         self.context.sni_callback = self._on_server_name
 
     @property
@@ -131,31 +249,26 @@ class ServerTls:
         """The default certificate's context: every handshake starts here."""
         return self.contexts[0]
 
-    def select(self, server_name: str | None) -> int:
-        """Index of the certificate for an SNI name (None: the client sent none)."""
-        if not server_name:
-            return 0
-        name = server_name.lower().rstrip(".")
-        index = self._exact.get(name)
-        if index is None:
-            index = self._wildcard.get(name.partition(".")[2], 0)
-        return index
+    def select(self, server_name: str | None) -> tuple[CertificateFiles, ...]:
+        """The certificates a handshake with this SNI name (None: none sent) can present: the
+        first when the client supports it, else the second (the RSA one of a pair)."""
+        chosen = self.choice.sets[self.choice.index(server_name)]
+        return tuple(self.certificates[index] for index in chosen)
 
     def matches(self, server_name: str) -> bool:
         """Whether some certificate carries ``server_name`` (exactly or by wildcard)."""
-        name = server_name.lower().rstrip(".")
-        return name in self._exact or name.partition(".")[2] in self._wildcard
+        return self.choice.matches(server_name)
 
     def _on_server_name(
         self, connection: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
     ) -> None:
         # Called by OpenSSL mid-handshake; an exception here would abort it with an alert, so
-        # this stays total: any name maps to some certificate.
+        # this stays total: any name maps to some certificate set.
         if server_name:
             slot = _SERVER_NAME.get(None)
             if slot is not None:
                 slot.append(server_name.lower())
-        context = self.contexts[self.select(server_name)]
+        context = self.contexts[self.choice.index(server_name)]
         if context is not connection.context:
             connection.context = context
 
@@ -171,11 +284,18 @@ def build_server_tls(listener: HttpsListener) -> ServerTls:
     certificates = tuple(
         load_certificate_files(c.cert_file, c.key_file) for c in listener.certificates
     )
-    contexts = tuple(policy_context(policy, c) for c in certificates)
+    choice = choose_certificates(certificates)
+    contexts = []
+    for chosen in choice.sets:
+        context = policy_context(policy, certificates[chosen[0]])
+        for index in chosen[1:]:
+            add_certificate(context, certificates[index])
+        contexts.append(context)
     return ServerTls(
         listener=listener.name,
         certificates=certificates,
-        contexts=contexts,
+        choice=choice,
+        contexts=tuple(contexts),
         handshake_timeout=listener.timeouts.tls_handshake_seconds,
         tls13_suites=frozenset(policy.tls13_suites),
     )
@@ -305,7 +425,7 @@ async def accept_tls(
                     return TlsConnection(
                         stream=trio.SocketStream(tls_socket),
                         server_name=sent if sent is not None and tls.matches(sent) else None,
-                        certificate=_presented(tls_socket, tls),
+                        certificate=_presented(tls_socket, tls, protocol, name),
                         protocol=protocol,
                         cipher=name,
                     )
@@ -322,13 +442,23 @@ def close_tls(connection: TlsConnection) -> None:
     connection.stream.socket.close()
 
 
-def _presented(stream: TlsSocket, tls: ServerTls) -> str:
+def _presented(stream: TlsSocket, tls: ServerTls, protocol: str, cipher: str) -> str:
     """The cert_file of the certificate a finished handshake presented; ``session-reused``
-    for a resumed session, which presents none (ALB's chosen_cert_arn)."""
+    for a resumed session, which presents none (ALB's chosen_cert_arn).
+
+    Of an ECDSA/RSA pair, up to TLS 1.2 the suite names the one used (``ECDHE-ECDSA-...``
+    or an RSA suite). A TLS 1.3 suite does not, and Python's ``ssl`` cannot say which
+    certificate the server sent, so it is taken to be the ECDSA one, which OpenSSL gives every
+    client offering an ECDSA signature algorithm for its curve (browsers do).
+    """
     if stream.session_reused:
         return "session-reused"
     context = stream.context
-    for certificate, candidate in zip(tls.certificates, tls.contexts, strict=True):
+    chosen = tls.choice.sets[0]
+    for candidate, certificates in zip(tls.contexts, tls.choice.sets, strict=True):
         if candidate is context:
-            return certificate.cert_file
-    return tls.certificates[0].cert_file
+            chosen = certificates
+            break
+    if len(chosen) > 1 and protocol != "TLSv1.3" and ECDSA not in cipher:
+        return tls.certificates[chosen[1]].cert_file  # the pair's RSA certificate
+    return tls.certificates[chosen[0]].cert_file

@@ -8,7 +8,7 @@ import pytest
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from balancer.certificates import MAX_PEM_BYTES, load_certificate_files
@@ -108,3 +108,36 @@ def test_an_encrypted_key_is_refused(ca, tmp_path):
     (tmp_path / "enc.key").write_bytes(encrypted)
     with pytest.raises(ConfigError, match="encrypted"):
         load_certificate_files(pair.cert_file, str(tmp_path / "enc.key"))
+
+
+def test_reads_the_key_type(ca, tmp_path):
+    # What balancer.tls pairs an ECDSA and an RSA certificate for one name by.
+    for key_type, expected in ((trustme.KeyType.ECDSA, "ECDSA"), (trustme.KeyType.RSA, "RSA")):
+        leaf = ca.issue_cert("a.example.com", key_type=key_type)
+        leaf.cert_chain_pems[0].write_to_path(str(tmp_path / "k.pem"))
+        leaf.private_key_pem.write_to_path(str(tmp_path / "k.key"))
+        loaded = load_certificate_files(str(tmp_path / "k.pem"), str(tmp_path / "k.key"))
+        assert loaded.key_type == expected
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ed.example.org")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, None)
+    )
+    (tmp_path / "ed.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "ed.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    loaded = load_certificate_files(str(tmp_path / "ed.pem"), str(tmp_path / "ed.key"))
+    assert loaded.key_type == "Ed25519"  # never paired: ALB takes ECDSA and RSA only

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import datetime
 import ssl
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import trio
 import trio.testing
 import trustme
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from prometheus_client import generate_latest
 
@@ -93,8 +96,8 @@ def metrics_and_tls(tls: ServerTls) -> tuple[Metrics, TlsMetrics]:
     ],
 )
 def test_select_follows_albs_rules(server_tls, server_name, stem):
-    chosen = server_tls.certificates[server_tls.select(server_name)]
-    assert chosen.cert_file.endswith(f"/{stem}.pem")
+    chosen = server_tls.select(server_name)  # all ECDSA: one certificate each time
+    assert [c.cert_file.rsplit("/", 1)[1] for c in chosen] == [f"{stem}.pem"]
 
 
 @pytest.mark.parametrize(
@@ -305,3 +308,217 @@ async def test_close_never_waits_for_a_client_that_reads_nothing(ca, server_tls,
     assert trio.current_time() == start  # the close_notify that did not fit is dropped
     assert tcp.fileno() == -1
     await client_side.transport_stream.aclose()
+
+
+# --- An ECDSA and an RSA certificate for one name (ALB's certificate list can hold both) ---------
+
+ECDSA, RSA = trustme.KeyType.ECDSA, trustme.KeyType.RSA
+
+
+def write_keyed(
+    ca: trustme.CA, directory: Path, stem: str, *names: str, key_type: trustme.KeyType
+) -> Certificate:
+    """``write_pair`` with the leaf's key type chosen (trustme's default is ECDSA)."""
+    leaf = ca.issue_cert(*names, common_name=stem, key_type=key_type)
+    cert_file, key_file = directory / f"{stem}.pem", directory / f"{stem}.key"
+    leaf.cert_chain_pems[0].write_to_path(str(cert_file))
+    for extra in leaf.cert_chain_pems[1:]:
+        extra.write_to_path(str(cert_file), append=True)
+    leaf.private_key_pem.write_to_path(str(key_file))
+    return Certificate(cert_file=str(cert_file), key_file=str(key_file))
+
+
+# TLS 1.2 clients restricted by their cipher suites: RSA only, ECDSA only, or both with RSA
+# offered first (the server's order must still pick ECDSA).
+RSA_ONLY = "ECDHE-RSA-AES128-GCM-SHA256"
+ECDSA_ONLY = "ECDHE-ECDSA-AES128-GCM-SHA256"
+BOTH_RSA_FIRST = f"{RSA_ONLY}:{ECDSA_ONLY}"
+
+
+def tls12_client(ca: trustme.CA, ciphers: str, *, check_hostname: bool = True) -> ssl.SSLContext:
+    context = client_context(ca)
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(ciphers)
+    context.check_hostname = check_hostname
+    return context
+
+
+class Outcome(NamedTuple):
+    """One handshake, as the client saw it and as the server reports it."""
+
+    key: str | None  # "ECDSA" / "RSA": the key of the certificate the client got; None: failed
+    subject: str | None  # its CN
+    version: str | None
+    chosen: str | None  # the server's TlsConnection.certificate (access log's chosen_cert)
+    context: ssl.SSLContext | None  # the server context the handshake ended on
+
+
+def key_kind(der: bytes) -> str:
+    public = x509.load_der_x509_certificate(der).public_key()
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        return "ECDSA"
+    assert isinstance(public, rsa.RSAPublicKey)
+    return "RSA"
+
+
+async def tcp_handshake(tls: ServerTls, client: ssl.SSLContext, server_name: str | None) -> Outcome:
+    """A real handshake over TCP on 127.0.0.1 (port 0), everything closed before returning."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    got: dict[str, object] = {}
+    try:
+        with trio.fail_after(10):
+            client_raw = await trio.open_tcp_stream("127.0.0.1", port)
+            server_raw = await listeners[0].accept()
+            client_stream = trio.SSLStream(client_raw, client, server_hostname=server_name)
+
+            async def client_side() -> None:
+                try:
+                    await client_stream.do_handshake()
+                except trio.BrokenResourceError:
+                    await client_raw.aclose()  # the server then fails too
+                    return
+                der = client_stream.getpeercert(binary_form=True)
+                assert der is not None
+                got["der"], got["version"] = der, client_stream.version()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client_side)
+                server = await accept_tls(server_raw, tls)
+            if server is not None:
+                got["chosen"], got["context"] = server.certificate, server.stream.socket.context
+                close_tls(server)
+            await server_raw.aclose()
+            await client_raw.aclose()
+    finally:
+        for listener in listeners:
+            await listener.aclose()
+    if "der" not in got or server is None:
+        return Outcome(None, None, None, None, None)
+    der = got["der"]
+    assert isinstance(der, bytes)
+    cert = x509.load_der_x509_certificate(der)
+    subject = str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+    return Outcome(
+        key_kind(der),
+        subject,
+        str(got["version"]),
+        str(got["chosen"]),
+        got["context"],  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize("listed", [(ECDSA, RSA), (RSA, ECDSA)], ids=["ecdsa-first", "rsa-first"])
+async def test_an_ecdsa_rsa_pair_for_one_name_gives_each_client_the_one_it_supports(
+    ca, tmp_path, listed
+):
+    default = write_keyed(ca, tmp_path, "default", "default.example.net", key_type=ECDSA)
+    pair = {
+        kind: write_keyed(ca, tmp_path, f"dual-{kind.name}", "dual.example.com", key_type=kind)
+        for kind in listed
+    }
+    tls = build_server_tls(https_listener([default, *pair.values()]))
+    cases = [
+        ("TLS 1.2, RSA only", tls12_client(ca, RSA_ONLY), RSA),  # failed if ECDSA listed first
+        ("TLS 1.2, ECDSA only", tls12_client(ca, ECDSA_ONLY), ECDSA),  # ... if RSA was
+        ("TLS 1.2, both", tls12_client(ca, BOTH_RSA_FIRST), ECDSA),  # ALB's preference
+        ("TLS 1.3", client_context(ca), ECDSA),  # the server's signature algorithm order
+    ]
+    for label, client, expected in cases:
+        outcome = await tcp_handshake(tls, client, "dual.example.com")
+        assert outcome.key == expected.name, (label, outcome)
+        assert outcome.subject == f"dual-{expected.name}"
+        # The access log names the certificate presented (up to TLS 1.2 from the suite; in
+        # TLS 1.3 the ECDSA one, which every client offering ECDSA signatures gets).
+        assert outcome.chosen == pair[expected].cert_file
+    # One context holds the pair: built with the listener, not per handshake.
+    assert [c.cert_file for c in tls.select("dual.example.com")] == [
+        pair[ECDSA].cert_file,
+        pair[RSA].cert_file,
+    ]
+    assert len(tls.contexts) == 2  # the default's, the pair's
+
+
+async def test_pairs_for_wildcards_and_the_default_and_an_rsa_wildcard_backs_an_exact_ecdsa(
+    ca, tmp_path
+):
+    def keyed(stem: str, name: str, key_type: trustme.KeyType) -> Certificate:
+        return write_keyed(ca, tmp_path, stem, name, key_type=key_type)
+
+    certificates = [
+        keyed("default-ecdsa", "default.example.net", ECDSA),
+        keyed("wild-rsa", "*.example.com", RSA),  # RSA listed first: ECDSA still wins
+        keyed("api-ecdsa", "api.example.com", ECDSA),
+        keyed("wild-ecdsa", "*.example.com", ECDSA),
+        keyed("default-rsa", "default.example.net", RSA),  # the default's RSA twin
+        keyed("other-rsa", "other.example.org", RSA),  # RSA, but not for the default's name
+    ]
+    tls = build_server_tls(https_listener(certificates))
+    # SNI name -> the certificate of an RSA-only client, of one supporting both.
+    expected = {
+        None: ("default-rsa", "default-ecdsa"),
+        "unknown.example.org": ("default-rsa", "default-ecdsa"),
+        "default.example.net": ("default-rsa", "default-ecdsa"),
+        "a.example.com": ("wild-rsa", "wild-ecdsa"),
+        # The exact ECDSA certificate still wins; an RSA-only client gets the RSA wildcard
+        # instead of a failed handshake.
+        "api.example.com": ("wild-rsa", "api-ecdsa"),
+        "other.example.org": ("other-rsa", "other-rsa"),  # a lone RSA certificate: as before
+    }
+    for server_name, (rsa_only, both) in expected.items():
+        verify = server_name not in (None, "unknown.example.org")
+        got = [
+            await tcp_handshake(tls, tls12_client(ca, ciphers, check_hostname=verify), server_name)
+            for ciphers in (RSA_ONLY, BOTH_RSA_FIRST)
+        ]
+        assert [o.subject for o in got] == [rsa_only, both], server_name
+        assert [o.chosen for o in got] == [
+            str(tmp_path / f"{rsa_only}.pem"),
+            str(tmp_path / f"{both}.pem"),
+        ]
+
+
+async def test_each_certificate_of_a_pair_is_sent_with_its_own_chain(ca, tmp_path):
+    # Each leaf is issued by its own intermediate, and the client trusts the root only: it
+    # verifies only if the server sends the intermediate of the leaf it presents.
+    pair = {
+        kind: write_keyed(
+            ca.create_child_ca(key_type=kind),
+            tmp_path,
+            f"chained-{kind.name}",
+            "dual.example.com",
+            key_type=kind,
+        )
+        for kind in (ECDSA, RSA)
+    }
+    default = write_keyed(ca, tmp_path, "default", "default.example.net", key_type=ECDSA)
+    tls = build_server_tls(https_listener([default, pair[ECDSA], pair[RSA]]))
+    for ciphers, kind in ((RSA_ONLY, RSA), (ECDSA_ONLY, ECDSA)):
+        outcome = await tcp_handshake(tls, tls12_client(ca, ciphers), "dual.example.com")
+        assert outcome.subject == f"chained-{kind.name}"
+
+
+async def test_same_key_type_keeps_the_first_listed_and_contexts_are_built_once(ca, tmp_path):
+    certificates = [
+        write_keyed(ca, tmp_path, "default", "default.example.net", key_type=ECDSA),
+        write_keyed(ca, tmp_path, "rsa-1", "dual.example.com", key_type=RSA),
+        write_keyed(ca, tmp_path, "ecdsa-1", "dual.example.com", key_type=ECDSA),
+        write_keyed(ca, tmp_path, "ecdsa-2", "dual.example.com", key_type=ECDSA),
+        write_keyed(ca, tmp_path, "rsa-2", "dual.example.com", key_type=RSA),
+    ]
+    tls = build_server_tls(https_listener(certificates))
+    seen = set()
+    for _ in range(3):
+        for ciphers, subject in ((RSA_ONLY, "rsa-1"), (BOTH_RSA_FIRST, "ecdsa-1")):
+            outcome = await tcp_handshake(tls, tls12_client(ca, ciphers), "dual.example.com")
+            assert outcome.subject == subject
+            assert any(outcome.context is context for context in tls.contexts)
+            seen.add(id(outcome.context))
+    assert len(seen) == 1  # the pair's one context served all six
+    assert [c.cert_file for c in tls.select("dual.example.com")] == [
+        certificates[2].cert_file,
+        certificates[1].cert_file,
+    ]
+    # The default's context, the pair's, and one each for the two never served (so that
+    # OpenSSL checks them at load, as before): four, all built with the listener.
+    assert len(tls.contexts) == 4

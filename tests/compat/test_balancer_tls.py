@@ -422,3 +422,67 @@ async def test_access_log_chosen_cert_is_session_reused_for_a_resumed_session(
         re.findall(r'"((?:[^"\\]|\\.)*)"', line) for line in log_path.read_text().splitlines()
     ]
     assert [fields[4] for fields in quoted] == [certificates[1][0], "session-reused"]  # wild
+
+
+def write_keyed(
+    ca: trustme.CA, directory: Path, stem: str, name: str, key_type: trustme.KeyType
+) -> tuple[str, str]:
+    """A certificate for ``name`` with the key type chosen; (cert_file, key_file)."""
+    leaf = ca.issue_cert(name, common_name=stem, key_type=key_type)
+    cert_file, key_file = directory / f"{stem}.pem", directory / f"{stem}.key"
+    leaf.cert_chain_pems[0].write_to_path(str(cert_file))
+    leaf.private_key_pem.write_to_path(str(key_file))
+    return str(cert_file), str(key_file)
+
+
+# openssl s_client options -> the certificate an ECDSA/RSA pair must give (ALB: "the best
+# certificate that the client can support", ECDSA when it supports both).
+DUAL_CLIENTS = [
+    (["-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256"], "rsa"),
+    (["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"], "ecdsa"),
+    (["-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256"], "ecdsa"),
+    (["-tls1_3", "-sigalgs", "rsa_pss_rsae_sha256:rsa_pkcs1_sha256"], "rsa"),
+    (["-tls1_3", "-sigalgs", "rsa_pss_rsae_sha256:ecdsa_secp256r1_sha256"], "ecdsa"),
+    (["-tls1_3"], "ecdsa"),
+]
+
+
+@pytest.mark.parametrize("first", ["ecdsa", "rsa"])
+async def test_an_ecdsa_rsa_pair_serves_clients_that_support_only_one(ca, tmp_path, first):
+    keys = {"ecdsa": trustme.KeyType.ECDSA, "rsa": trustme.KeyType.RSA}
+    dual = {
+        kind: write_keyed(ca, tmp_path, f"dual-{kind}", "dual.example.com", keys[kind])
+        for kind in keys
+    }
+    default = {
+        kind: write_keyed(ca, tmp_path, f"default-{kind}", "default.example.net", keys[kind])
+        for kind in keys
+    }
+    second = "rsa" if first == "ecdsa" else "ecdsa"
+    certs = [default[first], dual[first], dual[second], default[second]]
+    log_path = tmp_path / "access.log"
+    async with balancer(logged_config(tmp_path, certs, log_path)) as daemon:
+        port = address(daemon, "web-tls")[1]
+        for options, kind in DUAL_CLIENTS:
+            code, output = await s_client(port, "-servername", "dual.example.com", *options)
+            assert code == 0, (options, output)
+            assert subject_cn(output) == f"dual-{kind}", options
+            assert "hello web-tls" in output
+        # The default certificate pairs with its twin of the other key type.
+        for options, kind in DUAL_CLIENTS[:2]:
+            code, output = await s_client(port, "-noservername", *options)
+            assert code == 0, (options, output)
+            assert subject_cn(output) == f"default-{kind}", options
+        await trio.sleep(1.3)  # the app flushes access logs once a second
+    quoted = [
+        re.findall(r'"((?:[^"\\]|\\.)*)"', line) for line in log_path.read_text().splitlines()
+    ]
+    chosen = [fields[4] for fields in quoted]
+    assert len(chosen) == len(DUAL_CLIENTS) + 2
+    # chosen_cert_arn names the certificate presented: up to TLS 1.2 the suite tells. A TLS
+    # 1.3 suite does not, and Python cannot say, so the ECDSA one is logged: right for every
+    # client offering ECDSA signatures, wrong for the RSA-only one (README: not asserted).
+    for (options, kind), logged in zip(DUAL_CLIENTS, chosen, strict=False):
+        if "-tls1_2" in options or kind == "ecdsa":
+            assert logged == dual[kind][0], options
+    assert chosen[len(DUAL_CLIENTS) :] == [default["rsa"][0], default["ecdsa"][0]]
