@@ -64,7 +64,14 @@ from balancer.rebind import Address, in_the_way, passive_addresses
 from balancer.runtime import Runtime
 from balancer.stickiness import MIN_KEY_BYTES
 from balancer.targets_api import Overrides, StateFile, TargetsApi
-from balancer.tls import ServerTls, TlsMetrics, accept_tls, build_all, close_tls
+from balancer.tls import (
+    ServerTls,
+    TlsMetrics,
+    accept_tls,
+    build_all,
+    close_tls,
+    undecodable_server_names_logged,
+)
 from balancer.upstream import Pools, accepted_addresses, tune_socket
 from monitoring import fastio
 from monitoring.admin import AdminServer, open_admin_listener
@@ -216,7 +223,8 @@ class BalancerApp:
     @contextlib.contextmanager
     def _resources(self) -> Iterator[None]:
         try:
-            yield
+            with undecodable_server_names_logged(self.frame.log):
+                yield
         finally:
             self.pools.close()
             self.access_logs.close()

@@ -43,10 +43,12 @@ instead of half-applying it.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import ssl
+import sys
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -462,3 +464,34 @@ def _presented(stream: TlsSocket, tls: ServerTls, protocol: str, cipher: str) ->
     if len(chosen) > 1 and protocol != "TLSv1.3" and ECDSA not in cipher:
         return tls.certificates[chosen[1]].cert_file  # the pair's RSA certificate
     return tls.certificates[chosen[0]].cert_file
+
+
+@contextlib.contextmanager
+def undecodable_server_names_logged(log: EventLog) -> Iterator[None]:
+    """While the block runs, a client's SNI that is not ASCII is a debug log line, not a
+    traceback on stderr.
+
+    CPython's ssl decodes the name as ASCII before any SNI callback runs; a name that is not
+    fails the handshake (an ``internal_error`` alert) and goes to ``sys.unraisablehook``,
+    which prints a traceback per handshake, as many as a client cares to send. The failed
+    handshake itself is counted as any other (``tls_negotiation_errors_total``).
+    """
+    previous = sys.unraisablehook
+
+    def hook(unraisable: sys.UnraisableHookArgs) -> None:
+        error = unraisable.exc_value
+        if (
+            isinstance(error, UnicodeDecodeError)
+            and error.encoding == "ascii"
+            and isinstance(unraisable.object, bytes)
+        ):
+            log.debug("tls.server_name_not_ascii", server_name=unraisable.object[:255])
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        if sys.unraisablehook is hook:
+            sys.unraisablehook = previous

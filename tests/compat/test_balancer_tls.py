@@ -486,3 +486,22 @@ async def test_an_ecdsa_rsa_pair_serves_clients_that_support_only_one(ca, tmp_pa
         if "-tls1_2" in options or kind == "ecdsa":
             assert logged == dual[kind][0], options
     assert chosen[len(DUAL_CLIENTS) :] == [default["rsa"][0], default["ecdsa"][0]]
+
+
+async def test_a_server_name_that_is_not_ascii_is_a_debug_line_not_a_traceback(
+    tmp_path, certificates, monkeypatch
+):
+    """CPython's ssl fails such a handshake before any SNI callback and reports it through
+    sys.unraisablehook (a traceback on stderr per handshake, at a client's will)."""
+    reported: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    config_path = write_config(tmp_path / "balancer.toml", certificates)
+    config = load(config_path, BalancerConfig)
+    async with running(SPEC, config, config_path=config_path, level="debug") as daemon:
+        port = address(daemon, "web-tls")[1]
+        code, _ = await s_client(port, "-servername", "caf\u00e9.example.com")  # UTF-8 bytes
+        assert code != 0
+        code, output = await s_client(port, "-servername", "a.example.com")
+        assert code == 0, output  # the listener goes on serving
+    assert reported == []
+    assert "event=tls.server_name_not_ascii" in daemon.log_output.getvalue()  # type: ignore[attr-defined]
