@@ -1,18 +1,50 @@
-"""Entry point of ``wharf-balancer``."""
+"""Entry point of ``wharf-balancer``.
+
+``check-config`` goes as far as the start does short of binding sockets and starting tasks
+(:func:`check_files`): the settings several workers cannot share, the stickiness keys, the
+certificates and keys of every https listener (each pair loaded into its TLS contexts, as
+the start and every reload do), and the runtime compiled from them. A file the daemon would
+refuse to start or reload with fails the check with the message the start would give.
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from balancer.app import build
+from balancer.app import build, read_keys
 from balancer.config import BalancerConfig
+from balancer.peers import check_workers
+from balancer.runtime import Runtime
+from balancer.tls import build_all
 from balancer.workers import supervise_from_argv
 from monitoring.cli import main as run_cli
+from monitoring.configfile import ConfigError
 from monitoring.lifecycle import DaemonSpec
 from monitoring.version import VERSION
 
 SPEC = DaemonSpec(name="balancer", schema=BalancerConfig, build=build, version=VERSION)
+
+
+def check_files(config: BalancerConfig, path: Path) -> None:
+    """What the start builds from the files ``config`` names, without serving anything.
+
+    The state file of the targets API (``state_dir/targets.json``) is the daemon's own state,
+    not configuration, and access log files are not opened (opening one creates it, and a
+    check run as root would leave a file the daemon cannot write).
+
+    Raises:
+        ConfigError: as the start and a reload raise it: naming the file, the key and the
+            reason.
+    """
+    check_workers(config, str(path))  # the supervisor's check (workers > 1)
+    keys = read_keys(config)  # BalancerApp builds these two at start and at every reload
+    tls = build_all(config.listeners)
+    try:
+        Runtime(config, keys=keys, tls=tls, now=0.0)
+    except ValueError as exc:  # as BalancerApp reports it
+        raise ConfigError(str(path), f"{exc} - at `$.stickiness.key_files`") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -20,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     supervised = supervise_from_argv(argv)
     if supervised is not None:
         return supervised
-    return run_cli(SPEC, argv)
+    return run_cli(SPEC, argv, check=check_files)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,19 @@ its index in the environment (:mod:`balancer.peers` is the children's side), and
 - **Signals.** SIGHUP and SIGTERM/SIGINT are forwarded to every worker. After SIGTERM the
   supervisor waits for the workers to drain (their ``grace_period_seconds``, plus a margin)
   and kills what is left, then exits 0.
-- **Crashes.** A worker that exits while the supervisor is not stopping is restarted after a
-  backoff that doubles from 0.1 s to 10 s and resets once a worker has run for 30 s.
+- **Start failures.** Until every worker has reported ready, a worker process that exits
+  before it reported ready cannot start (a certificate file missing, an address in use): the
+  supervisor does not restart it but logs ``event=daemon.start_failed`` with the worker's
+  reason (the ``STATUS=cannot start: ...`` it sent, :mod:`monitoring.cli`), stops the other
+  workers as SIGTERM does, prints ``wharf-balancer: cannot start: <reason>`` and exits 1, as
+  the single-process daemon does; systemd's ``Restart=on-failure`` tries again. The
+  notifications a worker sent before it exited are all read before that decision (the
+  sockets are drained when the exit is seen), so a worker that was ready and crashed at once
+  is never taken for one that could not start.
+- **Crashes.** A worker that exits after it was ready, or any worker once the supervisor is
+  ready (a replacement that cannot start, e.g. a certificate deleted since, is retried while
+  the others serve), is restarted after a backoff that doubles from 0.1 s to 10 s and resets
+  once a worker has run for 30 s.
 - **Admin and metrics.** Worker 0 serves the admin listener on the configured port, worker
   ``i`` on ``admin.port + i``; metrics are per process, so scrape every worker's port (a
   Prometheus job with the N targets, each labelled with its worker). The targets API and
@@ -36,10 +47,11 @@ import argparse
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -47,6 +59,7 @@ import trio
 
 from balancer.config import BalancerConfig
 from balancer.peers import COUNT_ENV, INDEX_ENV, check_workers
+from monitoring.cli import EXIT_START, START_FAILED_STATUS
 from monitoring.configfile import ConfigError, load
 from monitoring.logging import EventLog
 from monitoring.sdnotify import Notifier
@@ -71,6 +84,42 @@ class _Worker:
         self.ready = 0  # READY=1 messages received since the supervisor started
         self.status = ""
         self._changed = trio.Event()
+        self._socket: socket.socket | None = None
+
+    def open_socket(self) -> None:
+        """Bind this worker's notification socket (non-blocking: see :meth:`drain`)."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.setblocking(False)
+            sock.bind(self.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self._socket = sock
+
+    def close_socket(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+    async def listen(self) -> None:
+        """Take in the worker's notifications as they come, until cancelled."""
+        while self._socket is not None:
+            await trio.lowlevel.wait_readable(self._socket)
+            self.drain()
+
+    def drain(self) -> None:
+        """Take in every notification already queued, without waiting.
+
+        A datagram a worker sent is in this socket's queue before the worker can have
+        exited, so draining once its exit is seen gives everything it said.
+        """
+        while self._socket is not None:
+            try:
+                message = self._socket.recv(NOTIFY_MAX_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return
+            self.received(message)
 
     def received(self, message: bytes) -> None:
         for line in message.decode("utf-8", "replace").splitlines():
@@ -86,6 +135,12 @@ class _Worker:
         self.process = None
         self._changed.set()
         self._changed = trio.Event()
+
+    def start_failure(self, code: int) -> str:
+        """Why the process of this slot that exited with ``code`` could not start."""
+        if self.status.startswith(START_FAILED_STATUS):
+            return self.status.removeprefix(START_FAILED_STATUS)
+        return f"worker {self.index} exited with code {code} before it was ready"
 
     async def wait_ready(self, more_than: int, *, while_running: bool = True) -> None:
         """Until this worker has sent more READY=1 than ``more_than``.
@@ -147,38 +202,58 @@ class Supervisor:
         self._reload_lock = trio.Lock()
         self._all_exited = trio.Event()
         self._running = 0
+        self._finish = trio.Event()  # SIGTERM/SIGINT, or a worker that cannot start
+        self.ready_announced = False  # READY=1 sent: every worker reported ready once
+        self.failure: str | None = None  # why the workers cannot start
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
-        """Supervise until SIGTERM or SIGINT; returns the exit code (0)."""
+        """Supervise until SIGTERM or SIGINT (returns 0) or until a worker cannot start
+        (returns 1, the reason in :attr:`failure`)."""
         try:
             with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as sigs:
                 async with trio.open_nursery() as nursery:
                     for worker in self.workers:
-                        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_DGRAM)
-                        await sock.bind(worker.socket_path)
-                        nursery.start_soon(self._listen, worker, sock)
+                        worker.open_socket()
+                        nursery.start_soon(worker.listen)
                         nursery.start_soon(self._keep_running, worker)
                     nursery.start_soon(self._announce_ready)
                     interval = self.notifier.watchdog_interval()
                     if interval is not None:
                         nursery.start_soon(self._watchdog, interval)
+                    nursery.start_soon(self._handle_signals, sigs, nursery)
                     task_status.started()
-                    async for signum in sigs:
-                        if signum == signal.SIGHUP:
-                            nursery.start_soon(self.reload)
-                        else:
-                            break
+                    await self._finish.wait()
                     await self.stop()
                     nursery.cancel_scope.cancel()
         finally:
+            for worker in self.workers:
+                worker.close_socket()
             shutil.rmtree(self._directory, ignore_errors=True)
         self.log.info("supervisor.stopped")
-        return 0
+        return 0 if self.failure is None else EXIT_START
 
-    async def _listen(self, worker: _Worker, sock: trio.socket.SocketType) -> None:
-        with sock:
-            while True:
-                worker.received(await sock.recv(NOTIFY_MAX_BYTES))
+    def request_stop(self) -> None:
+        """Stop as SIGTERM does: drain every worker, then :meth:`run` returns."""
+        self._finish.set()
+
+    async def _handle_signals(self, signals: AsyncIterator[int], nursery: trio.Nursery) -> None:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                nursery.start_soon(self.reload)
+            else:
+                self.request_stop()
+                return
+
+    def _cannot_start(self, worker: _Worker, pid: int, code: int) -> None:
+        """A worker exited before it was ready, during the start: stop, and exit 1."""
+        if self.failure is not None or self._finish.is_set():
+            return  # already stopping: one reason is enough
+        self.failure = worker.start_failure(code)
+        self.log.error(
+            "daemon.start_failed", reason=self.failure, index=worker.index, pid=pid, code=code
+        )
+        self.notifier.status(f"{START_FAILED_STATUS}{self.failure}")
+        self._finish.set()
 
     async def _keep_running(self, worker: _Worker) -> None:
         self._running += 1
@@ -198,13 +273,19 @@ class Supervisor:
                         await self.stopping.wait()
                     continue
                 worker.process = process
+                worker.status = ""  # a reason it gives is its own, not its predecessor's
+                ready_before = worker.ready
                 self.log.info("worker.started", index=worker.index, pid=process.pid)
                 if self.stopping.is_set():  # the stop began while it was starting
                     process.send_signal(signal.SIGTERM)
                 code = await process.wait()
+                worker.drain()  # whatever it said before it exited (READY=1, its reason)
                 worker.exited()
                 if self.stopping.is_set():
                     self.log.info("worker.stopped", index=worker.index, pid=process.pid, code=code)
+                    return
+                if worker.ready == ready_before and not self.ready_announced:
+                    self._cannot_start(worker, process.pid, code)
                     return
                 backoff = next_backoff(backoff, trio.current_time() - started)
                 self.log.error(
@@ -222,8 +303,12 @@ class Supervisor:
                 self._all_exited.set()
 
     async def _announce_ready(self) -> None:
-        for worker in self.workers:  # a worker that crashes first is restarted: keep waiting
+        # A worker that was ready and crashed is restarted: keep waiting for the others.
+        for worker in self.workers:
             await worker.wait_ready(0, while_running=False)
+        if self._finish.is_set():  # stopping, or one could not start: never READY=1 now
+            return
+        self.ready_announced = True
         self.notifier.ready(status=f"serving with {len(self.workers)} workers")
         self.log.info("supervisor.ready", workers=len(self.workers))
 
@@ -305,4 +390,7 @@ def supervise_from_argv(argv: Sequence[str] | None) -> int | None:
         return 1
     log = EventLog("balancer", level=config.logging.level).bind(role="supervisor")
     supervisor = Supervisor(config, args.config, notifier=Notifier.from_environ(), log=log)
-    return trio.run(supervisor.run)
+    code = trio.run(supervisor.run)
+    if supervisor.failure is not None:
+        print(f"wharf-balancer: cannot start: {supervisor.failure}", file=sys.stderr)
+    return code

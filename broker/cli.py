@@ -1,22 +1,36 @@
-"""Entry point of ``wharf-broker``."""
+"""Entry point of ``wharf-broker``.
+
+``check-config`` reads the files the configuration names as the start does
+(:func:`check_files`): the credentials file, the API's certificate and key, the encryption
+key file, the configured SNS signing key and certificate and the CA file of HTTP/S
+deliveries. A file the broker would refuse to start or reload with fails the check with the
+start's message. What lives in the data directory (the store, the generated keys) is the
+broker's state, not configuration, and is left alone: the check never opens the store nor
+generates a key.
+"""
 
 from __future__ import annotations
 
 import argparse
 import gc
 import os
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
 from broker import backup
-from broker.app import build, data_directory
+from broker.app import build, credentials_of, data_directory, keyring_of
 from broker.config import BrokerConfig
+from broker.http_client import HttpClient
+from broker.sns_keys import load_signing_keys
 from broker.store.base import StoreError
 from broker.store.sqlite_backup import StoreSummary
+from broker.tls import server_context
 from monitoring.cli import Command
 from monitoring.cli import main as run_cli
+from monitoring.configfile import ConfigError
 from monitoring.lifecycle import DaemonSpec
 from monitoring.version import VERSION
 
@@ -117,9 +131,33 @@ COMMANDS: Final = (
 )
 
 
+def check_files(config: BrokerConfig, path: Path) -> None:
+    """Read the files ``config`` names with the functions the start and reload use.
+
+    Raises:
+        ConfigError: naming the file and the reason, as the start does.
+    """
+    credentials_of(config)
+    if config.api.tls.enabled:
+        server_context(config.api.tls)
+    keyring_of(config)
+    sns = config.sns
+    if sns.signing_key_file:  # else generated in the data directory: state, not config
+        load_signing_keys(sns, data_directory(config.storage.data_dir))
+    if sns.ca_file:
+        try:
+            HttpClient(
+                connect_timeout=sns.connect_timeout_seconds,
+                response_timeout=sns.response_timeout_seconds,
+                ca_file=sns.ca_file,
+            )
+        except (OSError, ssl.SSLError) as error:  # as BrokerApp reports it at start
+            raise ConfigError(sns.ca_file, f"cannot load the CA file: {error}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     tune_gc()
-    return run_cli(SPEC, argv, COMMANDS)
+    return run_cli(SPEC, argv, COMMANDS, check=check_files)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,16 @@
 runs first; under systemd the unit passes ``serve --config /etc/wharf/<daemon>.toml``. A
 daemon adds its own commands (the broker's ``backup`` and ``restore``) as :class:`Command`s:
 each gets ``--config`` and the loaded configuration like ``serve`` does.
+
+``check-config`` decodes the file, then runs the daemon's :data:`FileCheck`: the part of the
+start that reads the files the configuration names (certificates, keys, credentials), with the
+functions the start and reload use, so that what the daemon would refuse to start or reload
+with fails the check with the same message. It binds nothing and writes nothing.
+
+A ``serve`` that cannot start (a file the app cannot read, an address in use) prints one line,
+``wharf-<daemon>: cannot start: <reason>``, logs ``event=daemon.start_failed``, sends
+``STATUS=cannot start: <reason>`` to the service manager (a supervisor of several worker
+processes reads it there: :mod:`balancer.workers`) and exits 1.
 """
 
 from __future__ import annotations
@@ -19,12 +29,20 @@ import trio
 
 from monitoring.configfile import ConfigError, json_schema, load
 from monitoring.lifecycle import Daemon, DaemonFailed, DaemonSpec, StartupError
+from monitoring.logging import EventLog
 from monitoring.sdnotify import Notifier
 
 EXIT_OK = 0
 EXIT_CONFIG = 1
 EXIT_START = 1  # the reason is printed; systemd's Restart=on-failure tries again
 EXIT_FAILED = 1  # stopped itself (Frame.fail); restarted likewise
+# The STATUS= a daemon that cannot start sends before it exits, followed by the reason.
+START_FAILED_STATUS = "cannot start: "
+STATUS_MAX_BYTES = 3000  # a notification is one datagram (a supervisor reads up to 4 KiB)
+
+# check-config's look at the files a loaded configuration names, as the start reads them:
+# ``check(config, path)`` raises ConfigError (naming the file, the key and the reason).
+FileCheck = Callable[[Any, Path], None]
 
 
 @dataclass(frozen=True)
@@ -38,16 +56,24 @@ class Command:
 
 
 def main(
-    spec: DaemonSpec[Any], argv: Sequence[str] | None = None, commands: Sequence[Command] = ()
+    spec: DaemonSpec[Any],
+    argv: Sequence[str] | None = None,
+    commands: Sequence[Command] = (),
+    check: FileCheck | None = None,
 ) -> int:
-    """Run the CLI of the daemon ``spec`` describes; returns the process exit code."""
+    """Run the CLI of the daemon ``spec`` describes; returns the process exit code.
+
+    Args:
+        commands: the daemon's own commands.
+        check: what ``check-config`` runs on a file that decoded (see :data:`FileCheck`).
+    """
     parser = argparse.ArgumentParser(prog=f"wharf-{spec.name}")
     parser.add_argument("--version", action="version", version=f"%(prog)s {spec.version}")
     subparsers = parser.add_subparsers(dest="command")
     serve = subparsers.add_parser("serve", help="run the daemon in the foreground (default)")
     serve.add_argument("--config", type=Path, help="TOML file; built-in defaults when omitted")
-    check = subparsers.add_parser("check-config", help="validate a configuration file and exit")
-    check.add_argument("file", type=Path)
+    checking = subparsers.add_parser("check-config", help="validate a configuration file and exit")
+    checking.add_argument("file", type=Path)
     subparsers.add_parser("config-schema", help="print the configuration's JSON Schema")
     for command in commands:
         own = subparsers.add_parser(command.name, help=command.help)
@@ -60,7 +86,9 @@ def main(
         return EXIT_OK
     if args.command == "check-config":
         try:
-            load(args.file, spec.schema)
+            checked = load(args.file, spec.schema)
+            if check is not None:
+                check(checked, args.file)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return EXIT_CONFIG
@@ -72,23 +100,28 @@ def main(
         config = load(config_path, spec.schema) if config_path else spec.schema()
     except ConfigError as exc:
         print(exc, file=sys.stderr)
+        if args.command in (None, "serve"):
+            _report_start_failure(Notifier.from_environ(), str(exc))
         return EXIT_CONFIG
     for command in commands:
         if command.name == args.command:
             return command.run(args, config)
+    notifier = Notifier.from_environ()
     try:
         # Building the app reads the files the config names (credentials, keys).
-        daemon = Daemon(spec, config, config_path=config_path, notifier=Notifier.from_environ())
+        daemon = Daemon(spec, config, config_path=config_path, notifier=notifier)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_CONFIG
+        # Daemon.run logs its own start failures; this one came before it could.
+        EventLog(spec.name, level=config.logging.level).error(
+            "daemon.start_failed", reason=str(exc)
+        )
+        return _cannot_start(spec, notifier, str(exc))
     try:
         trio.run(_serve, daemon)
     except KeyboardInterrupt:  # a second Ctrl-C while draining: give up on the grace period
         return 130
     except StartupError as error:
-        print(f"wharf-{spec.name}: cannot start: {error}", file=sys.stderr)
-        return EXIT_START
+        return _cannot_start(spec, notifier, str(error))
     except DaemonFailed as error:
         print(f"wharf-{spec.name}: stopped: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -96,9 +129,21 @@ def main(
         failed, others = group.split(StartupError)
         if failed is None or others is not None:
             raise
-        print(f"wharf-{spec.name}: cannot start: {_first(failed)}", file=sys.stderr)
-        return EXIT_START
+        return _cannot_start(spec, notifier, str(_first(failed)))
     return EXIT_OK
+
+
+def _cannot_start(spec: DaemonSpec[Any], notifier: Notifier, reason: str) -> int:
+    """Say in one line why the daemon cannot start, on stderr and to the service manager."""
+    print(f"wharf-{spec.name}: cannot start: {reason}", file=sys.stderr)
+    _report_start_failure(notifier, reason)
+    return EXIT_START
+
+
+def _report_start_failure(notifier: Notifier, reason: str) -> None:
+    one_line = " ".join(reason.split()).encode()[:STATUS_MAX_BYTES].decode(errors="ignore")
+    notifier.status(START_FAILED_STATUS + one_line)
+    notifier.close()
 
 
 def _first(group: BaseExceptionGroup[StartupError]) -> BaseException:

@@ -1,10 +1,26 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
-from balancer.cli import main
+import pytest
+import trustme
+from cryptography.hazmat.primitives.serialization import (
+    BestAvailableEncryption,
+    Encoding,
+    PrivateFormat,
+    load_pem_private_key,
+)
+
+from balancer.cli import SPEC, main
+from balancer.config import BalancerConfig
+from monitoring.configfile import ConfigError, load
+from monitoring.lifecycle import Daemon
 from tests.support.http import request
 from tests.support.processes import daemon_process
+from tests.support.tls import write_pair
 
 
 def test_check_config(tmp_path, capsys):
@@ -26,3 +42,126 @@ async def test_serves_admin_and_stops_on_sigterm(tmp_path):
         daemon.signal(signal.SIGTERM)
         assert await daemon.next_notification() == b"STOPPING=1"
     assert daemon.process.returncode == 0
+
+
+# -- check-config reads the files the start reads -------------------------------------------
+
+
+def https_config(cert_file: str, key_file: str, *, key_files: str = "", workers: int = 1) -> str:
+    return f"""
+workers = {workers}
+[admin]
+port = 19501
+[stickiness]
+key_files = [{key_files}]
+
+[[listeners]]
+name = "tls"
+protocol = "https"
+host = "127.0.0.1"
+port = 0
+certificates = [{{ cert_file = "{cert_file}", key_file = "{key_file}" }}]
+default_action = {{ type = "fixed_response", status_code = 200 }}
+"""
+
+
+def start_error(path: Path) -> str:
+    """What the start says about ``path``: building the daemon reads its files."""
+    with pytest.raises(ConfigError) as error:
+        Daemon(SPEC, load(path, BalancerConfig), config_path=path)
+    return str(error.value)
+
+
+@pytest.fixture
+def files(tmp_path) -> dict[str, str]:
+    ca = trustme.CA()
+    good = write_pair(ca, tmp_path, "good", "a.example.com")
+    other = write_pair(ca, tmp_path, "other", "b.example.com")
+    key = load_pem_private_key(Path(good.key_file).read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, BestAvailableEncryption(b"passphrase"))
+    )
+    sticky = tmp_path / "sticky.key"
+    sticky.write_bytes(b"k" * 32)
+    return {
+        "cert": good.cert_file,
+        "key": good.key_file,
+        "other_key": other.key_file,
+        "encrypted_key": str(encrypted),
+        "sticky": str(sticky),
+        "missing": str(tmp_path / "missing.pem"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("missing-certificate", "cannot read: No such file or directory"),
+        ("key-of-another-certificate", "this key does not match the certificate in"),
+        ("encrypted-key", "the private key is encrypted"),
+        ("missing-stickiness-key", "cannot read stickiness key: No such file or directory"),
+        ("short-stickiness-key", "a stickiness key needs at least 16 bytes"),
+    ],
+)
+def test_check_config_refuses_the_files_the_start_refuses_with_its_message(
+    tmp_path, capsys, files, case, reason
+):
+    cert, key, key_files = files["cert"], files["key"], f'"{files["sticky"]}"'
+    if case == "missing-certificate":
+        cert = files["missing"]
+    elif case == "key-of-another-certificate":
+        key = files["other_key"]
+    elif case == "encrypted-key":
+        key = files["encrypted_key"]
+    elif case == "missing-stickiness-key":
+        key_files = f'"{files["missing"]}"'
+    else:
+        short = tmp_path / "short.key"
+        short.write_bytes(b"k" * 8)
+        key_files = f'"{short}"'
+    path = tmp_path / "balancer.toml"
+    path.write_text(https_config(cert, key, key_files=key_files))
+    expected = start_error(path)
+    assert reason in expected
+    assert main(["check-config", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"{expected}\n"
+    assert captured.out == ""
+
+
+def test_check_config_accepts_files_that_load_and_writes_nothing(tmp_path, capsys, files):
+    path = tmp_path / "balancer.toml"
+    log = tmp_path / "access.log"
+    path.write_text(
+        https_config(files["cert"], files["key"], key_files=f'"{files["sticky"]}"')
+        + f'[listeners.access_log]\nenabled = true\ndestination = "{log}"\n'
+    )
+    before = sorted(tmp_path.iterdir())
+    assert main(["check-config", str(path)]) == 0
+    assert capsys.readouterr().out == f"{path}: ok\n"
+    assert sorted(tmp_path.iterdir()) == before  # the access log is not created
+
+
+def test_check_config_refuses_what_workers_cannot_share(tmp_path, capsys, files):
+    path = tmp_path / "balancer.toml"
+    path.write_text(https_config(files["cert"], files["key"], workers=2))
+    assert main(["check-config", str(path)]) == 1
+    assert capsys.readouterr().err == (
+        f"{path}: workers = 2 needs a fixed port - at `$.listeners[0].port`\n"
+    )
+
+
+def test_the_console_command_checks_the_certificates(tmp_path, files):
+    path = tmp_path / "balancer.toml"
+    path.write_text(https_config(files["missing"], files["key"]))
+    result = subprocess.run(
+        [sys.executable, "-m", "balancer.cli", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr == f"{files['missing']}: cannot read: No such file or directory\n"
+    assert result.stdout == ""

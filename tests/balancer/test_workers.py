@@ -2,29 +2,40 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import signal
 import socket
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+import trustme
 
+from balancer.config import BalancerConfig
 from balancer.peers import COUNT_ENV, INDEX_ENV
 from balancer.targets_api import StateFile
 from balancer.workers import (
     BACKOFF_MAX_SECONDS,
     BACKOFF_MIN_SECONDS,
     STABLE_SECONDS,
+    Supervisor,
     _Worker,
     child_environment,
     next_backoff,
     supervise_from_argv,
 )
+from monitoring.configfile import load
+from monitoring.logging import EventLog
+from monitoring.sdnotify import Notifier
 from tests.support.check_targets import StubTarget
 from tests.support.http import request
 from tests.support.processes import DaemonProcess, daemon_process
+from tests.support.tls import write_pair
 
 # -- pieces ---------------------------------------------------------------------------------
 
@@ -311,3 +322,255 @@ async def test_workers_stop_when_the_supervisor_dies(tmp_path):
     # The port is free again: nothing holds it as an orphan.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", port))
+
+
+# -- a start that fails -----------------------------------------------------------------------
+
+
+def https_config(*, workers: int, port: int, admin: int, cert_file: str, key_file: str) -> str:
+    return f"""
+workers = {workers}
+[admin]
+port = {admin}
+
+[[listeners]]
+name = "tls"
+protocol = "https"
+host = "127.0.0.1"
+port = {port}
+certificates = [{{ cert_file = "{cert_file}", key_file = "{key_file}" }}]
+default_action = {{ type = "fixed_response", status_code = 200 }}
+"""
+
+
+async def notifications(daemon: DaemonProcess) -> list[bytes]:
+    """Every notification the daemon has sent so far, without waiting for more."""
+    received: list[bytes] = []
+    while True:
+        with trio.move_on_after(0.2):
+            received.append(await daemon.notify.recv(4096))
+            continue
+        return received
+
+
+async def refused_start(config: Path, tmp_path: Path) -> tuple[DaemonProcess, list[bytes]]:
+    """Serve ``config`` with workers; the supervisor must exit by itself, soon."""
+    with trio.fail_after(60):  # every worker gone too: the shared stderr pipe reached its end
+        async with daemon_process("balancer", config, tmp_path) as daemon:
+            with trio.fail_after(20):  # the old supervisor restarted the workers forever
+                await daemon.process.wait()
+            sent = await notifications(daemon)
+    return daemon, sent
+
+
+def assert_cannot_start(daemon: DaemonProcess, sent: list[bytes], reason: str) -> None:
+    assert daemon.process.returncode == 1
+    # One line says why, the worker's own reason, as with workers = 1.
+    assert daemon.log_lines[-1] == f"wharf-balancer: cannot start: {reason}"
+    failed = [line for line in daemon.log_lines if "event=daemon.start_failed" in line]
+    assert any("role=supervisor" in line for line in failed), daemon.log_lines
+    # Not restarted: each worker started once; systemd never heard READY=1, but the reason.
+    assert len(worker_pids(daemon)) == 2
+    assert sum("event=worker.started" in line for line in daemon.log_lines) == 2
+    assert not any(message.startswith(b"READY=1") for message in sent), sent
+    assert f"STATUS=cannot start: {reason}".encode() in sent
+
+
+@pytest.mark.slow
+async def test_a_missing_certificate_stops_the_supervisor_with_the_workers_reason(tmp_path):
+    port, admin_port = free_port(), free_port(start_pair=True)
+    missing = tmp_path / "missing.pem"
+    config = tmp_path / "balancer.toml"
+    config.write_text(
+        https_config(
+            workers=2, port=port, admin=admin_port, cert_file=str(missing), key_file=str(missing)
+        )
+    )
+    daemon, sent = await refused_start(config, tmp_path)
+    assert_cannot_start(daemon, sent, f"{missing}: cannot read: No such file or directory")
+    for pid in worker_pids(daemon).values():
+        await wait_gone(pid)
+
+
+@pytest.mark.slow
+async def test_a_worker_whose_admin_port_is_taken_stops_every_worker(tmp_path, certificates):
+    port, admin_port = free_port(), free_port(start_pair=True)
+    config = tmp_path / "balancer.toml"
+    cert, key = certificates
+    config.write_text(
+        https_config(workers=2, port=port, admin=admin_port, cert_file=cert, key_file=key)
+    )
+    with socket.socket() as squatter:  # worker 1's admin port (admin.port + 1)
+        squatter.bind(("127.0.0.1", admin_port + 1))
+        squatter.listen()
+        daemon, sent = await refused_start(config, tmp_path)
+    reason = f"cannot bind 127.0.0.1:{admin_port + 1}: Address already in use"
+    assert_cannot_start(daemon, sent, reason)
+    for pid in worker_pids(daemon).values():
+        await wait_gone(pid)
+    # Worker 0, which could start, was stopped: nothing holds the ports.
+    for free in (port, admin_port):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", free))
+
+
+@pytest.fixture
+def certificates(tmp_path) -> tuple[str, str]:
+    pair = write_pair(trustme.CA(), tmp_path, "server", "a.example.com")
+    return pair.cert_file, pair.key_file
+
+
+# -- the supervisor with stand-in workers (real processes that follow a plan) ---------------
+
+FAKE_WORKER = """
+import json, os, pathlib, socket, sys, time
+
+index = os.environ["WHARF_BALANCER_WORKER_INDEX"]
+directory = pathlib.Path(sys.argv[1])
+plan = json.loads((directory / "plan.json").read_text())[index]
+starts = directory / f"starts-{index}"
+with starts.open("a") as file:
+    file.write("x")
+step = plan[min(len(starts.read_text()), len(plan)) - 1]
+
+
+def notify(text):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(text.encode(), os.environ["NOTIFY_SOCKET"])
+
+
+if "after" in step:  # until worker `other` has started `times` times
+    other, times = step["after"]
+    for _ in range(400):
+        mark = directory / f"starts-{other}"
+        if mark.exists() and len(mark.read_text()) >= times:
+            break
+        time.sleep(0.05)
+if step["do"] == "ready-exit":  # ready, then crash at once
+    notify("READY=1\\nSTATUS=serving")
+    sys.exit(1)
+if step["do"] == "ready-wait":  # ready, until SIGTERM
+    notify("READY=1\\nSTATUS=serving")
+    time.sleep(60)
+if step["do"] == "fail":  # what monitoring.cli sends when the daemon cannot start
+    notify("STATUS=cannot start: " + step["reason"])
+    sys.exit(1)
+sys.exit(step.get("code", 0))
+"""
+
+
+class RecordingNotifier(Notifier):
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.sent: list[str] = []
+        self.readied = trio.Event()
+
+    def notify(self, *assignments: str) -> bool:
+        self.sent.append("\n".join(assignments))
+        if assignments[0] == "READY=1":
+            self.readied.set()
+        return True
+
+
+class FakeWorkers:
+    """A supervisor of stand-in workers following ``plan``, its notifications and its log."""
+
+    def __init__(self, tmp_path: Path, plan: dict[str, list[dict[str, Any]]]) -> None:
+        self.directory = tmp_path
+        (tmp_path / "plan.json").write_text(json.dumps(plan))
+        script = tmp_path / "worker.py"
+        script.write_text(FAKE_WORKER)
+        config = tmp_path / "balancer.toml"
+        config.write_text(listener_config(workers=2, port=19599, admin=19597, grace=2))
+        self.notifier = RecordingNotifier()
+        self.stream = io.StringIO()
+        self.supervisor = Supervisor(
+            load(config, BalancerConfig),
+            config,
+            notifier=self.notifier,
+            log=EventLog("balancer", stream=self.stream),
+            command=(sys.executable, str(script), str(tmp_path)),
+        )
+        self.code: int | None = None
+        self.done = trio.Event()
+
+    def starts(self, index: int) -> int:
+        return len((self.directory / f"starts-{index}").read_text())
+
+    @property
+    def log(self) -> str:
+        return self.stream.getvalue()
+
+    async def run(self) -> None:
+        self.code = await self.supervisor.run()
+        self.done.set()
+
+    async def run_until_ready(self, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self.run)
+        with trio.fail_after(20):
+            await self.notifier.readied.wait()
+
+    async def stop(self) -> None:
+        self.supervisor.request_stop()
+        with trio.fail_after(20):
+            await self.done.wait()
+        assert self.code == 0
+        assert self.supervisor.failure is None
+
+
+@pytest.mark.parametrize(
+    ("step", "reason"),
+    [
+        ({"do": "fail", "reason": "x.pem: cannot read"}, "x.pem: cannot read"),
+        ({"do": "exit", "code": 3}, "worker 0 exited with code 3 before it was ready"),
+    ],
+    ids=["with-its-reason", "silently"],
+)
+async def test_a_worker_exiting_before_it_was_ready_is_a_start_failure(tmp_path, step, reason):
+    fake = FakeWorkers(tmp_path, {"0": [step], "1": [{"do": "ready-wait"}]})
+    with trio.fail_after(20):
+        assert await fake.supervisor.run() == 1
+    assert fake.supervisor.failure == reason
+    assert fake.starts(0) == 1  # never restarted
+    assert f"STATUS=cannot start: {reason}" in fake.notifier.sent
+    assert not fake.notifier.readied.is_set()
+    assert "event=daemon.start_failed" in fake.log
+    assert "event=worker.stopped daemon=balancer index=1" in fake.log  # stopped, not left
+
+
+async def test_a_worker_that_was_ready_is_restarted_even_before_the_others_are(tmp_path, nursery):
+    # Worker 0 says READY=1 and exits at once (its notification and its exit arrive together);
+    # worker 1 is ready only after worker 0's second start: a crash, restarted, not a failure.
+    fake = FakeWorkers(
+        tmp_path,
+        {
+            "0": [{"do": "ready-exit"}, {"do": "ready-wait"}],
+            "1": [{"do": "ready-wait", "after": [0, 2]}],
+        },
+    )
+    await fake.run_until_ready(nursery)
+    assert fake.starts(0) == 2
+    assert "event=worker.exited daemon=balancer index=0" in fake.log
+    assert "daemon.start_failed" not in fake.log
+    await fake.stop()
+
+
+async def test_once_ready_a_replacement_that_cannot_start_is_retried(tmp_path, nursery):
+    fake = FakeWorkers(
+        tmp_path,
+        {
+            "0": [{"do": "ready-wait"}, {"do": "fail", "reason": "gone"}, {"do": "ready-wait"}],
+            "1": [{"do": "ready-wait"}],
+        },
+    )
+    await fake.run_until_ready(nursery)
+    worker = fake.supervisor.workers[0]
+    assert worker.process is not None
+    worker.process.kill()  # a crash after the start; its replacement cannot start, the next can
+    with trio.fail_after(20):
+        await worker.wait_ready(1, while_running=False)
+    assert fake.starts(0) == 3
+    assert fake.log.count("event=worker.exited daemon=balancer index=0") == 2
+    assert "restart_in_seconds=0.2" in fake.log  # the backoff doubled, as for any crash
+    assert "daemon.start_failed" not in fake.log
+    await fake.stop()

@@ -7,14 +7,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
+import trustme
 
-from broker.cli import GC_THRESHOLDS, main
+from broker.cli import GC_THRESHOLDS, SPEC, main
+from broker.config import BrokerConfig
 from broker.model.settings import QueueSettings
+from broker.sns_keys import load_signing_keys
 from broker.store.sqlite import SqliteStore
 from broker.store.sqlite_schema import SCHEMA_VERSION
+from monitoring.configfile import ConfigError, load
+from monitoring.lifecycle import Daemon
 from tests.support.http import request
 from tests.support.processes import daemon_process
+from tests.support.tls import write_pair
 
 
 def test_check_config_accepts_a_good_file_and_names_the_problem_in_a_bad_one(tmp_path, capsys):
@@ -133,3 +140,82 @@ async def _make_store(data: Path) -> None:
     await store.open()
     await store.create_queue("q", QueueSettings(), {}, 0)
     await store.aclose()
+
+
+# -- check-config reads the files the start reads -------------------------------------------
+
+
+@pytest.fixture
+def pair(tmp_path) -> tuple[str, str, str]:
+    """(cert_file, key_file, another certificate's key_file)."""
+    ca = trustme.CA()
+    good = write_pair(ca, tmp_path, "api", "localhost")
+    other = write_pair(ca, tmp_path, "other", "localhost")
+    return good.cert_file, good.key_file, other.key_file
+
+
+def broker_file(tmp_path: Path, extra: str = "", *, storage: str = "") -> Path:
+    path = tmp_path / "broker.toml"
+    path.write_text(
+        "[admin]\nport = 0\n[api]\nport = 0\n"
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\n{storage}{extra}'
+    )
+    return path
+
+
+def start_error(path: Path) -> str:
+    """What the start says: building the broker reads credentials, certificate and keys."""
+    with pytest.raises(ConfigError) as error:
+        Daemon(SPEC, load(path, BrokerConfig), config_path=path)
+    return str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("missing-certificate", "file not found"),
+        ("key-of-another-certificate", "cannot load certificate and key"),
+        ("missing-credentials", "No such file or directory"),
+        ("missing-encryption-keys", "No such file or directory"),
+    ],
+)
+def test_check_config_refuses_the_files_the_start_refuses(tmp_path, capsys, pair, case, reason):
+    cert, key, other_key = pair
+    missing = tmp_path / "missing"
+    if case == "missing-certificate":
+        path = broker_file(tmp_path, f'[api.tls]\ncert_file = "{missing}"\nkey_file = "{key}"\n')
+    elif case == "key-of-another-certificate":
+        tls = f'[api.tls]\ncert_file = "{cert}"\nkey_file = "{other_key}"\n'
+        path = broker_file(tmp_path, tls)
+    elif case == "missing-credentials":
+        path = broker_file(tmp_path, f'[auth]\ncredentials_file = "{missing}"\n')
+    else:
+        path = broker_file(tmp_path, storage=f'key_file = "{missing}"\n')
+    expected = start_error(path)
+    assert reason in expected
+    assert main(["check-config", str(path)]) == 1
+    assert capsys.readouterr().err == f"{expected}\n"
+
+
+def test_check_config_reads_the_sns_signing_key_and_ca_file(tmp_path, capsys, pair):
+    cert = pair[0]
+    missing = tmp_path / "missing.pem"
+    signing = f'[sns]\nsigning_key_file = "{missing}"\nsigning_cert_file = "{cert}"\n'
+    path = broker_file(tmp_path, signing)
+    with pytest.raises(ConfigError) as error:  # what the start calls, once the store is open
+        load_signing_keys(load(path, BrokerConfig).sns, tmp_path / "data")
+    assert main(["check-config", str(path)]) == 1
+    assert capsys.readouterr().err == f"{error.value}\n"
+    path = broker_file(tmp_path, f'[sns]\nca_file = "{missing}"\n')
+    assert main(["check-config", str(path)]) == 1
+    assert capsys.readouterr().err.startswith(f"{missing}: cannot load the CA file: ")
+
+
+def test_check_config_accepts_files_that_load_and_leaves_the_data_directory_alone(
+    tmp_path, capsys, pair
+):
+    cert, key, _ = pair
+    path = broker_file(tmp_path, f'[api.tls]\ncert_file = "{cert}"\nkey_file = "{key}"\n')
+    assert main(["check-config", str(path)]) == 0
+    assert capsys.readouterr().out == f"{path}: ok\n"
+    assert not (tmp_path / "data").exists()  # no store opened, no key generated

@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import argparse
 import socket
+from pathlib import Path
 
 import pytest
 
 from broker.cli import SPEC
 from broker.config import BrokerConfig
 from monitoring.cli import Command, main
+from monitoring.configfile import ConfigError
 
 
 def test_version(capsys):
@@ -66,3 +68,72 @@ def test_a_daemon_that_cannot_start_says_why_in_one_line(tmp_path, capsys):
     )
     assert "Traceback" not in err
     assert "event=daemon.start_failed" in err
+
+
+def notifications(sock: socket.socket) -> list[bytes]:
+    received = []
+    while True:
+        try:
+            received.append(sock.recv(4096, socket.MSG_DONTWAIT))
+        except BlockingIOError:
+            return received
+
+
+@pytest.fixture
+def notify_socket(tmp_path, monkeypatch):
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(path)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        yield sock
+
+
+def test_a_file_the_app_cannot_read_stops_the_start_in_one_line(tmp_path, capsys, notify_socket):
+    missing = tmp_path / "credentials.toml"
+    config = tmp_path / "broker.toml"
+    config.write_text(f'[admin]\nport = 0\n[auth]\ncredentials_file = "{missing}"\n')
+    assert main(SPEC, ["serve", "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    reason = f"{missing}: cannot read: No such file or directory"
+    assert err.endswith(f"wharf-broker: cannot start: {reason}\n")
+    assert "event=daemon.start_failed" in err
+    # A supervisor (balancer workers) or systemd learns why from the STATUS.
+    assert notifications(notify_socket) == [f"STATUS=cannot start: {reason}".encode()]
+
+
+def test_a_start_failure_is_sent_as_the_status(tmp_path, capsys, notify_socket):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "broker.toml"
+        config.write_text(
+            f'[api]\nport = {port}\n[admin]\nport = 0\n[storage]\ndata_dir = "{tmp_path}"\n'
+        )
+        assert main(SPEC, ["serve", "--config", str(config)]) == 1
+    reason = f"cannot bind 127.0.0.1:{port}: Address already in use"
+    assert capsys.readouterr().err.endswith(f"wharf-broker: cannot start: {reason}\n")
+    assert notifications(notify_socket) == [f"STATUS=cannot start: {reason}".encode()]
+
+
+def test_check_config_runs_the_daemons_file_check_after_the_file_decoded(tmp_path, capsys):
+    config = tmp_path / "broker.toml"
+    config.write_text("[admin]\nport = 9999\n")
+    seen = []
+
+    def check(loaded: BrokerConfig, path: Path) -> None:
+        seen.append((loaded.admin.port, path))
+        raise ConfigError("/etc/wharf/key.pem", "cannot read: No such file or directory")
+
+    assert main(SPEC, ["check-config", str(config)], check=check) == 1
+    assert seen == [(9999, config)]
+    captured = capsys.readouterr()
+    assert captured.err == "/etc/wharf/key.pem: cannot read: No such file or directory\n"
+    assert captured.out == ""
+    config.write_text("[admin\n")  # a file that does not decode is reported before any check
+    assert main(SPEC, ["check-config", str(config)], check=check) == 1
+    assert seen == [(9999, config)]
+    assert "TOML syntax error" in capsys.readouterr().err
+    config.write_text("[admin]\nport = 9999\n")
+    assert main(SPEC, ["check-config", str(config)], check=lambda c, p: None) == 0
+    assert capsys.readouterr().out == f"{config}: ok\n"
