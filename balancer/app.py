@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
@@ -58,6 +57,7 @@ from balancer.peers import (
     forward,
     sibling_admins,
     stop_self,
+    supervisor_pid,
     watch_parent,
 )
 from balancer.rebind import Address, in_the_way, passive_addresses
@@ -170,7 +170,7 @@ class BalancerApp:
         frame.metrics.register_collector(self.stats.collect)
         # workers > 1 (balancer.workers): this process is one of several sharing listeners.
         self.worker = current_worker()
-        self.supervisor_pid = os.getppid()
+        self.supervisor_pid = supervisor_pid()
         # Targets registered through the admin API, applied on top of the file at every reload
         # and kept in the state file (written by this process alone: one worker owns it).
         state = StateFile(state_directory(config.state_dir, STATE_DIR_FALLBACK))

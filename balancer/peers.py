@@ -31,6 +31,9 @@ from monitoring.settings import AdminSettings
 
 INDEX_ENV: Final = "WHARF_BALANCER_WORKER_INDEX"
 COUNT_ENV: Final = "WHARF_BALANCER_WORKERS"
+# The supervisor's pid, given rather than read with getppid(): a worker whose supervisor died
+# while it was starting would read its new parent (init) and outlive the supervisor.
+SUPERVISOR_ENV: Final = "WHARF_BALANCER_SUPERVISOR_PID"
 PEER_HEADER: Final = "x-wharf-worker-peer"  # marks a forwarded request: apply, never forward
 FORWARD_TIMEOUT_SECONDS: Final = 10.0  # a sibling's reload reads every certificate file
 MAX_REPLY_BYTES: Final = 1 << 20
@@ -57,6 +60,13 @@ def current_worker(environ: Mapping[str, str] | None = None) -> WorkerIdentity |
     if not (index.isdigit() and count.isdigit()) or int(index) >= int(count):
         return None
     return WorkerIdentity(int(index), int(count))
+
+
+def supervisor_pid(environ: Mapping[str, str] | None = None) -> int:
+    """The pid of the supervisor this worker must not outlive (its parent when not given)."""
+    env = os.environ if environ is None else environ
+    given = env.get(SUPERVISOR_ENV, "")
+    return int(given) if given.isdigit() else os.getppid()
 
 
 def check_workers(config: BalancerConfig, path: str) -> None:

@@ -58,7 +58,7 @@ from typing import Final
 import trio
 
 from balancer.config import BalancerConfig
-from balancer.peers import COUNT_ENV, INDEX_ENV, check_workers
+from balancer.peers import COUNT_ENV, INDEX_ENV, SUPERVISOR_ENV, check_workers
 from monitoring.cli import EXIT_START, START_FAILED_STATUS
 from monitoring.configfile import ConfigError, load
 from monitoring.logging import EventLog
@@ -157,7 +157,14 @@ def child_environment(
 ) -> dict[str, str]:
     """The environment of worker ``index``: ours, with its identity and its notify socket."""
     env = {k: v for k, v in environ.items() if k not in _CHILD_ENV_DROPPED}
-    env.update({INDEX_ENV: str(index), COUNT_ENV: str(count), "NOTIFY_SOCKET": notify_socket})
+    env.update(
+        {
+            INDEX_ENV: str(index),
+            COUNT_ENV: str(count),
+            SUPERVISOR_ENV: str(os.getpid()),
+            "NOTIFY_SOCKET": notify_socket,
+        }
+    )
     return env
 
 

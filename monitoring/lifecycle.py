@@ -95,7 +95,8 @@ class StartupError(Exception):
     """The daemon cannot start, for a reason the operator can fix; the message says which.
 
     Raised by :meth:`Daemon.run` for an ``OSError`` (an address in use, a file it cannot
-    read) or a ``StartupError`` of the app while it starts; the command line prints the
+    read), a ``ConfigError`` (a file the configuration names is refused: a key, a CA bundle)
+    or a ``StartupError`` of the app while it starts; the command line prints the
     message alone, without a traceback, and exits 1.
     """
 
@@ -447,7 +448,7 @@ class Daemon(Generic[C]):
             async with trio.open_nursery() as nursery:
                 try:
                     await nursery.start(self.app.serve, self.frame)
-                except (StartupError, OSError) as error:
+                except (StartupError, OSError, ConfigError) as error:
                     reason = startup_reason(error)
                     self.log.error("daemon.start_failed", reason=reason)
                     raise StartupError(reason) from error

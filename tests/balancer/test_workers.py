@@ -17,7 +17,7 @@ import trio
 import trustme
 
 from balancer.config import BalancerConfig
-from balancer.peers import COUNT_ENV, INDEX_ENV
+from balancer.peers import COUNT_ENV, INDEX_ENV, SUPERVISOR_ENV, supervisor_pid
 from balancer.targets_api import StateFile
 from balancer.workers import (
     BACKOFF_MAX_SECONDS,
@@ -48,7 +48,11 @@ def test_child_environment_carries_the_identity_and_our_notify_socket():
         "NOTIFY_SOCKET": "/tmp/x/worker-1.sock",
         INDEX_ENV: "1",
         COUNT_ENV: "3",
+        SUPERVISOR_ENV: str(os.getpid()),
     }
+    # A worker whose supervisor died while it started must not watch its new parent (init).
+    assert supervisor_pid(env) == os.getpid()
+    assert supervisor_pid({}) == os.getppid()
 
 
 def test_backoff_doubles_up_to_a_bound_and_resets_after_a_stable_run():

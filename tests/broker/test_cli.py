@@ -219,3 +219,25 @@ def test_check_config_accepts_files_that_load_and_leaves_the_data_directory_alon
     assert main(["check-config", str(path)]) == 0
     assert capsys.readouterr().out == f"{path}: ok\n"
     assert not (tmp_path / "data").exists()  # no store opened, no key generated
+
+
+def test_a_file_refused_once_the_store_is_open_is_one_cannot_start_line(tmp_path, pair):
+    """The SNS signing key and the delivery CA file are read while the broker starts, after
+    its store opens: a refusal there is the one line of any start failure, no traceback."""
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    path = broker_file(tmp_path, f'[sns]\nca_file = "{garbage}"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"wharf-broker: cannot start: {garbage}: cannot load the CA file: ")
+    )
