@@ -751,7 +751,19 @@ def test_the_plain_request_line_match_agrees_with_the_full_check(parts, separato
             assert plain == full or (not plain and line.endswith(b"\r"))
         head = line + end + b"Host: a" + end + end
         if plain:
-            assert classify_head(head, framing=False) == COMPLIANT
+            # ALB's guardian: lines ended by LF alone are NonCrLfLineTermination (Acceptable).
+            expected = COMPLIANT if end == b"\r\n" else verdict("NonCrLfLineTermination")
+            assert classify_head(head, framing=False) == expected
+
+
+def test_lines_ended_by_lf_alone_are_acceptable_and_served():
+    found = classify_head(b"GET / HTTP/1.1\nHost: a\r\n\r\n")
+    assert (found.reason, found.classification, found.action) == (
+        "NonCrLfLineTermination",
+        Classification.ACCEPTABLE,
+        Action.ALLOW,
+    )
+    assert classify_head(b"GET / HTTP/1.1\r\nHost: a\nX: \x01\r\n\r\n").reason == "BadHeader"
 
 
 @pytest.mark.parametrize(
