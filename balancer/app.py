@@ -35,11 +35,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import trio
+from prometheus_client.metrics_core import Metric
 
 from balancer.access_log import AccessLogs
 from balancer.checker import HealthChecker
@@ -167,7 +168,7 @@ class BalancerApp:
         self.tls_metrics = TlsMetrics(
             frame.metrics, frame.log, lambda: list(self.runtime.current.tls.values())
         )
-        frame.metrics.register_collector(self.stats.collect)
+        frame.metrics.register_collector(self._collect_http)
         # workers > 1 (balancer.workers): this process is one of several sharing listeners.
         self.worker = current_worker()
         self.supervisor_pid = supervisor_pid()
@@ -229,6 +230,11 @@ class BalancerApp:
             self.pools.close()
             self.access_logs.close()
 
+    def _collect_http(self) -> Iterable[Metric]:
+        for name in self.runtime.current.groups:  # every group's series, from 0
+            self.stats.group_known(name)
+        return self.stats.collect()
+
     @property
     def _reuse_port(self) -> bool:
         return self.worker is not None  # every worker binds its own socket (SO_REUSEPORT)
@@ -276,6 +282,16 @@ class BalancerApp:
             if addresses is None:
                 return  # reset before the handshake: nothing to answer
             peer, local = addresses
+            self.stats.connection_opened(name)  # a TCP connection, handshake or not (as ALB)
+            try:
+                await serve_tls(stream, tls, peer, local)
+            finally:
+                self.stats.connection_closed(name)
+
+        async def serve_tls(
+            stream: trio.SocketStream, tls: ServerTls, peer: Any, local: Any
+        ) -> None:
+            sock = stream.socket
             if not fastio.readable_now(sock.fileno()):
                 # Until its hello arrives a client is idle: a stop closes it at once, as it
                 # does an idle keep-alive connection (not after the handshake timeout).
@@ -301,7 +317,7 @@ class BalancerApp:
                 certificate=accepted.certificate,
             )
             try:
-                await handler.serve(accepted.stream, info)
+                await handler.serve(accepted.stream, info, counted=True)
             finally:
                 close_tls(accepted)  # close_notify if it fits now, never waits
 

@@ -383,12 +383,21 @@ class Runtime:
         events: list[TargetStateChanged] = []
         for live in list(self.live.values()):
             events += live.health.advance(now)
+        self._forget_removed()
         self._notify(events)
         return events
 
     def notify(self, events: Sequence[TargetStateChanged]) -> None:
         """Hand events produced outside the runtime's methods to the observers."""
+        self._forget_removed()
         self._notify(events)
+
+    def _forget_removed(self) -> None:
+        """Forget groups gone from the config once their last draining target has left (so
+        their metrics go too)."""
+        for name, live in list(self.live.items()):
+            if name not in self.current.groups and not len(live.health):
+                del self.live[name]
 
     def _notify(self, events: Sequence[TargetStateChanged]) -> None:
         if events:

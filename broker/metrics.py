@@ -21,7 +21,7 @@ from prometheus_client.metrics_core import (
 
 from broker.registry import QueueRegistry, now_ms
 from broker.store.base import Histogram, Store
-from monitoring.metrics import LATENCY_BUCKETS, Metrics
+from monitoring.metrics import LATENCY_BUCKETS, Metrics, canonical_number, cumulative_buckets
 
 
 def _outcome(status: int) -> str:
@@ -77,11 +77,7 @@ class BrokerMetrics:
             labels=["service", "action"],
         )
         for (service, action), observed in list(self._latency.items()):
-            running = 0
-            buckets = []
-            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), observed.counts, strict=True):
-                running += count
-                buckets.append(("+Inf" if bound == float("inf") else str(bound), running))
+            buckets = cumulative_buckets(LATENCY_BUCKETS, observed.counts)
             latency.add_metric([service, action], buckets, sum_value=observed.total)
         return [requests, latency]
 
@@ -135,7 +131,7 @@ def _queue_collector(registry: QueueRegistry) -> Callable[[], Iterable[Metric]]:
 
 def _histogram(name: str, help_text: str, histogram: Histogram) -> HistogramMetricFamily:
     buckets = [
-        (str(bound), count)
+        (canonical_number(bound), count)
         for bound, count in zip(histogram.bounds, histogram.cumulative_counts, strict=False)
     ]
     buckets.append(("+Inf", histogram.count))

@@ -268,6 +268,7 @@ class Frame:
     ) -> None:
         """One listener's accept loops and connections, until it or the daemon stops."""
         self.listeners.append(listener)
+        self.metrics.handler_errors.labels(listener.name)  # the series exists at 0 from now
         for address in listener.addresses:
             self.log.info("listener.bound", name=listener.name, addr=_format(address))
         try:

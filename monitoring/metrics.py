@@ -24,6 +24,7 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 # The ``*_created`` series double every counter's output and no dashboard reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
@@ -108,3 +109,20 @@ class Metrics:
         """The exposition body and its content type, negotiated from the Accept header."""
         encoder, content_type = choose_encoder(accept or "")
         return encoder(self.registry), content_type
+
+
+# OpenMetrics' canonical number ("1.0", "+Inf") for le and quantile labels, as
+# prometheus_client writes its own (its helper has no annotations).
+canonical_number: Callable[[float], str] = floatToGoString
+
+
+def cumulative_buckets(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
+    """A scrape-time histogram's ``(le, cumulative count)`` pairs, from the count of each
+    bucket (``len(bounds) + 1`` of them, the last for +Inf). ``le`` is in OpenMetrics'
+    canonical form (``1.0``, not ``1``), as prometheus_client writes its own."""
+    running = 0
+    found: list[tuple[str, float]] = []
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        running += count
+        found.append((canonical_number(bound), running))
+    return found

@@ -102,8 +102,15 @@ class HttpListenerHandler:
         info = ClientInfo(str(peer[0]), int(peer[1]), int(local[1]), local_ip=str(local[0]))
         await self.serve(stream, info)
 
-    async def serve(self, stream: trio.abc.Stream, info: ClientInfo) -> None:
-        """Serve one connection's requests until it closes (TLS streams come in here)."""
+    async def serve(
+        self, stream: trio.abc.Stream, info: ClientInfo, *, counted: bool = False
+    ) -> None:
+        """Serve one connection's requests until it closes (TLS streams come in here).
+
+        Args:
+            counted: the connection is counted already (a TLS one is, from its TCP accept:
+                ALB's ActiveConnectionCount and NewConnectionCount count TCP connections).
+        """
         services = self.services
         listener = services.runtime.current.listeners.get(services.name)
         if listener is None:
@@ -111,13 +118,17 @@ class HttpListenerHandler:
         limits = listener.config.limits
         stats = services.stats
         client = Client(stream, info, limits.request_header_bytes)
-        if stats.active.get(services.name, 0) >= limits.connections:
+        if stats.active.get(services.name, 0) - counted >= limits.connections:
             stats.rejected_connection(services.name)
+            stats.request(services.name, "-", "-", 503, by_target=False)
             with trio.move_on_after(WRITE_TIMEOUT_SECONDS):
                 try:
                     await respond(client, None, 503, b"too many connections\n", close=True)
                 except ClientGone:
                     pass
+            return
+        if counted:
+            await _Connection(services, client, self.idle).run()
             return
         stats.connection_opened(services.name)
         try:

@@ -39,7 +39,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
-from monitoring.metrics import LATENCY_BUCKETS
+from monitoring.metrics import LATENCY_BUCKETS, cumulative_buckets
 
 PREFIX: Final = "wharf_balancer_"
 BUCKETS: Final = tuple(LATENCY_BUCKETS)
@@ -62,12 +62,11 @@ class _Histogram:
         self.total += value
 
     def buckets(self) -> list[tuple[str, float]]:
-        running = 0
-        found: list[tuple[str, float]] = []
-        for bound, count in zip((*(str(b) for b in BUCKETS), "+Inf"), self.counts, strict=True):
-            running += count
-            found.append((bound, running))
-        return found
+        return cumulative_buckets(BUCKETS, self.counts)
+
+
+# The 5xx codes the balancer answers with itself, whose series exist from a listener's start.
+ELB_5XX_CODES: Final = (500, 502, 503, 504)
 
 
 class HttpStats:
@@ -99,6 +98,12 @@ class HttpStats:
             self.rejected,
         ):
             table.setdefault(listener, 0)
+        for status in ELB_5XX_CODES:
+            self.elb_5xx.setdefault((listener, status), 0)
+
+    def group_known(self, group: str) -> None:
+        """Make a target group's series exist at zero (an increase() sees its first error)."""
+        self.target_connection_errors.setdefault(group, 0)
 
     # Recording (hot path: one dict update each).
 

@@ -143,6 +143,16 @@ def test_unreferenced_groups_are_unused_and_removed_groups_drain_then_go():
     assert "spare" not in runtime.live  # unused targets leave without draining
 
 
+def test_a_removed_group_in_use_is_forgotten_once_its_targets_have_drained():
+    runtime = Runtime(config("10.0.0.1"), now=0.0)
+    runtime.reload(BalancerConfig(), (), 1.0)  # the listener and its group go
+    assert runtime.live["web"].health.get("10.0.0.1:8080").state is TargetState.DRAINING
+    runtime.advance(10.0)
+    assert "web" in runtime.live  # still draining: its metrics stay
+    runtime.advance(32.0)  # past the 30 s deregistration delay
+    assert "web" not in runtime.live  # and wharf_balancer_targets no longer lists it
+
+
 def test_sealer_is_built_from_keys_and_a_bad_key_changes_nothing():
     cfg = BalancerConfig(stickiness=StickinessKeys(key_files=("/k",)))
     runtime = Runtime(cfg, keys=[KEY], now=0.0)

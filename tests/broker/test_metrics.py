@@ -143,6 +143,15 @@ def test_store_metrics(traffic):
     assert sample(families, "wharf_store_mutations_per_commit_count") == commits
     assert sample(families, "wharf_store_mutations_per_commit_sum") == mutations
     assert sample(families, "wharf_store_mutations_per_commit_bucket", le="+Inf") == commits
+    # OpenMetrics' canonical numbers in le (integer bounds as 1.0, not 1), as
+    # prometheus_client writes its own histograms.
+    les = [
+        s.labels["le"]
+        for s in families["wharf_store_mutations_per_commit"].samples
+        if "le" in s.labels
+    ]
+    assert "1.0" in les
+    assert all(le == "+Inf" or "." in le or "e" in le for le in les), les
     assert sample(families, "wharf_store_commit_duration_seconds_count") == commits
     assert sample(families, "wharf_store_failed_jobs_total") == 0
 

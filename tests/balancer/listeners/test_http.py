@@ -636,6 +636,9 @@ async def test_connections_past_the_limit_are_answered_503():
             sample(daemon, "wharf_balancer_http_rejected_connections_total", {"listener": "front"})
             == 1
         )
+        # The balancer's own 503, counted as the README says of HTTPCode_ELB_5XX.
+        code = {"listener": "front", "code": "503"}
+        assert sample(daemon, "wharf_balancer_http_elb_5xx_responses_total", code) == 1
 
 
 @pytest.mark.parametrize("method", ["HEAD", "GET"])
@@ -767,3 +770,43 @@ async def test_empty_lines_before_a_request_line_are_ignored():
             await client.stream.send_all(b"\r\n")
             await trio.sleep(0.05)
             assert (await client.request())[0] == 200
+
+
+async def test_series_known_at_start_exist_at_zero():
+    """Prometheus: export 0 for the series you know of (an increase() sees the first one)."""
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        assert (
+            sample(daemon, "wharf_balancer_target_connection_errors_total", {"target_group": "web"})
+            == 0
+        )
+        assert sample(daemon, "wharf_handler_errors_total", {"listener": "front"}) == 0
+        codes = {"listener": "front", "code": "502"}
+        assert sample(daemon, "wharf_balancer_http_elb_5xx_responses_total", codes) == 0
+
+
+async def test_tls_connections_count_from_their_tcp_accept(tmp_path):
+    """ALB's ActiveConnectionCount and NewConnectionCount count TCP connections: a client in
+    its handshake (or one that never completes it) is one."""
+    ca = trustme.CA()
+    lst = HttpsListener(
+        name="front",
+        host="127.0.0.1",
+        port=0,
+        default_action=FixedResponse(status_code=200),
+        certificates=(write_pair(ca, tmp_path, "shop", "shop.example.com"),),
+    )
+    async with balancer(config([lst], [])) as daemon:
+        silent = [await trio.open_tcp_stream(*front(daemon)) for _ in range(2)]
+        labels = {"listener": "front"}
+        with trio.fail_after(5):
+            while sample(daemon, "wharf_balancer_http_connections_active", labels) != 2:  # noqa: ASYNC110 (a gauge: no event to wait on)
+                await trio.sleep(0.01)
+        assert sample(daemon, "wharf_balancer_http_connections_new_total", labels) == 2
+        for stream in silent:
+            await stream.aclose()
+        with trio.fail_after(5):
+            while sample(daemon, "wharf_balancer_http_connections_active", labels) != 0:  # noqa: ASYNC110 (a gauge: no event to wait on)
+                await trio.sleep(0.01)

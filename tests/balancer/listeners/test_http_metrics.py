@@ -49,7 +49,9 @@ def test_counters_become_prometheus_families():
     )
     elb_5xx = "wharf_balancer_http_elb_5xx_responses_total"
     assert get(elb_5xx, {"listener": "front", "code": "502"}) == 1
-    assert get(elb_5xx, {"listener": "front", "code": "503"}) is None
+    # Series a listener can have exist from its start (an increase() sees the first one).
+    assert get(elb_5xx, {"listener": "front", "code": "503"}) == 0
+    assert get(elb_5xx, {"listener": "front", "code": "505"}) is None
     timing = {"listener": "front", "target_group": "web"}
     assert get("wharf_balancer_target_response_seconds_count", timing) == 2
     assert get("wharf_balancer_target_response_seconds_bucket", {**timing, "le": "0.005"}) == 1
@@ -70,6 +72,8 @@ def test_counters_become_prometheus_families():
     }
     assert get("wharf_balancer_http_desync_requests_total", desync) == 1
     assert get("wharf_balancer_target_connection_errors_total", {"target_group": "web"}) == 1
+    stats.group_known("api")
+    assert get("wharf_balancer_target_connection_errors_total", {"target_group": "api"}) == 0
     stats.connection_closed("front")
     assert get("wharf_balancer_http_connections_active", {"listener": "front"}) == 0
     assert b"wharf_balancer_http_requests_total" in generate_latest(registry)
