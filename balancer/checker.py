@@ -24,7 +24,8 @@ Theory of operation:
   runtime's outstanding counters tell, and the HTTP shell also reports the last request.
 - Every transition is logged (one ``target.state_changed`` line) and counted in
   ``wharf_balancer_target_health_transitions_total{target_group,state,reason}``; the number
-  of targets per group and state is a scrape-time gauge, ``wharf_balancer_targets``.
+  of targets per group and state is a scrape-time gauge, ``wharf_balancer_targets``, and
+  each target's state and reason code is ``wharf_balancer_target_health`` (1 per target).
 """
 
 from __future__ import annotations
@@ -131,10 +132,19 @@ class HealthChecker:
             "Registered targets per target group and health state.",
             labels=["target_group", "state"],
         )
+        each = GaugeMetricFamily(
+            "wharf_balancer_target_health",
+            "1 per registered target, labelled with its health state and ALB reason code "
+            "(DescribeTargetHealth's State and Reason; reason empty when healthy).",
+            labels=["target_group", "target", "state", "reason"],
+        )
         for name, live in sorted(self._runtime.live.items()):
             for state, count in live.health.statistics().items():
                 family.add_metric([name, state.value], count)
-        return [family]
+            for record in live.health:
+                reason = record.reason.value if record.reason is not None else ""
+                each.add_metric([name, record.target_id, record.state.value, reason], 1)
+        return [family, each]
 
     # -- tasks ------------------------------------------------------------------------------
 

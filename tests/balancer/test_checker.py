@@ -127,6 +127,16 @@ async def test_a_killed_target_turns_unhealthy_within_interval_times_threshold(n
     assert elapsed <= INTERVAL * THRESHOLD
     assert harness.reason(a.port) is Reason.FAILED_HEALTH_CHECKS
     assert harness.state(b.port) is TargetState.HEALTHY
+    unhealthy = {"target": f"127.0.0.1:{a.port}", "state": "unhealthy"}
+    assert (
+        harness.sample(
+            "wharf_balancer_target_health",
+            target_group="web",
+            reason="Target.FailedHealthChecks",
+            **unhealthy,
+        )
+        == 1
+    )
 
     await a.start(nursery)  # back on the same port
     elapsed = await harness.wait_for(a.port, TargetState.HEALTHY, within=60)
@@ -152,6 +162,12 @@ async def test_a_killed_target_turns_unhealthy_within_interval_times_threshold(n
     )
     assert harness.sample("wharf_balancer_targets", target_group="web", state="healthy") == 2
     assert harness.sample("wharf_balancer_targets", target_group="web", state="unhealthy") == 0
+    each = "wharf_balancer_target_health"
+    for stub in (a, b):
+        target = f"127.0.0.1:{stub.port}"
+        assert (
+            harness.sample(each, target_group="web", target=target, state="healthy", reason="") == 1
+        )
     log = harness.output.getvalue()
     assert (
         f"level=warning event=target.state_changed daemon=balancer target_group=web "
