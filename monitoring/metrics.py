@@ -32,10 +32,11 @@ disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
 CollectFunction = Callable[[], Iterable[Metric]]
 
 # Latency buckets in seconds, from sub-millisecond (cache hits, fsync on fast disks) to the
-# 20 s long poll, so one bucket layout serves every request-duration histogram.
+# 20 s long poll and the balancer's 60 s default target timeout, so one bucket layout
+# serves every request-duration histogram.
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0,
 )  # fmt: skip
 
 
