@@ -157,6 +157,19 @@ class AccessLogWriter:
         except (OSError, ValueError):
             pass
 
+    def reopen(self) -> None:
+        """Write to a fresh open of the path from now on (logrotate moved the file away).
+
+        Raises:
+            OSError: the path cannot be opened; the writer keeps its open file.
+        """
+        if not self._owned:
+            return
+        fresh = open(self.destination, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
+        self.flush()
+        stale, self._stream = self._stream, fresh
+        stale.close()
+
     def close(self) -> None:
         self.flush()
         if self._owned:
@@ -180,6 +193,19 @@ class AccessLogs:
         writer = self._writers.get(settings.destination)
         if writer is None:
             writer = self._writers[settings.destination] = AccessLogWriter(settings.destination)
+        return writer
+
+    def reopen(self, settings: AccessLog) -> AccessLogWriter | None:
+        """Like :meth:`get`, but a writer open already reopens its file (a reload's job,
+        so that ``mv`` and SIGHUP rotate the log, as with nginx's USR1).
+
+        Raises:
+            OSError: the file cannot be opened.
+        """
+        writer = self._writers.get(settings.destination) if settings.enabled else None
+        if writer is None:
+            return self.get(settings)
+        writer.reopen()
         return writer
 
     def flush(self) -> None:

@@ -102,16 +102,22 @@ def read_keys(config: BalancerConfig) -> list[bytes]:
     return keys
 
 
-def open_access_logs(logs: AccessLogs, config: BalancerConfig) -> None:
-    """Open every access log file ``config`` names that ``logs`` has not open yet.
+def open_access_logs(logs: AccessLogs, config: BalancerConfig, *, reopen: bool = False) -> None:
+    """Open every access log file ``config`` names that ``logs`` has not open yet, and with
+    ``reopen`` (a reload) open again those it has (logrotate moved them away).
 
     Raises:
         ConfigError: one cannot be opened; it names the file, the key and the reason.
     """
+    reopened: set[str] = set()
     for i, listener in enumerate(config.listeners):
         settings = listener.access_log
         try:
-            logs.get(settings)
+            if reopen and settings.destination not in reopened:
+                logs.reopen(settings)
+                reopened.add(settings.destination)
+            else:
+                logs.get(settings)
         except OSError as exc:
             raise ConfigError(
                 settings.destination,
@@ -336,7 +342,7 @@ class BalancerApp:
         if self.worker is not None:  # a new listener needs a fixed port here too
             check_workers(config, self._config_file)
         keys, tls = _compile_inputs(config)
-        open_access_logs(self.access_logs, config)  # the files it adds, now
+        open_access_logs(self.access_logs, config, reopen=True)  # rotated ones open anew
         try:
             snapshot = self.runtime.compile(config, keys, tls)
         except ValueError as exc:

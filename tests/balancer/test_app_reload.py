@@ -163,3 +163,42 @@ async def test_a_reload_with_an_unusable_key_file_is_refused_naming_it(tmp_path)
             assert str(key_file) in refused
             assert daemon.app.runtime.current.generation == generation
             rule_set(path, "blue", 1, 2)
+
+
+async def test_a_reload_reopens_the_access_log_so_logrotate_works(tmp_path):
+    """mv access.log access.log.1, then SIGHUP: new lines go to a new access.log (as nginx's
+    USR1), not on into the moved file (the README: reopened on SIGHUP)."""
+    log = tmp_path / "access.log"
+    path = tmp_path / "balancer.toml"
+
+    def write(port: int) -> None:
+        path.write_text(f"""
+[admin]
+port = 0
+[[listeners]]
+name = "web"
+protocol = "http"
+host = "127.0.0.1"
+port = {port}
+access_log = {{ enabled = true, destination = "{log}" }}
+default_action = {{ type = "fixed_response", status_code = 200, message_body = "hi" }}
+""")
+
+    async def one_request(port: int) -> None:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await KeepAliveClient(stream).get("/")
+
+    write(0)
+    async with balancer(path) as daemon:
+        port = address(daemon, "web")[1]
+        write(port)
+        await one_request(port)
+        rotated = tmp_path / "access.log.1"
+        log.rename(rotated)
+        assert await daemon.reload() is None
+        await one_request(port)
+        await one_request(port)
+        daemon.app.access_logs.flush()  # type: ignore[attr-defined]
+        assert len(rotated.read_text().splitlines()) == 1
+        assert len(log.read_text().splitlines()) == 2
