@@ -13,8 +13,9 @@ Theory of operation:
 - A probe checks right away (ALB: one passing check makes a new target healthy), then every
   ``interval_seconds`` measured from the start of the previous check: "the result lasts for
   the entire interval", so a slow response does not shift the schedule. Settings are read
-  from the current snapshot at every check, so a reload that changes the path, matcher,
-  interval or port applies from the next check without restarting anything.
+  from the current snapshot at every check, so a reload that changes the path, matcher or
+  port applies from the next check without restarting anything; a waiting probe re-reads the
+  interval when a generation is installed, so a shorter one applies at once.
 - Which targets have a probe follows the tables: every batch of health events (a reload, an
   admin registration, a check result, a deadline) re-synchronises the set. Targets that are
   draining, unused or unavailable (checks off) are not checked; removed ones lose their probe;
@@ -84,6 +85,9 @@ class HealthChecker:
         self._probes: dict[ProbeKey, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
+        # Set when a new generation is installed: probes waiting out an interval re-read it.
+        self._installed = trio.Event()
+        runtime.on_install.append(self._generation_installed)
         self.transitions = metrics.counter(
             "wharf_balancer_target_health_transitions",
             "Target health state changes, by the state entered and AWS's reason code.",
@@ -191,21 +195,30 @@ class HealthChecker:
         """The (group, target) pairs with a probe task (for tests and debugging)."""
         return set(self._probes)
 
+    def _generation_installed(self) -> None:
+        self._installed.set()
+        self._installed = trio.Event()
+
     async def _probe(self, key: ProbeKey, scope: trio.CancelScope) -> None:
         group_name, target_id = key
         with scope:
-            next_check = self._clock()
+            last_started: float | None = None
             while True:
-                await trio.sleep_until(next_check)
                 group = self._runtime.current.groups.get(group_name)
                 endpoint = group.by_id.get(target_id) if group is not None else None
                 if group is None or endpoint is None:
                     break
                 check = group.config.health_check
-                next_check += check.interval_seconds
                 now = self._clock()
-                if next_check < now:  # the process was stalled: do not fire a burst
-                    next_check = now + check.interval_seconds
+                if last_started is not None:
+                    # Due one interval after the last check started, by the interval of the
+                    # generation current now: a reload that shortens it applies at once.
+                    due = last_started + check.interval_seconds
+                    if due > now:
+                        with trio.move_on_at(due):
+                            await self._installed.wait()
+                        continue  # due now, or a new generation: read the interval again
+                last_started = now  # from now, however late: a stalled loop fires no burst
                 result = await run_check(endpoint.host, endpoint.port, check)
                 self._record(group_name, target_id, result)
         if self._probes.get(key) is scope:

@@ -273,6 +273,8 @@ class Runtime:
     ) -> None:
         self.live: dict[str, GroupLive] = {}
         self.observers: list[HealthObserver] = []
+        # Told after each new generation is current (the checker re-reads check intervals).
+        self.on_install: list[Callable[[], None]] = []
         # One random source per process: weighted_random and weighted forwards draw from it.
         self.rand = random.Random(seed)
         self._generation = 0
@@ -308,6 +310,8 @@ class Runtime:
         """Make a compiled snapshot current (health tables follow its target lists)."""
         events = self._install(snapshot, now)
         self._notify(events)
+        for installed in self.on_install:
+            installed()
         return events
 
     def replace_targets(

@@ -303,3 +303,21 @@ async def test_through_the_daemon_a_killed_target_gets_no_new_requests(nursery, 
         answers = [await request(addr) for _ in range(8)]
         assert {(status, body) for status, _, body in answers} == {(200, b"b")}
     b.stop()
+
+
+async def test_a_reload_that_shortens_the_interval_applies_before_the_old_one_ends(
+    nursery, lazy_clock
+):
+    """The issue: a killed target is unhealthy within interval x threshold, and a reload
+    applies new target groups. Before, a probe slept out the interval it had scheduled."""
+    a = StubTarget()
+    await started(nursery, a)
+    slow = HealthCheck(interval_seconds=300, timeout_seconds=2, unhealthy_threshold=THRESHOLD)
+    harness = Harness(make_config([a.port], check=slow))
+    await nursery.start(harness.checker.run)
+    await harness.wait_for(a.port, TargetState.HEALTHY, within=1)
+    await trio.sleep(1)  # the probe now waits out the 300 s interval
+    harness.runtime.reload(make_config([a.port]), (), trio.current_time())  # 5 s interval
+    a.stop()
+    elapsed = await harness.wait_for(a.port, TargetState.UNHEALTHY, within=300)
+    assert elapsed <= INTERVAL * THRESHOLD
