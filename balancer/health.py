@@ -180,6 +180,9 @@ class TargetHealth:
     drain_deadline: float | None = None
     # The status of the last check that failed on it (ALB's "failed with these codes").
     failed_status: int | None = None
+    # When it was registered (one registration, one time): slow start tells targets
+    # registered together from later ones (balancer.selection.slow_start_entries).
+    registered_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +262,14 @@ def _move(
     drain_deadline: float | None = None,
 ) -> Step:
     event = _ENTERED[state](record.target_id, now, record.state, state, reason)
-    new = TargetHealth(record.target_id, state, reason, now, drain_deadline=drain_deadline)
+    new = TargetHealth(
+        record.target_id,
+        state,
+        reason,
+        now,
+        drain_deadline=drain_deadline,
+        registered_at=record.registered_at,
+    )
     return new, [event]
 
 
@@ -412,7 +422,7 @@ class HealthTable:
             return self.apply(target_id, Input.REGISTERED, now)
         self._departed.pop(target_id, None)
         state, reason = self.policy.starting_state()
-        self._records[target_id] = TargetHealth(target_id, state, reason, now)
+        self._records[target_id] = TargetHealth(target_id, state, reason, now, registered_at=now)
         self.version += 1
         return self._tag([TargetRegistered(target_id, now, None, state, reason)])
 
@@ -476,10 +486,12 @@ class HealthTable:
 
         def shifted(record: TargetHealth) -> TargetHealth:
             deadline = record.drain_deadline
+            registered = record.registered_at
             return replace(
                 record,
                 since=record.since + delta,
                 drain_deadline=None if deadline is None else deadline + delta,
+                registered_at=None if registered is None else registered + delta,
             )
 
         self._records = {key: shifted(r) for key, r in self._records.items()}

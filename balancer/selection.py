@@ -21,6 +21,7 @@ seeded source makes every choice reproducible.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
@@ -47,12 +48,13 @@ class Candidate(NamedTuple):
     weight: int = 1
     state: TargetState = TargetState.HEALTHY
     healthy_since: float | None = None  # when it last became healthy (slow start)
+    registered_at: float | None = None  # when it was registered (None: at the start)
 
     @classmethod
     def from_health(cls, record: TargetHealth, weight: int = 1) -> Candidate:
         """A candidate from a health record and the target's configured weight."""
         since = record.since if record.state is TargetState.HEALTHY else None
-        return cls(record.target_id, weight, record.state, since)
+        return cls(record.target_id, weight, record.state, since, record.registered_at)
 
 
 class Choice(NamedTuple):
@@ -90,21 +92,64 @@ def eligible(
     return healthy, False
 
 
-def slow_start_weights(pool: Sequence[Candidate], now: float, duration: float) -> list[float]:
-    """Each target's weight with the slow-start ramp applied."""
+def slow_start_entries(pool: Sequence[Candidate], duration: float) -> tuple[float | None, ...]:
+    """When each target entered slow start (its ``healthy_since``), or None if it did not.
 
-    def ramping(c: Candidate) -> bool:
-        return c.healthy_since is not None and now - c.healthy_since < duration
+    ALB's rule: a target enters slow start as it becomes healthy, and "newly registered
+    targets enter slow start mode only when there is at least one healthy target that is not
+    in slow start mode"; targets registered together (one registration, the config at start)
+    do not enter it because of each other. So a target enters iff, when it became healthy,
+    a target registered before it was healthy and out of slow start (never in it, or past
+    its duration). Worked out from the targets healthy now (one that has left since no longer
+    counts), so a target's ramp does not depend on when its neighbours' ramps end.
+    """
+    entries: list[float | None] = [None] * len(pool)
+    if duration <= 0:
+        return tuple(entries)
+    order = sorted(
+        (i for i, c in enumerate(pool) if c.state is TargetState.HEALTHY),
+        key=lambda i: _healthy_since(pool[i]),
+    )
+    for position, i in enumerate(order):
+        became = pool[i].healthy_since
+        if became is None:
+            continue  # healthy since before anything we know of: steady
+        registered = _registered(pool[i])
+        for j in order[:position]:
+            entry = entries[j]
+            if _registered(pool[j]) < registered and (entry is None or entry + duration <= became):
+                entries[i] = became
+                break
+    return tuple(entries)
 
-    if duration <= 0 or not any(ramping(c) for c in pool):
+
+def _healthy_since(candidate: Candidate) -> float:
+    since = candidate.healthy_since
+    return -math.inf if since is None else since  # None: healthy since before we know
+
+
+def _registered(candidate: Candidate) -> float:
+    at = candidate.registered_at
+    return -math.inf if at is None else at  # None: registered at the start, with the config
+
+
+def slow_start_weights(
+    pool: Sequence[Candidate],
+    now: float,
+    duration: float,
+    entries: Sequence[float | None] | None = None,
+) -> list[float]:
+    """Each target's weight with the slow-start ramp applied (``entries`` from
+    :func:`slow_start_entries`, computed here when not given)."""
+    if duration <= 0:
         return [float(c.weight) for c in pool]
-    if all(ramping(c) for c in pool if c.state in ROUTABLE):
-        return [float(c.weight) for c in pool]  # nobody is out of slow start: nobody ramps
+    if entries is None:
+        entries = slow_start_entries(pool, duration)
     weights = []
-    for c in pool:
+    for c, entry in zip(pool, entries, strict=True):
         share = 1.0
-        if c.healthy_since is not None and now - c.healthy_since < duration:
-            share = max((now - c.healthy_since) / duration, MIN_SLOW_START_SHARE)
+        if entry is not None and now - entry < duration:
+            share = max((now - entry) / duration, MIN_SLOW_START_SHARE)
         weights.append(c.weight * share)
     return weights
 
@@ -160,7 +205,9 @@ class TargetSelector:
         # The eligible pool (and, without slow start, its weights) of the last candidate
         # tuple seen: the runtime hands the same tuple until the group's health changes.
         self._memo_for: tuple[Candidate, ...] | None = None
-        self._memo: tuple[list[Candidate], bool, tuple[float, ...] | None] = ([], False, None)
+        self._memo: tuple[
+            list[Candidate], bool, tuple[float, ...] | None, tuple[float | None, ...]
+        ] = ([], False, None, ())
 
     @classmethod
     def from_target_group(
@@ -195,7 +242,7 @@ class TargetSelector:
             The choice, or None when no target may take the request (the shell answers 503).
         """
         if candidates is self._memo_for:
-            pool, fail_open, fixed = self._memo
+            pool, fail_open, fixed, entries = self._memo
         else:
             pool, fail_open = eligible(
                 candidates,
@@ -203,17 +250,27 @@ class TargetSelector:
                 minimum_percent=self.minimum_healthy_percent,
             )
             # Weights depend on the time only while slow start is on.
-            fixed = None if self.slow_start_seconds > 0 else tuple(float(c.weight) for c in pool)
+            slow = self.slow_start_seconds
+            fixed = None if slow > 0 else tuple(float(c.weight) for c in pool)
+            # Who entered slow start is decided from the whole group, not just the pool.
+            entries = slow_start_entries(candidates, slow) if slow > 0 else ()
+            if entries:
+                by_id = {c.target_id: e for c, e in zip(candidates, entries, strict=True)}
+                entries = tuple(by_id.get(c.target_id) for c in pool)
             if type(candidates) is tuple:  # immutable: the same object, the same answer
                 self._memo_for = candidates
-                self._memo = (pool, fail_open, fixed)
+                self._memo = (pool, fail_open, fixed, entries)
         if not pool:
             return None
         if sticky_target is not None:
             for candidate in pool:
                 if candidate.target_id == sticky_target:
                     return Choice(candidate, fail_open, sticky=True)
-        weights = slow_start_weights(pool, now, self.slow_start_seconds) if fixed is None else fixed
+        weights = (
+            slow_start_weights(pool, now, self.slow_start_seconds, entries)
+            if fixed is None
+            else fixed
+        )
         if self.algorithm == "weighted_random":
             index = weighted_pick(weights, rand)
         elif self.algorithm == "least_outstanding_requests":

@@ -124,14 +124,15 @@ def test_a_new_target_is_initial_and_one_passing_check_makes_it_healthy():
     ]
     events = health.record_check("a", Input.CHECK_PASSED, 2.0)
     assert events == [TargetBecameHealthy("a", 2.0, TargetState.INITIAL, TargetState.HEALTHY, None)]
-    assert health.get("a") == TargetHealth("a", TargetState.HEALTHY, None, 2.0)
+    # It keeps the time it was registered (slow start tells registrations apart by it).
+    assert health.get("a") == TargetHealth("a", TargetState.HEALTHY, None, 2.0, registered_at=1.0)
 
 
 def test_registering_twice_changes_nothing():
     health = table()
     assert health.register("a", 5.0) == []
     assert health.get("a") == TargetHealth(
-        "a", TargetState.INITIAL, Reason.INITIAL_HEALTH_CHECKING, 0.0
+        "a", TargetState.INITIAL, Reason.INITIAL_HEALTH_CHECKING, 0.0, registered_at=0.0
     )
 
 

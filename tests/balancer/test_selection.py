@@ -17,6 +17,7 @@ from balancer.selection import (
     TargetSelector,
     choose_group,
     eligible,
+    slow_start_entries,
     slow_start_weights,
     uniform,
     weighted_pick,
@@ -160,7 +161,8 @@ def test_weighted_pick_skips_zero_weights_and_needs_a_positive_total():
 
 
 def test_slow_start_ramps_a_newly_healthy_target_linearly():
-    pool = [Candidate("old", 1, H, None), Candidate("new", 1, H, healthy_since=100.0)]
+    new = Candidate("new", 1, H, healthy_since=100.0, registered_at=90.0)
+    pool = [Candidate("old", 1, H, None), new]
     assert slow_start_weights(pool, 100.0, 60) == [1.0, 0.01]  # a trickle, never nothing
     assert slow_start_weights(pool, 130.0, 60) == [1.0, 0.5]
     assert slow_start_weights(pool, 160.0, 60) == [1.0, 1.0]
@@ -172,9 +174,50 @@ def test_targets_that_start_together_do_not_ramp():
     assert slow_start_weights(pool, 110.0, 60) == [2.0, 1.0]
 
 
+def test_slow_start_follows_albs_rule_for_who_enters_it():
+    # The first targets (registered together, at the start) never enter slow start; a target
+    # registered later does once one of them is healthy and out of slow start; its ramp
+    # depends on its own time only (a hunt saw a full share, then a drop when the first
+    # ones' windows ended).
+    a = Candidate("a", 1, H, healthy_since=0.0, registered_at=0.0)
+    b = Candidate("b", 1, H, healthy_since=0.5, registered_at=0.0)
+    c = Candidate("c", 1, H, healthy_since=15.0, registered_at=15.0)
+    assert slow_start_entries([a, b, c], 30) == (None, None, 15.0)
+    assert slow_start_weights([a, b, c], 15.0, 30) == [1.0, 1.0, 0.01]
+    assert slow_start_weights([a, b, c], 30.0, 30) == [1.0, 1.0, 0.5]
+    assert slow_start_weights([a, b, c], 45.0, 30) == [1.0, 1.0, 1.0]
+    d = Candidate("d", 1, H, healthy_since=20.0, registered_at=16.0)
+    assert slow_start_entries([a, b, c, d], 30) == (None, None, 15.0, 20.0)
+    # Two registered by one operation do not put each other in slow start.
+    e = Candidate("e", 1, H, healthy_since=100.0, registered_at=90.0)
+    f = Candidate("f", 1, H, healthy_since=101.0, registered_at=90.0)
+    assert slow_start_entries([a, e, f], 30) == (None, 100.0, 101.0)
+    assert slow_start_entries([e, f], 30) == (None, None)
+
+
+@given(
+    st.lists(
+        st.tuples(st.floats(0, 100), st.sampled_from([0.0, 10.0, 20.0])), min_size=1, max_size=6
+    ),
+    st.floats(1, 60),
+    st.floats(0, 200),
+)
+def test_a_slow_start_share_only_grows_with_time(times, duration, now):
+    pool = [
+        Candidate(f"t{i}", 1, H, healthy_since=max(healthy, registered), registered_at=registered)
+        for i, (healthy, registered) in enumerate(times)
+    ]
+    entries = slow_start_entries(pool, duration)
+    earlier = slow_start_weights(pool, now, duration, entries)
+    later = slow_start_weights(pool, now + 1.0, duration, entries)
+    assert all(b >= a for a, b in zip(earlier, later, strict=True))
+    assert all(0 < w <= 1 for w in earlier)
+    assert any(entry is None for entry in entries)  # somebody is always out of slow start
+
+
 def test_slow_start_shapes_the_choice():
     selector = TargetSelector("weighted_random", slow_start_seconds=100)
-    pool = [Candidate("old", 1, H), Candidate("new", 1, H, healthy_since=0.0)]
+    pool = [Candidate("old", 1, H), Candidate("new", 1, H, healthy_since=0.0, registered_at=0.0)]
     rand = random.Random(1)
     counts = Counter(
         selector.choose(pool, now=10.0, rand=rand).target.target_id  # type: ignore[union-attr]
