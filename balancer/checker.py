@@ -142,10 +142,19 @@ class HealthChecker:
             "(DescribeTargetHealth's State and Reason; reason empty when healthy).",
             labels=["target_group", "target", "state", "reason"],
         )
+        try:
+            now: float | None = self._clock()
+        except RuntimeError:  # before trio runs: the registry reads the names at registration
+            now = None
         for name, live in sorted(self._runtime.live.items()):
-            for state, count in live.health.statistics().items():
+            # Targets that left early are shown draining until their delay ends, as the
+            # targets API lists them (DescribeTargetHealth does the same).
+            departed = live.health.departed(now) if now is not None else []
+            counts = live.health.statistics()
+            counts[TargetState.DRAINING] += len(departed)
+            for state, count in counts.items():
                 family.add_metric([name, state.value], count)
-            for record in live.health:
+            for record in [*live.health, *departed]:
                 reason = record.reason.value if record.reason is not None else ""
                 each.add_metric([name, record.target_id, record.state.value, reason], 1)
         return [family, each]

@@ -244,12 +244,16 @@ class Supervisor:
         self._finish.set()
 
     async def _handle_signals(self, signals: AsyncIterator[int], nursery: trio.Nursery) -> None:
+        # Read until the end (this task is cancelled with the rest): a signal left unread
+        # when the receiver closes is delivered again, and SIGHUP's default action kills.
         async for signum in signals:
-            if signum == signal.SIGHUP:
+            if self._finish.is_set():
+                name = signal.Signals(signum).name
+                self.log.info("daemon.signal_ignored", signal=name, reason="stopping")
+            elif signum == signal.SIGHUP:
                 nursery.start_soon(self.reload)
             else:
                 self.request_stop()
-                return
 
     def _cannot_start(self, worker: _Worker, pid: int, code: int) -> None:
         """A worker exited before it was ready, during the start: stop, and exit 1."""

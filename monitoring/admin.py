@@ -83,7 +83,13 @@ async def open_admin_listener(
             max_body_bytes=ADMIN_MAX_BODY_BYTES,
         )
 
-    return Listener("admin", sockets, handle_connection, max_connections=limits.max_connections)
+    return Listener(
+        "admin",
+        sockets,
+        handle_connection,
+        max_connections=limits.max_connections,
+        serves_the_drain=True,  # /readyz says 503 while the daemon drains
+    )
 
 
 def _report_error(frame: Frame, exc: BaseException) -> None:

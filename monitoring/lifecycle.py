@@ -80,11 +80,15 @@ class Listener:
     # This listener's own drain: started by Frame.stop and by Frame.stop_listener. Handlers
     # that close idle connections on a drain watch it (frame.draining covers the whole daemon).
     draining: Draining = field(default_factory=Draining)
+    # Accepts on while the others drain, stopping once they are done: the admin listener, so
+    # that /readyz answers 503 (and /metrics shows the drain) while requests finish.
+    serves_the_drain: bool = False
     _accept_scope: trio.CancelScope | None = field(default=None, repr=False)
     _handler_scope: trio.CancelScope | None = field(default=None, repr=False)
     _accepting_done: trio.Event = field(default_factory=trio.Event, repr=False)
     _stop_deadline: float = field(default=math.inf, repr=False)
     _keep_sockets: bool = field(default=False, repr=False)
+    _served: trio.Event = field(default_factory=trio.Event, repr=False)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -200,6 +204,12 @@ class Frame:
             self._nursery = nursery
             task_status.started()
             await self._stopped.wait()
+            for listener in [*self.listeners, *self._retiring]:
+                if not listener.serves_the_drain:
+                    await listener._served.wait()
+            for listener in [*self.listeners, *self._retiring]:
+                if listener.serves_the_drain:  # the others are done: now these stop too
+                    self._stop_accepting(listener)
         self._nursery = None
 
     async def add_listener(self, listener: Listener) -> None:
@@ -247,13 +257,17 @@ class Frame:
         self.draining.start()
         self._stop_deadline = trio.current_time() + grace_period
         for listener in [*self.listeners, *self._retiring]:
-            if not listener.draining.started:
-                listener.draining.start()
-            if listener._accept_scope is not None:
-                listener._accept_scope.cancel()
-            if listener._handler_scope is not None:
-                listener._handler_scope.deadline = min(self._stop_deadline, listener._stop_deadline)
+            if not listener.serves_the_drain:
+                self._stop_accepting(listener)
         self._stopped.set()
+
+    def _stop_accepting(self, listener: Listener) -> None:
+        if not listener.draining.started:
+            listener.draining.start()
+        if listener._accept_scope is not None:
+            listener._accept_scope.cancel()
+        if listener._handler_scope is not None:
+            listener._handler_scope.deadline = min(self._stop_deadline, listener._stop_deadline)
 
     def connection_counts(self) -> dict[str, tuple[int, int]]:
         """Per listener name: (open connections, connections accepted since start)."""
@@ -278,7 +292,9 @@ class Frame:
                 try:
                     async with trio.open_nursery() as accepting:
                         listener._accept_scope = accepting.cancel_scope
-                        if self.draining.started or listener.draining.started:
+                        if listener.draining.started or (
+                            self.draining.started and not listener.serves_the_drain
+                        ):
                             accepting.cancel_scope.cancel()
                         for sock in listener.sockets:
                             accepting.start_soon(self._accept_loop, listener, sock, handlers)
@@ -292,6 +308,7 @@ class Frame:
                                 await sock.aclose()
                     listener._accepting_done.set()
         finally:
+            listener._served.set()
             if listener in self._retiring:
                 self._retiring.remove(listener)
                 before = self._accepted_before.get(listener.name, 0)
@@ -423,12 +440,21 @@ class Daemon(Generic[C]):
         self.frame.reload = self.reload
         self.frame.fail = self.fail
         self.failure: str | None = None
+        self._stopping = False
 
     def request_reload(self) -> None:
-        self._commands_send.send_nowait("reload")
+        self._command("reload")
 
     def request_stop(self) -> None:
-        self._commands_send.send_nowait("stop")
+        self._command("stop")
+
+    def _command(self, command: str) -> None:
+        if self._stopping:
+            return  # nothing reads commands any more; the stop under way goes on
+        try:
+            self._commands_send.send_nowait(command)
+        except trio.WouldBlock:
+            pass  # sixteen commands wait already: a burst of signals, one more adds nothing
 
     def fail(self, reason: str) -> None:
         """Stop because the app cannot go on: not ready at once, drained, then DaemonFailed."""
@@ -447,8 +473,11 @@ class Daemon(Generic[C]):
         """Serve until a stop request (or SIGTERM/SIGINT when ``handle_signals``)."""
         with _signal_receiver(handle_signals) as signals:
             async with trio.open_nursery() as nursery:
+                # Signals are read until the app has drained: one left unread when the
+                # receiver closes is delivered again, and SIGHUP's default action kills.
+                helpers = trio.CancelScope()
                 try:
-                    await nursery.start(self.app.serve, self.frame)
+                    await nursery.start(self._serve_app, helpers)
                 except (StartupError, OSError, ConfigError) as error:
                     reason = startup_reason(error)
                     self.log.error("daemon.start_failed", reason=reason)
@@ -457,22 +486,30 @@ class Daemon(Generic[C]):
                 self.notifier.ready(status="serving")
                 self.log.info("daemon.ready", version=self.spec.version)
                 task_status.started(self)
-                helpers = trio.CancelScope()
                 nursery.start_soon(self._helpers, helpers, signals)
                 async for command in self._commands:
                     if command == "reload":
                         await self.reload()
                     elif command == "stop":
                         break
+                self._stopping = True
                 self.frame.ready = False
                 self.notifier.stopping()
                 grace = self.config.lifecycle.grace_period_seconds
                 self.log.info("daemon.stopping", grace_period_seconds=grace)
                 self.frame.stop(grace)
-                helpers.cancel()
         self.log.info("daemon.stopped")
         if self.failure is not None:
             raise DaemonFailed(self.failure)
+
+    async def _serve_app(
+        self, helpers: trio.CancelScope, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        """The app's serve; the helpers (signals, watchdog) end when it has."""
+        try:
+            await self.app.serve(self.frame, task_status=task_status)
+        finally:
+            helpers.cancel()
 
     async def _helpers(
         self, scope: trio.CancelScope, signals: trio.abc.ReceiveChannel[int] | None
@@ -493,6 +530,9 @@ class Daemon(Generic[C]):
     async def _forward_signals(self, signals: trio.abc.ReceiveChannel[int]) -> None:
         async for signum in signals:
             name = signal.Signals(signum).name
+            if self._stopping:
+                self.log.info("daemon.signal_ignored", signal=name, reason="stopping")
+                continue
             self.log.info("daemon.signal", signal=name)
             if signum == signal.SIGHUP:
                 self.request_reload()

@@ -321,3 +321,17 @@ async def test_a_reload_that_shortens_the_interval_applies_before_the_old_one_en
     a.stop()
     elapsed = await harness.wait_for(a.port, TargetState.UNHEALTHY, within=300)
     assert elapsed <= INTERVAL * THRESHOLD
+
+
+async def test_a_target_that_left_early_counts_as_draining_until_its_delay_ends(lazy_clock):
+    """As the targets API lists it (a load hunt found the gauge said draining 0 meanwhile)."""
+    harness = Harness(make_config([9], delay=30))
+    live = harness.runtime.live["web"]
+    harness.runtime.notify(live.health.deregister("127.0.0.1:9", trio.current_time(), idle=True))
+    assert live.health.get("127.0.0.1:9") is None  # gone for routing
+    assert harness.sample("wharf_balancer_targets", target_group="web", state="draining") == 1
+    reason = "Target.DeregistrationInProgress"
+    each = {"target_group": "web", "target": "127.0.0.1:9", "state": "draining", "reason": reason}
+    assert harness.sample("wharf_balancer_target_health", **each) == 1
+    await trio.sleep(31)
+    assert harness.sample("wharf_balancer_targets", target_group="web", state="draining") == 0

@@ -578,3 +578,24 @@ async def test_once_ready_a_replacement_that_cannot_start_is_retried(tmp_path, n
     assert "restart_in_seconds=0.2" in fake.log  # the backoff doubled, as for any crash
     assert "daemon.start_failed" not in fake.log
     await fake.stop()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_sighup_while_draining_is_ignored_and_the_stop_exits_0(tmp_path, workers):
+    """A SIGHUP left unread when the signal receiver closed was delivered again, and its
+    default action killed the process at the end of a clean drain."""
+    port, admin_port = free_port(), free_port(start_pair=True)
+    config = tmp_path / "balancer.toml"
+    config.write_text(listener_config(workers=workers, port=port, admin=admin_port))
+    async with daemon_process("balancer", config, tmp_path) as daemon:
+        assert (await daemon.next_notification()).startswith(b"READY=1")
+        busy = await trio.open_tcp_stream("127.0.0.1", port)
+        async with busy:
+            await busy.send_all(b"GET / HTTP/1.1\r\n")  # a request under way: the drain waits
+            await trio.sleep(0.2)
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.next_notification() == b"STOPPING=1"
+            daemon.signal(signal.SIGHUP)
+            await daemon.wait_log("event=daemon.signal_ignored")
+        # The client leaves; the drain ends.
+    assert daemon.process.returncode == 0

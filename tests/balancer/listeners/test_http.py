@@ -35,6 +35,8 @@ from tests.support.balancer_http import (
     sample,
     statuses,
 )
+from tests.support.daemons import address
+from tests.support.http import request
 from tests.support.targets import Reply, Seen, TargetServer, running_targets
 from tests.support.tls import write_pair
 
@@ -810,3 +812,22 @@ async def test_tls_connections_count_from_their_tcp_accept(tmp_path):
         with trio.fail_after(5):
             while sample(daemon, "wharf_balancer_http_connections_active", labels) != 0:  # noqa: ASYNC110 (a gauge: no event to wait on)
                 await trio.sleep(0.01)
+
+
+async def test_the_admin_listener_answers_503_on_readyz_while_the_others_drain():
+    """The README: /readyz is 503 from the moment the daemon starts draining. The admin
+    listener used to stop with the others, so a load balancer in front saw refusals."""
+    lst = listener(FixedResponse(status_code=200))
+    async with balancer(config([lst], [])) as daemon:
+        busy = await trio.open_tcp_stream(*front(daemon))
+        async with busy:
+            await busy.send_all(b"GET / HTTP/1.1\r\n")  # under way: the drain waits for it
+            await trio.sleep(0.1)
+            daemon.request_stop()
+            await trio.sleep(0.1)
+            admin = address(daemon, "admin")
+            assert (await request(admin, target="/readyz"))[0] == 503
+            assert (await request(admin, target="/healthz"))[0] == 200
+            status, _, metrics = await request(admin, target="/metrics")
+            assert status == 200
+            assert b"wharf_balancer_http_connections_active" in metrics
