@@ -26,6 +26,7 @@ from broker.model.publishing import PreparedMessage, PublishRequest, prepare, pu
 from broker.model.sns_errors import SnsError, invalid_parameter
 from broker.model.subscriptions import masked_endpoint
 from broker.model.subscriptions import render_attributes as render_subscription
+from broker.model.tags import tag_problem
 from broker.model.topic_permissions import add_permission, remove_permission
 from broker.model.topics import render_attributes as render_topic
 from broker.registry import now_ms
@@ -447,10 +448,9 @@ def _tags(entries: Sequence[Mapping[str, str]]) -> dict[str, str]:
             "Could not complete request: tag quota of per resource exceeded",
         )
     for key, value in tags.items():
-        if not 1 <= len(key) <= 128 or len(value) > 256:
-            raise invalid_parameter(
-                "Tags Reason: tag keys must be 1-128 characters and values at most 256"
-            )
+        problem = tag_problem(key, value)
+        if problem is not None:
+            raise invalid_parameter(f"Tags Reason: {problem}")
     return tags
 
 

@@ -30,6 +30,7 @@ from broker.model.policy import (
     evaluate,
     remove_permission,
 )
+from broker.model.tags import tag_problem
 from broker.registry import Queue, QueueRegistry, now_ms, queue_does_not_exist
 from broker.store.base import StoredMessage
 from proto.aws.arn import ArnError, build_queue_url, parse_queue_url
@@ -263,8 +264,9 @@ class SqsApi:
 
     async def tag_queue(self, params: Params, context: RequestContext) -> Result:
         queue = self.queue_of(params, context)
-        tags = {**queue.record.tags, **(params.get("Tags") or {})}
-        _check_tags(tags)
+        added = params.get("Tags") or {}
+        tags = {**queue.record.tags, **added}
+        _check_tags(tags, added)
         await self.registry.set_tags(queue, tags)
         return None
 
@@ -524,17 +526,17 @@ def _required(params: Params, name: str) -> Any:
     return value
 
 
-def _check_tags(tags: Mapping[str, str]) -> None:
+def _check_tags(tags: Mapping[str, str], new: Mapping[str, str] | None = None) -> None:
+    """The tag count of ``tags`` (a queue's, after the request) and the rules of the ``new``
+    ones (all of ``tags`` when not given: tags stored earlier are not judged again)."""
     if len(tags) > MAX_TAGS:
         raise common_error(
             "InvalidParameterValue", f"Too many tags: a queue can have at most {MAX_TAGS}."
         )
-    for key, value in tags.items():
-        if not 1 <= len(key) <= 128 or len(value) > 256:
-            raise common_error(
-                "InvalidParameterValue",
-                "Tag keys must be 1-128 characters and tag values at most 256.",
-            )
+    for key, value in (new or tags).items():
+        problem = tag_problem(key, value)
+        if problem is not None:
+            raise common_error("InvalidParameterValue", f"Invalid tag: {problem}.")
 
 
 def _paginate(
@@ -544,9 +546,13 @@ def _paginate(
     start = 0
     if token:
         try:
-            after = base64.urlsafe_b64decode(token.encode()).decode()
+            # validate: a token with characters outside the alphabet is not ours (without
+            # it, '!!!' would decode to nothing and restart the listing)
+            after = base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
         except (ValueError, UnicodeDecodeError):
             raise common_error("InvalidParameterValue", "Invalid NextToken value.") from None
+        if not after:
+            raise common_error("InvalidParameterValue", "Invalid NextToken value.")
         start = next((i for i, n in enumerate(names) if n > after), len(names))
     if max_results is None:
         return names[start : start + LIST_QUEUES_LIMIT], None

@@ -147,7 +147,7 @@ def validate_for_queue(settings: QueueSettings, request: SendRequest, size: int)
         raise invalid_parameter(
             "MessageDeduplicationId",
             request.deduplication_id,
-            "The request includes a parameter that is not valid for this queue type",
+            "The request include parameter that is not valid for this queue type",
         )
     if request.group_id is not None:
         # Fair queues (2025): standard queues accept a MessageGroupId and return it.

@@ -424,6 +424,13 @@ def add_permission(
         )
     if not accounts or not actions:
         raise SqsError(INVALID_PARAMETER_VALUE, "AddPermission needs AWSAccountIds and Actions.")
+    for account in accounts:
+        if not ACCOUNT_ID.fullmatch(account):  # a principal AWS could verify: 12 digits
+            raise SqsError(
+                INVALID_PARAMETER_VALUE,
+                f"Value [{account}] for parameter PrincipalId is invalid. "
+                "Reason: Unable to verify.",
+            )
     for action in actions:
         if action != "*" and action not in SQS_ACTIONS:
             raise SqsError(

@@ -193,6 +193,16 @@ def _apply(base: QueueSettings, attributes: Mapping[str, str], *, creating: bool
         elif name == "KmsMasterKeyId":
             changes["kms_master_key_id"] = value or None
     _settle_encryption(base, changes, explicit_sse="SqsManagedSseEnabled" in attributes)
+    limit = changes.get("fifo_throughput_limit", base.fifo_throughput_limit)
+    scope = changes.get("deduplication_scope", base.deduplication_scope)
+    if limit == "perMessageGroupId" and scope != "messageGroup":
+        # SetQueueAttributes: "The perMessageGroupId value is allowed only when the value for
+        # DeduplicationScope is messageGroup." (checked on the settings the request leaves)
+        raise SqsError(
+            invalid_attribute_value("FifoThroughputLimit").code,
+            "Invalid value for the parameter FifoThroughputLimit. Reason: perMessageGroupId "
+            "is allowed only when DeduplicationScope is messageGroup.",
+        )
     return msgspec.structs.replace(base, **changes) if changes else base
 
 

@@ -187,6 +187,9 @@ def test_tags(sns: Any, name: Names) -> None:
     with pytest.raises(botocore.exceptions.ClientError) as info:
         sns.tag_resource(ResourceArn=arn, Tags=[{"Key": f"k{i}", "Value": "v"} for i in range(51)])
     assert code_of(info) == "TagLimitExceeded"
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.tag_resource(ResourceArn=arn, Tags=[{"Key": "aws:owner", "Value": "me"}])
+    assert code_of(info) == "InvalidParameter"
 
 
 def test_add_and_remove_permission(sns: Any, name: Names) -> None:

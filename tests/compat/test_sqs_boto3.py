@@ -214,6 +214,10 @@ def test_list_queues_by_prefix_and_in_pages(sqs, queues: QueueFactory):
             break
     assert [len(p) for p in pages] == [2, 2, 1]
     assert sorted(u for p in pages for u in p) == sorted(urls)
+    for bad in ("!!!", "not base64"):  # refused, never the first page again
+        with pytest.raises(botocore.exceptions.ClientError) as excinfo:
+            sqs.list_queues(QueueNamePrefix=prefix, MaxResults=2, NextToken=bad)
+        assert code_of(excinfo) == "InvalidParameterValue"
 
     paginated = sqs.get_paginator("list_queues").paginate(
         QueueNamePrefix=prefix, PaginationConfig={"PageSize": 3}
@@ -454,6 +458,10 @@ def test_tags(sqs, queues: QueueFactory):
     with pytest.raises(botocore.exceptions.ClientError) as excinfo:
         sqs.tag_queue(QueueUrl=url, Tags={f"k{i}": "v" for i in range(51)})
     assert code_of(excinfo) == "InvalidParameterValue"
+    for bad in ({"aws:owner": "me"}, {"a!b": "v"}, {"k": "aws:v"}):  # quotas-queues.html
+        with pytest.raises(botocore.exceptions.ClientError) as excinfo:
+            sqs.tag_queue(QueueUrl=url, Tags=bad)
+        assert code_of(excinfo) == "InvalidParameterValue"
     with pytest.raises(sqs.exceptions.QueueDoesNotExist):
         sqs.list_queue_tags(QueueUrl=url + "-gone")
 

@@ -472,6 +472,8 @@ def test_add_and_remove_permission():
         ("taken", [PARTNER], ["SendMessage"]),
         ("ok", [PARTNER], ["Fly"]),
         ("ok", [PARTNER], ["sqs:SendMessage"]),
+        ("ok", ["abc"], ["SendMessage"]),  # not a twelve-digit account id
+        ("ok", [PARTNER, "12345678901"], ["SendMessage"]),
     ],
 )
 def test_add_permission_refuses(label, accounts, actions):

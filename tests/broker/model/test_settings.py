@@ -97,6 +97,27 @@ def test_fifo_settings():
     )
 
 
+def test_per_message_group_throughput_needs_message_group_deduplication():
+    # SetQueueAttributes: "The perMessageGroupId value is allowed only when the value for
+    # DeduplicationScope is messageGroup."
+    for attributes in (
+        {**FIFO, "FifoThroughputLimit": "perMessageGroupId"},
+        {**FIFO, "FifoThroughputLimit": "perMessageGroupId", "DeduplicationScope": "queue"},
+    ):
+        code, message = error_of(lambda attributes=attributes: parse_create(attributes))
+        assert code == INVALID_ATTRIBUTE_VALUE
+        assert "FifoThroughputLimit" in message
+    high = parse_create(
+        {**FIFO, "DeduplicationScope": "messageGroup", "FifoThroughputLimit": "perMessageGroupId"}
+    )
+    assert error_of(lambda: apply_update(high, {"DeduplicationScope": "queue"}))[0] == (
+        INVALID_ATTRIBUTE_VALUE
+    )
+    # Both changed in one request, as AWS's guide turns high throughput off: accepted.
+    back = apply_update(high, {"DeduplicationScope": "queue", "FifoThroughputLimit": "perQueue"})
+    assert (back.deduplication_scope, back.fifo_throughput_limit) == ("queue", "perQueue")
+
+
 def test_queue_type_cannot_change():
     fifo = parse_create(FIFO)
     assert apply_update(fifo, {"FifoQueue": "true"}) is fifo
