@@ -8,6 +8,7 @@ once), and only then is the store closed, after its last commits are durable.
 from __future__ import annotations
 
 import secrets
+import sqlite3
 import ssl
 from pathlib import Path
 from typing import Final
@@ -17,7 +18,7 @@ import trio
 
 from broker import declarations
 from broker.auth import Authenticator, Credential, load_credentials
-from broker.config import BrokerConfig
+from broker.config import BrokerConfig, is_loopback
 from broker.disk_space import DiskSpace, statvfs_free_bytes
 from broker.fanout import Fanout
 from broker.frontend import Frontend
@@ -36,7 +37,7 @@ from broker.sqs import SqsApi
 from broker.store.base import Store
 from broker.store.lock import DataDirectoryInUse
 from broker.store.sealing import KeyRing, Sealer, load_key_file
-from broker.store.sqlite import SqliteStore
+from broker.store.sqlite import FILE_NAME, SqliteStore
 from broker.tls import TlsTerminator, server_context
 from broker.topics import TopicRegistry
 from monitoring.admin import AdminServer, open_admin_listener
@@ -55,6 +56,26 @@ STORE_CLOSE_TIMEOUT_SECONDS: Final = 30.0  # bound on the last commits at shutdo
 def data_directory(configured: str) -> Path:
     """The configured data directory, else systemd's StateDirectory, else ./wharf-data."""
     return state_directory(configured, "wharf-data")
+
+
+def _refuse_an_emptied_store(directory: Path) -> None:
+    """SQLite takes a zero-byte file for a new, empty database: in a data directory that was
+    in use (its receipt-handle key is there) that would be every message gone, silently.
+
+    Raises:
+        StartupError: naming the file and what to do.
+    """
+    store_file = directory / FILE_NAME
+    try:
+        empty = store_file.stat().st_size == 0
+    except FileNotFoundError:
+        return
+    if empty and (directory / KEY_FILE).exists():
+        raise StartupError(
+            f"{store_file}: the store file is empty, but this data directory was in use "
+            f"({KEY_FILE} is there): restore a backup (wharf-broker restore), or remove the "
+            "file to start with no queues"
+        )
 
 
 def signing_key(directory: Path) -> bytes:
@@ -101,6 +122,10 @@ class BrokerApp:
 
     def __init__(self, config: BrokerConfig, frame: Frame) -> None:
         self.config = config
+        # What only a restart changes (listener address, data directory, account and
+        # region, the sqs and sns sections) as the running broker has it: reloads compare
+        # with this, not with the last file.
+        self.running = config
         self.frame = frame
         self.admin = AdminServer(frame)
         self.metrics = BrokerMetrics(frame.metrics)
@@ -135,10 +160,13 @@ class BrokerApp:
         disk = DiskSpace(room, config.storage.min_free_bytes, frame.log, store.give_back_wal_space)
         self.disk = disk
         frame.metrics.register_collector(disk.collect)
+        _refuse_an_emptied_store(directory)
         try:
             await store.open()
         except DataDirectoryInUse as error:
             raise StartupError(str(error)) from error
+        except sqlite3.DatabaseError as error:  # corrupt, not a database, full disk, read-only
+            raise StartupError(f"{store.path}: cannot open the store: {error}") from error
         self.store = store
         try:
             registry = QueueRegistry(
@@ -309,11 +337,26 @@ class BrokerApp:
         the data directory and turning TLS on or off need a restart.
         """
         file = self._config_file()
+        running = self.running
+        auth = config.auth
+        if (
+            auth.anonymous
+            and not auth.allow_anonymous_on_network
+            and not is_loopback(running.api.host)
+        ):
+            # The new file's api.host applies only at a restart: judge the address bound now.
+            raise ConfigError(
+                file,
+                f"auth.anonymous while the API listens on the non-loopback address "
+                f"{running.api.host!r} would let anyone read and write every queue; a new "
+                "api.host applies only at a restart - at `$.auth.anonymous`",
+            )
         steps = None
         if self.registry is not None:
             steps = declarations.plan(self.registry, config, file)
+        # Queue URLs and ARNs are built from the account and region the broker started with.
         authenticator = Authenticator(
-            config.auth, credentials_of(config), account_id=config.aws.account_id
+            config.auth, credentials_of(config), account_id=running.aws.account_id
         )
         keyring = keyring_of(config)
         if self.tls is not None and config.api.tls.enabled:
@@ -327,11 +370,13 @@ class BrokerApp:
         if self.disk is not None:
             self.disk.min_free_bytes = config.storage.min_free_bytes
             self.disk.measure()
-        if _needs_restart(self.config, config):
+        if _needs_restart(running, config):
             self.frame.log.warning("config.restart_required", section="api/storage")
-        if config.sns != self.config.sns:
+        if config.aws != running.aws:
+            self.frame.log.warning("config.restart_required", section="aws")
+        if config.sns != running.sns:
             self.frame.log.warning("config.restart_required", section="sns")
-        if config.sqs != self.config.sqs:
+        if config.sqs != running.sqs:
             self.frame.log.warning("config.restart_required", section="sqs")
         self.config = config
         if self.registry is not None and self.directory is not None and steps is not None:

@@ -290,7 +290,7 @@ class BrokerConfig(Section, frozen=True, kw_only=True):
         if (
             auth.anonymous
             and not auth.allow_anonymous_on_network
-            and not _is_loopback(self.api.host)
+            and not is_loopback(self.api.host)
         ):
             raise ValueError(
                 f"auth.anonymous on the non-loopback address {self.api.host!r} lets anyone "
@@ -343,7 +343,7 @@ class BrokerConfig(Section, frozen=True, kw_only=True):
         return order
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:

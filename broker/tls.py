@@ -30,12 +30,33 @@ def server_context(settings: TlsSettings) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
     try:
-        context.load_cert_chain(settings.cert_file, settings.key_file)
+        # A password callback, so that OpenSSL never prompts for a passphrase on a terminal
+        # (which froze the whole event loop): an encrypted key is refused instead.
+        context.load_cert_chain(settings.cert_file, settings.key_file, password=_no_passphrase)
+    except _EncryptedKey:
+        raise ConfigError(
+            settings.key_file, "the private key is encrypted; give the daemon a plain key"
+        ) from None
     except FileNotFoundError as error:
         raise ConfigError(error.filename or settings.cert_file, "file not found") from None
-    except (ssl.SSLError, OSError) as error:
+    except ssl.SSLError as error:
+        if error.reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(
+                settings.key_file,
+                f"this key does not match the certificate in {settings.cert_file}",
+            ) from None
+        raise ConfigError(settings.cert_file, f"cannot load certificate and key: {error}") from None
+    except OSError as error:
         raise ConfigError(settings.cert_file, f"cannot load certificate and key: {error}") from None
     return context
+
+
+class _EncryptedKey(Exception):
+    """The key file asks for a passphrase, which a daemon has nobody to type."""
+
+
+def _no_passphrase() -> bytes:
+    raise _EncryptedKey
 
 
 class TlsTerminator:

@@ -1,7 +1,19 @@
 from __future__ import annotations
 
+import io
+import re
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from broker.app import BrokerApp
 from broker.cli import SPEC
-from broker.config import BrokerConfig
+from broker.config import ApiSettings, AuthSettings, AwsIdentity, BrokerConfig, StorageSettings
+from monitoring.configfile import ConfigError
+from monitoring.lifecycle import Frame
+from monitoring.logging import EventLog
+from monitoring.metrics import Metrics
 from monitoring.settings import AdminSettings, LoggingSettings
 from tests.support.daemons import address, running
 from tests.support.http import request
@@ -14,3 +26,42 @@ async def test_serves_its_admin_listener_and_takes_a_new_config():
         new = BrokerConfig(admin=config.admin, logging=LoggingSettings(level="error"))
         await daemon.app.reload(new)
         assert daemon.app.config is new
+
+
+def _signed_only(tmp_path: Path, host: str) -> BrokerConfig:
+    credentials = tmp_path / "credentials.toml"
+    credentials.write_text(
+        '[[keys]]\naccess_key_id = "AKIDEXAMPLE12345678"\n'
+        'secret_access_key = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"\n'
+    )
+    return BrokerConfig(
+        api=ApiSettings(host=host, port=0),
+        admin=AdminSettings(port=0),
+        auth=AuthSettings(anonymous=False, credentials_file=str(credentials)),
+        storage=StorageSettings(data_dir=str(tmp_path / "data")),
+    )
+
+
+async def test_a_reload_cannot_make_a_broker_on_a_network_address_anonymous(tmp_path):
+    """The guard judged the new file's api.host, which applies only at a restart: a broker
+    bound to 10.x could be reloaded to anonymous by naming 127.0.0.1 in the file."""
+    config = _signed_only(tmp_path, "10.11.12.13")  # built, never bound
+    app = BrokerApp(
+        config, Frame(EventLog("broker", stream=io.StringIO()), Metrics("broker", version="t"))
+    )
+    loopback_anonymous = msgspec.structs.replace(
+        config, api=ApiSettings(host="127.0.0.1", port=0), auth=AuthSettings()
+    )
+    with pytest.raises(ConfigError, match=re.escape("non-loopback address '10.11.12.13'")):
+        await app.reload(loopback_anonymous)
+    assert app.config is config
+
+
+async def test_account_and_region_change_only_at_a_restart(tmp_path):
+    config = BrokerConfig(admin=AdminSettings(port=0), api=ApiSettings(port=0))
+    async with running(SPEC, config) as daemon:
+        moved = msgspec.structs.replace(config, aws=AwsIdentity(account_id="111111111111"))
+        await daemon.app.reload(moved)
+        assert daemon.app.authenticator.account_id == config.aws.account_id
+        log = daemon.log_output.getvalue()  # type: ignore[attr-defined]
+        assert "event=config.restart_required daemon=broker section=aws" in log

@@ -241,3 +241,39 @@ def test_a_file_refused_once_the_store_is_open_is_one_cannot_start_line(tmp_path
         .splitlines()[-1]
         .startswith(f"wharf-broker: cannot start: {garbage}: cannot load the CA file: ")
     )
+
+
+def _serve_once(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "broker.cli", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_store_that_cannot_be_opened_is_one_cannot_start_line(tmp_path):
+    path = broker_file(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "wharf.sqlite3").write_text("this is not a database, it is a text file\n" * 200)
+    result = _serve_once(path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("wharf-broker: cannot start: ")
+    assert "wharf.sqlite3: cannot open the store: file is not a database" in last
+
+
+def test_an_emptied_store_in_a_used_data_directory_stops_the_start(tmp_path):
+    """SQLite would take the zero-byte file for a new database: every message, silently gone."""
+    path = broker_file(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "wharf.sqlite3").write_bytes(b"")
+    (data / "receipt-handle.key").write_bytes(b"k" * 32)
+    result = _serve_once(path)
+    assert result.returncode == 1
+    assert "the store file is empty, but this data directory was in use" in result.stderr
+    assert (data / "wharf.sqlite3").stat().st_size == 0  # left as it was

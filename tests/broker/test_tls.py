@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from botocore.exceptions import SSLError
 
 from broker.config import ApiSettings, BrokerConfig, TlsSettings
@@ -77,8 +79,22 @@ def test_unusable_files_are_config_errors(tmp_path, ca):
         server_context(TlsSettings(cert_file=str(tmp_path / "none.pem"), key_file="k"))
     other = tls_settings(trustme.CA(), tmp_path, "other")
     mismatched = TlsSettings(cert_file=settings.cert_file, key_file=other.key_file)
-    with pytest.raises(ConfigError, match="cannot load certificate and key"):
+    with pytest.raises(ConfigError, match="this key does not match the certificate") as error:
         server_context(mismatched)
+    assert error.value.path == other.key_file  # the key is named, not the certificate
+    # An encrypted key is refused, never a passphrase prompt (on a terminal that prompt
+    # froze the whole event loop, SIGTERM included).
+    encrypted = tmp_path / "encrypted.key"
+    key = ec.generate_private_key(ec.SECP256R1())
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    with pytest.raises(ConfigError, match="the private key is encrypted"):
+        server_context(TlsSettings(cert_file=settings.cert_file, key_file=str(encrypted)))
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate")
     with pytest.raises(ConfigError, match="cannot load"):
