@@ -174,7 +174,7 @@ def start_error(path: Path) -> str:
     ("case", "reason"),
     [
         ("missing-certificate", "file not found"),
-        ("key-of-another-certificate", "cannot load certificate and key"),
+        ("key-of-another-certificate", "this key does not match the certificate"),
         ("missing-credentials", "No such file or directory"),
         ("missing-encryption-keys", "No such file or directory"),
     ],

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import trustme
+from botocore.exceptions import SSLError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from botocore.exceptions import SSLError
 
 from broker.config import ApiSettings, BrokerConfig, TlsSettings
 from broker.tls import TlsTerminator, server_context
