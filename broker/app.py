@@ -153,7 +153,7 @@ class BrokerApp:
     async def serve(self, frame: Frame, *, task_status: trio.TaskStatus[None]) -> None:
         config = self.config
         directory = data_directory(config.storage.data_dir)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # bodies: the owner only
         self.directory = directory
         store = SqliteStore(directory, sealer=self.sealer)
         room = statvfs_free_bytes(directory, store.wal_bytes)

@@ -104,7 +104,7 @@ class SqliteStore(SqliteWriter, SqliteReads, Store):
         Raises:
             DataDirectoryInUse: another broker has this data directory open.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.lock.acquire()
         try:
             self._writer = await trio.to_thread.run_sync(self._open_writer)

@@ -65,3 +65,16 @@ async def test_account_and_region_change_only_at_a_restart(tmp_path):
         assert daemon.app.authenticator.account_id == config.aws.account_id
         log = daemon.log_output.getvalue()  # type: ignore[attr-defined]
         assert "event=config.restart_required daemon=broker section=aws" in log
+
+
+async def test_a_new_data_directory_is_the_owners_alone(tmp_path):
+    """Outside systemd (whose unit sets StateDirectoryMode) the directory holding every
+    message body was created 0755, its store 0644: readable by every local user."""
+    data = tmp_path / "fresh" / "data"
+    config = BrokerConfig(
+        admin=AdminSettings(port=0),
+        api=ApiSettings(port=0),
+        storage=StorageSettings(data_dir=str(data)),
+    )
+    async with running(SPEC, config):
+        assert data.stat().st_mode & 0o777 == 0o700
