@@ -365,10 +365,17 @@ class StickinessKeys(Section, frozen=True, kw_only=True):
     ] = ()
 
 
+class BalancerAdminSettings(AdminSettings, frozen=True, kw_only=True):
+    """The admin listener, on its own default port (the broker's is 9325), so that both
+    daemons run on one host; also when an ``[admin]`` table leaves ``port`` out."""
+
+    port: Port = DEFAULT_ADMIN_PORT
+
+
 class BalancerConfig(Section, frozen=True, kw_only=True):
     """Everything wharf-balancer reads from its configuration file."""
 
-    admin: AdminSettings = AdminSettings(port=DEFAULT_ADMIN_PORT)
+    admin: BalancerAdminSettings = BalancerAdminSettings()
     logging: LoggingSettings = LoggingSettings()
     lifecycle: LifecycleSettings = LifecycleSettings()
     workers: Annotated[

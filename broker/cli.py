@@ -58,13 +58,14 @@ def _describe(summary: StoreSummary) -> str:
     )
 
 
-def _data_dir_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        help="the broker's data directory; default: as `serve` resolves it (storage.data_dir, "
-        "else $STATE_DIRECTORY, else ./wharf-data)",
+def _data_dir_argument(parser: argparse.ArgumentParser, *, guesses: bool = True) -> None:
+    default = (
+        "default: as `serve` resolves it (storage.data_dir, else $STATE_DIRECTORY, else "
+        "./wharf-data)"
+        if guesses
+        else "default: storage.data_dir, else $STATE_DIRECTORY; never a guess (./wharf-data)"
     )
+    parser.add_argument("--data-dir", type=Path, help=f"the broker's data directory; {default}")
 
 
 def _data_dir(args: argparse.Namespace, config: BrokerConfig) -> Path:
@@ -90,7 +91,7 @@ def _run_backup(args: argparse.Namespace, config: BrokerConfig) -> int:
 
 
 def _restore_arguments(parser: argparse.ArgumentParser) -> None:
-    _data_dir_argument(parser)
+    _data_dir_argument(parser, guesses=False)
     parser.add_argument("source", type=Path, help="a directory `wharf-broker backup` wrote")
 
 

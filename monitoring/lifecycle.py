@@ -441,6 +441,7 @@ class Daemon(Generic[C]):
         self.frame.fail = self.fail
         self.failure: str | None = None
         self._stopping = False
+        self._bound_admin = config.admin  # a changed admin address applies at a restart
 
     def request_reload(self) -> None:
         self._command("reload")
@@ -558,7 +559,7 @@ class Daemon(Generic[C]):
             self.metrics.config_reloads.labels("failure").inc()
             self.notifier.ready(status=f"reload refused: {exc}")
             return str(exc)
-        if new_config.admin != self.config.admin:
+        if new_config.admin != self._bound_admin:  # the address bound, not the last file's
             self.log.warning("config.restart_required", section="admin")
         self.log.set_level(new_config.logging.level)
         self.config = new_config

@@ -50,6 +50,8 @@ def test_every_key_in_the_shipped_file_has_a_comment_above_it():
 
 def test_admin_port_default_differs_from_the_broker():
     assert decode(b"", BalancerConfig).admin.port == 9326
+    # Also when an [admin] table leaves the port out (it fell back to the broker's 9325).
+    assert decode(b'[admin]\nhost = "127.0.0.1"\n', BalancerConfig).admin.port == 9326
 
 
 def test_unknown_section_is_rejected_with_its_path():

@@ -78,3 +78,20 @@ async def test_a_new_data_directory_is_the_owners_alone(tmp_path):
     )
     async with running(SPEC, config):
         assert data.stat().st_mode & 0o777 == 0o700
+
+
+async def test_restart_required_is_judged_against_what_is_bound(tmp_path):
+    """It compared with the last file: a second reload of a changed admin address said
+    nothing, and going back to the bound one warned."""
+    path = tmp_path / "broker.toml"
+    path.write_text("[admin]\nport = 0\n[api]\nport = 0\n")
+    config = BrokerConfig(admin=AdminSettings(port=0), api=ApiSettings(port=0))
+    async with running(SPEC, config, config_path=path) as daemon:
+        warned = []
+        for port in (12345, 12345, 0):
+            path.write_text(f"[admin]\nport = {port}\n[api]\nport = 0\n")
+            mark = len(daemon.log_output.getvalue())  # type: ignore[attr-defined]
+            assert await daemon.reload() is None
+            log = daemon.log_output.getvalue()[mark:]  # type: ignore[attr-defined]
+            warned.append("config.restart_required daemon=broker section=admin" in log)
+        assert warned == [True, True, False]

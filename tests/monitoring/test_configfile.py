@@ -51,10 +51,13 @@ def test_unreadable_file(tmp_path):
 
 
 def test_json_schema_describes_the_sections():
-    schema = json.loads(json_schema(BalancerConfig))
+    schema = json.loads(json_schema(BrokerConfig))
     defs = schema["$defs"]
     assert defs["AdminSettings"]["properties"]["port"]["maximum"] == 65535
     assert defs["AdminSettings"]["additionalProperties"] is False
+    # The balancer's admin section has its own default port, which the schema says.
+    balancer = json.loads(json_schema(BalancerConfig))["$defs"]["BalancerAdminSettings"]
+    assert balancer["properties"]["port"]["default"] == 9326
 
 
 hosts = st.sampled_from(["127.0.0.1", "::1", "0.0.0.0", "localhost", "broker.internal"])
