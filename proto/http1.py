@@ -586,8 +586,7 @@ def verdict(reason: str) -> Verdict:
 _HEAD_END = re.compile(rb"\n\r?\n")
 # Anything in a head beyond printable ASCII, SP, HTAB and CRLF line ends. One search of a
 # compiled pattern keeps the clean case (nearly every request) fast.
-_SUSPECT = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\xff]|\r(?!\n)|\n[ \t]|(?<!\r)\n")
-_BARE_LF = re.compile(rb"(?<!\r)\n")  # a line ended by LF alone (h11 takes it; RFC 9112 2.2)
+_SUSPECT = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\xff]|\r(?!\n)|\n[ \t]")
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # HTAB is the only control allowed
 _FRAMING_LINE = re.compile(rb"\n(content-length|transfer-encoding)[ \t]*:([^\r\n]*)", re.IGNORECASE)
 _METHOD = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
@@ -652,8 +651,8 @@ def classify_head(head: bytes | bytearray, *, framing: bool = True) -> Verdict:
         result = _classify_request_line(request_line)
     if found is not None:
         result = _worst(result, _classify_suspect(head, max(line_end, 0)))
-        if _BARE_LF.search(head) is not None:
-            result = _worst(result, verdict("NonCrLfLineTermination"))
+    if head.count(b"\n") != head.count(b"\r\n"):  # a line ended by LF alone (h11 takes it)
+        result = _worst(result, verdict("NonCrLfLineTermination"))
     if not framing:
         return result
     lines = [m.group(1).lower() for m in _FRAMING_LINE.finditer(head)]
