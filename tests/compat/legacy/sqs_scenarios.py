@@ -244,7 +244,7 @@ def attributes(url: str) -> dict[str, Any]:
 
 def tags(url: str) -> dict[str, Any]:
     created = sqs.list_queue_tags(QueueUrl=url).get("Tags", {})
-    sqs.tag_queue(QueueUrl=url, Tags={"env": "test", "tier": "1", "note": "a <b> & 'c'"})
+    sqs.tag_queue(QueueUrl=url, Tags={"env": "test", "tier": "1", "note": "a/b = c+d @e: f.g_h-i"})
     tagged = sqs.list_queue_tags(QueueUrl=url).get("Tags", {})
     sqs.untag_queue(QueueUrl=url, TagKeys=["team", "tier", "note"])
     return {
