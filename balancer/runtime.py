@@ -372,9 +372,8 @@ class Runtime:
                 continue
             # A group gone from the config drains its targets, then is forgotten.
             events += live.health.sync([], now)
-            if not len(live.health):
-                del self.live[name]
         self.current = snapshot
+        self._forget_removed()
         return events
 
     def shift_clock(self, delta: float) -> None:

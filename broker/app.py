@@ -18,7 +18,7 @@ import trio
 
 from broker import declarations
 from broker.auth import Authenticator, Credential, load_credentials
-from broker.config import BrokerConfig, is_loopback
+from broker.config import BrokerConfig
 from broker.disk_space import DiskSpace, statvfs_free_bytes
 from broker.fanout import Fanout
 from broker.frontend import Frontend
@@ -338,12 +338,7 @@ class BrokerApp:
         """
         file = self._config_file()
         running = self.running
-        auth = config.auth
-        if (
-            auth.anonymous
-            and not auth.allow_anonymous_on_network
-            and not is_loopback(running.api.host)
-        ):
+        if config.auth.anonymous_on_network(running.api.host):
             # The new file's api.host applies only at a restart: judge the address bound now.
             raise ConfigError(
                 file,

@@ -111,6 +111,11 @@ class AuthSettings(Section, frozen=True, kw_only=True):
         Meta(description="TOML file of [[keys]] access_key_id/secret_access_key/principal."),
     ] = ""
 
+    def anonymous_on_network(self, host: str) -> bool:
+        """Whether these settings would serve unsigned requests on the address ``host``
+        without the operator having said so (allow_anonymous_on_network)."""
+        return self.anonymous and not self.allow_anonymous_on_network and not _is_loopback(host)
+
 
 class StorageSettings(Section, frozen=True, kw_only=True):
     """Where acknowledged messages live."""
@@ -286,12 +291,7 @@ class BrokerConfig(Section, frozen=True, kw_only=True):
     lifecycle: LifecycleSettings = LifecycleSettings()
 
     def __post_init__(self) -> None:
-        auth = self.auth
-        if (
-            auth.anonymous
-            and not auth.allow_anonymous_on_network
-            and not is_loopback(self.api.host)
-        ):
+        if self.auth.anonymous_on_network(self.api.host):
             raise ValueError(
                 f"auth.anonymous on the non-loopback address {self.api.host!r} lets anyone "
                 "read and write every queue; set auth.credentials_file and anonymous = "
@@ -343,7 +343,7 @@ class BrokerConfig(Section, frozen=True, kw_only=True):
         return order
 
 
-def is_loopback(host: str) -> bool:
+def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:

@@ -127,14 +127,13 @@ class HttpListenerHandler:
                 except ClientGone:
                     pass
             return
-        if counted:
-            await _Connection(services, client, self.idle).run()
-            return
-        stats.connection_opened(services.name)
+        if not counted:
+            stats.connection_opened(services.name)
         try:
             await _Connection(services, client, self.idle).run()
         finally:
-            stats.connection_closed(services.name)
+            if not counted:
+                stats.connection_closed(services.name)
 
 
 _LINE_ENDS: Final = (b"\r", b"\n")

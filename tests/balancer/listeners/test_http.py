@@ -700,16 +700,20 @@ async def test_a_request_in_flight_when_draining_starts_finishes_then_the_connec
             assert await client.stream.receive_some(10) == b""
 
 
-async def test_draining_closes_tls_connections_still_waiting_for_their_hello(tmp_path):
-    ca = trustme.CA()
-    lst = HttpsListener(
+def https_front(tmp_path, *, handshake_seconds: float = 10.0) -> HttpsListener:
+    """An https listener "front" answering 200 itself, with a throwaway certificate."""
+    return HttpsListener(
         name="front",
         host="127.0.0.1",
         port=0,
         default_action=FixedResponse(status_code=200),
-        certificates=(write_pair(ca, tmp_path, "shop", "shop.example.com"),),
-        timeouts=ListenerTimeouts(tls_handshake_seconds=60),
+        certificates=(write_pair(trustme.CA(), tmp_path, "shop", "shop.example.com"),),
+        timeouts=ListenerTimeouts(tls_handshake_seconds=handshake_seconds),
     )
+
+
+async def test_draining_closes_tls_connections_still_waiting_for_their_hello(tmp_path):
+    lst = https_front(tmp_path, handshake_seconds=60)
     async with balancer(config([lst], [])) as daemon:
         silent = [await trio.open_tcp_stream(*front(daemon)) for _ in range(3)]
         await trio.sleep(0.1)  # accepted, each waiting for a ClientHello
@@ -792,14 +796,7 @@ async def test_series_known_at_start_exist_at_zero():
 async def test_tls_connections_count_from_their_tcp_accept(tmp_path):
     """ALB's ActiveConnectionCount and NewConnectionCount count TCP connections: a client in
     its handshake (or one that never completes it) is one."""
-    ca = trustme.CA()
-    lst = HttpsListener(
-        name="front",
-        host="127.0.0.1",
-        port=0,
-        default_action=FixedResponse(status_code=200),
-        certificates=(write_pair(ca, tmp_path, "shop", "shop.example.com"),),
-    )
+    lst = https_front(tmp_path)
     async with balancer(config([lst], [])) as daemon:
         silent = [await trio.open_tcp_stream(*front(daemon)) for _ in range(2)]
         labels = {"listener": "front"}
