@@ -187,19 +187,31 @@ class Frontend:
             )
             result = await self.sqs.handle(action, params, context)
             encoded = codec.response(action, result, request_id)
+            failure = None
         except SqsError as error:
-            encoded = codec.error(aws_error(error), request_id)
+            failure = aws_error(error)
         except AwsError as error:
-            encoded = codec.error(error, request_id)
+            failure = error
         except StoreFailed:
             # Logged once by the broker, which is stopping; SDKs retry a 503 elsewhere or later.
-            encoded = codec.error(store_unavailable(), request_id)
+            failure = store_unavailable()
         except Exception as exc:
             # A bug: log it with the request id the client got, answer like AWS would.
             self.log.exception("api.handler_failed", exc, action=action, request_id=request_id)
             failure = common_error("InternalFailure", f"Internal error (request {request_id}).")
+        if failure is not None:
             encoded = codec.error(failure, request_id)
-        self.metrics.observe_request("sqs", action, encoded.status, time.perf_counter() - started)
+        account_request(
+            self.metrics,
+            self.log,
+            "sqs",
+            action,
+            encoded.status,
+            started,
+            request,
+            request_id,
+            failure,
+        )
         return http_response(encoded)
 
     def _decode(
@@ -240,6 +252,33 @@ def store_unavailable() -> AwsError:
         "ServiceUnavailable",
         "The broker's store failed and the broker is restarting; retry the request.",
     )
+
+
+def account_request(
+    metrics: BrokerMetrics,
+    log: EventLog,
+    service: str,
+    action: str,
+    status: int,
+    started: float,
+    request: Request,
+    request_id: str,
+    failure: AwsError | None,
+) -> None:
+    """Count an answered API request, and log it at debug level (one line per request)."""
+    seconds = time.perf_counter() - started
+    metrics.observe_request(service, action, status, seconds)
+    if log.enabled("debug"):
+        log.debug(
+            "api.request",
+            service=service,
+            action=action,
+            status=status,
+            error=None if failure is None else failure.code,
+            request_id=request_id,
+            client=request.client[0],
+            duration_ms=round(seconds * 1000, 3),
+        )
 
 
 def caller_summary(caller: Caller) -> str:

@@ -21,7 +21,7 @@ from typing import Final
 from urllib.parse import unquote_plus
 
 from broker.auth import Authenticator, Caller
-from broker.frontend import http_response, request_ids, store_unavailable
+from broker.frontend import account_request, http_response, request_ids, store_unavailable
 from broker.metrics import BrokerMetrics
 from broker.model.sns_errors import SnsError
 from broker.sns import SnsApi, SnsContext
@@ -165,18 +165,30 @@ class SnsFrontend:
             )
             result = await self.api.handle(action, decoded.params, context)
             encoded = query_protocol.encode_response(SNS, action, result, request_id=request_id)
+            failure = None
         except SnsError as error:
-            encoded = query_protocol.encode_error(SNS, wire_error(error), request_id=request_id)
+            failure = wire_error(error)
         except AwsError as error:
-            encoded = query_protocol.encode_error(SNS, error, request_id=request_id)
+            failure = error
         except StoreFailed:  # logged once by the broker, which is stopping
-            encoded = query_protocol.encode_error(SNS, store_unavailable(), request_id=request_id)
+            failure = store_unavailable()
         except Exception as exc:
             # A bug: log it with the request id the client got, answer like AWS would.
             self.log.exception("api.handler_failed", exc, action=action, request_id=request_id)
             failure = sns_error("InternalErrorException", f"Internal error ({request_id}).")
+        if failure is not None:
             encoded = query_protocol.encode_error(SNS, failure, request_id=request_id)
-        self.metrics.observe_request("sns", action, encoded.status, time.perf_counter() - started)
+        account_request(
+            self.metrics,
+            self.log,
+            "sns",
+            action,
+            encoded.status,
+            started,
+            request,
+            request_id,
+            failure,
+        )
         return http_response(encoded)
 
     def _authenticate(

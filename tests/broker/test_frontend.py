@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from broker import frontend
 from broker.config import ApiSettings
+from broker.cli import SPEC
 from broker.frontend import aws_error, request_ids
 from broker.model.errors import SqsError
 from monitoring.httpserver import Request
@@ -28,7 +29,7 @@ from proto.aws import json_protocol
 from proto.aws.errors import AwsError
 from proto.aws.sqs_shapes import SQS
 from tests.support.broker import BrokerThread, broker_config, open_broker
-from tests.support.daemons import address
+from tests.support.daemons import address, running
 from tests.support.http import raw_exchange, request
 
 NS = {"q": "http://queue.amazonaws.com/doc/2012-11-05/"}
@@ -659,3 +660,25 @@ def test_under_the_test_suite_a_result_out_of_normal_form_fails(monkeypatch):
     assert excinfo.value.code == "InternalFailure"
     monkeypatch.setattr(frontend, "CHECK_EVERY_OUTPUT", False)
     assert b"null" in frontend.JSON_SQS.response("SendMessage", with_none, "r").body
+
+
+async def test_debug_level_logs_one_line_per_api_request(tmp_path: Path) -> None:
+    async with running(SPEC, broker_config(tmp_path), level="debug") as daemon:
+        addr = address(daemon, "api")
+        await call_json(addr, "ListQueues", {})
+        await call_json(addr, "GetQueueUrl", {"QueueName": "absent"})
+        await call_query(addr, {"Action": "ListTopics"})
+        output = daemon.log_output.getvalue()  # type: ignore[attr-defined]
+    lines = [line for line in output.splitlines() if "event=api.request" in line]
+    assert len(lines) == 3
+    assert "service=sqs action=ListQueues status=200 error=null" in lines[0]
+    assert "action=GetQueueUrl status=400 error=AWS.SimpleQueueService.NonExistentQueue" in lines[1]
+    assert "service=sns action=ListTopics status=200" in lines[2]
+    assert all("client=127.0.0.1" in line and "request_id=" in line for line in lines)
+
+
+async def test_info_level_logs_no_line_per_request(tmp_path: Path) -> None:
+    async with running(SPEC, broker_config(tmp_path), level="info") as daemon:
+        await call_json(address(daemon, "api"), "ListQueues", {})
+        output = daemon.log_output.getvalue()  # type: ignore[attr-defined]
+    assert "api.request" not in output
