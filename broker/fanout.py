@@ -451,6 +451,9 @@ class Fanout:
             # message had none, so a dead letter is never refused for lack of one.
             group_id=(group_id or "sns-dead-letter") if fifo else None,
             deduplication_id=(deduplication_id or str(uuid.uuid4())) if fifo else None,
+            # SNS sends it, not the publisher (not kept with an HTTP delivery): the account
+            # that subscribed, which is the DLQ's owner too.
+            sender_id=subscription.record.owner,
         )
         try:
             self.store.check_sealing(queue.settings)

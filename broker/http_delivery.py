@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from broker.fanout import Batch
+from broker.http_client import Outcome
 from broker.model.delivery_policy import EffectiveDeliveryPolicy
 from broker.model.sns_mutations import (
     HttpDelivery,
@@ -54,7 +55,7 @@ from monitoring.logging import EventLog
 
 if TYPE_CHECKING:
     from broker.fanout import Fanout
-    from broker.http_client import HttpClient, Outcome
+    from broker.http_client import HttpClient
     from broker.topic_state import Subscription
     from broker.topics import TopicRegistry
 
@@ -63,6 +64,9 @@ RETRY_AFTER_BUG_SECONDS: Final = 30.0  # an attempt that failed inside Wharf is 
 # A retry waits up to this fraction of its delay longer than the policy says: enough to spread
 # lanes that failed at the same moment, small enough to keep the policy's schedule recognisable.
 RETRY_JITTER: Final = 0.1
+# An attempt that starts this much after its retry window ended is not made (see _expire); a
+# retry scheduled at the window's very end still gets its attempt.
+WINDOW_GRACE_SECONDS: Final = 1.0
 
 
 class _Item:
@@ -245,6 +249,27 @@ class HttpDeliveries:
             if not lane.items and not lane.running:
                 del self._lanes[subscription_id]
 
+    def drop_confirmations(self, subscription_id: str) -> list[HttpDeliveryFinished]:
+        """The rows that end a confirmed subscription's pending SubscriptionConfirmations.
+
+        Those not in flight leave the lane now (were the commit lost, the restarted broker
+        would send them once more, which a confirmed endpoint ignores); one in flight ends
+        with its attempt, whatever the answer.
+        """
+        lane = self._lanes.get(subscription_id)
+        if lane is None:
+            return []
+        finished = []
+        for item in list(lane.items.values()):
+            if item.message_type != "SubscriptionConfirmation":
+                continue
+            if item.in_flight:
+                item.forgotten = True
+            else:
+                finished.append(HttpDeliveryFinished(delivery_id=item.delivery_id))
+                self._remove(lane, item)
+        return finished
+
     def forget_topic(self, topic_id: int) -> None:
         """DeleteTopic: every pending delivery of the topic is gone (called after the delete)."""
         live = self.topics.subscription_by_id
@@ -300,6 +325,13 @@ class HttpDeliveries:
                 if delay > 0:
                     with trio.move_on_after(delay):
                         await lane.wake.wait()
+                    continue
+                if self._window_passed(item):
+                    heapq.heappop(lane.heap)
+                    item.in_flight = True
+                    lane.in_flight += 1
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._expire, lane, item)
                     continue
                 lead = not lane.leading
                 if not lead:
@@ -366,6 +398,35 @@ class HttpDeliveries:
                 lane.leading = False
             lane.notify()
 
+    def _window_passed(self, item: _Item) -> bool:
+        """Whether the policy's retry window, counted from the first attempt, has ended.
+
+        Retries are scheduled inside the window, but a failing endpoint's lane makes one
+        attempt at a time, so a retry can fall due while others hold the lane, or the broker
+        can be down past it; AWS calls the 3,600 s a hard limit, so such a message goes to
+        the dead-letter queue without the late attempt.
+        """
+        first = item.first_attempt_at
+        if first is None:
+            return False
+        window = self._policy(item).max_retry_seconds
+        return window is not None and now_ms() - first > (window + WINDOW_GRACE_SECONDS) * 1000
+
+    async def _expire(self, lane: _Lane, item: _Item) -> None:
+        try:
+            await self._load_payload(item)  # the dead letter needs the body
+            window = self._policy(item).max_retry_seconds or 0
+            outcome = Outcome(None, "expired", f"retry window of {window:g} s ended")
+            await self._give_up(lane, item, outcome, self._subscription(item), now_ms())
+        except Exception as exc:  # as in _attempt: a bug here must not stop the others
+            self.log.exception("sns.delivery_bug", exc, delivery=item.delivery_id)
+            item.in_flight = False
+            item.next_attempt_at = now_ms() + int(RETRY_AFTER_BUG_SECONDS * 1000)
+            lane.push(item)
+        finally:
+            lane.in_flight -= 1
+            lane.notify()
+
     def _note_health(self, lane: _Lane, outcome: Outcome | None) -> None:
         """Open the lane up after a 2xx; hold it to probes after the endpoint failed."""
         if outcome is None:
@@ -394,22 +455,29 @@ class HttpDeliveries:
             at = min(at, first / 1000 + window)
         return int(at * 1000)
 
+    async def _load_payload(self, item: _Item) -> bool:
+        """Read the body back if only the row's schedule is in memory; False: the row is gone."""
+        if item.payload is None:
+            item.payload = await self.store.read_http_payload(item.delivery_id)
+            if item.payload is None:
+                return False
+            self._cached_bytes += len(item.payload.body)
+        return True
+
     async def _post(self, item: _Item) -> Outcome | None:
         """One attempt; None when there is nothing (left) to deliver."""
         subscription = self._subscription(item)
         if item.message_type == "Notification" and subscription is None:
             return None  # unsubscribed or deleted while it waited
-        if item.payload is None:
-            item.payload = await self.store.read_http_payload(item.delivery_id)
-            if item.payload is None:
-                return None  # the row is gone (the topic was deleted)
-            self._cached_bytes += len(item.payload.body)
+        if not await self._load_payload(item):
+            return None  # the row is gone (the topic was deleted)
         started = now_ms()
         if item.first_attempt_at is None:
             item.first_attempt_at = started
         item.attempts += 1
         self._count_attempt(item, subscription)
         payload = item.payload
+        assert payload is not None  # loaded above
         return await self.client.post(item.endpoint, payload.headers, payload.body.encode())
 
     def _count_attempt(self, item: _Item, subscription: Subscription | None) -> None:

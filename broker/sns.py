@@ -288,6 +288,9 @@ class SnsApi:
             authenticate_on_unsubscribe=on_unsubscribe and context.authenticated,
         )
         if mutations:
+            # Confirmed: the SubscriptionConfirmation POSTs still pending (retries of an
+            # endpoint that answered 5xx, or a re-Subscribe's) would only repeat themselves.
+            mutations.extend(self.deliveries.drop_confirmations(subscription.subscription_id))
             await self.store.commit(mutations)
         else:  # confirmed already: that commit may be under way
             await self.store.settled()

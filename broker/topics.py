@@ -38,6 +38,7 @@ from broker.model.subscriptions import (
     SubscriptionContext,
     SubscriptionSettings,
     apply_update,
+    masked_endpoint,
     parse_subscribe,
 )
 from broker.model.topics import (
@@ -69,6 +70,7 @@ OUT_OF_SCOPE_PROTOCOLS: Final = frozenset(
     {"email", "email-json", "sms", "application", "lambda", "firehose"}
 )
 TOKEN_LIFETIME_MS: Final = 2 * 24 * 3600 * 1000  # ConfirmSubscription: "tokens valid 2 days"
+PENDING_SWEEP_EVERY: Final = 60  # expiry rounds between sweeps for expired pending subscriptions
 
 
 class TopicRegistry:
@@ -283,12 +285,44 @@ class TopicRegistry:
         topic.record = msgspec.structs.replace(topic.record, tags=dict(tags))
 
     async def expire_forever(self) -> None:
-        """Forget FIFO topics' deduplication ids past their 5 minutes, once a second."""
+        """Forget FIFO topics' deduplication ids past their 5 minutes, once a second, and
+        delete unconfirmed subscriptions whose token expired, once a minute."""
+        sweeps = 0
         while True:
             await trio.sleep(EXPIRE_INTERVAL_SECONDS)
-            mutations = self.expire_deduplication(now_ms())
+            now = now_ms()
+            mutations = self.expire_deduplication(now)
+            sweeps += 1
+            if sweeps % PENDING_SWEEP_EVERY == 0:
+                mutations += self.expire_pending(now)
             if mutations:
                 await self.store.commit(mutations)
+
+    def expire_pending(self, now: int) -> list[SnsMutation]:
+        """Delete the HTTP/S subscriptions still unconfirmed when their token expired.
+
+        AWS: "Amazon SNS automatically deletes unconfirmed subscriptions after 48 hours"
+        (the tokens' lifetime, so from the last SubscriptionConfirmation sent).
+        """
+        expired = [
+            subscription
+            for subscription_id in list(self._tokens.values())
+            if (subscription := self._subscriptions.get(subscription_id)) is not None
+            and subscription.record.pending
+            and subscription.record.token_expires_at <= now
+        ]
+        mutations: list[SnsMutation] = []
+        for subscription in expired:
+            self._drop_subscription(subscription)
+            subscription.topic.deleted_subscriptions += 1
+            mutations.append(SubscriptionDeleted(subscription_id=subscription.subscription_id))
+            self.log.info(
+                "sns.unconfirmed_subscription_deleted",
+                topic=subscription.topic.arn,
+                subscription=subscription.arn,
+                endpoint=masked_endpoint(subscription.endpoint),
+            )
+        return mutations
 
     def expire_deduplication(self, now: int) -> list[SnsMutation]:
         """Forget FIFO deduplication ids past their window; return what to commit."""

@@ -350,6 +350,9 @@ def parse_topic_delivery_policy(
     )
 
 
+_REQUIRED_RETRY_FIELDS: Final = ("minDelayTarget", "maxDelayTarget", "numRetries")
+
+
 class _Reader:
     """Validation with AWS's message shapes.
 
@@ -387,6 +390,11 @@ class _Reader:
         if not isinstance(node, dict):
             self.fail(f"{path} must be a JSON object")
         self.members(node, f"{path}.", tuple(_RETRY_FIELDS))
+        # AWS refuses a retry policy without these three (its error, quoted in
+        # terraform-provider-aws #3289: "healthyRetryPolicy.minDelayTarget must be specified").
+        for name in _REQUIRED_RETRY_FIELDS:
+            if name not in node:
+                self.fail(f"{path}.{name} must be specified")
         values: dict[str, Any] = {}
         for name, attribute in _RETRY_FIELDS.items():
             if name not in node:

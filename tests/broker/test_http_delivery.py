@@ -14,6 +14,8 @@ import trio
 from broker.fanout import Batch
 from broker.http_delivery import HttpDeliveries
 from broker.model.delivery_policy import EffectiveDeliveryPolicy
+from broker.model.sns_mutations import HttpDeliveryRescheduled
+from broker.registry import now_ms
 from tests.support.sns import Endpoint
 from tests.support.sns_harness import FAST, Harness, build
 
@@ -185,3 +187,58 @@ async def test_pending_rows_resume_from_the_store(tmp_path: Path) -> None:
             assert (await second.store.load_sns()).deliveries == []
             nursery.cancel_scope.cancel()
         await second.store.aclose()
+
+
+async def test_a_retry_due_after_its_window_goes_to_the_dead_letter_queue(tmp_path: Path) -> None:
+    # AWS's 3,600 s retry window is a hard limit. Here the broker was down past it (a failing
+    # lane's backlog does the same): the retry is not made, the message is dead-lettered with
+    # its body, which after a restart only the store still holds.
+    with Endpoint(behaviour="500") as endpoint:
+        async with trio.open_nursery() as nursery:
+            first = await build(tmp_path, nursery)
+            dlq = await first.queues.create("dlq", {}, {})
+            redrive = json.dumps({"deadLetterTargetArn": dlq.arn})
+            await first.subscribe(endpoint.url, DeliveryPolicy=FAST, RedrivePolicy=redrive)
+            await first.publish("too late")
+            await wait_for(endpoint, 1)
+            nursery.cancel_scope.cancel()
+        (row,) = (await first.store.load_sns()).deliveries
+        now = now_ms()
+        aged = HttpDeliveryRescheduled(
+            delivery_id=row.delivery_id,
+            attempts=1,
+            first_attempt_at=now - 3_602_000,
+            next_attempt_at=now,
+        )
+        await first.store.commit([aged])
+        await first.store.aclose()
+        async with trio.open_nursery() as nursery:
+            second = await build(tmp_path, nursery)
+            with trio.fail_after(5):
+                while second.deliveries.pending(second.topic.record.topic_id):  # noqa: ASYNC110 - bounded poll of an internal count
+                    await trio.sleep(0.01)
+            assert len(endpoint.requests) == 1  # no attempt after the window
+            assert (await second.store.load_sns()).deliveries == []
+            queue = second.queues.get("dlq")
+            assert queue is not None
+            outcome = queue.index.receive(now_ms(), max_messages=10)
+            (dead,) = await second.store.read_messages(
+                queue.record.queue_id, [d.seq for d in outcome.deliveries]
+            )
+            assert json.loads(dead.body)["Message"] == "too late"
+            assert dead.sender_id == "000000000000"  # the subscriber's account, as SNS's copies
+            nursery.cancel_scope.cancel()
+        await second.store.aclose()
+
+
+async def test_a_retry_scheduled_at_the_end_of_its_window_is_still_made(harness: Harness) -> None:
+    with Endpoint(behaviour="500") as endpoint:
+        await harness.subscribe(endpoint.url, DeliveryPolicy=FAST)
+        await harness.publish("m")
+        await wait_for(endpoint, 2)  # the first retry: one second later, well inside
+        (item,) = harness.deliveries._lanes[next(iter(harness.deliveries._lanes))].items.values()
+        # The policy's window ends now; the capped retry is made, not expired.
+        item.first_attempt_at = now_ms() - 3_600_000
+        assert not harness.deliveries._window_passed(item)
+        item.first_attempt_at = now_ms() - 3_602_000
+        assert harness.deliveries._window_passed(item)

@@ -12,7 +12,7 @@ import pytest
 from broker.model.filter_policy import check_policy_quota
 from broker.model.publishing import Original
 from broker.model.sns_errors import SnsError
-from broker.model.sns_mutations import TopicDeduplicationRecorded
+from broker.model.sns_mutations import SubscriptionDeleted, TopicDeduplicationRecorded
 from broker.store.sqlite import SqliteStore
 from broker.topics import TOKEN_LIFETIME_MS, TopicRegistry
 from monitoring.logging import EventLog
@@ -281,3 +281,29 @@ async def test_expired_restore_links_leave_the_store_at_the_next_unsubscribe(
     await reloaded.load()
     assert reloaded.restore_token(first) is None
     assert reloaded.restore_token(second) is not None
+
+
+async def test_unconfirmed_subscriptions_are_deleted_when_their_token_expires(
+    store: SqliteStore,
+) -> None:
+    # AWS deletes unconfirmed subscriptions after 48 hours; confirmed ones and SQS stay.
+    topics = registry(store)
+    topic = await topics.create("t", {}, {}, 1)
+    pending, made = topics.subscribe(topic, "http", "http://p/", {}, owner="000000000000", now=1)
+    kept, made2 = topics.subscribe(topic, "http", "http://k/", {}, owner="000000000000", now=1)
+    _, confirmed = topics.confirm(kept, authenticated=True, authenticate_on_unsubscribe=False)
+    queue, made3 = topics.subscribe(topic, "sqs", QUEUE, {}, owner="000000000000", now=1)
+    await store.commit([*made, *made2, *confirmed, *made3])
+    assert topics.expire_pending(TOKEN_LIFETIME_MS) == []  # a millisecond before
+    deleted = topics.expire_pending(1 + TOKEN_LIFETIME_MS)
+    assert deleted == [SubscriptionDeleted(subscription_id=pending.subscription_id)]
+    assert topics.subscription(pending.arn) is None
+    assert set(topic.subscriptions) == {kept.subscription_id, queue.subscription_id}
+    assert topic.facts("o").subscriptions_pending == 0
+    assert topic.facts("o").subscriptions_deleted == 1
+    assert topics.expire_pending(2 + TOKEN_LIFETIME_MS) == []
+    await store.commit(deleted)
+    reopened = registry(store)
+    await reopened.load()
+    assert reopened.subscription(pending.arn) is None
+    assert reopened.subscription(kept.arn) is not None

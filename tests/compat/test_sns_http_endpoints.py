@@ -198,6 +198,22 @@ def test_client_errors_are_not_retried_but_throttling_is(broker: BrokerThread) -
         assert len(refusing.wait_for(1, match=notifications)) == 1
 
 
+def test_a_confirmed_subscription_gets_no_more_confirmation_retries(
+    broker: BrokerThread,
+) -> None:
+    sns, topic, *_ = topic_and_queue(broker)
+    with Endpoint(behaviour="500") as endpoint:  # answers the confirmation with 500 ...
+        sns.subscribe(
+            TopicArn=topic,
+            Protocol="http",
+            Endpoint=endpoint.url,
+            Attributes={"DeliveryPolicy": FAST_RETRIES},
+        )
+        confirm(endpoint)  # ... yet follows its SubscribeURL
+        time.sleep(2.5)  # the policy would have retried twice by now
+        assert len(endpoint.requests) == 1
+
+
 def test_raw_delivery_throttle_and_content_type(broker: BrokerThread) -> None:
     sns, topic, _, _, _ = topic_and_queue(broker)
     policy = {

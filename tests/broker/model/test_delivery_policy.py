@@ -166,11 +166,15 @@ def test_effective_policy_precedence():
 
 
 def test_parse_the_documented_shapes():
-    # set-sub-attributes-delivery-policy-json.md: {"healthyRetryPolicy":{"numRetries":5}}
-    policy = sub_policy({"healthyRetryPolicy": {"numRetries": 5}})
+    # set-sub-attributes-delivery-policy-json.md shows {"healthyRetryPolicy":{"numRetries":5}},
+    # which AWS itself refuses (minDelayTarget, maxDelayTarget and numRetries are required).
+    policy = sub_policy(
+        {"healthyRetryPolicy": {"minDelayTarget": 20, "maxDelayTarget": 20, "numRetries": 5}}
+    )
     assert policy.healthy_retry_policy == RetryPolicy(num_retries=5)
     topic = parse_topic_delivery_policy(
-        '{"http":{"defaultHealthyRetryPolicy":{"numRetries":5},"disableSubscriptionOverrides":true,'
+        '{"http":{"defaultHealthyRetryPolicy":{"minDelayTarget":20,"maxDelayTarget":20,'
+        '"numRetries":5},"disableSubscriptionOverrides":true,'
         '"defaultThrottlePolicy":{"maxReceivesPerSecond":3},'
         '"defaultRequestPolicy":{"headerContentType":"application/json"}}}',
         in_attributes_map=False,
@@ -195,17 +199,34 @@ def test_parse_the_documented_shapes():
     assert parse_topic_delivery_policy("{}", in_attributes_map=True) == TopicDeliveryPolicy()
 
 
+def full(fields: dict[str, object]) -> dict[str, object]:
+    """A retry policy with the members AWS requires, and ``fields`` over them."""
+    return {"minDelayTarget": 20, "maxDelayTarget": 20, "numRetries": 3, **fields}
+
+
 def test_validation_messages():
     retry = "healthyRetryPolicy"
+    # AWS refuses a retry policy without minDelayTarget, maxDelayTarget and numRetries.
+    for missing in ("minDelayTarget", "maxDelayTarget", "numRetries"):
+        partial = {k: v for k, v in full({}).items() if k != missing}
+        assert error_of({retry: partial}) == (
+            f"Invalid parameter: DeliveryPolicy: {retry}.{missing} must be specified"
+        )
+        assert error_of({"http": {"defaultHealthyRetryPolicy": partial}}, topic=True) == (
+            f"Invalid parameter: DeliveryPolicy: http.defaultHealthyRetryPolicy.{missing} "
+            "must be specified"
+        )
     # The AWS message clients quote, for the topic shape:
-    assert error_of({"http": {"defaultHealthyRetryPolicy": {"numRetries": 101}}}, topic=True) == (
+    assert error_of(
+        {"http": {"defaultHealthyRetryPolicy": full({"numRetries": 101})}}, topic=True
+    ) == (
         "Invalid parameter: DeliveryPolicy: "
         "http.defaultHealthyRetryPolicy.numRetries must be less than or equal to 100"
     )
     assert error_of({"throttlePolicy": {}}, topic=True) == (
         "Invalid parameter: DeliveryPolicy: Unexpected JSON member: throttlePolicy"
     )
-    assert error_of({retry: {"numRetries": 101}}, in_map=True) == (
+    assert error_of({retry: full({"numRetries": 101})}, in_map=True) == (
         "Invalid parameter: Attributes Reason: DeliveryPolicy: "
         "healthyRetryPolicy.numRetries must be less than or equal to 100"
     )
@@ -214,27 +235,27 @@ def test_validation_messages():
         "[]": "Delivery policy must be a JSON object",
         json.dumps({"x": 1}): "Unexpected JSON member: x",
         json.dumps(
-            {retry: {"minDelayTarget": 0}}
+            {retry: full({"minDelayTarget": 0})}
         ): f"{retry}.minDelayTarget must be greater than or equal to 1",
         json.dumps(
-            {retry: {"maxDelayTarget": 3601}}
+            {retry: full({"maxDelayTarget": 3601})}
         ): f"{retry}.maxDelayTarget must be less than or equal to 3600",
         json.dumps(
-            {retry: {"minDelayTarget": 30}}
+            {retry: full({"minDelayTarget": 30})}
         ): f"{retry}.maxDelayTarget must be greater than or equal to minDelayTarget",
         json.dumps(
-            {retry: {"numRetries": -1}}
+            {retry: full({"numRetries": -1})}
         ): f"{retry}.numRetries must be greater than or equal to 0",
         json.dumps(
-            {retry: {"numNoDelayRetries": -1}}
+            {retry: full({"numNoDelayRetries": -1})}
         ): f"{retry}.numNoDelayRetries must be greater than or equal to 0",
-        json.dumps({retry: {"numRetries": 2, "numMinDelayRetries": 3}}): (
+        json.dumps({retry: full({"numRetries": 2, "numMinDelayRetries": 3})}): (
             f"{retry}.numRetries must be greater than or equal to total of "
             "numMinDelayRetries, numNoDelayRetries and numMaxDelayRetries"
         ),
-        json.dumps({retry: {"numRetries": "5"}}): f"{retry}.numRetries must be an integer",
-        json.dumps({retry: {"numRetries": True}}): f"{retry}.numRetries must be an integer",
-        json.dumps({retry: {"backoffFunction": "cubic"}}): (
+        json.dumps({retry: full({"numRetries": "5"})}): f"{retry}.numRetries must be an integer",
+        json.dumps({retry: full({"numRetries": True})}): f"{retry}.numRetries must be an integer",
+        json.dumps({retry: full({"backoffFunction": "cubic"})}): (
             f"{retry}.backoffFunction must be one of linear, arithmetic, geometric, exponential"
         ),
         json.dumps({retry: []}): f"{retry} must be a JSON object",

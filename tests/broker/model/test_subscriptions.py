@@ -138,7 +138,9 @@ def test_redrive_policy():
 
 
 def test_delivery_policy_and_the_effective_policy():
-    text = json.dumps({"healthyRetryPolicy": {"numRetries": 5}})
+    text = json.dumps(
+        {"healthyRetryPolicy": {"minDelayTarget": 20, "maxDelayTarget": 20, "numRetries": 5}}
+    )
     settings = parse_subscribe({"DeliveryPolicy": text}, HTTP)
     assert effective_delivery(settings, "https", None).retry == RetryPolicy(num_retries=5)
     topic = TopicDeliveryPolicy(

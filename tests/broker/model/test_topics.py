@@ -107,7 +107,7 @@ def test_settable_attributes_and_their_errors():
             "TracingConfig": "Active",
             "KmsMasterKeyId": "alias/aws/sns",
             "MaximumMessageSize": "1048576",
-            "DeliveryPolicy": '{"http":{"defaultHealthyRetryPolicy":{"numRetries":5}}}',
+            "DeliveryPolicy": '{"http":{"defaultHealthyRetryPolicy":{"minDelayTarget":20,"maxDelayTarget":20,"numRetries":5}}}',
             "Policy": '{"Version":"2012-10-17","Statement":[]}',
             "SQSSuccessFeedbackRoleArn": "arn:aws:iam::123456789012:role/feedback",
         },
@@ -124,7 +124,10 @@ def test_settable_attributes_and_their_errors():
     assert rendered["SQSSuccessFeedbackRoleArn"].endswith("role/feedback")
     effective = json.loads(rendered["EffectiveDeliveryPolicy"])
     assert effective["http"]["defaultHealthyRetryPolicy"]["numRetries"] == 5
-    assert rendered["DeliveryPolicy"] == '{"http":{"defaultHealthyRetryPolicy":{"numRetries":5}}}'
+    assert (
+        rendered["DeliveryPolicy"]
+        == '{"http":{"defaultHealthyRetryPolicy":{"minDelayTarget":20,"maxDelayTarget":20,"numRetries":5}}}'
+    )
     cleared = apply_update(settings, "SQSSuccessFeedbackRoleArn", "")
     assert "SQSSuccessFeedbackRoleArn" not in render_attributes(cleared, FACTS)
     assert apply_update(settings, "DeliveryPolicy", "").delivery_policy_parsed is None
