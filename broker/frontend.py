@@ -19,6 +19,7 @@ from typing import Final, Protocol
 from broker.auth import Authenticator, Caller
 from broker.metrics import BrokerMetrics
 from broker.model.errors import SqsError
+from broker.registry import QUEUE_DOES_NOT_EXIST
 from broker.sqs import RequestContext, SqsApi
 from broker.store.base import StoreFailed
 from monitoring.httpserver import Request, Response
@@ -29,20 +30,29 @@ from proto.aws.shapes import EncodedResponse, Service, check_required, normalize
 from proto.aws.sqs_shapes import SQS
 
 JSON_TARGET_PREFIX: Final = "AmazonSQS."
+NON_EXISTENT_QUEUE: Final = "AWS.SimpleQueueService.NonExistentQueue"
+QUEUE_DOES_NOT_EXIST_QUERY: Final = "The specified queue does not exist for this wsdl version."
 _SHAPE_OF_LEGACY_CODE: Final = {
     code: shape for shape, (code, _status) in json_protocol.SQS_ERRORS.items()
 }
 
 
 def aws_error(error: SqsError) -> AwsError:
-    """The wire form of a model error: its JSON shape found from its legacy query code."""
+    """The wire form of a model error: its JSON shape found from its legacy query code.
+
+    A modelled shape answers with the model's HTTP status (ReceiptHandleIsInvalid: 404), so
+    the table in ``json_protocol`` is the one place that decides it.
+    """
     shape = _SHAPE_OF_LEGACY_CODE.get(error.code)
+    status = error.status
     if shape is None:
         shape = COMMON_ERRORS[error.code][0] if error.code in COMMON_ERRORS else error.code
+    else:
+        status = json_protocol.SQS_ERRORS[shape][1]
     return AwsError(
         error.code,
         error.message,
-        status=error.status,
+        status=status,
         sender_fault=error.sender_fault,
         shape=shape,
     )
@@ -111,8 +121,18 @@ class _Codec:
         return json_protocol.encode_response(self.service, action, result, request_id=rid)
 
     def error(self, error: AwsError, rid: str) -> EncodedResponse:
-        encode = json_protocol.encode_error if self.json else query_protocol.encode_error
-        return encode(self.service, error, request_id=rid)
+        if self.json:
+            return json_protocol.encode_error(self.service, error, request_id=rid)
+        if error.code == NON_EXISTENT_QUEUE and error.message == QUEUE_DOES_NOT_EXIST:
+            # The query protocol's own wording, which older SDKs' users match on.
+            error = AwsError(
+                error.code,
+                QUEUE_DOES_NOT_EXIST_QUERY,
+                status=error.status_hint,
+                sender_fault=error.sender_fault,
+                shape=error.shape,
+            )
+        return query_protocol.encode_error(self.service, error, request_id=rid)
 
 
 JSON_SQS = _Codec("json", SQS, json=True)

@@ -39,8 +39,11 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+QUEUE_DOES_NOT_EXIST: Final = "The specified queue does not exist."
+
+
 def queue_does_not_exist() -> AwsError:
-    return sqs_error("QueueDoesNotExist", "The specified queue does not exist.")
+    return sqs_error("QueueDoesNotExist", QUEUE_DOES_NOT_EXIST)
 
 
 class QueueStats:

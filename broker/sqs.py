@@ -361,7 +361,8 @@ class SqsApi:
         if sum(sizes) > MAX_BATCH_BYTES:
             raise sqs_error(
                 "BatchRequestTooLong",
-                f"Batch requests cannot be longer than {MAX_BATCH_BYTES} bytes.",
+                f"Batch requests cannot be longer than {MAX_BATCH_BYTES} bytes. "
+                f"You have sent {sum(sizes)} bytes.",
             )
         self.store.check_sealing(queue.settings)  # KMS.NotFoundException before accepting
         outcome = queue.index.send_batch(
@@ -587,9 +588,9 @@ def _batch_entries(params: Params) -> list[Params]:
                 "A batch entry id can only contain alphanumeric characters, hyphens and "
                 "underscores. It can be at most 80 letters long.",
             )
+        if entry_id in ids:
+            raise sqs_error("BatchEntryIdsNotDistinct", f"Id {entry_id} repeated.")
         ids.add(entry_id)
-    if len(ids) != len(entries):
-        raise sqs_error("BatchEntryIdsNotDistinct", "Two or more batch entries have the same Id.")
     return entries
 
 

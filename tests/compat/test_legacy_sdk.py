@@ -367,7 +367,9 @@ def test_delete_message_and_batch(run: ScenarioRun) -> None:
     )
     assert set(results["countsAfter"].values()) == {"0"}
     for action in ("deleteInvalidHandle", "changeVisibilityInvalidHandle"):
-        assert_error(run.results["errors"][action], "ReceiptHandleIsInvalid", 400)
+        # 404: the Smithy model's status, and AWS's (spulec/PyQS#24 quotes its response);
+        # this botocore's model gives the shape no status, so it takes any.
+        assert_error(run.results["errors"][action], "ReceiptHandleIsInvalid", 404)
 
 
 def test_receive_wait_time_seconds(run: ScenarioRun) -> None:
@@ -447,7 +449,9 @@ def test_errors_reach_the_old_sdk_as_its_modeled_exceptions(run: ScenarioRun) ->
         assert_error(
             errors[action], "QueueDoesNotExist", 400, "AWS.SimpleQueueService.NonExistentQueue"
         )
-        assert errors[action]["message"] == "The specified queue does not exist."
+        assert errors[action]["message"] == (
+            "The specified queue does not exist for this wsdl version."
+        )
     for action in (
         "unknownQueueAttribute",
         "setUnknownQueueAttribute",

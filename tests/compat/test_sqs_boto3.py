@@ -167,7 +167,14 @@ def test_unknown_queue_error_carries_the_legacy_code_in_both_protocols(sqs, prot
     error = error_of(excinfo)
     assert error["Code"] == "AWS.SimpleQueueService.NonExistentQueue"
     assert error["Type"] == "Sender"
-    assert error["Message"] == "The specified queue does not exist."
+    # The query protocol's wording is AWS's older one.
+    assert (
+        error["Message"]
+        == {
+            "json": "The specified queue does not exist.",
+            "query": "The specified queue does not exist for this wsdl version.",
+        }[protocol]
+    )
     assert status_of(excinfo) == 400
     if protocol == "json":
         # botocore read x-amzn-query-error for Code and kept the shape name here.
@@ -678,6 +685,22 @@ def unchecked(shared_broker: BrokerThread, protocol) -> Any:
     return shared_broker.client(protocol, validate=False)
 
 
+def test_send_batch_refusals_name_the_id_and_the_size_as_aws_does(unchecked, queues: QueueFactory):
+    url = queues()
+    with pytest.raises(botocore.exceptions.ClientError) as excinfo:
+        unchecked.send_message_batch(
+            QueueUrl=url,
+            Entries=[{"Id": i, "MessageBody": "x"} for i in ("a", "dup-id", "b", "dup-id")],
+        )
+    assert excinfo.value.response["Error"]["Message"] == "Id dup-id repeated."
+    big = [{"Id": str(i), "MessageBody": "b" * 104_858} for i in range(10)]
+    with pytest.raises(botocore.exceptions.ClientError) as excinfo:
+        unchecked.send_message_batch(QueueUrl=url, Entries=big)
+    assert excinfo.value.response["Error"]["Message"] == (
+        "Batch requests cannot be longer than 1048576 bytes. You have sent 1048580 bytes."
+    )
+
+
 @pytest.mark.parametrize(
     ("entries", "code"),
     [
@@ -871,9 +894,12 @@ def test_invalid_receipt_handle(sqs, queues: QueueFactory, handle):
     with pytest.raises(sqs.exceptions.ReceiptHandleIsInvalid) as excinfo:
         sqs.delete_message(QueueUrl=url, ReceiptHandle=handle)
     assert code_of(excinfo) == "ReceiptHandleIsInvalid"
+    # 404 as AWS answers (the model's status; spulec/PyQS#24 quotes AWS's response).
+    assert excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
     with pytest.raises(botocore.exceptions.ClientError) as excinfo:
         sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=handle, VisibilityTimeout=1)
     assert code_of(excinfo) == "ReceiptHandleIsInvalid"
+    assert excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
 
 
 def test_receipt_handle_of_another_queue_is_invalid(sqs, queues: QueueFactory):

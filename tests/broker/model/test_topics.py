@@ -24,6 +24,11 @@ from broker.model.topics import (
 ARN = "arn:aws:sns:us-east-1:123456789012:orders"
 FACTS = TopicFacts(ARN, "123456789012", subscriptions_confirmed=2, subscriptions_pending=1)
 
+POLICY = (
+    '{"http":{"defaultHealthyRetryPolicy":{"minDelayTarget":20,"maxDelayTarget":20,'
+    '"numRetries":5}}}'
+)
+
 
 def message_of(call) -> str:
     with pytest.raises(SnsError) as caught:
@@ -107,7 +112,7 @@ def test_settable_attributes_and_their_errors():
             "TracingConfig": "Active",
             "KmsMasterKeyId": "alias/aws/sns",
             "MaximumMessageSize": "1048576",
-            "DeliveryPolicy": '{"http":{"defaultHealthyRetryPolicy":{"minDelayTarget":20,"maxDelayTarget":20,"numRetries":5}}}',
+            "DeliveryPolicy": POLICY,
             "Policy": '{"Version":"2012-10-17","Statement":[]}',
             "SQSSuccessFeedbackRoleArn": "arn:aws:iam::123456789012:role/feedback",
         },
@@ -124,10 +129,7 @@ def test_settable_attributes_and_their_errors():
     assert rendered["SQSSuccessFeedbackRoleArn"].endswith("role/feedback")
     effective = json.loads(rendered["EffectiveDeliveryPolicy"])
     assert effective["http"]["defaultHealthyRetryPolicy"]["numRetries"] == 5
-    assert (
-        rendered["DeliveryPolicy"]
-        == '{"http":{"defaultHealthyRetryPolicy":{"minDelayTarget":20,"maxDelayTarget":20,"numRetries":5}}}'
-    )
+    assert rendered["DeliveryPolicy"] == POLICY
     cleared = apply_update(settings, "SQSSuccessFeedbackRoleArn", "")
     assert "SQSSuccessFeedbackRoleArn" not in render_attributes(cleared, FACTS)
     assert apply_update(settings, "DeliveryPolicy", "").delivery_policy_parsed is None
