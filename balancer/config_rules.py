@@ -21,7 +21,7 @@ MAX_GROUPS_PER_FORWARD = 5
 MAX_VALUES_PER_CONDITION = 3  # "up to three match evaluations per condition"
 MAX_VALUES_PER_RULE = 5  # "up to five match evaluations per rule"
 MAX_WILDCARDS_PER_RULE = 5
-MAX_FIXED_BODY_BYTES = 1024
+MAX_FIXED_BODY_CHARACTERS = 1024  # FixedResponseActionConfig.MessageBody: "Maximum length of 1024"
 
 NAME_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,30}[A-Za-z0-9])?$"
 Name = Annotated[
@@ -109,18 +109,22 @@ class Conditions(Section, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         for value in self.host_header:
-            _check(_HOST_PATTERN, value, "host_header", "use letters, digits, '-', '.', * or ?")
+            _check(_HOST_PATTERN, value, "host_header", "1-128 letters, digits, '-', '.', * or ?")
             if "." not in value or not _HOST_TLD.fullmatch(value.rsplit(".", 1)[1]):
                 raise ValueError(
                     f"host_header value {value!r} is invalid: it needs a '.' and only letters "
                     "after the last one, e.g. '*.example.com'"
                 )
         for value in self.path_pattern:
-            _check(_PATH_PATTERN, value, "path_pattern", "use A-Z a-z 0-9 _-.$/~\"'@:+& * ?")
+            _check(_PATH_PATTERN, value, "path_pattern", "1-128 of A-Z a-z 0-9 _-.$/~\"'@:+& * ?")
         for value in self.http_request_method:
-            _check(_METHOD, value, "http_request_method", "use A-Z, '-' and '_'")
+            _check(_METHOD, value, "http_request_method", "1-40 of A-Z, '-' and '_'")
         for header in self.http_header:
             _check(TOKEN, header.name, "http_header name", "a token of 1-40 characters")
+            if header.name.lower() == "host":
+                # HttpHeaderConditionConfig: "You can't use an HTTP header condition to
+                # specify the host header. Instead, use a host condition."
+                raise ValueError("http_header cannot match Host: use a host_header condition")
             for value in header.values:
                 _check(_HEADER_VALUE, value, "http_header", "1-128 visible ASCII characters")
         for query in self.query_string:
@@ -232,7 +236,9 @@ class Redirect(Section, frozen=True, kw_only=True, tag="redirect", tag_field="ty
 
     protocol: Literal["HTTP", "HTTPS", "#{protocol}"] = "#{protocol}"
     host: Annotated[str, Meta(min_length=1, max_length=128)] = "#{host}"
-    port: TargetPort | Literal["#{port}"] = "#{port}"
+    port: Annotated[
+        int | str, Meta(description="1-65535 (a number or, as ALB writes it, a string) or #{port}.")
+    ] = "#{port}"
     path: Annotated[str, Meta(min_length=1, max_length=128)] = "/#{path}"
     query: Annotated[str, Meta(max_length=128)] = "#{query}"
     status_code: Literal["HTTP_301", "HTTP_302"]
@@ -245,6 +251,13 @@ class Redirect(Section, frozen=True, kw_only=True, tag="redirect", tag_field="ty
                     raise ValueError(f"redirect {field} cannot use the placeholder #{{{name}}}")
         if not self.path.startswith("/"):
             raise ValueError("redirect path must start with '/'")
+        port = self.port
+        if isinstance(port, str) and port != "#{port}":
+            if not (port.isascii() and port.isdigit()):
+                raise ValueError(f"redirect port {port!r}: a number from 1 to 65535 or #{{port}}")
+            port = int(port)
+        if isinstance(port, int) and not 1 <= port <= 65535:
+            raise ValueError(f"redirect port {port}: a number from 1 to 65535 or #{{port}}")
         for field, pattern, allowed in (
             ("host", _REDIRECT_HOST, "letters, digits, '.' and '-'"),
             ("path", _REDIRECT_TEXT, "visible ASCII characters, no spaces"),
@@ -268,13 +281,13 @@ class FixedResponse(Section, frozen=True, kw_only=True, tag="fixed_response", ta
     content_type: Literal[
         "text/plain", "text/css", "text/html", "application/javascript", "application/json"
     ] = "text/plain"
-    message_body: Annotated[str, Meta(description="At most 1024 bytes of UTF-8.")] = ""
+    message_body: Annotated[str, Meta(description="At most 1024 characters.")] = ""
 
     def __post_init__(self) -> None:
         if 300 <= self.status_code < 400:
             raise ValueError("a fixed response status must be 2XX, 4XX or 5XX; use redirect")
-        if len(self.message_body.encode()) > MAX_FIXED_BODY_BYTES:
-            raise ValueError(f"message_body is longer than {MAX_FIXED_BODY_BYTES} bytes")
+        if len(self.message_body) > MAX_FIXED_BODY_CHARACTERS:
+            raise ValueError(f"message_body is longer than {MAX_FIXED_BODY_CHARACTERS} characters")
 
 
 Action = Forward | Redirect | FixedResponse

@@ -59,9 +59,9 @@ FORWARDED_PROTO: Final = b"x-forwarded-proto"
 FORWARDED_PORT: Final = b"x-forwarded-port"
 TRACE_ID: Final = b"x-amzn-trace-id"
 TRACE_ID_BYTES: Final = 12  # 24 hex digits, as AWS's trace ids
-# ALB rewrites the header with only Root when it grows past its limit; ours is well inside
-# any target's header limits.
-MAX_TRACE_HEADER_BYTES: Final = 1024
+# load-balancer-request-tracing: "If the HTTP headers are greater than 7 KB, the load balancer
+# rewrites the X-Amzn-Trace-Id header with a Root field."
+TRACE_ROOT_ONLY_HEAD_BYTES: Final = 7 * 1024
 
 
 def header_list(headers: Iterable[Header]) -> list[Header]:
@@ -393,14 +393,16 @@ def prepare_request(
     *,
     upgrade: bool = False,
     default_host: bytes = b"",
+    head_bytes: int = 0,
 ) -> tuple[list[Header], bytes]:
     """A request's headers as the next hop gets them, in one pass.
 
     The same result as :func:`strip_hop_by_hop`, then :func:`forwarded_headers`, then
     ``Expect`` dropped (the proxy adds ``100-continue`` back only when its client is waiting
     for it and a body follows, which h11's state tells), the trace header replaced
-    by :func:`trace_header` at the end, and a Host added first when there was none (an
-    HTTP/1.0 request). One loop instead of four: this runs for every proxied request.
+    by :func:`trace_header` at the end (``head_bytes``: the size of the request's head), and a
+    Host added first when there was none (an HTTP/1.0 request). One loop instead of four:
+    this runs for every proxied request.
 
     Returns:
         The headers and the trace header's value.
@@ -448,7 +450,7 @@ def prepare_request(
         kept.append((FORWARDED_FOR, b", ".join(chain)))
     kept.append((FORWARDED_PROTO, proto or forwarding.proto))
     kept.append((FORWARDED_PORT, port or forwarding.port))
-    trace = trace_header(existing, trace_id)
+    trace = trace_header(existing, trace_id, head_bytes=head_bytes)
     kept.append((TRACE_ID, trace))
     if not has_host and default_host:
         kept.insert(0, (b"host", default_host))
@@ -475,15 +477,15 @@ def new_trace_id(now: float, random_bytes: bytes) -> bytes:
     return b"1-%08x-%s" % (int(now) & 0xFFFFFFFF, random_bytes.hex().encode("ascii"))
 
 
-def trace_header(existing: bytes | None, trace_id: bytes) -> bytes:
+def trace_header(existing: bytes | None, trace_id: bytes, *, head_bytes: int = 0) -> bytes:
     """The X-Amzn-Trace-Id value to forward.
 
-    Absent: ``Root=<id>``. With a Root: ALB's rule (load-balancer-request-tracing), a Self
-    field's value updated in place, else ``Self=<id>`` inserted first (``Self=..;Root=..``),
-    other fields kept. Without a Root, or too long: a fresh Root in front of what was there,
-    or only a Root when the result would be too long.
+    Absent, or in a request head of more than 7 KB (``head_bytes``): ``Root=<id>``. With a
+    Root: ALB's rule (load-balancer-request-tracing), a Self field's value updated in place,
+    else ``Self=<id>`` inserted first (``Self=..;Root=..``), other fields kept. Without a
+    Root: a fresh Root in front of what was there.
     """
-    if not existing:
+    if not existing or head_bytes > TRACE_ROOT_ONLY_HEAD_BYTES:
         return b"Root=" + trace_id
     fields = [f.strip() for f in existing.split(b";") if f.strip()]
     if any(f.startswith(b"Root=") for f in fields):
@@ -496,8 +498,7 @@ def trace_header(existing: bytes | None, trace_id: bytes) -> bytes:
             fields.insert(0, own)
     else:
         fields.insert(0, b"Root=" + trace_id)
-    value = b";".join(fields)
-    return value if len(value) <= MAX_TRACE_HEADER_BYTES else b"Root=" + trace_id
+    return b";".join(fields)
 
 
 def trace_root(value: bytes) -> bytes:

@@ -255,6 +255,7 @@ class Exchange:
         "error_reason",
         "group",
         "guard",
+        "head_bytes",
         "headers",
         "listener",
         "phase",
@@ -300,6 +301,7 @@ class Exchange:
         self.start_received = client.received if start_received is None else start_received
         self.start_sent = client.sent
         self.verdict = verdict
+        self.head_bytes = 0  # the request head's size, where it was read from a client
         # The request cycle's scope, armed once for the common case (request sent, response
         # awaited, a short response written back); only waits that need another bound move
         # it (wait_for).

@@ -332,6 +332,7 @@ def _upstream_headers(
         upgrade=upgrade,
         # An HTTP/1.0 client may omit Host; HTTP/1.1 requires one on the way to the target.
         default_host=client.host_header,
+        head_bytes=ex.head_bytes,
     )
     return headers
 

@@ -347,6 +347,7 @@ class _Connection:
             verdict=verdict,
             start_received=start_received,
         )
+        ex.head_bytes = len(head)
         if verdict.classification is not Classification.COMPLIANT:
             services.stats.desync_request(
                 services.name,

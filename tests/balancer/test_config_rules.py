@@ -56,11 +56,14 @@ def test_valid_conditions_of_every_kind():
         ({"host_header": ["localhost"]}, "needs a '.'"),
         ({"host_header": ["example.c0m"]}, "only letters after the last one"),
         ({"host_header": ["www.example.*"]}, "only letters after the last one"),
-        ({"host_header": ["a" * 129 + ".com"]}, "is invalid"),
+        ({"host_header": ["a" * 129 + ".com"]}, "is invalid: 1-128 letters"),
         ({"path_pattern": ["/a b"]}, "path_pattern value '/a b' is invalid"),
         ({"path_pattern": ["/%41"]}, "is invalid"),
         ({"http_request_method": ["get"]}, "http_request_method value 'get' is invalid"),
         ({"http_header": [{"name": "X-*", "values": ["a"]}]}, "http_header name value"),
+        ({"http_header": [{"name": "HOST", "values": ["a"]}]}, "use a host_header condition"),
+        ({"path_pattern": ["/" + "a" * 128]}, "is invalid: 1-128 of"),
+        ({"http_request_method": ["A" * 41]}, "is invalid: 1-40 of"),
         ({"http_header": [{"name": "X", "values": ["a\tb"]}]}, "http_header value"),
         ({"http_header": [{"name": "X", "values": []}]}, "needs at least one value"),
         ({"query_string": [{"values": []}]}, "needs at least one value"),
@@ -152,8 +155,9 @@ def test_redirect_defaults_keep_every_part():
         ({"query": "#{nope}"}, "query cannot use the placeholder #{nope}"),
         ({"path": "relative"}, "must start with '/'"),
         ({"protocol": "FTP"}, "Invalid enum value 'FTP'"),
-        ({"port": "8080"}, "Invalid enum value '8080'"),
-        ({"port": 0}, ">= 1"),
+        ({"port": "80x"}, "redirect port '80x': a number from 1 to 65535 or #{port}"),
+        ({"port": "65536"}, "redirect port 65536"),
+        ({"port": 0}, "redirect port 0"),
         ({"host": "h" * 129}, "length <= 128"),
         # What would make a Location that is no URL, or a head h11 refuses to write:
         ({"path": "/a\r\nX-Inj: 1"}, "redirect path '/a\\r\\nX-Inj: 1': only visible ASCII"),
@@ -182,6 +186,14 @@ def test_redirects_with_placeholders_and_uri_characters_are_accepted():
     assert redirect.query == "#{query}&from=old%20site"
 
 
+def test_a_redirect_port_may_be_written_as_alb_writes_it():
+    # The ELBv2 API's RedirectActionConfig.Port is a string ("443").
+    redirect = msgspec.convert(
+        {"type": "redirect", "status_code": "HTTP_301", "port": "443"}, Redirect
+    )
+    assert redirect.port == "443"
+
+
 def test_a_redirect_needs_a_status_code():
     assert "missing required field `status_code`" in refused(
         Redirect, {"type": "redirect", "port": 1}
@@ -194,8 +206,11 @@ def test_fixed_responses():
         FixedResponse, {"type": "fixed_response", "status_code": 301}
     )
     assert "<= 599" in refused(FixedResponse, {"type": "fixed_response", "status_code": 600})
-    too_long = {"type": "fixed_response", "status_code": 200, "message_body": "é" * 513}
-    assert "longer than 1024 bytes" in refused(FixedResponse, too_long)
+    too_long = {"type": "fixed_response", "status_code": 200, "message_body": "é" * 1025}
+    assert "longer than 1024 characters" in refused(FixedResponse, too_long)
+    # AWS counts characters, not bytes: 600 two-byte characters are within its limit.
+    accented = {"type": "fixed_response", "status_code": 200, "message_body": "é" * 600}
+    assert msgspec.convert(accented, FixedResponse).message_body == "é" * 600
     ok = {"type": "fixed_response", "status_code": 200, "message_body": "x" * 1024}
     assert len(msgspec.convert(ok, FixedResponse).message_body) == 1024
     bad_type = {"type": "fixed_response", "status_code": 200, "content_type": "image/png"}

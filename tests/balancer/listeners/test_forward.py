@@ -79,6 +79,28 @@ async def test_the_target_sees_forwarded_headers_a_trace_id_and_the_clients_host
     assert trace.endswith(";Root=1-00000000-aaaaaaaaaaaaaaaaaaaaaaaa")
 
 
+async def test_the_trace_header_keeps_its_fields_unless_the_head_is_over_7_kb():
+    root = "Root=1-00000000-aaaaaaaaaaaaaaaaaaaaaaaa"
+    custom = root + ";Custom=" + "c" * 1100  # a long header in a small head: kept
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        for padding in (0, 7 * 1024):
+            request = (
+                f"GET / HTTP/1.1\r\nHost: h\r\nX-Amzn-Trace-Id: {custom}\r\n"
+                f"X-Pad: {'p' * padding}\r\nConnection: close\r\n\r\n"
+            )
+            assert statuses(await raw(front(daemon), request.encode())) == [200]
+        small, large = (seen.header("x-amzn-trace-id") for seen in target.seen)
+        assert small is not None
+        assert small.startswith("Self=1-")
+        assert small.endswith(";" + custom)
+        assert large is not None
+        assert large.startswith("Root=1-")
+        assert ";" not in large  # AWS: over 7 KB of headers, only a Root
+
+
 async def test_host_is_passed_unchanged():
     async with (
         running_targets(TargetServer("a")) as (target,),
