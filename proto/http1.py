@@ -256,6 +256,22 @@ def forwardable_framing(status: int, headers: list[Header]) -> list[Header]:
     return [(name, value) for name, value in headers if name not in dropped]
 
 
+# RFC 9110 7.2: Host = uri-host [ ":" port ], uri-host being RFC 3986's IP-literal, IPv4
+# address or reg-name (unreserved, pct-encoded and sub-delims characters; empty is allowed).
+_HOST_VALUE: Final = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+(?:%25[A-Za-z0-9._~%-]+)?\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?"
+)
+
+
+def is_valid_host(value: bytes) -> bool:
+    """Whether a Host header's value is an authority; RFC 9112 3.2 answers any other with 400.
+
+    h11 checks only that there is exactly one Host: a value such as ``evil.test/x?`` would
+    otherwise reach rules, redirects' Location and logs as if it were a host name.
+    """
+    return _HOST_VALUE.fullmatch(value) is not None
+
+
 def first_header(headers: Iterable[Header], name: bytes) -> bytes | None:
     """The value of the first header named ``name`` (lower-case, as h11 gives names)."""
     for key, value in headers:

@@ -58,6 +58,7 @@ from proto.http1 import (
     head_end,
     header_list,
     is_lookalike,
+    is_valid_host,
     origin_form,
     parsed_headers,
     trace_header,
@@ -322,8 +323,11 @@ class _Connection:
             # As ALB: a Host of the balancer's own address, for the rules, redirects and logs.
             headers.insert(0, (b"host", self.client.host_header))
         has_framing = classified = False
-        for name, _ in headers:
-            if name in CLASSIFIED_NAMES or (
+        host = b""
+        for name, value in headers:
+            if name == b"host":
+                host = value
+            elif name in CLASSIFIED_NAMES or (
                 len(name) >= LOOKALIKE_MIN_LENGTH and is_lookalike(name)
             ):
                 classified = True
@@ -375,6 +379,9 @@ class _Connection:
             # speak: RFC 9110 6.2 and 15.6.6, not a request to pass on as HTTP/1.1.
             ex.error_reason = "UnsupportedHttpVersion"
             ex.status = 505
+        elif not is_valid_host(host):
+            ex.error_reason = "InvalidHostHeader"  # RFC 9112 3.2
+            ex.status = 400
         elif bad_target or (request.target == b"*" and request.method != b"OPTIONS"):
             # RFC 9112 3.2.4: the asterisk form is OPTIONS's alone.
             ex.error_reason = "BadRequestTarget"

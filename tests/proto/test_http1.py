@@ -28,6 +28,7 @@ from proto.http1 import (
     is_lookalike,
     is_trace_field,
     is_upgrade,
+    is_valid_host,
     new_trace_id,
     origin_form,
     parsed_headers,
@@ -819,3 +820,26 @@ def test_first_header_takes_the_first_of_its_name():
     headers = [(b"host", b"a"), (b"x", b"1"), (b"host", b"b")]
     assert first_header(headers, b"host") == b"a"
     assert first_header(headers, b"missing") is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"example.com", b"example.com:8080", b"", b"127.0.0.1:80", b"[::1]:443", b"[fe80::1%25eth0]",
+     b"a-b_c~d.example", b"xn--bcher-kva.example", b"ex%41mple.com", b"host:"],
+)  # fmt: skip
+def test_hosts_that_are_authorities_are_valid(value):
+    assert is_valid_host(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"evil.test/x?", b"evil.test#", b"a b", b"user@host", b"host:80:80", b"[::1", b"h\"x",
+     b"host:8o", b"<script>"],
+)  # fmt: skip
+def test_hosts_that_are_not_authorities_are_refused(value):
+    assert not is_valid_host(value)
+
+
+@given(st.from_regex(rb"\A[a-z0-9-]{1,20}(\.[a-z0-9-]{1,20}){0,3}(:[0-9]{1,5})?\Z"))
+def test_dns_names_with_ports_are_valid(value):
+    assert is_valid_host(value)
