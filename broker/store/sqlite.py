@@ -4,7 +4,7 @@
 that each reads in one sitting and a request still goes through the store's own methods only:
 
 - :mod:`broker.store.sqlite_writer`: the writer thread (job queue, group commit, fsync), the
-  write-behind of receive records, housekeeping and the checkpoint thread;
+  write-behind of receive records, housekeeping and checkpoints;
 - :mod:`broker.store.sqlite_reads`: the reader threads and the read-ahead of deep backlogs.
 
 The SQL lives in :mod:`~broker.store.sqlite_apply` (mutations), :mod:`~broker.store.sqlite_sns`,
@@ -112,13 +112,8 @@ class SqliteStore(SqliteWriter, SqliteReads, Store):
             self.lock.release()
             raise
         self._token = trio.lowlevel.current_trio_token()
-        self._closing.clear()
         self._thread = threading.Thread(target=self._run_writer, name="wharf-store-writer")
         self._thread.start()
-        self._checkpointer = threading.Thread(
-            target=self._run_checkpointer, name="wharf-store-checkpoint"
-        )
-        self._checkpointer.start()
 
     async def aclose(self) -> None:
         """Commit what is queued, stop the writer, close every connection."""
@@ -129,12 +124,6 @@ class SqliteStore(SqliteWriter, SqliteReads, Store):
             self._jobs.put(STOP)
             await trio.to_thread.run_sync(thread.join)
             self._thread = None
-        checkpointer = self._checkpointer
-        if checkpointer is not None:
-            self._closing.set()
-            self._wal_written.set()
-            await trio.to_thread.run_sync(checkpointer.join)
-            self._checkpointer = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None

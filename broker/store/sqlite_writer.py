@@ -1,5 +1,5 @@
 """The store's writes: one writer thread doing group commit, the write-behind of receive
-records, housekeeping, and the checkpoint thread.
+records, housekeeping, and checkpoints.
 
 :class:`SqliteWriter` is the write side of :class:`~broker.store.sqlite.SqliteStore`, kept
 apart so that it reads in one sitting. It is a mixin, not an object of its own: its methods run
@@ -27,9 +27,16 @@ Housekeeping never holds a commit up for long. When the writer has been idle for
 filesystem, in small transactions (``RECLAIM_ROWS`` rows, ``VACUUM_PAGES`` pages: well under a
 millisecond each, without an fsync: see :meth:`SqliteWriter._housekeep`) with a pause between
 them, and stops as soon as a job is queued: a commit waits for one such step at most.
-Checkpoints (copying the WAL into the database file and syncing it) run in their own thread on
-their own connection, so a commit never pays for one either; the writer checkpoints itself
-only should that thread fall ``WRITER_CHECKPOINT_PAGES`` behind.
+Checkpoints (copying the WAL into the database file and syncing it) run on the writer's own
+connection, between commits: when the writer has had nothing to do for ``CHECKPOINT_SECONDS``
+after a write, or, under steady load, once every ``CHECKPOINT_SECONDS`` right after a commit
+(its callers are already told). Never on a connection of their own, in a thread of their own,
+as they once did: SQLite up to 3.51.2 (Debian 12 ships 3.40.1) has a race between a checkpoint
+and another connection's commit that resets the WAL, which can corrupt the database file
+(sqlite.org/wal.html, "the WAL-reset bug"; fixed in 3.51.3), and back-to-back checkpoints
+beside a busy writer are exactly its conditions. With one connection doing both, they never
+overlap. The price: a commit can wait for a checkpoint of the last ``CHECKPOINT_SECONDS`` of
+writes.
 """
 
 from __future__ import annotations
@@ -72,11 +79,10 @@ GATHER_ENOUGH = 16  # jobs already queued: commit at once
 RECLAIM_ROWS = 128
 VACUUM_PAGES = 64
 HOUSEKEEPING_PAUSE = 0.001  # between housekeeping steps (see SqliteWriter._housekeep)
-CHECKPOINT_SECONDS = 0.25  # the checkpoint thread runs at most this often, after commits
-CHECKPOINT_ROUNDS = 4  # checkpoints in a row, each for what was committed during the last
-# The writer's own (automatic) checkpoint: only when the checkpoint thread falls this far
-# behind (pages of 4 KiB: 64 MiB of WAL). SQLite's default, 1,000, put a checkpoint of ~4 MiB
-# inside whichever commit crossed it.
+CHECKPOINT_SECONDS = 0.25  # the writer checkpoints at most this often (see the module doc)
+# SQLite's automatic checkpoint, a backstop: only should the WAL reach this many pages (of
+# 4 KiB: 64 MiB) between two of the writer's own. SQLite's default, 1,000, put a checkpoint of
+# ~4 MiB inside whichever commit crossed it.
 WRITER_CHECKPOINT_PAGES = 16_384
 # Receive records held back (broker/store/write_behind.py): written at the latest this long
 # after the receive, or once this many are held, unless a delete makes them moot first.
@@ -144,10 +150,8 @@ class SqliteWriter:
         self._failed = trio.Event()
         self._to_reclaim: set[int] = set()
         self._vacuum_due = False  # free pages to give back once reclaiming is done
-        self._checkpointer: threading.Thread | None = None
-        self._wal_written = threading.Event()  # set by the writer after each transaction
+        self._wal_dirty = False  # the writer wrote since its last checkpoint (its thread only)
         self._truncate_wal = threading.Event()  # give_back_wal_space asked for it
-        self._closing = threading.Event()
         self._commits = 0
         self._mutations = 0
         self._failed_jobs = 0
@@ -292,14 +296,20 @@ class SqliteWriter:
         connection = self._writer
         assert connection is not None
         last_group = 1
+        checkpointed_at = time.monotonic()
         while True:
             housekeeping = bool(self._to_reclaim or self._vacuum_due)
             # Idle, the writer still wakes every HOLD_SECONDS: receive records may be held
             # (they queue no job), and the trio thread is asked to write the due ones.
             idle = IDLE_SECONDS if housekeeping else HOLD_SECONDS
+            if self._wal_dirty or self._truncate_wal.is_set():
+                idle = min(idle, CHECKPOINT_SECONDS)
             try:
                 first = self._jobs.get(timeout=idle)
             except queue.Empty:
+                if self._wal_dirty or self._truncate_wal.is_set():
+                    self._checkpoint(connection)
+                    checkpointed_at = time.monotonic()
                 if self._held:  # a length read across threads: stale, it costs a wake-up
                     assert self._token is not None
                     with contextlib.suppress(trio.RunFinishedError):
@@ -320,6 +330,10 @@ class SqliteWriter:
             last_group = len(work)
             if work:
                 self._commit_group(connection, work)
+                now = time.monotonic()
+                if now - checkpointed_at >= CHECKPOINT_SECONDS:  # never idle: between commits
+                    self._checkpoint(connection)
+                    checkpointed_at = now
             if len(work) < len(jobs):
                 return  # STOP: everything queued before it is committed
 
@@ -345,8 +359,7 @@ class SqliteWriter:
                         job.error = error
                     connection.execute("RELEASE job")
             connection.execute("COMMIT")
-            if not self._wal_written.is_set():  # set() takes a lock even when it is set
-                self._wal_written.set()
+            self._wal_dirty = True
         except Exception as error:
             # The transaction is lost; memory may be ahead of the disk. Fail closed.
             self._fail(error)
@@ -440,7 +453,7 @@ class SqliteWriter:
                     self._reclaim(connection)
                 else:
                     self._vacuum(connection)
-                self._wal_written.set()
+                self._wal_dirty = True
                 with contextlib.suppress(queue.Empty):
                     return self._jobs.get(timeout=HOUSEKEEPING_PAUSE)
             return None
@@ -476,44 +489,25 @@ class SqliteWriter:
             self._fail(error)
             self._vacuum_due = False
 
-    # ------------------------------------------------------------------ the checkpoint thread
+    # ------------------------------------------------------------------ checkpoints
 
-    def _run_checkpointer(self) -> None:
-        """Copy committed WAL frames into the database file, off the writer's path.
+    def _checkpoint(self, connection: sqlite3.Connection) -> None:
+        """Copy the committed WAL frames into the database file, on the writer's connection.
 
-        A PASSIVE checkpoint takes no lock the writer needs: commits go on appending to the
-        WAL meanwhile. The writer starts the WAL over (writing it in place, not growing it)
-        only when it finds every frame copied, so a checkpoint that copied many frames, while
-        commits went on, is followed by quicker ones for what came in meanwhile, until one
-        finds nothing new (at most ``CHECKPOINT_ROUNDS``). Paced by ``CHECKPOINT_SECONDS``;
-        idle while nothing is written. A failed checkpoint loses nothing (the frames stay in
-        the WAL), so it is only retried later.
+        PASSIVE: frames a reader's snapshot still needs stay in the WAL (and the WAL dirty, so
+        the next round copies them). TRUNCATE when the disk alarm asked for the WAL's space
+        back. A failed checkpoint loses nothing (the frames stay in the WAL): it is only tried
+        again later.
         """
-        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        mode = "PASSIVE"
+        if self._truncate_wal.is_set():
+            self._truncate_wal.clear()
+            mode = "TRUNCATE"
         try:
-            configure(connection, writer=False)
-            while True:
-                self._wal_written.wait()
-                if self._closing.is_set():
-                    return
-                self._wal_written.clear()
-                if self._truncate_wal.is_set():
-                    self._truncate_wal.clear()
-                    with contextlib.suppress(sqlite3.Error):
-                        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                with contextlib.suppress(sqlite3.Error):
-                    frames = -1
-                    for _ in range(CHECKPOINT_ROUNDS):
-                        _, log, copied = connection.execute(
-                            "PRAGMA wal_checkpoint(PASSIVE)"
-                        ).fetchone()
-                        if log == frames or copied < log:  # nothing new, or readers hold some
-                            break
-                        frames = log
-                if self._closing.wait(CHECKPOINT_SECONDS):
-                    return
-        finally:
-            connection.close()
+            _, log, copied = connection.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except sqlite3.Error:
+            return
+        self._wal_dirty = copied < log
 
     def wal_bytes(self) -> int:
         """The size of the WAL file: pages checkpoints may still copy into the database file,
@@ -525,11 +519,11 @@ class SqliteWriter:
             return 0
 
     def give_back_wal_space(self) -> None:
-        """Ask the checkpoint thread to copy the whole WAL into the database file and
-        truncate it (``wal_checkpoint(TRUNCATE)``): what the disk alarm does when room is
-        short. A WAL otherwise keeps its size (up to ``journal_size_limit``) for reuse."""
+        """Ask the writer to copy the whole WAL into the database file and truncate it
+        (``wal_checkpoint(TRUNCATE)``) at its next checkpoint: what the disk alarm does when
+        room is short. A WAL otherwise keeps its size (up to ``journal_size_limit``) for
+        reuse."""
         self._truncate_wal.set()
-        self._wal_written.set()
 
     # ------------------------------------------------------------------ statistics
 

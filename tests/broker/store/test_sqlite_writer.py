@@ -1,7 +1,8 @@
-"""The writer thread: group commit, failure isolation, housekeeping, the checkpoint thread."""
+"""The writer thread: group commit, failure isolation, housekeeping, checkpoints."""
 
 import contextlib
 import sqlite3
+import threading
 import time
 
 import pytest
@@ -190,13 +191,29 @@ async def test_housekeeping_goes_in_small_steps_and_stops_for_a_queued_job(tmp_p
         writer.close()
 
 
-async def test_the_checkpoint_thread_copies_the_wal_into_the_file(store):
+async def test_an_idle_writer_checkpoints_the_wal_into_the_file(store):
     queue = await store.create_queue("q", QueueSettings(), {}, 0)
     size = store.path.stat().st_size
-    # ~2 MiB: below the writer's own checkpoint threshold, so only the thread copies it.
+    # ~2 MiB: below SQLite's automatic checkpoint threshold, so only the writer's own copies it.
     await store.commit([inserted(queue.queue_id, seq, "x" * 4_000) for seq in range(1, 501)])
     for _ in range(1_000):
         if store.path.stat().st_size > size + 1_000_000:
             return
         await trio.sleep(0.02)
     raise AssertionError("the WAL was not checkpointed into the file")
+
+
+async def test_a_writer_never_idle_still_checkpoints_between_commits(store):
+    queue = await store.create_queue("q", QueueSettings(), {}, 0)
+    size = store.path.stat().st_size
+    seq = 0
+    for _ in range(300):  # a commit every few ms: never CHECKPOINT_SECONDS without one
+        await store.commit([inserted(queue.queue_id, seq + i, "x" * 4_000) for i in range(1, 6)])
+        seq += 5
+        if store.path.stat().st_size > size + 1_000_000:
+            break
+        await trio.sleep(0.005)
+    else:
+        raise AssertionError("the WAL was not checkpointed while commits went on")
+    # One connection writes and checkpoints (the WAL-reset race needs two): no other thread.
+    assert not [t for t in threading.enumerate() if t.name == "wharf-store-checkpoint"]
