@@ -7,9 +7,11 @@ once), and only then is the store closed, after its last commits are durable.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import sqlite3
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -40,6 +42,7 @@ from broker.store.sealing import KeyRing, Sealer, load_key_file
 from broker.store.sqlite import FILE_NAME, SqliteStore
 from broker.tls import TlsTerminator, server_context
 from broker.topics import TopicRegistry
+from monitoring import fastio
 from monitoring.admin import AdminServer, open_admin_listener
 from monitoring.configfile import ConfigError
 from monitoring.durable import write_file
@@ -166,7 +169,7 @@ class BrokerApp:
         except DataDirectoryInUse as error:
             raise StartupError(str(error)) from error
         except sqlite3.DatabaseError as error:  # corrupt, not a database, full disk, read-only
-            raise StartupError(f"{store.path}: cannot open the store: {error}") from error
+            raise _cannot_open(store, error) from error
         self.store = store
         try:
             registry = QueueRegistry(
@@ -178,7 +181,8 @@ class BrokerApp:
                 in_flight_limit=config.sqs.max_in_flight_messages,
             )
             self.registry = registry
-            await registry.load()
+            with _store_damage_stops_the_start(store):
+                await registry.load()
             file = self._config_file()
             try:
                 await declarations.apply(
@@ -192,9 +196,10 @@ class BrokerApp:
             sqs = SqsApi(registry, account_id=config.aws.account_id)
             move_tasks = MoveTasks(registry, authorize=sqs.authorize, log=frame.log)
             sqs.register(move_tasks.actions())
-            await move_tasks.load()  # RUNNING tasks resume once move_tasks.run starts
-            self.move_tasks = move_tasks
-            sns, deliveries, topics = await self._sns(store, registry, directory)
+            with _store_damage_stops_the_start(store):
+                await move_tasks.load()  # RUNNING tasks resume once move_tasks.run starts
+                self.move_tasks = move_tasks
+                sns, deliveries, topics = await self._sns(store, registry, directory)
             frontend = Frontend(
                 sqs=sqs,
                 authenticator=self.authenticator,
@@ -303,7 +308,10 @@ class BrokerApp:
             frame.metrics.handler_errors.labels("api").inc()
 
         async def handle_connection(stream: trio.SocketStream) -> None:
-            peer = stream.socket.getpeername()
+            addresses = fastio.accepted_addresses(stream.socket)
+            if addresses is None:
+                return  # reset before it was served: nothing to answer, nothing to log
+            peer = addresses[0]
             http: trio.abc.Stream = stream
             if self.tls is not None:  # read per connection: a reload swaps the certificate
                 secured = await self.tls.accept(stream)
@@ -381,3 +389,18 @@ class BrokerApp:
 
 def build(config: BrokerConfig, frame: Frame) -> BrokerApp:
     return BrokerApp(config, frame)
+
+
+def _cannot_open(store: SqliteStore, error: sqlite3.DatabaseError) -> StartupError:
+    return StartupError(f"{store.path}: cannot open the store: {error}")
+
+
+@contextlib.contextmanager
+def _store_damage_stops_the_start(store: SqliteStore) -> Iterator[None]:
+    """Damage that opening the file did not see (pages past the first, found while loading
+    queues, topics and tasks) stops the start as a file that is no database does: one line
+    naming the file, not a traceback."""
+    try:
+        yield
+    except sqlite3.DatabaseError as error:
+        raise _cannot_open(store, error) from error

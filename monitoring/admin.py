@@ -12,6 +12,7 @@ from functools import partial
 
 import trio
 
+from monitoring import fastio
 from monitoring.httpserver import Request, Response, serve_http
 from monitoring.lifecycle import Frame, Listener, bind_tcp
 from monitoring.settings import AdminSettings, HttpLimits
@@ -72,7 +73,10 @@ async def open_admin_listener(
     sockets = await bind_tcp(settings.host, settings.port)
 
     async def handle_connection(stream: trio.SocketStream) -> None:
-        peer = stream.socket.getpeername()
+        addresses = fastio.accepted_addresses(stream.socket)
+        if addresses is None:
+            return  # reset before it was served: nothing to answer, nothing to log
+        peer = addresses[0]
         await serve_http(
             stream,
             server.handle,

@@ -27,7 +27,7 @@ import errno
 import os
 import select
 import socket
-from typing import Final
+from typing import Any, Final
 
 import trio
 
@@ -209,6 +209,19 @@ async def accept(listener: trio.SocketListener, *, checkpoint: bool) -> trio.Soc
         if checkpoint:
             await trio.lowlevel.cancel_shielded_checkpoint()
         return trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+
+
+def accepted_addresses(sock: trio.socket.SocketType) -> tuple[Any, Any] | None:
+    """(peer, local) of an accepted connection; None if the client is already gone.
+
+    A client that resets before its connection is served (a TCP health check closing with
+    RST, a port scan) leaves no peer: ``getpeername`` fails with ENOTCONN. That is traffic,
+    not a bug: the handler returns without answering, logging or counting an error.
+    """
+    try:
+        return sock.getpeername(), sock.getsockname()
+    except OSError:
+        return None
 
 
 def readable_now(fileno: int) -> bool:

@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import io
 import re
+import socket
+import struct
 from pathlib import Path
 
 import msgspec
 import pytest
+import trio
 
 from broker.app import BrokerApp
 from broker.cli import SPEC
@@ -95,3 +98,24 @@ async def test_restart_required_is_judged_against_what_is_bound(tmp_path):
             log = daemon.log_output.getvalue()[mark:]  # type: ignore[attr-defined]
             warned.append("config.restart_required daemon=broker section=admin" in log)
         assert warned == [True, True, False]
+
+
+async def test_clients_that_reset_at_once_are_not_handler_errors(tmp_path: Path) -> None:
+    # TCP health checks that close with RST, port scans: the accepted socket has no peer any
+    # more (ENOTCONN); that is traffic, not a bug to log and count.
+    config = BrokerConfig(
+        api=ApiSettings(port=0),
+        admin=AdminSettings(port=0),
+        storage=StorageSettings(data_dir=str(tmp_path)),
+    )
+    async with running(SPEC, config) as daemon:
+        for listener in ("api", "admin"):
+            for _ in range(20):
+                with socket.create_connection(address(daemon, listener)) as sock:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await trio.sleep(0.3)
+        status, _, body = await request(address(daemon, "admin"), "GET", "/metrics")
+        output = daemon.log_output.getvalue()  # type: ignore[attr-defined]
+    assert status == 200
+    assert "handler_failed" not in output
+    assert not re.search(rb"wharf_handler_errors_total\{[^}]*\} [1-9]", body)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import gc
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from broker.store.sqlite_schema import SCHEMA_VERSION
 from monitoring.configfile import ConfigError, load
 from monitoring.lifecycle import Daemon
 from tests.support.http import request
+from tests.support.mutations import inserted
 from tests.support.processes import daemon_process
 from tests.support.tls import write_pair
 
@@ -277,3 +279,32 @@ def test_an_emptied_store_in_a_used_data_directory_stops_the_start(tmp_path):
     assert result.returncode == 1
     assert "the store file is empty, but this data directory was in use" in result.stderr
     assert (data / "wharf.sqlite3").stat().st_size == 0  # left as it was
+
+
+def test_a_store_damaged_past_its_first_pages_is_one_cannot_start_line(tmp_path):
+    # Opening reads only the first pages; the damage shows while the queues load.
+    path = broker_file(tmp_path)
+    data = tmp_path / "data"
+
+    async def fill() -> None:
+        store = SqliteStore(data)
+        await store.open()
+        queue = await store.create_queue("q", QueueSettings(), {}, 0)
+        for start in range(0, 3_000, 100):
+            await store.commit(
+                [inserted(queue.queue_id, start + i + 1, "m" * 80) for i in range(100)]
+            )
+        await store.aclose()
+
+    trio.run(fill)
+    store_file = data / "wharf.sqlite3"
+    pages = store_file.stat().st_size // 4096
+    with store_file.open("r+b") as file:  # four pages of garbage in the middle
+        file.seek(pages // 2 * 4096)
+        file.write(random.Random(7).randbytes(4 * 4096))
+    result = _serve_once(path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("wharf-broker: cannot start: ")
+    assert "wharf.sqlite3: cannot open the store: " in last
