@@ -574,5 +574,10 @@ def _signal_receiver(enabled: bool) -> Iterator[Any]:
     if not enabled:
         yield None
         return
+    # What the receiver restores when it closes, after the drain, and what a signal still
+    # pending then is delivered to: ignored, not the default action (death by signal, exit
+    # 129 or 143: a logrotate SIGHUP or a second SIGTERM would fail a clean stop).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
         yield signals

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import random
@@ -308,3 +309,19 @@ def test_a_store_damaged_past_its_first_pages_is_one_cannot_start_line(tmp_path)
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("wharf-broker: cannot start: ")
     assert "wharf.sqlite3: cannot open the store: " in last
+
+
+async def test_signals_in_the_last_moments_of_a_stop_do_not_change_its_exit_code(tmp_path):
+    # A logrotate SIGHUP, a second SIGTERM: after the drain, until the process is gone.
+    config = tmp_path / "broker.toml"
+    config.write_text("[api]\nport = 0\n[admin]\nport = 0\n")
+    async with daemon_process("broker", config, tmp_path) as daemon:
+        await daemon.wait_log("event=daemon.ready")
+        daemon.signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            while daemon.process.returncode is None:  # noqa: ASYNC110 - the signals are the point
+                with contextlib.suppress(ProcessLookupError):
+                    daemon.signal(signal.SIGHUP)
+                    daemon.signal(signal.SIGTERM)
+                await trio.sleep(0.002)
+    assert daemon.process.returncode == 0
