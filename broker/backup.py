@@ -46,11 +46,11 @@ def backup(data_dir: Path, destination: Path) -> StoreSummary:
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
         raise StoreError(f"{destination}: exists and is not an empty directory")
     destination.mkdir(mode=0o700, parents=True, exist_ok=True)
-    summary = snapshot(data_dir / FILE_NAME, destination / FILE_NAME)
+    # Keys first: a backup stopped half-way must not look whole (a store without its keys).
     for name in KEY_FILES:
         if (data_dir / name).is_file():
             _copy(data_dir / name, destination / name)
-    return summary
+    return snapshot(data_dir / FILE_NAME, destination / FILE_NAME)
 
 
 def restore(data_dir: Path, source: Path, now: float | None = None) -> tuple[StoreSummary, Path]:
@@ -65,6 +65,11 @@ def restore(data_dir: Path, source: Path, now: float | None = None) -> tuple[Sto
         OSError: copying failed (the disk is full, say); the replaced files were put back.
     """
     summary = inspect(source / FILE_NAME)
+    if not (source / RECEIPT_HANDLE_KEY_FILE).is_file():
+        raise StoreError(
+            f"{source}: no {RECEIPT_HANDLE_KEY_FILE}: not a whole backup (with a new key, "
+            "every receipt handle issued before would be refused); take the backup again"
+        )
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = DataDirectoryLock(data_dir)
     lock.acquire()

@@ -73,6 +73,7 @@ async def test_a_restored_topic_keeps_its_deleted_subscription_count(tmp_path: P
         await store.commit([SubscriptionSaved(subscription=subscription(topic_id, name))])
     await store.commit([SubscriptionDeleted(subscription_id=n) for n in ("a", "b")])
     await store.aclose()
+    (old / "receipt-handle.key").write_bytes(b"k" * 32)
     assert backup(old, tmp_path / "backup").subscriptions == 1
     restore(new, tmp_path / "backup", now=0)
     store = SqliteStore(new)
@@ -116,8 +117,29 @@ async def test_restore_changes_nothing_while_the_broker_runs_or_for_a_bad_backup
     with pytest.raises(StoreError, match="no such file"):
         restore(data, tmp_path / "nowhere")
 
+    keyless = tmp_path / "keyless"  # a whole store without its key: say, a copy by hand
+    keyless.mkdir()
+    (keyless / FILE_NAME).write_bytes((copy / FILE_NAME).read_bytes())
+    with pytest.raises(StoreError, match=r"no receipt-handle\.key: not a whole backup"):
+        restore(data, keyless)
+
     assert sorted(p.name for p in data.iterdir()) == before
     assert await bodies_in(data) == ["live"]
+
+
+async def test_a_backup_stopped_half_way_never_holds_a_store_without_its_keys(
+    tmp_path: Path, monkeypatch
+):
+    await make_store(tmp_path / "data", ["a"])
+
+    def interrupted(source: Path, destination: Path) -> None:
+        raise OSError("killed while copying the store")
+
+    monkeypatch.setattr(broker_backup, "snapshot", interrupted)
+    with pytest.raises(OSError):
+        backup(tmp_path / "data", tmp_path / "copy")
+    copied = sorted(p.name for p in (tmp_path / "copy").iterdir())
+    assert copied == sorted(KEY_FILES)  # the keys went first; no store file
 
 
 def test_outside_files_lists_what_the_operator_keeps(tmp_path: Path):
