@@ -362,17 +362,27 @@ class BrokerApp:
             config.auth, credentials_of(config), account_id=running.aws.account_id
         )
         keyring = keyring_of(config)
-        if self.tls is not None and config.api.tls.enabled:
-            self.tls.reload(config.api.tls)  # the last step that can fail
+        tls = self.tls
+        before = (self.authenticator, self.sealer.keyring, self.config)
+        before_tls = None if tls is None else (tls.settings, tls.context)
+        if tls is not None and config.api.tls.enabled:
+            tls.reload(config.api.tls)
         elif config.api.tls.enabled:
             server_context(config.api.tls)  # applies at the restart; refuse a bad file now
-        self.authenticator = authenticator
-        if self.frontend is not None:
-            self.frontend.authenticator = self.authenticator
-        self.sealer.replace(keyring)
-        if self.disk is not None:
-            self.disk.min_free_bytes = config.storage.min_free_bytes
-            self.disk.measure()
+        self._switch(authenticator, keyring, config)
+        if self.registry is not None and self.directory is not None and steps is not None:
+            try:
+                # Last: queues declared with a key only the new key file has need it.
+                await declarations.apply(self.registry, steps, file, self.frame.log)
+            except BaseException:
+                # Refused after all (the API changed a queue the plan relied on): the
+                # running configuration again, as a refusal promises. Queues created before
+                # the failure stay; the next reload of a good file finds them declared.
+                self._switch(*before)
+                if tls is not None and before_tls is not None:
+                    tls.settings, tls.context = before_tls
+                raise
+            declarations.note_undeclared(self.directory / DECLARED_FILE, config, self.frame.log)
         if _needs_restart(running, config):
             self.frame.log.warning("config.restart_required", section="api/storage")
         if config.aws != running.aws:
@@ -381,10 +391,19 @@ class BrokerApp:
             self.frame.log.warning("config.restart_required", section="sns")
         if config.sqs != running.sqs:
             self.frame.log.warning("config.restart_required", section="sqs")
+
+    def _switch(
+        self, authenticator: Authenticator, keyring: KeyRing | None, config: BrokerConfig
+    ) -> None:
+        """Serve with these credentials, keys and settings from now on."""
+        self.authenticator = authenticator
+        if self.frontend is not None:
+            self.frontend.authenticator = authenticator
+        self.sealer.replace(keyring)
         self.config = config
-        if self.registry is not None and self.directory is not None and steps is not None:
-            await declarations.apply(self.registry, steps, file, self.frame.log)
-            declarations.note_undeclared(self.directory / DECLARED_FILE, config, self.frame.log)
+        if self.disk is not None:
+            self.disk.min_free_bytes = config.storage.min_free_bytes
+            self.disk.measure()
 
 
 def build(config: BrokerConfig, frame: Frame) -> BrokerApp:

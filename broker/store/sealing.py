@@ -210,6 +210,11 @@ class Sealer:
         """Tell whether a key file is loaded."""
         return self._keyring is not None
 
+    @property
+    def keyring(self) -> KeyRing | None:
+        """The keys in use (None: no key file)."""
+        return self._keyring
+
     def replace(self, keyring: KeyRing | None) -> None:
         """Use new keys from now on (SIGHUP); values sealed earlier open while listed."""
         with self._lock:

@@ -10,6 +10,7 @@ import msgspec
 import pytest
 import trio
 
+from broker import declarations
 from broker.app import BrokerApp
 from broker.cli import SPEC
 from broker.config import ApiSettings, AuthSettings, AwsIdentity, BrokerConfig, StorageSettings
@@ -119,3 +120,32 @@ async def test_clients_that_reset_at_once_are_not_handler_errors(tmp_path: Path)
     assert status == 200
     assert "handler_failed" not in output
     assert not re.search(rb"wharf_handler_errors_total\{[^}]*\} [1-9]", body)
+
+
+async def test_a_reload_refused_while_declaring_queues_leaves_the_running_config(
+    tmp_path, monkeypatch
+):
+    # The plan passed, then the API changed a queue it relied on: the declarations fail
+    # last, and what was switched before them is switched back (credentials included).
+    config = BrokerConfig(
+        api=ApiSettings(port=0),
+        admin=AdminSettings(port=0),
+        storage=StorageSettings(data_dir=str(tmp_path / "data")),
+    )
+    async with running(SPEC, config) as daemon:
+        app = daemon.app
+        authenticator = app.authenticator
+        signed = msgspec.structs.replace(_signed_only(tmp_path, "127.0.0.1"), api=config.api)
+
+        async def fails(*args: object) -> None:
+            raise ConfigError("broker.toml", "dead-letter target vanished - at `$.queues[0]`")
+
+        monkeypatch.setattr(declarations, "apply", fails)
+        with pytest.raises(ConfigError, match="vanished"):
+            await app.reload(signed)
+        assert app.config is config
+        assert app.authenticator is authenticator
+        assert app.frontend is not None
+        assert app.frontend.authenticator is authenticator
+        status, _, _ = await request(address(daemon, "api"), "GET", "/?Action=ListQueues")
+        assert status == 200  # still anonymous, as the running file says
