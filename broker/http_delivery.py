@@ -239,13 +239,7 @@ class HttpDeliveries:
         self._failing.discard(subscription_id)
         lane = self._lanes.get(subscription_id)
         if lane is not None:
-            for item in list(lane.items.values()):
-                if item.message_type != "Notification":
-                    continue
-                if item.in_flight:
-                    item.forgotten = True
-                else:
-                    self._remove(lane, item)
+            self._take(lane, "Notification")
             if not lane.items and not lane.running:
                 del self._lanes[subscription_id]
 
@@ -259,16 +253,22 @@ class HttpDeliveries:
         lane = self._lanes.get(subscription_id)
         if lane is None:
             return []
-        finished = []
+        taken = self._take(lane, "SubscriptionConfirmation")
+        return [HttpDeliveryFinished(delivery_id=item.delivery_id) for item in taken]
+
+    def _take(self, lane: _Lane, message_type: MessageType) -> list[_Item]:
+        """Take a lane's deliveries of one type out of it; those in flight end with their
+        attempt (marked forgotten), the others now: returned."""
+        taken = []
         for item in list(lane.items.values()):
-            if item.message_type != "SubscriptionConfirmation":
+            if item.message_type != message_type:
                 continue
             if item.in_flight:
                 item.forgotten = True
             else:
-                finished.append(HttpDeliveryFinished(delivery_id=item.delivery_id))
                 self._remove(lane, item)
-        return finished
+                taken.append(item)
+        return taken
 
     def forget_topic(self, topic_id: int) -> None:
         """DeleteTopic: every pending delivery of the topic is gone (called after the delete)."""
