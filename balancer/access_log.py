@@ -17,18 +17,30 @@ hostile user agent can neither end a field nor start a new line.
 
 Off by default (``access_log.enabled``). Lines are buffered and flushed by the app's
 timer and at shutdown rather than per request, so the log costs a write syscall per batch.
+
+A write that fails (a full disk: ENOSPC; a file system gone read-only) loses the lines it
+held but never fails a request. It is counted per destination (:meth:`AccessLogs.statistics`,
+exported as ``wharf_balancer_access_log_write_errors_total``) and logged as
+``access_log.write_failed``, at most once a minute per destination: a full disk fails every
+flush, once a second.
 """
 
 from __future__ import annotations
 
 import datetime
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Final
 
 from balancer.config import AccessLog
+from monitoring.logging import EventLog
 
 UNKNOWN: Final = "-"
+# At most one access_log.write_failed warning per destination in this many seconds; the
+# counter counts every failure.
+WRITE_FAILED_WARNING_SECONDS: Final = 60.0
 _ESCAPES: Final = {i: f"\\x{i:02x}" for i in (*range(0x20), 0x7F)} | {
     ord('"'): '\\"',
     ord("\\"): "\\\\",
@@ -132,11 +144,24 @@ def _address(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-class AccessLogWriter:
-    """Buffered lines to one destination (``stderr`` or an absolute file path)."""
+# Told of each failed write or flush: the destination and the error.
+FailureHandler = Callable[[str, OSError | ValueError], None]
 
-    def __init__(self, destination: str) -> None:
+
+class AccessLogWriter:
+    """Buffered lines to one destination (``stderr`` or an absolute file path).
+
+    Args:
+        destination: ``stderr`` or the file's path (opened for appending).
+        on_failure: told of every write or flush that failed (the lines it held are lost).
+
+    Raises:
+        OSError: the file cannot be opened.
+    """
+
+    def __init__(self, destination: str, on_failure: FailureHandler | None = None) -> None:
         self.destination = destination
+        self._on_failure = on_failure
         self._stream: IO[str]
         if destination == "stderr":
             self._stream = sys.stderr
@@ -148,14 +173,18 @@ class AccessLogWriter:
     def write(self, entry: AccessEntry) -> None:
         try:
             self._stream.write(format_entry(entry) + "\n")
-        except (OSError, ValueError):
-            pass  # a full disk must not fail requests; the daemon log says why elsewhere
+        except (OSError, ValueError) as exc:  # a full disk must not fail requests
+            self._failed(exc)
 
     def flush(self) -> None:
         try:
             self._stream.flush()
-        except (OSError, ValueError):
-            pass
+        except (OSError, ValueError) as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: OSError | ValueError) -> None:
+        if self._on_failure is not None:
+            self._on_failure(self.destination, exc)
 
     def reopen(self) -> None:
         """Write to a fresh open of the path from now on (logrotate moved the file away).
@@ -166,21 +195,40 @@ class AccessLogWriter:
         if not self._owned:
             return
         fresh = open(self.destination, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
-        self.flush()
         stale, self._stream = self._stream, fresh
-        stale.close()
+        self._close(stale)
 
     def close(self) -> None:
-        self.flush()
         if self._owned:
-            self._stream.close()
+            self._close(self._stream)
+        else:
+            self.flush()
+
+    def _close(self, stream: IO[str]) -> None:
+        try:
+            stream.close()  # flushes first; the file is closed even when that fails
+        except (OSError, ValueError) as exc:
+            self._failed(exc)
 
 
 class AccessLogs:
-    """One writer per destination, shared by the listeners that log there."""
+    """One writer per destination, shared by the listeners that log there.
 
-    def __init__(self) -> None:
+    Args:
+        log: where failed writes are reported (``access_log.write_failed``, rate-limited).
+        clock: monotonic seconds, for the rate limit.
+    """
+
+    def __init__(
+        self, log: EventLog | None = None, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._writers: dict[str, AccessLogWriter] = {}
+        self._log = log
+        self._clock = clock
+        # Per destination ever opened: failed writes and flushes (kept when a reload drops
+        # the destination: a counter never goes backwards).
+        self._write_errors: dict[str, int] = {}
+        self._warned_at: dict[str, float] = {}
 
     def get(self, settings: AccessLog) -> AccessLogWriter | None:
         """The writer for a listener's settings, or None when its log is off.
@@ -192,21 +240,43 @@ class AccessLogs:
             return None
         writer = self._writers.get(settings.destination)
         if writer is None:
-            writer = self._writers[settings.destination] = AccessLogWriter(settings.destination)
+            writer = AccessLogWriter(settings.destination, self._write_failed)
+            self._writers[settings.destination] = writer
+            self._write_errors.setdefault(settings.destination, 0)
         return writer
 
-    def reopen(self, settings: AccessLog) -> AccessLogWriter | None:
-        """Like :meth:`get`, but a writer open already reopens its file (a reload's job,
-        so that ``mv`` and SIGHUP rotate the log, as with nginx's USR1).
+    def reopen_all(self) -> dict[str, OSError]:
+        """Open every file again (logrotate moved them away: ``mv`` and SIGHUP rotate the
+        log, as nginx's reopen does).
 
-        Raises:
-            OSError: the file cannot be opened.
+        Returns:
+            The destinations that could not be opened, with the error; their writers keep
+            their open file.
         """
-        writer = self._writers.get(settings.destination) if settings.enabled else None
-        if writer is None:
-            return self.get(settings)
-        writer.reopen()
-        return writer
+        failed: dict[str, OSError] = {}
+        for destination, writer in self._writers.items():
+            try:
+                writer.reopen()
+            except OSError as exc:
+                failed[destination] = exc
+        return failed
+
+    def statistics(self) -> dict[str, int]:
+        """Failed writes and flushes per destination opened since start (from 0)."""
+        return dict(self._write_errors)
+
+    def _write_failed(self, destination: str, exc: OSError | ValueError) -> None:
+        errors = self._write_errors[destination] = self._write_errors.get(destination, 0) + 1
+        now = self._clock()
+        last = self._warned_at.get(destination)
+        if last is not None and now - last < WRITE_FAILED_WARNING_SECONDS:
+            return
+        self._warned_at[destination] = now
+        if self._log is not None:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self._log.warning(
+                "access_log.write_failed", destination=destination, error=reason, errors=errors
+            )
 
     def flush(self) -> None:
         for writer in self._writers.values():

@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 import trio
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from balancer.access_log import AccessLogs
 from balancer.checker import HealthChecker
@@ -50,7 +50,7 @@ from balancer.health import TargetState
 from balancer.listeners.cutoffs import DrainCutoffs
 from balancer.listeners.exchange import ClientInfo, ListenerServices
 from balancer.listeners.http import REJECT_HEADROOM, HttpListenerHandler
-from balancer.listeners.http_metrics import HttpStats
+from balancer.listeners.http_metrics import PREFIX, HttpStats
 from balancer.peers import (
     admin_settings,
     check_workers,
@@ -102,22 +102,25 @@ def read_keys(config: BalancerConfig) -> list[bytes]:
     return keys
 
 
-def open_access_logs(logs: AccessLogs, config: BalancerConfig, *, reopen: bool = False) -> None:
-    """Open every access log file ``config`` names that ``logs`` has not open yet, and with
-    ``reopen`` (a reload) open again those it has (logrotate moved them away).
+def open_access_logs(
+    logs: AccessLogs, config: BalancerConfig, *, unopenable: Mapping[str, OSError] | None = None
+) -> None:
+    """Open every access log file ``config`` names that ``logs`` has not open yet.
+
+    Args:
+        unopenable: destinations open already whose reopen failed just now (a reload's
+            :meth:`AccessLogs.reopen_all`): ``config`` may not keep one of them.
 
     Raises:
         ConfigError: one cannot be opened; it names the file, the key and the reason.
     """
-    reopened: set[str] = set()
+    failed = unopenable or {}
     for i, listener in enumerate(config.listeners):
         settings = listener.access_log
         try:
-            if reopen and settings.destination not in reopened:
-                logs.reopen(settings)
-                reopened.add(settings.destination)
-            else:
-                logs.get(settings)
+            if settings.enabled and settings.destination in failed:
+                raise failed[settings.destination]
+            logs.get(settings)
         except OSError as exc:
             raise ConfigError(
                 settings.destination,
@@ -154,6 +157,9 @@ class BalancerApp:
 
     def __init__(self, config: BalancerConfig, frame: Frame) -> None:
         self.config = config
+        # workers > 1 (balancer.workers): this process is one of several sharing listeners
+        # (its log says which: balancer.cli binds worker=<index>).
+        self.worker = current_worker()
         self.frame = frame
         self.admin = AdminServer(frame)
         keys, tls = _compile_inputs(config)
@@ -169,14 +175,15 @@ class BalancerApp:
         self.cutoffs = DrainCutoffs()  # shared by the listeners, told by the runtime
         self.runtime.observers.append(self.cutoffs.on_events)
         self.stats = HttpStats()
-        self.access_logs = AccessLogs()
+        self.access_logs = AccessLogs(frame.log)
+        self._unopenable: dict[str, OSError] = {}  # the last reopen's failures
+        frame.on_reload_attempt.append(self.reopen_access_logs)
         self.checker = HealthChecker(self.runtime, frame.log, frame.metrics)
         self.tls_metrics = TlsMetrics(
             frame.metrics, frame.log, lambda: list(self.runtime.current.tls.values())
         )
         frame.metrics.register_collector(self._collect_http)
-        # workers > 1 (balancer.workers): this process is one of several sharing listeners.
-        self.worker = current_worker()
+        frame.metrics.register_collector(self._collect_access_logs)
         self.supervisor_pid = supervisor_pid()
         # Targets registered through the admin API, applied on top of the file at every reload
         # and kept in the state file (written by this process alone: one worker owns it).
@@ -240,6 +247,16 @@ class BalancerApp:
         for name in self.runtime.current.groups:  # every group's series, from 0
             self.stats.group_known(name)
         return self.stats.collect()
+
+    def _collect_access_logs(self) -> Iterable[Metric]:
+        errors = CounterMetricFamily(
+            PREFIX + "access_log_write_errors",
+            "Access log writes and flushes that failed (a full disk); their lines are lost.",
+            labels=["destination"],
+        )
+        for destination, count in sorted(self.access_logs.statistics().items()):
+            errors.add_metric([destination], count)
+        return [errors]
 
     @property
     def _reuse_port(self) -> bool:
@@ -335,14 +352,34 @@ class BalancerApp:
             self.pools.prune(trio.current_time())
             self.access_logs.flush()
 
+    def reopen_access_logs(self) -> dict[str, OSError]:
+        """Open the running configuration's access log files again (logrotate's ``mv`` then
+        SIGHUP, as nginx's reopen), whatever becomes of the new file. One that cannot be
+        opened is logged (``access_log.reopen_failed``) and keeps its open file.
+
+        Returns:
+            Those that could not be opened, by destination.
+        """
+        failed = self.access_logs.reopen_all()
+        for destination, exc in failed.items():
+            reason = exc.strerror or str(exc)
+            self.frame.log.error("access_log.reopen_failed", destination=destination, error=reason)
+        self._unopenable = failed  # the reload's new file may not keep these
+        return failed
+
     async def reload(self, config: BalancerConfig) -> None:
-        """Swap in a new generation, or raise ConfigError with the old one serving."""
+        """Swap in a new generation, or raise ConfigError with the old one serving.
+
+        The access logs were reopened when the reload began (``Frame.on_reload_attempt``),
+        before the file was read: a reload refused, for any reason, still rotates them.
+        """
+        unopenable, self._unopenable = self._unopenable, {}
         if self.frame.draining.started:
             raise ConfigError(self._config_file, "the balancer is stopping")
         if self.worker is not None:  # a new listener needs a fixed port here too
             check_workers(config, self._config_file)
         keys, tls = _compile_inputs(config)
-        open_access_logs(self.access_logs, config, reopen=True)  # rotated ones open anew
+        open_access_logs(self.access_logs, config, unopenable=unopenable)  # the new ones
         try:
             snapshot = self.runtime.compile(config, keys, tls)
         except ValueError as exc:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from balancer.app import build, read_keys
 from balancer.config import BalancerConfig
-from balancer.peers import check_workers
+from balancer.peers import check_workers, current_worker
 from balancer.runtime import Runtime
 from balancer.tls import build_all
 from balancer.workers import supervise_from_argv
@@ -52,7 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     supervised = supervise_from_argv(argv)
     if supervised is not None:
         return supervised
-    return run_cli(SPEC, argv, check=check_files)
+    # A worker's lines interleave with its siblings' in one journal: each says who wrote it
+    # (the supervisor's say role=supervisor).
+    worker = current_worker()
+    fields = {} if worker is None else {"worker": worker.index}
+    return run_cli(SPEC, argv, check=check_files, log_fields=fields)
 
 
 if __name__ == "__main__":

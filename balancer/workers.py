@@ -12,9 +12,12 @@ its index in the environment (:mod:`balancer.peers` is the children's side), and
   (``NotifyAccess=main``): READY=1 once every worker has reported ready, RELOADING=1 and
   READY=1 around a reload (after every worker has reported back, or a timeout), STOPPING=1,
   and the watchdog pings. The children's own watchdog variables are removed.
-- **Signals.** SIGHUP and SIGTERM/SIGINT are forwarded to every worker. After SIGTERM the
-  supervisor waits for the workers to drain (their ``grace_period_seconds``, plus a margin)
-  and kills what is left, then exits 0.
+- **Signals.** SIGTERM/SIGINT are forwarded to every worker. After SIGTERM the supervisor
+  waits for the workers to drain (their ``grace_period_seconds``, plus a margin) and kills
+  what is left, then exits 0. SIGHUP goes to every worker that has reported ready since its
+  process started; one still starting (at the supervisor's start, or a replacement after a
+  crash) has no signal handling yet, and SIGHUP's default action would kill it, so it gets
+  the SIGHUP once it reports ready (it may have read the file before the change).
 - **Start failures.** Until every worker has reported ready, a worker process that exits
   before it reported ready cannot start (a certificate file missing, an address in use): the
   supervisor does not restart it but logs ``event=daemon.start_failed`` with the worker's
@@ -82,6 +85,7 @@ class _Worker:
         self.socket_path = socket_path
         self.process: trio.Process | None = None
         self.ready = 0  # READY=1 messages received since the supervisor started
+        self.ready_at_start = 0  # ``ready`` when the current process started
         self.status = ""
         self._changed = trio.Event()
         self._socket: socket.socket | None = None
@@ -130,6 +134,12 @@ class _Worker:
                 self.status = value
         self._changed.set()
         self._changed = trio.Event()
+
+    @property
+    def serving(self) -> bool:
+        """Its current process has reported ready: it handles signals (a worker installs its
+        signal handling before it sends READY=1; until then SIGHUP's default action kills)."""
+        return self.process is not None and self.ready > self.ready_at_start
 
     def exited(self) -> None:
         self.process = None
@@ -285,7 +295,7 @@ class Supervisor:
                     continue
                 worker.process = process
                 worker.status = ""  # a reason it gives is its own, not its predecessor's
-                ready_before = worker.ready
+                worker.ready_at_start = worker.ready
                 self.log.info("worker.started", index=worker.index, pid=process.pid)
                 if self.stopping.is_set():  # the stop began while it was starting
                     process.send_signal(signal.SIGTERM)
@@ -295,7 +305,7 @@ class Supervisor:
                 if self.stopping.is_set():
                     self.log.info("worker.stopped", index=worker.index, pid=process.pid, code=code)
                     return
-                if worker.ready == ready_before and not self.ready_announced:
+                if worker.ready == worker.ready_at_start and not self.ready_announced:
                     self._cannot_start(worker, process.pid, code)
                     return
                 backoff = next_backoff(backoff, trio.current_time() - started)
@@ -329,20 +339,49 @@ class Supervisor:
             await trio.sleep(interval)
 
     async def reload(self) -> None:
-        """Forward SIGHUP; READY=1 once every worker has reported back (or after a wait)."""
+        """Forward SIGHUP to every worker, those still starting once they are ready; READY=1
+        once every worker has reported back (or after a wait).
+
+        During the start (before the supervisor's READY=1) nothing is said to systemd:
+        ``_announce_ready`` sends READY=1 when every worker is ready.
+        """
         async with self._reload_lock:
-            self.notifier.reloading(time.monotonic_ns() // 1000)
-            waiting = [(w, w.ready) for w in self.workers if w.process is not None]
-            for worker, _ in waiting:
-                if worker.process is not None:
-                    worker.process.send_signal(signal.SIGHUP)
-            self.log.info("supervisor.reload", workers=len(waiting))
+            announce = self.ready_announced
+            if announce:
+                self.notifier.reloading(time.monotonic_ns() // 1000)
+            for worker in self.workers:
+                worker.drain()  # a READY=1 already sent counts: that worker can take SIGHUP
+            running = [w for w in self.workers if w.process is not None]
+            starting = sum(not w.serving for w in running)
+            self.log.info("supervisor.reload", workers=len(running), starting=starting)
+            signalled: list[_Worker] = []
             with trio.move_on_after(RELOAD_WAIT_SECONDS):
-                for worker, before in waiting:
-                    await worker.wait_ready(before)
+                async with trio.open_nursery() as nursery:
+                    for worker in running:
+                        nursery.start_soon(self._reload_worker, worker, signalled)
             self._warn_if_restart_needed()
-            refused = [w.status for w, _ in waiting if w.status.startswith("reload refused")]
-            self.notifier.ready(status=refused[0] if refused else "serving")
+            refused = [w.status for w in signalled if w.status.startswith("reload refused")]
+            if announce:
+                self.notifier.ready(status=refused[0] if refused else "serving")
+            elif refused and self.ready_announced:
+                self.notifier.status(refused[0])
+
+    async def _reload_worker(self, worker: _Worker, signalled: list[_Worker]) -> None:
+        """SIGHUP to ``worker``'s process once it is ready, then until it has reported back."""
+        process = worker.process
+        if process is None:
+            return
+        if not worker.serving:
+            # Still starting: no signal handling yet. It may have read the file before the
+            # change, so it reloads once ready; if it exits first, its replacement reads the
+            # file anew.
+            await worker.wait_ready(worker.ready_at_start)
+            if worker.process is not process or not worker.serving:
+                return
+        before = worker.ready
+        process.send_signal(signal.SIGHUP)
+        signalled.append(worker)
+        await worker.wait_ready(before)
 
     def _warn_if_restart_needed(self) -> None:
         try:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,12 +60,15 @@ def main(
     argv: Sequence[str] | None = None,
     commands: Sequence[Command] = (),
     check: FileCheck | None = None,
+    log_fields: Mapping[str, object] | None = None,
 ) -> int:
     """Run the CLI of the daemon ``spec`` describes; returns the process exit code.
 
     Args:
         commands: the daemon's own commands.
         check: what ``check-config`` runs on a file that decoded (see :data:`FileCheck`).
+        log_fields: added to every event the daemon logs (a balancer worker's index: its
+            lines share one journal with its siblings').
     """
     parser = argparse.ArgumentParser(prog=f"wharf-{spec.name}")
     parser.add_argument("--version", action="version", version=f"%(prog)s {spec.version}")
@@ -107,14 +110,13 @@ def main(
         if command.name == args.command:
             return command.run(args, config)
     notifier = Notifier.from_environ()
+    log = EventLog(spec.name, level=config.logging.level).bind(**(log_fields or {}))
     try:
         # Building the app reads the files the config names (credentials, keys).
-        daemon = Daemon(spec, config, config_path=config_path, notifier=notifier)
+        daemon = Daemon(spec, config, config_path=config_path, notifier=notifier, log=log)
     except ConfigError as exc:
         # Daemon.run logs its own start failures; this one came before it could.
-        EventLog(spec.name, level=config.logging.level).error(
-            "daemon.start_failed", reason=str(exc)
-        )
+        log.error("daemon.start_failed", reason=str(exc))
         return _cannot_start(spec, notifier, str(exc))
     try:
         trio.run(_serve, daemon)

@@ -180,6 +180,9 @@ class Frame:
     fail: Callable[[str], None] | None = None
     # Set by the Daemon: the configuration file (None: embedded defaults), for the app's errors.
     config_path: Path | None = None
+    # Called at every reload, before the file is read: what a SIGHUP must do even when the new
+    # file is refused (the balancer reopens its access logs for logrotate, as nginx does).
+    on_reload_attempt: list[Callable[[], object]] = field(default_factory=list)
     _stop_deadline: float = math.inf
     _nursery: trio.Nursery | None = None
     _stopped: trio.Event = field(default_factory=trio.Event)
@@ -547,6 +550,11 @@ class Daemon(Generic[C]):
 
     async def _reload(self) -> str | None:
         self.notifier.reloading(time.monotonic_ns() // 1000)
+        for attempt in self.frame.on_reload_attempt:
+            try:
+                attempt()
+            except Exception as exc:  # a bug in the hook must not stop the reload
+                self.log.exception("config.reload_hook_failed", exc)
         path = self.config_path
         try:
             if path is None:

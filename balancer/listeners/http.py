@@ -15,8 +15,10 @@ The TLS shell hands its decrypted stream to :meth:`HttpListenerHandler.serve`.
 What the client sees from the balancer itself: 400 for a malformed or refused (desync)
 request, then close; 408 when the head or body does not arrive in time; 400 for a
 request line, head or header count over the limits; 502/503/504 from the forward path;
-463 (ALB's) when a trusted proxy's X-Forwarded-For lists more than 30 addresses; and a
-silent close when the client idles out. A client that goes away before its response is
+463 (ALB's) when a trusted proxy's X-Forwarded-For lists more than 30 addresses; 502
+(``Draining``) to a request still in flight when a drain's grace period ends (SIGTERM, or
+its listener removed by a reload: the frame cancels the connection); and a silent close
+when the client idles out. A client that goes away before its response is
 logged with ALB's 460. Every desync refusal is logged at info (``http.desync_refused``)
 with its classification, whether h11 or :mod:`proto.http1` refused it.
 """
@@ -71,6 +73,9 @@ MAX_DISCARD_BYTES: Final = 1 << 20
 # so an overloaded listener says so instead of leaving clients in the backlog.
 REJECT_HEADROOM: Final = 64
 WRITE_TIMEOUT_SECONDS: Final = 10.0  # bound on writing the balancer's own short answers
+# Bound on writing the 502 of a request cut when a drain's grace period ends: the stop is
+# waiting (a client that reads nothing must not hold it up).
+CUT_ANSWER_SECONDS: Final = 1.0
 # What a request cycle leaves the connection to do: serve the next request, drop the rest
 # of this one's body first, or close.
 _NEXT: Final = 0
@@ -170,6 +175,18 @@ class _Connection:
         self.served = 0
 
     async def run(self) -> None:
+        try:
+            await self._serve()
+        except trio.Cancelled:
+            # The frame cancels every connection left when a drain's grace period ends
+            # (SIGTERM, or this listener removed by a reload): a request still in flight is
+            # answered, logged and counted as cut, then the cancellation goes on.
+            ex = self.ex
+            if ex is not None and self.services.draining.started:
+                await self._cut_by_drain(ex)
+            raise
+
+    async def _serve(self) -> None:
         client = self.client  # client.conn is replaced when empty lines are skipped
         while True:
             scope = trio.CancelScope()
@@ -536,6 +553,23 @@ class _Connection:
             ex.error_reason = "TargetResponseTimeout"
             await self._answer(ex, 504, b"target response timeout\n")
 
+    async def _cut_by_drain(self, ex: Exchange) -> None:
+        """``ex`` was in flight when its listener's grace period ended: as a deregistration
+        cut (``TargetDeregistered``), a 502 if no response had begun (written in a shielded,
+        short try: the cancellation is under way), logged with ``Draining``."""
+        ex.close_after = True
+        if not ex.cut_off:  # else its target's deregistration delay ended first
+            ex.error_reason = "Draining"
+        if not ex.response_started:
+            with trio.move_on_after(CUT_ANSWER_SECONDS, shield=True):
+                try:
+                    await respond(self.client, ex, 502, b"bad gateway\n", close=True)
+                except ClientGone:
+                    pass
+            ex.status = ex.status or 502  # the client got it, or nothing (as ALB logs 502)
+        self.served += 1
+        self._finish(ex)
+
     async def _redirect(self, ex: Exchange, action: Redirect, view: RequestView) -> None:
         location = render_redirect(
             action, view, protocol=ex.listener.protocol, port=self.client.info.local_port
@@ -581,6 +615,7 @@ class _Connection:
     # Accounting ----------------------------------------------------------------------------
 
     def _finish(self, ex: Exchange) -> None:
+        self.ex = None  # booked: a drain's cut (run) must not book it again
         services, client = self.services, self.client
         name = services.name
         group = ex.group or "-"

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import io
 import shlex
 
 from balancer.access_log import (
+    WRITE_FAILED_WARNING_SECONDS,
     AccessEntry,
     AccessLogs,
     AccessLogWriter,
@@ -11,6 +13,7 @@ from balancer.access_log import (
     quote,
 )
 from balancer.config import AccessLog
+from monitoring.logging import EventLog
 
 ENTRY = AccessEntry(
     time=1530570180.186641,
@@ -96,3 +99,51 @@ def test_writers_append_lines_and_are_shared_per_destination(tmp_path):
     logs.close()
     stderr = AccessLogWriter("stderr")
     stderr.close()  # never closes the process's stderr
+
+
+def test_failed_writes_are_counted_and_warned_about_once_a_minute(tmp_path):
+    """A full disk (ENOSPC: /dev/full) lost lines without a word or a number anywhere."""
+    now = [1000.0]
+    output = io.StringIO()
+    logs = AccessLogs(EventLog("balancer", stream=output), clock=lambda: now[0])
+    good = tmp_path / "a.log"
+    assert logs.get(AccessLog(enabled=True, destination=str(good))) is not None
+    full = logs.get(AccessLog(enabled=True, destination="/dev/full"))
+    assert full is not None
+    assert logs.statistics() == {"/dev/full": 0, str(good): 0}  # every series from 0
+
+    def warnings() -> list[str]:
+        return [line for line in output.getvalue().splitlines() if "write_failed" in line]
+
+    full.write(ENTRY)
+    logs.flush()  # the buffered line meets the full disk
+    assert logs.statistics() == {"/dev/full": 1, str(good): 0}
+    (warning,) = warnings()
+    assert "level=warning event=access_log.write_failed" in warning
+    assert 'destination=/dev/full error="No space left on device" errors=1' in warning
+    for _ in range(3):
+        full.write(ENTRY)
+        logs.flush()
+    assert logs.statistics()["/dev/full"] == 4
+    assert len(warnings()) == 1  # within the minute: counted, not logged
+    now[0] += WRITE_FAILED_WARNING_SECONDS
+    logs.flush()  # the lines kept from the last failure fail again
+    assert logs.statistics()["/dev/full"] == 5
+    assert len(warnings()) == 2
+    assert "errors=5" in warnings()[-1]
+    logs.retain({str(good)})  # its close fails too: counted, never raised
+    assert logs.statistics()["/dev/full"] == 6  # kept when the destination goes
+    logs.close()
+    assert good.read_text() == ""
+
+
+def test_a_reopen_on_a_full_disk_is_no_open_failure():
+    """The old file's last flush failing is a lost write, not a file that cannot be opened
+    (which refuses a reload)."""
+    logs = AccessLogs()
+    full = logs.get(AccessLog(enabled=True, destination="/dev/full"))
+    assert full is not None
+    full.write(ENTRY)
+    assert logs.reopen_all() == {}
+    assert logs.statistics() == {"/dev/full": 1}
+    logs.close()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import socket
 
 import h11
@@ -19,6 +20,10 @@ async def test_serves_its_admin_listener_and_takes_a_new_config():
     config = BalancerConfig(admin=AdminSettings(port=0))
     async with running(SPEC, config) as daemon:
         assert (await request(address(daemon, "admin"), target="/readyz"))[0] == 200
+        # One process (workers = 1, no supervisor): its lines name no worker.
+        log = daemon.log_output.getvalue()  # type: ignore[attr-defined]
+        assert "event=listener.bound daemon=balancer name=admin" in log
+        assert "worker=" not in log
         new = BalancerConfig(admin=config.admin, logging=LoggingSettings(level="error"))
         await daemon.app.reload(new)
         assert daemon.app.config is new
@@ -351,3 +356,28 @@ async def test_a_start_whose_access_log_cannot_be_opened_names_the_file_and_key(
     assert str(tmp_path) in message
     assert "cannot open the access log of listener 'front'" in message
     assert "$.listeners[0].access_log.destination" in message
+
+
+async def test_access_log_write_errors_are_counted_on_metrics_from_0():
+    """A full disk (ENOSPC, here /dev/full) dropped access log lines silently."""
+    from balancer.config import AccessLog
+
+    listener = HttpListener(
+        name="front",
+        port=0,
+        default_action=FixedResponse(status_code=200),
+        access_log=AccessLog(enabled=True, destination="/dev/full"),
+    )
+    config = BalancerConfig(admin=AdminSettings(port=0), listeners=[listener])
+    series = b'wharf_balancer_access_log_write_errors_total{destination="/dev/full"}'
+    async with running(SPEC, config) as daemon:
+        _, _, metrics = await request(address(daemon, "admin"), target="/metrics")
+        assert series + b" 0.0" in metrics
+        assert (await request(address(daemon, "front"), target="/"))[0] == 200
+        daemon.app.access_logs.flush()  # the housekeeping timer may have tried already
+        _, _, metrics = await request(address(daemon, "admin"), target="/metrics")
+        counted = re.search(re.escape(series) + rb" ([0-9.]+)", metrics)
+        assert counted is not None
+        assert float(counted[1]) >= 1
+        log = daemon.log_output.getvalue()  # type: ignore[attr-defined]
+        assert "event=access_log.write_failed daemon=balancer destination=/dev/full" in log

@@ -165,14 +165,9 @@ async def test_a_reload_with_an_unusable_key_file_is_refused_naming_it(tmp_path)
             rule_set(path, "blue", 1, 2)
 
 
-async def test_a_reload_reopens_the_access_log_so_logrotate_works(tmp_path):
-    """mv access.log access.log.1, then SIGHUP: new lines go to a new access.log (as nginx's
-    USR1), not on into the moved file (the README: reopened on SIGHUP)."""
-    log = tmp_path / "access.log"
-    path = tmp_path / "balancer.toml"
-
-    def write(port: int) -> None:
-        path.write_text(f"""
+def logged_config(path: Path, log: Path, port: int, extra: str = "") -> None:
+    """One listener answering 200, its access log in ``log``."""
+    path.write_text(f"""
 [admin]
 port = 0
 [[listeners]]
@@ -182,17 +177,28 @@ host = "127.0.0.1"
 port = {port}
 access_log = {{ enabled = true, destination = "{log}" }}
 default_action = {{ type = "fixed_response", status_code = 200, message_body = "hi" }}
-""")
+{extra}""")
 
-    async def one_request(port: int) -> None:
-        stream = await trio.open_tcp_stream("127.0.0.1", port)
-        async with stream:
-            await KeepAliveClient(stream).get("/")
 
-    write(0)
+async def one_request(port: int) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await KeepAliveClient(stream).get("/")
+
+
+def lines(path: Path) -> int:
+    return len(path.read_text().splitlines())
+
+
+async def test_a_reload_reopens_the_access_log_so_logrotate_works(tmp_path):
+    """mv access.log access.log.1, then SIGHUP: new lines go to a new access.log (as nginx's
+    USR1), not on into the moved file (the README: reopened on SIGHUP)."""
+    log = tmp_path / "access.log"
+    path = tmp_path / "balancer.toml"
+    logged_config(path, log, 0)
     async with balancer(path) as daemon:
         port = address(daemon, "web")[1]
-        write(port)
+        logged_config(path, log, port)
         await one_request(port)
         rotated = tmp_path / "access.log.1"
         log.rename(rotated)
@@ -200,5 +206,69 @@ default_action = {{ type = "fixed_response", status_code = 200, message_body = "
         await one_request(port)
         await one_request(port)
         daemon.app.access_logs.flush()  # type: ignore[attr-defined]
-        assert len(rotated.read_text().splitlines()) == 1
-        assert len(log.read_text().splitlines()) == 2
+        assert lines(rotated) == 1
+        assert lines(log) == 2
+
+
+async def test_a_reload_the_app_refuses_still_reopens_the_access_log(tmp_path):
+    """Rotating the log must not depend on the new file: a reload refused for a missing key
+    file left new lines going into the moved file."""
+    log, rotated = tmp_path / "access.log", tmp_path / "access.log.1"
+    path = tmp_path / "balancer.toml"
+    logged_config(path, log, 0)
+    async with balancer(path) as daemon:
+        port = address(daemon, "web")[1]
+        await one_request(port)
+        log.rename(rotated)
+        missing = tmp_path / "missing.key"
+        logged_config(path, log, port, f'[stickiness]\nkey_files = ["{missing}"]\n')
+        refused = await daemon.reload()
+        assert refused is not None
+        assert str(missing) in refused
+        await one_request(port)
+        daemon.app.access_logs.flush()  # type: ignore[attr-defined]
+        assert lines(rotated) == 1
+        assert lines(log) == 1
+
+
+async def test_a_reload_of_a_file_that_does_not_decode_still_reopens_the_access_log(tmp_path):
+    """The lifecycle refuses such a file before the app sees it; the reopen runs first
+    (``Frame.on_reload_attempt``), whatever becomes of the file."""
+    log, rotated = tmp_path / "access.log", tmp_path / "access.log.1"
+    path = tmp_path / "balancer.toml"
+    logged_config(path, log, 0)
+    async with balancer(path) as daemon:
+        port = address(daemon, "web")[1]
+        await one_request(port)
+        log.rename(rotated)
+        path.write_text(path.read_text() + "\n[listeners\n")  # a TOML syntax error
+        refused = await daemon.reload()
+        assert refused is not None
+        assert "TOML" in refused
+        await one_request(port)
+        daemon.app.access_logs.flush()  # type: ignore[attr-defined]
+        assert lines(rotated) == 1
+        assert lines(log) == 1
+
+
+async def test_an_access_log_that_cannot_be_reopened_keeps_its_file(tmp_path):
+    """Its directory gone: logged, the writer keeps the file it has, and a reload that keeps
+    the destination is refused naming it (as at start: the README's rule)."""
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    log = directory / "access.log"
+    path = tmp_path / "balancer.toml"
+    logged_config(path, log, 0)
+    async with balancer(path) as daemon:
+        port = address(daemon, "web")[1]
+        logged_config(path, log, port)
+        moved = directory.rename(tmp_path / "logs.old")
+        refused = await daemon.reload()
+        assert refused is not None
+        assert f"{log}: cannot open the access log of listener 'web'" in refused
+        output = daemon.log_output.getvalue()  # type: ignore[attr-defined]
+        assert "event=access_log.reopen_failed" in output
+        assert 'error="No such file or directory"' in output
+        await one_request(port)
+        daemon.app.access_logs.flush()  # type: ignore[attr-defined]
+        assert lines(moved / "access.log") == 1

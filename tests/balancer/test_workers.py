@@ -427,7 +427,7 @@ def certificates(tmp_path) -> tuple[str, str]:
 # -- the supervisor with stand-in workers (real processes that follow a plan) ---------------
 
 FAKE_WORKER = """
-import json, os, pathlib, socket, sys, time
+import json, os, pathlib, signal, socket, sys, time
 
 index = os.environ["WHARF_BALANCER_WORKER_INDEX"]
 directory = pathlib.Path(sys.argv[1])
@@ -453,7 +453,13 @@ if "after" in step:  # until worker `other` has started `times` times
 if step["do"] == "ready-exit":  # ready, then crash at once
     notify("READY=1\\nSTATUS=serving")
     sys.exit(1)
-if step["do"] == "ready-wait":  # ready, until SIGTERM
+if "until" in step:  # starting (no signal handling yet) until this file exists
+    for _ in range(400):
+        if (directory / step["until"]).exists():
+            break
+        time.sleep(0.05)
+if step["do"] == "ready-wait":  # ready, until SIGTERM; a SIGHUP reloads (READY=1 again)
+    signal.signal(signal.SIGHUP, lambda *_: notify("READY=1\\nSTATUS=serving"))
     notify("READY=1\\nSTATUS=serving")
     time.sleep(60)
 if step["do"] == "fail":  # what monitoring.cli sends when the daemon cannot start
@@ -598,4 +604,93 @@ async def test_a_sighup_while_draining_is_ignored_and_the_stop_exits_0(tmp_path,
             daemon.signal(signal.SIGHUP)
             await daemon.wait_log("event=daemon.signal_ignored")
         # The client leaves; the drain ends.
+    assert daemon.process.returncode == 0
+
+
+async def wait_for(condition: Any, within: float = 20) -> None:
+    with trio.fail_after(within):
+        while not condition():  # noqa: ASYNC110 (files and counters of other processes)
+            await trio.sleep(0.01)
+
+
+async def test_a_sighup_while_a_worker_starts_waits_until_it_is_ready(tmp_path, nursery):
+    """SIGHUP's default action killed a worker still starting: the start failed with
+    ``worker 1 exited with code -1 before it was ready``. It gets the SIGHUP once ready."""
+    fake = FakeWorkers(
+        tmp_path, {"0": [{"do": "ready-wait"}], "1": [{"do": "ready-wait", "until": "go"}]}
+    )
+    nursery.start_soon(fake.run)
+    first, second = fake.supervisor.workers
+    await wait_for(lambda: first.ready == 1 and (tmp_path / "starts-1").exists())
+    reloaded = trio.Event()
+
+    async def reload() -> None:
+        await fake.supervisor.reload()
+        reloaded.set()
+
+    nursery.start_soon(reload)
+    await wait_for(lambda: first.ready == 2)  # worker 0 took its SIGHUP
+    (tmp_path / "go").touch()
+    with trio.fail_after(20):
+        await reloaded.wait()
+    assert second.ready == 2  # ready, then reloaded: it may have read the file before
+    assert fake.starts(1) == 1
+    assert fake.supervisor.failure is None
+    assert "daemon.start_failed" not in fake.log
+    # systemd heard READY=1 once, from the start; a reload during the start says nothing.
+    assert fake.notifier.sent == ["READY=1\nSTATUS=serving with 2 workers"]
+    await fake.stop()
+
+
+async def test_a_sighup_right_after_a_crash_spares_the_replacement(tmp_path, nursery):
+    fake = FakeWorkers(
+        tmp_path,
+        {
+            "0": [{"do": "ready-wait"}],
+            "1": [{"do": "ready-wait"}, {"do": "ready-wait", "until": "go"}],
+        },
+    )
+    await fake.run_until_ready(nursery)
+    first, second = fake.supervisor.workers
+    crashed = second.process
+    assert crashed is not None
+    crashed.kill()
+    await wait_for(lambda: fake.starts(1) == 2)  # the replacement runs, not yet ready
+    reloaded = trio.Event()
+
+    async def reload() -> None:
+        await fake.supervisor.reload()
+        reloaded.set()
+
+    nursery.start_soon(reload)
+    await wait_for(lambda: first.ready == 2)
+    (tmp_path / "go").touch()
+    with trio.fail_after(20):
+        await reloaded.wait()
+    assert fake.starts(1) == 2  # the replacement was not killed by the SIGHUP
+    assert second.ready == 3  # the first process, the replacement, its reload
+    assert fake.log.count("event=worker.exited") == 1
+    assert fake.notifier.sent[-2].startswith("RELOADING=1")
+    assert fake.notifier.sent[-1] == "READY=1\nSTATUS=serving"
+    await fake.stop()
+
+
+@pytest.mark.slow
+async def test_each_workers_log_lines_say_which_worker_wrote_them(tmp_path):
+    port, admin_port = free_port(), free_port(start_pair=True)
+    config = tmp_path / "balancer.toml"
+    config.write_text(listener_config(workers=2, port=port, admin=admin_port))
+    async with daemon_process("balancer", config, tmp_path) as daemon:
+        assert (await daemon.next_notification()).startswith(b"READY=1")
+        await daemon.wait_log("event=supervisor.ready")  # written after every worker's lines
+        bound = [line for line in daemon.log_lines if "event=listener.bound" in line]
+        web = [line for line in bound if "name=web" in line]
+        assert sorted(re.findall(r" worker=(\d+) ", " ".join(web))) == ["0", "1"], bound
+        assert all(re.search(r" worker=\d ", line) for line in bound), bound
+        for index in (0, 1):  # the frame's own lines too (logged just after READY=1)
+            await daemon.wait_log(f"event=daemon.ready daemon=balancer worker={index} ")
+        supervisor = [line for line in daemon.log_lines if "event=supervisor." in line]
+        assert supervisor
+        assert all("role=supervisor" in line and "worker=" not in line for line in supervisor)
+        daemon.signal(signal.SIGTERM)
     assert daemon.process.returncode == 0

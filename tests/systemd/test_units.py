@@ -145,6 +145,7 @@ PER_DAEMON: dict[str, dict[str, str | None]] = {
         "LimitNOFILE": "65536",
         "StateDirectory": "wharf-broker",
         "StateDirectoryMode": "0700",
+        "LogsDirectory": None,  # logs go to journald only
         "CapabilityBoundingSet": "",
         "AmbientCapabilities": "",
     },
@@ -152,6 +153,8 @@ PER_DAEMON: dict[str, dict[str, str | None]] = {
         "LimitNOFILE": "1048576",
         "StateDirectory": "wharf-balancer",  # targets.json: the targets API's changes
         "StateDirectoryMode": "0700",
+        # /var/log/wharf-balancer: access log files (ProtectSystem=strict leaves no other)
+        "LogsDirectory": "wharf-balancer",
         "CapabilityBoundingSet": "CAP_NET_BIND_SERVICE",
         "AmbientCapabilities": "CAP_NET_BIND_SERVICE",
     },
@@ -208,9 +211,9 @@ def problems(unit: Unit, daemon: str, grace_seconds: float = CONTRACT_GRACE_SECO
     if (restart := last(unit, svc, "RestartSec")) is not None and timespan(restart) <= 0:
         found.append("RestartSec= must be positive")
 
-    # The state directory is the only writable place; nothing else is opened up.
+    # The state (and logs) directories are the only writable places; nothing else is opened.
     found += [
-        f"{key}= opens {words(unit, svc, key)}; use StateDirectory="
+        f"{key}= opens {words(unit, svc, key)}; use StateDirectory= or LogsDirectory="
         for key in ("ReadWritePaths", "ReadWriteDirectories")
         if words(unit, svc, key)
     ]
@@ -232,6 +235,18 @@ def test_the_balancer_state_dir_default_is_the_units_state_directory() -> None:
     # Empty: the daemon takes $STATE_DIRECTORY, which systemd sets from StateDirectory=.
     assert last(read_unit("balancer"), "Service", "StateDirectory") == "wharf-balancer"
     assert BalancerConfig().state_dir == ""
+
+
+def test_the_balancer_can_write_access_log_files_where_its_config_says() -> None:
+    """ProtectSystem=strict left only the state directory writable: an access log under
+    /var/log could not be opened and the start failed."""
+    directory = last(read_unit("balancer"), "Service", "LogsDirectory")
+    assert directory == "wharf-balancer"
+    shipped = (REPO / "conf" / "balancer.toml").read_text()
+    assert f"/var/log/{directory}/" in shipped
+    assert f"/var/log/{directory}" in (SYSTEMD_DIR / "README.md").read_text()
+    unit = parse_unit(_drop((SYSTEMD_DIR / "wharf-balancer.service").read_text(), "LogsDirectory"))
+    assert any("LogsDirectory=" in problem for problem in problems(unit, "balancer"))
 
 
 def _drop(text: str, key: str) -> str:

@@ -831,3 +831,58 @@ async def test_the_admin_listener_answers_503_on_readyz_while_the_others_drain()
             status, _, metrics = await request(admin, target="/metrics")
             assert status == 200
             assert b"wharf_balancer_http_connections_active" in metrics
+
+
+@pytest.mark.parametrize("how", ["sigterm", "listener-removed"])
+async def test_a_request_cut_when_the_grace_period_ends_is_answered_logged_and_counted(
+    tmp_path, how
+):
+    """The frame cancels what is left when a drain's grace period ends (SIGTERM, or the
+    listener removed by a reload): that request left no access log line and no metric."""
+    arrived, release = trio.Event(), trio.Event()
+
+    async def stuck(seen: Seen, server: TargetServer) -> Reply | str:
+        arrived.set()
+        await release.wait()
+        return Reply(200, body=b"too late")
+
+    path = tmp_path / "access.log"
+    logged = AccessLog(enabled=True, destination=str(path))
+    labels = {
+        "listener": "front",
+        "rule": "default",
+        "target_group": "web",
+        "code_class": "5xx",
+        "source": "elb",
+    }
+    async with running_targets(TargetServer("a", stuck)) as (target,):
+        groups = [group("web", target)]
+        async with balancer(config([listener(access_log=logged)], groups, grace=0.3)) as daemon:
+            with trio.fail_after(10):
+                stream = await trio.open_tcp_stream(*front(daemon))
+                await stream.send_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+                await arrived.wait()
+                if how == "sigterm":
+                    daemon.request_stop()
+                else:
+                    other = listener(name="other", access_log=logged)
+                    await daemon.app.reload(config([other], groups, grace=0.3))
+                answer = b""
+                while chunk := await stream.receive_some(4096):
+                    answer += chunk
+                await stream.aclose()
+            assert statuses(answer) == [502]
+            assert b"connection: close\r\n" in answer.lower()
+            if how == "listener-removed":  # the other listeners serve on
+                assert sample(daemon, "wharf_balancer_http_requests_total", labels) == 1
+        release.set()
+    assert sample(daemon, "wharf_balancer_http_requests_total", labels) == 1
+    elb_5xx = {"listener": "front", "code": "502"}
+    assert sample(daemon, "wharf_balancer_http_elb_5xx_responses_total", elb_5xx) == 1
+    (line,) = path.read_text().splitlines()
+    fields = shlex.split(line)
+    assert fields[2] == "app/front"
+    assert fields[4] == f"127.0.0.1:{target.port}"
+    assert fields[8:10] == ["502", "-"]  # the balancer's 502; the target never answered
+    assert re.fullmatch(r"GET http://x:\d+/slow HTTP/1\.1", fields[12])
+    assert fields[24] == "Draining"
