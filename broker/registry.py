@@ -269,7 +269,11 @@ class QueueRegistry:
         self._check_dead_letter_target(settings, queue.name)
         now = now_ms()
         await self.store.update_queue(queue.record.queue_id, settings, now)
-        queue.index.update_settings(settings)
+        # The time after the write: a FIFO queue's new delay moves its messages not yet
+        # received (AWS: retroactive there), by their send time. Nothing more is written for
+        # them: at a restart the index recomputes their due times from the settings just
+        # stored and each row's enqueue time (its send time, for a message never received).
+        queue.index.update_settings(settings, now_ms())
         queue.record = _replace(queue.record, settings=settings, modified_at=now)
         queue.wake()  # a shorter delay or wait time may concern receives already waiting
 

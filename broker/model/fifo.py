@@ -8,7 +8,9 @@ Rules (AWS, "FIFO queue logic"):
 3. A receive fills its batch from one group first (several messages, in order), then moves
    on to other groups; here the group with the oldest head goes first.
 4. A delayed head holds back its group (queue-level delay only, so later messages are
-   delayed at least as long).
+   delayed at least as long). The delay is retroactive ("Amazon SQS delay queues"): a
+   SetQueueAttributes moves every fresh message to its send time plus the new delay
+   (:meth:`FifoIndex._redelay`).
 
 Each group keeps its seqs in a list; removals at the head advance an index, removals inside
 (only possible within the in-flight prefix, at most 10 long) leave a tombstone. Groups that
@@ -270,7 +272,10 @@ class FifoIndex(QueueIndex):
         self._settle(group)
 
     def _sweep(self, boundary: int, cutoff: int, limit: int) -> list[int]:
-        expired: list[int] = []
+        # Received messages first: one in flight locks its group, so no head below it is
+        # reached from the ready heap; once it is gone, its group settles there, and the
+        # fresh messages behind it go next, if due.
+        expired = self._sweep_received(boundary, cutoff, limit)
         swept: list[_Group] = []
         ready = self._ready
         while ready and ready[0][0] < boundary and len(expired) < limit:
@@ -292,6 +297,53 @@ class FifoIndex(QueueIndex):
         for group in swept:
             self._settle(group)
         return expired
+
+    def _redelay(self, now: int, old_delay_ms: int, new_delay_ms: int) -> None:
+        # Every fresh message's due time is its send time plus the queue's delay (the state
+        # invariant: see _activate_sent and restore), so a delayed one was sent at its due
+        # time less the old delay.
+        delayed = self._delayed
+        timers = self._timers
+        for seq, due in list(delayed.items()):
+            new_due = due - old_delay_ms + new_delay_ms
+            if new_due <= now:
+                del delayed[seq]
+                self._delay_ended(seq)  # its group may deliver again
+            else:
+                delayed[seq] = new_due  # the old timer is stale now: skipped when it surfaces
+                heapq.heappush(timers, (new_due, seq))
+        if new_delay_ms <= old_delay_ms:
+            return
+        # A longer delay hides again the visible fresh messages sent within it. Their send
+        # times are the timeline's, to the second and never early: every seq from ``first``
+        # on was sent in a second whose latest send is after ``now - new_delay_ms``.
+        timeline = self._timeline
+        first = timeline.expired_below(now - new_delay_ms)
+        last = timeline.last_seq  # fresh messages are all recorded: none is above
+        if not len(timeline) or first > last:
+            return  # no send within the delay's reach
+        received = self._received
+        for group in self._groups.values():
+            seqs = group.seqs
+            index = len(seqs) - 1
+            while index >= group.head:
+                seq = seqs[index]
+                index -= 1
+                if seq == _TOMBSTONE or seq > last:
+                    continue  # a tombstone, or moved in after the last send
+                if seq < first:
+                    break  # sent before the delay's reach, and so is the rest of the group
+                if seq in received or seq in delayed:
+                    continue  # received ones are not delayed again; delayed ones are done
+                sent_at = timeline.time_of(seq)
+                if sent_at is None:
+                    continue  # not dated: expired already, the sweep takes it
+                due = sent_at + new_delay_ms
+                delayed[seq] = due
+                self._delayed_groups[seq] = group.group_id
+                heapq.heappush(timers, (due, seq))
+        # Groups whose head was just delayed stay in the ready heap until popped: a receive
+        # or sweep checks _can_deliver first, and the delay's end settles them again.
 
     def _oldest_fresh(self) -> int | None:
         # Each group lists its present messages in seq order, received ones included.

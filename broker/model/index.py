@@ -24,6 +24,17 @@ Message states (fresh -> in flight -> deleted / visible again / dead-lettered):
     in flight --deadline or visibility 0--> visible (received) --receive--> in flight
     any --receive over maxReceiveCount--> moved to the dead-letter queue
     any --retention, purge--> gone
+
+Retention. Fresh messages are dated by the timeline and swept in seq order by the subclass;
+received ones (in flight, visible again, moved in) sit in two more lazily checked heaps, by
+seq (dated by the timeline) and by their own enqueue time (moved in; restored received), so
+the periodic :meth:`QueueIndex.expire` reaches every message once it is due.
+
+Delays. A standard queue's message keeps the delay it was sent with. A FIFO queue's fresh
+messages are due at their send time plus the queue's DelaySeconds as it is now: changing it
+moves them (:meth:`QueueIndex.update_settings`). A message already delayed knows its send time
+exactly (its due time less the delay); one that was visible is dated by the timeline, so a
+longer delay hides it until up to a second late, never early.
 """
 
 from __future__ import annotations
@@ -150,11 +161,35 @@ class QueueIndex(QueueState):
             heapq.heappop(timers)
         return timers[0][0] if timers else None
 
-    def update_settings(self, settings: QueueSettings) -> None:
-        """Adopt new settings (SetQueueAttributes); they apply from the next operation."""
+    def update_settings(self, settings: QueueSettings, now: int | None = None) -> None:
+        """Adopt new settings (SetQueueAttributes); they apply from the next operation.
+
+        On a FIFO queue a new DelaySeconds also applies to the messages already there and
+        not yet received, counted from their send (AWS, "Amazon SQS delay queues": "For FIFO
+        queues, the per-queue delay setting is retroactive"); a standard queue's messages
+        keep the delay they were sent with.
+
+        Args:
+            settings: the new settings, of the same queue type.
+            now: the time; None: the latest time an operation was called with.
+        """
         if settings.fifo != self.settings.fifo:
             raise ValueError("a queue cannot change type")
+        if now is None:
+            now = self._latest_now
+        self._advance(now)  # what the old delay made due by now is due
+        old_delay_ms = self._fifo_delay_ms()
         self.settings = settings
+        new_delay_ms = self._fifo_delay_ms()
+        if new_delay_ms != old_delay_ms:
+            self._redelay(now, old_delay_ms, new_delay_ms)
+
+    def _redelay(self, now: int, old_delay_ms: int, new_delay_ms: int) -> None:
+        """Move the due times of a FIFO queue's fresh messages to a new queue delay.
+
+        Only FIFO queues get here (standard ones report no delay change: it is not
+        retroactive there).
+        """
 
     def close(self) -> None:
         """Mark the queue deleted: sends still in flight to the store are not activated."""
@@ -275,6 +310,9 @@ class QueueIndex(QueueState):
         self._next_seq += 1
         self._timeline.record(seq, max(now, self._latest_now))
         visible_at = now + delay * 1000
+        # What _activate_sent takes: the due time; on a FIFO queue the send time, to which it
+        # adds the queue's delay as it is then (it may change before the insert is durable).
+        stamp = now if settings.fifo else visible_at
         queue_id = self.queue_id
         message_id = self._signer.message_id(queue_id, seq)
         mutations.append(
@@ -301,7 +339,7 @@ class QueueIndex(QueueState):
                     queue_id=self.queue_id, key=key, seq=seq, expires_at=expires_at
                 )
             )
-        accepted.append((seq, visible_at, request.group_id))
+        accepted.append((seq, stamp, request.group_id))
         self._pending += 1
         return seq, message_id
 
@@ -498,6 +536,7 @@ class QueueIndex(QueueState):
         self._delayed.clear()
         self._timers.clear()
         self._timeline.clear()
+        self._clear_retention()
         self._present = 0
         self._in_flight = 0
         self._clear()
@@ -506,9 +545,12 @@ class QueueIndex(QueueState):
     def expire(self, now: int, limit: int = SWEEP_LIMIT) -> Change:
         """Drop messages past their retention period and deduplication ids past their window.
 
-        The shell calls this now and then (every second is plenty). Expired messages that
-        cannot be reached cheaply (in flight, behind a locked FIFO group) are dropped when a
-        receive reaches them instead.
+        The shell calls this now and then (every second is plenty). Every message counts:
+        never received, in flight, visible again after a receive, moved in from a source
+        queue (AWS deletes them all once past the period). At most ``limit`` deletions a call
+        (received ones first, then fresh ones), so one commit stays short; the rest go at
+        the next calls. A fresh FIFO message behind a group head that is not due yet
+        (in a queue whose moved-in messages restarted their retention) waits for a receive.
         """
         self._advance(now)
         mutations: list[Mutation] = []

@@ -74,7 +74,9 @@ class MessageDeleted(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 class MessageMoved(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """A message went to its dead-letter queue: one delete plus one insert, atomically.
 
-    The store copies body, attributes, ids and timestamps from the source row.
+    The store copies body, attributes, ids and timestamps from the source row, but for a FIFO
+    message's MessageDeduplicationId: the copy's is the message id (as AWS does, so that
+    messages that shared a deduplication id do not look like duplicates in the DLQ).
     """
 
     source_queue_id: int

@@ -141,7 +141,8 @@ class SentCopies:
     def __init__(self, mutations: MutationSink | None = None) -> None:
         """Collect the copies' records into ``mutations`` (the commit's list), else a new list."""
         self.mutations: MutationSink = [] if mutations is None else mutations
-        # index -> (seq, visible_at, group id) of each copy it accepted, in send order
+        # index -> (seq, visible_at, group id) of each copy it accepted, in send order (on a
+        # FIFO queue the send time instead of visible_at: see QueueState._activate_sent)
         self.accepted: dict[QueueState, list[tuple[int, int, str | None]]] = {}
 
     def on_durable(self) -> None:

@@ -32,6 +32,11 @@ class EnqueueTimeline:
     def __len__(self) -> int:
         return len(self._first_seqs) - self._start
 
+    @property
+    def last_seq(self) -> int:
+        """The highest seq recorded (-1: none yet), kept when the buckets are cleared."""
+        return self._last_seq
+
     def record(self, seq: int, enqueued_at: int) -> None:
         """Note that message ``seq`` was enqueued at ``enqueued_at``.
 

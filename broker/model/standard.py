@@ -127,7 +127,9 @@ class StandardIndex(QueueIndex):
         return
 
     def _sweep(self, boundary: int, cutoff: int, limit: int) -> list[int]:
-        expired: list[int] = []
+        # Received messages first (in flight or back in _returned, moved in): the deque holds
+        # only messages never received.
+        expired = self._sweep_received(boundary, cutoff, limit)
         fresh = self._fresh
         while fresh and fresh[0] < boundary and len(expired) < limit:
             seq = fresh.popleft()

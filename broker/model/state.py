@@ -22,6 +22,9 @@ PURGE_INTERVAL_MS = 60_000  # AWS: one PurgeQueue per queue every 60 seconds
 # 120,000 per FIFO queue (raised from 20,000 in 2024); AWS raises it on request, so can the
 # operator here (``sqs.max_in_flight_messages``).
 MAX_IN_FLIGHT_MESSAGES = 120_000
+# The retention heaps of received messages keep entries of messages gone since (lazy
+# invalidation); past this many more than the live ones, they are rebuilt from the live ones.
+_STALE_RETENTION_ENTRIES = 1024
 
 
 class ReceivedMessage:
@@ -102,6 +105,10 @@ class QueueState:
         self._received: dict[int, ReceivedMessage] = {}
         self._delayed: dict[int, int] = {}  # fresh seq -> due
         self._timers: list[tuple[int, int]] = []  # (due, seq): delays and in-flight deadlines
+        # Retention of received messages (see _sweep_received), checked lazily like the timers:
+        # seqs of those the timeline dates, and (enqueue time, seq) of those with their own.
+        self._received_by_seq: list[int] = []
+        self._received_by_time: list[tuple[int, int]] = []
         self._timeline = EnqueueTimeline()
         self._dedup = DeduplicationWindow()
         self._present = 0
@@ -113,14 +120,22 @@ class QueueState:
         self._latest_now = 0
 
     def _activate_sent(self, accepted: list[tuple[int, int, str | None]]) -> None:
+        """Make durable sends receivable: ``(seq, visible_at, group id)`` each.
+
+        On a FIFO queue the middle value is the send time instead, and the delay is the
+        queue's as it is now (AWS: a FIFO queue's DelaySeconds is retroactive; it may have
+        changed while the insert was being committed).
+        """
         self._pending -= len(accepted)
         if not self._closed:  # else deleted while the inserts were being committed
             purged_below = self._purged_below
             latest_now = self._latest_now
             add_fresh = self._add_fresh
-            for seq, visible_at, group_id in accepted:
+            delay_ms = self._fifo_delay_ms()
+            for seq, stamp, group_id in accepted:
                 if seq < purged_below:
                     continue  # purged while the insert was being committed
+                visible_at = stamp + delay_ms
                 self._present += 1
                 delayed = visible_at > latest_now
                 if delayed:
@@ -128,6 +143,16 @@ class QueueState:
                     heapq.heappush(self._timers, (visible_at, seq))
                 add_fresh(seq, group_id, delayed=delayed)
         self._wake()
+
+    def _fifo_delay_ms(self) -> int:
+        """What a FIFO queue adds to a send time to make its due time: the queue's delay now.
+
+        Zero on a standard queue, whose delays are fixed at the send (per message, or the
+        queue's at the time: AWS, "For standard queues, the per-queue delay setting is not
+        retroactive").
+        """
+        settings = self.settings
+        return settings.delay_seconds * 1000 if settings.fifo else 0
 
     def _retention_cutoff(self, now: int) -> tuple[int, int]:
         """Return (seq boundary, time cutoff): what is enqueued at or before the cutoff is due."""
@@ -167,6 +192,7 @@ class QueueState:
                 group_id=group_id,
             )
             self._received[seq] = entry
+            self._track_retention(seq, entry)
         if entry.receive_count == 0:
             first_receive_at = now
         entry.receive_count += 1
@@ -242,6 +268,7 @@ class QueueState:
             return
         self._present += 1
         self._received[seq] = state
+        self._track_retention(seq, state)  # by its own enqueue time: it is not in the timeline
         self._add_received(seq, state)
         self._wake()
 
@@ -258,10 +285,16 @@ class QueueState:
     # ------------------------------------------------------------------ restore
 
     def restore(self, messages: Iterable[RestoredMessage], now: int) -> None:
-        """Rebuild from the store at start; ``messages`` must be in seq order."""
+        """Rebuild from the store at start; ``messages`` must be in seq order.
+
+        A FIFO message never received is due at its enqueue time (for such a row, its send
+        time) plus the queue's delay as it is now, whatever its row says: the delay is
+        retroactive there, so a SetQueueAttributes since the send rewrote no row.
+        """
         self._advance(now)
+        delay_ms = self._fifo_delay_ms() if self.settings.fifo else None
         for message in messages:
-            self._restore_one(message, now)
+            self._restore_one(message, now, delay_ms)
         self._after_restore()
 
     def restore_deduplication(self, key: bytes, seq: int, expires_at: int) -> None:
@@ -269,16 +302,20 @@ class QueueState:
         self._dedup.remember(key, seq, expires_at)
         self._next_seq = max(self._next_seq, seq + 1)
 
-    def _restore_one(self, message: RestoredMessage, now: int) -> None:
+    def _restore_one(self, message: RestoredMessage, now: int, fifo_delay_ms: int | None) -> None:
         seq = message.seq
         self._timeline.record(seq, message.enqueued_at)
         self._next_seq = max(self._next_seq, seq + 1)
         self._present += 1
         if message.receive_count == 0:
-            delayed = message.visible_at > now
+            visible_at = message.visible_at
+            if fifo_delay_ms is not None:
+                # A fresh row's enqueued_at is its sent_at (moved rows were received).
+                visible_at = message.enqueued_at + fifo_delay_ms
+            delayed = visible_at > now
             if delayed:
-                self._delayed[seq] = message.visible_at
-                heapq.heappush(self._timers, (message.visible_at, seq))
+                self._delayed[seq] = visible_at
+                heapq.heappush(self._timers, (visible_at, seq))
             self._add_fresh(seq, message.group_id, delayed=delayed)
             return
         entry = ReceivedMessage(
@@ -293,7 +330,74 @@ class QueueState:
             self._in_flight += 1
             heapq.heappush(self._timers, (message.visible_at, seq))
         self._received[seq] = entry
+        self._track_retention(seq, entry)
         self._add_received(seq, entry)
+
+    # ------------------------------------------------------------------ retention
+
+    def _track_retention(self, seq: int, entry: ReceivedMessage) -> None:
+        """Put a new received entry where :meth:`_sweep_received` finds it when it is due.
+
+        Received messages leave the subclasses' fresh structures, which the sweep of fresh
+        messages walks; without this they would outlive their retention period until a
+        receive reached them (an in-flight or abandoned one, or one moved in, maybe never).
+        """
+        if entry.enqueued_at is None:
+            heapq.heappush(self._received_by_seq, seq)  # dated by the timeline
+        else:
+            heapq.heappush(self._received_by_time, (entry.enqueued_at, seq))
+        tracked = len(self._received_by_seq) + len(self._received_by_time)
+        if tracked > 2 * len(self._received) + _STALE_RETENTION_ENTRIES:
+            # Deleted messages' entries pile up behind a long-lived one: keep the live ones
+            # (amortised O(1) a receive, as at least as many pushes came since the last time).
+            self._received_by_seq = []
+            self._received_by_time = []
+            for live_seq, live in self._received.items():
+                if live.enqueued_at is None:
+                    self._received_by_seq.append(live_seq)
+                else:
+                    self._received_by_time.append((live.enqueued_at, live_seq))
+            heapq.heapify(self._received_by_seq)
+            heapq.heapify(self._received_by_time)
+
+    def _sweep_received(self, boundary: int, cutoff: int, limit: int) -> list[int]:
+        """Remove received messages past retention (in flight, visible again, moved in).
+
+        Oldest first, looking at ``limit`` heap entries at most (gone messages' count too).
+        ``boundary`` and ``cutoff`` are :meth:`_retention_cutoff`'s: an entry dated by the
+        timeline is due below the boundary, one with its own enqueue time at the cutoff,
+        exactly as :meth:`_is_expired` has it when a receive reaches the message.
+
+        Returns:
+            The seqs removed, for the caller's ``MessageDeleted`` records.
+        """
+        expired: list[int] = []
+        received = self._received
+        budget = limit
+        by_seq = self._received_by_seq
+        while by_seq and by_seq[0] < boundary and budget > 0:
+            budget -= 1
+            seq = heapq.heappop(by_seq)
+            entry = received.get(seq)
+            if entry is not None and entry.enqueued_at is None:
+                self._remove(seq, entry)
+                expired.append(seq)
+        by_time = self._received_by_time
+        while by_time and by_time[0][0] <= cutoff and budget > 0:
+            budget -= 1
+            enqueued_at, seq = heapq.heappop(by_time)
+            entry = received.get(seq)
+            if entry is not None and entry.enqueued_at == enqueued_at:
+                self._remove(seq, entry)
+                expired.append(seq)
+        if not received:  # whatever is left names messages gone
+            by_seq.clear()
+            by_time.clear()
+        return expired
+
+    def _clear_retention(self) -> None:
+        self._received_by_seq.clear()
+        self._received_by_time.clear()
 
     # ------------------------------------------------------------------ time
 

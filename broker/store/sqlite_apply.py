@@ -66,22 +66,34 @@ _DELIVERED = """
 """
 _VISIBILITY = "UPDATE messages SET visible_at = ? WHERE queue_id = ? AND seq = ?"
 _DELETE = "DELETE FROM messages WHERE queue_id = ? AND seq = ?"
-_MOVE = """
+# A FIFO message moved to its dead-letter queue (the only rows with a deduplication id) takes
+# its message id, as text (``_uuid_text`` of sqlite_reads), for its MessageDeduplicationId.
+# AWS ("Learn how to configure a dead-letter queue redrive"): "When a message is moved from a
+# FIFO queue to a FIFO DLQ, the original message's deduplication ID will be replaced with the
+# original message's ID", so that two messages that shared one stay two in the DLQ.
+_MOVED_DEDUPLICATION_ID = """
+    CASE WHEN deduplication_id IS NULL THEN NULL ELSE lower(
+        substr(hex(message_id), 1, 8) || '-' || substr(hex(message_id), 9, 4) || '-'
+        || substr(hex(message_id), 13, 4) || '-' || substr(hex(message_id), 17, 4) || '-'
+        || substr(hex(message_id), 21)
+    ) END
+"""
+_MOVE = f"""
     INSERT INTO messages (queue_id, seq, message_id, visible_at, receive_count, received_at,
         first_received_at, enqueued_at, sent_at, group_id, deduplication_id, sender_id,
         trace_header, source_arn, attributes, body, key_id, body_md5)
     SELECT ?, ?, message_id, ?, receive_count, received_at, first_received_at,
-        coalesce(?, enqueued_at), sent_at, group_id, deduplication_id, sender_id,
+        coalesce(?, enqueued_at), sent_at, group_id, {_MOVED_DEDUPLICATION_ID}, sender_id,
         trace_header, ?, attributes, body, key_id, body_md5
     FROM messages WHERE queue_id = ? AND seq = ?
 """
 # The same move with the payload given: the clear row of the source, sealed for the target.
-_MOVE_SEALED = """
+_MOVE_SEALED = f"""
     INSERT INTO messages (queue_id, seq, message_id, visible_at, receive_count, received_at,
         first_received_at, enqueued_at, sent_at, group_id, deduplication_id, sender_id,
         trace_header, source_arn, attributes, body, key_id)
     SELECT ?, ?, message_id, ?, receive_count, received_at, first_received_at,
-        coalesce(?, enqueued_at), sent_at, group_id, deduplication_id, sender_id,
+        coalesce(?, enqueued_at), sent_at, group_id, {_MOVED_DEDUPLICATION_ID}, sender_id,
         trace_header, ?, ?, ?, ?
     FROM messages WHERE queue_id = ? AND seq = ?
 """

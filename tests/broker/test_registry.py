@@ -297,6 +297,106 @@ async def test_retention_removes_old_messages_durably(tmp_path: Path):
         assert registry.require("long").counts(now_ms()).visible == 3
 
 
+async def rows_of(registry: QueueRegistry, queue: Queue, *seqs: int) -> list[str]:
+    return [m.body for m in await registry.store.read_messages(queue.record.queue_id, list(seqs))]
+
+
+@pytest.mark.parametrize("fifo", [False, True], ids=["standard", "fifo"])
+async def test_retention_removes_received_and_dead_lettered_messages_durably(
+    tmp_path: Path, fifo: bool
+):
+    """In flight, visible again, moved in: the sweep deletes their rows, no receive needed."""
+    suffix = ".fifo" if fifo else ""
+    kind = {"FifoQueue": "true", "ContentBasedDeduplication": "true"} if fifo else {}
+    async with open_registry(tmp_path) as registry:
+        short = await registry.create(
+            f"short{suffix}", {**kind, "MessageRetentionPeriod": "60"}, {}
+        )
+        dlq = await registry.create(f"dlq{suffix}", {**kind, "MessageRetentionPeriod": "60"}, {})
+        policy = f'{{"deadLetterTargetArn":"{dlq.arn}","maxReceiveCount":1}}'
+        source = await registry.create(f"source{suffix}", {**kind, "RedrivePolicy": policy}, {})
+        now = now_ms()
+        fields = {"group_id": "g"} if fifo else {}
+        for body in ("in-flight", "returned"):
+            await send(registry, short, body, now, **({"group_id": body} if fifo else {}))
+        await send(registry, source, "poison", now, **fields)
+        outcome = short.index.receive(now, visibility_timeout=600)
+        await registry.store.commit(outcome.mutations, outcome.on_durable)
+        outcome = short.index.receive(now, visibility_timeout=0)
+        await registry.store.commit(outcome.mutations, outcome.on_durable)
+        for _ in range(2):  # the second receive moves it
+            outcome = source.index.receive(now, visibility_timeout=0, dead_letter=dlq.index)
+            await registry.store.commit(outcome.mutations, outcome.on_durable)
+        assert short.counts(now) == (1, 1, 0)
+        assert dlq.counts(now) == (1, 0, 0)
+        await registry.expire(now + 61_000)
+        assert short.counts(now + 61_000) == (0, 0, 0)
+        assert dlq.counts(now + 61_000) == (0, 0, 0)
+        assert await rows_of(registry, short, 1, 2) == []
+        assert await rows_of(registry, dlq, 1) == []
+    async with open_registry(tmp_path) as registry:
+        assert registry.require(f"short{suffix}").counts(now_ms()) == (0, 0, 0)
+        assert registry.require(f"dlq{suffix}").counts(now_ms()) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(("initial", "changed"), [(60, 0), (0, 60)])
+async def test_a_fifo_delay_change_moves_messages_already_sent_across_a_restart(
+    tmp_path: Path, initial: int, changed: int
+):
+    """AWS: a FIFO queue's DelaySeconds is retroactive (a standard queue's is not)."""
+    async with open_registry(tmp_path) as registry:
+        fifo = await registry.create(
+            "d.fifo",
+            {
+                "FifoQueue": "true",
+                "ContentBasedDeduplication": "true",
+                "DelaySeconds": str(initial),
+            },
+            {},
+        )
+        standard = await registry.create("d", {"DelaySeconds": str(initial)}, {})
+        sent_at = now_ms()
+        await send(registry, fifo, "m", sent_at, group_id="g")
+        await send(registry, standard, "m", sent_at)
+        await registry.set_attributes(fifo, {"DelaySeconds": str(changed)})
+        await registry.set_attributes(standard, {"DelaySeconds": str(changed)})
+        now = now_ms()
+        assert fifo.counts(now).delayed == (1 if changed else 0)
+        assert standard.counts(now).delayed == (1 if initial else 0)
+    async with open_registry(tmp_path) as registry:
+        fifo, standard = registry.require("d.fifo"), registry.require("d")
+        now = now_ms()
+        assert fifo.counts(now).delayed == (1 if changed else 0)
+        assert standard.counts(now).delayed == (1 if initial else 0)
+        if changed:
+            assert fifo.index.next_wakeup(now) == sent_at + changed * 1_000
+        else:
+            assert await receive(registry, fifo, now) == [1]
+
+
+async def test_a_fifo_message_moved_to_its_dead_letter_queue_takes_its_id_for_deduplication(
+    registry: QueueRegistry,
+):
+    dlq = await registry.create("dlq.fifo", {"FifoQueue": "true"}, {})
+    policy = f'{{"deadLetterTargetArn":"{dlq.arn}","maxReceiveCount":1}}'
+    source = await registry.create(
+        "source.fifo", {"FifoQueue": "true", "RedrivePolicy": policy}, {}
+    )
+    now = now_ms()
+    ids = [
+        await send(registry, source, body, now, group_id=body, deduplication_id=f"d-{body}")
+        for body in ("a", "b")
+    ]
+    for _ in range(2):
+        outcome = source.index.receive(
+            now, max_messages=10, visibility_timeout=0, dead_letter=dlq.index
+        )
+        await registry.store.commit(outcome.mutations, outcome.on_durable)
+    assert dlq.counts(now).visible == 2
+    moved = await registry.store.read_messages(dlq.record.queue_id, [1, 2])
+    assert [(m.message_id, m.deduplication_id) for m in moved] == [(i, i) for i in ids]
+
+
 async def test_a_receive_does_not_return_expired_messages(registry: QueueRegistry):
     queue = await registry.create("short", {"MessageRetentionPeriod": "60"}, {})
     now = now_ms()

@@ -1107,6 +1107,25 @@ def test_message_delay_overrides_the_queue_delay(sqs, queues: QueueFactory):
     assert approximate_counts(sqs, url) == (0, 2, 1)
 
 
+def test_a_fifo_queue_delay_is_retroactive_and_a_standard_one_is_not(sqs, queues: QueueFactory):
+    """AWS, "Amazon SQS delay queues": retroactive for FIFO queues, not for standard ones."""
+    fifo = queues(fifo=True, ContentBasedDeduplication="true", DelaySeconds=900)
+    standard = queues(DelaySeconds=900)
+    sqs.send_message(QueueUrl=fifo, MessageBody="sent under 900 s", MessageGroupId="g")
+    sqs.send_message(QueueUrl=standard, MessageBody="sent under 900 s")
+    for url in (fifo, standard):
+        sqs.set_queue_attributes(QueueUrl=url, Attributes={"DelaySeconds": "0"})
+    assert [m["Body"] for m in receive(sqs, fifo)] == ["sent under 900 s"]
+    assert receive(sqs, standard) == []
+    assert approximate_counts(sqs, standard) == (0, 0, 1)
+
+    later = queues(fifo=True, ContentBasedDeduplication="true")
+    sqs.send_message(QueueUrl=later, MessageBody="sent without a delay", MessageGroupId="g")
+    sqs.set_queue_attributes(QueueUrl=later, Attributes={"DelaySeconds": "900"})
+    assert approximate_counts(sqs, later) == (0, 0, 1)
+    assert receive(sqs, later) == []
+
+
 def test_per_message_delay_on_a_fifo_queue_is_refused(sqs, queues: QueueFactory):
     url = queues(fifo=True, ContentBasedDeduplication="true")
     with pytest.raises(botocore.exceptions.ClientError) as excinfo:
@@ -1488,6 +1507,27 @@ def test_fifo_dead_letter_queue(sqs, queues: QueueFactory):
     dead = receive(sqs, dlq, AttributeNames=["All"])
     assert [m["Body"] for m in dead] == ["first"]
     assert dead[0]["Attributes"]["MessageGroupId"] == "g"
+
+
+def test_a_fifo_dead_letter_copy_takes_the_message_id_for_deduplication_id(
+    sqs, queues: QueueFactory
+):
+    """AWS, "Learn how to configure a dead-letter queue redrive": "When a message is moved
+    from a FIFO queue to a FIFO DLQ, the original message's deduplication ID will be replaced
+    with the original message's ID"."""
+    dlq = queues(fifo=True)
+    source = queues(
+        fifo=True,
+        RedrivePolicy=json.dumps({"deadLetterTargetArn": arn_of(sqs, dlq), "maxReceiveCount": 1}),
+    )
+    sent = send_fifo(sqs, source, "poison", "g", dedup="dedup-1")
+    (message,) = receive(sqs, source, VisibilityTimeout=0, AttributeNames=["All"])
+    assert message["Attributes"]["MessageDeduplicationId"] == "dedup-1"
+    assert receive(sqs, source, VisibilityTimeout=0) == []  # moved
+    (dead,) = receive(sqs, dlq, AttributeNames=["All"])
+    assert dead["MessageId"] == sent["MessageId"]
+    assert dead["Attributes"]["MessageDeduplicationId"] == sent["MessageId"]
+    assert dead["Attributes"]["MessageGroupId"] == "g"
 
 
 # ---------------------------------------------------------------------- permissions

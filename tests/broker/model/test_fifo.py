@@ -147,14 +147,110 @@ def test_attempt_ids_time_out():
     assert index.receive(T0 + MINUTES_5 + 1, attempt_id="t").deliveries == []
 
 
-def test_delayed_head_holds_back_its_group():
+def test_a_delayed_message_ends_its_group_batch():
     index = make(delay_seconds=2)
     send(index, T0, "a0", "A")
-    index.update_settings(QueueSettings(fifo=True, content_based_deduplication=True))
-    send(index, T0 + 500, "a1", "A")
+    send(index, T0 + 1_500, "a1", "A")
     assert seqs(index.receive(T0 + 500, max_messages=10)) == []
     assert index.next_wakeup(T0 + 500) == T0 + 2_000
-    assert seqs(index.receive(T0 + 2_000, max_messages=10)) == [1, 2]
+    assert seqs(index.receive(T0 + 2_000, max_messages=10, visibility_timeout=0)) == [1]
+    assert seqs(index.receive(T0 + 3_500, max_messages=10)) == [1, 2]
+
+
+# ---------------------------------------------------------------------- retroactive delays
+# AWS, "Amazon SQS delay queues": "For FIFO queues, the per-queue delay setting is
+# retroactive -- changing the setting affects the delay of messages already in the queue."
+
+
+def delay(index: FifoIndex, now: int, seconds: int) -> None:
+    settings = msgspec.structs.replace(index.settings, delay_seconds=seconds)
+    index.update_settings(settings, now)
+
+
+def test_a_shorter_queue_delay_frees_messages_already_sent():
+    index = make(delay_seconds=60)
+    send(index, T0, "a0", "A")
+    send(index, T0 + 30_000, "a1", "A")
+    send(index, T0 + 30_000, "b0", "B")
+    assert index.counts(T0 + 45_000) == (0, 0, 3)
+    delay(index, T0 + 45_000, 40)  # a0 was due at T0 + 40 s, the others at T0 + 70 s
+    assert index.counts(T0 + 45_000) == (1, 0, 2)
+    assert index.next_wakeup(T0 + 45_000) == T0 + 70_000
+    assert seqs(index.receive(T0 + 45_000, max_messages=10)) == [1]
+    delay(index, T0 + 50_000, 0)
+    assert index.counts(T0 + 50_000) == (2, 1, 0)
+    assert index.next_wakeup(T0 + 50_000) == T0 + 75_000  # a0's visibility timeout (30 s)
+    assert seqs(index.receive(T0 + 50_000, max_messages=10)) == [3]  # A is locked by a0
+
+
+def test_a_longer_queue_delay_hides_messages_not_yet_received():
+    index = make()
+    send(index, T0, "a0", "A")
+    send(index, T0 + 5_000, "b0", "B")
+    send(index, T0 + 5_000, "c0", "C")
+    (returned,) = index.receive(T0 + 5_000, visibility_timeout=0).deliveries  # a0, received
+    assert returned.seq == 1
+    delay(index, T0 + 10_000, 60)
+    assert index.counts(T0 + 10_000) == (1, 0, 2)  # received once: not delayed again
+    assert index.next_wakeup(T0 + 10_000) == T0 + 65_000
+    assert seqs(index.receive(T0 + 10_000, max_messages=10, visibility_timeout=0)) == [1]
+    assert seqs(index.receive(T0 + 64_999, max_messages=10, visibility_timeout=0)) == [1]
+    assert seqs(index.receive(T0 + 65_000, max_messages=10)) == [1, 2, 3]
+
+
+def test_a_send_committed_across_a_delay_change_gets_the_new_delay():
+    index = make(delay_seconds=60)
+    outcome = index.send(T0, SendRequest(body="a0", group_id="A"))
+    delay(index, T0 + 1_000, 0)  # while the insert is being committed
+    outcome.on_durable()
+    assert seqs(index.receive(T0 + 1_000)) == [1]
+    outcome = index.send(T0 + 2_000, SendRequest(body="b0", group_id="B"))
+    delay(index, T0 + 3_000, 10)
+    outcome.on_durable()
+    assert index.counts(T0 + 3_000) == (0, 1, 1)
+    assert index.next_wakeup(T0 + 3_000) == T0 + 12_000
+
+
+def test_changing_the_delay_back_restores_the_due_times():
+    index = make(delay_seconds=30)
+    send(index, T0, "a0", "A")
+    delay(index, T0 + 1_000, 900)
+    delay(index, T0 + 2_000, 30)
+    assert index.next_wakeup(T0 + 2_000) == T0 + 30_000
+    assert seqs(index.receive(T0 + 29_999)) == []
+    assert seqs(index.receive(T0 + 30_000)) == [1]
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("send"), st.sampled_from("AB")),
+            st.tuples(st.just("delay"), st.sampled_from([0, 1, 5, 30])),
+            st.tuples(st.just("wait"), st.integers(0, 3_000)),
+        ),
+        max_size=40,
+    )
+)
+@settings(deadline=None)
+def test_fresh_messages_are_due_at_their_send_plus_the_current_delay(script):
+    """Never early; late by less than a second at most (the timeline dates visible ones)."""
+    index = make()
+    now = T0
+    sent: list[int] = []
+    current = 0
+    for step, (action, value) in enumerate(script):
+        if action == "send":
+            send(index, now, f"{step}", str(value))
+            sent.append(now)
+        elif action == "delay":
+            delay(index, now, int(value))
+            current = int(value) * 1_000
+        else:
+            now += int(value)
+        delayed = index.counts(now).delayed
+        surely_due = sum(at + current <= now - 1_000 for at in sent)
+        due = sum(at + current <= now for at in sent)
+        assert len(sent) - due <= delayed <= len(sent) - surely_due
 
 
 @given(

@@ -287,6 +287,106 @@ def test_retention(fifo):
     assert index.counts(T0 + 91_000) == (0, 0, 0)
 
 
+def deleted_seqs(change) -> list[int]:
+    return sorted(m.seq for m in change.mutations if isinstance(m, MessageDeleted))
+
+
+@both
+def test_retention_reaches_received_messages(fifo):
+    """In flight or visible again after a receive: expired by the sweep, not by a receive."""
+    index = make(fifo, MessageRetentionPeriod="60")
+    send(index, T0, "in flight", group="A")
+    send(index, T0, "returned", group="B")
+    send(index, T0 + 30_000, "young", group="C")
+    assert [d.seq for d in receive(index, T0, visibility_timeout=600).deliveries] == [1]
+    assert [d.seq for d in receive(index, T0 + 1_000, visibility_timeout=1).deliveries] == [2]
+    assert index.counts(T0 + 59_000) == (2, 1, 0)
+    assert index.expire(T0 + 59_999).mutations == []
+    assert deleted_seqs(index.expire(T0 + 61_000)) == [1, 2]
+    assert index.counts(T0 + 61_000) == (1, 0, 0)
+    assert index.oldest_enqueued_at(T0 + 61_000) == T0 + 30_000
+    assert deleted_seqs(index.expire(T0 + 91_000)) == [3]
+    assert index.counts(T0 + 91_000) == (0, 0, 0)
+    assert index.next_wakeup(T0 + 91_000) is None
+
+
+@both
+def test_an_expired_in_flight_message_is_gone_for_its_handle(fifo):
+    index = make(fifo, MessageRetentionPeriod="60")
+    send(index, T0, "m")
+    (delivery,) = receive(index, T0, visibility_timeout=600).deliveries
+    index.expire(T0 + 61_000)
+    assert index.delete(T0 + 62_000, delivery.receipt_handle).mutations == []
+    code, _ = refused(lambda: index.change_visibility(T0 + 62_000, delivery.receipt_handle, 5))
+    assert code == INVALID_PARAMETER_VALUE
+    assert receive(index, T0 + 700_000).deliveries == []
+
+
+@both
+def test_retention_reaches_messages_moved_into_a_dead_letter_queue(fifo):
+    """A standard DLQ counts retention from the original send; a FIFO one from the move."""
+    dlq = make(fifo, queue_id=2, MessageRetentionPeriod="60")
+    policy = json.dumps({"deadLetterTargetArn": dlq.arn, "maxReceiveCount": 1})
+    source = make(fifo, RedrivePolicy=policy)
+    send(source, T0, "poison")
+    receive(source, T0, visibility_timeout=0, dead_letter=dlq)
+    outcome = receive(source, T0 + 40_000, dead_letter=dlq)  # moved at T0 + 40 s
+    assert [type(m) for m in outcome.mutations] == [MessageMoved]
+    (moved,) = outcome.mutations
+    assert dlq.counts(T0 + 40_000) == (1, 0, 0)
+    assert dlq.expire(T0 + 59_999).mutations == []
+    if fifo:
+        assert dlq.expire(T0 + 99_999).mutations == []
+        assert deleted_seqs(dlq.expire(T0 + 100_000)) == [moved.target_seq]
+    else:
+        assert deleted_seqs(dlq.expire(T0 + 61_000)) == [moved.target_seq]
+    assert dlq.counts(T0 + 100_000) == (0, 0, 0)
+
+
+@both
+def test_retention_of_received_messages_is_bounded_per_call(fifo):
+    index = make(fifo, MessageRetentionPeriod="60")
+    for n in range(25):
+        send(index, T0, f"m{n}", group=f"g{n}")
+    for _ in range(3):
+        receive(index, T0, max_messages=10, visibility_timeout=600)
+    assert index.counts(T0) == (0, 25, 0)
+    rounds = [deleted_seqs(index.expire(T0 + 61_000, limit=10)) for _ in range(4)]
+    assert [len(r) for r in rounds] == [10, 10, 5, 0]
+    assert sorted(seq for r in rounds for seq in r) == list(range(1, 26))
+    assert index.counts(T0 + 61_000) == (0, 0, 0)
+
+
+@both
+def test_retention_bookkeeping_does_not_pile_up_behind_a_long_lived_message(fifo):
+    """Deleted messages leave entries to skip in the retention heaps; they are rebuilt."""
+    index = make(fifo)
+    send(index, T0, "stays", group="stays")
+    receive(index, T0, visibility_timeout=43_200)
+    for n in range(5_000):
+        send(index, T0, f"m{n}", group=f"g{n}")
+        (delivery,) = receive(index, T0).deliveries
+        index.delete(T0, delivery.receipt_handle)
+    assert len(index._received) == 1
+    assert len(index._received_by_seq) + len(index._received_by_time) <= 2 + 1024
+
+
+def test_standard_queue_delays_are_not_retroactive():
+    """AWS: "For standard queues, the per-queue delay setting is not retroactive"."""
+    index = make(False, DelaySeconds="60")
+    send(index, T0, "delayed")
+    send(index, T0, "on time", delay_seconds=0)
+    index.update_settings(parse_create({}), T0 + 1_000)
+    assert index.counts(T0 + 1_000) == (1, 0, 1)
+    assert index.next_wakeup(T0 + 1_000) == T0 + 60_000
+    index.update_settings(parse_create({"DelaySeconds": "900"}), T0 + 2_000)
+    assert index.counts(T0 + 2_000) == (1, 0, 1)
+    assert sorted(d.seq for d in receive(index, T0 + 60_000, max_messages=10).deliveries) == [
+        1,
+        2,
+    ]
+
+
 def test_delays_per_queue_and_per_message():
     index = make(False, DelaySeconds="5")
     send(index, T0, "queue delay")

@@ -83,6 +83,49 @@ def test_restored_messages_expire_by_their_enqueue_time():
     assert [m.seq for m in expired.mutations] == [1]
 
 
+def test_restored_received_messages_expire_without_a_receive():
+    for fifo in (False, True):
+        index = make(fifo, message_retention_period=60)
+        group = "g" if fifo else None
+        index.restore(
+            [
+                # in flight, visible again, and moved in (its enqueue time is the move's)
+                stored(1, T0 + 600_000, 1, T0 - 1_000, T0 - 61_000, group),
+                stored(2, T0 - 1_000, 1, T0 - 2_000, T0 - 61_000, "h" if fifo else None),
+                stored(3, T0 - 1_000, 4, T0 - 2_000, T0 - 30_000, "i" if fifo else None),
+            ],
+            T0,
+        )
+        assert index.counts(T0) == (2, 1, 0)
+        assert sorted(m.seq for m in index.expire(T0).mutations) == [1, 2]
+        assert index.counts(T0) == (1, 0, 0)
+        assert [m.seq for m in index.expire(T0 + 30_000).mutations] == [3]
+        assert index.counts(T0 + 30_000) == (0, 0, 0)
+
+
+def test_a_restored_fifo_queue_delays_fresh_messages_by_its_delay_now():
+    """The row's visible_at is the send's; a SetQueueAttributes since rewrote no row."""
+    index = make(True, delay_seconds=60)
+    index.restore(
+        [
+            stored(1, visible_at=T0 - 10_000, enqueued_at=T0 - 10_000, group="A"),  # was 0 s
+            stored(2, visible_at=T0 + 900_000, enqueued_at=T0, group="B"),  # was 900 s
+            stored(3, visible_at=T0, count=1, received_at=T0 - 1, enqueued_at=T0, group="C"),
+        ],
+        T0,
+    )
+    assert index.counts(T0) == (1, 0, 2)
+    assert index.next_wakeup(T0) == T0 + 50_000
+    assert [d.seq for d in index.receive(T0 + 50_000, max_messages=10).deliveries] == [1, 3]
+    assert [d.seq for d in index.receive(T0 + 60_000, max_messages=10).deliveries] == [2]
+
+
+def test_a_restored_standard_queue_keeps_each_message_delay():
+    index = make(False, delay_seconds=60)
+    index.restore([stored(1, visible_at=T0 + 5_000, enqueued_at=T0 - 10_000)], T0)
+    assert index.next_wakeup(T0) == T0 + 5_000
+
+
 def test_superseded_timers_do_not_wake_or_count():
     index = make(False)
     index.send(T0, SendRequest(body="x")).on_durable()

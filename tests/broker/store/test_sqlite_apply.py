@@ -17,6 +17,7 @@ from broker.model.mutations import (
     QueuePurged,
     VisibilityChanged,
 )
+from broker.store.sealing import SealingKey
 from broker.store.sqlite_apply import (
     ATTRIBUTES_DECODER,
     ATTRIBUTES_ENCODER,
@@ -121,6 +122,40 @@ def test_move_copies_the_row(db, enqueued_at):
         enqueued_at or 100,
     )
     assert db.execute("SELECT next_seq FROM queues WHERE queue_id = 2").fetchone() == (10,)
+
+
+@pytest.mark.parametrize("sealed", [False, True], ids=["clear", "sealed on the way"])
+def test_a_fifo_move_takes_the_message_id_for_deduplication_id(db, sealed):
+    """AWS: moved to a FIFO DLQ, the deduplication id becomes the original message id."""
+    message_id = str(uuid.UUID(int=0xABCDEF0123456789ABCDEF0123456789, version=4))
+    apply_mutations(
+        db,
+        [
+            inserted(1, message_id=message_id, deduplication_id="shared"),
+            inserted(2, deduplication_id=None, group_id=None),  # standard: none
+        ],
+        set(),
+    )
+    keys = {2: SealingKey("k1", b"k" * 32)} if sealed else None
+    moves = [
+        MessageMoved(
+            source_queue_id=1,
+            source_seq=seq,
+            target_queue_id=2,
+            target_seq=seq,
+            enqueued_at=555,
+            visible_at=800,
+            source_arn="arn:src",
+        )
+        for seq in (1, 2)
+    ]
+    apply_mutations(db, moves, set(), keys)
+    assert row(db, 1, queue_id=2, columns="deduplication_id, group_id, key_id") == (
+        message_id,
+        "g",
+        "k1" if sealed else None,
+    )
+    assert row(db, 2, queue_id=2, columns="deduplication_id") == (None,)
 
 
 def test_deduplication_rows(db):
