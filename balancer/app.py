@@ -73,7 +73,7 @@ from balancer.tls import (
     close_tls,
     undecodable_server_names_logged,
 )
-from balancer.upstream import Pools, accepted_addresses, tune_socket
+from balancer.upstream import Pools, tune_socket
 from monitoring import fastio
 from monitoring.admin import AdminServer, open_admin_listener
 from monitoring.configfile import ConfigError
@@ -301,7 +301,7 @@ class BalancerApp:
             if tls is None:
                 return  # no longer an https listener in this generation
             sock = stream.socket
-            addresses = accepted_addresses(sock)
+            addresses = fastio.accepted_addresses(sock)
             if addresses is None:
                 return  # reset before the handshake: nothing to answer
             peer, local = addresses

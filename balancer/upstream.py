@@ -33,7 +33,7 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Iterator
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 import h11
 import trio
@@ -76,15 +76,6 @@ def tune_socket(sock: trio.socket.SocketType) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT_UNLIMITED)
     except (OSError, AttributeError):  # not every kernel has it
         pass
-
-
-def accepted_addresses(sock: trio.socket.SocketType) -> tuple[Any, Any] | None:
-    """(peer, local) of an accepted connection; None if the client is already gone (a reset
-    before the first byte leaves no peer: ENOTCONN)."""
-    try:
-        return sock.getpeername(), sock.getsockname()
-    except OSError:
-        return None
 
 
 class TargetOwner(Protocol):

@@ -44,7 +44,8 @@ from balancer.listeners.exchange import (
 from balancer.listeners.forward import BadRequestBody, forward, is_trusted
 from balancer.rules import RequestView, redirect_status, render_redirect
 from balancer.runtime import ListenerRuntime, Snapshot
-from balancer.upstream import accepted_addresses, tune_socket
+from balancer.upstream import tune_socket
+from monitoring import fastio
 from proto.http1 import (
     CLASSIFIED_NAMES,
     LOOKALIKE_MIN_LENGTH,
@@ -100,7 +101,7 @@ class HttpListenerHandler:
     async def handle(self, stream: trio.SocketStream) -> None:
         """The lifecycle frame's connection handler for a plain HTTP listener."""
         sock = stream.socket
-        addresses = accepted_addresses(sock)
+        addresses = fastio.accepted_addresses(sock)
         if addresses is None:
             return  # reset before it was served: nothing to answer, nothing to log
         peer, local = addresses

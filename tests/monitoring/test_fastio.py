@@ -3,6 +3,7 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import struct
 from collections.abc import AsyncIterator
 
 import pytest
@@ -218,6 +219,21 @@ async def test_accept_takes_the_backlog_and_waits_for_more():
         [late] = accepted
         assert late.socket.getpeername() == clients[-1].getsockname()
         await late.aclose()
+
+
+async def test_the_addresses_of_a_connection_whose_client_reset_at_once_are_none():
+    async with backlog(2) as (listener, clients):
+        gone = clients[0]
+        gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        gone.close()  # RST while it waits in the backlog: accepted, it has no peer
+        reset = await fastio.accept(listener, checkpoint=False)
+        alive = await fastio.accept(listener, checkpoint=False)
+        assert fastio.accepted_addresses(reset.socket) is None
+        peer, local = fastio.accepted_addresses(alive.socket) or ((), ())
+        assert peer == clients[1].getsockname()
+        assert local == listener.socket.getsockname()
+        await reset.aclose()
+        await alive.aclose()
 
 
 async def test_a_burst_of_accepts_still_yields_when_asked():
