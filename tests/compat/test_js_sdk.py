@@ -359,7 +359,7 @@ def test_sqs_errors_reach_the_sdk_as_its_classes(sqs_run: ScenarioRun) -> None:
     assert unknown["message"] == "The specified queue does not exist."
     assert unknown["instanceOf"]["SQSServiceException"] is True
     for action in ("deleteInvalidHandle", "changeVisibilityInvalidHandle"):
-        assert_sdk_error(errors[action], "ReceiptHandleIsInvalid", 400)
+        assert_sdk_error(errors[action], "ReceiptHandleIsInvalid", 404)  # the model's status
     assert_sdk_error(
         errors["emptyBatch"], "EmptyBatchRequest", 400, "AWS.SimpleQueueService.EmptyBatchRequest"
     )
