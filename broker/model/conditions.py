@@ -225,7 +225,10 @@ def _key_holds(operator: str, key: str, raw: Any, context: Context) -> bool:
     if prefix == "forallvalues:":
         return all(_one(test, negated, v, patterns) for v in present or ())
     if not present:
-        return if_exists
+        # IAM ("Condition operators"): an absent key matches nothing, except under ...IfExists
+        # and except that a negated operator (StringNotEquals, ArnNotLike, NotIpAddress...)
+        # then holds: "Deny unless aws:SourceArn is my topic" denies a request without one.
+        return if_exists or (negated and not prefix)
     return any(_one(test, negated, v, patterns) for v in present)
 
 

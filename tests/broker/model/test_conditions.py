@@ -114,7 +114,10 @@ def test_the_keys_a_block_reads():
         ({"Null": {"aws:SourceVpc": "true"}}, True),
         ({"Null": {"aws:SourceArn": "true"}}, False),
         ({"StringEquals": {"aws:SourceVpc": "vpc-1"}}, False),  # absent: false
-        ({"StringNotEquals": {"aws:SourceVpc": "vpc-1"}}, False),  # absent: false, negated too
+        # Absent: a key matches nothing, so a negated operator holds (IAM's "Condition
+        # operators", Important): a Deny-unless guard denies requests without the key.
+        ({"StringNotEquals": {"aws:SourceVpc": "vpc-1"}}, True),
+        ({"NotIpAddress": {"aws:SourceVpce": "10.0.0.0/8"}}, True),
         ({"StringEqualsIfExists": {"aws:SourceVpc": "vpc-1"}}, True),
         ({"ForAllValues:StringEquals": {"aws:SourceVpc": "vpc-1"}}, True),  # empty set
         ({"ForAnyValue:StringEquals": {"aws:SourceVpc": "vpc-1"}}, False),
@@ -186,6 +189,11 @@ def test_negated_operators_are_the_negation_for_a_present_single_value(pair, key
     )
 
 
+NEGATED = frozenset(
+    {"StringNotEquals", "StringNotEqualsIgnoreCase", "StringNotLike", "ArnNotLike", "ArnNotEquals"}
+)
+
+
 @given(pair=string_operators, key=keys, listed=patterns, request=contexts)
 def test_if_exists_on_an_absent_key_is_true_and_otherwise_changes_nothing(
     pair, key, listed, request
@@ -197,7 +205,7 @@ def test_if_exists_on_an_absent_key_is_true_and_otherwise_changes_nothing(
             assert if_exists is plain
         else:
             assert if_exists is True
-            assert plain is False
+            assert plain is (operator in NEGATED)  # "the right key is not present": true
 
 
 @given(pair=string_operators, key=keys, listed=patterns)
