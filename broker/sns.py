@@ -32,6 +32,7 @@ from broker.model.topics import render_attributes as render_topic
 from broker.registry import now_ms
 from broker.topic_state import Subscription, Topic
 from broker.topics import TopicRegistry
+from proto.aws.errors import AwsError
 from proto.aws.sns_shapes import sns_error
 
 PAGE_SIZE: Final = 100  # ListTopics, ListSubscriptions(ByTopic): "up to 100" per page
@@ -141,11 +142,26 @@ class SnsApi:
                 anonymous=anonymous,
             )
         if decision is Decision.DENY:
-            raise sns_error(
-                "AuthorizationErrorException",
-                f"User: {caller.principal_arn} is not authorized to perform: SNS:{action} on "
-                f"resource: {topic.arn}",
-            )
+            raise _not_authorized(context, action, topic.arn)
+
+    def _is_owner(self, context: SnsContext) -> bool:
+        """Whether the caller is of the broker's account (which owns every topic)."""
+        caller = context.caller
+        return caller.anonymous or caller.account == self.account_id
+
+    def _require_owner(self, context: SnsContext, action: str, resource: str) -> None:
+        """Actions on the account's own resources, which no topic policy grants to others
+        (CreateTopic, the tag actions): AWS's "API permissions" reference lists them apart."""
+        if not self._is_owner(context):
+            raise _not_authorized(context, action, resource)
+
+    def _require_subscriber_or_owner(
+        self, subscription: Subscription, context: SnsContext, action: str
+    ) -> None:
+        """Unsubscribe and the subscription attributes: "only the owner of the subscription
+        or the topic's owner" (AWS's Unsubscribe reference)."""
+        if not self._is_owner(context) and context.caller.account != subscription.record.owner:
+            raise _not_authorized(context, action, subscription.arn)
 
     # ------------------------------------------------------------------ topics
 
@@ -154,10 +170,12 @@ class SnsApi:
             raise invalid_parameter(
                 "DataProtectionPolicy Reason: message data protection is out of scope for Wharf"
             )
+        name = _required(params, "Name")
+        if not self._is_owner(context):  # (the name is checked only after this)
+            resource = f"arn:aws:sns:{self.topics.region}:{self.account_id}:{name}"
+            raise _not_authorized(context, "CreateTopic", resource)
         tags = _tags(params.get("Tags") or [])
-        topic = await self.topics.create(
-            _required(params, "Name"), params.get("Attributes") or {}, tags, now_ms()
-        )
+        topic = await self.topics.create(name, params.get("Attributes") or {}, tags, now_ms())
         return {"TopicArn": topic.arn}
 
     async def delete_topic(self, params: Params, context: SnsContext) -> Result:
@@ -173,7 +191,8 @@ class SnsApi:
         return None
 
     async def list_topics(self, params: Params, context: SnsContext) -> Result:
-        arns = sorted(topic.arn for topic in self.topics)
+        # Another account's caller lists its own topics: none here (as SQS's ListQueues).
+        arns = sorted(topic.arn for topic in self.topics) if self._is_owner(context) else []
         page, token = _page(arns, lambda arn: arn, params.get("NextToken"))
         result: dict[str, Any] = {"Topics": [{"TopicArn": arn} for arn in page]}
         if token is not None:
@@ -220,15 +239,16 @@ class SnsApi:
 
     # ------------------------------------------------------------------ tags
 
-    def _tagged(self, params: Params) -> Topic:
+    def _tagged(self, params: Params, context: SnsContext) -> Topic:
         arn = _required(params, "ResourceArn")
+        self._require_owner(context, context.action, arn)
         topic = self.topics.by_arn(arn)
         if topic is None:
             raise sns_error("ResourceNotFoundException", "Resource does not exist")
         return topic
 
     async def tag_resource(self, params: Params, context: SnsContext) -> Result:
-        topic = self._tagged(params)
+        topic = self._tagged(params, context)
         tags = {**topic.record.tags, **_tags(params.get("Tags") or [])}
         if len(tags) > MAX_TAGS:
             raise sns_error(
@@ -239,7 +259,7 @@ class SnsApi:
         return {}
 
     async def untag_resource(self, params: Params, context: SnsContext) -> Result:
-        topic = self._tagged(params)
+        topic = self._tagged(params, context)
         drop = set(params.get("TagKeys") or [])
         await self.topics.set_tags(
             topic, {k: v for k, v in topic.record.tags.items() if k not in drop}
@@ -247,7 +267,7 @@ class SnsApi:
         return {}
 
     async def list_tags_for_resource(self, params: Params, context: SnsContext) -> Result:
-        topic = self._tagged(params)
+        topic = self._tagged(params, context)
         return {"Tags": [{"Key": k, "Value": v} for k, v in sorted(topic.record.tags.items())]}
 
     # ------------------------------------------------------------------ subscriptions
@@ -308,7 +328,7 @@ class SnsApi:
                 "needs a signed request.",
             )
         if context.authenticated:
-            self._authorize(subscription.topic, context, "Unsubscribe")
+            self._require_subscriber_or_owner(subscription, context, "Unsubscribe")
         now = now_ms()
         batch = Batch()
         batch.mutations.extend(self.topics.unsubscribe(subscription, now))
@@ -322,7 +342,12 @@ class SnsApi:
         return None
 
     async def list_subscriptions(self, params: Params, context: SnsContext) -> Result:
-        return self._list(self.topics.subscriptions(), params.get("NextToken"))
+        # Another account's caller lists the subscriptions it owns.
+        subscriptions = self.topics.subscriptions()
+        if not self._is_owner(context):
+            account = context.caller.account
+            subscriptions = [s for s in subscriptions if s.record.owner == account]
+        return self._list(subscriptions, params.get("NextToken"))
 
     async def list_subscriptions_by_topic(self, params: Params, context: SnsContext) -> Result:
         topic = self._topic(params, context)
@@ -351,12 +376,14 @@ class SnsApi:
 
     async def get_subscription_attributes(self, params: Params, context: SnsContext) -> Result:
         subscription = self.topics.require_subscription(params.get("SubscriptionArn"))
+        self._require_subscriber_or_owner(subscription, context, "GetSubscriptionAttributes")
         topic_policy = subscription.topic.settings.delivery_policy_parsed
         rendered = render_subscription(subscription.settings, subscription.facts(), topic_policy)
         return {"Attributes": rendered}
 
     async def set_subscription_attributes(self, params: Params, context: SnsContext) -> Result:
         subscription = self.topics.require_subscription(params.get("SubscriptionArn"))
+        self._require_subscriber_or_owner(subscription, context, "SetSubscriptionAttributes")
         name = _required(params, "AttributeName")
         mutations = self.topics.set_subscription_attribute(
             subscription, name, params.get("AttributeValue") or ""
@@ -506,4 +533,12 @@ def _publish_request(params: Params) -> PublishRequest:
         attributes=dict(params.get("MessageAttributes") or {}),
         group_id=params.get("MessageGroupId"),
         deduplication_id=params.get("MessageDeduplicationId"),
+    )
+
+
+def _not_authorized(context: SnsContext, action: str, resource: str) -> AwsError:
+    return sns_error(
+        "AuthorizationErrorException",
+        f"User: {context.caller.principal_arn} is not authorized to perform: SNS:{action} on "
+        f"resource: {resource}",
     )

@@ -176,3 +176,61 @@ def test_public_url_shapes_the_links(tmp_path: Path) -> None:
             "https://sns.internal:8443/SimpleNotificationService-wharf.pem"
         )
         assert body["UnsubscribeURL"].startswith("https://sns.internal:8443/?Action=Unsubscribe")
+
+
+def test_another_account_reaches_only_what_it_owns_or_is_granted(
+    signed_broker: BrokerThread,
+) -> None:
+    owner = sns_client(signed_broker.endpoint)
+    stranger = sns_client(
+        signed_broker.endpoint, access_key_id=OTHER_KEY, secret_access_key=OTHER_SECRET
+    )
+    topic = owner.create_topic(Name="owned")["TopicArn"]
+    with Endpoint() as endpoint:
+        mine = owner.subscribe(
+            TopicArn=topic,
+            Protocol="http",
+            Endpoint=endpoint.url.replace("://", "://user:s3cret@"),
+            ReturnSubscriptionArn=True,
+        )["SubscriptionArn"]
+
+        def refused(call: Any, **params: Any) -> str:
+            with pytest.raises(botocore.exceptions.ClientError) as info:
+                call(**params)
+            assert info.value.response["Error"]["Code"] == "AuthorizationError"
+            return str(info.value.response["Error"]["Message"])
+
+        # Actions on the account's own resources, which no topic policy grants:
+        assert "SNS:CreateTopic on resource: arn:aws:sns:us-east-1:000000000000:theirs" in (
+            refused(stranger.create_topic, Name="theirs")
+        )
+        refused(stranger.tag_resource, ResourceArn=topic, Tags=[{"Key": "k", "Value": "v"}])
+        refused(stranger.untag_resource, ResourceArn=topic, TagKeys=["k"])
+        refused(stranger.list_tags_for_resource, ResourceArn=topic)
+        # Another's subscription: neither its attributes (an endpoint's password) nor a change.
+        refused(stranger.get_subscription_attributes, SubscriptionArn=mine)
+        refused(
+            stranger.set_subscription_attributes,
+            SubscriptionArn=mine,
+            AttributeName="RawMessageDelivery",
+            AttributeValue="true",
+        )
+        refused(stranger.unsubscribe, SubscriptionArn=mine)
+        # Its own listings: none of the owner's topics or subscriptions.
+        assert stranger.list_topics()["Topics"] == []
+        assert stranger.list_subscriptions()["Subscriptions"] == []
+        # Granted Subscribe, it owns its subscription: it may read, change and end it.
+        owner.add_permission(
+            TopicArn=topic, Label="sub", AWSAccountId=["111122223333"], ActionName=["Subscribe"]
+        )
+        queue = "arn:aws:sqs:us-east-1:000000000000:never-created"
+        theirs = stranger.subscribe(
+            TopicArn=topic, Protocol="sqs", Endpoint=queue, ReturnSubscriptionArn=True
+        )["SubscriptionArn"]
+        listed = stranger.list_subscriptions()["Subscriptions"]
+        assert [s["SubscriptionArn"] for s in listed] == [theirs]
+        attributes = stranger.get_subscription_attributes(SubscriptionArn=theirs)["Attributes"]
+        assert attributes["Owner"] == "111122223333"
+        stranger.unsubscribe(SubscriptionArn=theirs)
+        owner.unsubscribe(SubscriptionArn=mine)
+    owner.delete_topic(TopicArn=topic)
