@@ -517,6 +517,9 @@ class HttpDeliveries:
                     next_attempt_at=item.next_attempt_at,
                 )
                 await self.store.commit([rescheduled])
+                if item.forgotten:  # unsubscribed, or confirmed, while that committed
+                    await self.store.commit([finished], lambda: self._remove(lane, item))
+                    return
                 item.in_flight = False
                 lane.push(item)
                 return
