@@ -101,6 +101,10 @@ class _Item:
         self.in_flight = False
         self.forgotten = False  # unsubscribed or deleted during its attempt: no retry
 
+    def is_forgotten(self) -> bool:
+        """``forgotten`` read anew after an await (a check before it does not hold after)."""
+        return self.forgotten
+
 
 class _Lane:
     """One subscription's deliveries."""
@@ -517,7 +521,7 @@ class HttpDeliveries:
                     next_attempt_at=item.next_attempt_at,
                 )
                 await self.store.commit([rescheduled])
-                if item.forgotten:  # unsubscribed, or confirmed, while that committed
+                if item.is_forgotten():  # unsubscribed, or confirmed, while that committed
                     await self.store.commit([finished], lambda: self._remove(lane, item))
                     return
                 item.in_flight = False
