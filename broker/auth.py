@@ -82,13 +82,16 @@ class Authenticator:
         self.credentials = dict(credentials)
         self.account_id = account_id
 
-    def authenticate(self, request: Request, *, region: str | None = None) -> Caller:
+    def authenticate(
+        self, request: Request, *, region: str | None = None, service: str | None = None
+    ) -> Caller:
         """Identify the caller.
 
         Args:
             request: the request.
             region: the broker's region, which a signature's credential scope must name
                 (None accepts any; anonymous callers are never checked).
+            service: the service the scope must name (``sqs``, ``sns``; None accepts any).
 
         Raises:
             SigV4Error: a missing, malformed, expired or wrong signature, an unknown key, or a
@@ -117,6 +120,13 @@ class Authenticator:
             raise sigv4.SigV4Error(
                 "SignatureDoesNotMatch",
                 f"Credential should be scoped to a valid region, not '{identity.region}'.",
+            )
+        if service is not None and identity.service != service:
+            # AWS's words for a signature scoped to another service (quoted in aws-sdk-go
+            # #1850 and aws-sdk-ruby #431).
+            raise sigv4.SigV4Error(
+                "SignatureDoesNotMatch",
+                f"Credential should be scoped to correct service: '{service}'.",
             )
         credential = self.credentials[identity.access_key_id]
         principal = credential.principal or f"arn:aws:iam::{self.account_id}:root"

@@ -186,7 +186,9 @@ class Frontend:
         codec = JSON_SQS if target is not None else QUERY_SQS
         action = "Unknown"
         try:
-            caller = self.authenticator.authenticate(request, region=self.sqs.registry.region)
+            caller = self.authenticator.authenticate(
+                request, region=self.sqs.registry.region, service="sqs"
+            )
             action, params = self._decode(codec, request, target)
             if self._admit is not None:
                 self._admit(action, len(request.body))

@@ -196,7 +196,7 @@ class SnsFrontend:
     ) -> tuple[Caller, bool]:
         """The caller, and whether the request proved who it is (a signature)."""
         try:
-            caller = authenticator.authenticate(request, region=self.region)
+            caller = authenticator.authenticate(request, region=self.region, service="sns")
         except sigv4.SigV4Error:
             if signed or action not in UNSIGNED_ACTIONS:
                 raise

@@ -19,10 +19,13 @@ from collections.abc import Iterator
 from typing import Any
 from unittest import mock
 
+import botocore.credentials
 import botocore.exceptions
 import botocore.parsers
 import pytest
 import trio
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
 
 from broker.config import SqsSettings
 from broker.registry import now_ms
@@ -1666,6 +1669,28 @@ def test_a_signature_for_another_region_is_refused(secured: BrokerThread, protoc
         client.list_queues()
     assert code_of(excinfo) == "SignatureDoesNotMatch"
     assert "region" in error_of(excinfo)["Message"]
+
+
+@pytest.mark.parametrize("service", ["s3", "sns"])
+def test_a_signature_for_another_service_is_refused(secured: BrokerThread, service):
+    # botocore's signer, scoped to another service: AWS answers "Credential should be scoped
+    # to correct service" (the sns scope is the SNS front end's, which refuses SQS actions).
+    body = b"Action=ListQueues&Version=2012-11-05"
+    request = AWSRequest(
+        method="POST",
+        url=secured.endpoint + "/",
+        data=body,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    credentials = botocore.credentials.Credentials(ACCESS_KEY_ID, SECRET_ACCESS_KEY)
+    SigV4Auth(credentials, service, "us-east-1").add_auth(request)
+    status, _, answer = secured.http("POST", "/", headers=list(request.headers.items()), body=body)
+    assert status in (400, 403)
+    if service == "s3":
+        assert b"<Code>SignatureDoesNotMatch</Code>" in answer
+        assert b"Credential should be scoped to correct service: 'sqs'." in answer
+    else:
+        assert b"ListQueues" in answer  # SNS names the action it does not have
 
 
 def fetch(url: str, method: str) -> tuple[int, bytes]:
