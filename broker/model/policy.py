@@ -141,18 +141,22 @@ def _names(principal: Any, caller: _Caller) -> bool:
 def _listed_or_not(statement: dict[str, Any], element: str, value: str) -> bool:
     """Whether ``value`` matches the statement's ``element`` (Action or Resource), or is left
     out by its ``Not<element>``; a statement with neither covers every resource."""
+    # Action names match in any case (IAM: "sqs:sendmessage" is sqs:SendMessage); resource
+    # ARNs exactly, as queue and topic names are case-sensitive ("Q" is not "q").
+    ignore_case = element == "Action"
     excluded = statement.get(f"Not{element}")
     if excluded is not None:
-        return not _any_glob(_as_list(excluded), value)
+        return not _any_glob(_as_list(excluded), value, ignore_case)
     listed = _as_list(statement.get(element))
     if not listed and element == "Resource":
         return True
-    return _any_glob(listed, value)
+    return _any_glob(listed, value, ignore_case)
 
 
-def _any_glob(globs: Iterable[Any], value: str) -> bool:
+def _any_glob(globs: Iterable[Any], value: str, ignore_case: bool) -> bool:
     return any(
-        isinstance(g, str) and compile_glob(g, ignore_case=True).fullmatch(value) for g in globs
+        isinstance(g, str) and compile_glob(g, ignore_case=ignore_case).fullmatch(value)
+        for g in globs
     )
 
 

@@ -169,6 +169,9 @@ def test_resources():
     assert decide(policy, BOB, "SendMessage", OTHER_ARN) is Decision.DENY
     no_resource = policy_of({"Effect": "Allow", "Principal": "*", "Action": "sqs:*"})
     assert decide(no_resource, BOB, "SendMessage") is Decision.ALLOW
+    # Queue names are case-sensitive: a resource in other letters is another queue.
+    shouting = policy_of(statement("Allow", {"AWS": BOB}, "sqs:*", ARN.upper()))
+    assert decide(shouting, BOB, "SendMessage") is Decision.DENY
 
 
 def test_a_secure_transport_deny_refuses_plain_http_only():
