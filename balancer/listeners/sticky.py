@@ -187,13 +187,16 @@ def _take_set_cookie(headers: list[Header], name: str) -> str | None:
 
 
 def _set_cookie_value(headers: Sequence[Header], name: str) -> str | None:
-    """The value the response's ``Set-Cookie`` gives cookie ``name``, if it sets it."""
+    """The value the response's ``Set-Cookie`` gives cookie ``name``, if it sets it: the last
+    one's, as a browser keeps it (RFC 6265 5.3; a session renewed as a deletion, then the new
+    value, is the new value)."""
     wanted = name.encode("latin-1")
+    value: str | None = None
     for header in headers:
         found = _cookie_set(header, wanted)
         if found is not None:
-            return found
-    return None
+            value = found
+    return value
 
 
 def _cookie_set(header: Header, wanted: bytes) -> str | None:

@@ -136,6 +136,26 @@ def test_an_app_cookie_is_mapped_to_its_target():
     )
 
 
+def test_an_app_cookie_renewed_by_a_deletion_then_a_new_value_follows_the_new_value():
+    # Frameworks that renew a session send "SESSION=; Max-Age=0" then "SESSION=new": the
+    # browser keeps the last (RFC 6265 5.3), so the mapping must too.
+    rt = runtime(Stickiness(enabled=True, type="app_cookie", cookie_name="SESSION"))
+    action = rt.current.config.listeners[0].default_action
+    assert isinstance(action, Forward)
+    first = plan(rt.current, action, [], rand=rt.rand, wall=NOW)
+    group_config = rt.current.groups["blue"].config
+    renewed = [
+        (b"set-cookie", b"SESSION=; Max-Age=0; Path=/"),
+        (b"set-cookie", b"SESSION=new; Path=/"),
+    ]
+    cookies = cookies_of(
+        response_cookies(first, rt.current, group_config, "10.0.0.1:80", renewed, wall=NOW)
+    )
+    header = f"SESSION=new; {APP_COOKIE}={cookies[APP_COOKIE]}".encode()
+    again = plan(rt.current, action, [(b"cookie", header)], rand=rt.rand, wall=NOW)
+    assert again.sticky_target == "10.0.0.1:80"
+
+
 def test_a_group_cookie_keeps_a_weighted_forward_on_its_group():
     rt = runtime(Stickiness(), weighted=True)
     action = rt.current.config.listeners[0].default_action
