@@ -148,6 +148,8 @@ _LINE_ENDS: Final = (b"\r", b"\n")
 _HEAD_REFUSALS: Final = {
     "BadRequestTarget": b"bad request target\n",
     "UnsupportedHttpVersion": b"HTTP version not supported\n",
+    "InvalidHostHeader": b"bad host header\n",
+    "MethodNotAllowed": b"TRACE is not supported\n",
 }
 
 
@@ -400,6 +402,11 @@ class _Connection:
         elif not is_valid_host(host):
             ex.error_reason = "InvalidHostHeader"  # RFC 9112 3.2
             ex.status = 400
+        elif request.method == b"TRACE":
+            # ALB: "HTTP 405: Method not allowed - The client used the TRACE method, which is
+            # not supported" (a target's echo would hand a page its cookies: cross-site tracing).
+            ex.error_reason = "MethodNotAllowed"
+            ex.status = 405
         elif bad_target or (request.target == b"*" and request.method != b"OPTIONS"):
             # RFC 9112 3.2.4: the asterisk form is OPTIONS's alone.
             ex.error_reason = "BadRequestTarget"

@@ -734,6 +734,7 @@ async def test_draining_closes_tls_connections_still_waiting_for_their_hello(tmp
         # RFC 9112 3.2: a Host that is no authority (it would land in a redirect's Location).
         (b"GET / HTTP/1.1\r\nHost: evil.test/x?\r\n\r\n", 400),
         (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+        (b"TRACE / HTTP/1.1\r\nHost: x\r\n\r\n", 405),  # ALB does not support TRACE
     ],
 )
 async def test_requests_that_are_not_http_1_are_refused_not_forwarded(payload, status):
