@@ -113,7 +113,15 @@ class SnsApi:
         self._authorize(topic, context, action or context.action)
         return topic
 
-    def _authorize(self, topic: Topic, context: SnsContext, action: str) -> None:
+    def _authorize(
+        self,
+        topic: Topic,
+        context: SnsContext,
+        action: str,
+        keys: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        """Raise AuthorizationError unless the caller may take ``action`` on ``topic``;
+        ``keys``: the action's own condition keys (Subscribe's ``sns:Protocol``...)."""
         caller = context.caller
         policy = topic.settings.policy
         if policy is None:  # the common case, kept cheap: no condition context to build
@@ -124,6 +132,15 @@ class SnsApi:
             # As for queue policies: conditions see the request's keys, and an anonymous
             # caller is held to the statements that name every principal ("*").
             anonymous = caller.anonymous
+            condition_keys = request_context(
+                now_ms=now_ms(),
+                secure=context.secure,
+                source_ip=context.source_ip or None,
+                principal_arn=None if anonymous else caller.principal_arn,
+                principal_account=None if anonymous else caller.account,
+            )
+            if keys:
+                condition_keys.update(keys)
             decision = evaluate(
                 policy,
                 principal_arn=caller.principal_arn,
@@ -132,13 +149,7 @@ class SnsApi:
                 action=action,
                 resource=topic.arn,
                 service="sns",
-                context=request_context(
-                    now_ms=now_ms(),
-                    secure=context.secure,
-                    source_ip=context.source_ip or None,
-                    principal_arn=None if anonymous else caller.principal_arn,
-                    principal_account=None if anonymous else caller.account,
-                ),
+                context=condition_keys,
                 anonymous=anonymous,
             )
         if decision is Decision.DENY:
@@ -273,12 +284,18 @@ class SnsApi:
     # ------------------------------------------------------------------ subscriptions
 
     async def subscribe(self, params: Params, context: SnsContext) -> Result:
-        topic = self._topic(params, context)
+        topic = self.topics.require(params.get("TopicArn"))
+        protocol = _required(params, "Protocol")
+        endpoint = params.get("Endpoint") or ""
+        # Subscribe's own condition keys (SNS's "API permissions" reference): a policy can
+        # allow, say, only sqs subscriptions, or only endpoints of one domain.
+        keys = {"sns:protocol": (protocol,), "sns:endpoint": (endpoint,)}
+        self._authorize(topic, context, "Subscribe", keys)
         now = now_ms()
         subscription, mutations = self.topics.subscribe(
             topic,
-            _required(params, "Protocol"),
-            params.get("Endpoint") or "",
+            protocol,
+            endpoint,
             params.get("Attributes") or {},
             owner=context.caller.account,
             now=now,

@@ -234,3 +234,46 @@ def test_another_account_reaches_only_what_it_owns_or_is_granted(
         stranger.unsubscribe(SubscriptionArn=theirs)
         owner.unsubscribe(SubscriptionArn=mine)
     owner.delete_topic(TopicArn=topic)
+
+
+def test_subscribe_policies_see_the_protocol_and_the_endpoint(signed_broker: BrokerThread) -> None:
+    owner = sns_client(signed_broker.endpoint)
+    stranger = sns_client(
+        signed_broker.endpoint, access_key_id=OTHER_KEY, secret_access_key=OTHER_SECRET
+    )
+    topic = owner.create_topic(Name="sqs-only")["TopicArn"]
+    queue = "arn:aws:sqs:us-east-1:000000000000:never-created"
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {  # others may subscribe their queues, nothing else
+                "Effect": "Allow",
+                "Principal": {"AWS": "111122223333"},
+                "Action": "SNS:Subscribe",
+                "Resource": topic,
+                "Condition": {"StringEquals": {"sns:Protocol": "sqs"}},
+            },
+            {  # and no one endpoints outside example.com over HTTP(S)
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "SNS:Subscribe",
+                "Resource": topic,
+                "Condition": {
+                    "StringEquals": {"sns:Protocol": ["http", "https"]},
+                    "StringNotLike": {"sns:Endpoint": "https://*.example.com/*"},
+                },
+            },
+        ],
+    }
+    owner.set_topic_attributes(
+        TopicArn=topic, AttributeName="Policy", AttributeValue=json.dumps(policy)
+    )
+    arn = stranger.subscribe(
+        TopicArn=topic, Protocol="sqs", Endpoint=queue, ReturnSubscriptionArn=True
+    )["SubscriptionArn"]
+    for client, endpoint in ((stranger, "https://hooks.example.com/x"), (owner, "http://a.b/")):
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            client.subscribe(TopicArn=topic, Protocol="https", Endpoint=endpoint)
+        assert info.value.response["Error"]["Code"] == "AuthorizationError"
+    stranger.unsubscribe(SubscriptionArn=arn)
+    owner.delete_topic(TopicArn=topic)
