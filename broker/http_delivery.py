@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -243,7 +244,7 @@ class HttpDeliveries:
         self._failing.discard(subscription_id)
         lane = self._lanes.get(subscription_id)
         if lane is not None:
-            self._take(lane, "Notification")
+            self._take(lane, lambda item: item.message_type == "Notification")
             if not lane.items and not lane.running:
                 del self._lanes[subscription_id]
 
@@ -257,15 +258,15 @@ class HttpDeliveries:
         lane = self._lanes.get(subscription_id)
         if lane is None:
             return []
-        taken = self._take(lane, "SubscriptionConfirmation")
+        taken = self._take(lane, lambda item: item.message_type == "SubscriptionConfirmation")
         return [HttpDeliveryFinished(delivery_id=item.delivery_id) for item in taken]
 
-    def _take(self, lane: _Lane, message_type: MessageType) -> list[_Item]:
-        """Take a lane's deliveries of one type out of it; those in flight end with their
+    def _take(self, lane: _Lane, wanted: Callable[[_Item], bool]) -> list[_Item]:
+        """Take a lane's ``wanted`` deliveries out of it; those in flight end with their
         attempt (marked forgotten), the others now: returned."""
         taken = []
         for item in list(lane.items.values()):
-            if item.message_type != message_type:
+            if not wanted(item):
                 continue
             if item.in_flight:
                 item.forgotten = True
@@ -280,13 +281,7 @@ class HttpDeliveries:
         self._proven = {s for s in self._proven if live(s) is not None}
         self._failing = {s for s in self._failing if live(s) is not None}
         for lane in list(self._lanes.values()):
-            for item in list(lane.items.values()):
-                if item.topic_id != topic_id:
-                    continue
-                if item.in_flight:
-                    item.forgotten = True
-                else:
-                    self._remove(lane, item)
+            self._take(lane, lambda item: item.topic_id == topic_id)
 
     # ------------------------------------------------------------------ tasks
 
