@@ -352,20 +352,17 @@ class BalancerApp:
             self.pools.prune(trio.current_time())
             self.access_logs.flush()
 
-    def reopen_access_logs(self) -> dict[str, OSError]:
+    def reopen_access_logs(self) -> None:
         """Open the running configuration's access log files again (logrotate's ``mv`` then
         SIGHUP, as nginx's reopen), whatever becomes of the new file. One that cannot be
-        opened is logged (``access_log.reopen_failed``) and keeps its open file.
-
-        Returns:
-            Those that could not be opened, by destination.
+        opened is logged (``access_log.reopen_failed``), keeps its open file, and is kept in
+        ``_unopenable`` for the reload that follows (its new file may not keep it).
         """
         failed = self.access_logs.reopen_all()
         for destination, exc in failed.items():
             reason = exc.strerror or str(exc)
             self.frame.log.error("access_log.reopen_failed", destination=destination, error=reason)
-        self._unopenable = failed  # the reload's new file may not keep these
-        return failed
+        self._unopenable = failed
 
     async def reload(self, config: BalancerConfig) -> None:
         """Swap in a new generation, or raise ConfigError with the old one serving.

@@ -387,10 +387,7 @@ class HttpDeliveries:
             self._note_health(lane, outcome)
             await self._settle(lane, item, outcome)
         except Exception as exc:  # a bug here must not stop the other deliveries
-            self.log.exception("sns.delivery_bug", exc, delivery=item.delivery_id)
-            item.in_flight = False
-            item.next_attempt_at = now_ms() + int(RETRY_AFTER_BUG_SECONDS * 1000)
-            lane.push(item)
+            self._retry_after_bug(lane, item, exc)
         finally:
             lane.in_flight -= 1
             if lead:
@@ -418,13 +415,18 @@ class HttpDeliveries:
             outcome = Outcome(None, "expired", f"retry window of {window:g} s ended")
             await self._give_up(lane, item, outcome, self._subscription(item), now_ms())
         except Exception as exc:  # as in _attempt: a bug here must not stop the others
-            self.log.exception("sns.delivery_bug", exc, delivery=item.delivery_id)
-            item.in_flight = False
-            item.next_attempt_at = now_ms() + int(RETRY_AFTER_BUG_SECONDS * 1000)
-            lane.push(item)
+            self._retry_after_bug(lane, item, exc)
         finally:
             lane.in_flight -= 1
             lane.notify()
+
+    def _retry_after_bug(self, lane: _Lane, item: _Item, exc: Exception) -> None:
+        """An attempt failed inside Wharf: log it, and try again ``RETRY_AFTER_BUG_SECONDS``
+        later."""
+        self.log.exception("sns.delivery_bug", exc, delivery=item.delivery_id)
+        item.in_flight = False
+        item.next_attempt_at = now_ms() + int(RETRY_AFTER_BUG_SECONDS * 1000)
+        lane.push(item)
 
     def _note_health(self, lane: _Lane, outcome: Outcome | None) -> None:
         """Open the lane up after a 2xx; hold it to probes after the endpoint failed."""
