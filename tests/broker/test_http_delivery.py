@@ -231,7 +231,9 @@ async def test_a_retry_due_after_its_window_goes_to_the_dead_letter_queue(tmp_pa
         await second.store.aclose()
 
 
-async def test_the_window_ends_a_grace_second_after_its_last_scheduled_retry(harness: Harness) -> None:
+async def test_the_window_ends_a_grace_second_after_its_last_scheduled_retry(
+    harness: Harness,
+) -> None:
     with Endpoint(behaviour="500") as endpoint:
         await harness.subscribe(endpoint.url, DeliveryPolicy=FAST)
         await harness.publish("m")
