@@ -250,7 +250,7 @@ class _Connection:
         self.served += 1
         step = self._reusable(ex)
         if step != _DISCARD:  # else booked once the rest of its body is dropped
-            self._finish(ex)
+            self._finish(ex, closing=step == _STOP)
         return step
 
     # Reading a request ---------------------------------------------------------------------
@@ -372,13 +372,6 @@ class _Connection:
             start_received=start_received,
         )
         ex.head_bytes = len(head)
-        if verdict.classification is not Classification.COMPLIANT:
-            services.stats.desync_request(
-                services.name,
-                verdict.classification.label,
-                verdict.reason,
-                refused=verdict.action is Action.REFUSE,
-            )
         # ALB answers 400 to every request over its size limits (not 414 or 431).
         if len(head) > limits.request_header_bytes:
             ex.error_reason = "RequestHeaderTooLarge"
@@ -411,6 +404,15 @@ class _Connection:
             # RFC 9112 3.2.4: the asterisk form is OPTIONS's alone.
             ex.error_reason = "BadRequestTarget"
             ex.status = 400
+        if verdict.classification is not Classification.COMPLIANT:
+            # "refused" says what the client got: a request answered here with an error
+            # (an HTTP/3.0 head's 505, a limit's 400) was not passed on either.
+            services.stats.desync_request(
+                services.name,
+                verdict.classification.label,
+                verdict.reason,
+                refused=verdict.action is Action.REFUSE or ex.status is not None,
+            )
         return ex
 
     async def _refuse_unparsed(
@@ -622,7 +624,7 @@ class _Connection:
 
     # Accounting ----------------------------------------------------------------------------
 
-    def _finish(self, ex: Exchange) -> None:
+    def _finish(self, ex: Exchange, *, closing: bool = False) -> None:
         self.ex = None  # booked: a drain's cut (run) must not book it again
         services, client = self.services, self.client
         name = services.name
@@ -633,8 +635,10 @@ class _Connection:
         stats.request(name, rule, group, ex.status or 460, by_target=by_target)
         if ex.response_at is not None and ex.sent_at is not None:
             stats.target_response(name, group, ex.response_at - ex.sent_at)
-        # Bytes of a pipelined next request, read with this one's, are the next one's.
-        ahead = 0 if ex.upgraded else len(client.conn.trailing_data[0])
+        # Bytes of a pipelined next request, read with this one's, are the next one's; on a
+        # connection that closes now there is no next one, and they were read all the same.
+        last = ex.upgraded or ex.close_after or closing
+        ahead = 0 if last else len(client.conn.trailing_data[0])
         received = client.received - ahead - ex.start_received
         sent = client.sent - ex.start_sent
         stats.processed(name, received, sent)

@@ -239,3 +239,58 @@ async def test_processed_bytes_in_are_every_byte_clients_sent(tmp_path, protocol
         after, "wharf_balancer_http_processed_bytes_total", listener="front", direction="in"
     )
     assert received == stream.sent, (received, stream.sent)
+
+
+async def _send_raw_until_closed(front: tuple[str, int], data: bytes) -> bytes:
+    """Write ``data`` at once and read until the balancer closes the connection."""
+    stream = await trio.open_tcp_stream(*front)
+    answer = b""
+    async with stream:
+        with trio.fail_after(10):
+            await stream.send_all(data)
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        # a request pipelined behind one that closes the connection is read, never served
+        b"GET /fast HTTP/1.1\r\nhost: m\r\nconnection: close\r\n\r\n"
+        b"GET /fast HTTP/1.1\r\nhost: m\r\n\r\n",
+        # a refused (desync) request's body bytes were read before the 400 closed it
+        b"POST /fast HTTP/1.1\r\nhost: m\r\ncontent-length: 5\r\n"
+        b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+    ],
+    ids=["pipelined-after-close", "refused-with-body"],
+)
+async def test_processed_bytes_in_count_what_a_closing_connection_read(tmp_path, raw):
+    async with setup(tmp_path, "http") as (admin, _, daemon):
+        answer = await _send_raw_until_closed(address(daemon, "front"), raw)  # type: ignore[arg-type]
+        assert answer.startswith(b"HTTP/1.1 ")
+        after = await wait_scrape(
+            admin,
+            lambda s: value(s, "wharf_balancer_http_connections_active", listener="front") == 0,
+        )
+    received = value(
+        after, "wharf_balancer_http_processed_bytes_total", listener="front", direction="in"
+    )
+    assert received == len(raw), (received, len(raw))
+
+
+async def test_a_desync_count_says_refused_when_the_balancer_refused_it(tmp_path):
+    async with setup(tmp_path, "http") as (admin, _, daemon):
+        answer = await _send_raw_until_closed(
+            address(daemon, "front"),  # type: ignore[arg-type]
+            b"GET /fast HTTP/3.0\r\nhost: m\r\n\r\n",
+        )
+        assert answer.startswith(b"HTTP/1.1 505 ")
+        after = await scrape(admin)
+    counted = {
+        dict(labels)["refused"]: count
+        for (name, labels), count in after.items()
+        if name == "wharf_balancer_http_desync_requests_total"
+        and dict(labels).get("reason") == "NonCompliantVersion"
+    }
+    assert counted == {"true": 1.0}, counted
