@@ -82,6 +82,11 @@ from proto.http1 import (
 # Safe to send twice: the retry after a stale keep-alive connection is limited to these.
 IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 FLUSH_BYTES: Final = 1 << 16  # batch small pieces up to this much before a write
+# Reads and writes that complete at once are not checkpoints (monitoring.fastio): a body
+# that streams as fast as both peers go would otherwise hold the event loop, starving every
+# other connection, the admin listener and the watchdog. A real checkpoint every few reads
+# of a long body also lets its deadlines and a drain's cancellation reach it.
+YIELD_EVERY_READS: Final = 8
 # A response this slow gets a (non-blocking) look at whether its client is still there
 # before it is relayed: a client gone meanwhile is logged as 460 and the target connection
 # dropped instead of reading a body nobody wants. Fast responses skip the syscall.
@@ -474,6 +479,7 @@ async def _upload(
     config = ex.listener.config
     size = FLUSH_BYTES  # ``pending`` goes out first
     waited = False
+    reads = 0
     while True:
         try:
             event = conn.next_event()
@@ -485,6 +491,9 @@ async def _upload(
                 pending, size = [], 0
             ex.wait_for("body", config.timeouts.request_body_seconds)
             waited = True
+            reads += 1
+            if reads % YIELD_EVERY_READS == 0:
+                await trio.lowlevel.checkpoint()
             if conn.they_are_waiting_for_100_continue:
                 if expect:
                     # The target's turn: its 100 or final answer (relayed by the watcher),
@@ -630,6 +639,9 @@ async def _read_head(client: Client, ex: Exchange, up: Upstream, *, answered: bo
                 ex.response_at = trio.current_time()
                 return event
             await relay_interim(client, event)
+            # A target flooding 1xx never makes a read wait: yield, and let the response
+            # timeout (a cancellation) reach this loop.
+            await trio.lowlevel.checkpoint()
         else:
             raise _TargetFailed("TargetClosedConnection", answered=answered)
 
@@ -678,7 +690,7 @@ async def _relay(
     ex.status = response.status_code
     ex.relayed_at = client.now()  # ALB's response_processing_time ends here
     idle = ex.listener.config.idle_timeout_seconds
-    size = 0
+    size = reads = 0
     while True:
         try:
             event = up.conn.next_event()
@@ -695,6 +707,9 @@ async def _relay(
                 await _flush(client, ex, pending)
                 pending, size = [], 0
             ex.wait_for("relay", idle)  # the target's next bytes: the idle timeout
+            reads += 1
+            if reads % YIELD_EVERY_READS == 0:
+                await trio.lowlevel.checkpoint()
             up.conn.receive_data(await _receive_upstream(up))
         elif isinstance(event, h11.Data):
             pending += conn.send_with_data_passthrough(event) or ()
