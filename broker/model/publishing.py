@@ -33,7 +33,9 @@ SEQUENCE_NUMBER_BASE: Final = 10**19  # 20 digits, as AWS's SequenceNumbers look
 # Publish: "alphanumeric and punctuation characters", 1 to 128 (the SQS rule SNS passes on).
 _FIFO_ID: Final = re.compile(r"[0-9A-Za-z!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~]{1,128}")
 _ATTRIBUTE_NAME: Final = re.compile(r"[A-Za-z0-9_.\-]+")
-_ATTRIBUTE_TYPE: Final = re.compile(r"(String|Number|Binary)(\.[^\s].*)?", re.DOTALL)
+# Anything after the dot, spaces first included ("String.  prefixed." is accepted on AWS:
+# LocalStack's AWS-validated test_message_attributes_prefixes), as SQS's own rule reads it.
+_ATTRIBUTE_TYPE: Final = re.compile(r"(String|Number|Binary)(\..+)?", re.DOTALL)
 _RESERVED_NAME_PREFIXES: Final = ("aws.", "amazon.")
 _SUBJECT_FORBIDDEN: Final = re.compile(r"[\x00-\x1f\x7f]")
 MAX_ATTRIBUTE_TYPE_BYTES: Final = 256

@@ -116,6 +116,12 @@ def test_fifo_rules() -> None:
          "'Amazon.' (in any case) are AWS's."),
         ({"a": {"DataType": "String." + "x" * 250, "StringValue": "v"}},
          "The message attribute 'a' has a type longer than 256 bytes."),
+        ({"a": {"DataType": "String.", "StringValue": "v"}},
+         "The message attribute 'a' has an invalid message attribute type, the set of supported "
+         "type prefixes is Binary, Number, and String."),
+        ({"a": {"DataType": "Stringprefixed", "StringValue": "v"}},
+         "The message attribute 'a' has an invalid message attribute type, the set of supported "
+         "type prefixes is Binary, Number, and String."),
         ({"a": {"DataType": "String.Array", "StringValue": "nope"}},
          "The message attribute 'a' with type 'String.Array' has an invalid value: it must be a "
          "JSON array."),
@@ -133,6 +139,8 @@ def test_good_attributes() -> None:
         {
             "s": {"DataType": "String", "StringValue": "v"},
             "s.custom": {"DataType": "String.custom", "StringValue": "v"},
+            "spaced": {"DataType": "String.  prefixed.", "StringValue": "v"},
+            "n.spaced": {"DataType": "Number. x", "StringValue": "1"},
             "n": {"DataType": "Number", "StringValue": "-1.5e10"},
             "b": {"DataType": "Binary", "BinaryValue": b"\x00"},
             "a": {"DataType": "String.Array", "StringValue": '["x", 1, true, null]'},
