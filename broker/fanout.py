@@ -275,7 +275,7 @@ class Fanout:
         bodies, selection = plan
         topic.stats.published += 1
         topic.stats.filtered_out += selection.filtered_out
-        delivered: list[tuple[Queue, int]] = []
+        delivered: list[tuple[Queue, int | None]] = []
         sqs_attempts = 0
         subscriptions = topic.subscriptions
         for subscription_id in selection.matched:
@@ -300,7 +300,7 @@ class Fanout:
         bodies: Bodies,
         now: int,
         sender_id: str,
-        delivered: list[tuple[Queue, int]],
+        delivered: list[tuple[Queue, int | None]],
     ) -> None:
         """Add the send of one delivery to ``batch``, exactly as a SendMessage would make it.
 
@@ -358,7 +358,7 @@ class Fanout:
             if attributes:
                 bodies.check_raw_attributes()
             size = message_size(send)
-            index.send_copy(now, send, size, batch.copies)
+            added = index.send_copy(now, send, size, batch.copies)
             batch.stored_bytes += size
         except (SqsError, EnvelopeError) as error:
             reason = error.message if isinstance(error, SqsError) else str(error)
@@ -367,7 +367,8 @@ class Fanout:
                 batch, subscription, body, attributes, group_id, deduplication_id, now, reason
             )
             return
-        delivered.append((queue, size))
+        # A copy the FIFO queue deduplicated is delivered (SQS said yes) but not sent to it.
+        delivered.append((queue, size if added else None))
 
     def _failed(
         self,
@@ -547,13 +548,19 @@ class Fanout:
 
 
 def _count_deliveries(
-    topic: Topic, delivered: list[tuple[Queue, int]], attempts: int, published_at: int
+    topic: Topic, delivered: list[tuple[Queue, int | None]], attempts: int, published_at: int
 ) -> None:
-    """Once a publish is durable: count its SQS attempts and deliveries, per queue and topic."""
+    """Once a publish is durable: count its SQS attempts and deliveries, per queue and topic.
+
+    ``delivered``: each copy's queue and size, None for a copy the FIFO queue deduplicated
+    (a delivery of the topic's, but not a message sent to the queue).
+    """
     topic.stats.attempts["sqs"] += attempts
     if not delivered:
         return
     for queue, size in delivered:
+        if size is None:
+            continue
         stats = queue.stats
         stats.sent += 1
         stats.bytes_sent += size

@@ -19,7 +19,7 @@ import trio
 from broker.auth import Caller
 from broker.model.attributes import render_attributes
 from broker.model.conditions import request_context
-from broker.model.errors import INVALID_PARAMETER_VALUE, SqsError
+from broker.model.errors import INVALID_PARAMETER_VALUE, SqsError, invalid_attribute_value
 from broker.model.index import resolve_wait_time
 from broker.model.messages import AttributeValue, SendRequest, message_size, sequence_number
 from broker.model.mutations import MessageDelivered
@@ -219,6 +219,7 @@ class SqsApi:
         tags = params.get("tags") or {}
         _check_tags(tags)
         attributes = params.get("Attributes") or {}
+        _check_attribute_text(attributes)
         queue = await self.registry.create(name, attributes, tags)
         return {"QueueUrl": self.url_of(queue, context)}
 
@@ -259,6 +260,7 @@ class SqsApi:
     async def set_queue_attributes(self, params: Params, context: RequestContext) -> Result:
         queue = self.queue_of(params, context)
         attributes = params.get("Attributes") or {}
+        _check_attribute_text(attributes)
         await self.registry.set_attributes(queue, attributes)
         return None
 
@@ -338,8 +340,9 @@ class SqsApi:
         await self._commit(outcome)
         sent = outcome.results[0]
         assert not isinstance(sent, SqsError)  # send() raises instead
-        queue.stats.sent += 1
-        queue.stats.bytes_sent += size
+        if not sent.duplicate:  # NumberOfMessagesSent counts what the queue took in
+            queue.stats.sent += 1
+            queue.stats.bytes_sent += size
         return _send_result(params, request, sent.message_id, sent.sequence_number)
 
     async def send_message_batch(self, params: Params, context: RequestContext) -> Result:
@@ -370,12 +373,14 @@ class SqsApi:
         )
         await self._commit(outcome)
         successful = []
-        sent_bytes = 0
+        sent_count = sent_bytes = 0
         for entry, request, size, sent in zip(valid, requests, sizes, outcome.results, strict=True):
             if isinstance(sent, SqsError):
                 failed.append(_batch_failure(entry["Id"], sent))
                 continue
-            sent_bytes += size
+            if not sent.duplicate:  # a FIFO duplicate succeeds, but adds nothing to count
+                sent_count += 1
+                sent_bytes += size
             if (
                 sent.sequence_number is None
                 and request.body_md5 is not None
@@ -392,7 +397,7 @@ class SqsApi:
                 result = _send_result(entry, request, sent.message_id, sent.sequence_number)
                 result["Id"] = entry["Id"]
             successful.append(result)
-        queue.stats.sent += len(successful)
+        queue.stats.sent += sent_count
         queue.stats.bytes_sent += sent_bytes
         return {"Successful": successful, "Failed": failed}
 
@@ -525,6 +530,21 @@ def _required(params: Params, name: str) -> Any:
     if value is None or value == "":
         raise common_error("MissingParameter", f"The request must contain the parameter {name}.")
     return value
+
+
+def _check_attribute_text(attributes: Mapping[str, Any]) -> None:
+    """Refuse a queue attribute value the store cannot write: one with a lone surrogate.
+
+    Only JSON can bring one (an escape such as ``\\ud800``, see proto.aws.json_protocol).
+    Free text (a Policy's strings, KmsMasterKeyId) would otherwise reach SQLite, whose
+    UTF-8 encoding fails the commit: a 500 for a client's mistake.
+    """
+    for name, value in attributes.items():
+        if isinstance(value, str) and not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise invalid_attribute_value(name) from None
 
 
 def _check_tags(tags: Mapping[str, str], new: Mapping[str, str] | None = None) -> None:

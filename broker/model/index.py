@@ -87,6 +87,9 @@ MAX_WAIT_TIME_S = 20
 SWEEP_LIMIT = 10_000  # deletions per expire() call, so one transaction stays short
 # What SQS answered when a standard queue's in-flight quota was reached (rendered by
 # Cbsoftware/pressureNET-server#74 from a real 403 response).
+# ChangeMessageVisibility's reason for a message gone, or received again since the handle was
+# issued (real SQS output quoted in mapbox/ecs-watchbot#135).
+NOT_CHANGEABLE = "Message does not exist or is not available for visibility timeout change"
 OVER_LIMIT_MESSAGE = (
     "Too many messages have been received without being deleted. Please delete your received "
     "messages or let them timeout before receiving more."
@@ -263,13 +266,17 @@ class QueueIndex(QueueState):
             results.append(SentMessage(message_id, sequence, seq, duplicate))
         return SendOutcome(results, mutations, [lambda: self._activate_sent(accepted)])
 
-    def send_copy(self, now: int, request: SendRequest, size: int, copies: SentCopies) -> None:
+    def send_copy(self, now: int, request: SendRequest, size: int, copies: SentCopies) -> bool:
         """SendMessage of one copy of a published message (SNS fan-out), into ``copies``.
 
         The same rules and records as :meth:`send`, without its per-call objects: the caller
         checked the rules on the message alone (:func:`~broker.model.messages.validate_message`,
         once for many copies), this checks the queue's (``size`` is ``message_size(request)``).
         The copy becomes receivable in ``copies.on_durable``; a FIFO duplicate adds nothing.
+
+        Returns:
+            True if the queue took the copy in; False for a FIFO duplicate (accepted, as SQS
+            answers a duplicate send, but not added: not counted as sent either).
 
         Raises:
             SqsError: the queue refuses the message; nothing was accepted.
@@ -279,7 +286,8 @@ class QueueIndex(QueueState):
         accepted = copies.accepted.get(self)
         if accepted is None:
             accepted = copies.accepted[self] = []
-        self._accept(now, request, copies.mutations, accepted)
+        _, message_id = self._accept(now, request, copies.mutations, accepted)
+        return message_id is not None
 
     def _accept(
         self,
@@ -453,10 +461,13 @@ class QueueIndex(QueueState):
     def change_visibility(self, now: int, receipt_handle: str, visibility_timeout: int) -> Change:
         """ChangeMessageVisibility: the new timeout counts from ``now``.
 
+        Only the handle of the message's latest receive changes it, on both queue types: a
+        consumer whose lease lapsed must not release or extend the next consumer's.
+
         Raises:
             SqsError: ``ReceiptHandleIsInvalid``; ``InvalidParameterValue`` for a gone
-                message, a bad timeout, or past 12 hours since the receive;
-                ``MessageNotInflight`` for a visible message.
+                message, the handle of an earlier receive, a bad timeout, or past 12 hours
+                since the receive; ``MessageNotInflight`` for a visible message.
         """
         self._advance(now)
         if not 0 <= visibility_timeout <= MAX_VISIBILITY_TIMEOUT_S:
@@ -468,17 +479,16 @@ class QueueIndex(QueueState):
         handle = self._parse_handle(receipt_handle)
         entry = self._received.get(handle.seq)
         if entry is None:
-            raise invalid_parameter(
-                "ReceiptHandle",
-                receipt_handle,
-                "Message does not exist or is not available for visibility timeout change",
-            )
+            raise invalid_parameter("ReceiptHandle", receipt_handle, NOT_CHANGEABLE)
         if not entry.in_flight:
             raise SqsError(MESSAGE_NOT_INFLIGHT, "The message referred to isn't in flight.")
-        if self.settings.fifo and not self._is_current(handle, entry):
-            raise invalid_parameter(
-                "ReceiptHandle", receipt_handle, "The receipt handle has expired"
-            )
+        if not self._is_current(handle, entry):
+            # The handle of an earlier receive: the message is now another consumer's, whose
+            # lease it must not shorten or extend (each receive issues a new handle, and only
+            # the latest one counts; see the ReceiveMessage reference). A standard queue gets
+            # SQS's "not available" reason, a FIFO queue its "expired" one.
+            reason = "The receipt handle has expired" if self.settings.fifo else NOT_CHANGEABLE
+            raise invalid_parameter("ReceiptHandle", receipt_handle, reason)
         visible_at = now + visibility_timeout * 1000
         if visible_at > entry.received_at + MAX_VISIBILITY_TIMEOUT_S * 1000:
             raise invalid_parameter(

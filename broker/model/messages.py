@@ -26,6 +26,8 @@ SEQUENCE_NUMBER_BASE = 10**19  # renders every SequenceNumber with 20 digits, as
 
 # SendMessage: "#x9 | #xA | #xD | #x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF".
 _FORBIDDEN_BODY_CHARACTER = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# How SQS's refusals spell that set (its production InvalidMessageContents message).
+_ALLOWED_CHARACTERS = "#x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | [#x10000-#x10FFFF]"
 # The allowed ASCII characters as bytes: deleting them from an ASCII body leaves nothing iff
 # the body is valid (a C loop, ~5x faster than the regex on bodies with line breaks).
 _ALLOWED_ASCII: bytes = bytes([0x09, 0x0A, 0x0D, *range(0x20, 0x80)])
@@ -116,11 +118,14 @@ def validate_message(
     if not characters_checked and not body_characters_allowed(request.body):
         raise SqsError(
             INVALID_MESSAGE_CONTENTS,
-            "Invalid characters found. Valid unicode characters are #x9 | #xA | #xD | "
-            "#x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF",
+            f"Invalid binary character '{_first_forbidden(request.body)}' was found in the "
+            f"message body, the set of allowed characters is {_ALLOWED_CHARACTERS}.",
         )
     if not attributes_checked and request.attributes:  # most messages have none
         validate_message_attributes(request.attributes)
+    trace_header = request.trace_header
+    if trace_header is not None and _FORBIDDEN_BODY_CHARACTER.search(trace_header) is not None:
+        raise _forbidden_in_attribute("AWSTraceHeader", trace_header)
 
 
 def validate_for_queue(settings: QueueSettings, request: SendRequest, size: int) -> None:
@@ -199,8 +204,11 @@ def validate_message_attributes(attributes: dict[str, AttributeValue]) -> None:
         )
     for name, value in attributes.items():
         _validate_attribute_name(name)
-        if len(value.data_type) > MAX_ATTRIBUTE_TYPE_LENGTH or not _ATTRIBUTE_TYPE.fullmatch(
-            value.data_type
+        if (
+            len(value.data_type) > MAX_ATTRIBUTE_TYPE_LENGTH
+            or not _ATTRIBUTE_TYPE.fullmatch(value.data_type)
+            # a custom type's label is stored and sent back too
+            or _FORBIDDEN_BODY_CHARACTER.search(value.data_type) is not None
         ):
             raise SqsError(
                 INVALID_PARAMETER_VALUE,
@@ -213,15 +221,27 @@ def validate_message_attributes(attributes: dict[str, AttributeValue]) -> None:
         elif not value.string_value:
             raise _empty_attribute(name, "String")
         elif _FORBIDDEN_BODY_CHARACTER.search(value.string_value) is not None:
-            raise SqsError(
-                INVALID_PARAMETER_VALUE,
-                f"Message (user) attribute '{name}' contains characters that are not allowed.",
-            )
+            raise _forbidden_in_attribute(name, value.string_value)
         elif value.data_type.startswith("Number") and not is_number_value(value.string_value):
             raise SqsError(
                 INVALID_PARAMETER_VALUE,
                 f"Can't cast the value of message (user) attribute '{name}' to a number.",
             )
+
+
+def _forbidden_in_attribute(name: str, value: str) -> SqsError:
+    return SqsError(
+        INVALID_PARAMETER_VALUE,
+        f"Invalid binary character '{_first_forbidden(value)}' was found in the message "
+        f"attribute '{name}' value, the set of allowed characters is {_ALLOWED_CHARACTERS}.",
+    )
+
+
+def _first_forbidden(text: str) -> str:
+    """The first character of ``text`` a message may not hold, as SQS names it: ``#xFFFF``."""
+    match = _FORBIDDEN_BODY_CHARACTER.search(text)
+    assert match is not None, "called on a text with a forbidden character"
+    return f"#x{ord(match.group()):X}"
 
 
 def _validate_attribute_name(name: str) -> None:
@@ -252,7 +272,10 @@ def is_number_value(text: str) -> bool:
     """Whether ``text`` is a valid value of a Number message attribute (SQS and SNS alike).
 
     Decimal() alone also takes " 1", "1_000", "١٢" and "Infinity"; a Number attribute is a
-    plain decimal numeral (as Java's BigDecimal reads it, less non-ASCII digits).
+    plain decimal numeral (as Java's BigDecimal reads it, less non-ASCII digits). Precision
+    counts significant digits: "1.000" has one (SQS: "Leading and trailing zeroes are
+    trimmed"). Only the check trims them: the value stays as sent, which the sender's
+    MD5OfMessageAttributes covers.
     """
     if not _NUMBER_TEXT.fullmatch(text):
         return False
@@ -262,8 +285,11 @@ def is_number_value(text: str) -> bool:
         return False
     if not number.is_finite():
         return False
-    digits = len(number.as_tuple().digits)
-    return digits <= _NUMBER_DIGITS_MAX and _NUMBER_MIN <= number <= _NUMBER_MAX
+    # The digits as written (string methods: a value may be a mebibyte long), less its zeros
+    # at both ends, wherever the point is: "1" + "0" * 40 and "0.0001" have one.
+    mantissa = text.lower().partition("e")[0]
+    significant = mantissa.lstrip("+-").replace(".", "").strip("0")
+    return len(significant) <= _NUMBER_DIGITS_MAX and _NUMBER_MIN <= number <= _NUMBER_MAX
 
 
 def message_size(request: SendRequest) -> int:
@@ -276,13 +302,16 @@ def message_size(request: SendRequest) -> int:
         UTF-8 bytes of the body, plus each attribute's name, data type and value.
     """
     body = request.body
-    size = len(body) if body.isascii() else len(body.encode())  # isascii() is O(1)
+    # "surrogatepass": a lone surrogate (from a JSON \u escape) counts its 3 bytes here and
+    # is refused by validate_message, which callers may run after this.
+    size = len(body) if body.isascii() else len(body.encode(errors="surrogatepass"))
     if not request.attributes:  # most messages have none
         return size
     for name, value in request.attributes.items():
-        size += len(name.encode()) + len(value.data_type.encode())
+        size += len(name.encode(errors="surrogatepass"))
+        size += len(value.data_type.encode(errors="surrogatepass"))
         if value.string_value is not None:
-            size += len(value.string_value.encode())
+            size += len(value.string_value.encode(errors="surrogatepass"))
         if value.binary_value is not None:
             size += len(value.binary_value)
     return size

@@ -14,6 +14,9 @@ API responses" in the SQS Developer Guide and botocore ``parsers.py``
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
@@ -79,6 +82,11 @@ SQS_ERRORS: Final[Mapping[str, tuple[str, int]]] = {
 }
 
 _DECODER: Final = msgspec.json.Decoder()
+# An escaped UTF-16 surrogate (``\ud800``-``\udfff``): RFC 8259 §8.2 lets a JSON string hold
+# an unpaired one, and JavaScript's JSON.stringify writes one for a string that has it.
+# msgspec refuses such text as malformed; the stdlib's decoder keeps the lone surrogate in
+# the str, so that the service refuses it as it refuses any character it may not store.
+_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 _TARGET_HEADER: Final = "x-amz-target"
 _ENCODER: Final = msgspec.json.Encoder()
 
@@ -146,13 +154,42 @@ def decode_request(
     try:
         data = _DECODER.decode(body) if body.strip() else {}
     except msgspec.DecodeError as exc:
-        raise common_error("SerializationException", f"Malformed JSON body: {exc}") from None
+        if _SURROGATE_ESCAPE.search(body) is None:
+            raise common_error("SerializationException", f"Malformed JSON body: {exc}") from None
+        data = _decode_with_lone_surrogates(body, exc)
     except RecursionError:  # msgspec's own depth limit
         raise common_error(
             "SerializationException", "Malformed JSON body: nested too deeply"
         ) from None
     params = from_json(service.operations[action].input, data, "")
     return DecodedRequest(action, params)
+
+
+def _decode_with_lone_surrogates(body: bytes, refusal: msgspec.DecodeError) -> Any:
+    """Decode, with the stdlib, a body that msgspec refused and that escapes a surrogate.
+
+    The stdlib accepts what msgspec does, and more on three points, refused here as msgspec
+    refuses them: a UTF-16 or UTF-32 body (it is given the body as UTF-8 text), ``NaN`` and
+    ``Infinity``, and numbers beyond a double's range. A body it refuses too gets msgspec's
+    reason, ``refusal``.
+    """
+    try:
+        return json.loads(
+            body.decode("utf-8"), parse_constant=_refuse_constant, parse_float=_finite_float
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise common_error("SerializationException", f"Malformed JSON body: {refusal}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError("number out of range")
+    return number
 
 
 def plain_text(body: bytes) -> bool:
@@ -212,7 +249,7 @@ def encode_response(
             raise common_error("InternalFailure", f"{action} has no output, got {list(result)}.")
         return EncodedResponse(200, _headers(request_id), b"")
     value = normalize_output(operation.output, result or {}) if checked else result or {}
-    return EncodedResponse(200, _headers(request_id), _ENCODER.encode(value))
+    return EncodedResponse(200, _headers(request_id), _encode(value))
 
 
 def encode_error(service: Service, error: AwsError, *, request_id: str) -> EncodedResponse:
@@ -234,5 +271,18 @@ def encode_error(service: Service, error: AwsError, *, request_id: str) -> Encod
     headers = _headers(request_id)
     if service.query_compatible:
         headers.append(("x-amzn-query-error", f"{error.code};{error.fault}"))
-    body = _ENCODER.encode({"__type": shape, "message": error.message})
+    body = _encode({"__type": shape, "message": error.message})
     return EncodedResponse(error.status_hint, headers, body)
+
+
+def _encode(value: Any) -> bytes:
+    """``value`` as JSON; a lone surrogate in a str is written as its ``\\u`` escape.
+
+    Only a request can bring one (see ``_SURROGATE_ESCAPE``), and answers echo what was
+    refused (an error's message names the value, a batch entry's failure too): msgspec
+    cannot write it, so the stdlib writes it back as the client escaped it.
+    """
+    try:
+        return _ENCODER.encode(value)
+    except UnicodeEncodeError:
+        return json.dumps(msgspec.to_builtins(value), separators=(",", ":")).encode()

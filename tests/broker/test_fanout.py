@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from broker import sns_bodies
+from broker.model.messages import SendRequest
 from broker.model.publishing import PublishRequest, prepare
 from broker.model.sns_errors import SnsError
 from broker.registry import now_ms
@@ -171,6 +172,23 @@ async def test_fifo_duplicates_are_answered_with_the_original(fifo: Harness) -> 
     received = await bodies(fifo, "q.fifo")
     assert [json.loads(b)["Message"] for b in received] == ["same", "other"]
     assert fifo.topic.next_seq == 3
+
+
+async def test_a_copy_the_fifo_queue_deduplicates_is_delivered_but_not_counted_as_sent(
+    fifo: Harness,
+) -> None:
+    made = await queue(fifo, "q.fifo", FifoQueue="true")
+    await fifo.subscribe_queue(made.arn, RawMessageDelivery="true")
+    direct = made.index.send(
+        now_ms(), SendRequest(body="direct", group_id="g", deduplication_id="d1")
+    )
+    await fifo.store.commit(direct.mutations, direct.on_durable)
+    await fifo.publish("published", group_id="g", deduplication_id="d1")  # the queue has d1
+    await fifo.publish("next", group_id="g", deduplication_id="d2")
+    assert await bodies(fifo, "q.fifo") == ["direct", "next"]
+    # The topic delivered both copies (SQS took both sends); the queue added one of them.
+    assert fifo.topic.stats.delivered["sqs"] == 2
+    assert (made.stats.sent, made.stats.bytes_sent) == (1, len("next"))
 
 
 async def test_undeliverable_messages_go_to_the_dead_letter_queue(harness: Harness) -> None:

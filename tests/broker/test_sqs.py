@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from broker.auth import Caller
 from broker.model.errors import SqsError
 from broker.model.signing import Signer
-from broker.registry import QueueRegistry
+from broker.registry import QueueRegistry, now_ms
 from broker.sqs import RequestContext, SqsApi, _batch_entries, _paginate, _wanted
 from broker.store.sqlite import SqliteStore
 from monitoring.logging import EventLog
@@ -214,6 +214,44 @@ async def test_empty_receives_are_counted(api: SqsApi):
     await call(api, "SendMessage", QueueUrl=url, MessageBody="one")
     await call(api, "ReceiveMessage", QueueUrl=url)
     assert (queue.stats.sent, queue.stats.received, queue.stats.bytes_sent) == (1, 1, 3)
+
+
+async def test_queue_attributes_the_store_cannot_write_are_refused(api: SqsApi):
+    # A lone surrogate (a JSON escape) in free text: refused, not a failed commit.
+    policy = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", '
+    policy += '"Action": "sqs:SendMessage", "Resource": "*", "Sid": "\ud800"}]}'
+    for attributes in ({"Policy": policy}, {"KmsMasterKeyId": "alias/\udc00"}):
+        with pytest.raises(SqsError) as raised:
+            await make_queue(api, "refused", **attributes)
+        assert raised.value.code == "InvalidAttributeValue"
+        assert raised.value.message == f"Invalid value for the parameter {next(iter(attributes))}."
+    url = await make_queue(api, "kept")
+    with pytest.raises(SqsError):
+        await call(api, "SetQueueAttributes", QueueUrl=url, Attributes={"Policy": policy})
+    assert api.registry.get("refused") is None
+    assert api.registry.require("kept").settings.policy is None
+
+
+async def test_fifo_duplicates_are_not_counted_as_sent(api: SqsApi):
+    # CloudWatch's NumberOfMessagesSent counts the messages added to the queue; a duplicate
+    # is answered as a success but added to nothing.
+    url = await make_queue(api, "counted.fifo", FifoQueue="true")
+    queue = api.registry.require("counted.fifo")
+
+    def entry(n: int) -> dict[str, str]:
+        return {"Id": f"e{n}", "MessageBody": f"body{n}", "MessageGroupId": "g",
+                "MessageDeduplicationId": f"d{n}"}  # fmt: skip
+
+    for _ in range(2):
+        for n in range(3):
+            fields = entry(n)
+            del fields["Id"]
+            await call(api, "SendMessage", QueueUrl=url, **fields)
+    assert (queue.stats.sent, queue.stats.bytes_sent) == (3, 15)
+    result = await call(api, "SendMessageBatch", QueueUrl=url, Entries=[entry(2), entry(3)])
+    assert len(result["Successful"]) == 2
+    assert (queue.stats.sent, queue.stats.bytes_sent) == (4, 20)
+    assert queue.index.counts(now_ms()).visible == 4
 
 
 @pytest.mark.parametrize("cache_bytes", [0, 1 << 20])

@@ -806,6 +806,74 @@ def test_invalid_characters(sqs, queues: QueueFactory, body):
     assert code_of(excinfo) == "InvalidMessageContents"
 
 
+ALLOWED_CHARACTERS = "#x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | [#x10000-#x10FFFF]"
+
+
+def test_an_invalid_character_is_named_in_the_refusal(sqs, queues: QueueFactory):
+    url = queues()
+    with pytest.raises(botocore.exceptions.ClientError) as excinfo:
+        sqs.send_message(QueueUrl=url, MessageBody="text\uffff")
+    assert error_of(excinfo)["Message"] == (
+        "Invalid binary character '#xFFFF' was found in the message body, the set of allowed "
+        f"characters is {ALLOWED_CHARACTERS}."
+    )
+
+
+# Only JSON can carry a lone surrogate (botocore escapes it, as JavaScript's JSON.stringify
+# does); the query protocol's form encoding has no way to.
+@pytest.mark.parametrize("protocol", ["json"])
+def test_lone_surrogates_are_refused_by_the_rules_not_as_malformed_json(
+    shared_broker: BrokerThread, sqs, queues: QueueFactory
+):
+    url = queues()
+    with pytest.raises(botocore.exceptions.ClientError) as excinfo:
+        sqs.send_message(QueueUrl=url, MessageBody="a\ud800b")
+    assert (code_of(excinfo), error_of(excinfo)["Message"]) == (
+        "InvalidMessageContents",
+        "Invalid binary character '#xD800' was found in the message body, the set of allowed "
+        f"characters is {ALLOWED_CHARACTERS}.",
+    )
+    result = sqs.send_message_batch(
+        QueueUrl=url,
+        Entries=[
+            {"Id": "bad", "MessageBody": "\udc00"},
+            {"Id": "traced", "MessageBody": "t", "MessageSystemAttributes": {
+                "AWSTraceHeader": {"DataType": "String", "StringValue": "Root=\ud800"}}},
+            {"Id": "typed", "MessageBody": "t", "MessageAttributes": {
+                "a": {"DataType": "String.\ud800", "StringValue": "v"}}},
+            {"Id": "good", "MessageBody": "fine"},
+        ],
+    )  # fmt: skip
+    assert [entry["Id"] for entry in result["Successful"]] == ["good"]
+    assert [(f["Id"], f["Code"]) for f in result["Failed"]] == [
+        ("bad", "InvalidMessageContents"),
+        ("traced", "InvalidParameterValue"),
+        ("typed", "InvalidParameterValue"),
+    ]
+    # A value the store could not write is refused before it gets there.
+    with pytest.raises(botocore.exceptions.ClientError) as excinfo:
+        sqs.set_queue_attributes(QueueUrl=url, Attributes={"KmsMasterKeyId": "key\ud800"})
+    assert code_of(excinfo) == "InvalidAttributeValue"
+    # A refusal that echoes the value sends it back as it came.
+    with pytest.raises(botocore.exceptions.ClientError) as excinfo:
+        sqs.delete_message(QueueUrl=url, ReceiptHandle="h\ud800")
+    assert error_of(excinfo)["Message"] == (
+        'The input receipt handle "h\ud800" is not a valid receipt handle.'
+    )
+    # What JavaScript's JSON.stringify writes, as raw bytes.
+    status, _, body = shared_broker.http(
+        "POST",
+        "/",
+        headers=[
+            ("content-type", "application/x-amz-json-1.0"),
+            ("x-amz-target", "AmazonSQS.SendMessage"),
+        ],
+        body=json.dumps({"QueueUrl": url, "MessageBody": "a\ud800b"}).encode(),
+    )
+    assert (status, json.loads(body)["__type"]) == (400, "com.amazonaws.sqs#InvalidMessageContents")
+    assert approximate_counts(sqs, url) == (1, 0, 0)
+
+
 @pytest.mark.parametrize(
     "attributes",
     [
@@ -997,6 +1065,37 @@ def test_change_visibility_of_a_message_not_in_flight(sqs, queues: QueueFactory)
         )
     assert code_of(excinfo) == "AWS.SimpleQueueService.MessageNotInflight"
     assert isinstance(excinfo.value, sqs.exceptions.MessageNotInflight)
+
+
+def test_a_stale_handle_cannot_retime_the_current_receive(sqs, queues: QueueFactory):
+    # Consumer A's lease is over (VisibilityTimeout=0) and B holds the message: A's handle
+    # must neither release it (0) nor extend B's lease (600), alone or in a batch.
+    url = queues()
+    sqs.send_message(QueueUrl=url, MessageBody="job")
+    (first,) = receive(sqs, url, VisibilityTimeout=0)
+    (current,) = receive(sqs, url, VisibilityTimeout=300)
+    stale = first["ReceiptHandle"]
+    reason = (
+        f"Value {stale} for parameter ReceiptHandle is invalid. Reason: Message does not exist "
+        "or is not available for visibility timeout change."
+    )
+    with pytest.raises(botocore.exceptions.ClientError) as excinfo:
+        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=stale, VisibilityTimeout=0)
+    assert (code_of(excinfo), error_of(excinfo)["Message"]) == ("InvalidParameterValue", reason)
+    assert receive(sqs, url) == []
+    result = sqs.change_message_visibility_batch(
+        QueueUrl=url,
+        Entries=[
+            {"Id": "current", "ReceiptHandle": current["ReceiptHandle"], "VisibilityTimeout": 1},
+            {"Id": "stale", "ReceiptHandle": stale, "VisibilityTimeout": 600},
+        ],
+    )
+    assert [entry["Id"] for entry in result["Successful"]] == ["current"]
+    assert [(f["Id"], f["Code"], f["Message"], f["SenderFault"]) for f in result["Failed"]] == [
+        ("stale", "InvalidParameterValue", reason, True)
+    ]
+    (back,) = receive(sqs, url, WaitTimeSeconds=10)  # after B's 1 s, not A's 600
+    assert back["MessageId"] == current["MessageId"]
 
 
 def test_change_visibility_out_of_range(unchecked, queues: QueueFactory):

@@ -251,6 +251,29 @@ def test_fifo_stale_or_expired_handle_is_refused():
     assert refused(lambda: index.change_visibility(T0 + 1_000, handle, 5))[1] == expired[1]
 
 
+def test_standard_stale_handle_cannot_retime_the_next_receive():
+    # Consumer A's lease lapses and B receives the message: A's handle must neither release
+    # B's message (0) nor extend B's lease, as SQS refuses it.
+    index = make(False, VisibilityTimeout="1")
+    send(index, T0, "m")
+    stale = receive(index, T0).deliveries[0].receipt_handle
+    (current,) = receive(index, T0 + 1_000, visibility_timeout=300).deliveries
+    for timeout in (0, 600):
+        assert refused(
+            lambda timeout=timeout: index.change_visibility(T0 + 2_000, stale, timeout)
+        ) == (
+            INVALID_PARAMETER_VALUE,
+            f"Value {stale} for parameter ReceiptHandle is invalid. Reason: Message does not "
+            "exist or is not available for visibility timeout change.",
+        )
+    assert index.counts(T0 + 2_000) == (0, 1, 0)
+    assert receive(index, T0 + 2_000).deliveries == []
+    assert index.change_visibility(T0 + 2_000, current.receipt_handle, 0).mutations == [
+        VisibilityChanged(queue_id=1, seq=1, visible_at=T0 + 2_000)
+    ]
+    assert index.counts(T0 + 2_000) == (1, 0, 0)
+
+
 @both
 def test_purge_drops_everything_and_is_rate_limited(fifo):
     index = make(fifo)

@@ -1,5 +1,7 @@
+import decimal
+
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from broker.model.errors import (
@@ -13,6 +15,7 @@ from broker.model.messages import (
     SendRequest,
     body_characters_allowed,
     content_deduplication_id,
+    is_number_value,
     message_size,
     sequence_number,
     validate_send,
@@ -35,6 +38,89 @@ def test_body_rules():
     assert refused(STANDARD, body="a\x00b")[0] == INVALID_MESSAGE_CONTENTS
     assert refused(STANDARD, body="\ufffe")[0] == INVALID_MESSAGE_CONTENTS
     validate_send(STANDARD, SendRequest(body="tab\tnewline\n\U0001f600 \ue000"))
+
+
+ALLOWED_CHARACTERS = "#x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] | [#x10000-#x10FFFF]"
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [("a\x00b\x01", "#x0"), ("ok \x1f", "#x1F"), ("\ufffe\uffff", "#xFFFE"), ("x\ud83d", "#xD83D")],
+)
+def test_a_refused_body_names_its_first_forbidden_character_as_sqs_does(body, named):
+    assert refused(STANDARD, body=body) == (
+        INVALID_MESSAGE_CONTENTS,
+        f"Invalid binary character '{named}' was found in the message body, the set of "
+        f"allowed characters is {ALLOWED_CHARACTERS}.",
+    )
+
+
+def test_a_refused_attribute_value_names_its_first_forbidden_character():
+    attributes = {"note": AttributeValue("String", "fine\x0b\x00")}
+    assert refused(STANDARD, body="b", attributes=attributes) == (
+        INVALID_PARAMETER_VALUE,
+        "Invalid binary character '#xB' was found in the message attribute 'note' value, the "
+        f"set of allowed characters is {ALLOWED_CHARACTERS}.",
+    )
+
+
+def test_lone_surrogates_anywhere_are_refused_before_anything_encodes_them():
+    # A JSON escape can bring one (proto.aws.json_protocol); the store's UTF-8 cannot hold it.
+    assert refused(STANDARD, body="b", trace_header="Root=\ud800") == (
+        INVALID_PARAMETER_VALUE,
+        "Invalid binary character '#xD800' was found in the message attribute 'AWSTraceHeader' "
+        f"value, the set of allowed characters is {ALLOWED_CHARACTERS}.",
+    )
+    typed = {"a": AttributeValue("String.\udfff", "v")}
+    assert (
+        "type of message (user) attribute 'a' is invalid"
+        in refused(STANDARD, body="b", attributes=typed)[1]
+    )
+    # Sizes are counted before the rules run: 3 bytes, as the surrogate's UTF-8 form.
+    request = SendRequest(
+        body="a\ud800", attributes={"n\udc00": AttributeValue("String", "\ud800")}
+    )
+    assert message_size(request) == 4 + 4 + 6 + 3
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1" + "0" * 40,  # 1e40: one significant digit
+        "1." + "0" * 40,
+        "-0." + "0" * 60 + "1",
+        "0" * 50 + "7",
+        "1" * 38 + "0" * 3,
+        "1" * 38 + ".000",
+        "0.000",
+    ],
+)
+def test_leading_and_trailing_zeros_do_not_count_as_precision(value):
+    # SQS: "up to 38 digits of precision ... Leading and trailing zeroes are trimmed."
+    assert is_number_value(value)
+    request = SendRequest(body="b", attributes={"n": AttributeValue("Number", value)})
+    validate_send(STANDARD, request)
+    assert request.attributes["n"].string_value == value  # as sent: its MD5 must still match
+
+
+_NUMERALS = st.builds(
+    lambda sign, whole, point, fraction, exponent: sign + whole + point + fraction + exponent,
+    st.sampled_from(["", "+", "-"]),
+    st.text("0123456789", max_size=45),
+    st.sampled_from(["", "."]),
+    st.text("01239", max_size=45),
+    st.sampled_from(["", "e5", "E-3", "e+0", "e-140", "e127"]),
+).filter(lambda text: any(c.isdigit() for c in text.lower().partition("e")[0]))
+
+
+@given(_NUMERALS)
+@example("1" + "0" * 40 + ".000e-5")
+@example("-000." + "0" * 30 + "1" * 38 + "0" * 9)
+def test_number_precision_is_counted_as_decimal_digits_less_the_zeros_at_both_ends(text):
+    number = decimal.Decimal(text)
+    digits = "".join(map(str, number.as_tuple().digits)).strip("0")
+    expected = len(digits) <= 38 and decimal.Decimal("-1e128") <= number <= decimal.Decimal("1e126")
+    assert is_number_value(text) == expected
 
 
 def test_size_counts_body_and_attributes():
@@ -66,7 +152,10 @@ def test_size_counts_body_and_attributes():
         ({"a": AttributeValue("Number", "1_000")}, "to a number"),
         ({"a": AttributeValue("Number", "\u0661\u0662")}, "to a number"),
         ({"a": AttributeValue("Number", "Infinity")}, "to a number"),
-        ({"a": AttributeValue("String", "\ud800")}, "not allowed"),
+        ({"a": AttributeValue("String", "\ud800")}, "character '#xD800' was found in the"),
+        ({"a": AttributeValue("Number", "1" * 39)}, "to a number"),
+        ({"a": AttributeValue("Number", "1" * 39 + "0" * 5)}, "to a number"),
+        ({"a": AttributeValue("Number", "0.000" + "1" * 39)}, "to a number"),
     ],
 )
 def test_attribute_rules(attributes, fragment):

@@ -132,13 +132,13 @@ class StandardQueueMachine(RuleBasedStateMachine):
             message.visible_at = self.now + window
             assert delivery.receive_count == message.count
             assert (delivery.first_receive_at is not None) == (message.count == 1)
-        return [(d.seq, d.receipt_handle) for d in deliveries]
+        return [(d.seq, d.receipt_handle, d.receive_count) for d in deliveries]
 
     @rule(batch=handles, pick=st.integers(0, 9))
     def delete(self, batch, pick):
         if not batch:
             return
-        seq, handle = batch[pick % len(batch)]
+        seq, handle, _ = batch[pick % len(batch)]
         self.index.delete(self.now, handle)
         self.ref.pop(seq, None)  # stale handles still delete on standard queues
 
@@ -146,18 +146,21 @@ class StandardQueueMachine(RuleBasedStateMachine):
     def change_visibility(self, batch, pick, timeout):
         if not batch:
             return
-        seq, handle = batch[pick % len(batch)]
+        seq, handle, count = batch[pick % len(batch)]
         message = self.ref.get(seq)
         error = refusal(lambda: self.index.change_visibility(self.now, handle, timeout))
         if error is not None:
             if message is None:
                 assert error.code == INVALID_PARAMETER_VALUE
-            else:
+            elif message.visible_at <= self.now:
                 assert error.code == MESSAGE_NOT_INFLIGHT
-                assert message.visible_at <= self.now
+            else:  # in flight under a later receive: only its own handle re-times it
+                assert error.code == INVALID_PARAMETER_VALUE
+                assert count != message.count
             return
         assert message is not None
         assert message.visible_at > self.now
+        assert count == message.count
         message.visible_at = self.now + timeout * 1_000
 
     @rule(step=st.integers(0, 40_000))

@@ -12,7 +12,7 @@ import botocore.session
 import msgspec
 import pytest
 from botocore.awsrequest import AWSResponse, HeadersDict
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from proto.aws import json_protocol
@@ -166,6 +166,95 @@ def test_decodes_an_example_request():
         "DelaySeconds": 5,
         "MessageAttributes": {"bin": {"DataType": "Binary", "BinaryValue": b"\x00\x01\x02"}},
     }
+
+
+def send(body: bytes) -> DecodedRequest:
+    return json_protocol.decode_request(
+        SQS, headers=[("X-Amz-Target", "AmazonSQS.SendMessage")], body=body
+    )
+
+
+@pytest.mark.parametrize(
+    ("escaped", "text"),
+    [
+        ("a\\ud800b", "a\ud800b"),  # a high surrogate, then no low one
+        ("\\uDC00", "\udc00"),  # a low one alone
+        ("\\ud800\\ud800\\ude00", "\ud800\U00010200"),  # one lone, then a pair
+        ("\\\\ud800 \\ud800", "\\ud800 \ud800"),  # an escaped backslash, then one
+    ],
+)
+def test_a_lone_surrogate_escape_is_decoded_not_refused(escaped, text):
+    # RFC 8259 §8.2: valid JSON (JavaScript's JSON.stringify writes it); the service refuses
+    # the character, with its own error, not the protocol.
+    body = f'{{"QueueUrl": "u", "MessageBody": "{escaped}", "DelaySeconds": 1}}'.encode()
+    assert send(body) == DecodedRequest(
+        "SendMessage", {"QueueUrl": "u", "MessageBody": text, "DelaySeconds": 1}
+    )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"QueueUrl": "u", "MessageBody": "\\ud800"',  # truncated
+        b'{"QueueUrl": "u", "MessageBody": "\\ud800", "DelaySeconds": NaN}',
+        b'{"QueueUrl": "u", "MessageBody": "\\ud800", "DelaySeconds": -Infinity}',
+        b'{"QueueUrl": "u", "MessageBody": "\\ud800", "DelaySeconds": 1e400}',
+        b'{"QueueUrl": "u", "MessageBody": "\\ud800\xff"}',  # not UTF-8
+        b'{"QueueUrl": "u", "MessageBody": "\\ud800\x01"}',  # a raw control character
+        b'{"QueueUrl": "u", "MessageBody": "\\ud800", "DelaySeconds": "1"}',  # the shape's
+        b'{"QueueUrl": "\\ud800"}' + b"]" * 2000,
+        b'{"a": "\\ud800", "b": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ],
+)
+def test_a_body_with_a_lone_surrogate_is_otherwise_held_to_the_same_rules(body):
+    with pytest.raises(AwsError) as caught:
+        send(body)
+    assert caught.value.code == "SerializationException"
+
+
+_WITH_SURROGATES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(st.characters(categories=["Cs", "Ll"])),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(["QueueUrl", "MessageBody", "Entries"]), children)
+    ),
+    max_leaves=8,
+)
+
+
+@given(_WITH_SURROGATES)
+@example(value="a\ud800b")
+@example(value=["\udc00", {"MessageBody": "\ud800"}])
+def test_decoding_with_lone_surrogates_is_total_and_faithful(value):
+    # json.dumps escapes every lone surrogate, as JSON.stringify does.
+    body = json.dumps({"QueueUrl": "u", "Value": value, "MessageBody": value}).encode()
+    if value is None or isinstance(value, str):
+        assert send(body).params.get("MessageBody") == value  # null members are dropped
+    else:  # not the shape's string
+        with pytest.raises(AwsError) as caught:
+            send(body)
+        assert caught.value.code == "SerializationException"
+
+
+def test_an_error_that_echoes_a_lone_surrogate_is_still_json_botocore_reads():
+    error = sqs_error("ReceiptHandleIsInvalid", 'The input receipt handle "h\ud800" is not ...')
+    response = json_protocol.encode_error(SQS, error, request_id="r")
+    assert b"h\\ud800" in response.body
+    assert json.loads(response.body)["message"] == error.message
+    parsed = botocore.parsers.create_parser("json").parse(
+        {"body": response.body, "headers": HeadersDict(response.headers), "status_code": 404},
+        None,
+    )
+    assert parsed["Error"]["Message"] == error.message
+
+
+def test_a_batch_answer_that_echoes_a_lone_surrogate_is_still_json():
+    result = {
+        "Successful": [],
+        "Failed": [{"Id": "a", "SenderFault": True, "Code": "C", "Message": "x\udc00"}],
+    }
+    response = json_protocol.encode_response(SQS, "DeleteMessageBatch", result, request_id="r")
+    assert json.loads(response.body) == result
 
 
 def test_empty_body_is_an_empty_object():
