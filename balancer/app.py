@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -71,6 +72,7 @@ from balancer.tls import (
     accept_tls,
     build_all,
     close_tls,
+    log_certificate_warnings,
     undecodable_server_names_logged,
 )
 from balancer.upstream import Pools, tune_socket
@@ -79,6 +81,7 @@ from monitoring.admin import AdminServer, open_admin_listener
 from monitoring.configfile import ConfigError
 from monitoring.httpserver import Draining
 from monitoring.lifecycle import Frame, Listener, StartupError, bind_tcp
+from monitoring.logging import EventLog
 from monitoring.settings import HttpLimits, state_directory
 
 HOUSEKEEPING_SECONDS: Final = 1.0
@@ -146,9 +149,12 @@ def _clock_running() -> bool:
     return True
 
 
-def _compile_inputs(config: BalancerConfig) -> tuple[list[bytes], dict[str, ServerTls]]:
+def _compile_inputs(
+    config: BalancerConfig, log: EventLog
+) -> tuple[list[bytes], dict[str, ServerTls]]:
     keys = read_keys(config)
     tls = build_all(config.listeners)
+    log_certificate_warnings(tls.values(), log)  # served anyway: said at every load
     return keys, tls
 
 
@@ -162,7 +168,7 @@ class BalancerApp:
         self.worker = current_worker()
         self.frame = frame
         self.admin = AdminServer(frame)
-        keys, tls = _compile_inputs(config)
+        keys, tls = _compile_inputs(config, frame.log)
         # Built before trio runs (the CLI does, to report file errors early), the health
         # tables start at time 0; serve() moves them onto trio's clock.
         self._built_at = _now()
@@ -171,6 +177,12 @@ class BalancerApp:
             self.runtime = Runtime(config, keys=keys, tls=tls, now=self._built_at)
         except ValueError as exc:
             raise ConfigError(self._config_file, f"{exc} - at `$.stickiness.key_files`") from None
+        # Targets registered through the admin API, applied on top of the file at every reload
+        # and kept in the state file (written by this process alone: one worker owns it).
+        # Applied before anything observes the runtime: they are this process's first targets.
+        state = StateFile(state_directory(config.state_dir, STATE_DIR_FALLBACK))
+        self.overrides = Overrides.restore(state.load(), config)
+        self._apply_saved_overrides()
         self.pools = Pools()
         self.cutoffs = DrainCutoffs()  # shared by the listeners, told by the runtime
         self.runtime.observers.append(self.cutoffs.on_events)
@@ -185,11 +197,6 @@ class BalancerApp:
         frame.metrics.register_collector(self._collect_http)
         frame.metrics.register_collector(self._collect_access_logs)
         self.supervisor_pid = supervisor_pid()
-        # Targets registered through the admin API, applied on top of the file at every reload
-        # and kept in the state file (written by this process alone: one worker owns it).
-        state = StateFile(state_directory(config.state_dir, STATE_DIR_FALLBACK))
-        self.overrides = Overrides.restore(state.load(), config)
-        self._apply_saved_overrides()
         owns_state = self.worker is None or self.worker.primary
         self.targets_api = TargetsApi(
             self.runtime,
@@ -203,7 +210,9 @@ class BalancerApp:
         if self.worker is not None and self.worker.count > 1:
             siblings = sibling_admins(config.admin, self.worker)
             if self.worker.primary:
-                self.targets_api.peers = lambda path, body: forward(siblings, path, body)
+                self.targets_api.peers = lambda path, body: forward(
+                    siblings, path, body, self.admin.peer_authorization()
+                )
             else:
                 self.targets_api.primary = siblings[0][1]
         self.targets_api.mount(self.admin)
@@ -263,18 +272,21 @@ class BalancerApp:
         return self.worker is not None  # every worker binds its own socket (SO_REUSEPORT)
 
     def _apply_saved_overrides(self) -> None:
-        """At start: the file's targets under the saved API changes, before any traffic."""
-        now = _now()
+        """At start: the file's targets under the saved API changes, before any traffic and
+        before any observer (nothing logs or counts these steps)."""
+        now = self._built_at
         snapshot = self.overrides.apply(self.runtime.current)
         if snapshot is self.runtime.current:
             return
         self.runtime.install(snapshot, now)
-        # Targets deregistered through the API before the restart leave at once: nothing can
-        # be in flight to them yet, so they have no deregistration delay to wait out.
+        # Targets deregistered through the API before the restart were never registered in
+        # this process: they leave at once (nothing can be in flight to them), and are not
+        # listed as draining for a deregistration delay, as targets that left early are.
         for live in self.runtime.live.values():
             for record in list(live.health):
                 if record.state is TargetState.DRAINING:
-                    self.runtime.notify(live.health.target_idle(record.target_id, now))
+                    live.health.target_idle(record.target_id, now)
+            live.health.departed(math.inf)  # forgets every target that left
 
     def _listener(self, config: ListenerConfig, sockets: list[trio.SocketListener]) -> Listener:
         """One configured listener on ``sockets``, its handler wrapped (TLS first for https)."""
@@ -375,7 +387,7 @@ class BalancerApp:
             raise ConfigError(self._config_file, "the balancer is stopping")
         if self.worker is not None:  # a new listener needs a fixed port here too
             check_workers(config, self._config_file)
-        keys, tls = _compile_inputs(config)
+        keys, tls = _compile_inputs(config, self.frame.log)
         open_access_logs(self.access_logs, config, unopenable=unopenable)  # the new ones
         try:
             snapshot = self.runtime.compile(config, keys, tls)
@@ -405,8 +417,10 @@ class BalancerApp:
         self.access_logs.retain(
             {li.access_log.destination for li in config.listeners if li.access_log.enabled}
         )
-        if config.workers != self.config.workers:
-            self.frame.log.warning("config.restart_required", key="workers")
+        # Against what runs, not the last file: 1 -> 2 -> 2 needs a restart at both reloads.
+        running_workers = 1 if self.worker is None else self.worker.count
+        if config.workers != running_workers:
+            self.frame.log.warning("config.restart_required", section="workers")
         self.config = config
         with trio.CancelScope(shield=True):  # short, and never to be left halfway
             await self._switch_listeners(config, removed, taken_over, bound)

@@ -3,8 +3,15 @@
 Everything an operator can get wrong about a certificate pair is found here, at load time, and
 reported as a :class:`~monitoring.configfile.ConfigError` that names the file: a missing or
 unreadable file, a file that is not PEM, an encrypted key (a daemon has nobody to type the
-passphrase), a key that does not belong to the certificate. A start with such a file fails with
-that message; a reload with it is refused and the old certificates keep serving.
+passphrase), a key that does not belong to the certificate, a chain in the wrong order or
+with a certificate that did not issue the one before it (ACM refuses these too: "the issuer
+must be the subject of one of the certificates in the chain"). A start with such a file fails
+with that message; a reload with it is refused and the old certificates keep serving.
+
+A certificate outside its validity period (expired, or not valid yet) is not refused: HAProxy
+and nginx serve it too, and refusing it would block every unrelated reload until it is
+renewed. :func:`validity_problem` tells which, so that the start, each reload and
+``check-config`` can warn about it (:func:`balancer.tls.certificate_warnings`).
 
 Names are parsed with ``cryptography`` (not left to OpenSSL) because SNI selection and the
 expiry metric need them: the DNS names of the subjectAltName extension, or the subject's
@@ -16,6 +23,7 @@ can use.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +58,7 @@ class CertificateFiles:
         names: lower-case DNS names the leaf is valid for (``*.example.com`` for wildcards).
         subject: the leaf's subject as RFC 4514 text, for logs.
         not_after: end of the leaf's validity, seconds since the epoch.
+        not_before: start of the leaf's validity, seconds since the epoch.
         key_type: the leaf's public key type: :data:`ECDSA`, :data:`RSA`, or another
             algorithm's name (``Ed25519``, ``Ed448``, ``DSA``, ``unknown``).
     """
@@ -60,6 +69,22 @@ class CertificateFiles:
     subject: str
     not_after: float
     key_type: str
+    not_before: float = float("-inf")
+
+
+# What validity_problem() finds, as the warnings' ``reason`` field.
+EXPIRED = "expired"
+NOT_YET_VALID = "not_yet_valid"
+
+
+def validity_problem(certificate: CertificateFiles, now: float) -> str | None:
+    """:data:`EXPIRED` or :data:`NOT_YET_VALID` when ``now`` (seconds since the epoch) is
+    outside the leaf's validity period; None inside it."""
+    if now < certificate.not_before:
+        return NOT_YET_VALID
+    if now > certificate.not_after:
+        return EXPIRED
+    return None
 
 
 def read_pem(path: str) -> bytes:
@@ -123,12 +148,34 @@ def _public_der(key: x509.Certificate | PrivateKeyTypes) -> bytes:
     return public.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
+def _same_name(issuer: x509.Name, subject: x509.Name) -> bool:
+    # OpenSSL matches names case-insensitively (RFC 5280 §7.1), whatever string type each
+    # attribute was encoded with; so does this check, to refuse no chain OpenSSL would build.
+    return issuer == subject or issuer.rfc4514_string().casefold() == (
+        subject.rfc4514_string().casefold()
+    )
+
+
+def _check_order(cert_file: str, chain: list[x509.Certificate]) -> None:
+    for position, (issued, issuer) in enumerate(itertools.pairwise(chain), start=1):
+        if not _same_name(issued.issuer, issuer.subject):
+            raise ConfigError(
+                cert_file,
+                f"certificate {position + 1} of the chain did not issue certificate {position}"
+                f" (its subject is {issuer.subject.rfc4514_string()!r}, the issuer of"
+                f" certificate {position} is {issued.issuer.rfc4514_string()!r}): the issuer"
+                " of each certificate must be the subject of the next one (the server"
+                " certificate first, then each intermediate in turn)",
+            )
+
+
 def load_certificate_files(cert_file: str, key_file: str) -> CertificateFiles:
     """Read and check one certificate pair.
 
     Raises:
         ConfigError: naming the file at fault: missing, unreadable, not PEM, an encrypted
-            key, or a key that does not match the certificate.
+            key, a key that does not match the certificate, the server certificate not first
+            in its chain, or a chain whose certificates do not each issue the one before.
     """
     try:
         chain = x509.load_pem_x509_certificates(read_pem(cert_file))
@@ -136,8 +183,17 @@ def load_certificate_files(cert_file: str, key_file: str) -> CertificateFiles:
         raise ConfigError(cert_file, "no PEM certificate in the file") from None
     leaf = chain[0]
     key = _load_key(key_file)
-    if _public_der(leaf) != _public_der(key):
+    public = _public_der(key)
+    if _public_der(leaf) != public:
+        later = [n for n, c in enumerate(chain[1:], start=2) if _public_der(c) == public]
+        if later:
+            raise ConfigError(
+                cert_file,
+                f"the certificate of the key in {key_file} is number {later[0]} in this file:"
+                " the server (leaf) certificate must come first, then its intermediates",
+            )
         raise ConfigError(key_file, f"this key does not match the certificate in {cert_file}")
+    _check_order(cert_file, chain)
     return CertificateFiles(
         cert_file=cert_file,
         key_file=key_file,
@@ -145,4 +201,5 @@ def load_certificate_files(cert_file: str, key_file: str) -> CertificateFiles:
         subject=leaf.subject.rfc4514_string(),
         not_after=leaf.not_valid_after_utc.timestamp(),
         key_type=key_type(leaf),
+        not_before=leaf.not_valid_before_utc.timestamp(),
     )

@@ -23,6 +23,10 @@ Theory of operation:
 - Draining ends at the deregistration delay (:meth:`Runtime.advance` at
   :meth:`HealthTable.next_deadline`), or early once the target has nothing in flight: the
   runtime's outstanding counters tell, and the HTTP shell also reports the last request.
+- A check that raises (a bug: :func:`~balancer.probes.run_check` returns a result for
+  anything a target does) fails with ALB's ``Elb.InternalError``, is logged at error level
+  (``target.check_error``, once while it keeps raising) and counted in
+  ``wharf_handler_errors_total{listener="health_checks"}``; the probe goes on.
 - Every transition is logged (one ``target.state_changed`` line) and counted in
   ``wharf_balancer_target_health_transitions_total{target_group,state,reason}``; the number
   of targets per group and state is a scrape-time gauge, ``wharf_balancer_targets``, and
@@ -47,8 +51,10 @@ from balancer.health import (
 )
 from balancer.probes import CheckResult, run_check
 from balancer.runtime import Runtime
+from balancer.upstream import OutOfResources, report_out_of_resources
 from monitoring.logging import EventLog
 from monitoring.metrics import Metrics
+from monitoring.throttle import Throttle
 
 # States whose targets are probed: the others ignore check results (draining, unused) or have
 # checks turned off (unavailable).
@@ -56,6 +62,9 @@ CHECKED_STATES: Final = frozenset({TargetState.INITIAL, TargetState.HEALTHY, Tar
 # The clock also wakes at least this often to finish idle draining targets, in case a request
 # ended without the HTTP shell reporting it (a safety net; reports make it prompt).
 IDLE_POLL_SECONDS: Final = 1.0
+
+# The checks' series of wharf_handler_errors_total{listener}.
+HANDLER_ERRORS_LABEL: Final = "health_checks"
 
 Clock = Callable[[], float]
 ProbeKey = tuple[str, str]  # (target group, target id)
@@ -85,6 +94,7 @@ class HealthChecker:
         self._probes: dict[ProbeKey, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
+        self._exhaustion = Throttle()  # one "out of descriptors" line a minute
         # Set when a new generation is installed: probes waiting out an interval re-read it.
         self._installed = trio.Event()
         runtime.on_install.append(self._generation_installed)
@@ -94,6 +104,8 @@ class HealthChecker:
             ["target_group", "state", "reason"],
         )
         metrics.register_collector(self.collect_targets)
+        # A check that raised is a bug caught where it happened, as in a connection handler.
+        self._handler_errors = metrics.handler_errors.labels(HANDLER_ERRORS_LABEL)
         runtime.observers.append(self.on_events)
         # The first generation registered its targets before anyone could listen.
         for live in runtime.live.values():
@@ -212,6 +224,7 @@ class HealthChecker:
         group_name, target_id = key
         with scope:
             last_started: float | None = None
+            failing = False  # the last check raised: logged already, not every interval
             while True:
                 group = self._runtime.current.groups.get(group_name)
                 endpoint = group.by_id.get(target_id) if group is not None else None
@@ -228,10 +241,33 @@ class HealthChecker:
                             await self._installed.wait()
                         continue  # due now, or a new generation: read the interval again
                 last_started = now  # from now, however late: a stalled loop fires no burst
-                result = await run_check(endpoint.host, endpoint.port, check)
+                try:
+                    result = await run_check(endpoint.host, endpoint.port, check)
+                except OutOfResources as exc:
+                    # Says nothing about the target: no result, no state change.
+                    report_out_of_resources(self._log, self._exhaustion, str(exc))
+                    failing = False
+                    continue
+                except Exception as exc:
+                    # A bug in one check stays in that check: it fails as ALB's own errors
+                    # do, and the probe, the checker and the daemon carry on.
+                    result = self._internal_error(key, exc, logged=failing)
+                    failing = True
+                else:
+                    failing = False
                 self._record(group_name, target_id, result)
         if self._probes.get(key) is scope:
             del self._probes[key]
+
+    def _internal_error(self, key: ProbeKey, exc: Exception, *, logged: bool) -> CheckResult:
+        """The result of a check that raised; logged (once in a row) and counted."""
+        self._handler_errors.inc()
+        if not logged:
+            group_name, target_id = key
+            self._log.exception(
+                "target.check_error", exc, target_group=group_name, target=target_id
+            )
+        return CheckResult(Input.CHECK_INTERNAL_ERROR, f"internal error: {type(exc).__name__}")
 
     def _record(self, group_name: str, target_id: str, result: CheckResult) -> None:
         live = self._runtime.live.get(group_name)

@@ -10,6 +10,7 @@ refuse to start or reload with fails the check with the message the start would 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from balancer.app import build, read_keys
 from balancer.config import BalancerConfig
 from balancer.peers import check_workers, current_worker
 from balancer.runtime import Runtime
-from balancer.tls import build_all
+from balancer.tls import build_all, certificate_warnings
 from balancer.workers import supervise_from_argv
 from monitoring.cli import main as run_cli
 from monitoring.configfile import ConfigError
@@ -32,7 +33,8 @@ def check_files(config: BalancerConfig, path: Path) -> None:
 
     The state file of the targets API (``state_dir/targets.json``) is the daemon's own state,
     not configuration, and access log files are not opened (opening one creates it, and a
-    check run as root would leave a file the daemon cannot write).
+    check run as root would leave a file the daemon cannot write). A certificate outside its
+    validity period is a warning on stderr, not a failure, as at the start.
 
     Raises:
         ConfigError: as the start and a reload raise it: naming the file, the key and the
@@ -41,6 +43,8 @@ def check_files(config: BalancerConfig, path: Path) -> None:
     check_workers(config, str(path))  # the supervisor's check (workers > 1)
     keys = read_keys(config)  # BalancerApp builds these two at start and at every reload
     tls = build_all(config.listeners)
+    for warning in certificate_warnings(tls.values(), time.time()):
+        print(warning, file=sys.stderr)  # the start logs it too, and serves the certificate
     try:
         Runtime(config, keys=keys, tls=tls, now=0.0)
     except ValueError as exc:  # as BalancerApp reports it

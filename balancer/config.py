@@ -12,6 +12,7 @@ out in the message.
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Final, Literal, NamedTuple
 
 import msgspec
@@ -198,9 +199,10 @@ Listener = HttpListener | HttpsListener
 # Target groups.
 
 
-def check_target_host(host: str) -> None:
+def check_target_host(host: str) -> str:
     """Accept an IPv4 or IPv6 literal a connection can go to, or a DNS name (resolved by the
-    shell). Digits and dots alone are an IPv4 address or a mistake, never a name: a top-level
+    shell); return it in the one spelling its target id uses (:func:`normalise_target_host`).
+    Digits and dots alone are an IPv4 address or a mistake, never a name: a top-level
     domain is not all digits (RFC 3696 2), and ``999.1.1.1`` would otherwise wait on DNS
     forever as a target that never resolves."""
     try:
@@ -210,17 +212,59 @@ def check_target_host(host: str) -> None:
             raise ValueError(f"target host {host!r} is not a valid IPv4 address") from None
         if not is_dns_name(host):
             raise ValueError(f"target host {host!r} is not an IP address or a DNS name") from None
-        return
+        return host.lower()
     if address.is_unspecified or address.is_multicast or address == _BROADCAST:
         raise ValueError(f"target host {host!r} is not an address a target can have")
+    # ipaddress takes any text after "%"; the zone id goes into target ids, metrics labels and
+    # the access log's space-separated fields, so only what names an interface passes.
+    zone = address.scope_id if isinstance(address, ipaddress.IPv6Address) else None
+    if zone is not None and not ZONE_ID.fullmatch(zone):
+        raise ValueError(
+            f"target host {host!r}: a zone id is an interface name (1-15 letters, digits, "
+            "'_', '.' or '-') or an interface index"
+        )
+    return _canonical(address)
 
 
 _BROADCAST: Final = ipaddress.IPv4Address("255.255.255.255")
+# Linux interface names (IFNAMSIZ: 15 characters and the NUL) and interface indexes.
+ZONE_ID: Final = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+
+
+def _canonical(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is None:
+        mapped = address.ipv4_mapped
+        if mapped is not None:  # RFC 5952 5: an IPv4-mapped address keeps its dotted quad
+            return f"::ffff:{mapped}"
+    return str(address)  # RFC 5952's compressed, lower-case form
+
+
+def normalise_target_host(host: str) -> str:
+    """The one spelling of a target's host that ids are made of: an IP literal in RFC 5952's
+    compressed form (``0:0::1`` is ``::1``), a DNS name in lower case (names are
+    case-insensitive, RFC 4343). Anything else is returned unchanged (validation refuses it
+    elsewhere)."""
+    try:
+        return check_target_host(host)
+    except ValueError:
+        return host
 
 
 def target_id(host: str, port: int) -> str:
-    """The id of a target: ``host:port``, IPv6 in brackets."""
+    """The id of a target: ``host:port``, IPv6 in brackets, the host normalised (so that one
+    target has one id however it is written)."""
+    host = normalise_target_host(host)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_target_id(text: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a target id, the host normalised; None when it is not one."""
+    host, colon, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not colon or not host or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        return None
+    return normalise_target_host(host), int(port)
 
 
 class Endpoint(NamedTuple):
@@ -249,7 +293,15 @@ class Target(Section, frozen=True, kw_only=True):
     ] = ""
 
     def __post_init__(self) -> None:
-        check_target_host(self.host)
+        # One spelling per target, from the file, the API and targets.json alike, so that
+        # "listed twice" and deregistration see ``::1`` and ``0::1`` as the same target.
+        msgspec.structs.force_setattr(self, "host", check_target_host(self.host))
+
+
+# RFC 3986 3.3 and 3.4: "/", then pchar (unreserved, %XX, sub-delims, ":", "@"), "/" and "?".
+# The path goes on the request line of every check as it is written: a byte h11 refuses to
+# send (a space, a control character, anything not ASCII) would fail every check.
+HEALTH_CHECK_PATH: Final = re.compile(r"/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})*")
 
 
 class HealthCheck(Section, frozen=True, kw_only=True):
@@ -276,6 +328,12 @@ class HealthCheck(Section, frozen=True, kw_only=True):
             msgspec.structs.force_setattr(self, "port", port)  # "8080", as ALB writes it
         if not self.path.startswith("/"):
             raise ValueError("health_check path must start with '/'")
+        if not HEALTH_CHECK_PATH.fullmatch(self.path):
+            raise ValueError(
+                f"health_check path {self.path!r} must be '/' followed by RFC 3986 path and "
+                "query characters (letters, digits, -._~!$&'()*+,;=:@/? and %XX escapes): "
+                "percent-encode anything else (a space is %20, an 'é' %C3%A9)"
+            )
         if self.timeout_seconds >= self.interval_seconds:
             raise ValueError("health_check timeout_seconds must be less than interval_seconds")
         parse_matcher(self.matcher)
@@ -334,9 +392,13 @@ class TargetGroup(Section, frozen=True, kw_only=True):
             raise ValueError("slow start does not combine with least_outstanding_requests (AWS)")
         if len(self.targets) > MAX_TARGETS_PER_GROUP:
             raise ValueError(f"at most {MAX_TARGETS_PER_GROUP} targets per target group")
-        ids = [e.target_id for e in self.endpoints()]
-        if len(set(ids)) != len(ids):
-            raise ValueError("a target (host and port) is listed twice")
+        seen: set[str] = set()
+        for i, endpoint in enumerate(self.endpoints()):
+            if endpoint.target_id in seen:
+                raise ValueError(
+                    f"targets[{i}]: a target (host and port) is listed twice: {endpoint.target_id}"
+                )
+            seen.add(endpoint.target_id)
 
     def endpoints(self) -> list[Endpoint]:
         """The targets with their ports resolved, in configuration order."""
@@ -433,6 +495,24 @@ class BalancerConfig(Section, frozen=True, kw_only=True):
                 f"stickiness is enabled ({sticky[0]}) but stickiness.key_files is empty: "
                 "cookies must be sealed with a key every balancer process shares"
             )
+        self._check_admin_ports()
+
+    def _check_admin_ports(self) -> None:
+        """Refuse a listener on the port of an admin listener (worker ``i`` serves its own on
+        ``admin.port + i``) at an address that overlaps: the start would fail on a bind that
+        names no key. The listeners' SO_REUSEPORT does not help, the admin socket has none."""
+        if self.admin.port == 0:  # the kernel picks a free one
+            return
+        first = self.admin.port
+        for i, listener in enumerate(self.listeners):
+            index = listener.port - first
+            if not 0 <= index < self.workers or not _may_collide(self.admin.host, listener.host):
+                continue
+            port = "admin.port" if index == 0 else f"admin.port + {index} (worker {index}'s admin)"
+            raise ValueError(
+                f"{port} is {listener.port}, the port of listener {listener.name!r} too "
+                f"- at `$.admin.port` and `$.listeners[{i}].port`"
+            )
 
     def actions(self) -> list[tuple[str, Action]]:
         """Every action with its key path (``listeners[0].rules[2].action``)."""
@@ -444,6 +524,20 @@ class BalancerConfig(Section, frozen=True, kw_only=True):
                 for j, rule in enumerate(listener.rules)
             ]
         return found
+
+
+def _may_collide(host: str, other: str) -> bool:
+    """Whether listening sockets on ``host`` and ``other``, one port, may be refused by the
+    kernel: one address, or a wildcard and an address of its family (trio binds ``::``
+    IPv6-only). A name or "" may stand for either, so it may collide."""
+    try:
+        first = ipaddress.ip_address(host.partition("%")[0])
+        second = ipaddress.ip_address(other.partition("%")[0])
+    except ValueError:
+        return True
+    if first.version != second.version:
+        return False
+    return first == second or first.is_unspecified or second.is_unspecified
 
 
 def _unique(values: list[str | None], table: str, what: str) -> None:

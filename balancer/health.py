@@ -73,6 +73,7 @@ class Input(enum.Enum):
     CHECK_TIMED_OUT = "check_timed_out"  # no response within timeout_seconds
     CHECK_CODE_MISMATCH = "check_code_mismatch"  # a response outside the matcher
     CHECK_FAILED = "check_failed"  # refused, reset, TLS or protocol error
+    CHECK_INTERNAL_ERROR = "check_internal_error"  # the check itself failed (a bug of ours)
     REGISTERED = "registered"  # registered again (e.g. while draining)
     DEREGISTERED = "deregistered"
     IDLE = "idle"  # no requests in flight and no open connections
@@ -85,6 +86,7 @@ _FAILURE_REASONS = {
     Input.CHECK_TIMED_OUT: Reason.TIMEOUT,
     Input.CHECK_CODE_MISMATCH: Reason.RESPONSE_CODE_MISMATCH,
     Input.CHECK_FAILED: Reason.FAILED_HEALTH_CHECKS,
+    Input.CHECK_INTERNAL_ERROR: Reason.INTERNAL_ERROR,
 }
 
 
@@ -345,12 +347,19 @@ def _unuse(record: TargetHealth, input_: Input, now: float, policy: HealthPolicy
 
 Handler = Callable[[TargetHealth, Input, float, HealthPolicy], Step]
 
-_CHECKS = (Input.CHECK_PASSED, Input.CHECK_TIMED_OUT, Input.CHECK_CODE_MISMATCH, Input.CHECK_FAILED)
+_CHECKS = (
+    Input.CHECK_PASSED,
+    Input.CHECK_TIMED_OUT,
+    Input.CHECK_CODE_MISMATCH,
+    Input.CHECK_FAILED,
+    Input.CHECK_INTERNAL_ERROR,
+)
 _IN_SERVICE: dict[Input, Handler] = {
     Input.CHECK_PASSED: _passed,
     Input.CHECK_TIMED_OUT: _failed,
     Input.CHECK_CODE_MISMATCH: _failed,
     Input.CHECK_FAILED: _failed,
+    Input.CHECK_INTERNAL_ERROR: _failed,
     Input.REGISTERED: _stay,
     Input.DEREGISTERED: _deregister,
     Input.IDLE: _stay,

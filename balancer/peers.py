@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import h11
+import msgspec
 import trio
 
 from balancer.config import BalancerConfig
@@ -95,7 +96,7 @@ def admin_settings(settings: AdminSettings, identity: WorkerIdentity | None) -> 
     """The admin address of this process: the configured one shifted by the worker index."""
     if identity is None or settings.port == 0:
         return settings
-    return AdminSettings(host=settings.host, port=settings.port + identity.index)
+    return msgspec.structs.replace(settings, port=settings.port + identity.index)
 
 
 def sibling_admins(
@@ -110,7 +111,9 @@ def sibling_admins(
     ]
 
 
-async def _post(address: tuple[str, int], path: str, body: bytes) -> tuple[int, bytes]:
+async def _post(
+    address: tuple[str, int], path: str, body: bytes, authorization: str | None = None
+) -> tuple[int, bytes]:
     stream = await trio.open_tcp_stream(*address)
     async with stream:
         connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_REPLY_BYTES)
@@ -124,6 +127,7 @@ async def _post(address: tuple[str, int], path: str, body: bytes) -> tuple[int, 
                 ("content-length", str(len(body))),
                 (PEER_HEADER, "1"),
                 ("connection", "close"),
+                *([("authorization", authorization)] if authorization else []),
             ],
         )
         data = connection.send(head) + (connection.send(h11.Data(data=body)) or b"")
@@ -145,9 +149,13 @@ async def _post(address: tuple[str, int], path: str, body: bytes) -> tuple[int, 
 
 
 async def forward(
-    siblings: Sequence[tuple[int, tuple[str, int]]], path: str, body: bytes
+    siblings: Sequence[tuple[int, tuple[str, int]]],
+    path: str,
+    body: bytes,
+    authorization: str | None = None,
 ) -> dict[str, str]:
-    """POST ``body`` to ``path`` on every sibling's admin listener, all at once.
+    """POST ``body`` to ``path`` on every sibling's admin listener, all at once, with the
+    ``authorization`` header the admin listeners ask changes for (``admin.token_file``).
 
     Returns:
         Per worker index: ``ok``, or what went wrong (its status and reply, or the error).
@@ -158,7 +166,7 @@ async def forward(
         outcome = "timed out"
         with trio.move_on_after(FORWARD_TIMEOUT_SECONDS):
             try:
-                status, reply = await _post(address, path, body)
+                status, reply = await _post(address, path, body, authorization)
             except (OSError, trio.BrokenResourceError, h11.ProtocolError) as exc:
                 outcome = f"unreachable: {exc}"
             else:

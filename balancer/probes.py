@@ -27,6 +27,7 @@ import trio
 from balancer.config import HealthCheck
 from balancer.health import Input, Matcher, classify_response, parse_matcher
 from balancer.target_tls import client_context, server_name
+from balancer.upstream import OutOfResources, is_local_exhaustion
 
 USER_AGENT: Final = "ELB-HealthChecker/2.0"
 # A status line and headers fit easily; a target that sends more is not answering a check.
@@ -121,6 +122,10 @@ async def _attempt(host: str, port: int, check: HealthCheck) -> CheckResult:
 async def run_check(host: str, traffic_port: int, check: HealthCheck) -> CheckResult:
     """Run one health check against a target; never raises for anything the target does.
 
+    Raises:
+        OutOfResources: the balancer could not open a socket (its descriptors or memory ran
+            out): no verdict on the target.
+
     Args:
         host: the target's address or DNS name.
         traffic_port: the target's port (used when the check's port is ``traffic-port``).
@@ -132,6 +137,8 @@ async def run_check(host: str, traffic_port: int, check: HealthCheck) -> CheckRe
             return await _attempt(host, port, check)
         except (OSError, trio.BrokenResourceError) as exc:
             detail = str(exc.__cause__ or exc) or type(exc).__name__
+            if is_local_exhaustion(exc):
+                raise OutOfResources(f"{host}:{port}", detail) from None
             return CheckResult(Input.CHECK_FAILED, detail)
         except h11.ProtocolError as exc:
             return CheckResult(Input.CHECK_FAILED, f"invalid HTTP response: {exc}")

@@ -22,7 +22,10 @@ targets, minus those deregistered here, plus those registered here (with the wei
 here when both name a target). A reload re-reads the file under these changes: an API
 deregistration of a target the file lists holds until the target is registered again or the
 file stops listing it; a registration the file starts listing becomes the file's. ``source`` in
-``GET /targets`` says where each target comes from.
+``GET /targets`` says where each target comes from. Targets are named by their id
+(:func:`balancer.config.target_id`: one spelling of the host, and a registration without a
+port under the group's current port), so the file, the API and ``targets.json`` agree on
+which target a change is about.
 
 The changes survive a restart too: :class:`StateFile` keeps them in ``state_dir/targets.json``,
 written atomically (temp file, fsync, rename, fsync of the directory) before the API answers;
@@ -49,6 +52,7 @@ from balancer.config import (
     Endpoint,
     Target,
     TargetGroup,
+    parse_target_id,
     target_id,
 )
 from balancer.health import Reason, TargetHealth
@@ -167,7 +171,9 @@ class Overrides:
                 continue
             overrides.register(group, entry.registered)
             in_file = {e.target_id for e in group.endpoints()}
-            removed = set(entry.deregistered) & in_file
+            # Ids saved before ids were normalised (``[0::1]:80``) name ``[::1]:80`` now.
+            parsed = [parse_target_id(text) for text in entry.deregistered]
+            removed = {target_id(*found) for found in parsed if found is not None} & in_file
             if removed:
                 overrides._removed.setdefault(name, set()).update(removed)
         overrides.prune(config)
@@ -184,7 +190,11 @@ class Overrides:
             override = added.get(endpoint.target_id)
             found.append(endpoint if override is None else _endpoint(group, override))
         listed = {e.target_id for e in found}
-        found += [_endpoint(group, t) for key, t in added.items() if key not in listed]
+        for target in added.values():
+            endpoint = _endpoint(group, target)
+            if endpoint.target_id not in listed:
+                listed.add(endpoint.target_id)
+                found.append(endpoint)
         return found
 
     def source(self, group: str, target: str) -> str:
@@ -192,9 +202,13 @@ class Overrides:
         return "api" if target in self._added.get(group, {}) else "config"
 
     def register(self, group: TargetGroup, targets: Iterable[Target]) -> None:
+        """Add or replace registrations; keyed by the id under ``group``'s current port (a
+        target registered without a port keeps none: :meth:`prune` re-keys it)."""
         for target in targets:
             key = target_id(target.host, target.port or group.port)
-            self._added.setdefault(group.name, {})[key] = target
+            added = self._added.setdefault(group.name, {})
+            added.pop(key, None)  # to the end: the latest registration of an id comes last
+            added[key] = target
             self._removed.get(group.name, set()).discard(key)
 
     def deregister(self, group: TargetGroup, ids: Iterable[str]) -> None:
@@ -214,7 +228,14 @@ class Overrides:
                 self._removed.pop(name, None)
                 continue
             in_file = {e.target_id: e for e in group.endpoints()}
-            added = self._added.get(name, {})
+            # Registrations without a port follow the group's: under a new port their id
+            # is a new one, which deregister, source and the listing must all agree on (the
+            # later registration wins where two now name one target).
+            added = {
+                target_id(t.host, t.port or group.port): t
+                for t in self._added.get(name, {}).values()
+            }
+            self._added[name] = added
             for key, target in list(added.items()):
                 file_endpoint = in_file.get(key)
                 if file_endpoint is not None and _endpoint(group, target) == file_endpoint:

@@ -16,21 +16,24 @@ AWS's order too). The order the two are loaded in changes nothing.
 Handshakes start on the default's context; its ``sni_callback`` moves the connection to the
 context of the name the client asked for (:class:`CertificateChoice`):
 
-1. an exact name (``api.example.com``) wins over a wildcard;
-2. ``*.example.com`` matches exactly one label (``a.example.com``, never ``example.com`` or
-   ``a.b.example.com``, RFC 6125 §6.4.3);
-3. of the certificates with the name (the exact ones, else the wildcard ones), the first listed
-   ECDSA one and the first listed RSA one are served together: a client supporting both gets
-   the ECDSA one, any other the one it can use. Of several with the same key type, the one
-   listed first wins (ALB would compare hash, key length and validity). When the first
-   listed has another key type (Ed25519, ...), it is served alone;
-4. an exact ECDSA certificate without an exact RSA twin is paired with the first listed RSA
-   wildcard for the name: clients that support ECDSA still get the exact one, the others
-   the wildcard instead of a failed handshake. Not the reverse: an exact RSA certificate is
-   never paired with an ECDSA wildcard, which would win over it;
-5. no SNI, or a name no certificate has, gets the default (the first listed; ALB's rule),
+1. ``*.example.com`` matches exactly one label (``a.example.com``, never ``example.com`` or
+   ``a.b.example.com``, RFC 6125 §6.4.3). One trailing dot is the root (``a.example.com.``);
+   a name with an empty label (``.example.com``, ``a.example.com..``) matches nothing;
+2. of the certificates that match the name, exactly or by wildcard, the best ECDSA one and
+   the best RSA one are served together: a client supporting both gets the ECDSA one, any
+   other the one it can use (ALB's "SSL certificates": of several matching certificates,
+   "the best certificate that the client can support", ECDSA before RSA). So an exact RSA
+   certificate does not hide an ECDSA wildcard from clients that support ECDSA;
+3. within one key type an exact name (``api.example.com``) wins over a wildcard, and of
+   several equal ones the one listed first (ALB would compare hash, key length and
+   validity). When the first listed exact certificate (else wildcard) has another key type
+   (Ed25519, ...), it is served alone;
+4. no SNI, or a name no certificate has, gets the default (the first listed; ALB's rule),
    paired with the first listed certificate of the other key type that carries all of the
    default's names.
+
+A certificate file listed twice on a listener counts once, where it is first listed (AWS's
+AddListenerCertificates takes a certificate already in the list as a success, adding nothing).
 
 Contexts are built once per config generation, one per distinct set (plus one for each
 certificate that no name selects, so that OpenSSL checks every file), never per handshake.
@@ -45,8 +48,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import datetime
 import ssl
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,7 +60,14 @@ from typing import NamedTuple
 import trio
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from balancer.certificates import ECDSA, RSA, CertificateFiles, load_certificate_files
+from balancer.certificates import (
+    ECDSA,
+    EXPIRED,
+    RSA,
+    CertificateFiles,
+    load_certificate_files,
+    validity_problem,
+)
 from balancer.config import HttpsListener, Listener
 from balancer.tls_policies import SSL_POLICIES, TLS13_SUITES, TlsPolicy
 from balancer.tls_socket import TlsSocket
@@ -124,6 +136,14 @@ def _wildcard_parent(name: str) -> str | None:
     return parent if label == "*" and dot and parent else None
 
 
+def _host_name(server_name: str) -> str | None:
+    """An SNI name as certificates' names are compared with it: lower case, without the one
+    trailing dot a fully qualified name may have; None when a label is empty (``.a.com``,
+    ``a.com..``), which no certificate name can match (RFC 1035 §3.1)."""
+    name = server_name.lower().removesuffix(".")
+    return None if "" in name.split(".") else name
+
+
 # The key types one context pairs, in ALB's order of preference. OpenSSL would hold others
 # side by side too, but ALB accepts only these two, and up to TLS 1.2 the suite a handshake
 # negotiated tells them apart (_presented).
@@ -163,9 +183,9 @@ class CertificateChoice:
 
     def index(self, server_name: str | None) -> int:
         """Index into :attr:`sets` for an SNI name (None: the client sent none)."""
-        if not server_name:
+        name = _host_name(server_name) if server_name else None
+        if name is None:
             return 0
-        name = server_name.lower().rstrip(".")
         index = self.exact.get(name)
         if index is None:
             index = self.wildcard.get(name.partition(".")[2], 0)
@@ -173,7 +193,9 @@ class CertificateChoice:
 
     def matches(self, server_name: str) -> bool:
         """Whether some certificate carries ``server_name`` (exactly or by wildcard)."""
-        name = server_name.lower().rstrip(".")
+        name = _host_name(server_name)
+        if name is None:
+            return False
         return name in self.exact or name.partition(".")[2] in self.wildcard
 
 
@@ -200,17 +222,11 @@ def choose_certificates(certificates: Sequence[CertificateFiles]) -> Certificate
         if index > 0 and default.names and set(default.names) <= set(certificate.names)
     ]
     set_index(_pick(certificates, [0, *twins]))
-    by_name: dict[str, int] = {}
-    for name, found in exact.items():
-        chosen = _pick(certificates, found)
-        if [certificates[index].key_type for index in chosen] == [ECDSA]:
-            wild_rsa = [
-                index
-                for index in wildcard.get(name.partition(".")[2], ())
-                if certificates[index].key_type == RSA
-            ]
-            chosen = (*chosen, *wild_rsa[:1])
-        by_name[name] = set_index(chosen)
+    by_name = {
+        # Exact ones first: within a key type they win over the wildcards (rule 3).
+        name: set_index(_pick(certificates, [*found, *wildcard.get(name.partition(".")[2], ())]))
+        for name, found in exact.items()
+    }
     by_parent = {name: set_index(_pick(certificates, found)) for name, found in wildcard.items()}
     served = {index for chosen in sets for index in chosen}
     for index in range(len(certificates)):
@@ -279,13 +295,12 @@ def build_server_tls(listener: HttpsListener) -> ServerTls:
     """Read every certificate of ``listener`` and build its contexts.
 
     Raises:
-        ConfigError: naming the first file that is missing, unreadable, malformed or whose
-            key does not match its certificate.
+        ConfigError: naming the first file that is missing, unreadable, malformed, a chain
+            out of order, or whose key does not match its certificate.
     """
     policy = SSL_POLICIES[listener.ssl_policy]
-    certificates = tuple(
-        load_certificate_files(c.cert_file, c.key_file) for c in listener.certificates
-    )
+    listed = {(c.cert_file, c.key_file): None for c in listener.certificates}  # repeats once
+    certificates = tuple(load_certificate_files(*pair) for pair in listed)
     choice = choose_certificates(certificates)
     contexts = []
     for chosen in choice.sets:
@@ -301,6 +316,64 @@ def build_server_tls(listener: HttpsListener) -> ServerTls:
         handshake_timeout=listener.timeouts.tls_handshake_seconds,
         tls13_suites=frozenset(policy.tls13_suites),
     )
+
+
+def _utc(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class CertificateWarning(NamedTuple):
+    """A certificate a listener serves outside its validity period; served anyway (see
+    :mod:`balancer.certificates`), but the operator hears of it at every load.
+
+    Attributes:
+        listener: the listener's name.
+        certificate: the certificate.
+        reason: :data:`~balancer.certificates.EXPIRED` or
+            :data:`~balancer.certificates.NOT_YET_VALID`.
+    """
+
+    listener: str
+    certificate: CertificateFiles
+    reason: str
+
+    def fields(self) -> dict[str, object]:
+        """The fields of its log event."""
+        return {
+            "listener": self.listener,
+            "file": self.certificate.cert_file,
+            "reason": self.reason,
+            "not_before": _utc(self.certificate.not_before),
+            "not_after": _utc(self.certificate.not_after),
+        }
+
+    def __str__(self) -> str:
+        state = "has expired" if self.reason == EXPIRED else "is not valid yet"
+        return (
+            f"{self.certificate.cert_file}: warning: the certificate of listener"
+            f" {self.listener!r} {state} (notBefore {_utc(self.certificate.not_before)},"
+            f" notAfter {_utc(self.certificate.not_after)}); it is served all the same"
+        )
+
+
+def certificate_warnings(servers: Iterable[ServerTls], now: float) -> list[CertificateWarning]:
+    """The certificates of ``servers`` outside their validity period at ``now`` (seconds
+    since the epoch), in listener then listed order."""
+    return [
+        CertificateWarning(tls.listener, certificate, reason)
+        for tls in servers
+        for certificate in tls.certificates
+        if (reason := validity_problem(certificate, now)) is not None
+    ]
+
+
+def log_certificate_warnings(
+    servers: Iterable[ServerTls], log: EventLog, now: float | None = None
+) -> None:
+    """Log a ``tls.certificate_not_valid`` warning per certificate of ``servers`` outside
+    its validity period, at ``now`` (default: the wall clock, which certificates use)."""
+    for warning in certificate_warnings(servers, time.time() if now is None else now):
+        log.warning("tls.certificate_not_valid", **warning.fields())
 
 
 def build_all(listeners: Iterable[Listener]) -> dict[str, ServerTls]:
@@ -347,8 +420,11 @@ class TlsMetrics:
             labels=["listener", "certificate"],
         )
         for tls in self._current():
+            exported: set[str] = set()  # two entries may name one file with two key files
             for certificate in tls.certificates:
-                family.add_metric([tls.listener, certificate.cert_file], certificate.not_after)
+                if certificate.cert_file not in exported:
+                    exported.add(certificate.cert_file)
+                    family.add_metric([tls.listener, certificate.cert_file], certificate.not_after)
         return [family]
 
     def handshake_failed(self, listener: str, reason: str) -> None:

@@ -30,6 +30,7 @@ listener's own reads and writes.
 
 from __future__ import annotations
 
+import errno
 import socket
 import ssl
 from collections.abc import Iterator
@@ -42,6 +43,8 @@ from balancer import target_tls
 from balancer.config import Endpoint, ListenerLimits
 from balancer.tls_socket import TlsSocket
 from monitoring import fastio
+from monitoring.logging import EventLog
+from monitoring.throttle import Throttle
 from proto.http1 import header_list
 
 DEFAULT_MAX_IDLE: Final = 256  # per target; more concurrent requests open more connections
@@ -68,6 +71,42 @@ class ConnectFailed(UpstreamError):
 
 class ConnectTimedOut(UpstreamError):
     """No connection within the connect timeout (ALB answers 504)."""
+
+
+class OutOfResources(UpstreamError):
+    """The balancer could not open a socket to the target: it ran out of file descriptors or
+    memory. Its own fault, not the target's: never a target connection error or a failed
+    health check."""
+
+
+# What socket() or connect() fail with when this process, not the target, is out of
+# something: descriptors (its own limit, the system's), kernel buffers, memory.
+LOCAL_EXHAUSTION: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def report_out_of_resources(log: EventLog, throttle: Throttle, detail: str) -> None:
+    """Log, at most once a minute, that the balancer could not open a socket: while it
+    lasts every new target connection and health check fails the same way."""
+    held_back = throttle.admit()
+    if held_back is not None:
+        log.error(
+            "balancer.out_of_resources",
+            detail=detail,
+            held_back=held_back,
+            hint="raise the descriptor limit (LimitNOFILE= in the unit) or lower "
+            "limits.connections",
+        )
+
+
+def is_local_exhaustion(exc: BaseException) -> bool:
+    """Whether ``exc``, or what caused it (trio's happy eyeballs wraps each attempt's error
+    in a group), is this process running out of descriptors or memory."""
+    if isinstance(exc, OSError) and exc.errno in LOCAL_EXHAUSTION:
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return any(is_local_exhaustion(inner) for inner in exc.exceptions)
+    cause = exc.__cause__ or exc.__context__
+    return cause is not None and is_local_exhaustion(cause)
 
 
 def tune_socket(sock: trio.socket.SocketType) -> None:
@@ -250,6 +289,7 @@ class Pool:
         Raises:
             ConnectFailed: the target refused or is unreachable, or the TLS handshake failed.
             ConnectTimedOut: the connect timeout passed.
+            OutOfResources: no socket could be opened (descriptors or memory exhausted).
         """
         while self._idle:
             upstream = self._idle.pop()
@@ -277,6 +317,8 @@ class Pool:
                 detail = f"TLS handshake failed: {exc.reason or exc}"
                 raise ConnectFailed(endpoint.target_id, detail) from None
             except OSError as exc:
+                if is_local_exhaustion(exc):
+                    raise OutOfResources(endpoint.target_id, str(exc)) from None
                 raise ConnectFailed(endpoint.target_id, exc.strerror or str(exc)) from None
             except trio.BrokenResourceError as exc:  # reset during the TLS handshake
                 detail = f"TLS handshake failed: {exc.__cause__ or exc}"

@@ -388,8 +388,8 @@ class Supervisor:
             new = load(self.config_path, BalancerConfig)
         except ConfigError:
             return  # the workers refused it and said why
-        if new.workers != self.config.workers:
-            self.log.warning("config.restart_required", key="workers")
+        if new.workers != len(self.workers):
+            self.log.warning("config.restart_required", section="workers")
 
     async def stop(self) -> None:
         """Forward SIGTERM, wait for the workers to drain, kill what outlives the deadline."""
@@ -415,17 +415,19 @@ def supervise_from_argv(argv: Sequence[str] | None) -> int | None:
     """Run the supervisor when ``argv`` serves a config with ``workers`` above 1.
 
     Returns:
-        The exit code, or None when the ordinary single-process daemon should run: another
-        command, no config file, ``workers = 1``, a file that does not load (the daemon
-        reports it the usual way), or this process is itself a worker.
+        The exit code, or None when the ordinary command line should run: another command,
+        no config file, arguments besides ``serve --config FILE`` (``--help``, ``--version``
+        or a mistake, which it prints or refuses), ``workers = 1``, a file that does not load
+        (the daemon reports it the usual way), or this process is itself a worker.
     """
     if INDEX_ENV in os.environ:
         return None
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("command", nargs="?")
     parser.add_argument("--config", type=Path)
-    args, _ = parser.parse_known_args(argv)
-    if args.command != "serve" or args.config is None:
+    args, others = parser.parse_known_args(argv)
+    # Anything more (--help, --version, a typo) is the CLI's to print or refuse, not a start.
+    if others or args.command != "serve" or args.config is None:
         return None
     try:
         config = load(args.config, BalancerConfig)

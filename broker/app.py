@@ -20,7 +20,7 @@ import trio
 
 from broker import declarations
 from broker.auth import Authenticator, Credential, load_credentials
-from broker.config import BrokerConfig
+from broker.config import BrokerConfig, SnsSettings
 from broker.disk_space import DiskSpace, statvfs_free_bytes
 from broker.fanout import Fanout
 from broker.frontend import Frontend
@@ -106,6 +106,38 @@ def credentials_of(config: BrokerConfig) -> dict[str, Credential]:
 def keyring_of(config: BrokerConfig) -> KeyRing | None:
     path = config.storage.key_file
     return load_key_file(path) if path else None
+
+
+def delivery_client(settings: SnsSettings) -> HttpClient:
+    """The client of HTTP/S deliveries, trusting ``settings.ca_file`` (else the system store).
+
+    Raises:
+        ConfigError: the CA file cannot be loaded.
+    """
+    try:
+        return HttpClient(
+            connect_timeout=settings.connect_timeout_seconds,
+            response_timeout=settings.response_timeout_seconds,
+            ca_file=settings.ca_file,
+        )
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(settings.ca_file, f"cannot load the CA file: {error}") from None
+
+
+def check_sns_files(config: BrokerConfig) -> None:
+    """Load the files ``[sns]`` names as the start does, writing nothing.
+
+    Without a configured signing key the start generates one in the data directory: state,
+    not configuration, so it is not looked at.
+
+    Raises:
+        ConfigError: naming the file and the reason, as the start does.
+    """
+    settings = config.sns
+    if settings.signing_key_file:
+        load_signing_keys(settings, data_directory(config.storage.data_dir))
+    if settings.ca_file:
+        delivery_client(settings)
 
 
 def _needs_restart(old: BrokerConfig, new: BrokerConfig) -> bool:
@@ -246,14 +278,7 @@ class BrokerApp:
         config = self.config
         settings = config.sns
         keys = load_signing_keys(settings, directory)
-        try:
-            client = HttpClient(
-                connect_timeout=settings.connect_timeout_seconds,
-                response_timeout=settings.response_timeout_seconds,
-                ca_file=settings.ca_file,
-            )
-        except (OSError, ssl.SSLError) as error:
-            raise ConfigError(settings.ca_file, f"cannot load the CA file: {error}") from None
+        client = delivery_client(settings)
         topics = TopicRegistry(
             store,
             region=config.aws.region,
@@ -327,6 +352,7 @@ class BrokerApp:
                 on_error=report,
                 max_body_bytes=api.max_request_bytes,
                 on_refusal=refusals,
+                on_refused=self.metrics.observe_refusal,
             )
 
         sockets = await bind_tcp(api.host, api.port)
@@ -338,11 +364,13 @@ class BrokerApp:
         return "<config>" if path is None else str(path)
 
     async def reload(self, config: BrokerConfig) -> None:
-        """Apply a new config: credentials, certificates, encryption keys, declared queues.
+        """Apply a new config: credentials, anonymous access, certificates, encryption keys,
+        declared queues.
 
-        Every file is read, and the declared queues are checked against the live ones,
-        before anything changes, so a bad one refuses the whole reload. Listener addresses,
-        the data directory and turning TLS on or off need a restart.
+        Every file is read (those of ``[sns]`` too, which apply at the next restart), and the
+        declared queues are checked against the live ones, before anything changes, so a bad
+        one refuses the whole reload. Listener addresses, the data directory and turning TLS
+        on or off need a restart.
         """
         file = self._config_file()
         running = self.running
@@ -362,8 +390,11 @@ class BrokerApp:
             config.auth, credentials_of(config), account_id=running.aws.account_id
         )
         keyring = keyring_of(config)
+        # [sns] applies at the next restart, which these files would fail: refuse them now.
+        check_sns_files(config)
         tls = self.tls
         before = (self.authenticator, self.sealer.keyring, self.config)
+        was_anonymous = self.config.auth.anonymous
         before_tls = None if tls is None else (tls.settings, tls.context)
         if tls is not None and config.api.tls.enabled:
             tls.reload(config.api.tls)
@@ -383,6 +414,12 @@ class BrokerApp:
                     tls.settings, tls.context = before_tls
                 raise
             declarations.note_undeclared(self.directory / DECLARED_FILE, config, self.frame.log)
+        if config.auth.anonymous and not was_anonymous:
+            self.frame.log.warning(
+                "auth.anonymous_enabled",
+                file=file,
+                consequence="unsigned requests are served from now on, as anyone's",
+            )
         if _needs_restart(running, config):
             self.frame.log.warning("config.restart_required", section="api/storage")
         if config.aws != running.aws:

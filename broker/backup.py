@@ -16,6 +16,7 @@ The next start opens the restored store (and migrates it, if it came from an old
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Final
@@ -27,7 +28,7 @@ from broker.sns_keys import KEY_FILE as SNS_KEY_FILE
 from broker.store.base import StoreError
 from broker.store.lock import DataDirectoryLock
 from broker.store.sqlite import FILE_NAME
-from broker.store.sqlite_backup import StoreSummary, inspect, snapshot
+from broker.store.sqlite_backup import PARTIAL_SUFFIX, StoreSummary, inspect, snapshot
 from monitoring.durable import copy_file, fsync_directory
 
 KEY_FILES: Final = (RECEIPT_HANDLE_KEY_FILE, SNS_KEY_FILE, SNS_CERT_FILE)
@@ -40,17 +41,41 @@ def backup(data_dir: Path, destination: Path) -> StoreSummary:
 
     Raises:
         StoreError: no store in ``data_dir``, ``destination`` exists and is not empty, or the
-            copy failed (a partial destination is left for inspection, never a whole-looking
-            store file).
+            copy failed. What the backup wrote is removed then, and ``destination`` too if
+            the backup created it: a retry finds it as it was. (A backup killed half-way
+            leaves its keys, never a whole-looking store file.)
+        OSError: creating or writing ``destination`` failed; cleaned up likewise.
     """
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
         raise StoreError(f"{destination}: exists and is not an empty directory")
+    store = data_dir / FILE_NAME
+    if not store.is_file():  # before anything is created: a mistyped --data-dir, say
+        raise StoreError(f"{store}: no store file here")
+    created = _first_missing(destination)
     destination.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # Keys first: a backup stopped half-way must not look whole (a store without its keys).
-    for name in KEY_FILES:
-        if (data_dir / name).is_file():
-            _copy(data_dir / name, destination / name)
-    return snapshot(data_dir / FILE_NAME, destination / FILE_NAME)
+    try:
+        # Keys first: a backup stopped half-way must not look whole (a store without its keys).
+        for name in KEY_FILES:
+            if (data_dir / name).is_file():
+                _copy(data_dir / name, destination / name)
+        return snapshot(store, destination / FILE_NAME)
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        else:  # it was empty: take out only what this backup put in
+            for name in (*KEY_FILES, FILE_NAME, FILE_NAME + PARTIAL_SUFFIX):
+                (destination / name).unlink(missing_ok=True)
+        raise
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of ``path`` (itself included) that does not exist yet."""
+    missing = None
+    for directory in (path, *path.parents):
+        if directory.exists():
+            break
+        missing = directory
+    return missing
 
 
 def restore(data_dir: Path, source: Path, now: float | None = None) -> tuple[StoreSummary, Path]:

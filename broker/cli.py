@@ -14,23 +14,19 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
 from broker import backup
-from broker.app import build, credentials_of, data_directory, keyring_of
+from broker.app import build, check_sns_files, credentials_of, data_directory, keyring_of
 from broker.config import BrokerConfig
-from broker.http_client import HttpClient
-from broker.sns_keys import load_signing_keys
 from broker.store.base import StoreError
 from broker.store.sqlite_backup import StoreSummary
 from broker.tls import server_context
 from monitoring.cli import Command
 from monitoring.cli import main as run_cli
-from monitoring.configfile import ConfigError
 from monitoring.lifecycle import DaemonSpec
 from monitoring.version import VERSION
 
@@ -142,18 +138,7 @@ def check_files(config: BrokerConfig, path: Path) -> None:
     if config.api.tls.enabled:
         server_context(config.api.tls)
     keyring_of(config)
-    sns = config.sns
-    if sns.signing_key_file:  # else generated in the data directory: state, not config
-        load_signing_keys(sns, data_directory(config.storage.data_dir))
-    if sns.ca_file:
-        try:
-            HttpClient(
-                connect_timeout=sns.connect_timeout_seconds,
-                response_timeout=sns.response_timeout_seconds,
-                ca_file=sns.ca_file,
-            )
-        except (OSError, ssl.SSLError) as error:  # as BrokerApp reports it at start
-            raise ConfigError(sns.ca_file, f"cannot load the CA file: {error}") from None
+    check_sns_files(config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

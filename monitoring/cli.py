@@ -10,10 +10,11 @@ start that reads the files the configuration names (certificates, keys, credenti
 functions the start and reload use, so that what the daemon would refuse to start or reload
 with fails the check with the same message. It binds nothing and writes nothing.
 
-A ``serve`` that cannot start (a file the app cannot read, an address in use) prints one line,
-``wharf-<daemon>: cannot start: <reason>``, logs ``event=daemon.start_failed``, sends
-``STATUS=cannot start: <reason>`` to the service manager (a supervisor of several worker
-processes reads it there: :mod:`balancer.workers`) and exits 1.
+A ``serve`` that cannot start (a configuration file that does not load, a file the app
+cannot read, an address in use) prints one line, ``wharf-<daemon>: cannot start: <reason>``,
+logs ``event=daemon.start_failed``, sends ``STATUS=cannot start: <reason>`` to the service
+manager (a supervisor of several worker processes reads it there: :mod:`balancer.workers`)
+and exits 1. A second Ctrl-C during the drain cuts it short; the exit status is then 130.
 """
 
 from __future__ import annotations
@@ -27,15 +28,20 @@ from typing import Any
 
 import trio
 
+from monitoring.admin import read_admin_token
 from monitoring.configfile import ConfigError, json_schema, load
 from monitoring.lifecycle import Daemon, DaemonFailed, DaemonSpec, StartupError
-from monitoring.logging import EventLog
+from monitoring.logging import EventLog, is_journal_stream
 from monitoring.sdnotify import Notifier
 
 EXIT_OK = 0
 EXIT_CONFIG = 1
 EXIT_START = 1  # the reason is printed; systemd's Restart=on-failure tries again
 EXIT_FAILED = 1  # stopped itself (Frame.fail); restarted likewise
+# A second Ctrl-C cut the drain short: what a shell reports for a process SIGINT ended.
+EXIT_INTERRUPTED = 128 + 2
+# Said when a file with no keys is refused: what the operator may have meant by it.
+EMBEDDED_DEFAULTS_HINT = "run without --config for the embedded defaults"
 # The STATUS= a daemon that cannot start sends before it exits, followed by the reason.
 START_FAILED_STATUS = "cannot start: "
 STATUS_MAX_BYTES = 3000  # a notification is one datagram (a supervisor reads up to 4 KiB)
@@ -89,7 +95,8 @@ def main(
         return EXIT_OK
     if args.command == "check-config":
         try:
-            checked = load(args.file, spec.schema)
+            checked = load(args.file, spec.schema, empty_hint=EMBEDDED_DEFAULTS_HINT)
+            read_admin_token(checked.admin)  # the start reads it as it opens the admin port
             if check is not None:
                 check(checked, args.file)
         except ConfigError as exc:
@@ -100,12 +107,19 @@ def main(
 
     config_path: Path | None = getattr(args, "config", None)
     try:
-        config = load(config_path, spec.schema) if config_path else spec.schema()
+        config = (
+            load(config_path, spec.schema, empty_hint=EMBEDDED_DEFAULTS_HINT)
+            if config_path
+            else spec.schema()
+        )
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        if args.command in (None, "serve"):
-            _report_start_failure(Notifier.from_environ(), str(exc))
-        return EXIT_CONFIG
+        if args.command not in (None, "serve"):
+            print(exc, file=sys.stderr)
+            return EXIT_CONFIG
+        # The file's own level is unknown: the default one, which shows errors.
+        log = EventLog(spec.name).bind(**(log_fields or {}))
+        log.error("daemon.start_failed", reason=str(exc))
+        return _cannot_start(spec, Notifier.from_environ(), str(exc))
     for command in commands:
         if command.name == args.command:
             return command.run(args, config)
@@ -120,26 +134,31 @@ def main(
         return _cannot_start(spec, notifier, str(exc))
     try:
         trio.run(_serve, daemon)
-    except KeyboardInterrupt:  # a second Ctrl-C while draining: give up on the grace period
-        return 130
+    except KeyboardInterrupt:  # Ctrl-C before the daemon listens for signals, or after
+        return EXIT_INTERRUPTED
     except StartupError as error:
         return _cannot_start(spec, notifier, str(error))
     except DaemonFailed as error:
-        print(f"wharf-{spec.name}: stopped: {error}", file=sys.stderr)
+        _say_error(f"wharf-{spec.name}: stopped: {error}")
         return EXIT_FAILED
     except BaseExceptionGroup as group:
         failed, others = group.split(StartupError)
         if failed is None or others is not None:
             raise
         return _cannot_start(spec, notifier, str(_first(failed)))
-    return EXIT_OK
+    return EXIT_INTERRUPTED if daemon.drain_cut_short else EXIT_OK
 
 
 def _cannot_start(spec: DaemonSpec[Any], notifier: Notifier, reason: str) -> int:
     """Say in one line why the daemon cannot start, on stderr and to the service manager."""
-    print(f"wharf-{spec.name}: cannot start: {reason}", file=sys.stderr)
+    _say_error(f"wharf-{spec.name}: cannot start: {reason}")
     _report_start_failure(notifier, reason)
     return EXIT_START
+
+
+def _say_error(line: str) -> None:
+    """One line on stderr, which journald files at error priority, as the log's errors."""
+    print(("<3>" if is_journal_stream(sys.stderr) else "") + line, file=sys.stderr)
 
 
 def _report_start_failure(notifier: Notifier, reason: str) -> None:

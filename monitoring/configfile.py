@@ -3,16 +3,32 @@
 A bad file is reported as ``<file>: <reason> - at <key path>`` (msgspec's own wording, e.g.
 ``conf/balancer.toml: Expected `int` <= 65535 - at `$.listeners[0].port```), and a TOML syntax
 error names the line and column. Callers never see half-loaded config.
+
+A file must be a regular file holding at least one key: an empty one (or one of comments
+alone) is refused rather than read as "every default", since that is what a tool that
+truncates a file before writing it leaves for a SIGHUP that lands in between, and the
+broker's defaults are anonymous.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import msgspec
 
 T = TypeVar("T")
+
+# What Windows editors (Notepad) put in front of UTF-8 text; tomllib would call it a syntax
+# error at line 1, column 1, in front of nothing the operator can see.
+UTF8_BOM: Final = "\ufeff"
+# TOML's whitespace (spec: "tab or space") and newlines; anything else on a line is a key, a
+# table header or a syntax error, all of which the decoder reports itself.
+_TOML_BLANK: Final = " \t\r"
+READ_CHUNK_BYTES: Final = 1 << 16
+EMPTY_FILE: Final = "the file is empty (no keys, only whitespace or comments)"
 
 
 class ConfigError(Exception):
@@ -31,8 +47,9 @@ def decode(data: bytes | str, schema: type[T], *, path: Path | str = "<config>")
         ConfigError: on a syntax error (with line and column), an unknown key, a wrong type, a
             value out of range, or a cross-field rule broken in a schema's ``__post_init__``.
     """
+    text = _text(data, path).removeprefix(UTF8_BOM)
     try:
-        return msgspec.toml.decode(data, type=schema)
+        return msgspec.toml.decode(text, type=schema)
     except msgspec.ValidationError as exc:
         # ValidationError subclasses DecodeError, so it must be caught first.
         raise ConfigError(path, str(exc)) from None
@@ -43,17 +60,68 @@ def decode(data: bytes | str, schema: type[T], *, path: Path | str = "<config>")
         raise ConfigError(path, "TOML syntax error: arrays or tables nested too deeply") from None
 
 
-def load(path: Path | str, schema: type[T]) -> T:
+def _text(data: bytes | str, path: Path | str) -> str:
+    """``data`` as text; bytes that are not UTF-8 are a syntax error at their line and column."""
+    if isinstance(data, str):
+        return data
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        line = data.count(b"\n", 0, exc.start) + 1
+        # Everything before the bad byte decoded, so the column counts characters, as an
+        # editor does.
+        column = len(data[line_start : exc.start].decode().removeprefix(UTF8_BOM)) + 1
+        raise ConfigError(
+            path,
+            f"TOML syntax error: byte 0x{data[exc.start]:02x} is not UTF-8 (at line {line}, "
+            f"column {column}); save the file as UTF-8",
+        ) from None
+
+
+def has_no_keys(text: str) -> bool:
+    """Whether a TOML document is nothing but whitespace and comments."""
+    return all(
+        not line.strip(_TOML_BLANK) or line.lstrip(_TOML_BLANK).startswith("#")
+        for line in text.removeprefix(UTF8_BOM).split("\n")
+    )
+
+
+def load(path: Path | str, schema: type[T], *, empty_hint: str = "") -> T:
     """Read and decode one configuration file.
 
+    Args:
+        empty_hint: what to add to the refusal of a file with no keys (where the defaults
+            the operator may have meant are to be had instead).
+
     Raises:
-        ConfigError: the file cannot be read or does not satisfy ``schema``.
+        ConfigError: the file cannot be read, is not a regular file, has no keys, or does
+            not satisfy ``schema``.
     """
+    text = _text(_read_regular_file(path), path)
+    if has_no_keys(text):
+        raise ConfigError(path, f"{EMPTY_FILE}; {empty_hint}" if empty_hint else EMPTY_FILE)
+    return decode(text, schema, path=path)
+
+
+def _read_regular_file(path: Path | str) -> bytes:
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever. The
+    # type is checked on the descriptor opened, not on the name, which may change meanwhile.
     try:
-        data = Path(path).read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise ConfigError(path, f"cannot read: {exc.strerror or exc}") from None
-    return decode(data, schema, path=path)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(path, "cannot read: not a regular file")
+        chunks = []
+        while chunk := os.read(fd, READ_CHUNK_BYTES):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
 
 
 def json_schema(schema: type[Any]) -> bytes:

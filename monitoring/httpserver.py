@@ -530,16 +530,19 @@ async def serve_http(
     server_header: str = "wharf",
     max_body_bytes: int = 1 << 20,
     on_refusal: OnRefusal | None = None,
+    on_refused: Callable[[int], None] | None = None,
 ) -> None:
     """Serve requests on one connection until it closes, idles out, errs or the daemon drains.
 
     Exceptions from ``handler`` are reported to ``on_error`` and answered with 500; they never
     escape, so one bad request cannot take the listener down. ``on_refusal`` shapes the 408
     and 413 answers (plain text without it); an exception from it is reported to
-    ``on_error`` and the plain text goes out instead.
+    ``on_error`` and the plain text goes out instead. ``on_refused`` is told the status of
+    every request the server refuses itself (400, 408, 413, 431, 501, 505), which no handler
+    sees and so no handler counts.
     """
     parser = _RequestParser(client, limits.max_header_bytes, max_body_bytes)
-    refuser = _Refuser(on_refusal, on_error, max_body_bytes)
+    refuser = _Refuser(on_refusal, on_error, max_body_bytes, on_refused)
     connection = _Connection(stream)
     try:
         while True:
@@ -601,6 +604,8 @@ async def _read_request(
     while not parser.complete:
         if parser.fault is not None:
             status, message = parser.fault
+            if status:
+                refuser.count(status)
             if status == 413:
                 response = refuser.response(413, message, parser.refusal_head())
             elif status:
@@ -617,6 +622,7 @@ async def _read_request(
             if parser.head_done:
                 deadline = trio.current_time() + limits.body_timeout_seconds
             continue
+        refuser.count(408)
         response = refuser.response(408, "request timed out\n", parser.refusal_head())
         await _send_closing(connection, response, limits, server_header)
         return None
@@ -626,17 +632,26 @@ async def _read_request(
 class _Refuser:
     """Builds the answer to a refused request: the application's, else plain text."""
 
-    __slots__ = ("_max_body_bytes", "_on_error", "_on_refusal")
+    __slots__ = ("_max_body_bytes", "_on_error", "_on_refusal", "_on_refused")
 
     def __init__(
         self,
         on_refusal: OnRefusal | None,
         on_error: Callable[[BaseException], None],
         max_body_bytes: int,
+        on_refused: Callable[[int], None] | None = None,
     ) -> None:
         self._on_refusal = on_refusal
         self._on_error = on_error
         self._max_body_bytes = max_body_bytes
+        self._on_refused = on_refused
+
+    def count(self, status: int) -> None:
+        if self._on_refused is not None:
+            try:
+                self._on_refused(status)
+            except Exception as exc:  # a bug in the application's hook: report, answer still
+                self._on_error(exc)
 
     def response(
         self,

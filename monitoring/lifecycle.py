@@ -10,7 +10,8 @@ Task tree of a running daemon (every task has an owner)::
         │           └── handler nursery   one task per connection; grace deadline at stop
         │               └── accept nursery  one accept loop per socket; cancelled at stop
         ├── watchdog pings            when the unit sets WatchdogSec
-        └── signal forwarder          SIGHUP -> reload, SIGTERM/SIGINT -> stop
+        └── signal forwarder          SIGHUP -> reload, SIGTERM/SIGINT -> stop,
+                                      SIGINT while stopping -> cut the drain short
 
 Stopping (hypercorn's pattern): cancel the accept loops, close idle keep-alive connections at
 once, let busy ones finish their request within ``grace_period_seconds``, then cancel what is
@@ -256,9 +257,14 @@ class Frame:
         self.log.info("listener.stopped", name=listener.name)
 
     def stop(self, grace_period: float) -> None:
-        """Stop accepting; idle connections close now, busy ones get ``grace_period`` seconds."""
-        self.draining.start()
-        self._stop_deadline = trio.current_time() + grace_period
+        """Stop accepting; idle connections close now, busy ones get ``grace_period`` seconds.
+
+        Called again while stopping, it can only shorten the time left (``stop(0)`` cuts
+        what is in flight now).
+        """
+        if not self.draining.started:
+            self.draining.start()
+        self._stop_deadline = min(self._stop_deadline, trio.current_time() + grace_period)
         for listener in [*self.listeners, *self._retiring]:
             if not listener.serves_the_drain:
                 self._stop_accepting(listener)
@@ -444,6 +450,8 @@ class Daemon(Generic[C]):
         self.frame.fail = self.fail
         self.failure: str | None = None
         self._stopping = False
+        # A second SIGINT (Ctrl-C) gave up on the grace period; the command line exits 130.
+        self.drain_cut_short = False
         self._bound_admin = config.admin  # a changed admin address applies at a restart
 
     def request_reload(self) -> None:
@@ -532,16 +540,31 @@ class Daemon(Generic[C]):
             await trio.sleep(interval)
 
     async def _forward_signals(self, signals: trio.abc.ReceiveChannel[int]) -> None:
+        stop_requested = False  # before run() reads the stop command, _stopping is not set yet
         async for signum in signals:
             name = signal.Signals(signum).name
-            if self._stopping:
+            stopping = self._stopping or stop_requested
+            if stopping and signum == signal.SIGINT:
+                # Ctrl-C again: the operator will not wait. A second SIGTERM stays ignored:
+                # systemd sends one, then SIGKILL once TimeoutStopSec is over.
+                self.cut_drain_short(name)
+            elif stopping:
                 self.log.info("daemon.signal_ignored", signal=name, reason="stopping")
-                continue
-            self.log.info("daemon.signal", signal=name)
-            if signum == signal.SIGHUP:
+            elif signum == signal.SIGHUP:
+                self.log.info("daemon.signal", signal=name)
                 self.request_reload()
             else:
+                self.log.info("daemon.signal", signal=name)
+                stop_requested = True
                 self.request_stop()
+
+    def cut_drain_short(self, signal_name: str) -> None:
+        """Stop now: cut the requests still in flight instead of waiting out the grace period."""
+        if not self.drain_cut_short:
+            self.drain_cut_short = True
+            self.log.warning("daemon.drain_cut_short", signal=signal_name)
+        self.request_stop()
+        self.frame.stop(0)
 
     async def reload(self) -> str | None:
         """Load the configuration file again and apply it; None, or why it was refused."""

@@ -5,11 +5,18 @@ journald shows best: one line per event, grep-able, and parsed by Loki, Vector a
 ``journalctl -o cat | logfmt``-style tools without a schema. Values that contain spaces, quotes,
 ``=`` or control characters are quoted with JSON string escaping, so a hostile value (a header
 a client sent) can never forge a second line or a second field.
+
+Under systemd, stderr is a stream to journald, which stores every line at the priority of
+its ``<N>`` prefix (sd-daemon(3)), else at info: without one, ``journalctl -p warning`` would
+show nothing. The prefix is written only when stderr is that stream, as systemd.exec(5) says
+to tell: ``$JOURNAL_STREAM`` holds the device and inode of the journal's stream, and they
+match the stream's own ``fstat``. Anywhere else (a terminal, a pipe, a file) lines are bare.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -24,6 +31,13 @@ _LEVELS: Final[Mapping[str, int]] = {
     "error": logging.ERROR,
 }
 _NEEDS_QUOTES: Final = frozenset(' "=\\')
+# sd-daemon(3) priority prefixes: LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG.
+_JOURNAL_PRIORITIES: Final[Mapping[int, str]] = {
+    logging.ERROR: "<3>",
+    logging.WARNING: "<4>",
+    logging.INFO: "<6>",
+    logging.DEBUG: "<7>",
+}
 
 
 def format_value(value: object) -> str:
@@ -58,12 +72,35 @@ def format_event(level: str, event: str, fields: Mapping[str, object], *, timest
     return " ".join(parts)
 
 
+def is_journal_stream(stream: IO[str]) -> bool:
+    """Whether ``stream`` is the journald stream systemd connected (``$JOURNAL_STREAM``)."""
+    expected = os.environ.get("JOURNAL_STREAM")
+    if not expected:
+        return False
+    try:
+        status = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return False
+    return expected == f"{status.st_dev}:{status.st_ino}"
+
+
 class _Settings:
     """The level and stream a logger shares with the children it binds."""
 
     def __init__(self, level: int, stream: IO[str] | None) -> None:
         self.level = level
         self.stream = stream
+        # The stream last written to and whether it is journald's, found once per stream
+        # (stderr may be replaced while the logger lives: tests capture it).
+        self._checked: tuple[IO[str], bool] | None = None
+
+    def output(self) -> tuple[IO[str], bool]:
+        """The stream to write to, and whether its lines take a journald priority prefix."""
+        stream = self.stream if self.stream is not None else sys.stderr
+        checked = self._checked
+        if checked is None or checked[0] is not stream:
+            checked = self._checked = (stream, is_journal_stream(stream))
+        return checked
 
 
 class EventLog:
@@ -105,7 +142,9 @@ class EventLog:
         line = format_event(
             name, event, {"daemon": self._daemon, **self._bound, **fields}, timestamp=time.time()
         )
-        stream = self._settings.stream if self._settings.stream is not None else sys.stderr
+        stream, to_journal = self._settings.output()
+        if to_journal:
+            line = _JOURNAL_PRIORITIES[level] + line
         try:
             stream.write(line + "\n")
             stream.flush()

@@ -54,6 +54,14 @@ class AdminSettings(Section, frozen=True, kw_only=True):
 
     host: str = "127.0.0.1"
     port: Port = 9325
+    token_file: Annotated[
+        FilePath,
+        Meta(
+            description="File holding the bearer token that requests changing state (POST "
+            "/reload, the balancer's targets API) must send, from any client; empty: such "
+            "requests are served to loopback clients only."
+        ),
+    ] = ""
 
     def __post_init__(self) -> None:
         check_host(self.host)

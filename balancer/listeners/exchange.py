@@ -17,7 +17,7 @@ import http
 import ipaddress
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 import h11
@@ -32,6 +32,7 @@ from balancer.upstream import Pools
 from monitoring import fastio
 from monitoring.httpserver import Draining
 from monitoring.logging import EventLog
+from monitoring.throttle import Throttle
 from proto.http1 import (
     COMPLIANT,
     TRACE_ID_BYTES,
@@ -98,6 +99,8 @@ class ListenerServices:
     draining: Draining
     log: EventLog
     cutoffs: DrainCutoffs
+    # One "out of descriptors" line a minute per listener, however many requests fail so.
+    exhaustion: Throttle = field(default_factory=Throttle)
 
     def new_trace_id(self, wall: float) -> bytes:
         """A fresh ``Root=`` trace id for a request that arrived at ``wall`` time."""

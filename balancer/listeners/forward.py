@@ -63,7 +63,14 @@ from balancer.listeners.sticky import StickyPlan, plan, response_cookies
 from balancer.listeners.websocket import tunnel
 from balancer.runtime import GroupRuntime, ListenerRuntime, Selected
 from balancer.tls_socket import TlsSocket
-from balancer.upstream import ConnectFailed, ConnectTimedOut, Pool, Upstream
+from balancer.upstream import (
+    ConnectFailed,
+    ConnectTimedOut,
+    OutOfResources,
+    Pool,
+    Upstream,
+    report_out_of_resources,
+)
 from monitoring import fastio
 from proto.http1 import (
     Action,
@@ -226,6 +233,13 @@ async def _exchange(
     for attempt in (0, 1):
         try:
             up = await (pool.acquire(client.now()) if attempt == 0 else pool.connect())
+        except OutOfResources as exc:
+            # The balancer's own limit: a 503 as for any capacity it lacks, and nothing
+            # counted against the target.
+            ex.error_reason = "BalancerOutOfResources"
+            report_out_of_resources(services.log, services.exhaustion, str(exc))
+            await respond(client, ex, 503, b"service unavailable\n")
+            return
         except (ConnectFailed, ConnectTimedOut) as exc:
             services.stats.target_connection_error(group.name)
             timed_out = isinstance(exc, ConnectTimedOut)

@@ -381,3 +381,59 @@ async def test_access_log_write_errors_are_counted_on_metrics_from_0():
         assert float(counted[1]) >= 1
         log = daemon.log_output.getvalue()  # type: ignore[attr-defined]
         assert "event=access_log.write_failed daemon=balancer destination=/dev/full" in log
+
+
+async def test_a_target_deregistered_before_a_restart_is_simply_not_there_after_it(tmp_path):
+    from balancer.config import Forward, HealthCheck, Target, TargetGroup
+
+    group = TargetGroup(
+        name="web",
+        targets=(Target(host="10.0.0.1"), Target(host="10.0.0.2")),
+        deregistration_delay_seconds=300,
+        health_check=HealthCheck(enabled=False),
+    )
+    listener = HttpListener(
+        name="front", host="127.0.0.1", port=0, default_action=Forward(target_group="web")
+    )
+    config = BalancerConfig(
+        admin=AdminSettings(port=0),
+        state_dir=str(tmp_path),
+        listeners=(listener,),
+        target_groups=(group,),
+    )
+    body = msgspec.json.encode({"target_group": "web", "targets": [{"host": "10.0.0.1"}]})
+    async with running(SPEC, config) as daemon:
+        admin = address(daemon, "admin")
+        status, _, reply = await request(admin, "POST", "/targets/deregister", body=body)
+        assert status == 200, reply
+    async with running(SPEC, config) as restarted:
+        admin = address(restarted, "admin")
+        _, _, reply = await request(admin, target="/targets")
+        (listed,) = msgspec.json.decode(reply)["target_groups"][0]["targets"]
+        assert (listed["id"], listed["state"]) == ("10.0.0.2:80", "unavailable")
+        _, _, metrics = await request(admin, target="/metrics")
+        # Only what happened in this process: one registration, no draining, no departure.
+        transitions = [
+            line
+            for line in metrics.decode().splitlines()
+            if line.startswith("wharf_balancer_target_health_transitions_total{")
+        ]
+        assert len(transitions) == 1, transitions
+        assert 'state="unavailable",target_group="web"} 1.0' in transitions[0]
+        assert 'wharf_balancer_targets{state="draining",target_group="web"} 0.0' in metrics.decode()
+        assert "10.0.0.1" not in metrics.decode()
+        log = restarted.log_output.getvalue()  # type: ignore[attr-defined]
+        assert "target=10.0.0.1:80" not in log
+
+
+async def test_a_workers_change_needs_a_restart_until_the_file_matches_the_process(tmp_path):
+    config = BalancerConfig(admin=AdminSettings(port=0), state_dir=str(tmp_path))
+    warning = "event=config.restart_required daemon=balancer section=workers"
+    async with running(SPEC, config) as daemon:  # one process: workers = 1 runs
+        warned: list[bool] = []
+        for workers in (2, 2, 1):
+            output = daemon.log_output  # type: ignore[attr-defined]
+            before = len(output.getvalue())
+            await daemon.app.reload(msgspec.structs.replace(config, workers=workers))
+            warned.append(warning in output.getvalue()[before:])
+        assert warned == [True, True, False]

@@ -11,7 +11,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-from balancer.certificates import MAX_PEM_BYTES, load_certificate_files
+from balancer.certificates import (
+    EXPIRED,
+    MAX_PEM_BYTES,
+    NOT_YET_VALID,
+    load_certificate_files,
+    validity_problem,
+)
 from monitoring.configfile import ConfigError
 from tests.support.tls import write_pair
 
@@ -141,3 +147,59 @@ def test_reads_the_key_type(ca, tmp_path):
     )
     loaded = load_certificate_files(str(tmp_path / "ed.pem"), str(tmp_path / "ed.key"))
     assert loaded.key_type == "Ed25519"  # never paired: ALB takes ECDSA and RSA only
+
+
+def write_leaf(leaf: trustme.LeafCert, directory, stem: str, *, order=None) -> tuple[str, str]:
+    """Write a leaf's chain, its certificates in ``order`` (indexes; default leaf first)."""
+    pems = [blob.bytes() for blob in leaf.cert_chain_pems]
+    cert_file, key_file = directory / f"{stem}.pem", directory / f"{stem}.key"
+    cert_file.write_bytes(b"".join(pems[i] for i in (order or range(len(pems)))))
+    leaf.private_key_pem.write_to_path(str(key_file))
+    return str(cert_file), str(key_file)
+
+
+def test_a_chain_through_intermediates_loads(ca, tmp_path):
+    leaf = ca.create_child_ca().create_child_ca().issue_cert("a.example.com")
+    assert len(leaf.cert_chain_pems) == 3  # leaf, its issuer, that one's issuer
+    loaded = load_certificate_files(*write_leaf(leaf, tmp_path, "chained"))
+    assert loaded.names == ("a.example.com",)
+
+
+def test_a_chain_with_the_intermediate_first_says_the_leaf_must_come_first(ca, tmp_path):
+    leaf = ca.create_child_ca().issue_cert("a.example.com")
+    cert_file, key_file = write_leaf(leaf, tmp_path, "reversed", order=(1, 0))
+    with pytest.raises(ConfigError) as error:
+        load_certificate_files(cert_file, key_file)
+    assert error.value.path == cert_file  # the file to fix, not the key
+    assert "must come first" in error.value.reason
+    assert "does not match" not in error.value.reason
+
+
+def test_a_chain_whose_certificates_do_not_chain_is_refused(ca, tmp_path):
+    # The leaf followed by an intermediate that did not issue it (ACM refuses this too).
+    leaf = ca.create_child_ca().issue_cert("a.example.com")
+    stranger = trustme.CA().create_child_ca().issue_cert("b.example.com")
+    cert_file, key_file = write_leaf(leaf, tmp_path, "mixed", order=(0,))
+    with open(cert_file, "ab") as file:
+        file.write(stranger.cert_chain_pems[1].bytes())
+    with pytest.raises(ConfigError) as error:
+        load_certificate_files(cert_file, key_file)
+    assert error.value.path == cert_file
+    assert "certificate 2 of the chain did not issue certificate 1" in error.value.reason
+    assert "the issuer of each certificate must be the subject of the next" in error.value.reason
+
+
+def test_validity_is_read_and_judged_but_never_refused(ca, tmp_path):
+    now = datetime.datetime.now(datetime.UTC)
+    day = datetime.timedelta(days=1)
+    periods = {
+        "expired": (now - 30 * day, now - day, EXPIRED),
+        "future": (now + day, now + 30 * day, NOT_YET_VALID),
+        "current": (now - day, now + day, None),
+    }
+    for stem, (not_before, not_after, problem) in periods.items():
+        leaf = ca.issue_cert(f"{stem}.example.com", not_before=not_before, not_after=not_after)
+        loaded = load_certificate_files(*write_leaf(leaf, tmp_path, stem))
+        assert loaded.not_before == not_before.replace(microsecond=0).timestamp()
+        assert loaded.not_after == not_after.replace(microsecond=0).timestamp()
+        assert validity_problem(loaded, now.timestamp()) == problem, stem

@@ -11,11 +11,13 @@ from __future__ import annotations
 import io
 import ssl
 
+import msgspec
 import pytest
 import trio
 import trio.testing
 import trustme
 
+import balancer.checker as checker_module
 from balancer.checker import HealthChecker
 from balancer.cli import SPEC
 from balancer.config import (
@@ -27,7 +29,9 @@ from balancer.config import (
     TargetGroup,
 )
 from balancer.health import Reason, TargetState
+from balancer.probes import CheckResult
 from balancer.runtime import Runtime
+from balancer.upstream import OutOfResources
 from monitoring.logging import EventLog
 from monitoring.metrics import Metrics
 from monitoring.settings import AdminSettings
@@ -335,3 +339,63 @@ async def test_a_target_that_left_early_counts_as_draining_until_its_delay_ends(
     assert harness.sample("wharf_balancer_target_health", **each) == 1
     await trio.sleep(31)
     assert harness.sample("wharf_balancer_targets", target_group="web", state="draining") == 0
+
+
+async def test_a_check_that_raises_fails_with_elb_internal_error_and_checks_go_on(
+    nursery, lazy_clock
+):
+    target = StubTarget()
+    await started(nursery, target)
+    check = HealthCheck(
+        interval_seconds=INTERVAL,
+        timeout_seconds=2,
+        healthy_threshold=THRESHOLD,
+        unhealthy_threshold=THRESHOLD,
+    )
+    # A path h11 cannot encode, as the file's validation once let through (it refuses it
+    # now): the check raises UnicodeEncodeError, which no target could cause.
+    msgspec.structs.force_setattr(check, "path", "/health/é")
+    harness = Harness(make_config([target.port], check=check))
+    await nursery.start(harness.checker.run)
+    await harness.wait_for(target.port, TargetState.UNHEALTHY, within=INTERVAL * THRESHOLD + 1)
+    assert harness.reason(target.port) is Reason.INTERNAL_ERROR
+    await trio.sleep(INTERVAL * 3)  # the probe carries on, and so does the checker
+    assert harness.checker.probing() == {("web", f"127.0.0.1:{target.port}")}
+    errors = harness.sample("wharf_handler_errors_total", listener="health_checks")
+    assert errors is not None
+    assert errors >= THRESHOLD + 2  # every check that raised, logged or not
+    (logged,) = [
+        line for line in harness.output.getvalue().splitlines() if "target.check_error" in line
+    ]
+    assert "level=error" in logged
+    assert "error=UnicodeEncodeError" in logged
+    assert f"target=127.0.0.1:{target.port}" in logged
+    # A check that stops raising is judged as before.
+    msgspec.structs.force_setattr(check, "path", "/health")
+    await harness.wait_for(target.port, TargetState.HEALTHY, within=INTERVAL * THRESHOLD + 1)
+
+
+async def test_a_check_the_balancer_cannot_open_leaves_the_target_as_it_was(
+    nursery, lazy_clock, monkeypatch
+):
+    target = StubTarget()
+    await started(nursery, target)
+    check = HealthCheck(interval_seconds=INTERVAL, timeout_seconds=2)
+    harness = Harness(make_config([target.port], check=check))
+    await nursery.start(harness.checker.run)
+    await harness.wait_for(target.port, TargetState.HEALTHY, within=INTERVAL + 1)
+
+    async def exhausted(host: str, port: int, check: HealthCheck) -> CheckResult:
+        raise OutOfResources(f"{host}:{port}", "[Errno 24] Too many open files")
+
+    monkeypatch.setattr(checker_module, "run_check", exhausted)
+    await trio.sleep(INTERVAL * (check.unhealthy_threshold + 2))
+    assert harness.state(target.port) is TargetState.HEALTHY  # its state says nothing new
+    lines = [
+        line
+        for line in harness.output.getvalue().splitlines()
+        if "balancer.out_of_resources" in line
+    ]
+    assert len(lines) == 1  # once a minute, however many checks failed so
+    assert "level=error" in lines[0]
+    assert harness.sample("wharf_handler_errors_total", listener="health_checks") in (None, 0)

@@ -27,12 +27,14 @@ from balancer.config import (
     Target,
     TargetGroup,
     WeightedTargetGroup,
+    parse_target_id,
     target_id,
 )
 from monitoring.configfile import ConfigError, decode, load
 from tests.support.schema import lookup, missing_key_paths, uncommented_key_lines
 
 CONF = Path(__file__).parents[2] / "conf" / "balancer.toml"
+ADMIN_PORT = BalancerConfig().admin.port
 
 
 def test_shipped_file_loads():
@@ -106,6 +108,137 @@ def test_the_shipped_example_decodes_every_kind_of_action():
     actions = [type(action) for _, action in loaded.actions()]
     assert {Forward, Redirect, FixedResponse} <= set(actions)
     assert [g.name for g in loaded.target_groups] == ["web", "web-canary"]
+
+
+def test_one_target_has_one_id_however_its_host_is_written():
+    spellings = ["::1", "0::1", "0:0:0:0:0:0:0:1", "0000::0001"]
+    assert {target_id(host, 80) for host in spellings} == {"[::1]:80"}
+    assert target_id("Db.Internal", 5432) == "db.internal:5432"
+    assert target_id("FE80::1%eth0", 80) == "[fe80::1%eth0]:80"  # an interface name keeps case
+    assert target_id("::ffff:10.0.0.1", 80) == "[::ffff:10.0.0.1]:80"
+    group = TargetGroup(name="g", targets=(Target(host="0:0::1"), Target(host="LocalHost")))
+    assert [(e.target_id, e.host) for e in group.endpoints()] == [
+        ("[::1]:80", "::1"),
+        ("localhost:80", "localhost"),
+    ]
+    assert parse_target_id("[0:0::1]:80") == ("::1", 80)
+    assert parse_target_id("LOCALHOST:8080") == ("localhost", 8080)
+    assert parse_target_id("10.0.0.1") is None
+    assert parse_target_id("10.0.0.1:70000") is None
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("::1", "0::1"),
+        ("::1", "0:0:0:0:0:0:0:1"),
+        ("LOCALHOST", "localhost"),
+        ("10.0.0.1", "10.0.0.1"),
+    ],
+)
+def test_one_target_written_two_ways_is_listed_twice(first, second):
+    groups = [{"name": "web", "targets": [{"host": first}, {"host": second, "port": 80}]}]
+    assert "targets[1]: a target (host and port) is listed twice" in error(
+        config(target_groups=groups)
+    )
+
+
+@pytest.mark.parametrize("host", ["fe80::1%eth0", "fe80::1%2", "fe80::1%br-lan.10", "fe80::1%a_b"])
+def test_a_zone_id_naming_an_interface_is_accepted(host):
+    assert Target(host=host).host == host
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "fe80::1%x 200 forged",
+        "fe80::1%eth0\n",
+        'fe80::1%a"b',
+        "fe80::1%" + "a" * 16,
+        "fe80::1%é",
+        "fe80::1%a:b",
+    ],
+)
+def test_a_zone_id_that_is_no_interface_is_refused_with_its_key(host):
+    groups = [{"name": "web", "targets": [{"host": host}]}]
+    message = error(config(target_groups=groups))
+    assert "a zone id is an interface name" in message
+    assert message.endswith("- at `$.target_groups[0].targets[0]`")
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/", "/health", "/health?probe=1&full=%20yes", "/~user/a:b@c;d=e,f+g*h!i$j'k(l)m", "/%C3%A9"],
+)
+def test_health_check_paths_of_rfc_3986_characters_are_accepted(path):
+    groups = [{"name": "web", "health_check": {"path": path}}]
+    loaded = decode(msgspec.toml.encode(config(target_groups=groups)), BalancerConfig)
+    assert loaded.target_groups[0].health_check.path == path
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/health/é",
+        "/a b",
+        "/a\tb",
+        "/x\r\nHost: evil",
+        "/%zz",
+        "/%4",
+        "/a#b",
+        "/<b>",
+        '/a"b',
+        "/a\\b",
+    ],
+)
+def test_a_health_check_path_that_cannot_go_on_a_request_line_is_refused(path):
+    groups = [{"name": "web", "health_check": {"path": path}}]
+    message = error(config(target_groups=groups))
+    assert "must be '/' followed by RFC 3986 path and query characters" in message
+    assert message.endswith("- at `$.target_groups[0].health_check`")
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            config(admin={"port": 8080}, listeners=[listener(port=8080)]),
+            "admin.port is 8080, the port of listener 'l' too - at `$.admin.port` and "
+            "`$.listeners[0].port`",
+        ),
+        (
+            config(
+                workers=3,
+                admin={"port": 8080},
+                listeners=[listener(port=80), listener(name="m", host="127.0.0.1", port=8082)],
+            ),
+            "admin.port + 2 (worker 2's admin) is 8082, the port of listener 'm' too - at "
+            "`$.admin.port` and `$.listeners[1].port`",
+        ),
+        (
+            config(admin={"host": "localhost", "port": 8080}, listeners=[listener(port=8080)]),
+            "admin.port is 8080",
+        ),
+    ],
+)
+def test_a_listener_on_an_admin_port_is_refused_naming_both_keys(data, expected):
+    assert expected in error(data)
+
+
+@pytest.mark.parametrize(
+    ("admin_host", "listener_host"),
+    [("127.0.0.1", "127.0.0.2"), ("127.0.0.1", "::"), ("::1", "0.0.0.0"), ("::1", "::2")],
+)
+def test_a_listener_on_the_admin_port_of_another_address_is_accepted(admin_host, listener_host):
+    data = config(
+        admin={"host": admin_host, "port": 8080},
+        listeners=[listener(host=listener_host, port=8080)],
+    )
+    loaded = decode(msgspec.toml.encode(data), BalancerConfig)
+    assert loaded.listeners[0].port == loaded.admin.port == 8080
+    # Past the last worker's admin port there is no collision either.
+    beyond = config(workers=2, admin={"port": 8080}, listeners=[listener(port=8082)])
+    assert decode(msgspec.toml.encode(beyond), BalancerConfig).workers == 2
 
 
 def test_endpoints_resolve_ports_and_bracket_ipv6():
@@ -255,7 +388,7 @@ def test_endpoints_resolve_ports_and_bracket_ipv6():
                     {"name": "web", "targets": [{"host": "a"}, {"host": "a", "port": 80}]}
                 ]
             ),
-            "listed twice - at `$.target_groups[0]`",
+            "targets[1]: a target (host and port) is listed twice: a:80 - at `$.target_groups[0]`",
         ),
         (
             config(target_groups=[{"name": "web", "stickiness": {"type": "app_cookie"}}]),
@@ -518,10 +651,11 @@ def balancer_configs(draw: st.DrawFn) -> BalancerConfig:
         )
         for p in priorities
     )
-    http = HttpListener(
-        name="web", port=draw(st.integers(0, 65535)), default_action=draw(forwards), rules=rules
-    )
-    return BalancerConfig(workers=draw(st.integers(1, 8)), listeners=(http,), target_groups=groups)
+    workers = draw(st.integers(1, 8))
+    # Not on an admin listener's port (admin.port + worker index), which the schema refuses.
+    port = draw(st.integers(0, 65535).filter(lambda p: not 0 <= p - ADMIN_PORT < workers))
+    http = HttpListener(name="web", port=port, default_action=draw(forwards), rules=rules)
+    return BalancerConfig(workers=workers, listeners=(http,), target_groups=groups)
 
 
 @given(balancer_configs())

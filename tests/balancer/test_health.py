@@ -26,7 +26,13 @@ from balancer.health import (
     step,
 )
 
-CHECKS = [Input.CHECK_PASSED, Input.CHECK_TIMED_OUT, Input.CHECK_CODE_MISMATCH, Input.CHECK_FAILED]
+CHECKS = [
+    Input.CHECK_PASSED,
+    Input.CHECK_TIMED_OUT,
+    Input.CHECK_CODE_MISMATCH,
+    Input.CHECK_FAILED,
+    Input.CHECK_INTERNAL_ERROR,
+]
 POLICY = HealthPolicy(healthy_threshold=3, unhealthy_threshold=2, deregistration_delay=300)
 
 
@@ -150,6 +156,7 @@ def test_an_initial_target_becomes_unhealthy_after_the_unhealthy_threshold():
         (Input.CHECK_TIMED_OUT, Reason.TIMEOUT),
         (Input.CHECK_CODE_MISMATCH, Reason.RESPONSE_CODE_MISMATCH),
         (Input.CHECK_FAILED, Reason.FAILED_HEALTH_CHECKS),
+        (Input.CHECK_INTERNAL_ERROR, Reason.INTERNAL_ERROR),
     ],
 )
 def test_healthy_target_needs_consecutive_failures_and_reports_why(failure, reason):

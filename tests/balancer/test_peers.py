@@ -101,3 +101,21 @@ async def test_watch_parent_waits_for_the_parent_to_exit():
     with trio.fail_after(2):
         await watch_parent(process.pid, lambda: called.append(True))
     assert called == [True, True]
+
+
+def test_a_workers_admin_settings_keep_the_token_file():
+    base = AdminSettings(host="10.1.2.3", port=9326, token_file="/etc/wharf/admin.token")
+    shifted = admin_settings(base, WorkerIdentity(1, 2))
+    assert (shifted.port, shifted.token_file) == (9327, "/etc/wharf/admin.token")
+
+
+async def test_forward_sends_the_admin_token_the_siblings_ask_for(nursery):
+    sibling = StubTarget(status=200)
+    await sibling.start(nursery)
+    siblings = [(1, ("127.0.0.1", sibling.port))]
+    assert await forward(siblings, "/reload", b"", "Bearer s3cret") == {"1": "ok"}
+    assert await forward(siblings, "/reload", b"") == {"1": "ok"}
+    with_token, without = sibling.requests
+    assert dict(with_token.headers)[b"authorization"] == b"Bearer s3cret"
+    assert b"authorization" not in dict(without.headers)
+    sibling.stop()

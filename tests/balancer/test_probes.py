@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ssl
 
 import pytest
@@ -11,6 +12,7 @@ import trustme
 from balancer.config import HealthCheck
 from balancer.health import Input
 from balancer.probes import USER_AGENT, check_port, run_check
+from balancer.upstream import OutOfResources
 from tests.support.check_targets import StubTarget
 
 
@@ -120,3 +122,13 @@ async def test_check_port_overrides_the_traffic_port(nursery):
     result = await run_check("127.0.0.1", 1, http_check(port=target.port))
     assert result.input is Input.CHECK_PASSED
     target.stop()
+
+
+async def test_a_check_the_balancer_cannot_open_gives_no_verdict(monkeypatch):
+    async def exhausted(host: str, port: int, **kwargs: object) -> trio.SocketStream:
+        attempts = ExceptionGroup("attempts", [OSError(errno.EMFILE, "Too many open files")])
+        raise OSError(f"all attempts to connect to {host}:{port} failed") from attempts
+
+    monkeypatch.setattr(trio, "open_tcp_stream", exhausted)
+    with pytest.raises(OutOfResources, match=r"127\.0\.0\.1:9"):
+        await run_check("127.0.0.1", 9, http_check())

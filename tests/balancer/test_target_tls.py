@@ -1,9 +1,15 @@
-"""TLS to targets on real sockets: the unverified client context, SNI and ALPN, and a
-handshake against a server that does not speak TLS (TlsSocket itself: test_tls_socket.py)."""
+"""TLS to targets on real sockets: the unverified client context, SNI and ALPN, ALB's
+back-end protocols and ciphers against ``openssl s_server``, and a handshake against a server
+that does not speak TLS (TlsSocket itself: test_tls_socket.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import ssl
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -99,3 +105,80 @@ async def test_a_plain_http_server_fails_the_handshake(nursery):
     with pytest.raises(ssl.SSLError), trio.fail_after(5):
         await target_tls.wrap(tcp, client_context(), "127.0.0.1")
     tcp.close()
+
+
+OPENSSL_SECONDS = 10
+
+
+@contextlib.asynccontextmanager
+async def openssl_target(tmp_path: Path, *options: str) -> AsyncIterator[int]:
+    """``openssl s_server -www`` on 127.0.0.1 with an RSA certificate and ``options``; its
+    port. Skips when this OpenSSL refuses the options (a build without TLS 1.0, say)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    leaf = trustme.CA().issue_cert("target.example", key_type=trustme.KeyType.RSA)
+    cert_file, key_file = tmp_path / "target.pem", tmp_path / "target.key"
+    leaf.cert_chain_pems[0].write_to_path(str(cert_file))
+    leaf.private_key_pem.write_to_path(str(key_file))
+    command = ["openssl", "s_server", "-accept", "127.0.0.1:0", "-www", "-naccept", "1"]
+    command += ["-cert", str(cert_file), "-key", str(key_file), *options]
+    process = await trio.lowlevel.open_process(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    assert process.stdout is not None
+    try:
+        output = b""
+        with trio.fail_after(OPENSSL_SECONDS):
+            while b"ACCEPT " not in output or not output.endswith(b"\n"):
+                chunk = await process.stdout.receive_some(4096)
+                if not chunk:
+                    pytest.skip(f"this openssl refuses {options}: {output.decode()[-300:]}")
+                output += chunk
+        yield int(output.split(b"ACCEPT ", 1)[1].split(b"\n", 1)[0].rsplit(b":", 1)[1])
+    finally:
+        process.kill()
+        with trio.move_on_after(OPENSSL_SECONDS):
+            await process.wait()
+        await process.stdout.aclose()
+
+
+@pytest.mark.parametrize(
+    ("options", "version", "cipher"),
+    [
+        (("-tls1", "-cipher", "ALL:@SECLEVEL=0"), "TLSv1", None),
+        (("-tls1_1", "-cipher", "ALL:@SECLEVEL=0"), "TLSv1.1", None),
+        (("-tls1_2", "-cipher", "AES128-GCM-SHA256"), "TLSv1.2", "AES128-GCM-SHA256"),
+        (("-tls1_2", "-cipher", "ECDHE-RSA-AES128-SHA"), "TLSv1.2", "ECDHE-RSA-AES128-SHA"),
+        ((), "TLSv1.3", None),
+    ],
+)
+async def test_targets_alb_reaches_with_its_2016_08_policy_are_reached(
+    tmp_path, options, version, cipher
+):
+    # ALB talks to targets with ELBSecurityPolicy-2016-08 (plus TLS 1.3): old protocols,
+    # plain RSA key exchange and CBC-SHA1 suites included, whatever Python's defaults say.
+    if version in ("TLSv1", "TLSv1.1") and not getattr(ssl, f"HAS_{version.replace('.', '_')}"):
+        pytest.skip(f"this Python's OpenSSL has no {version}")
+    async with openssl_target(tmp_path, *options) as port:
+        with trio.socket.socket() as tcp:
+            await tcp.connect(("127.0.0.1", port))
+            with trio.fail_after(OPENSSL_SECONDS):
+                stream = await target_tls.wrap(tcp, client_context(), "target.example")
+                tls = stream.socket
+                assert isinstance(tls, TlsSocket)
+                assert tls.version() == version
+                if cipher is not None:
+                    assert tls.cipher()[0] == cipher
+                await stream.send_all(b"GET / HTTP/1.0\r\n\r\n")
+                answer = await stream.receive_some(4096)
+            assert answer.startswith(b"HTTP/1.0 200 ")
+            tls.close()
+
+
+def test_the_context_follows_the_2016_08_policy_plus_tls13():
+    context = client_context()
+    assert context.minimum_version is ssl.TLSVersion.TLSv1
+    assert context.maximum_version is ssl.TLSVersion.TLSv1_3
+    offered = {cipher["name"] for cipher in context.get_ciphers()}
+    policy = set(target_tls.TARGET_POLICY.ciphers.split(":")) - {"@SECLEVEL=0"}
+    assert policy <= offered

@@ -478,3 +478,100 @@ async def test_a_corrupt_state_file_stops_the_start_with_a_clear_message(tmp_pat
         line = await daemon.wait_log("targets.json")
     assert daemon.process.returncode == 1  # EXIT_CONFIG, as for a bad configuration file
     assert f"{tmp_path / 'targets.json'}: corrupt state file" in line
+
+
+# --- target ids: one per target, whatever the spelling or the group's port ------------------
+
+
+def group_config(port: int, *, delay: int = 0) -> BalancerConfig:
+    group = TargetGroup(
+        name="web", port=port, deregistration_delay_seconds=delay, health_check=HealthCheck()
+    )
+    listener = HttpListener(name="front", port=0, default_action=Forward(target_group="web"))
+    return BalancerConfig(listeners=(listener,), target_groups=(group,))
+
+
+async def reload_into(admin: Admin, config: BalancerConfig) -> None:
+    """What BalancerApp.reload does with the API's changes."""
+    async with admin.api.lock:
+        admin.overrides.prune(config)
+        admin.runtime.install(admin.overrides.apply(admin.runtime.compile(config)), 1.0)
+
+
+async def test_a_target_registered_without_a_port_follows_the_groups_port(nursery):
+    admin = Admin(group_config(8080))
+    await admin.start(nursery)
+    portless = {"target_group": "web", "targets": [{"host": "10.0.0.5"}]}
+    assert (await admin.call("POST", "/targets/register", portless))[0] == 200
+    await reload_into(admin, group_config(9090))
+    listed = await admin.targets()
+    assert list(listed) == ["10.0.0.5:9090"]
+    assert listed["10.0.0.5:9090"]["source"] == "api"
+    assert admin.overrides.source("web", "10.0.0.5:9090") == "api"
+    # Registered again under the new port, by number: still one target (the weight given now).
+    explicit = {"target_group": "web", "targets": [{"host": "10.0.0.5", "port": 9090, "weight": 3}]}
+    assert (await admin.call("POST", "/targets/register", explicit))[0] == 200
+    endpoints = admin.runtime.current.groups["web"].endpoints
+    assert [(e.target_id, e.weight) for e in endpoints] == [("10.0.0.5:9090", 3)]
+    # Deregistered without a port, as it was registered: it leaves, and stays out.
+    status, reply = await admin.call("POST", "/targets/deregister", portless)
+    assert status == 200, reply
+    assert await admin.targets() == {}
+    assert admin.overrides.dump() == SavedOverrides()
+    await reload_into(admin, group_config(8080))
+    assert await admin.targets() == {}
+    admin.frame.stop(0)
+
+
+async def test_a_target_written_another_way_is_the_same_target(nursery):
+    admin = Admin(make_config("::1", "db.internal", delay=0))
+    await admin.start(nursery)
+    same = [{"host": "0:0:0:0:0:0:0:1", "weight": 7}, {"host": "DB.Internal"}]
+    status, reply = await admin.call(
+        "POST", "/targets/register", {"target_group": "web", "targets": same}
+    )
+    assert status == 200, reply
+    assert sorted(t["id"] for t in reply["targets"]) == ["[::1]:8080", "db.internal:8080"]
+    listed = await admin.targets()
+    assert list(listed) == ["[::1]:8080", "db.internal:8080"]  # not listed twice
+    assert (listed["[::1]:8080"]["weight"], listed["[::1]:8080"]["host"]) == (7, "::1")
+    gone = [{"host": "0000::0001", "port": 8080}, {"host": "DB.INTERNAL"}]
+    status, reply = await admin.call(
+        "POST", "/targets/deregister", {"target_group": "web", "targets": gone}
+    )
+    assert status == 200, reply
+    assert await admin.targets() == {}
+    admin.frame.stop(0)
+
+
+@pytest.mark.parametrize(
+    "host", ["fe80::1%x 200 forged", "fe80::1%eth0\n", "fe80::1%aaaaaaaaaaaaaaaa", 'fe80::1%"']
+)
+async def test_a_zone_id_that_names_no_interface_is_a_validation_error(admin, host):
+    body = {"target_group": "web", "targets": [{"host": host}]}
+    status, reply = await admin.call("POST", "/targets/register", body)
+    assert (status, reply["error"]) == (400, "ValidationError")
+    assert "zone id" in reply["message"]
+    assert list(await admin.targets()) == ["10.0.0.1:8080", "10.0.0.2:8080"]
+    # An interface name or index is a zone id.
+    body = {"target_group": "web", "targets": [{"host": "fe80::1%eth0"}, {"host": "fe80::2%3"}]}
+    assert (await admin.call("POST", "/targets/register", body))[0] == 200
+    assert {"[fe80::1%eth0]:8080", "[fe80::2%3]:8080"} <= set(await admin.targets())
+
+
+def test_a_state_file_written_before_ids_were_normalised_still_applies(tmp_path):
+    config = make_config("::1", "10.0.0.1")
+    web = config.target_groups[0]
+    state = StateFile(tmp_path)
+    state.path.write_text(
+        '{"version": 1, "target_groups": {"web": {'
+        '"registered": [{"host": "0:0::2", "weight": 4}, {"host": "Cache.Internal"}],'
+        '"deregistered": ["[0:0:0:0:0:0:0:1]:8080", "not an id"]}}}'
+    )
+    restored = Overrides.restore(state.load(), config)
+    assert [(e.target_id, e.weight) for e in restored.endpoints(web)] == [
+        ("10.0.0.1:8080", 1),
+        ("[::2]:8080", 4),
+        ("cache.internal:8080", 1),
+    ]
+    assert restored.source("web", "cache.internal:8080") == "api"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import io
 import ssl
 from pathlib import Path
 from typing import NamedTuple
@@ -14,8 +15,11 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
+from balancer.certificates import EXPIRED, NOT_YET_VALID, CertificateFiles
 from balancer.config import (
     SSL_POLICIES,
     Certificate,
@@ -32,7 +36,10 @@ from balancer.tls import (
     accept_tls,
     build_all,
     build_server_tls,
+    certificate_warnings,
+    choose_certificates,
     close_tls,
+    log_certificate_warnings,
 )
 from monitoring import fastio
 from monitoring.configfile import ConfigError
@@ -93,6 +100,10 @@ def metrics_and_tls(tls: ServerTls) -> tuple[Metrics, TlsMetrics]:
         ("a.b.example.com", "default"),  # ... nor more than one label
         ("api.example.com", "api"),  # exact beats wildcard; the first listed wins
         ("api2.example.com", "api"),
+        ("api.example.com.", "api"),  # one trailing dot: the root
+        (".example.com", "default"),  # an empty label matches nothing ...
+        ("a.example.com..", "default"),  # ... nor does a second trailing dot
+        ("api.example.com..", "default"),
     ],
 )
 def test_select_follows_albs_rules(server_tls, server_name, stem):
@@ -110,6 +121,9 @@ def test_select_follows_albs_rules(server_tls, server_name, stem):
         ("example.com", False),
         ("a.b.example.com", False),
         ("net", False),
+        (".example.com", False),
+        ("a.example.com..", False),
+        ("a..example.com", False),
     ],
 )
 def test_matches_tells_a_certificate_name_from_the_default_standing_in(
@@ -522,3 +536,154 @@ async def test_same_key_type_keeps_the_first_listed_and_contexts_are_built_once(
     # The default's context, the pair's, and one each for the two never served (so that
     # OpenSSL checks them at load, as before): four, all built with the listener.
     assert len(tls.contexts) == 4
+
+
+async def test_an_exact_rsa_certificate_does_not_hide_an_ecdsa_wildcard(ca, tmp_path):
+    # ALB: of the certificates matching a name, the best the client supports, ECDSA first.
+    certificates = [
+        write_keyed(ca, tmp_path, "default", "default.example.net", key_type=RSA),
+        write_keyed(ca, tmp_path, "api-rsa", "api.example.com", key_type=RSA),
+        write_keyed(ca, tmp_path, "wild-ecdsa", "*.example.com", key_type=ECDSA),
+        write_keyed(ca, tmp_path, "api-rsa-again", "api.example.com", key_type=RSA),
+        write_keyed(ca, tmp_path, "wild-rsa", "*.example.com", key_type=RSA),
+    ]
+    tls = build_server_tls(https_listener(certificates))
+    cases = [
+        ("TLS 1.3", client_context(ca), "wild-ecdsa"),
+        ("TLS 1.2, both", tls12_client(ca, BOTH_RSA_FIRST), "wild-ecdsa"),
+        ("TLS 1.2, ECDSA only", tls12_client(ca, ECDSA_ONLY), "wild-ecdsa"),
+        # Within RSA the exact name still wins over the RSA wildcard, the first listed first.
+        ("TLS 1.2, RSA only", tls12_client(ca, RSA_ONLY), "api-rsa"),
+    ]
+    for label, client, subject in cases:
+        outcome = await tcp_handshake(tls, client, "api.example.com")
+        assert outcome.subject == subject, label
+        assert outcome.chosen == str(tmp_path / f"{subject}.pem"), label
+    # Names only the wildcards carry keep their pair.
+    assert [c.cert_file for c in tls.select("www.example.com")] == [
+        certificates[2].cert_file,
+        certificates[4].cert_file,
+    ]
+
+
+def test_a_certificate_listed_twice_counts_once(certificates):
+    listed = [certificates[0], certificates[1], certificates[0], certificates[1]]
+    tls = build_server_tls(https_listener(listed))
+    assert [c.cert_file for c in tls.certificates] == [c.cert_file for c in certificates[:2]]
+    metrics, _ = metrics_and_tls(tls)
+    exposition = generate_latest(metrics.registry).decode()
+    series = [
+        line
+        for line in exposition.splitlines()
+        if line.startswith("wharf_balancer_certificate_expiry_seconds{")
+    ]
+    assert len(series) == 2
+    assert len(set(series)) == 2
+
+
+def test_expiry_metric_has_one_series_per_file_of_a_listener(certificates):
+    # Two entries may name one certificate file with two (equal) key files.
+    tls = build_server_tls(https_listener(certificates[:2]))
+    repeated = ServerTls(
+        listener=tls.listener,
+        certificates=(*tls.certificates, tls.certificates[1]),
+        choice=tls.choice,
+        contexts=tls.contexts,
+        handshake_timeout=tls.handshake_timeout,
+    )
+    metrics, _ = metrics_and_tls(repeated)
+    exposition = generate_latest(metrics.registry).decode()
+    assert exposition.count("wharf_balancer_certificate_expiry_seconds{") == 2
+
+
+def test_certificates_outside_their_validity_are_served_and_warned_about(ca, tmp_path):
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    day = datetime.timedelta(days=1)
+    certificates = [
+        write_pair(ca, tmp_path, "current", "current.example.com"),
+        write_pair(ca, tmp_path, "expired", "expired.example.com", not_after=now - day),
+        write_pair(ca, tmp_path, "future", "future.example.com"),
+    ]
+    future = ca.issue_cert("future.example.com", not_before=now + day, not_after=now + 9 * day)
+    future.cert_chain_pems[0].write_to_path(certificates[2].cert_file)
+    future.private_key_pem.write_to_path(certificates[2].key_file)
+    tls = build_server_tls(https_listener(certificates))  # nothing refused
+    warnings = certificate_warnings([tls], now.timestamp())
+    assert [(w.certificate.cert_file, w.reason) for w in warnings] == [
+        (certificates[1].cert_file, EXPIRED),
+        (certificates[2].cert_file, NOT_YET_VALID),
+    ]
+    assert str(warnings[1]) == (
+        f"{certificates[2].cert_file}: warning: the certificate of listener 'web-tls' is not"
+        f" valid yet (notBefore {(now + day):%Y-%m-%dT%H:%M:%SZ}, notAfter"
+        f" {(now + 9 * day):%Y-%m-%dT%H:%M:%SZ}); it is served all the same"
+    )
+    output = io.StringIO()
+    log_certificate_warnings([tls], EventLog("balancer", stream=output), now.timestamp())
+    lines = output.getvalue().splitlines()
+    assert len(lines) == 2
+    assert "level=warning event=tls.certificate_not_valid" in lines[0]
+    assert f"listener=web-tls file={certificates[1].cert_file} reason=expired" in lines[0]
+    assert f"not_after={(now - day):%Y-%m-%dT%H:%M:%SZ}" in lines[0]
+    assert f"not_before={(now + day):%Y-%m-%dT%H:%M:%SZ}" in lines[1]
+
+
+# Certificate names and SNI names over a few labels, so that lists share names often.
+CERT_NAMES = ["a.example.com", "b.example.com", "example.com", "*.example.com"]
+CERT_NAMES += ["*.a.example.com", "x.a.example.com"]
+SNI_NAMES = [*CERT_NAMES[:3], "x.a.example.com", "c.example.com", "other.org", "A.Example.COM."]
+SNI_NAMES += [".example.com", "a.example.com..", "y.x.a.example.com"]
+KEY_TYPES = ["ECDSA", "RSA", "Ed25519"]
+
+listed_certificates = st.lists(
+    st.tuples(st.lists(st.sampled_from(CERT_NAMES), unique=True), st.sampled_from(KEY_TYPES)),
+    min_size=1,
+    max_size=6,
+).map(
+    lambda drawn: [
+        CertificateFiles(f"c{i}.pem", f"c{i}.key", tuple(names), f"CN=c{i}", 0.0, key_type)
+        for i, (names, key_type) in enumerate(drawn)
+    ]
+)
+
+
+def served(certificates: list[CertificateFiles], candidates: list[int]) -> list[int]:
+    """The first candidate alone when ALB could not pair it, else the first ECDSA candidate
+    and the first RSA one, ECDSA first."""
+    if certificates[candidates[0]].key_type not in ("ECDSA", "RSA"):
+        return candidates[:1]
+    return [
+        next(i for i in candidates if certificates[i].key_type == kind)
+        for kind in ("ECDSA", "RSA")
+        if any(certificates[i].key_type == kind for i in candidates)
+    ]
+
+
+def matching(certificates: list[CertificateFiles], sni: str | None) -> list[int]:
+    """The certificates carrying ``sni``: the exact ones, then the wildcards, listed order."""
+    name = (sni or "").lower()
+    name = name.removesuffix(".")
+    if not name or not all(name.split(".")):
+        return []
+    parent = name.split(".", 1)[1] if "." in name else None
+    exact = [i for i, c in enumerate(certificates) if name in c.names]
+    wild = [i for i, c in enumerate(certificates) if parent and f"*.{parent}" in c.names]
+    return exact + wild
+
+
+def expected_selection(certificates: list[CertificateFiles], sni: str | None) -> list[int]:
+    found = matching(certificates, sni)
+    if found:
+        return served(certificates, found)  # so exact before wildcard within a key type
+    default = set(certificates[0].names)
+    twins = [i for i, c in enumerate(certificates) if i and default and default <= set(c.names)]
+    return served(certificates, [0, *twins])
+
+
+@given(listed_certificates, st.sampled_from([None, *SNI_NAMES]))
+def test_selection_gives_the_best_matching_certificate_of_each_key_type(certificates, sni):
+    choice = choose_certificates(certificates)
+    assert list(choice.sets[choice.index(sni)]) == expected_selection(certificates, sni)
+    if sni is not None:
+        assert choice.matches(sni) is bool(matching(certificates, sni))
+    assert sorted({i for chosen in choice.sets for i in chosen}) == list(range(len(certificates)))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import h11
 import pytest
 import trio
@@ -332,3 +335,24 @@ async def test_a_group_switching_to_https_gets_a_new_pool():
     assert old.retired
     assert new.tls is not None
     assert len(list(pools)) == 1
+
+
+@pytest.mark.parametrize("code", sorted(upstream.LOCAL_EXHAUSTION))
+async def test_a_socket_the_balancer_cannot_open_is_its_own_fault(monkeypatch, code):
+    async def exhausted(host: str, port: int, tls: object) -> trio.SocketStream:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(upstream, "_open", exhausted)
+    pool = Pool(endpoint(9), connect_timeout=2, idle_timeout=60)
+    with pytest.raises(upstream.OutOfResources, match=r"127\.0\.0\.1:9"):
+        await pool.acquire(trio.current_time())
+
+
+def test_exhaustion_is_found_inside_trios_connect_errors():
+    # trio.open_tcp_stream raises one OSError for every attempt, caused by a group of them.
+    attempts = ExceptionGroup("attempts", [OSError(errno.EMFILE, "Too many open files")])
+    wrapped = OSError("all attempts to connect to 10.0.0.1:80 failed")
+    wrapped.__cause__ = attempts
+    assert upstream.is_local_exhaustion(wrapped)
+    assert not upstream.is_local_exhaustion(OSError(errno.ECONNREFUSED, "refused"))
+    assert not upstream.is_local_exhaustion(OSError("no errno"))

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,34 @@ def test_supervise_only_serves_with_several_workers(tmp_path, monkeypatch, capsy
     assert "needs a fixed port - at `$.listeners[0].port`" in capsys.readouterr().err
     monkeypatch.setenv(INDEX_ENV, "0")
     assert supervise_from_argv(["serve", "--config", str(shared_zero)]) is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "said"),
+    [
+        (["serve", "--config", "{config}", "--help"], 0, "usage: wharf-balancer serve"),
+        (["serve", "--config", "{config}", "-h"], 0, "usage: wharf-balancer serve"),
+        (["--version", "serve", "--config", "{config}"], 0, "wharf-balancer "),
+        (["serve", "--config", "{config}", "--version"], 2, "unrecognized arguments: --version"),
+        (["serve", "--config", "{config}", "--bogus"], 2, "unrecognized arguments: --bogus"),
+        (["serve", "--config", "{config}", "extra"], 2, "unrecognized arguments: extra"),
+    ],
+)
+def test_serve_with_more_arguments_prints_or_refuses_instead_of_supervising(
+    tmp_path, argv, code, said
+):
+    config = tmp_path / "balancer.toml"
+    config.write_text(listener_config(workers=2, port=free_port(), admin=free_port(True)))
+    command = [sys.executable, "-m", "balancer.cli", *(a.format(config=config) for a in argv)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = process.communicate(timeout=30)  # a supervisor would serve until stopped
+    finally:
+        if process.returncode is None:
+            process.kill()
+            process.communicate()
+    assert (process.returncode, said in out + err) == (code, True), (out, err)
+    assert "role=supervisor" not in err
 
 
 # -- real processes -------------------------------------------------------------------------
@@ -694,3 +723,18 @@ async def test_each_workers_log_lines_say_which_worker_wrote_them(tmp_path):
         assert all("role=supervisor" in line and "worker=" not in line for line in supervisor)
         daemon.signal(signal.SIGTERM)
     assert daemon.process.returncode == 0
+
+
+async def test_a_reload_that_changes_workers_says_a_restart_is_needed(tmp_path, nursery):
+    fake = FakeWorkers(tmp_path, {"0": [{"do": "ready-wait"}], "1": [{"do": "ready-wait"}]})
+    await fake.run_until_ready(nursery)
+    config = tmp_path / "balancer.toml"
+    warning = "event=config.restart_required daemon=balancer section=workers"
+    warned: list[bool] = []
+    for workers in (3, 3, 2):  # against the 2 processes running, not the last file read
+        config.write_text(listener_config(workers=workers, port=19599, admin=19590, grace=2))
+        before = len(fake.log)
+        await fake.supervisor.reload()
+        warned.append(warning in fake.log[before:])
+    assert warned == [True, True, False]
+    await fake.stop()

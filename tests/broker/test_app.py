@@ -12,9 +12,9 @@ import trio
 
 from broker import declarations
 from broker.app import BrokerApp
-from broker.cli import SPEC
+from broker.cli import SPEC, check_files
 from broker.config import ApiSettings, AuthSettings, AwsIdentity, BrokerConfig, StorageSettings
-from monitoring.configfile import ConfigError
+from monitoring.configfile import ConfigError, load
 from monitoring.lifecycle import Frame
 from monitoring.logging import EventLog
 from monitoring.metrics import Metrics
@@ -149,3 +149,75 @@ async def test_a_reload_refused_while_declaring_queues_leaves_the_running_config
         assert app.frontend.authenticator is authenticator
         status, _, _ = await request(address(daemon, "api"), "GET", "/?Action=ListQueues")
         assert status == 200  # still anonymous, as the running file says
+
+
+def _signed_only_file(tmp_path: Path) -> Path:
+    """A broker.toml asking for signed requests (as ``_signed_only``), on free ports."""
+    _signed_only(tmp_path, "127.0.0.1")  # writes the credentials file
+    path = tmp_path / "broker.toml"
+    path.write_text(
+        "[api]\nport = 0\n[admin]\nport = 0\n"
+        f'[auth]\nanonymous = false\ncredentials_file = "{tmp_path / "credentials.toml"}"\n'
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+    )
+    return path
+
+
+@pytest.mark.parametrize("emptied", ["", "\n\n", "# rewritten by config management\n  \n"])
+async def test_a_reload_of_an_emptied_file_is_refused_and_signatures_stay_required(
+    tmp_path, emptied
+):
+    """A file truncated before being rewritten, read by a SIGHUP in between, was taken for
+    "every default": anonymous access came back on, and unsigned CreateQueue worked."""
+    path = _signed_only_file(tmp_path)
+    async with running(SPEC, load(path, BrokerConfig), config_path=path) as daemon:
+        api = address(daemon, "api")
+        create = b"Action=CreateQueue&QueueName=anyone"
+        refused = (403, True)
+        status, _, body = await request(api, "POST", "/", body=create)
+        assert (status, b"<Code>MissingAuthenticationToken</Code>" in body) == refused
+        path.write_text(emptied)
+        reason = await daemon.reload()
+        assert reason == f"{path}: the file is empty (no keys, only whitespace or comments)"
+        assert daemon.app.config.auth.anonymous is False
+        status, _, body = await request(api, "POST", "/", body=create)
+        assert (status, b"<Code>MissingAuthenticationToken</Code>" in body) == refused
+
+
+async def test_a_reload_that_turns_anonymous_access_on_says_so(tmp_path):
+    path = _signed_only_file(tmp_path)
+    async with running(SPEC, load(path, BrokerConfig), config_path=path) as daemon:
+        path.write_text(f'[api]\nport = 0\n[admin]\nport = 0\n[storage]\ndata_dir = "{tmp_path}"\n')
+        assert await daemon.reload() is None  # anonymous on loopback: allowed, but said
+        log = daemon.log_output.getvalue()  # type: ignore[attr-defined]
+        [warning] = [line for line in log.splitlines() if "auth.anonymous_enabled" in line]
+        assert "level=warning " in warning
+        assert f"file={path}" in warning
+        mark = len(log)
+        assert await daemon.reload() is None  # already on: nothing new to say
+        assert "auth.anonymous_enabled" not in daemon.log_output.getvalue()[mark:]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("sns", ["ca_file", "signing_key_file"])
+async def test_a_reload_refuses_sns_files_the_next_start_could_not_load(tmp_path, sns):
+    """[sns] applies at the next restart; the reload took files that restart then failed on,
+    while check-config refused them."""
+    path = tmp_path / "broker.toml"
+    good = f'[api]\nport = 0\n[admin]\nport = 0\n[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+    path.write_text(good)
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a PEM file\n")
+    named = (
+        f'ca_file = "{not_pem}"\n'
+        if sns == "ca_file"
+        else f'signing_key_file = "{not_pem}"\nsigning_cert_file = "{not_pem}"\n'
+    )
+    async with running(SPEC, load(path, BrokerConfig), config_path=path) as daemon:
+        config = daemon.app.config
+        path.write_text(f"{good}[sns]\n{named}")
+        reason = await daemon.reload()
+        with pytest.raises(ConfigError) as checked:
+            check_files(load(path, BrokerConfig), path)
+        assert reason == str(checked.value)  # check-config's message, naming the file
+        assert reason.startswith(f"{not_pem}: ")
+        assert daemon.app.config is config

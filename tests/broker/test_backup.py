@@ -131,15 +131,44 @@ async def test_a_backup_stopped_half_way_never_holds_a_store_without_its_keys(
     tmp_path: Path, monkeypatch
 ):
     await make_store(tmp_path / "data", ["a"])
+    there_when_the_store_copy_began = []
 
     def interrupted(source: Path, destination: Path) -> None:
+        there_when_the_store_copy_began.extend(sorted(p.name for p in destination.parent.iterdir()))
         raise OSError("killed while copying the store")
 
     monkeypatch.setattr(broker_backup, "snapshot", interrupted)
     with pytest.raises(OSError):
         backup(tmp_path / "data", tmp_path / "copy")
-    copied = sorted(p.name for p in (tmp_path / "copy").iterdir())
-    assert copied == sorted(KEY_FILES)  # the keys went first; no store file
+    # The keys went first (a kill at that moment leaves them, and no store file) ...
+    assert there_when_the_store_copy_began == sorted(KEY_FILES)
+    # ... and a failure the backup sees removes the directory it created.
+    assert not (tmp_path / "copy").exists()
+
+
+def test_a_failed_backup_leaves_no_destination_behind(tmp_path: Path):
+    """A backup of a data directory without a store failed (exit 2) and left an empty 0700
+    DEST behind, which the retry then refused as "exists and is not an empty directory"."""
+    with pytest.raises(StoreError, match="no store file here"):
+        backup(tmp_path / "no-such-data-dir", tmp_path / "new" / "copy")
+    assert not (tmp_path / "new").exists()
+
+
+async def test_a_backup_into_an_empty_directory_that_fails_empties_it_again(
+    tmp_path: Path, monkeypatch
+):
+    await make_store(tmp_path / "data", ["a"])
+    destination = tmp_path / "mounted-backup-disk"
+    destination.mkdir()
+
+    def disk_full(source: Path, destination: Path) -> None:
+        destination.with_name(destination.name + ".partial").write_bytes(b"half a store")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(broker_backup, "snapshot", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        backup(tmp_path / "data", destination)
+    assert list(destination.iterdir()) == []  # a retry is not refused as "not empty"
 
 
 def test_outside_files_lists_what_the_operator_keeps(tmp_path: Path):

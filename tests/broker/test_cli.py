@@ -66,7 +66,10 @@ def test_console_script_entry_point_exits_1_on_a_bad_file(tmp_path):
         check=False,
     )
     assert result.returncode == 1
-    assert result.stderr.startswith(f"{bad}: TOML syntax error: ")
+    # As every start failure: the event, then one line saying why.
+    logged, said = result.stderr.splitlines()
+    assert "level=error event=daemon.start_failed daemon=broker" in logged
+    assert said.startswith(f"wharf-broker: cannot start: {bad}: TOML syntax error: ")
 
 
 async def test_daemon_lifecycle_ready_reload_and_stop_with_a_request_in_flight(tmp_path):

@@ -129,3 +129,45 @@ def test_a_declared_value_is_refused_with_its_key():
         b'attributes = { FifoQueue = "true", ContentBasedDeduplication = "true" }\n'
     )
     assert decode(fifo, BrokerConfig).queues[0].fifo
+
+
+@pytest.mark.parametrize(
+    ("api_host", "admin_host"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("0.0.0.0", "127.0.0.1"),  # the wildcard holds the port on every IPv4 address
+        ("localhost", "::1"),
+        ("::", "::1"),
+    ],
+)
+def test_api_and_admin_on_one_address_and_port_is_refused_naming_both_keys(api_host, admin_host):
+    """check-config passed it, and the start failed with "Address already in use", naming
+    no key."""
+    text = (
+        f'[api]\nhost = "{api_host}"\nport = 9400\n[admin]\nhost = "{admin_host}"\nport = 9400\n'
+        "[auth]\nallow_anonymous_on_network = true\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        decode(text.encode(), BrokerConfig, path="broker.toml")
+    assert str(info.value).startswith(
+        f"broker.toml: api.port and admin.port are both 9400 on the same address (api.host "
+        f"'{api_host}', admin.host '{admin_host}')"
+    )
+
+
+@pytest.mark.parametrize(
+    ("api", "admin"),
+    [
+        (("127.0.0.1", 0), ("127.0.0.1", 0)),  # two free ports
+        (("127.0.0.1", 9400), ("127.0.0.2", 9400)),
+        (("0.0.0.0", 9400), ("::1", 9400)),  # families apart
+        (("127.0.0.1", 9400), ("127.0.0.1", 9401)),
+    ],
+)
+def test_listeners_that_can_both_bind_are_accepted(api, admin):
+    text = (
+        f'[api]\nhost = "{api[0]}"\nport = {api[1]}\n[admin]\nhost = "{admin[0]}"\n'
+        f"port = {admin[1]}\n[auth]\nallow_anonymous_on_network = true\n"
+    )
+    config = decode(text.encode(), BrokerConfig)
+    assert (config.api.port, config.admin.port) == (api[1], admin[1])

@@ -5,16 +5,27 @@ Every scrape is parsed with prometheus_client's own parser, so the exposition is
 
 from __future__ import annotations
 
+import functools
+import subprocess
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import botocore.exceptions
 import pytest
+import trio
+from prometheus_client import generate_latest
+from prometheus_client.openmetrics import parser as openmetrics_parser
 
+import broker.metrics as broker_metrics
 from broker.metrics import BrokerMetrics
+from broker.model.attributes import QueueCounts
 from monitoring.metrics import Metrics
+from monitoring.settings import HttpLimits
 from tests.support.broker import BrokerThread, broker_config
+from tests.support.http import raw_exchange
 
 
 def sample(families: dict[str, Any], name: str, **labels: str) -> float:
@@ -183,3 +194,184 @@ def test_the_request_series_are_the_daemons_own():
         )
         == 1
     )
+
+
+# ------------------------------------------------------------------ scrapes off the event loop
+
+NOW_MS = 1_800_000_000_000
+
+
+class FakeQueue:
+    """What the queue collector reads of a queue: name, counts, oldest message, counters."""
+
+    def __init__(self, name, counts, oldest, stats):
+        self.name = name
+        self._counts = QueueCounts(*counts)
+        self.index = SimpleNamespace(oldest_enqueued_at=lambda now: oldest)
+        fields = ("sent", "received", "deleted", "empty_receives", "bytes_sent")
+        self.stats = SimpleNamespace(**dict(zip(fields, stats, strict=True)))
+
+    def counts(self, now):
+        assert now == NOW_MS
+        return self._counts
+
+
+# The exposition the collector gave for these queues before scrapes were built off the loop.
+QUEUE_SERIES_BEFORE = """\
+# HELP wharf_sqs_messages Messages per queue and state (ApproximateNumberOfMessages*).
+# TYPE wharf_sqs_messages gauge
+wharf_sqs_messages{queue="orders",state="visible"} 3.0
+wharf_sqs_messages{queue="orders",state="in_flight"} 2.0
+wharf_sqs_messages{queue="orders",state="delayed"} 1.0
+wharf_sqs_messages{queue="empty.fifo",state="visible"} 0.0
+wharf_sqs_messages{queue="empty.fifo",state="in_flight"} 0.0
+wharf_sqs_messages{queue="empty.fifo",state="delayed"} 0.0
+wharf_sqs_messages{queue="drained",state="visible"} 0.0
+wharf_sqs_messages{queue="drained",state="in_flight"} 0.0
+wharf_sqs_messages{queue="drained",state="delayed"} 0.0
+wharf_sqs_messages{queue="future",state="visible"} 1.0
+wharf_sqs_messages{queue="future",state="in_flight"} 0.0
+wharf_sqs_messages{queue="future",state="delayed"} 0.0
+# HELP wharf_sqs_oldest_message_age_seconds Age of the oldest message not deleted; 0 when \
+empty (ApproximateAgeOfOldestMessage).
+# TYPE wharf_sqs_oldest_message_age_seconds gauge
+wharf_sqs_oldest_message_age_seconds{queue="orders"} 61.5
+wharf_sqs_oldest_message_age_seconds{queue="empty.fifo"} 0.0
+wharf_sqs_oldest_message_age_seconds{queue="drained"} 0.0
+wharf_sqs_oldest_message_age_seconds{queue="future"} 0.0
+# HELP wharf_sqs_messages_sent_total Messages accepted (NumberOfMessagesSent).
+# TYPE wharf_sqs_messages_sent_total counter
+wharf_sqs_messages_sent_total{queue="orders"} 9.0
+wharf_sqs_messages_sent_total{queue="empty.fifo"} 0.0
+wharf_sqs_messages_sent_total{queue="drained"} 2.0
+wharf_sqs_messages_sent_total{queue="future"} 1.0
+# HELP wharf_sqs_messages_received_total Messages returned by receives (NumberOfMessagesReceived).
+# TYPE wharf_sqs_messages_received_total counter
+wharf_sqs_messages_received_total{queue="orders"} 4.0
+wharf_sqs_messages_received_total{queue="empty.fifo"} 0.0
+wharf_sqs_messages_received_total{queue="drained"} 2.0
+wharf_sqs_messages_received_total{queue="future"} 0.0
+# HELP wharf_sqs_messages_deleted_total DeleteMessage successes (NumberOfMessagesDeleted).
+# TYPE wharf_sqs_messages_deleted_total counter
+wharf_sqs_messages_deleted_total{queue="orders"} 2.0
+wharf_sqs_messages_deleted_total{queue="empty.fifo"} 0.0
+wharf_sqs_messages_deleted_total{queue="drained"} 2.0
+wharf_sqs_messages_deleted_total{queue="future"} 0.0
+# HELP wharf_sqs_empty_receives_total Receives that returned nothing (NumberOfEmptyReceives).
+# TYPE wharf_sqs_empty_receives_total counter
+wharf_sqs_empty_receives_total{queue="orders"} 5.0
+wharf_sqs_empty_receives_total{queue="empty.fifo"} 7.0
+wharf_sqs_empty_receives_total{queue="drained"} 0.0
+wharf_sqs_empty_receives_total{queue="future"} 0.0
+# HELP wharf_sqs_sent_bytes_total Bytes of messages accepted (SentMessageSize, summed).
+# TYPE wharf_sqs_sent_bytes_total counter
+wharf_sqs_sent_bytes_total{queue="orders"} 1234.0
+wharf_sqs_sent_bytes_total{queue="empty.fifo"} 0.0
+wharf_sqs_sent_bytes_total{queue="drained"} 20.0
+wharf_sqs_sent_bytes_total{queue="future"} 1.0
+"""
+
+
+async def test_the_queue_series_are_what_they_were_before_the_snapshots(monkeypatch):
+    monkeypatch.setattr(broker_metrics, "now_ms", lambda: NOW_MS)
+    queues = [
+        FakeQueue("orders", (3, 2, 1), NOW_MS - 61_500, (9, 4, 2, 5, 1234)),
+        FakeQueue("empty.fifo", (0, 0, 0), None, (0, 0, 0, 7, 0)),
+        FakeQueue("drained", (0, 0, 0), None, (2, 2, 2, 0, 20)),
+        FakeQueue("future", (1, 0, 0), NOW_MS + 5, (1, 0, 0, 0, 1)),  # clock skew: age 0
+    ]
+    metrics = Metrics("broker", version="0")
+    before = generate_latest(metrics.registry).decode()
+    metrics.register_snapshot_collector(
+        functools.partial(broker_metrics._queue_rows, queues), broker_metrics._queue_families
+    )
+    rendered = (await metrics.render(None)).body.decode()
+    added = rendered.removeprefix(before.split("# HELP wharf_build_info")[0])
+    assert QUEUE_SERIES_BEFORE in added
+
+
+def test_a_scrape_builds_the_queue_series_off_the_event_loop(tmp_path, monkeypatch):
+    threads: dict[str, str] = {}
+    rows_of, families_of = broker_metrics._queue_rows, broker_metrics._queue_families
+
+    def rows(registry):
+        threads["snapshot"] = threading.current_thread().name
+        return rows_of(registry)
+
+    def families(snapshot):
+        threads["build"] = threading.current_thread().name
+        return families_of(snapshot)
+
+    monkeypatch.setattr(broker_metrics, "_queue_rows", rows)
+    monkeypatch.setattr(broker_metrics, "_queue_families", families)
+    with BrokerThread(broker_config(tmp_path)) as broker:
+        sqs = broker.client("json")
+        for name in ("a", "b", "c"):
+            url = sqs.create_queue(QueueName=name)["QueueUrl"]
+        sqs.send_message(QueueUrl=url, MessageBody="x")
+        loop_thread = broker.call_sync(lambda: threading.current_thread().name)
+        threads.clear()
+        host, port = broker.admin
+        # curl as a Prometheus scraper asks: OpenMetrics, compressed.
+        reply = subprocess.run(
+            [
+                "curl", "-sS", "--max-time", "10", "-D", "-", "--compressed",
+                "-H", "Accept: application/openmetrics-text; version=1.0.0",
+                f"http://{host}:{port}/metrics",
+            ],
+            capture_output=True, check=True,
+        ).stdout  # fmt: skip
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert b"content-encoding: gzip" in head.lower()
+    assert body.endswith(b"# EOF\n")
+    families = {f.name: f for f in openmetrics_parser.text_string_to_metric_families(body.decode())}
+    assert sample(families, "wharf_sqs_messages", queue="c", state="visible") == 1
+    assert threads["snapshot"] == loop_thread  # live queue state is read where it changes
+    assert threads["build"] != loop_thread  # the megabytes of text are made elsewhere
+
+
+# ------------------------------------------------------------------ refused before the API
+
+
+def test_requests_the_http_server_refuses_are_counted_by_reason(tmp_path):
+    config = broker_config(
+        tmp_path, api={"limits": HttpLimits(header_timeout_seconds=0.3), "max_request_bytes": 1024}
+    )
+    refused = {
+        "body_too_large": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5000000\r\n\r\n",
+        "malformed": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "headers_too_large": b"POST / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 20000 + b"\r\n\r\n",
+        "unsupported_http_version": b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+        "unsupported_transfer_coding": b"POST / HTTP/1.1\r\nHost: a\r\n"
+        b"Transfer-Encoding: gzip, chunked\r\n\r\n",
+        "timeout": b"POST / HTTP/1.1\r\nHost: a\r\n",  # and nothing more
+    }
+    with BrokerThread(config) as broker:
+        before = broker.metrics()
+        for reason in refused:
+            assert sample(before, "wharf_broker_http_refusals_total", reason=reason) == 0
+        statuses = {
+            reason: trio.run(raw_exchange, broker.api, payload).split(b" ", 2)[1]
+            for reason, payload in refused.items()
+        }
+        statuses["malformed request line"] = trio.run(
+            raw_exchange, broker.api, b"NOT A REQUEST LINE\r\n\r\n"
+        ).split(b" ", 2)[1]
+        after = broker.metrics()
+    assert statuses == {
+        "body_too_large": b"413",
+        "malformed": b"400",
+        "headers_too_large": b"431",
+        "unsupported_http_version": b"505",
+        "unsupported_transfer_coding": b"501",
+        "timeout": b"408",
+        "malformed request line": b"400",
+    }
+    counted = {
+        reason: sample(after, "wharf_broker_http_refusals_total", reason=reason)
+        for reason in refused
+    }
+    assert counted == dict.fromkeys(refused, 1) | {"malformed": 2}
+    # None of them reached an action.
+    assert "wharf_broker_requests" not in after or not after["wharf_broker_requests"].samples

@@ -505,3 +505,93 @@ async def test_a_server_name_that_is_not_ascii_is_a_debug_line_not_a_traceback(
         assert code == 0, output  # the listener goes on serving
     assert reported == []
     assert "event=tls.server_name_not_ascii" in daemon.log_output.getvalue()  # type: ignore[attr-defined]
+
+
+async def test_an_exact_rsa_certificate_does_not_hide_an_ecdsa_wildcard(ca, tmp_path):
+    # ALB ("SSL certificates"): of the certificates matching the name, the best the client
+    # supports, ECDSA before RSA; an exact name wins only within one key type.
+    rsa, ecdsa = trustme.KeyType.RSA, trustme.KeyType.ECDSA
+    certs = [
+        write_keyed(ca, tmp_path, "default-rsa", "default.example.net", rsa),
+        write_keyed(ca, tmp_path, "api-rsa", "api.example.com", rsa),
+        write_keyed(ca, tmp_path, "wild-ecdsa", "*.example.com", ecdsa),
+    ]
+    async with balancer(logged_config(tmp_path, certs, tmp_path / "access.log")) as daemon:
+        port = address(daemon, "web-tls")[1]
+        for options, subject in [
+            (["-tls1_3", "-sigalgs", "ecdsa_secp256r1_sha256"], "wild-ecdsa"),
+            (["-tls1_3", "-sigalgs", "ecdsa_secp256r1_sha256:rsa_pss_rsae_sha256"], "wild-ecdsa"),
+            (["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"], "wild-ecdsa"),
+            (["-tls1_3", "-sigalgs", "rsa_pss_rsae_sha256"], "api-rsa"),
+            (["-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256"], "api-rsa"),
+        ]:
+            code, output = await s_client(port, "-servername", "api.example.com", *options)
+            assert code == 0, (options, output)
+            assert subject_cn(output) == subject, options
+
+
+def write_dated(
+    ca: trustme.CA, path: Path, not_before: datetime.datetime, not_after: datetime.datetime
+) -> None:
+    """``path``.pem and .key: a certificate for x.example.com valid over the given period."""
+    leaf = ca.issue_cert("x.example.com", not_before=not_before, not_after=not_after)
+    leaf.cert_chain_pems[0].write_to_path(f"{path}.pem")
+    leaf.private_key_pem.write_to_path(f"{path}.key")
+
+
+async def test_a_certificate_out_of_its_validity_is_served_with_a_warning_at_each_load(
+    ca, tmp_path, certificates
+):
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    day = datetime.timedelta(days=1)
+    site = tmp_path / "site"
+    write_dated(ca, site, now + day, now + 90 * day)  # issued for tomorrow
+    path = write_config(tmp_path / "balancer.toml", [(f"{site}.pem", f"{site}.key")])
+    checked = await trio.run_process(
+        [sys.executable, "-m", "balancer.cli", "check-config", str(path)],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert checked.returncode == 0
+    assert checked.stdout.decode() == f"{path}: ok\n"
+    # One line per listener serving it (this file's three listeners share the certificate).
+    assert checked.stderr.decode().splitlines()[0] == (
+        f"{site}.pem: warning: the certificate of listener 'web-tls' is not valid yet"
+        f" (notBefore {now + day:%Y-%m-%dT%H:%M:%SZ}, notAfter"
+        f" {now + 90 * day:%Y-%m-%dT%H:%M:%SZ}); it is served all the same"
+    )
+    async with balancer(path) as daemon:
+        log = daemon.log_output  # type: ignore[attr-defined]
+        started = [
+            line for line in log.getvalue().splitlines() if "tls.certificate_not_valid" in line
+        ]
+        assert len(started) == 3
+        assert f"listener=web-tls file={site}.pem reason=not_yet_valid" in started[0]
+        port = address(daemon, "web-tls")[1]
+        code, output = await s_client(port, "-servername", "x.example.com")
+        assert code == 0, output  # served all the same
+        # A "renewal" with an expired file: the reload goes through, with the warning.
+        write_dated(ca, site, now - 90 * day, now - day)
+        assert await daemon.reload() is None
+        warned = [
+            line for line in log.getvalue().splitlines() if "tls.certificate_not_valid" in line
+        ]
+        assert len(warned) == 6
+        assert f"listener=web-tls file={site}.pem reason=expired" in warned[3]
+        assert f"not_after={now - day:%Y-%m-%dT%H:%M:%SZ}" in warned[3]
+        code, output = await s_client(port, "-servername", "x.example.com")
+        assert code == 0, output
+
+
+async def test_sni_with_an_empty_label_gets_the_default_certificate(tmp_path, certificates):
+    async with balancer(write_config(tmp_path / "balancer.toml", certificates)) as daemon:
+        port = address(daemon, "web-tls")[1]
+        for sni, stem in [
+            ("a.example.com.", "wild"),
+            (".example.com", "default"),
+            ("a.example.com..", "default"),
+        ]:
+            code, output = await s_client(port, "-servername", sni)
+            assert code == 0, output
+            assert subject_cn(output) == stem, sni

@@ -38,6 +38,7 @@ import copy
 import io
 import json
 import os
+import re
 import socket
 import ssl
 import tomllib
@@ -63,7 +64,7 @@ from broker.cli import SPEC as BROKER
 from broker.config import BrokerConfig
 from broker.http_client import HttpClient
 from broker.sns_keys import load_signing_keys
-from monitoring.configfile import ConfigError, decode, load
+from monitoring.configfile import EMPTY_FILE, ConfigError, decode, load
 from monitoring.lifecycle import Daemon, DaemonSpec
 from monitoring.logging import EventLog
 from monitoring.sdnotify import Notifier
@@ -165,7 +166,7 @@ def reload_broker(path: Path, running: Path, data: bytes, document: Any) -> None
     """A broker running ``running``'s config reloads ``data`` (as SIGHUP makes it): it is
     applied, or refused with the rule's message and the old config left serving."""
     log = RecordingLog(BROKER.name)
-    daemon = Daemon(BROKER, load(running, BrokerConfig), config_path=path, log=log)
+    daemon = Daemon(BROKER, decode(running.read_bytes(), BrokerConfig), config_path=path, log=log)
     app = daemon.app
     assert isinstance(app, BrokerApp)
     old_config, old_auth = daemon.config, app.authenticator
@@ -586,6 +587,10 @@ def test_every_base_document_starts(files: Files, daemon: str) -> None:
     for i, document in enumerate(bases(daemon, files)):
         path = files.root / f"base-{daemon}-{i}.toml"
         path.write_bytes(encode(document))
+        if not document:  # a file that sets nothing is refused, not read as the defaults
+            with pytest.raises(ConfigError, match=re.escape(EMPTY_FILE)):
+                load(path, BrokerConfig if daemon == "broker" else BalancerConfig)
+            continue
         if daemon == "broker":
             start_broker(path)
         else:

@@ -496,13 +496,9 @@ def test_sns_publish_batch(sns_run: ScenarioRun) -> None:
     batch = sns_run.results["publishBatch"]
     assert sorted(entry["Id"] for entry in batch["Successful"]) == ["plain-batched", "red-batched"]
     assert all(entry["MessageId"] for entry in batch["Successful"])
-    (failed,) = batch["Failed"]
-    assert (failed["Id"], failed["Code"], failed["SenderFault"]) == (
-        "empty",
-        "InvalidParameter",
-        True,
-    )
-    assert failed["Message"]
+    assert batch["Failed"] == []
+    refused = sns_run.results["errors"]["batchWithAnEmptyMessage"]
+    assert_sdk_error(refused, "InvalidParameterException", 400, "InvalidParameter")
 
 
 def test_sns_fifo_topic_to_fifo_queue(sns_run: ScenarioRun) -> None:

@@ -1,21 +1,40 @@
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+
+import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from balancer.cli import SPEC as BALANCER
+from balancer.cli import main as balancer_main
 from balancer.config import BalancerConfig
 from broker.cli import SPEC as BROKER
-from broker.config import BrokerConfig
+from broker.cli import main as broker_main
+from broker.config import ApiSettings, BrokerConfig, StorageSettings
+from monitoring.admin import MAX_TOKEN_FILE_BYTES, from_this_host, is_loopback, read_admin_token
+from monitoring.configfile import ConfigError, load
+from monitoring.httpserver import Request
 from monitoring.settings import AdminSettings
 from tests.support.daemons import address, running
 from tests.support.http import raw_exchange, request
 
-BROKER_CONFIG = BrokerConfig(admin=AdminSettings(port=0))
+
+@pytest.fixture
+def broker_config(tmp_path):
+    """The broker on ephemeral ports with a data directory of its own, so that tests (and
+    other runs on the machine) never share a port or a store."""
+    return BrokerConfig(
+        api=ApiSettings(port=0),
+        admin=AdminSettings(port=0),
+        storage=StorageSettings(data_dir=str(tmp_path / "data")),
+    )
 
 
-async def test_metrics_parse_with_the_prometheus_parser():
-    async with running(BROKER, BROKER_CONFIG) as daemon:
+async def test_metrics_parse_with_the_prometheus_parser(broker_config):
+    async with running(BROKER, broker_config) as daemon:
         status, headers, body = await request(address(daemon, "admin"), target="/metrics")
     assert status == 200
     assert headers["content-type"].startswith("text/plain")
@@ -27,8 +46,8 @@ async def test_metrics_parse_with_the_prometheus_parser():
     assert families["wharf_connections_open"].samples[0].labels == {"listener": "admin"}
 
 
-async def test_openmetrics_is_negotiated():
-    async with running(BROKER, BROKER_CONFIG) as daemon:
+async def test_openmetrics_is_negotiated(broker_config):
+    async with running(BROKER, broker_config) as daemon:
         status, headers, body = await request(
             address(daemon, "admin"),
             target="/metrics",
@@ -39,8 +58,8 @@ async def test_openmetrics_is_negotiated():
     assert body.endswith(b"# EOF\n")
 
 
-async def test_health_readiness_and_unknown_paths():
-    async with running(BROKER, BROKER_CONFIG) as daemon:
+async def test_health_readiness_and_unknown_paths(broker_config):
+    async with running(BROKER, broker_config) as daemon:
         addr = address(daemon, "admin")
         assert (await request(addr, target="/healthz"))[0] == 200
         assert (await request(addr, target="/readyz"))[0] == 200
@@ -52,8 +71,8 @@ async def test_health_readiness_and_unknown_paths():
         assert (await request(addr, target="/readyz"))[0] == 503
 
 
-async def test_malformed_request_gets_400_and_the_listener_keeps_serving():
-    async with running(BROKER, BROKER_CONFIG) as daemon:
+async def test_malformed_request_gets_400_and_the_listener_keeps_serving(broker_config):
+    async with running(BROKER, broker_config) as daemon:
         addr = address(daemon, "admin")
         for garbage in (
             b"GARBAGE\r\n\r\n",
@@ -66,10 +85,10 @@ async def test_malformed_request_gets_400_and_the_listener_keeps_serving():
         assert (await request(addr, target="/healthz"))[0] == 200
 
 
-async def test_two_daemons_in_one_process_have_separate_registries():
+async def test_two_daemons_in_one_process_have_separate_registries(broker_config):
     balancer_config = BalancerConfig(admin=AdminSettings(port=0))
     async with (
-        running(BROKER, BROKER_CONFIG) as broker,
+        running(BROKER, broker_config) as broker,
         running(BALANCER, balancer_config) as balancer,
     ):
         for daemon, name in ((broker, "broker"), (balancer, "balancer")):
@@ -79,11 +98,196 @@ async def test_two_daemons_in_one_process_have_separate_registries():
             assert labels == [name]
 
 
-async def test_a_hung_client_is_cut_off_by_the_header_timeout():
-    async with running(BROKER, BROKER_CONFIG) as daemon:
+async def test_a_hung_client_is_cut_off_by_the_header_timeout(broker_config):
+    async with running(BROKER, broker_config) as daemon:
         addr = address(daemon, "admin")
         stream = await trio.open_tcp_stream(*addr)
         async with stream:
             await stream.send_all(b"GET /healthz HTTP/1.1\r\n")
             # Still serving others while this one dawdles.
             assert (await request(addr, target="/healthz"))[0] == 200
+
+
+# ------------------------------------------------------------------ who may change state
+
+TOKEN = "c2VjcmV0LWFkbWluLXRva2Vu-0123456789abcdef"
+BALANCER_CONFIG = BalancerConfig(admin=AdminSettings(port=0))
+
+
+def admin_request(method: str, path: str, client: str, headers=()) -> Request:
+    return Request(
+        method=method.encode(),
+        target=path.encode(),
+        headers=[(name.encode(), value.encode()) for name, value in headers],
+        body=b"",
+        client=(client, 40000),
+    )
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),  # an IPv4 client of a dual-stack socket
+        ("10.0.0.1", False),
+        ("::ffff:10.0.0.1", False),
+        ("192.0.2.7", False),
+        ("fe80::1%eth0", False),
+        ("::", False),
+        ("0.0.0.0", False),
+        ("localhost", False),  # accept() gives addresses, never names
+    ],
+)
+def test_loopback_addresses(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+def test_a_connection_from_this_host_to_its_own_address_is_local():
+    assert from_this_host("127.0.0.1", "127.0.0.1")
+    assert from_this_host("::ffff:127.0.0.1", "::ffff:10.0.0.5")
+    assert from_this_host("10.0.0.5", "10.0.0.5")  # a balancer worker to its sibling
+    assert not from_this_host("10.0.0.6", "10.0.0.5")
+    assert not from_this_host("::ffff:192.0.2.7", "::ffff:10.0.0.5")
+
+
+async def test_changes_from_a_network_client_are_refused_and_reads_still_served():
+    async with running(BALANCER, BALANCER_CONFIG) as daemon:
+        admin = daemon.app.admin
+        before = daemon.app.runtime.current.generation
+        for method, path in (
+            ("POST", "/reload"),
+            ("POST", "/targets/register"),
+            ("POST", "/targets/deregister"),
+            ("PUT", "/targets"),
+            ("DELETE", "/metrics"),
+        ):
+            response = await admin.handle(admin_request(method, path, "192.0.2.7"))
+            assert response.status == 403, (method, path)
+            assert response.content_type == "application/json"
+            error = json.loads(response.body)
+            assert error["error"] == "AccessDenied"
+            assert "loopback" in error["message"]
+        # A network client the connection says is on this host (a worker's sibling) is served.
+        local = await admin.handle(admin_request("POST", "/reload", "10.0.0.5"), local_client=True)
+        assert local.status != 403
+        for path in ("/metrics", "/healthz", "/readyz", "/targets"):
+            for method in ("GET", "HEAD"):
+                response = await admin.handle(admin_request(method, path, "192.0.2.7"))
+                assert response.status == 200, (method, path)
+        assert daemon.app.runtime.current.generation == before
+        log = daemon.log_output.getvalue()
+        assert "event=admin.request_refused" in log
+        assert "client=192.0.2.7" in log
+        assert "reason=not_loopback" in log
+
+
+async def test_loopback_clients_change_state_without_a_token(tmp_path):
+    config_file = tmp_path / "balancer.toml"
+    config_file.write_text("[admin]\nport = 0\n")
+    async with running(BALANCER, BALANCER_CONFIG, config_path=config_file) as daemon:
+        status, _, body = await request(address(daemon, "admin"), "POST", "/reload")
+    assert status == 200, body
+    assert json.loads(body)["reloaded"] is True
+
+
+def curl(url: str, *options: str) -> tuple[int, bytes]:
+    reply = subprocess.run(
+        ["curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}", *options, url],
+        capture_output=True,
+        check=True,
+    ).stdout
+    body, _, status = reply.rpartition(b"\n")
+    return int(status), body
+
+
+async def test_with_a_token_file_every_client_needs_the_bearer_token(tmp_path):
+    token_file = tmp_path / "admin.token"
+    token_file.write_text(f"  {TOKEN}\n")  # as an editor or `openssl rand` leaves it
+    token_file.chmod(0o600)
+    config_file = tmp_path / "balancer.toml"
+    config_file.write_text(f'[admin]\nport = 0\ntoken_file = "{token_file}"\n')
+    config = load(config_file, BalancerConfig)
+    async with running(BALANCER, config, config_path=config_file) as daemon:
+        host, port = address(daemon, "admin")
+        base = f"http://{host}:{port}"
+
+        def post(*headers: str) -> tuple[int, bytes]:
+            options = [item for header in headers for item in ("-H", header)]
+            return curl(f"{base}/reload", "-X", "POST", *options)
+
+        asked = {
+            "none": await trio.to_thread.run_sync(post),
+            "wrong": await trio.to_thread.run_sync(post, f"Authorization: Bearer {TOKEN}x"),
+            "basic": await trio.to_thread.run_sync(post, f"Authorization: Basic {TOKEN}"),
+            "right": await trio.to_thread.run_sync(post, f"Authorization: Bearer {TOKEN}"),
+            "scheme case": await trio.to_thread.run_sync(post, f"authorization: bearer {TOKEN}"),
+        }
+        reads = [
+            (await trio.to_thread.run_sync(curl, f"{base}{path}"))[0]
+            for path in ("/metrics", "/healthz", "/readyz", "/targets")
+        ]
+        log = daemon.log_output.getvalue()
+    for name in ("none", "wrong", "basic"):
+        status, body = asked[name]
+        assert status == 403, name
+        assert json.loads(body)["error"] == "AccessDenied"
+    assert "Bearer" in json.loads(asked["none"][1])["message"]
+    assert asked["right"][0] == 200
+    assert asked["scheme case"][0] == 200
+    assert reads == [200, 200, 200, 200]
+    assert "reason=no_token" in log
+    assert "reason=wrong_token" in log
+    assert TOKEN not in log  # the token itself is never logged
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (None, "cannot read: No such file or directory"),
+        ("", "the token file is empty"),
+        (" \n\t\n", "the token file is empty"),
+        ("two words", "the token may hold only"),
+        ("tökën", "the token may hold only"),
+        ("x" * (MAX_TOKEN_FILE_BYTES + 1), f"over {MAX_TOKEN_FILE_BYTES} bytes"),
+    ],
+)
+def test_a_token_file_that_cannot_be_used_is_named_with_its_key(tmp_path, content, reason):
+    token_file = tmp_path / "admin.token"
+    if content is not None:
+        token_file.write_text(content)
+    with pytest.raises(ConfigError) as info:
+        read_admin_token(AdminSettings(token_file=str(token_file)))
+    assert info.value.path == str(token_file)
+    assert info.value.reason.startswith(reason)
+    assert info.value.reason.endswith("- at `$.admin.token_file`")
+
+
+def test_a_token_file_that_is_not_a_regular_file_is_refused_without_waiting(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer forever
+    for path in (fifo, tmp_path):
+        with pytest.raises(ConfigError, match=r"not a regular file|Is a directory"):
+            read_admin_token(AdminSettings(token_file=str(path)))
+    assert read_admin_token(AdminSettings()) is None
+
+
+def test_check_config_and_the_start_refuse_a_bad_token_file(tmp_path, capsys):
+    missing = tmp_path / "missing.token"
+    expected = f"{missing}: cannot read: No such file or directory - at `$.admin.token_file`"
+    broker_file = tmp_path / "broker.toml"
+    broker_file.write_text(
+        f'[admin]\nport = 0\ntoken_file = "{missing}"\n[api]\nport = 0\n'
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+    )
+    assert broker_main(["check-config", str(broker_file)]) == 1
+    assert expected in capsys.readouterr().err
+    balancer_file = tmp_path / "balancer.toml"
+    balancer_file.write_text(
+        f'state_dir = "{tmp_path / "state"}"\n[admin]\nport = 0\ntoken_file = "{missing}"\n'
+    )
+    assert balancer_main(["check-config", str(balancer_file)]) == 1
+    assert expected in capsys.readouterr().err
+    assert balancer_main(["serve", "--config", str(balancer_file)]) == 1
+    assert f"cannot start: {expected}" in capsys.readouterr().err

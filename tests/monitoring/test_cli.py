@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import argparse
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -137,3 +139,41 @@ def test_check_config_runs_the_daemons_file_check_after_the_file_decoded(tmp_pat
     config.write_text("[admin]\nport = 9999\n")
     assert main(SPEC, ["check-config", str(config)], check=lambda c, p: None) == 0
     assert capsys.readouterr().out == f"{config}: ok\n"
+
+
+def test_a_config_file_that_does_not_load_is_a_start_failure_like_any_other(
+    tmp_path, capsys, notify_socket
+):
+    """It printed the bare ``FILE: reason``: no ``cannot start:`` and no log event."""
+    config = tmp_path / "broker.toml"
+    config.write_text("[admin]\nport = 70000\n")
+    reason = f"{config}: Expected `int` <= 65535 - at `$.admin.port`"
+    assert main(SPEC, ["serve", "--config", str(config)]) == 1
+    logged, said = capsys.readouterr().err.splitlines()
+    assert "level=error event=daemon.start_failed daemon=broker" in logged
+    assert f'reason="{reason}"' in logged
+    assert said == f"wharf-broker: cannot start: {reason}"
+    assert notifications(notify_socket) == [f"STATUS=cannot start: {reason}".encode()]
+    # check-config keeps its own output: the message alone.
+    assert main(SPEC, ["check-config", str(config)]) == 1
+    assert capsys.readouterr().err == f"{reason}\n"
+
+
+def test_an_emptied_config_file_stops_the_start_instead_of_serving_the_defaults(tmp_path):
+    """A file truncated by an editor or a config-management tool started the broker on its
+    embedded (anonymous) defaults. A subprocess: on the defaults, it would serve on."""
+    config = tmp_path / "broker.toml"
+    config.write_text("# truncated by an editor\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,  # the defaults' data directory, ./wharf-data, stays in it
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        f"wharf-broker: cannot start: {config}: the file is empty (no keys, only whitespace "
+        "or comments); run without --config for the embedded defaults"
+    )

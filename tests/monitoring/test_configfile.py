@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import msgspec
 import pytest
@@ -83,3 +86,60 @@ def test_round_trip_through_toml(config):
 def test_any_out_of_range_port_is_refused_with_its_path(port):
     with pytest.raises(ConfigError, match=r"at `\$\.admin\.port`"):
         decode(f"[admin]\nport = {port}\n".encode(), BrokerConfig)
+
+
+@pytest.mark.parametrize("text", ["", "\n", "  \t\r\n", "# all commented out\n# port = 1\n"])
+def test_a_file_with_no_keys_is_refused_not_read_as_the_defaults(tmp_path, text):
+    """A tool that truncates the file before writing it, with a SIGHUP in between: the
+    reload took "every default", turning the broker's anonymous access back on."""
+    path = tmp_path / "broker.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load(path, BrokerConfig, empty_hint="run without --config for the embedded defaults")
+    assert str(info.value) == (
+        f"{path}: the file is empty (no keys, only whitespace or comments); "
+        "run without --config for the embedded defaults"
+    )
+    path.write_text(text + "[admin]\n")  # a table with no keys of its own says something
+    assert load(path, BrokerConfig) == BrokerConfig()
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path):
+    """Windows Notepad writes one; it was "Invalid statement (at line 1, column 1)"."""
+    path = tmp_path / "broker.toml"
+    path.write_bytes(b"\xef\xbb\xbf[admin]\nport = 1234\n")
+    assert load(path, BrokerConfig).admin.port == 1234
+    path.write_bytes(b"\xef\xbb\xbf# nothing else\n")
+    with pytest.raises(ConfigError, match="the file is empty"):
+        load(path, BrokerConfig)
+
+
+def test_bytes_that_are_not_utf8_are_reported_at_their_line_and_column(tmp_path):
+    """It was "'utf-8' codec can't decode byte 0xe9 in position 93", with no line."""
+    path = tmp_path / "broker.toml"
+    path.write_bytes(b'[admin]\nhost = "127.0.0.1"\n# caf\xc3\xa9 d\xe9j\xe0 vu\n')
+    with pytest.raises(ConfigError) as info:
+        load(path, BrokerConfig)
+    assert info.value.reason == (
+        "TOML syntax error: byte 0xe9 is not UTF-8 (at line 3, column 9); save the file as UTF-8"
+    )
+
+
+def test_check_config_on_a_fifo_is_refused_at_once(tmp_path):
+    """It blocked forever, waiting for a writer: a FIFO is not a configuration file."""
+    fifo = tmp_path / "broker.toml"
+    os.mkfifo(fifo)
+    result = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "check-config", str(fifo)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stderr) == (1, f"{fifo}: cannot read: not a regular file\n")
+
+
+def test_a_directory_is_not_a_regular_file(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path, BrokerConfig)
+    assert str(info.value) == f"{tmp_path}: cannot read: not a regular file"

@@ -28,9 +28,12 @@ FAST = HttpLimits(
 
 
 class Server:
-    def __init__(self, nursery, handler, limits=FAST, max_body=1024, on_refusal=None):
+    def __init__(
+        self, nursery, handler, limits=FAST, max_body=1024, on_refusal=None, on_refused=None
+    ):
         self.nursery = nursery
         self.on_refusal = on_refusal
+        self.on_refused = on_refused
         self.handler = handler
         self.limits = limits
         self.max_body = max_body
@@ -54,6 +57,7 @@ class Server:
             on_error=self.errors.append,
             max_body_bytes=self.max_body,
             on_refusal=self.on_refusal,
+            on_refused=self.on_refused,
         )
 
 
@@ -378,6 +382,33 @@ async def test_431_and_400_stay_plain_with_a_hook(nursery):
     reply = await raw_exchange(server.addr, b"GET / HTTP/1.1\r\nHost t\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 400 ")
     assert shaper.seen == []
+
+
+async def test_every_request_the_server_refuses_itself_is_reported(nursery):
+    refused: list[int] = []
+    server = await Server(nursery, echo, on_refusal=Shaper(), on_refused=refused.append).start()
+    for payload in (
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
+        b"GET / HTTP/2.0\r\nHost: t\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"GARBAGE\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: t\r\n",  # stalls: 408
+    ):
+        await raw_exchange(server.addr, payload)
+    await raw_exchange(server.addr, b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    assert refused == [413, 400, 431, 505, 501, 400, 408]  # the answered request is not one
+
+
+async def test_a_failing_refusal_counter_is_reported_and_the_answer_still_goes_out(nursery):
+    def broken(status: int) -> None:
+        raise RuntimeError("counter bug")
+
+    server = await Server(nursery, echo, on_refused=broken).start()
+    reply = await raw_exchange(server.addr, b"GARBAGE\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 400 ")
+    assert [str(e) for e in server.errors] == ["counter bug"]
 
 
 # ---------------------------------------------------------------------- framing edge cases

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import errno
 import io
+import signal
 
 import msgspec
 import pytest
@@ -24,6 +25,7 @@ from monitoring.metrics import Metrics
 from monitoring.settings import AdminSettings, LifecycleSettings
 from tests.support.daemons import address, running
 from tests.support.http import request
+from tests.support.processes import daemon_process
 
 
 def make_frame() -> tuple[Frame, io.StringIO]:
@@ -296,3 +298,41 @@ def test_startup_reason_reads_os_errors_and_their_notes():
     missing = FileNotFoundError(errno.ENOENT, "No such file or directory", "/etc/x.pem")
     assert startup_reason(missing) == "No such file or directory: /etc/x.pem"
     assert startup_reason(StartupError("in use")) == "in use"
+
+
+@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+async def test_a_second_ctrl_c_cuts_the_drain_short_and_a_second_sigterm_does_not(tmp_path, first):
+    """README promised that a second Ctrl-C gives up waiting; it was logged as ignored, and
+    the daemon went on waiting out the grace period for the requests in flight."""
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        "[api]\nport = 0\n[api.limits]\nheader_timeout_seconds = 600\n[admin]\nport = 0\n"
+        f'[storage]\ndata_dir = "{tmp_path}"\n[lifecycle]\ngrace_period_seconds = 600\n'
+    )
+    async with daemon_process("broker", config, tmp_path) as daemon:
+        assert (await daemon.next_notification()).startswith(b"READY=1")
+        busy = await trio.open_tcp_stream(*daemon.addresses["api"])
+        async with busy:
+            await busy.send_all(b"POST / HTTP/1.1\r\n")  # a request under way: the drain waits
+            await trio.sleep(0.2)
+            daemon.signal(first)
+            assert await daemon.next_notification() == b"STOPPING=1"
+            if first == signal.SIGTERM:
+                # systemd sends SIGTERM once, then SIGKILL after TimeoutStopSec: one more
+                # SIGTERM (a `kill` by hand) does not cut the requests in flight.
+                mark = len(daemon.log_lines)
+                daemon.signal(signal.SIGTERM)
+                line = await daemon.wait_log("event=daemon.signal_ignored", start=mark)
+                assert "signal=SIGTERM" in line
+                with trio.move_on_after(0.3):
+                    await busy.receive_some(1)
+                    pytest.fail("a second SIGTERM cut the request in flight")
+            daemon.signal(signal.SIGINT)
+            with trio.fail_after(20):
+                assert await busy.receive_some(1) == b""  # cut, not answered
+        # Leaving the block waits for the exit (bounded by the harness).
+    assert daemon.process.returncode == 130
+    cut = await daemon.wait_log("event=daemon.drain_cut_short")
+    assert "level=warning" in cut
+    assert "signal=SIGINT" in cut
+    assert any("event=daemon.stopped" in line for line in daemon.log_lines)

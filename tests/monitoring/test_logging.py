@@ -1,8 +1,14 @@
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import IO
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -75,3 +81,66 @@ def test_value_rendering():
     assert format_value(0.5) == "0.5"
     assert format_value("") == '""'
     assert format_value("a=b") == '"a=b"'
+
+
+@contextlib.contextmanager
+def journal_pipe(monkeypatch) -> Iterator[tuple[IO[str], IO[str]]]:
+    """A pipe standing in for journald's stream: $JOURNAL_STREAM names its write end, as
+    systemd sets it for the stream it connects to stderr (systemd.exec(5))."""
+    read_fd, write_fd = os.pipe()
+    status = os.fstat(write_fd)
+    monkeypatch.setenv("JOURNAL_STREAM", f"{status.st_dev}:{status.st_ino}")
+    with os.fdopen(read_fd) as reader, os.fdopen(write_fd, "w") as writer:
+        yield reader, writer
+
+
+def test_lines_to_journald_carry_their_priority(monkeypatch):
+    """journald stored every line at info: ``journalctl -p warning`` showed nothing."""
+    with journal_pipe(monkeypatch) as (reader, writer):
+        log = EventLog("broker", level="debug", stream=writer)
+        log.debug("d")
+        log.info("i")
+        log.warning("w")
+        log.error("e")
+        try:
+            raise ValueError("boom")
+        except ValueError as exc:
+            log.exception("x", exc)
+        writer.close()
+        lines = reader.read().splitlines()
+    assert [line[: line.index("ts=")] for line in lines] == ["<7>", "<6>", "<4>", "<3>", "<3>"]
+    assert [parse(line)["event"] for line in lines] == ["d", "i", "w", "e", "x"]
+
+
+def test_lines_elsewhere_have_no_priority_prefix(monkeypatch):
+    with journal_pipe(monkeypatch) as (reader, writer):
+        other = io.StringIO()  # not the journal's stream: a terminal, a file, a test
+        EventLog("broker", stream=other).warning("w")
+        assert other.getvalue().startswith("ts=")
+        monkeypatch.setenv("JOURNAL_STREAM", "1:2")  # the journal is connected elsewhere
+        EventLog("broker", stream=writer).warning("w")
+        monkeypatch.delenv("JOURNAL_STREAM")
+        EventLog("broker", stream=writer).warning("w")
+        writer.close()
+        assert [line[:3] for line in reader.read().splitlines()] == ["ts=", "ts="]
+
+
+def test_a_daemon_under_journald_logs_its_start_failure_at_error_priority(tmp_path):
+    """The real process, with stderr on a pipe that $JOURNAL_STREAM names."""
+    config = tmp_path / "broker.toml"
+    config.write_text("[admin]\nport = 70000\n")
+    read_fd, write_fd = os.pipe()
+    status = os.fstat(write_fd)
+    env = {**os.environ, "JOURNAL_STREAM": f"{status.st_dev}:{status.st_ino}"}
+    with os.fdopen(read_fd) as reader:
+        with os.fdopen(write_fd, "w") as writer:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "broker.cli", "serve", "--config", str(config)],
+                stderr=writer,
+                env=env,
+            )
+        assert process.wait(timeout=60) == 1
+        logged, said = reader.read().splitlines()
+    assert logged.startswith("<3>ts=")
+    assert "event=daemon.start_failed" in logged
+    assert said.startswith("<3>wharf-broker: cannot start: ")

@@ -28,7 +28,7 @@ import tomli_w
 import trustme
 from hypothesis import strategies as st
 
-from monitoring.configfile import ConfigError
+from monitoring.configfile import EMPTY_FILE, ConfigError, has_no_keys
 
 Node = dict[str, Any] | list[Any]
 KeyPath = tuple[str | int, ...]
@@ -601,6 +601,9 @@ def check_refusal(
     assert reason.strip(), f"no reason given: {message!r}"
     if error.path == str(config_file):
         if reason.startswith("cannot read"):
+            return
+        if reason.startswith(EMPTY_FILE):  # the whole file is where: it sets nothing
+            assert has_no_keys(data.decode()), message
             return
         if reason.startswith("TOML syntax error"):
             # tomllib says "(at line 3, column 7)" or "(at end of document)".

@@ -4,6 +4,7 @@ streaming both ways, 100-continue, pooled connections and the stale-connection r
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import socket
@@ -20,6 +21,7 @@ import trio
 import trustme
 
 import balancer.listeners.forward as forward_module
+import balancer.upstream as upstream_module
 from balancer.config import AccessLog, Forward, HttpsListener, ListenerTimeouts
 from balancer.listeners.exchange import parse_address
 from balancer.listeners.forward import is_trusted
@@ -160,6 +162,28 @@ async def test_502_when_the_target_refuses_connections():
             "wharf_balancer_target_connection_errors_total", {"target_group": "web"}
         )
         assert value == 1
+
+
+async def test_503_when_the_balancer_itself_cannot_open_a_socket(monkeypatch, tmp_path):
+    async def exhausted(host: str, port: int, tls: object) -> trio.SocketStream:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    path = tmp_path / "access.log"
+    logged = listener(access_log=AccessLog(enabled=True, destination=str(path)))
+    async with running_targets(TargetServer("a")) as (target,):
+        monkeypatch.setattr(upstream_module, "_open", exhausted)
+        async with balancer(config([logged], [group("web", target)])) as daemon:
+            async with Client.connect(front(daemon)) as client:
+                assert (await client.request())[0] == 503
+                assert (await client.request())[0] == 503
+            value = daemon.metrics.registry.get_sample_value(
+                "wharf_balancer_target_connection_errors_total", {"target_group": "web"}
+            )
+            assert value in (None, 0)  # not the target's fault
+            await trio.sleep(1.3)  # the app flushes access logs once a second
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    assert all('"BalancerOutOfResources"' in line for line in lines), lines
 
 
 @pytest.mark.parametrize("outcome", [Action.GARBAGE, Action.CLOSE])

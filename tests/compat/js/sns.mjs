@@ -214,7 +214,6 @@ await main(async (step) => {
           MessageAttributes: { color: { DataType: "String", StringValue: "red" } },
         },
         { Id: "plain-batched", Message: "batched plain" },
-        { Id: "empty", Message: "" },
       ],
     }),
   );
@@ -295,6 +294,19 @@ await main(async (step) => {
           SubscriptionArn: filteredSubscription,
           AttributeName: "FilterPolicy",
           AttributeValue: "{not json",
+        }),
+      ),
+      errorClasses,
+    ),
+    // One entry Publish would refuse refuses the whole batch, as on AWS: nothing published.
+    batchWithAnEmptyMessage: await failure(
+      sns.send(
+        new PublishBatchCommand({
+          TopicArn: topicArn,
+          PublishBatchRequestEntries: [
+            { Id: "kept-back", Message: "never published" },
+            { Id: "empty", Message: "" },
+          ],
         }),
       ),
       errorClasses,
