@@ -206,6 +206,7 @@ class Frontend:
                 plain_text=codec.json
                 and action in _SEND_ACTIONS
                 and json_protocol.plain_text(request.body),
+                peer=request.peer,  # a long poll ends when its client goes
             )
             result = await self.sqs.handle(action, params, context)
             encoded = codec.response(action, result, request_id)

@@ -12,7 +12,7 @@ import base64
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -32,7 +32,7 @@ from broker.model.policy import (
 )
 from broker.model.tags import tag_problem
 from broker.registry import Queue, QueueRegistry, now_ms, queue_does_not_exist
-from broker.store.base import StoredMessage
+from broker.store.base import StoredMessage, StoreFailed
 from proto.aws.arn import ArnError, build_queue_url, parse_queue_url
 from proto.aws.errors import AwsError, common_error
 from proto.aws.json_protocol import sqs_error
@@ -60,6 +60,16 @@ Params = Mapping[str, Any]
 Result = dict[str, Any] | None
 
 
+class Peer(Protocol):
+    """The client's connection, as a long poll watches it (``monitoring.httpserver.PeerWatch``)."""
+
+    def gone_nowait(self) -> bool:
+        """Whether the client has closed or reset the connection; never waits."""
+
+    async def wait_gone(self) -> None:
+        """Return once the client has gone; never while it may still be there."""
+
+
 @dataclass(frozen=True, slots=True)
 class RequestContext:
     """Who asked, what, and how they reached us (queue URLs echo the address used)."""
@@ -73,6 +83,8 @@ class RequestContext:
     # Every string of the parameters is ASCII from space up, tab, LF or CR, as the JSON body
     # showed (json_protocol.plain_text): message bodies need no scan of their characters.
     plain_text: bool = False
+    # The client's connection, when the listener can watch it: a long poll ends when it goes.
+    peer: Peer | None = None
 
 
 class SqsApi:
@@ -85,6 +97,7 @@ class SqsApi:
         # Queue URL -> queue name, for URLs of this account seen before: a client sends the
         # same few URLs on every request. Cleared when full, so it stays small.
         self._queue_names: dict[str, str] = {}
+        self._reads_failing = False  # the last receive's read failed (logged already)
         self._actions: dict[str, Callable[[Params, RequestContext], Awaitable[Result]]] = {
             "CreateQueue": self.create_queue,
             "DeleteQueue": self.delete_queue,
@@ -407,17 +420,27 @@ class SqsApi:
         queue = self.queue_of(params, context)
         wait_seconds = resolve_wait_time(queue.settings, params.get("WaitTimeSeconds"))
         deadline = trio.current_time() + wait_seconds
-        deliveries = await self._receive(queue, params, deadline)
+        deliveries = await self._receive(queue, params, deadline, context.peer)
         if not deliveries:
             queue.index.check_in_flight_limit(long_poll=wait_seconds > 0)  # OverLimit, 403
             queue.stats.empty_receives += 1
             return {}
-        stored = {
-            m.seq: m
-            for m in await self.store.read_messages(
+        try:
+            read = await self.store.read_messages(
                 queue.record.queue_id, [d.seq for d in deliveries]
             )
-        }
+        except BaseException as exc:
+            # Marked received, but never to be returned: give them back now rather than
+            # after their visibility timeout (cancelled too: the answer will not go out).
+            self._give_back(queue, deliveries)
+            if isinstance(exc, Exception) and not isinstance(
+                exc,
+                (StoreFailed, SqsError, AwsError),  # answered as they are (KMS, 503)
+            ):
+                raise self._read_failed(queue, exc) from exc
+            raise
+        self._reads_failing = False
+        stored = {m.seq: m for m in read}
         system_names = _system_attribute_names(params)
         attribute_filter = params.get("MessageAttributeNames") or []
         messages = [
@@ -428,8 +451,51 @@ class SqsApi:
         queue.stats.received += len(messages)
         return {"Messages": messages} if messages else {}
 
-    async def _receive(self, queue: Queue, params: Params, deadline: float) -> list[Delivery]:
-        """One receive, long-polling until ``deadline``: woken by sends, never by a loop."""
+    def _give_back(self, queue: Queue, deliveries: Sequence[Delivery]) -> None:
+        """Make the messages of a receive that returns none of them visible again at once.
+
+        As a ChangeMessageVisibility to 0 would: the receive still counts in their
+        ApproximateReceiveCount (the model has no undo of a receive).
+        """
+        now = now_ms()
+        changes = []
+        for delivery in deliveries:
+            try:
+                changes.append(queue.index.change_visibility(now, delivery.receipt_handle, 0))
+            except SqsError:
+                continue  # visible already (VisibilityTimeout=0), or gone meanwhile
+        change = Change.combine(changes)
+        if not change.mutations:
+            return
+        try:
+            # Not awaited: this runs while the receive fails or is cancelled.
+            self.store.commit_later(change.mutations, change.on_durable)
+        except Exception as exc:
+            # The store is failing too: the messages come back at their visibility timeout.
+            self.registry.log.exception("receive.give_back_failed", exc, queue=queue.name)
+
+    def _read_failed(self, queue: Queue, exc: Exception) -> AwsError:
+        """The retryable answer to a receive whose messages could not be read; logged once
+        for a run of failures, so that a flood of receives does not flood the log too."""
+        if not self._reads_failing:
+            self._reads_failing = True
+            self.registry.log.exception("receive.read_failed", exc, queue=queue.name)
+        # 503: every SDK retries it (botocore's legacy and standard retry modes both do).
+        return common_error(
+            "ServiceUnavailable",
+            "The broker could not read the messages from its store; they are visible again. "
+            "Retry the request.",
+        )
+
+    async def _receive(
+        self, queue: Queue, params: Params, deadline: float, peer: Peer | None
+    ) -> list[Delivery]:
+        """One receive, long-polling until ``deadline``: woken by sends, never by a loop.
+
+        A long poll whose client has gone (``peer``) ends with nothing, taking no message
+        its client would never see (it would stay hidden for its visibility timeout, and
+        count as received), and lets go of the connection at once.
+        """
         while True:
             changed = queue.changed()
             now = now_ms()
@@ -455,7 +521,13 @@ class SqsApi:
             if next_due is not None:
                 wake_at = min(deadline, trio.current_time() + max(0, next_due - now) / 1000)
             with trio.move_on_at(wake_at):
-                await changed.wait()
+                if peer is None:
+                    await changed.wait()
+                else:
+                    await _wait_changed_or_gone(changed, peer)
+            # Also when woken by a send: the client may have left during the wait.
+            if peer is not None and peer.gone_nowait():
+                return []
 
     # ------------------------------------------------------------------ handles
 
@@ -515,6 +587,19 @@ class SqsApi:
         # One commit, and one wake-up of the queue's receivers rather than one per entry.
         await self._commit(Change.combine(changes))
         return {"Successful": successful, "Failed": failed}
+
+
+async def _wait_changed_or_gone(changed: trio.Event, peer: Peer) -> None:
+    """Wait until the queue changes or the client goes (a nursery: long polls only)."""
+    async with trio.open_nursery() as nursery:
+
+        async def watch_peer() -> None:
+            await peer.wait_gone()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch_peer)
+        await changed.wait()
+        nursery.cancel_scope.cancel()
 
 
 # ---------------------------------------------------------------------- request envelopes

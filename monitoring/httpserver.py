@@ -22,16 +22,22 @@ that stalls, 413 for a body over the limit. By default in plain text; an applica
 clients expect errors in a protocol's shape (the broker's AWS APIs) passes ``on_refusal``,
 which gets a :class:`Refusal` (what happened, and the request head if it had arrived) and
 returns the :class:`Response` to send. The connection closes after it either way.
+
+A handler that waits long for something other than the client (the broker's long polls) can
+watch the client through :attr:`Request.peer` (a :class:`PeerWatch`) and give up when it has
+gone, rather than do work for nobody until its own deadline.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from types import TracebackType
 from typing import Final
 from urllib.parse import unquote
@@ -82,6 +88,9 @@ class Request:
     client: tuple[str, int]
     received_at: float = 0.0  # time.monotonic() when the request was complete
     keep_alive: bool = True  # HTTP/1.1 without "Connection: close"
+    # Whether the client is still there, while the handler works; None on a stream that
+    # cannot tell (not a TCP socket).
+    peer: PeerWatch | None = None
 
     @property
     def path(self) -> str:
@@ -303,6 +312,82 @@ class _Connection:
                     raise _ClientGone from None
             if scope.cancelled_caught:
                 raise _ClientGone
+
+
+class PeerWatch:
+    """Tells a handler whether its client has gone: closed or reset the connection.
+
+    What it can see is the TCP socket's: the end of the stream (FIN) or a reset, with nothing
+    unread before it. A client that has sent anything more (a pipelined request, or, over TLS,
+    any record: a close_notify alert too) cannot be told from one still waiting for the
+    answer, so it counts as present -- a false "gone" would end a live client's request,
+    a missed one only keeps the old behaviour: the handler runs to its own deadline. A client
+    that half-closes its side (FIN) and still reads counts as gone: the handler answers early,
+    with what it had.
+    """
+
+    __slots__ = ("_gone", "_parser", "_raw")
+
+    def __init__(self, raw: socket.socket, parser: _RequestParser) -> None:
+        self._raw = raw
+        self._parser = parser
+        self._gone = False
+
+    def gone_nowait(self) -> bool:
+        """Whether the client has gone; never waits, never a checkpoint (one syscall)."""
+        return self._peek() is _PeerState.GONE
+
+    async def wait_gone(self) -> None:
+        """Return once the client has gone; never while it may be there.
+
+        Once the client has sent more bytes it cannot tell any more: it waits until cancelled
+        (no loop on bytes it must not read, which belong to the server's next read).
+        """
+        while True:
+            state = self._peek()
+            if state is _PeerState.GONE:
+                return
+            if state is _PeerState.SENT_MORE:
+                await trio.sleep_forever()
+            try:
+                await trio.lowlevel.wait_readable(self._raw)
+            except OSError:  # closed by this process meanwhile: nobody is left to answer
+                self._gone = True
+                return
+
+    def _peek(self) -> _PeerState:
+        if self._gone:
+            return _PeerState.GONE
+        if not self._parser.between_requests():
+            return _PeerState.SENT_MORE  # the next request is buffered already
+        try:
+            data = self._raw.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return _PeerState.QUIET
+        except OSError:  # ECONNRESET, EPIPE, ETIMEDOUT: the connection is dead
+            self._gone = True
+            return _PeerState.GONE
+        if data:
+            return _PeerState.SENT_MORE
+        self._gone = True
+        return _PeerState.GONE
+
+
+class _PeerState(Enum):
+    """What :class:`PeerWatch` found on the socket."""
+
+    GONE = "gone"  # closed (FIN) or reset, with nothing unread before it
+    SENT_MORE = "sent more"  # bytes the server has yet to read: cannot tell any more
+    QUIET = "quiet"  # nothing yet: still there, for now
+
+
+def _peer_watch(stream: trio.abc.Stream, parser: _RequestParser) -> PeerWatch | None:
+    """A watch on the TCP socket under ``stream`` (plain, or TLS over TCP), if it has one."""
+    transport = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    if not isinstance(transport, trio.SocketStream):
+        return None
+    raw = fastio.raw_socket(transport.socket)
+    return None if raw is None else PeerWatch(raw, parser)
 
 
 class UnsendableResponse(ValueError):
@@ -544,6 +629,7 @@ async def serve_http(
     parser = _RequestParser(client, limits.max_header_bytes, max_body_bytes)
     refuser = _Refuser(on_refusal, on_error, max_body_bytes, on_refused)
     connection = _Connection(stream)
+    peer = _peer_watch(stream, parser)
     try:
         while True:
             request = await _read_request(
@@ -551,6 +637,7 @@ async def serve_http(
             )
             if request is None:
                 break
+            request.peer = peer
             try:
                 response = await handler(request)
             except Exception as exc:

@@ -108,6 +108,13 @@ class SqliteStore(SqliteWriter, SqliteReads, Store):
         self.lock.acquire()
         try:
             self._writer = await trio.to_thread.run_sync(self._open_writer)
+            try:
+                await trio.to_thread.run_sync(self._open_readers)  # after the schema exists
+            except BaseException:
+                self._close_readers()
+                self._writer.close()
+                self._writer = None
+                raise
         except BaseException:
             self.lock.release()
             raise

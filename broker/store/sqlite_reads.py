@@ -7,8 +7,11 @@ through no extra object or call. It owns (and sets up in ``__init__``) the read 
 and the read-aheads in flight; the store's path, sealer, body cache and queue settings are the
 store's.
 
-Reads run in trio worker threads on separate read-only connections (at most ``MAX_READERS``),
-each query in one snapshot; WAL lets them proceed while the writer commits.
+Reads run in trio worker threads on separate read-only connections (``MAX_READERS``, all
+opened with the store), each query in one snapshot; WAL lets them proceed while the writer
+commits. Opened up front, not when first needed: a receive marks its messages received
+before it reads them, and a daemon out of file descriptors (thousands of client
+connections) could not open a connection then.
 
 Read-ahead. A receive of messages the body cache (:mod:`broker.store.sqlite_cache`) holds is
 answered from memory. A backlog larger than the cache's budget is read ahead: a receive that
@@ -65,6 +68,24 @@ class SqliteReads:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._reader_slots = trio.Semaphore(MAX_READERS)
+
+    def _open_readers(self) -> None:
+        """Open every read connection (in a worker thread: opening reads the file).
+
+        On a failure those opened stay in the pool, for :meth:`_close_readers`.
+        """
+        with self._readers_lock:
+            while len(self._readers) < MAX_READERS:
+                self._readers.append(self._new_reader())
+
+    def _new_reader(self) -> sqlite3.Connection:
+        reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            configure(reader, writer=False)
+        except BaseException:
+            reader.close()
+            raise
+        return reader
 
     async def read_messages(self, queue_id: int, seqs: Sequence[int]) -> list[StoredMessage]:
         """See :meth:`Store.read_messages`.
@@ -139,9 +160,8 @@ class SqliteReads:
     def _with_reader(self, query: Callable[[sqlite3.Connection], _T]) -> _T:
         with self._readers_lock:
             reader = self._readers.pop() if self._readers else None
-        if reader is None:
-            reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            configure(reader, writer=False)
+        if reader is None:  # only if the store was not opened: open() opens MAX_READERS
+            reader = self._new_reader()
         try:
             reader.execute("BEGIN")  # one snapshot for the whole query
             try:

@@ -195,6 +195,120 @@ async def test_a_cancelled_long_poll_takes_no_message(api: SqsApi):
     assert [m["Body"] for m in result["Messages"]] == ["for the next receiver"]
 
 
+class FakePeer:
+    """A client connection the test says is gone: ``leave`` is seen by both calls,
+    ``leave_unnoticed`` only by ``gone_nowait`` (as when the client leaves just as a send
+    wakes its long poll)."""
+
+    def __init__(self) -> None:
+        self.gone = False
+        self._left = trio.Event()
+
+    def gone_nowait(self) -> bool:
+        return self.gone
+
+    async def wait_gone(self) -> None:
+        await self._left.wait()
+
+    def leave(self) -> None:
+        self.gone = True
+        self._left.set()
+
+    def leave_unnoticed(self) -> None:
+        self.gone = True
+
+
+async def receive_watched(api: SqsApi, peer: FakePeer, **params: Any) -> Any:
+    watched = RequestContext(base_url=BASE, caller=CALLER, action="ReceiveMessage", peer=peer)
+    return await api.handle("ReceiveMessage", params, watched)
+
+
+async def receive_counts(api: SqsApi, url: str) -> list[tuple[str, str]]:
+    result = await call(
+        api,
+        "ReceiveMessage",
+        QueueUrl=url,
+        MaxNumberOfMessages=10,
+        MessageSystemAttributeNames=["ApproximateReceiveCount"],
+    )
+    return [(m["Body"], m["Attributes"]["ApproximateReceiveCount"]) for m in result["Messages"]]
+
+
+@pytest.mark.parametrize("noticed", [True, False])
+async def test_a_long_poll_whose_client_went_takes_no_message(api: SqsApi, noticed: bool):
+    url = await make_queue(api, "abandoned")
+    peer = FakePeer()
+    results: list[Any] = []
+
+    async def poll() -> None:
+        results.append(await receive_watched(api, peer, QueueUrl=url, WaitTimeSeconds=20))
+
+    with trio.fail_after(10):  # well before WaitTimeSeconds: the client's going ends it
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll)
+            await trio.testing.wait_all_tasks_blocked()
+            if noticed:
+                peer.leave()
+                await trio.testing.wait_all_tasks_blocked()
+                assert results == [{}]
+            else:
+                peer.leave_unnoticed()  # the send's wake-up finds it gone, before it takes
+            await call(api, "SendMessage", QueueUrl=url, MessageBody="for a live consumer")
+    assert results == [{}]
+    assert await receive_counts(api, url) == [("for a live consumer", "1")]
+
+
+async def test_a_long_poll_of_a_client_still_there_gets_the_message(api: SqsApi):
+    url = await make_queue(api, "watched")
+    results: list[Any] = []
+
+    async def poll() -> None:
+        results.append(await receive_watched(api, FakePeer(), QueueUrl=url, WaitTimeSeconds=20))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(poll)
+            await trio.testing.wait_all_tasks_blocked()
+            await call(api, "SendMessage", QueueUrl=url, MessageBody="now")
+    assert [m["Body"] for m in results[0]["Messages"]] == ["now"]
+
+
+async def test_a_watched_long_poll_still_ends_at_its_deadline(api: SqsApi):
+    url = await make_queue(api, "deadline")
+    with trio.fail_after(10):
+        assert await receive_watched(api, FakePeer(), QueueUrl=url, WaitTimeSeconds=1) == {}
+
+
+# ---------------------------------------------------------------------- failed reads
+
+
+async def test_a_receive_whose_read_fails_gives_its_messages_back(api: SqsApi, monkeypatch):
+    url = await make_queue(api, "unreadable")
+    for body in ("a", "b"):
+        await call(api, "SendMessage", QueueUrl=url, MessageBody=body)
+    read_messages = api.store.read_messages
+    failures = 2
+
+    async def failing_read(queue_id: int, seqs: list[int]) -> Any:
+        nonlocal failures
+        if failures:
+            failures -= 1
+            raise sqlite3.OperationalError("unable to open database file")
+        return await read_messages(queue_id, seqs)
+
+    logged: list[str] = []
+    monkeypatch.setattr(api.store, "read_messages", failing_read)
+    monkeypatch.setattr(api.registry.log, "exception", lambda event, *_, **__: logged.append(event))
+    for _ in range(2):
+        with pytest.raises(AwsError) as excinfo:
+            await call(api, "ReceiveMessage", QueueUrl=url, MaxNumberOfMessages=10)
+        # Retryable: botocore's retry modes retry a 503, whatever its code.
+        assert (excinfo.value.code, excinfo.value.status_hint) == ("ServiceUnavailable", 503)
+    assert logged == ["receive.read_failed"]  # once for the run of failures
+    # Visible again at once; the failed receives still count (the model cannot undo one).
+    assert sorted(await receive_counts(api, url)) == [("a", "3"), ("b", "3")]
+
+
 async def test_receive_reports_bad_counts_before_waiting(api: SqsApi):
     url = await make_queue(api, "bad")
     for params in ({"MaxNumberOfMessages": 0}, {"WaitTimeSeconds": 21}, {"VisibilityTimeout": -1}):

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
 import itertools
+import socket
+import ssl
+import struct
 
 import h11
 import pytest
 import trio
+import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -693,3 +697,135 @@ async def test_an_unknown_transfer_coding_is_not_implemented():
         ]
     )
     assert sent.startswith(b"HTTP/1.1 501 ")
+
+
+# ---------------------------------------------------------------------- the client, watched
+
+
+class PeerObserver:
+    """A handler that watches its client: ``/wait`` until it goes, ``/hold`` until released."""
+
+    def __init__(self) -> None:
+        self.entered = trio.Event()
+        self.gone = trio.Event()
+        self.release = trio.Event()
+        self.gone_nowait: list[bool] = []
+        self.returned_from_wait = False
+
+    async def handle(self, request: Request) -> Response:
+        peer = request.peer
+        assert peer is not None
+        self.gone_nowait.append(peer.gone_nowait())
+        self.entered.set()
+        if request.path == "/wait":
+            await peer.wait_gone()
+            self.gone_nowait.append(peer.gone_nowait())
+            self.gone.set()
+        elif request.path == "/hold":
+            await self.release.wait()
+            self.gone_nowait.append(peer.gone_nowait())
+            with trio.move_on_after(0.2):  # a client still there: never seen gone
+                await peer.wait_gone()
+                self.returned_from_wait = True
+        return Response(200, request.path.encode())
+
+
+def http_get(target: str) -> bytes:
+    return f"GET {target} HTTP/1.1\r\nhost: t\r\n\r\n".encode()
+
+
+def close_with_reset(sock: trio.socket.SocketType) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@pytest.mark.parametrize("how", ["reset", "close"])
+async def test_a_handler_sees_its_client_go(nursery, how):
+    observer = PeerObserver()
+    server = await Server(nursery, observer.handle).start()
+    with trio.socket.socket() as sock, trio.fail_after(10):
+        await sock.connect(server.addr)
+        await sock.send(http_get("/wait"))
+        await observer.entered.wait()
+        if how == "reset":
+            close_with_reset(sock)
+        else:
+            sock.close()  # FIN
+        await observer.gone.wait()
+    assert observer.gone_nowait == [False, True]
+    assert server.errors == []
+
+
+async def test_a_live_client_is_never_seen_gone_and_gets_its_answer(nursery):
+    observer = PeerObserver()
+    server = await Server(nursery, observer.handle).start()
+    stream = await trio.open_tcp_stream(*server.addr)
+    async with stream:
+        await stream.send_all(http_get("/hold"))
+        with trio.fail_after(10):
+            await observer.entered.wait()
+            observer.release.set()
+            conn = h11.Connection(h11.CLIENT)
+            conn.send(h11.Request(method="GET", target="/hold", headers=[("host", "t")]))
+            conn.send(h11.EndOfMessage())
+            status, _, body = await read_response(conn, stream)
+    assert (status, body) == (200, b"/hold")
+    assert observer.gone_nowait == [False, False]
+    assert not observer.returned_from_wait
+
+
+@pytest.mark.parametrize("buffered", ["in the parser", "in the kernel"])
+async def test_a_client_that_pipelined_its_next_request_is_not_seen_gone(nursery, buffered):
+    # Its next request's bytes are all the server could read: they cannot tell it anything,
+    # and they must be left for the next request's read.
+    observer = PeerObserver()
+    server = await Server(nursery, observer.handle).start()
+    stream = await trio.open_tcp_stream(*server.addr)
+    async with stream:
+        if buffered == "in the parser":
+            await stream.send_all(http_get("/hold") + http_get("/next"))
+        else:
+            await stream.send_all(http_get("/hold"))
+        with trio.fail_after(10):
+            await observer.entered.wait()
+            if buffered == "in the kernel":
+                await stream.send_all(http_get("/next"))
+                await trio.sleep(0.05)  # loopback: there by now, not read by the server
+            observer.release.set()
+            received = b""
+            while received.count(b"HTTP/1.1 200") < 2:
+                received += await stream.receive_some(65536)
+    assert received.index(b"/hold") < received.index(b"/next")
+    assert observer.gone_nowait[:2] == [False, False]
+    assert not observer.returned_from_wait
+
+
+@pytest.mark.parametrize("how", ["reset", "close"])
+async def test_a_handler_sees_its_tls_client_go(nursery, tmp_path, how):
+    # Seen at the TCP level, under TLS: a reset, or a close with no close_notify first.
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    observer = PeerObserver()
+    server = Server(nursery, observer.handle)
+
+    async def handle_tls(stream):
+        tls = trio.SSLStream(stream, server_context, server_side=True, https_compatible=True)
+        await tls.do_handshake()
+        await Server._handle(server, tls)
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(trio.serve_listeners, handle_tls, listeners)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    transport = await trio.open_tcp_stream(*listeners[0].socket.getsockname())
+    tls = trio.SSLStream(transport, client_context, server_hostname="127.0.0.1")
+    with transport.socket, trio.fail_after(10):
+        await tls.send_all(http_get("/wait"))
+        await observer.entered.wait()
+        if how == "reset":
+            close_with_reset(transport.socket)
+        else:
+            transport.socket.close()  # FIN, without TLS's close_notify
+        await observer.gone.wait()
+    assert observer.gone_nowait == [False, True]

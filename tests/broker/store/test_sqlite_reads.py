@@ -322,3 +322,28 @@ async def test_purged_rows_awaiting_reclaim_are_not_read_ahead(tmp_path):
         assert bodies(await store.read_messages(qid, [100])) == ["body 100"]
     finally:
         await store.aclose()
+
+
+# ---------------------------------------------------------------------- read connections
+
+
+async def test_reads_need_no_new_file_descriptor_after_the_store_opened(tmp_path, monkeypatch):
+    # A daemon out of descriptors (thousands of client connections) cannot open a connection:
+    # the reads must still work, as a receive has marked its messages received before it reads.
+    store = SqliteStore(tmp_path, body_cache_bytes=0)  # every read goes to the file
+    await store.open()
+    try:
+        queue = await store.create_queue("q", QueueSettings(), {}, 0)
+        await store.commit([inserted(queue.queue_id, seq, f"body {seq}") for seq in (1, 2)])
+
+        def out_of_descriptors(*args: object, **kwargs: object) -> sqlite3.Connection:
+            raise sqlite3.OperationalError("unable to open database file")
+
+        monkeypatch.setattr(sqlite3, "connect", out_of_descriptors)
+        async with trio.open_nursery() as nursery:  # as many at once as there are readers
+            for _ in range(sqlite_reads.MAX_READERS):
+                nursery.start_soon(store.read_messages, queue.queue_id, [1, 2])
+        bodies = [m.body for m in await store.read_messages(queue.queue_id, [2, 1])]
+        assert bodies == ["body 2", "body 1"]
+    finally:
+        await store.aclose()
