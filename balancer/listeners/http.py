@@ -411,7 +411,7 @@ class _Connection:
                 services.name,
                 verdict.classification.label,
                 verdict.reason,
-                refused=verdict.action is Action.REFUSE or ex.status is not None,
+                refused=verdict.action is Action.REFUSE or ex.status != 0,
             )
         return ex
 
