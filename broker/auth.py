@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
 
 from msgspec import Meta, field
 
@@ -28,6 +28,7 @@ from monitoring.configfile import ConfigError, load
 from monitoring.httpserver import Request
 from monitoring.settings import Section
 from proto.aws import sigv4
+from proto.aws.errors import AwsError
 
 _PRINCIPAL = re.compile(r"arn:aws[a-z-]*:(iam|sts)::(\d{12}):\S+")
 
@@ -72,6 +73,10 @@ class Caller:
     anonymous: bool
 
 
+# Request headers only browsers send (Fetch Metadata and CORS); no AWS SDK or CLI sends them.
+_BROWSER_HEADERS: Final = frozenset({b"origin", b"sec-fetch-site", b"sec-fetch-mode"})
+
+
 class Authenticator:
     """Checks each request's signature, or lets it through when the config says anonymous."""
 
@@ -98,6 +103,7 @@ class Authenticator:
                 signature scoped to another region.
         """
         if self.settings.anonymous:
+            self._refuse_what_a_browser_sent(request)
             scope = sigv4.peek_scope(headers=request.headers, query=request.query)
             return Caller(
                 principal_arn=f"arn:aws:iam::{self.account_id}:root",
@@ -138,6 +144,26 @@ class Authenticator:
             service=identity.service,
             anonymous=False,
         )
+
+    def _refuse_what_a_browser_sent(self, request: Request) -> None:
+        """Anonymous access is for SDKs and tools, never for a web page.
+
+        Any page a local browser opens can post a form to a loopback port without a CORS
+        preflight, and, after rebinding its own name to 127.0.0.1, read the answers. AWS
+        needs no such rule (every request is signed). Browsers mark every request they send
+        (Fetch Metadata's Sec-Fetch-*, and Origin on every POST); SDKs and the CLI do not.
+
+        Raises:
+            AwsError: AccessDenied (403).
+        """
+        for name, _ in request.headers:
+            if name in _BROWSER_HEADERS:
+                raise AwsError(
+                    "AccessDenied",
+                    "Unsigned requests from a web browser (Origin or Sec-Fetch-* headers) are "
+                    "refused while auth.anonymous is on: sign them, or turn anonymous off.",
+                    status=403,
+                )
 
     def _secret(self, access_key_id: str) -> str | None:
         credential = self.credentials.get(access_key_id)

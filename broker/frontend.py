@@ -146,6 +146,9 @@ class ServiceRouter(Protocol):
         """Answer the request if it is this service's, else return None."""
 
 
+_API_METHODS: Final = frozenset({b"GET", b"POST"})
+
+
 class Frontend:
     """Turns HTTP requests into SQS actions and their results back into HTTP responses.
 
@@ -176,6 +179,15 @@ class Frontend:
         self._admit = admit  # raises AwsError to refuse an action (broker.disk_space)
 
     async def handle(self, request: Request) -> Response:
+        if request.method not in _API_METHODS:
+            # AWS documents GET and POST for the query API (POST for JSON). A HEAD would run
+            # its action and drop the answer (a ReceiveMessage hiding messages), and a
+            # browser's CORS preflight (OPTIONS) would run the action it asks leave for.
+            return Response(
+                405,
+                b"method not allowed: the API takes GET and POST\n",
+                headers=[("allow", "GET, POST")],
+            )
         if self.sns is not None:
             routed = await self.sns.route(request, self.authenticator)
             if routed is not None:

@@ -30,6 +30,7 @@ gone, rather than do work for nobody until its own deadline.
 
 from __future__ import annotations
 
+import email.utils
 import math
 import re
 import socket
@@ -47,6 +48,7 @@ import trio
 
 from monitoring import fastio
 from monitoring.settings import HttpLimits
+from proto.http1 import is_valid_host
 
 MAX_RECV: Final = 65536  # bytes per receive_some: one socket buffer's worth, bounds each read
 # A response goes out in slices of this size, each with the whole write timeout.
@@ -549,6 +551,12 @@ class _RequestParser:
         declared: int | None = None
         for name, value in self._headers:
             if name == b"host":
+                # RFC 9112 3.2: 400 to a second Host line, and to one that is no authority
+                # (a URL built from it, a queue URL, must parse).
+                if host:
+                    raise _Refused(400, "malformed request: more than one Host header\n")
+                if not is_valid_host(value):
+                    raise _Refused(400, "malformed request: the Host header is no host[:port]\n")
                 host = True
             elif name == b"content-length":
                 declared = int(value)  # llhttp has refused a malformed Content-Length
@@ -784,6 +792,21 @@ _HEADER_NAME: Final = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _HEADER_VALUE_FORBIDDEN: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+_date_cache: list[tuple[int, str]] = [(0, "")]
+
+
+def http_date() -> str:
+    """The current time as an IMF-fixdate (RFC 9110 5.6.7), for the Date header an origin
+    server with a clock MUST send (6.6.1); SDKs correct their clock skew from it. Formatted
+    once a second."""
+    now = int(time.time())
+    second, text = _date_cache[0]
+    if second != now:
+        text = email.utils.formatdate(now, usegmt=True)
+        _date_cache[0] = (now, text)
+    return text
+
+
 def _serialize(method: bytes, response: Response, server_header: str) -> bytes:
     """The response's bytes: status line, headers, then the body unless the method was HEAD.
 
@@ -797,6 +820,7 @@ def _serialize(method: bytes, response: Response, server_header: str) -> bytes:
         f"HTTP/1.1 {response.status} {REASONS.get(response.status, b'').decode()}\r\n"
         f"content-type: {response.content_type}\r\n"
         f"content-length: {len(response.body)}\r\n"
+        f"date: {http_date()}\r\n"
         f"server: {server_header}\r\n"
     ]
     for name, value in response.headers:

@@ -21,6 +21,7 @@ arguments.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Final, Literal, NamedTuple
@@ -267,9 +268,22 @@ def is_valid_host(value: bytes) -> bool:
     """Whether a Host header's value is an authority; RFC 9112 3.2 answers any other with 400.
 
     h11 checks only that there is exactly one Host: a value such as ``evil.test/x?`` would
-    otherwise reach rules, redirects' Location and logs as if it were a host name.
+    otherwise reach rules, redirects' Location and logs as if it were a host name. A
+    bracketed literal must be an IPv6 address (RFC 3986 3.2.2) and a port at most 65535, so
+    that a URL built from the value (a queue URL, a redirect) always parses.
     """
-    return _HOST_VALUE.fullmatch(value) is not None
+    if _HOST_VALUE.fullmatch(value) is None:
+        return False
+    if value[:1] == b"[":
+        literal, _, after = value[1:].partition(b"]")
+        port = after[1:]
+        try:
+            ipaddress.IPv6Address(literal.partition(b"%25")[0].decode("ascii"))
+        except ValueError:
+            return False
+    else:
+        port = value.partition(b":")[2]  # a reg-name or IPv4 address holds no colon
+    return not port or int(port) <= 65535
 
 
 def first_header(headers: Iterable[Header], name: bytes) -> bytes | None:

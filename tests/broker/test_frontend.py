@@ -683,3 +683,42 @@ async def test_info_level_logs_no_line_per_request(tmp_path: Path) -> None:
         await call_json(address(daemon, "api"), "ListQueues", {})
         output = daemon.log_output.getvalue()  # type: ignore[attr-defined]
     assert "api.request" not in output
+
+
+# ---------------------------------------------------------------------- browsers and methods
+
+
+@pytest.mark.parametrize("method", ["HEAD", "OPTIONS", "PUT", "DELETE"])
+async def test_methods_other_than_get_and_post_run_no_action(api, method):
+    create = {"Action": "CreateQueue", "Version": "2012-11-05", "QueueName": "by-method"}
+    status, headers, _ = await request(api, method, f"/?{urlencode(create)}")
+    assert status == 405
+    assert headers["allow"] == "GET, POST"
+    status, _, document = await call_query(
+        api, {"Action": "ListQueues", "Version": "2012-11-05"}, method="GET"
+    )
+    assert status == 200
+    assert document.findtext("q:ListQueuesResult/q:QueueUrl", namespaces=NS) is None
+
+
+@pytest.mark.parametrize(
+    "browser_header",
+    [("origin", "https://evil.example"), ("sec-fetch-site", "cross-site")],
+)
+async def test_an_anonymous_broker_refuses_what_a_browser_sends(api, browser_header):
+    # A page can post this form to a loopback port without a CORS preflight.
+    form = urlencode({"Action": "CreateQueue", "Version": "2012-11-05", "QueueName": "csrf"})
+    status, _, reply = await request(
+        api,
+        "POST",
+        "/",
+        headers=[("content-type", FORM), browser_header],
+        body=form.encode(),
+    )
+    assert status == 403
+    assert query_error(ET.fromstring(reply)) == ("AccessDenied", "Sender")
+    status, _, document = await call_query(
+        api, {"Action": "GetQueueUrl", "Version": "2012-11-05", "QueueName": "csrf"}
+    )
+    assert status == 400  # never created
+    assert query_error(document)[0] == "AWS.SimpleQueueService.NonExistentQueue"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import datetime
+import email.utils
 import itertools
 import socket
 import ssl
@@ -829,3 +831,37 @@ async def test_a_handler_sees_its_tls_client_go(nursery, tmp_path, how):
             transport.socket.close()  # FIN, without TLS's close_notify
         await observer.gone.wait()
     assert observer.gone_nowait == [False, True]
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [
+        [b"a.example", b"b.example"],  # RFC 9112 3.2: more than one Host line
+        [b"a/b"],
+        [b"a?b"],
+        [b"::1:19904"],  # an IPv6 literal needs brackets (RFC 3986 3.2.2)
+        [b"[::1"],
+        [b"x:99999"],
+        [b"[1::2::3]"],
+    ],
+)
+async def test_a_host_that_is_no_single_authority_is_a_400(server, hosts):
+    head = b"".join(b"Host: " + host + b"\r\n" for host in hosts)
+    reply = await raw_exchange(server.addr, b"GET / HTTP/1.1\r\n" + head + b"\r\n")
+    assert reply.startswith(b"HTTP/1.1 400 "), reply[:60]
+    assert b"GET /" not in reply  # the handler never saw it
+
+
+async def test_every_answer_carries_a_date(server):
+    reply = await raw_exchange(
+        server.addr, b"GET /d HTTP/1.1\r\nHost: [::1]:80\r\nConnection: close\r\n\r\n"
+    )
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    (date,) = [
+        line.split(b":", 1)[1].strip()
+        for line in reply.split(b"\r\n\r\n")[0].split(b"\r\n")
+        if line.lower().startswith(b"date:")
+    ]
+    sent = email.utils.parsedate_to_datetime(date.decode())
+    assert sent.tzinfo is not None
+    assert abs((datetime.datetime.now(datetime.UTC) - sent).total_seconds()) < 120

@@ -834,12 +834,22 @@ def test_hosts_that_are_authorities_are_valid(value):
 @pytest.mark.parametrize(
     "value",
     [b"evil.test/x?", b"evil.test#", b"a b", b"user@host", b"host:80:80", b"[::1", b"h\"x",
-     b"host:8o", b"<script>"],
+     b"host:8o", b"<script>", b"::1:19904", b"[::1]x", b"[::1]:99999", b"example.com:65536",
+     b"[:::1]", b"[1::2::3]", b"[12345::1]", b"[::1.2.3.4.5]", b"[1:2:3:4:5:6:7:8:9]"],
 )  # fmt: skip
 def test_hosts_that_are_not_authorities_are_refused(value):
     assert not is_valid_host(value)
 
 
-@given(st.from_regex(rb"\A[a-z0-9-]{1,20}(\.[a-z0-9-]{1,20}){0,3}(:[0-9]{1,5})?\Z"))
-def test_dns_names_with_ports_are_valid(value):
-    assert is_valid_host(value)
+@given(
+    st.from_regex(rb"\A[a-z0-9-]{1,20}(\.[a-z0-9-]{1,20}){0,3}\Z"),
+    st.none() | st.integers(0, 65535),
+)
+def test_dns_names_with_ports_are_valid(name, port):
+    assert is_valid_host(name if port is None else name + b":%d" % port)
+
+
+@given(st.ip_addresses(v=6), st.none() | st.integers(0, 65535))
+def test_bracketed_ipv6_addresses_are_valid(address, port):
+    value = b"[" + address.compressed.encode() + b"]"
+    assert is_valid_host(value if port is None else value + b":%d" % port)
