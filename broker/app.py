@@ -46,7 +46,7 @@ from monitoring import fastio
 from monitoring.admin import AdminServer, open_admin_listener
 from monitoring.configfile import ConfigError
 from monitoring.durable import write_file
-from monitoring.httpserver import serve_http
+from monitoring.httpserver import Request, Response, serve_http
 from monitoring.lifecycle import Frame, Listener, StartupError, bind_tcp
 from monitoring.settings import HttpLimits, state_directory
 
@@ -163,6 +163,7 @@ class BrokerApp:
         self.running = config
         self.frame = frame
         self.admin = AdminServer(frame)
+        self.admin.mount("POST", "/reload", self._reload_route)
         self.metrics = BrokerMetrics(frame.metrics)
         self.authenticator = Authenticator(
             config.auth, credentials_of(config), account_id=config.aws.account_id
@@ -363,6 +364,18 @@ class BrokerApp:
         path = self.frame.config_path
         return "<config>" if path is None else str(path)
 
+    async def _reload_route(self, request: Request) -> Response:
+        """``POST /reload`` on the admin listener: what SIGHUP does, with the outcome (the
+        balancer's answers: 200, or 400 ``ConfigError`` with the reason)."""
+        if self.frame.reload is None:
+            return _json_response(
+                503, {"error": "Unavailable", "message": "no daemon to reload this configuration"}
+            )
+        refused = await self.frame.reload()
+        if refused is not None:
+            return _json_response(400, {"error": "ConfigError", "message": refused})
+        return _json_response(200, {"reloaded": True})
+
     async def reload(self, config: BrokerConfig) -> None:
         """Apply a new config: credentials, anonymous access, certificates, encryption keys,
         declared queues.
@@ -460,3 +473,7 @@ def _store_damage_stops_the_start(store: SqliteStore) -> Iterator[None]:
         yield
     except sqlite3.DatabaseError as error:
         raise _cannot_open(store, error) from error
+
+
+def _json_response(status: int, body: object) -> Response:
+    return Response(status, msgspec.json.encode(body) + b"\n", content_type="application/json")

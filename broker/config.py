@@ -24,6 +24,7 @@ from monitoring.settings import (
     check_host,
 )
 from proto.aws.arn import queue_arn
+from proto.http1 import is_valid_host
 
 ACCOUNT_ID = re.compile(r"\d{12}")
 REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
@@ -76,7 +77,7 @@ class ApiSettings(Section, frozen=True, kw_only=True):
 
     def __post_init__(self) -> None:
         check_host(self.host)
-        if self.public_url and not re.fullmatch(r"https?://[^/\s]+", self.public_url):
+        if self.public_url and not is_origin_url(self.public_url):
             raise ValueError(
                 f"public_url must be scheme://host[:port] without a path, got {self.public_url!r}"
             )
@@ -230,7 +231,7 @@ class SnsSettings(Section, frozen=True, kw_only=True):
                 f"got {self.signing_cert_path!r}"
             )
         base = self.signing_cert_url_base
-        if base and not re.fullmatch(r"https?://[^/\s]+", base):
+        if base and not is_origin_url(base):
             raise ValueError(
                 f"signing_cert_url_base must be scheme://host[:port] without a path, got {base!r}"
             )
@@ -381,3 +382,17 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_origin_url(url: str) -> bool:
+    """Whether ``url`` is ``http(s)://host[:port]`` with nothing after it, its host a valid
+    authority (an IPv6 address in brackets, RFC 3986 3.2.2; a port up to 65535): URLs are
+    built by appending to it, and must parse."""
+    scheme, _, authority = url.partition("://")
+    return (
+        scheme in ("http", "https")
+        and authority != ""
+        and "@" not in authority
+        and is_valid_host(authority.encode("latin-1"))
+        and not authority.startswith(":")
+    )

@@ -221,3 +221,23 @@ async def test_a_reload_refuses_sns_files_the_next_start_could_not_load(tmp_path
         assert reason == str(checked.value)  # check-config's message, naming the file
         assert reason.startswith(f"{not_pem}: ")
         assert daemon.app.config is config
+
+
+async def test_post_reload_on_the_admin_listener_does_what_sighup_does(tmp_path):
+    path = tmp_path / "broker.toml"
+    base = f'[api]\nport = 0\n[admin]\nport = 0\n[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+    path.write_text(base)
+    async with running(SPEC, load(path, BrokerConfig), config_path=path) as daemon:
+        admin = address(daemon, "admin")
+        path.write_text(base + '[[queues]]\nname = "declared-by-reload"\n')
+        status, _, body = await request(admin, "POST", "/reload")
+        assert (status, msgspec.json.decode(body)) == (200, {"reloaded": True})
+        status, _, body = await request(
+            address(daemon, "api"), "POST", "/", body=b"Action=ListQueues"
+        )
+        assert b"declared-by-reload" in body
+        path.write_text(base + "[api]\n")  # a second [api] table: refused
+        status, _, body = await request(admin, "POST", "/reload")
+        refused = msgspec.json.decode(body)
+        assert (status, refused["error"]) == (400, "ConfigError")
+        assert str(path) in refused["message"]

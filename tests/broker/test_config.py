@@ -171,3 +171,22 @@ def test_listeners_that_can_both_bind_are_accepted(api, admin):
     )
     config = decode(text.encode(), BrokerConfig)
     assert (config.api.port, config.admin.port) == (api[1], admin[1])
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://::1:9324", "http://[::1", "http://x:99999", "http://a b", "http://host/", "ftp://h"],
+)
+def test_a_public_url_that_queue_urls_cannot_be_built_on_is_refused(url):
+    # An unbracketed IPv6 address passed check-config, then made every queue URL a 500.
+    document = f'[api]\npublic_url = "{url}"\n'.encode()
+    with pytest.raises(ConfigError, match=re.escape("public_url must be scheme://host[:port]")):
+        decode(document, BrokerConfig)
+    sns = f'[sns]\nsigning_cert_url_base = "{url}"\n'.encode()
+    with pytest.raises(ConfigError, match=re.escape("signing_cert_url_base must be")):
+        decode(sns, BrokerConfig)
+
+
+@pytest.mark.parametrize("url", ["http://[::1]:9324", "https://sqs.example.com", "http://10.0.0.1"])
+def test_public_urls_of_any_host_form_are_accepted(url):
+    assert decode(f'[api]\npublic_url = "{url}"\n'.encode(), BrokerConfig).api.public_url == url
