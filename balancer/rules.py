@@ -124,12 +124,13 @@ class Wildcard:
 
 
 def strip_port(host: str) -> str:
-    """``example.com:8080`` -> ``example.com``; ``[::1]:80`` -> ``[::1]``."""
+    """``example.com:8080`` -> ``example.com``; ``[::1]:80`` -> ``[::1]``; an empty port
+    (``example.com:``, which RFC 3986 3.2.3 allows) goes too."""
     if host.startswith("["):
         close = host.find("]")
         return host if close < 0 else host[: close + 1]
     name, colon, port = host.rpartition(":")
-    return name if colon and port.isdigit() else host
+    return name if colon and (port.isdigit() or not port) else host
 
 
 def parse_query(query: str) -> list[tuple[str | None, str]]:

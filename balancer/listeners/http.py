@@ -738,9 +738,9 @@ def request_url(scheme: str, host: bytes | None, target: bytes, port: int) -> st
             return text  # authority-form (CONNECT) or "*": as sent
         authority, slash, path = rest.partition("/")
         if not _has_port(authority):
-            authority = f"{authority}:{port}"
+            authority = f"{_without_empty_port(authority)}:{port}"
         return f"{scheme_part}://{authority}{slash}{path}"
-    name = (host or b"-").decode("latin-1")
+    name = _without_empty_port((host or b"-").decode("latin-1"))
     if _has_port(name):
         name = name.rpartition(":")[0]
     return f"{scheme}://{name}:{port}{text}"
@@ -750,6 +750,13 @@ def _has_port(authority: str) -> bool:
     """Whether ``host:port`` / ``[v6]:port`` names a port (a bare IPv6 literal does not)."""
     head, colon, tail = authority.rpartition(":")
     return bool(colon) and tail.isdigit() and (not head.startswith("[") or head.endswith("]"))
+
+
+def _without_empty_port(authority: str) -> str:
+    """``example.com:`` -> ``example.com`` (an empty port, RFC 3986 3.2.3); else as given."""
+    if authority.endswith(":") and (not authority.startswith("[") or authority.endswith("]:")):
+        return authority[:-1]
+    return authority
 
 
 def _view(ex: Exchange, listener: ListenerRuntime) -> RequestView:

@@ -164,6 +164,8 @@ def test_wildcard_on_any_text(pattern, text):
         ("[::1", "[::1"),
         ("a:b", "a:b"),
         ("", ""),
+        ("example.com:", "example.com"),  # an empty port (RFC 3986 3.2.3)
+        ("[::1]:", "[::1]"),
     ],
 )
 def test_strip_port(host, stripped):

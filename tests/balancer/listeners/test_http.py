@@ -23,6 +23,7 @@ from balancer.config import (
     Redirect,
     Rule,
 )
+from balancer.listeners import http as http_listener
 from proto.http1 import verdict
 from tests.support.balancer_http import (
     Client,
@@ -887,3 +888,17 @@ async def test_a_request_cut_when_the_grace_period_ends_is_answered_logged_and_c
     assert fields[8:10] == ["502", "-"]  # the balancer's 502; the target never answered
     assert re.fullmatch(r"GET http://x:\d+/slow HTTP/1\.1", fields[12])
     assert fields[24] == "Draining"
+
+
+@pytest.mark.parametrize(
+    ("host", "target", "url"),
+    [
+        (b"example.com:", b"/x", "http://example.com:8080/x"),
+        (b"[::1]:", b"/x", "http://[::1]:8080/x"),
+        (b"example.com:81", b"/x", "http://example.com:8080/x"),
+        (None, b"http://example.com:/y", "http://example.com:8080/y"),
+        (None, b"http://[::1]/y", "http://[::1]:8080/y"),
+    ],
+)
+def test_the_logged_url_has_one_port_even_for_an_empty_one(host, target, url):
+    assert http_listener.request_url("http", host, target, 8080) == url
