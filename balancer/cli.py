@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (the supervisor's say role=supervisor).
     worker = current_worker()
     fields = {} if worker is None else {"worker": worker.index}
-    return run_cli(SPEC, argv, check=check_files, log_fields=fields)
+    return run_cli(SPEC, argv, check=check_files, log_fields=fields, supervised=worker is not None)
 
 
 if __name__ == "__main__":

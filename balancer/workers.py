@@ -12,12 +12,21 @@ its index in the environment (:mod:`balancer.peers` is the children's side), and
   (``NotifyAccess=main``): READY=1 once every worker has reported ready, RELOADING=1 and
   READY=1 around a reload (after every worker has reported back, or a timeout), STOPPING=1,
   and the watchdog pings. The children's own watchdog variables are removed.
+- **Hung workers.** When the unit sets ``WatchdogSec`` the supervisor's pings say nothing of
+  its workers', so each worker gets the same ``WATCHDOG_USEC`` and pings the supervisor's
+  socket for it from its own event loop, as a single process pings systemd. A worker that
+  reported ready and then sends no ``WATCHDOG=1`` for a whole watchdog timeout (two pings
+  missed) is logged (``event=worker.hung``) and killed with SIGKILL; the crash restart below
+  replaces it. Without ``WatchdogSec`` nothing is watched, as for a single process.
 - **Signals.** SIGTERM/SIGINT are forwarded to every worker. After SIGTERM the supervisor
   waits for the workers to drain (their ``grace_period_seconds``, plus a margin) and kills
-  what is left, then exits 0. SIGHUP goes to every worker that has reported ready since its
-  process started; one still starting (at the supervisor's start, or a replacement after a
-  crash) has no signal handling yet, and SIGHUP's default action would kill it, so it gets
-  the SIGHUP once it reports ready (it may have read the file before the change).
+  what is left, then exits 0. A second SIGINT (Ctrl-C again) while they drain goes to every
+  worker as SIGINT, which cuts its drain short as it does a single process's, and the
+  supervisor then exits 130 as a single process does. SIGHUP goes to every worker that has
+  reported ready since its process started; one still starting (at the supervisor's start,
+  or a replacement after a crash) has no signal handling yet, and SIGHUP's default action
+  would kill it, so it gets the SIGHUP once it reports ready (it may have read the file
+  before the change).
 - **Start failures.** Until every worker has reported ready, a worker process that exits
   before it reported ready cannot start (a certificate file missing, an address in use): the
   supervisor does not restart it but logs ``event=daemon.start_failed`` with the worker's
@@ -47,6 +56,7 @@ its index in the environment (:mod:`balancer.peers` is the children's side), and
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import signal
@@ -62,7 +72,7 @@ import trio
 
 from balancer.config import BalancerConfig
 from balancer.peers import COUNT_ENV, INDEX_ENV, SUPERVISOR_ENV, check_workers
-from monitoring.cli import EXIT_START, START_FAILED_STATUS
+from monitoring.cli import EXIT_INTERRUPTED, EXIT_START, START_FAILED_STATUS
 from monitoring.configfile import ConfigError, load
 from monitoring.logging import EventLog
 from monitoring.sdnotify import Notifier
@@ -87,6 +97,9 @@ class _Worker:
         self.ready = 0  # READY=1 messages received since the supervisor started
         self.ready_at_start = 0  # ``ready`` when the current process started
         self.status = ""
+        # When it last showed its event loop turning (WATCHDOG=1 or READY=1), trio's clock.
+        self.heartbeat = -math.inf
+        self.draining = False  # its current process has sent STOPPING=1
         self._changed = trio.Event()
         self._socket: socket.socket | None = None
 
@@ -130,6 +143,11 @@ class _Worker:
             key, _, value = line.partition("=")
             if key == "READY" and value == "1":
                 self.ready += 1
+                self.heartbeat = trio.current_time()
+            elif key == "WATCHDOG" and value == "1":
+                self.heartbeat = trio.current_time()
+            elif key == "STOPPING" and value == "1":
+                self.draining = True
             elif key == "STATUS":
                 self.status = value
         self._changed.set()
@@ -140,6 +158,10 @@ class _Worker:
         """Its current process has reported ready: it handles signals (a worker installs its
         signal handling before it sends READY=1; until then SIGHUP's default action kills)."""
         return self.process is not None and self.ready > self.ready_at_start
+
+    async def changed(self) -> None:
+        """Until the next notification or exit."""
+        await self._changed.wait()
 
     def exited(self) -> None:
         self.process = None
@@ -163,10 +185,17 @@ class _Worker:
 
 
 def child_environment(
-    environ: Mapping[str, str], index: int, count: int, notify_socket: str
+    environ: Mapping[str, str],
+    index: int,
+    count: int,
+    notify_socket: str,
+    watchdog_usec: int | None = None,
 ) -> dict[str, str]:
-    """The environment of worker ``index``: ours, with its identity and its notify socket."""
+    """The environment of worker ``index``: ours, with its identity and its notify socket
+    (and ``watchdog_usec``, the timeout within which it must ping that socket)."""
     env = {k: v for k, v in environ.items() if k not in _CHILD_ENV_DROPPED}
+    if watchdog_usec is not None:
+        env["WATCHDOG_USEC"] = str(watchdog_usec)  # no WATCHDOG_PID: it is the worker's own
     env.update(
         {
             INDEX_ENV: str(index),
@@ -222,13 +251,18 @@ class Supervisor:
         self._finish = trio.Event()  # SIGTERM/SIGINT, or a worker that cannot start
         self.ready_announced = False  # READY=1 sent: every worker reported ready once
         self.failure: str | None = None  # why the workers cannot start
+        self._nursery: trio.Nursery | None = None
+        # A second SIGINT cut the workers' drains short; the supervisor exits 130.
+        self.drain_cut_short = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> int:
-        """Supervise until SIGTERM or SIGINT (returns 0) or until a worker cannot start
-        (returns 1, the reason in :attr:`failure`)."""
+        """Supervise until SIGTERM or SIGINT (returns 0; 130 when a second SIGINT cut the
+        drains short) or until a worker cannot start (returns 1, the reason in
+        :attr:`failure`)."""
         try:
             with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as sigs:
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     for worker in self.workers:
                         worker.open_socket()
                         nursery.start_soon(worker.listen)
@@ -237,6 +271,7 @@ class Supervisor:
                     interval = self.notifier.watchdog_interval()
                     if interval is not None:
                         nursery.start_soon(self._watchdog, interval)
+                        nursery.start_soon(self._watch_workers, interval)
                     nursery.start_soon(self._handle_signals, sigs, nursery)
                     task_status.started()
                     await self._finish.wait()
@@ -247,7 +282,9 @@ class Supervisor:
                 worker.close_socket()
             shutil.rmtree(self._directory, ignore_errors=True)
         self.log.info("supervisor.stopped")
-        return 0 if self.failure is None else EXIT_START
+        if self.failure is not None:
+            return EXIT_START
+        return EXIT_INTERRUPTED if self.drain_cut_short else 0
 
     def request_stop(self) -> None:
         """Stop as SIGTERM does: drain every worker, then :meth:`run` returns."""
@@ -257,13 +294,48 @@ class Supervisor:
         # Read until the end (this task is cancelled with the rest): a signal left unread
         # when the receiver closes is delivered again, and SIGHUP's default action kills.
         async for signum in signals:
-            if self._finish.is_set():
+            if self._finish.is_set() and signum == signal.SIGINT:
+                # Ctrl-C again: the operator will not wait. A second SIGTERM stays ignored:
+                # systemd sends one, then SIGKILL once TimeoutStopSec is over.
+                self.cut_drain_short()
+            elif self._finish.is_set():
                 name = signal.Signals(signum).name
                 self.log.info("daemon.signal_ignored", signal=name, reason="stopping")
             elif signum == signal.SIGHUP:
                 nursery.start_soon(self.reload)
             else:
                 self.request_stop()
+
+    def cut_drain_short(self) -> None:
+        """Stop now: every worker cuts the requests it still has in flight."""
+        if not self.drain_cut_short:
+            self.drain_cut_short = True
+            self.log.warning("daemon.drain_cut_short", signal="SIGINT")
+        self._finish.set()
+        if self.stopping.is_set():  # else stop() sends it, after the SIGTERM that starts drains
+            self._cut_drains()
+
+    def _cut_drains(self) -> None:
+        for worker in self.workers:
+            if worker.process is not None and self._nursery is not None:
+                self._nursery.start_soon(self._cut_drain, worker, worker.process)
+
+    async def _cut_drain(self, worker: _Worker, process: trio.Process) -> None:
+        """SIGINT to ``process`` once its drain has begun: a SIGINT that reaches it with the
+        SIGTERM still unread may be read first, and start a drain (the SIGTERM then ignored)
+        instead of cutting it. One still starting has no handler: SIGINT ends it at once."""
+        if worker.serving:
+            with trio.move_on_after(STOP_MARGIN_SECONDS):  # it may never say STOPPING=1
+                while worker.process is process and not worker.draining:
+                    await worker.changed()
+        if process.returncode is None:
+            process.send_signal(signal.SIGINT)
+
+    def _send_to_workers(self, signum: signal.Signals) -> None:
+        for worker in self.workers:
+            process = worker.process
+            if process is not None and process.returncode is None:
+                process.send_signal(signum)
 
     def _cannot_start(self, worker: _Worker, pid: int, code: int) -> None:
         """A worker exited before it was ready, during the start: stop, and exit 1."""
@@ -282,7 +354,11 @@ class Supervisor:
         try:
             while not self.stopping.is_set():
                 env = child_environment(
-                    os.environ, worker.index, len(self.workers), worker.socket_path
+                    os.environ,
+                    worker.index,
+                    len(self.workers),
+                    worker.socket_path,
+                    self._worker_watchdog_usec(),
                 )
                 started = trio.current_time()
                 try:
@@ -295,6 +371,7 @@ class Supervisor:
                     continue
                 worker.process = process
                 worker.status = ""  # a reason it gives is its own, not its predecessor's
+                worker.draining = False
                 worker.ready_at_start = worker.ready
                 self.log.info("worker.started", index=worker.index, pid=process.pid)
                 if self.stopping.is_set():  # the stop began while it was starting
@@ -337,6 +414,32 @@ class Supervisor:
         while True:
             self.notifier.watchdog()
             await trio.sleep(interval)
+
+    def _worker_watchdog_usec(self) -> int | None:
+        interval = self.notifier.watchdog_interval()
+        return None if interval is None else round(interval * 2 * 1_000_000)
+
+    async def _watch_workers(self, interval: float) -> None:
+        """Kill a ready worker whose loop has not pinged for a watchdog timeout (2 pings)."""
+        timeout = interval * 2
+        while not self.stopping.is_set():
+            await trio.sleep(interval)
+            now = trio.current_time()
+            for worker in self.workers:
+                process = worker.process
+                if process is None or process.returncode is not None or not worker.serving:
+                    continue
+                worker.drain()  # a ping already queued counts
+                silent = now - worker.heartbeat
+                if silent > timeout and not self.stopping.is_set():
+                    self.log.error(
+                        "worker.hung",
+                        index=worker.index,
+                        pid=process.pid,
+                        silent_seconds=round(silent, 1),
+                        watchdog_seconds=timeout,
+                    )
+                    process.kill()  # _keep_running sees the exit and restarts it
 
     async def reload(self) -> None:
         """Forward SIGHUP to every worker, those still starting once they are ready; READY=1
@@ -397,9 +500,9 @@ class Supervisor:
         self.notifier.stopping()
         grace = self.config.lifecycle.grace_period_seconds
         self.log.info("supervisor.stopping", grace_period_seconds=grace)
-        for worker in self.workers:
-            if worker.process is not None:
-                worker.process.send_signal(signal.SIGTERM)
+        self._send_to_workers(signal.SIGTERM)
+        if self.drain_cut_short:
+            self._cut_drains()
         with trio.move_on_after(grace + STOP_MARGIN_SECONDS):
             await self._all_exited.wait()
         for worker in self.workers:

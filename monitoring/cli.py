@@ -14,7 +14,10 @@ A ``serve`` that cannot start (a configuration file that does not load, a file t
 cannot read, an address in use) prints one line, ``wharf-<daemon>: cannot start: <reason>``,
 logs ``event=daemon.start_failed``, sends ``STATUS=cannot start: <reason>`` to the service
 manager (a supervisor of several worker processes reads it there: :mod:`balancer.workers`)
-and exits 1. A second Ctrl-C during the drain cuts it short; the exit status is then 130.
+and exits 1. A supervised worker (``supervised``) logs and sends it but prints nothing: its
+supervisor prints the one line, so that several workers do not repeat it.
+
+A second Ctrl-C during the drain cuts it short; the exit status is then 130.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ def main(
     commands: Sequence[Command] = (),
     check: FileCheck | None = None,
     log_fields: Mapping[str, object] | None = None,
+    supervised: bool = False,
 ) -> int:
     """Run the CLI of the daemon ``spec`` describes; returns the process exit code.
 
@@ -75,7 +79,10 @@ def main(
         check: what ``check-config`` runs on a file that decoded (see :data:`FileCheck`).
         log_fields: added to every event the daemon logs (a balancer worker's index: its
             lines share one journal with its siblings').
+        supervised: this process is one worker of a supervisor that reads its ``STATUS=``
+            and prints the ``cannot start`` line itself; the worker does not print it.
     """
+    say_cannot_start = not supervised
     parser = argparse.ArgumentParser(prog=f"wharf-{spec.name}")
     parser.add_argument("--version", action="version", version=f"%(prog)s {spec.version}")
     subparsers = parser.add_subparsers(dest="command")
@@ -119,7 +126,7 @@ def main(
         # The file's own level is unknown: the default one, which shows errors.
         log = EventLog(spec.name).bind(**(log_fields or {}))
         log.error("daemon.start_failed", reason=str(exc))
-        return _cannot_start(spec, Notifier.from_environ(), str(exc))
+        return _cannot_start(spec, Notifier.from_environ(), str(exc), say=say_cannot_start)
     for command in commands:
         if command.name == args.command:
             return command.run(args, config)
@@ -131,13 +138,13 @@ def main(
     except ConfigError as exc:
         # Daemon.run logs its own start failures; this one came before it could.
         log.error("daemon.start_failed", reason=str(exc))
-        return _cannot_start(spec, notifier, str(exc))
+        return _cannot_start(spec, notifier, str(exc), say=say_cannot_start)
     try:
         trio.run(_serve, daemon)
     except KeyboardInterrupt:  # Ctrl-C before the daemon listens for signals, or after
         return EXIT_INTERRUPTED
     except StartupError as error:
-        return _cannot_start(spec, notifier, str(error))
+        return _cannot_start(spec, notifier, str(error), say=say_cannot_start)
     except DaemonFailed as error:
         _say_error(f"wharf-{spec.name}: stopped: {error}")
         return EXIT_FAILED
@@ -145,13 +152,15 @@ def main(
         failed, others = group.split(StartupError)
         if failed is None or others is not None:
             raise
-        return _cannot_start(spec, notifier, str(_first(failed)))
+        return _cannot_start(spec, notifier, str(_first(failed)), say=say_cannot_start)
     return EXIT_INTERRUPTED if daemon.drain_cut_short else EXIT_OK
 
 
-def _cannot_start(spec: DaemonSpec[Any], notifier: Notifier, reason: str) -> int:
-    """Say in one line why the daemon cannot start, on stderr and to the service manager."""
-    _say_error(f"wharf-{spec.name}: cannot start: {reason}")
+def _cannot_start(spec: DaemonSpec[Any], notifier: Notifier, reason: str, *, say: bool) -> int:
+    """Say in one line why the daemon cannot start, on stderr (when ``say``) and to the
+    service manager."""
+    if say:
+        _say_error(f"wharf-{spec.name}: cannot start: {reason}")
     _report_start_failure(notifier, reason)
     return EXIT_START
 

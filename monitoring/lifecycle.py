@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import resource
 import signal
 import socket
 import time
@@ -43,11 +44,18 @@ from monitoring.logging import EventLog
 from monitoring.metrics import Metrics
 from monitoring.sdnotify import Notifier
 from monitoring.settings import AdminSettings, LifecycleSettings, LoggingSettings
+from monitoring.throttle import Throttle
 
 # accept() errors that mean "out of a resource right now", not "this listener is broken":
 # back off and retry, as trio's serve_listeners does, instead of dying.
 ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 ACCEPT_BACKOFF_SECONDS: Final = 0.1
+# While descriptors stay exhausted the backoff retries ten times a second: one log line per
+# listener and interval says so (nginx and HAProxy log it once), the metric counts them all.
+ACCEPT_FAILED_LOG_INTERVAL_SECONDS: Final = 60.0
+# Descriptors a process needs beyond its connections: listening sockets, log and state
+# files, the event loop's own, a few outgoing connections.
+DESCRIPTOR_HEADROOM: Final = 256
 # Connections accepted one after the other before the accept loop yields to the others.
 ACCEPT_BURST: Final = 16
 LISTEN_BACKLOG: Final = 0xFFFF  # as trio asks; the kernel caps it at net.core.somaxconn
@@ -90,6 +98,9 @@ class Listener:
     _stop_deadline: float = field(default=math.inf, repr=False)
     _keep_sockets: bool = field(default=False, repr=False)
     _served: trio.Event = field(default_factory=trio.Event, repr=False)
+    # One count of open connections for all of the listener's sockets: ``localhost`` or ``""``
+    # binds 127.0.0.1 and ::1, and max_connections is the listener's, not each socket's.
+    _limiter: trio.CapacityLimiter | None = field(default=None, repr=False)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -191,6 +202,9 @@ class Frame:
     # connections accepted by those already gone: the accepted counter never goes backwards.
     _retiring: list[Listener] = field(default_factory=list)
     _accepted_before: dict[str, int] = field(default_factory=dict)
+    _accept_failures: Throttle = field(
+        default_factory=lambda: Throttle(ACCEPT_FAILED_LOG_INTERVAL_SECONDS)
+    )
 
     async def serve_listeners(
         self,
@@ -292,6 +306,10 @@ class Frame:
         """One listener's accept loops and connections, until it or the daemon stops."""
         self.listeners.append(listener)
         self.metrics.handler_errors.labels(listener.name)  # the series exists at 0 from now
+        for number in sorted(ACCEPT_CAPACITY_ERRNOS):
+            self.metrics.accept_errors.labels(listener.name, errno.errorcode[number])
+        if listener._limiter is None:
+            listener._limiter = trio.CapacityLimiter(listener.max_connections)
         for address in listener.addresses:
             self.log.info("listener.bound", name=listener.name, addr=_format(address))
         try:
@@ -306,7 +324,9 @@ class Frame:
                         ):
                             accepting.cancel_scope.cancel()
                         for sock in listener.sockets:
-                            accepting.start_soon(self._accept_loop, listener, sock, handlers)
+                            accepting.start_soon(
+                                self._accept_loop, listener, listener._limiter, sock, handlers
+                            )
                         task_status.started()
                 finally:
                     # Closing a listening socket does not wait on any peer; shield it so that
@@ -324,25 +344,35 @@ class Frame:
                 self._accepted_before[listener.name] = before + listener.accepted
 
     async def _accept_loop(
-        self, listener: Listener, sock: trio.SocketListener, handlers: trio.Nursery
+        self,
+        listener: Listener,
+        limiter: trio.CapacityLimiter,
+        sock: trio.SocketListener,
+        handlers: trio.Nursery,
     ) -> None:
         # A full house stops accept(): new clients wait in the kernel's backlog instead of
         # being accepted and dropped, as HAProxy's maxconn does.
-        limiter = trio.CapacityLimiter(listener.max_connections)
         in_a_row = 0  # connections taken from the backlog without a trip through the scheduler
+        # The limiter is shared by the listener's sockets: a loop that held a slot while it
+        # waited for a client would keep it from a sibling socket whose client is waiting.
+        shared = len(listener.sockets) > 1
         while True:
             token = object()  # the connection's slot; its handler task releases it
             try:
                 limiter.acquire_on_behalf_of_nowait(token)
             except trio.WouldBlock:
                 await limiter.acquire_on_behalf_of(token)
+            if shared and not fastio.readable_now(sock.socket.fileno()):
+                limiter.release_on_behalf_of(token)
+                await trio.lowlevel.wait_readable(sock.socket)
+                continue
             in_a_row += 1
             try:
                 stream = await fastio.accept(sock, checkpoint=in_a_row % ACCEPT_BURST == 0)
             except OSError as exc:
                 limiter.release_on_behalf_of(token)
                 if exc.errno in ACCEPT_CAPACITY_ERRNOS:
-                    self.log.error("listener.accept_failed", name=listener.name, error=str(exc))
+                    self._accept_failed(listener, exc)
                     await trio.sleep(ACCEPT_BACKOFF_SECONDS)
                     continue
                 raise
@@ -352,6 +382,19 @@ class Frame:
             listener.accepted += 1
             listener.active += 1
             handlers.start_soon(self._run_handler, listener, stream, limiter, token)
+
+    def _accept_failed(self, listener: Listener, error: OSError) -> None:
+        code = errno.errorcode.get(error.errno or 0, str(error.errno))
+        self.metrics.accept_errors.labels(listener.name, code).inc()
+        held_back = self._accept_failures.admit(listener.name)
+        if held_back is not None:
+            self.log.error(
+                "listener.accept_failed",
+                name=listener.name,
+                error=str(error),
+                retry_in_seconds=ACCEPT_BACKOFF_SECONDS,
+                held_back=held_back,
+            )
 
     async def _run_handler(
         self,
@@ -392,6 +435,30 @@ def connection_metrics(frame: Frame) -> Callable[[], Iterable[Metric]]:
         return [open_, accepted]
 
     return collect
+
+
+def descriptors_needed(listeners: Iterable[Listener]) -> int:
+    """Open files a process needs for its listeners' connection limits, plus headroom."""
+    return sum(listener.max_connections for listener in listeners) + DESCRIPTOR_HEADROOM
+
+
+def warn_if_descriptors_short(listeners: Iterable[Listener], log: EventLog) -> None:
+    """Warn once when RLIMIT_NOFILE cannot hold the configured connection limits.
+
+    Past the limit accept() fails with EMFILE and clients wait in the backlog: better said
+    at the start, with the fix, than found in the middle of a peak (nginx warns likewise,
+    "worker_connections exceed open file resource limit").
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = descriptors_needed(listeners)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "daemon.open_files_limit_low",
+            limit=soft,
+            needed=needed,
+            fix="raise LimitNOFILE= in the systemd unit (ulimit -n by hand) "
+            "or lower the listeners' connection limits",
+        )
 
 
 def _format(address: tuple[str, int]) -> str:
@@ -494,6 +561,7 @@ class Daemon(Generic[C]):
                     reason = startup_reason(error)
                     self.log.error("daemon.start_failed", reason=reason)
                     raise StartupError(reason) from error
+                warn_if_descriptors_short(self.frame.listeners, self.log)
                 self.frame.ready = True
                 self.notifier.ready(status="serving")
                 self.log.info("daemon.ready", version=self.spec.version)

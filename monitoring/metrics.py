@@ -146,6 +146,12 @@ class Metrics:
             "Unexpected exceptions caught in connection handlers (each a bug, never fatal).",
             ["listener"],
         )
+        self.accept_errors = self.counter(
+            "wharf_accept_errors",
+            "accept() failures for want of a resource (descriptors, memory), per listener and "
+            "errno; the listener pauses and retries.",
+            ["listener", "errno"],
+        )
         self.config_reloads = self.counter(
             "wharf_config_reloads",
             "Configuration reload attempts by outcome.",

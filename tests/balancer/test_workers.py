@@ -400,6 +400,9 @@ def assert_cannot_start(daemon: DaemonProcess, sent: list[bytes], reason: str) -
     assert daemon.process.returncode == 1
     # One line says why, the worker's own reason, as with workers = 1.
     assert daemon.log_lines[-1] == f"wharf-balancer: cannot start: {reason}"
+    # The supervisor's line alone: the workers send their reason, they do not print it too.
+    said = [line for line in daemon.log_lines if "wharf-balancer: cannot start:" in line]
+    assert said == [f"wharf-balancer: cannot start: {reason}"], daemon.log_lines
     failed = [line for line in daemon.log_lines if "event=daemon.start_failed" in line]
     assert any("role=supervisor" in line for line in failed), daemon.log_lines
     # Not restarted: each worker started once; systemd never heard READY=1, but the reason.
@@ -738,3 +741,84 @@ async def test_a_reload_that_changes_workers_says_a_restart_is_needed(tmp_path, 
         warned.append(warning in fake.log[before:])
     assert warned == [True, True, False]
     await fake.stop()
+
+
+@pytest.mark.slow
+async def test_a_second_sigint_cuts_the_workers_drains_short_and_exits_130(tmp_path):
+    """The supervisor ignored a second Ctrl-C: the workers drained their whole grace period
+    and the supervisor exited 0, where a single process cuts its drain and exits 130."""
+    port, admin_port = free_port(), free_port(start_pair=True)
+    config = tmp_path / "balancer.toml"
+    config.write_text(listener_config(workers=2, port=port, admin=admin_port, grace=300))
+    with trio.fail_after(60):  # far below the grace period: only a cut drain ends in time
+        async with daemon_process("balancer", config, tmp_path) as daemon:
+            assert (await daemon.next_notification()).startswith(b"READY=1")
+            busy = await trio.open_tcp_stream("127.0.0.1", port)
+            async with busy:
+                await busy.send_all(b"GET / HTTP/1.1\r\n")  # a request under way: drains wait
+                await trio.sleep(0.2)
+                daemon.signal(signal.SIGINT)
+                assert await daemon.next_notification() == b"STOPPING=1"
+                await daemon.wait_log("event=daemon.stopping")  # a worker drains
+                daemon.signal(signal.SIGINT)
+                await daemon.process.wait()
+    assert daemon.process.returncode == 130
+    assert any(
+        "event=daemon.drain_cut_short" in line and "role=supervisor" in line
+        for line in daemon.log_lines
+    ), daemon.log_lines
+    assert any(
+        "event=daemon.drain_cut_short" in line and "worker=" in line for line in daemon.log_lines
+    ), daemon.log_lines
+
+
+class WatchdogNotifier(RecordingNotifier):
+    """The supervisor's service manager, with ``WatchdogSec`` set."""
+
+    def __init__(self, watchdog_usec: int) -> None:
+        super().__init__()
+        self._watchdog_usec = watchdog_usec
+
+
+@pytest.mark.slow
+async def test_a_worker_whose_loop_hangs_is_killed_and_replaced(tmp_path, nursery):
+    """The supervisor pinged systemd's watchdog whatever its workers did: a worker stuck
+    (here: stopped by SIGSTOP) was never noticed and its share of the clients waited."""
+    port, admin_port = free_port(), free_port(start_pair=True)
+    config = tmp_path / "balancer.toml"
+    config.write_text(listener_config(workers=2, port=port, admin=admin_port))
+    notifier = WatchdogNotifier(watchdog_usec=2_000_000)
+    stream = io.StringIO()
+    supervisor = Supervisor(
+        load(config, BalancerConfig),
+        config,
+        notifier=notifier,
+        log=EventLog("balancer", stream=stream),
+    )
+    done = trio.Event()
+    codes: list[int] = []
+
+    async def run() -> None:
+        codes.append(await supervisor.run())
+        done.set()
+
+    nursery.start_soon(run)
+    with trio.fail_after(30):
+        await notifier.readied.wait()
+    hung, other = supervisor.workers
+    assert hung.process is not None
+    assert other.process is not None
+    hung_pid, other_pid = hung.process.pid, other.process.pid
+    await trio.sleep(2.5)  # beyond a watchdog timeout: a worker that pings is left alone
+    assert "event=worker.hung" not in stream.getvalue()
+    os.kill(hung_pid, signal.SIGSTOP)
+    await wait_for(lambda: hung.process is not None and hung.process.pid != hung_pid, 30)
+    await wait_for(lambda: hung.serving, 30)
+    logged = stream.getvalue()
+    assert f"event=worker.hung daemon=balancer index=0 pid={hung_pid}" in logged, logged
+    assert other.process is not None
+    assert other.process.pid == other_pid  # spared
+    supervisor.request_stop()
+    with trio.fail_after(30):
+        await done.wait()
+    assert codes == [0]

@@ -177,3 +177,23 @@ def test_an_emptied_config_file_stops_the_start_instead_of_serving_the_defaults(
         f"wharf-broker: cannot start: {config}: the file is empty (no keys, only whitespace "
         "or comments); run without --config for the embedded defaults"
     )
+
+
+def test_a_supervised_worker_that_cannot_start_leaves_the_line_to_its_supervisor(
+    tmp_path, capsys, notify_socket
+):
+    """With ``workers = 2`` the worker printed the line and its supervisor printed it again."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "broker.toml"
+        config.write_text(
+            f'[api]\nport = {port}\n[admin]\nport = 0\n[storage]\ndata_dir = "{tmp_path}"\n'
+        )
+        assert main(SPEC, ["serve", "--config", str(config)], supervised=True) == 1
+    reason = f"cannot bind 127.0.0.1:{port}: Address already in use"
+    err = capsys.readouterr().err
+    assert "cannot start:" not in err.replace("event=daemon.start_failed", "")
+    assert "event=daemon.start_failed" in err  # its log line stays, for the journal
+    assert notifications(notify_socket) == [f"STATUS=cannot start: {reason}".encode()]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import errno
 import io
+import resource
 import signal
 
 import msgspec
@@ -12,6 +13,7 @@ from prometheus_client import generate_latest
 from broker.cli import SPEC as BROKER
 from broker.config import ApiSettings, BrokerConfig, StorageSettings
 from monitoring.lifecycle import (
+    DESCRIPTOR_HEADROOM,
     Daemon,
     DaemonFailed,
     Frame,
@@ -22,7 +24,7 @@ from monitoring.lifecycle import (
 )
 from monitoring.logging import EventLog
 from monitoring.metrics import Metrics
-from monitoring.settings import AdminSettings, LifecycleSettings
+from monitoring.settings import AdminSettings, HttpLimits, LifecycleSettings
 from tests.support.daemons import address, running
 from tests.support.http import request
 from tests.support.processes import daemon_process
@@ -110,6 +112,100 @@ async def test_running_out_of_descriptors_backs_off_and_serves_the_client_later(
     assert "event=listener.accept_failed" in out.getvalue()
     assert listener.active == 0  # the failed attempt gave its slot back
     frame.stop(0)
+
+
+async def test_max_connections_counts_the_connections_of_every_socket_of_the_listener(nursery):
+    """A listener on two addresses (``localhost``: 127.0.0.1 and ::1) held twice its limit."""
+    frame, _ = make_frame()
+    release = trio.Event()
+
+    async def handler(stream):
+        await stream.send_all(b"hi")
+        await release.wait()
+
+    sockets = [*await bind_tcp("127.0.0.1", 0), *await bind_tcp("127.0.0.1", 0)]
+    listener = Listener("t", sockets, handler, max_connections=1)
+    await nursery.start(frame.serve_listeners, [listener])
+    first = await trio.open_tcp_stream(*listener.addresses[0])
+    second = await trio.open_tcp_stream(*listener.addresses[1])  # the other socket
+    async with first, second:
+        assert await first.receive_some(10) == b"hi"
+        with trio.move_on_after(0.3) as waited:
+            await second.receive_some(10)
+        assert waited.cancelled_caught, "the second socket served beyond max_connections"
+        assert listener.active == 1
+        release.set()
+        with trio.fail_after(5):
+            assert await second.receive_some(10) == b"hi"
+    frame.stop(0)
+
+
+async def test_descriptors_exhausted_log_once_per_interval_and_count_every_failure(
+    nursery, monkeypatch
+):
+    """The backoff retried ten times a second and logged an error each time: 36,000 lines
+    an hour while descriptors stayed exhausted."""
+    from monitoring import fastio, lifecycle
+
+    frame, out = make_frame()
+    accept = fastio.accept
+    failures = [OSError(errno.EMFILE, "Too many open files") for _ in range(5)]
+
+    async def accept_failing(listener, *, checkpoint):
+        if failures:
+            raise failures.pop()
+        return await accept(listener, checkpoint=checkpoint)
+
+    monkeypatch.setattr(fastio, "accept", accept_failing)
+    monkeypatch.setattr(lifecycle, "ACCEPT_BACKOFF_SECONDS", 0.01)
+
+    async def handler(stream):
+        await stream.send_all(b"hi")
+
+    listener = Listener("t", await bind_tcp("127.0.0.1", 0), handler)
+    await nursery.start(frame.serve_listeners, [listener])
+    client = await trio.open_tcp_stream(*listener.addresses[0])
+    async with client:
+        with trio.fail_after(5):
+            assert await client.receive_some(10) == b"hi"
+    assert out.getvalue().count("event=listener.accept_failed") == 1
+    assert "held_back=0" in out.getvalue()
+    metrics = generate_latest(frame.metrics.registry).decode()
+    assert 'wharf_accept_errors_total{errno="EMFILE",listener="t"} 5.0' in metrics
+    for name in ("ENFILE", "ENOBUFS", "ENOMEM"):  # exported from the start, at 0
+        assert f'wharf_accept_errors_total{{errno="{name}",listener="t"}} 0.0' in metrics
+    frame.stop(0)
+
+
+async def test_a_start_with_too_few_descriptors_for_the_connection_limits_warns_once(tmp_path):
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    config = BrokerConfig(
+        admin=AdminSettings(port=0),
+        api=ApiSettings(port=0, limits=HttpLimits(max_connections=soft)),
+        storage=StorageSettings(data_dir=str(tmp_path / "data")),
+    )
+    async with running(BROKER, config) as daemon:
+        logged = daemon.log_output.getvalue()  # type: ignore[attr-defined]
+    warnings = [line for line in logged.splitlines() if "open_files_limit_low" in line]
+    assert len(warnings) == 1, logged
+    # admin's 10000 and api's limit, plus headroom for the rest
+    assert f"limit={soft} " in warnings[0]
+    assert f"needed={soft + 10000 + DESCRIPTOR_HEADROOM} " in warnings[0]
+    assert "LimitNOFILE=" in warnings[0]
+
+
+async def test_a_start_with_enough_descriptors_does_not_warn(tmp_path):
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 10000 + 10 + DESCRIPTOR_HEADROOM:
+        pytest.skip(f"RLIMIT_NOFILE {soft} is below what the admin listener alone needs")
+    config = BrokerConfig(
+        admin=AdminSettings(port=0),
+        api=ApiSettings(port=0, limits=HttpLimits(max_connections=10)),
+        storage=StorageSettings(data_dir=str(tmp_path / "data")),
+    )
+    async with running(BROKER, config) as daemon:
+        logged = daemon.log_output.getvalue()  # type: ignore[attr-defined]
+    assert "open_files_limit_low" not in logged
 
 
 async def test_stop_lets_a_request_in_flight_finish():
