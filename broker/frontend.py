@@ -183,11 +183,19 @@ class Frontend:
             # AWS documents GET and POST for the query API (POST for JSON). A HEAD would run
             # its action and drop the answer (a ReceiveMessage hiding messages), and a
             # browser's CORS preflight (OPTIONS) would run the action it asks leave for.
-            return Response(
-                405,
-                b"method not allowed: the API takes GET and POST\n",
-                headers=[("allow", "GET, POST")],
+            codec = JSON_SQS if request.header(b"x-amz-target") is not None else QUERY_SQS
+            method = request.method.decode("latin-1")
+            refused = codec.error(
+                AwsError(
+                    "InvalidHttpMethod",
+                    f"The HTTP method {method} is not supported: the API takes GET and POST.",
+                    status=405,
+                ),
+                self._new_request_id(),
             )
+            response = http_response(refused)
+            response.headers.append(("allow", "GET, POST"))
+            return response
         if self.sns is not None:
             routed = await self.sns.route(request, self.authenticator)
             if routed is not None:
