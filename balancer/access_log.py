@@ -36,6 +36,7 @@ from typing import IO, Final
 
 from balancer.config import AccessLog
 from monitoring.logging import EventLog
+from monitoring.throttle import Throttle
 
 UNKNOWN: Final = "-"
 # At most one access_log.write_failed warning per destination in this many seconds; the
@@ -224,11 +225,10 @@ class AccessLogs:
     ) -> None:
         self._writers: dict[str, AccessLogWriter] = {}
         self._log = log
-        self._clock = clock
         # Per destination ever opened: failed writes and flushes (kept when a reload drops
         # the destination: a counter never goes backwards).
         self._write_errors: dict[str, int] = {}
-        self._warned_at: dict[str, float] = {}
+        self._warnings = Throttle(WRITE_FAILED_WARNING_SECONDS, clock)  # per destination
 
     def get(self, settings: AccessLog) -> AccessLogWriter | None:
         """The writer for a listener's settings, or None when its log is off.
@@ -267,11 +267,8 @@ class AccessLogs:
 
     def _write_failed(self, destination: str, exc: OSError | ValueError) -> None:
         errors = self._write_errors[destination] = self._write_errors.get(destination, 0) + 1
-        now = self._clock()
-        last = self._warned_at.get(destination)
-        if last is not None and now - last < WRITE_FAILED_WARNING_SECONDS:
+        if self._warnings.admit(destination) is None:
             return
-        self._warned_at[destination] = now
         if self._log is not None:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             self._log.warning(
