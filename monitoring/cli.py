@@ -125,8 +125,7 @@ def main(
             return EXIT_CONFIG
         # The file's own level is unknown: the default one, which shows errors.
         log = EventLog(spec.name).bind(**(log_fields or {}))
-        log.error("daemon.start_failed", reason=str(exc))
-        return _cannot_start(spec, Notifier.from_environ(), str(exc), say=say_cannot_start)
+        return _cannot_start(spec, Notifier.from_environ(), str(exc), say=say_cannot_start, log=log)
     for command in commands:
         if command.name == args.command:
             return command.run(args, config)
@@ -137,8 +136,7 @@ def main(
         daemon = Daemon(spec, config, config_path=config_path, notifier=notifier, log=log)
     except ConfigError as exc:
         # Daemon.run logs its own start failures; this one came before it could.
-        log.error("daemon.start_failed", reason=str(exc))
-        return _cannot_start(spec, notifier, str(exc), say=say_cannot_start)
+        return _cannot_start(spec, notifier, str(exc), say=say_cannot_start, log=log)
     try:
         trio.run(_serve, daemon)
     except KeyboardInterrupt:  # Ctrl-C before the daemon listens for signals, or after
@@ -156,9 +154,19 @@ def main(
     return EXIT_INTERRUPTED if daemon.drain_cut_short else EXIT_OK
 
 
-def _cannot_start(spec: DaemonSpec[Any], notifier: Notifier, reason: str, *, say: bool) -> int:
+def _cannot_start(
+    spec: DaemonSpec[Any],
+    notifier: Notifier,
+    reason: str,
+    *,
+    say: bool,
+    log: EventLog | None = None,
+) -> int:
     """Say in one line why the daemon cannot start, on stderr (when ``say``) and to the
-    service manager."""
+    service manager; and in the log (``log``: the failure came before Daemon.run, which logs
+    its own)."""
+    if log is not None:
+        log.error("daemon.start_failed", reason=reason)
     if say:
         _say_error(f"wharf-{spec.name}: cannot start: {reason}")
     _report_start_failure(notifier, reason)

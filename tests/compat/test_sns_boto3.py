@@ -603,18 +603,25 @@ def test_raw_delivery_turns_attributes_into_sqs_attributes(
     assert attributes["a"] == {"DataType": "String.Array", "StringValue": '["x", 1]'}
 
 
-@pytest.mark.parametrize("data_type", ["String.  prefixed.", "Number. x", "Binary.\tb"])
-def test_custom_types_reach_raw_and_enveloped_copies_intact(
-    sns: Any, sqs_json: Any, queue: Any, name: Names, data_type: str
-) -> None:
-    # Anything after the dot, leading spaces too: AWS accepts "String.  prefixed."
-    # (LocalStack's AWS-validated test_message_attributes_prefixes), and so does SQS.
+def _topic_with_enveloped_and_raw_queues(sns: Any, queue: Any, name: Names) -> tuple[str, str, str]:
+    """A new topic, and the URLs of two queues subscribed to it: one gets envelopes, one
+    raw messages."""
     topic = sns.create_topic(Name=name())["TopicArn"]
     (enveloped, enveloped_arn), (raw, raw_arn) = queue(), queue()
     sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=enveloped_arn)
     sns.subscribe(
         TopicArn=topic, Protocol="sqs", Endpoint=raw_arn, Attributes={"RawMessageDelivery": "true"}
     )
+    return topic, enveloped, raw
+
+
+@pytest.mark.parametrize("data_type", ["String.  prefixed.", "Number. x", "Binary.\tb"])
+def test_custom_types_reach_raw_and_enveloped_copies_intact(
+    sns: Any, sqs_json: Any, queue: Any, name: Names, data_type: str
+) -> None:
+    # Anything after the dot, leading spaces too: AWS accepts "String.  prefixed."
+    # (LocalStack's AWS-validated test_message_attributes_prefixes), and so does SQS.
+    topic, enveloped, raw = _topic_with_enveloped_and_raw_queues(sns, queue, name)
     binary = data_type.startswith("Binary")
     attribute = {
         "DataType": data_type,
@@ -635,13 +642,8 @@ def test_characters_sqs_cannot_store_never_lose_a_copy(
 ) -> None:
     # Publish said 200, so every subscribed queue gets its copy: an envelope carries such
     # characters as JSON escapes (the reader gets them back), a raw copy gets U+FFFD in
-    # their place, as SQS itself stores them.
-    topic = sns.create_topic(Name=name())["TopicArn"]
-    (enveloped, enveloped_arn), (raw, raw_arn) = queue(), queue()
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=enveloped_arn)
-    sns.subscribe(
-        TopicArn=topic, Protocol="sqs", Endpoint=raw_arn, Attributes={"RawMessageDelivery": "true"}
-    )
+    # their place (SendMessage would refuse them; what AWS does then is undocumented).
+    topic, enveloped, raw = _topic_with_enveloped_and_raw_queues(sns, queue, name)
     attributes = {"s": {"DataType": "String", "StringValue": f"v{text}"}}
     subject = f"s{text}" if "\x00" not in text else "control characters are refused here"
     sns.publish(TopicArn=topic, Message=text, Subject=subject, MessageAttributes=attributes)
