@@ -181,7 +181,10 @@ def _queue_families(rows: list[QueueRow]) -> list[Metric]:
     counters = {
         name: CounterMetricFamily(f"wharf_sqs_{name}", help_text, labels=["queue"])
         for name, help_text in (
-            ("messages_sent", "Messages accepted (NumberOfMessagesSent)."),
+            (
+                "messages_sent",
+                "Messages queued (NumberOfMessagesSent; not FIFO duplicates).",
+            ),
             ("messages_received", "Messages returned by receives (NumberOfMessagesReceived)."),
             ("messages_deleted", "DeleteMessage successes (NumberOfMessagesDeleted)."),
             ("empty_receives", "Receives that returned nothing (NumberOfEmptyReceives)."),

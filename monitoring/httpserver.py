@@ -48,7 +48,7 @@ import trio
 
 from monitoring import fastio
 from monitoring.settings import HttpLimits
-from proto.http1 import is_valid_host
+from proto.http1 import is_valid_host, origin_form
 
 MAX_RECV: Final = 65536  # bytes per receive_some: one socket buffer's worth, bounds each read
 # A response goes out in slices of this size, each with the whole write timeout.
@@ -572,12 +572,28 @@ class _RequestParser:
                 continue_ = value.lower() == b"100-continue"
         if version == "1.1" and not host:
             raise _Refused(400, "malformed request: missing mandatory Host header\n")
+        if not self._target.startswith(b"/"):
+            self._to_origin_form()
         if declared is not None and declared > self._max_body_bytes:
             raise _Refused(
                 413,
                 f"request body of {declared} bytes exceeds the limit of {self._max_body_bytes}\n",
             )
         self.expects_continue = continue_ and version == "1.1"
+
+    def _to_origin_form(self) -> None:
+        """RFC 9112 §3.2.2: a server MUST accept the absolute-form (``POST http://host/q``),
+        and then takes the target's authority as the request's host, not the Host header.
+
+        Any other form (asterisk, authority) names no resource of this server.
+        """
+        rewritten = origin_form(self._target, self._headers)
+        if rewritten is None:
+            raise _Refused(400, "malformed request: the request target is not a path or URL\n")
+        target, headers = rewritten
+        if not is_valid_host(headers[0][1]):
+            raise _Refused(400, "malformed request: the request URL's host is no host[:port]\n")
+        self._target, self._headers = target, headers
 
     def on_body(self, body: bytes) -> None:
         self.expects_continue = False
@@ -658,6 +674,9 @@ async def serve_http(
                 response.headers.append(("connection", "close"))
             await connection.write(_serialize(request.method, response, server_header), limits)
             if not keep_alive:
+                # What the client pipelined after this request must not turn the close into
+                # a reset, which would discard the answer in its buffer (RFC 9112 §9.6).
+                await connection.linger()
                 break
     except _ClientGone:
         pass

@@ -239,7 +239,7 @@ wharf_sqs_oldest_message_age_seconds{queue="orders"} 61.5
 wharf_sqs_oldest_message_age_seconds{queue="empty.fifo"} 0.0
 wharf_sqs_oldest_message_age_seconds{queue="drained"} 0.0
 wharf_sqs_oldest_message_age_seconds{queue="future"} 0.0
-# HELP wharf_sqs_messages_sent_total Messages accepted (NumberOfMessagesSent).
+# HELP wharf_sqs_messages_sent_total Messages queued (NumberOfMessagesSent; not FIFO duplicates).
 # TYPE wharf_sqs_messages_sent_total counter
 wharf_sqs_messages_sent_total{queue="orders"} 9.0
 wharf_sqs_messages_sent_total{queue="empty.fifo"} 0.0

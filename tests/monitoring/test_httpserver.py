@@ -865,3 +865,50 @@ async def test_every_answer_carries_a_date(server):
     sent = email.utils.parsedate_to_datetime(date.decode())
     assert sent.tzinfo is not None
     assert abs((datetime.datetime.now(datetime.UTC) - sent).total_seconds()) < 120
+
+
+async def test_an_absolute_form_target_is_served_as_its_path_and_host(nursery):
+    seen: list[Request] = []
+
+    async def record(request: Request) -> Response:
+        seen.append(request)
+        return Response(200, request.target)
+
+    srv = await Server(nursery, record).start()
+    reply = await raw_exchange(
+        srv.addr,
+        b"POST http://user@broker.test:9324/000000000000/q?x=1 HTTP/1.1\r\n"
+        b"Host: other.test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert reply.endswith(b"\r\n\r\n/000000000000/q?x=1")
+    (request,) = seen
+    assert request.path == "/000000000000/q"
+    assert [v for n, v in request.headers if n == b"host"] == [b"broker.test:9324"]
+
+
+@pytest.mark.parametrize(
+    "target", [b"*", b"broker.test:443", b"http:///nohost", b"ftp://h/x", b"http://h:99999/"]
+)
+async def test_a_target_that_is_no_path_or_http_url_is_a_400(server, target):
+    reply = await raw_exchange(
+        server.addr, b"GET " + target + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    assert reply.startswith(b"HTTP/1.1 400 "), reply[:60]
+    assert b"GET " not in reply  # the handler never saw it
+
+
+async def test_a_closing_answer_is_a_half_close_that_reads_what_the_client_still_sends(server):
+    # RFC 9112 §9.6: a full close with the client's next bytes unread sends RST, which on a
+    # real network can reach the client before the answer and make it drop the answer.
+    stream = await trio.open_tcp_stream(*server.addr)
+    async with stream:
+        with trio.fail_after(5):
+            await stream.send_all(b"GET /first HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := await stream.receive_some(65536):  # until the server's FIN
+                reply += chunk
+            assert reply.endswith(b"GET /first ")
+            for _ in range(3):  # a closed socket would answer these with RST, then EPIPE
+                await stream.send_all(b"GET /next HTTP/1.1\r\nHost: t\r\n\r\n")
+                await trio.sleep(0.05)
