@@ -153,6 +153,12 @@ _HEAD_REFUSALS: Final = {
 }
 
 
+def _is_cancellation(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return isinstance(exc, trio.Cancelled)
+
+
 class _Connection:
     """One client connection's request loop.
 
@@ -180,12 +186,13 @@ class _Connection:
     async def run(self) -> None:
         try:
             await self._serve()
-        except trio.Cancelled:
+        except BaseException as exc:
             # The frame cancels every connection left when a drain's grace period ends
             # (SIGTERM, or this listener removed by a reload): a request still in flight is
-            # answered, logged and counted as cut, then the cancellation goes on.
+            # answered, logged and counted as cut, then the cancellation goes on. A tunnel's
+            # cancellation comes out of its pumps' nursery as a group of them.
             ex = self.ex
-            if ex is not None and self.services.draining.started:
+            if ex is not None and self.services.draining.started and _is_cancellation(exc):
                 await self._cut_by_drain(ex)
             raise
 

@@ -16,7 +16,7 @@ from wsproto.events import (
 )
 
 from balancer.config import AccessLog
-from tests.support.balancer_http import balancer, config, front, group, listener
+from tests.support.balancer_http import balancer, config, front, group, listener, sample
 from tests.support.targets import Action, Reply, Seen, TargetServer, running_targets
 from tests.support.tls_targets import TlsTargetServer, server_context
 
@@ -154,3 +154,31 @@ async def test_the_access_log_ends_response_processing_time_at_the_101(tmp_path)
     fields = shlex.split(line)
     assert (fields[0], fields[8]) == ("ws", "101")
     assert 0 <= float(fields[7]) < 0.5
+
+
+async def test_a_tunnel_cut_when_a_drain_ends_is_logged_and_counted(tmp_path):
+    # The tunnel's cancellation leaves its pumps' nursery as a group: it is still a drain cut.
+    path = tmp_path / "access.log"
+    lst = listener(access_log=AccessLog(enabled=True, destination=str(path)))
+    labels = {
+        "listener": "front",
+        "rule": "default",
+        "target_group": "web",
+        "code_class": "1xx",
+        "source": "target",
+    }
+    async with running_targets(TargetServer("ws", websocket)) as (target,):
+        async with balancer(config([lst], [group("web", target)], grace=0.3)) as daemon:
+            stream = await trio.open_tcp_stream(*front(daemon))
+            async with stream:
+                client = WsClient(stream)
+                await client.handshake("chat.example.com")
+                await echo_bytes(stream, client, b"before the drain")
+                daemon.request_stop()
+                with trio.fail_after(10):
+                    while await stream.receive_some(65536):
+                        pass  # until the balancer cuts the tunnel
+        assert sample(daemon, "wharf_balancer_http_requests_total", labels) == 1
+    (line,) = path.read_text().splitlines()
+    fields = shlex.split(line)
+    assert (fields[0], fields[8], fields[24]) == ("ws", "101", "Draining")
