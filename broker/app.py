@@ -62,23 +62,50 @@ def data_directory(configured: str) -> Path:
 
 
 def _refuse_an_emptied_store(directory: Path) -> None:
-    """SQLite takes a zero-byte file for a new, empty database: in a data directory that was
-    in use (its receipt-handle key is there) that would be every message gone, silently.
+    """SQLite takes a missing or zero-byte file for a new, empty database, and so it takes a
+    file whose data all sits in a ``-wal`` it cannot read (damaged, or from another file):
+    in a data directory that was in use (its receipt-handle key is there) that would be every
+    message gone, silently, and creating the schema would overwrite that WAL, the data's last
+    copy. A read-only look finds out first: it leaves the WAL as it is.
 
     Raises:
         StartupError: naming the file and what to do.
     """
+    if not (directory / KEY_FILE).exists():
+        return  # a new data directory
     store_file = directory / FILE_NAME
     try:
-        empty = store_file.stat().st_size == 0
+        if store_file.stat().st_size == 0:
+            raise _store_lost(store_file, "is empty")
     except FileNotFoundError:
-        return
-    if empty and (directory / KEY_FILE).exists():
-        raise StartupError(
-            f"{store_file}: the store file is empty, but this data directory was in use "
-            f"({KEY_FILE} is there): restore a backup (wharf-broker restore), or remove the "
-            "file to start with no queues"
-        )
+        raise _store_lost(store_file, "is missing") from None
+    if _schema_version(store_file) == 0:
+        raise _store_lost(store_file, "holds no store (is its -wal damaged?)")
+
+
+def _schema_version(store_file: Path) -> int | None:
+    """The file's schema version, read without writing; None if it is no database (the
+    store's own open says so, naming the file)."""
+    uri = store_file.resolve().as_uri() + "?mode=ro"
+    try:
+        connection = sqlite3.connect(uri, uri=True)
+        try:
+            version: int = connection.execute("PRAGMA user_version").fetchone()[0]
+            return version
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError:
+        return None
+
+
+def _store_lost(store_file: Path, what: str) -> StartupError:
+    """The store of a data directory in use is gone (emptied, deleted, or all its data in a
+    ``-wal`` that SQLite cannot read): starting would start with no queues, silently."""
+    return StartupError(
+        f"{store_file}: the store file {what}, but this data directory was in use "
+        f"({KEY_FILE} is there): restore a backup (wharf-broker restore), or, to start with "
+        f"no queues, remove {KEY_FILE} and the {FILE_NAME}* files"
+    )
 
 
 def signing_key(directory: Path) -> bytes:

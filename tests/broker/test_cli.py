@@ -286,6 +286,51 @@ def test_an_emptied_store_in_a_used_data_directory_stops_the_start(tmp_path):
     assert (data / "wharf.sqlite3").stat().st_size == 0  # left as it was
 
 
+def test_a_missing_store_in_a_used_data_directory_stops_the_start(tmp_path):
+    path = broker_file(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "receipt-handle.key").write_bytes(b"k" * 32)
+    result = _serve_once(path)
+    assert result.returncode == 1
+    assert "the store file is missing, but this data directory was in use" in result.stderr
+    assert not (data / "wharf.sqlite3").exists()
+
+
+def test_a_store_whose_wal_cannot_be_read_stops_the_start_and_keeps_the_wal(tmp_path):
+    # Killed before any checkpoint, a store's data is all in its -wal; SQLite reads a WAL
+    # with a damaged first frame as no WAL, so the file looks new and empty. Creating the
+    # schema would overwrite the WAL: the start stops instead, leaving it as it was.
+    path = broker_file(tmp_path)
+    live, data = tmp_path / "live", tmp_path / "data"
+
+    async def fill_then_copy_without_closing() -> None:
+        store = SqliteStore(live)
+        await store.open()
+        queue = await store.create_queue("q", QueueSettings(), {}, 0)
+        await store.commit([inserted(queue.queue_id, 1, "kept in the WAL")])
+        data.mkdir()
+        for name in ("wharf.sqlite3", "wharf.sqlite3-wal"):
+            (data / name).write_bytes((live / name).read_bytes())
+        await store.aclose()
+
+    trio.run(fill_then_copy_without_closing)
+    (data / "receipt-handle.key").write_bytes(b"k" * 32)
+    wal = data / "wharf.sqlite3-wal"
+    with wal.open("r+b") as file:  # the first frame's header: its checksums no longer match
+        file.seek(32 + 8)
+        file.write(b"\xff" * 16)
+    damaged = wal.read_bytes()
+    result = _serve_once(path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert (
+        "the store file holds no store (is its -wal damaged?), but this data directory"
+        in result.stderr
+    )
+    assert wal.read_bytes() == damaged
+
+
 def test_a_store_damaged_past_its_first_pages_is_one_cannot_start_line(tmp_path):
     # Opening reads only the first pages; the damage shows while the queues load.
     path = broker_file(tmp_path)

@@ -33,6 +33,18 @@ def test_the_lock_is_exclusive_and_names_its_holder(tmp_path: Path):
     second.release()  # releasing twice does nothing
 
 
+def test_deleting_the_lock_file_does_not_let_a_second_broker_in(tmp_path: Path):
+    # An operator who takes wharf.lock for a stale lock and deletes it must not get two
+    # brokers on one file: the directory itself stays locked.
+    first = DataDirectoryLock(tmp_path)
+    first.acquire()
+    (tmp_path / LOCK_FILE).unlink()
+    with pytest.raises(DataDirectoryInUse, match=r"in use by another wharf-broker \(pid unknown\)"):
+        DataDirectoryLock(tmp_path).acquire()
+    assert not (tmp_path / LOCK_FILE).exists()  # the refused one left nothing behind
+    first.release()
+
+
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path):
     holder = subprocess.Popen(
         [
