@@ -68,8 +68,11 @@ class AwsError(ProtocolError):
 # SignatureDoesNotMatch and UnknownOperationException are not on that page: the first is what
 # SQS answers for a bad or expired signature (aws-sdk-js#401 quotes "SignatureDoesNotMatch:
 # Signature expired: ..."); the second is the awsJson name for an unknown X-Amz-Target.
+# AccessDenied is listed there with 400, but the service answers 403 Forbidden (the raw
+# response in aws-sdk-php#1623; SDK v3's httpStatusCode 403 in island-is/island.is#7812),
+# and clients treat a 403 as a permission problem not to retry.
 COMMON_ERRORS: Final[Mapping[str, tuple[str, int, bool]]] = {
-    "AccessDenied": ("AccessDeniedException", 400, True),
+    "AccessDenied": ("AccessDeniedException", 403, True),
     "IncompleteSignature": ("IncompleteSignature", 400, True),
     "InternalFailure": ("InternalFailure", 500, False),
     "InvalidAction": ("UnknownOperationException", 400, True),

@@ -10,9 +10,9 @@ from proto.aws.errors import COMMON_ERRORS, AwsError, common_error
 from proto.errors import ProtocolError
 
 # "Common Errors" in the SQS API Reference (the same page exists for every query service):
-# code and HTTP status, copied from the page.
+# code and HTTP status, copied from the page. AccessDenied is listed (as AccessDeniedException)
+# with 400, but the service answers 403: see test_access_denied_is_a_403_as_the_service_answers.
 DOCUMENTED_STATUS = {
-    "AccessDenied": 400,  # listed as AccessDeniedException
     "IncompleteSignature": 400,
     "InternalFailure": 500,
     "InvalidAction": 400,
@@ -36,6 +36,13 @@ DOCUMENTED_STATUS = {
 @pytest.mark.parametrize("code", sorted(DOCUMENTED_STATUS))
 def test_common_error_statuses_are_the_documented_ones(code):
     assert COMMON_ERRORS[code][1] == DOCUMENTED_STATUS[code]
+
+
+def test_access_denied_is_a_403_as_the_service_answers():
+    # Captured answers: "403 Forbidden ... <Code>AccessDenied</Code>" (aws-sdk-php#1623),
+    # "Status Code: 403; Error Code: AccessDenied" (aws-sdk-php#188).
+    assert COMMON_ERRORS["AccessDenied"][1] == 403
+    assert common_error("AccessDenied", "Access to the resource is denied.").status_hint == 403
 
 
 def test_sqs_json_shape_names_for_renamed_codes():
