@@ -35,6 +35,13 @@ dead-letter queue while it runs are moved too), CANCELLED after a cancel, or FAI
 AWS error code as FailureReason) when a queue disappears, a destination refuses a message, or
 a key for encryption at rest is missing.
 
+A message of the source that cannot be opened (sealed at rest with a key that left the key
+file, or failing authentication) is neither moved nor lost: it stays in the source, hidden for
+the batch's 60 s as received, and is logged; the task moves every other message, then ends
+FAILED with ``KMS.NotFoundException`` (``InternalFailure`` for a failed authentication) so that
+ListMessageMoveTasks shows that it left messages behind. Released at once instead, such a
+message would be taken first by every batch and the task would never get past it.
+
 Persistence. Every task is a row in the store (``Store.save_move_task``), the 10 most recent
 per source as ListMessageMoveTasks shows them. StartMessageMoveTask and CancelMessageMoveTask
 answer once their row is durable; the moved count is saved at most once a second while the
@@ -73,9 +80,17 @@ from broker.model.mutations import Mutation
 from broker.model.names import parse_queue_arn
 from broker.model.outcomes import Change, Delivery
 from broker.registry import Queue, QueueRegistry, now_ms
-from broker.sqs import RequestContext
-from broker.store.base import StoredMessage, StoredMoveTask, StoreError
+from broker.sqs import RequestContext, report_unopened
+from broker.store.base import (
+    KeyUnavailable,
+    StoredMessage,
+    StoredMoveTask,
+    StoreError,
+    UnopenedMessage,
+    UnopenedMessages,
+)
 from monitoring.logging import EventLog
+from monitoring.throttle import Throttle
 from proto.aws.errors import common_error
 from proto.aws.json_protocol import sqs_error
 
@@ -122,6 +137,9 @@ class MoveTasks:
         self._nursery: trio.Nursery | None = None
         self._cancelled: dict[str, trio.Event] = {}  # task id -> set by CancelMessageMoveTask
         self._resume: list[MoveTask] = []  # RUNNING tasks read from the store, for run()
+        # task id -> the FailureReason of a message it could not open and left in the source
+        self._left_behind: dict[str, str] = {}
+        self._unopened_reports = Throttle()  # see broker.sqs.report_unopened
 
     async def load(self) -> None:
         """Rebuild the book from the store (at start, before :meth:`run`).
@@ -315,12 +333,18 @@ class MoveTasks:
             task.fail(INTERNAL_FAILURE)
             self._log.exception("move_task.crashed", exc, task=task.task_id)
         else:
-            task.finish()
-            self._log.info(
-                "move_task.finished", task=task.task_id, status=task.status, moved=task.moved
-            )
+            left_behind = self._left_behind.get(task.task_id)
+            if left_behind is not None and task.status is MoveStatus.RUNNING:
+                task.fail(left_behind)  # all else moved; see the module docstring
+                self._log.warning("move_task.failed", task=task.task_id, reason=left_behind)
+            else:
+                task.finish()
+                self._log.info(
+                    "move_task.finished", task=task.task_id, status=task.status, moved=task.moved
+                )
         finally:
             self._cancelled.pop(task.task_id, None)
+            self._left_behind.pop(task.task_id, None)
         # Not reached when the broker stops the runner: the row stays RUNNING, to resume.
         try:
             await self._save(task)
@@ -361,9 +385,10 @@ class MoveTasks:
             stored = await self.store.read_messages(
                 source.record.queue_id, [d.seq for d in deliveries]
             )
-        except SqsError as error:  # KeyUnavailable: its key left the key file
-            await self._commit(_release(source, deliveries, now_ms()))
-            raise MoveFailed(error.code) from None
+        except UnopenedMessages as partial:
+            # Those stay received, hidden in the source: _plan skips them as it skips gone ones.
+            stored = partial.opened
+            self._leave_behind(task, source, partial.unopened)
         # From here to the commit is one trio step: no other task sees a half-done move.
         change, moved, failure = self._plan(task, source, deliveries, stored)
         # Counted when durable, even if the runner is cancelled (a stop) while it waits.
@@ -372,6 +397,25 @@ class MoveTasks:
         if failure is not None:
             raise MoveFailed(failure)
         return True
+
+    def _leave_behind(
+        self, task: MoveTask, source: Queue, unopened: Sequence[UnopenedMessage]
+    ) -> None:
+        """Log messages the task cannot open, and remember to end it FAILED for them."""
+        report_unopened(
+            self._log,
+            self._unopened_reports,
+            "move_task.unopened",
+            source.name,
+            unopened,
+            task=task.task_id,
+        )
+        # A missing key is the reason to show when there is one: the operator can fix it.
+        for message in unopened:
+            if isinstance(message.error, KeyUnavailable):
+                self._left_behind[task.task_id] = message.error.code  # KMS.NotFoundException
+                return
+        self._left_behind.setdefault(task.task_id, INTERNAL_FAILURE)
 
     def _plan(
         self,

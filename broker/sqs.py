@@ -32,7 +32,15 @@ from broker.model.policy import (
 )
 from broker.model.tags import tag_problem
 from broker.registry import Queue, QueueRegistry, now_ms, queue_does_not_exist
-from broker.store.base import StoredMessage, StoreFailed
+from broker.store.base import (
+    KeyUnavailable,
+    StoredMessage,
+    StoreFailed,
+    UnopenedMessage,
+    UnopenedMessages,
+)
+from monitoring.logging import EventLog
+from monitoring.throttle import Throttle
 from proto.aws.arn import ArnError, build_queue_url, parse_queue_url
 from proto.aws.errors import AwsError, common_error
 from proto.aws.json_protocol import sqs_error
@@ -87,6 +95,12 @@ class RequestContext:
     peer: Peer | None = None
 
 
+# GetQueueUrl's answer for a queue that does not exist and for one the caller may not see.
+NOT_FOUND_OR_NOT_YOURS: Final = (
+    "The specified queue does not exist or you do not have access to it."
+)
+
+
 class SqsApi:
     """Every SQS action, bound to one registry."""
 
@@ -98,6 +112,7 @@ class SqsApi:
         # same few URLs on every request. Cleared when full, so it stays small.
         self._queue_names: dict[str, str] = {}
         self._reads_failing = False  # the last receive's read failed (logged already)
+        self._unopened_reports = Throttle()  # see report_unopened
         self._actions: dict[str, Callable[[Params, RequestContext], Awaitable[Result]]] = {
             "CreateQueue": self.create_queue,
             "DeleteQueue": self.delete_queue,
@@ -244,11 +259,16 @@ class SqsApi:
         name = _required(params, "QueueName")
         # Without QueueOwnerAWSAccountId, AWS looks in the caller's own account.
         owner = params.get("QueueOwnerAWSAccountId") or context.caller.account
-        if owner != self.account_id:
-            raise queue_does_not_exist()
-        queue = self.registry.require(name)
-        self._authorize(queue, context)
-        return {"QueueUrl": self.url_of(queue, context)}
+        queue = self.registry.get(name) if owner == self.account_id else None
+        if queue is not None and self._allows(queue, context):
+            return {"QueueUrl": self.url_of(queue, context)}
+        if queue is None and owner == context.caller.account:
+            raise queue_does_not_exist()  # in the caller's own account: plainly not there
+        # A queue the caller may not see answers as one that is not there, with AWS's text
+        # for both (spring-cloud-aws#417: a queue without sqs:GetQueueUrl granted;
+        # fluent-plugin-s3#342: another account's), so another account's key cannot probe
+        # which names exist.
+        raise sqs_error("QueueDoesNotExist", NOT_FOUND_OR_NOT_YOURS)
 
     async def list_queues(self, params: Params, context: RequestContext) -> Result:
         prefix = params.get("QueueNamePrefix") or ""
@@ -429,6 +449,8 @@ class SqsApi:
             read = await self.store.read_messages(
                 queue.record.queue_id, [d.seq for d in deliveries]
             )
+        except UnopenedMessages as partial:
+            read = self._opened(queue, partial)
         except BaseException as exc:
             # Marked received, but never to be returned: give them back now rather than
             # after their visibility timeout (cancelled too: the answer will not go out).
@@ -450,6 +472,41 @@ class SqsApi:
         ]
         queue.stats.received += len(messages)
         return {"Messages": messages} if messages else {}
+
+    def _opened(self, queue: Queue, partial: UnopenedMessages) -> list[StoredMessage]:
+        """The messages of a receive that opened; those that did not stay received.
+
+        A message sealed with a key that left the key file, or whose sealed value fails
+        authentication, is left as a consumer that took it and failed would leave it: hidden
+        for its visibility timeout and counted in ApproximateReceiveCount, so a RedrivePolicy
+        moves it to the dead-letter queue after maxReceiveCount, AWS's answer to "messages
+        that can't be processed (consumed) successfully" (SQS Developer Guide, "Using
+        dead-letter queues"). Given back at once instead, it would be taken first again by
+        every receive and hide every other message of its queue. So the receive answers an
+        error only when it opened none of the messages it took.
+
+        Raises:
+            KeyUnavailable: none opened, and a key is missing (``KMS.NotFoundException``).
+            AwsError: none opened, and they failed authentication (503, which SDKs retry:
+                the retry finds them hidden and receives the others).
+        """
+        report_unopened(
+            self.registry.log,
+            self._unopened_reports,
+            "receive.unopened",
+            queue.name,
+            partial.unopened,
+        )
+        if partial.opened:
+            return partial.opened
+        for message in partial.unopened:
+            if isinstance(message.error, KeyUnavailable):
+                raise message.error from None
+        raise common_error(
+            "ServiceUnavailable",
+            "The broker could not open the messages it took from its store: they failed "
+            "authentication. They stay hidden for their visibility timeout. Retry the request.",
+        )
 
     def _give_back(self, queue: Queue, deliveries: Sequence[Delivery]) -> None:
         """Make the messages of a receive that returns none of them visible again at once.
@@ -587,6 +644,43 @@ class SqsApi:
         # One commit, and one wake-up of the queue's receivers rather than one per entry.
         await self._commit(Change.combine(changes))
         return {"Successful": successful, "Failed": failed}
+
+
+def report_unopened(
+    log: EventLog,
+    throttle: Throttle,
+    event: str,
+    queue: str,
+    unopened: Sequence[UnopenedMessage],
+    **fields: object,
+) -> None:
+    """Log messages of ``queue`` that could not be opened: their id and their key's id.
+
+    Never the key. At most one line a minute for each queue, key and cause, counting the
+    others (``held_back``): such a message comes back every visibility timeout, and a queue
+    may hold many of them.
+    """
+    for message in unopened:
+        missing = isinstance(message.error, KeyUnavailable)
+        cause = "key_unavailable" if missing else "authentication_failed"
+        held_back = throttle.admit((queue, message.key_id, cause))
+        if held_back is None:
+            continue
+        log.error(
+            event,
+            queue=queue,
+            message_id=message.message_id,
+            key_id=message.key_id,
+            cause=cause,
+            held_back=held_back,
+            hint=(
+                "list the key under this id in the key file again and reload"
+                if missing
+                else "the stored message was altered, or the key file lists another key "
+                "under this id"
+            ),
+            **fields,
+        )
 
 
 async def _wait_changed_or_gone(changed: trio.Event, peer: Peer) -> None:

@@ -26,6 +26,9 @@ Contract:
   queues whose settings ask for it. Callers that insert messages (sends, fan-out, move tasks)
   call ``check_sealing`` with the queue's settings in the same trio step, before the model
   accepts the message, so a missing KMS key is refused and never half-applied.
+* A message the store cannot open (its key left the key file, its sealed value fails
+  authentication) does not hide the others: ``read_messages`` raises
+  :class:`UnopenedMessages`, which carries those it opened.
 """
 
 from __future__ import annotations
@@ -114,6 +117,29 @@ class StoredMessage(msgspec.Struct, frozen=True, kw_only=True):
     # the body again (1 KiB: ~2.5 us, a tenth of a receive's CPU per message); None: unknown
     # (fan-out copies, rows stored sealed at rest, rows of files older than schema 6).
     body_md5: str | None = None
+
+
+class UnopenedMessage(msgspec.Struct, frozen=True, kw_only=True):
+    """A stored message that could not be opened, and why."""
+
+    seq: int
+    message_id: str
+    key_id: str  # the id of the key that sealed it (never the key)
+    error: KeyUnavailable | SealingError
+
+
+class UnopenedMessages(StoreError):
+    """Some of the messages read could not be opened; the others were read.
+
+    Attributes:
+        opened: the messages that opened, in the order asked for (gone ones skipped).
+        unopened: the others, in the order asked for.
+    """
+
+    def __init__(self, opened: list[StoredMessage], unopened: list[UnopenedMessage]) -> None:
+        super().__init__(f"{len(unopened)} of the messages read could not be opened")
+        self.opened = opened
+        self.unopened = unopened
 
 
 class MessageColumns:
@@ -386,6 +412,10 @@ class Store(abc.ABC):
 
         A message read before the first receive's commit is durable may show no
         ``first_received_at``: the receive's :class:`~broker.model.outcomes.Delivery` has it.
+
+        Raises:
+            UnopenedMessages: some messages are sealed at rest with a key that is no longer
+                available, or fail authentication; it carries every message that opened.
         """
 
     @abc.abstractmethod

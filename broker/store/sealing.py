@@ -17,8 +17,14 @@ Other queues are stored in clear. The key file (TOML, named by ``storage.key_fil
 
 Rotation. Each stored message names its key id, so a key can be replaced by adding a new one,
 pointing ``sse_key_id`` (or the KMS mapping) at it and reloading (SIGHUP): new messages use the
-new key, old ones stay readable while the file still lists theirs. A message whose key is gone
-answers AWS's ``KMS.NotFoundException``.
+new key, old ones stay readable while the file still lists theirs.
+
+A message that cannot be opened -- its key is gone, or its sealed value fails authentication
+(altered, or another key listed under its key's id) -- does not stop the others: a receive
+returns those it opened and leaves it received, as a consumer that took it and failed would
+(hidden for its visibility timeout, counted, dead-lettered by a RedrivePolicy), and logs its
+id with its key's id. Only a receive that opened none of its messages fails: AWS's
+``KMS.NotFoundException`` for a missing key, a retryable 503 for a failed authentication.
 
 Nonces. A key is never used directly: each process derives a session key from it with
 HKDF-SHA256 and a random 128-bit salt, and numbers the messages of the session with a 96-bit

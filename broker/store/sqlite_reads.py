@@ -20,6 +20,11 @@ hundred rows of the queue too, so the receives after it are answered from memory
 a worker thread are brought up to date with the mutations their snapshot may lack before they
 enter the cache (see that module); messages restored at start are read ahead too. Messages of
 queues sealed at rest are never read ahead: every read of those opens them with their key.
+
+A sealed row that cannot be opened (its key left the key file, its value fails
+authentication) is set aside, not raised at once: the rest of the read goes on, and
+:meth:`SqliteReads.read_messages` raises :class:`~broker.store.base.UnopenedMessages` with
+what did open, so one such message cannot hide every other one of its queue.
 """
 
 from __future__ import annotations
@@ -42,7 +47,10 @@ from broker.store.base import (
     LoadedQueue,
     MessageColumns,
     QueueRecord,
+    SealingError,
     StoredMessage,
+    UnopenedMessage,
+    UnopenedMessages,
 )
 from broker.store.sealing import Sealer, associated_data
 from broker.store.sqlite_apply import ATTRIBUTES_DECODER
@@ -53,6 +61,7 @@ MAX_READERS = 4  # read connections kept open; one per concurrent reader thread
 
 _SETTINGS_DECODER = msgspec.json.Decoder(QueueSettings)
 _T = TypeVar("_T")
+_Read = tuple[list[StoredMessage], list[UnopenedMessage]]  # what opened, what did not
 
 
 class SqliteReads:
@@ -94,6 +103,9 @@ class SqliteReads:
         (in a worker thread), and only when there are any -- together with the rows after
         them, read ahead into the cache for the receives to come (see the module docstring).
         A receive whose messages the queue's read-ahead in flight is bringing waits for it.
+
+        Raises:
+            UnopenedMessages: some messages could not be opened (with those that did).
         """
         cache = self._cache
         found, missing = cache.lookup(queue_id, seqs)
@@ -105,6 +117,7 @@ class SqliteReads:
             brought, missing = cache.lookup(queue_id, missing)
             found += brought
         read: list[StoredMessage] = []
+        unopened: list[UnopenedMessage] = []
         if missing:
             reading = (
                 cache.start_read_ahead(queue_id, missing)
@@ -113,15 +126,17 @@ class SqliteReads:
             )
             if reading is None:
                 sealer = self.sealer
-                read = await self._read(
+                read, unopened = await self._read(
                     lambda connection: _read_messages(connection, queue_id, missing, sealer)
                 )
             else:
-                read = await self._read_with_ahead(reading, missing)
-        if not found:
-            return read
-        by_seq = {m.seq: m for m in (*found, *read)}
-        return [by_seq[seq] for seq in seqs if seq in by_seq]
+                read, unopened = await self._read_with_ahead(reading, missing)
+        if found:
+            by_seq = {m.seq: m for m in (*found, *read)}
+            read = [by_seq[seq] for seq in seqs if seq in by_seq]
+        if unopened:
+            raise UnopenedMessages(read, unopened)
+        return read
 
     def _may_read_ahead(self, queue_id: int) -> bool:
         """Tell whether the queue's messages may be read ahead: live and not sealed at rest."""
@@ -133,13 +148,18 @@ class SqliteReads:
         except KeyUnavailable:
             return False
 
-    async def _read_with_ahead(self, reading: ReadAhead, missing: list[int]) -> list[StoredMessage]:
-        """Read ``missing`` and, in the same trip, the rows ``reading`` plans; cache those."""
+    async def _read_with_ahead(self, reading: ReadAhead, missing: list[int]) -> _Read:
+        """Read ``missing`` and, in the same trip, the rows ``reading`` plans; cache those.
+
+        A queue read ahead may still hold rows sealed earlier (before it turned encryption
+        off, or the key file was removed): those are read, or set aside when they cannot be
+        opened, as without a read-ahead; only the rows read ahead are all clear.
+        """
         queue_id, sealer = reading.queue_id, self.sealer
         done = self._read_ahead_done[queue_id] = trio.Event()
         ahead: list[StoredMessage] = []
 
-        def both(connection: sqlite3.Connection) -> tuple[list[StoredMessage], list[StoredMessage]]:
+        def both(connection: sqlite3.Connection) -> tuple[_Read, list[StoredMessage]]:
             asked = _read_messages(connection, queue_id, missing, sealer)
             return asked, _read_ahead(connection, reading)
 
@@ -259,15 +279,27 @@ def _stored(row: tuple[Any, ...], sealer: Sealer | None) -> StoredMessage:
 
 def _read_messages(
     connection: sqlite3.Connection, queue_id: int, seqs: list[int], sealer: Sealer
-) -> list[StoredMessage]:
+) -> _Read:
+    """The rows of ``seqs`` that opened, and those that did not (both in ``seqs`` order)."""
     placeholders = ",".join("?" * len(seqs))
-    found = {}
+    found: dict[int, StoredMessage] = {}
+    unopened: dict[int, UnopenedMessage] = {}
     for row in connection.execute(
         f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE queue_id = ? AND seq IN ({placeholders})",
         (queue_id, *seqs),
     ):
-        found[row[0]] = _stored(row, sealer)
-    return [found[seq] for seq in seqs if seq in found]
+        seq = row[0]
+        try:
+            found[seq] = _stored(row, sealer)
+        except (KeyUnavailable, SealingError) as error:
+            key_id = row[11]  # only a sealed row fails to open: it names its key
+            unopened[seq] = UnopenedMessage(
+                seq=seq, message_id=_uuid_text(row[1]), key_id=key_id, error=error
+            )
+    return (
+        [found[seq] for seq in seqs if seq in found],
+        [unopened[seq] for seq in seqs if seq in unopened],
+    )
 
 
 def _read_ahead(connection: sqlite3.Connection, reading: ReadAhead) -> list[StoredMessage]:

@@ -15,10 +15,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import trio
 from botocore.exceptions import ClientError
 
+from broker.config import StorageSettings
 from broker.store.base import StoredMoveTask
 from broker.store.sqlite import SqliteStore
 from tests.support.broker import BrokerThread, QueueFactory, broker_config
@@ -296,6 +298,48 @@ def test_a_deleted_destination_fails_the_task(json_queues):
     visible, hidden = counts(sqs, dlq)
     assert visible + hidden == 5 - task["ApproximateNumberOfMessagesMoved"]
     assert hidden == 0  # what the task held was released
+
+
+def write_key_file(path: Path, sse: str, keys: dict[str, bytes]) -> None:
+    lines = [f'sse_key_id = "{sse}"']
+    for key_id, secret in keys.items():
+        lines += ["[[keys]]", f'id = "{key_id}"', f'key = "{base64.b64encode(secret).decode()}"']
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_a_message_that_cannot_be_opened_stays_behind_and_the_rest_moves(tmp_path):
+    k1, k2 = bytes(range(32)), bytes(range(1, 33))
+    key_file = tmp_path / "keys.toml"
+    write_key_file(key_file, "k1", {"k1": k1})
+    config = broker_config(tmp_path / "data")
+    storage = StorageSettings(data_dir=config.storage.data_dir, key_file=str(key_file))
+    config = msgspec.structs.replace(config, storage=storage)
+    with BrokerThread(config) as broker:
+        sqs = broker.client()
+        factory = QueueFactory(sqs, "sealed")
+        _, dlq = dead_letter_pipe(sqs, factory)
+        destination = factory()
+        old_id = sqs.send_message(QueueUrl=dlq, MessageBody="sealed under k1")["MessageId"]
+        write_key_file(key_file, "k2", {"k1": k1, "k2": k2})
+        broker.call(broker.app.reload, config)
+        bodies = [f"m{i}" for i in range(15)]
+        send_all(sqs, dlq, bodies)
+        write_key_file(key_file, "k2", {"k2": k2})  # k1 retired: the first message is stuck
+        broker.call(broker.app.reload, config)
+        dlq_arn = arn_of(sqs, dlq)
+
+        sqs.start_message_move_task(SourceArn=dlq_arn, DestinationArn=arn_of(sqs, destination))
+        task = wait_for_status(sqs, dlq_arn, "FAILED", "COMPLETED")
+
+        # Everything else moved; the task says it left something behind, and why.
+        assert (task["Status"], task.get("FailureReason")) == ("FAILED", "KMS.NotFoundException")
+        assert task["ApproximateNumberOfMessagesMoved"] == len(bodies)
+        assert sorted(m["Body"] for m in drain(sqs, destination)) == sorted(bodies)
+        assert sum(counts(sqs, dlq)) == 1  # still in the dead-letter queue, not lost
+        log = broker.daemon.log_output.getvalue()  # type: ignore[attr-defined]
+        [line] = [line for line in log.splitlines() if "event=move_task.unopened " in line]
+        assert f"message_id={old_id}" in line.split()
+        assert "key_id=k1" in line.split()
 
 
 # ---------------------------------------------------------------------- refusals

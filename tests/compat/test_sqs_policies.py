@@ -131,9 +131,9 @@ def test_get_queue_url_across_accounts_follows_the_queue_policy(owner, partner):
     # Without QueueOwnerAWSAccountId the partner asks about its own account.
     missing = "AWS.SimpleQueueService.NonExistentQueue"
     assert refused(partner.get_queue_url, QueueName=name) == missing
+    # Denied, it answers as a queue that is not there: names cannot be probed.
     assert (
-        refused(partner.get_queue_url, QueueName=name, QueueOwnerAWSAccountId=ACCOUNT_ID)
-        == "AccessDenied"
+        refused(partner.get_queue_url, QueueName=name, QueueOwnerAWSAccountId=ACCOUNT_ID) == missing
     )
     owner.add_permission(
         QueueUrl=url, Label="url", AWSAccountIds=[PARTNER_ACCOUNT], Actions=["GetQueueUrl"]
@@ -149,11 +149,12 @@ def test_an_explicit_deny_of_get_queue_url_applies_to_the_owner(owner, local):
     url = owner.create_queue(QueueName=name)["QueueUrl"]
     deny = {"Effect": "Deny", "Principal": "*", "Action": "sqs:GetQueueUrl", "Resource": "*"}
     owner.set_queue_attributes(QueueUrl=url, Attributes={"Policy": policy(deny)})
+    missing = "AWS.SimpleQueueService.NonExistentQueue"
     for client in (owner, local):
-        assert refused(client.get_queue_url, QueueName=name) == "AccessDenied"
+        assert refused(client.get_queue_url, QueueName=name) == missing
         assert (
             refused(client.get_queue_url, QueueName=name, QueueOwnerAWSAccountId=ACCOUNT_ID)
-            == "AccessDenied"
+            == missing
         )
     owner.send_message(QueueUrl=url, MessageBody="other actions still work")
     owner.delete_queue(QueueUrl=url)
@@ -357,5 +358,29 @@ def test_an_anonymous_caller_is_refused_by_a_deny_for_everyone(sqs, queues):
     assert refused(sqs.send_message, QueueUrl=url, MessageBody="x") == "AccessDenied"
     deny_url = {**for_everyone, "Action": "sqs:GetQueueUrl"}
     sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": policy(deny_url)})
-    assert refused(sqs.get_queue_url, QueueName=url.rsplit("/", 1)[1]) == "AccessDenied"
+    assert (
+        refused(sqs.get_queue_url, QueueName=url.rsplit("/", 1)[1])
+        == "AWS.SimpleQueueService.NonExistentQueue"
+    )
     sqs.send_message(QueueUrl=url, MessageBody="sends are allowed again")
+
+
+def test_another_account_cannot_tell_a_denied_queue_from_a_missing_one(owner, partner):
+    name = unique("hidden")
+    owner.create_queue(QueueName=name)
+    answers = []
+    for asked in (name, unique("never-created")):
+        with pytest.raises(botocore.exceptions.ClientError) as excinfo:
+            partner.get_queue_url(QueueName=asked, QueueOwnerAWSAccountId=ACCOUNT_ID)
+        error = excinfo.value.response["Error"]
+        status = excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"]
+        answers.append((error["Code"], error["Message"], status))
+    assert (
+        answers[0]
+        == answers[1]
+        == (
+            "AWS.SimpleQueueService.NonExistentQueue",
+            "The specified queue does not exist or you do not have access to it.",
+            400,
+        )
+    )

@@ -16,7 +16,7 @@ from broker.config import StorageSettings
 from broker.model.messages import AttributeValue
 from broker.model.mutations import MessageInserted, MessageMoved
 from broker.model.settings import QueueSettings
-from broker.store.base import KeyUnavailable, SealingError
+from broker.store.base import KeyUnavailable, SealingError, UnopenedMessages
 from broker.store.sealing import (
     AWS_MANAGED_KEY,
     HEADER_BYTES,
@@ -255,21 +255,48 @@ async def test_a_sealed_row_keeps_no_digest_of_its_body_and_a_clear_row_does(tmp
     ]
 
 
-async def test_a_tampered_row_is_refused(tmp_path):
+def unopened_of(info: pytest.ExceptionInfo[UnopenedMessages]) -> list[tuple[int, str, str, type]]:
+    """(seq, message id, key id, error type) of each message a read could not open."""
+    return [(m.seq, m.message_id, m.key_id, type(m.error)) for m in info.value.unopened]
+
+
+async def test_a_tampered_row_is_set_aside_and_the_others_are_read(tmp_path):
     store = SqliteStore(tmp_path, sealer=Sealer(ring()))
     await store.open()
     try:
         queue = await store.create_queue("sealed", SSE, {}, 1)
-        await store.commit([inserted(queue.queue_id, 1, "body")])
-        await store.commit([inserted(queue.queue_id, 2, "other")])
-        # Swap the sealed bodies of two messages: each is still valid ciphertext.
+        await store.commit([inserted(queue.queue_id, seq, f"body {seq}") for seq in (1, 2, 3)])
+        # Give message 2 the sealed body of message 1: still valid ciphertext, not its own.
         tamper = sqlite3.connect(tmp_path / "wharf.sqlite3", isolation_level=None)
-        one, two = (r[0] for r in tamper.execute("SELECT body FROM messages ORDER BY seq"))
-        tamper.execute("UPDATE messages SET body = ? WHERE seq = 1", (two,))
+        one, two = (r[0] for r in tamper.execute("SELECT body FROM messages WHERE seq < 3"))
+        tamper.execute("UPDATE messages SET body = ? WHERE seq = 2", (one,))
         tamper.close()
-        with pytest.raises(SealingError):
-            await store.read_messages(queue.queue_id, [1])
         assert one != two
+        with pytest.raises(UnopenedMessages) as info:
+            await store.read_messages(queue.queue_id, [3, 2, 1])
+        assert [m.body for m in info.value.opened] == ["body 3", "body 1"]
+        assert unopened_of(info) == [(2, str(uuid.UUID(int=2)), "k1", SealingError)]
+        with pytest.raises(UnopenedMessages) as info:
+            await store.read_messages(queue.queue_id, [2])
+        assert info.value.opened == []
+    finally:
+        await store.aclose()
+
+
+async def test_another_key_under_the_same_id_sets_its_messages_aside(tmp_path):
+    # The key file replaced k1's key material: what k1 sealed before fails authentication.
+    sealer = Sealer(ring())
+    store = SqliteStore(tmp_path, sealer=sealer)
+    await store.open()
+    try:
+        queue = await store.create_queue("q", SSE, {}, 1)
+        await store.commit([inserted(queue.queue_id, 1, "under the first k1")])
+        sealer.replace(ring(k1=K2))
+        await store.commit([inserted(queue.queue_id, 2, "under the second k1")])
+        with pytest.raises(UnopenedMessages) as info:
+            await store.read_messages(queue.queue_id, [1, 2])
+        assert [m.body for m in info.value.opened] == ["under the second k1"]
+        assert unopened_of(info) == [(1, str(uuid.UUID(int=1)), "k1", SealingError)]
     finally:
         await store.aclose()
 
@@ -331,9 +358,13 @@ async def test_rotation_in_the_store(tmp_path):
         messages = await store.read_messages(queue.queue_id, [1, 2])
         assert [m.body for m in messages] == ["under k1", "under k2"]
         sealer.replace(ring(sse="k2", k2=K2))  # k1 retired too early
-        with pytest.raises(KeyUnavailable) as info:
-            await store.read_messages(queue.queue_id, [1])
-        assert info.value.code == "KMS.NotFoundException"
+        with pytest.raises(UnopenedMessages) as info:
+            await store.read_messages(queue.queue_id, [1, 2])
+        assert [m.body for m in info.value.opened] == ["under k2"]  # not hidden by the other
+        assert unopened_of(info) == [(1, str(uuid.UUID(int=1)), "k1", KeyUnavailable)]
+        error = info.value.unopened[0].error
+        assert isinstance(error, KeyUnavailable)
+        assert error.code == "KMS.NotFoundException"
         assert [m.body for m in await store.read_messages(queue.queue_id, [2])] == ["under k2"]
     finally:
         await store.aclose()
@@ -357,6 +388,33 @@ async def test_a_queue_sealed_at_rest_is_not_read_ahead(tmp_path, settings):
         tamper.close()
         [message] = await store.read_messages(qid, [211])
         assert message.body == ("from the file" if settings is SSE else "body 211")
+    finally:
+        await store.aclose()
+
+
+async def test_an_unopened_row_leaves_the_cache_and_the_read_ahead_whole(tmp_path):
+    # A queue that turned encryption off keeps its older rows sealed; it is read ahead again.
+    sealer = Sealer(ring())
+    store = SqliteStore(tmp_path, sealer=sealer, body_cache_bytes=40_000)
+    await store.open()
+    try:
+        queue = await store.create_queue("q", SSE, {}, 1)
+        qid = queue.queue_id
+        await store.commit([inserted(qid, 1, "sealed under k1")])
+        await store.update_queue(qid, CLEAR, 2)
+        await store.commit([inserted(qid, seq, f"body {seq}") for seq in range(2, 301)])
+        sealer.replace(ring(sse="k2", k2=K2))  # k1 retired
+        tamper = sqlite3.connect(tmp_path / "wharf.sqlite3", isolation_level=None)
+        tamper.execute("UPDATE messages SET body = ? WHERE key_id IS NULL AND seq < 200", (b"",))
+        # 2 is in the cache (the backlog's head); 1 and 250 are read from the file, with the
+        # rows after 250 read ahead in the same trip.
+        with pytest.raises(UnopenedMessages) as info:
+            await store.read_messages(qid, [1, 2, 250])
+        assert [m.body for m in info.value.opened] == ["body 2", "body 250"]
+        assert unopened_of(info) == [(1, str(uuid.UUID(int=1)), "k1", KeyUnavailable)]
+        tamper.execute("UPDATE messages SET body = ? WHERE key_id IS NULL", (b"from the file",))
+        tamper.close()
+        assert [m.body for m in await store.read_messages(qid, [251])] == ["body 251"]
     finally:
         await store.aclose()
 
