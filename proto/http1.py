@@ -28,6 +28,9 @@ from typing import Final, Literal, NamedTuple
 
 import h11
 
+# h11's chunk-header grammar and the reader matching it (private): bound_chunk_sizes.
+from h11 import _abnf, _readers
+
 # h11's container of parsed fields (private, but what its events keep): events built from
 # fields h11 normalised already take it as they are (parsed_headers).
 from h11._headers import Headers
@@ -107,6 +110,38 @@ def origin_form(target: bytes, headers: list[Header]) -> tuple[bytes, list[Heade
     if not path.startswith(b"/"):
         path = b"/" + path
     return path, [(b"host", authority)] + [h for h in headers if h[0] != b"host"]
+
+
+# RFC 9112 3.2.3: authority-form = uri-host ":" port, the port required.
+_AUTHORITY_FORM: Final = re.compile(rb"(\[[^\]]*\]|[^:\[\]]+):([0-9]{1,5})")
+
+
+def is_authority_form(target: bytes) -> bool:
+    """Whether ``target`` is ``host:port`` and nothing else: a valid host (a name, an IPv4
+    address or a bracketed IPv6 one) and a port from 1 to 65535 (RFC 9110 9.3.6: a server
+    MUST reject a CONNECT to an empty or invalid port)."""
+    match = _AUTHORITY_FORM.fullmatch(target)
+    return match is not None and 1 <= int(match.group(2)) <= 65535 and is_valid_host(match.group(1))
+
+
+def has_request_target_form(method: bytes, target: bytes) -> bool:
+    """Whether ``target`` is in the one of RFC 9112 3.2's four forms that ``method`` may use.
+
+    Origin-form (``/path?query``) and absolute-form (an ``http``/``https`` URI with an
+    authority, which :func:`origin_form` rewrites) for every method but CONNECT;
+    authority-form (``host:port``) for CONNECT alone, and CONNECT uses nothing else (3.2.3);
+    asterisk-form (``*``) for OPTIONS alone (3.2.4). Anything else (``http:/admin``,
+    ``x:/y``, ``host:443`` on a GET, ``CONNECT /x``) would reach a target verbatim with a
+    path the rules never saw, or open a tunnel on an origin server's path: HAProxy answers
+    400 to all of them.
+    """
+    if method == b"CONNECT":
+        return is_authority_form(target)
+    if target[:1] == b"/":
+        return True
+    if target == b"*":
+        return method == b"OPTIONS"
+    return origin_form(target, []) is not None
 
 
 class _FastHeaders(Headers):
@@ -622,10 +657,12 @@ _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # HTAB is the only control 
 _FRAMING_LINE = re.compile(rb"\n(content-length|transfer-encoding)[ \t]*:([^\r\n]*)", re.IGNORECASE)
 _METHOD = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
-# A first line that _classify_request_line finds compliant (a token method, a target of
-# visible ASCII or HTAB, HTTP/1.0 or 1.1), ended by CRLF or LF: nearly every request's,
-# checked in one match instead of a split and four.
-_PLAIN_REQUEST_LINE = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+ [\t\x21-\x7e]+ HTTP/1\.[01]\r?\n")
+# A first line that _classify_request_line finds compliant (a token method other than
+# CONNECT, an origin-form target of visible ASCII or HTAB, HTTP/1.0 or 1.1), ended by CRLF
+# or LF: nearly every request's, checked in one match instead of a split and five.
+_PLAIN_REQUEST_LINE = re.compile(
+    rb"(?!CONNECT )[-!#$%&'*+.^_`|~0-9A-Za-z]+ /[\t\x21-\x7e]* HTTP/1\.[01]\r?\n"
+)
 _FRAMING_NAMES = frozenset({b"content-length", b"transfer-encoding"})
 # A name with the letters of a framing header and other punctuation (Content_Length,
 # Transfer--Encoding) is one to a lenient server, which maps '_' to '-' as CGI does or
@@ -638,6 +675,44 @@ CLASSIFIED_NAMES: Final = _FRAMING_NAMES
 # The largest Content-Length ALB's guardian parses: it reads the value as an unsigned
 # 64-bit number, and a larger one (which a target may wrap around) is BadContentLength.
 MAX_CONTENT_LENGTH: Final = 2**64 - 1
+# The largest chunk size h11 reads (16 hex digits): 2^64-1, as for Content-Length.
+MAX_CHUNK_SIZE_DIGITS: Final = 16
+
+
+def bound_chunk_sizes() -> None:
+    """Make h11 refuse a chunk size above 2^64-1 (more than 16 hex digits), both ways.
+
+    h11 0.16 reads up to 20 hex digits, so ``10000000000000003`` is one chunk of 2^64+3
+    bytes that swallows whatever follows (the next pipelined request, or response) while a
+    next hop that wraps sizes at 64 bits reads a 3-byte chunk: request smuggling through a
+    proxy chain. HAProxy answers 400 to such a request and 502 to such a response. h11
+    frames every body here and nothing re-frames one by hand, so h11's own chunk-header
+    pattern is narrowed instead, once per process (every h11 connection shares it): the
+    same grammar (extensions, trailing whitespace) with at most 16 digits. A size written
+    with more digits is refused even when its leading ones are zeros. h11 then raises its
+    usual ``illegal chunk header``, which the listener refuses as a bad chunk size
+    (BadTransferEncoding) and the forward path as an invalid response.
+
+    This leans on two h11 internals: ``h11._abnf.chunk_header`` (the pattern's source) and
+    the module global ``h11._readers.chunk_header_re`` that ``ChunkedReader`` matches each
+    chunk header with. If a future h11 moves either, this raises at import rather than let
+    the bound lapse silently (tests/proto/test_http1.py checks the behaviour as well).
+    """
+    source = _abnf.chunk_header.encode("ascii")
+    narrowed = source.replace(
+        _abnf.chunk_size.encode("ascii"), b"[0-9A-Fa-f]{1,%d}" % MAX_CHUNK_SIZE_DIGITS
+    )
+    installed = getattr(getattr(_readers, "chunk_header_re", None), "pattern", None)
+    if installed == narrowed:
+        return
+    reader = getattr(_readers, "ChunkedReader", None)
+    uses = reader is not None and "chunk_header_re" in reader.__call__.__code__.co_names
+    if narrowed == source or installed != source or not uses:
+        raise RuntimeError("h11's chunk reader changed: proto.http1 cannot bound chunk sizes")
+    _readers.chunk_header_re = re.compile(narrowed)
+
+
+bound_chunk_sizes()
 
 
 def is_lookalike(name: bytes) -> bool:
@@ -709,10 +784,10 @@ def _classify_request_line(line: bytes) -> Verdict:
         return verdict("BadMethod")
     if not _VERSION.fullmatch(version):
         return verdict("BadVersion")
+    if _CONTROL.search(target) or not has_request_target_form(method, target):
+        return verdict("BadUri")
     if version not in (b"HTTP/1.0", b"HTTP/1.1"):
         return verdict("NonCompliantVersion")
-    if _CONTROL.search(target) or not target:
-        return verdict("BadUri")
     if not target.isascii():
         return verdict("AmbiguousUri")
     return COMPLIANT

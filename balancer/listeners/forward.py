@@ -690,6 +690,16 @@ async def _relay(
     if ex.close_after:
         headers.append((b"connection", b"close"))
     conn = client.conn
+    try:
+        # The first body event, from the bytes read with the head: a body broken there
+        # already (a chunk size beyond 64 bits...) makes the response invalid, a 502 as
+        # HAProxy answers, since none of it has reached the client. Later, only a cut is left.
+        event = up.conn.next_event()
+    except h11.RemoteProtocolError:
+        ex.error_reason = "InvalidTargetResponse"
+        ex.close_after = ex.close_after or client.conn.their_state is not h11.DONE
+        await respond(client, ex, 502, b"bad gateway\n")
+        return framed_twice
     pending: list[fastio.Buffer] = [
         conn.send(
             h11.Response(
@@ -706,16 +716,6 @@ async def _relay(
     idle = ex.listener.config.idle_timeout_seconds
     size = reads = 0
     while True:
-        try:
-            event = up.conn.next_event()
-        except h11.RemoteProtocolError:
-            # The head (and body bytes) of the same read go out first: the client sees the
-            # response cut short, as when the error comes a read later, not a bare close.
-            ex.close_after = True
-            ex.error_reason = "TruncatedTargetResponse"
-            if pending:
-                await _flush(client, ex, pending)
-            return framed_twice
         if event is h11.NEED_DATA:
             if pending:
                 await _flush(client, ex, pending)
@@ -736,6 +736,16 @@ async def _relay(
             await _flush(client, ex, pending)
             return framed_twice
         else:
+            ex.close_after = True
+            ex.error_reason = "TruncatedTargetResponse"
+            if pending:
+                await _flush(client, ex, pending)
+            return framed_twice
+        try:
+            event = up.conn.next_event()
+        except h11.RemoteProtocolError:
+            # The head (and body bytes) of the same read go out first: the client sees the
+            # response cut short, as when the error comes a read later, not a bare close.
             ex.close_after = True
             ex.error_reason = "TruncatedTargetResponse"
             if pending:

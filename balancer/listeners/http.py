@@ -146,7 +146,6 @@ class HttpListenerHandler:
 _LINE_ENDS: Final = (b"\r", b"\n")
 # The body of a refusal found while reading a head, by error reason (else a size limit's).
 _HEAD_REFUSALS: Final = {
-    "BadRequestTarget": b"bad request target\n",
     "UnsupportedHttpVersion": b"HTTP version not supported\n",
     "InvalidHostHeader": b"bad host header\n",
     "MethodNotAllowed": b"TRACE is not supported\n",
@@ -332,12 +331,11 @@ class _Connection:
         services = self.services
         limits = listener.config.limits
         headers = header_list(request.headers)
-        bad_target = False
         if request.target[:1] != b"/" and b"://" in request.target:
+            # An absolute-form target; any other URI (ftp://, http:///x) is in none of the
+            # request-target forms, which classify_head below refuses (BadUri).
             rewritten = origin_form(request.target, headers)
-            if rewritten is None:
-                bad_target = True
-            else:
+            if rewritten is not None:
                 target, headers = rewritten
                 request = h11.Request(
                     method=request.method,
@@ -407,10 +405,6 @@ class _Connection:
             # not supported" (a target's echo would hand a page its cookies: cross-site tracing).
             ex.error_reason = "MethodNotAllowed"
             ex.status = 405
-        elif bad_target or (request.target == b"*" and request.method != b"OPTIONS"):
-            # RFC 9112 3.2.4: the asterisk form is OPTIONS's alone.
-            ex.error_reason = "BadRequestTarget"
-            ex.status = 400
         if verdict.classification is not Classification.COMPLIANT:
             # "refused" says what the client got: a request answered here with an error
             # (an HTTP/3.0 head's 505, a limit's 400) was not passed on either.

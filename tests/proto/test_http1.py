@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import h11
 import pytest
 from hypothesis import example, given
@@ -13,6 +15,7 @@ from proto.http1 import (
     Forwarding,
     ServerConnection,
     XffMode,
+    bound_chunk_sizes,
     classify_head,
     classify_headers,
     classify_parse_error,
@@ -23,8 +26,10 @@ from proto.http1 import (
     forwardable_framing,
     forwarded_for_overflow,
     forwarded_headers,
+    has_request_target_form,
     head_end,
     header_list,
+    is_authority_form,
     is_lookalike,
     is_trace_field,
     is_upgrade,
@@ -329,6 +334,69 @@ def test_h11_parse_errors_map_to_alb_reasons():
     folded = head(b"Host: a", b" x")
     assert classify_parse_error("continuation line at start of headers", folded).reason == "ObsFold"
     assert verdict("BadHeader").classification is Classification.SEVERE
+
+
+# Chunk sizes: at most 2^64-1 (bound_chunk_sizes) --------------------------------------------
+
+
+def _first_chunk(role: type[h11.SERVER] | type[h11.CLIENT], size: bytes) -> h11.Data:
+    """What h11 reads first of a chunked body whose first chunk header is ``size``, with
+    three bytes of data and a pipelined request after them."""
+    if role is h11.SERVER:  # a client's request
+        conn = h11.Connection(h11.SERVER)
+        start = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    else:  # a target's response
+        conn = h11.Connection(h11.CLIENT)
+        conn.send(h11.Request(method="GET", target="/", headers=[("host", "a")]))
+        conn.send(h11.EndOfMessage())
+        start = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    conn.receive_data(start + size + b"\r\nabc\r\n0\r\n\r\nGET /next HTTP/1.1\r\n\r\n")
+    assert isinstance(conn.next_event(), h11.Request | h11.Response)
+    event = conn.next_event()
+    assert isinstance(event, h11.Data)
+    assert event.chunk_start
+    return event
+
+
+@pytest.mark.parametrize("role", [h11.SERVER, h11.CLIENT])
+@given(st.integers(1, 2**64 - 1) | st.integers(2**64, 2**80))
+@example(2**64 - 1)
+@example(2**64 + 3)  # the hunt's 10000000000000003: one chunk swallowing the next request
+def test_chunk_sizes_beyond_64_bits_are_refused_both_ways(role, size: int) -> None:
+    digits = b"%x" % size
+    if size <= 2**64 - 1:
+        _first_chunk(role, digits)
+        return
+    with pytest.raises(h11.RemoteProtocolError) as refused:
+        _first_chunk(role, digits)
+    # The listener's bad-chunk classification of h11's message.
+    assert classify_parse_error(str(refused.value)).reason == "BadTransferEncoding"
+
+
+@pytest.mark.parametrize("role", [h11.SERVER, h11.CLIENT])
+def test_small_chunk_sizes_with_extensions_and_whitespace_still_read(role) -> None:
+    for size in (b"3", b"003", b"3;name=value", b"3 ", b"0000000000000003"):
+        assert _first_chunk(role, size).data == b"abc", size
+    with pytest.raises(h11.RemoteProtocolError):  # 17 digits, if only zeros: refused
+        _first_chunk(role, b"00000000000000003")
+
+
+def test_the_chunk_bound_relies_on_h11_internals_that_are_still_there(monkeypatch) -> None:
+    """Fails the day h11 renames what bound_chunk_sizes patches: its reader's pattern global
+    (read at each chunk header) and the grammar it is compiled from."""
+    from h11 import _abnf, _readers
+
+    assert "chunk_header_re" in _readers.ChunkedReader.__call__.__code__.co_names
+    assert _abnf.chunk_size in _abnf.chunk_header
+    assert _readers.chunk_header_re.pattern == _abnf.chunk_header.encode().replace(
+        _abnf.chunk_size.encode(), b"[0-9A-Fa-f]{1,16}"
+    )
+    bound_chunk_sizes()  # installed once: a second call changes nothing
+    assert _readers.chunk_header_re.pattern.count(b"{1,16}") == 1
+    # An h11 whose reader is no longer built from that grammar stops the import loudly.
+    monkeypatch.setattr(_readers, "chunk_header_re", re.compile(rb"(?P<chunk_size>\d+)\r\n"))
+    with pytest.raises(RuntimeError, match="chunk reader changed"):
+        bound_chunk_sizes()
 
 
 @pytest.mark.parametrize(
@@ -736,7 +804,7 @@ REQUEST_LINE_BYTES = st.sampled_from(
     [
         *(b"GET", b"POST", b"G(T", b"", b" ", b"/", b"/a?b=c", b"\t", b"\x7f", b"\x01"),
         *(b"\xe9", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"HTTP/1.1\r", b"\r", b"*"),
-        b"http/1.1",
+        *(b"http/1.1", b"CONNECT", b"OPTIONS", b"a.example:443", b"http://a/x", b"x:/y"),
     ]
 )
 
@@ -814,6 +882,104 @@ def test_origin_form_keeps_the_path_and_sends_the_authority_as_the_one_host(
     assert target == (path if path.startswith(b"/") else b"/" + path)
     assert [v for k, v in sent if k == b"host"] == [authority]
     assert sent[1:] == [h for h in headers if h[0] != b"host"]
+
+
+# Request-target forms (RFC 9112 3.2) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        b"GET http:/admin/secret HTTP/1.1",  # a scheme without an authority: no form at all
+        b"GET x:/admin/secret HTTP/1.1",
+        b"GET a:b/../admin/secret HTTP/1.1",
+        b"GET example.com:443 HTTP/1.1",  # authority-form is CONNECT's alone
+        b"POST example.com:443 HTTP/1.1",
+        b"GET * HTTP/1.1",  # asterisk-form is OPTIONS's alone
+        b"GET ftp://a.example/x HTTP/1.1",  # absolute-form here: http or https only
+        b"GET http:///x HTTP/1.1",  # and with an authority
+        b"GET admin HTTP/1.1",
+        b"CONNECT /x HTTP/1.1",  # CONNECT uses authority-form only
+        b"CONNECT http://a.example/ HTTP/1.1",
+        b"CONNECT * HTTP/1.1",
+        b"CONNECT a.example HTTP/1.1",  # no port
+        b"CONNECT a.example: HTTP/1.1",
+        b"CONNECT a.example:0 HTTP/1.1",
+        b"CONNECT a.example:65536 HTTP/1.1",
+        b"CONNECT :443 HTTP/1.1",
+        b"CONNECT user@a.example:443 HTTP/1.1",
+        b"CONNECT a.example:443/x HTTP/1.1",
+        b"CONNECT [::1:443 HTTP/1.1",
+        b"CONNECT [zz::1]:443 HTTP/1.1",
+        b"GET x:/admin HTTP/1.2",  # a lenient version does not hide the target
+        b"CONNECT /x HTTP/1.0",
+    ],
+)
+def test_a_target_in_none_of_the_forms_its_method_may_use_is_a_bad_uri(request_line):
+    found = classify_head(head(b"Host: a.example", request_line=request_line))
+    assert (found.reason, found.classification, found.action) == (
+        "BadUri",
+        Classification.SEVERE,
+        Action.REFUSE,
+    )
+    method, target, _ = request_line.split(b" ")
+    assert not has_request_target_form(method, target)
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [
+        b"GET / HTTP/1.1",
+        b"GET //a/../b?c=d HTTP/1.1",
+        b"OPTIONS * HTTP/1.1",
+        b"OPTIONS / HTTP/1.1",
+        b"GET http://a.example/x?y HTTP/1.1",
+        b"POST https://u@a.example:8443 HTTP/1.1",
+        b"CONNECT a.example:443 HTTP/1.1",
+        b"CONNECT 10.0.0.1:1 HTTP/1.1",
+        b"CONNECT [::1]:65535 HTTP/1.1",
+        b"CONNECT db.internal:5432 HTTP/1.0",
+        b"connect /x HTTP/1.1",  # methods are case-sensitive: not CONNECT, a plain path
+    ],
+)
+def test_targets_in_their_methods_forms_are_compliant(request_line):
+    assert classify_head(head(b"Host: a.example", request_line=request_line)) == COMPLIANT
+
+
+METHODS = st.sampled_from([b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"])
+
+
+@given(METHODS, _PATHS.filter(lambda path: path.startswith(b"/")))
+def test_every_origin_form_target_stays_compliant(method: bytes, path: bytes) -> None:
+    line = method + b" " + path + b" HTTP/1.1"
+    assert classify_head(head(b"Host: a.example", request_line=line)) == COMPLIANT
+
+
+@given(METHODS | st.just(b"CONNECT"), st.from_regex(rb"[!-~]{1,30}", fullmatch=True))
+def test_a_target_neither_origin_absolute_nor_asterisk_is_refused_but_for_connect(
+    method: bytes, target: bytes
+) -> None:
+    """Anything without a leading "/" or "://" is in the authority-form at best, which only
+    CONNECT may use (and CONNECT uses nothing else)."""
+    line = method + b" " + target + b" HTTP/1.1"
+    found = classify_head(head(b"Host: a.example", request_line=line))
+    if method == b"CONNECT":
+        assert (found == COMPLIANT) == is_authority_form(target)
+    elif target[:1] != b"/" and b"://" not in target and (target, method) != (b"*", b"OPTIONS"):
+        assert found.reason == "BadUri"
+
+
+@given(_AUTHORITIES, st.integers(1, 65535))
+def test_an_authority_with_a_port_is_connects_form(name: bytes, port: int) -> None:
+    target = name.partition(b":")[0] + b":%d" % port
+    assert has_request_target_form(b"CONNECT", target)
+    assert not has_request_target_form(b"GET", target)
+
+
+@given(st.ip_addresses(v=6), st.integers(0, 70000))
+def test_a_bracketed_ipv6_authority_needs_a_port_from_1_to_65535(address, port):
+    target = b"[%s]:%d" % (address.compressed.encode(), port)
+    assert is_authority_form(target) == (1 <= port <= 65535)
 
 
 def test_first_header_takes_the_first_of_its_name():

@@ -854,6 +854,75 @@ async def test_a_content_length_beyond_64_bits_is_refused_before_anything_is_for
         assert refused == 1
 
 
+async def test_a_chunk_size_beyond_64_bits_is_refused_before_anything_is_forwarded():
+    """h11 read up to 20 hex digits: 10000000000000003 was one chunk of 2^64+3 bytes that
+    swallowed the next pipelined request, while a next hop that wraps at 64 bits reads 3.
+    HAProxy answers 400; refused with the head, the target never gets a byte of it."""
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        payload = (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"10000000000000003\r\nabc\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        answer = await raw(front(daemon), payload)  # answered, then closed
+        assert statuses(answer) == [400]
+        assert b"connection: close" in answer.lower()
+        assert target.seen == []
+        refused = sample(
+            daemon,
+            "wharf_balancer_http_desync_requests_total",
+            {
+                "listener": "front",
+                "classification": verdict("BadTransferEncoding").classification.label,
+                "reason": "BadTransferEncoding",
+                "refused": "true",
+            },
+        )
+        assert refused == 1
+
+
+async def test_a_response_chunk_size_beyond_64_bits_is_a_502_and_its_connection_dropped(tmp_path):
+    """As HAProxy: a target's chunk size over 2^64-1 (h11 read 20 hex digits) makes the
+    response invalid, a 502, when it comes with the head; nothing of it reaches the client,
+    least of all the response it would have swallowed, and the connection is not reused."""
+    connections = 0
+
+    async def overflowing_then_fine(stream: trio.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        await read_request_head(stream)
+        if connections == 1:  # in one write: the balancer reads it with the head
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"10000000000000002\r\nok\r\n0\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nX-Poison: 1\r\nContent-Length: 8\r\n\r\nsmuggled"
+            )
+        else:
+            await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await trio.sleep_forever()  # a keep-alive target: the balancer decides to close
+
+    path = tmp_path / "access.log"
+    logged = listener(access_log=AccessLog(enabled=True, destination=str(path)))
+    async with (
+        raw_target(overflowing_then_fine) as target,
+        balancer(config([logged], [group("web", target)])) as daemon,
+        Client.connect(front(daemon)) as client,
+    ):
+        status, _, body = await client.request()
+        assert (status, body) == (502, b"bad gateway\n")
+        status, headers, body = await client.request()  # the same client connection
+        assert (status, body, "x-poison" in headers) == (200, b"ok", False)
+        assert connections == 2
+        codes = {"listener": "front", "code": "502"}
+        assert sample(daemon, "wharf_balancer_http_elb_5xx_responses_total", codes) == 1
+        await trio.sleep(1.3)  # the app flushes access logs once a second
+    first, _ = path.read_text().splitlines()
+    assert " 502 200 " in first  # the balancer's 502 to the target's broken 200
+    assert '"InvalidTargetResponse"' in first
+
+
 async def test_a_body_the_balancer_answered_without_is_counted_in_processed_bytes():
     """ALB's ProcessedBytes and received_bytes count the whole request, a body dropped after
     the balancer's own answer (here a 503) included."""

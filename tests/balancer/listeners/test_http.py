@@ -169,6 +169,9 @@ DESYNC = {
     "bare CR": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",
     "bad chunk size": b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     b"zz\r\nhello\r\n0\r\n\r\n",
+    # 2^64 + 3: h11 read up to 20 hex digits, a chunk swallowing the requests after it.
+    "chunk size beyond 64 bits": b"POST / HTTP/1.1\r\nHost: x\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n10000000000000003\r\nabc\r\n0\r\n\r\n",
     "space before colon": b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n",
     "underscore lookalike": b"POST / HTTP/1.1\r\nHost: x\r\nContent_Length: 3\r\n"
     b"Content-Length: 3\r\n\r\nabc",
@@ -188,6 +191,7 @@ DESYNC_REASONS = {
     "control byte in a header": "BadHeader",
     "bare CR": "BadHeader",
     "bad chunk size": "BadTransferEncoding",
+    "chunk size beyond 64 bits": "BadTransferEncoding",
     "space before colon": "SuspiciousHeader",
     "underscore lookalike": "SuspiciousHeader",
     "bad Content-Length": "BadContentLength",
