@@ -25,8 +25,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from broker.model import strict_json
 from broker.model.conditions import ConditionError, Context, check, holds
@@ -46,6 +47,24 @@ POLICY_MAX_STATEMENTS = 20
 POLICY_MAX_PRINCIPALS = 50
 POLICY_MAX_ACTIONS = 7
 POLICY_MAX_CONDITIONS = 10
+
+
+@dataclass(frozen=True)
+class PolicyQuotas:
+    """The size limits a service puts on one resource policy."""
+
+    max_bytes: int
+    max_statements: int
+    max_principals: int
+    max_actions_per_statement: int | None  # None: the service sets no such limit
+
+
+SQS_POLICY_QUOTAS: Final = PolicyQuotas(
+    POLICY_MAX_BYTES, POLICY_MAX_STATEMENTS, POLICY_MAX_PRINCIPALS, POLICY_MAX_ACTIONS
+)
+# "Policy quotas" (SNS Developer Guide, API permissions reference): 30 KB, 100 statements,
+# 200 principals per topic policy; no per-statement action limit.
+SNS_POLICY_QUOTAS: Final = PolicyQuotas(30 * 1024, 100, 200, None)
 # The batch actions have no IAM actions of their own: SendMessageBatch needs sqs:SendMessage
 # and so on ("Amazon SQS API permissions: Actions and resource reference", SQS Developer Guide;
 # AddPermission: "Specifying SendMessage ... also grants permissions for the corresponding batch
@@ -326,14 +345,15 @@ def policy_problem(policy: str) -> str | None:
             conditions += sum(len(k) if isinstance(k, dict) else 1 for k in condition.values())
     if conditions > POLICY_MAX_CONDITIONS:
         return f"a policy holds at most {POLICY_MAX_CONDITIONS} conditions"
-    return _over_quota(policy, statements)
+    return over_quota(policy, statements, SQS_POLICY_QUOTAS)
 
 
-def grammar_problem(policy: str) -> str | None:
-    """Why ``policy`` is not a resource policy by IAM's grammar, or None: the elements every
-    statement needs (Effect, a Principal or NotPrincipal, an Action or NotAction) and their
-    types. Topic policies are checked with this (SNS's quotas are not SQS's)."""
-    return _grammar(policy)[0]
+def topic_policy_problem(policy: str) -> str | None:
+    """Why ``policy`` is not a topic policy SNS would store, or None: IAM's grammar (the
+    elements every statement needs, Effect, a Principal or NotPrincipal, an Action or
+    NotAction, and their types), then SNS's policy quotas (:data:`SNS_POLICY_QUOTAS`)."""
+    reason, statements = _grammar(policy)
+    return reason if reason is not None else over_quota(policy, statements, SNS_POLICY_QUOTAS)
 
 
 def _grammar(policy: str) -> tuple[str | None, list[dict[str, Any]]]:
@@ -460,7 +480,7 @@ def add_permission(
     policy = json.dumps(
         {"Version": POLICY_VERSION, "Id": f"{queue_arn}/SQSDefaultPolicy", "Statement": statements}
     )
-    over = _over_quota(policy, statements)
+    over = over_quota(policy, statements, SQS_POLICY_QUOTAS)
     if over is not None:
         # AddPermission's own error for "the maximum number of permissions for the queue"
         # (SQS API reference, OverLimit), rather than the Policy attribute's.
@@ -470,16 +490,18 @@ def add_permission(
     return policy
 
 
-def _over_quota(policy: str, statements: list[dict[str, Any]]) -> str | None:
-    if len(policy.encode("utf-8", "surrogatepass")) > POLICY_MAX_BYTES:
-        return f"a policy holds at most {POLICY_MAX_BYTES:,} bytes"
-    if len(statements) > POLICY_MAX_STATEMENTS:
-        return f"a policy holds at most {POLICY_MAX_STATEMENTS} statements"
-    if any(len(_as_list(_one_of(s, "Action"))) > POLICY_MAX_ACTIONS for s in statements):
-        return f"a statement holds at most {POLICY_MAX_ACTIONS} actions"
+def over_quota(policy: str, statements: list[Any], quotas: PolicyQuotas) -> str | None:
+    """Which of ``quotas`` the policy (its JSON text and its statements) passes, or None."""
+    if len(policy.encode("utf-8", "surrogatepass")) > quotas.max_bytes:
+        return f"a policy holds at most {quotas.max_bytes:,} bytes"
+    if len(statements) > quotas.max_statements:
+        return f"a policy holds at most {quotas.max_statements} statements"
+    most = quotas.max_actions_per_statement
+    if most is not None and any(len(_as_list(_one_of(s, "Action"))) > most for s in statements):
+        return f"a statement holds at most {most} actions"
     principals = sum(_principal_count(_one_of(s, "Principal")) for s in statements)
-    if principals > POLICY_MAX_PRINCIPALS:
-        return f"a policy names at most {POLICY_MAX_PRINCIPALS} principals"
+    if principals > quotas.max_principals:
+        return f"a policy names at most {quotas.max_principals} principals"
     return None
 
 

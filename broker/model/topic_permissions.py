@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, Final
 
-from broker.model.policy import ACCOUNT_ID, PERMISSION_LABEL
+from broker.model.policy import ACCOUNT_ID, PERMISSION_LABEL, SNS_POLICY_QUOTAS, over_quota
 from broker.model.sns_errors import invalid_parameter
 from broker.model.topics import default_policy
 
@@ -73,7 +73,8 @@ def add_permission(
     Raises:
         SnsError: ``InvalidParameter`` for a duplicate or malformed label (SQS's rule), no
             accounts or one that is not twelve digits, no actions, or an action that is not a
-            topic action.
+            topic action, or when the new statement would take the policy past SNS's
+            policy quotas.
     """
     document = _document(policy, topic_arn, owner)
     if any(statement.get("Sid") == label for statement in document["Statement"]):
@@ -97,7 +98,11 @@ def add_permission(
             "Resource": topic_arn,
         }
     )
-    return json.dumps(document, separators=(",", ":"))
+    policy = json.dumps(document, separators=(",", ":"))
+    over = over_quota(policy, document["Statement"], SNS_POLICY_QUOTAS)
+    if over is not None:  # SNS's AddPermission has no OverLimit: its only client error
+        raise invalid_parameter(f"Policy Error: AddPermission would pass the topic's {over}")
+    return policy
 
 
 def remove_permission(policy: str | None, *, topic_arn: str, owner: str, label: str) -> str:

@@ -23,7 +23,7 @@ from broker.model.delivery_policy import (
     parse_topic_delivery_policy,
     render_topic_effective,
 )
-from broker.model.policy import grammar_problem, unreadable_condition
+from broker.model.policy import topic_policy_problem, unreadable_condition
 from broker.model.sns_errors import attribute_error, invalid_parameter
 
 FIFO_SUFFIX: Final = ".fifo"
@@ -229,7 +229,7 @@ def _apply(settings: TopicSettings, name: str, value: str, *, in_map: bool) -> T
             change = {"display_name": value}
         case "Policy":
             policy = _json_object(name, value, in_map)
-            problem = grammar_problem(policy) if policy else None
+            problem = topic_policy_problem(policy) if policy else None
             if problem is not None:  # as AWS: "Invalid parameter: Policy Error: ..."
                 raise attribute_error(f"{name} Error: {problem}", in_attributes_map=in_map)
             error = unreadable_condition(policy) if policy else None

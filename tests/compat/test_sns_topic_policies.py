@@ -51,3 +51,24 @@ def test_a_secure_transport_deny_binds_plain_http_only(shared_broker: BrokerThre
         sns.publish(TopicArn=arn, Message="the condition is false for this request")
     finally:
         sns.delete_topic(TopicArn=arn)
+
+
+def test_a_topic_policy_past_100_statements_is_refused_and_the_old_one_kept(
+    shared_broker: BrokerThread,
+) -> None:
+    sns: Any = sns_client(shared_broker.endpoint)
+    arn = sns.create_topic(Name="topic-policy-quota")["TopicArn"]
+    try:
+        statement = json.loads(_deny_publish(arn, "true"))["Statement"][0]
+        many = {"Version": "2012-10-17", "Statement": [statement] * 101}
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            sns.set_topic_attributes(
+                TopicArn=arn, AttributeName="Policy", AttributeValue=json.dumps(many)
+            )
+        error = info.value.response["Error"]
+        assert error["Code"] == "InvalidParameter"
+        assert "at most 100 statements" in error["Message"]
+        shown = sns.get_topic_attributes(TopicArn=arn)["Attributes"]["Policy"]
+        assert len(json.loads(shown)["Statement"]) == 1  # the default policy, unchanged
+    finally:
+        sns.delete_topic(TopicArn=arn)

@@ -68,6 +68,31 @@ def test_add_permission_refuses_duplicates_and_foreign_actions() -> None:
         )
 
 
+def test_add_permission_stops_at_sns_policy_quotas() -> None:
+    # 100 statements at most: the default policy's one and 99 labels fit, the 100th label not.
+    policy: str | None = None
+    for n in range(99):
+        policy = add_permission(
+            policy,
+            topic_arn=TOPIC,
+            owner=OWNER,
+            label=f"l{n}",
+            accounts=[OTHER],
+            actions=["Publish"],
+        )
+    assert len(json.loads(policy or "")["Statement"]) == 100
+    with pytest.raises(SnsError, match="at most 100 statements") as caught:
+        add_permission(
+            policy,
+            topic_arn=TOPIC,
+            owner=OWNER,
+            label="last",
+            accounts=[OTHER],
+            actions=["Publish"],
+        )
+    assert caught.value.code == "InvalidParameter"
+
+
 @given(
     st.lists(
         st.from_regex(r"[A-Za-z0-9_-]{1,10}", fullmatch=True), min_size=1, max_size=5, unique=True

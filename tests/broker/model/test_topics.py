@@ -267,6 +267,53 @@ def test_a_topic_policy_whose_condition_cannot_be_evaluated_is_refused():
     assert apply_update(settings, "Policy", readable).policy == readable
 
 
+def _topic_policy(statements: int, principals_each: int = 1, padding: int = 0) -> str:
+    def statement(n: int) -> dict[str, object]:
+        accounts = [
+            f"arn:aws:iam::{100000000000 + n * 1000 + i}:root" for i in range(principals_each)
+        ]
+        return {
+            "Sid": f"s{n}",
+            "Effect": "Allow",
+            "Principal": {"AWS": accounts},
+            "Action": "SNS:Publish",
+            "Resource": ARN,
+        }
+
+    document = {
+        "Version": "2012-10-17",
+        "Id": "x" * padding,
+        "Statement": [statement(n) for n in range(statements)],
+    }
+    return json.dumps(document)
+
+
+@pytest.mark.parametrize(
+    ("within", "beyond", "reason"),
+    [
+        (_topic_policy(100), _topic_policy(101), "at most 100 statements"),
+        (_topic_policy(2, 100), _topic_policy(3, 67), "at most 200 principals"),
+    ],
+)
+def test_a_topic_policy_past_sns_quotas_is_refused(within: str, beyond: str, reason: str):
+    # SNS's policy quotas (30 KB, 100 statements, 200 principals), not SQS's smaller ones.
+    settings = parse_create("t", {})
+    assert apply_update(settings, "Policy", within).policy == within
+    message = message_of(lambda: apply_update(settings, "Policy", beyond))
+    assert message.startswith("Invalid parameter: Policy Error: ")
+    assert reason in message
+
+
+def test_a_topic_policy_past_30_kb_is_refused():
+    settings = parse_create("t", {})
+    base = len(_topic_policy(1))
+    exactly = _topic_policy(1, padding=30 * 1024 - base)
+    assert len(exactly) == 30 * 1024
+    assert apply_update(settings, "Policy", exactly).policy == exactly
+    over = _topic_policy(1, padding=30 * 1024 - base + 1)
+    assert "at most 30,720 bytes" in message_of(lambda: apply_update(settings, "Policy", over))
+
+
 def test_fifo_topics_archive_for_1_to_365_days_and_trace_nothing():
     fifo = parse_create("orders.fifo", {"FifoTopic": "true"})
     for period in ("1", "365", 30):
