@@ -78,11 +78,14 @@ def _first_missing(path: Path) -> Path | None:
     return missing
 
 
-def restore(data_dir: Path, source: Path, now: float | None = None) -> tuple[StoreSummary, Path]:
+def restore(
+    data_dir: Path, source: Path, now: float | None = None
+) -> tuple[StoreSummary, Path | None]:
     """Put the backup directory ``source`` in place as ``data_dir``'s store and keys.
 
     Returns:
-        The restored store's summary, and the directory the replaced files were moved to.
+        The restored store's summary, and the directory the replaced files were moved to
+        (None when ``data_dir`` held none: no empty directory is left behind).
 
     Raises:
         StoreError: the broker is running on ``data_dir`` (``DataDirectoryInUse``), or
@@ -101,10 +104,11 @@ def restore(data_dir: Path, source: Path, now: float | None = None) -> tuple[Sto
     try:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
         aside = data_dir / f"before-restore-{stamp}"
-        aside.mkdir(mode=0o700)
         # The store's WAL and shared-memory files go with it: left beside the restored file,
         # SQLite would replay the old WAL into it.
         moved = [name for name in (*_STORE_FILES, *KEY_FILES) if (data_dir / name).exists()]
+        if moved:
+            aside.mkdir(mode=0o700)
         for name in moved:
             (data_dir / name).rename(aside / name)
         fsync_directory(data_dir)
@@ -115,10 +119,11 @@ def restore(data_dir: Path, source: Path, now: float | None = None) -> tuple[Sto
             # empty one. Put the replaced files back instead.
             _put_back(data_dir, aside, moved)
             raise
-        _give_to_owner(data_dir, [aside, *(data_dir / name for name in restored)])
+        replaced = [aside] if moved else []
+        _give_to_owner(data_dir, [*replaced, *(data_dir / name for name in restored)])
     finally:
         lock.release()
-    return summary, aside
+    return summary, aside if moved else None
 
 
 def _copy(source: Path, destination: Path) -> None:
@@ -141,7 +146,8 @@ def _put_back(data_dir: Path, aside: Path, moved: list[str]) -> None:
         (data_dir / name).unlink(missing_ok=True)
     for name in moved:
         (aside / name).rename(data_dir / name)
-    aside.rmdir()
+    if moved:
+        aside.rmdir()
     fsync_directory(data_dir)
 
 

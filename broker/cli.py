@@ -108,7 +108,8 @@ def _run_restore(args: argparse.Namespace, config: BrokerConfig) -> int:
         print(f"restore failed, nothing changed: {error}", file=sys.stderr)
         return EXIT_FAILED
     print(f"restored {args.source} into {data_dir}: {_describe(summary)}")
-    print(f"the files it replaced are in {aside}")
+    if aside is not None:
+        print(f"the files it replaced are in {aside}")
     return 0
 
 

@@ -135,10 +135,15 @@ def test_backup_and_restore_with_an_explicit_data_directory(tmp_path, capsys):
         f"schema version {SCHEMA_VERSION}\n"
     )
     assert main(["restore", "--data-dir", str(tmp_path / "fresh"), str(tmp_path / "b")]) == 0
-    assert capsys.readouterr().out.startswith(
-        f"restored {tmp_path / 'b'} into {tmp_path / 'fresh'}: "
-    )
+    out = capsys.readouterr().out
+    assert out.startswith(f"restored {tmp_path / 'b'} into {tmp_path / 'fresh'}: ")
     assert (tmp_path / "fresh" / "wharf.sqlite3").is_file()
+    # Nothing was replaced in the fresh directory: no before-restore-* directory, no line.
+    assert "replaced" not in out
+    assert not list((tmp_path / "fresh").glob("before-restore-*"))
+    assert main(["restore", "--data-dir", str(tmp_path / "fresh"), str(tmp_path / "b")]) == 0
+    assert "the files it replaced are in " in capsys.readouterr().out
+    assert len(list((tmp_path / "fresh").glob("before-restore-*"))) == 1
 
 
 async def _make_store(data: Path) -> None:
