@@ -18,6 +18,24 @@ they must reach us unchanged: a proxy that rewrites ``Host`` breaks every signat
 The canonical URI percent-encodes the already-encoded path once more (every service but S3
 does; botocore ``_normalize_url_path``), after removing dot segments and empty segments.
 
+A signature covers only the headers it lists, so a header the broker acts on must be listed
+whenever it is sent, or a captured request could be replayed with another value: awsJson takes
+its action from ``X-Amz-Target``, so an unsigned target would turn a SendMessage into a
+DeleteQueue of the same ``{"QueueUrl": ...}``. :func:`verify` therefore refuses a request that
+carries, outside its signed headers, any ``X-Amz-*`` header (as S3 does: "There were headers
+present in the request which were not signed") or the ``Date`` header that dates it (the SigV4
+docs: a date or x-amz-date header used must be signed). ``X-Amz-Security-Token`` is the one
+exception: AWS's SigV4 test suite has it added after signing (post-sts-header-after), and the
+broker never reads it. Every SDK signs all of these: botocore leaves out only
+``SIGNED_HEADERS_BLACKLIST`` (hop-by-hop headers, ``user-agent``, ``expect``,
+``x-amzn-trace-id``, tracing), the JS SDK v3 its ``ALWAYS_UNSIGNABLE_HEADERS`` (the same kind,
+plus ``cache-control``, ``from``, ``referer``, ``pragma``), the Go SDKs ``Authorization``,
+``User-Agent``, ``X-Amzn-Trace-Id`` and ``Expect``, the Java SDKs ``connection``,
+``x-amzn-trace-id``, ``user-agent`` and ``expect``: none an ``x-amz-`` name. ``Content-Type``
+need not be signed (the JS SDK v2 never signs it) and is safe unsigned: the broker picks the
+protocol from ``X-Amz-Target``, never from the content type, and the payload hash fixes the
+body it parses.
+
 Errors are :class:`SigV4Error`, an :class:`~proto.aws.errors.AwsError` the shell renders as
 is. Codes and statuses follow AWS's Common Errors page; a bad or expired signature is
 ``SignatureDoesNotMatch`` (403), which is what SQS answers ("Signature expired: ... is now
@@ -65,7 +83,10 @@ MAX_PRESIGN_EXPIRES_SECONDS: Final = 7 * 24 * 60 * 60
 _UNSIGNED_PAYLOAD: Final = "UNSIGNED-PAYLOAD"
 _TIMESTAMP: Final = re.compile(r"\d{8}T\d{6}Z")
 _TIMESTAMP_FORMAT: Final = "%Y%m%dT%H%M%SZ"  # ISO 8601 basic format, as X-Amz-Date carries it
-_HEX_SHA256: Final = re.compile(r"[0-9a-fA-F]{64}")  # a SHA-256 digest: payload hash, signature
+_HEX_SHA256: Final = re.compile(r"[0-9a-fA-F]{64}")  # a declared payload hash, either case
+# A signature is "HexEncode(HMAC(...))", lowercase base 16 (SigV4 docs); AWS compares strings,
+# so an uppercase one does not match.
+_SIGNATURE: Final = re.compile(r"[0-9a-f]{64}")
 _SIGNED_HEADER: Final = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")  # RFC 9110 token, lowercase
 _PRESIGN_PARAMS: Final = (
     "X-Amz-Algorithm",
@@ -74,6 +95,9 @@ _PRESIGN_PARAMS: Final = (
     "X-Amz-Date",
     "X-Amz-SignedHeaders",
 )
+_AUTHORIZATION_FIELDS: Final = ("Credential", "SignedHeaders", "Signature")
+# The one X-Amz-* header a request may carry unsigned (see the module docstring).
+_MAY_BE_UNSIGNED: Final = "x-amz-security-token"
 
 Header = tuple[str | bytes, str | bytes]
 SecretLookup = Mapping[str, str] | Callable[[str], str | None]
@@ -142,6 +166,7 @@ class _Auth:
     signed_headers: tuple[str, ...]
     signature: str
     timestamp: str
+    dated_by: str | None  # the header the timestamp came from; None: X-Amz-Date in the query
     expires: int | None
     security_token: str | None
     presigned: bool
@@ -342,11 +367,12 @@ def _parse_signed_headers(text: str) -> tuple[str, ...]:
     return names
 
 
-def _header_timestamp(headers: Mapping[str, list[str]]) -> str:
+def _header_timestamp(headers: Mapping[str, list[str]]) -> tuple[str, str]:
+    """The request's timestamp, and the header it came from (``x-amz-date`` or ``date``)."""
     # X-Amz-Date wins over Date (SigV4 docs: "the X-Amz-Date header ... takes precedence").
     amz_date = _single(headers, "x-amz-date", "Header")
     if amz_date is not None:
-        return amz_date.strip()
+        return amz_date.strip(), "x-amz-date"
     date = _single(headers, "date", "Header")
     if date is None:
         raise _incomplete(
@@ -358,7 +384,7 @@ def _header_timestamp(headers: Mapping[str, list[str]]) -> str:
         raise _incomplete(f"Date header {date!r} is not an HTTP date.") from None
     # A naive result means "-0000", i.e. UTC (RFC 5322 §3.3).
     utc = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    return utc.strftime(_TIMESTAMP_FORMAT)
+    return utc.strftime(_TIMESTAMP_FORMAT), "date"
 
 
 def _parse_header_auth(value: str, headers: Mapping[str, list[str]]) -> _Auth:
@@ -373,16 +399,26 @@ def _parse_header_auth(value: str, headers: Mapping[str, list[str]]) -> _Auth:
         if not sep or key in fields:
             raise _incomplete(f"Malformed Authorization header component {item.strip()!r}.")
         fields[key] = item_value
-    missing = [k for k in ("Credential", "SignedHeaders", "Signature") if k not in fields]
+    missing = [k for k in _AUTHORIZATION_FIELDS if k not in fields]
     if missing:
         raise _incomplete(
             " ".join(f"Authorization header requires '{k}' parameter." for k in missing)
         )
+    # The header's documented form has these three components and no other; the signature
+    # does not cover the header, so any extra one would make the same request in new bytes.
+    unknown = [k for k in fields if k not in _AUTHORIZATION_FIELDS]
+    if unknown:
+        raise _incomplete(
+            f"Authorization header component {unknown[0]!r} is not one of 'Credential', "
+            "'SignedHeaders' and 'Signature'."
+        )
+    timestamp, dated_by = _header_timestamp(headers)
     return _Auth(
         scope=_parse_credential(fields["Credential"]),
         signed_headers=_parse_signed_headers(fields["SignedHeaders"]),
         signature=fields["Signature"],
-        timestamp=_header_timestamp(headers),
+        timestamp=timestamp,
+        dated_by=dated_by,
         expires=None,
         security_token=_single(headers, "x-amz-security-token", "Header"),
         presigned=False,
@@ -414,6 +450,7 @@ def _parse_query_auth(params: Mapping[str, list[str]], headers: Mapping[str, lis
         signed_headers=_parse_signed_headers(values["X-Amz-SignedHeaders"] or ""),
         signature=values["X-Amz-Signature"] or "",
         timestamp=values["X-Amz-Date"] or "",
+        dated_by=None,
         expires=expires,
         security_token=token or _single(headers, "x-amz-security-token", "Header"),
         presigned=True,
@@ -441,6 +478,35 @@ def _parse_auth(headers: Mapping[str, list[str]], query: str | bytes) -> _Auth:
     if presigned:
         return _parse_query_auth(params, headers)
     raise SigV4Error("MissingAuthenticationToken", "Request is missing Authentication Token")
+
+
+def _check_unsigned_headers(auth: _Auth, headers: Mapping[str, list[str]]) -> None:
+    """Refuse a request that carries a header the broker acts on outside its signed headers.
+
+    The code is the one non-S3 services answer for a header SignedHeaders must list ("'Host'
+    must be a 'SignedHeader' in the AWS Authorization.", IncompleteSignature, 400); the words
+    are S3's for a present header left unsigned (there AccessDenied, 403).
+
+    Raises:
+        SigV4Error: ``IncompleteSignature`` naming the unsigned headers.
+    """
+    signed = auth.signed_headers
+    unsigned = [
+        name
+        for name in headers
+        if name not in signed
+        and (
+            (name.startswith("x-amz-") and name != _MAY_BE_UNSIGNED)
+            or name == auth.dated_by  # "date": an x-amz-date is an x-amz- header already
+        )
+    ]
+    if unsigned:
+        raise _incomplete(
+            "There were headers present in the request which were not signed: "
+            f"{', '.join(sorted(unsigned))}. Every X-Amz-* header sent (except "
+            "X-Amz-Security-Token), and a Date header that dates the request, must be a "
+            "'SignedHeader' in the AWS Authorization."
+        )
 
 
 def _epoch(timestamp: str) -> float:
@@ -541,14 +607,17 @@ def verify(
 
     Raises:
         SigV4Error: ``MissingAuthenticationToken`` (403, no signature at all),
-            ``IncompleteSignature`` (400, malformed), ``InvalidClientTokenId`` (403, unknown
-            access key), ``SignatureDoesNotMatch`` (403: wrong signature, a signed header
-            missing, a body that does not match ``x-amz-content-sha256``, or a timestamp more
-            than 15 minutes away from ``now``) or ``RequestExpired`` (400, presigned URL past
-            ``X-Amz-Expires``).
+            ``IncompleteSignature`` (400: malformed, or an ``X-Amz-*`` header other than
+            ``X-Amz-Security-Token``, or the ``Date`` that dates the request, sent but not
+            signed), ``InvalidClientTokenId`` (403, unknown access key),
+            ``SignatureDoesNotMatch`` (403: a wrong signature or one in uppercase hex, a
+            signed header missing, a body that does not match ``x-amz-content-sha256``, or a
+            timestamp more than 15 minutes away from ``now``) or ``RequestExpired`` (400,
+            presigned URL past ``X-Amz-Expires``).
     """
     header_map = _header_map(headers)
     auth = _parse_auth(header_map, query)
+    _check_unsigned_headers(auth, header_map)
     signed_at = _epoch(auth.timestamp)
     if auth.scope.date != auth.timestamp[:8]:
         raise SigV4Error(
@@ -577,10 +646,7 @@ def verify(
     expected = hmac.new(key, to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
     # Timing-safe: compare_digest takes the same time wherever the strings differ. Both sides
     # are ASCII hex once the regex has matched.
-    if not (
-        _HEX_SHA256.fullmatch(auth.signature)
-        and hmac.compare_digest(expected, auth.signature.lower())
-    ):
+    if not (_SIGNATURE.fullmatch(auth.signature) and hmac.compare_digest(expected, auth.signature)):
         raise SigV4Error(
             "SignatureDoesNotMatch",
             "The request signature we calculated does not match the signature you provided. "

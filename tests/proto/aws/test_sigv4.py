@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from unittest import mock
@@ -69,9 +70,14 @@ def botocore_sign(
     service: str = "sqs",
     token: str | None = None,
     expires: int | None = None,
+    leave_unsigned: Iterable[str] = (),
 ) -> Req:
     """Sign with botocore's SigV4Auth (or SigV4QueryAuth when ``expires`` is given) and return
-    the request as it would reach the server."""
+    the request as it would reach the server.
+
+    ``leave_unsigned`` names headers (lowercase) botocore's signer is made to leave out of
+    SignedHeaders, as a hand-written signer might; they are sent all the same.
+    """
     credentials = botocore.credentials.Credentials(AKID, SECRET, token)
     request = AWSRequest(method=method, url=url, headers=headers or {}, data=body, params=params)
     if expires is None:
@@ -79,15 +85,24 @@ def botocore_sign(
     else:
         signer = botocore.auth.SigV4QueryAuth(credentials, service, region, expires=expires)
     original = signer.canonical_request
+    original_headers_to_sign = signer.headers_to_sign
+    unsigned = tuple(leave_unsigned)
 
     def capture(request):
         text = original(request)
         CANONICAL[id(request)] = text
         return text
 
+    def headers_to_sign(request):
+        chosen = original_headers_to_sign(request)
+        for name in unsigned:
+            del chosen[name]
+        return chosen
+
     with (
         mock.patch("botocore.auth.get_current_datetime", return_value=when),
         mock.patch.object(signer, "canonical_request", capture),
+        mock.patch.object(signer, "headers_to_sign", headers_to_sign),
     ):
         signer.add_auth(request)
     canonical = CANONICAL.pop(id(request))
@@ -483,6 +498,8 @@ GOOD = (
         (GOOD.replace("host;x-amz-date", "host;;x-amz-date"), "distinct lowercase"),
         (GOOD + ", Signature=1", "Malformed Authorization header component"),
         (GOOD.replace(", SignedHeaders", " SignedHeaders"), "requires 'SignedHeaders'"),
+        (GOOD + ", Expires=60", "'Expires' is not one of"),
+        (GOOD.replace("Credential=", "credential=") + ", Credential=a", "'credential' is not"),
     ],
 )
 def test_malformed_authorization_header(authorization, expected):
@@ -607,3 +624,160 @@ def test_peek_scope_on_presigned_and_anonymous_requests():
         sigv4.peek_scope(headers=[("Authorization", "Basic dXNlcjpwYXNz")], query="")
     with pytest.raises(SigV4Error):
         sigv4.peek_scope(headers=[], query="X-Amz-Credential=AKID%2F2024%2Fr%2Fs")
+
+
+# -- headers that must be signed -------------------------------------------------------------
+
+JSON_URL = "http://wharf.test:9324/"
+SEND_BODY = b'{"QueueUrl":"http://wharf.test:9324/000000000000/orders","MessageBody":"hi"}'
+JSON_HEADERS = {
+    "X-Amz-Target": "AmazonSQS.SendMessage",
+    "Content-Type": "application/x-amz-json-1.0",
+}
+TARGETS = st.sampled_from(
+    ["AmazonSQS.DeleteQueue", "AmazonSQS.PurgeQueue", "AmazonSQS.ListQueues", "AmazonSNS.Publish"]
+)
+
+
+def refusal(req: Req, now: float = NOW) -> SigV4Error:
+    with pytest.raises(SigV4Error) as caught:
+        req.verify(now)
+    return caught.value
+
+
+@settings(max_examples=50, deadline=None)
+@given(target=TARGETS)
+def test_the_target_must_be_signed(target):
+    # The finding: botocore signs X-Amz-Target, but a signer that leaves it out produced a
+    # request whose target anyone could swap (a SendMessage replayed as a DeleteQueue of the
+    # same {"QueueUrl": ...}) and that still verified.
+    unsigned = botocore_sign(
+        "POST",
+        JSON_URL,
+        when=WHEN,
+        headers=JSON_HEADERS,
+        body=SEND_BODY,
+        leave_unsigned=["x-amz-target"],
+    )
+    assert "x-amz-target" not in unsigned.header("authorization")
+    for sent in (unsigned, unsigned.with_header("X-Amz-Target", target)):
+        error = refusal(sent)
+        assert (error.code, error.status_hint, error.shape) == (
+            "IncompleteSignature",
+            400,
+            "IncompleteSignature",
+        )
+        assert "not signed: x-amz-target." in error.message
+    # Signed, as every SDK signs it, the target is held by the signature.
+    signed = botocore_sign("POST", JSON_URL, when=WHEN, headers=JSON_HEADERS, body=SEND_BODY)
+    assert "x-amz-target" in signed.header("authorization")
+    assert signed.verify(NOW).access_key_id == AKID
+    error = refusal(signed.with_header("X-Amz-Target", target))
+    assert (error.code, error.status_hint) == ("SignatureDoesNotMatch", 403)
+
+
+_AMZ_SUFFIXES = st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=10)
+_OTHER_NAMES = st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=10).filter(
+    lambda name: not name.startswith("x-amz") and name not in _UNSIGNABLE and name != "date"
+)
+
+
+@st.composite
+def partly_signed(draw: st.DrawFn) -> tuple[Req, set[str]]:
+    """A request botocore signed with some of its headers left out of SignedHeaders, and the
+    x-amz- ones among those left out that must have been signed."""
+    amz = draw(st.sets(_AMZ_SUFFIXES.map(lambda s: "x-amz-" + s), max_size=3))
+    amz -= {"x-amz-date", "x-amz-security-token", "x-amz-content-sha256", "x-amz-target"}
+    others = draw(st.sets(_OTHER_NAMES, max_size=3))
+    headers = {name: draw(header_values) for name in amz | others}
+    headers["X-Amz-Target"] = draw(TARGETS)
+    token = draw(st.none() | st.just("session-token"))
+    presigned = draw(st.booleans())
+    candidates = sorted(amz | others | {"x-amz-target"})
+    if token is not None and not presigned:
+        candidates.append("x-amz-security-token")  # presigned: the token is in the query
+    if not presigned:
+        candidates.append("x-amz-date")
+    left_out = draw(st.sets(st.sampled_from(candidates)))
+    req = botocore_sign(
+        "GET" if presigned else "POST",
+        JSON_URL,
+        when=WHEN,
+        headers=headers,
+        body=b"" if presigned else SEND_BODY,
+        token=token,
+        expires=60 if presigned else None,
+        leave_unsigned=left_out,
+    )
+    must_sign = {name for name in left_out if name.startswith("x-amz-")}
+    return req, must_sign - {"x-amz-security-token"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(signed=partly_signed())
+def test_every_x_amz_header_sent_but_the_token_must_be_signed(signed):
+    # Headers the signer left out may still be sent: any but an X-Amz-* one (X-Amz-Security-
+    # Token aside, which AWS lets a client add after signing), in both kinds of signature.
+    req, must_sign = signed
+    if not must_sign:
+        assert req.verify(NOW).access_key_id == AKID
+        return
+    error = refusal(req)
+    assert error.code == "IncompleteSignature"
+    assert f"not signed: {', '.join(sorted(must_sign))}." in error.message
+    # The same request without them is a valid one: their presence alone is refused (but
+    # X-Amz-Date's, which the request needs).
+    kept = tuple((k, v) for k, v in req.headers if k.lower() not in must_sign - {"x-amz-date"})
+    if "x-amz-date" in must_sign:
+        assert "not signed: x-amz-date." in refusal(replace(req, headers=kept)).message
+    else:
+        assert replace(req, headers=kept).verify(NOW).access_key_id == AKID
+
+
+def test_the_date_header_that_dates_the_request_must_be_signed():
+    # botocore signs with Date when the request has one; a signer that left it out had its
+    # timestamp from a header nobody signed (AWS: a date header used must be signed).
+    req = botocore_sign(
+        "POST", JSON_URL, when=WHEN, headers={"Date": "x"}, body=b"b", leave_unsigned=["date"]
+    )
+    error = refusal(req)
+    assert error.code == "IncompleteSignature"
+    assert "not signed: date." in error.message
+    # A Date beside a signed X-Amz-Date dates nothing, and may stay unsigned.
+    plain = botocore_sign("POST", JSON_URL, when=WHEN, body=b"b")
+    assert plain.with_header("Date", "Wed, 01 May 2024 12:00:00 GMT").verify(NOW)
+
+
+def test_a_presigned_url_carries_no_unsigned_target():
+    # A presigned query URL signs what its X-Amz-SignedHeaders lists (host here); whoever uses
+    # it adds headers of its own, but an X-Amz-Target would make it a JSON request.
+    req = botocore_sign(
+        "GET",
+        JSON_URL,
+        when=WHEN,
+        params={"Action": "ListQueues", "QueueNamePrefix": "o"},
+        expires=300,
+    )
+    browser = (("User-Agent", "curl/8"), ("Accept", "*/*"), ("Content-Type", "text/plain"))
+    assert replace(req, headers=req.headers + browser).verify(NOW).presigned
+    error = refusal(req.with_header("X-Amz-Target", "AmazonSQS.PurgeQueue"))
+    assert (error.code, error.status_hint) == ("IncompleteSignature", 400)
+    assert "not signed: x-amz-target." in error.message
+    signed = botocore_sign("GET", JSON_URL, when=WHEN, headers=JSON_HEADERS, expires=300)
+    assert "x-amz-target" in signed.query
+    assert signed.verify(NOW).presigned
+
+
+def test_an_uppercase_signature_is_refused():
+    # SigV4's signature is lowercase hex, and AWS compares it as a string.
+    req = botocore_sign("POST", JSON_URL, when=WHEN, body=b"b")
+    auth = req.header("authorization")
+    upper = auth[:-64] + auth[-64:].upper()
+    assert upper != auth
+    error = refusal(req.with_header("Authorization", upper))
+    assert (error.code, error.status_hint) == ("SignatureDoesNotMatch", 403)
+    presigned = botocore_sign("GET", JSON_URL, when=WHEN, expires=60)
+    signature = presigned.query.split("X-Amz-Signature=")[1][:64]
+    assert signature != signature.upper()
+    error = refusal(replace(presigned, query=presigned.query.replace(signature, signature.upper())))
+    assert error.code == "SignatureDoesNotMatch"
