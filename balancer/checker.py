@@ -10,19 +10,36 @@ Theory of operation:
 
 - The pure :class:`~balancer.health.HealthTable` of each group (in ``runtime.live``) decides
   states; this shell only observes the world and feeds it ``record_check`` results.
-- A probe checks right away (ALB: one passing check makes a new target healthy), then every
-  ``interval_seconds`` measured from the start of the previous check: "the result lasts for
-  the entire interval", so a slow response does not shift the schedule. Settings are read
-  from the current snapshot at every check, so a reload that changes the path, matcher or
-  port applies from the next check without restarting anything; a waiting probe re-reads the
-  interval when a generation is installed, so a shorter one applies at once.
-- Which targets have a probe follows the tables: every batch of health events (a reload, an
-  admin registration, a check result, a deadline) re-synchronises the set. Targets that are
-  draining, unused or unavailable (checks off) are not checked; removed ones lose their probe;
-  targets kept across a reload keep their probe and their state.
+- A probe checks right away (ALB: one passing check makes a new target healthy; many
+  probes started together wait their turn, below), then every ``interval_seconds`` (a
+  little less: jitter, below) measured from the start of the previous check: "the result
+  lasts for the entire interval", so a slow response does not shift the schedule. Settings
+  are read from the current snapshot at every check, so a reload that changes the path,
+  matcher or port applies from the next check without restarting anything; a waiting probe
+  re-reads the interval when a generation changes its group's, so a shorter one applies at
+  once.
+- Probes are spread out, as HAProxy spreads a backend's checks, so thousands of targets do
+  not all connect in the same instant of every interval. The probes started together (the
+  daemon's first targets, a reload's, a large registration) take their first checks one
+  after another, ``min(interval / count, FIRST_CHECK_GAP_SECONDS)`` apart: spread across the
+  interval when there are many, yet a target registered alone, or a small group at start, is
+  checked at once (an ``initial`` target gets no requests while others are healthy, so a
+  slow spread would leave it idle). Each later check comes up to ``INTERVAL_JITTER`` of the
+  interval early, at random (HAProxy's ``spread-checks``), so targets that started together
+  drift apart instead of staying aligned; never late, so a target still turns unhealthy
+  within ``interval_seconds x unhealthy_threshold``.
+- Which targets have a probe follows the tables, incrementally: a batch of health events (a
+  reload, an admin registration, a check result, a deadline) re-evaluates only the targets
+  it names, so a check result costs O(1), not a walk of every target. A new configuration
+  (a reload, not a targets-API change, which only changes targets that its events name)
+  re-synchronises the whole set. Targets that are draining, unused or unavailable (checks
+  off) are not checked; removed ones lose their probe; targets kept across a reload keep
+  their probe and their state.
 - Draining ends at the deregistration delay (:meth:`Runtime.advance` at
   :meth:`HealthTable.next_deadline`), or early once the target has nothing in flight: the
   runtime's outstanding counters tell, and the HTTP shell also reports the last request.
+  The clock wakes when a target starts draining, at deadlines, and every second while
+  targets drain; each wake looks at the draining targets only.
 - A check that raises (a bug: :func:`~balancer.probes.run_check` returns a result for
   anything a target does) fails with ALB's ``Elb.InternalError``, is logged at error level
   (``target.check_error``, once while it keeps raising) and counted in
@@ -36,6 +53,7 @@ Theory of operation:
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
@@ -63,6 +81,18 @@ CHECKED_STATES: Final = frozenset({TargetState.INITIAL, TargetState.HEALTHY, Tar
 # ended without the HTTP shell reporting it (a safety net; reports make it prompt).
 IDLE_POLL_SECONDS: Final = 1.0
 
+# Probes started together take their first checks at most this far apart (less when there
+# are so many that the interval would not hold them): 100 a second at least, so a group of a
+# hundred targets is all checked within a second of the daemon's start, while 5,000 targets
+# with a 30 s interval are spread across it (6 ms apart) as HAProxy spreads them.
+FIRST_CHECK_GAP_SECONDS: Final = 0.01
+# Each later check is due up to this share of the interval early, drawn at random per
+# check. HAProxy's spread-checks (a percentage either way; 2-5 advised) does the same; early
+# only, so the interval stays an upper bound and "unhealthy within interval x threshold"
+# holds. 5% costs 2.5% more checks on average; two targets checked in step drift apart as a
+# random walk, some 6% of the interval (one standard deviation) after ten intervals.
+INTERVAL_JITTER: Final = 0.05
+
 # The checks' series of wharf_handler_errors_total{listener}.
 HANDLER_ERRORS_LABEL: Final = "health_checks"
 
@@ -77,7 +107,9 @@ class HealthChecker:
         runtime: the balancer's runtime; its ``live`` tables are fed, ``current`` is read.
         log: transitions are logged here.
         metrics: the daemon's registry (transition counter, targets gauge).
-        clock: monotonic seconds, the same clock the runtime's ``now`` uses.
+        clock: monotonic seconds, the same clock the runtime's ``now`` uses (trio's: probes
+            sleep until times read from it).
+        rand: draws the checks' jitter (seeded by tests for reproducible schedules).
     """
 
     def __init__(
@@ -87,16 +119,23 @@ class HealthChecker:
         metrics: Metrics,
         *,
         clock: Clock = trio.current_time,
+        rand: random.Random | None = None,
     ) -> None:
         self._runtime = runtime
         self._log = log
         self._clock = clock
+        self._rand = rand or random.Random()
         self._probes: dict[ProbeKey, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
         self._wake = trio.Event()
         self._exhaustion = Throttle()  # one "out of descriptors" line a minute
-        # Set when a new generation is installed: probes waiting out an interval re-read it.
-        self._installed = trio.Event()
+        # Per group, the interval its probes wait by and an event set when a generation
+        # changes it: its waiting probes re-read it (the others sleep on).
+        self._intervals: dict[str, int] = {}
+        self._retimed: dict[str, trio.Event] = {}
+        # The configuration the probe set was last fully synchronised with.
+        self._synced_config = runtime.current.config
+        self._generation_installed()
         runtime.on_install.append(self._generation_installed)
         self.transitions = metrics.counter(
             "wharf_balancer_target_health_transitions",
@@ -138,8 +177,9 @@ class HealthChecker:
                 self._log.warning("target.state_changed", **fields)
             else:
                 self._log.info("target.state_changed", **fields)
-        if events:
-            self.sync()
+        if any(event.state is TargetState.DRAINING for event in events):
+            self._wake.set()  # a new deadline, and maybe an idle target to finish early
+        self._follow(dict.fromkeys((e.target_group, e.target_id) for e in events))
 
     def collect_targets(self) -> Iterable[Metric]:
         """Scrape-time gauge: targets per group and state (zeros included)."""
@@ -187,43 +227,98 @@ class HealthChecker:
 
     def wanted(self) -> set[ProbeKey]:
         """The (group, target) pairs that should be probed now."""
-        wanted: set[ProbeKey] = set()
-        for name, group in self._runtime.current.groups.items():
-            if not group.config.health_check.enabled:
-                continue
-            for target_id in group.by_id:
-                record = group.live.health.get(target_id)
-                if record is not None and record.state in CHECKED_STATES:
-                    wanted.add((name, target_id))
-        return wanted
+        return set(self._all_wanted())
 
     def sync(self) -> None:
-        """Start probes for targets that need checking; stop those that no longer do."""
-        self._wake.set()
-        nursery = self._nursery
-        if nursery is None:
+        """Start probes for every target that needs checking; stop those that no longer do
+        (a full pass over every target: at the start and for a new configuration)."""
+        if self._nursery is None:
             return
-        wanted = self.wanted()
+        wanted = self._all_wanted()
         for key in list(self._probes):
             if key not in wanted:
                 self._probes.pop(key).cancel()
-        for key in wanted - self._probes.keys():
-            scope = trio.CancelScope()
-            self._probes[key] = scope
-            nursery.start_soon(self._probe, key, scope)
+        self._start([key for key in wanted if key not in self._probes])
 
     def probing(self) -> set[ProbeKey]:
         """The (group, target) pairs with a probe task (for tests and debugging)."""
         return set(self._probes)
 
-    def _generation_installed(self) -> None:
-        self._installed.set()
-        self._installed = trio.Event()
+    def _all_wanted(self) -> dict[ProbeKey, None]:
+        """Every pair to probe, in configuration order (the order first checks go in)."""
+        wanted: dict[ProbeKey, None] = {}
+        for name, group in self._runtime.current.groups.items():
+            if group.config.health_check.enabled:
+                for target_id in group.by_id:
+                    if self._is_wanted(name, target_id):
+                        wanted[(name, target_id)] = None
+        return wanted
 
-    async def _probe(self, key: ProbeKey, scope: trio.CancelScope) -> None:
+    def _is_wanted(self, group_name: str, target_id: str) -> bool:
+        """Whether one target should be probed: checks on, in the current generation, and in
+        a checked state."""
+        group = self._runtime.current.groups.get(group_name)
+        if group is None or not group.config.health_check.enabled or target_id not in group.by_id:
+            return False
+        record = group.live.health.get(target_id)
+        return record is not None and record.state in CHECKED_STATES
+
+    def _follow(self, keys: Iterable[ProbeKey]) -> None:
+        """Start or stop the probes of the targets that health events named (only those)."""
+        if self._nursery is None:
+            return  # run() synchronises the whole set when it starts
+        starting = []
+        for key in keys:
+            if self._is_wanted(*key):
+                if key not in self._probes:
+                    starting.append(key)
+            elif key in self._probes:
+                self._probes.pop(key).cancel()
+        self._start(starting)
+
+    def _start(self, keys: Sequence[ProbeKey]) -> None:
+        """Start probes whose first checks go one after another, at most
+        ``FIRST_CHECK_GAP_SECONDS`` apart and all within their interval."""
+        nursery = self._nursery
+        if nursery is None or not keys:
+            return
+        now = self._clock()
+        groups = self._runtime.current.groups
+        for position, key in enumerate(keys):
+            interval = groups[key[0]].config.health_check.interval_seconds
+            gap = min(interval / len(keys), FIRST_CHECK_GAP_SECONDS)
+            scope = trio.CancelScope()
+            self._probes[key] = scope
+            nursery.start_soon(self._probe, key, scope, now + position * gap)
+
+    def _generation_installed(self) -> None:
+        """Wake the probes of groups whose interval changed; a new configuration (not a
+        targets-API change, which shares its predecessor's) re-synchronises every probe."""
+        current = self._runtime.current
+        for name, group in current.groups.items():
+            interval = group.config.health_check.interval_seconds
+            if self._intervals.get(name) != interval:
+                self._intervals[name] = interval
+                retimed = self._retimed.pop(name, None)
+                if retimed is not None:
+                    retimed.set()
+        if current.config is not self._synced_config:
+            self._synced_config = current.config
+            self.sync()
+
+    def _interval_changed(self, group_name: str) -> trio.Event:
+        """Set when a generation changes the group's interval."""
+        event = self._retimed.get(group_name)
+        if event is None:
+            event = self._retimed[group_name] = trio.Event()
+        return event
+
+    async def _probe(self, key: ProbeKey, scope: trio.CancelScope, first_at: float) -> None:
         group_name, target_id = key
         with scope:
+            await trio.sleep_until(first_at)
             last_started: float | None = None
+            share = 1.0  # of the interval until the next check (jitter: a little less)
             failing = False  # the last check raised: logged already, not every interval
             while True:
                 group = self._runtime.current.groups.get(group_name)
@@ -235,12 +330,13 @@ class HealthChecker:
                 if last_started is not None:
                     # Due one interval after the last check started, by the interval of the
                     # generation current now: a reload that shortens it applies at once.
-                    due = last_started + check.interval_seconds
+                    due = last_started + check.interval_seconds * share
                     if due > now:
                         with trio.move_on_at(due):
-                            await self._installed.wait()
-                        continue  # due now, or a new generation: read the interval again
+                            await self._interval_changed(group_name).wait()
+                        continue  # due now, or a new interval: read it again
                 last_started = now  # from now, however late: a stalled loop fires no burst
+                share = 1.0 - self._rand.random() * INTERVAL_JITTER
                 try:
                     result = await run_check(endpoint.host, endpoint.port, check)
                 except OutOfResources as exc:
@@ -291,27 +387,28 @@ class HealthChecker:
             self._wake = trio.Event()
             now = self._clock()
             self._runtime.advance(now)
-            self._finish_idle(now)
+            draining = self._finish_idle(now)
             wake_at = math.inf
             for live in self._runtime.live.values():
                 deadline = live.health.next_deadline()
                 if deadline is not None:
                     wake_at = min(wake_at, deadline)
-            if self._draining():
+            if draining:
                 wake_at = min(wake_at, now + IDLE_POLL_SECONDS)
             with trio.move_on_at(wake_at):
                 await self._wake.wait()
 
-    def _draining(self) -> bool:
-        return any(
-            record.state is TargetState.DRAINING
-            for live in self._runtime.live.values()
-            for record in live.health
-        )
+    def _finish_idle(self, now: float) -> bool:
+        """Draining targets with nothing in flight leave now (ALB's early completion).
 
-    def _finish_idle(self, now: float) -> None:
-        """Draining targets with nothing in flight leave now (ALB's early completion)."""
+        Returns:
+            Whether targets are still draining (busy ones).
+        """
+        draining = False
         for live in list(self._runtime.live.values()):
-            for record in live.health:
-                if record.state is TargetState.DRAINING and live.in_flight(record.target_id) == 0:
-                    self._runtime.notify(live.health.target_idle(record.target_id, now))
+            for target_id in live.health.draining_targets():
+                if live.in_flight(target_id) == 0:
+                    self._runtime.notify(live.health.target_idle(target_id, now))
+                else:
+                    draining = True
+        return draining

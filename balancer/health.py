@@ -20,11 +20,18 @@ Rules, from the ALB user guide (target-group-health-checks.md, load-balancer-tar
 Nothing here reads a clock, sleeps or logs: times are arguments, the shell runs the checks,
 sleeps until :meth:`HealthTable.next_deadline` and logs and counts the returned events.
 The trio checker shell lives in its own module.
+
+Cost: the table indexes its draining targets by deadline, so the shell's clock
+(:meth:`~HealthTable.next_deadline`, :meth:`~HealthTable.advance`,
+:meth:`~HealthTable.draining_targets`) costs O(log n) per deadline or O(draining targets),
+never a walk of every record: a balancer with thousands of targets wakes it at every
+deregistration and every second while targets drain.
 """
 
 from __future__ import annotations
 
 import enum
+import heapq
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -410,6 +417,11 @@ class HealthTable:
         # Targets that finished draining early, shown as draining until their deadline as
         # ALB shows them (load-balancer-target-groups.md); nothing routes to them.
         self._departed: dict[str, TargetHealth] = {}
+        # The drain deadline of every record that has one (draining targets), and the same
+        # deadlines as a heap for the earliest; heap entries that no longer match the dict
+        # (the target left or came back) are dropped when they reach the top.
+        self._deadlines: dict[str, float] = {}
+        self._deadline_heap: list[tuple[float, str]] = []
         # Bumped on every change of a record, so readers can cache what they derive from
         # the table (the runtime's per-group candidate list) and notice when it is stale.
         self.version = 0
@@ -431,7 +443,7 @@ class HealthTable:
             return self.apply(target_id, Input.REGISTERED, now)
         self._departed.pop(target_id, None)
         state, reason = self.policy.starting_state()
-        self._records[target_id] = TargetHealth(target_id, state, reason, now, registered_at=now)
+        self._store(TargetHealth(target_id, state, reason, now, registered_at=now))
         self.version += 1
         return self._tag([TargetRegistered(target_id, now, None, state, reason)])
 
@@ -452,7 +464,7 @@ class HealthTable:
         events = self.apply(target_id, result, now)
         record = self._records.get(target_id)
         if result is Input.CHECK_CODE_MISMATCH and record is not None:
-            self._records[target_id] = replace(record, failed_status=status)
+            self._store(replace(record, failed_status=status))
         return events
 
     def target_idle(self, target_id: str, now: float) -> list[TargetStateChanged]:
@@ -469,12 +481,41 @@ class HealthTable:
             self.version += 1
         if new is None:
             del self._records[target_id]
+            self._deadlines.pop(target_id, None)
             deadline = record.drain_deadline
             if deadline is not None and now < deadline:  # left early
                 self._departed[target_id] = record
         else:
-            self._records[target_id] = new
+            self._store(new)
         return self._tag(events)
+
+    def _store(self, record: TargetHealth) -> None:
+        """Keep a record, and its drain deadline in the index."""
+        target_id = record.target_id
+        self._records[target_id] = record
+        deadline = record.drain_deadline
+        if deadline is None:
+            self._deadlines.pop(target_id, None)
+        elif self._deadlines.get(target_id) != deadline:
+            self._deadlines[target_id] = deadline
+            heapq.heappush(self._deadline_heap, (deadline, target_id))
+            if len(self._deadline_heap) > 2 * len(self._deadlines) + 64:
+                # Targets re-registered while draining left stale entries: start afresh.
+                self._reindex()
+
+    def _reindex(self) -> None:
+        self._deadline_heap = [(deadline, key) for key, deadline in self._deadlines.items()]
+        heapq.heapify(self._deadline_heap)
+
+    def _earliest(self) -> tuple[float, str] | None:
+        """The heap's earliest entry that is still a record's deadline."""
+        heap = self._deadline_heap
+        while heap:
+            deadline, target_id = heap[0]
+            if self._deadlines.get(target_id) == deadline:
+                return deadline, target_id
+            heapq.heappop(heap)
+        return None
 
     def _tag(self, events: list[TargetStateChanged]) -> list[TargetStateChanged]:
         if not self.name:
@@ -482,11 +523,11 @@ class HealthTable:
         return [replace(event, target_group=self.name) for event in events]
 
     def advance(self, now: float) -> list[TargetStateChanged]:
-        """Let time pass: draining targets whose delay has ended leave."""
+        """Let time pass: draining targets whose delay has ended leave (earliest first)."""
         events: list[TargetStateChanged] = []
-        for record in self:
-            if record.drain_deadline is not None and now >= record.drain_deadline:
-                events += self.apply(record.target_id, Input.TICK, now)
+        while (earliest := self._earliest()) is not None and earliest[0] <= now:
+            heapq.heappop(self._deadline_heap)
+            events += self.apply(earliest[1], Input.TICK, now)
         return events
 
     def shift_clock(self, delta: float) -> None:
@@ -505,6 +546,8 @@ class HealthTable:
 
         self._records = {key: shifted(r) for key, r in self._records.items()}
         self._departed = {key: shifted(r) for key, r in self._departed.items()}
+        self._deadlines = {key: deadline + delta for key, deadline in self._deadlines.items()}
+        self._reindex()
         self.version += 1
 
     def departed(self, now: float) -> list[TargetHealth]:
@@ -516,11 +559,13 @@ class HealthTable:
         return list(self._departed.values())
 
     def next_deadline(self) -> float | None:
-        """When :meth:`advance` next has work to do, or None."""
-        deadlines = [
-            r.drain_deadline for r in self._records.values() if r.drain_deadline is not None
-        ]
-        return min(deadlines, default=None)
+        """When :meth:`advance` next has work to do, or None (O(log n), amortised)."""
+        earliest = self._earliest()
+        return None if earliest is None else earliest[0]
+
+    def draining_targets(self) -> list[str]:
+        """The ids of the draining targets (those with a drain deadline), O(draining)."""
+        return list(self._deadlines)
 
     def sync(self, target_ids: Iterable[str], now: float) -> list[TargetStateChanged]:
         """Make the registered set equal ``target_ids`` (config reload); survivors keep state.
@@ -557,7 +602,7 @@ class HealthTable:
             for record in self:
                 if record.state not in (TargetState.DRAINING, TargetState.UNUSED):
                     new, moved = _fresh(record, Input.IN_USE, now, policy)
-                    self._records[record.target_id] = new or record  # _fresh never removes
+                    self._store(new or record)  # _fresh never removes
                     self.version += 1
                     events += self._tag(moved)
         return events

@@ -37,7 +37,8 @@ Interface (used by the HTTP listener, the health checker, the admin targets API 
     ``initial`` or ``unavailable``) and swap.
 ``runtime.replace_targets(group, endpoints, now) -> events``
     A new generation where one group has a new target list (admin register/deregister);
-    rules, sealer and the other groups are shared with the previous generation.
+    rules, sealer and the other groups are shared with the previous generation, and only
+    that group's health table is synchronised (the cost is its size, not the balancer's).
 ``GroupRuntime.choose(now=, rand=, sticky_target=) -> Selected | None``
     Target selection among the group's targets with live health; None means 503. The
     endpoint is a :class:`~balancer.upstream.TargetEndpoint`: it carries the generation's
@@ -306,9 +307,15 @@ class Runtime:
         snapshot = self._compile(config, tuple(keys), tls)
         return self.install(snapshot, now)
 
-    def install(self, snapshot: Snapshot, now: float) -> list[TargetStateChanged]:
-        """Make a compiled snapshot current (health tables follow its target lists)."""
-        events = self._install(snapshot, now)
+    def install(
+        self, snapshot: Snapshot, now: float, *, changed: Iterable[str] | None = None
+    ) -> list[TargetStateChanged]:
+        """Make a compiled snapshot current (health tables follow its target lists).
+
+        ``changed`` names the only groups whose targets or settings may differ from the
+        current generation's (the others' tables are left as they are); None: every group.
+        """
+        events = self._install(snapshot, now, changed)
         self._notify(events)
         for installed in self.on_install:
             installed()
@@ -318,6 +325,9 @@ class Runtime:
         self, group: str, endpoints: Iterable[Endpoint], now: float
     ) -> list[TargetStateChanged]:
         """A new generation in which ``group`` has exactly ``endpoints`` as its targets.
+
+        Only that group's health table is synchronised: the cost is its size, not the
+        balancer's (an admin call must not walk thousands of other groups' targets).
 
         Raises:
             KeyError: no such target group in the current generation.
@@ -334,7 +344,7 @@ class Runtime:
         )
         self._generation += 1
         snapshot = replace(old, generation=self._generation, groups=groups)
-        return self.install(snapshot, now)
+        return self.install(snapshot, now, changed=(group,))
 
     def _compile(
         self,
@@ -358,20 +368,24 @@ class Runtime:
         self._generation += 1
         return Snapshot(self._generation, config, listeners, groups, sealer, keys, tls or {})
 
-    def _install(self, snapshot: Snapshot, now: float) -> list[TargetStateChanged]:
+    def _install(
+        self, snapshot: Snapshot, now: float, changed: Iterable[str] | None = None
+    ) -> list[TargetStateChanged]:
         events: list[TargetStateChanged] = []
         in_use = groups_in_use(snapshot.config)
-        for name, group in snapshot.groups.items():
+        names = snapshot.groups.keys() if changed is None else changed
+        for name in names:
+            group = snapshot.groups[name]
             live = group.live
             self.live[name] = live
             policy = HealthPolicy.from_target_group(group.config, in_use=name in in_use)
             events += live.health.set_policy(policy, now)
             events += live.health.sync([e.target_id for e in group.endpoints], now)
-        for name, live in list(self.live.items()):
-            if name in snapshot.groups:
-                continue
-            # A group gone from the config drains its targets, then is forgotten.
-            events += live.health.sync([], now)
+        if changed is None:
+            for name, live in list(self.live.items()):
+                if name not in snapshot.groups:
+                    # A group gone from the config drains its targets, then is forgotten.
+                    events += live.health.sync([], now)
         self.current = snapshot
         self._forget_removed()
         return events

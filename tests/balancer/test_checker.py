@@ -9,7 +9,10 @@ outcomes; where a bound is asserted (unhealthy within interval x threshold) it i
 from __future__ import annotations
 
 import io
+import itertools
+import random
 import ssl
+from collections.abc import Iterator
 
 import msgspec
 import pytest
@@ -18,17 +21,23 @@ import trio.testing
 import trustme
 
 import balancer.checker as checker_module
-from balancer.checker import HealthChecker
+from balancer.checker import (
+    FIRST_CHECK_GAP_SECONDS,
+    IDLE_POLL_SECONDS,
+    INTERVAL_JITTER,
+    HealthChecker,
+)
 from balancer.cli import SPEC
 from balancer.config import (
     BalancerConfig,
+    Endpoint,
     Forward,
     HealthCheck,
     HttpListener,
     Target,
     TargetGroup,
 )
-from balancer.health import Reason, TargetState
+from balancer.health import HealthTable, Input, Reason, TargetHealth, TargetState
 from balancer.probes import CheckResult
 from balancer.runtime import Runtime
 from balancer.upstream import OutOfResources
@@ -88,12 +97,15 @@ async def wait_for(
 
 
 class Harness:
-    def __init__(self, config: BalancerConfig) -> None:
+    def __init__(self, config: BalancerConfig, *, rand: random.Random | None = None) -> None:
         self.runtime = Runtime(config, now=trio.current_time())
         self.output = io.StringIO()
         self.metrics = Metrics("balancer", version="test")
         self.checker = HealthChecker(
-            self.runtime, EventLog("balancer", level="debug", stream=self.output), self.metrics
+            self.runtime,
+            EventLog("balancer", level="debug", stream=self.output),
+            self.metrics,
+            rand=rand,
         )
 
     def state(self, port: int) -> TargetState | None:
@@ -399,3 +411,222 @@ async def test_a_check_the_balancer_cannot_open_leaves_the_target_as_it_was(
     assert len(lines) == 1  # once a minute, however many checks failed so
     assert "level=error" in lines[0]
     assert harness.sample("wharf_handler_errors_total", listener="health_checks") in (None, 0)
+
+
+# -- scale: what one event costs, and when checks run ------------------------------------------
+#
+# These use a fake check (no I/O) on a clock that jumps as soon as every task waits, so a
+# thousand targets and dozens of intervals take no real time; they count what the checker
+# reads or when the checks start, never how long anything took.
+
+
+@pytest.fixture
+def instant_clock():
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+class CheckLog:
+    """A stand-in for ``run_check``: every check passes at once, and is noted with its
+    virtual start time."""
+
+    def __init__(self) -> None:
+        self.checks: list[tuple[str, float]] = []
+
+    async def __call__(self, host: str, port: int, check: HealthCheck) -> CheckResult:
+        self.checks.append((f"{host}:{port}", trio.current_time()))
+        return CheckResult(Input.CHECK_PASSED, "HTTP 200", 200)
+
+    def first_checks(self) -> dict[str, float]:
+        first: dict[str, float] = {}
+        for target, at in self.checks:
+            first.setdefault(target, at)
+        return first
+
+    def times(self, target: str) -> list[float]:
+        return [at for checked, at in self.checks if checked == target]
+
+
+@pytest.fixture
+def check_log(monkeypatch):
+    log = CheckLog()
+    monkeypatch.setattr(checker_module, "run_check", log)
+    return log
+
+
+class TableReads:
+    """Counts the health records anyone reads, one by one or by walking a table."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.records = 0
+        get, walk = HealthTable.get, HealthTable.__iter__
+
+        def counted_get(table: HealthTable, target_id: str) -> TargetHealth | None:
+            self.records += 1
+            return get(table, target_id)
+
+        def counted_walk(table: HealthTable) -> Iterator[TargetHealth]:
+            self.records += len(table)
+            return walk(table)
+
+        monkeypatch.setattr(HealthTable, "get", counted_get)
+        monkeypatch.setattr(HealthTable, "__iter__", counted_walk)
+
+
+def many_targets(count: int) -> tuple[Target, ...]:
+    """``count`` distinct targets; never connected to (the checks are fake)."""
+    return tuple(Target(host=f"127.0.{i // 100}.1", port=19100 + i % 100) for i in range(count))
+
+
+def groups_config(
+    *groups: tuple[str, tuple[Target, ...]], interval: int = INTERVAL, delay: int = 30
+) -> BalancerConfig:
+    check = HealthCheck(interval_seconds=interval, timeout_seconds=2)
+    return BalancerConfig(
+        listeners=tuple(
+            HttpListener(name=f"to-{name}", port=0, default_action=Forward(target_group=name))
+            for name, _ in groups
+        ),
+        target_groups=tuple(
+            TargetGroup(
+                name=name, targets=targets, deregistration_delay_seconds=delay, health_check=check
+            )
+            for name, targets in groups
+        ),
+    )
+
+
+def endpoint(target: Target) -> Endpoint:
+    return Endpoint(f"{target.host}:{target.port}", target.host, target.port, 1, "")
+
+
+async def test_a_check_result_reads_only_its_own_target(nursery, instant_clock, check_log):
+    """The issue: every batch of health events walked every target of every group (and woke
+    the clock, which walked them all again), so 5,000 targets turning healthy at the start
+    cost 5,000 x 5,000 reads and stalled the loop for seconds."""
+    harness = Harness(groups_config(("web", many_targets(1000))))
+    await nursery.start(harness.checker.run)
+    await trio.sleep(INTERVAL)  # every target checked once: healthy
+    live = harness.runtime.live["web"]
+    assert live.health.statistics()[TargetState.HEALTHY] == 1000
+    target = "127.0.0.1:19100"
+    with pytest.MonkeyPatch.context() as patch:
+        reads = TableReads(patch)
+        now = trio.current_time()
+        for _ in range(THRESHOLD):
+            harness.runtime.notify(live.health.record_check(target, Input.CHECK_FAILED, now))
+        await trio.testing.wait_all_tasks_blocked()
+    assert live.health.get(target).state is TargetState.UNHEALTHY
+    assert reads.records <= 2
+    assert ("web", target) in harness.checker.probing()
+
+
+async def test_a_registration_reads_only_its_group_and_is_checked_at_once(
+    nursery, instant_clock, check_log
+):
+    """Through Runtime.replace_targets, as the targets API registers: another group's
+    thousand targets are not read, and the new target's first check is immediate (ALB: one
+    passing check makes a new target healthy)."""
+    api = many_targets(1)
+    harness = Harness(groups_config(("web", many_targets(1000)), ("api", api)))
+    await nursery.start(harness.checker.run)
+    await trio.sleep(INTERVAL * 2.5)
+    added = Target(host="127.0.99.1", port=19199)
+    with pytest.MonkeyPatch.context() as patch:
+        reads = TableReads(patch)
+        now = trio.current_time()
+        harness.runtime.replace_targets("api", [endpoint(api[0]), endpoint(added)], now)
+        await trio.testing.wait_all_tasks_blocked()
+    assert reads.records <= 10  # the api group's two, and the new target's probe
+    assert check_log.times("127.0.99.1:19199") == [now]
+    record = harness.runtime.live["api"].health.get("127.0.99.1:19199")
+    assert record is not None
+    assert record.state is TargetState.HEALTHY
+
+
+async def test_the_draining_clock_reads_only_draining_targets(nursery, instant_clock, check_log):
+    """The clock wakes at every deregistration and every second while a target drains; it
+    used to walk every target at each wake (three times)."""
+    targets = many_targets(1000)
+    harness = Harness(groups_config(("web", targets), delay=30))
+    await nursery.start(harness.checker.run)
+    await trio.sleep(INTERVAL)
+    live = harness.runtime.live["web"]
+    leaving = endpoint(targets[0]).target_id
+    live.outstanding[leaving] = 1  # a request in flight: it drains until that ends
+    with pytest.MonkeyPatch.context() as patch:
+        reads = TableReads(patch)
+        harness.runtime.replace_targets(
+            "web", [endpoint(t) for t in targets[1:]], trio.current_time()
+        )
+        await trio.sleep(IDLE_POLL_SECONDS * 3.5)  # three idle polls, no check due yet
+        assert live.health.get(leaving).state is TargetState.DRAINING
+        live.outstanding[leaving] = 0
+        await trio.sleep(IDLE_POLL_SECONDS)  # the safety net finds it idle
+    assert live.health.get(leaving) is None
+    # The table's own sync of the new target list reads the group once; the clock none.
+    assert reads.records <= len(targets) + 10
+    assert ("web", leaving) not in harness.checker.probing()
+
+
+@pytest.mark.parametrize(
+    ("count", "gap"),
+    [
+        (100, FIRST_CHECK_GAP_SECONDS),  # few enough: checked within a second
+        (1000, INTERVAL / 1000),  # too many for that pace: spread across the interval
+    ],
+)
+async def test_the_first_checks_of_the_first_targets_are_spread_out(
+    nursery, instant_clock, check_log, count, gap
+):
+    """HAProxy's way (server position / count x interval), paced at most
+    FIRST_CHECK_GAP_SECONDS apart: before, every target connected in the same instant."""
+    targets = many_targets(count)
+    harness = Harness(groups_config(("web", targets)))
+    started_at = trio.current_time()
+    await nursery.start(harness.checker.run)
+    await trio.sleep(INTERVAL - 0.001)
+    first = check_log.first_checks()
+    assert list(first) == [endpoint(t).target_id for t in targets]  # in configuration order
+    times = list(first.values())
+    assert times[0] == started_at
+    assert [b - a for a, b in itertools.pairwise(times)] == [pytest.approx(gap)] * (count - 1)
+    assert times[-1] - started_at == pytest.approx((count - 1) * gap)
+    assert times[-1] < started_at + INTERVAL
+    # Each target keeps its place: its second check is about one interval after its first.
+    await trio.sleep(INTERVAL)
+    for target, at in list(first.items())[:: count // 10]:
+        second = check_log.times(target)[1]
+        assert at + INTERVAL * (1 - INTERVAL_JITTER) <= second <= at + INTERVAL
+
+
+async def test_a_reload_adding_many_targets_spreads_their_first_checks(
+    nursery, instant_clock, check_log
+):
+    old, new = many_targets(1000)[:1], many_targets(1000)[1:301]
+    harness = Harness(groups_config(("web", old)))
+    await nursery.start(harness.checker.run)
+    await trio.sleep(1)
+    reloaded_at = trio.current_time()
+    harness.runtime.reload(groups_config(("web", old + new)), (), reloaded_at)
+    await trio.sleep(INTERVAL * 0.99)
+    first = check_log.first_checks()
+    times = [first[endpoint(t).target_id] for t in new]
+    assert times == [reloaded_at + i * FIRST_CHECK_GAP_SECONDS for i in range(len(new))]
+
+
+async def test_later_checks_come_up_to_five_percent_early_at_random(
+    nursery, instant_clock, check_log
+):
+    """Spread first checks would drift back into step if every interval were exact (targets
+    that turn healthy together, a reload): each check is due a random 0-5% early, as
+    HAProxy's spread-checks, never late (unhealthy within interval x threshold holds)."""
+    harness = Harness(groups_config(("web", many_targets(1))), rand=random.Random(7))
+    await nursery.start(harness.checker.run)
+    await trio.sleep(INTERVAL * 100)
+    times = check_log.times("127.0.0.1:19100")
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert len(gaps) >= 100
+    assert all(INTERVAL * (1 - INTERVAL_JITTER) <= gap <= INTERVAL for gap in gaps)
+    # Spread over the whole range, not a fixed offset.
+    assert min(gaps) < INTERVAL * (1 - INTERVAL_JITTER * 0.9)
+    assert max(gaps) > INTERVAL * (1 - INTERVAL_JITTER * 0.1)

@@ -488,3 +488,104 @@ def test_a_named_table_stamps_its_group_on_every_event():
     assert len(events) == 5
     assert {e.target_group for e in events} == {"web"}
     assert HealthTable(HealthPolicy()).register("a:1", 0.0)[0].target_group == ""
+
+
+# The draining index: the shell's clock reads it at every wake, so it must not walk the table.
+
+index_operations = st.lists(
+    st.tuples(
+        st.sampled_from(["check", "deregister", "register", "idle", "advance", "use", "shift"]),
+        st.sampled_from(["a", "b", "c", "d"]),
+        st.sampled_from(CHECKS),
+        st.floats(0, 200),  # time step (or the shift)
+        st.booleans(),
+    ),
+    max_size=60,
+)
+
+
+@given(policies, index_operations)
+def test_the_draining_index_agrees_with_the_records(policy, ops):
+    """next_deadline, draining_targets and advance, from the index, say what a walk of every
+    record says; ``advance`` takes the targets whose deadline has come, earliest first."""
+    health = HealthTable(policy)
+    now = 0.0
+    for op, target, result, delay, flag in ops:
+        now += delay
+        if op == "shift":  # the clock moved under the table: its times move with it
+            health.shift_clock(delay)
+        due = sorted(
+            (r.drain_deadline, r.target_id)
+            for r in health
+            if r.drain_deadline is not None and r.drain_deadline <= now
+        )
+        if op == "check":
+            health.record_check(target, result, now, status=404)
+        elif op == "deregister":
+            health.deregister(target, now, idle=flag)
+        elif op == "register":
+            health.register(target, now)
+        elif op == "idle":
+            health.target_idle(target, now)
+        elif op == "use":
+            health.set_in_use(flag, now)
+        elif op == "advance":
+            events = health.advance(now)
+            assert [e.target_id for e in events] == [target_id for _, target_id in due]
+            assert all(isinstance(e, TargetDeregistered) and not e.early for e in events)
+        draining = {r.target_id: r.drain_deadline for r in health if r.drain_deadline is not None}
+        assert sorted(health.draining_targets()) == sorted(draining)
+        assert draining.keys() == {r.target_id for r in health if r.state is TargetState.DRAINING}
+        assert health.next_deadline() == min(draining.values(), default=None)
+
+
+class WalkCounter(dict[str, TargetHealth]):
+    """A record dict that counts every walk over it (keys, values or items)."""
+
+    walks = 0
+
+    def __iter__(self):
+        WalkCounter.walks += 1
+        return super().__iter__()
+
+    def values(self):
+        WalkCounter.walks += 1
+        return super().values()
+
+    def items(self):
+        WalkCounter.walks += 1
+        return super().items()
+
+
+def test_the_clock_reads_of_a_large_table_do_not_walk_its_records(monkeypatch):
+    """The issue: next_deadline and advance walked every record at each wake of the shell's
+    clock (every deregistration, every second while a target drains)."""
+    health = HealthTable(HealthPolicy(deregistration_delay=30))
+    for i in range(10_000):
+        health.register(f"t{i}", 0.0)
+    health.deregister("t5", 1.0, idle=False)
+    health.deregister("t7", 2.0, idle=False)
+    monkeypatch.setattr(WalkCounter, "walks", 0)
+    health._records = WalkCounter(health._records)  # how it is stored is the point here
+    assert health.next_deadline() == 31.0
+    assert sorted(health.draining_targets()) == ["t5", "t7"]
+    assert health.advance(30.0) == []
+    [gone] = health.advance(31.5)
+    assert gone.target_id == "t5"
+    assert health.next_deadline() == 32.0
+    assert WalkCounter.walks == 0
+    assert len(health) == 9_999
+
+
+def test_a_target_that_keeps_coming_back_does_not_grow_the_index():
+    """Deregistered and registered again, over and over, while draining: the stale heap
+    entries are dropped, so the index stays the size of the draining set."""
+    health = HealthTable(HealthPolicy(deregistration_delay=1000))
+    health.register("a", 0.0)
+    for i in range(1000):
+        health.deregister("a", float(i), idle=False)
+        health.register("a", float(i) + 0.5)
+    assert health.next_deadline() is None
+    assert len(health._deadline_heap) <= 65  # the compaction bound, nothing draining
+    health.deregister("a", 2000.0, idle=False)
+    assert health.next_deadline() == 3000.0

@@ -132,6 +132,25 @@ def test_replace_targets_makes_a_new_generation_sharing_the_rest():
     assert record.state is TargetState.DRAINING
 
 
+def test_replace_targets_leaves_the_other_groups_tables_alone(monkeypatch):
+    """An admin registration costs its group's size, not the balancer's: the other groups'
+    tables (thousands of targets at scale) were synchronised with their unchanged lists at
+    every call."""
+    runtime = Runtime(config("10.0.0.1", extra_group=True), now=0.0)
+    touched: list[str] = []
+    spare = runtime.live["spare"].health
+    monkeypatch.setattr(spare, "sync", lambda *args, **kwargs: touched.append("sync") or [])
+    monkeypatch.setattr(spare, "set_policy", lambda *args: touched.append("set_policy") or [])
+    endpoints = [Endpoint("10.0.0.1:8080", "10.0.0.1", 8080, 1, "")]
+    events = runtime.replace_targets(
+        "web", [*endpoints, Endpoint("10.0.0.5:80", "10.0.0.5", 80, 1, "")], 1.0
+    )
+    assert [(e.target_id, e.state) for e in events] == [("10.0.0.5:80", TargetState.INITIAL)]
+    assert touched == []
+    runtime.reload(config("10.0.0.1", extra_group=True), (), 2.0)  # a reload syncs them all
+    assert touched == ["set_policy", "sync"]
+
+
 def test_unreferenced_groups_are_unused_and_removed_groups_drain_then_go():
     runtime = Runtime(config("10.0.0.1", extra_group=True), now=0.0)
     assert groups_in_use(runtime.current.config) == {"web"}
