@@ -5,8 +5,11 @@ few match (issue 4). Each policy branch is registered once, under the cheapest s
 
 1. **exact anchor**: a key whose conditions are all plain literals (``"store": ["a", "b"]``).
    The branch can match only if the message has one of those values at that key, so it is
-   filed under ``(path, typed value)`` in a hash table. Among several such keys the one with
-   the fewest literals is chosen, to keep buckets small.
+   filed under ``(path, typed value)`` in a hash table: the value as exact matching compares
+   it (:func:`~broker.model.filter_match.typed`), so a number beyond AWS's numeric range is
+   filed under its text (a ``NumberText``) and ``9007199254740993`` never shares a bucket with
+   ``9007199254740992``. Among several such keys the one with the fewest literals is chosen,
+   to keep buckets small.
 2. **presence anchor**: otherwise, any key whose test fails when the key is absent (every
    condition except ``exists: false``). Filed under the path.
 3. **scan**: a branch made only of ``exists: false`` keys is evaluated on every publish.

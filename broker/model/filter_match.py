@@ -18,14 +18,23 @@ A view maps a key path to the scalar values found there:
   recorded against AWS). Arrays at any depth contribute each element ("any element matches").
 
 Values keep their JSON type: the string ``"5"`` never equals the number ``5``, and ``true`` is
-not ``1``. Exact matching compares ``(type, value)`` pairs; numbers are floats.
+not ``1``. Exact matching compares ``(type, value)`` pairs (:func:`typed`).
 
 Numbers: "the value can range from -10^9 to 10^9 (-1 billion to 1 billion), with five digits
 of accuracy after the decimal point" (subscription-filter-policy-constraints.md). So every
 number inside that range, in a policy or a message, is cut to 5 decimal places once, when it
-is read (:func:`number`), and every comparison after that sees the cut value: ``1.000001``
-equals ``1``. A message number outside the range matches no ``numeric`` condition (AWS cannot
-compare it); exact literals still compare it as it is. The cut rounds down (toward -inf), as
+is read (:func:`number`), and every comparison after that sees the cut float: ``1.000001``
+equals ``1``, and ``100`` equals ``1e2``. A number outside the range is kept as the text it
+was written in, a :class:`NumberText`: it matches no ``numeric`` condition, and an exact
+literal matches it only when the literal was written with the same text, so ``10000000000``
+does not match ``1e10`` and ``9007199254740993`` does not match ``9007199254740992``. This is
+event-ruler's rule (``JsonRuleCompiler``): a number literal becomes an exact match on its text
+plus a numeric equality when the number is representable, which "an AWS account number" is
+not. The text of a JSON integer is ``str()`` of it (JSON spells an integer beyond the range
+one way only); of a JSON fraction or exponent, the characters as written, captured by
+:func:`json_number` while parsing; of a ``Number`` attribute, its ``StringValue`` (Publish
+accepts it only as a plain numeral, without spaces). Whether a fraction or exponent is inside
+the range is decided on the float it reads as. The cut rounds down (toward -inf), as
 event-ruler's fixed-point ``ComparableNumber`` did when it worked on doubles, and from the
 shortest decimal text of the float, so ``0.29`` stays ``0.29`` despite its binary error.
 """
@@ -42,7 +51,22 @@ from typing import Final
 
 from broker.model import strict_json
 
-Scalar = str | float | bool | None
+
+@dataclass(frozen=True, slots=True)
+class NumberText:
+    """A JSON number beyond AWS's numeric range, kept as the text it was written in.
+
+    Not a ``str``: string conditions (prefix, suffix, equals-ignore-case, cidr) never see a
+    number, and the string ``"5000000000"`` never equals the number ``5000000000``.
+
+    Attributes:
+        text: the number as written (the module docstring says where the text comes from).
+    """
+
+    text: str
+
+
+Scalar = str | float | bool | NumberText | None
 View = Mapping[str, tuple[Scalar, ...]]
 TypedValue = tuple[type, Scalar]
 Predicate = Callable[[Scalar], bool]
@@ -59,31 +83,65 @@ def typed(value: Scalar) -> TypedValue:
         value: a view value or a policy literal.
 
     Returns:
-        ``(type(value), value)``, so that ``True`` and ``1.0`` stay different keys.
+        ``(type(value), value)``, so that ``True`` and ``1.0`` stay different keys, and so do
+        a :class:`NumberText` and a string of the same text.
     """
     return (type(value), value)
 
 
-def number(raw: int | float) -> float:
-    """Turn a JSON number into the float every comparison uses, at AWS's precision.
+def number(raw: int | float) -> float | NumberText:
+    """Turn a JSON number into the value every comparison uses, at AWS's precision.
 
     Args:
-        raw: an int or float from ``json.loads`` (or ``float()`` of a Number attribute).
+        raw: an int or float from ``json.loads`` (floats beyond the range reach here only from
+            callers that did not parse with :func:`json_number`).
 
     Returns:
-        The float, cut to 5 decimal places when it is within :data:`NUMERIC_LIMIT`; beyond it
-        the float as is (integers too large for a float become an infinity of their sign).
+        Within :data:`NUMERIC_LIMIT`, the float :func:`cut` to 5 decimal places. Beyond it,
+        the :class:`NumberText` of the number: ``str()`` of an int (exact at any size),
+        ``repr()`` of a float (the text ``json.dumps`` writes for it).
+    """
+    if isinstance(raw, int):  # the common case first: a body can hold thousands
+        if -NUMERIC_LIMIT <= raw <= NUMERIC_LIMIT:
+            return float(raw)  # exact within 10^9, and a whole number has no decimals to cut
+        return NumberText(str(raw))
+    if not -NUMERIC_LIMIT <= raw <= NUMERIC_LIMIT:  # NaN as well: it is in no range
+        return NumberText(repr(raw))
+    return cut(raw)
+
+
+def cut(raw: int | float) -> float:
+    """Cut a number within :data:`NUMERIC_LIMIT` to 5 decimal places, toward -inf.
+
+    Args:
+        raw: an int or float within the limit (beyond it the float would be inexact).
+
+    Returns:
+        The float comparisons use.
     """
     if isinstance(raw, int):
-        try:
-            return float(raw)  # a whole number has no decimals to cut
-        except OverflowError:
-            return math.inf if raw > 0 else -math.inf
-    if raw.is_integer() or not within_numeric_limit(raw):
+        return float(raw)  # exact within 10^9, and a whole number has no decimals to cut
+    if raw.is_integer():
         return raw
     # repr() is the shortest text that reads back as this float: cut the decimal the client
     # wrote, not the binary approximation of it (0.29 is 0.28999999999999998 in binary).
     return float(Decimal(repr(raw)).quantize(NUMERIC_STEP, rounding=ROUND_FLOOR))
+
+
+def json_number(text: str) -> float | NumberText:
+    """Read a JSON fraction or exponent: the ``parse_float`` hook of every filtering parse.
+
+    Args:
+        text: the number token as written, e.g. ``"2.5"`` or ``"1e400"``.
+
+    Returns:
+        The float when it is within :data:`NUMERIC_LIMIT` (not cut yet: :func:`number` cuts
+        it), else the :class:`NumberText` of ``text``, so ``1e400`` stays ``1e400``, not inf.
+    """
+    value = float(text)
+    if -NUMERIC_LIMIT <= value <= NUMERIC_LIMIT:
+        return value
+    return NumberText(text)
 
 
 def within_numeric_limit(raw: int | float) -> bool:
@@ -198,8 +256,9 @@ def numeric_predicate(
 ) -> Predicate:
     """Match numbers in a range; ``=`` is the range [x, x]. Strings and booleans never match.
 
-    Neither do numbers beyond :data:`NUMERIC_LIMIT`: AWS documents numeric matching for
-    -10^9 .. 10^9 only, and its engine cannot place a larger number in any range.
+    Neither do numbers beyond :data:`NUMERIC_LIMIT` (views hold them as :class:`NumberText`;
+    a float beyond it is refused as well): AWS documents numeric matching for -10^9 .. 10^9
+    only, and its engine cannot place a larger number in any range.
 
     Args:
         low: the lower bound (``-inf`` when open).
@@ -266,9 +325,11 @@ def attributes_view(
             the shape ``proto.aws.sns_shapes`` decodes Publish's MessageAttributes into.
 
     Returns:
-        Name -> values. Binary attributes are left out (AWS ignores them); a ``Number`` whose
-        text is not a finite number is kept as a string; a ``String.Array`` contributes its
-        scalar elements (nested arrays and objects inside it match nothing).
+        Name -> values. Binary attributes are left out (AWS ignores them); a ``Number`` is a
+        float within :data:`NUMERIC_LIMIT`, its ``StringValue`` as a :class:`NumberText`
+        beyond it, and a string when the text is no number at all (Publish refuses those); a
+        ``String.Array`` contributes its scalar elements, numbers read as in a body (nested
+        arrays and objects inside it match nothing).
     """
     view: dict[str, tuple[Scalar, ...]] = {}
     for name, attribute in (attributes or {}).items():
@@ -299,7 +360,7 @@ def _escaped(text: str) -> str:
 
 def _array_elements(text: str) -> tuple[Scalar, ...]:
     try:
-        document = json.loads(text)
+        document = json.loads(text, parse_float=json_number)
     except (ValueError, RecursionError):
         return (text,)  # Publish validation rejects this; match it as the plain string
     if not isinstance(document, list):
@@ -312,15 +373,19 @@ def _number_text(text: str) -> Scalar:
         value = float(text)
     except ValueError:
         return text
-    return number(value) if math.isfinite(value) else text
+    if math.isnan(value):
+        return text
+    if not -NUMERIC_LIMIT <= value <= NUMERIC_LIMIT:
+        return NumberText(text)  # its text is the number: a float would lose digits
+    return cut(value)
 
 
 def _is_scalar(item: object) -> bool:
-    return item is None or isinstance(item, (str, bool, int, float))
+    return item is None or isinstance(item, (str, bool, int, float, NumberText))
 
 
 def _scalar(item: object) -> Scalar:
-    if isinstance(item, bool) or item is None or isinstance(item, str):
+    if isinstance(item, (bool, str, NumberText)) or item is None:
         return item
     if isinstance(item, (int, float)):
         return number(item)
@@ -338,7 +403,7 @@ def body_view(body: str) -> dict[str, tuple[Scalar, ...]] | None:
         policy matches).
     """
     try:
-        document = strict_json.loads(body)
+        document = strict_json.loads(body, parse_float=json_number)
     except (ValueError, RecursionError):
         return None
     if not isinstance(document, dict):

@@ -24,12 +24,13 @@ import ipaddress
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Final, Literal, NoReturn
+from typing import Final, Literal, NoReturn, TypeGuard
 
 from broker.model import strict_json
 from broker.model.filter_match import (
     Branch,
     KeyTest,
+    NumberText,
     Predicate,
     Scalar,
     TypedValue,
@@ -38,7 +39,9 @@ from broker.model.filter_match import (
     anything_but_suffix,
     anything_but_values,
     cidr_predicate,
+    cut,
     ignore_case_predicate,
+    json_number,
     number,
     numeric_predicate,
     prefix_predicate,
@@ -82,7 +85,8 @@ NESTED_IN_ATTRIBUTES_SCOPE: Final = (
 # is event-ruler's ComparableNumber refusal (Java's Double.toString of the bounds) with SNS's
 # documented bounds in place of event-ruler's 5.0E9. Exact literals are not checked: event-ruler
 # keeps an unrepresentable literal as a text match ("make that condition survivable"), and
-# LocalStack's AWS-validated suite found AWS accepting them.
+# LocalStack's AWS-validated suite found AWS accepting them; Wharf keeps such a literal as its
+# NumberText, which matches only a message number written the same way.
 NUMERIC_OUT_OF_RANGE: Final = "Value must be between -1.0E9 and 1.0E9, inclusive"
 
 
@@ -184,7 +188,8 @@ def parse_filter_policy(text: str, scope: Scope, *, in_attributes_map: bool) -> 
     if len(text.encode("utf-8", "surrogatepass")) > MAX_POLICY_BYTES:
         parser.fail("Filter policy is too long")  # the limit is AWS's; the wording is not recorded
     try:
-        document = strict_json.loads(text)
+        # Numbers beyond the numeric range keep their text, as message numbers do (body_view).
+        document = strict_json.loads(text, parse_float=json_number)
     except (ValueError, RecursionError):
         parser.fail("failed to parse JSON.")
     if not isinstance(document, dict):
@@ -290,7 +295,7 @@ class _Parser:
                     accepts_absent |= not operator
                 else:
                     predicates.append(operator)
-            elif item is None or isinstance(item, (str, bool, int, float)):
+            elif item is None or isinstance(item, (str, bool)) or _is_number(item):
                 exact.add(typed(_literal(item)))
             else:
                 self.fail("Match value must be String, number, true, false, or null")
@@ -372,16 +377,18 @@ class _Parser:
             self.fail("Bottom must be less than top")
         return numeric_predicate(value, operator == ">=", top, upper_operator == "<=")
 
-    def _numeric_value(self, terms: list[object], index: int, name: str) -> int | float:
+    def _numeric_value(
+        self, terms: list[object], index: int, name: str
+    ) -> int | float | NumberText:
         raw = terms[index] if index < len(terms) else None
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        if not _is_number(raw):
             self.fail(f"Value of {name} must be numeric")
         return raw
 
-    def _in_range(self, raw: int | float) -> float:
-        if not within_numeric_limit(raw):
+    def _in_range(self, raw: int | float | NumberText) -> float:
+        if isinstance(raw, NumberText) or not within_numeric_limit(raw):
             self.fail(NUMERIC_OUT_OF_RANGE)
-        return number(raw)
+        return cut(raw)
 
     def anything_but(self, operand: object) -> Predicate:
         # string-value-matching.md and numeric-value-matching.md, "anything-but matching".
@@ -403,10 +410,11 @@ class _Parser:
         if isinstance(operand, list):
             is_text = [isinstance(item, str) for item in operand]
             for item in operand:
-                if not isinstance(item, (str, int, float)) or isinstance(item, bool):
+                if not isinstance(item, str) and not _is_number(item):
                     self.fail("Inside anything but list, start|null|boolean is not supported.")
-                # event-ruler turns each number into its fixed-point form as it reads the list.
-                if not isinstance(item, str) and not within_numeric_limit(item):
+                # event-ruler turns each number into its fixed-point form as it reads the list,
+                # and has none for a number beyond the range: no text match here.
+                if not isinstance(item, str) and not _is_comparable(item):
                     self.fail(NUMERIC_OUT_OF_RANGE)
             if not operand or (any(is_text) and not all(is_text)):
                 self.fail(
@@ -414,9 +422,9 @@ class _Parser:
                     "mixed type is not supported"
                 )
             return anything_but_values(frozenset(typed(_literal(item)) for item in operand))
-        if isinstance(operand, bool) or not isinstance(operand, (str, int, float)):
+        if not isinstance(operand, str) and not _is_number(operand):
             self.fail("Value of anything-but must be an array or single string/number value.")
-        if not isinstance(operand, str) and not within_numeric_limit(operand):
+        if not isinstance(operand, str) and not _is_comparable(operand):
             self.fail(NUMERIC_OUT_OF_RANGE)
         return anything_but_values(frozenset({typed(_literal(operand))}))
 
@@ -445,8 +453,18 @@ def _is_or(value: object) -> bool:
     )
 
 
+def _is_number(item: object) -> TypeGuard[int | float | NumberText]:
+    """True for a JSON number as the policy parse reads it (int, float or NumberText)."""
+    return isinstance(item, (int, float, NumberText)) and not isinstance(item, bool)
+
+
+def _is_comparable(item: object) -> bool:
+    """True for a number within AWS's numeric range (False for a NumberText: it is beyond)."""
+    return isinstance(item, (int, float)) and within_numeric_limit(item)
+
+
 def _literal(item: object) -> Scalar:
-    if item is None or isinstance(item, (str, bool)):
+    if item is None or isinstance(item, (str, bool, NumberText)):
         return item
     if isinstance(item, (int, float)):
         return number(item)
@@ -459,4 +477,6 @@ def _token_text(item: object) -> str:
         return "["
     if isinstance(item, dict):
         return "{"
+    if isinstance(item, NumberText):
+        return item.text
     return json.dumps(item) if not isinstance(item, str) else item

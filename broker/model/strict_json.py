@@ -8,6 +8,7 @@ policies) goes through :func:`loads`, so a ``NaN`` is refused everywhere or nowh
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 
@@ -15,11 +16,16 @@ def _refuse_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
-def loads(text: str | bytes) -> Any:
+def loads(text: str | bytes, *, parse_float: Callable[[str], Any] | None = None) -> Any:
     """``json.loads`` without NaN, Infinity and -Infinity.
+
+    Args:
+        text: the document.
+        parse_float: what reads a number with a fraction or an exponent from its text, as
+            ``json.loads`` takes it; None for ``float`` (the C fast path).
 
     Raises:
         ValueError: not JSON (json.JSONDecodeError is one);
         RecursionError: nested past the parser's depth.
     """
-    return json.loads(text, parse_constant=_refuse_constant)
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=parse_float)

@@ -235,6 +235,44 @@ def test_body_scope_operators_route_each_message_to_exactly_its_queues(
     assert got == BODY_EXPECTED
 
 
+@pytest.mark.parametrize("scope", ["MessageBody", "MessageAttributes"])
+def test_ids_beyond_2_to_the_53_route_by_their_exact_digits(
+    shared_broker: BrokerThread, scope: str
+) -> None:
+    # 12345678901234567 and 12345678901234568 are one float: numbers beyond AWS's -10^9 ..
+    # 10^9 match a literal only by their text, so each id reaches only its own queue.
+    sns = sns_client(shared_broker.endpoint)
+    sqs = shared_broker.client("json")
+    unique = next(_unique)
+    topic = sns.create_topic(Name=f"big-ids-{unique}")["TopicArn"]
+    ids = {"7": "12345678901234567", "8": "12345678901234568"}
+    urls = {}
+    for last, digits in ids.items():
+        url = sqs.create_queue(QueueName=f"big-ids-{unique}-{last}")["QueueUrl"]
+        sns.subscribe(
+            TopicArn=topic,
+            Protocol="sqs",
+            Endpoint=queue_arn(sqs, url),
+            Attributes={
+                "RawMessageDelivery": "true",
+                "FilterPolicyScope": scope,
+                "FilterPolicy": f'{{"id": [{digits}]}}',
+            },
+        )
+        urls[last] = url
+    # The same number spelt another way is another text: it reaches neither queue.
+    for digits in [*ids.values(), "1.2345678901234567E16"]:
+        sns.publish(
+            TopicArn=topic,
+            Message=f'{{"id": {digits}}}',
+            MessageAttributes={"id": n(digits)},
+        )
+    for last, url in urls.items():
+        received = receive_all(sqs, url, 1, timeout=5)
+        assert [m["Body"] for m in received] == [f'{{"id": {ids[last]}}}']
+        assert sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0).get("Messages", []) == []
+
+
 def test_numeric_operands_beyond_one_billion_are_refused(shared_broker: BrokerThread) -> None:
     sns = sns_client(shared_broker.endpoint)
     sqs = shared_broker.client("json")

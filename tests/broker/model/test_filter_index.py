@@ -111,6 +111,21 @@ def test_remove_and_replace():
     assert len(index) == 0
 
 
+def test_ids_beyond_2_to_the_53_are_filed_under_their_own_text():
+    # Floats make 12345678901234567 and 12345678901234568 one key; each id's text is its own.
+    index: SubscriptionFilterIndex[str] = SubscriptionFilterIndex()
+    for name, scope in (("attr", "MessageAttributes"), ("body", "MessageBody")):
+        for last in "78":
+            index.add(f"{name}-{last}", compiled({"id": [int("1234567890123456" + last)]}, scope))
+    for last in "78":
+        number = {"id": {"DataType": "Number", "StringValue": "1234567890123456" + last}}
+        selection = index.match(number, '{"id": 1234567890123456' + last + "}")
+        assert selection.matched == (f"attr-{last}", f"body-{last}")
+        assert selection.evaluations == 2
+    spelt_otherwise = {"id": {"DataType": "Number", "StringValue": "1.2345678901234567E16"}}
+    assert index.match(spelt_otherwise, '{"id": 1.2345678901234567e16}').matched == ()
+
+
 def test_a_body_that_is_not_json_costs_nothing():
     index: SubscriptionFilterIndex[str] = SubscriptionFilterIndex()
     index.add("s", compiled({"k": [{"exists": False}]}, "MessageBody"))

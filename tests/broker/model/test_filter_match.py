@@ -7,8 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.model.filter_match import (
+    NUMERIC_LIMIT,
     Branch,
     KeyTest,
+    NumberText,
     anything_but_prefix,
     anything_but_suffix,
     anything_but_values,
@@ -16,6 +18,7 @@ from broker.model.filter_match import (
     body_view,
     cidr_predicate,
     ignore_case_predicate,
+    json_number,
     number,
     numeric_predicate,
     prefix_predicate,
@@ -43,7 +46,7 @@ def test_attributes_view_types_values_by_data_type():
     assert view == {
         "s": ("5",),
         "n": (5.0,),
-        "big": ("1e999",),
+        "big": (NumberText("1e999"),),  # beyond the range: its text, not inf
         "odd": ("five",),
         "a": ("x", 1.0, True, None),
         "bad": ("[oops",),
@@ -61,7 +64,7 @@ def test_body_view_flattens_objects_arrays_and_dotted_keys():
     assert body_view("[1]") is None
     assert body_view("nope") is None
     assert body_view('{"x": NaN}') is None
-    assert body_view('{"x": 1' + "0" * 400 + "}") == {"x": (math.inf,)}
+    assert body_view('{"x": 1' + "0" * 400 + "}") == {"x": (NumberText("1" + "0" * 400),)}
 
 
 def test_body_view_survives_deep_nesting():
@@ -72,8 +75,9 @@ def test_body_view_survives_deep_nesting():
 def test_typed_values_keep_booleans_and_numbers_apart():
     assert typed(True) != typed(1.0)
     assert typed(1.0) == typed(number(1))
-    assert number(10**400) == math.inf
-    assert number(-(10**400)) == -math.inf
+    assert number(10**400) == NumberText("1" + "0" * 400)
+    assert number(-(10**400)) == NumberText("-1" + "0" * 400)
+    assert typed(NumberText("5000000000")) != typed("5000000000")
 
 
 def test_numbers_are_cut_to_five_decimals_within_one_billion():
@@ -84,8 +88,8 @@ def test_numbers_are_cut_to_five_decimals_within_one_billion():
     assert number(-0.000001) == -0.00001  # toward -inf, as a fixed-point cut
     assert number(301.5) == 301.5
     assert number(1e9) == 1e9
-    assert number(1_000_000_000.000001) == 1_000_000_000.000001  # beyond: left alone
-    assert number(-3e9) == -3e9
+    assert number(1_000_000_000.000001) == NumberText("1000000000.000001")  # beyond: its text
+    assert number(-3e9) == NumberText("-3000000000.0")
     assert within_numeric_limit(-(10**9))
     assert within_numeric_limit(10**9)
     assert not within_numeric_limit(10**9 + 1)
@@ -99,8 +103,11 @@ def test_numeric_conditions_never_match_numbers_beyond_the_limit():
     assert not anything(1_000_000_000.5)
     assert not anything(-2e9)
     assert not anything(math.inf)
-    # Exact literals still compare them: they are not numeric conditions.
-    assert Branch((KeyTest("k", exact=frozenset({typed(number(5e9))})),)).matches({"k": (5e9,)})
+    assert not anything(NumberText("5000000000"))
+    # Exact literals still compare them, by their text: they are not numeric conditions.
+    literal = Branch((KeyTest("k", exact=frozenset({typed(number(5 * 10**9))})),))
+    assert literal.matches({"k": (NumberText("5000000000"),)})
+    assert not literal.matches({"k": (NumberText("5e9"),)})
 
 
 def test_attribute_numbers_are_read_at_the_same_precision():
@@ -112,10 +119,61 @@ def test_attribute_numbers_are_read_at_the_same_precision():
 def test_the_cut_is_the_floor_of_the_decimal_text_at_five_places(raw):
     cut = number(raw)
     if not within_numeric_limit(raw):
-        assert cut == float(raw)
+        assert cut == NumberText(str(raw) if isinstance(raw, int) else repr(raw))
         return
     exact = Fraction(repr(float(raw)))
     assert cut == float(Fraction(math.floor(exact * 100_000), 100_000))
+
+
+def test_numbers_beyond_the_limit_keep_the_text_they_were_written_in():
+    # event-ruler matches a number literal by its text, and numerically only when it can
+    # represent it: beyond -10^9 .. 10^9 a float would lose digits (2^53 + 1) or overflow.
+    body = '{"a": 9007199254740993, "b": 1e400, "c": -1E400, "d": 1e10, "e": 2.5e3, "f": [1e9]}'
+    assert body_view(body) == {
+        "a": (NumberText("9007199254740993"),),
+        "b": (NumberText("1e400"),),
+        "c": (NumberText("-1E400"),),
+        "d": (NumberText("1e10"),),
+        "e": (2500.0,),
+        "f": (1e9,),
+    }
+    attributes = {
+        "n": {"DataType": "Number", "StringValue": "9007199254740993"},
+        "e": {"DataType": "Number.id", "StringValue": "1.5E10"},
+        "i": {"DataType": "Number", "StringValue": "-1000000000"},
+        "a": {"DataType": "String.Array", "StringValue": "[12345678901234567891, 1e10, 7]"},
+    }
+    assert attributes_view(attributes) == {
+        "n": (NumberText("9007199254740993"),),
+        "e": (NumberText("1.5E10"),),
+        "i": (-1e9,),
+        "a": (NumberText("12345678901234567891"), NumberText("1e10"), 7.0),
+    }
+    assert json_number("1e400") == NumberText("1e400")
+    assert json_number("-1000000000.5") == NumberText("-1000000000.5")
+    assert json_number("1.5") == 1.5  # within the limit: a float, cut later by number()
+    # A NumberText is no string: string conditions never see numbers.
+    big = NumberText("9007199254740993")
+    assert not prefix_predicate("9007")(big)
+    assert not suffix_predicate("93")(big)
+    assert not ignore_case_predicate("9007199254740993")(big)
+    assert not cidr_predicate(ipaddress.ip_network("0.0.0.0/0"))(big)
+    assert KeyTest("k", accepts_present=True).check((big,))
+
+
+@given(
+    magnitude=st.integers(NUMERIC_LIMIT + 1, 10**30),
+    negative=st.booleans(),
+    as_float=st.booleans(),
+)
+def test_a_number_beyond_the_limit_views_as_its_json_text(magnitude, negative, as_float):
+    value = -magnitude if negative else magnitude
+    raw = float(value) if as_float else value
+    text = json.dumps(raw)
+    assert body_view(f'{{"k": {text}}}') == {"k": (NumberText(text),)}
+    assert body_view(f'{{"k": {text}}}') == {"k": (number(raw),)}
+    number_attribute = {"k": {"DataType": "Number", "StringValue": text}}
+    assert attributes_view(number_attribute) == {"k": (NumberText(text),)}
 
 
 def test_predicates():

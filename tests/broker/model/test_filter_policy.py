@@ -36,6 +36,22 @@ from tests.support.sns_filters import (
 # walks the policy recursively and looks every path up in the raw message each time.
 
 
+class _Written(float):
+    """A JSON fraction or exponent that remembers how it was written (a parse_float hook)."""
+
+    def __new__(cls, text):
+        written = super().__new__(cls, text)
+        written.text = text
+        return written
+
+
+def _text(number):
+    # A number's text as its JSON document spelt it: a _Written keeps it; a Python int or
+    # float here came from json.dumps (the policies and the generated messages), which
+    # writes str() of an int and repr() of a float.
+    return number.text if isinstance(number, _Written) else json.dumps(number)
+
+
 def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -60,7 +76,9 @@ def _same(value, literal):
             return False
         ours, theirs = _comparable(value), _comparable(literal)
         if ours is None or theirs is None:
-            return float(value) == float(literal)
+            # event-ruler: a number literal is an exact match on its text, plus a numeric one
+            # when the number is representable; beyond the range only the text is left.
+            return _text(value) == _text(literal)
         return ours == theirs
     return isinstance(value, str) and value == literal
 
@@ -149,11 +167,10 @@ def _attribute_values(attributes, name):
         return None  # "Amazon SNS ignores message attributes with the Binary data type"
     text = attribute["StringValue"]
     if attribute["DataType"] == "String.Array":
-        items = json.loads(text)
+        items = json.loads(text, parse_float=_Written)
         return [_as_policies_see(item) for item in items if not isinstance(item, (list, dict))]
     if attribute["DataType"].startswith("Number"):
-        number = float(text)
-        return [number] if math.isfinite(number) else [text]
+        return [_Written(text)]  # the attribute's text is the number's text
     return [_as_policies_see(text)]
 
 
@@ -189,7 +206,7 @@ def reference_matches(policy, scope, attributes, body):
             return False  # '"exists": false only matches if at least one attribute is present'
         return _evaluate(policy, lambda path: _attribute_values(attributes, path), [])
     try:
-        document = json.loads(body)
+        document = json.loads(body, parse_float=_Written)
     except ValueError:
         return False
     if not isinstance(document, dict) or not _has_leaf(document):
@@ -270,6 +287,53 @@ def test_exact_numbers_booleans_and_null_keep_their_json_type():
     # String.Array elements keep their types too.
     assert matches_attributes({"tags": [5]}, attrs(tags=["a", 5]))
     assert matches_attributes({"tags": [None]}, attrs(tags=["a", None]))
+
+
+def test_exact_numbers_beyond_one_billion_match_only_the_same_text():
+    # Beyond -10^9 .. 10^9 AWS does no numeric equality; event-ruler's exact match on the
+    # literal's text is what is left (JsonRuleCompiler: "might not be representable ... for
+    # example an AWS account number"). A float would make 2^53 + 1 equal 2^53.
+    policy = {"id": [9007199254740993]}
+    assert matches_body(policy, '{"id": 9007199254740993}')
+    assert not matches_body(policy, '{"id": 9007199254740992}')
+    assert matches_attributes(policy, attrs(id=9007199254740993))
+    assert not matches_attributes(policy, attrs(id=9007199254740992))
+    twenty_digits = {"id": [12345678901234567890]}
+    assert not matches_body(twenty_digits, '{"id": 12345678901234567891}')
+    assert matches_body(twenty_digits, {"id": [1, 12345678901234567890]})
+    # Beyond a float's range there is no inf to collide on.
+    huge = parse_filter_policy('{"id": [1e400]}', "MessageBody", in_attributes_map=False)
+    assert huge is not None
+    assert huge.matches(body_view('{"id": 1e400}'))
+    assert not huge.matches(body_view('{"id": 1e999}'))
+    assert not huge.matches(body_view('{"id": 1E400}'))  # another spelling, another text
+    # The same number written another way is another text.
+    ten_billion = {"id": [10000000000]}
+    assert matches_body(ten_billion, '{"id": 10000000000}')
+    assert not matches_body(ten_billion, '{"id": 1e10}')
+    assert not matches_body(ten_billion, '{"id": 10000000000.0}')
+    assert not matches_attributes(ten_billion, attrs(id="1e10"))
+    number_attribute = {"id": {"DataType": "Number", "StringValue": "1e10"}}
+    assert not matches_attributes(ten_billion, number_attribute)
+    written = parse_filter_policy('{"id": [1e10]}', "MessageAttributes", in_attributes_map=False)
+    assert written is not None
+    assert written.matches(attributes_view(number_attribute))
+    # Types still count: the string of the digits is not the number.
+    assert not matches_attributes(ten_billion, attrs(id="10000000000"))
+    assert not matches_body({"id": ["10000000000"]}, {"id": 10000000000})
+    # Within the range equal numbers still match however they are written.
+    assert matches_body({"p": [100]}, '{"p": 1e2}')
+    assert matches_body({"p": [1_000_000_000]}, '{"p": 1e9}')
+    assert matches_attributes({"p": [100]}, {"p": {"DataType": "Number", "StringValue": "1E2"}})
+    # The text is no string: string conditions still never match a number, nor numeric ones
+    # a number beyond the range.
+    big = '{"id": 9007199254740993}'
+    assert not matches_body({"id": [{"prefix": "9007"}]}, big)
+    assert not matches_body({"id": [{"suffix": "993"}]}, big)
+    assert not matches_body({"id": [{"equals-ignore-case": "9007199254740993"}]}, big)
+    assert not matches_body({"id": [{"numeric": [">", 0]}]}, big)
+    assert matches_body({"id": [{"anything-but": [1]}]}, big)
+    assert matches_body({"id": [{"exists": True}]}, big)
 
 
 def test_custom_data_types_filter_by_their_base_type():
@@ -620,8 +684,17 @@ def test_numeric_operands_beyond_one_billion_are_refused(operands):
 def test_numeric_limits_and_precision_at_the_edges():
     assert matches_attributes({"p": [{"numeric": ["<=", 10**9]}]}, attrs(p=10**9))
     assert matches_attributes({"p": [{"numeric": [">=", -(10**9)]}]}, attrs(p=-(10**9)))
-    for anything_but in (3e9, [1, -3e9]):
+    for anything_but in (3e9, [1, -3e9], 10**20, [1, -(10**20)]):
         assert error_of({"p": [{"anything-but": anything_but}]}).endswith(OUT_OF_RANGE)
+    # Numbers a float cannot hold are beyond the range too, however they are written.
+    for text in ('{"p": [{"anything-but": 1e400}]}', '{"p": [{"anything-but": [1, 1e400]}]}'):
+        assert error_of(text).endswith(OUT_OF_RANGE)
+    assert error_of('{"p": [{"numeric": ["<", -1e400]}]}').endswith(OUT_OF_RANGE)
+    assert error_of('{"p": [{"numeric": [">", 0, "<", 1.5e10]}]}').endswith(OUT_OF_RANGE)
+    # Jackson's getText() names the token as written.
+    assert error_of('{"p": [{"numeric": [1e10]}]}').endswith(
+        "Invalid member in numeric match: 1e10"
+    )
     # Structure is checked before the bounds, as event-ruler reads the whole expression first.
     assert error_of({"p": [{"numeric": ["=", 2e9, 1]}]}).endswith(
         "Too many elements in numeric expression"
@@ -799,6 +872,39 @@ def test_numbers_compare_at_five_decimals_within_one_billion(case):
         assume(attributes)
         got = compiled.matches(attributes_view(attributes))
         assert got == reference_matches(policy, "MessageAttributes", attributes, "")
+
+
+beyond_one_billion = st.integers(10**9 + 1, 10**30) | st.integers(-(10**30), -(10**9) - 1)
+
+
+@given(
+    a=beyond_one_billion,
+    other=beyond_one_billion,
+    nearby=st.none() | st.integers(1, 3),
+    in_body=st.booleans(),
+)
+@example(a=9007199254740993, other=9007199254740992, nearby=None, in_body=True)
+@example(a=9007199254740992, other=9007199254740993, nearby=None, in_body=False)
+@example(a=-12345678901234567890, other=-(10**10), nearby=1, in_body=False)
+def test_an_integer_beyond_one_billion_matches_itself_and_no_other(a, other, nearby, in_body):
+    # Numbers a float cannot tell apart are the interesting ones: often take b next to a
+    # (away from zero, so that b stays beyond the range).
+    b = other if nearby is None else a + (nearby if a > 0 else -nearby)
+    assume(a != b)
+    policy = {"id": [a]}
+    if in_body:
+        assert matches_body(policy, {"id": a})
+        assert not matches_body(policy, {"id": b})
+        assert matches_body(policy, {"id": [b, a]})
+    else:
+        assert matches_attributes(policy, attrs(id=a))
+        assert not matches_attributes(policy, attrs(id=b))
+        assert matches_attributes(policy, attrs(id=[b, a]))  # a String.Array of numbers
+        assert not matches_attributes(policy, attrs(id=[b]))
+    for message in ({"id": b}, {"id": a}):
+        body = json.dumps(message)
+        got = compile_policy(policy, "MessageBody").matches(body_view(body))
+        assert got == reference_matches(policy, "MessageBody", {}, body)
 
 
 scalar_rules = st.one_of(

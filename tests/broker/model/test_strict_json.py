@@ -33,3 +33,10 @@ _JSON = st.recursive(
 def test_every_json_document_reads_as_json_loads_reads_it(document: object) -> None:
     text = json.dumps(document)
     assert strict_json.loads(text) == json.loads(text)
+
+
+def test_a_parse_float_hook_sees_fractions_as_written_and_constants_stay_refused() -> None:
+    # Filter policies keep numbers beyond AWS's numeric range as their text (filter_match).
+    assert strict_json.loads("[1e400, 2.50, 7]", parse_float=str) == ["1e400", "2.50", 7]
+    with pytest.raises(ValueError, match="is not JSON"):
+        strict_json.loads("[NaN]", parse_float=str)
