@@ -293,6 +293,11 @@ def _stay(record: TargetHealth, input_: Input, now: float, policy: HealthPolicy)
     return record, []
 
 
+def _selection_view(record: TargetHealth) -> tuple[TargetState, float, float | None]:
+    """What target selection reads of a record (balancer.selection.Candidate.from_health)."""
+    return record.state, record.since, record.registered_at
+
+
 def _fresh(record: TargetHealth, input_: Input, now: float, policy: HealthPolicy) -> Step:
     """Start over as a new target would: initial, unavailable (no checks) or unused."""
     state, reason = policy.starting_state()
@@ -422,8 +427,12 @@ class HealthTable:
         # (the target left or came back) are dropped when they reach the top.
         self._deadlines: dict[str, float] = {}
         self._deadline_heap: list[tuple[float, str]] = []
-        # Bumped on every change of a record, so readers can cache what they derive from
-        # the table (the runtime's per-group candidate list) and notice when it is stale.
+        # Bumped on every change of what target selection reads of a record (which targets
+        # there are, their state, when they became healthy or registered), so readers can
+        # cache what they derive from the table (the runtime's per-group candidate list) and
+        # notice when it is stale. A passing check of a healthy target changes only its
+        # counters: with thousands of targets, bumping then would rebuild the candidate
+        # list hundreds of times a second for nothing.
         self.version = 0
 
     def __len__(self) -> int:
@@ -477,7 +486,7 @@ class HealthTable:
         if record is None:
             return []
         new, events = step(record, input_, now, self.policy)
-        if new is not record:
+        if new is None or _selection_view(new) != _selection_view(record):
             self.version += 1
         if new is None:
             del self._records[target_id]

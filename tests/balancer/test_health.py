@@ -589,3 +589,52 @@ def test_a_target_that_keeps_coming_back_does_not_grow_the_index():
     assert len(health._deadline_heap) <= 65  # the compaction bound, nothing draining
     health.deregister("a", 2000.0, idle=False)
     assert health.next_deadline() == 3000.0
+
+
+def selection_views(health: HealthTable) -> dict[str, tuple[object, ...]]:
+    """What target selection reads of each record (Candidate.from_health)."""
+    return {r.target_id: (r.state, r.since, r.registered_at) for r in health}
+
+
+@given(policies, index_operations)
+def test_the_version_moves_whenever_what_selection_reads_changes(policy, ops):
+    """The runtime caches each group's candidates by the table's version: an unchanged
+    version must mean unchanged candidates, whatever happened in between."""
+    health = HealthTable(policy)
+    now = 0.0
+    for op, target, result, delay, flag in ops:
+        now += delay
+        before, version = selection_views(health), health.version
+        if op == "shift":
+            health.shift_clock(delay)
+        elif op == "check":
+            health.record_check(target, result, now, status=404)
+        elif op == "deregister":
+            health.deregister(target, now, idle=flag)
+        elif op == "register":
+            health.register(target, now)
+        elif op == "idle":
+            health.target_idle(target, now)
+        elif op == "use":
+            health.set_in_use(flag, now)
+        else:
+            health.advance(now)
+        if health.version == version:
+            assert selection_views(health) == before
+
+
+def test_a_passing_check_of_a_healthy_target_leaves_the_version_alone():
+    # With thousands of targets, every passing check would otherwise rebuild the group's
+    # candidate list on the next request.
+    health = table(POLICY, "a")
+    health.record_check("a", Input.CHECK_PASSED, 1.0)
+    assert state(health) is TargetState.HEALTHY
+    version = health.version
+    for n in range(5):
+        health.record_check("a", Input.CHECK_PASSED, 2.0 + n)
+    assert health.version == version
+    health.record_check("a", Input.CHECK_TIMED_OUT, 10.0)  # counts a failure, state unchanged
+    assert health.version == version
+    health.record_check("a", Input.CHECK_TIMED_OUT, 11.0)  # the threshold: unhealthy
+    assert state(health) is TargetState.UNHEALTHY
+    assert health.version != version
