@@ -167,6 +167,19 @@ class _HttpListenerBase(Section, frozen=True, kw_only=True):
             if rule.priority in seen:
                 raise ValueError(f"rules[{i}].priority {rule.priority} is used twice")
             seen.add(rule.priority)
+        # A redirect alone cannot tell that "HTTP" or port 8080 is what its listener has:
+        # spelt out, the listener's own protocol or port changes nothing either.
+        protocol = "https" if isinstance(self, HttpsListener) else "http"
+        for where, action in self.actions():
+            if isinstance(action, Redirect):
+                loop = action.loop_error(protocol, self.port)
+                if loop is not None:
+                    raise ValueError(f"{where}: {loop}")
+
+    def actions(self) -> list[tuple[str, Action]]:
+        """The default action and each rule's, with their key paths within the listener."""
+        found: list[tuple[str, Action]] = [("default_action", self.default_action)]
+        return found + [(f"rules[{i}].action", r.action) for i, r in enumerate(self.rules)]
 
 
 class HttpListener(_HttpListenerBase, frozen=True, kw_only=True, tag="http", tag_field="protocol"):
@@ -185,9 +198,7 @@ class HttpsListener(
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        actions = [("default_action", self.default_action)]
-        actions += [(f"rules[{i}].action", r.action) for i, r in enumerate(self.rules)]
-        for where, action in actions:
+        for where, action in self.actions():
             if isinstance(action, Redirect) and action.protocol == "HTTP":
                 raise ValueError(f"{where}: an HTTPS listener never redirects down to HTTP")
 

@@ -43,10 +43,14 @@ _HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,128}")
 # A query condition's key and value: a value may hold a space (a decoded '+' or %20).
 _QUERY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
 _QUERY_VALUE = re.compile(r"[\x20-\x7e]{1,128}")
-# What a redirect's host, path and query may hold besides their placeholders (ALB's
-# redirect-actions: alphanumerics, '-', and for paths a few more; here every URI character).
+# What a redirect's host, path and query may hold besides their placeholders. Host and path:
+# the sets of the user guide's redirect-actions (load-balancer-listeners.md). A host's '*' and
+# '?' ("wildcards" there) are left out: in a Location they would end the host. The path's set
+# has no '#', which would turn the rest of the Location, the query too, into a fragment. AWS
+# names no set for the query ("URL-encoded when necessary"): visible ASCII but '#'.
 _REDIRECT_HOST = re.compile(r"[A-Za-z0-9.-]*")
-_REDIRECT_TEXT = re.compile(r"[\x21-\x7e]*")
+_REDIRECT_PATH = re.compile(r"[A-Za-z0-9_\-.$/~\"'@:+&*?]*")
+_REDIRECT_QUERY = re.compile(r"[\x21\x22\x24-\x7e]*")
 
 
 def count_wildcards(pattern: str, *, escapes: bool = False) -> int:
@@ -229,6 +233,7 @@ _ALLOWED_PLACEHOLDERS = {
     "path": {"host", "port", "path"},
     "query": {"protocol", "host", "port", "path", "query"},
 }
+_ALL_KEPT = "protocol, host, port and path all keep the request's"
 
 
 class Redirect(Section, frozen=True, kw_only=True, tag="redirect", tag_field="type"):
@@ -258,20 +263,69 @@ class Redirect(Section, frozen=True, kw_only=True, tag="redirect", tag_field="ty
             port = int(port)
         if isinstance(port, int) and not 1 <= port <= 65535:
             raise ValueError(f"redirect port {port}: a number from 1 to 65535 or #{{port}}")
+        if self.query.startswith("?"):
+            raise ValueError(
+                f"redirect query {self.query!r}: leave out the leading '?', it is added (AWS)"
+            )
         for field, pattern, allowed in (
             ("host", _REDIRECT_HOST, "letters, digits, '.' and '-'"),
-            ("path", _REDIRECT_TEXT, "visible ASCII characters, no spaces"),
-            ("query", _REDIRECT_TEXT, "visible ASCII characters, no spaces"),
+            ("path", _REDIRECT_PATH, "letters, digits and _-.$/~\"'@:+&*? (AWS's set)"),
+            ("query", _REDIRECT_QUERY, "visible ASCII characters but '#', no spaces"),
         ):
-            literal = _PLACEHOLDER.sub("", getattr(self, field))
+            value = getattr(self, field)
+            literal = _PLACEHOLDER.sub("", value)
             if not pattern.fullmatch(literal):
                 # A space, a CR LF or a '/' in a host would make a Location that is no URL,
                 # or a response head h11 refuses to write.
-                raise ValueError(f"redirect {field} {getattr(self, field)!r}: only {allowed}")
-        unchanged = (self.protocol, self.host, self.port, self.path)
-        if unchanged == ("#{protocol}", "#{host}", "#{port}", "/#{path}"):
-            # AWS's loop guard: a redirect to the same URL would never end.
-            raise ValueError("a redirect must change at least one of protocol, host, port, path")
+                why = ""
+                if "#" in literal and field != "host":
+                    swallowed = "the query" if field == "path" else "the rest (write it %23)"
+                    why = f": '#' would start a fragment and swallow {swallowed}"
+                raise ValueError(f"redirect {field} {value!r}: only {allowed}{why}")
+        if self.keeps_the_url():
+            raise ValueError(self._loop_message(_ALL_KEPT))
+
+    def keeps_the_url(self, listener_protocol: str = "", listener_port: int = 0) -> bool:
+        """Whether this redirect keeps the protocol, host, port and path of every request it
+        takes on a listener of ``listener_protocol`` (``http`` or ``https``) and
+        ``listener_port``; without them (or on port 0, picked by the kernel) only the
+        placeholders are known to keep a part.
+
+        These four are the parts AWS's loop guard counts (RedirectActionConfig: "You must
+        modify at least one of the following components to avoid a redirect loop: protocol,
+        hostname, port, or path"), so a changed query alone is no change. A literal host or path
+        counts as one, as on ALB, though it may equal some request's own.
+        """
+        same_protocol = self.protocol in ("#{protocol}", listener_protocol.upper())
+        same_port = self.port == "#{port}" or (
+            listener_port != 0 and int(self.port) == listener_port
+        )
+        return same_protocol and same_port and (self.host, self.path) == ("#{host}", "/#{path}")
+
+    def loop_error(self, listener_protocol: str, listener_port: int) -> str | None:
+        """Why this redirect sends every request it takes on a listener of
+        ``listener_protocol`` (``http`` or ``https``) and ``listener_port`` back to the same
+        protocol, host, port and path, or None when it changes one of them."""
+        if not self.keeps_the_url(listener_protocol, listener_port):
+            return None
+        own = [f"protocol {self.protocol!r}"] if self.protocol != "#{protocol}" else []
+        own += [f"port {self.port}"] if self.port != "#{port}" else []
+        if not own:
+            return self._loop_message(_ALL_KEPT)
+        verb = "are" if len(own) > 1 else "is"
+        return self._loop_message(
+            f"{' and '.join(own)} {verb} this {listener_protocol} listener's own and the other "
+            "parts keep the request's"
+        )
+
+    def _loop_message(self, why: str) -> str:
+        message = (
+            "a redirect must change at least one of protocol, host, port, path (AWS), or it "
+            f"loops: {why}"
+        )
+        if self.query != "#{query}":
+            message += "; a changed query does not count"
+        return message
 
 
 class FixedResponse(Section, frozen=True, kw_only=True, tag="fixed_response", tag_field="type"):

@@ -32,6 +32,20 @@ def test_check_config(tmp_path, capsys):
     )
 
 
+def test_check_config_names_the_file_key_and_reason_of_a_redirect_loop(tmp_path, capsys):
+    looping = tmp_path / "balancer.toml"
+    looping.write_text(
+        '[[listeners]]\nname = "web"\nprotocol = "http"\nport = 8080\n'
+        'default_action = { type = "redirect", port = "8080", status_code = "HTTP_301" }\n'
+    )
+    assert main(["check-config", str(looping)]) == 1
+    assert capsys.readouterr().err == (
+        f"{looping}: default_action: a redirect must change at least one of protocol, host, "
+        "port, path (AWS), or it loops: port 8080 is this http listener's own and the other "
+        "parts keep the request's - at `$.listeners[0]`\n"
+    )
+
+
 async def test_serves_admin_and_stops_on_sigterm(tmp_path):
     config = tmp_path / "balancer.toml"
     config.write_text("[admin]\nport = 0\n")

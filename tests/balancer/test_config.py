@@ -479,6 +479,7 @@ def test_https_listeners():
         in (error(config(listeners=[https])))
     )
     https["rules"][0]["action"]["protocol"] = "HTTPS"
+    https["rules"][0]["action"]["port"] = 8443
     loaded = decode(msgspec.toml.encode(config(listeners=[https])), BalancerConfig)
     [tls] = loaded.listeners
     assert isinstance(tls, HttpsListener)
@@ -487,6 +488,55 @@ def test_https_listeners():
     too_many = [{"cert_file": "a", "key_file": "b"}] * 27
     assert "length <= 26" in error(config(listeners=[{**https, "certificates": too_many}]))
     assert "Invalid enum value 'TLS1'" in error(config(listeners=[{**https, "ssl_policy": "TLS1"}]))
+
+
+CERTIFICATES = [{"cert_file": "/c.pem", "key_file": "/c.key"}]
+LOOPS = "a redirect must change at least one of protocol, host, port, path (AWS), or it loops"
+
+
+def redirect_rule(**fields: Any) -> dict[str, Any]:
+    action = {"type": "redirect", "status_code": "HTTP_301", **fields}
+    return {"priority": 1, "conditions": {"path_pattern": ["/old"]}, "action": action}
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        # "Force HTTP" on an HTTP listener: every request comes back to the same URL.
+        (
+            listener(rules=[redirect_rule(protocol="HTTP")]),
+            f"b.toml: rules[0].action: {LOOPS}: protocol 'HTTP' is this http listener's own "
+            "and the other parts keep the request's - at `$.listeners[0]`",
+        ),
+        (
+            listener(port=8080, rules=[redirect_rule(port=8080, query="v=1")]),
+            f"rules[0].action: {LOOPS}: port 8080 is this http listener's own and the other "
+            "parts keep the request's; a changed query does not count - at `$.listeners[0]`",
+        ),
+        # The port-80 listener's "to HTTPS" action copied onto the HTTPS listener.
+        (
+            listener(
+                protocol="https",
+                port=443,
+                certificates=CERTIFICATES,
+                default_action={"type": "redirect", "protocol": "HTTPS", "status_code": "HTTP_301"},
+            ),
+            f"default_action: {LOOPS}: protocol 'HTTPS' is this https listener's own",
+        ),
+        (
+            listener(
+                protocol="https",
+                port=443,
+                certificates=CERTIFICATES,
+                rules=[redirect_rule(protocol="HTTPS", port="443")],
+            ),
+            f"rules[0].action: {LOOPS}: protocol 'HTTPS' and port 443 are this https listener's "
+            "own and the other parts keep the request's - at `$.listeners[0]`",
+        ),
+    ],
+)
+def test_a_redirect_that_spells_out_its_listeners_protocol_or_port_is_refused(data, expected):
+    assert expected in error(config(listeners=[data]))
 
 
 def test_listener_limits():

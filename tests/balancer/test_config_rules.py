@@ -160,10 +160,34 @@ def test_redirect_defaults_keep_every_part():
         ({"port": 0}, "redirect port 0"),
         ({"host": "h" * 129}, "length <= 128"),
         # What would make a Location that is no URL, or a head h11 refuses to write:
-        ({"path": "/a\r\nX-Inj: 1"}, "redirect path '/a\\r\\nX-Inj: 1': only visible ASCII"),
+        ({"path": "/a\r\nX-Inj: 1"}, "redirect path '/a\\r\\nX-Inj: 1': only letters, digits"),
         ({"host": "evil.test/x?"}, "redirect host 'evil.test/x?': only letters, digits"),
         ({"host": "b.test", "query": "a b\u0001"}, "redirect query"),
         ({"host": "#{host}.example/x"}, "redirect host"),
+        # A '#' makes the rest of the Location a fragment: /new#top?id=7 loses the query.
+        (
+            {"path": "/new#top"},
+            "redirect path '/new#top': only letters, digits and _-.$/~\"'@:+&*? (AWS's set): "
+            "'#' would start a fragment and swallow the query",
+        ),
+        ({"path": "/#{path}#x"}, "'#' would start a fragment"),
+        ({"path": "/a#{b"}, "redirect path '/a#{b'"),
+        ({"host": "b.test", "query": "a=1#x"}, "'#' would start a fragment and swallow the rest"),
+        # RedirectActionConfig.Query: "Do not include the leading "?", as it is automatically
+        # added"; with it the Location had "??lang=en".
+        (
+            {"path": "/new", "query": "?lang=en"},
+            "redirect query '?lang=en': leave out the leading '?', it is added (AWS)",
+        ),
+        # Outside the user guide's path set: percent-encoding, '=' and ';'.
+        ({"path": "/a%20b"}, "redirect path '/a%20b': only letters, digits"),
+        ({"path": "/a;v=1"}, "redirect path '/a;v=1': only letters, digits"),
+        # AWS's loop guard counts protocol, host, port and path; a new query is no change.
+        (
+            {"query": "#{query}&v=1"},
+            "must change at least one of protocol, host, port, path (AWS), or it loops: "
+            "protocol, host, port and path all keep the request's; a changed query does not count",
+        ),
     ],
 )
 def test_bad_redirects_are_refused(data, message):
@@ -184,6 +208,58 @@ def test_redirects_with_placeholders_and_uri_characters_are_accepted():
         status_code="HTTP_301",
     )
     assert redirect.query == "#{query}&from=old%20site"
+
+
+VISIBLE_ASCII = [chr(code) for code in range(0x21, 0x7F)]
+# The user guide's redirect-actions: a path "consists of alpha-numeric characters, wildcards
+# (* and ?), & (using &amp;), and the following special characters: _-.$/~"'@:+".
+AWS_PATH_CHARACTERS = "*?&_-.$/~\"'@:+"
+
+
+def test_a_redirect_path_takes_exactly_the_user_guides_characters():
+    for char in VISIBLE_ASCII:
+        path = f"/a{char}b"
+        data = {"type": "redirect", "status_code": "HTTP_302", "path": path}
+        if char.isalnum() or char in AWS_PATH_CHARACTERS:
+            assert msgspec.convert(data, Redirect).path == path
+        else:
+            assert f"redirect path {path!r}: only letters, digits" in refused(Redirect, data)
+
+
+def test_a_redirect_query_takes_visible_ascii_but_a_fragment():
+    for char in VISIBLE_ASCII:
+        data = {"type": "redirect", "status_code": "HTTP_302", "path": "/n", "query": f"a{char}"}
+        if char != "#":
+            assert msgspec.convert(data, Redirect).query == f"a{char}"
+        else:
+            assert "'#' would start a fragment" in refused(Redirect, data)
+
+
+@pytest.mark.parametrize(
+    ("fields", "protocol", "port", "loops"),
+    [
+        ({"protocol": "HTTP"}, "http", 80, True),
+        ({"protocol": "HTTP"}, "https", 443, False),
+        ({"protocol": "HTTPS"}, "https", 443, True),
+        ({"protocol": "HTTPS"}, "http", 80, False),
+        ({"port": 8080}, "http", 8080, True),
+        ({"port": "8080"}, "https", 8080, True),
+        ({"port": 8080}, "http", 8081, False),
+        ({"port": 8080}, "http", 0, False),  # the kernel's pick: not known to be 8080
+        ({"protocol": "HTTPS", "port": 443}, "https", 443, True),
+        ({"protocol": "HTTPS", "port": 443}, "http", 443, False),
+        ({"protocol": "HTTP", "host": "#{host}.test"}, "http", 80, False),
+        ({"protocol": "HTTP", "path": "/new/#{path}"}, "http", 80, False),
+        ({"protocol": "HTTP", "path": "/#{path}/"}, "http", 80, False),
+        ({"protocol": "HTTP", "query": "v=1"}, "http", 80, True),
+    ],
+)
+def test_a_redirect_keeps_the_url_when_what_it_spells_out_is_the_listeners_own(
+    fields, protocol, port, loops
+):
+    redirect = Redirect(status_code="HTTP_301", **fields)
+    assert redirect.keeps_the_url(protocol, port) is loops
+    assert (redirect.loop_error(protocol, port) is not None) is loops
 
 
 def test_a_redirect_port_may_be_written_as_alb_writes_it():

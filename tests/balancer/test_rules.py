@@ -4,7 +4,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from functools import cache
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import msgspec
 import pytest
@@ -17,6 +17,7 @@ from balancer.config import (
     Forward,
     HttpHeaderCondition,
     HttpListener,
+    Listener,
     QueryPair,
     QueryStringCondition,
     Redirect,
@@ -793,3 +794,46 @@ def test_the_default_redirect_parts_reproduce_the_request(path, query):
     location = render_redirect(action, request, protocol="http", port=80)
     expected = f"http://h.example:8443/{path}" + (f"?{query}" if query else "")
     assert location == expected
+
+
+LISTENER_PORTS = st.sampled_from([80, 443, 8080])
+# Literal hosts and paths that no sample request has: AWS counts them as a change.
+REDIRECT_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "protocol": st.sampled_from(["HTTP", "HTTPS", "#{protocol}"]),
+        "host": st.sampled_from(["#{host}", "other.example", "www.#{host}"]),
+        "port": st.one_of(LISTENER_PORTS, LISTENER_PORTS.map(str), st.just("#{port}")),
+        "path": st.sampled_from(["/#{path}", "/new", "/new/#{path}", "/#{path}/"]),
+        "query": st.sampled_from(["#{query}", "", "v=1", "#{query}&v=1"]),
+    },
+)
+
+
+@given(
+    st.sampled_from(["http", "https"]),
+    LISTENER_PORTS,
+    REDIRECT_FIELDS,
+    st.sampled_from(["/", "/a", "/a/b"]),
+    st.sampled_from(["", "x=1"]),
+)
+def test_a_listener_refuses_exactly_the_redirects_that_keep_protocol_host_port_and_path(
+    protocol, port, fields, path, query
+):
+    redirect = {"type": "redirect", "status_code": "HTTP_301", **fields}
+    try:
+        action = msgspec.convert(redirect, Redirect)
+    except msgspec.ValidationError:
+        reject()  # every part a placeholder: refused on its own (test_config_rules)
+    assume(not (protocol == "https" and action.protocol == "HTTP"))  # refused for that
+    request = RequestView("GET", "h.example", path, query)
+    location = urlsplit(render_redirect(action, request, protocol=protocol, port=port))
+    kept = (location.scheme, location.hostname, location.port, location.path)
+    data = {"name": "l", "protocol": protocol, "port": port, "default_action": redirect}
+    if protocol == "https":
+        data["certificates"] = [{"cert_file": "/c.pem", "key_file": "/c.key"}]
+    if kept == (protocol, "h.example", port, path):
+        with pytest.raises(msgspec.ValidationError, match="or it loops"):
+            msgspec.convert(data, Listener)
+    else:
+        assert msgspec.convert(data, Listener).default_action == action
