@@ -520,9 +520,15 @@ class QueueIndex(QueueState):
             raise invalid_receipt_handle(receipt_handle)
         return handle
 
-    @staticmethod
-    def _is_current(handle: ReceiptHandle, entry: ReceivedMessage) -> bool:
-        return entry.in_flight and handle.serial == entry.receive_count
+    def _is_current(self, handle: ReceiptHandle, entry: ReceivedMessage) -> bool:
+        """Whether ``handle`` is the one of the message's current receive. A receive made by
+        this process (its handle kept) needs this process's run too: the same serial from an
+        earlier run is a receive a crash forgot (see broker.model.signing)."""
+        return (
+            entry.in_flight
+            and handle.serial == entry.receive_count
+            and (entry.handle is None or handle.run == self._signer.run)
+        )
 
     # ------------------------------------------------------------------ purge, retention
 

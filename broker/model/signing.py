@@ -1,9 +1,17 @@
 """Receipt handles and message ids, both derived from a server key.
 
-A receipt handle is ``base64url(version | queue id | message seq | receive serial | MAC)``.
-The MAC (HMAC-SHA256, truncated to 128 bits) makes handles unforgeable, so a garbled or
-invented handle is refused without a lookup, and the serial (the message's receive count
+A receipt handle is ``base64url(version | queue id | message seq | receive serial | run |
+MAC)``. The MAC (HMAC-SHA256, truncated to 128 bits) makes handles unforgeable, so a garbled
+or invented handle is refused without a lookup, and the serial (the message's receive count
 when the handle was issued) tells a stale handle from the current one.
+
+The run is a random number drawn once per process. A standard queue's first receive of a
+message is recorded write-behind, so a crash can forget it: the message is received again
+after the restart with the same serial, and without the run its new handle would be the
+same string as the forgotten one, letting the first consumer's ChangeMessageVisibility move
+the second's lease (AWS: "If you receive the same message more than once, you will get a
+different ReceiptHandle each time"). Version 1 handles (no run, issued before it existed)
+are still read.
 
 Message ids are UUID-shaped keyed hashes of (queue id, seq): unique per broker because queue
 ids and seqs are never reused, and free to keep in memory, since they can be recomputed.
@@ -14,6 +22,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import hmac
+import os
 import struct
 
 import msgspec
@@ -21,13 +30,16 @@ import msgspec
 from broker.model.errors import RECEIPT_HANDLE_IS_INVALID, SqsError
 
 MIN_KEY_BYTES = 16  # a shorter key would make the MAC guessable
-_VERSION = 1
-_BODY = struct.Struct(">BQQI")  # version, queue id, seq, receive serial
+_VERSION = 2
+_BODY = struct.Struct(">BQQI6s")  # version, queue id, seq, receive serial, run
+_BODY_V1 = struct.Struct(">BQQI")  # version 1: no run
+_RUN_BYTES = 6
 _IDS = struct.Struct(">QQ")  # queue id, seq: what a message id is derived from
 _MAC_BYTES = 16
 _SHA256_BLOCK = 64  # the key of an HMAC-SHA256 is padded to one block (32-byte keys here)
 _HANDLE_BYTES = _BODY.size + _MAC_BYTES
-# Base64 without padding: the handle's characters, and those of its body (21 bytes, a whole
+_HANDLE_BYTES_V1 = _BODY_V1.size + _MAC_BYTES
+# Base64 without padding: the handle's characters, and those of its body (27 bytes, a whole
 # number of 3-byte groups, so the body's characters do not depend on the MAC).
 _HANDLE_CHARS = (_HANDLE_BYTES * 4 + 2) // 3
 _BODY_CHARS = _BODY.size * 4 // 3
@@ -45,23 +57,28 @@ class ReceiptHandle(msgspec.Struct, frozen=True):
     queue_id: int
     seq: int
     serial: int
+    run: bytes = b""  # the issuing process's run; empty in a version 1 handle
 
 
 class Signer:
     """Issues and checks receipt handles and derives message ids from one server key."""
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, run: bytes | None = None) -> None:
         """Keep the key.
 
         Args:
             key: the server secret; the same key must be used across restarts, or handles
                 issued before the restart become invalid.
+            run: this process's run (6 bytes), random when not given (tests pin it).
 
         Raises:
             ValueError: the key is shorter than ``MIN_KEY_BYTES``.
         """
         if len(key) < MIN_KEY_BYTES:
             raise ValueError(f"the server key needs at least {MIN_KEY_BYTES} bytes")
+        self.run = os.urandom(_RUN_BYTES) if run is None else run
+        if len(self.run) != _RUN_BYTES:
+            raise ValueError(f"a run is {_RUN_BYTES} bytes")
         mac_key = hashlib.sha256(b"wharf receipt handle\0" + key).digest()
         # HMAC-SHA256 (RFC 2104) with the padded keys hashed once: each MAC then costs two
         # copies of a hash state, where hmac.digest() set OpenSSL's up afresh every time.
@@ -82,7 +99,7 @@ class Signer:
 
     def receipt_handle(self, queue_id: int, seq: int, serial: int) -> str:
         """Issue the handle for the ``serial``-th receive of message ``seq``."""
-        body = _BODY.pack(_VERSION, queue_id, seq, serial)
+        body = _BODY.pack(_VERSION, queue_id, seq, serial, self.run)
         encoded = binascii.b2a_base64(body + self._mac(body), newline=False)
         return encoded.translate(_TO_URLSAFE).rstrip(b"=").decode("ascii")
 
@@ -93,22 +110,27 @@ class Signer:
             handle: the handle as the client sent it.
 
         Returns:
-            The queue id, message seq and receive serial.
+            The queue id, message seq, receive serial and run.
 
         Raises:
             SqsError: ``ReceiptHandleIsInvalid`` for anything this server did not issue.
         """
         raw = _decode(handle)
-        if raw is None or len(raw) != _HANDLE_BYTES:
+        if raw is None or len(raw) not in (_HANDLE_BYTES, _HANDLE_BYTES_V1):
             raise invalid_receipt_handle(handle)
-        body, mac = raw[: _BODY.size], raw[_BODY.size :]
+        size = len(raw) - _MAC_BYTES
+        body, mac = raw[:size], raw[size:]
         expected = self._mac(body)
         if not hmac.compare_digest(mac, expected):
             raise invalid_receipt_handle(handle)
-        version, queue_id, seq, serial = _BODY.unpack(body)
-        if version != _VERSION:
+        if size == _BODY.size:
+            version, queue_id, seq, serial, run = _BODY.unpack(body)
+        else:
+            version, queue_id, seq, serial = _BODY_V1.unpack(body)
+            run = b""
+        if version != (_VERSION if run else 1):
             raise invalid_receipt_handle(handle)
-        return ReceiptHandle(queue_id, seq, serial)
+        return ReceiptHandle(queue_id, seq, serial, run)
 
     def peek_receipt_handle(self, handle: str) -> ReceiptHandle | None:
         """What a handle of ours would name, unchecked: None if it cannot be one of ours.
@@ -124,8 +146,8 @@ class Signer:
             return None
         if len(raw) != _BODY.size:
             return None
-        version, queue_id, seq, serial = _BODY.unpack(raw)
-        return ReceiptHandle(queue_id, seq, serial) if version == _VERSION else None
+        version, queue_id, seq, serial, run = _BODY.unpack(raw)
+        return ReceiptHandle(queue_id, seq, serial, run) if version == _VERSION else None
 
     def message_id(self, queue_id: int, seq: int) -> str:
         """Derive the MessageId of message ``seq`` of queue ``queue_id``.

@@ -21,7 +21,7 @@ serials = st.integers(min_value=0, max_value=2**32 - 1)
 @given(ids, ids, serials)
 def test_handles_round_trip(queue_id, seq, serial):
     handle = SIGNER.receipt_handle(queue_id, seq, serial)
-    assert SIGNER.parse_receipt_handle(handle) == ReceiptHandle(queue_id, seq, serial)
+    assert SIGNER.parse_receipt_handle(handle) == ReceiptHandle(queue_id, seq, serial, SIGNER.run)
 
 
 @given(ids, ids, serials, st.data())
@@ -47,7 +47,7 @@ def test_garbage_is_rejected_with_aws_message(text):
 @given(ids, ids, serials)
 def test_peeking_at_our_handles_reads_what_they_name(queue_id, seq, serial):
     handle = SIGNER.receipt_handle(queue_id, seq, serial)
-    assert SIGNER.peek_receipt_handle(handle) == ReceiptHandle(queue_id, seq, serial)
+    assert SIGNER.peek_receipt_handle(handle) == ReceiptHandle(queue_id, seq, serial, SIGNER.run)
 
 
 @given(st.text(max_size=80))
@@ -114,3 +114,32 @@ def test_handles_decode_as_base64url_did_character_for_character(queue_id, seq, 
     character = data.draw(st.sampled_from("A_-+/= .\n\u00e9") | st.characters())
     for text in (handle[:position] + character + handle[position + 1 :], data.draw(st.text())):
         assert _signing._decode(text) == _reference_decode(text)
+
+
+@given(ids, ids, serials)
+def test_each_run_issues_its_own_handle_for_the_same_receive(queue_id, seq, serial):
+    # A receive a crash forgot is made again after the restart with the same serial: the
+    # two consumers must not hold the same handle (AWS: a different handle every receive).
+    before, after = Signer(KEY, run=b"\0" * 6), Signer(KEY, run=b"\1" * 6)
+    first, second = (
+        before.receipt_handle(queue_id, seq, serial),
+        after.receipt_handle(queue_id, seq, serial),
+    )
+    assert first != second
+    assert after.parse_receipt_handle(first) == ReceiptHandle(queue_id, seq, serial, before.run)
+    assert before.parse_receipt_handle(second).run == after.run
+
+
+@given(ids, ids, serials)
+def test_version_1_handles_issued_before_runs_are_still_read(queue_id, seq, serial):
+    body = struct.pack(">BQQI", 1, queue_id, seq, serial)
+    key = hashlib.sha256(b"wharf receipt handle\0" + KEY).digest()
+    raw = body + hmac.digest(key, body, "sha256")[:16]
+    handle = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    assert SIGNER.parse_receipt_handle(handle) == ReceiptHandle(queue_id, seq, serial, b"")
+    assert SIGNER.peek_receipt_handle(handle) is None  # not one this run issued
+
+
+def test_a_run_is_six_bytes():
+    with pytest.raises(ValueError, match="6 bytes"):
+        Signer(KEY, run=b"short")

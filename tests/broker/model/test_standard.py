@@ -238,6 +238,22 @@ def test_a_first_receive_lost_in_a_crash_still_lets_its_handle_delete():
     assert index.counts(T0) == (0, 2, 0)
 
 
+def test_a_receive_a_crash_forgot_and_the_next_one_hold_different_handles():
+    """The process before the crash handed out serial 1 and the store never heard of it; the
+    restarted one hands out serial 1 again. The two consumers' handles differ, and the first
+    one's ChangeMessageVisibility cannot release the second one's lease."""
+    before_the_crash = Signer(b"test key, 32 bytes long........", run=b"\x00" * 6)
+    forgotten = before_the_crash.receipt_handle(1, 1, 1)
+    index = restored(1)
+    (delivery,) = index.receive(T0, max_messages=1).deliveries
+    assert delivery.receipt_handle != forgotten
+    assert refusal(lambda: index.change_visibility(T0, forgotten, 0)) is not None
+    assert index.counts(T0) == (0, 1, 0)  # still the second consumer's
+    assert index.receive(T0, max_messages=1).deliveries == []
+    index.change_visibility(T0, delivery.receipt_handle, 0)  # its own handle works
+    assert index.counts(T0) == (1, 0, 0)
+
+
 def test_handles_that_name_no_lost_receive_delete_nothing():
     index = restored(1, 2, delayed=4)
     index.send(T0, SendRequest(body="after the restart")).on_durable()  # seq 5
