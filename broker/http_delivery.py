@@ -239,17 +239,20 @@ class HttpDeliveries:
             self._pending_by_topic.pop(item.topic_id, None)
 
     def forget_subscription(self, subscription_id: str) -> None:
-        """Unsubscribe: its pending notifications are gone (the store dropped them too)."""
+        """Unsubscribe: its pending notifications and SubscriptionConfirmations are gone (the
+        store's SubscriptionDeleted drops their rows too); its UnsubscribeConfirmations stay,
+        owed to the endpoint whatever becomes of the subscription."""
         self._proven.discard(subscription_id)
         self._failing.discard(subscription_id)
         lane = self._lanes.get(subscription_id)
         if lane is not None:
-            self._take(lane, lambda item: item.message_type == "Notification")
+            self._take(lane, lambda item: item.message_type != "UnsubscribeConfirmation")
             if not lane.items and not lane.running:
                 del self._lanes[subscription_id]
 
     def drop_confirmations(self, subscription_id: str) -> list[HttpDeliveryFinished]:
-        """The rows that end a confirmed subscription's pending SubscriptionConfirmations.
+        """The rows that end a subscription's pending SubscriptionConfirmations, once it is
+        confirmed (or sent a new one whose token replaces theirs).
 
         Those not in flight leave the lane now (were the commit lost, the restarted broker
         would send them once more, which a confirmed endpoint ignores); one in flight ends
@@ -363,10 +366,12 @@ class HttpDeliveries:
         return self.topics.subscription_by_id(item.subscription_id)
 
     def _policy(self, item: _Item) -> EffectiveDeliveryPolicy:
-        subscription = self._subscription(item)
-        if subscription is None:  # a confirmation outliving its subscription: AWS's default
+        """The subscription's effective policy; an UnsubscribeConfirmation keeps the one its
+        subscription had (the registry holds the unsubscribed record for its restore link)."""
+        policy = self.topics.delivery_policy(item.subscription_id)
+        if policy is None:  # nothing left of the subscription (topic deleted, link expired)
             return EffectiveDeliveryPolicy()
-        return subscription.effective_delivery()
+        return policy
 
     async def _attempt(self, lane: _Lane, item: _Item, probe: bool, lead: bool) -> None:
         try:
@@ -468,8 +473,11 @@ class HttpDeliveries:
     async def _post(self, item: _Item) -> Outcome | None:
         """One attempt; None when there is nothing (left) to deliver."""
         subscription = self._subscription(item)
-        if item.message_type == "Notification" and subscription is None:
-            return None  # unsubscribed or deleted while it waited
+        if subscription is None and item.message_type != "UnsubscribeConfirmation":
+            # Unsubscribed or deleted while it waited (a pending one expired too): nothing but
+            # an UnsubscribeConfirmation is owed to it, and a SubscriptionConfirmation's token
+            # is dead. (The store's delete dropped the row already.)
+            return None
         if not await self._load_payload(item):
             return None  # the row is gone (the topic was deleted)
         started = now_ms()

@@ -315,16 +315,27 @@ class SnsApi:
         return {"SubscriptionArn": "pending confirmation" if pending else subscription.arn}
 
     async def confirm_subscription(self, params: Params, context: SnsContext) -> Result:
-        found = self.topics.by_token(
-            _required(params, "TopicArn"), _required(params, "Token"), now_ms()
-        )
+        now = now_ms()
+        found = self.topics.by_token(_required(params, "TopicArn"), _required(params, "Token"), now)
         on_unsubscribe = str(params.get("AuthenticateOnUnsubscribe") or "").lower() == "true"
         subscription, mutations = self.topics.confirm(
             found,
             authenticated=context.authenticated,
             authenticate_on_unsubscribe=on_unsubscribe and context.authenticated,
+            now=now,
         )
-        if mutations:
+        token = subscription.record.token
+        if subscription.record.pending and token is not None:
+            # Restored by the link of one never confirmed (TopicRegistry.confirm): back to
+            # pending, it is asked to confirm again, with its new token.
+            batch = Batch()
+            batch.mutations.extend(mutations)
+            batch.mutations.extend(self.deliveries.drop_confirmations(subscription.subscription_id))
+            self.fanout.confirmation(
+                batch, subscription, "SubscriptionConfirmation", token, context.base_url, now
+            )
+            await self.store.commit(batch.mutations, batch.on_durable)
+        elif mutations:
             # Confirmed: the SubscriptionConfirmation POSTs still pending (retries of an
             # endpoint that answered 5xx, or a re-Subscribe's) would only repeat themselves.
             mutations.extend(self.deliveries.drop_confirmations(subscription.subscription_id))
@@ -349,7 +360,10 @@ class SnsApi:
         now = now_ms()
         batch = Batch()
         batch.mutations.extend(self.topics.unsubscribe(subscription, now))
+        # Its SubscriptionConfirmations go too: their token died with the subscription.
         self.deliveries.forget_subscription(subscription.subscription_id)
+        # None for one never confirmed, which gets no UnsubscribeConfirmation (as on AWS; see
+        # TopicRegistry.unsubscribe).
         token = self.topics.restore_token(subscription)
         if token is not None:
             self.fanout.confirmation(

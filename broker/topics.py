@@ -20,6 +20,7 @@ from typing import Final
 import msgspec
 import trio
 
+from broker.model.delivery_policy import EffectiveDeliveryPolicy
 from broker.model.filter_policy import check_policy_quota
 from broker.model.publishing import Original
 from broker.model.sns_errors import (
@@ -38,6 +39,7 @@ from broker.model.subscriptions import (
     SubscriptionContext,
     SubscriptionSettings,
     apply_update,
+    effective_delivery,
     masked_endpoint,
     parse_subscribe,
 )
@@ -96,6 +98,7 @@ class TopicRegistry:
         # UnsubscribeConfirmation's SubscribeURL restores the subscription until its token
         # expires: token -> the record, kept in the store too (``unsubscribed``).
         self._unsubscribed: dict[str, SubscriptionRecord] = {}
+        self._restore_links: dict[str, str] = {}  # subscription id -> its token in _unsubscribed
         self._creating = trio.Lock()
         self.pending_deliveries: list[PendingHttpDelivery] = []  # found by load(), once
 
@@ -119,7 +122,7 @@ class TopicRegistry:
                 continue
             if record.unsubscribed:
                 if record.token is not None:  # expired ones go at the next Unsubscribe
-                    self._unsubscribed[record.token] = record
+                    self._keep_restore_link(record.token, record)
                 continue
             self._add_subscription(Subscription(record, owner))
         self.pending_deliveries = loaded.deliveries
@@ -195,6 +198,27 @@ class TopicRegistry:
 
     def subscription_by_id(self, subscription_id: str) -> Subscription | None:
         return self._subscriptions.get(subscription_id)
+
+    def delivery_policy(self, subscription_id: str) -> EffectiveDeliveryPolicy | None:
+        """The effective delivery policy of a subscription, live or unsubscribed.
+
+        An unsubscribed one's is what its record kept at Unsubscribe, combined with its
+        topic's policy, so that its UnsubscribeConfirmation is retried as the subscription's
+        own POSTs were (also after a restart: the record is stored for its restore link).
+        None once nothing is left of the subscription (its topic deleted, its link expired).
+        """
+        live = self._subscriptions.get(subscription_id)
+        if live is not None:
+            return live.effective_delivery()
+        token = self._restore_links.get(subscription_id)
+        if token is None:
+            return None
+        record = self._unsubscribed[token]
+        topic = self.topic_by_id(record.topic_id)
+        if topic is None:
+            return None
+        topic_policy = topic.settings.delivery_policy_parsed
+        return effective_delivery(record.settings, record.protocol, topic_policy)
 
     def require_subscription(self, arn: str | None) -> Subscription:
         found = self.subscription(arn)
@@ -494,15 +518,34 @@ class TopicRegistry:
         *,
         authenticated: bool,
         authenticate_on_unsubscribe: bool,
+        now: int | None = None,
     ) -> tuple[Subscription, list[SnsMutation]]:
-        """ConfirmSubscription: confirmed from now on (idempotent); restores an unsubscribed one."""
+        """ConfirmSubscription: confirmed from now on (idempotent); restores an unsubscribed one.
+
+        The restore link of a subscription that was never confirmed (Wharf sends none now, but
+        a store written by an older broker may hold one) brings it back as it was: pending,
+        with a new token valid from ``now`` (the clock's time when None), which the caller
+        sends in a new SubscriptionConfirmation. Following a link is no confirmation: an
+        endpoint that never confirmed does not become a confirmed subscription by it.
+        """
         if isinstance(found, SubscriptionRecord):  # the UnsubscribeConfirmation's link
             assert found.token is not None
-            self._unsubscribed.pop(found.token, None)
+            self._drop_restore_link(found.token)
             topic = self._topic_by_id(found)
             assert topic is not None  # by_token checked it
             protocols = [*(s.protocol for s in topic.subscriptions.values()), found.protocol]
             check_large_messages(topic.settings.effective_maximum_message_size, protocols)
+            if found.pending:
+                issued = now_ms() if now is None else now
+                pending = msgspec.structs.replace(
+                    found,
+                    unsubscribed=False,
+                    token=secrets.token_hex(64),
+                    token_expires_at=issued + TOKEN_LIFETIME_MS,
+                )
+                subscription = Subscription(pending, topic)
+                self._add_subscription(subscription)
+                return subscription, [SubscriptionSaved(subscription=pending)]
             restored = msgspec.structs.replace(found, pending=True, unsubscribed=False)
             subscription = Subscription(restored, topic)
             self._add_subscription(subscription)
@@ -520,14 +563,25 @@ class TopicRegistry:
         return found, [SubscriptionSaved(subscription=record)]
 
     def unsubscribe(self, subscription: Subscription, now: int) -> list[SnsMutation]:
-        """Unsubscribe: gone from now on; HTTP/S ones keep a token that restores them."""
+        """Unsubscribe: gone from now on; confirmed HTTP/S ones keep a token that restores them.
+
+        The store's delete also drops what the outbox still owes the subscription (its
+        notifications, its SubscriptionConfirmations), all but UnsubscribeConfirmations.
+        """
         self._drop_subscription(subscription)
         subscription.topic.deleted_subscriptions += 1
         mutations: list[SnsMutation] = [
             SubscriptionDeleted(subscription_id=subscription.subscription_id)
         ]
         mutations += self._forget_old_unsubscribed(now)
-        if subscription.protocol in ("http", "https"):
+        # Only a confirmed subscription gets a restore link, and so an UnsubscribeConfirmation
+        # (broker.sns). AWS sends one "after an HTTP/HTTPS endpoint is unsubscribed from a
+        # topic", its token there to "re-confirm the subscription" (Developer Guide, "HTTP/HTTPS
+        # unsubscribe confirmation JSON format"), and never for a pending one, which AWS does
+        # not let anyone delete: "you can't delete a subscription that's pending confirmation"
+        # ("Deleting an Amazon SNS subscription and topic"). A link would let an endpoint that
+        # never confirmed turn the subscription into a confirmed one.
+        if subscription.protocol in ("http", "https") and not subscription.record.pending:
             token = secrets.token_hex(64)
             kept = msgspec.structs.replace(
                 subscription.record,
@@ -535,24 +589,32 @@ class TopicRegistry:
                 token_expires_at=now + TOKEN_LIFETIME_MS,
                 unsubscribed=True,
             )
-            self._unsubscribed[token] = kept
-            # The row comes back marked, after the delete dropped its pending notifications.
+            self._keep_restore_link(token, kept)
+            # The row comes back marked, after the delete dropped what the outbox owed it.
             mutations.append(SubscriptionSaved(subscription=kept))
         return mutations
 
     def restore_token(self, subscription: Subscription) -> str | None:
         """The token an UnsubscribeConfirmation offers to restore ``subscription`` with."""
-        for token, record in self._unsubscribed.items():
-            if record.subscription_id == subscription.subscription_id:
-                return token
-        return None
+        return self._restore_links.get(subscription.subscription_id)
+
+    def _keep_restore_link(self, token: str, record: SubscriptionRecord) -> None:
+        self._unsubscribed[token] = record
+        self._restore_links[record.subscription_id] = token
+
+    def _drop_restore_link(self, token: str) -> SubscriptionRecord | None:
+        record = self._unsubscribed.pop(token, None)
+        if record is not None and self._restore_links.get(record.subscription_id) == token:
+            del self._restore_links[record.subscription_id]
+        return record
 
     def _forget_old_unsubscribed(self, now: int) -> list[SnsMutation]:
         """Drop the restore links that expired, from memory and (the returned deletes) the store."""
         stale = [t for t, r in self._unsubscribed.items() if r.token_expires_at <= now]
         return [
-            SubscriptionDeleted(subscription_id=self._unsubscribed.pop(token).subscription_id)
+            SubscriptionDeleted(subscription_id=record.subscription_id)
             for token in stale
+            if (record := self._drop_restore_link(token)) is not None
         ]
 
     def set_subscription_attribute(

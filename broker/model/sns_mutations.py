@@ -103,10 +103,11 @@ class SubscriptionSaved(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 
 class SubscriptionDeleted(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    """Unsubscribe: the subscription and its pending Notification deliveries are gone.
+    """Unsubscribe (or expiry): the subscription and what the outbox owes it are gone,
+    Notifications and SubscriptionConfirmations alike (their token died with it).
 
-    Its confirmations still pending (an UnsubscribeConfirmation queued in the same commit)
-    are kept: they are owed to the endpoint whatever becomes of the subscription.
+    Its UnsubscribeConfirmations still pending (one queued in the same commit) are kept: they
+    are owed to the endpoint whatever becomes of the subscription.
     """
 
     subscription_id: str

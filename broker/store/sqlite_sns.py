@@ -61,9 +61,10 @@ _COUNT_UNSUBSCRIBE: Final = """
             AND json_extract(CAST(record AS TEXT), '$.unsubscribed') IS NOT 1
     )
 """
-# Confirmations are owed to the endpoint even once the subscription is gone; notifications not.
-_DROP_NOTIFICATIONS: Final = (
-    "DELETE FROM sns_outbox WHERE subscription_id = ? AND message_type = 'Notification'"
+# An UnsubscribeConfirmation is owed to the endpoint even once the subscription is gone;
+# notifications are not, nor SubscriptionConfirmations, whose token died with it.
+_DROP_OWED: Final = (
+    "DELETE FROM sns_outbox WHERE subscription_id = ? AND message_type != 'UnsubscribeConfirmation'"
 )
 _QUEUE_DELIVERY: Final = """
     INSERT INTO sns_outbox (delivery_id, subscription_id, topic_id, message_type, endpoint,
@@ -116,7 +117,7 @@ def _apply_deleted(connection: sqlite3.Connection, batch: Sequence[Any]) -> None
         row = (mutation.subscription_id,)
         connection.execute(_COUNT_UNSUBSCRIBE, row)
         connection.execute(_DELETE_SUBSCRIPTION, row)
-        connection.execute(_DROP_NOTIFICATIONS, row)
+        connection.execute(_DROP_OWED, row)
 
 
 def _simple(sql: str, row: Callable[[Any], tuple[Any, ...]]) -> Callable[..., None]:

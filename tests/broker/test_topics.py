@@ -7,12 +7,17 @@ import io
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from broker.model.filter_policy import check_policy_quota
 from broker.model.publishing import Original
 from broker.model.sns_errors import SnsError
-from broker.model.sns_mutations import SubscriptionDeleted, TopicDeduplicationRecorded
+from broker.model.sns_mutations import (
+    SubscriptionDeleted,
+    SubscriptionSaved,
+    TopicDeduplicationRecorded,
+)
 from broker.store.sqlite import SqliteStore
 from broker.topics import TOKEN_LIFETIME_MS, TopicRegistry
 from monitoring.logging import EventLog
@@ -265,7 +270,10 @@ async def test_expired_restore_links_leave_the_store_at_the_next_unsubscribe(
         subscription, created = topics.subscribe(
             topic, "http", endpoint, {}, owner="000000000000", now=1
         )
-        await store.commit(created)
+        _, confirmed = topics.confirm(
+            subscription, authenticated=True, authenticate_on_unsubscribe=False
+        )
+        await store.commit([*created, *confirmed])
         made.append(subscription)
     first, second = made
     await store.commit(topics.unsubscribe(first, 2))
@@ -307,3 +315,98 @@ async def test_unconfirmed_subscriptions_are_deleted_when_their_token_expires(
     await reopened.load()
     assert reopened.subscription(pending.arn) is None
     assert reopened.subscription(kept.arn) is not None
+
+
+ONE_SECOND = json.dumps(
+    {"healthyRetryPolicy": {"numRetries": 2, "minDelayTarget": 1, "maxDelayTarget": 1}}
+)
+
+
+async def test_a_pending_subscription_unsubscribed_keeps_no_restore_link(
+    store: SqliteStore,
+) -> None:
+    # AWS sends UnsubscribeConfirmation (whose link restores) for confirmed ones only.
+    topics = registry(store)
+    topic = await topics.create("t", {}, {}, 1)
+    pending, created = topics.subscribe(
+        topic, "http", "http://p/", {"DeliveryPolicy": ONE_SECOND}, owner="000000000000", now=1
+    )
+    await store.commit(created)
+    mutations = topics.unsubscribe(pending, 2)
+    assert mutations == [SubscriptionDeleted(subscription_id=pending.subscription_id)]
+    assert topics.restore_token(pending) is None
+    assert topics.delivery_policy(pending.subscription_id) is None  # nothing is owed to it
+    assert topic.facts("o").subscriptions_deleted == 1
+    await store.commit(mutations)
+    reloaded = registry(store)
+    await reloaded.load()
+    assert reloaded.restore_token(pending) is None
+    assert (await store.load_sns()).subscriptions == []
+
+
+async def test_an_unsubscribed_subscription_keeps_its_delivery_policy(store: SqliteStore) -> None:
+    # Its UnsubscribeConfirmation is retried as its own POSTs were, also after a restart.
+    topics = registry(store)
+    topic = await topics.create("t", {}, {}, 1)
+    http, created = topics.subscribe(
+        topic, "http", "http://h/", {"DeliveryPolicy": ONE_SECOND}, owner="000000000000", now=1
+    )
+    _, confirmed = topics.confirm(http, authenticated=True, authenticate_on_unsubscribe=False)
+    own = http.effective_delivery()
+    assert own.retry.min_delay_target == 1
+    await store.commit([*created, *confirmed])
+    await store.commit(topics.unsubscribe(http, 2))
+    assert topics.subscription_by_id(http.subscription_id) is None
+    assert topics.delivery_policy(http.subscription_id) == own
+    reloaded = registry(store)
+    await reloaded.load()
+    assert reloaded.delivery_policy(http.subscription_id) == own
+    assert reloaded.delivery_policy("unknown") is None
+
+
+async def test_the_link_of_one_never_confirmed_restores_it_pending(store: SqliteStore) -> None:
+    # An older broker kept restore links of pending subscriptions too; following one must not
+    # confirm what the endpoint never confirmed: back as pending, with a new token.
+    topics = registry(store)
+    topic = await topics.create("t", {}, {}, 1)
+    pending, created = topics.subscribe(topic, "http", "http://p/", {}, owner="000000000000", now=1)
+    link = "cd" * 64
+    legacy = msgspec.structs.replace(
+        pending.record, token=link, token_expires_at=2 + TOKEN_LIFETIME_MS, unsubscribed=True
+    )
+    await store.commit(
+        [
+            *created,
+            SubscriptionDeleted(subscription_id=pending.subscription_id),
+            SubscriptionSaved(subscription=legacy),
+        ]
+    )
+    reloaded = registry(store)
+    await reloaded.load()
+    restored, mutations = reloaded.confirm(
+        reloaded.by_token(topic.arn, link, 3),
+        authenticated=False,
+        authenticate_on_unsubscribe=False,
+        now=3,
+    )
+    assert restored.arn == pending.arn
+    assert restored.record.pending
+    assert not restored.record.unsubscribed
+    new_token = restored.record.token
+    assert new_token is not None
+    assert new_token != link
+    assert restored.record.token_expires_at == 3 + TOKEN_LIFETIME_MS
+    assert mutations == [SubscriptionSaved(subscription=restored.record)]
+    with pytest.raises(SnsError, match="Token"):  # the link is spent
+        reloaded.by_token(topic.arn, link, 4)
+    assert reloaded.restore_token(restored) is None
+    loaded = reloaded.get("t")
+    assert loaded is not None
+    assert loaded.index.match({}, "m").matched == ()  # pending: not delivered to
+    # The new token (sent in a new SubscriptionConfirmation) is what confirms it.
+    confirmed, _ = reloaded.confirm(
+        reloaded.by_token(topic.arn, new_token, 5),
+        authenticated=False,
+        authenticate_on_unsubscribe=False,
+    )
+    assert not confirmed.record.pending

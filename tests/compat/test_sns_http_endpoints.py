@@ -13,7 +13,7 @@ import itertools
 import json
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,25 @@ def broker(tmp_path_factory: pytest.TempPathFactory, ca: trustme.CA) -> Iterator
 
 def notifications(request: Received) -> bool:
     return request.headers.get("x-amz-sns-message-type") == "Notification"
+
+
+def message_type(request: Received) -> str | None:
+    return request.headers.get("x-amz-sns-message-type")
+
+
+def pending_deliveries(broker: BrokerThread, topic: str) -> float:
+    """The topic's ``wharf_sns_pending_http_deliveries`` gauge."""
+    family = broker.metrics()["wharf_sns_pending_http_deliveries"]
+    name = topic.rsplit(":", 1)[1]
+    return next(s.value for s in family.samples if s.labels["topic"] == name)
+
+
+def settled(read: Callable[[], float], expected: float, *, timeout: float = 5) -> float:
+    """``read()`` once it gives ``expected``, or its last value when ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    while (value := read()) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
 
 
 def confirm(endpoint: Endpoint, *, via_url: bool = True) -> str:
@@ -217,6 +236,62 @@ def test_a_confirmed_subscription_gets_no_more_confirmation_retries(
         seen = len(endpoint.requests)
         time.sleep(2.5)  # the policy would have retried twice more by now
         assert len(endpoint.requests) == seen
+
+
+def test_unsubscribing_a_pending_subscription_ends_its_confirmations(
+    broker: BrokerThread,
+) -> None:
+    sns, topic, *_ = topic_and_queue(broker)
+    retries = json.dumps(
+        {"healthyRetryPolicy": {"numRetries": 5, "minDelayTarget": 1, "maxDelayTarget": 1}}
+    )
+    with Endpoint(behaviour="500") as endpoint:  # fails every SubscriptionConfirmation
+        arn = sns.subscribe(
+            TopicArn=topic,
+            Protocol="http",
+            Endpoint=endpoint.url,
+            Attributes={"DeliveryPolicy": retries},
+            ReturnSubscriptionArn=True,
+        )["SubscriptionArn"]
+        (first,) = endpoint.wait_for(1)
+        sns.unsubscribe(SubscriptionArn=arn)
+        # Nothing left to send: the retries went with the subscription (one in flight at
+        # the Unsubscribe ends with its attempt).
+        assert settled(lambda: pending_deliveries(broker, topic), 0) == 0
+        seen = len(endpoint.requests)
+        time.sleep(2.5)  # the policy would have retried twice more by now
+        assert len(endpoint.requests) == seen
+        # Never confirmed, so no UnsubscribeConfirmation: its link would have confirmed it.
+        assert {message_type(r) for r in endpoint.requests} == {"SubscriptionConfirmation"}
+        with pytest.raises(sns.exceptions.InvalidParameterException):
+            sns.confirm_subscription(TopicArn=topic, Token=first.envelope()["Token"])
+        with pytest.raises(sns.exceptions.NotFoundException):
+            sns.get_subscription_attributes(SubscriptionArn=arn)
+
+
+def test_an_unsubscribe_confirmation_is_retried_on_the_subscriptions_own_policy(
+    broker: BrokerThread,
+) -> None:
+    sns, topic, *_ = topic_and_queue(broker)
+
+    def goodbyes(request: Received) -> bool:
+        return message_type(request) == "UnsubscribeConfirmation"
+
+    with Endpoint() as endpoint:
+        endpoint.behaviour_of = lambda r: "500" if goodbyes(r) else "ok"
+        sns.subscribe(
+            TopicArn=topic,
+            Protocol="http",
+            Endpoint=endpoint.url,
+            Attributes={"DeliveryPolicy": FAST_RETRIES},  # 2 retries, 1 s apart
+        )
+        arn = confirm(endpoint)
+        sns.unsubscribe(SubscriptionArn=arn)
+        # AWS's default policy would wait 20 s before the first retry.
+        attempts = endpoint.wait_for(3, match=goodbyes, timeout=10)
+        assert len({r.headers["x-amz-sns-message-id"] for r in attempts}) == 1
+        assert settled(lambda: pending_deliveries(broker, topic), 0) == 0  # then given up
+        assert len([r for r in endpoint.requests if goodbyes(r)]) == 3
 
 
 def test_raw_delivery_throttle_and_content_type(broker: BrokerThread) -> None:

@@ -140,20 +140,26 @@ async def test_sns_mutations_round_trip_through_a_restart(store: SqliteStore) ->
         await store.aclose()
 
 
-async def test_unsubscribe_drops_notifications_but_keeps_confirmations(store: SqliteStore) -> None:
+async def test_unsubscribe_keeps_only_unsubscribe_confirmations(store: SqliteStore) -> None:
+    # A SubscriptionConfirmation's token dies with the subscription: its retries go too.
     tid = (await store.create_topic("t", TopicSettings(), {}, 1)).topic_id
     await store.commit(
         [
             SubscriptionSaved(subscription=subscription(tid)),
             HttpDeliveryQueued(delivery=delivery(1, tid)),
+            HttpDeliveryQueued(delivery=delivery(2, tid, kind="SubscriptionConfirmation")),
+            HttpDeliveryQueued(delivery=delivery(3, tid, kind="UnsubscribeConfirmation")),
+            HttpDeliveryQueued(delivery=delivery(4, tid, "s2", kind="SubscriptionConfirmation")),
             SubscriptionDeleted(subscription_id="s1"),
-            HttpDeliveryQueued(delivery=delivery(2, tid, kind="UnsubscribeConfirmation")),
+            HttpDeliveryQueued(delivery=delivery(5, tid, kind="UnsubscribeConfirmation")),
         ]
     )
     loaded = await store.load_sns()
     assert loaded.subscriptions == []
     assert [(d.delivery_id, d.message_type) for d in loaded.deliveries] == [
-        (2, "UnsubscribeConfirmation")
+        (3, "UnsubscribeConfirmation"),  # an earlier Unsubscribe's, still owed
+        (4, "SubscriptionConfirmation"),  # another subscription's
+        (5, "UnsubscribeConfirmation"),
     ]
 
 
