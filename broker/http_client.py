@@ -101,9 +101,9 @@ def parse_target(url: str) -> Target | None:
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError:
+    except ValueError:  # a port that is no number, or past 65535
         return None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
         return None
     try:  # what the resolver and TLS will be given: a name past DNS's limits cannot be sent
         host = parts.hostname.encode("idna").decode("ascii")

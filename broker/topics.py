@@ -20,6 +20,7 @@ from typing import Final
 import msgspec
 import trio
 
+from broker.http_client import parse_target
 from broker.model.delivery_policy import EffectiveDeliveryPolicy
 from broker.model.filter_policy import check_policy_quota
 from broker.model.publishing import Original
@@ -455,6 +456,13 @@ class TopicRegistry:
         if protocol != "sqs":
             if not endpoint.startswith(f"{protocol}://") or len(endpoint) <= len(protocol) + 3:
                 raise invalid_parameter("Endpoint must match the specified protocol")
+            if parse_target(endpoint) is None:
+                # Refused here rather than accepted and retried for two days: no delivery
+                # could ever reach it (no host, a port outside 1-65535, a name past DNS's).
+                raise invalid_parameter(
+                    "Endpoint Reason: not a URL deliveries can reach (a host, and a port "
+                    "from 1 to 65535)"
+                )
             if topic.settings.fifo:
                 raise invalid_parameter(
                     "Protocol Reason: FIFO topics deliver to Amazon SQS queues only"

@@ -323,6 +323,7 @@ async def test_targets() -> None:
     assert plain is not None
     assert (plain.port, plain.target) == (80, "/")
     assert parse_target("http://h:99999/") is None
+    assert parse_target("http://h:0/") is None  # not the default port: no port at all
     assert parse_target("http://" + "a" * 64 + ".example/") is None  # a DNS label over 63
     idn = parse_target("http://café.example:8080/p")
     assert idn is not None
