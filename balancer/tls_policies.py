@@ -73,6 +73,16 @@ _FORWARD_SECRET_GCM = _only(r"^ECDHE-.*GCM")
 _LEGACY = "@SECLEVEL=0"
 _CIPHERS_LEGACY = f"{_CIPHERS_2016_08}:{_LEGACY}"
 
+
+def _sha1_signatures(ciphers: str) -> str:
+    """A TLS 1.2-only policy that still signs with SHA-1 for a client that offers nothing
+    else (RFC 5246 7.4.1.4.1: no signature_algorithms means SHA-1). s2n-tls defines the
+    pre-TLS 1.3 ELB policies with signature preferences 20140601, rsa_pkcs1_sha1 and
+    ecdsa_sha1 included; OpenSSL 3 refuses SHA-1 signatures above security level 0. A client
+    that offers SHA-256 or better still gets it."""
+    return f"{ciphers}:{_LEGACY}"
+
+
 # The TLS 1.3 policy families: (minimum version, TLS 1.2-and-older ciphers). Each dated
 # series below (2021-06, the FIPS 2023-04 ones, the PQ and FIPS-PQ 2025-09 ones) has the
 # same family with the same contents, apart from the series' TLS 1.3 suites.
@@ -156,16 +166,26 @@ SSL_POLICIES: dict[str, TlsPolicy] = {
         "TLSv1", "TLSv1_2", f"{_CIPHERS_2016_08}:DES-CBC3-SHA:{_LEGACY}"
     ),
     "ELBSecurityPolicy-TLS-1-1-2017-01": TlsPolicy("TLSv1_1", "TLSv1_2", _CIPHERS_LEGACY),
-    "ELBSecurityPolicy-TLS-1-2-2017-01": TlsPolicy("TLSv1_2", "TLSv1_2", _NO_SHA1),
-    "ELBSecurityPolicy-TLS-1-2-Ext-2018-06": TlsPolicy("TLSv1_2", "TLSv1_2", _CIPHERS_2016_08),
+    "ELBSecurityPolicy-TLS-1-2-2017-01": TlsPolicy(
+        "TLSv1_2", "TLSv1_2", _sha1_signatures(_NO_SHA1)
+    ),
+    "ELBSecurityPolicy-TLS-1-2-Ext-2018-06": TlsPolicy(
+        "TLSv1_2", "TLSv1_2", _sha1_signatures(_CIPHERS_2016_08)
+    ),
     "ELBSecurityPolicy-FS-2018-06": TlsPolicy(
         "TLSv1", "TLSv1_2", f"{_FORWARD_SECRET_ALL}:{_LEGACY}"
     ),
     "ELBSecurityPolicy-FS-1-1-2019-08": TlsPolicy(
         "TLSv1_1", "TLSv1_2", f"{_FORWARD_SECRET_ALL}:{_LEGACY}"
     ),
-    "ELBSecurityPolicy-FS-1-2-2019-08": TlsPolicy("TLSv1_2", "TLSv1_2", _FORWARD_SECRET_ALL),
-    "ELBSecurityPolicy-FS-1-2-Res-2019-08": TlsPolicy("TLSv1_2", "TLSv1_2", _FORWARD_SECRET),
-    "ELBSecurityPolicy-FS-1-2-Res-2020-10": TlsPolicy("TLSv1_2", "TLSv1_2", _FORWARD_SECRET_GCM),
+    "ELBSecurityPolicy-FS-1-2-2019-08": TlsPolicy(
+        "TLSv1_2", "TLSv1_2", _sha1_signatures(_FORWARD_SECRET_ALL)
+    ),
+    "ELBSecurityPolicy-FS-1-2-Res-2019-08": TlsPolicy(
+        "TLSv1_2", "TLSv1_2", _sha1_signatures(_FORWARD_SECRET)
+    ),
+    "ELBSecurityPolicy-FS-1-2-Res-2020-10": TlsPolicy(
+        "TLSv1_2", "TLSv1_2", _sha1_signatures(_FORWARD_SECRET_GCM)
+    ),
 }
 DEFAULT_SSL_POLICY: SslPolicyName = "ELBSecurityPolicy-TLS13-1-2-2021-06"
