@@ -183,18 +183,22 @@ class Frontend:
             # AWS documents GET and POST for the query API (POST for JSON). A HEAD would run
             # its action and drop the answer (a ReceiveMessage hiding messages), and a
             # browser's CORS preflight (OPTIONS) would run the action it asks leave for.
+            started = time.perf_counter()
             codec = JSON_SQS if request.header(b"x-amz-target") is not None else QUERY_SQS
             method = request.method.decode("latin-1")
-            refused = codec.error(
-                AwsError(
-                    "InvalidHttpMethod",
-                    f"The HTTP method {method} is not supported: the API takes GET and POST.",
-                    status=405,
-                ),
-                self._new_request_id(),
+            failure = AwsError(
+                "InvalidHttpMethod",
+                f"The HTTP method {method} is not supported: the API takes GET and POST.",
+                status=405,
             )
-            response = http_response(refused)
+            request_id = self._new_request_id()
+            response = http_response(codec.error(failure, request_id))
             response.headers.append(("allow", "GET, POST"))
+            # Counted as every answered request is (no action: "Unknown"), so HEAD probes or
+            # a flood of preflights show on the dashboards.
+            account_request(
+                self.metrics, self.log, "sqs", "Unknown", 405, started, request, request_id, failure
+            )
             return response
         if self.sns is not None:
             routed = await self.sns.route(request, self.authenticator)

@@ -118,6 +118,29 @@ def accepts_gzip(accept_encoding: str | None) -> bool:
     return False
 
 
+def most_preferred(accept: str | None) -> str:
+    """The media ranges of an Accept header that have its highest q-value (q=0 ones never).
+
+    prometheus_client's ``choose_encoder`` takes OpenMetrics if any range names it, whatever
+    its q: given only the preferred ranges, ``application/openmetrics-text;q=0`` (RFC 9110
+    §12.4.2: "not acceptable") or a text/plain ranked above it gets the text format.
+    """
+    ranked: list[tuple[float, str]] = []
+    for media_range in (accept or "").split(","):
+        quality = 1.0
+        for parameter in media_range.split(";")[1:]:
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if quality > 0 and media_range.strip():
+            ranked.append((quality, media_range))
+    best = max((quality for quality, _ in ranked), default=0.0)
+    return ",".join(media_range for quality, media_range in ranked if quality == best)
+
+
 class Metrics:
     """The metrics of one daemon instance: its registry and the shared series every daemon has.
 
@@ -203,7 +226,7 @@ class Metrics:
         Only the snapshots are taken in the caller's (the event loop's) thread; building,
         encoding and compressing run in a worker thread (see the module docstring).
         """
-        encoder, content_type = choose_encoder(accept or "")
+        encoder, content_type = choose_encoder(most_preferred(accept))
         compress = accepts_gzip(accept_encoding)
         async with self._rendering:
             collectors = list(self._snapshot_collectors)

@@ -375,3 +375,19 @@ def test_requests_the_http_server_refuses_are_counted_by_reason(tmp_path):
     assert counted == dict.fromkeys(refused, 1) | {"malformed": 2}
     # None of them reached an action.
     assert "wharf_broker_requests" not in after or not after["wharf_broker_requests"].samples
+
+
+def test_a_method_the_api_refuses_is_counted_as_a_request(tmp_path: Path) -> None:
+    # 405 InvalidHttpMethod is the API's answer, not the HTTP server's refusal: it counts in
+    # wharf_broker_requests_total (action Unknown), so HEAD probes and preflights show.
+    with BrokerThread(broker_config(tmp_path)) as broker:
+        for method in (b"HEAD", b"OPTIONS", b"PUT"):
+            answer = trio.run(
+                raw_exchange,
+                broker.api,
+                method + b" / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            )
+            assert answer.split(b" ", 2)[1] == b"405"
+        families = broker.metrics()
+    requests = "wharf_broker_requests_total"
+    assert sample(families, requests, action="Unknown", outcome="client_error") == 3

@@ -130,6 +130,32 @@ async def test_a_render_is_what_prometheus_client_encodes(accept):
     assert b'wharf_test_sent_total{queue="q\\"2"} 5.0' in exposition.body
 
 
+PROMETHEUS_ACCEPT = (  # what Prometheus 3 sends
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+    "application/openmetrics-text;version=0.0.1;q=0.5,"
+    "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+)
+
+
+@pytest.mark.parametrize(
+    ("accept", "openmetrics"),
+    [
+        (PROMETHEUS_ACCEPT, True),
+        ("application/openmetrics-text; version=1.0.0", True),
+        ("application/openmetrics-text;q=0", False),  # RFC 9110 12.4.2: not acceptable
+        ("text/plain;version=0.0.4;q=1, application/openmetrics-text;q=0.1", False),
+        ("text/plain;q=0.1, application/openmetrics-text;q=0.9", True),
+        ("application/openmetrics-text;q=oops", False),
+        (None, False),
+    ],
+)
+async def test_the_format_is_the_one_the_accept_header_prefers(accept, openmetrics):
+    metrics, _ = _fixture_metrics()
+    exposition = await metrics.render(accept)
+    assert exposition.content_type.startswith("application/openmetrics-text") is openmetrics
+    assert exposition.body.endswith(b"# EOF\n") is openmetrics
+
+
 async def test_gzip_is_negotiated_and_decompresses_to_the_same_exposition():
     metrics, _ = _fixture_metrics()
     plain = await metrics.render(None)
