@@ -186,18 +186,18 @@ class Frontend:
             started = time.perf_counter()
             codec = JSON_SQS if request.header(b"x-amz-target") is not None else QUERY_SQS
             method = request.method.decode("latin-1")
-            failure = AwsError(
+            refusal = AwsError(
                 "InvalidHttpMethod",
                 f"The HTTP method {method} is not supported: the API takes GET and POST.",
                 status=405,
             )
             request_id = self._new_request_id()
-            response = http_response(codec.error(failure, request_id))
+            response = http_response(codec.error(refusal, request_id))
             response.headers.append(("allow", "GET, POST"))
             # Counted as every answered request is (no action: "Unknown"), so HEAD probes or
             # a flood of preflights show on the dashboards.
             account_request(
-                self.metrics, self.log, "sqs", "Unknown", 405, started, request, request_id, failure
+                self.metrics, self.log, "sqs", "Unknown", 405, started, request, request_id, refusal
             )
             return response
         if self.sns is not None:
