@@ -399,8 +399,17 @@ class TargetGroup(Section, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if 0 < self.slow_start_seconds < 30:
             raise ValueError("slow_start_seconds must be 0 (off) or 30-900")
-        if self.slow_start_seconds and self.algorithm == "least_outstanding_requests":
-            raise ValueError("slow start does not combine with least_outstanding_requests (AWS)")
+        # AWS, "Edit target group attributes" (edit-target-group-attributes.md), Routing
+        # algorithm: "The least outstanding requests routing algorithm can not be used with
+        # slow start mode."; "The weighted random routing algorithm can not be used with slow
+        # start mode." and "... can not be used with sticky sessions." (the group's own
+        # stickiness: a weighted forward's AWSALBTG picks a group, not a target).
+        if self.slow_start_seconds and self.algorithm != "round_robin":
+            raise ValueError(f"slow start does not combine with {self.algorithm} (AWS)")
+        if self.stickiness.enabled and self.algorithm == "weighted_random":
+            raise ValueError(
+                "stickiness (stickiness.enabled) does not combine with weighted_random (AWS)"
+            )
         if len(self.targets) > MAX_TARGETS_PER_GROUP:
             raise ValueError(f"at most {MAX_TARGETS_PER_GROUP} targets per target group")
         seen: set[str] = set()

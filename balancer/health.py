@@ -189,8 +189,9 @@ class TargetHealth:
     drain_deadline: float | None = None
     # The status of the last check that failed on it (ALB's "failed with these codes").
     failed_status: int | None = None
-    # When it was registered (one registration, one time): slow start tells targets
-    # registered together from later ones (balancer.selection.slow_start_entries).
+    # When it was registered (one registration, one time; registering a draining target again
+    # is a new one): slow start tells targets registered together from later ones
+    # (balancer.selection.slow_start_entries).
     registered_at: float | None = None
 
 
@@ -306,6 +307,16 @@ def _fresh(record: TargetHealth, input_: Input, now: float, policy: HealthPolicy
     return _move(record, state, reason, now)
 
 
+def _register_again(record: TargetHealth, input_: Input, now: float, policy: HealthPolicy) -> Step:
+    """A draining target registered again starts over, and as a new registration: slow start
+    tells targets registered together from later ones by ``registered_at``, and ALB ramps a
+    target registered again ("If you register the same target again, it enters slow start
+    mode when it is considered healthy by the target group": edit-target-group-attributes.md,
+    Slow start mode), whether it had left already (a new record) or still drained (this)."""
+    new, events = _fresh(record, input_, now, policy)
+    return (None if new is None else replace(new, registered_at=now)), events
+
+
 def _passed(record: TargetHealth, input_: Input, now: float, policy: HealthPolicy) -> Step:
     if record.state is TargetState.INITIAL:  # rule 1: one pass is enough for a new target
         return _move(record, TargetState.HEALTHY, None, now)
@@ -392,7 +403,7 @@ _TRANSITIONS: dict[TargetState, dict[Input, Handler]] = {
     },
     TargetState.DRAINING: {
         **dict.fromkeys(Input, _stay),  # rule 3: checks are ignored while draining
-        Input.REGISTERED: _fresh,
+        Input.REGISTERED: _register_again,
         Input.IDLE: _drain_idle,
         Input.TICK: _drain_tick,
     },

@@ -9,9 +9,11 @@ Two kinds of state, kept apart on purpose:
   and one TLS client context for every https target group's connections. Compiling happens
   once per generation, never per request.
 * :class:`GroupLive` is what must survive a reload, keyed by target-group name: the
-  :class:`~balancer.health.HealthTable` (targets kept across a reload keep their state) and
+  :class:`~balancer.health.HealthTable` (targets kept across a reload keep their state),
   the requests in flight per target (least-outstanding-requests and early draining read
-  them; every generation's selector shares the same dict).
+  them; every generation's selector shares the same dict) and when slow start was turned on
+  or re-timed (:class:`~balancer.selection.SlowStartEpoch`: the targets healthy then keep
+  their slow start state).
 
 :class:`Runtime` owns both and swaps ``runtime.current`` in one assignment. A request reads
 ``runtime.current`` once when its head has arrived and uses that snapshot until its response
@@ -30,7 +32,7 @@ Interface (used by the HTTP listener, the health checker, the admin targets API 
     passed to ``Runtime(..., tls=)`` / ``reload(..., tls=)``).
 ``runtime.live[name] -> GroupLive``
     ``.health: HealthTable`` (the checker feeds it with ``record_check``),
-    ``.outstanding: dict[target_id, int]``, ``.name``.
+    ``.outstanding: dict[target_id, int]``, ``.name``, ``.slow_start_epoch``.
 ``runtime.reload(config, keys, now) -> events``
     Compile a new generation (``ValueError`` leaves everything untouched), sync the health
     tables (removed targets start draining, kept ones keep their state, new ones start
@@ -78,7 +80,14 @@ from balancer.config import (
 )
 from balancer.health import HealthPolicy, HealthTable, TargetState, TargetStateChanged
 from balancer.rules import RuleTable
-from balancer.selection import Candidate, Choice, RandomSource, TargetSelector
+from balancer.selection import (
+    Candidate,
+    Choice,
+    RandomSource,
+    SlowStartEpoch,
+    TargetSelector,
+    slow_start_entries,
+)
 from balancer.stickiness import CookieSealer
 from balancer.target_tls import client_context
 from balancer.tls import ServerTls
@@ -91,12 +100,45 @@ HealthObserver = Callable[[Sequence[TargetStateChanged]], None]
 class GroupLive:
     """The part of a target group that outlives config generations."""
 
-    __slots__ = ("health", "name", "outstanding")
+    __slots__ = ("health", "name", "outstanding", "slow_start_epoch", "slow_start_seconds")
 
     def __init__(self, name: str, policy: HealthPolicy) -> None:
         self.name = name
         self.health = HealthTable(policy, name=name)
         self.outstanding: dict[str, int] = {}
+        # The slow start duration of the installed generation (0: off), and when it last
+        # changed; the first generation's change finds no target healthy yet.
+        self.slow_start_seconds = 0
+        self.slow_start_epoch = SlowStartEpoch()
+
+    def follow_slow_start(self, seconds: int, now: float) -> None:
+        """Take the slow start duration of a generation being installed (call before its
+        targets are synchronised): turned on, the targets healthy now stay out of slow start;
+        given a new duration, the ones ramping now go on ramping, the others stay out."""
+        old = self.slow_start_seconds
+        if seconds == old:
+            return
+        ramping: frozenset[str] = frozenset()
+        if seconds > 0 and old > 0:
+            healthy = [
+                Candidate.from_health(record)
+                for record in self.health
+                if record.state is TargetState.HEALTHY
+            ]
+            entries = slow_start_entries(healthy, old, self.slow_start_epoch)
+            ramping = frozenset(
+                candidate.target_id
+                for candidate, entry in zip(healthy, entries, strict=True)
+                if entry is not None and now - entry < old
+            )
+        self.slow_start_seconds = seconds
+        self.slow_start_epoch = SlowStartEpoch(now, ramping)
+
+    def shift_clock(self, delta: float) -> None:
+        """Move every time kept by ``delta`` (see :meth:`HealthTable.shift_clock`)."""
+        self.health.shift_clock(delta)
+        epoch = self.slow_start_epoch
+        self.slow_start_epoch = epoch._replace(since=epoch.since + delta)
 
     def in_flight(self, target_id: str) -> int:
         """Requests in flight to one target, across every generation."""
@@ -186,7 +228,11 @@ class GroupRuntime:
     ) -> Selected | None:
         """Pick the target of a new request (None: no target may take it, answer 503)."""
         choice = self.selector.choose(
-            self.candidates(), now=now, rand=rand, sticky_target=sticky_target
+            self.candidates(),
+            now=now,
+            rand=rand,
+            sticky_target=sticky_target,
+            slow_start_epoch=self.live.slow_start_epoch,
         )
         if choice is None:
             return None
@@ -379,6 +425,7 @@ class Runtime:
             live = group.live
             self.live[name] = live
             policy = HealthPolicy.from_target_group(group.config, in_use=name in in_use)
+            live.follow_slow_start(group.config.slow_start_seconds, now)
             events += live.health.set_policy(policy, now)
             events += live.health.sync([e.target_id for e in group.endpoints], now)
         if changed is None:
@@ -393,7 +440,7 @@ class Runtime:
     def shift_clock(self, delta: float) -> None:
         """Move every health time by ``delta`` (built at time 0, before trio's clock ran)."""
         for live in self.live.values():
-            live.health.shift_clock(delta)
+            live.shift_clock(delta)
 
     def advance(self, now: float) -> list[TargetStateChanged]:
         """Let time pass for every group (draining deadlines); the checker calls this."""

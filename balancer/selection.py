@@ -12,6 +12,8 @@ ALB semantics (load-balancer-target-groups.md):
 - Slow start: a target that became healthy ramps its weight linearly over
   ``slow_start_seconds``, but only while at least one healthy target is out of slow start
   (AWS: targets that start together, or an empty group's first targets, do not ramp).
+  Turning slow start on does not ramp the targets healthy then, and a new duration lets the
+  ramps in progress go on over it and restarts none that had ended (:class:`SlowStartEpoch`).
 - Stickiness overrides the algorithm while the sticky target is still eligible.
 
 The selector keeps only counters (round-robin position, requests in flight); health comes in
@@ -57,6 +59,27 @@ class Candidate(NamedTuple):
         return cls(record.target_id, weight, record.state, since, record.registered_at)
 
 
+class SlowStartEpoch(NamedTuple):
+    """When a group's slow start was last turned on or given a new duration, and which
+    targets were ramping at that moment (the runtime keeps one per group, across reloads).
+
+    A target healthy since then or before keeps what it had at that moment: out of slow
+    start, or (a new duration) in its ramp, which goes on over the new duration from when it
+    began. AWS, "Edit target group attributes" (edit-target-group-attributes.md), Slow start
+    mode, Considerations: "When you enable slow start for a target group, the healthy targets
+    registered with the target group do not enter slow start mode." AWS says nothing of a
+    changed duration: ending the ramps in progress would flood targets still warming up, and
+    starting ramps again for targets that had finished theirs would take traffic from warm
+    ones, so neither happens. Targets that become healthy later follow the usual rule.
+    """
+
+    since: float = -math.inf  # -inf: slow start has had its settings since before any target
+    ramping: frozenset[str] = frozenset()  # target ids
+
+
+ALWAYS = SlowStartEpoch()  # settings unchanged since before any target
+
+
 class Choice(NamedTuple):
     """The chosen target; ``fail_open`` when unhealthy targets were eligible too."""
 
@@ -92,7 +115,9 @@ def eligible(
     return healthy, False
 
 
-def slow_start_entries(pool: Sequence[Candidate], duration: float) -> tuple[float | None, ...]:
+def slow_start_entries(
+    pool: Sequence[Candidate], duration: float, epoch: SlowStartEpoch = ALWAYS
+) -> tuple[float | None, ...]:
     """When each target entered slow start (its ``healthy_since``), or None if it did not.
 
     ALB's rule: a target enters slow start as it becomes healthy, and "newly registered
@@ -102,6 +127,9 @@ def slow_start_entries(pool: Sequence[Candidate], duration: float) -> tuple[floa
     a target registered before it was healthy and out of slow start (never in it, or past
     its duration). Worked out from the targets healthy now (one that has left since no longer
     counts), so a target's ramp does not depend on when its neighbours' ramps end.
+
+    A target healthy since ``epoch.since`` or before is in slow start iff ``epoch.ramping``
+    names it: slow start was turned on (none ramps) or re-timed then.
     """
     entries: list[float | None] = [None] * len(pool)
     if duration <= 0:
@@ -114,6 +142,10 @@ def slow_start_entries(pool: Sequence[Candidate], duration: float) -> tuple[floa
         became = pool[i].healthy_since
         if became is None:
             continue  # healthy since before anything we know of: steady
+        if became <= epoch.since:
+            if pool[i].target_id in epoch.ramping:
+                entries[i] = became
+            continue
         registered = _registered(pool[i])
         for j in order[:position]:
             entry = entries[j]
@@ -203,8 +235,9 @@ class TargetSelector:
         self._current: dict[str, float] = {}  # smooth weighted round robin
         self._outstanding: dict[str, int] = {} if outstanding is None else outstanding
         # The eligible pool (and, without slow start, its weights) of the last candidate
-        # tuple seen: the runtime hands the same tuple until the group's health changes.
-        self._memo_for: tuple[Candidate, ...] | None = None
+        # tuple and slow start epoch seen: the runtime hands the same tuple until the
+        # group's health changes.
+        self._memo_for: tuple[tuple[Candidate, ...], SlowStartEpoch] | None = None
         self._memo: tuple[
             list[Candidate], bool, tuple[float, ...] | None, tuple[float | None, ...]
         ] = ([], False, None, ())
@@ -229,6 +262,7 @@ class TargetSelector:
         now: float,
         rand: RandomSource,
         sticky_target: str | None = None,
+        slow_start_epoch: SlowStartEpoch = ALWAYS,
     ) -> Choice | None:
         """Pick the target for a new request.
 
@@ -237,11 +271,14 @@ class TargetSelector:
             now: the current time, on the clock ``healthy_since`` uses.
             rand: randomness for ``weighted_random`` (unused by the other algorithms).
             sticky_target: the target a valid stickiness cookie names, if any.
+            slow_start_epoch: when the group's slow start was turned on or re-timed, on the
+                same clock (the runtime's ``GroupLive`` keeps it).
 
         Returns:
             The choice, or None when no target may take the request (the shell answers 503).
         """
-        if candidates is self._memo_for:
+        memo = self._memo_for
+        if memo is not None and candidates is memo[0] and slow_start_epoch is memo[1]:
             pool, fail_open, fixed, entries = self._memo
         else:
             pool, fail_open = eligible(
@@ -253,12 +290,12 @@ class TargetSelector:
             slow = self.slow_start_seconds
             fixed = None if slow > 0 else tuple(float(c.weight) for c in pool)
             # Who entered slow start is decided from the whole group, not just the pool.
-            entries = slow_start_entries(candidates, slow) if slow > 0 else ()
+            entries = slow_start_entries(candidates, slow, slow_start_epoch) if slow > 0 else ()
             if entries:
                 by_id = {c.target_id: e for c, e in zip(candidates, entries, strict=True)}
                 entries = tuple(by_id.get(c.target_id) for c in pool)
             if type(candidates) is tuple:  # immutable: the same object, the same answer
-                self._memo_for = candidates
+                self._memo_for = (candidates, slow_start_epoch)
                 self._memo = (pool, fail_open, fixed, entries)
         if not pool:
             return None

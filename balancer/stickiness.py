@@ -3,8 +3,11 @@
 ALB's cookies (sticky-sessions.md), reproduced by name and behaviour:
 
 - ``AWSALB`` names the target of a group with ``lb_cookie`` stickiness; ``AWSALBCORS`` carries
-  the same value with ``SameSite=None; Secure`` for cross-origin requests.
-- ``AWSALBTG`` / ``AWSALBTGCORS`` name the target group of a weighted forward.
+  the same value with ``SameSite=None; Secure`` for cross-origin requests. A request carrying
+  both is read from ``AWSALBCORS`` first, as ALB does, and from ``AWSALB`` when that one
+  does not open (:func:`open_sticky`).
+- ``AWSALBTG`` / ``AWSALBTGCORS`` name the target group of a weighted forward (read in the
+  same order).
 - ``AWSALBAPP-0`` maps the application's own cookie to a target (``app_cookie``), "for each
   target group that has application-based stickiness enabled": its value is a list of sealed
   entries joined by ``.``, one per target group, of this balancer or of another layer in
@@ -44,9 +47,9 @@ import hmac
 import math
 import re
 import struct
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from email.utils import formatdate
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -70,6 +73,8 @@ _EXPIRY = struct.Struct(">Q")  # whole seconds since the epoch
 _LENGTH = struct.Struct(">H")
 _APP_DIGEST_BYTES = 16
 _SIV_TAG_BYTES = 16
+
+_Opened = TypeVar("_Opened")
 
 
 class Kind(enum.Enum):
@@ -324,7 +329,40 @@ def group_cookies(value: str, *, now: float) -> list[str]:
     ]
 
 
-def sticky_value(cookies: dict[str, str], name: str, cors_name: str) -> str | None:
-    """The cookie's value, falling back to its CORS twin (a cross-site request may carry
-    only the ``SameSite=None`` one)."""
-    return cookies.get(name) or cookies.get(cors_name)
+def sticky_values(cookies: Mapping[str, str], name: str, cors_name: str) -> list[str]:
+    """The values of a stickiness cookie and its CORS twin, in the order to try them.
+
+    The CORS twin comes first. AWS, "Edit target group attributes" (edit-target-group-
+    attributes.md), Sticky sessions, Considerations: "If the Application Load Balancer
+    receives both an ``AWSALBCORS`` and an ``AWSALB`` duration-based stickiness cookie, the
+    value in ``AWSALBCORS`` will take precedence." The two drift apart when a browser keeps
+    the ``SameSite=None`` one from cross-site responses while first-party ones update the
+    other. AWS says this of ``AWSALB`` only; ``AWSALBTG``/``AWSALBTGCORS`` follow the same
+    order by analogy. (``AWSALBAPP-0`` has no twin: it carries ``SameSite=None`` itself.)
+    Empty values are left out, and a value sent under both names is tried once.
+    """
+    found: list[str] = []
+    for value in (cookies.get(cors_name), cookies.get(name)):
+        if value and value not in found:
+            found.append(value)
+    return found
+
+
+def open_sticky(
+    cookies: Mapping[str, str],
+    name: str,
+    cors_name: str,
+    opener: Callable[[str], _Opened | None],
+) -> _Opened | None:
+    """What the first of a cookie's CORS twin and the cookie itself that ``opener`` accepts
+    names (:func:`sticky_values` gives the order), or None.
+
+    The other one is the fallback when the preferred one does not open (tampered, expired,
+    sealed with a dropped key) or ``opener`` rejects what it names: a stale ``AWSALBCORS``
+    next to a valid ``AWSALB`` keeps the session sticky rather than ending it.
+    """
+    for value in sticky_values(cookies, name, cors_name):
+        opened = opener(value)
+        if opened is not None:
+            return opened
+    return None

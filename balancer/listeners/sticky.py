@@ -5,6 +5,10 @@ cookies the response carries back (ALB sticky-sessions.md).
   target group; re-issued on every response so its validity slides.
 - ``lb_cookie``: ``AWSALB`` (and ``AWSALBCORS``) names the target; re-issued on every
   response, and rewritten when its target was replaced (unhealthy, draining, gone).
+- Of a cookie and its CORS twin, the twin decides when it opens and names a group of this
+  action (``AWSALBTGCORS``) or a target of this group (``AWSALBCORS``); otherwise the other
+  one is tried (:func:`balancer.stickiness.open_sticky`): ALB gives ``AWSALBCORS``
+  precedence, and a stale twin should not end a session the other cookie still holds.
 - ``app_cookie``: the application's own cookie is mapped to the target with
   ``AWSALBAPP-0``, issued when the target sets the application cookie and refreshed while
   the client presents one; when the sticky target is replaced, the session re-sticks to
@@ -32,13 +36,14 @@ from balancer.stickiness import (
     GROUP_CORS_COOKIE,
     LB_COOKIE,
     LB_CORS_COOKIE,
+    StickyTarget,
     app_entries,
     chromium_80_or_later,
     group_cookies,
     merged_app_value,
+    open_sticky,
     read_cookies,
     set_cookie,
-    sticky_value,
     target_cookies,
 )
 from proto.http1 import first_header
@@ -90,9 +95,13 @@ def plan(
         sticky_group = None
         if action.stickiness.enabled and sealer is not None:
             cookies = read_cookies(_cookie_headers(headers), _ALL_NAMES)
-            value = sticky_value(cookies, GROUP_COOKIE, GROUP_CORS_COOKIE)
-            if value:
-                sticky_group = sealer.open_group(value, now=wall)
+            members = {member.name for member in action.target_groups}
+
+            def member_group(value: str) -> str | None:
+                named = sealer.open_group(value, now=wall)
+                return named if named in members else None
+
+            sticky_group = open_sticky(cookies, GROUP_COOKIE, GROUP_CORS_COOKIE, member_group)
         chosen = choose_group(action.target_groups, rand=rand, sticky_group=sticky_group)
         result = StickyPlan(chosen.name)
         if action.stickiness.enabled and sealer is not None:
@@ -106,8 +115,12 @@ def plan(
     if cookies is None or stickiness.cookie_name:
         cookies = read_cookies(_cookie_headers(headers), names)
     if stickiness.type == "lb_cookie":
-        value = sticky_value(cookies, LB_COOKIE, LB_CORS_COOKIE)
-        opened = sealer.open_target(value, now=wall) if value else None
+
+        def group_target(value: str) -> StickyTarget | None:
+            named = sealer.open_target(value, now=wall)
+            return named if named is not None and named.target_group == result.group else None
+
+        opened = open_sticky(cookies, LB_COOKIE, LB_CORS_COOKIE, group_target)
     else:
         result.app_cookie = cookies.get(stickiness.cookie_name)
         result.app_entries = app_entries(cookies.get(APP_COOKIE))

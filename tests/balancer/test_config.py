@@ -337,6 +337,29 @@ def test_endpoints_resolve_ports_and_bracket_ipv6():
             "slow start does not combine with least_outstanding_requests",
         ),
         (
+            config(
+                target_groups=[
+                    {"name": "web", "slow_start_seconds": 30, "algorithm": "weighted_random"}
+                ]
+            ),
+            "b.toml: slow start does not combine with weighted_random (AWS) - at "
+            "`$.target_groups[0]`",
+        ),
+        (
+            config(
+                target_groups=[
+                    {
+                        "name": "web",
+                        "algorithm": "weighted_random",
+                        "stickiness": {"enabled": True, "type": "app_cookie", "cookie_name": "s"},
+                    }
+                ],
+                stickiness={"key_files": ["/k"]},
+            ),
+            "b.toml: stickiness (stickiness.enabled) does not combine with weighted_random (AWS)"
+            " - at `$.target_groups[0]`",
+        ),
+        (
             config(target_groups=[{"name": "web", "health_check": {"timeout_seconds": 30}}]),
             "less than interval_seconds - at `$.target_groups[0].health_check`",
         ),
@@ -670,22 +693,30 @@ actions = st.one_of(
 )
 
 
+# Slow start only with round_robin (AWS): the schema refuses weighted_random with it.
+algorithms_with_slow_start = st.sampled_from(
+    [("round_robin", 0), ("round_robin", 30), ("round_robin", 900), ("weighted_random", 0)]
+)
+
+
 @st.composite
 def balancer_configs(draw: st.DrawFn) -> BalancerConfig:
     group_names = draw(st.lists(names, min_size=1, max_size=3, unique=True))
-    groups = tuple(
-        TargetGroup(
-            name=name,
-            port=draw(st.integers(1, 65535)),
-            targets=tuple(
-                Target(host=h, weight=draw(st.integers(1, 999)))
-                for h in draw(st.lists(hosts, max_size=3, unique=True))
-            ),
-            algorithm=draw(st.sampled_from(["round_robin", "weighted_random"])),
-            slow_start_seconds=draw(st.sampled_from([0, 30, 900])),
+    groups = []
+    for name in group_names:
+        algorithm, slow_start = draw(algorithms_with_slow_start)
+        groups.append(
+            TargetGroup(
+                name=name,
+                port=draw(st.integers(1, 65535)),
+                targets=tuple(
+                    Target(host=h, weight=draw(st.integers(1, 999)))
+                    for h in draw(st.lists(hosts, max_size=3, unique=True))
+                ),
+                algorithm=algorithm,  # type: ignore[arg-type]
+                slow_start_seconds=slow_start,
+            )
         )
-        for name in group_names
-    )
     forwards = st.one_of(
         st.sampled_from(group_names).map(lambda n: Forward(target_group=n)),
         st.lists(st.sampled_from(group_names), min_size=1, max_size=3, unique=True).map(
@@ -705,7 +736,7 @@ def balancer_configs(draw: st.DrawFn) -> BalancerConfig:
     # Not on an admin listener's port (admin.port + worker index), which the schema refuses.
     port = draw(st.integers(0, 65535).filter(lambda p: not 0 <= p - ADMIN_PORT < workers))
     http = HttpListener(name="web", port=port, default_action=draw(forwards), rules=rules)
-    return BalancerConfig(workers=workers, listeners=(http,), target_groups=groups)
+    return BalancerConfig(workers=workers, listeners=(http,), target_groups=tuple(groups))
 
 
 @given(balancer_configs())

@@ -294,6 +294,17 @@ def test_registering_a_draining_target_again_restarts_its_checks():
     assert health.next_deadline() is None
 
 
+def test_registering_a_draining_target_again_is_a_new_registration():
+    # Slow start tells registrations apart by registered_at; ALB ramps a target registered
+    # again, whether it still drained or had left.
+    health = table()
+    health.deregister("a", 1.0, idle=False)
+    health.register("a", 2.0)
+    record = health.get("a")
+    assert record is not None
+    assert record.registered_at == 2.0
+
+
 # Unused, unavailable, reload ---------------------------------------------------------------------
 
 
@@ -464,6 +475,32 @@ def test_a_table_driven_by_a_fake_clock_stays_consistent(policy, ops):
                 assert record.state in (TargetState.UNAVAILABLE, TargetState.DRAINING)
         deadline = health.next_deadline()
         assert deadline is None or any(r.drain_deadline == deadline for r in health)
+
+
+@given(policies, operations)
+def test_registered_at_is_the_last_registration_that_was_not_a_no_op(policy, ops):
+    health = HealthTable(policy)
+    now = 0.0
+    expected: dict[str, float] = {}
+    for op, target, result, delay, flag in ops:
+        now += delay
+        before = health.get(target)
+        if op == "check":
+            health.record_check(target, result, now)
+        elif op == "deregister":
+            health.deregister(target, now, idle=flag)
+        elif op == "register":
+            health.register(target, now)
+            if before is None or before.state is TargetState.DRAINING:
+                expected[target] = now  # new, back after leaving, or back while draining
+        elif op == "idle":
+            health.target_idle(target, now)
+        elif op == "use":
+            health.set_in_use(flag, now)
+        else:
+            health.advance(now)
+        for record in health:
+            assert record.registered_at == expected[record.target_id]
 
 
 @given(st.integers(2, 10), st.lists(st.sampled_from(CHECKS), max_size=30))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections import Counter
+
 import msgspec
 import pytest
 
@@ -21,7 +23,11 @@ KEY = b"k" * 32
 
 
 def config(
-    *targets: str, checks: bool = True, algorithm: str = "round_robin", extra_group: bool = False
+    *targets: str,
+    checks: bool = True,
+    algorithm: str = "round_robin",
+    extra_group: bool = False,
+    slow_start: int = 0,
 ) -> BalancerConfig:
     groups = [
         TargetGroup(
@@ -31,6 +37,7 @@ def config(
             health_check=HealthCheck(enabled=checks),
             algorithm=algorithm,  # type: ignore[arg-type]
             deregistration_delay_seconds=30,
+            slow_start_seconds=slow_start,
         )
     ]
     if extra_group:
@@ -116,6 +123,76 @@ def test_outstanding_counts_survive_a_reload_for_least_outstanding_requests():
         picked = group.choose(now=2.0, rand=runtime.rand)
         assert picked is not None
         assert picked.endpoint.target_id == "10.0.0.2:8080"
+
+
+A, B, C = "10.0.0.1", "10.0.0.2", "10.0.0.3"
+
+
+def picks(runtime: Runtime, now: float, n: int = 100) -> Counter[str]:
+    """How ``n`` requests at ``now`` spread over the web group's targets (by host)."""
+    found: Counter[str] = Counter()
+    for _ in range(n):
+        picked = runtime.current.groups["web"].choose(now=now, rand=runtime.rand)
+        assert picked is not None
+        found[picked.endpoint.host] += 1
+    return found
+
+
+def healthy(runtime: Runtime, host: str, now: float) -> None:
+    runtime.live["web"].health.record_check(f"{host}:8080", Input.CHECK_PASSED, now)
+
+
+def test_turning_slow_start_on_by_reload_leaves_the_healthy_targets_out_of_it():
+    # AWS: "When you enable slow start for a target group, the healthy targets registered
+    # with the target group do not enter slow start mode." B came after A, so it would
+    # ramp had slow start been on when it became healthy (a hunt saw 99 to 1 after reload).
+    runtime = Runtime(config(A), now=0.0)
+    healthy(runtime, A, 1.0)
+    runtime.reload(config(A, B), (), 10.0)
+    healthy(runtime, B, 11.0)
+    assert picks(runtime, 12.0) == {A: 50, B: 50}
+    runtime.reload(config(A, B, slow_start=900), (), 20.0)
+    assert picks(runtime, 21.0) == {A: 50, B: 50}
+    # A target that becomes healthy afterwards ramps as usual (10% of a share at 90 s).
+    runtime.reload(config(A, B, C, slow_start=900), (), 30.0)
+    healthy(runtime, C, 31.0)
+    assert picks(runtime, 121.0, 210)[C] == 10
+
+
+def test_a_new_slow_start_duration_keeps_ramps_going_and_restarts_none():
+    runtime = Runtime(config(A, slow_start=30), now=0.0)
+    healthy(runtime, A, 1.0)
+    runtime.reload(config(A, B, slow_start=30), (), 10.0)
+    healthy(runtime, B, 11.0)  # ramps until 41
+    runtime.reload(config(A, B, C, slow_start=30), (), 50.0)
+    healthy(runtime, C, 60.0)  # ramps until 90 on 30 s
+    runtime.reload(config(A, B, C, slow_start=900), (), 70.0)
+    # B had finished its ramp: it keeps a full share (it would fall to 60/900 of one if the
+    # ramp started over). C goes on ramping, over 900 s from 60.
+    found = picks(runtime, 150.0, 210)
+    assert (found[A], found[B]) == (100, 100)
+    assert found[C] == 10
+    # Back to 30 s: C's ramp ends at 90, so it is over.
+    runtime.reload(config(A, B, C, slow_start=30), (), 160.0)
+    assert picks(runtime, 161.0, 99) == {A: 33, B: 33, C: 33}
+
+
+def test_a_target_registered_again_while_it_drains_enters_slow_start():
+    # AWS: "If you register the same target again, it enters slow start mode when it is
+    # considered healthy by the target group." A and B start together: neither ramps.
+    runtime = Runtime(config(A, B, slow_start=900), now=0.0)
+    healthy(runtime, A, 1.0)
+    healthy(runtime, B, 1.0)
+    assert picks(runtime, 2.0) == {A: 50, B: 50}
+    runtime.current.groups["web"].request_started(f"{B}:8080")  # so B drains, not leaves
+    runtime.reload(config(A, slow_start=900), (), 10.0)
+    record = runtime.live["web"].health.get(f"{B}:8080")
+    assert record is not None
+    assert record.state is TargetState.DRAINING
+    runtime.reload(config(A, B, slow_start=900), (), 11.0)
+    healthy(runtime, B, 12.0)
+    assert picks(runtime, 12.0)[B] == 1  # the 1% trickle at the start of its ramp
+    assert picks(runtime, 102.0, 110)[B] == 10  # 10% of a share after 90 s of 900
 
 
 def test_replace_targets_makes_a_new_generation_sharing_the_rest():

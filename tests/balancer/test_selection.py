@@ -14,6 +14,7 @@ from balancer.selection import (
     Candidate,
     Choice,
     GroupChoice,
+    SlowStartEpoch,
     TargetSelector,
     choose_group,
     eligible,
@@ -87,12 +88,13 @@ def test_choice_reports_fail_open():
 def test_selector_from_a_target_group():
     group = TargetGroup(
         name="g",
-        algorithm="weighted_random",
         slow_start_seconds=60,
         minimum_healthy_targets=MinimumHealthyTargets(count=2, percent=50),
     )
     selector = TargetSelector.from_target_group(group)
-    assert (selector.algorithm, selector.slow_start_seconds) == ("weighted_random", 60)
+    assert (selector.algorithm, selector.slow_start_seconds) == ("round_robin", 60)
+    weighted_random = TargetGroup(name="g", algorithm="weighted_random")
+    assert TargetSelector.from_target_group(weighted_random).algorithm == "weighted_random"
     assert (selector.minimum_healthy_count, selector.minimum_healthy_percent) == (2, 50)
 
 
@@ -215,6 +217,31 @@ def test_a_slow_start_share_only_grows_with_time(times, duration, now):
     assert any(entry is None for entry in entries)  # somebody is always out of slow start
 
 
+@given(
+    st.lists(
+        st.tuples(st.floats(0, 100), st.sampled_from([0.0, 10.0, 20.0]), st.booleans()),
+        min_size=1,
+        max_size=6,
+    ),
+    st.floats(1, 900),
+    st.floats(0, 100),
+)
+def test_targets_healthy_at_the_epoch_ramp_only_if_it_says_so(times, duration, since):
+    pool = [
+        Candidate(f"t{i}", 1, H, healthy_since=max(healthy, registered), registered_at=registered)
+        for i, (healthy, registered, _) in enumerate(times)
+    ]
+    ramping = frozenset(f"t{i}" for i, (_, _, ramps) in enumerate(times) if ramps)
+    entries = slow_start_entries(pool, duration, SlowStartEpoch(since, ramping))
+    for candidate, entry in zip(pool, entries, strict=True):
+        assert candidate.healthy_since is not None
+        if candidate.healthy_since <= since:
+            ramps = candidate.target_id in ramping
+            assert entry == (candidate.healthy_since if ramps else None)
+        else:
+            assert entry in (None, candidate.healthy_since)
+
+
 def test_slow_start_shapes_the_choice():
     selector = TargetSelector("weighted_random", slow_start_seconds=100)
     pool = [Candidate("old", 1, H), Candidate("new", 1, H, healthy_since=0.0, registered_at=0.0)]
@@ -224,6 +251,46 @@ def test_slow_start_shapes_the_choice():
         for _ in range(2000)
     )
     assert 100 < counts["new"] < 260  # expected share 0.1 / 1.1 of 2000, about 182
+
+
+def test_targets_healthy_when_slow_start_was_turned_on_do_not_ramp():
+    # AWS: "When you enable slow start for a target group, the healthy targets registered
+    # with the target group do not enter slow start mode." b was registered after a and
+    # would ramp had slow start been on all along.
+    a = Candidate("a", 1, H, healthy_since=1.0, registered_at=0.0)
+    b = Candidate("b", 1, H, healthy_since=11.0, registered_at=10.0)
+    assert slow_start_entries([a, b], 900) == (None, 11.0)
+    turned_on = SlowStartEpoch(since=20.0)
+    assert slow_start_entries([a, b], 900, turned_on) == (None, None)
+    # A target healthy after that follows the usual rule.
+    c = Candidate("c", 1, H, healthy_since=31.0, registered_at=30.0)
+    assert slow_start_entries([a, b, c], 900, turned_on) == (None, None, 31.0)
+    # A new duration: who was ramping then goes on ramping, from when it began.
+    retimed = SlowStartEpoch(since=40.0, ramping=frozenset({"c"}))
+    d = Candidate("d", 1, H, healthy_since=41.0, registered_at=40.0)
+    entries = slow_start_entries([a, b, c, d], 60, retimed)
+    assert entries == (None, None, 31.0, 41.0)
+    assert slow_start_weights([a, b, c, d], 61.0, 60, entries) == [1.0, 1.0, 0.5, 20 / 60]
+
+
+def test_the_choice_follows_the_slow_start_epoch_given():
+    selector = TargetSelector(slow_start_seconds=900)
+    pool = (
+        Candidate("a", 1, H, healthy_since=1.0, registered_at=0.0),
+        Candidate("b", 1, H, healthy_since=11.0, registered_at=10.0),
+    )
+
+    def counts(epoch: SlowStartEpoch) -> Counter[str]:
+        found: Counter[str] = Counter()
+        for _ in range(100):
+            choice = selector.choose(pool, now=20.0, rand=0.5, slow_start_epoch=epoch)
+            assert choice is not None
+            found[choice.target.target_id] += 1
+        return found
+
+    assert counts(SlowStartEpoch())["b"] == 1  # 0.01 of a share: b ramps
+    assert counts(SlowStartEpoch(since=15.0)) == {"a": 50, "b": 50}  # the same tuple, not memo
+    assert counts(SlowStartEpoch())["b"] == 1
 
 
 def test_a_sticky_target_is_kept_while_eligible():

@@ -19,9 +19,10 @@ from balancer.stickiness import (
     chromium_80_or_later,
     group_cookies,
     merged_app_value,
+    open_sticky,
     read_cookies,
     set_cookie,
-    sticky_value,
+    sticky_values,
     target_cookies,
 )
 
@@ -168,10 +169,41 @@ def test_read_cookies_takes_the_first_of_each_name():
     }
 
 
-def test_sticky_value_falls_back_to_the_cors_twin():
-    assert sticky_value({LB_CORS_COOKIE: "c"}, LB_COOKIE, LB_CORS_COOKIE) == "c"
-    assert sticky_value({LB_COOKIE: "a", LB_CORS_COOKIE: "c"}, LB_COOKIE, LB_CORS_COOKIE) == "a"
-    assert sticky_value({}, LB_COOKIE, LB_CORS_COOKIE) is None
+def test_sticky_values_put_the_cors_twin_first():
+    # ALB: "the value in AWSALBCORS will take precedence" over AWSALB.
+    assert sticky_values({LB_COOKIE: "a", LB_CORS_COOKIE: "c"}, LB_COOKIE, LB_CORS_COOKIE) == [
+        "c",
+        "a",
+    ]
+    assert sticky_values({LB_CORS_COOKIE: "c"}, LB_COOKIE, LB_CORS_COOKIE) == ["c"]
+    assert sticky_values({LB_COOKIE: "a"}, LB_COOKIE, LB_CORS_COOKIE) == ["a"]
+    assert sticky_values({LB_COOKIE: "a", LB_CORS_COOKIE: ""}, LB_COOKIE, LB_CORS_COOKIE) == ["a"]
+    assert sticky_values({LB_COOKIE: "v", LB_CORS_COOKIE: "v"}, LB_COOKIE, LB_CORS_COOKIE) == ["v"]
+    assert sticky_values({}, LB_COOKIE, LB_CORS_COOKIE) == []
+
+
+def test_a_cors_twin_that_does_not_open_falls_back_to_the_cookie(sealer):
+    a = sealer.seal_target("web", "10.0.0.1:80", expires_at=LATER)
+    b = sealer.seal_target("web", "10.0.0.2:80", expires_at=LATER)
+
+    def opener(value: str) -> StickyTarget | None:
+        return sealer.open_target(value, now=NOW)
+
+    both = {LB_COOKIE: a, LB_CORS_COOKIE: b}
+    assert open_sticky(both, LB_COOKIE, LB_CORS_COOKIE, opener) == ("web", "10.0.0.2:80")
+    stale_cors = {LB_COOKIE: a, LB_CORS_COOKIE: "garbage"}
+    assert open_sticky(stale_cors, LB_COOKIE, LB_CORS_COOKIE, opener) == ("web", "10.0.0.1:80")
+    garbage = {LB_COOKIE: "garbage", LB_CORS_COOKIE: b}
+    assert open_sticky(garbage, LB_COOKIE, LB_CORS_COOKIE, opener) == ("web", "10.0.0.2:80")
+    g1 = sealer.seal_group("blue", expires_at=LATER)
+    g2 = sealer.seal_group("green", expires_at=LATER)
+    groups = {GROUP_COOKIE: g1, GROUP_CORS_COOKIE: g2}
+    assert (
+        open_sticky(
+            groups, GROUP_COOKIE, GROUP_CORS_COOKIE, lambda v: sealer.open_group(v, now=NOW)
+        )
+        == "green"
+    )
 
 
 # Properties ------------------------------------------------------------------------------------
@@ -217,6 +249,47 @@ def test_opening_never_raises(value, app):
     assert sealer.open_target(value, now=NOW) is None
     assert sealer.open_group(value, now=NOW) is None
     assert sealer.open_app(value, app, now=NOW) is None
+
+
+# What a client may hold under one name: nothing, a live cookie naming "a" or "b", an expired
+# one, garbage, an empty value, or a live cookie of the other kind (a target cookie under a
+# group cookie's name, or the reverse).
+held = st.sampled_from([None, "a", "b", "a-expired", "b-expired", "garbage", "", "other-kind"])
+
+
+@given(held, held, st.booleans())
+def test_with_both_cookies_the_cors_one_decides_whenever_it_opens(plain, cors, groups):
+    sealer = CookieSealer([KEY])
+
+    def seal(named: str, *, expires_at: float, kind_of_name: bool) -> str:
+        if groups == kind_of_name:
+            return sealer.seal_group(named, expires_at=expires_at)
+        return sealer.seal_target("web", named, expires_at=expires_at)
+
+    def value(kind: str) -> str:
+        if kind in ("a", "b"):
+            return seal(kind, expires_at=LATER, kind_of_name=True)
+        if kind.endswith("-expired"):
+            return seal(kind[0], expires_at=NOW - 1, kind_of_name=True)
+        if kind == "other-kind":
+            return seal("a", expires_at=LATER, kind_of_name=False)
+        return kind
+
+    def opener(cookie: str) -> str | None:
+        if groups:
+            return sealer.open_group(cookie, now=NOW)
+        target = sealer.open_target(cookie, now=NOW)
+        return None if target is None else target.target_id
+
+    name, cors_name = (GROUP_COOKIE, GROUP_CORS_COOKIE) if groups else (LB_COOKIE, LB_CORS_COOKIE)
+    cookies = {n: value(k) for n, k in ((name, plain), (cors_name, cors)) if k is not None}
+    opened = open_sticky(cookies, name, cors_name, opener)
+    if cors in ("a", "b"):
+        assert opened == cors
+    elif plain in ("a", "b"):
+        assert opened == plain
+    else:
+        assert opened is None
 
 
 @given(st.lists(st.text(max_size=40), max_size=5))

@@ -322,12 +322,12 @@ def balancer_document(files: Files) -> dict[str, Any]:
                 ],
                 "stickiness": {"enabled": True, "type": "lb_cookie", "duration_seconds": 3600},
                 "health_check": {"path": "/healthz", "matcher": "200,204", "healthy_threshold": 3},
+                "slow_start_seconds": 60,
             },
             {
                 "name": "app-canary",
                 "targets": [{"host": "10.0.0.2", "port": 8080}],
                 "algorithm": "weighted_random",
-                "slow_start_seconds": 60,
             },
             {
                 "name": "api",

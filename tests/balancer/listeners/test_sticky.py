@@ -30,7 +30,14 @@ from balancer.config import (
 from balancer.health import TargetState
 from balancer.listeners.sticky import plan, response_cookies
 from balancer.runtime import Runtime
-from balancer.stickiness import APP_COOKIE, GROUP_COOKIE, LB_COOKIE, CookieSealer
+from balancer.stickiness import (
+    APP_COOKIE,
+    GROUP_COOKIE,
+    GROUP_CORS_COOKIE,
+    LB_COOKIE,
+    LB_CORS_COOKIE,
+    CookieSealer,
+)
 from monitoring.lifecycle import Daemon
 from tests.support.balancer_http import Client, balancer, config, front, group, listener
 from tests.support.check_targets import until_health
@@ -179,6 +186,51 @@ def test_a_group_cookie_keeps_a_weighted_forward_on_its_group():
     }
 
 
+def test_awsalbcors_takes_precedence_and_the_other_cookie_is_the_fallback():
+    # AWS: "If the Application Load Balancer receives both an AWSALBCORS and an AWSALB
+    # duration-based stickiness cookie, the value in AWSALBCORS will take precedence."
+    rt = runtime(Stickiness(enabled=True))
+    action = rt.current.config.listeners[0].default_action
+    assert isinstance(action, Forward)
+    sealer = CookieSealer([KEY])
+    one = sealer.seal_target("blue", "10.0.0.1:80", expires_at=NOW + 60)
+    two = sealer.seal_target("blue", "10.0.0.2:80", expires_at=NOW + 60)
+    elsewhere = sealer.seal_target("green", "10.0.0.1:80", expires_at=NOW + 60)
+
+    def sticky_target(cookie: str) -> str | None:
+        headers = [(b"cookie", cookie.encode())]
+        return plan(rt.current, action, headers, rand=rt.rand, wall=NOW).sticky_target
+
+    assert sticky_target(f"{LB_COOKIE}={one}; {LB_CORS_COOKIE}={two}") == "10.0.0.2:80"
+    assert sticky_target(f"{LB_CORS_COOKIE}={two}; {LB_COOKIE}={one}") == "10.0.0.2:80"
+    assert sticky_target(f"{LB_COOKIE}=garbage; {LB_CORS_COOKIE}={two}") == "10.0.0.2:80"
+    # The CORS one does not open, or names another group's target: the AWSALB one decides.
+    assert sticky_target(f"{LB_COOKIE}={one}; {LB_CORS_COOKIE}=garbage") == "10.0.0.1:80"
+    assert sticky_target(f"{LB_COOKIE}={one}; {LB_CORS_COOKIE}={elsewhere}") == "10.0.0.1:80"
+
+
+def test_awsalbtgcors_takes_precedence_over_awsalbtg():
+    # By analogy with AWSALBCORS (AWS documents the precedence for AWSALB only).
+    rt = runtime(Stickiness(), weighted=True)
+    action = rt.current.config.listeners[0].default_action
+    assert isinstance(action, Forward)
+    sealer = CookieSealer([KEY])
+    blue = sealer.seal_group("blue", expires_at=NOW + 60)
+    green = sealer.seal_group("green", expires_at=NOW + 60)
+    gone = sealer.seal_group("retired", expires_at=NOW + 60)  # a group no longer in the action
+    for cookie, group_name in [
+        (f"{GROUP_COOKIE}={blue}; {GROUP_CORS_COOKIE}={green}", "green"),
+        (f"{GROUP_COOKIE}={green}; {GROUP_CORS_COOKIE}={blue}", "blue"),
+        (f"{GROUP_COOKIE}=garbage; {GROUP_CORS_COOKIE}={green}", "green"),
+        (f"{GROUP_COOKIE}={green}; {GROUP_CORS_COOKIE}=garbage", "green"),
+        (f"{GROUP_COOKIE}={green}; {GROUP_CORS_COOKIE}={gone}", "green"),
+    ]:
+        for seed in range(8):  # whatever the weighted draw would have picked
+            headers = [(b"cookie", cookie.encode())]
+            result = plan(rt.current, action, headers, rand=random.Random(seed), wall=NOW)
+            assert result.group == group_name, cookie
+
+
 @given(st.binary(max_size=64), st.integers(0, 2**32))
 def test_forged_cookies_never_pick_a_target(garbage, seed):
     rt = runtime(Stickiness(enabled=True))
@@ -221,6 +273,26 @@ async def test_lb_cookie_stickiness_across_requests_and_replacement(key_file):
             _, headers, _ = await client.request(headers=[("cookie", cookie)])
             assert headers["x-target"] == keep.name
             assert client.jar() != cookie
+
+
+async def test_awsalbcors_decides_over_awsalb_through_the_balancer(key_file):
+    sticky = Stickiness(enabled=True)
+    async with running_targets(TargetServer("a"), TargetServer("b")) as (a, b):
+        cfg = config([listener()], [group("web", a, b, stickiness=sticky)], key_file=key_file)
+        async with balancer(cfg) as daemon, Client.connect(front(daemon)) as client:
+            sealed: dict[str, str] = {}
+            for _ in range(2):  # round robin: a cookie for each target
+                _, headers, _ = await client.request()
+                cookies = dict(c.partition(";")[0].partition("=")[::2] for c in client.set_cookies)
+                sealed[headers["x-target"]] = cookies[LB_CORS_COOKIE]
+            assert set(sealed) == {"a", "b"}
+            for cookie in (
+                f"{LB_COOKIE}={sealed['a']}; {LB_CORS_COOKIE}={sealed['b']}",
+                f"{LB_COOKIE}=garbage; {LB_CORS_COOKIE}={sealed['b']}",
+            ):
+                for _ in range(4):
+                    _, headers, _ = await client.request(headers=[("cookie", cookie)])
+                    assert headers["x-target"] == "b", cookie
 
 
 async def test_app_cookie_stickiness_through_the_balancer(key_file):
