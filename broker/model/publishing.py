@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections import deque
 from collections.abc import Mapping
 from typing import Any, Final, NamedTuple
 
 import msgspec
 
 from broker.model import strict_json
-from broker.model.dedup import DEDUPLICATION_WINDOW_MS, deduplication_key
+from broker.model.dedup import DEDUPLICATION_WINDOW_MS, ScopedWindow, deduplication_key
 from broker.model.messages import is_number_value
 from broker.model.sns_errors import INVALID_PARAMETER_VALUE, SnsError, invalid_parameter
 from broker.model.topics import TopicSettings
@@ -37,7 +36,9 @@ _ATTRIBUTE_NAME: Final = re.compile(r"[A-Za-z0-9_.\-]+")
 # LocalStack's AWS-validated test_message_attributes_prefixes), as SQS's own rule reads it.
 _ATTRIBUTE_TYPE: Final = re.compile(r"(String|Number|Binary)(\..+)?", re.DOTALL)
 _RESERVED_NAME_PREFIXES: Final = ("aws.", "amazon.")
-_SUBJECT_FORBIDDEN: Final = re.compile(r"[\x00-\x1f\x7f]")
+# Publish: "no line breaks or control characters": every Unicode control (Cc: C0, DEL, C1,
+# NEL U+0085 among them) and the line and paragraph separators.
+_SUBJECT_FORBIDDEN: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 MAX_ATTRIBUTE_TYPE_BYTES: Final = 256
 
 
@@ -269,48 +270,21 @@ class Original(NamedTuple):
     sequence_number: str
 
 
-class TopicDeduplication:
+class TopicDeduplication(ScopedWindow[Original]):
     """A FIFO topic's deduplication window: ids taken in the last 5 minutes, at topic level.
 
     Separate from any subscribed queue's own window (LocalStack PR #8145): a duplicate is
-    answered with the original's MessageId and SequenceNumber and delivered to nobody.
+    answered with the original's MessageId and SequenceNumber and delivered to nobody. A
+    FifoThroughputScope change frees no id early (see :mod:`broker.model.dedup`).
     """
 
-    __slots__ = ("_by_key", "_expiries")
-
-    def __init__(self) -> None:
-        self._by_key: dict[bytes, Original] = {}
-        self._expiries: deque[tuple[int, bytes]] = deque()  # sorted: expiry times only grow
-
-    def __len__(self) -> int:
-        return len(self._by_key)
+    __slots__ = ()
 
     @staticmethod
     def key(deduplication_id: str, group_id: str, settings: TopicSettings) -> bytes:
         """The key of a deduplication id: per group when FifoThroughputScope is MessageGroup."""
         per_group = settings.fifo_throughput_scope == "MessageGroup"
         return deduplication_key(deduplication_id, group_id if per_group else None)
-
-    def lookup(self, key: bytes, now: int) -> Original | None:
-        """The original publish if ``key`` is taken at ``now``."""
-        self.expire(now)
-        return self._by_key.get(key)
-
-    def remember(self, key: bytes, original: Original, expires_at: int) -> None:
-        """Take ``key`` for ``original`` until ``expires_at``."""
-        self._by_key[key] = original
-        if self._expiries and expires_at < self._expiries[-1][0]:
-            expires_at = self._expiries[-1][0]  # restored entries may arrive out of order
-        self._expiries.append((expires_at, key))
-
-    def expire(self, now: int) -> int:
-        """Forget every key whose window ended at or before ``now``; return how many."""
-        forgotten = 0
-        while self._expiries and self._expiries[0][0] <= now:
-            _, key = self._expiries.popleft()
-            self._by_key.pop(key, None)
-            forgotten += 1
-        return forgotten
 
     @staticmethod
     def expires_at(now: int) -> int:

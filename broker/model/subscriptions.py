@@ -176,7 +176,8 @@ def _apply(
 
 def _dead_letter_target(value: str, context: SubscriptionContext, in_map: bool) -> str | None:
     # Messages from LocalStack's provider; the FIFO one is in its AWS-validated snapshot
-    # (test_validations_for_fifo, "regular-queue-for-dlq-of-fifo-topic").
+    # (test_validations_for_fifo, "regular-queue-for-dlq-of-fifo-topic"), the standard one
+    # is ours.
     if not value:
         return None
     try:
@@ -197,6 +198,14 @@ def _dead_letter_target(value: str, context: SubscriptionContext, in_map: bool) 
     if fifo_subscription and not arn.resource.endswith(".fifo"):
         detail = (
             "RedrivePolicy: must use a FIFO queue as DLQ for a FIFO Subscription to a FIFO Topic."
+        )
+        raise attribute_error(detail, in_attributes_map=in_map)
+    # The other half of "FIFO topic subscriptions use FIFO queues, and standard topic
+    # subscriptions use standard queues" (SNS dead-letter queues page); the wording is ours.
+    if not context.topic_fifo and arn.resource.endswith(".fifo"):
+        detail = (
+            "RedrivePolicy: must use a standard queue as DLQ for a subscription to a standard "
+            "Topic."
         )
         raise attribute_error(detail, in_attributes_map=in_map)
     assert isinstance(target, str)

@@ -782,6 +782,55 @@ def test_fifo_publish_rules(sns: Any, name: Names) -> None:
     assert code_of(info) == "InvalidParameter"
 
 
+@pytest.mark.parametrize(
+    ("before", "after"), [("Topic", "MessageGroup"), ("MessageGroup", "Topic")]
+)
+def test_a_fifo_throughput_scope_change_keeps_the_deduplication_ids(
+    sns: Any, sqs_json: Any, queue: Any, name: Names, before: str, after: str
+) -> None:
+    """The same group and MessageDeduplicationId within 5 minutes stays a duplicate however
+    the scope changed in between: answered with the original and delivered to nobody."""
+    topic = sns.create_topic(
+        Name=name(".fifo"), Attributes={"FifoTopic": "true", "FifoThroughputScope": before}
+    )["TopicArn"]
+    url, arn = queue()  # a standard queue: no deduplication of its own
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
+    first = sns.publish(
+        TopicArn=topic, Message="first", MessageGroupId="g", MessageDeduplicationId="X"
+    )
+    sns.set_topic_attributes(
+        TopicArn=topic, AttributeName="FifoThroughputScope", AttributeValue=after
+    )
+    again = sns.publish(
+        TopicArn=topic, Message="again", MessageGroupId="g", MessageDeduplicationId="X"
+    )
+    assert (again["MessageId"], again["SequenceNumber"]) == (
+        first["MessageId"],
+        first["SequenceNumber"],
+    )
+    assert _queued(sqs_json, url) == 1  # copies are queued before the publish's 200
+    assert [json.loads(m["Body"])["Message"] for m in receive_all(sqs_json, url, 1)] == ["first"]
+
+
+def test_a_standard_topic_subscription_refuses_a_fifo_dead_letter_queue(
+    sns: Any, queue: Any, name: Names
+) -> None:
+    topic = sns.create_topic(Name=name())["TopicArn"]
+    _, arn = queue()
+    _, fifo_dlq = queue(fifo=True)
+    subscription = sns.subscribe(
+        TopicArn=topic, Protocol="sqs", Endpoint=arn, ReturnSubscriptionArn=True
+    )["SubscriptionArn"]
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.set_subscription_attributes(
+            SubscriptionArn=subscription,
+            AttributeName="RedrivePolicy",
+            AttributeValue=json.dumps({"deadLetterTargetArn": fifo_dlq}),
+        )
+    assert code_of(info) == "InvalidParameter"
+    assert "standard queue as DLQ" in message_of(info)
+
+
 def test_undeliverable_sqs_messages_go_to_the_dead_letter_queue(
     sns: Any, sqs_json: Any, queue: Any, name: Names
 ) -> None:

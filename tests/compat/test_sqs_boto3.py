@@ -1513,6 +1513,33 @@ def test_fifo_deduplication_scope_message_group(sqs, queues: QueueFactory):
     assert len(receive_exactly(sqs, url, 4)) == 4
 
 
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ({}, {"DeduplicationScope": "messageGroup", "FifoThroughputLimit": "perMessageGroupId"}),
+        (
+            {"DeduplicationScope": "messageGroup", "FifoThroughputLimit": "perMessageGroupId"},
+            {"FifoThroughputLimit": "perQueue", "DeduplicationScope": "queue"},
+        ),
+    ],
+    ids=["queue-to-messageGroup", "messageGroup-to-queue"],
+)
+def test_fifo_deduplication_scope_change_keeps_the_ids(
+    sqs, queues: QueueFactory, before: dict[str, str], after: dict[str, str]
+):
+    """The same group and id within 5 minutes stays a duplicate across a scope change."""
+    url = queues(fifo=True, **before)
+    first = send_fifo(sqs, url, "first", "g", dedup="X")
+    sqs.set_queue_attributes(QueueUrl=url, Attributes=after)
+    assert (
+        attributes_of(sqs, url, "DeduplicationScope")["DeduplicationScope"]
+        == (after["DeduplicationScope"])
+    )
+    again = send_fifo(sqs, url, "again", "g", dedup="X")
+    assert again["MessageId"] == first["MessageId"]
+    assert [m["Body"] for m in receive(sqs, url, MaxNumberOfMessages=10)] == ["first"]
+
+
 def test_fifo_send_errors(sqs, queues: QueueFactory):
     url = queues(fifo=True)
     cases = [

@@ -46,6 +46,19 @@ def test_bad_subjects(subject: str) -> None:
     assert refused(STANDARD, message="m", subject=subject).message == "Invalid parameter: Subject"
 
 
+@given(
+    st.text(max_size=10),
+    st.characters(categories=["Cc"]) | st.sampled_from(["\u2028", "\u2029"]),
+    st.text(max_size=10),
+)
+def test_subjects_with_any_control_or_line_separator_are_refused(
+    before: str, forbidden: str, after: str
+) -> None:
+    """Publish: "no line breaks or control characters": C0, DEL, C1 (NEL too), U+2028/9."""
+    subject = before + forbidden + after
+    assert refused(STANDARD, message="m", subject=subject).message == "Invalid parameter: Subject"
+
+
 def test_subject_of_100_characters_is_accepted() -> None:
     check_subject("x" * 100)
 
@@ -208,6 +221,60 @@ def test_deduplication_window_matches_a_reference(operations: list[tuple[str, in
             original = Original(str(index), sequence_number(index))
             window.remember(key, original, TopicDeduplication.expires_at(now))
             reference[key] = (original, TopicDeduplication.expires_at(now))
+
+
+PER_GROUP = TopicSettings(fifo=True, fifo_throughput_scope="MessageGroup")
+
+
+@given(
+    st.booleans(),
+    st.lists(
+        st.tuples(st.booleans(), st.sampled_from(["g", "h"]), st.sampled_from(["x", "y"])),
+        max_size=8,
+    ),
+    st.booleans(),
+    st.integers(0, 299_999),
+)
+def test_no_scope_change_lets_a_duplicate_through(
+    first_per_group: bool,
+    between: list[tuple[bool, str, str]],
+    last_per_group: bool,
+    later: int,
+) -> None:
+    """Whatever FifoThroughputScope changes and publishes come between two publishes with
+    the same group and id within 5 minutes, the second is answered with the first."""
+    window = TopicDeduplication()
+    first_key = TopicDeduplication.key("x", "g", PER_GROUP if first_per_group else FIFO)
+    first = Original("first", sequence_number(0))
+    window.remember(first_key, first, TopicDeduplication.expires_at(0))
+    for index, (per_group, group, deduplication_id) in enumerate(between, start=1):
+        key = TopicDeduplication.key(deduplication_id, group, PER_GROUP if per_group else FIFO)
+        if window.lookup(key, 0) is None:
+            original = Original(str(index), sequence_number(index))
+            window.remember(key, original, TopicDeduplication.expires_at(0))
+    last_key = TopicDeduplication.key("x", "g", PER_GROUP if last_per_group else FIFO)
+    assert window.lookup(last_key, later) is not None
+    if not between:  # nothing else took "x": the answer is the first publish itself
+        assert window.lookup(last_key, later) == first
+
+
+def test_scope_changes_keep_ids_taken_in_other_groups_conservatively() -> None:
+    window = TopicDeduplication()
+    g = Original("g", sequence_number(1))
+    h = Original("h", sequence_number(2))
+    window.remember(TopicDeduplication.key("x", "g", PER_GROUP), g, 10)
+    assert window.lookup(TopicDeduplication.key("x", "h", PER_GROUP), 0) is None
+    window.remember(TopicDeduplication.key("x", "h", PER_GROUP), h, 20)
+    # MessageGroup -> Topic: "x" was taken in some group, so it is taken in every group.
+    assert window.lookup(TopicDeduplication.key("x", "k", FIFO), 0) == h
+    assert window.lookup(TopicDeduplication.key("x", "k", FIFO), 15) == h
+    assert window.lookup(TopicDeduplication.key("x", "g", PER_GROUP), 15) is None  # g's ended
+    topic_wide = Original("t", sequence_number(3))
+    window.remember(TopicDeduplication.key("y", "g", FIFO), topic_wide, 30)
+    # Topic -> MessageGroup: "y" was taken topic-wide, so it stays taken in every group.
+    assert window.lookup(TopicDeduplication.key("y", "h", PER_GROUP), 25) == topic_wide
+    assert window.lookup(TopicDeduplication.key("y", "h", PER_GROUP), 30) is None
+    assert len(window) == 0
 
 
 def test_deduplication_is_per_group_only_with_message_group_scope() -> None:

@@ -137,6 +137,23 @@ def test_redrive_policy():
     assert apply_update(settings, "RedrivePolicy", fifo_dlq, fifo).dead_letter_target_arn
 
 
+@pytest.mark.parametrize("standard", [SQS, HTTP])
+def test_a_standard_topic_subscription_refuses_a_fifo_dead_letter_queue(
+    standard: SubscriptionContext,
+) -> None:
+    """SNS dead-letter queues: "standard topic subscriptions use standard queues"."""
+    fifo_dlq = json.dumps({"deadLetterTargetArn": QUEUE + "-dlq.fifo"})
+    with pytest.raises(SnsError) as info:
+        apply_update(SubscriptionSettings(), "RedrivePolicy", fifo_dlq, standard)
+    assert info.value.code == "InvalidParameter"
+    assert info.value.message == (
+        "Invalid parameter: RedrivePolicy: must use a standard queue as DLQ for a subscription "
+        "to a standard Topic."
+    )
+    standard_dlq = json.dumps({"deadLetterTargetArn": QUEUE + "-dlq"})
+    assert apply_update(SubscriptionSettings(), "RedrivePolicy", standard_dlq, standard)
+
+
 def test_delivery_policy_and_the_effective_policy():
     text = json.dumps(
         {"healthyRetryPolicy": {"minDelayTarget": 20, "maxDelayTarget": 20, "numRetries": 5}}
