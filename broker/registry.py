@@ -266,7 +266,11 @@ class QueueRegistry:
 
     async def set_attributes(self, queue: Queue, attributes: Mapping[str, str]) -> None:
         settings = apply_update(queue.settings, attributes)
-        self._check_dead_letter_target(settings, queue.name)
+        if "RedrivePolicy" in attributes:
+            # Only a RedrivePolicy being set is checked against its target: one already set
+            # may have gone stale (its dead-letter queue deleted, or refusing this source
+            # since), and that must not stop every other change to this queue.
+            self._check_dead_letter_target(settings, queue.name)
         now = now_ms()
         await self.store.update_queue(queue.record.queue_id, settings, now)
         # The time after the write: a FIFO queue's new delay moves its messages not yet

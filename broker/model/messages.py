@@ -35,8 +35,10 @@ _ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,256}")
 _ATTRIBUTE_TYPE = re.compile(r"(String|Number|Binary)(\..+)?", re.DOTALL)
 _NUMBER_TEXT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _NUMBER_DIGITS_MAX = 38  # AWS: "up to 38 digits of precision"
-_NUMBER_MIN = decimal.Decimal("-1e128")
-_NUMBER_MAX = decimal.Decimal("1e126")
+# AWS: "it can be between 10^-128 and 10^+126": a magnitude, either sign (DynamoDB's number
+# type, whose words these are, says so outright: 1E-130 to 9.99E+125, and the negatives).
+_NUMBER_SMALLEST = decimal.Decimal("1e-128")
+_NUMBER_LARGEST = decimal.Decimal("1e126")
 
 
 class AttributeValue(msgspec.Struct, frozen=True, array_like=True):
@@ -289,7 +291,9 @@ def is_number_value(text: str) -> bool:
     # at both ends, wherever the point is: "1" + "0" * 40 and "0.0001" have one.
     mantissa = text.lower().partition("e")[0]
     significant = mantissa.lstrip("+-").replace(".", "").strip("0")
-    return len(significant) <= _NUMBER_DIGITS_MAX and _NUMBER_MIN <= number <= _NUMBER_MAX
+    magnitude = abs(number)
+    in_range = not magnitude or _NUMBER_SMALLEST <= magnitude <= _NUMBER_LARGEST
+    return len(significant) <= _NUMBER_DIGITS_MAX and in_range
 
 
 def message_size(request: SendRequest) -> int:

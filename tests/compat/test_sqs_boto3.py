@@ -437,6 +437,25 @@ def test_redrive_policy_needs_an_existing_target_of_the_same_type(sqs, queues: Q
         assert code_of(excinfo) == "InvalidParameterValue"
 
 
+def test_a_stale_redrive_policy_does_not_block_other_changes(sqs, queues: QueueFactory):
+    # The dead-letter queue is deleted, or refuses this source later: the source's other
+    # attributes still change; only setting RedrivePolicy again checks the target.
+    for stale in ("deleted", "denied"):
+        dlq = queues()
+        policy = json.dumps({"deadLetterTargetArn": arn_of(sqs, dlq), "maxReceiveCount": 2})
+        source = queues(RedrivePolicy=policy)
+        if stale == "deleted":
+            sqs.delete_queue(QueueUrl=dlq)
+        else:
+            allow = json.dumps({"redrivePermission": "denyAll"})
+            sqs.set_queue_attributes(QueueUrl=dlq, Attributes={"RedriveAllowPolicy": allow})
+        sqs.set_queue_attributes(QueueUrl=source, Attributes={"VisibilityTimeout": "5"})
+        assert attributes_of(sqs, source)["VisibilityTimeout"] == "5"
+        with pytest.raises(botocore.exceptions.ClientError) as excinfo:
+            sqs.set_queue_attributes(QueueUrl=source, Attributes={"RedrivePolicy": policy})
+        assert code_of(excinfo) == "InvalidParameterValue"
+
+
 def test_approximate_counts(sqs, queues: QueueFactory):
     url = queues()
     for body in ("a", "b", "c"):

@@ -119,8 +119,27 @@ _NUMERALS = st.builds(
 def test_number_precision_is_counted_as_decimal_digits_less_the_zeros_at_both_ends(text):
     number = decimal.Decimal(text)
     digits = "".join(map(str, number.as_tuple().digits)).strip("0")
-    expected = len(digits) <= 38 and decimal.Decimal("-1e128") <= number <= decimal.Decimal("1e126")
-    assert is_number_value(text) == expected
+    magnitude = abs(number)
+    in_range = not magnitude or decimal.Decimal("1e-128") <= magnitude <= decimal.Decimal("1e126")
+    assert is_number_value(text) == (len(digits) <= 38 and in_range)
+
+
+@pytest.mark.parametrize(
+    ("text", "valid"),
+    [
+        ("1e126", True),
+        ("-1e126", True),  # the range is a magnitude: the same for both signs
+        ("1e127", False),
+        ("-1e127", False),
+        ("1e-128", True),
+        ("-1e-128", True),
+        ("1e-129", False),
+        ("0", True),
+        ("0e-300", True),
+    ],
+)
+def test_the_number_range_is_a_magnitude_from_1e_minus_128_to_1e126(text, valid):
+    assert is_number_value(text) is valid
 
 
 def test_size_counts_body_and_attributes():
