@@ -8,8 +8,10 @@ logs (Athena's table definition, Splunk, Sumo) read ours unchanged::
     "request" "user_agent" ssl_cipher ssl_protocol target_group_arn "trace_id"
     "domain_name" "chosen_cert_arn" matched_rule_priority request_creation_time
     "actions_executed" "redirect_url" "error_reason" "target:port_list"
-    "target_status_code_list" "classification" "classification_reason"
+    "target_status_code_list" "classification" "classification_reason" conn_trace_id
 
+``conn_trace_id`` is ALB's connection traceability ID (``TID_`` and 32 hex digits, not
+quoted): one per client connection, the same on the line of every request it carried.
 ``elb`` is ``app/<listener name>``, ``target_group_arn`` the target group's name. Unknown
 values are ``-``; times are seconds with millisecond precision, ``-1`` when the request was
 never dispatched. Quoted fields escape ``"``, ``\\`` and every control character, so a
@@ -100,6 +102,7 @@ class AccessEntry:
     error_reason: str | None = None
     classification: str | None = None
     classification_reason: str | None = None
+    conn_trace_id: str | None = None  # the client connection's TID_<hex>
 
 
 def format_entry(entry: AccessEntry) -> str:
@@ -137,6 +140,7 @@ def format_entry(entry: AccessEntry) -> str:
         quote(None if entry.target is None else target_status),
         quote(entry.classification),
         quote(entry.classification_reason),
+        entry.conn_trace_id or UNKNOWN,
     ]
     return " ".join(fields)
 

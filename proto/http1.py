@@ -385,6 +385,45 @@ def upgrade_protocols(headers: Iterable[Header]) -> list[bytes]:
     return protocols
 
 
+H2C: Final = b"h2c"
+_H2C_ONLY: Final = frozenset({b"http2-settings"})
+
+
+def without_h2c(headers: list[Header]) -> list[Header]:
+    """A request's headers with its offer to switch to h2c withdrawn.
+
+    RFC 9113 3.1 deprecates the h2c upgrade, and ALB's one HTTP/1.1 upgrade is WebSocket. A
+    proxy that passes it on lets the target turn the connection into a tunnel through which
+    later requests skip the listener's rules ("h2c smuggling"). So the ``h2c`` token leaves
+    ``Upgrade`` (the field goes when nothing is left), ``HTTP2-Settings`` goes, and so do
+    their tokens in ``Connection``, ``upgrade`` too once no protocol is offered: the request
+    goes on as a plain one, and a 101 for it is one nobody asked for. Other upgrades
+    (WebSocket) are left as they are. The list itself is returned when there is no h2c.
+    """
+    offered = upgrade_protocols(headers)
+    if H2C not in offered:
+        return headers
+    remaining = [protocol for protocol in offered if protocol != H2C]
+    dropped = _H2C_ONLY if remaining else _H2C_ONLY | {b"upgrade"}
+    kept: list[Header] = []
+    for name, value in headers:
+        if name == b"upgrade":
+            tokens = [t.strip() for t in value.split(b",")]
+            tokens = [t for t in tokens if t and t.lower() != H2C]
+            if tokens:
+                kept.append((name, b", ".join(tokens)))
+        elif name == b"http2-settings":
+            continue
+        elif name == b"connection":
+            tokens = [t.strip() for t in value.split(b",")]
+            tokens = [t for t in tokens if t and t.lower() not in dropped]
+            if tokens:
+                kept.append((name, b", ".join(tokens)))
+        else:
+            kept.append((name, value))
+    return kept
+
+
 def valid_switch(request_headers: Iterable[Header], response_headers: Iterable[Header]) -> bool:
     """Whether a 101 may be passed on for this request: it names the protocol(s) it switches
     to (RFC 9110 7.8: its sender MUST send Upgrade), each one the request offered."""
@@ -545,23 +584,27 @@ def new_trace_id(now: float, random_bytes: bytes) -> bytes:
 def trace_header(existing: bytes | None, trace_id: bytes, *, head_bytes: int = 0) -> bytes:
     """The X-Amzn-Trace-Id value to forward.
 
-    Absent, or in a request head of more than 7 KB (``head_bytes``): ``Root=<id>``. With a
-    Root: ALB's rule (load-balancer-request-tracing), a Self field's value updated in place,
-    else ``Self=<id>`` inserted first (``Self=..;Root=..``), other fields kept. Without a
-    Root: a fresh Root in front of what was there.
+    Absent, or in a request head of more than 7 KB (``head_bytes``): ``Root=<id>``.
+    Otherwise ALB's rules (load-balancer-request-tracing), other fields kept:
+
+    - "If the X-Amzn-Trace-Id header is present and has a Self field, the load balancer
+      updates the value of the Self field": it becomes ``Self=<id>``, where the first one
+      was (one Self is left), whether or not there is a Root.
+    - With a Root and no Self: ``Self=<id>`` inserted first (``Self=..;Root=..``).
+    - Without a Root: a fresh ``Root=<id>`` in front of what was there.
     """
     if not existing or head_bytes > TRACE_ROOT_ONLY_HEAD_BYTES:
         return b"Root=" + trace_id
     fields = [f.strip() for f in existing.split(b";") if f.strip()]
-    if any(f.startswith(b"Root=") for f in fields):
-        own = b"Self=" + trace_id
-        selves = [i for i, f in enumerate(fields) if f.startswith(b"Self=")]
-        if selves:  # one Self, where the first was
-            fields = [own if i == selves[0] else f for i, f in enumerate(fields)]
-            fields = [f for i, f in enumerate(fields) if i not in selves[1:]]
-        else:
-            fields.insert(0, own)
-    else:
+    has_root = any(f.startswith(b"Root=") for f in fields)
+    own = b"Self=" + trace_id
+    selves = [i for i, f in enumerate(fields) if f.startswith(b"Self=")]
+    if selves:  # one Self, where the first was
+        fields = [own if i == selves[0] else f for i, f in enumerate(fields)]
+        fields = [f for i, f in enumerate(fields) if i not in selves[1:]]
+    elif has_root:
+        fields.insert(0, own)
+    if not has_root:
         fields.insert(0, b"Root=" + trace_id)
     return b";".join(fields)
 

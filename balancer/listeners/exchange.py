@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 
 # One read takes what a socket buffer holds: a 64 KiB response body in one go.
 MAX_RECV: Final = 1 << 18
+# ALB's connection traceability IDs seen in its logs: TID_ and 32 hex digits.
+CONNECTION_TRACE_ID_BITS: Final = 128
 
 Phase = Literal["header", "body", "response", "relay", "client_write", "tunnel"]
 
@@ -108,6 +110,11 @@ class ListenerServices:
             TRACE_ID_BYTES, "big"
         )
         return new_trace_id(wall, random_bytes)
+
+    def new_connection_trace_id(self) -> str:
+        """A fresh connection traceability ID, as ALB's access log writes it: ``TID_`` and
+        32 hex digits (the access log's ``conn_trace_id``)."""
+        return f"TID_{self.runtime.rand.getrandbits(CONNECTION_TRACE_ID_BITS):032x}"
 
 
 class Client:

@@ -84,6 +84,7 @@ from proto.http1 import (
     prepare_response,
     strip_hop_by_hop,
     valid_switch,
+    without_h2c,
 )
 
 # Safe to send twice: the retry after a stale keep-alive connection is limited to these.
@@ -213,6 +214,10 @@ async def _exchange(
         max_head_bytes=config.limits.response_header_bytes,
     )
     request = ex.request
+    # An offer of h2c is withdrawn before anything reads the request's upgrade: the target
+    # must not turn the connection into a tunnel past the listener's rules (h2c smuggling),
+    # and its 101 for h2c is then one nobody asked for (_switch answers 502).
+    ex.headers = without_h2c(ex.headers)
     # RFC 9110 7.8: Upgrade in an HTTP/1.0 request is ignored (and 15.2: no 1xx to such a
     # client); the header is hop-by-hop, so the target never sees it.
     upgrade = request.http_version == b"1.1" and is_upgrade(ex.headers)
@@ -772,8 +777,9 @@ async def _switch(
     """A 101 from the target (or a 2xx to CONNECT): pass it on, then relay bytes both ways.
 
     A 101 is passed on only to a request that asked to upgrade (HTTP/1.1, ``Connection:
-    upgrade``), naming in its ``Upgrade`` only protocols the request offered; any other 101
-    is a broken response (502). The head goes on without hop-by-hop fields but ``Upgrade``,
+    upgrade``), naming in its ``Upgrade`` only protocols the request offered (never h2c: the
+    offer is withdrawn before the request goes out); any other 101 is a broken response
+    (502). The head goes on without hop-by-hop fields but ``Upgrade``,
     and without framing fields, which neither a 1xx nor a 2xx to CONNECT may carry (RFC 9110
     8.6, 9.3.6).
     """

@@ -170,7 +170,7 @@ class _Connection:
     to drop, a deadline that passed just after its wait ended) takes a fresh one.
     """
 
-    __slots__ = ("client", "ex", "idle", "phase", "served", "services")
+    __slots__ = ("client", "ex", "idle", "phase", "served", "services", "trace_id")
 
     def __init__(
         self, services: ListenerServices, client: Client, idle: set[trio.CancelScope]
@@ -181,6 +181,8 @@ class _Connection:
         self.phase = "idle"  # before an Exchange exists: idle, then header
         self.ex: Exchange | None = None  # the current cycle's request, once its head is read
         self.served = 0
+        # ALB's conn_trace_id: one per client connection, on every request line it carries.
+        self.trace_id = services.new_connection_trace_id()
 
     async def run(self) -> None:
         try:
@@ -301,7 +303,7 @@ class _Connection:
                 event = conn.next_event()
             except h11.RemoteProtocolError as exc:
                 if not conn.trailing_data[1]:  # else the client hung up mid-head: no attack
-                    await self._refuse_unparsed(listener, exc, raw)
+                    await self._refuse_unparsed(listener, exc, raw, start_received)
                 return None
             if event is h11.NEED_DATA:
                 if not timed:  # a head in pieces: the header timeout runs from now
@@ -417,11 +419,22 @@ class _Connection:
         return ex
 
     async def _refuse_unparsed(
-        self, listener: ListenerRuntime, exc: h11.RemoteProtocolError, raw: bytes | bytearray
+        self,
+        listener: ListenerRuntime,
+        exc: h11.RemoteProtocolError,
+        raw: bytes | bytearray,
+        start_received: int,
     ) -> None:
         """A request h11 could not parse: 400 (as ALB, also for a head too large), counted
-        and logged."""
-        services = self.services
+        and logged.
+
+        Its bytes are counted as any other request's: what was read of it (the connection
+        closes, so all of it) and the 400 sent. There is no request line to log; ALB writes
+        its own URL between a method and a version of ``-``, which keeps the field's three
+        parts that ALB log parsers (Athena's table) read.
+        """
+        services, client = self.services, self.client
+        start_sent = client.sent
         end = head_end(raw)
         verdict = classify_parse_error(str(exc), raw[:end] if end >= 0 else None)
         status = 400
@@ -440,10 +453,14 @@ class _Connection:
             )
         services.stats.request(services.name, "-", "-", status, by_target=False)
         await self._answer(None, status, b"bad request\n")
+        received = client.received - start_received
+        sent = client.sent - start_sent
+        services.stats.processed(services.name, received, sent)
         writer = services.access_logs.get(listener.config.access_log)
         if writer is not None:
             now = time.time()
-            info = self.client.info
+            info = client.info
+            own_url = f"{info.scheme}://{client.host_header.decode('ascii')}"
             writer.write(
                 AccessEntry(
                     type=info.scheme,
@@ -452,11 +469,15 @@ class _Connection:
                     client_ip=info.ip,
                     client_port=info.port,
                     elb_status_code=status,
-                    received_bytes=len(raw),
+                    received_bytes=received,
+                    sent_bytes=sent,
+                    # As ALB logs a request it could not parse: "- http://<its name>:80- -"
+                    request=f"- {own_url}- -",
                     request_creation_time=now,
                     classification=verdict.classification.label,
                     classification_reason=verdict.reason,
                     error_reason="MalformedRequest",
+                    conn_trace_id=self.trace_id,
                 )
             )
 
@@ -711,6 +732,7 @@ class _Connection:
                 else ex.verdict.classification.label
             ),
             classification_reason=ex.verdict.reason or None,
+            conn_trace_id=self.trace_id,
         )
 
     def _log_refusal(self, verdict: Verdict, detail: str | None = None) -> None:

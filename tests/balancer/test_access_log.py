@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import dataclasses
 import io
+import re
 import shlex
 
 from balancer.access_log import (
@@ -14,6 +16,66 @@ from balancer.access_log import (
 )
 from balancer.config import AccessLog
 from monitoring.logging import EventLog
+
+# AWS's Athena table for ALB access logs, input.regex (with the SerDe string's escapes
+# undone): https://docs.aws.amazon.com/athena/latest/ug/create-alb-access-logs-table.html,
+# "includes the recently added classification, classification_reason, and conn_trace_id
+# ('traceability ID', or TID) columns". What ALB log parsers read: a line it does not match
+# is a row of NULLs. Its 35 groups are the 34 columns (client and target split in two) and
+# whatever follows conn_trace_id.
+ATHENA_ALB_REGEX = re.compile(
+    r"([^ ]*) ([^ ]*) ([^ ]*) ([^ ]*):([0-9]*) ([^ ]*)[:-]([0-9]*) ([-.0-9]*) ([-.0-9]*)"
+    r' ([-.0-9]*) (|[-0-9]*) (-|[-0-9]*) ([-0-9]*) ([-0-9]*) "([^ ]*) (.*) (- |[^ ]*)"'
+    r' "([^"]*)" ([A-Z0-9-_]+) ([A-Za-z0-9.-]*) ([^ ]*) "([^"]*)" "([^"]*)" "([^"]*)"'
+    r' ([-.0-9]*) ([^ ]*) "([^"]*)" "([^"]*)" "([^ ]*)" "([^\s]+?)" "([^\s]+)" "([^ ]*)"'
+    r' "([^ ]*)" ?([^ ]*)? ?( .*)?'
+)
+ATHENA_COLUMNS = (
+    "type",
+    "time",
+    "elb",
+    "client_ip",
+    "client_port",
+    "target_ip",
+    "target_port",
+    "request_processing_time",
+    "target_processing_time",
+    "response_processing_time",
+    "elb_status_code",
+    "target_status_code",
+    "received_bytes",
+    "sent_bytes",
+    "request_verb",
+    "request_url",
+    "request_proto",
+    "user_agent",
+    "ssl_cipher",
+    "ssl_protocol",
+    "target_group_arn",
+    "trace_id",
+    "domain_name",
+    "chosen_cert_arn",
+    "matched_rule_priority",
+    "request_creation_time",
+    "actions_executed",
+    "redirect_url",
+    "lambda_error_reason",
+    "target_port_list",
+    "target_status_code_list",
+    "classification",
+    "classification_reason",
+    "conn_trace_id",
+    "rest",
+)
+TID = re.compile(r"TID_[0-9a-f]{32}")
+
+
+def athena_row(line: str) -> dict[str, str | None]:
+    """The columns Athena reads from an access-log line (AssertionError: no match)."""
+    match = ATHENA_ALB_REGEX.fullmatch(line)
+    assert match is not None, f"Athena's regex does not match: {line}"
+    return dict(zip(ATHENA_COLUMNS, match.groups(), strict=True))
+
 
 ENTRY = AccessEntry(
     time=1530570180.186641,
@@ -38,10 +100,10 @@ ENTRY = AccessEntry(
 )
 
 
-def test_a_line_has_albs_29_fields_in_order():
+def test_a_line_has_albs_30_fields_in_order():
     line = format_entry(ENTRY)
     fields = shlex.split(line)
-    assert len(fields) == 29
+    assert len(fields) == 30
     assert fields[:12] == [
         "http",
         "2018-07-02T22:23:00.186641Z",
@@ -60,6 +122,21 @@ def test_a_line_has_albs_29_fields_in_order():
     assert fields[16] == "web"
     assert fields[20:23] == ["0", "2018-07-02T22:22:48.364000Z", "forward"]
     assert fields[25:27] == ["10.0.0.1:80", "200"]
+    assert fields[29] == "-"  # no connection traceability ID given
+
+
+def test_conn_trace_id_is_the_last_field_unquoted_as_athena_reads_it():
+    tid = "TID_" + "0123456789abcdef" * 2
+    line = format_entry(dataclasses.replace(ENTRY, conn_trace_id=tid))
+    assert line.endswith(f'"-" "-" {tid}')  # after classification and its reason
+    row = athena_row(line)
+    assert row["conn_trace_id"] == tid
+    assert row["rest"] is None  # nothing after it: ALB's field count
+    assert (row["request_verb"], row["request_url"], row["request_proto"]) == (
+        "GET",
+        "http://www.example.com:80/",
+        "HTTP/1.1",
+    )
 
 
 def test_a_request_never_dispatched_has_minus_ones_and_dashes():

@@ -45,6 +45,7 @@ from proto.http1 import (
     upgrade_protocols,
     valid_switch,
     verdict,
+    without_h2c,
 )
 
 TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12).map(str.encode)
@@ -190,6 +191,43 @@ def test_trace_header_rules():
     assert trace_header(other, ID, head_bytes=7 * 1024) == b"Self=" + ID + b";" + other
     assert trace_header(other, ID, head_bytes=7 * 1024 + 1) == b"Root=" + ID
     assert trace_root(other + b";Self=" + ID) == other
+
+
+def test_a_self_field_is_updated_even_without_a_root():
+    # load-balancer-request-tracing: "If the X-Amzn-Trace-Id header is present and has a
+    # Self field, the load balancer updates the value of the Self field." With no Root, one
+    # is added in front as for any header without one.
+    client_self = b"Self=1-11111111-111111111111111111111111"
+    assert (
+        trace_header(client_self + b";CalledFrom=app", ID)
+        == b"Root=" + ID + b";Self=" + ID + b";CalledFrom=app"
+    )
+    assert trace_header(b"A=1;" + client_self + b";Self=x", ID) == (
+        b"Root=" + ID + b";A=1;Self=" + ID
+    )
+
+
+TRACE_FIELDS = st.lists(
+    st.sampled_from(
+        [
+            b"Self=1-11111111-111111111111111111111111",
+            b"Root=1-22222222-222222222222222222222222",
+            b"Self=",
+            b"CalledFrom=app",
+            b" Self=x ",
+        ]
+    )
+    | VALUE,
+    max_size=5,
+).map(b";".join)
+
+
+@given(st.one_of(st.none(), TRACE_FIELDS), st.binary(min_size=12, max_size=12))
+def test_no_client_self_field_is_ever_forwarded(existing, random):
+    trace_id = new_trace_id(0x5F000000, random)
+    value = trace_header(existing, trace_id)
+    selves = [f for f in value.split(b";") if f.startswith(b"Self=")]
+    assert selves in ([], [b"Self=" + trace_id])
 
 
 @given(st.one_of(st.none(), VALUE), st.floats(0, 2**32 - 1), st.binary(min_size=12, max_size=12))
@@ -1019,3 +1057,36 @@ def test_dns_names_with_ports_are_valid(name, port):
 def test_bracketed_ipv6_addresses_are_valid(address, port):
     value = b"[" + address.compressed.encode() + b"]"
     assert is_valid_host(value if port is None else value + b":%d" % port)
+
+
+# h2c is never offered to a target -----------------------------------------------------------
+
+
+def test_an_h2c_offer_is_withdrawn_and_other_upgrades_are_kept():
+    h2c = [
+        (b"host", b"x"),
+        (b"connection", b"Upgrade, HTTP2-Settings"),
+        (b"upgrade", b"h2c"),
+        (b"http2-settings", b"AAMAAABkAARAAAAAAAIAAAAA"),
+    ]
+    plain = without_h2c(h2c)
+    assert plain == [(b"host", b"x")]  # Connection named nothing left
+    assert not is_upgrade(plain)
+    both = [
+        (b"connection", b"keep-alive, Upgrade, HTTP2-Settings"),
+        (b"upgrade", b"H2C, websocket"),
+        (b"http2-settings", b"AAMA"),
+        (b"sec-websocket-key", b"k"),
+    ]
+    kept = without_h2c(both)
+    assert kept == [
+        (b"connection", b"keep-alive, Upgrade"),
+        (b"upgrade", b"websocket"),
+        (b"sec-websocket-key", b"k"),
+    ]
+    assert is_upgrade(kept)
+    # A 101 switching to h2c is then one the request never asked for.
+    assert not valid_switch(kept, [(b"upgrade", b"h2c")])
+    assert valid_switch(kept, [(b"upgrade", b"websocket")])
+    websocket = [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
+    assert without_h2c(websocket) is websocket  # untouched

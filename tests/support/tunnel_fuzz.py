@@ -113,8 +113,9 @@ class Ask:
     @property
     def proposes(self) -> bool:
         """Whether the target gets an upgrade request (the balancer passes Upgrade on only
-        with ``Connection: upgrade``)."""
-        return self.kind in ("websocket", "h2c", "other")
+        with ``Connection: upgrade``, and never an offer of h2c: only h2c offered is a plain
+        request)."""
+        return self.kind in ("websocket", "h2c", "other") and bool(_offered(self))
 
     def head(self, tag: bytes) -> bytes:
         lines: list[bytes] = []
@@ -868,7 +869,9 @@ def from_client(case: Case, second_tag: bytes) -> bytes:
 
 
 def _offered(ask: Ask) -> list[bytes]:
-    return [token.strip().lower() for token in ask.offer.split(b",")]
+    """The protocols the target is offered: the client's, but h2c (h2c smuggling)."""
+    tokens = [token.strip().lower() for token in ask.offer.split(b",")]
+    return [token for token in tokens if token and token != b"h2c"]
 
 
 def acceptable_101(case: Case) -> bool:
@@ -998,7 +1001,9 @@ def _judge_switch(
     visits = target.visits_of(tag)
     if len(visits) != 1:
         problems.append(f"the request reached the target {len(visits)} times")
-    elif ask.proposes and b"\r\nupgrade: " + ask.offer.lower() not in visits[0].head.lower():
+    elif (
+        ask.proposes and b"\r\nupgrade: " + b", ".join(_offered(ask)) not in visits[0].head.lower()
+    ):
         problems.append(f"the target got no Upgrade: {visits[0].head[:300]!r}")
     if target.visits_of(second_tag):
         problems.append("the request pipelined into the tunnel reached the target as HTTP")
@@ -1189,7 +1194,7 @@ def answers(draw: Draw, ask: Ask) -> Answer:
     label = shape
     if shape.startswith("101"):
         status = 101
-        offered = ask.offer.split(b",")[0].strip()
+        offered = (_offered(ask) or [ask.offer.split(b",")[0].strip()])[0]
         upgrade = offered
         if shape == "101 other":
             upgrade = draw(

@@ -22,7 +22,15 @@ import trustme
 
 import balancer.listeners.forward as forward_module
 import balancer.upstream as upstream_module
-from balancer.config import AccessLog, Forward, HttpsListener, ListenerTimeouts
+from balancer.config import (
+    AccessLog,
+    Conditions,
+    FixedResponse,
+    Forward,
+    HttpsListener,
+    ListenerTimeouts,
+    Rule,
+)
 from balancer.listeners.exchange import parse_address
 from balancer.listeners.forward import is_trusted
 from balancer.runtime import ListenerRuntime
@@ -969,3 +977,113 @@ async def test_a_status_code_beyond_599_is_an_invalid_response(status: bytes):
     ):
         status_code, _, body = await client.request()
         assert (status_code, body) == (502, b"bad gateway\n")
+
+
+# h2c smuggling: an offer of h2c is never forwarded ------------------------------------------
+
+H2C_REQUEST = (
+    b"GET /up HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+    b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+)
+SWITCH_TO_H2C = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+
+
+def h2c_target(seen: list[h11.Request], *, always: bool):
+    """A target that switches to h2c when asked (or, ``always``, even when not), then
+    echoes what comes through the tunnel; otherwise it answers 200 and closes."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        request = await read_request_head(stream)
+        seen.append(request)
+        offered = any(
+            name == b"upgrade" and b"h2c" in value.lower() for name, value in request.headers
+        )
+        if offered or always:
+            await stream.send_all(SWITCH_TO_H2C)
+            while data := await stream.receive_some(4096):
+                await stream.send_all(b"TUNNEL-ECHO:" + data)
+            return
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        )
+
+    return handler
+
+
+async def test_an_h2c_upgrade_goes_to_the_target_as_a_plain_request():
+    # RFC 9113 3.1 deprecates h2c; ALB's HTTP/1.1 upgrade is WebSocket. Passed on, the
+    # target's 101 would make the connection a tunnel past the listener's rules: the
+    # fixed-response rule below would never see the second request (h2c smuggling).
+    rule = Rule(
+        priority=1,
+        conditions=Conditions(path_pattern=("/fixed",)),
+        action=FixedResponse(status_code=200, message_body="fixed"),
+    )
+    seen: list[h11.Request] = []
+    async with (
+        raw_target(h2c_target(seen, always=False)) as target,
+        balancer(config([listener(rules=[rule])], [group("web", target)])) as daemon,
+    ):
+        answer = await raw(
+            front(daemon),
+            H2C_REQUEST + b"GET /fixed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+    assert statuses(answer) == [200, 200]
+    assert answer.endswith(b"fixed")
+    assert b"TUNNEL-ECHO" not in answer
+    (request,) = seen
+    names = {name for name, _ in request.headers}
+    assert not names & {b"upgrade", b"http2-settings", b"connection"}
+
+
+async def test_a_101_to_h2c_the_request_offered_is_a_502():
+    seen: list[h11.Request] = []
+    async with (
+        raw_target(h2c_target(seen, always=True)) as target,
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        answer = await raw(front(daemon), H2C_REQUEST + b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert statuses(answer) == [502]
+    assert b"TUNNEL-ECHO" not in answer
+    (request,) = seen
+    assert not any(name == b"upgrade" for name, _ in request.headers)
+
+
+async def test_a_websocket_offered_with_h2c_still_upgrades():
+    # Only the h2c token goes: a WebSocket handshake that also offers h2c is forwarded as
+    # a WebSocket one (Upgrade: websocket, Connection: upgrade).
+    seen: list[h11.Request] = []
+
+    async def websocket_only(stream: trio.SocketStream) -> None:
+        request = await read_request_head(stream)
+        seen.append(request)
+        await stream.send_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        while data := await stream.receive_some(4096):
+            await stream.send_all(b"WS:" + data)
+
+    async with (
+        raw_target(websocket_only) as target,
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        with trio.fail_after(5):
+            stream = await trio.open_tcp_stream(*front(daemon))
+            async with stream:
+                await stream.send_all(
+                    b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                    b"Upgrade: h2c, websocket\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+                )
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += await stream.receive_some(4096)
+                assert head.startswith(b"HTTP/1.1 101 ")
+                await stream.send_all(b"ping")
+                echoed = head.partition(b"\r\n\r\n")[2]
+                while b"WS:ping" not in echoed:
+                    echoed += await stream.receive_some(4096)
+    (request,) = seen
+    headers = dict(request.headers)
+    assert headers[b"upgrade"] == b"websocket"
+    assert headers[b"connection"].lower() == b"upgrade"
+    assert b"http2-settings" not in headers

@@ -25,6 +25,7 @@ from balancer.config import (
 )
 from balancer.listeners import http as http_listener
 from proto.http1 import verdict
+from tests.balancer.test_access_log import TID, athena_row
 from tests.support.balancer_http import (
     Client,
     balancer,
@@ -906,3 +907,86 @@ async def test_a_request_cut_when_the_grace_period_ends_is_answered_logged_and_c
 )
 def test_the_logged_url_has_one_port_even_for_an_empty_one(host, target, url):
     assert http_listener.request_url("http", host, target, 8080) == url
+
+
+def processed_bytes(daemon, direction: str) -> float:
+    labels = {"listener": "front", "direction": direction}
+    return sample(daemon, "wharf_balancer_http_processed_bytes_total", labels)
+
+
+UNPARSABLE = [
+    b"GET /x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",  # two Hosts
+    b"GET /x HTTP/1.1\r\nAccept: */*\r\n\r\n",  # HTTP/1.1 without a Host
+    b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+]
+
+
+async def test_a_request_h11_cannot_parse_is_logged_as_alb_does_with_its_bytes(tmp_path):
+    # ALB logs a request it could not parse with its own URL between a method and a version
+    # of "-" (seen in ALB's logs: "- http://<its name>:80- -"), so Athena's table still reads
+    # the line; its bytes count in the log and in ProcessedBytes as any other request's.
+    path = tmp_path / "access.log"
+    lst = listener(access_log=AccessLog(enabled=True, destination=str(path)))
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([lst], [group("web", target)])) as daemon,
+    ):
+        port = front(daemon)[1]
+        before = processed_bytes(daemon, "in"), processed_bytes(daemon, "out")
+        answers = [await raw(front(daemon), payload) for payload in UNPARSABLE]
+        assert [statuses(answer) for answer in answers] == [[400]] * 3
+        after = processed_bytes(daemon, "in"), processed_bytes(daemon, "out")
+        assert after[0] - before[0] == sum(len(payload) for payload in UNPARSABLE)
+        assert after[1] - before[1] == sum(len(answer) for answer in answers)
+        assert target.seen == []
+        await trio.sleep(1.3)  # the app flushes access logs once a second
+    rows = [athena_row(line) for line in path.read_text().splitlines()]
+    assert [(row["request_verb"], row["request_url"], row["request_proto"]) for row in rows] == [
+        ("-", f"http://127.0.0.1:{port}-", "-")
+    ] * 3
+    assert [(row["received_bytes"], row["sent_bytes"]) for row in rows] == [
+        (str(len(payload)), str(len(answer)))
+        for payload, answer in zip(UNPARSABLE, answers, strict=True)
+    ]
+    assert {(row["elb_status_code"], row["classification"]) for row in rows} == {("400", "Severe")}
+    assert all(TID.fullmatch(row["conn_trace_id"] or "") for row in rows)
+    assert all(row["rest"] is None for row in rows)
+
+
+async def test_every_request_of_a_connection_is_logged_with_its_connections_trace_id(
+    tmp_path,
+):
+    # ALB's conn_trace_id: one opaque TID per client connection, on each request it carried.
+    path = tmp_path / "access.log"
+    rule = Rule(
+        priority=1,
+        conditions=Conditions(path_pattern=("/fixed",)),
+        action=FixedResponse(status_code=200),
+    )
+    lst = listener(rules=[rule], access_log=AccessLog(enabled=True, destination=str(path)))
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([lst], [group("web", target)])) as daemon,
+    ):
+        port = front(daemon)[1]
+        answer = await raw(
+            front(daemon),
+            b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /fixed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        assert statuses(answer) == [200, 200]
+        answer = await raw(
+            front(daemon), b"GET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert statuses(answer) == [200]
+        await trio.sleep(1.3)  # the app flushes access logs once a second
+    rows = [athena_row(line) for line in path.read_text().splitlines()]
+    assert [row["request_url"] for row in rows] == [
+        f"http://x:{port}/a",
+        f"http://x:{port}/fixed",
+        f"http://x:{port}/b",
+    ]
+    tids = [row["conn_trace_id"] or "" for row in rows]
+    assert all(TID.fullmatch(tid) for tid in tids)
+    assert tids[0] == tids[1] != tids[2]
+    assert all(row["rest"] is None for row in rows)
