@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated
 
 from msgspec import Meta, field
 
@@ -71,10 +71,6 @@ class Caller:
     sender_id: str
     service: str | None  # the credential scope's service, when the request carries one
     anonymous: bool
-
-
-# Request headers only browsers send (Fetch Metadata and CORS); no AWS SDK or CLI sends them.
-_BROWSER_HEADERS: Final = frozenset({b"origin", b"sec-fetch-site", b"sec-fetch-mode"})
 
 
 class Authenticator:
@@ -156,14 +152,13 @@ class Authenticator:
         Raises:
             AwsError: AccessDenied (403).
         """
-        for name, _ in request.headers:
-            if name in _BROWSER_HEADERS:
-                raise AwsError(
-                    "AccessDenied",
-                    "Unsigned requests from a web browser (Origin or Sec-Fetch-* headers) are "
-                    "refused while auth.anonymous is on: sign them, or turn anonymous off.",
-                    status=403,
-                )
+        if request.from_a_browser:
+            raise AwsError(
+                "AccessDenied",
+                "Unsigned requests from a web browser (Origin or Sec-Fetch-* headers) are "
+                "refused while auth.anonymous is on: sign them, or turn anonymous off.",
+                status=403,
+            )
 
     def _secret(self, access_key_id: str) -> str | None:
         credential = self.credentials.get(access_key_id)

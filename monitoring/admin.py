@@ -11,7 +11,9 @@ the daemon. A client on this host connecting to one of the host's own addresses 
 loopback (the kernel routes it over ``lo``, and drops packets from outside that claim a
 local source address): a balancer worker forwarding a change to its siblings is one. With
 ``admin.token_file`` set, such requests need ``Authorization: Bearer <token>`` instead, from
-every client, loopback included. Refusals are 403 with a JSON body in the targets API's shape.
+every client, loopback included. Without a token, a loopback request a web browser marks as its
+own (``Origin``, ``Sec-Fetch-*``) is refused too: any page the host's browser opens could post
+a form to the admin port. Refusals are 403 with a JSON body in the targets API's shape.
 Reads (``/metrics``, ``/healthz``, ``/readyz``, ``GET /targets``) stay open.
 """
 
@@ -20,9 +22,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
-import os
 import re
-import stat
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import Final
@@ -33,6 +33,7 @@ from monitoring import fastio
 from monitoring.configfile import ConfigError
 from monitoring.httpserver import Request, Response, serve_http
 from monitoring.lifecycle import Frame, Listener, bind_tcp
+from monitoring.safefile import FileTooLarge, NotRegularFile, read_regular_file
 from monitoring.settings import AdminSettings, HttpLimits
 
 Route = Callable[[Request], Awaitable[Response]]
@@ -62,18 +63,13 @@ def read_admin_token(settings: AdminSettings) -> bytes | None:
         return ConfigError(path, f"{reason} - at {_TOKEN_KEY}")
 
     try:
-        # O_NONBLOCK: a FIFO named by mistake must not hang the start.
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-                raise refused("not a regular file")
-            data = os.read(descriptor, MAX_TOKEN_FILE_BYTES + 1)
-        finally:
-            os.close(descriptor)
+        data = read_regular_file(path, MAX_TOKEN_FILE_BYTES)
+    except FileTooLarge:
+        raise refused(f"over {MAX_TOKEN_FILE_BYTES} bytes: a token file holds one token") from None
+    except NotRegularFile as exc:
+        raise refused(str(exc.strerror)) from None
     except OSError as exc:
         raise refused(f"cannot read: {exc.strerror or exc}") from None
-    if len(data) > MAX_TOKEN_FILE_BYTES:
-        raise refused(f"over {MAX_TOKEN_FILE_BYTES} bytes: a token file holds one token")
     token = data.strip()
     if not token:
         raise refused("the token file is empty")
@@ -152,13 +148,23 @@ class AdminServer:
         """The 403 for a request that may not change state, or None to serve it."""
         token = self._token
         if token is None:
-            if local_client if local_client is not None else is_loopback(request.client[0]):
+            local = local_client if local_client is not None else is_loopback(request.client[0])
+            if local and not request.from_a_browser:
                 return None
-            reason = "not_loopback"
-            message = (
-                "requests that change state are served to loopback clients only; set "
-                "admin.token_file to accept them from others with a bearer token"
-            )
+            if local:
+                # A web page's form post to the admin port (cross-site request forgery: it
+                # needs no CORS preflight) would register its own targets or reload.
+                reason = "browser"
+                message = (
+                    "requests from a web browser (Origin or Sec-Fetch-* headers) may not "
+                    "change state; set admin.token_file and send the bearer token instead"
+                )
+            else:
+                reason = "not_loopback"
+                message = (
+                    "requests that change state are served to loopback clients only; set "
+                    "admin.token_file to accept them from others with a bearer token"
+                )
         else:
             presented = _bearer_token(request.header(b"authorization"))
             # compare_digest: the time taken says nothing about how much of a guess matched.

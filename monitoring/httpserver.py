@@ -79,6 +79,10 @@ REASONS: Final = {
 }
 
 
+# Request headers only browsers send (Fetch Metadata and CORS): Request.from_a_browser.
+_BROWSER_HEADERS: Final = frozenset({b"origin", b"sec-fetch-site", b"sec-fetch-mode"})
+
+
 @dataclass(slots=True)
 class Request:
     """One complete request. Header names are lower-case bytes; values lose trailing blanks."""
@@ -93,6 +97,15 @@ class Request:
     # Whether the client is still there, while the handler works; None on a stream that
     # cannot tell (not a TCP socket).
     peer: PeerWatch | None = None
+
+    @property
+    def from_a_browser(self) -> bool:
+        """Whether a web browser sent this: it carries ``Origin`` or Fetch Metadata's
+        ``Sec-Fetch-Site`` / ``Sec-Fetch-Mode``, which every current browser adds (Origin on
+        every POST) and no SDK, CLI or curl does. Any page a local browser opens can post a
+        form to a loopback port without a CORS preflight, so a loopback address alone does
+        not show that a person or a tool of theirs chose to send the request."""
+        return any(name in _BROWSER_HEADERS for name, _ in self.headers)
 
     @property
     def path(self) -> str:

@@ -118,7 +118,7 @@ def admin_request(method: str, path: str, client: str, headers=()) -> Request:
     return Request(
         method=method.encode(),
         target=path.encode(),
-        headers=[(name.encode(), value.encode()) for name, value in headers],
+        headers=[(name.lower().encode(), value.encode()) for name, value in headers],
         body=b"",
         client=(client, 40000),
     )
@@ -190,6 +190,34 @@ async def test_loopback_clients_change_state_without_a_token(tmp_path):
         status, _, body = await request(address(daemon, "admin"), "POST", "/reload")
     assert status == 200, body
     assert json.loads(body)["reloaded"] is True
+
+
+@pytest.mark.parametrize(
+    "browser_header",
+    [
+        ("Origin", "https://evil.example"),
+        ("Sec-Fetch-Site", "cross-site"),
+        ("Sec-Fetch-Mode", "no-cors"),
+    ],
+)
+async def test_a_web_page_cannot_change_state_through_a_loopback_browser(tmp_path, browser_header):
+    # A page the host's browser opens can post a form to 127.0.0.1 without a CORS preflight:
+    # without a token, only requests no browser marked as its own change state.
+    config_file = tmp_path / "balancer.toml"
+    config_file.write_text("[admin]\nport = 0\n")
+    async with running(BALANCER, BALANCER_CONFIG, config_path=config_file) as daemon:
+        admin = daemon.app.admin
+        before = daemon.app.runtime.current.generation
+        for path in ("/reload", "/targets/register"):
+            response = await admin.handle(
+                admin_request("POST", path, "127.0.0.1", headers=[browser_header])
+            )
+            assert response.status == 403, path
+            assert "web browser" in json.loads(response.body)["message"]
+        read = await admin.handle(admin_request("GET", "/targets", "127.0.0.1", [browser_header]))
+        assert read.status == 200
+        assert daemon.app.runtime.current.generation == before
+        assert "reason=browser" in daemon.log_output.getvalue()
 
 
 def curl(url: str, *options: str) -> tuple[int, bytes]:
