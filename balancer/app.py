@@ -37,7 +37,6 @@ import contextlib
 import errno
 import math
 from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
 from typing import Any, Final
 
 import trio
@@ -82,6 +81,7 @@ from monitoring.configfile import ConfigError
 from monitoring.httpserver import Draining
 from monitoring.lifecycle import Frame, Listener, StartupError, bind_tcp
 from monitoring.logging import EventLog
+from monitoring.safefile import MAX_KEY_FILE_BYTES, read_regular_file
 from monitoring.settings import HttpLimits, state_directory
 
 HOUSEKEEPING_SECONDS: Final = 1.0
@@ -96,7 +96,9 @@ def read_keys(config: BalancerConfig) -> list[bytes]:
     keys: list[bytes] = []
     for path in config.stickiness.key_files:
         try:
-            key = Path(path).read_bytes()
+            # Never blocks on a FIFO, nor reads /dev/zero without end: a reload runs on the
+            # event loop, and would freeze or exhaust the whole daemon.
+            key = read_regular_file(path, MAX_KEY_FILE_BYTES)
         except OSError as exc:
             raise ConfigError(path, f"cannot read stickiness key: {exc.strerror}") from None
         if len(key) < MIN_KEY_BYTES:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
@@ -38,6 +37,7 @@ from cryptography.hazmat.primitives.serialization import (
 from cryptography.x509.oid import NameOID
 
 from monitoring.configfile import ConfigError
+from monitoring.safefile import FileTooLarge, read_regular_file
 
 # A PEM chain of a leaf and a few intermediates is a few KiB; anything far larger is not a
 # certificate file, and reading it whole would only waste memory.
@@ -91,16 +91,16 @@ def read_pem(path: str) -> bytes:
     """The bytes of a PEM file.
 
     Raises:
-        ConfigError: the file is missing, unreadable or implausibly large.
+        ConfigError: the file is missing, unreadable, not a regular file (a FIFO, a device)
+            or implausibly large.
     """
     try:
-        with Path(path).open("rb") as file:
-            data = file.read(MAX_PEM_BYTES + 1)
+        # Never blocks on a FIFO: a reload reads certificates on the event loop.
+        return read_regular_file(path, MAX_PEM_BYTES)
+    except FileTooLarge:
+        raise ConfigError(path, f"larger than {MAX_PEM_BYTES} bytes: not a PEM file") from None
     except OSError as exc:
         raise ConfigError(path, f"cannot read: {exc.strerror or exc}") from None
-    if len(data) > MAX_PEM_BYTES:
-        raise ConfigError(path, f"larger than {MAX_PEM_BYTES} bytes: not a PEM file")
-    return data
 
 
 def dns_names(certificate: x509.Certificate) -> tuple[str, ...]:

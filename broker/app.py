@@ -48,6 +48,7 @@ from monitoring.configfile import ConfigError
 from monitoring.durable import write_file
 from monitoring.httpserver import Request, Response, serve_http
 from monitoring.lifecycle import Frame, Listener, StartupError, bind_tcp
+from monitoring.safefile import check_regular_file
 from monitoring.settings import HttpLimits, state_directory
 
 KEY_FILE: Final = "receipt-handle.key"
@@ -135,6 +136,10 @@ def keyring_of(config: BrokerConfig) -> KeyRing | None:
     return load_key_file(path) if path else None
 
 
+# A CA bundle of hundreds of certificates (the system's is about 200 KiB); more is the wrong file.
+MAX_CA_FILE_BYTES: Final = 16 << 20
+
+
 def delivery_client(settings: SnsSettings) -> HttpClient:
     """The client of HTTP/S deliveries, trusting ``settings.ca_file`` (else the system store).
 
@@ -142,6 +147,10 @@ def delivery_client(settings: SnsSettings) -> HttpClient:
         ConfigError: the CA file cannot be loaded.
     """
     try:
+        if settings.ca_file:
+            # create_default_context opens the file by name: it would wait for a FIFO's
+            # writer (with the whole event loop, on a reload) and read a device without end.
+            check_regular_file(settings.ca_file, MAX_CA_FILE_BYTES)
         return HttpClient(
             connect_timeout=settings.connect_timeout_seconds,
             response_timeout=settings.response_timeout_seconds,

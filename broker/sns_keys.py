@@ -20,6 +20,7 @@ from cryptography.x509.oid import NameOID
 from broker.config import SnsSettings
 from monitoring.configfile import ConfigError
 from monitoring.durable import write_file
+from monitoring.safefile import MAX_KEY_FILE_BYTES, read_regular_file
 from proto.aws.sns_signature import SignatureError, SignatureVersion, Signer, load_signing_key
 
 KEY_FILE: Final = "sns-signing.key"
@@ -67,11 +68,11 @@ def load_signing_keys(settings: SnsSettings, data_dir: Path) -> SigningKeys:
         if not key_path.exists():
             _generate(key_path, cert_path)
     try:
-        key = load_signing_key(key_path.read_bytes())
+        key = load_signing_key(read_regular_file(key_path, MAX_KEY_FILE_BYTES))
     except (OSError, SignatureError) as error:
         raise ConfigError(key_path, str(error)) from None
     try:
-        cert_pem = cert_path.read_bytes()
+        cert_pem = read_regular_file(cert_path, MAX_KEY_FILE_BYTES)
         certificate = x509.load_pem_x509_certificate(cert_pem)
     except (OSError, ValueError) as error:
         raise ConfigError(cert_path, f"cannot load the signing certificate: {error}") from None

@@ -18,18 +18,29 @@ import trio
 
 from broker.config import TlsSettings
 from monitoring.configfile import ConfigError
+from monitoring.safefile import (
+    MAX_KEY_FILE_BYTES,
+    FileTooLarge,
+    NotRegularFile,
+    check_regular_file,
+)
 
 
 def server_context(settings: TlsSettings) -> ssl.SSLContext:
     """Build the server context of ``settings``' certificate and key.
 
     Raises:
-        ConfigError: a file is missing or unreadable, or the key does not match.
+        ConfigError: a file is missing, unreadable, not a regular file or over
+            :data:`~monitoring.safefile.MAX_KEY_FILE_BYTES`, or the key does not match.
     """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
     try:
+        # load_cert_chain opens the files by name: it would wait for a FIFO's writer (with
+        # the whole event loop, on a reload) and read a device without end.
+        for path in (settings.cert_file, settings.key_file):
+            check_regular_file(path, MAX_KEY_FILE_BYTES)
         # A password callback, so that OpenSSL never prompts for a passphrase on a terminal
         # (which froze the whole event loop): an encrypted key is refused instead.
         context.load_cert_chain(settings.cert_file, settings.key_file, password=_no_passphrase)
@@ -37,6 +48,8 @@ def server_context(settings: TlsSettings) -> ssl.SSLContext:
         raise ConfigError(
             settings.key_file, "the private key is encrypted; give the daemon a plain key"
         ) from None
+    except (NotRegularFile, FileTooLarge) as error:
+        raise ConfigError(error.filename, f"cannot read: {error.strerror}") from None
     except FileNotFoundError as error:
         raise ConfigError(error.filename or settings.cert_file, "file not found") from None
     except ssl.SSLError as error:

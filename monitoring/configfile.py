@@ -12,12 +12,12 @@ broker's defaults are anonymous.
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import msgspec
+
+from monitoring.safefile import read_regular_file
 
 T = TypeVar("T")
 
@@ -27,7 +27,6 @@ UTF8_BOM: Final = "\ufeff"
 # TOML's whitespace (spec: "tab or space") and newlines; anything else on a line is a key, a
 # table header or a syntax error, all of which the decoder reports itself.
 _TOML_BLANK: Final = " \t\r"
-READ_CHUNK_BYTES: Final = 1 << 16
 EMPTY_FILE: Final = "the file is empty (no keys, only whitespace or comments)"
 
 
@@ -105,23 +104,12 @@ def load(path: Path | str, schema: type[T], *, empty_hint: str = "") -> T:
 
 
 def _read_regular_file(path: Path | str) -> bytes:
-    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever. The
-    # type is checked on the descriptor opened, not on the name, which may change meanwhile.
+    # Never blocks on a FIFO (see monitoring.safefile); a configuration file has no size
+    # limit: its size is the operator's business, and a device is refused before any read.
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return read_regular_file(path, max_bytes=None)
     except OSError as exc:
         raise ConfigError(path, f"cannot read: {exc.strerror or exc}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ConfigError(path, "cannot read: not a regular file")
-        chunks = []
-        while chunk := os.read(fd, READ_CHUNK_BYTES):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError as exc:
-        raise ConfigError(path, f"cannot read: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
 
 
 def json_schema(schema: type[Any]) -> bytes:

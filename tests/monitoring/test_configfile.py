@@ -136,10 +136,13 @@ def test_check_config_on_a_fifo_is_refused_at_once(tmp_path):
         timeout=60,
         check=False,
     )
-    assert (result.returncode, result.stderr) == (1, f"{fifo}: cannot read: not a regular file\n")
+    assert (result.returncode, result.stderr) == (
+        1,
+        f"{fifo}: cannot read: not a regular file (a FIFO)\n",
+    )
 
 
 def test_a_directory_is_not_a_regular_file(tmp_path):
     with pytest.raises(ConfigError) as info:
         load(tmp_path, BrokerConfig)
-    assert str(info.value) == f"{tmp_path}: cannot read: not a regular file"
+    assert str(info.value) == f"{tmp_path}: cannot read: not a regular file (a directory)"
