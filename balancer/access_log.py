@@ -30,6 +30,7 @@ flush, once a second.
 from __future__ import annotations
 
 import datetime
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -153,6 +154,20 @@ def _address(ip: str, port: int) -> str:
 FailureHandler = Callable[[str, OSError | ValueError], None]
 
 
+def _open_for_appending(path: str) -> IO[str]:
+    """Open an access log for appending, never waiting: O_NONBLOCK makes a FIFO that no
+    process reads fail the open (ENXIO, so the start or reload is refused naming the file)
+    instead of freezing the event loop until a reader comes, and makes a full pipe a failed
+    write (counted, its lines lost) instead of a stall. A regular file ignores the flag."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
+    descriptor = os.open(path, flags, 0o644)
+    try:
+        return open(descriptor, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
 class AccessLogWriter:
     """Buffered lines to one destination (``stderr`` or an absolute file path).
 
@@ -172,7 +187,7 @@ class AccessLogWriter:
             self._stream = sys.stderr
             self._owned = False
         else:
-            self._stream = open(destination, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
+            self._stream = _open_for_appending(destination)
             self._owned = True
 
     def write(self, entry: AccessEntry) -> None:
@@ -199,7 +214,7 @@ class AccessLogWriter:
         """
         if not self._owned:
             return
-        fresh = open(self.destination, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
+        fresh = _open_for_appending(self.destination)
         stale, self._stream = self._stream, fresh
         self._close(stale)
 

@@ -423,6 +423,10 @@ class BalancerApp:
         running_workers = 1 if self.worker is None else self.worker.count
         if config.workers != running_workers:
             self.frame.log.warning("config.restart_required", section="workers")
+        if config.state_dir != self.config.state_dir:
+            # The targets API's state file was opened at start: registrations go on being
+            # written where they were, and the new directory is read at the next start.
+            self.frame.log.warning("config.restart_required", section="state_dir")
         self.config = config
         with trio.CancelScope(shield=True):  # short, and never to be left halfway
             await self._switch_listeners(config, removed, taken_over, bound)

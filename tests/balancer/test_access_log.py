@@ -1,9 +1,13 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
+import os
 import re
 import shlex
+import subprocess
+import sys
 
 from balancer.access_log import (
     WRITE_FAILED_WARNING_SECONDS,
@@ -224,3 +228,36 @@ def test_a_reopen_on_a_full_disk_is_no_open_failure():
     assert logs.reopen_all() == {}
     assert logs.statistics() == {"/dev/full": 1}
     logs.close()
+
+
+def test_a_fifo_no_process_reads_is_refused_without_waiting(tmp_path):
+    # A blocking open of a FIFO for writing waits for a reader, and the event loop with it:
+    # the open must fail at once, so the start or the reload is refused naming the file.
+    fifo = tmp_path / "access.fifo"
+    os.mkfifo(fifo)
+    script = (
+        "import sys\n"
+        "from balancer.access_log import AccessLogWriter\n"
+        "try:\n"
+        "    AccessLogWriter(sys.argv[1])\n"
+        "except OSError as exc:\n"
+        "    print(exc.errno)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(fifo)], capture_output=True, text=True, timeout=20
+    )
+    assert result.stdout.strip() == str(errno.ENXIO), result
+
+
+def test_a_fifo_with_a_reader_takes_the_lines(tmp_path):
+    fifo = tmp_path / "access.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        writer = AccessLogWriter(str(fifo))
+        writer.write(ENTRY)
+        writer.flush()
+        assert os.read(reader, 65536).decode() == format_entry(ENTRY) + "\n"
+        writer.close()
+    finally:
+        os.close(reader)

@@ -437,3 +437,16 @@ async def test_a_workers_change_needs_a_restart_until_the_file_matches_the_proce
             await daemon.app.reload(msgspec.structs.replace(config, workers=workers))
             warned.append(warning in output.getvalue()[before:])
         assert warned == [True, True, False]
+
+
+async def test_a_state_dir_change_needs_a_restart(tmp_path):
+    # The targets API keeps writing where it started; the reload says so rather than let an
+    # operator believe registrations now land in the new directory.
+    config = BalancerConfig(admin=AdminSettings(port=0), state_dir=str(tmp_path / "a"))
+    warning = "event=config.restart_required daemon=balancer section=state_dir"
+    async with running(SPEC, config) as daemon:
+        output = daemon.log_output  # type: ignore[attr-defined]
+        await daemon.app.reload(config)
+        assert warning not in output.getvalue()
+        await daemon.app.reload(msgspec.structs.replace(config, state_dir=str(tmp_path / "b")))
+        assert warning in output.getvalue()
