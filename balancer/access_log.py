@@ -162,7 +162,7 @@ def _open_for_appending(path: str) -> IO[str]:
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC
     descriptor = os.open(path, flags, 0o644)
     try:
-        return open(descriptor, "a", encoding="utf-8", buffering=1 << 16)  # noqa: SIM115
+        return open(descriptor, "a", encoding="utf-8", buffering=1 << 16)
     except BaseException:
         os.close(descriptor)
         raise
