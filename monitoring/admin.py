@@ -81,6 +81,12 @@ def read_admin_token(settings: AdminSettings) -> bytes | None:
     return token
 
 
+def _error(status: int, code: str, message: str) -> Response:
+    """An admin error in the targets API's shape: ``{"error": code, "message": ...}``."""
+    body = json.dumps({"error": code, "message": message}).encode()
+    return Response(status, body, content_type="application/json")
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (an address as accept() gives it) is a loopback address: 127.0.0.0/8,
     ::1, or an IPv4-mapped 127.x address (a dual-stack socket's view of an IPv4 client)."""
@@ -141,8 +147,10 @@ class AdminServer:
             return await route(request)
         allowed = sorted(m for (m, p) in self._routes if p == path)
         if allowed:
-            return Response(405, b"method not allowed\n", headers=[("allow", ", ".join(allowed))])
-        return Response(404, b"not found\n")
+            refused = _error(405, "MethodNotAllowed", f"{path} takes {', '.join(allowed)}")
+            refused.headers.append(("allow", ", ".join(allowed)))
+            return refused
+        return _error(404, "NotFound", f"no admin route at {path}")
 
     def _refusal(self, request: Request, local_client: bool | None) -> Response | None:
         """The 403 for a request that may not change state, or None to serve it."""
@@ -184,8 +192,7 @@ class AdminServer:
             path=request.path,
             reason=reason,
         )
-        body = json.dumps({"error": "AccessDenied", "message": message}).encode()
-        return Response(403, body, content_type="application/json")
+        return _error(403, "AccessDenied", message)
 
     async def _metrics(self, request: Request) -> Response:
         accept = request.header(b"accept")

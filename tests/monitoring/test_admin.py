@@ -63,10 +63,14 @@ async def test_health_readiness_and_unknown_paths(broker_config):
         addr = address(daemon, "admin")
         assert (await request(addr, target="/healthz"))[0] == 200
         assert (await request(addr, target="/readyz"))[0] == 200
-        assert (await request(addr, target="/nope"))[0] == 404
-        status, headers, _ = await request(addr, "POST", "/metrics")
+        status, headers, body = await request(addr, target="/nope")
+        assert status == 404
+        assert headers["content-type"] == "application/json"
+        assert json.loads(body)["error"] == "NotFound"  # the targets API's error shape
+        status, headers, body = await request(addr, "POST", "/metrics")
         assert status == 405
         assert headers["allow"] == "GET"
+        assert json.loads(body) == {"error": "MethodNotAllowed", "message": "/metrics takes GET"}
         daemon.frame.draining.start()
         assert (await request(addr, target="/readyz"))[0] == 503
 
