@@ -94,15 +94,19 @@ def read_keys(config: BalancerConfig) -> list[bytes]:
         ConfigError: a key file is missing or unreadable.
     """
     keys: list[bytes] = []
-    for path in config.stickiness.key_files:
+    for i, path in enumerate(config.stickiness.key_files):
+        where = f"- at `$.stickiness.key_files[{i}]`"
         try:
             # Never blocks on a FIFO, nor reads /dev/zero without end: a reload runs on the
             # event loop, and would freeze or exhaust the whole daemon.
             key = read_regular_file(path, MAX_KEY_FILE_BYTES)
         except OSError as exc:
-            raise ConfigError(path, f"cannot read stickiness key: {exc.strerror}") from None
+            reason = exc.strerror or str(exc)
+            raise ConfigError(path, f"cannot read stickiness key: {reason} {where}") from None
         if len(key) < MIN_KEY_BYTES:
-            raise ConfigError(path, f"a stickiness key needs at least {MIN_KEY_BYTES} bytes")
+            raise ConfigError(
+                path, f"a stickiness key needs at least {MIN_KEY_BYTES} bytes {where}"
+            )
         keys.append(key)
     return keys
 

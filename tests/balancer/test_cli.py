@@ -114,8 +114,15 @@ def files(tmp_path) -> dict[str, str]:
         ("missing-certificate", "cannot read: No such file or directory"),
         ("key-of-another-certificate", "this key does not match the certificate in"),
         ("encrypted-key", "the private key is encrypted"),
-        ("missing-stickiness-key", "cannot read stickiness key: No such file or directory"),
-        ("short-stickiness-key", "a stickiness key needs at least 16 bytes"),
+        (
+            "missing-stickiness-key",
+            "cannot read stickiness key: No such file or directory"
+            " - at `$.stickiness.key_files[0]`",
+        ),
+        (
+            "short-stickiness-key",
+            "a stickiness key needs at least 16 bytes - at `$.stickiness.key_files[0]`",
+        ),
     ],
 )
 def test_check_config_refuses_the_files_the_start_refuses_with_its_message(
