@@ -18,34 +18,10 @@ import pytest
 import trio
 import trustme
 
-from monitoring.safefile import MAX_KEY_FILE_BYTES
 from tests.support.http import request
 from tests.support.processes import daemon_process
 from tests.support.tls import write_pair
-
-# Far longer than check-config takes; the old code waited for the FIFO's writer forever.
-CHECK_CONFIG_TIMEOUT_SECONDS = 60
-
-
-def bad_file(tmp_path: Path, kind: str) -> str:
-    """A file no daemon should read: a FIFO, a device without end, or a 2 MiB sparse file."""
-    if kind == "fifo":
-        fifo = tmp_path / "named.fifo"
-        os.mkfifo(fifo)  # opening it for reading waits for a writer
-        return str(fifo)
-    if kind == "device":
-        return "/dev/zero"  # read whole, it never ends
-    large = tmp_path / "large.pem"
-    with large.open("wb") as file:
-        file.truncate(2 * MAX_KEY_FILE_BYTES)
-    return str(large)
-
-
-REASONS = {
-    "fifo": "not a regular file (a FIFO)",
-    "device": "not a regular file (a character device)",
-    "oversize": f"larger than {MAX_KEY_FILE_BYTES} bytes",
-}
+from tests.support.unreadable_files import CHECK_CONFIG_TIMEOUT_SECONDS, REASONS, bad_file
 
 
 def balancer_toml(cert_file: str, key_file: str, sticky_key: str) -> str:

@@ -21,6 +21,7 @@ from balancer.health import (
     TargetRegistered,
     TargetStartedDraining,
     TargetState,
+    TargetStateChanged,
     classify_response,
     parse_matcher,
     step,
@@ -541,6 +542,26 @@ index_operations = st.lists(
 )
 
 
+def apply_operation(
+    health: HealthTable, op: str, target: str, result: Input, now: float, flag: bool
+) -> list[TargetStateChanged]:
+    """One drawn operation of ``index_operations`` on the table (``shift`` is the caller's:
+    it moves the clock, not a target); the events it produced."""
+    if op == "check":
+        return health.record_check(target, result, now, status=404)
+    if op == "deregister":
+        return health.deregister(target, now, idle=flag)
+    if op == "register":
+        return health.register(target, now)
+    if op == "idle":
+        return health.target_idle(target, now)
+    if op == "use":
+        return health.set_in_use(flag, now)
+    if op == "advance":
+        return health.advance(now)
+    return []
+
+
 @given(policies, index_operations)
 def test_the_draining_index_agrees_with_the_records(policy, ops):
     """next_deadline, draining_targets and advance, from the index, say what a walk of every
@@ -556,18 +577,8 @@ def test_the_draining_index_agrees_with_the_records(policy, ops):
             for r in health
             if r.drain_deadline is not None and r.drain_deadline <= now
         )
-        if op == "check":
-            health.record_check(target, result, now, status=404)
-        elif op == "deregister":
-            health.deregister(target, now, idle=flag)
-        elif op == "register":
-            health.register(target, now)
-        elif op == "idle":
-            health.target_idle(target, now)
-        elif op == "use":
-            health.set_in_use(flag, now)
-        elif op == "advance":
-            events = health.advance(now)
+        events = apply_operation(health, op, target, result, now, flag)
+        if op == "advance":
             assert [e.target_id for e in events] == [target_id for _, target_id in due]
             assert all(isinstance(e, TargetDeregistered) and not e.early for e in events)
         draining = {r.target_id: r.drain_deadline for r in health if r.drain_deadline is not None}
@@ -644,18 +655,7 @@ def test_the_version_moves_whenever_what_selection_reads_changes(policy, ops):
         before, version = selection_views(health), health.version
         if op == "shift":
             health.shift_clock(delay)
-        elif op == "check":
-            health.record_check(target, result, now, status=404)
-        elif op == "deregister":
-            health.deregister(target, now, idle=flag)
-        elif op == "register":
-            health.register(target, now)
-        elif op == "idle":
-            health.target_idle(target, now)
-        elif op == "use":
-            health.set_in_use(flag, now)
-        else:
-            health.advance(now)
+        apply_operation(health, op, target, result, now, flag)
         if health.version == version:
             assert selection_views(health) == before
 

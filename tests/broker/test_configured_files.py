@@ -9,7 +9,6 @@ would hang the test run instead of failing it.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,30 +16,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from monitoring.safefile import MAX_KEY_FILE_BYTES
-
-# Far longer than check-config takes; the old code waited for the FIFO's writer forever.
-CHECK_CONFIG_TIMEOUT_SECONDS = 60
-
-REASONS = {
-    "fifo": "not a regular file (a FIFO)",
-    "device": "not a regular file (a character device)",
-    "oversize": f"larger than {MAX_KEY_FILE_BYTES} bytes",
-}
-
-
-def bad_file(tmp_path: Path, kind: str) -> str:
-    """A file no daemon should read: a FIFO, a device without end, or a 2 MiB sparse file."""
-    if kind == "fifo":
-        fifo = tmp_path / "named.fifo"
-        os.mkfifo(fifo)  # opening it for reading waits for a writer
-        return str(fifo)
-    if kind == "device":
-        return "/dev/zero"  # read whole, it never ends
-    large = tmp_path / "large.pem"
-    with large.open("wb") as file:
-        file.truncate(2 * MAX_KEY_FILE_BYTES)
-    return str(large)
+from tests.support.unreadable_files import CHECK_CONFIG_TIMEOUT_SECONDS, REASONS, bad_file
 
 
 def named_files(tmp_path: Path) -> dict[str, str]:
