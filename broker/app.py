@@ -35,6 +35,7 @@ from broker.sns import SnsApi
 from broker.sns_http import SnsFrontend
 from broker.sns_keys import load_signing_keys
 from broker.sns_metrics import watch_topics
+from broker.sns_signing import EnvelopeSigning, auto_processes
 from broker.sqs import SqsApi
 from broker.store.base import Store
 from broker.store.lock import DataDirectoryInUse
@@ -214,6 +215,7 @@ class BrokerApp:
         self.frontend: Frontend | None = None
         self.move_tasks: MoveTasks | None = None
         self.topics: TopicRegistry | None = None
+        self.signing: EnvelopeSigning | None = None
 
     def _warn_stored_in_clear(self) -> None:
         self.frame.log.warning(
@@ -268,7 +270,7 @@ class BrokerApp:
             with _store_damage_stops_the_start(store):
                 await move_tasks.load()  # RUNNING tasks resume once move_tasks.run starts
                 self.move_tasks = move_tasks
-                sns, deliveries, topics = await self._sns(store, registry, directory)
+                sns, deliveries, topics, signing = await self._sns(store, registry, directory)
             frontend = Frontend(
                 sqs=sqs,
                 authenticator=self.authenticator,
@@ -289,6 +291,7 @@ class BrokerApp:
                 background.start_soon(topics.expire_forever)
                 await background.start(move_tasks.run)  # stopped with the background tasks
                 await background.start(deliveries.run)  # pending rows resume at the next start
+                await background.start(signing.run)  # its processes end with the background
                 await frame.serve_listeners([api, admin], task_status=task_status)
                 background.cancel_scope.cancel()
         finally:
@@ -310,11 +313,17 @@ class BrokerApp:
 
     async def _sns(
         self, store: Store, queues: QueueRegistry, directory: Path
-    ) -> tuple[SnsFrontend, HttpDeliveries, TopicRegistry]:
-        """Topics, the publisher, the HTTP/S delivery worker and the SNS front end."""
+    ) -> tuple[SnsFrontend, HttpDeliveries, TopicRegistry, EnvelopeSigning]:
+        """Topics, the publisher, the HTTP/S delivery worker, the SNS front end, the signing."""
         config = self.config
         settings = config.sns
         keys = load_signing_keys(settings, directory)
+        processes = settings.signing_processes
+        signing = EnvelopeSigning(
+            keys.key, auto_processes() if processes == "auto" else processes, self.frame.log
+        )
+        self.frame.metrics.register_collector(signing.collect)
+        self.signing = signing
         client = delivery_client(settings)
         topics = TopicRegistry(
             store,
@@ -337,6 +346,7 @@ class BrokerApp:
             store,
             queues,
             keys,
+            signing=signing,
             deliveries=deliveries,
             signature_version=settings.signature_version,
             cert_url_base=settings.signing_cert_url_base,
@@ -357,7 +367,7 @@ class BrokerApp:
             scheme="http" if self.tls is None else "https",
             admit=self.disk.admit if self.disk is not None else None,
         )
-        return frontend, deliveries, topics
+        return frontend, deliveries, topics, signing
 
     async def _api_listener(self, frontend: Frontend) -> Listener:
         api = self.config.api

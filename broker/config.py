@@ -221,6 +221,14 @@ class SnsSettings(Section, frozen=True, kw_only=True):
     max_filter_policies_per_topic: Annotated[
         int, Meta(ge=1, le=1_000_000, description="Filter policies per topic (AWS default: 200).")
     ] = 200
+    signing_processes: Annotated[
+        int | Literal["auto"],
+        Meta(
+            description="Processes that sign envelopes on other cores, started at the first "
+            'signature (0: sign on the event loop). "auto": one per CPU the broker may run on '
+            "beyond the first, at most 4.",
+        ),
+    ] = "auto"
 
     def __post_init__(self) -> None:
         if bool(self.signing_key_file) != bool(self.signing_cert_file):
@@ -230,6 +238,9 @@ class SnsSettings(Section, frozen=True, kw_only=True):
                 f"signing_cert_path must be an absolute path ending in .pem, "
                 f"got {self.signing_cert_path!r}"
             )
+        processes = self.signing_processes
+        if processes != "auto" and not 0 <= processes <= 64:
+            raise ValueError(f'signing_processes must be "auto" or 0 to 64, got {processes}')
         base = self.signing_cert_url_base
         if base and not is_origin_url(base):
             raise ValueError(

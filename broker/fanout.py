@@ -7,8 +7,9 @@ deduplication entry and sequence counter. The model work and the ``commit`` call
 trio step, so a Publish that returned 200 is on disk for every subscriber, the queue inserts
 become receivable only once durable, and FIFO group order carries into FIFO queues.
 
-Bodies (:mod:`broker.sns_bodies`): the envelope is signed once per distinct message text and
-each subscription's UnsubscribeURL line spliced in; raw deliveries take the text as is, with
+Bodies (:mod:`broker.sns_bodies`): the envelope is signed once per distinct message text, in a
+signing process when the broker has them (:mod:`broker.sns_signing`), and each subscription's
+UnsubscribeURL line spliced in; raw deliveries take the text as is, with
 the message attributes converted (and checked) once per message.
 
 Copies: each SQS copy is one :meth:`~broker.model.index.QueueIndex.send_copy`, which checks
@@ -34,8 +35,6 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
-
-import trio
 
 from broker.frontend import request_ids
 from broker.model.errors import SqsError
@@ -68,6 +67,7 @@ from broker.model.sns_to_sqs_access import refusal as sns_refusal
 from broker.registry import Queue, QueueRegistry, now_ms
 from broker.sns_bodies import Bodies
 from broker.sns_keys import SigningKeys
+from broker.sns_signing import EnvelopeSigning
 from broker.store.base import Store
 from broker.topic_state import Subscription, Topic
 from monitoring.logging import EventLog
@@ -129,6 +129,7 @@ class Fanout:
         queues: QueueRegistry,
         keys: SigningKeys,
         *,
+        signing: EnvelopeSigning,
         deliveries: DeliveryTracker,
         signature_version: str,
         cert_url_base: str,
@@ -141,6 +142,7 @@ class Fanout:
             store: the store to commit to.
             queues: the live queues (SQS subscriptions and dead-letter queues).
             keys: the envelope signing key.
+            signing: where envelopes are signed ahead of the model step.
             deliveries: the HTTP/S delivery worker (:class:`broker.http_delivery.HttpDeliveries`):
                 ``next_id()`` and ``track(delivery)``.
             signature_version: SignatureVersion of topics that set none.
@@ -152,6 +154,7 @@ class Fanout:
         self.store = store
         self.queues = queues
         self.keys = keys
+        self.signing = signing
         self.deliveries = deliveries
         self.signature_version = signature_version
         self.cert_url_base = cert_url_base
@@ -174,13 +177,14 @@ class Fanout:
         """Publish validated messages; return once every delivery they make is durable.
 
         A standard topic's envelopes are signed first, for the subscriptions the messages
-        match, and the task yields once before the model work and the commit, which then
-        happen in one trio step as always. RSA signing releases the GIL (~250 µs); signing in
-        the step that queues the commit let the store's writer thread take the GIL and commit
-        each publish alone, at ~200 µs of writer CPU per commit. Signed a step ahead, the
-        publishes that run together queue their commits back to back, and the writer takes
-        them as one group. A subscription added during the yield gets the next message (the
-        publish is ordered before it); one removed during it is skipped, as before.
+        match (:meth:`EnvelopeSigning.sign`: in a signing process, or here), and the
+        model work and the commit then happen in one later trio step, as always. On the event
+        loop, RSA signing releases the GIL (~250 µs); signing in the step that queues the
+        commit let the store's writer thread take the GIL and commit each publish alone, at
+        ~200 µs of writer CPU per commit. Signed a step ahead, the publishes that run together
+        queue their commits back to back, and the writer takes them as one group. A
+        subscription added while the signatures are made gets the next message (the publish
+        is ordered before it); one removed meanwhile is skipped, as before.
         """
         now = now_ms()
         if topic.settings.fifo:  # unsigned envelopes; dedup and sequence in the model step
@@ -190,8 +194,7 @@ class Fanout:
                 self._plan(topic, message, self._new_message_id(), None, now, base_url)
                 for message in messages
             ]
-            if any(plan.bodies.signed for plan in plans):
-                await trio.lowlevel.checkpoint()
+            await self._sign(topic, plans, base_url)
         batch = Batch()
         if plans is None:
             results = [
@@ -209,6 +212,21 @@ class Fanout:
         await self.store.commit(batch.mutations, batch.on_durable)
         return results
 
+    async def _sign(self, topic: Topic, plans: Sequence[_Plan], base_url: str) -> None:
+        """Sign the planned envelopes ahead of the model step, then build them."""
+        wanted = [
+            (plan.bodies, text, payload)
+            for plan in plans
+            for text, payload in plan.bodies.to_sign()
+        ]
+        if wanted:
+            signer = self.signer(topic, base_url)
+            signatures = await self.signing.sign(signer, [payload for _, _, payload in wanted])
+            for (bodies, text, _), signature in zip(wanted, signatures, strict=True):
+                bodies.signed_by(text, signer, signature)
+        for plan in plans:
+            plan.bodies.build()
+
     def _plan(
         self,
         topic: Topic,
@@ -218,7 +236,10 @@ class Fanout:
         now: int,
         base_url: str,
     ) -> _Plan:
-        """Select the subscriptions and build (sign) the envelopes they get; changes nothing."""
+        """Select the subscriptions and note the envelopes they get; changes nothing.
+
+        A FIFO topic's envelopes, unsigned, are built here; a standard topic's once signed.
+        """
         selection = topic.index.match(message.request.attributes, message.messages["default"])
         bodies = Bodies(self.signer, topic, message, message_id, sequence, now, base_url)
         subscriptions = topic.subscriptions
@@ -233,6 +254,8 @@ class Fanout:
             if record.protocol not in prepared:
                 prepared.add(record.protocol)
                 bodies.prepare(subscription)
+        if sequence is not None:  # FIFO envelopes are not signed: built at once
+            bodies.build()
         return _Plan(bodies, selection)
 
     def _publish_fifo(

@@ -5,6 +5,11 @@ protocol its own); it differs per subscription only by ``UnsubscribeURL``, which
 so it is encoded once and each subscription's URL line (built once per subscription and kept
 on it) spliced in. Raw deliveries take the text as is, with the message attributes converted
 (and checked for SQS) once per message. :mod:`broker.fanout` sends them.
+
+Signatures: :meth:`Bodies.prepare` notes which texts get an envelope; the publisher has their
+strings to sign (:meth:`Bodies.to_sign`) signed where it can, a signing process
+(:mod:`broker.sns_signing`), and hands back each signature with the signer that made it
+(:meth:`Bodies.signed_by`). An envelope built without one is signed as it is built.
 """
 
 from __future__ import annotations
@@ -71,20 +76,53 @@ class Bodies:
         self.timestamp = timestamp(now)
         self.base_url = base_url
         self._templates: dict[str, tuple[str, str, bool]] = {}
+        self._wanted: dict[str, None] = {}  # texts that get an envelope, in order
+        self._signatures: dict[str, tuple[sns_envelope.Signer, str]] = {}
         self._raw_allowed: dict[str, bool] = {}
         self._raw_attributes: dict[str, AttributeValue] | None = None
         self._raw_attributes_error: SqsError | None = None
         self._raw_attributes_checked = False
 
-    @property
-    def signed(self) -> bool:
-        """Whether an envelope was signed (built) for this message so far."""
-        return bool(self._templates) and self.sequence is None
-
     def prepare(self, subscription: Subscription) -> None:
-        """Build (and sign) the envelope ``subscription`` will get, if it gets one."""
+        """Note the envelope ``subscription`` will get, if it gets one (built later)."""
         if not subscription.settings.raw_message_delivery:
-            self._envelope(self.message.message_for(subscription.protocol))
+            self._wanted[self.message.message_for(subscription.protocol)] = None
+
+    def to_sign(self) -> list[tuple[str, bytes]]:
+        """The prepared texts whose envelope needs a signature, with the bytes to sign.
+
+        Empty for a FIFO topic: its envelopes are not signed.
+        """
+        if self.sequence is not None:
+            return []
+        subject = self.message.request.subject
+        return [
+            (
+                text,
+                sns_envelope.notification_string_to_sign(
+                    message_id=self.message_id,
+                    topic_arn=self.topic.arn,
+                    message=text,
+                    timestamp=self.timestamp,
+                    subject=subject,
+                ),
+            )
+            for text in self._wanted
+            if text not in self._signatures and text not in self._templates
+        ]
+
+    def signed_by(self, text: str, signer: sns_envelope.Signer, signature: str) -> None:
+        """Take ``signer``'s signature of ``text``'s string to sign (from :meth:`to_sign`)."""
+        self._signatures[text] = (signer, signature)
+
+    def build(self) -> None:
+        """Build every prepared envelope now, signed ahead or here.
+
+        Raises:
+            EnvelopeError: a message attribute is malformed (before any delivery is made).
+        """
+        for text in self._wanted:
+            self._envelope(text)
 
     def body(self, subscription: Subscription) -> str:
         return self.checked_body(subscription)[0]
@@ -162,7 +200,14 @@ class Bodies:
 
     def _template(self, text: str) -> tuple[str, str]:
         request = self.message.request
-        signer = None if self.sequence is not None else self._signer(self.topic, self.base_url)
+        signature: str | None = None
+        signer: sns_envelope.Signer | None = None
+        if self.sequence is None:
+            made = self._signatures.get(text)
+            if made is None:  # a text no one signed ahead: signed here, as it is built
+                signer = self._signer(self.topic, self.base_url)
+            else:  # the signer that made it: a SignatureVersion set since is for later messages
+                signer, signature = made
         envelope = sns_envelope.notification(
             message_id=self.message_id,
             topic_arn=self.topic.arn,
@@ -173,6 +218,7 @@ class Bodies:
             message_attributes=request.attributes,
             signer=signer,
             sequence_number=self.sequence,
+            signature=signature,
         )
         prefix, found, suffix = sns_envelope.encode(envelope).partition(_URL_SLOT)
         assert found, "encode() writes UnsubscribeURL on a line of its own"

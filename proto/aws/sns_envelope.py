@@ -53,6 +53,7 @@ __all__ = [
     "format_timestamp",
     "http_headers",
     "notification",
+    "notification_string_to_sign",
     "raw_sqs_attributes",
     "subscribe_url",
     "subscription_confirmation",
@@ -195,6 +196,7 @@ def notification(
     message_attributes: Mapping[str, Mapping[str, Any]] | None = None,
     signer: Signer | None = None,
     sequence_number: str | None = None,
+    signature: str | None = None,
 ) -> dict[str, Any]:
     """Build a ``Notification`` envelope, in AWS's field order.
 
@@ -209,6 +211,8 @@ def notification(
             field, and SDKs choke on an empty map).
         signer: signs standard-topic envelopes; None leaves the signature fields out.
         sequence_number: a FIFO topic's SequenceNumber; FIFO envelopes are not signed.
+        signature: ``signer``'s signature of :func:`notification_string_to_sign` for these
+            fields, made elsewhere (a signing process); None: signed here.
 
     Returns:
         The envelope, ready for :func:`encode`.
@@ -225,11 +229,27 @@ def notification(
     envelope["Message"] = message
     envelope["Timestamp"] = timestamp
     if signer is not None and sequence_number is None:
-        _add_signature(envelope, signer)
+        _add_signature(envelope, signer, signature)
     envelope["UnsubscribeURL"] = unsubscribe_url
     if message_attributes:
         envelope["MessageAttributes"] = envelope_attributes(message_attributes)
     return envelope
+
+
+def notification_string_to_sign(
+    *, message_id: str, topic_arn: str, message: str, timestamp: str, subject: str | None = None
+) -> bytes:
+    """What a standard topic's :func:`notification` with these fields has signed.
+
+    Returns:
+        The bytes to sign with the topic's key, for ``notification(signature=...)``.
+    """
+    fields = {"Type": NOTIFICATION, "MessageId": message_id, "TopicArn": topic_arn}
+    if subject is not None:
+        fields["Subject"] = subject
+    fields["Message"] = message
+    fields["Timestamp"] = timestamp
+    return string_to_sign(fields)
 
 
 def subscription_confirmation(
@@ -335,9 +355,11 @@ def _confirmation(
     return envelope
 
 
-def _add_signature(envelope: dict[str, Any], signer: Signer) -> None:
+def _add_signature(envelope: dict[str, Any], signer: Signer, signature: str | None = None) -> None:
     envelope["SignatureVersion"] = signer.version
-    envelope["Signature"] = sign(string_to_sign(envelope), signer.key, signer.version)
+    if signature is None:
+        signature = sign(string_to_sign(envelope), signer.key, signer.version)
+    envelope["Signature"] = signature
     envelope["SigningCertURL"] = signer.cert_url
 
 

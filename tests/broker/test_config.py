@@ -190,3 +190,14 @@ def test_a_public_url_that_queue_urls_cannot_be_built_on_is_refused(url):
 @pytest.mark.parametrize("url", ["http://[::1]:9324", "https://sqs.example.com", "http://10.0.0.1"])
 def test_public_urls_of_any_host_form_are_accepted(url):
     assert decode(f'[api]\npublic_url = "{url}"\n'.encode(), BrokerConfig).api.public_url == url
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [("-1", 'signing_processes must be "auto" or 0 to 64'), ("65", "0 to 64"), ('"all"', "all")],
+)
+def test_signing_processes_is_auto_or_a_bounded_count(value, reason):
+    with pytest.raises(ConfigError, match=re.escape(reason)):
+        decode(f"[sns]\nsigning_processes = {value}\n".encode(), BrokerConfig)
+    assert decode(b"[sns]\nsigning_processes = 0\n", BrokerConfig).sns.signing_processes == 0
+    assert BrokerConfig().sns.signing_processes == "auto"

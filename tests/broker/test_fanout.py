@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import trio
 
-from broker import sns_bodies
+from broker import sns_bodies, sns_signing
 from broker.model.messages import SendRequest
 from broker.model.publishing import PublishRequest, prepare
 from broker.model.sns_errors import SnsError
@@ -121,13 +121,13 @@ async def test_each_subscription_gets_its_unsubscribe_url_for_the_base_url_used(
 async def test_concurrent_publishes_sign_before_any_of_them_commits(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # RSA signing releases the GIL: done in the step that queues a commit, it let the
-    # writer thread commit every publish alone. Signed a step ahead, publishes that run
+    # RSA signing on the event loop releases the GIL: done in the step that queues a commit,
+    # it let the writer thread commit every publish alone. Signed a step ahead, publishes that run
     # together queue their commits back to back.
     made = await queue(harness, "q")
     await harness.subscribe_queue(made.arn)
     events: list[str] = []
-    sign, commit = sns_envelope.sign, harness.store.commit
+    sign, commit = sns_signing.sign, harness.store.commit
 
     def recording_sign(*args: Any) -> str:
         events.append("sign")
@@ -137,7 +137,7 @@ async def test_concurrent_publishes_sign_before_any_of_them_commits(
         events.append("commit")
         await commit(*args)
 
-    monkeypatch.setattr(sns_envelope, "sign", recording_sign)
+    monkeypatch.setattr(sns_signing, "sign", recording_sign)
     monkeypatch.setattr(harness.store, "commit", recording_commit)
     async with trio.open_nursery() as nursery:
         for index in range(3):
@@ -259,7 +259,7 @@ async def test_an_envelope_is_signed_once_for_every_subscription_before_the_comm
     # The raw subscription comes first: it needs no envelope, the others still get theirs
     # signed a step ahead of the commit.
     events: list[str] = []
-    sign, commit = sns_envelope.sign, harness.store.commit
+    sign, commit = sns_signing.sign, harness.store.commit
 
     def recording_sign(*args: Any) -> str:
         events.append("sign")
@@ -274,7 +274,7 @@ async def test_an_envelope_is_signed_once_for_every_subscription_before_the_comm
     for index in range(4):
         made = await queue(harness, f"q{index}")
         await harness.subscribe_queue(made.arn)
-    monkeypatch.setattr(sns_envelope, "sign", recording_sign)
+    monkeypatch.setattr(sns_signing, "sign", recording_sign)
     monkeypatch.setattr(harness.store, "commit", recording_commit)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(harness.publish, "other")

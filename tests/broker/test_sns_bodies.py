@@ -6,23 +6,24 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, reject
 from hypothesis import strategies as st
 
 from broker import sns_bodies
 from broker.config import SnsSettings
 from broker.model.errors import SqsError
 from broker.model.messages import validate_message_attributes
-from broker.model.publishing import PublishRequest, check_attributes, prepare
+from broker.model.publishing import PreparedMessage, PublishRequest, check_attributes, prepare
 from broker.model.sns_errors import SnsError
 from broker.model.sns_mutations import SubscriptionRecord
 from broker.model.subscriptions import SubscriptionSettings
 from broker.model.topics import TopicSettings
 from broker.sns_bodies import Bodies, sqs_attributes, timestamp
-from broker.sns_keys import load_signing_keys
+from broker.sns_keys import SigningKeys, load_signing_keys
 from broker.store.base import TopicRecord
 from broker.topic_state import Subscription, Topic
 from proto.aws import sns_envelope
+from proto.aws.sns_signature import sign, verify
 
 NOW = 1_700_000_000_123
 TOPIC_ARN = "arn:aws:sns:us-east-1:000000000000:t"
@@ -107,17 +108,18 @@ def test_envelopes_are_signed_once_and_differ_only_by_the_unsubscribe_url(
         NOW,
         "http://b",
     )
-    assert not bodies.signed
     raw = subscription(of, 9, raw=True)
     bodies.prepare(raw)
-    assert not bodies.signed
+    assert bodies.to_sign() == []
     assert asked == []
     assert bodies.checked_body(raw) == ("m", True)
     subscriptions = [subscription(of, n) for n in range(3)]
     for each in subscriptions:
         bodies.prepare(each)
-    assert bodies.signed
+    assert [text for text, _ in bodies.to_sign()] == ["m"]
+    bodies.build()  # nobody signed ahead: signed as it is built
     assert asked == ["http://b"]
+    assert bodies.to_sign() == []
     envelopes = [json.loads(bodies.body(each)) for each in subscriptions]
     urls = [envelope.pop("UnsubscribeURL") for envelope in envelopes]
     assert envelopes[0] == envelopes[1] == envelopes[2]
@@ -167,3 +169,68 @@ def test_attributes_a_publish_accepts_are_attributes_sqs_accepts(
     except SnsError:
         return
     validate_message_attributes(sqs_attributes(attributes))
+
+
+@given(
+    message=st.text(max_size=40),
+    subject=st.none() | st.text(min_size=1, max_size=10),
+    version=st.sampled_from(["1", "2"]),
+)
+def test_an_envelope_signed_ahead_is_the_envelope_signed_as_built(
+    signing_keys: SigningKeys, message: str, subject: str | None, version: str
+) -> None:
+    # RSA PKCS#1 v1.5 is deterministic: a signature made by a signing process from to_sign()
+    # must give the very bytes signing in place gives, and verify.
+    of = topic()
+    try:
+        prepared = prepare(TopicSettings(), PublishRequest(message=message, subject=subject))
+    except SnsError:
+        reject()  # Publish refuses it: nothing is signed
+    made = []
+    for ahead in (False, True):
+        bodies = signed_bodies(signing_keys, version, of, prepared)
+        each = subscription(of, 1)
+        bodies.prepare(each)
+        if ahead:
+            signer = signing_keys.signer(version, "http://b")  # type: ignore[arg-type]
+            for text, payload in bodies.to_sign():
+                bodies.signed_by(text, signer, sign(payload, signer.key, signer.version))
+        bodies.build()
+        made.append(bodies.body(each))
+    assert made[0] == made[1]
+    verify(json.loads(made[1]), signing_keys.key.public_key())
+
+
+def test_an_envelope_keeps_the_version_it_was_signed_with(signing_keys: SigningKeys) -> None:
+    # SignatureVersion set on the topic while the signature was being made: the envelope says
+    # the version that signed it, or no subscriber could verify it.
+    of = topic()
+    bodies = signed_bodies(
+        signing_keys, "2", of, prepare(TopicSettings(), PublishRequest(message="m"))
+    )
+    each = subscription(of, 1)
+    bodies.prepare(each)
+    signer = signing_keys.signer("1", "http://b")
+    ((text, payload),) = bodies.to_sign()
+    bodies.signed_by(text, signer, sign(payload, signer.key, "1"))
+    envelope = json.loads(bodies.body(each))
+    assert envelope["SignatureVersion"] == "1"
+    verify(envelope, signing_keys.key.public_key())
+
+
+@pytest.fixture(scope="module")
+def signing_keys(tmp_path_factory: pytest.TempPathFactory) -> SigningKeys:
+    return load_signing_keys(SnsSettings(), tmp_path_factory.mktemp("keys"))
+
+
+def signed_bodies(keys: SigningKeys, version: str, of: Topic, message: PreparedMessage) -> Bodies:
+    """The bodies of ``message``, whose topic signs with ``version`` when nobody signed ahead."""
+    return Bodies(
+        lambda _, base: keys.signer(version, base),  # type: ignore[arg-type]
+        of,
+        message,
+        "id",
+        None,
+        NOW,
+        "http://b",
+    )

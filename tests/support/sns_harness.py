@@ -22,6 +22,7 @@ from broker.model.publishing import PublishRequest, prepare
 from broker.model.signing import Signer
 from broker.registry import QueueRegistry
 from broker.sns_keys import load_signing_keys
+from broker.sns_signing import EnvelopeSigning
 from broker.store.sqlite import SqliteStore
 from broker.topic_state import Subscription, Topic
 from broker.topics import TopicRegistry
@@ -96,10 +97,12 @@ async def build(
         log=log,
     )
     deliveries.restore(topics.pending_deliveries)
+    keys = load_signing_keys(SnsSettings(), directory)
     fanout = Fanout(
         store,
         queues,
-        load_signing_keys(SnsSettings(), directory),
+        keys,
+        signing=EnvelopeSigning(keys.key, 0, log),  # tests/broker/test_sns_signing.py: processes
         deliveries=deliveries,
         signature_version="1",
         cert_url_base="",
