@@ -320,8 +320,9 @@ class BalancerApp:
                 return  # no longer an https listener in this generation
             sock = stream.socket
             addresses = fastio.accepted_addresses(sock)
-            if addresses is None:
-                return  # reset before the handshake: nothing to answer
+            if addresses is None:  # reset before the handshake: nothing to answer
+                self.stats.connection_reset_at_accept(name)  # but a TCP connection, as ALB counts
+                return
             peer, local = addresses
             self.stats.connection_opened(name)  # a TCP connection, handshake or not (as ALB)
             try:

@@ -31,7 +31,7 @@ import trio
 
 from monitoring import fastio
 from monitoring.configfile import ConfigError
-from monitoring.httpserver import Request, Response, serve_http
+from monitoring.httpserver import Refusal, Request, Response, serve_http
 from monitoring.lifecycle import Frame, Listener, bind_tcp
 from monitoring.safefile import FileTooLarge, NotRegularFile, read_regular_file
 from monitoring.settings import AdminSettings, HttpLimits
@@ -250,6 +250,7 @@ async def open_admin_listener(
             draining=frame.draining,
             on_error=partial(_report_error, frame),
             max_body_bytes=ADMIN_MAX_BODY_BYTES,
+            on_refusal=_refusal_response,
         )
 
     return Listener(
@@ -259,6 +260,14 @@ async def open_admin_listener(
         max_connections=limits.max_connections,
         serves_the_drain=True,  # /readyz says 503 while the daemon drains
     )
+
+
+def _refusal_response(refusal: Refusal) -> Response:
+    """408 and 413 in the JSON shape of the admin's other errors, as the README promises."""
+    if refusal.status == 413:
+        message = f"the body is over the admin API's {refusal.max_body_bytes} bytes"
+        return _error(413, "RequestEntityTooLarge", message)
+    return _error(refusal.status, "RequestTimeout", refusal.message.strip())
 
 
 def _report_error(frame: Frame, exc: BaseException) -> None:

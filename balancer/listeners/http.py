@@ -102,8 +102,9 @@ class HttpListenerHandler:
         """The lifecycle frame's connection handler for a plain HTTP listener."""
         sock = stream.socket
         addresses = fastio.accepted_addresses(sock)
-        if addresses is None:
-            return  # reset before it was served: nothing to answer, nothing to log
+        if addresses is None:  # reset before it was served: nothing to answer or log
+            self.services.stats.connection_reset_at_accept(self.services.name)  # but a TCP one
+            return
         peer, local = addresses
         tune_socket(sock)
         info = ClientInfo(str(peer[0]), int(peer[1]), int(local[1]), local_ip=str(local[0]))

@@ -111,6 +111,10 @@ class HttpStats:
         self.active[listener] = self.active.get(listener, 0) + 1
         self.new_connections[listener] = self.new_connections.get(listener, 0) + 1
 
+    def connection_reset_at_accept(self, listener: str) -> None:
+        """A TCP connection gone before it could be served (a client's RST): new, never active."""
+        self.new_connections[listener] = self.new_connections.get(listener, 0) + 1
+
     def connection_closed(self, listener: str) -> None:
         self.active[listener] = self.active.get(listener, 1) - 1
 

@@ -21,6 +21,7 @@ import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
 from balancer.config import BalancerConfig, HttpsListener, ListenerTimeouts
+from monitoring import fastio
 from tests.support.balancer_http import balancer, config, group, listener
 from tests.support.daemons import address
 from tests.support.http import request
@@ -222,6 +223,31 @@ async def test_connections_requests_and_response_times_from_real_traffic(tmp_pat
         after, "wharf_balancer_http_processed_bytes_total", listener="front", direction="out"
     )
     assert out == sum(s.received for s in streams)
+
+
+@pytest.mark.parametrize("protocol", ["http", "https"])
+async def test_a_connection_reset_before_it_is_served_is_still_a_new_one(
+    tmp_path, protocol, monkeypatch
+):
+    # A client that resets before the balancer reads its addresses (getpeername: ENOTCONN) made
+    # a TCP connection all the same, and ALB's NewConnectionCount counts TCP connections. The
+    # race is the kernel's, so the reset is simulated at the one call that sees it.
+    async with setup(tmp_path, protocol) as (admin, _, daemon):
+        front = address(daemon, "front")  # type: ignore[arg-type]
+        real = fastio.accepted_addresses
+
+        def reset_on_front(sock: trio.socket.SocketType) -> object:
+            return None if sock.getsockname()[1] == front[1] else real(sock)
+
+        monkeypatch.setattr(fastio, "accepted_addresses", reset_on_front)
+        async with await trio.open_tcp_stream(*front) as stream:
+            with trio.fail_after(10):
+                assert await stream.receive_some(100) == b""  # closed, nothing answered
+        after = await wait_scrape(
+            admin,
+            lambda s: value(s, "wharf_balancer_http_connections_new_total", listener="front") == 1,
+        )
+    assert value(after, "wharf_balancer_http_connections_active", listener="front") == 0
 
 
 @pytest.mark.parametrize("protocol", ["http", "https"])

@@ -75,6 +75,22 @@ async def test_health_readiness_and_unknown_paths(broker_config):
         assert (await request(addr, target="/readyz"))[0] == 503
 
 
+async def test_an_oversized_body_gets_413_in_the_admin_error_shape(broker_config):
+    # A deploy script sending a huge targets document reads the same JSON errors as for any
+    # other refusal, not a plain-text line.
+    async with running(BROKER, broker_config) as daemon:
+        head = b"POST /reload HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n"
+        reply = await raw_exchange(address(daemon, "admin"), head + b"x" * 65536)
+    status_line, _, rest = reply.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 413 ")
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    assert b"content-type: application/json" in headers.lower()
+    assert json.loads(body) == {
+        "error": "RequestEntityTooLarge",
+        "message": "the body is over the admin API's 1048576 bytes",
+    }
+
+
 async def test_malformed_request_gets_400_and_the_listener_keeps_serving(broker_config):
     async with running(BROKER, broker_config) as daemon:
         addr = address(daemon, "admin")
