@@ -188,6 +188,7 @@ class BalancerApp:
         # Applied before anything observes the runtime: they are this process's first targets.
         state = StateFile(state_directory(config.state_dir, STATE_DIR_FALLBACK))
         self.overrides = Overrides.restore(state.load(), config)
+        self.overrides.check_totals(config, self._config_file, state.path)
         self._apply_saved_overrides()
         self.pools = Pools()
         self.cutoffs = DrainCutoffs()  # shared by the listeners, told by the runtime
@@ -447,6 +448,7 @@ class BalancerApp:
         pruned = self.overrides.copy()
         pruned.prune(config)
         state = self.targets_api.state
+        pruned.check_totals(config, self._config_file, None if state is None else state.path)
         if state is not None and pruned.dump() != self.overrides.dump():
             try:
                 await state.save_async(pruned)

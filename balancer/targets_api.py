@@ -179,6 +179,30 @@ class Overrides:
         overrides.prune(config)
         return overrides
 
+    def check_totals(
+        self, config: BalancerConfig, config_file: str, state_file: Path | None
+    ) -> None:
+        """Refuse ``config`` if, under these changes, a group would have too many targets.
+
+        The API refuses a registration past the quota, but the file can grow past it later
+        (a reload adding targets), or ``targets.json`` be edited while the balancer is down.
+
+        Raises:
+            ConfigError: naming the group, the two sources and how to get under the quota.
+        """
+        for index, group in enumerate(config.target_groups):
+            count = len(self.endpoints(group))
+            if count > MAX_TARGETS_PER_GROUP:
+                registered = len(self._added.get(group.name, {}))
+                kept = "" if state_file is None else f" (kept in {state_file})"
+                raise ConfigError(
+                    config_file,
+                    f"target group {group.name!r} would have {count} targets, above the "
+                    f"{MAX_TARGETS_PER_GROUP} a group may have: {registered} of them were "
+                    f"registered through the admin API{kept}; deregister some, or list "
+                    f"fewer in the file - at `$.target_groups[{index}]`",
+                )
+
     def endpoints(self, group: TargetGroup) -> list[Endpoint]:
         """The group's effective targets: the file's, minus removed, plus (re)registered."""
         added = self._added.get(group.name, {})

@@ -291,16 +291,29 @@ class ServerTls:
             connection.context = context
 
 
-def build_server_tls(listener: HttpsListener) -> ServerTls:
+def build_server_tls(listener: HttpsListener, where: str = "$.listeners[?]") -> ServerTls:
     """Read every certificate of ``listener`` and build its contexts.
+
+    Args:
+        listener: the https listener.
+        where: its key path in the configuration (``$.listeners[N]``), for the errors.
 
     Raises:
         ConfigError: naming the first file that is missing, unreadable, malformed, a chain
-            out of order, or whose key does not match its certificate.
+            out of order, or whose key does not match its certificate, and its key path.
     """
     policy = SSL_POLICIES[listener.ssl_policy]
-    listed = {(c.cert_file, c.key_file): None for c in listener.certificates}  # repeats once
-    certificates = tuple(load_certificate_files(*pair) for pair in listed)
+    loaded: dict[tuple[str, str], CertificateFiles] = {}  # a pair listed twice is read once
+    for index, listed in enumerate(listener.certificates):
+        pair = (listed.cert_file, listed.key_file)
+        if pair in loaded:
+            continue
+        try:
+            loaded[pair] = load_certificate_files(*pair)
+        except ConfigError as error:
+            at = f"{where}.certificates[{index}]"
+            raise ConfigError(error.path, f"{error.reason} - at `{at}`") from None
+    certificates = tuple(loaded.values())
     choice = choose_certificates(certificates)
     contexts = []
     for chosen in choice.sets:
@@ -383,8 +396,8 @@ def build_all(listeners: Iterable[Listener]) -> dict[str, ServerTls]:
         ConfigError: see :func:`build_server_tls`.
     """
     return {
-        listener.name: build_server_tls(listener)
-        for listener in listeners
+        listener.name: build_server_tls(listener, f"$.listeners[{index}]")
+        for index, listener in enumerate(listeners)
         if isinstance(listener, HttpsListener)
     }
 

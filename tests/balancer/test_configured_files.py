@@ -70,6 +70,12 @@ def test_check_config_refuses_a_named_file_that_is_no_regular_file_or_too_large(
     assert result.returncode == 1
     assert result.stderr.startswith(f"{bad}: ")
     assert REASONS[kind] in result.stderr
+    at = (
+        "$.stickiness.key_files[0]"
+        if named == "stickiness key"
+        else "$.listeners[0].certificates[0]"
+    )
+    assert result.stderr.rstrip().endswith(f" - at `{at}`")  # file, key and reason
     assert result.stderr.count("\n") == 1  # one line, no traceback
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+from pathlib import Path
 
 import pytest
 import trio
@@ -22,7 +23,7 @@ from balancer.peers import PEER_HEADER
 from balancer.runtime import Runtime
 from balancer.targets_api import GroupOverrides, Overrides, SavedOverrides, StateFile, TargetsApi
 from monitoring.admin import AdminServer, open_admin_listener
-from monitoring.configfile import ConfigError
+from monitoring.configfile import ConfigError, load
 from monitoring.lifecycle import Frame
 from monitoring.logging import EventLog
 from monitoring.metrics import Metrics
@@ -575,3 +576,86 @@ def test_a_state_file_written_before_ids_were_normalised_still_applies(tmp_path)
         ("cache.internal:8080", 1),
     ]
     assert restored.source("web", "cache.internal:8080") == "api"
+
+
+# --- the per-group quota across the file and the API ------------------------------------------
+
+
+def quota_config(tmp_path, count: int) -> Path:
+    """A config whose group ``web`` lists ``count`` targets, state kept under ``tmp_path``."""
+    targets = ", ".join(f'{{ host = "10.1.{n // 250}.{n % 250 + 1}" }}' for n in range(count))
+    path = tmp_path / "balancer.toml"
+    path.write_text(f"""
+state_dir = "{tmp_path / "state"}"
+[admin]
+port = 0
+[[listeners]]
+name = "front"
+protocol = "http"
+host = "127.0.0.1"
+port = 0
+default_action = {{ type = "forward", target_group = "web" }}
+[[target_groups]]
+name = "spare"
+[[target_groups]]
+name = "web"
+port = 8080
+health_check = {{ enabled = false }}
+targets = [{targets}]
+""")
+    return path
+
+
+def test_the_quota_counts_the_file_and_the_api_together():
+    config = make_config(*(f"10.2.{n // 250}.{n % 250 + 1}" for n in range(999)))
+    web = config.target_groups[0]
+    overrides = Overrides()
+    overrides.register(web, [Target(host="10.9.0.1")])
+    overrides.check_totals(config, "b.toml", None)  # 1,000: the quota itself
+    overrides.register(web, [Target(host="10.2.0.1")])  # already listed: still 1,000
+    overrides.check_totals(config, "b.toml", None)
+    overrides.register(web, [Target(host="10.9.0.2")])
+    with pytest.raises(ConfigError) as refused:
+        overrides.check_totals(config, "b.toml", Path("/s/targets.json"))
+    assert refused.value.path == "b.toml"
+    assert "target group 'web' would have 1001 targets, above the 1000" in refused.value.reason
+    assert "3 of them were registered through the admin API (kept in /s/targets.json)" in (
+        refused.value.reason
+    )
+    assert refused.value.reason.endswith("- at `$.target_groups[0]`")
+    overrides.deregister(web, ["10.2.0.2:8080"])  # a file target out of rotation: 1,000 again
+    overrides.check_totals(config, "b.toml", None)
+
+
+async def test_a_reload_past_the_quota_with_api_targets_is_refused(tmp_path):
+    path = quota_config(tmp_path, 999)
+    async with running(SPEC, load(path, BalancerConfig), config_path=path, level="warning") as d:
+        body = json.dumps({"target_group": "web", "targets": [{"host": "10.9.0.1"}]}).encode()
+        status, _, reply = await request(
+            address(d, "admin"), "POST", "/targets/register", body=body
+        )
+        assert status == 200, reply
+        generation = d.app.runtime.current.generation
+        quota_config(tmp_path, 1000)  # the file alone is within the quota, not with the API's
+        refused = await d.reload()
+        assert refused is not None
+        assert f"{path}: target group 'web' would have 1001 targets" in refused
+        assert d.app.runtime.current.generation == generation
+        assert len(d.app.runtime.current.groups["web"].endpoints) == 1000
+        saved = json.loads((tmp_path / "state" / "targets.json").read_text())
+        assert [t["host"] for t in saved["target_groups"]["web"]["registered"]] == ["10.9.0.1"]
+
+
+async def test_a_state_file_past_the_quota_stops_the_start_naming_both_files(tmp_path):
+    path = quota_config(tmp_path, 1000)
+    state = tmp_path / "state"
+    state.mkdir()
+    saved = {"version": 1, "target_groups": {"web": {"registered": [{"host": "10.9.0.1"}]}}}
+    (state / "targets.json").write_text(json.dumps(saved))  # edited while it was down
+    async with daemon_process("balancer", path, tmp_path) as daemon:
+        with trio.fail_after(30):
+            await daemon.process.wait()
+        line = await daemon.wait_log("would have")
+    assert daemon.process.returncode == 1  # EXIT_CONFIG
+    assert f"{path}: target group 'web' would have 1001 targets" in line
+    assert f"(kept in {state / 'targets.json'})" in line
