@@ -66,7 +66,10 @@ def log(message: str) -> None:
 
 class Peer(rs.Peer):
     """run_sqs's peer, but wharf gets a config with room for 1,000 filter policies per topic
-    (AWS's default quota is 200; raising it is a quota increase there, a config key here)."""
+    (AWS's default quota is 200; raising it is a quota increase there, a config key here),
+    and ``--signing-processes`` as ``sns.signing_processes``."""
+
+    signing_processes = '"auto"'
 
     def start(self, pin: bool, *, fresh: bool = True, timeout: float = 180.0) -> None:
         if self.name != "wharf":
@@ -83,6 +86,7 @@ port = {self.port}
 data_dir = "{self.data_dir / "store"}"
 [sns]
 max_filter_policies_per_topic = {FILTERED_SUBSCRIPTIONS * 2}
+signing_processes = {self.signing_processes}
 [admin]
 host = "127.0.0.1"
 port = {self.admin_port}
@@ -445,6 +449,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-filtered", action="store_true", help="skip the 1,000-subscription run"
     )
     parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument(
+        "--signing-processes",
+        default="auto",
+        help="wharf's sns.signing_processes: auto (none when pinned to one core) or a count",
+    )
     parser.add_argument("--wait-quiet", type=float, default=30.0)
     parser.add_argument(
         "--rounds",
@@ -474,6 +483,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run_one(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     peer = Peer(name, rs.free_port(), workdir, admin_port=rs.free_port() if name == "wharf" else 0)
     entry: dict[str, Any] = {"version": peer.version()}
+    if name == "wharf":
+        processes = args.signing_processes
+        peer.signing_processes = '"auto"' if processes == "auto" else str(int(processes))
+        entry["signing_processes"] = processes
     if args.wait_quiet > 0:
         entry["other_cpu_cores_at_start"] = rs.wait_quiet(args.wait_quiet)
     log(f"{name} {entry['version']}: starting on 127.0.0.1:{peer.port}")
