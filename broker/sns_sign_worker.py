@@ -5,15 +5,19 @@ An RSA-2048 signature is most of a standard-topic publish's CPU (bench/README.md
 when the event loop lets go of it: beside a busy loop it made about 600 signatures/s where it
 makes 1,200 alone, and slowed the loop too. A process of its own shares nothing, so the broker
 (:mod:`broker.sns_signing`) runs ``[sns] signing_processes`` of these, each started as
-``python -m broker.sns_sign_worker`` with stdin and stdout as pipes.
+``python -P -m broker.sns_sign_worker REPLY_FD``, in a session of its own, with its stdin a pipe
+from the broker and ``REPLY_FD`` a pipe back to it. Replies do not go to stdout: anything else
+in the interpreter (a ``sitecustomize``, a warning) may write there.
 
 The wire, both directions length-prefixed (the codec below, used by both ends):
 
 - requests: a big-endian u32 length, then the frame. The first frame is the PEM private key;
   every later one is the SignatureVersion (one byte, ``1`` or ``2``) followed by the bytes
   to sign.
-- replies, in request order: a big-endian u16 length, then the base64 signature; length 0
-  means the request could not be signed (an unknown version), and the broker signs it itself.
+- replies: first :data:`READY`, once the key is loaded; then, in request order, a big-endian
+  u16 length and the base64 signature; length 0 means the request could not be signed (an
+  unknown version), and the broker signs it itself. The broker checks every reply (its length
+  and alphabet) and ends a process that says anything else.
 
 The process signs every request it has read before writing their replies in one write, so a
 busy broker's requests travel in batches both ways. It ends at the end of its input: when the
@@ -31,11 +35,15 @@ from typing import Final
 REQUEST_HEADER: Final = struct.Struct(">I")
 REPLY_HEADER: Final = struct.Struct(">H")
 READ_BYTES: Final = 1 << 16
+READY: Final = "wharf-sign-worker 1 ready"  # not base64: no signature can look like it
 
 
 def request_frame(version: str, payload: bytes) -> bytes:
     """One signing request: the version byte and the bytes to sign, length-prefixed."""
-    return REQUEST_HEADER.pack(len(payload) + 1) + version.encode("ascii") + payload
+    tag = version.encode("ascii")
+    if len(tag) != 1:
+        raise ValueError(f"a SignatureVersion is one character, got {version!r}")
+    return REQUEST_HEADER.pack(len(payload) + 1) + tag + payload
 
 
 def key_frame(pem: bytes) -> bytes:
@@ -93,6 +101,7 @@ def serve(read_fd: int, write_fd: int) -> int:
                 except SignatureError as error:
                     print(f"wharf-broker signing process: {error}", file=sys.stderr)
                     return 2
+                replies.append(reply_frame(READY))
                 continue
             try:
                 signature = sign(frame[1:], key, frame[:1].decode("ascii", "replace"))  # type: ignore[arg-type]
@@ -110,13 +119,16 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def main() -> int:
-    # The broker stops it by closing its input, once it has taken back what it asked: the
-    # signals that reach the whole group (systemd's stop, a Ctrl-C, a terminal's hang-up)
-    # are the broker's to act on.
+    # The broker stops it by closing its input, once it has taken back what it asked; a
+    # session of its own keeps a terminal's Ctrl-C and hang-up away, and systemd's stop, sent
+    # to every process of the unit, is the broker's to act on.
     for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(number, signal.SIG_IGN)
+    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
+        print("usage: python -m broker.sns_sign_worker REPLY_FD", file=sys.stderr)
+        return 2
     try:
-        return serve(sys.stdin.fileno(), sys.stdout.fileno())
+        return serve(sys.stdin.fileno(), int(sys.argv[1]))
     except BrokenPipeError:  # the broker went away while replies were on their way
         return 0
 

@@ -9,10 +9,13 @@ The default, ``auto``, is one process per CPU the broker may run on beyond the f
 four: none on one CPU, where a process would only add the round trip.
 
 Nothing waits on a process for long or for good: a publish whose signatures have not come back
-within :data:`SIGN_TIMEOUT_SECONDS` is signed on the event loop and the stalled process is killed;
-a process that exits is started again after a delay (1 s, doubling to 30 s), and until then, or
-while none is running, envelopes are signed on the event loop, as with ``signing_processes =
-0``. RSA PKCS#1 v1.5 signatures are deterministic, so an envelope is the same bytes whichever
+within :data:`SIGN_TIMEOUT_SECONDS` signs them on the event loop, and the process is killed if
+it has answered nothing for that long (busy with other publishes' requests is not stuck); a
+process that exits, or says anything but the ready frame and well-formed signatures, is
+started again after a delay (1 s, doubling to 30 s, back to 1 s after a minute's good run),
+and until then, or while none is running, envelopes are signed on the event loop, as with
+``signing_processes = 0``. Subscription confirmations are always signed on the event loop.
+RSA PKCS#1 v1.5 signatures are deterministic, so an envelope is the same bytes whichever
 signs it. The processes are children of the broker's nursery task :meth:`EnvelopeSigning.run`:
 the broker's stop closes their input, which ends them.
 """
@@ -20,6 +23,7 @@ the broker's stop closes their input, which ends them.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections import deque
@@ -33,6 +37,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from broker.sns_sign_worker import (
     READ_BYTES,
+    READY,
     REPLY_HEADER,
     FrameReader,
     key_frame,
@@ -47,6 +52,7 @@ FIRST_RESTART_DELAY_SECONDS: Final = 1.0
 MAX_RESTART_DELAY_SECONDS: Final = 30.0
 STEADY_SECONDS: Final = 60.0  # a process that ran this long restarts after the first delay again
 MAX_AUTO_PROCESSES: Final = 4
+_BASE64: Final = re.compile(rb"[A-Za-z0-9+/]+={0,2}")
 
 
 def auto_processes() -> int:
@@ -75,22 +81,60 @@ class _Waiter:
             self.done.set()
 
 
+class _Garbled(Exception):
+    """A signing process said something it may not: it is ended, never believed."""
+
+
 class _Worker:
     """One running signing process and the replies it owes, in request order."""
 
-    def __init__(self, process: trio.Process) -> None:
+    def __init__(
+        self, process: trio.Process, replies: trio.lowlevel.FdStream, signature_length: int
+    ) -> None:
         self.process = process
+        self.replies = replies
+        self.signature_length = signature_length  # of a base64 signature by the key
         self.owed: deque[tuple[_Waiter, int]] = deque()
+        self.last_progress = trio.current_time()  # of the last reply, or since it was idle
+        self._reader = FrameReader(REPLY_HEADER)
         self._outgoing = bytearray()
         self._ready = trio.Event()
 
     def submit(self, version: str, payloads: Sequence[bytes]) -> _Waiter:
         waiter = _Waiter(len(payloads))
+        if not self.owed:  # idle until now: its stall clock starts here
+            self.last_progress = trio.current_time()
         for index, payload in enumerate(payloads):
             self._outgoing += request_frame(version, payload)
             self.owed.append((waiter, index))
         self._ready.set()
         return waiter
+
+    def stalled(self, limit: float) -> bool:
+        """Whether it owes replies and has sent none for ``limit`` seconds (busy is not stalled)."""
+        return bool(self.owed) and trio.current_time() - self.last_progress >= limit
+
+    async def handshake(self, key_frame: bytes) -> bool:
+        """Send the key; True once the process said :data:`READY`, False if it ended first.
+
+        Raises:
+            _Garbled: it said something else first.
+        """
+        stdin = self.process.stdin
+        assert stdin is not None
+        try:
+            await stdin.send_all(key_frame)
+        except trio.BrokenResourceError:
+            return False  # it ended at once: its exit status says why
+        while True:
+            data = await self.replies.receive_some(READ_BYTES)
+            if not data:
+                return False
+            frames = self._reader.feed(data)
+            if frames:
+                if frames != [READY.encode("ascii")]:
+                    raise _Garbled("its first reply is not the ready frame")
+                return True
 
     async def write_forever(self) -> None:
         """Send what publishes submitted; those of the same moment go in one write."""
@@ -106,18 +150,25 @@ class _Worker:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the process is gone: read_until_exit sees its end
 
-    async def read_until_exit(self) -> None:
-        stdout = self.process.stdout
-        assert stdout is not None
-        reader = FrameReader(REPLY_HEADER)
+    async def read_until_exit(self) -> str | None:
+        """Hand each reply to the publish it belongs to, until the process ends (None) or
+        says what it may not: a reply that is no signature by the key, or one nobody asked
+        for (returned: what it said)."""
         owed = self.owed
         while True:
-            data = await stdout.receive_some(READ_BYTES)
+            data = await self.replies.receive_some(READ_BYTES)
             if not data:
-                return
-            for frame in reader.feed(data):
+                return None
+            frames = self._reader.feed(data)
+            if frames:
+                self.last_progress = trio.current_time()
+            for frame in frames:
                 if not owed:
-                    return  # a reply nobody asked for: not a signing process we know
+                    return "a reply nobody asked for"
+                if frame and (
+                    len(frame) != self.signature_length or _BASE64.fullmatch(frame) is None
+                ):
+                    return f"a reply of {len(frame)} bytes that is no signature"
                 waiter, index = owed.popleft()
                 waiter.reply(index, frame.decode("ascii"))
 
@@ -160,6 +211,10 @@ class EnvelopeSigning:
             if processes
             else b""
         )
+        # The program of a signing process, the reply descriptor appended (tests swap it).
+        self.command = [sys.executable, "-P", "-m", "broker.sns_sign_worker"]
+        size = (key.key_size + 7) // 8
+        self._signature_length = 4 * ((size + 2) // 3)  # base64 of one signature
         self._workers: list[_Worker] = []
         self._wanted = trio.Event()
         self.signed_in_process = 0
@@ -171,6 +226,9 @@ class EnvelopeSigning:
         Always a checkpoint: the publisher counts on it to queue its commit in a later step
         than its signing (see :meth:`broker.fanout.Fanout.publish`).
         """
+        if not payloads:
+            await trio.lowlevel.checkpoint()
+            return []
         worker = min(self._workers, key=lambda each: len(each.owed), default=None)
         if worker is None or signer.key is not self.key:
             if self.processes:
@@ -181,15 +239,18 @@ class EnvelopeSigning:
         waiter = worker.submit(signer.version, payloads)
         with trio.move_on_after(self.sign_timeout) as waited:
             await waiter.done.wait()
-        if waited.cancelled_caught and worker.process.returncode is None:
+        # Waited too long: what is missing is signed here. The process is ended only if it
+        # has answered nothing meanwhile; one that is busy with others' requests is not stuck.
+        stuck = waited.cancelled_caught and worker.stalled(self.sign_timeout)
+        if stuck and worker.process.returncode is None:
             self.log.error(
                 "sns.signing_process_stalled",
                 pid=worker.process.pid,
-                waited_seconds=self.sign_timeout,
+                silent_seconds=self.sign_timeout,
                 consequence="killed and started again; its requests are signed on the event loop",
             )
             worker.process.kill()
-        return self._sign_here(signer, payloads, waiter.signatures)
+        return self._sign_here(signer, payloads, list(waiter.signatures))  # late replies: theirs
 
     def _sign_here(self, signer: Signer, payloads: Sequence[bytes], made: list[str]) -> list[str]:
         """``made`` with every missing signature made on the event loop."""
@@ -215,10 +276,12 @@ class EnvelopeSigning:
             started = trio.current_time()
             try:
                 await self._run_one()
-            except OSError as error:  # could not start one (no memory, no processes left)
+            except Exception as error:
+                # Could not start one (no memory, no processes left), or anything unforeseen:
+                # the processes are an optimisation, never a reason for the broker to stop.
                 self.log.error(
                     "sns.signing_process_failed",
-                    reason=str(error),
+                    reason=f"{type(error).__name__}: {error}",
                     consequence="envelopes are signed on the event loop until one starts",
                 )
             if trio.current_time() - started >= STEADY_SECONDS:
@@ -228,41 +291,69 @@ class EnvelopeSigning:
 
     async def _run_one(self) -> None:
         """Start one process, serve through it until it exits; stop it when cancelled."""
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "broker.sns_sign_worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        worker = _Worker(process)
-        exited = False
+        worker = await self._spawn()
+        process = worker.process
+        garbled: str | None = None
         try:
-            assert process.stdin is not None
             try:
-                with trio.move_on_after(self.sign_timeout):  # a pipe's buffer takes the key
-                    await process.stdin.send_all(key_frame(self._key_pem))
+                with trio.move_on_after(self.sign_timeout) as waited:
+                    ready = await worker.handshake(key_frame(self._key_pem))
+                if waited.cancelled_caught:
+                    raise _Garbled(f"not ready within {self.sign_timeout:g} s")
+                if ready:
                     self._workers.append(worker)
-            except trio.BrokenResourceError:
-                pass  # it ended at once: logged below with its exit status
-            if worker in self._workers:
-                self.log.info("sns.signing_process_started", pid=process.pid)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(worker.write_forever)
-                    await worker.read_until_exit()
-                    nursery.cancel_scope.cancel()
-            exited = True
+                    self.log.info("sns.signing_process_started", pid=process.pid)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(worker.write_forever)
+                        said = await worker.read_until_exit()
+                        nursery.cancel_scope.cancel()
+                    if said is not None:
+                        raise _Garbled(said)
+            except _Garbled as error:
+                garbled = str(error)
+                process.kill()
         finally:
             if worker in self._workers:
                 self._workers.remove(worker)
             worker.abandon()
             with trio.CancelScope(shield=True):
                 await _stop(process)
-        if exited:
+                await worker.replies.aclose()
+        if garbled is not None:
+            self.log.error(
+                "sns.signing_process_garbled",
+                pid=process.pid,
+                reason=garbled,
+                consequence="killed and started again; its requests are signed on the event loop",
+            )
+        else:
             self.log.warning(
                 "sns.signing_process_exited",
                 pid=process.pid,
                 returncode=process.returncode,
                 consequence="envelopes are signed on the event loop until it starts again",
             )
+
+    async def _spawn(self) -> _Worker:
+        """A new signing process: its input a pipe, its replies on a pipe of their own.
+
+        ``-P``: the broker's working directory stays off its import path (a ``proto/`` there
+        must not shadow the broker's). A session of its own: a terminal's signals stay away.
+        """
+        read_fd, write_fd = os.pipe()
+        try:
+            process = await trio.lowlevel.open_process(
+                [*self.command, str(write_fd)],
+                stdin=subprocess.PIPE,
+                pass_fds=(write_fd,),
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        return _Worker(process, trio.lowlevel.FdStream(read_fd), self._signature_length)
 
     @property
     def pids(self) -> list[int]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import os
 import signal
 import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -16,6 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.sns_sign_worker import (
+    READ_BYTES,
+    READY,
     REPLY_HEADER,
     REQUEST_HEADER,
     FrameReader,
@@ -72,19 +76,39 @@ def test_the_header_is_big_endian_and_counts_the_version_byte() -> None:
     assert reply_frame("s") == b"\x00\x01s"
 
 
-def run_worker(stdin: bytes) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(WORKER, input=stdin, capture_output=True, timeout=60, check=False)
+class Spawned:
+    """A signing process started as the broker starts it: replies on a pipe of their own."""
+
+    def __init__(self, **options: object) -> None:
+        read_fd, write_fd = os.pipe()
+        self.process = subprocess.Popen(
+            [*WORKER, str(write_fd)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(write_fd,),
+            **options,  # type: ignore[arg-type]
+        )
+        os.close(write_fd)
+        self.replies = os.fdopen(read_fd, "rb")
+
+    def run(self, stdin: bytes) -> tuple[int, list[bytes], bytes, bytes]:
+        """Send ``stdin``, close it; (status, reply frames, stdout, stderr) once it ended."""
+        stdout, stderr = self.process.communicate(stdin, timeout=60)
+        with self.replies:
+            frames = FrameReader(REPLY_HEADER).feed(self.replies.read())
+        return self.process.returncode, frames, stdout, stderr
 
 
 def test_the_process_signs_what_it_is_sent_in_order(key: rsa.RSAPrivateKey) -> None:
     # Checked with cryptography's own verify of PKCS#1 v1.5: SHA-1 for version 1, SHA-256 for 2.
     requests = [("1", b"first"), ("2", b"second"), ("2", "\u00e9t\u00e9".encode()), ("1", b"")]
     stdin = key_frame(pem(key)) + b"".join(request_frame(v, p) for v, p in requests)
-    done = run_worker(stdin)
-    assert done.returncode == 0, done.stderr
-    frames = FrameReader(REPLY_HEADER).feed(done.stdout)
-    assert len(frames) == len(requests)
-    for (version, payload), frame in zip(requests, frames, strict=True):
+    status, frames, _, stderr = Spawned().run(stdin)
+    assert status == 0, stderr
+    assert frames[0] == READY.encode()  # once the key is loaded
+    assert len(frames) == 1 + len(requests)
+    for (version, payload), frame in zip(requests, frames[1:], strict=True):
         algorithm = hashes.SHA1() if version == "1" else hashes.SHA256()
         key.public_key().verify(base64.b64decode(frame), payload, padding.PKCS1v15(), algorithm)
 
@@ -93,44 +117,68 @@ def test_an_unknown_version_gets_an_empty_reply_and_the_next_is_signed(
     key: rsa.RSAPrivateKey,
 ) -> None:
     stdin = key_frame(pem(key)) + request_frame("9", b"x") + request_frame("1", b"y")
-    done = run_worker(stdin)
-    assert done.returncode == 0
-    empty, signed = FrameReader(REPLY_HEADER).feed(done.stdout)
+    status, frames, _, _ = Spawned().run(stdin)
+    assert status == 0
+    _, empty, signed = frames
     assert empty == b""
     key.public_key().verify(base64.b64decode(signed), b"y", padding.PKCS1v15(), hashes.SHA1())
 
 
 def test_a_key_it_cannot_load_ends_it_with_status_2_and_says_why() -> None:
-    done = run_worker(key_frame(b"not a key") + request_frame("1", b"y"))
-    assert done.returncode == 2
-    assert done.stdout == b""
-    assert b"cannot load the signing key" in done.stderr
+    status, frames, _, stderr = Spawned().run(key_frame(b"not a key") + request_frame("1", b"y"))
+    assert status == 2
+    assert frames == []  # not even the ready frame
+    assert b"cannot load the signing key" in stderr
 
 
 def test_the_end_of_its_input_ends_it() -> None:
-    done = run_worker(b"")
-    assert (done.returncode, done.stdout) == (0, b"")
+    status, frames, _, _ = Spawned().run(b"")
+    assert (status, frames) == (0, [])
 
 
-def test_group_signals_leave_it_to_the_broker_which_ends_it_by_closing_its_input(
+def test_what_else_writes_to_its_stdout_stays_out_of_the_replies(
+    key: rsa.RSAPrivateKey, tmp_path: Path
+) -> None:
+    # A sitecustomize (or a warning) printing to stdout once garbled the replies, which then
+    # shared stdout: now they have a pipe of their own.
+    (tmp_path / "sitecustomize.py").write_text('print("\\u00e9 hello from site")\n')
+    environment = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    status, frames, stdout, _ = Spawned(env=environment).run(
+        key_frame(pem(key)) + request_frame("1", b"z")
+    )
+    assert status == 0
+    assert "hello from site" in stdout.decode()
+    ready, signed = frames
+    assert ready == READY.encode()
+    key.public_key().verify(base64.b64decode(signed), b"z", padding.PKCS1v15(), hashes.SHA1())
+
+
+def test_the_signals_of_a_stop_leave_it_to_the_broker_which_ends_it_by_closing_its_input(
     key: rsa.RSAPrivateKey,
 ) -> None:
-    # systemd's stop and a Ctrl-C reach the whole process group: the broker, draining, may
-    # still need signatures, and closes the pipe when it does not.
-    process = subprocess.Popen(WORKER, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    # systemd's stop reaches every process of the unit: the broker, draining, may still need
+    # signatures, and closes the pipe when it does not.
+    spawned = Spawned()
+    process = spawned.process
     try:
         assert process.stdin is not None
-        assert process.stdout is not None
         process.stdin.write(key_frame(pem(key)))
+        reader = FrameReader(REPLY_HEADER)
+
+        def next_frame() -> bytes:
+            frames: list[bytes] = []
+            while not frames:
+                frames = reader.feed(spawned.replies.read1(READ_BYTES))
+            return frames[0]
 
         def signs(payload: bytes) -> None:
             process.stdin.write(request_frame("1", payload))  # type: ignore[union-attr]
             process.stdin.flush()  # type: ignore[union-attr]
-            (size,) = REPLY_HEADER.unpack(process.stdout.read(REPLY_HEADER.size))  # type: ignore[union-attr]
-            signature = base64.b64decode(process.stdout.read(size))  # type: ignore[union-attr]
+            signature = base64.b64decode(next_frame())
             key.public_key().verify(signature, payload, padding.PKCS1v15(), hashes.SHA1())
 
-        signs(b"serving")  # its signal handlers are set before it reads
+        process.stdin.flush()
+        assert next_frame() == READY.encode()  # its signal handlers are set before it reads
         for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             process.send_signal(number)
         time.sleep(0.2)
@@ -141,4 +189,5 @@ def test_group_signals_leave_it_to_the_broker_which_ends_it_by_closing_its_input
         if process.poll() is None:
             process.kill()
             process.wait()
-        process.stdout.close()  # type: ignore[union-attr]
+        for stream in (process.stdout, process.stderr, spawned.replies):
+            stream.close()  # type: ignore[union-attr]

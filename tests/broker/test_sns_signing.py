@@ -6,7 +6,9 @@ import base64
 import io
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -62,6 +64,8 @@ async def running(key: rsa.RSAPrivateKey, request: pytest.FixtureRequest) -> Asy
         EventLog("broker", stream=out),
         sign_timeout=options.get("timeout", 5.0),
     )
+    if "script" in options:  # a stand-in for the signing process (sys.argv[1]: the reply fd)
+        signing.command = [sys.executable, "-c", options["script"]]
     async with trio.open_nursery() as nursery:
         await nursery.start(signing.run)
         yield Running(signing, out)
@@ -175,3 +179,91 @@ async def wait_for(signing: EnvelopeSigning, condition: object) -> list[int]:
 def test_auto_is_the_cpus_beyond_the_first_at_most_four() -> None:
     cpus = len(os.sched_getaffinity(0))
     assert auto_processes() == min(max(cpus - 1, 0), 4)
+
+
+STAND_IN = """
+import os, sys, time
+from broker.sns_sign_worker import READY, REQUEST_HEADER, FrameReader, reply_frame
+from proto.aws.sns_signature import load_signing_key, sign
+replies, reader, key = int(sys.argv[1]), FrameReader(REQUEST_HEADER), None
+while data := os.read(0, 65536):
+    for frame in reader.feed(data):
+        if key is None:
+            key = load_signing_key(frame)
+            os.write(replies, reply_frame(READY))
+            continue
+        os.write(replies, reply_frame(REPLY(frame[1:], key, frame[:1].decode())))
+"""
+
+
+@pytest.mark.parametrize(
+    "running", [{"script": "REPLY = lambda *_: 'c2lnbmF0dXJl'\n" + STAND_IN}], indirect=True
+)
+async def test_a_process_whose_replies_are_no_signatures_is_not_believed(running: Running) -> None:
+    # Replies are matched to requests by their order alone: one that is not a signature of the
+    # key's length means the stream cannot be trusted, so the process is ended.
+    (pid,) = await running.started()
+    signatures = await running.signing.sign(signer(running.signing.key), PAYLOADS[:3])
+    check(running.signing.key, PAYLOADS[:3], signatures)
+    assert running.signing.signed_in_process == 0
+    await logged(running, "sns.signing_process_garbled")
+    assert "a reply of 12 bytes that is no signature" in running.out.getvalue()
+    assert pid not in running.signing.pids
+
+
+@pytest.mark.parametrize(
+    "running",
+    [{"script": "import time\ntime.sleep(60)", "timeout": 0.3}],
+    indirect=True,
+)
+async def test_a_process_that_never_says_it_is_ready_is_ended(running: Running) -> None:
+    signatures = await running.signing.sign(signer(running.signing.key), PAYLOADS[:2])
+    check(running.signing.key, PAYLOADS[:2], signatures)
+    await logged(running, "not ready within 0.3 s")
+    assert running.signing.pids == []
+
+
+@pytest.mark.parametrize(
+    "running",
+    [{"script": "REPLY = lambda *a: (time.sleep(0.05), sign(*a))[1]\n" + STAND_IN, "timeout": 0.5}],
+    indirect=True,
+)
+async def test_a_busy_process_is_not_taken_for_a_stalled_one(running: Running) -> None:
+    # 30 signatures at 50 ms each outlast the publish's 0.5 s: it signs the rest itself, but
+    # the process kept answering, so it is kept.
+    (pid,) = await running.started()
+    signatures = await running.signing.sign(signer(running.signing.key), PAYLOADS[:30])
+    check(running.signing.key, PAYLOADS[:30], signatures)
+    assert 0 < running.signing.signed_in_process < 30
+    await trio.sleep(2)  # the rest of its replies, late and unused
+    assert running.signing.pids == [pid]
+    assert "stalled" not in running.out.getvalue()
+    before = running.signing.signed_in_process
+    signatures = await running.signing.sign(signer(running.signing.key), PAYLOADS[:1])
+    check(running.signing.key, PAYLOADS[:1], signatures)
+    assert running.signing.signed_in_process == before + 1
+
+
+async def test_output_of_the_interpreter_does_not_reach_the_replies(
+    key: rsa.RSAPrivateKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sitecustomize printing to stdout (non-ASCII too) stopped the broker when replies
+    # shared stdout; they have a pipe of their own now.
+    (tmp_path / "sitecustomize.py").write_text('print("\\u00e9\\n")\n')
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    signing = EnvelopeSigning(key, 1, EventLog("broker", stream=io.StringIO()))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(signing.run)
+        await signing.sign(signer(key), PAYLOADS[:1])
+        await wait_for(signing, lambda pids: len(pids) == 1)
+        signatures = await signing.sign(signer(key), PAYLOADS)
+        check(key, PAYLOADS, signatures)
+        assert signing.signed_in_process == len(PAYLOADS)
+        nursery.cancel_scope.cancel()
+
+
+async def logged(running: Running, text: str) -> None:
+    """Poll the event log (a StringIO: nothing to wait on) until ``text`` is in it."""
+    with trio.fail_after(20):
+        while text not in running.out.getvalue():  # noqa: ASYNC110
+            await trio.sleep(0.02)
