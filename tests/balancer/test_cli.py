@@ -184,5 +184,8 @@ def test_the_console_command_checks_the_certificates(tmp_path, files):
         check=False,
     )
     assert result.returncode == 1
-    assert result.stderr == f"{files['missing']}: cannot read: No such file or directory\n"
+    assert result.stderr == (
+        f"{files['missing']}: cannot read: No such file or directory"
+        " - at `$.listeners[0].certificates[0]`\n"
+    )
     assert result.stdout == ""

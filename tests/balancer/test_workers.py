@@ -423,7 +423,8 @@ async def test_a_missing_certificate_stops_the_supervisor_with_the_workers_reaso
         )
     )
     daemon, sent = await refused_start(config, tmp_path)
-    assert_cannot_start(daemon, sent, f"{missing}: cannot read: No such file or directory")
+    reason = f"{missing}: cannot read: No such file or directory"
+    assert_cannot_start(daemon, sent, f"{reason} - at `$.listeners[0].certificates[0]`")
     for pid in worker_pids(daemon).values():
         await wait_gone(pid)
 
