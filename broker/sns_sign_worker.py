@@ -32,6 +32,8 @@ import struct
 import sys
 from typing import Final
 
+from proto.aws.sns_signature import SignatureError, load_signing_key, sign
+
 REQUEST_HEADER: Final = struct.Struct(">I")
 REPLY_HEADER: Final = struct.Struct(">H")
 READ_BYTES: Final = 1 << 16
@@ -83,10 +85,6 @@ class FrameReader:
 
 def serve(read_fd: int, write_fd: int) -> int:
     """Sign requests from ``read_fd`` until it ends; return the process's exit status."""
-    # Imported here: `python -m` runs this module before any other, and the codec above is all
-    # the broker's side needs of it.
-    from proto.aws.sns_signature import SignatureError, load_signing_key, sign
-
     reader = FrameReader(REQUEST_HEADER)
     key = None
     while True:

@@ -126,15 +126,19 @@ class _Worker:
             await stdin.send_all(key_frame)
         except trio.BrokenResourceError:
             return False  # it ended at once: its exit status says why
-        while True:
-            data = await self.replies.receive_some(READ_BYTES)
-            if not data:
-                return False
-            frames = self._reader.feed(data)
-            if frames:
-                if frames != [READY.encode("ascii")]:
-                    raise _Garbled("its first reply is not the ready frame")
-                return True
+        frames: list[bytes] | None = []
+        while frames == []:
+            frames = await self._receive_frames()
+        if frames is None:
+            return False
+        if frames != [READY.encode("ascii")]:
+            raise _Garbled("its first reply is not the ready frame")
+        return True
+
+    async def _receive_frames(self) -> list[bytes] | None:
+        """The reply frames one read completes (maybe none yet); None at the process's end."""
+        data = await self.replies.receive_some(READ_BYTES)
+        return self._reader.feed(data) if data else None
 
     async def write_forever(self) -> None:
         """Send what publishes submitted; those of the same moment go in one write."""
@@ -156,10 +160,9 @@ class _Worker:
         for (returned: what it said)."""
         owed = self.owed
         while True:
-            data = await self.replies.receive_some(READ_BYTES)
-            if not data:
+            frames = await self._receive_frames()
+            if frames is None:
                 return None
-            frames = self._reader.feed(data)
             if frames:
                 self.last_progress = trio.current_time()
             for frame in frames:

@@ -409,6 +409,12 @@ async def test_a_change_that_cannot_be_saved_is_refused_and_not_applied(nursery,
 
 
 def _restart_config(path, state_dir, target_port: int) -> None:
+    targets = f'{{ host = "127.0.0.1", port = {target_port} }}, {{ host = "10.0.0.1", port = 80 }}'
+    _web_config(path, state_dir, targets)
+
+
+def _web_config(path, state_dir, targets: str) -> None:
+    """One listener forwarding to group ``web`` (port 8080, no health checks) of ``targets``."""
     path.write_text(f"""
 state_dir = "{state_dir}"
 [admin]
@@ -422,9 +428,10 @@ default_action = {{ type = "forward", target_group = "web" }}
 
 [[target_groups]]
 name = "web"
+port = 8080
 deregistration_delay_seconds = 0
 health_check = {{ enabled = false }}
-targets = [{{ host = "127.0.0.1", port = {target_port} }}, {{ host = "10.0.0.1", port = 80 }}]
+targets = [{targets}]
 """)
 
 
@@ -585,24 +592,7 @@ def quota_config(tmp_path, count: int) -> Path:
     """A config whose group ``web`` lists ``count`` targets, state kept under ``tmp_path``."""
     targets = ", ".join(f'{{ host = "10.1.{n // 250}.{n % 250 + 1}" }}' for n in range(count))
     path = tmp_path / "balancer.toml"
-    path.write_text(f"""
-state_dir = "{tmp_path / "state"}"
-[admin]
-port = 0
-[[listeners]]
-name = "front"
-protocol = "http"
-host = "127.0.0.1"
-port = 0
-default_action = {{ type = "forward", target_group = "web" }}
-[[target_groups]]
-name = "spare"
-[[target_groups]]
-name = "web"
-port = 8080
-health_check = {{ enabled = false }}
-targets = [{targets}]
-""")
+    _web_config(path, tmp_path / "state", targets)
     return path
 
 

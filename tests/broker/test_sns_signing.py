@@ -176,9 +176,19 @@ async def wait_for(signing: EnvelopeSigning, condition: object) -> list[int]:
     return signing.pids
 
 
-def test_auto_is_the_cpus_beyond_the_first_at_most_four() -> None:
-    cpus = len(os.sched_getaffinity(0))
-    assert auto_processes() == min(max(cpus - 1, 0), 4)
+@pytest.mark.parametrize(("cpus", "processes"), [(1, 0), (2, 1), (5, 4), (64, 4)])
+def test_auto_is_the_cpus_beyond_the_first_at_most_four(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, processes: int
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)))
+    assert auto_processes() == processes
+
+    def refused(pid: int) -> set[int]:  # a seccomp filter: the CPU count stands in
+        raise PermissionError
+
+    monkeypatch.setattr(os, "sched_getaffinity", refused)
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    assert auto_processes() == processes
 
 
 STAND_IN = """
