@@ -193,6 +193,10 @@ CUT_IN_TAG = script_of(
     cut=50,
     end="close",
 )
+# A "cut" after the last byte of a kept connection: a whole exchange, rightly pooled, which
+# the judge took for a broken one (found by CI).
+_WHOLE = _OK + b"Content-Length: 12\r\n\r\n" + _ID
+CUT_AFTER_THE_END = script_of(_WHOLE, content=_ID, cut=len(_WHOLE), end="keep")
 
 # HYPOTHESIS_PROFILE=deep runs ten times as many examples.
 EXAMPLES = 150 * (10 if os.environ.get("HYPOTHESIS_PROFILE") == "deep" else 1)
@@ -210,6 +214,7 @@ EXAMPLES = 150 * (10 if os.environ.get("HYPOTHESIS_PROFILE") == "deep" else 1)
 @example(case=Case(ClientRequest(b"GET"), SMALL_CHUNKS))
 @example(case=Case(ClientRequest(b"GET"), NO_CONTENT_FRAMED))
 @example(case=Case(ClientRequest(b"GET"), CUT_IN_TAG))
+@example(case=Case(ClientRequest(b"GET"), CUT_AFTER_THE_END))
 def test_every_target_answer_gets_the_client_one_right_response(rig: Rig, case: Case) -> None:
     run_case(rig.ready(), case)
 

@@ -619,7 +619,7 @@ def clean(case: Case) -> bool:
     return (
         script.validity in ("valid", "lenient")
         and not script.ambiguous
-        and script.cut is None
+        and script.sent_end() == len(script.data)  # a cut at the very end cuts nothing
         and script.end == "keep"
         and script.message_end == len(script.data)
         and not _stalls(script, 0, len(script.data) + 1, 0.3)
