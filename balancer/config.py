@@ -53,8 +53,9 @@ STATE_DIR_FALLBACK = "wharf-balancer-state"  # without state_dir and outside sys
 
 # AWS quotas (load-balancer-limits.md) and ELBv2 API bounds.
 MAX_LISTENERS = 50
-MAX_RULES_PER_LISTENER = 100  # AWS: 100 per load balancer, not counting default rules
-MAX_CERTIFICATES = 26  # the default certificate plus 25 in the certificate list
+MAX_RULES = 100  # per load balancer, not counting the listeners' default actions
+MAX_CERTIFICATES = 26  # of a listener: its default certificate plus 25
+MAX_EXTRA_CERTIFICATES = 25  # per load balancer, not counting the listeners' defaults
 MAX_TARGET_GROUPS = 100
 MAX_TARGETS_PER_GROUP = 1000
 RESERVED_COOKIE_PREFIX = "AWSALB"  # covers AWSALBAPP and AWSALBTG too
@@ -160,8 +161,6 @@ class _HttpListenerBase(Section, frozen=True, kw_only=True):
                 ipaddress.ip_network(cidr)
             except ValueError as exc:
                 raise ValueError(f"trusted_proxies: {exc}") from None
-        if len(self.rules) > MAX_RULES_PER_LISTENER:
-            raise ValueError(f"at most {MAX_RULES_PER_LISTENER} rules per listener")
         seen: set[int] = set()
         for i, rule in enumerate(self.rules):
             if rule.priority in seen:
@@ -515,7 +514,38 @@ class BalancerConfig(Section, frozen=True, kw_only=True):
                 f"stickiness is enabled ({sticky[0]}) but stickiness.key_files is empty: "
                 "cookies must be sealed with a key every balancer process shares"
             )
+        self._check_quotas()
         self._check_admin_ports()
+
+    def _check_quotas(self) -> None:
+        """AWS's quotas per load balancer (load-balancer-limits.md), which span listeners: the
+        error names the first rule or certificate past the quota."""
+        rules = certificates = 0
+        for i, listener in enumerate(self.listeners):
+            if rules + len(listener.rules) > MAX_RULES:
+                raise ValueError(
+                    f"at most {MAX_RULES} rules per load balancer (AWS's quota, default "
+                    f"actions not counted); the listeners have "
+                    f"{sum(len(li.rules) for li in self.listeners)} "
+                    f"- at `$.listeners[{i}].rules[{MAX_RULES - rules}]`"
+                )
+            rules += len(listener.rules)
+            if not isinstance(listener, HttpsListener):
+                continue
+            extra = len(listener.certificates) - 1  # the first is the listener's default
+            if certificates + extra > MAX_EXTRA_CERTIFICATES:
+                total = sum(
+                    len(li.certificates) - 1
+                    for li in self.listeners
+                    if isinstance(li, HttpsListener)
+                )
+                raise ValueError(
+                    f"at most {MAX_EXTRA_CERTIFICATES} certificates per load balancer besides "
+                    f"each listener's default (AWS's quota); the listeners have {total} "
+                    f"- at `$.listeners[{i}].certificates"
+                    f"[{MAX_EXTRA_CERTIFICATES - certificates + 1}]`"
+                )
+            certificates += extra
 
     def _check_admin_ports(self) -> None:
         """Refuse a listener on the port of an admin listener (worker ``i`` serves its own on

@@ -571,10 +571,50 @@ def test_listener_limits():
         }
         for p in range(1, 102)
     ]
-    assert "at most 100 rules per listener" in error(config(listeners=[listener(rules=rules)]))
+    assert (
+        "at most 100 rules per load balancer (AWS's quota, default actions not counted); the "
+        "listeners have 101 - at `$.listeners[0].rules[100]`"
+    ) in error(config(listeners=[listener(rules=rules)]))
+    decode(msgspec.toml.encode(config(listeners=[listener(rules=rules[:100])])), BalancerConfig)
     assert "rules[1].priority 1 is used twice" in error(
         config(listeners=[listener(rules=[rules[0], rules[0]])])
     )
+
+
+def test_the_rule_and_certificate_quotas_span_the_listeners():
+    """AWS counts them per load balancer: 100 rules and 25 certificates besides each
+    listener's default, however they are spread."""
+
+    def rules(first: int, count: int) -> list[dict[str, Any]]:
+        action = {"type": "fixed_response", "status_code": 200}
+        path = {"path_pattern": ["/"]}
+        return [
+            {"priority": p, "conditions": path, "action": action}
+            for p in range(first, first + count)
+        ]
+
+    spread = [
+        listener(name="a", port=80, rules=rules(1, 60)),
+        listener(name="b", port=81, rules=rules(1, 40)),
+    ]
+    decode(msgspec.toml.encode(config(listeners=spread)), BalancerConfig)
+    spread[1]["rules"] = rules(1, 41)
+    assert "the listeners have 101 - at `$.listeners[1].rules[40]`" in error(
+        config(listeners=spread)
+    )
+
+    def https(name: str, port: int, count: int) -> dict[str, Any]:
+        certificates = [{"cert_file": f"/{n}.pem", "key_file": f"/{n}.key"} for n in range(count)]
+        return listener(name=name, protocol="https", port=port, certificates=certificates)
+
+    # 1 + 12 and 1 + 13: 25 besides the defaults.
+    both = [https("a", 443, 13), listener(name="p", port=80), https("b", 8443, 14)]
+    decode(msgspec.toml.encode(config(listeners=both)), BalancerConfig)
+    both[2] = https("b", 8443, 15)
+    assert (
+        "at most 25 certificates per load balancer besides each listener's default (AWS's "
+        "quota); the listeners have 26 - at `$.listeners[2].certificates[14]`"
+    ) in error(config(listeners=both))
 
 
 # TLS policies (the table itself: tests/balancer/test_tls_policies.py) ---------------------------
