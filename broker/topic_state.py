@@ -102,7 +102,8 @@ class Subscription:
 
     @property
     def context(self) -> SubscriptionContext:
-        return SubscriptionContext(self.protocol, self.endpoint, self.topic.settings.fifo)
+        topic = self.topic
+        return SubscriptionContext(self.protocol, self.endpoint, topic.settings.fifo, topic.arn)
 
     def effective_delivery(self) -> EffectiveDeliveryPolicy:
         """The delivery policy its HTTP/S deliveries follow (topic's and its own, combined)."""

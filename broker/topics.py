@@ -12,6 +12,7 @@ never even looks at a subscription that may not receive it.
 
 from __future__ import annotations
 
+import re
 import secrets
 import uuid
 from collections.abc import Iterator, Mapping
@@ -25,6 +26,8 @@ from broker.model.delivery_policy import EffectiveDeliveryPolicy
 from broker.model.filter_policy import check_policy_quota
 from broker.model.publishing import Original
 from broker.model.sns_errors import (
+    INVALID_PARAMETER,
+    SnsError,
     attribute_error,
     invalid_parameter,
     not_found,
@@ -73,6 +76,7 @@ OUT_OF_SCOPE_PROTOCOLS: Final = frozenset(
     {"email", "email-json", "sms", "application", "lambda", "firehose"}
 )
 TOKEN_LIFETIME_MS: Final = 2 * 24 * 3600 * 1000  # ConfirmSubscription: "tokens valid 2 days"
+_TOKEN: Final = re.compile(r"[0-9a-fA-F]+")  # what every confirmation token is
 PENDING_SWEEP_EVERY: Final = 60  # expiry rounds between sweeps for expired pending subscriptions
 
 
@@ -189,9 +193,10 @@ class TopicRegistry:
             parts = len(arn.split(":"))
             if parts < 6:  # AWS's wording for this case
                 reason = f"An ARN must have at least 6 elements, not {parts}"
-            else:
-                reason = "not a subscription ARN (arn:aws:sns:REGION:ACCOUNT:TOPIC:ID)"
-            raise invalid_parameter(f"SubscriptionArn Reason: {reason}") from None
+                raise invalid_parameter(f"SubscriptionArn Reason: {reason}") from None
+            # A topic's ARN, or another of 6 elements or more: AWS names the id it lacks
+            # (LocalStack's AWS-validated snapshot, invalid-unsubscribe-arn-3).
+            raise invalid_parameter("SubscriptionId") from None
         found = self._subscriptions.get(subscription_id)
         if found is None or found.topic.arn != str(parsed_topic):
             return None
@@ -379,7 +384,7 @@ class TopicRegistry:
             SnsError: AWS's errors for the protocol, endpoint or attributes.
         """
         self._check_endpoint(topic, protocol, endpoint)
-        context = SubscriptionContext(protocol, endpoint, topic.settings.fifo)
+        context = SubscriptionContext(protocol, endpoint, topic.settings.fifo, topic.arn)
         settings = parse_subscribe(attributes, context)
         for existing in topic.subscriptions.values():
             if existing.protocol == protocol and existing.endpoint == endpoint:
@@ -489,12 +494,17 @@ class TopicRegistry:
         """The subscription a confirmation token names (or the unsubscribed one it restores).
 
         Raises:
-            SnsError: ``InvalidParameter`` "Topic" or "Token", as AWS answers.
+            SnsError: ``InvalidParameter`` "Topic" or "Token", as AWS answers; "Invalid
+                token" for one that is not hexadecimal, as no token is.
         """
         try:
             parse_topic_arn(topic_arn_value)
         except ArnError:
             raise invalid_parameter("Topic") from None
+        if not _TOKEN.fullmatch(token):
+            # LocalStack's AWS-validated snapshot (invalid-token): "randomtoken" gets this,
+            # a well-formed token nobody was sent gets "Invalid parameter: Token".
+            raise SnsError(INVALID_PARAMETER, "Invalid token")
         subscription_id = self._tokens.get(token)
         found: Subscription | SubscriptionRecord | None = (
             self._subscriptions.get(subscription_id) if subscription_id else None

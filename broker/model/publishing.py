@@ -24,7 +24,7 @@ from broker.model.dedup import DEDUPLICATION_WINDOW_MS, ScopedWindow, deduplicat
 from broker.model.messages import is_number_value
 from broker.model.sns_errors import INVALID_PARAMETER_VALUE, SnsError, invalid_parameter
 from broker.model.topics import TopicSettings
-from proto.aws.sns_envelope import content_deduplication_id
+from proto.aws.sns_envelope import DELIVERY_SETTING_PREFIXES, content_deduplication_id
 
 MAX_SUBJECT_LENGTH: Final = 100  # Publish: "less than 100 characters"; 100 is accepted (lenient)
 MAX_ATTRIBUTE_NAME_BYTES: Final = 256
@@ -71,9 +71,11 @@ class PreparedMessage(NamedTuple):
     deduplication_id: str | None
 
     def message_for(self, protocol: str) -> str:
-        """The text a subscriber of ``protocol`` gets (its own entry, else ``default``)."""
+        """The text a subscriber of ``protocol`` gets: its own entry, even an empty one (the
+        Publish reference: "the empty string, "", is allowed"), else ``default``."""
         messages = self.messages
-        return messages.get(protocol) or messages["default"]
+        own = messages.get(protocol)
+        return messages["default"] if own is None else own
 
 
 def prepare(settings: TopicSettings, request: PublishRequest) -> PreparedMessage:
@@ -213,7 +215,9 @@ def _check_attribute_name(name: str) -> None:
         raise _bad_value("The message attribute name must not be empty.")
     if len(name.encode()) > MAX_ATTRIBUTE_NAME_BYTES:
         raise _bad_value("Length of message attribute name must be less than 256 bytes.")
-    if name.lower().startswith(_RESERVED_NAME_PREFIXES):
+    if name.lower().startswith(_RESERVED_NAME_PREFIXES) and not name.startswith(
+        DELIVERY_SETTING_PREFIXES
+    ):
         raise _bad_value(
             f"The message attribute name '{name}' is reserved: names starting with 'AWS.' or "
             "'Amazon.' (in any case) are AWS's."

@@ -63,6 +63,7 @@ class SubscriptionContext(NamedTuple):
     protocol: str
     endpoint: str
     topic_fifo: bool
+    topic_arn: str  # its dead-letter queue must be in the topic's account and region
 
 
 class SubscriptionFacts(NamedTuple):
@@ -193,6 +194,16 @@ def _dead_letter_target(value: str, context: SubscriptionContext, in_map: bool) 
         arn = None
     if arn is None:
         detail = "RedrivePolicy: deadLetterTargetArn is an invalid arn"
+        raise attribute_error(detail, in_attributes_map=in_map)
+    _, _, _, region, account, _ = context.topic_arn.split(":", 5)
+    if (arn.region, arn.account) != (region, account):
+        # "The Amazon SNS subscription and Amazon SQS queue must be under the same AWS
+        # account and Region" (SNS dead-letter queues page): the broker could never write to
+        # another, and the messages meant for it would be lost. The wording is ours.
+        detail = (
+            "RedrivePolicy: the dead-letter queue must be in the topic's account and region "
+            f"({account}, {region})"
+        )
         raise attribute_error(detail, in_attributes_map=in_map)
     fifo_subscription = context.topic_fifo and context.endpoint.endswith(".fifo")
     if fifo_subscription and not arn.resource.endswith(".fifo"):

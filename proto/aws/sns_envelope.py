@@ -40,6 +40,7 @@ from proto.aws.sns_signature import (
 from proto.errors import ProtocolError
 
 __all__ = [
+    "DELIVERY_SETTING_PREFIXES",
     "MAX_RAW_SQS_ATTRIBUTES",
     "NOTIFICATION",
     "SUBSCRIPTION_CONFIRMATION",
@@ -68,6 +69,11 @@ MESSAGE_TYPES: Final = (NOTIFICATION, SUBSCRIPTION_CONFIRMATION, UNSUBSCRIBE_CON
 # directed towards Raw Message Delivery enabled Amazon SQS subscriptions will be discarded as
 # client side errors."
 MAX_RAW_SQS_ATTRIBUTES: Final = 10
+
+# The message attributes AWS defines as per-message settings of SMS and mobile push deliveries
+# (sms_preferences.md: "override some of these settings for a single message when you use the
+# Publish action"; sns-ttl.md): published to topics like any attribute, meaningless to a queue.
+DELIVERY_SETTING_PREFIXES: Final = ("AWS.SNS.SMS.", "AWS.SNS.MOBILE.", "AWS.MM.SMS.")
 
 USER_AGENT: Final = "Amazon Simple Notification Service Agent"  # http-header.md example
 DEFAULT_CONTENT_TYPE: Final = "text/plain; charset=UTF-8"
@@ -143,10 +149,19 @@ def raw_sqs_attributes(attributes: Mapping[str, Mapping[str, Any]]) -> dict[str,
     Returns:
         name -> ``{"DataType", "StringValue" | "BinaryValue"}`` for SendMessage.
 
+    The SMS and mobile push settings (``DELIVERY_SETTING_PREFIXES``) are left out: SQS
+    refuses names that start with ``AWS.``, and they set nothing for a queue.
+
     Raises:
         EnvelopeError: more than 10 attributes (AWS discards such raw deliveries as client
             errors) or an attribute without a DataType or value.
     """
+    if any(name.startswith(DELIVERY_SETTING_PREFIXES) for name in attributes):
+        attributes = {
+            name: attribute
+            for name, attribute in attributes.items()
+            if not name.startswith(DELIVERY_SETTING_PREFIXES)
+        }
     if len(attributes) > MAX_RAW_SQS_ATTRIBUTES:
         raise EnvelopeError(
             f"raw delivery to SQS carries at most {MAX_RAW_SQS_ATTRIBUTES} message attributes, "

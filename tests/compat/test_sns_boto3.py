@@ -103,7 +103,13 @@ def test_create_topic_is_idempotent_and_checks_attributes(sns: Any, name: Names)
 
 @pytest.mark.parametrize(
     ("topic_name", "attributes"),
-    [("bad name", {}), ("x" * 257, {}), ("plain.fifo", {}), ("nofifo", {"FifoTopic": "true"})],
+    [
+        ("bad name", {}),
+        ("x" * 257, {}),
+        ("plain.fifo", {}),
+        ("nofifo", {"FifoTopic": "true"}),
+        ("", {}),  # AWS's answer to a name too short (LocalStack's AWS-validated snapshot)
+    ],
 )
 def test_invalid_topic_names_are_refused(sns: Any, topic_name: str, attributes: Any) -> None:
     with pytest.raises(botocore.exceptions.ClientError) as info:
@@ -172,6 +178,18 @@ def test_unknown_topics_and_subscriptions(sns: Any) -> None:
         "InvalidParameter",
         "Invalid parameter: TopicArn Reason: An ARN must have at least 6 elements, not 5",
     )
+    # A topic's ARN where a subscription's belongs: AWS names the id it lacks (LocalStack's
+    # AWS-validated snapshot, invalid-unsubscribe-arn-3).
+    for call in (
+        lambda: sns.unsubscribe(SubscriptionArn=missing),
+        lambda: sns.get_subscription_attributes(SubscriptionArn=missing),
+    ):
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            call()
+        assert (code_of(info), message_of(info)) == (
+            "InvalidParameter",
+            "Invalid parameter: SubscriptionId",
+        )
 
 
 def test_tags(sns: Any, name: Names) -> None:
@@ -662,6 +680,35 @@ def test_characters_sqs_cannot_store_never_lose_a_copy(
     assert raw_copy["MessageAttributes"]["s"]["StringValue"] == f"v{replaced}"
 
 
+def test_sms_and_mobile_push_settings_are_published_and_kept_from_raw_queue_copies(
+    sns: Any, sqs_json: Any, queue: Any, name: Names
+) -> None:
+    """AWS's per-message SMS and push settings may go with a Publish to a topic; the envelope
+    carries them as any attribute, a raw queue copy leaves them out (SQS refuses AWS. names)."""
+    topic, enveloped, raw = _topic_with_enveloped_and_raw_queues(sns, queue, name)
+    settings = {
+        "AWS.SNS.SMS.SMSType": {"DataType": "String", "StringValue": "Transactional"},
+        "AWS.SNS.MOBILE.APNS.TTL": {"DataType": "String", "StringValue": "60"},
+    }
+    own = {"kind": {"DataType": "String", "StringValue": "otp"}}
+    sns.publish(TopicArn=topic, Message="m", MessageAttributes={**settings, **own})
+    (copy,) = receive_all(sqs_json, enveloped, 1)
+    assert json.loads(copy["Body"])["MessageAttributes"] == {
+        "AWS.SNS.SMS.SMSType": {"Type": "String", "Value": "Transactional"},
+        "AWS.SNS.MOBILE.APNS.TTL": {"Type": "String", "Value": "60"},
+        "kind": {"Type": "String", "Value": "otp"},
+    }
+    (raw_copy,) = receive_all(sqs_json, raw, 1)
+    assert raw_copy["MessageAttributes"] == own
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.publish(
+            TopicArn=topic,
+            Message="m",
+            MessageAttributes={"AWS.mine": {"DataType": "String", "StringValue": "v"}},
+        )
+    assert code_of(info) == "ParameterValueInvalid"
+
+
 def test_envelope_carries_attributes_binary_in_base64(
     sns: Any, sqs_json: Any, queue: Any, name: Names
 ) -> None:
@@ -694,6 +741,12 @@ def test_message_structure_json_gives_each_protocol_its_text(
     )
     (message,) = receive_all(sqs_json, url, 1)
     assert json.loads(message["Body"])["Message"] == "for queues"
+    # An empty entry is the protocol's text too: "the empty string, "", is allowed".
+    sns.publish(
+        TopicArn=topic, MessageStructure="json", Message=json.dumps({"default": "d", "sqs": ""})
+    )
+    (message,) = receive_all(sqs_json, url, 1)
+    assert json.loads(message["Body"])["Message"] == ""
     for bad, reason in (
         ("not json", "JSON message body failed to parse"),
         ('{"sqs": "x"}', "No default entry in JSON message body"),
@@ -829,6 +882,29 @@ def test_a_standard_topic_subscription_refuses_a_fifo_dead_letter_queue(
         )
     assert code_of(info) == "InvalidParameter"
     assert "standard queue as DLQ" in message_of(info)
+
+
+def test_a_dead_letter_queue_the_broker_cannot_reach_is_refused(
+    sns: Any, queue: Any, name: Names
+) -> None:
+    """Another region's or account's queue: accepted, it would swallow the failed deliveries."""
+    topic = sns.create_topic(Name=name())["TopicArn"]
+    _, arn = queue()
+    _, _, _, region, account, _ = arn.split(":")
+    elsewhere = f"arn:aws:sqs:{'eu-west-3' if region != 'eu-west-3' else 'us-east-1'}:{account}:dlq"
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.subscribe(
+            TopicArn=topic,
+            Protocol="sqs",
+            Endpoint=arn,
+            Attributes={"RedrivePolicy": json.dumps({"deadLetterTargetArn": elsewhere})},
+        )
+    assert code_of(info) == "InvalidParameter"
+    assert message_of(info) == (
+        "Invalid parameter: Attributes Reason: RedrivePolicy: the dead-letter queue must be in "
+        f"the topic's account and region ({account}, {region})"
+    )
+    assert sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"] == []
 
 
 def test_undeliverable_sqs_messages_go_to_the_dead_letter_queue(

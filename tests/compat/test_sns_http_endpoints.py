@@ -157,8 +157,14 @@ def test_confirm_subscription_action_and_signature_version_2(broker: BrokerThrea
         assert again["SubscriptionArn"] == arn  # idempotent
         attributes = sns.get_subscription_attributes(SubscriptionArn=arn)["Attributes"]
         assert attributes["ConfirmationWasAuthenticated"] == "true"
-        with pytest.raises(sns.exceptions.InvalidParameterException):
+        with pytest.raises(sns.exceptions.InvalidParameterException) as info:
             sns.confirm_subscription(TopicArn=topic, Token="0" * 128)
+        assert info.value.response["Error"]["Message"] == "Invalid parameter: Token"
+        # Not even shaped like a token: AWS's other answer (LocalStack's AWS-validated
+        # snapshot, invalid-token).
+        with pytest.raises(sns.exceptions.InvalidParameterException) as info:
+            sns.confirm_subscription(TopicArn=topic, Token="randomtoken")
+        assert info.value.response["Error"]["Message"] == "Invalid token"
 
 
 @pytest.mark.parametrize("failure", ["500", "hang", "reset", "garbage"])

@@ -124,6 +124,12 @@ def test_fifo_rules() -> None:
         ({"AWS.trace": {"DataType": "String", "StringValue": "v"}},
          "The message attribute name 'AWS.trace' is reserved: names starting with 'AWS.' or "
          "'Amazon.' (in any case) are AWS's."),
+        ({"AWS.SNS.other": {"DataType": "String", "StringValue": "v"}},
+         "The message attribute name 'AWS.SNS.other' is reserved: names starting with 'AWS.' or "
+         "'Amazon.' (in any case) are AWS's."),
+        ({"aws.sns.sms.SMSType": {"DataType": "String", "StringValue": "v"}},
+         "The message attribute name 'aws.sns.sms.SMSType' is reserved: names starting with "
+         "'AWS.' or 'Amazon.' (in any case) are AWS's."),
         ({"amazon.x": {"DataType": "String", "StringValue": "v"}},
          "The message attribute name 'amazon.x' is reserved: names starting with 'AWS.' or "
          "'Amazon.' (in any case) are AWS's."),
@@ -157,6 +163,10 @@ def test_good_attributes() -> None:
             "n": {"DataType": "Number", "StringValue": "-1.5e10"},
             "b": {"DataType": "Binary", "BinaryValue": b"\x00"},
             "a": {"DataType": "String.Array", "StringValue": '["x", 1, true, null]'},
+            # AWS's own per-message settings of SMS and mobile push deliveries.
+            "AWS.SNS.SMS.SMSType": {"DataType": "String", "StringValue": "Transactional"},
+            "AWS.SNS.MOBILE.APNS.TTL": {"DataType": "String", "StringValue": "60"},
+            "AWS.MM.SMS.EntityId": {"DataType": "String", "StringValue": "e"},
         }
     )
 
@@ -178,7 +188,7 @@ def test_each_protocol_gets_its_string_entry_else_default(
         return
     prepared = prepare(STANDARD, PublishRequest(message=text, structure="json"))
     own = document.get(protocol)
-    expected = own if isinstance(own, str) and own else document["default"]
+    expected = own if isinstance(own, str) else document["default"]
     assert prepared.message_for(protocol) == expected
 
 

@@ -21,8 +21,8 @@ from broker.model.subscriptions import (
 
 TOPIC = "arn:aws:sns:us-east-1:123456789012:orders"
 QUEUE = "arn:aws:sqs:us-east-1:123456789012:q"
-SQS = SubscriptionContext("sqs", QUEUE, topic_fifo=False)
-HTTP = SubscriptionContext("https", "https://example.com/hook", topic_fifo=False)
+SQS = SubscriptionContext("sqs", QUEUE, topic_fifo=False, topic_arn=TOPIC)
+HTTP = SubscriptionContext("https", "https://example.com/hook", topic_fifo=False, topic_arn=TOPIC)
 FACTS = SubscriptionFacts(
     subscription_arn=f"{TOPIC}:0b6ed8a1",
     topic_arn=TOPIC,
@@ -109,7 +109,7 @@ def test_raw_message_delivery():
         "Invalid parameter: Attributes Reason: RawMessageDelivery: Invalid value [yes]. "
         "Must be true or false."
     )
-    email = SubscriptionContext("email", "someone@example.com", topic_fifo=False)
+    email = SubscriptionContext("email", "someone@example.com", topic_fifo=False, topic_arn=TOPIC)
     assert "does not support raw message delivery" in message_of(
         lambda: apply_update(SubscriptionSettings(), "RawMessageDelivery", "true", email)
     )
@@ -128,13 +128,36 @@ def test_redrive_policy():
     assert message_of(lambda: apply_update(settings, "RedrivePolicy", bad, SQS)) == (
         "Invalid parameter: RedrivePolicy: deadLetterTargetArn is an invalid arn"
     )
-    fifo = SubscriptionContext("sqs", QUEUE + ".fifo", topic_fifo=True)
+    fifo = SubscriptionContext("sqs", QUEUE + ".fifo", topic_fifo=True, topic_arn=TOPIC + ".fifo")
     assert message_of(lambda: apply_update(settings, "RedrivePolicy", policy, fifo)) == (
         "Invalid parameter: RedrivePolicy: must use a FIFO queue as DLQ for a FIFO Subscription "
         "to a FIFO Topic."
     )
     fifo_dlq = json.dumps({"deadLetterTargetArn": QUEUE + "-dlq.fifo"})
     assert apply_update(settings, "RedrivePolicy", fifo_dlq, fifo).dead_letter_target_arn
+
+
+@pytest.mark.parametrize(
+    "elsewhere",
+    ["arn:aws:sqs:us-west-2:123456789012:dlq", "arn:aws:sqs:us-east-1:111111111111:dlq"],
+)
+@pytest.mark.parametrize("context", [SQS, HTTP])
+def test_a_dead_letter_queue_in_another_account_or_region_is_refused(
+    context: SubscriptionContext, elsewhere: str
+) -> None:
+    """The broker could never deliver there: accepted, it would lose what it was meant to
+    keep."""
+    policy = json.dumps({"deadLetterTargetArn": elsewhere})
+    assert message_of(
+        lambda: apply_update(SubscriptionSettings(), "RedrivePolicy", policy, context)
+    ) == (
+        "Invalid parameter: RedrivePolicy: the dead-letter queue must be in the topic's account "
+        "and region (123456789012, us-east-1)"
+    )
+    assert message_of(lambda: parse_subscribe({"RedrivePolicy": policy}, context)) == (
+        "Invalid parameter: Attributes Reason: RedrivePolicy: the dead-letter queue must be in "
+        "the topic's account and region (123456789012, us-east-1)"
+    )
 
 
 @pytest.mark.parametrize("standard", [SQS, HTTP])

@@ -237,6 +237,24 @@ def test_raw_delivery_to_sqs_carries_at_most_ten_attributes():
         raw_sqs_attributes(eleven)
 
 
+def test_raw_delivery_to_sqs_leaves_out_the_sms_and_mobile_push_settings():
+    """SQS refuses names starting with AWS., and these set nothing for a queue; they do not
+    count towards the ten either."""
+    ten = {
+        f"a{i}": {"DataType": "String", "StringValue": "v"} for i in range(MAX_RAW_SQS_ATTRIBUTES)
+    }
+    settings = {
+        "AWS.SNS.SMS.SMSType": {"DataType": "String", "StringValue": "Transactional"},
+        "AWS.SNS.MOBILE.APNS.TTL": {"DataType": "String", "StringValue": "60"},
+        "AWS.MM.SMS.EntityId": {"DataType": "String", "StringValue": "e"},
+    }
+    assert raw_sqs_attributes({**ten, **settings}) == ten
+    assert envelope_attributes(settings)["AWS.SNS.SMS.SMSType"] == {
+        "Type": "String",
+        "Value": "Transactional",
+    }
+
+
 def test_content_based_deduplication_is_the_sha256_of_the_message():
     assert content_deduplication_id("Test") == (
         "532eaabd9574880dbf76b9b8cc00832c20a6ec113d682299550d7a6e0f345e25"
