@@ -22,7 +22,7 @@ import base64
 import binascii
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 from proto.aws.errors import AwsError, common_error
 
@@ -34,9 +34,11 @@ __all__ = [
     "STRING",
     "DecodedRequest",
     "EncodedResponse",
+    "Item",
     "ListOf",
     "MapOf",
     "Member",
+    "MissingPath",
     "Operation",
     "Scalar",
     "ScalarType",
@@ -143,7 +145,8 @@ class Service:
         json_namespace: the prefix of ``__type`` in JSON errors (``com.amazonaws.sqs``).
         query_compatible: whether JSON errors carry the ``x-amzn-query-error`` header.
         xml_error_detail: whether XML errors carry an empty ``<Detail/>`` (SQS does).
-        missing_parameter: builds the error for a missing required parameter (by path).
+        missing_parameter: builds the error for the missing required parameters (their paths,
+            in model order; never empty).
         invalid_parameter: builds the error for a value of the wrong form (path, value).
     """
 
@@ -155,7 +158,7 @@ class Service:
     json_namespace: str | None = None
     query_compatible: bool = False
     xml_error_detail: bool = False
-    missing_parameter: Callable[[str], AwsError]
+    missing_parameter: Callable[[Sequence[MissingPath]], AwsError]
     invalid_parameter: Callable[[str, str], AwsError]
 
 
@@ -256,6 +259,16 @@ def _scalar_from_json(shape: Scalar, value: object, path: str) -> Any:
         ) from None
 
 
+class Item(NamedTuple):
+    """A step into a list element (its 1-based index) or a map value (its key)."""
+
+    key: str
+
+
+# Where a required member is missing: member names and the items on the way to it.
+MissingPath = tuple[str | Item, ...]
+
+
 def check_required(service: Service, shape: Structure, params: Mapping[str, Any]) -> None:
     """Raise the service's missing-parameter error if a required member is absent.
 
@@ -268,33 +281,35 @@ def check_required(service: Service, shape: Structure, params: Mapping[str, Any]
         params: decoded parameters.
 
     Raises:
-        AwsError: ``service.missing_parameter(path)`` for the first missing member, in model
-            order; nested paths are dotted with 1-based list indexes (``Entries.2.Id``).
+        AwsError: ``service.missing_parameter(paths)`` with every missing member, in model
+            order (each service words it its own way: SQS names the first).
     """
     check = shape._required
     if check is None:
         return
     try:
         check(params)
-    except Exception:  # the walk below raises the error with its path
-        _check_required(service, shape, params, "")
+    except Exception:  # the walk below finds what is missing, with the paths
+        missing: list[MissingPath] = []
+        _find_missing(shape, params, (), missing)
+        if missing:
+            raise service.missing_parameter(missing) from None
 
 
-def _check_required(service: Service, shape: Shape, value: Any, path: str) -> None:
+def _find_missing(shape: Shape, value: Any, path: MissingPath, missing: list[MissingPath]) -> None:
     if isinstance(shape, Structure):
         for name, spec in shape.members.items():
-            here = f"{path}.{name}" if path else name
             if name not in value:
                 if spec.required:
-                    raise service.missing_parameter(here)
+                    missing.append((*path, name))
                 continue
-            _check_required(service, spec.shape, value[name], here)
+            _find_missing(spec.shape, value[name], (*path, name), missing)
     elif isinstance(shape, ListOf):
         for i, item in enumerate(value, 1):
-            _check_required(service, shape.member, item, f"{path}.{i}")
+            _find_missing(shape.member, item, (*path, Item(str(i))), missing)
     elif isinstance(shape, MapOf):
         for key, item in value.items():
-            _check_required(service, shape.value, item, f"{path}.{key}")
+            _find_missing(shape.value, item, (*path, Item(str(key))), missing)
 
 
 _PYTHON_TYPES: Final[Mapping[ScalarType, tuple[type, ...]]] = {

@@ -13,7 +13,7 @@ Mobile push, SMS and data-protection actions are left out on purpose: Wharf answ
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from proto.aws.errors import AwsError, common_error
@@ -21,8 +21,10 @@ from proto.aws.shapes import (
     BLOB,
     BOOLEAN,
     STRING,
+    Item,
     ListOf,
     MapOf,
+    MissingPath,
     Operation,
     Service,
     Structure,
@@ -318,16 +320,32 @@ def sns_error(shape: str, message: str) -> AwsError:
     return AwsError(code, message, status=status, sender_fault=sender_fault, shape=shape)
 
 
-def _missing_parameter(path: str) -> AwsError:
+def _missing_parameter(missing: Sequence[MissingPath]) -> AwsError:
     # SNS validates input the coral way: "1 validation error detected: Value null at
     # 'messageAttributes.attr1.member.dataType' failed to satisfy constraint: Member must not
-    # be null" (LocalStack SNS snapshot, recorded against AWS). Paths are lowerCamelCase.
-    camel = ".".join(part[:1].lower() + part[1:] for part in path.split("."))
+    # be null", and "publishBatchRequestEntries.1.member.messageAttributes..." (LocalStack
+    # SNS snapshot, recorded against AWS): member names in lowerCamelCase, a list element or
+    # map value as its index or key and "member". Every violation is named, "; " between
+    # them ("3 validation errors detected: ...", an AWS SDK exception's text).
+    violations = [
+        f"Value null at '{_coral_path(path)}' failed to satisfy constraint: Member must not be null"
+        for path in missing
+    ]
+    count = len(violations)
     return common_error(
         "ValidationError",
-        f"1 validation error detected: Value null at '{camel}' failed to satisfy constraint: "
-        "Member must not be null",
+        f"{count} validation error{'s' if count > 1 else ''} detected: {'; '.join(violations)}",
     )
+
+
+def _coral_path(path: MissingPath) -> str:
+    parts: list[str] = []
+    for step in path:
+        if isinstance(step, Item):
+            parts += [step.key, "member"]
+        else:
+            parts.append(step[:1].lower() + step[1:])
+    return ".".join(parts)
 
 
 def _invalid_parameter(path: str, value: str) -> AwsError:

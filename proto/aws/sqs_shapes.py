@@ -21,7 +21,7 @@ The query decoder also accepts every member under its own name (``Attributes.1.N
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from proto.aws.errors import AwsError, common_error
@@ -31,8 +31,10 @@ from proto.aws.shapes import (
     INTEGER,
     LONG,
     STRING,
+    Item,
     ListOf,
     MapOf,
+    MissingPath,
     Operation,
     Service,
     Structure,
@@ -357,9 +359,10 @@ OPERATIONS: Final[Mapping[str, Operation]] = dict(
 )
 
 
-def _missing_parameter(path: str) -> AwsError:
+def _missing_parameter(missing: Sequence[MissingPath]) -> AwsError:
     # Message as AWS words it (LocalStack snapshot test_sqs.snapshot.json, recorded on AWS):
-    # "The request must contain the parameter MessageBody."
+    # "The request must contain the parameter MessageBody." SQS names one: the first.
+    path = ".".join(step.key if isinstance(step, Item) else step for step in missing[0])
     return common_error("MissingParameter", f"The request must contain the parameter {path}.")
 
 

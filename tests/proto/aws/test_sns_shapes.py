@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proto.aws.errors import AwsError
-from proto.aws.shapes import ListOf, MapOf, Scalar, Shape, Structure
+from proto.aws.shapes import Item, ListOf, MapOf, Scalar, Shape, Structure, check_required
 from proto.aws.sns_shapes import ERRORS, OPERATIONS, SNS, sns_error
 
 SERVED = {
@@ -125,9 +125,40 @@ def test_sns_error_builds_the_modeled_error():
 
 
 def test_missing_parameter_uses_coral_validation_wording():
-    error = SNS.missing_parameter("PublishBatchRequestEntries.1.Id")
+    error = SNS.missing_parameter([("PublishBatchRequestEntries", Item("1"), "Id")])
     assert error.code == "ValidationError"
-    assert "Value null at 'publishBatchRequestEntries.1.id'" in error.message
+    assert error.message == (
+        "1 validation error detected: Value null at 'publishBatchRequestEntries.1.member.id' "
+        "failed to satisfy constraint: Member must not be null"
+    )
+
+
+def test_every_missing_parameter_is_named_with_coral_paths():
+    """As the LocalStack SNS snapshot recorded AWS: list elements and map values as their
+    index or key and "member"; and "N validation errors" with every one, as an AWS SDK
+    reported for an AddPermission with a topic only."""
+    params = {
+        "PublishBatchRequestEntries": [
+            {"Id": "1", "Message": "m", "MessageAttributes": {"attr1": {"StringValue": "x"}}},
+            {},
+        ]
+    }
+    with pytest.raises(AwsError) as info:
+        check_required(SNS, SNS.operations["PublishBatch"].input, params)
+    assert info.value.message == (
+        "4 validation errors detected: Value null at 'topicArn' failed to satisfy constraint: "
+        "Member must not be null; Value null at "
+        "'publishBatchRequestEntries.1.member.messageAttributes.attr1.member.dataType' failed "
+        "to satisfy constraint: Member must not be null; Value null at "
+        "'publishBatchRequestEntries.2.member.id' failed to satisfy constraint: Member must "
+        "not be null; Value null at 'publishBatchRequestEntries.2.member.message' failed to "
+        "satisfy constraint: Member must not be null"
+    )
+    with pytest.raises(AwsError) as info:
+        check_required(SNS, SNS.operations["AddPermission"].input, {"TopicArn": "t"})
+    assert info.value.message.startswith("3 validation errors detected: Value null at 'label'")
+    assert "'aWSAccountId'" in info.value.message
+    assert "'actionName'" in info.value.message
 
 
 @given(shape=st.sampled_from(sorted(ERRORS)), message=st.text())

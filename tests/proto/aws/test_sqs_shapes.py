@@ -100,7 +100,7 @@ def test_service_metadata_matches_botocore(sqs_model):
 
 
 def test_missing_parameter_error_is_the_sqs_one():
-    error = SQS.missing_parameter("MessageBody")
+    error = SQS.missing_parameter([("MessageBody",), ("QueueUrl",)])
     assert (error.code, error.shape, error.status_hint) == (
         "MissingParameter",
         "MissingRequiredParameterException",
