@@ -27,6 +27,7 @@ import itertools
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import (
@@ -141,6 +142,8 @@ def _load_key(path: str) -> PrivateKeyTypes:
         ) from None
     except ValueError:
         raise ConfigError(path, "not a PEM private key") from None
+    except UnsupportedAlgorithm as exc:  # SM2, GOST...: OpenSSL may know it, cryptography not
+        raise ConfigError(path, f"a private key of a type Wharf cannot use: {exc}") from None
 
 
 def _public_der(key: x509.Certificate | PrivateKeyTypes) -> bytes:
@@ -181,8 +184,20 @@ def load_certificate_files(cert_file: str, key_file: str) -> CertificateFiles:
         chain = x509.load_pem_x509_certificates(read_pem(cert_file))
     except ValueError:
         raise ConfigError(cert_file, "no PEM certificate in the file") from None
-    leaf = chain[0]
     key = _load_key(key_file)
+    try:
+        return _checked(cert_file, key_file, chain, key)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        # Parsed lazily by cryptography: an extension it cannot decode (a malformed IP
+        # address in the SAN) or a public key type it does not know. OpenSSL may load such a
+        # certificate, but Wharf could not tell which names it serves.
+        raise ConfigError(cert_file, f"cannot read the certificate: {exc}") from None
+
+
+def _checked(
+    cert_file: str, key_file: str, chain: list[x509.Certificate], key: PrivateKeyTypes
+) -> CertificateFiles:
+    leaf = chain[0]
     public = _public_der(key)
     if _public_der(leaf) != public:
         later = [n for n, c in enumerate(chain[1:], start=2) if _public_der(c) == public]

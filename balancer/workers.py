@@ -489,8 +489,8 @@ class Supervisor:
     def _warn_if_restart_needed(self) -> None:
         try:
             new = load(self.config_path, BalancerConfig)
-        except ConfigError:
-            return  # the workers refused it and said why
+        except Exception:  # anything: the workers refused it and said why
+            return
         if new.workers != len(self.workers):
             self.log.warning("config.restart_required", section="workers")
 

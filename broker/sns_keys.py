@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Final
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
@@ -76,7 +77,11 @@ def load_signing_keys(settings: SnsSettings, data_dir: Path) -> SigningKeys:
         certificate = x509.load_pem_x509_certificate(cert_pem)
     except (OSError, ValueError) as error:
         raise ConfigError(cert_path, f"cannot load the signing certificate: {error}") from None
-    if certificate.public_key() != key.public_key():
+    try:
+        public_key = certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm) as error:
+        raise ConfigError(cert_path, f"cannot load the signing certificate: {error}") from None
+    if public_key != key.public_key():
         raise ConfigError(cert_path, "the certificate does not belong to signing_key_file")
     return SigningKeys(key, cert_pem, settings.signing_cert_path)
 

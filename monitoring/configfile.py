@@ -57,6 +57,11 @@ def decode(data: bytes | str, schema: type[T], *, path: Path | str = "<config>")
     except RecursionError:
         # tomllib parses nested arrays and inline tables by recursion, without a depth limit.
         raise ConfigError(path, "TOML syntax error: arrays or tables nested too deeply") from None
+    except ValueError as exc:
+        # What tomllib lets through: an integer of more than 4,300 digits (Python's limit on
+        # converting text to int). Its advice after the ";" is for programmers.
+        reason = str(exc).partition(";")[0]
+        raise ConfigError(path, f"TOML syntax error: {reason}") from None
 
 
 def _text(data: bytes | str, path: Path | str) -> str:

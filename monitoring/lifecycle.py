@@ -634,6 +634,12 @@ class Daemon(Generic[C]):
         self.request_stop()
         self.frame.stop(0)
 
+    def _refuse(self, path: str, reason: str, message: str) -> str:
+        self.log.error("config.reload_refused", file=path, reason=reason)
+        self.metrics.config_reloads.labels("failure").inc()
+        self.notifier.ready(status=f"reload refused: {message}")
+        return message
+
     async def reload(self) -> str | None:
         """Load the configuration file again and apply it; None, or why it was refused."""
         async with self._reload_lock:
@@ -654,10 +660,13 @@ class Daemon(Generic[C]):
             await self.app.reload(new_config)
         except ConfigError as exc:
             # The old config keeps serving; the operator sees why in the log and the metric.
-            self.log.error("config.reload_refused", file=exc.path, reason=exc.reason)
-            self.metrics.config_reloads.labels("failure").inc()
-            self.notifier.ready(status=f"reload refused: {exc}")
-            return str(exc)
+            return self._refuse(str(exc.path), exc.reason, str(exc))
+        except Exception as exc:
+            # Something no check foresaw in the file or one it names: still only a refused
+            # reload (a running daemon keeps its old config), with the traceback for a report.
+            self.log.exception("config.reload_error", exc, file=str(path))
+            reason = f"unexpected {type(exc).__name__}: {exc}"
+            return self._refuse(str(path), reason, f"{path}: {reason}")
         if new_config.admin != self._bound_admin:  # the address bound, not the last file's
             self.log.warning("config.restart_required", section="admin")
         self.log.set_level(new_config.logging.level)

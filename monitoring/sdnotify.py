@@ -24,6 +24,12 @@ def socket_address(value: str) -> str | bytes:
     return value
 
 
+def _one_line(text: str) -> str:
+    """A status on one line: systemd reads each line of a datagram as an assignment, so a
+    reason quoting a key with a newline could otherwise say READY=1 or MAINPID=."""
+    return " ".join(text.split())
+
+
 class Notifier:
     """Sends state changes to the service manager."""
 
@@ -66,7 +72,9 @@ class Notifier:
         """Send ``assignments`` as one datagram; False if there is no socket or it failed."""
         if self._socket is None or self._address is None:
             return False
-        payload = "\n".join(assignments).encode()
+        # Surrogates (a non-UTF-8 path in a reason) escaped rather than raised: a status
+        # message must never stop the daemon.
+        payload = "\n".join(assignments).encode(errors="backslashreplace")
         try:
             self._socket.sendto(payload, _SEND_FLAGS, self._address)
         except OSError:
@@ -75,7 +83,7 @@ class Notifier:
         return True
 
     def ready(self, status: str = "") -> bool:
-        return self.notify("READY=1", *([f"STATUS={status}"] if status else []))
+        return self.notify("READY=1", *([f"STATUS={_one_line(status)}"] if status else []))
 
     def reloading(self, monotonic_usec: int) -> bool:
         # systemd >= 253 requires MONOTONIC_USEC with RELOADING=1 for Type=notify-reload.
@@ -88,7 +96,7 @@ class Notifier:
         return self.notify("WATCHDOG=1")
 
     def status(self, text: str) -> bool:
-        return self.notify(f"STATUS={text}")
+        return self.notify(f"STATUS={_one_line(text)}")
 
     def close(self) -> None:
         if self._socket is not None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import subprocess
 
 import pytest
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtensionOID, NameOID
 
 from balancer.certificates import (
     EXPIRED,
@@ -100,6 +101,54 @@ def test_garbage_files_are_refused(ca, tmp_path):
     huge.write_bytes(b"-" * (MAX_PEM_BYTES + 1))
     with pytest.raises(ConfigError, match="larger than"):
         load_certificate_files(str(huge), pair.key_file)
+
+
+def test_a_certificate_cryptography_cannot_parse_is_refused_not_a_crash(tmp_path):
+    """A SAN iPAddress of 5 bytes: OpenSSL loads such a certificate, cryptography's lazy
+    extension parser raises ValueError; a reload used to end the daemon on it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "odd.example.org")])
+    now = datetime.datetime.now(datetime.UTC)
+    bad_san = x509.UnrecognizedExtension(
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x07\x87\x05\x01\x02\x03\x04\x05"
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(bad_san, critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "c.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    with pytest.raises(ConfigError) as error:
+        load_certificate_files(str(tmp_path / "c.pem"), str(tmp_path / "c.key"))
+    assert error.value.path == str(tmp_path / "c.pem")
+    assert error.value.reason.startswith("cannot read the certificate: ")
+
+
+def test_a_key_of_a_type_cryptography_lacks_is_refused_not_a_crash(ca, tmp_path):
+    pair = write_pair(ca, tmp_path, "a", "a.example.com")
+    made = subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "SM2"], capture_output=True, check=False
+    )
+    if made.returncode != 0:
+        pytest.skip("this openssl makes no SM2 keys")
+    (tmp_path / "sm2.key").write_bytes(made.stdout)
+    with pytest.raises(ConfigError) as error:
+        load_certificate_files(pair.cert_file, str(tmp_path / "sm2.key"))
+    assert error.value.path == str(tmp_path / "sm2.key")
+    assert "a private key of a type Wharf cannot use" in error.value.reason
 
 
 def test_an_encrypted_key_is_refused(ca, tmp_path):

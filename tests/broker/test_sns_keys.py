@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,44 @@ def test_a_certificate_of_another_key_is_refused(tmp_path: Path) -> None:
             SnsSettings(signing_key_file=str(tmp_path / "missing"), signing_cert_file="x"),
             tmp_path,
         )
+
+
+def test_a_certificate_of_a_key_type_cryptography_lacks_is_refused(tmp_path: Path) -> None:
+    """An SM2 certificate beside a good RSA key: refused with the file, not a traceback (a
+    reload used to end the broker on it)."""
+    load_signing_keys(SnsSettings(), tmp_path)  # a good RSA key in tmp_path
+    sm2_key, sm2_cert = tmp_path / "sm2.key", tmp_path / "sm2.pem"
+    made = subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "SM2", "-out", str(sm2_key)],
+        capture_output=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip("this openssl makes no SM2 keys")
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-key",
+            str(sm2_key),
+            "-subj",
+            "/CN=x",
+            "-days",
+            "1",
+            "-out",
+            str(sm2_cert),
+        ],
+        capture_output=True,
+        check=True,
+    )
+    settings = SnsSettings(
+        signing_key_file=str(tmp_path / KEY_FILE), signing_cert_file=str(sm2_cert)
+    )
+    with pytest.raises(ConfigError) as error:
+        load_signing_keys(settings, tmp_path)
+    assert error.value.path == str(sm2_cert)
+    assert error.value.reason.startswith("cannot load the signing certificate: ")
 
 
 def test_settings_refuse_half_configured_keys_and_bad_paths() -> None:

@@ -47,6 +47,14 @@ def test_toml_syntax_error_names_the_line():
     assert "line 2" in str(info.value)
 
 
+def test_an_integer_past_pythons_digit_limit_is_a_syntax_error_not_a_crash():
+    text = "[admin]\nport = " + "9" * 4301 + "\n"
+    with pytest.raises(ConfigError) as info:
+        decode(text.encode(), BrokerConfig, path="b.toml")
+    assert str(info.value).startswith("b.toml: TOML syntax error: Exceeds the limit (4300 digits)")
+    assert "set_int_max_str_digits" not in str(info.value)  # advice for programmers
+
+
 def test_unreadable_file(tmp_path):
     with pytest.raises(ConfigError) as info:
         load(tmp_path / "missing.toml", BrokerConfig)

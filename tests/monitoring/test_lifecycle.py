@@ -309,6 +309,36 @@ async def test_frame_reload_applies_the_file_and_reports_a_refusal(tmp_path):
         daemon.request_stop()
 
 
+async def test_an_unforeseen_error_while_reloading_is_a_refusal_not_the_daemons_end(tmp_path):
+    """A file, or one it names, that breaks in a way no check foresaw (a bug, a library's
+    surprise): the daemon keeps its old config and says why, as for any refused reload."""
+    path = tmp_path / "broker.toml"
+    path.write_text('[admin]\nport = 0\n[logging]\nlevel = "warning"\n')
+    out = io.StringIO()
+    config = BrokerConfig(admin=AdminSettings(port=0))
+    daemon = Daemon(BROKER, config, config_path=path, log=EventLog("broker", stream=out))
+
+    async def surprised(new_config: object) -> None:
+        raise RuntimeError("nobody saw this coming")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.run)
+        daemon.app.reload = surprised  # type: ignore[method-assign]
+        assert daemon.frame.reload is not None
+        reason = await daemon.frame.reload()
+        assert reason == f"{path}: unexpected RuntimeError: nobody saw this coming"
+        daemon.request_reload()  # SIGHUP's way too
+        await trio.sleep(0.05)
+        assert daemon.config.logging.level == "info"  # the old config, still serving
+        assert (await request(address(daemon, "admin"), target="/healthz"))[0] == 200
+        daemon.request_stop()
+    log = out.getvalue()
+    assert log.count("event=config.reload_refused") == 2
+    assert "event=config.reload_error" in log
+    metrics = generate_latest(daemon.metrics.registry).decode()
+    assert 'wharf_config_reloads_total{outcome="failure"} 2.0' in metrics
+
+
 async def test_listeners_join_and_leave_a_serving_frame_one_at_a_time(nursery):
     frame, out = make_frame()
     release = trio.Event()

@@ -31,6 +31,18 @@ def test_ready_reaches_a_real_datagram_socket(path_socket):
     notifier.close()
 
 
+def test_a_status_is_one_line_and_any_text_goes(path_socket):
+    """systemd reads each line as an assignment; a reason quoting a key with a newline must
+    not say READY=1 or MAINPID=, and a non-UTF-8 path (surrogates) must not raise."""
+    path, sock = path_socket
+    notifier = Notifier.from_environ({"NOTIFY_SOCKET": path})
+    assert notifier.ready(status="reload refused: unknown field `x\nMAINPID=1\nREADY=1`")
+    assert sock.recv(4096) == b"READY=1\nSTATUS=reload refused: unknown field `x MAINPID=1 READY=1`"
+    assert notifier.status("/etc/wharf/bad\udcff.toml: refused")
+    assert sock.recv(4096) == b"STATUS=/etc/wharf/bad\\udcff.toml: refused"
+    notifier.close()
+
+
 def test_abstract_namespace():
     name = f"wharf-test-{uuid.uuid4()}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
