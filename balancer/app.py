@@ -603,7 +603,11 @@ class BalancerApp:
                 sockets = list(taken_over[name].sockets)
             elif name in bound:
                 sockets = bound.pop(name)
-            else:
+            else:  # it stays, serving: only its connection bound may have changed
+                serving = self.listeners.get(name)
+                if serving is not None:
+                    limit = listener_config.limits.connections + REJECT_HEADROOM
+                    serving.set_max_connections(limit)
                 continue
             listener = self._listener(listener_config, sockets)
             try:

@@ -106,6 +106,13 @@ class Listener:
     def addresses(self) -> list[tuple[str, int]]:
         return [s.socket.getsockname()[:2] for s in self.sockets]
 
+    def set_max_connections(self, max_connections: int) -> None:
+        """Change the bound of a serving listener (a reload): a higher one lets the clients
+        waiting in the backlog in at once, a lower one lets no more in until enough leave."""
+        self.max_connections = max_connections
+        if self._limiter is not None:
+            self._limiter.total_tokens = max_connections
+
 
 class StartupError(Exception):
     """The daemon cannot start, for a reason the operator can fix; the message says which.

@@ -272,3 +272,55 @@ async def test_an_access_log_that_cannot_be_reopened_keeps_its_file(tmp_path):
         await one_request(port)
         daemon.app.access_logs.flush()  # type: ignore[attr-defined]
         assert lines(moved / "access.log") == 1
+
+
+def fixed_listener(path: Path, connections: int, port: int = 0) -> None:
+    path.write_text(f"""
+[admin]
+port = 0
+[logging]
+level = "warning"
+
+[[listeners]]
+name = "web"
+protocol = "http"
+host = "127.0.0.1"
+port = {port}
+limits = {{ connections = {connections} }}
+default_action = {{ type = "fixed_response", status_code = 200, message_body = "ok" }}
+""")
+
+
+async def test_a_reload_raising_the_connection_limit_lets_every_client_in(tmp_path):
+    """The listener stays (same address), so its accept bound must follow the file: it was
+    fixed at start, and clients past the old bound waited in the backlog, unanswered."""
+    path = tmp_path / "balancer.toml"
+    fixed_listener(path, connections=1)  # accepts 1 + 64 (the rest get 503s)
+    async with balancer(path) as daemon:
+        port = address(daemon, "web")[1]
+        fixed_listener(path, connections=200, port=port)
+        assert await daemon.frame.reload() is None
+        clients = 100  # past the old bound of 65, within the new one
+        answered: list[int] = []
+        streams: list[trio.SocketStream] = []
+        try:
+            # All open at once, as idle keep-alive clients are.
+            streams.extend([await trio.open_tcp_stream("127.0.0.1", port) for _ in range(clients)])
+
+            async def ask(stream: trio.SocketStream) -> None:
+                await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = await stream.receive_some(4096)
+                    assert chunk, "closed without an answer"
+                    data += chunk
+                answered.append(int(data.split(b" ", 2)[1]))
+
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+                    for stream in streams:
+                        nursery.start_soon(ask, stream)
+        finally:
+            for stream in streams:
+                await stream.aclose()
+        assert answered == [200] * clients
