@@ -129,12 +129,18 @@ def signing_key(directory: Path) -> bytes:
 
 def credentials_of(config: BrokerConfig) -> dict[str, Credential]:
     path = config.auth.credentials_file
-    return load_credentials(path) if path else {}
+    try:
+        return load_credentials(path) if path else {}
+    except ConfigError as error:
+        raise error.at("auth.credentials_file") from None
 
 
 def keyring_of(config: BrokerConfig) -> KeyRing | None:
     path = config.storage.key_file
-    return load_key_file(path) if path else None
+    try:
+        return load_key_file(path) if path else None
+    except ConfigError as error:
+        raise error.at("storage.key_file") from None
 
 
 # A CA bundle of hundreds of certificates (the system's is about 200 KiB); more is the wrong file.
@@ -158,7 +164,8 @@ def delivery_client(settings: SnsSettings) -> HttpClient:
             ca_file=settings.ca_file,
         )
     except (OSError, ssl.SSLError) as error:
-        raise ConfigError(settings.ca_file, f"cannot load the CA file: {error}") from None
+        reason = f"cannot load the CA file: {error}"
+        raise ConfigError(settings.ca_file, reason).at("sns.ca_file") from None
 
 
 def check_sns_files(config: BrokerConfig) -> None:

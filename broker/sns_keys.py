@@ -69,6 +69,16 @@ def load_signing_keys(settings: SnsSettings, data_dir: Path) -> SigningKeys:
         if not key_path.exists():
             _generate(key_path, cert_path)
     try:
+        return _load(settings, key_path, cert_path)
+    except ConfigError as error:
+        if not settings.signing_key_file:  # the broker's own pair, in its data directory
+            raise
+        key = "sns.signing_key_file" if error.path == str(key_path) else "sns.signing_cert_file"
+        raise error.at(key) from None
+
+
+def _load(settings: SnsSettings, key_path: Path, cert_path: Path) -> SigningKeys:
+    try:
         key = load_signing_key(read_regular_file(key_path, MAX_KEY_FILE_BYTES))
     except (OSError, SignatureError) as error:
         raise ConfigError(key_path, str(error)) from None

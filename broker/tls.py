@@ -37,6 +37,15 @@ def server_context(settings: TlsSettings) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
     try:
+        _load_pair(context, settings)
+    except ConfigError as error:
+        key = "api.tls.key_file" if error.path == settings.key_file else "api.tls.cert_file"
+        raise error.at(key) from None
+    return context
+
+
+def _load_pair(context: ssl.SSLContext, settings: TlsSettings) -> None:
+    try:
         # load_cert_chain opens the files by name: it would wait for a FIFO's writer (with
         # the whole event loop, on a reload) and read a device without end.
         for path in (settings.cert_file, settings.key_file):
@@ -61,7 +70,6 @@ def server_context(settings: TlsSettings) -> ssl.SSLContext:
         raise ConfigError(settings.cert_file, f"cannot load certificate and key: {error}") from None
     except OSError as error:
         raise ConfigError(settings.cert_file, f"cannot load certificate and key: {error}") from None
-    return context
 
 
 class _EncryptedKey(Exception):

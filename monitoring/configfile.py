@@ -38,6 +38,13 @@ class ConfigError(Exception):
         self.path = str(path)
         self.reason = reason
 
+    def at(self, key: str) -> ConfigError:
+        """This error with the configuration key that named its file (``auth.credentials_file``),
+        as decoding errors end; unchanged if its reason names a key already."""
+        if " - at `$" in self.reason:
+            return self
+        return ConfigError(self.path, f"{self.reason} - at `$.{key}`")
+
 
 def decode(data: bytes | str, schema: type[T], *, path: Path | str = "<config>") -> T:
     """Decode TOML text into ``schema``.

@@ -183,15 +183,21 @@ def start_error(path: Path) -> str:
 
 
 @pytest.mark.parametrize(
-    ("case", "reason"),
+    ("case", "reason", "where"),
     [
-        ("missing-certificate", "file not found"),
-        ("key-of-another-certificate", "this key does not match the certificate"),
-        ("missing-credentials", "No such file or directory"),
-        ("missing-encryption-keys", "No such file or directory"),
+        ("missing-certificate", "file not found", "api.tls.cert_file"),
+        (
+            "key-of-another-certificate",
+            "this key does not match the certificate",
+            "api.tls.key_file",
+        ),
+        ("missing-credentials", "No such file or directory", "auth.credentials_file"),
+        ("missing-encryption-keys", "No such file or directory", "storage.key_file"),
     ],
 )
-def test_check_config_refuses_the_files_the_start_refuses(tmp_path, capsys, pair, case, reason):
+def test_check_config_refuses_the_files_the_start_refuses(
+    tmp_path, capsys, pair, case, reason, where
+):
     cert, key, other_key = pair
     missing = tmp_path / "missing"
     if case == "missing-certificate":
@@ -205,6 +211,7 @@ def test_check_config_refuses_the_files_the_start_refuses(tmp_path, capsys, pair
         path = broker_file(tmp_path, storage=f'key_file = "{missing}"\n')
     expected = start_error(path)
     assert reason in expected
+    assert expected.endswith(f" - at `$.{where}`")  # the file, the key and the reason
     assert main(["check-config", str(path)]) == 1
     assert capsys.readouterr().err == f"{expected}\n"
 
@@ -216,11 +223,14 @@ def test_check_config_reads_the_sns_signing_key_and_ca_file(tmp_path, capsys, pa
     path = broker_file(tmp_path, signing)
     with pytest.raises(ConfigError) as error:  # what the start calls, once the store is open
         load_signing_keys(load(path, BrokerConfig).sns, tmp_path / "data")
+    assert str(error.value).endswith(" - at `$.sns.signing_key_file`")
     assert main(["check-config", str(path)]) == 1
     assert capsys.readouterr().err == f"{error.value}\n"
     path = broker_file(tmp_path, f'[sns]\nca_file = "{missing}"\n')
     assert main(["check-config", str(path)]) == 1
-    assert capsys.readouterr().err.startswith(f"{missing}: cannot load the CA file: ")
+    printed = capsys.readouterr().err
+    assert printed.startswith(f"{missing}: cannot load the CA file: ")
+    assert printed.endswith(" - at `$.sns.ca_file`\n")
 
 
 def test_check_config_accepts_files_that_load_and_leaves_the_data_directory_alone(

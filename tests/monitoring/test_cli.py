@@ -96,7 +96,7 @@ def test_a_file_the_app_cannot_read_stops_the_start_in_one_line(tmp_path, capsys
     config.write_text(f'[admin]\nport = 0\n[auth]\ncredentials_file = "{missing}"\n')
     assert main(SPEC, ["serve", "--config", str(config)]) == 1
     err = capsys.readouterr().err
-    reason = f"{missing}: cannot read: No such file or directory"
+    reason = f"{missing}: cannot read: No such file or directory - at `$.auth.credentials_file`"
     assert err.endswith(f"wharf-broker: cannot start: {reason}\n")
     assert "event=daemon.start_failed" in err
     # A supervisor (balancer workers) or systemd learns why from the STATUS.
