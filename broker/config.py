@@ -12,6 +12,7 @@ from broker.model.errors import SqsError
 from broker.model.names import validate_queue_name
 from broker.model.settings import parse_create
 from broker.model.state import MAX_IN_FLIGHT_MESSAGES
+from broker.model.tags import MAX_TAGS, tag_problem
 from monitoring.settings import (
     AdminSettings,
     FilePath,
@@ -281,6 +282,17 @@ class DeclaredQueue(Section, frozen=True, kw_only=True):
             raise ValueError(
                 f"queue {self.name!r}: attributes: {error.code}: {error.message}"
             ) from None
+        # TagQueue's rules: accepted here, a queue would hold tags the API refuses, and one
+        # past the quota would refuse every later TagQueue.
+        if len(self.tags) > MAX_TAGS:
+            raise ValueError(
+                f"queue {self.name!r}: tags: {len(self.tags)} tags, a queue can have at most "
+                f"{MAX_TAGS}"
+            )
+        for key, value in self.tags.items():
+            problem = tag_problem(key, value)
+            if problem is not None:
+                raise ValueError(f"queue {self.name!r}: tags.{key}: {problem}")
 
     def dead_letter_target(self) -> str | None:
         """The ARN its RedrivePolicy names, if it has one (the value is already valid)."""

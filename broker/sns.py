@@ -26,7 +26,7 @@ from broker.model.publishing import PublishRequest, prepare, publish_size
 from broker.model.sns_errors import SnsError, invalid_parameter
 from broker.model.subscriptions import masked_endpoint
 from broker.model.subscriptions import render_attributes as render_subscription
-from broker.model.tags import tag_problem
+from broker.model.tags import MAX_TAGS, tag_problem
 from broker.model.topic_permissions import add_permission, remove_permission
 from broker.model.topics import render_attributes as render_topic
 from broker.registry import now_ms
@@ -37,7 +37,6 @@ from proto.aws.sns_shapes import sns_error
 
 PAGE_SIZE: Final = 100  # ListTopics, ListSubscriptions(ByTopic): "up to 100" per page
 MAX_BATCH_ENTRIES: Final = 10
-MAX_TAGS: Final = 50
 _BATCH_ENTRY_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,80}")
 
 Params = Mapping[str, Any]

@@ -30,7 +30,7 @@ from broker.model.policy import (
     evaluate,
     remove_permission,
 )
-from broker.model.tags import tag_problem
+from broker.model.tags import MAX_TAGS, tag_problem
 from broker.registry import Queue, QueueRegistry, now_ms, queue_does_not_exist
 from broker.store.base import (
     KeyUnavailable,
@@ -48,7 +48,6 @@ from proto.aws.md5 import DigestError, md5_of_attributes, md5_of_body
 
 MAX_BATCH_ENTRIES: Final = 10
 MAX_BATCH_BYTES: Final = 1_048_576  # SendMessageBatch: "can't exceed 1 MiB" in total
-MAX_TAGS: Final = 50
 LIST_QUEUES_LIMIT: Final = 1000
 QUEUE_URL_CACHE: Final = 1024  # parsed queue URLs remembered (see SqsApi.queue_of)
 _BATCH_ENTRY_ID = re.compile(r"[A-Za-z0-9_-]{1,80}")

@@ -98,7 +98,7 @@ class Listener:
     _stop_deadline: float = field(default=math.inf, repr=False)
     _keep_sockets: bool = field(default=False, repr=False)
     _served: trio.Event = field(default_factory=trio.Event, repr=False)
-    # One count of open connections for all of the listener's sockets: ``localhost`` or ``""``
+    # One count of open connections for all of the listener's sockets: ``localhost``
     # binds 127.0.0.1 and ::1, and max_connections is the listener's, not each socket's.
     _limiter: trio.CapacityLimiter | None = field(default=None, repr=False)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Final
 
+MAX_TAGS: Final = 50  # per queue or topic (both quotas)
 MAX_KEY_CHARACTERS: Final = 128
 MAX_VALUE_CHARACTERS: Final = 256
 RESERVED_PREFIX: Final = "aws:"

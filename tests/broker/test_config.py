@@ -132,6 +132,29 @@ def test_a_declared_value_is_refused_with_its_key():
 
 
 @pytest.mark.parametrize(
+    ("tags", "reason"),
+    [
+        ('{ "aws:x" = "y" }', "queue 'q': tags.aws:x: the aws: prefix is reserved for AWS use"),
+        (
+            "{ " + ", ".join(f'k{n} = "v"' for n in range(51)) + " }",
+            "queue 'q': tags: 51 tags, a queue can have at most 50",
+        ),
+    ],
+)
+def test_declared_tags_follow_tag_queues_rules(tags: str, reason: str) -> None:
+    """Accepted here, a queue would hold tags TagQueue refuses; one past the quota would
+    refuse every later TagQueue."""
+    text = f'[[queues]]\nname = "q"\ntags = {tags}\n'.encode()
+    with pytest.raises(ConfigError) as info:
+        decode(text, BrokerConfig, path="broker.toml")
+    assert str(info.value) == f"broker.toml: {reason} - at `$.queues[0]`"
+    fifty = "{ " + ", ".join(f'k{n} = "v"' for n in range(50)) + " }"
+    assert (
+        len(decode(f'[[queues]]\nname = "q"\ntags = {fifty}\n', BrokerConfig).queues[0].tags) == 50
+    )
+
+
+@pytest.mark.parametrize(
     ("api_host", "admin_host"),
     [
         ("127.0.0.1", "127.0.0.1"),
