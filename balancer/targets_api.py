@@ -64,6 +64,7 @@ from monitoring.configfile import ConfigError
 from monitoring.durable import write_file
 from monitoring.httpserver import Request, Response
 from monitoring.logging import EventLog
+from monitoring.safefile import read_regular_file
 
 JSON: Final = "application/json"
 STATE_FILE: Final = "targets.json"
@@ -301,7 +302,8 @@ class StateFile:
                 from an unknown version): the balancer must not start half-configured.
         """
         try:
-            data = self.path.read_bytes()
+            # Never blocks: a FIFO in its place hung the start, silently.
+            data = read_regular_file(self.path, None)
         except FileNotFoundError:
             return SavedOverrides()
         except OSError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -386,6 +387,16 @@ def test_a_corrupt_state_file_is_refused_with_its_path_and_reason(tmp_path, cont
     assert refused.value.path == str(state.path)
     assert reason in refused.value.reason
     assert "remove it" in refused.value.reason
+
+
+def test_a_fifo_in_place_of_the_state_file_is_refused_at_once(tmp_path):
+    """It hung the start, with no log line and no READY=1, until systemd's timeout."""
+    state = StateFile(tmp_path)
+    os.mkfifo(state.path)
+    with pytest.raises(ConfigError) as refused:
+        state.load()
+    assert refused.value.path == str(state.path)
+    assert refused.value.reason.startswith("cannot read the state file: ")
 
 
 async def test_a_change_that_cannot_be_saved_is_refused_and_not_applied(nursery, tmp_path):
