@@ -398,6 +398,32 @@ class BalancerApp:
         keys, tls = _compile_inputs(config, self.frame.log)
         open_access_logs(self.access_logs, config, unopenable=unopenable)  # the new ones
         try:
+            removed, taken_over, bound = await self._install(config, keys, tls)
+        except BaseException:
+            # Refused: the files this reload opened for its new destinations are closed
+            # (each refused reload held one more open, created for nothing).
+            self.access_logs.retain(_access_log_destinations(self.config))
+            raise
+        self.access_logs.retain(_access_log_destinations(config))
+        # Against what runs, not the last file: 1 -> 2 -> 2 needs a restart at both reloads.
+        running_workers = 1 if self.worker is None else self.worker.count
+        if config.workers != running_workers:
+            self.frame.log.warning("config.restart_required", section="workers")
+        if config.state_dir != self.config.state_dir:
+            # The targets API's state file was opened at start: registrations go on being
+            # written where they were, and the new directory is read at the next start.
+            self.frame.log.warning("config.restart_required", section="state_dir")
+        self.config = config
+        with trio.CancelScope(shield=True):  # short, and never to be left halfway
+            await self._switch_listeners(config, removed, taken_over, bound)
+
+    async def _install(
+        self, config: BalancerConfig, keys: list[bytes], tls: dict[str, ServerTls]
+    ) -> tuple[list[str], dict[str, Listener], dict[str, list[trio.SocketListener]]]:
+        """Compile, bind and install ``config``'s generation, or raise with none of it left;
+        the listeners to remove, those taking over a removed one's sockets, and the new
+        sockets, for :meth:`_switch_listeners`."""
+        try:
             snapshot = self.runtime.compile(config, keys, tls)
         except ValueError as exc:
             raise ConfigError(self._config_file, f"{exc} - at `$.stickiness.key_files`") from None
@@ -422,20 +448,7 @@ class BalancerApp:
             await _close(bound)
             await self._restore(vacated)
             raise
-        self.access_logs.retain(
-            {li.access_log.destination for li in config.listeners if li.access_log.enabled}
-        )
-        # Against what runs, not the last file: 1 -> 2 -> 2 needs a restart at both reloads.
-        running_workers = 1 if self.worker is None else self.worker.count
-        if config.workers != running_workers:
-            self.frame.log.warning("config.restart_required", section="workers")
-        if config.state_dir != self.config.state_dir:
-            # The targets API's state file was opened at start: registrations go on being
-            # written where they were, and the new directory is read at the next start.
-            self.frame.log.warning("config.restart_required", section="state_dir")
-        self.config = config
-        with trio.CancelScope(shield=True):  # short, and never to be left halfway
-            await self._switch_listeners(config, removed, taken_over, bound)
+        return removed, taken_over, bound
 
     @property
     def _config_file(self) -> str:
@@ -622,6 +635,10 @@ class BalancerApp:
         if self.frame.reload is None:
             return "no daemon to reload this configuration"
         return await self.frame.reload()
+
+
+def _access_log_destinations(config: BalancerConfig) -> set[str]:
+    return {li.access_log.destination for li in config.listeners if li.access_log.enabled}
 
 
 def _where(listener: ListenerConfig) -> tuple[str, int, str]:

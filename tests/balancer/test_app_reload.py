@@ -7,6 +7,8 @@ come from one of the two generations (never a mix or an error).
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -324,3 +326,44 @@ async def test_a_reload_raising_the_connection_limit_lets_every_client_in(tmp_pa
             for stream in streams:
                 await stream.aclose()
         assert answered == [200] * clients
+
+
+def open_descriptors_of(path: Path) -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+    return count
+
+
+async def test_a_refused_reload_keeps_no_access_log_it_opened(tmp_path):
+    """The new file's access log is opened before the listeners are bound; a reload refused
+    after that (a port in use) held the file open, one more for every such reload."""
+    log, other = tmp_path / "access.log", tmp_path / "other.log"
+    path = tmp_path / "balancer.toml"
+    logged_config(path, log, 0)
+    async with balancer(path) as daemon:
+        port = address(daemon, "web")[1]
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            busy = taken.getsockname()[1]
+            logged_config(path, other, port)
+            path.write_text(
+                path.read_text()
+                + f"""
+[[listeners]]
+name = "second"
+protocol = "http"
+host = "127.0.0.1"
+port = {busy}
+default_action = {{ type = "fixed_response", status_code = 200 }}
+"""
+            )
+            for _ in range(3):
+                assert await daemon.reload() is not None
+        assert open_descriptors_of(other) == 0
+        assert open_descriptors_of(log) == 1  # the running generation's, still logging
+        await one_request(port)
+        daemon.app.access_logs.flush()  # type: ignore[attr-defined]
+        assert lines(log) == 1
