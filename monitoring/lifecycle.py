@@ -664,6 +664,12 @@ class Daemon(Generic[C]):
             if path is None:
                 raise ConfigError("<defaults>", "no configuration file to reload")
             new_config = load(path, self.spec.schema)
+            # The admin listener keeps its token until the restart, which reads the file:
+            # refuse now a file it would refuse, as check-config does. (monitoring.admin
+            # builds on this module: imported here, where it is needed.)
+            from monitoring.admin import read_admin_token
+
+            read_admin_token(new_config.admin)
             await self.app.reload(new_config)
         except ConfigError as exc:
             # The old config keeps serving; the operator sees why in the log and the metric.

@@ -309,6 +309,27 @@ async def test_frame_reload_applies_the_file_and_reports_a_refusal(tmp_path):
         daemon.request_stop()
 
 
+async def test_a_reload_refuses_a_token_file_the_next_start_would_refuse(tmp_path):
+    """The token is read at start only; accepted at a reload, a missing file would fail the
+    next restart (check-config refused it already)."""
+    path = tmp_path / "broker.toml"
+    path.write_text("[admin]\nport = 0\n")
+    config = BrokerConfig(admin=AdminSettings(port=0))
+    daemon = Daemon(BROKER, config, config_path=path, log=EventLog("broker", stream=io.StringIO()))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(daemon.run)
+        missing = tmp_path / "admin.token"
+        path.write_text(f'[admin]\nport = 0\ntoken_file = "{missing}"\n')
+        assert daemon.frame.reload is not None
+        reason = await daemon.frame.reload()
+        assert reason == (
+            f"{missing}: cannot read: No such file or directory - at `$.admin.token_file`"
+        )
+        missing.write_text("a-token\n")
+        assert await daemon.frame.reload() is None
+        daemon.request_stop()
+
+
 async def test_an_unforeseen_error_while_reloading_is_a_refusal_not_the_daemons_end(tmp_path):
     """A file, or one it names, that breaks in a way no check foresaw (a bug, a library's
     surprise): the daemon keeps its old config and says why, as for any refused reload."""
