@@ -174,12 +174,18 @@ def _cannot_start(
 
 
 def _say_error(line: str) -> None:
-    """One line on stderr, which journald files at error priority, as the log's errors."""
-    print(("<3>" if is_journal_stream(sys.stderr) else "") + line, file=sys.stderr)
+    """One line on stderr, which journald files at error priority, as the log's errors.
+
+    Whitespace runs (newlines in a quoted key) become one space, and surrogates (a path of
+    non-UTF-8 bytes) are escaped: whatever stream stderr is, the line goes out whole."""
+    one_line = " ".join(line.split()).encode(errors="backslashreplace").decode()
+    print(("<3>" if is_journal_stream(sys.stderr) else "") + one_line, file=sys.stderr)
 
 
 def _report_start_failure(notifier: Notifier, reason: str) -> None:
-    one_line = " ".join(reason.split()).encode()[:STATUS_MAX_BYTES].decode(errors="ignore")
+    # A path of non-UTF-8 bytes arrives as surrogates: escaped, never raised.
+    escaped = " ".join(reason.split()).encode(errors="backslashreplace")
+    one_line = escaped[:STATUS_MAX_BYTES].decode(errors="ignore")
     notifier.status(START_FAILED_STATUS + one_line)
     notifier.close()
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import subprocess
 import sys
@@ -101,6 +102,23 @@ def test_a_file_the_app_cannot_read_stops_the_start_in_one_line(tmp_path, capsys
     assert "event=daemon.start_failed" in err
     # A supervisor (balancer workers) or systemd learns why from the STATUS.
     assert notifications(notify_socket) == [f"STATUS=cannot start: {reason}".encode()]
+
+
+def test_a_start_failure_at_a_path_that_is_not_utf8_is_reported_not_raised(
+    tmp_path, capsys, notify_socket
+):
+    """A non-UTF-8 byte in the config's path reaches the reason as a surrogate: it was
+    encoded strictly for the status, and a traceback followed the one line."""
+    config = os.fsdecode(os.fsencode(tmp_path) + b"/bad\xff.toml")
+    with open(config, "w") as file:
+        file.write('[admin]\nport = "not a port"\n')
+    assert main(SPEC, ["serve", "--config", config]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "Expected `int`" in err
+    [status] = notifications(notify_socket)
+    assert status.startswith(b"STATUS=cannot start: ")
+    assert b"bad\\udcff.toml" in status
 
 
 def test_a_start_failure_is_sent_as_the_status(tmp_path, capsys, notify_socket):
