@@ -35,7 +35,7 @@ from monitoring.admin import read_admin_token
 from monitoring.configfile import ConfigError, json_schema, load
 from monitoring.lifecycle import Daemon, DaemonFailed, DaemonSpec, StartupError
 from monitoring.logging import EventLog, is_journal_stream
-from monitoring.sdnotify import Notifier
+from monitoring.sdnotify import Notifier, one_line
 
 EXIT_OK = 0
 EXIT_CONFIG = 1
@@ -178,15 +178,14 @@ def _say_error(line: str) -> None:
 
     Whitespace runs (newlines in a quoted key) become one space, and surrogates (a path of
     non-UTF-8 bytes) are escaped: whatever stream stderr is, the line goes out whole."""
-    one_line = " ".join(line.split()).encode(errors="backslashreplace").decode()
-    print(("<3>" if is_journal_stream(sys.stderr) else "") + one_line, file=sys.stderr)
+    escaped = one_line(line).encode(errors="backslashreplace").decode()
+    print(("<3>" if is_journal_stream(sys.stderr) else "") + escaped, file=sys.stderr)
 
 
 def _report_start_failure(notifier: Notifier, reason: str) -> None:
     # A path of non-UTF-8 bytes arrives as surrogates: escaped, never raised.
-    escaped = " ".join(reason.split()).encode(errors="backslashreplace")
-    one_line = escaped[:STATUS_MAX_BYTES].decode(errors="ignore")
-    notifier.status(START_FAILED_STATUS + one_line)
+    escaped = one_line(reason).encode(errors="backslashreplace")
+    notifier.status(START_FAILED_STATUS + escaped[:STATUS_MAX_BYTES].decode(errors="ignore"))
     notifier.close()
 
 

@@ -24,7 +24,7 @@ def socket_address(value: str) -> str | bytes:
     return value
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     """A status on one line: systemd reads each line of a datagram as an assignment, so a
     reason quoting a key with a newline could otherwise say READY=1 or MAINPID=."""
     return " ".join(text.split())
@@ -83,7 +83,7 @@ class Notifier:
         return True
 
     def ready(self, status: str = "") -> bool:
-        return self.notify("READY=1", *([f"STATUS={_one_line(status)}"] if status else []))
+        return self.notify("READY=1", *([f"STATUS={one_line(status)}"] if status else []))
 
     def reloading(self, monotonic_usec: int) -> bool:
         # systemd >= 253 requires MONOTONIC_USEC with RELOADING=1 for Type=notify-reload.
@@ -96,7 +96,7 @@ class Notifier:
         return self.notify("WATCHDOG=1")
 
     def status(self, text: str) -> bool:
-        return self.notify(f"STATUS={_one_line(text)}")
+        return self.notify(f"STATUS={one_line(text)}")
 
     def close(self) -> None:
         if self._socket is not None:

@@ -40,11 +40,13 @@ def test_reads_names_subject_and_expiry(ca, tmp_path):
     assert (loaded.cert_file, loaded.key_file) == (pair.cert_file, pair.key_file)
 
 
-def test_falls_back_to_the_common_name_without_san(tmp_path):
+def write_self_signed(tmp_path, common_name, extensions=()):
+    """A self-signed ECDSA certificate with only ``common_name`` as its subject and the given
+    extensions, in ``c.pem``, and its key in ``c.key``."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "legacy.example.org")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -52,8 +54,10 @@ def test_falls_back_to_the_common_name_without_san(tmp_path):
         .serial_number(1)
         .not_valid_before(now)
         .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
     )
+    for extension in extensions:
+        builder = builder.add_extension(extension, critical=False)
+    cert = builder.sign(key, hashes.SHA256())
     (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "c.key").write_bytes(
         key.private_bytes(
@@ -62,6 +66,10 @@ def test_falls_back_to_the_common_name_without_san(tmp_path):
             serialization.NoEncryption(),
         )
     )
+
+
+def test_falls_back_to_the_common_name_without_san(tmp_path):
+    write_self_signed(tmp_path, "legacy.example.org")
     loaded = load_certificate_files(str(tmp_path / "c.pem"), str(tmp_path / "c.key"))
     assert loaded.names == ("legacy.example.org",)
 
@@ -106,31 +114,10 @@ def test_garbage_files_are_refused(ca, tmp_path):
 def test_a_certificate_cryptography_cannot_parse_is_refused_not_a_crash(tmp_path):
     """A SAN iPAddress of 5 bytes: OpenSSL loads such a certificate, cryptography's lazy
     extension parser raises ValueError; a reload used to end the daemon on it."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "odd.example.org")])
-    now = datetime.datetime.now(datetime.UTC)
     bad_san = x509.UnrecognizedExtension(
         ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x07\x87\x05\x01\x02\x03\x04\x05"
     )
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(bad_san, critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "c.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    write_self_signed(tmp_path, "odd.example.org", [bad_san])
     with pytest.raises(ConfigError) as error:
         load_certificate_files(str(tmp_path / "c.pem"), str(tmp_path / "c.key"))
     assert error.value.path == str(tmp_path / "c.pem")
