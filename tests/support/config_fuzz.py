@@ -45,6 +45,7 @@ FILE_KEYS = frozenset(
         "data_dir",
         "state_dir",
         "destination",
+        "token_file",
         "key_files",
     }
 )
