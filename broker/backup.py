@@ -10,7 +10,9 @@ the credentials file, TLS keys) are the operator's to keep; the report says so.
 A restore needs the broker stopped: it takes the data directory's lock
 (:mod:`broker.store.lock`), checks the backup, moves the files it replaces into
 ``before-restore-<UTC time>/`` beside them (nothing is deleted), then copies the backup in.
-The next start opens the restored store (and migrates it, if it came from an older broker).
+The restored store's sequences move forward (:func:`advance_sequences`), so that nothing
+issued after the backup, and lost in the restore, is issued again. The next start opens the
+restored store (and migrates it, if it came from an older broker).
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ from broker.sns_keys import KEY_FILE as SNS_KEY_FILE
 from broker.store.base import StoreError
 from broker.store.lock import DataDirectoryLock
 from broker.store.sqlite import FILE_NAME
-from broker.store.sqlite_backup import PARTIAL_SUFFIX, StoreSummary, inspect, snapshot
+from broker.store.sqlite_backup import (
+    PARTIAL_SUFFIX,
+    StoreSummary,
+    advance_sequences,
+    inspect,
+    snapshot,
+)
 from monitoring.durable import copy_file, fsync_directory
 
 KEY_FILES: Final = (RECEIPT_HANDLE_KEY_FILE, SNS_KEY_FILE, SNS_CERT_FILE)
@@ -114,6 +122,7 @@ def restore(
         fsync_directory(data_dir)
         try:
             restored = _copy_in(source, data_dir)
+            advance_sequences(data_dir / FILE_NAME)
         except BaseException:
             # A disk full half-way, say: the next start would find no store and begin an
             # empty one. Put the replaced files back instead.

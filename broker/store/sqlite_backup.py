@@ -23,6 +23,10 @@ from broker.store.sqlite_schema import SCHEMA_VERSION
 from monitoring.durable import fsync_directory
 
 PARTIAL_SUFFIX = ".partial"
+# What a restore moves every sequence forward by (see advance_sequences): more messages than
+# one queue takes, and more queues than one broker creates, between a backup and a restore.
+RESTORED_SEQ_GAP = 1 << 40
+RESTORED_ID_GAP = 1 << 32
 
 
 class StoreSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -111,6 +115,49 @@ def inspect(path: Path) -> StoreSummary:
             )
     except sqlite3.Error as error:
         raise StoreError(f"{path}: not a readable SQLite database: {error}") from error
+
+
+def advance_sequences(path: Path) -> None:
+    """Move every sequence of the restored store ``path`` past anything the lost history
+    can have reached.
+
+    Message ids, FIFO SequenceNumbers and receipt handles derive from (queue id, seq), and the
+    store comes back with its counters as they were at the backup, while the broker went on
+    issuing from them until it was replaced. Reused, a new message would get the MessageId
+    of one acknowledged after the backup (consumers that deduplicate by id drop it), and a
+    handle of that lost message would delete the new one. The history since the backup may
+    be gone with the disk it was on, so no high-water mark is read from it: every queue's and
+    topic's next seq moves ``RESTORED_SEQ_GAP`` ahead, and the next queue and topic id
+    ``RESTORED_ID_GAP`` ahead, in one transaction. Nothing that existed at the backup moves.
+
+    Raises:
+        StoreError: SQLite failed; the file is as it was.
+    """
+    try:
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as connection:
+            connection.execute("PRAGMA busy_timeout = 10000")
+            connection.execute("PRAGMA synchronous = FULL")
+            connection.execute("BEGIN IMMEDIATE")
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+            for table in ("queues", "topics"):
+                if table not in tables:
+                    continue  # an older schema: created, and counted from 1, at migration
+                connection.execute(
+                    f"UPDATE {table} SET next_seq = next_seq + ?", (RESTORED_SEQ_GAP,)
+                )
+                # sqlite_sequence has no key on name: update the table's row, or add it.
+                moved = connection.execute(
+                    "UPDATE sqlite_sequence SET seq = seq + ? WHERE name = ?",
+                    (RESTORED_ID_GAP, table),
+                ).rowcount
+                if not moved:
+                    connection.execute(
+                        "INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)",
+                        (table, RESTORED_ID_GAP),
+                    )
+            connection.execute("COMMIT")
+    except sqlite3.Error as error:
+        raise StoreError(f"{path}: could not move its sequences forward: {error}") from error
 
 
 def _read_only(path: Path) -> sqlite3.Connection:

@@ -6,6 +6,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 
 from broker import backup as broker_backup
 from broker.backup import KEY_FILES, backup, outside_files, restore
@@ -18,6 +19,7 @@ from broker.store.lock import DataDirectoryInUse, DataDirectoryLock
 from broker.store.sqlite import FILE_NAME, SqliteStore
 from tests.broker.store.test_base import inserted
 from tests.broker.store.test_sqlite_sns import subscription
+from tests.support.broker import BrokerThread, broker_config
 
 
 async def make_store(data_dir: Path, bodies: list[str]) -> None:
@@ -200,3 +202,71 @@ async def test_a_restore_that_fails_half_way_puts_the_replaced_files_back(tmp_pa
     assert after == before
     assert not (data / "before-restore-19700101T000000Z").exists()
     assert await bodies_in(data) == ["current"]
+
+
+def test_after_a_restore_no_id_or_handle_of_the_lost_history_is_issued_again(tmp_path: Path):
+    """What the broker issued after the backup is lost in the restore, but clients may hold
+    it: a MessageId, a FIFO SequenceNumber, a receipt handle. None may name a new message
+    (found by a report-only hunt: old handles deleted new messages, ids came back)."""
+    data_dir = tmp_path / "data"
+    config = broker_config(data_dir)
+    with BrokerThread(config) as broker:
+        sqs = broker.client()
+        url = sqs.create_queue(QueueName="jobs")["QueueUrl"]
+        fifo = sqs.create_queue(
+            QueueName="jobs.fifo",
+            Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true"},
+        )["QueueUrl"]
+        sqs.send_message(QueueUrl=url, MessageBody="before the backup")
+        backup(data_dir, tmp_path / "backup")
+        lost_ids = {
+            sqs.send_message(QueueUrl=url, MessageBody=f"lost {n}")["MessageId"] for n in range(3)
+        }
+        lost = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0)
+        # (The handle of the message from before the backup would still delete it: rightly.)
+        lost_handles = [
+            m["ReceiptHandle"] for m in lost["Messages"] if m["Body"] != "before the backup"
+        ]
+        lost_sequence = sqs.send_message(QueueUrl=fifo, MessageBody="lost", MessageGroupId="g")[
+            "SequenceNumber"
+        ]
+        lost_queue_url = sqs.create_queue(QueueName="created-after-the-backup")["QueueUrl"]
+        sqs.send_message(QueueUrl=lost_queue_url, MessageBody="lost with its queue")
+        lost_queue_handle = sqs.receive_message(QueueUrl=lost_queue_url)["Messages"][0][
+            "ReceiptHandle"
+        ]
+    restore(data_dir, tmp_path / "backup")
+    with BrokerThread(config) as broker:
+        sqs = broker.client()
+        new_ids = {
+            sqs.send_message(QueueUrl=url, MessageBody=f"new {n}")["MessageId"] for n in range(3)
+        }
+        assert not new_ids & lost_ids
+        sequence = sqs.send_message(QueueUrl=fifo, MessageBody="new", MessageGroupId="g")[
+            "SequenceNumber"
+        ]
+        assert int(sequence) > int(lost_sequence)
+        # Received (and let go), the new messages are where an old handle would find them.
+        received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0)
+        assert len(received["Messages"]) == 4
+        for handle in lost_handles:
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=handle)  # a deleted message: quiet
+        url_again = sqs.create_queue(QueueName="created-after-the-backup")["QueueUrl"]
+        sqs.send_message(QueueUrl=url_again, MessageBody="a new queue's message")
+        sqs.receive_message(QueueUrl=url_again, VisibilityTimeout=0)
+        with pytest.raises(ClientError):  # names another queue's message: refused
+            sqs.delete_message(QueueUrl=url_again, ReceiptHandle=lost_queue_handle)
+        bodies = []
+        while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages"):
+            bodies += [m["Body"] for m in batch]
+            sqs.delete_message_batch(
+                QueueUrl=url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)
+                ],
+            )
+        assert sorted(bodies) == ["before the backup", "new 0", "new 1", "new 2"]
+        assert (
+            sqs.receive_message(QueueUrl=url_again)["Messages"][0]["Body"]
+            == "a new queue's message"
+        )
