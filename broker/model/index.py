@@ -521,14 +521,16 @@ class QueueIndex(QueueState):
         return handle
 
     def _is_current(self, handle: ReceiptHandle, entry: ReceivedMessage) -> bool:
-        """Whether ``handle`` is the one of the message's current receive. A receive made by
-        this process (its handle kept) needs this process's run too: the same serial from an
-        earlier run is a receive a crash forgot (see broker.model.signing)."""
-        return (
-            entry.in_flight
-            and handle.serial == entry.receive_count
-            and (entry.handle is None or handle.run == self._signer.run)
-        )
+        """Whether ``handle`` is the one of the message's current receive: its serial and its
+        receive time, which the store keeps, so that the handle of a receive a crash forgot
+        (same serial, another time) is refused in every later run (see
+        broker.model.signing). A handle of an older version has no time: it can only be the
+        current one of a receive restored from the store."""
+        if not entry.in_flight or handle.serial != entry.receive_count:
+            return False
+        if handle.received_at is None:
+            return entry.handle is None
+        return handle.received_at == entry.received_at
 
     # ------------------------------------------------------------------ purge, retention
 

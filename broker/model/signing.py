@@ -1,20 +1,24 @@
 """Receipt handles and message ids, both derived from a server key.
 
-A receipt handle is ``base64url(version | queue id | message seq | receive serial | run |
-MAC)``. The MAC (HMAC-SHA256, truncated to 128 bits) makes handles unforgeable, so a garbled
-or invented handle is refused without a lookup, and the serial (the message's receive count
-when the handle was issued) tells a stale handle from the current one.
+A receipt handle is ``base64url(version | queue id | message seq | receive serial | receive
+time | MAC)``. The MAC (HMAC-SHA256, truncated to 128 bits) makes handles unforgeable, so a
+garbled or invented handle is refused without a lookup, and the serial (the message's receive
+count when the handle was issued) tells a stale handle from the current one.
 
-The run is a random number drawn once per process. A standard queue's first receive of a
-message is recorded write-behind, so a crash can forget it: the message is received again
-after the restart with the same serial, and without the run its new handle would be the
-same string as the forgotten one, letting the first consumer's ChangeMessageVisibility move
-the second's lease (AWS: "If you receive the same message more than once, you will get a
-different ReceiptHandle each time"). Version 1 handles (no run, issued before it existed)
-are still read.
+The receive time (milliseconds, 48 bits) tells apart two receives with the same serial. A
+standard queue's first receive of a message is recorded write-behind, so a crash can forget
+it: the message is received again after the restart with the same serial. The two
+consumers' handles still differ (AWS: "If you receive the same message more than once, you
+will get a different ReceiptHandle each time"), and since the store keeps the time of the
+receive it knows, the forgotten receive's handle is refused by every later run too, not only
+by the one that made the second receive. Version 2 handles carried a random per-process run
+in that place instead (which a restart forgot), version 1 nothing: both are still read, and
+count as current only for a receive this process did not make (one restored from the store).
 
 Message ids are UUID-shaped keyed hashes of (queue id, seq): unique per broker because queue
-ids and seqs are never reused, and free to keep in memory, since they can be recomputed.
+ids and seqs are never reused (a restore moves them past what it lost:
+broker.store.sqlite_backup.advance_sequences), and free to keep in memory, since they can be
+recomputed.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from __future__ import annotations
 import binascii
 import hashlib
 import hmac
-import os
 import struct
 
 import msgspec
@@ -30,10 +33,11 @@ import msgspec
 from broker.model.errors import RECEIPT_HANDLE_IS_INVALID, SqsError
 
 MIN_KEY_BYTES = 16  # a shorter key would make the MAC guessable
-_VERSION = 2
-_BODY = struct.Struct(">BQQI6s")  # version, queue id, seq, receive serial, run
-_BODY_V1 = struct.Struct(">BQQI")  # version 1: no run
-_RUN_BYTES = 6
+_VERSION = 3
+_VERSION_WITH_RUN = 2
+_BODY = struct.Struct(">BQQI6s")  # version, queue id, seq, receive serial, receive time
+_BODY_V1 = struct.Struct(">BQQI")  # version 1: no receive time
+_TIME_BYTES = 6  # the receive time in ms; version 2: the issuing process's random run
 _IDS = struct.Struct(">QQ")  # queue id, seq: what a message id is derived from
 _MAC_BYTES = 16
 _SHA256_BLOCK = 64  # the key of an HMAC-SHA256 is padded to one block (32-byte keys here)
@@ -57,28 +61,24 @@ class ReceiptHandle(msgspec.Struct, frozen=True):
     queue_id: int
     seq: int
     serial: int
-    run: bytes = b""  # the issuing process's run; empty in a version 1 handle
+    received_at: int | None = None  # ms; None in a version 1 or 2 handle
 
 
 class Signer:
     """Issues and checks receipt handles and derives message ids from one server key."""
 
-    def __init__(self, key: bytes, run: bytes | None = None) -> None:
+    def __init__(self, key: bytes) -> None:
         """Keep the key.
 
         Args:
             key: the server secret; the same key must be used across restarts, or handles
                 issued before the restart become invalid.
-            run: this process's run (6 bytes), random when not given (tests pin it).
 
         Raises:
             ValueError: the key is shorter than ``MIN_KEY_BYTES``.
         """
         if len(key) < MIN_KEY_BYTES:
             raise ValueError(f"the server key needs at least {MIN_KEY_BYTES} bytes")
-        self.run = os.urandom(_RUN_BYTES) if run is None else run
-        if len(self.run) != _RUN_BYTES:
-            raise ValueError(f"a run is {_RUN_BYTES} bytes")
         mac_key = hashlib.sha256(b"wharf receipt handle\0" + key).digest()
         # HMAC-SHA256 (RFC 2104) with the padded keys hashed once: each MAC then costs two
         # copies of a hash state, where hmac.digest() set OpenSSL's up afresh every time.
@@ -97,9 +97,10 @@ class Signer:
         outer.update(inner.digest())
         return outer.digest()[:_MAC_BYTES]
 
-    def receipt_handle(self, queue_id: int, seq: int, serial: int) -> str:
-        """Issue the handle for the ``serial``-th receive of message ``seq``."""
-        body = _BODY.pack(_VERSION, queue_id, seq, serial, self.run)
+    def receipt_handle(self, queue_id: int, seq: int, serial: int, received_at: int) -> str:
+        """Issue the handle for the ``serial``-th receive of message ``seq``, made at
+        ``received_at`` (ms)."""
+        body = _BODY.pack(_VERSION, queue_id, seq, serial, received_at.to_bytes(_TIME_BYTES))
         encoded = binascii.b2a_base64(body + self._mac(body), newline=False)
         return encoded.translate(_TO_URLSAFE).rstrip(b"=").decode("ascii")
 
@@ -110,7 +111,7 @@ class Signer:
             handle: the handle as the client sent it.
 
         Returns:
-            The queue id, message seq, receive serial and run.
+            The queue id, message seq, receive serial and receive time.
 
         Raises:
             SqsError: ``ReceiptHandleIsInvalid`` for anything this server did not issue.
@@ -123,14 +124,17 @@ class Signer:
         expected = self._mac(body)
         if not hmac.compare_digest(mac, expected):
             raise invalid_receipt_handle(handle)
-        if size == _BODY.size:
-            version, queue_id, seq, serial, run = _BODY.unpack(body)
-        else:
+        if size == _BODY_V1.size:
             version, queue_id, seq, serial = _BODY_V1.unpack(body)
-            run = b""
-        if version != (_VERSION if run else 1):
+            if version != 1:
+                raise invalid_receipt_handle(handle)
+            return ReceiptHandle(queue_id, seq, serial)
+        version, queue_id, seq, serial, time = _BODY.unpack(body)
+        if version == _VERSION:
+            return ReceiptHandle(queue_id, seq, serial, int.from_bytes(time))
+        if version != _VERSION_WITH_RUN:
             raise invalid_receipt_handle(handle)
-        return ReceiptHandle(queue_id, seq, serial, run)
+        return ReceiptHandle(queue_id, seq, serial)
 
     def peek_receipt_handle(self, handle: str) -> ReceiptHandle | None:
         """What a handle of ours would name, unchecked: None if it cannot be one of ours.
@@ -146,8 +150,10 @@ class Signer:
             return None
         if len(raw) != _BODY.size:
             return None
-        version, queue_id, seq, serial, run = _BODY.unpack(raw)
-        return ReceiptHandle(queue_id, seq, serial, run) if version == _VERSION else None
+        version, queue_id, seq, serial, time = _BODY.unpack(raw)
+        if version != _VERSION:
+            return None
+        return ReceiptHandle(queue_id, seq, serial, int.from_bytes(time))
 
     def message_id(self, queue_id: int, seq: int) -> str:
         """Derive the MessageId of message ``seq`` of queue ``queue_id``.

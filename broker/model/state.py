@@ -198,7 +198,7 @@ class QueueState:
         entry.receive_count += 1
         entry.received_at = now
         entry.visible_at = now + window_ms
-        handle = self._signer.receipt_handle(self.queue_id, seq, entry.receive_count)
+        handle = self._signer.receipt_handle(self.queue_id, seq, entry.receive_count, now)
         if window_ms > 0:
             entry.in_flight = True
             entry.handle = handle

@@ -156,7 +156,7 @@ def test_invalid_handles(fifo):
     other = make(fifo, queue_id=2)
     send(other, T0, "m")
     foreign = receive(other, T0).deliveries[0].receipt_handle
-    for handle in ["garbage", foreign, SIGNER.receipt_handle(1, 99, 1)]:
+    for handle in ["garbage", foreign, SIGNER.receipt_handle(1, 99, 1, T0)]:
         assert refused(lambda handle=handle: index.delete(T0, handle)) == (
             RECEIPT_HANDLE_IS_INVALID,
             f'The input receipt handle "{handle}" is not a valid receipt handle.',

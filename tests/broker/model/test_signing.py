@@ -16,17 +16,18 @@ KEY = b"0123456789abcdef0123456789abcdef"
 SIGNER = Signer(KEY)
 ids = st.integers(min_value=0, max_value=2**63 - 1)
 serials = st.integers(min_value=0, max_value=2**32 - 1)
+times = st.integers(min_value=0, max_value=2**48 - 1)  # ms: the year 10889
 
 
-@given(ids, ids, serials)
-def test_handles_round_trip(queue_id, seq, serial):
-    handle = SIGNER.receipt_handle(queue_id, seq, serial)
-    assert SIGNER.parse_receipt_handle(handle) == ReceiptHandle(queue_id, seq, serial, SIGNER.run)
+@given(ids, ids, serials, times)
+def test_handles_round_trip(queue_id, seq, serial, received_at):
+    handle = SIGNER.receipt_handle(queue_id, seq, serial, received_at)
+    assert SIGNER.parse_receipt_handle(handle) == ReceiptHandle(queue_id, seq, serial, received_at)
 
 
-@given(ids, ids, serials, st.data())
-def test_any_tampering_is_rejected(queue_id, seq, serial, data):
-    handle = SIGNER.receipt_handle(queue_id, seq, serial)
+@given(ids, ids, serials, times, st.data())
+def test_any_tampering_is_rejected(queue_id, seq, serial, received_at, data):
+    handle = SIGNER.receipt_handle(queue_id, seq, serial, received_at)
     position = data.draw(st.integers(min_value=0, max_value=len(handle) - 1))
     replacement = data.draw(st.characters(codec="ascii").filter(lambda c: c != handle[position]))
     tampered = handle[:position] + replacement + handle[position + 1 :]
@@ -44,10 +45,10 @@ def test_garbage_is_rejected_with_aws_message(text):
     )
 
 
-@given(ids, ids, serials)
-def test_peeking_at_our_handles_reads_what_they_name(queue_id, seq, serial):
-    handle = SIGNER.receipt_handle(queue_id, seq, serial)
-    assert SIGNER.peek_receipt_handle(handle) == ReceiptHandle(queue_id, seq, serial, SIGNER.run)
+@given(ids, ids, serials, times)
+def test_peeking_at_our_handles_reads_what_they_name(queue_id, seq, serial, received_at):
+    handle = SIGNER.receipt_handle(queue_id, seq, serial, received_at)
+    assert SIGNER.peek_receipt_handle(handle) == ReceiptHandle(queue_id, seq, serial, received_at)
 
 
 @given(st.text(max_size=80))
@@ -59,7 +60,7 @@ def test_peeking_at_garbage_gives_nothing_or_a_name_without_raising(text):
 def test_another_key_rejects_our_handles():
     other = Signer(b"another key of enough length!!")
     with pytest.raises(SqsError):
-        other.parse_receipt_handle(SIGNER.receipt_handle(1, 2, 3))
+        other.parse_receipt_handle(SIGNER.receipt_handle(1, 2, 3, 4))
 
 
 def test_short_keys_are_refused():
@@ -82,9 +83,9 @@ def test_message_ids_are_what_uuid_renders_for_the_keyed_hash(queue_id, seq):
     assert SIGNER.message_id(queue_id, seq) == str(uuid.UUID(bytes=digest, version=4))
 
 
-@given(ids, ids, serials)
-def test_receipt_handles_carry_an_hmac_sha256_of_their_body(queue_id, seq, serial):
-    handle = SIGNER.receipt_handle(queue_id, seq, serial)
+@given(ids, ids, serials, times)
+def test_receipt_handles_carry_an_hmac_sha256_of_their_body(queue_id, seq, serial, received_at):
+    handle = SIGNER.receipt_handle(queue_id, seq, serial, received_at)
     raw = base64.urlsafe_b64decode(handle + "=" * (-len(handle) % 4))
     body, mac = raw[:-16], raw[-16:]
     key = hashlib.sha256(b"wharf receipt handle\0" + KEY).digest()
@@ -106,7 +107,7 @@ def _reference_decode(handle: str) -> bytes | None:
 
 @given(ids, ids, serials, st.data())
 def test_handles_decode_as_base64url_did_character_for_character(queue_id, seq, serial, data):
-    handle = SIGNER.receipt_handle(queue_id, seq, serial)
+    handle = SIGNER.receipt_handle(queue_id, seq, serial, data.draw(times))
     assert handle == base64.urlsafe_b64encode(_signing._decode(handle) or b"").decode().rstrip("=")
     # Any text, and the handle with one character replaced (padding, the other alphabet,
     # characters base64 would skip): accepted and decoded exactly when base64url did.
@@ -116,30 +117,30 @@ def test_handles_decode_as_base64url_did_character_for_character(queue_id, seq, 
         assert _signing._decode(text) == _reference_decode(text)
 
 
-@given(ids, ids, serials)
-def test_each_run_issues_its_own_handle_for_the_same_receive(queue_id, seq, serial):
+@given(ids, ids, serials, times, times)
+def test_receives_at_different_times_issue_different_handles(queue_id, seq, serial, first, then):
     # A receive a crash forgot is made again after the restart with the same serial: the
     # two consumers must not hold the same handle (AWS: a different handle every receive).
-    before, after = Signer(KEY, run=b"\0" * 6), Signer(KEY, run=b"\1" * 6)
-    first, second = (
-        before.receipt_handle(queue_id, seq, serial),
-        after.receipt_handle(queue_id, seq, serial),
+    handles = {SIGNER.receipt_handle(queue_id, seq, serial, t) for t in (first, then)}
+    assert len(handles) == len({first, then})
+
+
+def _legacy_handle(body: bytes) -> str:
+    key = hashlib.sha256(b"wharf receipt handle\0" + KEY).digest()
+    return (
+        base64.urlsafe_b64encode(body + hmac.digest(key, body, "sha256")[:16]).decode().rstrip("=")
     )
-    assert first != second
-    assert after.parse_receipt_handle(first) == ReceiptHandle(queue_id, seq, serial, before.run)
-    assert before.parse_receipt_handle(second).run == after.run
 
 
 @given(ids, ids, serials)
 def test_version_1_handles_issued_before_runs_are_still_read(queue_id, seq, serial):
-    body = struct.pack(">BQQI", 1, queue_id, seq, serial)
-    key = hashlib.sha256(b"wharf receipt handle\0" + KEY).digest()
-    raw = body + hmac.digest(key, body, "sha256")[:16]
-    handle = base64.urlsafe_b64encode(raw).decode().rstrip("=")
-    assert SIGNER.parse_receipt_handle(handle) == ReceiptHandle(queue_id, seq, serial, b"")
-    assert SIGNER.peek_receipt_handle(handle) is None  # not one this run issued
+    handle = _legacy_handle(struct.pack(">BQQI", 1, queue_id, seq, serial))
+    assert SIGNER.parse_receipt_handle(handle) == ReceiptHandle(queue_id, seq, serial)
+    assert SIGNER.peek_receipt_handle(handle) is None  # not one this version issues
 
 
-def test_a_run_is_six_bytes():
-    with pytest.raises(ValueError, match="6 bytes"):
-        Signer(KEY, run=b"short")
+@given(ids, ids, serials, st.binary(min_size=6, max_size=6))
+def test_version_2_handles_with_a_run_are_still_read(queue_id, seq, serial, run):
+    handle = _legacy_handle(struct.pack(">BQQI6s", 2, queue_id, seq, serial, run))
+    assert SIGNER.parse_receipt_handle(handle) == ReceiptHandle(queue_id, seq, serial)
+    assert SIGNER.peek_receipt_handle(handle) is None

@@ -230,7 +230,7 @@ def test_a_first_receive_lost_in_a_crash_still_lets_its_handle_delete():
     came back fresh, and a delete with that handle deletes it (the row now, the deque entry
     when it surfaces)."""
     index = restored(1, 2, 3)
-    forgotten = SIGNER.receipt_handle(1, 2, 1)
+    forgotten = SIGNER.receipt_handle(1, 2, 1, T0 - 3_000)
     change = index.delete(T0, forgotten)
     assert change.mutations == [MessageDeleted(queue_id=1, seq=2)]
     assert index.delete(T0, forgotten).mutations == []  # once
@@ -242,8 +242,7 @@ def test_a_receive_a_crash_forgot_and_the_next_one_hold_different_handles():
     """The process before the crash handed out serial 1 and the store never heard of it; the
     restarted one hands out serial 1 again. The two consumers' handles differ, and the first
     one's ChangeMessageVisibility cannot release the second one's lease."""
-    before_the_crash = Signer(b"test key, 32 bytes long........", run=b"\x00" * 6)
-    forgotten = before_the_crash.receipt_handle(1, 1, 1)
+    forgotten = SIGNER.receipt_handle(1, 1, 1, T0 - 3_000)  # before the crash
     index = restored(1)
     (delivery,) = index.receive(T0, max_messages=1).deliveries
     assert delivery.receipt_handle != forgotten
@@ -251,6 +250,21 @@ def test_a_receive_a_crash_forgot_and_the_next_one_hold_different_handles():
     assert index.counts(T0) == (0, 1, 0)  # still the second consumer's
     assert index.receive(T0, max_messages=1).deliveries == []
     index.change_visibility(T0, delivery.receipt_handle, 0)  # its own handle works
+    assert index.counts(T0) == (1, 0, 0)
+
+
+def test_a_forgotten_receive_stays_refused_once_the_next_one_is_on_record():
+    """The receive a crash forgot (serial 1 at T0 - 3 s), then the next run's receive (serial
+    1 again, at T0 - 1 s) made durable, then another restart: the store knows the second
+    receive only by its count and time, and the first consumer's handle must still not move
+    the second one's lease (found by a report-only hunt: it released it)."""
+    forgotten = SIGNER.receipt_handle(1, 1, 1, T0 - 3_000)
+    current = SIGNER.receipt_handle(1, 1, 1, T0 - 1_000)
+    index = make(visibility_timeout=30)
+    index.restore([RestoredMessage(1, T0 + 299_000, 1, T0 - 1_000, T0 - 5_000, None)], T0)
+    assert refusal(lambda: index.change_visibility(T0, forgotten, 0)) is not None
+    assert index.counts(T0) == (0, 1, 0)
+    index.change_visibility(T0, current, 0)  # the second consumer's own handle works
     assert index.counts(T0) == (1, 0, 0)
 
 
@@ -263,7 +277,7 @@ def test_handles_that_name_no_lost_receive_delete_nothing():
     ]
     for seq, serial in ((5, 1), (4, 1), (2, 2)):
         # sent since the restart; delayed (never received); a later receive's
-        assert index.delete(T0, SIGNER.receipt_handle(1, seq, serial)).mutations == []
+        assert index.delete(T0, SIGNER.receipt_handle(1, seq, serial, T0)).mutations == []
     # Gone since the restart: the index cannot tell it from a lost receive without a lookup,
     # and deletes the row again (a no-op); nothing else changes.
     assert index.delete(T0, delivery.receipt_handle).mutations == [
@@ -278,7 +292,7 @@ def test_lost_receives_deleted_never_come_back_and_the_rest_all_do(present, dele
     index = restored(*present)
     deleted = {seq for seq in deleted if seq <= max(present, default=0)}  # issued handles only
     for seq in deleted:
-        index.delete(T0, SIGNER.receipt_handle(1, seq, 1))
+        index.delete(T0, SIGNER.receipt_handle(1, seq, 1, T0 - 3_000))
     received = [d.seq for d in index.receive(T0, max_messages=10).deliveries]
     while True:
         more = index.receive(T0, max_messages=10).deliveries
