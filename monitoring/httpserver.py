@@ -292,8 +292,8 @@ class _Connection:
                     if not data:
                         return
                     drained += len(data)
-            except (_ClientGone, OSError):
-                return
+            except (_ClientGone, OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # gone already (send_eof says so with trio's errors): nothing to wait for
 
     async def write(self, data: bytes, limits: HttpLimits) -> None:
         """Send all of ``data``; a write that must wait is bounded by the write timeout."""

@@ -912,3 +912,21 @@ async def test_a_closing_answer_is_a_half_close_that_reads_what_the_client_still
             for _ in range(3):  # a closed socket would answer these with RST, then EPIPE
                 await stream.send_all(b"GET /next HTTP/1.1\r\nHost: t\r\n\r\n")
                 await trio.sleep(0.05)
+
+
+async def test_a_client_gone_before_its_refusal_is_not_a_handler_error(nursery):
+    """A client that sends part of a body (or too big a head) and closes: the refusal's
+    half-close finds it gone, which is the client's doing, not a bug to count (found by a
+    report-only hunt: trio's BrokenResourceError from send_eof reached on_error)."""
+    server = await Server(nursery, echo).start()
+    for sent in (
+        b"POST /b HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nab",
+        b"POST /b HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: t\r\nX: " + b"y" * 100_000 + b"\r\n\r\n",
+    ):
+        client = socket.create_connection(server.addr)
+        client.sendall(sent)
+        await trio.sleep(0.1)
+        client.close()
+    await trio.sleep(FAST.body_timeout_seconds + 0.5)  # every refusal made and lingered on
+    assert server.errors == []
