@@ -235,6 +235,7 @@ async def open_admin_listener(
         ConfigError: ``admin.token_file`` cannot be used (see :func:`read_admin_token`).
     """
     server.require_token(read_admin_token(settings))
+    frame.use_admin_token = server.require_token  # a reload's token applies at once
     sockets = await bind_tcp(settings.host, settings.port)
 
     async def handle_connection(stream: trio.SocketStream) -> None:

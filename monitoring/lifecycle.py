@@ -202,6 +202,9 @@ class Frame:
     # Called at every reload, before the file is read: what a SIGHUP must do even when the new
     # file is refused (the balancer reopens its access logs for logrotate, as nginx does).
     on_reload_attempt: list[Callable[[], object]] = field(default_factory=list)
+    # Set by the admin listener: the bearer token its requests that change state need from
+    # now on (None: loopback clients only), which a reload reads anew from admin.token_file.
+    use_admin_token: Callable[[bytes | None], None] | None = None
     _stop_deadline: float = math.inf
     _nursery: trio.Nursery | None = None
     _stopped: trio.Event = field(default_factory=trio.Event)
@@ -664,12 +667,12 @@ class Daemon(Generic[C]):
             if path is None:
                 raise ConfigError("<defaults>", "no configuration file to reload")
             new_config = load(path, self.spec.schema)
-            # The admin listener keeps its token until the restart, which reads the file:
-            # refuse now a file it would refuse, as check-config does. (monitoring.admin
+            # The token is read anew, so that rotating it (a new file, or new contents) needs
+            # no restart; a file the start would refuse refuses the reload. (monitoring.admin
             # builds on this module: imported here, where it is needed.)
             from monitoring.admin import read_admin_token
 
-            read_admin_token(new_config.admin)
+            admin_token = read_admin_token(new_config.admin)
             await self.app.reload(new_config)
         except ConfigError as exc:
             # The old config keeps serving; the operator sees why in the log and the metric.
@@ -680,7 +683,10 @@ class Daemon(Generic[C]):
             self.log.exception("config.reload_error", exc, file=str(path))
             reason = f"unexpected {type(exc).__name__}: {exc}"
             return self._refuse(str(path), reason, f"{path}: {reason}")
-        if new_config.admin != self._bound_admin:  # the address bound, not the last file's
+        if self.frame.use_admin_token is not None:
+            self.frame.use_admin_token(admin_token)
+        bound = self._bound_admin  # the address bound, not the last file's
+        if (new_config.admin.host, new_config.admin.port) != (bound.host, bound.port):
             self.log.warning("config.restart_required", section="admin")
         self.log.set_level(new_config.logging.level)
         self.config = new_config

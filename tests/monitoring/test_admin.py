@@ -290,6 +290,32 @@ async def test_with_a_token_file_every_client_needs_the_bearer_token(tmp_path):
     assert TOKEN not in log  # the token itself is never logged
 
 
+async def test_a_reload_rotates_the_token_and_can_take_it_away(tmp_path):
+    """New contents in the same file, then no file: each applies at the reload, no restart
+    (found by a report-only hunt: the old token kept working, the new one got 403, and
+    nothing said a restart was needed)."""
+    token_file = tmp_path / "admin.token"
+    token_file.write_text(TOKEN)
+    config_file = tmp_path / "balancer.toml"
+    config_file.write_text(f'[admin]\nport = 0\ntoken_file = "{token_file}"\n')
+    config = load(config_file, BalancerConfig)
+    async with running(BALANCER, config, config_path=config_file) as daemon:
+        host, port = address(daemon, "admin")
+
+        def reload(token: str | None) -> int:
+            headers = [] if token is None else ["-H", f"Authorization: Bearer {token}"]
+            return curl(f"http://{host}:{port}/reload", "-X", "POST", *headers)[0]
+
+        token_file.write_text("the-next-token")
+        assert await trio.to_thread.run_sync(reload, TOKEN) == 200  # reads the new one
+        assert await trio.to_thread.run_sync(reload, TOKEN) == 403
+        assert await trio.to_thread.run_sync(reload, None) == 403  # loopback or not
+        config_file.write_text("[admin]\nport = 0\n")
+        assert await trio.to_thread.run_sync(reload, "the-next-token") == 200
+        assert await trio.to_thread.run_sync(reload, None) == 200  # loopback: no token now
+        assert "config.restart_required" not in daemon.log_output.getvalue()
+
+
 @pytest.mark.parametrize(
     ("content", "reason"),
     [
