@@ -347,6 +347,11 @@ class SqliteWriter:
             try:
                 self._apply_together(connection, jobs)
             except Exception:
+                # SQLite may roll the whole transaction back itself (a full disk, an I/O
+                # error): then no job can succeed, and that error, not a failed ROLLBACK's,
+                # is what the store failed of.
+                if not connection.in_transaction:
+                    raise
                 # Some job failed: start again, each job in a savepoint, so it fails alone.
                 connection.execute("ROLLBACK")
                 connection.execute("BEGIN IMMEDIATE")
@@ -356,6 +361,8 @@ class SqliteWriter:
                     try:
                         job.result = job.apply(connection)
                     except Exception as error:
+                        if not connection.in_transaction:
+                            raise
                         connection.execute("ROLLBACK TO job")
                         job.error = error
                     connection.execute("RELEASE job")

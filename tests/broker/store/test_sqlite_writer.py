@@ -126,6 +126,25 @@ async def test_a_failed_commit_later_fails_the_store_and_leaves_no_trace_in_memo
     assert [m.body for m in await store.read_messages(queue.queue_id, [1])] == ["first"]
 
 
+async def test_a_store_failed_by_sqlite_itself_says_why(store, monkeypatch):
+    """SQLite rolls the whole transaction back on some errors (a full disk, an I/O error):
+    the store fails with that error, not with the ROLLBACK that then has nothing to undo
+    (found by a report-only hunt: "cannot rollback - no transaction is active")."""
+    queue = await store.create_queue("q", QueueSettings(), {}, 0)
+    applying = sqlite_writer.apply_mutations
+
+    def fill_the_disk(connection, *args):
+        applying(connection, *args)
+        connection.execute("ROLLBACK")  # what SQLite did on SQLITE_FULL
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(sqlite_writer, "apply_mutations", fill_the_disk)
+    with pytest.raises(StoreError, match="database or disk is full"):
+        await store.commit([inserted(queue.queue_id, 1)])
+    with pytest.raises(StoreError, match="the store failed earlier: database or disk is full"):
+        await store.commit([inserted(queue.queue_id, 2)])
+
+
 async def test_purged_rows_are_reclaimed_and_the_file_stops_growing(store):
     queue = await store.create_queue("q", QueueSettings(), {}, 0)
     body = "x" * 4_000
