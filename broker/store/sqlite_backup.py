@@ -63,7 +63,8 @@ def snapshot(source: Path, destination: Path) -> StoreSummary:
         fsync_directory(destination.parent)
     except sqlite3.Error as error:
         partial.unlink(missing_ok=True)
-        raise StoreError(f"{source}: backup failed: {error}") from error
+        # Named after the copy: a full disk here is most often the destination's.
+        raise StoreError(f"{destination}: could not write the copy of {source}: {error}") from error
     return inspect(destination)
 
 

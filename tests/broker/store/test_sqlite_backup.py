@@ -90,6 +90,18 @@ async def test_a_snapshot_never_overwrites_and_needs_a_store(tmp_path: Path):
     assert existing.read_text() == "keep me"
 
 
+async def test_a_copy_that_cannot_be_written_is_named_not_the_store(tmp_path: Path):
+    """A full disk at the destination must not read as the live store's (found by a
+    report-only hunt: the message named only the store, and said "backup failed" twice)."""
+    store = SqliteStore(tmp_path)
+    await store.open()
+    await store.aclose()
+    destination = tmp_path / "nowhere" / FILE_NAME
+    with pytest.raises(StoreError) as failed:
+        snapshot(store.path, destination)
+    assert failed.value.args[0].startswith(f"{destination}: could not write the copy of ")
+
+
 def test_inspect_refuses_what_is_not_a_usable_store(tmp_path: Path):
     with pytest.raises(StoreError, match="no such file"):
         inspect(tmp_path / "missing")
