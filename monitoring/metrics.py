@@ -136,7 +136,9 @@ def most_preferred(accept: str | None) -> str:
                 except ValueError:
                     quality = 0.0
         if quality > 0 and media_range.strip():
-            ranked.append((quality, media_range))
+            # Media types are case-insensitive (RFC 9110 §8.3.1); choose_encoder is not.
+            media_type, separator, parameters = media_range.partition(";")
+            ranked.append((quality, media_type.lower() + separator + parameters))
     best = max((quality for quality, _ in ranked), default=0.0)
     return ",".join(media_range for quality, media_range in ranked if quality == best)
 

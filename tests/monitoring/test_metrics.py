@@ -146,6 +146,7 @@ PROMETHEUS_ACCEPT = (  # what Prometheus 3 sends
         ("text/plain;version=0.0.4;q=1, application/openmetrics-text;q=0.1", False),
         ("text/plain;q=0.1, application/openmetrics-text;q=0.9", True),
         ("application/openmetrics-text;q=oops", False),
+        ("APPLICATION/OpenMetrics-Text; version=1.0.0", True),  # RFC 9110 8.3.1
         (None, False),
     ],
 )
