@@ -407,7 +407,7 @@ class Supervisor:
         if self._finish.is_set():  # stopping, or one could not start: never READY=1 now
             return
         self.ready_announced = True
-        self.notifier.ready(status=f"serving with {len(self.workers)} workers")
+        self.notifier.ready(status=self._serving_status())
         self.log.info("supervisor.ready", workers=len(self.workers))
 
     async def _watchdog(self, interval: float) -> None:
@@ -465,9 +465,12 @@ class Supervisor:
             self._warn_if_restart_needed()
             refused = [w.status for w in signalled if w.status.startswith("reload refused")]
             if announce:
-                self.notifier.ready(status=refused[0] if refused else "serving")
+                self.notifier.ready(status=refused[0] if refused else self._serving_status())
             elif refused and self.ready_announced:
                 self.notifier.status(refused[0])
+
+    def _serving_status(self) -> str:
+        return f"serving with {len(self.workers)} workers"
 
     async def _reload_worker(self, worker: _Worker, signalled: list[_Worker]) -> None:
         """SIGHUP to ``worker``'s process once it is ready, then until it has reported back."""

@@ -264,7 +264,8 @@ async def test_two_workers_share_the_listener_reload_restart_and_stop(nursery, t
         # SIGHUP: forwarded; READY=1 again once every worker has reloaded.
         daemon.signal(signal.SIGHUP)
         assert (await daemon.next_notification()).startswith(b"RELOADING=1")
-        assert await daemon.next_notification() == b"READY=1\nSTATUS=serving"
+        # The status says what it said at start (found by a report-only hunt: "serving").
+        assert await daemon.next_notification() == b"READY=1\nSTATUS=serving with 2 workers"
         assert await daemon.wait_log("event=config.reloaded")
 
         # A killed worker is restarted; the other keeps serving meanwhile.
@@ -704,7 +705,7 @@ async def test_a_sighup_right_after_a_crash_spares_the_replacement(tmp_path, nur
     assert second.ready == 3  # the first process, the replacement, its reload
     assert fake.log.count("event=worker.exited") == 1
     assert fake.notifier.sent[-2].startswith("RELOADING=1")
-    assert fake.notifier.sent[-1] == "READY=1\nSTATUS=serving"
+    assert fake.notifier.sent[-1] == "READY=1\nSTATUS=serving with 2 workers"
     await fake.stop()
 
 
