@@ -63,6 +63,7 @@ from monitoring.admin import AdminServer
 from monitoring.configfile import ConfigError
 from monitoring.durable import write_file
 from monitoring.httpserver import Request, Response
+from monitoring.lifecycle import DaemonStopping
 from monitoring.logging import EventLog
 from monitoring.safefile import read_regular_file
 
@@ -448,7 +449,10 @@ class TargetsApi:
     async def reload(self, request: Request) -> Response:
         if self._reload is None:
             raise ApiError(503, "Unavailable", "reload is not available in this process")
-        refused = await self._reload()
+        try:
+            refused = await self._reload()
+        except DaemonStopping as stopping:
+            raise ApiError(503, "Unavailable", str(stopping)) from None
         if refused is not None:
             raise ApiError(400, "ConfigError", refused)
         reply: dict[str, Any] = {"reloaded": True, "generation": self._runtime.current.generation}

@@ -48,7 +48,7 @@ from monitoring.admin import AdminServer, open_admin_listener
 from monitoring.configfile import ConfigError
 from monitoring.durable import write_file
 from monitoring.httpserver import Request, Response, serve_http
-from monitoring.lifecycle import Frame, Listener, StartupError, bind_tcp
+from monitoring.lifecycle import DaemonStopping, Frame, Listener, StartupError, bind_tcp
 from monitoring.safefile import check_regular_file
 from monitoring.settings import HttpLimits, state_directory
 
@@ -424,7 +424,10 @@ class BrokerApp:
             return _json_response(
                 503, {"error": "Unavailable", "message": "no daemon to reload this configuration"}
             )
-        refused = await self.frame.reload()
+        try:
+            refused = await self.frame.reload()
+        except DaemonStopping as stopping:
+            return _json_response(503, {"error": "Unavailable", "message": str(stopping)})
         if refused is not None:
             return _json_response(400, {"error": "ConfigError", "message": refused})
         return _json_response(200, {"reloaded": True})

@@ -183,6 +183,10 @@ async def _bind_tcp(host: str, port: int, *, reuse_port: bool) -> list[trio.Sock
     return listeners
 
 
+class DaemonStopping(Exception):
+    """A reload asked of a daemon that has begun to stop (an admin route answers 503)."""
+
+
 @dataclass
 class Frame:
     """What the lifecycle gives a daemon's app: connection serving with drain, log, metrics."""
@@ -651,7 +655,15 @@ class Daemon(Generic[C]):
         return message
 
     async def reload(self) -> str | None:
-        """Load the configuration file again and apply it; None, or why it was refused."""
+        """Load the configuration file again and apply it; None, or why it was refused.
+
+        Raises:
+            DaemonStopping: the daemon drains; nothing was read (not a refused file: a
+                reload during a rolling restart is no failure to count or alert on).
+        """
+        if self.frame.draining.started:
+            self.log.info("config.reload_skipped", reason="stopping")
+            raise DaemonStopping("the daemon is stopping: a reload is not applied while it drains")
         async with self._reload_lock:
             return await self._reload()
 

@@ -75,6 +75,31 @@ async def test_health_readiness_and_unknown_paths(broker_config):
         assert (await request(addr, target="/readyz"))[0] == 503
 
 
+@pytest.mark.parametrize("daemon_name", ["broker", "balancer"])
+async def test_a_reload_asked_while_draining_is_503_and_no_failure(tmp_path, daemon_name):
+    """A rolling restart's config run can POST /reload to a daemon that drains: neither a
+    refused file nor an applied one (found by a report-only hunt: the balancer answered 400
+    ConfigError and counted a failure, the broker applied it)."""
+    config_file = tmp_path / f"{daemon_name}.toml"
+    if daemon_name == "broker":
+        config_file.write_text(
+            f'[api]\nport = 0\n[admin]\nport = 0\n[storage]\ndata_dir = "{tmp_path}"\n'
+        )
+        spec, config = BROKER, load(config_file, BrokerConfig)
+    else:
+        config_file.write_text("[admin]\nport = 0\n")
+        spec, config = BALANCER, load(config_file, BalancerConfig)
+    async with running(spec, config, config_path=config_file) as daemon:
+        addr = address(daemon, "admin")
+        daemon.frame.draining.start()
+        status, _, body = await request(addr, "POST", "/reload")
+        _, _, metrics = await request(addr, target="/metrics")
+    assert status == 503
+    assert json.loads(body)["error"] == "Unavailable"
+    assert 'wharf_config_reloads_total{outcome="failure"} 0.0' in metrics.decode()
+    assert "config.reload_skipped" in daemon.log_output.getvalue()
+
+
 async def test_an_oversized_body_gets_413_in_the_admin_error_shape(broker_config):
     # A deploy script sending a huge targets document reads the same JSON errors as for any
     # other refusal, not a plain-text line.
