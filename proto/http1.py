@@ -28,7 +28,7 @@ from typing import Final, Literal, NamedTuple
 
 import h11
 
-# h11's chunk-header grammar and the reader matching it (private): bound_chunk_sizes.
+# h11's chunk-header grammar and the reader matching it (private): install_chunk_header_pattern.
 from h11 import _abnf, _readers
 
 # h11's container of parsed fields (private, but what its events keep): events built from
@@ -722,19 +722,25 @@ MAX_CONTENT_LENGTH: Final = 2**64 - 1
 MAX_CHUNK_SIZE_DIGITS: Final = 16
 
 
-def bound_chunk_sizes() -> None:
-    """Make h11 refuse a chunk size above 2^64-1 (more than 16 hex digits), both ways.
+def install_chunk_header_pattern() -> None:
+    """Replace h11's chunk-header pattern (both ways) with RFC 9112 7.1's, sizes bounded.
 
-    h11 0.16 reads up to 20 hex digits, so ``10000000000000003`` is one chunk of 2^64+3
-    bytes that swallows whatever follows (the next pipelined request, or response) while a
-    next hop that wraps sizes at 64 bits reads a 3-byte chunk: request smuggling through a
-    proxy chain. HAProxy answers 400 to such a request and 502 to such a response. h11
-    frames every body here and nothing re-frames one by hand, so h11's own chunk-header
-    pattern is narrowed instead, once per process (every h11 connection shares it): the
-    same grammar (extensions, trailing whitespace) with at most 16 digits. A size written
-    with more digits is refused even when its leading ones are zeros. h11 then raises its
-    usual ``illegal chunk header``, which the listener refuses as a bad chunk size
-    (BadTransferEncoding) and the forward path as an invalid response.
+    - At most 16 hex digits (2^64-1). h11 0.16 reads up to 20, so ``10000000000000003`` is
+      one chunk of 2^64+3 bytes that swallows whatever follows (the next pipelined request,
+      or response) while a next hop that wraps sizes at 64 bits reads a 3-byte chunk:
+      request smuggling through a proxy chain. HAProxy answers 400 to such a request and 502
+      to such a response. A size written with more digits is refused even when its leading
+      ones are zeros.
+    - Whitespace before an extension's ``;`` (``3 ;name``): RFC 9112 7.1.1 writes
+      ``chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )`` and
+      HAProxy skips it; h11 allows whitespace only before the CRLF. Extensions are dropped
+      (h11 re-chunks the body for the next hop), so accepting it frames nothing differently.
+
+    Everything else is h11's grammar (extensions, trailing whitespace). A refused header
+    makes h11 raise its usual ``illegal chunk header``, which the listener refuses as a bad
+    chunk size (BadTransferEncoding) and the forward path as an invalid response. h11
+    frames every body here and nothing re-frames one by hand, so the pattern is replaced
+    once per process (every h11 connection shares it).
 
     This leans on two h11 internals: ``h11._abnf.chunk_header`` (the pattern's source) and
     the module global ``h11._readers.chunk_header_re`` that ``ChunkedReader`` matches each
@@ -742,20 +748,21 @@ def bound_chunk_sizes() -> None:
     the bound lapse silently (tests/proto/test_http1.py checks the behaviour as well).
     """
     source = _abnf.chunk_header.encode("ascii")
+    extension = b"(?P<chunk_ext>%s)" % _abnf.chunk_ext.encode("ascii")
     narrowed = source.replace(
         _abnf.chunk_size.encode("ascii"), b"[0-9A-Fa-f]{1,%d}" % MAX_CHUNK_SIZE_DIGITS
-    )
+    ).replace(extension + b"?", b"(?:[ \\t]*%s)?" % extension)  # BWS before the ";"
     installed = getattr(getattr(_readers, "chunk_header_re", None), "pattern", None)
     if installed == narrowed:
         return
     reader = getattr(_readers, "ChunkedReader", None)
     uses = reader is not None and "chunk_header_re" in reader.__call__.__code__.co_names
-    if narrowed == source or installed != source or not uses:
+    if source.count(extension + b"?") != 1 or narrowed == source or installed != source or not uses:
         raise RuntimeError("h11's chunk reader changed: proto.http1 cannot bound chunk sizes")
     _readers.chunk_header_re = re.compile(narrowed)
 
 
-bound_chunk_sizes()
+install_chunk_header_pattern()
 
 
 def is_lookalike(name: bytes) -> bool:

@@ -15,7 +15,6 @@ from proto.http1 import (
     Forwarding,
     ServerConnection,
     XffMode,
-    bound_chunk_sizes,
     classify_head,
     classify_headers,
     classify_parse_error,
@@ -29,6 +28,7 @@ from proto.http1 import (
     has_request_target_form,
     head_end,
     header_list,
+    install_chunk_header_pattern,
     is_authority_form,
     is_lookalike,
     is_trace_field,
@@ -374,7 +374,7 @@ def test_h11_parse_errors_map_to_alb_reasons():
     assert verdict("BadHeader").classification is Classification.SEVERE
 
 
-# Chunk sizes: at most 2^64-1 (bound_chunk_sizes) --------------------------------------------
+# Chunk headers: sizes at most 2^64-1, BWS before an extension (install_chunk_header_pattern)
 
 
 def _first_chunk(role: type[h11.SERVER] | type[h11.CLIENT], size: bytes) -> h11.Data:
@@ -420,21 +420,55 @@ def test_small_chunk_sizes_with_extensions_and_whitespace_still_read(role) -> No
 
 
 def test_the_chunk_bound_relies_on_h11_internals_that_are_still_there(monkeypatch) -> None:
-    """Fails the day h11 renames what bound_chunk_sizes patches: its reader's pattern global
-    (read at each chunk header) and the grammar it is compiled from."""
+    """Fails the day h11 renames what install_chunk_header_pattern patches: its reader's
+    pattern global (read at each chunk header) and the grammar it is compiled from."""
     from h11 import _abnf, _readers
 
     assert "chunk_header_re" in _readers.ChunkedReader.__call__.__code__.co_names
     assert _abnf.chunk_size in _abnf.chunk_header
-    assert _readers.chunk_header_re.pattern == _abnf.chunk_header.encode().replace(
-        _abnf.chunk_size.encode(), b"[0-9A-Fa-f]{1,16}"
-    )
-    bound_chunk_sizes()  # installed once: a second call changes nothing
+    extension = f"(?P<chunk_ext>{_abnf.chunk_ext})"
+    assert _readers.chunk_header_re.pattern == _abnf.chunk_header.replace(
+        _abnf.chunk_size, "[0-9A-Fa-f]{1,16}"
+    ).replace(extension + "?", f"(?:[ \\t]*{extension})?").encode("ascii")
+    install_chunk_header_pattern()  # installed once: a second call changes nothing
     assert _readers.chunk_header_re.pattern.count(b"{1,16}") == 1
     # An h11 whose reader is no longer built from that grammar stops the import loudly.
     monkeypatch.setattr(_readers, "chunk_header_re", re.compile(rb"(?P<chunk_size>\d+)\r\n"))
     with pytest.raises(RuntimeError, match="chunk reader changed"):
-        bound_chunk_sizes()
+        install_chunk_header_pattern()
+
+
+# RFC 9112 7.1.1: chunk-ext = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+_BWS = st.text(alphabet=" \t", max_size=3).map(str.encode)
+_CHUNK_EXTENSIONS = st.lists(
+    st.tuples(_BWS, TOKEN, _BWS, st.none() | st.tuples(_BWS, TOKEN | st.just(b'"quoted; v"'))),
+    min_size=1,
+    max_size=3,
+).map(
+    lambda exts: b"".join(
+        before + b";" + after + name + (b"" if value is None else value[0] + b"=" + value[1])
+        for before, name, after, value in exts
+    )
+)
+
+
+@pytest.mark.parametrize("role", [h11.SERVER, h11.CLIENT])
+@given(st.integers(0, 15).map(lambda zeros: b"0" * zeros + b"3"), _CHUNK_EXTENSIONS, _BWS)
+@example(b"3", b" ;ext", b"")  # the hunt's "3 ;ext": refused as a desync attempt before
+@example(b"3", b"\t; a = 1", b" ")
+def test_whitespace_before_a_chunk_extension_is_read_both_ways(
+    role, size: bytes, extensions: bytes, trailing: bytes
+) -> None:
+    header = size + extensions + trailing
+    assert _first_chunk(role, header).data == b"abc", header
+
+
+@pytest.mark.parametrize("role", [h11.SERVER, h11.CLIENT])
+@pytest.mark.parametrize("header", [b"3 x", b"3 3", b"3 =a", b" 3", b"3\v;a", b"3 ;a\nb"])
+def test_whitespace_in_a_chunk_header_other_than_bws_is_still_refused(role, header) -> None:
+    with pytest.raises(h11.RemoteProtocolError) as refused:
+        _first_chunk(role, header)
+    assert classify_parse_error(str(refused.value)).reason == "BadTransferEncoding"
 
 
 @pytest.mark.parametrize(

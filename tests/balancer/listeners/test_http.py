@@ -251,6 +251,23 @@ async def test_every_desync_attempt_is_refused_with_400_and_a_close():
             ), reason
 
 
+async def test_whitespace_before_a_chunk_extension_is_no_desync_attempt():
+    # RFC 9112 7.1.1 allows BWS before a chunk extension's ";" (HAProxy skips it): the body is
+    # forwarded, re-chunked without the extension, and the connection carries the next request.
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        answer = await raw(
+            front(daemon),
+            b"POST /ext HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3 ;ext\r\nabc\r\n2\t; a = 1\r\nde\r\n0\r\n\r\n" + CLOSE_GET,
+        )
+        assert statuses(answer) == [200, 200]
+        assert [(s.target, s.body) for s in target.seen] == [("/ext", b"abcde"), ("/next", b"")]
+        assert desync_log_reasons(daemon) == []
+
+
 AMBIGUOUS_SERVED = {
     "Content-Length on a GET": b"GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
     "Transfer-Encoding on a GET": b"GET /a HTTP/1.1\r\nHost: x\r\n"
