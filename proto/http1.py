@@ -35,6 +35,9 @@ from h11 import _abnf, _readers
 # fields h11 normalised already take it as they are (parsed_headers).
 from h11._headers import Headers
 
+# h11's receive buffer (private), what a body reader reads from: _StrictChunkedReader.
+from h11._receivebuffer import ReceiveBuffer
+
 Header = tuple[bytes, bytes]
 XffMode = Literal["append", "preserve", "remove"]
 
@@ -763,6 +766,62 @@ def install_chunk_header_pattern() -> None:
 
 
 install_chunk_header_pattern()
+
+
+# The state ChunkedReader keeps (private): _StrictChunkedReader reads it to know that it waits
+# for a chunk header.
+_CHUNKED_READER_STATE: Final = frozenset(
+    {"_bytes_in_chunk", "_bytes_to_discard", "_reading_trailer"}
+)
+BARE_LF_CHUNK_LINE: Final = "illegal chunk header: a chunk line must end with CRLF, not a bare LF"
+
+
+class _StrictChunkedReader(_readers.ChunkedReader):
+    """h11's chunked-body reader, refusing a chunk-size line ended by a bare LF at once.
+
+    RFC 9112 7.1 ends chunk-size lines (and chunk data) with CRLF; 2.2 allows a bare LF only
+    in a head. h11 looks for CRLF alone, so ``3\\nabc\\n0\\n\\n`` left it waiting for
+    more, the request held until its body timeout (a 408, the target holding half a request
+    meanwhile). While a chunk header is awaited nothing has been taken out of the buffer since
+    the last CRLF, so a LF in it ends the line without its CR: refused now, with the message
+    ``illegal chunk header`` that the listener classifies (BadTransferEncoding) and the
+    forward path takes as an invalid response. (A bare LF after chunk data is refused by h11
+    itself: ``malformed chunk footer``. Trailer lines are field lines, which may end in LF.)
+    """
+
+    def __call__(self, buf: ReceiveBuffer) -> h11.Data | h11.EndOfMessage | None:
+        event = super().__call__(buf)
+        if (
+            event is None
+            and not self._bytes_in_chunk
+            and not self._bytes_to_discard
+            and not self._reading_trailer
+            and b"\n" in bytes(buf)
+        ):
+            raise h11.RemoteProtocolError(BARE_LF_CHUNK_LINE)
+        return event
+
+
+def install_strict_chunked_reader() -> None:
+    """Make every h11 connection read chunked bodies with :class:`_StrictChunkedReader`.
+
+    h11 builds a body's reader from ``h11._readers.READERS[SEND_BODY]["chunked"]`` (a dict its
+    connections share), and the strict reader reads ``ChunkedReader``'s private state: if a
+    future h11 changes either, this raises at import rather than let bare LFs hang requests
+    again silently (tests/proto/test_http1.py checks the behaviour as well).
+    """
+    readers = getattr(_readers, "READERS", {}).get(h11.SEND_BODY)
+    if not isinstance(readers, dict):
+        raise RuntimeError("h11's readers changed: proto.http1 cannot refuse bare-LF chunk lines")
+    installed = readers.get("chunked")
+    if installed is _StrictChunkedReader:
+        return
+    if installed is not _readers.ChunkedReader or set(vars(installed())) != _CHUNKED_READER_STATE:
+        raise RuntimeError("h11's readers changed: proto.http1 cannot refuse bare-LF chunk lines")
+    readers["chunked"] = _StrictChunkedReader
+
+
+install_strict_chunked_reader()
 
 
 def is_lookalike(name: bytes) -> bool:

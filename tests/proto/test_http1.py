@@ -8,6 +8,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from proto.http1 import (
+    BARE_LF_CHUNK_LINE,
     COMPLIANT,
     HOP_BY_HOP,
     Action,
@@ -29,6 +30,7 @@ from proto.http1 import (
     head_end,
     header_list,
     install_chunk_header_pattern,
+    install_strict_chunked_reader,
     is_authority_form,
     is_lookalike,
     is_trace_field,
@@ -461,6 +463,100 @@ def test_whitespace_before_a_chunk_extension_is_read_both_ways(
 ) -> None:
     header = size + extensions + trailing
     assert _first_chunk(role, header).data == b"abc", header
+
+
+def _chunked_conn(role: type[h11.SERVER] | type[h11.CLIENT]) -> h11.Connection:
+    """An h11 connection of ``role`` that has read a chunked message's head (a client's
+    request, or a target's response) and now reads its body."""
+    if role is h11.SERVER:
+        conn = h11.Connection(h11.SERVER)
+        conn.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    else:
+        conn = h11.Connection(h11.CLIENT)
+        conn.send(h11.Request(method="GET", target="/", headers=[("host", "a")]))
+        conn.send(h11.EndOfMessage())
+        conn.receive_data(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert isinstance(conn.next_event(), h11.Request | h11.Response)
+    return conn
+
+
+def _read_body(conn: h11.Connection, pieces: list[bytes]) -> bytes | None:
+    """The body read from ``pieces`` fed one by one; None while it is incomplete."""
+    body = b""
+    for piece in pieces:
+        conn.receive_data(piece)
+        while (event := conn.next_event()) is not h11.NEED_DATA:
+            if isinstance(event, h11.EndOfMessage):
+                return body
+            assert isinstance(event, h11.Data)
+            body += event.data
+    return None
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(cut, len(data)) for cut in cuts})
+    pieces = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    return [piece for piece in pieces if piece]  # h11 reads b"" as the peer's EOF
+
+
+_CHUNKS = st.lists(st.binary(min_size=1, max_size=12), max_size=4)
+_CUTS = st.lists(st.integers(0, 200), max_size=6)
+
+
+@pytest.mark.parametrize("role", [h11.SERVER, h11.CLIENT])
+@given(_CHUNKS, _CUTS)
+def test_a_chunked_body_in_any_pieces_reads_as_sent(role, chunks, cuts) -> None:
+    # Chunk data may hold LFs and a CRLF may be split between reads: nothing of that is a
+    # bare LF ending a chunk line.
+    encoded = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+    assert _read_body(_chunked_conn(role), _split(encoded, cuts)) == b"".join(chunks)
+
+
+@pytest.mark.parametrize("role", [h11.SERVER, h11.CLIENT])
+@given(_CHUNKS, st.data(), _CUTS, st.booleans())
+@example([b"abc"], None, [], True)  # the hunt's 3\nabc\n0\n\n: a 408 after the body timeout
+def test_a_chunk_line_ended_by_a_bare_lf_is_refused_at_once(
+    role, chunks, data, cuts, all_bare: bool
+) -> None:
+    lines = [b"%x\r\n" % len(c) for c in chunks] + [b"0\r\n"]
+    bare = len(lines) - 1 if data is None else data.draw(st.integers(0, len(lines) - 1))
+    lines[bare] = lines[bare].replace(b"\r\n", b"\n")
+    encoded = b"".join(line + c + b"\r\n" for line, c in zip(lines, chunks, strict=False))
+    encoded += lines[-1] + b"\r\n"
+    if all_bare:  # every line ends in LF: no CRLF would ever have come (the hunt's body)
+        encoded = encoded.replace(b"\r\n", b"\n")
+    with pytest.raises(h11.RemoteProtocolError) as refused:
+        _read_body(_chunked_conn(role), _split(encoded, cuts))
+    # What the listener logs it as (h11's own refusals of a bare LF after data included).
+    assert classify_parse_error(str(refused.value)).reason == "BadTransferEncoding"
+
+
+def test_a_bare_lf_chunk_line_is_refused_before_any_crlf_arrives() -> None:
+    conn = _chunked_conn(h11.SERVER)
+    conn.receive_data(b"3\nabc\n0\n\n")
+    with pytest.raises(h11.RemoteProtocolError, match="bare LF") as refused:
+        conn.next_event()
+    assert str(refused.value) == BARE_LF_CHUNK_LINE
+    assert classify_parse_error(BARE_LF_CHUNK_LINE) == verdict("BadTransferEncoding")
+
+
+def test_the_strict_chunked_reader_relies_on_h11_internals_that_are_still_there(
+    monkeypatch,
+) -> None:
+    """Fails the day h11 changes what install_strict_chunked_reader patches: the table its
+    connections build body readers from, and the reader's state attributes."""
+    from h11 import _readers
+
+    from proto import http1
+
+    assert _readers.READERS[h11.SEND_BODY]["chunked"] is http1._StrictChunkedReader
+    state = set(vars(_readers.ChunkedReader()))
+    assert state == {"_bytes_in_chunk", "_bytes_to_discard", "_reading_trailer"}
+    install_strict_chunked_reader()  # installed once: a second call changes nothing
+    assert _readers.READERS[h11.SEND_BODY]["chunked"] is http1._StrictChunkedReader
+    monkeypatch.setitem(_readers.READERS[h11.SEND_BODY], "chunked", lambda: None)
+    with pytest.raises(RuntimeError, match="readers changed"):
+        install_strict_chunked_reader()
 
 
 @pytest.mark.parametrize("role", [h11.SERVER, h11.CLIENT])

@@ -179,6 +179,8 @@ DESYNC = {
     "bad Content-Length": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\nx",
     "unsupported Transfer-Encoding": b"POST / HTTP/1.1\r\nHost: x\r\n"
     b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    "bare LF ending a chunk line": b"POST / HTTP/1.1\r\nHost: x\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
 }
 
 
@@ -197,6 +199,7 @@ DESYNC_REASONS = {
     "underscore lookalike": "SuspiciousHeader",
     "bad Content-Length": "BadContentLength",
     "unsupported Transfer-Encoding": "BadTransferEncoding",
+    "bare LF ending a chunk line": "BadTransferEncoding",
 }
 
 
@@ -266,6 +269,29 @@ async def test_whitespace_before_a_chunk_extension_is_no_desync_attempt():
         assert statuses(answer) == [200, 200]
         assert [(s.target, s.body) for s in target.seen] == [("/ext", b"abcde"), ("/next", b"")]
         assert desync_log_reasons(daemon) == []
+
+
+async def test_chunk_lines_ended_by_a_bare_lf_are_refused_at_once_not_after_the_body_timeout():
+    # RFC 9112 7.1: chunk lines end with CRLF. h11 waited for one that never came: the request
+    # hung until request_body_seconds, then got 408, the target holding half a request.
+    timeouts = ListenerTimeouts(request_body_seconds=30)
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener(timeouts=timeouts)], [group("web", target)])) as daemon,
+    ):
+        payload = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\n0\n\n"
+        answer = await raw(front(daemon), payload, limit=5)
+        assert statuses(answer) == [400]
+        assert b"connection: close" in answer.lower()
+        assert desync_log_reasons(daemon) == [("Severe", "BadTransferEncoding")]
+        labels = {
+            "listener": "front",
+            "classification": "Severe",
+            "reason": "BadTransferEncoding",
+            "refused": "true",
+        }
+        assert sample(daemon, "wharf_balancer_http_desync_requests_total", labels) == 1
+        assert all(s.body == b"" for s in target.seen)
 
 
 AMBIGUOUS_SERVED = {
