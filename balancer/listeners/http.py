@@ -334,6 +334,9 @@ class _Connection:
         services = self.services
         limits = listener.config.limits
         headers = header_list(request.headers)
+        # The request line as the client sent it (without CRLF), before an absolute-form
+        # target is rewritten to the shorter origin-form one.
+        line_bytes = len(request.method) + len(request.target) + 10
         if request.target[:1] != b"/" and b"://" in request.target:
             # An absolute-form target; any other URI (ftp://, http:///x) is in none of the
             # request-target forms, which classify_head below refuses (BadUri).
@@ -384,7 +387,7 @@ class _Connection:
         if len(head) > limits.request_header_bytes:
             ex.error_reason = "RequestHeaderTooLarge"
             ex.status = 400
-        elif len(request.method) + len(request.target) + 10 > limits.request_line_bytes:
+        elif line_bytes > limits.request_line_bytes:
             ex.error_reason = "RequestLineTooLong"
             ex.status = 400
         elif len(head) > limits.header_field_bytes and any(

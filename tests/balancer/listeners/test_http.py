@@ -384,6 +384,28 @@ async def test_head_size_count_and_request_line_limits():
         assert statuses(await raw(front(daemon), field % (b"a" * 295))) == [200]  # 300 bytes
 
 
+@pytest.mark.parametrize("shape", ["userinfo", "host", "path"])
+async def test_the_request_line_limit_counts_an_absolute_form_target_as_sent(shape):
+    # The limit was checked on the origin-form target the balancer rewrites it to: userinfo
+    # and authority (moved to Host) escaped it, so a 3 KB line passed a 1 KB limit.
+    limits = ListenerLimits(request_line_bytes=256, request_header_bytes=4096)
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener(limits=limits)], [group("web", target)])) as daemon,
+    ):
+        for line_bytes, status in ((256, 200), (257, 400)):
+            template = {
+                "userinfo": b"GET http://%s@a.b/x HTTP/1.1",
+                "host": b"GET http://%s.b/x HTTP/1.1",
+                "path": b"GET http://a.b/%s HTTP/1.1",
+            }[shape]
+            line = template % (b"u" * (line_bytes - len(template % b"")))
+            assert len(line) == line_bytes
+            answer = await raw(front(daemon), line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert statuses(answer) == [status], (shape, line_bytes)
+        assert len(target.seen) == 1
+
+
 async def test_a_slow_head_gets_408_and_an_idle_connection_is_closed():
     timeouts = ListenerTimeouts(request_header_seconds=0.3)
     lst = listener(timeouts=timeouts, idle_timeout_seconds=1)
