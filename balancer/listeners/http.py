@@ -337,6 +337,9 @@ class _Connection:
         # The request line as the client sent it (without CRLF), before an absolute-form
         # target is rewritten to the shorter origin-form one.
         line_bytes = len(request.method) + len(request.target) + 10
+        # The headers the client sent: a Host the balancer adds below (an HTTP/1.0 request
+        # without one) is not the client's to count against limits.header_count.
+        header_count = len(headers)
         if request.target[:1] != b"/" and b"://" in request.target:
             # An absolute-form target; any other URI (ftp://, http:///x) is in none of the
             # request-target forms, which classify_head below refuses (BadUri).
@@ -395,7 +398,7 @@ class _Connection:
         ):  # no field can be longer than the whole head: most requests skip the scan
             ex.error_reason = "HeaderFieldTooLarge"
             ex.status = 400
-        elif len(headers) > limits.header_count:
+        elif header_count > limits.header_count:
             ex.error_reason = "TooManyHeaders"
             ex.status = 400
         elif request.http_version[:2] != b"1.":  # 1.2 and on read as 1.1 (RFC 9110 2.5)

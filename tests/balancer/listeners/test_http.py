@@ -406,6 +406,25 @@ async def test_the_request_line_limit_counts_an_absolute_form_target_as_sent(sha
         assert len(target.seen) == 1
 
 
+@pytest.mark.parametrize(
+    "line", [b"GET / HTTP/1.0", b"GET http://a.example/ HTTP/1.0"], ids=["origin", "absolute"]
+)
+async def test_the_header_count_limit_counts_only_the_headers_the_client_sent(line):
+    # An HTTP/1.0 request without Host gets one from the balancer (its own address, or an
+    # absolute-form target's authority): that one was counted against the client's limit.
+    limits = ListenerLimits(header_count=8)
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener(limits=limits)], [group("web", target)])) as daemon,
+    ):
+        for count, status in ((8, 200), (9, 400)):
+            fields = b"".join(b"X-%d: 1\r\n" % i for i in range(count))
+            answer = await raw(front(daemon), line + b"\r\n" + fields + b"\r\n")
+            assert statuses(answer) == [status], count
+        assert [s.header("x-7") for s in target.seen] == ["1"]
+        assert target.seen[0].header("host") is not None
+
+
 async def test_a_slow_head_gets_408_and_an_idle_connection_is_closed():
     timeouts = ListenerTimeouts(request_header_seconds=0.3)
     lst = listener(timeouts=timeouts, idle_timeout_seconds=1)
