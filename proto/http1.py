@@ -324,6 +324,19 @@ def is_valid_host(value: bytes) -> bool:
     return not port or int(port) <= 65535
 
 
+def names_a_host(value: bytes) -> bool:
+    """Whether a Host header's value is an authority (:func:`is_valid_host`) with a host in
+    it: not empty, and not a port alone (``:80``).
+
+    RFC 9110 4.2.1 and 4.2.2: "A sender MUST NOT generate an "http" URI with an empty host
+    identifier" (nor an "https" one), and a recipient rejects one as invalid. RFC 9112 3.3:
+    an origin-form request whose Host is empty has a target URI with an empty authority, which
+    a server may reject. A proxy that takes such a Host on builds ``https://:443/...``
+    redirects and routes on a host nobody named.
+    """
+    return value[:1] not in (b"", b":") and is_valid_host(value)
+
+
 def first_header(headers: Iterable[Header], name: bytes) -> bytes | None:
     """The value of the first header named ``name`` (lower-case, as h11 gives names)."""
     for key, value in headers:

@@ -61,7 +61,7 @@ from proto.http1 import (
     head_end,
     header_list,
     is_lookalike,
-    is_valid_host,
+    names_a_host,
     origin_form,
     parsed_headers,
     trace_header,
@@ -406,8 +406,11 @@ class _Connection:
             # speak: RFC 9110 6.2 and 15.6.6, not a request to pass on as HTTP/1.1.
             ex.error_reason = "UnsupportedHttpVersion"
             ex.status = 505
-        elif not is_valid_host(host):
-            ex.error_reason = "InvalidHostHeader"  # RFC 9112 3.2
+        elif not names_a_host(host):
+            # RFC 9112 3.2: a Host that is no authority; RFC 9110 4.2.1 and RFC 9112 3.3: an
+            # empty one (or a port alone) names no host for an http(s) URI, so neither the
+            # rules nor a redirect's Location could have one.
+            ex.error_reason = "InvalidHostHeader"
             ex.status = 400
         elif request.method == b"TRACE":
             # ALB: "HTTP 405: Method not allowed - The client used the TRACE method, which is

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import urllib.parse
 
 import h11
 import pytest
@@ -36,6 +37,7 @@ from proto.http1 import (
     is_trace_field,
     is_upgrade,
     is_valid_host,
+    names_a_host,
     new_trace_id,
     origin_form,
     parsed_headers,
@@ -1187,6 +1189,35 @@ def test_dns_names_with_ports_are_valid(name, port):
 def test_bracketed_ipv6_addresses_are_valid(address, port):
     value = b"[" + address.compressed.encode() + b"]"
     assert is_valid_host(value if port is None else value + b":%d" % port)
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [(b"", False), (b":", False), (b":80", False), (b"a", True), (b"a:", True),
+     (b"[::1]", True), (b"[::1]:443", True), (b"127.0.0.1:80", True), (b"evil.test/x", False)],
+)  # fmt: skip
+def test_a_host_names_one_only_when_its_uri_host_is_not_empty(value, named):
+    # RFC 9110 4.2.1: no http(s) URI with an empty host (the hunt's `https://:443/` redirect).
+    assert names_a_host(value) is named
+
+
+_HOST_VALUES = (
+    st.from_regex(rb"\A[a-z0-9.-]{0,12}(:[0-9]{0,5})?\Z")
+    | st.ip_addresses(v=6).map(lambda a: b"[%s]" % a.compressed.encode())
+    | st.binary(max_size=16)
+)
+
+
+@given(_HOST_VALUES)
+@example(b"")
+@example(b":443")
+def test_a_host_named_is_one_a_url_parser_finds_a_host_in(value: bytes) -> None:
+    # urllib's reading of http://<value>/ is the oracle: a non-empty host name.
+    if not is_valid_host(value):
+        assert not names_a_host(value)
+        return
+    parsed = urllib.parse.urlsplit("http://" + value.decode("ascii") + "/")
+    assert names_a_host(value) is bool(parsed.hostname)
 
 
 # h2c is never offered to a target -----------------------------------------------------------

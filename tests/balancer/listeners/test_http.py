@@ -128,6 +128,37 @@ async def test_an_http_1_0_request_without_host_is_redirected_to_the_balancers_a
         assert f"location: http://127.0.0.1:{port}/new/old/x".encode() in answer.lower()
 
 
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"GET /old/x HTTP/1.1\r\nHost: \r\n",
+        b"GET /old/x HTTP/1.1\r\nHost: :8080\r\n",
+        b"GET /old/x HTTP/1.0\r\nHost:\r\n",
+        b"GET http://:80/old/x HTTP/1.1\r\nHost: a.example\r\n",
+        b"GET /x HTTP/1.1\r\nHost: \r\n",  # forwarded, were it valid
+    ],
+    ids=["empty", "port alone", "empty, HTTP/1.0", "absolute-form", "forward"],
+)
+async def test_a_host_that_names_no_host_gets_400_and_no_redirect(request_head):
+    # RFC 9110 4.2.1: no http(s) URI with an empty host. A redirect built from it said
+    # `Location: http://:<port>/...`; RFC 9112 3.3 lets a server reject such a request, and it
+    # is refused as any other invalid Host (HTTP/1.0 without Host: the test above).
+    rule = Rule(
+        priority=1,
+        conditions=Conditions(path_pattern=("/old/*",)),
+        action=Redirect(path="/new/#{path}", status_code="HTTP_302"),
+    )
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener(rules=[rule])], [group("web", target)])) as daemon,
+    ):
+        answer = await raw(front(daemon), request_head + b"\r\n")
+        assert statuses(answer) == [400]
+        assert b"location" not in answer.lower()
+        assert answer.endswith(b"bad host header\n")
+        assert target.seen == []
+
+
 async def test_fixed_responses_without_content_send_none_and_keep_the_connection():
     rules = [
         Rule(
