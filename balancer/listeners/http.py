@@ -15,7 +15,8 @@ The TLS shell hands its decrypted stream to :meth:`HttpListenerHandler.serve`.
 What the client sees from the balancer itself: 400 for a malformed or refused (desync)
 request, then close; 408 when the head or body does not arrive in time; 400 for a
 request line, head or header count over the limits; 502/503/504 from the forward path;
-463 (ALB's) when a trusted proxy's X-Forwarded-For lists more than 30 addresses; 502
+463 (ALB's) when a trusted proxy's X-Forwarded-For lists more than 30 addresses; 405 to
+TRACE, and to a CONNECT routed to a redirect or a 2xx fixed response; 502
 (``Draining``) to a request still in flight when a drain's grace period ends (SIGTERM, or
 its listener removed by a reload: the frame cancels the connection); and a silent close
 when the client idles out. A client that goes away before its response is
@@ -533,6 +534,8 @@ class _Connection:
         try:
             if isinstance(action, Forward):
                 await forward(services, client, ex, action)
+            elif ex.request.method == b"CONNECT" and _refuses_connect(action):
+                await self._refuse_connect(ex, action)
             elif isinstance(action, Redirect):
                 await self._redirect(ex, action, _view(ex, listener))
             elif isinstance(action, FixedResponse):
@@ -611,6 +614,16 @@ class _Connection:
             ex.status = ex.status or 502  # the client got it, or nothing (as ALB logs 502)
         self.served += 1
         self._finish(ex)
+
+    async def _refuse_connect(self, ex: Exchange, action: Redirect | FixedResponse) -> None:
+        """405 to a CONNECT that reached a redirect or a 2xx fixed response (_refuses_connect).
+
+        The ``Allow`` field a 405 must carry (RFC 9110 15.5.6) is empty: a ``host:port``
+        target names a tunnel, not a resource, and no method is served on it here.
+        """
+        ex.actions = "redirect" if isinstance(action, Redirect) else "fixed-response"
+        ex.error_reason = "MethodNotAllowed"
+        await respond(self.client, ex, 405, _CONNECT_REFUSED, headers=(("allow", ""),))
 
     async def _redirect(self, ex: Exchange, action: Redirect, view: RequestView) -> None:
         location = render_redirect(
@@ -790,6 +803,21 @@ def _without_empty_port(authority: str) -> str:
     if authority.endswith(":") and (not authority.startswith("[") or authority.endswith("]:")):
         return authority[:-1]
     return authority
+
+
+_CONNECT_REFUSED: Final = b"CONNECT is not supported by this listener's action\n"
+
+
+def _refuses_connect(action: Redirect | FixedResponse) -> bool:
+    """Whether the balancer's own answer to a CONNECT routed to ``action`` must be a 405.
+
+    A 2xx to CONNECT says that the tunnel is open (RFC 9110 9.3.6), which a fixed response
+    cannot honour (h11 takes it as a protocol switch and refuses the body: the client got
+    nothing, logged as a 460). A redirect would be built from a ``host:port`` target, which
+    has no path to keep. A 4xx or 5xx fixed response is an ordinary refusal and goes out as
+    configured.
+    """
+    return isinstance(action, Redirect) or 200 <= action.status_code < 300
 
 
 def _view(ex: Exchange, listener: ListenerRuntime) -> RequestView:

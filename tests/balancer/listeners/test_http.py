@@ -188,6 +188,54 @@ async def test_fixed_responses_without_content_send_none_and_keep_the_connection
         assert teapot.endswith(b"ignored")
 
 
+CONNECT_ACTIONS = {
+    "fixed 200": FixedResponse(status_code=200, message_body="hello"),
+    "fixed 204": FixedResponse(status_code=204),
+    "redirect": Redirect(protocol="HTTPS", status_code="HTTP_301"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONNECT_ACTIONS))
+async def test_a_connect_to_a_redirect_or_a_2xx_fixed_response_gets_405(name, tmp_path):
+    # A 2xx to CONNECT means the tunnel is open (RFC 9110 9.3.6): h11 refused the fixed
+    # response's body and the client got nothing at all, logged as a 460. A redirect was
+    # built from the host:port target (https://a.b:<port>/a.b:443).
+    path = tmp_path / "access.log"
+    action = CONNECT_ACTIONS[name]
+    lst = listener(action, access_log=AccessLog(enabled=True, destination=str(path)))
+    async with balancer(config([lst], [])) as daemon:
+        answer = await raw(
+            front(daemon),
+            b"CONNECT a.b:443 HTTP/1.1\r\nHost: a.b:443\r\n\r\n"
+            b"GET / HTTP/1.1\r\nHost: a.b\r\nConnection: close\r\n\r\n",
+        )
+        # The connection goes on: the next request gets the action as configured.
+        expected = action.status_code if isinstance(action, FixedResponse) else 301
+        assert statuses(answer) == [405, expected]
+        refusal = answer.split(b"HTTP/1.1 ")[1]
+        assert refusal.startswith(b"405 Method Not Allowed\r\n")
+        assert b"\r\nallow: \r\n" in refusal.lower()
+        assert b"location" not in refusal.lower()
+        assert refusal.endswith(b"CONNECT is not supported by this listener's action\n")
+        await trio.sleep(1.3)  # the app flushes access logs once a second
+    (line,) = [line for line in path.read_text().splitlines() if '"CONNECT ' in line]
+    fields = shlex.split(line)
+    assert (fields[8], fields[9]) == ("405", "-")  # elb_status_code, target_status_code
+    assert '"MethodNotAllowed"' in line
+    assert ('"redirect"' if name == "redirect" else '"fixed-response"') in line
+
+
+async def test_a_connect_to_a_non_2xx_fixed_response_gets_it_as_configured():
+    lst = listener(FixedResponse(status_code=403, message_body="no tunnels"))
+    async with balancer(config([lst], [])) as daemon:
+        answer = await raw(
+            front(daemon),
+            b"CONNECT a.b:443 HTTP/1.1\r\nHost: a.b:443\r\nConnection: close\r\n\r\n",
+        )
+        assert statuses(answer) == [403]
+        assert answer.endswith(b"\r\n\r\nno tunnels")
+
+
 DESYNC = {
     "both TE and CL": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
