@@ -574,7 +574,7 @@ class _Connection:
         services.stats.desync_request(
             services.name, ex.verdict.classification.label, ex.verdict.reason, refused=True
         )
-        self._log_refusal(ex.verdict)
+        self._log_refusal(ex.verdict, detail)  # h11's words: which rule of the framing broke
         await respond(self.client, ex, 400, b"bad request\n")
 
     async def _timed_out(self, ex: Exchange) -> None:

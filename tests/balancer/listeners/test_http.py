@@ -363,6 +363,13 @@ async def test_chunk_lines_ended_by_a_bare_lf_are_refused_at_once_not_after_the_
         assert statuses(answer) == [400]
         assert b"connection: close" in answer.lower()
         assert desync_log_reasons(daemon) == [("Severe", "BadTransferEncoding")]
+        # The log line says which rule broke (h11's message), as for a refused head.
+        (logged,) = [
+            line
+            for line in daemon.log_output.getvalue().splitlines()
+            if "event=http.desync_refused" in line
+        ]
+        assert "a chunk line must end with CRLF, not a bare LF" in logged
         labels = {
             "listener": "front",
             "classification": "Severe",
