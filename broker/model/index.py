@@ -569,6 +569,7 @@ class QueueIndex(QueueState):
         (received ones first, then fresh ones), so one commit stays short; the rest go at
         the next calls. A fresh FIFO message behind a group head that is not due yet
         (in a queue whose moved-in messages restarted their retention) waits for a receive.
+        Once the deletions are durable, long-polling receives are woken (``on_durable``).
         """
         self._advance(now)
         mutations: list[Mutation] = []
@@ -577,10 +578,13 @@ class QueueIndex(QueueState):
             MessageDeleted(queue_id=self.queue_id, seq=seq)
             for seq in self._sweep(boundary, cutoff, limit)
         )
+        # A message gone may make others receivable, as a delete does: the next of a FIFO
+        # group whose in-flight head expired, or room under the in-flight limit.
+        after = [self._wake] if mutations else []
         if self._present == 0 and self._pending == 0:
             self._timeline.clear()
         self._timeline.drop_below(boundary)
         if self._dedup.expire(now):
             mutations.append(DeduplicationExpired(queue_id=self.queue_id, now=now))
         self._prune(now)
-        return Change(mutations)
+        return Change(mutations, after)

@@ -339,6 +339,34 @@ async def test_retention_removes_received_and_dead_lettered_messages_durably(
         assert registry.require(f"dlq{suffix}").counts(now_ms()) == (0, 0, 0)
 
 
+@pytest.mark.parametrize("fifo", [False, True], ids=["standard", "fifo"])
+async def test_retention_wakes_long_polls_when_it_makes_messages_receivable(
+    tmp_path: Path, fifo: bool
+):
+    """An expired in-flight head unblocks its FIFO group; on a standard queue at its in-flight
+    limit, an expired in-flight message makes room. A long poll waiting on either is woken
+    by the sweep, as it is by a delete, rather than at the end of its WaitTimeSeconds."""
+    suffix = ".fifo" if fifo else ""
+    kind = {"FifoQueue": "true", "ContentBasedDeduplication": "true"} if fifo else {}
+    fields = {"group_id": "A"} if fifo else {}
+    async with open_registry(tmp_path, in_flight_limit=1) as registry:
+        queue = await registry.create(
+            f"swept{suffix}", {**kind, "MessageRetentionPeriod": "60"}, {}
+        )
+        now = now_ms()
+        await send(registry, queue, "head", now, **fields)
+        outcome = queue.index.receive(now, visibility_timeout=600)
+        await registry.store.commit(outcome.mutations, outcome.on_durable)
+        await send(registry, queue, "next", now + 30_000, **fields)
+        assert await receive(registry, queue, now + 50_000) == []  # what a long poll sees
+        changed = queue.changed()  # ... before it waits
+        await registry.expire(now + 59_000)
+        assert not changed.is_set()
+        await registry.expire(now + 61_000)
+        assert changed.is_set()
+        assert await receive(registry, queue, now + 61_000) == [2]
+
+
 @pytest.mark.parametrize(("initial", "changed"), [(60, 0), (0, 60)])
 async def test_a_fifo_delay_change_moves_messages_already_sent_across_a_restart(
     tmp_path: Path, initial: int, changed: int

@@ -1206,6 +1206,47 @@ def test_long_poll_is_ended_by_deleting_the_queue(
     assert code_of(excinfo) == "AWS.SimpleQueueService.NonExistentQueue"
 
 
+@pytest.mark.parametrize("fifo", [False, True], ids=["standard", "fifo"])
+def test_long_poll_is_woken_when_retention_makes_a_message_receivable(
+    tmp_path, protocol, fifo: bool
+):
+    """The retention sweep deletes an in-flight message: on a FIFO queue the next message of
+    its group becomes receivable, on a standard queue at its in-flight limit there is room.
+    A long poll waiting then is answered at once, as after a delete (README, quotas), not at
+    the end of its WaitTimeSeconds. The sweep is told the time; the test does not wait."""
+    config = broker_config(tmp_path, sqs=SqsSettings(max_in_flight_messages=1))
+    with BrokerThread(config) as broker:
+        sqs = broker.client(protocol)
+        attributes = {"MessageRetentionPeriod": "60"}
+        group: dict[str, str] = {}
+        if fifo:
+            attributes |= {"FifoQueue": "true", "ContentBasedDeduplication": "true"}
+            group = {"MessageGroupId": "A"}
+        name = "swept.fifo" if fifo else "swept"
+        url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        registry = broker.app.registry
+        assert registry is not None
+        sqs.send_message(QueueUrl=url, MessageBody="old", **group)
+        now = now_ms()
+        assert [m["Body"] for m in receive(sqs, url, VisibilityTimeout=600)] == ["old"]
+        # The queue's time moves 30 s on (a sweep at that time), so the next send is 30 s
+        # younger than "old": it stays when "old" expires.
+        broker.call(registry.expire, now + 30_000)
+        sqs.send_message(QueueUrl=url, MessageBody="young", **group)
+        if fifo:
+            assert receive(sqs, url) == []  # the group is held by "old"
+        else:
+            with pytest.raises(sqs.exceptions.OverLimit):
+                receive(sqs, url)  # "old" takes the one in-flight place
+        receiver = broker.client(protocol, read_timeout=30)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            future = pool.submit(receive, receiver, url, WaitTimeSeconds=20)
+            time.sleep(0.3)  # let the receive reach the broker and start waiting
+            assert not future.done()
+            broker.call(registry.expire, now + 61_000)  # "old" is past its retention period
+            assert [m["Body"] for m in future.result(timeout=10)] == ["young"]
+
+
 # ---------------------------------------------------------------------- delays
 
 

@@ -444,6 +444,41 @@ def test_receivers_are_woken_by_sends_and_visibility_changes(fifo):
 
 
 @both
+def test_receivers_are_woken_when_retention_frees_a_message_or_room(fifo):
+    """An in-flight message past its retention period goes: on a FIFO queue the next of its
+    group becomes receivable, on a standard one at its in-flight limit there is room again.
+    Long polls must hear of it as they hear of a delete (once the deletion is durable)."""
+    wakes = []
+    attributes = {"MessageRetentionPeriod": "60"}
+    if fifo:
+        attributes |= {"FifoQueue": "true", "ContentBasedDeduplication": "true"}
+    index = new_index(
+        queue_id=1,
+        name="q.fifo" if fifo else "q",
+        arn=ARN + ("q.fifo" if fifo else "q"),
+        settings=parse_create(attributes),
+        signer=SIGNER,
+        wake_receivers=lambda: wakes.append(1),
+        in_flight_limit=1,
+    )
+    send(index, T0, "head")
+    assert len(receive(index, T0, visibility_timeout=600).deliveries) == 1
+    send(index, T0 + 30_000, "next")
+    assert receive(index, T0 + 50_000).deliveries == []  # group locked / limit reached
+    wakes.clear()
+    assert index.expire(T0 + 59_999).mutations == []
+    expired = index.expire(T0 + 61_000)
+    assert deleted_seqs(expired) == [1]
+    assert wakes == []  # not before the deletion is durable
+    expired.on_durable()
+    assert wakes == [1]
+    assert [d.seq for d in receive(index, T0 + 61_000).deliveries] == [2]
+    wakes.clear()
+    index.expire(T0 + 62_000).on_durable()  # nothing gone: nobody to wake
+    assert wakes == []
+
+
+@both
 def test_dead_letter_after_max_receive_count(fifo):
     dlq = make(fifo, queue_id=2)
     policy = json.dumps({"deadLetterTargetArn": dlq.arn, "maxReceiveCount": 2})
