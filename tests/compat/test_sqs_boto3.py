@@ -1295,6 +1295,29 @@ def test_per_message_delay_on_a_fifo_queue_is_refused(sqs, queues: QueueFactory)
     assert code_of(excinfo) == "InvalidParameterValue"
 
 
+@pytest.mark.parametrize("ended", [True, False], ids=["delay-ended", "still-delayed"])
+def test_retention_drops_a_delayed_message_sent_before_younger_ones(
+    broker: BrokerThread, protocol, ended: bool
+):
+    """A message whose delay ends after younger messages were sent, or that expires while
+    still delayed, leaves the counts when its retention period ends, not once every younger
+    message has gone. The retention pass is told the time; the test does not wait."""
+    sqs = broker.client(protocol)
+    url = sqs.create_queue(
+        QueueName="delayed-then-expired", Attributes={"MessageRetentionPeriod": "60"}
+    )["QueueUrl"]
+    registry = broker.app.registry
+    assert registry is not None
+    now = now_ms()
+    sqs.send_message(QueueUrl=url, MessageBody="delayed", DelaySeconds=50 if ended else 900)
+    broker.call(registry.expire, now + 30_000)  # the queue's time: 30 s later
+    sqs.send_message(QueueUrl=url, MessageBody="younger")
+    assert approximate_counts(sqs, url) == (1, 0, 1)
+    broker.call(registry.expire, now + 65_000)  # "delayed" was sent 65 s ago: gone
+    assert approximate_counts(sqs, url) == (1, 0, 0)
+    assert [m["Body"] for m in receive(sqs, url, MaxNumberOfMessages=10)] == ["younger"]
+
+
 # ---------------------------------------------------------------------- purge
 
 

@@ -191,6 +191,63 @@ StandardQueueMachine.TestCase.settings = settings(
 TestStandardQueue = StandardQueueMachine.TestCase
 
 
+RETENTION_S = 60  # the shortest MessageRetentionPeriod AWS allows
+
+retention_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("send"), st.integers(1, 3), st.sampled_from([None, 0, 5, 45, 61, 300])),
+        st.tuples(st.just("receive"), st.integers(1, 10), st.sampled_from([0, 5, 30, 120])),
+        st.tuples(st.just("wait"), st.integers(0, 90), st.none()),
+    ),
+    max_size=40,
+)
+
+
+@given(retention_steps)
+@settings(deadline=None)
+def test_after_each_sweep_the_counts_are_those_of_the_unexpired_messages(steps):
+    """Sends (with per-message delays), receives and time steps, in any order: after the
+    retention sweep, the counts and the oldest message's age are what a brute-force look at
+    the unexpired messages gives. Time moves in whole seconds, the retention timeline's
+    grain, so "expired" is exact: sent at or before now less the retention period."""
+    index = make(visibility_timeout=30, message_retention_period=RETENTION_S, delay_seconds=10)
+    now = T0
+    sent_at: dict[int, int] = {}
+    visible_at: dict[int, int] = {}
+    received: set[int] = set()
+    for step, number, option in steps:
+        if step == "send":
+            outcome = index.send_batch(
+                now, [SendRequest(body="m", delay_seconds=option) for _ in range(number)]
+            )
+            outcome.on_durable()
+            for result in outcome.results:
+                assert not isinstance(result, SqsError)
+                sent_at[result.seq] = now
+                visible_at[result.seq] = now + 1_000 * (10 if option is None else option)
+        elif step == "receive":
+            alive = {seq for seq, at in sent_at.items() if at > now - RETENTION_S * 1_000}
+            ready = {seq for seq in alive if visible_at[seq] <= now}
+            outcome = index.receive(now, max_messages=number, visibility_timeout=option)
+            outcome.on_durable()
+            seqs = [delivery.seq for delivery in outcome.deliveries]
+            assert set(seqs) <= ready
+            assert len(seqs) == min(number, len(ready))
+            for seq in seqs:
+                visible_at[seq] = now + option * 1_000
+                received.add(seq)
+        else:
+            now += number * 1_000
+        index.expire(now).on_durable()
+        for seq in [seq for seq, at in sent_at.items() if at <= now - RETENTION_S * 1_000]:
+            del sent_at[seq], visible_at[seq]
+        visible = {seq for seq in sent_at if visible_at[seq] <= now}
+        in_flight = {seq for seq in sent_at if visible_at[seq] > now and seq in received}
+        delayed = set(sent_at) - visible - in_flight
+        assert index.counts(now) == (len(visible), len(in_flight), len(delayed))
+        assert index.oldest_enqueued_at(now) == min(sent_at.values(), default=None)
+
+
 @pytest.mark.parametrize("elapsed", [0, 1_000])
 def test_receive_count_across_many_cycles(elapsed):
     index = make(visibility_timeout=1)
