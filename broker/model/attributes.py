@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
+from broker.model import strict_json
 from broker.model.errors import QUEUE_ALREADY_EXISTS, SqsError, unknown_attribute
 from broker.model.settings import (
     COMPUTED_ATTRIBUTES,
@@ -40,6 +41,9 @@ ALL_ATTRIBUTES: tuple[str, ...] = (
     "FifoThroughputLimit",
 )
 assert set(ALL_ATTRIBUTES) == SETTABLE_ATTRIBUTES | COMPUTED_ATTRIBUTES
+
+# Attributes whose values are JSON documents: CreateQueue compares them as documents.
+JSON_ATTRIBUTES = frozenset({"Policy", "RedrivePolicy", "RedriveAllowPolicy"})
 
 
 class QueueCounts(NamedTuple):
@@ -167,7 +171,10 @@ def check_create_matches(existing: QueueSettings, attributes: Mapping[str, str])
     """Apply the CreateQueue rule for a name that already exists.
 
     CreateQueue is idempotent: it returns the existing queue when every attribute in the
-    request has the value the queue already has, and refuses otherwise.
+    request has the value the queue already has, and refuses otherwise. A JSON-valued
+    attribute (Policy, RedrivePolicy, RedriveAllowPolicy) has the same value when it parses
+    to the same document: whitespace and key order do not count (tools that manage queues
+    re-render their JSON as they please).
 
     Args:
         existing: the settings of the queue with that name.
@@ -179,9 +186,17 @@ def check_create_matches(existing: QueueSettings, attributes: Mapping[str, str])
     """
     requested = parse_create(attributes)
     for name in attributes:
-        if setting_value(requested, name) != setting_value(existing, name):
+        if _comparable(requested, name) != _comparable(existing, name):
             raise SqsError(
                 QUEUE_ALREADY_EXISTS,
                 "A queue already exists with the same name and a different value for "
                 f"attribute {name}",
             )
+
+
+def _comparable(settings: QueueSettings, name: str) -> object:
+    """A setting's value as CreateQueue compares it: JSON documents parsed, the rest as text."""
+    value = setting_value(settings, name)
+    if value is not None and name in JSON_ATTRIBUTES:
+        return strict_json.loads(value)  # valid JSON: parse_create checked it
+    return value

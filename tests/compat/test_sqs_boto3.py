@@ -125,6 +125,27 @@ def test_create_queue_is_idempotent_for_equal_attributes(sqs, queues: QueueFacto
     assert isinstance(excinfo.value, sqs.exceptions.QueueNameExists)
 
 
+def test_create_queue_compares_a_policy_as_a_document(sqs, queues: QueueFactory):
+    """The same Policy re-rendered (other whitespace, other key order), as IaC tools do on a
+    re-apply, is the same attribute value; another policy is not."""
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": "*", "Action": "sqs:SendMessage", "Resource": "*"}
+        ],
+    }
+    name = queues.name()
+    url = queues(name=name, Policy=json.dumps(policy))
+    reordered = {"Statement": policy["Statement"], "Version": policy["Version"]}
+    for same in (json.dumps(policy, indent=2), json.dumps(reordered, separators=(",", ":"))):
+        assert sqs.create_queue(QueueName=name, Attributes={"Policy": same})["QueueUrl"] == url
+    other = {**policy, "Statement": [{**policy["Statement"][0], "Effect": "Deny"}]}
+    with pytest.raises(botocore.exceptions.ClientError) as excinfo:
+        sqs.create_queue(QueueName=name, Attributes={"Policy": json.dumps(other)})
+    assert code_of(excinfo) == "QueueAlreadyExists"
+    assert error_of(excinfo)["Message"].endswith("attribute Policy")
+
+
 @pytest.mark.parametrize(
     ("name", "attributes", "code"),
     [

@@ -81,6 +81,43 @@ def test_create_again_with_same_or_different_attributes():
     )
 
 
+POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {"Effect": "Allow", "Principal": "*", "Action": "sqs:SendMessage", "Resource": "*"}
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Policy", "RedrivePolicy", "RedriveAllowPolicy"],
+)
+def test_create_again_compares_json_attributes_as_documents(name):
+    """The same document with other whitespace or key order is the same value; a different
+    document is not (IaC tools re-render JSON as they please)."""
+    document, other = {
+        "Policy": (POLICY, {**POLICY, "Version": "2008-10-17"}),
+        "RedrivePolicy": (
+            {"deadLetterTargetArn": "arn:aws:sqs:us-east-1:123456789012:dlq", "maxReceiveCount": 3},
+            {"deadLetterTargetArn": "arn:aws:sqs:us-east-1:123456789012:dlq", "maxReceiveCount": 4},
+        ),
+        "RedriveAllowPolicy": ({"redrivePermission": "allowAll"}, {"redrivePermission": "denyAll"}),
+    }[name]
+    existing = parse_create({name: json.dumps(document)})
+    reordered = dict(reversed(list(document.items())))
+    for same in (
+        json.dumps(document),
+        json.dumps(document, indent=2),
+        json.dumps(reordered, separators=(",", ":")),
+    ):
+        check_create_matches(existing, {name: same})
+    with pytest.raises(SqsError) as raised:
+        check_create_matches(existing, {name: json.dumps(other)})
+    assert raised.value.code == QUEUE_ALREADY_EXISTS
+    assert raised.value.message.endswith(f"attribute {name}")
+
+
 settable_values = st.fixed_dictionaries(
     {},
     optional={
