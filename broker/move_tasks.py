@@ -30,10 +30,19 @@ each other as fast as the store commits them (two group commits per batch), whic
 broker's "system-optimised" rate; every batch yields to the API between its commits.
 
 Lifetime. The tasks run in a nursery the broker app owns; they stop when the broker stops.
-The task ends COMPLETED when a receive finds the source empty (messages that reach the
-dead-letter queue while it runs are moved too), CANCELLED after a cancel, or FAILED (with the
-AWS error code as FailureReason) when a queue disappears, a destination refuses a message, or
-a key for encryption at rest is missing.
+The task ends COMPLETED when a receive finds nothing and the source counts no visible message
+(messages that reach the dead-letter queue while it runs are moved too), CANCELLED after a
+cancel, or FAILED (with the AWS error code as FailureReason) when a queue disappears, a
+destination refuses a message, or a key for encryption at rest is missing.
+
+Held messages. A receive can find nothing while the source still has visible messages: on a
+FIFO source, those of a group whose earlier message is in flight (a consumer of the
+dead-letter queue received it), which must not move before it; on any source, when the queue
+is at its in-flight limit. Those messages were counted in ApproximateNumberOfMessagesToMove,
+so the task does not end COMPLETED without them: it stays RUNNING and waits until the
+message in flight is deleted, changes visibility, times out or expires (the queue's wake-ups
+and its next deadline), then moves on, in group order. A message in flight that holds back
+nothing is not waited for: like AWS's count to move, the task counts visible messages only.
 
 A message of the source that cannot be opened (sealed at rest with a key that left the key
 file, or failing authentication) is neither moved nor lost: it stays in the source, hidden for
@@ -58,6 +67,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
@@ -300,6 +310,8 @@ class MoveTasks:
         held_until = saved_at + MOVE_VISIBILITY_TIMEOUT_S * 1000 if resumed else None
         try:
             while not cancelled.is_set():
+                source = self._live(task.source_arn)
+                changed = source.changed()  # taken before the batch looks at the source
                 wanted = BATCH
                 if limiter is not None:
                     now = _monotonic_ms()
@@ -313,6 +325,8 @@ class MoveTasks:
                     if held_until is not None and await self._await_held(
                         task, held_until, cancelled
                     ):
+                        continue
+                    if await self._await_released(source, changed, cancelled):
                         continue
                     break
                 if _monotonic_ms() - saved_at >= PROGRESS_SAVE_INTERVAL_MS:
@@ -366,6 +380,30 @@ class MoveTasks:
             delay_ms = min(delay_ms, max(0, wake_at - now) + 1)
         with trio.move_on_after(delay_ms / 1000):
             await cancelled.wait()
+        return True
+
+    async def _await_released(
+        self, source: Queue, changed: trio.Event, cancelled: trio.Event
+    ) -> bool:
+        """After a batch that found nothing: wait while visible messages are held back.
+
+        The source still counts visible messages that no receive returns (a FIFO group behind
+        a message in flight, or the in-flight limit): wait until the queue changes (a delete,
+        a visibility change, a send, a retention sweep: ``changed``, taken before the batch),
+        its next deadline passes (a visibility timeout) or the task is cancelled.
+
+        Returns:
+            True to try again; False when the source counts no visible message (done).
+        """
+        if source.deleted:
+            return True  # the next batch fails the task
+        now = now_ms()
+        if source.counts(now).visible == 0:
+            return False
+        wake_at = source.index.next_wakeup(now)
+        delay_s = math.inf if wake_at is None else (max(0, wake_at - now) + 1) / 1000
+        with trio.move_on_after(delay_s):
+            await _wait_any(changed, cancelled)
         return True
 
     async def _save(self, task: MoveTask, forget: Sequence[str] = ()) -> None:
@@ -492,6 +530,18 @@ class MoveTasks:
             await self.store.commit(change.mutations, change.on_durable)
         else:
             change.on_durable()
+
+
+async def _wait_any(*events: trio.Event) -> None:
+    """Return once any of ``events`` is set."""
+
+    async def wait(event: trio.Event, scope: trio.CancelScope) -> None:
+        await event.wait()
+        scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        for event in events:
+            nursery.start_soon(wait, event, nursery.cancel_scope)
 
 
 def _stored(task: MoveTask) -> StoredMoveTask:

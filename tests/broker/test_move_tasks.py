@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 import pytest
 import trio
+import trio.testing
 from botocore.exceptions import ClientError
 
 from broker.config import StorageSettings
@@ -224,6 +225,73 @@ def test_fifo_messages_go_back_in_order_within_their_groups(json_queues):
     for group in ("g1", "g2"):
         in_group = [m["Body"] for m in back if m["Attributes"]["MessageGroupId"] == group]
         assert in_group == [f"{group}-{i}" for i in range(4)]
+
+
+def held_fifo_group(
+    broker: BrokerThread, queues: QueueFactory, visibility_timeout: int = 120
+) -> tuple[str, str, str, str]:
+    """A FIFO dead-letter queue holding m0..m3 of one group, m0 received by someone
+    inspecting the queue (so m1..m3 are visible but held back behind it), and a move task
+    started on it once that was so. Returns (DLQ URL, its ARN, destination URL, m0's handle),
+    after the broker has run everything it could (the task's first pass included)."""
+    sqs = queues.client
+    source, dlq = dead_letter_pipe(sqs, queues, fifo=True)
+    destination = queues(fifo=True, ContentBasedDeduplication="true")
+    for i in range(4):
+        sqs.send_message(QueueUrl=source, MessageBody=f"m{i}", MessageGroupId="g")
+    push_to_dead_letter_queue(sqs, source, dlq, 4)
+    (held,) = sqs.receive_message(QueueUrl=dlq, VisibilityTimeout=visibility_timeout)["Messages"]
+    assert held["Body"] == "m0"
+    dlq_arn = arn_of(sqs, dlq)
+    sqs.start_message_move_task(SourceArn=dlq_arn, DestinationArn=arn_of(sqs, destination))
+    broker.call(trio.testing.wait_all_tasks_blocked)  # the task has looked at the DLQ
+    return dlq, dlq_arn, destination, held["ReceiptHandle"]
+
+
+@pytest.mark.parametrize("release", ["visibility", "delete"])
+def test_a_fifo_task_waits_for_a_group_held_by_a_message_in_flight(
+    shared_broker: BrokerThread, json_queues, release: str
+):
+    """The group's visible messages cannot be moved before the one in flight (FIFO order):
+    the task stays RUNNING, not COMPLETED with them left behind, until that message is
+    deleted or visible again; then it moves the group in order and completes."""
+    sqs = json_queues.client
+    dlq, dlq_arn, destination, handle = held_fifo_group(shared_broker, json_queues)
+    waiting = latest_task(sqs, dlq_arn)
+    assert waiting["Status"] == "RUNNING"
+    assert waiting["ApproximateNumberOfMessagesMoved"] == 0
+    assert waiting["ApproximateNumberOfMessagesToMove"] == 3
+    assert counts(sqs, dlq) == (3, 1)
+    if release == "visibility":  # the inspector gives m0 back: it moves first
+        sqs.change_message_visibility(QueueUrl=dlq, ReceiptHandle=handle, VisibilityTimeout=0)
+        expected = ["m0", "m1", "m2", "m3"]
+    else:  # the inspector deleted m0
+        sqs.delete_message(QueueUrl=dlq, ReceiptHandle=handle)
+        expected = ["m1", "m2", "m3"]
+    done = wait_for_status(sqs, dlq_arn, "COMPLETED")
+    assert done["ApproximateNumberOfMessagesMoved"] == len(expected)
+    assert [m["Body"] for m in drain(sqs, destination)] == expected
+    assert counts(sqs, dlq) == (0, 0)
+
+
+def test_a_fifo_task_waits_for_a_held_group_until_its_visibility_timeout(
+    shared_broker: BrokerThread, json_queues
+):
+    """Nobody releases the message in flight: the task goes on when its timeout ends."""
+    sqs = json_queues.client
+    _, dlq_arn, destination, _ = held_fifo_group(shared_broker, json_queues, 2)
+    done = wait_for_status(sqs, dlq_arn, "COMPLETED")
+    assert done["ApproximateNumberOfMessagesMoved"] == 4
+    assert [m["Body"] for m in drain(sqs, destination)] == ["m0", "m1", "m2", "m3"]
+
+
+def test_a_task_waiting_for_a_held_group_can_be_cancelled(shared_broker: BrokerThread, json_queues):
+    sqs = json_queues.client
+    dlq, dlq_arn, _, _ = held_fifo_group(shared_broker, json_queues)
+    handle = latest_task(sqs, dlq_arn)["TaskHandle"]
+    assert sqs.cancel_message_move_task(TaskHandle=handle)["ApproximateNumberOfMessagesMoved"] == 0
+    assert wait_for_status(sqs, dlq_arn, "CANCELLED")["ApproximateNumberOfMessagesMoved"] == 0
+    assert counts(sqs, dlq) == (3, 1)
 
 
 # ---------------------------------------------------------------------- pacing and cancel
