@@ -15,6 +15,10 @@ Rules (AWS, "FIFO queue logic"):
 Each group keeps its seqs in a list; removals at the head advance an index, removals inside
 (only possible within the in-flight prefix, at most 10 long) leave a tombstone. Groups that
 can deliver sit in a heap keyed by head seq, checked lazily when popped.
+
+Retention sweeps received messages (QueueState), then the ready groups' expired heads, then
+delayed messages by seq from a heap of their own: a delayed head keeps its group out of the
+ready heap, and a queue delay (up to 900 s) can outlast the retention period (60 s at least).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ from broker.model.state import ReceivedMessage
 
 _TOMBSTONE = -1
 _COMPACT_AFTER = 64  # dead slots at the front of a group list before it is compacted
+# The heap of delayed seqs keeps entries of delays ended since (lazy invalidation); past
+# this many more than twice the delayed messages, it is rebuilt from them.
+_STALE_DELAYED_ENTRIES = 1024
 
 
 class _Group:
@@ -94,6 +101,9 @@ class FifoIndex(QueueIndex):
         self._groups: dict[str, _Group] = {}
         self._ready: list[tuple[int, str]] = []  # (head seq, group id)
         self._delayed_groups: dict[int, str] = {}  # delayed fresh seq -> its group
+        # Heap of the seqs of delayed messages, for retention: a delay can outlast the
+        # retention period, and a delayed head is never in the ready heap the sweep walks.
+        self._delayed_seqs: list[int] = []
         self._attempts: dict[str, _Attempt] = {}
 
     def receive(
@@ -237,8 +247,19 @@ class FifoIndex(QueueIndex):
         group.add(seq)
         if delayed:
             self._delayed_groups[seq] = group.group_id
+            self._track_delayed(seq)
         else:
             self._settle(group)
+
+    def _track_delayed(self, seq: int) -> None:
+        """Put a newly delayed message where the retention sweep finds it."""
+        delayed_seqs = self._delayed_seqs
+        heapq.heappush(delayed_seqs, seq)
+        if len(delayed_seqs) > 2 * len(self._delayed) + _STALE_DELAYED_ENTRIES:
+            # Ended delays' entries pile up behind a long-lived one: keep the live ones
+            # (amortised O(1) a send, as at least as many pushes came since the last time).
+            self._delayed_seqs = list(self._delayed)
+            heapq.heapify(self._delayed_seqs)
 
     def _add_received(self, seq: int, entry: ReceivedMessage) -> None:
         group = self._group(entry.group_id)
@@ -296,6 +317,17 @@ class FifoIndex(QueueIndex):
                 group.queued_head = _TOMBSTONE  # _remove may have queued it; sweep on
         for group in swept:
             self._settle(group)
+        # Delayed messages past their retention period (a delay may outlast it: AWS deletes
+        # the message all the same), oldest first; their groups settle as they go.
+        delayed_seqs = self._delayed_seqs
+        delayed = self._delayed
+        while delayed_seqs and delayed_seqs[0] < boundary and len(expired) < limit:
+            seq = heapq.heappop(delayed_seqs)
+            if delayed.pop(seq, None) is None:
+                continue  # its delay ended: swept above, or received
+            # Its timer is stale now: skipped when it surfaces (QueueState._advance).
+            self._remove(seq, None, self._delayed_groups.get(seq))
+            expired.append(seq)
         return expired
 
     def _redelay(self, now: int, old_delay_ms: int, new_delay_ms: int) -> None:
@@ -341,6 +373,7 @@ class FifoIndex(QueueIndex):
                 due = sent_at + new_delay_ms
                 delayed[seq] = due
                 self._delayed_groups[seq] = group.group_id
+                self._track_delayed(seq)
                 heapq.heappush(timers, (due, seq))
         # Groups whose head was just delayed stay in the ready heap until popped: a receive
         # or sweep checks _can_deliver first, and the delay's end settles them again.
@@ -359,6 +392,7 @@ class FifoIndex(QueueIndex):
         self._groups.clear()
         self._ready.clear()
         self._delayed_groups.clear()
+        self._delayed_seqs.clear()
         self._attempts.clear()
 
     def _after_restore(self) -> None:

@@ -1339,6 +1339,28 @@ def test_retention_drops_a_delayed_message_sent_before_younger_ones(
     assert [m["Body"] for m in receive(sqs, url, MaxNumberOfMessages=10)] == ["younger"]
 
 
+def test_retention_drops_a_fifo_message_still_delayed(broker: BrokerThread, protocol):
+    """A FIFO queue's delay (900 s) outlasts its retention period (60 s): the message leaves
+    the counts when the period ends, not when the delay does."""
+    sqs = broker.client(protocol)
+    attributes = {
+        "FifoQueue": "true",
+        "ContentBasedDeduplication": "true",
+        "DelaySeconds": "900",
+        "MessageRetentionPeriod": "60",
+    }
+    url = sqs.create_queue(QueueName="delayed-past-retention.fifo", Attributes=attributes)[
+        "QueueUrl"
+    ]
+    registry = broker.app.registry
+    assert registry is not None
+    now = now_ms()
+    sqs.send_message(QueueUrl=url, MessageBody="delayed", MessageGroupId="g")
+    assert approximate_counts(sqs, url) == (0, 0, 1)
+    broker.call(registry.expire, now + 61_000)  # the retention pass, 61 s later
+    assert approximate_counts(sqs, url) == (0, 0, 0)
+
+
 # ---------------------------------------------------------------------- purge
 
 

@@ -253,6 +253,63 @@ def test_fresh_messages_are_due_at_their_send_plus_the_current_delay(script):
         assert len(sent) - due <= delayed <= len(sent) - surely_due
 
 
+RETENTION_S = 60  # the shortest MessageRetentionPeriod AWS allows
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("send"), st.integers(1, 3), st.sampled_from("ABC")),
+            st.tuples(st.just("receive"), st.integers(1, 10), st.sampled_from([0, 5, 30, 120])),
+            st.tuples(st.just("wait"), st.integers(0, 90), st.none()),
+            st.tuples(st.just("delay"), st.sampled_from([0, 5, 45, 61, 300]), st.none()),
+        ),
+        max_size=40,
+    ),
+    st.sampled_from([0, 10, 61, 300]),
+)
+@settings(deadline=None)
+def test_after_each_sweep_the_counts_are_those_of_the_unexpired_messages(steps, first_delay):
+    """Sends, receives, queue delay changes (retroactive) and time steps, in any order:
+    after the retention sweep, the counts and the oldest message's age are what a
+    brute-force look at the unexpired messages gives, a delayed message included (a delay
+    can outlast the retention period). Time moves in whole seconds, the timeline's grain."""
+    index = make(message_retention_period=RETENTION_S, delay_seconds=first_delay)
+    now = T0
+    current = first_delay * 1_000
+    sent_at: dict[int, int] = {}
+    deadline: dict[int, int] = {}  # received messages: the end of their visibility timeout
+    for step, number, option in steps:
+        if step == "send":
+            outcome = index.send_batch(
+                now, [SendRequest(body=f"{now}-{i}", group_id=option) for i in range(number)]
+            )
+            outcome.on_durable()
+            for result in outcome.results:
+                assert isinstance(result, SentMessage)
+                sent_at[result.seq] = now
+        elif step == "receive":
+            outcome = index.receive(now, max_messages=number, visibility_timeout=option)
+            outcome.on_durable()
+            for delivery in outcome.deliveries:
+                assert sent_at[delivery.seq] > now - RETENTION_S * 1_000
+                deadline[delivery.seq] = now + option * 1_000
+        elif step == "delay":
+            delay(index, now, number)
+            current = number * 1_000
+        else:
+            now += number * 1_000
+        index.expire(now).on_durable()
+        for seq in [seq for seq, at in sent_at.items() if at <= now - RETENTION_S * 1_000]:
+            del sent_at[seq]
+            deadline.pop(seq, None)
+        in_flight = {seq for seq in sent_at if deadline.get(seq, now) > now}
+        delayed = {seq for seq, at in sent_at.items() if seq not in deadline and at + current > now}
+        visible = set(sent_at) - in_flight - delayed
+        assert index.counts(now) == (len(visible), len(in_flight), len(delayed))
+        assert index.oldest_enqueued_at(now) == min(sent_at.values(), default=None)
+
+
 @given(
     st.lists(st.tuples(st.sampled_from("ABC"), st.booleans()), min_size=1, max_size=40),
 )
