@@ -350,12 +350,27 @@ def check_create_matches(existing: TopicSettings, name: str, attributes: Mapping
     """
     requested = parse_create(name, attributes)
     for attribute in attributes:
-        if attribute != "FifoTopic" and setting_value(requested, attribute) != setting_value(
+        if attribute != "FifoTopic" and _comparable(requested, attribute) != _comparable(
             existing, attribute
         ):
             raise attribute_error(
                 "Topic already exists with different attributes", in_attributes_map=True
             )
+
+
+# Attributes whose values are JSON documents: CreateTopic compares them as documents, so that
+# a tool re-rendering them (other whitespace, other key order) re-applies without an error.
+_JSON_ATTRIBUTES: Final = frozenset({"Policy", "DeliveryPolicy", "ArchivePolicy"})
+
+
+def _comparable(settings: TopicSettings, name: str) -> object:
+    value = setting_value(settings, name)
+    if value is not None and name in _JSON_ATTRIBUTES:
+        try:
+            return strict_json.loads(value)
+        except ValueError:  # kept as sent where no check required JSON: compare the text
+            return value
+    return value
 
 
 def default_policy(topic_arn: str, owner: str) -> str:

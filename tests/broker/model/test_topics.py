@@ -190,6 +190,26 @@ def test_create_topic_is_idempotent_only_with_the_same_attributes():
     ) == ("Invalid parameter: Attributes Reason: Topic already exists with different attributes")
 
 
+def test_create_topic_compares_json_attributes_as_documents():
+    """Other whitespace or key order is the same document (as CreateQueue's rule; a
+    report-only hunt found both compared the text)."""
+    policy = {
+        "defaultHealthyRetryPolicy": {"numRetries": 5, "minDelayTarget": 2, "maxDelayTarget": 9}
+    }
+    sent = {"http": policy}
+    existing = parse_create("orders", {"DeliveryPolicy": json.dumps(sent)})
+    reordered = {"http": dict(reversed(list(policy.items())))}
+    check_create_matches(existing, "orders", {"DeliveryPolicy": json.dumps(reordered, indent=2)})
+    other = {
+        "http": {
+            "defaultHealthyRetryPolicy": {**policy["defaultHealthyRetryPolicy"], "numRetries": 6}
+        }
+    }
+    assert message_of(
+        lambda: check_create_matches(existing, "orders", {"DeliveryPolicy": json.dumps(other)})
+    ) == ("Invalid parameter: Attributes Reason: Topic already exists with different attributes")
+
+
 settable = st.one_of(
     st.tuples(st.just("DisplayName"), st.text(max_size=20)),
     st.tuples(st.just("SignatureVersion"), st.sampled_from(["1", "2"])),
