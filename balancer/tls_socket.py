@@ -121,12 +121,17 @@ class TlsSocket(trio.socket.SocketType):
 
     async def send(self, data: Buffer, flags: int = 0, /) -> int:
         """Encrypt all of ``data`` and write it out; returns its length."""
+        return await self.send_watched(data, None)
+
+    async def send_watched(self, data: Buffer, progress: fastio.Progress | None) -> int:
+        """:meth:`send`, telling ``progress`` of the bytes the peer takes while the write
+        waits for room (:func:`monitoring.fastio.send_all`)."""
         if self._shut_wr or self._tcp.fileno() == -1:
             raise trio.ClosedResourceError("TLS connection was shut down for writing")
         # A memory BIO takes everything at once; with renegotiation off, a write never wants
         # a read first (that would raise SSLWantReadError: a broken peer).
         written = self._tls.write(data)
-        await self._flush()
+        await self._flush(progress)
         return written
 
     async def recv(self, buflen: int, flags: int = 0, /) -> bytes:
@@ -170,7 +175,7 @@ class TlsSocket(trio.socket.SocketType):
         else:
             self._incoming.write_eof()  # the next read raises SSLEOFError or SSLZeroReturn
 
-    async def _flush(self) -> None:
+    async def _flush(self, progress: fastio.Progress | None = None) -> None:
         sending = self._sending
         if not self._outgoing.pending and not sending.locked():
             return  # nothing of ours is still on its way to the socket
@@ -183,7 +188,7 @@ class TlsSocket(trio.socket.SocketType):
         try:
             # Read under the lock: two tasks must not each take a piece and race to write.
             while self._outgoing.pending:
-                await fastio.send_all(self._tcp, self._outgoing.read())
+                await fastio.send_all(self._tcp, self._outgoing.read(), progress=progress)
         finally:
             sending.release()
 

@@ -23,10 +23,14 @@ releases); without it, every call takes trio's public path.
 
 from __future__ import annotations
 
+import array
 import errno
+import fcntl
 import os
 import select
 import socket
+import termios
+from collections.abc import Callable
 from typing import Any, Final
 
 import trio
@@ -36,6 +40,9 @@ _BLOCKING = (BlockingIOError, InterruptedError)
 # The most buffers one sendmsg() takes (EMSGSIZE beyond): a body of many small chunks makes
 # three pieces of each, so a gathered write can hold far more.
 IOV_MAX = os.sysconf("SC_IOV_MAX")
+# Told that a write moved bytes and has to wait for more room; restarts the caller's
+# inactivity deadline and returns its timeout in seconds (see send_all).
+Progress = Callable[[], float]
 
 
 def raw_socket(sock: trio.socket.SocketType) -> socket.socket | None:
@@ -47,49 +54,83 @@ def raw_socket(sock: trio.socket.SocketType) -> socket.socket | None:
 Buffer = bytes | bytearray | memoryview
 
 
-async def send_all(sock: trio.socket.SocketType, data: Buffer) -> None:
-    """Write all of ``data``; raises BrokenResourceError / ClosedResourceError."""
+async def send_all(
+    sock: trio.socket.SocketType, data: Buffer, *, progress: Progress | None = None
+) -> None:
+    """Write all of ``data``; raises BrokenResourceError / ClosedResourceError.
+
+    Args:
+        sock: a connected trio socket.
+        data: the bytes to write.
+        progress: for a caller whose deadline bounds inactivity, not the whole write (a
+            peer reading slowly but steadily is not stalled). Called when the write has to
+            wait and bytes moved since its last wait (the call's start counts: the caller
+            has just received what it writes), and while it waits, whenever the peer took
+            queued bytes: see :func:`_wait_writable_watched`. A write that never waits
+            never calls it, nor enters a cancel scope. Not for sockets fastio cannot reach
+            the kernel of: they write as without it (the balancer's TLS sockets take it
+            in ``send_watched``).
+    """
     raw = raw_socket(sock)
     if raw is None:
         await _trio_send_all(sock, data)
         return
     view = memoryview(data)
     sent = 0
+    reported = -1  # ``sent`` when progress was last told
+    idle = 0.0  # the timeout progress last gave
     total = len(data)
     while sent < total:
         try:
             sent += raw.send(view[sent:])
         except _BLOCKING:
-            await _wait_writable(raw)
+            if progress is None:
+                await _wait_writable(raw)
+                continue
+            if sent != reported:
+                reported = sent
+                idle = progress()
+            idle = await _wait_writable_watched(raw, progress, idle)
         except OSError as exc:
             raise _translate(raw, exc) from exc
 
 
-async def send_many(sock: trio.socket.SocketType, pieces: list[Buffer]) -> None:
+async def send_many(
+    sock: trio.socket.SocketType, pieces: list[Buffer], *, progress: Progress | None = None
+) -> None:
     """Write several buffers as one (``sendmsg``: gathered by the kernel, not copied here).
 
     h11 hands a body as the very buffer it parsed (``send_with_data_passthrough``), and a
     response head, its body bytes and a chunk trailer are separate pieces; joining them
-    would copy every body byte once more in Python.
+    would copy every body byte once more in Python. ``progress`` as for :func:`send_all`.
     """
     buffers = [memoryview(piece) for piece in pieces if piece]
     if len(buffers) <= 1:
         if buffers:
-            await send_all(sock, buffers[0])
+            await send_all(sock, buffers[0], progress=progress)
         return
     raw = raw_socket(sock)
     if raw is None:
         await _trio_send_all(sock, b"".join(buffers))
         return
     start = 0  # buffers before it are sent
+    moved = True  # since the last wait (the call's start counts)
+    idle = 0.0
     while start < len(buffers):
         try:
             sent = raw.sendmsg(buffers[start : start + IOV_MAX])
         except _BLOCKING:
-            await _wait_writable(raw)
+            if progress is None:
+                await _wait_writable(raw)
+                continue
+            if moved:
+                moved = False
+                idle = progress()
+            idle = await _wait_writable_watched(raw, progress, idle)
             continue
         except OSError as exc:
             raise _translate(raw, exc) from exc
+        moved = moved or sent > 0
         while sent:
             first = buffers[start]
             if sent >= len(first):
@@ -248,6 +289,38 @@ async def _wait_writable(raw: socket.socket) -> None:
         await trio.lowlevel.wait_writable(raw)
     except OSError as exc:
         raise trio.ClosedResourceError("socket was closed") from exc
+
+
+async def _wait_writable_watched(raw: socket.socket, progress: Progress, idle: float) -> float:
+    """Wait for writability, looking at the send queue every half ``idle`` (the caller's
+    inactivity timeout) meanwhile: when the peer took bytes from it, tell ``progress``
+    (which restarts the caller's deadline). Returns the timeout ``progress`` last gave.
+
+    Writability alone says too little: a TCP socket reports it only once a third of its
+    send buffer is free again (``sk_stream_min_wspace``; TCP_NOTSENT_LOWAT unset, as
+    ``balancer.upstream.tune_socket`` leaves it), and that buffer autotunes to megabytes,
+    so a peer reading 16 KiB/s may take minutes to get there while never being idle. The
+    cancel scope is entered only here, when a write has to wait anyway.
+    """
+    while True:
+        queued = _queued(raw)
+        with trio.move_on_after(idle / 2) as scope:
+            await _wait_writable(raw)
+        if not scope.cancelled_caught:
+            return idle
+        if 0 <= _queued(raw) < queued:  # nothing is written meanwhile: it only shrinks
+            idle = progress()
+
+
+def _queued(raw: socket.socket) -> int:
+    """Bytes in the socket's send queue the peer has not acknowledged (SIOCOUTQ, which is
+    TIOCOUTQ's number on Linux); -1 when the kernel does not say."""
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(raw.fileno(), termios.TIOCOUTQ, count, True)
+    except OSError:
+        return -1
+    return count[0]
 
 
 def _translate(raw: socket.socket, exc: OSError) -> Exception:

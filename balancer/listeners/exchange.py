@@ -199,15 +199,21 @@ class Client:
         # but does not promise to (its signature says bytes).
         return data if type(data) is bytes else bytes(data)
 
-    async def send_many(self, pieces: list[fastio.Buffer]) -> None:
-        """Write several buffers in one go (gathered by the kernel on a plain socket)."""
+    async def send_many(
+        self, pieces: list[fastio.Buffer], progress: fastio.Progress | None = None
+    ) -> None:
+        """Write several buffers in one go (gathered by the kernel on a plain socket);
+        ``progress`` as for :func:`monitoring.fastio.send_all`."""
         size = sum(len(piece) for piece in pieces)
         try:
-            if self.socket is not None:
-                await fastio.send_many(self.socket, pieces)
+            if isinstance(self.socket, TlsSocket):
+                await self.socket.send_watched(b"".join(pieces), progress)
+            elif self.socket is not None:
+                await fastio.send_many(self.socket, pieces, progress=progress)
             else:
                 await self.stream.send_all(b"".join(pieces))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            # OSError: a TLS failure (SSLError) of the TLS socket's own write
             raise ClientGone from None
         self.sent += size
 
@@ -340,6 +346,15 @@ class Exchange:
         """Give the next wait ``seconds`` (from now), remembering what it waits for."""
         self.phase = phase
         self.guard.deadline = trio.current_time() + seconds
+
+    def writing(self) -> float:
+        """A write to the client moved bytes and must wait for more room: the idle timeout
+        (returned) runs again from now. ALB's idle timeout ends a connection that had "no
+        data sent or received" for that long; a client reading slowly but steadily is not
+        idle, however long its download takes."""
+        idle = float(self.listener.config.idle_timeout_seconds)
+        self.guard.deadline = trio.current_time() + idle
+        return idle
 
 
 # Every registered status's phrase (ALB's own 460 and 463 have none).

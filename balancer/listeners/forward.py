@@ -759,11 +759,13 @@ async def _relay(
 
 
 async def _flush(client: Client, ex: Exchange, pending: list[fastio.Buffer]) -> None:
-    # Under the deadline already armed (response or idle): a client that stops reading is
-    # cut off by it without re-arming the scope for every write.
+    # Under the deadline already armed (response or idle), which a write that has to wait
+    # moves to the idle timeout from its last progress (Exchange.writing): a client that
+    # stops reading is cut off by it, one that reads slowly is not, and a write that never
+    # waits never touches the scope.
     ex.response_started = True
     ex.phase = "client_write"
-    await client.send_many(pending)
+    await client.send_many(pending, ex.writing)
 
 
 async def _switch(

@@ -9,7 +9,9 @@ answer. Where the other end cannot be half-closed (TLS on it), the tunnel ends i
 also ends when either side resets, or when nothing moved in either direction for the
 listener's idle timeout (ALB: "no data sent or received"). A quiet direction alone does not
 end it: each receive waits until the idle deadline measured from the last activity of either
-side, and so does every write, the first bytes' included.
+side. A write waits at most the idle timeout without progress: every time the peer takes some
+of it, its deadline (and the tunnel's last activity) moves, so a peer reading slowly but
+steadily keeps its tunnel, and one that stopped reading loses it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import trio
 
 from balancer.listeners.exchange import MAX_RECV, Client, Exchange
 from balancer.tls_socket import TlsSocket
+from monitoring import fastio
 
 if TYPE_CHECKING:
     from balancer.upstream import Upstream
@@ -69,6 +72,14 @@ async def _pump(
     from_client: bool,
 ) -> None:
     half_closed = False
+    writing = trio.CancelScope()  # the current write's: moved() pushes its deadline
+
+    def moved() -> float:
+        now = trio.current_time()
+        activity.last = now
+        writing.deadline = now + activity.idle_timeout
+        return activity.idle_timeout
+
     try:
         while True:
             with trio.move_on_at(activity.last + activity.idle_timeout) as scope:
@@ -81,9 +92,10 @@ async def _pump(
             if not data:
                 half_closed = await _pass_half_close(sink)
                 return
-            with trio.move_on_after(activity.idle_timeout) as scope:
-                await sink.send_all(data)
-            if scope.cancelled_caught:
+            writing = trio.CancelScope(deadline=trio.current_time() + activity.idle_timeout)
+            with writing:
+                await _send(sink, data, moved)
+            if writing.cancelled_caught:
                 activity.timed_out = True
                 return
             activity.last = trio.current_time()
@@ -97,6 +109,18 @@ async def _pump(
         activity.open_directions -= 1
         if not half_closed or activity.open_directions == 0:
             nursery.cancel_scope.cancel()
+
+
+async def _send(sink: trio.abc.SendStream, data: fastio.Buffer, progress: fastio.Progress) -> None:
+    if not isinstance(sink, trio.SocketStream):  # no kernel queue to watch (never here)
+        await sink.send_all(data)
+    elif isinstance(sink.socket, TlsSocket):
+        try:
+            await sink.socket.send_watched(data, progress)
+        except OSError as exc:  # a TLS failure (SSLError), as SocketStream.send_all says it
+            raise trio.BrokenResourceError(str(exc)) from exc
+    else:
+        await fastio.send_all(sink.socket, data, progress=progress)
 
 
 async def _pass_half_close(sink: trio.abc.SendStream) -> bool:

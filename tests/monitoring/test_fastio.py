@@ -257,3 +257,46 @@ async def test_accept_on_a_closed_listener_is_closed_resource():
             await fastio.accept(listener, checkpoint=False)
     with pytest.raises(trio.ClosedResourceError):
         await fastio.accept(listener, checkpoint=False)
+
+
+async def tcp_pair() -> tuple[trio.socket.SocketType, trio.socket.SocketType]:
+    """A TCP connection on 127.0.0.1 (the send queue SIOCOUTQ reads is TCP's)."""
+    listener = trio.socket.socket()
+    with listener:
+        await listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = trio.socket.socket()
+        # A small window on the reading side, set before connecting: writes wait soon.
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        await client.connect(listener.getsockname())
+        server, _ = await listener.accept()
+    return server, client
+
+
+@pytest.mark.parametrize("reads", [True, False])
+async def test_a_waiting_write_reports_the_bytes_its_peer_takes(reads: bool) -> None:
+    """``progress`` is told at a write's first wait, then whenever the peer took bytes
+    while it waits, however long the socket stays unwritable; not while the peer reads
+    nothing (once its kernel has acknowledged what was in flight)."""
+    a, b = await tcp_pair()
+    calls: list[float] = []
+
+    def progress() -> float:
+        calls.append(trio.current_time())
+        return 0.2  # looks at the send queue every 0.1 s
+
+    async def read_slowly() -> None:
+        while reads:
+            await b.recv(4096)
+            await trio.sleep(0.01)
+
+    with a, b:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_slowly)
+            with trio.move_on_after(1.5):
+                await fastio.send_all(a, b"p" * (64 << 20), progress=progress)
+            nursery.cancel_scope.cancel()
+    if reads:
+        assert len(calls) >= 5  # about one per look (every 0.1 s) over 1.5 s
+    else:  # the first wait, and the acknowledgements of what was in flight then
+        assert 1 <= len(calls) <= 3  # of ~15 looks

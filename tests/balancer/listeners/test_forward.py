@@ -1087,3 +1087,100 @@ async def test_a_websocket_offered_with_h2c_still_upgrades():
     assert headers[b"upgrade"] == b"websocket"
     assert headers[b"connection"].lower() == b"upgrade"
     assert b"http2-settings" not in headers
+
+
+async def download(
+    addr: tuple[str, int],
+    request: bytes,
+    *,
+    body: int,
+    pace: float | None,
+    tls: ssl.SSLContext | None = None,
+) -> tuple[bytes, bool]:
+    """A client on a small receive window: for the first 4 s it reads 4 KiB every ``pace``
+    seconds (None: nothing at all), then as fast as it can, until it has a response head
+    and ``body`` bytes after it. Returns what it read, and whether the balancer ended the
+    connection (an end or a reset) before that."""
+    sock = trio.socket.socket()
+    # Set before connecting: the window the client offers stays small.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    await sock.connect(addr)
+    stream: trio.abc.Stream = trio.SocketStream(sock)
+    if tls is not None:
+        stream = trio.SSLStream(stream, tls, server_hostname="shop.example.com")
+    async with stream:
+        await stream.send_all(request)
+        received = b""
+        slow_until = trio.current_time() + 4
+        with trio.fail_after(60):
+            while len(received.partition(b"\r\n\r\n")[2]) < body:
+                if trio.current_time() < slow_until:
+                    if pace is None:
+                        await trio.sleep_until(slow_until)
+                        continue
+                    await trio.sleep(pace)
+                    size = 4096
+                else:
+                    size = 1 << 20
+                try:
+                    chunk = await stream.receive_some(size)
+                except trio.BrokenResourceError:
+                    return received, True
+                if not chunk:
+                    return received, True
+                received += chunk
+    return received, False
+
+
+@pytest.mark.parametrize(
+    ("pace", "https"),
+    [(0.05, False), (None, False), (0.05, True)],
+    ids=["steady", "stopped", "tls"],
+)
+async def test_a_slow_but_steady_reader_gets_its_whole_download(
+    pace: float | None, https: bool, tmp_path: Path
+) -> None:
+    """ALB's idle timeout ends a connection after "no data sent or received" for that long;
+    a client reading a download more slowly than the target sends it is not idle, one that
+    stopped reading is. The write deadline used to be set once per read from the target,
+    and a wait for room in the client's send buffer (which frees only a third of a buffer
+    of megabytes at a time) outlasted it: a steady reader lost its download one idle
+    timeout in (found by a report-only hunt)."""
+    size = 12 << 20  # far more than the kernel buffers between target and client hold
+
+    async def fast(stream: trio.SocketStream) -> None:
+        await read_request_head(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        await stream.send_all(b"d" * size)
+        await stream.receive_some(1)  # until the balancer is done with the connection
+
+    lst = listener(idle_timeout_seconds=1)
+    ca = trustme.CA()
+    if https:
+        lst = HttpsListener(
+            name="front",
+            host="127.0.0.1",
+            port=0,
+            default_action=Forward(target_group="web"),
+            certificates=(write_pair(ca, tmp_path, "shop", "shop.example.com"),),
+            idle_timeout_seconds=1,
+        )
+    async with (
+        raw_target(fast) as target,
+        balancer(config([lst], [group("web", target)])) as daemon,
+    ):
+        received, ended = await download(
+            front(daemon),
+            b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n",
+            body=size,
+            pace=pace,
+            tls=client_context(ca) if https else None,
+        )
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+    body = received.partition(b"\r\n\r\n")[2]
+    if pace is None:  # cut off a second or so after the client's window closed
+        assert ended
+        assert len(body) < size
+    else:
+        assert not ended, len(body)
+        assert body == b"d" * size

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 
+import pytest
 import trio
 import trustme
 from wsproto import ConnectionType, WSConnection
@@ -16,6 +17,7 @@ from wsproto.events import (
 )
 
 from balancer.config import AccessLog
+from tests.balancer.listeners.test_forward import download, raw_target, read_request_head
 from tests.support.balancer_http import balancer, config, front, group, listener, sample
 from tests.support.targets import Action, Reply, Seen, TargetServer, running_targets
 from tests.support.tls_targets import TlsTargetServer, server_context
@@ -182,3 +184,40 @@ async def test_a_tunnel_cut_when_a_drain_ends_is_logged_and_counted(tmp_path):
     (line,) = path.read_text().splitlines()
     fields = shlex.split(line)
     assert (fields[0], fields[8], fields[24]) == ("ws", "101", "Draining")
+
+
+@pytest.mark.parametrize("pace", [0.05, None], ids=["steady", "stopped"])
+async def test_a_tunnel_to_a_slow_but_steady_reader_stays_open(pace: float | None) -> None:
+    """The tunnel ends after the idle timeout without traffic, and a client that reads
+    slowly but steadily is traffic. Its write used to get the idle timeout as a bound on
+    the whole write, so the tunnel was cut one idle timeout in (found by a report-only
+    hunt); a client that stopped reading still loses it."""
+    size = 12 << 20  # far more than the kernel buffers between target and client hold
+
+    async def flood(stream: trio.SocketStream) -> None:
+        await read_request_head(stream)
+        await stream.send_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        )
+        await stream.send_all(b"w" * size)
+        await stream.receive_some(1)  # until the balancer is done with the connection
+
+    lst = listener(idle_timeout_seconds=1)
+    async with (
+        raw_target(flood) as target,
+        balancer(config([lst], [group("web", target)])) as daemon,
+    ):
+        received, ended = await download(
+            front(daemon),
+            b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            body=size,
+            pace=pace,
+        )
+    assert received.startswith(b"HTTP/1.1 101 ")
+    tunnelled = received.partition(b"\r\n\r\n")[2]
+    if pace is None:
+        assert ended
+        assert len(tunnelled) < size
+    else:
+        assert not ended, len(tunnelled)
+        assert tunnelled == b"w" * size
