@@ -218,10 +218,15 @@ class Client:
         self.sent += size
 
     async def left(self) -> bool:
-        """Whether the client has closed its side (checked without waiting).
+        """Whether the client has gone (checked without waiting): it reset the connection,
+        or closed its side before its request was complete.
 
-        A socket the client closed reads as EOF; a pipelined next request or a TLS alert
-        reads as data and counts as still there.
+        The end of its stream after a complete request is a half-close (shutdown(SHUT_WR),
+        as ``nc -N`` and some scripted clients send it): the client still reads, and gets
+        its response, as HAProxy gives it (``option abortonclose`` is off by default). On
+        the wire it looks the same as a client that closed for good, which the write of
+        the response then finds out. A pipelined next request or a TLS alert reads as data
+        and counts as still there.
         """
         sock = _socket_of(self.stream)
         if sock is None:
@@ -232,7 +237,7 @@ class Client:
             data = await sock.recv(1, socket.MSG_PEEK)
         except OSError:
             return True
-        return not data
+        return not data and self.conn.their_state is not h11.DONE
 
     async def send(self, data: bytes) -> None:
         """Write to the client; raises :class:`ClientGone` if it is not there any more."""

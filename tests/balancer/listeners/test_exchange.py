@@ -110,3 +110,21 @@ def test_a_client_made_outside_a_run_reads_the_clock_of_the_run_it_serves_in():
         assert client.now() == trio.current_time() >= 100.0
 
     trio.run(check, clock=clock)
+
+
+async def test_a_half_close_after_a_whole_request_is_no_leaving():
+    for request, gone in (
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", False),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nab", True),
+    ):
+        ours, theirs = socket.socketpair()
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+        client = Client(stream, ClientInfo("127.0.0.1", 1, 2), 4096)
+        theirs.send(request)
+        client.conn.receive_data(await client.receive())
+        while client.conn.next_event() is not h11.NEED_DATA:
+            pass
+        theirs.shutdown(socket.SHUT_WR)
+        assert await client.left() is gone
+        theirs.close()
+        await stream.aclose()

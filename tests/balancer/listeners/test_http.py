@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import socket
+import struct
 from collections.abc import AsyncIterator
 
 import pytest
@@ -644,6 +646,13 @@ async def test_access_log_lines_follow_albs_field_order(tmp_path):
     assert '"Root=1-' in line
 
 
+def hang_up(stream: trio.SocketStream) -> None:
+    """Leave for good: close with a reset (SO_LINGER 0). A plain close looks the same to
+    the balancer as a half-close, after which a client still waits for its answer."""
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    stream.socket.close()
+
+
 async def test_a_client_that_leaves_before_its_response_is_logged_as_460():
     release = trio.Event()
 
@@ -658,7 +667,7 @@ async def test_a_client_that_leaves_before_its_response_is_logged_as_460():
         stream = await trio.open_tcp_stream(*front(daemon))
         await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         await trio.sleep(0.2)
-        await stream.aclose()
+        hang_up(stream)
         await trio.sleep(0.2)
         release.set()
         await trio.sleep(0.3)
@@ -670,6 +679,48 @@ async def test_a_client_that_leaves_before_its_response_is_logged_as_460():
             "source": "elb",
         }
         assert sample(daemon, "wharf_balancer_http_requests_total", labels) == 1
+
+
+@pytest.mark.parametrize("late", ["slow", "silent"])
+async def test_a_client_that_half_closes_after_its_request_gets_its_answer(late, tmp_path):
+    """shutdown(SHUT_WR) after a whole request (``nc -N``, some scripted and HTTP/1.0
+    clients) is no leaving: the client reads on. It used to count as gone once the target
+    took over SLOW_RESPONSE_SECONDS (the response dropped, a 460), and its 504 was dropped
+    the same way (found by a report-only hunt); over HTTPS it always got its answer."""
+    path = tmp_path / "access.log"
+    never = trio.Event()
+
+    async def slow(seen: Seen, server: TargetServer) -> Reply | str:
+        if late == "silent":
+            await never.wait()
+        await trio.sleep(1)  # far past SLOW_RESPONSE_SECONDS
+        return Reply(200, body=b"late")
+
+    lst = listener(
+        timeouts=ListenerTimeouts(target_response_seconds=1 if late == "silent" else 10),
+        access_log=AccessLog(enabled=True, destination=str(path)),
+    )
+    async with (
+        running_targets(TargetServer("a", slow)) as (target,),
+        balancer(config([lst], [group("web", target)])) as daemon,
+    ):
+        with trio.fail_after(10):
+            stream = await trio.open_tcp_stream(*front(daemon))
+            async with stream:
+                await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                await stream.send_eof()
+                answer = b""
+                while chunk := await stream.receive_some(65536):  # then the balancer closes
+                    answer += chunk
+        never.set()
+        await trio.sleep(1.3)  # the app flushes access logs once a second
+    if late == "slow":
+        assert statuses(answer) == [200]
+        assert answer.endswith(b"\r\n\r\nlate")
+    else:
+        assert statuses(answer) == [504]
+    (line,) = path.read_text().splitlines()
+    assert shlex.split(line)[8] == ("200" if late == "slow" else "504")
 
 
 async def test_a_client_gone_when_the_target_response_timeout_ends_is_a_460(tmp_path):
@@ -695,7 +746,7 @@ async def test_a_client_gone_when_the_target_response_timeout_ends_is_a_460(tmp_
                 await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
                 if leave:
                     await trio.sleep(0.2)
-                    await stream.aclose()
+                    hang_up(stream)
                     await trio.sleep(1.2)  # past the target response timeout
                 else:
                     assert (await stream.receive_some(100)).startswith(b"HTTP/1.1 504 ")
