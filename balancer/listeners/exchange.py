@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 
 # One read takes what a socket buffer holds: a 64 KiB response body in one go.
 MAX_RECV: Final = 1 << 18
+# Bytes of an unread request body the balancer reads and drops after answering on its own
+# (redirect, fixed response, error) to keep the connection; beyond it, it closes.
+MAX_DISCARD_BYTES: Final = 1 << 20
 # ALB's connection traceability IDs seen in its logs: TID_ and 32 hex digits.
 CONNECTION_TRACE_ID_BITS: Final = 128
 
@@ -383,12 +386,17 @@ async def respond(
 
     Returns False, sending nothing, when a response has already begun (the connection then
     has to be closed). ``close`` (or the exchange's ``close_after``) adds
-    ``Connection: close``.
+    ``Connection: close``, and so does a request body the connection will not drop the
+    rest of (then ``close_after`` is set).
     """
     conn = client.conn
     if conn.our_state is not h11.SEND_RESPONSE and conn.our_state is not h11.IDLE:
         return False
     close = close or (ex is not None and ex.close_after)
+    if not close and ex is not None and not _rest_droppable(conn, ex.headers):
+        # RFC 9110 10.1.1: a server answering before it read the whole content SHOULD say
+        # whether it will close. The connection closes rather than read this much.
+        close = ex.close_after = True
     if status in _NO_CONTENT:
         body = b""
         fields = [*headers] if status in _NO_CONTENT_LENGTH else [("content-length", "0"), *headers]
@@ -411,3 +419,25 @@ async def respond(
         ex.response_started = True
     await client.send(data or b"")
     return True
+
+
+def _rest_droppable(conn: h11.Connection, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the unread rest of the request body (none once the client is done) is one
+    the HTTP shell reads and drops after the answer: a Content-Length within
+    MAX_DISCARD_BYTES, or a chunked body whose end h11 holds already (read here: a chunked
+    body's size is known only at its end)."""
+    if conn.their_state is not h11.SEND_BODY:
+        return True
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value) <= MAX_DISCARD_BYTES
+            except ValueError:  # h11 refuses such a request before it gets here
+                return False
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError:
+            return False
+        if not isinstance(event, h11.Data):
+            return isinstance(event, h11.EndOfMessage)

@@ -173,15 +173,19 @@ async def forward(
         events = group.request_finished(target_id, client.now())
         if events:
             runtime.notify(events)
+
+
+async def linger_if_unread(client: Client, ex: Exchange) -> None:
+    """After any answer (the target's or the balancer's own) that came before the client's
+    body was all read, and closes the connection: drop what the client still sends, for a
+    bounded time (:func:`_linger`). A connection that stays open drops the rest of the body
+    in the HTTP shell instead, then reads the next request."""
     conn = client.conn
     if (
         conn.their_state is h11.SEND_BODY
         and (conn.our_state is h11.MUST_CLOSE or (conn.our_state is h11.DONE and ex.close_after))
         and not _rest_of_body_buffered(conn)
     ):
-        # Answered before the client's body was all read, and closing. A connection that
-        # stays open drops the rest of the body in the HTTP shell, then reads the next
-        # request (as after the balancer's own answers).
         await _linger(client, ex)
 
 

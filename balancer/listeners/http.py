@@ -35,6 +35,7 @@ import trio
 from balancer.access_log import AccessEntry
 from balancer.config import FixedResponse, Forward, Redirect
 from balancer.listeners.exchange import (
+    MAX_DISCARD_BYTES,
     Client,
     ClientGone,
     ClientInfo,
@@ -42,7 +43,7 @@ from balancer.listeners.exchange import (
     ListenerServices,
     respond,
 )
-from balancer.listeners.forward import BadRequestBody, forward, is_trusted
+from balancer.listeners.forward import BadRequestBody, forward, is_trusted, linger_if_unread
 from balancer.rules import RequestView, redirect_status, render_redirect
 from balancer.runtime import ListenerRuntime, Snapshot
 from balancer.upstream import tune_socket
@@ -68,9 +69,6 @@ from proto.http1 import (
     trace_header,
 )
 
-# Bytes of an unread request body the balancer reads and drops after answering on its own
-# (redirect, fixed response, error) to keep the connection; beyond it, it closes.
-MAX_DISCARD_BYTES: Final = 1 << 20
 # Extra connections accepted past the listener's limit only to be answered 503 and closed,
 # so an overloaded listener says so instead of leaving clients in the backlog.
 REJECT_HEADROOM: Final = 64
@@ -259,6 +257,10 @@ class _Connection:
             ex.close_after = True
         self.served += 1
         step = self._reusable(ex)
+        if step == _STOP:
+            # Closing with unread bytes would reset the connection, and a client still
+            # uploading could lose the answer: a lingering close first.
+            await linger_if_unread(self.client, ex)
         if step != _DISCARD:  # else booked once the rest of its body is dropped
             self._finish(ex, closing=step == _STOP)
         return step

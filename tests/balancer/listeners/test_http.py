@@ -1211,3 +1211,52 @@ async def test_every_request_of_a_connection_is_logged_with_its_connections_trac
     assert all(TID.fullmatch(tid) for tid in tids)
     assert tids[0] == tids[1] != tids[2]
     assert all(row["rest"] is None for row in rows)
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+@pytest.mark.parametrize("path", ["/fixed", "/moved"])
+async def test_an_own_answer_to_an_upload_it_will_not_read_says_close_and_lingers(
+    path: str, framing: str
+) -> None:
+    """The balancer drops at most MAX_DISCARD_BYTES of a body it answered without. Past
+    that it closes, and RFC 9110 10.1.1 says an early answer SHOULD say so; closing with
+    unread bytes resets the connection, and a client still uploading may lose the answer
+    (RFC 9112 9.6). Its redirects and fixed responses used to do both (found by a
+    report-only hunt); now they say Connection: close and close lingering, as the forward
+    path does after a target's early answer."""
+    rules = [
+        Rule(
+            priority=1,
+            conditions=Conditions(path_pattern=("/moved",)),
+            action=Redirect(protocol="HTTPS", port="443", status_code="HTTP_302"),
+        )
+    ]
+    lst = listener(FixedResponse(status_code=404, message_body="nope"), rules=rules)
+    size = 5 * http_listener.MAX_DISCARD_BYTES
+    if framing == "chunked":
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        piece = b"10000\r\n" + b"u" * 0x10000 + b"\r\n"
+        body = piece * (size // 0x10000) + b"0\r\n\r\n"
+    else:
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n"
+        body = b"u" * size
+    sent = trio.Event()
+
+    async with balancer(config([lst], [])) as daemon:
+        stream = await trio.open_tcp_stream(*front(daemon))
+
+        async def upload() -> None:
+            await stream.send_all(head.encode() + body)  # a reset would raise here
+            sent.set()
+
+        with trio.fail_after(20):
+            async with stream, trio.open_nursery() as nursery:
+                nursery.start_soon(upload)
+                answer = b""
+                while chunk := await stream.receive_some(65536):  # the balancer closes
+                    answer += chunk
+                await sent.wait()
+    assert statuses(answer) == [404 if path == "/fixed" else 302]
+    assert b"\r\nconnection: close\r\n" in answer.lower()
+    if path == "/fixed":
+        assert answer.endswith(b"\r\n\r\nnope")
