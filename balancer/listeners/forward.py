@@ -22,17 +22,21 @@ ALB's answers when it goes wrong:
 A target may answer before it has the whole request (nginx's 413 for
 ``client_max_body_size``, an auth proxy's 401, a 417 to ``Expect``), often closing or
 resetting its side right after. While a body streams, a task watches the target's socket:
-when a final response head arrives, the target closes, or a write to it fails, the upload
-stops and the response is read (under the target response timeout) and relayed as usual
-(1xx go on to the client as they come, and the upload goes on); only a target that answered
-nothing is a 502. The target connection is then never pooled, and the client connection
-closes after the response (its body was not read to the end): the balancer first reads
-and drops what the client still sends for a bounded time, so that the client reads the
-response instead of a reset. ``Expect: 100-continue`` goes to the target, whose 100 or
-final answer reaches the client; a target silent on it for ``EXPECT_CONTINUE_SECONDS``
-gets the body anyway, after the balancer's own 100. Whatever other 1xx a target sends
-before its final response (103 Early Hints...) is relayed to HTTP/1.1 clients, during the
-upload or after it (:mod:`balancer.listeners.interim`).
+when a final response head that ends the exchange arrives (it says the connection closes,
+or the client waits for a 100 it did not get), the target closes, or a write to it fails,
+the upload stops and the response is read (under the target response timeout) and relayed
+as usual (1xx go on to the client as they come, and the upload goes on); only a target
+that answered nothing is a 502. The target connection is then never pooled, and the
+client connection closes after the response (its body was not read to the end): the
+balancer first reads and drops what the client still sends for a bounded time, so that the
+client reads the response instead of a reset. A final response that keeps the connection
+is relayed by that task while the upload goes on to the end of the body (RFC 9112 9.5: a
+"full duplex" target streams its answer as the body arrives, and may need all of it to
+finish); both connections then stay open. ``Expect: 100-continue`` goes to the target,
+whose 100 or final answer reaches the client; a target silent on it for
+``EXPECT_CONTINUE_SECONDS`` gets the body anyway, after the balancer's own 100. Whatever
+other 1xx a target sends before its final response (103 Early Hints...) is relayed to
+HTTP/1.1 clients, during the upload or after it (:mod:`balancer.listeners.interim`).
 
 Writes are batched: a response head and the body bytes of the same read go out in one
 write, so a small response costs one read from the target and one write to the client.
@@ -40,9 +44,11 @@ write, so a small response costs one read from the target and one write to the c
 
 from __future__ import annotations
 
+import functools
 import math
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import h11
@@ -76,6 +82,7 @@ from proto.http1 import (
     Action,
     Forwarding,
     client_address,
+    connection_tokens,
     forwardable_framing,
     header_list,
     is_upgrade,
@@ -260,14 +267,20 @@ async def _exchange(
         framed_twice: bool | None = None  # known once _relay has read the response's head
         try:
             try:
-                early: Head | None = None
+                early: Head | _Duplex | None = None
                 if attempt == 0:
-                    early = await _send_request(client, ex, up, head, expect=expect)
+                    relay = functools.partial(
+                        _relay, client, ex, up, sticky=sticky, group=group, wall=wall
+                    )
+                    early = await _send_request(client, ex, up, head, expect=expect, relay=relay)
                 else:  # a retry: the request had no body, so its head is all there is
                     await _send_upstream(
                         up, [up.conn.send(head) or b"", up.conn.send(h11.EndOfMessage()) or b""]
                     )
                     ex.sent_at = trio.current_time()
+                if isinstance(early, _Duplex):  # relayed while the body went on
+                    response, framed_twice = early.response, early.framed_twice
+                    return
                 if early is None:
                     response = await _read_head(client, ex, up)
                 else:
@@ -379,14 +392,21 @@ def _continue(client: Client) -> bytes:
 
 
 async def _send_request(
-    client: Client, ex: Exchange, up: Upstream, head: h11.Request, *, expect: bool
-) -> Head | None:
+    client: Client,
+    ex: Exchange,
+    up: Upstream,
+    head: h11.Request,
+    *,
+    expect: bool,
+    relay: _Relay,
+) -> Head | _Duplex | None:
     """Send the head, then stream the client's body to the target as it arrives.
 
     Returns None once the whole request is out (the caller reads the response), or the
     target's response head when the target answered before that, or a write to it failed
     and it had answered (an early response; the request stays unfinished on that
-    connection). Raises :class:`_TargetFailed` when it failed without answering.
+    connection), or a :class:`_Duplex` when the target's answer was relayed while the body
+    went on. Raises :class:`_TargetFailed` when it failed without answering.
 
     A request that is all here already goes out in one write. Writes to the target run
     under whatever deadline is armed: the response timeout for a request that arrived
@@ -423,13 +443,36 @@ async def _send_request(
             return None
         else:  # ConnectionClosed in the middle of a body
             raise ClientGone
-    return await _stream_body(client, ex, up, pending, expect=expect)
+    return await _stream_body(client, ex, up, pending, expect=expect, relay=relay)
+
+
+class _Duplex:
+    """A response relayed while the request body streamed on (its head, and whether it was
+    framed twice, as :func:`_relay` returns it)."""
+
+    __slots__ = ("framed_twice", "response")
+
+    def __init__(self, response: h11.Response, framed_twice: bool) -> None:
+        self.response = response
+        self.framed_twice = framed_twice
+
+
+# _relay with all but the response head bound (the exchange's client, target, stickiness).
+_Relay = Callable[[h11.Response], Awaitable[bool]]
 
 
 class _Upload:
     """What the body upload and the task watching the target meanwhile share."""
 
-    __slots__ = ("answered", "broken", "client_writes", "failure", "response", "scope")
+    __slots__ = (
+        "answered",
+        "broken",
+        "client_writes",
+        "duplex",
+        "failure",
+        "response",
+        "scope",
+    )
 
     def __init__(self) -> None:
         self.scope = trio.CancelScope()  # the upload; cancelled when the target answers
@@ -441,16 +484,25 @@ class _Upload:
         self.broken = False  # a write to the target failed
         self.response: Head | None = None  # a response head, read by the watcher
         self.failure: ClientGone | BadRequestBody | None = None
+        # Set when the watcher relays a response the upload goes on beside: its result.
+        self.duplex: _Duplex | None = None
 
 
 async def _stream_body(
-    client: Client, ex: Exchange, up: Upstream, pending: list[fastio.Buffer], *, expect: bool
-) -> Head | None:
-    """Stream the rest of the body while a second task watches the target's socket."""
+    client: Client,
+    ex: Exchange,
+    up: Upstream,
+    pending: list[fastio.Buffer],
+    *,
+    expect: bool,
+    relay: _Relay,
+) -> Head | _Duplex | None:
+    """Stream the rest of the body while a second task watches the target's socket (and
+    relays its response, when the target answers without closing: see _watch_target)."""
     upload = _Upload()
     complete = False
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_target, client, up, upload)
+        nursery.start_soon(_watch_target, client, ex, up, upload, relay)
         with upload.scope:
             try:
                 await _upload(client, ex, up, pending, upload.client_writes, expect=expect)
@@ -459,11 +511,16 @@ async def _stream_body(
                 upload.broken = True
             except (ClientGone, BadRequestBody) as exc:
                 upload.failure = exc  # raised below: the nursery would wrap it in a group
-        nursery.cancel_scope.cancel()
+        if upload.duplex is None or upload.failure is not None:
+            # No response under way (or one that cannot end well now): the watcher stops.
+            # Else the response being relayed goes on to its end.
+            nursery.cancel_scope.cancel()
     if upload.failure is not None:
         raise upload.failure
     if not complete and up.conn.our_state is h11.DONE:
         up.conn.send_failed()  # its last write was cut short: the connection is not pooled
+    if upload.duplex is not None:
+        return upload.duplex
     response = upload.response
     if response is not None:
         ex.sent_at = ex.sent_at or trio.current_time()
@@ -538,7 +595,8 @@ async def _upload(
         elif isinstance(event, h11.EndOfMessage):
             pending.append(up.conn.send(h11.EndOfMessage()) or b"")
             await _send_upstream(up, pending)
-            ex.sent_at = trio.current_time()
+            if ex.response_at is None:  # else answered while the body went on (duplex)
+                ex.sent_at = trio.current_time()
             if waited:
                 ex.wait_for("response", config.response_timeout_seconds)
             else:
@@ -548,10 +606,18 @@ async def _upload(
             raise ClientGone
 
 
-async def _watch_target(client: Client, up: Upstream, upload: _Upload) -> None:
+async def _watch_target(
+    client: Client, ex: Exchange, up: Upstream, upload: _Upload, relay: _Relay
+) -> None:
     """Beside an upload: read what the target sends meanwhile, and stop the upload when it
-    answers (a final response head), closes or breaks. Its 1xx go on to the client (a 100
-    only while the client waits for one)."""
+    closes, breaks, or answers with a final response head that ends the exchange. Its 1xx
+    go on to the client (a 100 only while the client waits for one).
+
+    A final response that keeps the connection is relayed here while the upload goes on
+    ("full duplex": a target streaming its answer as it reads the body). RFC 9112 9.5: a
+    client may stop sending a body only when the response says the server does not want it
+    and closes; until then the target may need the rest to finish its answer.
+    """
     conn = up.conn
     while True:
         await trio.lowlevel.wait_readable(up.stream.socket)
@@ -575,6 +641,9 @@ async def _watch_target(client: Client, up: Upstream, upload: _Upload) -> None:
                     upload.scope.cancel()
                     return
                 continue
+            if isinstance(event, h11.Response) and _keeps_reading(client, ex, event):
+                await _relay_beside_upload(ex, upload, relay, event)
+                return
             if isinstance(event, h11.Response | h11.InformationalResponse):
                 upload.response = event
             upload.scope.cancel()  # a response, or the end of the connection
@@ -584,6 +653,44 @@ async def _watch_target(client: Client, up: Upstream, upload: _Upload) -> None:
             return
         # A head in pieces: read on until it is whole. It may be a 1xx, after which the
         # target wants the rest of the body.
+
+
+def _keeps_reading(client: Client, ex: Exchange, response: h11.Response) -> bool:
+    """Whether a final response that came during the upload leaves the body to go on: it
+    keeps the connection (HTTP/1.1, no ``Connection: close``, a framed body), and the
+    client is sending it (not waiting for a 100 it never got: told no, it sends nothing)."""
+    if client.conn.they_are_waiting_for_100_continue or response.http_version != b"1.1":
+        return False
+    if ex.request.method == b"CONNECT" and 200 <= response.status_code < 300:
+        return False  # a tunnel, not a response
+    headers = header_list(response.headers)
+    names = {name for name, _ in headers}
+    if (
+        b"content-length" not in names
+        and b"transfer-encoding" not in names
+        and response.status_code not in (204, 304)
+        and ex.request.method != b"HEAD"
+    ):
+        return False  # its body ends with the connection: the target closes it
+    return b"close" not in connection_tokens(headers)
+
+
+async def _relay_beside_upload(
+    ex: Exchange, upload: _Upload, relay: _Relay, response: h11.Response
+) -> None:
+    ex.sent_at = ex.sent_at or trio.current_time()
+    ex.response_at = trio.current_time()
+    # Set before the first checkpoint: an upload that ends meanwhile must wait for this
+    # relay, not cancel it.
+    upload.duplex = duplex = _Duplex(response, framed_twice=False)
+    try:
+        # Held to the end: the upload's own 100 must not come into the response (it sends
+        # none any more, h11 having sent a final response, but it checks under this lock).
+        async with upload.client_writes:
+            duplex.framed_twice = await relay(response)
+    except ClientGone as exc:
+        upload.failure = exc
+        upload.scope.cancel()
 
 
 def _answered_early(

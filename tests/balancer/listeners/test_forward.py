@@ -1184,3 +1184,64 @@ async def test_a_slow_but_steady_reader_gets_its_whole_download(
     else:
         assert not ended, len(body)
         assert body == b"d" * size
+
+
+async def test_a_target_answering_while_it_reads_the_body_gets_all_of_it():
+    """A target may answer at once and stream its response as the body arrives ("full
+    duplex"). RFC 9112 9.5: a client stops sending its body early only when the response
+    says the server closes; this one keeps its connection and needs the rest of the body
+    to finish. The balancer used to stop the upload at any final response head, and the
+    exchange stalled until the idle timeout (found by a report-only hunt)."""
+    bodies: list[bytes] = []
+
+    async def duplex(stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Request):
+                bodies.append(b"")
+                head = h11.Response(status_code=200, headers=[("transfer-encoding", "chunked")])
+                await stream.send_all(conn.send(head))
+            elif isinstance(event, h11.Data):
+                bodies[-1] += event.data
+                await stream.send_all(conn.send(h11.Data(data=b"<%s>" % event.data)))
+            elif isinstance(event, h11.EndOfMessage):
+                await stream.send_all(conn.send(h11.EndOfMessage()))
+                conn.start_next_cycle()
+            else:
+                return
+
+    async with (
+        raw_target(duplex) as target,
+        balancer(config([listener()], [group("web", target)])) as daemon,
+        Client.connect(front(daemon)) as client,
+    ):
+        conn = client.conn
+        request = h11.Request(
+            method="POST", target="/duplex", headers=[("host", "x"), ("content-length", "9")]
+        )
+        answer = b""
+        with trio.fail_after(10):
+            await client.stream.send_all(conn.send(request))
+            for piece in (b"aaa", b"bbb", b"ccc"):
+                await client.stream.send_all(conn.send(h11.Data(data=piece)) or b"")
+                while b"<%s>" % piece not in answer:  # the target's answer to each piece
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        conn.receive_data(await client.stream.receive_some(65536))
+                    elif isinstance(event, h11.Response):
+                        assert event.status_code == 200
+                        assert b"close" not in dict(event.headers).get(b"connection", b"")
+                    elif isinstance(event, h11.Data):
+                        answer += event.data
+            await client.stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+            while not isinstance(event := conn.next_event(), h11.EndOfMessage):
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await client.stream.receive_some(65536))
+            conn.start_next_cycle()
+            assert answer == b"<aaa><bbb><ccc>"
+            # Both exchanges ended cleanly: the client connection serves the next request.
+            assert (await client.request("POST", "/again", body=b"x"))[:3:2] == (200, b"<x>")
+    assert bodies == [b"aaabbbccc", b"x"]
