@@ -230,12 +230,18 @@ class Overrides:
     def register(self, group: TargetGroup, targets: Iterable[Target]) -> None:
         """Add or replace registrations; keyed by the id under ``group``'s current port (a
         target registered without a port keeps none: :meth:`prune` re-keys it)."""
+        in_file = {e.target_id: e for e in group.endpoints()}
         for target in targets:
             key = target_id(target.host, target.port or group.port)
             added = self._added.setdefault(group.name, {})
             added.pop(key, None)  # to the end: the latest registration of an id comes last
-            added[key] = target
             self._removed.get(group.name, set()).discard(key)
+            if in_file.get(key) == _endpoint(group, target):
+                # The file lists it so already: it stays the file's, now as at the next
+                # reload's prune (a later file without it removes it, whatever reloads came
+                # between; found by a report-only hunt).
+                continue
+            added[key] = target
 
     def deregister(self, group: TargetGroup, ids: Iterable[str]) -> None:
         in_file = {e.target_id for e in group.endpoints()}

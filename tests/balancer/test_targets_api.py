@@ -206,6 +206,19 @@ async def test_bad_requests_get_clear_json_errors(admin, body, status, code):
     assert len(admin.runtime.current.groups["web"].endpoints) == 2
 
 
+def test_registering_a_target_as_the_file_lists_it_leaves_it_the_files():
+    """Whether a later file without it removes it must not depend on a reload in between."""
+    overrides = Overrides()
+    web = make_config("10.0.0.1", "10.0.0.2").target_groups[0]
+    overrides.register(web, [Target(host="10.0.0.2"), Target(host="10.0.0.1", weight=7)])
+    assert overrides.source("web", "10.0.0.2:8080") == "config"
+    assert overrides.source("web", "10.0.0.1:8080") == "api"  # not as the file lists it
+    without = make_config("10.0.0.1")
+    overrides.prune(without)
+    ids = [e.target_id for e in overrides.endpoints(without.target_groups[0])]
+    assert ids == ["10.0.0.1:8080"]
+
+
 async def test_api_registrations_survive_a_reload_and_the_file_governs_the_rest():
     overrides = Overrides()
     runtime = Runtime(make_config("10.0.0.1", "10.0.0.2"), now=0.0)
@@ -613,14 +626,16 @@ def test_the_quota_counts_the_file_and_the_api_together():
     overrides = Overrides()
     overrides.register(web, [Target(host="10.9.0.1")])
     overrides.check_totals(config, "b.toml", None)  # 1,000: the quota itself
-    overrides.register(web, [Target(host="10.2.0.1")])  # already listed: still 1,000
+    overrides.register(
+        web, [Target(host="10.2.0.1")]
+    )  # as the file lists it: the file's, still 1,000
     overrides.check_totals(config, "b.toml", None)
     overrides.register(web, [Target(host="10.9.0.2")])
     with pytest.raises(ConfigError) as refused:
         overrides.check_totals(config, "b.toml", Path("/s/targets.json"))
     assert refused.value.path == "b.toml"
     assert "target group 'web' would have 1001 targets, above the 1000" in refused.value.reason
-    assert "3 of them were registered through the admin API (kept in /s/targets.json)" in (
+    assert "2 of them were registered through the admin API (kept in /s/targets.json)" in (
         refused.value.reason
     )
     assert refused.value.reason.endswith("- at `$.target_groups[0]`")
