@@ -305,6 +305,9 @@ class SnsApi:
         batch.mutations.extend(mutations)
         token = subscription.record.token
         if mutations and subscription.record.pending and token is not None:
+            # A new token replaces the old one: the old confirmation's retries would only
+            # hand the endpoint a token that no longer confirms (found by a report-only hunt).
+            batch.mutations.extend(self.deliveries.drop_confirmations(subscription.subscription_id))
             self.fanout.confirmation(
                 batch, subscription, "SubscriptionConfirmation", token, context.base_url, now
             )

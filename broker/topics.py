@@ -548,11 +548,18 @@ class TopicRegistry:
         """
         if isinstance(found, SubscriptionRecord):  # the UnsubscribeConfirmation's link
             assert found.token is not None
-            self._drop_restore_link(found.token)
             topic = self._topic_by_id(found)
             assert topic is not None  # by_token checked it
+            for live in topic.subscriptions.values():
+                if live.protocol == found.protocol and live.endpoint == found.endpoint:
+                    # Subscribed again since: one subscription per endpoint, as Subscribe
+                    # keeps (a second would deliver every message twice). The link is used.
+                    self._drop_restore_link(found.token)
+                    return live, [SubscriptionDeleted(subscription_id=found.subscription_id)]
             protocols = [*(s.protocol for s in topic.subscriptions.values()), found.protocol]
+            # Checked before the link is dropped: a refused restore can be tried again.
             check_large_messages(topic.settings.effective_maximum_message_size, protocols)
+            self._drop_restore_link(found.token)
             if found.pending:
                 issued = now_ms() if now is None else now
                 pending = msgspec.structs.replace(

@@ -151,6 +151,60 @@ async def test_tokens_confirm_once_expire_and_restore(store: SqliteStore) -> Non
     assert topic.index.match({}, "m").matched == (restored.subscription_id,)
 
 
+async def test_a_restore_link_never_makes_a_second_subscription_to_an_endpoint(
+    store: SqliteStore,
+) -> None:
+    """Unsubscribed, then subscribed again and confirmed: the first one's restore link must
+    not bring it back beside the new one (found by a report-only hunt: every message then
+    reached the endpoint twice)."""
+    topics = registry(store)
+    topic = await topics.create("t", {}, {}, 1)
+    first, _ = topics.subscribe(topic, "http", "http://h/", {}, owner="000000000000", now=1)
+    assert first.record.token is not None
+    topics.confirm(topics.by_token(topic.arn, first.record.token, 2), authenticated=True,
+                   authenticate_on_unsubscribe=False)  # fmt: skip
+    topics.unsubscribe(first, 3)
+    restore = topics.restore_token(first)
+    assert restore is not None
+    second, _ = topics.subscribe(topic, "http", "http://h/", {}, owner="000000000000", now=4)
+    assert second.record.token is not None
+    topics.confirm(topics.by_token(topic.arn, second.record.token, 5), authenticated=True,
+                   authenticate_on_unsubscribe=False)  # fmt: skip
+    found, mutations = topics.confirm(
+        topics.by_token(topic.arn, restore, 6),
+        authenticated=False,
+        authenticate_on_unsubscribe=False,
+    )
+    assert found is second
+    assert mutations == [SubscriptionDeleted(subscription_id=first.subscription_id)]
+    assert list(topic.subscriptions) == [second.subscription_id]
+    with pytest.raises(SnsError, match="Token"):  # used
+        topics.by_token(topic.arn, restore, 7)
+
+
+async def test_a_refused_restore_keeps_its_link_for_another_try(store: SqliteStore) -> None:
+    topics = registry(store)
+    topic = await topics.create("t", {}, {}, 1)
+    http, _ = topics.subscribe(topic, "http", "http://h/", {}, owner="000000000000", now=1)
+    assert http.record.token is not None
+    topics.confirm(topics.by_token(topic.arn, http.record.token, 2), authenticated=True,
+                   authenticate_on_unsubscribe=False)  # fmt: skip
+    topics.unsubscribe(http, 3)
+    restore = topics.restore_token(http)
+    assert restore is not None
+    await topics.set_attribute(topic, "MaximumMessageSize", str(1024 * 1024), 4)
+    with pytest.raises(SnsError):  # HTTP endpoints take 256 KiB at most
+        topics.confirm(topics.by_token(topic.arn, restore, 5), authenticated=False,
+                       authenticate_on_unsubscribe=False)  # fmt: skip
+    await topics.set_attribute(topic, "MaximumMessageSize", str(256 * 1024), 6)
+    restored, _ = topics.confirm(
+        topics.by_token(topic.arn, restore, 7),
+        authenticated=False,
+        authenticate_on_unsubscribe=False,
+    )
+    assert restored.arn == http.arn
+
+
 async def test_subscribing_again_while_pending_reissues_the_token(
     store: SqliteStore, tmp_path: Path
 ) -> None:

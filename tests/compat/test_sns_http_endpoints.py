@@ -9,6 +9,7 @@ subscription of the same topic keeps receiving at once.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import time
@@ -444,6 +445,33 @@ def test_subscribing_again_while_pending_sends_a_new_confirmation(broker: Broker
         sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=endpoint.url)
         time.sleep(0.3)
         assert len([r for r in endpoint.requests if confirmations(r)]) == 2
+
+
+def test_a_new_token_ends_the_old_confirmations_retries(broker: BrokerThread) -> None:
+    """Subscribed again while pending, against an endpoint answering 500: only the newest
+    token's confirmation is retried (found by a report-only hunt: the old one's retries went
+    on, each after the new one's, so an endpoint confirming with the last it got failed)."""
+    sns, topic, *_ = topic_and_queue(broker)
+    retries = json.dumps(
+        {"healthyRetryPolicy": {"numRetries": 5, "minDelayTarget": 1, "maxDelayTarget": 1}}
+    )
+    with Endpoint(behaviour="500") as endpoint:
+        subscribe = functools.partial(
+            sns.subscribe,
+            TopicArn=topic,
+            Protocol="http",
+            Endpoint=endpoint.url,
+            Attributes={"DeliveryPolicy": retries},
+        )
+        subscribe()
+        (first,) = endpoint.wait_for(1)
+        subscribe()
+        endpoint.wait_for(2)
+        time.sleep(3.5)  # the policy retries every second: the old token 3 times more
+        tokens = [r.envelope()["Token"] for r in endpoint.requests]
+        old = first.envelope()["Token"]
+        assert tokens[-1] != old
+        assert tokens.count(old) <= 2  # its first try, and a retry under way at the Subscribe
 
 
 def test_a_digest_protected_endpoint_is_confirmed_and_delivered_to(broker: BrokerThread) -> None:
