@@ -28,6 +28,7 @@ from broker.model.subscriptions import masked_endpoint
 from broker.model.subscriptions import render_attributes as render_subscription
 from broker.model.tags import MAX_TAGS, tag_problem
 from broker.model.topic_permissions import add_permission, remove_permission
+from broker.model.topics import TopicSettings
 from broker.model.topics import render_attributes as render_topic
 from broker.registry import now_ms
 from broker.topic_state import Subscription, Topic
@@ -223,31 +224,36 @@ class SnsApi:
 
     async def add_permission(self, params: Params, context: SnsContext) -> Result:
         topic = self._topic(params, context)
-        policy = add_permission(
-            topic.settings.policy,
-            topic_arn=topic.arn,
-            owner=self.account_id,
-            label=_required(params, "Label"),
-            accounts=params.get("AWSAccountId") or [],
-            actions=params.get("ActionName") or [],
-        )
-        await self._replace_policy(topic, policy)
+        label = _required(params, "Label")
+        accounts = params.get("AWSAccountId") or []
+        actions = params.get("ActionName") or []
+
+        def added(settings: TopicSettings) -> TopicSettings:
+            policy = add_permission(
+                settings.policy,
+                topic_arn=topic.arn,
+                owner=self.account_id,
+                label=label,
+                accounts=accounts,
+                actions=actions,
+            )
+            return msgspec.structs.replace(settings, policy=policy)
+
+        await self.topics.update_settings(topic, added, now_ms())
         return None
 
     async def remove_permission(self, params: Params, context: SnsContext) -> Result:
         topic = self._topic(params, context)
-        policy = remove_permission(
-            topic.settings.policy,
-            topic_arn=topic.arn,
-            owner=self.account_id,
-            label=_required(params, "Label"),
-        )
-        await self._replace_policy(topic, policy)
-        return None
+        label = _required(params, "Label")
 
-    async def _replace_policy(self, topic: Topic, policy: str) -> None:
-        settings = msgspec.structs.replace(topic.settings, policy=policy)
-        await self.topics.replace_settings(topic, settings, now_ms())
+        def removed(settings: TopicSettings) -> TopicSettings:
+            policy = remove_permission(
+                settings.policy, topic_arn=topic.arn, owner=self.account_id, label=label
+            )
+            return msgspec.structs.replace(settings, policy=policy)
+
+        await self.topics.update_settings(topic, removed, now_ms())
+        return None
 
     # ------------------------------------------------------------------ tags
 
@@ -261,20 +267,25 @@ class SnsApi:
 
     async def tag_resource(self, params: Params, context: SnsContext) -> Result:
         topic = self._tagged(params, context)
-        tags = {**topic.record.tags, **_tags(params.get("Tags") or [])}
-        if len(tags) > MAX_TAGS:
-            raise sns_error(
-                "TagLimitExceededException",
-                "Could not complete request: tag quota of per resource exceeded",
-            )
-        await self.topics.set_tags(topic, tags)
+        added = _tags(params.get("Tags") or [])
+
+        def tagged(current: Mapping[str, str]) -> dict[str, str]:
+            tags = {**current, **added}
+            if len(tags) > MAX_TAGS:
+                raise sns_error(
+                    "TagLimitExceededException",
+                    "Could not complete request: tag quota of per resource exceeded",
+                )
+            return tags
+
+        await self.topics.update_tags(topic, tagged)
         return {}
 
     async def untag_resource(self, params: Params, context: SnsContext) -> Result:
         topic = self._tagged(params, context)
         drop = set(params.get("TagKeys") or [])
-        await self.topics.set_tags(
-            topic, {k: v for k, v in topic.record.tags.items() if k not in drop}
+        await self.topics.update_tags(
+            topic, lambda current: {k: v for k, v in current.items() if k not in drop}
         )
         return {}
 

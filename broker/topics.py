@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import secrets
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Final
 
 import msgspec
@@ -59,6 +59,7 @@ from broker.store.base import (
     PendingHttpDelivery,
     Store,
     TopicNameTaken,
+    TopicRecord,
 )
 from broker.topic_state import Subscription, Topic
 from monitoring.logging import EventLog
@@ -105,6 +106,9 @@ class TopicRegistry:
         self._unsubscribed: dict[str, SubscriptionRecord] = {}
         self._restore_links: dict[str, str] = {}  # subscription id -> its token in _unsubscribed
         self._creating = trio.Lock()
+        # Settings and tags are read, changed and written back across a store write: one
+        # such change at a time, or concurrent ones undo each other (last writer wins).
+        self._updating = trio.Lock()
         self.pending_deliveries: list[PendingHttpDelivery] = []  # found by load(), once
 
     def arn_of(self, name: str) -> str:
@@ -294,25 +298,52 @@ class TopicRegistry:
         return dropped
 
     async def set_attribute(self, topic: Topic, name: str, value: str, now: int) -> None:
-        await self.replace_settings(topic, apply_topic_update(topic.settings, name, value), now)
+        await self.update_settings(
+            topic, lambda settings: apply_topic_update(settings, name, value), now
+        )
 
-    async def replace_settings(self, topic: Topic, settings: TopicSettings, now: int) -> None:
-        """Store and apply new settings.
+    async def update_settings(
+        self, topic: Topic, change: Callable[[TopicSettings], TopicSettings], now: int
+    ) -> None:
+        """Store and apply ``change`` of the topic's current settings.
+
+        In memory before the store write, as Subscribe's changes are, so that a Subscribe
+        meanwhile is checked against them (an HTTP endpoint on a topic being raised past 256
+        KiB); put back if the write fails.
 
         Raises:
-            SnsError: ``InvalidParameter`` when a MaximumMessageSize above 256 KiB does not
-                suit the topic's subscriptions (:func:`check_large_messages`).
+            SnsError: what ``change`` raises; ``InvalidParameter`` when a MaximumMessageSize
+                above 256 KiB does not suit the topic's subscriptions
+                (:func:`check_large_messages`).
         """
-        protocols = (s.protocol for s in topic.subscriptions.values())
-        check_large_messages(settings.effective_maximum_message_size, protocols)
-        await self.store.update_topic(topic.record.topic_id, settings, now)
-        topic.record = msgspec.structs.replace(topic.record, settings=settings, modified_at=now)
+        async with self._updating:
+            settings = change(topic.settings)
+            protocols = (s.protocol for s in topic.subscriptions.values())
+            check_large_messages(settings.effective_maximum_message_size, protocols)
+            before = topic.record
+            self._apply_settings(
+                topic, msgspec.structs.replace(before, settings=settings, modified_at=now)
+            )
+            try:
+                await self.store.update_topic(topic.record.topic_id, settings, now)
+            except Exception:
+                self._apply_settings(topic, before)
+                raise
+
+    @staticmethod
+    def _apply_settings(topic: Topic, record: TopicRecord) -> None:
+        topic.record = record
         for subscription in topic.subscriptions.values():
             subscription.replace(subscription.record)  # the topic's DeliveryPolicy may differ
 
-    async def set_tags(self, topic: Topic, tags: Mapping[str, str]) -> None:
-        await self.store.set_topic_tags(topic.record.topic_id, tags)
-        topic.record = msgspec.structs.replace(topic.record, tags=dict(tags))
+    async def update_tags(
+        self, topic: Topic, change: Callable[[Mapping[str, str]], Mapping[str, str]]
+    ) -> None:
+        """Store and apply ``change`` of the topic's current tags (one change at a time)."""
+        async with self._updating:
+            tags = dict(change(topic.record.tags))
+            await self.store.set_topic_tags(topic.record.topic_id, tags)
+            topic.record = msgspec.structs.replace(topic.record, tags=tags)
 
     async def expire_forever(self) -> None:
         """Forget FIFO topics' deduplication ids past their 5 minutes, once a second, and

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+import trio
 
 from broker.model.filter_policy import check_policy_quota
 from broker.model.publishing import Original
@@ -266,6 +267,30 @@ async def test_everything_comes_back_after_a_restart(store: SqliteStore, tmp_pat
         assert again.subscription(sub.arn) is None
     finally:
         await reopened.aclose()
+
+
+async def test_concurrent_changes_of_one_topic_all_hold(store: SqliteStore) -> None:
+    """Three SetTopicAttributes at once, and tag changes: each applies to what the one
+    before it left, in memory and in the store (found by a report-only hunt: the last
+    writer's settings, read before the others' writes, undid them)."""
+    topics = registry(store)
+    topic = await topics.create("t", {}, {}, 1)
+    retries = {"numRetries": 7, "minDelayTarget": 1, "maxDelayTarget": 9}
+    policy = json.dumps({"http": {"defaultHealthyRetryPolicy": retries}})
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(topics.set_attribute, topic, "DisplayName", "Orders", 2)
+        nursery.start_soon(topics.set_attribute, topic, "SignatureVersion", "2", 2)
+        nursery.start_soon(topics.set_attribute, topic, "DeliveryPolicy", policy, 2)
+        for key in ("team", "env"):
+            nursery.start_soon(topics.update_tags, topic, lambda tags, k=key: {**tags, k: "x"})
+    again = registry(store)  # what a restart loads
+    await again.load()
+    for loaded in (topic, again.get("t")):
+        assert loaded is not None
+        settings = loaded.settings
+        assert (settings.display_name, settings.signature_version) == ("Orders", "2")
+        assert settings.delivery_policy is not None
+        assert loaded.record.tags == {"team": "x", "env": "x"}
 
 
 async def test_deduplication_expiry_produces_mutations(store: SqliteStore) -> None:
