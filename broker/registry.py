@@ -156,6 +156,9 @@ class QueueRegistry:
         self.recently_deleted = RecentlyDeleted()
         self._by_name: dict[str, Queue] = {}
         self._creating = trio.Lock()
+        # Attributes and tags are read, changed and written back across a store write: one
+        # such change at a time, or concurrent ones undo each other (last writer wins).
+        self._updating = trio.Lock()
 
     def arn_of(self, name: str) -> str:
         return queue_arn(self.region, self.account_id, name)
@@ -265,6 +268,17 @@ class QueueRegistry:
         return queue
 
     async def set_attributes(self, queue: Queue, attributes: Mapping[str, str]) -> None:
+        await self.update_attributes(queue, lambda _: attributes)
+
+    async def update_attributes(
+        self, queue: Queue, change: Callable[[QueueSettings], Mapping[str, str]]
+    ) -> None:
+        """Set the attributes ``change`` derives from the queue's current settings (one
+        change at a time, so that each sees what the one before it left)."""
+        async with self._updating:
+            await self._set_attributes(queue, change(queue.settings))
+
+    async def _set_attributes(self, queue: Queue, attributes: Mapping[str, str]) -> None:
         settings = apply_update(queue.settings, attributes)
         if "RedrivePolicy" in attributes:
             # Only a RedrivePolicy being set is checked against its target: one already set
@@ -282,8 +296,16 @@ class QueueRegistry:
         queue.wake()  # a shorter delay or wait time may concern receives already waiting
 
     async def set_tags(self, queue: Queue, tags: Mapping[str, str]) -> None:
-        await self.store.set_tags(queue.record.queue_id, dict(tags))
-        queue.record = _replace(queue.record, tags=dict(tags))
+        await self.update_tags(queue, lambda _: tags)
+
+    async def update_tags(
+        self, queue: Queue, change: Callable[[Mapping[str, str]], Mapping[str, str]]
+    ) -> None:
+        """Store and apply ``change`` of the queue's current tags (one change at a time)."""
+        async with self._updating:
+            tags = dict(change(queue.record.tags))
+            await self.store.set_tags(queue.record.queue_id, tags)
+            queue.record = _replace(queue.record, tags=tags)
 
     async def delete(self, queue: Queue) -> None:
         if self._by_name.get(queue.name) is not queue:

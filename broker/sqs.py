@@ -30,6 +30,7 @@ from broker.model.policy import (
     evaluate,
     remove_permission,
 )
+from broker.model.settings import QueueSettings
 from broker.model.tags import MAX_TAGS, tag_problem
 from broker.registry import Queue, QueueRegistry, now_ms, queue_does_not_exist
 from broker.store.base import (
@@ -299,16 +300,20 @@ class SqsApi:
     async def tag_queue(self, params: Params, context: RequestContext) -> Result:
         queue = self.queue_of(params, context)
         added = params.get("Tags") or {}
-        tags = {**queue.record.tags, **added}
-        _check_tags(tags, added)
-        await self.registry.set_tags(queue, tags)
+
+        def tagged(current: Mapping[str, str]) -> dict[str, str]:
+            tags = {**current, **added}
+            _check_tags(tags, added)
+            return tags
+
+        await self.registry.update_tags(queue, tagged)
         return None
 
     async def untag_queue(self, params: Params, context: RequestContext) -> Result:
         queue = self.queue_of(params, context)
         drop = set(params.get("TagKeys") or [])
-        await self.registry.set_tags(
-            queue, {k: v for k, v in queue.record.tags.items() if k not in drop}
+        await self.registry.update_tags(
+            queue, lambda current: {k: v for k, v in current.items() if k not in drop}
         )
         return None
 
@@ -343,20 +348,29 @@ class SqsApi:
 
     async def add_permission(self, params: Params, context: RequestContext) -> Result:
         queue = self.queue_of(params, context)
-        policy = add_permission(
-            queue.settings.policy,
-            queue_arn=queue.arn,
-            label=_required(params, "Label"),
-            accounts=params.get("AWSAccountIds") or [],
-            actions=params.get("Actions") or [],
-        )
-        await self.registry.set_attributes(queue, {"Policy": policy})
+        label = _required(params, "Label")
+        accounts = params.get("AWSAccountIds") or []
+        actions = params.get("Actions") or []
+
+        def added(settings: QueueSettings) -> dict[str, str]:
+            policy = add_permission(
+                settings.policy,
+                queue_arn=queue.arn,
+                label=label,
+                accounts=accounts,
+                actions=actions,
+            )
+            return {"Policy": policy}
+
+        await self.registry.update_attributes(queue, added)
         return None
 
     async def remove_permission(self, params: Params, context: RequestContext) -> Result:
         queue = self.queue_of(params, context)
-        policy = remove_permission(queue.settings.policy, label=_required(params, "Label"))
-        await self.registry.set_attributes(queue, {"Policy": policy})
+        label = _required(params, "Label")
+        await self.registry.update_attributes(
+            queue, lambda settings: {"Policy": remove_permission(settings.policy, label=label)}
+        )
         return None
 
     # ------------------------------------------------------------------ sends

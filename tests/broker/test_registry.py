@@ -108,6 +108,26 @@ async def test_concurrent_creates_of_one_name_make_one_queue(registry: QueueRegi
     assert len(registry) == 1
 
 
+async def test_concurrent_changes_of_one_queue_all_hold(tmp_path: Path):
+    """SetQueueAttributes and tag changes at once: each applies to what the one before it
+    left (as SNS topics, where a report-only hunt found the last writer undoing the rest)."""
+    async with open_registry(tmp_path) as registry:
+        queue = await registry.create("q", {}, {})
+        async with trio.open_nursery() as nursery:
+            for name, value in (("VisibilityTimeout", "45"), ("DelaySeconds", "7"),
+                                ("MaximumMessageSize", "2048")):  # fmt: skip
+                nursery.start_soon(registry.set_attributes, queue, {name: value})
+            for key in ("team", "env"):
+                nursery.start_soon(
+                    registry.update_tags, queue, lambda tags, k=key: {**tags, k: "x"}
+                )
+    async with open_registry(tmp_path) as registry:
+        settings = registry.require("q").settings
+        assert (settings.visibility_timeout, settings.delay_seconds) == (45, 7)
+        assert settings.maximum_message_size == 2048
+        assert registry.require("q").record.tags == {"team": "x", "env": "x"}
+
+
 async def test_queues_settings_and_tags_survive_a_restart(tmp_path: Path):
     async with open_registry(tmp_path) as registry:
         queue = await registry.create("kept.fifo", {"FifoQueue": "true"}, {"env": "test"})
