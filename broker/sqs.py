@@ -21,7 +21,13 @@ from broker.model.attributes import render_attributes
 from broker.model.conditions import request_context
 from broker.model.errors import INVALID_PARAMETER_VALUE, SqsError, invalid_attribute_value
 from broker.model.index import resolve_wait_time
-from broker.model.messages import AttributeValue, SendRequest, message_size, sequence_number
+from broker.model.messages import (
+    AttributeValue,
+    SendRequest,
+    message_size,
+    refuse_incomplete_fifo_batch,
+    sequence_number,
+)
 from broker.model.mutations import MessageDelivered
 from broker.model.outcomes import Change, Delivery, ReceiveOutcome
 from broker.model.policy import (
@@ -413,6 +419,7 @@ class SqsApi:
                 f"Batch requests cannot be longer than {MAX_BATCH_BYTES} bytes. "
                 f"You have sent {sum(sizes)} bytes.",
             )
+        refuse_incomplete_fifo_batch(queue.settings, requests)
         self.store.check_sealing(queue.settings)  # KMS.NotFoundException before accepting
         outcome = queue.index.send_batch(
             now_ms(), requests, characters_checked=context.plain_text, sizes=sizes

@@ -6,6 +6,7 @@ from __future__ import annotations
 import decimal
 import hashlib
 import re
+from collections.abc import Sequence
 
 import msgspec
 
@@ -166,6 +167,31 @@ def validate_for_queue(settings: QueueSettings, request: SendRequest, size: int)
                 "DelaySeconds",
                 request.delay_seconds,
                 f"DelaySeconds must be >= {low} and <= {high}",
+            )
+
+
+def refuse_incomplete_fifo_batch(settings: QueueSettings, requests: Sequence[SendRequest]) -> None:
+    """SendMessageBatch to a FIFO queue: an entry without a MessageGroupId, or without a
+    MessageDeduplicationId where the queue has no content-based deduplication, fails the
+    whole request, as SQS answers it (400 InvalidParameterValue, nothing sent): sending the
+    batch's other entries would give them sequence numbers ahead of a neighbour the
+    producer will send again.
+
+    Raises:
+        SqsError: InvalidParameterValue for the first such entry.
+    """
+    if not settings.fifo:
+        return
+    for request in requests:
+        if request.group_id is None:
+            raise SqsError(
+                INVALID_PARAMETER_VALUE, "The request must contain the parameter MessageGroupId."
+            )
+        if request.deduplication_id is None and not settings.content_based_deduplication:
+            raise SqsError(
+                INVALID_PARAMETER_VALUE,
+                "The queue should either have ContentBasedDeduplication enabled or "
+                "MessageDeduplicationId provided explicitly",
             )
 
 

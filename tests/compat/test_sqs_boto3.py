@@ -2120,12 +2120,56 @@ def test_fifo_batch_with_duplicates_and_bad_entries(sqs, queues: QueueFactory):
         Entries=[
             {"Id": "a", "MessageBody": "a", "MessageGroupId": "g", "MessageDeduplicationId": "1"},
             {"Id": "b", "MessageBody": "b", "MessageGroupId": "g", "MessageDeduplicationId": "1"},
-            {"Id": "c", "MessageBody": "c", "MessageDeduplicationId": "2"},
+            {
+                "Id": "c",
+                "MessageBody": "c\x00",
+                "MessageGroupId": "g",
+                "MessageDeduplicationId": "2",
+            },
             {"Id": "d", "MessageBody": "d", "MessageGroupId": "g", "MessageDeduplicationId": "3"},
         ],
     )
     successful = {e["Id"]: e for e in result["Successful"]}
     assert set(successful) == {"a", "b", "d"}
     assert successful["b"]["MessageId"] == successful["a"]["MessageId"]
-    assert [(f["Id"], f["Code"]) for f in result["Failed"]] == [("c", "MissingParameter")]
+    assert [(f["Id"], f["Code"]) for f in result["Failed"]] == [("c", "InvalidMessageContents")]
     assert [m["Body"] for m in receive(sqs, url, MaxNumberOfMessages=10)] == ["a", "d"]
+
+
+@pytest.mark.parametrize(
+    ("missing", "message"),
+    [
+        ("MessageGroupId", "The request must contain the parameter MessageGroupId."),
+        ("MessageDeduplicationId", "The queue should either have ContentBasedDeduplication"),
+    ],
+)
+def test_a_fifo_entry_without_its_ids_refuses_the_whole_batch(
+    sqs, queues: QueueFactory, missing: str, message: str
+):
+    # SQS fails the request (400 InvalidParameterValue) and sends nothing: a valid neighbour
+    # taking a sequence number ahead of the entry the producer resends would reorder the group.
+    url = queues(fifo=True)
+    incomplete = {
+        "Id": "b",
+        "MessageBody": "b",
+        "MessageGroupId": "g",
+        "MessageDeduplicationId": "2",
+    }
+    del incomplete[missing]
+    with pytest.raises(botocore.exceptions.ClientError) as excinfo:
+        sqs.send_message_batch(
+            QueueUrl=url,
+            Entries=[
+                {
+                    "Id": "a",
+                    "MessageBody": "a",
+                    "MessageGroupId": "g",
+                    "MessageDeduplicationId": "1",
+                },
+                incomplete,
+            ],
+        )
+    assert code_of(excinfo) == "InvalidParameterValue"
+    assert excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert excinfo.value.response["Error"]["Message"].startswith(message)
+    assert receive(sqs, url, MaxNumberOfMessages=10, WaitTimeSeconds=0) == []
