@@ -129,7 +129,9 @@ def restore(
             _put_back(data_dir, aside, moved)
             raise
         replaced = [aside] if moved else []
-        _give_to_owner(data_dir, [*replaced, *(data_dir / name for name in restored)])
+        # The lock file too: made here by root, it would keep the service user's broker
+        # from starting ("Permission denied: wharf.lock") on the restored data.
+        _give_to_owner(data_dir, [lock.path, *replaced, *(data_dir / name for name in restored)])
     finally:
         lock.release()
     return summary, aside if moved else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from broker.model.settings import QueueSettings
 from broker.model.sns_mutations import SubscriptionDeleted, SubscriptionSaved
 from broker.model.topics import TopicSettings
 from broker.store.base import StoreError
-from broker.store.lock import DataDirectoryInUse, DataDirectoryLock
+from broker.store.lock import LOCK_FILE, DataDirectoryInUse, DataDirectoryLock
 from broker.store.sqlite import FILE_NAME, SqliteStore
 from tests.broker.store.test_base import inserted
 from tests.broker.store.test_sqlite_sns import subscription
@@ -64,6 +65,20 @@ async def test_backup_then_restore_brings_the_store_and_keys_back(tmp_path: Path
         assert (aside / name).read_bytes() == f"{name} of new".encode()  # nothing is deleted
     assert (aside / f"{FILE_NAME}-wal").exists()
     assert await bodies_in(aside) == ["other"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: restore hands files over only then")
+async def test_a_restore_run_as_root_leaves_the_service_user_every_file(tmp_path: Path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    await make_store(old, ["a"])
+    backup(old, tmp_path / "backup")
+    service_uid, service_gid = 4321, 4322
+    new.mkdir()  # as systemd's StateDirectory= makes it: empty, the service user's
+    os.chown(new, service_uid, service_gid)
+    restore(new, tmp_path / "backup", now=0)
+    owners = {p.name: (p.stat().st_uid, p.stat().st_gid) for p in new.iterdir()}
+    assert LOCK_FILE in owners  # made by this restore, as root
+    assert set(owners.values()) == {(service_uid, service_gid)}, owners
 
 
 async def test_a_restored_topic_keeps_its_deleted_subscription_count(tmp_path: Path):
