@@ -86,7 +86,9 @@ def header_list(headers: Iterable[Header]) -> list[Header]:
     return list(headers)
 
 
-def origin_form(target: bytes, headers: list[Header]) -> tuple[bytes, list[Header]] | None:
+def origin_form(
+    target: bytes, headers: list[Header], method: bytes = b"GET"
+) -> tuple[bytes, list[Header]] | None:
     """An absolute-form request (``GET http://host/path``) as origin-form, with its Host.
 
     RFC 9112 §3.2.2: a proxy ignores the received Host of such a request and sends the
@@ -94,9 +96,11 @@ def origin_form(target: bytes, headers: list[Header]) -> tuple[bytes, list[Heade
     routed on. Userinfo (``user@``) is dropped, as RFC 9110 §4.2.4 asks.
 
     Returns:
-        The origin-form target (``/`` when the URI has no path) and the headers with the one
-        Host first; None for any other form (origin, authority, asterisk), or an ``http(s)``
-        URI without a host, which the caller refuses.
+        The origin-form target (``/`` when the URI has no path; ``*`` for an OPTIONS whose
+        URI has neither path nor query, which RFC 9112 §3.2.4 requires of the last proxy:
+        ``/`` would ask about another resource than the server as a whole) and the headers
+        with the one Host first; None for any other form (origin, authority, asterisk), or
+        an ``http(s)`` URI without a host, which the caller refuses.
     """
     scheme, separator, rest = target.partition(b"://")
     if not separator or scheme.lower() not in (b"http", b"https"):
@@ -110,7 +114,9 @@ def origin_form(target: bytes, headers: list[Header]) -> tuple[bytes, list[Heade
     if not authority:
         return None
     path = rest[end:]
-    if not path.startswith(b"/"):
+    if not path and method == b"OPTIONS":
+        path = b"*"
+    elif not path.startswith(b"/"):
         path = b"/" + path
     return path, [(b"host", authority)] + [h for h in headers if h[0] != b"host"]
 

@@ -387,8 +387,12 @@ async def _send_upstream(up: Upstream, pieces: list[fastio.Buffer]) -> None:
 
 
 def _continue(client: Client) -> bytes:
-    """A 100 Continue for the client (h11 then no longer counts it as waiting)."""
-    return client.conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
+    """A 100 Continue for the client (h11 then no longer counts it as waiting).
+
+    With its reason phrase, which RFC 9112 lets a server omit: a client that waits for the
+    text "100 Continue" would otherwise never send its body."""
+    interim = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+    return client.conn.send(interim) or b""
 
 
 async def _send_request(

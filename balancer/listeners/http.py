@@ -346,7 +346,7 @@ class _Connection:
         if request.target[:1] != b"/" and b"://" in request.target:
             # An absolute-form target; any other URI (ftp://, http:///x) is in none of the
             # request-target forms, which classify_head below refuses (BadUri).
-            rewritten = origin_form(request.target, headers)
+            rewritten = origin_form(request.target, headers, request.method)
             if rewritten is not None:
                 target, headers = rewritten
                 request = h11.Request(

@@ -1011,6 +1011,26 @@ def test_lines_ended_by_lf_alone_are_acceptable_and_served():
 @pytest.mark.parametrize(
     ("target", "expected"),
     [
+        (b"http://a.example", b"*"),  # RFC 9112 3.2.4: the server as a whole
+        (b"http://a.example:8080", b"*"),
+        (b"http://a.example/", b"/"),  # a path of its own: that resource's options
+        (b"http://a.example?q", b"/?q"),
+    ],
+)
+def test_an_absolute_options_request_without_path_becomes_asterisk_form(
+    target: bytes, expected: bytes
+) -> None:
+    rewritten = origin_form(target, [], b"OPTIONS")
+    assert rewritten is not None
+    assert rewritten[0] == expected
+    other = origin_form(target, [], b"GET")  # the asterisk form is OPTIONS's alone
+    assert other is not None
+    assert other[0] == (b"/" if expected == b"*" else expected)
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
         (b"http://a.example/p?q=1", (b"/p?q=1", b"a.example")),
         (b"https://a.example:8443", (b"/", b"a.example:8443")),
         (b"HTTP://a.example?x", (b"/?x", b"a.example")),

@@ -103,12 +103,14 @@ async def test_an_absolute_form_target_names_the_host_routed_on_and_forwarded():
             front(d),
             b"GET http://user@api.example.com/v1/z?q=1 HTTP/1.1\r\nHost: other\r\n\r\n"
             b"GET HTTP://api.example.com HTTP/1.1\r\nHost: other\r\n\r\n"
+            b"OPTIONS http://api.example.com:80 HTTP/1.1\r\nHost: other\r\n\r\n"
             b"GET http:///nohost HTTP/1.1\r\nHost: other\r\n\r\n",
         )
-        assert statuses(answer) == [200, 200, 400]
+        assert statuses(answer) == [200, 200, 200, 400]
         assert [(s.target, s.header("host")) for s in api.seen] == [
             ("/v1/z?q=1", "api.example.com"),
             ("/", "api.example.com"),
+            ("*", "api.example.com:80"),  # RFC 9112 3.2.4: OPTIONS of the server as a whole
         ]
         assert all(len([k for k, _ in s.headers if k.lower() == "host"]) == 1 for s in api.seen)
         assert web.seen == []
