@@ -104,8 +104,20 @@ class Request:
         ``Sec-Fetch-Site`` / ``Sec-Fetch-Mode``, which every current browser adds (Origin on
         every POST) and no SDK, CLI or curl does. Any page a local browser opens can post a
         form to a loopback port without a CORS preflight, so a loopback address alone does
-        not show that a person or a tool of theirs chose to send the request."""
-        return any(name in _BROWSER_HEADERS for name, _ in self.headers)
+        not show that a person or a tool of theirs chose to send the request.
+
+        Except a person's own navigation: a GET with ``Sec-Fetch-Site: none`` and no Origin
+        is a URL typed, pasted or bookmarked (an SNS SubscribeURL opened as AWS's guide
+        says), which no page can make a browser send; a page's own requests, rebound to
+        loopback or not, say ``same-origin``, ``same-site`` or ``cross-site``."""
+        navigation_of_their_own = (
+            self.method in (b"GET", b"HEAD")
+            and self.header(b"origin") is None
+            and self.header(b"sec-fetch-site") == b"none"
+        )
+        return not navigation_of_their_own and any(
+            name in _BROWSER_HEADERS for name, _ in self.headers
+        )
 
     @property
     def path(self) -> str:

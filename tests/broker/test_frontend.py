@@ -702,6 +702,24 @@ async def test_methods_other_than_get_and_post_run_no_action(api, method):
 
 
 @pytest.mark.parametrize(
+    ("site", "mode", "status"),
+    [
+        ("none", "navigate", 200),  # typed, pasted or bookmarked: the person's own choice
+        ("cross-site", "no-cors", 403),  # <img src> on another site's page
+        ("same-origin", "cors", 403),  # a page whose name was rebound to 127.0.0.1
+    ],
+)
+async def test_an_anonymous_broker_serves_a_url_a_person_opens_in_a_browser(
+    api, site, mode, status
+):
+    # An SNS SubscribeURL is meant to be pasted into a browser's address bar.
+    query = urlencode({"Action": "ListQueues", "Version": "2012-11-05"})
+    headers = [("sec-fetch-site", site), ("sec-fetch-mode", mode), ("sec-fetch-dest", "document")]
+    answer, _, _ = await request(api, "GET", f"/?{query}", headers=headers)
+    assert answer == status
+
+
+@pytest.mark.parametrize(
     "browser_header",
     [("origin", "https://evil.example"), ("sec-fetch-site", "cross-site")],
 )
