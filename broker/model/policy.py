@@ -508,7 +508,8 @@ def over_quota(policy: str, statements: list[Any], quotas: PolicyQuotas) -> str 
 def remove_permission(policy: str | None, *, label: str) -> str:
     """RemovePermission: drop the statement with Sid ``label``; returns the new Policy JSON.
 
-    The last one's removal leaves a policy with an empty Statement list, which grants nothing.
+    The last statement's removal returns ``""``, which removes the Policy attribute: SQS
+    then lists no Policy for the queue, as before the first AddPermission.
 
     Raises:
         SqsError: ``InvalidParameterValue`` when no statement has that label.
@@ -520,6 +521,8 @@ def remove_permission(policy: str | None, *, label: str) -> str:
             INVALID_PARAMETER_VALUE,
             f"Value {label} for parameter Label is invalid. Reason: can't find label.",
         )
+    if not kept:
+        return ""
     document = json.loads(policy) if policy else {"Version": POLICY_VERSION}
     document["Statement"] = kept
     return json.dumps(document)

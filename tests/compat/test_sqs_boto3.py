@@ -1827,6 +1827,12 @@ def test_add_and_remove_permission(sqs, queues: QueueFactory):
     with pytest.raises(botocore.exceptions.ClientError) as excinfo:
         sqs.remove_permission(QueueUrl=url, Label="partners")
     assert code_of(excinfo) == "InvalidParameterValue"
+    # The last label gone, the queue has no Policy again (not one with no statements), and
+    # a CreateQueue that names no Policy finds the same attributes.
+    sqs.remove_permission(QueueUrl=url, Label="all")
+    assert "Policy" not in attributes_of(sqs, url, "All")
+    name = url.rsplit("/", 1)[1]
+    assert sqs.create_queue(QueueName=name, Attributes={"Policy": ""})["QueueUrl"] == url
 
 
 # ---------------------------------------------------------------------- signatures and policies

@@ -431,8 +431,10 @@ def test_check_policy_refuses_what_is_not_a_resource_policy(document, reason):
 
 def test_check_policy_takes_a_single_statement_object_and_the_not_elements():
     check_policy(json.dumps({"Statement": ALLOW_ALL}))
-    check_policy(
-        remove_permission(json.dumps(policy_of({**ALLOW_ALL, "Sid": "only"})), label="only")
+    check_policy(json.dumps({"Version": "2012-10-17", "Statement": []}))
+    # Removing the last labelled statement removes the policy itself, as SQS does.
+    assert (
+        remove_permission(json.dumps(policy_of({**ALLOW_ALL, "Sid": "only"})), label="only") == ""
     )
     check_policy(
         json.dumps(policy_of({"Effect": "Deny", "NotPrincipal": {"AWS": ALICE}, "NotAction": "x"}))
