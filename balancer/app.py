@@ -187,6 +187,7 @@ class BalancerApp:
         # and kept in the state file (written by this process alone: one worker owns it).
         # Applied before anything observes the runtime: they are this process's first targets.
         state = StateFile(state_directory(config.state_dir, STATE_DIR_FALLBACK))
+        self._running_state_dir = config.state_dir  # until a restart, whatever reloads say
         self.overrides = Overrides.restore(state.load(), config)
         self.overrides.check_totals(config, self._config_file, state.path)
         self._apply_saved_overrides()
@@ -409,7 +410,7 @@ class BalancerApp:
         running_workers = 1 if self.worker is None else self.worker.count
         if config.workers != running_workers:
             self.frame.log.warning("config.restart_required", section="workers")
-        if config.state_dir != self.config.state_dir:
+        if config.state_dir != self._running_state_dir:
             # The targets API's state file was opened at start: registrations go on being
             # written where they were, and the new directory is read at the next start.
             self.frame.log.warning("config.restart_required", section="state_dir")
