@@ -7,6 +7,7 @@ import decimal
 import hashlib
 import re
 from collections.abc import Sequence
+from typing import Final
 
 import msgspec
 
@@ -170,6 +171,14 @@ def validate_for_queue(settings: QueueSettings, request: SendRequest, size: int)
             )
 
 
+# AWS's words for a FIFO send without its ids (SendMessage and each SendMessageBatch entry).
+GROUP_ID_MISSING: Final = "The request must contain the parameter MessageGroupId."
+DEDUPLICATION_ID_MISSING: Final = (
+    "The queue should either have ContentBasedDeduplication enabled or "
+    "MessageDeduplicationId provided explicitly"
+)
+
+
 def refuse_incomplete_fifo_batch(settings: QueueSettings, requests: Sequence[SendRequest]) -> None:
     """SendMessageBatch to a FIFO queue: an entry without a MessageGroupId, or without a
     MessageDeduplicationId where the queue has no content-based deduplication, fails the
@@ -184,14 +193,11 @@ def refuse_incomplete_fifo_batch(settings: QueueSettings, requests: Sequence[Sen
         return
     for request in requests:
         if request.group_id is None:
-            raise SqsError(
-                INVALID_PARAMETER_VALUE, "The request must contain the parameter MessageGroupId."
-            )
+            raise SqsError(INVALID_PARAMETER_VALUE, GROUP_ID_MISSING)
         if request.deduplication_id is None and not settings.content_based_deduplication:
             raise SqsError(
                 INVALID_PARAMETER_VALUE,
-                "The queue should either have ContentBasedDeduplication enabled or "
-                "MessageDeduplicationId provided explicitly",
+                DEDUPLICATION_ID_MISSING,
             )
 
 
@@ -203,15 +209,14 @@ def _validate_fifo_send(settings: QueueSettings, request: SendRequest) -> None:
             "The request include parameter that is not valid for this queue type",
         )
     if request.group_id is None:
-        raise SqsError(MISSING_PARAMETER, "The request must contain the parameter MessageGroupId.")
+        raise SqsError(MISSING_PARAMETER, GROUP_ID_MISSING)
     validate_fifo_id(request.group_id, "MessageGroupId")
     if request.deduplication_id is not None:
         validate_fifo_id(request.deduplication_id, "MessageDeduplicationId")
     elif not settings.content_based_deduplication:
         raise SqsError(
             INVALID_PARAMETER_VALUE,
-            "The queue should either have ContentBasedDeduplication enabled or "
-            "MessageDeduplicationId provided explicitly",
+            DEDUPLICATION_ID_MISSING,
         )
 
 
