@@ -325,6 +325,7 @@ class BrokerApp:
         config = self.config
         settings = config.sns
         keys = load_signing_keys(settings, directory)
+        keys.remember(directory)
         processes = settings.signing_processes
         signing = EnvelopeSigning(
             keys.key, auto_processes() if processes == "auto" else processes, self.frame.log

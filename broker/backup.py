@@ -3,9 +3,11 @@
 A backup is a new directory holding a consistent snapshot of the store
 (:func:`broker.store.sqlite_backup.snapshot`, taken while the broker serves) and the keys the
 broker generated in its data directory: the receipt-handle key (message ids derive from it,
-and handles issued before the backup stay valid after a restore) and the SNS signing key and
-certificate. Files the configuration names outside the data directory (``storage.key_file``,
-the credentials file, TLS keys) are the operator's to keep; the report says so.
+and handles issued before the backup stay valid after a restore), the SNS signing key and
+certificate, and the SNS certificates kept so that envelopes signed earlier still verify
+(:mod:`broker.sns_keys`; a restore adds them to those already there). Files the
+configuration names outside the data directory (``storage.key_file``, the credentials file,
+TLS keys) are the operator's to keep; the report says so.
 
 A restore needs the broker stopped: it takes the data directory's lock
 (:mod:`broker.store.lock`), checks the backup, moves the files it replaces into
@@ -25,6 +27,7 @@ from typing import Final
 
 from broker.app import KEY_FILE as RECEIPT_HANDLE_KEY_FILE
 from broker.config import BrokerConfig
+from broker.sns_keys import ARCHIVE_PREFIX as SNS_KEPT_CERT_PREFIX
 from broker.sns_keys import CERT_FILE as SNS_CERT_FILE
 from broker.sns_keys import KEY_FILE as SNS_KEY_FILE
 from broker.store.base import StoreError
@@ -63,7 +66,7 @@ def backup(data_dir: Path, destination: Path) -> StoreSummary:
     destination.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         # Keys first: a backup stopped half-way must not look whole (a store without its keys).
-        for name in KEY_FILES:
+        for name in (*KEY_FILES, *_kept_certificates(data_dir)):
             if (data_dir / name).is_file():
                 _copy(data_dir / name, destination / name)
         return snapshot(store, destination / FILE_NAME)
@@ -71,9 +74,15 @@ def backup(data_dir: Path, destination: Path) -> StoreSummary:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
         else:  # it was empty: take out only what this backup put in
-            for name in (*KEY_FILES, FILE_NAME, FILE_NAME + PARTIAL_SUFFIX):
+            for name in (*KEY_FILES, *_kept_certificates(data_dir), FILE_NAME):
                 (destination / name).unlink(missing_ok=True)
+            (destination / (FILE_NAME + PARTIAL_SUFFIX)).unlink(missing_ok=True)
         raise
+
+
+def _kept_certificates(directory: Path) -> list[str]:
+    """The SNS certificates kept in ``directory`` (``sns-cert-<fingerprint>.pem``)."""
+    return sorted(path.name for path in directory.glob(f"{SNS_KEPT_CERT_PREFIX}*.pem"))
 
 
 def _first_missing(path: Path) -> Path | None:
@@ -147,6 +156,11 @@ def _copy_in(source: Path, data_dir: Path) -> list[str]:
     restored = [FILE_NAME]
     for name in KEY_FILES:
         if (source / name).is_file():
+            _copy(source / name, data_dir / name)
+            restored.append(name)
+    for name in _kept_certificates(source):
+        # Public, and each names its own content: those here already stay, served on.
+        if not (data_dir / name).exists():
             _copy(source / name, data_dir / name)
             restored.append(name)
     return restored

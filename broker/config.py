@@ -177,7 +177,12 @@ class SnsSettings(Section, frozen=True, kw_only=True):
         FilePath, Meta(description="PEM certificate of signing_key_file, served at SigningCertURL.")
     ] = ""
     signing_cert_path: Annotated[
-        str, Meta(description="Path on the API listener that serves the signing certificate.")
+        str,
+        Meta(
+            description="Path on the API listener that serves the current signing "
+            "certificate. SigningCertURL names SimpleNotificationService-<fingerprint>.pem in "
+            "the same directory, where every certificate that has signed stays served."
+        ),
     ] = "/SimpleNotificationService-wharf.pem"
     signing_cert_url_base: Annotated[
         str,

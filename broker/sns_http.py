@@ -2,7 +2,8 @@
 
 One listener serves SQS and SNS (ARCHITECTURE.md). :class:`SnsFrontend` claims a request when
 
-- it is a GET of the signing certificate's path (``[sns] signing_cert_path``);
+- it is a GET of a signing certificate's path (``[sns] signing_cert_path``, or a
+  SigningCertURL's: :class:`~broker.sns_keys.SigningKeys`);
 - it is signed and its SigV4 credential scope names ``sns``;
 - it is unsigned, without ``X-Amz-Target``, and its ``Action`` is SNS's alone, or one both
   services have (AddPermission, RemovePermission) with a ``TopicArn``.
@@ -116,8 +117,10 @@ class SnsFrontend:
 
     async def route(self, request: Request, authenticator: Authenticator) -> Response | None:
         """Answer ``request`` if it is SNS's; None hands it on to SQS."""
-        if request.path == self.keys.cert_path and request.method in (b"GET", b"HEAD"):
-            return Response(200, self.keys.cert_pem, content_type=PEM_CONTENT_TYPE)
+        if request.method in (b"GET", b"HEAD"):
+            certificate = self.keys.certificate_at(request.path)
+            if certificate is not None:
+                return Response(200, certificate, content_type=PEM_CONTENT_TYPE)
         if request.header(b"x-amz-target") is not None:
             return None  # awsJson: SNS has no JSON protocol
         try:

@@ -15,6 +15,7 @@ from broker.config import AuthSettings, BrokerConfig, StorageSettings
 from broker.model.settings import QueueSettings
 from broker.model.sns_mutations import SubscriptionDeleted, SubscriptionSaved
 from broker.model.topics import TopicSettings
+from broker.sns_keys import ARCHIVE_PREFIX as SNS_KEPT
 from broker.store.base import StoreError
 from broker.store.lock import LOCK_FILE, DataDirectoryInUse, DataDirectoryLock
 from broker.store.sqlite import FILE_NAME, SqliteStore
@@ -65,6 +66,21 @@ async def test_backup_then_restore_brings_the_store_and_keys_back(tmp_path: Path
         assert (aside / name).read_bytes() == f"{name} of new".encode()  # nothing is deleted
     assert (aside / f"{FILE_NAME}-wal").exists()
     assert await bodies_in(aside) == ["other"]
+
+
+async def test_kept_sns_certificates_are_backed_up_and_added_by_a_restore(tmp_path: Path):
+    """Envelopes in the backed-up store may name a certificate of an earlier key: it must be
+    served after the restore, beside those the data directory kept itself."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    await make_store(old, ["a"])
+    (old / f"{SNS_KEPT}{'1' * 32}.pem").write_bytes(b"earlier")
+    backup(old, tmp_path / "backup")
+    assert (tmp_path / "backup" / f"{SNS_KEPT}{'1' * 32}.pem").read_bytes() == b"earlier"
+    await make_store(new, ["b"])
+    (new / f"{SNS_KEPT}{'2' * 32}.pem").write_bytes(b"the newer one")
+    restore(new, tmp_path / "backup", now=0)
+    assert (new / f"{SNS_KEPT}{'1' * 32}.pem").read_bytes() == b"earlier"
+    assert (new / f"{SNS_KEPT}{'2' * 32}.pem").read_bytes() == b"the newer one"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: restore hands files over only then")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -172,8 +173,9 @@ def test_public_url_shapes_the_links(tmp_path: Path) -> None:
         sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
         sns.publish(TopicArn=topic, Message="m")
         body = json.loads(sqs.receive_message(QueueUrl=url)["Messages"][0]["Body"])
-        assert body["SigningCertURL"] == (
-            "https://sns.internal:8443/SimpleNotificationService-wharf.pem"
+        assert re.fullmatch(
+            r"https://sns\.internal:8443/SimpleNotificationService-[0-9a-f]{32}\.pem",
+            body["SigningCertURL"],
         )
         assert body["UnsubscribeURL"].startswith("https://sns.internal:8443/?Action=Unsubscribe")
 

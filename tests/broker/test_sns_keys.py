@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import stat
 import subprocess
 from pathlib import Path
@@ -9,9 +10,10 @@ from pathlib import Path
 import pytest
 import trustme
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from broker.config import SnsSettings
-from broker.sns_keys import CERT_FILE, KEY_FILE, load_signing_keys
+from broker.sns_keys import ARCHIVE_PREFIX, CERT_FILE, KEY_FILE, load_signing_keys
 from monitoring.configfile import ConfigError
 from proto.aws.sns_signature import sign, string_to_sign, verify
 
@@ -35,11 +37,46 @@ def test_a_key_is_generated_on_first_start_and_kept(tmp_path: Path) -> None:
 
 
 def test_signers_carry_the_url_and_version(tmp_path: Path) -> None:
-    keys = load_signing_keys(SnsSettings(signing_cert_path="/c.pem"), tmp_path)
+    keys = load_signing_keys(SnsSettings(signing_cert_path="/certs/c.pem"), tmp_path)
     signer = keys.signer("2", "https://sns.example:8443/")
-    assert signer.cert_url == "https://sns.example:8443/c.pem"
+    fingerprint = hashlib.sha256(
+        x509.load_pem_x509_certificate(keys.cert_pem).public_bytes(serialization.Encoding.DER)
+    ).hexdigest()[:32]
+    own_path = f"/certs/SimpleNotificationService-{fingerprint}.pem"
+    assert signer.cert_url == "https://sns.example:8443" + own_path
     assert signer.version == "2"
     assert keys.signer("2", "https://sns.example:8443/") is signer
+    assert keys.certificate_at(own_path) == keys.certificate_at("/certs/c.pem") == keys.cert_pem
+    assert keys.certificate_at("/c.pem") is None
+
+
+def test_a_certificate_that_signed_is_served_after_the_key_changes(tmp_path: Path) -> None:
+    old = load_signing_keys(SnsSettings(), tmp_path)
+    old.remember(tmp_path)
+    old_path = old.signer("1", "http://h").cert_url.removeprefix("http://h")
+    (tmp_path / KEY_FILE).unlink()  # a new generated pair
+    new = load_signing_keys(SnsSettings(), tmp_path)
+    new_path = new.signer("1", "http://h").cert_url.removeprefix("http://h")
+    assert new.cert_pem != old.cert_pem
+    assert new_path != old_path
+    assert new.certificate_at(old_path) == old.cert_pem
+    assert new.certificate_at(new_path) == new.cert_pem
+    assert new.certificate_at("/SimpleNotificationService-wharf.pem") == new.cert_pem
+    kept = [path.name for path in tmp_path.glob(f"{ARCHIVE_PREFIX}*")]
+    assert kept == [f"{ARCHIVE_PREFIX}{old.fingerprint}.pem"]
+
+
+def test_a_kept_certificate_that_is_not_what_it_names_is_refused(tmp_path: Path) -> None:
+    keys = load_signing_keys(SnsSettings(), tmp_path)
+    keys.remember(tmp_path)
+    wrong = tmp_path / f"{ARCHIVE_PREFIX}{'0' * 32}.pem"
+    wrong.write_bytes(keys.cert_pem)
+    with pytest.raises(ConfigError, match="not the one it names") as error:
+        load_signing_keys(SnsSettings(), tmp_path)
+    assert error.value.path == str(wrong)
+    wrong.write_bytes(b"not a certificate")
+    with pytest.raises(ConfigError, match="cannot load a kept signing certificate"):
+        load_signing_keys(SnsSettings(), tmp_path)
 
 
 def test_configured_files_are_used_and_checked(tmp_path: Path) -> None:
