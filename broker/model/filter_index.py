@@ -26,7 +26,15 @@ from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from broker.model.filter_match import Branch, KeyTest, TypedValue, View, attributes_view, body_view
+from broker.model.filter_match import (
+    Branch,
+    KeyTest,
+    TypedValue,
+    View,
+    attributes_view,
+    body_view,
+    path_prefixes,
+)
 from broker.model.filter_policy import SCOPES, FilterPolicy, Scope
 
 K = TypeVar("K", bound=Hashable)
@@ -56,6 +64,25 @@ class _ScopeTables(Generic[K]):
     presence: dict[str, dict[K, list[Branch]]] = field(default_factory=dict)
     scan: dict[K, list[Branch]] = field(default_factory=dict)
     size: int = 0  # registered branches, to skip building a view nobody reads
+    # Branches reading each path; the message body is walked only along these paths.
+    paths: dict[str, int] = field(default_factory=dict)
+    _prefixes: frozenset[str] | None = None
+
+    def count_paths(self, branch: Branch, change: int) -> None:
+        for test in branch.tests:
+            count = self.paths.get(test.path, 0) + change
+            if count:
+                self.paths[test.path] = count
+            else:
+                del self.paths[test.path]
+        self._prefixes = None
+
+    @property
+    def prefixes(self) -> frozenset[str]:
+        """What :func:`~broker.model.filter_match.body_view` builds (cached until a change)."""
+        if self._prefixes is None:
+            self._prefixes = path_prefixes(self.paths)
+        return self._prefixes
 
 
 class SubscriptionFilterIndex(Generic[K]):
@@ -102,6 +129,7 @@ class SubscriptionFilterIndex(Generic[K]):
                     bucket.setdefault(key, []).append(branch)
                     homes.append(bucket)
                 tables.size += 1
+                tables.count_paths(branch, 1)
         self._homes[key] = homes
 
     def remove(self, key: K) -> None:
@@ -112,7 +140,10 @@ class SubscriptionFilterIndex(Generic[K]):
         for bucket in self._homes.pop(key, []):
             bucket.pop(key, None)
         if policy is not None:
-            self._tables[policy.scope].size -= len(policy.branches)
+            tables = self._tables[policy.scope]
+            tables.size -= len(policy.branches)
+            for branch in policy.branches:
+                tables.count_paths(branch, -1)
         # Empty buckets are left in place: they cost a dict lookup and keep removal O(branches).
 
     def _buckets_for(self, tables: _ScopeTables[K], branch: Branch) -> list[dict[K, list[Branch]]]:
@@ -144,11 +175,15 @@ class SubscriptionFilterIndex(Generic[K]):
             tables = self._tables[scope]
             if tables.size == 0:
                 continue
-            view: View | None = (
-                attributes_view(attributes) if scope == "MessageAttributes" else body_view(body)
-            )
-            if not view:
-                continue  # FilterPolicy.matches: an empty or non-object message matches nothing
+            view: View | None
+            if scope == "MessageAttributes":
+                view = attributes_view(attributes)
+                if not view:
+                    continue  # FilterPolicy.matches: a message without attributes matches nothing
+            else:
+                view = body_view(body, tables.prefixes)
+                if view is None:
+                    continue  # not an object, or no value in it: FilterPolicy.matches likewise
             for key, branches in _candidates(tables, view).items():
                 if key in matched:
                     continue
