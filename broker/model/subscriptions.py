@@ -160,8 +160,12 @@ def _apply(
                 parse_filter_policy(settings.filter_policy, scope, in_attributes_map=in_map)
             change = {"filter_policy_scope": scope}
         case "FilterPolicy":
-            parse_filter_policy(value, settings.filter_policy_scope, in_attributes_map=in_map)
-            change = {"filter_policy": value or None}
+            compiled = parse_filter_policy(
+                value, settings.filter_policy_scope, in_attributes_map=in_map
+            )
+            # "{}" is AWS's documented way to remove a policy: none is kept (nor counted
+            # against the topic's filter-policy quota).
+            change = {"filter_policy": value if compiled is not None else None}
         case "DeliveryPolicy":
             parsed = parse_subscription_delivery_policy(value, in_attributes_map=in_map)
             change = {"delivery_policy": value or None, "delivery_policy_parsed": parsed}

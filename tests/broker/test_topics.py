@@ -97,6 +97,27 @@ async def test_the_filter_policy_quota(store: SqliteStore) -> None:
     assert (info.value.code, info.value.status) == ("FilterPolicyLimitExceeded", 403)
 
 
+async def test_an_empty_filter_policy_removes_the_policy_and_frees_its_quota(
+    store: SqliteStore,
+) -> None:
+    """AWS: to stop filtering, set FilterPolicy to "{}". No policy is kept then: it is not
+    echoed, and it does not hold one of the topic's filter-policy slots."""
+    topics = registry(store, max_filter_policies=1)
+    topic = await topics.create("t", {}, {}, 1)
+    attributes = {"FilterPolicy": json.dumps({"a": ["b"]})}
+    first, _ = topics.subscribe(topic, "sqs", QUEUE, attributes, owner="000000000000", now=1)
+    topics.set_subscription_attribute(first, "FilterPolicy", "{}")
+    assert first.settings.filter_policy is None
+    assert topic.index.match({}, "m").matched == (first.subscription_id,)
+    second, _ = topics.subscribe(topic, "sqs", QUEUE + "2", attributes, owner="000000000000", now=1)
+    assert second.settings.filter_policy == attributes["FilterPolicy"]
+    # A Subscribe that asks for "{}" on a full topic is not refused either.
+    third, _ = topics.subscribe(
+        topic, "sqs", QUEUE + "3", {"FilterPolicy": " { } "}, owner="000000000000", now=1
+    )
+    assert third.settings.filter_policy is None
+
+
 async def test_the_account_wide_filter_policy_quota(
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
