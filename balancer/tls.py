@@ -304,6 +304,7 @@ def build_server_tls(listener: HttpsListener, where: str = "$.listeners[?]") -> 
     """
     policy = SSL_POLICIES[listener.ssl_policy]
     loaded: dict[tuple[str, str], CertificateFiles] = {}  # a pair listed twice is read once
+    listed_at: list[int] = []  # each loaded pair's first place in the listener's list
     for index, listed in enumerate(listener.certificates):
         pair = (listed.cert_file, listed.key_file)
         if pair in loaded:
@@ -313,13 +314,25 @@ def build_server_tls(listener: HttpsListener, where: str = "$.listeners[?]") -> 
         except ConfigError as error:
             at = f"{where}.certificates[{index}]"
             raise ConfigError(error.path, f"{error.reason} - at `{at}`") from None
+        listed_at.append(index)
     certificates = tuple(loaded.values())
     choice = choose_certificates(certificates)
     contexts = []
     for chosen in choice.sets:
-        context = policy_context(policy, certificates[chosen[0]])
-        for index in chosen[1:]:
-            add_certificate(context, certificates[index])
+        context: ssl.SSLContext | None = None
+        for position in chosen:
+            try:
+                if context is None:
+                    context = policy_context(policy, certificates[position])
+                else:
+                    add_certificate(context, certificates[position])
+            except ConfigError as error:
+                # OpenSSL refuses what the policy's security level forbids (a 1024-bit RSA
+                # key, say): the same pair may load on a listener with another policy.
+                at = f"{where}.certificates[{listed_at[position]}]"
+                reason = f"{error.reason}, under ssl_policy {listener.ssl_policy} - at `{at}`"
+                raise ConfigError(error.path, reason) from None
+        assert context is not None  # every set names at least one certificate
         contexts.append(context)
     return ServerTls(
         listener=listener.name,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import io
 import ssl
+import subprocess
 from pathlib import Path
 from typing import NamedTuple
 
@@ -687,3 +688,32 @@ def test_selection_gives_the_best_matching_certificate_of_each_key_type(certific
     if sni is not None:
         assert choice.matches(sni) is bool(matching(certificates, sni))
     assert sorted({i for chosen in choice.sets for i in chosen}) == list(range(len(certificates)))
+
+
+def test_a_pair_openssl_refuses_under_the_policy_is_named_with_its_place(
+    ca, certificates, tmp_path
+):
+    """A 1024-bit RSA key passes the file checks, and loads under ELBSecurityPolicy-2016-08,
+    but OpenSSL's security level refuses it under a TLS 1.3 policy: the error names the
+    listener entry and the policy, as every other refusal names its key."""
+    cert_file, key_file = tmp_path / "weak.pem", tmp_path / "weak.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:1024", "-nodes", "-days", "30",
+            "-subj", "/CN=weak.example.org", "-addext", "subjectAltName=DNS:weak.example.org",
+            "-keyout", str(key_file), "-out", str(cert_file),
+        ],
+        capture_output=True,
+        check=True,
+    )  # fmt: skip
+    listed = [certificates[0], Certificate(cert_file=str(cert_file), key_file=str(key_file))]
+    build_server_tls(https_listener(listed, policy="ELBSecurityPolicy-2016-08"))
+    with pytest.raises(ConfigError) as refused:
+        build_server_tls(
+            https_listener(listed, policy="ELBSecurityPolicy-TLS13-1-2-2021-06"), "$.listeners[3]"
+        )
+    assert refused.value.path == str(cert_file)
+    assert refused.value.reason.endswith(
+        ", under ssl_policy ELBSecurityPolicy-TLS13-1-2-2021-06"
+        " - at `$.listeners[3].certificates[1]`"
+    )
