@@ -472,9 +472,11 @@ class TopicRegistry:
 
     def _check_filter_quota(self, topic: Topic) -> None:
         """Refuse one more filter policy on ``topic`` once the topic or the account is full."""
+        # Compiled policies, not stored texts: a "{}" kept by a broker before 3 Dec 2026
+        # filters nothing and holds no slot.
         check_policy_quota(
-            on_topic=sum(1 for s in topic.subscriptions.values() if s.settings.filter_policy),
-            in_account=sum(1 for s in self._subscriptions.values() if s.settings.filter_policy),
+            on_topic=sum(1 for s in topic.subscriptions.values() if s.policy is not None),
+            in_account=sum(1 for s in self._subscriptions.values() if s.policy is not None),
             per_topic=self.max_filter_policies,
         )
 
@@ -679,7 +681,7 @@ class TopicRegistry:
         """SetSubscriptionAttributes; the filter index follows a new FilterPolicy at once."""
         settings = apply_update(subscription.settings, name, value, subscription.context)
         topic = subscription.topic
-        newly_filtered = settings.filter_policy and not subscription.settings.filter_policy
+        newly_filtered = settings.filter_policy and subscription.policy is None
         if newly_filtered:
             self._check_filter_quota(topic)
         record = msgspec.structs.replace(subscription.record, settings=settings)

@@ -118,6 +118,26 @@ async def test_an_empty_filter_policy_removes_the_policy_and_frees_its_quota(
     assert third.settings.filter_policy is None
 
 
+async def test_an_empty_filter_policy_stored_before_holds_no_quota_slot(
+    store: SqliteStore,
+) -> None:
+    """Brokers before 3 Dec 2026 kept the text "{}": it filters nothing, so it is not counted,
+    and replacing it with a real policy is counted."""
+    topics = registry(store, max_filter_policies=1)
+    topic = await topics.create("t", {}, {}, 1)
+    legacy, _ = topics.subscribe(topic, "sqs", QUEUE, {}, owner="000000000000", now=1)
+    settings = msgspec.structs.replace(legacy.settings, filter_policy="{}")
+    legacy.replace(msgspec.structs.replace(legacy.record, settings=settings))
+    assert legacy.policy is None
+    policy = json.dumps({"a": ["b"]})
+    topics.subscribe(
+        topic, "sqs", QUEUE + "2", {"FilterPolicy": policy}, owner="000000000000", now=1
+    )
+    with pytest.raises(SnsError) as info:
+        topics.set_subscription_attribute(legacy, "FilterPolicy", policy)
+    assert info.value.code == "FilterPolicyLimitExceeded"
+
+
 async def test_the_account_wide_filter_policy_quota(
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
