@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -133,6 +134,17 @@ def key_type(certificate: x509.Certificate) -> str:
     return "unknown"
 
 
+USABLE_CURVES: Final = frozenset({"secp256r1", "secp384r1", "secp521r1"})
+
+
+def _unusable_curve(certificate: x509.Certificate) -> str | None:
+    """The name of the curve of an ECDSA key no TLS client signs with, or None."""
+    public = certificate.public_key()
+    if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name not in USABLE_CURVES:
+        return public.curve.name
+    return None
+
+
 def _load_key(path: str) -> PrivateKeyTypes:
     try:
         return load_pem_private_key(read_pem(path), password=None)
@@ -209,6 +221,15 @@ def _checked(
             )
         raise ConfigError(key_file, f"this key does not match the certificate in {cert_file}")
     _check_order(cert_file, chain)
+    curve = _unusable_curve(leaf)
+    if curve is not None:
+        # OpenSSL loads it, and then no handshake can use it: TLS 1.3 (RFC 8446 4.2.3) and
+        # the browsers sign with P-256, P-384 and P-521 only, as ACM issues.
+        raise ConfigError(
+            cert_file,
+            f"an ECDSA key on the curve {curve}, which TLS clients do not accept: "
+            "use P-256, P-384 or P-521",
+        )
     return CertificateFiles(
         cert_file=cert_file,
         key_file=key_file,

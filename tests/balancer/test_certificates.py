@@ -185,6 +185,43 @@ def test_reads_the_key_type(ca, tmp_path):
     assert loaded.key_type == "Ed25519"  # never paired: ALB takes ECDSA and RSA only
 
 
+def self_signed(tmp_path, stem: str, key) -> tuple[str, str]:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{stem}.example.org")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / f"{stem}.pem", tmp_path / f"{stem}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_file), str(key_file)
+
+
+def test_an_ecdsa_key_on_a_curve_tls_clients_refuse_is_refused(tmp_path):
+    """secp256k1 loads into OpenSSL, then fails every handshake, and would take its names'
+    ECDSA slot from a usable certificate listed after it."""
+    cert_file, key_file = self_signed(tmp_path, "k1", ec.generate_private_key(ec.SECP256K1()))
+    with pytest.raises(ConfigError, match="curve secp256k1") as refused:
+        load_certificate_files(cert_file, key_file)
+    assert refused.value.path == cert_file
+    for curve in (ec.SECP256R1(), ec.SECP384R1(), ec.SECP521R1()):
+        pair = self_signed(tmp_path, curve.name, ec.generate_private_key(curve))
+        assert load_certificate_files(*pair).key_type == "ECDSA"
+
+
 def write_leaf(leaf: trustme.LeafCert, directory, stem: str, *, order=None) -> tuple[str, str]:
     """Write a leaf's chain, its certificates in ``order`` (indexes; default leaf first)."""
     pems = [blob.bytes() for blob in leaf.cert_chain_pems]
