@@ -34,7 +34,7 @@ import errno
 import socket
 import ssl
 from collections.abc import Iterator
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import h11
 import trio
@@ -368,13 +368,20 @@ class Pool:
 
 async def _open(host: str, port: int, tls: ssl.SSLContext | None) -> trio.SocketStream:
     # A direct connect for IP literals: trio.open_tcp_stream's happy-eyeballs nursery costs
-    # more than the connect itself on loopback. Names go through getaddrinfo (in a thread).
+    # more than the connect itself on loopback. Names go through getaddrinfo (in a thread),
+    # and each address is tried in turn, as the health checks' open_tcp_stream does: a name
+    # whose first address refuses (localhost as ::1 before a target bound to 127.0.0.1) must
+    # not fail every request of a target its checks find healthy.
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    family, type_, proto, _, address = infos[0]
-    sock = trio.socket.socket(family, type_, proto)
+    for info in infos[:-1]:
+        try:
+            sock = await _connected(info)
+            break
+        except OSError:
+            continue
+    else:
+        sock = await _connected(infos[-1])
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
-        await sock.connect(address)
         if tls is None:
             stream = trio.SocketStream(sock)
         else:
@@ -384,6 +391,18 @@ async def _open(host: str, port: int, tls: ssl.SSLContext | None) -> trio.Socket
         raise
     tune_socket(stream.socket)  # after SocketStream, which sets trio's 16 KiB
     return stream
+
+
+async def _connected(info: tuple[Any, ...]) -> trio.socket.SocketType:
+    family, type_, proto, _, address = info
+    sock = trio.socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
+        await sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 PoolKey = tuple[str, str]  # (target group, target id); "" for a plain endpoint's group

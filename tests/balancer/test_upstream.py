@@ -356,3 +356,37 @@ def test_exhaustion_is_found_inside_trios_connect_errors():
     assert upstream.is_local_exhaustion(wrapped)
     assert not upstream.is_local_exhaustion(OSError(errno.ECONNREFUSED, "refused"))
     assert not upstream.is_local_exhaustion(OSError("no errno"))
+
+
+class TwoAddresses(trio.abc.HostnameResolver):
+    """Resolves the name to a refusing address first, then to the target's own."""
+
+    def __init__(self, refused: int, listening: int) -> None:
+        self.ports = (refused, listening)
+
+    async def getaddrinfo(self, host, port, family=0, type=0, proto=0, flags=0):  # noqa: A002 - trio's signature
+        return [
+            (trio.socket.AF_INET, trio.socket.SOCK_STREAM, 6, "", ("127.0.0.1", each))
+            for each in self.ports
+        ]
+
+    async def getnameinfo(self, sockaddr, flags):  # pragma: no cover - not called
+        raise NotImplementedError
+
+
+async def test_a_name_whose_first_address_refuses_connects_to_the_next():
+    """localhost as ::1 first, before a target bound to 127.0.0.1: the health checks'
+    open_tcp_stream tries every address, and so must the requests."""
+    async with running_targets(TargetServer("gone")) as (gone,):
+        refused = gone.port  # closed once the block ends: connects to it are refused
+    async with running_targets(TargetServer("b")) as (target,):
+        trio.socket.set_custom_hostname_resolver(TwoAddresses(refused, target.port))
+        try:
+            named = Endpoint(f"target.test:{target.port}", "target.test", target.port, 1, "")
+            pool = Pool(named, connect_timeout=5, idle_timeout=60)
+            up = await pool.acquire(trio.current_time())
+            assert await exchange(up) == 200
+            pool.release(up, trio.current_time())
+            pool.close()
+        finally:
+            trio.socket.set_custom_hostname_resolver(None)
