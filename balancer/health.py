@@ -13,7 +13,8 @@ Rules, from the ALB user guide (target-group-health-checks.md, load-balancer-tar
    that, ``healthy_threshold`` consecutive passes or ``unhealthy_threshold`` consecutive
    failures are needed to change state.
 2. A deregistered target is ``draining`` for ``deregistration_delay`` seconds and gets no new
-   requests; it leaves early once it has no requests in flight.
+   requests; it leaves early once it has no requests in flight. ``unused`` targets too:
+   requests routed before their group stopped serving rules may still be running.
 3. Draining targets ignore check results; ``unused`` targets (their group serves no listener
    rule) are not checked; with checks disabled a target is ``unavailable`` and takes traffic.
 
@@ -348,11 +349,6 @@ def _deregister(record: TargetHealth, input_: Input, now: float, policy: HealthP
     )
 
 
-def _leave_now(record: TargetHealth, input_: Input, now: float, policy: HealthPolicy) -> Step:
-    """An unused target carries no traffic, so deregistering it needs no draining."""
-    return _leave(record, now, early=False)
-
-
 def _drain_idle(record: TargetHealth, input_: Input, now: float, policy: HealthPolicy) -> Step:
     return _leave(record, now, early=True)  # rule 2: nothing in flight, finish early
 
@@ -398,7 +394,9 @@ _TRANSITIONS: dict[TargetState, dict[Input, Handler]] = {
     TargetState.UNAVAILABLE: {**_IN_SERVICE, **dict.fromkeys(_CHECKS, _stay)},
     TargetState.UNUSED: {
         **dict.fromkeys(Input, _stay),
-        Input.DEREGISTERED: _leave_now,
+        # Requests routed before the reload that made the group unused may still be in
+        # flight: the target drains like any other, and leaves early once idle.
+        Input.DEREGISTERED: _deregister,
         Input.IN_USE: _fresh,
     },
     TargetState.DRAINING: {

@@ -78,7 +78,13 @@ from balancer.config import (
     HttpsListener,
     TargetGroup,
 )
-from balancer.health import HealthPolicy, HealthTable, TargetState, TargetStateChanged
+from balancer.health import (
+    HealthPolicy,
+    HealthTable,
+    TargetStartedDraining,
+    TargetState,
+    TargetStateChanged,
+)
 from balancer.rules import RuleTable
 from balancer.selection import (
     Candidate,
@@ -149,6 +155,23 @@ class GroupLive:
         not draining (a draining target gets no new request; a gone one none at all)."""
         record = self.health.get(target_id)
         return record is not None and record.state is not TargetState.DRAINING
+
+
+def _idle_unused_leave(
+    live: GroupLive, events: list[TargetStateChanged], now: float
+) -> list[TargetStateChanged]:
+    """``events`` of a sync, and the early departure of the ``unused`` targets it started
+    draining that have nothing in flight: most unused targets never had a request, and need
+    not wait for the checker's next round (those still serving requests routed before their
+    group went unused drain as any other)."""
+    for event in list(events):
+        if (
+            isinstance(event, TargetStartedDraining)
+            and event.previous is TargetState.UNUSED
+            and live.in_flight(event.target_id) == 0
+        ):
+            events += live.health.target_idle(event.target_id, now)
+    return events
 
 
 class Selected(NamedTuple):
@@ -427,12 +450,14 @@ class Runtime:
             policy = HealthPolicy.from_target_group(group.config, in_use=name in in_use)
             live.follow_slow_start(group.config.slow_start_seconds, now)
             events += live.health.set_policy(policy, now)
-            events += live.health.sync([e.target_id for e in group.endpoints], now)
+            events += _idle_unused_leave(
+                live, live.health.sync([e.target_id for e in group.endpoints], now), now
+            )
         if changed is None:
             for name, live in list(self.live.items()):
                 if name not in snapshot.groups:
                     # A group gone from the config drains its targets, then is forgotten.
-                    events += live.health.sync([], now)
+                    events += _idle_unused_leave(live, live.health.sync([], now), now)
         self.current = snapshot
         self._forget_removed()
         return events

@@ -318,8 +318,26 @@ def test_targets_of_an_unused_group_are_unused_and_unchecked():
     assert isinstance(event, TargetBecameInitial)
     [event] = health.set_in_use(False, 3.0)
     assert isinstance(event, TargetBecameUnused)
-    [gone] = health.deregister("a", 4.0, idle=False)  # nothing to drain
+    [draining, gone] = health.deregister("a", 4.0, idle=True)  # nothing in flight
+    assert isinstance(draining, TargetStartedDraining)
+    assert gone == TargetDeregistered(
+        "a", 4.0, TargetState.DRAINING, TargetState.UNUSED, Reason.NOT_REGISTERED, early=True
+    )
+
+
+def test_a_deregistered_unused_target_drains_what_it_still_has_in_flight():
+    # A reload that stops forwarding to a group leaves the requests it routed there running;
+    # deregistering its targets then must not cut them before the deregistration delay.
+    health = table()
+    health.set_in_use(False, 1.0)
+    [event] = health.deregister("a", 2.0, idle=False)
+    assert isinstance(event, TargetStartedDraining)
+    assert event.previous is TargetState.UNUSED
+    assert health.next_deadline() == 302.0
+    assert health.advance(301.0) == []
+    [gone] = health.advance(302.0)
     assert isinstance(gone, TargetDeregistered)
+    assert not gone.early
 
 
 def test_a_draining_target_registered_again_in_an_unused_group_is_unused():

@@ -236,7 +236,7 @@ def test_unreferenced_groups_are_unused_and_removed_groups_drain_then_go():
     assert record is not None
     assert record.state is TargetState.UNUSED
     runtime.reload(config("10.0.0.1"), (), 1.0)
-    assert "spare" not in runtime.live  # unused targets leave without draining
+    assert "spare" not in runtime.live  # idle unused targets leave without waiting
 
 
 def test_a_removed_group_in_use_is_forgotten_once_its_targets_have_drained():

@@ -15,8 +15,11 @@ import trustme
 
 from balancer.config import (
     BalancerConfig,
+    Conditions,
+    Forward,
     ListenerLimits,
     ListenerTimeouts,
+    Rule,
     Target,
     TargetGroup,
 )
@@ -160,8 +163,8 @@ def with_state(tmp_path, *groups: TargetGroup) -> BalancerConfig:
     return msgspec.structs.replace(config([listener()], groups), state_dir=str(tmp_path))
 
 
-async def deregister(daemon, target: TargetServer) -> None:
-    body = {"target_group": "web", "targets": [{"host": "127.0.0.1", "port": target.port}]}
+async def deregister(daemon, target: TargetServer, group: str = "web") -> None:
+    body = {"target_group": group, "targets": [{"host": "127.0.0.1", "port": target.port}]}
     status, _, reply = await request(
         address(daemon, "admin"), "POST", "/targets/deregister", body=json.dumps(body).encode()
     )
@@ -234,6 +237,66 @@ async def test_a_request_in_flight_finishes_while_its_target_drains(tmp_path):
             await wait_for(lambda: live.health.get(f"127.0.0.1:{busy.port}") is None)
             await wait_for(lambda: busy.open_connections == 0)
             assert other.open_connections == 1
+
+
+@pytest.mark.parametrize("deregistered_by", ["the same reload", "the targets API"])
+async def test_a_request_in_flight_to_a_group_a_reload_stopped_using_drains(
+    tmp_path, deregistered_by
+):
+    # A reload stops forwarding to group "slow" while a request it routed there runs; the
+    # group's target is then deregistered (by that reload or through the API). It drains
+    # for the delay like any deregistered target: the request finishes, and is not cut.
+    release = trio.Event()
+
+    async def slow_on_demand(seen: Seen, server: TargetServer) -> Reply:
+        if seen.target == "/slow":
+            await release.wait()
+            return Reply(200, [("x-target", server.name)], b"slow done")
+        return Reply(200, [("x-target", server.name)], b"quick")
+
+    a, b = TargetServer("a", slow_on_demand), TargetServer("b", slow_on_demand)
+    to_slow = Rule(
+        priority=1,
+        conditions=Conditions(path_pattern=("/slow",)),
+        action=Forward(target_group="slow"),
+    )
+
+    def cfg(rules: list[Rule], *slow_targets: TargetServer) -> BalancerConfig:
+        groups = [group("web", b), group("slow", *slow_targets, deregistration_delay_seconds=60)]
+        return msgspec.structs.replace(
+            config([listener(rules=rules)], groups), state_dir=str(tmp_path)
+        )
+
+    async with (
+        running_targets(a, b),
+        balancer(cfg([to_slow], a)) as daemon,
+        trio.open_nursery() as nursery,
+    ):
+        answer: list[tuple[int, dict[str, str], bytes]] = []
+
+        async def slow_request() -> None:
+            answer.append(await request(front(daemon), target="/slow", limit_seconds=20))
+
+        nursery.start_soon(slow_request)
+        await wait_for(lambda: len(a.seen) == 1)
+        if deregistered_by == "the same reload":
+            await daemon.app.reload(cfg([]))
+        else:
+            await daemon.app.reload(cfg([], a))
+            await deregister(daemon, a, "slow")
+        status, _, reply = await request(
+            address(daemon, "admin"), target="/targets?target_group=slow"
+        )
+        [described] = json.loads(reply)["target_groups"][0]["targets"]
+        assert (described["state"], described["in_flight"]) == ("draining", 1)
+        await trio.sleep(1.5)  # past a round of the checker's idle poll: still running
+        assert answer == []
+        release.set()
+        await wait_for(lambda: bool(answer))
+        status, headers, body = answer[0]
+        assert (status, headers["x-target"], body) == (200, a.name, b"slow done")
+        live = daemon.app.runtime.live["slow"]  # type: ignore[attr-defined]
+        await wait_for(lambda: live.health.get(f"127.0.0.1:{a.port}") is None)
 
 
 async def test_requests_still_in_flight_when_the_delay_ends_are_cut(tmp_path):
