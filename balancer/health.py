@@ -194,6 +194,10 @@ class TargetHealth:
     # is a new one): slow start tells targets registered together from later ones
     # (balancer.selection.slow_start_entries).
     registered_at: float | None = None
+    # Whether it was healthy before its present state since it was registered (or started
+    # over): becoming healthy then is a recovery, and slow start treats a recovering target
+    # as ALB does, not as a new registration.
+    was_healthy: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +284,7 @@ def _move(
         now,
         drain_deadline=drain_deadline,
         registered_at=record.registered_at,
+        was_healthy=record.was_healthy or record.state is TargetState.HEALTHY,
     )
     return new, [event]
 
@@ -295,17 +300,20 @@ def _stay(record: TargetHealth, input_: Input, now: float, policy: HealthPolicy)
     return record, []
 
 
-def _selection_view(record: TargetHealth) -> tuple[TargetState, float, float | None]:
+def _selection_view(record: TargetHealth) -> tuple[TargetState, float, float | None, bool]:
     """What target selection reads of a record (balancer.selection.Candidate.from_health)."""
-    return record.state, record.since, record.registered_at
+    return record.state, record.since, record.registered_at, record.was_healthy
 
 
 def _fresh(record: TargetHealth, input_: Input, now: float, policy: HealthPolicy) -> Step:
-    """Start over as a new target would: initial, unavailable (no checks) or unused."""
+    """Start over as a new target would: initial, unavailable (no checks) or unused. Its
+    first healthy state then is no recovery: a group back in use, or with its checks turned
+    on again, has every target start over together, as at the start."""
     state, reason = policy.starting_state()
     if state is record.state:
         return record, []
-    return _move(record, state, reason, now)
+    new, events = _move(record, state, reason, now)
+    return (None if new is None else replace(new, was_healthy=False)), events
 
 
 def _register_again(record: TargetHealth, input_: Input, now: float, policy: HealthPolicy) -> Step:

@@ -11,7 +11,8 @@ ALB semantics (load-balancer-target-groups.md):
   requests in flight per unit of weight; ties rotate) and ``weighted_random``.
 - Slow start: a target that became healthy ramps its weight linearly over
   ``slow_start_seconds``, but only while at least one healthy target is out of slow start
-  (AWS: targets that start together, or an empty group's first targets, do not ramp).
+  (AWS: targets newly registered together, or an empty group's first targets, do not ramp;
+  a target that recovers from unhealthy ramps again).
   Turning slow start on does not ramp the targets healthy then, and a new duration lets the
   ramps in progress go on over it and restarts none that had ended (:class:`SlowStartEpoch`).
 - Stickiness overrides the algorithm while the sticky target is still eligible.
@@ -51,12 +52,16 @@ class Candidate(NamedTuple):
     state: TargetState = TargetState.HEALTHY
     healthy_since: float | None = None  # when it last became healthy (slow start)
     registered_at: float | None = None  # when it was registered (None: at the start)
+    # Healthy again after being unhealthy since its registration (slow start): not new.
+    recovered: bool = False
 
     @classmethod
     def from_health(cls, record: TargetHealth, weight: int = 1) -> Candidate:
         """A candidate from a health record and the target's configured weight."""
-        since = record.since if record.state is TargetState.HEALTHY else None
-        return cls(record.target_id, weight, record.state, since, record.registered_at)
+        healthy = record.state is TargetState.HEALTHY
+        since = record.since if healthy else None
+        recovered = healthy and record.was_healthy
+        return cls(record.target_id, weight, record.state, since, record.registered_at, recovered)
 
 
 class SlowStartEpoch(NamedTuple):
@@ -123,10 +128,16 @@ def slow_start_entries(
     ALB's rule: a target enters slow start as it becomes healthy, and "newly registered
     targets enter slow start mode only when there is at least one healthy target that is not
     in slow start mode"; targets registered together (one registration, the config at start)
-    do not enter it because of each other. So a target enters iff, when it became healthy,
-    a target registered before it was healthy and out of slow start (never in it, or past
-    its duration). Worked out from the targets healthy now (one that has left since no longer
-    counts), so a target's ramp does not depend on when its neighbours' ramps end.
+    do not enter it because of each other. So a newly registered target enters iff, when it
+    became healthy, a target registered before it was healthy and out of slow start (never
+    in it, or past its duration). That exemption is for new registrations only: "If a
+    target in slow start mode becomes unhealthy, the target exits slow start mode. When the
+    target becomes healthy, it enters slow start mode again" (edit-target-group-attributes.md,
+    Slow start mode), so a ``recovered`` target enters iff a target healthy before it was out
+    of slow start then, whenever it was registered (targets that all recover at once do not
+    ramp because of each other). Worked out from the targets healthy now (one that has left
+    since no longer counts), so a target's ramp does not depend on when its neighbours' ramps
+    end.
 
     A target healthy since ``epoch.since`` or before is in slow start iff ``epoch.ramping``
     names it: slow start was turned on (none ramps) or re-timed then.
@@ -146,10 +157,14 @@ def slow_start_entries(
             if pool[i].target_id in epoch.ramping:
                 entries[i] = became
             continue
-        registered = _registered(pool[i])
-        for j in order[:position]:
+        if pool[i].recovered:
+            earlier = [j for j in order[:position] if _healthy_since(pool[j]) < became]
+        else:
+            registered = _registered(pool[i])
+            earlier = [j for j in order[:position] if _registered(pool[j]) < registered]
+        for j in earlier:
             entry = entries[j]
-            if _registered(pool[j]) < registered and (entry is None or entry + duration <= became):
+            if entry is None or entry + duration <= became:
                 entries[i] = became
                 break
     return tuple(entries)

@@ -5,11 +5,18 @@ import random
 from collections import Counter
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from balancer.config import MinimumHealthyTargets, TargetGroup, WeightedTargetGroup
-from balancer.health import TargetHealth, TargetState
+from balancer.health import (
+    HealthPolicy,
+    HealthTable,
+    Input,
+    TargetBecameHealthy,
+    TargetHealth,
+    TargetState,
+)
 from balancer.selection import (
     Candidate,
     Choice,
@@ -195,6 +202,92 @@ def test_slow_start_follows_albs_rule_for_who_enters_it():
     f = Candidate("f", 1, H, healthy_since=101.0, registered_at=90.0)
     assert slow_start_entries([a, e, f], 30) == (None, 100.0, 101.0)
     assert slow_start_entries([e, f], 30) == (None, None)
+
+
+def test_a_target_that_recovers_enters_slow_start_again_however_it_was_registered():
+    # ALB: "If a target in slow start mode becomes unhealthy, the target exits slow start
+    # mode. When the target becomes healthy, it enters slow start mode again." The exemption
+    # of targets registered together is for new registrations only.
+    a = Candidate("a", 1, H, healthy_since=1.0)
+    b = Candidate("b", 1, H, healthy_since=100.0, recovered=True)
+    assert slow_start_entries([a, b], 300) == (None, 100.0)
+    assert slow_start_weights([a, b], 250.0, 300, slow_start_entries([a, b], 300)) == [1.0, 0.5]
+    # Registered before the steady target, and recovering with another at the same instant:
+    # both ramp, because a target healthy before them is out of slow start.
+    c = Candidate("c", 1, H, healthy_since=100.0, registered_at=50.0, recovered=True)
+    early = Candidate("early", 1, H, healthy_since=100.0, registered_at=-10.0, recovered=True)
+    a_later = a._replace(registered_at=20.0)
+    assert slow_start_entries([a_later, early, c], 300) == (None, 100.0, 100.0)
+    # Targets that all recover at once have nothing out of slow start: none ramps.
+    assert slow_start_entries([b, b._replace(target_id="b2")], 300) == (None, None)
+    # Not recovered (a first healthy state): registered together, no ramp, as before.
+    assert slow_start_entries([a, b._replace(recovered=False)], 300) == (None, None)
+
+
+def test_a_recovered_candidate_comes_from_a_healthy_unhealthy_healthy_record():
+    health = HealthTable(HealthPolicy(healthy_threshold=2, unhealthy_threshold=2))
+    health.register("a", 0.0)
+    health.record_check("a", Input.CHECK_PASSED, 1.0)
+    assert not Candidate.from_health(health.get("a")).recovered  # type: ignore[arg-type]
+    for now in (2.0, 3.0):
+        health.record_check("a", Input.CHECK_FAILED, now)
+    assert not Candidate.from_health(health.get("a")).recovered  # type: ignore[arg-type]
+    for now in (4.0, 5.0):
+        health.record_check("a", Input.CHECK_PASSED, now)
+    assert Candidate.from_health(health.get("a")) == Candidate("a", 1, H, 5.0, 0.0, True)
+    health.deregister("a", 6.0, idle=False)
+    health.register("a", 7.0)  # registered again: a new registration
+    health.record_check("a", Input.CHECK_PASSED, 8.0)
+    assert Candidate.from_health(health.get("a")) == Candidate("a", 1, H, 8.0, 7.0, False)
+    # A group back in use starts its targets over together, as at the start: no recovery.
+    health.set_in_use(False, 9.0)
+    health.set_in_use(True, 10.0)
+    health.record_check("a", Input.CHECK_PASSED, 11.0)
+    assert not Candidate.from_health(health.get("a")).recovered  # type: ignore[arg-type]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["b", "c", "d"]),
+            st.sampled_from(["pass", "fail", "register again"]),
+        ),
+        max_size=60,
+    )
+)
+@example([("b", "pass"), ("b", "fail"), ("b", "fail"), ("b", "pass"), ("b", "pass")])
+@example([("c", "register again"), ("c", "pass"), ("d", "pass")])
+def test_targets_ramp_when_they_recover_or_are_registered_again_not_at_the_start(ops):
+    # A fake clock drives a real health table: "a", "b", "c" and "d" are the file's targets
+    # (registered together at 0); "a" is healthy from t=1 on and never fails, so it is out
+    # of slow start throughout. Each other target ramps iff its present healthy state is not
+    # its first since it was registered (a recovery) or it was registered again since.
+    duration = 900.0
+    health = HealthTable(HealthPolicy(healthy_threshold=2, unhealthy_threshold=2))
+    for target in "abcd":
+        health.register(target, 0.0)
+    health.record_check("a", Input.CHECK_PASSED, 1.0)
+    spells = dict.fromkeys("bcd", 0)  # healthy states entered since its registration
+    again = dict.fromkeys("bcd", False)
+    now = 1.0
+    for target, op in ops:
+        now += 1.0
+        if op == "register again":
+            health.deregister(target, now, idle=True)
+            health.register(target, now)
+            spells[target], again[target] = 0, True
+            continue
+        result = Input.CHECK_PASSED if op == "pass" else Input.CHECK_FAILED
+        events = health.record_check(target, result, now)
+        spells[target] += sum(isinstance(e, TargetBecameHealthy) for e in events)
+    pool = [Candidate.from_health(record) for record in health]
+    entries = slow_start_entries(pool, duration)
+    for candidate, entry in zip(pool, entries, strict=True):
+        if candidate.state is not H:
+            continue
+        target = candidate.target_id
+        ramps = target != "a" and (spells[target] >= 2 or again[target])
+        assert entry == (candidate.healthy_since if ramps else None), (target, spells, again)
 
 
 @given(
