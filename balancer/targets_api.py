@@ -18,10 +18,13 @@ DeregisterTargets does.
 
 Registrations made here survive a reload, as on ALB, where targets registered through the API
 stay until deregistered through the API. The effective target list of a group is the file's
-targets, minus those deregistered here, plus those registered here (with the weight given
-here when both name a target). A reload re-reads the file under these changes: an API
-deregistration of a target the file lists holds until the target is registered again or the
-file stops listing it; a registration the file starts listing becomes the file's. ``source`` in
+targets, minus those deregistered here, plus those registered here that the file does not
+list. A reload re-reads the file under these changes: an API deregistration of a target the
+file lists holds until the target is registered again or the file stops listing it; a
+registration the file starts listing becomes the file's, with the file's weight and zone
+(the file takes over on the target id alone: a registration that kept its own weight would
+stay the API's, and outlive the file's listing of it). Registering a target the file lists
+undoes its deregistration and leaves it the file's. ``source`` in
 ``GET /targets`` says where each target comes from. Targets are named by their id
 (:func:`balancer.config.target_id`: one spelling of the host, and a registration without a
 port under the group's current port), so the file, the API and ``targets.json`` agree on
@@ -206,16 +209,13 @@ class Overrides:
                 )
 
     def endpoints(self, group: TargetGroup) -> list[Endpoint]:
-        """The group's effective targets: the file's, minus removed, plus (re)registered."""
+        """The group's effective targets: the file's, minus removed, plus those registered
+        that the file does not list (where both name a target, the file's weight and zone)."""
         added = self._added.get(group.name, {})
         removed = self._removed.get(group.name, set())
-        found: list[Endpoint] = []
-        for endpoint in group.endpoints():
-            if endpoint.target_id in removed:
-                continue
-            override = added.get(endpoint.target_id)
-            found.append(endpoint if override is None else _endpoint(group, override))
-        listed = {e.target_id for e in found}
+        in_file = group.endpoints()
+        found = [e for e in in_file if e.target_id not in removed]
+        listed = {e.target_id for e in in_file}
         for target in added.values():
             endpoint = _endpoint(group, target)
             if endpoint.target_id not in listed:
@@ -230,16 +230,16 @@ class Overrides:
     def register(self, group: TargetGroup, targets: Iterable[Target]) -> None:
         """Add or replace registrations; keyed by the id under ``group``'s current port (a
         target registered without a port keeps none: :meth:`prune` re-keys it)."""
-        in_file = {e.target_id: e for e in group.endpoints()}
+        in_file = {e.target_id for e in group.endpoints()}
         for target in targets:
             key = target_id(target.host, target.port or group.port)
             added = self._added.setdefault(group.name, {})
             added.pop(key, None)  # to the end: the latest registration of an id comes last
             self._removed.get(group.name, set()).discard(key)
-            if in_file.get(key) == _endpoint(group, target):
-                # The file lists it so already: it stays the file's, now as at the next
-                # reload's prune (a later file without it removes it, whatever reloads came
-                # between; found by a report-only hunt).
+            if key in in_file:
+                # The file lists it already: it stays the file's, with the file's weight and
+                # zone, now as at the next reload's prune (a later file without it removes
+                # it, whatever reloads came between; found by report-only hunts).
                 continue
             added[key] = target
 
@@ -259,7 +259,7 @@ class Overrides:
                 self._added.pop(name, None)
                 self._removed.pop(name, None)
                 continue
-            in_file = {e.target_id: e for e in group.endpoints()}
+            in_file = {e.target_id for e in group.endpoints()}
             # Registrations without a port follow the group's: under a new port their id
             # is a new one, which deregister, source and the listing must all agree on (the
             # later registration wins where two now name one target).
@@ -268,11 +268,9 @@ class Overrides:
                 for t in self._added.get(name, {}).values()
             }
             self._added[name] = added
-            for key, target in list(added.items()):
-                file_endpoint = in_file.get(key)
-                if file_endpoint is not None and _endpoint(group, target) == file_endpoint:
-                    del added[key]
-            self._removed[name] = self._removed.get(name, set()) & in_file.keys()
+            for key in added.keys() & in_file:
+                del added[key]  # the file lists it now: the file's, on the id alone
+            self._removed[name] = self._removed.get(name, set()) & in_file
 
     def apply(self, snapshot: Snapshot) -> Snapshot:
         """``snapshot`` with every group's target list under these overrides."""

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Iterable
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from balancer.cli import SPEC
 from balancer.config import (
@@ -206,17 +210,75 @@ async def test_bad_requests_get_clear_json_errors(admin, body, status, code):
     assert len(admin.runtime.current.groups["web"].endpoints) == 2
 
 
-def test_registering_a_target_as_the_file_lists_it_leaves_it_the_files():
-    """Whether a later file without it removes it must not depend on a reload in between."""
+def test_registering_a_target_the_file_lists_leaves_it_the_files():
+    """Whether a later file without it removes it must not depend on a reload in between, nor
+    on the weight or zone the registration gave (the file's apply)."""
     overrides = Overrides()
     web = make_config("10.0.0.1", "10.0.0.2").target_groups[0]
     overrides.register(web, [Target(host="10.0.0.2"), Target(host="10.0.0.1", weight=7)])
     assert overrides.source("web", "10.0.0.2:8080") == "config"
-    assert overrides.source("web", "10.0.0.1:8080") == "api"  # not as the file lists it
-    without = make_config("10.0.0.1")
+    assert overrides.source("web", "10.0.0.1:8080") == "config"
+    assert [e.weight for e in overrides.endpoints(web)] == [1, 1]
+    without = make_config("10.0.0.2")
     overrides.prune(without)
     ids = [e.target_id for e in overrides.endpoints(without.target_groups[0])]
-    assert ids == ["10.0.0.1:8080"]
+    assert ids == ["10.0.0.2:8080"]
+
+
+async def test_a_registration_the_file_starts_listing_becomes_the_files_whatever_its_weight(
+    nursery,
+):
+    # README: "a target registered through the API that the file then lists becomes the
+    # file's (removing it from the file later removes it)"; the file's weight and zone apply.
+    admin = Admin(make_config("10.0.0.1"))
+    await admin.start(nursery)
+    body = {"target_group": "web", "targets": [{"host": "10.0.0.9", "weight": 5, "zone": "b"}]}
+    assert (await admin.call("POST", "/targets/register", body))[0] == 200
+    listed = await admin.targets()
+    assert (listed["10.0.0.9:8080"]["source"], listed["10.0.0.9:8080"]["weight"]) == ("api", 5)
+    await reload_into(admin, make_config("10.0.0.1", "10.0.0.9"))
+    listed = await admin.targets()
+    assert (listed["10.0.0.9:8080"]["source"], listed["10.0.0.9:8080"]["weight"]) == ("config", 1)
+    endpoints = admin.runtime.current.groups["web"].endpoints
+    assert [(e.target_id, e.weight, e.zone) for e in endpoints][-1] == ("10.0.0.9:8080", 1, "")
+    assert admin.overrides.dump() == SavedOverrides()
+    await reload_into(admin, make_config("10.0.0.1"))
+    listed = await admin.targets()
+    assert listed["10.0.0.9:8080"]["state"] == "draining"  # removed: it drains, then leaves
+    assert [e.target_id for e in admin.runtime.current.groups["web"].endpoints] == ["10.0.0.1:8080"]
+    admin.frame.stop(0)
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from("1234"), st.integers(1, 3)), max_size=8),
+    st.sets(st.sampled_from("1234")),
+    st.integers(1, 3),
+)
+def test_the_file_takes_over_every_target_it_lists(registered, listed, file_weight):
+    def file(hosts: Iterable[str]) -> BalancerConfig:
+        config = make_config()
+        web = msgspec.structs.replace(
+            config.target_groups[0],
+            targets=tuple(Target(host=f"10.0.0.{h}", weight=file_weight) for h in sorted(hosts)),
+        )
+        return msgspec.structs.replace(config, target_groups=(web,))
+
+    overrides = Overrides()
+    start = file(())
+    overrides.register(
+        start.target_groups[0], [Target(host=f"10.0.0.{h}", weight=w) for h, w in registered]
+    )
+    overrides.prune(listing := file(listed))
+    for endpoint in overrides.endpoints(listing.target_groups[0]):
+        if endpoint.host[-1] in listed:
+            assert overrides.source("web", endpoint.target_id) == "config"
+            assert endpoint.weight == file_weight
+        else:
+            assert overrides.source("web", endpoint.target_id) == "api"
+    # The file stops listing them: the API registrations it took over are gone with it.
+    overrides.prune(empty := file(()))
+    hosts = {e.host[-1] for e in overrides.endpoints(empty.target_groups[0])}
+    assert hosts == {h for h, _ in registered} - listed
 
 
 async def test_api_registrations_survive_a_reload_and_the_file_governs_the_rest():
@@ -375,11 +437,13 @@ def test_the_state_file_round_trips_the_overrides(tmp_path):
     assert [e.target_id for e in restored.endpoints(web)] == ["10.0.0.2:8080", "10.0.0.3:8080"]
     assert restored.source("web", "10.0.0.3:8080") == "api"
     # Loaded under a file that has changed since: what it makes moot is dropped (10.0.0.1 is
-    # no longer listed), what it does not stays (the API's weight for 10.0.0.3).
-    later = make_config("10.0.0.2", "10.0.0.3")
+    # no longer listed), what it does not stays (the API's registration of 10.0.0.3).
+    later = make_config("10.0.0.2")
     moot = Overrides.restore(state.load(), later)
     kept = GroupOverrides(registered=(Target(host="10.0.0.3", weight=5, zone="b"),))
     assert moot.dump() == SavedOverrides(target_groups={"web": kept})
+    # A file that lists 10.0.0.3 takes it over, whatever weight the API gave it.
+    assert Overrides.restore(state.load(), make_config("10.0.0.3")).dump() == SavedOverrides()
     assert Overrides.restore(state.load(), BalancerConfig()).dump() == SavedOverrides()
 
 
@@ -566,7 +630,8 @@ async def test_a_target_written_another_way_is_the_same_target(nursery):
     assert sorted(t["id"] for t in reply["targets"]) == ["[::1]:8080", "db.internal:8080"]
     listed = await admin.targets()
     assert list(listed) == ["[::1]:8080", "db.internal:8080"]  # not listed twice
-    assert (listed["[::1]:8080"]["weight"], listed["[::1]:8080"]["host"]) == (7, "::1")
+    # The file's target, the file's weight.
+    assert (listed["[::1]:8080"]["weight"], listed["[::1]:8080"]["host"]) == (1, "::1")
     gone = [{"host": "0000::0001", "port": 8080}, {"host": "DB.INTERNAL"}]
     status, reply = await admin.call(
         "POST", "/targets/deregister", {"target_group": "web", "targets": gone}
