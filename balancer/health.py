@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 MATCHER_MIN_CODE = 200
 MATCHER_MAX_CODE = 499
 MAX_MATCHER_CHARS = 256  # ample for any sensible list; bounds parsing work
+_CODE = re.compile(r"[0-9]+")
 
 
 class TargetState(enum.StrEnum):
@@ -119,18 +121,24 @@ def parse_matcher(text: str) -> Matcher:
         ValueError: empty parts, non-numbers, reversed ranges or codes outside 200-499.
     """
     if len(text) > MAX_MATCHER_CHARS:
-        raise ValueError(f"matcher is longer than {MAX_MATCHER_CHARS} characters")
+        raise ValueError(f"health_check matcher is longer than {MAX_MATCHER_CHARS} characters")
     ranges: list[tuple[int, int]] = []
     for part in text.split(","):
         lo_text, dash, hi_text = part.strip().partition("-")
-        if not lo_text.isdigit() or (dash and not hi_text.isdigit()):
-            raise ValueError(f"matcher {text!r}: {part.strip()!r} is not a code or a range")
+        # ASCII digits only: str.isdigit() and int() take other scripts' digits ("２００")
+        # too, which AWS refuses.
+        if not _CODE.fullmatch(lo_text) or (dash and not _CODE.fullmatch(hi_text)):
+            raise ValueError(
+                f"health_check matcher {text!r}: {part.strip()!r} is not a code or a range; "
+                'use HTTP codes in ASCII digits: "200", "200,202" or "200-299"'
+            )
         lo, hi = int(lo_text), int(hi_text) if dash else int(lo_text)
         if lo > hi:
-            raise ValueError(f"matcher {text!r}: range {lo}-{hi} is reversed")
+            raise ValueError(f"health_check matcher {text!r}: range {lo}-{hi} is reversed")
         if lo < MATCHER_MIN_CODE or hi > MATCHER_MAX_CODE:
             raise ValueError(
-                f"matcher {text!r}: codes must be within {MATCHER_MIN_CODE}-{MATCHER_MAX_CODE}"
+                f"health_check matcher {text!r}: codes must be within "
+                f"{MATCHER_MIN_CODE}-{MATCHER_MAX_CODE}"
             )
         ranges.append((lo, hi))
     return Matcher(tuple(ranges))

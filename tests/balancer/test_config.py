@@ -377,6 +377,15 @@ def test_endpoints_resolve_ports_and_bracket_ipv6():
             "codes must be within 200-499 - at `$.target_groups[0].health_check`",
         ),
         (
+            config(target_groups=[{"name": "web", "health_check": {"matcher": "²00"}}]),
+            "health_check matcher '²00': '²00' is not a code or a range; use HTTP codes in "
+            'ASCII digits: "200", "200,202" or "200-299" - at `$.target_groups[0].health_check`',
+        ),
+        (
+            config(target_groups=[{"name": "web", "health_check": {"matcher": "２００"}}]),
+            "'２００' is not a code or a range",
+        ),
+        (
             config(target_groups=[{"name": "web", "health_check": {"path": "health"}}]),
             "must start with '/' - at `$.target_groups[0].health_check`",
         ),

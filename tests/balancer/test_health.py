@@ -80,6 +80,10 @@ def test_matcher_codes_lists_and_ranges(text, inside, outside):
         ("199", "within 200-499"),
         ("200-500", "within 200-499"),
         ("2" * 300, "longer than"),
+        ("２００", "is not a code"),  # fullwidth digits: AWS takes ASCII codes only
+        ("200-２９９", "is not a code"),
+        ("²00", "is not a code"),  # a superscript: int() refused it with its own message
+        ("٢٠٠", "is not a code"),
     ],
 )
 def test_bad_matchers_are_refused(text, message):
