@@ -573,7 +573,8 @@ def _decode(body: bytes) -> TargetsRequest:
 
 
 def _query_value(request: Request, key: str) -> str | None:
-    for name, value in parse_qsl(request.query.decode("latin-1")):
+    # Blank values kept: "?target_group=" names no group (a 404), it does not ask for all.
+    for name, value in parse_qsl(request.query.decode("latin-1"), keep_blank_values=True):
         if name == key:
             return value
     return None

@@ -107,6 +107,11 @@ async def test_describe_lists_every_group_like_describe_target_health(admin):
     assert second["description"] == "Initial health checks in progress"
     status, reply = await admin.call("GET", "/targets?target_group=nope")
     assert (status, reply["error"]) == (404, "TargetGroupNotFound")
+    # An empty name (a script's unset variable) names no group either: not every group.
+    for empty in ("target_group=", "target_group"):
+        status, reply = await admin.call("GET", f"/targets?{empty}")
+        assert (status, reply["error"]) == (404, "TargetGroupNotFound"), empty
+        assert reply["message"] == "no target group named ''"
 
 
 async def test_register_adds_targets_that_get_checked_and_chosen(admin):
