@@ -323,7 +323,7 @@ class BalancerApp:
             sock = stream.socket
             addresses = fastio.accepted_addresses(sock)
             if addresses is None:  # reset before the handshake: nothing to answer
-                self.stats.connection_reset_at_accept(name)  # but a TCP connection, as ALB counts
+                self.stats.connection_not_served(name)  # but a TCP connection, as ALB counts
                 return
             peer, local = addresses
             self.stats.connection_opened(name)  # a TCP connection, handshake or not (as ALB)

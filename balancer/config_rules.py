@@ -40,7 +40,7 @@ _PATH_PATTERN = re.compile(r"[A-Za-z0-9_\-.$/~\"'@:+&*?]{1,128}")
 _METHOD = re.compile(r"[A-Z_-]{1,40}")
 TOKEN = re.compile(r"[A-Za-z0-9!#$%&'+.^_`|~-]{1,40}")  # an RFC 9110 token without '*'
 _HEADER_VALUE = re.compile(r"[\x20-\x7e]{1,128}")
-# A query condition's key and value: a value may hold a space (a decoded '+' or %20).
+# A query condition's key and value: a value may hold a space (a decoded %20; '+' stays '+').
 _QUERY_KEY = re.compile(r"[\x21-\x7e]{1,128}")
 _QUERY_VALUE = re.compile(r"[\x20-\x7e]{1,128}")
 # What a redirect's host, path and query may hold besides their placeholders. Host and path:

@@ -30,7 +30,7 @@ from balancer.runtime import ListenerRuntime, Runtime, Snapshot
 from balancer.tls_socket import TlsSocket
 from balancer.upstream import Pools
 from monitoring import fastio
-from monitoring.httpserver import Draining
+from monitoring.httpserver import Draining, http_date
 from monitoring.logging import EventLog
 from monitoring.throttle import Throttle
 from proto.http1 import (
@@ -404,6 +404,9 @@ async def respond(
         fields = [("content-type", content_type), ("content-length", str(len(body))), *headers]
     if close:
         fields.append(("connection", "close"))
+    # RFC 9110 6.6.1: an origin server with a clock MUST send Date in 2xx-4xx responses;
+    # for its own answers (fixed responses, redirects, errors) the balancer is the origin.
+    fields.append(("date", http_date()))
     try:
         data = conn.send(
             h11.Response(status_code=status, headers=fields, reason=REASONS.get(status, b""))

@@ -102,7 +102,7 @@ class HttpListenerHandler:
         sock = stream.socket
         addresses = fastio.accepted_addresses(sock)
         if addresses is None:  # reset before it was served: nothing to answer or log
-            self.services.stats.connection_reset_at_accept(self.services.name)  # but a TCP one
+            self.services.stats.connection_not_served(self.services.name)  # but a TCP one
             return
         peer, local = addresses
         tune_socket(sock)
@@ -127,6 +127,8 @@ class HttpListenerHandler:
         client = Client(stream, info, limits.request_header_bytes)
         if stats.active.get(services.name, 0) - counted >= limits.connections:
             stats.rejected_connection(services.name)
+            if not counted:  # a TLS connection was counted at its TCP accept
+                stats.connection_not_served(services.name)
             stats.request(services.name, "-", "-", 503, by_target=False)
             with trio.move_on_after(WRITE_TIMEOUT_SECONDS):
                 try:
@@ -143,6 +145,7 @@ class HttpListenerHandler:
                 stats.connection_closed(services.name)
 
 
+MAX_REDIRECT_URL_CHARS: Final = 8192  # ALB: "larger than 8K" fails the redirect
 _LINE_ENDS: Final = (b"\r", b"\n")
 # The body of a refusal found while reading a head, by error reason (else a size limit's).
 _HEAD_REFUSALS: Final = {
@@ -632,6 +635,12 @@ class _Connection:
             action, view, protocol=ex.listener.protocol, port=self.client.info.local_port
         )
         ex.actions = "redirect"
+        if len(location) > MAX_REDIRECT_URL_CHARS:
+            # ALB completes no redirect whose Location passes 8K, and counts it
+            # (HTTP_Redirect_Url_Limit_Exceeded_Count): clients and proxies refuse such lines.
+            self.services.stats.redirect_url_too_long(self.services.name)
+            await respond(self.client, ex, 500, b"redirect URL too long\n")
+            return
         ex.redirect_url = location
         self.services.stats.redirect(self.services.name)
         await respond(self.client, ex, redirect_status(action), headers=(("location", location),))

@@ -80,6 +80,7 @@ class HttpStats:
         self.bytes_in: dict[str, int] = {}
         self.bytes_out: dict[str, int] = {}
         self.redirects: dict[str, int] = {}
+        self.redirect_url_limit_exceeded: dict[str, int] = {}
         self.fixed_responses: dict[str, int] = {}
         self.rejected: dict[str, int] = {}
         self.desync: dict[tuple[str, str, str, bool], int] = {}
@@ -94,6 +95,7 @@ class HttpStats:
             self.bytes_in,
             self.bytes_out,
             self.redirects,
+            self.redirect_url_limit_exceeded,
             self.fixed_responses,
             self.rejected,
         ):
@@ -111,8 +113,9 @@ class HttpStats:
         self.active[listener] = self.active.get(listener, 0) + 1
         self.new_connections[listener] = self.new_connections.get(listener, 0) + 1
 
-    def connection_reset_at_accept(self, listener: str) -> None:
-        """A TCP connection gone before it could be served (a client's RST): new, never active."""
+    def connection_not_served(self, listener: str) -> None:
+        """A TCP connection never served (a client's RST before it could be, or a refusal at
+        the connection limit): new, as ALB's NewConnectionCount counts it, never active."""
         self.new_connections[listener] = self.new_connections.get(listener, 0) + 1
 
     def connection_closed(self, listener: str) -> None:
@@ -139,6 +142,10 @@ class HttpStats:
 
     def redirect(self, listener: str) -> None:
         self.redirects[listener] = self.redirects.get(listener, 0) + 1
+
+    def redirect_url_too_long(self, listener: str) -> None:
+        table = self.redirect_url_limit_exceeded
+        table[listener] = table.get(listener, 0) + 1
 
     def fixed_response(self, listener: str) -> None:
         self.fixed_responses[listener] = self.fixed_responses.get(listener, 0) + 1
@@ -192,6 +199,12 @@ class HttpStats:
             processed.add_metric([listener, "out"], self.bytes_out.get(listener, 0))
         families.append(processed)
         families += _per_listener("http_redirects", "Redirect actions taken.", self.redirects)
+        families += _per_listener(
+            "http_redirect_url_limit_exceeded",
+            "Redirect actions not taken (answered 500) because the Location would be longer "
+            "than 8 KiB, as ALB's HTTP_Redirect_Url_Limit_Exceeded_Count.",
+            self.redirect_url_limit_exceeded,
+        )
         families += _per_listener(
             "http_fixed_responses", "Fixed-response actions taken.", self.fixed_responses
         )

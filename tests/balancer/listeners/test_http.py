@@ -3,11 +3,13 @@ desync refusals, timeouts, rules and actions, draining, access log and metrics."
 
 from __future__ import annotations
 
+import email.utils
 import json
 import re
 import shlex
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -552,6 +554,9 @@ async def test_rules_pick_fixed_responses_redirects_and_forwards():
     ):
         status, headers, body = await client.request(target="/health")
         assert (status, headers["content-type"], body) == (200, "application/json", b"{}")
+        # RFC 9110 6.6.1: the balancer is the origin of its own answers, and has a clock.
+        sent = email.utils.parsedate_to_datetime(headers["date"])
+        assert abs(sent.timestamp() - time.time()) < 60
         status, headers, _ = await client.request(target="/a/b?c=d", headers=[("x-host", "unused")])
         assert status == 200  # no Host match: the default forward
         port = front(daemon)[1]
@@ -561,6 +566,7 @@ async def test_rules_pick_fixed_responses_redirects_and_forwards():
         )
         assert statuses(answer) == [301]
         assert f"location: http://new.example.com:{port}/a/b?c=d".encode() in answer.lower()
+        assert b"\r\ndate: " in answer.lower()
         assert [s.target for s in target.seen] == ["/a/b?c=d"]
         assert (
             sample(daemon, "wharf_balancer_http_fixed_responses_total", {"listener": "front"}) == 1
@@ -576,6 +582,31 @@ async def test_rules_pick_fixed_responses_redirects_and_forwards():
         assert sample(daemon, "wharf_balancer_http_requests_total", labels) == 1
         labels.update(rule="default", target_group="web", source="target")
         assert sample(daemon, "wharf_balancer_http_requests_total", labels) == 1
+
+
+async def test_a_redirect_whose_location_passes_8k_is_answered_500_and_counted():
+    rules = [
+        Rule(
+            priority=10,
+            conditions=Conditions(path_pattern=("/old/*",)),
+            action=Redirect(path="/new/#{path}", status_code="HTTP_301"),
+        )
+    ]
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener(rules=rules)], [group("web", target)])) as daemon,
+        Client.connect(front(daemon)) as client,
+    ):
+        status, headers, _ = await client.request(target="/old/" + "a" * 8_200)
+        assert "location" not in headers
+        assert status == 500
+        status, headers, _ = await client.request(target="/old/short")
+        assert status == 301
+        assert headers["location"].endswith("/new/old/short")
+        labels = {"listener": "front"}
+        assert sample(daemon, "wharf_balancer_http_redirect_url_limit_exceeded_total", labels) == 1
+        assert sample(daemon, "wharf_balancer_http_redirects_total", labels) == 1
+        assert target.seen == []
 
 
 async def test_a_fixed_response_reads_past_an_unread_body_and_keeps_the_connection():
@@ -866,6 +897,11 @@ async def test_connections_past_the_limit_are_answered_503():
         assert (
             sample(daemon, "wharf_balancer_http_rejected_connections_total", {"listener": "front"})
             == 1
+        )
+        # Every TCP connection is a new one, as ALB's NewConnectionCount (and as an https
+        # listener counts it, from its TCP accept), the refused one too.
+        assert (
+            sample(daemon, "wharf_balancer_http_connections_new_total", {"listener": "front"}) == 2
         )
         # The balancer's own 503, counted as the README says of HTTPCode_ELB_5XX.
         code = {"listener": "front", "code": "503"}
