@@ -494,6 +494,10 @@ class BalancerConfig(Section, frozen=True, kw_only=True):
                     raise ValueError(
                         f"no target group named {member.name!r} - at `$.{where}.{field}`"
                     )
+            if action.stickiness.enabled:
+                # A one-group list too: its AWSALBTG cookie is issued (the first step of a
+                # blue/green rollout), so it needs the key like any other.
+                sticky.append(where)
             if len(weighted) < 2:
                 continue
             members = [groups[m.name] for m in weighted]
@@ -507,8 +511,6 @@ class BalancerConfig(Section, frozen=True, kw_only=True):
                     "a target group of this weighted forward has stickiness enabled, so "
                     f"stickiness.enabled must be true here too (AWS) - at `$.{where}`"
                 )
-            if action.stickiness.enabled:
-                sticky.append(where)
         if sticky and not self.stickiness.key_files:
             raise ValueError(
                 f"stickiness is enabled ({sticky[0]}) but stickiness.key_files is empty: "

@@ -491,6 +491,11 @@ def test_weighted_forwards_follow_aws_stickiness_rules():
     assert "(listeners[0].rules[0].action) but stickiness.key_files is empty" in error(group_sticky)
     ok = decode(msgspec.toml.encode({**group_sticky, "stickiness": keys}), BalancerConfig)
     assert ok.stickiness.key_files == ("/k",)
+    # A one-group list issues its AWSALBTG cookie as well: the key is needed all the same.
+    one_group = config(
+        target_groups=[WEB], listeners=[listener(rules=[rule_forwarding_to("web", sticky=True)])]
+    )
+    assert "(listeners[0].rules[0].action) but stickiness.key_files is empty" in error(one_group)
 
 
 def test_https_listeners():
