@@ -122,10 +122,12 @@ def structured_messages(text: str) -> dict[str, str]:
     Members whose value is not a string are ignored, as SNS ignores them.
 
     Raises:
-        SnsError: the text is not a JSON object, or has no string ``default``.
+        SnsError: the text is not a JSON object, repeats a key ("Duplicate keys are not
+            allowed", the Publish reference; json.loads would keep the last one silently),
+            or has no string ``default``.
     """
     try:
-        document = strict_json.loads(text)
+        document = strict_json.loads(text, unique_keys=True)
     except (ValueError, RecursionError):
         document = None
     if not isinstance(document, dict):

@@ -16,16 +16,39 @@ def _refuse_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
-def loads(text: str | bytes, *, parse_float: Callable[[str], Any] | None = None) -> Any:
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"the key {key!r} is repeated")
+            seen.add(key)
+    return document
+
+
+def loads(
+    text: str | bytes,
+    *,
+    parse_float: Callable[[str], Any] | None = None,
+    unique_keys: bool = False,
+) -> Any:
     """``json.loads`` without NaN, Infinity and -Infinity.
 
     Args:
         text: the document.
         parse_float: what reads a number with a fraction or an exponent from its text, as
             ``json.loads`` takes it; None for ``float`` (the C fast path).
+        unique_keys: refuse an object that repeats a key (``json.loads`` keeps the last),
+            where AWS says "Duplicate keys are not allowed".
 
     Raises:
-        ValueError: not JSON (json.JSONDecodeError is one);
+        ValueError: not JSON (json.JSONDecodeError is one), or a repeated key;
         RecursionError: nested past the parser's depth.
     """
-    return json.loads(text, parse_constant=_refuse_constant, parse_float=parse_float)
+    return json.loads(
+        text,
+        parse_constant=_refuse_constant,
+        parse_float=parse_float,
+        object_pairs_hook=_unique_keys if unique_keys else None,
+    )

@@ -750,6 +750,8 @@ def test_message_structure_json_gives_each_protocol_its_text(
     for bad, reason in (
         ("not json", "JSON message body failed to parse"),
         ('{"sqs": "x"}', "No default entry in JSON message body"),
+        # "Duplicate keys are not allowed" (Publish): no silent choice of one of them.
+        ('{"default": "d", "sqs": "first", "sqs": "second"}', "JSON message body failed to parse"),
     ):
         with pytest.raises(botocore.exceptions.ClientError) as info:
             sns.publish(TopicArn=topic, MessageStructure="json", Message=bad)
