@@ -125,10 +125,14 @@ def envelope_attributes(attributes: Mapping[str, Mapping[str, Any]]) -> dict[str
         data_type = attribute.get("DataType")
         if not isinstance(data_type, str):
             raise EnvelopeError(f"message attribute {name!r} has no DataType")
-        if attribute.get("StringValue") is not None:
-            value = str(attribute["StringValue"])
-        elif attribute.get("BinaryValue") is not None:
+        # The field the type names (Publish checks that one): a Binary attribute's
+        # StringValue, sent beside its BinaryValue, is not its value.
+        if data_type.startswith("Binary"):
+            if attribute.get("BinaryValue") is None:
+                raise EnvelopeError(f"message attribute {name!r} has no value")
             value = base64.b64encode(bytes(attribute["BinaryValue"])).decode("ascii")
+        elif attribute.get("StringValue") is not None:
+            value = str(attribute["StringValue"])
         else:
             raise EnvelopeError(f"message attribute {name!r} has no value")
         rendered[name] = {"Type": data_type, "Value": value}
@@ -172,13 +176,15 @@ def raw_sqs_attributes(attributes: Mapping[str, Mapping[str, Any]]) -> dict[str,
         data_type = attribute.get("DataType")
         if not isinstance(data_type, str):
             raise EnvelopeError(f"message attribute {name!r} has no DataType")
-        if attribute.get("StringValue") is not None:
-            converted[name] = {"DataType": data_type, "StringValue": attribute["StringValue"]}
-        elif attribute.get("BinaryValue") is not None:
+        if data_type.startswith("Binary"):  # the field the type names, as above
+            if attribute.get("BinaryValue") is None:
+                raise EnvelopeError(f"message attribute {name!r} has no value")
             converted[name] = {
                 "DataType": data_type,
                 "BinaryValue": bytes(attribute["BinaryValue"]),
             }
+        elif attribute.get("StringValue") is not None:
+            converted[name] = {"DataType": data_type, "StringValue": attribute["StringValue"]}
         else:
             raise EnvelopeError(f"message attribute {name!r} has no value")
     return converted

@@ -638,6 +638,21 @@ def _topic_with_enveloped_and_raw_queues(sns: Any, queue: Any, name: Names) -> t
     return topic, enveloped, raw
 
 
+def test_a_binary_attribute_with_a_string_value_too_delivers_its_binary(
+    sns: Any, sqs_json: Any, queue: Any, name: Names
+) -> None:
+    """Publish checks the field the type names; the copies used to carry the StringValue
+    (enveloped) or be dropped after the 200 (raw: SQS refused the Binary attribute)."""
+    topic, enveloped, raw = _topic_with_enveloped_and_raw_queues(sns, queue, name)
+    both = {"DataType": "Binary", "BinaryValue": b"\x01\x02", "StringValue": "text"}
+    sns.publish(TopicArn=topic, Message="m", MessageAttributes={"b": both})
+    (copy,) = receive_all(sqs_json, enveloped, 1)
+    attributes = json.loads(copy["Body"])["MessageAttributes"]
+    assert attributes["b"] == {"Type": "Binary", "Value": "AQI="}
+    (copy,) = receive_all(sqs_json, raw, 1)
+    assert copy["MessageAttributes"]["b"] == {"DataType": "Binary", "BinaryValue": b"\x01\x02"}
+
+
 @pytest.mark.parametrize("data_type", ["String.  prefixed.", "Number. x", "Binary.\tb"])
 def test_custom_types_reach_raw_and_enveloped_copies_intact(
     sns: Any, sqs_json: Any, queue: Any, name: Names, data_type: str
