@@ -363,8 +363,22 @@ def check_create_matches(existing: TopicSettings, name: str, attributes: Mapping
 _JSON_ATTRIBUTES: Final = frozenset({"Policy", "DeliveryPolicy", "ArchivePolicy"})
 
 
+# What a topic that never set these has, as the API reference documents ("If the API
+# response does not include the SignatureVersion attribute, it means that the
+# SignatureVersion for the topic has value 1", ...): a repeated CreateTopic naming the
+# default asks for what the topic already has.
+_DEFAULTS: Final = {
+    "SignatureVersion": "1",
+    "TracingConfig": "PassThrough",
+    "MaximumMessageSize": "262144",
+    "FifoThroughputScope": "Topic",
+}
+
+
 def _comparable(settings: TopicSettings, name: str) -> object:
     value = setting_value(settings, name)
+    if value is None:
+        value = _DEFAULTS.get(name)
     if value is not None and name in _JSON_ATTRIBUTES:
         try:
             return strict_json.loads(value)

@@ -190,6 +190,19 @@ def test_create_topic_is_idempotent_only_with_the_same_attributes():
     ) == ("Invalid parameter: Attributes Reason: Topic already exists with different attributes")
 
 
+def test_create_topic_naming_a_documented_default_matches_a_topic_that_never_set_it():
+    """Tools that write every default out ("ensure topic" at each start) must get the topic
+    back, not "different attributes"."""
+    standard = parse_create("orders", {})
+    defaults = {"SignatureVersion": "1", "TracingConfig": "PassThrough"}
+    check_create_matches(standard, "orders", {**defaults, "MaximumMessageSize": "262144"})
+    fifo = parse_create("orders.fifo", {"FifoTopic": "true"})
+    check_create_matches(fifo, "orders.fifo", {"FifoTopic": "true", "FifoThroughputScope": "Topic"})
+    assert message_of(
+        lambda: check_create_matches(standard, "orders", {"SignatureVersion": "2"})
+    ) == ("Invalid parameter: Attributes Reason: Topic already exists with different attributes")
+
+
 def test_create_topic_compares_json_attributes_as_documents():
     """Other whitespace or key order is the same document (as CreateQueue's rule; a
     report-only hunt found both compared the text)."""
