@@ -15,7 +15,10 @@ few match (issue 4). Each policy branch is registered once, under the cheapest s
 3. **scan**: a branch made only of ``exists: false`` keys is evaluated on every publish.
 
 A publish looks up the message's own keys and values in those tables (a few dict lookups per
-message key), then fully evaluates only the candidate branches it found. The index never
+message key), then fully evaluates only the candidate branches it found. A presence-anchored
+branch is evaluated even when it does not match, but a non-literal condition on a path holding
+many values costs a lookup in summaries shared by every branch (a bisect, a set lookup), not a
+pass over the values (:class:`~broker.model.filter_match.ManyValues`). The index never
 changes the answer: a branch that is not a candidate fails its anchor test, so it cannot match
 (``tests/broker/model/test_filter_index.py`` checks this against brute force with hypothesis).
 """
@@ -223,8 +226,11 @@ def _candidates(tables: _ScopeTables[K], view: View) -> dict[K, list[Branch]]:
         if values is None:
             continue
         by_value = exact[path]
-        for value in values:
-            bucket = by_value.get((type(value), value))
+        # Each distinct value once (in message order, so the work counted is the same every
+        # time): a bucket collected per occurrence would cost its size times the length of an
+        # array repeating one value.
+        for typed_value in dict.fromkeys((type(value), value) for value in values):
+            bucket = by_value.get(typed_value)
             if bucket:
                 collect(bucket)
     presence = tables.presence

@@ -23,29 +23,30 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal, NoReturn, TypeGuard
 
 from broker.model import strict_json
 from broker.model.filter_match import (
+    AnythingBut,
+    AnythingButPrefix,
+    AnythingButSuffix,
     Branch,
+    Cidr,
+    EqualsIgnoreCase,
     KeyTest,
     NumberText,
+    NumericRange,
     Predicate,
+    Prefix,
     Scalar,
+    Suffix,
     TypedValue,
     View,
-    anything_but_prefix,
-    anything_but_suffix,
-    anything_but_values,
-    cidr_predicate,
     cut,
-    ignore_case_predicate,
     json_number,
     number,
-    numeric_predicate,
-    prefix_predicate,
-    suffix_predicate,
     typed,
     within_numeric_limit,
 )
@@ -318,10 +319,10 @@ class _Parser:
         if operator in ("prefix", "suffix", "equals-ignore-case"):
             if not isinstance(operand, str):
                 self.fail(f"{operator} match pattern must be a string")  # AWS-recorded
-            factories = {
-                "prefix": prefix_predicate,
-                "suffix": suffix_predicate,
-                "equals-ignore-case": ignore_case_predicate,
+            factories: dict[str, Callable[[str], Predicate]] = {
+                "prefix": Prefix,
+                "suffix": Suffix,
+                "equals-ignore-case": EqualsIgnoreCase,
             }
             result = factories[operator](operand)
         elif operator == "exists":
@@ -358,10 +359,10 @@ class _Parser:
                 self.fail("Too many elements in numeric expression")
             value = self._in_range(raw)
             if operator == "=":
-                return numeric_predicate(value, True, value, True)
-            return numeric_predicate(-math.inf, False, value, operator == "<=")
+                return NumericRange(value, True, value, True)
+            return NumericRange(-math.inf, False, value, operator == "<=")
         if len(terms) == 2:
-            return numeric_predicate(self._in_range(raw), operator == ">=", math.inf, False)
+            return NumericRange(self._in_range(raw), operator == ">=", math.inf, False)
         upper_operator = terms[2]
         if not isinstance(upper_operator, str):
             self.fail(f"Bad value in numeric range: {_token_text(upper_operator)}")
@@ -375,7 +376,7 @@ class _Parser:
         value, top = self._in_range(raw), self._in_range(raw_top)
         if not value < top:
             self.fail("Bottom must be less than top")
-        return numeric_predicate(value, operator == ">=", top, upper_operator == "<=")
+        return NumericRange(value, operator == ">=", top, upper_operator == "<=")
 
     def _numeric_value(
         self, terms: list[object], index: int, name: str
@@ -404,9 +405,7 @@ class _Parser:
                 self.fail(f"Null {name} not allowed")
             if len(operand) > 1:
                 self.fail("Only one key allowed in match expression")
-            return (
-                anything_but_prefix(pattern) if name == "prefix" else anything_but_suffix(pattern)
-            )
+            return AnythingButPrefix(pattern) if name == "prefix" else AnythingButSuffix(pattern)
         if isinstance(operand, list):
             is_text = [isinstance(item, str) for item in operand]
             for item in operand:
@@ -421,12 +420,12 @@ class _Parser:
                     "Inside anything but list, either all values are number or string, "
                     "mixed type is not supported"
                 )
-            return anything_but_values(frozenset(typed(_literal(item)) for item in operand))
+            return AnythingBut(frozenset(typed(_literal(item)) for item in operand))
         if not isinstance(operand, str) and not _is_number(operand):
             self.fail("Value of anything-but must be an array or single string/number value.")
         if not isinstance(operand, str) and not _is_comparable(operand):
             self.fail(NUMERIC_OUT_OF_RANGE)
-        return anything_but_values(frozenset({typed(_literal(operand))}))
+        return AnythingBut(frozenset({typed(_literal(operand))}))
 
     def cidr(self, operand: object) -> Predicate:
         # string-value-matching.md, "IP address matching"; IPv4 and IPv6.
@@ -441,7 +440,7 @@ class _Parser:
             network = ipaddress.ip_network(operand, strict=False)
         except ValueError:
             self.fail(f"Nonstandard IP address: {address}")
-        return cidr_predicate(network)
+        return Cidr(network)
 
 
 def _is_or(value: object) -> bool:

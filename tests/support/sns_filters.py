@@ -14,6 +14,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from broker.model.filter_match import MANY_VALUES
+
 KEYS = ("a", "b", "c")
 NESTED = "n"
 # 'q"' and 'q\\"' meet: attribute-scope policies name quotes and backslashes double-escaped.
@@ -164,15 +166,26 @@ def candidates(rule_list: list[Any]) -> list[Any]:
     return values
 
 
+def _near_values(rule_list: list[Any], many: bool) -> st.SearchStrategy[Any]:
+    pool = st.sampled_from(candidates(rule_list))
+    if many:  # arrays the views summarise (filter_match.ManyValues)
+        return st.lists(pool, min_size=MANY_VALUES + 1, max_size=MANY_VALUES + 12)
+    return st.one_of(pool, st.lists(pool, min_size=1, max_size=2))
+
+
 @st.composite
-def attributes_near(draw: st.DrawFn, policy: dict[str, Any]) -> dict[str, Any]:
-    """Message attributes built from the policy's own operands, so matches are common."""
+def attributes_near(
+    draw: st.DrawFn, policy: dict[str, Any], *, many: bool = False
+) -> dict[str, Any]:
+    """Message attributes built from the policy's own operands, so matches are common.
+
+    ``many``: every value the policy reads is a String.Array of many elements.
+    """
     attributes = draw(message_attributes)
     for path, rule_list in _leaves(policy):
         if not draw(st.integers(0, 4)):
             continue  # leave some keys out
-        pool = st.sampled_from(candidates(rule_list))
-        value = draw(st.one_of(pool, st.lists(pool, min_size=1, max_size=2)))
+        value = draw(_near_values(rule_list, many))
         if isinstance(value, list):
             attributes[path] = {"DataType": "String.Array", "StringValue": json.dumps(value)}
         elif isinstance(value, str) and value:
@@ -183,14 +196,16 @@ def attributes_near(draw: st.DrawFn, policy: dict[str, Any]) -> dict[str, Any]:
 
 
 @st.composite
-def bodies_near(draw: st.DrawFn, policy: dict[str, Any]) -> str:
-    """A JSON body built from the policy's own operands, nested or dotted at random."""
+def bodies_near(draw: st.DrawFn, policy: dict[str, Any], *, many: bool = False) -> str:
+    """A JSON body built from the policy's own operands, nested or dotted at random.
+
+    ``many``: every value the policy reads is an array of many elements.
+    """
     document: dict[str, Any] = {"z": draw(json_leaves)}
     for path, rule_list in _leaves(policy):
         if not draw(st.integers(0, 4)):
             continue
-        pool = st.sampled_from(candidates(rule_list))
-        value = draw(st.one_of(pool, st.lists(pool, min_size=1, max_size=2)))
+        value = draw(_near_values(rule_list, many))
         head, dot, tail = path.partition(".")
         if dot and draw(st.booleans()):
             inner = document.setdefault(head, {})

@@ -1,11 +1,23 @@
 import json
 import tracemalloc
+from collections import Counter
+from dataclasses import replace
+from typing import cast
 
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from broker.model.filter_index import SubscriptionFilterIndex
-from broker.model.filter_match import attributes_view, body_view, path_prefixes
+from broker.model.filter_match import (
+    Branch,
+    KeyTest,
+    ManyValues,
+    Predicate,
+    Scalar,
+    attributes_view,
+    body_view,
+    path_prefixes,
+)
 from broker.model.filter_policy import FilterPolicy, Scope, parse_filter_policy
 from broker.model.sns_errors import SnsError
 from tests.support.sns_filters import (
@@ -226,3 +238,70 @@ def test_a_pruned_body_view_is_the_full_view_restricted_to_the_paths(body, paths
         assert pruned is None
     else:
         assert pruned == {path: values for path, values in full.items() if path in paths}
+
+
+class _Counted:
+    """A predicate that counts what it is asked: once per value, or once per value set."""
+
+    BUDGET = 1_000  # per-value calls before giving up (the old loop made 24 million)
+
+    def __init__(self, inner: Predicate, counts: Counter[str]) -> None:
+        self.inner = inner
+        self.counts = counts
+
+    def __call__(self, value: Scalar) -> bool:
+        self.counts["per value"] += 1
+        if self.counts["per value"] > self.BUDGET:
+            raise AssertionError("a predicate call per array element")
+        return self.inner(value)
+
+    def any_in(self, values: ManyValues) -> bool:
+        self.counts["any in"] += 1
+        return self.inner.any_in(values)
+
+
+def _counted(policy: FilterPolicy, counts: Counter[str]) -> FilterPolicy:
+    def wrap(test: KeyTest) -> KeyTest:
+        wrapped = tuple(_Counted(predicate, counts) for predicate in test.predicates)
+        return replace(test, predicates=cast("tuple[Predicate, ...]", wrapped))
+
+    branches = tuple(Branch(tuple(map(wrap, branch.tests))) for branch in policy.branches)
+    return replace(policy, branches=branches)
+
+
+def test_a_long_array_costs_each_condition_one_question_not_one_per_element():
+    """200 subscriptions with a prefix and a numeric condition on a path, one message with
+    60,000 numbers there: the conditions used to scan every element (24 million predicate
+    calls, 6.5 s on the event loop). Each now asks the path's summaries once."""
+    counts: Counter[str] = Counter()
+    index: SubscriptionFilterIndex[int] = SubscriptionFilterIndex()
+    for i in range(200):
+        policy = {"a": [{"prefix": f"zz{i}"}, {"numeric": [">", 999_999_999]}]}
+        index.add(i, _counted(compiled(policy, "MessageBody"), counts))
+    numbers = list(range(60_000))
+    selection = index.match({}, json.dumps({"a": numbers}))
+    assert selection.matched == ()
+    assert selection.evaluations == 200
+    assert counts == {"any in": 400}
+    counts.clear()
+    selection = index.match({}, json.dumps({"a": [*numbers, 10**9]}))
+    assert selection.matched == tuple(range(200))
+    assert counts == {"any in": 400}
+
+
+def test_an_array_repeating_a_literal_collects_its_bucket_once():
+    """200 subscriptions filed under one literal, one message repeating it 60,000 times: the
+    bucket was collected once per element (12 million entries, ~100 MB and seconds)."""
+    index: SubscriptionFilterIndex[int] = SubscriptionFilterIndex()
+    for i in range(200):
+        index.add(i, compiled({"a": ["x"], "b": [f"y{i}"]}, "MessageBody"))
+    body = json.dumps({"a": ["x"] * 60_000})
+    tracemalloc.start()
+    try:
+        selection = index.match({}, body)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert selection.matched == ()
+    assert selection.evaluations == 200
+    assert peak < 40 * len(body)  # the document and its view, not 200 copies of the array

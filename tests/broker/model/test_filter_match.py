@@ -3,29 +3,35 @@ import json
 import math
 from fractions import Fraction
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.model.filter_match import (
+    MANY_VALUES,
     NUMERIC_LIMIT,
+    AnythingBut,
+    AnythingButPrefix,
+    AnythingButSuffix,
     Branch,
+    Cidr,
+    EqualsIgnoreCase,
     KeyTest,
+    ManyValues,
     NumberText,
-    anything_but_prefix,
-    anything_but_suffix,
-    anything_but_values,
+    NumericRange,
+    Predicate,
+    Prefix,
+    Scalar,
+    Suffix,
     attributes_view,
     body_view,
-    cidr_predicate,
-    ignore_case_predicate,
     json_number,
     number,
-    numeric_predicate,
-    prefix_predicate,
-    suffix_predicate,
     typed,
     within_numeric_limit,
 )
+from tests.support.sns_filters import BEYOND, NUMBERS, STRINGS
 
 
 def test_attributes_view_types_values_by_data_type():
@@ -97,7 +103,7 @@ def test_numbers_are_cut_to_five_decimals_within_one_billion():
 
 
 def test_numeric_conditions_never_match_numbers_beyond_the_limit():
-    anything = numeric_predicate(-math.inf, False, math.inf, False)
+    anything = NumericRange(-math.inf, False, math.inf, False)
     assert anything(1e9)
     assert anything(-1e9)
     assert not anything(1_000_000_000.5)
@@ -154,10 +160,10 @@ def test_numbers_beyond_the_limit_keep_the_text_they_were_written_in():
     assert json_number("1.5") == 1.5  # within the limit: a float, cut later by number()
     # A NumberText is no string: string conditions never see numbers.
     big = NumberText("9007199254740993")
-    assert not prefix_predicate("9007")(big)
-    assert not suffix_predicate("93")(big)
-    assert not ignore_case_predicate("9007199254740993")(big)
-    assert not cidr_predicate(ipaddress.ip_network("0.0.0.0/0"))(big)
+    assert not Prefix("9007")(big)
+    assert not Suffix("93")(big)
+    assert not EqualsIgnoreCase("9007199254740993")(big)
+    assert not Cidr(ipaddress.ip_network("0.0.0.0/0"))(big)
     assert KeyTest("k", accepts_present=True).check((big,))
 
 
@@ -177,24 +183,24 @@ def test_a_number_beyond_the_limit_views_as_its_json_text(magnitude, negative, a
 
 
 def test_predicates():
-    assert prefix_predicate("ab")("abc")
-    assert not prefix_predicate("ab")(None)
-    assert suffix_predicate("bc")("abc")
-    assert ignore_case_predicate("ÄbC")("äBc")
-    between = numeric_predicate(0, False, 10, True)
+    assert Prefix("ab")("abc")
+    assert not Prefix("ab")(None)
+    assert Suffix("bc")("abc")
+    assert EqualsIgnoreCase("ÄbC")("äBc")
+    between = NumericRange(0, False, 10, True)
     assert between(10.0)
     assert not between(0.0)
     assert not between(True)  # booleans are not numbers
     assert not between("5")
     network = ipaddress.ip_network("10.0.0.0/8")
-    assert cidr_predicate(network)("10.9.9.9")
-    assert not cidr_predicate(network)("::1")
-    assert not cidr_predicate(network)(7.0)
-    assert anything_but_values(frozenset({typed("x")}))(None)
-    assert anything_but_prefix("a")("ba")
-    assert not anything_but_prefix("a")(1.0)
-    assert anything_but_suffix("a")("ab")
-    assert not anything_but_suffix("a")("ba")
+    assert Cidr(network)("10.9.9.9")
+    assert not Cidr(network)("::1")
+    assert not Cidr(network)(7.0)
+    assert AnythingBut(frozenset({typed("x")}))(None)
+    assert AnythingButPrefix("a")("ba")
+    assert not AnythingButPrefix("a")(1.0)
+    assert AnythingButSuffix("a")("ab")
+    assert not AnythingButSuffix("a")("ba")
 
 
 def test_key_tests_and_branches():
@@ -248,3 +254,144 @@ def test_exists_true_and_false_are_complements(values):
     present = KeyTest("k", accepts_present=True).check(found)
     absent = KeyTest("k", accepts_absent=True).check(found)
     assert present != absent
+
+
+# --- many values: every predicate answers from the summaries what the loop answers ---------
+
+# Strings whose sorted order puts prefix runs next to near misses (the empty string, the
+# highest code point), case pairs lower() and casefold() disagree on, IP addresses of both
+# versions (one with an IPv6 scope), and the shared vocabulary.
+tricky_strings = st.one_of(
+    st.sampled_from(STRINGS),
+    st.text(alphabet="xyXßẞ.:\U0010ffff", max_size=3),
+    st.sampled_from(["ss", "SS", "10.0.0.0", "10.0.0.255", "10.0.1.0", "::", "fe80::1%eth0"]),
+)
+networks = st.sampled_from(
+    ["10.0.0.0/24", "10.0.0.0/8", "10.0.0.7/32", "0.0.0.0/0", "::/0", "fe80::/10", "::1/128"]
+).map(ipaddress.ip_network)
+bounds = st.sampled_from([-math.inf, math.inf, -1e9, 1e9, 0.0, -0.0, *map(float, NUMBERS)])
+# Values as views hold them: numbers through number() (NumberText beyond the limit).
+view_values = st.one_of(
+    tricky_strings,
+    st.sampled_from(NUMBERS + BEYOND).map(number),
+    st.floats(-2e9, 2e9).map(number),
+    st.booleans(),
+    st.none(),
+)
+
+
+KINDS = 8
+
+
+@st.composite
+def value_predicates(draw: st.DrawFn, kinds: range = range(KINDS)) -> Predicate:
+    kind = draw(st.sampled_from(kinds))
+    text = draw(tricky_strings)
+    if kind == 0:
+        return Prefix(text)
+    if kind == 1:
+        return Suffix(text)
+    if kind == 2:
+        return EqualsIgnoreCase(text)
+    if kind == 3:
+        return AnythingButPrefix(text)
+    if kind == 4:
+        return AnythingButSuffix(text)
+    if kind == 5:
+        return Cidr(draw(networks))
+    if kind == 6:
+        excluded = draw(st.lists(view_values, min_size=1, max_size=3))
+        return AnythingBut(frozenset(typed(value) for value in excluded))
+    low, high = sorted(draw(st.lists(bounds, min_size=2, max_size=2)))
+    return NumericRange(low, draw(st.booleans()), high, draw(st.booleans()))
+
+
+def near(predicate: Predicate) -> list[Scalar]:
+    """Values on either side of the predicate's edges, so that sums hit and just miss."""
+    if isinstance(predicate, (Prefix, AnythingButPrefix, Suffix, AnythingButSuffix)):
+        text = (
+            predicate.prefix
+            if isinstance(predicate, (Prefix, AnythingButPrefix))
+            else (predicate.suffix)
+        )
+        return [text, text + "y", "y" + text, text[:-1], text[1:], text + "\U0010ffff"]
+    if isinstance(predicate, EqualsIgnoreCase):
+        # lower() and casefold() disagree on "ß": the summary must fold as the call does.
+        return [predicate.folded, predicate.folded.upper(), predicate.folded + "y", "ß", "ẞ"]
+    if isinstance(predicate, Cidr):
+        network = predicate.network
+        edges = (predicate.first - 1, predicate.first, predicate.last, predicate.last + 1)
+        address = ipaddress.IPv4Address if network.version == 4 else ipaddress.IPv6Address
+        return [str(address(edge)) for edge in edges if 0 <= edge < 2**network.max_prefixlen]
+    if isinstance(predicate, AnythingBut):
+        return [value for _, value in predicate.excluded]
+    assert isinstance(predicate, NumericRange)
+    found: list[Scalar] = []
+    for bound in (predicate.low, predicate.high):
+        found += [bound, math.nextafter(bound, math.inf), math.nextafter(bound, -math.inf)]
+    return found
+
+
+def values_for(predicate: Predicate) -> st.SearchStrategy[list[Scalar]]:
+    """Value lists for a predicate: near values among any, near values and one other, or
+    only nulls and "" (which ``exists`` reads as absent)."""
+    edges = st.sampled_from(near(predicate))
+    return st.one_of(
+        st.lists(st.one_of(view_values, edges), max_size=30),
+        st.tuples(st.lists(edges, max_size=12), view_values).map(lambda p: [*p[0], p[1]]),
+        st.lists(st.sampled_from([None, ""]), max_size=12),
+    )
+
+
+@pytest.mark.parametrize("kind", range(KINDS))
+@given(data=st.data())
+def test_any_in_many_values_is_any_over_the_values(kind, data):
+    predicate = data.draw(value_predicates(range(kind, kind + 1)))
+    values = data.draw(values_for(predicate))
+    many = ManyValues(values)
+    assert predicate.any_in(many) == any(predicate(value) for value in values)
+    assert predicate.any_in(many) == any(predicate(value) for value in values)  # cached
+
+
+@given(
+    exact=st.lists(view_values, max_size=3),
+    predicates=st.lists(value_predicates(), max_size=3),
+    accepts_present=st.booleans(),
+    accepts_absent=st.booleans(),
+    data=st.data(),
+)
+def test_a_key_test_answers_the_same_on_many_values(
+    exact, predicates, accepts_present, accepts_absent, data
+):
+    test = KeyTest(
+        "k",
+        exact=frozenset(typed(value) for value in exact),
+        predicates=tuple(predicates),
+        accepts_present=accepts_present,
+        accepts_absent=accepts_absent,
+    )
+    near_values = [value for predicate in predicates for value in near(predicate)] + exact
+    pool = st.one_of(view_values, st.sampled_from(near_values)) if near_values else view_values
+    values = data.draw(
+        st.one_of(st.lists(pool, max_size=30), st.lists(st.sampled_from([None, ""]), max_size=12))
+    )
+    assert test.check(ManyValues(values)) == test.check(tuple(values))
+
+
+def test_many_values_fold_case_as_one_value_does():
+    # lower() keeps "ß" (casefold() would make it "ss"): the summary must not differ.
+    many = ManyValues(["ß", "ẞ"] * MANY_VALUES)
+    assert not EqualsIgnoreCase("SS").any_in(many)
+    assert EqualsIgnoreCase("ẞ").any_in(many)
+
+
+def test_views_summarise_only_paths_with_many_values():
+    few, many = list(range(MANY_VALUES)), list(range(MANY_VALUES + 1))
+    view = body_view(json.dumps({"few": few, "many": many}))
+    assert view is not None
+    assert type(view["few"]) is tuple
+    assert isinstance(view["many"], ManyValues)
+    assert view == {"few": tuple(map(float, few)), "many": tuple(map(float, many))}
+    attributes = attributes_view({"many": {"DataType": "String.Array", "StringValue": str(many)}})
+    assert isinstance(attributes["many"], ManyValues)
+    assert attributes["many"] == tuple(map(float, many))
