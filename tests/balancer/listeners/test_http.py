@@ -3,10 +3,12 @@ desync refusals, timeouts, rules and actions, draining, access log and metrics."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
 import socket
+import ssl
 import struct
 from collections.abc import AsyncIterator
 
@@ -951,6 +953,36 @@ async def test_draining_closes_tls_connections_still_waiting_for_their_hello(tmp
             for stream in silent:
                 assert await stream.receive_some(10) == b""
                 await stream.aclose()
+
+
+def client_hello() -> bytes:
+    """A real ClientHello, from an in-memory client."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="x.test")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.do_handshake()
+    return outgoing.read()
+
+
+async def test_the_handshake_timeout_runs_from_the_accept_not_from_the_first_byte(tmp_path):
+    """README: ``timeouts.tls_handshake_seconds`` bounds each handshake. The wait for the
+    first byte and the handshake each had the whole timeout, so a client that idled until just
+    before it, then sent half a ClientHello, was kept for twice the timeout."""
+    async with balancer(config([https_front(tmp_path, handshake_seconds=3)], [])) as daemon:
+        stream = await trio.open_tcp_stream(*front(daemon))
+        async with stream:
+            await trio.sleep(2.5)  # idle, under the timeout
+            hello = client_hello()
+            with contextlib.suppress(trio.BrokenResourceError):  # closed already: late here
+                await stream.send_all(hello[: len(hello) // 2])
+            # Closed 0.5 s after the half hello; a fresh timeout would take 3 s more.
+            with trio.fail_after(2):
+                try:
+                    assert await stream.receive_some(10) == b""
+                except trio.BrokenResourceError:
+                    pass  # a reset: closed with the half hello unread
+        labels = {"listener": "front", "reason": "timeout"}
+        assert sample(daemon, "wharf_balancer_tls_negotiation_errors_total", labels) == 1
 
 
 @pytest.mark.parametrize(
