@@ -336,16 +336,19 @@ class BalancerApp:
             stream: trio.SocketStream, tls: ServerTls, peer: Any, local: Any
         ) -> None:
             sock = stream.socket
+            # One deadline from the accept for the wait below and the handshake both: a
+            # client idling until just before it must not get a second full timeout.
+            deadline = trio.current_time() + tls.handshake_timeout
             if not fastio.readable_now(sock.fileno()):
                 # Until its hello arrives a client is idle: a stop closes it at once, as it
                 # does an idle keep-alive connection (not after the handshake timeout).
-                with draining.idle(trio.current_time() + tls.handshake_timeout) as wait:
+                with draining.idle(deadline) as wait:
                     await trio.lowlevel.wait_readable(sock)
                 if wait.cancelled_caught:
                     if not draining.started:
                         self.tls_metrics.handshake_failed(name, "timeout")
                     return
-            accepted = await accept_tls(stream, tls, self.tls_metrics)
+            accepted = await accept_tls(stream, tls, self.tls_metrics, deadline=deadline)
             if accepted is None:
                 return
             tune_socket(accepted.stream.socket)  # after SocketStream, which sets trio's 16 KiB

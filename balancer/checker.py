@@ -68,7 +68,7 @@ from balancer.health import (
     TargetStateChanged,
 )
 from balancer.probes import CheckResult, run_check
-from balancer.runtime import Runtime
+from balancer.runtime import Runtime, target_policy
 from balancer.upstream import OutOfResources, report_out_of_resources
 from monitoring.logging import EventLog
 from monitoring.metrics import Metrics
@@ -338,7 +338,8 @@ class HealthChecker:
                 last_started = now  # from now, however late: a stalled loop fires no burst
                 share = 1.0 - self._rand.random() * INTERVAL_JITTER
                 try:
-                    result = await run_check(endpoint.host, endpoint.port, check)
+                    policy = target_policy(self._runtime.current.config)
+                    result = await run_check(endpoint.host, endpoint.port, check, tls_policy=policy)
                 except OutOfResources as exc:
                     # Says nothing about the target: no result, no state change.
                     report_out_of_resources(self._log, self._exhaustion, str(exc))

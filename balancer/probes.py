@@ -9,7 +9,8 @@ What a check sends and how it is judged follows the ALB user guide
   close``: the connection is closed after every check. Only the status line counts; the body
   is never read. The status is judged by the group's matcher.
 - HTTPS checks do not verify the target's certificate, as on AWS: targets commonly use
-  self-signed certificates and the check asks "is it up", not "is it who it claims".
+  self-signed certificates and the check asks "is it up", not "is it who it claims". They
+  speak the load balancer's back-end TLS policy, as traffic does (:mod:`balancer.target_tls`).
 - The whole check, from resolving a DNS name to the status line, has one deadline
   (``timeout_seconds``); running past it is ``Target.Timeout``. Connection errors, TLS
   failures and malformed responses are ``Target.FailedHealthChecks``.
@@ -18,7 +19,6 @@ What a check sends and how it is judged follows the ALB user guide
 from __future__ import annotations
 
 import functools
-import ssl
 from typing import Final, NamedTuple
 
 import h11
@@ -26,7 +26,13 @@ import trio
 
 from balancer.config import HealthCheck
 from balancer.health import Input, Matcher, classify_response, parse_matcher
-from balancer.target_tls import client_context, server_name
+from balancer.target_tls import (
+    BACKEND_POLICY,
+    TargetContext,
+    check_suite,
+    client_context,
+    server_name,
+)
 from balancer.upstream import OutOfResources, is_local_exhaustion
 
 USER_AGENT: Final = "ELB-HealthChecker/2.0"
@@ -44,11 +50,12 @@ class CheckResult(NamedTuple):
     status: int | None = None
 
 
-@functools.lru_cache(maxsize=1)
-def unverified_client_context() -> ssl.SSLContext:
+@functools.lru_cache(maxsize=4)  # one per back-end policy
+def unverified_client_context(policy: str) -> TargetContext:
     """The TLS client context of HTTPS checks: the one https targets get for traffic (no
-    certificate or host name verification), built once for the process's checks."""
-    return client_context()
+    certificate or host name verification, the back-end ``policy``), built once per policy
+    for the process's checks."""
+    return client_context(policy)
 
 
 @functools.lru_cache(maxsize=256)
@@ -97,20 +104,20 @@ async def _exchange(stream: trio.abc.Stream, check: HealthCheck, host: str, port
     return await _read_status(connection, stream)
 
 
-async def _attempt(host: str, port: int, check: HealthCheck) -> CheckResult:
+async def _attempt(host: str, port: int, check: HealthCheck, tls_policy: str) -> CheckResult:
     stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
     try:
         if check.protocol == "tcp":
             return CheckResult(Input.CHECK_PASSED, "connected")
         if check.protocol == "https":
+            context = unverified_client_context(tls_policy)
             tls = trio.SSLStream(
-                stream,
-                unverified_client_context(),
-                server_hostname=server_name(host),
-                https_compatible=True,
+                stream, context, server_hostname=server_name(host), https_compatible=True
             )
             stream = tls
             await tls.do_handshake()
+            cipher = tls.cipher()
+            check_suite(context, tls.version(), cipher[0] if cipher else None)
         status = await _exchange(stream, check, host, port)
         verdict = classify_response(status, matcher_of(check.matcher))
         return CheckResult(verdict, f"HTTP {status}", status)
@@ -119,7 +126,9 @@ async def _attempt(host: str, port: int, check: HealthCheck) -> CheckResult:
         await trio.aclose_forcefully(stream)
 
 
-async def run_check(host: str, traffic_port: int, check: HealthCheck) -> CheckResult:
+async def run_check(
+    host: str, traffic_port: int, check: HealthCheck, *, tls_policy: str = BACKEND_POLICY
+) -> CheckResult:
     """Run one health check against a target; never raises for anything the target does.
 
     Raises:
@@ -130,11 +139,13 @@ async def run_check(host: str, traffic_port: int, check: HealthCheck) -> CheckRe
         host: the target's address or DNS name.
         traffic_port: the target's port (used when the check's port is ``traffic-port``).
         check: the group's health-check settings.
+        tls_policy: the back-end TLS policy of an HTTPS check (the load balancer's:
+            :func:`balancer.runtime.target_policy`).
     """
     port = check_port(check, traffic_port)
     with trio.move_on_after(check.timeout_seconds):
         try:
-            return await _attempt(host, port, check)
+            return await _attempt(host, port, check, tls_policy)
         except (OSError, trio.BrokenResourceError) as exc:
             detail = str(exc.__cause__ or exc) or type(exc).__name__
             if is_local_exhaustion(exc):

@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import ipaddress
 import random
-import ssl
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
@@ -95,7 +94,7 @@ from balancer.selection import (
     slow_start_entries,
 )
 from balancer.stickiness import CookieSealer
-from balancer.target_tls import client_context
+from balancer.target_tls import TargetContext, backend_policy, client_context
 from balancer.tls import ServerTls
 from balancer.upstream import TargetEndpoint
 
@@ -207,13 +206,16 @@ class GroupRuntime:
         endpoints: Sequence[Endpoint] | None = None,
         *,
         in_use: bool = True,
-        tls: ssl.SSLContext | None = None,
+        tls: TargetContext | None = None,
     ) -> None:
         self.config = config
         self.live = live
         self.in_use = in_use  # some listener rule of this generation forwards here
-        # The generation's client context for https targets (one built here if none given).
-        self.tls = None if config.protocol != "https" else tls or client_context()
+        # The generation's client context for https targets: its back-end policy depends on
+        # every listener, which a group alone does not know.
+        if config.protocol == "https" and tls is None:
+            raise ValueError(f"target group {config.name}: https needs the generation's context")
+        self.tls = tls if config.protocol == "https" else None
         self.endpoints = tuple(
             TargetEndpoint.of(e, tls=self.tls, owner=live)
             for e in (config.endpoints() if endpoints is None else endpoints)
@@ -329,6 +331,14 @@ def groups_in_use(config: BalancerConfig) -> frozenset[str]:
     )
 
 
+def target_policy(config: BalancerConfig) -> str:
+    """The back-end TLS policy of https targets and HTTPS health checks: ALB's choice from
+    the policies of the load balancer's HTTPS listeners (:func:`backend_policy`)."""
+    return backend_policy(
+        listener.ssl_policy for listener in config.listeners if isinstance(listener, HttpsListener)
+    )
+
+
 class Runtime:
     """The current snapshot and the live state; see the module docstring for the contract."""
 
@@ -425,7 +435,7 @@ class Runtime:
         in_use = groups_in_use(config)
         # One context for the generation, not one per connection or group.
         https = any(group.protocol == "https" for group in config.target_groups)
-        tls_context = client_context() if https else None
+        tls_context = client_context(target_policy(config)) if https else None
         groups: dict[str, GroupRuntime] = {}
         for group in config.target_groups:
             policy = HealthPolicy.from_target_group(group, in_use=group.name in in_use)

@@ -486,7 +486,11 @@ class TlsConnection(NamedTuple):
 
 
 async def accept_tls(
-    stream: trio.SocketStream, tls: ServerTls, metrics: TlsMetrics | None = None
+    stream: trio.SocketStream,
+    tls: ServerTls,
+    metrics: TlsMetrics | None = None,
+    *,
+    deadline: float | None = None,
 ) -> TlsConnection | None:
     """Complete the server side of a handshake within the listener's timeout.
 
@@ -494,6 +498,10 @@ async def accept_tls(
         stream: an accepted connection; the caller still owns it and closes it either way.
         tls: the listener's TLS of the generation the connection was accepted under.
         metrics: counts failures when given.
+        deadline: the ``trio.current_time()`` by which the handshake must be done; by
+            default ``handshake_timeout`` from now. A caller that already waited on the
+            connection (for its first byte) passes the deadline it set at the accept, so the
+            timeout bounds the whole handshake, not each wait.
 
     Returns:
         The connection, with the certificate and ALPN settled; None when the client failed
@@ -511,7 +519,9 @@ async def accept_tls(
     slot: list[str] = []
     token = _SERVER_NAME.set(slot)
     try:
-        with trio.move_on_after(tls.handshake_timeout):
+        if deadline is None:
+            deadline = trio.current_time() + tls.handshake_timeout
+        with trio.move_on_at(deadline):
             try:
                 await tls_socket.handshake()
             except (ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:

@@ -13,7 +13,8 @@ What OpenSSL through Python's ``ssl`` module cannot express, and what happens in
   policy offers OpenSSL's three (AES-256-GCM, ChaCha20-Poly1305, AES-128-GCM, in that server
   order). AWS's non-FIPS policies list the same three. A FIPS policy lists only the AES-GCM
   two, so :func:`balancer.tls.accept_tls` drops a connection that negotiated ChaCha20 right
-  after its handshake, before any HTTP. Only a client offering ChaCha20 but not AES-256-GCM
+  after its handshake, before any HTTP (as :func:`balancer.target_tls.wrap` does towards
+  targets under the FIPS back-end policy). Only a client offering ChaCha20 but not AES-256-GCM
   gets there; if it offers AES-128-GCM too, ALB would have served it with that.
 * Key-exchange groups: ``set_ecdh_curve`` allows a single group, so every policy keeps
   OpenSSL's defaults (X25519, P-256, P-384, P-521, ...). AWS's FIPS policies offer P-256,
@@ -189,3 +190,8 @@ SSL_POLICIES: dict[str, TlsPolicy] = {
     ),
 }
 DEFAULT_SSL_POLICY: SslPolicyName = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+
+
+def is_fips(name: str) -> bool:
+    """Whether ``name`` is one of AWS's FIPS policies (the ``-FIPS-`` series)."""
+    return "-FIPS-" in name

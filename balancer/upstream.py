@@ -132,13 +132,13 @@ class TargetEndpoint(Endpoint):
     """An endpoint as the runtime hands it to the data path: where to connect, with what
     TLS context (None: plain TCP) and whose target it is. Compares as the plain endpoint."""
 
-    tls: ssl.SSLContext | None
+    tls: target_tls.TargetContext | None
     owner: TargetOwner | None
     pool_key: PoolKey  # computed once per generation, not per request
 
     @classmethod
     def of(
-        cls, endpoint: Endpoint, *, tls: ssl.SSLContext | None, owner: TargetOwner | None
+        cls, endpoint: Endpoint, *, tls: target_tls.TargetContext | None, owner: TargetOwner | None
     ) -> TargetEndpoint:
         made = cls(*endpoint)
         made.tls = tls
@@ -147,8 +147,12 @@ class TargetEndpoint(Endpoint):
         return made
 
 
-def _tls_of(endpoint: Endpoint) -> ssl.SSLContext | None:
+def _tls_of(endpoint: Endpoint) -> target_tls.TargetContext | None:
     return endpoint.tls if isinstance(endpoint, TargetEndpoint) else None
+
+
+def _policy_of(tls: target_tls.TargetContext | None) -> str | None:
+    return None if tls is None else tls.policy
 
 
 def _owner_of(endpoint: Endpoint) -> TargetOwner | None:
@@ -366,7 +370,7 @@ class Pool:
         self._idle.clear()
 
 
-async def _open(host: str, port: int, tls: ssl.SSLContext | None) -> trio.SocketStream:
+async def _open(host: str, port: int, tls: target_tls.TargetContext | None) -> trio.SocketStream:
     # A direct connect for IP literals: trio.open_tcp_stream's happy-eyeballs nursery costs
     # more than the connect itself on loopback. Names go through getaddrinfo (in a thread),
     # and each address is tried in turn, as the health checks' open_tcp_stream does: a name
@@ -434,7 +438,8 @@ class Pools:
     ) -> Pool:
         """The pool of one target, created on first use; timeouts, the response head bound
         and the TLS context follow the latest config (a group that switched between http
-        and https gets a new pool: the old connections speak the other protocol)."""
+        and https gets a new pool: the old connections speak the other protocol; so does one
+        whose back-end TLS policy changed: the old ones may use what the new one refuses)."""
         key = endpoint.pool_key if isinstance(endpoint, TargetEndpoint) else _key(endpoint)
         pool = self._pools.get(key)
         if (  # the common case, every request: nothing changed since the last one
@@ -446,7 +451,7 @@ class Pools:
         ):
             return pool
         tls = _tls_of(endpoint)
-        if pool is not None and (pool.tls is None) != (tls is None):
+        if pool is not None and _policy_of(pool.tls) != _policy_of(tls):
             pool.retire()
             pool = None
         if pool is None:

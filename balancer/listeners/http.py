@@ -489,6 +489,11 @@ class _Connection:
                     sent_bytes=sent,
                     # As ALB logs a request it could not parse: "- http://<its name>:80- -"
                     request=f"- {own_url}- -",
+                    # The handshake finished: the TLS fields are logged as for any request.
+                    ssl_cipher=info.tls_cipher,
+                    ssl_protocol=info.tls_protocol,
+                    domain_name=info.sni,
+                    chosen_cert=info.certificate,
                     request_creation_time=now,
                     classification=verdict.classification.label,
                     classification_reason=verdict.reason,

@@ -397,7 +397,9 @@ async def test_a_check_the_balancer_cannot_open_leaves_the_target_as_it_was(
     await nursery.start(harness.checker.run)
     await harness.wait_for(target.port, TargetState.HEALTHY, within=INTERVAL + 1)
 
-    async def exhausted(host: str, port: int, check: HealthCheck) -> CheckResult:
+    async def exhausted(
+        host: str, port: int, check: HealthCheck, *, tls_policy: str
+    ) -> CheckResult:
         raise OutOfResources(f"{host}:{port}", "[Errno 24] Too many open files")
 
     monkeypatch.setattr(checker_module, "run_check", exhausted)
@@ -432,7 +434,9 @@ class CheckLog:
     def __init__(self) -> None:
         self.checks: list[tuple[str, float]] = []
 
-    async def __call__(self, host: str, port: int, check: HealthCheck) -> CheckResult:
+    async def __call__(
+        self, host: str, port: int, check: HealthCheck, *, tls_policy: str
+    ) -> CheckResult:
         self.checks.append((f"{host}:{port}", trio.current_time()))
         return CheckResult(Input.CHECK_PASSED, "HTTP 200", 200)
 

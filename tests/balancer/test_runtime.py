@@ -7,17 +7,20 @@ import pytest
 
 from balancer.config import (
     BalancerConfig,
+    Certificate,
     Endpoint,
     FixedResponse,
     Forward,
     HealthCheck,
     HttpListener,
+    HttpsListener,
     StickinessKeys,
     Target,
     TargetGroup,
 )
 from balancer.health import Input, TargetDeregistered, TargetState
-from balancer.runtime import Runtime, groups_in_use
+from balancer.runtime import Runtime, groups_in_use, target_policy
+from balancer.target_tls import BACKEND_FIPS_POLICY, BACKEND_POLICY, BACKEND_TLS13_POLICY
 
 KEY = b"k" * 32
 
@@ -311,6 +314,39 @@ def test_https_groups_share_one_tls_context_per_generation():
     # ...and a reload builds the next one.
     runtime.reload(https, (), 3.0)
     assert runtime.current.groups["web"].tls not in (None, context)
+
+
+def test_the_generations_tls_context_has_the_listeners_backend_policy():
+    """ALB's back-end policy follows the HTTPS listeners' policies, so a reload that adds or
+    changes one (even a listener that forwards nowhere) changes it."""
+    plain = config("10.0.0.1")
+    https = msgspec.structs.replace(
+        plain, target_groups=(msgspec.structs.replace(plain.target_groups[0], protocol="https"),)
+    )
+
+    def with_tls_listener(policy: str) -> BalancerConfig:
+        tls = HttpsListener(
+            name="tls",
+            port=0,
+            default_action=FixedResponse(status_code=200),
+            certificates=(Certificate(cert_file="/unread.pem", key_file="/unread.key"),),
+            ssl_policy=policy,  # type: ignore[arg-type]
+        )
+        return msgspec.structs.replace(https, listeners=(*https.listeners, tls))
+
+    runtime = Runtime(https, now=0.0)
+    assert target_policy(https) == BACKEND_POLICY  # no HTTPS listener
+    cases = [
+        ("ELBSecurityPolicy-2016-08", BACKEND_POLICY),
+        ("ELBSecurityPolicy-TLS13-1-2-2021-06", BACKEND_TLS13_POLICY),
+        ("ELBSecurityPolicy-TLS13-1-2-Res-FIPS-2023-04", BACKEND_FIPS_POLICY),
+    ]
+    assert runtime.current.groups["web"].tls.policy == BACKEND_POLICY  # type: ignore[union-attr]
+    for now, (listener_policy, expected) in enumerate(cases, start=1):
+        runtime.reload(with_tls_listener(listener_policy), (), float(now))
+        context = runtime.current.groups["web"].tls
+        assert context is not None
+        assert context.policy == expected
 
 
 def test_pools_keep_connections_only_to_targets_that_take_requests():

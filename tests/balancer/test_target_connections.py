@@ -16,17 +16,22 @@ import trustme
 from balancer.config import (
     BalancerConfig,
     Conditions,
+    FixedResponse,
     Forward,
+    HealthCheck,
+    HttpsListener,
     ListenerLimits,
     ListenerTimeouts,
     Rule,
     Target,
     TargetGroup,
 )
+from tests.balancer.test_target_tls import openssl_target
 from tests.support.balancer_http import Client, balancer, config, front, group, listener
 from tests.support.daemons import address
 from tests.support.http import request
 from tests.support.targets import Reply, Seen, TargetServer, running_targets
+from tests.support.tls import write_pair
 from tests.support.tls_targets import TlsTargetServer, server_context
 
 
@@ -82,6 +87,50 @@ async def test_a_target_silent_during_the_handshake_is_a_504_after_the_connect_t
         assert status == 504
         assert 1 <= trio.current_time() - start < 5
     silent.close()
+
+
+CHACHA_ONLY = ("-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256")
+
+
+@pytest.mark.parametrize(
+    ("policy", "options", "reached"),
+    [
+        # ALB: no TLS 1.3 policy on any HTTPS listener -> 2016-08 to targets, no TLS 1.3.
+        ("ELBSecurityPolicy-2016-08", ("-tls1_3",), False),
+        ("ELBSecurityPolicy-TLS13-1-2-2021-06", ("-tls1_3",), True),
+        # A FIPS policy -> TLS13-1-0-FIPS-2023-04, whose TLS 1.3 suites are the AES-GCM two.
+        ("ELBSecurityPolicy-TLS13-1-2-Res-FIPS-2023-04", CHACHA_ONLY, False),
+        ("ELBSecurityPolicy-TLS13-1-2-Res-2021-06", CHACHA_ONLY, True),
+    ],
+)
+async def test_the_https_listeners_policy_chooses_what_targets_are_offered(
+    tmp_path, policy, options, reached
+):
+    """Targets get ALB's back-end policy for the load balancer's HTTPS listeners, whichever
+    listener the request came in on: here a plain one, next to an https one with ``policy``.
+    A target the policy cannot reach fails the handshake: 502, and unhealthy."""
+    https = HttpsListener(
+        name="tls",
+        host="127.0.0.1",
+        port=0,
+        default_action=FixedResponse(status_code=200),
+        certificates=(write_pair(trustme.CA(), tmp_path, "shop", "shop.example.com"),),
+        ssl_policy=policy,
+    )
+    check = HealthCheck(protocol="https", interval_seconds=5, timeout_seconds=2)
+    async with openssl_target(tmp_path, *options, accepts=None) as port:
+        web = msgspec.structs.replace(on_port(port, protocol="https"), health_check=check)
+        async with balancer(config([listener(), https], [web])) as daemon:
+            log = daemon.log_output  # type: ignore[attr-defined]
+            left = "previous=initial state="  # one pass, or two failures (5 s apart) later
+            with trio.fail_after(30):
+                while left not in log.getvalue():  # noqa: ASYNC110 (a log line: no event to wait on)
+                    await trio.sleep(0.1)
+            changed = next(line for line in log.getvalue().splitlines() if left in line)
+            assert ("state=healthy" if reached else "state=unhealthy") in changed
+            # Reached: openssl's -www page; not: a 502 (fail-open sends it there anyway).
+            status, _, _ = await request(front(daemon))
+            assert status == (200 if reached else 502)
 
 
 # --- the response head bound (limits.response_header_bytes, 32 KiB by default) ---------------

@@ -1,6 +1,6 @@
 """TLS to targets on real sockets: the unverified client context, SNI and ALPN, ALB's
-back-end protocols and ciphers against ``openssl s_server``, and a handshake against a server
-that does not speak TLS (TlsSocket itself: test_tls_socket.py)."""
+back-end policies (chosen by the listeners' policies) against ``openssl s_server``, and a
+handshake against a server that does not speak TLS (TlsSocket itself: test_tls_socket.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,20 @@ from pathlib import Path
 import pytest
 import trio
 import trustme
+from hypothesis import given
+from hypothesis import strategies as st
 
 from balancer import target_tls
-from balancer.target_tls import client_context, server_name
+from balancer.target_tls import (
+    BACKEND_FIPS_POLICY,
+    BACKEND_POLICY,
+    BACKEND_TLS13_POLICY,
+    SuiteNotInPolicy,
+    backend_policy,
+    client_context,
+    server_name,
+)
+from balancer.tls_policies import SSL_POLICIES, TLS13_FIPS_SUITES, TLS13_SUITES
 from balancer.tls_socket import TlsSocket
 from tests.support.tls_targets import server_context
 
@@ -35,12 +46,52 @@ def test_sni_is_the_name_and_never_an_address(host, expected):
     assert server_name(host) == expected
 
 
-def test_the_context_verifies_nothing_and_offers_http_1_1():
-    context = client_context()
+BACKEND_POLICIES = (BACKEND_POLICY, BACKEND_TLS13_POLICY, BACKEND_FIPS_POLICY)
+
+
+@pytest.mark.parametrize("policy", BACKEND_POLICIES)
+def test_the_context_verifies_nothing_and_offers_http_1_1(policy):
+    context = client_context(policy)
     assert context.verify_mode is ssl.CERT_NONE
     assert not context.check_hostname
     assert context.options & ssl.OP_NO_RENEGOTIATION
-    assert client_context() is not context  # built per generation by the runtime
+    assert client_context(policy) is not context  # built per generation by the runtime
+
+
+@given(st.lists(st.sampled_from(sorted(SSL_POLICIES)), max_size=6))
+def test_the_backend_policy_follows_the_https_listeners_policies(listener_policies):
+    """ALB user guide: a FIPS policy on an HTTPS listener -> TLS13-1-0-FIPS-2023-04; a TLS
+    1.3 policy -> TLS13-1-0-2021-06; otherwise (none, or no HTTPS listener) 2016-08."""
+    chosen = backend_policy(listener_policies)
+    if any("-FIPS-" in name for name in listener_policies):
+        assert chosen == BACKEND_FIPS_POLICY
+    elif any(name.startswith("ELBSecurityPolicy-TLS13-") for name in listener_policies):
+        assert chosen == BACKEND_TLS13_POLICY
+    else:
+        assert chosen == BACKEND_POLICY
+    # Every back-end policy reaches what 2016-08 reaches: TLS 1.0 up, the same ciphers.
+    settings = SSL_POLICIES[chosen]
+    assert settings.minimum_version == "TLSv1"
+    assert settings.ciphers == SSL_POLICIES[BACKEND_POLICY].ciphers
+
+
+@pytest.mark.parametrize(
+    ("policy", "maximum", "suites"),
+    [
+        (BACKEND_POLICY, ssl.TLSVersion.TLSv1_2, ()),
+        (BACKEND_TLS13_POLICY, ssl.TLSVersion.TLSv1_3, TLS13_SUITES),
+        (BACKEND_FIPS_POLICY, ssl.TLSVersion.TLSv1_3, TLS13_FIPS_SUITES),
+    ],
+)
+def test_each_context_follows_its_backend_policy(policy, maximum, suites):
+    context = client_context(policy)
+    assert context.policy == policy
+    assert context.minimum_version is ssl.TLSVersion.TLSv1
+    assert context.maximum_version is maximum
+    assert context.tls13_suites == frozenset(suites)
+    offered = {cipher["name"] for cipher in context.get_ciphers()}
+    listed = set(SSL_POLICIES[BACKEND_POLICY].ciphers.split(":")) - {"@SECLEVEL=0"}
+    assert listed <= offered
 
 
 class Server:
@@ -69,7 +120,7 @@ class Server:
 async def connect(port: int, hostname: str | None) -> TlsSocket:
     tcp = trio.socket.socket()
     await tcp.connect(("127.0.0.1", port))
-    tls = TlsSocket(tcp, client_context(), hostname)
+    tls = TlsSocket(tcp, client_context(BACKEND_TLS13_POLICY), hostname)
     with trio.fail_after(5):
         await tls.handshake()
     return tls
@@ -103,7 +154,7 @@ async def test_a_plain_http_server_fails_the_handshake(nursery):
     tcp = trio.socket.socket()
     await tcp.connect(("127.0.0.1", port))
     with pytest.raises(ssl.SSLError), trio.fail_after(5):
-        await target_tls.wrap(tcp, client_context(), "127.0.0.1")
+        await target_tls.wrap(tcp, client_context(BACKEND_POLICY), "127.0.0.1")
     tcp.close()
 
 
@@ -111,16 +162,20 @@ OPENSSL_SECONDS = 10
 
 
 @contextlib.asynccontextmanager
-async def openssl_target(tmp_path: Path, *options: str) -> AsyncIterator[int]:
-    """``openssl s_server -www`` on 127.0.0.1 with an RSA certificate and ``options``; its
-    port. Skips when this OpenSSL refuses the options (a build without TLS 1.0, say)."""
+async def openssl_target(
+    tmp_path: Path, *options: str, accepts: int | None = 1
+) -> AsyncIterator[int]:
+    """``openssl s_server -www`` on 127.0.0.1 with an RSA certificate and ``options``, for
+    ``accepts`` connections (None: any number); its port. Skips when this OpenSSL refuses the
+    options (a build without TLS 1.0, say)."""
     if shutil.which("openssl") is None:
         pytest.skip("needs the openssl command")
     leaf = trustme.CA().issue_cert("target.example", key_type=trustme.KeyType.RSA)
     cert_file, key_file = tmp_path / "target.pem", tmp_path / "target.key"
     leaf.cert_chain_pems[0].write_to_path(str(cert_file))
     leaf.private_key_pem.write_to_path(str(key_file))
-    command = ["openssl", "s_server", "-accept", "127.0.0.1:0", "-www", "-naccept", "1"]
+    command = ["openssl", "s_server", "-accept", "127.0.0.1:0", "-www"]
+    command += [] if accepts is None else ["-naccept", str(accepts)]
     command += ["-cert", str(cert_file), "-key", str(key_file), *options]
     process = await trio.lowlevel.open_process(
         command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -142,6 +197,7 @@ async def openssl_target(tmp_path: Path, *options: str) -> AsyncIterator[int]:
         await process.stdout.aclose()
 
 
+@pytest.mark.parametrize("policy", BACKEND_POLICIES)
 @pytest.mark.parametrize(
     ("options", "version", "cipher"),
     [
@@ -149,36 +205,39 @@ async def openssl_target(tmp_path: Path, *options: str) -> AsyncIterator[int]:
         (("-tls1_1", "-cipher", "ALL:@SECLEVEL=0"), "TLSv1.1", None),
         (("-tls1_2", "-cipher", "AES128-GCM-SHA256"), "TLSv1.2", "AES128-GCM-SHA256"),
         (("-tls1_2", "-cipher", "ECDHE-RSA-AES128-SHA"), "TLSv1.2", "ECDHE-RSA-AES128-SHA"),
-        ((), "TLSv1.3", None),
+        ((), None, None),  # the newest the policy has
+        (("-tls1_3",), "TLSv1.3", None),
+        (("-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"), "TLSv1.3", "CHACHA"),
     ],
 )
-async def test_targets_alb_reaches_with_its_2016_08_policy_are_reached(
-    tmp_path, options, version, cipher
+async def test_targets_are_reached_as_the_backend_policy_allows(
+    tmp_path, policy, options, version, cipher
 ):
-    # ALB talks to targets with ELBSecurityPolicy-2016-08 (plus TLS 1.3): old protocols,
-    # plain RSA key exchange and CBC-SHA1 suites included, whatever Python's defaults say.
+    # ALB talks to targets with its back-end policy: old protocols, plain RSA key exchange and
+    # CBC-SHA1 suites included, whatever Python's defaults say; TLS 1.3 only when a listener
+    # has a TLS 1.3 policy, and then without ChaCha20 when one has a FIPS policy.
     if version in ("TLSv1", "TLSv1.1") and not getattr(ssl, f"HAS_{version.replace('.', '_')}"):
         pytest.skip(f"this Python's OpenSSL has no {version}")
+    newest = "TLSv1.2" if policy == BACKEND_POLICY else "TLSv1.3"
+    version = version or newest
+    not_in_policy = cipher == "CHACHA" and policy == BACKEND_FIPS_POLICY  # after the handshake
+    refused = (version == "TLSv1.3" and policy == BACKEND_POLICY) or not_in_policy
     async with openssl_target(tmp_path, *options) as port:
         with trio.socket.socket() as tcp:
             await tcp.connect(("127.0.0.1", port))
             with trio.fail_after(OPENSSL_SECONDS):
-                stream = await target_tls.wrap(tcp, client_context(), "target.example")
+                if refused:
+                    with pytest.raises(ssl.SSLError) as failed:
+                        await target_tls.wrap(tcp, client_context(policy), "target.example")
+                    assert isinstance(failed.value, SuiteNotInPolicy) is not_in_policy
+                    return
+                stream = await target_tls.wrap(tcp, client_context(policy), "target.example")
                 tls = stream.socket
                 assert isinstance(tls, TlsSocket)
                 assert tls.version() == version
                 if cipher is not None:
-                    assert tls.cipher()[0] == cipher
+                    assert cipher in tls.cipher()[0]
                 await stream.send_all(b"GET / HTTP/1.0\r\n\r\n")
                 answer = await stream.receive_some(4096)
             assert answer.startswith(b"HTTP/1.0 200 ")
             tls.close()
-
-
-def test_the_context_follows_the_2016_08_policy_plus_tls13():
-    context = client_context()
-    assert context.minimum_version is ssl.TLSVersion.TLSv1
-    assert context.maximum_version is ssl.TLSVersion.TLSv1_3
-    offered = {cipher["name"] for cipher in context.get_ciphers()}
-    policy = set(target_tls.TARGET_POLICY.ciphers.split(":")) - {"@SECLEVEL=0"}
-    assert policy <= offered

@@ -251,6 +251,19 @@ async def test_a_silent_client_times_out(certificates, autojump_clock):
     assert value == 1
 
 
+async def test_a_given_deadline_bounds_the_handshake_not_a_fresh_timeout(
+    certificates, autojump_clock
+):
+    """The listener waits for the first byte before the handshake: the deadline it set at
+    the accept ends the handshake, whatever of the timeout that wait used."""
+    tls = build_server_tls(https_listener(certificates, handshake=3.0))
+    _client, server_raw = stream_pair()
+    start = trio.current_time()
+    await trio.sleep(2.5)
+    assert await accept_tls(server_raw, tls, deadline=start + 3.0) is None
+    assert trio.current_time() - start == pytest.approx(3.0)
+
+
 async def test_plain_http_on_the_tls_port_is_a_counted_failure(server_tls):
     metrics, tls_metrics = metrics_and_tls(server_tls)
     client_raw, server_raw = stream_pair()

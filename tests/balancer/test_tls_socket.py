@@ -12,7 +12,7 @@ import pytest
 import trio
 import trustme
 
-from balancer.target_tls import client_context
+from balancer.target_tls import BACKEND_TLS13_POLICY, client_context
 from balancer.tls_socket import TlsSocket
 from monitoring import fastio
 from tests.support.socket_pairs import raw_pair
@@ -22,7 +22,7 @@ from tests.support.tls_targets import server_context
 async def client_to_stdlib_server() -> tuple[TlsSocket, trio.SSLStream[trio.SocketStream]]:
     """Our client side, handshaken with a standard-library server."""
     ours, theirs = raw_pair()
-    tls = TlsSocket(ours, client_context(), None)
+    tls = TlsSocket(ours, client_context(BACKEND_TLS13_POLICY), None)
     peer = trio.SSLStream(trio.SocketStream(theirs), server_context(trustme.CA()), server_side=True)
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
@@ -153,7 +153,7 @@ async def test_a_failed_handshake_tells_the_client_why():
 
 async def test_it_is_a_stream_socket_for_trio():
     tcp = trio.socket.socket()
-    tls = TlsSocket(tcp, client_context(), None)
+    tls = TlsSocket(tcp, client_context(BACKEND_TLS13_POLICY), None)
     assert tls.type == socket.SOCK_STREAM
     assert tls.fileno() == tcp.fileno()
     assert tls.tcp is tcp

@@ -23,7 +23,7 @@ from balancer.config import (
     TargetGroup,
 )
 from balancer.runtime import Runtime
-from balancer.target_tls import client_context
+from balancer.target_tls import BACKEND_FIPS_POLICY, BACKEND_TLS13_POLICY, client_context
 from balancer.upstream import (
     ConnectFailed,
     ConnectTimedOut,
@@ -170,7 +170,7 @@ async def test_pools_are_per_target_and_follow_new_timeouts():
 
 
 def tls_endpoint(port: int) -> TargetEndpoint:
-    return TargetEndpoint.of(endpoint(port), tls=client_context(), owner=None)
+    return TargetEndpoint.of(endpoint(port), tls=client_context(BACKEND_TLS13_POLICY), owner=None)
 
 
 async def test_a_tls_connection_is_pooled_and_reused():
@@ -335,6 +335,20 @@ async def test_a_group_switching_to_https_gets_a_new_pool():
     assert old.retired
     assert new.tls is not None
     assert len(list(pools)) == 1
+
+
+async def test_a_new_backend_tls_policy_gets_a_new_pool_and_the_same_keeps_it():
+    """Idle connections made under one back-end policy may use what another refuses
+    (ChaCha20 under the FIPS one, TLS 1.3 under 2016-08): they are not reused."""
+    pools = Pools()
+    first = pools.get(tls_endpoint(1000), connect_timeout=1, idle_timeout=2)
+    again = TargetEndpoint.of(endpoint(1000), tls=client_context(BACKEND_TLS13_POLICY), owner=None)
+    assert pools.get(again, connect_timeout=1, idle_timeout=2) is first  # a reload, same policy
+    fips = TargetEndpoint.of(endpoint(1000), tls=client_context(BACKEND_FIPS_POLICY), owner=None)
+    new = pools.get(fips, connect_timeout=1, idle_timeout=2)
+    assert new is not first
+    assert first.retired
+    assert new.tls is fips.tls
 
 
 @pytest.mark.parametrize("code", sorted(upstream.LOCAL_EXHAUSTION))

@@ -3,11 +3,13 @@ desync refusals, timeouts, rules and actions, draining, access log and metrics."
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import re
 import shlex
 import socket
+import ssl
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -44,7 +46,7 @@ from tests.support.balancer_http import (
 from tests.support.daemons import address
 from tests.support.http import request
 from tests.support.targets import Reply, Seen, TargetServer, running_targets
-from tests.support.tls import write_pair
+from tests.support.tls import client_context, write_pair
 
 
 async def test_keep_alive_serves_many_requests_on_one_connection_each_way():
@@ -989,6 +991,36 @@ async def test_draining_closes_tls_connections_still_waiting_for_their_hello(tmp
                 await stream.aclose()
 
 
+def client_hello() -> bytes:
+    """A real ClientHello, from an in-memory client."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ssl.create_default_context().wrap_bio(incoming, outgoing, server_hostname="x.test")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.do_handshake()
+    return outgoing.read()
+
+
+async def test_the_handshake_timeout_runs_from_the_accept_not_from_the_first_byte(tmp_path):
+    """README: ``timeouts.tls_handshake_seconds`` bounds each handshake. The wait for the
+    first byte and the handshake each had the whole timeout, so a client that idled until just
+    before it, then sent half a ClientHello, was kept for twice the timeout."""
+    async with balancer(config([https_front(tmp_path, handshake_seconds=3)], [])) as daemon:
+        stream = await trio.open_tcp_stream(*front(daemon))
+        async with stream:
+            await trio.sleep(2.5)  # idle, under the timeout
+            hello = client_hello()
+            with contextlib.suppress(trio.BrokenResourceError):  # closed already: late here
+                await stream.send_all(hello[: len(hello) // 2])
+            # Closed 0.5 s after the half hello; a fresh timeout would take 3 s more.
+            with trio.fail_after(2):
+                try:
+                    assert await stream.receive_some(10) == b""
+                except trio.BrokenResourceError:
+                    pass  # a reset: closed with the half hello unread
+        labels = {"listener": "front", "reason": "timeout"}
+        assert sample(daemon, "wharf_balancer_tls_negotiation_errors_total", labels) == 1
+
+
 @pytest.mark.parametrize(
     ("payload", "status"),
     [
@@ -1210,6 +1242,47 @@ async def test_a_request_h11_cannot_parse_is_logged_as_alb_does_with_its_bytes(t
     assert {(row["elb_status_code"], row["classification"]) for row in rows} == {("400", "Severe")}
     assert all(TID.fullmatch(row["conn_trace_id"] or "") for row in rows)
     assert all(row["rest"] is None for row in rows)
+
+
+async def test_a_request_refused_as_malformed_over_tls_is_logged_with_its_tls_fields(tmp_path):
+    """ALB's ssl_cipher, ssl_protocol and chosen_cert_arn are set on every line of an HTTPS
+    listener, domain_name whenever a certificate carries the SNI name; a request the
+    listener could not parse logged them as "-" (as on a plain listener) although its
+    handshake had finished."""
+    path = tmp_path / "access.log"
+    ca = trustme.CA()
+    lst = HttpsListener(
+        name="front",
+        host="127.0.0.1",
+        port=0,
+        default_action=FixedResponse(status_code=200),
+        certificates=(write_pair(ca, tmp_path, "shop", "shop.example.com"),),
+        access_log=AccessLog(enabled=True, destination=str(path)),
+    )
+    async with balancer(config([lst], [])) as daemon:
+        with trio.fail_after(10):
+            tcp = await trio.open_tcp_stream(*front(daemon))
+            stream = trio.SSLStream(tcp, client_context(ca), server_hostname="shop.example.com")
+            await stream.do_handshake()
+            version, cipher = stream.version(), stream.cipher()
+            await stream.send_all(b"GET /x HTTP/1.1\r\nHost: a\r\nBad Header: x\r\n\r\n")
+            answer = b""
+            with contextlib.suppress(trio.BrokenResourceError):
+                while chunk := await stream.receive_some(4096):
+                    answer += chunk
+            await tcp.aclose()
+        assert statuses(answer) == [400]
+        await trio.sleep(1.3)  # the app flushes access logs once a second
+    (row,) = [athena_row(line) for line in path.read_text().splitlines()]
+    assert (row["type"], row["elb_status_code"], row["classification"]) == (
+        "https",
+        "400",
+        "Severe",
+    )
+    assert cipher is not None
+    assert (row["ssl_cipher"], row["ssl_protocol"]) == (cipher[0], version)
+    assert row["domain_name"] == "shop.example.com"
+    assert row["chosen_cert_arn"] == str(tmp_path / "shop.pem")
 
 
 async def test_every_request_of_a_connection_is_logged_with_its_connections_trace_id(
