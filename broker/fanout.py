@@ -346,7 +346,11 @@ class Fanout:
         raw = record.settings.raw_message_delivery
         if queue is not None:
             refused = sns_refusal(
-                queue.settings.policy, topic_arn=bodies.topic.arn, queue_arn=queue.arn, now_ms=now
+                queue.settings.policy,
+                topic_arn=bodies.topic.arn,
+                queue_arn=queue.arn,
+                subscriber=record.owner,
+                now_ms=now,
             )
             if refused is not subscription.refused:
                 self._note_access(subscription, refused)
@@ -466,6 +470,18 @@ class Fanout:
         target = subscription.settings.dead_letter_target_arn
         queue = self.queues.by_arn(target) if target else None
         if queue is None:
+            return False
+        refused = sns_refusal(
+            queue.settings.policy,
+            topic_arn=subscription.topic.arn,
+            queue_arn=queue.arn,
+            subscriber=subscription.record.owner,
+            now_ms=now,
+        )
+        if refused is not None:  # another account's subscription, say: as for its queue
+            self.log.warning(
+                "sns.dead_letter_failed", subscription=subscription.arn, reason=refused.value
+            )
             return False
         fifo = queue.settings.fifo
         send = SendRequest(

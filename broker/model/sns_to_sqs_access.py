@@ -7,9 +7,12 @@ queue policy must allow it ``sqs:SendMessage`` (the usual statement: ``"Principa
 
 - an explicit Deny that matches that request blocks the delivery;
 - a queue in another account than the topic needs an explicit Allow;
-- a queue in the topic's own account is allowed unless denied. AWS asks for an explicit Allow
-  there too; Wharf is lenient so that a same-account subscription to a queue without a policy
-  (a broker serving one account, set up as it always was) keeps receiving.
+- a queue in the topic's own account, subscribed by that account, is allowed unless denied.
+  AWS asks for an explicit Allow there too; Wharf is lenient so that a same-account
+  subscription to a queue without a policy (a broker serving one account, set up as it always
+  was) keeps receiving. A subscription made by another account (one the topic policy lets
+  Subscribe) gets no such leniency: otherwise it could route the topic's messages, or its
+  dead letters, into any queue of the owner's, which the queue's policy refuses it.
 
 The request also carries ``aws:SecureTransport`` true (SNS calls SQS over HTTPS) and the time,
 and no principal keys.
@@ -37,21 +40,27 @@ class Refusal(Enum):
 
     DENIED = "the queue policy denies sqs:SendMessage to sns.amazonaws.com for this topic"
     NOT_ALLOWED = (
-        "the queue is in another account than the topic and its policy does not allow "
-        "sqs:SendMessage to sns.amazonaws.com for this topic"
+        "the queue is in another account than the topic, or was subscribed by another "
+        "account, and its policy does not allow sqs:SendMessage to sns.amazonaws.com for "
+        "this topic"
     )
 
 
-def refusal(policy: str | None, *, topic_arn: str, queue_arn: str, now_ms: int) -> Refusal | None:
+def refusal(
+    policy: str | None, *, topic_arn: str, queue_arn: str, subscriber: str, now_ms: int
+) -> Refusal | None:
     """Why SNS may not send ``topic_arn``'s message to the queue, or None if it may.
 
     Args:
         policy: the queue's Policy attribute, or None.
         topic_arn: the publishing topic (``aws:SourceArn``; its account is the topic owner's).
-        queue_arn: the subscribed queue (the policy's resource; its account is the queue's).
+        queue_arn: the subscribed queue (the policy's resource; its account is the queue's),
+            or the dead-letter queue of the subscription.
+        subscriber: the account that made the subscription.
         now_ms: the time of the publish, for conditions on ``aws:CurrentTime``/``EpochTime``.
     """
-    return _compiled(policy, topic_arn, queue_arn).refusal(now_ms)
+    lenient = _account(topic_arn) == _account(queue_arn) == subscriber
+    return _compiled(policy, topic_arn, queue_arn, lenient).refusal(now_ms)
 
 
 def delivery_context(topic_arn: str, now_ms: int) -> dict[str, tuple[str, ...]]:
@@ -77,9 +86,9 @@ class _Access:
 
     __slots__ = ("_fixed", "_same_account", "_statements", "_timed", "_topic_arn")
 
-    def __init__(self, policy: str | None, topic_arn: str, queue_arn: str) -> None:
+    def __init__(self, policy: str | None, topic_arn: str, queue_arn: str, lenient: bool) -> None:
         self._topic_arn = topic_arn
-        self._same_account = _account(topic_arn) == _account(queue_arn)
+        self._same_account = lenient
         self._statements: list[dict[str, Any]] = applicable(
             policy,
             principal_arn=None,
@@ -109,5 +118,5 @@ class _Access:
 
 
 @lru_cache(maxsize=4096)
-def _compiled(policy: str | None, topic_arn: str, queue_arn: str) -> _Access:
-    return _Access(policy, topic_arn, queue_arn)
+def _compiled(policy: str | None, topic_arn: str, queue_arn: str, lenient: bool) -> _Access:
+    return _Access(policy, topic_arn, queue_arn, lenient)

@@ -15,12 +15,19 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import botocore.exceptions
 import pytest
 
-from tests.support.broker import BrokerThread
+from tests.support.broker import (
+    ACCESS_KEY_ID,
+    SECRET_ACCESS_KEY,
+    BrokerThread,
+    broker_config,
+    write_credentials,
+)
 from tests.support.sns import queue_arn, receive_all, sns_client
 
 SNS_PRINCIPAL = "sns.amazonaws.com"
@@ -185,3 +192,49 @@ def test_a_blocked_delivery_lands_in_the_subscriptions_dead_letter_queue(
     # A direct SendMessage is no SNS delivery: the Deny's condition is false for it.
     setup.sqs.send_message(QueueUrl=url, MessageBody="direct")
     assert setup.bodies(url, 1) == ["direct"]
+
+
+def test_another_accounts_subscription_reaches_a_queue_only_through_its_policy(
+    tmp_path: Path,
+) -> None:
+    """A partner the topic policy lets Subscribe, whom the queue's policy refuses SendMessage,
+    must not get the topic's messages, nor its dead letters, into the owner's queues by
+    subscribing them. The queue's explicit Allow for the topic lets them in, as on AWS."""
+    partner_key = (
+        "AKIAPARTNER000000001",
+        "partner-secret-access-key",
+        "arn:aws:iam::111111111111:user/p",
+    )
+    auth = write_credentials(tmp_path, [(ACCESS_KEY_ID, SECRET_ACCESS_KEY, ""), partner_key])
+    with BrokerThread(broker_config(tmp_path / "data", auth=auth)) as broker:
+        owner_sns, sqs = sns_client(broker.endpoint), broker.client("json")
+        partner_sns = sns_client(
+            broker.endpoint, access_key_id=partner_key[0], secret_access_key=partner_key[1]
+        )
+        topic = owner_sns.create_topic(Name="shared")["TopicArn"]
+        owner_sns.add_permission(
+            TopicArn=topic, Label="p", AWSAccountId=["111111111111"], ActionName=["Subscribe"]
+        )
+        urls = {
+            name: sqs.create_queue(QueueName=name)["QueueUrl"]
+            for name in ("private", "dead", "opened")
+        }
+        arns = {name: queue_arn(sqs, url) for name, url in urls.items()}
+        sqs.set_queue_attributes(
+            QueueUrl=urls["opened"],
+            Attributes={"Policy": policy(for_topic("Allow", topic, arns["opened"]))},
+        )
+        redrive = json.dumps({"deadLetterTargetArn": arns["dead"]})
+        for name in ("private", "opened"):
+            partner_sns.subscribe(
+                TopicArn=topic,
+                Protocol="sqs",
+                Endpoint=arns[name],
+                Attributes={"RawMessageDelivery": "true", "RedrivePolicy": redrive},
+            )
+        owner_sns.publish(TopicArn=topic, Message="for partners")
+        assert [m["Body"] for m in receive_all(sqs, urls["opened"], 1, timeout=5)] == [
+            "for partners"
+        ]
+        for name in ("private", "dead"):  # the publish is durable: nothing more will come
+            assert "Messages" not in sqs.receive_message(QueueUrl=urls[name])

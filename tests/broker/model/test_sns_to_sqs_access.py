@@ -45,8 +45,10 @@ def from_topic(
     }
 
 
-def check(policy: str | None, topic: str = TOPIC, now_ms: int = NOW_MS) -> Refusal | None:
-    return refusal(policy, topic_arn=topic, queue_arn=QUEUE, now_ms=now_ms)
+def check(
+    policy: str | None, topic: str = TOPIC, now_ms: int = NOW_MS, subscriber: str = OWNER
+) -> Refusal | None:
+    return refusal(policy, topic_arn=topic, queue_arn=QUEUE, subscriber=subscriber, now_ms=now_ms)
 
 
 # ---------------------------------------------------------------------- examples
@@ -55,6 +57,13 @@ def check(policy: str | None, topic: str = TOPIC, now_ms: int = NOW_MS) -> Refus
 def test_without_a_policy_only_the_topics_own_account_is_let_in() -> None:
     assert check(None) is None
     assert check(None, PARTNER_TOPIC) is Refusal.NOT_ALLOWED
+
+
+def test_a_subscription_made_by_another_account_needs_the_queues_explicit_allow() -> None:
+    """A partner the topic policy lets Subscribe must not route the topic's messages into the
+    owner's queues that their policy does not open to it (found by a report-only hunt)."""
+    assert check(None, subscriber=PARTNER) is Refusal.NOT_ALLOWED
+    assert check(policy_of(from_topic("Allow", TOPIC)), subscriber=PARTNER) is None
 
 
 def test_a_deny_for_a_topic_blocks_that_topic_only() -> None:
@@ -183,7 +192,7 @@ def test_a_policy_is_compiled_once_per_topic_not_per_publish(
     policy = policy_of(dict(from_topic("Deny", TOPIC), Resource=queue))
     for now in range(NOW_MS, NOW_MS + 5000, 1000):
         for topic in (TOPIC, OTHER_TOPIC):
-            refusal(policy, topic_arn=topic, queue_arn=queue, now_ms=now)
+            refusal(policy, topic_arn=topic, queue_arn=queue, subscriber=OWNER, now_ms=now)
     assert compiled == [queue, queue]  # one per topic
 
 
