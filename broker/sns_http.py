@@ -201,7 +201,7 @@ class SnsFrontend:
         try:
             caller = authenticator.authenticate(request, region=self.region, service="sns")
         except sigv4.SigV4Error:
-            if signed or action not in UNSIGNED_ACTIONS:
+            if signed or action not in UNSIGNED_ACTIONS or _asks_protection(request, action):
                 raise
             # A subscriber following SubscribeURL or UnsubscribeURL: no credentials, by design.
             account = authenticator.account_id
@@ -220,6 +220,18 @@ class SnsFrontend:
             return self.public_url
         host = (request.header(b"host") or b"").decode("latin-1").strip()
         return f"{self.scheme}://{host or 'localhost'}"
+
+
+def _asks_protection(request: Request, action: str) -> bool:
+    """Whether an unsigned request is a ConfirmSubscription with AuthenticateOnUnsubscribe.
+
+    "This call requires an AWS signature only when the AuthenticateOnUnsubscribe flag is set
+    to true" (ConfirmSubscription): refused unsigned, not confirmed with the flag dropped, which
+    would leave the endpoint owner believing its subscription protected.
+    """
+    if action != "ConfirmSubscription":
+        return False
+    return _peek(request).get("AuthenticateOnUnsubscribe", "").lower() == "true"
 
 
 def _peek(request: Request) -> dict[str, str]:

@@ -13,6 +13,7 @@ import functools
 import itertools
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ import trustme
 
 from broker.config import SnsSettings
 from tests.support.auth_guard import AuthGuard
-from tests.support.broker import BrokerThread, broker_config
+from tests.support.broker import BrokerThread, broker_config, write_credentials
 from tests.support.sns import (
     Endpoint,
     Received,
@@ -507,3 +508,25 @@ def test_an_endpoints_password_is_shown_only_by_get_subscription_attributes(
         assert not any("s3cret" in s["Endpoint"] for s in sns.list_subscriptions()["Subscriptions"])
         attributes = sns.get_subscription_attributes(SubscriptionArn=arn)["Attributes"]
         assert attributes["Endpoint"] == secret_url
+
+
+def test_an_unsigned_confirmation_asking_for_authenticated_unsubscribes_is_refused(
+    tmp_path: Path,
+) -> None:
+    """ "This call requires an AWS signature only when the AuthenticateOnUnsubscribe flag is
+    set to true": unsigned, it is refused rather than confirmed with the flag dropped (the
+    endpoint owner would believe the subscription protected)."""
+    auth = write_credentials(tmp_path)
+    with BrokerThread(broker_config(tmp_path / "data", auth=auth)) as signed_broker:
+        sns = sns_client(signed_broker.endpoint)
+        topic = sns.create_topic(Name="protected")["TopicArn"]
+        with Endpoint() as endpoint:
+            sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=endpoint.url)
+            (request,) = endpoint.wait_for(1)
+            link = request.envelope()["SubscribeURL"]
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                fetch(link + "&AuthenticateOnUnsubscribe=true")
+            assert refused.value.code == 403
+            (pending,) = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
+            assert pending["SubscriptionArn"] == "PendingConfirmation"
+            assert "<SubscriptionArn>" in fetch(link).decode()  # the plain link confirms
