@@ -526,6 +526,7 @@ def test_an_unsigned_confirmation_asking_for_authenticated_unsubscribes_is_refus
             link = request.envelope()["SubscribeURL"]
             with pytest.raises(urllib.error.HTTPError) as refused:
                 fetch(link + "&AuthenticateOnUnsubscribe=true")
+            refused.value.close()  # the error holds the response's socket
             assert refused.value.code == 403
             (pending,) = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
             assert pending["SubscriptionArn"] == "PendingConfirmation"
