@@ -690,8 +690,8 @@ class Runner:
         )
         if name == "RawMessageDelivery":
             state = replace(current, raw=value == "true")
-        else:
-            state = replace(current, filter=value)
+        else:  # "{}" removes the policy (AWS's documented way): none is kept
+            state = replace(current, filter=None if value == "{}" else value)
         slot.record(f"set {name}", state, start, time.monotonic())
         self.model.note(f"set {slot.queue}'s {name} to {value}")
 
@@ -1032,8 +1032,9 @@ class Busy:
         return True
 
     def churn(self, client: Any) -> bool:
-        """One change of the churn queue's subscription: subscribe, raw, filtered, unfiltered,
-        enveloped, unsubscribed, and again."""
+        """One change of the churn queue's subscription: subscribe (enveloped), filtered, raw,
+        unfiltered (FilterPolicy "{}"), unsubscribed, and again. Each state has its own shape,
+        which says what comes next."""
         slot = self.model.slots[CHURN]
         current = slot.current
         start = time.monotonic()
@@ -1054,14 +1055,12 @@ class Busy:
         arn = current.arn
         shape = (current.raw, current.filter)
         if shape == (False, None):
-            name, value, after = "RawMessageDelivery", "true", State(arn, True, None)
-        elif shape == (True, None):
             name, value = "FilterPolicy", POLICIES[0]
-            after = State(arn, True, POLICIES[0])
+            after = State(arn, False, POLICIES[0])
+        elif shape == (False, POLICIES[0]):
+            name, value, after = "RawMessageDelivery", "true", State(arn, True, POLICIES[0])
         elif shape == (True, POLICIES[0]):
-            name, value, after = "FilterPolicy", "{}", State(arn, True, "{}")
-        elif shape == (True, "{}"):
-            name, value, after = "RawMessageDelivery", "false", State(arn, False, "{}")
+            name, value, after = "FilterPolicy", "{}", State(arn, True, None)
         else:
             with self.model.lock:
                 change = slot.record("unsubscribe", None, start, None)
