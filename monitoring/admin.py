@@ -13,7 +13,9 @@ local source address): a balancer worker forwarding a change to its siblings is 
 ``admin.token_file`` set, such requests need ``Authorization: Bearer <token>`` instead, from
 every client, loopback included. Without a token, a loopback request a web browser marks as its
 own (``Origin``, ``Sec-Fetch-*``) is refused too: any page the host's browser opens could post
-a form to the admin port. Refusals are 403 with a JSON body in the targets API's shape.
+a form to the admin port. So is one carrying ``x-amz-sns-message-type``: the broker's SNS
+delivery, a loopback client acting for whoever subscribed the admin port's URL. Refusals are
+403 with a JSON body in the targets API's shape.
 Reads (``/metrics``, ``/healthz``, ``/readyz``, ``GET /targets``) stay open.
 """
 
@@ -45,6 +47,7 @@ MAX_TOKEN_FILE_BYTES: Final = 4096
 _BEARER_TOKEN: Final = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
 _TOKEN_KEY: Final = "`$.admin.token_file`"
 _READ_ONLY_METHODS: Final = frozenset({"GET"})  # HEAD is answered as GET
+_SNS_DELIVERY: Final = b"x-amz-sns-message-type"  # on every SNS delivery POST, AWS's and ours
 
 
 def read_admin_token(settings: AdminSettings) -> bytes | None:
@@ -157,9 +160,19 @@ class AdminServer:
         token = self._token
         if token is None:
             local = local_client if local_client is not None else is_loopback(request.client[0])
-            if local and not request.from_a_browser:
+            relayed = request.header(_SNS_DELIVERY) is not None
+            if local and not request.from_a_browser and not relayed:
                 return None
-            if local:
+            if local and relayed:
+                # The broker's own SNS delivery, from this host for a remote caller: anyone
+                # allowed to Subscribe could aim an http subscription at this port (its
+                # SubscriptionConfirmation POST would reload the daemon).
+                reason = "sns_delivery"
+                message = (
+                    "an SNS delivery (x-amz-sns-message-type) may not change state; set "
+                    "admin.token_file and send the bearer token instead"
+                )
+            elif local:
                 # A web page's form post to the admin port (cross-site request forgery: it
                 # needs no CORS preflight) would register its own targets or reload.
                 reason = "browser"

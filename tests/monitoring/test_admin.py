@@ -265,6 +265,26 @@ async def test_a_web_page_cannot_change_state_through_a_loopback_browser(tmp_pat
         assert "reason=browser" in daemon.log_output.getvalue()
 
 
+async def test_an_sns_delivery_cannot_change_state_through_loopback(tmp_path):
+    """Anyone allowed to Subscribe can aim an http subscription at a daemon's admin port on the
+    broker's host: the broker's SubscriptionConfirmation POST comes from loopback, for them
+    (found by a report-only hunt: it reloaded the broker)."""
+    config_file = tmp_path / "balancer.toml"
+    config_file.write_text("[admin]\nport = 0\n")
+    delivery = ("x-amz-sns-message-type", "SubscriptionConfirmation")
+    async with running(BALANCER, BALANCER_CONFIG, config_path=config_file) as daemon:
+        admin = daemon.app.admin
+        before = daemon.app.runtime.current.generation
+        for path in ("/reload", "/targets/register"):
+            response = await admin.handle(
+                admin_request("POST", path, "127.0.0.1", headers=[delivery])
+            )
+            assert response.status == 403, path
+            assert "SNS delivery" in json.loads(response.body)["message"]
+        assert daemon.app.runtime.current.generation == before
+        assert "reason=sns_delivery" in daemon.log_output.getvalue()
+
+
 def curl(url: str, *options: str) -> tuple[int, bytes]:
     reply = subprocess.run(
         ["curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}", *options, url],
