@@ -604,10 +604,12 @@ class TopicRegistry:
                 subscription = Subscription(pending, topic)
                 self._add_subscription(subscription)
                 return subscription, [SubscriptionSaved(subscription=pending)]
-            restored = msgspec.structs.replace(found, pending=True, unsubscribed=False)
+            # Confirmed as it was, with its AuthenticateOnUnsubscribe: confirming it again with
+            # the unsigned link's request would drop that protection.
+            restored = msgspec.structs.replace(found, unsubscribed=False)
             subscription = Subscription(restored, topic)
             self._add_subscription(subscription)
-            found = subscription
+            return subscription, [SubscriptionSaved(subscription=restored)]
         if not found.record.pending:
             return found, []
         record = msgspec.structs.replace(

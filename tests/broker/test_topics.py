@@ -247,6 +247,33 @@ async def test_a_refused_restore_keeps_its_link_for_another_try(store: SqliteSto
     assert restored.arn == http.arn
 
 
+async def test_a_restored_subscription_keeps_its_authenticated_unsubscribes(
+    store: SqliteStore,
+) -> None:
+    """The link restores the subscription as it was: re-confirmed by the unsigned link, it
+    lost AuthenticateOnUnsubscribe (found by a report-only hunt)."""
+    topics = registry(store)
+    topic = await topics.create("t", {}, {}, 1)
+    http, _ = topics.subscribe(topic, "http", "http://h/", {}, owner="000000000000", now=1)
+    assert http.record.token is not None
+    topics.confirm(topics.by_token(topic.arn, http.record.token, 2), authenticated=True,
+                   authenticate_on_unsubscribe=True)  # fmt: skip
+    topics.unsubscribe(http, 3)
+    restore = topics.restore_token(http)
+    assert restore is not None
+    restored, mutations = topics.confirm(
+        topics.by_token(topic.arn, restore, 4),
+        authenticated=False,
+        authenticate_on_unsubscribe=False,
+    )
+    assert restored.arn == http.arn
+    assert not restored.record.pending
+    assert restored.record.authenticated
+    assert restored.record.authenticate_on_unsubscribe
+    assert mutations == [SubscriptionSaved(subscription=restored.record)]
+    assert topic.index.match({}, "m").matched == (restored.subscription_id,)
+
+
 async def test_subscribing_again_while_pending_reissues_the_token(
     store: SqliteStore, tmp_path: Path
 ) -> None:
