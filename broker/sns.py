@@ -24,6 +24,7 @@ from broker.model.conditions import request_context
 from broker.model.policy import Decision, evaluate
 from broker.model.publishing import PublishRequest, prepare, publish_size
 from broker.model.sns_errors import SnsError, invalid_parameter
+from broker.model.sns_mutations import SubscriptionRecord
 from broker.model.subscriptions import masked_endpoint
 from broker.model.subscriptions import render_attributes as render_subscription
 from broker.model.tags import MAX_TAGS, tag_problem
@@ -332,6 +333,8 @@ class SnsApi:
     async def confirm_subscription(self, params: Params, context: SnsContext) -> Result:
         now = now_ms()
         found = self.topics.by_token(_required(params, "TopicArn"), _required(params, "Token"), now)
+        if isinstance(found, SubscriptionRecord):
+            self._authorize_restore(found)
         on_unsubscribe = str(params.get("AuthenticateOnUnsubscribe") or "").lower() == "true"
         subscription, mutations = self.topics.confirm(
             found,
@@ -358,6 +361,31 @@ class SnsApi:
         else:  # confirmed already: that commit may be under way
             await self.store.settled()
         return {"SubscriptionArn": subscription.arn}
+
+    def _authorize_restore(self, record: SubscriptionRecord) -> None:
+        """Refuse the UnsubscribeConfirmation's link when the topic's policy would now refuse
+        the subscriber the Subscribe it restores: a partner whose grant the owner revoked
+        (or whose endpoint a new Deny names) must not come back through it."""
+        topic = self.topics.topic_by_id(record.topic_id)
+        if topic is None:
+            return
+        owner = record.owner
+        subscriber = SnsContext(
+            base_url="",
+            caller=Caller(
+                principal_arn=f"arn:aws:iam::{owner}:root",
+                account=owner,
+                sender_id=owner,
+                service="sns",
+                anonymous=False,
+            ),
+            action="Subscribe",
+            authenticated=True,
+            secure=True,
+            source_ip="",
+        )
+        keys = {"sns:protocol": (record.protocol,), "sns:endpoint": (record.endpoint,)}
+        self._authorize(topic, subscriber, "Subscribe", keys)
 
     async def unsubscribe(self, params: Params, context: SnsContext) -> Result:
         subscription = self.topics.subscription(params.get("SubscriptionArn"))

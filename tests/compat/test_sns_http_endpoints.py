@@ -24,7 +24,13 @@ import trustme
 
 from broker.config import SnsSettings
 from tests.support.auth_guard import AuthGuard
-from tests.support.broker import BrokerThread, broker_config, write_credentials
+from tests.support.broker import (
+    ACCESS_KEY_ID,
+    SECRET_ACCESS_KEY,
+    BrokerThread,
+    broker_config,
+    write_credentials,
+)
 from tests.support.sns import (
     Endpoint,
     Received,
@@ -531,3 +537,39 @@ def test_an_unsigned_confirmation_asking_for_authenticated_unsubscribes_is_refus
             (pending,) = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
             assert pending["SubscriptionArn"] == "PendingConfirmation"
             assert "<SubscriptionArn>" in fetch(link).decode()  # the plain link confirms
+
+
+def test_a_revoked_partner_cannot_restore_its_subscription_through_the_link(
+    tmp_path: Path,
+) -> None:
+    """The UnsubscribeConfirmation's SubscribeURL restores a subscription: a Subscribe the
+    topic's policy must still allow, or a partner whose grant the owner revoked comes back
+    (found by a report-only hunt)."""
+    partner = (
+        "AKIAPARTNER000000002",
+        "partner-secret-access-key",
+        "arn:aws:iam::111111111111:user/p",
+    )
+    auth = write_credentials(tmp_path, [(ACCESS_KEY_ID, SECRET_ACCESS_KEY, ""), partner])
+    with BrokerThread(broker_config(tmp_path / "data", auth=auth)) as signed_broker:
+        sns = sns_client(signed_broker.endpoint)
+        partner_sns = sns_client(
+            signed_broker.endpoint, access_key_id=partner[0], secret_access_key=partner[1]
+        )
+        topic = sns.create_topic(Name="partnered")["TopicArn"]
+        sns.add_permission(
+            TopicArn=topic, Label="p", AWSAccountId=["111111111111"], ActionName=["Subscribe"]
+        )
+        with Endpoint() as endpoint:
+            partner_sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=endpoint.url)
+            arn = confirm(endpoint)
+            sns.remove_permission(TopicArn=topic, Label="p")
+            sns.unsubscribe(SubscriptionArn=arn)
+            (goodbye,) = endpoint.wait_for(
+                1, match=lambda r: message_type(r) == "UnsubscribeConfirmation"
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                fetch(goodbye.envelope()["SubscribeURL"])
+            refused.value.close()
+            assert refused.value.code == 403
+            assert sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"] == []
