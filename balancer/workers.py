@@ -497,11 +497,23 @@ class Supervisor:
         if new.workers != len(self.workers):
             self.log.warning("config.restart_required", section="workers")
 
+    def grace_period(self) -> float:
+        """The longest grace period a worker may be draining with: the start's, or that of
+        the file now. A reload (SIGHUP, or ``POST /reload``, which the supervisor never sees)
+        applies the file's to the workers; killing them on the start's deadline would reset
+        requests the new one lets finish. A file the workers refused leaves the start's."""
+        grace = self.config.lifecycle.grace_period_seconds
+        try:
+            now = load(self.config_path, BalancerConfig)
+        except Exception:  # anything: the workers refused it and said why
+            return grace
+        return max(grace, now.lifecycle.grace_period_seconds)
+
     async def stop(self) -> None:
         """Forward SIGTERM, wait for the workers to drain, kill what outlives the deadline."""
         self.stopping.set()
         self.notifier.stopping()
-        grace = self.config.lifecycle.grace_period_seconds
+        grace = self.grace_period()
         self.log.info("supervisor.stopping", grace_period_seconds=grace)
         self._send_to_workers(signal.SIGTERM)
         if self.drain_cut_short:

@@ -782,6 +782,27 @@ class WatchdogNotifier(RecordingNotifier):
         self._watchdog_usec = watchdog_usec
 
 
+def test_the_supervisor_waits_for_a_grace_period_a_reload_raised(tmp_path):
+    """Workers drain with the grace period of the file they reloaded; the supervisor killed
+    them on the start's deadline, resetting requests the new one let finish (found by a
+    report-only hunt). A file the workers refused, or a shorter grace, changes nothing."""
+    config = tmp_path / "balancer.toml"
+    config.write_text(listener_config(workers=2, port=19599, admin=19597, grace=2))
+    supervisor = Supervisor(
+        load(config, BalancerConfig),
+        config,
+        notifier=Notifier(None),
+        log=EventLog("balancer", stream=io.StringIO()),
+    )
+    assert supervisor.grace_period() == 2
+    config.write_text(listener_config(workers=2, port=19599, admin=19597, grace=30))
+    assert supervisor.grace_period() == 30
+    config.write_text(listener_config(workers=2, port=19599, admin=19597, grace=1))
+    assert supervisor.grace_period() == 2
+    config.write_text("workers = [")
+    assert supervisor.grace_period() == 2
+
+
 @pytest.mark.slow
 async def test_a_worker_whose_loop_hangs_is_killed_and_replaced(tmp_path, nursery):
     """The supervisor pinged systemd's watchdog whatever its workers did: a worker stuck
