@@ -18,6 +18,8 @@ each with the timeouts above.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import secrets
 import ssl
 from collections import OrderedDict
@@ -96,6 +98,19 @@ class Target:
         return self.scheme, self.host, self.port
 
 
+# Letters, digits, "-" and "_" (found in real names, if not in RFC 1123's) in dot-separated
+# labels, one trailing dot allowed; the IDNA encoding has checked the labels' lengths.
+_HOST_NAME: Final = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?")
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_target(url: str) -> Target | None:
     """Split an endpoint URL; None if it cannot be reached (no host, bad port, other scheme)."""
     try:
@@ -109,6 +124,8 @@ def parse_target(url: str) -> Target | None:
         host = parts.hostname.encode("idna").decode("ascii")
     except UnicodeError:
         return None
+    if not _HOST_NAME.fullmatch(host) and not _is_ip_literal(parts.hostname):
+        return None  # a space, "<", '"' or "%00": no name a resolver could look up
     default = 443 if parts.scheme == "https" else 80
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     # Spaces, controls and non-ASCII cannot go on a request line: percent-encoded (UTF-8), as

@@ -328,6 +328,11 @@ async def test_targets() -> None:
     idn = parse_target("http://café.example:8080/p")
     assert idn is not None
     assert (idn.host, idn.host_header) == ("xn--caf-dma.example", "xn--caf-dma.example:8080")
+    # No resolver could look these up (found by a report-only hunt: Subscribe took them).
+    for host in ("a b", "exa<mple.com", 'exa"mple', "host%00name"):
+        assert parse_target(f"http://{host}/") is None, host
+    for host in ("[::1]", "127.0.0.1", "my_host.example", "h.example.", "[fe80::1%25eth0]"):
+        assert parse_target(f"http://{host}:8080/") is not None, host
 
 
 async def test_urls_a_request_line_cannot_carry_are_encoded_or_refused(client: MakeClient) -> None:
