@@ -581,9 +581,51 @@ class Fanout:
             timestamp=sns_envelope.format_timestamp(now),
             signer=self.signer(topic, base_url),
         )
-        headers = sns_envelope.http_headers(envelope, subscription_arn=subscription.arn)
         body = sns_envelope.encode(envelope)
+        if subscription.protocol == "sqs":
+            self._confirmation_to_queue(batch, subscription, body, now)
+            return
+        headers = sns_envelope.http_headers(envelope, subscription_arn=subscription.arn)
         self.queue_http(batch, subscription, message_type, body, headers, now)
+
+    def _confirmation_to_queue(
+        self, batch: Batch, subscription: Subscription, body: str, now: int
+    ) -> None:
+        """Send an SQS subscription's UnsubscribeConfirmation into its queue, as a delivery
+        (the queue's policy decides, as for notifications); a queue gone takes nothing."""
+        queue = self.queues.by_arn(subscription.endpoint)
+        if queue is None:
+            return
+        refused = sns_refusal(
+            queue.settings.policy,
+            topic_arn=subscription.topic.arn,
+            queue_arn=queue.arn,
+            subscriber=subscription.record.owner,
+            now_ms=now,
+        )
+        if refused is not None:
+            return
+        fifo = queue.settings.fifo
+        send = SendRequest(
+            body=body,
+            attributes={},
+            group_id="sns-unsubscribe-confirmation" if fifo else None,
+            deduplication_id=str(uuid.uuid4()) if fifo else None,
+            sender_id=subscription.record.owner,
+        )
+        try:
+            self.store.check_sealing(queue.settings)
+            outcome = queue.index.send(now, send)
+        except SqsError as error:
+            self.log.warning(
+                "sns.unsubscribe_confirmation_failed",
+                subscription=subscription.arn,
+                reason=error.message,
+            )
+            return
+        batch.mutations.extend(outcome.mutations)
+        batch.after.append(outcome.on_durable)
+        batch.stored_bytes += len(body)
 
 
 def _count_deliveries(

@@ -402,7 +402,12 @@ class SnsApi:
             self._require_subscriber_or_owner(subscription, context, "Unsubscribe")
         now = now_ms()
         batch = Batch()
-        batch.mutations.extend(self.topics.unsubscribe(subscription, now))
+        # The Unsubscribe reference: "If the Unsubscribe call does not require authentication
+        # and the requester is not the subscription owner, a final cancellation message is
+        # delivered to the endpoint", with a link that restores it. An SQS subscription
+        # gets it in its queue; the owner's signed Unsubscribe of its own queue, nothing.
+        by_owner = context.authenticated and context.caller.account == subscription.record.owner
+        batch.mutations.extend(self.topics.unsubscribe(subscription, now, restorable=not by_owner))
         # Its SubscriptionConfirmations go too: their token died with the subscription.
         self.deliveries.forget_subscription(subscription.subscription_id)
         # None for one never confirmed, which gets no UnsubscribeConfirmation (as on AWS; see

@@ -622,8 +622,12 @@ class TopicRegistry:
         found.topic.index_subscription(found)
         return found, [SubscriptionSaved(subscription=record)]
 
-    def unsubscribe(self, subscription: Subscription, now: int) -> list[SnsMutation]:
-        """Unsubscribe: gone from now on; confirmed HTTP/S ones keep a token that restores them.
+    def unsubscribe(
+        self, subscription: Subscription, now: int, *, restorable: bool = True
+    ) -> list[SnsMutation]:
+        """Unsubscribe: gone from now on; confirmed HTTP/S ones keep a token that restores them,
+        and so do SQS ones when ``restorable`` (an Unsubscribe not by their owner's signature:
+        the queue then gets an UnsubscribeConfirmation, broker.sns).
 
         The store's delete also drops what the outbox still owes the subscription (its
         notifications, its SubscriptionConfirmations), all but UnsubscribeConfirmations.
@@ -641,7 +645,10 @@ class TopicRegistry:
         # not let anyone delete: "you can't delete a subscription that's pending confirmation"
         # ("Deleting an Amazon SNS subscription and topic"). A link would let an endpoint that
         # never confirmed turn the subscription into a confirmed one.
-        if subscription.protocol in ("http", "https") and not subscription.record.pending:
+        linked = subscription.protocol in ("http", "https") or (
+            subscription.protocol == "sqs" and restorable
+        )
+        if linked and not subscription.record.pending:
             token = secrets.token_hex(64)
             kept = msgspec.structs.replace(
                 subscription.record,

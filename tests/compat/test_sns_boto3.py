@@ -943,3 +943,33 @@ def test_undeliverable_sqs_messages_go_to_the_dead_letter_queue(
     sns.publish(TopicArn=topic, Message="y" * 2000)  # too large for the queue
     assert [m["Body"] for m in receive_all(sqs_json, url, 1)] == ["small"]
     assert [m["Body"] for m in receive_all(sqs_json, dlq_url, 1)] == ["y" * 2000]
+
+
+def test_an_unsigned_unsubscribe_of_a_queue_leaves_it_a_confirmation_that_restores(
+    sns: Any, sqs_json: Any, queue: Any, name: Names
+) -> None:
+    """Anyone who read an envelope can follow its UnsubscribeURL. As on AWS, the queue then
+    gets a final UnsubscribeConfirmation whose SubscribeURL restores the subscription; the
+    owner's own signed Unsubscribe leaves nothing (found by a report-only hunt)."""
+    topic = sns.create_topic(Name=name())["TopicArn"]
+    url, arn = queue()
+    subscription = sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)["SubscriptionArn"]
+    sns.publish(TopicArn=topic, Message="before")
+    (message,) = receive_all(sqs_json, url, 1)
+    sqs_json.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    fetch(json.loads(message["Body"])["UnsubscribeURL"])  # unsigned, like a browser's GET
+    assert sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"] == []
+    (goodbye,) = receive_all(sqs_json, url, 1)
+    sqs_json.delete_message(QueueUrl=url, ReceiptHandle=goodbye["ReceiptHandle"])
+    envelope = json.loads(goodbye["Body"])
+    assert envelope["Type"] == "UnsubscribeConfirmation"
+    check_signature(envelope, fetch(envelope["SigningCertURL"]))
+    fetch(envelope["SubscribeURL"])
+    (restored,) = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
+    assert restored["SubscriptionArn"] == subscription
+    sns.publish(TopicArn=topic, Message="after")
+    (message,) = receive_all(sqs_json, url, 1)
+    assert json.loads(message["Body"])["Message"] == "after"
+    sqs_json.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    sns.unsubscribe(SubscriptionArn=subscription)  # the owner's, signed: no message
+    assert "Messages" not in sqs_json.receive_message(QueueUrl=url, WaitTimeSeconds=1)
