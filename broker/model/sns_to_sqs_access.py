@@ -59,8 +59,7 @@ def refusal(
         subscriber: the account that made the subscription.
         now_ms: the time of the publish, for conditions on ``aws:CurrentTime``/``EpochTime``.
     """
-    lenient = _account(topic_arn) == _account(queue_arn) == subscriber
-    return _compiled(policy, topic_arn, queue_arn, lenient).refusal(now_ms)
+    return _compiled(policy, topic_arn, queue_arn, subscriber).refusal(now_ms)
 
 
 def delivery_context(topic_arn: str, now_ms: int) -> dict[str, tuple[str, ...]]:
@@ -86,9 +85,9 @@ class _Access:
 
     __slots__ = ("_fixed", "_same_account", "_statements", "_timed", "_topic_arn")
 
-    def __init__(self, policy: str | None, topic_arn: str, queue_arn: str, lenient: bool) -> None:
+    def __init__(self, policy: str | None, topic_arn: str, queue_arn: str, subscriber: str) -> None:
         self._topic_arn = topic_arn
-        self._same_account = lenient
+        self._same_account = _account(topic_arn) == _account(queue_arn) == subscriber
         self._statements: list[dict[str, Any]] = applicable(
             policy,
             principal_arn=None,
@@ -118,5 +117,5 @@ class _Access:
 
 
 @lru_cache(maxsize=4096)
-def _compiled(policy: str | None, topic_arn: str, queue_arn: str, lenient: bool) -> _Access:
-    return _Access(policy, topic_arn, queue_arn, lenient)
+def _compiled(policy: str | None, topic_arn: str, queue_arn: str, subscriber: str) -> _Access:
+    return _Access(policy, topic_arn, queue_arn, subscriber)
