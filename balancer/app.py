@@ -218,8 +218,8 @@ class BalancerApp:
         if self.worker is not None and self.worker.count > 1:
             siblings = sibling_admins(config.admin, self.worker)
             if self.worker.primary:
-                self.targets_api.peers = lambda path, body: forward(
-                    siblings, path, body, self.admin.peer_authorization()
+                self.targets_api.peers = lambda path, body, authorization: forward(
+                    siblings, path, body, authorization
                 )
             else:
                 self.targets_api.primary = siblings[0][1]

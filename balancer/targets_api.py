@@ -341,7 +341,10 @@ class StateFile:
 # ---------------------------------------------------------------------------------------------
 # The routes.
 
-Peers = Callable[[str, bytes], Awaitable[dict[str, Any]]]
+# (path, body, the Authorization header to send): the change's own, as the client sent it,
+# which the siblings still take (a reload that rotates admin.token_file gives worker 0 the new
+# token before it forwards; the siblings get it only from the reload forwarded to them).
+Peers = Callable[[str, bytes, str | None], Awaitable[dict[str, Any]]]
 
 
 class TargetsApi:
@@ -461,7 +464,7 @@ class TargetsApi:
             raise ApiError(400, "ConfigError", refused)
         reply: dict[str, Any] = {"reloaded": True, "generation": self._runtime.current.generation}
         if self.peers is not None and not _from_peer(request):
-            reply["workers"] = await self.peers("/reload", b"")
+            reply["workers"] = await self.peers("/reload", b"", _authorization(request))
         return _json(200, reply)
 
     async def _commit(
@@ -493,7 +496,9 @@ class TargetsApi:
         targets = [t for t in described if t["id"] in ids]
         reply: dict[str, Any] = {"target_group": name, "targets": targets}
         if self.peers is not None and not _from_peer(request):
-            reply["workers"] = await self.peers(f"/targets/{action}", request.body)
+            reply["workers"] = await self.peers(
+                f"/targets/{action}", request.body, _authorization(request)
+            )
         return _json(200, reply)
 
     def _group(self, name: str) -> GroupRuntime:
@@ -587,3 +592,8 @@ def _from_peer(request: Request) -> bool:
 
 def _json(status: int, body: object) -> Response:
     return Response(status, msgspec.json.encode(body) + b"\n", content_type=JSON)
+
+
+def _authorization(request: Request) -> str | None:
+    header = request.header(b"authorization")
+    return None if header is None else header.decode("latin-1")

@@ -130,10 +130,6 @@ class AdminServer:
         (None: only to loopback clients)."""
         self._token = token
 
-    def peer_authorization(self) -> str | None:
-        """The Authorization header a sibling process sends with a change it forwards."""
-        return None if self._token is None else f"Bearer {self._token.decode('ascii')}"
-
     async def handle(self, request: Request, *, local_client: bool | None = None) -> Response:
         """Answer ``request``; ``local_client``: whether it came from this host (None: its
         address says, loopback or not)."""

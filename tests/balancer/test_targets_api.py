@@ -348,9 +348,11 @@ async def test_reload_route_reports_the_outcome(nursery):
 
 async def test_changes_are_forwarded_to_peer_workers_once(nursery):
     forwarded: list[tuple[str, bytes]] = []
+    authorizations: list[str | None] = []
 
-    async def peers(path: str, body: bytes) -> dict:
+    async def peers(path: str, body: bytes, authorization: str | None) -> dict:
         forwarded.append((path, body))
+        authorizations.append(authorization)
         return {"1": "ok"}
 
     async def reload() -> None:
@@ -368,9 +370,11 @@ async def test_changes_are_forwarded_to_peer_workers_once(nursery):
     status, reply = await admin.call("POST", "/targets/deregister", body, headers=peer)
     assert status == 200
     assert "workers" not in reply
-    status, reply = await admin.call("POST", "/reload")
+    status, reply = await admin.call("POST", "/reload", headers=[("authorization", "Bearer t")])
     assert reply["workers"] == {"1": "ok"}
     assert [path for path, _ in forwarded] == ["/targets/register", "/reload"]
+    # Forwarded with the request's own Authorization (the token the siblings still hold).
+    assert authorizations == [None, "Bearer t"]
     admin.frame.stop(0)
 
 

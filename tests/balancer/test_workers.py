@@ -303,6 +303,35 @@ async def test_two_workers_share_the_listener_reload_restart_and_stop(nursery, t
 
 
 @pytest.mark.slow
+async def test_a_post_reload_that_rotates_the_admin_token_reaches_every_worker(tmp_path):
+    """Worker 0 took the new token before it forwarded the reload, with it, to worker 1, which
+    still held the old one and refused: worker 1 stayed on the old file (found by a
+    report-only hunt). The change goes on with the Authorization it came with."""
+    port, admin_port = free_port(), free_port(start_pair=True)
+    token_file = tmp_path / "admin.token"
+    token_file.write_text("old-token-0123456789")
+    token_file.chmod(0o600)
+    config = tmp_path / "balancer.toml"
+    settings = {"workers": 2, "port": port, "admin": admin_port, "state_dir": str(tmp_path)}
+    with_token = f'[admin]\ntoken_file = "{token_file}"\nport = '
+    config.write_text(listener_config(**settings).replace("[admin]\nport = ", with_token))
+    admins = [("127.0.0.1", admin_port), ("127.0.0.1", admin_port + 1)]
+    async with daemon_process("balancer", config, tmp_path) as daemon:
+        assert (await daemon.next_notification()).startswith(b"READY=1")
+        token_file.write_text("new-token-0123456789")
+        old = [("authorization", "Bearer old-token-0123456789")]
+        status, _, reply = await request(admins[0], "POST", "/reload", headers=old)
+        assert status == 200, reply
+        assert json.loads(reply)["workers"] == {"1": "ok"}
+        new = [("authorization", "Bearer new-token-0123456789")]
+        for admin in admins:  # both hold the new token now
+            assert (await request(admin, "POST", "/reload", headers=old))[0] == 403
+        status, _, reply = await request(admins[0], "POST", "/reload", headers=new)
+        assert json.loads(reply)["workers"] == {"1": "ok"}
+        daemon.signal(signal.SIGTERM)
+
+
+@pytest.mark.slow
 async def test_a_reload_adds_a_listener_in_every_worker_or_is_refused(tmp_path):
     port, extra_port, admin_port = free_port(), free_port(), free_port(start_pair=True)
     config = tmp_path / "balancer.toml"
