@@ -397,8 +397,10 @@ class BalancerApp:
         unopenable, self._unopenable = self._unopenable, {}
         if self.frame.draining.started:
             raise ConfigError(self._config_file, "the balancer is stopping")
-        if self.worker is not None:  # a new listener needs a fixed port here too
-            check_workers(config, self._config_file)
+        if self.worker is not None:
+            # A new listener needs a fixed port here too: checked against the workers running,
+            # not the file's count, which applies only at a restart.
+            check_workers(config, self._config_file, workers=self.worker.count)
         keys, tls = _compile_inputs(config, self.frame.log)
         open_access_logs(self.access_logs, config, unopenable=unopenable)  # the new ones
         try:

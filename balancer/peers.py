@@ -70,25 +70,28 @@ def supervisor_pid(environ: Mapping[str, str] | None = None) -> int:
     return int(given) if given.isdigit() else os.getppid()
 
 
-def check_workers(config: BalancerConfig, path: str) -> None:
+def check_workers(config: BalancerConfig, path: str, *, workers: int | None = None) -> None:
     """Refuse settings that several workers cannot share.
+
+    Args:
+        workers: the processes that will share them (a reload's: those running, whatever
+            the file's ``workers``, which applies at a restart); None: the file's.
 
     Raises:
         ConfigError: with ``workers > 1``, a listener or the admin listener on port 0 (each
             worker would get a different port), or admin ports running past 65535.
     """
-    if config.workers <= 1:
+    count = config.workers if workers is None else workers
+    if count <= 1:
         return
     for i, listener in enumerate(config.listeners):
         if listener.port == 0:
             raise ConfigError(
-                path, f"workers = {config.workers} needs a fixed port - at `$.listeners[{i}].port`"
+                path, f"workers = {count} needs a fixed port - at `$.listeners[{i}].port`"
             )
     if config.admin.port == 0:
-        raise ConfigError(
-            path, f"workers = {config.workers} needs a fixed admin port - at `$.admin.port`"
-        )
-    if config.admin.port + config.workers - 1 > 65535:
+        raise ConfigError(path, f"workers = {count} needs a fixed admin port - at `$.admin.port`")
+    if config.admin.port + count - 1 > 65535:
         raise ConfigError(path, "admin.port + workers - 1 must stay within 65535")
 
 

@@ -59,6 +59,10 @@ def test_check_workers_wants_fixed_ports():
     with pytest.raises(ConfigError, match="65535"):
         check_workers(BalancerConfig(workers=3, admin=AdminSettings(port=65534)), "f.toml")
     check_workers(BalancerConfig(workers=2, admin=AdminSettings(port=65534)), "f.toml")
+    # A reload is checked against the workers running: a file saying workers = 1 (applied only
+    # at a restart) must not let a port-0 listener in, bound on a different port by each.
+    with pytest.raises(ConfigError, match=r"workers = 2 needs a fixed port"):
+        check_workers(BalancerConfig(listeners=(listener,)), "f.toml", workers=2)
 
 
 async def test_forward_reports_each_sibling(nursery):
