@@ -661,11 +661,17 @@ class Daemon(Generic[C]):
             DaemonStopping: the daemon drains; nothing was read (not a refused file: a
                 reload during a rolling restart is no failure to count or alert on).
         """
+        self._skip_if_stopping()
+        async with self._reload_lock:
+            # Again: the drain may have begun while this one waited for another reload (a
+            # deploy's POST /reload racing systemd's stop).
+            self._skip_if_stopping()
+            return await self._reload()
+
+    def _skip_if_stopping(self) -> None:
         if self.frame.draining.started:
             self.log.info("config.reload_skipped", reason="stopping")
             raise DaemonStopping("the daemon is stopping: a reload is not applied while it drains")
-        async with self._reload_lock:
-            return await self._reload()
 
     async def _reload(self) -> str | None:
         self.notifier.reloading(time.monotonic_ns() // 1000)

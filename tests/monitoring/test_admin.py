@@ -410,3 +410,32 @@ def test_check_config_and_the_start_refuse_a_bad_token_file(tmp_path, capsys):
     assert expected in capsys.readouterr().err
     assert balancer_main(["serve", "--config", str(balancer_file)]) == 1
     assert f"cannot start: {expected}" in capsys.readouterr().err
+
+
+async def test_a_reload_queued_when_the_drain_begins_is_skipped_not_refused(tmp_path):
+    """Reloads wait for one another: one queued behind another when SIGTERM came read the
+    file after the drain began, and was answered 400 ConfigError, counted as a failure and
+    told systemd READY=1 after STOPPING=1 (found by a report-only hunt)."""
+    config_file = tmp_path / "balancer.toml"
+    config_file.write_text("[admin]\nport = 0\n")
+    async with running(
+        BALANCER, load(config_file, BalancerConfig), config_path=config_file
+    ) as daemon:
+        addr = address(daemon, "admin")
+        answers: list[tuple[int, bytes]] = []
+
+        async def post_reload() -> None:
+            status, _, body = await request(addr, "POST", "/reload")
+            answers.append((status, body))
+
+        await daemon._reload_lock.acquire()  # another reload under way
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(post_reload)
+            await trio.sleep(0.2)  # the POST waits for the lock
+            daemon.frame.draining.start()
+            daemon._reload_lock.release()
+        _, _, metrics = await request(addr, target="/metrics")
+    assert [(status, json.loads(body)["error"]) for status, body in answers] == [
+        (503, "Unavailable")
+    ]
+    assert 'wharf_config_reloads_total{outcome="failure"} 0.0' in metrics.decode()
