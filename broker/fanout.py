@@ -36,6 +36,8 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
 
+import msgspec
+
 from broker.frontend import request_ids
 from broker.model.errors import SqsError
 from broker.model.filter_index import Selection
@@ -471,6 +473,41 @@ class Fanout:
         queue = self.queues.by_arn(target) if target else None
         if queue is None:
             return False
+        return self._send_as_sns(
+            batch,
+            subscription,
+            queue,
+            SendRequest(
+                body=body,
+                attributes=dict(attributes),
+                # A FIFO DLQ (FIFO topics' subscriptions) keeps the group; ids are made up if
+                # the message had none, so a dead letter is never refused for lack of one.
+                group_id=group_id or "sns-dead-letter",
+                deduplication_id=deduplication_id,
+            ),
+            now,
+            failure="sns.dead_letter_failed",
+        )
+
+    def _send_as_sns(
+        self,
+        batch: Batch,
+        subscription: Subscription,
+        queue: Queue,
+        send: SendRequest,
+        now: int,
+        *,
+        failure: str,
+    ) -> bool:
+        """Add to ``batch`` SNS's own send of ``send`` into ``queue`` for ``subscription``
+        (a dead letter, an UnsubscribeConfirmation): only if the queue's policy lets SNS
+        send there, as for notifications; as the account that subscribed (not the
+        publisher: an HTTP delivery keeps none); with FIFO ids made up where the message
+        has none. ``failure``: the event logged when it cannot be made.
+
+        Returns:
+            True if a send was added.
+        """
         refused = sns_refusal(
             queue.settings.policy,
             topic_arn=subscription.topic.arn,
@@ -478,34 +515,25 @@ class Fanout:
             subscriber=subscription.record.owner,
             now_ms=now,
         )
-        if refused is not None:  # another account's subscription, say: as for its queue
-            self.log.warning(
-                "sns.dead_letter_failed", subscription=subscription.arn, reason=refused.value
-            )
+        if refused is not None:  # another account's subscription, say
+            self.log.warning(failure, subscription=subscription.arn, reason=refused.value)
             return False
         fifo = queue.settings.fifo
-        send = SendRequest(
-            body=body,
-            attributes=dict(attributes),
-            # A FIFO DLQ (FIFO topics' subscriptions) keeps the group; ids are made up if the
-            # message had none, so a dead letter is never refused for lack of one.
-            group_id=(group_id or "sns-dead-letter") if fifo else None,
-            deduplication_id=(deduplication_id or str(uuid.uuid4())) if fifo else None,
-            # SNS sends it, not the publisher (not kept with an HTTP delivery): the account
-            # that subscribed, which is the DLQ's owner too.
+        send = msgspec.structs.replace(
+            send,
+            group_id=send.group_id if fifo else None,
+            deduplication_id=(send.deduplication_id or str(uuid.uuid4())) if fifo else None,
             sender_id=subscription.record.owner,
         )
         try:
             self.store.check_sealing(queue.settings)
             outcome = queue.index.send(now, send)
         except SqsError as error:
-            self.log.warning(
-                "sns.dead_letter_failed", subscription=subscription.arn, reason=error.message
-            )
+            self.log.warning(failure, subscription=subscription.arn, reason=error.message)
             return False
         batch.mutations.extend(outcome.mutations)
         batch.after.append(outcome.on_durable)
-        batch.stored_bytes += len(body)
+        batch.stored_bytes += len(send.body)
         return True
 
     # ------------------------------------------------------------------ HTTP/S
@@ -596,36 +624,10 @@ class Fanout:
         queue = self.queues.by_arn(subscription.endpoint)
         if queue is None:
             return
-        refused = sns_refusal(
-            queue.settings.policy,
-            topic_arn=subscription.topic.arn,
-            queue_arn=queue.arn,
-            subscriber=subscription.record.owner,
-            now_ms=now,
+        send = SendRequest(body=body, attributes={}, group_id="sns-unsubscribe-confirmation")
+        self._send_as_sns(
+            batch, subscription, queue, send, now, failure="sns.unsubscribe_confirmation_failed"
         )
-        if refused is not None:
-            return
-        fifo = queue.settings.fifo
-        send = SendRequest(
-            body=body,
-            attributes={},
-            group_id="sns-unsubscribe-confirmation" if fifo else None,
-            deduplication_id=str(uuid.uuid4()) if fifo else None,
-            sender_id=subscription.record.owner,
-        )
-        try:
-            self.store.check_sealing(queue.settings)
-            outcome = queue.index.send(now, send)
-        except SqsError as error:
-            self.log.warning(
-                "sns.unsubscribe_confirmation_failed",
-                subscription=subscription.arn,
-                reason=error.message,
-            )
-            return
-        batch.mutations.extend(outcome.mutations)
-        batch.after.append(outcome.on_durable)
-        batch.stored_bytes += len(body)
 
 
 def _count_deliveries(
