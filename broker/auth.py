@@ -72,6 +72,17 @@ class Caller:
     service: str | None  # the credential scope's service, when the request carries one
     anonymous: bool
 
+    @classmethod
+    def account_root(cls, account: str, *, service: str | None, anonymous: bool) -> Caller:
+        """The account itself (``arn:aws:iam::<account>:root``) as the caller."""
+        return cls(
+            principal_arn=f"arn:aws:iam::{account}:root",
+            account=account,
+            sender_id=account,
+            service=service,
+            anonymous=anonymous,
+        )
+
 
 class Authenticator:
     """Checks each request's signature, or lets it through when the config says anonymous."""
@@ -101,13 +112,8 @@ class Authenticator:
         if self.settings.anonymous:
             self._refuse_what_a_browser_sent(request)
             scope = sigv4.peek_scope(headers=request.headers, query=request.query)
-            return Caller(
-                principal_arn=f"arn:aws:iam::{self.account_id}:root",
-                account=self.account_id,
-                sender_id=self.account_id,
-                service=scope.service if scope is not None else None,
-                anonymous=True,
-            )
+            service = scope.service if scope is not None else None
+            return Caller.account_root(self.account_id, service=service, anonymous=True)
         identity = sigv4.verify(
             method=request.method.decode("ascii", "replace"),
             path=request.raw_path,

@@ -372,13 +372,7 @@ class SnsApi:
         owner = record.owner
         subscriber = SnsContext(
             base_url="",
-            caller=Caller(
-                principal_arn=f"arn:aws:iam::{owner}:root",
-                account=owner,
-                sender_id=owner,
-                service="sns",
-                anonymous=False,
-            ),
+            caller=Caller.account_root(owner, service="sns", anonymous=False),
             action="Subscribe",
             authenticated=True,
             secure=True,

@@ -204,14 +204,7 @@ class SnsFrontend:
             if signed or action not in UNSIGNED_ACTIONS or _asks_protection(request, action):
                 raise
             # A subscriber following SubscribeURL or UnsubscribeURL: no credentials, by design.
-            account = authenticator.account_id
-            anonymous = Caller(
-                principal_arn=f"arn:aws:iam::{account}:root",
-                account=account,
-                sender_id=account,
-                service="sns",
-                anonymous=True,
-            )
+            anonymous = Caller.account_root(authenticator.account_id, service="sns", anonymous=True)
             return anonymous, False
         return caller, signed
 
