@@ -40,10 +40,11 @@ def test_reads_names_subject_and_expiry(ca, tmp_path):
     assert (loaded.cert_file, loaded.key_file) == (pair.cert_file, pair.key_file)
 
 
-def write_self_signed(tmp_path, common_name, extensions=()):
-    """A self-signed ECDSA certificate with only ``common_name`` as its subject and the given
-    extensions, in ``c.pem``, and its key in ``c.key``."""
-    key = ec.generate_private_key(ec.SECP256R1())
+def write_self_signed(tmp_path, common_name, extensions=(), *, key=None, stem="c"):
+    """A self-signed certificate with only ``common_name`` as its subject and the given
+    extensions, in ``<stem>.pem``, and its key (ECDSA P-256 unless given) in ``<stem>.key``;
+    returns the two paths."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
     builder = (
@@ -57,15 +58,20 @@ def write_self_signed(tmp_path, common_name, extensions=()):
     )
     for extension in extensions:
         builder = builder.add_extension(extension, critical=False)
-    cert = builder.sign(key, hashes.SHA256())
-    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "c.key").write_bytes(
+    # Ed25519 signs without a separate hash.
+    cert = builder.sign(
+        key, None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    )
+    cert_file, key_file = tmp_path / f"{stem}.pem", tmp_path / f"{stem}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
     )
+    return str(cert_file), str(key_file)
 
 
 def test_falls_back_to_the_common_name_without_san(tmp_path):
@@ -160,65 +166,24 @@ def test_reads_the_key_type(ca, tmp_path):
         leaf.private_key_pem.write_to_path(str(tmp_path / "k.key"))
         loaded = load_certificate_files(str(tmp_path / "k.pem"), str(tmp_path / "k.key"))
         assert loaded.key_type == expected
-    key = ed25519.Ed25519PrivateKey.generate()
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ed.example.org")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, None)
+    ed = ed25519.Ed25519PrivateKey.generate()
+    loaded = load_certificate_files(
+        *write_self_signed(tmp_path, "ed.example.org", key=ed, stem="ed")
     )
-    (tmp_path / "ed.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "ed.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    loaded = load_certificate_files(str(tmp_path / "ed.pem"), str(tmp_path / "ed.key"))
     assert loaded.key_type == "Ed25519"  # never paired: ALB takes ECDSA and RSA only
-
-
-def self_signed(tmp_path, stem: str, key) -> tuple[str, str]:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{stem}.example.org")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / f"{stem}.pem", tmp_path / f"{stem}.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return str(cert_file), str(key_file)
 
 
 def test_an_ecdsa_key_on_a_curve_tls_clients_refuse_is_refused(tmp_path):
     """secp256k1 loads into OpenSSL, then fails every handshake, and would take its names'
     ECDSA slot from a usable certificate listed after it."""
-    cert_file, key_file = self_signed(tmp_path, "k1", ec.generate_private_key(ec.SECP256K1()))
+    k1 = ec.generate_private_key(ec.SECP256K1())
+    cert_file, key_file = write_self_signed(tmp_path, "k1.example.org", key=k1, stem="k1")
     with pytest.raises(ConfigError, match="curve secp256k1") as refused:
         load_certificate_files(cert_file, key_file)
     assert refused.value.path == cert_file
     for curve in (ec.SECP256R1(), ec.SECP384R1(), ec.SECP521R1()):
-        pair = self_signed(tmp_path, curve.name, ec.generate_private_key(curve))
+        key = ec.generate_private_key(curve)
+        pair = write_self_signed(tmp_path, f"{curve.name}.example.org", key=key, stem=curve.name)
         assert load_certificate_files(*pair).key_type == "ECDSA"
 
 
