@@ -240,7 +240,7 @@ class Client:
             data = await sock.recv(1, socket.MSG_PEEK)
         except OSError:
             return True
-        return not data and self.conn.their_state is not h11.DONE
+        return not data and self.conn.their_state not in _REQUEST_WHOLE
 
     async def send(self, data: bytes) -> None:
         """Write to the client; raises :class:`ClientGone` if it is not there any more."""
@@ -252,6 +252,11 @@ class Client:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise ClientGone from None
         self.sent += len(data)
+
+
+# The client's states once its request is complete: DONE (keep-alive), MUST_CLOSE (its
+# request ends the connection: ``Connection: close``, HTTP/1.0), CLOSED (its end seen).
+_REQUEST_WHOLE: Final = frozenset({h11.DONE, h11.MUST_CLOSE, h11.CLOSED})
 
 
 def _clock_reader() -> Callable[[], float]:
