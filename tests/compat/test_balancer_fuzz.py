@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, event, given, settings
 
 from tests.support.http_fuzz import (
     ANSWER_LIMIT,
+    Answer,
     Case,
     FuzzBalancer,
     Response,
@@ -73,13 +74,13 @@ def sent_copies(payload: bytes, ident: str) -> int:
     return payload.count(b"/fz/%s/%s " % (tag.encode(), index.encode()))
 
 
-def health_check(lb: FuzzBalancer, tag: bytes) -> list[Response]:
+def health_check(lb: FuzzBalancer, tag: bytes) -> tuple[list[Response], Answer]:
     payload = (
         b"GET /fz/%s/ok HTTP/1.1\r\nHost: fuzz.test\r\nX-Fuzz-Id: %s-ok\r\n"
         b"Connection: close\r\n\r\n" % (tag, tag)
     )
     answer = send(lb.address, payload, "eof")
-    return parse_responses(answer.data, bodiless=False)[0]
+    return parse_responses(answer.data, bodiless=False)[0], answer
 
 
 # HYPOTHESIS_PROFILE=deep runs ten times as many examples.
@@ -98,7 +99,7 @@ def test_no_request_crashes_hangs_or_splits_at_the_backend(rig: Rig, case: Case)
     rig.cases[tag.decode()] = case
     payload = case.payload(tag)
     answer = send(lb.address, payload, case.mode, case.pauses)
-    health = health_check(lb, tag)
+    health, health_answer = health_check(lb, tag)
     # Account for everything the backend got before asserting anything, so that a failed
     # example leaves nothing for the next one.
     errors = lb.new_log_errors()
@@ -160,7 +161,10 @@ def test_no_request_crashes_hangs_or_splits_at_the_backend(rig: Rig, case: Case)
             )
             assert answered == arrived, f"backend got {arrived}, client got answers {answered}"
 
-    assert [(r.status, r.header(b"x-fuzz-id")) for r in health] == [(200, tag + b"-ok")], health
+    assert [(r.status, r.header(b"x-fuzz-id")) for r in health] == [(200, tag + b"-ok")], (
+        health_answer,
+        lb.access_lines(tag.decode()),
+    )
 
 
 # Bugs the property found (each logged a handler failure at level=error), as minimal

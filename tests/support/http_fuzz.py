@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
+import shutil
 import socket
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +31,7 @@ import trio
 from hypothesis import strategies as st
 
 from balancer.cli import SPEC
-from balancer.config import HealthCheck, ListenerTimeouts, Target, TargetGroup
+from balancer.config import AccessLog, HealthCheck, ListenerTimeouts, Target, TargetGroup
 from monitoring.lifecycle import Daemon
 from tests.support.balancer_http import config, front, listener
 from tests.support.daemons import running
@@ -183,6 +186,9 @@ class FuzzBalancer:
         self._thread = threading.Thread(target=self._run, name="wharf-fuzz", daemon=True)
         self._log_offset = 0
         self._seen_offset = 0
+        # Read only when a case fails, to tell what the balancer made of its connections.
+        self._log_dir = tempfile.mkdtemp(prefix="wharf-fuzz-")
+        self._access_log = os.path.join(self._log_dir, "access.log")
 
     def _run(self) -> None:
         try:
@@ -202,7 +208,11 @@ class FuzzBalancer:
                 targets=(Target(host="127.0.0.1", port=self.backend.port),),
                 health_check=HealthCheck(enabled=False),
             )
-            lst = listener(timeouts=self.timeouts, idle_timeout_seconds=self.idle_timeout_seconds)
+            lst = listener(
+                timeouts=self.timeouts,
+                idle_timeout_seconds=self.idle_timeout_seconds,
+                access_log=AccessLog(enabled=True, destination=self._access_log),
+            )
             async with running(SPEC, config([lst], [group]), level="info") as daemon:
                 self._daemon = daemon
                 self.address = front(daemon)
@@ -221,6 +231,7 @@ class FuzzBalancer:
         if self._token is not None and self._stop is not None and self._thread.is_alive():
             trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
         self._thread.join(30)
+        shutil.rmtree(self._log_dir, ignore_errors=True)
 
     def __enter__(self) -> FuzzBalancer:
         return self.start()
@@ -238,6 +249,12 @@ class FuzzBalancer:
         text: str = self._daemon.log_output.getvalue()  # type: ignore[attr-defined]
         fresh, self._log_offset = text[self._log_offset :], len(text)
         return [line for line in fresh.splitlines() if "level=error" in line]
+
+    def access_lines(self, needle: str) -> list[str]:
+        """The access log's lines that mention ``needle`` (a case's tag), for a failure's story."""
+        time.sleep(1.5)  # the balancer flushes its access log once a second
+        with open(self._access_log, encoding="utf-8", errors="replace") as log:
+            return [line for line in log if needle in line]
 
     def new_backend_requests(self) -> list[Seen]:
         """The requests the backend recorded since the last call."""
