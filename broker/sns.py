@@ -311,6 +311,7 @@ class SnsApi:
             endpoint,
             params.get("Attributes") or {},
             owner=context.caller.account,
+            principal=context.caller.principal_arn,
             now=now,
         )
         batch = Batch()
