@@ -332,15 +332,23 @@ class SnsApi:
         return {"SubscriptionArn": "pending confirmation" if pending else subscription.arn}
 
     async def confirm_subscription(self, params: Params, context: SnsContext) -> Result:
+        on_unsubscribe = str(params.get("AuthenticateOnUnsubscribe") or "").lower() == "true"
+        if on_unsubscribe and not context.authenticated:
+            # "This call requires an AWS signature only when the AuthenticateOnUnsubscribe flag
+            # is set to true": refused, in anonymous mode too, rather than confirmed with the
+            # flag dropped, which would leave the endpoint owner believing it protected.
+            raise sns_error(
+                "AuthorizationErrorException",
+                "AuthenticateOnUnsubscribe=true: ConfirmSubscription needs a signed request.",
+            )
         now = now_ms()
         found = self.topics.by_token(_required(params, "TopicArn"), _required(params, "Token"), now)
         if isinstance(found, SubscriptionRecord):
             self._authorize_restore(found)
-        on_unsubscribe = str(params.get("AuthenticateOnUnsubscribe") or "").lower() == "true"
         subscription, mutations = self.topics.confirm(
             found,
             authenticated=context.authenticated,
-            authenticate_on_unsubscribe=on_unsubscribe and context.authenticated,
+            authenticate_on_unsubscribe=on_unsubscribe,
             now=now,
         )
         token = subscription.record.token
