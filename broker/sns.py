@@ -480,6 +480,11 @@ class SnsApi:
             raise invalid_parameter(
                 "PhoneNumber Reason: SMS is out of scope for Wharf; publish to a topic"
             )
+        if params.get("TopicArn") and params.get("TargetArn"):
+            # Alternatives in the Publish reference: which one the caller meant is unknown.
+            raise invalid_parameter(
+                "TopicArn or TargetArn Reason: Only one of TopicArn and TargetArn can be specified"
+            )
         arn = params.get("TopicArn") or params.get("TargetArn")
         if not arn:
             raise invalid_parameter("TopicArn or TargetArn Reason: no value for required parameter")

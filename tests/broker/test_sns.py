@@ -87,6 +87,16 @@ def test_target_arn_publishes_to_topics_but_not_to_devices(
     assert info.value.response["Error"]["Message"] == (
         "Invalid parameter: TopicArn or TargetArn Reason: no value for required parameter"
     )
+    # Both, even naming the same topic: refused rather than one silently ignored (found by a
+    # report-only hunt).
+    for target in (topic, f"arn:aws:sns:us-east-1:{ACCOUNT_ID}:another"):
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            sns.publish(TopicArn=topic, TargetArn=target, Message="m")
+        assert info.value.response["Error"]["Code"] == "InvalidParameter"
+        assert info.value.response["Error"]["Message"] == (
+            "Invalid parameter: TopicArn or TargetArn Reason: Only one of TopicArn and "
+            "TargetArn can be specified"
+        )
 
 
 def test_fifo_publish_batch_answers_sequence_numbers(sns: Any) -> None:
