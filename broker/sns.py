@@ -27,7 +27,7 @@ from broker.model.sns_errors import SnsError, invalid_parameter
 from broker.model.sns_mutations import SubscriptionRecord
 from broker.model.subscriptions import masked_endpoint
 from broker.model.subscriptions import render_attributes as render_subscription
-from broker.model.tags import MAX_TAGS, tag_problem
+from broker.model.tags import MAX_TAGS, tag_key_problem, tag_problem
 from broker.model.topic_permissions import add_permission, remove_permission
 from broker.model.topics import TopicSettings
 from broker.model.topics import render_attributes as render_topic
@@ -284,7 +284,7 @@ class SnsApi:
 
     async def untag_resource(self, params: Params, context: SnsContext) -> Result:
         topic = self._tagged(params, context)
-        drop = set(params.get("TagKeys") or [])
+        drop = _tag_keys(params.get("TagKeys") or [])
         await self.topics.update_tags(
             topic, lambda current: {k: v for k, v in current.items() if k not in drop}
         )
@@ -564,6 +564,18 @@ def _tags(entries: Sequence[Mapping[str, str]]) -> dict[str, str]:
         if problem is not None:
             raise invalid_parameter(f"Tags Reason: {problem}")
     return tags
+
+
+def _tag_keys(keys: Sequence[str]) -> set[str]:
+    """UntagResource's TagKeys: the keys TagResource would take (botocore's model: TagKey is
+    1-128 characters), at least one."""
+    if not keys:
+        raise invalid_parameter("TagKeys Reason: no value for required parameter")
+    for key in keys:
+        problem = tag_key_problem(key)
+        if problem is not None:
+            raise invalid_parameter(f"TagKeys Reason: {problem}")
+    return set(keys)
 
 
 def _page(

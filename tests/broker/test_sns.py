@@ -11,7 +11,7 @@ import botocore.exceptions
 import pytest
 
 from broker.model.sns_errors import SnsError
-from broker.sns import _check_batch, _page, _tags
+from broker.sns import _check_batch, _page, _tag_keys, _tags
 from tests.support.broker import ACCOUNT_ID, BrokerThread, broker_config
 from tests.support.sns import queue_arn, receive_all, sns_client
 from tests.support.writer_gate import WriterGate
@@ -42,6 +42,10 @@ def test_tag_and_batch_checks() -> None:
     with pytest.raises(SnsError, match="Tags Reason"):
         _tags([{"Key": "", "Value": "b"}])
     _check_batch([{"Id": "ok-1_"}])
+    assert _tag_keys(["a", "a", "b"]) == {"a", "b"}
+    for keys in ([""], ["k" * 129], ["a", "x\ty"], []):
+        with pytest.raises(SnsError, match="TagKeys Reason"):
+            _tag_keys(keys)
 
 
 def test_list_subscriptions_pages_by_100(shared_broker: BrokerThread, sns: Any) -> None:

@@ -214,6 +214,19 @@ def test_tags(sns: Any, name: Names) -> None:
     with pytest.raises(botocore.exceptions.ClientError) as info:
         sns.tag_resource(ResourceArn=arn, Tags=[{"Key": "aws:owner", "Value": "me"}])
     assert code_of(info) == "InvalidParameter"
+    # UntagResource's keys follow TagResource's rules (found by a report-only hunt).
+    for keys, reason in (
+        (["k" * 129], "tag keys must be 1-128 characters"),
+        (["env", "aws:owner"], "the aws: prefix is reserved for AWS use"),
+        ([], "no value for required parameter"),
+    ):
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            sns.untag_resource(ResourceArn=arn, TagKeys=keys)
+        assert (code_of(info), message_of(info)) == (
+            "InvalidParameter",
+            f"Invalid parameter: TagKeys Reason: {reason}",
+        )
+    assert sns.list_tags_for_resource(ResourceArn=arn)["Tags"] == [{"Key": "env", "Value": "prod"}]
 
 
 def test_add_and_remove_permission(sns: Any, name: Names) -> None:
