@@ -27,7 +27,7 @@ from broker.model.sns_errors import SnsError, invalid_parameter
 from broker.model.sns_mutations import SubscriptionRecord
 from broker.model.subscriptions import masked_endpoint
 from broker.model.subscriptions import render_attributes as render_subscription
-from broker.model.tags import MAX_TAGS, tag_problem
+from broker.model.tags import MAX_TAGS, tag_key_problem, tag_problem
 from broker.model.topic_permissions import add_permission, remove_permission
 from broker.model.topics import TopicSettings
 from broker.model.topics import render_attributes as render_topic
@@ -284,7 +284,7 @@ class SnsApi:
 
     async def untag_resource(self, params: Params, context: SnsContext) -> Result:
         topic = self._tagged(params, context)
-        drop = set(params.get("TagKeys") or [])
+        drop = _tag_keys(params.get("TagKeys") or [])
         await self.topics.update_tags(
             topic, lambda current: {k: v for k, v in current.items() if k not in drop}
         )
@@ -311,6 +311,7 @@ class SnsApi:
             endpoint,
             params.get("Attributes") or {},
             owner=context.caller.account,
+            principal=context.caller.principal_arn,
             now=now,
         )
         batch = Batch()
@@ -331,15 +332,23 @@ class SnsApi:
         return {"SubscriptionArn": "pending confirmation" if pending else subscription.arn}
 
     async def confirm_subscription(self, params: Params, context: SnsContext) -> Result:
+        on_unsubscribe = str(params.get("AuthenticateOnUnsubscribe") or "").lower() == "true"
+        if on_unsubscribe and not context.authenticated:
+            # "This call requires an AWS signature only when the AuthenticateOnUnsubscribe flag
+            # is set to true": refused, in anonymous mode too, rather than confirmed with the
+            # flag dropped, which would leave the endpoint owner believing it protected.
+            raise sns_error(
+                "AuthorizationErrorException",
+                "AuthenticateOnUnsubscribe=true: ConfirmSubscription needs a signed request.",
+            )
         now = now_ms()
         found = self.topics.by_token(_required(params, "TopicArn"), _required(params, "Token"), now)
         if isinstance(found, SubscriptionRecord):
             self._authorize_restore(found)
-        on_unsubscribe = str(params.get("AuthenticateOnUnsubscribe") or "").lower() == "true"
         subscription, mutations = self.topics.confirm(
             found,
             authenticated=context.authenticated,
-            authenticate_on_unsubscribe=on_unsubscribe and context.authenticated,
+            authenticate_on_unsubscribe=on_unsubscribe,
             now=now,
         )
         token = subscription.record.token
@@ -471,6 +480,11 @@ class SnsApi:
             raise invalid_parameter(
                 "PhoneNumber Reason: SMS is out of scope for Wharf; publish to a topic"
             )
+        if params.get("TopicArn") and params.get("TargetArn"):
+            # Alternatives in the Publish reference: which one the caller meant is unknown.
+            raise invalid_parameter(
+                "TopicArn or TargetArn Reason: Only one of TopicArn and TargetArn can be specified"
+            )
         arn = params.get("TopicArn") or params.get("TargetArn")
         if not arn:
             raise invalid_parameter("TopicArn or TargetArn Reason: no value for required parameter")
@@ -550,6 +564,18 @@ def _tags(entries: Sequence[Mapping[str, str]]) -> dict[str, str]:
         if problem is not None:
             raise invalid_parameter(f"Tags Reason: {problem}")
     return tags
+
+
+def _tag_keys(keys: Sequence[str]) -> set[str]:
+    """UntagResource's TagKeys: the keys TagResource would take (botocore's model: TagKey is
+    1-128 characters), at least one."""
+    if not keys:
+        raise invalid_parameter("TagKeys Reason: no value for required parameter")
+    for key in keys:
+        problem = tag_key_problem(key)
+        if problem is not None:
+            raise invalid_parameter(f"TagKeys Reason: {problem}")
+    return set(keys)
 
 
 def _page(

@@ -127,6 +127,7 @@ class Subscription:
             owner=record.owner,
             pending_confirmation=record.pending,
             confirmation_was_authenticated=record.authenticated,
+            principal=record.principal or f"arn:aws:iam::{record.owner}:root",
         )
 
 

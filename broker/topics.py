@@ -403,13 +403,15 @@ class TopicRegistry:
         attributes: Mapping[str, str],
         *,
         owner: str,
+        principal: str | None = None,
         now: int,
     ) -> tuple[Subscription, list[SnsMutation]]:
         """Subscribe: a new subscription (pending for HTTP/S), or the identical existing one.
 
         Memory changes now; the caller commits the mutations returned in the same trio step:
         none for an existing confirmed subscription, a new token for a pending one (the
-        caller then sends a new SubscriptionConfirmation).
+        caller then sends a new SubscriptionConfirmation). ``owner`` and ``principal`` are
+        the subscribing account and IAM principal (None: the account's root).
 
         Raises:
             SnsError: AWS's errors for the protocol, endpoint or attributes.
@@ -443,6 +445,7 @@ class TopicRegistry:
             endpoint=endpoint,
             settings=settings,
             owner=owner,
+            principal=principal,
             pending=http,
             token=secrets.token_hex(64) if http else None,
             token_expires_at=now + TOKEN_LIFETIME_MS if http else 0,

@@ -36,6 +36,8 @@ class SubscriptionRecord(msgspec.Struct, frozen=True, kw_only=True):
         endpoint: the queue ARN or the URL.
         settings: the validated attributes.
         owner: the account that subscribed.
+        principal: the IAM principal that called Subscribe (SubscriptionPrincipal); None in
+            rows stored before it was kept, which report their owner account's root.
         pending: PendingConfirmation: HTTP/S subscriptions until confirmed.
         token: the confirmation token while one is outstanding (kept after confirmation, so a
             repeated ConfirmSubscription answers the same ARN, as AWS does).
@@ -54,6 +56,7 @@ class SubscriptionRecord(msgspec.Struct, frozen=True, kw_only=True):
     endpoint: str
     settings: SubscriptionSettings
     owner: str
+    principal: str | None = None
     pending: bool = False
     token: str | None = None
     token_expires_at: int = 0

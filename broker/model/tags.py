@@ -35,6 +35,11 @@ def tag_problem(key: str, value: str) -> str | None:
     return None
 
 
+def tag_key_problem(key: str) -> str | None:
+    """Why AWS would refuse this tag key (in a tag, or naming one to remove), or None."""
+    return tag_problem(key, "")  # an empty value breaks no rule: only the key's are checked
+
+
 def _allowed(character: str) -> bool:
     if character in _PUNCTUATION:
         return True

@@ -11,7 +11,7 @@ import botocore.exceptions
 import pytest
 
 from broker.model.sns_errors import SnsError
-from broker.sns import _check_batch, _page, _tags
+from broker.sns import _check_batch, _page, _tag_keys, _tags
 from tests.support.broker import ACCOUNT_ID, BrokerThread, broker_config
 from tests.support.sns import queue_arn, receive_all, sns_client
 from tests.support.writer_gate import WriterGate
@@ -42,6 +42,10 @@ def test_tag_and_batch_checks() -> None:
     with pytest.raises(SnsError, match="Tags Reason"):
         _tags([{"Key": "", "Value": "b"}])
     _check_batch([{"Id": "ok-1_"}])
+    assert _tag_keys(["a", "a", "b"]) == {"a", "b"}
+    for keys in ([""], ["k" * 129], ["a", "x\ty"], []):
+        with pytest.raises(SnsError, match="TagKeys Reason"):
+            _tag_keys(keys)
 
 
 def test_list_subscriptions_pages_by_100(shared_broker: BrokerThread, sns: Any) -> None:
@@ -87,6 +91,16 @@ def test_target_arn_publishes_to_topics_but_not_to_devices(
     assert info.value.response["Error"]["Message"] == (
         "Invalid parameter: TopicArn or TargetArn Reason: no value for required parameter"
     )
+    # Both, even naming the same topic: refused rather than one silently ignored (found by a
+    # report-only hunt).
+    for target in (topic, f"arn:aws:sns:us-east-1:{ACCOUNT_ID}:another"):
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            sns.publish(TopicArn=topic, TargetArn=target, Message="m")
+        assert info.value.response["Error"]["Code"] == "InvalidParameter"
+        assert info.value.response["Error"]["Message"] == (
+            "Invalid parameter: TopicArn or TargetArn Reason: Only one of TopicArn and "
+            "TargetArn can be specified"
+        )
 
 
 def test_fifo_publish_batch_answers_sequence_numbers(sns: Any) -> None:

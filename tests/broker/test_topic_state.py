@@ -75,6 +75,14 @@ def test_a_new_filter_policy_is_compiled_and_indexed() -> None:
     assert made.facts().subscription_arn == made.arn
 
 
+def test_the_principal_defaults_to_the_owner_root_for_records_stored_without_one() -> None:
+    made = subscription(topic(), "a")
+    assert made.facts().principal == "arn:aws:iam::000000000000:root"
+    named = msgspec.structs.replace(made.record, principal="arn:aws:iam::000000000000:user/u")
+    made.replace(named)
+    assert made.facts().principal == "arn:aws:iam::000000000000:user/u"
+
+
 def test_the_effective_delivery_policy_follows_topic_and_subscription() -> None:
     owner = topic()
     made = subscription(owner, "a")

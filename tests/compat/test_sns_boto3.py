@@ -16,7 +16,15 @@ from typing import Any
 import botocore.exceptions
 import pytest
 
-from tests.support.broker import ACCOUNT_ID, REGION, BrokerThread
+from tests.support.broker import (
+    ACCESS_KEY_ID,
+    ACCOUNT_ID,
+    REGION,
+    SECRET_ACCESS_KEY,
+    BrokerThread,
+    broker_config,
+    write_credentials,
+)
 from tests.support.sns import (
     check_signature,
     fetch,
@@ -119,8 +127,6 @@ def test_invalid_topic_names_are_refused(sns: Any, topic_name: str, attributes: 
 
 
 def test_list_topics_pages_by_100(shared_broker: BrokerThread, tmp_path: Any) -> None:
-    from tests.support.broker import broker_config
-
     with BrokerThread(broker_config(tmp_path / "data")) as broker:
         client = sns_client(broker.endpoint)
         arns = {client.create_topic(Name=f"t{i:03d}")["TopicArn"] for i in range(150)}
@@ -208,6 +214,19 @@ def test_tags(sns: Any, name: Names) -> None:
     with pytest.raises(botocore.exceptions.ClientError) as info:
         sns.tag_resource(ResourceArn=arn, Tags=[{"Key": "aws:owner", "Value": "me"}])
     assert code_of(info) == "InvalidParameter"
+    # UntagResource's keys follow TagResource's rules (found by a report-only hunt).
+    for keys, reason in (
+        (["k" * 129], "tag keys must be 1-128 characters"),
+        (["env", "aws:owner"], "the aws: prefix is reserved for AWS use"),
+        ([], "no value for required parameter"),
+    ):
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            sns.untag_resource(ResourceArn=arn, TagKeys=keys)
+        assert (code_of(info), message_of(info)) == (
+            "InvalidParameter",
+            f"Invalid parameter: TagKeys Reason: {reason}",
+        )
+    assert sns.list_tags_for_resource(ResourceArn=arn)["Tags"] == [{"Key": "env", "Value": "prod"}]
 
 
 def test_add_and_remove_permission(sns: Any, name: Names) -> None:
@@ -394,6 +413,36 @@ def test_subscription_attributes(sns: Any, queue: Any, name: Names) -> None:
         )
     assert code_of(info) == "InvalidParameter"
     assert message_of(info).startswith("Invalid parameter: FilterPolicy:")
+
+
+def test_subscription_principal_names_who_subscribed_also_after_a_restart(
+    tmp_path: Any,
+) -> None:
+    """SubscriptionPrincipal is "a publicly available Amazon SNS subscription property that can
+    be retrieved from the GetSubscriptionAttributes API" (SNS guide, message data protection):
+    the principal that called Subscribe (found by a report-only hunt)."""
+    alice = ("AKIAALICE00000000001", "alice-secret-access-key", f"arn:aws:iam::{ACCOUNT_ID}:user/a")
+    keys = [(ACCESS_KEY_ID, SECRET_ACCESS_KEY, ""), alice]
+    config = broker_config(tmp_path / "data", auth=write_credentials(tmp_path, keys))
+    with BrokerThread(config) as broker:
+        root = sns_client(broker.endpoint)
+        topic = root.create_topic(Name="principals")["TopicArn"]
+        by_root = root.subscribe(
+            TopicArn=topic, Protocol="sqs", Endpoint=f"arn:aws:sqs:{REGION}:{ACCOUNT_ID}:q1"
+        )["SubscriptionArn"]
+        by_alice = sns_client(broker.endpoint, access_key_id=alice[0], secret_access_key=alice[1])
+        by_alice_arn = by_alice.subscribe(
+            TopicArn=topic,
+            Protocol="http",
+            Endpoint="http://127.0.0.1:9/hook",
+            ReturnSubscriptionArn=True,
+        )["SubscriptionArn"]
+    expected = {by_root: f"arn:aws:iam::{ACCOUNT_ID}:root", by_alice_arn: alice[2]}
+    with BrokerThread(config) as broker:
+        root = sns_client(broker.endpoint)
+        for arn, principal in expected.items():
+            attributes = root.get_subscription_attributes(SubscriptionArn=arn)["Attributes"]
+            assert attributes["SubscriptionPrincipal"] == principal
 
 
 def test_invalid_filter_policies_on_subscribe(sns: Any, queue: Any, name: Names) -> None:

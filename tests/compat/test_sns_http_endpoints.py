@@ -516,15 +516,17 @@ def test_an_endpoints_password_is_shown_only_by_get_subscription_attributes(
         assert attributes["Endpoint"] == secret_url
 
 
+@pytest.mark.parametrize("anonymous", [False, True], ids=["signatures-required", "anonymous"])
 def test_an_unsigned_confirmation_asking_for_authenticated_unsubscribes_is_refused(
-    tmp_path: Path,
+    tmp_path: Path, anonymous: bool
 ) -> None:
     """ "This call requires an AWS signature only when the AuthenticateOnUnsubscribe flag is
     set to true": unsigned, it is refused rather than confirmed with the flag dropped (the
-    endpoint owner would believe the subscription protected)."""
-    auth = write_credentials(tmp_path)
-    with BrokerThread(broker_config(tmp_path / "data", auth=auth)) as signed_broker:
-        sns = sns_client(signed_broker.endpoint)
+    endpoint owner would believe the subscription protected); in anonymous mode too, which
+    tells signed requests from unsigned ones (found there by a report-only hunt)."""
+    auth = {} if anonymous else {"auth": write_credentials(tmp_path)}
+    with BrokerThread(broker_config(tmp_path / "data", **auth)) as broker:
+        sns = sns_client(broker.endpoint)
         topic = sns.create_topic(Name="protected")["TopicArn"]
         with Endpoint() as endpoint:
             sns.subscribe(TopicArn=topic, Protocol="http", Endpoint=endpoint.url)
@@ -532,8 +534,12 @@ def test_an_unsigned_confirmation_asking_for_authenticated_unsubscribes_is_refus
             link = request.envelope()["SubscribeURL"]
             with pytest.raises(urllib.error.HTTPError) as refused:
                 fetch(link + "&AuthenticateOnUnsubscribe=true")
+            answer = refused.value.read().decode()
             refused.value.close()  # the error holds the response's socket
             assert refused.value.code == 403
+            # Signatures required, the front door refuses it before SNS sees it.
+            code = "AuthorizationError" if anonymous else "MissingAuthenticationToken"
+            assert f"<Code>{code}</Code>" in answer
             (pending,) = sns.list_subscriptions_by_topic(TopicArn=topic)["Subscriptions"]
             assert pending["SubscriptionArn"] == "PendingConfirmation"
             assert "<SubscriptionArn>" in fetch(link).decode()  # the plain link confirms

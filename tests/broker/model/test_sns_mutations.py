@@ -37,6 +37,7 @@ records = st.builds(
     endpoint=text,
     settings=st.builds(SubscriptionSettings, raw_message_delivery=st.booleans()),
     owner=st.just("000000000000"),
+    principal=st.none() | st.just("arn:aws:iam::000000000000:user/u"),
     pending=st.booleans(),
     token=st.none() | st.text(alphabet="0123456789abcdef", min_size=1, max_size=16),
     token_expires_at=times,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.model.tags import tag_problem
+from broker.model.tags import tag_key_problem, tag_problem
 
 
 @pytest.mark.parametrize(
@@ -52,3 +52,10 @@ def test_a_key_is_refused_exactly_for_a_character_outside_the_documented_set(key
     )
     reserved = key.lower().startswith("aws:")
     assert (tag_problem(key, "v") is None) == (documented and not reserved)
+
+
+@given(st.text(max_size=130))
+def test_a_key_alone_is_judged_as_in_a_tag(key):
+    # UntagResource names keys only: the same key rules, no value to break one.
+    assert tag_key_problem(key) == tag_problem(key, "")
+    assert (tag_key_problem(key) is None) == (tag_problem(key, "v") is None)

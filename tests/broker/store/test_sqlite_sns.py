@@ -267,3 +267,24 @@ def test_the_count_is_the_deletions_of_live_rows_however_they_are_batched(commit
                     expected[1 + int(mutation.subscription_id) % 2] += 1
         found = dict(connection.execute("SELECT topic_id, subscriptions_deleted FROM topics"))
     assert found == expected
+
+
+async def test_a_subscription_row_stored_before_principals_were_kept_still_loads(
+    store: SqliteStore,
+) -> None:
+    topic = await store.create_topic("t", TopicSettings(), {}, 1)
+    kept = subscription(topic.topic_id, principal="arn:aws:iam::000000000000:user/a")
+    await store.commit([SubscriptionSaved(subscription=kept)])
+    await store.aclose()
+    with contextlib.closing(sqlite3.connect(store.path)) as connection, connection:
+        connection.execute(
+            "UPDATE subscriptions SET record = "
+            "CAST(json_remove(CAST(record AS TEXT), '$.principal') AS BLOB)"
+        )
+    older = SqliteStore(store.path.parent)
+    await older.open()
+    try:
+        (loaded,) = (await older.load_sns()).subscriptions
+        assert loaded == subscription(topic.topic_id)  # principal None: the owner's root shown
+    finally:
+        await older.aclose()
