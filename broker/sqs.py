@@ -37,7 +37,7 @@ from broker.model.policy import (
     remove_permission,
 )
 from broker.model.settings import QueueSettings
-from broker.model.tags import MAX_TAGS, tag_problem
+from broker.model.tags import MAX_TAGS, tag_key_problem, tag_problem
 from broker.registry import Queue, QueueRegistry, now_ms, queue_does_not_exist
 from broker.store.base import (
     KeyUnavailable,
@@ -317,7 +317,7 @@ class SqsApi:
 
     async def untag_queue(self, params: Params, context: RequestContext) -> Result:
         queue = self.queue_of(params, context)
-        drop = set(params.get("TagKeys") or [])
+        drop = _tag_keys(params.get("TagKeys") or [])
         await self.registry.update_tags(
             queue, lambda current: {k: v for k, v in current.items() if k not in drop}
         )
@@ -757,6 +757,17 @@ def _check_tags(tags: Mapping[str, str], new: Mapping[str, str] | None = None) -
         problem = tag_problem(key, value)
         if problem is not None:
             raise common_error("InvalidParameterValue", f"Invalid tag: {problem}.")
+
+
+def _tag_keys(keys: Sequence[str]) -> set[str]:
+    """UntagQueue's TagKeys: keys TagQueue would take (botocore's model: required)."""
+    if not keys:
+        raise common_error("MissingParameter", "The request must contain the parameter TagKeys.")
+    for key in keys:
+        problem = tag_key_problem(key)
+        if problem is not None:
+            raise common_error("InvalidParameterValue", f"Invalid tag key: {problem}.")
+    return set(keys)
 
 
 def _paginate(

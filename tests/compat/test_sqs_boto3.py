@@ -516,6 +516,21 @@ def test_tags(sqs, queues: QueueFactory):
         sqs.list_queue_tags(QueueUrl=url + "-gone")
 
 
+def test_untag_queue_holds_its_keys_to_tag_queues_rules(sqs, unchecked, queues: QueueFactory):
+    url = sqs.create_queue(QueueName=queues.name(), tags={"team": "core"})["QueueUrl"]
+    queues.urls.append(url)
+    for keys, code in (
+        (["k" * 129], "InvalidParameterValue"),  # botocore's model: TagKey is 1-128 long
+        ([""], "InvalidParameterValue"),
+        (["aws:team"], "InvalidParameterValue"),
+        ([], "MissingParameter"),
+    ):
+        with pytest.raises(botocore.exceptions.ClientError) as excinfo:
+            unchecked.untag_queue(QueueUrl=url, TagKeys=keys)
+        assert code_of(excinfo) == code, keys
+    assert sqs.list_queue_tags(QueueUrl=url)["Tags"] == {"team": "core"}
+
+
 # ---------------------------------------------------------------------- sending and digests
 
 EVERY_TYPE: dict[str, dict[str, Any]] = {
