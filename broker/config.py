@@ -29,6 +29,8 @@ from proto.http1 import is_valid_host
 
 ACCOUNT_ID = re.compile(r"\d{12}")
 REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+# Region prefixes of AWS's other partitions (aws-cn, aws-us-gov, aws-iso*, aws-eusc).
+_OTHER_PARTITIONS = ("cn-", "us-gov-", "us-iso", "eu-isoe-", "eusc-")
 # The largest SendMessage(Batch) carries 1 MiB of message. On the wire each byte of it can
 # take 3: percent-encoding in query forms (%XX per UTF-8 byte), \u00XX JSON escapes of 2-byte
 # characters (botocore escapes all non-ASCII). 3 MiB for that plus 1 MiB for the envelope
@@ -93,6 +95,15 @@ class AwsIdentity(Section, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if not REGION.fullmatch(self.region):
             raise ValueError(f"region {self.region!r} is not an AWS-style region name")
+        if self.region.startswith(_OTHER_PARTITIONS):
+            # Every ARN the broker makes or accepts is in the aws partition (arn:aws:...):
+            # a China, GovCloud, ISO or sovereign-cloud region would need arn:aws-cn: and
+            # the like, which clients would send and the broker would refuse.
+            raise ValueError(
+                f"region {self.region!r} is outside the aws partition (its ARNs are not "
+                "arn:aws:...); Wharf makes and accepts aws-partition ARNs only: choose a "
+                "region such as us-east-1 or eu-west-1"
+            )
         if not ACCOUNT_ID.fullmatch(self.account_id):
             raise ValueError("account_id must be 12 digits")
 
