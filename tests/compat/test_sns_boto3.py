@@ -132,6 +132,20 @@ def test_list_topics_pages_by_100(shared_broker: BrokerThread, tmp_path: Any) ->
         assert listed == arns
         paginated = client.get_paginator("list_topics").paginate()
         assert sum(len(page["Topics"]) for page in paginated) == 150
+        # A token the broker did not issue for this listing resumes nowhere: it is refused.
+        token = first["NextToken"]
+        bare_key = base64.urlsafe_b64encode(min(arns).encode()).decode()
+        tampered = token[:-4] + ("AAAA" if token[-4:] != "AAAA" else "BBBB")
+        for forged in (bare_key, "eg==", tampered):
+            with pytest.raises(botocore.exceptions.ClientError) as info:
+                client.list_topics(NextToken=forged)
+            assert (code_of(info), message_of(info)) == (
+                "InvalidParameter",
+                "Invalid parameter: NextToken",
+            )
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            client.list_subscriptions(NextToken=token)
+        assert message_of(info) == "Invalid parameter: NextToken"
 
 
 def test_topic_attributes(sns: Any, name: Names) -> None:
