@@ -9,8 +9,8 @@ together with the confirmation POST it owes, so memory and disk never disagree o
 
 from __future__ import annotations
 
-import base64
 import re
+import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -21,6 +21,7 @@ from broker.auth import Caller
 from broker.fanout import Batch, Fanout
 from broker.http_delivery import HttpDeliveries
 from broker.model.conditions import request_context
+from broker.model.page_tokens import PageTokens
 from broker.model.policy import Decision, evaluate
 from broker.model.publishing import PublishRequest, prepare, publish_size
 from broker.model.sns_errors import SnsError, invalid_parameter
@@ -78,6 +79,8 @@ class SnsApi:
         self.deliveries = deliveries
         self.store = topics.store
         self.account_id = account_id
+        # Drawn at each start: a NextToken of the broker before is refused, as AWS's expire.
+        self._page_tokens = PageTokens(secrets.token_bytes(32))
         self._actions: dict[str, Callable[[Params, SnsContext], Awaitable[Result]]] = {
             "CreateTopic": self.create_topic,
             "DeleteTopic": self.delete_topic,
@@ -207,7 +210,7 @@ class SnsApi:
     async def list_topics(self, params: Params, context: SnsContext) -> Result:
         # Another account's caller lists its own topics: none here (as SQS's ListQueues).
         arns = sorted(topic.arn for topic in self.topics) if self._is_owner(context) else []
-        page, token = _page(arns, lambda arn: arn, params.get("NextToken"))
+        page, token = self._page("ListTopics", arns, lambda arn: arn, params.get("NextToken"))
         result: dict[str, Any] = {"Topics": [{"TopicArn": arn} for arn in page]}
         if token is not None:
             result["NextToken"] = token
@@ -429,16 +432,42 @@ class SnsApi:
         if not self._is_owner(context):
             account = context.caller.account
             subscriptions = [s for s in subscriptions if s.record.owner == account]
-        return self._list(subscriptions, params.get("NextToken"))
+        return self._list("ListSubscriptions", subscriptions, params.get("NextToken"))
 
     async def list_subscriptions_by_topic(self, params: Params, context: SnsContext) -> Result:
         topic = self._topic(params, context)
         subscriptions = [s for s in self.topics.subscriptions() if s.topic is topic]
-        return self._list(subscriptions, params.get("NextToken"))
+        listing = f"ListSubscriptionsByTopic {topic.arn}"
+        return self._list(listing, subscriptions, params.get("NextToken"))
 
-    def _list(self, subscriptions: Sequence[Subscription], token: str | None) -> Result:
-        page, next_token = _page(
-            subscriptions, lambda s: f"{s.record.created_at:020d}:{s.subscription_id}", token
+    def _page(
+        self, listing: str, items: Sequence[T], key: Callable[[T], str], token: str | None
+    ) -> tuple[Sequence[T], str | None]:
+        """A page of ``items`` (sorted by ``key``) after ``token``, and the token for the next.
+
+        Raises:
+            SnsError: ``InvalidParameter`` for a token this broker did not issue for
+                ``listing`` (:class:`~broker.model.page_tokens.PageTokens`).
+        """
+        start = 0
+        if token:
+            after = self._page_tokens.key_of(listing, token)
+            if after is None:
+                raise invalid_parameter("NextToken")
+            start = next((i for i, item in enumerate(items) if key(item) > after), len(items))
+        page = items[start : start + PAGE_SIZE]
+        more = start + PAGE_SIZE < len(items)
+        next_token = self._page_tokens.issue(listing, key(page[-1])) if more else None
+        return page, next_token
+
+    def _list(
+        self, listing: str, subscriptions: Sequence[Subscription], token: str | None
+    ) -> Result:
+        page, next_token = self._page(
+            listing,
+            subscriptions,
+            lambda s: f"{s.record.created_at:020d}:{s.subscription_id}",
+            token,
         )
         result: dict[str, Any] = {
             "Subscriptions": [
@@ -576,23 +605,6 @@ def _tag_keys(keys: Sequence[str]) -> set[str]:
         if problem is not None:
             raise invalid_parameter(f"TagKeys Reason: {problem}")
     return set(keys)
-
-
-def _page(
-    items: Sequence[T], key: Callable[[T], str], token: str | None
-) -> tuple[Sequence[T], str | None]:
-    """A page of ``items`` (sorted by ``key``) after ``token``; tokens are opaque, as AWS's."""
-    start = 0
-    if token:
-        try:
-            after = base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
-        except (ValueError, UnicodeDecodeError):
-            raise invalid_parameter("NextToken") from None
-        start = next((i for i, item in enumerate(items) if key(item) > after), len(items))
-    page = items[start : start + PAGE_SIZE]
-    more = start + PAGE_SIZE < len(items)
-    next_token = base64.urlsafe_b64encode(key(page[-1]).encode()).decode() if more else None
-    return page, next_token
 
 
 def _check_batch(entries: Sequence[Params]) -> None:

@@ -4,7 +4,8 @@ One listener serves SQS and SNS (ARCHITECTURE.md). :class:`SnsFrontend` claims a
 
 - it is a GET of a signing certificate's path (``[sns] signing_cert_path``, or a
   SigningCertURL's: :class:`~broker.sns_keys.SigningKeys`);
-- it is signed and its SigV4 credential scope names ``sns``;
+- it is signed and its SigV4 credential scope names ``sns`` (an awsJson request, with
+  ``X-Amz-Target``, too: it gets SNS's ``InvalidAction``, as SNS has no JSON protocol);
 - it is unsigned, without ``X-Amz-Target``, and its ``Action`` is SNS's alone, or one both
   services have (AddPermission, RemovePermission) with a ``TopicArn``.
 
@@ -81,6 +82,19 @@ def out_of_scope(action: str) -> AwsError:
     )
 
 
+def json_protocol_refusal(target: str) -> AwsError:
+    """The answer to an awsJson request (``X-Amz-Target``) signed for SNS.
+
+    SNS speaks only the query protocol (its botocore model declares no other); the request is
+    SNS's all the same, so it gets SNS's error, not SQS's UnknownOperationException.
+    """
+    return common_error(
+        "InvalidAction",
+        f"The action {target} is not valid for this web service: SNS takes the query "
+        "protocol (an Action parameter), not X-Amz-Target.",
+    )
+
+
 def wire_error(error: SnsError) -> AwsError:
     """The query-protocol error of a model error."""
     if error.shape in ERRORS:
@@ -121,8 +135,6 @@ class SnsFrontend:
             certificate = self.keys.certificate_at(request.path)
             if certificate is not None:
                 return Response(200, certificate, content_type=PEM_CONTENT_TYPE)
-        if request.header(b"x-amz-target") is not None:
-            return None  # awsJson: SNS has no JSON protocol
         try:
             scope = sigv4.peek_scope(headers=request.headers, query=request.query)
         except sigv4.SigV4Error:
@@ -130,7 +142,9 @@ class SnsFrontend:
         action = ""
         if scope is not None:
             if scope.service != "sns":
-                return None
+                return None  # signed for SQS, X-Amz-Target (awsJson) or not
+        elif request.header(b"x-amz-target") is not None:
+            return None  # unsigned awsJson: SQS's protocol, as SNS has none
         else:
             fields = _peek(request)
             action = fields.get("Action", "")
@@ -147,6 +161,9 @@ class SnsFrontend:
         action = action or "Unknown"
         try:
             caller, authenticated = self._authenticate(request, authenticator, action, signed)
+            target = request.header(b"x-amz-target")
+            if target is not None:
+                raise json_protocol_refusal(target.decode("latin-1"))
             try:
                 decoded = query_protocol.decode_request(SNS, body=request.body, query=request.query)
             except AwsError as error:

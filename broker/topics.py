@@ -266,11 +266,15 @@ class TopicRegistry:
         self, name: str, attributes: Mapping[str, str], tags: Mapping[str, str], now: int
     ) -> Topic:
         """CreateTopic: a new topic, or the existing one when attributes and tags match."""
-        settings = parse_create(name, attributes)
+        try:
+            arn = self.arn_of(name)
+        except ArnError:  # not a topic name at all: parse_create's answer for a bad name
+            raise invalid_parameter("Topic Name") from None
+        settings = parse_create(name, attributes, topic_arn=arn)
         async with self._creating:
             existing = self._by_name.get(name)
             if existing is not None:
-                check_create_matches(existing.settings, name, attributes)
+                check_create_matches(existing.settings, name, attributes, topic_arn=arn)
                 if tags and any(existing.record.tags.get(k) != v for k, v in tags.items()):
                     raise invalid_parameter("Tags Reason: Topic already exists with different tags")
                 return existing
@@ -278,7 +282,7 @@ class TopicRegistry:
                 record = await self.store.create_topic(name, settings, tags, now)
             except TopicNameTaken:  # pragma: no cover - the lock serialises creates
                 return self._by_name[name]
-            topic = Topic(record, self.arn_of(name))
+            topic = Topic(record, arn)
             self._by_name[name] = topic
         self.log.info("topic.created", topic=name, fifo=settings.fifo)
         return topic
@@ -299,7 +303,9 @@ class TopicRegistry:
 
     async def set_attribute(self, topic: Topic, name: str, value: str, now: int) -> None:
         await self.update_settings(
-            topic, lambda settings: apply_topic_update(settings, name, value), now
+            topic,
+            lambda settings: apply_topic_update(settings, name, value, topic_arn=topic.arn),
+            now,
         )
 
     async def update_settings(

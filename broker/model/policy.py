@@ -40,6 +40,8 @@ from broker.model.errors import (
 from broker.model.globs import compile_glob
 
 POLICY_VERSION = "2012-10-17"
+# The only versions of the policy language IAM knows ("IAM JSON policy elements: Version").
+POLICY_VERSIONS: Final = ("2008-10-17", "2012-10-17")
 # "Amazon SQS policy quotas" (SQS Developer Guide): bytes, statements and principals per
 # policy, actions per statement, conditions per policy.
 POLICY_MAX_BYTES = 8192
@@ -335,7 +337,7 @@ def policy_problem(policy: str) -> str | None:
 
     :func:`grammar_problem`, then the SQS policy quotas (``POLICY_MAX_*``).
     """
-    reason, statements = _grammar(policy)
+    reason, _, statements = _grammar(policy)
     if reason is not None:
         return reason
     conditions = 0
@@ -348,47 +350,84 @@ def policy_problem(policy: str) -> str | None:
     return over_quota(policy, statements, SQS_POLICY_QUOTAS)
 
 
-def topic_policy_problem(policy: str) -> str | None:
-    """Why ``policy`` is not a topic policy SNS would store, or None: IAM's grammar (the
-    elements every statement needs, Effect, a Principal or NotPrincipal, an Action or
-    NotAction, and their types), then SNS's policy quotas (:data:`SNS_POLICY_QUOTAS`)."""
-    reason, statements = _grammar(policy)
+def topic_policy_problem(policy: str, topic_arn: str) -> str | None:
+    """Why ``policy`` is not a policy SNS would store for the topic ``topic_arn``, or None.
+
+    IAM's grammar (the elements every statement needs, Effect, a Principal or NotPrincipal,
+    an Action or NotAction, and their types), then the rules of SNS's API permissions
+    reference ("Each policy must cover only a single topic", "Each statement in a policy must
+    have a unique statement sid", one Resource that "must match the ARN of the policy's
+    topic") and IAM's two Versions, then SNS's policy quotas (:data:`SNS_POLICY_QUOTAS`).
+    Only new policies are held to this: one an older broker stored is loaded as it is.
+    """
+    reason, document, statements = _grammar(policy)
+    if reason is None:
+        reason = _version_problem(document) or _topic_statements_problem(statements, topic_arn)
     return reason if reason is not None else over_quota(policy, statements, SNS_POLICY_QUOTAS)
 
 
-def _grammar(policy: str) -> tuple[str | None, list[dict[str, Any]]]:
+def _version_problem(document: dict[str, Any]) -> str | None:
+    version = document.get("Version")  # IAM: without one, the policy is 2008-10-17
+    if version is None or version in POLICY_VERSIONS:
+        return None
+    return "Version must be {} or {}".format(*POLICY_VERSIONS)
+
+
+def _topic_statements_problem(statements: list[dict[str, Any]], topic_arn: str) -> str | None:
+    sids: set[str] = set()
+    for statement in statements:
+        sid = statement.get("Sid")
+        if sid is not None:
+            if not isinstance(sid, str):
+                return "a Sid must be a string"
+            if sid in sids:
+                return f"every statement needs its own Sid: {sid} is repeated"
+            sids.add(sid)
+        resource = _one_of(statement, "Resource")
+        if _as_list(resource) != [topic_arn]:  # also NotResource: it can name only this topic
+            return f"every statement's Resource must be this topic's ARN, {topic_arn}, alone"
+    return None
+
+
+def _grammar(policy: str) -> tuple[str | None, dict[str, Any], list[dict[str, Any]]]:
+    """Why ``policy`` is not IAM's policy grammar (None if it is), its document and its
+    statements (a single statement object as a list of one)."""
     try:
         document = strict_json.loads(policy)
     except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
-        return "not a JSON document", []
+        return "not a JSON document", {}, []
     if not isinstance(document, dict):
-        return "not a JSON object", []
+        return "not a JSON object", {}, []
     statements = document.get("Statement")
     if isinstance(statements, dict):
         statements = [statements]
     if not isinstance(statements, list):  # an empty list grants nothing: RemovePermission's
-        return "a policy needs a Statement", []
+        return "a policy needs a Statement", {}, []
     for statement in statements:
-        if not isinstance(statement, dict):
-            return "every statement must be a JSON object", []
-        if statement.get("Effect") not in ("Allow", "Deny"):
-            return "every statement needs an Effect of Allow or Deny", []
-        principal = _one_of(statement, "Principal")
-        if principal is None or _one_of(statement, "Action") is None:
-            return (
-                "every statement needs one Principal or NotPrincipal and one Action or NotAction",
-                [],
-            )
-        if principal != "*" and not (
-            isinstance(principal, dict) and all(map(_strings, principal.values()))
-        ):
-            return 'a Principal is "*" or an object of principal names', []
-        for element in ("Action", "NotAction", "Resource", "NotResource"):
-            if element in statement and not _strings(statement[element]):
-                return f"{element} must be a string or a list of strings", []
-        if "Condition" in statement and not isinstance(statement["Condition"], dict):
-            return "a Condition must be a JSON object", []
-    return None, statements
+        reason = _statement_problem(statement)
+        if reason is not None:
+            return reason, {}, []
+    return None, document, statements
+
+
+def _statement_problem(statement: Any) -> str | None:
+    if not isinstance(statement, dict):
+        return "every statement must be a JSON object"
+    if statement.get("Effect") not in ("Allow", "Deny"):
+        return "every statement needs an Effect of Allow or Deny"
+    principal = _one_of(statement, "Principal")
+    if principal is None or _one_of(statement, "Action") is None:
+        return "every statement needs one Principal or NotPrincipal and one Action or NotAction"
+    if principal != "*" and not (
+        isinstance(principal, dict) and all(map(_strings, principal.values()))
+    ):
+        return 'a Principal is "*" or an object of principal names'
+    for element in ("Action", "NotAction", "Resource", "NotResource"):
+        if element in statement and not _strings(statement[element]):
+            return f"{element} must be a string or a list of strings"
+    if "Condition" in statement and not isinstance(statement["Condition"], dict):
+        return "a Condition must be a JSON object"
+    return None
 
 
 def _strings(value: Any) -> bool:

@@ -10,11 +10,13 @@ from the stored text with :func:`compiled_filter` (once per subscription, by the
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, Final, NamedTuple
 
 import msgspec
 
+from broker.model import strict_json
 from broker.model.delivery_policy import (
     EffectiveDeliveryPolicy,
     SubscriptionDeliveryPolicy,
@@ -25,7 +27,7 @@ from broker.model.delivery_policy import (
 )
 from broker.model.filter_policy import SCOPES, FilterPolicy, Scope, parse_filter_policy
 from broker.model.sns_errors import attribute_error
-from proto.aws.arn import ArnError, parse_queue_arn
+from proto.aws.arn import ArnError, parse_arn, parse_queue_arn
 
 SETTABLE_ATTRIBUTES: Final = frozenset(
     {
@@ -41,6 +43,10 @@ SETTABLE_ATTRIBUTES: Final = frozenset(
 # The subscription types whose messages can be delivered raw (RawMessageDelivery doc).
 RAW_PROTOCOLS: Final = frozenset({"sqs", "http", "https", "firehose"})
 HTTP_PROTOCOLS: Final = frozenset({"http", "https"})
+# An IAM role ARN's resource (IAM User Guide, "IAM identifiers" and "IAM object quotas"): an
+# optional path of printable ASCII between slashes, then a name of up to 64 letters, digits
+# and +=,.@_-.
+_ROLE_RESOURCE: Final = re.compile(r"role/(?:[\x21-\x7e]{0,511}/)?[A-Za-z0-9+=,.@_-]{1,64}")
 
 
 class SubscriptionSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -173,10 +179,47 @@ def _apply(
             target = _dead_letter_target(value, context, in_map)
             change = {"redrive_policy": value or None, "dead_letter_target_arn": target}
         case "SubscriptionRoleArn":
-            change = {"subscription_role_arn": value or None}
-        case _:  # ReplayPolicy: FIFO topics keep no archive in Wharf; stored and echoed
-            change = {"replay_policy": value or None}
+            change = {"subscription_role_arn": _role_arn(value, in_map)}
+        case _:  # ReplayPolicy
+            change = {"replay_policy": _replay_policy(value, context, in_map)}
     return msgspec.structs.replace(settings, **change)
+
+
+def _role_arn(value: str, in_map: bool) -> str | None:
+    """SubscriptionRoleArn: "a valid ARN" of the IAM role SNS assumes (stored and echoed:
+    Wharf has no Firehose subscriptions to deliver with it). The wording is ours."""
+    if not value:
+        return None
+    try:
+        arn = parse_arn(value)
+    except ArnError:
+        arn = None
+    if (
+        arn is None
+        or (arn.service, arn.region) != ("iam", "")
+        or not arn.account
+        or not _ROLE_RESOURCE.fullmatch(arn.resource)
+    ):
+        detail = "SubscriptionRoleArn: must be an IAM role ARN, arn:aws:iam::<account>:role/<name>"
+        raise attribute_error(detail, in_attributes_map=in_map)
+    return value
+
+
+def _replay_policy(value: str, context: SubscriptionContext, in_map: bool) -> str | None:
+    """ReplayPolicy: "apply only to FIFO topics", a JSON object (stored and echoed: Wharf
+    keeps no archive to replay from). The wording is ours."""
+    if not value:
+        return None
+    if not context.topic_fifo:
+        detail = "ReplayPolicy: only subscriptions to FIFO topics replay messages"
+        raise attribute_error(detail, in_attributes_map=in_map)
+    try:
+        document = strict_json.loads(value)
+    except (ValueError, RecursionError):
+        document = None
+    if not isinstance(document, dict):
+        raise attribute_error("ReplayPolicy: failed to parse JSON.", in_attributes_map=in_map)
+    return value
 
 
 def _dead_letter_target(value: str, context: SubscriptionContext, in_map: bool) -> str | None:

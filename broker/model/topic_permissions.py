@@ -101,7 +101,9 @@ def add_permission(
     policy = json.dumps(document, separators=(",", ":"))
     over = over_quota(policy, document["Statement"], SNS_POLICY_QUOTAS)
     if over is not None:  # SNS's AddPermission has no OverLimit: its only client error
-        raise invalid_parameter(f"Policy Error: AddPermission would pass the topic's {over}")
+        raise invalid_parameter(
+            f"Policy Error: AddPermission would exceed the policy quota: {over}"
+        )
     return policy
 
 

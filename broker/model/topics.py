@@ -172,12 +172,13 @@ def validate_topic_name(name: str, *, fifo: bool) -> None:
         raise invalid_parameter("Topic Name")
 
 
-def parse_create(name: str, attributes: Mapping[str, str]) -> TopicSettings:
+def parse_create(name: str, attributes: Mapping[str, str], *, topic_arn: str) -> TopicSettings:
     """Validate CreateTopic's name and Attributes.
 
     Args:
         name: the topic name.
         attributes: attribute name -> value, as sent.
+        topic_arn: the topic's ARN, the only Resource its Policy may name.
 
     Returns:
         The topic's settings.
@@ -192,17 +193,18 @@ def parse_create(name: str, attributes: Mapping[str, str]) -> TopicSettings:
     for attribute, value in attributes.items():
         if attribute == "FifoTopic":
             continue
-        settings = _apply(settings, attribute, value, in_map=True)
+        settings = _apply(settings, attribute, value, in_map=True, topic_arn=topic_arn)
     return settings
 
 
-def apply_update(current: TopicSettings, name: str, value: str) -> TopicSettings:
+def apply_update(current: TopicSettings, name: str, value: str, *, topic_arn: str) -> TopicSettings:
     """Validate one SetTopicAttributes call and return the settings it produces.
 
     Args:
         current: the topic's settings now.
         name: ``AttributeName``.
         value: ``AttributeValue`` (absent is passed as ``""``).
+        topic_arn: the topic's ARN, the only Resource its Policy may name.
 
     Returns:
         The new settings.
@@ -213,10 +215,12 @@ def apply_update(current: TopicSettings, name: str, value: str) -> TopicSettings
     """
     if name in CREATE_ONLY_ATTRIBUTES:
         raise invalid_parameter("AttributeName")
-    return _apply(current, name, value, in_map=False)
+    return _apply(current, name, value, in_map=False, topic_arn=topic_arn)
 
 
-def _apply(settings: TopicSettings, name: str, value: str, *, in_map: bool) -> TopicSettings:
+def _apply(
+    settings: TopicSettings, name: str, value: str, *, in_map: bool, topic_arn: str
+) -> TopicSettings:
     if name not in SETTABLE_ATTRIBUTES:
         raise attribute_error("AttributeName", in_attributes_map=in_map)
     if name in FIFO_ONLY_ATTRIBUTES and not settings.fifo:
@@ -229,7 +233,7 @@ def _apply(settings: TopicSettings, name: str, value: str, *, in_map: bool) -> T
             change = {"display_name": value}
         case "Policy":
             policy = _json_object(name, value, in_map)
-            problem = topic_policy_problem(policy) if policy else None
+            problem = topic_policy_problem(policy, topic_arn) if policy else None
             if problem is not None:  # as AWS: "Invalid parameter: Policy Error: ..."
                 raise attribute_error(f"{name} Error: {problem}", in_attributes_map=in_map)
             error = unreadable_condition(policy) if policy else None
@@ -336,19 +340,22 @@ def _is_percentage(value: str) -> bool:
     return value.isascii() and value.isdigit() and int(value) <= 100
 
 
-def check_create_matches(existing: TopicSettings, name: str, attributes: Mapping[str, str]) -> None:
+def check_create_matches(
+    existing: TopicSettings, name: str, attributes: Mapping[str, str], *, topic_arn: str
+) -> None:
     """Apply CreateTopic's idempotency rule: same name and same attributes returns the topic.
 
     Args:
         existing: the settings of the topic that already has this name.
         name: the name again.
         attributes: the Attributes of the repeated CreateTopic.
+        topic_arn: the topic's ARN.
 
     Raises:
         SnsError: the attributes differ ("Invalid parameter: Attributes Reason: Topic already
             exists with different attributes").
     """
-    requested = parse_create(name, attributes)
+    requested = parse_create(name, attributes, topic_arn=topic_arn)
     for attribute in attributes:
         if attribute != "FifoTopic" and _comparable(requested, attribute) != _comparable(
             existing, attribute

@@ -11,6 +11,9 @@ from urllib.parse import quote
 
 import botocore.exceptions
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
 from tests.support.broker import (
     ACCESS_KEY_ID,
@@ -151,6 +154,33 @@ def test_malformed_signatures_go_to_the_sqs_error_path(shared_broker: BrokerThre
     )
     assert status == 400
     assert b"IncompleteSignature" in body
+
+
+def _signed_json(broker: BrokerThread, service: str, target: str) -> tuple[int, str, str]:
+    """An awsJson request (X-Amz-Target), signed for ``service`` with the test key."""
+    body = json.dumps({"Name": "json-topic"}).encode()
+    headers = {"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": target}
+    signed = AWSRequest(method="POST", url=broker.endpoint + "/", data=body, headers=headers)
+    credentials = Credentials(ACCESS_KEY_ID, SECRET_ACCESS_KEY)
+    SigV4Auth(credentials, service, "us-east-1").add_auth(signed)
+    status, answer_headers, answer = broker.http(
+        "POST", "/", headers=list(signed.headers.items()), body=body
+    )
+    return status, answer_headers["content-type"], answer.decode()
+
+
+def test_a_json_request_signed_for_sns_gets_an_sns_error(signed_broker: BrokerThread) -> None:
+    # SNS has no JSON protocol; a request whose credential scope says sns is SNS's all the
+    # same, so its error is SNS's (query XML), not SQS's UnknownOperationException.
+    status, content_type, body = _signed_json(signed_broker, "sns", "AmazonSNS.CreateTopic")
+    assert (status, content_type) == (400, "text/xml")
+    assert 'xmlns="http://sns.amazonaws.com/doc/2010-03-31/"' in body
+    assert "<Code>InvalidAction</Code>" in body
+    assert "AmazonSNS.CreateTopic is not valid for this web service" in body
+    assert "json-topic" not in str(sns_client(signed_broker.endpoint).list_topics())
+    # The same request signed for SQS is SQS's, as before.
+    status, content_type, body = _signed_json(signed_broker, "sqs", "AmazonSQS.ListQueues")
+    assert (status, content_type) == (200, "application/x-amz-json-1.0")
 
 
 def test_data_protection_on_create_topic_is_refused(shared_broker: BrokerThread) -> None:

@@ -199,17 +199,11 @@ async def test_a_backtracking_policy_glob_does_not_stall_the_broker(
     tmp_path: Path, service: str
 ) -> None:
     # A broker process of its own: a stalled one is killed, not left to hold up other tests.
-    policy = json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {"Effect": "Allow", "Principal": "*", "Action": "*", "Resource": BACKTRACKING_GLOB}
-            ],
-        }
-    )
+    statement = {"Effect": "Allow", "Principal": "*", "Action": "*", "Resource": BACKTRACKING_GLOB}
     async with broker_process(tmp_path, 1) as (daemon, _):
         api = daemon.addresses["api"]
         if service == "sqs":
+            policy = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
             name = {"QueueName": "a" * 80}
             url = json.loads(await post(api, json_request("CreateQueue", json.dumps(name))))
             queue = {"QueueUrl": url["QueueUrl"]}
@@ -218,7 +212,12 @@ async def test_a_backtracking_policy_glob_does_not_stall_the_broker(
             )
             use = json_request("SendMessage", {**queue, "MessageBody": "x"})
         else:
+            # A topic policy's Resource is its topic's ARN: the glob goes into a condition on
+            # the endpoint a Subscribe names instead.
             topic = "arn:aws:sns:us-east-1:000000000000:" + "a" * 256
+            statement["Resource"] = topic
+            statement["Condition"] = {"StringLike": {"sns:Endpoint": BACKTRACKING_GLOB}}
+            policy = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
             await post(api, sns_request({"Action": "CreateTopic", "Name": "a" * 256}))
             set_policy = {
                 "Action": "SetTopicAttributes",
@@ -227,7 +226,9 @@ async def test_a_backtracking_policy_glob_does_not_stall_the_broker(
                 "AttributeValue": policy,
             }
             await post(api, sns_request(set_policy))
-            use = sns_request({"Action": "Publish", "TopicArn": topic, "Message": "x"})
+            endpoint = "arn:aws:sqs:us-east-1:000000000000:" + "a" * 80
+            subscribe = {"Action": "Subscribe", "TopicArn": topic, "Protocol": "sqs"}
+            use = sns_request({**subscribe, "Endpoint": endpoint})
         with trio.move_on_after(TIMEOUT_SECONDS) as waiting:
             await post(api, use)
         if waiting.cancelled_caught:

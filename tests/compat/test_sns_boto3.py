@@ -138,6 +138,20 @@ def test_list_topics_pages_by_100(shared_broker: BrokerThread, tmp_path: Any) ->
         assert listed == arns
         paginated = client.get_paginator("list_topics").paginate()
         assert sum(len(page["Topics"]) for page in paginated) == 150
+        # A token the broker did not issue for this listing resumes nowhere: it is refused.
+        token = first["NextToken"]
+        bare_key = base64.urlsafe_b64encode(min(arns).encode()).decode()
+        tampered = token[:-4] + ("AAAA" if token[-4:] != "AAAA" else "BBBB")
+        for forged in (bare_key, "eg==", tampered):
+            with pytest.raises(botocore.exceptions.ClientError) as info:
+                client.list_topics(NextToken=forged)
+            assert (code_of(info), message_of(info)) == (
+                "InvalidParameter",
+                "Invalid parameter: NextToken",
+            )
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            client.list_subscriptions(NextToken=token)
+        assert message_of(info) == "Invalid parameter: NextToken"
 
 
 def test_topic_attributes(sns: Any, name: Names) -> None:
@@ -443,6 +457,54 @@ def test_subscription_principal_names_who_subscribed_also_after_a_restart(
         for arn, principal in expected.items():
             attributes = root.get_subscription_attributes(SubscriptionArn=arn)["Attributes"]
             assert attributes["SubscriptionPrincipal"] == principal
+
+
+def test_replay_policy_and_subscription_role_arn_are_checked(
+    sns: Any, queue: Any, name: Names
+) -> None:
+    standard = sns.create_topic(Name=name())["TopicArn"]
+    fifo = sns.create_topic(Name=name(".fifo"), Attributes={"FifoTopic": "true"})["TopicArn"]
+    _, arn = queue()
+    _, fifo_arn = queue(fifo=True)
+    sub = sns.subscribe(TopicArn=standard, Protocol="sqs", Endpoint=arn)["SubscriptionArn"]
+    replay = json.dumps({"PointType": "Timestamp", "StartingPoint": "2026-12-01T00:00:00Z"})
+    refused = [
+        ("ReplayPolicy", replay, "only subscriptions to FIFO topics replay messages"),
+        (
+            "SubscriptionRoleArn",
+            "not an arn",
+            "must be an IAM role ARN, arn:aws:iam::<account>:role/<name>",
+        ),
+    ]
+    for attribute, value, reason in refused:
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            sns.set_subscription_attributes(
+                SubscriptionArn=sub, AttributeName=attribute, AttributeValue=value
+            )
+        assert (code_of(info), message_of(info)) == (
+            "InvalidParameter",
+            f"Invalid parameter: {attribute}: {reason}",
+        )
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.subscribe(
+            TopicArn=fifo,
+            Protocol="sqs",
+            Endpoint=fifo_arn,
+            Attributes={"ReplayPolicy": "garbage"},
+        )
+    assert message_of(info) == (
+        "Invalid parameter: Attributes Reason: ReplayPolicy: failed to parse JSON."
+    )
+    role = f"arn:aws:iam::{ACCOUNT_ID}:role/sns-delivery"
+    fifo_sub = sns.subscribe(
+        TopicArn=fifo,
+        Protocol="sqs",
+        Endpoint=fifo_arn,
+        Attributes={"ReplayPolicy": replay, "SubscriptionRoleArn": role},
+    )["SubscriptionArn"]
+    attributes = sns.get_subscription_attributes(SubscriptionArn=fifo_sub)["Attributes"]
+    assert (attributes["ReplayPolicy"], attributes["SubscriptionRoleArn"]) == (replay, role)
+    assert "ReplayPolicy" not in sns.get_subscription_attributes(SubscriptionArn=sub)["Attributes"]
 
 
 def test_invalid_filter_policies_on_subscribe(sns: Any, queue: Any, name: Names) -> None:

@@ -197,23 +197,68 @@ def test_delivery_policy_and_the_effective_policy():
     )
 
 
+FIFO_SQS = SubscriptionContext("sqs", QUEUE + ".fifo", topic_fifo=True, topic_arn=TOPIC + ".fifo")
+ROLE = "arn:aws:iam::123456789012:role/service-role/sns-firehose"
+REPLAY = '{"PointType":"Timestamp","StartingPoint":"2026-12-01T00:00:00Z"}'
+
+
 def test_other_attributes():
-    settings = parse_subscribe(
-        {
-            "SubscriptionRoleArn": "arn:aws:iam::1:role/r",
-            "ReplayPolicy": '{"PointType":"Timestamp"}',
-        },
-        SQS,
-    )
+    settings = parse_subscribe({"SubscriptionRoleArn": ROLE, "ReplayPolicy": REPLAY}, FIFO_SQS)
     rendered = render_attributes(settings, FACTS, None)
-    assert rendered["SubscriptionRoleArn"] == "arn:aws:iam::1:role/r"
-    assert rendered["ReplayPolicy"] == '{"PointType":"Timestamp"}'
+    assert rendered["SubscriptionRoleArn"] == ROLE
+    assert rendered["ReplayPolicy"] == REPLAY
+    cleared = apply_update(settings, "ReplayPolicy", "", FIFO_SQS)
+    assert "ReplayPolicy" not in render_attributes(cleared, FACTS, None)
     assert message_of(lambda: parse_subscribe({"Unknown": "x"}, SQS)) == (
         "Invalid parameter: Attributes Reason: AttributeName"
     )
     assert message_of(lambda: apply_update(settings, "Owner", "x", SQS)) == (
         "Invalid parameter: AttributeName"
     )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "not an arn",
+        "arn:aws:iam::123456789012:user/alice",
+        "arn:aws:iam::1:role/r",  # not an account id
+        "arn:aws:iam:us-east-1:123456789012:role/r",  # IAM ARNs have no region
+        "arn:aws:sts::123456789012:role/r",
+        "arn:aws:iam::123456789012:role/",
+        "arn:aws:iam::123456789012:role/" + "r" * 65,
+    ],
+)
+def test_a_subscription_role_arn_must_name_an_iam_role(value: str):
+    for context in (SQS, FIFO_SQS):
+        assert message_of(lambda context=context: apply_update(
+            SubscriptionSettings(), "SubscriptionRoleArn", value, context
+        )) == (
+            "Invalid parameter: SubscriptionRoleArn: must be an IAM role ARN, "
+            "arn:aws:iam::<account>:role/<name>"
+        )  # fmt: skip
+
+
+def test_a_replay_policy_is_a_json_object_on_a_fifo_topic_only():
+    assert message_of(lambda: parse_subscribe({"ReplayPolicy": REPLAY}, SQS)) == (
+        "Invalid parameter: Attributes Reason: ReplayPolicy: only subscriptions to FIFO topics "
+        "replay messages"
+    )
+    assert apply_update(SubscriptionSettings(), "ReplayPolicy", "", SQS).replay_policy is None
+    for bad in ("garbage", "[]", '"x"', "{", '{"a": NaN}'):
+        assert message_of(
+            lambda bad=bad: apply_update(SubscriptionSettings(), "ReplayPolicy", bad, FIFO_SQS)
+        ) == ("Invalid parameter: ReplayPolicy: failed to parse JSON.")
+
+
+@given(
+    path=st.lists(st.from_regex(r"[A-Za-z0-9_-]{1,10}", fullmatch=True), max_size=3),
+    name=st.from_regex(r"[A-Za-z0-9+=,.@_-]{1,64}", fullmatch=True),
+)
+def test_every_iam_role_arn_is_a_subscription_role_arn(path: list[str], name: str):
+    arn = f"arn:aws:iam::123456789012:role/{''.join(p + '/' for p in path)}{name}"
+    settings = apply_update(SubscriptionSettings(), "SubscriptionRoleArn", arn, SQS)
+    assert settings.subscription_role_arn == arn
 
 
 @given(

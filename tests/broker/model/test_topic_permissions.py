@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.model.policy import Decision, evaluate
+from broker.model.policy import Decision, evaluate, topic_policy_problem
 from broker.model.sns_errors import SnsError
 from broker.model.topic_permissions import TOPIC_ACTIONS, add_permission, remove_permission
 
@@ -91,6 +91,10 @@ def test_add_permission_stops_at_sns_policy_quotas() -> None:
             actions=["Publish"],
         )
     assert caught.value.code == "InvalidParameter"
+    assert caught.value.message == (
+        "Invalid parameter: Policy Error: AddPermission would exceed the policy quota: "
+        "a policy holds at most 100 statements"
+    )
 
 
 @given(
@@ -108,6 +112,7 @@ def test_adding_then_removing_labels_restores_the_statements(
             policy, topic_arn=TOPIC, owner=OWNER, label=label, accounts=[OTHER], actions=actions
         )
     assert policy is not None
+    assert topic_policy_problem(policy, TOPIC) is None  # what SetTopicAttributes would store
     for action in actions:
         assert allowed(policy, OTHER, action)
     for label in labels:

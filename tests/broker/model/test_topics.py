@@ -57,7 +57,7 @@ def test_topic_names():
 
 
 def test_a_standard_topic_renders_like_aws():
-    rendered = render_attributes(parse_create("orders", {}), FACTS)
+    rendered = render_attributes(parse_create("orders", {}, topic_arn=ARN), FACTS)
     assert rendered == {
         "TopicArn": ARN,
         "Owner": "123456789012",
@@ -82,25 +82,25 @@ def test_a_standard_topic_renders_like_aws():
 
 def test_a_fifo_topic():
     settings = parse_create(
-        "orders.fifo", {"FifoTopic": "true", "ContentBasedDeduplication": "TRUE"}
+        "orders.fifo", {"FifoTopic": "true", "ContentBasedDeduplication": "TRUE"}, topic_arn=ARN
     )
     assert settings.fifo
     assert settings.content_based_deduplication
     rendered = render_attributes(settings, FACTS._replace(topic_arn=ARN + ".fifo"))
     assert rendered["FifoTopic"] == "true"
     assert rendered["ContentBasedDeduplication"] == "true"
-    settings = apply_update(settings, "FifoThroughputScope", "MessageGroup")
+    settings = apply_update(settings, "FifoThroughputScope", "MessageGroup", topic_arn=ARN)
     assert render_attributes(settings, FACTS)["FifoThroughputScope"] == "MessageGroup"
-    assert message_of(lambda: apply_update(settings, "FifoTopic", "false")) == (
+    assert message_of(lambda: apply_update(settings, "FifoTopic", "false", topic_arn=ARN)) == (
         "Invalid parameter: AttributeName"
     )
 
 
 def test_fifo_attributes_on_a_standard_topic_are_refused():
     for name, value in [("ContentBasedDeduplication", "true"), ("FifoThroughputScope", "Topic")]:
-        assert message_of(lambda name=name, value=value: parse_create("orders", {name: value})) == (
-            f"Invalid parameter: Attributes Reason: {name}: only FIFO topics have this attribute"
-        )
+        assert message_of(
+            lambda name=name, value=value: parse_create("orders", {name: value}, topic_arn=ARN)
+        ) == (f"Invalid parameter: Attributes Reason: {name}: only FIFO topics have this attribute")
 
 
 def test_settable_attributes_and_their_errors():
@@ -116,6 +116,7 @@ def test_settable_attributes_and_their_errors():
             "Policy": '{"Version":"2012-10-17","Statement":[]}',
             "SQSSuccessFeedbackRoleArn": "arn:aws:iam::123456789012:role/feedback",
         },
+        topic_arn=ARN,
     )
     rendered = render_attributes(settings, FACTS)
     assert rendered["DisplayName"] == "Orders"
@@ -130,11 +131,16 @@ def test_settable_attributes_and_their_errors():
     effective = json.loads(rendered["EffectiveDeliveryPolicy"])
     assert effective["http"]["defaultHealthyRetryPolicy"]["numRetries"] == 5
     assert rendered["DeliveryPolicy"] == POLICY
-    cleared = apply_update(settings, "SQSSuccessFeedbackRoleArn", "")
+    cleared = apply_update(settings, "SQSSuccessFeedbackRoleArn", "", topic_arn=ARN)
     assert "SQSSuccessFeedbackRoleArn" not in render_attributes(cleared, FACTS)
-    assert apply_update(settings, "DeliveryPolicy", "").delivery_policy_parsed is None
-    assert parse_create("t", {}).effective_maximum_message_size == DEFAULT_MAXIMUM_MESSAGE_SIZE
-    assert parse_create("t", {}).effective_signature_version == "1"
+    assert (
+        apply_update(settings, "DeliveryPolicy", "", topic_arn=ARN).delivery_policy_parsed is None
+    )
+    assert (
+        parse_create("t", {}, topic_arn=ARN).effective_maximum_message_size
+        == DEFAULT_MAXIMUM_MESSAGE_SIZE
+    )
+    assert parse_create("t", {}, topic_arn=ARN).effective_signature_version == "1"
 
     errors = {
         ("Unknown", "x"): "Invalid parameter: AttributeName",
@@ -169,37 +175,43 @@ def test_settable_attributes_and_their_errors():
     }
     for (name, value), message in errors.items():
         assert (
-            message_of(lambda name=name, value=value: apply_update(settings, name, value))
+            message_of(
+                lambda name=name, value=value: apply_update(settings, name, value, topic_arn=ARN)
+            )
             == message
         )
-    assert message_of(lambda: parse_create("t", {"FifoTopic": "maybe"})) == (
+    assert message_of(lambda: parse_create("t", {"FifoTopic": "maybe"}, topic_arn=ARN)) == (
         "Invalid parameter: Attributes Reason: FifoTopic: Invalid value [maybe]. "
         "Must be true or false."
     )
-    assert message_of(lambda: parse_create("t", {"Nope": "x"})) == (
+    assert message_of(lambda: parse_create("t", {"Nope": "x"}, topic_arn=ARN)) == (
         "Invalid parameter: Attributes Reason: AttributeName"
     )
 
 
 def test_create_topic_is_idempotent_only_with_the_same_attributes():
-    existing = parse_create("orders", {"DisplayName": "Orders"})
-    check_create_matches(existing, "orders", {"DisplayName": "Orders"})
-    check_create_matches(existing, "orders", {})
+    existing = parse_create("orders", {"DisplayName": "Orders"}, topic_arn=ARN)
+    check_create_matches(existing, "orders", {"DisplayName": "Orders"}, topic_arn=ARN)
+    check_create_matches(existing, "orders", {}, topic_arn=ARN)
     assert message_of(
-        lambda: check_create_matches(existing, "orders", {"DisplayName": "Other"})
+        lambda: check_create_matches(existing, "orders", {"DisplayName": "Other"}, topic_arn=ARN)
     ) == ("Invalid parameter: Attributes Reason: Topic already exists with different attributes")
 
 
 def test_create_topic_naming_a_documented_default_matches_a_topic_that_never_set_it():
     """Tools that write every default out ("ensure topic" at each start) must get the topic
     back, not "different attributes"."""
-    standard = parse_create("orders", {})
+    standard = parse_create("orders", {}, topic_arn=ARN)
     defaults = {"SignatureVersion": "1", "TracingConfig": "PassThrough"}
-    check_create_matches(standard, "orders", {**defaults, "MaximumMessageSize": "262144"})
-    fifo = parse_create("orders.fifo", {"FifoTopic": "true"})
-    check_create_matches(fifo, "orders.fifo", {"FifoTopic": "true", "FifoThroughputScope": "Topic"})
+    check_create_matches(
+        standard, "orders", {**defaults, "MaximumMessageSize": "262144"}, topic_arn=ARN
+    )
+    fifo = parse_create("orders.fifo", {"FifoTopic": "true"}, topic_arn=ARN)
+    check_create_matches(
+        fifo, "orders.fifo", {"FifoTopic": "true", "FifoThroughputScope": "Topic"}, topic_arn=ARN
+    )
     assert message_of(
-        lambda: check_create_matches(standard, "orders", {"SignatureVersion": "2"})
+        lambda: check_create_matches(standard, "orders", {"SignatureVersion": "2"}, topic_arn=ARN)
     ) == ("Invalid parameter: Attributes Reason: Topic already exists with different attributes")
 
 
@@ -210,16 +222,20 @@ def test_create_topic_compares_json_attributes_as_documents():
         "defaultHealthyRetryPolicy": {"numRetries": 5, "minDelayTarget": 2, "maxDelayTarget": 9}
     }
     sent = {"http": policy}
-    existing = parse_create("orders", {"DeliveryPolicy": json.dumps(sent)})
+    existing = parse_create("orders", {"DeliveryPolicy": json.dumps(sent)}, topic_arn=ARN)
     reordered = {"http": dict(reversed(list(policy.items())))}
-    check_create_matches(existing, "orders", {"DeliveryPolicy": json.dumps(reordered, indent=2)})
+    check_create_matches(
+        existing, "orders", {"DeliveryPolicy": json.dumps(reordered, indent=2)}, topic_arn=ARN
+    )
     other = {
         "http": {
             "defaultHealthyRetryPolicy": {**policy["defaultHealthyRetryPolicy"], "numRetries": 6}
         }
     }
     assert message_of(
-        lambda: check_create_matches(existing, "orders", {"DeliveryPolicy": json.dumps(other)})
+        lambda: check_create_matches(
+            existing, "orders", {"DeliveryPolicy": json.dumps(other)}, topic_arn=ARN
+        )
     ) == ("Invalid parameter: Attributes Reason: Topic already exists with different attributes")
 
 
@@ -242,10 +258,10 @@ settable = st.one_of(
 
 @given(updates=st.lists(settable, max_size=8))
 def test_what_is_set_is_what_get_topic_attributes_shows(updates):
-    settings = parse_create("t", {})
+    settings = parse_create("t", {}, topic_arn=ARN)
     expected = {}
     for name, value in updates:
-        settings = apply_update(settings, name, value)
+        settings = apply_update(settings, name, value, topic_arn=ARN)
         expected[name] = value
     rendered = render_attributes(settings, FACTS)
     for name, value in expected.items():
@@ -291,13 +307,13 @@ def test_a_topic_policy_whose_condition_cannot_be_evaluated_is_refused():
         "Condition": {"StringSoundsLike": {"aws:username": "alice"}},
     }
     odd = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
-    settings = parse_create("t", {})
-    assert message_of(lambda: apply_update(settings, "Policy", odd)).startswith(
+    settings = parse_create("t", {}, topic_arn=ARN)
+    assert message_of(lambda: apply_update(settings, "Policy", odd, topic_arn=ARN)).startswith(
         "Invalid parameter: Policy: "
     )
     statement["Condition"] = {"StringEquals": {"aws:username": "alice"}}
     readable = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
-    assert apply_update(settings, "Policy", readable).policy == readable
+    assert apply_update(settings, "Policy", readable, topic_arn=ARN).policy == readable
 
 
 def _topic_policy(statements: int, principals_each: int = 1, padding: int = 0) -> str:
@@ -321,6 +337,70 @@ def _topic_policy(statements: int, principals_each: int = 1, padding: int = 0) -
     return json.dumps(document)
 
 
+def _statement(sid: str = "s", **elements: object) -> dict[str, object]:
+    return {
+        "Sid": sid,
+        "Effect": "Allow",
+        "Principal": {"AWS": "arn:aws:iam::111122223333:root"},
+        "Action": "SNS:Publish",
+        **({"Resource": ARN} if elements.keys().isdisjoint({"Resource", "NotResource"}) else {}),
+        **elements,
+    }
+
+
+def _unnamed() -> dict[str, object]:
+    return {k: v for k, v in _statement().items() if k != "Sid"}
+
+
+@pytest.mark.parametrize(
+    ("document", "reason"),
+    [
+        (
+            {"Version": "2012-10-17", "Statement": [_statement("a"), _statement("a")]},
+            "every statement needs its own Sid: a is repeated",
+        ),
+        (
+            {"Statement": [_statement(Resource=ARN + "-other")]},
+            f"every statement's Resource must be this topic's ARN, {ARN}, alone",
+        ),
+        ({"Statement": [_statement(Resource=[ARN, ARN + "-x"])]}, "this topic's ARN"),
+        ({"Statement": [_statement(Resource="*")]}, "this topic's ARN"),
+        ({"Statement": [_statement(NotResource=ARN + "-other")]}, "this topic's ARN"),
+        ({"Statement": [{k: v for k, v in _statement().items() if k != "Resource"}]}, "ARN"),
+        ({"Statement": [_statement(Sid=7)]}, "a Sid must be a string"),
+        (
+            {"Version": "2099-01-01", "Statement": [_statement()]},
+            "Version must be 2008-10-17 or 2012-10-17",
+        ),
+    ],
+)
+def test_a_topic_policy_breaking_sns_policy_rules_is_refused(document: object, reason: str):
+    # SNS's API permissions reference: one topic per policy, unique Sids, exactly one
+    # Resource, the topic's ARN; IAM's two Versions.
+    settings = parse_create("orders", {}, topic_arn=ARN)
+    policy = json.dumps(document)
+    message = message_of(lambda: apply_update(settings, "Policy", policy, topic_arn=ARN))
+    assert message.startswith("Invalid parameter: Policy Error: ")
+    assert reason in message
+    attributes = {"Policy": policy}
+    message = message_of(lambda: parse_create("orders", attributes, topic_arn=ARN))
+    assert message.startswith("Invalid parameter: Attributes Reason: Policy Error: ")
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"Version": "2008-10-17", "Statement": [_statement("a"), _statement("b")]},
+        {"Statement": [_statement(), _statement(""), _unnamed(), _unnamed()]},
+        {"Version": "2012-10-17", "Statement": _statement(Resource=[ARN])},
+    ],
+)
+def test_a_topic_policy_within_sns_policy_rules_is_stored(document: object):
+    policy = json.dumps(document)
+    settings = parse_create("orders", {"Policy": policy}, topic_arn=ARN)
+    assert apply_update(settings, "Policy", policy, topic_arn=ARN).policy == policy
+
+
 @pytest.mark.parametrize(
     ("within", "beyond", "reason"),
     [
@@ -330,40 +410,49 @@ def _topic_policy(statements: int, principals_each: int = 1, padding: int = 0) -
 )
 def test_a_topic_policy_past_sns_quotas_is_refused(within: str, beyond: str, reason: str):
     # SNS's policy quotas (30 KB, 100 statements, 200 principals), not SQS's smaller ones.
-    settings = parse_create("t", {})
-    assert apply_update(settings, "Policy", within).policy == within
-    message = message_of(lambda: apply_update(settings, "Policy", beyond))
+    settings = parse_create("t", {}, topic_arn=ARN)
+    assert apply_update(settings, "Policy", within, topic_arn=ARN).policy == within
+    message = message_of(lambda: apply_update(settings, "Policy", beyond, topic_arn=ARN))
     assert message.startswith("Invalid parameter: Policy Error: ")
     assert reason in message
 
 
 def test_a_topic_policy_past_30_kb_is_refused():
-    settings = parse_create("t", {})
+    settings = parse_create("t", {}, topic_arn=ARN)
     base = len(_topic_policy(1))
     exactly = _topic_policy(1, padding=30 * 1024 - base)
     assert len(exactly) == 30 * 1024
-    assert apply_update(settings, "Policy", exactly).policy == exactly
+    assert apply_update(settings, "Policy", exactly, topic_arn=ARN).policy == exactly
     over = _topic_policy(1, padding=30 * 1024 - base + 1)
-    assert "at most 30,720 bytes" in message_of(lambda: apply_update(settings, "Policy", over))
+    assert "at most 30,720 bytes" in message_of(
+        lambda: apply_update(settings, "Policy", over, topic_arn=ARN)
+    )
 
 
 def test_fifo_topics_archive_for_1_to_365_days_and_trace_nothing():
-    fifo = parse_create("orders.fifo", {"FifoTopic": "true"})
+    fifo = parse_create("orders.fifo", {"FifoTopic": "true"}, topic_arn=ARN)
     for period in ("1", "365", 30):
         policy = json.dumps({"MessageRetentionPeriod": period})
-        assert apply_update(fifo, "ArchivePolicy", policy).archive_policy == policy
-    assert apply_update(fifo, "ArchivePolicy", "{}").archive_policy == "{}"
-    assert apply_update(fifo, "ArchivePolicy", "").archive_policy is None
+        assert apply_update(fifo, "ArchivePolicy", policy, topic_arn=ARN).archive_policy == policy
+    assert apply_update(fifo, "ArchivePolicy", "{}", topic_arn=ARN).archive_policy == "{}"
+    assert apply_update(fifo, "ArchivePolicy", "", topic_arn=ARN).archive_policy is None
     for bad in ('{"MessageRetentionPeriod": "0"}', '{"MessageRetentionPeriod": "366"}',
                 '{"MessageRetentionPeriod": 1.5}', '{"MessageRetentionPeriod": true}',
                 '{"Retention": "30"}'):  # fmt: skip
-        assert message_of(lambda bad=bad: apply_update(fifo, "ArchivePolicy", bad)) == (
+        assert message_of(
+            lambda bad=bad: apply_update(fifo, "ArchivePolicy", bad, topic_arn=ARN)
+        ) == (
             f"Invalid parameter: ArchivePolicy: Invalid value [{bad}]. Must be {{}} or "
             '{"MessageRetentionPeriod": <days from 1 to 365>}'
         )
-    assert apply_update(fifo, "TracingConfig", "PassThrough").tracing_config == "PassThrough"
+    assert (
+        apply_update(fifo, "TracingConfig", "PassThrough", topic_arn=ARN).tracing_config
+        == "PassThrough"
+    )
     assert message_of(
-        lambda: parse_create("o.fifo", {"FifoTopic": "true", "TracingConfig": "Active"})
+        lambda: parse_create(
+            "o.fifo", {"FifoTopic": "true", "TracingConfig": "Active"}, topic_arn=ARN
+        )
     ) == (
         "Invalid parameter: Attributes Reason: TracingConfig: Active tracing is only supported "
         "on standard topics"
