@@ -15,12 +15,21 @@ ALB's cookies (sticky-sessions.md), reproduced by name and behaviour:
   ``MAX_APP_ENTRIES``). ALB shards this cookie into ``AWSALBAPP-0..3`` because it copies the
   app cookie; ours seals only a digest of it, so one shard suffices. It carries
   ``SameSite=None; Secure`` for Chromium 80 and later, as ALB's does.
-- Cookies expire in the browser after a fixed 7 days (``Expires``, never ``Max-Age``); the
-  configured duration is sealed inside and checked on every request, and the shell re-issues
-  the cookie on every response, which slides the window.
+- Cookies expire in the browser after a fixed 7 days (``Expires``, never ``Max-Age``). The
+  time a cookie was issued is sealed inside, and every request checks it against the
+  duration configured *now* (the target group's, or the weighted forward's for
+  ``AWSALBTG``): a reload that shortens the duration ends older sessions at once, one that
+  lengthens it lengthens live ones. ALB "checks whether the configured duration of
+  stickiness is still valid", and its "manual rebalancing" is to set it to 1 second. The
+  shell re-issues the cookie on every response, which slides the window.
+- Cookies sealed before the issue time was (version 1) hold their absolute expiry instead.
+  They still open, until that expiry: the configured duration cannot be checked against a
+  time they do not hold. Each is replaced by a version 2 cookie on the next response, so
+  only a client replaying an old value keeps one.
 
 Sealing: AES-SIV (RFC 5297, ``cryptography``'s ``AESSIV``) with AES-256 and the cookie kind
-as associated data, so a group cookie never opens as a target cookie. SIV rather than
+and header (version, key id) as associated data, so a group cookie never opens as a target
+cookie, nor a version 2 cookie as a version 1 one. SIV rather than
 AES-GCM because it needs no nonce: a balancer re-seals on every response, and random 96-bit
 GCM nonces reach NIST's 2^32-messages-per-key bound within hours at high request rates, after
 which a repeat would leak the authentication key. SIV's only leak, equal plaintexts giving
@@ -33,8 +42,9 @@ reload again, drop the old one. Each cookie carries a 4-byte key id so opening t
 Times are wall-clock seconds since the epoch (``time.time()``), not a monotonic clock:
 cookies travel between processes and hosts.
 
-``open_*`` methods return None for anything they did not seal: tampered, truncated, expired,
-foreign, oversized or non-ASCII values. They never raise on input from a client.
+``open_*`` methods return None for anything they did not seal: tampered, truncated, expired
+(issued longer ago than the duration they are given), foreign, oversized or non-ASCII values.
+They never raise on input from a client.
 """
 
 from __future__ import annotations
@@ -67,9 +77,12 @@ MAX_COOKIE_CHARS = 1024  # ours are ~100-700; bounds the work spent on garbage
 APP_ENTRY_SEPARATOR = "."  # not in base64url: it joins AWSALBAPP-0's entries
 MAX_APP_ENTRIES = 8  # target groups (of every layer) one AWSALBAPP-0 remembers
 
-_VERSION = 1
-_HEADER = struct.Struct(">B4s")  # version, key id
-_EXPIRY = struct.Struct(">Q")  # whole seconds since the epoch
+_VERSION = 2  # seals the issue time
+_EXPIRY_VERSION = 1  # sealed an absolute expiry; opened, never sealed any more
+_HEADER = struct.Struct(">B4s")  # version, key id (authenticated as associated data)
+# The first sealed field. Version 2: issued at, milliseconds since the epoch; version 1:
+# expires at, whole seconds since the epoch.
+_TIME = struct.Struct(">Q")
 _LENGTH = struct.Struct(">H")
 _APP_DIGEST_BYTES = 16
 _SIV_TAG_BYTES = 16
@@ -144,31 +157,32 @@ class CookieSealer:
 
     # Sealing.
 
-    def _seal(self, kind: Kind, expires_at: float, body: bytes) -> str:
+    def _seal(self, kind: Kind, issued_at: float, body: bytes) -> str:
         key = self._keys[0]
         header = _HEADER.pack(_VERSION, key.key_id)
-        expiry = _EXPIRY.pack(max(math.ceil(expires_at), 0))
-        sealed = key.cipher.encrypt(expiry + body, [header, kind.value])
+        issued = _TIME.pack(max(math.floor(issued_at * 1000), 0))
+        sealed = key.cipher.encrypt(issued + body, [header, kind.value])
         return base64.urlsafe_b64encode(header + sealed).rstrip(b"=").decode("ascii")
 
-    def seal_target(self, target_group: str, target_id: str, *, expires_at: float) -> str:
-        """The ``AWSALB`` value sending a client to ``target_id`` until ``expires_at``."""
-        return self._seal(Kind.TARGET, expires_at, _field(target_group) + _field(target_id))
+    def seal_target(self, target_group: str, target_id: str, *, issued_at: float) -> str:
+        """The ``AWSALB`` value sending a client to ``target_id``, issued at ``issued_at``."""
+        return self._seal(Kind.TARGET, issued_at, _field(target_group) + _field(target_id))
 
-    def seal_group(self, target_group: str, *, expires_at: float) -> str:
-        """The ``AWSALBTG`` value sending a client to ``target_group`` until ``expires_at``."""
-        return self._seal(Kind.GROUP, expires_at, _field(target_group))
+    def seal_group(self, target_group: str, *, issued_at: float) -> str:
+        """The ``AWSALBTG`` value sending a client to ``target_group``, issued at
+        ``issued_at``."""
+        return self._seal(Kind.GROUP, issued_at, _field(target_group))
 
     def seal_app(
-        self, target_group: str, target_id: str, app_cookie: str, *, expires_at: float
+        self, target_group: str, target_id: str, app_cookie: str, *, issued_at: float
     ) -> str:
         """The ``AWSALBAPP-0`` value tying the app cookie's current value to a target."""
         body = _field(target_group) + _field(target_id) + app_digest(app_cookie)
-        return self._seal(Kind.APP, expires_at, body)
+        return self._seal(Kind.APP, issued_at, body)
 
     # Opening.
 
-    def _open(self, kind: Kind, value: str, now: float) -> bytes | None:
+    def _open(self, kind: Kind, value: str, now: float, duration: float) -> bytes | None:
         if not value or len(value) > MAX_COOKIE_CHARS or not value.isascii():
             return None
         try:
@@ -177,23 +191,25 @@ class CookieSealer:
             return None
         if base64.urlsafe_b64encode(raw).rstrip(b"=") != value.encode():
             return None  # only our canonical spelling: one cookie, one string
-        if len(raw) < _HEADER.size + _SIV_TAG_BYTES + _EXPIRY.size:
+        if len(raw) < _HEADER.size + _SIV_TAG_BYTES + _TIME.size:
             return None
         header = raw[: _HEADER.size]
         version, key_id = _HEADER.unpack(header)
         key = self._by_id.get(key_id)
-        if version != _VERSION or key is None:
+        if version not in (_VERSION, _EXPIRY_VERSION) or key is None:
             return None
         try:
+            # The header is associated data: a version 1 cookie never opens as version 2.
             plain = key.cipher.decrypt(raw[_HEADER.size :], [header, kind.value])
         except InvalidTag:
             return None
-        (expires,) = _EXPIRY.unpack_from(plain)
-        return plain[_EXPIRY.size :] if now < expires else None
+        (stamp,) = _TIME.unpack_from(plain)
+        return plain[_TIME.size :] if _live(version, stamp, now, duration) else None
 
-    def open_target(self, value: str, *, now: float) -> StickyTarget | None:
-        """What an ``AWSALB`` value names, or None if it is not a live cookie of ours."""
-        body = self._open(Kind.TARGET, value, now)
+    def open_target(self, value: str, *, now: float, duration: float) -> StickyTarget | None:
+        """What an ``AWSALB`` value names, or None if it is not a live cookie of ours (one
+        issued less than ``duration`` seconds, the duration configured now, before ``now``)."""
+        body = self._open(Kind.TARGET, value, now, duration)
         if body is None:
             return None
         try:
@@ -203,9 +219,9 @@ class CookieSealer:
             return None
         return StickyTarget(group, target) if offset == len(body) else None
 
-    def open_group(self, value: str, *, now: float) -> str | None:
-        """The target group an ``AWSALBTG`` value names, or None."""
-        body = self._open(Kind.GROUP, value, now)
+    def open_group(self, value: str, *, now: float, duration: float) -> str | None:
+        """The target group a live ``AWSALBTG`` value names, or None."""
+        body = self._open(Kind.GROUP, value, now, duration)
         if body is None:
             return None
         try:
@@ -214,9 +230,12 @@ class CookieSealer:
             return None
         return group if offset == len(body) else None
 
-    def open_app(self, value: str, app_cookie: str, *, now: float) -> StickyTarget | None:
-        """The target one ``AWSALBAPP-0`` entry names for this app cookie value, or None."""
-        opened = self._open_app(value, now)
+    def open_app(
+        self, value: str, app_cookie: str, *, now: float, duration: float
+    ) -> StickyTarget | None:
+        """The target one live ``AWSALBAPP-0`` entry names for this app cookie value, or
+        None."""
+        opened = self._open_app(value, now, duration)
         if opened is None:
             return None
         mapping, digest = opened
@@ -225,8 +244,10 @@ class CookieSealer:
         return mapping
 
     def app_entry_group(self, value: str, *, now: float) -> str | None:
-        """The target group a live ``AWSALBAPP-0`` entry of ours is for, or None."""
-        opened = self._open_app(value, now)
+        """The target group an ``AWSALBAPP-0`` entry of ours is for, or None once it is dead
+        for any duration (older than the cookies' lifetime): whether it is live is for its
+        own group to check, against that group's duration, when it reads it."""
+        opened = self._open_app(value, now, COOKIE_LIFETIME_SECONDS)
         return None if opened is None else opened[0].target_group
 
     def sealed_here(self, value: str) -> bool:
@@ -238,8 +259,10 @@ class CookieSealer:
             return False
         return len(raw) >= _HEADER.size and raw[1 : _HEADER.size] in self._by_id
 
-    def _open_app(self, value: str, now: float) -> tuple[StickyTarget, bytes] | None:
-        body = self._open(Kind.APP, value, now)
+    def _open_app(
+        self, value: str, now: float, duration: float
+    ) -> tuple[StickyTarget, bytes] | None:
+        body = self._open(Kind.APP, value, now, duration)
         if body is None or len(body) < _APP_DIGEST_BYTES:
             return None
         try:
@@ -250,6 +273,13 @@ class CookieSealer:
         if offset != len(body) - _APP_DIGEST_BYTES:
             return None
         return StickyTarget(group, target), body[-_APP_DIGEST_BYTES:]
+
+
+def _live(version: int, stamp: int, now: float, duration: float) -> bool:
+    """Whether a cookie whose first sealed field is ``stamp`` is still live at ``now``."""
+    if version == _EXPIRY_VERSION:
+        return now < stamp  # its own expiry: when it was issued is not known
+    return now < stamp / 1000 + min(duration, COOKIE_LIFETIME_SECONDS)
 
 
 def app_entries(value: str | None) -> list[str]:
@@ -271,7 +301,7 @@ def merged_app_value(
             break
         group = sealer.app_entry_group(entry, now=now)
         if group is None and sealer.sealed_here(entry):
-            continue  # ours, but expired or forged
+            continue  # ours, but past the cookies' lifetime, or forged
         if group != target_group and entry not in kept:
             kept.append(entry)
     return APP_ENTRY_SEPARATOR.join(kept)

@@ -303,7 +303,7 @@ async def _exchange(
             ):
                 # A tunnel the target opened (WebSocket, or CONNECT as HAProxy relays it).
                 ex.target_status = response.status_code
-                await _switch(client, ex, up, response, upgrade=upgrade)
+                await _switch(client, ex, up, response, sticky, group, wall, upgrade=upgrade)
                 return
             if services.draining.started:  # the stop began while this request was out
                 ex.close_after = True
@@ -802,11 +802,7 @@ async def _relay(
     ):
         raise ClientGone  # ALB's 460; the target connection is dropped mid-response
     headers, framed_twice = prepare_response(response.status_code, response.headers)
-    assert ex.target is not None
-    if sticky.group_cookie or sticky.stickiness_on:  # else response_cookies has none
-        headers += response_cookies(
-            sticky, ex.snapshot, group.config, ex.target.target_id, headers, wall=wall
-        )
+    _add_sticky_cookies(ex, headers, sticky, group, wall)
     if ex.close_after:
         headers.append((b"connection", b"close"))
     conn = client.conn
@@ -873,6 +869,17 @@ async def _relay(
             return framed_twice
 
 
+def _add_sticky_cookies(
+    ex: Exchange, headers: list[Header], sticky: StickyPlan, group: GroupRuntime, wall: float
+) -> None:
+    """Append the stickiness cookies to the headers of a response going to the client."""
+    assert ex.target is not None
+    if sticky.group_cookie or sticky.stickiness_on:  # else response_cookies has none
+        headers += response_cookies(
+            sticky, ex.snapshot, group.config, ex.target.target_id, headers, wall=wall
+        )
+
+
 async def _flush(client: Client, ex: Exchange, pending: list[fastio.Buffer]) -> None:
     # Under the deadline already armed (response or idle), which a write that has to wait
     # moves to the idle timeout from its last progress (Exchange.writing): a client that
@@ -888,6 +895,9 @@ async def _switch(
     ex: Exchange,
     up: Upstream,
     response: h11.Response | h11.InformationalResponse,
+    sticky: StickyPlan,
+    group: GroupRuntime,
+    wall: float,
     *,
     upgrade: bool,
 ) -> None:
@@ -898,7 +908,10 @@ async def _switch(
     offer is withdrawn before the request goes out); any other 101 is a broken response
     (502). The head goes on without hop-by-hop fields but ``Upgrade``,
     and without framing fields, which neither a 1xx nor a 2xx to CONNECT may carry (RFC 9110
-    8.6, 9.3.6).
+    8.6, 9.3.6). A 101 carries the stickiness cookies as any forwarded response does: it is
+    the one response a WebSocket-only client gets (RFC 6455 4.2.2 lets it set cookies, and
+    ALB's "cookie-based stickiness is not used" concerns the tunnel after it), so without
+    them its reconnects would land on any target.
     """
     status = response.status_code
     head: h11.Response | h11.InformationalResponse
@@ -907,6 +920,7 @@ async def _switch(
             await _refuse_switch(client, ex)
             return
         headers = forwardable_framing(101, strip_hop_by_hop(response.headers, upgrade=True))
+        _add_sticky_cookies(ex, headers, sticky, group, wall)
         head = h11.InformationalResponse(status_code=101, headers=headers, reason=response.reason)
     else:
         kept = [

@@ -18,9 +18,10 @@ cookies the response carries back (ALB sticky-sessions.md).
   one sets the cookie on its response, and this one merges its entry into that value and
   sends one ``Set-Cookie`` for it instead of two that would overwrite each other.
 
-Cookies that do not open (tampered, expired, from another group or key) are ignored and
-the request is routed as a new one. Without stickiness anywhere in the action, no cookie
-header is even parsed.
+Cookies that do not open (tampered, from another group or key, or expired: issued longer ago
+than the duration configured now, the group's or the weighted forward's, so a reload that
+shortens it applies to cookies already issued) are ignored and the request is routed as a
+new one. Without stickiness anywhere in the action, no cookie header is even parsed.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ class StickyPlan:
 
     def __init__(self, group: str) -> None:
         self.group = group
-        self.group_cookie = 0  # seconds the AWSALBTG cookie lasts; 0: none to issue
+        self.group_cookie = False  # an AWSALBTG cookie to issue
         self.sticky_target: str | None = None
         self.app_cookie: str | None = None  # the request's application cookie value
         self.app_entries: list[str] = []  # the request's AWSALBAPP-0 entries
@@ -96,16 +97,17 @@ def plan(
         if action.stickiness.enabled and sealer is not None:
             cookies = read_cookies(_cookie_headers(headers), _ALL_NAMES)
             members = {member.name for member in action.target_groups}
+            duration = action.stickiness.duration_seconds
 
             def member_group(value: str) -> str | None:
-                named = sealer.open_group(value, now=wall)
+                named = sealer.open_group(value, now=wall, duration=duration)
                 return named if named in members else None
 
             sticky_group = open_sticky(cookies, GROUP_COOKIE, GROUP_CORS_COOKIE, member_group)
         chosen = choose_group(action.target_groups, rand=rand, sticky_group=sticky_group)
         result = StickyPlan(chosen.name)
         if action.stickiness.enabled and sealer is not None:
-            result.group_cookie = action.stickiness.duration_seconds
+            result.group_cookie = True
     group = snapshot.groups.get(result.group)
     if group is None or sealer is None or not group.config.stickiness.enabled:
         return result
@@ -117,7 +119,7 @@ def plan(
     if stickiness.type == "lb_cookie":
 
         def group_target(value: str) -> StickyTarget | None:
-            named = sealer.open_target(value, now=wall)
+            named = sealer.open_target(value, now=wall, duration=stickiness.duration_seconds)
             return named if named is not None and named.target_group == result.group else None
 
         opened = open_sticky(cookies, LB_COOKIE, LB_CORS_COOKIE, group_target)
@@ -131,7 +133,9 @@ def plan(
         opened = None
         if result.app_cookie is not None:
             for entry in result.app_entries:
-                found = sealer.open_app(entry, result.app_cookie, now=wall)
+                found = sealer.open_app(
+                    entry, result.app_cookie, now=wall, duration=stickiness.duration_seconds
+                )
                 if found is not None and found.target_group == result.group:
                     opened = found
                     break
@@ -162,20 +166,19 @@ def response_cookies(
         return []
     found: list[str] = []
     if result.group_cookie:
-        value = sealer.seal_group(result.group, expires_at=wall + result.group_cookie)
+        value = sealer.seal_group(result.group, issued_at=wall)
         found += group_cookies(value, now=wall)
     stickiness = group.stickiness
-    expires_at = wall + stickiness.duration_seconds
     if result.stickiness_on and stickiness.type == "lb_cookie":
         found += target_cookies(
-            sealer.seal_target(result.group, target_id, expires_at=expires_at), now=wall
+            sealer.seal_target(result.group, target_id, issued_at=wall), now=wall
         )
     elif result.stickiness_on:
         app_value = _set_cookie_value(response_headers, stickiness.cookie_name)
         if app_value is None:
             app_value = result.app_cookie
         if app_value is not None:
-            sealed = sealer.seal_app(result.group, target_id, app_value, expires_at=expires_at)
+            sealed = sealer.seal_app(result.group, target_id, app_value, issued_at=wall)
             behind = _take_set_cookie(response_headers, APP_COOKIE)
             previous = app_entries(behind) if behind is not None else result.app_entries
             value = merged_app_value(sealer, sealed, result.group, previous, now=wall)

@@ -8,12 +8,14 @@ from hypothesis import strategies as st
 
 from balancer.stickiness import (
     APP_COOKIE,
+    COOKIE_LIFETIME_SECONDS,
     GROUP_COOKIE,
     GROUP_CORS_COOKIE,
     LB_COOKIE,
     LB_CORS_COOKIE,
     MAX_APP_ENTRIES,
     CookieSealer,
+    Kind,
     StickyTarget,
     app_entries,
     chromium_80_or_later,
@@ -29,7 +31,15 @@ from balancer.stickiness import (
 KEY = b"k" * 32
 OTHER = b"o" * 32
 NOW = 1_700_000_000.0
-LATER = NOW + 3600
+DURATION = 3600
+LATER = NOW + DURATION
+# Sealed with KEY by the code before cookies held their issue time (version 1: an absolute
+# expiry, LATER); such cookies are honoured until that expiry.
+V1_TARGET = "AYWgMnp2EdS2Z7S2P_pe46u2vVgaweCKt-0gHKSa6bgkdGP1lG3VfApZhIxlheQ"  # web, 10.0.0.1:80
+V1_GROUP = "AYWgMnr-xW14GyuvleaxBhY7IED7W-Jem_5oO7IURVXag4FZ"  # green
+V1_APP = (  # web, 10.0.0.1:80, for the app cookie "session=abc"
+    "AYWgMnqqsdBma4y27EPD5IwVJzXxLvDqQmGYo16Vk7ASCz9PhBPJu9odxD-uwpa2-JfcISMXx-evPh07vmaL"
+)
 
 
 @pytest.fixture
@@ -49,45 +59,90 @@ def encoded(raw: bytes) -> str:
 
 
 def test_target_cookie_round_trip(sealer):
-    value = sealer.seal_target("web", "10.0.0.1:80", expires_at=LATER)
-    assert sealer.open_target(value, now=NOW) == StickyTarget("web", "10.0.0.1:80")
+    value = sealer.seal_target("web", "10.0.0.1:80", issued_at=NOW)
+    assert sealer.open_target(value, now=NOW, duration=DURATION) == StickyTarget(
+        "web", "10.0.0.1:80"
+    )
     assert "10.0.0.1" not in value  # opaque
     assert "web" not in value
 
 
 def test_group_cookie_round_trip(sealer):
-    value = sealer.seal_group("green", expires_at=LATER)
-    assert sealer.open_group(value, now=NOW) == "green"
+    value = sealer.seal_group("green", issued_at=NOW)
+    assert sealer.open_group(value, now=NOW, duration=DURATION) == "green"
 
 
 def test_app_cookie_maps_the_app_session_to_a_target(sealer):
-    value = sealer.seal_app("web", "[::1]:8080", "session=abc", expires_at=LATER)
-    assert sealer.open_app(value, "session=abc", now=NOW) == StickyTarget("web", "[::1]:8080")
-    assert sealer.open_app(value, "session=new", now=NOW) is None  # a new app session
+    value = sealer.seal_app("web", "[::1]:8080", "session=abc", issued_at=NOW)
+    opened = sealer.open_app(value, "session=abc", now=NOW, duration=DURATION)
+    assert opened == StickyTarget("web", "[::1]:8080")
+    # A new app session:
+    assert sealer.open_app(value, "session=new", now=NOW, duration=DURATION) is None
 
 
 def test_values_are_deterministic_and_cookie_safe(sealer):
-    value = sealer.seal_target("web", "a:1", expires_at=LATER)
-    assert value == sealer.seal_target("web", "a:1", expires_at=LATER)
-    assert value != sealer.seal_target("web", "a:1", expires_at=LATER + 1)
+    value = sealer.seal_target("web", "a:1", issued_at=NOW)
+    assert value == sealer.seal_target("web", "a:1", issued_at=NOW)
+    assert value != sealer.seal_target("web", "a:1", issued_at=NOW + 1)
     assert set(value) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
-def test_expired_cookies_are_refused(sealer):
-    value = sealer.seal_target("web", "a:1", expires_at=NOW + 10)
-    assert sealer.open_target(value, now=NOW + 9.5) is not None
-    assert sealer.open_target(value, now=NOW + 10) is None
-    assert sealer.open_group(sealer.seal_group("g", expires_at=NOW), now=NOW) is None
+def test_cookies_issued_longer_ago_than_the_duration_configured_now_are_refused(sealer):
+    # ALB "checks whether the configured duration of stickiness is still valid": a reload
+    # that shortens (or lengthens) the duration applies to cookies already issued.
+    value = sealer.seal_target("web", "a:1", issued_at=NOW)
+    assert sealer.open_target(value, now=NOW + 9.5, duration=10) is not None
+    assert sealer.open_target(value, now=NOW + 10, duration=10) is None
+    assert sealer.open_target(value, now=NOW + 10, duration=86400) is not None
+    assert sealer.open_target(value, now=NOW + 2.5, duration=1) is None
+    group = sealer.seal_group("g", issued_at=NOW)
+    assert sealer.open_group(group, now=NOW + 1, duration=1) is None
+    app = sealer.seal_app("web", "a:1", "s", issued_at=NOW)
+    assert sealer.open_app(app, "s", now=NOW + 2, duration=1) is None
+    assert sealer.open_app(app, "s", now=NOW + 2, duration=3) == ("web", "a:1")
+
+
+def test_no_duration_outlives_the_cookies_lifetime(sealer):
+    value = sealer.seal_target("web", "a:1", issued_at=NOW)
+    end = NOW + COOKIE_LIFETIME_SECONDS
+    assert sealer.open_target(value, now=end - 1, duration=2 * COOKIE_LIFETIME_SECONDS)
+    assert sealer.open_target(value, now=end, duration=2 * COOKIE_LIFETIME_SECONDS) is None
+
+
+def test_cookies_sealed_with_an_expiry_are_honoured_until_it(sealer):
+    # Version 1 cookies hold no issue time: the configured duration cannot be checked, and
+    # their own expiry still holds (the next response replaces them with version 2 ones).
+    assert sealer.open_target(V1_TARGET, now=LATER - 1, duration=1) == ("web", "10.0.0.1:80")
+    assert sealer.open_group(V1_GROUP, now=LATER - 1, duration=1) == "green"
+    assert sealer.open_app(V1_APP, "session=abc", now=LATER - 1, duration=1) == (
+        "web",
+        "10.0.0.1:80",
+    )
+    assert sealer.open_app(V1_APP, "session=new", now=NOW, duration=DURATION) is None
+    assert sealer.open_target(V1_TARGET, now=LATER, duration=COOKIE_LIFETIME_SECONDS) is None
+    assert sealer.open_group(V1_GROUP, now=LATER, duration=COOKIE_LIFETIME_SECONDS) is None
+    assert sealer.app_entry_group(V1_APP, now=LATER) is None
+    assert sealer.open_group(V1_TARGET, now=NOW, duration=DURATION) is None  # kinds still bound
+    assert CookieSealer([OTHER]).open_target(V1_TARGET, now=NOW, duration=DURATION) is None
+
+
+def test_a_cookie_relabelled_as_another_version_does_not_open(sealer):
+    # The version is authenticated (associated data): a version 2 cookie's issue time can
+    # never be read as a version 1 expiry, nor the reverse.
+    for value, other_version in ((sealer.seal_group("g", issued_at=NOW), 1), (V1_GROUP, 2)):
+        raw = bytearray(decoded(value))
+        raw[0] = other_version
+        assert sealer.open_group(encoded(bytes(raw)), now=NOW, duration=DURATION) is None
 
 
 def test_a_cookie_of_one_kind_never_opens_as_another(sealer):
-    target = sealer.seal_target("web", "a:1", expires_at=LATER)
-    group = sealer.seal_group("web", expires_at=LATER)
-    app = sealer.seal_app("web", "a:1", "v", expires_at=LATER)
-    assert sealer.open_group(target, now=NOW) is None
-    assert sealer.open_target(group, now=NOW) is None
-    assert sealer.open_target(app, now=NOW) is None
-    assert sealer.open_app(target, "v", now=NOW) is None
+    target = sealer.seal_target("web", "a:1", issued_at=NOW)
+    group = sealer.seal_group("web", issued_at=NOW)
+    app = sealer.seal_app("web", "a:1", "v", issued_at=NOW)
+    assert sealer.open_group(target, now=NOW, duration=DURATION) is None
+    assert sealer.open_target(group, now=NOW, duration=DURATION) is None
+    assert sealer.open_target(app, now=NOW, duration=DURATION) is None
+    assert sealer.open_app(target, "v", now=NOW, duration=DURATION) is None
 
 
 # Keys ------------------------------------------------------------------------------------------
@@ -96,17 +151,21 @@ def test_a_cookie_of_one_kind_never_opens_as_another(sealer):
 def test_rotation_seals_with_the_first_key_and_opens_with_any():
     old = CookieSealer([KEY])
     rotating = CookieSealer([OTHER, KEY])
-    before = old.seal_target("web", "a:1", expires_at=LATER)
-    after = rotating.seal_target("web", "a:1", expires_at=LATER)
-    assert rotating.open_target(before, now=NOW) == StickyTarget("web", "a:1")
-    assert old.open_target(after, now=NOW) is None  # not yet rolled out: re-stick
-    assert CookieSealer([OTHER]).open_target(before, now=NOW) is None  # old key dropped
+    before = old.seal_target("web", "a:1", issued_at=NOW)
+    after = rotating.seal_target("web", "a:1", issued_at=NOW)
+    assert rotating.open_target(before, now=NOW, duration=DURATION) == StickyTarget("web", "a:1")
+    assert (
+        old.open_target(after, now=NOW, duration=DURATION) is None
+    )  # not yet rolled out: re-stick
+    assert (
+        CookieSealer([OTHER]).open_target(before, now=NOW, duration=DURATION) is None
+    )  # old key dropped
     assert after != before
 
 
 def test_nodes_sharing_a_key_agree():
-    value = CookieSealer([KEY]).seal_group("g", expires_at=LATER)
-    assert CookieSealer([KEY]).open_group(value, now=NOW) == "g"
+    value = CookieSealer([KEY]).seal_group("g", issued_at=NOW)
+    assert CookieSealer([KEY]).open_group(value, now=NOW, duration=DURATION) == "g"
 
 
 @pytest.mark.parametrize("keys", [[], [b"short"], [KEY, b"x" * 15]])
@@ -123,19 +182,24 @@ def test_keys_must_be_present_and_long_enough(keys):
     ["", "x", "====", "!!!!", "é" * 40, "A" * 2000, "AQAAAAAA", encoded(b"\x02" + b"\0" * 60)],
 )
 def test_garbage_is_refused_quietly(sealer, value):
-    assert sealer.open_target(value, now=NOW) is None
-    assert sealer.open_group(value, now=NOW) is None
-    assert sealer.open_app(value, "v", now=NOW) is None
+    assert sealer.open_target(value, now=NOW, duration=DURATION) is None
+    assert sealer.open_group(value, now=NOW, duration=DURATION) is None
+    assert sealer.open_app(value, "v", now=NOW, duration=DURATION) is None
 
 
 def test_a_non_canonical_spelling_is_refused(sealer):
     # Standard base64 letters and padding decode to the same bytes; only our spelling opens.
     value = next(
-        v for n in range(100) if set(v := sealer.seal_group(f"g{n}", expires_at=LATER)) & {"-", "_"}
+        v for n in range(100) if set(v := sealer.seal_group(f"g{n}", issued_at=NOW)) & {"-", "_"}
     )
-    assert sealer.open_group(value, now=NOW) is not None
-    assert sealer.open_group(value + "=" * (-len(value) % 4 or 4), now=NOW) is None
-    assert sealer.open_group(value.replace("-", "+").replace("_", "/"), now=NOW) is None
+    assert sealer.open_group(value, now=NOW, duration=DURATION) is not None
+    assert (
+        sealer.open_group(value + "=" * (-len(value) % 4 or 4), now=NOW, duration=DURATION) is None
+    )
+    assert (
+        sealer.open_group(value.replace("-", "+").replace("_", "/"), now=NOW, duration=DURATION)
+        is None
+    )
 
 
 # Headers ---------------------------------------------------------------------------------------
@@ -183,11 +247,11 @@ def test_sticky_values_put_the_cors_twin_first():
 
 
 def test_a_cors_twin_that_does_not_open_falls_back_to_the_cookie(sealer):
-    a = sealer.seal_target("web", "10.0.0.1:80", expires_at=LATER)
-    b = sealer.seal_target("web", "10.0.0.2:80", expires_at=LATER)
+    a = sealer.seal_target("web", "10.0.0.1:80", issued_at=NOW)
+    b = sealer.seal_target("web", "10.0.0.2:80", issued_at=NOW)
 
     def opener(value: str) -> StickyTarget | None:
-        return sealer.open_target(value, now=NOW)
+        return sealer.open_target(value, now=NOW, duration=DURATION)
 
     both = {LB_COOKIE: a, LB_CORS_COOKIE: b}
     assert open_sticky(both, LB_COOKIE, LB_CORS_COOKIE, opener) == ("web", "10.0.0.2:80")
@@ -195,12 +259,15 @@ def test_a_cors_twin_that_does_not_open_falls_back_to_the_cookie(sealer):
     assert open_sticky(stale_cors, LB_COOKIE, LB_CORS_COOKIE, opener) == ("web", "10.0.0.1:80")
     garbage = {LB_COOKIE: "garbage", LB_CORS_COOKIE: b}
     assert open_sticky(garbage, LB_COOKIE, LB_CORS_COOKIE, opener) == ("web", "10.0.0.2:80")
-    g1 = sealer.seal_group("blue", expires_at=LATER)
-    g2 = sealer.seal_group("green", expires_at=LATER)
+    g1 = sealer.seal_group("blue", issued_at=NOW)
+    g2 = sealer.seal_group("green", issued_at=NOW)
     groups = {GROUP_COOKIE: g1, GROUP_CORS_COOKIE: g2}
     assert (
         open_sticky(
-            groups, GROUP_COOKIE, GROUP_CORS_COOKIE, lambda v: sealer.open_group(v, now=NOW)
+            groups,
+            GROUP_COOKIE,
+            GROUP_CORS_COOKIE,
+            lambda v: sealer.open_group(v, now=NOW, duration=DURATION),
         )
         == "green"
     )
@@ -213,42 +280,78 @@ keys = st.binary(min_size=16, max_size=64)
 
 
 @given(keys, names, names, st.floats(NOW, NOW + 604800))
-def test_sealing_round_trips_any_names(key, group, target, expires_at):
+def test_sealing_round_trips_any_names(key, group, target, issued_at):
     sealer = CookieSealer([key])
-    value = sealer.seal_target(group, target, expires_at=expires_at)
-    assert sealer.open_target(value, now=NOW - 1) == StickyTarget(group, target)
-    assert sealer.open_group(sealer.seal_group(group, expires_at=expires_at), now=NOW - 1) == group
-    app = sealer.seal_app(group, target, target + "!", expires_at=expires_at)
-    assert sealer.open_app(app, target + "!", now=NOW - 1) == StickyTarget(group, target)
+    value = sealer.seal_target(group, target, issued_at=issued_at)
+    assert sealer.open_target(value, now=issued_at, duration=1) == StickyTarget(group, target)
+    group_value = sealer.seal_group(group, issued_at=issued_at)
+    assert sealer.open_group(group_value, now=issued_at, duration=1) == group
+    app = sealer.seal_app(group, target, target + "!", issued_at=issued_at)
+    opened = sealer.open_app(app, target + "!", now=issued_at, duration=1)
+    assert opened == StickyTarget(group, target)
+
+
+seconds = st.integers(int(NOW), int(NOW) + 10 * COOKIE_LIFETIME_SECONDS)
+durations = st.integers(1, COOKIE_LIFETIME_SECONDS)
+
+
+@given(st.sampled_from(list(Kind)), seconds, durations, st.floats(0, 2 * COOKIE_LIFETIME_SECONDS))
+def test_a_cookie_lives_for_the_duration_it_is_opened_with(kind, issued, duration, elapsed):
+    # Whatever the duration was when it was sealed: only the one configured now counts.
+    sealer = CookieSealer([KEY])
+    now = issued + elapsed
+    live = now < issued + duration
+    if kind is Kind.TARGET:
+        value = sealer.seal_target("web", "a:1", issued_at=issued)
+        opened: object = sealer.open_target(value, now=now, duration=duration)
+    elif kind is Kind.GROUP:
+        opened = sealer.open_group(
+            sealer.seal_group("g", issued_at=issued), now=now, duration=duration
+        )
+    else:
+        value = sealer.seal_app("web", "a:1", "s", issued_at=issued)
+        opened = sealer.open_app(value, "s", now=now, duration=duration)
+    assert (opened is not None) is live
+
+
+@given(st.sampled_from([V1_TARGET, V1_GROUP]), durations, st.floats(NOW - 10, LATER + 10))
+def test_a_cookie_sealed_with_an_expiry_lives_until_it_whatever_the_duration(value, duration, now):
+    sealer = CookieSealer([KEY])
+    opened: object = (
+        sealer.open_target(value, now=now, duration=duration)
+        if value == V1_TARGET
+        else sealer.open_group(value, now=now, duration=duration)
+    )
+    assert (opened is not None) is (now < LATER)
 
 
 @given(names, names, st.integers(0, 10_000))
 @example("web", "10.0.0.1:80", 0)
 def test_any_bit_flip_is_rejected(group, target, bit):
     sealer = CookieSealer([KEY])
-    raw = bytearray(decoded(sealer.seal_target(group, target, expires_at=LATER)))
+    raw = bytearray(decoded(sealer.seal_target(group, target, issued_at=NOW)))
     bit %= len(raw) * 8
     raw[bit // 8] ^= 1 << (bit % 8)
-    assert sealer.open_target(encoded(bytes(raw)), now=NOW) is None
+    assert sealer.open_target(encoded(bytes(raw)), now=NOW, duration=DURATION) is None
 
 
 @given(names, st.data())
 def test_any_change_to_the_string_is_rejected(group, data):
     sealer = CookieSealer([KEY])
-    value = sealer.seal_group(group, expires_at=LATER)
+    value = sealer.seal_group(group, issued_at=NOW)
     position = data.draw(st.integers(0, len(value) - 1))
     replacement = data.draw(st.characters(codec="ascii").filter(lambda c: c != value[position]))
     tampered = value[:position] + replacement + value[position + 1 :]
-    assert sealer.open_group(tampered, now=NOW) is None
-    assert sealer.open_group(value[:position], now=NOW) is None  # truncated
+    assert sealer.open_group(tampered, now=NOW, duration=DURATION) is None
+    assert sealer.open_group(value[:position], now=NOW, duration=DURATION) is None  # truncated
 
 
 @given(st.text(max_size=300), st.text(max_size=20))
 def test_opening_never_raises(value, app):
     sealer = CookieSealer([KEY])
-    assert sealer.open_target(value, now=NOW) is None
-    assert sealer.open_group(value, now=NOW) is None
-    assert sealer.open_app(value, app, now=NOW) is None
+    assert sealer.open_target(value, now=NOW, duration=DURATION) is None
+    assert sealer.open_group(value, now=NOW, duration=DURATION) is None
+    assert sealer.open_app(value, app, now=NOW, duration=DURATION) is None
 
 
 # What a client may hold under one name: nothing, a live cookie naming "a" or "b", an expired
@@ -261,24 +364,24 @@ held = st.sampled_from([None, "a", "b", "a-expired", "b-expired", "garbage", "",
 def test_with_both_cookies_the_cors_one_decides_whenever_it_opens(plain, cors, groups):
     sealer = CookieSealer([KEY])
 
-    def seal(named: str, *, expires_at: float, kind_of_name: bool) -> str:
+    def seal(named: str, *, issued_at: float, kind_of_name: bool) -> str:
         if groups == kind_of_name:
-            return sealer.seal_group(named, expires_at=expires_at)
-        return sealer.seal_target("web", named, expires_at=expires_at)
+            return sealer.seal_group(named, issued_at=issued_at)
+        return sealer.seal_target("web", named, issued_at=issued_at)
 
     def value(kind: str) -> str:
         if kind in ("a", "b"):
-            return seal(kind, expires_at=LATER, kind_of_name=True)
+            return seal(kind, issued_at=NOW, kind_of_name=True)
         if kind.endswith("-expired"):
-            return seal(kind[0], expires_at=NOW - 1, kind_of_name=True)
+            return seal(kind[0], issued_at=NOW - DURATION - 1, kind_of_name=True)
         if kind == "other-kind":
-            return seal("a", expires_at=LATER, kind_of_name=False)
+            return seal("a", issued_at=NOW, kind_of_name=False)
         return kind
 
     def opener(cookie: str) -> str | None:
         if groups:
-            return sealer.open_group(cookie, now=NOW)
-        target = sealer.open_target(cookie, now=NOW)
+            return sealer.open_group(cookie, now=NOW, duration=DURATION)
+        target = sealer.open_target(cookie, now=NOW, duration=DURATION)
         return None if target is None else target.target_id
 
     name, cors_name = (GROUP_COOKIE, GROUP_CORS_COOKIE) if groups else (LB_COOKIE, LB_CORS_COOKIE)
@@ -303,18 +406,22 @@ def test_read_cookies_never_raises(headers):
 
 def test_app_entries_of_other_groups_and_balancers_are_kept(sealer):
     other_layer = CookieSealer([OTHER])
-    theirs = other_layer.seal_app("inner", "10.0.0.9:80", "s", expires_at=LATER)
-    web_old = sealer.seal_app("web", "10.0.0.1:80", "s", expires_at=LATER)
-    api = sealer.seal_app("api", "10.0.0.2:80", "t", expires_at=LATER)
-    expired = sealer.seal_app("old", "10.0.0.3:80", "s", expires_at=NOW - 1)
-    web_new = sealer.seal_app("web", "10.0.0.4:80", "s", expires_at=LATER)
+    theirs = other_layer.seal_app("inner", "10.0.0.9:80", "s", issued_at=NOW)
+    web_old = sealer.seal_app("web", "10.0.0.1:80", "s", issued_at=NOW)
+    # Past the duration of one group maybe, not of every group: that group decides.
+    api = sealer.seal_app("api", "10.0.0.2:80", "t", issued_at=NOW - DURATION - 1)
+    expired = sealer.seal_app("old", "10.0.0.3:80", "s", issued_at=NOW - COOKIE_LIFETIME_SECONDS)
+    web_new = sealer.seal_app("web", "10.0.0.4:80", "s", issued_at=NOW)
     value = merged_app_value(sealer, web_new, "web", [web_old, api, theirs, expired], now=NOW)
     assert app_entries(value) == [web_new, api, theirs]  # its own first; stale ones dropped
-    assert other_layer.open_app(app_entries(value)[2], "s", now=NOW) == ("inner", "10.0.0.9:80")
+    assert other_layer.open_app(app_entries(value)[2], "s", now=NOW, duration=DURATION) == (
+        "inner",
+        "10.0.0.9:80",
+    )
 
 
 def test_app_entries_are_bounded(sealer):
-    many = [sealer.seal_app(f"g{i}", "t:1", "s", expires_at=LATER) for i in range(20)]
+    many = [sealer.seal_app(f"g{i}", "t:1", "s", issued_at=NOW) for i in range(20)]
     value = merged_app_value(sealer, many[0], "g0", many[1:], now=NOW)
     assert len(app_entries(value)) == MAX_APP_ENTRIES
     assert app_entries("." * 10_000) == []
@@ -330,11 +437,14 @@ def test_every_group_keeps_its_latest_mapping(updates):
     latest: dict[str, str] = {}
     for step, group in enumerate(updates):
         target = f"10.0.0.{step}:80"
-        own = sealer.seal_app(group, target, f"session-{group}", expires_at=LATER)
+        own = sealer.seal_app(group, target, f"session-{group}", issued_at=NOW)
         value = merged_app_value(sealer, own, group, app_entries(value), now=NOW)
         latest[group] = target
     for group, target in latest.items():
-        opened = [sealer.open_app(e, f"session-{group}", now=NOW) for e in app_entries(value)]
+        opened = [
+            sealer.open_app(e, f"session-{group}", now=NOW, duration=DURATION)
+            for e in app_entries(value)
+        ]
         assert [o for o in opened if o is not None and o.target_group == group] == [
             StickyTarget(group, target)
         ]

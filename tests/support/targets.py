@@ -90,6 +90,8 @@ class TargetServer:
         self.seen: list[Seen] = []
         self.port = 0
         self.open_connections = 0
+        # Besides ``x-target``, what a WebSocket upgrade's 101 carries (an app cookie...).
+        self.websocket_headers: list[tuple[str, str]] = []
 
     async def serve(self, *, task_status: trio.TaskStatus[TargetServer]) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -144,7 +146,8 @@ class TargetServer:
                 await stream.send_all(b"this is not http\r\n\r\n")
                 return
             if outcome == Action.WEBSOCKET:
-                await _websocket_echo(stream, conn, request)
+                headers = [("x-target", self.name), *self.websocket_headers]
+                await _websocket_echo(stream, conn, request, headers)
                 return
             assert isinstance(outcome, Reply)
             await self._reply(stream, conn, outcome, head_only=request.method == b"HEAD")
@@ -170,9 +173,14 @@ class TargetServer:
 
 
 async def _websocket_echo(
-    stream: trio.SocketStream, conn: h11.Connection, request: h11.Request
+    stream: trio.SocketStream,
+    conn: h11.Connection,
+    request: h11.Request,
+    headers: list[tuple[str, str]],
 ) -> None:
-    """Complete the upgrade with wsproto and echo every message until the client closes."""
+    """Complete the upgrade with wsproto (a 101 with ``headers`` besides the handshake's) and
+    echo every message until the client closes."""
+    extra = [(name.encode(), value.encode()) for name, value in headers]
     ws = WSConnection(ConnectionType.SERVER)
     head = b"%s %s HTTP/1.1\r\n" % (request.method, request.target)
     head += b"".join(b"%s: %s\r\n" % (k, v) for k, v in request.headers.raw_items()) + b"\r\n"
@@ -180,7 +188,7 @@ async def _websocket_echo(
     while True:
         for event in ws.events():
             if isinstance(event, Request):
-                await stream.send_all(ws.send(AcceptConnection()))
+                await stream.send_all(ws.send(AcceptConnection(extra_headers=extra)))
             elif isinstance(event, Message):
                 payload = event.data
                 out = (

@@ -57,7 +57,9 @@ def cookies_of(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
     return found
 
 
-def runtime(stickiness: Stickiness, *, weighted: bool = False) -> Runtime:
+def runtime(
+    stickiness: Stickiness, *, weighted: bool = False, group_duration: int = 3600
+) -> Runtime:
     groups = [
         TargetGroup(
             name=name,
@@ -70,7 +72,7 @@ def runtime(stickiness: Stickiness, *, weighted: bool = False) -> Runtime:
     action = (
         Forward(
             target_groups=(WeightedTargetGroup(name="blue"), WeightedTargetGroup(name="green")),
-            stickiness=GroupStickiness(enabled=True),
+            stickiness=GroupStickiness(enabled=True, duration_seconds=group_duration),
         )
         if weighted
         else Forward(target_group="blue")
@@ -167,7 +169,7 @@ def test_a_group_cookie_keeps_a_weighted_forward_on_its_group():
     rt = runtime(Stickiness(), weighted=True)
     action = rt.current.config.listeners[0].default_action
     assert isinstance(action, Forward)
-    sealed = CookieSealer([KEY]).seal_group("green", expires_at=NOW + 60)
+    sealed = CookieSealer([KEY]).seal_group("green", issued_at=NOW)
     for _ in range(10):
         result = plan(
             rt.current,
@@ -193,9 +195,9 @@ def test_awsalbcors_takes_precedence_and_the_other_cookie_is_the_fallback():
     action = rt.current.config.listeners[0].default_action
     assert isinstance(action, Forward)
     sealer = CookieSealer([KEY])
-    one = sealer.seal_target("blue", "10.0.0.1:80", expires_at=NOW + 60)
-    two = sealer.seal_target("blue", "10.0.0.2:80", expires_at=NOW + 60)
-    elsewhere = sealer.seal_target("green", "10.0.0.1:80", expires_at=NOW + 60)
+    one = sealer.seal_target("blue", "10.0.0.1:80", issued_at=NOW)
+    two = sealer.seal_target("blue", "10.0.0.2:80", issued_at=NOW)
+    elsewhere = sealer.seal_target("green", "10.0.0.1:80", issued_at=NOW)
 
     def sticky_target(cookie: str) -> str | None:
         headers = [(b"cookie", cookie.encode())]
@@ -215,9 +217,9 @@ def test_awsalbtgcors_takes_precedence_over_awsalbtg():
     action = rt.current.config.listeners[0].default_action
     assert isinstance(action, Forward)
     sealer = CookieSealer([KEY])
-    blue = sealer.seal_group("blue", expires_at=NOW + 60)
-    green = sealer.seal_group("green", expires_at=NOW + 60)
-    gone = sealer.seal_group("retired", expires_at=NOW + 60)  # a group no longer in the action
+    blue = sealer.seal_group("blue", issued_at=NOW)
+    green = sealer.seal_group("green", issued_at=NOW)
+    gone = sealer.seal_group("retired", issued_at=NOW)  # a group no longer in the action
     for cookie, group_name in [
         (f"{GROUP_COOKIE}={blue}; {GROUP_CORS_COOKIE}={green}", "green"),
         (f"{GROUP_COOKIE}={green}; {GROUP_CORS_COOKIE}={blue}", "blue"),
@@ -229,6 +231,53 @@ def test_awsalbtgcors_takes_precedence_over_awsalbtg():
             headers = [(b"cookie", cookie.encode())]
             result = plan(rt.current, action, headers, rand=random.Random(seed), wall=NOW)
             assert result.group == group_name, cookie
+
+
+@pytest.mark.parametrize("kind", ["lb_cookie", "app_cookie", "group"])
+def test_a_reload_that_shortens_the_duration_applies_to_cookies_already_issued(kind: str):
+    # ALB "checks whether the configured duration of stickiness is still valid"; its manual
+    # rebalancing sets it to 1 second. The duration used to be sealed into the cookie, so
+    # cookies issued before the reload kept the old one (found by a report-only hunt).
+    def stickiness(duration: int) -> Stickiness:
+        if kind == "app_cookie":
+            return Stickiness(
+                enabled=True, type="app_cookie", cookie_name="SESSION", duration_seconds=duration
+            )
+        return Stickiness(enabled=kind == "lb_cookie", duration_seconds=duration)
+
+    def runtime_with(duration: int) -> Runtime:
+        return runtime(stickiness(duration), weighted=kind == "group", group_duration=duration)
+
+    def sticks(rt: Runtime, cookie: str, wall: float) -> bool:
+        action = rt.current.config.listeners[0].default_action
+        assert isinstance(action, Forward)
+        headers = [(b"cookie", cookie.encode())]
+        picks = {
+            plan(rt.current, action, headers, rand=random.Random(seed), wall=wall)
+            for seed in range(16)
+        }
+        if kind == "group":
+            return {p.group for p in picks} == {owner}
+        return {p.sticky_target for p in picks} == {owner}
+
+    before = runtime_with(86400)
+    action = before.current.config.listeners[0].default_action
+    assert isinstance(action, Forward)
+    first = plan(before.current, action, [], rand=random.Random(1), wall=NOW)
+    owner = first.group if kind == "group" else "10.0.0.2:80"
+    group_config = before.current.groups[first.group].config
+    set_by_target = [(b"set-cookie", b"SESSION=abc; Path=/")] if kind == "app_cookie" else []
+    issued = cookies_of(
+        response_cookies(
+            first, before.current, group_config, "10.0.0.2:80", set_by_target, wall=NOW
+        )
+    )
+    cookie = "; ".join(f"{k}={v}" for k, v in {"SESSION": "abc", **issued}.items())
+    assert sticks(before, cookie, NOW + 2.5)
+    after = runtime_with(1)  # the reload: same key, a 1 s duration
+    assert not sticks(after, cookie, NOW + 2.5)
+    assert sticks(after, cookie, NOW + 0.5)
+    assert sticks(runtime_with(5), cookie, NOW + 2.5)  # and one that lengthens it
 
 
 @given(st.binary(max_size=64), st.integers(0, 2**32))
@@ -350,6 +399,39 @@ class Browser:
             name, _, value = cookie.partition(";")[0].partition("=")
             self.jar[name] = value
         return response["x-target"], json.loads(body)
+
+
+@pytest.mark.parametrize("kind", ["lb_cookie", "app_cookie"])
+async def test_a_reload_to_a_shorter_duration_rebalances_sessions_already_made(kind, key_file):
+    """ALB's manual rebalancing: a duration set to 1 s ends the stickiness of cookies issued
+    under the old one, also for a client that replays them. They kept the duration they were
+    sealed with, a day here (found by a report-only hunt)."""
+
+    def web(duration: int, *servers: TargetServer) -> TargetGroup:
+        sticky = (
+            Stickiness(enabled=True, duration_seconds=duration)
+            if kind == "lb_cookie"
+            else Stickiness(
+                enabled=True, type="app_cookie", cookie_name="SESSION", duration_seconds=duration
+            )
+        )
+        return group("web", *servers, stickiness=sticky)
+
+    servers = [TargetServer(name, setting("SESSION")) for name in ("a", "b")]
+    async with running_targets(*servers) as (a, b):
+        cfg = config([listener()], [web(86400, a, b)], key_file=key_file)
+        async with balancer(cfg) as daemon, Client.connect(front(daemon)) as client:
+            browser = Browser(client)
+            owner, _ = await browser.get()
+            assert {(await browser.get())[0] for _ in range(3)} == {owner}
+            replayed = dict(browser.jar)
+            await daemon.app.reload(config([listener()], [web(1, a, b)], key_file=key_file))
+            await trio.sleep(1.2)  # the cookies are now older than the duration
+            seen = set()
+            for _ in range(4):
+                browser.jar = dict(replayed)
+                seen.add((await browser.get())[0])
+            assert seen == {"a", "b"}
 
 
 async def test_two_app_cookie_groups_each_keep_their_own_session(key_file):

@@ -16,7 +16,21 @@ from wsproto.events import (
     TextMessage,
 )
 
-from balancer.config import AccessLog
+from balancer.config import (
+    AccessLog,
+    Forward,
+    GroupStickiness,
+    Stickiness,
+    TargetGroup,
+    WeightedTargetGroup,
+)
+from balancer.stickiness import (
+    APP_COOKIE,
+    GROUP_COOKIE,
+    GROUP_CORS_COOKIE,
+    LB_COOKIE,
+    LB_CORS_COOKIE,
+)
 from tests.balancer.listeners.test_forward import download, raw_target, read_request_head
 from tests.support.balancer_http import balancer, config, front, group, listener, sample
 from tests.support.targets import Action, Reply, Seen, TargetServer, running_targets
@@ -34,9 +48,13 @@ class WsClient:
         self.stream = stream
         self.ws = WSConnection(ConnectionType.CLIENT)
 
-    async def handshake(self, host: str) -> None:
-        await self.stream.send_all(self.ws.send(Request(host=host, target="/chat")))
-        await self.expect(AcceptConnection)
+    async def handshake(self, host: str, *, cookie: str | None = None) -> AcceptConnection:
+        extra = [(b"cookie", cookie.encode())] if cookie else []
+        request = Request(host=host, target="/chat", extra_headers=extra)
+        await self.stream.send_all(self.ws.send(request))
+        accepted = await self.expect(AcceptConnection)
+        assert isinstance(accepted, AcceptConnection)
+        return accepted
 
     async def expect(self, kind: type) -> object:
         with trio.fail_after(5):
@@ -81,6 +99,64 @@ async def test_messages_are_echoed_through_the_tunnel():
         assert seen.header("upgrade") == "websocket"
         assert seen.header("connection") == "upgrade"
         assert seen.header("x-forwarded-for") == "127.0.0.1"
+
+
+def sticky_setup(
+    kind: str, a: TargetServer, b: TargetServer, c: TargetServer
+) -> tuple[Forward, list[TargetGroup], set[str]]:
+    """The action, groups and the cookies a 101 must set for one kind of stickiness."""
+    if kind == "lb_cookie":
+        web = group("web", a, b, c, stickiness=Stickiness(enabled=True))
+        return Forward(target_group="web"), [web], {LB_COOKIE, LB_CORS_COOKIE}
+    if kind == "app_cookie":
+        app = Stickiness(enabled=True, type="app_cookie", cookie_name="SESSION")
+        web = group("web", a, b, c, stickiness=app)
+        return Forward(target_group="web"), [web], {"SESSION", APP_COOKIE}
+    weighted = Forward(
+        target_groups=(WeightedTargetGroup(name="blue"), WeightedTargetGroup(name="green")),
+        stickiness=GroupStickiness(enabled=True),
+    )
+    groups = [group("blue", a), group("green", b)]  # c takes no part
+    return weighted, groups, {GROUP_COOKIE, GROUP_CORS_COOKIE}
+
+
+@pytest.mark.parametrize("kind", ["lb_cookie", "app_cookie", "group"])
+async def test_a_websocket_client_reconnects_to_the_target_its_101_made_it_sticky_to(
+    kind: str, tmp_path
+) -> None:
+    """The 101 carries the stickiness cookies (AWSALB, AWSALBAPP-0 next to the application's
+    own, AWSALBTG) as any forwarded response does: it is the one response a WebSocket-only
+    client gets. It carried none, so such a client's reconnects landed on any target (found
+    by a report-only hunt)."""
+    key_file = tmp_path / "sticky.key"
+    key_file.write_bytes(b"0123456789abcdef0123456789abcdef")
+    servers = [TargetServer(name, websocket) for name in ("a", "b", "c")]
+    for server in servers:  # the application starts its session in the handshake
+        server.websocket_headers = [("set-cookie", f"SESSION=ws-{server.name}; Path=/")]
+    async with running_targets(*servers) as (a, b, c):
+        action, groups, expected = sticky_setup(kind, a, b, c)
+        cfg = config([listener(action)], groups, key_file=str(key_file))
+        async with balancer(cfg) as daemon:
+
+            async def connect(cookie: str | None = None) -> dict[str, list[str]]:
+                stream = await trio.open_tcp_stream(*front(daemon))
+                async with stream:
+                    client = WsClient(stream)
+                    accepted = await client.handshake("chat.example.com", cookie=cookie)
+                    await stream.send_all(client.ws.send(CloseConnection(code=1000)))
+                    await client.expect(CloseConnection)
+                headers: dict[str, list[str]] = {}
+                for name, value in accepted.extra_headers:
+                    headers.setdefault(name.decode(), []).append(value.decode())
+                return headers
+
+            first = await connect()
+            (owner,) = first["x-target"]
+            jar = dict(c.partition(";")[0].partition("=")[::2] for c in first.get("set-cookie", []))
+            assert expected <= set(jar)
+            cookie = "; ".join(f"{name}={value}" for name, value in jar.items())
+            for _ in range(6):
+                assert (await connect(cookie))["x-target"] == [owner]
 
 
 async def test_an_idle_tunnel_is_closed_after_the_idle_timeout():
