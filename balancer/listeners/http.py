@@ -63,6 +63,7 @@ from proto.http1 import (
     head_end,
     header_list,
     is_lookalike,
+    loggable_parse_error,
     names_a_host,
     origin_form,
     parsed_headers,
@@ -465,7 +466,7 @@ class _Connection:
                 listener=services.name,
                 client=self.client.info.ip,
                 reason=verdict.reason,
-                detail=str(exc),
+                detail=loggable_parse_error(str(exc)),
             )
         services.stats.request(services.name, "-", "-", status, by_target=False)
         await self._answer(None, status, b"bad request\n")
@@ -775,6 +776,8 @@ class _Connection:
         )
 
     def _log_refusal(self, verdict: Verdict, detail: str | None = None) -> None:
+        """Log a desync refusal; ``detail`` is h11's message, whose quoted request bytes
+        (a header value, body bytes) are kept out of the log."""
         services = self.services
         services.log.info(
             "http.desync_refused",
@@ -782,7 +785,7 @@ class _Connection:
             client=self.client.info.ip,
             classification=verdict.classification.label,
             reason=verdict.reason,
-            detail=detail,
+            detail=None if detail is None else loggable_parse_error(detail),
         )
 
 

@@ -388,6 +388,35 @@ async def test_chunk_lines_ended_by_a_bare_lf_are_refused_at_once_not_after_the_
         assert all(s.body == b"" for s in target.seen)
 
 
+async def test_a_refusal_is_logged_without_the_header_values_or_body_bytes_it_choked_on():
+    # h11's message quotes the line it could not parse: an Authorization value, or body bytes
+    # of a mis-framed chunk. The log names the rule (and a header line's field name) only.
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        bad_header = b"GET / HTTP/1.1\r\nHost: x\r\nAuthorization : Bearer SECRETTOKEN\r\n\r\n"
+        bad_chunk = (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b'5\r\n{"pas\r\nsword": "hunter2"}\r\n0\r\n\r\n'
+        )
+        bad_line = b"GET /\x7fSECRETQUERY HTTP/1.1\r\nHost: x\r\n\r\n"
+        for payload in (bad_header, bad_chunk, bad_line):
+            assert statuses(await raw(front(daemon), payload)) == [400]
+        logged = [
+            line
+            for line in daemon.log_output.getvalue().splitlines()
+            if "event=http.desync_refused" in line
+        ]
+        assert len(logged) == 3
+        assert not any(
+            secret in line for line in logged for secret in ("SECRET", "hunter2", "sword")
+        )
+        assert 'detail="illegal header line: field Authorization, 34 bytes"' in logged[0]
+        assert 'detail="illegal chunk header: 20 bytes"' in logged[1]
+        assert 'detail="illegal request line: 26 bytes"' in logged[2]
+
+
 AMBIGUOUS_SERVED = {
     "Content-Length on a GET": b"GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
     "Transfer-Encoding on a GET": b"GET /a HTTP/1.1\r\nHost: x\r\n"
