@@ -1286,6 +1286,50 @@ async def test_a_request_h11_cannot_parse_is_logged_as_alb_does_with_its_bytes(t
     assert all(row["rest"] is None for row in rows)
 
 
+ELB_4XX = {
+    "listener": "front",
+    "rule": "-",
+    "target_group": "-",
+    "code_class": "4xx",
+    "source": "elb",
+}
+
+
+async def test_a_head_that_stalls_is_counted_and_logged_with_its_408(tmp_path):
+    # ALB's HTTPCode_ELB_4XX_Count counts requests that are "malformed or incomplete": the
+    # 408 for a head that never completed was sent, but counted nowhere and never logged,
+    # unlike the 408 for a stalled body.
+    path = tmp_path / "access.log"
+    timeouts = ListenerTimeouts(request_header_seconds=0.3)
+    lst = listener(timeouts=timeouts, access_log=AccessLog(enabled=True, destination=str(path)))
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([lst], [group("web", target)])) as daemon,
+    ):
+        port = front(daemon)[1]
+        payload = b"GET / HTTP/1.1\r\nHost: a\r\n"
+        answer = await raw(front(daemon), payload)
+        assert statuses(answer) == [408]
+        assert sample(daemon, "wharf_balancer_http_requests_total", ELB_4XX) == 1
+        assert processed_bytes(daemon, "in") == len(payload)
+        assert processed_bytes(daemon, "out") == len(answer)
+        await trio.sleep(1.3)  # the app flushes access logs once a second
+    (row,) = [athena_row(line) for line in path.read_text().splitlines()]
+    assert (row["request_verb"], row["request_url"], row["request_proto"]) == (
+        "-",
+        f"http://127.0.0.1:{port}-",
+        "-",
+    )
+    assert (row["elb_status_code"], row["received_bytes"], row["sent_bytes"]) == (
+        "408",
+        str(len(payload)),
+        str(len(answer)),
+    )
+    assert (row["lambda_error_reason"], row["classification"]) == ("RequestHeaderTimeout", "-")
+    assert TID.fullmatch(row["conn_trace_id"] or "")
+    assert target.seen == []
+
+
 async def test_a_request_refused_as_malformed_over_tls_is_logged_with_its_tls_fields(tmp_path):
     """ALB's ssl_cipher, ssl_protocol and chosen_cert_arn are set on every line of an HTTPS
     listener, domain_name whenever a certificate carries the SNI name; a request the
