@@ -130,12 +130,23 @@ class HttpListenerHandler:
             stats.rejected_connection(services.name)
             if not counted:  # a TLS connection was counted at its TCP accept
                 stats.connection_not_served(services.name)
-            stats.request(services.name, "-", "-", 503, by_target=False)
             with trio.move_on_after(WRITE_TIMEOUT_SECONDS):
                 try:
                     await respond(client, None, 503, b"too many connections\n", close=True)
                 except ClientGone:
                     pass
+            # Answered as a request (ALB's HTTPCode_ELB_5XX_Count), so counted and logged as
+            # one: nothing of it was read, the 503 is its bytes.
+            _book_headless(
+                services,
+                client,
+                listener.config.access_log,
+                503,
+                client.received,
+                client.sent,
+                error_reason="TooManyConnections",
+                conn_trace_id=services.new_connection_trace_id(),
+            )
             return
         if not counted:
             stats.connection_opened(services.name)

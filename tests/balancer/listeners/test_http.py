@@ -928,8 +928,12 @@ async def test_a_client_that_hangs_up_mid_request_is_a_460_not_a_desync(tmp_path
     assert [line.split(" ")[8] for line in lines] == ["460", "460", "200"]
 
 
-async def test_connections_past_the_limit_are_answered_503():
-    lst = listener(limits=ListenerLimits(connections=1))
+async def test_connections_past_the_limit_are_answered_503(tmp_path):
+    path = tmp_path / "access.log"
+    lst = listener(
+        limits=ListenerLimits(connections=1),
+        access_log=AccessLog(enabled=True, destination=str(path)),
+    )
     async with (
         running_targets(TargetServer("a")) as (target,),
         balancer(config([lst], [group("web", target)])) as daemon,
@@ -950,6 +954,17 @@ async def test_connections_past_the_limit_are_answered_503():
         # The balancer's own 503, counted as the README says of HTTPCode_ELB_5XX.
         code = {"listener": "front", "code": "503"}
         assert sample(daemon, "wharf_balancer_http_elb_5xx_responses_total", code) == 1
+        await trio.sleep(1.3)  # the app flushes access logs once a second
+        # ... and so its bytes are processed bytes, and it has an access-log line saying why.
+        rows = [athena_row(line) for line in path.read_text().splitlines()]
+        assert [row["elb_status_code"] for row in rows] == ["200", "503"]
+        assert processed_bytes(daemon, "out") == sum(int(row["sent_bytes"] or 0) for row in rows)
+    refused = rows[1]
+    assert (refused["request_verb"], refused["request_proto"]) == ("-", "-")
+    assert (refused["sent_bytes"], refused["lambda_error_reason"]) == (
+        str(len(answer)),
+        "TooManyConnections",
+    )
 
 
 @pytest.mark.parametrize("method", ["HEAD", "GET"])
