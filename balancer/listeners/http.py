@@ -653,6 +653,7 @@ class _Connection:
             # ALB completes no redirect whose Location passes 8K, and counts it
             # (HTTP_Redirect_Url_Limit_Exceeded_Count): clients and proxies refuse such lines.
             self.services.stats.redirect_url_too_long(self.services.name)
+            ex.error_reason = "RedirectUrlTooLong"
             await respond(self.client, ex, 500, b"redirect URL too long\n")
             return
         ex.redirect_url = location

@@ -615,7 +615,8 @@ async def test_rules_pick_fixed_responses_redirects_and_forwards():
         assert sample(daemon, "wharf_balancer_http_requests_total", labels) == 1
 
 
-async def test_a_redirect_whose_location_passes_8k_is_answered_500_and_counted():
+async def test_a_redirect_whose_location_passes_8k_is_answered_500_and_counted(tmp_path):
+    path = tmp_path / "access.log"
     rules = [
         Rule(
             priority=10,
@@ -623,9 +624,10 @@ async def test_a_redirect_whose_location_passes_8k_is_answered_500_and_counted()
             action=Redirect(path="/new/#{path}", status_code="HTTP_301"),
         )
     ]
+    lst = listener(rules=rules, access_log=AccessLog(enabled=True, destination=str(path)))
     async with (
         running_targets(TargetServer("a")) as (target,),
-        balancer(config([listener(rules=rules)], [group("web", target)])) as daemon,
+        balancer(config([lst], [group("web", target)])) as daemon,
         Client.connect(front(daemon)) as client,
     ):
         status, headers, _ = await client.request(target="/old/" + "a" * 8_200)
@@ -638,6 +640,13 @@ async def test_a_redirect_whose_location_passes_8k_is_answered_500_and_counted()
         assert sample(daemon, "wharf_balancer_http_redirect_url_limit_exceeded_total", labels) == 1
         assert sample(daemon, "wharf_balancer_http_redirects_total", labels) == 1
         assert target.seen == []
+        await trio.sleep(1.3)  # the app flushes access logs once a second
+    # The 500's line says why the balancer answered it.
+    rows = [athena_row(line) for line in path.read_text().splitlines()]
+    assert [
+        (row["elb_status_code"], row["actions_executed"], row["lambda_error_reason"])
+        for row in rows
+    ] == [("500", "redirect", "RedirectUrlTooLong"), ("301", "redirect", "-")]
 
 
 async def test_a_fixed_response_reads_past_an_unread_body_and_keeps_the_connection():
