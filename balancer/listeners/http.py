@@ -722,10 +722,12 @@ class _Connection:
     def _trace(self, ex: Exchange, wall: float) -> bytes:
         """The request's X-Amzn-Trace-Id: ALB gives every request one as it arrives, so a
         request answered by the balancer itself (redirect, fixed response, 4xx/5xx) is
-        logged with its own too, the client's Root kept."""
+        logged with its own too, the client's Root kept (a fresh Root alone past 7 KB of
+        head, as a forwarded request's)."""
         if ex.trace is None:
             own = self.services.new_trace_id(wall)
-            ex.trace = trace_header(first_header(ex.headers, TRACE_ID), own)
+            existing = first_header(ex.headers, TRACE_ID)
+            ex.trace = trace_header(existing, own, head_bytes=ex.head_bytes)
         return ex.trace
 
     def _entry(self, ex: Exchange, received: int, sent: int) -> AccessEntry:

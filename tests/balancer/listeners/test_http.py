@@ -896,13 +896,18 @@ async def test_requests_the_balancer_answers_are_logged_with_a_trace_id(tmp_path
         answer = await raw(
             front(daemon),
             b"GET /fixed HTTP/1.1\r\nHost: x\r\n\r\n"
-            b"GET /fixed HTTP/1.1\r\nHost: x\r\nX-Amzn-Trace-Id: %s\r\n"
-            b"Connection: close\r\n\r\n" % root.encode(),
+            b"GET /fixed HTTP/1.1\r\nHost: x\r\nX-Amzn-Trace-Id: %s\r\n\r\n"
+            # ALB: "If the HTTP header is greater than 7 KB, the load balancer rewrites the
+            # X-Amzn-Trace-Id header with a Root field", for its own answers too.
+            b"GET /fixed HTTP/1.1\r\nHost: x\r\nX-Amzn-Trace-Id: %s;Pad=%s\r\n"
+            b"Connection: close\r\n\r\n" % (root.encode(), root.encode(), b"p" * 7 * 1024),
         )
-        assert statuses(answer) == [200, 200]
-    own, kept = path.read_text().splitlines()
+        assert statuses(answer) == [200, 200, 200]
+    own, kept, large = path.read_text().splitlines()
     assert re.search(r'"Root=1-[0-9a-f]{8}-[0-9a-f]{24}"', own)
     assert re.search(rf'"Self=1-[0-9a-f]{{8}}-[0-9a-f]{{24}};{root}"', kept)
+    assert re.search(r'"Root=1-[0-9a-f]{8}-[0-9a-f]{24}"', large)
+    assert root not in large
 
 
 async def test_a_client_that_hangs_up_mid_request_is_a_460_not_a_desync(tmp_path):
