@@ -24,8 +24,9 @@ answers as an invalid target response: 502.
 
 Errors are typed by phase, as httpcore does, so the listener maps them to ALB's status
 codes without looking inside: :class:`ConnectFailed` (refused, unreachable, TLS handshake
-failed: 502), :class:`ConnectTimedOut` (504). Failures after connecting surface from the
-listener's own reads and writes.
+failed: 502; a failed handshake is the subclass :class:`TlsNegotiationFailed`, which the
+metrics count apart), :class:`ConnectTimedOut` (504, a handshake still pending included).
+Failures after connecting surface from the listener's own reads and writes.
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ class UpstreamError(Exception):
 
 class ConnectFailed(UpstreamError):
     """The target refused or could not be reached (ALB answers 502)."""
+
+
+class TlsNegotiationFailed(ConnectFailed):
+    """The target took the TCP connection but no TLS session came of it: the handshake
+    failed or the target reset or closed the connection during it (ALB's
+    TargetTLSNegotiationErrorCount; a 502 as any failed connect)."""
 
 
 class ConnectTimedOut(UpstreamError):
@@ -319,14 +326,14 @@ class Pool:
                 stream = await _open(endpoint.host, endpoint.port, self.tls)
             except ssl.SSLError as exc:
                 detail = f"TLS handshake failed: {exc.reason or exc}"
-                raise ConnectFailed(endpoint.target_id, detail) from None
+                raise TlsNegotiationFailed(endpoint.target_id, detail) from None
             except OSError as exc:
                 if is_local_exhaustion(exc):
                     raise OutOfResources(endpoint.target_id, str(exc)) from None
                 raise ConnectFailed(endpoint.target_id, exc.strerror or str(exc)) from None
             except trio.BrokenResourceError as exc:  # reset during the TLS handshake
                 detail = f"TLS handshake failed: {exc.__cause__ or exc}"
-                raise ConnectFailed(endpoint.target_id, detail) from None
+                raise TlsNegotiationFailed(endpoint.target_id, detail) from None
         if scope.cancelled_caught:
             raise ConnectTimedOut(endpoint.target_id, f"no connection in {self.connect_timeout}s")
         self.opened += 1

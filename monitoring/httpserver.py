@@ -421,6 +421,10 @@ class UnsendableResponse(ValueError):
     """A handler's response holds a header that cannot go on the wire (a bug to report)."""
 
 
+def _unsupported_version(version: str) -> str:
+    return f"HTTP/{version} is not supported\n"
+
+
 class _Refused(Exception):
     """Raised inside a parser callback: answer ``status`` with ``message``, then close."""
 
@@ -516,7 +520,7 @@ class _RequestParser:
                 raise
             self.fault = (refused.status, refused.message)
         except httptools.HttpParserError as exc:
-            self.fault = (400, f"malformed request: {exc}\n")
+            self.fault = self._parse_fault(exc)
         else:
             # httptools hands a header over only once it is whole: a head that trickles in is
             # bounded here, by what arrived after the read it began in (while it is the same
@@ -531,6 +535,22 @@ class _RequestParser:
                 self._wire_bytes += len(data)
                 if self._wire_bytes > self._max_wire_bytes:
                     self.fault = (413, "request exceeds the limit of its size on the wire\n")
+
+    def _parse_fault(self, exc: httptools.HttpParserError) -> tuple[int, str]:
+        """The answer to a request llhttp refused: 400, but 505 for another major version.
+
+        llhttp knows HTTP/0.9 to 2.0 only, and refuses any other well-formed version (a digit,
+        a dot, a digit) as "Invalid HTTP version" once it has read both digits: HTTP/3.0 is a
+        major version this server does not speak (RFC 9110 15.6.6), as HTTP/2.0 is
+        (on_headers_complete), not a malformed request. HTTP/1.2 stays a 400: RFC 9110 2.5
+        would serve it as 1.1, which llhttp cannot.
+        """
+        if str(exc) == "Invalid HTTP version":
+            version = self._http.get_http_version()
+            major, _, minor = version.partition(".")
+            if major.isdigit() and minor.isdigit() and int(major) >= 2:
+                return (505, _unsupported_version(version))
+        return (400, f"malformed request: {exc}\n")
 
     def between_requests(self) -> bool:
         """Whether nothing of a next request (nor a fault) has arrived yet."""
@@ -571,7 +591,7 @@ class _RequestParser:
         self._method = self._http.get_method()
         version = self._http.get_http_version()
         if version not in ("1.1", "1.0"):
-            raise _Refused(505, f"HTTP/{version} is not supported\n")
+            raise _Refused(505, _unsupported_version(version))
         host = continue_ = False
         declared: int | None = None
         for name, value in self._headers:

@@ -20,6 +20,7 @@ arguments.
 
 from __future__ import annotations
 
+import ast
 import enum
 import ipaddress
 import re
@@ -1034,6 +1035,37 @@ def classify_parse_error(message: str, head: bytes | bytearray | None = None) ->
         if needle in lowered:
             return verdict(reason)
     return Verdict(Classification.SEVERE, "BadHeader", Action.REFUSE)
+
+
+# h11 quotes the line it could not parse as a bytes repr ("illegal header line:
+# bytearray(b'...')", "illegal chunk header: b'...'"): a client's header value or body bytes.
+_QUOTED_BYTES: Final = re.compile(r"""(?:bytearray\()?b(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""")
+_LOGGED_FIELD_NAME: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
+
+
+def loggable_parse_error(message: str) -> str:
+    """h11's reason for refusing a request, fit for a log: which rule broke, without the bytes.
+
+    What h11 quotes of the request is replaced by its length, and for a header line by its
+    field name as well when that is a token (``Authorization : ...`` names Authorization):
+    never a field value or body bytes, which may carry credentials or personal data. A
+    message quoting nothing is h11's (or :data:`BARE_LF_CHUNK_LINE`'s) own words, kept.
+    """
+    found = _QUOTED_BYTES.search(message)
+    if found is None:
+        return message
+    rule = message[: found.start()].rstrip(": ")
+    literal = found.group().removeprefix("bytearray(")
+    try:
+        quoted = ast.literal_eval(literal)
+    except (SyntaxError, ValueError):
+        return rule
+    parts = [f"{len(quoted)} bytes"]
+    if rule == "illegal header line" and b":" in quoted:
+        name = quoted.partition(b":")[0].rstrip(b" \t")
+        if _LOGGED_FIELD_NAME.fullmatch(name):
+            parts.insert(0, f"field {name.decode('ascii')}")
+    return f"{rule}: {', '.join(parts)}"
 
 
 # ---------------------------------------------------------------------------------------------

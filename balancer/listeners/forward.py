@@ -74,6 +74,7 @@ from balancer.upstream import (
     ConnectTimedOut,
     OutOfResources,
     Pool,
+    TlsNegotiationFailed,
     Upstream,
     report_out_of_resources,
 )
@@ -258,6 +259,8 @@ async def _exchange(
             return
         except (ConnectFailed, ConnectTimedOut) as exc:
             services.stats.target_connection_error(group.name)
+            if isinstance(exc, TlsNegotiationFailed):
+                services.stats.target_tls_negotiation_error(group.name)
             timed_out = isinstance(exc, ConnectTimedOut)
             ex.error_reason = "TargetConnectTimeout" if timed_out else "TargetConnectionError"
             services.log.debug("http.target_connect_failed", target=exc.target_id, error=str(exc))

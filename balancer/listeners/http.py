@@ -33,7 +33,7 @@ import h11
 import trio
 
 from balancer.access_log import AccessEntry
-from balancer.config import FixedResponse, Forward, Redirect
+from balancer.config import AccessLog, FixedResponse, Forward, Redirect
 from balancer.listeners.exchange import (
     MAX_DISCARD_BYTES,
     Client,
@@ -63,6 +63,7 @@ from proto.http1 import (
     head_end,
     header_list,
     is_lookalike,
+    loggable_parse_error,
     names_a_host,
     origin_form,
     parsed_headers,
@@ -129,12 +130,23 @@ class HttpListenerHandler:
             stats.rejected_connection(services.name)
             if not counted:  # a TLS connection was counted at its TCP accept
                 stats.connection_not_served(services.name)
-            stats.request(services.name, "-", "-", 503, by_target=False)
             with trio.move_on_after(WRITE_TIMEOUT_SECONDS):
                 try:
                     await respond(client, None, 503, b"too many connections\n", close=True)
                 except ClientGone:
                     pass
+            # Answered as a request (ALB's HTTPCode_ELB_5XX_Count), so counted and logged as
+            # one: nothing of it was read, the 503 is its bytes.
+            _book_headless(
+                services,
+                client,
+                listener.config.access_log,
+                503,
+                client.received,
+                client.sent,
+                error_reason="TooManyConnections",
+                conn_trace_id=services.new_connection_trace_id(),
+            )
             return
         if not counted:
             stats.connection_opened(services.name)
@@ -173,7 +185,7 @@ class _Connection:
     to drop, a deadline that passed just after its wait ended) takes a fresh one.
     """
 
-    __slots__ = ("client", "ex", "idle", "phase", "served", "services", "trace_id")
+    __slots__ = ("client", "ex", "head_start", "idle", "phase", "served", "services", "trace_id")
 
     def __init__(
         self, services: ListenerServices, client: Client, idle: set[trio.CancelScope]
@@ -182,6 +194,7 @@ class _Connection:
         self.client = client
         self.idle = idle
         self.phase = "idle"  # before an Exchange exists: idle, then header
+        self.head_start = 0  # where the head being read began in client.received
         self.ex: Exchange | None = None  # the current cycle's request, once its head is read
         self.served = 0
         # ALB's conn_trace_id: one per client connection, on every request line it carries.
@@ -219,7 +232,7 @@ class _Connection:
             if scope.cancelled_caught:  # a deadline, or draining during the idle wait
                 if ex is None:  # cut while reading the head
                     if self.phase == "header":
-                        await self._answer(None, 408, b"request header timeout\n")
+                        await self._head_timed_out()
                     return
                 await self._timed_out(ex)  # the connection closes after it
                 self.served += 1
@@ -304,6 +317,7 @@ class _Connection:
             else:
                 conn.receive_data(raw)
         self.phase = "header"
+        self.head_start = start_received
         timed = False
         while True:
             try:
@@ -445,9 +459,7 @@ class _Connection:
         and logged.
 
         Its bytes are counted as any other request's: what was read of it (the connection
-        closes, so all of it) and the 400 sent. There is no request line to log; ALB writes
-        its own URL between a method and a version of ``-``, which keeps the field's three
-        parts that ALB log parsers (Athena's table) read.
+        closes, so all of it) and the 400 sent (:func:`_book_headless`).
         """
         services, client = self.services, self.client
         start_sent = client.sent
@@ -465,42 +477,39 @@ class _Connection:
                 listener=services.name,
                 client=self.client.info.ip,
                 reason=verdict.reason,
-                detail=str(exc),
+                detail=loggable_parse_error(str(exc)),
             )
-        services.stats.request(services.name, "-", "-", status, by_target=False)
         await self._answer(None, status, b"bad request\n")
-        received = client.received - start_received
-        sent = client.sent - start_sent
-        services.stats.processed(services.name, received, sent)
-        writer = services.access_logs.get(listener.config.access_log)
-        if writer is not None:
-            now = time.time()
-            info = client.info
-            own_url = f"{info.scheme}://{client.host_header.decode('ascii')}"
-            writer.write(
-                AccessEntry(
-                    type=info.scheme,
-                    time=now,
-                    elb=services.name,
-                    client_ip=info.ip,
-                    client_port=info.port,
-                    elb_status_code=status,
-                    received_bytes=received,
-                    sent_bytes=sent,
-                    # As ALB logs a request it could not parse: "- http://<its name>:80- -"
-                    request=f"- {own_url}- -",
-                    # The handshake finished: the TLS fields are logged as for any request.
-                    ssl_cipher=info.tls_cipher,
-                    ssl_protocol=info.tls_protocol,
-                    domain_name=info.sni,
-                    chosen_cert=info.certificate,
-                    request_creation_time=now,
-                    classification=verdict.classification.label,
-                    classification_reason=verdict.reason,
-                    error_reason="MalformedRequest",
-                    conn_trace_id=self.trace_id,
-                )
-            )
+        _book_headless(
+            services,
+            client,
+            listener.config.access_log,
+            status,
+            client.received - start_received,
+            client.sent - start_sent,
+            error_reason="MalformedRequest",
+            conn_trace_id=self.trace_id,
+            verdict=verdict,
+        )
+
+    async def _head_timed_out(self) -> None:
+        """408 to a head that did not arrive within the header timeout, counted and logged
+        as any request the balancer answers (ALB's HTTPCode_ELB_4XX_Count counts incomplete
+        requests); its bytes are all that was read since it began (the connection closes)."""
+        services, client = self.services, self.client
+        listener = services.runtime.current.listeners.get(services.name)
+        start_sent = client.sent
+        await self._answer(None, 408, b"request header timeout\n")
+        _book_headless(
+            services,
+            client,
+            None if listener is None else listener.config.access_log,  # None: reloaded away
+            408,
+            client.received - self.head_start,
+            client.sent - start_sent,
+            error_reason="RequestHeaderTimeout",
+            conn_trace_id=self.trace_id,
+        )
 
     async def _answer(self, ex: Exchange | None, status: int, body: bytes) -> None:
         """A short answer that ends the connection, bounded in time."""
@@ -644,6 +653,7 @@ class _Connection:
             # ALB completes no redirect whose Location passes 8K, and counts it
             # (HTTP_Redirect_Url_Limit_Exceeded_Count): clients and proxies refuse such lines.
             self.services.stats.redirect_url_too_long(self.services.name)
+            ex.error_reason = "RedirectUrlTooLong"
             await respond(self.client, ex, 500, b"redirect URL too long\n")
             return
         ex.redirect_url = location
@@ -712,10 +722,12 @@ class _Connection:
     def _trace(self, ex: Exchange, wall: float) -> bytes:
         """The request's X-Amzn-Trace-Id: ALB gives every request one as it arrives, so a
         request answered by the balancer itself (redirect, fixed response, 4xx/5xx) is
-        logged with its own too, the client's Root kept."""
+        logged with its own too, the client's Root kept (a fresh Root alone past 7 KB of
+        head, as a forwarded request's)."""
         if ex.trace is None:
             own = self.services.new_trace_id(wall)
-            ex.trace = trace_header(first_header(ex.headers, TRACE_ID), own)
+            existing = first_header(ex.headers, TRACE_ID)
+            ex.trace = trace_header(existing, own, head_bytes=ex.head_bytes)
         return ex.trace
 
     def _entry(self, ex: Exchange, received: int, sent: int) -> AccessEntry:
@@ -775,6 +787,8 @@ class _Connection:
         )
 
     def _log_refusal(self, verdict: Verdict, detail: str | None = None) -> None:
+        """Log a desync refusal; ``detail`` is h11's message, whose quoted request bytes
+        (a header value, body bytes) are kept out of the log."""
         services = self.services
         services.log.info(
             "http.desync_refused",
@@ -782,8 +796,62 @@ class _Connection:
             client=self.client.info.ip,
             classification=verdict.classification.label,
             reason=verdict.reason,
-            detail=detail,
+            detail=None if detail is None else loggable_parse_error(detail),
         )
+
+
+def _book_headless(
+    services: ListenerServices,
+    client: Client,
+    access_log: AccessLog | None,
+    status: int,
+    received: int,
+    sent: int,
+    *,
+    error_reason: str,
+    conn_trace_id: str,
+    verdict: Verdict | None = None,
+) -> None:
+    """Count and log the balancer's answer to a request without a parsed head (malformed,
+    stalled, or past the connection limit): an ELB 4xx/5xx, its bytes in ProcessedBytes,
+    and an access-log line (with ``verdict``'s classification for a malformed one).
+
+    There is no request line to log; ALB writes its own URL between a method and a version
+    of ``-`` (``"- http://<its name>:80- -"``), which keeps the field's three parts that ALB
+    log parsers (Athena's table) read.
+    """
+    stats = services.stats
+    stats.request(services.name, "-", "-", status, by_target=False)
+    stats.processed(services.name, received, sent)
+    writer = None if access_log is None else services.access_logs.get(access_log)
+    if writer is None:
+        return
+    now = time.time()
+    info = client.info
+    own_url = f"{info.scheme}://{client.host_header.decode('ascii')}"
+    writer.write(
+        AccessEntry(
+            type=info.scheme,
+            time=now,
+            elb=services.name,
+            client_ip=info.ip,
+            client_port=info.port,
+            elb_status_code=status,
+            received_bytes=received,
+            sent_bytes=sent,
+            request=f"- {own_url}- -",
+            # The handshake finished: the TLS fields are logged as for any request.
+            ssl_cipher=info.tls_cipher,
+            ssl_protocol=info.tls_protocol,
+            domain_name=info.sni,
+            chosen_cert=info.certificate,
+            request_creation_time=now,
+            classification=None if verdict is None else verdict.classification.label,
+            classification_reason=None if verdict is None else verdict.reason,
+            error_reason=error_reason,
+            conn_trace_id=conn_trace_id,
+        )
+    )
 
 
 def request_url(scheme: str, host: bytes | None, target: bytes, port: int) -> str:

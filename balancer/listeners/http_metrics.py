@@ -23,6 +23,9 @@ CloudWatch name -> series (all prefixed ``wharf_balancer_``):
 - DesyncMitigationMode_NonCompliant_Request_Count: ``http_desync_requests_total`` by
   classification and reason (refused or not).
 - TargetConnectionErrorCount: ``target_connection_errors_total`` by target group.
+- TargetTLSNegotiationErrorCount: ``target_tls_negotiation_errors_total`` by target group
+  (handshakes with targets of https groups that failed; each is a connection error too). A
+  handshake still pending at the connect timeout counts as a connection error only.
 - ClientTLSNegotiationErrorCount belongs to the TLS shell.
 """
 
@@ -85,6 +88,7 @@ class HttpStats:
         self.rejected: dict[str, int] = {}
         self.desync: dict[tuple[str, str, str, bool], int] = {}
         self.target_connection_errors: dict[str, int] = {}
+        self.target_tls_negotiation_errors: dict[str, int] = {}
         self.elb_5xx: dict[tuple[str, int], int] = {}
 
     def listener_started(self, listener: str) -> None:
@@ -106,6 +110,7 @@ class HttpStats:
     def group_known(self, group: str) -> None:
         """Make a target group's series exist at zero (an increase() sees its first error)."""
         self.target_connection_errors.setdefault(group, 0)
+        self.target_tls_negotiation_errors.setdefault(group, 0)
 
     # Recording (hot path: one dict update each).
 
@@ -161,6 +166,10 @@ class HttpStats:
 
     def target_connection_error(self, group: str) -> None:
         self.target_connection_errors[group] = self.target_connection_errors.get(group, 0) + 1
+
+    def target_tls_negotiation_error(self, group: str) -> None:
+        errors = self.target_tls_negotiation_errors
+        errors[group] = errors.get(group, 0) + 1
 
     # Scraping.
 
@@ -227,6 +236,14 @@ class HttpStats:
         )
         for group, value in sorted(self.target_connection_errors.items()):
             errors.add_metric([group], value)
+        tls_errors = CounterMetricFamily(
+            PREFIX + "target_tls_negotiation_errors",
+            "TLS handshakes with targets that failed (ALB's TargetTLSNegotiationErrorCount); "
+            "each is in target_connection_errors too.",
+            labels=["target_group"],
+        )
+        for group, value in sorted(self.target_tls_negotiation_errors.items()):
+            tls_errors.add_metric([group], value)
         elb_5xx = CounterMetricFamily(
             PREFIX + "http_elb_5xx_responses",
             "5xx responses the balancer itself answered, by exact code (ALB's HTTPCode_ELB_5xx).",
@@ -234,7 +251,7 @@ class HttpStats:
         )
         for (listener, status), value in sorted(self.elb_5xx.items()):
             elb_5xx.add_metric([listener, str(status)], value)
-        return [*families, desync, errors, elb_5xx]
+        return [*families, desync, errors, tls_errors, elb_5xx]
 
 
 def _per_listener(name: str, documentation: str, values: dict[str, int]) -> list[Metric]:

@@ -27,7 +27,7 @@ from balancer.config import (
     TargetGroup,
 )
 from tests.balancer.test_target_tls import openssl_target
-from tests.support.balancer_http import Client, balancer, config, front, group, listener
+from tests.support.balancer_http import Client, balancer, config, front, group, listener, sample
 from tests.support.daemons import address
 from tests.support.http import request
 from tests.support.targets import Reply, Seen, TargetServer, running_targets
@@ -72,6 +72,27 @@ async def test_a_target_that_fails_the_handshake_is_a_502():
         assert status == 502
         assert plain.seen == []  # the ClientHello was no request
         assert "TLS handshake failed" in daemon.log_output.getvalue()  # type: ignore[attr-defined]
+        # ALB's TargetTLSNegotiationErrorCount, apart from connections refused outright
+        # (which it still is one of: TargetConnectionErrorCount).
+        web = {"target_group": "web"}
+        assert sample(daemon, "wharf_balancer_target_tls_negotiation_errors_total", web) == 1
+        assert sample(daemon, "wharf_balancer_target_connection_errors_total", web) == 1
+
+
+async def test_a_refused_connection_to_an_https_target_is_no_tls_negotiation_error():
+    with trio.socket.socket() as closed:  # bound, not listening: the connect is refused
+        await closed.bind(("127.0.0.1", 0))
+        web = on_port(closed.getsockname()[1], protocol="https")
+        async with balancer(config([listener()], [web])) as daemon:
+            status, _, _ = await request(front(daemon))
+            assert status == 502
+            labels = {"target_group": "web"}
+            assert sample(daemon, "wharf_balancer_target_connection_errors_total", labels) == 1
+            # Its series exists from the start, at 0 (an increase() sees the first error).
+            tls_errors = daemon.metrics.registry.get_sample_value(
+                "wharf_balancer_target_tls_negotiation_errors_total", labels
+            )
+            assert tls_errors == 0
 
 
 async def test_a_target_silent_during_the_handshake_is_a_504_after_the_connect_timeout():

@@ -358,6 +358,10 @@ def test_requests_the_http_server_refuses_are_counted_by_reason(tmp_path):
         statuses["malformed request line"] = trio.run(
             raw_exchange, broker.api, b"NOT A REQUEST LINE\r\n\r\n"
         ).split(b" ", 2)[1]
+        # A major version llhttp does not know is no malformed request either (RFC 9110 15.6.6).
+        statuses["HTTP/3.0"] = trio.run(
+            raw_exchange, broker.api, b"GET / HTTP/3.0\r\nHost: a\r\n\r\n"
+        ).split(b" ", 2)[1]
         after = broker.metrics()
     assert statuses == {
         "body_too_large": b"413",
@@ -367,12 +371,13 @@ def test_requests_the_http_server_refuses_are_counted_by_reason(tmp_path):
         "unsupported_transfer_coding": b"501",
         "timeout": b"408",
         "malformed request line": b"400",
+        "HTTP/3.0": b"505",
     }
     counted = {
         reason: sample(after, "wharf_broker_http_refusals_total", reason=reason)
         for reason in refused
     }
-    assert counted == dict.fromkeys(refused, 1) | {"malformed": 2}
+    assert counted == dict.fromkeys(refused, 1) | {"malformed": 2, "unsupported_http_version": 2}
     # None of them reached an action.
     assert "wharf_broker_requests" not in after or not after["wharf_broker_requests"].samples
 

@@ -37,6 +37,7 @@ from proto.http1 import (
     is_trace_field,
     is_upgrade,
     is_valid_host,
+    loggable_parse_error,
     names_a_host,
     new_trace_id,
     origin_form,
@@ -361,6 +362,43 @@ def test_a_lookalike_has_the_letters_of_a_framing_header_and_is_not_one(name):
         b"transfer-encoding",
     )
     assert is_lookalike(name) == expected
+
+
+def h11_refusal(data: bytes) -> str:
+    """The message h11 refuses ``data`` (a client's bytes) with."""
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(data)
+    try:
+        while conn.next_event() is not h11.NEED_DATA:
+            pass
+    except h11.RemoteProtocolError as refused:
+        return str(refused)
+    raise AssertionError(f"h11 accepted {data!r}")
+
+
+@pytest.mark.parametrize(
+    ("data", "logged"),
+    [
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nCookie : AWSALB=SECRET\r\n\r\n",
+            "illegal header line: field Cookie, 22 bytes",
+        ),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nSECRET\r\n\r\n", "illegal header line: 6 bytes"),
+        (b"GET /?k=\x01SECRET HTTP/1.1\r\nHost: a\r\n\r\n", "illegal request line: 24 bytes"),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabSECRET\r\n",
+            "malformed chunk footer: 2 bytes",
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n",
+            "bad Content-Length",  # h11's own words: nothing quoted, kept as they are
+        ),
+    ],
+)
+def test_a_parse_error_is_logged_without_the_bytes_h11_quotes(data, logged):
+    message = h11_refusal(data)
+    assert loggable_parse_error(message) == logged
+    assert "SECRET" not in loggable_parse_error(message)
 
 
 def test_h11_parse_errors_map_to_alb_reasons():

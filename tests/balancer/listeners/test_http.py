@@ -388,6 +388,35 @@ async def test_chunk_lines_ended_by_a_bare_lf_are_refused_at_once_not_after_the_
         assert all(s.body == b"" for s in target.seen)
 
 
+async def test_a_refusal_is_logged_without_the_header_values_or_body_bytes_it_choked_on():
+    # h11's message quotes the line it could not parse: an Authorization value, or body bytes
+    # of a mis-framed chunk. The log names the rule (and a header line's field name) only.
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        bad_header = b"GET / HTTP/1.1\r\nHost: x\r\nAuthorization : Bearer SECRETTOKEN\r\n\r\n"
+        bad_chunk = (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b'5\r\n{"pas\r\nsword": "hunter2"}\r\n0\r\n\r\n'
+        )
+        bad_line = b"GET /\x7fSECRETQUERY HTTP/1.1\r\nHost: x\r\n\r\n"
+        for payload in (bad_header, bad_chunk, bad_line):
+            assert statuses(await raw(front(daemon), payload)) == [400]
+        logged = [
+            line
+            for line in daemon.log_output.getvalue().splitlines()
+            if "event=http.desync_refused" in line
+        ]
+        assert len(logged) == 3
+        assert not any(
+            secret in line for line in logged for secret in ("SECRET", "hunter2", "sword")
+        )
+        assert 'detail="illegal header line: field Authorization, 34 bytes"' in logged[0]
+        assert 'detail="illegal chunk header: 20 bytes"' in logged[1]
+        assert 'detail="illegal request line: 26 bytes"' in logged[2]
+
+
 AMBIGUOUS_SERVED = {
     "Content-Length on a GET": b"GET /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
     "Transfer-Encoding on a GET": b"GET /a HTTP/1.1\r\nHost: x\r\n"
@@ -586,7 +615,8 @@ async def test_rules_pick_fixed_responses_redirects_and_forwards():
         assert sample(daemon, "wharf_balancer_http_requests_total", labels) == 1
 
 
-async def test_a_redirect_whose_location_passes_8k_is_answered_500_and_counted():
+async def test_a_redirect_whose_location_passes_8k_is_answered_500_and_counted(tmp_path):
+    path = tmp_path / "access.log"
     rules = [
         Rule(
             priority=10,
@@ -594,9 +624,10 @@ async def test_a_redirect_whose_location_passes_8k_is_answered_500_and_counted()
             action=Redirect(path="/new/#{path}", status_code="HTTP_301"),
         )
     ]
+    lst = listener(rules=rules, access_log=AccessLog(enabled=True, destination=str(path)))
     async with (
         running_targets(TargetServer("a")) as (target,),
-        balancer(config([listener(rules=rules)], [group("web", target)])) as daemon,
+        balancer(config([lst], [group("web", target)])) as daemon,
         Client.connect(front(daemon)) as client,
     ):
         status, headers, _ = await client.request(target="/old/" + "a" * 8_200)
@@ -609,6 +640,13 @@ async def test_a_redirect_whose_location_passes_8k_is_answered_500_and_counted()
         assert sample(daemon, "wharf_balancer_http_redirect_url_limit_exceeded_total", labels) == 1
         assert sample(daemon, "wharf_balancer_http_redirects_total", labels) == 1
         assert target.seen == []
+        await trio.sleep(1.3)  # the app flushes access logs once a second
+    # The 500's line says why the balancer answered it.
+    rows = [athena_row(line) for line in path.read_text().splitlines()]
+    assert [
+        (row["elb_status_code"], row["actions_executed"], row["lambda_error_reason"])
+        for row in rows
+    ] == [("500", "redirect", "RedirectUrlTooLong"), ("301", "redirect", "-")]
 
 
 async def test_a_fixed_response_reads_past_an_unread_body_and_keeps_the_connection():
@@ -858,13 +896,18 @@ async def test_requests_the_balancer_answers_are_logged_with_a_trace_id(tmp_path
         answer = await raw(
             front(daemon),
             b"GET /fixed HTTP/1.1\r\nHost: x\r\n\r\n"
-            b"GET /fixed HTTP/1.1\r\nHost: x\r\nX-Amzn-Trace-Id: %s\r\n"
-            b"Connection: close\r\n\r\n" % root.encode(),
+            b"GET /fixed HTTP/1.1\r\nHost: x\r\nX-Amzn-Trace-Id: %s\r\n\r\n"
+            # ALB: "If the HTTP header is greater than 7 KB, the load balancer rewrites the
+            # X-Amzn-Trace-Id header with a Root field", for its own answers too.
+            b"GET /fixed HTTP/1.1\r\nHost: x\r\nX-Amzn-Trace-Id: %s;Pad=%s\r\n"
+            b"Connection: close\r\n\r\n" % (root.encode(), root.encode(), b"p" * 7 * 1024),
         )
-        assert statuses(answer) == [200, 200]
-    own, kept = path.read_text().splitlines()
+        assert statuses(answer) == [200, 200, 200]
+    own, kept, large = path.read_text().splitlines()
     assert re.search(r'"Root=1-[0-9a-f]{8}-[0-9a-f]{24}"', own)
     assert re.search(rf'"Self=1-[0-9a-f]{{8}}-[0-9a-f]{{24}};{root}"', kept)
+    assert re.search(r'"Root=1-[0-9a-f]{8}-[0-9a-f]{24}"', large)
+    assert root not in large
 
 
 async def test_a_client_that_hangs_up_mid_request_is_a_460_not_a_desync(tmp_path):
@@ -899,8 +942,12 @@ async def test_a_client_that_hangs_up_mid_request_is_a_460_not_a_desync(tmp_path
     assert [line.split(" ")[8] for line in lines] == ["460", "460", "200"]
 
 
-async def test_connections_past_the_limit_are_answered_503():
-    lst = listener(limits=ListenerLimits(connections=1))
+async def test_connections_past_the_limit_are_answered_503(tmp_path):
+    path = tmp_path / "access.log"
+    lst = listener(
+        limits=ListenerLimits(connections=1),
+        access_log=AccessLog(enabled=True, destination=str(path)),
+    )
     async with (
         running_targets(TargetServer("a")) as (target,),
         balancer(config([lst], [group("web", target)])) as daemon,
@@ -921,6 +968,17 @@ async def test_connections_past_the_limit_are_answered_503():
         # The balancer's own 503, counted as the README says of HTTPCode_ELB_5XX.
         code = {"listener": "front", "code": "503"}
         assert sample(daemon, "wharf_balancer_http_elb_5xx_responses_total", code) == 1
+        await trio.sleep(1.3)  # the app flushes access logs once a second
+        # ... and so its bytes are processed bytes, and it has an access-log line saying why.
+        rows = [athena_row(line) for line in path.read_text().splitlines()]
+        assert [row["elb_status_code"] for row in rows] == ["200", "503"]
+        assert processed_bytes(daemon, "out") == sum(int(row["sent_bytes"] or 0) for row in rows)
+    refused = rows[1]
+    assert (refused["request_verb"], refused["request_proto"]) == ("-", "-")
+    assert (refused["sent_bytes"], refused["lambda_error_reason"]) == (
+        str(len(answer)),
+        "TooManyConnections",
+    )
 
 
 @pytest.mark.parametrize("method", ["HEAD", "GET"])
@@ -1255,6 +1313,50 @@ async def test_a_request_h11_cannot_parse_is_logged_as_alb_does_with_its_bytes(t
     assert {(row["elb_status_code"], row["classification"]) for row in rows} == {("400", "Severe")}
     assert all(TID.fullmatch(row["conn_trace_id"] or "") for row in rows)
     assert all(row["rest"] is None for row in rows)
+
+
+ELB_4XX = {
+    "listener": "front",
+    "rule": "-",
+    "target_group": "-",
+    "code_class": "4xx",
+    "source": "elb",
+}
+
+
+async def test_a_head_that_stalls_is_counted_and_logged_with_its_408(tmp_path):
+    # ALB's HTTPCode_ELB_4XX_Count counts requests that are "malformed or incomplete": the
+    # 408 for a head that never completed was sent, but counted nowhere and never logged,
+    # unlike the 408 for a stalled body.
+    path = tmp_path / "access.log"
+    timeouts = ListenerTimeouts(request_header_seconds=0.3)
+    lst = listener(timeouts=timeouts, access_log=AccessLog(enabled=True, destination=str(path)))
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([lst], [group("web", target)])) as daemon,
+    ):
+        port = front(daemon)[1]
+        payload = b"GET / HTTP/1.1\r\nHost: a\r\n"
+        answer = await raw(front(daemon), payload)
+        assert statuses(answer) == [408]
+        assert sample(daemon, "wharf_balancer_http_requests_total", ELB_4XX) == 1
+        assert processed_bytes(daemon, "in") == len(payload)
+        assert processed_bytes(daemon, "out") == len(answer)
+        await trio.sleep(1.3)  # the app flushes access logs once a second
+    (row,) = [athena_row(line) for line in path.read_text().splitlines()]
+    assert (row["request_verb"], row["request_url"], row["request_proto"]) == (
+        "-",
+        f"http://127.0.0.1:{port}-",
+        "-",
+    )
+    assert (row["elb_status_code"], row["received_bytes"], row["sent_bytes"]) == (
+        "408",
+        str(len(payload)),
+        str(len(answer)),
+    )
+    assert (row["lambda_error_reason"], row["classification"]) == ("RequestHeaderTimeout", "-")
+    assert TID.fullmatch(row["conn_trace_id"] or "")
+    assert target.seen == []
 
 
 async def test_a_request_refused_as_malformed_over_tls_is_logged_with_its_tls_fields(tmp_path):
