@@ -46,6 +46,8 @@ from monitoring.settings import (
     Section,
     check_host,
     is_dns_name,
+    is_loopback_address,
+    listen_addresses,
 )
 
 DEFAULT_ADMIN_PORT = 9326
@@ -518,6 +520,7 @@ class BalancerConfig(Section, frozen=True, kw_only=True):
             )
         self._check_quotas()
         self._check_admin_ports()
+        self._check_no_target_is_admin()
 
     def _check_quotas(self) -> None:
         """AWS's quotas per load balancer (load-balancer-limits.md), which span listeners: the
@@ -560,11 +563,41 @@ class BalancerConfig(Section, frozen=True, kw_only=True):
             index = listener.port - first
             if not 0 <= index < self.workers or not _may_collide(self.admin.host, listener.host):
                 continue
-            port = "admin.port" if index == 0 else f"admin.port + {index} (worker {index}'s admin)"
             raise ValueError(
-                f"{port} is {listener.port}, the port of listener {listener.name!r} too "
-                f"- at `$.admin.port` and `$.listeners[{i}].port`"
+                f"{_admin_port(index)} is {listener.port}, the port of listener "
+                f"{listener.name!r} too - at `$.admin.port` and `$.listeners[{i}].port`"
             )
+
+    def _check_no_target_is_admin(self) -> None:
+        """Refuse a target that is this balancer's own admin listener: it would connect from
+        loopback for every client of the listeners forwarding to it, and the admin serves
+        changes (targets, reload) to loopback clients without a token."""
+        for i, group in enumerate(self.target_groups):
+            for j, endpoint in enumerate(group.endpoints()):
+                admin = self.admin_listener_at(endpoint.host, endpoint.port)
+                if admin is not None:
+                    raise ValueError(
+                        f"target {endpoint.target_id} of target group {group.name!r} is this "
+                        f"balancer's own admin listener ({admin}): {ADMIN_AS_TARGET} "
+                        f"- at `$.target_groups[{i}].targets[{j}]`"
+                    )
+
+    def admin_listener_at(self, host: str, port: int) -> str | None:
+        """Which of this balancer's admin listeners a target ``host:port`` connects to
+        (``admin.port``, or ``admin.port + i (worker i's admin)``), or None: the admin port
+        on a loopback address or on the admin's own host. (An admin on a wildcard is also
+        reached on the host's other addresses, which only the kernel knows: the admin
+        refuses what a proxy relays, whatever the address.)"""
+        index = port - self.admin.port
+        if self.admin.port == 0 or not 0 <= index < self.workers:
+            return None
+        addresses = listen_addresses(host)
+        if addresses is None:  # a DNS name, not looked up
+            reached = host.lower() == self.admin.host.lower()
+        else:
+            own = listen_addresses(self.admin.host) or frozenset()
+            reached = bool(addresses & own) or any(map(is_loopback_address, addresses))
+        return _admin_port(index) if reached else None
 
     def actions(self) -> list[tuple[str, Action]]:
         """Every action with its key path (``listeners[0].rules[2].action``)."""
@@ -576,6 +609,17 @@ class BalancerConfig(Section, frozen=True, kw_only=True):
                 for j, rule in enumerate(listener.rules)
             ]
         return found
+
+
+ADMIN_AS_TARGET: Final = (
+    "every client of a listener forwarding to it would reach the admin API as a loopback "
+    "client, and could register targets or reload; scrape /metrics from the admin "
+    "listener itself"
+)
+
+
+def _admin_port(index: int) -> str:
+    return "admin.port" if index == 0 else f"admin.port + {index} (worker {index}'s admin)"
 
 
 def _may_collide(host: str, other: str) -> bool:

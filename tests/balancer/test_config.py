@@ -241,6 +241,50 @@ def test_a_listener_on_the_admin_port_of_another_address_is_accepted(admin_host,
     assert decode(msgspec.toml.encode(beyond), BalancerConfig).workers == 2
 
 
+@pytest.mark.parametrize(
+    ("admin", "workers", "target", "where", "which"),
+    [
+        ({}, 1, {"host": "127.0.0.1", "port": 9326}, "targets[0]", "(admin.port)"),
+        ({}, 1, {"host": "127.8.0.1", "port": 9326}, "targets[0]", "(admin.port)"),
+        ({}, 1, {"host": "localhost", "port": 9326}, "targets[0]", "(admin.port)"),
+        ({"host": "::1", "port": 9000}, 1, {"host": "0:0::1"}, "targets[0]", "(admin.port)"),
+        (
+            {"host": "10.0.0.5", "port": 9000},
+            3,
+            {"host": "10.0.0.5", "port": 9002},
+            "targets[0]",
+            "(admin.port + 2 (worker 2's admin))",
+        ),
+    ],
+)
+def test_a_target_that_is_the_balancers_own_admin_listener_is_refused(
+    admin, workers, target, where, which
+):
+    # A listener forwarding to it would connect from loopback for every client of that
+    # listener, and the admin serves changes to loopback clients (found by a report-only hunt).
+    group = {"name": "web", "port": 9000, "targets": [target]}
+    data = config(admin=admin, workers=workers, target_groups=[group])
+    data["listeners"] = [listener(port=8080)]
+    message = error(data)
+    assert f"is this balancer's own admin listener {which}" in message
+    assert message.endswith(f"- at `$.target_groups[0].{where}`")
+
+
+@pytest.mark.parametrize(
+    ("admin", "target"),
+    [
+        ({}, {"host": "127.0.0.1", "port": 9327}),  # past the last worker's admin port
+        ({}, {"host": "10.0.0.5", "port": 9326}),  # another host's
+        ({"port": 0}, {"host": "127.0.0.1", "port": 9326}),  # the kernel picks the admin's
+        ({"host": "10.0.0.5", "port": 9326}, {"host": "10.0.0.6", "port": 9326}),
+    ],
+)
+def test_a_target_on_an_admin_port_elsewhere_is_accepted(admin, target):
+    data = config(admin=admin, target_groups=[{"name": "web", "targets": [target]}])
+    loaded = decode(msgspec.toml.encode(data), BalancerConfig)
+    assert loaded.target_groups[0].targets[0].port == target["port"]
+
+
 def test_endpoints_resolve_ports_and_bracket_ipv6():
     group = TargetGroup(
         name="g",
