@@ -233,6 +233,35 @@ def test_check_config_reads_the_sns_signing_key_and_ca_file(tmp_path, capsys, pa
     assert printed.endswith(" - at `$.sns.ca_file`\n")
 
 
+def self_signed_rsa(directory: Path, bits: int) -> tuple[Path, Path]:
+    """An RSA key of ``bits`` and a self-signed certificate of it, as openssl makes them."""
+    key_file, cert_file = directory / f"rsa{bits}.key", directory / f"rsa{bits}.pem"
+    request = ["openssl", "req", "-x509", "-newkey", f"rsa:{bits}", "-nodes", "-subj", "/CN=sns"]
+    subprocess.run(
+        [*request, "-days", "1", "-keyout", str(key_file), "-out", str(cert_file)],
+        capture_output=True,
+        check=True,
+    )
+    return key_file, cert_file
+
+
+def test_check_config_refuses_an_sns_signing_key_under_2048_bits(tmp_path, capsys):
+    """A 512-bit key passed (found by a report-only hunt): anyone could forge the
+    notifications subscribers verify with it. AWS signs with 2048-bit RSA."""
+    for bits in (512, 1024):
+        key_file, cert_file = self_signed_rsa(tmp_path, bits)
+        signing = f'[sns]\nsigning_key_file = "{key_file}"\nsigning_cert_file = "{cert_file}"\n'
+        path = broker_file(tmp_path, signing)
+        assert main(["check-config", str(path)]) == 1
+        assert capsys.readouterr().err == (
+            f"{key_file}: the signing key has {bits} bits; SNS signs with RSA keys of at "
+            "least 2048 bits - at `$.sns.signing_key_file`\n"
+        )
+    key_file, cert_file = self_signed_rsa(tmp_path, 2048)
+    signing = f'[sns]\nsigning_key_file = "{key_file}"\nsigning_cert_file = "{cert_file}"\n'
+    assert main(["check-config", str(broker_file(tmp_path, signing))]) == 0
+
+
 def test_check_config_accepts_files_that_load_and_leaves_the_data_directory_alone(
     tmp_path, capsys, pair
 ):
