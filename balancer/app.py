@@ -173,6 +173,10 @@ class BalancerApp:
         # (its log says which: balancer.cli binds worker=<index>).
         self.worker = current_worker()
         self.frame = frame
+        # With workers > 1 outside a worker, the supervisor refused the file and left its
+        # start to report it; in a worker, the ports it shares with its siblings.
+        running = None if self.worker is None else self.worker.count
+        check_workers(config, self._config_file, workers=running)
         self.admin = AdminServer(frame)
         keys, tls = _compile_inputs(config, frame.log)
         # Built before trio runs (the CLI does, to report file errors early), the health

@@ -536,7 +536,8 @@ def supervise_from_argv(argv: Sequence[str] | None) -> int | None:
         The exit code, or None when the ordinary command line should run: another command,
         no config file, arguments besides ``serve --config FILE`` (``--help``, ``--version``
         or a mistake, which it prints or refuses), ``workers = 1``, a file that does not load
-        (the daemon reports it the usual way), or this process is itself a worker.
+        or that several workers cannot share (the daemon reports it the usual way), or this
+        process is itself a worker.
     """
     if INDEX_ENV in os.environ:
         return None
@@ -555,9 +556,10 @@ def supervise_from_argv(argv: Sequence[str] | None) -> int | None:
         return None
     try:
         check_workers(config, str(args.config))
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+    except ConfigError:
+        # The start refuses it as it refuses any file (BalancerApp runs the same check): one
+        # "cannot start:" line, event=daemon.start_failed and STATUS, as documented.
+        return None
     log = EventLog("balancer", level=config.logging.level).bind(role="supervisor")
     supervisor = Supervisor(config, args.config, notifier=Notifier.from_environ(), log=log)
     code = trio.run(supervisor.run)

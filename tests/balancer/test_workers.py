@@ -77,7 +77,7 @@ async def test_a_worker_slot_counts_ready_notifications():
         await worker.wait_ready(1, while_running=False)
 
 
-def test_supervise_only_serves_with_several_workers(tmp_path, monkeypatch, capsys):
+def test_supervise_only_serves_with_several_workers(tmp_path, monkeypatch):
     one = tmp_path / "one.toml"
     one.write_text("workers = 1\n")
     assert supervise_from_argv(["serve", "--config", str(one)]) is None
@@ -88,8 +88,8 @@ def test_supervise_only_serves_with_several_workers(tmp_path, monkeypatch, capsy
     assert supervise_from_argv(["serve", "--config", str(broken)]) is None  # reported later
     shared_zero = tmp_path / "zero.toml"
     shared_zero.write_text(listener_config(workers=2, port=0, admin=9500))
-    assert supervise_from_argv(["serve", "--config", str(shared_zero)]) == 1
-    assert "needs a fixed port - at `$.listeners[0].port`" in capsys.readouterr().err
+    # Reported as any start failure is (test_a_file_workers_cannot_share_is_a_start_...).
+    assert supervise_from_argv(["serve", "--config", str(shared_zero)]) is None
     monkeypatch.setenv(INDEX_ENV, "0")
     assert supervise_from_argv(["serve", "--config", str(shared_zero)]) is None
 
@@ -440,6 +440,30 @@ def assert_cannot_start(daemon: DaemonProcess, sent: list[bytes], reason: str) -
     assert sum("event=worker.started" in line for line in daemon.log_lines) == 2
     assert not any(message.startswith(b"READY=1") for message in sent), sent
     assert f"STATUS=cannot start: {reason}".encode() in sent
+
+
+@pytest.mark.parametrize(
+    ("port", "admin", "reason"),
+    [
+        (0, 28700, "workers = 2 needs a fixed port - at `$.listeners[0].port`"),
+        (28701, 0, "workers = 2 needs a fixed admin port - at `$.admin.port`"),
+        (28701, 65535, "admin.port + workers - 1 must stay within 65535"),
+    ],
+)
+async def test_a_file_workers_cannot_share_is_a_start_failure_like_any_other(
+    tmp_path, port, admin, reason
+):
+    """The supervisor printed the bare error: no "cannot start:" line, no
+    event=daemon.start_failed, no STATUS (found by a report-only hunt)."""
+    config = tmp_path / "balancer.toml"
+    config.write_text(listener_config(workers=2, port=port, admin=admin))
+    daemon, sent = await refused_start(config, tmp_path)
+    assert daemon.process.returncode == 1
+    said = [line for line in daemon.log_lines if "cannot start:" in line]
+    assert said == [f"wharf-balancer: cannot start: {config}: {reason}"], daemon.log_lines
+    assert any("event=daemon.start_failed" in line for line in daemon.log_lines)
+    assert f"STATUS=cannot start: {config}: {reason}".encode() in sent
+    assert not any("event=worker.started" in line for line in daemon.log_lines)
 
 
 @pytest.mark.slow
