@@ -173,6 +173,10 @@ class BalancerApp:
         # (its log says which: balancer.cli binds worker=<index>).
         self.worker = current_worker()
         self.frame = frame
+        # With workers > 1 outside a worker, the supervisor refused the file and left its
+        # start to report it; in a worker, the ports it shares with its siblings.
+        running = None if self.worker is None else self.worker.count
+        check_workers(config, self._config_file, workers=running)
         self.admin = AdminServer(frame)
         keys, tls = _compile_inputs(config, frame.log)
         # Built before trio runs (the CLI does, to report file errors early), the health
@@ -397,10 +401,12 @@ class BalancerApp:
         unopenable, self._unopenable = self._unopenable, {}
         if self.frame.draining.started:
             raise ConfigError(self._config_file, "the balancer is stopping")
-        if self.worker is not None:
-            # A new listener needs a fixed port here too: checked against the workers running,
-            # not the file's count, which applies only at a restart.
-            check_workers(config, self._config_file, workers=self.worker.count)
+        running_workers = 1 if self.worker is None else self.worker.count
+        # A new listener needs a fixed port with the workers running; a new count applies at
+        # the next start, which must accept it (the check check-config and the start make).
+        check_workers(config, self._config_file, workers=running_workers)
+        if config.workers != running_workers:
+            check_workers(config, self._config_file)
         keys, tls = _compile_inputs(config, self.frame.log)
         open_access_logs(self.access_logs, config, unopenable=unopenable)  # the new ones
         try:
@@ -412,7 +418,6 @@ class BalancerApp:
             raise
         self.access_logs.retain(_access_log_destinations(config))
         # Against what runs, not the last file: 1 -> 2 -> 2 needs a restart at both reloads.
-        running_workers = 1 if self.worker is None else self.worker.count
         if config.workers != running_workers:
             self.frame.log.warning("config.restart_required", section="workers")
         if config.state_dir != self._running_state_dir:

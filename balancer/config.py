@@ -46,6 +46,9 @@ from monitoring.settings import (
     Section,
     check_host,
     is_dns_name,
+    is_loopback_address,
+    listen_addresses,
+    listen_overlap,
 )
 
 DEFAULT_ADMIN_PORT = 9326
@@ -477,9 +480,7 @@ class BalancerConfig(Section, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         _unique([g.name for g in self.target_groups], "target_groups", "name")
         _unique([li.name for li in self.listeners], "listeners", "name")
-        # Port 0 asks the kernel for a free port, so it never collides.
-        bound = [f"{li.host}:{li.port}" if li.port else None for li in self.listeners]
-        _unique(bound, "listeners", "host and port")
+        self._check_listener_addresses()
         groups = {g.name: g for g in self.target_groups}
         sticky = [
             f"target_groups[{i}]" for i, g in enumerate(self.target_groups) if g.stickiness.enabled
@@ -518,6 +519,7 @@ class BalancerConfig(Section, frozen=True, kw_only=True):
             )
         self._check_quotas()
         self._check_admin_ports()
+        self._check_no_target_is_admin()
 
     def _check_quotas(self) -> None:
         """AWS's quotas per load balancer (load-balancer-limits.md), which span listeners: the
@@ -549,6 +551,30 @@ class BalancerConfig(Section, frozen=True, kw_only=True):
                 )
             certificates += extra
 
+    def _check_listener_addresses(self) -> None:
+        """Refuse two listeners on one address and port, however each is written
+        (``127.0.0.1`` and ``localhost``, ``0.0.0.0`` and any IPv4 address): with one worker
+        the second bind fails naming no key; with more, SO_REUSEPORT lets both bind and the
+        kernel hands each connection to either listener's rules at random. Port 0 asks the
+        kernel for a free port, so it never collides."""
+        for j, second in enumerate(self.listeners):
+            for i, first in enumerate(self.listeners[:j]):
+                if first.port == 0 or first.port != second.port:
+                    continue
+                if listen_overlap(first.host, second.host):
+                    wildcard = any(
+                        address.is_unspecified
+                        for host in (first.host, second.host)
+                        for address in listen_addresses(host) or ()
+                    )
+                    why = " (a wildcard address takes every address of its family)"
+                    raise ValueError(
+                        f"listeners {first.name!r} ({_host_port(first.host, first.port)}) and "
+                        f"{second.name!r} ({_host_port(second.host, second.port)}) listen on "
+                        f"one address and port{why if wildcard else ''} "
+                        f"- at `$.listeners[{i}]` and `$.listeners[{j}]`"
+                    )
+
     def _check_admin_ports(self) -> None:
         """Refuse a listener on the port of an admin listener (worker ``i`` serves its own on
         ``admin.port + i``) at an address that overlaps: the start would fail on a bind that
@@ -558,13 +584,43 @@ class BalancerConfig(Section, frozen=True, kw_only=True):
         first = self.admin.port
         for i, listener in enumerate(self.listeners):
             index = listener.port - first
-            if not 0 <= index < self.workers or not _may_collide(self.admin.host, listener.host):
+            if not 0 <= index < self.workers or not listen_overlap(self.admin.host, listener.host):
                 continue
-            port = "admin.port" if index == 0 else f"admin.port + {index} (worker {index}'s admin)"
             raise ValueError(
-                f"{port} is {listener.port}, the port of listener {listener.name!r} too "
-                f"- at `$.admin.port` and `$.listeners[{i}].port`"
+                f"{_admin_port(index)} is {listener.port}, the port of listener "
+                f"{listener.name!r} too - at `$.admin.port` and `$.listeners[{i}].port`"
             )
+
+    def _check_no_target_is_admin(self) -> None:
+        """Refuse a target that is this balancer's own admin listener: it would connect from
+        loopback for every client of the listeners forwarding to it, and the admin serves
+        changes (targets, reload) to loopback clients without a token."""
+        for i, group in enumerate(self.target_groups):
+            for j, endpoint in enumerate(group.endpoints()):
+                admin = self.admin_listener_at(endpoint.host, endpoint.port)
+                if admin is not None:
+                    raise ValueError(
+                        f"target {endpoint.target_id} of target group {group.name!r} is this "
+                        f"balancer's own admin listener ({admin}): {ADMIN_AS_TARGET} "
+                        f"- at `$.target_groups[{i}].targets[{j}]`"
+                    )
+
+    def admin_listener_at(self, host: str, port: int) -> str | None:
+        """Which of this balancer's admin listeners a target ``host:port`` connects to
+        (``admin.port``, or ``admin.port + i (worker i's admin)``), or None: the admin port
+        on a loopback address or on the admin's own host. (An admin on a wildcard is also
+        reached on the host's other addresses, which only the kernel knows: the admin
+        refuses what a proxy relays, whatever the address.)"""
+        index = port - self.admin.port
+        if self.admin.port == 0 or not 0 <= index < self.workers:
+            return None
+        addresses = listen_addresses(host)
+        if addresses is None:  # a DNS name, not looked up
+            reached = host.lower() == self.admin.host.lower()
+        else:
+            own = listen_addresses(self.admin.host) or frozenset()
+            reached = bool(addresses & own) or any(map(is_loopback_address, addresses))
+        return _admin_port(index) if reached else None
 
     def actions(self) -> list[tuple[str, Action]]:
         """Every action with its key path (``listeners[0].rules[2].action``)."""
@@ -578,18 +634,19 @@ class BalancerConfig(Section, frozen=True, kw_only=True):
         return found
 
 
-def _may_collide(host: str, other: str) -> bool:
-    """Whether listening sockets on ``host`` and ``other``, one port, may be refused by the
-    kernel: one address, or a wildcard and an address of its family (trio binds ``::``
-    IPv6-only). A name or "" may stand for either, so it may collide."""
-    try:
-        first = ipaddress.ip_address(host.partition("%")[0])
-        second = ipaddress.ip_address(other.partition("%")[0])
-    except ValueError:
-        return True
-    if first.version != second.version:
-        return False
-    return first == second or first.is_unspecified or second.is_unspecified
+ADMIN_AS_TARGET: Final = (
+    "every client of a listener forwarding to it would reach the admin API as a loopback "
+    "client, and could register targets or reload; scrape /metrics from the admin "
+    "listener itself"
+)
+
+
+def _admin_port(index: int) -> str:
+    return "admin.port" if index == 0 else f"admin.port + {index} (worker {index}'s admin)"
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _unique(values: list[str | None], table: str, what: str) -> None:

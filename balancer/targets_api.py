@@ -50,6 +50,7 @@ import msgspec
 import trio
 
 from balancer.config import (
+    ADMIN_AS_TARGET,
     MAX_TARGETS_PER_GROUP,
     BalancerConfig,
     Endpoint,
@@ -430,6 +431,7 @@ class TargetsApi:
         body = _decode(request.body)
         async with self.lock:
             group = self._group(body.target_group)
+            self._refuse_admin_targets(group, body.targets)
             current = {e.target_id for e in self._overrides.endpoints(group.config)}
             new = {target_id(t.host, t.port or group.config.port) for t in body.targets}
             if len(current | new) > MAX_TARGETS_PER_GROUP:
@@ -500,6 +502,20 @@ class TargetsApi:
                 f"/targets/{action}", request.body, _authorization(request)
             )
         return _json(200, reply)
+
+    def _refuse_admin_targets(self, group: GroupRuntime, targets: Sequence[Target]) -> None:
+        """As the file's check does (:meth:`BalancerConfig.admin_listener_at`)."""
+        config = self._runtime.current.config
+        for target in targets:
+            port = target.port or group.config.port
+            admin = config.admin_listener_at(target.host, port)
+            if admin is not None:
+                raise ApiError(
+                    400,
+                    "ValidationError",
+                    f"target {target_id(target.host, port)} is this balancer's own admin "
+                    f"listener ({admin}): {ADMIN_AS_TARGET}",
+                )
 
     def _group(self, name: str) -> GroupRuntime:
         group = self._runtime.current.groups.get(name)

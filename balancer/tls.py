@@ -40,7 +40,7 @@ certificate that no name selects, so that OpenSSL checks every file), never per 
 Reload builds a new ServerTls and the runtime snapshot swaps it in: connections accepted
 afterwards handshake with the new contexts, established ones keep the
 :class:`~balancer.tls_socket.TlsSocket` (and so the context) they started with. Building reads
-and checks every file first (:mod:`balancer.certificates`), so a bad file refuses the reload
+and checks every file first (:mod:`monitoring.certificates`), so a bad file refuses the reload
 instead of half-applying it.
 """
 
@@ -60,7 +60,10 @@ from typing import NamedTuple
 import trio
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from balancer.certificates import (
+from balancer.config import HttpsListener, Listener
+from balancer.tls_policies import SSL_POLICIES, TLS13_SUITES, TlsPolicy
+from balancer.tls_socket import TlsSocket
+from monitoring.certificates import (
     ECDSA,
     EXPIRED,
     RSA,
@@ -68,9 +71,6 @@ from balancer.certificates import (
     load_certificate_files,
     validity_problem,
 )
-from balancer.config import HttpsListener, Listener
-from balancer.tls_policies import SSL_POLICIES, TLS13_SUITES, TlsPolicy
-from balancer.tls_socket import TlsSocket
 from monitoring.configfile import ConfigError
 from monitoring.logging import EventLog
 from monitoring.metrics import Metrics
@@ -350,13 +350,13 @@ def _utc(timestamp: float) -> str:
 
 class CertificateWarning(NamedTuple):
     """A certificate a listener serves outside its validity period; served anyway (see
-    :mod:`balancer.certificates`), but the operator hears of it at every load.
+    :mod:`monitoring.certificates`), but the operator hears of it at every load.
 
     Attributes:
         listener: the listener's name.
         certificate: the certificate.
-        reason: :data:`~balancer.certificates.EXPIRED` or
-            :data:`~balancer.certificates.NOT_YET_VALID`.
+        reason: :data:`~monitoring.certificates.EXPIRED` or
+            :data:`~monitoring.certificates.NOT_YET_VALID`.
     """
 
     listener: str

@@ -46,7 +46,9 @@ its index in the environment (:mod:`balancer.peers` is the children's side), and
   ``POST /reload`` are served by worker 0, which forwards each change to the others.
 - **Reload.** Each worker reloads on its own (SIGHUP here, or ``POST /reload`` forwarded by
   worker 0) and binds the listeners the new file adds with SO_REUSEPORT; a worker that cannot
-  bind refuses, and its ``reload refused`` status becomes the supervisor's.
+  bind refuses, and its ``reload refused`` status becomes the supervisor's. A ``POST
+  /reload`` never reaches the supervisor, but the workers' RELOADING=1 and READY=1 do: it
+  passes them on to systemd, with the status (``serving with N workers`` or the refusal).
 - **State.** Worker 0 alone writes the targets API's state file (``state_dir/targets.json``);
   every worker loads it at start, so a worker restarted after a crash has the API's
   registrations too.
@@ -64,7 +66,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -100,6 +102,9 @@ class _Worker:
         # When it last showed its event loop turning (WATCHDOG=1 or READY=1), trio's clock.
         self.heartbeat = -math.inf
         self.draining = False  # its current process has sent STOPPING=1
+        self.reloading = False  # sent RELOADING=1 and no READY=1 since
+        # Told of a reload this worker began (None) or ended (its STATUS), whoever asked it.
+        self.on_reload: Callable[[_Worker, str | None], None] = lambda worker, outcome: None
         self._changed = trio.Event()
         self._socket: socket.socket | None = None
 
@@ -139,17 +144,27 @@ class _Worker:
             self.received(message)
 
     def received(self, message: bytes) -> None:
+        ready = reloading = False
         for line in message.decode("utf-8", "replace").splitlines():
             key, _, value = line.partition("=")
             if key == "READY" and value == "1":
+                ready = True
                 self.ready += 1
                 self.heartbeat = trio.current_time()
+            elif key == "RELOADING" and value == "1":
+                reloading = True
             elif key == "WATCHDOG" and value == "1":
                 self.heartbeat = trio.current_time()
             elif key == "STOPPING" and value == "1":
                 self.draining = True
             elif key == "STATUS":
                 self.status = value
+        if reloading:
+            self.reloading = True
+            self.on_reload(self, None)
+        if ready and self.reloading:  # READY=1 and STATUS= come in one message
+            self.reloading = False
+            self.on_reload(self, self.status)
         self._changed.set()
         self._changed = trio.Event()
 
@@ -165,6 +180,9 @@ class _Worker:
 
     def exited(self) -> None:
         self.process = None
+        if self.reloading:
+            self.reloading = False
+            self.on_reload(self, None)
         self._changed.set()
         self._changed = trio.Event()
 
@@ -246,6 +264,12 @@ class Supervisor:
             for i in range(config.workers)
         ]
         self._reload_lock = trio.Lock()
+        # A reload the workers began without the supervisor (POST /reload on worker 0,
+        # which forwards it to the others) that systemd has been told of (RELOADING=1).
+        self._passing_on_reload = False
+        self._passed_on_refusal: str | None = None
+        for worker in self.workers:
+            worker.on_reload = self._pass_on_reload
         self._all_exited = trio.Event()
         self._running = 0
         self._finish = trio.Event()  # SIGTERM/SIGINT, or a worker that cannot start
@@ -449,6 +473,7 @@ class Supervisor:
         ``_announce_ready`` sends READY=1 when every worker is ready.
         """
         async with self._reload_lock:
+            self._passing_on_reload = False  # this reload's READY=1 ends it for systemd
             announce = self.ready_announced
             if announce:
                 self.notifier.reloading(time.monotonic_ns() // 1000)
@@ -471,6 +496,26 @@ class Supervisor:
 
     def _serving_status(self) -> str:
         return f"serving with {len(self.workers)} workers"
+
+    def _pass_on_reload(self, worker: _Worker, outcome: str | None) -> None:
+        """Tell systemd of a reload the workers made on their own (``POST /reload`` goes to
+        worker 0, which applies it and then forwards it to the others): RELOADING=1 when the
+        first begins, READY=1 with the status once none is reloading any more, as a single
+        process does for each of its reloads. Its own reloads (SIGHUP) say it themselves."""
+        if self._reload_lock.locked() or not self.ready_announced or self._finish.is_set():
+            return
+        if not self._passing_on_reload:
+            if not worker.reloading:
+                return  # ended (or exited) with no beginning seen: nothing to pass on
+            self._passing_on_reload = True
+            self._passed_on_refusal = None
+            self.notifier.reloading(time.monotonic_ns() // 1000)
+        if outcome is not None and outcome.startswith("reload refused"):
+            self._passed_on_refusal = self._passed_on_refusal or outcome
+        if any(w.reloading for w in self.workers):
+            return
+        self._passing_on_reload = False
+        self.notifier.ready(status=self._passed_on_refusal or self._serving_status())
 
     async def _reload_worker(self, worker: _Worker, signalled: list[_Worker]) -> None:
         """SIGHUP to ``worker``'s process once it is ready, then until it has reported back."""
@@ -536,7 +581,8 @@ def supervise_from_argv(argv: Sequence[str] | None) -> int | None:
         The exit code, or None when the ordinary command line should run: another command,
         no config file, arguments besides ``serve --config FILE`` (``--help``, ``--version``
         or a mistake, which it prints or refuses), ``workers = 1``, a file that does not load
-        (the daemon reports it the usual way), or this process is itself a worker.
+        or that several workers cannot share (the daemon reports it the usual way), or this
+        process is itself a worker.
     """
     if INDEX_ENV in os.environ:
         return None
@@ -555,9 +601,10 @@ def supervise_from_argv(argv: Sequence[str] | None) -> int | None:
         return None
     try:
         check_workers(config, str(args.config))
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 1
+    except ConfigError:
+        # The start refuses it as it refuses any file (BalancerApp runs the same check): one
+        # "cannot start:" line, event=daemon.start_failed and STATUS, as documented.
+        return None
     log = EventLog("balancer", level=config.logging.level).bind(role="supervisor")
     supervisor = Supervisor(config, args.config, notifier=Notifier.from_environ(), log=log)
     code = trio.run(supervisor.run)

@@ -83,9 +83,9 @@ sys.path.insert(0, str(ROOT / "bench"))  # bench/ is a directory of scripts, not
 
 import core_probe  # noqa: E402
 
-from balancer.certificates import load_certificate_files  # noqa: E402
 from balancer.config import DEFAULT_SSL_POLICY, SSL_POLICIES  # noqa: E402
 from balancer.tls import policy_context  # noqa: E402
+from monitoring.certificates import load_certificate_files  # noqa: E402
 
 PROXY_CORE = "0"
 LOAD_CORE = "1"

@@ -23,6 +23,7 @@ from monitoring.settings import (
     Seconds,
     Section,
     check_host,
+    listen_overlap,
 )
 from proto.aws.arn import queue_arn
 from proto.http1 import is_valid_host
@@ -340,7 +341,7 @@ class BrokerConfig(Section, frozen=True, kw_only=True):
         if not self.auth.anonymous and not self.auth.credentials_file:
             raise ValueError("auth.anonymous = false needs auth.credentials_file")
         port = self.api.port
-        if port != 0 and port == self.admin.port and _same_address(self.api.host, self.admin.host):
+        if port != 0 and port == self.admin.port and listen_overlap(self.api.host, self.admin.host):
             # Else check-config passes and the start fails with "Address already in use",
             # naming neither key.
             raise ValueError(
@@ -390,28 +391,6 @@ class BrokerConfig(Section, frozen=True, kw_only=True):
                 done.add(i)
                 order.append((i, self.queues[i]))
         return order
-
-
-def _same_address(host: str, other: str) -> bool:
-    """Whether listening on one port at both hosts collides: the same address, or a wildcard
-    and an address of its family (trio binds "::" IPv6-only). A DNS name other than
-    localhost is compared as written."""
-    if host == other:
-        return True
-    return any(
-        a == b or (a.version == b.version and (a.is_unspecified or b.is_unspecified))
-        for a in _literal_addresses(host)
-        for b in _literal_addresses(other)
-    )
-
-
-def _literal_addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    if host == "localhost":
-        return [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
-    try:
-        return [ipaddress.ip_address(host)]
-    except ValueError:
-        return []
 
 
 def _is_loopback(host: str) -> bool:

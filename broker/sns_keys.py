@@ -113,8 +113,8 @@ def load_signing_keys(settings: SnsSettings, data_dir: Path) -> SigningKeys:
     certificates kept there.
 
     Raises:
-        ConfigError: a file is unreadable, not PEM, not RSA, or the certificate does not
-            belong to the key.
+        ConfigError: a file is unreadable, not PEM, not RSA of at least 2048 bits, or the
+            certificate does not belong to the key.
     """
     if settings.signing_key_file:
         key_path, cert_path = Path(settings.signing_key_file), Path(settings.signing_cert_file)
@@ -167,6 +167,14 @@ def _load(
         key = load_signing_key(read_regular_file(key_path, MAX_KEY_FILE_BYTES))
     except (OSError, SignatureError) as error:
         raise ConfigError(key_path, str(error)) from None
+    if key.key_size < KEY_BITS:
+        # A short key lets anyone who factors it forge what subscribers verify (NIST SP
+        # 800-131A: no RSA signatures under 2048 bits).
+        raise ConfigError(
+            key_path,
+            f"the signing key has {key.key_size} bits; SNS signs with RSA keys of at least "
+            f"{KEY_BITS} bits",
+        )
     try:
         cert_pem = read_regular_file(cert_path, MAX_KEY_FILE_BYTES)
         certificate = x509.load_pem_x509_certificate(cert_pem)

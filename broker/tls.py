@@ -17,21 +17,18 @@ import ssl
 import trio
 
 from broker.config import TlsSettings
+from monitoring.certificates import load_certificate_files
 from monitoring.configfile import ConfigError
-from monitoring.safefile import (
-    MAX_KEY_FILE_BYTES,
-    FileTooLarge,
-    NotRegularFile,
-    check_regular_file,
-)
 
 
 def server_context(settings: TlsSettings) -> ssl.SSLContext:
     """Build the server context of ``settings``' certificate and key.
 
     Raises:
-        ConfigError: a file is missing, unreadable, not a regular file or over
-            :data:`~monitoring.safefile.MAX_KEY_FILE_BYTES`, or the key does not match.
+        ConfigError: naming the file at fault and the reason, as for the balancer's
+            certificates (:func:`monitoring.certificates.load_certificate_files`): missing,
+            unreadable, not PEM, an encrypted key, a key that does not match, a chain out
+            of order or whose certificates do not each issue the one before.
     """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -45,11 +42,12 @@ def server_context(settings: TlsSettings) -> ssl.SSLContext:
 
 
 def _load_pair(context: ssl.SSLContext, settings: TlsSettings) -> None:
+    # The balancer's checks first, so that an error names the file at fault and why: a key
+    # that is not one, a chain out of order or not linked up (which OpenSSL would load, or
+    # blame on the certificate file as "PEM lib"). They read the files without opening a
+    # FIFO or a device as load_cert_chain would (a reload waiting on the event loop).
+    load_certificate_files(settings.cert_file, settings.key_file)
     try:
-        # load_cert_chain opens the files by name: it would wait for a FIFO's writer (with
-        # the whole event loop, on a reload) and read a device without end.
-        for path in (settings.cert_file, settings.key_file):
-            check_regular_file(path, MAX_KEY_FILE_BYTES)
         # A password callback, so that OpenSSL never prompts for a passphrase on a terminal
         # (which froze the whole event loop): an encrypted key is refused instead.
         context.load_cert_chain(settings.cert_file, settings.key_file, password=_no_passphrase)
@@ -57,9 +55,7 @@ def _load_pair(context: ssl.SSLContext, settings: TlsSettings) -> None:
         raise ConfigError(
             settings.key_file, "the private key is encrypted; give the daemon a plain key"
         ) from None
-    except (NotRegularFile, FileTooLarge) as error:
-        raise ConfigError(error.filename, f"cannot read: {error.strerror}") from None
-    except FileNotFoundError as error:
+    except FileNotFoundError as error:  # replaced since it was checked
         raise ConfigError(error.filename or settings.cert_file, "file not found") from None
     except ssl.SSLError as error:
         if error.reason == "KEY_VALUES_MISMATCH":

@@ -14,8 +14,10 @@ local source address): a balancer worker forwarding a change to its siblings is 
 every client, loopback included. Without a token, a loopback request a web browser marks as its
 own (``Origin``, ``Sec-Fetch-*``) is refused too: any page the host's browser opens could post
 a form to the admin port. So is one carrying ``x-amz-sns-message-type``: the broker's SNS
-delivery, a loopback client acting for whoever subscribed the admin port's URL. Refusals are
-403 with a JSON body in the targets API's shape.
+delivery, a loopback client acting for whoever subscribed the admin port's URL. And so is one
+a reverse proxy relayed (``X-Forwarded-For``, ``X-Forwarded-Proto``, ``Forwarded``): a
+listener of this host's balancer forwarding to the admin port would connect from loopback for
+any client of that listener. Refusals are 403 with a JSON body in the targets API's shape.
 Reads (``/metrics``, ``/healthz``, ``/readyz``, ``GET /targets``) stay open.
 """
 
@@ -48,6 +50,9 @@ _BEARER_TOKEN: Final = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
 _TOKEN_KEY: Final = "`$.admin.token_file`"
 _READ_ONLY_METHODS: Final = frozenset({"GET"})  # HEAD is answered as GET
 _SNS_DELIVERY: Final = b"x-amz-sns-message-type"  # on every SNS delivery POST, AWS's and ours
+# What a reverse proxy adds to a request it relays (wharf-balancer: X-Forwarded-*, as ALB);
+# an operator's own call (curl, a deploy script) sends none of them.
+_PROXY_HEADERS: Final = (b"x-forwarded-for", b"x-forwarded-proto", b"forwarded")
 
 
 def read_admin_token(settings: AdminSettings) -> bytes | None:
@@ -156,10 +161,21 @@ class AdminServer:
         token = self._token
         if token is None:
             local = local_client if local_client is not None else is_loopback(request.client[0])
-            relayed = request.header(_SNS_DELIVERY) is not None
-            if local and not request.from_a_browser and not relayed:
+            sns_delivery = request.header(_SNS_DELIVERY) is not None
+            proxied = any(request.header(name) is not None for name in _PROXY_HEADERS)
+            if local and not (request.from_a_browser or sns_delivery or proxied):
                 return None
-            if local and relayed:
+            if local and proxied:
+                # A proxy on this host (a balancer listener forwarding to this port, say)
+                # connects from loopback for a client that may be anywhere.
+                reason = "relayed"
+                message = (
+                    "a request relayed by a proxy (X-Forwarded-For, X-Forwarded-Proto or "
+                    "Forwarded) may not change state: the proxy's loopback address is not the "
+                    "client's; call the admin listener directly, or set admin.token_file and "
+                    "send the bearer token"
+                )
+            elif local and sns_delivery:
                 # The broker's own SNS delivery, from this host for a remote caller: anyone
                 # allowed to Subscribe could aim an http subscription at this port (its
                 # SubscriptionConfirmation POST would reload the daemon).

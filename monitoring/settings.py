@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -47,6 +48,56 @@ def check_host(host: str) -> None:
             raise ValueError(
                 f"invalid listen host {host!r}: not an IP address or a DNS name"
             ) from None
+
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def listen_addresses(host: str) -> frozenset[IpAddress] | None:
+    """The addresses a listener on ``host`` binds, resolved as the bind resolves them
+    (getaddrinfo with AI_PASSIVE): an IP literal, a numeric form the resolver reads as one
+    (``127.1``, ``0x7f.1``), or ``localhost`` as the hosts file has it. None for any other DNS
+    name: nothing here asks DNS, since a reload reads the file on the event loop and
+    ``check-config`` must give the same answer off the network."""
+    try:
+        return frozenset({ipaddress.ip_address(host)})
+    except ValueError:
+        pass
+    flags = socket.AI_PASSIVE
+    if host.lower() != "localhost":
+        flags |= socket.AI_NUMERICHOST
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM, flags=flags)
+    except (OSError, UnicodeError):
+        return None
+    return frozenset(ipaddress.ip_address(address[0]) for *_, address in found)
+
+
+def listen_overlap(host: str, other: str) -> bool:
+    """Whether listening on one port at ``host`` and at ``other`` takes an address twice: one
+    address, or a wildcard and an address of its family (both daemons bind ``::`` with
+    IPV6_V6ONLY, as trio does, so it leaves IPv4 alone). Alone, the second bind fails; with
+    SO_REUSEPORT (balancer workers) both bind and the kernel shares connections between them.
+    A DNS name, not looked up (:func:`listen_addresses`), overlaps the same name and either
+    wildcard (whatever it resolves to, the wildcard of its family takes it)."""
+    first, second = listen_addresses(host), listen_addresses(other)
+    if first is None or second is None:
+        if first is None and second is None:
+            return host.lower().removesuffix(".") == other.lower().removesuffix(".")
+        known = first if first is not None else second
+        return any(address.is_unspecified for address in known or ())
+    return any(
+        a == b or (a.version == b.version and (a.is_unspecified or b.is_unspecified))
+        for a in first
+        for b in second
+    )
+
+
+def is_loopback_address(address: IpAddress) -> bool:
+    """127.0.0.0/8, ::1, or an IPv4-mapped 127.x address."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 class AdminSettings(Section, frozen=True, kw_only=True):

@@ -434,9 +434,47 @@ async def test_a_workers_change_needs_a_restart_until_the_file_matches_the_proce
         for workers in (2, 2, 1):
             output = daemon.log_output  # type: ignore[attr-defined]
             before = len(output.getvalue())
-            await daemon.app.reload(msgspec.structs.replace(config, workers=workers))
+            # A fixed admin port: the file must be one the restart it asks for accepts.
+            fixed = AdminSettings(port=28600 if workers > 1 else 0)
+            await daemon.app.reload(msgspec.structs.replace(config, workers=workers, admin=fixed))
             warned.append(warning in output.getvalue()[before:])
         assert warned == [True, True, False]
+
+
+@pytest.mark.parametrize(
+    ("listener_port", "admin_port", "reason"),
+    [
+        (0, 28601, "workers = 2 needs a fixed port - at `$.listeners[0].port`"),
+        (28602, 0, "workers = 2 needs a fixed admin port - at `$.admin.port`"),
+        (28602, 65535, "admin.port + workers - 1 must stay within 65535"),
+    ],
+)
+async def test_a_reload_refuses_a_workers_change_the_restart_would_refuse(
+    tmp_path, listener_port, admin_port, reason
+):
+    # It was accepted with only a restart_required warning, and the restart it asked for
+    # failed, leaving the balancer down (found by a report-only hunt).
+    path = tmp_path / "balancer.toml"
+    path.write_text(f"""
+[admin]
+port = {admin_port}
+[[listeners]]
+name = "web"
+protocol = "http"
+host = "127.0.0.1"
+port = {listener_port}
+default_action = {{ type = "fixed_response", status_code = 200 }}
+""")
+    config = BalancerConfig(admin=AdminSettings(port=0), state_dir=str(tmp_path))
+    async with running(SPEC, config, config_path=path) as daemon:
+        generation = daemon.app.runtime.current.generation
+        path.write_text(f"workers = 2\n{path.read_text()}")
+        refused = await daemon.reload()
+        assert refused == f"{path}: {reason}"
+        assert daemon.app.runtime.current.generation == generation
+        log = daemon.log_output.getvalue()  # type: ignore[attr-defined]
+        assert "event=config.reload_refused" in log
+        assert "section=workers" not in log
 
 
 async def test_a_state_dir_change_needs_a_restart(tmp_path):

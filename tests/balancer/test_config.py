@@ -241,6 +241,100 @@ def test_a_listener_on_the_admin_port_of_another_address_is_accepted(admin_host,
     assert decode(msgspec.toml.encode(beyond), BalancerConfig).workers == 2
 
 
+@pytest.mark.parametrize(
+    ("admin", "workers", "target", "where", "which"),
+    [
+        ({}, 1, {"host": "127.0.0.1", "port": 9326}, "targets[0]", "(admin.port)"),
+        ({}, 1, {"host": "127.8.0.1", "port": 9326}, "targets[0]", "(admin.port)"),
+        ({}, 1, {"host": "localhost", "port": 9326}, "targets[0]", "(admin.port)"),
+        ({"host": "::1", "port": 9000}, 1, {"host": "0:0::1"}, "targets[0]", "(admin.port)"),
+        (
+            {"host": "10.0.0.5", "port": 9000},
+            3,
+            {"host": "10.0.0.5", "port": 9002},
+            "targets[0]",
+            "(admin.port + 2 (worker 2's admin))",
+        ),
+    ],
+)
+def test_a_target_that_is_the_balancers_own_admin_listener_is_refused(
+    admin, workers, target, where, which
+):
+    # A listener forwarding to it would connect from loopback for every client of that
+    # listener, and the admin serves changes to loopback clients (found by a report-only hunt).
+    group = {"name": "web", "port": 9000, "targets": [target]}
+    data = config(admin=admin, workers=workers, target_groups=[group])
+    data["listeners"] = [listener(port=8080)]
+    message = error(data)
+    assert f"is this balancer's own admin listener {which}" in message
+    assert message.endswith(f"- at `$.target_groups[0].{where}`")
+
+
+@pytest.mark.parametrize(
+    ("admin", "target"),
+    [
+        ({}, {"host": "127.0.0.1", "port": 9327}),  # past the last worker's admin port
+        ({}, {"host": "10.0.0.5", "port": 9326}),  # another host's
+        ({"port": 0}, {"host": "127.0.0.1", "port": 9326}),  # the kernel picks the admin's
+        ({"host": "10.0.0.5", "port": 9326}, {"host": "10.0.0.6", "port": 9326}),
+    ],
+)
+def test_a_target_on_an_admin_port_elsewhere_is_accepted(admin, target):
+    data = config(admin=admin, target_groups=[{"name": "web", "targets": [target]}])
+    loaded = decode(msgspec.toml.encode(data), BalancerConfig)
+    assert loaded.target_groups[0].targets[0].port == target["port"]
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "shown"),
+    [
+        ("127.0.0.1", "localhost", "'a' (127.0.0.1:8080) and 'b' (localhost:8080)"),
+        ("::1", "0:0::1", "'a' ([::1]:8080) and 'b' ([0:0::1]:8080)"),
+        ("127.0.0.1", "127.1", "'a' (127.0.0.1:8080) and 'b' (127.1:8080)"),
+        ("0.0.0.0", "127.0.0.1", "'a' (0.0.0.0:8080) and 'b' (127.0.0.1:8080)"),
+        ("fe80::1%eth0", "::", "'a' ([fe80::1%eth0]:8080) and 'b' ([::]:8080)"),
+        ("Edge.Example", "edge.example", "'a' (Edge.Example:8080) and 'b' (edge.example:8080)"),
+        ("edge.example", "0.0.0.0", "'a' (edge.example:8080) and 'b' (0.0.0.0:8080)"),
+    ],
+)
+def test_two_listeners_on_one_address_written_two_ways_are_refused(first, second, shown):
+    # With workers > 1 both would bind (SO_REUSEPORT) and the kernel would hand connections
+    # to either rule set at random; with one, the start failed naming no key (found by a
+    # report-only hunt).
+    data = config(
+        workers=2,
+        admin={"port": 9000},
+        listeners=[
+            listener(name="a", host=first, port=8080),
+            listener(name="b", host=second, port=8080),
+        ],
+    )
+    message = error(data)
+    assert f"listeners {shown} listen on one address and port" in message
+    assert message.endswith("- at `$.listeners[0]` and `$.listeners[1]`")
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("127.0.0.1", "127.0.0.2"),
+        ("::", "0.0.0.0"),  # "::" binds IPv6 only
+        ("::", "127.0.0.1"),
+        ("::1", "127.0.0.1"),
+        ("a.example", "b.example"),  # names are not looked up
+        ("a.example", "10.0.0.1"),
+    ],
+)
+def test_listeners_on_distinct_addresses_of_one_port_are_accepted(first, second):
+    data = config(
+        listeners=[
+            listener(name="a", host=first, port=8080),
+            listener(name="b", host=second, port=8080),
+        ]
+    )
+    assert len(decode(msgspec.toml.encode(data), BalancerConfig).listeners) == 2
+
+
 def test_endpoints_resolve_ports_and_bracket_ipv6():
     group = TargetGroup(
         name="g",
@@ -294,7 +388,9 @@ def test_endpoints_resolve_ports_and_bracket_ipv6():
         ),
         (
             config(listeners=[listener(), listener(name="m")]),
-            "host and port '0.0.0.0:80' is used twice - at `$.listeners[1]`",
+            "listeners 'l' (0.0.0.0:80) and 'm' (0.0.0.0:80) listen on one address and port "
+            "(a wildcard address takes every address of its family) - at `$.listeners[0]` and "
+            "`$.listeners[1]`",
         ),
         (
             config(listeners=[listener(certificates=[{"cert_file": "a", "key_file": "b"}])]),

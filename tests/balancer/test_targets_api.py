@@ -187,6 +187,17 @@ async def test_a_code_mismatch_is_described_with_the_code(admin):
     assert shown["description"] == "Health checks failed with these codes: [404]"
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1"])
+async def test_registering_the_balancers_own_admin_listener_is_refused(admin, host):
+    # As the file's check refuses it: through a listener it would serve any client's changes.
+    admin_port = admin.runtime.current.config.admin.port
+    body = {"target_group": "web", "targets": [{"host": host, "port": admin_port}]}
+    status, reply = await admin.call("POST", "/targets/register", body)
+    assert (status, reply["error"]) == (400, "ValidationError")
+    assert "is this balancer's own admin listener (admin.port)" in reply["message"]
+    assert len(admin.runtime.current.groups["web"].endpoints) == 2
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [

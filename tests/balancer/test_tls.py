@@ -20,7 +20,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
-from balancer.certificates import EXPIRED, NOT_YET_VALID, CertificateFiles
 from balancer.config import (
     SSL_POLICIES,
     Certificate,
@@ -43,6 +42,7 @@ from balancer.tls import (
     log_certificate_warnings,
 )
 from monitoring import fastio
+from monitoring.certificates import EXPIRED, NOT_YET_VALID, CertificateFiles
 from monitoring.configfile import ConfigError
 from monitoring.logging import EventLog
 from monitoring.metrics import Metrics

@@ -77,7 +77,7 @@ async def test_a_worker_slot_counts_ready_notifications():
         await worker.wait_ready(1, while_running=False)
 
 
-def test_supervise_only_serves_with_several_workers(tmp_path, monkeypatch, capsys):
+def test_supervise_only_serves_with_several_workers(tmp_path, monkeypatch):
     one = tmp_path / "one.toml"
     one.write_text("workers = 1\n")
     assert supervise_from_argv(["serve", "--config", str(one)]) is None
@@ -88,8 +88,8 @@ def test_supervise_only_serves_with_several_workers(tmp_path, monkeypatch, capsy
     assert supervise_from_argv(["serve", "--config", str(broken)]) is None  # reported later
     shared_zero = tmp_path / "zero.toml"
     shared_zero.write_text(listener_config(workers=2, port=0, admin=9500))
-    assert supervise_from_argv(["serve", "--config", str(shared_zero)]) == 1
-    assert "needs a fixed port - at `$.listeners[0].port`" in capsys.readouterr().err
+    # Reported as any start failure is (test_a_file_workers_cannot_share_is_a_start_...).
+    assert supervise_from_argv(["serve", "--config", str(shared_zero)]) is None
     monkeypatch.setenv(INDEX_ENV, "0")
     assert supervise_from_argv(["serve", "--config", str(shared_zero)]) is None
 
@@ -360,6 +360,12 @@ async def test_a_reload_adds_a_listener_in_every_worker_or_is_refused(tmp_path):
             assert status == 400, reply
             message = json.loads(reply)["message"]
             assert f"listener 'extra' cannot bind 127.0.0.1:{taken}" in message
+            # Passed on to systemd: the POST that applied (worker 0's reload, then worker
+            # 1's), then this one (worker 0 refused it: never forwarded).
+            for _ in range(2 + 2 + 1):
+                assert (await daemon.next_notification()).startswith((b"RELOADING=1", b"READY=1"))
+            refused = await daemon.next_notification()
+            assert refused.startswith(b"READY=1\nSTATUS=reload refused"), refused
             daemon.signal(signal.SIGHUP)
             assert (await daemon.next_notification()).startswith(b"RELOADING=1")
             refused = await daemon.next_notification()
@@ -369,6 +375,42 @@ async def test_a_reload_adds_a_listener_in_every_worker_or_is_refused(tmp_path):
             assert (await request(("127.0.0.1", extra_port), target="/"))[2] == b"extra"
             assert (await request(("127.0.0.1", port), target="/"))[2] == b"hi"
         daemon.signal(signal.SIGTERM)
+
+
+@pytest.mark.slow
+async def test_systemd_hears_of_a_post_reload_as_of_a_sighup(tmp_path):
+    """STATUS kept "reload refused" after a POST /reload applied, and never showed a refused
+    one: POST /reload goes to worker 0, and the supervisor, which alone talks to systemd,
+    never heard of it (found by a report-only hunt)."""
+    port, admin_port = free_port(), free_port(start_pair=True)
+    config = tmp_path / "balancer.toml"
+    settings = {"workers": 2, "port": port, "admin": admin_port, "state_dir": str(tmp_path)}
+    good = listener_config(**settings)
+    serving = b"READY=1\nSTATUS=serving with 2 workers"
+    config.write_text(good)
+    async with daemon_process("balancer", config, tmp_path) as daemon:
+        assert await daemon.next_notification() == serving
+        config.write_text("bogus = 1\n" + good)
+        daemon.signal(signal.SIGHUP)
+        assert (await daemon.next_notification()).startswith(b"RELOADING=1")
+        refused = await daemon.next_notification()
+        assert refused.startswith(b"READY=1\nSTATUS=reload refused: "), refused
+        config.write_text(good)
+        status, _, reply = await request(("127.0.0.1", admin_port), "POST", "/reload")
+        assert status == 200, reply
+        # Worker 0 reloads, then forwards the reload to worker 1: each is passed on.
+        for _ in range(2):
+            assert (await daemon.next_notification()).startswith(b"RELOADING=1")
+            assert await daemon.next_notification() == serving
+        config.write_text("bogus = 1\n" + good)
+        status, _, reply = await request(("127.0.0.1", admin_port), "POST", "/reload")
+        assert status == 400, reply
+        assert (await daemon.next_notification()).startswith(b"RELOADING=1")
+        refused = await daemon.next_notification()
+        assert refused.startswith(b"READY=1\nSTATUS=reload refused: "), refused
+        assert b"unknown field `bogus`" in refused
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.next_notification() == b"STOPPING=1"
 
 
 @pytest.mark.slow
@@ -440,6 +482,30 @@ def assert_cannot_start(daemon: DaemonProcess, sent: list[bytes], reason: str) -
     assert sum("event=worker.started" in line for line in daemon.log_lines) == 2
     assert not any(message.startswith(b"READY=1") for message in sent), sent
     assert f"STATUS=cannot start: {reason}".encode() in sent
+
+
+@pytest.mark.parametrize(
+    ("port", "admin", "reason"),
+    [
+        (0, 28700, "workers = 2 needs a fixed port - at `$.listeners[0].port`"),
+        (28701, 0, "workers = 2 needs a fixed admin port - at `$.admin.port`"),
+        (28701, 65535, "admin.port + workers - 1 must stay within 65535"),
+    ],
+)
+async def test_a_file_workers_cannot_share_is_a_start_failure_like_any_other(
+    tmp_path, port, admin, reason
+):
+    """The supervisor printed the bare error: no "cannot start:" line, no
+    event=daemon.start_failed, no STATUS (found by a report-only hunt)."""
+    config = tmp_path / "balancer.toml"
+    config.write_text(listener_config(workers=2, port=port, admin=admin))
+    daemon, sent = await refused_start(config, tmp_path)
+    assert daemon.process.returncode == 1
+    said = [line for line in daemon.log_lines if "cannot start:" in line]
+    assert said == [f"wharf-balancer: cannot start: {config}: {reason}"], daemon.log_lines
+    assert any("event=daemon.start_failed" in line for line in daemon.log_lines)
+    assert f"STATUS=cannot start: {config}: {reason}".encode() in sent
+    assert not any("event=worker.started" in line for line in daemon.log_lines)
 
 
 @pytest.mark.slow

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import trio
 import trustme
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from broker.cli import GC_THRESHOLDS, SPEC, main
 from broker.config import BrokerConfig
@@ -185,7 +187,7 @@ def start_error(path: Path) -> str:
 @pytest.mark.parametrize(
     ("case", "reason", "where"),
     [
-        ("missing-certificate", "file not found", "api.tls.cert_file"),
+        ("missing-certificate", "No such file or directory", "api.tls.cert_file"),
         (
             "key-of-another-certificate",
             "this key does not match the certificate",
@@ -216,6 +218,59 @@ def test_check_config_refuses_the_files_the_start_refuses(
     assert capsys.readouterr().err == f"{expected}\n"
 
 
+@pytest.mark.parametrize(
+    ("case", "reason", "where"),
+    [
+        ("garbage-key", "{key}: not a PEM private key", "api.tls.key_file"),
+        ("truncated-key", "{key}: not a PEM private key", "api.tls.key_file"),
+        ("ed25519-key", "{key}: this key does not match the certificate in", "api.tls.key_file"),
+        (
+            "ca-first",
+            "{cert}: the certificate of the key in {key} is number 2 in this file: the server "
+            "(leaf) certificate must come first",
+            "api.tls.cert_file",
+        ),
+        (
+            "not-linked",
+            "{cert}: certificate 2 of the chain did not issue certificate 1",
+            "api.tls.cert_file",
+        ),
+    ],
+)
+def test_api_tls_errors_name_the_file_at_fault_and_why(tmp_path, capsys, case, reason, where):
+    """The key's faults were blamed on the certificate file with OpenSSL's "PEM lib", a CA-first
+    chain on the key, and a chain that does not link up was accepted (found by a report-only
+    hunt); the balancer's checks (monitoring.certificates) now say which and why."""
+    ca = trustme.CA()
+    leaf = ca.issue_cert("localhost", key_type=trustme.KeyType.RSA)
+    cert, key = tmp_path / "api.pem", tmp_path / "api.key"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    if case == "garbage-key":
+        key.write_text("garbage\n")
+    elif case == "truncated-key":
+        key.write_bytes(key.read_bytes()[:300])
+    elif case == "ed25519-key":
+        key.write_bytes(
+            ed25519.Ed25519PrivateKey.generate().private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    elif case == "ca-first":
+        cert.write_bytes(ca.cert_pem.bytes() + leaf.cert_chain_pems[0].bytes())
+    else:
+        stranger = trustme.CA().create_child_ca()
+        cert.write_bytes(leaf.cert_chain_pems[0].bytes() + stranger.cert_pem.bytes())
+    path = broker_file(tmp_path, f'[api.tls]\ncert_file = "{cert}"\nkey_file = "{key}"\n')
+    expected = start_error(path)
+    assert expected.startswith(reason.format(cert=cert, key=key))
+    assert expected.endswith(f" - at `$.{where}`")
+    assert main(["check-config", str(path)]) == 1
+    assert capsys.readouterr().err == f"{expected}\n"
+
+
 def test_check_config_reads_the_sns_signing_key_and_ca_file(tmp_path, capsys, pair):
     cert = pair[0]
     missing = tmp_path / "missing.pem"
@@ -231,6 +286,35 @@ def test_check_config_reads_the_sns_signing_key_and_ca_file(tmp_path, capsys, pa
     printed = capsys.readouterr().err
     assert printed.startswith(f"{missing}: cannot load the CA file: ")
     assert printed.endswith(" - at `$.sns.ca_file`\n")
+
+
+def self_signed_rsa(directory: Path, bits: int) -> tuple[Path, Path]:
+    """An RSA key of ``bits`` and a self-signed certificate of it, as openssl makes them."""
+    key_file, cert_file = directory / f"rsa{bits}.key", directory / f"rsa{bits}.pem"
+    request = ["openssl", "req", "-x509", "-newkey", f"rsa:{bits}", "-nodes", "-subj", "/CN=sns"]
+    subprocess.run(
+        [*request, "-days", "1", "-keyout", str(key_file), "-out", str(cert_file)],
+        capture_output=True,
+        check=True,
+    )
+    return key_file, cert_file
+
+
+def test_check_config_refuses_an_sns_signing_key_under_2048_bits(tmp_path, capsys):
+    """A 512-bit key passed (found by a report-only hunt): anyone could forge the
+    notifications subscribers verify with it. AWS signs with 2048-bit RSA."""
+    for bits in (512, 1024):
+        key_file, cert_file = self_signed_rsa(tmp_path, bits)
+        signing = f'[sns]\nsigning_key_file = "{key_file}"\nsigning_cert_file = "{cert_file}"\n'
+        path = broker_file(tmp_path, signing)
+        assert main(["check-config", str(path)]) == 1
+        assert capsys.readouterr().err == (
+            f"{key_file}: the signing key has {bits} bits; SNS signs with RSA keys of at "
+            "least 2048 bits - at `$.sns.signing_key_file`\n"
+        )
+    key_file, cert_file = self_signed_rsa(tmp_path, 2048)
+    signing = f'[sns]\nsigning_key_file = "{key_file}"\nsigning_cert_file = "{cert_file}"\n'
+    assert main(["check-config", str(broker_file(tmp_path, signing))]) == 0
 
 
 def test_check_config_accepts_files_that_load_and_leaves_the_data_directory_alone(

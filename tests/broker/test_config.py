@@ -168,8 +168,10 @@ def test_declared_tags_follow_tag_queues_rules(tags: str, reason: str) -> None:
     [
         ("127.0.0.1", "127.0.0.1"),
         ("0.0.0.0", "127.0.0.1"),  # the wildcard holds the port on every IPv4 address
-        ("localhost", "::1"),
+        ("localhost", "127.0.0.1"),  # resolved as the bind resolves it
         ("::", "::1"),
+        ("127.0.0.1", "127.1"),  # written two ways (found by a report-only hunt)
+        ("0:0::1", "::1"),
     ],
 )
 def test_api_and_admin_on_one_address_and_port_is_refused_naming_both_keys(api_host, admin_host):

@@ -285,6 +285,38 @@ async def test_an_sns_delivery_cannot_change_state_through_loopback(tmp_path):
         assert "reason=sns_delivery" in daemon.log_output.getvalue()
 
 
+@pytest.mark.parametrize(
+    "proxy_header",
+    [
+        ("X-Forwarded-For", "203.0.113.7, 127.0.0.1"),
+        ("X-Forwarded-Proto", "https"),
+        ("Forwarded", "for=203.0.113.7;proto=https"),
+    ],
+)
+@pytest.mark.parametrize("spec", [BALANCER, BROKER], ids=["balancer", "broker"])
+async def test_a_request_a_proxy_relayed_cannot_change_state_through_loopback(
+    tmp_path, spec, proxy_header
+):
+    """A proxy on this host (a balancer listener forwarding to the admin port) connects from
+    loopback for any client of its own (found by a report-only hunt: a client of such a
+    listener registered its own target)."""
+    config_file = tmp_path / "daemon.toml"
+    broker_only = f'[api]\nport = 0\n[storage]\ndata_dir = "{tmp_path}/data"\n'
+    config_file.write_text("[admin]\nport = 0\n" + (broker_only if spec is BROKER else ""))
+    async with running(spec, load(config_file, spec.schema), config_path=config_file) as daemon:
+        admin = address(daemon, "admin")
+        status, _, body = await request(admin, "POST", "/reload", headers=[proxy_header])
+        assert status == 403, body
+        error = json.loads(body)
+        assert error["error"] == "AccessDenied"
+        assert "relayed by a proxy" in error["message"]
+        assert "reason=relayed" in daemon.log_output.getvalue()
+        status, _, _ = await request(admin, "GET", "/metrics", headers=[proxy_header])
+        assert status == 200  # a scrape through a proxy still reads
+        status, _, body = await request(admin, "POST", "/reload")
+        assert status == 200, body  # the operator's own call is served
+
+
 def curl(url: str, *options: str) -> tuple[int, bytes]:
     reply = subprocess.run(
         ["curl", "-sS", "--max-time", "10", "-w", "\n%{http_code}", *options, url],

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from monitoring.settings import AdminSettings, HttpLimits, check_host
+from monitoring.settings import AdminSettings, HttpLimits, check_host, listen_addresses
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "0.0.0.0", "localhost", "a.example"])
@@ -39,3 +40,23 @@ def test_state_directory_prefers_the_config_then_systemd_then_the_fallback(monke
     assert state_directory("", "here") == tmp_path / "a"  # the first of systemd's list
     monkeypatch.delenv("STATE_DIRECTORY")
     assert state_directory("", "here") == Path("here")
+
+
+@pytest.mark.parametrize(
+    ("host", "addresses"),
+    [
+        ("127.0.0.1", {"127.0.0.1"}),
+        ("127.1", {"127.0.0.1"}),  # inet_aton's short form, which the bind accepts
+        ("0:0::1", {"::1"}),
+        ("fe80::1%eth0", {"fe80::1%eth0"}),
+        ("edge.example", None),  # not looked up
+    ],
+)
+def test_listen_addresses_are_those_the_bind_resolves(host, addresses):
+    found = listen_addresses(host)
+    assert (None if found is None else {str(a) for a in found}) == addresses
+
+
+def test_localhost_resolves_as_the_bind_resolves_it():
+    bound = {info[4][0] for info in socket.getaddrinfo("localhost", 0, flags=socket.AI_PASSIVE)}
+    assert {str(a) for a in listen_addresses("localhost") or ()} == bound

@@ -356,11 +356,14 @@ MARKER_LISTENER = "marker"
 def serving_document(
     document: dict[str, Any], target_ports: list[int], message: str
 ) -> dict[str, Any]:
-    """``document`` made to run inside a test: the admin listener and every listener on
-    127.0.0.1, port 0; every target on 127.0.0.1 at one of ``target_ports`` (two, so that no
-    group lists a target twice); and a listener :data:`MARKER_LISTENER` whose fixed response
-    ``message`` tells which configuration serves."""
+    """``document`` made to run inside a test, in one process: the admin listener and every
+    listener on 127.0.0.1, port 0; every target on 127.0.0.1 at one of ``target_ports`` (two,
+    so that no group lists a target twice); and a listener :data:`MARKER_LISTENER` whose fixed
+    response ``message`` tells which configuration serves."""
     served = copy.deepcopy(document)
+    # One process, as the test runs it: on port 0 workers could not share the listeners, and
+    # the start (and so a reload) refuses such a file.
+    served.pop("workers", None)
     served["admin"] = {**served.get("admin", {}), "host": "127.0.0.1", "port": 0}
     for listener in served.get("listeners", []):
         listener["host"], listener["port"] = "127.0.0.1", 0

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtensionOID, NameOID
 
-from balancer.certificates import (
+from monitoring.certificates import (
     EXPIRED,
     MAX_PEM_BYTES,
     NOT_YET_VALID,

@@ -1,4 +1,5 @@
-"""Certificate files of https listeners: read, parse and check them before a context uses them.
+"""Certificate files of both daemons' TLS listeners (the balancer's https listeners, the
+broker's ``api.tls``): read, parse and check them before a context uses them.
 
 Everything an operator can get wrong about a certificate pair is found here, at load time, and
 reported as a :class:`~monitoring.configfile.ConfigError` that names the file: a missing or
