@@ -11,7 +11,9 @@ TLS keys) are the operator's to keep; the report says so.
 
 A restore needs the broker stopped: it takes the data directory's lock
 (:mod:`broker.store.lock`), checks the backup, moves the files it replaces into
-``before-restore-<UTC time>/`` beside them (nothing is deleted), then copies the backup in.
+``before-restore-<UTC time>/`` beside them (nothing is deleted), then copies the backup in:
+the keys as files, the store through SQLite (:func:`snapshot`, on a read-only connection), so
+that a source with a ``-wal`` beside it comes back with what that WAL holds.
 The restored store's sequences move forward (:func:`advance_sequences`), so that nothing
 issued after the backup, and lost in the restore, is issued again. The next start opens the
 restored store (and migrates it, if it came from an older broker).
@@ -109,7 +111,7 @@ def restore(
             ``source`` is not a usable backup. Nothing was changed then.
         OSError: copying failed (the disk is full, say); the replaced files were put back.
     """
-    summary = inspect(source / FILE_NAME)
+    inspect(source / FILE_NAME)  # a bad backup is refused before anything changes
     if not (source / RECEIPT_HANDLE_KEY_FILE).is_file():
         raise StoreError(
             f"{source}: no {RECEIPT_HANDLE_KEY_FILE}: not a whole backup (with a new key, "
@@ -130,7 +132,7 @@ def restore(
             (data_dir / name).rename(aside / name)
         fsync_directory(data_dir)
         try:
-            restored = _copy_in(source, data_dir)
+            summary, restored = _copy_in(source, data_dir)
             advance_sequences(data_dir / FILE_NAME)
         except BaseException:
             # A disk full half-way, say: the next start would find no store and begin an
@@ -150,9 +152,12 @@ def _copy(source: Path, destination: Path) -> None:
     copy_file(source, destination, 0o600 if source.name in _SECRET_FILES else 0o644)
 
 
-def _copy_in(source: Path, data_dir: Path) -> list[str]:
-    """Copy the backup's store and keys into ``data_dir``; the names copied."""
-    _copy(source / FILE_NAME, data_dir / FILE_NAME)
+def _copy_in(source: Path, data_dir: Path) -> tuple[StoreSummary, list[str]]:
+    """Copy the backup's store and keys into ``data_dir``; what the store holds, and the
+    names copied."""
+    # Through SQLite, not as a file: a source with a -wal beside it (a before-restore-*
+    # directory, a copy of a data directory after a crash) has its last commits there.
+    summary = snapshot(source / FILE_NAME, data_dir / FILE_NAME)
     restored = [FILE_NAME]
     for name in KEY_FILES:
         if (source / name).is_file():
@@ -163,11 +168,11 @@ def _copy_in(source: Path, data_dir: Path) -> list[str]:
         if not (data_dir / name).exists():
             _copy(source / name, data_dir / name)
             restored.append(name)
-    return restored
+    return summary, restored
 
 
 def _put_back(data_dir: Path, aside: Path, moved: list[str]) -> None:
-    for name in (*_STORE_FILES, *KEY_FILES):
+    for name in (*_STORE_FILES, FILE_NAME + PARTIAL_SUFFIX, *KEY_FILES):
         (data_dir / name).unlink(missing_ok=True)
     for name in moved:
         (aside / name).rename(data_dir / name)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from broker.sns_keys import ARCHIVE_PREFIX as SNS_KEPT
 from broker.store.base import StoreError
 from broker.store.lock import LOCK_FILE, DataDirectoryInUse, DataDirectoryLock
 from broker.store.sqlite import FILE_NAME, SqliteStore
+from broker.store.sqlite_writer import SqliteWriter
 from tests.broker.store.test_base import inserted
 from tests.broker.store.test_sqlite_sns import subscription
 from tests.support.broker import BrokerThread, broker_config
@@ -66,6 +69,42 @@ async def test_backup_then_restore_brings_the_store_and_keys_back(tmp_path: Path
         assert (aside / name).read_bytes() == f"{name} of new".encode()  # nothing is deleted
     assert (aside / f"{FILE_NAME}-wal").exists()
     assert await bodies_in(aside) == ["other"]
+
+
+async def test_a_restore_from_a_store_with_a_wal_brings_back_what_the_wal_holds(
+    tmp_path: Path, monkeypatch
+):
+    """A before-restore-* directory, or a copy of a data directory after a crash, has its
+    last commits in the store's -wal: the restore copied the main file alone, and lost them
+    while its summary counted them (found by a report-only hunt)."""
+    monkeypatch.setattr(SqliteWriter, "_checkpoint", lambda self, connection: None)
+    data, crashed = tmp_path / "data", tmp_path / "crashed"
+    store = SqliteStore(data)
+    await store.open()
+    queue = await store.create_queue("q", QueueSettings(), {}, 0)
+    await store.commit([inserted(queue.queue_id, seq, f"m{seq}") for seq in range(1, 201)])
+    # A cold copy taken while the broker runs is what a kill leaves: the commits in the WAL.
+    crashed.mkdir()
+    for name in (FILE_NAME, f"{FILE_NAME}-wal"):
+        shutil.copyfile(data / name, crashed / name)
+    await store.aclose()
+    (crashed / "receipt-handle.key").write_bytes(b"k" * 32)
+    assert (crashed / f"{FILE_NAME}-wal").stat().st_size > 0
+    source_files = {
+        p.name: hashlib.sha256(p.read_bytes()).digest()
+        for p in crashed.iterdir()
+        if p.name != f"{FILE_NAME}-shm"  # SQLite's index of the WAL, rebuilt by any reader
+    }
+
+    summary, _ = restore(tmp_path / "new", crashed, now=0)
+
+    assert summary.messages == 200
+    assert await bodies_in(tmp_path / "new") == [f"m{seq}" for seq in range(1, 201)]
+    assert source_files == {  # read, never written: the source keeps its WAL
+        p.name: hashlib.sha256(p.read_bytes()).digest()
+        for p in crashed.iterdir()
+        if p.name != f"{FILE_NAME}-shm"
+    }
 
 
 async def test_kept_sns_certificates_are_backed_up_and_added_by_a_restore(tmp_path: Path):
