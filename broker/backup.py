@@ -141,18 +141,30 @@ def restore(
         # The store's WAL and shared-memory files go with it: left beside the restored file,
         # SQLite would replay the old WAL into it.
         moved = [name for name in (*_STORE_FILES, *KEY_FILES) if (data_dir / name).exists()]
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
-        aside = data_dir / f"before-restore-{stamp}"
-        if moved:
-            aside.mkdir(mode=0o700)
+        aside = _new_aside_directory(data_dir, now) if moved else None
         _switch(data_dir, switching, aside, moved, restored)
-        replaced = [aside] if moved else []
+        replaced = [aside] if aside else []
         # The lock file too: made here by root, it would keep the service user's broker
         # from starting ("Permission denied: wharf.lock") on the restored data.
         _give_to_owner(data_dir, [lock.path, *replaced, *(data_dir / name for name in restored)])
     finally:
         lock.release()
-    return summary, aside if moved else None
+    return summary, aside
+
+
+def _new_aside_directory(data_dir: Path, now: float | None) -> Path:
+    """``before-restore-<UTC time>``, made; ``-2``, ``-3``... after it when a restore in the
+    same second took the name."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    aside = data_dir / f"before-restore-{stamp}"
+    taken = 1
+    while True:
+        try:
+            aside.mkdir(mode=0o700)
+            return aside
+        except FileExistsError:
+            taken += 1
+            aside = data_dir / f"before-restore-{stamp}-{taken}"
 
 
 def _copy(source: Path, destination: Path) -> None:
@@ -181,15 +193,17 @@ def _prepare(source: Path, data_dir: Path, staging: Path) -> tuple[StoreSummary,
     return summary, [*names, FILE_NAME]
 
 
-def _switch(data_dir: Path, staging: Path, aside: Path, moved: list[str], names: list[str]) -> None:
+def _switch(
+    data_dir: Path, staging: Path, aside: Path | None, moved: list[str], names: list[str]
+) -> None:
     """Move the files ``moved`` from ``data_dir`` into ``aside``, then ``names`` in from
     ``staging``, then remove ``staging``, whose presence marks the switch as unfinished."""
-    for name in moved:
-        (data_dir / name).rename(aside / name)
+    if aside is not None:
+        for name in moved:
+            (data_dir / name).rename(aside / name)
+        fsync_directory(aside)
     for name in names:
         (staging / name).rename(data_dir / name)
-    if moved:
-        fsync_directory(aside)
     fsync_directory(data_dir)  # every rename durable before the marker goes
     staging.rmdir()
     fsync_directory(data_dir)

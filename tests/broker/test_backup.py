@@ -114,6 +114,27 @@ async def test_a_restore_from_a_store_with_a_wal_brings_back_what_the_wal_holds(
     }
 
 
+async def test_restores_in_the_same_second_each_keep_what_they_replaced(tmp_path: Path):
+    """The second failed with "[Errno 17] File exists: .../before-restore-<time>": a
+    scripted "restore the wrong backup, then the right one" (found by a report-only hunt)."""
+    for name in ("wrong", "right"):
+        await make_store(tmp_path / name, [name])
+        backup(tmp_path / name, tmp_path / f"backup-{name}")
+    data = tmp_path / "data"
+    await make_store(data, ["current"])
+    first = restore(data, tmp_path / "backup-wrong", now=0)[1]
+    second = restore(data, tmp_path / "backup-right", now=0)[1]
+    third = restore(data, tmp_path / "backup-right", now=0)[1]
+    assert [first, second, third] == [
+        data / "before-restore-19700101T000000Z",
+        data / "before-restore-19700101T000000Z-2",
+        data / "before-restore-19700101T000000Z-3",
+    ]
+    assert await bodies_in(first) == ["current"]
+    assert await bodies_in(second) == ["wrong"]
+    assert await bodies_in(data) == ["right"]
+
+
 async def test_kept_sns_certificates_are_backed_up_and_added_by_a_restore(tmp_path: Path):
     """Envelopes in the backed-up store may name a certificate of an earlier key: it must be
     served after the restore, beside those the data directory kept itself."""
