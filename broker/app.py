@@ -379,7 +379,7 @@ class BrokerApp:
             signature_version=settings.signature_version,
             cert_url_base=settings.signing_cert_url_base,
             log=self.frame.log,
-            written=self.disk.written if self.disk is not None else None,
+            disk=self.disk,
         )
         deliveries.fanout = fanout
         watch_topics(self.frame.metrics, topics, deliveries)
