@@ -55,6 +55,9 @@ from monitoring.settings import HttpLimits, state_directory
 KEY_FILE: Final = "receipt-handle.key"
 KEY_BYTES: Final = 32
 DECLARED_FILE: Final = "declared-queues.json"  # the names the file declared at the last apply
+# Where ``wharf-broker restore`` holds the restored files while it puts them in place: the
+# data directory is half old, half restored while it exists (see broker.backup).
+RESTORING_DIR: Final = "restore-in-progress"
 STORE_CLOSE_TIMEOUT_SECONDS: Final = 30.0  # bound on the last commits at shutdown
 
 
@@ -83,6 +86,22 @@ def _refuse_an_emptied_store(directory: Path) -> None:
         raise _store_lost(store_file, "is missing") from None
     if _schema_version(store_file) == 0:
         raise _store_lost(store_file, "holds no store (is its -wal damaged?)")
+
+
+def _refuse_an_interrupted_restore(directory: Path) -> None:
+    """A restore killed while it moved files in left some of the old ones and some of the
+    backup's: started on, that mix would be a store without its keys, or sequences issued
+    again.
+
+    Raises:
+        StartupError: naming the restore to run again.
+    """
+    if (directory / RESTORING_DIR).exists():
+        raise StartupError(
+            f"{directory / RESTORING_DIR}: a wharf-broker restore into this data directory "
+            "stopped while putting its files in place (or is running): run the restore "
+            f"again; the files it replaced are in the newest {directory}/before-restore-*"
+        )
 
 
 def _schema_version(store_file: Path) -> int | None:
@@ -241,6 +260,7 @@ class BrokerApp:
         disk = DiskSpace(room, config.storage.min_free_bytes, frame.log, store.give_back_wal_space)
         self.disk = disk
         frame.metrics.register_collector(disk.collect)
+        _refuse_an_interrupted_restore(directory)
         _refuse_an_emptied_store(directory)
         try:
             await store.open()
@@ -359,7 +379,7 @@ class BrokerApp:
             signature_version=settings.signature_version,
             cert_url_base=settings.signing_cert_url_base,
             log=self.frame.log,
-            written=self.disk.written if self.disk is not None else None,
+            disk=self.disk,
         )
         deliveries.fanout = fanout
         watch_topics(self.frame.metrics, topics, deliveries)

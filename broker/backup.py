@@ -10,11 +10,15 @@ configuration names outside the data directory (``storage.key_file``, the creden
 TLS keys) are the operator's to keep; the report says so.
 
 A restore needs the broker stopped: it takes the data directory's lock
-(:mod:`broker.store.lock`), checks the backup, moves the files it replaces into
-``before-restore-<UTC time>/`` beside them (nothing is deleted), then copies the backup in.
-The restored store's sequences move forward (:func:`advance_sequences`), so that nothing
-issued after the backup, and lost in the restore, is issued again. The next start opens the
-restored store (and migrates it, if it came from an older broker).
+(:mod:`broker.store.lock`), checks the backup, and copies it into a directory beside the data:
+the keys as files, the store through SQLite (:func:`snapshot`, on a read-only connection), so
+that a source with a ``-wal`` beside it comes back with what that WAL holds. The copied
+store's sequences move forward (:func:`advance_sequences`), so that nothing issued after the
+backup, and lost in the restore, is issued again. Only then does it move the files it
+replaces into ``before-restore-<UTC time>/`` (nothing is deleted) and the copies in, by
+renames, under a marker the start refuses (see :func:`restore`): killed at any point, a
+restore leaves the old data or, once a restore runs again, the restored. The next start opens
+the restored store (and migrates it, if it came from an older broker).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Final
 
 from broker.app import KEY_FILE as RECEIPT_HANDLE_KEY_FILE
+from broker.app import RESTORING_DIR
 from broker.config import BrokerConfig
 from broker.sns_keys import ARCHIVE_PREFIX as SNS_KEPT_CERT_PREFIX
 from broker.sns_keys import CERT_FILE as SNS_CERT_FILE
@@ -100,6 +105,13 @@ def restore(
 ) -> tuple[StoreSummary, Path | None]:
     """Put the backup directory ``source`` in place as ``data_dir``'s store and keys.
 
+    Everything is prepared first under ``restore-in-progress.partial/`` in ``data_dir`` (the
+    same filesystem): the keys, the store with its sequences advanced, all fsync'd. Renamed
+    to ``restore-in-progress/``, it marks the switch: the replaced files go aside, the keys
+    and kept certificates come in, the store last, then the marker goes. Killed before the
+    switch, the restore leaves ``data_dir`` as it was (the next restore removes what it
+    prepared); during it, the start refuses (:mod:`broker.app`) until a restore runs again.
+
     Returns:
         The restored store's summary, and the directory the replaced files were moved to
         (None when ``data_dir`` held none: no empty directory is left behind).
@@ -107,9 +119,9 @@ def restore(
     Raises:
         StoreError: the broker is running on ``data_dir`` (``DataDirectoryInUse``), or
             ``source`` is not a usable backup. Nothing was changed then.
-        OSError: copying failed (the disk is full, say); the replaced files were put back.
+        OSError: copying failed (the disk is full, say); nothing was changed either.
     """
-    summary = inspect(source / FILE_NAME)
+    inspect(source / FILE_NAME)  # a bad backup is refused before anything changes
     if not (source / RECEIPT_HANDLE_KEY_FILE).is_file():
         raise StoreError(
             f"{source}: no {RECEIPT_HANDLE_KEY_FILE}: not a whole backup (with a new key, "
@@ -119,60 +131,81 @@ def restore(
     lock = DataDirectoryLock(data_dir)
     lock.acquire()
     try:
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
-        aside = data_dir / f"before-restore-{stamp}"
+        switching = data_dir / RESTORING_DIR
+        preparing = data_dir / (RESTORING_DIR + PARTIAL_SUFFIX)
+        for leftover in (switching, preparing):  # of a restore that was killed: copies only
+            shutil.rmtree(leftover, ignore_errors=True)
+        summary, restored = _prepare(source, data_dir, preparing)
+        preparing.rename(switching)
+        fsync_directory(data_dir)
         # The store's WAL and shared-memory files go with it: left beside the restored file,
         # SQLite would replay the old WAL into it.
         moved = [name for name in (*_STORE_FILES, *KEY_FILES) if (data_dir / name).exists()]
-        if moved:
-            aside.mkdir(mode=0o700)
-        for name in moved:
-            (data_dir / name).rename(aside / name)
-        fsync_directory(data_dir)
-        try:
-            restored = _copy_in(source, data_dir)
-            advance_sequences(data_dir / FILE_NAME)
-        except BaseException:
-            # A disk full half-way, say: the next start would find no store and begin an
-            # empty one. Put the replaced files back instead.
-            _put_back(data_dir, aside, moved)
-            raise
-        replaced = [aside] if moved else []
+        aside = _new_aside_directory(data_dir, now) if moved else None
+        _switch(data_dir, switching, aside, moved, restored)
+        replaced = [aside] if aside else []
         # The lock file too: made here by root, it would keep the service user's broker
         # from starting ("Permission denied: wharf.lock") on the restored data.
         _give_to_owner(data_dir, [lock.path, *replaced, *(data_dir / name for name in restored)])
     finally:
         lock.release()
-    return summary, aside if moved else None
+    return summary, aside
+
+
+def _new_aside_directory(data_dir: Path, now: float | None) -> Path:
+    """``before-restore-<UTC time>``, made; ``-2``, ``-3``... after it when a restore in the
+    same second took the name."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+    aside = data_dir / f"before-restore-{stamp}"
+    taken = 1
+    while True:
+        try:
+            aside.mkdir(mode=0o700)
+            return aside
+        except FileExistsError:
+            taken += 1
+            aside = data_dir / f"before-restore-{stamp}-{taken}"
 
 
 def _copy(source: Path, destination: Path) -> None:
     copy_file(source, destination, 0o600 if source.name in _SECRET_FILES else 0o644)
 
 
-def _copy_in(source: Path, data_dir: Path) -> list[str]:
-    """Copy the backup's store and keys into ``data_dir``; the names copied."""
-    _copy(source / FILE_NAME, data_dir / FILE_NAME)
-    restored = [FILE_NAME]
-    for name in KEY_FILES:
-        if (source / name).is_file():
-            _copy(source / name, data_dir / name)
-            restored.append(name)
-    for name in _kept_certificates(source):
-        # Public, and each names its own content: those here already stay, served on.
-        if not (data_dir / name).exists():
-            _copy(source / name, data_dir / name)
-            restored.append(name)
-    return restored
+def _prepare(source: Path, data_dir: Path, staging: Path) -> tuple[StoreSummary, list[str]]:
+    """Copy the backup into the new directory ``staging``, as it is to be in ``data_dir``;
+    what the store holds, and the names to move in, the store's last. A failure removes
+    ``staging``."""
+    staging.mkdir(mode=0o700)
+    try:
+        names = [name for name in KEY_FILES if (source / name).is_file()]
+        # Public, and each names its own content: those in data_dir already stay, served on.
+        names += [name for name in _kept_certificates(source) if not (data_dir / name).exists()]
+        for name in names:
+            _copy(source / name, staging / name)
+        # Through SQLite, not as a file: a source with a -wal beside it (a before-restore-*
+        # directory, a copy of a data directory after a crash) has its last commits there.
+        summary = snapshot(source / FILE_NAME, staging / FILE_NAME)
+        advance_sequences(staging / FILE_NAME)
+        fsync_directory(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return summary, [*names, FILE_NAME]
 
 
-def _put_back(data_dir: Path, aside: Path, moved: list[str]) -> None:
-    for name in (*_STORE_FILES, *KEY_FILES):
-        (data_dir / name).unlink(missing_ok=True)
-    for name in moved:
-        (aside / name).rename(data_dir / name)
-    if moved:
-        aside.rmdir()
+def _switch(
+    data_dir: Path, staging: Path, aside: Path | None, moved: list[str], names: list[str]
+) -> None:
+    """Move the files ``moved`` from ``data_dir`` into ``aside``, then ``names`` in from
+    ``staging``, then remove ``staging``, whose presence marks the switch as unfinished."""
+    if aside is not None:
+        for name in moved:
+            (data_dir / name).rename(aside / name)
+        fsync_directory(aside)
+    for name in names:
+        (staging / name).rename(data_dir / name)
+    fsync_directory(data_dir)  # every rename durable before the marker goes
+    staging.rmdir()
     fsync_directory(data_dir)
 
 

@@ -10,10 +10,15 @@ have used up the room: each measurement grants a budget of half the room above t
 each send spends three times its request's size from it (a row is written to the WAL, then
 to the database file, both in whole pages), and a spent budget means a new measurement
 before the next send: the nearer the limit, the more often it is measured. A publish spends
-its request's size when it is admitted and, once its subscriptions are known, the bytes of
-every copy and outbox row it writes (:meth:`DiskSpace.written`), so the next adding action
-after a large fan-out measures again; no single publish can overrun the limit by more than
-what it writes itself.
+its request's size when it is admitted and, once its subscriptions are known and before it
+signs anything, reserves an estimate of the copies and outbox rows it will write
+(:meth:`DiskSpace.reserve`), replaced by the exact bytes in its model step
+(:meth:`DiskSpace.settle`) and released once its commit is durable (:meth:`DiskSpace.release`).
+What is reserved is not on the disk yet, so a measurement takes it off the room: publishes
+that run together (signing yields to the event loop) are admitted against what the others
+will write, not against the same room. New messages are refused while the room less the
+reservations is below the limit; no single publish can overrun the limit by more than what
+it writes itself.
 Everything else goes on: receives and deletes are how consumers make room, and they need
 only a little of the space kept back. Below the limit the store is also asked to copy its
 WAL into the database file and truncate it, which gives back what the WAL kept for reuse.
@@ -77,6 +82,7 @@ class DiskSpace:
         self.free = 0
         self.low = False
         self._budget = 0  # bytes sends may still write before the next measurement
+        self._reserved = 0  # bytes admitted publishes will write: not in ``free`` yet
         self.measure()
 
     def measure(self) -> None:
@@ -87,7 +93,7 @@ class DiskSpace:
             self._log.warning("storage.free_space_unknown", reason=str(error))
             return
         low = self.min_free_bytes > 0 and self.free < self.min_free_bytes
-        self._budget = (self.free - self.min_free_bytes) // 2
+        self._budget = (self.free - self._reserved - self.min_free_bytes) // 2
         if low and not self.low:
             self._log.error(
                 "storage.disk_low",
@@ -116,22 +122,58 @@ class DiskSpace:
         """
         if action not in ADDING_ACTIONS or not self.min_free_bytes:
             return
-        self._budget -= 3 * request_bytes
+        self._spend(3 * request_bytes)
+
+    def reserve(self, stored_bytes: int) -> int:
+        """Admit a publish's copies and outbox rows, about ``stored_bytes``, until its commit
+        is durable: spent from the budget (at three times, as a send) and taken off the room
+        every measurement finds until :meth:`release`.
+
+        Returns:
+            The reservation, for :meth:`settle` and :meth:`release`.
+
+        Raises:
+            AwsError: ``ServiceUnavailable`` (503): the room less what other publishes hold
+                is below the limit. Nothing is reserved then.
+        """
+        if not self.min_free_bytes:
+            return 0
+        reservation = 3 * stored_bytes
+        self._spend(reservation)
+        self._reserved += reservation
+        return reservation
+
+    def settle(self, reservation: int, stored_bytes: int) -> int:
+        """Replace ``reservation`` with what the publish stores, ``stored_bytes``, known in
+        its model step; the difference is spent from (or given back to) the budget.
+
+        Returns:
+            The new reservation, to :meth:`release` once the commit is durable.
+        """
+        settled = 3 * stored_bytes
+        self._budget -= settled - reservation
+        self._reserved += settled - reservation
+        return settled
+
+    def release(self, reservation: int) -> None:
+        """The commit that ``reservation`` was for is on the disk (or failed): measurements
+        see what it wrote."""
+        self._reserved -= reservation
+
+    def _spend(self, charge: int) -> None:
+        self._budget -= charge
         if self._budget < 0:
             self.measure()
-        if self.low:
+        if self.low or self.free - self._reserved < self.min_free_bytes:
+            held = f", {self._reserved} of them held for publishes in progress" * bool(
+                self._reserved
+            )
             raise common_error(
                 "ServiceUnavailable",
-                f"The broker's disk has {self.free} bytes free, below its limit of "
+                f"The broker's disk has {self.free} bytes free{held}, below its limit of "
                 f"{self.min_free_bytes}: new messages are refused until consumers or the "
                 "operator make room. Retry later.",
             )
-
-    def written(self, stored_bytes: int) -> None:
-        """Spend what an admitted action stores beyond its request's size (a publish's
-        copies and outbox rows), at the same three times; the next adding action measures
-        if that spent the budget."""
-        self._budget -= 3 * stored_bytes
 
     async def watch_forever(self) -> None:
         while True:

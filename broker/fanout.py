@@ -38,6 +38,7 @@ from typing import Any, NamedTuple, Protocol
 
 import msgspec
 
+from broker.disk_space import DiskSpace
 from broker.frontend import request_ids
 from broker.model.errors import SqsError
 from broker.model.filter_index import Selection
@@ -54,6 +55,7 @@ from broker.model.publishing import (
     Original,
     PreparedMessage,
     TopicDeduplication,
+    publish_size,
     sequence_number,
 )
 from broker.model.sns_mutations import (
@@ -75,6 +77,10 @@ from broker.topic_state import Subscription, Topic
 from monitoring.logging import EventLog
 from proto.aws import sns_envelope
 from proto.aws.sns_envelope import EnvelopeError
+
+# What an envelope adds to the message it carries (ids, URLs, signature, timestamp), for the
+# disk space a publish reserves before its bodies are built; its commit settles the exact bytes.
+ENVELOPE_FIELDS_BYTES = 2048
 
 
 class DeliveryTracker(Protocol):
@@ -136,7 +142,7 @@ class Fanout:
         signature_version: str,
         cert_url_base: str,
         log: EventLog,
-        written: Callable[[int], None] | None = None,
+        disk: DiskSpace | None = None,
     ) -> None:
         """Wire the publisher.
 
@@ -150,8 +156,8 @@ class Fanout:
             signature_version: SignatureVersion of topics that set none.
             cert_url_base: base of SigningCertURL; empty: the request's base URL.
             log: the daemon's event log.
-            written: told the bytes each publish stores
-                (:meth:`broker.disk_space.DiskSpace.written`).
+            disk: the disk alarm: each publish reserves the room its copies and outbox
+                rows take until its commit is durable (:meth:`DiskSpace.reserve`).
         """
         self.store = store
         self.queues = queues
@@ -161,7 +167,7 @@ class Fanout:
         self.signature_version = signature_version
         self.cert_url_base = cert_url_base
         self.log = log
-        self.written = written
+        self.disk = disk
         self._new_message_id = request_ids()
 
     def signer(self, topic: Topic, base_url: str) -> sns_envelope.Signer:
@@ -191,28 +197,56 @@ class Fanout:
         now = now_ms()
         if topic.settings.fifo:  # unsigned envelopes; dedup and sequence in the model step
             plans = None
+            selections = [_select(topic, message) for message in messages]
         else:
             plans = [
                 self._plan(topic, message, self._new_message_id(), None, now, base_url)
                 for message in messages
             ]
-            await self._sign(topic, plans, base_url)
-        batch = Batch()
-        if plans is None:
-            results = [
-                self._publish_fifo(batch, topic, message, now, base_url, sender_id)
-                for message in messages
-            ]
-            seq = TopicSequenceRaised(topic_id=topic.record.topic_id, next_seq=topic.next_seq)
-            batch.mutations.append(seq)
-        else:
-            results = [self._deliver(batch, topic, plan, now, sender_id) for plan in plans]
-        if self.written is not None:
-            self.written(batch.stored_bytes)
-        # Always commit, even with nothing to write: a duplicate then answers only once the
-        # original it names is durable (commits complete in order).
-        await self.store.commit(batch.mutations, batch.on_durable)
+            selections = [plan.selection for plan in plans]
+        # Before the signatures are awaited: the publishes admitted meanwhile count this one.
+        reservation = self._reserve(messages, selections)
+        try:
+            if plans is not None:
+                await self._sign(topic, plans, base_url)
+            batch = Batch()
+            if plans is None:
+                results = [
+                    self._publish_fifo(batch, topic, message, selection, now, base_url, sender_id)
+                    for message, selection in zip(messages, selections, strict=True)
+                ]
+                seq = TopicSequenceRaised(topic_id=topic.record.topic_id, next_seq=topic.next_seq)
+                batch.mutations.append(seq)
+            else:
+                results = [self._deliver(batch, topic, plan, now, sender_id) for plan in plans]
+            if self.disk is not None:
+                reservation = self.disk.settle(reservation, batch.stored_bytes)
+            # Always commit, even with nothing to write: a duplicate then answers only once the
+            # original it names is durable (commits complete in order).
+            await self.store.commit(batch.mutations, batch.on_durable)
+        finally:
+            if self.disk is not None:
+                self.disk.release(reservation)
         return results
+
+    def _reserve(
+        self, messages: Sequence[PreparedMessage], selections: Sequence[Selection[str]]
+    ) -> int:
+        """Reserve the disk space the messages' copies and outbox rows will take, estimated
+        as each message whole for each subscription it matches, with an envelope's fields.
+
+        Raises:
+            AwsError: ``ServiceUnavailable``: the disk has no room for them.
+        """
+        disk = self.disk
+        if disk is None or not disk.min_free_bytes:
+            return 0
+        estimate = sum(
+            len(selection.matched) * (publish_size(message.request) + ENVELOPE_FIELDS_BYTES)
+            for message, selection in zip(messages, selections, strict=True)
+            if selection.matched
+        )
+        return disk.reserve(estimate)
 
     async def _sign(self, topic: Topic, plans: Sequence[_Plan], base_url: str) -> None:
         """Sign the planned envelopes ahead of the model step, then build them."""
@@ -237,12 +271,15 @@ class Fanout:
         sequence: str | None,
         now: int,
         base_url: str,
+        selection: Selection[str] | None = None,
     ) -> _Plan:
-        """Select the subscriptions and note the envelopes they get; changes nothing.
+        """Select the subscriptions (unless ``selection`` has them) and note the envelopes
+        they get; changes nothing.
 
         A FIFO topic's envelopes, unsigned, are built here; a standard topic's once signed.
         """
-        selection = topic.index.match(message.request.attributes, message.messages["default"])
+        if selection is None:
+            selection = _select(topic, message)
         bodies = Bodies(self.signer, topic, message, message_id, sequence, now, base_url)
         subscriptions = topic.subscriptions
         prepared: set[str] = set()  # protocols whose envelope is built: one text each
@@ -265,6 +302,7 @@ class Fanout:
         batch: Batch,
         topic: Topic,
         message: PreparedMessage,
+        selection: Selection[str],
         now: int,
         base_url: str,
         sender_id: str,
@@ -290,7 +328,7 @@ class Fanout:
                 expires_at=expires_at,
             )
         )
-        plan = self._plan(topic, message, message_id, sequence, now, base_url)
+        plan = self._plan(topic, message, message_id, sequence, now, base_url, selection)
         return self._deliver(batch, topic, plan, now, sender_id)
 
     def _deliver(
@@ -628,6 +666,10 @@ class Fanout:
         self._send_as_sns(
             batch, subscription, queue, send, now, failure="sns.unsubscribe_confirmation_failed"
         )
+
+
+def _select(topic: Topic, message: PreparedMessage) -> Selection[str]:
+    return topic.index.match(message.request.attributes, message.messages["default"])
 
 
 def _count_deliveries(

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import os
+import shutil
+import signal
+import sqlite3
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
 
 from broker import backup as broker_backup
+from broker.app import RESTORING_DIR
 from broker.backup import KEY_FILES, backup, outside_files, restore
 from broker.config import AuthSettings, BrokerConfig, StorageSettings
 from broker.model.settings import QueueSettings
@@ -19,6 +27,8 @@ from broker.sns_keys import ARCHIVE_PREFIX as SNS_KEPT
 from broker.store.base import StoreError
 from broker.store.lock import LOCK_FILE, DataDirectoryInUse, DataDirectoryLock
 from broker.store.sqlite import FILE_NAME, SqliteStore
+from broker.store.sqlite_backup import RESTORED_SEQ_GAP
+from broker.store.sqlite_writer import SqliteWriter
 from tests.broker.store.test_base import inserted
 from tests.broker.store.test_sqlite_sns import subscription
 from tests.support.broker import BrokerThread, broker_config
@@ -66,6 +76,63 @@ async def test_backup_then_restore_brings_the_store_and_keys_back(tmp_path: Path
         assert (aside / name).read_bytes() == f"{name} of new".encode()  # nothing is deleted
     assert (aside / f"{FILE_NAME}-wal").exists()
     assert await bodies_in(aside) == ["other"]
+
+
+async def test_a_restore_from_a_store_with_a_wal_brings_back_what_the_wal_holds(
+    tmp_path: Path, monkeypatch
+):
+    """A before-restore-* directory, or a copy of a data directory after a crash, has its
+    last commits in the store's -wal: the restore copied the main file alone, and lost them
+    while its summary counted them (found by a report-only hunt)."""
+    monkeypatch.setattr(SqliteWriter, "_checkpoint", lambda self, connection: None)
+    data, crashed = tmp_path / "data", tmp_path / "crashed"
+    store = SqliteStore(data)
+    await store.open()
+    queue = await store.create_queue("q", QueueSettings(), {}, 0)
+    await store.commit([inserted(queue.queue_id, seq, f"m{seq}") for seq in range(1, 201)])
+    # A cold copy taken while the broker runs is what a kill leaves: the commits in the WAL.
+    crashed.mkdir()
+    for name in (FILE_NAME, f"{FILE_NAME}-wal"):
+        shutil.copyfile(data / name, crashed / name)
+    await store.aclose()
+    (crashed / "receipt-handle.key").write_bytes(b"k" * 32)
+    assert (crashed / f"{FILE_NAME}-wal").stat().st_size > 0
+    source_files = {
+        p.name: hashlib.sha256(p.read_bytes()).digest()
+        for p in crashed.iterdir()
+        if p.name != f"{FILE_NAME}-shm"  # SQLite's index of the WAL, rebuilt by any reader
+    }
+
+    summary, _ = restore(tmp_path / "new", crashed, now=0)
+
+    assert summary.messages == 200
+    assert await bodies_in(tmp_path / "new") == [f"m{seq}" for seq in range(1, 201)]
+    assert source_files == {  # read, never written: the source keeps its WAL
+        p.name: hashlib.sha256(p.read_bytes()).digest()
+        for p in crashed.iterdir()
+        if p.name != f"{FILE_NAME}-shm"
+    }
+
+
+async def test_restores_in_the_same_second_each_keep_what_they_replaced(tmp_path: Path):
+    """The second failed with "[Errno 17] File exists: .../before-restore-<time>": a
+    scripted "restore the wrong backup, then the right one" (found by a report-only hunt)."""
+    for name in ("wrong", "right"):
+        await make_store(tmp_path / name, [name])
+        backup(tmp_path / name, tmp_path / f"backup-{name}")
+    data = tmp_path / "data"
+    await make_store(data, ["current"])
+    first = restore(data, tmp_path / "backup-wrong", now=0)[1]
+    second = restore(data, tmp_path / "backup-right", now=0)[1]
+    third = restore(data, tmp_path / "backup-right", now=0)[1]
+    assert [first, second, third] == [
+        data / "before-restore-19700101T000000Z",
+        data / "before-restore-19700101T000000Z-2",
+        data / "before-restore-19700101T000000Z-3",
+    ]
+    assert await bodies_in(first) == ["current"]
+    assert await bodies_in(second) == ["wrong"]
+    assert await bodies_in(data) == ["right"]
 
 
 async def test_kept_sns_certificates_are_backed_up_and_added_by_a_restore(tmp_path: Path):
@@ -213,7 +280,7 @@ def test_outside_files_lists_what_the_operator_keeps(tmp_path: Path):
     assert outside_files(BrokerConfig()) == []
 
 
-async def test_a_restore_that_fails_half_way_puts_the_replaced_files_back(tmp_path, monkeypatch):
+async def test_a_restore_that_fails_half_way_changes_nothing(tmp_path, monkeypatch):
     data, copy = tmp_path / "data", tmp_path / "copy"
     await make_store(tmp_path / "old", ["backed up"])
     backup(tmp_path / "old", copy)
@@ -222,8 +289,8 @@ async def test_a_restore_that_fails_half_way_puts_the_replaced_files_back(tmp_pa
     real_copy = broker_backup._copy
 
     def copy_until_full(source: Path, destination: Path) -> None:
-        if destination.name != FILE_NAME:
-            raise OSError(28, "No space left on device")  # the store went in, a key did not
+        if destination.name != "receipt-handle.key":
+            raise OSError(28, "No space left on device")  # one key was copied, the next not
         real_copy(source, destination)
 
     monkeypatch.setattr(broker_backup, "_copy", copy_until_full)
@@ -231,7 +298,7 @@ async def test_a_restore_that_fails_half_way_puts_the_replaced_files_back(tmp_pa
         restore(data, copy, now=0)
     after = {p.name: p.read_bytes() for p in data.iterdir() if p.is_file()}
     assert after == before
-    assert not (data / "before-restore-19700101T000000Z").exists()
+    assert [p for p in data.iterdir() if p.is_dir()] == []  # nothing moved aside or left
     assert await bodies_in(data) == ["current"]
 
 
@@ -301,3 +368,94 @@ def test_after_a_restore_no_id_or_handle_of_the_lost_history_is_issued_again(tmp
             sqs.receive_message(QueueUrl=url_again)["Messages"][0]["Body"]
             == "a new queue's message"
         )
+
+
+# A restore in a process of its own, SIGKILLed as it is about to take its Nth step: each
+# rename, the only way a restore changes what a start finds.
+RESTORE_KILLED_AT_STEP = """
+import os, pathlib, signal, sys
+from broker.backup import restore
+steps_left = int(sys.argv[1])
+def killed_at_its_step(real):
+    def step(self, target):
+        global steps_left
+        steps_left -= 1
+        if steps_left == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, target)
+    return step
+pathlib.Path.rename = killed_at_its_step(pathlib.Path.rename)
+pathlib.Path.replace = killed_at_its_step(pathlib.Path.replace)
+restore(pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3]))
+"""
+
+
+def restore_killed_at(step: int, data_dir: Path, source: Path) -> int:
+    run = [sys.executable, "-c", RESTORE_KILLED_AT_STEP, str(step), str(data_dir), str(source)]
+    return subprocess.run(run, check=False, timeout=60).returncode
+
+
+def serve_once(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    config = data_dir.with_name(data_dir.name + ".toml")
+    config.write_text(f'[admin]\nport = 0\n[api]\nport = 0\n[storage]\ndata_dir = "{data_dir}"\n')
+    return subprocess.run(
+        [sys.executable, "-m", "broker.cli", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def data_state(data_dir: Path) -> tuple[object, ...]:
+    """What a start would serve: the bodies, the keys, kept certificates, and whether the
+    sequences moved past the lost history."""
+    if not (data_dir / FILE_NAME).exists():
+        return ("no store",)
+    with sqlite3.connect(f"{(data_dir / FILE_NAME).as_uri()}?mode=ro", uri=True) as connection:
+        (next_seq,) = connection.execute("SELECT next_seq FROM queues").fetchone()
+    return (
+        await bodies_in(data_dir),
+        {name: (data_dir / name).read_bytes() for name in KEY_FILES},
+        broker_backup._kept_certificates(data_dir),
+        next_seq > RESTORED_SEQ_GAP,
+    )
+
+
+async def test_a_restore_killed_at_any_step_leaves_the_old_data_or_a_start_that_refuses(
+    tmp_path: Path,
+):
+    """Killed after the store was in place, a restore left it without its keys (the start
+    made new ones: every receipt handle refused, SNS certificates gone) or without its
+    sequences advanced (FIFO SequenceNumbers issued again) (found by a report-only hunt)."""
+    await make_store(tmp_path / "old", ["backed up"])
+    (tmp_path / "old" / f"{SNS_KEPT}{'1' * 32}.pem").write_bytes(b"earlier")
+    backup(tmp_path / "old", tmp_path / "backup")
+    await make_store(tmp_path / "current", ["current"])
+    unchanged = tmp_path / "unchanged"
+    shutil.copytree(tmp_path / "current", unchanged)
+    old_state = await data_state(unchanged)
+    restore(unchanged, tmp_path / "backup")
+    restored_state = await data_state(unchanged)
+    assert restored_state[0] == ["backed up"]
+    assert restored_state[3]
+
+    refused = 0
+    for step in itertools.count(1):
+        data = tmp_path / f"killed-at-{step}"
+        shutil.copytree(tmp_path / "current", data)
+        killed = restore_killed_at(step, data, tmp_path / "backup")
+        if killed == 0:
+            break  # a restore that took fewer steps than this one: all were tried
+        assert killed == -signal.SIGKILL
+        if (data / RESTORING_DIR).exists():
+            refused += 1
+            started = serve_once(data)
+            assert started.returncode == 1
+            assert "a wharf-broker restore into this data directory stopped" in started.stderr
+            restore(data, tmp_path / "backup", now=0)  # what the start asks for
+            assert await data_state(data) == restored_state
+        else:
+            assert await data_state(data) in (old_state, restored_state), step
+    assert step > 5
+    assert refused > 0

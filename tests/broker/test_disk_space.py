@@ -120,14 +120,51 @@ def test_a_publish_spends_what_its_copies_store_and_the_next_send_measures():
     free = [10_000]
     disk, calls = counted(free, 400)
     disk.admit("Publish", 100)  # its request: 300 of the 4,800 budget
-    assert calls == [10_000]
-    disk.written(1_400)  # its copies, known once its subscriptions are: 4,200
+    held = disk.reserve(1_000)  # its copies, estimated once its subscriptions are known: 3,000
+    held = disk.settle(held, 1_400)  # and exactly, in its model step: 4,200
     disk.admit("Publish", 100)  # all 4,800 spent, none overspent: no measurement yet
     assert calls == [10_000]
     free[0] = 300  # meanwhile the copies (and others) filled the disk
     with pytest.raises(AwsError):
         disk.admit("SendMessage", 1)  # the budget is spent: measured first
     assert calls == [10_000, 300]
+    disk.release(held)
+
+
+def test_publishes_in_progress_are_taken_off_the_room_until_their_commits_are_durable():
+    """Publishes that awaited their signatures together were all admitted against the same
+    room, and together wrote the disk full (found by a report-only hunt)."""
+    free = [10_000]
+    disk, calls = counted(free, 4_000)
+    first = disk.reserve(1_500)  # 4,500: more than the budget, measured, the room is there
+    second = disk.reserve(1_500)  # measured again: 10,000 free less 4,500 held is room
+    assert calls == [10_000, 10_000, 10_000]
+    with pytest.raises(AwsError) as refused:  # 1,000 left above the limit once both land
+        disk.reserve(1_500)
+    assert "10000 bytes free, 9000 of them held for publishes in progress, below its limit" in (
+        refused.value.message
+    )
+    with pytest.raises(AwsError):
+        disk.admit("SendMessage", 10)
+    assert not disk.low  # not below the limit yet: no alarm logged, receives unaffected
+    disk.release(first)
+    disk.release(second)
+    free[0] = 7_000  # both written
+    disk.admit("SendMessage", 10)
+    held = disk.reserve(500)
+    assert disk.settle(held, 0) == 0  # a publish that stored nothing gives its budget back
+    disk.release(0)
+
+
+def test_with_the_limit_off_a_publish_reserves_nothing():
+    disk, _ = counted([100], 0)
+    held = disk.reserve(10**9)
+    assert held == 0
+    disk.release(disk.settle(held, 10**9))
+    disk.min_free_bytes = 10  # a reload turns it on: nothing is held
+    disk.measure()
+    disk.admit("Publish", 1)
+    disk.release(disk.reserve(1))
 
 
 def test_below_the_limit_the_store_is_asked_for_room_at_every_measurement():

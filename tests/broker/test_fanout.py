@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from broker import sns_bodies, sns_signing
+from broker.disk_space import DiskSpace
 from broker.model.messages import SendRequest
 from broker.model.publishing import PublishRequest, prepare
 from broker.model.sns_errors import SnsError
@@ -66,17 +67,25 @@ async def test_one_publish_is_one_commit_for_every_subscriber(harness: Harness) 
         assert json.loads(body)["MessageId"] == result.message_id
 
 
-async def test_each_publish_tells_the_disk_alarm_what_its_copies_store(harness: Harness) -> None:
+async def test_each_publish_holds_what_its_copies_store_until_its_commit(
+    harness: Harness, monkeypatch
+) -> None:
     raw = await queue(harness, "raw")
     enveloped = await queue(harness, "enveloped")
     await harness.subscribe_queue(raw.arn, RawMessageDelivery="true")
     await harness.subscribe_queue(enveloped.arn)
-    stored: list[int] = []
-    harness.fanout.written = stored.append
+    disk = DiskSpace(lambda: 1 << 40, 1, EventLog("broker", stream=io.StringIO()))
+    harness.fanout.disk = disk
+    settled: list[int] = []
+    real_settle = disk.settle
+    monkeypatch.setattr(
+        disk, "settle", lambda held, stored: settled.append(stored) or real_settle(held, stored)
+    )
     await harness.publish("hello")
     (raw_body,) = await bodies(harness, "raw")
     (envelope,) = await bodies(harness, "enveloped")
-    assert stored == [len(raw_body) + len(envelope)]
+    assert settled == [len(raw_body) + len(envelope)]
+    assert disk._reserved == 0  # released once durable
 
 
 async def test_the_spliced_envelope_equals_a_directly_built_one(harness: Harness) -> None:
