@@ -183,6 +183,7 @@ class HttpDeliveries:
         self._lanes: dict[str, _Lane] = {}
         self._next_id = 1
         self._cached_bytes = 0
+        self._unusable_policies_logged: set[str] = set()  # subscription ids
         self._pending_by_topic: dict[int, int] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -310,50 +311,11 @@ class HttpDeliveries:
 
     async def _run_lane(self, lane: _Lane) -> None:
         try:
-            while True:
-                proven = lane.subscription_id in self._proven
-                limit = self.endpoint_concurrency if proven else 1
-                if not lane.heap or lane.in_flight >= limit:
-                    if not lane.heap and lane.in_flight == 0:
-                        return
-                    await lane.wake.wait()
-                    continue
-                due, delivery_id = lane.heap[0]
-                item = lane.items.get(delivery_id)
-                if item is None or item.in_flight or item.next_attempt_at != due:
-                    heapq.heappop(lane.heap)  # finished, forgotten or rescheduled meanwhile
-                    continue
-                delay = max((due - now_ms()) / 1000, lane.next_start - trio.current_time())
-                if delay > 0:
-                    with trio.move_on_after(delay):
-                        await lane.wake.wait()
-                    continue
-                if self._window_passed(item):
-                    heapq.heappop(lane.heap)
-                    item.in_flight = True
-                    lane.in_flight += 1
-                    assert self._nursery is not None
-                    self._nursery.start_soon(self._expire, lane, item)
-                    continue
-                lead = not lane.leading
-                if not lead:
-                    # A further attempt starts only on a shared slot free now: queued for one,
-                    # it would hold this lane back when its lead ends, behind slow endpoints.
-                    try:
-                        self._shared.acquire_on_behalf_of_nowait(item)
-                    except trio.WouldBlock:
-                        self._awaiting_shared.add(lane)
-                        await lane.wake.wait()  # a shared slot freed, its lead's end, new work
-                        continue
-                heapq.heappop(lane.heap)
-                item.in_flight = True
-                lane.leading = True
-                lane.in_flight += 1
-                interval = self._policy(item).throttle.min_interval
-                lane.next_start = max(lane.next_start, trio.current_time()) + interval
-                assert self._nursery is not None
-                probe = lane.subscription_id in self._failing
-                self._nursery.start_soon(self._attempt, lane, item, probe, lead)
+            await self._schedule_lane(lane)
+        except Exception as exc:  # a bug in one lane must not stop the others, nor the broker
+            self.log.exception("sns.lane_bug", exc, subscription=lane.subscription_id)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._restart_lane_later, lane)
         finally:
             lane.running = False
             # An idle lane goes, unless it still holds a throttle interval: the next delivery
@@ -361,6 +323,58 @@ class HttpDeliveries:
             idle = not lane.items and lane.next_start <= trio.current_time()
             if idle and self._lanes.get(lane.subscription_id) is lane:
                 del self._lanes[lane.subscription_id]
+
+    async def _restart_lane_later(self, lane: _Lane) -> None:
+        await trio.sleep(RETRY_AFTER_BUG_SECONDS)
+        if self._lanes.get(lane.subscription_id) is lane:
+            self._start(lane)
+
+    async def _schedule_lane(self, lane: _Lane) -> None:
+        """Start the lane's attempts as they fall due; return once it has nothing left."""
+        while True:
+            proven = lane.subscription_id in self._proven
+            limit = self.endpoint_concurrency if proven else 1
+            if not lane.heap or lane.in_flight >= limit:
+                if not lane.heap and lane.in_flight == 0:
+                    return
+                await lane.wake.wait()
+                continue
+            due, delivery_id = lane.heap[0]
+            item = lane.items.get(delivery_id)
+            if item is None or item.in_flight or item.next_attempt_at != due:
+                heapq.heappop(lane.heap)  # finished, forgotten or rescheduled meanwhile
+                continue
+            delay = max((due - now_ms()) / 1000, lane.next_start - trio.current_time())
+            if delay > 0:
+                with trio.move_on_after(delay):
+                    await lane.wake.wait()
+                continue
+            if self._window_passed(item):
+                heapq.heappop(lane.heap)
+                item.in_flight = True
+                lane.in_flight += 1
+                assert self._nursery is not None
+                self._nursery.start_soon(self._expire, lane, item)
+                continue
+            interval = self._policy(item).throttle.min_interval
+            lead = not lane.leading
+            if not lead:
+                # A further attempt starts only on a shared slot free now: queued for one,
+                # it would hold this lane back when its lead ends, behind slow endpoints.
+                try:
+                    self._shared.acquire_on_behalf_of_nowait(item)
+                except trio.WouldBlock:
+                    self._awaiting_shared.add(lane)
+                    await lane.wake.wait()  # a shared slot freed, its lead's end, new work
+                    continue
+            heapq.heappop(lane.heap)
+            item.in_flight = True
+            lane.leading = True
+            lane.in_flight += 1
+            lane.next_start = max(lane.next_start, trio.current_time()) + interval
+            assert self._nursery is not None
+            probe = lane.subscription_id in self._failing
+            self._nursery.start_soon(self._attempt, lane, item, probe, lead)
 
     def _subscription(self, item: _Item) -> Subscription | None:
         return self.topics.subscription_by_id(item.subscription_id)
@@ -371,6 +385,14 @@ class HttpDeliveries:
         policy = self.topics.delivery_policy(item.subscription_id)
         if policy is None:  # nothing left of the subscription (topic deleted, link expired)
             return EffectiveDeliveryPolicy()
+        if policy.problems and item.subscription_id not in self._unusable_policies_logged:
+            self._unusable_policies_logged.add(item.subscription_id)
+            self.log.warning(
+                "sns.delivery_policy_unusable",
+                subscription=item.subscription_id,
+                problems="; ".join(policy.problems),
+                using="defaults for those parts",
+            )
         return policy
 
     async def _attempt(self, lane: _Lane, item: _Item, probe: bool, lead: bool) -> None:

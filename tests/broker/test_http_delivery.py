@@ -8,13 +8,18 @@ import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 
 from broker.fanout import Batch
 from broker.http_delivery import HttpDeliveries
-from broker.model.delivery_policy import EffectiveDeliveryPolicy
-from broker.model.sns_mutations import HttpDeliveryRescheduled
+from broker.model.delivery_policy import (
+    EffectiveDeliveryPolicy,
+    SubscriptionDeliveryPolicy,
+    ThrottlePolicy,
+)
+from broker.model.sns_mutations import HttpDeliveryRescheduled, SubscriptionSaved
 from broker.registry import now_ms
 from tests.support.sns import Endpoint
 from tests.support.sns_harness import FAST, Harness, build
@@ -244,3 +249,47 @@ async def test_the_window_ends_a_grace_second_after_its_last_scheduled_retry(
         assert not harness.deliveries._window_passed(item)
         item.first_attempt_at = now_ms() - 3_602_000
         assert harness.deliveries._window_passed(item)
+
+
+async def test_a_stored_policy_this_broker_refuses_is_delivered_with_the_defaults(
+    tmp_path: Path,
+) -> None:
+    # An older broker accepted any maxReceivesPerSecond and stored it; 10**400 has no float
+    # interval, and the lane that met it stopped the whole broker, again at every start.
+    with Endpoint() as endpoint:
+        async with trio.open_nursery() as nursery:
+            first = await build(tmp_path, nursery)
+            subscription = await first.subscribe(endpoint.url)
+            nursery.cancel_scope.cancel()
+        huge = SubscriptionDeliveryPolicy(
+            throttle_policy=ThrottlePolicy(max_receives_per_second=10**400)
+        )
+        settings = msgspec.structs.replace(
+            subscription.settings,
+            delivery_policy=json.dumps({"throttlePolicy": {"maxReceivesPerSecond": 10**400}}),
+            delivery_policy_parsed=huge,
+        )
+        record = msgspec.structs.replace(subscription.record, settings=settings)
+        await first.store.commit([SubscriptionSaved(subscription=record)])
+        await first.store.aclose()
+        async with trio.open_nursery() as nursery:
+            second = await build(tmp_path, nursery)
+            for index in range(3):
+                await second.publish(f"m{index}")
+            notifications = await trio.to_thread.run_sync(
+                lambda: endpoint.wait_for(
+                    3, timeout=5, match=lambda r: r.envelope()["Type"] == "Notification"
+                )
+            )
+            assert sorted(r.envelope()["Message"] for r in notifications) == ["m0", "m1", "m2"]
+            logged = second.deliveries.log._settings.stream
+            assert logged is not None
+            lines = [
+                line
+                for line in logged.getvalue().splitlines()
+                if "delivery_policy_unusable" in line
+            ]
+            assert len(lines) == 1, lines  # once per subscription, not per delivery
+            assert "maxReceivesPerSecond must be less than or equal to 1000000" in lines[0]
+            nursery.cancel_scope.cancel()
+        await second.store.aclose()

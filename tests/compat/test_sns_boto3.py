@@ -153,6 +153,40 @@ def test_topic_attributes(sns: Any, name: Names) -> None:
     assert message_of(info) == "Invalid parameter: AttributeName"
 
 
+def test_delivery_policies_out_of_range_are_refused_everywhere(sns: Any, name: Names) -> None:
+    # 10**400 per second was accepted, and the first delivery with it crashed the broker.
+    huge = {"maxReceivesPerSecond": 10**400}
+    topic_policy = json.dumps({"http": {"defaultThrottlePolicy": huge}})
+    own_policy = json.dumps({"throttlePolicy": huge})
+    arn = sns.create_topic(Name=name())["TopicArn"]
+    endpoint = "http://127.0.0.1:9/never-called"
+    subscription = sns.subscribe(
+        TopicArn=arn, Protocol="http", Endpoint=endpoint, ReturnSubscriptionArn=True
+    )["SubscriptionArn"]
+    calls = {
+        "CreateTopic": lambda: sns.create_topic(
+            Name=name(), Attributes={"DeliveryPolicy": topic_policy}
+        ),
+        "SetTopicAttributes": lambda: sns.set_topic_attributes(
+            TopicArn=arn, AttributeName="DeliveryPolicy", AttributeValue=topic_policy
+        ),
+        "Subscribe": lambda: sns.subscribe(
+            TopicArn=arn,
+            Protocol="http",
+            Endpoint=endpoint + "/2",
+            Attributes={"DeliveryPolicy": own_policy},
+        ),
+        "SetSubscriptionAttributes": lambda: sns.set_subscription_attributes(
+            SubscriptionArn=subscription, AttributeName="DeliveryPolicy", AttributeValue=own_policy
+        ),
+    }
+    for action, call in calls.items():
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            call()
+        assert code_of(info) == "InvalidParameter", action
+        assert "maxReceivesPerSecond must be less than or equal to 1000000" in message_of(info)
+
+
 def test_unknown_topics_and_subscriptions(sns: Any) -> None:
     missing = f"arn:aws:sns:us-east-1:{ACCOUNT_ID}:does-not-exist"
     for call in (

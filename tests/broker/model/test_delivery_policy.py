@@ -9,6 +9,7 @@ from broker.model.delivery_policy import (
     AWS_MANAGED_RETRY,
     BACKOFF_FUNCTIONS,
     CUSTOMER_MANAGED_RETRY,
+    MAX_RECEIVES_PER_SECOND,
     MAX_RETRY_SECONDS,
     EffectiveDeliveryPolicy,
     RequestPolicy,
@@ -21,6 +22,7 @@ from broker.model.delivery_policy import (
     parse_topic_delivery_policy,
     render_subscription_effective,
     render_topic_effective,
+    usable_policy,
 )
 from broker.model.sns_errors import SnsError
 
@@ -276,6 +278,44 @@ def test_validation_messages():
     assert error_of({"http": {"disableSubscriptionOverrides": "yes"}}, topic=True).endswith(
         "http.disableSubscriptionOverrides must be a boolean"
     )
+
+
+def test_a_throttle_beyond_the_cap_is_refused():
+    # 10**400 has no float interval: accepted, it crashed the lane that delivered with it.
+    assert MAX_RECEIVES_PER_SECOND == 1_000_000
+    assert sub_policy({"throttlePolicy": {"maxReceivesPerSecond": MAX_RECEIVES_PER_SECOND}})
+    for rate in (MAX_RECEIVES_PER_SECOND + 1, 10**400):
+        throttle = {"maxReceivesPerSecond": rate}
+        assert error_of({"throttlePolicy": throttle}) == (
+            "Invalid parameter: DeliveryPolicy: throttlePolicy.maxReceivesPerSecond "
+            "must be less than or equal to 1000000"
+        )
+        topic = {"http": {"defaultThrottlePolicy": throttle}}
+        assert error_of(topic, topic=True).endswith(
+            "http.defaultThrottlePolicy.maxReceivesPerSecond must be less than or equal to 1000000"
+        )
+
+
+def test_stored_values_the_parser_refuses_fall_back_to_the_defaults():
+    # What an older broker stored without today's checks: the delivery must go on, with
+    # AWS's defaults for the parts that cannot be used, and say why.
+    stored = SubscriptionDeliveryPolicy(
+        healthy_retry_policy=RetryPolicy(num_retries=10**30),
+        throttle_policy=ThrottlePolicy(max_receives_per_second=10**400),
+    )
+    assert ThrottlePolicy(max_receives_per_second=10**400).min_interval == 0.0
+    effective = effective_policy("https", None, stored)
+    assert effective.retry == RetryPolicy()
+    assert effective.throttle == ThrottlePolicy()
+    assert effective.problems == (
+        "healthyRetryPolicy.numRetries must be less than or equal to 100",
+        "throttlePolicy.maxReceivesPerSecond must be less than or equal to 1000000",
+    )
+    fine = effective_policy(
+        "https", None, sub_policy({"throttlePolicy": {"maxReceivesPerSecond": 2}})
+    )
+    assert usable_policy(fine) is fine
+    assert fine.problems == ()
 
 
 def test_rendering_the_effective_policies():
