@@ -52,7 +52,15 @@ MAX_RETRY_SECONDS: Final = 3_600  # "total policy retry time for an HTTP/S endpo
 MAX_RECEIVES_PER_SECOND: Final = 1_000_000
 REQUEST_TIMEOUT_SECONDS: Final = 15.0  # DeliveryPolicies.md: "A request timeout (15 seconds)"
 DEFAULT_CONTENT_TYPE: Final = "text/plain; charset=UTF-8"
-_CONTENT_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;.*)?")
+# RFC 9110 8.3.1 media-type, ASCII only (it becomes the Content-Type field of every POST):
+# type "/" subtype *( OWS ";" OWS token "=" ( token / quoted-string ) ), type and subtype as
+# RFC 6838 restricts them. AWS's guide refers to a list of content types without giving it.
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_QUOTED = r'"(?:[\t !#-\[\]-~]|\\[\t -~])*"'
+_CONTENT_TYPE = re.compile(
+    rf"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|{_QUOTED}))*"
+)
+MAX_CONTENT_TYPE_LENGTH: Final = 256
 
 
 class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -285,6 +293,10 @@ def usable_policy(policy: EffectiveDeliveryPolicy) -> EffectiveDeliveryPolicy:
     if throttle_problem is not None:
         problems.append(f"throttlePolicy{throttle_problem}")
         throttle = ThrottlePolicy()
+    content_type_problem = _content_type_problem(request.header_content_type)
+    if content_type_problem is not None:
+        problems.append(f"requestPolicy{content_type_problem}")
+        request = RequestPolicy()
     if not problems:
         return policy
     return EffectiveDeliveryPolicy(
@@ -320,6 +332,18 @@ def _retry_problem(policy: RetryPolicy) -> str | None:
     # cannot be greater than 3,600 seconds. This is a hard limit."
     if sum(policy.schedule()) > MAX_RETRY_SECONDS:
         return f": Total policy retry time cannot be greater than {MAX_RETRY_SECONDS} seconds"
+    return None
+
+
+def _content_type_problem(content_type: str | None) -> str | None:
+    """Why the parser refuses a headerContentType (after its path), or None."""
+    if content_type is not None and len(content_type) > MAX_CONTENT_TYPE_LENGTH:
+        return f".headerContentType must be at most {MAX_CONTENT_TYPE_LENGTH} characters long"
+    if content_type is None or _CONTENT_TYPE.fullmatch(content_type) is None:
+        return (
+            ".headerContentType must be a media type such as application/json, with "
+            "parameters such as charset=UTF-8, in visible ASCII"
+        )
     return None
 
 
@@ -520,8 +544,11 @@ class _Reader:
             self.fail(f"{path} must be a JSON object")
         self.members(node, f"{path}.", ("headerContentType",))
         content_type = node.get("headerContentType", DEFAULT_CONTENT_TYPE)
-        if not isinstance(content_type, str) or _CONTENT_TYPE.fullmatch(content_type) is None:
-            self.fail(f"{path}.headerContentType must be a media type such as application/json")
+        if not isinstance(content_type, str):
+            content_type = None
+        problem = _content_type_problem(content_type)
+        if problem is not None:
+            self.fail(f"{path}{problem}")
         return RequestPolicy(header_content_type=content_type)
 
 

@@ -187,6 +187,35 @@ def test_delivery_policies_out_of_range_are_refused_everywhere(sns: Any, name: N
         assert "maxReceivesPerSecond must be less than or equal to 1000000" in message_of(info)
 
 
+def test_header_content_types_no_request_can_carry_are_refused(sns: Any, name: Names) -> None:
+    # Accepted before, each made every later delivery fail before a byte was sent.
+    arn = sns.create_topic(Name=name())["TopicArn"]
+    subscription = sns.subscribe(
+        TopicArn=arn,
+        Protocol="http",
+        Endpoint="http://127.0.0.1:9/never-called",
+        ReturnSubscriptionArn=True,
+    )["SubscriptionArn"]
+    for bad in ("text/plain; charset=\u00e9", "text/plain; a\rb", "text/plain; a=" + "b" * 300):
+        own = json.dumps({"requestPolicy": {"headerContentType": bad}})
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            sns.set_subscription_attributes(
+                SubscriptionArn=subscription, AttributeName="DeliveryPolicy", AttributeValue=own
+            )
+        assert code_of(info) == "InvalidParameter", bad
+        assert "requestPolicy.headerContentType must be" in message_of(info)
+        topic = json.dumps({"http": {"defaultRequestPolicy": {"headerContentType": bad}}})
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            sns.set_topic_attributes(
+                TopicArn=arn, AttributeName="DeliveryPolicy", AttributeValue=topic
+            )
+        assert code_of(info) == "InvalidParameter", bad
+    fine = json.dumps({"requestPolicy": {"headerContentType": "application/json; charset=UTF-8"}})
+    sns.set_subscription_attributes(
+        SubscriptionArn=subscription, AttributeName="DeliveryPolicy", AttributeValue=fine
+    )
+
+
 def test_unknown_topics_and_subscriptions(sns: Any) -> None:
     missing = f"arn:aws:sns:us-east-1:{ACCOUNT_ID}:does-not-exist"
     for call in (

@@ -269,7 +269,8 @@ def test_validation_messages():
             "throttlePolicy.maxReceivesPerSecond must be an integer"
         ),
         json.dumps({"requestPolicy": {"headerContentType": "json"}}): (
-            "requestPolicy.headerContentType must be a media type such as application/json"
+            "requestPolicy.headerContentType must be a media type such as application/json, "
+            "with parameters such as charset=UTF-8, in visible ASCII"
         ),
     }
     for text, reason in cases.items():
@@ -316,6 +317,48 @@ def test_stored_values_the_parser_refuses_fall_back_to_the_defaults():
     )
     assert usable_policy(fine) is fine
     assert fine.problems == ()
+
+
+def test_header_content_types_are_media_types_a_request_can_carry():
+    # The value becomes every POST's Content-Type field: RFC 9110 8.3.1 media-type, 5.5
+    # field-value (visible ASCII, no CR, LF or other controls). Accepted before, these made
+    # every delivery fail before a byte was sent.
+    for fine in (
+        "application/json",
+        "text/plain; charset=UTF-8",
+        'text/xml;charset="utf-8"',
+        'text/plain ; a=b; q="x \\" y"',
+    ):
+        assert sub_policy({"requestPolicy": {"headerContentType": fine}}).request_policy == (
+            RequestPolicy(header_content_type=fine)
+        )
+    media_type = (
+        "headerContentType must be a media type such as application/json, "
+        "with parameters such as charset=UTF-8, in visible ASCII"
+    )
+    for bad in (
+        "text/plain; charset=\u00e9",
+        "text/plain; a\rb",
+        "text/plain; a=b\r\nX-Injected: 1",
+        "text/plain; a=b\u0000",
+        "text/plain; charset",
+        "text/plain;",
+        "text/plain; a=b c",
+        5,
+    ):
+        assert error_of({"requestPolicy": {"headerContentType": bad}}).endswith(
+            f"requestPolicy.{media_type}"
+        ), bad
+        topic = {"http": {"defaultRequestPolicy": {"headerContentType": bad}}}
+        assert error_of(topic, topic=True).endswith(f"http.defaultRequestPolicy.{media_type}")
+    long = "text/plain; a=" + "b" * 20_000
+    assert error_of({"requestPolicy": {"headerContentType": long}}).endswith(
+        "requestPolicy.headerContentType must be at most 256 characters long"
+    )
+    stored = SubscriptionDeliveryPolicy(request_policy=RequestPolicy(header_content_type="a\rb"))
+    effective = effective_policy("http", None, stored)
+    assert effective.request == RequestPolicy()
+    assert effective.problems == (f"requestPolicy.{media_type}",)
 
 
 def test_rendering_the_effective_policies():
