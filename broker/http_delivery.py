@@ -83,6 +83,7 @@ class _Item:
         "message_type",
         "next_attempt_at",
         "payload",
+        "payload_cached",
         "published_at",
         "subscription_id",
         "topic_id",
@@ -99,6 +100,7 @@ class _Item:
         self.next_attempt_at = row.next_attempt_at
         self.published_at = row.published_at
         self.payload: HttpPayload | None = None
+        self.payload_cached = False  # its body counts in the cache: kept between attempts
         self.in_flight = False
         self.forgotten = False  # unsubscribed or deleted during its attempt: no retry
 
@@ -215,6 +217,7 @@ class HttpDeliveries:
                 body=delivery.body,
                 dead_letter_attributes=delivery.dead_letter_attributes,
             )
+            item.payload_cached = True
             self._cached_bytes += size
         self._add(item)
 
@@ -230,9 +233,10 @@ class HttpDeliveries:
     def _remove(self, lane: _Lane, item: _Item) -> None:
         if lane.items.pop(item.delivery_id, None) is None:
             return
-        if item.payload is not None:
+        if item.payload is not None and item.payload_cached:
             self._cached_bytes -= len(item.payload.body)
-            item.payload = None
+        item.payload = None
+        item.payload_cached = False
         left = self._pending_by_topic.get(item.topic_id, 1) - 1
         if left > 0:
             self._pending_by_topic[item.topic_id] = left
@@ -451,6 +455,7 @@ class HttpDeliveries:
         """An attempt failed inside Wharf: log it, and try again ``RETRY_AFTER_BUG_SECONDS``
         later."""
         self.log.exception("sns.delivery_bug", exc, delivery=item.delivery_id)
+        self._release_payload(item)
         item.in_flight = False
         item.next_attempt_at = now_ms() + int(RETRY_AFTER_BUG_SECONDS * 1000)
         lane.push(item)
@@ -484,13 +489,26 @@ class HttpDeliveries:
         return int(at * 1000)
 
     async def _load_payload(self, item: _Item) -> bool:
-        """Read the body back if only the row's schedule is in memory; False: the row is gone."""
+        """Read the body back if only the row's schedule is in memory; False: the row is gone.
+
+        A body read back joins the cache while it fits; the others are held for this attempt
+        only (:meth:`_release_payload`), so a failing backlog is not kept in memory for its
+        retries."""
         if item.payload is None:
-            item.payload = await self.store.read_http_payload(item.delivery_id)
-            if item.payload is None:
+            payload = await self.store.read_http_payload(item.delivery_id)
+            if payload is None:
                 return False
-            self._cached_bytes += len(item.payload.body)
+            item.payload = payload
+            size = len(payload.body)
+            if self._cached_bytes + size <= PAYLOAD_CACHE_BYTES:
+                item.payload_cached = True
+                self._cached_bytes += size
         return True
+
+    def _release_payload(self, item: _Item) -> None:
+        """Drop a body held beyond the cache once its attempt is over (read back next time)."""
+        if not item.payload_cached:
+            item.payload = None
 
     async def _post(self, item: _Item) -> Outcome | None:
         """One attempt; None when there is nothing (left) to deliver."""
@@ -551,6 +569,7 @@ class HttpDeliveries:
                 if item.is_forgotten():  # unsubscribed, or confirmed, while that committed
                     await self.store.commit([finished], lambda: self._remove(lane, item))
                     return
+                self._release_payload(item)
                 item.in_flight = False
                 lane.push(item)
                 return

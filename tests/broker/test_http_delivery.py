@@ -12,6 +12,7 @@ import msgspec
 import pytest
 import trio
 
+from broker import http_delivery
 from broker.fanout import Batch
 from broker.http_delivery import HttpDeliveries
 from broker.model.delivery_policy import (
@@ -23,6 +24,10 @@ from broker.model.sns_mutations import HttpDeliveryRescheduled, SubscriptionSave
 from broker.registry import now_ms
 from tests.support.sns import Endpoint
 from tests.support.sns_harness import FAST, Harness, build
+
+SLOW = json.dumps(
+    {"healthyRetryPolicy": {"numRetries": 3, "minDelayTarget": 30, "maxDelayTarget": 30}}
+)
 
 
 @pytest.fixture
@@ -293,3 +298,23 @@ async def test_a_stored_policy_this_broker_refuses_is_delivered_with_the_default
             assert "maxReceivesPerSecond must be less than or equal to 1000000" in lines[0]
             nursery.cancel_scope.cancel()
         await second.store.aclose()
+
+
+async def test_bodies_read_back_for_retries_stay_within_the_cache(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Bodies beyond the cache are read back from the store for each attempt. Kept after it,
+    # a dead endpoint's whole backlog ended up in memory while it waited for its retries.
+    body = "x" * 10_000
+    monkeypatch.setattr(http_delivery, "PAYLOAD_CACHE_BYTES", 25_000)  # two envelopes
+    with Endpoint(behaviour="500") as endpoint:
+        await harness.subscribe(endpoint.url, DeliveryPolicy=SLOW)
+        for _ in range(6):
+            await harness.publish(body)
+        await wait_for(endpoint, 6)  # every first attempt made; the retries wait 30 s
+        await trio.sleep(0.1)  # the last one is settled
+        (lane,) = harness.deliveries._lanes.values()
+        held = [len(item.payload.body) for item in lane.items.values() if item.payload]
+        assert len(lane.items) == 6
+        assert sum(held) <= 25_000, held
+        assert harness.deliveries._cached_bytes == sum(held)
