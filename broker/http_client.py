@@ -11,6 +11,10 @@ still fails on a reused connection, nothing reached the server and the request g
 on a fresh one. A failure after the request was sent counts as a failed attempt: the server
 may have processed it, and SNS deliveries are at-least-once.
 
+Endpoint host names are looked up by :class:`NameLookups` (installed as the run's hostname
+resolver by the delivery worker), on threads of their own: never on trio's default thread
+limiter, which the store's reads and ``/metrics`` share.
+
 An endpoint URL's ``user:password@`` answers the endpoint's 401 (Basic or Digest, as
 :mod:`proto.http_auth` decides): one post may then send up to ``MAX_AUTH_ROUNDS`` requests,
 each with the timeouts above.
@@ -21,14 +25,16 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
+import socket
 import ssl
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 from urllib.parse import quote, unquote, urlsplit
 
 import h11
+import outcome
 import trio
 
 from monitoring import fastio
@@ -50,6 +56,9 @@ MAX_REMEMBERED_SCHEMES: Final = 4096
 # Requests one post may send while answering 401s: the first, the answer, and one more for
 # a remembered Digest nonce the server has since let expire.
 MAX_AUTH_ROUNDS: Final = 3
+# Name lookups in flight at once. A lookup against a DNS server that does not answer blocks
+# its thread for 10 s or more (glibc's defaults), and nothing can end it sooner.
+LOOKUP_THREADS: Final = 16
 
 
 class Outcome(NamedTuple):
@@ -160,6 +169,93 @@ class _Failure(Exception):
         self.before_sent = before_sent  # the request never fully left: safe to send again
 
 
+class _Lookup:
+    """One getaddrinfo thread and its answer, shared by whoever waits for that name."""
+
+    __slots__ = ("addresses", "done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.addresses: Any = None
+        self.error: BaseException | None = None
+
+
+class NameLookups(trio.abc.HostnameResolver):
+    """getaddrinfo on threads of its own: at most ``threads`` at once, one per name.
+
+    A caller stops waiting when its cancel scope says (the connect timeout), but the lookup's
+    thread runs until getaddrinfo returns. Trio's own resolver runs it on the default thread
+    limiter, which keeps the token until then: enough unresolvable endpoint names took every
+    token, and the store's reads, ``/metrics`` and every delivery whose body must be read
+    back waited with them. Here a lookup holds a slot of its own limiter until its thread
+    ends, and callers asking for a name already being looked up share that lookup, so one
+    dead name holds one slot however many deliveries want it.
+    """
+
+    def __init__(self, threads: int = LOOKUP_THREADS) -> None:
+        self.limiter = trio.CapacityLimiter(threads)
+        self._lookups: dict[tuple[Any, ...], _Lookup] = {}
+
+    async def getaddrinfo(
+        self,
+        host: bytes | None,
+        port: bytes | str | int | None,
+        family: int = 0,
+        type: int = 0,  # noqa: A002 - trio.abc.HostnameResolver names it so
+        proto: int = 0,
+        flags: int = 0,
+    ) -> Any:
+        key = (host, port, family, type, proto, flags)
+        lookup = self._lookups.get(key)
+        if lookup is None:
+            lookup = self._lookups[key] = _Lookup()
+            try:
+                await self.limiter.acquire_on_behalf_of(lookup)
+            except BaseException:  # cancelled before its thread started: others may wait on it
+                del self._lookups[key]
+                lookup.error = socket.gaierror(socket.EAI_AGAIN, "name lookup not started")
+                lookup.done.set()
+                raise
+            self._start(key, lookup)
+        await lookup.done.wait()
+        if isinstance(lookup.error, socket.gaierror):
+            raise socket.gaierror(*lookup.error.args)  # a fresh one per caller
+        if lookup.error is not None:
+            raise lookup.error
+        return lookup.addresses
+
+    async def getnameinfo(
+        self, sockaddr: tuple[str, int] | tuple[str, int, int, int], flags: int
+    ) -> tuple[str, str]:
+        return await trio.to_thread.run_sync(
+            socket.getnameinfo, sockaddr, flags, limiter=self.limiter, abandon_on_cancel=True
+        )
+
+    def _start(self, key: tuple[Any, ...], lookup: _Lookup) -> None:
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(result: outcome.Outcome[Any]) -> None:  # in the thread, once it ended
+            try:
+                token.run_sync_soon(self._finish, key, lookup, result)
+            except trio.RunFinishedError:
+                pass  # the daemon stopped meanwhile: nobody waits any more
+
+        # socket.getaddrinfo looked up at each call: tests replace it with a slow resolver.
+        trio.lowlevel.start_thread_soon(
+            lambda: socket.getaddrinfo(*key), deliver, name=f"getaddrinfo {key[0]!r}"
+        )
+
+    def _finish(self, key: tuple[Any, ...], lookup: _Lookup, result: outcome.Outcome[Any]) -> None:
+        self.limiter.release_on_behalf_of(lookup)
+        if self._lookups.get(key) is lookup:
+            del self._lookups[key]
+        if isinstance(result, outcome.Error):
+            lookup.error = result.error
+        else:
+            lookup.addresses = result.unwrap()
+        lookup.done.set()
+
+
 class HttpClient:
     """POSTs with timeouts and a small keep-alive pool per origin."""
 
@@ -178,6 +274,7 @@ class HttpClient:
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._schemes: OrderedDict[tuple[tuple[str, str, int], Credentials | None], _Scheme]
         self._schemes = OrderedDict()
+        self.name_lookups = NameLookups()
 
     async def post(self, url: str, headers: Sequence[tuple[str, str]], body: bytes) -> Outcome:
         """POST ``body`` to ``url``; never raises for anything the endpoint does."""

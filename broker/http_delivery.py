@@ -295,6 +295,9 @@ class HttpDeliveries:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the lanes' tasks until cancelled (at shutdown); what is left resumes at start."""
+        # Endpoint names are looked up apart from trio's default thread limiter (see
+        # NameLookups); the broker looks up no other names once it serves.
+        trio.socket.set_custom_hostname_resolver(self.client.name_lookups)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery

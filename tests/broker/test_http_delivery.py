@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import socket
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -318,3 +320,43 @@ async def test_bodies_read_back_for_retries_stay_within_the_cache(
         assert len(lane.items) == 6
         assert sum(held) <= 25_000, held
         assert harness.deliveries._cached_bytes == sum(held)
+
+
+async def test_unresolvable_endpoint_names_leave_the_default_thread_limiter_alone(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Looking these names up blocks, as against a DNS server that does not answer. Trio's own
+    # resolver held a default-limiter token per abandoned lookup until it ended: 45 such
+    # names took all 40, and the store's reads (bodies read back, ReceiveMessage) and
+    # /metrics, which share that limiter, waited with them.
+    real_lookup = socket.getaddrinfo
+    answer = threading.Event()
+
+    def lookup(host: bytes | str | None, port: object, family: int = 0, *args: int) -> list[object]:
+        name = host.decode() if isinstance(host, bytes) else host or ""
+        numeric_only = bool(args[-1:] and args[-1] & socket.AI_NUMERICHOST)
+        if name.endswith(".unresolvable.test") and not numeric_only:
+            answer.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real_lookup(host, port, family, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    monkeypatch.setattr(http_delivery, "PAYLOAD_CACHE_BYTES", 0)  # every body is read back
+    try:
+        with Endpoint() as fine:
+            for index in range(45):
+                await harness.subscribe(f"http://n{index}.unresolvable.test:9/")
+            await harness.subscribe(fine.url)
+            await harness.publish("first")
+            with trio.fail_after(15):  # every lane's first attempt is made (0.5 s each)
+                while harness.topic.stats.attempts["http"] < 46:  # noqa: ASYNC110 - bounded poll of an internal count
+                    await trio.sleep(0.05)
+            await harness.publish("second")
+            with trio.fail_after(5):
+                await harness.store.load_sns()  # a store read, on the default limiter
+            await wait_for(fine, 2, seconds=5)  # its bodies were read back from the store
+            assert trio.to_thread.current_default_thread_limiter().borrowed_tokens <= 1
+            lookups = harness.deliveries.client.name_lookups.limiter
+            assert lookups.borrowed_tokens == lookups.total_tokens  # the hung lookups' slots
+    finally:
+        answer.set()
