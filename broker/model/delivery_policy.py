@@ -519,6 +519,15 @@ class _Reader:
         problem = _retry_problem(policy)
         if problem is not None:
             self.fail(f"{path}{problem}")
+        # The window is counted from the first attempt and the attempts take time too, so a
+        # retry due 3,600 s of delays later falls after it: never made. AWS's wording allows
+        # 3,600 exactly; a set policy is refused (stored ones are kept, see usable_policy).
+        if round(sum(policy.schedule()), 6) >= MAX_RETRY_SECONDS:
+            self.fail(
+                f"{path}: Total policy retry time must be less than {MAX_RETRY_SECONDS} seconds: "
+                f"a retry due {MAX_RETRY_SECONDS} seconds of delays after the first attempt "
+                "falls after the retry window and would never be made"
+            )
         return policy
 
     def throttle(self, node: object, path: str) -> ThrottlePolicy | None:

@@ -187,6 +187,26 @@ def test_delivery_policies_out_of_range_are_refused_everywhere(sns: Any, name: N
         assert "maxReceivesPerSecond must be less than or equal to 1000000" in message_of(info)
 
 
+def test_a_retry_policy_filling_the_hour_exactly_is_refused(sns: Any, name: Names) -> None:
+    # Accepted before: the message went to the dead-letter queue without its one retry.
+    arn = sns.create_topic(Name=name())["TopicArn"]
+    hour = {"numRetries": 1, "minDelayTarget": 3600, "maxDelayTarget": 3600}
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.set_topic_attributes(
+            TopicArn=arn,
+            AttributeName="DeliveryPolicy",
+            AttributeValue=json.dumps({"http": {"defaultHealthyRetryPolicy": hour}}),
+        )
+    assert code_of(info) == "InvalidParameter"
+    assert "Total policy retry time must be less than 3600 seconds" in message_of(info)
+    almost = {"numRetries": 1, "minDelayTarget": 3599, "maxDelayTarget": 3599}
+    sns.set_topic_attributes(
+        TopicArn=arn,
+        AttributeName="DeliveryPolicy",
+        AttributeValue=json.dumps({"http": {"defaultHealthyRetryPolicy": almost}}),
+    )
+
+
 def test_header_content_types_no_request_can_carry_are_refused(sns: Any, name: Names) -> None:
     # Accepted before, each made every later delivery fail before a byte was sent.
     arn = sns.create_topic(Name=name())["TopicArn"]

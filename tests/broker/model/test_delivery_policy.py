@@ -127,10 +127,30 @@ def test_a_policy_retrying_for_more_than_an_hour_is_refused():
     assert "healthyRetryPolicy: Total policy retry time cannot be greater than 3600 seconds" in (
         str(caught.value)
     )
-    exactly = {
-        "healthyRetryPolicy": {"minDelayTarget": 100, "maxDelayTarget": 100, "numRetries": 36}
-    }
-    assert sum(sub_policy(exactly).healthy_retry_policy.schedule()) == 3_600
+    # Exactly an hour of delays: the last retry would fall after the window (the attempts
+    # take time too), so it would never be made.
+    for retries, delay in ((36, 100), (1, 3_600), (2, 1_800)):
+        exactly = {
+            "healthyRetryPolicy": {
+                "minDelayTarget": delay,
+                "maxDelayTarget": delay,
+                "numRetries": retries,
+            }
+        }
+        assert error_of(exactly) == (
+            "Invalid parameter: DeliveryPolicy: healthyRetryPolicy: Total policy retry time "
+            "must be less than 3600 seconds: a retry due 3600 seconds of delays after the "
+            "first attempt falls after the retry window and would never be made"
+        )
+    within = {"healthyRetryPolicy": {"minDelayTarget": 1, "maxDelayTarget": 3_598, "numRetries": 2}}
+    assert sum(sub_policy(within).healthy_retry_policy.schedule()) == 3_600 - 1
+    # One stored by an older broker is kept: its earlier retries are still made.
+    stored = SubscriptionDeliveryPolicy(
+        healthy_retry_policy=RetryPolicy(
+            min_delay_target=1_800, max_delay_target=1_800, num_retries=2
+        )
+    )
+    assert effective_policy("http", None, stored).problems == ()
 
 
 def test_next_attempt_and_the_one_hour_window():
@@ -417,6 +437,9 @@ def test_schedules_follow_the_four_phases(policy):
     # sns-message-delivery-retries: the total policy retry time is at most 3,600 s.
     if sum(schedule) > MAX_RETRY_SECONDS:
         with pytest.raises(SnsError, match="Total policy retry time cannot be greater than 3600"):
+            sub_policy(document)
+    elif round(sum(schedule), 6) >= MAX_RETRY_SECONDS:
+        with pytest.raises(SnsError, match="Total policy retry time must be less than 3600"):
             sub_policy(document)
     else:
         assert sub_policy(document).healthy_retry_policy == policy
