@@ -7,9 +7,13 @@ in an :class:`Outcome`, never an exception: the delivery worker decides what it 
 
 Idle keep-alive connections are kept per origin and reused for a few seconds. One the server
 has closed is noticed before reuse (it reads as EOF; urllib3 checks the same way); if a send
-still fails on a reused connection, nothing reached the server and the request goes once more
-on a fresh one. A failure after the request was sent counts as a failed attempt: the server
-may have processed it, and SNS deliveries are at-least-once.
+still fails on a reused connection, nothing reached the server, and if a reused connection
+ends (EOF or reset) before any byte of the response, the server closed it as the request
+arrived (RFC 9112 9.3.1: the usual sign that it was not processed, which browsers retry): the
+request goes once more on a fresh connection. Any other failure after the request was sent
+counts as a failed attempt: the server may have processed it, and SNS deliveries are
+at-least-once (which also covers the rare server that processed a request, then closed
+without an answer).
 
 Endpoint host names are looked up by :class:`NameLookups` (installed as the run's hostname
 resolver by the delivery worker), on threads of their own: never on trio's default thread
@@ -162,11 +166,14 @@ class _Connection:
 
 
 class _Failure(Exception):
-    def __init__(self, error: str, detail: str, *, before_sent: bool = False) -> None:
+    def __init__(
+        self, error: str, detail: str, *, before_sent: bool = False, unanswered: bool = False
+    ) -> None:
         super().__init__(detail)
         self.error = error
         self.detail = detail
         self.before_sent = before_sent  # the request never fully left: safe to send again
+        self.unanswered = unanswered  # the connection ended before any byte of a response
 
 
 class _Lookup:
@@ -331,8 +338,8 @@ class HttpClient:
         authorization: str | None,
     ) -> tuple[int, list[str]]:
         """One request on a pooled or fresh connection: (status, a 401's challenges)."""
-        for _ in range(2):
-            connection = await self._checkout(target)
+        for fresh in (False, True):
+            connection = None if fresh else await self._checkout(target)
             reused = connection is not None
             try:
                 if connection is None:
@@ -343,8 +350,8 @@ class HttpClient:
             except _Failure as failure:
                 if connection is not None:
                     await _close(connection)
-                if reused and failure.before_sent:
-                    continue  # the server closed the idle connection first: nothing was sent
+                if reused and (failure.before_sent or failure.unanswered):
+                    continue  # the server closed the idle connection first: not processed
                 raise
             except BaseException:  # cancelled (shutdown) mid-exchange: do not leak the socket
                 if connection is not None:
@@ -434,23 +441,31 @@ class HttpClient:
         data += conn.send(h11.Data(data=body)) or b""
         data += conn.send(h11.EndOfMessage()) or b""
         upload = _Upload(connection.stream, data)
+        reading = _Reading()
         result: tuple[int, bool, list[str]] | _Failure | None = None
         with trio.move_on_after(self.response_timeout):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(upload.run)
                 try:
-                    result = await _read_response(conn, connection.stream)
+                    result = await _read_response(conn, connection.stream, reading)
                 except _Failure as failure:
                     result = failure
                 except h11.RemoteProtocolError as error:
-                    result = _Failure("protocol", f"invalid response: {error}")
+                    if reading.received == 0:  # h11's word for an EOF before the response
+                        detail = "connection closed before a response"
+                        result = _Failure("reset", detail, unanswered=True)
+                    else:
+                        result = _Failure("protocol", f"invalid response: {error}")
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
                     # Whether the request may go again on a fresh connection depends on how
                     # its upload ended, which a broken connection decides at once.
                     with trio.move_on_after(UPLOAD_SETTLE_SECONDS):
                         await upload.finished.wait()
                     result = _Failure(
-                        "reset", f"connection reset: {error}", before_sent=upload.failed
+                        "reset",
+                        f"connection reset: {error}",
+                        before_sent=upload.failed,
+                        unanswered=reading.received == 0,
                     )
                 nursery.cancel_scope.cancel()  # an answer before the whole request: stop
         if result is None:
@@ -509,8 +524,17 @@ class _Upload:
             self.finished.set()
 
 
+class _Reading:
+    """How much of the response arrived (read by the caller when reading failed)."""
+
+    __slots__ = ("received",)
+
+    def __init__(self) -> None:
+        self.received = 0
+
+
 async def _read_response(
-    conn: h11.Connection, stream: trio.abc.Stream
+    conn: h11.Connection, stream: trio.abc.Stream, reading: _Reading
 ) -> tuple[int, bool, list[str]]:
     """Read one response; return (status, connection reusable as far as reading goes, the
     ``WWW-Authenticate`` values of a 401)."""
@@ -520,7 +544,9 @@ async def _read_response(
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            conn.receive_data(bytes(await stream.receive_some(RECEIVE_BYTES)))
+            chunk = bytes(await stream.receive_some(RECEIVE_BYTES))
+            reading.received += len(chunk)
+            conn.receive_data(chunk)
         elif isinstance(event, h11.Response):
             status = event.status_code
             if status == 401:
@@ -544,4 +570,5 @@ async def _read_response(
             )
             return status, reusable, challenges
         elif isinstance(event, h11.ConnectionClosed):
-            raise _Failure("reset", "connection closed before a response")
+            unanswered = reading.received == 0
+            raise _Failure("reset", "connection closed before a response", unanswered=unanswered)

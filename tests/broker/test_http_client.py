@@ -386,3 +386,30 @@ async def test_name_lookups_run_one_thread_per_name_on_their_own_limiter(
     assert await lookups.getaddrinfo(b"c.test", 81) == [
         (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 81))
     ]
+
+
+async def test_a_reused_connection_closed_before_any_answer_is_retried_on_a_fresh_one(
+    client: MakeClient,
+) -> None:
+    # The endpoint closes an idle keep-alive connection just as the next request arrives
+    # (without having said Connection: close): no byte of an answer. RFC 9112 9.3.1: the
+    # request was not processed; sent again on a fresh connection, it is delivered now
+    # instead of counting as a failed attempt retried 20 s later.
+    answers = iter(["ok", "close", "ok"])
+    with Endpoint() as endpoint:
+        endpoint.behaviour_of = lambda request: next(answers)
+        http = client()
+        assert (await http.post(endpoint.url, HEADERS, b"first")).status == 200
+        outcome = await http.post(endpoint.url, HEADERS, b"second")
+        assert outcome.status == 200, outcome
+        assert [r.body for r in endpoint.requests] == [b"first", b"second", b"second"]
+        assert endpoint.connections == 2
+
+
+async def test_a_fresh_connection_closed_before_any_answer_is_a_failed_attempt(
+    client: MakeClient,
+) -> None:
+    with Endpoint(behaviour="close") as endpoint:
+        outcome = await client().post(endpoint.url, HEADERS, b"body")
+    assert (outcome.status, outcome.error, outcome.retryable) == (None, "reset", True)
+    assert len(endpoint.requests) == 1  # not sent again: the server may have processed it
