@@ -7,9 +7,17 @@ in an :class:`Outcome`, never an exception: the delivery worker decides what it 
 
 Idle keep-alive connections are kept per origin and reused for a few seconds. One the server
 has closed is noticed before reuse (it reads as EOF; urllib3 checks the same way); if a send
-still fails on a reused connection, nothing reached the server and the request goes once more
-on a fresh one. A failure after the request was sent counts as a failed attempt: the server
-may have processed it, and SNS deliveries are at-least-once.
+still fails on a reused connection, nothing reached the server, and if a reused connection
+ends (EOF or reset) before any byte of the response, the server closed it as the request
+arrived (RFC 9112 9.3.1: the usual sign that it was not processed, which browsers retry): the
+request goes once more on a fresh connection. Any other failure after the request was sent
+counts as a failed attempt: the server may have processed it, and SNS deliveries are
+at-least-once (which also covers the rare server that processed a request, then closed
+without an answer).
+
+Endpoint host names are looked up by :class:`NameLookups` (installed as the run's hostname
+resolver by the delivery worker), on threads of their own: never on trio's default thread
+limiter, which the store's reads and ``/metrics`` share.
 
 An endpoint URL's ``user:password@`` answers the endpoint's 401 (Basic or Digest, as
 :mod:`proto.http_auth` decides): one post may then send up to ``MAX_AUTH_ROUNDS`` requests,
@@ -21,14 +29,16 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
+import socket
 import ssl
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 from urllib.parse import quote, unquote, urlsplit
 
 import h11
+import outcome
 import trio
 
 from monitoring import fastio
@@ -50,6 +60,9 @@ MAX_REMEMBERED_SCHEMES: Final = 4096
 # Requests one post may send while answering 401s: the first, the answer, and one more for
 # a remembered Digest nonce the server has since let expire.
 MAX_AUTH_ROUNDS: Final = 3
+# Name lookups in flight at once. A lookup against a DNS server that does not answer blocks
+# its thread for 10 s or more (glibc's defaults), and nothing can end it sooner.
+LOOKUP_THREADS: Final = 16
 
 
 class Outcome(NamedTuple):
@@ -153,11 +166,101 @@ class _Connection:
 
 
 class _Failure(Exception):
-    def __init__(self, error: str, detail: str, *, before_sent: bool = False) -> None:
+    def __init__(
+        self, error: str, detail: str, *, before_sent: bool = False, unanswered: bool = False
+    ) -> None:
         super().__init__(detail)
         self.error = error
         self.detail = detail
         self.before_sent = before_sent  # the request never fully left: safe to send again
+        self.unanswered = unanswered  # the connection ended before any byte of a response
+
+
+class _Lookup:
+    """One getaddrinfo thread and its answer, shared by whoever waits for that name."""
+
+    __slots__ = ("addresses", "done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.addresses: Any = None
+        self.error: BaseException | None = None
+
+
+class NameLookups(trio.abc.HostnameResolver):
+    """getaddrinfo on threads of its own: at most ``threads`` at once, one per name.
+
+    A caller stops waiting when its cancel scope says (the connect timeout), but the lookup's
+    thread runs until getaddrinfo returns. Trio's own resolver runs it on the default thread
+    limiter, which keeps the token until then: enough unresolvable endpoint names took every
+    token, and the store's reads, ``/metrics`` and every delivery whose body must be read
+    back waited with them. Here a lookup holds a slot of its own limiter until its thread
+    ends, and callers asking for a name already being looked up share that lookup, so one
+    dead name holds one slot however many deliveries want it.
+    """
+
+    def __init__(self, threads: int = LOOKUP_THREADS) -> None:
+        self.limiter = trio.CapacityLimiter(threads)
+        self._lookups: dict[tuple[Any, ...], _Lookup] = {}
+
+    async def getaddrinfo(
+        self,
+        host: bytes | None,
+        port: bytes | str | int | None,
+        family: int = 0,
+        type: int = 0,  # noqa: A002 - trio.abc.HostnameResolver names it so
+        proto: int = 0,
+        flags: int = 0,
+    ) -> Any:
+        key = (host, port, family, type, proto, flags)
+        lookup = self._lookups.get(key)
+        if lookup is None:
+            lookup = self._lookups[key] = _Lookup()
+            try:
+                await self.limiter.acquire_on_behalf_of(lookup)
+            except BaseException:  # cancelled before its thread started: others may wait on it
+                del self._lookups[key]
+                lookup.error = socket.gaierror(socket.EAI_AGAIN, "name lookup not started")
+                lookup.done.set()
+                raise
+            self._start(key, lookup)
+        await lookup.done.wait()
+        if isinstance(lookup.error, socket.gaierror):
+            raise socket.gaierror(*lookup.error.args)  # a fresh one per caller
+        if lookup.error is not None:
+            raise lookup.error
+        return lookup.addresses
+
+    async def getnameinfo(
+        self, sockaddr: tuple[str, int] | tuple[str, int, int, int], flags: int
+    ) -> tuple[str, str]:
+        return await trio.to_thread.run_sync(
+            socket.getnameinfo, sockaddr, flags, limiter=self.limiter, abandon_on_cancel=True
+        )
+
+    def _start(self, key: tuple[Any, ...], lookup: _Lookup) -> None:
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(result: outcome.Outcome[Any]) -> None:  # in the thread, once it ended
+            try:
+                token.run_sync_soon(self._finish, key, lookup, result)
+            except trio.RunFinishedError:
+                pass  # the daemon stopped meanwhile: nobody waits any more
+
+        # socket.getaddrinfo looked up at each call: tests replace it with a slow resolver.
+        trio.lowlevel.start_thread_soon(
+            lambda: socket.getaddrinfo(*key), deliver, name=f"getaddrinfo {key[0]!r}"
+        )
+
+    def _finish(self, key: tuple[Any, ...], lookup: _Lookup, result: outcome.Outcome[Any]) -> None:
+        self.limiter.release_on_behalf_of(lookup)
+        if self._lookups.get(key) is lookup:
+            del self._lookups[key]
+        if isinstance(result, outcome.Error):
+            lookup.error = result.error
+        else:
+            lookup.addresses = result.unwrap()
+        lookup.done.set()
 
 
 class HttpClient:
@@ -178,6 +281,7 @@ class HttpClient:
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._schemes: OrderedDict[tuple[tuple[str, str, int], Credentials | None], _Scheme]
         self._schemes = OrderedDict()
+        self.name_lookups = NameLookups()
 
     async def post(self, url: str, headers: Sequence[tuple[str, str]], body: bytes) -> Outcome:
         """POST ``body`` to ``url``; never raises for anything the endpoint does."""
@@ -234,8 +338,8 @@ class HttpClient:
         authorization: str | None,
     ) -> tuple[int, list[str]]:
         """One request on a pooled or fresh connection: (status, a 401's challenges)."""
-        for _ in range(2):
-            connection = await self._checkout(target)
+        for fresh in (False, True):
+            connection = None if fresh else await self._checkout(target)
             reused = connection is not None
             try:
                 if connection is None:
@@ -246,8 +350,8 @@ class HttpClient:
             except _Failure as failure:
                 if connection is not None:
                     await _close(connection)
-                if reused and failure.before_sent:
-                    continue  # the server closed the idle connection first: nothing was sent
+                if reused and (failure.before_sent or failure.unanswered):
+                    continue  # the server closed the idle connection first: not processed
                 raise
             except BaseException:  # cancelled (shutdown) mid-exchange: do not leak the socket
                 if connection is not None:
@@ -337,23 +441,31 @@ class HttpClient:
         data += conn.send(h11.Data(data=body)) or b""
         data += conn.send(h11.EndOfMessage()) or b""
         upload = _Upload(connection.stream, data)
+        reading = _Reading()
         result: tuple[int, bool, list[str]] | _Failure | None = None
         with trio.move_on_after(self.response_timeout):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(upload.run)
                 try:
-                    result = await _read_response(conn, connection.stream)
+                    result = await _read_response(conn, connection.stream, reading)
                 except _Failure as failure:
                     result = failure
                 except h11.RemoteProtocolError as error:
-                    result = _Failure("protocol", f"invalid response: {error}")
+                    if reading.received == 0:  # h11's word for an EOF before the response
+                        detail = "connection closed before a response"
+                        result = _Failure("reset", detail, unanswered=True)
+                    else:
+                        result = _Failure("protocol", f"invalid response: {error}")
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as error:
                     # Whether the request may go again on a fresh connection depends on how
                     # its upload ended, which a broken connection decides at once.
                     with trio.move_on_after(UPLOAD_SETTLE_SECONDS):
                         await upload.finished.wait()
                     result = _Failure(
-                        "reset", f"connection reset: {error}", before_sent=upload.failed
+                        "reset",
+                        f"connection reset: {error}",
+                        before_sent=upload.failed,
+                        unanswered=reading.received == 0,
                     )
                 nursery.cancel_scope.cancel()  # an answer before the whole request: stop
         if result is None:
@@ -412,8 +524,17 @@ class _Upload:
             self.finished.set()
 
 
+class _Reading:
+    """How much of the response arrived (read by the caller when reading failed)."""
+
+    __slots__ = ("received",)
+
+    def __init__(self) -> None:
+        self.received = 0
+
+
 async def _read_response(
-    conn: h11.Connection, stream: trio.abc.Stream
+    conn: h11.Connection, stream: trio.abc.Stream, reading: _Reading
 ) -> tuple[int, bool, list[str]]:
     """Read one response; return (status, connection reusable as far as reading goes, the
     ``WWW-Authenticate`` values of a 401)."""
@@ -423,7 +544,9 @@ async def _read_response(
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            conn.receive_data(bytes(await stream.receive_some(RECEIVE_BYTES)))
+            chunk = bytes(await stream.receive_some(RECEIVE_BYTES))
+            reading.received += len(chunk)
+            conn.receive_data(chunk)
         elif isinstance(event, h11.Response):
             status = event.status_code
             if status == 401:
@@ -447,4 +570,5 @@ async def _read_response(
             )
             return status, reusable, challenges
         elif isinstance(event, h11.ConnectionClosed):
-            raise _Failure("reset", "connection closed before a response")
+            unanswered = reading.received == 0
+            raise _Failure("reset", "connection closed before a response", unanswered=unanswered)

@@ -83,6 +83,7 @@ class _Item:
         "message_type",
         "next_attempt_at",
         "payload",
+        "payload_cached",
         "published_at",
         "subscription_id",
         "topic_id",
@@ -99,6 +100,7 @@ class _Item:
         self.next_attempt_at = row.next_attempt_at
         self.published_at = row.published_at
         self.payload: HttpPayload | None = None
+        self.payload_cached = False  # its body counts in the cache: kept between attempts
         self.in_flight = False
         self.forgotten = False  # unsubscribed or deleted during its attempt: no retry
 
@@ -183,6 +185,7 @@ class HttpDeliveries:
         self._lanes: dict[str, _Lane] = {}
         self._next_id = 1
         self._cached_bytes = 0
+        self._unusable_policies_logged: set[str] = set()  # subscription ids
         self._pending_by_topic: dict[int, int] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -214,6 +217,7 @@ class HttpDeliveries:
                 body=delivery.body,
                 dead_letter_attributes=delivery.dead_letter_attributes,
             )
+            item.payload_cached = True
             self._cached_bytes += size
         self._add(item)
 
@@ -229,9 +233,10 @@ class HttpDeliveries:
     def _remove(self, lane: _Lane, item: _Item) -> None:
         if lane.items.pop(item.delivery_id, None) is None:
             return
-        if item.payload is not None:
+        if item.payload is not None and item.payload_cached:
             self._cached_bytes -= len(item.payload.body)
-            item.payload = None
+        item.payload = None
+        item.payload_cached = False
         left = self._pending_by_topic.get(item.topic_id, 1) - 1
         if left > 0:
             self._pending_by_topic[item.topic_id] = left
@@ -290,6 +295,9 @@ class HttpDeliveries:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own the lanes' tasks until cancelled (at shutdown); what is left resumes at start."""
+        # Endpoint names are looked up apart from trio's default thread limiter (see
+        # NameLookups); the broker looks up no other names once it serves.
+        trio.socket.set_custom_hostname_resolver(self.client.name_lookups)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -310,50 +318,11 @@ class HttpDeliveries:
 
     async def _run_lane(self, lane: _Lane) -> None:
         try:
-            while True:
-                proven = lane.subscription_id in self._proven
-                limit = self.endpoint_concurrency if proven else 1
-                if not lane.heap or lane.in_flight >= limit:
-                    if not lane.heap and lane.in_flight == 0:
-                        return
-                    await lane.wake.wait()
-                    continue
-                due, delivery_id = lane.heap[0]
-                item = lane.items.get(delivery_id)
-                if item is None or item.in_flight or item.next_attempt_at != due:
-                    heapq.heappop(lane.heap)  # finished, forgotten or rescheduled meanwhile
-                    continue
-                delay = max((due - now_ms()) / 1000, lane.next_start - trio.current_time())
-                if delay > 0:
-                    with trio.move_on_after(delay):
-                        await lane.wake.wait()
-                    continue
-                if self._window_passed(item):
-                    heapq.heappop(lane.heap)
-                    item.in_flight = True
-                    lane.in_flight += 1
-                    assert self._nursery is not None
-                    self._nursery.start_soon(self._expire, lane, item)
-                    continue
-                lead = not lane.leading
-                if not lead:
-                    # A further attempt starts only on a shared slot free now: queued for one,
-                    # it would hold this lane back when its lead ends, behind slow endpoints.
-                    try:
-                        self._shared.acquire_on_behalf_of_nowait(item)
-                    except trio.WouldBlock:
-                        self._awaiting_shared.add(lane)
-                        await lane.wake.wait()  # a shared slot freed, its lead's end, new work
-                        continue
-                heapq.heappop(lane.heap)
-                item.in_flight = True
-                lane.leading = True
-                lane.in_flight += 1
-                interval = self._policy(item).throttle.min_interval
-                lane.next_start = max(lane.next_start, trio.current_time()) + interval
-                assert self._nursery is not None
-                probe = lane.subscription_id in self._failing
-                self._nursery.start_soon(self._attempt, lane, item, probe, lead)
+            await self._schedule_lane(lane)
+        except Exception as exc:  # a bug in one lane must not stop the others, nor the broker
+            self.log.exception("sns.lane_bug", exc, subscription=lane.subscription_id)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._restart_lane_later, lane)
         finally:
             lane.running = False
             # An idle lane goes, unless it still holds a throttle interval: the next delivery
@@ -361,6 +330,58 @@ class HttpDeliveries:
             idle = not lane.items and lane.next_start <= trio.current_time()
             if idle and self._lanes.get(lane.subscription_id) is lane:
                 del self._lanes[lane.subscription_id]
+
+    async def _restart_lane_later(self, lane: _Lane) -> None:
+        await trio.sleep(RETRY_AFTER_BUG_SECONDS)
+        if self._lanes.get(lane.subscription_id) is lane:
+            self._start(lane)
+
+    async def _schedule_lane(self, lane: _Lane) -> None:
+        """Start the lane's attempts as they fall due; return once it has nothing left."""
+        while True:
+            proven = lane.subscription_id in self._proven
+            limit = self.endpoint_concurrency if proven else 1
+            if not lane.heap or lane.in_flight >= limit:
+                if not lane.heap and lane.in_flight == 0:
+                    return
+                await lane.wake.wait()
+                continue
+            due, delivery_id = lane.heap[0]
+            item = lane.items.get(delivery_id)
+            if item is None or item.in_flight or item.next_attempt_at != due:
+                heapq.heappop(lane.heap)  # finished, forgotten or rescheduled meanwhile
+                continue
+            delay = max((due - now_ms()) / 1000, lane.next_start - trio.current_time())
+            if delay > 0:
+                with trio.move_on_after(delay):
+                    await lane.wake.wait()
+                continue
+            if self._window_passed(item):
+                heapq.heappop(lane.heap)
+                item.in_flight = True
+                lane.in_flight += 1
+                assert self._nursery is not None
+                self._nursery.start_soon(self._expire, lane, item)
+                continue
+            interval = self._policy(item).throttle.min_interval
+            lead = not lane.leading
+            if not lead:
+                # A further attempt starts only on a shared slot free now: queued for one,
+                # it would hold this lane back when its lead ends, behind slow endpoints.
+                try:
+                    self._shared.acquire_on_behalf_of_nowait(item)
+                except trio.WouldBlock:
+                    self._awaiting_shared.add(lane)
+                    await lane.wake.wait()  # a shared slot freed, its lead's end, new work
+                    continue
+            heapq.heappop(lane.heap)
+            item.in_flight = True
+            lane.leading = True
+            lane.in_flight += 1
+            lane.next_start = max(lane.next_start, trio.current_time()) + interval
+            assert self._nursery is not None
+            probe = lane.subscription_id in self._failing
+            self._nursery.start_soon(self._attempt, lane, item, probe, lead)
 
     def _subscription(self, item: _Item) -> Subscription | None:
         return self.topics.subscription_by_id(item.subscription_id)
@@ -371,6 +392,14 @@ class HttpDeliveries:
         policy = self.topics.delivery_policy(item.subscription_id)
         if policy is None:  # nothing left of the subscription (topic deleted, link expired)
             return EffectiveDeliveryPolicy()
+        if policy.problems and item.subscription_id not in self._unusable_policies_logged:
+            self._unusable_policies_logged.add(item.subscription_id)
+            self.log.warning(
+                "sns.delivery_policy_unusable",
+                subscription=item.subscription_id,
+                problems="; ".join(policy.problems),
+                using="defaults for those parts",
+            )
         return policy
 
     async def _attempt(self, lane: _Lane, item: _Item, probe: bool, lead: bool) -> None:
@@ -429,6 +458,7 @@ class HttpDeliveries:
         """An attempt failed inside Wharf: log it, and try again ``RETRY_AFTER_BUG_SECONDS``
         later."""
         self.log.exception("sns.delivery_bug", exc, delivery=item.delivery_id)
+        self._release_payload(item)
         item.in_flight = False
         item.next_attempt_at = now_ms() + int(RETRY_AFTER_BUG_SECONDS * 1000)
         lane.push(item)
@@ -462,13 +492,26 @@ class HttpDeliveries:
         return int(at * 1000)
 
     async def _load_payload(self, item: _Item) -> bool:
-        """Read the body back if only the row's schedule is in memory; False: the row is gone."""
+        """Read the body back if only the row's schedule is in memory; False: the row is gone.
+
+        A body read back joins the cache while it fits; the others are held for this attempt
+        only (:meth:`_release_payload`), so a failing backlog is not kept in memory for its
+        retries."""
         if item.payload is None:
-            item.payload = await self.store.read_http_payload(item.delivery_id)
-            if item.payload is None:
+            payload = await self.store.read_http_payload(item.delivery_id)
+            if payload is None:
                 return False
-            self._cached_bytes += len(item.payload.body)
+            item.payload = payload
+            size = len(payload.body)
+            if self._cached_bytes + size <= PAYLOAD_CACHE_BYTES:
+                item.payload_cached = True
+                self._cached_bytes += size
         return True
+
+    def _release_payload(self, item: _Item) -> None:
+        """Drop a body held beyond the cache once its attempt is over (read back next time)."""
+        if not item.payload_cached:
+            item.payload = None
 
     async def _post(self, item: _Item) -> Outcome | None:
         """One attempt; None when there is nothing (left) to deliver."""
@@ -529,6 +572,7 @@ class HttpDeliveries:
                 if item.is_forgotten():  # unsubscribed, or confirmed, while that committed
                     await self.store.commit([finished], lambda: self._remove(lane, item))
                     return
+                self._release_payload(item)
                 item.in_flight = False
                 lane.push(item)
                 return

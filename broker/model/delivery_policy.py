@@ -7,7 +7,8 @@ passes the clock readings in. Sources (AWS SNS Developer Guide):
   post-backoff), the eight settings with their ranges and defaults (minDelayTarget 1..max,
   default 20; maxDelayTarget min..3,600, default 20; numRetries 0..100, default 3; the three
   per-phase counts >= 0, default 0; backoffFunction linear|arithmetic|geometric|exponential,
-  default linear; maxReceivesPerSecond >= 1, default no throttling), the backoff-phase count
+  default linear; maxReceivesPerSecond >= 1, default no throttling; Wharf caps it at
+  ``MAX_RECEIVES_PER_SECOND``), the backoff-phase count
   ``numRetries - numNoDelayRetries - numMinDelayRetries - numMaxDelayRetries``, the 3,600 s
   hard limit on total retry time for HTTP/S, and the fixed policies of the other protocols;
 - ``DeliveryPolicies``: "minDelayTarget defines the delay associated with the first retry
@@ -45,9 +46,21 @@ BACKOFF_FUNCTIONS: Final[tuple[BackoffFunction, ...]] = (
 MAX_RETRIES: Final = 100  # numRetries "0 to 100"
 MAX_DELAY_SECONDS: Final = 3_600  # maxDelayTarget "Minimum delay to 3,600"
 MAX_RETRY_SECONDS: Final = 3_600  # "total policy retry time for an HTTP/S endpoint" hard limit
+# AWS documents maxReceivesPerSecond as an integer "1 or greater" and no upper bound; Wharf
+# refuses more than this (far above what one lane can deliver) so that the throttle interval
+# is a usable float.
+MAX_RECEIVES_PER_SECOND: Final = 1_000_000
 REQUEST_TIMEOUT_SECONDS: Final = 15.0  # DeliveryPolicies.md: "A request timeout (15 seconds)"
 DEFAULT_CONTENT_TYPE: Final = "text/plain; charset=UTF-8"
-_CONTENT_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;.*)?")
+# RFC 9110 8.3.1 media-type, ASCII only (it becomes the Content-Type field of every POST):
+# type "/" subtype *( OWS ";" OWS token "=" ( token / quoted-string ) ), type and subtype as
+# RFC 6838 restricts them. AWS's guide refers to a list of content types without giving it.
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_QUOTED = r'"(?:[\t !#-\[\]-~]|\\[\t -~])*"'
+_CONTENT_TYPE = re.compile(
+    rf"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|{_QUOTED}))*"
+)
+MAX_CONTENT_TYPE_LENGTH: Final = 256
 
 
 class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -128,7 +141,9 @@ class ThrottlePolicy(msgspec.Struct, frozen=True, kw_only=True):
     def min_interval(self) -> float:
         """Seconds the shell keeps between two deliveries to the subscription (0: none)."""
         rate = self.max_receives_per_second
-        return 1.0 / rate if rate else 0.0
+        if rate is None or _throttle_problem(rate) is not None:
+            return 0.0  # a stored value out of range (see usable_policy): no throttling
+        return 1.0 / rate
 
 
 class RequestPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -163,12 +178,15 @@ class EffectiveDeliveryPolicy(msgspec.Struct, frozen=True, kw_only=True):
         request: the HTTP request settings.
         max_retry_seconds: the retry window from the first attempt (3,600 s for HTTP/S; None
             for the SNS-defined policies of other protocols).
+        problems: why parts of the stored policies were replaced by the defaults (values
+            the parser refuses now, stored by an older broker): the shell logs them.
     """
 
     retry: RetryPolicy = RetryPolicy()
     throttle: ThrottlePolicy = ThrottlePolicy()
     request: RequestPolicy = RequestPolicy()
     max_retry_seconds: float | None = MAX_RETRY_SECONDS
+    problems: tuple[str, ...] = ()
 
     def next_attempt_at(
         self, retries_done: int, first_attempt_at: float, failed_at: float
@@ -237,16 +255,105 @@ def effective_policy(
     topic = topic or TopicDeliveryPolicy()
     own = None if topic.disable_subscription_overrides else subscription
     if own is not None:
-        return EffectiveDeliveryPolicy(
+        combined = EffectiveDeliveryPolicy(
             retry=own.healthy_retry_policy or topic.default_healthy_retry_policy or RetryPolicy(),
             throttle=own.throttle_policy or topic.default_throttle_policy or ThrottlePolicy(),
             request=own.request_policy or topic.default_request_policy or RequestPolicy(),
         )
+    else:
+        combined = EffectiveDeliveryPolicy(
+            retry=topic.default_healthy_retry_policy or RetryPolicy(),
+            throttle=topic.default_throttle_policy or ThrottlePolicy(),
+            request=topic.default_request_policy or RequestPolicy(),
+        )
+    return usable_policy(combined)
+
+
+def usable_policy(policy: EffectiveDeliveryPolicy) -> EffectiveDeliveryPolicy:
+    """The policy with every part the parser would refuse replaced by AWS's default.
+
+    Stored policies were validated when set, but by the rules of the broker that stored them:
+    a value a later broker refuses (an older one accepted any maxReceivesPerSecond) must not
+    stop deliveries, nor the broker.
+
+    Args:
+        policy: an HTTP/S subscription's combined policy.
+
+    Returns:
+        The policy to follow; its ``problems`` say what was replaced and why.
+    """
+    problems = []
+    retry, throttle, request = policy.retry, policy.throttle, policy.request
+    retry_problem = _retry_problem(retry)
+    if retry_problem is not None:
+        problems.append(f"healthyRetryPolicy{retry_problem}")
+        retry = RetryPolicy()
+    rate = throttle.max_receives_per_second
+    throttle_problem = None if rate is None else _throttle_problem(rate)
+    if throttle_problem is not None:
+        problems.append(f"throttlePolicy{throttle_problem}")
+        throttle = ThrottlePolicy()
+    content_type_problem = _content_type_problem(request.header_content_type)
+    if content_type_problem is not None:
+        problems.append(f"requestPolicy{content_type_problem}")
+        request = RequestPolicy()
+    if not problems:
+        return policy
     return EffectiveDeliveryPolicy(
-        retry=topic.default_healthy_retry_policy or RetryPolicy(),
-        throttle=topic.default_throttle_policy or ThrottlePolicy(),
-        request=topic.default_request_policy or RequestPolicy(),
+        retry=retry,
+        throttle=throttle,
+        request=request,
+        max_retry_seconds=policy.max_retry_seconds,
+        problems=tuple(problems),
     )
+
+
+def _retry_problem(policy: RetryPolicy) -> str | None:
+    """Why the parser refuses a retry policy's values (after its path), or None."""
+    if policy.min_delay_target < 1:
+        return ".minDelayTarget must be greater than or equal to 1"
+    if policy.max_delay_target > MAX_DELAY_SECONDS:
+        return f".maxDelayTarget must be less than or equal to {MAX_DELAY_SECONDS}"
+    if policy.min_delay_target > policy.max_delay_target:
+        return ".maxDelayTarget must be greater than or equal to minDelayTarget"
+    if policy.num_retries < 0:
+        return ".numRetries must be greater than or equal to 0"
+    if policy.num_retries > MAX_RETRIES:
+        return f".numRetries must be less than or equal to {MAX_RETRIES}"
+    for name in ("numNoDelayRetries", "numMinDelayRetries", "numMaxDelayRetries"):
+        if getattr(policy, _RETRY_FIELDS[name]) < 0:
+            return f".{name} must be greater than or equal to 0"
+    if policy.num_backoff_retries < 0:
+        return (
+            ".numRetries must be greater than or equal to total of "
+            "numMinDelayRetries, numNoDelayRetries and numMaxDelayRetries"
+        )
+    # sns-message-delivery-retries: "The total policy retry time for an HTTP/S endpoint
+    # cannot be greater than 3,600 seconds. This is a hard limit."
+    if sum(policy.schedule()) > MAX_RETRY_SECONDS:
+        return f": Total policy retry time cannot be greater than {MAX_RETRY_SECONDS} seconds"
+    return None
+
+
+def _content_type_problem(content_type: str | None) -> str | None:
+    """Why the parser refuses a headerContentType (after its path), or None."""
+    if content_type is not None and len(content_type) > MAX_CONTENT_TYPE_LENGTH:
+        return f".headerContentType must be at most {MAX_CONTENT_TYPE_LENGTH} characters long"
+    if content_type is None or _CONTENT_TYPE.fullmatch(content_type) is None:
+        return (
+            ".headerContentType must be a media type such as application/json, with "
+            "parameters such as charset=UTF-8, in visible ASCII"
+        )
+    return None
+
+
+def _throttle_problem(rate: int) -> str | None:
+    """Why the parser refuses a maxReceivesPerSecond (after its path), or None."""
+    if rate < 1:
+        return ".maxReceivesPerSecond must be greater than or equal to 1"
+    if rate > MAX_RECEIVES_PER_SECOND:
+        return f".maxReceivesPerSecond must be less than or equal to {MAX_RECEIVES_PER_SECOND}"
+    return None
 
 
 # --- parsing -------------------------------------------------------------------------------
@@ -409,35 +516,19 @@ class _Reader:
                 self.fail(f"{path}.{name} must be an integer")
             values[attribute] = value
         policy = RetryPolicy(**values)
-        self._check_ranges(policy, path)
+        problem = _retry_problem(policy)
+        if problem is not None:
+            self.fail(f"{path}{problem}")
+        # The window is counted from the first attempt and the attempts take time too, so a
+        # retry due 3,600 s of delays later falls after it: never made. AWS's wording allows
+        # 3,600 exactly; a set policy is refused (stored ones are kept, see usable_policy).
+        if round(sum(policy.schedule()), 6) >= MAX_RETRY_SECONDS:
+            self.fail(
+                f"{path}: Total policy retry time must be less than {MAX_RETRY_SECONDS} seconds: "
+                f"a retry due {MAX_RETRY_SECONDS} seconds of delays after the first attempt "
+                "falls after the retry window and would never be made"
+            )
         return policy
-
-    def _check_ranges(self, policy: RetryPolicy, path: str) -> None:
-        if policy.min_delay_target < 1:
-            self.fail(f"{path}.minDelayTarget must be greater than or equal to 1")
-        if policy.max_delay_target > MAX_DELAY_SECONDS:
-            self.fail(f"{path}.maxDelayTarget must be less than or equal to {MAX_DELAY_SECONDS}")
-        if policy.min_delay_target > policy.max_delay_target:
-            self.fail(f"{path}.maxDelayTarget must be greater than or equal to minDelayTarget")
-        if policy.num_retries < 0:
-            self.fail(f"{path}.numRetries must be greater than or equal to 0")
-        if policy.num_retries > MAX_RETRIES:
-            self.fail(f"{path}.numRetries must be less than or equal to {MAX_RETRIES}")
-        for name in ("numNoDelayRetries", "numMinDelayRetries", "numMaxDelayRetries"):
-            if getattr(policy, _RETRY_FIELDS[name]) < 0:
-                self.fail(f"{path}.{name} must be greater than or equal to 0")
-        if policy.num_backoff_retries < 0:
-            self.fail(
-                f"{path}.numRetries must be greater than or equal to total of "
-                "numMinDelayRetries, numNoDelayRetries and numMaxDelayRetries"
-            )
-        # sns-message-delivery-retries: "The total policy retry time for an HTTP/S endpoint
-        # cannot be greater than 3,600 seconds. This is a hard limit."
-        if sum(policy.schedule()) > MAX_RETRY_SECONDS:
-            self.fail(
-                f"{path}: Total policy retry time cannot be greater than "
-                f"{MAX_RETRY_SECONDS} seconds"
-            )
 
     def throttle(self, node: object, path: str) -> ThrottlePolicy | None:
         if node is None:
@@ -450,8 +541,9 @@ class _Reader:
             return ThrottlePolicy()
         if isinstance(rate, bool) or not isinstance(rate, int):
             self.fail(f"{path}.maxReceivesPerSecond must be an integer")
-        if rate < 1:
-            self.fail(f"{path}.maxReceivesPerSecond must be greater than or equal to 1")
+        problem = _throttle_problem(rate)
+        if problem is not None:
+            self.fail(f"{path}{problem}")
         return ThrottlePolicy(max_receives_per_second=rate)
 
     def request(self, node: object, path: str) -> RequestPolicy | None:
@@ -461,8 +553,11 @@ class _Reader:
             self.fail(f"{path} must be a JSON object")
         self.members(node, f"{path}.", ("headerContentType",))
         content_type = node.get("headerContentType", DEFAULT_CONTENT_TYPE)
-        if not isinstance(content_type, str) or _CONTENT_TYPE.fullmatch(content_type) is None:
-            self.fail(f"{path}.headerContentType must be a media type such as application/json")
+        if not isinstance(content_type, str):
+            content_type = None
+        problem = _content_type_problem(content_type)
+        if problem is not None:
+            self.fail(f"{path}{problem}")
         return RequestPolicy(header_content_type=content_type)
 
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import base64
 import shutil
+import socket
 import ssl
+import threading
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 
 import pytest
 import trio
+import trio.testing
 import trustme
 
-from broker.http_client import HttpClient, Outcome, parse_target
+from broker.http_client import HttpClient, NameLookups, Outcome, parse_target
 from tests.support.auth_guard import AuthGuard
 from tests.support.descriptors import FD_SETSIZE, new_descriptors_past_fd_setsize
 from tests.support.sns import Endpoint
@@ -346,3 +349,67 @@ async def test_urls_a_request_line_cannot_carry_are_encoded_or_refused(client: M
         assert request.target == "/hook/caf%C3%A9%20and%20more?q=a%20b&r=%41"
         unresolvable = await http.post("http://" + "a" * 64 + ".example/", HEADERS, b"")
         assert (unresolvable.error, unresolvable.retryable) == ("invalid-url", False)
+
+
+async def test_name_lookups_run_one_thread_per_name_on_their_own_limiter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started: list[bytes] = []
+    answer = threading.Event()
+
+    def lookup(host: bytes, port: int, *args: int) -> list[object]:
+        started.append(host)
+        answer.wait(10)  # as a DNS server that does not answer (yet)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    lookups = NameLookups(threads=2)
+    answers = []
+
+    async def ask(name: bytes) -> None:
+        answers.append(await lookups.getaddrinfo(name, 80))
+
+    async with trio.open_nursery() as nursery:
+        for name in (b"a.test",) * 5 + (b"b.test",):
+            nursery.start_soon(ask, name)
+        await trio.testing.wait_all_tasks_blocked()
+        assert lookups.limiter.borrowed_tokens == 2  # both slots: one lookup per name
+        with trio.move_on_after(0.2) as waited:  # no slot left: waits, until its timeout
+            await ask(b"c.test")
+        assert waited.cancelled_caught
+        assert trio.to_thread.current_default_thread_limiter().borrowed_tokens == 0
+        answer.set()
+    assert sorted(set(started)) == [b"a.test", b"b.test"]
+    assert len(started) == 2
+    assert len(answers) == 6
+    assert lookups.limiter.borrowed_tokens == 0
+    assert await lookups.getaddrinfo(b"c.test", 81) == [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 81))
+    ]
+
+
+async def test_a_reused_connection_closed_before_any_answer_is_retried_on_a_fresh_one(
+    client: MakeClient,
+) -> None:
+    # The endpoint closes an idle keep-alive connection just as the next request arrives
+    # (without having said Connection: close): no byte of an answer. RFC 9112 9.3.1: the
+    # request was not processed; sent again on a fresh connection, it is delivered now
+    # instead of counting as a failed attempt retried 20 s later.
+    answers = iter(["ok", "close", "ok"])
+    with Endpoint() as endpoint:
+        endpoint.behaviour_of = lambda request: next(answers)
+        http = client()
+        assert (await http.post(endpoint.url, HEADERS, b"first")).status == 200
+        outcome = await http.post(endpoint.url, HEADERS, b"second")
+        assert outcome.status == 200, outcome
+        assert [r.body for r in endpoint.requests] == [b"first", b"second", b"second"]
+        assert endpoint.connections == 2
+
+
+async def test_a_fresh_connection_closed_before_any_answer_is_a_failed_attempt(
+    client: MakeClient,
+) -> None:
+    with Endpoint(behaviour="close") as endpoint:
+        outcome = await client().post(endpoint.url, HEADERS, b"body")
+    assert (outcome.status, outcome.error, outcome.retryable) == (None, "reset", True)
+    assert len(endpoint.requests) == 1  # not sent again: the server may have processed it

@@ -5,19 +5,31 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import socket
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 import trio
 
+from broker import http_delivery
 from broker.fanout import Batch
 from broker.http_delivery import HttpDeliveries
-from broker.model.delivery_policy import EffectiveDeliveryPolicy
-from broker.model.sns_mutations import HttpDeliveryRescheduled
+from broker.model.delivery_policy import (
+    EffectiveDeliveryPolicy,
+    SubscriptionDeliveryPolicy,
+    ThrottlePolicy,
+)
+from broker.model.sns_mutations import HttpDeliveryRescheduled, SubscriptionSaved
 from broker.registry import now_ms
 from tests.support.sns import Endpoint
 from tests.support.sns_harness import FAST, Harness, build
+
+SLOW = json.dumps(
+    {"healthyRetryPolicy": {"numRetries": 3, "minDelayTarget": 30, "maxDelayTarget": 30}}
+)
 
 
 @pytest.fixture
@@ -244,3 +256,107 @@ async def test_the_window_ends_a_grace_second_after_its_last_scheduled_retry(
         assert not harness.deliveries._window_passed(item)
         item.first_attempt_at = now_ms() - 3_602_000
         assert harness.deliveries._window_passed(item)
+
+
+async def test_a_stored_policy_this_broker_refuses_is_delivered_with_the_defaults(
+    tmp_path: Path,
+) -> None:
+    # An older broker accepted any maxReceivesPerSecond and stored it; 10**400 has no float
+    # interval, and the lane that met it stopped the whole broker, again at every start.
+    with Endpoint() as endpoint:
+        async with trio.open_nursery() as nursery:
+            first = await build(tmp_path, nursery)
+            subscription = await first.subscribe(endpoint.url)
+            nursery.cancel_scope.cancel()
+        huge = SubscriptionDeliveryPolicy(
+            throttle_policy=ThrottlePolicy(max_receives_per_second=10**400)
+        )
+        settings = msgspec.structs.replace(
+            subscription.settings,
+            delivery_policy=json.dumps({"throttlePolicy": {"maxReceivesPerSecond": 10**400}}),
+            delivery_policy_parsed=huge,
+        )
+        record = msgspec.structs.replace(subscription.record, settings=settings)
+        await first.store.commit([SubscriptionSaved(subscription=record)])
+        await first.store.aclose()
+        async with trio.open_nursery() as nursery:
+            second = await build(tmp_path, nursery)
+            for index in range(3):
+                await second.publish(f"m{index}")
+            notifications = await trio.to_thread.run_sync(
+                lambda: endpoint.wait_for(
+                    3, timeout=5, match=lambda r: r.envelope()["Type"] == "Notification"
+                )
+            )
+            assert sorted(r.envelope()["Message"] for r in notifications) == ["m0", "m1", "m2"]
+            logged = second.deliveries.log._settings.stream
+            assert logged is not None
+            lines = [
+                line
+                for line in logged.getvalue().splitlines()
+                if "delivery_policy_unusable" in line
+            ]
+            assert len(lines) == 1, lines  # once per subscription, not per delivery
+            assert "maxReceivesPerSecond must be less than or equal to 1000000" in lines[0]
+            nursery.cancel_scope.cancel()
+        await second.store.aclose()
+
+
+async def test_bodies_read_back_for_retries_stay_within_the_cache(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Bodies beyond the cache are read back from the store for each attempt. Kept after it,
+    # a dead endpoint's whole backlog ended up in memory while it waited for its retries.
+    body = "x" * 10_000
+    monkeypatch.setattr(http_delivery, "PAYLOAD_CACHE_BYTES", 25_000)  # two envelopes
+    with Endpoint(behaviour="500") as endpoint:
+        await harness.subscribe(endpoint.url, DeliveryPolicy=SLOW)
+        for _ in range(6):
+            await harness.publish(body)
+        await wait_for(endpoint, 6)  # every first attempt made; the retries wait 30 s
+        await trio.sleep(0.1)  # the last one is settled
+        (lane,) = harness.deliveries._lanes.values()
+        held = [len(item.payload.body) for item in lane.items.values() if item.payload]
+        assert len(lane.items) == 6
+        assert sum(held) <= 25_000, held
+        assert harness.deliveries._cached_bytes == sum(held)
+
+
+async def test_unresolvable_endpoint_names_leave_the_default_thread_limiter_alone(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Looking these names up blocks, as against a DNS server that does not answer. Trio's own
+    # resolver held a default-limiter token per abandoned lookup until it ended: 45 such
+    # names took all 40, and the store's reads (bodies read back, ReceiveMessage) and
+    # /metrics, which share that limiter, waited with them.
+    real_lookup = socket.getaddrinfo
+    answer = threading.Event()
+
+    def lookup(host: bytes | str | None, port: object, family: int = 0, *args: int) -> list[object]:
+        name = host.decode() if isinstance(host, bytes) else host or ""
+        numeric_only = bool(args[-1:] and args[-1] & socket.AI_NUMERICHOST)
+        if name.endswith(".unresolvable.test") and not numeric_only:
+            answer.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real_lookup(host, port, family, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    monkeypatch.setattr(http_delivery, "PAYLOAD_CACHE_BYTES", 0)  # every body is read back
+    try:
+        with Endpoint() as fine:
+            for index in range(45):
+                await harness.subscribe(f"http://n{index}.unresolvable.test:9/")
+            await harness.subscribe(fine.url)
+            await harness.publish("first")
+            with trio.fail_after(15):  # every lane's first attempt is made (0.5 s each)
+                while harness.topic.stats.attempts["http"] < 46:  # noqa: ASYNC110 - bounded poll of an internal count
+                    await trio.sleep(0.05)
+            await harness.publish("second")
+            with trio.fail_after(5):
+                await harness.store.load_sns()  # a store read, on the default limiter
+            await wait_for(fine, 2, seconds=5)  # its bodies were read back from the store
+            assert trio.to_thread.current_default_thread_limiter().borrowed_tokens <= 1
+            lookups = harness.deliveries.client.name_lookups.limiter
+            assert lookups.borrowed_tokens == lookups.total_tokens  # the hung lookups' slots
+    finally:
+        answer.set()

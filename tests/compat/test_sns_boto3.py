@@ -173,6 +173,89 @@ def test_topic_attributes(sns: Any, name: Names) -> None:
     assert message_of(info) == "Invalid parameter: AttributeName"
 
 
+def test_delivery_policies_out_of_range_are_refused_everywhere(sns: Any, name: Names) -> None:
+    # 10**400 per second was accepted, and the first delivery with it crashed the broker.
+    huge = {"maxReceivesPerSecond": 10**400}
+    topic_policy = json.dumps({"http": {"defaultThrottlePolicy": huge}})
+    own_policy = json.dumps({"throttlePolicy": huge})
+    arn = sns.create_topic(Name=name())["TopicArn"]
+    endpoint = "http://127.0.0.1:9/never-called"
+    subscription = sns.subscribe(
+        TopicArn=arn, Protocol="http", Endpoint=endpoint, ReturnSubscriptionArn=True
+    )["SubscriptionArn"]
+    calls = {
+        "CreateTopic": lambda: sns.create_topic(
+            Name=name(), Attributes={"DeliveryPolicy": topic_policy}
+        ),
+        "SetTopicAttributes": lambda: sns.set_topic_attributes(
+            TopicArn=arn, AttributeName="DeliveryPolicy", AttributeValue=topic_policy
+        ),
+        "Subscribe": lambda: sns.subscribe(
+            TopicArn=arn,
+            Protocol="http",
+            Endpoint=endpoint + "/2",
+            Attributes={"DeliveryPolicy": own_policy},
+        ),
+        "SetSubscriptionAttributes": lambda: sns.set_subscription_attributes(
+            SubscriptionArn=subscription, AttributeName="DeliveryPolicy", AttributeValue=own_policy
+        ),
+    }
+    for action, call in calls.items():
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            call()
+        assert code_of(info) == "InvalidParameter", action
+        assert "maxReceivesPerSecond must be less than or equal to 1000000" in message_of(info)
+
+
+def test_a_retry_policy_filling_the_hour_exactly_is_refused(sns: Any, name: Names) -> None:
+    # Accepted before: the message went to the dead-letter queue without its one retry.
+    arn = sns.create_topic(Name=name())["TopicArn"]
+    hour = {"numRetries": 1, "minDelayTarget": 3600, "maxDelayTarget": 3600}
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        sns.set_topic_attributes(
+            TopicArn=arn,
+            AttributeName="DeliveryPolicy",
+            AttributeValue=json.dumps({"http": {"defaultHealthyRetryPolicy": hour}}),
+        )
+    assert code_of(info) == "InvalidParameter"
+    assert "Total policy retry time must be less than 3600 seconds" in message_of(info)
+    almost = {"numRetries": 1, "minDelayTarget": 3599, "maxDelayTarget": 3599}
+    sns.set_topic_attributes(
+        TopicArn=arn,
+        AttributeName="DeliveryPolicy",
+        AttributeValue=json.dumps({"http": {"defaultHealthyRetryPolicy": almost}}),
+    )
+
+
+def test_header_content_types_no_request_can_carry_are_refused(sns: Any, name: Names) -> None:
+    # Accepted before, each made every later delivery fail before a byte was sent.
+    arn = sns.create_topic(Name=name())["TopicArn"]
+    subscription = sns.subscribe(
+        TopicArn=arn,
+        Protocol="http",
+        Endpoint="http://127.0.0.1:9/never-called",
+        ReturnSubscriptionArn=True,
+    )["SubscriptionArn"]
+    for bad in ("text/plain; charset=\u00e9", "text/plain; a\rb", "text/plain; a=" + "b" * 300):
+        own = json.dumps({"requestPolicy": {"headerContentType": bad}})
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            sns.set_subscription_attributes(
+                SubscriptionArn=subscription, AttributeName="DeliveryPolicy", AttributeValue=own
+            )
+        assert code_of(info) == "InvalidParameter", bad
+        assert "requestPolicy.headerContentType must be" in message_of(info)
+        topic = json.dumps({"http": {"defaultRequestPolicy": {"headerContentType": bad}}})
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            sns.set_topic_attributes(
+                TopicArn=arn, AttributeName="DeliveryPolicy", AttributeValue=topic
+            )
+        assert code_of(info) == "InvalidParameter", bad
+    fine = json.dumps({"requestPolicy": {"headerContentType": "application/json; charset=UTF-8"}})
+    sns.set_subscription_attributes(
+        SubscriptionArn=subscription, AttributeName="DeliveryPolicy", AttributeValue=fine
+    )
+
+
 def test_unknown_topics_and_subscriptions(sns: Any) -> None:
     missing = f"arn:aws:sns:us-east-1:{ACCOUNT_ID}:does-not-exist"
     for call in (

@@ -10,6 +10,8 @@ is its current ``behaviour``:
 - ``hang``: never answer (the broker's response timeout must fire);
 - ``gated``: answer 200 once ``gate`` is set (a slow endpoint that does succeed);
 - ``reset``: close the connection with a TCP RST;
+- ``close``: close the connection without answering (as a server closing an idle keep-alive
+  connection just as the request arrives);
 - ``garbage``: answer bytes that are not HTTP;
 - ``ok-extra``: 200, with a second, unasked-for 200 right behind it in the same write.
 
@@ -304,6 +306,8 @@ class Endpoint:
             # The gate is a threading.Event the test sets from another thread (and trio run).
             while behaviour == "gated" and not self.gate.is_set():  # noqa: ASYNC110
                 await trio.sleep(0.01)
+            if behaviour == "close":
+                return
             if behaviour == "reset":
                 raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 raw.close()

@@ -9,6 +9,7 @@ from broker.model.delivery_policy import (
     AWS_MANAGED_RETRY,
     BACKOFF_FUNCTIONS,
     CUSTOMER_MANAGED_RETRY,
+    MAX_RECEIVES_PER_SECOND,
     MAX_RETRY_SECONDS,
     EffectiveDeliveryPolicy,
     RequestPolicy,
@@ -21,6 +22,7 @@ from broker.model.delivery_policy import (
     parse_topic_delivery_policy,
     render_subscription_effective,
     render_topic_effective,
+    usable_policy,
 )
 from broker.model.sns_errors import SnsError
 
@@ -125,10 +127,30 @@ def test_a_policy_retrying_for_more_than_an_hour_is_refused():
     assert "healthyRetryPolicy: Total policy retry time cannot be greater than 3600 seconds" in (
         str(caught.value)
     )
-    exactly = {
-        "healthyRetryPolicy": {"minDelayTarget": 100, "maxDelayTarget": 100, "numRetries": 36}
-    }
-    assert sum(sub_policy(exactly).healthy_retry_policy.schedule()) == 3_600
+    # Exactly an hour of delays: the last retry would fall after the window (the attempts
+    # take time too), so it would never be made.
+    for retries, delay in ((36, 100), (1, 3_600), (2, 1_800)):
+        exactly = {
+            "healthyRetryPolicy": {
+                "minDelayTarget": delay,
+                "maxDelayTarget": delay,
+                "numRetries": retries,
+            }
+        }
+        assert error_of(exactly) == (
+            "Invalid parameter: DeliveryPolicy: healthyRetryPolicy: Total policy retry time "
+            "must be less than 3600 seconds: a retry due 3600 seconds of delays after the "
+            "first attempt falls after the retry window and would never be made"
+        )
+    within = {"healthyRetryPolicy": {"minDelayTarget": 1, "maxDelayTarget": 3_598, "numRetries": 2}}
+    assert sum(sub_policy(within).healthy_retry_policy.schedule()) == 3_600 - 1
+    # One stored by an older broker is kept: its earlier retries are still made.
+    stored = SubscriptionDeliveryPolicy(
+        healthy_retry_policy=RetryPolicy(
+            min_delay_target=1_800, max_delay_target=1_800, num_retries=2
+        )
+    )
+    assert effective_policy("http", None, stored).problems == ()
 
 
 def test_next_attempt_and_the_one_hour_window():
@@ -267,7 +289,8 @@ def test_validation_messages():
             "throttlePolicy.maxReceivesPerSecond must be an integer"
         ),
         json.dumps({"requestPolicy": {"headerContentType": "json"}}): (
-            "requestPolicy.headerContentType must be a media type such as application/json"
+            "requestPolicy.headerContentType must be a media type such as application/json, "
+            "with parameters such as charset=UTF-8, in visible ASCII"
         ),
     }
     for text, reason in cases.items():
@@ -276,6 +299,86 @@ def test_validation_messages():
     assert error_of({"http": {"disableSubscriptionOverrides": "yes"}}, topic=True).endswith(
         "http.disableSubscriptionOverrides must be a boolean"
     )
+
+
+def test_a_throttle_beyond_the_cap_is_refused():
+    # 10**400 has no float interval: accepted, it crashed the lane that delivered with it.
+    assert MAX_RECEIVES_PER_SECOND == 1_000_000
+    assert sub_policy({"throttlePolicy": {"maxReceivesPerSecond": MAX_RECEIVES_PER_SECOND}})
+    for rate in (MAX_RECEIVES_PER_SECOND + 1, 10**400):
+        throttle = {"maxReceivesPerSecond": rate}
+        assert error_of({"throttlePolicy": throttle}) == (
+            "Invalid parameter: DeliveryPolicy: throttlePolicy.maxReceivesPerSecond "
+            "must be less than or equal to 1000000"
+        )
+        topic = {"http": {"defaultThrottlePolicy": throttle}}
+        assert error_of(topic, topic=True).endswith(
+            "http.defaultThrottlePolicy.maxReceivesPerSecond must be less than or equal to 1000000"
+        )
+
+
+def test_stored_values_the_parser_refuses_fall_back_to_the_defaults():
+    # What an older broker stored without today's checks: the delivery must go on, with
+    # AWS's defaults for the parts that cannot be used, and say why.
+    stored = SubscriptionDeliveryPolicy(
+        healthy_retry_policy=RetryPolicy(num_retries=10**30),
+        throttle_policy=ThrottlePolicy(max_receives_per_second=10**400),
+    )
+    assert ThrottlePolicy(max_receives_per_second=10**400).min_interval == 0.0
+    effective = effective_policy("https", None, stored)
+    assert effective.retry == RetryPolicy()
+    assert effective.throttle == ThrottlePolicy()
+    assert effective.problems == (
+        "healthyRetryPolicy.numRetries must be less than or equal to 100",
+        "throttlePolicy.maxReceivesPerSecond must be less than or equal to 1000000",
+    )
+    fine = effective_policy(
+        "https", None, sub_policy({"throttlePolicy": {"maxReceivesPerSecond": 2}})
+    )
+    assert usable_policy(fine) is fine
+    assert fine.problems == ()
+
+
+def test_header_content_types_are_media_types_a_request_can_carry():
+    # The value becomes every POST's Content-Type field: RFC 9110 8.3.1 media-type, 5.5
+    # field-value (visible ASCII, no CR, LF or other controls). Accepted before, these made
+    # every delivery fail before a byte was sent.
+    for fine in (
+        "application/json",
+        "text/plain; charset=UTF-8",
+        'text/xml;charset="utf-8"',
+        'text/plain ; a=b; q="x \\" y"',
+    ):
+        assert sub_policy({"requestPolicy": {"headerContentType": fine}}).request_policy == (
+            RequestPolicy(header_content_type=fine)
+        )
+    media_type = (
+        "headerContentType must be a media type such as application/json, "
+        "with parameters such as charset=UTF-8, in visible ASCII"
+    )
+    for bad in (
+        "text/plain; charset=\u00e9",
+        "text/plain; a\rb",
+        "text/plain; a=b\r\nX-Injected: 1",
+        "text/plain; a=b\u0000",
+        "text/plain; charset",
+        "text/plain;",
+        "text/plain; a=b c",
+        5,
+    ):
+        assert error_of({"requestPolicy": {"headerContentType": bad}}).endswith(
+            f"requestPolicy.{media_type}"
+        ), bad
+        topic = {"http": {"defaultRequestPolicy": {"headerContentType": bad}}}
+        assert error_of(topic, topic=True).endswith(f"http.defaultRequestPolicy.{media_type}")
+    long = "text/plain; a=" + "b" * 20_000
+    assert error_of({"requestPolicy": {"headerContentType": long}}).endswith(
+        "requestPolicy.headerContentType must be at most 256 characters long"
+    )
+    stored = SubscriptionDeliveryPolicy(request_policy=RequestPolicy(header_content_type="a\rb"))
+    effective = effective_policy("http", None, stored)
+    assert effective.request == RequestPolicy()
+    assert effective.problems == (f"requestPolicy.{media_type}",)
 
 
 def test_rendering_the_effective_policies():
@@ -334,6 +437,9 @@ def test_schedules_follow_the_four_phases(policy):
     # sns-message-delivery-retries: the total policy retry time is at most 3,600 s.
     if sum(schedule) > MAX_RETRY_SECONDS:
         with pytest.raises(SnsError, match="Total policy retry time cannot be greater than 3600"):
+            sub_policy(document)
+    elif round(sum(schedule), 6) >= MAX_RETRY_SECONDS:
+        with pytest.raises(SnsError, match="Total policy retry time must be less than 3600"):
             sub_policy(document)
     else:
         assert sub_policy(document).healthy_retry_policy == policy
