@@ -38,7 +38,6 @@ from typing import Any, Final, NamedTuple
 from urllib.parse import quote, unquote, urlsplit
 
 import h11
-import outcome
 import trio
 
 from monitoring import fastio
@@ -241,7 +240,7 @@ class NameLookups(trio.abc.HostnameResolver):
     def _start(self, key: tuple[Any, ...], lookup: _Lookup) -> None:
         token = trio.lowlevel.current_trio_token()
 
-        def deliver(result: outcome.Outcome[Any]) -> None:  # in the thread, once it ended
+        def deliver(result: Any) -> None:  # in the thread, once it ended
             try:
                 token.run_sync_soon(self._finish, key, lookup, result)
             except trio.RunFinishedError:
@@ -252,14 +251,15 @@ class NameLookups(trio.abc.HostnameResolver):
             lambda: socket.getaddrinfo(*key), deliver, name=f"getaddrinfo {key[0]!r}"
         )
 
-    def _finish(self, key: tuple[Any, ...], lookup: _Lookup, result: outcome.Outcome[Any]) -> None:
+    def _finish(self, key: tuple[Any, ...], lookup: _Lookup, result: Any) -> None:
+        # ``result``: an outcome.Outcome (trio's dependency), unwrapped without naming it.
         self.limiter.release_on_behalf_of(lookup)
         if self._lookups.get(key) is lookup:
             del self._lookups[key]
-        if isinstance(result, outcome.Error):
-            lookup.error = result.error
-        else:
+        try:
             lookup.addresses = result.unwrap()
+        except BaseException as error:  # getaddrinfo's failure, handed to its callers
+            lookup.error = error
         lookup.done.set()
 
 
