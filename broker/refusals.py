@@ -1,4 +1,4 @@
-"""What the API listener answers for requests its HTTP server refuses (408, 413).
+"""What the API listener answers for requests its HTTP server refuses (408, 413, 431).
 
 :func:`monitoring.httpserver.serve_http` refuses a request that stalls (408) or whose body is
 over ``api.max_request_bytes`` (413) before any handler sees it; :class:`ApiRefusals` is its
@@ -18,6 +18,10 @@ over ``api.max_request_bytes`` (413) before any handler sees it; :class:`ApiRefu
   JSON with ``x-amzn-query-error`` for awsJson requests (``X-Amz-Target``), an XML
   ``ErrorResponse`` in SNS's namespace for requests signed for ``sns``, and SQS's XML
   otherwise (also when the head had not arrived: the query protocol is the default).
+- **431, a head over ``api.max_header_bytes``.** Neither SQS nor SNS documents one either: the
+  same protocol-shaped error, with S3's code and message for it,
+  ``RequestHeaderSectionTooLarge`` (a query string counts: it is in the head), so that every
+  SDK reads it as an error rather than as a response it cannot parse.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from proto.aws.sqs_shapes import SQS
 
 TOO_LARGE_STATUS: Final = 413
 REQUEST_TIMEOUT_CODE: Final = "RequestTimeout"
+HEAD_TOO_LARGE_CODE: Final = "RequestHeaderSectionTooLarge"
+HEAD_TOO_LARGE_MESSAGE: Final = "Your request header section exceeds the maximum allowed size."
 REQUEST_TIMEOUT_MESSAGE: Final = (
     "Your socket connection to the server was not read from or written to within the timeout "
     "period."
@@ -60,9 +66,11 @@ class ApiRefusals:
         """Return the answer to ``refusal``."""
         if refusal.status == TOO_LARGE_STATUS:
             return Response(TOO_LARGE_STATUS, too_large_body(refusal.max_body_bytes))
-        error = AwsError(
-            REQUEST_TIMEOUT_CODE, REQUEST_TIMEOUT_MESSAGE, status=refusal.status, sender_fault=True
-        )
+        if refusal.status == 431:
+            code, message = HEAD_TOO_LARGE_CODE, HEAD_TOO_LARGE_MESSAGE
+        else:
+            code, message = REQUEST_TIMEOUT_CODE, REQUEST_TIMEOUT_MESSAGE
+        error = AwsError(code, message, status=refusal.status, sender_fault=True)
         request_id = self._new_request_id()
         if refusal.header(b"x-amz-target") is not None:
             encoded = json_protocol.encode_error(SQS, error, request_id=request_id)

@@ -689,8 +689,8 @@ async def serve_http(
     """Serve requests on one connection until it closes, idles out, errs or the daemon drains.
 
     Exceptions from ``handler`` are reported to ``on_error`` and answered with 500; they never
-    escape, so one bad request cannot take the listener down. ``on_refusal`` shapes the 408
-    and 413 answers (plain text without it); an exception from it is reported to
+    escape, so one bad request cannot take the listener down. ``on_refusal`` shapes the 408,
+    413 and 431 answers (plain text without it); an exception from it is reported to
     ``on_error`` and the plain text goes out instead. ``on_refused`` is told the status of
     every request the server refuses itself (400, 408, 413, 431, 501, 505), which no handler
     sees and so no handler counts.
@@ -765,8 +765,8 @@ async def _read_request(
             status, message = parser.fault
             if status:
                 refuser.count(status)
-            if status == 413:
-                response = refuser.response(413, message, parser.refusal_head())
+            if status in (413, 431):  # the application may shape these (and the 408)
+                response = refuser.response(status, message, parser.refusal_head())
             elif status:
                 response = Response(status, message.encode())
             else:

@@ -106,3 +106,20 @@ def test_a_malformed_signature_does_not_break_the_answer():
     )
     response = hook()(refusal)
     assert parsed(response, "query")["Error"]["Code"] == "RequestTimeout"
+
+
+def test_a_head_over_the_limit_gets_a_protocol_shaped_431():
+    query = hook()(Refusal(status=431, message="plain", max_body_bytes=1024))  # head cut short
+    assert query.status == 431
+    error = parsed(query, "query")["Error"]
+    assert error["Code"] == "RequestHeaderSectionTooLarge"
+    assert error["Message"] == "Your request header section exceeds the maximum allowed size."
+    json_refusal = Refusal(
+        status=431,
+        message="plain",
+        max_body_bytes=1024,
+        method=b"POST",
+        target=b"/",
+        headers=[(b"x-amz-target", b"AmazonSQS.SendMessage")],
+    )
+    assert parsed(hook()(json_refusal), "json")["Error"]["Code"] == "RequestHeaderSectionTooLarge"

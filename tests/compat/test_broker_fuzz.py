@@ -155,6 +155,30 @@ def test_a_json_body_nested_beyond_the_recursion_limit_gets_a_serialization_erro
 
 
 @pytest.mark.parametrize("protocol", ["json", "query"])
+def test_a_head_over_the_limit_gets_a_431_in_the_protocols_shape(
+    shared_broker: BrokerThread, protocol: Protocol
+) -> None:
+    # Found by the raw-wire property: a query string past api.limits.max_header_bytes was
+    # answered with a plain-text 431 that botocore cannot read as an error.
+    long_query = "/?Action=ListQueues&" + "a." * 20_000 + "=0"
+    if protocol == "json":
+        request = Wire(
+            "POST",
+            long_query,
+            (("Content-Type", JSON_CONTENT_TYPE), ("X-Amz-Target", "AmazonSQS.ListQueues")),
+            b"{}",
+            "json",
+            "sqs",
+            "ListQueues",
+        )
+    else:
+        request = Wire("POST", long_query, (), b"", "query", "sqs", "ListQueues")
+    answer, parsed = answered(shared_broker, request)
+    assert answer.status == 431
+    assert parsed["Error"]["Code"] == "RequestHeaderSectionTooLarge"
+
+
+@pytest.mark.parametrize("protocol", ["json", "query"])
 @pytest.mark.parametrize("operation", ["SendMessage", "SendMessageBatch"])
 def test_a_trace_header_without_a_value_is_refused(
     shared_broker: BrokerThread, targets: Targets, protocol: Protocol, operation: str

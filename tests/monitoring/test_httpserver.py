@@ -378,16 +378,20 @@ async def test_a_failing_hook_is_reported_and_the_plain_answer_goes_out(nursery)
     assert [str(e) for e in server.errors] == ["hook bug"]
 
 
-async def test_431_and_400_stay_plain_with_a_hook(nursery):
+async def test_a_hook_shapes_431_and_400_stays_plain(nursery):
+    # A 431 is a client's request refused whole, as a 413 is: the application answers it in
+    # its protocol's shape (the broker's fuzz test found a plain one reaching botocore).
     shaper = Shaper()
     server = await Server(nursery, echo, on_refusal=shaper).start()
     reply = await raw_exchange(
         server.addr, b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n"
     )
     assert reply.startswith(b"HTTP/1.1 431 ")
+    assert b"x-shaped: yes" in reply
+    assert [refusal.status for refusal in shaper.seen] == [431]
     reply = await raw_exchange(server.addr, b"GET / HTTP/1.1\r\nHost t\r\n\r\n")
     assert reply.startswith(b"HTTP/1.1 400 ")
-    assert shaper.seen == []
+    assert [refusal.status for refusal in shaper.seen] == [431]
 
 
 async def test_every_request_the_server_refuses_itself_is_reported(nursery):
