@@ -37,11 +37,14 @@ PARTNER_KEY = ("AKIAWHARFPARTNER0002", "partner-secret-access-key-0002")
 PARTNER_ARN = f"arn:aws:iam::{PARTNER_ACCOUNT}:user/partner"
 LOCAL_KEY = ("AKIAWHARFLOCALUSER02", "local-user-secret-access-key-02")
 LOCAL_ARN = f"arn:aws:iam::{ACCOUNT_ID}:user/local"
+SESSION_KEY = ("AKIAWHARFSESSION0003", "session-secret-access-key-0003")
+SESSION_ARN = f"arn:aws:sts::{PARTNER_ACCOUNT}:assumed-role/Worker/job-7"
 TOPIC_ARN = f"arn:aws:sns:{REGION}:{ACCOUNT_ID}:orders"
 KEYS = [
     (ACCESS_KEY_ID, SECRET_ACCESS_KEY, ""),
     (*PARTNER_KEY, PARTNER_ARN),
     (*LOCAL_KEY, LOCAL_ARN),
+    (*SESSION_KEY, SESSION_ARN),
 ]
 DENY_PLAIN_HTTP = {
     "Sid": "https-only",
@@ -93,6 +96,11 @@ def partner(secured: BrokerThread, protocol) -> Any:
 @pytest.fixture
 def local(secured: BrokerThread, protocol) -> Any:
     return secured.client(protocol, access_key_id=LOCAL_KEY[0], secret_access_key=LOCAL_KEY[1])
+
+
+@pytest.fixture
+def session(secured: BrokerThread, protocol) -> Any:
+    return secured.client(protocol, access_key_id=SESSION_KEY[0], secret_access_key=SESSION_KEY[1])
 
 
 def arn_of(client: Any, url: str) -> str:
@@ -219,6 +227,46 @@ def test_a_source_arn_allow_grants_nothing_to_a_direct_call(owner, partner):
     elsewhere = {**by_arn, "Condition": {"IpAddress": {"aws:SourceIp": "192.0.2.0/24"}}}
     owner.set_queue_attributes(QueueUrl=url, Attributes={"Policy": policy(elsewhere)})
     assert refused(partner.send_message, QueueUrl=url, MessageBody="x") == "AccessDenied"
+    owner.delete_queue(QueueUrl=url)
+
+
+def test_a_role_arn_names_the_sessions_of_that_role(owner, session):
+    # A Lambda function or an ECS task calls with its role's session credentials; the queue
+    # policy names the role, and IAM lets its sessions in.
+    url = owner.create_queue(QueueName=unique("role-session"))["QueueUrl"]
+    arn = arn_of(owner, url)
+    for role in (
+        f"arn:aws:iam::{PARTNER_ACCOUNT}:role/Worker",
+        f"arn:aws:iam::{PARTNER_ACCOUNT}:role/team/Worker",
+    ):
+        grant = {
+            "Effect": "Allow",
+            "Principal": {"AWS": role},
+            "Action": "sqs:SendMessage",
+            "Resource": arn,
+        }
+        owner.set_queue_attributes(QueueUrl=url, Attributes={"Policy": policy(grant)})
+        session.send_message(QueueUrl=url, MessageBody="from a role session")
+    other_role = {**grant, "Principal": {"AWS": f"arn:aws:iam::{PARTNER_ACCOUNT}:role/Other"}}
+    owner.set_queue_attributes(QueueUrl=url, Attributes={"Policy": policy(other_role)})
+    assert refused(session.send_message, QueueUrl=url, MessageBody="x") == "AccessDenied"
+    # aws:PrincipalArn of a session is its role's ARN.
+    by_condition = {
+        **grant,
+        "Principal": "*",
+        "Condition": {
+            "ArnEquals": {"aws:PrincipalArn": f"arn:aws:iam::{PARTNER_ACCOUNT}:role/Worker"}
+        },
+    }
+    owner.set_queue_attributes(QueueUrl=url, Attributes={"Policy": policy(by_condition)})
+    session.send_message(QueueUrl=url, MessageBody="granted by aws:PrincipalArn")
+    deny_role = {
+        **grant,
+        "Effect": "Deny",
+        "Principal": {"AWS": f"arn:aws:iam::{PARTNER_ACCOUNT}:role/Worker"},
+    }
+    owner.set_queue_attributes(QueueUrl=url, Attributes={"Policy": policy(by_condition, deny_role)})
+    assert refused(session.send_message, QueueUrl=url, MessageBody="x") == "AccessDenied"
     owner.delete_queue(QueueUrl=url)
 
 
