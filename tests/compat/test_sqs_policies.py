@@ -133,6 +133,49 @@ def test_another_account_lists_none_of_this_accounts_queues(owner, partner):
     owner.delete_queue(QueueUrl=url)
 
 
+def test_what_only_the_queue_owner_may_do_no_policy_grants_another_account(owner, partner):
+    # SQS Developer Guide, "Limitations of Amazon SQS custom policies": cross-account
+    # permissions don't apply to these actions, so AddPermission's "*" leaves them the owner's.
+    url = owner.create_queue(QueueName=unique("owner-only"))["QueueUrl"]
+    owner.add_permission(QueueUrl=url, Label="all", AWSAccountIds=[PARTNER_ACCOUNT], Actions=["*"])
+    dead_letters = owner.create_queue(QueueName=unique("owner-only-dlq"))["QueueUrl"]
+    owner.add_permission(
+        QueueUrl=dead_letters, Label="all", AWSAccountIds=[PARTNER_ACCOUNT], Actions=["*"]
+    )
+    redrive = json.dumps({"deadLetterTargetArn": arn_of(owner, dead_letters), "maxReceiveCount": 1})
+    owner.set_queue_attributes(QueueUrl=url, Attributes={"RedrivePolicy": redrive})
+    before = owner.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    owner_only = [
+        (partner.set_queue_attributes, {"QueueUrl": url, "Attributes": {"Policy": ""}}),
+        (partner.set_queue_attributes, {"QueueUrl": url, "Attributes": {"DelaySeconds": "9"}}),
+        (
+            partner.add_permission,
+            {
+                "QueueUrl": url,
+                "Label": "more",
+                "AWSAccountIds": [PARTNER_ACCOUNT],
+                "Actions": ["*"],
+            },
+        ),
+        (partner.remove_permission, {"QueueUrl": url, "Label": "all"}),
+        (partner.tag_queue, {"QueueUrl": url, "Tags": {"team": "partner"}}),
+        (partner.untag_queue, {"QueueUrl": url, "TagKeys": ["team"]}),
+        (partner.list_queue_tags, {"QueueUrl": url}),
+        (partner.start_message_move_task, {"SourceArn": arn_of(owner, dead_letters)}),
+        (partner.list_message_move_tasks, {"SourceArn": arn_of(owner, dead_letters)}),
+        (partner.delete_queue, {"QueueUrl": url}),
+    ]
+    for call, arguments in owner_only:
+        assert refused(call, **arguments) == "AccessDenied", call
+    assert owner.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"] == before
+    assert "Tags" not in owner.list_queue_tags(QueueUrl=url)
+    # What the policy may grant, it still does.
+    partner.send_message(QueueUrl=url, MessageBody="granted")
+    partner.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
+    owner.delete_queue(QueueUrl=url)
+    owner.delete_queue(QueueUrl=dead_letters)
+
+
 def test_get_queue_url_across_accounts_follows_the_queue_policy(owner, partner):
     name = unique("foreign-url")
     url = owner.create_queue(QueueName=name)["QueueUrl"]
