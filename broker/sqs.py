@@ -101,6 +101,26 @@ class RequestContext:
     peer: Peer | None = None
 
 
+# "Cross-account permissions don't apply to the following actions" (SQS Developer Guide,
+# "Limitations of Amazon SQS custom policies"; each action's API reference says it too): only
+# the queue's own account may call them, whatever the queue's policy grants another account.
+OWNER_ONLY_ACTIONS: Final = frozenset(
+    {
+        "AddPermission",
+        "CancelMessageMoveTask",
+        "CreateQueue",
+        "DeleteQueue",
+        "ListMessageMoveTasks",
+        "ListQueues",
+        "ListQueueTags",
+        "RemovePermission",
+        "SetQueueAttributes",
+        "StartMessageMoveTask",
+        "TagQueue",
+        "UntagQueue",
+    }
+)
+
 # GetQueueUrl's answer for a queue that does not exist and for one the caller may not see.
 NOT_FOUND_OR_NOT_YOURS: Final = (
     "The specified queue does not exist or you do not have access to it."
@@ -200,6 +220,9 @@ class SqsApi:
     def _allows(self, queue: Queue, context: RequestContext, action: str | None = None) -> bool:
         """Whether the queue's policy lets the caller do ``action`` (the request's own)."""
         caller = context.caller
+        action = action or context.action
+        if action in OWNER_ONLY_ACTIONS and caller.account != self.account_id:
+            return False  # (an anonymous caller stands for the broker's own account)
         policy = queue.settings.policy
         if policy is None:  # the common case, kept cheap: no context to build
             return caller.anonymous or caller.account == self.account_id
@@ -215,7 +238,7 @@ class SqsApi:
             principal_arn=caller.principal_arn,
             principal_account=caller.account,
             owner_account=self.account_id,
-            action=action or context.action,
+            action=action,
             resource=queue.arn,
             context=conditions,
             anonymous=caller.anonymous,

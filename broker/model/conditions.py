@@ -27,6 +27,8 @@ from typing import Any, Final
 from broker.model.globs import compile_glob
 
 Context = Mapping[str, Sequence[str]]
+# An assumed-role session: arn:aws:sts::<account>:assumed-role/<role name>/<session name>.
+_ROLE_SESSION: Final = re.compile(r"arn:aws:sts::(\d{12}):assumed-role/([^/]+)/[^/]+")
 # The keys that differ between two requests of the same caller, action, resource and source.
 TIME_KEYS: Final = frozenset({"aws:currenttime", "aws:epochtime"})
 
@@ -270,6 +272,17 @@ def keys_read(block: Any) -> frozenset[str]:
     )
 
 
+def role_of_session(principal_arn: str) -> tuple[str, str] | None:
+    """The account and role name of an assumed-role session's ARN; None for other principals.
+
+    IAM treats a role session as its role: in a resource policy, the role's ARN as Principal
+    covers its sessions, and ``aws:PrincipalArn`` is "the ARN of the role, not the ARN of the
+    user that assumed the role" ("AWS global condition context keys", IAM User Guide).
+    """
+    match = _ROLE_SESSION.fullmatch(principal_arn)
+    return (match[1], match[2]) if match else None
+
+
 def request_context(
     *,
     now_ms: int,
@@ -296,7 +309,10 @@ def request_context(
     if source_ip:
         context["aws:sourceip"] = (source_ip,)
     if principal_arn:
-        context["aws:principalarn"] = (principal_arn,)
+        role = role_of_session(principal_arn)
+        # A session's ARN carries no role path: its role is named without one.
+        arn = f"arn:aws:iam::{role[0]}:role/{role[1]}" if role else principal_arn
+        context["aws:principalarn"] = (arn,)
         kind, _, name = principal_arn.split(":", 5)[-1].partition("/")
         if kind == "user" and name:
             context["aws:username"] = (name.rsplit("/", 1)[-1],)

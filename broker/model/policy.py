@@ -30,7 +30,7 @@ from enum import Enum
 from typing import Any, Final, NamedTuple
 
 from broker.model import strict_json
-from broker.model.conditions import ConditionError, Context, check, holds
+from broker.model.conditions import ConditionError, Context, check, holds, role_of_session
 from broker.model.errors import (
     INVALID_ATTRIBUTE_VALUE,
     INVALID_PARAMETER_VALUE,
@@ -107,6 +107,8 @@ SQS_ACTIONS = frozenset(
 MAX_LABEL_LENGTH = 80
 PERMISSION_LABEL = re.compile(r"[A-Za-z0-9_-]{1,80}")  # AddPermission's Label (SQS and SNS)
 ACCOUNT_ID = re.compile(r"\d{12}")  # an AWS account id: twelve digits
+# A role's ARN, with its path if it has one: arn:aws:iam::<account>:role/<path/><role name>.
+_ROLE_ARN = re.compile(r"arn:aws:iam::(\d{12}):role/(?:.*/)?([^/]+)")
 _NO_CONTEXT: Context = {}
 
 
@@ -153,6 +155,11 @@ def _names(principal: Any, caller: _Caller) -> bool:
             return True
         # An account id, or the account's root ARN, stands for every principal in it.
         if entry in (caller.account, f"arn:aws:iam::{caller.account}:root"):
+            return True
+        # A role's ARN stands for its sessions (IAM's role principals); role names are
+        # unique in an account whatever their path, which a session's ARN leaves out.
+        role = _ROLE_ARN.fullmatch(entry)
+        if role is not None and role_of_session(caller.arn) == (role[1], role[2]):
             return True
     if caller.service is not None:
         return caller.service in _as_list(principal.get("Service"))

@@ -37,11 +37,14 @@ PARTNER_KEY = ("AKIAWHARFPARTNER0002", "partner-secret-access-key-0002")
 PARTNER_ARN = f"arn:aws:iam::{PARTNER_ACCOUNT}:user/partner"
 LOCAL_KEY = ("AKIAWHARFLOCALUSER02", "local-user-secret-access-key-02")
 LOCAL_ARN = f"arn:aws:iam::{ACCOUNT_ID}:user/local"
+SESSION_KEY = ("AKIAWHARFSESSION0003", "session-secret-access-key-0003")
+SESSION_ARN = f"arn:aws:sts::{PARTNER_ACCOUNT}:assumed-role/Worker/job-7"
 TOPIC_ARN = f"arn:aws:sns:{REGION}:{ACCOUNT_ID}:orders"
 KEYS = [
     (ACCESS_KEY_ID, SECRET_ACCESS_KEY, ""),
     (*PARTNER_KEY, PARTNER_ARN),
     (*LOCAL_KEY, LOCAL_ARN),
+    (*SESSION_KEY, SESSION_ARN),
 ]
 DENY_PLAIN_HTTP = {
     "Sid": "https-only",
@@ -95,6 +98,11 @@ def local(secured: BrokerThread, protocol) -> Any:
     return secured.client(protocol, access_key_id=LOCAL_KEY[0], secret_access_key=LOCAL_KEY[1])
 
 
+@pytest.fixture
+def session(secured: BrokerThread, protocol) -> Any:
+    return secured.client(protocol, access_key_id=SESSION_KEY[0], secret_access_key=SESSION_KEY[1])
+
+
 def arn_of(client: Any, url: str) -> str:
     attributes = client.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
     return str(attributes["Attributes"]["QueueArn"])
@@ -123,6 +131,49 @@ def test_another_account_lists_none_of_this_accounts_queues(owner, partner):
     assert "QueueUrls" not in partner.list_queues(QueueNamePrefix=name)
     assert "QueueUrls" not in partner.list_queues()
     owner.delete_queue(QueueUrl=url)
+
+
+def test_what_only_the_queue_owner_may_do_no_policy_grants_another_account(owner, partner):
+    # SQS Developer Guide, "Limitations of Amazon SQS custom policies": cross-account
+    # permissions don't apply to these actions, so AddPermission's "*" leaves them the owner's.
+    url = owner.create_queue(QueueName=unique("owner-only"))["QueueUrl"]
+    owner.add_permission(QueueUrl=url, Label="all", AWSAccountIds=[PARTNER_ACCOUNT], Actions=["*"])
+    dead_letters = owner.create_queue(QueueName=unique("owner-only-dlq"))["QueueUrl"]
+    owner.add_permission(
+        QueueUrl=dead_letters, Label="all", AWSAccountIds=[PARTNER_ACCOUNT], Actions=["*"]
+    )
+    redrive = json.dumps({"deadLetterTargetArn": arn_of(owner, dead_letters), "maxReceiveCount": 1})
+    owner.set_queue_attributes(QueueUrl=url, Attributes={"RedrivePolicy": redrive})
+    before = owner.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    owner_only = [
+        (partner.set_queue_attributes, {"QueueUrl": url, "Attributes": {"Policy": ""}}),
+        (partner.set_queue_attributes, {"QueueUrl": url, "Attributes": {"DelaySeconds": "9"}}),
+        (
+            partner.add_permission,
+            {
+                "QueueUrl": url,
+                "Label": "more",
+                "AWSAccountIds": [PARTNER_ACCOUNT],
+                "Actions": ["*"],
+            },
+        ),
+        (partner.remove_permission, {"QueueUrl": url, "Label": "all"}),
+        (partner.tag_queue, {"QueueUrl": url, "Tags": {"team": "partner"}}),
+        (partner.untag_queue, {"QueueUrl": url, "TagKeys": ["team"]}),
+        (partner.list_queue_tags, {"QueueUrl": url}),
+        (partner.start_message_move_task, {"SourceArn": arn_of(owner, dead_letters)}),
+        (partner.list_message_move_tasks, {"SourceArn": arn_of(owner, dead_letters)}),
+        (partner.delete_queue, {"QueueUrl": url}),
+    ]
+    for call, arguments in owner_only:
+        assert refused(call, **arguments) == "AccessDenied", call
+    assert owner.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"] == before
+    assert "Tags" not in owner.list_queue_tags(QueueUrl=url)
+    # What the policy may grant, it still does.
+    partner.send_message(QueueUrl=url, MessageBody="granted")
+    partner.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
+    owner.delete_queue(QueueUrl=url)
+    owner.delete_queue(QueueUrl=dead_letters)
 
 
 def test_get_queue_url_across_accounts_follows_the_queue_policy(owner, partner):
@@ -219,6 +270,46 @@ def test_a_source_arn_allow_grants_nothing_to_a_direct_call(owner, partner):
     elsewhere = {**by_arn, "Condition": {"IpAddress": {"aws:SourceIp": "192.0.2.0/24"}}}
     owner.set_queue_attributes(QueueUrl=url, Attributes={"Policy": policy(elsewhere)})
     assert refused(partner.send_message, QueueUrl=url, MessageBody="x") == "AccessDenied"
+    owner.delete_queue(QueueUrl=url)
+
+
+def test_a_role_arn_names_the_sessions_of_that_role(owner, session):
+    # A Lambda function or an ECS task calls with its role's session credentials; the queue
+    # policy names the role, and IAM lets its sessions in.
+    url = owner.create_queue(QueueName=unique("role-session"))["QueueUrl"]
+    arn = arn_of(owner, url)
+    for role in (
+        f"arn:aws:iam::{PARTNER_ACCOUNT}:role/Worker",
+        f"arn:aws:iam::{PARTNER_ACCOUNT}:role/team/Worker",
+    ):
+        grant = {
+            "Effect": "Allow",
+            "Principal": {"AWS": role},
+            "Action": "sqs:SendMessage",
+            "Resource": arn,
+        }
+        owner.set_queue_attributes(QueueUrl=url, Attributes={"Policy": policy(grant)})
+        session.send_message(QueueUrl=url, MessageBody="from a role session")
+    other_role = {**grant, "Principal": {"AWS": f"arn:aws:iam::{PARTNER_ACCOUNT}:role/Other"}}
+    owner.set_queue_attributes(QueueUrl=url, Attributes={"Policy": policy(other_role)})
+    assert refused(session.send_message, QueueUrl=url, MessageBody="x") == "AccessDenied"
+    # aws:PrincipalArn of a session is its role's ARN.
+    by_condition = {
+        **grant,
+        "Principal": "*",
+        "Condition": {
+            "ArnEquals": {"aws:PrincipalArn": f"arn:aws:iam::{PARTNER_ACCOUNT}:role/Worker"}
+        },
+    }
+    owner.set_queue_attributes(QueueUrl=url, Attributes={"Policy": policy(by_condition)})
+    session.send_message(QueueUrl=url, MessageBody="granted by aws:PrincipalArn")
+    deny_role = {
+        **grant,
+        "Effect": "Deny",
+        "Principal": {"AWS": f"arn:aws:iam::{PARTNER_ACCOUNT}:role/Worker"},
+    }
+    owner.set_queue_attributes(QueueUrl=url, Attributes={"Policy": policy(by_condition, deny_role)})
+    assert refused(session.send_message, QueueUrl=url, MessageBody="x") == "AccessDenied"
     owner.delete_queue(QueueUrl=url)
 
 
