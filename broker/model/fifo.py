@@ -104,7 +104,13 @@ class FifoIndex(QueueIndex):
         # Heap of the seqs of delayed messages, for retention: a delay can outlast the
         # retention period, and a delayed head is never in the ready heap the sweep walks.
         self._delayed_seqs: list[int] = []
+        # Receives remembered under their ReceiveRequestAttemptId, oldest first, and the
+        # attempt that returned each seq: an attempt one of whose messages is deleted, moved,
+        # expired or visible again can no longer be retried, so it goes then rather than 5
+        # minutes after its receive (a consumer naming every receive kept a record of each
+        # one received and deleted in those 5 minutes, some 300 bytes a message).
         self._attempts: dict[str, _Attempt] = {}
+        self._attempt_of: dict[int, str] = {}
 
     def receive(
         self,
@@ -175,11 +181,14 @@ class FifoIndex(QueueIndex):
             visited_group = self._groups.get(visited_id)
             if visited_group is not None:
                 self._settle(visited_group)
-        if attempt_id is not None and deliveries:
+        if attempt_id is not None and deliveries and window_ms > 0:
+            # (With no visibility timeout nothing is in flight: a retry could not return it.)
             deadlines = [self._received[d.seq].visible_at for d in deliveries]
             self._attempts[attempt_id] = _Attempt(
                 deliveries, deadlines, now + DEDUPLICATION_WINDOW_MS
             )
+            for delivery in deliveries:
+                self._attempt_of[delivery.seq] = attempt_id
         return ReceiveOutcome(deliveries, mutations, after)
 
     def _retry(self, now: int, attempt_id: str, window_ms: int) -> ReceiveOutcome | None:
@@ -196,7 +205,7 @@ class FifoIndex(QueueIndex):
                 and entry.visible_at == deadline
             )
         if not unchanged:
-            del self._attempts[attempt_id]
+            self._drop_attempt(attempt_id)
             return None
         mutations: list[Mutation] = []
         for position, delivery in enumerate(attempt.deliveries):
@@ -208,6 +217,21 @@ class FifoIndex(QueueIndex):
                 VisibilityChanged(queue_id=self.queue_id, seq=delivery.seq, visible_at=visible_at)
             )
         return ReceiveOutcome(attempt.deliveries, mutations)
+
+    def _drop_attempt(self, attempt_id: str) -> None:
+        attempt = self._attempts.pop(attempt_id, None)
+        if attempt is None:
+            return
+        attempt_of = self._attempt_of
+        for delivery in attempt.deliveries:
+            if attempt_of.get(delivery.seq) == attempt_id:
+                del attempt_of[delivery.seq]
+
+    def _drop_attempt_of(self, seq: int) -> None:
+        """Forget the receive attempt that returned ``seq``: the message changed."""
+        attempt_id = self._attempt_of.get(seq)
+        if attempt_id is not None:
+            self._drop_attempt(attempt_id)
 
     # ------------------------------------------------------------------ groups
 
@@ -275,12 +299,14 @@ class FifoIndex(QueueIndex):
             self._settle(group)
 
     def _visibility_expired(self, seq: int, entry: ReceivedMessage) -> None:
+        self._drop_attempt_of(seq)
         group = self._groups.get(entry.group_id or "")
         if group is not None:
             group.in_flight -= 1
             self._settle(group)
 
     def _forget(self, seq: int, entry: ReceivedMessage | None, group_id: str | None) -> None:
+        self._drop_attempt_of(seq)
         if entry is not None:
             group_id = entry.group_id
         delayed_group = self._delayed_groups.pop(seq, None)
@@ -384,9 +410,15 @@ class FifoIndex(QueueIndex):
         return min(heads) if heads else None
 
     def _prune(self, now: int) -> None:
-        timed_out = [key for key, attempt in self._attempts.items() if attempt.expires_at <= now]
+        # Oldest first (each expires a fixed window after its receive), so the scan stops at
+        # the first one still within its window instead of walking them all every second.
+        timed_out = []
+        for key, attempt in self._attempts.items():
+            if attempt.expires_at > now:
+                break
+            timed_out.append(key)
         for key in timed_out:
-            del self._attempts[key]
+            self._drop_attempt(key)
 
     def _clear(self) -> None:
         self._groups.clear()
@@ -394,6 +426,7 @@ class FifoIndex(QueueIndex):
         self._delayed_groups.clear()
         self._delayed_seqs.clear()
         self._attempts.clear()
+        self._attempt_of.clear()
 
     def _after_restore(self) -> None:
         for group in self._groups.values():

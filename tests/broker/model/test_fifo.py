@@ -147,6 +147,28 @@ def test_attempt_ids_time_out():
     assert index.receive(T0 + MINUTES_5 + 1, attempt_id="t").deliveries == []
 
 
+def test_an_attempt_id_is_forgotten_once_a_retry_could_not_return_its_messages():
+    # A consumer naming each receive (as retry-safe clients do) must not leave a record of
+    # every receive of the last 5 minutes behind: only those a retry could still return.
+    index = make(visibility_timeout=30)
+    for n in range(100):
+        send(index, T0, f"m{n}", "A")
+        received = index.receive(T0, max_messages=10, attempt_id=f"deleted-{n}")
+        index.delete(T0, received.deliveries[0].receipt_handle)
+    send(index, T0, "last", "A")
+    given_back = index.receive(T0, attempt_id="given-back")
+    index.change_visibility(T0, given_back.deliveries[0].receipt_handle, 0)
+    index.receive(T0, attempt_id="timed-out")
+    index.expire(T0 + 30_000)  # its visibility timeout has passed
+    index.receive(T0 + 30_000, visibility_timeout=0, attempt_id="nothing-in-flight")
+    assert index._attempts == {}
+    assert index._attempt_of == {}
+    # One still in flight is kept, and its retry returns the same receive.
+    kept = index.receive(T0 + 31_000, attempt_id="kept")
+    assert index.receive(T0 + 32_000, attempt_id="kept").deliveries == kept.deliveries
+    assert list(index._attempts) == ["kept"]
+
+
 def test_a_delayed_message_ends_its_group_batch():
     index = make(delay_seconds=2)
     send(index, T0, "a0", "A")
