@@ -79,6 +79,7 @@ from balancer.upstream import (
     report_out_of_resources,
 )
 from monitoring import fastio
+from monitoring.httpserver import http_date
 from proto.http1 import (
     Action,
     Forwarding,
@@ -805,6 +806,11 @@ async def _relay(
     ):
         raise ClientGone  # ALB's 460; the target connection is dropped mid-response
     headers, framed_twice = prepare_response(response.status_code, response.headers)
+    if not any(name == b"date" for name, _ in headers):
+        # RFC 9110 6.6.1: a recipient with a clock that forwards a response without a Date
+        # MUST append one with the time it was received (as nginx and Envoy do); clients
+        # and caches compute a response's age and their clock skew from it.
+        headers.append((b"date", http_date().encode("ascii")))
     _add_sticky_cookies(ex, headers, sticky, group, wall)
     if ex.close_after:
         headers.append((b"connection", b"close"))

@@ -4,12 +4,14 @@ streaming both ways, 100-continue, pooled connections and the stale-connection r
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import errno
 import functools
 import json
 import socket
 import ssl
 import struct
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -122,6 +124,33 @@ async def test_host_is_passed_unchanged():
         )
         assert statuses(answer) == [200]
         assert target.seen[0].header("host") == "Shop.Example.com:8443"
+
+
+async def test_a_response_without_date_gets_one_and_a_targets_own_is_kept():
+    """RFC 9110 6.6.1: a recipient with a clock MUST append a Date to a response it forwards
+    without one; a Date the target sent is passed on unchanged, and never doubled."""
+    own = "Tue, 15 Nov 1994 08:12:31 GMT"
+
+    async def answer(seen: Seen, server: TargetServer) -> Reply:
+        headers = [("date", own)] if seen.target == "/dated" else []
+        return Reply(200, [*headers, ("content-type", "text/plain")], b"ok")
+
+    async with (
+        running_targets(TargetServer("a", answer)) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        for path, expected in (("/undated", None), ("/dated", own)):
+            request = f"GET {path} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+            answer = await raw(front(daemon), request.encode())
+            assert statuses(answer) == [200]
+            head = answer.partition(b"\r\n\r\n")[0].decode().split("\r\n")[1:]
+            dates = [line.partition(": ")[2] for line in head if line.lower().startswith("date:")]
+            assert len(dates) == 1, head
+            if expected is None:
+                sent = email.utils.parsedate_to_datetime(dates[0])
+                assert abs(sent.timestamp() - time.time()) < 60
+            else:
+                assert dates == [expected]
 
 
 async def test_trusted_proxies_keep_their_chain_and_client_ports_can_be_added():
