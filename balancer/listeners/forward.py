@@ -811,10 +811,15 @@ async def _relay(
         # MUST append one with the time it was received (as nginx and Envoy do); clients
         # and caches compute a response's age and their clock skew from it.
         headers.append((b"date", http_date().encode("ascii")))
+    conn = client.conn
+    if conn.their_http_version == b"1.0":
+        # RFC 9112 6.1: no Transfer-Encoding in a response to an HTTP/1.0 request. h11 drops
+        # it where a body follows (sent close-delimited instead), not from a 304, which may
+        # carry it for an HTTP/1.1 client (the coding its 200 would have had).
+        headers = [field for field in headers if field[0] != b"transfer-encoding"]
     _add_sticky_cookies(ex, headers, sticky, group, wall)
     if ex.close_after:
         headers.append((b"connection", b"close"))
-    conn = client.conn
     try:
         # The first body event, from the bytes read with the head: a body broken there
         # already (a chunk size beyond 64 bits...) makes the response invalid, a 502 as

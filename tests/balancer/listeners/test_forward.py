@@ -810,6 +810,30 @@ async def test_a_target_that_refuses_connect_is_an_ordinary_response():
         assert statuses(answer) == [405]
 
 
+async def test_an_http_1_0_client_never_gets_transfer_encoding():
+    """RFC 9112 6.1: no Transfer-Encoding in a response to an HTTP/1.0 request, not even on
+    a 304 (which may carry one for an HTTP/1.1 client) or a chunked answer to HEAD."""
+
+    async def not_modified(stream: trio.SocketStream) -> None:
+        request = await read_request_head(stream)
+        status = b"200 OK" if request.method == b"HEAD" else b"304 Not Modified"
+        await stream.send_all(
+            b'HTTP/1.1 %s\r\nTransfer-Encoding: chunked\r\nETag: "v1"\r\n\r\n' % status
+        )
+
+    async with (
+        raw_target(not_modified) as target,
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        for method, status in ((b"GET", 304), (b"HEAD", 200)):
+            answer = await raw(front(daemon), b"%s / HTTP/1.0\r\nHost: h\r\n\r\n" % method)
+            assert statuses(answer) == [status]
+            head, _, rest = answer.partition(b"\r\n\r\n")
+            assert b'etag: "v1"' in head.lower()
+            assert b"transfer-encoding" not in head.lower(), head
+            assert rest == b""
+
+
 async def test_bytes_a_target_sends_after_its_response_never_reach_another_client():
     """RFC 9112 6.3: extra data after a complete response is not a response. A pooled
     connection with bytes waiting is closed, however short its pause."""
