@@ -156,6 +156,13 @@ class _HttpListenerBase(Section, frozen=True, kw_only=True):
         ),
     ] = "append"
     x_forwarded_for_client_port: bool = False
+    drop_invalid_header_fields: Annotated[
+        bool,
+        Meta(
+            description="Drop request headers whose names are not [-A-Za-z0-9]+ before "
+            "forwarding (ALB's routing.http.drop_invalid_header_fields.enabled).",
+        ),
+    ] = False
     trusted_proxies: Annotated[
         tuple[str, ...], Meta(description="CIDRs whose incoming X-Forwarded-* headers are kept.")
     ] = ()

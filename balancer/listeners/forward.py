@@ -92,6 +92,7 @@ from proto.http1 import (
     prepare_request,
     prepare_response,
     strip_hop_by_hop,
+    valid_fields,
     valid_switch,
     without_h2c,
 )
@@ -370,8 +371,11 @@ def _upstream_headers(
             trusted=is_trusted(client.address, listener),
         )
         client.forwarding = (listener, forwarding)
+    fields = ex.headers
+    if listener.config.drop_invalid_header_fields:
+        fields = valid_fields(fields)
     headers, ex.trace = prepare_request(
-        ex.headers,
+        fields,
         forwarding,
         services.new_trace_id(wall),
         upgrade=upgrade,

@@ -113,6 +113,30 @@ async def test_the_trace_header_keeps_its_fields_unless_the_head_is_over_7_kb():
         assert ";" not in large  # AWS: over 7 KB of headers, only a Root
 
 
+@pytest.mark.parametrize("drop", [False, True])
+async def test_invalid_header_names_are_dropped_when_the_listener_says_so(drop: bool):
+    """ALB's routing.http.drop_invalid_header_fields.enabled: names outside [-A-Za-z0-9]+
+    (which CGI-style servers read as X-Forwarded-For...) go; off by default, as on ALB."""
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(
+            config([listener(drop_invalid_header_fields=drop)], [group("web", target)])
+        ) as daemon,
+    ):
+        answer = await raw(
+            front(daemon),
+            b"GET / HTTP/1.1\r\nHost: h\r\nX_Forwarded_For: 6.6.6.6\r\nX.Real.IP: 6.6.6.6\r\n"
+            b"X-Good-2: kept\r\nConnection: close\r\n\r\n",
+        )
+        assert statuses(answer) == [200]
+    (seen,) = target.seen
+    assert seen.header("x-good-2") == "kept"
+    assert seen.header("host") == "h"
+    assert seen.header("x-forwarded-for") == "127.0.0.1"
+    dropped = {"x_forwarded_for", "x.real.ip"}
+    assert dropped.isdisjoint(name for name, _ in seen.headers) is drop
+
+
 async def test_host_is_passed_unchanged():
     async with (
         running_targets(TargetServer("a")) as (target,),
