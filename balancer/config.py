@@ -137,6 +137,15 @@ class _HttpListenerBase(Section, frozen=True, kw_only=True):
     idle_timeout_seconds: Annotated[
         int, Meta(ge=1, le=4000, description="Idle client or target connection is closed.")
     ] = 60
+    client_keep_alive_seconds: Annotated[
+        int,
+        Meta(
+            ge=60,
+            le=604800,
+            description="A client connection this old gets Connection: close on its next "
+            "response (ALB's client_keep_alive.seconds).",
+        ),
+    ] = 3600
     timeouts: ListenerTimeouts = ListenerTimeouts()
     limits: ListenerLimits = ListenerLimits()
     x_forwarded_for: Annotated[
@@ -147,6 +156,13 @@ class _HttpListenerBase(Section, frozen=True, kw_only=True):
         ),
     ] = "append"
     x_forwarded_for_client_port: bool = False
+    drop_invalid_header_fields: Annotated[
+        bool,
+        Meta(
+            description="Drop request headers whose names are not [-A-Za-z0-9]+ before "
+            "forwarding (ALB's routing.http.drop_invalid_header_fields.enabled).",
+        ),
+    ] = False
     trusted_proxies: Annotated[
         tuple[str, ...], Meta(description="CIDRs whose incoming X-Forwarded-* headers are kept.")
     ] = ()

@@ -513,6 +513,20 @@ def forwarded_headers(headers: Iterable[Header], forwarding: Forwarding) -> list
     return kept
 
 
+# ALB's routing.http.drop_invalid_header_fields.enabled: a valid field name matches this.
+VALID_FIELD_NAME: Final = re.compile(rb"[-A-Za-z0-9]+")
+
+
+def valid_fields(headers: Sequence[Header]) -> list[Header]:
+    """The headers whose names match ALB's ``[-A-Za-z0-9]+`` (what its
+    ``drop_invalid_header_fields`` keeps): ``X_Forwarded_For`` or ``X.Real.IP`` go, which
+    CGI-style servers (WSGI, PHP, Rack) would read as ``X-Forwarded-For`` / ``X-Real-IP``.
+    The list itself is returned when every name is valid."""
+    if all(VALID_FIELD_NAME.fullmatch(name) for name, _ in headers):
+        return headers if isinstance(headers, list) else list(headers)
+    return [field for field in headers if VALID_FIELD_NAME.fullmatch(field[0])]
+
+
 def prepare_request(
     headers: Sequence[Header],
     forwarding: Forwarding,

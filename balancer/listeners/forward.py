@@ -79,6 +79,7 @@ from balancer.upstream import (
     report_out_of_resources,
 )
 from monitoring import fastio
+from monitoring.httpserver import http_date
 from proto.http1 import (
     Action,
     Forwarding,
@@ -91,6 +92,7 @@ from proto.http1 import (
     prepare_request,
     prepare_response,
     strip_hop_by_hop,
+    valid_fields,
     valid_switch,
     without_h2c,
 )
@@ -369,8 +371,11 @@ def _upstream_headers(
             trusted=is_trusted(client.address, listener),
         )
         client.forwarding = (listener, forwarding)
+    fields = ex.headers
+    if listener.config.drop_invalid_header_fields:
+        fields = valid_fields(fields)
     headers, ex.trace = prepare_request(
-        ex.headers,
+        fields,
         forwarding,
         services.new_trace_id(wall),
         upgrade=upgrade,
@@ -805,10 +810,20 @@ async def _relay(
     ):
         raise ClientGone  # ALB's 460; the target connection is dropped mid-response
     headers, framed_twice = prepare_response(response.status_code, response.headers)
+    if not any(name == b"date" for name, _ in headers):
+        # RFC 9110 6.6.1: a recipient with a clock that forwards a response without a Date
+        # MUST append one with the time it was received (as nginx and Envoy do); clients
+        # and caches compute a response's age and their clock skew from it.
+        headers.append((b"date", http_date().encode("ascii")))
+    conn = client.conn
+    if conn.their_http_version == b"1.0":
+        # RFC 9112 6.1: no Transfer-Encoding in a response to an HTTP/1.0 request. h11 drops
+        # it where a body follows (sent close-delimited instead), not from a 304, which may
+        # carry it for an HTTP/1.1 client (the coding its 200 would have had).
+        headers = [field for field in headers if field[0] != b"transfer-encoding"]
     _add_sticky_cookies(ex, headers, sticky, group, wall)
     if ex.close_after:
         headers.append((b"connection", b"close"))
-    conn = client.conn
     try:
         # The first body event, from the bytes read with the head: a body broken there
         # already (a chunk size beyond 64 bits...) makes the response invalid, a 502 as

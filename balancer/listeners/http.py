@@ -185,7 +185,17 @@ class _Connection:
     to drop, a deadline that passed just after its wait ended) takes a fresh one.
     """
 
-    __slots__ = ("client", "ex", "head_start", "idle", "phase", "served", "services", "trace_id")
+    __slots__ = (
+        "client",
+        "ex",
+        "head_start",
+        "idle",
+        "opened",
+        "phase",
+        "served",
+        "services",
+        "trace_id",
+    )
 
     def __init__(
         self, services: ListenerServices, client: Client, idle: set[trio.CancelScope]
@@ -197,6 +207,7 @@ class _Connection:
         self.head_start = 0  # where the head being read began in client.received
         self.ex: Exchange | None = None  # the current cycle's request, once its head is read
         self.served = 0
+        self.opened = client.now()  # for the client keepalive duration
         # ALB's conn_trace_id: one per client connection, on every request line it carries.
         self.trace_id = services.new_connection_trace_id()
 
@@ -535,9 +546,15 @@ class _Connection:
             self._log_refusal(ex.verdict)
             await respond(client, ex, 400, b"bad request\n")
             return
-        if ex.verdict.action is Action.CLOSE_AFTER or services.draining.started:
-            ex.close_after = True
         listener = ex.listener
+        if (
+            ex.verdict.action is Action.CLOSE_AFTER
+            or services.draining.started
+            # ALB's HTTP client keepalive duration: once it has elapsed, the next request
+            # is still served, and its response closes the connection gracefully.
+            or ex.started - self.opened >= listener.config.client_keep_alive_seconds
+        ):
+            ex.close_after = True
         if listener.trusted_proxies and self._forwarded_for_overflow(ex):
             # ALB's 463. Only a trusted proxy's chain is forwarded (anyone else's is
             # dropped), so only that one can grow without bound on its way to a target.

@@ -83,6 +83,14 @@ def error(data: dict[str, Any]) -> str:
     return str(info.value)
 
 
+def test_the_client_keepalive_duration_takes_albs_range():
+    loaded = decode(msgspec.toml.encode(config()), BalancerConfig)
+    assert loaded.listeners[0].client_keep_alive_seconds == 3600  # ALB's default
+    for seconds in (59, 604801):
+        data = config(listeners=[listener(client_keep_alive_seconds=seconds)])
+        assert "client_keep_alive_seconds" in error(data)
+
+
 def test_a_minimal_balancer():
     loaded = decode(msgspec.toml.encode(config()), BalancerConfig)
     [http] = loaded.listeners

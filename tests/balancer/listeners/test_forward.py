@@ -4,12 +4,14 @@ streaming both ways, 100-continue, pooled connections and the stale-connection r
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import errno
 import functools
 import json
 import socket
 import ssl
 import struct
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -111,6 +113,30 @@ async def test_the_trace_header_keeps_its_fields_unless_the_head_is_over_7_kb():
         assert ";" not in large  # AWS: over 7 KB of headers, only a Root
 
 
+@pytest.mark.parametrize("drop", [False, True])
+async def test_invalid_header_names_are_dropped_when_the_listener_says_so(drop: bool):
+    """ALB's routing.http.drop_invalid_header_fields.enabled: names outside [-A-Za-z0-9]+
+    (which CGI-style servers read as X-Forwarded-For...) go; off by default, as on ALB."""
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(
+            config([listener(drop_invalid_header_fields=drop)], [group("web", target)])
+        ) as daemon,
+    ):
+        answer = await raw(
+            front(daemon),
+            b"GET / HTTP/1.1\r\nHost: h\r\nX_Forwarded_For: 6.6.6.6\r\nX.Real.IP: 6.6.6.6\r\n"
+            b"X-Good-2: kept\r\nConnection: close\r\n\r\n",
+        )
+        assert statuses(answer) == [200]
+    (seen,) = target.seen
+    assert seen.header("x-good-2") == "kept"
+    assert seen.header("host") == "h"
+    assert seen.header("x-forwarded-for") == "127.0.0.1"
+    dropped = {"x_forwarded_for", "x.real.ip"}
+    assert dropped.isdisjoint(name for name, _ in seen.headers) is drop
+
+
 async def test_host_is_passed_unchanged():
     async with (
         running_targets(TargetServer("a")) as (target,),
@@ -122,6 +148,33 @@ async def test_host_is_passed_unchanged():
         )
         assert statuses(answer) == [200]
         assert target.seen[0].header("host") == "Shop.Example.com:8443"
+
+
+async def test_a_response_without_date_gets_one_and_a_targets_own_is_kept():
+    """RFC 9110 6.6.1: a recipient with a clock MUST append a Date to a response it forwards
+    without one; a Date the target sent is passed on unchanged, and never doubled."""
+    own = "Tue, 15 Nov 1994 08:12:31 GMT"
+
+    async def answer(seen: Seen, server: TargetServer) -> Reply:
+        headers = [("date", own)] if seen.target == "/dated" else []
+        return Reply(200, [*headers, ("content-type", "text/plain")], b"ok")
+
+    async with (
+        running_targets(TargetServer("a", answer)) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        for path, expected in (("/undated", None), ("/dated", own)):
+            request = f"GET {path} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+            answer = await raw(front(daemon), request.encode())
+            assert statuses(answer) == [200]
+            head = answer.partition(b"\r\n\r\n")[0].decode().split("\r\n")[1:]
+            dates = [line.partition(": ")[2] for line in head if line.lower().startswith("date:")]
+            assert len(dates) == 1, head
+            if expected is None:
+                sent = email.utils.parsedate_to_datetime(dates[0])
+                assert abs(sent.timestamp() - time.time()) < 60
+            else:
+                assert dates == [expected]
 
 
 async def test_trusted_proxies_keep_their_chain_and_client_ports_can_be_added():
@@ -779,6 +832,30 @@ async def test_a_target_that_refuses_connect_is_an_ordinary_response():
             limit=10,
         )
         assert statuses(answer) == [405]
+
+
+async def test_an_http_1_0_client_never_gets_transfer_encoding():
+    """RFC 9112 6.1: no Transfer-Encoding in a response to an HTTP/1.0 request, not even on
+    a 304 (which may carry one for an HTTP/1.1 client) or a chunked answer to HEAD."""
+
+    async def not_modified(stream: trio.SocketStream) -> None:
+        request = await read_request_head(stream)
+        status = b"200 OK" if request.method == b"HEAD" else b"304 Not Modified"
+        await stream.send_all(
+            b'HTTP/1.1 %s\r\nTransfer-Encoding: chunked\r\nETag: "v1"\r\n\r\n' % status
+        )
+
+    async with (
+        raw_target(not_modified) as target,
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        for method, status in ((b"GET", 304), (b"HEAD", 200)):
+            answer = await raw(front(daemon), b"%s / HTTP/1.0\r\nHost: h\r\n\r\n" % method)
+            assert statuses(answer) == [status]
+            head, _, rest = answer.partition(b"\r\n\r\n")
+            assert b'etag: "v1"' in head.lower()
+            assert b"transfer-encoding" not in head.lower(), head
+            assert rest == b""
 
 
 async def test_bytes_a_target_sends_after_its_response_never_reach_another_client():

@@ -1486,3 +1486,25 @@ async def test_an_own_answer_to_an_upload_it_will_not_read_says_close_and_linger
     assert b"\r\nconnection: close\r\n" in answer.lower()
     if path == "/fixed":
         assert answer.endswith(b"\r\n\r\nnope")
+
+
+async def test_a_connection_past_the_client_keepalive_duration_closes_after_one_more_answer():
+    """ALB's HTTP client keepalive duration: once a client connection is that old, the next
+    request is still answered, with Connection: close, and the connection then closes.
+    (1 second here; the configuration file takes 60 and up.)"""
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener(client_keep_alive_seconds=1)], [group("web", target)])) as daemon,
+        Client.connect(front(daemon)) as client,
+    ):
+        opened = trio.current_time()
+        status, headers, _ = await client.request(target="/young")
+        assert status == 200
+        assert "connection" not in headers
+        await trio.sleep_until(opened + 1.1)
+        status, headers, _ = await client.request(target="/old")
+        assert status == 200
+        assert headers["connection"] == "close"
+        with trio.fail_after(5):
+            assert await client.stream.receive_some(1) == b""  # closed, nothing more
+    assert [seen.target for seen in target.seen] == ["/young", "/old"]
