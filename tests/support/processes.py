@@ -49,8 +49,15 @@ class DaemonProcess:
                 await self._new_line.wait()
 
     async def next_notification(self) -> bytes:
+        """The next sd_notify message. After a READY=1, the log has been read up to the
+        daemon's ``daemon.ready`` line, so ``addresses`` holds every listener it bound: the
+        notification comes through its own socket, while the log lines written before it may
+        still wait in the stderr pipe (a clean-clone CI run found ``addresses`` empty)."""
         with trio.fail_after(20):
-            return await self.notify.recv(4096)
+            message: bytes = await self.notify.recv(4096)
+        if b"READY=1" in message.split(b"\n"):
+            await self.wait_log("event=daemon.ready")
+        return message
 
     def signal(self, signum: signal.Signals) -> None:
         self.process.send_signal(signum)
