@@ -55,7 +55,6 @@ from broker.model.publishing import (
     Original,
     PreparedMessage,
     TopicDeduplication,
-    publish_size,
     sequence_number,
 )
 from broker.model.sns_mutations import (
@@ -242,7 +241,7 @@ class Fanout:
         if disk is None or not disk.min_free_bytes:
             return 0
         estimate = sum(
-            len(selection.matched) * (publish_size(message.request) + ENVELOPE_FIELDS_BYTES)
+            len(selection.matched) * (message.size + ENVELOPE_FIELDS_BYTES)
             for message, selection in zip(messages, selections, strict=True)
             if selection.matched
         )

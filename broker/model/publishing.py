@@ -64,11 +64,13 @@ class PreparedMessage(NamedTuple):
         request: what was published.
         messages: protocol -> text for ``MessageStructure=json``; only ``"default"`` otherwise.
         deduplication_id: a FIFO topic's effective id (explicit or content-based), else None.
+        size: :func:`publish_size` of the request, as checked against the topic's limit.
     """
 
     request: PublishRequest
     messages: Mapping[str, str]
     deduplication_id: str | None
+    size: int
 
     def message_for(self, protocol: str) -> str:
         """The text a subscriber of ``protocol`` gets: its own entry, even an empty one (the
@@ -96,14 +98,16 @@ def prepare(settings: TopicSettings, request: PublishRequest) -> PreparedMessage
     if not request.message:
         raise invalid_parameter("Empty message")
     check_attributes(request.attributes)
-    if publish_size(request) > settings.effective_maximum_message_size:
+    size = publish_size(request)
+    if size > settings.effective_maximum_message_size:
         raise invalid_parameter("Message too long")
     deduplication_id = _check_fifo(settings, request)
     if request.structure is None:
-        return PreparedMessage(request, {"default": request.message}, deduplication_id)
+        return PreparedMessage(request, {"default": request.message}, deduplication_id, size)
     if request.structure != "json":
         raise invalid_parameter("MessageStructure")
-    return PreparedMessage(request, structured_messages(request.message), deduplication_id)
+    messages = structured_messages(request.message)
+    return PreparedMessage(request, messages, deduplication_id, size)
 
 
 def check_subject(subject: str) -> None:
