@@ -494,7 +494,7 @@ def forwarded_headers(headers: Iterable[Header], forwarding: Forwarding) -> list
     port: bytes | None = None
     for name, value in headers:
         if name == FORWARDED_FOR:
-            if forwarding.trusted:
+            if forwarding.trusted and value:  # an empty line adds no address
                 chain.append(value)
         elif name == FORWARDED_PROTO:
             if forwarding.trusted and proto is None:
@@ -565,7 +565,7 @@ def prepare_request(
             if upgrade and name == b"upgrade":
                 kept.append((name, value))
         elif name == FORWARDED_FOR:
-            if trusted:
+            if trusted and value:  # an empty line adds no address
                 chain.append(value)
         elif name == FORWARDED_PROTO:
             if trusted and proto is None:

@@ -150,6 +150,14 @@ def test_preserve_passes_a_trusted_chain_unchanged_and_remove_drops_it():
     assert removed[b"x-forwarded-proto"] == b"https"
 
 
+def test_an_empty_trusted_x_forwarded_for_adds_no_empty_address():
+    empty = [(b"host", b"a"), (b"x-forwarded-for", b"")]
+    appended = dict(forwarded_headers(empty, forwarding(trusted=True)))
+    assert appended[b"x-forwarded-for"] == b"10.0.0.7"
+    preserved = dict(forwarded_headers(empty, forwarding("preserve", trusted=True)))
+    assert b"x-forwarded-for" not in preserved
+
+
 def test_client_addresses_as_x_forwarded_for_writes_them():
     assert client_address("10.0.0.1", 5, with_port=False) == b"10.0.0.1"
     assert client_address("10.0.0.1", 5, with_port=True) == b"10.0.0.1:5"
