@@ -487,8 +487,8 @@ class Supervisor:
                 async with trio.open_nursery() as nursery:
                     for worker in running:
                         nursery.start_soon(self._reload_worker, worker, signalled)
-            self._warn_if_restart_needed()
             refused = [w.status for w in signalled if w.status.startswith("reload refused")]
+            self._follow_reloaded_file(applied=not refused)
             if announce:
                 self.notifier.ready(status=refused[0] if refused else self._serving_status())
             elif refused and self.ready_announced:
@@ -515,6 +515,7 @@ class Supervisor:
         if any(w.reloading for w in self.workers):
             return
         self._passing_on_reload = False
+        self._follow_reloaded_file(applied=self._passed_on_refusal is None)
         self.notifier.ready(status=self._passed_on_refusal or self._serving_status())
 
     async def _reload_worker(self, worker: _Worker, signalled: list[_Worker]) -> None:
@@ -534,11 +535,15 @@ class Supervisor:
         signalled.append(worker)
         await worker.wait_ready(before)
 
-    def _warn_if_restart_needed(self) -> None:
+    def _follow_reloaded_file(self, *, applied: bool) -> None:
+        """After a reload: say when its ``workers`` needs a restart and, when the workers
+        took the file, log at its ``logging.level`` as they now do."""
         try:
             new = load(self.config_path, BalancerConfig)
         except Exception:  # anything: the workers refused it and said why
             return
+        if applied:
+            self.log.set_level(new.logging.level)
         if new.workers != len(self.workers):
             self.log.warning("config.restart_required", section="workers")
 

@@ -840,6 +840,22 @@ async def test_a_reload_that_changes_workers_says_a_restart_is_needed(tmp_path, 
     await fake.stop()
 
 
+async def test_the_supervisor_logs_at_the_level_a_reload_applied(tmp_path, nursery):
+    fake = FakeWorkers(tmp_path, {"0": [{"do": "ready-wait"}], "1": [{"do": "ready-wait"}]})
+    await fake.run_until_ready(nursery)
+    config = tmp_path / "balancer.toml"
+    base = listener_config(workers=2, port=19599, admin=19590, grace=2)
+    logged: list[bool] = []
+    for level in ("warning", "warning", "info", "info"):
+        config.write_text(f'{base}\n[logging]\nlevel = "{level}"\n')
+        before = len(fake.log)
+        await fake.supervisor.reload()
+        logged.append("event=supervisor.reload" in fake.log[before:])
+    # A reload logs its start at the level before it; the level applies once it is taken.
+    assert logged == [True, False, False, True]
+    await fake.stop()
+
+
 @pytest.mark.slow
 async def test_a_second_sigint_cuts_the_workers_drains_short_and_exits_130(tmp_path):
     """The supervisor ignored a second Ctrl-C: the workers drained their whole grace period
