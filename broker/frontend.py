@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -32,6 +33,9 @@ from proto.aws.sqs_shapes import SQS
 JSON_TARGET_PREFIX: Final = "AmazonSQS."
 NON_EXISTENT_QUEUE: Final = "AWS.SimpleQueueService.NonExistentQueue"
 QUEUE_DOES_NOT_EXIST_QUERY: Final = "The specified queue does not exist for this wsdl version."
+# A form's ``Action`` field, read from the raw bytes to label a request refused before its
+# decoding named the action (operation names are plain letters, never percent-encoded).
+_FORM_ACTION: Final = re.compile(rb"(?:^|&)Action=([A-Za-z]{1,64})(?=&|$)")
 _SHAPE_OF_LEGACY_CODE: Final = {
     code: shape for shape, (code, _status) in json_protocol.SQS_ERRORS.items()
 }
@@ -248,6 +252,10 @@ class Frontend:
             failure = common_error("InternalFailure", f"Internal error (request {request_id}).")
         if failure is not None:
             encoded = codec.error(failure, request_id)
+            if action == "Unknown":
+                # Refused before the decoding named it (a missing or malformed parameter, a
+                # bad signature): still counted under the operation the request names.
+                action = _named_action(codec, request, target)
         account_request(
             self.metrics,
             self.log,
@@ -291,6 +299,24 @@ class Frontend:
             return self.public_url
         host = (request.header(b"host") or b"").decode("latin-1").strip()
         return f"{self.scheme}://{host or 'localhost'}"
+
+
+def _named_action(codec: _Codec, request: Request, target: bytes | None) -> str:
+    """The SQS operation a request names (its X-Amz-Target, else its form's ``Action``), or
+    ``Unknown``: the metric's label for a request refused before it was decoded. Only the
+    model's operation names, so a client cannot add label values."""
+    name = ""
+    if codec.json:
+        prefix, _, name = (target or b"").decode("latin-1").strip().partition(".")
+        if prefix + "." != JSON_TARGET_PREFIX:
+            return "Unknown"
+    else:
+        for source in (request.query, request.body):
+            found = _FORM_ACTION.search(source)
+            if found is not None:
+                name = found[1].decode("ascii")
+                break
+    return name if name in codec.service.operations else "Unknown"
 
 
 def store_unavailable() -> AwsError:

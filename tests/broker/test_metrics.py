@@ -25,7 +25,7 @@ from broker.model.attributes import QueueCounts
 from monitoring.metrics import Metrics
 from monitoring.settings import HttpLimits
 from tests.support.broker import BrokerThread, broker_config
-from tests.support.http import raw_exchange
+from tests.support.http import raw_exchange, request
 
 
 def sample(families: dict[str, Any], name: str, **labels: str) -> float:
@@ -396,3 +396,37 @@ def test_a_method_the_api_refuses_is_counted_as_a_request(tmp_path: Path) -> Non
         families = broker.metrics()
     requests = "wharf_broker_requests_total"
     assert sample(families, requests, action="Unknown", outcome="client_error") == 3
+
+
+def test_a_request_refused_before_it_was_decoded_counts_under_the_action_it_names(
+    tmp_path: Path,
+) -> None:
+    # A SendMessage without MessageBody (MissingParameter) or with a wrongly typed member
+    # (SerializationException) is a SendMessage client error, not an unknown action: a
+    # dashboard of SendMessage errors must show a producer that sends them. Only names of the
+    # model's operations become labels; anything else stays Unknown.
+    with BrokerThread(broker_config(tmp_path)) as broker:
+        url = broker.client("json").create_queue(QueueName="q")["QueueUrl"]
+        for protocol in ("json", "query"):
+            sqs = broker.client(protocol, validate=False)
+            with pytest.raises(botocore.exceptions.ClientError) as missing:
+                sqs.send_message(QueueUrl=url)
+            assert missing.value.response["Error"]["Code"] == "MissingParameter"
+            with pytest.raises(botocore.exceptions.ClientError):
+                sqs.receive_message(QueueUrl=url, MaxNumberOfMessages="many")
+        status, _, _ = trio.run(
+            functools.partial(
+                request,
+                broker.api,
+                "POST",
+                "/",
+                headers=[("x-amz-target", "AmazonSQS.NoSuchAction")],
+                body=b"{}",
+            )
+        )
+        assert status == 400
+        families = broker.metrics()
+    requests = "wharf_broker_requests_total"
+    assert sample(families, requests, action="SendMessage", outcome="client_error") == 2
+    assert sample(families, requests, action="ReceiveMessage", outcome="client_error") == 2
+    assert sample(families, requests, action="Unknown", outcome="client_error") == 1
