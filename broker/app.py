@@ -11,6 +11,7 @@ import contextlib
 import secrets
 import sqlite3
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
@@ -41,7 +42,7 @@ from broker.store.base import Store
 from broker.store.lock import DataDirectoryInUse
 from broker.store.sealing import KeyRing, Sealer, load_key_file
 from broker.store.sqlite import FILE_NAME, SqliteStore
-from broker.tls import TlsTerminator, server_context
+from broker.tls import TlsTerminator, server_context, validity_warning
 from broker.topics import TopicRegistry
 from monitoring import fastio
 from monitoring.admin import AdminServer, open_admin_listener
@@ -233,6 +234,7 @@ class BrokerApp:
         )
         # Certificates and encryption keys are read now, so a bad file stops the start.
         self.tls = TlsTerminator(config.api.tls) if config.api.tls.enabled else None
+        self._warn_certificate_validity()
         self.sealer = Sealer(keyring_of(config), on_clear=self._warn_stored_in_clear)
         self.store: Store | None = None
         self.directory: Path | None = None  # the data directory in use (a reload keeps it)
@@ -485,9 +487,10 @@ class BrokerApp:
         tls = self.tls
         before = (self.authenticator, self.sealer.keyring, self.config)
         was_anonymous = self.config.auth.anonymous
-        before_tls = None if tls is None else (tls.settings, tls.context)
+        before_tls = None if tls is None else tls.state()
         if tls is not None and config.api.tls.enabled:
             tls.reload(config.api.tls)
+            self._warn_certificate_validity()  # served anyway: said at every load
         elif config.api.tls.enabled:
             server_context(config.api.tls)  # applies at the restart; refuse a bad file now
         self._switch(authenticator, keyring, config)
@@ -501,7 +504,7 @@ class BrokerApp:
                 # the failure stay; the next reload of a good file finds them declared.
                 self._switch(*before)
                 if tls is not None and before_tls is not None:
-                    tls.settings, tls.context = before_tls
+                    tls.restore(before_tls)
                 raise
             declarations.note_undeclared(self.directory / DECLARED_FILE, config, self.frame.log)
         if config.auth.anonymous and not was_anonymous:
@@ -518,6 +521,15 @@ class BrokerApp:
             self.frame.log.warning("config.restart_required", section="sns")
         if config.sqs != running.sqs:
             self.frame.log.warning("config.restart_required", section="sqs")
+
+    def _warn_certificate_validity(self) -> None:
+        """Log a ``tls.certificate_not_valid`` warning when the API's certificate has expired
+        or is not valid yet: served all the same, but every client that verifies it fails."""
+        if self.tls is None:
+            return
+        fields = validity_warning(self.tls.certificate, time.time())
+        if fields is not None:
+            self.frame.log.warning("tls.certificate_not_valid", **fields)
 
     def _switch(
         self, authenticator: Authenticator, keyring: KeyRing | None, config: BrokerConfig

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import socket
 import ssl
 import time
@@ -14,6 +15,7 @@ from botocore.exceptions import SSLError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from broker.cli import main
 from broker.config import ApiSettings, BrokerConfig, TlsSettings
 from broker.tls import TlsTerminator, server_context
 from monitoring.configfile import ConfigError, decode
@@ -178,3 +180,46 @@ def test_reload_swaps_the_certificate(tmp_path, ca):
         with pytest.raises(ConfigError):
             broker.call(broker.app.reload, config)
         assert presented_certificate(address, str(tmp_path / "renewed.pem")) == after
+
+
+def test_a_certificate_out_of_its_validity_is_served_with_a_warning_at_each_load(
+    tmp_path, ca, capsys
+):
+    """Every client that verifies an expired certificate fails: the start, each reload and
+    check-config say so (as the balancer's do), naming the file and the dates."""
+    cert = ca.issue_cert(
+        "127.0.0.1",
+        not_before=datetime.datetime(2019, 1, 1, tzinfo=datetime.UTC),
+        not_after=datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC),
+    )
+    cert_file, key_file = tmp_path / "old.pem", tmp_path / "old.key"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    expired = TlsSettings(cert_file=str(cert_file), key_file=str(key_file))
+    config = tls_config(tmp_path, expired)
+    warning = (
+        f"event=tls.certificate_not_valid daemon=broker listener=api file={cert_file}"
+        " reason=expired not_before=2019-01-01T00:00:00Z not_after=2020-01-01T00:00:00Z"
+    )
+    with BrokerThread(config) as broker:
+        host, port = broker.api
+        sqs = https_client("sqs", f"https://{host}:{port}", verify=trust(ca, tmp_path / "ca.pem"))
+        with pytest.raises(SSLError, match="expired"):
+            sqs.list_queues()  # served all the same
+        assert broker.daemon.log_output.getvalue().count(warning) == 1
+        broker.call(broker.app.reload, config)
+        assert broker.daemon.log_output.getvalue().count(warning) == 2
+        # A renewed certificate: no warning.
+        broker.call(broker.app.reload, tls_config(tmp_path, tls_settings(ca, tmp_path)))
+        assert broker.daemon.log_output.getvalue().count("tls.certificate_not_valid") == 2
+
+    toml = tmp_path / "broker.toml"
+    toml.write_text(
+        f'[api.tls]\ncert_file = "{cert_file}"\nkey_file = "{key_file}"\n'
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+    )
+    assert main(["check-config", str(toml)]) == 0
+    assert capsys.readouterr().err == (
+        f"{cert_file}: warning: the certificate of api.tls has expired (notBefore"
+        " 2019-01-01T00:00:00Z, notAfter 2020-01-01T00:00:00Z); it is served all the same\n"
+    )
