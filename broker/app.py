@@ -12,12 +12,13 @@ import secrets
 import sqlite3
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Final
 
 import msgspec
 import trio
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from broker import declarations
 from broker.auth import Authenticator, Credential, load_credentials
@@ -235,6 +236,7 @@ class BrokerApp:
         # Certificates and encryption keys are read now, so a bad file stops the start.
         self.tls = TlsTerminator(config.api.tls) if config.api.tls.enabled else None
         self._warn_certificate_validity()
+        frame.metrics.register_collector(self._collect_certificate_expiry)
         self.sealer = Sealer(keyring_of(config), on_clear=self._warn_stored_in_clear)
         self.store: Store | None = None
         self.directory: Path | None = None  # the data directory in use (a reload keeps it)
@@ -521,6 +523,18 @@ class BrokerApp:
             self.frame.log.warning("config.restart_required", section="sns")
         if config.sqs != running.sqs:
             self.frame.log.warning("config.restart_required", section="sqs")
+
+    def _collect_certificate_expiry(self) -> Iterable[Metric]:
+        """The API certificate's notAfter at scrape time (the one a reload swapped in)."""
+        family = GaugeMetricFamily(
+            "wharf_broker_certificate_expiry_seconds",
+            "End of the API listener's certificate validity (notAfter), as a Unix timestamp.",
+            labels=["listener", "certificate"],
+        )
+        if self.tls is not None:
+            certificate = self.tls.certificate
+            family.add_metric(["api", certificate.cert_file], certificate.not_after)
+        return [family]
 
     def _warn_certificate_validity(self) -> None:
         """Log a ``tls.certificate_not_valid`` warning when the API's certificate has expired

@@ -223,3 +223,35 @@ def test_a_certificate_out_of_its_validity_is_served_with_a_warning_at_each_load
         f"{cert_file}: warning: the certificate of api.tls has expired (notBefore"
         " 2019-01-01T00:00:00Z, notAfter 2020-01-01T00:00:00Z); it is served all the same\n"
     )
+
+
+def expiry_samples(admin: tuple[str, int]) -> list[str]:
+    with socket.create_connection(admin, timeout=5) as raw:
+        raw.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        body = read_all(raw).decode()
+    return [
+        line for line in body.splitlines() if line.startswith("wharf_broker_certificate_expiry")
+    ]
+
+
+def test_the_certificate_expiry_metric_follows_a_renewal(tmp_path, ca):
+    """Scraped as the balancer's is, so one alert (notAfter - time() < 14 days) covers both."""
+    first = ca.issue_cert("127.0.0.1", not_after=datetime.datetime(2031, 7, 1, tzinfo=datetime.UTC))
+    cert_file, key_file = tmp_path / "api.pem", tmp_path / "api.key"
+    first.cert_chain_pems[0].write_to_path(str(cert_file))
+    first.private_key_pem.write_to_path(str(key_file))
+    config = tls_config(tmp_path, TlsSettings(cert_file=str(cert_file), key_file=str(key_file)))
+    label = f'wharf_broker_certificate_expiry_seconds{{certificate="{cert_file}",listener="api"}} '
+    renewal = datetime.datetime(2032, 1, 1, tzinfo=datetime.UTC)
+    with BrokerThread(config) as broker:
+        [before] = expiry_samples(broker.admin)
+        renewed = ca.issue_cert("127.0.0.1", not_after=renewal)
+        renewed.cert_chain_pems[0].write_to_path(str(cert_file))
+        renewed.private_key_pem.write_to_path(str(key_file))
+        broker.call(broker.app.reload, config)
+        [after] = expiry_samples(broker.admin)
+    july_2031 = datetime.datetime(2031, 7, 1, tzinfo=datetime.UTC).timestamp()
+    assert before.startswith(label)
+    assert float(before.rsplit(" ", 1)[1]) == july_2031
+    assert after.startswith(label)
+    assert float(after.rsplit(" ", 1)[1]) == renewal.timestamp()
