@@ -418,7 +418,7 @@ class BrokerApp:
             peer = addresses[0]
             http: trio.abc.Stream = stream
             if self.tls is not None:  # read per connection: a reload swaps the certificate
-                secured = await self.tls.accept(stream)
+                secured = await self.tls.accept(stream, frame.draining)
                 if secured is None:
                     return  # the frame closes the socket
                 http = secured

@@ -21,6 +21,7 @@ import ssl
 import trio
 
 from broker.config import TlsSettings
+from monitoring import fastio
 from monitoring.certificates import (
     EXPIRED,
     CertificateFiles,
@@ -28,6 +29,7 @@ from monitoring.certificates import (
     validity_problem,
 )
 from monitoring.configfile import ConfigError
+from monitoring.httpserver import Draining
 
 
 def server_context(settings: TlsSettings) -> ssl.SSLContext:
@@ -155,13 +157,23 @@ class TlsTerminator:
         """Serve ``state`` (from :meth:`state`) again."""
         self.settings, self.context, self.certificate = state
 
-    async def accept(self, stream: trio.abc.Stream) -> trio.SSLStream[trio.abc.Stream] | None:
+    async def accept(
+        self, stream: trio.SocketStream, draining: Draining | None = None
+    ) -> trio.SSLStream[trio.SocketStream] | None:
         """Complete the server side of the handshake; None if it failed or timed out.
 
-        The caller still owns ``stream`` and closes it either way.
+        Until its hello arrives the client is idle, as a keep-alive connection between
+        requests: a stop (``draining``) closes it at once rather than after the handshake
+        timeout. The caller still owns ``stream`` and closes it either way.
         """
+        deadline = trio.current_time() + self.settings.handshake_timeout_seconds
+        if draining is not None and not fastio.readable_now(stream.socket.fileno()):
+            with draining.idle(deadline) as wait:
+                await trio.lowlevel.wait_readable(stream.socket)
+            if wait.cancelled_caught:
+                return None  # the daemon is stopping, or the client never said hello
         tls = trio.SSLStream(stream, self.context, server_side=True, https_compatible=True)
-        with trio.move_on_after(self.settings.handshake_timeout_seconds):
+        with trio.move_on_at(deadline):
             try:
                 await tls.do_handshake()
             except trio.BrokenResourceError:

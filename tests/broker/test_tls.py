@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime
 import socket
 import ssl
+import threading
 import time
 import warnings
 from pathlib import Path
 
+import msgspec
 import pytest
 import trustme
 from botocore.exceptions import SSLError
@@ -255,3 +257,38 @@ def test_the_certificate_expiry_metric_follows_a_renewal(tmp_path, ca):
     assert float(before.rsplit(" ", 1)[1]) == july_2031
     assert after.startswith(label)
     assert float(after.rsplit(" ", 1)[1]) == renewal.timestamp()
+
+
+def open_connections(admin: tuple[str, int]) -> float:
+    with socket.create_connection(admin, timeout=5) as raw:
+        raw.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        body = read_all(raw).decode()
+    [line] = [
+        line
+        for line in body.splitlines()
+        if line.startswith('wharf_connections_open{listener="api"}')
+    ]
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_a_stop_closes_a_connection_that_has_not_said_hello_at_once(tmp_path, ca):
+    """A client that connected but sent no ClientHello yet (a pool's spare connection) is idle,
+    as a keep-alive connection between requests: a stop closes it at once instead of waiting
+    out the handshake timeout, which delayed every restart by that much."""
+    settings = msgspec.structs.replace(tls_settings(ca, tmp_path), handshake_timeout_seconds=40.0)
+    broker = BrokerThread(tls_config(tmp_path, settings)).start()
+    stopper = threading.Thread(target=broker.stop)
+    try:
+        with socket.create_connection(broker.api, timeout=5) as raw:
+            for _ in range(100):  # until the broker has accepted it
+                if open_connections(broker.admin) == 1:
+                    break
+                time.sleep(0.05)
+            stopper.start()
+            raw.settimeout(20)  # well before the handshake timeout
+            assert raw.recv(1024) == b""
+    finally:
+        if stopper.ident is None:  # failed before the stop began
+            broker.stop()
+        else:
+            stopper.join()
