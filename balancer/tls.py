@@ -507,7 +507,8 @@ async def accept_tls(
         The connection, with the certificate and ALPN settled; None when the client failed
         the handshake (not TLS, no common version or cipher, went away, or too slow) or
         negotiated a TLS 1.3 suite the policy does not list. Failures are counted, never
-        raised: clients cause them at will.
+        raised: clients cause them at will; a connection closed or reset before sending a
+        byte is no TLS failure and is not counted.
     """
     # A TlsSocket, not trio's SSLStream: the HTTP shell then reads and writes it as it does a
     # plain socket, without SSLStream's per-call machinery (bench/BALANCER.md, "TLS"). Closing
@@ -525,6 +526,11 @@ async def accept_tls(
             try:
                 await tls_socket.handshake()
             except (ssl.SSLError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                if not tls_socket.received_any:
+                    # Closed or reset before its first byte: no TLS was attempted (a TCP
+                    # health check, a port scan), so no negotiation failed (ALB counts
+                    # "client-initiated TLS connections" that fail).
+                    return None
                 reason = _failure_reason(exc)
             else:
                 cipher = tls_socket.cipher()

@@ -68,6 +68,7 @@ class TlsSocket(trio.socket.SocketType):
         self._shut_wr = False
         self._eof = False
         self._server_side = server_side
+        self._received = False  # any byte from the peer yet (see received_any)
 
     # --- the TLS side ------------------------------------------------------------------
 
@@ -103,6 +104,12 @@ class TlsSocket(trio.socket.SocketType):
 
     def cipher(self) -> tuple[str, str, int] | None:
         return self._tls.cipher()
+
+    @property
+    def received_any(self) -> bool:
+        """Whether the peer has sent a single byte: a client that closes before sending one
+        never began a handshake (a TCP probe, a port scan)."""
+        return self._received
 
     @property
     def session_reused(self) -> bool:
@@ -164,6 +171,7 @@ class TlsSocket(trio.socket.SocketType):
             return
         data = fastio.try_receive(raw, TLS_READ_BYTES)
         if data:
+            self._received = True
             self._incoming.write(data)
         elif data is not None:
             self._incoming.write_eof()
@@ -171,6 +179,7 @@ class TlsSocket(trio.socket.SocketType):
     async def _fill(self, max_bytes: int) -> None:
         data = await fastio.receive(self._tcp, max_bytes)
         if data:
+            self._received = True
             self._incoming.write(data)
         else:
             self._incoming.write_eof()  # the next read raises SSLEOFError or SSLZeroReturn

@@ -11,12 +11,14 @@ import contextlib
 import secrets
 import sqlite3
 import ssl
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Final
 
 import msgspec
 import trio
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from broker import declarations
 from broker.auth import Authenticator, Credential, load_credentials
@@ -41,7 +43,7 @@ from broker.store.base import Store
 from broker.store.lock import DataDirectoryInUse
 from broker.store.sealing import KeyRing, Sealer, load_key_file
 from broker.store.sqlite import FILE_NAME, SqliteStore
-from broker.tls import TlsTerminator, server_context
+from broker.tls import TlsTerminator, server_context, validity_warning
 from broker.topics import TopicRegistry
 from monitoring import fastio
 from monitoring.admin import AdminServer, open_admin_listener
@@ -233,6 +235,8 @@ class BrokerApp:
         )
         # Certificates and encryption keys are read now, so a bad file stops the start.
         self.tls = TlsTerminator(config.api.tls) if config.api.tls.enabled else None
+        self._warn_certificate_validity()
+        frame.metrics.register_collector(self._collect_certificate_expiry)
         self.sealer = Sealer(keyring_of(config), on_clear=self._warn_stored_in_clear)
         self.store: Store | None = None
         self.directory: Path | None = None  # the data directory in use (a reload keeps it)
@@ -414,7 +418,7 @@ class BrokerApp:
             peer = addresses[0]
             http: trio.abc.Stream = stream
             if self.tls is not None:  # read per connection: a reload swaps the certificate
-                secured = await self.tls.accept(stream)
+                secured = await self.tls.accept(stream, frame.draining)
                 if secured is None:
                     return  # the frame closes the socket
                 http = secured
@@ -485,9 +489,10 @@ class BrokerApp:
         tls = self.tls
         before = (self.authenticator, self.sealer.keyring, self.config)
         was_anonymous = self.config.auth.anonymous
-        before_tls = None if tls is None else (tls.settings, tls.context)
+        before_tls = None if tls is None else tls.state()
         if tls is not None and config.api.tls.enabled:
             tls.reload(config.api.tls)
+            self._warn_certificate_validity()  # served anyway: said at every load
         elif config.api.tls.enabled:
             server_context(config.api.tls)  # applies at the restart; refuse a bad file now
         self._switch(authenticator, keyring, config)
@@ -501,7 +506,7 @@ class BrokerApp:
                 # the failure stay; the next reload of a good file finds them declared.
                 self._switch(*before)
                 if tls is not None and before_tls is not None:
-                    tls.settings, tls.context = before_tls
+                    tls.restore(before_tls)
                 raise
             declarations.note_undeclared(self.directory / DECLARED_FILE, config, self.frame.log)
         if config.auth.anonymous and not was_anonymous:
@@ -518,6 +523,27 @@ class BrokerApp:
             self.frame.log.warning("config.restart_required", section="sns")
         if config.sqs != running.sqs:
             self.frame.log.warning("config.restart_required", section="sqs")
+
+    def _collect_certificate_expiry(self) -> Iterable[Metric]:
+        """The API certificate's notAfter at scrape time (the one a reload swapped in)."""
+        family = GaugeMetricFamily(
+            "wharf_broker_certificate_expiry_seconds",
+            "End of the API listener's certificate validity (notAfter), as a Unix timestamp.",
+            labels=["listener", "certificate"],
+        )
+        if self.tls is not None:
+            certificate = self.tls.certificate
+            family.add_metric(["api", certificate.cert_file], certificate.not_after)
+        return [family]
+
+    def _warn_certificate_validity(self) -> None:
+        """Log a ``tls.certificate_not_valid`` warning when the API's certificate has expired
+        or is not valid yet: served all the same, but every client that verifies it fails."""
+        if self.tls is None:
+            return
+        fields = validity_warning(self.tls.certificate, time.time())
+        if fields is not None:
+            self.frame.log.warning("tls.certificate_not_valid", **fields)
 
     def _switch(
         self, authenticator: Authenticator, keyring: KeyRing | None, config: BrokerConfig

@@ -15,6 +15,7 @@ import argparse
 import gc
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
@@ -24,7 +25,7 @@ from broker.app import build, check_sns_files, credentials_of, data_directory, k
 from broker.config import BrokerConfig
 from broker.store.base import StoreError
 from broker.store.sqlite_backup import StoreSummary
-from broker.tls import server_context
+from broker.tls import server_tls, validity_message
 from monitoring.cli import Command
 from monitoring.cli import main as run_cli
 from monitoring.lifecycle import DaemonSpec
@@ -137,7 +138,10 @@ def check_files(config: BrokerConfig, path: Path) -> None:
     """
     credentials_of(config)
     if config.api.tls.enabled:
-        server_context(config.api.tls)
+        _, certificate = server_tls(config.api.tls)
+        warning = validity_message(certificate, time.time())
+        if warning is not None:
+            print(warning, file=sys.stderr)  # the start logs it too, and serves it
     keyring_of(config)
     check_sns_files(config)
 

@@ -7,18 +7,29 @@ a connection slot.
 
 Reload (SIGHUP) reads the certificate and key again and swaps the context: connections
 accepted afterwards present the new certificate; established ones keep theirs. A file that
-does not load refuses the reload and the old certificate keeps serving.
+does not load refuses the reload and the old certificate keeps serving. A certificate outside
+its validity period (expired, not valid yet) is served all the same, as the balancer's are,
+but the start, each reload and ``check-config`` warn about it (:func:`validity_warning`):
+every client verifying it fails until it is renewed.
 """
 
 from __future__ import annotations
 
+import datetime
 import ssl
 
 import trio
 
 from broker.config import TlsSettings
-from monitoring.certificates import load_certificate_files
+from monitoring import fastio
+from monitoring.certificates import (
+    EXPIRED,
+    CertificateFiles,
+    load_certificate_files,
+    validity_problem,
+)
 from monitoring.configfile import ConfigError
+from monitoring.httpserver import Draining
 
 
 def server_context(settings: TlsSettings) -> ssl.SSLContext:
@@ -30,23 +41,63 @@ def server_context(settings: TlsSettings) -> ssl.SSLContext:
             unreadable, not PEM, an encrypted key, a key that does not match, a chain out
             of order or whose certificates do not each issue the one before.
     """
+    return server_tls(settings)[0]
+
+
+def server_tls(settings: TlsSettings) -> tuple[ssl.SSLContext, CertificateFiles]:
+    """:func:`server_context`, and the checked certificate it serves (names, validity).
+
+    Raises:
+        ConfigError: see :func:`server_context`.
+    """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
     try:
-        _load_pair(context, settings)
+        certificate = _load_pair(context, settings)
     except ConfigError as error:
         key = "api.tls.key_file" if error.path == settings.key_file else "api.tls.cert_file"
         raise error.at(key) from None
-    return context
+    return context, certificate
 
 
-def _load_pair(context: ssl.SSLContext, settings: TlsSettings) -> None:
+def _utc(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def validity_warning(certificate: CertificateFiles, now: float) -> dict[str, str] | None:
+    """The fields of a ``tls.certificate_not_valid`` warning when ``now`` (seconds since the
+    epoch) is outside the certificate's validity period; None inside it."""
+    reason = validity_problem(certificate, now)
+    if reason is None:
+        return None
+    return {
+        "listener": "api",
+        "file": certificate.cert_file,
+        "reason": reason,
+        "not_before": _utc(certificate.not_before),
+        "not_after": _utc(certificate.not_after),
+    }
+
+
+def validity_message(certificate: CertificateFiles, now: float) -> str | None:
+    """The ``check-config`` line for a certificate outside its validity period, or None."""
+    fields = validity_warning(certificate, now)
+    if fields is None:
+        return None
+    state = "has expired" if fields["reason"] == EXPIRED else "is not valid yet"
+    return (
+        f"{certificate.cert_file}: warning: the certificate of api.tls {state} (notBefore"
+        f" {fields['not_before']}, notAfter {fields['not_after']}); it is served all the same"
+    )
+
+
+def _load_pair(context: ssl.SSLContext, settings: TlsSettings) -> CertificateFiles:
     # The balancer's checks first, so that an error names the file at fault and why: a key
     # that is not one, a chain out of order or not linked up (which OpenSSL would load, or
     # blame on the certificate file as "PEM lib"). They read the files without opening a
     # FIFO or a device as load_cert_chain would (a reload waiting on the event loop).
-    load_certificate_files(settings.cert_file, settings.key_file)
+    certificate = load_certificate_files(settings.cert_file, settings.key_file)
     try:
         # A password callback, so that OpenSSL never prompts for a passphrase on a terminal
         # (which froze the whole event loop): an encrypted key is refused instead.
@@ -66,6 +117,7 @@ def _load_pair(context: ssl.SSLContext, settings: TlsSettings) -> None:
         raise ConfigError(settings.cert_file, f"cannot load certificate and key: {error}") from None
     except OSError as error:
         raise ConfigError(settings.cert_file, f"cannot load certificate and key: {error}") from None
+    return certificate
 
 
 class _EncryptedKey(Exception):
@@ -86,7 +138,7 @@ class TlsTerminator:
             ConfigError: see :func:`server_context`.
         """
         self.settings = settings
-        self.context = server_context(settings)
+        self.context, self.certificate = server_tls(settings)
 
     def reload(self, settings: TlsSettings) -> None:
         """Load ``settings``' files (perhaps renewed); on error keep the current ones.
@@ -94,16 +146,34 @@ class TlsTerminator:
         Raises:
             ConfigError: see :func:`server_context`.
         """
-        context = server_context(settings)
-        self.settings, self.context = settings, context
+        context, certificate = server_tls(settings)
+        self.settings, self.context, self.certificate = settings, context, certificate
 
-    async def accept(self, stream: trio.abc.Stream) -> trio.SSLStream[trio.abc.Stream] | None:
+    def state(self) -> tuple[TlsSettings, ssl.SSLContext, CertificateFiles]:
+        """What :meth:`restore` puts back (a reload refused after the swap)."""
+        return self.settings, self.context, self.certificate
+
+    def restore(self, state: tuple[TlsSettings, ssl.SSLContext, CertificateFiles]) -> None:
+        """Serve ``state`` (from :meth:`state`) again."""
+        self.settings, self.context, self.certificate = state
+
+    async def accept(
+        self, stream: trio.SocketStream, draining: Draining | None = None
+    ) -> trio.SSLStream[trio.SocketStream] | None:
         """Complete the server side of the handshake; None if it failed or timed out.
 
-        The caller still owns ``stream`` and closes it either way.
+        Until its hello arrives the client is idle, as a keep-alive connection between
+        requests: a stop (``draining``) closes it at once rather than after the handshake
+        timeout. The caller still owns ``stream`` and closes it either way.
         """
+        deadline = trio.current_time() + self.settings.handshake_timeout_seconds
+        if draining is not None and not fastio.readable_now(stream.socket.fileno()):
+            with draining.idle(deadline) as wait:
+                await trio.lowlevel.wait_readable(stream.socket)
+            if wait.cancelled_caught:
+                return None  # the daemon is stopping, or the client never said hello
         tls = trio.SSLStream(stream, self.context, server_side=True, https_compatible=True)
-        with trio.move_on_after(self.settings.handshake_timeout_seconds):
+        with trio.move_on_at(deadline):
             try:
                 await tls.do_handshake()
             except trio.BrokenResourceError:

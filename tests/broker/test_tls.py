@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import datetime
 import socket
 import ssl
+import threading
 import time
 import warnings
 from pathlib import Path
 
+import msgspec
 import pytest
 import trustme
 from botocore.exceptions import SSLError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from broker.cli import main
 from broker.config import ApiSettings, BrokerConfig, TlsSettings
 from broker.tls import TlsTerminator, server_context
 from monitoring.configfile import ConfigError, decode
@@ -178,3 +182,113 @@ def test_reload_swaps_the_certificate(tmp_path, ca):
         with pytest.raises(ConfigError):
             broker.call(broker.app.reload, config)
         assert presented_certificate(address, str(tmp_path / "renewed.pem")) == after
+
+
+def test_a_certificate_out_of_its_validity_is_served_with_a_warning_at_each_load(
+    tmp_path, ca, capsys
+):
+    """Every client that verifies an expired certificate fails: the start, each reload and
+    check-config say so (as the balancer's do), naming the file and the dates."""
+    cert = ca.issue_cert(
+        "127.0.0.1",
+        not_before=datetime.datetime(2019, 1, 1, tzinfo=datetime.UTC),
+        not_after=datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC),
+    )
+    cert_file, key_file = tmp_path / "old.pem", tmp_path / "old.key"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    expired = TlsSettings(cert_file=str(cert_file), key_file=str(key_file))
+    config = tls_config(tmp_path, expired)
+    warning = (
+        f"event=tls.certificate_not_valid daemon=broker listener=api file={cert_file}"
+        " reason=expired not_before=2019-01-01T00:00:00Z not_after=2020-01-01T00:00:00Z"
+    )
+    with BrokerThread(config) as broker:
+        host, port = broker.api
+        sqs = https_client("sqs", f"https://{host}:{port}", verify=trust(ca, tmp_path / "ca.pem"))
+        with pytest.raises(SSLError, match="expired"):
+            sqs.list_queues()  # served all the same
+        assert broker.daemon.log_output.getvalue().count(warning) == 1
+        broker.call(broker.app.reload, config)
+        assert broker.daemon.log_output.getvalue().count(warning) == 2
+        # A renewed certificate: no warning.
+        broker.call(broker.app.reload, tls_config(tmp_path, tls_settings(ca, tmp_path)))
+        assert broker.daemon.log_output.getvalue().count("tls.certificate_not_valid") == 2
+
+    toml = tmp_path / "broker.toml"
+    toml.write_text(
+        f'[api.tls]\ncert_file = "{cert_file}"\nkey_file = "{key_file}"\n'
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+    )
+    assert main(["check-config", str(toml)]) == 0
+    assert capsys.readouterr().err == (
+        f"{cert_file}: warning: the certificate of api.tls has expired (notBefore"
+        " 2019-01-01T00:00:00Z, notAfter 2020-01-01T00:00:00Z); it is served all the same\n"
+    )
+
+
+def expiry_samples(admin: tuple[str, int]) -> list[str]:
+    with socket.create_connection(admin, timeout=5) as raw:
+        raw.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        body = read_all(raw).decode()
+    return [
+        line for line in body.splitlines() if line.startswith("wharf_broker_certificate_expiry")
+    ]
+
+
+def test_the_certificate_expiry_metric_follows_a_renewal(tmp_path, ca):
+    """Scraped as the balancer's is, so one alert (notAfter - time() < 14 days) covers both."""
+    first = ca.issue_cert("127.0.0.1", not_after=datetime.datetime(2031, 7, 1, tzinfo=datetime.UTC))
+    cert_file, key_file = tmp_path / "api.pem", tmp_path / "api.key"
+    first.cert_chain_pems[0].write_to_path(str(cert_file))
+    first.private_key_pem.write_to_path(str(key_file))
+    config = tls_config(tmp_path, TlsSettings(cert_file=str(cert_file), key_file=str(key_file)))
+    label = f'wharf_broker_certificate_expiry_seconds{{certificate="{cert_file}",listener="api"}} '
+    renewal = datetime.datetime(2032, 1, 1, tzinfo=datetime.UTC)
+    with BrokerThread(config) as broker:
+        [before] = expiry_samples(broker.admin)
+        renewed = ca.issue_cert("127.0.0.1", not_after=renewal)
+        renewed.cert_chain_pems[0].write_to_path(str(cert_file))
+        renewed.private_key_pem.write_to_path(str(key_file))
+        broker.call(broker.app.reload, config)
+        [after] = expiry_samples(broker.admin)
+    july_2031 = datetime.datetime(2031, 7, 1, tzinfo=datetime.UTC).timestamp()
+    assert before.startswith(label)
+    assert float(before.rsplit(" ", 1)[1]) == july_2031
+    assert after.startswith(label)
+    assert float(after.rsplit(" ", 1)[1]) == renewal.timestamp()
+
+
+def open_connections(admin: tuple[str, int]) -> float:
+    with socket.create_connection(admin, timeout=5) as raw:
+        raw.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        body = read_all(raw).decode()
+    [line] = [
+        line
+        for line in body.splitlines()
+        if line.startswith('wharf_connections_open{listener="api"}')
+    ]
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_a_stop_closes_a_connection_that_has_not_said_hello_at_once(tmp_path, ca):
+    """A client that connected but sent no ClientHello yet (a pool's spare connection) is idle,
+    as a keep-alive connection between requests: a stop closes it at once instead of waiting
+    out the handshake timeout, which delayed every restart by that much."""
+    settings = msgspec.structs.replace(tls_settings(ca, tmp_path), handshake_timeout_seconds=40.0)
+    broker = BrokerThread(tls_config(tmp_path, settings)).start()
+    stopper = threading.Thread(target=broker.stop)
+    try:
+        with socket.create_connection(broker.api, timeout=5) as raw:
+            for _ in range(100):  # until the broker has accepted it
+                if open_connections(broker.admin) == 1:
+                    break
+                time.sleep(0.05)
+            stopper.start()
+            raw.settimeout(20)  # well before the handshake timeout
+            assert raw.recv(1024) == b""
+    finally:
+        if stopper.ident is None:  # failed before the stop began
+            broker.stop()
+        else:
+            stopper.join()

@@ -11,6 +11,7 @@ import datetime
 import re
 import shutil
 import ssl
+import struct
 import sys
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,45 @@ async def test_expiry_metric_is_the_certificates_not_after(tmp_path, certificate
         and "default.pem" in line
     )
     assert float(line.rsplit(" ", 1)[1]) == NOT_AFTER.timestamp()
+
+
+def negotiation_errors(metrics: bytes, listener: str) -> dict[str, float]:
+    """``wharf_balancer_tls_negotiation_errors_total`` of ``listener``, by reason."""
+    found = {}
+    for line in metrics.decode().splitlines():
+        if line.startswith("wharf_balancer_tls_negotiation_errors_total{") and (
+            f'listener="{listener}"' in line
+        ):
+            reason = re.search(r'reason="([^"]*)"', line)
+            assert reason is not None, line
+            found[reason[1]] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+async def test_a_tcp_probe_is_not_a_tls_negotiation_error(tmp_path, certificates):
+    """A TCP health check or port probe (connect, then close or reset before a byte) tried
+    no TLS: ALB counts client-initiated TLS connections that fail. Plain HTTP still counts."""
+    async with balancer(write_config(tmp_path / "balancer.toml", certificates)) as daemon:
+        web = address(daemon, "web-tls")
+        for reset in (False, True, False):
+            probe = trio.socket.socket()
+            await probe.connect(web)
+            if reset:  # SO_LINGER 0: an RST instead of a FIN
+                probe.setsockopt(
+                    trio.socket.SOL_SOCKET, trio.socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+            probe.close()
+        plain = await trio.open_tcp_stream(*web)
+        await plain.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        with trio.fail_after(10):
+            assert await plain.receive_some(100) == b""
+        await plain.aclose()
+        # A served handshake after them: the probes were all handled by then.
+        code, output = await s_client(web[1])
+        assert code == 0, output
+        status, _, body = await request(address(daemon, "admin"), target="/metrics")
+    assert status == 200
+    assert negotiation_errors(body, "web-tls") == {"http_request": 1.0}
 
 
 async def open_tls(port: int, ca: trustme.CA, server_name: str) -> trio.SSLStream:
