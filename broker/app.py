@@ -237,6 +237,13 @@ class BrokerApp:
         self.tls = TlsTerminator(config.api.tls) if config.api.tls.enabled else None
         self._warn_certificate_validity()
         frame.metrics.register_collector(self._collect_certificate_expiry)
+        # The balancer's wharf_balancer_tls_negotiation_errors_total, for the API listener.
+        self.tls_negotiation_errors = frame.metrics.counter(
+            "wharf_broker_tls_negotiation_errors",
+            "TLS handshakes on the API listener that failed (reason: OpenSSL's reason, "
+            "timeout, or closed).",
+            ["listener", "reason"],
+        )
         self.sealer = Sealer(keyring_of(config), on_clear=self._warn_stored_in_clear)
         self.store: Store | None = None
         self.directory: Path | None = None  # the data directory in use (a reload keeps it)
@@ -411,6 +418,11 @@ class BrokerApp:
             frame.log.exception("api.handler_failed", exc)
             frame.metrics.handler_errors.labels("api").inc()
 
+        def tls_failed(reason: str) -> None:
+            self.tls_negotiation_errors.labels("api", reason).inc()
+            # At debug: any client can make a handshake fail at will.
+            frame.log.debug("tls.handshake_failed", listener="api", reason=reason)
+
         async def handle_connection(stream: trio.SocketStream) -> None:
             addresses = fastio.accepted_addresses(stream.socket)
             if addresses is None:
@@ -418,7 +430,7 @@ class BrokerApp:
             peer = addresses[0]
             http: trio.abc.Stream = stream
             if self.tls is not None:  # read per connection: a reload swaps the certificate
-                secured = await self.tls.accept(stream, frame.draining)
+                secured = await self.tls.accept(stream, frame.draining, tls_failed)
                 if secured is None:
                     return  # the frame closes the socket
                 http = secured

@@ -16,7 +16,9 @@ every client verifying it fails until it is renewed.
 from __future__ import annotations
 
 import datetime
+import socket
 import ssl
+from collections.abc import Callable
 
 import trio
 
@@ -158,25 +160,50 @@ class TlsTerminator:
         self.settings, self.context, self.certificate = state
 
     async def accept(
-        self, stream: trio.SocketStream, draining: Draining | None = None
+        self,
+        stream: trio.SocketStream,
+        draining: Draining | None = None,
+        failed: Callable[[str], None] = lambda reason: None,
     ) -> trio.SSLStream[trio.SocketStream] | None:
         """Complete the server side of the handshake; None if it failed or timed out.
 
         Until its hello arrives the client is idle, as a keep-alive connection between
         requests: a stop (``draining``) closes it at once rather than after the handshake
-        timeout. The caller still owns ``stream`` and closes it either way.
+        timeout. ``failed`` hears why a handshake failed (OpenSSL's reason, or ``timeout``);
+        a client that closes before its first byte (a TCP health check, a port scan) is no
+        failed negotiation and is not reported. The caller still owns ``stream`` and closes
+        it either way.
         """
         deadline = trio.current_time() + self.settings.handshake_timeout_seconds
         if draining is not None and not fastio.readable_now(stream.socket.fileno()):
             with draining.idle(deadline) as wait:
                 await trio.lowlevel.wait_readable(stream.socket)
             if wait.cancelled_caught:
+                if trio.current_time() >= deadline:
+                    failed("timeout")
                 return None  # the daemon is stopping, or the client never said hello
         tls = trio.SSLStream(stream, self.context, server_side=True, https_compatible=True)
         with trio.move_on_at(deadline):
             try:
+                first = await stream.socket.recv(1, socket.MSG_PEEK)
+            except OSError:
+                first = b""
+            if not first:
+                return None  # closed or reset before a byte: a probe, not a negotiation
+            try:
                 await tls.do_handshake()
-            except trio.BrokenResourceError:
-                return None  # not TLS, an old protocol version, or a rejected certificate
+            except trio.BrokenResourceError as exc:
+                # Not TLS, an old protocol version, no shared cipher, a rejected certificate.
+                failed(_failure_reason(exc))
+                return None
             return tls
+        failed("timeout")
         return None
+
+
+def _failure_reason(exc: BaseException) -> str:
+    """OpenSSL's reason for a failed handshake (a finite set of names), or ``closed``."""
+    cause = exc.__cause__
+    if isinstance(cause, ssl.SSLError) and cause.reason:
+        return str(cause.reason).lower()
+    return "closed"

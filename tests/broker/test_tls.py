@@ -163,6 +163,35 @@ def test_plain_http_old_tls_and_silent_clients_are_turned_away(tmp_path, ca):
         assert presented_certificate(address, ca_file)
 
 
+def negotiation_errors(admin: tuple[str, int]) -> dict[str, float]:
+    """wharf_broker_tls_negotiation_errors_total of the API listener, by reason."""
+    with socket.create_connection(admin, timeout=5) as raw:
+        raw.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        body = read_all(raw).decode()
+    prefix = 'wharf_broker_tls_negotiation_errors_total{listener="api",reason="'
+    return {
+        line[len(prefix) :].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith(prefix)
+    }
+
+
+def test_failed_handshakes_are_counted_by_reason_but_probes_are_not(tmp_path, ca):
+    ca_file = trust(ca, tmp_path / "ca.pem")
+    with BrokerThread(tls_config(tmp_path, tls_settings(ca, tmp_path))) as broker:
+        for _ in range(3):  # TCP health checks: connect, close
+            socket.create_connection(broker.api, timeout=5).close()
+        assert presented_certificate(broker.api, ca_file)
+        assert negotiation_errors(broker.admin) == {}
+        with socket.create_connection(broker.api, timeout=5) as raw:
+            raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            read_all(raw)
+        with socket.create_connection(broker.api, timeout=5) as raw:
+            assert raw.recv(1024) == b""  # silent: cut off after the handshake timeout
+        errors = negotiation_errors(broker.admin)
+    assert errors == {"http_request": 1, "timeout": 1}
+
+
 def test_reload_swaps_the_certificate(tmp_path, ca):
     first = tls_settings(ca, tmp_path)
     config = tls_config(tmp_path, first)
