@@ -46,7 +46,7 @@ from balancer.access_log import AccessLogs
 from balancer.checker import HealthChecker
 from balancer.config import STATE_DIR_FALLBACK, BalancerConfig, HttpsListener
 from balancer.config import Listener as ListenerConfig
-from balancer.health import TargetState
+from balancer.health import TargetState, TargetStateChanged
 from balancer.listeners.cutoffs import DrainCutoffs
 from balancer.listeners.exchange import ClientInfo, ListenerServices
 from balancer.listeners.http import REJECT_HEADROOM, HttpListenerHandler
@@ -191,10 +191,11 @@ class BalancerApp:
         # and kept in the state file (written by this process alone: one worker owns it).
         # Applied before anything observes the runtime: they are this process's first targets.
         state = StateFile(state_directory(config.state_dir, STATE_DIR_FALLBACK))
+        self._state = state
         self._running_state_dir = config.state_dir  # until a restart, whatever reloads say
         self.overrides = Overrides.restore(state.load(), config)
         self.overrides.check_totals(config, self._config_file, state.path)
-        self._apply_saved_overrides()
+        self._apply_saved_overrides(self._built_at)
         self.pools = Pools()
         self.cutoffs = DrainCutoffs()  # shared by the listeners, told by the runtime
         self.runtime.observers.append(self.cutoffs.on_events)
@@ -242,6 +243,8 @@ class BalancerApp:
                 raise StartupError(str(exc)) from None
             admin_address = admin_settings(self.config.admin, self.worker)
             admin = await open_admin_listener(frame, admin_address, HttpLimits(), self.admin)
+            if self.worker is not None and not self.worker.primary:
+                self._catch_up_saved_overrides()
             listeners = [admin]
             for config in self.config.listeners:
                 sockets = await bind_tcp(config.host, config.port, reuse_port=self._reuse_port)
@@ -283,22 +286,46 @@ class BalancerApp:
     def _reuse_port(self) -> bool:
         return self.worker is not None  # every worker binds its own socket (SO_REUSEPORT)
 
-    def _apply_saved_overrides(self) -> None:
-        """At start: the file's targets under the saved API changes, before any traffic and
-        before any observer (nothing logs or counts these steps)."""
-        now = self._built_at
+    def _apply_saved_overrides(self, now: float) -> list[TargetStateChanged]:
+        """At start: the file's targets under the saved API changes, before any traffic (at
+        construction also before any observer: nothing logs or counts these steps).
+
+        Returns:
+            The events of the targets that left at once, for observers there are.
+        """
         snapshot = self.overrides.apply(self.runtime.current)
         if snapshot is self.runtime.current:
-            return
+            return []
         self.runtime.install(snapshot, now)
         # Targets deregistered through the API before the restart were never registered in
         # this process: they leave at once (nothing can be in flight to them), and are not
         # listed as draining for a deregistration delay, as targets that left early are.
+        events: list[TargetStateChanged] = []
         for live in self.runtime.live.values():
             for record in list(live.health):
                 if record.state is TargetState.DRAINING:
-                    live.health.target_idle(record.target_id, now)
+                    events += live.health.target_idle(record.target_id, now)
             live.health.departed(math.inf)  # forgets every target that left
+        return events
+
+    def _catch_up_saved_overrides(self) -> None:
+        """A worker other than 0, once its admin port is bound and before any traffic: the
+        API changes worker 0 saved since this process read the state file. Worker 0 forwards
+        each change to this port after saving it, so one saved while this worker was starting
+        (a crash's replacement) met a closed port and would be missing here until the next
+        restart. From the bind on, forwards wait in the backlog and apply after this one; a
+        change read here and forwarded again is a no-op (register and deregister are)."""
+        try:
+            saved = self._state.load()
+        except ConfigError as exc:  # the start read it: keep what was read then
+            self.frame.log.warning("targets.state_unreadable", error=str(exc))
+            return
+        restored = Overrides.restore(saved, self.config)
+        if restored.dump() == self.overrides.dump():
+            return
+        self.overrides.assign(restored)
+        self.runtime.notify(self._apply_saved_overrides(trio.current_time()))
+        self.frame.log.info("targets.caught_up", file=str(self._state.path))
 
     def _listener(self, config: ListenerConfig, sockets: list[trio.SocketListener]) -> Listener:
         """One configured listener on ``sockets``, its handler wrapped (TLS first for https)."""

@@ -27,7 +27,8 @@ Theory of operation:
   slow spread would leave it idle). Each later check comes up to ``INTERVAL_JITTER`` of the
   interval early, at random (HAProxy's ``spread-checks``), so targets that started together
   drift apart instead of staying aligned; never late, so a target still turns unhealthy
-  within ``interval_seconds x unhealthy_threshold``.
+  within ``interval_seconds x unhealthy_threshold`` of refusing connections (of hanging: plus
+  ``timeout_seconds``, when the last failing check's verdict comes).
 - Which targets have a probe follows the tables, incrementally: a batch of health events (a
   reload, an admin registration, a check result, a deadline) re-evaluates only the targets
   it names, so a check result costs O(1), not a walk of every target. A new configuration

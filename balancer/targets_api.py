@@ -387,7 +387,11 @@ class TargetsApi:
         self.primary = primary
         self.state = state
         # Held from a change's decision to its generation being current, around the state
-        # file's write: changes (and a reload's pruning) apply and reach the file in order.
+        # file's write, and until the other workers have it: changes (and a reload's
+        # pruning) apply, reach the file and reach every worker in one order. Forwarded
+        # after the lock was let go, two changes to one target sent at once could reach a
+        # sibling the other way round, and leave it routing to a target worker 0 and
+        # targets.json have deregistered.
         self.lock = trio.Lock()
 
     def mount(self, admin: AdminServer) -> None:
@@ -441,7 +445,7 @@ class TargetsApi:
             changed = self._overrides.copy()
             changed.register(group.config, body.targets)
             await self._commit(changed, "register", group, sorted(new))
-        return await self._reply("register", group.name, sorted(new), request)
+            return await self._reply("register", group.name, sorted(new), request)
 
     async def deregister(self, request: Request) -> Response:
         body = _decode(request.body)
@@ -453,7 +457,7 @@ class TargetsApi:
             changed = self._overrides.copy()
             changed.deregister(group.config, ids)
             await self._commit(changed, "deregister", group, ids)
-        return await self._reply("deregister", group.name, ids, request)
+            return await self._reply("deregister", group.name, ids, request)
 
     async def reload(self, request: Request) -> Response:
         if self._reload is None:

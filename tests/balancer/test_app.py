@@ -495,3 +495,76 @@ async def test_a_state_dir_change_needs_a_restart(tmp_path):
         assert output.getvalue().count(warning) == 2
         await daemon.app.reload(config)
         assert output.getvalue().count(warning) == 2
+
+
+def _two_free_ports() -> int:
+    """A port that is free, and so is the next one (worker 1's admin listener)."""
+    for _ in range(100):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            if port >= 65535:
+                continue
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise AssertionError("no two consecutive free ports")
+
+
+async def test_a_worker_has_the_changes_saved_while_its_admin_port_was_not_bound(
+    tmp_path, monkeypatch
+):
+    # Worker 1, restarted after a crash, reads targets.json, then binds its admin port. A
+    # change worker 0 saved in between was forwarded to a port that refused it: worker 1
+    # must still have it, or it routes by other targets than worker 0 and the file until
+    # its next restart.
+    import os
+
+    import balancer.app
+    from balancer.config import Forward, HealthCheck, Target, TargetGroup
+    from balancer.peers import COUNT_ENV, INDEX_ENV, SUPERVISOR_ENV
+    from balancer.targets_api import Overrides, StateFile
+
+    group = TargetGroup(
+        name="web",
+        targets=(Target(host="10.0.0.1"),),
+        health_check=HealthCheck(enabled=False),
+    )
+    admin_port = _two_free_ports()
+    listener = HttpListener(
+        name="front",
+        host="127.0.0.1",
+        port=admin_port + 1000 if admin_port < 64000 else admin_port - 1000,
+        default_action=Forward(target_group="web"),
+    )
+    config = BalancerConfig(
+        admin=AdminSettings(port=admin_port),
+        state_dir=str(tmp_path),
+        listeners=(listener,),
+        target_groups=(group,),
+    )
+    monkeypatch.setenv(INDEX_ENV, "1")
+    monkeypatch.setenv(COUNT_ENV, "2")
+    monkeypatch.setenv(SUPERVISOR_ENV, str(os.getppid()))  # a live parent, as a supervisor
+    bind_admin = balancer.app.open_admin_listener
+
+    async def worker_0_saves_a_change_first(*args, **kwargs):
+        changed = Overrides()
+        changed.register(group, [Target(host="10.0.0.2")])
+        changed.deregister(group, ["10.0.0.1:80"])
+        StateFile(tmp_path).save(changed.dump())
+        return await bind_admin(*args, **kwargs)
+
+    monkeypatch.setattr(balancer.app, "open_admin_listener", worker_0_saves_a_change_first)
+    async with running(SPEC, config) as daemon:
+        assert address(daemon, "admin")[1] == admin_port + 1
+        _, _, reply = await request(address(daemon, "admin"), target="/targets")
+        listed = {
+            t["id"]: t["source"] for t in msgspec.json.decode(reply)["target_groups"][0]["targets"]
+        }
+        assert listed == {"10.0.0.2:80": "api"}
+        group_now = daemon.app.runtime.current.groups["web"]
+        assert list(group_now.by_id) == ["10.0.0.2:80"]

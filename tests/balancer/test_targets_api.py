@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import msgspec
@@ -24,7 +24,7 @@ from balancer.config import (
     TargetGroup,
 )
 from balancer.health import Input, TargetState
-from balancer.peers import PEER_HEADER
+from balancer.peers import PEER_HEADER, forward
 from balancer.runtime import Runtime
 from balancer.targets_api import GroupOverrides, Overrides, SavedOverrides, StateFile, TargetsApi
 from monitoring.admin import AdminServer, open_admin_listener
@@ -387,6 +387,63 @@ async def test_changes_are_forwarded_to_peer_workers_once(nursery):
     # Forwarded with the request's own Authorization (the token the siblings still hold).
     assert authorizations == [None, "Bearer t"]
     admin.frame.stop(0)
+
+
+class _WatchedLock:
+    """The targets API's lock, telling when a change has to wait for it."""
+
+    def __init__(self, lock: trio.Lock, on_wait: Callable[[], None]) -> None:
+        self._lock = lock
+        self._on_wait = on_wait
+
+    async def __aenter__(self) -> None:
+        if self._lock.locked():
+            self._on_wait()
+        await self._lock.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+async def test_concurrent_changes_reach_a_peer_worker_in_the_order_they_applied(nursery):
+    # Two deploy scripts at once: one registers a target, the other deregisters it. Worker 0
+    # applies them in one order; worker 1 must end up agreeing with it (and with
+    # targets.json), however long the first forward takes to reach it.
+    sibling = Admin(make_config("10.0.0.1"))
+    await sibling.start(nursery)
+    first_forward_out = trio.Event()
+    # Set once the second change has been forwarded, or waits for its turn behind the first.
+    second_change_moved = trio.Event()
+
+    async def peers(path: str, body: bytes, authorization: str | None) -> dict:
+        if not first_forward_out.is_set():
+            first_forward_out.set()
+            await second_change_moved.wait()  # the first forward is slow (a busy sibling)
+        else:
+            second_change_moved.set()
+        return await forward([(1, sibling.address)], path, body, authorization)
+
+    primary = Admin(make_config("10.0.0.1"), peers=peers)
+    primary.api.lock = _WatchedLock(primary.api.lock, second_change_moved.set)
+    await primary.start(nursery)
+    body = {"target_group": "web", "targets": [{"host": "10.0.0.3"}]}
+    replies: list[tuple[int, dict]] = []
+
+    async def call(path: str) -> None:
+        replies.append(await primary.call("POST", path, body))
+
+    async with trio.open_nursery() as scripts:
+        scripts.start_soon(call, "/targets/register")
+        await first_forward_out.wait()
+        scripts.start_soon(call, "/targets/deregister")
+    assert [status for status, _ in replies] == [200, 200]
+    assert all(reply["workers"] == {"1": "ok"} for _, reply in replies)
+    # Worker 0 registered, then deregistered: the target drains there, and on worker 1 too.
+    assert "10.0.0.3:8080" not in primary.runtime.current.groups["web"].by_id
+    assert "10.0.0.3:8080" not in sibling.runtime.current.groups["web"].by_id
+    assert primary.overrides.dump() == sibling.overrides.dump()
+    primary.frame.stop(0)
+    sibling.frame.stop(0)
 
 
 async def test_through_the_daemon_a_registered_target_takes_traffic_and_survives_reload(
