@@ -46,6 +46,7 @@ from balancer.access_log import AccessLogs
 from balancer.checker import HealthChecker
 from balancer.config import STATE_DIR_FALLBACK, BalancerConfig, HttpsListener
 from balancer.config import Listener as ListenerConfig
+from balancer.fail_open import FailOpenWatch
 from balancer.health import TargetState, TargetStateChanged
 from balancer.listeners.cutoffs import DrainCutoffs
 from balancer.listeners.exchange import ClientInfo, ListenerServices
@@ -204,6 +205,7 @@ class BalancerApp:
         self._unopenable: dict[str, OSError] = {}  # the last reopen's failures
         frame.on_reload_attempt.append(self.reopen_access_logs)
         self.checker = HealthChecker(self.runtime, frame.log, frame.metrics)
+        self.fail_open = FailOpenWatch(self.runtime, frame.log, frame.metrics)
         self.tls_metrics = TlsMetrics(
             frame.metrics, frame.log, lambda: list(self.runtime.current.tls.values())
         )
