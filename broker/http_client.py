@@ -70,7 +70,8 @@ class Outcome(NamedTuple):
     Attributes:
         status: the response status, or None when no complete response arrived.
         error: ``connect``, ``timeout``, ``reset``, ``protocol`` (garbage), ``tls`` or
-            ``invalid-url``; None with a status.
+            ``invalid-url``; ``local`` when the broker itself could not open a socket (out
+            of descriptors or memory): no attempt reached the endpoint. None with a status.
         detail: a short human-readable reason for logs and dead letters.
     """
 
@@ -162,6 +163,18 @@ class _Connection:
         self.stream = stream
         self.h11 = h11.Connection(h11.CLIENT)
         self.idle_since = 0.0
+
+
+def _exhaustion(error: BaseException) -> str:
+    """The innermost error that says what ran out (trio wraps it in "all attempts failed")."""
+    if isinstance(error, OSError) and error.errno in fastio.LOCAL_EXHAUSTION:
+        return str(error)
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            if fastio.is_local_exhaustion(inner):
+                return _exhaustion(inner)
+    cause = error.__cause__ or error.__context__
+    return _exhaustion(cause) if cause is not None else str(error)
 
 
 class _Failure(Exception):
@@ -388,6 +401,8 @@ class HttpClient:
             try:
                 stream: trio.abc.Stream = await trio.open_tcp_stream(target.host, target.port)
             except OSError as error:
+                if fastio.is_local_exhaustion(error):  # the broker's fault, not the endpoint's
+                    raise _Failure("local", f"cannot open a socket: {_exhaustion(error)}") from None
                 raise _Failure("connect", f"connect failed: {error}") from None
             except ValueError as error:  # a name the resolver refuses (UnicodeError...)
                 raise _Failure("invalid-url", f"cannot resolve this host: {error}") from None

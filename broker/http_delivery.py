@@ -53,6 +53,7 @@ from broker.model.subscriptions import masked_endpoint
 from broker.registry import now_ms
 from broker.store.base import HttpPayload, PendingHttpDelivery, Store
 from monitoring.logging import EventLog
+from monitoring.throttle import Throttle
 
 if TYPE_CHECKING:
     from broker.fanout import Fanout
@@ -62,6 +63,9 @@ if TYPE_CHECKING:
 
 PAYLOAD_CACHE_BYTES: Final = 64 * 1024 * 1024  # bodies kept in memory; the rest read back
 RETRY_AFTER_BUG_SECONDS: Final = 30.0  # an attempt that failed inside Wharf is tried again
+# A delivery the broker could not open a socket for (out of descriptors or memory) is tried
+# again this much later, uncounted: the shortage is the broker's, not the endpoint's.
+RETRY_AFTER_EXHAUSTION_SECONDS: Final = 1.0
 # A retry waits up to this fraction of its delay longer than the policy says: enough to spread
 # lanes that failed at the same moment, small enough to keep the policy's schedule recognisable.
 RETRY_JITTER: Final = 0.1
@@ -186,6 +190,7 @@ class HttpDeliveries:
         self._next_id = 1
         self._cached_bytes = 0
         self._unusable_policies_logged: set[str] = set()  # subscription ids
+        self._exhaustion = Throttle()  # sns.out_of_resources: once a minute
         self._pending_by_topic: dict[int, int] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -418,6 +423,9 @@ class HttpDeliveries:
                     waiting, self._awaiting_shared = self._awaiting_shared, set()
                     for other in waiting:
                         other.notify()
+            if outcome is not None and outcome.error == "local" and not item.is_forgotten():
+                self._retry_after_exhaustion(lane, item, outcome)
+                return
             self._note_health(lane, outcome)
             await self._settle(lane, item, outcome)
         except Exception as exc:  # a bug here must not stop the other deliveries
@@ -461,6 +469,26 @@ class HttpDeliveries:
         self._release_payload(item)
         item.in_flight = False
         item.next_attempt_at = now_ms() + int(RETRY_AFTER_BUG_SECONDS * 1000)
+        lane.push(item)
+
+    def _retry_after_exhaustion(self, lane: _Lane, item: _Item, outcome: Outcome) -> None:
+        """The broker could not open a socket to the endpoint (out of descriptors or memory):
+        nothing reached it, so this was no attempt. Its retries are left whole and the
+        endpoint's health as it was; the delivery is tried again shortly, for as long as the
+        shortage lasts (its retry window, once it has had an attempt, still ends it). Logged
+        at most once a minute."""
+        held_back = self._exhaustion.admit()
+        if held_back is not None:
+            self.log.error(
+                "sns.out_of_resources",
+                detail=outcome.detail,
+                held_back=held_back,
+                hint="raise the descriptor limit (LimitNOFILE= in the unit) or lower "
+                "sns.delivery_concurrency",
+            )
+        self._release_payload(item)
+        item.in_flight = False
+        item.next_attempt_at = now_ms() + int(RETRY_AFTER_EXHAUSTION_SECONDS * 1000)
         lane.push(item)
 
     def _note_health(self, lane: _Lane, outcome: Outcome | None) -> None:
@@ -524,13 +552,16 @@ class HttpDeliveries:
         if not await self._load_payload(item):
             return None  # the row is gone (the topic was deleted)
         started = now_ms()
+        payload = item.payload
+        assert payload is not None  # loaded above
+        outcome = await self.client.post(item.endpoint, payload.headers, payload.body.encode())
+        if outcome.error == "local":
+            return outcome  # no socket to send it on: nothing reached the endpoint
         if item.first_attempt_at is None:
             item.first_attempt_at = started
         item.attempts += 1
         self._count_attempt(item, subscription)
-        payload = item.payload
-        assert payload is not None  # loaded above
-        return await self.client.post(item.endpoint, payload.headers, payload.body.encode())
+        return outcome
 
     def _count_attempt(self, item: _Item, subscription: Subscription | None) -> None:
         if item.message_type == "Notification":

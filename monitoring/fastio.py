@@ -202,6 +202,23 @@ def try_send(raw: socket.socket, data: Buffer) -> int:
         raise _translate(raw, exc) from exc
 
 
+# What socket() or connect() fail with when this process, not its peer, is out of
+# something: descriptors (its own limit, the system's), kernel buffers, memory.
+LOCAL_EXHAUSTION: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def is_local_exhaustion(exc: BaseException) -> bool:
+    """Whether ``exc``, or what caused it (trio's happy eyeballs wraps each attempt's error
+    in a group), is this process running out of descriptors or memory: its own fault, not
+    the peer's it was trying to reach."""
+    if isinstance(exc, OSError) and exc.errno in LOCAL_EXHAUSTION:
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return any(is_local_exhaustion(inner) for inner in exc.exceptions)
+    cause = exc.__cause__ or exc.__context__
+    return cause is not None and is_local_exhaustion(cause)
+
+
 # What trio's SocketListener.accept also retries on (its list): a connection reset or
 # refused while in the backlog, or a transient failure of one accept (accept(2), "Error
 # handling"). EAGAIN is a wait, handled apart.

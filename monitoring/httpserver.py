@@ -552,6 +552,18 @@ class _RequestParser:
                 return (505, _unsupported_version(version))
         return (400, f"malformed request: {exc}\n")
 
+    def release(self) -> None:
+        """Drop what the connection buffered, once it has ended. This object and its llhttp
+        parser refer to each other (the parser calls back into it), a cycle only the cyclic
+        GC frees, and with it the body being received: a connection that ended mid-body
+        kept up to ``max_body_bytes`` until a collection of the oldest generation, which the
+        broker runs seldom (broker/cli.py), so clients that sent large bodies and went away
+        grew its memory without bound. No callback runs after this."""
+        del self._http
+        self._body = bytearray()
+        self._headers = []
+        self.complete.clear()
+
     def between_requests(self) -> bool:
         """Whether nothing of a next request (nor a fault) has arrived yet."""
         return not self.complete and self.fault is None and not self.in_message
@@ -661,6 +673,7 @@ class _RequestParser:
                 and not self._http.should_upgrade(),
             )
         )
+        self._body = bytearray()  # the request has its copy: not twice while it is handled
 
     def _grow_head(self, size: int) -> None:
         self._head_size += size
@@ -726,6 +739,7 @@ async def serve_http(
     except _ClientGone:
         pass
     finally:
+        parser.release()
         await _close(stream)
 
 

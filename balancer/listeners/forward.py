@@ -394,6 +394,17 @@ async def _send_upstream(up: Upstream, pieces: list[fastio.Buffer]) -> None:
         raise _TargetFailed("TargetConnectionReset", answered=False) from None
 
 
+async def _send_body(ex: Exchange, up: Upstream, pieces: list[fastio.Buffer]) -> None:
+    """Request body bytes to the target, under the deadline armed for the body. A target
+    that stops reading them stalls the exchange, not the client (whose bytes the balancer
+    stops reading meanwhile): that deadline passing here is the target's timeout (504,
+    ``TargetResponseTimeout``), not the client's 408 ``RequestBodyTimeout``."""
+    phase = ex.phase
+    ex.phase = "response"
+    await _send_upstream(up, pieces)
+    ex.phase = phase
+
+
 def _continue(client: Client) -> bytes:
     """A 100 Continue for the client (h11 then no longer counts it as waiting).
 
@@ -579,7 +590,7 @@ async def _upload(
             raise _body_failure(conn, exc) from None
         if event is h11.NEED_DATA:
             if pending:
-                await _send_upstream(up, pending)
+                await _send_body(ex, up, pending)
                 pending, size = [], 0
             ex.wait_for("body", config.timeouts.request_body_seconds)
             waited = True
@@ -602,11 +613,11 @@ async def _upload(
             pending += up.conn.send_with_data_passthrough(event) or ()
             size += len(event.data)
             if size >= FLUSH_BYTES:
-                await _send_upstream(up, pending)
+                await _send_body(ex, up, pending)
                 pending, size = [], 0
         elif isinstance(event, h11.EndOfMessage):
             pending.append(up.conn.send(h11.EndOfMessage()) or b"")
-            await _send_upstream(up, pending)
+            await _send_body(ex, up, pending)
             if ex.response_at is None:  # else answered while the body went on (duplex)
                 ex.sent_at = trio.current_time()
             if waited:

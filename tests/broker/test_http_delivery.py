@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
 import json
+import os
 import random
+import resource
 import socket
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import msgspec
@@ -16,6 +20,7 @@ import trio
 
 from broker import http_delivery
 from broker.fanout import Batch
+from broker.http_client import Outcome
 from broker.http_delivery import HttpDeliveries
 from broker.model.delivery_policy import (
     EffectiveDeliveryPolicy,
@@ -355,8 +360,68 @@ async def test_unresolvable_endpoint_names_leave_the_default_thread_limiter_alon
             with trio.fail_after(5):
                 await harness.store.load_sns()  # a store read, on the default limiter
             await wait_for(fine, 2, seconds=5)  # its bodies were read back from the store
-            assert trio.to_thread.current_default_thread_limiter().borrowed_tokens <= 1
+            # The failed lanes' next attempts read their bodies back meanwhile (a moment
+            # each); a hung lookup would hold its token until the 30 s answer.
+            default_limiter = trio.to_thread.current_default_thread_limiter()
+            with trio.fail_after(5):
+                while default_limiter.borrowed_tokens > 1:  # noqa: ASYNC110 - bounded poll
+                    await trio.sleep(0.01)
             lookups = harness.deliveries.client.name_lookups.limiter
             assert lookups.borrowed_tokens == lookups.total_tokens  # the hung lookups' slots
     finally:
         answer.set()
+
+
+@contextlib.contextmanager
+def descriptors_exhausted() -> Iterator[None]:
+    """While this holds, this process can open no descriptor: every socket() fails with
+    EMFILE, as in a broker whose open-files limit its connections have reached."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(map(int, os.listdir("/proc/self/fd"))), hard))
+    fillers: list[int] = []
+    try:
+        while True:
+            try:
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError as exc:
+                if exc.errno != errno.EMFILE:
+                    raise
+                break
+        yield
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_the_brokers_own_descriptor_shortage_spends_no_retries(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Out of descriptors, the broker could not open a socket to the endpoint, and counted
+    # each failure as the endpoint's: a shortage that outlasted the retry policy (FAST: 5
+    # retries a second apart) lost the notification, logged as the endpoint's failure.
+    monkeypatch.setattr(http_delivery, "RETRY_AFTER_EXHAUSTION_SECONDS", 0.05, raising=False)
+    client = harness.deliveries.client
+    outcomes: list[Outcome] = []
+    real_post = client.post
+
+    async def post(url: str, headers: Sequence[tuple[str, str]], body: bytes) -> Outcome:
+        outcome = await real_post(url, headers, body)
+        outcomes.append(outcome)
+        return outcome
+
+    monkeypatch.setattr(client, "post", post)
+    with Endpoint() as endpoint:
+        await harness.subscribe(endpoint.url, DeliveryPolicy=FAST)
+        with descriptors_exhausted():
+            await harness.publish("kept through the shortage")
+            with trio.fail_after(15):  # as many failed tries as the policy has attempts
+                while len(outcomes) < 6:  # noqa: ASYNC110 - bounded poll of the tries made
+                    await trio.sleep(0.01)
+            await trio.sleep(0.1)  # the last one is settled
+        assert all(outcome.status is None for outcome in outcomes[:6])
+        await wait_for(endpoint, 1)
+        assert endpoint.requests[0].envelope()["Message"] == "kept through the shortage"
+        await trio.sleep(0.1)  # the 2xx is settled
+        assert harness.topic.stats.attempts["http"] == 1  # only the one that reached it
+        assert harness.topic.stats.delivered["http"] == 1

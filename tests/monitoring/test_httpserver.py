@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import gc
 import itertools
 import socket
 import ssl
 import struct
+import tracemalloc
 
 import h11
 import pytest
@@ -941,3 +943,45 @@ async def test_a_client_gone_before_its_refusal_is_not_a_handler_error(nursery):
         client.close()
     await trio.sleep(FAST.body_timeout_seconds + 0.5)  # every refusal made and lingered on
     assert server.errors == []
+
+
+@pytest.mark.parametrize("how", ["stalls", "closes"])
+async def test_a_connection_that_ends_mid_body_frees_its_body_at_once(nursery, how):
+    # The parser and llhttp refer to each other: the body being received stayed in a cycle
+    # after its connection ended, until the cyclic GC's oldest generation ran, which the
+    # broker runs seldom. Clients sending large bodies and going away grew it without bound.
+    ended = trio.Event()
+
+    class Watched(Server):
+        async def _handle(self, stream):
+            await super()._handle(stream)
+            ended.set()  # serve_http is done with the connection
+
+    server = await Watched(nursery, echo, max_body=4 << 20).start()
+    partial = 2 << 20
+    payload = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (4 << 20)
+    payload += b"x" * partial
+    gc.disable()  # what the broker's thresholds make of a few large requests
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        if how == "stalls":  # answered 408 after the body timeout, then closed
+            answer = await raw_exchange(server.addr, payload)
+            assert answer.startswith(b"HTTP/1.1 408 ")
+        else:  # the client half-closes mid-body: 400, then closed
+            with trio.fail_after(10):
+                stream = await trio.open_tcp_stream(*server.addr)
+                async with stream:
+                    await stream.send_all(payload)
+                    await stream.send_eof()
+                    answer = b""
+                    while chunk := await stream.receive_some(65536):
+                        answer += chunk
+            assert answer.startswith(b"HTTP/1.1 400 ")
+        with trio.fail_after(10):
+            await ended.wait()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    assert held < partial // 2, held

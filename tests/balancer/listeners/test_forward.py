@@ -1327,3 +1327,54 @@ async def test_a_target_answering_while_it_reads_the_body_gets_all_of_it():
             # Both exchanges ended cleanly: the client connection serves the next request.
             assert (await client.request("POST", "/again", body=b"x"))[:3:2] == (200, b"<x>")
     assert bodies == [b"aaabbbccc", b"x"]
+
+
+def elb_answers(daemon: object) -> dict[str, float]:
+    """The balancer's own answers so far, by code class."""
+    answers: dict[str, float] = {}
+    for metric in daemon.metrics.registry.collect():  # type: ignore[attr-defined]
+        for s in metric.samples:
+            if s.name == "wharf_balancer_http_requests_total" and s.labels["source"] == "elb":
+                code_class = s.labels["code_class"]
+                answers[code_class] = answers.get(code_class, 0) + s.value
+    return {code_class: value for code_class, value in answers.items() if value}
+
+
+async def test_a_target_that_stops_reading_the_body_is_the_targets_timeout_not_the_clients():
+    # The client sends its body as fast as it can; the target reads the head and no more.
+    # Once the balancer's writes to the target block, it stops reading the client, and the
+    # body's deadline passed there: counted and logged as the client's 408
+    # RequestBodyTimeout, an ELB 4xx, when the target was the one that stalled.
+    async def reads_the_head_only(stream: trio.SocketStream) -> None:
+        buffered = b""
+        while b"\r\n\r\n" not in buffered:
+            buffered += await stream.receive_some(65536)
+        await trio.sleep_forever()
+
+    lst = listener(timeouts=ListenerTimeouts(request_body_seconds=0.5))
+    async with (
+        raw_target(reads_the_head_only) as target,
+        balancer(config([lst], [group("web", target)])) as daemon,
+    ):
+        stream = await trio.open_tcp_stream(*front(daemon))
+        size = 256 << 20
+        head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size
+
+        async def send_body() -> None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await stream.send_all(head)
+                chunk = b"x" * 65536
+                for _ in range(size // len(chunk)):
+                    await stream.send_all(chunk)
+
+        async with stream, trio.open_nursery() as nursery:
+            nursery.start_soon(send_body)
+            with trio.fail_after(10):
+                while not elb_answers(daemon):  # noqa: ASYNC110 - bounded poll of a count
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+        assert elb_answers(daemon) == {"5xx": 1}
+        by_code = daemon.metrics.registry.get_sample_value(
+            "wharf_balancer_http_elb_5xx_responses_total", {"listener": "front", "code": "504"}
+        )
+        assert by_code == 1
