@@ -192,7 +192,8 @@ class DeduplicationEntry(msgspec.Struct, frozen=True, array_like=True):
 
 
 class LoadedQueue:
-    """Everything needed to rebuild one queue's index at start."""
+    """Everything needed to rebuild one queue's index at start; its deduplication entries
+    soonest expiry first, the order the window is rebuilt in."""
 
     __slots__ = ("deduplication", "messages", "record")
 
@@ -258,7 +259,7 @@ class HttpPayload(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class LoadedTopic:
-    """A topic at start: its record and its deduplication entries."""
+    """A topic at start: its record and its deduplication entries, soonest expiry first."""
 
     __slots__ = ("deduplication", "record")
 

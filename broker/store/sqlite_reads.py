@@ -232,7 +232,11 @@ def load_queues(connection: sqlite3.Connection) -> list[LoadedQueue]:
         deduplication = [
             DeduplicationEntry(key, seq, expires_at)
             for key, seq, expires_at in connection.execute(
-                "SELECT key, seq, expires_at FROM deduplication WHERE queue_id = ?", (queue_id,)
+                # Soonest expiry first: the window keeps its entries in that order
+                # (ScopedWindow.remember), and an entry out of it would stay taken longer.
+                "SELECT key, seq, expires_at FROM deduplication WHERE queue_id = ? "
+                "ORDER BY expires_at",
+                (queue_id,),
             )
         ]
         queues.append(LoadedQueue(record, columns, deduplication))

@@ -18,6 +18,7 @@ import collections
 import functools
 import json
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from typing import Any
 import pytest
 import trio
 
+from broker.model.dedup import deduplication_key
 from tests.support.broker import sqs_client
 from tests.support.crash_harness import Writer, broker_process
 
@@ -264,3 +266,57 @@ async def test_a_move_task_resumes_after_sigkill(tmp_path: Path):
         # The count is saved once a second: a SIGKILL can lose what moved since (at 10 a
         # second with a first burst of 10, at most 20), never a message; it never over-counts.
         assert len(bodies) - 20 <= done["ApproximateNumberOfMessagesMoved"] <= len(bodies)
+
+
+async def test_a_deduplication_id_is_free_again_when_its_5_minutes_end_after_a_restart(
+    tmp_path: Path,
+):
+    """After a restart each FIFO deduplication id is taken for what is left of its own 5
+    minutes, not for the longest of the ids loaded before it. The store gave them back in key
+    order and the window kept its expiry list sorted by raising each to the latest seen so
+    far: an id whose 5 minutes had ended stayed taken, and a send with it was answered as a
+    duplicate (the original's MessageId) and never queued, up to 5 minutes late.
+
+    The 5 minutes are not waited for: between the runs, the early id's stored expiry is moved
+    to a few seconds ahead, as if it had been sent 5 minutes ago; the late one's stays."""
+    early = "sent-almost-5-minutes-ago"
+    # An id loaded before the early one (the table's order is its key's), whose window ends last.
+    late = next(
+        f"sent-just-now-{n}"
+        for n in range(1000)
+        if deduplication_key(f"sent-just-now-{n}", None) < deduplication_key(early, None)
+    )
+    async with broker_process(tmp_path, 1) as (_, endpoint):
+        client = sqs_client(endpoint)
+        url = client.create_queue(QueueName="window.fifo", Attributes={"FifoQueue": "true"})[
+            "QueueUrl"
+        ]
+        first = {
+            dedup: client.send_message(
+                QueueUrl=url, MessageBody=dedup, MessageGroupId="g", MessageDeduplicationId=dedup
+            )
+            for dedup in (early, late)
+        }
+    ends_at = int(time.time() * 1000) + 3000  # the early id's 5 minutes end in 3 s
+    store = sqlite3.connect(tmp_path / "data" / "wharf.sqlite3", isolation_level=None)
+    try:
+        store.execute(
+            "UPDATE deduplication SET expires_at = ? WHERE key = ?",
+            (ends_at, deduplication_key(early, None)),
+        )
+    finally:
+        store.close()
+
+    async with broker_process(tmp_path, 2) as (_, endpoint):
+        client = sqs_client(endpoint)
+        await trio.sleep(max(0.0, (ends_at + 100) / 1000 - time.time()))  # 3 s at most
+        again = {
+            dedup: client.send_message(
+                QueueUrl=url, MessageBody="again", MessageGroupId="g", MessageDeduplicationId=dedup
+            )
+            for dedup in (early, late)
+        }
+        assert again[late]["MessageId"] == first[late]["MessageId"]  # still in its window
+        assert again[early]["MessageId"] != first[early]["MessageId"]  # its window ended
+        received = await trio.to_thread.run_sync(functools.partial(drain, expect=3), endpoint, url)
+        assert [m["Body"] for m in received] == [early, late, "again"]
