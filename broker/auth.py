@@ -14,6 +14,9 @@ for the broker's own account.
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
 import re
 import time
 from collections.abc import Mapping
@@ -60,6 +63,33 @@ def load_credentials(path: str | Path) -> dict[str, Credential]:
             raise ConfigError(path, f"access key {credential.access_key_id} is listed twice")
         keys[credential.access_key_id] = credential
     return keys
+
+
+@functools.lru_cache(maxsize=1024)
+def sender_id_of(principal_arn: str, account: str) -> str:
+    """A message's SenderId for a caller, in the shape SQS gives it.
+
+    SQS's SenderId is the account id for the root user, the IAM user's unique id
+    (``AIDA`` + 17 characters) for a user, and the role's unique id with the session name
+    (``AROA...:session``) for an assumed role. Wharf has no IAM to issue unique ids, so they
+    are derived from the principal's ARN: stable, the same on every broker, and never the
+    caller's access key id, which a consumer in another account has no business seeing.
+    """
+    if principal_arn.endswith(":root"):
+        return account
+    resource = principal_arn.split(":", 5)[-1]
+    kind, _, rest = resource.partition("/")
+    if kind == "assumed-role":
+        role, _, session = rest.rpartition("/")
+        role_arn = f"arn:aws:iam::{account}:role/{role}"
+        return f"AROA{_unique_suffix(role_arn)}:{session}"
+    prefix = "AROA" if kind == "role" else "AIDA"
+    return prefix + _unique_suffix(principal_arn)
+
+
+def _unique_suffix(arn: str) -> str:
+    """17 characters of IAM's unique-id alphabet (upper-case letters and digits 2-7)."""
+    return base64.b32encode(hashlib.sha256(arn.encode()).digest()).decode()[:17]
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,10 +169,11 @@ class Authenticator:
         credential = self.credentials[identity.access_key_id]
         principal = credential.principal or f"arn:aws:iam::{self.account_id}:root"
         match = _PRINCIPAL.fullmatch(principal)
+        account = match[2] if match else self.account_id
         return Caller(
             principal_arn=principal,
-            account=match[2] if match else self.account_id,
-            sender_id=identity.access_key_id,
+            account=account,
+            sender_id=sender_id_of(principal, account),
             service=identity.service,
             anonymous=False,
         )

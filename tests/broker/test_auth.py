@@ -7,6 +7,7 @@ tests/compat/test_sqs_boto3.py; here the Authenticator meets requests signed by 
 from __future__ import annotations
 
 import datetime
+import re
 from pathlib import Path
 from unittest import mock
 from urllib.parse import urlsplit
@@ -16,7 +17,7 @@ import botocore.credentials
 import pytest
 from botocore.awsrequest import AWSRequest
 
-from broker.auth import Authenticator, load_credentials
+from broker.auth import Authenticator, load_credentials, sender_id_of
 from broker.config import AuthSettings, BrokerConfig
 from monitoring.configfile import ConfigError, decode
 from monitoring.httpserver import Request
@@ -152,7 +153,7 @@ def test_a_botocore_signature_identifies_the_caller(authenticator: Authenticator
     assert not caller.anonymous
     assert caller.principal_arn == f"arn:aws:iam::{ACCOUNT}:root"
     assert caller.account == ACCOUNT
-    assert caller.sender_id == KEY
+    assert caller.sender_id == ACCOUNT  # the root user's SenderId is its account id
     assert caller.service == "sqs"
 
 
@@ -160,6 +161,25 @@ def test_a_principal_from_the_file_names_its_account(authenticator: Authenticato
     caller = authenticator.authenticate(signed(OTHER_KEY, OTHER_SECRET))
     assert caller.principal_arn == OTHER_PRINCIPAL
     assert caller.account == "111122223333"
+
+
+def test_sender_ids_have_sqs_shapes_and_never_show_the_access_key():
+    user = "arn:aws:iam::111122223333:user/team/orders"
+    user_id = sender_id_of(user, "111122223333")
+    assert re.fullmatch(r"AIDA[A-Z2-7]{17}", user_id)
+    assert sender_id_of(user, "111122223333") == user_id  # stable
+    assert sender_id_of("arn:aws:iam::111122223333:user/team/billing", "111122223333") != user_id
+    role = sender_id_of("arn:aws:iam::111122223333:role/worker", "111122223333")
+    assert re.fullmatch(r"AROA[A-Z2-7]{17}", role)
+    session = "arn:aws:sts::111122223333:assumed-role/worker/i-0abc"
+    assert sender_id_of(session, "111122223333") == f"{role}:i-0abc"
+    assert sender_id_of("arn:aws:iam::111122223333:root", "111122223333") == "111122223333"
+
+
+def test_a_keys_sender_id_is_its_principals(authenticator: Authenticator):
+    caller = authenticator.authenticate(signed(OTHER_KEY, OTHER_SECRET))
+    assert caller.sender_id == sender_id_of(OTHER_PRINCIPAL, "111122223333")
+    assert OTHER_KEY not in caller.sender_id
 
 
 @pytest.mark.parametrize(
@@ -193,7 +213,7 @@ def test_within_the_allowed_skew_and_presigned(authenticator: Authenticator):
     caller = authenticator.authenticate(
         signed(presign_expires=60, ago=datetime.timedelta(seconds=30))
     )
-    assert caller.sender_id == KEY
+    assert caller.sender_id == ACCOUNT
 
 
 def test_an_unsigned_request_is_refused(authenticator: Authenticator):

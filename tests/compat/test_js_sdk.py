@@ -220,7 +220,7 @@ def test_sqs_receive_with_every_attribute(sqs_run: ScenarioRun) -> None:
     assert typed["MD5OfMessageAttributes"] == attributes_md5(sent["attributesSent"])
     system = typed["Attributes"]
     assert system["AWSTraceHeader"] == sent["traceHeader"]
-    assert system["SenderId"] == ACCESS_KEY_ID
+    assert system["SenderId"] == ACCOUNT_ID
     assert system["ApproximateReceiveCount"] == "1"
     assert int(system["SentTimestamp"]) <= int(system["ApproximateFirstReceiveTimestamp"])
 
@@ -299,7 +299,7 @@ def test_sqs_long_poll_woken_by_a_send(sqs_run: ScenarioRun) -> None:
     assert message["Body"] == "wake up"
     assert 0.9 <= poll["seconds"] < 5, "the long poll was not woken by the send"
     # Asked by the newer MessageSystemAttributeNames alone, and for one attribute by name.
-    assert message["Attributes"] == {"SenderId": ACCESS_KEY_ID, "ApproximateReceiveCount": "1"}
+    assert message["Attributes"] == {"SenderId": ACCOUNT_ID, "ApproximateReceiveCount": "1"}
     assert message["MessageAttributes"] == {"wanted": {"DataType": "String", "StringValue": "yes"}}
     assert message["MD5OfMessageAttributes"] == attributes_md5(message["MessageAttributes"])
 

@@ -322,7 +322,7 @@ def test_receive_with_every_attribute(run: ScenarioRun) -> None:
     assert typed["MD5OfMessageAttributes"] == sent["MD5OfMessageAttributes"]
     system = typed["Attributes"]
     assert system["AWSTraceHeader"] == results["traceHeader"]
-    assert (system["SenderId"], system["ApproximateReceiveCount"]) == (ACCESS_KEY_ID, "1")
+    assert (system["SenderId"], system["ApproximateReceiveCount"]) == (ACCOUNT_ID, "1")
     assert int(system["SentTimestamp"]) <= int(system["ApproximateFirstReceiveTimestamp"])
     assert received["batch two"]["MessageAttributes"] == {
         "kind": {"DataType": "String", "StringValue": "batched"}
@@ -378,7 +378,7 @@ def test_receive_wait_time_seconds(run: ScenarioRun) -> None:
     assert 1.9 <= poll["emptySeconds"] < 4, "an empty poll did not last its WaitTimeSeconds"
     (message,) = poll["woken"]
     assert message["Body"] == "wake up"
-    assert message["Attributes"] == {"SenderId": ACCESS_KEY_ID}
+    assert message["Attributes"] == {"SenderId": ACCOUNT_ID}
     assert 0.9 <= poll["wokenSeconds"] < 5, "the long poll was not woken by the send"
 
 

@@ -27,6 +27,7 @@ import trio
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 
+from broker.auth import sender_id_of
 from broker.config import SqsSettings
 from broker.registry import now_ms
 from monitoring.settings import HttpLimits
@@ -1888,7 +1889,8 @@ def test_the_right_key_works(owner):
     url = owner.create_queue(QueueName=name)["QueueUrl"]
     owner.send_message(QueueUrl=url, MessageBody="signed")
     (message,) = receive(owner, url, AttributeNames=["SenderId"])
-    assert message["Attributes"]["SenderId"] == ACCESS_KEY_ID
+    # The root user's SenderId is its account id, as SQS gives it; never the access key id.
+    assert message["Attributes"]["SenderId"] == ACCOUNT_ID
     owner.delete_queue(QueueUrl=url)
 
 
@@ -2081,7 +2083,9 @@ def test_add_permission_lets_another_account_in(secured: BrokerThread, owner, pr
     assert code_of(excinfo) == "AccessDenied"
     messages = receive_exactly(owner, url, 2, AttributeNames=["SenderId"])
     assert sorted(m["Body"] for m in messages) == ["batched", "welcome"]
-    assert {m["Attributes"]["SenderId"] for m in messages} == {PARTNER_KEY[0]}
+    assert {m["Attributes"]["SenderId"] for m in messages} == {
+        sender_id_of(PARTNER_ARN, "111122223333")
+    }
 
     owner.remove_permission(QueueUrl=url, Label="partner-sends")
     with pytest.raises(botocore.exceptions.ClientError) as excinfo:
