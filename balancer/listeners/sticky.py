@@ -2,7 +2,9 @@
 cookies the response carries back (ALB sticky-sessions.md).
 
 - Weighted forward with group stickiness: ``AWSALBTG`` (and ``AWSALBTGCORS``) names the
-  target group; re-issued on every response so its validity slides.
+  target group, in an entry per weighted forward (:func:`balancer.stickiness.
+  merged_group_value`), so a client keeps its group on each forward it uses; re-issued on
+  every response so its validity slides.
 - ``lb_cookie``: ``AWSALB`` (and ``AWSALBCORS``) names the target; re-issued on every
   response, and rewritten when its target was replaced (unhealthy, draining, gone).
 - Of a cookie and its CORS twin, the twin decides when it opens and names a group of this
@@ -41,7 +43,9 @@ from balancer.stickiness import (
     app_entries,
     chromium_80_or_later,
     group_cookies,
+    group_entries,
     merged_app_value,
+    merged_group_value,
     open_sticky,
     read_cookies,
     set_cookie,
@@ -61,6 +65,8 @@ class StickyPlan:
         "app_same_site",
         "group",
         "group_cookie",
+        "group_entries",
+        "group_members",
         "stickiness_on",
         "sticky_target",
     )
@@ -68,6 +74,8 @@ class StickyPlan:
     def __init__(self, group: str) -> None:
         self.group = group
         self.group_cookie = False  # an AWSALBTG cookie to issue
+        self.group_entries: list[str] = []  # the request's AWSALBTG(CORS) entries
+        self.group_members: frozenset[str] = frozenset()  # the weighted forward's groups
         self.sticky_target: str | None = None
         self.app_cookie: str | None = None  # the request's application cookie value
         self.app_entries: list[str] = []  # the request's AWSALBAPP-0 entries
@@ -94,20 +102,30 @@ def plan(
         result = StickyPlan(action.target_group)
     else:
         sticky_group = None
+        members = frozenset(member.name for member in action.target_groups)
+        entries: list[str] = []
         if action.stickiness.enabled and sealer is not None:
             cookies = read_cookies(_cookie_headers(headers), _ALL_NAMES)
-            members = {member.name for member in action.target_groups}
             duration = action.stickiness.duration_seconds
 
             def member_group(value: str) -> str | None:
-                named = sealer.open_group(value, now=wall, duration=duration)
-                return named if named in members else None
+                # The first entry naming one of this forward's groups: the others are
+                # other forwards' (or dead ones, which the response drops).
+                for entry in group_entries(value):
+                    named = sealer.open_group(entry, now=wall, duration=duration)
+                    if named in members:
+                        return named
+                return None
 
             sticky_group = open_sticky(cookies, GROUP_COOKIE, GROUP_CORS_COOKIE, member_group)
+            for name in (GROUP_CORS_COOKIE, GROUP_COOKIE):
+                entries += group_entries(cookies.get(name))
         chosen = choose_group(action.target_groups, rand=rand, sticky_group=sticky_group)
         result = StickyPlan(chosen.name)
         if action.stickiness.enabled and sealer is not None:
             result.group_cookie = True
+            result.group_entries = entries
+            result.group_members = members
     group = snapshot.groups.get(result.group)
     if group is None or sealer is None or not group.config.stickiness.enabled:
         return result
@@ -166,7 +184,10 @@ def response_cookies(
         return []
     found: list[str] = []
     if result.group_cookie:
-        value = sealer.seal_group(result.group, issued_at=wall)
+        own = sealer.seal_group(result.group, issued_at=wall)
+        value = merged_group_value(
+            sealer, own, result.group_members, result.group_entries, now=wall
+        )
         found += group_cookies(value, now=wall)
     stickiness = group.stickiness
     if result.stickiness_on and stickiness.type == "lb_cookie":

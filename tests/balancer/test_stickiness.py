@@ -14,13 +14,16 @@ from balancer.stickiness import (
     LB_COOKIE,
     LB_CORS_COOKIE,
     MAX_APP_ENTRIES,
+    MAX_GROUP_ENTRIES,
     CookieSealer,
     Kind,
     StickyTarget,
     app_entries,
     chromium_80_or_later,
     group_cookies,
+    group_entries,
     merged_app_value,
+    merged_group_value,
     open_sticky,
     read_cookies,
     set_cookie,
@@ -427,6 +430,22 @@ def test_app_entries_are_bounded(sealer):
     assert app_entries("." * 10_000) == []
     assert app_entries("a" * 20_000) == []
     assert app_entries("x." + "y" * 2000 + ".z") == ["x", "z"]
+
+
+def test_group_entries_keep_one_per_other_group_and_drop_this_forwards(sealer):
+    blue_old = sealer.seal_group("blue", issued_at=NOW - 10)
+    web = sealer.seal_group("web-green", issued_at=NOW - DURATION - 1)  # its forward decides
+    web_twice = sealer.seal_group("web-green", issued_at=NOW)
+    expired = sealer.seal_group("old", issued_at=NOW - COOKIE_LIFETIME_SECONDS)
+    theirs = CookieSealer([OTHER]).seal_group("inner", issued_at=NOW)
+    green = sealer.seal_group("green", issued_at=NOW)
+    previous = [blue_old, web, web_twice, expired, theirs, "garbage"]
+    value = merged_group_value(sealer, green, {"blue", "green"}, previous, now=NOW)
+    assert group_entries(value) == [green, web]
+    assert group_entries(green) == [green]  # a value of one entry, as issued before
+    many = [sealer.seal_group(f"g{i}", issued_at=NOW) for i in range(20)]
+    value = merged_group_value(sealer, many[0], {"g0"}, many[1:], now=NOW)
+    assert len(group_entries(value)) == MAX_GROUP_ENTRIES
 
 
 @given(st.lists(st.sampled_from(["a", "b", "c", "d"]), min_size=1, max_size=30))
