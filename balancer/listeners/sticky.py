@@ -5,8 +5,10 @@ cookies the response carries back (ALB sticky-sessions.md).
   target group, in an entry per weighted forward (:func:`balancer.stickiness.
   merged_group_value`), so a client keeps its group on each forward it uses; re-issued on
   every response so its validity slides.
-- ``lb_cookie``: ``AWSALB`` (and ``AWSALBCORS``) names the target; re-issued on every
-  response, and rewritten when its target was replaced (unhealthy, draining, gone).
+- ``lb_cookie``: ``AWSALB`` (and ``AWSALBCORS``) names the target, in an entry per target
+  group (:func:`balancer.stickiness.merged_target_value`), so a client keeps its target in
+  each sticky group it uses; re-issued on every response, and rewritten when its target was
+  replaced (unhealthy, draining, gone).
 - Of a cookie and its CORS twin, the twin decides when it opens and names a group of this
   action (``AWSALBTGCORS``) or a target of this group (``AWSALBCORS``); otherwise the other
   one is tried (:func:`balancer.stickiness.open_sticky`): ALB gives ``AWSALBCORS``
@@ -46,10 +48,12 @@ from balancer.stickiness import (
     group_entries,
     merged_app_value,
     merged_group_value,
+    merged_target_value,
     open_sticky,
     read_cookies,
     set_cookie,
     target_cookies,
+    target_entries,
 )
 from proto.http1 import first_header
 
@@ -69,6 +73,7 @@ class StickyPlan:
         "group_members",
         "stickiness_on",
         "sticky_target",
+        "target_entries",
     )
 
     def __init__(self, group: str) -> None:
@@ -77,6 +82,7 @@ class StickyPlan:
         self.group_entries: list[str] = []  # the request's AWSALBTG(CORS) entries
         self.group_members: frozenset[str] = frozenset()  # the weighted forward's groups
         self.sticky_target: str | None = None
+        self.target_entries: list[str] = []  # the request's AWSALB(CORS) entries
         self.app_cookie: str | None = None  # the request's application cookie value
         self.app_entries: list[str] = []  # the request's AWSALBAPP-0 entries
         self.app_same_site = False  # AWSALBAPP-0 gets SameSite=None; Secure (Chromium 80+)
@@ -137,10 +143,17 @@ def plan(
     if stickiness.type == "lb_cookie":
 
         def group_target(value: str) -> StickyTarget | None:
-            named = sealer.open_target(value, now=wall, duration=stickiness.duration_seconds)
-            return named if named is not None and named.target_group == result.group else None
+            # The first entry of this group: the others are other groups' (or dead ones,
+            # which the response drops).
+            for entry in target_entries(value):
+                named = sealer.open_target(entry, now=wall, duration=stickiness.duration_seconds)
+                if named is not None and named.target_group == result.group:
+                    return named
+            return None
 
         opened = open_sticky(cookies, LB_COOKIE, LB_CORS_COOKIE, group_target)
+        for name in (LB_CORS_COOKIE, LB_COOKIE):
+            result.target_entries += target_entries(cookies.get(name))
     else:
         result.app_cookie = cookies.get(stickiness.cookie_name)
         result.app_entries = app_entries(cookies.get(APP_COOKIE))
@@ -191,9 +204,9 @@ def response_cookies(
         found += group_cookies(value, now=wall)
     stickiness = group.stickiness
     if result.stickiness_on and stickiness.type == "lb_cookie":
-        found += target_cookies(
-            sealer.seal_target(result.group, target_id, issued_at=wall), now=wall
-        )
+        own = sealer.seal_target(result.group, target_id, issued_at=wall)
+        value = merged_target_value(sealer, own, result.group, result.target_entries, now=wall)
+        found += target_cookies(value, now=wall)
     elif result.stickiness_on:
         app_value = _set_cookie_value(response_headers, stickiness.cookie_name)
         if app_value is None:

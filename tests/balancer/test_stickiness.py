@@ -15,6 +15,7 @@ from balancer.stickiness import (
     LB_CORS_COOKIE,
     MAX_APP_ENTRIES,
     MAX_GROUP_ENTRIES,
+    MAX_TARGET_ENTRIES,
     CookieSealer,
     Kind,
     StickyTarget,
@@ -24,11 +25,13 @@ from balancer.stickiness import (
     group_entries,
     merged_app_value,
     merged_group_value,
+    merged_target_value,
     open_sticky,
     read_cookies,
     set_cookie,
     sticky_values,
     target_cookies,
+    target_entries,
 )
 
 KEY = b"k" * 32
@@ -430,6 +433,22 @@ def test_app_entries_are_bounded(sealer):
     assert app_entries("." * 10_000) == []
     assert app_entries("a" * 20_000) == []
     assert app_entries("x." + "y" * 2000 + ".z") == ["x", "z"]
+
+
+def test_target_entries_keep_one_per_other_group_and_replace_this_groups(sealer):
+    web_old = sealer.seal_target("web", "10.0.0.1:80", issued_at=NOW - 10)
+    api = sealer.seal_target("api", "10.0.0.2:80", issued_at=NOW - DURATION - 1)
+    api_twice = sealer.seal_target("api", "10.0.0.3:80", issued_at=NOW)
+    expired = sealer.seal_target("old", "10.0.0.4:80", issued_at=NOW - COOKIE_LIFETIME_SECONDS)
+    theirs = CookieSealer([OTHER]).seal_target("inner", "10.0.0.5:80", issued_at=NOW)
+    web_new = sealer.seal_target("web", "10.0.0.6:80", issued_at=NOW)
+    previous = [web_old, api, api_twice, expired, theirs, "garbage"]
+    value = merged_target_value(sealer, web_new, "web", previous, now=NOW)
+    assert target_entries(value) == [web_new, api]
+    assert target_entries(web_new) == [web_new]  # a value of one entry, as issued before
+    many = [sealer.seal_target(f"g{i}", "t:1", issued_at=NOW) for i in range(20)]
+    value = merged_target_value(sealer, many[0], "g0", many[1:], now=NOW)
+    assert len(target_entries(value)) == MAX_TARGET_ENTRIES
 
 
 def test_group_entries_keep_one_per_other_group_and_drop_this_forwards(sealer):

@@ -561,6 +561,37 @@ async def test_each_weighted_forward_keeps_its_group_for_a_client_using_both(key
         assert sorted(opened) == sorted(seen_api | seen_web)  # one entry per forward
 
 
+async def test_lb_cookie_stickiness_holds_on_two_groups_a_client_uses(key_file):
+    """A client going back and forth between /api/* and the rest, each forwarded to its own
+    group with lb_cookie stickiness, was sent to a new target at every switch: the one
+    AWSALB named the other group's target and was overwritten by each response, so neither
+    group's stickiness ever held. The cookie now holds an entry per target group."""
+    sticky = Stickiness(enabled=True)
+    rules = [
+        Rule(priority=1, conditions=Conditions(path_pattern=("/api/*",)),
+             action=Forward(target_group="api")),
+    ]  # fmt: skip
+    names = ("api1", "api2", "web1", "web2")
+    async with running_targets(*(TargetServer(n) for n in names)) as (a1, a2, w1, w2):
+        groups = [group("api", a1, a2, stickiness=sticky), group("web", w1, w2, stickiness=sticky)]
+        cfg = config(
+            [listener(Forward(target_group="web"), rules=rules)], groups, key_file=key_file
+        )
+        async with balancer(cfg) as daemon, Client.connect(front(daemon)) as client:
+            browser = Browser(client)
+            seen_api: set[str] = set()
+            seen_web: set[str] = set()
+            for i in range(6):
+                seen_api.add((await browser.get(f"/api/{i}"))[0])
+                seen_web.add((await browser.get(f"/page/{i}"))[0])
+            assert len(seen_api) == len(seen_web) == 1
+            assert browser.jar[LB_CORS_COOKIE] == browser.jar[LB_COOKIE]
+            entries = browser.jar[LB_COOKIE].split(".")
+        sealer = CookieSealer([KEY])
+        opened = [sealer.open_target(e, now=time.time(), duration=86400) for e in entries]
+        assert sorted(t.target_group for t in opened if t is not None) == ["api", "web"]
+
+
 class RestartableTarget(TargetServer):
     """A test target that can be stopped and started again on the same port."""
 
