@@ -18,7 +18,7 @@ from typing import Annotated, Final, Literal, NamedTuple
 import msgspec
 from msgspec import Meta
 
-from balancer.config_rules import TOKEN, Name, StickyDuration, TargetPort
+from balancer.config_rules import TOKEN, Name, StickyDuration, TargetPort, explain_action_type
 from balancer.config_rules import Action as Action
 from balancer.config_rules import Conditions as Conditions
 from balancer.config_rules import FixedResponse as FixedResponse
@@ -492,6 +492,12 @@ class BalancerConfig(Section, frozen=True, kw_only=True):
     stickiness: StickinessKeys = StickinessKeys()
     listeners: Annotated[tuple[Listener, ...], Meta(max_length=MAX_LISTENERS)] = ()
     target_groups: Annotated[tuple[TargetGroup, ...], Meta(max_length=MAX_TARGET_GROUPS)] = ()
+
+    @staticmethod
+    def explain_error(reason: str) -> str:
+        """A decoding error in the operator's terms (monitoring.configfile asks): an action
+        type the balancer does not have says which it has."""
+        return explain_action_type(reason)
 
     def __post_init__(self) -> None:
         _unique([g.name for g in self.target_groups], "target_groups", "name")

@@ -346,6 +346,39 @@ class FixedResponse(Section, frozen=True, kw_only=True, tag="fixed_response", ta
 
 Action = Forward | Redirect | FixedResponse
 
+ACTION_TYPES = ("forward", "redirect", "fixed_response")
+# msgspec's words for an action ``type`` that is none of the tags above.
+_UNKNOWN_ACTION_TYPE = re.compile(
+    r"Invalid value '(?P<value>.*)' - at "
+    r"`(?P<key>\$\.listeners\[\d+\]\.(?:default_action|rules\[\d+\]\.action)\.type)`"
+)
+
+
+def explain_action_type(reason: str) -> str:
+    """A decoding error about an action ``type`` that is none of :data:`ACTION_TYPES`,
+    reworded to say which types there are; ``reason`` unchanged for any other error.
+
+    ALB's ``authenticate-oidc`` and ``authenticate-cognito`` actions have no counterpart here,
+    and ALB spells ``fixed-response`` with a hyphen: a file translated from an ALB setup
+    should say so rather than "Invalid value".
+    """
+    found = _UNKNOWN_ACTION_TYPE.fullmatch(reason)
+    if found is None:
+        return reason
+    value = found["value"]
+    alb_name = value.lower().replace("_", "-")
+    if alb_name.startswith("authenticate"):
+        why = (
+            f"action type {value!r} is not supported: wharf-balancer has none of ALB's "
+            "authenticate actions (authenticate-oidc, authenticate-cognito); authenticate "
+            "users in the application or in a proxy behind the balancer"
+        )
+    elif alb_name.replace("-", "_") in ACTION_TYPES:
+        why = f"action type {value!r} is written {alb_name.replace('-', '_')!r} here"
+    else:
+        why = f"unknown action type {value!r}"
+    return f"{why}; the action types are {', '.join(ACTION_TYPES)} - at `{found['key']}`"
+
 
 class Rule(Section, frozen=True, kw_only=True):
     """A listener rule: when all conditions match, take the action."""

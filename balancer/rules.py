@@ -68,7 +68,7 @@ class _Piece(NamedTuple):
 class Wildcard:
     """A compiled ALB wildcard pattern; call :meth:`matches` with the text to test."""
 
-    __slots__ = ("_case_sensitive", "_exact", "_first", "_last", "_middle", "pattern")
+    __slots__ = ("_case_sensitive", "_exact", "_first", "_last", "_middle", "literal", "pattern")
 
     def __init__(self, pattern: str, *, case_sensitive: bool, escapes: bool = False) -> None:
         """Compile ``pattern``.
@@ -99,11 +99,17 @@ class Wildcard:
         self._first = pieces[0]
         self._last = pieces[-1]
         self._middle = tuple(p for p in pieces[1:-1] if p.length)
+        # The one text a pattern without wildcards matches (folded when case-insensitive):
+        # callers may look it up in an index instead of calling matches on every candidate.
+        self.literal = self._first.literal if self._exact and self._first.regex is None else None
 
     def matches(self, text: str) -> bool:
         """Whether the whole of ``text`` matches the pattern."""
-        if not self._case_sensitive:
-            text = ascii_lower(text)
+        return self.matches_folded(text if self._case_sensitive else ascii_lower(text))
+
+    def matches_folded(self, text: str) -> bool:
+        """:meth:`matches` for a ``text`` already folded with :func:`ascii_lower` (any text
+        when the pattern is case-sensitive)."""
         first, last = self._first, self._last
         if self._exact:
             return len(text) == first.length and first.at(text, 0)
@@ -190,9 +196,15 @@ class RequestView:
 
 
 class _Facts:
-    """The request, normalised once for all rules of one table."""
+    """The request, normalised once for all rules of one table.
 
-    __slots__ = ("headers", "host", "method", "path", "query", "source")
+    The query's pairs are folded (ASCII lower case) once, and indexed by key and by value on
+    first use: a condition naming a key, or a value without wildcards, looks its pairs up
+    instead of testing every pair of a long query (a 16 KB query holds thousands), so the
+    work of a request does not grow with its pairs times the rules.
+    """
+
+    __slots__ = ("_by_key", "_values", "headers", "host", "method", "path", "query", "source")
 
     def __init__(self, request: RequestView, source: IPAddress | None, table: RuleTable) -> None:
         self.method = request.method
@@ -203,7 +215,32 @@ class _Facts:
         if table.needs_headers:
             for name, value in request.headers:
                 self.headers.setdefault(ascii_lower(name), []).append(value)
-        self.query = parse_query(request.query) if table.needs_query else []
+        self.query: list[tuple[str | None, str]] = (
+            [
+                (None if key is None else ascii_lower(key), ascii_lower(value))
+                for key, value in parse_query(request.query)
+            ]
+            if table.needs_query
+            else []
+        )
+        self._by_key: dict[str, list[str]] | None = None
+        self._values: set[str] | None = None
+
+    def query_by_key(self) -> dict[str, list[str]]:
+        """The folded values of each folded key (pairs without a key left out)."""
+        if self._by_key is None:
+            by_key: dict[str, list[str]] = {}
+            for key, value in self.query:
+                if key is not None:
+                    by_key.setdefault(key, []).append(value)
+            self._by_key = by_key
+        return self._by_key
+
+    def query_values(self) -> set[str]:
+        """Every folded value of the query, with or without a key."""
+        if self._values is None:
+            self._values = {value for _, value in self.query}
+        return self._values
 
 
 Predicate = Callable[[_Facts], bool]
@@ -213,26 +250,34 @@ def _any_of(patterns: Iterable[str], *, case_sensitive: bool) -> tuple[Wildcard,
     return tuple(Wildcard(p, case_sensitive=case_sensitive) for p in patterns)
 
 
-def _pair_matches(
-    key: Wildcard | None, value: Wildcard, pairs: list[tuple[str | None, str]]
-) -> bool:
-    for pair_key, pair_value in pairs:
-        if key is not None and (pair_key is None or not key.matches(pair_key)):
+def _scan_pairs(key: Wildcard | None, value: Wildcard, facts: _Facts) -> bool:
+    for pair_key, pair_value in facts.query:
+        if key is not None and (pair_key is None or not key.matches_folded(pair_key)):
             continue
-        if value.matches(pair_value):
+        if value.matches_folded(pair_value):
             return True
     return False
 
 
+def _pair_predicate(pair: QueryPair) -> Predicate:
+    """One key/value pattern; the query's indexes spare a scan of every pair where a
+    literal key or a literal value without a key allows it."""
+    value = Wildcard(pair.value, case_sensitive=False, escapes=True)
+    key = Wildcard(pair.key, case_sensitive=False, escapes=True) if pair.key else None
+    literal = value.literal
+    if key is not None and key.literal is not None:
+        wanted = key.literal
+        if literal is not None:
+            return lambda f: literal in f.query_by_key().get(wanted, ())
+        return lambda f: any(value.matches_folded(v) for v in f.query_by_key().get(wanted, ()))
+    if key is None and literal is not None:
+        return lambda f: literal in f.query_values()
+    return lambda f: _scan_pairs(key, value, f)
+
+
 def _query_predicate(pairs: tuple[QueryPair, ...]) -> Predicate:
-    compiled = [
-        (
-            Wildcard(p.key, case_sensitive=False, escapes=True) if p.key else None,
-            Wildcard(p.value, case_sensitive=False, escapes=True),
-        )
-        for p in pairs
-    ]
-    return lambda f: any(_pair_matches(k, v, f.query) for k, v in compiled)
+    compiled = [_pair_predicate(p) for p in pairs]
+    return lambda f: any(predicate(f) for predicate in compiled)
 
 
 def _header_predicate(name: str, patterns: tuple[str, ...]) -> Predicate:

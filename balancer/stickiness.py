@@ -5,9 +5,18 @@ ALB's cookies (sticky-sessions.md), reproduced by name and behaviour:
 - ``AWSALB`` names the target of a group with ``lb_cookie`` stickiness; ``AWSALBCORS`` carries
   the same value with ``SameSite=None; Secure`` for cross-origin requests. A request carrying
   both is read from ``AWSALBCORS`` first, as ALB does, and from ``AWSALB`` when that one
-  does not open (:func:`open_sticky`).
+  does not open (:func:`open_sticky`). The value is a list of sealed entries joined by ``.``,
+  one per target group (up to ``MAX_TARGET_ENTRIES``), as ALB captures stickiness "for each
+  target group": with a single entry, a client using two sticky groups (``/api/*`` and the
+  rest) would lose its target at each switch. A value of one entry is what balancers before
+  that issued.
 - ``AWSALBTG`` / ``AWSALBTGCORS`` name the target group of a weighted forward (read in the
-  same order).
+  same order). Like ``AWSALBAPP-0``, the value is a list of sealed entries joined by ``.``,
+  one per weighted forward the client uses (up to ``MAX_GROUP_ENTRIES``): with a single
+  entry, a client going back and forth between two rules whose forwards share no group
+  would be drawn afresh at each switch. A forward reads the first entry naming one of its
+  groups, and its response puts its own entry first, keeping the entries naming groups it
+  does not have. A value of one entry is what balancers before that issued.
 - ``AWSALBAPP-0`` maps the application's own cookie to a target (``app_cookie``), "for each
   target group that has application-based stickiness enabled": its value is a list of sealed
   entries joined by ``.``, one per target group, of this balancer or of another layer in
@@ -76,6 +85,8 @@ MIN_KEY_BYTES = 16  # below 128 bits a key could be guessed
 MAX_COOKIE_CHARS = 1024  # ours are ~100-700; bounds the work spent on garbage
 APP_ENTRY_SEPARATOR = "."  # not in base64url: it joins AWSALBAPP-0's entries
 MAX_APP_ENTRIES = 8  # target groups (of every layer) one AWSALBAPP-0 remembers
+MAX_GROUP_ENTRIES = 8  # weighted forwards one AWSALBTG remembers
+MAX_TARGET_ENTRIES = 8  # lb_cookie target groups one AWSALB remembers
 
 _VERSION = 2  # seals the issue time
 _EXPIRY_VERSION = 1  # sealed an absolute expiry; opened, never sealed any more
@@ -282,12 +293,74 @@ def _live(version: int, stamp: int, now: float, duration: float) -> bool:
     return now < stamp / 1000 + min(duration, COOKIE_LIFETIME_SECONDS)
 
 
+def _entries(value: str | None, limit: int) -> list[str]:
+    if not value or len(value) > limit * (MAX_COOKIE_CHARS + 1):
+        return []
+    entries = value.split(APP_ENTRY_SEPARATOR, limit)[:limit]
+    return [entry for entry in entries if entry and len(entry) <= MAX_COOKIE_CHARS]
+
+
 def app_entries(value: str | None) -> list[str]:
     """The entries of an ``AWSALBAPP-0`` value (bounded in number and size)."""
-    if not value or len(value) > MAX_APP_ENTRIES * (MAX_COOKIE_CHARS + 1):
-        return []
-    entries = value.split(APP_ENTRY_SEPARATOR, MAX_APP_ENTRIES)[:MAX_APP_ENTRIES]
-    return [entry for entry in entries if entry and len(entry) <= MAX_COOKIE_CHARS]
+    return _entries(value, MAX_APP_ENTRIES)
+
+
+def target_entries(value: str | None) -> list[str]:
+    """The entries of an ``AWSALB`` value (bounded in number and size); a value of one entry
+    (as issued before entries) is a list of one."""
+    return _entries(value, MAX_TARGET_ENTRIES)
+
+
+def merged_target_value(
+    sealer: CookieSealer, own: str, target_group: str, previous: Iterable[str], *, now: float
+) -> str:
+    """``AWSALB``'s new value: this group's fresh entry first, then one entry for each other
+    target group the previous entries name; entries that do not open (forged, another key's,
+    older than the cookies' lifetime) are dropped, and whether one is live for its group is
+    for that group to check, against its own duration, when it reads it."""
+    kept = [own]
+    named = {target_group}
+    for entry in previous:
+        if len(kept) == MAX_TARGET_ENTRIES:
+            break
+        opened = sealer.open_target(entry, now=now, duration=COOKIE_LIFETIME_SECONDS)
+        if opened is not None and opened.target_group not in named:
+            named.add(opened.target_group)
+            kept.append(entry)
+    return APP_ENTRY_SEPARATOR.join(kept)
+
+
+def group_entries(value: str | None) -> list[str]:
+    """The entries of an ``AWSALBTG`` value (bounded in number and size); a value of one
+    entry (as issued before entries) is a list of one."""
+    return _entries(value, MAX_GROUP_ENTRIES)
+
+
+def merged_group_value(
+    sealer: CookieSealer,
+    own: str,
+    members: Collection[str],
+    previous: Iterable[str],
+    *,
+    now: float,
+) -> str:
+    """``AWSALBTG``'s new value: this forward's fresh entry first, then one entry for each
+    other group the previous entries name that is not among this forward's ``members``.
+
+    Entries that do not open (forged, another key's, older than the cookies' lifetime) are
+    dropped; whether one is live for its own forward is for that forward to check, against
+    its own duration, when it reads it.
+    """
+    kept = [own]
+    named = set(members)
+    for entry in previous:
+        if len(kept) == MAX_GROUP_ENTRIES:
+            break
+        group = sealer.open_group(entry, now=now, duration=COOKIE_LIFETIME_SECONDS)
+        if group is not None and group not in named:
+            named.add(group)
+            kept.append(entry)
+    return APP_ENTRY_SEPARATOR.join(kept)
 
 
 def merged_app_value(

@@ -58,7 +58,7 @@ def decode(data: bytes | str, schema: type[T], *, path: Path | str = "<config>")
         return msgspec.toml.decode(text, type=schema)
     except msgspec.ValidationError as exc:
         # ValidationError subclasses DecodeError, so it must be caught first.
-        raise ConfigError(path, str(exc)) from None
+        raise ConfigError(path, _explained(schema, str(exc))) from None
     except msgspec.DecodeError as exc:
         raise ConfigError(path, f"TOML syntax error: {exc}") from None
     except RecursionError:
@@ -69,6 +69,14 @@ def decode(data: bytes | str, schema: type[T], *, path: Path | str = "<config>")
         # converting text to int). Its advice after the ";" is for programmers.
         reason = str(exc).partition(";")[0]
         raise ConfigError(path, f"TOML syntax error: {reason}") from None
+
+
+def _explained(schema: type[Any], reason: str) -> str:
+    """msgspec's reason, reworded by the schema's ``explain_error(reason) -> str`` if it has
+    one (msgspec says ``Invalid value 'x'`` for a tag it does not know, naming no
+    alternative: a daemon can say what it takes, or that it has no such feature)."""
+    explain = getattr(schema, "explain_error", None)
+    return str(explain(reason)) if callable(explain) else reason
 
 
 def _text(data: bytes | str, path: Path | str) -> str:

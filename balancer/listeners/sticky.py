@@ -2,9 +2,13 @@
 cookies the response carries back (ALB sticky-sessions.md).
 
 - Weighted forward with group stickiness: ``AWSALBTG`` (and ``AWSALBTGCORS``) names the
-  target group; re-issued on every response so its validity slides.
-- ``lb_cookie``: ``AWSALB`` (and ``AWSALBCORS``) names the target; re-issued on every
-  response, and rewritten when its target was replaced (unhealthy, draining, gone).
+  target group, in an entry per weighted forward (:func:`balancer.stickiness.
+  merged_group_value`), so a client keeps its group on each forward it uses; re-issued on
+  every response so its validity slides.
+- ``lb_cookie``: ``AWSALB`` (and ``AWSALBCORS``) names the target, in an entry per target
+  group (:func:`balancer.stickiness.merged_target_value`), so a client keeps its target in
+  each sticky group it uses; re-issued on every response, and rewritten when its target was
+  replaced (unhealthy, draining, gone).
 - Of a cookie and its CORS twin, the twin decides when it opens and names a group of this
   action (``AWSALBTGCORS``) or a target of this group (``AWSALBCORS``); otherwise the other
   one is tried (:func:`balancer.stickiness.open_sticky`): ALB gives ``AWSALBCORS``
@@ -41,11 +45,15 @@ from balancer.stickiness import (
     app_entries,
     chromium_80_or_later,
     group_cookies,
+    group_entries,
     merged_app_value,
+    merged_group_value,
+    merged_target_value,
     open_sticky,
     read_cookies,
     set_cookie,
     target_cookies,
+    target_entries,
 )
 from proto.http1 import first_header
 
@@ -61,14 +69,20 @@ class StickyPlan:
         "app_same_site",
         "group",
         "group_cookie",
+        "group_entries",
+        "group_members",
         "stickiness_on",
         "sticky_target",
+        "target_entries",
     )
 
     def __init__(self, group: str) -> None:
         self.group = group
         self.group_cookie = False  # an AWSALBTG cookie to issue
+        self.group_entries: list[str] = []  # the request's AWSALBTG(CORS) entries
+        self.group_members: frozenset[str] = frozenset()  # the weighted forward's groups
         self.sticky_target: str | None = None
+        self.target_entries: list[str] = []  # the request's AWSALB(CORS) entries
         self.app_cookie: str | None = None  # the request's application cookie value
         self.app_entries: list[str] = []  # the request's AWSALBAPP-0 entries
         self.app_same_site = False  # AWSALBAPP-0 gets SameSite=None; Secure (Chromium 80+)
@@ -94,20 +108,30 @@ def plan(
         result = StickyPlan(action.target_group)
     else:
         sticky_group = None
+        members = frozenset(member.name for member in action.target_groups)
+        entries: list[str] = []
         if action.stickiness.enabled and sealer is not None:
             cookies = read_cookies(_cookie_headers(headers), _ALL_NAMES)
-            members = {member.name for member in action.target_groups}
             duration = action.stickiness.duration_seconds
 
             def member_group(value: str) -> str | None:
-                named = sealer.open_group(value, now=wall, duration=duration)
-                return named if named in members else None
+                # The first entry naming one of this forward's groups: the others are
+                # other forwards' (or dead ones, which the response drops).
+                for entry in group_entries(value):
+                    named = sealer.open_group(entry, now=wall, duration=duration)
+                    if named in members:
+                        return named
+                return None
 
             sticky_group = open_sticky(cookies, GROUP_COOKIE, GROUP_CORS_COOKIE, member_group)
+            for name in (GROUP_CORS_COOKIE, GROUP_COOKIE):
+                entries += group_entries(cookies.get(name))
         chosen = choose_group(action.target_groups, rand=rand, sticky_group=sticky_group)
         result = StickyPlan(chosen.name)
         if action.stickiness.enabled and sealer is not None:
             result.group_cookie = True
+            result.group_entries = entries
+            result.group_members = members
     group = snapshot.groups.get(result.group)
     if group is None or sealer is None or not group.config.stickiness.enabled:
         return result
@@ -119,10 +143,17 @@ def plan(
     if stickiness.type == "lb_cookie":
 
         def group_target(value: str) -> StickyTarget | None:
-            named = sealer.open_target(value, now=wall, duration=stickiness.duration_seconds)
-            return named if named is not None and named.target_group == result.group else None
+            # The first entry of this group: the others are other groups' (or dead ones,
+            # which the response drops).
+            for entry in target_entries(value):
+                named = sealer.open_target(entry, now=wall, duration=stickiness.duration_seconds)
+                if named is not None and named.target_group == result.group:
+                    return named
+            return None
 
         opened = open_sticky(cookies, LB_COOKIE, LB_CORS_COOKIE, group_target)
+        for name in (LB_CORS_COOKIE, LB_COOKIE):
+            result.target_entries += target_entries(cookies.get(name))
     else:
         result.app_cookie = cookies.get(stickiness.cookie_name)
         result.app_entries = app_entries(cookies.get(APP_COOKIE))
@@ -166,13 +197,16 @@ def response_cookies(
         return []
     found: list[str] = []
     if result.group_cookie:
-        value = sealer.seal_group(result.group, issued_at=wall)
+        own = sealer.seal_group(result.group, issued_at=wall)
+        value = merged_group_value(
+            sealer, own, result.group_members, result.group_entries, now=wall
+        )
         found += group_cookies(value, now=wall)
     stickiness = group.stickiness
     if result.stickiness_on and stickiness.type == "lb_cookie":
-        found += target_cookies(
-            sealer.seal_target(result.group, target_id, issued_at=wall), now=wall
-        )
+        own = sealer.seal_target(result.group, target_id, issued_at=wall)
+        value = merged_target_value(sealer, own, result.group, result.target_entries, now=wall)
+        found += target_cookies(value, now=wall)
     elif result.stickiness_on:
         app_value = _set_cookie_value(response_headers, stickiness.cookie_name)
         if app_value is None:

@@ -46,6 +46,48 @@ def test_check_config_names_the_file_key_and_reason_of_a_redirect_loop(tmp_path,
     )
 
 
+@pytest.mark.parametrize(
+    ("action_type", "reason"),
+    [
+        (
+            "authenticate-oidc",
+            "action type 'authenticate-oidc' is not supported: wharf-balancer has none of "
+            "ALB's authenticate actions (authenticate-oidc, authenticate-cognito); "
+            "authenticate users in the application or in a proxy behind the balancer",
+        ),
+        ("fixed-response", "action type 'fixed-response' is written 'fixed_response' here"),
+        ("weighted-forward", "unknown action type 'weighted-forward'"),
+    ],
+)
+def test_check_config_says_which_action_types_there_are(tmp_path, capsys, action_type, reason):
+    """It said "Invalid value 'authenticate-oidc'", naming no alternative, for ALB's
+    authentication actions and ALB's own spelling of fixed-response."""
+    path = tmp_path / "balancer.toml"
+    path.write_text(
+        '[[listeners]]\nname = "web"\nprotocol = "http"\nport = 8080\n'
+        'default_action = { type = "fixed_response", status_code = 404 }\n'
+        "[[listeners.rules]]\npriority = 1\nconditions.path_pattern = ['/login*']\n"
+        f'action = {{ type = "{action_type}" }}\n'
+    )
+    assert main(["check-config", str(path)]) == 1
+    assert capsys.readouterr().err == (
+        f"{path}: {reason}; the action types are forward, redirect, fixed_response"
+        " - at `$.listeners[0].rules[0].action.type`\n"
+    )
+
+
+def test_other_decoding_errors_keep_msgspecs_words(tmp_path, capsys):
+    path = tmp_path / "balancer.toml"
+    path.write_text(
+        '[[listeners]]\nname = "web"\nprotocol = "http"\nport = 8080\n'
+        'default_action = { type = "redirect", status_code = "HTTP_308", host = "a.b" }\n'
+    )
+    assert main(["check-config", str(path)]) == 1
+    assert capsys.readouterr().err == (
+        f"{path}: Invalid enum value 'HTTP_308' - at `$.listeners[0].default_action.status_code`\n"
+    )
+
+
 async def test_serves_admin_and_stops_on_sigterm(tmp_path):
     config = tmp_path / "balancer.toml"
     config.write_text("[admin]\nport = 0\n")

@@ -14,18 +14,24 @@ from balancer.stickiness import (
     LB_COOKIE,
     LB_CORS_COOKIE,
     MAX_APP_ENTRIES,
+    MAX_GROUP_ENTRIES,
+    MAX_TARGET_ENTRIES,
     CookieSealer,
     Kind,
     StickyTarget,
     app_entries,
     chromium_80_or_later,
     group_cookies,
+    group_entries,
     merged_app_value,
+    merged_group_value,
+    merged_target_value,
     open_sticky,
     read_cookies,
     set_cookie,
     sticky_values,
     target_cookies,
+    target_entries,
 )
 
 KEY = b"k" * 32
@@ -427,6 +433,38 @@ def test_app_entries_are_bounded(sealer):
     assert app_entries("." * 10_000) == []
     assert app_entries("a" * 20_000) == []
     assert app_entries("x." + "y" * 2000 + ".z") == ["x", "z"]
+
+
+def test_target_entries_keep_one_per_other_group_and_replace_this_groups(sealer):
+    web_old = sealer.seal_target("web", "10.0.0.1:80", issued_at=NOW - 10)
+    api = sealer.seal_target("api", "10.0.0.2:80", issued_at=NOW - DURATION - 1)
+    api_twice = sealer.seal_target("api", "10.0.0.3:80", issued_at=NOW)
+    expired = sealer.seal_target("old", "10.0.0.4:80", issued_at=NOW - COOKIE_LIFETIME_SECONDS)
+    theirs = CookieSealer([OTHER]).seal_target("inner", "10.0.0.5:80", issued_at=NOW)
+    web_new = sealer.seal_target("web", "10.0.0.6:80", issued_at=NOW)
+    previous = [web_old, api, api_twice, expired, theirs, "garbage"]
+    value = merged_target_value(sealer, web_new, "web", previous, now=NOW)
+    assert target_entries(value) == [web_new, api]
+    assert target_entries(web_new) == [web_new]  # a value of one entry, as issued before
+    many = [sealer.seal_target(f"g{i}", "t:1", issued_at=NOW) for i in range(20)]
+    value = merged_target_value(sealer, many[0], "g0", many[1:], now=NOW)
+    assert len(target_entries(value)) == MAX_TARGET_ENTRIES
+
+
+def test_group_entries_keep_one_per_other_group_and_drop_this_forwards(sealer):
+    blue_old = sealer.seal_group("blue", issued_at=NOW - 10)
+    web = sealer.seal_group("web-green", issued_at=NOW - DURATION - 1)  # its forward decides
+    web_twice = sealer.seal_group("web-green", issued_at=NOW)
+    expired = sealer.seal_group("old", issued_at=NOW - COOKIE_LIFETIME_SECONDS)
+    theirs = CookieSealer([OTHER]).seal_group("inner", issued_at=NOW)
+    green = sealer.seal_group("green", issued_at=NOW)
+    previous = [blue_old, web, web_twice, expired, theirs, "garbage"]
+    value = merged_group_value(sealer, green, {"blue", "green"}, previous, now=NOW)
+    assert group_entries(value) == [green, web]
+    assert group_entries(green) == [green]  # a value of one entry, as issued before
+    many = [sealer.seal_group(f"g{i}", issued_at=NOW) for i in range(20)]
+    value = merged_group_value(sealer, many[0], {"g0"}, many[1:], now=NOW)
+    assert len(group_entries(value)) == MAX_GROUP_ENTRIES
 
 
 @given(st.lists(st.sampled_from(["a", "b", "c", "d"]), min_size=1, max_size=30))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from typing import Any
 
 import msgspec
@@ -519,6 +520,76 @@ async def test_weighted_groups_with_group_stickiness(key_file):
                     for _ in range(8)
                 }
             assert len(seen) == 1
+
+
+async def test_each_weighted_forward_keeps_its_group_for_a_client_using_both(key_file):
+    """A client going back and forth between two rules whose weighted forwards have no group
+    in common was drawn afresh at every switch: the one AWSALBTG named the other rule's
+    group, so each rule's blue/green choice flipped from request to request. The cookie now
+    holds an entry per weighted forward."""
+
+    def weighted(*names: str) -> Forward:
+        return Forward(
+            target_groups=tuple(WeightedTargetGroup(name=n) for n in names),
+            stickiness=GroupStickiness(enabled=True),
+        )
+
+    rules = [
+        Rule(priority=1, conditions=Conditions(path_pattern=("/api/*",)),
+             action=weighted("api-blue", "api-green")),
+        Rule(priority=2, conditions=Conditions(path_pattern=("/web/*",)),
+             action=weighted("web-blue", "web-green")),
+    ]  # fmt: skip
+    names = ("api-blue", "api-green", "web-blue", "web-green")
+    async with running_targets(*(TargetServer(n) for n in names)) as servers:
+        groups = [group(n, server) for n, server in zip(names, servers, strict=True)]
+        cfg = config([listener(weighted("web-blue"), rules=rules)], groups, key_file=key_file)
+        async with balancer(cfg) as daemon, Client.connect(front(daemon)) as client:
+            browser = Browser(client)
+            seen_api: set[str] = set()
+            seen_web: set[str] = set()
+            for i in range(8):
+                seen_api.add((await browser.get(f"/api/{i}"))[0])
+                seen_web.add((await browser.get(f"/web/{i}"))[0])
+            assert len(seen_api) == len(seen_web) == 1
+            entries = browser.jar[GROUP_COOKIE].split(".")
+            assert len(entries) == 2
+            assert browser.jar[GROUP_CORS_COOKIE] == browser.jar[GROUP_COOKIE]
+        opened = [
+            CookieSealer([KEY]).open_group(e, now=time.time(), duration=3600) for e in entries
+        ]
+        assert sorted(opened) == sorted(seen_api | seen_web)  # one entry per forward
+
+
+async def test_lb_cookie_stickiness_holds_on_two_groups_a_client_uses(key_file):
+    """A client going back and forth between /api/* and the rest, each forwarded to its own
+    group with lb_cookie stickiness, was sent to a new target at every switch: the one
+    AWSALB named the other group's target and was overwritten by each response, so neither
+    group's stickiness ever held. The cookie now holds an entry per target group."""
+    sticky = Stickiness(enabled=True)
+    rules = [
+        Rule(priority=1, conditions=Conditions(path_pattern=("/api/*",)),
+             action=Forward(target_group="api")),
+    ]  # fmt: skip
+    names = ("api1", "api2", "web1", "web2")
+    async with running_targets(*(TargetServer(n) for n in names)) as (a1, a2, w1, w2):
+        groups = [group("api", a1, a2, stickiness=sticky), group("web", w1, w2, stickiness=sticky)]
+        cfg = config(
+            [listener(Forward(target_group="web"), rules=rules)], groups, key_file=key_file
+        )
+        async with balancer(cfg) as daemon, Client.connect(front(daemon)) as client:
+            browser = Browser(client)
+            seen_api: set[str] = set()
+            seen_web: set[str] = set()
+            for i in range(6):
+                seen_api.add((await browser.get(f"/api/{i}"))[0])
+                seen_web.add((await browser.get(f"/page/{i}"))[0])
+            assert len(seen_api) == len(seen_web) == 1
+            assert browser.jar[LB_CORS_COOKIE] == browser.jar[LB_COOKIE]
+            entries = browser.jar[LB_COOKIE].split(".")
+        sealer = CookieSealer([KEY])
+        opened = [sealer.open_target(e, now=time.time(), duration=86400) for e in entries]
+        assert sorted(t.target_group for t in opened if t is not None) == ["api", "web"]
 
 
 class RestartableTarget(TargetServer):
