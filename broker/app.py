@@ -49,7 +49,7 @@ from monitoring import fastio
 from monitoring.admin import AdminServer, open_admin_listener
 from monitoring.configfile import ConfigError
 from monitoring.durable import write_file
-from monitoring.httpserver import Request, Response, serve_http
+from monitoring.httpserver import BodyBudget, Request, Response, serve_http
 from monitoring.lifecycle import DaemonStopping, Frame, Listener, StartupError, bind_tcp
 from monitoring.safefile import check_regular_file
 from monitoring.settings import HttpLimits, state_directory
@@ -210,7 +210,9 @@ def _needs_restart(old: BrokerConfig, new: BrokerConfig) -> bool:
 
     Certificates and keys are files read again on reload; turning TLS on or off is not.
     """
-    api = msgspec.structs.replace(old.api, tls=new.api.tls)
+    api = msgspec.structs.replace(
+        old.api, tls=new.api.tls, max_buffered_request_bytes=new.api.max_buffered_request_bytes
+    )
     storage = msgspec.structs.replace(
         old.storage, key_file=new.storage.key_file, min_free_bytes=new.storage.min_free_bytes
     )
@@ -245,6 +247,9 @@ class BrokerApp:
             ["listener", "reason"],
         )
         self.sealer = Sealer(keyring_of(config), on_clear=self._warn_stored_in_clear)
+        # Request bodies the API listener's connections hold at once (a reload sets its limit).
+        self.body_budget = BodyBudget(config.api.max_buffered_request_bytes)
+        frame.metrics.register_collector(self._collect_body_budget)
         self.store: Store | None = None
         self.directory: Path | None = None  # the data directory in use (a reload keeps it)
         self.registry: QueueRegistry | None = None
@@ -444,6 +449,7 @@ class BrokerApp:
                 max_body_bytes=api.max_request_bytes,
                 on_refusal=refusals,
                 on_refused=self.metrics.observe_refusal,
+                body_budget=self.body_budget,
             )
 
         sockets = await bind_tcp(api.host, api.port)
@@ -536,6 +542,21 @@ class BrokerApp:
         if config.sqs != running.sqs:
             self.frame.log.warning("config.restart_required", section="sqs")
 
+    def _collect_body_budget(self) -> Iterable[Metric]:
+        """The request bodies the API listener holds now, and how much it may."""
+        held = GaugeMetricFamily(
+            "wharf_broker_http_buffered_request_bytes",
+            "Bytes of request bodies the API listener holds now: declared by Content-Length "
+            "(or received, chunked) and not yet answered.",
+        )
+        held.add_metric([], self.body_budget.held)
+        limit = GaugeMetricFamily(
+            "wharf_broker_http_buffered_request_bytes_limit",
+            "api.max_buffered_request_bytes: beyond it requests get 503 before their body is read.",
+        )
+        limit.add_metric([], self.body_budget.limit)
+        return [held, limit]
+
     def _collect_certificate_expiry(self) -> Iterable[Metric]:
         """The API certificate's notAfter at scrape time (the one a reload swapped in)."""
         family = GaugeMetricFamily(
@@ -566,6 +587,7 @@ class BrokerApp:
             self.frontend.authenticator = authenticator
         self.sealer.replace(keyring)
         self.config = config
+        self.body_budget.limit = config.api.max_buffered_request_bytes
         if self.disk is not None:
             self.disk.min_free_bytes = config.storage.min_free_bytes
             self.disk.measure()

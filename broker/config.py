@@ -37,6 +37,13 @@ _OTHER_PARTITIONS = ("cn-", "us-gov-", "us-iso", "eu-isoe-", "eusc-")
 # characters (botocore escapes all non-ASCII). 3 MiB for that plus 1 MiB for the envelope
 # (URLs, parameter names, base64 of binary attributes) admits every valid request.
 DEFAULT_MAX_REQUEST_BYTES = 4 * 1024 * 1024
+# Request bodies all API connections may hold at once (being received, or received and not
+# yet answered). Legitimate load holds far less: a request's body is held for the moment it
+# takes to arrive and be handled, and most are a few KiB (SendMessage, ReceiveMessage,
+# DeleteMessage). 1 GiB is 256 bodies of the largest size (4 MiB), or a thousand 1 MiB batches
+# arriving at once over slow links; the per-request limit times api.limits.max_connections
+# (40 GiB by default) is what it replaces.
+DEFAULT_MAX_BUFFERED_REQUEST_BYTES = 1 << 30
 DEFAULT_MIN_FREE_BYTES = 128 << 20  # room for the deletes that make room, and the WAL
 
 
@@ -76,11 +83,28 @@ class ApiSettings(Section, frozen=True, kw_only=True):
     max_request_bytes: Annotated[
         int, Meta(ge=65536, le=64 << 20, description="Largest request body accepted.")
     ] = DEFAULT_MAX_REQUEST_BYTES
+    max_buffered_request_bytes: Annotated[
+        int,
+        Meta(
+            ge=65536,
+            le=1 << 40,
+            description="Request bodies all API connections may hold at once, received or "
+            "declared and not yet answered; a request whose body does not fit gets 503 "
+            "ServiceUnavailable before it is read. At least max_request_bytes. Applied on "
+            "reload.",
+        ),
+    ] = DEFAULT_MAX_BUFFERED_REQUEST_BYTES
     limits: HttpLimits = HttpLimits()
     tls: TlsSettings = TlsSettings()
 
     def __post_init__(self) -> None:
         check_host(self.host)
+        if self.max_buffered_request_bytes < self.max_request_bytes:
+            raise ValueError(
+                f"max_buffered_request_bytes ({self.max_buffered_request_bytes}) is less than "
+                f"max_request_bytes ({self.max_request_bytes}): a request of the largest "
+                "accepted size could never be received"
+            )
         if self.public_url and not is_origin_url(self.public_url):
             raise ValueError(
                 f"public_url must be scheme://host[:port] without a path, got {self.public_url!r}"

@@ -41,6 +41,7 @@ REFUSAL_REASONS: Final = {
     413: "body_too_large",  # over api.max_request_bytes
     431: "headers_too_large",  # over api.limits.max_header_bytes
     501: "unsupported_transfer_coding",
+    503: "buffers_full",  # no room left in api.max_buffered_request_bytes
     505: "unsupported_http_version",
 }
 OTHER_REFUSAL: Final = "other"

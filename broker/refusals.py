@@ -1,4 +1,4 @@
-"""What the API listener answers for requests its HTTP server refuses (408, 413, 431).
+"""What the API listener answers for requests its HTTP server refuses (408, 413, 431, 503).
 
 :func:`monitoring.httpserver.serve_http` refuses a request that stalls (408) or whose body is
 over ``api.max_request_bytes`` (413) before any handler sees it; :class:`ApiRefusals` is its
@@ -22,6 +22,11 @@ over ``api.max_request_bytes`` (413) before any handler sees it; :class:`ApiRefu
   same protocol-shaped error, with S3's code and message for it,
   ``RequestHeaderSectionTooLarge`` (a query string counts: it is in the head), so that every
   SDK reads it as an error rather than as a response it cannot parse.
+- **503, no room for the body.** The request bodies all connections hold at once are bounded
+  by ``api.max_buffered_request_bytes``; a request whose body does not fit is answered before
+  it is read with ``ServiceUnavailable`` in the request's protocol, as AWS answers its own
+  transient overloads: every AWS SDK retries it with backoff (botocore's legacy and standard
+  modes retry 503 whatever the code).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from typing import Final
 from broker.frontend import http_response, request_ids
 from monitoring.httpserver import Refusal, Response
 from proto.aws import json_protocol, query_protocol, sigv4
-from proto.aws.errors import AwsError
+from proto.aws.errors import AwsError, common_error
 from proto.aws.sns_shapes import SNS
 from proto.aws.sqs_shapes import SQS
 
@@ -43,6 +48,9 @@ HEAD_TOO_LARGE_MESSAGE: Final = "Your request header section exceeds the maximum
 REQUEST_TIMEOUT_MESSAGE: Final = (
     "Your socket connection to the server was not read from or written to within the timeout "
     "period."
+)
+NO_ROOM_MESSAGE: Final = (
+    "The broker is receiving as many request bodies as it may hold at once; retry the request."
 )
 
 
@@ -66,11 +74,14 @@ class ApiRefusals:
         """Return the answer to ``refusal``."""
         if refusal.status == TOO_LARGE_STATUS:
             return Response(TOO_LARGE_STATUS, too_large_body(refusal.max_body_bytes))
-        if refusal.status == 431:
-            code, message = HEAD_TOO_LARGE_CODE, HEAD_TOO_LARGE_MESSAGE
+        if refusal.status == 503:
+            error = common_error("ServiceUnavailable", NO_ROOM_MESSAGE)
         else:
-            code, message = REQUEST_TIMEOUT_CODE, REQUEST_TIMEOUT_MESSAGE
-        error = AwsError(code, message, status=refusal.status, sender_fault=True)
+            if refusal.status == 431:
+                code, message = HEAD_TOO_LARGE_CODE, HEAD_TOO_LARGE_MESSAGE
+            else:
+                code, message = REQUEST_TIMEOUT_CODE, REQUEST_TIMEOUT_MESSAGE
+            error = AwsError(code, message, status=refusal.status, sender_fault=True)
         request_id = self._new_request_id()
         if refusal.header(b"x-amz-target") is not None:
             encoded = json_protocol.encode_error(SQS, error, request_id=request_id)

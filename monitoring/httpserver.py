@@ -17,11 +17,20 @@ Why llhttp and not h11 (which the balancer's proxy uses): the broker's requests 
 many, and h11's pure-Python parsing was a quarter of a SendMessage's CPU; llhttp parses the
 same request in a twentieth of the time, and is stricter about ambiguous framing.
 
+Bodies are bounded together too, when the application passes a :class:`BodyBudget`: the bytes
+of request bodies that one listener's connections hold at once (being received, or received
+and not yet handled). A declared Content-Length that does not fit in what is left is refused
+with 503 before a byte of it is read; a chunked body reserves as it grows and is refused the
+same way once it does not fit. Each connection's reservation goes back when its request has
+been answered, and all of it when the connection ends, however it ends. Without a budget, one
+request at most ``max_body_bytes``, times the connections, is the only bound.
+
 The server answers some requests itself, before any handler sees them: 408 for a request
-that stalls, 413 for a body over the limit. By default in plain text; an application whose
-clients expect errors in a protocol's shape (the broker's AWS APIs) passes ``on_refusal``,
-which gets a :class:`Refusal` (what happened, and the request head if it had arrived) and
-returns the :class:`Response` to send. The connection closes after it either way.
+that stalls, 413 for a body over the limit, 503 for one the budget has no room for. By
+default in plain text; an application whose clients expect errors in a protocol's shape (the
+broker's AWS APIs) passes ``on_refusal``, which gets a :class:`Refusal` (what happened, and
+the request head if it had arrived) and returns the :class:`Response` to send. The connection
+closes after it either way.
 
 A handler that waits long for something other than the client (the broker's long polls) can
 watch the client through :attr:`Request.peer` (a :class:`PeerWatch`) and give up when it has
@@ -34,6 +43,7 @@ import email.utils
 import math
 import re
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -153,10 +163,11 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """A request the server refuses itself (408, 413), for ``serve_http``'s ``on_refusal``.
+    """A request the server refuses itself, for ``serve_http``'s ``on_refusal``.
 
     Attributes:
-        status: 408 (the head or body stalled) or 413 (the body is over the limit).
+        status: 408 (the head or body stalled), 413 (the body is over the limit), 431 (the
+            head is), or 503 (the listener's :class:`BodyBudget` has no room for the body).
         message: the plain-text answer the server sends without ``on_refusal``.
         max_body_bytes: the body limit in force.
         method: the request method, or None when the head had not fully arrived (408).
@@ -180,6 +191,76 @@ class Refusal:
 
 
 OnRefusal = Callable[[Refusal], Response]
+
+
+class BodyBudget:
+    """The bytes of request bodies that the connections of one listener may hold at once.
+
+    Each connection draws on it through its :class:`BodyReservation`: what a request's
+    declared Content-Length asks for before its body is read, and a chunked body's bytes as
+    they arrive. HAProxy's way (``maxconn`` x ``bufsize``), but for whole bodies: the
+    per-request limit times the connection limit is far more than a process should hold
+    for bytes nobody has authenticated yet.
+
+    One trio loop uses it: plain integers, no lock. ``limit`` may change at any time (a
+    reload); what is held already stays held until it is given back.
+    """
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0  # bytes reserved by all connections, not given back yet
+
+    def reservation(self) -> BodyReservation:
+        """A connection's account on this budget; use it as a context manager, so that
+        everything it still holds goes back when the connection ends."""
+        return BodyReservation(self)
+
+
+class BodyReservation:
+    """What one connection holds of a :class:`BodyBudget`. O(1) and no checkpoint per call.
+
+    Leaving it as a context manager (or :meth:`close`) gives back all it still holds;
+    :meth:`close` may run any number of times.
+    """
+
+    __slots__ = ("_budget", "held")
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self._budget = budget
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        """Reserve ``size`` more bytes; False (and nothing reserved) if they do not fit."""
+        budget = self._budget
+        held = budget.held + size
+        if held > budget.limit:
+            return False
+        budget.held = held
+        self.held += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        """Return ``size`` bytes of what this connection holds (a request was answered)."""
+        self.held -= size
+        self._budget.held -= size
+
+    def close(self) -> None:
+        """Return everything this connection holds."""
+        self._budget.held -= self.held
+        self.held = 0
+
+    def __enter__(self) -> BodyReservation:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 class Draining:
@@ -425,6 +506,11 @@ def _unsupported_version(version: str) -> str:
     return f"HTTP/{version} is not supported\n"
 
 
+_NO_ROOM: Final = (
+    "the server holds as many request bodies as it may at once; retry the request later\n"
+)
+
+
 class _Refused(Exception):
     """Raised inside a parser callback: answer ``status`` with ``message``, then close."""
 
@@ -459,6 +545,8 @@ class _RequestParser:
         "_max_header_bytes",
         "_max_wire_bytes",
         "_method",
+        "_reservation",
+        "_room",
         "_target",
         "_wire_bytes",
         "complete",
@@ -468,8 +556,19 @@ class _RequestParser:
         "in_message",
     )
 
-    def __init__(self, client: tuple[str, int], max_header_bytes: int, max_body_bytes: int):
+    def __init__(
+        self,
+        client: tuple[str, int],
+        max_header_bytes: int,
+        max_body_bytes: int,
+        reservation: BodyReservation,
+    ):
         self._http = httptools.HttpRequestParser(self)
+        # Bodies being received, and those received and not yet answered, hold their size in
+        # it: every request in ``complete`` holds len(body), the one being received what its
+        # Content-Length declared (or, chunked, what has arrived).
+        self._reservation = reservation
+        self._room = 0  # bytes reserved for the body being received that have not arrived
         self._client = client
         self._max_header_bytes = max_header_bytes
         self._max_body_bytes = max_body_bytes
@@ -558,11 +657,15 @@ class _RequestParser:
         GC frees, and with it the body being received: a connection that ended mid-body
         kept up to ``max_body_bytes`` until a collection of the oldest generation, which the
         broker runs seldom (broker/cli.py), so clients that sent large bodies and went away
-        grew its memory without bound. No callback runs after this."""
-        del self._http
+        grew its memory without bound. No callback runs after this; it may be called again.
+
+        What the connection held of the listener's body budget goes back with it."""
+        self._reservation.close()
         self._body = bytearray()
         self._headers = []
         self.complete.clear()
+        if hasattr(self, "_http"):
+            del self._http
 
     def between_requests(self) -> bool:
         """Whether nothing of a next request (nor a fault) has arrived yet."""
@@ -586,6 +689,7 @@ class _RequestParser:
         self._body_size = 0
         self._declares_body = False
         self._wire_bytes = 0
+        self._room = 0
 
     def on_url(self, url: bytes) -> None:
         self._target += url
@@ -636,6 +740,10 @@ class _RequestParser:
                 413,
                 f"request body of {declared} bytes exceeds the limit of {self._max_body_bytes}\n",
             )
+        if declared:  # before 100 Continue: a body with no room is never asked for
+            if not self._reservation.take(declared):
+                raise _Refused(503, _NO_ROOM)
+            self._room = declared
         self.expects_continue = continue_ and version == "1.1"
 
     def _to_origin_form(self) -> None:
@@ -654,7 +762,14 @@ class _RequestParser:
 
     def on_body(self, body: bytes) -> None:
         self.expects_continue = False
-        self._grow_body(len(body))
+        size = len(body)
+        self._grow_body(size)
+        room = self._room - size
+        if room < 0:  # a chunked body (a declared one never passes its length): reserve more
+            if not self._reservation.take(-room):
+                raise _Refused(503, _NO_ROOM)
+            room = 0
+        self._room = room
         self._body += body
 
     def on_message_complete(self) -> None:
@@ -698,49 +813,63 @@ async def serve_http(
     max_body_bytes: int = 1 << 20,
     on_refusal: OnRefusal | None = None,
     on_refused: Callable[[int], None] | None = None,
+    body_budget: BodyBudget | None = None,
 ) -> None:
     """Serve requests on one connection until it closes, idles out, errs or the daemon drains.
 
     Exceptions from ``handler`` are reported to ``on_error`` and answered with 500; they never
     escape, so one bad request cannot take the listener down. ``on_refusal`` shapes the 408,
-    413 and 431 answers (plain text without it); an exception from it is reported to
+    413, 431 and 503 answers (plain text without it); an exception from it is reported to
     ``on_error`` and the plain text goes out instead. ``on_refused`` is told the status of
-    every request the server refuses itself (400, 408, 413, 431, 501, 505), which no handler
-    sees and so no handler counts.
+    every request the server refuses itself (400, 408, 413, 431, 501, 503, 505), which no
+    handler sees and so no handler counts.
+
+    ``body_budget`` is shared by the connections of one listener (see :class:`BodyBudget`);
+    without it this connection's bodies are bounded by ``max_body_bytes`` alone.
     """
-    parser = _RequestParser(client, limits.max_header_bytes, max_body_bytes)
-    refuser = _Refuser(on_refusal, on_error, max_body_bytes, on_refused)
-    connection = _Connection(stream)
-    peer = _peer_watch(stream, parser)
-    try:
-        while True:
-            request = await _read_request(
-                parser, connection, limits, draining, server_header, refuser
-            )
-            if request is None:
-                break
-            request.peer = peer
-            try:
-                response = await handler(request)
-            except Exception as exc:
-                on_error(exc)
-                response = Response(500, b"internal error\n")
-                keep_alive = False
-            else:
-                keep_alive = not draining.started and request.keep_alive
-            if not keep_alive:
-                response.headers.append(("connection", "close"))
-            await connection.write(_serialize(request.method, response, server_header), limits)
-            if not keep_alive:
-                # What the client pipelined after this request must not turn the close into
-                # a reset, which would discard the answer in its buffer (RFC 9112 §9.6).
-                await connection.linger()
-                break
-    except _ClientGone:
-        pass
-    finally:
-        parser.release()
-        await _close(stream)
+    budget = body_budget if body_budget is not None else BodyBudget(sys.maxsize)
+    # Whatever ends the connection (a reset, a timeout, a cancel, a bug), what it held of the
+    # budget goes back when this block is left; parser.release() gives it back sooner.
+    with budget.reservation() as reservation:
+        parser = _RequestParser(client, limits.max_header_bytes, max_body_bytes, reservation)
+        refuser = _Refuser(on_refusal, on_error, max_body_bytes, on_refused)
+        connection = _Connection(stream)
+        peer = _peer_watch(stream, parser)
+        try:
+            while True:
+                request = await _read_request(
+                    parser, connection, limits, draining, server_header, refuser
+                )
+                if request is None:
+                    break
+                request.peer = peer
+                held = len(request.body)  # what it holds of the budget (declared, or received)
+                try:
+                    response = await handler(request)
+                except Exception as exc:
+                    on_error(exc)
+                    response = Response(500, b"internal error\n")
+                    keep_alive = False
+                else:
+                    keep_alive = not draining.started and request.keep_alive
+                if not keep_alive:
+                    response.headers.append(("connection", "close"))
+                data = _serialize(request.method, response, server_header)
+                # Answered: its body is no longer the server's to hold (the request object
+                # lives on until the next one replaces it, but the handler is done with it).
+                reservation.give_back(held)
+                await connection.write(data, limits)
+                if not keep_alive:
+                    # What the client pipelined after this request must not turn the close
+                    # into a reset, which would discard the answer in its buffer (RFC 9112
+                    # §9.6).
+                    await connection.linger()
+                    break
+        except _ClientGone:
+            pass
+        finally:
+            parser.release()
+            await _close(stream)
 
 
 async def _read_request(
@@ -779,12 +908,13 @@ async def _read_request(
             status, message = parser.fault
             if status:
                 refuser.count(status)
-            if status in (413, 431):  # the application may shape these (and the 408)
+            if status in (413, 431, 503):  # the application may shape these (and the 408)
                 response = refuser.response(status, message, parser.refusal_head())
             elif status:
                 response = Response(status, message.encode())
             else:
                 return None
+            parser.release()  # nothing more is read into it: free the body before lingering
             await _send_closing(connection, response, limits, server_header)
             return None
         if parser.expects_continue:
@@ -797,6 +927,7 @@ async def _read_request(
             continue
         refuser.count(408)
         response = refuser.response(408, "request timed out\n", parser.refusal_head())
+        parser.release()
         await _send_closing(connection, response, limits, server_header)
         return None
     return parser.complete.popleft()

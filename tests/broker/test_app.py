@@ -241,3 +241,19 @@ async def test_post_reload_on_the_admin_listener_does_what_sighup_does(tmp_path)
         refused = msgspec.json.decode(body)
         assert (status, refused["error"]) == (400, "ConfigError")
         assert str(path) in refused["message"]
+
+
+async def test_a_reload_applies_the_body_budget_without_a_restart(tmp_path):
+    path = tmp_path / "broker.toml"
+    base = f'[admin]\nport = 0\n[storage]\ndata_dir = "{tmp_path / "data"}"\n[api]\nport = 0\n'
+    path.write_text(base)
+    config = load(path, BrokerConfig)
+    async with running(SPEC, config, config_path=path) as daemon:
+        app = daemon.app
+        assert isinstance(app, BrokerApp)
+        assert app.body_budget.limit == 1 << 30
+        path.write_text(base + "max_buffered_request_bytes = 8388608\n")
+        mark = len(daemon.log_output.getvalue())  # type: ignore[attr-defined]
+        assert await daemon.reload() is None
+        assert app.body_budget.limit == 8 << 20
+        assert "config.restart_required" not in daemon.log_output.getvalue()[mark:]  # type: ignore[attr-defined]

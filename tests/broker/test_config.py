@@ -235,3 +235,16 @@ def test_signing_processes_is_auto_or_a_bounded_count(value, reason):
         decode(f"[sns]\nsigning_processes = {value}\n".encode(), BrokerConfig)
     assert decode(b"[sns]\nsigning_processes = 0\n", BrokerConfig).sns.signing_processes == 0
     assert BrokerConfig().sns.signing_processes == "auto"
+
+
+def test_the_body_budget_holds_at_least_one_largest_request():
+    assert BrokerConfig().api.max_buffered_request_bytes == 1 << 30
+    document = b"[api]\nmax_request_bytes = 1048576\nmax_buffered_request_bytes = 1048575\n"
+    with pytest.raises(
+        ConfigError, match=re.escape("max_buffered_request_bytes (1048575) is less")
+    ):
+        decode(document, BrokerConfig)
+    with pytest.raises(ConfigError, match="max_buffered_request_bytes"):
+        decode(b"[api]\nmax_buffered_request_bytes = 1000\n", BrokerConfig)
+    text = b"[api]\nmax_request_bytes = 1048576\nmax_buffered_request_bytes = 1048576\n"
+    assert decode(text, BrokerConfig).api.max_buffered_request_bytes == 1 << 20

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitoring.httpserver import (
+    BodyBudget,
     Draining,
     Refusal,
     Request,
@@ -37,9 +38,17 @@ FAST = HttpLimits(
 
 class Server:
     def __init__(
-        self, nursery, handler, limits=FAST, max_body=1024, on_refusal=None, on_refused=None
+        self,
+        nursery,
+        handler,
+        limits=FAST,
+        max_body=1024,
+        on_refusal=None,
+        on_refused=None,
+        budget=None,
     ):
         self.nursery = nursery
+        self.budget = budget
         self.on_refusal = on_refusal
         self.on_refused = on_refused
         self.handler = handler
@@ -66,6 +75,7 @@ class Server:
             max_body_bytes=self.max_body,
             on_refusal=self.on_refusal,
             on_refused=self.on_refused,
+            body_budget=self.budget,
         )
 
 
@@ -985,3 +995,193 @@ async def test_a_connection_that_ends_mid_body_frees_its_body_at_once(nursery, h
         tracemalloc.stop()
         gc.enable()
     assert held < partial // 2, held
+
+
+# ---------------------------------------------------------------------- the listener's body budget
+
+
+def test_a_reservation_takes_what_fits_and_gives_everything_back_once():
+    budget = BodyBudget(100)
+    with budget.reservation() as first, budget.reservation() as second:
+        assert first.take(60)
+        assert not second.take(41)  # refused whole: nothing reserved
+        assert budget.held == 60
+        assert second.take(40)
+        assert not first.take(1)
+        first.give_back(10)
+        assert (budget.held, first.held, second.held) == (90, 50, 40)
+        first.close()
+        first.close()  # again: nothing more to give
+        assert budget.held == 40
+        budget.limit = 30  # lowered (a reload): what is held stays, nothing new fits
+        assert not first.take(1)
+    assert budget.held == 0
+
+
+def test_a_reservation_left_by_an_exception_gives_everything_back():
+    budget = BodyBudget(100)
+
+    def connection() -> None:
+        with budget.reservation() as reservation:
+            assert reservation.take(70)
+            raise RuntimeError("the connection's task failed")
+
+    with pytest.raises(RuntimeError):
+        connection()
+    assert budget.held == 0
+
+
+class Ended(Server):
+    """A server that tells when serve_http is done with each connection."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ended = 0
+
+    async def _handle(self, stream):
+        try:
+            await super()._handle(stream)
+        finally:
+            self.ended += 1
+
+    async def until(self, predicate):
+        with trio.fail_after(10):
+            while not predicate():  # noqa: ASYNC110 - bounded poll of an internal count
+                await trio.sleep(0.01)
+
+
+def post(length: int, extra: bytes = b"") -> bytes:
+    return b"POST / HTTP/1.1\r\nHost: t\r\n%sContent-Length: %d\r\n\r\n" % (extra, length)
+
+
+async def test_a_declared_body_without_room_is_refused_503_before_it_is_read(nursery):
+    refused: list[int] = []
+    budget = BodyBudget(3000)
+    server = await Ended(
+        nursery, echo, max_body=2048, on_refused=refused.append, budget=budget
+    ).start()
+    holder = await trio.open_tcp_stream(*server.addr)
+    await holder.send_all(post(2000) + b"x" * 100)  # the rest of its body is still to come
+    await server.until(lambda: budget.held == 2000)
+    # 2000 + 1001 does not fit: answered before a byte of the body is sent, and no 100 Continue.
+    reply = await raw_exchange(server.addr, post(1001, b"Expect: 100-continue\r\n"))
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ")
+    assert b"100 Continue" not in head
+    assert b"connection: close" in head
+    assert b"request bodies" in body
+    assert refused == [503]
+    assert budget.held == 2000
+    # What fits is served while the first one holds its part.
+    reply = await raw_exchange(server.addr, post(1000, b"Connection: close\r\n") + b"y" * 1000)
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    await holder.send_all(b"x" * 1900)
+    answer = b""
+    with trio.fail_after(10):
+        while len(answer.partition(b"\r\n\r\n")[2]) < len(b"POST / ") + 2000:
+            answer += await holder.receive_some(65536)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert budget.held == 0  # answered: given back, with the connection still open
+    await holder.aclose()
+
+
+async def test_a_chunked_body_reserves_as_it_grows_and_is_refused_when_it_no_longer_fits(nursery):
+    refused: list[int] = []
+    budget = BodyBudget(1500)
+    server = await Ended(
+        nursery, echo, max_body=4096, on_refusal=Shaper(), on_refused=refused.append, budget=budget
+    ).start()
+    chunk = b"200\r\n" + b"x" * 512 + b"\r\n"
+    stream = await trio.open_tcp_stream(*server.addr)
+    await stream.send_all(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+    await stream.send_all(chunk * 2)
+    await server.until(lambda: budget.held == 1024)
+    await stream.send_all(chunk)  # 1536 > 1500
+    with trio.fail_after(10):
+        reply = b""
+        while data := await stream.receive_some(65536):
+            reply += data
+    await stream.aclose()
+    assert reply.startswith(b"HTTP/1.1 503 ")
+    assert b"connection: close" in reply
+    assert reply.endswith(b'{"status": 503, "limit": 4096}')  # the application shapes it
+    assert refused == [503]
+    await server.until(lambda: server.ended == 1)
+    assert budget.held == 0
+
+
+def _reset(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@pytest.mark.parametrize(
+    "ending", ["answered", "reset", "closed", "body_timeout", "pipelined_unanswered", "too_large"]
+)
+async def test_the_budget_is_whole_again_however_a_connection_ends(nursery, ending):
+    budget = BodyBudget(1 << 20)
+    gate = trio.Event()
+
+    async def gated(request: Request) -> Response:
+        if request.path == "/gate":
+            await gate.wait()
+        return await echo(request)
+
+    server = await Ended(nursery, gated, max_body=64 << 10, budget=budget).start()
+    client = socket.create_connection(server.addr)
+    client.setblocking(False)
+    try:
+        if ending == "answered":
+            client.sendall(post(5000, b"Connection: close\r\n") + b"x" * 5000)
+        elif ending == "pipelined_unanswered":  # the first is handled, the second waits
+            first = post(5000).replace(b"POST / ", b"POST /gate ")
+            client.sendall(first + b"x" * 5000 + post(6000) + b"y" * 6000)
+        elif ending == "too_large":  # one held, then a 413 on the same connection
+            client.sendall(post(5000) + b"x" * 5000 + post(1 << 20))
+        else:
+            client.sendall(post(50_000) + b"x" * 20_000)
+            await server.until(lambda: budget.held == 50_000)
+        if ending in ("reset", "pipelined_unanswered"):
+            if ending == "pipelined_unanswered":
+                await server.until(lambda: budget.held == 11_000)
+            _reset(client)
+            gate.set()  # the first one's answer finds the client gone; the second is dropped
+        elif ending == "closed":
+            client.close()
+        await server.until(lambda: server.ended == 1)  # body_timeout: the 408 ends it
+    finally:
+        client.close()
+    assert budget.held == 0
+
+
+async def test_the_budget_is_whole_again_when_the_connection_is_cancelled_in_its_handler(nursery):
+    budget = BodyBudget(1 << 20)
+    handling = trio.Event()
+
+    async def stuck(request: Request) -> Response:
+        handling.set()
+        await trio.sleep_forever()
+        raise AssertionError
+
+    async with trio.open_nursery() as scope_nursery:
+        server = await Ended(scope_nursery, stuck, max_body=64 << 10, budget=budget).start()
+        with trio.fail_after(10):
+            stream = await trio.open_tcp_stream(*server.addr)
+            await stream.send_all(post(7000) + b"x" * 7000)
+            await handling.wait()
+        assert budget.held == 7000  # the handler has the body: still held
+        scope_nursery.cancel_scope.cancel()  # the daemon's frame cancels its connections
+    assert server.ended == 1
+    assert budget.held == 0
+    await stream.aclose()
+
+
+async def test_a_failing_handler_gives_its_body_back(nursery):
+    budget = BodyBudget(1 << 20)
+    server = await Ended(nursery, echo, max_body=64 << 10, budget=budget).start()
+    reply = await raw_exchange(
+        server.addr, b"POST /boom HTTP/1.1\r\nHost: t\r\nContent-Length: 3000\r\n\r\n" + b"z" * 3000
+    )
+    assert reply.startswith(b"HTTP/1.1 500 ")
+    await server.until(lambda: server.ended == 1)
+    assert budget.held == 0
