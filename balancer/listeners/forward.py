@@ -386,10 +386,18 @@ def _upstream_headers(
     return headers
 
 
-async def _send_upstream(up: Upstream, pieces: list[fastio.Buffer]) -> None:
+async def _send_upstream(
+    up: Upstream, pieces: list[fastio.Buffer], progress: fastio.Progress | None = None
+) -> None:
+    """Write to the target; ``progress`` as for :func:`monitoring.fastio.send_all`."""
+    sock = up.stream.socket
     try:
-        await fastio.send_many(up.stream.socket, pieces)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        if progress is not None and isinstance(sock, TlsSocket):
+            await sock.send_watched(b"".join(pieces), progress)
+        else:
+            await fastio.send_many(sock, pieces, progress=progress)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        # OSError: a TLS failure (SSLError) of the TLS socket's own write
         up.conn.send_failed()  # h11 in ERROR: the connection is never pooled
         raise _TargetFailed("TargetConnectionReset", answered=False) from None
 
@@ -420,9 +428,11 @@ async def _send_request(
     connection), or a :class:`_Duplex` when the target's answer was relayed while the body
     went on. Raises :class:`_TargetFailed` when it failed without answering.
 
-    A request that is all here already goes out in one write. Writes to the target run
-    under whatever deadline is armed: the response timeout for a request that arrived
-    whole, the body timeout while a body trickles in.
+    A request that is all here already goes out in one write, under the response timeout.
+    While a body streams, a write to the target that has to wait moves the deadline to the
+    idle timeout from its last progress (:meth:`Exchange.writing_target`): a target that
+    stops reading is the target's stall (504 past it), not a pause of the client's (the
+    body timeout, 408), whose bytes are not read meanwhile.
     """
     conn = client.conn
     pending: list[fastio.Buffer] = [up.conn.send(head) or b""]
@@ -579,7 +589,7 @@ async def _upload(
             raise _body_failure(conn, exc) from None
         if event is h11.NEED_DATA:
             if pending:
-                await _send_upstream(up, pending)
+                await _send_upstream(up, pending, ex.writing_target)
                 pending, size = [], 0
             ex.wait_for("body", config.timeouts.request_body_seconds)
             waited = True
@@ -602,11 +612,11 @@ async def _upload(
             pending += up.conn.send_with_data_passthrough(event) or ()
             size += len(event.data)
             if size >= FLUSH_BYTES:
-                await _send_upstream(up, pending)
+                await _send_upstream(up, pending, ex.writing_target)
                 pending, size = [], 0
         elif isinstance(event, h11.EndOfMessage):
             pending.append(up.conn.send(h11.EndOfMessage()) or b"")
-            await _send_upstream(up, pending)
+            await _send_upstream(up, pending, ex.writing_target)
             if ex.response_at is None:  # else answered while the body went on (duplex)
                 ex.sent_at = trio.current_time()
             if waited:

@@ -755,6 +755,49 @@ async def test_a_body_that_stalls_gets_408():
         assert target.seen == []  # the target never had a whole request
 
 
+async def test_a_target_that_stops_reading_a_body_for_a_while_does_not_get_the_client_a_408():
+    """A target pausing its read of an upload past request_body_seconds (a busy worker,
+    a GC pause) while the client sends steadily: the body timeout is for pauses of the
+    client's, and the idle timeout governs a target that does not read. Before, the
+    client got 408 (RequestBodyTimeout, counted as its fault) as soon as one write to the
+    target waited longer than the body timeout."""
+    body = 16 << 20  # far more than the socket buffers between balancer and target
+    got = []
+
+    async def pause_then_read(stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        while not isinstance(conn.next_event(), h11.Request):
+            conn.receive_data(await stream.receive_some(4096))
+        await trio.sleep(1.5)  # five times request_body_seconds, well inside the idle timeout
+        size = 0
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(1 << 20))
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                break
+        got.append(size)
+        reply = b"%d" % size
+        await stream.send_all(
+            conn.send(h11.Response(status_code=200, headers=[("content-length", str(len(reply)))]))
+            + conn.send(h11.Data(data=reply))
+            + conn.send(h11.EndOfMessage())
+        )
+
+    lst = listener(timeouts=ListenerTimeouts(request_body_seconds=0.3))
+    async with (
+        raw_target(pause_then_read) as target,
+        balancer(config([lst], [group("web", target)])) as daemon,
+    ):
+        started = trio.Event()
+        started.set()  # the client sends the whole body at once, as fast as it is taken
+        status, _, answer = await upload(front(daemon), started, body=body)
+        assert (status, answer) == (200, b"%d" % body)
+        assert got == [body]
+
+
 class ConnectTarget:
     """A forward proxy of sorts: answers CONNECT with ``status``, then echoes the tunnel."""
 
