@@ -248,7 +248,8 @@ async def _exchange(
         # hex digits, so h11's per-header validation regexes would only repeat work.
         _parsed=True,
     )
-    retryable = request.method in IDEMPOTENT and not upgrade and not _has_body(ex.headers)
+    # A WebSocket handshake too: nothing of the tunnel goes out before the target's 101.
+    retryable = request.method in IDEMPOTENT and not _has_body(ex.headers)
     for attempt in (0, 1):
         try:
             up = await (pool.acquire(client.now()) if attempt == 0 else pool.connect())

@@ -947,6 +947,72 @@ async def test_a_post_after_the_target_closed_its_pooled_connection_succeeds():
             await trio.sleep(0.05)  # the target's close arrives, well within a second
 
 
+async def test_a_websocket_handshake_on_a_connection_the_target_dropped_is_retried():
+    """The target closes a pooled connection just as the balancer sends a WebSocket
+    handshake on it (its keep-alive timeout): a bodiless GET that got no answer, retried
+    on a new connection as any other. Before, the client got 502 (upgrades were never
+    retried, though nothing of the tunnel goes out before the 101)."""
+    handshakes: list[int] = []
+
+    async def drop_the_second_then_upgrade(stream: trio.SocketStream) -> None:
+        connection = len(handshakes) + 1
+        conn = h11.Connection(h11.SERVER)
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(4096)
+                if not data:
+                    return
+                conn.receive_data(data)
+            elif isinstance(event, h11.Request):
+                if not any(name == b"upgrade" for name, _ in event.headers):
+                    while not isinstance(conn.next_event(), h11.EndOfMessage):
+                        pass
+                    reply = h11.Response(status_code=200, headers=[("content-length", "2")])
+                    await stream.send_all(
+                        conn.send(reply)
+                        + conn.send(h11.Data(data=b"ok"))
+                        + conn.send(h11.EndOfMessage())
+                    )
+                    conn.start_next_cycle()
+                    continue
+                handshakes.append(connection)
+                if connection == 1:
+                    return  # the race: closed under the handshake, unanswered
+                await stream.send_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                    b"Upgrade: websocket\r\n\r\n"
+                )
+                while data := await stream.receive_some(4096):
+                    await stream.send_all(b"WS:" + data)
+                return
+
+    async with (
+        raw_target(drop_the_second_then_upgrade) as target,
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        with trio.fail_after(5):
+            stream = await trio.open_tcp_stream(*front(daemon))
+            async with stream:
+                await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                answer = b""
+                while not answer.endswith(b"ok"):
+                    answer += await stream.receive_some(4096)
+                await stream.send_all(
+                    b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                    b"Upgrade: websocket\r\n\r\n"
+                )
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += await stream.receive_some(4096)
+                assert head.startswith(b"HTTP/1.1 101 "), head
+                await stream.send_all(b"ping")
+                echoed = head.partition(b"\r\n\r\n")[2]
+                while b"WS:ping" not in echoed:
+                    echoed += await stream.receive_some(4096)
+    assert handshakes == [1, 2]
+
+
 async def test_after_a_failed_connect_the_client_connection_serves_the_next_request():
     async with running_targets(TargetServer("a")) as (target,):
         cfg = config([listener()], [group("web", target)])
