@@ -56,7 +56,7 @@ MAX_DISCARD_BYTES: Final = 1 << 20
 # ALB's connection traceability IDs seen in its logs: TID_ and 32 hex digits.
 CONNECTION_TRACE_ID_BITS: Final = 128
 
-Phase = Literal["header", "body", "response", "relay", "client_write", "tunnel"]
+Phase = Literal["header", "body", "target_write", "response", "relay", "client_write", "tunnel"]
 
 
 # Addresses are immutable, and the same clients (and proxies in front) connect again and
@@ -359,6 +359,15 @@ class Exchange:
         """Give the next wait ``seconds`` (from now), remembering what it waits for."""
         self.phase = phase
         self.guard.deadline = trio.current_time() + seconds
+
+    def writing_target(self) -> float:
+        """A write of the request body to the target moved bytes and must wait for room:
+        the target is not reading. The idle timeout (returned) runs again from now, as
+        for a target that is slow to answer, and a stall past it is the target's (504),
+        not the client's: the client's body is not read meanwhile, so
+        ``request_body_seconds`` (a pause of the client's) must not run out on it."""
+        self.phase = "target_write"
+        return self.writing()
 
     def writing(self) -> float:
         """A write to the client moved bytes and must wait for more room: the idle timeout

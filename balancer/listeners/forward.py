@@ -248,7 +248,8 @@ async def _exchange(
         # hex digits, so h11's per-header validation regexes would only repeat work.
         _parsed=True,
     )
-    retryable = request.method in IDEMPOTENT and not upgrade and not _has_body(ex.headers)
+    # A WebSocket handshake too: nothing of the tunnel goes out before the target's 101.
+    retryable = request.method in IDEMPOTENT and not _has_body(ex.headers)
     for attempt in (0, 1):
         try:
             up = await (pool.acquire(client.now()) if attempt == 0 else pool.connect())
@@ -386,23 +387,20 @@ def _upstream_headers(
     return headers
 
 
-async def _send_upstream(up: Upstream, pieces: list[fastio.Buffer]) -> None:
+async def _send_upstream(
+    up: Upstream, pieces: list[fastio.Buffer], progress: fastio.Progress | None = None
+) -> None:
+    """Write to the target; ``progress`` as for :func:`monitoring.fastio.send_all`."""
+    sock = up.stream.socket
     try:
-        await fastio.send_many(up.stream.socket, pieces)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        if progress is not None and isinstance(sock, TlsSocket):
+            await sock.send_watched(b"".join(pieces), progress)
+        else:
+            await fastio.send_many(sock, pieces, progress=progress)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        # OSError: a TLS failure (SSLError) of the TLS socket's own write
         up.conn.send_failed()  # h11 in ERROR: the connection is never pooled
         raise _TargetFailed("TargetConnectionReset", answered=False) from None
-
-
-async def _send_body(ex: Exchange, up: Upstream, pieces: list[fastio.Buffer]) -> None:
-    """Request body bytes to the target, under the deadline armed for the body. A target
-    that stops reading them stalls the exchange, not the client (whose bytes the balancer
-    stops reading meanwhile): that deadline passing here is the target's timeout (504,
-    ``TargetResponseTimeout``), not the client's 408 ``RequestBodyTimeout``."""
-    phase = ex.phase
-    ex.phase = "response"
-    await _send_upstream(up, pieces)
-    ex.phase = phase
 
 
 def _continue(client: Client) -> bytes:
@@ -431,9 +429,11 @@ async def _send_request(
     connection), or a :class:`_Duplex` when the target's answer was relayed while the body
     went on. Raises :class:`_TargetFailed` when it failed without answering.
 
-    A request that is all here already goes out in one write. Writes to the target run
-    under whatever deadline is armed: the response timeout for a request that arrived
-    whole, the body timeout while a body trickles in.
+    A request that is all here already goes out in one write, under the response timeout.
+    While a body streams, a write to the target that has to wait moves the deadline to the
+    idle timeout from its last progress (:meth:`Exchange.writing_target`): a target that
+    stops reading is the target's stall (504 past it), not a pause of the client's (the
+    body timeout, 408), whose bytes are not read meanwhile.
     """
     conn = client.conn
     pending: list[fastio.Buffer] = [up.conn.send(head) or b""]
@@ -590,7 +590,7 @@ async def _upload(
             raise _body_failure(conn, exc) from None
         if event is h11.NEED_DATA:
             if pending:
-                await _send_body(ex, up, pending)
+                await _send_upstream(up, pending, ex.writing_target)
                 pending, size = [], 0
             ex.wait_for("body", config.timeouts.request_body_seconds)
             waited = True
@@ -613,11 +613,11 @@ async def _upload(
             pending += up.conn.send_with_data_passthrough(event) or ()
             size += len(event.data)
             if size >= FLUSH_BYTES:
-                await _send_body(ex, up, pending)
+                await _send_upstream(up, pending, ex.writing_target)
                 pending, size = [], 0
         elif isinstance(event, h11.EndOfMessage):
             pending.append(up.conn.send(h11.EndOfMessage()) or b"")
-            await _send_body(ex, up, pending)
+            await _send_upstream(up, pending, ex.writing_target)
             if ex.response_at is None:  # else answered while the body went on (duplex)
                 ex.sent_at = trio.current_time()
             if waited:

@@ -624,6 +624,10 @@ class _Connection:
             # Mid-response: all that can be done is to close.
             stalled = "ClientWriteTimeout" if ex.phase == "client_write" else "IdleTimeout"
             ex.error_reason = ex.error_reason or stalled
+        elif ex.phase == "target_write":
+            # The target stopped taking the request body: its stall, not the client's.
+            ex.error_reason = "TargetResponseTimeout"
+            await self._answer(ex, 504, b"target response timeout\n")
         elif ex.phase == "body":
             ex.error_reason = "RequestBodyTimeout"
             await self._answer(ex, 408, b"request body timeout\n")

@@ -755,6 +755,49 @@ async def test_a_body_that_stalls_gets_408():
         assert target.seen == []  # the target never had a whole request
 
 
+async def test_a_target_that_stops_reading_a_body_for_a_while_does_not_get_the_client_a_408():
+    """A target pausing its read of an upload past request_body_seconds (a busy worker,
+    a GC pause) while the client sends steadily: the body timeout is for pauses of the
+    client's, and the idle timeout governs a target that does not read. Before, the
+    client got 408 (RequestBodyTimeout, counted as its fault) as soon as one write to the
+    target waited longer than the body timeout."""
+    body = 16 << 20  # far more than the socket buffers between balancer and target
+    got = []
+
+    async def pause_then_read(stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        while not isinstance(conn.next_event(), h11.Request):
+            conn.receive_data(await stream.receive_some(4096))
+        await trio.sleep(1.5)  # five times request_body_seconds, well inside the idle timeout
+        size = 0
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(1 << 20))
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                break
+        got.append(size)
+        reply = b"%d" % size
+        await stream.send_all(
+            conn.send(h11.Response(status_code=200, headers=[("content-length", str(len(reply)))]))
+            + conn.send(h11.Data(data=reply))
+            + conn.send(h11.EndOfMessage())
+        )
+
+    lst = listener(timeouts=ListenerTimeouts(request_body_seconds=0.3))
+    async with (
+        raw_target(pause_then_read) as target,
+        balancer(config([lst], [group("web", target)])) as daemon,
+    ):
+        started = trio.Event()
+        started.set()  # the client sends the whole body at once, as fast as it is taken
+        status, _, answer = await upload(front(daemon), started, body=body)
+        assert (status, answer) == (200, b"%d" % body)
+        assert got == [body]
+
+
 class ConnectTarget:
     """A forward proxy of sorts: answers CONNECT with ``status``, then echoes the tunnel."""
 
@@ -902,6 +945,72 @@ async def test_a_post_after_the_target_closed_its_pooled_connection_succeeds():
         for _ in range(3):
             assert (await client.request("POST", body=b"payload"))[0] == 200
             await trio.sleep(0.05)  # the target's close arrives, well within a second
+
+
+async def test_a_websocket_handshake_on_a_connection_the_target_dropped_is_retried():
+    """The target closes a pooled connection just as the balancer sends a WebSocket
+    handshake on it (its keep-alive timeout): a bodiless GET that got no answer, retried
+    on a new connection as any other. Before, the client got 502 (upgrades were never
+    retried, though nothing of the tunnel goes out before the 101)."""
+    handshakes: list[int] = []
+
+    async def drop_the_second_then_upgrade(stream: trio.SocketStream) -> None:
+        connection = len(handshakes) + 1
+        conn = h11.Connection(h11.SERVER)
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(4096)
+                if not data:
+                    return
+                conn.receive_data(data)
+            elif isinstance(event, h11.Request):
+                if not any(name == b"upgrade" for name, _ in event.headers):
+                    while not isinstance(conn.next_event(), h11.EndOfMessage):
+                        pass
+                    reply = h11.Response(status_code=200, headers=[("content-length", "2")])
+                    await stream.send_all(
+                        conn.send(reply)
+                        + conn.send(h11.Data(data=b"ok"))
+                        + conn.send(h11.EndOfMessage())
+                    )
+                    conn.start_next_cycle()
+                    continue
+                handshakes.append(connection)
+                if connection == 1:
+                    return  # the race: closed under the handshake, unanswered
+                await stream.send_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                    b"Upgrade: websocket\r\n\r\n"
+                )
+                while data := await stream.receive_some(4096):
+                    await stream.send_all(b"WS:" + data)
+                return
+
+    async with (
+        raw_target(drop_the_second_then_upgrade) as target,
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        with trio.fail_after(5):
+            stream = await trio.open_tcp_stream(*front(daemon))
+            async with stream:
+                await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                answer = b""
+                while not answer.endswith(b"ok"):
+                    answer += await stream.receive_some(4096)
+                await stream.send_all(
+                    b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                    b"Upgrade: websocket\r\n\r\n"
+                )
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += await stream.receive_some(4096)
+                assert head.startswith(b"HTTP/1.1 101 "), head
+                await stream.send_all(b"ping")
+                echoed = head.partition(b"\r\n\r\n")[2]
+                while b"WS:ping" not in echoed:
+                    echoed += await stream.receive_some(4096)
+    assert handshakes == [1, 2]
 
 
 async def test_after_a_failed_connect_the_client_connection_serves_the_next_request():
@@ -1344,14 +1453,15 @@ async def test_a_target_that_stops_reading_the_body_is_the_targets_timeout_not_t
     # The client sends its body as fast as it can; the target reads the head and no more.
     # Once the balancer's writes to the target block, it stops reading the client, and the
     # body's deadline passed there: counted and logged as the client's 408
-    # RequestBodyTimeout, an ELB 4xx, when the target was the one that stalled.
+    # RequestBodyTimeout, an ELB 4xx, when the target was the one that stalled. Now the idle
+    # timeout from the target's last progress runs out, and that is the target's 504.
     async def reads_the_head_only(stream: trio.SocketStream) -> None:
         buffered = b""
         while b"\r\n\r\n" not in buffered:
             buffered += await stream.receive_some(65536)
         await trio.sleep_forever()
 
-    lst = listener(timeouts=ListenerTimeouts(request_body_seconds=0.5))
+    lst = listener(timeouts=ListenerTimeouts(request_body_seconds=0.5), idle_timeout_seconds=1)
     async with (
         raw_target(reads_the_head_only) as target,
         balancer(config([lst], [group("web", target)])) as daemon,
