@@ -4,14 +4,15 @@ Serves the admin listener of both daemons and the broker's SQS/SNS API: whole re
 whole responses out. (The balancer's proxy streams bodies and has its own shell.)
 
 Every wait a client controls has a deadline: the idle keep-alive wait, the header read, each
-body read, each 256 KiB of a response. Bodies are bounded before they are buffered: a declared
-Content-Length over the limit is refused with 413 before a byte of it is read, a chunked body
-is cut off the moment it passes the limit, and a request's bytes on the wire (chunk framing
-and extensions included) are bounded too. Reads inside a request yield to the other tasks,
-so one client streaming at full speed never holds the event loop. A malformed request gets
-400 and the connection is closed, after a moment of reading what the client still sends (so
-that it reads the answer, not a reset); llhttp does the framing, we never re-frame bodies by
-hand.
+body read, the whole body (``body_timeout_seconds`` plus a second per
+``min_body_rate_bytes_per_second`` bytes received, mod_reqtimeout's MinRate), each 256 KiB of
+a response. Bodies are bounded before they are buffered: a declared Content-Length over the
+limit is refused with 413 before a byte of it is read, a chunked body is cut off the moment
+it passes the limit, and a request's bytes on the wire (chunk framing and extensions
+included) are bounded too. Reads inside a request yield to the other tasks, so one client
+streaming at full speed never holds the event loop. A malformed request gets 400 and the
+connection is closed, after a moment of reading what the client still sends (so that it
+reads the answer, not a reset); llhttp does the framing, we never re-frame bodies by hand.
 
 Why llhttp and not h11 (which the balancer's proxy uses): the broker's requests are small and
 many, and h11's pure-Python parsing was a quarter of a SendMessage's CPU; llhttp parses the
@@ -166,8 +167,9 @@ class Refusal:
     """A request the server refuses itself, for ``serve_http``'s ``on_refusal``.
 
     Attributes:
-        status: 408 (the head or body stalled), 413 (the body is over the limit), 431 (the
-            head is), or 503 (the listener's :class:`BodyBudget` has no room for the body).
+        status: 408 (the head or body stalled, or the body came slower than the minimum
+            rate), 413 (the body is over the limit), 431 (the head is), or 503 (the
+            listener's :class:`BodyBudget` has no room for the body).
         message: the plain-text answer the server sends without ``on_refusal``.
         max_body_bytes: the body limit in force.
         method: the request method, or None when the head had not fully arrived (408).
@@ -900,9 +902,17 @@ async def _read_request(
             return None  # nothing but empty lines
     if parser.complete:
         return parser.complete.popleft()
-    deadline = trio.current_time() + (
-        limits.body_timeout_seconds if parser.head_done else limits.header_timeout_seconds
-    )
+    now = trio.current_time()
+    body_timeout = limits.body_timeout_seconds
+    deadline = now + (body_timeout if parser.head_done else limits.header_timeout_seconds)
+    # mod_reqtimeout's body=T,MinRate=R: once the head is in, the body has T seconds, and
+    # every R bytes received after it one more, so a client that drips a byte now and then
+    # (each pause under T) cannot hold the connection, and its body's reservation of the
+    # budget, for ever. The pause rule stays: a body sent fast may not then idle on the
+    # credit it earned.
+    rate = limits.min_body_rate_bytes_per_second
+    body_started = now if parser.head_done else None
+    body_received = 0
     while not parser.complete:
         if parser.fault is not None:
             status, message = parser.fault
@@ -921,9 +931,17 @@ async def _read_request(
             parser.expects_continue = False
             await connection.write(b"HTTP/1.1 100 Continue\r\n\r\n", limits)
         with trio.move_on_at(deadline):
-            parser.feed(await connection.receive(checkpoint=True))
+            data = await connection.receive(checkpoint=True)
+            parser.feed(data)
             if parser.head_done:
-                deadline = trio.current_time() + limits.body_timeout_seconds
+                now = trio.current_time()
+                deadline = now + body_timeout
+                if body_started is None:
+                    body_started = now  # the read that ended the head earns no credit
+                else:
+                    body_received += len(data)
+                if rate:
+                    deadline = min(deadline, body_started + body_timeout + body_received / rate)
             continue
         refuser.count(408)
         response = refuser.response(408, "request timed out\n", parser.refusal_head())

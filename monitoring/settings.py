@@ -144,8 +144,22 @@ class HttpLimits(Section, frozen=True, kw_only=True):
         Seconds, Meta(description="From the first byte of a request to the end of its headers.")
     ] = 10.0
     body_timeout_seconds: Annotated[
-        Seconds, Meta(description="Longest pause while a request body is being received.")
+        Seconds,
+        Meta(
+            description="Longest pause while a request body is being received, and the time "
+            "a body has to arrive, extended by min_body_rate_bytes_per_second."
+        ),
     ] = 30.0
+    min_body_rate_bytes_per_second: Annotated[
+        int,
+        Meta(
+            ge=0,
+            le=1 << 30,
+            description="mod_reqtimeout's body MinRate: a body must arrive within "
+            "body_timeout_seconds of its head, plus one second for every this many bytes "
+            "received; 0 turns the rate off (only the pause is bounded).",
+        ),
+    ] = 16384
     idle_timeout_seconds: Annotated[
         Seconds, Meta(description="How long an idle keep-alive connection stays open.")
     ] = 60.0

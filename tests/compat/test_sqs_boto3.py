@@ -1522,6 +1522,69 @@ def test_a_stalled_request_gets_request_timeout_in_its_protocol(strict: BrokerTh
     assert error["Message"].startswith("Your socket connection to the server was not read")
 
 
+def _timeouts(broker: BrokerThread) -> tuple[float, float]:
+    """(408s counted, body bytes the API listener holds) from the broker's /metrics."""
+    families = broker.metrics()
+    (held,) = families["wharf_broker_http_buffered_request_bytes"].samples
+    timeouts = [
+        sample.value
+        for sample in families["wharf_broker_http_refusals"].samples
+        if sample.name.endswith("_total") and sample.labels["reason"] == "timeout"
+    ]
+    return sum(timeouts), held.value
+
+
+async def _drip(api: tuple[str, int], head: bytes, interval: float, most: int) -> tuple[bytes, int]:
+    """Send ``head``, then one byte of body every ``interval`` s (``most`` at most) until the
+    server answers; what it answered, and how many bytes were dripped."""
+    async with await trio.open_tcp_stream(*api) as stream:
+        await stream.send_all(head)
+        reply = b""
+        drips = 0
+        while not reply and drips < most:
+            with trio.move_on_after(interval):
+                reply = await stream.receive_some(65536)
+            if not reply:
+                await stream.send_all(b" ")
+                drips += 1
+        if reply:
+            with trio.fail_after(10):
+                while data := await stream.receive_some(65536):
+                    reply += data
+        return reply, drips
+
+
+def test_a_body_dripped_below_the_minimum_rate_gets_request_timeout(strict: BrokerThread):
+    # The slow-POST attack on the budget of bodies held at once: a 60 KB body declared, then a
+    # byte every 0.1 s, each pause far under the 0.5 s body timeout. Before the minimum rate
+    # it held its reservation until the body was whole (~100 minutes); with the default
+    # 16 KiB/s it has 0.5 s plus a second per 16 KiB received, and gets 408 in its protocol.
+    host, port = strict.api
+    head = (
+        b"POST / HTTP/1.1\r\nHost: "
+        + f"{host}:{port}".encode()
+        + b"\r\nX-Amz-Target: AmazonSQS.ListQueues\r\n"
+        b"Content-Type: application/x-amz-json-1.0\r\nContent-Length: 60000\r\n\r\n{"
+    )
+    timeouts_before, _ = _timeouts(strict)
+    reply, drips = trio.run(_drip, strict.api, head, 0.1, 60)
+    assert reply, f"the body was still being received after {drips} drips (6 s)"
+    head_bytes, _, body = reply.partition(b"\r\n\r\n")
+    lines = head_bytes.decode().split("\r\n")
+    assert lines[0].startswith("HTTP/1.1 408 ")
+    headers = {name.lower(): value for name, value in (line.split(": ", 1) for line in lines[1:])}
+    assert headers["connection"] == "close"
+    assert headers["x-amzn-query-error"] == "RequestTimeout;Sender"
+    raw = {"status_code": 408, "headers": headers, "body": body}
+    error = botocore.parsers.create_parser("json").parse(raw, None)["Error"]
+    assert error["Code"] == "RequestTimeout"
+    timeouts_after, held = _timeouts(strict)
+    assert timeouts_after == timeouts_before + 1
+    assert held == 0  # its reservation went back with the connection
+    sqs = strict.client("json")
+    sqs.list_queues()  # the listener serves on
+
+
 # ---------------------------------------------------------------------- FIFO
 
 

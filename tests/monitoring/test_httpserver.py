@@ -10,6 +10,7 @@ import struct
 import tracemalloc
 
 import h11
+import msgspec
 import pytest
 import trio
 import trustme
@@ -1185,3 +1186,107 @@ async def test_a_failing_handler_gives_its_body_back(nursery):
     assert reply.startswith(b"HTTP/1.1 500 ")
     await server.until(lambda: server.ended == 1)
     assert budget.held == 0
+
+
+# ---------------------------------------------------------------------- the body's minimum rate
+
+
+@pytest.fixture
+def lazy_clock():
+    # Real I/O on 127.0.0.1 finishes well within 0.1 s of real time; only then does the
+    # clock jump to the next deadline, so the clients below wait in virtual seconds.
+    return trio.testing.MockClock(autojump_threshold=0.1)
+
+
+SLOW_BODY = HttpLimits(
+    header_timeout_seconds=10,
+    body_timeout_seconds=10,
+    idle_timeout_seconds=10,
+    write_timeout_seconds=10,
+    min_body_rate_bytes_per_second=100,
+)
+
+
+async def test_a_body_dripped_below_the_minimum_rate_gets_408_though_it_never_pauses_long(
+    nursery, lazy_clock
+):
+    # The slow-POST attack: one byte every 4 s never pauses as long as the 10 s body timeout,
+    # and without a minimum rate held the connection (and its body's reservation of the
+    # budget) until the declared length had dripped in. mod_reqtimeout's body=10,MinRate=100:
+    # the body had 10 s, plus one for every 100 bytes received.
+    refused: list[int] = []
+    budget = BodyBudget(1 << 20)
+    server = await Ended(
+        nursery,
+        echo,
+        limits=SLOW_BODY,
+        max_body=4096,
+        on_refusal=Shaper(),
+        on_refused=refused.append,
+        budget=budget,
+    ).start()
+    async with await trio.open_tcp_stream(*server.addr) as stream:
+        await stream.send_all(post(3000))
+        await server.until(lambda: budget.held == 3000)
+        reply = b""
+        drips = 0
+        while not reply and drips < 30:  # 30 drips: 120 s, far past the 10.3 s the rate allows
+            with trio.move_on_after(4):  # < body_timeout_seconds
+                reply = await stream.receive_some(65536)
+            if not reply:
+                await stream.send_all(b"x")
+                drips += 1
+        assert reply, f"still receiving the body after {drips} drips"
+        with trio.fail_after(10):
+            while data := await stream.receive_some(65536):
+                reply += data
+    assert reply.startswith(b"HTTP/1.1 408 ")
+    assert reply.endswith(b'{"status": 408, "limit": 4096}')  # the application shapes it
+    assert b"connection: close" in reply
+    assert drips < 30
+    assert refused == [408]
+    await server.until(lambda: server.ended == 1)
+    assert budget.held == 0
+
+
+@pytest.mark.parametrize("min_rate", [50, 0])
+async def test_a_body_above_the_minimum_rate_finishes_past_the_body_timeout(
+    nursery, lazy_clock, min_rate
+):
+    # 1500 bytes at 100 bytes a second: 15 s, longer than the 10 s body timeout and more than
+    # 10 s x 50 bytes a second. The rate is met, and no pause is as long as the timeout; with
+    # the rate off (0) only pauses count, as before.
+    limits = msgspec.structs.replace(SLOW_BODY, min_body_rate_bytes_per_second=min_rate)
+    budget = BodyBudget(1 << 20)
+    server = await Ended(nursery, echo, limits=limits, max_body=4096, budget=budget).start()
+    async with await trio.open_tcp_stream(*server.addr) as stream:
+        await stream.send_all(post(1500, b"Connection: close\r\n"))
+        for _ in range(15):
+            await trio.sleep(1)
+            await stream.send_all(b"y" * 100)
+        reply = b""
+        with trio.fail_after(10):
+            while data := await stream.receive_some(65536):
+                reply += data
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert reply.endswith(b"POST / " + b"y" * 1500)
+    await server.until(lambda: server.ended == 1)
+    assert budget.held == 0
+
+
+async def test_a_body_sent_fast_may_not_then_pause_on_the_credit_it_earned(nursery, lazy_clock):
+    # 2000 bytes at once earn 20 s past the 10 s; the pause rule still ends a silence of 10 s.
+    refused: list[int] = []
+    server = await Ended(
+        nursery, echo, limits=SLOW_BODY, max_body=4096, on_refused=refused.append
+    ).start()
+    async with await trio.open_tcp_stream(*server.addr) as stream:
+        await stream.send_all(post(3000))
+        await trio.sleep(1)
+        await stream.send_all(b"z" * 2000)
+        reply = b""
+        with trio.fail_after(20):
+            while data := await stream.receive_some(65536):
+                reply += data
+    assert reply.startswith(b"HTTP/1.1 408 ")
+    assert refused == [408]

@@ -32,6 +32,15 @@ def test_sections_are_frozen_and_strict():
         msgspec.convert({"x": 1}, HttpLimits)
 
 
+def test_the_minimum_body_rate_is_a_whole_number_of_bytes_a_second_and_zero_turns_it_off():
+    assert HttpLimits().min_body_rate_bytes_per_second == 16384
+    off = msgspec.convert({"min_body_rate_bytes_per_second": 0}, HttpLimits)
+    assert off.min_body_rate_bytes_per_second == 0
+    for bad in (-1, 1.5, "fast", 1 << 31):
+        with pytest.raises(msgspec.ValidationError, match="min_body_rate_bytes_per_second"):
+            msgspec.convert({"min_body_rate_bytes_per_second": bad}, HttpLimits)
+
+
 def test_state_directory_prefers_the_config_then_systemd_then_the_fallback(monkeypatch, tmp_path):
     from monitoring.settings import state_directory
 
