@@ -88,10 +88,10 @@ class ApiSettings(Section, frozen=True, kw_only=True):
         Meta(
             ge=65536,
             le=1 << 40,
-            description="Request bodies all API connections may hold at once, received or "
-            "declared and not yet answered; a request whose body does not fit gets 503 "
-            "ServiceUnavailable before it is read. At least max_request_bytes. Applied on "
-            "reload.",
+            description="Request bodies all API connections may hold at once, received and "
+            "not yet answered; a request whose declared body does not fit in what is left, or "
+            "whose bytes stop fitting as they arrive, gets 503 ServiceUnavailable. At least "
+            "max_request_bytes. Applied on reload.",
         ),
     ] = DEFAULT_MAX_BUFFERED_REQUEST_BYTES
     limits: HttpLimits = HttpLimits()

@@ -21,9 +21,11 @@ same request in a twentieth of the time, and is stricter about ambiguous framing
 Bodies are bounded together too, when the application passes a :class:`BodyBudget`: the bytes
 of request bodies that one listener's connections hold at once (being received, or received
 and not yet handled). A declared Content-Length that does not fit in what is left is refused
-with 503 before a byte of it is read; a chunked body reserves as it grows and is refused the
-same way once it does not fit. Each connection's reservation goes back when its request has
-been answered, and all of it when the connection ends, however it ends. Without a budget, one
+with 503 before a byte of it is read; a body that does reserves its bytes as they arrive (a
+declared length reserves nothing by itself, so a client that declares 4 MiB and sends nothing
+holds nothing), and is refused the same way once they no longer fit. Each connection's
+reservation goes back when its request has been answered, and all of it when the connection
+ends, however it ends. Without a budget, one
 request at most ``max_body_bytes``, times the connections, is the only bound.
 
 The server answers some requests itself, before any handler sees them: 408 for a request
@@ -198,11 +200,11 @@ OnRefusal = Callable[[Refusal], Response]
 class BodyBudget:
     """The bytes of request bodies that the connections of one listener may hold at once.
 
-    Each connection draws on it through its :class:`BodyReservation`: what a request's
-    declared Content-Length asks for before its body is read, and a chunked body's bytes as
-    they arrive. HAProxy's way (``maxconn`` x ``bufsize``), but for whole bodies: the
-    per-request limit times the connection limit is far more than a process should hold
-    for bytes nobody has authenticated yet.
+    Each connection draws on it through its :class:`BodyReservation`: a body's bytes as they
+    arrive (a declared Content-Length is only checked against what is left, before the body
+    is read: what is reserved is what the process holds). HAProxy's way (``maxconn`` x
+    ``bufsize``), but for whole bodies: the per-request limit times the connection limit is
+    far more than a process should hold for bytes nobody has authenticated yet.
 
     One trio loop uses it: plain integers, no lock. ``limit`` may change at any time (a
     reload); what is held already stays held until it is given back.
@@ -232,6 +234,11 @@ class BodyReservation:
     def __init__(self, budget: BodyBudget) -> None:
         self._budget = budget
         self.held = 0
+
+    def fits(self, size: int) -> bool:
+        """Whether ``size`` more bytes would fit now (nothing is reserved)."""
+        budget = self._budget
+        return budget.held + size <= budget.limit
 
     def take(self, size: int) -> bool:
         """Reserve ``size`` more bytes; False (and nothing reserved) if they do not fit."""
@@ -548,7 +555,6 @@ class _RequestParser:
         "_max_wire_bytes",
         "_method",
         "_reservation",
-        "_room",
         "_target",
         "_wire_bytes",
         "complete",
@@ -570,7 +576,6 @@ class _RequestParser:
         # it: every request in ``complete`` holds len(body), the one being received what its
         # Content-Length declared (or, chunked, what has arrived).
         self._reservation = reservation
-        self._room = 0  # bytes reserved for the body being received that have not arrived
         self._client = client
         self._max_header_bytes = max_header_bytes
         self._max_body_bytes = max_body_bytes
@@ -691,7 +696,6 @@ class _RequestParser:
         self._body_size = 0
         self._declares_body = False
         self._wire_bytes = 0
-        self._room = 0
 
     def on_url(self, url: bytes) -> None:
         self._target += url
@@ -742,10 +746,10 @@ class _RequestParser:
                 413,
                 f"request body of {declared} bytes exceeds the limit of {self._max_body_bytes}\n",
             )
-        if declared:  # before 100 Continue: a body with no room is never asked for
-            if not self._reservation.take(declared):
-                raise _Refused(503, _NO_ROOM)
-            self._room = declared
+        # Before 100 Continue: a body with no room is never asked for. Its bytes are reserved
+        # as they arrive (on_body), so a length declared and never sent holds nothing.
+        if declared and not self._reservation.fits(declared):
+            raise _Refused(503, _NO_ROOM)
         self.expects_continue = continue_ and version == "1.1"
 
     def _to_origin_form(self) -> None:
@@ -766,12 +770,8 @@ class _RequestParser:
         self.expects_continue = False
         size = len(body)
         self._grow_body(size)
-        room = self._room - size
-        if room < 0:  # a chunked body (a declared one never passes its length): reserve more
-            if not self._reservation.take(-room):
-                raise _Refused(503, _NO_ROOM)
-            room = 0
-        self._room = room
+        if not self._reservation.take(size):
+            raise _Refused(503, _NO_ROOM)
         self._body += body
 
     def on_message_complete(self) -> None:
@@ -845,7 +845,7 @@ async def serve_http(
                 if request is None:
                     break
                 request.peer = peer
-                held = len(request.body)  # what it holds of the budget (declared, or received)
+                held = len(request.body)  # what it holds of the budget: what was received
                 try:
                     response = await handler(request)
                 except Exception as exc:

@@ -202,14 +202,15 @@ def test_boto3_gets_service_unavailable_while_slow_bodies_hold_the_budget(tmp_pa
         assert (_held(broker), _buffers_full(broker)) == (0, 0)
         assert _families(broker)["wharf_broker_http_buffered_request_bytes_limit"][()] == limit
         holders = []
-        for _ in range(2):  # each declares half the budget and sends a part of it, slowly
+        part = limit // 2 - 10  # then no SendMessage fits in the 20 bytes left
+        for _ in range(2):  # each sends most of a body of half the budget, then waits
             holder = socket.create_connection(broker.api)
             holder.sendall(
                 b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (limit // 2)
-                + b"x" * 1000
+                + b"x" * part
             )
             holders.append(holder)
-        _until(lambda: _held(broker) == limit)
+        _until(lambda: _held(broker) == 2 * part)
         for protocol in PROTOCOLS:
             with pytest.raises(botocore.exceptions.ClientError) as info:
                 broker.client(protocol).send_message(QueueUrl=urls[protocol], MessageBody="hi")
@@ -218,7 +219,7 @@ def test_boto3_gets_service_unavailable_while_slow_bodies_hold_the_budget(tmp_pa
             assert error["ResponseMetadata"]["HTTPStatusCode"] == 503
         assert _buffers_full(broker) == 2
         holders.pop().close()  # a connection that ends mid-body gives its part back
-        _until(lambda: _held(broker) == limit // 2)
+        _until(lambda: _held(broker) == part)
         for protocol in PROTOCOLS:
             broker.client(protocol).send_message(QueueUrl=urls[protocol], MessageBody="hi")
         holders.pop().close()

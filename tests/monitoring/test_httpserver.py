@@ -1062,21 +1062,21 @@ async def test_a_declared_body_without_room_is_refused_503_before_it_is_read(nur
         nursery, echo, max_body=2048, on_refused=refused.append, budget=budget
     ).start()
     holder = await trio.open_tcp_stream(*server.addr)
-    await holder.send_all(post(2000) + b"x" * 100)  # the rest of its body is still to come
-    await server.until(lambda: budget.held == 2000)
-    # 2000 + 1001 does not fit: answered before a byte of the body is sent, and no 100 Continue.
-    reply = await raw_exchange(server.addr, post(1001, b"Expect: 100-continue\r\n"))
+    await holder.send_all(post(2000) + b"x" * 1900)  # the rest of its body is still to come
+    await server.until(lambda: budget.held == 1900)  # what arrived, not what was declared
+    # 1900 + 1101 does not fit: answered before a byte of the body is sent, and no 100 Continue.
+    reply = await raw_exchange(server.addr, post(1101, b"Expect: 100-continue\r\n"))
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503 ")
     assert b"100 Continue" not in head
     assert b"connection: close" in head
     assert b"request bodies" in body
     assert refused == [503]
-    assert budget.held == 2000
+    assert budget.held == 1900
     # What fits is served while the first one holds its part.
     reply = await raw_exchange(server.addr, post(1000, b"Connection: close\r\n") + b"y" * 1000)
     assert reply.startswith(b"HTTP/1.1 200 ")
-    await holder.send_all(b"x" * 1900)
+    await holder.send_all(b"x" * 100)
     answer = b""
     with trio.fail_after(10):
         while len(answer.partition(b"\r\n\r\n")[2]) < len(b"POST / ") + 2000:
@@ -1084,6 +1084,44 @@ async def test_a_declared_body_without_room_is_refused_503_before_it_is_read(nur
     assert answer.startswith(b"HTTP/1.1 200 ")
     assert budget.held == 0  # answered: given back, with the connection still open
     await holder.aclose()
+
+
+async def test_a_declared_length_never_sent_holds_nothing(nursery):
+    """A client that declares 4 MiB and sends nothing cannot fill the budget by itself."""
+    budget = BodyBudget(3000)
+    server = await Ended(nursery, echo, max_body=2048, budget=budget).start()
+    idle = [await trio.open_tcp_stream(*server.addr) for _ in range(3)]
+    for stream in idle:
+        await stream.send_all(post(2000))
+    reply = await raw_exchange(server.addr, post(2000, b"Connection: close\r\n") + b"y" * 2000)
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert budget.held == 0
+    for stream in idle:
+        await stream.aclose()
+
+
+async def test_a_body_that_outgrows_the_room_is_refused_once_it_no_longer_fits(nursery):
+    budget = BodyBudget(2500)
+    server = await Ended(nursery, echo, max_body=4096, budget=budget).start()
+    stream = await trio.open_tcp_stream(*server.addr)
+    await stream.send_all(post(2000) + b"x" * 1000)
+    await server.until(lambda: budget.held == 1000)
+    other = await raw_exchange(server.addr, post(400, b"Connection: close\r\n") + b"y" * 400)
+    assert other.startswith(b"HTTP/1.1 200 ")
+    holder = await trio.open_tcp_stream(*server.addr)
+    await holder.send_all(post(1500) + b"z" * 1200)  # fits beside the 1000 that arrived
+    await server.until(lambda: budget.held == 2200)
+    await stream.send_all(b"x" * 1000)  # 3200 > 2500: refused as it arrives
+    with trio.fail_after(10):
+        reply = b""
+        while data := await stream.receive_some(65536):
+            reply += data
+    assert reply.startswith(b"HTTP/1.1 503 ")
+    assert b"connection: close" in reply
+    await stream.aclose()
+    await holder.aclose()
+    await server.until(lambda: server.ended == 3)
+    assert budget.held == 0
 
 
 async def test_a_chunked_body_reserves_as_it_grows_and_is_refused_when_it_no_longer_fits(nursery):
@@ -1141,7 +1179,7 @@ async def test_the_budget_is_whole_again_however_a_connection_ends(nursery, endi
             client.sendall(post(5000) + b"x" * 5000 + post(1 << 20))
         else:
             client.sendall(post(50_000) + b"x" * 20_000)
-            await server.until(lambda: budget.held == 50_000)
+            await server.until(lambda: budget.held == 20_000)
         if ending in ("reset", "pipelined_unanswered"):
             if ending == "pipelined_unanswered":
                 await server.until(lambda: budget.held == 11_000)
@@ -1226,8 +1264,8 @@ async def test_a_body_dripped_below_the_minimum_rate_gets_408_though_it_never_pa
         budget=budget,
     ).start()
     async with await trio.open_tcp_stream(*server.addr) as stream:
-        await stream.send_all(post(3000))
-        await server.until(lambda: budget.held == 3000)
+        await stream.send_all(post(3000) + b"x")
+        await server.until(lambda: budget.held == 1)
         reply = b""
         drips = 0
         while not reply and drips < 30:  # 30 drips: 120 s, far past the 10.3 s the rate allows
