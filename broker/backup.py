@@ -127,7 +127,8 @@ def restore(
             f"{source}: no {RECEIPT_HANDLE_KEY_FILE}: not a whole backup (with a new key, "
             "every receipt handle issued before would be refused); take the backup again"
         )
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # As the broker makes it: the owner's only (the store holds the messages in clear).
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = DataDirectoryLock(data_dir)
     lock.acquire()
     try:

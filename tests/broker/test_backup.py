@@ -459,3 +459,38 @@ async def test_a_restore_killed_at_any_step_leaves_the_old_data_or_a_start_that_
             assert await data_state(data) in (old_state, restored_state), step
     assert step > 5
     assert refused > 0
+
+
+def _cli_with_umask_022(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """``wharf-broker ARGUMENTS`` from a shell's usual umask (022: new files 0644)."""
+    before = os.umask(0o022)  # inherited by the child
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "broker.cli", *arguments],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.umask(before)
+
+
+async def test_backup_and_restore_leave_the_store_the_owners_only(tmp_path: Path):
+    # The store holds the messages of every queue stored in clear: a backup into an empty
+    # directory someone made 0755, or a restore onto a new host (the data directory made
+    # by the restore), must not leave them readable by every user of the host.
+    await make_store(tmp_path / "data", ["a clear body"])
+    destination = tmp_path / "backup"
+    destination.mkdir(mode=0o755)
+    destination.chmod(0o755)
+    run = _cli_with_umask_022("backup", "--data-dir", str(tmp_path / "data"), str(destination))
+    assert run.returncode == 0, run.stderr
+    assert stat.S_IMODE((destination / FILE_NAME).stat().st_mode) == 0o600
+
+    data_dir = tmp_path / "new-host" / "wharf-broker"
+    run = _cli_with_umask_022("restore", "--data-dir", str(data_dir), str(destination))
+    assert run.returncode == 0, run.stderr
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data_dir / FILE_NAME).stat().st_mode) == 0o600
+    assert await bodies_in(data_dir) == ["a clear body"]
