@@ -78,9 +78,10 @@ def _refuse_an_emptied_store(directory: Path) -> None:
     Raises:
         StartupError: naming the file and what to do.
     """
-    if not (directory / KEY_FILE).exists():
-        return  # a new data directory
     store_file = directory / FILE_NAME
+    if not (directory / KEY_FILE).exists():
+        _refuse_a_store_without_its_key(directory, store_file)
+        return  # a new data directory
     try:
         if store_file.stat().st_size == 0:
             raise _store_lost(store_file, "is empty")
@@ -88,6 +89,40 @@ def _refuse_an_emptied_store(directory: Path) -> None:
         raise _store_lost(store_file, "is missing") from None
     if _schema_version(store_file) == 0:
         raise _store_lost(store_file, "holds no store (is its -wal damaged?)")
+
+
+def _refuse_a_store_without_its_key(directory: Path, store_file: Path) -> None:
+    """A store holding messages whose receipt-handle key is gone (a store file copied or
+    restored by hand without it, the key deleted): a new key would refuse every receipt
+    handle consumers hold (``ReceiptHandleIsInvalid``: their deletes fail and the messages
+    come again), silently. ``wharf-broker restore`` refuses such a backup; the start too.
+
+    Raises:
+        StartupError: naming the key and what to do.
+    """
+    if not store_file.is_file() or not _holds_messages(store_file):
+        return
+    raise StartupError(
+        f"{directory / KEY_FILE}: missing, but {store_file} holds messages: with a new key "
+        f"every receipt handle issued for them would be refused; put back the {KEY_FILE} "
+        "that was beside this store (a backup holds it), or, to start with a new one "
+        f"anyway, create it: head -c {KEY_BYTES} /dev/urandom > {directory / KEY_FILE}"
+    )
+
+
+def _holds_messages(store_file: Path) -> bool:
+    """Tell whether the store has a message, read without writing (False for a file that is
+    no store, or a new one: the store's own open says what is wrong with it)."""
+    uri = store_file.resolve().as_uri() + "?mode=ro"
+    try:
+        connection = sqlite3.connect(uri, uri=True)
+        try:
+            row = connection.execute("SELECT EXISTS (SELECT 1 FROM messages)").fetchone()
+            return bool(row[0])
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError:
+        return False
 
 
 def _refuse_an_interrupted_restore(directory: Path) -> None:
