@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 import os
@@ -13,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 from botocore.exceptions import ClientError
 
@@ -494,3 +496,58 @@ async def test_backup_and_restore_leave_the_store_the_owners_only(tmp_path: Path
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE((data_dir / FILE_NAME).stat().st_mode) == 0o600
     assert await bodies_in(data_dir) == ["a clear body"]
+
+
+def _key_file(path: Path, keys: dict[str, bytes]) -> Path:
+    lines = [f'sse_key_id = "{next(iter(keys))}"']
+    for key_id, secret in keys.items():
+        lines += ["[[keys]]", f'id = "{key_id}"', f'key = "{base64.b64encode(secret).decode()}"']
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_a_restore_says_which_sealed_messages_the_key_file_cannot_open(tmp_path: Path):
+    # A backup restored onto a broker whose key file lacks a key its messages were sealed
+    # with (another host, the key rotated out): the broker starts, but every receive of them
+    # fails (KMS.NotFoundException) and a RedrivePolicy dead-letters them. Say so first.
+    old_key, new_key = os.urandom(32), os.urandom(32)
+    data_dir = tmp_path / "data"
+    keys = _key_file(tmp_path / "keys.toml", {"2025-06": old_key})
+    storage = StorageSettings(data_dir=str(data_dir), key_file=str(keys))
+    config = msgspec.structs.replace(broker_config(data_dir), storage=storage)
+    with BrokerThread(config) as broker:
+        sqs = broker.client()
+        url = sqs.create_queue(QueueName="orders")["QueueUrl"]  # SqsManagedSseEnabled
+        for n in range(3):
+            sqs.send_message(QueueUrl=url, MessageBody=f"order {n}")
+    backup(data_dir, tmp_path / "backup")
+
+    def restore_with(key_file: str) -> subprocess.CompletedProcess[str]:
+        target = tmp_path / "restored"
+        shutil.rmtree(target, ignore_errors=True)
+        config = tmp_path / "broker.toml"
+        config.write_text(f'[storage]\ndata_dir = "{target}"\nkey_file = "{key_file}"\n')
+        return _cli_with_umask_022("restore", "--config", str(config), str(tmp_path / "backup"))
+
+    run = restore_with(str(keys))
+    assert run.returncode == 0, run.stderr
+    assert "warning" not in run.stderr
+
+    other = _key_file(tmp_path / "other.toml", {"2026-01": new_key})
+    run = restore_with(str(other))
+    assert run.returncode == 0, run.stderr
+    assert (
+        f"warning: {other}: 3 messages are sealed with key '2025-06', which the key file "
+        "does not list" in run.stderr
+    )
+
+    replaced = _key_file(tmp_path / "replaced.toml", {"2025-06": new_key})
+    run = restore_with(str(replaced))
+    assert run.returncode == 0, run.stderr
+    assert "sealed with key '2025-06', which the key file lists with other key material" in (
+        run.stderr
+    )
+
+    run = restore_with("")
+    assert "3 messages are sealed with key '2025-06', and storage.key_file is empty" in (run.stderr)
