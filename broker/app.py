@@ -41,7 +41,7 @@ from broker.sns_signing import EnvelopeSigning, auto_processes
 from broker.sqs import SqsApi
 from broker.store.base import Store
 from broker.store.lock import DataDirectoryInUse
-from broker.store.sealing import KeyRing, Sealer, load_key_file
+from broker.store.sealing import KeyRing, Sealer, exposure, load_key_file
 from broker.store.sqlite import FILE_NAME, SqliteStore
 from broker.tls import TlsTerminator, server_context, validity_warning
 from broker.topics import TopicRegistry
@@ -282,6 +282,7 @@ class BrokerApp:
             ["listener", "reason"],
         )
         self.sealer = Sealer(keyring_of(config), on_clear=self._warn_stored_in_clear)
+        self._warn_key_file_exposure(config)
         # Request bodies the API listener's connections hold at once (a reload sets its limit).
         self.body_budget = BodyBudget(config.api.max_buffered_request_bytes)
         frame.metrics.register_collector(self._collect_body_budget)
@@ -293,6 +294,16 @@ class BrokerApp:
         self.move_tasks: MoveTasks | None = None
         self.topics: TopicRegistry | None = None
         self.signing: EnvelopeSigning | None = None
+
+    def _warn_key_file_exposure(self, config: BrokerConfig) -> None:
+        """Log a ``storage.key_file_exposed`` warning when others may read or write the key
+        file (at the start and at every reload: the keys are used all the same)."""
+        path = config.storage.key_file
+        reason = exposure(path) if path else None
+        if reason is not None:
+            self.frame.log.warning(
+                "storage.key_file_exposed", file=path, reason=reason, fix=f"chmod 0600 {path}"
+            )
 
     def _warn_stored_in_clear(self) -> None:
         self.frame.log.warning(
@@ -549,6 +560,7 @@ class BrokerApp:
         elif config.api.tls.enabled:
             server_context(config.api.tls)  # applies at the restart; refuse a bad file now
         self._switch(authenticator, keyring, config)
+        self._warn_key_file_exposure(config)
         if self.registry is not None and self.directory is not None and steps is not None:
             try:
                 # Last: queues declared with a key only the new key file has need it.

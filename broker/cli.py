@@ -25,6 +25,7 @@ from broker import backup
 from broker.app import build, check_sns_files, credentials_of, data_directory, keyring_of
 from broker.config import BrokerConfig
 from broker.store.base import StoreError
+from broker.store.sealing import exposure
 from broker.store.sqlite import FILE_NAME
 from broker.store.sqlite_backup import StoreSummary
 from broker.tls import server_tls, validity_message
@@ -164,6 +165,13 @@ def check_files(config: BrokerConfig, path: Path) -> None:
         if warning is not None:
             print(warning, file=sys.stderr)  # the start logs it too, and serves it
     keyring_of(config)
+    reason = exposure(config.storage.key_file) if config.storage.key_file else None
+    if reason is not None:  # the start logs it too, and uses the keys
+        print(
+            f"{config.storage.key_file}: warning: the key file of storage.key_file is open to "
+            f"others: {reason}; chmod 0600 it",
+            file=sys.stderr,
+        )
     check_sns_files(config)
 
 

@@ -153,6 +153,23 @@ def load_key_file(path: str | Path) -> KeyRing:
         raise ConfigError(path, str(error)) from None
 
 
+def exposure(path: str | Path) -> str | None:
+    """Why the key file at ``path`` is open to more than the service (None: it is not).
+
+    Every user of the host who can read it can open every sealed message in a copy of the
+    store (a backup, say); one who can write it can swap the keys. The group may read
+    (0640, group wharf: the service user reads a file root owns).
+    """
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        return None  # loading it says what is wrong
+    if mode & 0o006:
+        who = "read" if not mode & 0o002 else "write" if not mode & 0o004 else "read and write"
+        return f"every user of the host may {who} it (mode {mode:04o})"
+    return None
+
+
 def associated_data(message_id: bytes, field_name: bytes) -> bytes:
     """Bind a sealed value to its message (16-byte UUID) and its field (body, attributes)."""
     return field_name + b"|" + message_id
