@@ -8,6 +8,7 @@ once), and only then is the store closed, after its last commits are durable.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import secrets
 import sqlite3
 import ssl
@@ -197,6 +198,30 @@ def keyring_of(config: BrokerConfig) -> KeyRing | None:
         return load_key_file(path) if path else None
     except ConfigError as error:
         raise error.at("storage.key_file") from None
+
+
+def _check_key_changes(running: KeyRing | None, new: KeyRing | None, key_file: str) -> list[str]:
+    """The key ids a reload takes out of use (to warn of), once it is sure that no key id
+    keeps its name with other key material.
+
+    Raises:
+        ConfigError: an id now names other key material: every message sealed with the old
+            one would fail authentication. Give new material a new id (rotation).
+    """
+    if running is None:
+        return []
+    new_keys = new.keys if new is not None else {}
+    kept = running.keys.keys() & new_keys.keys()
+    changed = sorted(k for k in kept if not hmac.compare_digest(running.keys[k], new_keys[k]))
+    if changed:
+        raise ConfigError(
+            key_file,
+            f"key {changed[0]!r} now has other key material than the running broker's: the "
+            "messages sealed with it could no longer be opened; give the new key a new id "
+            "(rotation), or, to replace it all the same, take the id out, reload, then list "
+            "it again",
+        ).at("storage.key_file")
+    return sorted(running.keys.keys() - kept)
 
 
 # A CA bundle of hundreds of certificates (the system's is about 200 KiB); more is the wrong file.
@@ -548,6 +573,7 @@ class BrokerApp:
             config.auth, credentials_of(config), account_id=running.aws.account_id
         )
         keyring = keyring_of(config)
+        removed = _check_key_changes(self.sealer.keyring, keyring, config.storage.key_file)
         # [sns] applies at the next restart, which these files would fail: refuse them now.
         check_sns_files(config)
         tls = self.tls
@@ -561,6 +587,13 @@ class BrokerApp:
             server_context(config.api.tls)  # applies at the restart; refuse a bad file now
         self._switch(authenticator, keyring, config)
         self._warn_key_file_exposure(config)
+        for key_id in removed:
+            self.frame.log.warning(
+                "storage.key_removed",
+                key_id=key_id,
+                consequence="messages still sealed with this key cannot be received until "
+                "it is listed again (they stay in their queues)",
+            )
         if self.registry is not None and self.directory is not None and steps is not None:
             try:
                 # Last: queues declared with a key only the new key file has need it.
