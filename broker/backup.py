@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Final
 
 from broker.app import KEY_FILE as RECEIPT_HANDLE_KEY_FILE
-from broker.app import RESTORING_DIR
+from broker.app import KEY_HISTORY_FILE, RESTORING_DIR
 from broker.config import BrokerConfig
 from broker.sns_keys import ARCHIVE_PREFIX as SNS_KEPT_CERT_PREFIX
 from broker.sns_keys import CERT_FILE as SNS_CERT_FILE
@@ -143,7 +143,13 @@ def restore(
         fsync_directory(data_dir)
         # The store's WAL and shared-memory files go with it: left beside the restored file,
         # SQLite would replay the old WAL into it.
-        moved = [name for name in (*_STORE_FILES, *KEY_FILES) if (data_dir / name).exists()]
+        # The fingerprints of the keys the replaced store was sealed with go too: the
+        # restored store's may be others (another host's key file, keys rotated since).
+        moved = [
+            name
+            for name in (*_STORE_FILES, *KEY_FILES, KEY_HISTORY_FILE)
+            if (data_dir / name).exists()
+        ]
         aside = _new_aside_directory(data_dir, now) if moved else None
         _switch(data_dir, switching, aside, moved, restored)
         replaced = [aside] if aside else []

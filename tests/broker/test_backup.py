@@ -551,3 +551,16 @@ def test_a_restore_says_which_sealed_messages_the_key_file_cannot_open(tmp_path:
 
     run = restore_with("")
     assert "3 messages are sealed with key '2025-06', and storage.key_file is empty" in (run.stderr)
+
+
+async def test_a_restore_moves_the_fingerprints_of_the_replaced_keys_aside(tmp_path: Path):
+    # The restored store may be sealed with other keys (another host's key file): the next
+    # start must not compare the key file with the keys of the store it replaced.
+    await make_store(tmp_path / "old", ["a"])
+    backup(tmp_path / "old", tmp_path / "backup")
+    await make_store(tmp_path / "data", ["b"])
+    (tmp_path / "data" / "sealing-keys.json").write_text('{"k1": "0123"}')
+    _, aside = restore(tmp_path / "data", tmp_path / "backup", now=0)
+    assert aside is not None
+    assert not (tmp_path / "data" / "sealing-keys.json").exists()
+    assert (aside / "sealing-keys.json").read_text() == '{"k1": "0123"}'
