@@ -8,11 +8,12 @@ once), and only then is the store closed, after its last commits are durable.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import secrets
 import sqlite3
 import ssl
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Final
 
@@ -41,7 +42,7 @@ from broker.sns_signing import EnvelopeSigning, auto_processes
 from broker.sqs import SqsApi
 from broker.store.base import Store
 from broker.store.lock import DataDirectoryInUse
-from broker.store.sealing import KeyRing, Sealer, load_key_file
+from broker.store.sealing import KeyRing, Sealer, exposure, fingerprints, load_key_file
 from broker.store.sqlite import FILE_NAME, SqliteStore
 from broker.tls import TlsTerminator, server_context, validity_warning
 from broker.topics import TopicRegistry
@@ -51,11 +52,15 @@ from monitoring.configfile import ConfigError
 from monitoring.durable import write_file
 from monitoring.httpserver import BodyBudget, Request, Response, serve_http
 from monitoring.lifecycle import DaemonStopping, Frame, Listener, StartupError, bind_tcp
+from monitoring.logging import EventLog
 from monitoring.safefile import check_regular_file
 from monitoring.settings import HttpLimits, state_directory
 
 KEY_FILE: Final = "receipt-handle.key"
 KEY_BYTES: Final = 32
+# The fingerprints of the encryption keys in use at the last start or reload: a start that
+# finds another key under one of their ids is refused, as a reload is.
+KEY_HISTORY_FILE: Final = "sealing-keys.json"
 DECLARED_FILE: Final = "declared-queues.json"  # the names the file declared at the last apply
 # Where ``wharf-broker restore`` holds the restored files while it puts them in place: the
 # data directory is half old, half restored while it exists (see broker.backup).
@@ -78,9 +83,10 @@ def _refuse_an_emptied_store(directory: Path) -> None:
     Raises:
         StartupError: naming the file and what to do.
     """
-    if not (directory / KEY_FILE).exists():
-        return  # a new data directory
     store_file = directory / FILE_NAME
+    if not (directory / KEY_FILE).exists():
+        _refuse_a_store_without_its_key(directory, store_file)
+        return  # a new data directory
     try:
         if store_file.stat().st_size == 0:
             raise _store_lost(store_file, "is empty")
@@ -88,6 +94,40 @@ def _refuse_an_emptied_store(directory: Path) -> None:
         raise _store_lost(store_file, "is missing") from None
     if _schema_version(store_file) == 0:
         raise _store_lost(store_file, "holds no store (is its -wal damaged?)")
+
+
+def _refuse_a_store_without_its_key(directory: Path, store_file: Path) -> None:
+    """A store holding messages whose receipt-handle key is gone (a store file copied or
+    restored by hand without it, the key deleted): a new key would refuse every receipt
+    handle consumers hold (``ReceiptHandleIsInvalid``: their deletes fail and the messages
+    come again), silently. ``wharf-broker restore`` refuses such a backup; the start too.
+
+    Raises:
+        StartupError: naming the key and what to do.
+    """
+    if not store_file.is_file() or not _holds_messages(store_file):
+        return
+    raise StartupError(
+        f"{directory / KEY_FILE}: missing, but {store_file} holds messages: with a new key "
+        f"every receipt handle issued for them would be refused; put back the {KEY_FILE} "
+        "that was beside this store (a backup holds it), or, to start with a new one "
+        f"anyway, create it: head -c {KEY_BYTES} /dev/urandom > {directory / KEY_FILE}"
+    )
+
+
+def _holds_messages(store_file: Path) -> bool:
+    """Tell whether the store has a message, read without writing (False for a file that is
+    no store, or a new one: the store's own open says what is wrong with it)."""
+    uri = store_file.resolve().as_uri() + "?mode=ro"
+    try:
+        connection = sqlite3.connect(uri, uri=True)
+        try:
+            row = connection.execute("SELECT EXISTS (SELECT 1 FROM messages)").fetchone()
+            return bool(row[0])
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError:
+        return False
 
 
 def _refuse_an_interrupted_restore(directory: Path) -> None:
@@ -162,6 +202,54 @@ def keyring_of(config: BrokerConfig) -> KeyRing | None:
         return load_key_file(path) if path else None
     except ConfigError as error:
         raise error.at("storage.key_file") from None
+
+
+def _check_key_changes(
+    before: Mapping[str, str], new: KeyRing | None, key_file: str, *, whose: str
+) -> list[str]:
+    """The key ids that ``new`` takes out of use (to warn of), once it is sure that no key
+    id keeps its name with other key material.
+
+    Args:
+        before: the fingerprints (:func:`fingerprints`) of the keys used so far.
+        new: the keys of the key file now.
+        key_file: its path, for the message.
+        whose: who used the keys so far, for the message ("the running broker's").
+
+    Raises:
+        ConfigError: an id now names other key material: every message sealed with the old
+            one would fail authentication. Give new material a new id (rotation).
+    """
+    after = fingerprints(new)
+    kept = before.keys() & after.keys()
+    changed = sorted(k for k in kept if not hmac.compare_digest(before[k], after[k]))
+    if changed:
+        raise ConfigError(
+            key_file,
+            f"key {changed[0]!r} now has other key material than {whose}: the messages "
+            "sealed with it could no longer be opened; give the new key a new id "
+            "(rotation), or, to replace it all the same, take the id out, reload or "
+            "restart, then list it again",
+        ).at("storage.key_file")
+    return sorted(before.keys() - kept)
+
+
+def _keys_used_before(directory: Path) -> dict[str, str]:
+    """The fingerprints :func:`_remember_keys` wrote at the last start or reload ({} when
+    there are none: a new data directory, a restore, a broker older than this file)."""
+    try:
+        data = (directory / KEY_HISTORY_FILE).read_bytes()
+        return msgspec.json.decode(data, type=dict[str, str])
+    except (OSError, msgspec.DecodeError):
+        return {}
+
+
+def _remember_keys(directory: Path, keyring: KeyRing | None, log: EventLog) -> None:
+    """Write the fingerprints of the keys in use, for the next start to compare with."""
+    try:
+        write_file(directory / KEY_HISTORY_FILE, msgspec.json.encode(fingerprints(keyring)), 0o600)
+    except OSError as error:
+        log.warning("storage.key_history_not_written", file=KEY_HISTORY_FILE, reason=str(error))
 
 
 # A CA bundle of hundreds of certificates (the system's is about 200 KiB); more is the wrong file.
@@ -247,6 +335,7 @@ class BrokerApp:
             ["listener", "reason"],
         )
         self.sealer = Sealer(keyring_of(config), on_clear=self._warn_stored_in_clear)
+        self._warn_key_file_exposure(config)
         # Request bodies the API listener's connections hold at once (a reload sets its limit).
         self.body_budget = BodyBudget(config.api.max_buffered_request_bytes)
         frame.metrics.register_collector(self._collect_body_budget)
@@ -258,6 +347,40 @@ class BrokerApp:
         self.move_tasks: MoveTasks | None = None
         self.topics: TopicRegistry | None = None
         self.signing: EnvelopeSigning | None = None
+
+    def _log_removed_keys(self, removed: list[str]) -> None:
+        for key_id in removed:
+            self.frame.log.warning(
+                "storage.key_removed",
+                key_id=key_id,
+                consequence="messages still sealed with this key cannot be received until "
+                "it is listed again (they stay in their queues)",
+            )
+
+    def _check_keys_at_start(self, directory: Path) -> None:
+        """Compare the key file with the keys of the last start or reload: other material
+        under an id stops the start (as it refuses a reload); removed ids are logged."""
+        try:
+            removed = _check_key_changes(
+                _keys_used_before(directory),
+                self.sealer.keyring,
+                self.config.storage.key_file,
+                whose=f"at the last start or reload ({directory / KEY_HISTORY_FILE})",
+            )
+        except ConfigError as error:
+            raise StartupError(str(error)) from None
+        self._log_removed_keys(removed)
+        _remember_keys(directory, self.sealer.keyring, self.frame.log)
+
+    def _warn_key_file_exposure(self, config: BrokerConfig) -> None:
+        """Log a ``storage.key_file_exposed`` warning when others may read or write the key
+        file (at the start and at every reload: the keys are used all the same)."""
+        path = config.storage.key_file
+        reason = exposure(path) if path else None
+        if reason is not None:
+            self.frame.log.warning(
+                "storage.key_file_exposed", file=path, reason=reason, fix=f"chmod 0600 {path}"
+            )
 
     def _warn_stored_in_clear(self) -> None:
         self.frame.log.warning(
@@ -286,6 +409,7 @@ class BrokerApp:
             raise _cannot_open(store, error) from error
         self.store = store
         try:
+            self._check_keys_at_start(directory)  # the directory is locked: this broker's
             registry = QueueRegistry(
                 store,
                 Signer(signing_key(directory)),
@@ -502,6 +626,12 @@ class BrokerApp:
             config.auth, credentials_of(config), account_id=running.aws.account_id
         )
         keyring = keyring_of(config)
+        removed = _check_key_changes(
+            fingerprints(self.sealer.keyring),
+            keyring,
+            config.storage.key_file,
+            whose="the running broker's",
+        )
         # [sns] applies at the next restart, which these files would fail: refuse them now.
         check_sns_files(config)
         tls = self.tls
@@ -514,6 +644,10 @@ class BrokerApp:
         elif config.api.tls.enabled:
             server_context(config.api.tls)  # applies at the restart; refuse a bad file now
         self._switch(authenticator, keyring, config)
+        self._warn_key_file_exposure(config)
+        self._log_removed_keys(removed)
+        if self.directory is not None:
+            _remember_keys(self.directory, keyring, self.frame.log)
         if self.registry is not None and self.directory is not None and steps is not None:
             try:
                 # Last: queues declared with a key only the new key file has need it.

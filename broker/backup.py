@@ -25,18 +25,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 from typing import Final
 
 from broker.app import KEY_FILE as RECEIPT_HANDLE_KEY_FILE
-from broker.app import RESTORING_DIR
+from broker.app import KEY_HISTORY_FILE, RESTORING_DIR
 from broker.config import BrokerConfig
 from broker.sns_keys import ARCHIVE_PREFIX as SNS_KEPT_CERT_PREFIX
 from broker.sns_keys import CERT_FILE as SNS_CERT_FILE
 from broker.sns_keys import KEY_FILE as SNS_KEY_FILE
-from broker.store.base import StoreError
+from broker.store.base import KeyUnavailable, SealingError, StoreError
 from broker.store.lock import DataDirectoryLock
+from broker.store.sealing import KeyRing, Sealer, associated_data
 from broker.store.sqlite import FILE_NAME
 from broker.store.sqlite_backup import (
     PARTIAL_SUFFIX,
@@ -127,7 +129,8 @@ def restore(
             f"{source}: no {RECEIPT_HANDLE_KEY_FILE}: not a whole backup (with a new key, "
             "every receipt handle issued before would be refused); take the backup again"
         )
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # As the broker makes it: the owner's only (the store holds the messages in clear).
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     lock = DataDirectoryLock(data_dir)
     lock.acquire()
     try:
@@ -140,7 +143,13 @@ def restore(
         fsync_directory(data_dir)
         # The store's WAL and shared-memory files go with it: left beside the restored file,
         # SQLite would replay the old WAL into it.
-        moved = [name for name in (*_STORE_FILES, *KEY_FILES) if (data_dir / name).exists()]
+        # The fingerprints of the keys the replaced store was sealed with go too: the
+        # restored store's may be others (another host's key file, keys rotated since).
+        moved = [
+            name
+            for name in (*_STORE_FILES, *KEY_FILES, KEY_HISTORY_FILE)
+            if (data_dir / name).exists()
+        ]
         aside = _new_aside_directory(data_dir, now) if moved else None
         _switch(data_dir, switching, aside, moved, restored)
         replaced = [aside] if aside else []
@@ -217,6 +226,44 @@ def _give_to_owner(data_dir: Path, paths: list[Path]) -> None:
     owner = data_dir.stat()
     for path in paths:
         os.chown(path, owner.st_uid, owner.st_gid)
+
+
+def unopenable_keys(store_file: Path, keyring: KeyRing | None) -> list[str]:
+    """What keeps the messages sealed at rest in ``store_file`` from opening with ``keyring``
+    (the configured key file; None: none), one line per key id; empty when nothing does.
+
+    A restore onto a broker with another key file starts, but its receives cannot open those
+    messages (``KMS.NotFoundException``, then the dead-letter queue): better said before the
+    start. One message per key is opened, which also finds other key material listed under
+    the same id. Reads the whole messages table once (the key id is stored after the body).
+    """
+    sealer = Sealer(keyring)
+    connection = sqlite3.connect(f"{store_file.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        rows = connection.execute(
+            "SELECT key_id, COUNT(*), MIN(rowid) FROM messages WHERE key_id IS NOT NULL "
+            "GROUP BY key_id ORDER BY key_id"
+        ).fetchall()
+        problems = []
+        for key_id, count, rowid in rows:
+            message_id, body = connection.execute(
+                "SELECT message_id, body FROM messages WHERE rowid = ?", (rowid,)
+            ).fetchone()
+            try:
+                sealer.open(key_id, body, associated_data(message_id, b"body"))
+                continue
+            except KeyUnavailable:
+                why = (
+                    "which the key file does not list"
+                    if keyring
+                    else "and storage.key_file is empty"
+                )
+            except SealingError:
+                why = "which the key file lists with other key material (one failed to open)"
+            problems.append(f"{count} messages are sealed with key {key_id!r}, {why}")
+        return problems
+    finally:
+        connection.close()
 
 
 def outside_files(config: BrokerConfig) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -24,10 +25,13 @@ from broker import backup
 from broker.app import build, check_sns_files, credentials_of, data_directory, keyring_of
 from broker.config import BrokerConfig
 from broker.store.base import StoreError
+from broker.store.sealing import exposure
+from broker.store.sqlite import FILE_NAME
 from broker.store.sqlite_backup import StoreSummary
 from broker.tls import server_tls, validity_message
 from monitoring.cli import Command
 from monitoring.cli import main as run_cli
+from monitoring.configfile import ConfigError
 from monitoring.lifecycle import DaemonSpec
 from monitoring.version import VERSION
 
@@ -111,7 +115,25 @@ def _run_restore(args: argparse.Namespace, config: BrokerConfig) -> int:
     print(f"restored {args.source} into {data_dir}: {_describe(summary)}")
     if aside is not None:
         print(f"the files it replaced are in {aside}")
+    _warn_of_unopenable_messages(data_dir, config)
     return 0
+
+
+def _warn_of_unopenable_messages(data_dir: Path, config: BrokerConfig) -> None:
+    """Say, before the broker starts, which restored messages its key file cannot open."""
+    where = f"{config.storage.key_file}: " if config.storage.key_file else ""
+    try:
+        problems = backup.unopenable_keys(data_dir / FILE_NAME, keyring_of(config))
+    except ConfigError as error:
+        problems = [f"the key file cannot be read: {error}"]
+    except sqlite3.Error as error:
+        problems = [f"the restored store's keys could not be checked: {error}"]
+    for problem in problems:
+        print(
+            f"warning: {where}{problem}: they cannot be received until the key file "
+            "lists their key (as it was when they were sent); fix it before starting",
+            file=sys.stderr,
+        )
 
 
 COMMANDS: Final = (
@@ -143,6 +165,13 @@ def check_files(config: BrokerConfig, path: Path) -> None:
         if warning is not None:
             print(warning, file=sys.stderr)  # the start logs it too, and serves it
     keyring_of(config)
+    reason = exposure(config.storage.key_file) if config.storage.key_file else None
+    if reason is not None:  # the start logs it too, and uses the keys
+        print(
+            f"{config.storage.key_file}: warning: the key file of storage.key_file is open to "
+            f"others: {reason}; chmod 0600 it",
+            file=sys.stderr,
+        )
     check_sns_files(config)
 
 

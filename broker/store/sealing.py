@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import os
 import threading
 from collections import OrderedDict
@@ -73,6 +75,7 @@ SESSION_MESSAGES: Final = 1 << 32  # a fresh salt (session key) after this many 
 AWS_MANAGED_KEY: Final = "alias/aws/sqs"
 SESSION_CACHE: Final = 256  # derived session keys kept for reading
 _INFO: Final = b"wharf message sealing v1|"
+_FINGERPRINT: Final = b"wharf key fingerprint v1"
 
 KeyId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9._:/-]{1,128}$")]
 
@@ -151,6 +154,34 @@ def load_key_file(path: str | Path) -> KeyRing:
         return KeyRing(keys, document.sse_key_id, document.kms_master_keys)
     except ValueError as error:
         raise ConfigError(path, str(error)) from None
+
+
+def fingerprints(keyring: KeyRing | None) -> dict[str, str]:
+    """Each key id's fingerprint (a keyed hash: it tells nothing of the key), to find out
+    at the next start or reload that an id names other key material; {} without keys."""
+    if keyring is None:
+        return {}
+    return {
+        key_id: hmac.new(secret, _FINGERPRINT, hashlib.sha256).hexdigest()[:32]
+        for key_id, secret in sorted(keyring.keys.items())
+    }
+
+
+def exposure(path: str | Path) -> str | None:
+    """Why the key file at ``path`` is open to more than the service (None: it is not).
+
+    Every user of the host who can read it can open every sealed message in a copy of the
+    store (a backup, say); one who can write it can swap the keys. The group may read
+    (0640, group wharf: the service user reads a file root owns).
+    """
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        return None  # loading it says what is wrong
+    if mode & 0o006:
+        who = "read" if not mode & 0o002 else "write" if not mode & 0o004 else "read and write"
+        return f"every user of the host may {who} it (mode {mode:04o})"
+    return None
 
 
 def associated_data(message_id: bytes, field_name: bytes) -> bytes:

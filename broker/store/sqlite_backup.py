@@ -6,7 +6,8 @@ commit included), written compactly into a new file while the broker goes on com
 (WAL readers never block the writer). SQLite's incremental backup API is not used: it starts
 over whenever another connection writes, which a busy broker does all the time. The copy is
 written under a temporary name, fsync'd, then renamed, so a file with the final name is
-always whole.
+always whole. It is the owner's only (0600), whatever the umask and the destination directory:
+it holds every message of the queues stored in clear.
 """
 
 from __future__ import annotations
@@ -55,6 +56,16 @@ def snapshot(source: Path, destination: Path) -> StoreSummary:
     partial = destination.with_name(destination.name + PARTIAL_SUFFIX)
     partial.unlink(missing_ok=True)  # left by a backup that was killed
     try:
+        # VACUUM INTO writes into an empty file that exists: made here, the owner's only
+        # (SQLite would create it with the umask's mode, 0644 from a shell).
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        raise StoreError(f"{destination}: could not write the copy of {source}: {error}") from error
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
         with contextlib.closing(_read_only(source)) as connection:
             connection.execute("VACUUM INTO ?", (str(partial),))
         with open(partial, "rb+") as copy:  # VACUUM INTO leaves syncing to the caller

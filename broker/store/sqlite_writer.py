@@ -180,6 +180,11 @@ class SqliteWriter:
                 token.run_sync_soon(self._failed.set)
 
     def _open_writer(self) -> sqlite3.Connection:
+        # A new store is the owner's only, whatever the umask and the directory's mode (one
+        # made by hand, 0755): SQLite would create it 0644, and its -wal and -shm files take
+        # the store file's mode. (Any other failure: SQLite's open says what is wrong.)
+        with contextlib.suppress(OSError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         configure(connection, writer=True)
         migrate(connection)

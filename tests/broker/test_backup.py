@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import itertools
 import os
@@ -13,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 from botocore.exceptions import ClientError
 
@@ -459,3 +461,106 @@ async def test_a_restore_killed_at_any_step_leaves_the_old_data_or_a_start_that_
             assert await data_state(data) in (old_state, restored_state), step
     assert step > 5
     assert refused > 0
+
+
+def _cli_with_umask_022(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """``wharf-broker ARGUMENTS`` from a shell's usual umask (022: new files 0644)."""
+    before = os.umask(0o022)  # inherited by the child
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "broker.cli", *arguments],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.umask(before)
+
+
+async def test_backup_and_restore_leave_the_store_the_owners_only(tmp_path: Path):
+    # The store holds the messages of every queue stored in clear: a backup into an empty
+    # directory someone made 0755, or a restore onto a new host (the data directory made
+    # by the restore), must not leave them readable by every user of the host.
+    await make_store(tmp_path / "data", ["a clear body"])
+    destination = tmp_path / "backup"
+    destination.mkdir(mode=0o755)
+    destination.chmod(0o755)
+    run = _cli_with_umask_022("backup", "--data-dir", str(tmp_path / "data"), str(destination))
+    assert run.returncode == 0, run.stderr
+    assert stat.S_IMODE((destination / FILE_NAME).stat().st_mode) == 0o600
+
+    data_dir = tmp_path / "new-host" / "wharf-broker"
+    run = _cli_with_umask_022("restore", "--data-dir", str(data_dir), str(destination))
+    assert run.returncode == 0, run.stderr
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data_dir / FILE_NAME).stat().st_mode) == 0o600
+    assert await bodies_in(data_dir) == ["a clear body"]
+
+
+def _key_file(path: Path, keys: dict[str, bytes]) -> Path:
+    lines = [f'sse_key_id = "{next(iter(keys))}"']
+    for key_id, secret in keys.items():
+        lines += ["[[keys]]", f'id = "{key_id}"', f'key = "{base64.b64encode(secret).decode()}"']
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_a_restore_says_which_sealed_messages_the_key_file_cannot_open(tmp_path: Path):
+    # A backup restored onto a broker whose key file lacks a key its messages were sealed
+    # with (another host, the key rotated out): the broker starts, but every receive of them
+    # fails (KMS.NotFoundException) and a RedrivePolicy dead-letters them. Say so first.
+    old_key, new_key = os.urandom(32), os.urandom(32)
+    data_dir = tmp_path / "data"
+    keys = _key_file(tmp_path / "keys.toml", {"2025-06": old_key})
+    storage = StorageSettings(data_dir=str(data_dir), key_file=str(keys))
+    config = msgspec.structs.replace(broker_config(data_dir), storage=storage)
+    with BrokerThread(config) as broker:
+        sqs = broker.client()
+        url = sqs.create_queue(QueueName="orders")["QueueUrl"]  # SqsManagedSseEnabled
+        for n in range(3):
+            sqs.send_message(QueueUrl=url, MessageBody=f"order {n}")
+    backup(data_dir, tmp_path / "backup")
+
+    def restore_with(key_file: str) -> subprocess.CompletedProcess[str]:
+        target = tmp_path / "restored"
+        shutil.rmtree(target, ignore_errors=True)
+        config = tmp_path / "broker.toml"
+        config.write_text(f'[storage]\ndata_dir = "{target}"\nkey_file = "{key_file}"\n')
+        return _cli_with_umask_022("restore", "--config", str(config), str(tmp_path / "backup"))
+
+    run = restore_with(str(keys))
+    assert run.returncode == 0, run.stderr
+    assert "warning" not in run.stderr
+
+    other = _key_file(tmp_path / "other.toml", {"2026-01": new_key})
+    run = restore_with(str(other))
+    assert run.returncode == 0, run.stderr
+    assert (
+        f"warning: {other}: 3 messages are sealed with key '2025-06', which the key file "
+        "does not list" in run.stderr
+    )
+
+    replaced = _key_file(tmp_path / "replaced.toml", {"2025-06": new_key})
+    run = restore_with(str(replaced))
+    assert run.returncode == 0, run.stderr
+    assert "sealed with key '2025-06', which the key file lists with other key material" in (
+        run.stderr
+    )
+
+    run = restore_with("")
+    assert "3 messages are sealed with key '2025-06', and storage.key_file is empty" in (run.stderr)
+
+
+async def test_a_restore_moves_the_fingerprints_of_the_replaced_keys_aside(tmp_path: Path):
+    # The restored store may be sealed with other keys (another host's key file): the next
+    # start must not compare the key file with the keys of the store it replaced.
+    await make_store(tmp_path / "old", ["a"])
+    backup(tmp_path / "old", tmp_path / "backup")
+    await make_store(tmp_path / "data", ["b"])
+    (tmp_path / "data" / "sealing-keys.json").write_text('{"k1": "0123"}')
+    _, aside = restore(tmp_path / "data", tmp_path / "backup", now=0)
+    assert aside is not None
+    assert not (tmp_path / "data" / "sealing-keys.json").exists()
+    assert (aside / "sealing-keys.json").read_text() == '{"k1": "0123"}'

@@ -396,6 +396,30 @@ def test_a_missing_store_in_a_used_data_directory_stops_the_start(tmp_path):
     assert not (data / "wharf.sqlite3").exists()
 
 
+def test_a_store_with_messages_but_no_receipt_handle_key_stops_the_start(tmp_path):
+    # A store file put back without its key (copied by hand, the key deleted): a new key
+    # would make every receipt handle consumers hold ReceiptHandleIsInvalid.
+    path = broker_file(tmp_path)
+    data = tmp_path / "data"
+
+    async def fill() -> None:
+        store = SqliteStore(data)
+        await store.open()
+        queue = await store.create_queue("q", QueueSettings(), {}, 0)
+        await store.commit([inserted(queue.queue_id, 1, "in flight")])
+        await store.aclose()
+
+    trio.run(fill)
+    assert not (data / "receipt-handle.key").exists()
+    result = _serve_once(path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"wharf-broker: cannot start: {data / 'receipt-handle.key'}: missing")
+    assert "holds messages" in last
+    assert not (data / "receipt-handle.key").exists()  # not made behind the operator's back
+
+
 def test_a_store_whose_wal_cannot_be_read_stops_the_start_and_keeps_the_wal(tmp_path):
     # Killed before any checkpoint, a store's data is all in its -wal; SQLite reads a WAL
     # with a damaged first frame as no WAL, so the file looks new and empty. Creating the
@@ -446,6 +470,7 @@ def test_a_store_damaged_past_its_first_pages_is_one_cannot_start_line(tmp_path)
         await store.aclose()
 
     trio.run(fill)
+    (data / "receipt-handle.key").write_bytes(b"k" * 32)  # as in a data directory in use
     store_file = data / "wharf.sqlite3"
     pages = store_file.stat().st_size // 4096
     with store_file.open("r+b") as file:  # four pages of garbage in the middle

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from broker.config import BrokerConfig, StorageSettings
+from monitoring.configfile import ConfigError
 from tests.support.broker import BrokerThread, broker_config
 
 K1 = os.urandom(32)
@@ -186,6 +189,8 @@ def test_a_message_sealed_with_another_key_under_the_same_id_is_skipped(sealed):
     sqs = sealed.sqs
     url = sqs.create_queue(QueueName="replaced")["QueueUrl"]
     old_id = sqs.send_message(QueueUrl=url, MessageBody=OLD)["MessageId"]
+    # A reload refuses other material under a listed id; taking the id out first does not.
+    sealed.keys("k2", {"k2": K2})
     sealed.keys("k1", {"k1": K1_REPLACED})
     for body in NEW[:3]:
         sqs.send_message(QueueUrl=url, MessageBody=body)
@@ -199,3 +204,66 @@ def test_a_message_sealed_with_another_key_under_the_same_id_is_skipped(sealed):
     for field in (f"message_id={old_id}", "key_id=k1", "cause=authentication_failed"):
         assert field in line.split()
     assert base64.b64encode(K1_REPLACED).decode() not in sealed.log()
+
+
+def test_a_reload_refuses_other_key_material_under_an_id_in_use_and_warns_of_removals(sealed):
+    # Regenerating a key under its old id (a script run twice, a copy from another host):
+    # refused, or every message sealed with the old material would fail authentication.
+    sqs = sealed.sqs
+    url = sqs.create_queue(QueueName="orders")["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody=OLD)
+    with pytest.raises(ConfigError, match="key 'k1' now has other key material"):
+        sealed.keys("k1", {"k1": K1_REPLACED})
+    assert base64.b64encode(K1_REPLACED).decode() not in sealed.log()
+    sqs.send_message(QueueUrl=url, MessageBody=NEW[0])  # still sealed with the running k1
+    assert sorted(m["Body"] for m in sealed.receive(url, 30)) == sorted([OLD, NEW[0]])
+
+    # Retiring a key is allowed (README: once no message uses it) and said.
+    sealed.keys("k2", {"k1": K1, "k2": K2})
+    assert sealed.log_lines("storage.key_removed") == []
+    sealed.keys("k2", {"k2": K2})
+    [line] = sealed.log_lines("storage.key_removed")
+    assert "key_id=k1" in line.split()
+
+
+def test_a_start_refuses_other_key_material_under_an_id_and_warns_of_removals(tmp_path):
+    # The key file rewritten while the broker was stopped (a configuration tool that
+    # generates the key on each run, then restarts the service): what the reload refuses,
+    # the start refuses too; a key taken out is said.
+    data_dir = tmp_path / "data"
+    key_file = tmp_path / "keys.toml"
+    config = broker_config(data_dir)
+    storage = StorageSettings(data_dir=config.storage.data_dir, key_file=str(key_file))
+    config = msgspec.structs.replace(config, storage=storage)
+    toml = tmp_path / "broker.toml"
+    toml.write_text(
+        f'[api]\nport = 0\n[admin]\nport = 0\n[storage]\ndata_dir = "{data_dir}"\n'
+        f'key_file = "{key_file}"\n'
+    )
+    write_key_file(key_file, "k1", {"k1": K1, "k2": K2})
+    with BrokerThread(config) as broker:
+        sqs = broker.client()
+        url = sqs.create_queue(QueueName="orders")["QueueUrl"]
+        sqs.send_message(QueueUrl=url, MessageBody=OLD)
+
+    write_key_file(key_file, "k1", {"k1": K1_REPLACED, "k2": K2})
+    refused = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "serve", "--config", str(toml)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode == 1
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"wharf-broker: cannot start: {key_file}: key 'k1' now has other")
+    assert base64.b64encode(K1_REPLACED).decode() not in refused.stderr
+
+    write_key_file(key_file, "k1", {"k1": K1})  # k2 retired (no message used it)
+    with BrokerThread(config) as broker:
+        sqs = broker.client()
+        [message] = sqs.receive_message(QueueUrl=url)["Messages"]
+        assert message["Body"] == OLD
+        log = broker.daemon.log_output.getvalue()  # type: ignore[attr-defined]
+    [line] = [line for line in log.splitlines() if "event=storage.key_removed " in line]
+    assert "key_id=k2" in line.split()

@@ -4,6 +4,8 @@ import base64
 import hashlib
 import os
 import sqlite3
+import subprocess
+import sys
 import uuid
 
 import msgspec
@@ -507,3 +509,49 @@ def test_a_bad_key_file_stops_the_start(tmp_path):
     missing = sealing_config(tmp_path, tmp_path / "missing.toml")
     with pytest.raises(ConfigError, match="cannot read"):
         Daemon(SPEC, missing, config_path=None)
+
+
+def test_a_key_file_others_may_read_is_warned_of_at_start_reload_and_check(tmp_path):
+    # Anyone who reads the key file opens every sealed message of a copy of the store.
+    key_file = write_key_file(tmp_path / "keys.toml", {"k1": K1}, "k1")
+    key_file.chmod(0o644)
+    config = sealing_config(tmp_path, key_file)
+    with BrokerThread(config) as broker:
+        log = broker.daemon.log_output  # type: ignore[attr-defined]
+        assert (
+            f"level=warning event=storage.key_file_exposed daemon=broker file={key_file} "
+            'reason="every user of the host may read it (mode 0644)"'
+        ) in log.getvalue()
+        key_file.chmod(0o640)  # root:wharf, as the admin token file: fine
+        broker.call(broker.app.reload, config)
+        assert log.getvalue().count("storage.key_file_exposed") == 1
+        key_file.chmod(0o602)
+        broker.call(broker.app.reload, config)
+        assert log.getvalue().count("storage.key_file_exposed") == 2
+        assert "may write it (mode 0602)" in log.getvalue()
+        url = broker.client().create_queue(QueueName="q")["QueueUrl"]
+        broker.client().send_message(QueueUrl=url, MessageBody="served all the same")
+
+    toml = tmp_path / "broker.toml"
+    toml.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\nkey_file = "{key_file}"\n')
+    key_file.chmod(0o644)
+    check = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "check-config", str(toml)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert check.returncode == 0
+    assert f"{key_file}: warning: the key file of storage.key_file is open to others" in (
+        check.stderr
+    )
+    key_file.chmod(0o600)
+    check = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "check-config", str(toml)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (check.returncode, check.stderr) == (0, "")

@@ -1,7 +1,9 @@
 """The writer thread: group commit, failure isolation, housekeeping, checkpoints."""
 
 import contextlib
+import os
 import sqlite3
+import stat
 import threading
 import time
 
@@ -14,6 +16,7 @@ from broker.store import sqlite_writer
 from broker.store.base import StoreError
 from broker.store.sqlite import SqliteStore
 from broker.store.sqlite_apply import reclaim_step
+from tests.support.broker import BrokerThread, broker_config
 from tests.support.mutations import inserted
 
 
@@ -236,3 +239,24 @@ async def test_a_writer_never_idle_still_checkpoints_between_commits(store):
         raise AssertionError("the WAL was not checkpointed while commits went on")
     # One connection writes and checkpoints (the WAL-reset race needs two): no other thread.
     assert not [t for t in threading.enumerate() if t.name == "wharf-store-checkpoint"]
+
+
+def test_a_new_store_and_its_wal_are_the_owners_only_in_a_directory_made_0755(tmp_path):
+    # A data directory made by hand (mkdir: 0755) and a broker started from a shell (umask
+    # 022): the store holds every message of the queues stored in clear.
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o755)
+    data_dir.chmod(0o755)
+    before = os.umask(0o022)
+    try:
+        with BrokerThread(broker_config(data_dir)) as broker:
+            sqs = broker.client()
+            url = sqs.create_queue(QueueName="q", Attributes={"SqsManagedSseEnabled": "false"})
+            sqs.send_message(QueueUrl=url["QueueUrl"], MessageBody="in clear")
+            modes = {
+                name: stat.S_IMODE((data_dir / name).stat().st_mode)
+                for name in ("wharf.sqlite3", "wharf.sqlite3-wal", "wharf.sqlite3-shm")
+            }
+    finally:
+        os.umask(before)
+    assert modes == dict.fromkeys(modes, 0o600)
