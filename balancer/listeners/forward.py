@@ -620,7 +620,9 @@ async def _upload(
             await _send_upstream(up, pending, ex.writing_target)
             if ex.response_at is None:  # else answered while the body went on (duplex)
                 ex.sent_at = trio.current_time()
-            if waited:
+            if waited or ex.phase == "target_write":
+                # The deadline now is a pause's of the client's or a blocked write's (the
+                # idle timeout): the response gets its own, from the request sent.
                 ex.wait_for("response", config.response_timeout_seconds)
             else:
                 ex.phase = "response"  # the deadline armed when the head arrived still holds

@@ -484,9 +484,10 @@ TOO_LARGE = (
 
 @contextlib.asynccontextmanager
 async def raw_target(
-    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    handler: Callable[[trio.SocketStream], Awaitable[None]], *, receive_buffer: int = 0
 ) -> AsyncIterator[TargetServer]:
-    """A target on 127.0.0.1 that runs ``handler`` on every connection (raw bytes)."""
+    """A target on 127.0.0.1 that runs ``handler`` on every connection (raw bytes);
+    ``receive_buffer`` shrinks its connections' SO_RCVBUF (0: the kernel's)."""
 
     async def serve(stream: trio.SocketStream) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -495,6 +496,8 @@ async def raw_target(
 
     async with trio.open_nursery() as nursery:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        if receive_buffer:  # inherited by the connections it accepts
+            listeners[0].socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         target = TargetServer("raw")
         target.port = listeners[0].socket.getsockname()[1]
         nursery.start_soon(trio.serve_listeners, serve, listeners)
@@ -1488,3 +1491,53 @@ async def test_a_target_that_stops_reading_the_body_is_the_targets_timeout_not_t
             "wharf_balancer_http_elb_5xx_responses_total", {"listener": "front", "code": "504"}
         )
         assert by_code == 1
+
+
+async def test_a_blocked_write_of_a_whole_body_keeps_the_response_timeout(monkeypatch):
+    """A body that arrived whole but had to wait to reach the target (a blocked write: the
+    idle timeout from the target's last progress) then gets target_response_seconds for its
+    answer, not what was left of the idle timeout: a target allowed 10 s to answer got a 504
+    after the 1 s idle timeout."""
+    tune = upstream_module.tune_socket
+
+    def small_send_buffer(sock: trio.socket.SocketType) -> None:
+        tune(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+    monkeypatch.setattr(upstream_module, "tune_socket", small_send_buffer)
+    size = 100 << 10
+
+    async def reads_late_then_thinks(stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        while not isinstance(conn.next_event(), h11.Request):
+            conn.receive_data(await stream.receive_some(4096))
+        await trio.sleep(0.8)  # not reading: the balancer's write blocks
+        while not isinstance(event := conn.next_event(), h11.EndOfMessage):
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(1 << 20))
+        await trio.sleep(2.5)  # thinking: past the idle timeout, inside the response timeout
+        response = h11.Response(status_code=200, headers=[("content-length", "2")])
+        await stream.send_all(
+            conn.send(response) + conn.send(h11.Data(data=b"ok")) + conn.send(h11.EndOfMessage())
+        )
+        await trio.sleep(1)
+
+    lst = listener(idle_timeout_seconds=1, timeouts=ListenerTimeouts(target_response_seconds=10))
+    async with (
+        raw_target(reads_late_then_thinks, receive_buffer=4096) as target,
+        balancer(config([lst], [group("web", target)])) as daemon,
+    ):
+        raw = socket.create_connection(front(daemon))
+        raw.setblocking(False)
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(raw))
+        async with stream:
+            request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size
+            data = request + b"x" * size
+            sent = raw.send(data)
+            time.sleep(0.3)  # noqa: ASYNC251 - hold the loop: the balancer then reads it all at once
+            await stream.send_all(data[sent:])
+            reply = b""
+            with trio.fail_after(8):
+                while b"\r\n\r\n" not in reply and (chunk := await stream.receive_some(65536)):
+                    reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200 "), reply[:80]
