@@ -159,7 +159,7 @@ class HttpLimits(Section, frozen=True, kw_only=True):
             "body_timeout_seconds of its head, plus one second for every this many bytes "
             "received; 0 turns the rate off (only the pause is bounded).",
         ),
-    ] = 16384
+    ] = 500
     idle_timeout_seconds: Annotated[
         Seconds, Meta(description="How long an idle keep-alive connection stays open.")
     ] = 60.0

@@ -33,7 +33,7 @@ def test_sections_are_frozen_and_strict():
 
 
 def test_the_minimum_body_rate_is_a_whole_number_of_bytes_a_second_and_zero_turns_it_off():
-    assert HttpLimits().min_body_rate_bytes_per_second == 16384
+    assert HttpLimits().min_body_rate_bytes_per_second == 500
     off = msgspec.convert({"min_body_rate_bytes_per_second": 0}, HttpLimits)
     assert off.min_body_rate_bytes_per_second == 0
     for bad in (-1, 1.5, "fast", 1 << 31):
