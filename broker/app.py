@@ -359,7 +359,8 @@ class BrokerApp:
 
     def _check_keys_at_start(self, directory: Path) -> None:
         """Compare the key file with the keys of the last start or reload: other material
-        under an id stops the start (as it refuses a reload); removed ids are logged."""
+        under an id stops the start (as it refuses a reload); removed ids are logged. The
+        keys are remembered once the start has succeeded (a start that fails sealed nothing)."""
         try:
             removed = _check_key_changes(
                 _keys_used_before(directory),
@@ -370,7 +371,6 @@ class BrokerApp:
         except ConfigError as error:
             raise StartupError(str(error)) from None
         self._log_removed_keys(removed)
-        _remember_keys(directory, self.sealer.keyring, self.frame.log)
 
     def _warn_key_file_exposure(self, config: BrokerConfig) -> None:
         """Log a ``storage.key_file_exposed`` warning when others may read or write the key
@@ -451,6 +451,8 @@ class BrokerApp:
             self.frontend = frontend
             api = await self._api_listener(frontend)
             admin = await open_admin_listener(frame, config.admin, HttpLimits(), self.admin)
+            # The start can no longer fail: from here on messages are sealed with these keys.
+            _remember_keys(directory, self.sealer.keyring, frame.log)
             async with trio.open_nursery() as background:
                 background.start_soon(self._stop_if_the_store_fails, store, frame)
                 background.start_soon(disk.watch_forever)
@@ -645,9 +647,6 @@ class BrokerApp:
             server_context(config.api.tls)  # applies at the restart; refuse a bad file now
         self._switch(authenticator, keyring, config)
         self._warn_key_file_exposure(config)
-        self._log_removed_keys(removed)
-        if self.directory is not None:
-            _remember_keys(self.directory, keyring, self.frame.log)
         if self.registry is not None and self.directory is not None and steps is not None:
             try:
                 # Last: queues declared with a key only the new key file has need it.
@@ -661,6 +660,11 @@ class BrokerApp:
                     tls.restore(before_tls)
                 raise
             declarations.note_undeclared(self.directory / DECLARED_FILE, config, self.frame.log)
+        # Applied: from here on messages are sealed with these keys (a refused reload kept
+        # the running ones, and the history must not say otherwise).
+        self._log_removed_keys(removed)
+        if self.directory is not None:
+            _remember_keys(self.directory, keyring, self.frame.log)
         if config.auth.anonymous and not was_anonymous:
             self.frame.log.warning(
                 "auth.anonymous_enabled",
@@ -680,8 +684,7 @@ class BrokerApp:
         """The request bodies the API listener holds now, and how much it may."""
         held = GaugeMetricFamily(
             "wharf_broker_http_buffered_request_bytes",
-            "Bytes of request bodies the API listener holds now: declared by Content-Length "
-            "(or received, chunked) and not yet answered.",
+            "Bytes of request bodies the API listener holds now: received and not yet answered.",
         )
         held.add_metric([], self.body_budget.held)
         limit = GaugeMetricFamily(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -267,3 +268,41 @@ def test_a_start_refuses_other_key_material_under_an_id_and_warns_of_removals(tm
         log = broker.daemon.log_output.getvalue()  # type: ignore[attr-defined]
     [line] = [line for line in log.splitlines() if "event=storage.key_removed " in line]
     assert "key_id=k2" in line.split()
+
+
+def test_a_start_that_fails_remembers_none_of_its_keys(tmp_path):
+    # A start that failed after its key check (here: its admin port taken) sealed nothing:
+    # the key it added must not be held against the corrected key file of the next start.
+    data_dir = tmp_path / "data"
+    key_file = tmp_path / "keys.toml"
+    config = broker_config(data_dir)
+    storage = StorageSettings(data_dir=config.storage.data_dir, key_file=str(key_file))
+    config = msgspec.structs.replace(config, storage=storage)
+    write_key_file(key_file, "k1", {"k1": K1})
+    with BrokerThread(config) as broker:
+        sqs = broker.client()
+        url = sqs.create_queue(QueueName="orders")["QueueUrl"]
+        sqs.send_message(QueueUrl=url, MessageBody=OLD)
+
+    write_key_file(key_file, "k1", {"k1": K1, "k2": K2})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        toml = tmp_path / "broker.toml"
+        toml.write_text(
+            f"[api]\nport = 0\n[admin]\nport = {taken.getsockname()[1]}\n[storage]\n"
+            f'data_dir = "{data_dir}"\nkey_file = "{key_file}"\n'
+        )
+        failed = subprocess.run(
+            [sys.executable, "-m", "broker.cli", "serve", "--config", str(toml)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert failed.returncode == 1, failed.stderr
+
+    write_key_file(key_file, "k1", {"k1": K1, "k2": K1_REPLACED})  # k2 corrected
+    with BrokerThread(config) as broker:
+        [message] = broker.client().receive_message(QueueUrl=url)["Messages"]
+    assert message["Body"] == OLD
