@@ -620,6 +620,15 @@ class BrokerApp:
                 f"{running.api.host!r} would let anyone read and write every queue; a new "
                 "api.host applies only at a restart - at `$.auth.anonymous`",
             )
+        if config.api.max_buffered_request_bytes < running.api.max_request_bytes:
+            # api.max_request_bytes applies only at a restart: judge the limit in force.
+            raise ConfigError(
+                file,
+                f"api.max_buffered_request_bytes ({config.api.max_buffered_request_bytes}) is "
+                f"less than the running api.max_request_bytes ({running.api.max_request_bytes}, "
+                "which a reload does not change): a request of that size could never be "
+                "served - at `$.api.max_buffered_request_bytes`",
+            )
         steps = None
         if self.registry is not None:
             steps = declarations.plan(self.registry, config, file)

@@ -257,3 +257,22 @@ async def test_a_reload_applies_the_body_budget_without_a_restart(tmp_path):
         assert await daemon.reload() is None
         assert app.body_budget.limit == 8 << 20
         assert "config.restart_required" not in daemon.log_output.getvalue()[mark:]  # type: ignore[attr-defined]
+
+
+async def test_a_reload_refuses_a_body_budget_below_the_running_request_limit(tmp_path):
+    # api.max_request_bytes applies only at a restart: a file that lowers it together with
+    # the budget would leave every request between the two refused with 503 until then.
+    path = tmp_path / "broker.toml"
+    base = f'[admin]\nport = 0\n[storage]\ndata_dir = "{tmp_path / "data"}"\n[api]\nport = 0\n'
+    path.write_text(base + "max_request_bytes = 16777216\n")
+    config = load(path, BrokerConfig)
+    async with running(SPEC, config, config_path=path) as daemon:
+        app = daemon.app
+        assert isinstance(app, BrokerApp)
+        path.write_text(
+            base + "max_request_bytes = 4194304\nmax_buffered_request_bytes = 8388608\n"
+        )
+        refusal = await daemon.reload()
+        assert refusal is not None
+        assert "running api.max_request_bytes (16777216" in str(refusal)
+        assert app.body_budget.limit == 1 << 30
