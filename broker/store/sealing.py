@@ -172,7 +172,8 @@ def exposure(path: str | Path) -> str | None:
 
     Every user of the host who can read it can open every sealed message in a copy of the
     store (a backup, say); one who can write it can swap the keys. The group may read
-    (0640, group wharf: the service user reads a file root owns).
+    (0640, group wharf: the service user reads a file root owns), not write: every member
+    of the group could then swap the keys.
     """
     try:
         mode = os.stat(path).st_mode & 0o777
@@ -181,6 +182,8 @@ def exposure(path: str | Path) -> str | None:
     if mode & 0o006:
         who = "read" if not mode & 0o002 else "write" if not mode & 0o004 else "read and write"
         return f"every user of the host may {who} it (mode {mode:04o})"
+    if mode & 0o020:
+        return f"every member of its group may write it (mode {mode:04o})"
     return None
 
 

@@ -529,6 +529,10 @@ def test_a_key_file_others_may_read_is_warned_of_at_start_reload_and_check(tmp_p
         broker.call(broker.app.reload, config)
         assert log.getvalue().count("storage.key_file_exposed") == 2
         assert "may write it (mode 0602)" in log.getvalue()
+        key_file.chmod(0o660)  # the group may write: any member could swap the keys
+        broker.call(broker.app.reload, config)
+        assert log.getvalue().count("storage.key_file_exposed") == 3
+        assert "every member of its group may write it (mode 0660)" in log.getvalue()
         url = broker.client().create_queue(QueueName="q")["QueueUrl"]
         broker.client().send_message(QueueUrl=url, MessageBody="served all the same")
 
