@@ -65,7 +65,8 @@ PAYLOAD_CACHE_BYTES: Final = 64 * 1024 * 1024  # bodies kept in memory; the rest
 RETRY_AFTER_BUG_SECONDS: Final = 30.0  # an attempt that failed inside Wharf is tried again
 # A delivery the broker could not open a socket for (out of descriptors or memory) is tried
 # again this much later, uncounted: the shortage is the broker's, not the endpoint's.
-RETRY_AFTER_EXHAUSTION_SECONDS: Final = 1.0
+RETRY_AFTER_EXHAUSTION_SECONDS: Final = 1.0  # the first wait; it doubles while a shortage lasts
+MAX_RETRY_AFTER_EXHAUSTION_SECONDS: Final = 60.0
 # A retry waits up to this fraction of its delay longer than the policy says: enough to spread
 # lanes that failed at the same moment, small enough to keep the policy's schedule recognisable.
 RETRY_JITTER: Final = 0.1
@@ -191,6 +192,9 @@ class HttpDeliveries:
         self._cached_bytes = 0
         self._unusable_policies_logged: set[str] = set()  # subscription ids
         self._exhaustion = Throttle()  # sns.out_of_resources: once a minute
+        # Tries in a row that found no descriptor: each waits twice as long as the last, so a
+        # backlog of thousands does not spin the loop while the shortage lasts.
+        self._exhausted_tries = 0
         self._pending_by_topic: dict[int, int] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -423,10 +427,14 @@ class HttpDeliveries:
                     waiting, self._awaiting_shared = self._awaiting_shared, set()
                     for other in waiting:
                         other.notify()
-            if outcome is not None and outcome.error == "local" and not item.is_forgotten():
-                self._retry_after_exhaustion(lane, item, outcome)
-                return
-            self._note_health(lane, outcome)
+            if outcome is not None and outcome.error == "local":
+                if not item.is_forgotten():
+                    self._retry_after_exhaustion(lane, item, outcome)
+                    return
+            else:  # nothing reached the endpoint on a local error: its health is unknown
+                if outcome is not None:
+                    self._exhausted_tries = 0  # a socket was had: the shortage is over
+                self._note_health(lane, outcome)
             await self._settle(lane, item, outcome)
         except Exception as exc:  # a bug here must not stop the other deliveries
             self._retry_after_bug(lane, item, exc)
@@ -474,8 +482,9 @@ class HttpDeliveries:
     def _retry_after_exhaustion(self, lane: _Lane, item: _Item, outcome: Outcome) -> None:
         """The broker could not open a socket to the endpoint (out of descriptors or memory):
         nothing reached it, so this was no attempt. Its retries are left whole and the
-        endpoint's health as it was; the delivery is tried again shortly, for as long as the
-        shortage lasts (its retry window, once it has had an attempt, still ends it). Logged
+        endpoint's health as it was; the delivery is tried again, for as long as the shortage
+        lasts (its retry window, once it has had an attempt, still ends it), after a wait that
+        doubles with each such try in a row (1 s to 60 s), whichever delivery makes it. Logged
         at most once a minute."""
         held_back = self._exhaustion.admit()
         if held_back is not None:
@@ -488,7 +497,12 @@ class HttpDeliveries:
             )
         self._release_payload(item)
         item.in_flight = False
-        item.next_attempt_at = now_ms() + int(RETRY_AFTER_EXHAUSTION_SECONDS * 1000)
+        wait = min(
+            RETRY_AFTER_EXHAUSTION_SECONDS * 2**self._exhausted_tries,
+            MAX_RETRY_AFTER_EXHAUSTION_SECONDS,
+        )
+        self._exhausted_tries = min(self._exhausted_tries + 1, 32)
+        item.next_attempt_at = now_ms() + int(wait * 1000)
         lane.push(item)
 
     def _note_health(self, lane: _Lane, outcome: Outcome | None) -> None:

@@ -425,3 +425,31 @@ async def test_the_brokers_own_descriptor_shortage_spends_no_retries(
         await trio.sleep(0.1)  # the 2xx is settled
         assert harness.topic.stats.attempts["http"] == 1  # only the one that reached it
         assert harness.topic.stats.delivered["http"] == 1
+
+
+async def test_a_long_descriptor_shortage_backs_off_instead_of_spinning(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each delivery that found no descriptor was tried again a second later, however many
+    # waited: 1,000 pending deliveries made 1,000 tries a second (41% of a core) for as long
+    # as the shortage lasted. The wait now doubles with each such try in a row.
+    monkeypatch.setattr(http_delivery, "RETRY_AFTER_EXHAUSTION_SECONDS", 0.05, raising=False)
+    monkeypatch.setattr(http_delivery, "MAX_RETRY_AFTER_EXHAUSTION_SECONDS", 1.0, raising=False)
+    client = harness.deliveries.client
+    tries = 0
+    real_post = client.post
+
+    async def post(url: str, headers: Sequence[tuple[str, str]], body: bytes) -> Outcome:
+        nonlocal tries
+        tries += 1
+        return await real_post(url, headers, body)
+
+    monkeypatch.setattr(client, "post", post)
+    with Endpoint() as endpoint:
+        await harness.subscribe(endpoint.url, DeliveryPolicy=FAST)
+        with descriptors_exhausted():
+            for index in range(40):
+                await harness.publish(f"pending {index}")
+            await trio.sleep(2)  # 40 retries every 0.05 s would be 1,600 tries
+        assert 40 <= tries < 400  # each waits up to 1 s here: about 2 tries each
+        await wait_for(endpoint, 40)  # the backlog is delivered once it is over
