@@ -48,19 +48,26 @@ class FailOpenWatch:
         self._runtime = runtime
         self._log = log
         self._failing: set[str] = set()
+        self._followed_config = runtime.current.config
         runtime.observers.append(self.on_events)
         runtime.on_install.append(self.follow_all)
         metrics.register_collector(self.collect)
-        self.follow_all()
+        self._follow(runtime.current.groups)
 
     def on_events(self, events: Sequence[TargetStateChanged]) -> None:
         """A health observer: look again at the groups the events name."""
         self._follow(dict.fromkeys(event.target_group for event in events))
 
     def follow_all(self) -> None:
-        """After a new generation (its targets and minimums may differ): every group."""
-        self._failing &= set(self._runtime.current.groups)
-        self._follow(self._runtime.current.groups)
+        """After a new configuration (its targets and minimums may differ): every group. A
+        targets-API change shares its predecessor's configuration and is followed through
+        its events alone, so an admin call does not walk every group's targets."""
+        current = self._runtime.current
+        if current.config is self._followed_config and self._failing <= set(current.groups):
+            return
+        self._followed_config = current.config
+        self._failing &= set(current.groups)
+        self._follow(current.groups)
 
     def _follow(self, names: Iterable[str]) -> None:
         groups = self._runtime.current.groups

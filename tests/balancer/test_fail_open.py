@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import io
 
+import msgspec
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+import balancer.fail_open as fail_open_module
 from balancer.config import (
     BalancerConfig,
+    Conditions,
+    Endpoint,
     Forward,
     HealthCheck,
     HttpListener,
     MinimumHealthyTargets,
+    Rule,
     Target,
     TargetGroup,
 )
@@ -110,3 +115,38 @@ def test_a_reload_that_lowers_the_minimum_ends_it():
     harness.runtime.reload(make_config(minimum=1), (), harness.now)
     assert harness.events() == ["target_group.fail_open", "target_group.fail_open_ended"]
     assert harness.gauge() == 0
+
+
+def test_a_targets_api_change_looks_only_at_its_own_group(monkeypatch):
+    # Every targets-API change installs a generation; following every group then walked
+    # every group's targets (1,000 groups of 100: 0.35 -> 9.1 ms a change).
+    web = make_config().target_groups[0]
+    api = msgspec.structs.replace(web, name="api")
+    listener = HttpListener(name="front", port=0, default_action=Forward(target_group="web"))
+    rule = Rule(
+        priority=1,
+        conditions=Conditions(path_pattern=("/api/*",)),
+        action=Forward(target_group="api"),
+    )
+    config = BalancerConfig(
+        listeners=(msgspec.structs.replace(listener, rules=(rule,)),), target_groups=(web, api)
+    )
+    runtime = Runtime(config, now=0.0)
+    FailOpenWatch(
+        runtime, EventLog("balancer", stream=io.StringIO()), Metrics("balancer", version="test")
+    )
+    looked: list[str] = []
+    real = fail_open_module.fails_open
+
+    def counting(group):  # type: ignore[no-untyped-def]
+        looked.append(group.name)
+        return real(group)
+
+    monkeypatch.setattr(fail_open_module, "fails_open", counting)
+    endpoints = [Endpoint(A, "127.0.0.1", 9001, 1, ""), Endpoint(C, "127.0.0.1", 9003, 1, "")]
+    runtime.replace_targets("web", endpoints, 1.0)
+    assert set(looked) == {"web"}
+    looked.clear()
+    reloaded = msgspec.structs.replace(config, target_groups=(web, api))  # another object
+    runtime.reload(reloaded, (), 2.0)  # a new configuration: every group
+    assert sorted(set(looked)) == ["api", "web"]
