@@ -175,6 +175,8 @@ class TlsTerminator:
         it either way.
         """
         deadline = trio.current_time() + self.settings.handshake_timeout_seconds
+        if draining is not None and draining.started:
+            return None  # accepted just before the stop: an idle wait now would not end early
         if draining is not None and not fastio.readable_now(stream.socket.fileno()):
             with draining.idle(deadline) as wait:
                 await trio.lowlevel.wait_readable(stream.socket)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+import trio
 import trustme
 from botocore.exceptions import SSLError
 from cryptography.hazmat.primitives import serialization
@@ -21,6 +22,7 @@ from broker.cli import main
 from broker.config import ApiSettings, BrokerConfig, TlsSettings
 from broker.tls import TlsTerminator, server_context
 from monitoring.configfile import ConfigError, decode
+from monitoring.httpserver import Draining
 from tests.support.broker import (
     BrokerThread,
     broker_config,
@@ -321,3 +323,19 @@ def test_a_stop_closes_a_connection_that_has_not_said_hello_at_once(tmp_path, ca
             broker.stop()
         else:
             stopper.join()
+
+
+async def test_a_connection_reaching_the_handshake_after_the_stop_began_is_closed(tmp_path, ca):
+    # Draining only cuts the idle waits already under way when it starts: a connection
+    # accepted just before the stop, whose handler reached the handshake after it, waited the
+    # whole handshake timeout.
+    settings = msgspec.structs.replace(tls_settings(ca, tmp_path), handshake_timeout_seconds=40.0)
+    terminator = TlsTerminator(settings)
+    draining = Draining()
+    draining.start()
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with listeners[0]:
+        client = await trio.open_tcp_stream("127.0.0.1", listeners[0].socket.getsockname()[1])
+        async with client, await listeners[0].accept() as accepted:
+            with trio.fail_after(5):
+                assert await terminator.accept(accepted, draining) is None
