@@ -111,7 +111,8 @@ def _refuse_a_store_without_its_key(directory: Path, store_file: Path) -> None:
         f"{directory / KEY_FILE}: missing, but {store_file} holds messages: with a new key "
         f"every receipt handle issued for them would be refused; put back the {KEY_FILE} "
         "that was beside this store (a backup holds it), or, to start with a new one "
-        f"anyway, create it: head -c {KEY_BYTES} /dev/urandom > {directory / KEY_FILE}"
+        f"anyway, create it as the service user: (umask 077; head -c {KEY_BYTES} "
+        f"/dev/urandom > {directory / KEY_FILE})"
     )
 
 
@@ -122,7 +123,12 @@ def _holds_messages(store_file: Path) -> bool:
     try:
         connection = sqlite3.connect(uri, uri=True)
         try:
-            row = connection.execute("SELECT EXISTS (SELECT 1 FROM messages)").fetchone()
+            # Rows of deleted or purged queues wait to be reclaimed: no receipt handle for
+            # them will come back, so they are no messages a new key would strand.
+            row = connection.execute(
+                "SELECT EXISTS (SELECT 1 FROM messages m JOIN queues q USING (queue_id) "
+                "WHERE q.deleted = 0 AND m.seq >= q.purged_below)"
+            ).fetchone()
             return bool(row[0])
         finally:
             connection.close()

@@ -240,6 +240,9 @@ def unopenable_keys(store_file: Path, keyring: KeyRing | None) -> list[str]:
     sealer = Sealer(keyring)
     connection = sqlite3.connect(f"{store_file.resolve().as_uri()}?mode=ro", uri=True)
     try:
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(messages)")}
+        if "key_id" not in columns:
+            return []  # a store from before encryption at rest: nothing in it is sealed
         rows = connection.execute(
             "SELECT key_id, COUNT(*), MIN(rowid) FROM messages WHERE key_id IS NOT NULL "
             "GROUP BY key_id ORDER BY key_id"

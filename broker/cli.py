@@ -115,13 +115,29 @@ def _run_restore(args: argparse.Namespace, config: BrokerConfig) -> int:
     print(f"restored {args.source} into {data_dir}: {_describe(summary)}")
     if aside is not None:
         print(f"the files it replaced are in {aside}")
-    _warn_of_unopenable_messages(data_dir, config)
+    _warn_of_unopenable_messages(data_dir, config, configured=args.config is not None)
     return 0
 
 
-def _warn_of_unopenable_messages(data_dir: Path, config: BrokerConfig) -> None:
-    """Say, before the broker starts, which restored messages its key file cannot open."""
+def _warn_of_unopenable_messages(data_dir: Path, config: BrokerConfig, *, configured: bool) -> None:
+    """Say, before the broker starts, which restored messages its key file cannot open.
+
+    Without ``--config`` there is no key file to judge by (the built-in defaults name none):
+    a note says the sealed messages were not checked, rather than warn of every one."""
     where = f"{config.storage.key_file}: " if config.storage.key_file else ""
+    if not configured:
+        try:
+            sealed = backup.unopenable_keys(data_dir / FILE_NAME, None)
+        except sqlite3.Error:
+            return
+        if sealed:
+            print(
+                "note: the restored store holds messages sealed at rest; without --config "
+                "the key file that must open them was not checked (restore with --config, "
+                "or start the broker with the key file that sealed them)",
+                file=sys.stderr,
+            )
+        return
     try:
         problems = backup.unopenable_keys(data_dir / FILE_NAME, keyring_of(config))
     except ConfigError as error:

@@ -30,6 +30,7 @@ from broker.store.base import StoreError
 from broker.store.lock import LOCK_FILE, DataDirectoryInUse, DataDirectoryLock
 from broker.store.sqlite import FILE_NAME, SqliteStore
 from broker.store.sqlite_backup import RESTORED_SEQ_GAP
+from broker.store.sqlite_schema import MIGRATIONS
 from broker.store.sqlite_writer import SqliteWriter
 from tests.broker.store.test_base import inserted
 from tests.broker.store.test_sqlite_sns import subscription
@@ -552,6 +553,15 @@ def test_a_restore_says_which_sealed_messages_the_key_file_cannot_open(tmp_path:
     run = restore_with("")
     assert "3 messages are sealed with key '2025-06', and storage.key_file is empty" in (run.stderr)
 
+    # Without --config there is no key file to judge by (the defaults name none): a note, not
+    # a warning of every message.
+    target = tmp_path / "restored"
+    shutil.rmtree(target)
+    run = _cli_with_umask_022("restore", "--data-dir", str(target), str(tmp_path / "backup"))
+    assert run.returncode == 0, run.stderr
+    assert "warning" not in run.stderr
+    assert "note: the restored store holds messages sealed at rest" in run.stderr
+
 
 async def test_a_restore_moves_the_fingerprints_of_the_replaced_keys_aside(tmp_path: Path):
     # The restored store may be sealed with other keys (another host's key file): the next
@@ -564,3 +574,18 @@ async def test_a_restore_moves_the_fingerprints_of_the_replaced_keys_aside(tmp_p
     assert aside is not None
     assert not (tmp_path / "data" / "sealing-keys.json").exists()
     assert (aside / "sealing-keys.json").read_text() == '{"k1": "0123"}'
+
+
+def test_a_store_from_before_encryption_at_rest_has_nothing_unopenable(tmp_path: Path):
+    # A version 1 store (no key_id column) restored: nothing in it can be sealed, so there is
+    # no "could not be checked: no such column" warning.
+    store_file = tmp_path / "wharf.sqlite3"
+    with sqlite3.connect(store_file) as connection:
+        MIGRATIONS[0](connection)
+        connection.execute("PRAGMA user_version = 1")
+        connection.execute(
+            "INSERT INTO messages (queue_id, seq, message_id, visible_at, receive_count, "
+            "received_at, enqueued_at, sent_at, sender_id, body) "
+            "VALUES (1, 1, x'00', 0, 0, 0, 0, 0, '', CAST('old body' AS BLOB))"
+        )
+    assert broker_backup.unopenable_keys(store_file, None) == []

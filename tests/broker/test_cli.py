@@ -5,6 +5,7 @@ import gc
 import json
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import trustme
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from broker.app import _refuse_a_store_without_its_key as refuse_a_store_without_its_key
 from broker.cli import GC_THRESHOLDS, SPEC, main
 from broker.config import BrokerConfig
 from broker.model.settings import QueueSettings
@@ -418,6 +420,25 @@ def test_a_store_with_messages_but_no_receipt_handle_key_stops_the_start(tmp_pat
     assert last.startswith(f"wharf-broker: cannot start: {data / 'receipt-handle.key'}: missing")
     assert "holds messages" in last
     assert not (data / "receipt-handle.key").exists()  # not made behind the operator's back
+
+
+def test_a_store_holding_only_rows_of_deleted_queues_needs_no_receipt_handle_key(tmp_path):
+    # Rows of a deleted queue wait to be reclaimed: no receipt handle for them comes back, so
+    # a missing key strands nothing and the start may make a new one.
+    data = tmp_path / "data"
+
+    async def fill_then_delete() -> None:
+        store = SqliteStore(data)
+        await store.open()
+        queue = await store.create_queue("q", QueueSettings(), {}, 0)
+        await store.commit([inserted(queue.queue_id, 1, "of a deleted queue")])
+        await store.delete_queue(queue.queue_id, deleted_at=1, forget_before=0)
+        await store.aclose()
+
+    trio.run(fill_then_delete)
+    with sqlite3.connect(data / "wharf.sqlite3") as connection:
+        assert connection.execute("SELECT COUNT(*) FROM messages").fetchone() == (1,)
+    refuse_a_store_without_its_key(data, data / "wharf.sqlite3")  # nothing to refuse
 
 
 def test_a_store_whose_wal_cannot_be_read_stops_the_start_and_keeps_the_wal(tmp_path):
