@@ -28,7 +28,7 @@ from monitoring.logging import EventLog
 from monitoring.metrics import Metrics
 
 
-def fails_open(group: GroupRuntime) -> tuple[bool, list[Candidate]]:
+def fails_open(group: GroupRuntime) -> tuple[bool, Sequence[Candidate]]:
     """Whether the group routes to an unhealthy target for want of healthy ones, and its
     candidates."""
     selector = group.selector
@@ -38,7 +38,7 @@ def fails_open(group: GroupRuntime) -> tuple[bool, list[Candidate]]:
         minimum_count=selector.minimum_healthy_count,
         minimum_percent=selector.minimum_healthy_percent,
     )
-    return failing and any(c.state is TargetState.UNHEALTHY for c in pool), list(candidates)
+    return failing and any(c.state is TargetState.UNHEALTHY for c in pool), candidates
 
 
 class FailOpenWatch:
@@ -63,7 +63,7 @@ class FailOpenWatch:
         targets-API change shares its predecessor's configuration and is followed through
         its events alone, so an admin call does not walk every group's targets."""
         current = self._runtime.current
-        if current.config is self._followed_config and self._failing <= set(current.groups):
+        if current.config is self._followed_config:
             return
         self._followed_config = current.config
         self._failing &= set(current.groups)

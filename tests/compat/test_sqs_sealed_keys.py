@@ -227,15 +227,20 @@ def test_a_reload_refuses_other_key_material_under_an_id_in_use_and_warns_of_rem
     assert "key_id=k1" in line.split()
 
 
-def test_a_start_refuses_other_key_material_under_an_id_and_warns_of_removals(tmp_path):
-    # The key file rewritten while the broker was stopped (a configuration tool that
-    # generates the key on each run, then restarts the service): what the reload refuses,
-    # the start refuses too; a key taken out is said.
+def keyed_config(tmp_path: Path) -> tuple[Path, Path, BrokerConfig]:
+    """A data directory, the key file's path, and a config naming both."""
     data_dir = tmp_path / "data"
     key_file = tmp_path / "keys.toml"
     config = broker_config(data_dir)
     storage = StorageSettings(data_dir=config.storage.data_dir, key_file=str(key_file))
-    config = msgspec.structs.replace(config, storage=storage)
+    return data_dir, key_file, msgspec.structs.replace(config, storage=storage)
+
+
+def test_a_start_refuses_other_key_material_under_an_id_and_warns_of_removals(tmp_path):
+    # The key file rewritten while the broker was stopped (a configuration tool that
+    # generates the key on each run, then restarts the service): what the reload refuses,
+    # the start refuses too; a key taken out is said.
+    data_dir, key_file, config = keyed_config(tmp_path)
     toml = tmp_path / "broker.toml"
     toml.write_text(
         f'[api]\nport = 0\n[admin]\nport = 0\n[storage]\ndata_dir = "{data_dir}"\n'
@@ -273,11 +278,7 @@ def test_a_start_refuses_other_key_material_under_an_id_and_warns_of_removals(tm
 def test_a_start_that_fails_remembers_none_of_its_keys(tmp_path):
     # A start that failed after its key check (here: its admin port taken) sealed nothing:
     # the key it added must not be held against the corrected key file of the next start.
-    data_dir = tmp_path / "data"
-    key_file = tmp_path / "keys.toml"
-    config = broker_config(data_dir)
-    storage = StorageSettings(data_dir=config.storage.data_dir, key_file=str(key_file))
-    config = msgspec.structs.replace(config, storage=storage)
+    data_dir, key_file, config = keyed_config(tmp_path)
     write_key_file(key_file, "k1", {"k1": K1})
     with BrokerThread(config) as broker:
         sqs = broker.client()

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -511,6 +512,16 @@ def test_a_bad_key_file_stops_the_start(tmp_path):
         Daemon(SPEC, missing, config_path=None)
 
 
+def check_config(toml: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "broker.cli", "check-config", str(toml)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_a_key_file_others_may_read_is_warned_of_at_start_reload_and_check(tmp_path):
     # Anyone who reads the key file opens every sealed message of a copy of the store.
     key_file = write_key_file(tmp_path / "keys.toml", {"k1": K1}, "k1")
@@ -539,23 +550,11 @@ def test_a_key_file_others_may_read_is_warned_of_at_start_reload_and_check(tmp_p
     toml = tmp_path / "broker.toml"
     toml.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\nkey_file = "{key_file}"\n')
     key_file.chmod(0o644)
-    check = subprocess.run(
-        [sys.executable, "-m", "broker.cli", "check-config", str(toml)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    check = check_config(toml)
     assert check.returncode == 0
     assert f"{key_file}: warning: the key file of storage.key_file is open to others" in (
         check.stderr
     )
     key_file.chmod(0o600)
-    check = subprocess.run(
-        [sys.executable, "-m", "broker.cli", "check-config", str(toml)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    check = check_config(toml)
     assert (check.returncode, check.stderr) == (0, "")
