@@ -208,7 +208,7 @@ class TargetConnection(h11.Connection):
 class Upstream:
     """One connection to a target and its h11 client state."""
 
-    __slots__ = ("conn", "endpoint", "idle_since", "reused", "stream")
+    __slots__ = ("conn", "endpoint", "idle_since", "reset", "reused", "stream")
 
     def __init__(
         self,
@@ -221,6 +221,9 @@ class Upstream:
         self.conn = TargetConnection(max_head_bytes)
         self.reused = False
         self.idle_since = 0.0
+        # The connection ended by a reset, not a clean close: a body delimited by the close
+        # was cut (RFC 9112 8), whatever h11 makes of the end of the stream.
+        self.reset = False
 
     def reusable(self) -> bool:
         """Whether the last exchange ended cleanly enough to send another request.

@@ -143,8 +143,13 @@ def has_request_target_form(method: bytes, target: bytes) -> bool:
     asterisk-form (``*``) for OPTIONS alone (3.2.4). Anything else (``http:/admin``,
     ``x:/y``, ``host:443`` on a GET, ``CONNECT /x``) would reach a target verbatim with a
     path the rules never saw, or open a tunnel on an origin server's path: HAProxy answers
-    400 to all of them.
+    400 to all of them. No form carries a fragment (``#``): the rules would skip it where
+    the target may not (``/x#/../admin`` cleaned to ``/admin``), and ``#@`` in an
+    absolute-form authority would name another Host; HAProxy refuses it too
+    (CVE-2023-45539).
     """
+    if b"#" in target:
+        return False
     if method == b"CONNECT":
         return is_authority_form(target)
     if target[:1] == b"/":
@@ -738,10 +743,10 @@ _FRAMING_LINE = re.compile(rb"\n(content-length|transfer-encoding)[ \t]*:([^\r\n
 _METHOD = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 # A first line that _classify_request_line finds compliant (a token method other than
-# CONNECT, an origin-form target of visible ASCII or HTAB, HTTP/1.0 or 1.1), ended by CRLF
+# CONNECT, an origin-form target of visible ASCII but "#", or HTAB, HTTP/1.0 or 1.1), ended by CRLF
 # or LF: nearly every request's, checked in one match instead of a split and five.
 _PLAIN_REQUEST_LINE = re.compile(
-    rb"(?!CONNECT )[-!#$%&'*+.^_`|~0-9A-Za-z]+ /[\t\x21-\x7e]* HTTP/1\.[01]\r?\n"
+    rb"(?!CONNECT )[-!#$%&'*+.^_`|~0-9A-Za-z]+ /[\t\x21-\x22\x24-\x7e]* HTTP/1\.[01]\r?\n"
 )
 _FRAMING_NAMES = frozenset({b"content-length", b"transfer-encoding"})
 # A name with the letters of a framing header and other punctuation (Content_Length,

@@ -688,16 +688,21 @@ def _keeps_reading(client: Client, ex: Exchange, response: h11.Response) -> bool
         return False
     if ex.request.method == b"CONNECT" and 200 <= response.status_code < 300:
         return False  # a tunnel, not a response
-    headers = header_list(response.headers)
-    names = {name for name, _ in headers}
-    if (
-        b"content-length" not in names
-        and b"transfer-encoding" not in names
-        and response.status_code not in (204, 304)
-        and ex.request.method != b"HEAD"
-    ):
+    if _close_delimited(ex, response):
         return False  # its body ends with the connection: the target closes it
-    return b"close" not in connection_tokens(headers)
+    return b"close" not in connection_tokens(header_list(response.headers))
+
+
+def _close_delimited(ex: Exchange, response: h11.Response | h11.InformationalResponse) -> bool:
+    """Whether the response's body ends with the connection (RFC 9112 6.3: neither
+    Transfer-Encoding nor Content-Length, and a status and method that have a body)."""
+    if response.status_code < 200 or response.status_code in (204, 304):
+        return False
+    if ex.request.method == b"HEAD":
+        return False
+    return not any(
+        name == b"content-length" or name == b"transfer-encoding" for name, _ in response.headers
+    )
 
 
 async def _relay_beside_upload(
@@ -761,7 +766,10 @@ async def _receive_upstream(up: Upstream) -> bytes:
     try:
         return await fastio.receive(up.stream.socket, MAX_RECV)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
-        return b""  # a reset reads as an end: h11 decides whether the message was complete
+        # A reset reads as an end: h11 decides whether a framed message was complete; one
+        # delimited by the close is not (_relay looks at up.reset).
+        up.reset = True
+        return b""
 
 
 async def _read_head(client: Client, ex: Exchange, up: Upstream, *, answered: bool = False) -> Head:
@@ -878,11 +886,13 @@ async def _relay(
             if size >= FLUSH_BYTES:
                 await _flush(client, ex, pending)
                 pending, size = [], 0
-        elif isinstance(event, h11.EndOfMessage):
+        elif isinstance(event, h11.EndOfMessage) and not (
+            up.reset and _close_delimited(ex, response)
+        ):
             pending.append(conn.send(h11.EndOfMessage()) or b"")
             await _flush(client, ex, pending)
             return framed_twice
-        else:
+        else:  # the connection ended mid-body (a reset cuts a close-delimited one)
             ex.close_after = True
             ex.error_reason = "TruncatedTargetResponse"
             if pending:

@@ -1149,6 +1149,14 @@ def test_origin_form_keeps_the_path_and_sends_the_authority_as_the_one_host(
         b"CONNECT [zz::1]:443 HTTP/1.1",
         b"GET x:/admin HTTP/1.2",  # a lenient version does not hide the target
         b"CONNECT /x HTTP/1.0",
+        # RFC 9112 3.2: no request-target form has a fragment. The rules skip it, a target
+        # that does not (Go's FileServer cleans /x#/../admin to /admin) serves what no rule
+        # saw; HAProxy answers 400 to it since CVE-2023-45539.
+        b"GET /x#/../admin HTTP/1.1",
+        b"GET /# HTTP/1.1",
+        b"GET http://a.example#@b.example/ HTTP/1.1",  # Host would be b.example
+        b"GET http://a.example/x#y HTTP/1.1",
+        b"OPTIONS *# HTTP/1.1",
     ],
 )
 def test_a_target_in_none_of_the_forms_its_method_may_use_is_a_bad_uri(request_line):

@@ -559,7 +559,8 @@ def judge(case: Case, outcome: Outcome, tag: bytes) -> list[str]:
     whole = (
         script.validity in ("valid", "lenient")
         and not mid_stall
-        and (script.end in ("close", "reset") if delimited else sent >= body_end)
+        # RFC 9112 8: only a clean close completes a body delimited by the close.
+        and (script.end == "close" if delimited else sent >= body_end)
     )
     return problems + body_problems(
         final,

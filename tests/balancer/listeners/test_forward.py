@@ -605,6 +605,43 @@ async def test_an_early_413_reaches_a_client_still_uploading(ending: str) -> Non
                 await trio.sleep(0.01)
 
 
+@pytest.mark.parametrize("ending", ["close", "reset"])
+async def test_a_close_delimited_body_cut_by_a_reset_is_not_relayed_as_complete(
+    ending: str, tmp_path: Path
+) -> None:
+    """RFC 9112 8: a body without Content-Length or chunking is complete only at a clean
+    close. A reset cuts it: the client, whose copy is chunked, must not get the last
+    chunk (it would take the prefix as the whole body, and its connection stays open)."""
+
+    async def close_delimited(stream: trio.SocketStream) -> None:
+        await read_request_head(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\n\r\nthe first part")
+        await trio.sleep(0.05)  # read by the balancer before the connection ends
+        if ending == "reset":
+            reset(stream)
+        else:
+            await stream.aclose()
+
+    path = tmp_path / "access.log"
+    logged = listener(access_log=AccessLog(enabled=True, destination=str(path)))
+    async with (
+        raw_target(close_delimited) as target,
+        balancer(config([logged], [group("web", target)])) as daemon,
+    ):
+        request = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        answer = await raw(front(daemon), request, limit=5)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), answer
+        assert b"transfer-encoding: chunked" in head.lower()
+        if ending == "close":
+            assert body == b"e\r\nthe first part\r\n0\r\n\r\n"
+        else:
+            assert body == b"e\r\nthe first part\r\n"  # then the close: no last chunk
+        await trio.sleep(1.3)  # the app flushes access logs once a second
+    (line,) = path.read_text().splitlines()
+    assert ('"TruncatedTargetResponse"' in line) == (ending == "reset"), line
+
+
 async def test_an_early_413_reaches_a_client_over_tls(tmp_path: Path) -> None:
     answered = trio.Event()
 

@@ -38,6 +38,13 @@ OUT_OF_FORM = {
     "authority-form on a GET": b"GET example.com:443 HTTP/1.1",
     "asterisk-form on a GET": b"GET * HTTP/1.1",
     "absolute-form of another scheme": b"GET ftp://public.example.com/x HTTP/1.1",
+    # The rules skip a fragment; a target that does not (Go's FileServer cleans this one to
+    # /admin/secret) would serve what no rule saw.
+    "fragment hiding a path": b"GET /x#/../admin/secret HTTP/1.1",
+    # Read up to '/' as the authority, this one's Host was admin.example.com.
+    "fragment in an absolute-form authority": (
+        b"GET http://public.example.com#@admin.example.com/admin/x HTTP/1.1"
+    ),
 }
 
 
