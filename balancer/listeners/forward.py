@@ -949,7 +949,8 @@ async def _switch(
     offer is withdrawn before the request goes out); any other 101 is a broken response
     (502). The head goes on without hop-by-hop fields but ``Upgrade``,
     and without framing fields, which neither a 1xx nor a 2xx to CONNECT may carry (RFC 9110
-    8.6, 9.3.6). A 101 carries the stickiness cookies as any forwarded response does: it is
+    8.6, 9.3.6): a 2xx to CONNECT that has them is no tunnel but a broken answer (502). A
+    101 carries the stickiness cookies as any forwarded response does: it is
     the one response a WebSocket-only client gets (RFC 6455 4.2.2 lets it set cookies, and
     ALB's "cookie-based stickiness is not used" concerns the tunnel after it), so without
     them its reconnects would land on any target.
@@ -964,11 +965,14 @@ async def _switch(
         _add_sticky_cookies(ex, headers, sticky, group, wall)
         head = h11.InformationalResponse(status_code=101, headers=headers, reason=response.reason)
     else:
-        kept = [
-            (n, v)
-            for n, v in strip_hop_by_hop(response.headers)
-            if n not in (b"content-length", b"transfer-encoding")
-        ]
+        framing = {b"content-length", b"transfer-encoding"}
+        if any(name in framing for name, _ in response.headers):
+            # RFC 9110 9.3.6: a 2xx that opens a tunnel carries no framing; one that does
+            # is an application answering CONNECT as any method, whose next "tunnel" bytes
+            # would be the client's later requests reaching it past the listener's rules.
+            await _refuse_switch(client, ex)
+            return
+        kept = strip_hop_by_hop(response.headers)
         head = h11.Response(status_code=status, headers=kept, reason=response.reason)
     try:
         data = client.conn.send(head)

@@ -171,8 +171,15 @@ def test_a_101_without_upgrade_is_not_passed_on(rig: Rig) -> None:
 
 def test_a_101_reaches_the_client_without_framing_fields(rig: Rig) -> None:
     head = _101 + b"Upgrade: websocket\r\nConnection: Upgrade\r\nContent-Length: 5\r\n\r\n"
-    answer = _switching(head, upgrade=b"websocket", framed_101=True)
+    answer = _switching(head, upgrade=b"websocket", framed_switch=True)
     run_case(rig.ready(), Case(Ask("websocket"), answer, _TALK), events=False)
+
+
+@pytest.mark.parametrize("framing", [b"Content-Length: 5", b"Transfer-Encoding: chunked"])
+def test_a_framed_2xx_to_connect_opens_no_tunnel(rig: Rig, framing: bytes) -> None:
+    head = b"HTTP/1.1 200 OK\r\nX-Tu-Id: ########\r\n" + framing + b"\r\n\r\n"
+    answer = Answer(head + b"hello", "pinned", 200, len(head), framed_switch=True)
+    run_case(rig.ready(), Case(Ask("connect"), answer, _TALK), events=False)
 
 
 def test_an_http_1_0_client_never_gets_a_101(rig: Rig) -> None:

@@ -201,7 +201,9 @@ class Answer:
     message_end: int | None = None  # past the body (None: ends with the close)
     content: bytes = b""  # the body as the target meant it
     interims: tuple[int, ...] = ()
-    framed_101: bool = False  # a 101 with Content-Length or Transfer-Encoding
+    # A 101, or a 2xx to CONNECT, with Content-Length or Transfer-Encoding (RFC 9110 8.6,
+    # 9.3.6): no tunnel the balancer may open.
+    framed_switch: bool = False
     upgrade: bytes | None = None  # the Upgrade value of a 101 (None: none sent)
     pause: tuple[int, float] | None = None  # (offset, seconds) before that byte
     cut: int | None = None  # stop after this many bytes
@@ -883,7 +885,7 @@ def acceptable_101(case: Case) -> bool:
         and ask.proposes
         and ask.version == b"HTTP/1.1"
         and not answer.early
-        and not answer.framed_101
+        and not answer.framed_switch
         and answer.upgrade is not None
         and answer.upgrade.strip().lower() in _offered(ask)
     )
@@ -928,7 +930,9 @@ def judge(case: Case, log: ClientLog, target: TunnelTarget, tags: Tags) -> list[
             if not timed_out:
                 problems.append(f"504 though the target answered in time ({answer.label})")
         elif status == 502:
-            relayable = acceptable_101(case) or (answer.status is not None and answer.status != 101)
+            relayable = acceptable_101(case) or (
+                answer.status is not None and answer.status != 101 and not answer.framed_switch
+            )
             if reached and not stalled and not lossy and relayable:
                 problems.append(f"502 for an answer to relay ({answer.label})")
         else:
@@ -974,6 +978,10 @@ def _judge_switch(
             problems.append(f"a 101 whose Connection does not name upgrade: {connection!r}")
     elif not ask.connect:
         problems.append(f"a tunnel after a {status} to {ask.kind}")
+    elif answer.framed_switch:
+        # An application answering CONNECT as any method: the client's next requests
+        # would reach it past the rules.
+        problems.append(f"a tunnel after a {status} to CONNECT with framing (RFC 9110 9.3.6)")
     names = {name for name, _ in headers}
     if names & {b"content-length", b"transfer-encoding"}:
         problems.append(f"framing fields in a {status} that opens a tunnel (RFC 9110 8.6, 9.3.6)")
@@ -1232,14 +1240,15 @@ def answers(draw: Draw, ask: Ask) -> Answer:
             b"X-Tu-Id: " + TAG,
         ]
         if ask.connect and status < 300:
-            # A tunnel: whatever follows the head is the target's first tunnel bytes, however
-            # the head pretends to frame them.
+            # The target's tunnel: whatever follows the head is its first tunnel bytes,
+            # however the head pretends to frame them (the balancer refuses a framed one).
             framing = draw(st.sampled_from(["none", "none", "length", "chunked"]))
             after = draw(st.sampled_from([b"", b"", b"hello"]) | chunks())
             if framing == "length":
                 lines.append(b"Content-Length: %d" % len(after))
             elif framing == "chunked":
                 lines.append(b"Transfer-Encoding: chunked")
+            framed = framing != "none"
             label += f" {framing}"
             head = prefix + b"\r\n".join(lines) + b"\r\n\r\n"
             data, head_end = head + after, len(head)

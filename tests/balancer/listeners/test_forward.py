@@ -904,6 +904,25 @@ async def test_a_target_that_accepts_connect_gets_a_tunnel():
     assert seen.startswith(b"CONNECT db.internal:5432 HTTP/1.1")
 
 
+@pytest.mark.parametrize("framing", [b"Content-Length: 0", b"Transfer-Encoding: chunked"])
+async def test_a_framed_2xx_to_connect_opens_no_tunnel(framing):
+    """An application answering CONNECT as any method (200 with a body's framing; RFC 9110
+    9.3.6 forbids it in a tunnel's 2xx) gets no tunnel: relayed as one, the client's next
+    requests on that connection reached the target with no rule applied (hunt httpsem)."""
+    async with (
+        connect_target(b"200 OK\r\n" + framing) as target,
+        balancer(config([listener()], [group("web", target)])) as daemon,  # type: ignore[arg-type]
+    ):
+        answer = await raw(
+            front(daemon),
+            b"CONNECT db.internal:5432 HTTP/1.1\r\nHost: db.internal:5432\r\n\r\n"
+            b"GET /admin HTTP/1.1\r\nHost: a\r\n\r\n",
+            limit=10,
+        )
+        assert statuses(answer) == [502]
+    assert len(target.heads) == 1  # the GET never reached it as a request
+
+
 async def test_a_target_that_refuses_connect_is_an_ordinary_response():
     async with (
         connect_target(b"405 Method Not Allowed\r\nContent-Length: 0") as target,
