@@ -23,7 +23,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from broker import declarations
 from broker.auth import Authenticator, Credential, load_credentials
-from broker.config import BrokerConfig, SnsSettings
+from broker.config import AwsIdentity, BrokerConfig, SnsSettings
 from broker.disk_space import DiskSpace, statvfs_free_bytes
 from broker.fanout import Fanout
 from broker.frontend import Frontend
@@ -62,6 +62,9 @@ KEY_BYTES: Final = 32
 # finds another key under one of their ids is refused, as a reload is.
 KEY_HISTORY_FILE: Final = "sealing-keys.json"
 DECLARED_FILE: Final = "declared-queues.json"  # the names the file declared at the last apply
+# The [aws] account and region the store was last served under: queue ARNs in subscriptions,
+# RedrivePolicies and policies name them, so a start under others is refused.
+IDENTITY_FILE: Final = "aws-identity.json"
 # Where ``wharf-broker restore`` holds the restored files while it puts them in place: the
 # data directory is half old, half restored while it exists (see broker.backup).
 RESTORING_DIR: Final = "restore-in-progress"
@@ -258,6 +261,50 @@ def _remember_keys(directory: Path, keyring: KeyRing | None, log: EventLog) -> N
         log.warning("storage.key_history_not_written", file=KEY_HISTORY_FILE, reason=str(error))
 
 
+class _ServedAs(msgspec.Struct, frozen=True):
+    account_id: str
+    region: str
+
+
+def _check_identity(directory: Path, aws: AwsIdentity) -> None:
+    """Refuse to serve the store under another account or region than at its last start.
+
+    Its SNS subscriptions and RedrivePolicies name queues by ARN, account and region
+    included: under another identity every delivery to them fails as "no such queue" and
+    its message is lost (found by starting a store with another aws.account_id).
+
+    Raises:
+        StartupError: the identity differs, or the file that records it is unreadable.
+    """
+    path = directory / IDENTITY_FILE
+    try:
+        before = msgspec.json.decode(path.read_bytes(), type=_ServedAs)
+    except FileNotFoundError:
+        return  # a new data directory, a restore of an older backup, an older broker's
+    except (OSError, msgspec.DecodeError) as error:
+        raise StartupError(
+            f"{path}: cannot read the account and region the store was served under "
+            f"({error}); remove the file to serve it as aws.account_id and aws.region say"
+        ) from None
+    if (before.account_id, before.region) != (aws.account_id, aws.region):
+        raise StartupError(
+            f"{directory}: this store was served as account {before.account_id} in "
+            f"{before.region}, and the configuration says account {aws.account_id} in "
+            f"{aws.region}: its subscriptions and redrive policies name the queues by their "
+            "old ARNs, so their messages would be lost; set [aws] as before, or remove "
+            f"{path} to serve the store under the new identity all the same"
+        )
+
+
+def _remember_identity(directory: Path, aws: AwsIdentity, log: EventLog) -> None:
+    """Write the account and region served, for the next start to compare with."""
+    served = _ServedAs(account_id=aws.account_id, region=aws.region)
+    try:
+        write_file(directory / IDENTITY_FILE, msgspec.json.encode(served), 0o600)
+    except OSError as error:
+        log.warning("storage.identity_not_written", file=IDENTITY_FILE, reason=str(error))
+
+
 # A CA bundle of hundreds of certificates (the system's is about 200 KiB); more is the wrong file.
 MAX_CA_FILE_BYTES: Final = 16 << 20
 
@@ -416,6 +463,7 @@ class BrokerApp:
         self.store = store
         try:
             self._check_keys_at_start(directory)  # the directory is locked: this broker's
+            _check_identity(directory, config.aws)
             registry = QueueRegistry(
                 store,
                 Signer(signing_key(directory)),
@@ -459,6 +507,7 @@ class BrokerApp:
             admin = await open_admin_listener(frame, config.admin, HttpLimits(), self.admin)
             # The start can no longer fail: from here on messages are sealed with these keys.
             _remember_keys(directory, self.sealer.keyring, frame.log)
+            _remember_identity(directory, config.aws, frame.log)
             async with trio.open_nursery() as background:
                 background.start_soon(self._stop_if_the_store_fails, store, frame)
                 background.start_soon(disk.watch_forever)

@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 from typing import Final
 
+from broker.app import IDENTITY_FILE, KEY_HISTORY_FILE, RESTORING_DIR
 from broker.app import KEY_FILE as RECEIPT_HANDLE_KEY_FILE
-from broker.app import KEY_HISTORY_FILE, RESTORING_DIR
 from broker.config import BrokerConfig
 from broker.sns_keys import ARCHIVE_PREFIX as SNS_KEPT_CERT_PREFIX
 from broker.sns_keys import CERT_FILE as SNS_CERT_FILE
@@ -49,7 +49,9 @@ from broker.store.sqlite_backup import (
 )
 from monitoring.durable import copy_file, fsync_directory
 
-KEY_FILES: Final = (RECEIPT_HANDLE_KEY_FILE, SNS_KEY_FILE, SNS_CERT_FILE)
+# With the keys, the account and region the store was served under (a start under others is
+# refused): a restore brings the backup's, and moves the replaced store's aside.
+KEY_FILES: Final = (RECEIPT_HANDLE_KEY_FILE, SNS_KEY_FILE, SNS_CERT_FILE, IDENTITY_FILE)
 _SECRET_FILES: Final = frozenset({RECEIPT_HANDLE_KEY_FILE, SNS_KEY_FILE})
 _STORE_FILES: Final = (FILE_NAME, f"{FILE_NAME}-wal", f"{FILE_NAME}-shm")
 

@@ -294,7 +294,9 @@ class Frame:
             self.draining.start()
         self._stop_deadline = min(self._stop_deadline, trio.current_time() + grace_period)
         for listener in [*self.listeners, *self._retiring]:
-            if not listener.serves_the_drain:
+            # One that serves the drain stops once the others are done; if it is stopping
+            # already, a shorter time left (stop(0)) applies to its connections too.
+            if not listener.serves_the_drain or listener.draining.started:
                 self._stop_accepting(listener)
         self._stopped.set()
 

@@ -15,7 +15,7 @@ from broker.app import BrokerApp
 from broker.cli import SPEC, check_files
 from broker.config import ApiSettings, AuthSettings, AwsIdentity, BrokerConfig, StorageSettings
 from monitoring.configfile import ConfigError, load
-from monitoring.lifecycle import Frame
+from monitoring.lifecycle import Frame, StartupError
 from monitoring.logging import EventLog
 from monitoring.metrics import Metrics
 from monitoring.settings import AdminSettings, LoggingSettings
@@ -276,3 +276,34 @@ async def test_a_reload_refuses_a_body_budget_below_the_running_request_limit(tm
         assert refusal is not None
         assert "running api.max_request_bytes (16777216" in str(refusal)
         assert app.body_budget.limit == 1 << 30
+
+
+async def test_a_store_is_not_served_under_another_account_or_region(tmp_path):
+    """Started under another aws.account_id, a store's SNS subscriptions still named its
+    queues by their old ARNs: every delivery failed as "no such queue" and was lost."""
+    data = tmp_path / "data"
+
+    def config(aws: AwsIdentity) -> BrokerConfig:
+        return BrokerConfig(
+            admin=AdminSettings(port=0),
+            api=ApiSettings(port=0),
+            aws=aws,
+            storage=StorageSettings(data_dir=str(data)),
+        )
+
+    async with running(SPEC, config(AwsIdentity())):
+        pass
+    for moved in (AwsIdentity(account_id="111111111111"), AwsIdentity(region="eu-west-1")):
+        with pytest.RaisesGroup(
+            pytest.RaisesExc(StartupError, match="its subscriptions and redrive policies"),
+            allow_unwrapped=True,
+            flatten_subgroups=True,
+        ):
+            async with running(SPEC, config(moved)):
+                pass
+    async with running(SPEC, config(AwsIdentity())):  # the same identity starts, as before
+        pass
+    (data / "aws-identity.json").unlink()  # the operator's way to take the new one
+    async with running(SPEC, config(AwsIdentity(account_id="111111111111"))):
+        pass
+    assert b"111111111111" in (data / "aws-identity.json").read_bytes()

@@ -483,3 +483,29 @@ async def test_a_second_ctrl_c_cuts_the_drain_short_and_a_second_sigterm_does_no
     assert "level=warning" in cut
     assert "signal=SIGINT" in cut
     assert any("event=daemon.stopped" in line for line in daemon.log_lines)
+
+
+async def test_a_second_ctrl_c_cuts_a_request_in_flight_on_the_admin_listener_too(tmp_path):
+    """The admin listener serves the drain and stops last, with the grace period; a second
+    Ctrl-C did not reach it once it was stopping, so the daemon waited for its requests in
+    flight (a slow scrape, a half-sent POST /reload) instead of cutting them as README says."""
+    config = tmp_path / "broker.toml"
+    config.write_text(
+        "[api]\nport = 0\n[admin]\nport = 0\n"
+        f'[storage]\ndata_dir = "{tmp_path}"\n[lifecycle]\ngrace_period_seconds = 600\n'
+    )
+    async with daemon_process("broker", config, tmp_path) as daemon:
+        assert (await daemon.next_notification()).startswith(b"READY=1")
+        busy = await trio.open_tcp_stream(*daemon.addresses["admin"])
+        async with busy:
+            # A request whose body is still arriving: the drain waits for it.
+            await busy.send_all(b"POST /reload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab")
+            await trio.sleep(0.2)
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.next_notification() == b"STOPPING=1"
+            await daemon.wait_log("event=daemon.stopping")
+            daemon.signal(signal.SIGINT)
+            with trio.fail_after(60):
+                # Cut: no answer at all (the body timeout would answer 408 instead).
+                assert await busy.receive_some(1) == b""
+    assert daemon.process.returncode == 130
