@@ -150,6 +150,8 @@ class AdminServer:
         if route is not None:
             return await route(request)
         allowed = sorted(m for (m, p) in self._routes if p == path)
+        if "GET" in allowed:
+            allowed.insert(allowed.index("GET") + 1, "HEAD")  # served as GET, above
         if allowed:
             refused = _error(405, "MethodNotAllowed", f"{path} takes {', '.join(allowed)}")
             refused.headers.append(("allow", ", ".join(allowed)))

@@ -69,8 +69,11 @@ async def test_health_readiness_and_unknown_paths(broker_config):
         assert json.loads(body)["error"] == "NotFound"  # the targets API's error shape
         status, headers, body = await request(addr, "POST", "/metrics")
         assert status == 405
-        assert headers["allow"] == "GET"
-        assert json.loads(body) == {"error": "MethodNotAllowed", "message": "/metrics takes GET"}
+        assert headers["allow"] == "GET, HEAD"  # RFC 9110 10.2.1: every method served
+        assert json.loads(body) == {
+            "error": "MethodNotAllowed",
+            "message": "/metrics takes GET, HEAD",
+        }
         daemon.frame.draining.start()
         assert (await request(addr, target="/readyz"))[0] == 503
 
