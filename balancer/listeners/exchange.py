@@ -407,6 +407,13 @@ async def respond(
     if conn.our_state is not h11.SEND_RESPONSE and conn.our_state is not h11.IDLE:
         return False
     close = close or (ex is not None and ex.close_after)
+    if not close and conn.they_are_waiting_for_100_continue:
+        # The client holds its body back until a 100 that this answer withdraws: say that
+        # the connection ends (RFC 9110 10.1.1) rather than wait for a body that may never
+        # come (curl closes; others send it after a pause).
+        close = True
+        if ex is not None:
+            ex.close_after = True
     if not close and ex is not None and not _rest_droppable(conn, ex.headers):
         # RFC 9110 10.1.1: a server answering before it read the whole content SHOULD say
         # whether it will close. The connection closes rather than read this much.

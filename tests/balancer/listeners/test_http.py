@@ -244,6 +244,22 @@ async def test_a_connect_to_a_non_2xx_fixed_response_gets_it_as_configured():
         assert answer.endswith(b"\r\n\r\nno tunnels")
 
 
+async def test_an_own_answer_to_a_client_waiting_for_100_continue_closes():
+    """RFC 9110 10.1.1: answering before the content, a server SHOULD say whether it will
+    read it. The client holds its body until a 100 that now never comes (curl closes); kept
+    open, the connection waited for that body until the body timeout (hunt httpsem)."""
+    lst = listener(FixedResponse(status_code=403, message_body="no"))
+    async with balancer(config([lst], [])) as daemon:
+        answer = await raw(
+            front(daemon),
+            b"POST /upload HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 5\r\n\r\n",
+            limit=5,
+        )
+        assert statuses(answer) == [403]
+        assert b"\r\nconnection: close\r\n" in answer.lower()
+
+
 DESYNC = {
     "both TE and CL": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
