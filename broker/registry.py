@@ -181,6 +181,9 @@ class QueueRegistry:
         recent = self.recently_deleted
         for name, deleted_at in await self.store.queue_deletions(self.clock() - recent.window_ms):
             recent.record(name, deleted_at)
+        # What passed its retention period while the broker was stopped is gone before the
+        # first request, not at the first pass a second later (counts, oldest message's age).
+        await self.expire(now)
         self.log.info("queues.loaded", queues=len(self._by_name))
 
     # ------------------------------------------------------------------ lookups
