@@ -46,7 +46,8 @@ def wall_seconds() -> float:
 
 class Clock:
     """Epoch milliseconds at the steady clock's rate, within 5 %; they go back only when the
-    wall clock goes back more than an hour."""
+    wall clock goes back more than an hour. Read it from one thread (the broker's trio
+    thread): two readings at once could lose the time between them, until slewed back."""
 
     __slots__ = ("_ms", "_steady", "_steady_at", "_wall")
 
