@@ -31,7 +31,6 @@ every publish alone.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
@@ -688,7 +687,7 @@ def _count_deliveries(
         stats = queue.stats
         stats.sent += 1
         stats.bytes_sent += size
-    seconds = max(0.0, time.time() - published_at / 1000)
+    seconds = max(0.0, (now_ms() - published_at) / 1000)  # the clock published_at is on
     topic.stats.deliveries("sqs", ok=True, count=len(delivered), seconds=seconds)
 
 

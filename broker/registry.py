@@ -7,13 +7,13 @@ the same trio step, so commits reach the disk in the order the model made them.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Final
 
 import msgspec
 import trio
 
+from broker.clock import Clock
 from broker.model import QueueIndex, new_index
 from broker.model.attributes import QueueCounts, QueueFacts, check_create_matches
 from broker.model.errors import SqsError
@@ -35,8 +35,12 @@ from proto.aws.json_protocol import sqs_error
 EXPIRE_INTERVAL_SECONDS: Final = 1.0  # retention and dedup windows are enforced this often
 
 
+# The time of every queue and topic operation (broker.clock: the wall clock without its steps).
+CLOCK = Clock()
+
+
 def now_ms() -> int:
-    return int(time.time() * 1000)
+    return CLOCK()
 
 
 QUEUE_DOES_NOT_EXIST: Final = "The specified queue does not exist."
@@ -177,6 +181,9 @@ class QueueRegistry:
         recent = self.recently_deleted
         for name, deleted_at in await self.store.queue_deletions(self.clock() - recent.window_ms):
             recent.record(name, deleted_at)
+        # What passed its retention period while the broker was stopped is gone before the
+        # first request, not at the first pass a second later (counts, oldest message's age).
+        await self.expire(now)
         self.log.info("queues.loaded", queues=len(self._by_name))
 
     # ------------------------------------------------------------------ lookups

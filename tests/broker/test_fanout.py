@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,9 @@ from typing import Any
 import pytest
 import trio
 
+import broker.registry
 from broker import sns_bodies, sns_signing
+from broker.clock import Clock
 from broker.disk_space import DiskSpace
 from broker.model.messages import SendRequest
 from broker.model.publishing import PublishRequest, prepare
@@ -168,6 +171,20 @@ async def test_deliveries_are_counted_per_queue_once_durable(harness: Harness) -
     assert [(q.stats.sent, q.stats.bytes_sent) for q in made] == [(2, 8), (2, 8)]
     assert harness.topic.stats.delivered["sqs"] == 4
     assert harness.topic.stats.latency["sqs"].snapshot().count == 4
+
+
+async def test_delivery_latency_is_measured_on_the_clock_of_the_publish(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = await queue(harness, "a")
+    await harness.subscribe_queue(made.arn)
+    system_time = time.time
+    monkeypatch.setattr(broker.registry, "CLOCK", Clock())
+    monkeypatch.setattr(time, "time", lambda: system_time() + 1800)  # stepped half an hour
+    await harness.publish("m")
+    latency = harness.topic.stats.latency["sqs"].snapshot()
+    assert latency.count == 1
+    assert latency.total < 60  # not the clock's step
 
 
 async def test_fifo_duplicates_are_answered_with_the_original(fifo: Harness) -> None:

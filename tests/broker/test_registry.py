@@ -317,6 +317,25 @@ async def test_retention_removes_old_messages_durably(tmp_path: Path):
         assert registry.require("long").counts(now_ms()).visible == 3
 
 
+async def test_messages_whose_retention_ended_while_stopped_are_gone_at_the_start(
+    tmp_path: Path,
+):
+    async with open_registry(tmp_path) as registry:
+        queue = await registry.create("short", {"MessageRetentionPeriod": "60"}, {})
+        sent_at = now_ms() - 61_000  # as if the broker had been stopped for the last 61 s
+        for i in range(3):
+            await send(registry, queue, f"old {i}", sent_at)
+        await send(registry, queue, "young")
+    async with open_registry(tmp_path) as registry:
+        # Counted neither in ApproximateNumberOfMessages nor in the oldest message's age
+        # before the first retention pass, a second after the start.
+        queue = registry.require("short")
+        assert queue.counts(now_ms()).visible == 1
+        oldest = queue.index.oldest_enqueued_at(now_ms())
+        assert oldest is not None
+        assert oldest > sent_at
+
+
 async def rows_of(registry: QueueRegistry, queue: Queue, *seqs: int) -> list[str]:
     return [m.body for m in await registry.store.read_messages(queue.record.queue_id, list(seqs))]
 

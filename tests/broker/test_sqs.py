@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+import broker.registry
 from broker.auth import Caller
+from broker.clock import Clock
 from broker.model.errors import SqsError
 from broker.model.signing import Signer
 from broker.registry import QueueRegistry, now_ms
@@ -502,3 +505,38 @@ async def test_an_answer_that_writes_nothing_waits_for_the_write_it_rests_on(
             assert answered == [], f"{action}: answered before the first call was durable"
             gate.open.set()
         assert sorted(answered) == ["first", "second"], action  # woken by the same commit
+
+
+async def test_a_step_of_the_system_clock_moves_no_deadline(
+    api: SqsApi, monkeypatch: pytest.MonkeyPatch
+):
+    # NTP (or date -s) stepping the wall clock half an hour either way, between two calls.
+    step = [0.0]
+    system_time = time.time
+    monkeypatch.setattr(time, "time", lambda: system_time() + step[0])
+    monkeypatch.setattr(broker.registry, "CLOCK", Clock())  # this test's steps only
+    url = await make_queue(api, "stepped", MessageRetentionPeriod="60")
+    for body in ("held", "kept", "brief"):
+        await call(api, "SendMessage", QueueUrl=url, MessageBody=body)
+    await call(api, "SendMessage", QueueUrl=url, MessageBody="delayed", DelaySeconds=600)
+    received = await call(api, "ReceiveMessage", QueueUrl=url, VisibilityTimeout=600)
+    assert [m["Body"] for m in received["Messages"]] == ["held"]
+
+    step[0] = 1800.0
+    await api.registry.expire(now_ms())  # the retention pass
+    got = await call(api, "ReceiveMessage", QueueUrl=url, MaxNumberOfMessages=10)
+    # "held" still in flight, "delayed" still delayed, the others within their 60 s.
+    assert [m["Body"] for m in got["Messages"]] == ["kept", "brief"]
+
+    step[0] = -1800.0
+    (brief,) = [m for m in got["Messages"] if m["Body"] == "brief"]
+    await call(
+        api,
+        "ChangeMessageVisibility",
+        QueueUrl=url,
+        ReceiptHandle=brief["ReceiptHandle"],
+        VisibilityTimeout=1,
+    )
+    await trio.sleep(1.5)  # its timeout ends after a second, not 30 minutes later
+    again = await call(api, "ReceiveMessage", QueueUrl=url, MaxNumberOfMessages=10)
+    assert [m["Body"] for m in again["Messages"]] == ["brief"]
