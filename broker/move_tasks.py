@@ -254,7 +254,8 @@ class MoveTasks:
         return {"Results": [task.entry() for task in self.book.recent(source.arn, limit)]}
 
     async def cancel_message_move_task(self, params: Params, context: RequestContext) -> Result:
-        """CancelMessageMoveTask: ask a RUNNING task to stop after its current batch.
+        """CancelMessageMoveTask: a RUNNING task stops; a batch it has received but not moved
+        is given back to the source, and nothing moves after this answer.
 
         Raises:
             SqsError: ``InvalidParameterValue`` for a malformed handle or a task that is not
@@ -275,6 +276,9 @@ class MoveTasks:
         event = self._cancelled.get(task_id)
         if event is not None:
             event.set()  # a runner waiting for its rate limit stops waiting
+        # A batch already committing counts in the answer and in the row saved (each batch
+        # checks for a cancel before it moves anything: none moves after this answer).
+        await self.store.settled()
         await self._save(task)  # a cancel that was answered is not undone by a restart
         return {"ApproximateNumberOfMessagesMoved": task.moved}
 
@@ -427,6 +431,11 @@ class MoveTasks:
             # Those stay received, hidden in the source: _plan skips them as it skips gone ones.
             stored = partial.opened
             self._leave_behind(task, source, partial.unopened)
+        if task.status is not MoveStatus.RUNNING:
+            # Cancelled while this batch was being received or read: its messages were not
+            # moved when the cancel was answered, so they are not moved after it either.
+            await self._commit(_release(source, deliveries, now_ms()))
+            return True
         # From here to the commit is one trio step: no other task sees a half-done move.
         change, moved, failure = self._plan(task, source, deliveries, stored)
         # Counted when durable, even if the runner is cancelled (a stop) while it waits.

@@ -177,6 +177,10 @@ class QueueRegistry:
             queue.index.restore(loaded.messages, now)
             for entry in loaded.deduplication:
                 queue.index.restore_deduplication(entry.key, entry.seq, entry.expires_at)
+            for attempt in loaded.attempts:
+                queue.index.restore_attempt(
+                    attempt.attempt_id, attempt.seqs, attempt.deadlines, attempt.expires_at, now
+                )
             self._by_name[queue.name] = queue
         recent = self.recently_deleted
         for name, deleted_at in await self.store.queue_deletions(self.clock() - recent.window_ms):

@@ -28,7 +28,12 @@ import heapq
 
 from broker.model.dedup import DEDUPLICATION_WINDOW_MS
 from broker.model.index import QueueIndex
-from broker.model.mutations import MessageDeleted, Mutation, VisibilityChanged
+from broker.model.mutations import (
+    MessageDeleted,
+    Mutation,
+    ReceiveAttemptRecorded,
+    VisibilityChanged,
+)
 from broker.model.names import validate_fifo_id
 from broker.model.outcomes import Delivery, ReceiveOutcome
 from broker.model.state import ReceivedMessage
@@ -184,12 +189,48 @@ class FifoIndex(QueueIndex):
         if attempt_id is not None and deliveries and window_ms > 0:
             # (With no visibility timeout nothing is in flight: a retry could not return it.)
             deadlines = [self._received[d.seq].visible_at for d in deliveries]
-            self._attempts[attempt_id] = _Attempt(
-                deliveries, deadlines, now + DEDUPLICATION_WINDOW_MS
-            )
-            for delivery in deliveries:
-                self._attempt_of[delivery.seq] = attempt_id
+            attempt = _Attempt(deliveries, deadlines, now + DEDUPLICATION_WINDOW_MS)
+            self._remember(attempt_id, attempt)
+            mutations.append(self._attempt_recorded(attempt_id, attempt))
         return ReceiveOutcome(deliveries, mutations, after)
+
+    def _remember(self, attempt_id: str, attempt: _Attempt) -> None:
+        self._drop_attempt(attempt_id)  # a reused id: its old messages are not its own now
+        self._attempts[attempt_id] = attempt
+        for delivery in attempt.deliveries:
+            self._attempt_of[delivery.seq] = attempt_id
+
+    def _attempt_recorded(self, attempt_id: str, attempt: _Attempt) -> ReceiveAttemptRecorded:
+        """The attempt as the store keeps it, so that a retry after a restart (the answer a
+        crash cut off: what the id is for) returns the same messages too."""
+        return ReceiveAttemptRecorded(
+            queue_id=self.queue_id,
+            attempt_id=attempt_id,
+            seqs=[delivery.seq for delivery in attempt.deliveries],
+            deadlines=list(attempt.deadlines),
+            expires_at=attempt.expires_at,
+        )
+
+    def restore_attempt(
+        self, attempt_id: str, seqs: list[int], deadlines: list[int], expires_at: int, now: int
+    ) -> None:
+        """Rebuild a stored receive attempt, if a retry could still return it: within its 5
+        minutes, and each message still in flight from that receive (the deadline it had
+        then: neither deleted, nor received again, nor its visibility changed since). Its
+        handles are issued again: each names the message's receive count and receive time,
+        which the store kept. Attempts must come soonest expiry first (``_prune``)."""
+        if expires_at <= now or len(seqs) != len(deadlines):
+            return
+        deliveries = []
+        for seq, deadline in zip(seqs, deadlines, strict=True):
+            entry = self._received.get(seq)
+            if entry is None or not entry.in_flight or entry.visible_at != deadline:
+                return
+            handle = self._signer.receipt_handle(
+                self.queue_id, seq, entry.receive_count, entry.received_at
+            )
+            deliveries.append(Delivery(seq, handle, entry.receive_count, None))
+        self._remember(attempt_id, _Attempt(deliveries, list(deadlines), expires_at))
 
     def _retry(self, now: int, attempt_id: str, window_ms: int) -> ReceiveOutcome | None:
         attempt = self._attempts.get(attempt_id)
@@ -216,6 +257,7 @@ class FifoIndex(QueueIndex):
             mutations.append(
                 VisibilityChanged(queue_id=self.queue_id, seq=delivery.seq, visible_at=visible_at)
             )
+        mutations.append(self._attempt_recorded(attempt_id, attempt))
         return ReceiveOutcome(attempt.deliveries, mutations)
 
     def _drop_attempt(self, attempt_id: str) -> None:

@@ -95,6 +95,18 @@ class QueuePurged(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     below_seq: int
 
 
+class ReceiveAttemptRecorded(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """A FIFO receive remembered under its ReceiveRequestAttemptId until ``expires_at``: the
+    messages it returned (``seqs``) and their visibility deadlines then. Recorded again by
+    each retry (the deadlines move), so that a retry after a restart finds them too."""
+
+    queue_id: int
+    attempt_id: str
+    seqs: list[int]
+    deadlines: list[int]
+    expires_at: int
+
+
 Mutation = (
     MessageInserted
     | DeduplicationRecorded
@@ -104,4 +116,5 @@ Mutation = (
     | MessageDeleted
     | MessageMoved
     | QueuePurged
+    | ReceiveAttemptRecorded
 )

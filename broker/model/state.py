@@ -297,6 +297,13 @@ class QueueState:
             self._restore_one(message, now, delay_ms)
         self._after_restore()
 
+    def restore_attempt(
+        self, attempt_id: str, seqs: list[int], deadlines: list[int], expires_at: int, now: int
+    ) -> None:
+        """Rebuild one receive remembered under its ReceiveRequestAttemptId (after
+        :meth:`restore`); only a FIFO queue keeps them."""
+        del attempt_id, seqs, deadlines, expires_at, now
+
     def restore_deduplication(self, key: bytes, seq: int, expires_at: int) -> None:
         """Rebuild one deduplication entry from the store."""
         self._dedup.remember(key, seq, expires_at)

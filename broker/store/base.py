@@ -191,21 +191,34 @@ class DeduplicationEntry(msgspec.Struct, frozen=True, array_like=True):
     expires_at: int
 
 
+class ReceiveAttemptEntry(msgspec.Struct, frozen=True, array_like=True):
+    """A FIFO receive remembered under its ReceiveRequestAttemptId (see
+    :class:`~broker.model.mutations.ReceiveAttemptRecorded`)."""
+
+    attempt_id: str
+    seqs: list[int]
+    deadlines: list[int]
+    expires_at: int
+
+
 class LoadedQueue:
     """Everything needed to rebuild one queue's index at start; its deduplication entries
-    soonest expiry first, the order the window is rebuilt in."""
+    soonest expiry first, the order the window is rebuilt in; its receive attempts (FIFO)
+    soonest expiry first too."""
 
-    __slots__ = ("deduplication", "messages", "record")
+    __slots__ = ("attempts", "deduplication", "messages", "record")
 
     def __init__(
         self,
         record: QueueRecord,
         messages: MessageColumns,
         deduplication: list[DeduplicationEntry],
+        attempts: list[ReceiveAttemptEntry] | None = None,
     ) -> None:
         self.record = record
         self.messages = messages
         self.deduplication = deduplication
+        self.attempts = attempts or []
 
 
 class TopicRecord(msgspec.Struct, frozen=True, kw_only=True):

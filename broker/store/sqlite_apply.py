@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import msgspec
 
+from broker.model.dedup import DEDUPLICATION_WINDOW_MS
 from broker.model.messages import AttributeValue
 from broker.model.mutations import (
     DeduplicationExpired,
@@ -27,6 +28,7 @@ from broker.model.mutations import (
     MessageInserted,
     MessageMoved,
     QueuePurged,
+    ReceiveAttemptRecorded,
     VisibilityChanged,
 )
 from broker.store.base import AnyMutation
@@ -35,6 +37,7 @@ from broker.store.sqlite_sns import APPLIERS as SNS_APPLIERS
 
 ATTRIBUTES_ENCODER = msgspec.msgpack.Encoder()
 ATTRIBUTES_DECODER = msgspec.msgpack.Decoder(dict[str, AttributeValue])
+_JSON = msgspec.json.Encoder()  # receive attempts' seqs and deadlines
 
 _INSERT = """
     INSERT INTO messages (queue_id, seq, message_id, visible_at, receive_count, received_at,
@@ -106,6 +109,13 @@ _DEDUP_RECORD = (
 _DEDUP_EXPIRE = "DELETE FROM deduplication WHERE queue_id = ? AND expires_at <= ?"
 _PURGE = "UPDATE queues SET purged_below = max(purged_below, ?) WHERE queue_id = ?"
 _NEXT_SEQ = "UPDATE queues SET next_seq = max(next_seq, ?) WHERE queue_id = ?"
+_ATTEMPT_RECORD = (
+    "INSERT OR REPLACE INTO receive_attempts (queue_id, attempt_id, seqs, deadlines, expires_at) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+# Those whose 5 minutes ended by the time of the receive being recorded: the table holds the
+# last 5 minutes' attempts of each queue (and a queue's last ones until its next, or its end).
+_ATTEMPT_EXPIRE = "DELETE FROM receive_attempts WHERE queue_id = ? AND expires_at <= ?"
 
 
 def _inserted_rows(
@@ -221,6 +231,28 @@ def _purged(m: QueuePurged) -> tuple[Any, ...]:
     return (m.below_seq, m.queue_id)
 
 
+def _apply_attempts(
+    connection: sqlite3.Connection, attempts: Sequence[ReceiveAttemptRecorded]
+) -> None:
+    connection.executemany(
+        _ATTEMPT_EXPIRE,
+        {(m.queue_id, m.expires_at - DEDUPLICATION_WINDOW_MS) for m in attempts},
+    )
+    connection.executemany(
+        _ATTEMPT_RECORD,
+        (
+            (
+                m.queue_id,
+                m.attempt_id,
+                _JSON.encode(m.seqs),
+                _JSON.encode(m.deadlines),
+                m.expires_at,
+            )
+            for m in attempts
+        ),
+    )
+
+
 _SIMPLE: dict[type, tuple[str, Callable[[Any], tuple[Any, ...]]]] = {
     MessageDelivered: (_DELIVERED, _delivered),
     VisibilityChanged: (_VISIBILITY, _visibility),
@@ -260,6 +292,9 @@ def apply_mutations(
                 connection.executemany(_INSERT_PLAIN_NO_MD5, plain_no_md5)
             if full:
                 connection.executemany(_INSERT, full)
+            continue
+        elif kind is ReceiveAttemptRecorded:
+            _apply_attempts(connection, cast("list[ReceiveAttemptRecorded]", batch))
             continue
         elif kind in SNS_APPLIERS:  # subscriptions, the HTTP outbox, FIFO topics
             SNS_APPLIERS[kind](connection, batch)
@@ -318,5 +353,6 @@ def reclaim_step(connection: sqlite3.Connection, queue_id: int, limit: int) -> b
     ).rowcount
     if removed < limit and deleted:
         connection.execute("DELETE FROM deduplication WHERE queue_id = ?", (queue_id,))
+        connection.execute("DELETE FROM receive_attempts WHERE queue_id = ?", (queue_id,))
         connection.execute("DELETE FROM queues WHERE queue_id = ?", (queue_id,))
     return removed < limit

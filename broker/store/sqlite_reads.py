@@ -47,6 +47,7 @@ from broker.store.base import (
     LoadedQueue,
     MessageColumns,
     QueueRecord,
+    ReceiveAttemptEntry,
     SealingError,
     StoredMessage,
     UnopenedMessage,
@@ -60,6 +61,7 @@ from broker.store.sqlite_schema import configure
 MAX_READERS = 4  # read connections kept open; one per concurrent reader thread
 
 _SETTINGS_DECODER = msgspec.json.Decoder(QueueSettings)
+_INTS = msgspec.json.Decoder(list[int])
 _T = TypeVar("_T")
 _Read = tuple[list[StoredMessage], list[UnopenedMessage]]  # what opened, what did not
 
@@ -239,7 +241,15 @@ def load_queues(connection: sqlite3.Connection) -> list[LoadedQueue]:
                 (queue_id,),
             )
         ]
-        queues.append(LoadedQueue(record, columns, deduplication))
+        attempts = [
+            ReceiveAttemptEntry(attempt_id, _INTS.decode(seqs), _INTS.decode(deadlines), expires_at)
+            for attempt_id, seqs, deadlines, expires_at in connection.execute(
+                "SELECT attempt_id, seqs, deadlines, expires_at FROM receive_attempts "
+                "WHERE queue_id = ? ORDER BY expires_at",
+                (queue_id,),
+            )
+        ]
+        queues.append(LoadedQueue(record, columns, deduplication, attempts))
     return queues
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 def _create_version_1(connection: sqlite3.Connection) -> None:
@@ -193,6 +193,21 @@ def _count_deleted_subscriptions(connection: sqlite3.Connection) -> None:
     )
 
 
+def _create_receive_attempts(connection: sqlite3.Connection) -> None:
+    # FIFO receives remembered under their ReceiveRequestAttemptId for their 5 minutes, so
+    # that the retry of a receive whose answer a crash cut off returns its messages, as AWS
+    # promises (broker/model/fifo.py). seqs and deadlines: JSON arrays of integers.
+    connection.execute(
+        "CREATE TABLE receive_attempts (queue_id INTEGER NOT NULL, attempt_id TEXT NOT NULL, "
+        "seqs BLOB NOT NULL, deadlines BLOB NOT NULL, expires_at INTEGER NOT NULL, "
+        "PRIMARY KEY (queue_id, attempt_id)) WITHOUT ROWID"
+    )
+    # Each receive recorded drops its queue's ended ones: found by expiry, not by a scan.
+    connection.execute(
+        "CREATE INDEX receive_attempts_expiry ON receive_attempts (queue_id, expires_at)"
+    )
+
+
 # MIGRATIONS[n] brings a file at version n to version n + 1.
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     0: _create_version_1,
@@ -203,6 +218,7 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     5: _add_body_md5s,
     6: _keep_unsubscribed_subscriptions,
     7: _count_deleted_subscriptions,
+    8: _create_receive_attempts,
 }
 
 

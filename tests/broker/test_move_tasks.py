@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -347,6 +348,46 @@ def test_a_cancelled_task_stops_and_loses_nothing(json_queues):
     sqs.start_message_move_task(SourceArn=dlq_arn, DestinationArn=arn_of(sqs, destination))
     wait_for_status(sqs, dlq_arn, "COMPLETED")
     assert len(sqs.list_message_move_tasks(SourceArn=dlq_arn, MaxResults=10)["Results"]) == 2
+
+
+def test_a_cancel_answered_while_a_batch_is_under_way_stops_that_batch(tmp_path):
+    """A batch received before the cancel but not yet moved is not moved after it: it moved
+    no message then, and the cancel's answer (and the count it saves) says so. The batch
+    used to go on and move its messages after the cancel was answered, and a crash right
+    after left the task CANCELLED with a count short of what had moved."""
+    with BrokerThread(broker_config(tmp_path / "data")) as broker:
+        sqs = broker.client()
+        factory = QueueFactory(sqs, "mid-batch")
+        _, dlq = dead_letter_pipe(sqs, factory)
+        destination = factory()
+        bodies = [f"m{i}" for i in range(5)]
+        send_all(sqs, dlq, bodies)
+        dlq_arn = arn_of(sqs, dlq)
+        store = broker.app.store
+        assert store is not None
+        original = store.read_messages
+        reading = threading.Event()
+        release = threading.Event()
+
+        async def held_read(*args: Any, **kwargs: Any) -> Any:
+            reading.set()
+            await trio.to_thread.run_sync(release.wait, 30)
+            return await original(*args, **kwargs)
+
+        store.read_messages = held_read  # type: ignore[method-assign]
+        handle = sqs.start_message_move_task(
+            SourceArn=dlq_arn, DestinationArn=arn_of(sqs, destination)
+        )["TaskHandle"]
+        assert reading.wait(30), "the task never read its first batch"
+        cancelled = sqs.cancel_message_move_task(TaskHandle=handle)
+        release.set()
+        task = wait_for_status(sqs, dlq_arn, "CANCELLED")
+
+        assert cancelled["ApproximateNumberOfMessagesMoved"] == 0
+        assert task["ApproximateNumberOfMessagesMoved"] == 0
+        assert drain(sqs, destination) == []
+        # Given back at once, not after the task's 60-second visibility timeout.
+        assert sorted(m["Body"] for m in drain(sqs, dlq)) == bodies
 
 
 def test_a_deleted_destination_fails_the_task(json_queues):

@@ -320,3 +320,55 @@ async def test_a_deduplication_id_is_free_again_when_its_5_minutes_end_after_a_r
         assert again[early]["MessageId"] != first[early]["MessageId"]  # its window ended
         received = await trio.to_thread.run_sync(functools.partial(drain, expect=3), endpoint, url)
         assert [m["Body"] for m in received] == [early, late, "again"]
+
+
+async def test_a_fifo_receive_retried_with_its_attempt_id_after_sigkill_gets_its_messages(
+    tmp_path: Path,
+):
+    """A FIFO receive's answer lost to a crash is what ReceiveRequestAttemptId is for (AWS:
+    "If a networking issue occurs after a ReceiveMessage action, and instead of a response
+    you receive a generic error, it is possible to retry the same action with an identical
+    ReceiveRequestAttemptId to retrieve the same set of messages, even if their visibility
+    timeout has not yet expired"). The attempt was kept in memory only: after a SIGKILL the
+    retry received anew, found the group locked by the very messages it had lost, and got
+    nothing until their visibility timeout ended (up to 12 hours).
+
+    A retry whose messages changed since (one deleted, or its visibility changed) receives
+    anew, after a restart as before it."""
+    async with broker_process(tmp_path, 1) as (daemon, endpoint):
+        client = sqs_client(endpoint)
+        url = client.create_queue(
+            QueueName="attempts.fifo",
+            Attributes={"FifoQueue": "true", "ContentBasedDeduplication": "true"},
+        )["QueueUrl"]
+        for body in ("a1", "a2", "a3", "b1", "b2"):
+            client.send_message(QueueUrl=url, MessageBody=body, MessageGroupId=body[0])
+        lost = client.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=2, VisibilityTimeout=600, ReceiveRequestAttemptId="x"
+        )["Messages"]
+        changed = client.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=2, VisibilityTimeout=600, ReceiveRequestAttemptId="y"
+        )["Messages"]
+        assert [m["Body"] for m in lost] == ["a1", "a2"]
+        assert [m["Body"] for m in changed] == ["b1", "b2"]
+        client.change_message_visibility(
+            QueueUrl=url, ReceiptHandle=changed[0]["ReceiptHandle"], VisibilityTimeout=500
+        )
+        daemon.signal(signal.SIGKILL)
+        with trio.fail_after(30):
+            await daemon.process.wait()
+
+    async with broker_process(tmp_path, 2) as (_, endpoint):
+        client = sqs_client(endpoint)
+        retried = client.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=2, VisibilityTimeout=600, ReceiveRequestAttemptId="x"
+        ).get("Messages", [])
+        assert [m["Body"] for m in retried] == ["a1", "a2"]
+        assert [m["ReceiptHandle"] for m in retried] == [m["ReceiptHandle"] for m in lost]
+        # Its messages changed: the retry receives anew, and group b is still locked.
+        assert not client.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=2, ReceiveRequestAttemptId="y"
+        ).get("Messages")
+        for message in retried:
+            client.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        assert [m["Body"] for m in client.receive_message(QueueUrl=url)["Messages"]] == ["a3"]

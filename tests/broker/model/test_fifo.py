@@ -13,8 +13,14 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 from broker.model.errors import INVALID_PARAMETER_VALUE, MESSAGE_NOT_INFLIGHT, SqsError
 from broker.model.fifo import FifoIndex
 from broker.model.messages import SendRequest, sequence_number
-from broker.model.mutations import DeduplicationRecorded, MessageInserted, VisibilityChanged
-from broker.model.outcomes import SentMessage
+from broker.model.mutations import (
+    DeduplicationRecorded,
+    MessageDelivered,
+    MessageInserted,
+    ReceiveAttemptRecorded,
+    VisibilityChanged,
+)
+from broker.model.outcomes import RestoredMessage, SentMessage
 from broker.model.settings import QueueSettings
 from broker.model.signing import Signer
 
@@ -129,7 +135,14 @@ def test_receive_request_attempt_id():
     retry = index.receive(T0 + 5_000, max_messages=10, attempt_id="try-1")
     assert retry.deliveries == first.deliveries
     assert retry.mutations == [
-        VisibilityChanged(queue_id=1, seq=seq, visible_at=T0 + 15_000) for seq in (1, 2)
+        *(VisibilityChanged(queue_id=1, seq=seq, visible_at=T0 + 15_000) for seq in (1, 2)),
+        ReceiveAttemptRecorded(
+            queue_id=1,
+            attempt_id="try-1",
+            seqs=[1, 2],
+            deadlines=[T0 + 15_000, T0 + 15_000],
+            expires_at=T0 + MINUTES_5,
+        ),
     ]
     index.change_visibility(T0 + 6_000, first.deliveries[1].receipt_handle, 20)
     # Modified: the retry is an ordinary receive (and the group is still locked).
@@ -137,6 +150,96 @@ def test_receive_request_attempt_id():
     with pytest.raises(SqsError) as raised:
         index.receive(T0, attempt_id="bad id")
     assert raised.value.code == INVALID_PARAMETER_VALUE
+
+
+def restart(
+    now: int,
+    received: list,
+    *,
+    visibility_timeout: int = 10,
+    changed: dict[int, int] | None = None,
+    gone: tuple[int, ...] = (),
+) -> FifoIndex:
+    """The index a restart at ``now`` rebuilds from what the receives ``received`` stored:
+    messages 1 and 2 of group A, 3 of group B, all sent at T0, the receive records and the
+    attempts. ``changed``: seq -> a deadline a later visibility change stored; ``gone``:
+    seqs deleted since."""
+    mutations = [m for outcome in received for m in outcome.mutations]
+    delivered = {m.seq: m for m in mutations if isinstance(m, MessageDelivered)}
+    rows = []
+    for seq in (1, 2, 3):
+        group = "A" if seq < 3 else "B"
+        record = delivered.get(seq)
+        if seq in gone:
+            continue
+        if record is None:
+            rows.append(RestoredMessage(seq, T0, 0, T0, T0, group))
+            continue
+        visible_at = (changed or {}).get(seq, record.visible_at)
+        rows.append(RestoredMessage(seq, visible_at, record.receive_count, T0, T0, group))
+    index = make(visibility_timeout=visibility_timeout)
+    index.restore(rows, now)
+    for m in mutations:
+        if isinstance(m, ReceiveAttemptRecorded):
+            index.restore_attempt(m.attempt_id, m.seqs, m.deadlines, m.expires_at, now)
+    return index
+
+
+def received_before_the_restart(visibility_timeout: int = 10) -> list:
+    index = make(visibility_timeout=visibility_timeout)
+    for body in ("a0", "a1", "b0"):
+        send(index, T0, body, body[0].upper())
+    return [
+        index.receive(T0, max_messages=2, attempt_id="try-a"),
+        index.receive(T0, max_messages=2, attempt_id="try-b"),
+    ]
+
+
+def test_a_receive_attempt_is_retried_after_a_restart():
+    # The answer a crash cut off: its retry gets the same messages and receipt handles.
+    lost = received_before_the_restart()
+    assert [seqs(outcome) for outcome in lost] == [[1, 2], [3]]
+    index = restart(T0 + 2_000, lost)
+    retry = index.receive(T0 + 2_000, max_messages=2, attempt_id="try-a")
+    assert seqs(retry) == [1, 2]
+    assert [d.receipt_handle for d in retry.deliveries] == [
+        d.receipt_handle for d in lost[0].deliveries
+    ]
+    assert [d.receive_count for d in retry.deliveries] == [1, 1]
+    assert retry.mutations[-1] == ReceiveAttemptRecorded(
+        queue_id=1,
+        attempt_id="try-a",
+        seqs=[1, 2],
+        deadlines=[T0 + 12_000, T0 + 12_000],
+        expires_at=T0 + MINUTES_5,
+    )
+    index.delete(T0 + 2_000, retry.deliveries[0].receipt_handle)  # the handles work
+    assert seqs(index.receive(T0 + 2_000, max_messages=2, attempt_id="try-b")) == [3]
+
+
+def test_a_receive_attempt_whose_messages_changed_is_not_kept_by_a_restart():
+    lost = received_before_the_restart()
+    # Message 3's visibility was changed after the receive: its retry receives anew.
+    index = restart(T0 + 2_000, lost, changed={3: T0 + 20_000})
+    assert index.receive(T0 + 2_000, attempt_id="try-b").deliveries == []
+    # Message 2 was deleted: the retry of its receive receives anew (message 1, a new handle).
+    index = restart(T0 + 2_000, lost, gone=(2,))
+    retry = index.receive(T0 + 2_000, max_messages=2, attempt_id="try-a")
+    assert retry.deliveries == []  # group A is locked by message 1, received before
+    assert index._attempts.keys() == {"try-b"}
+    # Visible again by the restart (the timeout passed): nothing for a retry to return.
+    assert restart(T0 + 11_000, lost)._attempts == {}
+
+
+def test_a_receive_attempt_is_not_kept_past_its_5_minutes_by_a_restart():
+    lost = received_before_the_restart(visibility_timeout=600)
+    assert restart(T0 + MINUTES_5 - 1, lost, visibility_timeout=600)._attempts.keys() == {
+        "try-a",
+        "try-b",
+    }
+    index = restart(T0 + MINUTES_5, lost, visibility_timeout=600)
+    assert index._attempts == {}
+    assert index.receive(T0 + MINUTES_5, attempt_id="try-a").deliveries == []
 
 
 def test_attempt_ids_time_out():

@@ -2,6 +2,7 @@ import hashlib
 import sqlite3
 import uuid
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,8 +16,11 @@ from broker.model.mutations import (
     MessageInserted,
     MessageMoved,
     QueuePurged,
+    ReceiveAttemptRecorded,
     VisibilityChanged,
 )
+from broker.model.settings import QueueSettings
+from broker.store.base import ReceiveAttemptEntry
 from broker.store.sealing import SealingKey
 from broker.store.sqlite_apply import (
     ATTRIBUTES_DECODER,
@@ -24,6 +28,7 @@ from broker.store.sqlite_apply import (
     apply_mutations,
     reclaim_step,
 )
+from broker.store.sqlite_reads import load_queues
 from broker.store.sqlite_schema import configure, migrate
 
 ID = str(uuid.UUID(int=1, version=4))
@@ -169,6 +174,37 @@ def test_deduplication_rows(db):
         set(),
     )
     assert db.execute("SELECT key FROM deduplication").fetchall() == [(b"k2",)]
+
+
+def attempt(attempt_id: str, seqs: list[int], expires_at: int, queue_id: int = 1):
+    return ReceiveAttemptRecorded(
+        queue_id=queue_id,
+        attempt_id=attempt_id,
+        seqs=seqs,
+        deadlines=[expires_at - 1 for _ in seqs],
+        expires_at=expires_at,
+    )
+
+
+def test_receive_attempts_are_kept_for_their_5_minutes(db):
+    window = 300_000
+    db.execute("UPDATE queues SET settings = ?", (msgspec.json.encode(QueueSettings()),))
+    apply_mutations(db, [attempt("a", [1, 2], window), attempt("b", [3], window + 10)], set())
+    apply_mutations(db, [attempt("a", [1, 2], window + 5), attempt("c", [1], window, 2)], set())
+    loaded = {queue.record.queue_id: queue.attempts for queue in load_queues(db)}
+    assert loaded == {
+        1: [
+            ReceiveAttemptEntry("a", [1, 2], [window + 4] * 2, window + 5),  # a retry's
+            ReceiveAttemptEntry("b", [3], [window + 9], window + 10),
+        ],
+        2: [ReceiveAttemptEntry("c", [1], [window - 1], window)],
+    }
+    # A receive recorded at 2 x window: the attempts of its queue that ended by then go.
+    apply_mutations(db, [attempt("d", [4], 2 * window + 5)], set())
+    assert [a.attempt_id for a in load_queues(db)[0].attempts] == ["b", "d"]
+    db.execute("UPDATE queues SET deleted = 1 WHERE queue_id = 1")
+    assert reclaim_step(db, 1, limit=10) is True
+    assert db.execute("SELECT DISTINCT queue_id FROM receive_attempts").fetchall() == [(2,)]
 
 
 def test_purge_then_reclaim_in_steps(db):
