@@ -201,6 +201,7 @@ class BalancerApp:
         self.cutoffs = DrainCutoffs()  # shared by the listeners, told by the runtime
         self.runtime.observers.append(self.cutoffs.on_events)
         self.stats = HttpStats()
+        self._routes_known: BalancerConfig | None = None  # the config routes_known was told
         self.access_logs = AccessLogs(frame.log)
         self._unopenable: dict[str, OSError] = {}  # the last reopen's failures
         frame.on_reload_attempt.append(self.reopen_access_logs)
@@ -270,8 +271,14 @@ class BalancerApp:
             self.access_logs.close()
 
     def _collect_http(self) -> Iterable[Metric]:
-        for name in self.runtime.current.groups:  # every group's series, from 0
+        current = self.runtime.current
+        for name in current.groups:  # every group's series, from 0
             self.stats.group_known(name)
+        if current.config is not self._routes_known:  # every route's series, from 0
+            for listener in current.listeners.values():
+                config = listener.config
+                self.stats.routes_known(config.name, config.rules, config.default_action)
+            self._routes_known = current.config
         return self.stats.collect()
 
     def _collect_access_logs(self) -> Iterable[Metric]:

@@ -42,6 +42,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
+from balancer.config_rules import Action, FixedResponse, Forward, Rule
 from monitoring.metrics import LATENCY_BUCKETS, cumulative_buckets
 
 PREFIX: Final = "wharf_balancer_"
@@ -70,6 +71,10 @@ class _Histogram:
 
 # The 5xx codes the balancer answers with itself, whose series exist from a listener's start.
 ELB_5XX_CODES: Final = (500, 502, 503, 504)
+# The classes the balancer answers any request with itself (refusals, timeouts, target errors).
+ELB_ERROR_CLASSES: Final = ("4xx", "5xx")
+NO_RULE: Final = "-"  # a request refused before any rule matched it
+NO_GROUP: Final = "-"  # a request no target group served (redirect, fixed response, refusal)
 
 
 class HttpStats:
@@ -106,6 +111,31 @@ class HttpStats:
             table.setdefault(listener, 0)
         for status in ELB_5XX_CODES:
             self.elb_5xx.setdefault((listener, status), 0)
+
+    def routes_known(self, listener: str, rules: Iterable[Rule], default_action: Action) -> None:
+        """Make the request series of a listener's routes exist at zero, so that an
+        increase() sees the first 5xx of a target group: every class a forward's target
+        groups can answer with and the classes the balancer answers errors with, per rule
+        (``default`` for the default action); a redirect's 3xx and a fixed response's own
+        class; the errors refused before any rule. Named the way :meth:`request` names them.
+        """
+        routes: list[tuple[str, Action]] = [("default", default_action)]
+        routes += [(str(rule.priority), rule.action) for rule in rules]
+        keys = [(listener, NO_RULE, NO_GROUP, klass, "elb") for klass in ELB_ERROR_CLASSES]
+        for rule_label, action in routes:
+            if isinstance(action, Forward):
+                for weighted in action.weighted():
+                    group = weighted.name
+                    keys += [(listener, rule_label, group, k, "target") for k in CODE_CLASSES]
+                    keys += [(listener, rule_label, group, k, "elb") for k in ELB_ERROR_CLASSES]
+                    if (listener, group) not in self.response_time:
+                        self.response_time[(listener, group)] = _Histogram()
+                continue
+            own = code_class(action.status_code) if isinstance(action, FixedResponse) else "3xx"
+            classes = sorted({own, *ELB_ERROR_CLASSES})
+            keys += [(listener, rule_label, NO_GROUP, k, "elb") for k in classes]
+        for key in keys:
+            self.requests.setdefault(key, 0)
 
     def group_known(self, group: str) -> None:
         """Make a target group's series exist at zero (an increase() sees its first error)."""
