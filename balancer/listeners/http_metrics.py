@@ -46,7 +46,10 @@ from balancer.config_rules import Action, FixedResponse, Forward, Rule
 from monitoring.metrics import LATENCY_BUCKETS, cumulative_buckets
 
 PREFIX: Final = "wharf_balancer_"
-BUCKETS: Final = tuple(LATENCY_BUCKETS)
+# The shared latency buckets, then on to the longest idle timeout a listener may have (4000 s,
+# as ALB's), which bounds a target's answer: histogram_quantile() answers at most the top
+# finite bound, so a listener whose targets take minutes must not read as 60 s.
+BUCKETS: Final = (*LATENCY_BUCKETS, 120.0, 300.0, 900.0, 1800.0, 4000.0)
 CODE_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 
 from balancer.config import Conditions, FixedResponse, Forward, Rule
-from balancer.listeners.http_metrics import HttpStats, code_class
-from monitoring.metrics import LATENCY_BUCKETS, Metrics
+from balancer.listeners.http_metrics import BUCKETS, HttpStats, code_class
+from monitoring.metrics import Metrics
 
 
 def test_code_classes():
@@ -100,6 +100,22 @@ def test_routes_known_name_their_series_as_requests_do():
     assert stats.requests[("front", "3", "-", "2xx", "elb")] == 0
     assert ("front", "3", "-", "3xx", "elb") not in stats.requests
     assert stats.requests[("front", "-", "-", "4xx", "elb")] == 0
-    assert stats.response_time[("front", "web")].counts == [0] * (len(LATENCY_BUCKETS) + 1)
+    assert stats.response_time[("front", "web")].counts == [0] * (len(BUCKETS) + 1)
     stats.request("front", "3", "-", 204, by_target=False)
     assert stats.requests[("front", "3", "-", "2xx", "elb")] == 1
+
+
+def test_a_target_response_up_to_the_longest_idle_timeout_lands_in_a_finite_bucket():
+    """A listener's idle timeout (up to 4000 s, as ALB's) bounds how long a target may take to
+    answer; histogram_quantile() answers at most the top finite bound, which was 60 s, so a
+    listener whose targets take minutes read as a p99 of 60 s."""
+    stats = HttpStats()
+    stats.target_response("front", "web", 100.0)
+    stats.target_response("front", "web", 4000.0)
+    metrics = Metrics("balancer", version="t")
+    metrics.register_collector(stats.collect)
+    get = metrics.registry.get_sample_value
+    timing = {"listener": "front", "target_group": "web"}
+    assert get("wharf_balancer_target_response_seconds_bucket", {**timing, "le": "60.0"}) == 0
+    assert get("wharf_balancer_target_response_seconds_bucket", {**timing, "le": "120.0"}) == 1
+    assert get("wharf_balancer_target_response_seconds_bucket", {**timing, "le": "4000.0"}) == 2
