@@ -15,7 +15,8 @@ CloudWatch name -> series (all prefixed ``wharf_balancer_``):
   exact code the balancer answered with (a target's own 5xx are not in it).
 - TargetResponseTime: ``target_response_seconds`` histogram by listener and target group.
 - ActiveConnectionCount, NewConnectionCount: ``http_connections_active`` (gauge) and
-  ``http_connections_new_total``.
+  ``http_connections_new_total``, client connections only (ALB's also count its connections
+  to targets; none of these series does).
 - ProcessedBytes: ``http_processed_bytes_total`` by listener and direction.
 - HTTP_Redirect_Count, HTTP_Fixed_Response_Count: ``http_redirects_total``,
   ``http_fixed_responses_total``.
