@@ -279,7 +279,12 @@ class BalancerApp:
                 config = listener.config
                 self.stats.routes_known(config.name, config.rules, config.default_action)
             self._routes_known = current.config
-        return self.stats.collect()
+        # Connections to targets open now: idle in the pools, or held by a request in flight.
+        open_now = self.pools.idle_by_group()
+        for name, live in self.runtime.live.items():
+            open_now[name] = open_now.get(name, 0) + sum(live.outstanding.values())
+        groups = {name: open_now.get(name, 0) for name in current.groups}
+        return self.stats.collect(groups)
 
     def _collect_access_logs(self) -> Iterable[Metric]:
         errors = CounterMetricFamily(

@@ -253,6 +253,8 @@ async def _exchange(
     for attempt in (0, 1):
         try:
             up = await (pool.acquire(client.now()) if attempt == 0 else pool.connect())
+            if not up.reused:
+                services.stats.target_connection_opened(group.name)
         except OutOfResources as exc:
             # The balancer's own limit: a 503 as for any capacity it lacks, and nothing
             # counted against the target.

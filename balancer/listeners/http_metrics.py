@@ -15,8 +15,10 @@ CloudWatch name -> series (all prefixed ``wharf_balancer_``):
   exact code the balancer answered with (a target's own 5xx are not in it).
 - TargetResponseTime: ``target_response_seconds`` histogram by listener and target group.
 - ActiveConnectionCount, NewConnectionCount: ``http_connections_active`` (gauge) and
-  ``http_connections_new_total``, client connections only (ALB's also count its connections
-  to targets; none of these series does).
+  ``http_connections_new_total`` for client connections; ``target_connections_active``
+  (gauge, read at scrape time: pooled idle connections plus requests in flight) and
+  ``target_connections_new_total`` by target group for the balancer's connections to
+  targets (health checks excluded, as on ALB). ALB's two metrics are the sums of both.
 - ProcessedBytes: ``http_processed_bytes_total`` by listener and direction.
 - HTTP_Redirect_Count, HTTP_Fixed_Response_Count: ``http_redirects_total``,
   ``http_fixed_responses_total``.
@@ -33,7 +35,7 @@ CloudWatch name -> series (all prefixed ``wharf_balancer_``):
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 from prometheus_client.metrics_core import (
@@ -98,6 +100,7 @@ class HttpStats:
         self.desync: dict[tuple[str, str, str, bool], int] = {}
         self.target_connection_errors: dict[str, int] = {}
         self.target_tls_negotiation_errors: dict[str, int] = {}
+        self.target_connections_new: dict[str, int] = {}
         self.elb_5xx: dict[tuple[str, int], int] = {}
 
     def listener_started(self, listener: str) -> None:
@@ -145,6 +148,7 @@ class HttpStats:
         """Make a target group's series exist at zero (an increase() sees its first error)."""
         self.target_connection_errors.setdefault(group, 0)
         self.target_tls_negotiation_errors.setdefault(group, 0)
+        self.target_connections_new.setdefault(group, 0)
 
     # Recording (hot path: one dict update each).
 
@@ -198,6 +202,10 @@ class HttpStats:
         key = (listener, classification, reason, refused)
         self.desync[key] = self.desync.get(key, 0) + 1
 
+    def target_connection_opened(self, group: str) -> None:
+        new = self.target_connections_new
+        new[group] = new.get(group, 0) + 1
+
     def target_connection_error(self, group: str) -> None:
         self.target_connection_errors[group] = self.target_connection_errors.get(group, 0) + 1
 
@@ -207,8 +215,9 @@ class HttpStats:
 
     # Scraping.
 
-    def collect(self) -> Iterable[Metric]:
-        """The metric families, built from the counters now."""
+    def collect(self, target_connections: Mapping[str, int] | None = None) -> Iterable[Metric]:
+        """The metric families, built from the counters now; ``target_connections``: the
+        connections to each group's targets open now (pooled idle ones and those in use)."""
         requests = CounterMetricFamily(
             PREFIX + "http_requests",
             "Requests by listener, rule, target group, status class and who answered.",
@@ -285,7 +294,21 @@ class HttpStats:
         )
         for (listener, status), value in sorted(self.elb_5xx.items()):
             elb_5xx.add_metric([listener, str(status)], value)
-        return [*families, desync, errors, tls_errors, elb_5xx]
+        opened = CounterMetricFamily(
+            PREFIX + "target_connections_new",
+            "Connections to targets opened (health checks' excluded).",
+            labels=["target_group"],
+        )
+        for group, value in sorted(self.target_connections_new.items()):
+            opened.add_metric([group], value)
+        open_now = GaugeMetricFamily(
+            PREFIX + "target_connections_active",
+            "Connections to targets open now: pooled idle ones and those of requests in flight.",
+            labels=["target_group"],
+        )
+        for group, value in sorted((target_connections or {}).items()):
+            open_now.add_metric([group], value)
+        return [*families, desync, errors, tls_errors, elb_5xx, opened, open_now]
 
 
 def _per_listener(name: str, documentation: str, values: dict[str, int]) -> list[Metric]:

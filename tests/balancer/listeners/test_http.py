@@ -1224,6 +1224,24 @@ async def test_every_configured_route_has_its_request_series_from_zero():
         assert requests("9", "-", "5xx", "elb") == 1
 
 
+async def test_connections_to_targets_are_counted_as_albs_connection_metrics_count_them():
+    """ALB's NewConnectionCount and ActiveConnectionCount count its connections to targets
+    too: a target group's new connections (one, reused by keep-alive) and those open now (the
+    pooled idle one) are series of their own, from 0."""
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        get = daemon.metrics.registry.get_sample_value
+        labels = {"target_group": "web"}
+        assert get("wharf_balancer_target_connections_new_total", labels) == 0
+        assert get("wharf_balancer_target_connections_active", labels) == 0
+        for _ in range(3):
+            assert (await request(front(daemon), target="/"))[0] == 200
+        assert get("wharf_balancer_target_connections_new_total", labels) == 1
+        assert get("wharf_balancer_target_connections_active", labels) == 1  # idle, pooled
+
+
 async def test_tls_connections_count_from_their_tcp_accept(tmp_path):
     """ALB's ActiveConnectionCount and NewConnectionCount count TCP connections: a client in
     its handshake (or one that never completes it) is one."""
