@@ -201,6 +201,7 @@ class BalancerApp:
         self.cutoffs = DrainCutoffs()  # shared by the listeners, told by the runtime
         self.runtime.observers.append(self.cutoffs.on_events)
         self.stats = HttpStats()
+        self._routes_known: BalancerConfig | None = None  # the config routes_known was told
         self.access_logs = AccessLogs(frame.log)
         self._unopenable: dict[str, OSError] = {}  # the last reopen's failures
         frame.on_reload_attempt.append(self.reopen_access_logs)
@@ -270,9 +271,20 @@ class BalancerApp:
             self.access_logs.close()
 
     def _collect_http(self) -> Iterable[Metric]:
-        for name in self.runtime.current.groups:  # every group's series, from 0
+        current = self.runtime.current
+        for name in current.groups:  # every group's series, from 0
             self.stats.group_known(name)
-        return self.stats.collect()
+        if current.config is not self._routes_known:  # every route's series, from 0
+            for listener in current.listeners.values():
+                config = listener.config
+                self.stats.routes_known(config.name, config.rules, config.default_action)
+            self._routes_known = current.config
+        # Connections to targets open now: idle in the pools, or held by a request in flight.
+        open_now = self.pools.idle_by_group()
+        for name, live in self.runtime.live.items():
+            open_now[name] = open_now.get(name, 0) + sum(live.outstanding.values())
+        groups = {name: open_now.get(name, 0) for name in current.groups}
+        return self.stats.collect(groups)
 
     def _collect_access_logs(self) -> Iterable[Metric]:
         errors = CounterMetricFamily(

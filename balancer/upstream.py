@@ -509,3 +509,10 @@ class Pools:
 
     def idle_connections(self) -> int:
         return sum(len(pool) for pool in self._pools.values())
+
+    def idle_by_group(self) -> dict[str, int]:
+        """Idle pooled connections per target group name ("" for plain endpoints)."""
+        idle: dict[str, int] = {}
+        for (group, _), pool in self._pools.items():
+            idle[group] = idle.get(group, 0) + len(pool)
+        return idle

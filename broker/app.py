@@ -55,6 +55,8 @@ from monitoring.lifecycle import DaemonStopping, Frame, Listener, StartupError, 
 from monitoring.logging import EventLog
 from monitoring.safefile import check_regular_file
 from monitoring.settings import HttpLimits, state_directory
+from proto.aws.sns_shapes import SNS
+from proto.aws.sqs_shapes import SQS
 
 KEY_FILE: Final = "receipt-handle.key"
 KEY_BYTES: Final = 32
@@ -373,6 +375,8 @@ class BrokerApp:
         self.admin = AdminServer(frame)
         self.admin.mount("POST", "/reload", self._reload_route)
         self.metrics = BrokerMetrics(frame.metrics)
+        self.metrics.actions_known("sqs", SQS.operations)
+        self.metrics.actions_known("sns", SNS.operations)
         self.authenticator = Authenticator(
             config.auth, credentials_of(config), account_id=config.aws.account_id
         )

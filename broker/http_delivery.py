@@ -80,6 +80,7 @@ class _Item:
 
     __slots__ = (
         "attempts",
+        "counted_under",
         "delivery_id",
         "endpoint",
         "first_attempt_at",
@@ -108,6 +109,9 @@ class _Item:
         self.payload_cached = False  # its body counts in the cache: kept between attempts
         self.in_flight = False
         self.forgotten = False  # unsubscribed or deleted during its attempt: no retry
+        # The subscription whose topic counted the notification attempt in flight: its
+        # outcome counts there too, whatever became of the subscription meanwhile.
+        self.counted_under: Subscription | None = None
 
     def is_forgotten(self) -> bool:
         """``forgotten`` read anew after an await (a check before it does not hold after)."""
@@ -557,6 +561,7 @@ class HttpDeliveries:
 
     async def _post(self, item: _Item) -> Outcome | None:
         """One attempt; None when there is nothing (left) to deliver."""
+        item.counted_under = None
         subscription = self._subscription(item)
         if subscription is None and item.message_type != "UnsubscribeConfirmation":
             # Unsubscribed or deleted while it waited (a pending one expired too): nothing but
@@ -575,6 +580,8 @@ class HttpDeliveries:
             item.first_attempt_at = started
         item.attempts += 1
         self._count_attempt(item, subscription)
+        if self._counts(item):
+            item.counted_under = subscription
         return outcome
 
     def _count_attempt(self, item: _Item, subscription: Subscription | None) -> None:
@@ -592,16 +599,21 @@ class HttpDeliveries:
         now = now_ms()
         finished = HttpDeliveryFinished(delivery_id=item.delivery_id)
         subscription = self._subscription(item)
+        # Every attempt counted ends delivered or failed, under the topic that counted it,
+        # also one whose subscription went while it was in flight (a 2xx then delivered it).
+        counted, item.counted_under = item.counted_under, None
+        if outcome is not None and counted is not None:
+            stats = counted.topic.stats
+            if outcome.delivered:
+                seconds = max(0.0, (now - item.published_at) / 1000)
+                stats.deliveries(counted.protocol, ok=True, seconds=seconds)
+            else:
+                # As AWS's NumberOfNotificationsFailed for HTTP/S: every failed attempt
+                # counts, the retries included (SQS copies fail once, for good).
+                stats.deliveries(counted.protocol, ok=False)
         if outcome is None or outcome.delivered or item.forgotten:
             await self.store.commit([finished], lambda: self._remove(lane, item))
-            if outcome is not None and subscription is not None and self._counts(item):
-                seconds = max(0.0, (now - item.published_at) / 1000)
-                subscription.topic.stats.deliveries(subscription.protocol, ok=True, seconds=seconds)
             return
-        if subscription is not None and self._counts(item):
-            # As AWS's NumberOfNotificationsFailed for HTTP/S: every failed attempt counts,
-            # the retries included (SQS copies fail once, for good).
-            subscription.topic.stats.deliveries(subscription.protocol, ok=False)
         if outcome.retryable:
             first = item.first_attempt_at or now
             retry_at = self.retry_time(self._policy(item), item.attempts - 1, first, now)

@@ -45,6 +45,9 @@ REFUSAL_REASONS: Final = {
     505: "unsupported_http_version",
 }
 OTHER_REFUSAL: Final = "other"
+OUTCOMES: Final = ("success", "client_error", "server_error")
+# The action label of a request refused before it named an operation the broker knows.
+UNKNOWN_ACTION: Final = "Unknown"
 
 # (name, visible, in flight, delayed, oldest age in seconds, sent, received, deleted, empty
 # receives, bytes sent): one queue as a scrape saw it.
@@ -86,6 +89,13 @@ class BrokerMetrics:
         self._latency: dict[tuple[str, str], _Latency] = {}
         self._refusals = dict.fromkeys(REFUSAL_REASONS.values(), 0)
         metrics.register_snapshot_collector(self._snapshot_requests, _request_families)
+
+    def actions_known(self, service: str, actions: Iterable[str]) -> None:
+        """Make the request counters of a service's actions (and of ``Unknown``) exist at 0,
+        for every outcome: a rate() over them sees an action's first server error."""
+        for action in (*actions, UNKNOWN_ACTION):
+            for outcome in OUTCOMES:
+                self._requests.setdefault((service, action, outcome), 0)
 
     def observe_request(self, service: str, action: str, status: int, seconds: float) -> None:
         key = (service, action, _outcome(status))

@@ -280,6 +280,8 @@ class Exchange:
     __slots__ = (
         "actions",
         "close_after",
+        "counted_received",
+        "counted_sent",
         "cut_off",
         "error_reason",
         "group",
@@ -354,6 +356,9 @@ class Exchange:
         self.trace: bytes | None = None
         self.close_after = False
         self.upgraded = False
+        # Bytes of this exchange counted in ProcessedBytes already (a tunnel's, as they moved).
+        self.counted_received = 0
+        self.counted_sent = 0
 
     def wait_for(self, phase: Phase, seconds: float) -> None:
         """Give the next wait ``seconds`` (from now), remembering what it waits for."""

@@ -66,7 +66,7 @@ from balancer.listeners.exchange import (
 )
 from balancer.listeners.interim import relay_interim
 from balancer.listeners.sticky import StickyPlan, plan, response_cookies
-from balancer.listeners.websocket import tunnel
+from balancer.listeners.websocket import Processed, tunnel
 from balancer.runtime import GroupRuntime, ListenerRuntime, Selected
 from balancer.tls_socket import TlsSocket
 from balancer.upstream import (
@@ -253,6 +253,8 @@ async def _exchange(
     for attempt in (0, 1):
         try:
             up = await (pool.acquire(client.now()) if attempt == 0 else pool.connect())
+            if not up.reused:
+                services.stats.target_connection_opened(group.name)
         except OutOfResources as exc:
             # The balancer's own limit: a 503 as for any capacity it lacks, and nothing
             # counted against the target.
@@ -309,7 +311,10 @@ async def _exchange(
             ):
                 # A tunnel the target opened (WebSocket, or CONNECT as HAProxy relays it).
                 ex.target_status = response.status_code
-                await _switch(client, ex, up, response, sticky, group, wall, upgrade=upgrade)
+                processed = functools.partial(services.stats.processed, services.name)
+                await _switch(
+                    client, ex, up, response, sticky, group, wall, processed, upgrade=upgrade
+                )
                 return
             if services.draining.started:  # the stop began while this request was out
                 ex.close_after = True
@@ -939,6 +944,7 @@ async def _switch(
     sticky: StickyPlan,
     group: GroupRuntime,
     wall: float,
+    processed: Processed,
     *,
     upgrade: bool,
 ) -> None:
@@ -984,7 +990,7 @@ async def _switch(
     ex.upgraded = True
     ex.relayed_at = client.now()  # response_processing_time ends here, not with the tunnel
     await _flush(client, ex, [data or b""])
-    await tunnel(client, up, ex, ex.listener.config.idle_timeout_seconds)
+    await tunnel(client, up, ex, ex.listener.config.idle_timeout_seconds, processed)
 
 
 async def _refuse_switch(client: Client, ex: Exchange) -> None:

@@ -733,7 +733,8 @@ class _Connection:
         ahead = 0 if last else len(client.conn.trailing_data[0])
         received = client.received - ahead - ex.start_received
         sent = client.sent - ex.start_sent
-        stats.processed(name, received, sent)
+        # A tunnel counted its bytes as they moved: the rest of them now.
+        stats.processed(name, received - ex.counted_received, sent - ex.counted_sent)
         settings = ex.listener.config.access_log
         if settings.enabled:  # else there is no writer to get
             writer = services.access_logs.get(settings)

@@ -15,7 +15,10 @@ CloudWatch name -> series (all prefixed ``wharf_balancer_``):
   exact code the balancer answered with (a target's own 5xx are not in it).
 - TargetResponseTime: ``target_response_seconds`` histogram by listener and target group.
 - ActiveConnectionCount, NewConnectionCount: ``http_connections_active`` (gauge) and
-  ``http_connections_new_total``.
+  ``http_connections_new_total`` for client connections; ``target_connections_active``
+  (gauge, read at scrape time: pooled idle connections plus requests in flight) and
+  ``target_connections_new_total`` by target group for the balancer's connections to
+  targets (health checks excluded, as on ALB). ALB's two metrics are the sums of both.
 - ProcessedBytes: ``http_processed_bytes_total`` by listener and direction.
 - HTTP_Redirect_Count, HTTP_Fixed_Response_Count: ``http_redirects_total``,
   ``http_fixed_responses_total``.
@@ -32,7 +35,7 @@ CloudWatch name -> series (all prefixed ``wharf_balancer_``):
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 from prometheus_client.metrics_core import (
@@ -42,10 +45,14 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
+from balancer.config_rules import Action, FixedResponse, Forward, Rule
 from monitoring.metrics import LATENCY_BUCKETS, cumulative_buckets
 
 PREFIX: Final = "wharf_balancer_"
-BUCKETS: Final = tuple(LATENCY_BUCKETS)
+# The shared latency buckets, then on to the longest idle timeout a listener may have (4000 s,
+# as ALB's), which bounds a target's answer: histogram_quantile() answers at most the top
+# finite bound, so a listener whose targets take minutes must not read as 60 s.
+BUCKETS: Final = (*LATENCY_BUCKETS, 120.0, 300.0, 900.0, 1800.0, 4000.0)
 CODE_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
@@ -70,6 +77,10 @@ class _Histogram:
 
 # The 5xx codes the balancer answers with itself, whose series exist from a listener's start.
 ELB_5XX_CODES: Final = (500, 502, 503, 504)
+# The classes the balancer answers any request with itself (refusals, timeouts, target errors).
+ELB_ERROR_CLASSES: Final = ("4xx", "5xx")
+NO_RULE: Final = "-"  # a request refused before any rule matched it
+NO_GROUP: Final = "-"  # a request no target group served (redirect, fixed response, refusal)
 
 
 class HttpStats:
@@ -89,6 +100,7 @@ class HttpStats:
         self.desync: dict[tuple[str, str, str, bool], int] = {}
         self.target_connection_errors: dict[str, int] = {}
         self.target_tls_negotiation_errors: dict[str, int] = {}
+        self.target_connections_new: dict[str, int] = {}
         self.elb_5xx: dict[tuple[str, int], int] = {}
 
     def listener_started(self, listener: str) -> None:
@@ -107,10 +119,36 @@ class HttpStats:
         for status in ELB_5XX_CODES:
             self.elb_5xx.setdefault((listener, status), 0)
 
+    def routes_known(self, listener: str, rules: Iterable[Rule], default_action: Action) -> None:
+        """Make the request series of a listener's routes exist at zero, so that an
+        increase() sees the first 5xx of a target group: every class a forward's target
+        groups can answer with and the classes the balancer answers errors with, per rule
+        (``default`` for the default action); a redirect's 3xx and a fixed response's own
+        class; the errors refused before any rule. Named the way :meth:`request` names them.
+        """
+        routes: list[tuple[str, Action]] = [("default", default_action)]
+        routes += [(str(rule.priority), rule.action) for rule in rules]
+        keys = [(listener, NO_RULE, NO_GROUP, klass, "elb") for klass in ELB_ERROR_CLASSES]
+        for rule_label, action in routes:
+            if isinstance(action, Forward):
+                for weighted in action.weighted():
+                    group = weighted.name
+                    keys += [(listener, rule_label, group, k, "target") for k in CODE_CLASSES]
+                    keys += [(listener, rule_label, group, k, "elb") for k in ELB_ERROR_CLASSES]
+                    if (listener, group) not in self.response_time:
+                        self.response_time[(listener, group)] = _Histogram()
+                continue
+            own = code_class(action.status_code) if isinstance(action, FixedResponse) else "3xx"
+            classes = sorted({own, *ELB_ERROR_CLASSES})
+            keys += [(listener, rule_label, NO_GROUP, k, "elb") for k in classes]
+        for key in keys:
+            self.requests.setdefault(key, 0)
+
     def group_known(self, group: str) -> None:
         """Make a target group's series exist at zero (an increase() sees its first error)."""
         self.target_connection_errors.setdefault(group, 0)
         self.target_tls_negotiation_errors.setdefault(group, 0)
+        self.target_connections_new.setdefault(group, 0)
 
     # Recording (hot path: one dict update each).
 
@@ -164,6 +202,10 @@ class HttpStats:
         key = (listener, classification, reason, refused)
         self.desync[key] = self.desync.get(key, 0) + 1
 
+    def target_connection_opened(self, group: str) -> None:
+        new = self.target_connections_new
+        new[group] = new.get(group, 0) + 1
+
     def target_connection_error(self, group: str) -> None:
         self.target_connection_errors[group] = self.target_connection_errors.get(group, 0) + 1
 
@@ -173,8 +215,9 @@ class HttpStats:
 
     # Scraping.
 
-    def collect(self) -> Iterable[Metric]:
-        """The metric families, built from the counters now."""
+    def collect(self, target_connections: Mapping[str, int] | None = None) -> Iterable[Metric]:
+        """The metric families, built from the counters now; ``target_connections``: the
+        connections to each group's targets open now (pooled idle ones and those in use)."""
         requests = CounterMetricFamily(
             PREFIX + "http_requests",
             "Requests by listener, rule, target group, status class and who answered.",
@@ -251,7 +294,21 @@ class HttpStats:
         )
         for (listener, status), value in sorted(self.elb_5xx.items()):
             elb_5xx.add_metric([listener, str(status)], value)
-        return [*families, desync, errors, tls_errors, elb_5xx]
+        opened = CounterMetricFamily(
+            PREFIX + "target_connections_new",
+            "Connections to targets opened (health checks' excluded).",
+            labels=["target_group"],
+        )
+        for group, value in sorted(self.target_connections_new.items()):
+            opened.add_metric([group], value)
+        open_now = GaugeMetricFamily(
+            PREFIX + "target_connections_active",
+            "Connections to targets open now: pooled idle ones and those of requests in flight.",
+            labels=["target_group"],
+        )
+        for group, value in sorted((target_connections or {}).items()):
+            open_now.add_metric([group], value)
+        return [*families, desync, errors, tls_errors, elb_5xx, opened, open_now]
 
 
 def _per_listener(name: str, documentation: str, values: dict[str, int]) -> list[Metric]:

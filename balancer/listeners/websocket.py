@@ -16,6 +16,7 @@ steadily keeps its tunnel, and one that stopped reading loses it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -28,23 +29,38 @@ if TYPE_CHECKING:
     from balancer.upstream import Upstream
 
 
-class _Activity:
-    __slots__ = ("idle_timeout", "last", "open_directions", "timed_out")
+Processed = Callable[[int, int], None]  # (bytes received from, sent to the client)
 
-    def __init__(self, idle_timeout: float) -> None:
+
+class _Activity:
+    __slots__ = ("ex", "idle_timeout", "last", "open_directions", "processed", "timed_out")
+
+    def __init__(self, idle_timeout: float, ex: Exchange, processed: Processed) -> None:
         self.idle_timeout = idle_timeout
         self.last = trio.current_time()
         self.timed_out = False
         self.open_directions = 2
+        self.ex = ex
+        self.processed = processed
+
+    def count(self, received: int, sent: int) -> None:
+        """Bytes relayed: in ProcessedBytes now (a tunnel may stay open for hours), and noted
+        on the exchange, whose booking at the end counts the rest."""
+        self.ex.counted_received += received
+        self.ex.counted_sent += sent
+        self.processed(received, sent)
 
 
-async def tunnel(client: Client, up: Upstream, ex: Exchange, idle_timeout: float) -> None:
-    """Relay until one side ends or the tunnel idles out; byte counts go to ``client``."""
+async def tunnel(
+    client: Client, up: Upstream, ex: Exchange, idle_timeout: float, processed: Processed
+) -> None:
+    """Relay until one side ends or the tunnel idles out; byte counts go to ``client``, and
+    to ``processed`` as they move."""
     ex.phase = "tunnel"
     ex.guard.deadline = float("inf")  # the tunnel keeps its own idle deadline
     early_from_client = client.conn.trailing_data[0]  # frames sent right after the request
     early_from_target = up.conn.trailing_data[0]  # frames sent right after the 101
-    activity = _Activity(idle_timeout)
+    activity = _Activity(idle_timeout, ex, processed)
     try:
         with trio.move_on_after(idle_timeout) as scope:
             if early_from_target:
@@ -101,8 +117,10 @@ async def _pump(
             activity.last = trio.current_time()
             if from_client:
                 client.received += len(data)
+                activity.count(len(data), 0)
             else:
                 client.sent += len(data)
+                activity.count(0, len(data))
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         return
     finally:

@@ -186,6 +186,26 @@ async def test_unsubscribing_forgets_pending_notifications(harness: Harness) -> 
         assert len(endpoint.requests) == 1
 
 
+async def test_an_attempt_in_flight_at_unsubscribe_counts_its_outcome(harness: Harness) -> None:
+    """Every attempt counted in delivery_attempts ends in delivered or failed. An attempt in
+    flight when its subscription went was counted as an attempt, then its answer (a 2xx
+    here: the endpoint took the notification) was dropped from both."""
+    with Endpoint(behaviour="gated") as endpoint:
+        subscription = await harness.subscribe(endpoint.url, DeliveryPolicy=FAST)
+        await harness.publish("m")
+        await wait_for(endpoint, 1)
+        batch = Batch()
+        batch.mutations.extend(harness.topics.unsubscribe(subscription, 5))
+        harness.deliveries.forget_subscription(subscription.subscription_id)
+        await harness.store.commit(batch.mutations)
+        endpoint.gate.set()
+        with trio.fail_after(5):
+            while harness.deliveries.pending(harness.topic.record.topic_id):  # noqa: ASYNC110 - bounded poll of an internal count
+                await trio.sleep(0.01)
+        stats = harness.topic.stats
+        assert (stats.attempts["http"], stats.delivered["http"], stats.failed["http"]) == (1, 1, 0)
+
+
 async def test_pending_rows_resume_from_the_store(tmp_path: Path) -> None:
     with Endpoint(behaviour="500") as endpoint:
         async with trio.open_nursery() as nursery:

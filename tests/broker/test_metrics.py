@@ -175,6 +175,26 @@ def test_a_deleted_queue_leaves_the_metrics(traffic):
     assert queues == {"metered.fifo"}
 
 
+def test_every_action_has_its_request_series_from_zero(tmp_path: Path):
+    """An alert on rate(wharf_broker_requests_total{outcome="server_error"}) sees an action's
+    first server error only if its series existed, at 0, before it: the series of every
+    action the broker serves (and of Unknown) exist from the start, for each outcome."""
+    with BrokerThread(broker_config(tmp_path)) as broker:
+        samples = broker.metrics()["wharf_broker_requests"].samples
+        series = {(s.labels["service"], s.labels["action"], s.labels["outcome"]) for s in samples}
+        assert {s.value for s in samples} == {0}
+        for outcome in ("success", "client_error", "server_error"):
+            for service, action in (
+                ("sqs", "SendMessage"),
+                ("sqs", "ReceiveMessage"),
+                ("sqs", "Unknown"),
+                ("sns", "Publish"),
+                ("sns", "Unknown"),
+            ):
+                assert (service, action, outcome) in series
+        assert len(series) == (23 + 1 + 19 + 1) * 3
+
+
 def test_the_request_series_are_the_daemons_own():
     # Two broker metric sets in one process must not collide (no global registry).
     first = BrokerMetrics(Metrics("broker", version="0"))
@@ -379,7 +399,7 @@ def test_requests_the_http_server_refuses_are_counted_by_reason(tmp_path):
     }
     assert counted == dict.fromkeys(refused, 1) | {"malformed": 2, "unsupported_http_version": 2}
     # None of them reached an action.
-    assert "wharf_broker_requests" not in after or not after["wharf_broker_requests"].samples
+    assert {s.value for s in after["wharf_broker_requests"].samples} == {0}
 
 
 def test_a_method_the_api_refuses_is_counted_as_a_request(tmp_path: Path) -> None:
@@ -395,7 +415,7 @@ def test_a_method_the_api_refuses_is_counted_as_a_request(tmp_path: Path) -> Non
             assert answer.split(b" ", 2)[1] == b"405"
         families = broker.metrics()
     requests = "wharf_broker_requests_total"
-    assert sample(families, requests, action="Unknown", outcome="client_error") == 3
+    assert sample(families, requests, service="sqs", action="Unknown", outcome="client_error") == 3
 
 
 def test_a_request_refused_before_it_was_decoded_counts_under_the_action_it_names(
@@ -429,4 +449,4 @@ def test_a_request_refused_before_it_was_decoded_counts_under_the_action_it_name
     requests = "wharf_broker_requests_total"
     assert sample(families, requests, action="SendMessage", outcome="client_error") == 2
     assert sample(families, requests, action="ReceiveMessage", outcome="client_error") == 2
-    assert sample(families, requests, action="Unknown", outcome="client_error") == 1
+    assert sample(families, requests, service="sqs", action="Unknown", outcome="client_error") == 1

@@ -28,6 +28,7 @@ from balancer.config import (
     ListenerTimeouts,
     Redirect,
     Rule,
+    WeightedTargetGroup,
 )
 from balancer.listeners import http as http_listener
 from proto.http1 import verdict
@@ -1172,13 +1173,89 @@ async def test_series_known_at_start_exist_at_zero():
         running_targets(TargetServer("a")) as (target,),
         balancer(config([listener()], [group("web", target)])) as daemon,
     ):
-        assert (
-            sample(daemon, "wharf_balancer_target_connection_errors_total", {"target_group": "web"})
-            == 0
-        )
-        assert sample(daemon, "wharf_handler_errors_total", {"listener": "front"}) == 0
+        # get_sample_value, not sample(): a missing series must fail, not read as 0.
+        get = daemon.metrics.registry.get_sample_value
+        assert get("wharf_balancer_target_connection_errors_total", {"target_group": "web"}) == 0
+        assert get("wharf_handler_errors_total", {"listener": "front"}) == 0
         codes = {"listener": "front", "code": "502"}
-        assert sample(daemon, "wharf_balancer_http_elb_5xx_responses_total", codes) == 0
+        assert get("wharf_balancer_http_elb_5xx_responses_total", codes) == 0
+
+
+async def test_every_configured_route_has_its_request_series_from_zero():
+    """ALB's HTTPCode_Target_5XX_Count per target group, as an alert reads it: increase() over
+    the series of a route sees its first 5xx only if the series existed, at 0, before it. The
+    request series of a route appeared with its first request, so the first 5xx of a group
+    (or of a fixed response) after a start or a reload never raised the alert."""
+    rules = [
+        Rule(
+            priority=5,
+            conditions=Conditions(path_pattern=("/canary/*",)),
+            action=Forward(
+                target_groups=(
+                    WeightedTargetGroup(name="web"),
+                    WeightedTargetGroup(name="canary", weight=0),
+                )
+            ),
+        ),
+        Rule(
+            priority=7,
+            conditions=Conditions(path_pattern=("/old/*",)),
+            action=Redirect(path="/new/#{path}", status_code="HTTP_301"),
+        ),
+        Rule(
+            priority=9,
+            conditions=Conditions(path_pattern=("/down",)),
+            action=FixedResponse(status_code=503),
+        ),
+    ]
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(
+            config([listener(rules=rules)], [group("web", target), group("canary", target)])
+        ) as daemon,
+    ):
+        get = daemon.metrics.registry.get_sample_value
+        name = "wharf_balancer_http_requests_total"
+
+        def requests(rule: str, group_name: str, code_class: str, source: str) -> float | None:
+            labels = {"listener": "front", "rule": rule, "target_group": group_name}
+            return get(name, {**labels, "code_class": code_class, "source": source})
+
+        for rule, group_name in (("default", "web"), ("5", "web"), ("5", "canary")):
+            for code_class in ("1xx", "2xx", "3xx", "4xx", "5xx"):
+                assert requests(rule, group_name, code_class, "target") == 0
+            for code_class in ("4xx", "5xx"):
+                assert requests(rule, group_name, code_class, "elb") == 0
+            timing = {"listener": "front", "target_group": group_name}
+            assert get("wharf_balancer_target_response_seconds_count", timing) == 0
+        assert requests("7", "-", "3xx", "elb") == 0
+        assert requests("9", "-", "5xx", "elb") == 0
+        assert requests("-", "-", "4xx", "elb") == 0  # refused before any rule
+        assert requests("7", "-", "3xx", "target") is None  # no target answers a redirect
+        statuses_seen = [
+            (await request(front(daemon), target=path))[0] for path in ("/old/x", "/down")
+        ]
+        assert statuses_seen == [301, 503]
+        assert requests("7", "-", "3xx", "elb") == 1
+        assert requests("9", "-", "5xx", "elb") == 1
+
+
+async def test_connections_to_targets_are_counted_as_albs_connection_metrics_count_them():
+    """ALB's NewConnectionCount and ActiveConnectionCount count its connections to targets
+    too: a target group's new connections (one, reused by keep-alive) and those open now (the
+    pooled idle one) are series of their own, from 0."""
+    async with (
+        running_targets(TargetServer("a")) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        get = daemon.metrics.registry.get_sample_value
+        labels = {"target_group": "web"}
+        assert get("wharf_balancer_target_connections_new_total", labels) == 0
+        assert get("wharf_balancer_target_connections_active", labels) == 0
+        for _ in range(3):
+            assert (await request(front(daemon), target="/"))[0] == 200
+        assert get("wharf_balancer_target_connections_new_total", labels) == 1
+        assert get("wharf_balancer_target_connections_active", labels) == 1  # idle, pooled
 
 
 async def test_tls_connections_count_from_their_tcp_accept(tmp_path):

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from balancer.listeners.http_metrics import HttpStats, code_class
+from balancer.config import Conditions, FixedResponse, Forward, Rule
+from balancer.listeners.http_metrics import BUCKETS, HttpStats, code_class
 from monitoring.metrics import Metrics
 
 
@@ -78,3 +79,43 @@ def test_counters_become_prometheus_families():
     assert get("wharf_balancer_http_connections_active", {"listener": "front"}) == 0
     assert b"wharf_balancer_http_requests_total" in generate_latest(registry)
     assert isinstance(registry, CollectorRegistry)
+
+
+def test_routes_known_name_their_series_as_requests_do():
+    """routes_known makes the series request() will add to, at 0; it never lowers a count."""
+    stats = HttpStats()
+    stats.request("front", "default", "web", 502, by_target=False)
+    rules = [
+        Rule(
+            priority=3,
+            conditions=Conditions(path_pattern=("/x",)),
+            action=FixedResponse(status_code=204),
+        )
+    ]
+    stats.routes_known("front", rules, Forward(target_group="web"))
+    stats.routes_known("front", rules, Forward(target_group="web"))  # again: nothing changes
+    assert stats.requests[("front", "default", "web", "5xx", "elb")] == 1
+    assert stats.requests[("front", "default", "web", "2xx", "target")] == 0
+    assert ("front", "default", "web", "2xx", "elb") not in stats.requests
+    assert stats.requests[("front", "3", "-", "2xx", "elb")] == 0
+    assert ("front", "3", "-", "3xx", "elb") not in stats.requests
+    assert stats.requests[("front", "-", "-", "4xx", "elb")] == 0
+    assert stats.response_time[("front", "web")].counts == [0] * (len(BUCKETS) + 1)
+    stats.request("front", "3", "-", 204, by_target=False)
+    assert stats.requests[("front", "3", "-", "2xx", "elb")] == 1
+
+
+def test_a_target_response_up_to_the_longest_idle_timeout_lands_in_a_finite_bucket():
+    """A listener's idle timeout (up to 4000 s, as ALB's) bounds how long a target may take to
+    answer; histogram_quantile() answers at most the top finite bound, which was 60 s, so a
+    listener whose targets take minutes read as a p99 of 60 s."""
+    stats = HttpStats()
+    stats.target_response("front", "web", 100.0)
+    stats.target_response("front", "web", 4000.0)
+    metrics = Metrics("balancer", version="t")
+    metrics.register_collector(stats.collect)
+    get = metrics.registry.get_sample_value
+    timing = {"listener": "front", "target_group": "web"}
+    assert get("wharf_balancer_target_response_seconds_bucket", {**timing, "le": "60.0"}) == 0
+    assert get("wharf_balancer_target_response_seconds_bucket", {**timing, "le": "120.0"}) == 1
+    assert get("wharf_balancer_target_response_seconds_bucket", {**timing, "le": "4000.0"}) == 2

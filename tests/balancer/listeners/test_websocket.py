@@ -297,3 +297,43 @@ async def test_a_tunnel_to_a_slow_but_steady_reader_stays_open(pace: float | Non
     else:
         assert not ended, len(tunnelled)
         assert tunnelled == b"w" * size
+
+
+async def test_a_tunnels_bytes_count_in_processed_bytes_as_they_move():
+    """ALB's ProcessedBytes, and a counter as Prometheus reads it, follow the traffic: a
+    WebSocket's bytes were counted only when its tunnel closed, so a tunnel open for hours
+    showed no traffic at all, then all of it at once in one scrape. They count as they move,
+    and the tunnel's end adds nothing twice."""
+    labels = {"listener": "front"}
+
+    def processed(direction: str) -> float:
+        name = "wharf_balancer_http_processed_bytes_total"
+        return sample(daemon, name, {**labels, "direction": direction})
+
+    async with (
+        running_targets(TargetServer("ws", websocket)) as (target,),
+        balancer(config([listener()], [group("web", target)])) as daemon,
+    ):
+        stream = await trio.open_tcp_stream(*front(daemon))
+        sent = 0
+        send_all = stream.send_all
+
+        async def counted_send_all(data: bytes) -> None:
+            nonlocal sent
+            sent += len(data)
+            await send_all(data)
+
+        stream.send_all = counted_send_all  # type: ignore[method-assign]
+        client = WsClient(stream)
+        await client.handshake("chat.example.com")
+        await echo_bytes(stream, client, b"x" * 20000)
+        # The frames' bytes are in both directions already, the tunnel still open.
+        assert processed("in") >= 20000
+        assert processed("out") >= 20000
+        await stream.send_all(client.ws.send(CloseConnection(code=1000)))
+        await stream.aclose()
+        with trio.fail_after(5):
+            while sample(daemon, "wharf_balancer_http_connections_active", labels):  # noqa: ASYNC110 (a gauge: no event to wait on)
+                await trio.sleep(0.01)
+        # Counted once: what the client sent, the handshake and every frame.
+        assert processed("in") == sent

@@ -13,7 +13,7 @@ import trio
 from broker.model.mutations import QueuePurged
 from broker.model.settings import QueueSettings
 from broker.store import sqlite_writer
-from broker.store.base import StoreError
+from broker.store.base import HistogramRecorder, StoreError
 from broker.store.sqlite import SqliteStore
 from broker.store.sqlite_apply import reclaim_step
 from tests.support.broker import BrokerThread, broker_config
@@ -260,3 +260,15 @@ def test_a_new_store_and_its_wal_are_the_owners_only_in_a_directory_made_0755(tm
     finally:
         os.umask(before)
     assert modes == dict.fromkeys(modes, 0o600)
+
+
+def test_a_commit_of_seconds_is_measured_not_capped_at_one_second():
+    """histogram_quantile() never answers above the highest finite bucket: with 1 s the top
+    one, a disk whose commits took 4 s read as a p99 of 1 s. A commit of seconds (a degraded
+    disk, a large checkpoint) lands in a finite bucket of wharf_store_commit_duration_seconds."""
+    recorder = HistogramRecorder(sqlite_writer.COMMIT_SECONDS_BOUNDS)
+    recorder.observe(4.0)
+    observed = recorder.snapshot()
+    finite = dict(zip(observed.bounds, observed.cumulative_counts, strict=False))
+    holding = [bound for bound, count in finite.items() if count == 1]
+    assert holding[:1] == [5.0]  # the 2.5 s bucket holds none, the 5 s one the 4 s commit
