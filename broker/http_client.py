@@ -41,6 +41,7 @@ import h11
 import trio
 
 from monitoring import fastio
+from proto.http1 import is_valid_host
 from proto.http_auth import BasicScheme, Credentials, DigestSession, answer_challenges, is_stale
 
 # RFC 3986's reserved and unreserved characters and '%': kept as they are in a request target.
@@ -147,6 +148,10 @@ def parse_target(url: str) -> Target | None:
     host_header = parts.netloc.rpartition("@")[2]
     if not host_header.isascii():  # an internationalised name: its A-label form
         host_header = host + (f":{port}" if port is not None else "")
+    if not is_valid_host(host_header.encode("ascii")):
+        # urlsplit reads only what is inside "[...]": "[::1]junk:8080" would go to [::1]:8080
+        # with that Host, and "[v1.x]" (RFC 3986's IPvFuture) to a DNS look-up of "v1.x".
+        return None
     credentials = None
     if parts.username is not None:  # AWS honours https://user:password@host/ endpoints
         credentials = Credentials(unquote(parts.username), unquote(parts.password or ""))
