@@ -49,6 +49,7 @@ from monitoring.settings import (
     is_loopback_address,
     listen_addresses,
     listen_overlap,
+    not_an_address,
 )
 
 DEFAULT_ADMIN_PORT = 9326
@@ -240,7 +241,7 @@ def check_target_host(host: str) -> str:
         if host.replace(".", "").isdigit():
             raise ValueError(f"target host {host!r} is not a valid IPv4 address") from None
         if not is_dns_name(host):
-            raise ValueError(f"target host {host!r} is not an IP address or a DNS name") from None
+            raise ValueError(f"target host {host!r}: {not_an_address(host)}") from None
         return host.lower()
     if address.is_unspecified or address.is_multicast or address == _BROADCAST:
         raise ValueError(f"target host {host!r} is not an address a target can have")

@@ -174,6 +174,13 @@ def test_a_zone_id_that_is_no_interface_is_refused_with_its_key(host):
     assert message.endswith("- at `$.target_groups[0].targets[0]`")
 
 
+def test_a_bracketed_ipv6_target_host_is_refused_with_the_fix():
+    groups = [{"name": "web", "targets": [{"host": "[::1]"}]}]
+    message = error(config(target_groups=groups))
+    assert "target host '[::1]': write an IPv6 address without brackets ('::1')" in message
+    assert message.endswith("- at `$.target_groups[0].targets[0]`")
+
+
 @pytest.mark.parametrize(
     "path",
     ["/", "/health", "/health?probe=1&full=%20yes", "/~user/a:b@c;d=e,f+g*h!i$j'k(l)m", "/%C3%A9"],
