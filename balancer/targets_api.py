@@ -70,6 +70,7 @@ from monitoring.httpserver import Request, Response
 from monitoring.lifecycle import DaemonStopping
 from monitoring.logging import EventLog
 from monitoring.safefile import read_regular_file
+from monitoring.settings import host_port
 
 JSON: Final = "application/json"
 STATE_FILE: Final = "targets.json"
@@ -411,7 +412,8 @@ class TargetsApi:
                     raise ApiError(
                         409,
                         "NotPrimaryWorker",
-                        f"send admin changes to worker 0 at {host}:{port}; it applies them to "
+                        f"send admin changes to worker 0 at {host_port(host, port)}; it applies "
+                        "them to "
                         "every worker",
                     )
                 return await route(request)

@@ -43,7 +43,7 @@ from monitoring.httpserver import Draining
 from monitoring.logging import EventLog
 from monitoring.metrics import Metrics
 from monitoring.sdnotify import Notifier
-from monitoring.settings import AdminSettings, LifecycleSettings, LoggingSettings
+from monitoring.settings import AdminSettings, LifecycleSettings, LoggingSettings, host_port
 from monitoring.throttle import Throttle
 
 # accept() errors that mean "out of a resource right now", not "this listener is broken":
@@ -151,7 +151,7 @@ async def bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> list[tr
     try:
         return await _bind_tcp(host, port, reuse_port=reuse_port)
     except OSError as error:
-        error.add_note(f"cannot bind {host or '*'}:{port}")
+        error.add_note(f"cannot bind {host_port(host or '*', port)}")
         raise
 
 

@@ -39,6 +39,12 @@ def is_dns_name(host: str) -> bool:
     return len(host) <= 253 and all(_HOSTNAME_LABEL.fullmatch(label) for label in labels)
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as messages and logs write an address: an IPv6 one in brackets
+    (``[::1]:9324``), so that the port cannot be read as the address's last group."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def check_host(host: str) -> None:
     """Reject a listen host that is neither an IP literal nor a DNS name, or that no bind
     could ever take: an IPv4-mapped IPv6 address (both daemons' IPv6 sockets are IPv6-only,

@@ -357,6 +357,15 @@ async def test_reload_route_reports_the_outcome(nursery):
     without.frame.stop(0)
 
 
+async def test_a_worker_points_to_worker_0_with_an_ipv6_address_in_brackets(nursery):
+    admin = Admin(make_config("10.0.0.1"), primary=("::1", 9326))
+    await admin.start(nursery)
+    status, reply = await admin.call("POST", "/targets/register", {"target_group": "web"})
+    assert (status, reply["error"]) == (409, "NotPrimaryWorker")
+    assert "worker 0 at [::1]:9326;" in reply["message"]  # was "::1:9326"
+    admin.frame.stop(0)
+
+
 async def test_changes_are_forwarded_to_peer_workers_once(nursery):
     forwarded: list[tuple[str, bytes]] = []
     authorizations: list[str | None] = []
