@@ -40,6 +40,7 @@ from balancer.tls_policies import TlsPolicy as TlsPolicy
 from monitoring.settings import (
     AdminSettings,
     FilePath,
+    IpAddress,
     LifecycleSettings,
     LoggingSettings,
     Port,
@@ -641,6 +642,8 @@ class BalancerConfig(Section, frozen=True, kw_only=True):
         if addresses is None:  # a DNS name, not looked up
             reached = host.lower() == self.admin.host.lower()
         else:
+            # A connect() to ::ffff:10.0.0.5 reaches 10.0.0.5: compare the IPv4 address.
+            addresses = frozenset(_unmapped(a) for a in addresses)
             own = listen_addresses(self.admin.host) or frozenset()
             reached = bool(addresses & own) or any(map(is_loopback_address, addresses))
         return _admin_port(index) if reached else None
@@ -662,6 +665,13 @@ ADMIN_AS_TARGET: Final = (
     "client, and could register targets or reload; scrape /metrics from the admin "
     "listener itself"
 )
+
+
+def _unmapped(address: IpAddress) -> IpAddress:
+    """An IPv4-mapped IPv6 address as the IPv4 address it is; any other as it is."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def _admin_port(index: int) -> str:

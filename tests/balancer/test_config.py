@@ -263,6 +263,21 @@ def test_a_listener_on_the_admin_port_of_another_address_is_accepted(admin_host,
         ({}, 1, {"host": "127.8.0.1", "port": 9326}, "targets[0]", "(admin.port)"),
         ({}, 1, {"host": "localhost", "port": 9326}, "targets[0]", "(admin.port)"),
         ({"host": "::1", "port": 9000}, 1, {"host": "0:0::1"}, "targets[0]", "(admin.port)"),
+        # An IPv4-mapped address is the IPv4 one to connect(): it passed (the IPv6 hunt).
+        (
+            {"host": "10.0.0.5", "port": 9000},
+            1,
+            {"host": "::ffff:10.0.0.5"},
+            "targets[0]",
+            "(admin.port)",
+        ),
+        (
+            {"host": "10.0.0.5", "port": 9000},
+            1,
+            {"host": "::ffff:a00:5"},
+            "targets[0]",
+            "(admin.port)",
+        ),
         (
             {"host": "10.0.0.5", "port": 9000},
             3,
