@@ -617,7 +617,7 @@ class BrokerApp:
             addresses = fastio.accepted_addresses(stream.socket)
             if addresses is None:
                 return  # reset before it was served: nothing to answer, nothing to log
-            peer = addresses[0]
+            peer, local = addresses
             http: trio.abc.Stream = stream
             if self.tls is not None:  # read per connection: a reload swaps the certificate
                 secured = await self.tls.accept(stream, frame.draining, tls_failed)
@@ -635,6 +635,7 @@ class BrokerApp:
                 on_refusal=refusals,
                 on_refused=self.metrics.observe_refusal,
                 body_budget=self.body_budget,
+                local=(str(local[0]), int(local[1])),
             )
 
         sockets = await bind_tcp(api.host, api.port)

@@ -307,3 +307,31 @@ async def test_a_store_is_not_served_under_another_account_or_region(tmp_path):
     async with running(SPEC, config(AwsIdentity(account_id="111111111111"))):
         pass
     assert b"111111111111" in (data / "aws-identity.json").read_bytes()
+
+
+async def _http10(where: tuple[str, int], target: bytes, body: bytes) -> bytes:
+    stream = await trio.open_tcp_stream(*where)
+    async with stream:
+        head = b"POST / HTTP/1.0\r\nX-Amz-Target: " + target + b"\r\n"
+        head += b"Content-Type: application/x-amz-json-1.0\r\n"
+        await stream.send_all(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        answer = b""
+        while chunk := await stream.receive_some():
+            answer += chunk
+    return answer.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize("host", ["::1", "127.0.0.1"])
+async def test_a_request_without_host_gets_urls_of_the_address_it_reached(tmp_path, host):
+    # HTTP/1.0 needs no Host: queue URLs said http://localhost/..., port 80, which is not
+    # where the broker listens (on ::1 not even the address; found by the IPv6 hunt).
+    config = BrokerConfig(
+        api=ApiSettings(host=host, port=0),
+        admin=AdminSettings(port=0),
+        storage=StorageSettings(data_dir=str(tmp_path)),
+    )
+    async with running(SPEC, config) as daemon:
+        where = address(daemon, "api")
+        body = await _http10(where, b"AmazonSQS.CreateQueue", b'{"QueueName": "old"}')
+    authority = f"[{host}]:{where[1]}" if ":" in host else f"{host}:{where[1]}"
+    assert msgspec.json.decode(body) == {"QueueUrl": f"http://{authority}/000000000000/old"}
