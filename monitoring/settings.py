@@ -123,6 +123,16 @@ def listen_addresses(host: str) -> frozenset[IpAddress] | None:
     return frozenset(ipaddress.ip_address(address[0]) for *_, address in found)
 
 
+def same_listen_host(host: str, other: str) -> bool:
+    """Whether a listener on ``host`` and one on ``other`` bind the same addresses, however
+    each is written (``::1`` and ``0:0::1``, ``127.1`` and ``127.0.0.1``): what a reload
+    compares to tell whether a listener must move. DNS names compare as names."""
+    first, second = listen_addresses(host), listen_addresses(other)
+    if first is None or second is None:
+        return host.lower().removesuffix(".") == other.lower().removesuffix(".")
+    return first == second
+
+
 def listen_overlap(host: str, other: str) -> bool:
     """Whether listening on one port at ``host`` and at ``other`` takes an address twice: one
     address, or a wildcard and an address of its family (both daemons bind ``::`` with

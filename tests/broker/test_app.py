@@ -101,6 +101,29 @@ async def test_restart_required_is_judged_against_what_is_bound(tmp_path):
         assert warned == [True, True, False]
 
 
+async def test_a_listen_host_written_another_way_needs_no_restart(tmp_path):
+    # "0:0::1" for "::1" (or "127.1" for "127.0.0.1") warned that a restart was needed to
+    # bind what was already bound (found by the IPv6 hunt).
+    path = tmp_path / "broker.toml"
+    data = f'[storage]\ndata_dir = "{tmp_path}"\n'
+    config = BrokerConfig(
+        admin=AdminSettings(host="::1", port=0),
+        api=ApiSettings(host="::1", port=0),
+        storage=StorageSettings(data_dir=str(tmp_path)),
+    )
+    async with running(SPEC, config, config_path=path) as daemon:
+        warned = []
+        for admin, api in (("0:0::1", "0::1"), ("::1", "127.0.0.1"), ("0::1", "::1")):
+            path.write_text(
+                f'[admin]\nhost = "{admin}"\nport = 0\n[api]\nhost = "{api}"\nport = 0\n{data}'
+            )
+            mark = len(daemon.log_output.getvalue())  # type: ignore[attr-defined]
+            assert await daemon.reload() is None
+            log = daemon.log_output.getvalue()[mark:]  # type: ignore[attr-defined]
+            warned.append(re.findall(r"config.restart_required daemon=broker section=(\S+)", log))
+        assert warned == [[], ["api/storage"], []]
+
+
 async def test_clients_that_reset_at_once_are_not_handler_errors(tmp_path: Path) -> None:
     # TCP health checks that close with RST, port scans: the accepted socket has no peer any
     # more (ENOTCONN); that is traffic, not a bug to log and count.

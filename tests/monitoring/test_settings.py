@@ -6,7 +6,13 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from monitoring.settings import AdminSettings, HttpLimits, check_host, listen_addresses
+from monitoring.settings import (
+    AdminSettings,
+    HttpLimits,
+    check_host,
+    listen_addresses,
+    same_listen_host,
+)
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "0.0.0.0", "localhost", "a.example"])
@@ -46,6 +52,21 @@ def test_hosts_no_bind_could_take_are_refused_with_the_fix(host, reason):
 def test_zone_ids_the_resolver_reads_are_accepted(host):
     check_host(host)
     socket.getaddrinfo(host, 80, type=socket.SOCK_STREAM)  # and the resolver does read them
+
+
+@pytest.mark.parametrize(
+    ("host", "other", "same"),
+    [
+        ("::1", "0:0::1", True),
+        ("127.1", "127.0.0.1", True),
+        ("a.example", "A.example.", True),
+        ("::1", "::2", False),
+        ("::", "0.0.0.0", False),
+        ("a.example", "b.example", False),
+    ],
+)
+def test_same_listen_host_compares_addresses_not_spellings(host, other, same):
+    assert same_listen_host(host, other) is same
 
 
 def test_sections_are_frozen_and_strict():
