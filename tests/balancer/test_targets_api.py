@@ -742,6 +742,17 @@ async def test_a_zone_id_that_names_no_interface_is_a_validation_error(admin, ho
     assert {"[fe80::1%eth0]:8080", "[fe80::2%3]:8080"} <= set(await admin.targets())
 
 
+async def test_a_zone_id_the_resolver_cannot_read_is_a_validation_error(admin):
+    # "::1%lo" was registered and failed every check in getaddrinfo ("Name or service not
+    # known"): an interface name is a zone on link-local addresses only (the IPv6 hunt).
+    body = {"target_group": "web", "targets": [{"host": "::1%lo", "port": 8080}]}
+    status, reply = await admin.call("POST", "/targets/register", body)
+    assert (status, reply["error"]) == (400, "ValidationError")
+    assert "an interface name is a zone id only on a link-local address" in reply["message"]
+    body = {"target_group": "web", "targets": [{"host": "::1%1", "port": 8080}]}
+    assert (await admin.call("POST", "/targets/register", body))[0] == 200
+
+
 def test_a_state_file_written_before_ids_were_normalised_still_applies(tmp_path):
     config = make_config("::1", "10.0.0.1")
     web = config.target_groups[0]
