@@ -83,7 +83,7 @@ from monitoring.httpserver import Draining
 from monitoring.lifecycle import Frame, Listener, StartupError, bind_tcp
 from monitoring.logging import EventLog
 from monitoring.safefile import MAX_KEY_FILE_BYTES, read_regular_file
-from monitoring.settings import HttpLimits, state_directory
+from monitoring.settings import HttpLimits, listen_addresses, state_directory
 
 HOUSEKEEPING_SECONDS: Final = 1.0
 
@@ -537,7 +537,7 @@ class BalancerApp:
                 return True
             serving = self.listeners.get(name)
             return (
-                _where(before) == (after.host, 0, type(after).__name__)
+                _where(before) == (_host_key(after.host), 0, type(after).__name__)
                 and serving is not None
                 and after.port in {port for _, port in serving.addresses}
             )
@@ -549,14 +549,14 @@ class BalancerApp:
     ) -> dict[str, Listener]:
         """Added listeners that reuse the socket of a removed one on the same fixed address."""
         leaving = {
-            (li.host, li.port): self.listeners[li.name]
+            (_host_key(li.host), li.port): self.listeners[li.name]
             for li in self.config.listeners
             if li.name in removed and li.port != 0 and li.name in self.listeners
         }
         new = {li.name: li for li in config.listeners}
         found: dict[str, Listener] = {}
         for name in added:
-            old = leaving.pop((new[name].host, new[name].port), None)
+            old = leaving.pop((_host_key(new[name].host), new[name].port), None)
             if old is not None:
                 found[name] = old
         return found
@@ -693,8 +693,17 @@ def _access_log_destinations(config: BalancerConfig) -> set[str]:
     return {li.access_log.destination for li in config.listeners if li.access_log.enabled}
 
 
-def _where(listener: ListenerConfig) -> tuple[str, int, str]:
-    return listener.host, listener.port, type(listener).__name__
+def _where(listener: ListenerConfig) -> tuple[object, int, str]:
+    return _host_key(listener.host), listener.port, type(listener).__name__
+
+
+def _host_key(host: str) -> object:
+    """A listen host as the bind takes it: "0::" and "::" (or "127.1" and "127.0.0.1") are
+    one address, so a reload that only writes it another way keeps the listener's socket
+    rather than closing it (resetting the connections in its accept queue) and binding
+    again. A DNS name is its name."""
+    addresses = listen_addresses(host)
+    return host.lower().removesuffix(".") if addresses is None else addresses
 
 
 def _format_address(host: str, port: int) -> str:

@@ -40,6 +40,7 @@ from balancer.tls_policies import TlsPolicy as TlsPolicy
 from monitoring.settings import (
     AdminSettings,
     FilePath,
+    IpAddress,
     LifecycleSettings,
     LoggingSettings,
     Port,
@@ -49,6 +50,7 @@ from monitoring.settings import (
     is_loopback_address,
     listen_addresses,
     listen_overlap,
+    not_an_address,
 )
 
 DEFAULT_ADMIN_PORT = 9326
@@ -240,7 +242,7 @@ def check_target_host(host: str) -> str:
         if host.replace(".", "").isdigit():
             raise ValueError(f"target host {host!r} is not a valid IPv4 address") from None
         if not is_dns_name(host):
-            raise ValueError(f"target host {host!r} is not an IP address or a DNS name") from None
+            raise ValueError(f"target host {host!r}: {not_an_address(host)}") from None
         return host.lower()
     if address.is_unspecified or address.is_multicast or address == _BROADCAST:
         raise ValueError(f"target host {host!r} is not an address a target can have")
@@ -640,6 +642,8 @@ class BalancerConfig(Section, frozen=True, kw_only=True):
         if addresses is None:  # a DNS name, not looked up
             reached = host.lower() == self.admin.host.lower()
         else:
+            # A connect() to ::ffff:10.0.0.5 reaches 10.0.0.5: compare the IPv4 address.
+            addresses = frozenset(_unmapped(a) for a in addresses)
             own = listen_addresses(self.admin.host) or frozenset()
             reached = bool(addresses & own) or any(map(is_loopback_address, addresses))
         return _admin_port(index) if reached else None
@@ -661,6 +665,13 @@ ADMIN_AS_TARGET: Final = (
     "client, and could register targets or reload; scrape /metrics from the admin "
     "listener itself"
 )
+
+
+def _unmapped(address: IpAddress) -> IpAddress:
+    """An IPv4-mapped IPv6 address as the IPv4 address it is; any other as it is."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def _admin_port(index: int) -> str:

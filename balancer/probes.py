@@ -34,6 +34,7 @@ from balancer.target_tls import (
     server_name,
 )
 from balancer.upstream import OutOfResources, is_local_exhaustion
+from monitoring.settings import host_port
 
 USER_AGENT: Final = "ELB-HealthChecker/2.0"
 # A status line and headers fit easily; a target that sends more is not answering a check.
@@ -149,7 +150,7 @@ async def run_check(
         except (OSError, trio.BrokenResourceError) as exc:
             detail = str(exc.__cause__ or exc) or type(exc).__name__
             if is_local_exhaustion(exc):
-                raise OutOfResources(f"{host}:{port}", detail) from None
+                raise OutOfResources(host_port(host, port), detail) from None
             return CheckResult(Input.CHECK_FAILED, detail)
         except h11.ProtocolError as exc:
             return CheckResult(Input.CHECK_FAILED, f"invalid HTTP response: {exc}")

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
+from ipaddress import IPv6Address, ip_address
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 from urllib.parse import parse_qsl
@@ -70,6 +71,7 @@ from monitoring.httpserver import Request, Response
 from monitoring.lifecycle import DaemonStopping
 from monitoring.logging import EventLog
 from monitoring.safefile import read_regular_file
+from monitoring.settings import host_port, zone_problem
 
 JSON: Final = "application/json"
 STATE_FILE: Final = "targets.json"
@@ -411,7 +413,8 @@ class TargetsApi:
                     raise ApiError(
                         409,
                         "NotPrimaryWorker",
-                        f"send admin changes to worker 0 at {host}:{port}; it applies them to "
+                        f"send admin changes to worker 0 at {host_port(host, port)}; it applies "
+                        "them to "
                         "every worker",
                     )
                 return await route(request)
@@ -435,6 +438,7 @@ class TargetsApi:
         body = _decode(request.body)
         async with self.lock:
             group = self._group(body.target_group)
+            _refuse_unresolvable_zones(body.targets)
             self._refuse_admin_targets(group, body.targets)
             current = {e.target_id for e in self._overrides.endpoints(group.config)}
             new = {target_id(t.host, t.port or group.config.port) for t in body.targets}
@@ -566,6 +570,21 @@ class TargetsApi:
                 }
             )
         return described
+
+
+def _refuse_unresolvable_zones(targets: Sequence[Target]) -> None:
+    """Refuse a new registration the resolver can never look up (``::1%lo``: an interface
+    name is a zone on link-local addresses only), which would stay unhealthy for good.
+    Checked here, not in :class:`Target`: a ``targets.json`` that holds one already must
+    not stop the start."""
+    for target in targets:
+        try:
+            address = ip_address(target.host)
+        except ValueError:  # a DNS name
+            continue
+        problem = zone_problem(address) if isinstance(address, IPv6Address) else None
+        if problem is not None:
+            raise ApiError(400, "ValidationError", f"target host {target.host!r}: {problem}")
 
 
 def _health(record: TargetHealth | None, now: float) -> dict[str, Any]:

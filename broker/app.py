@@ -54,7 +54,7 @@ from monitoring.httpserver import BodyBudget, Request, Response, serve_http
 from monitoring.lifecycle import DaemonStopping, Frame, Listener, StartupError, bind_tcp
 from monitoring.logging import EventLog
 from monitoring.safefile import check_regular_file
-from monitoring.settings import HttpLimits, state_directory
+from monitoring.settings import HttpLimits, same_listen_host, state_directory
 from proto.aws.sns_shapes import SNS
 from proto.aws.sqs_shapes import SQS
 
@@ -356,6 +356,8 @@ def _needs_restart(old: BrokerConfig, new: BrokerConfig) -> bool:
     api = msgspec.structs.replace(
         old.api, tls=new.api.tls, max_buffered_request_bytes=new.api.max_buffered_request_bytes
     )
+    if same_listen_host(old.api.host, new.api.host):  # "0:0::1" binds what "::1" bound
+        api = msgspec.structs.replace(api, host=new.api.host)
     storage = msgspec.structs.replace(
         old.storage, key_file=new.storage.key_file, min_free_bytes=new.storage.min_free_bytes
     )
@@ -617,7 +619,7 @@ class BrokerApp:
             addresses = fastio.accepted_addresses(stream.socket)
             if addresses is None:
                 return  # reset before it was served: nothing to answer, nothing to log
-            peer = addresses[0]
+            peer, local = addresses
             http: trio.abc.Stream = stream
             if self.tls is not None:  # read per connection: a reload swaps the certificate
                 secured = await self.tls.accept(stream, frame.draining, tls_failed)
@@ -635,6 +637,7 @@ class BrokerApp:
                 on_refusal=refusals,
                 on_refused=self.metrics.observe_refusal,
                 body_budget=self.body_budget,
+                local=(str(local[0]), int(local[1])),
             )
 
         sockets = await bind_tcp(api.host, api.port)

@@ -107,7 +107,8 @@ class ApiSettings(Section, frozen=True, kw_only=True):
             )
         if self.public_url and not is_origin_url(self.public_url):
             raise ValueError(
-                f"public_url must be scheme://host[:port] without a path, got {self.public_url!r}"
+                f"public_url must be scheme://host[:port] without a path, got "
+                f"{self.public_url!r}{origin_url_hint(self.public_url)}"
             )
 
 
@@ -286,7 +287,8 @@ class SnsSettings(Section, frozen=True, kw_only=True):
         base = self.signing_cert_url_base
         if base and not is_origin_url(base):
             raise ValueError(
-                f"signing_cert_url_base must be scheme://host[:port] without a path, got {base!r}"
+                f"signing_cert_url_base must be scheme://host[:port] without a path, got "
+                f"{base!r}{origin_url_hint(base)}"
             )
 
 
@@ -424,6 +426,17 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def origin_url_hint(url: str) -> str:
+    """What is likely wrong with an IPv6 host in a URL :func:`is_origin_url` refused, as
+    ``": ..."``; empty when nothing points at it."""
+    authority = url.partition("://")[2].partition("/")[0]
+    if authority.count(":") > 1 and "[" not in authority:
+        return ": an IPv6 address goes in brackets (http://[::1]:9324)"
+    if "[" in authority and "%" in authority and "%25" not in authority:
+        return ": a zone id is written %25 in a URL (RFC 6874: http://[fe80::1%25eth0]:9324)"
+    return ""
 
 
 def is_origin_url(url: str) -> bool:

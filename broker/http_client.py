@@ -41,6 +41,7 @@ import h11
 import trio
 
 from monitoring import fastio
+from proto.http1 import is_valid_host
 from proto.http_auth import BasicScheme, Credentials, DigestSession, answer_challenges, is_stale
 
 # RFC 3986's reserved and unreserved characters and '%': kept as they are in a request target.
@@ -147,6 +148,21 @@ def parse_target(url: str) -> Target | None:
     host_header = parts.netloc.rpartition("@")[2]
     if not host_header.isascii():  # an internationalised name: its A-label form
         host_header = host + (f":{port}" if port is not None else "")
+    if "%" in host and _is_ip_literal(host):
+        # A zone id is "%25" and the zone in a URL (RFC 6874), "%" and the zone to the
+        # resolver: given "fe80::1%25eth0" it looks up interface "25eth0", and fails. A bare
+        # "%" (written before RFC 6874) is taken too; the Host header gets the RFC's form.
+        address, _, zone = host.partition("%")
+        if zone.startswith("25") and "%25" in parts.netloc:
+            zone = unquote(zone[2:])
+        host = f"{address}%{zone}"
+        host_header = f"[{address}%25{quote(zone, safe='')}]" + (
+            f":{port}" if port is not None else ""
+        )
+    if not is_valid_host(host_header.encode("ascii")):
+        # urlsplit reads only what is inside "[...]": "[::1]junk:8080" would go to [::1]:8080
+        # with that Host, and "[v1.x]" (RFC 3986's IPvFuture) to a DNS look-up of "v1.x".
+        return None
     credentials = None
     if parts.username is not None:  # AWS honours https://user:password@host/ endpoints
         credentials = Credentials(unquote(parts.username), unquote(parts.password or ""))

@@ -110,6 +110,9 @@ class Request:
     # Whether the client is still there, while the handler works; None on a stream that
     # cannot tell (not a TCP socket).
     peer: PeerWatch | None = None
+    # The address the client connected to, (host, port), if the server was told it: what a
+    # request without Host (HTTP/1.0) names the server by.
+    local: tuple[str, int] | None = None
 
     @property
     def from_a_browser(self) -> bool:
@@ -550,6 +553,7 @@ class _RequestParser:
         "_head_size",
         "_headers",
         "_http",
+        "_local",
         "_max_body_bytes",
         "_max_header_bytes",
         "_max_wire_bytes",
@@ -570,6 +574,7 @@ class _RequestParser:
         max_header_bytes: int,
         max_body_bytes: int,
         reservation: BodyReservation,
+        local: tuple[str, int] | None = None,
     ):
         self._http = httptools.HttpRequestParser(self)
         # Bodies being received, and those received and not yet answered, hold their size in
@@ -577,6 +582,7 @@ class _RequestParser:
         # Content-Length declared (or, chunked, what has arrived).
         self._reservation = reservation
         self._client = client
+        self._local = local
         self._max_header_bytes = max_header_bytes
         self._max_body_bytes = max_body_bytes
         self.complete: deque[Request] = deque()
@@ -788,6 +794,7 @@ class _RequestParser:
                 keep_alive=self._http.get_http_version() == "1.1"
                 and self._http.should_keep_alive()
                 and not self._http.should_upgrade(),
+                local=self._local,
             )
         )
         self._body = bytearray()  # the request has its copy: not twice while it is handled
@@ -816,6 +823,7 @@ async def serve_http(
     on_refusal: OnRefusal | None = None,
     on_refused: Callable[[int], None] | None = None,
     body_budget: BodyBudget | None = None,
+    local: tuple[str, int] | None = None,
 ) -> None:
     """Serve requests on one connection until it closes, idles out, errs or the daemon drains.
 
@@ -827,13 +835,14 @@ async def serve_http(
     handler sees and so no handler counts.
 
     ``body_budget`` is shared by the connections of one listener (see :class:`BodyBudget`);
-    without it this connection's bodies are bounded by ``max_body_bytes`` alone.
+    without it this connection's bodies are bounded by ``max_body_bytes`` alone. ``local``,
+    the address the client connected to, is handed to the handler in ``Request.local``.
     """
     budget = body_budget if body_budget is not None else BodyBudget(sys.maxsize)
     # Whatever ends the connection (a reset, a timeout, a cancel, a bug), what it held of the
     # budget goes back when this block is left; parser.release() gives it back sooner.
     with budget.reservation() as reservation:
-        parser = _RequestParser(client, limits.max_header_bytes, max_body_bytes, reservation)
+        parser = _RequestParser(client, limits.max_header_bytes, max_body_bytes, reservation, local)
         refuser = _Refuser(on_refusal, on_error, max_body_bytes, on_refused)
         connection = _Connection(stream)
         peer = _peer_watch(stream, parser)

@@ -43,7 +43,13 @@ from monitoring.httpserver import Draining
 from monitoring.logging import EventLog
 from monitoring.metrics import Metrics
 from monitoring.sdnotify import Notifier
-from monitoring.settings import AdminSettings, LifecycleSettings, LoggingSettings
+from monitoring.settings import (
+    AdminSettings,
+    LifecycleSettings,
+    LoggingSettings,
+    host_port,
+    same_listen_host,
+)
 from monitoring.throttle import Throttle
 
 # accept() errors that mean "out of a resource right now", not "this listener is broken":
@@ -151,7 +157,7 @@ async def bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> list[tr
     try:
         return await _bind_tcp(host, port, reuse_port=reuse_port)
     except OSError as error:
-        error.add_note(f"cannot bind {host or '*'}:{port}")
+        error.add_note(f"cannot bind {host_port(host or '*', port)}")
         raise
 
 
@@ -706,7 +712,9 @@ class Daemon(Generic[C]):
         if self.frame.use_admin_token is not None:
             self.frame.use_admin_token(admin_token)
         bound = self._bound_admin  # the address bound, not the last file's
-        if (new_config.admin.host, new_config.admin.port) != (bound.host, bound.port):
+        if new_config.admin.port != bound.port or not same_listen_host(
+            new_config.admin.host, bound.host
+        ):
             self.log.warning("config.restart_required", section="admin")
         self.log.set_level(new_config.logging.level)
         self.config = new_config

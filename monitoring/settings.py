@@ -39,15 +39,65 @@ def is_dns_name(host: str) -> bool:
     return len(host) <= 253 and all(_HOSTNAME_LABEL.fullmatch(label) for label in labels)
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as messages and logs write an address: an IPv6 one in brackets
+    (``[::1]:9324``), so that the port cannot be read as the address's last group."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def check_host(host: str) -> None:
-    """Reject a listen host that is neither an IP literal nor a DNS name."""
+    """Reject a listen host that is neither an IP literal nor a DNS name, or that no bind
+    could ever take: an IPv4-mapped IPv6 address (both daemons' IPv6 sockets are IPv6-only,
+    and the kernel refuses it with EINVAL) or a zone id the resolver cannot read
+    (:func:`zone_problem`)."""
     try:
-        ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host)
     except ValueError:
         if not is_dns_name(host):
+            raise ValueError(f"invalid listen host {host!r}: {not_an_address(host)}") from None
+        return
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
             raise ValueError(
-                f"invalid listen host {host!r}: not an IP address or a DNS name"
-            ) from None
+                f"invalid listen host {host!r}: an IPv4-mapped address, which an IPv6-only "
+                f"socket cannot bind; listen on {str(address.ipv4_mapped)!r}"
+            )
+        problem = zone_problem(address)
+        if problem is not None:
+            raise ValueError(f"invalid listen host {host!r}: {problem}")
+
+
+def not_an_address(host: str) -> str:
+    """Why ``host`` (neither an IP literal nor a DNS name) is refused, with the likely fix of
+    an IPv6 address written in brackets, as URLs write it."""
+    inner = host.removeprefix("[").removesuffix("]")
+    if host.startswith("[") and host.endswith("]") and _is_ipv6(inner):
+        return f"write an IPv6 address without brackets ({inner!r})"
+    return "not an IP address or a DNS name"
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def zone_problem(address: ipaddress.IPv6Address) -> str | None:
+    """Why getaddrinfo refuses ``address``'s zone id, or None. glibc reads an interface name
+    (``%eth0``) as a zone only on a link-local address (``fe80::/10``, link-local multicast
+    ``ff02::/16``); on any other it answers "Name or service not known", so ``::1%lo`` can
+    neither be bound nor connected to. An interface index (``%1``) is read on any."""
+    zone = address.scope_id
+    if zone is None or zone.isdigit():
+        return None
+    if address.is_link_local or (address.is_multicast and address.packed[1] & 0x0F == 0x02):
+        return None
+    return (
+        "an interface name is a zone id only on a link-local address (fe80::/10); "
+        "drop it, or give the interface index (%N)"
+    )
 
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -71,6 +121,16 @@ def listen_addresses(host: str) -> frozenset[IpAddress] | None:
     except (OSError, UnicodeError):
         return None
     return frozenset(ipaddress.ip_address(address[0]) for *_, address in found)
+
+
+def same_listen_host(host: str, other: str) -> bool:
+    """Whether a listener on ``host`` and one on ``other`` bind the same addresses, however
+    each is written (``::1`` and ``0:0::1``, ``127.1`` and ``127.0.0.1``): what a reload
+    compares to tell whether a listener must move. DNS names compare as names."""
+    first, second = listen_addresses(host), listen_addresses(other)
+    if first is None or second is None:
+        return host.lower().removesuffix(".") == other.lower().removesuffix(".")
+    return first == second
 
 
 def listen_overlap(host: str, other: str) -> bool:

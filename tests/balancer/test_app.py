@@ -288,6 +288,24 @@ async def test_a_listener_moves_to_another_address_of_its_port_in_one_reload(
     assert ("event=listener.making_way" in log) == (after != "127.0.0.2")
 
 
+@pytest.mark.parametrize(("before", "after"), [("::1", "0:0::1"), ("127.0.0.1", "127.1")])
+async def test_a_listen_host_written_another_way_keeps_its_socket(before: str, after: str) -> None:
+    """A reload that only spells the address differently closed the listening socket (any
+    connection in its accept queue reset) and bound it again (found by the IPv6 hunt)."""
+    from tests.support.balancer_http import balancer, config
+
+    port = _free_port()
+    async with balancer(config([_at(before, port, "old")], [])) as daemon:
+        held = [li.socket for li in daemon.app.listeners["front"].sockets]
+        await daemon.app.reload(config([_at(after, port, "new")], []))
+        assert [li.socket for li in daemon.app.listeners["front"].sockets] == held
+        status, _, body = await request((before, port), target="/")
+        assert (status, body) == (200, b"new")
+    log = daemon.log_output.getvalue()  # type: ignore[attr-defined]
+    assert "event=listener.stopped" not in log
+    assert "event=listener.making_way" not in log
+
+
 async def test_a_move_whose_new_address_stays_blocked_is_refused_and_the_old_listener_serves() -> (
     None
 ):

@@ -174,6 +174,13 @@ def test_a_zone_id_that_is_no_interface_is_refused_with_its_key(host):
     assert message.endswith("- at `$.target_groups[0].targets[0]`")
 
 
+def test_a_bracketed_ipv6_target_host_is_refused_with_the_fix():
+    groups = [{"name": "web", "targets": [{"host": "[::1]"}]}]
+    message = error(config(target_groups=groups))
+    assert "target host '[::1]': write an IPv6 address without brackets ('::1')" in message
+    assert message.endswith("- at `$.target_groups[0].targets[0]`")
+
+
 @pytest.mark.parametrize(
     "path",
     ["/", "/health", "/health?probe=1&full=%20yes", "/~user/a:b@c;d=e,f+g*h!i$j'k(l)m", "/%C3%A9"],
@@ -256,6 +263,21 @@ def test_a_listener_on_the_admin_port_of_another_address_is_accepted(admin_host,
         ({}, 1, {"host": "127.8.0.1", "port": 9326}, "targets[0]", "(admin.port)"),
         ({}, 1, {"host": "localhost", "port": 9326}, "targets[0]", "(admin.port)"),
         ({"host": "::1", "port": 9000}, 1, {"host": "0:0::1"}, "targets[0]", "(admin.port)"),
+        # An IPv4-mapped address is the IPv4 one to connect(): it passed (the IPv6 hunt).
+        (
+            {"host": "10.0.0.5", "port": 9000},
+            1,
+            {"host": "::ffff:10.0.0.5"},
+            "targets[0]",
+            "(admin.port)",
+        ),
+        (
+            {"host": "10.0.0.5", "port": 9000},
+            1,
+            {"host": "::ffff:a00:5"},
+            "targets[0]",
+            "(admin.port)",
+        ),
         (
             {"host": "10.0.0.5", "port": 9000},
             3,

@@ -132,3 +132,5 @@ async def test_a_check_the_balancer_cannot_open_gives_no_verdict(monkeypatch):
     monkeypatch.setattr(trio, "open_tcp_stream", exhausted)
     with pytest.raises(OutOfResources, match=r"127\.0\.0\.1:9"):
         await run_check("127.0.0.1", 9, http_check())
+    with pytest.raises(OutOfResources, match=r"\[::1\]:9"):  # was "::1:9"
+        await run_check("::1", 9, http_check())

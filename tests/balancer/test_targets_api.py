@@ -357,6 +357,15 @@ async def test_reload_route_reports_the_outcome(nursery):
     without.frame.stop(0)
 
 
+async def test_a_worker_points_to_worker_0_with_an_ipv6_address_in_brackets(nursery):
+    admin = Admin(make_config("10.0.0.1"), primary=("::1", 9326))
+    await admin.start(nursery)
+    status, reply = await admin.call("POST", "/targets/register", {"target_group": "web"})
+    assert (status, reply["error"]) == (409, "NotPrimaryWorker")
+    assert "worker 0 at [::1]:9326;" in reply["message"]  # was "::1:9326"
+    admin.frame.stop(0)
+
+
 async def test_changes_are_forwarded_to_peer_workers_once(nursery):
     forwarded: list[tuple[str, bytes]] = []
     authorizations: list[str | None] = []
@@ -731,6 +740,17 @@ async def test_a_zone_id_that_names_no_interface_is_a_validation_error(admin, ho
     body = {"target_group": "web", "targets": [{"host": "fe80::1%eth0"}, {"host": "fe80::2%3"}]}
     assert (await admin.call("POST", "/targets/register", body))[0] == 200
     assert {"[fe80::1%eth0]:8080", "[fe80::2%3]:8080"} <= set(await admin.targets())
+
+
+async def test_a_zone_id_the_resolver_cannot_read_is_a_validation_error(admin):
+    # "::1%lo" was registered and failed every check in getaddrinfo ("Name or service not
+    # known"): an interface name is a zone on link-local addresses only (the IPv6 hunt).
+    body = {"target_group": "web", "targets": [{"host": "::1%lo", "port": 8080}]}
+    status, reply = await admin.call("POST", "/targets/register", body)
+    assert (status, reply["error"]) == (400, "ValidationError")
+    assert "an interface name is a zone id only on a link-local address" in reply["message"]
+    body = {"target_group": "web", "targets": [{"host": "::1%1", "port": 8080}]}
+    assert (await admin.call("POST", "/targets/register", body))[0] == 200
 
 
 def test_a_state_file_written_before_ids_were_normalised_still_applies(tmp_path):

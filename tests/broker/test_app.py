@@ -101,6 +101,29 @@ async def test_restart_required_is_judged_against_what_is_bound(tmp_path):
         assert warned == [True, True, False]
 
 
+async def test_a_listen_host_written_another_way_needs_no_restart(tmp_path):
+    # "0:0::1" for "::1" (or "127.1" for "127.0.0.1") warned that a restart was needed to
+    # bind what was already bound (found by the IPv6 hunt).
+    path = tmp_path / "broker.toml"
+    data = f'[storage]\ndata_dir = "{tmp_path}"\n'
+    config = BrokerConfig(
+        admin=AdminSettings(host="::1", port=0),
+        api=ApiSettings(host="::1", port=0),
+        storage=StorageSettings(data_dir=str(tmp_path)),
+    )
+    async with running(SPEC, config, config_path=path) as daemon:
+        warned = []
+        for admin, api in (("0:0::1", "0::1"), ("::1", "127.0.0.1"), ("0::1", "::1")):
+            path.write_text(
+                f'[admin]\nhost = "{admin}"\nport = 0\n[api]\nhost = "{api}"\nport = 0\n{data}'
+            )
+            mark = len(daemon.log_output.getvalue())  # type: ignore[attr-defined]
+            assert await daemon.reload() is None
+            log = daemon.log_output.getvalue()[mark:]  # type: ignore[attr-defined]
+            warned.append(re.findall(r"config.restart_required daemon=broker section=(\S+)", log))
+        assert warned == [[], ["api/storage"], []]
+
+
 async def test_clients_that_reset_at_once_are_not_handler_errors(tmp_path: Path) -> None:
     # TCP health checks that close with RST, port scans: the accepted socket has no peer any
     # more (ENOTCONN); that is traffic, not a bug to log and count.
@@ -307,3 +330,31 @@ async def test_a_store_is_not_served_under_another_account_or_region(tmp_path):
     async with running(SPEC, config(AwsIdentity(account_id="111111111111"))):
         pass
     assert b"111111111111" in (data / "aws-identity.json").read_bytes()
+
+
+async def _http10(where: tuple[str, int], target: bytes, body: bytes) -> bytes:
+    stream = await trio.open_tcp_stream(*where)
+    async with stream:
+        head = b"POST / HTTP/1.0\r\nX-Amz-Target: " + target + b"\r\n"
+        head += b"Content-Type: application/x-amz-json-1.0\r\n"
+        await stream.send_all(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        answer = b""
+        while chunk := await stream.receive_some():
+            answer += chunk
+    return answer.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize("host", ["::1", "127.0.0.1"])
+async def test_a_request_without_host_gets_urls_of_the_address_it_reached(tmp_path, host):
+    # HTTP/1.0 needs no Host: queue URLs said http://localhost/..., port 80, which is not
+    # where the broker listens (on ::1 not even the address; found by the IPv6 hunt).
+    config = BrokerConfig(
+        api=ApiSettings(host=host, port=0),
+        admin=AdminSettings(port=0),
+        storage=StorageSettings(data_dir=str(tmp_path)),
+    )
+    async with running(SPEC, config) as daemon:
+        where = address(daemon, "api")
+        body = await _http10(where, b"AmazonSQS.CreateQueue", b'{"QueueName": "old"}')
+    authority = f"[{host}]:{where[1]}" if ":" in host else f"{host}:{where[1]}"
+    assert msgspec.json.decode(body) == {"QueueUrl": f"http://{authority}/000000000000/old"}

@@ -221,6 +221,26 @@ def test_a_public_url_that_queue_urls_cannot_be_built_on_is_refused(url):
         decode(sns, BrokerConfig)
 
 
+@pytest.mark.parametrize(
+    ("url", "hint"),
+    [
+        ("http://::1:9324", ": an IPv6 address goes in brackets (http://[::1]:9324)"),
+        ("http://fe80::1%eth0", ": an IPv6 address goes in brackets"),
+        ("http://[fe80::1%eth0]:9324", ": a zone id is written %25 in a URL (RFC 6874"),
+    ],
+)
+def test_an_ipv6_host_written_as_no_url_writes_it_is_refused_with_the_fix(url, hint):
+    for document, key in (
+        (f'[api]\npublic_url = "{url}"\n', "public_url"),
+        (f'[sns]\nsigning_cert_url_base = "{url}"\n', "signing_cert_url_base"),
+    ):
+        with pytest.raises(ConfigError) as info:
+            decode(document.encode(), BrokerConfig)
+        assert f"{key} must be scheme://host[:port] without a path, got {url!r}{hint}" in str(
+            info.value
+        )
+
+
 @pytest.mark.parametrize("url", ["http://[::1]:9324", "https://sqs.example.com", "http://10.0.0.1"])
 def test_public_urls_of_any_host_form_are_accepted(url):
     assert decode(f'[api]\npublic_url = "{url}"\n'.encode(), BrokerConfig).api.public_url == url

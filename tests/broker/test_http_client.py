@@ -336,6 +336,19 @@ async def test_targets() -> None:
         assert parse_target(f"http://{host}/") is None, host
     for host in ("[::1]", "127.0.0.1", "my_host.example", "h.example.", "[fe80::1%25eth0]"):
         assert parse_target(f"http://{host}:8080/") is not None, host
+    # urlsplit checks only what is inside the brackets: these went to [::1]:8080 (or to DNS,
+    # for "v1.x") with a Host header that is no authority (found by the IPv6 hunt).
+    for authority in ("[::1]junk:8080", "[::1]junk", "[v1.x]", "[::1]:8080:80"):
+        assert parse_target(f"http://{authority}/") is None, authority
+    # RFC 6874: "%25" in the URL, "%" to the resolver (which read "%25eth0" as interface
+    # "25eth0": found by the IPv6 hunt), "%25" in the Host header. A bare "%" as before.
+    for url in ("http://[fe80::1%25eth0]:8080/", "http://[fe80::1%eth0]:8080/"):
+        zoned = parse_target(url)
+        assert zoned is not None, url
+        assert (zoned.host, zoned.host_header) == ("fe80::1%eth0", "[fe80::1%25eth0]:8080")
+    v6 = parse_target("http://[0:0::1]:8080/x")
+    assert v6 is not None
+    assert (v6.host, v6.port, v6.host_header) == ("0:0::1", 8080, "[0:0::1]:8080")
 
 
 async def test_urls_a_request_line_cannot_carry_are_encoded_or_refused(client: MakeClient) -> None:

@@ -474,7 +474,7 @@ def test_subscribe_validates_endpoints(sns: Any, name: Names) -> None:
            "Invalid parameter: Endpoint Reason: not a URL deliveries can reach (a host, and a "
            "port from 1 to 65535)")
           for unreachable in ("http://127.0.0.1:99999/", "http://127.0.0.1:0/", "http://:80/",
-                              "http://host:port/")),
+                              "http://host:port/", "http://[::1]junk:8080/", "http://[v1.x]/")),
         ("sqs", f"arn:aws:sqs:us-east-1:{ACCOUNT_ID}:q.fifo",
          "Invalid parameter: Invalid parameter: Endpoint Reason: FIFO SQS Queues can not be "
          "subscribed to standard SNS topics"),

@@ -266,6 +266,14 @@ async def test_reload_good_and_bad_files(tmp_path):
     assert 'wharf_config_reloads_total{outcome="failure"} 1.0' in metrics
 
 
+async def test_a_bind_failure_writes_an_ipv6_address_in_brackets():
+    # It said "cannot bind ::ffff:127.0.0.1:0", whose port reads as the address's last group.
+    for reuse_port in (False, True):
+        with pytest.raises(OSError) as info:
+            await bind_tcp("::ffff:127.0.0.1", 0, reuse_port=reuse_port)
+        assert startup_reason(info.value) == "cannot bind [::ffff:127.0.0.1]:0: Invalid argument"
+
+
 async def test_bind_tcp_reuse_port_lets_two_sockets_share_an_address():
     first = await bind_tcp("127.0.0.1", 0, reuse_port=True)
     port = first[0].socket.getsockname()[1]

@@ -6,7 +6,13 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from monitoring.settings import AdminSettings, HttpLimits, check_host, listen_addresses
+from monitoring.settings import (
+    AdminSettings,
+    HttpLimits,
+    check_host,
+    listen_addresses,
+    same_listen_host,
+)
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "0.0.0.0", "localhost", "a.example"])
@@ -22,6 +28,45 @@ def test_valid_hosts(host):
 def test_invalid_hosts(host):
     with pytest.raises(ValueError, match="invalid listen host"):
         check_host(host)
+
+
+# Found by the IPv6 hunt: check-config passed these, and the daemon then failed to start
+# ("cannot bind ::1%lo:9324: Name or service not known", "... ::ffff:127.0.0.1: Invalid
+# argument"); a bracketed address was refused without saying what was wrong with it.
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        ("[::1]", "write an IPv6 address without brackets ('::1')"),
+        ("::ffff:127.0.0.1", "an IPv6-only socket cannot bind; listen on '127.0.0.1'"),
+        ("::1%lo", "an interface name is a zone id only on a link-local address"),
+        ("2001:db8::1%eth0", "an interface name is a zone id only on a link-local address"),
+    ],
+)
+def test_hosts_no_bind_could_take_are_refused_with_the_fix(host, reason):
+    with pytest.raises(ValueError, match="invalid listen host") as info:
+        check_host(host)
+    assert reason in str(info.value)
+
+
+@pytest.mark.parametrize("host", ["fe80::1%lo", "fe80::1%1", "::1%1", "ff02::1%lo", "::"])
+def test_zone_ids_the_resolver_reads_are_accepted(host):
+    check_host(host)
+    socket.getaddrinfo(host, 80, type=socket.SOCK_STREAM)  # and the resolver does read them
+
+
+@pytest.mark.parametrize(
+    ("host", "other", "same"),
+    [
+        ("::1", "0:0::1", True),
+        ("127.1", "127.0.0.1", True),
+        ("a.example", "A.example.", True),
+        ("::1", "::2", False),
+        ("::", "0.0.0.0", False),
+        ("a.example", "b.example", False),
+    ],
+)
+def test_same_listen_host_compares_addresses_not_spellings(host, other, same):
+    assert same_listen_host(host, other) is same
 
 
 def test_sections_are_frozen_and_strict():

@@ -20,7 +20,8 @@ async def request(
         stream = await trio.open_tcp_stream(*addr)
         async with stream:
             conn = h11.Connection(h11.CLIENT)
-            hdrs = [("host", f"{addr[0]}:{addr[1]}"), *(headers or [])]
+            authority = f"[{addr[0]}]" if ":" in addr[0] else addr[0]  # IPv6 in brackets
+            hdrs = [("host", f"{authority}:{addr[1]}"), *(headers or [])]
             if body:
                 hdrs.append(("content-length", str(len(body))))
             data = conn.send(h11.Request(method=method, target=target, headers=hdrs))
