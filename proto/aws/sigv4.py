@@ -383,7 +383,11 @@ def _header_timestamp(headers: Mapping[str, list[str]]) -> tuple[str, str]:
     except (TypeError, ValueError):
         raise _incomplete(f"Date header {date!r} is not an HTTP date.") from None
     # A naive result means "-0000", i.e. UTC (RFC 5322 §3.3).
-    utc = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    try:
+        utc = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:  # past the year 9999 once in UTC
+        raise _incomplete(f"Date header {date!r} is not an HTTP date.") from None
+    # %Y does not pad a year before 1000 to four digits: :func:`_epoch` refuses the result.
     return utc.strftime(_TIMESTAMP_FORMAT), "date"
 
 

@@ -517,6 +517,10 @@ def test_malformed_authorization_header(authorization, expected):
         (("Host", "h"), ("Authorization", GOOD), ("X-Amz-Date", "2024-05-01T12:00:00Z")),
         (("Host", "h"), ("Authorization", GOOD), ("X-Amz-Date", "20241301T120000Z")),
         (("Host", "h"), ("Authorization", GOOD), ("Date", "not a date")),
+        # In UTC past the year 9999, which datetime cannot hold (it answered 500).
+        (("Host", "h"), ("Authorization", GOOD), ("Date", "Fri, 31 Dec 9999 23:59:59 -1400")),
+        # Before the year 1000: no ISO 8601 basic-format timestamp.
+        (("Host", "h"), ("Authorization", GOOD), ("Date", "Mon, 01 Jan 0100 00:00:00 GMT")),
         (
             ("Host", "h"),
             ("Authorization", GOOD),
