@@ -173,15 +173,28 @@ class _Auth:
 
 
 def _text(value: str | bytes) -> str:
-    # Header bytes are ISO-8859-1 on the wire (RFC 9110 §5.5); botocore signs the str that
-    # http.client encodes the same way, so decoding as latin-1 gives back what was signed.
+    # The request target is ASCII (h11 refuses anything else); latin-1 maps any byte to one
+    # character, and _canonical_uri encodes it back the same way.
     return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _header_text(value: str | bytes) -> str:
+    # SDKs sign a header's characters (UTF-8 in the canonical request) but put them on the
+    # wire in two ways: botocore UTF-8 encoded (Endpoint._encode_headers), Node.js, under the
+    # JS SDKs, as latin-1 (the only characters it lets through). Bytes that are not UTF-8 can
+    # only be the latter; UTF-8 bytes are read as such, as Go's SDKs also send them.
+    if isinstance(value, str):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
 
 
 def _header_map(headers: Iterable[Header]) -> dict[str, list[str]]:
     result: dict[str, list[str]] = {}
     for name, value in headers:
-        result.setdefault(_text(name).strip().lower(), []).append(_text(value))
+        result.setdefault(_header_text(name).strip().lower(), []).append(_header_text(value))
     return result
 
 
@@ -189,7 +202,7 @@ def _is_authorization(name: str | bytes) -> bool:
     """Whether a header name is ``Authorization`` as :func:`_header_map` would key it."""
     if name == b"authorization" or name == "authorization":
         return True
-    return len(name) >= 13 and _text(name).strip().lower() == "authorization"
+    return len(name) >= 13 and _header_text(name).strip().lower() == "authorization"
 
 
 def _query_pairs(query: str | bytes) -> list[tuple[str, str]]:
@@ -687,7 +700,7 @@ def peek_scope(*, headers: Iterable[Header], query: str | bytes) -> CredentialSc
         SigV4Error: ``IncompleteSignature`` if a credential is present but malformed.
     """
     # Only the Authorization header matters here: collect it without mapping every header.
-    authorization = [_text(value) for name, value in headers if _is_authorization(name)]
+    authorization = [_header_text(value) for name, value in headers if _is_authorization(name)]
     header = _single(
         {"authorization": authorization} if authorization else {}, "authorization", "Header"
     )

@@ -555,7 +555,8 @@ def test_bytes_headers_and_path_as_h11_delivers_them():
     req = botocore_sign(
         "POST", "http://wharf.test/000000000000/q%20x", when=WHEN, headers={"X-Meta": "caf\xe9"}
     )
-    as_bytes = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in req.headers)
+    # botocore signs the str and sends it UTF-8 encoded (Endpoint._encode_headers).
+    as_bytes = tuple((k.encode("latin-1"), v.encode("utf-8")) for k, v in req.headers)
     identity = sigv4.verify(
         method=req.method,
         path=req.path.encode(),
@@ -564,6 +565,17 @@ def test_bytes_headers_and_path_as_h11_delivers_them():
         body=req.body,
         now=NOW,
         secrets=SECRETS,
+    )
+    assert identity.access_key_id == AKID
+
+
+def test_header_characters_node_sends_as_latin_1():
+    # The JS SDKs sign the characters, UTF-8 in the canonical request, as botocore does; but
+    # Node.js writes header values as latin-1 bytes ("caf\xe9", not "caf\xc3\xa9").
+    req = botocore_sign("POST", "http://wharf.test/", when=WHEN, headers={"X-Meta": "caf\xe9"})
+    as_bytes = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in req.headers)
+    identity = sigv4.verify(
+        method=req.method, path=b"/", query=b"", headers=as_bytes, now=NOW, secrets=SECRETS
     )
     assert identity.access_key_id == AKID
 
