@@ -458,9 +458,11 @@ def _parse_query_auth(params: Mapping[str, list[str]], headers: Mapping[str, lis
     if expires_text is not None:
         if not (expires_text.isascii() and expires_text.isdigit()):
             raise _incomplete("X-Amz-Expires must be a non-negative integer.")
-        expires = int(expires_text)
-        if expires > MAX_PRESIGN_EXPIRES_SECONDS:
+        digits = expires_text.lstrip("0") or "0"
+        # int() refuses more than 4,300 digits (ValueError); seven already exceed a week.
+        if len(digits) > 7 or int(digits) > MAX_PRESIGN_EXPIRES_SECONDS:
             raise _incomplete("X-Amz-Expires must be less than a week (in seconds) that is 604800.")
+        expires = int(digits)
     token = _single(params, "X-Amz-Security-Token", "Query parameter")
     return _Auth(
         scope=_parse_credential(values["X-Amz-Credential"] or ""),

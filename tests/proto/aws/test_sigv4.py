@@ -376,6 +376,19 @@ def test_accepts_botocore_presigned_urls(params, expires, data, token):
     assert caught.value.code in ("SignatureDoesNotMatch", "IncompleteSignature")
 
 
+def test_leading_zeros_in_expires_are_a_number_like_any_other():
+    req = botocore_sign("GET", "http://wharf.test/", when=WHEN, expires=60)
+    padded = replace(req, query=req.query.replace("X-Amz-Expires=60", "X-Amz-Expires=0060"))
+    with pytest.raises(SigV4Error) as caught:
+        padded.verify(NOW + 30)
+    # Read as 60 (the signature covers the text, so it no longer matches), not refused.
+    assert caught.value.message.startswith("The request signature we calculated")
+    long = replace(req, query=req.query.replace("X-Amz-Expires=60", "X-Amz-Expires=" + "0" * 5000))
+    with pytest.raises(SigV4Error) as caught:
+        long.verify(NOW + 30)
+    assert caught.value.code == "RequestExpired"
+
+
 def test_presigned_url_from_the_future_is_rejected():
     req = botocore_sign("GET", "http://wharf.test/", when=WHEN, expires=3600)
     with pytest.raises(SigV4Error) as caught:
@@ -388,6 +401,11 @@ def test_presigned_url_from_the_future_is_rejected():
     [
         (lambda q: q.replace("X-Amz-Expires=60", "X-Amz-Expires=604801"), "IncompleteSignature"),
         (lambda q: q.replace("X-Amz-Expires=60", "X-Amz-Expires=-1"), "IncompleteSignature"),
+        # Longer than int() reads (4,300 digits): it raised ValueError, answered 500.
+        (
+            lambda q: q.replace("X-Amz-Expires=60", "X-Amz-Expires=" + "9" * 5000),
+            "IncompleteSignature",
+        ),
         (
             lambda q: q.replace("X-Amz-Algorithm=AWS4-HMAC-SHA256", "X-Amz-Algorithm=AWS4-X"),
             "IncompleteSignature",
