@@ -332,7 +332,9 @@ def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
     """
     key = ("AWS4" + secret).encode("utf-8")
     for part in (date, region, service, "aws4_request"):
-        key = hmac.new(key, part.encode("utf-8"), hashlib.sha256).digest()
+        # A query's scope may hold bytes that are no UTF-8 (_decode keeps them as lone
+        # surrogates): hashed as the bytes they were, as string_to_sign hashes the request.
+        key = hmac.new(key, part.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
     return key
 
 
@@ -662,7 +664,7 @@ def verify(
     )
     to_sign = string_to_sign(auth.timestamp, auth.scope, canonical)
     key = signing_key(secret, auth.scope.date, auth.scope.region, auth.scope.service)
-    expected = hmac.new(key, to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+    expected = hmac.new(key, to_sign.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
     # Timing-safe: compare_digest takes the same time wherever the strings differ. Both sides
     # are ASCII hex once the regex has matched.
     if not (_SIGNATURE.fullmatch(auth.signature) and hmac.compare_digest(expected, auth.signature)):

@@ -376,6 +376,18 @@ def test_accepts_botocore_presigned_urls(params, expires, data, token):
     assert caught.value.code in ("SignatureDoesNotMatch", "IncompleteSignature")
 
 
+@pytest.mark.parametrize("scope", ["us%FF/sqs", "us-east-1/sq%C3s", "us%ED%B3%BF/sqs"])
+def test_a_credential_scope_that_is_no_utf_8_is_a_mismatch(scope):
+    # Percent-escapes that decode to no UTF-8 (a lone byte, a surrogate's encoding) in the
+    # region or service: the signing key took them to str.encode, which raised (500).
+    req = botocore_sign("GET", "http://wharf.test/", when=WHEN, expires=60)
+    query = req.query.replace("%2Fus-east-1%2Fsqs%2F", "%2F" + scope.replace("/", "%2F") + "%2F")
+    assert query != req.query
+    with pytest.raises(SigV4Error) as caught:
+        replace(req, query=query).verify(NOW)
+    assert caught.value.code == "SignatureDoesNotMatch"
+
+
 def test_leading_zeros_in_expires_are_a_number_like_any_other():
     req = botocore_sign("GET", "http://wharf.test/", when=WHEN, expires=60)
     padded = replace(req, query=req.query.replace("X-Amz-Expires=60", "X-Amz-Expires=0060"))
