@@ -173,15 +173,28 @@ class _Auth:
 
 
 def _text(value: str | bytes) -> str:
-    # Header bytes are ISO-8859-1 on the wire (RFC 9110 §5.5); botocore signs the str that
-    # http.client encodes the same way, so decoding as latin-1 gives back what was signed.
+    # The request target is ASCII (h11 refuses anything else); latin-1 maps any byte to one
+    # character, and _canonical_uri encodes it back the same way.
     return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _header_text(value: str | bytes) -> str:
+    # SDKs sign a header's characters (UTF-8 in the canonical request) but put them on the
+    # wire in two ways: botocore UTF-8 encoded (Endpoint._encode_headers), Node.js, under the
+    # JS SDKs, as latin-1 (the only characters it lets through). Bytes that are not UTF-8 can
+    # only be the latter; UTF-8 bytes are read as such, as Go's SDKs also send them.
+    if isinstance(value, str):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
 
 
 def _header_map(headers: Iterable[Header]) -> dict[str, list[str]]:
     result: dict[str, list[str]] = {}
     for name, value in headers:
-        result.setdefault(_text(name).strip().lower(), []).append(_text(value))
+        result.setdefault(_header_text(name).strip().lower(), []).append(_header_text(value))
     return result
 
 
@@ -189,7 +202,7 @@ def _is_authorization(name: str | bytes) -> bool:
     """Whether a header name is ``Authorization`` as :func:`_header_map` would key it."""
     if name == b"authorization" or name == "authorization":
         return True
-    return len(name) >= 13 and _text(name).strip().lower() == "authorization"
+    return len(name) >= 13 and _header_text(name).strip().lower() == "authorization"
 
 
 def _query_pairs(query: str | bytes) -> list[tuple[str, str]]:
@@ -319,7 +332,9 @@ def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
     """
     key = ("AWS4" + secret).encode("utf-8")
     for part in (date, region, service, "aws4_request"):
-        key = hmac.new(key, part.encode("utf-8"), hashlib.sha256).digest()
+        # A query's scope may hold bytes that are no UTF-8 (_decode keeps them as lone
+        # surrogates): hashed as the bytes they were, as string_to_sign hashes the request.
+        key = hmac.new(key, part.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
     return key
 
 
@@ -383,7 +398,11 @@ def _header_timestamp(headers: Mapping[str, list[str]]) -> tuple[str, str]:
     except (TypeError, ValueError):
         raise _incomplete(f"Date header {date!r} is not an HTTP date.") from None
     # A naive result means "-0000", i.e. UTC (RFC 5322 §3.3).
-    utc = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    try:
+        utc = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:  # past the year 9999 once in UTC
+        raise _incomplete(f"Date header {date!r} is not an HTTP date.") from None
+    # %Y does not pad a year before 1000 to four digits: :func:`_epoch` refuses the result.
     return utc.strftime(_TIMESTAMP_FORMAT), "date"
 
 
@@ -441,9 +460,11 @@ def _parse_query_auth(params: Mapping[str, list[str]], headers: Mapping[str, lis
     if expires_text is not None:
         if not (expires_text.isascii() and expires_text.isdigit()):
             raise _incomplete("X-Amz-Expires must be a non-negative integer.")
-        expires = int(expires_text)
-        if expires > MAX_PRESIGN_EXPIRES_SECONDS:
+        digits = expires_text.lstrip("0") or "0"
+        # int() refuses more than 4,300 digits (ValueError); seven already exceed a week.
+        if len(digits) > 7 or int(digits) > MAX_PRESIGN_EXPIRES_SECONDS:
             raise _incomplete("X-Amz-Expires must be less than a week (in seconds) that is 604800.")
+        expires = int(digits)
     token = _single(params, "X-Amz-Security-Token", "Query parameter")
     return _Auth(
         scope=_parse_credential(values["X-Amz-Credential"] or ""),
@@ -643,7 +664,7 @@ def verify(
     )
     to_sign = string_to_sign(auth.timestamp, auth.scope, canonical)
     key = signing_key(secret, auth.scope.date, auth.scope.region, auth.scope.service)
-    expected = hmac.new(key, to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
+    expected = hmac.new(key, to_sign.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
     # Timing-safe: compare_digest takes the same time wherever the strings differ. Both sides
     # are ASCII hex once the regex has matched.
     if not (_SIGNATURE.fullmatch(auth.signature) and hmac.compare_digest(expected, auth.signature)):
@@ -683,7 +704,7 @@ def peek_scope(*, headers: Iterable[Header], query: str | bytes) -> CredentialSc
         SigV4Error: ``IncompleteSignature`` if a credential is present but malformed.
     """
     # Only the Authorization header matters here: collect it without mapping every header.
-    authorization = [_text(value) for name, value in headers if _is_authorization(name)]
+    authorization = [_header_text(value) for name, value in headers if _is_authorization(name)]
     header = _single(
         {"authorization": authorization} if authorization else {}, "authorization", "Header"
     )

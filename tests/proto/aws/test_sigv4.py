@@ -376,6 +376,31 @@ def test_accepts_botocore_presigned_urls(params, expires, data, token):
     assert caught.value.code in ("SignatureDoesNotMatch", "IncompleteSignature")
 
 
+@pytest.mark.parametrize("scope", ["us%FF/sqs", "us-east-1/sq%C3s", "us%ED%B3%BF/sqs"])
+def test_a_credential_scope_that_is_no_utf_8_is_a_mismatch(scope):
+    # Percent-escapes that decode to no UTF-8 (a lone byte, a surrogate's encoding) in the
+    # region or service: the signing key took them to str.encode, which raised (500).
+    req = botocore_sign("GET", "http://wharf.test/", when=WHEN, expires=60)
+    query = req.query.replace("%2Fus-east-1%2Fsqs%2F", "%2F" + scope.replace("/", "%2F") + "%2F")
+    assert query != req.query
+    with pytest.raises(SigV4Error) as caught:
+        replace(req, query=query).verify(NOW)
+    assert caught.value.code == "SignatureDoesNotMatch"
+
+
+def test_leading_zeros_in_expires_are_a_number_like_any_other():
+    req = botocore_sign("GET", "http://wharf.test/", when=WHEN, expires=60)
+    padded = replace(req, query=req.query.replace("X-Amz-Expires=60", "X-Amz-Expires=0060"))
+    with pytest.raises(SigV4Error) as caught:
+        padded.verify(NOW + 30)
+    # Read as 60 (the signature covers the text, so it no longer matches), not refused.
+    assert caught.value.message.startswith("The request signature we calculated")
+    long = replace(req, query=req.query.replace("X-Amz-Expires=60", "X-Amz-Expires=" + "0" * 5000))
+    with pytest.raises(SigV4Error) as caught:
+        long.verify(NOW + 30)
+    assert caught.value.code == "RequestExpired"
+
+
 def test_presigned_url_from_the_future_is_rejected():
     req = botocore_sign("GET", "http://wharf.test/", when=WHEN, expires=3600)
     with pytest.raises(SigV4Error) as caught:
@@ -388,6 +413,11 @@ def test_presigned_url_from_the_future_is_rejected():
     [
         (lambda q: q.replace("X-Amz-Expires=60", "X-Amz-Expires=604801"), "IncompleteSignature"),
         (lambda q: q.replace("X-Amz-Expires=60", "X-Amz-Expires=-1"), "IncompleteSignature"),
+        # Longer than int() reads (4,300 digits): it raised ValueError, answered 500.
+        (
+            lambda q: q.replace("X-Amz-Expires=60", "X-Amz-Expires=" + "9" * 5000),
+            "IncompleteSignature",
+        ),
         (
             lambda q: q.replace("X-Amz-Algorithm=AWS4-HMAC-SHA256", "X-Amz-Algorithm=AWS4-X"),
             "IncompleteSignature",
@@ -517,6 +547,10 @@ def test_malformed_authorization_header(authorization, expected):
         (("Host", "h"), ("Authorization", GOOD), ("X-Amz-Date", "2024-05-01T12:00:00Z")),
         (("Host", "h"), ("Authorization", GOOD), ("X-Amz-Date", "20241301T120000Z")),
         (("Host", "h"), ("Authorization", GOOD), ("Date", "not a date")),
+        # In UTC past the year 9999, which datetime cannot hold (it answered 500).
+        (("Host", "h"), ("Authorization", GOOD), ("Date", "Fri, 31 Dec 9999 23:59:59 -1400")),
+        # Before the year 1000: no ISO 8601 basic-format timestamp.
+        (("Host", "h"), ("Authorization", GOOD), ("Date", "Mon, 01 Jan 0100 00:00:00 GMT")),
         (
             ("Host", "h"),
             ("Authorization", GOOD),
@@ -551,7 +585,8 @@ def test_bytes_headers_and_path_as_h11_delivers_them():
     req = botocore_sign(
         "POST", "http://wharf.test/000000000000/q%20x", when=WHEN, headers={"X-Meta": "caf\xe9"}
     )
-    as_bytes = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in req.headers)
+    # botocore signs the str and sends it UTF-8 encoded (Endpoint._encode_headers).
+    as_bytes = tuple((k.encode("latin-1"), v.encode("utf-8")) for k, v in req.headers)
     identity = sigv4.verify(
         method=req.method,
         path=req.path.encode(),
@@ -560,6 +595,17 @@ def test_bytes_headers_and_path_as_h11_delivers_them():
         body=req.body,
         now=NOW,
         secrets=SECRETS,
+    )
+    assert identity.access_key_id == AKID
+
+
+def test_header_characters_node_sends_as_latin_1():
+    # The JS SDKs sign the characters, UTF-8 in the canonical request, as botocore does; but
+    # Node.js writes header values as latin-1 bytes ("caf\xe9", not "caf\xc3\xa9").
+    req = botocore_sign("POST", "http://wharf.test/", when=WHEN, headers={"X-Meta": "caf\xe9"})
+    as_bytes = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in req.headers)
+    identity = sigv4.verify(
+        method=req.method, path=b"/", query=b"", headers=as_bytes, now=NOW, secrets=SECRETS
     )
     assert identity.access_key_id == AKID
 
