@@ -23,6 +23,7 @@ Both ways: a clock started years ahead and set right again goes back with it.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Final
@@ -31,17 +32,13 @@ SLEW: Final = 0.05  # the most the broker's time gains or loses on the steady cl
 MAX_SLEWED_MS: Final = 3_600_000.0  # a wall clock further away is followed at once
 
 
-def steady_seconds() -> float:
-    """Seconds of a clock that never steps, counting suspended time where Linux has one."""
+def steady_clock() -> Callable[[], float]:
+    """Seconds of a clock that never steps, counting suspended time where Linux has one: a
+    C function to call, no Python frame around it (the clock is read for every request)."""
     boottime = getattr(time, "CLOCK_BOOTTIME", None)
     if boottime is not None:
-        return time.clock_gettime(boottime)
-    return time.monotonic()
-
-
-def wall_seconds() -> float:
-    """``time.time()``, looked up at each call (tests replace it)."""
-    return time.time()
+        return functools.partial(time.clock_gettime, boottime)
+    return time.monotonic
 
 
 class Clock:
@@ -53,31 +50,39 @@ class Clock:
 
     def __init__(
         self,
-        wall: Callable[[], float] = wall_seconds,
-        steady: Callable[[], float] = steady_seconds,
+        wall: Callable[[], float] | None = None,
+        steady: Callable[[], float] | None = None,
     ) -> None:
         """Start at the wall clock's time.
 
         Args:
-            wall: seconds since the epoch (the system clock, which may step).
-            steady: seconds of a clock that never steps, any origin.
+            wall: seconds since the epoch (the system clock, which may step); None:
+                ``time.time``, looked up at each reading (tests replace it).
+            steady: seconds of a clock that never steps, any origin; None: ``steady_clock()``.
         """
         self._wall = wall
-        self._steady = steady
-        self._steady_at = steady()
-        self._ms = wall() * 1000
+        self._steady = steady_clock() if steady is None else steady
+        self._steady_at = self._steady()
+        self._ms = (time.time() if wall is None else wall()) * 1000
 
     def __call__(self) -> int:
         """The time now, in milliseconds since the epoch."""
         steady = self._steady()
-        elapsed = max(0.0, (steady - self._steady_at) * 1000)
+        elapsed = (steady - self._steady_at) * 1000
+        if elapsed < 0:
+            elapsed = 0.0
         ms = self._ms + elapsed
-        gap = self._wall() * 1000 - ms
-        if abs(gap) > MAX_SLEWED_MS:
-            ms += gap
+        wall = self._wall
+        gap = (time.time() if wall is None else wall()) * 1000 - ms
+        limit = elapsed * SLEW
+        # Within the slew the wall clock is taken as it is (the common case: no step);
+        # beyond an hour too; in between, the broker's time gains or loses ``limit``.
+        if gap > limit:
+            ms += gap if gap > MAX_SLEWED_MS else limit
+        elif gap < -limit:
+            ms += gap if gap < -MAX_SLEWED_MS else -limit
         else:
-            limit = elapsed * SLEW
-            ms += max(-limit, min(limit, gap))
+            ms += gap
         self._steady_at = steady
         self._ms = ms
         return int(ms)
