@@ -413,12 +413,16 @@ async def respond(
         return False
     close = close or (ex is not None and ex.close_after)
     if not close and conn.they_are_waiting_for_100_continue:
-        # The client holds its body back until a 100 that this answer withdraws: say that
-        # the connection ends (RFC 9110 10.1.1) rather than wait for a body that may never
-        # come (curl closes; others send it after a pause).
-        close = True
-        if ex is not None:
-            ex.close_after = True
+        # h11 clears the flag only as it hands out the body: take what it holds (the whole
+        # body of a client that did not wait, the end of a bodiless request) first.
+        rest_of_body_buffered(conn)
+        if conn.they_are_waiting_for_100_continue:
+            # The client holds its body back until a 100 that this answer withdraws: say
+            # that the connection ends (RFC 9110 10.1.1) rather than wait for a body that
+            # may never come (curl closes; others send it after a pause).
+            close = True
+            if ex is not None:
+                ex.close_after = True
     if not close and ex is not None and not _rest_droppable(conn, ex.headers):
         # RFC 9110 10.1.1: a server answering before it read the whole content SHOULD say
         # whether it will close. The connection closes rather than read this much.
@@ -448,6 +452,18 @@ async def respond(
         ex.response_started = True
     await client.send(data or b"")
     return True
+
+
+def rest_of_body_buffered(conn: h11.Connection) -> bool:
+    """Read what remains of the request body from h11's buffer (a bodiless request's end
+    is there at once); True when its end was there too."""
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError:
+            return False
+        if not isinstance(event, h11.Data):
+            return isinstance(event, h11.EndOfMessage)
 
 
 def _rest_droppable(conn: h11.Connection, headers: list[tuple[bytes, bytes]]) -> bool:

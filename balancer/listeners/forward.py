@@ -63,6 +63,7 @@ from balancer.listeners.exchange import (
     IPAddress,
     ListenerServices,
     respond,
+    rest_of_body_buffered,
 )
 from balancer.listeners.interim import relay_interim
 from balancer.listeners.sticky import StickyPlan, plan, response_cookies
@@ -194,21 +195,9 @@ async def linger_if_unread(client: Client, ex: Exchange) -> None:
     if (
         conn.their_state is h11.SEND_BODY
         and (conn.our_state is h11.MUST_CLOSE or (conn.our_state is h11.DONE and ex.close_after))
-        and not _rest_of_body_buffered(conn)
+        and not rest_of_body_buffered(conn)
     ):
         await _linger(client, ex)
-
-
-def _rest_of_body_buffered(conn: h11.Connection) -> bool:
-    """Read what remains of the request body from h11's buffer (a bodiless request's end
-    is there at once); True when its end was there too."""
-    while True:
-        try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError:
-            return False
-        if not isinstance(event, h11.Data):
-            return isinstance(event, h11.EndOfMessage)
 
 
 async def _exchange(

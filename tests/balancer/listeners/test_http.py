@@ -261,6 +261,30 @@ async def test_an_own_answer_to_a_client_waiting_for_100_continue_closes():
         assert b"\r\nconnection: close\r\n" in answer.lower()
 
 
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /a HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhello",
+        b"GET /a HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 0\r\n\r\n",
+    ],
+    ids=["body sent without waiting", "no body", "empty body"],
+)
+async def test_an_own_answer_to_a_client_not_waiting_for_100_continue_keeps_the_connection(
+    request_bytes,
+):
+    """Only a client still holding its body back loses the connection: one that sent it
+    (or has none) keeps it, and its pipelined request is answered (review of 570f91e)."""
+    lst = listener(FixedResponse(status_code=403, message_body="no"))
+    async with balancer(config([lst], [])) as daemon:
+        answer = await raw(
+            front(daemon),
+            request_bytes + b"GET /b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            limit=5,
+        )
+        assert statuses(answer) == [403, 403]
+
+
 DESYNC = {
     "both TE and CL": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
