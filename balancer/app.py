@@ -275,9 +275,10 @@ class BalancerApp:
         for name in current.groups:  # every group's series, from 0
             self.stats.group_known(name)
         if current.config is not self._routes_known:  # every route's series, from 0
-            for listener in current.listeners.values():
-                config = listener.config
-                self.stats.routes_known(config.name, config.rules, config.default_action)
+            self.stats.routes_known(
+                (listener.config.name, listener.config.rules, listener.config.default_action)
+                for listener in current.listeners.values()
+            )
             self._routes_known = current.config
         # Connections to targets open now: idle in the pools, or held by a request in flight.
         open_now = self.pools.idle_by_group()

@@ -119,30 +119,49 @@ class HttpStats:
         for status in ELB_5XX_CODES:
             self.elb_5xx.setdefault((listener, status), 0)
 
-    def routes_known(self, listener: str, rules: Iterable[Rule], default_action: Action) -> None:
-        """Make the request series of a listener's routes exist at zero, so that an
-        increase() sees the first 5xx of a target group: every class a forward's target
-        groups can answer with and the classes the balancer answers errors with, per rule
-        (``default`` for the default action); a redirect's 3xx and a fixed response's own
-        class; the errors refused before any rule. Named the way :meth:`request` names them.
+    def routes_known(self, listeners: Iterable[tuple[str, Iterable[Rule], Action]]) -> None:
+        """Make the request series of the listeners' routes (name, rules, default action:
+        every listener of a configuration) exist at zero, so that an increase() sees the
+        first 5xx of a target group: every class a forward's target groups can answer with
+        and the classes the balancer answers errors with, per rule (``default`` for the
+        default action); a redirect's 3xx and a fixed response's own class; the errors
+        refused before any rule. Named the way :meth:`request` names them. The zero series
+        of routes no longer configured go (a reload that renumbers rules would otherwise
+        add a set each time); a series that counted something stays.
         """
-        routes: list[tuple[str, Action]] = [("default", default_action)]
-        routes += [(str(rule.priority), rule.action) for rule in rules]
-        keys = [(listener, NO_RULE, NO_GROUP, klass, "elb") for klass in ELB_ERROR_CLASSES]
-        for rule_label, action in routes:
-            if isinstance(action, Forward):
-                for weighted in action.weighted():
-                    group = weighted.name
-                    keys += [(listener, rule_label, group, k, "target") for k in CODE_CLASSES]
-                    keys += [(listener, rule_label, group, k, "elb") for k in ELB_ERROR_CLASSES]
-                    if (listener, group) not in self.response_time:
-                        self.response_time[(listener, group)] = _Histogram()
-                continue
-            own = code_class(action.status_code) if isinstance(action, FixedResponse) else "3xx"
-            classes = sorted({own, *ELB_ERROR_CLASSES})
-            keys += [(listener, rule_label, NO_GROUP, k, "elb") for k in classes]
+        keys: set[tuple[str, str, str, str, str]] = set()
+        timed: set[tuple[str, str]] = set()
+        for listener, rules, default_action in listeners:
+            keys.update((listener, NO_RULE, NO_GROUP, k, "elb") for k in ELB_ERROR_CLASSES)
+            routes: list[tuple[str, Action]] = [("default", default_action)]
+            routes += [(str(rule.priority), rule.action) for rule in rules]
+            for rule_label, action in routes:
+                if isinstance(action, Forward):
+                    for weighted in action.weighted():
+                        group = weighted.name
+                        keys.update(
+                            (listener, rule_label, group, k, "target") for k in CODE_CLASSES
+                        )
+                        keys.update(
+                            (listener, rule_label, group, k, "elb") for k in ELB_ERROR_CLASSES
+                        )
+                        timed.add((listener, group))
+                    continue
+                own = code_class(action.status_code) if isinstance(action, FixedResponse) else "3xx"
+                keys.update(
+                    (listener, rule_label, NO_GROUP, k, "elb") for k in {own, *ELB_ERROR_CLASSES}
+                )
+        for key in [k for k, count in self.requests.items() if not count and k not in keys]:
+            del self.requests[key]
+        for pair in [
+            p for p, h in self.response_time.items() if not any(h.counts) and p not in timed
+        ]:
+            del self.response_time[pair]
         for key in keys:
             self.requests.setdefault(key, 0)
+        for pair in timed:
+            if pair not in self.response_time:
+                self.response_time[pair] = _Histogram()
 
     def group_known(self, group: str) -> None:
         """Make a target group's series exist at zero (an increase() sees its first error)."""

@@ -92,8 +92,8 @@ def test_routes_known_name_their_series_as_requests_do():
             action=FixedResponse(status_code=204),
         )
     ]
-    stats.routes_known("front", rules, Forward(target_group="web"))
-    stats.routes_known("front", rules, Forward(target_group="web"))  # again: nothing changes
+    stats.routes_known([("front", rules, Forward(target_group="web"))])
+    stats.routes_known([("front", rules, Forward(target_group="web"))])  # again: no change
     assert stats.requests[("front", "default", "web", "5xx", "elb")] == 1
     assert stats.requests[("front", "default", "web", "2xx", "target")] == 0
     assert ("front", "default", "web", "2xx", "elb") not in stats.requests
@@ -103,6 +103,34 @@ def test_routes_known_name_their_series_as_requests_do():
     assert stats.response_time[("front", "web")].counts == [0] * (len(BUCKETS) + 1)
     stats.request("front", "3", "-", 204, by_target=False)
     assert stats.requests[("front", "3", "-", "2xx", "elb")] == 1
+
+
+def test_a_reload_that_renumbers_rules_leaves_no_zero_series_behind():
+    """Each configuration's routes got their zero series and none went: a reload that
+    renumbered 100 rules added ~3,500 series each time (review of the zero series)."""
+    stats = HttpStats()
+
+    def rules(first: int) -> list[Rule]:
+        return [
+            Rule(
+                priority=first + i,
+                conditions=Conditions(path_pattern=(f"/{i}",)),
+                action=Forward(target_group=f"g{i}"),
+            )
+            for i in range(3)
+        ]
+
+    stats.routes_known([("front", rules(1), FixedResponse(status_code=404))])
+    stats.request("front", "2", "g1", 200, by_target=True)  # counted: it stays
+    stats.target_response("front", "g1", 0.01)
+    size, timed = len(stats.requests), len(stats.response_time)
+    for first in (10, 20, 30):
+        stats.routes_known([("front", rules(first), FixedResponse(status_code=404))])
+    assert len(stats.requests) == size + 1  # the counted series only, beside today's routes
+    assert stats.requests[("front", "2", "g1", "2xx", "target")] == 1
+    assert ("front", "1", "g0", "2xx", "target") not in stats.requests
+    assert stats.requests[("front", "30", "g0", "2xx", "target")] == 0
+    assert len(stats.response_time) == timed  # g0..g2 again; g1's observed one kept
 
 
 def test_a_target_response_up_to_the_longest_idle_timeout_lands_in_a_finite_bucket():
