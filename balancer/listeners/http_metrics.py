@@ -32,8 +32,8 @@ CloudWatch name -> series (all prefixed ``wharf_balancer_``):
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
-from typing import Final
+from collections.abc import Callable, Container, Iterable
+from typing import Any, Final, TypeVar
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -46,7 +46,9 @@ from monitoring.metrics import LATENCY_BUCKETS, cumulative_buckets
 
 PREFIX: Final = "wharf_balancer_"
 BUCKETS: Final = tuple(LATENCY_BUCKETS)
+_Key = TypeVar("_Key")
 CODE_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
+NO_GROUP: Final = "-"  # the target group label of a request no group answered
 
 
 def code_class(status: int) -> str:
@@ -111,6 +113,38 @@ class HttpStats:
         """Make a target group's series exist at zero (an increase() sees its first error)."""
         self.target_connection_errors.setdefault(group, 0)
         self.target_tls_negotiation_errors.setdefault(group, 0)
+
+    def listeners(self) -> set[str]:
+        """The listeners with series."""
+        return {*self.new_connections, *self.active, *(key[0] for key in self.requests)}
+
+    def groups(self) -> set[str]:
+        """The target groups with series (``-``, no group, left out)."""
+        named = {*self.target_connection_errors, *(key[2] for key in self.requests)}
+        named.discard(NO_GROUP)
+        return named
+
+    def retain(self, listeners: Container[str], groups: Container[str]) -> None:
+        """Forget the series of listeners and target groups not in ``listeners`` and
+        ``groups`` (those a reload removed, once gone for good): without this every name a
+        reload ever retired stayed in ``/metrics`` until the balancer stopped."""
+        for table in (
+            self.active,
+            self.new_connections,
+            self.bytes_in,
+            self.bytes_out,
+            self.redirects,
+            self.redirect_url_limit_exceeded,
+            self.fixed_responses,
+            self.rejected,
+        ):
+            _drop(table, lambda listener: listener not in listeners)
+        _drop(self.requests, lambda key: key[0] not in listeners or _gone(key[2], groups))
+        _drop(self.response_time, lambda key: key[0] not in listeners or key[1] not in groups)
+        _drop(self.desync, lambda key: key[0] not in listeners)
+        _drop(self.elb_5xx, lambda key: key[0] not in listeners)
+        _drop(self.target_connection_errors, lambda group: group not in groups)
+        _drop(self.target_tls_negotiation_errors, lambda group: group not in groups)
 
     # Recording (hot path: one dict update each).
 
@@ -252,6 +286,15 @@ class HttpStats:
         for (listener, status), value in sorted(self.elb_5xx.items()):
             elb_5xx.add_metric([listener, str(status)], value)
         return [*families, desync, errors, tls_errors, elb_5xx]
+
+
+def _drop(table: dict[_Key, Any], gone: Callable[[_Key], bool]) -> None:
+    for key in [key for key in table if gone(key)]:
+        del table[key]
+
+
+def _gone(group: str, groups: Container[str]) -> bool:
+    return group != NO_GROUP and group not in groups
 
 
 def _per_listener(name: str, documentation: str, values: dict[str, int]) -> list[Metric]:

@@ -1243,11 +1243,27 @@ async def test_a_request_cut_when_the_grace_period_ends_is_answered_logged_and_c
             assert statuses(answer) == [502]
             assert b"connection: close\r\n" in answer.lower()
             if how == "listener-removed":  # the other listeners serve on
-                assert sample(daemon, "wharf_balancer_http_requests_total", labels) == 1
+                # Read in one scrape: the next one may drop the series of a listener gone.
+                samples = {
+                    (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                    for family in daemon.metrics.registry.collect()
+                    for sample in family.samples
+                }
+                counted = samples[
+                    ("wharf_balancer_http_requests_total", tuple(sorted(labels.items())))
+                ]
+                elb_5xx = samples[
+                    (
+                        "wharf_balancer_http_elb_5xx_responses_total",
+                        (("code", "502"), ("listener", "front")),
+                    )
+                ]
+                assert (counted, elb_5xx) == (1, 1)
         release.set()
-    assert sample(daemon, "wharf_balancer_http_requests_total", labels) == 1
-    elb_5xx = {"listener": "front", "code": "502"}
-    assert sample(daemon, "wharf_balancer_http_elb_5xx_responses_total", elb_5xx) == 1
+    if how == "sigterm":
+        assert sample(daemon, "wharf_balancer_http_requests_total", labels) == 1
+        elb_5xx_labels = {"listener": "front", "code": "502"}
+        assert sample(daemon, "wharf_balancer_http_elb_5xx_responses_total", elb_5xx_labels) == 1
     (line,) = path.read_text().splitlines()
     fields = shlex.split(line)
     assert fields[2] == "app/front"
