@@ -206,6 +206,8 @@ class BalancerApp:
         self._unopenable: dict[str, OSError] = {}  # the last reopen's failures
         frame.on_reload_attempt.append(self.reopen_access_logs)
         self.checker = HealthChecker(self.runtime, frame.log, frame.metrics)
+        # The listener and target group names the last scrape found gone (see _forget_gone).
+        self._gone_at_last_scrape: tuple[set[str], set[str]] = (set(), set())
         self.fail_open = FailOpenWatch(self.runtime, frame.log, frame.metrics)
         self.tls_metrics = TlsMetrics(
             frame.metrics, frame.log, lambda: list(self.runtime.current.tls.values())
@@ -271,6 +273,7 @@ class BalancerApp:
             self.access_logs.close()
 
     def _collect_http(self) -> Iterable[Metric]:
+        self._forget_gone()
         current = self.runtime.current
         for name in current.groups:  # every group's series, from 0
             self.stats.group_known(name)
@@ -286,6 +289,24 @@ class BalancerApp:
             open_now[name] = open_now.get(name, 0) + sum(live.outstanding.values())
         groups = {name: open_now.get(name, 0) for name in current.groups}
         return self.stats.collect(groups)
+
+    def _forget_gone(self) -> None:
+        """At a scrape, drop the series of listeners and target groups a reload removed, once
+        gone for good: a listener when its last connection ended, a group when the runtime
+        forgot it (its last draining target left). The first scrape that finds one gone still
+        exports it (what it counted last is not lost to Prometheus); the next one drops it."""
+        live_listeners = {li.name for li in self.config.listeners} | self.frame.listener_names()
+        known_listeners = set(self.frame.connection_counts()) | self.stats.listeners()
+        live_groups = set(self.runtime.live)
+        known_groups = self.checker.counted_groups() | self.stats.groups()
+        gone = (known_listeners - live_listeners, known_groups - live_groups)
+        last_listeners, last_groups = self._gone_at_last_scrape
+        self._gone_at_last_scrape = gone
+        keep_listeners = (known_listeners | live_listeners) - (gone[0] & last_listeners)
+        keep_groups = (known_groups | live_groups) - (gone[1] & last_groups)
+        self.frame.forget_listeners(keep_listeners)
+        self.stats.retain(keep_listeners, keep_groups)
+        self.checker.forget_groups(keep_groups)
 
     def _collect_access_logs(self) -> Iterable[Metric]:
         errors = CounterMetricFamily(

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Final
 
 import trio
@@ -143,6 +143,8 @@ class HealthChecker:
             "Target health state changes, by the state entered and AWS's reason code.",
             ["target_group", "state", "reason"],
         )
+        # The (state, reason) label pairs counted per group, for forget_groups.
+        self._counted: dict[str, set[tuple[str, str]]] = {}
         metrics.register_collector(self.collect_targets)
         # A check that raised is a bug caught where it happened, as in a connection handler.
         self._handler_errors = metrics.handler_errors.labels(HANDLER_ERRORS_LABEL)
@@ -165,6 +167,7 @@ class HealthChecker:
         for event in events:
             reason = event.reason.value if event.reason is not None else ""
             self.transitions.labels(event.target_group, event.state.value, reason).inc()
+            self._counted.setdefault(event.target_group, set()).add((event.state.value, reason))
             fields: dict[str, object] = {
                 "target_group": event.target_group,
                 "target": event.target_id,
@@ -181,6 +184,24 @@ class HealthChecker:
         if any(event.state is TargetState.DRAINING for event in events):
             self._wake.set()  # a new deadline, and maybe an idle target to finish early
         self._follow(dict.fromkeys((e.target_group, e.target_id) for e in events))
+
+    def counted_groups(self) -> set[str]:
+        """The groups with transition series."""
+        return set(self._counted)
+
+    def forget_groups(self, keep: Container[str]) -> None:
+        """Drop the transition series of the groups not in ``keep`` (those the runtime
+        forgot: gone from the configuration, their last draining target left): kept, every
+        group name a reload ever removed stayed in ``/metrics`` until the balancer stopped."""
+        for group in [group for group in self._counted if group not in keep]:
+            for state, reason in self._counted.pop(group):
+                self.transitions.remove(group, state, reason)
+        groups = self._runtime.current.groups
+        for group in [group for group in self._intervals if group not in groups]:
+            del self._intervals[group]
+            retimed = self._retimed.pop(group, None)
+            if retimed is not None:
+                retimed.set()  # its probes read the group again: gone, they end
 
     def collect_targets(self) -> Iterable[Metric]:
         """Scrape-time gauge: targets per group and state (zeros included)."""

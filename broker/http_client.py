@@ -401,6 +401,8 @@ class HttpClient:
             if now - connection.idle_since < IDLE_SECONDS and not _dropped(connection):
                 return connection
             await _close(connection)  # stale, or the server closed it (urllib3's check)
+        if idle is not None and self._idle.get(target.origin) is idle:
+            del self._idle[target.origin]  # empty: an origin with no connection is forgotten
         return None
 
     async def _checkin(self, target: Target, connection: _Connection) -> None:
@@ -505,6 +507,33 @@ class HttpClient:
             raise result
         status, reusable, challenges = result
         return status, reusable and upload.done, challenges
+
+    async def close_idle(self) -> int:
+        """Close the idle connections too old to be reused or closed by their server, and
+        forget the origins left without any; return how many were closed.
+
+        A checkout only looks at its own origin's connections: without this, an endpoint
+        that gets no further delivery (unsubscribed, its topic deleted) kept its keep-alive
+        sockets open for as long as the broker ran, in CLOSE_WAIT once the server hung up,
+        one descriptor per connection for every endpoint that ever came and went.
+        """
+        now = trio.current_time()
+        stale: list[_Connection] = []
+        for origin, connections in list(self._idle.items()):
+            kept = [c for c in connections if now - c.idle_since < IDLE_SECONDS and not _dropped(c)]
+            stale.extend(c for c in connections if c not in kept)
+            connections[:] = kept  # in place: a checkout closing stale ones holds this list
+            if not kept:
+                del self._idle[origin]
+        for connection in stale:
+            await _close(connection)
+        return len(stale)
+
+    async def keep_closing_idle(self) -> None:
+        """Run :meth:`close_idle` every ``IDLE_SECONDS`` until cancelled."""
+        while True:
+            await trio.sleep(IDLE_SECONDS)
+            await self.close_idle()
 
     async def aclose(self) -> None:
         """Close every idle connection."""

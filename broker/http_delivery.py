@@ -314,6 +314,7 @@ class HttpDeliveries:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self.client.keep_closing_idle)
                 for lane in list(self._lanes.values()):
                     self._start(lane)
                 task_status.started()

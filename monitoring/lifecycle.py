@@ -314,6 +314,25 @@ class Frame:
         if listener._handler_scope is not None:
             listener._handler_scope.deadline = min(self._stop_deadline, listener._stop_deadline)
 
+    def listener_names(self) -> set[str]:
+        """The names of the listeners serving or finishing their connections."""
+        return {listener.name for listener in [*self.listeners, *self._retiring]}
+
+    def forget_listeners(self, keep: Iterable[str]) -> None:
+        """Drop the series of the listeners gone for good: not named in ``keep`` (the
+        configuration's), neither serving nor finishing their connections.
+
+        Kept, every listener name a reload ever retired stayed in ``/metrics`` (its accepted
+        connections, handler and accept errors) until the daemon stopped. A listener added
+        again later under the same name starts from 0, a counter reset ``rate()`` handles.
+        """
+        live = {*keep, *self.listener_names()}
+        for name in [name for name in self._accepted_before if name not in live]:
+            del self._accepted_before[name]
+            self.metrics.handler_errors.remove(name)
+            for code in errno.errorcode.values():
+                self.metrics.accept_errors.remove(name, code)
+
     def connection_counts(self) -> dict[str, tuple[int, int]]:
         """Per listener name: (open connections, connections accepted since start)."""
         counts = {name: (0, total) for name, total in self._accepted_before.items()}

@@ -242,6 +242,19 @@ class Client:
             return True
         return not data and self.conn.their_state not in _REQUEST_WHOLE
 
+    async def wait_left(self) -> bool:
+        """Wait until the client sends something, then say whether it has gone (as
+        :meth:`left`); wait forever when that cannot be watched. Only while nothing else
+        reads from the client (one waiter per socket)."""
+        sock = _socket_of(self.stream)
+        if sock is None:
+            await trio.sleep_forever()
+        try:
+            await trio.lowlevel.wait_readable(sock)
+        except trio.BusyResourceError:  # another task reads: it finds out for itself
+            await trio.sleep_forever()
+        return await self.left()
+
     async def send(self, data: bytes) -> None:
         """Write to the client; raises :class:`ClientGone` if it is not there any more."""
         try:

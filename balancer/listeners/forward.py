@@ -279,7 +279,7 @@ async def _exchange(
                     response, framed_twice = early.response, early.framed_twice
                     return
                 if early is None:
-                    response = await _read_head(client, ex, up)
+                    response = await _read_head(client, ex, up, watch_client=True)
                 else:
                     response = early
                     if up.conn.our_state is not h11.DONE:
@@ -766,11 +766,54 @@ async def _receive_upstream(up: Upstream) -> bytes:
         return b""
 
 
-async def _read_head(client: Client, ex: Exchange, up: Upstream, *, answered: bool = False) -> Head:
+async def _receive_watching_client(client: Client, up: Upstream) -> bytes:
+    """The target's next bytes; raises :class:`ClientGone` if the client resets first.
+
+    Without the watch, a client that gave up on a slow target (reset its connection) held
+    its descriptor, its connection slot (``http_connections_active``) and a connection to
+    the target until the target answered: a client resetting in a loop filled the
+    listener's connection limit with nobody. Fast answers skip it (no task, no syscall).
+    """
+    with trio.move_on_after(SLOW_RESPONSE_SECONDS):
+        return await _receive_upstream(up)
+    received: list[bytes] = []
+    failed: list[Exception] = []
+    gone = False
+    async with trio.open_nursery() as nursery:
+
+        async def from_target() -> None:
+            try:
+                received.append(await _receive_upstream(up))
+            except Exception as exc:  # raised after the nursery, not in an ExceptionGroup
+                failed.append(exc)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(from_target)
+        # A half-close or a pipelined request is "still there": then only the target ends it.
+        gone = await client.wait_left()
+        if gone:
+            nursery.cancel_scope.cancel()
+    if gone:
+        raise ClientGone
+    if failed:
+        raise failed[0]
+    return received[0]
+
+
+async def _read_head(
+    client: Client,
+    ex: Exchange,
+    up: Upstream,
+    *,
+    answered: bool = False,
+    watch_client: bool = False,
+) -> Head:
     """The target's response head (a 101 for a protocol switch), under its timeout.
 
     The 1xx before it go on to the client as they come. They do not move the deadline:
     the response timeout bounds the wait for the final head, however chatty the target.
+    With ``watch_client`` (the whole request sent, nothing else reading from the client), a
+    client that resets meanwhile ends the wait: ALB's 460, the target connection dropped.
     """
     conn = up.conn
     while True:
@@ -782,7 +825,10 @@ async def _read_head(client: Client, ex: Exchange, up: Upstream, *, answered: bo
                 answered=answered,
             ) from None
         if event is h11.NEED_DATA:
-            data = await _receive_upstream(up)
+            if watch_client:
+                data = await _receive_watching_client(client, up)
+            else:
+                data = await _receive_upstream(up)
             answered = answered or bool(data)
             conn.receive_data(data)
         elif isinstance(event, h11.Response):

@@ -44,6 +44,7 @@ from balancer.listeners.exchange import (
     respond,
 )
 from balancer.listeners.forward import BadRequestBody, forward, is_trusted, linger_if_unread
+from balancer.listeners.http_metrics import NO_GROUP
 from balancer.rules import RequestView, redirect_status, render_redirect
 from balancer.runtime import ListenerRuntime, Snapshot
 from balancer.upstream import tune_socket
@@ -720,7 +721,7 @@ class _Connection:
         self.ex = None  # booked: a drain's cut (run) must not book it again
         services, client = self.services, self.client
         name = services.name
-        group = ex.group or "-"
+        group = ex.group or NO_GROUP
         stats = services.stats
         by_target = ex.target_status is not None and ex.status == ex.target_status
         rule = "-" if ex.rule is None else "default" if ex.rule == 0 else str(ex.rule)
@@ -843,7 +844,7 @@ def _book_headless(
     log parsers (Athena's table) read.
     """
     stats = services.stats
-    stats.request(services.name, "-", "-", status, by_target=False)
+    stats.request(services.name, "-", NO_GROUP, status, by_target=False)
     stats.processed(services.name, received, sent)
     writer = None if access_log is None else services.access_logs.get(access_log)
     if writer is None:

@@ -35,8 +35,8 @@ CloudWatch name -> series (all prefixed ``wharf_balancer_``):
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping
-from typing import Final
+from collections.abc import Callable, Container, Iterable, Mapping
+from typing import Any, Final, TypeVar
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -53,6 +53,7 @@ PREFIX: Final = "wharf_balancer_"
 # as ALB's), which bounds a target's answer: histogram_quantile() answers at most the top
 # finite bound, so a listener whose targets take minutes must not read as 60 s.
 BUCKETS: Final = (*LATENCY_BUCKETS, 120.0, 300.0, 900.0, 1800.0, 4000.0)
+_Key = TypeVar("_Key")
 CODE_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
 
 
@@ -168,6 +169,39 @@ class HttpStats:
         self.target_connection_errors.setdefault(group, 0)
         self.target_tls_negotiation_errors.setdefault(group, 0)
         self.target_connections_new.setdefault(group, 0)
+
+    def listeners(self) -> set[str]:
+        """The listeners with series."""
+        return {*self.new_connections, *self.active, *(key[0] for key in self.requests)}
+
+    def groups(self) -> set[str]:
+        """The target groups with series (``-``, no group, left out)."""
+        named = {*self.target_connection_errors, *(key[2] for key in self.requests)}
+        named.discard(NO_GROUP)
+        return named
+
+    def retain(self, listeners: Container[str], groups: Container[str]) -> None:
+        """Forget the series of listeners and target groups not in ``listeners`` and
+        ``groups`` (those a reload removed, once gone for good): without this every name a
+        reload ever retired stayed in ``/metrics`` until the balancer stopped."""
+        for table in (
+            self.active,
+            self.new_connections,
+            self.bytes_in,
+            self.bytes_out,
+            self.redirects,
+            self.redirect_url_limit_exceeded,
+            self.fixed_responses,
+            self.rejected,
+        ):
+            _drop(table, lambda listener: listener not in listeners)
+        _drop(self.requests, lambda key: key[0] not in listeners or _gone(key[2], groups))
+        _drop(self.response_time, lambda key: key[0] not in listeners or key[1] not in groups)
+        _drop(self.desync, lambda key: key[0] not in listeners)
+        _drop(self.elb_5xx, lambda key: key[0] not in listeners)
+        _drop(self.target_connection_errors, lambda group: group not in groups)
+        _drop(self.target_tls_negotiation_errors, lambda group: group not in groups)
+        _drop(self.target_connections_new, lambda group: group not in groups)
 
     # Recording (hot path: one dict update each).
 
@@ -328,6 +362,15 @@ class HttpStats:
         for group, value in sorted((target_connections or {}).items()):
             open_now.add_metric([group], value)
         return [*families, desync, errors, tls_errors, elb_5xx, opened, open_now]
+
+
+def _drop(table: dict[_Key, Any], gone: Callable[[_Key], bool]) -> None:
+    for key in [key for key in table if gone(key)]:
+        del table[key]
+
+
+def _gone(group: str, groups: Container[str]) -> bool:
+    return group != NO_GROUP and group not in groups
 
 
 def _per_listener(name: str, documentation: str, values: dict[str, int]) -> list[Metric]:

@@ -16,7 +16,7 @@ import trio
 import trio.testing
 import trustme
 
-from broker.http_client import HttpClient, NameLookups, Outcome, parse_target
+from broker.http_client import IDLE_SECONDS, HttpClient, NameLookups, Outcome, parse_target
 from tests.support.auth_guard import AuthGuard
 from tests.support.descriptors import FD_SETSIZE, new_descriptors_past_fd_setsize
 from tests.support.sns import Endpoint
@@ -426,3 +426,37 @@ async def test_a_fresh_connection_closed_before_any_answer_is_a_failed_attempt(
         outcome = await client().post(endpoint.url, HEADERS, b"body")
     assert (outcome.status, outcome.error, outcome.retryable) == (None, "reset", True)
     assert len(endpoint.requests) == 1  # not sent again: the server may have processed it
+
+
+async def test_idle_connections_of_an_origin_posted_to_no_more_are_closed(
+    client: MakeClient, mock_clock: trio.testing.MockClock
+) -> None:
+    # A checkout looks only at its own origin: an endpoint that got no further delivery (its
+    # subscription gone) kept its sockets for as long as the broker ran, in CLOSE_WAIT once
+    # the endpoint hung up, one descriptor each for every endpoint that ever came and went.
+    http = client()
+    with Endpoint() as first, Endpoint() as second:
+        for endpoint in (first, second):
+            assert (await http.post(endpoint.url, HEADERS, b"x")).delivered
+        assert sum(len(idle) for idle in http._idle.values()) == 2
+        assert await http.close_idle() == 0  # not idle long enough yet: kept for reuse
+        mock_clock.jump(IDLE_SECONDS)
+        assert await http.close_idle() == 2
+        assert http._idle == {}  # and the origins are forgotten
+
+
+async def test_the_idle_connections_are_closed_without_another_post(
+    client: MakeClient, mock_clock: trio.testing.MockClock
+) -> None:
+    http = client()
+    with Endpoint() as endpoint:
+        assert (await http.post(endpoint.url, HEADERS, b"x")).delivered
+        ((connection,),) = http._idle.values()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(http.keep_closing_idle)
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(IDLE_SECONDS)
+            await trio.testing.wait_all_tasks_blocked()
+            assert http._idle == {}
+            assert connection.stream.socket.fileno() == -1
+            nursery.cancel_scope.cancel()

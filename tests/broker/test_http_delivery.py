@@ -18,9 +18,9 @@ import msgspec
 import pytest
 import trio
 
-from broker import http_delivery
+from broker import http_client, http_delivery
 from broker.fanout import Batch
-from broker.http_client import Outcome
+from broker.http_client import HttpClient, Outcome
 from broker.http_delivery import HttpDeliveries
 from broker.model.delivery_policy import (
     EffectiveDeliveryPolicy,
@@ -473,3 +473,28 @@ async def test_a_long_descriptor_shortage_backs_off_instead_of_spinning(
             await trio.sleep(2)  # 40 retries every 0.05 s would be 1,600 tries
         assert 40 <= tries < 400  # each waits up to 1 s here: about 2 tries each
         await wait_for(endpoint, 40)  # the backlog is delivered once it is over
+
+
+async def test_idle_connections_to_an_endpoint_that_gets_nothing_more_are_closed(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The delivery worker closes idle keep-alive connections itself: an endpoint that gets
+    # nothing more (its subscription gone) no longer holds a descriptor in the broker until
+    # the broker stops.
+    monkeypatch.setattr(http_client, "IDLE_SECONDS", 0.05)
+    closed: list[int] = []
+    close_idle = HttpClient.close_idle
+
+    async def counting(self: HttpClient) -> int:
+        closed.append(await close_idle(self))
+        return closed[-1]
+
+    monkeypatch.setattr(HttpClient, "close_idle", counting)
+    with Endpoint() as endpoint:
+        await harness.subscribe(endpoint.url)
+        await harness.publish("m")
+        await wait_for(endpoint, 1)
+        with trio.fail_after(10):
+            while not sum(closed) or harness.deliveries.client._idle:  # noqa: ASYNC110 - bounded poll of an internal count
+                await trio.sleep(0.01)
+        assert sum(closed) == endpoint.connections

@@ -147,3 +147,48 @@ def test_a_target_response_up_to_the_longest_idle_timeout_lands_in_a_finite_buck
     assert get("wharf_balancer_target_response_seconds_bucket", {**timing, "le": "60.0"}) == 0
     assert get("wharf_balancer_target_response_seconds_bucket", {**timing, "le": "120.0"}) == 1
     assert get("wharf_balancer_target_response_seconds_bucket", {**timing, "le": "4000.0"}) == 2
+
+
+def test_retain_forgets_the_listeners_and_groups_gone():
+    stats = HttpStats()
+    for name in ("kept", "gone"):
+        stats.listener_started(name)
+        stats.connection_opened(name)
+        stats.desync_request(name, "Ambiguous", "UndefinedTransferEncoding", refused=False)
+    stats.group_known("web")
+    stats.group_known("old")
+    stats.request("kept", "default", "web", 200, by_target=True)
+    stats.request("kept", "default", "old", 502, by_target=False)  # a group a reload removed
+    stats.request("kept", "-", "-", 400, by_target=False)  # answered without any group
+    stats.request("gone", "default", "web", 200, by_target=True)
+    stats.target_response("kept", "old", 0.1)
+    stats.target_response("kept", "web", 0.1)
+    stats.target_connection_error("old")
+    stats.target_connection_opened("old")
+
+    stats.retain({"kept"}, {"web"})
+
+    text = _render(stats)
+    assert 'listener="gone"' not in text
+    assert 'target_group="old"' not in text
+    assert 'listener="kept",rule="default",source="target",target_group="web"' in text
+    assert 'listener="kept",rule="-",source="elb",target_group="-"' in text
+    assert 'wharf_balancer_http_connections_active{listener="kept"} 1.0' in text
+    assert (
+        'wharf_balancer_target_response_seconds_count{listener="kept",target_group="web"}' in text
+    )
+    assert 'wharf_balancer_target_connection_errors_total{target_group="web"} 0.0' in text
+
+
+def _render(stats: HttpStats) -> str:
+    registry = CollectorRegistry()
+    registry.register(_Collector(stats))
+    return generate_latest(registry).decode()
+
+
+class _Collector:
+    def __init__(self, stats: HttpStats) -> None:
+        self.stats = stats
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        return self.stats.collect()
