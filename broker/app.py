@@ -21,8 +21,10 @@ import msgspec
 import trio
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
+import broker.registry
 from broker import declarations
 from broker.auth import Authenticator, Credential, load_credentials
+from broker.clock import boot_id, resume_saved, save_forever
 from broker.config import AwsIdentity, BrokerConfig, SnsSettings
 from broker.disk_space import DiskSpace, statvfs_free_bytes
 from broker.fanout import Fanout
@@ -470,6 +472,9 @@ class BrokerApp:
         try:
             self._check_keys_at_start(directory)  # the directory is locked: this broker's
             _check_identity(directory, config.aws)
+            # Before anything reads the time: a restart goes on with the clock's slew.
+            boot = boot_id()
+            resume_saved(broker.registry.CLOCK, directory, frame.log, boot)
             registry = QueueRegistry(
                 store,
                 Signer(signing_key(directory)),
@@ -518,6 +523,9 @@ class BrokerApp:
                 background.start_soon(self._stop_if_the_store_fails, store, frame)
                 background.start_soon(disk.watch_forever)
                 background.start_soon(registry.expire_forever)
+                background.start_soon(
+                    save_forever, broker.registry.CLOCK, directory, frame.log, boot
+                )
                 background.start_soon(topics.expire_forever)
                 await background.start(move_tasks.run)  # stopped with the background tasks
                 await background.start(deliveries.run)  # pending rows resume at the next start

@@ -91,7 +91,8 @@ AGE_WAIT_SECONDS = 1.2  # long enough that a collector stuck at 0 cannot pass, s
 
 
 def test_the_oldest_message_age_is_measured_on_the_broker_clock(tmp_path: Path):
-    """The age is read against time.time(), the clock the broker stamps messages with.
+    """The age is read against time.time(), which the broker's clock (broker/clock.py)
+    follows exactly while it does not step.
 
     Messages sent in [before, after] are between (scrape start - after) and (scrape end -
     before) seconds old. The broker keeps enqueue times per second, as the latest time in

@@ -26,7 +26,8 @@ at the end:
 - after a restart the queues hold exactly the messages the model says (give or take the
   unanswered sends and deletes), and after the final drain none.
 
-Times are compared with the broker's own clock (``time.time``) and only one way: a delivery
+Times are compared with the system clock (``time.time``: the broker's clock is exactly it
+while it does not step, ``broker/clock.py``) and only one way: a delivery
 answered before the earliest moment its deadline can have fallen on broke it; a slow machine
 makes the checks weaker, never wrong. ``HYPOTHESIS_PROFILE=deep`` runs twelve times as many
 examples. A kill's timing is not part of the example, so a failure may not come back when
