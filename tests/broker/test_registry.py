@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -487,6 +488,38 @@ async def test_deduplication_window_ends_after_five_minutes(registry: QueueRegis
         registry, queue, "c", now + 5 * MINUTE_MS + 1, group_id="g", deduplication_id="x"
     )
     assert later != first
+
+
+async def test_expiry_at_the_start_is_one_commit_for_every_queue(tmp_path: Path):
+    # Deduplication windows that ended while the broker was stopped, in many FIFO queues:
+    # their rows go before the listener opens, in one fsync'd commit, not one per queue.
+    async with open_registry(tmp_path) as registry:
+        sent_at = now_ms() - 6 * MINUTE_MS
+        for i in range(20):
+            queue = await registry.create(f"q{i}.fifo", {"FifoQueue": "true"}, {})
+            await send(registry, queue, "x", sent_at, group_id="g", deduplication_id="d")
+    store = SqliteStore(tmp_path)
+    await store.open()
+    try:
+        registry = QueueRegistry(
+            store,
+            Signer(KEY),
+            region="eu-west-1",
+            account_id="123456789012",
+            log=EventLog("broker", level="debug", stream=io.StringIO()),
+        )
+        before = store.statistics().commits
+        await registry.load()
+        assert store.statistics().commits - before == 1
+        # The windows ended: the same deduplication id is a new message again.
+        queue = registry.require("q0.fifo")
+        await send(registry, queue, "y", now_ms(), group_id="g", deduplication_id="d")
+        assert queue.counts(now_ms()).visible == 2
+    finally:
+        await store.aclose()
+    with contextlib.closing(sqlite3.connect(tmp_path / "wharf.sqlite3")) as db:
+        # Only the new message's entry is left.
+        assert db.execute("SELECT count(*) FROM deduplication").fetchone() == (1,)
 
 
 async def test_expire_skips_deleted_queues(registry: QueueRegistry):
