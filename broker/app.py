@@ -271,7 +271,8 @@ class _ServedAs(msgspec.Struct, frozen=True):
 
 
 def _check_identity(directory: Path, aws: AwsIdentity) -> None:
-    """Refuse to serve the store under another account or region than at its last start.
+    """Refuse to serve the store under another account or region than at its last start
+    (the caller skips this for a store holding no queue and no topic).
 
     Its SNS subscriptions and RedrivePolicies name queues by ARN, account and region
     included: under another identity every delivery to them fails as "no such queue" and
@@ -471,7 +472,10 @@ class BrokerApp:
         self.store = store
         try:
             self._check_keys_at_start(directory)  # the directory is locked: this broker's
-            _check_identity(directory, config.aws)
+            if await store.holds_queues_or_topics():
+                # An empty store names no ARN: it starts under any identity (the way to start
+                # over with no queues, which _store_lost describes, changes aws.account_id).
+                _check_identity(directory, config.aws)
             # Before anything reads the time: a restart goes on with the clock's slew.
             boot = boot_id()
             resume_saved(broker.registry.CLOCK, directory, frame.log, boot)

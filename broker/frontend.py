@@ -25,7 +25,7 @@ from broker.sqs import RequestContext, SqsApi
 from broker.store.base import StoreFailed
 from monitoring.httpserver import Request, Response
 from monitoring.logging import EventLog
-from monitoring.settings import host_port
+from monitoring.settings import url_host_port
 from proto.aws import json_protocol, query_protocol
 from proto.aws.errors import COMMON_ERRORS, AwsError, common_error
 from proto.aws.shapes import EncodedResponse, Service, check_required, normalize_output
@@ -300,7 +300,7 @@ class Frontend:
             return self.public_url
         host = (request.header(b"host") or b"").decode("latin-1").strip()
         if not host and request.local is not None:  # HTTP/1.0 without Host: where it came
-            host = host_port(*request.local)
+            host = url_host_port(*request.local)
         return f"{self.scheme}://{host or 'localhost'}"
 
 

@@ -31,7 +31,7 @@ from broker.sns_keys import SigningKeys
 from broker.store.base import StoreFailed
 from monitoring.httpserver import Request, Response
 from monitoring.logging import EventLog
-from monitoring.settings import host_port
+from monitoring.settings import url_host_port
 from proto.aws import query_protocol, sigv4
 from proto.aws.errors import AwsError, common_error
 from proto.aws.shapes import check_required
@@ -231,7 +231,7 @@ class SnsFrontend:
             return self.public_url
         host = (request.header(b"host") or b"").decode("latin-1").strip()
         if not host and request.local is not None:  # HTTP/1.0 without Host: where it came
-            host = host_port(*request.local)
+            host = url_host_port(*request.local)
         return f"{self.scheme}://{host or 'localhost'}"
 
 

@@ -45,6 +45,15 @@ def host_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def url_host_port(host: str, port: int) -> str:
+    """``host:port`` as a URL's authority writes it: as :func:`host_port`, with the ``%`` of
+    an IPv6 zone id written ``%25`` (RFC 6874: ``http://[fe80::1%25eth0]:9324``; a bare
+    ``%`` there starts a percent-encoding, so URL parsers refuse it or read another zone)."""
+    if ":" in host:
+        return f"[{host.replace('%', '%25')}]:{port}"
+    return f"{host}:{port}"
+
+
 def check_host(host: str) -> None:
     """Reject a listen host that is neither an IP literal nor a DNS name, or that no bind
     could ever take: an IPv4-mapped IPv6 address (both daemons' IPv6 sockets are IPv6-only,

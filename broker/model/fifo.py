@@ -116,6 +116,11 @@ class FifoIndex(QueueIndex):
         # one received and deleted in those 5 minutes, some 300 bytes a message).
         self._attempts: dict[str, _Attempt] = {}
         self._attempt_of: dict[int, str] = {}
+        # The latest expiry of the receive_attempts rows the store may hold for this queue
+        # (each recorded or restored one, even one not restored), 0 when none is left: a
+        # row goes when a later attempt of the queue is recorded, or once this time passes
+        # (_prune), so that a burst of attempts followed by silence leaves no rows for good.
+        self._attempt_rows_until = 0
 
     def receive(
         self,
@@ -203,6 +208,7 @@ class FifoIndex(QueueIndex):
     def _attempt_recorded(self, attempt_id: str, attempt: _Attempt) -> ReceiveAttemptRecorded:
         """The attempt as the store keeps it, so that a retry after a restart (the answer a
         crash cut off: what the id is for) returns the same messages too."""
+        self._attempt_rows_until = max(self._attempt_rows_until, attempt.expires_at)
         return ReceiveAttemptRecorded(
             queue_id=self.queue_id,
             attempt_id=attempt_id,
@@ -219,6 +225,7 @@ class FifoIndex(QueueIndex):
         then: neither deleted, nor received again, nor its visibility changed since). Its
         handles are issued again: each names the message's receive count and receive time,
         which the store kept. Attempts must come soonest expiry first (``_prune``)."""
+        self._attempt_rows_until = max(self._attempt_rows_until, expires_at)
         if expires_at <= now or len(seqs) != len(deadlines):
             return
         deliveries = []
@@ -451,7 +458,7 @@ class FifoIndex(QueueIndex):
         heads = [seq for seq in (g.head_seq() for g in self._groups.values()) if seq is not None]
         return min(heads) if heads else None
 
-    def _prune(self, now: int) -> None:
+    def _prune(self, now: int) -> bool:
         # Oldest first (each expires a fixed window after its receive), so the scan stops at
         # the first one still within its window instead of walking them all every second.
         timed_out = []
@@ -461,6 +468,10 @@ class FifoIndex(QueueIndex):
             timed_out.append(key)
         for key in timed_out:
             self._drop_attempt(key)
+        if 0 < self._attempt_rows_until <= now:
+            self._attempt_rows_until = 0  # every stored row has expired: delete them
+            return True
+        return False
 
     def _clear(self) -> None:
         self._groups.clear()

@@ -584,7 +584,9 @@ class QueueIndex(QueueState):
         if self._present == 0 and self._pending == 0:
             self._timeline.clear()
         self._timeline.drop_below(boundary)
-        if self._dedup.expire(now):
+        # Deduplication entries and receive attempts past their 5 minutes: one deletion of
+        # the rows of both, when either has some.
+        deduplication_expired = self._dedup.expire(now) > 0
+        if self._prune(now) or deduplication_expired:
             mutations.append(DeduplicationExpired(queue_id=self.queue_id, now=now))
-        self._prune(now)
         return Change(mutations, after)

@@ -40,7 +40,8 @@ class DeduplicationRecorded(msgspec.Struct, frozen=True, kw_only=True, tag=True)
 
 
 class DeduplicationExpired(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    """Every deduplication entry of the queue that expires at or before ``now`` is gone."""
+    """Every deduplication entry and receive attempt (ReceiveRequestAttemptId) of the queue
+    that expires at or before ``now`` is gone."""
 
     queue_id: int
     now: int

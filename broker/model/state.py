@@ -475,8 +475,12 @@ class QueueState:
     def _clear(self) -> None:
         raise NotImplementedError
 
-    def _prune(self, now: int) -> None:
-        """Drop bookkeeping that has timed out (FIFO: receive attempt ids)."""
+    def _prune(self, now: int) -> bool:
+        """Drop bookkeeping that has timed out (FIFO: receive attempt ids); return True when
+        rows the store keeps of it have timed out too (a ``DeduplicationExpired`` deletes
+        them)."""
+        del now
+        return False
 
     def _after_restore(self) -> None:
         """Finish a restore (FIFO: find the groups that are ready)."""

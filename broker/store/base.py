@@ -380,6 +380,10 @@ class Store(abc.ABC):
         """Return every live queue with its message metadata (no bodies) and dedup entries."""
 
     @abc.abstractmethod
+    async def holds_queues_or_topics(self) -> bool:
+        """Whether the store holds a queue (not deleted) or a topic: something its ARNs name."""
+
+    @abc.abstractmethod
     async def wait_until_failed(self) -> BaseException:
         """Return the error that made the store fail, once it has; wait until then."""
 

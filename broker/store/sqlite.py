@@ -64,7 +64,7 @@ from broker.store.lock import DataDirectoryLock
 from broker.store.sealing import Sealer, SealingKey
 from broker.store.sqlite_apply import apply_mutations
 from broker.store.sqlite_cache import BODY_CACHE_BYTES, BodyCache
-from broker.store.sqlite_reads import SqliteReads, load_queues
+from broker.store.sqlite_reads import SqliteReads, holds_queues_or_topics, load_queues
 from broker.store.sqlite_writer import STOP, Job, SqliteWriter
 from broker.store.write_behind import WriteBehind
 
@@ -386,6 +386,10 @@ class SqliteStore(SqliteWriter, SqliteReads, Store):
         )
 
     # ------------------------------------------------------------------ loading
+
+    async def holds_queues_or_topics(self) -> bool:
+        """See :meth:`Store.holds_queues_or_topics`."""
+        return await self._read(holds_queues_or_topics)
 
     async def load(self) -> list[LoadedQueue]:
         """See :meth:`Store.load`."""

@@ -113,8 +113,9 @@ _ATTEMPT_RECORD = (
     "INSERT OR REPLACE INTO receive_attempts (queue_id, attempt_id, seqs, deadlines, expires_at) "
     "VALUES (?, ?, ?, ?, ?)"
 )
-# Those whose 5 minutes ended by the time of the receive being recorded: the table holds the
-# last 5 minutes' attempts of each queue (and a queue's last ones until its next, or its end).
+# Those whose 5 minutes ended by the time of the receive being recorded, or of the expiry
+# pass that found them all ended (DeduplicationExpired): the table holds the last 5 minutes'
+# attempts of each queue.
 _ATTEMPT_EXPIRE = "DELETE FROM receive_attempts WHERE queue_id = ? AND expires_at <= ?"
 
 
@@ -223,12 +224,16 @@ def _dedup_recorded(m: DeduplicationRecorded) -> tuple[Any, ...]:
     return (m.queue_id, m.key, m.seq, m.expires_at)
 
 
-def _dedup_expired(m: DeduplicationExpired) -> tuple[Any, ...]:
-    return (m.queue_id, m.now)
-
-
 def _purged(m: QueuePurged) -> tuple[Any, ...]:
     return (m.below_seq, m.queue_id)
+
+
+def _apply_expiries(
+    connection: sqlite3.Connection, expiries: Sequence[DeduplicationExpired]
+) -> None:
+    rows = [(m.queue_id, m.now) for m in expiries]
+    connection.executemany(_DEDUP_EXPIRE, rows)
+    connection.executemany(_ATTEMPT_EXPIRE, rows)
 
 
 def _apply_attempts(
@@ -258,7 +263,6 @@ _SIMPLE: dict[type, tuple[str, Callable[[Any], tuple[Any, ...]]]] = {
     VisibilityChanged: (_VISIBILITY, _visibility),
     MessageDeleted: (_DELETE, _deleted),
     DeduplicationRecorded: (_DEDUP_RECORD, _dedup_recorded),
-    DeduplicationExpired: (_DEDUP_EXPIRE, _dedup_expired),
     QueuePurged: (_PURGE, _purged),
 }
 
@@ -292,6 +296,9 @@ def apply_mutations(
                 connection.executemany(_INSERT_PLAIN_NO_MD5, plain_no_md5)
             if full:
                 connection.executemany(_INSERT, full)
+            continue
+        elif kind is DeduplicationExpired:
+            _apply_expiries(connection, cast("list[DeduplicationExpired]", batch))
             continue
         elif kind is ReceiveAttemptRecorded:
             _apply_attempts(connection, cast("list[ReceiveAttemptRecorded]", batch))

@@ -201,6 +201,14 @@ class SqliteReads:
             self._readers.clear()
 
 
+def holds_queues_or_topics(connection: sqlite3.Connection) -> bool:
+    """Whether a live queue or a topic is stored (see :meth:`Store.holds_queues_or_topics`)."""
+    row = connection.execute(
+        "SELECT EXISTS (SELECT 1 FROM queues WHERE deleted = 0) OR EXISTS (SELECT 1 FROM topics)"
+    ).fetchone()
+    return bool(row[0])
+
+
 def load_queues(connection: sqlite3.Connection) -> list[LoadedQueue]:
     """Every live queue: its record, its messages' metadata (no bodies) and its deduplication
     entries, as :meth:`~broker.store.sqlite.SqliteStore.load` returns them."""

@@ -13,7 +13,14 @@ import trio
 from broker import declarations
 from broker.app import BrokerApp
 from broker.cli import SPEC, check_files
-from broker.config import ApiSettings, AuthSettings, AwsIdentity, BrokerConfig, StorageSettings
+from broker.config import (
+    ApiSettings,
+    AuthSettings,
+    AwsIdentity,
+    BrokerConfig,
+    DeclaredQueue,
+    StorageSettings,
+)
 from monitoring.configfile import ConfigError, load
 from monitoring.lifecycle import Frame, StartupError
 from monitoring.logging import EventLog
@@ -306,15 +313,16 @@ async def test_a_store_is_not_served_under_another_account_or_region(tmp_path):
     queues by their old ARNs: every delivery failed as "no such queue" and was lost."""
     data = tmp_path / "data"
 
-    def config(aws: AwsIdentity) -> BrokerConfig:
+    def config(aws: AwsIdentity, queues: list[DeclaredQueue] | None = None) -> BrokerConfig:
         return BrokerConfig(
             admin=AdminSettings(port=0),
             api=ApiSettings(port=0),
             aws=aws,
             storage=StorageSettings(data_dir=str(data)),
+            queues=queues or [],
         )
 
-    async with running(SPEC, config(AwsIdentity())):
+    async with running(SPEC, config(AwsIdentity(), [DeclaredQueue(name="q")])):
         pass
     for moved in (AwsIdentity(account_id="111111111111"), AwsIdentity(region="eu-west-1")):
         with pytest.RaisesGroup(
@@ -327,6 +335,28 @@ async def test_a_store_is_not_served_under_another_account_or_region(tmp_path):
     async with running(SPEC, config(AwsIdentity())):  # the same identity starts, as before
         pass
     (data / "aws-identity.json").unlink()  # the operator's way to take the new one
+    async with running(SPEC, config(AwsIdentity(account_id="111111111111"))):
+        pass
+    assert b"111111111111" in (data / "aws-identity.json").read_bytes()
+
+
+async def test_a_store_with_no_queue_and_no_topic_starts_under_another_identity(tmp_path):
+    """The operator told to remove the store files and receipt-handle.key to start with no
+    queues, who also changed aws.account_id, was refused because of aws-identity.json: an
+    empty store names no ARN, so it starts, and is then served as the new identity."""
+    data = tmp_path / "data"
+
+    def config(aws: AwsIdentity) -> BrokerConfig:
+        return BrokerConfig(
+            admin=AdminSettings(port=0),
+            api=ApiSettings(port=0),
+            aws=aws,
+            storage=StorageSettings(data_dir=str(data)),
+        )
+
+    async with running(SPEC, config(AwsIdentity())):
+        pass
+    assert (data / "aws-identity.json").exists()
     async with running(SPEC, config(AwsIdentity(account_id="111111111111"))):
         pass
     assert b"111111111111" in (data / "aws-identity.json").read_bytes()

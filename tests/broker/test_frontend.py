@@ -740,3 +740,20 @@ async def test_an_anonymous_broker_refuses_what_a_browser_sends(api, browser_hea
     )
     assert status == 400  # never created
     assert query_error(document)[0] == "AWS.SimpleQueueService.NonExistentQueue"
+
+
+def test_a_url_named_by_a_link_local_address_encodes_its_zone() -> None:
+    """HTTP/1.0 without Host, to fe80::1%eth0: the URL is ``http://[fe80::1%25eth0]:9324``
+    (RFC 6874), not ``[fe80::1%eth0]``, which URL parsers refuse or read as another zone."""
+    serving = object.__new__(frontend.Frontend)  # _base_url reads public_url and scheme only
+    serving.public_url = ""
+    serving.scheme = "http"
+    request = Request(
+        method=b"POST",
+        target=b"/",
+        headers=[],
+        body=b"",
+        client=("fe80::2%eth0", 50000),
+        local=("fe80::1%eth0", 9324),
+    )
+    assert serving._base_url(request) == "http://[fe80::1%25eth0]:9324"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -487,6 +488,72 @@ async def test_deduplication_window_ends_after_five_minutes(registry: QueueRegis
         registry, queue, "c", now + 5 * MINUTE_MS + 1, group_id="g", deduplication_id="x"
     )
     assert later != first
+
+
+async def test_expiry_at_the_start_is_one_commit_for_every_queue(tmp_path: Path):
+    # Deduplication windows that ended while the broker was stopped, in many FIFO queues:
+    # their rows go before the listener opens, in one fsync'd commit, not one per queue.
+    async with open_registry(tmp_path) as registry:
+        sent_at = now_ms() - 6 * MINUTE_MS
+        for i in range(20):
+            queue = await registry.create(f"q{i}.fifo", {"FifoQueue": "true"}, {})
+            await send(registry, queue, "x", sent_at, group_id="g", deduplication_id="d")
+    store = SqliteStore(tmp_path)
+    await store.open()
+    try:
+        registry = QueueRegistry(
+            store,
+            Signer(KEY),
+            region="eu-west-1",
+            account_id="123456789012",
+            log=EventLog("broker", level="debug", stream=io.StringIO()),
+        )
+        before = store.statistics().commits
+        await registry.load()
+        assert store.statistics().commits - before == 1
+        # The windows ended: the same deduplication id is a new message again.
+        queue = registry.require("q0.fifo")
+        await send(registry, queue, "y", now_ms(), group_id="g", deduplication_id="d")
+        assert queue.counts(now_ms()).visible == 2
+    finally:
+        await store.aclose()
+    with contextlib.closing(sqlite3.connect(tmp_path / "wharf.sqlite3")) as db:
+        # Only the new message's entry is left.
+        assert db.execute("SELECT count(*) FROM deduplication").fetchone() == (1,)
+
+
+def attempt_rows(directory: Path) -> int:
+    with contextlib.closing(sqlite3.connect(directory / "wharf.sqlite3")) as db:
+        count: int = db.execute("SELECT count(*) FROM receive_attempts").fetchone()[0]
+        return count
+
+
+async def receive_attempt(registry: QueueRegistry, queue: Queue, now: int, attempt: str) -> None:
+    outcome = queue.index.receive(now, max_messages=10, attempt_id=attempt)
+    await registry.store.commit(outcome.mutations, outcome.on_durable)
+    assert outcome.deliveries
+
+
+async def test_receive_attempts_go_from_the_store_after_their_5_minutes(tmp_path: Path):
+    # A burst of attempts then silence: no later attempt of the queue prunes their rows, the
+    # expiry pass does (they were read back and discarded at every start, for good).
+    async with open_registry(tmp_path) as registry:
+        queue = await registry.create("a.fifo", {"FifoQueue": "true"}, {})
+        now = now_ms()
+        for i in range(3):
+            await send(registry, queue, f"m{i}", now, group_id=f"g{i}", deduplication_id=f"{i}")
+            await receive_attempt(registry, queue, now + i, f"attempt-{i}")
+        await registry.expire(now + 5 * MINUTE_MS + 1)
+        assert attempt_rows(tmp_path) == 1  # the last one's 5 minutes are not over
+        await registry.expire(now + 5 * MINUTE_MS + 2)
+        assert attempt_rows(tmp_path) == 0
+        # Attempts whose 5 minutes end while the broker is stopped go at the start.
+        earlier = now_ms() - 6 * MINUTE_MS
+        await send(registry, queue, "late", earlier, group_id="h", deduplication_id="late")
+        await receive_attempt(registry, queue, earlier, "attempt-late")
+        assert attempt_rows(tmp_path) == 1
+    async with open_registry(tmp_path):
+        assert attempt_rows(tmp_path) == 0
 
 
 async def test_expire_skips_deleted_queues(registry: QueueRegistry):

@@ -15,6 +15,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+from broker import sns_http
+from monitoring.httpserver import Request
 from tests.support.broker import (
     ACCESS_KEY_ID,
     SECRET_ACCESS_KEY,
@@ -309,3 +311,20 @@ def test_subscribe_policies_see_the_protocol_and_the_endpoint(signed_broker: Bro
         assert info.value.response["Error"]["Code"] == "AuthorizationError"
     stranger.unsubscribe(SubscriptionArn=arn)
     owner.delete_topic(TopicArn=topic)
+
+
+def test_a_url_named_by_a_link_local_address_encodes_its_zone() -> None:
+    """HTTP/1.0 without Host, to fe80::1%eth0: the URL is ``http://[fe80::1%25eth0]:9324``
+    (RFC 6874), not ``[fe80::1%eth0]``, which URL parsers refuse or read as another zone."""
+    serving = object.__new__(sns_http.SnsFrontend)  # _base_url reads public_url and scheme only
+    serving.public_url = ""
+    serving.scheme = "http"
+    request = Request(
+        method=b"POST",
+        target=b"/",
+        headers=[],
+        body=b"",
+        client=("fe80::2%eth0", 50000),
+        local=("fe80::1%eth0", 9324),
+    )
+    assert serving._base_url(request) == "http://[fe80::1%25eth0]:9324"

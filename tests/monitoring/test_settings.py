@@ -12,7 +12,21 @@ from monitoring.settings import (
     check_host,
     listen_addresses,
     same_listen_host,
+    url_host_port,
 )
+
+
+@pytest.mark.parametrize(
+    ("host", "written"),
+    [
+        ("127.0.0.1", "127.0.0.1:9324"),
+        ("::1", "[::1]:9324"),
+        # RFC 6874: a zone id's "%" is "%25" inside the brackets of a URL.
+        ("fe80::1%eth0", "[fe80::1%25eth0]:9324"),
+    ],
+)
+def test_url_host_port(host, written):
+    assert url_host_port(host, 9324) == written
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1", "0.0.0.0", "localhost", "a.example"])

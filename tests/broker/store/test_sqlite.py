@@ -15,6 +15,7 @@ from broker.model import new_index
 from broker.model.messages import SendRequest
 from broker.model.settings import QueueSettings
 from broker.model.signing import Signer
+from broker.model.topics import TopicSettings
 from broker.store.base import StoreError
 from broker.store.sqlite import SqliteStore
 from tests.support.mutations import inserted
@@ -168,3 +169,15 @@ async def test_nothing_acknowledged_is_lost_on_sigkill(tmp_path):
     assert duplicate.results[0].duplicate
     assert duplicate.results[0].message_id == message_id
     await store.aclose()
+
+
+async def test_holds_queues_or_topics_ignores_deleted_queues(store):
+    assert not await store.holds_queues_or_topics()
+    queue = await store.create_queue("q", QueueSettings(), {}, 0)
+    assert await store.holds_queues_or_topics()
+    await store.delete_queue(queue.queue_id, deleted_at=1, forget_before=0)
+    assert not await store.holds_queues_or_topics()  # its rows may still wait to be reclaimed
+    topic = await store.create_topic("t", TopicSettings(), {}, 2)
+    assert await store.holds_queues_or_topics()
+    await store.delete_topic(topic.topic_id)
+    assert not await store.holds_queues_or_topics()

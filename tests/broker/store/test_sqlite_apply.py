@@ -207,6 +207,20 @@ def test_receive_attempts_are_kept_for_their_5_minutes(db):
     assert db.execute("SELECT DISTINCT queue_id FROM receive_attempts").fetchall() == [(2,)]
 
 
+def test_deduplication_expired_deletes_the_receive_attempts_ended_too(db):
+    db.execute("UPDATE queues SET settings = ?", (msgspec.json.encode(QueueSettings()),))
+    apply_mutations(
+        db, [attempt("a", [1], 10), attempt("b", [2], 20), attempt("c", [1], 10, 2)], set()
+    )
+    apply_mutations(db, [DeduplicationExpired(queue_id=1, now=10)], set())
+    assert db.execute(
+        "SELECT queue_id, attempt_id FROM receive_attempts ORDER BY 1"
+    ).fetchall() == [
+        (1, "b"),
+        (2, "c"),
+    ]
+
+
 def test_purge_then_reclaim_in_steps(db):
     apply_mutations(db, [inserted(seq) for seq in range(1, 6)], set())
     purged: set[int] = set()
