@@ -150,10 +150,13 @@ class TlsSocket(trio.socket.SocketType):
             try:
                 data = self._tls.read(buflen)
             except ssl.SSLWantReadError:
+                if pieces:
+                    # Not a flush with plaintext in hand: a cancel while it waits (the
+                    # forwarder's watch of a slow target) would lose it. The next recv or
+                    # send flushes what OpenSSL has to say.
+                    break
                 if self._outgoing.pending:
                     await self._flush()  # a key update to answer, session ticket acks...
-                if pieces:
-                    break
                 await self._fill(buflen)
                 continue
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
