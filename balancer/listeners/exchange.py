@@ -428,8 +428,9 @@ async def respond(
     if not close and conn.they_are_waiting_for_100_continue:
         # h11 clears the flag only as it hands out the body: take what it holds (the whole
         # body of a client that did not wait, the end of a bodiless request) first.
-        rest_of_body_buffered(conn)
-        if conn.they_are_waiting_for_100_continue:
+        # A broken body (h11's ERROR, swallowed by the pull) ends the connection too.
+        broken = not rest_of_body_buffered(conn) and conn.their_state is h11.ERROR
+        if broken or _still_waiting_for_100(conn):
             # The client holds its body back until a 100 that this answer withdraws: say
             # that the connection ends (RFC 9110 10.1.1) rather than wait for a body that
             # may never come (curl closes; others send it after a pause).
@@ -465,6 +466,11 @@ async def respond(
         ex.response_started = True
     await client.send(data or b"")
     return True
+
+
+def _still_waiting_for_100(conn: h11.Connection) -> bool:
+    # A call, not the attribute: read again after the events taken, which clear it.
+    return conn.they_are_waiting_for_100_continue
 
 
 def rest_of_body_buffered(conn: h11.Connection) -> bool:

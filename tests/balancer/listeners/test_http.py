@@ -285,6 +285,21 @@ async def test_an_own_answer_to_a_client_not_waiting_for_100_continue_keeps_the_
         assert statuses(answer) == [403, 403]
 
 
+async def test_an_own_answer_after_a_broken_chunk_says_the_connection_closes():
+    """A client that sent a chunk, then a malformed one, behind Expect: 100-continue got a 403
+    without Connection: close (the pull that cleared h11's flag swallowed the error)."""
+    lst = listener(FixedResponse(status_code=403, message_body="no"))
+    async with balancer(config([lst], [])) as daemon:
+        answer = await raw(
+            front(daemon),
+            b"POST /a HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n",
+            limit=5,
+        )
+        assert statuses(answer) == [403]
+        assert b"\r\nconnection: close\r\n" in answer.lower()
+
+
 DESYNC = {
     "both TE and CL": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
