@@ -86,6 +86,9 @@ from monitoring.safefile import MAX_KEY_FILE_BYTES, read_regular_file
 from monitoring.settings import HttpLimits, listen_addresses, state_directory
 
 HOUSEKEEPING_SECONDS: Final = 1.0
+# How long the series of a listener or target group a reload removed stay in /metrics once
+# it is gone for good: several scrapes of every scraper at the usual 15-60 s intervals.
+REMOVED_SERIES_SECONDS = 300.0
 
 
 def read_keys(config: BalancerConfig) -> list[bytes]:
@@ -207,7 +210,9 @@ class BalancerApp:
         frame.on_reload_attempt.append(self.reopen_access_logs)
         self.checker = HealthChecker(self.runtime, frame.log, frame.metrics)
         # The listener and target group names the last scrape found gone (see _forget_gone).
-        self._gone_at_last_scrape: tuple[set[str], set[str]] = (set(), set())
+        # ("listener" or "group", name) of those a reload removed, and when a scrape first
+        # found them gone for good.
+        self._gone_since: dict[tuple[str, str], float] = {}
         self.fail_open = FailOpenWatch(self.runtime, frame.log, frame.metrics)
         self.tls_metrics = TlsMetrics(
             frame.metrics, frame.log, lambda: list(self.runtime.current.tls.values())
@@ -292,18 +297,27 @@ class BalancerApp:
 
     def _forget_gone(self) -> None:
         """At a scrape, drop the series of listeners and target groups a reload removed, once
-        gone for good: a listener when its last connection ended, a group when the runtime
-        forgot it (its last draining target left). The first scrape that finds one gone still
-        exports it (what it counted last is not lost to Prometheus); the next one drops it."""
+        gone for good (a listener when its last connection ended, a group when the runtime
+        forgot it, its last draining target gone) for ``REMOVED_SERIES_SECONDS``: every
+        scraper (an HA pair of Prometheus servers, an operator's curl) gets their last counts
+        in that time, not only the one whose scrape came first."""
+        now = trio.current_time()
         live_listeners = {li.name for li in self.config.listeners} | self.frame.listener_names()
         known_listeners = set(self.frame.connection_counts()) | self.stats.listeners()
         live_groups = set(self.runtime.live)
         known_groups = self.checker.counted_groups() | self.stats.groups()
-        gone = (known_listeners - live_listeners, known_groups - live_groups)
-        last_listeners, last_groups = self._gone_at_last_scrape
-        self._gone_at_last_scrape = gone
-        keep_listeners = (known_listeners | live_listeners) - (gone[0] & last_listeners)
-        keep_groups = (known_groups | live_groups) - (gone[1] & last_groups)
+        gone = {("listener", name) for name in known_listeners - live_listeners}
+        gone |= {("group", name) for name in known_groups - live_groups}
+        self._gone_since = {key: self._gone_since.get(key, now) for key in gone}
+        dropped = {
+            key for key, since in self._gone_since.items() if now - since >= REMOVED_SERIES_SECONDS
+        }
+        keep_listeners = (known_listeners | live_listeners) - {
+            name for kind, name in dropped if kind == "listener"
+        }
+        keep_groups = (known_groups | live_groups) - {
+            name for kind, name in dropped if kind == "group"
+        }
         self.frame.forget_listeners(keep_listeners)
         self.stats.retain(keep_listeners, keep_groups)
         self.checker.forget_groups(keep_groups)

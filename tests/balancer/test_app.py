@@ -9,6 +9,7 @@ import msgspec
 import pytest
 import trio
 
+import balancer.app as app_module
 from balancer.cli import SPEC
 from balancer.config import BalancerConfig, FixedResponse, HttpListener
 from monitoring.configfile import ConfigError
@@ -167,7 +168,7 @@ async def test_a_removed_listener_lets_its_request_in_flight_finish_and_refuses_
             )
 
 
-async def test_a_reload_that_removes_a_listener_and_a_group_drops_their_series():
+async def test_a_reload_that_removes_a_listener_and_a_group_drops_their_series(monkeypatch):
     # Every listener and target group name a reload ever removed stayed in /metrics until
     # the balancer stopped (about 20 series each): a name churned by reloads grew without end.
     from tests.support.balancer_http import balancer, config, front, group, listener
@@ -190,7 +191,13 @@ async def test_a_reload_that_removes_a_listener_and_a_group_drops_their_series()
             before = await series(daemon)
             assert naming(before, 'listener="front"')
             assert naming(before, 'target_group="web"')
+            monkeypatch.setattr(app_module, "REMOVED_SERIES_SECONDS", 0.5)
             await daemon.app.reload(config([stay], []))
+            await trio.sleep(0.3)  # within the time they stay: still exported, to every scraper
+            for _ in range(2):
+                lines = await series(daemon)
+                assert naming(lines, 'listener="front"')
+                assert naming(lines, 'target_group="web"')
             with trio.fail_after(10):  # once its connections ended and its target left
                 while True:
                     after = await series(daemon)
