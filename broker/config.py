@@ -10,7 +10,7 @@ from msgspec import Meta, field
 
 from broker.model.errors import SqsError
 from broker.model.names import validate_queue_name
-from broker.model.settings import parse_create
+from broker.model.settings import check_dead_letter_target, parse_create
 from broker.model.state import MAX_IN_FLIGHT_MESSAGES
 from broker.model.tags import MAX_TAGS, tag_problem
 from monitoring.settings import (
@@ -380,6 +380,32 @@ class BrokerConfig(Section, frozen=True, kw_only=True):
         if duplicates:
             raise ValueError(f"queues declared twice: {', '.join(duplicates)}")
         self.declaration_order()  # refuses a cycle of dead-letter targets
+        self._check_declared_dead_letter_targets()
+
+    def _check_declared_dead_letter_targets(self) -> None:
+        """Refuse a RedrivePolicy naming a declared queue that the start would refuse as its
+        target: of the other type, or denying it in the RedriveAllowPolicy the file gives it
+        (the file's attributes win over the queue's). An undeclared target is the start's to
+        check, against the queues the store holds."""
+        arn_of = {
+            q.name: queue_arn(self.aws.region, self.aws.account_id, q.name) for q in self.queues
+        }
+        by_arn = {arn_of[q.name]: q for q in self.queues}
+        for index, queue in enumerate(self.queues):
+            settings = parse_create(queue.attributes)
+            policy = settings.redrive_policy
+            target = None if policy is None else by_arn.get(policy.dead_letter_target_arn)
+            if target is None:
+                continue
+            try:
+                check_dead_letter_target(
+                    settings, arn_of[queue.name], parse_create(target.attributes)
+                )
+            except SqsError as error:
+                raise ValueError(
+                    f"queues[{index}].attributes.RedrivePolicy (queue {queue.name!r}): "
+                    f"{error.code}: {error.message}"
+                ) from None
 
     def declaration_order(self) -> list[tuple[int, DeclaredQueue]]:
         """The declared queues (with their index in ``queues``), dead-letter targets first.

@@ -140,6 +140,73 @@ def test_a_declared_value_is_refused_with_its_key():
     assert decode(fifo, BrokerConfig).queues[0].fifo
 
 
+def _redrive(source: str, source_attributes: str, target: str, target_attributes: str) -> bytes:
+    policy = json.dumps(
+        {
+            "deadLetterTargetArn": f"arn:aws:sqs:us-east-1:000000000000:{target}",
+            "maxReceiveCount": 3,
+        }
+    )
+    return (
+        f'[[queues]]\nname = "{target}"\nattributes = {{ {target_attributes} }}\n'
+        f'[[queues]]\nname = "{source}"\n'
+        f"attributes = {{ {source_attributes} RedrivePolicy = '{policy}' }}\n"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("source", "source_attributes", "target", "target_attributes", "reason"),
+    [
+        (
+            "src.fifo",
+            'FifoQueue = "true",',
+            "dlq",
+            "",
+            "Dead-letter queue must be same type of queue as the source",
+        ),
+        (
+            "src",
+            "",
+            "dlq.fifo",
+            'FifoQueue = "true"',
+            "Dead-letter queue must be same type of queue as the source",
+        ),
+        (
+            "src",
+            "",
+            "dlq",
+            'RedriveAllowPolicy = \'{"redrivePermission": "denyAll"}\'',
+            "does not have permission to use",
+        ),
+    ],
+)
+def test_a_declared_dead_letter_target_the_start_would_refuse_fails_the_check(
+    source: str, source_attributes: str, target: str, target_attributes: str, reason: str
+) -> None:
+    # check-config must find what the start refuses, short of queues only the store knows.
+    text = _redrive(source, source_attributes, target, target_attributes)
+    with pytest.raises(ConfigError) as info:
+        decode(text, BrokerConfig, path="broker.toml")
+    message = str(info.value)
+    assert message.startswith(
+        f"broker.toml: queues[1].attributes.RedrivePolicy (queue {source!r}): "
+        "InvalidParameterValue: "
+    )
+    assert reason in message
+
+
+def test_a_declared_dead_letter_target_of_the_same_type_passes_the_check() -> None:
+    fifo = _redrive("src.fifo", 'FifoQueue = "true",', "dlq.fifo", 'FifoQueue = "true"')
+    assert decode(fifo, BrokerConfig).queues[1].fifo
+    allowed = 'RedriveAllowPolicy = \'{"redrivePermission": "allowAll"}\''
+    assert decode(_redrive("src", "", "dlq", allowed), BrokerConfig).queues[0].name == "dlq"
+    # An undeclared target is the start's to check, against the queues the store holds.
+    lone = b'[[queues]]\nname = "src.fifo"\nattributes = { FifoQueue = "true", RedrivePolicy = '
+    lone += b'\'{"deadLetterTargetArn": "arn:aws:sqs:us-east-1:000000000000:dlq", '
+    lone += b'"maxReceiveCount": 3}\' }\n'
+    assert decode(lone, BrokerConfig).queues[0].fifo
+
+
 @pytest.mark.parametrize(
     ("tags", "reason"),
     [
