@@ -184,8 +184,10 @@ def parse_filter_policy(
         in_attributes_map: True for Subscribe (the policy came in its Attributes map), False for
             SetSubscriptionAttributes; AWS words the errors differently for each.
         stored: the policy was validated when it was set, maybe by an earlier Wharf that took
-            a ``cidr`` event-ruler refuses (a /32, a zone id): compile such a one as that
-            Wharf did, so that the subscription still loads.
+            what AWS refuses (a numeric operand beyond +-1e9 before 29 Nov 2026, a ``cidr``
+            event-ruler refuses, such as a /32, before 3 Dec 2026): compile such a one without
+            those checks, so that the subscription still loads (a refusal here stopped the
+            broker from starting).
 
     Returns:
         The compiled policy, or None when ``text`` is empty or ``{}`` (no filtering: an empty
@@ -400,6 +402,8 @@ class _Parser:
 
     def _in_range(self, raw: int | float | NumberText) -> float:
         if isinstance(raw, NumberText) or not within_numeric_limit(raw):
+            if self.stored:  # taken before 29 Nov 2026: a bound no comparable number passes
+                return float(raw.text) if isinstance(raw, NumberText) else float(raw)
             self.fail(NUMERIC_OUT_OF_RANGE)
         return cut(raw)
 
@@ -425,7 +429,7 @@ class _Parser:
                     self.fail("Inside anything but list, start|null|boolean is not supported.")
                 # event-ruler turns each number into its fixed-point form as it reads the list,
                 # and has none for a number beyond the range: no text match here.
-                if not isinstance(item, str) and not _is_comparable(item):
+                if not isinstance(item, str) and not _is_comparable(item) and not self.stored:
                     self.fail(NUMERIC_OUT_OF_RANGE)
             if not operand or (any(is_text) and not all(is_text)):
                 self.fail(
@@ -435,7 +439,7 @@ class _Parser:
             return AnythingBut(frozenset(typed(_literal(item)) for item in operand))
         if not isinstance(operand, str) and not _is_number(operand):
             self.fail("Value of anything-but must be an array or single string/number value.")
-        if not isinstance(operand, str) and not _is_comparable(operand):
+        if not isinstance(operand, str) and not _is_comparable(operand) and not self.stored:
             self.fail(NUMERIC_OUT_OF_RANGE)
         return AnythingBut(frozenset({typed(_literal(operand))}))
 

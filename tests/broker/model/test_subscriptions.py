@@ -117,6 +117,28 @@ def test_a_stored_cidr_wharf_took_before_still_compiles(cidr):
     assert policy.matches(view)
 
 
+@pytest.mark.parametrize(
+    ("rule", "value", "matches"),
+    [
+        ('{"numeric": [">", 2000000000]}', 5, False),
+        ('{"numeric": ["<", 1e400]}', 5, True),
+        ('{"numeric": [">=", 0, "<", 2e9]}', 5, True),
+        ('{"anything-but": [5, 3e9]}', 5, False),
+        ('{"anything-but": 3e9}', 5, True),
+    ],
+)
+def test_a_stored_numeric_operand_beyond_the_range_still_compiles(rule, value, matches):
+    # Wharf took operands beyond +-1e9 until 29 Nov 2026; a store holding one stopped the
+    # broker from starting. They compile as floats (no number beyond 1e9 is compared).
+    text = f'{{"price": [{rule}]}}'
+    with pytest.raises(SnsError):
+        parse_subscribe({"FilterPolicy": text}, SQS)
+    policy = compiled_filter(SubscriptionSettings(filter_policy=text))
+    assert policy is not None
+    view = attributes_view({"price": {"DataType": "Number", "StringValue": str(value)}})
+    assert policy.matches(view) is matches
+
+
 def test_raw_message_delivery():
     assert parse_subscribe({"RawMessageDelivery": "True"}, SQS).raw_message_delivery
     assert message_of(lambda: parse_subscribe({"RawMessageDelivery": "yes"}, SQS)) == (
