@@ -23,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal, NoReturn, TypeGuard
@@ -89,6 +90,11 @@ NESTED_IN_ATTRIBUTES_SCOPE: Final = (
 # LocalStack's AWS-validated suite found AWS accepting them; Wharf keeps such a literal as its
 # NumberText, which matches only a message number written the same way.
 NUMERIC_OUT_OF_RANGE: Final = "Value must be between -1.0E9 and 1.0E9, inclusive"
+# event-ruler's CIDR.cidr(): the mask as Java's Integer.parseInt reads it (a sign allowed), and
+# the shapes an address must have before it is parsed (its Constants.IPv4_REGEX, IPv6_REGEX).
+_JAVA_INT: Final = re.compile(r"[+-]?[0-9]+")
+_IPV4_SHAPE: Final = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
+_IPV6_SHAPE: Final = re.compile(r"[0-9a-fA-F:]*:[0-9a-fA-F:]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +173,9 @@ def check_policy_quota(
         raise filter_policy_limit_exceeded()
 
 
-def parse_filter_policy(text: str, scope: Scope, *, in_attributes_map: bool) -> FilterPolicy | None:
+def parse_filter_policy(
+    text: str, scope: Scope, *, in_attributes_map: bool, stored: bool = False
+) -> FilterPolicy | None:
     """Validate and compile a ``FilterPolicy`` attribute value.
 
     Args:
@@ -175,6 +183,11 @@ def parse_filter_policy(text: str, scope: Scope, *, in_attributes_map: bool) -> 
         scope: the subscription's ``FilterPolicyScope``.
         in_attributes_map: True for Subscribe (the policy came in its Attributes map), False for
             SetSubscriptionAttributes; AWS words the errors differently for each.
+        stored: the policy was validated when it was set, maybe by an earlier Wharf that took
+            what AWS refuses (a numeric operand beyond +-1e9 before 29 Nov 2026, a ``cidr``
+            event-ruler refuses, such as a /32, before 3 Dec 2026): compile such a one without
+            those checks, so that the subscription still loads (a refusal here stopped the
+            broker from starting).
 
     Returns:
         The compiled policy, or None when ``text`` is empty or ``{}`` (no filtering: an empty
@@ -185,7 +198,7 @@ def parse_filter_policy(text: str, scope: Scope, *, in_attributes_map: bool) -> 
     """
     if not text:
         return None
-    parser = _Parser(scope, in_attributes_map)
+    parser = _Parser(scope, in_attributes_map, stored)
     if len(text.encode("utf-8", "surrogatepass")) > MAX_POLICY_BYTES:
         parser.fail("Filter policy is too long")  # the limit is AWS's; the wording is not recorded
     try:
@@ -229,9 +242,10 @@ class _Partial:
 class _Parser:
     """One policy's validation walk, in document order, as AWS's streaming parser reports."""
 
-    def __init__(self, scope: Scope, in_attributes_map: bool) -> None:
+    def __init__(self, scope: Scope, in_attributes_map: bool, stored: bool = False) -> None:
         self.scope = scope
         self.in_attributes_map = in_attributes_map
+        self.stored = stored
 
     def fail(self, reason: str, *, bare: bool = False) -> NoReturn:
         detail = reason if bare else f"FilterPolicy: {reason}"
@@ -388,6 +402,8 @@ class _Parser:
 
     def _in_range(self, raw: int | float | NumberText) -> float:
         if isinstance(raw, NumberText) or not within_numeric_limit(raw):
+            if self.stored:  # taken before 29 Nov 2026: a bound no comparable number passes
+                return float(raw.text) if isinstance(raw, NumberText) else float(raw)
             self.fail(NUMERIC_OUT_OF_RANGE)
         return cut(raw)
 
@@ -413,7 +429,7 @@ class _Parser:
                     self.fail("Inside anything but list, start|null|boolean is not supported.")
                 # event-ruler turns each number into its fixed-point form as it reads the list,
                 # and has none for a number beyond the range: no text match here.
-                if not isinstance(item, str) and not _is_comparable(item):
+                if not isinstance(item, str) and not _is_comparable(item) and not self.stored:
                     self.fail(NUMERIC_OUT_OF_RANGE)
             if not operand or (any(is_text) and not all(is_text)):
                 self.fail(
@@ -423,24 +439,40 @@ class _Parser:
             return AnythingBut(frozenset(typed(_literal(item)) for item in operand))
         if not isinstance(operand, str) and not _is_number(operand):
             self.fail("Value of anything-but must be an array or single string/number value.")
-        if not isinstance(operand, str) and not _is_comparable(operand):
+        if not isinstance(operand, str) and not _is_comparable(operand) and not self.stored:
             self.fail(NUMERIC_OUT_OF_RANGE)
         return AnythingBut(frozenset({typed(_literal(operand))}))
 
     def cidr(self, operand: object) -> Predicate:
-        # string-value-matching.md, "IP address matching"; IPv4 and IPv6.
+        # string-value-matching.md, "IP address matching"; IPv4 and IPv6. The checks, their
+        # order and their messages are event-ruler's CIDR.cidr(), whose messages AWS answers.
         if not isinstance(operand, str):
             self.fail("prefix match pattern must be a string")  # sic: AWS's wording for cidr
-        address, slash, bits = operand.partition("/")
-        if not slash or "/" in bits:
+        fields = operand.split("/")
+        while fields and not fields[-1]:
+            fields.pop()  # Java's String.split drops trailing empty fields: "10.0.0.0/" has one
+        if len(fields) != 2:
             self.fail("Malformed CIDR, one '/' required")
-        if not bits.isascii() or not bits.isdigit():
-            self.fail("Malformed CIDR, mask bits must be an integer")
-        try:
-            network = ipaddress.ip_network(operand, strict=False)
-        except ValueError:
+        address, mask = fields
+        if _JAVA_INT.fullmatch(mask) is None or not -(2**31) <= int(mask) < 2**31:
+            self.fail("Malformed CIDR, mask bits must be an integer")  # Integer.parseInt's
+        bits = int(mask)
+        if bits < 0:
+            self.fail("Malformed CIDR, mask bits must not be negative")
+        if self.stored:  # what Wharf took before 3 Dec 2026 (parse_filter_policy's ``stored``)
+            return Cidr(ipaddress.ip_network(f"{address}/{bits}", strict=False))
+        if _IPV4_SHAPE.fullmatch(address) is None and _IPV6_SHAPE.fullmatch(address) is None:
             self.fail(f"Nonstandard IP address: {address}")
-        return Cidr(network)
+        try:
+            parsed = ipaddress.ip_address(address)
+        except ValueError:
+            self.fail(f"Invalid IP address: {address}")
+        # event-ruler refuses a full-length mask (one address): /32 and /128 are refused too.
+        if parsed.version == 4 and bits > 31:
+            self.fail("IPv4 mask bits must be < 32")
+        if parsed.version == 6 and bits > 127:
+            self.fail("IPv6 mask bits must be < 128")
+        return Cidr(ipaddress.ip_network((parsed, bits), strict=False))
 
 
 def _is_or(value: object) -> bool:

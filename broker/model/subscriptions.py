@@ -303,7 +303,7 @@ def compiled_filter(settings: SubscriptionSettings) -> FilterPolicy | None:
     if not settings.filter_policy:
         return None
     return parse_filter_policy(
-        settings.filter_policy, settings.filter_policy_scope, in_attributes_map=False
+        settings.filter_policy, settings.filter_policy_scope, in_attributes_map=False, stored=True
     )
 
 

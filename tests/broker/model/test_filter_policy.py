@@ -440,6 +440,17 @@ def test_cidr_ipv4_and_ipv6():
     assert not matches_attributes(ipv6, attrs(source_ip="10.0.0.1"))
 
 
+def test_cidr_masks_as_event_ruler_reads_them():
+    # Integer.parseInt takes a sign; the widest masks event-ruler accepts are /31 and /127.
+    signed = {"source_ip": [{"cidr": "10.0.0.0/+24"}]}
+    assert matches_attributes(signed, attrs(source_ip="10.0.0.255"))
+    assert not matches_attributes(signed, attrs(source_ip="10.0.1.0"))
+    pair = {"source_ip": [{"cidr": "10.0.0.1/31"}]}
+    assert matches_attributes(pair, attrs(source_ip="10.0.0.0"))
+    assert not matches_attributes(pair, attrs(source_ip="10.0.0.2"))
+    assert compile_policy({"source_ip": [{"cidr": "2001:db8::1/127"}]}) is not None
+
+
 def test_and_across_keys_or_within_a_key_and_the_or_operator():
     policy = {"customer_interests": ["rugby"], "price_usd": [{"numeric": [">", 100]}]}
     assert matches_attributes(policy, attrs(customer_interests="rugby", price_usd=101))
@@ -644,8 +655,17 @@ MORE = [
     ({"key": [{"cidr": 10}]}, "prefix match pattern must be a string"),
     ({"key": [{"cidr": "10.0.0.0"}]}, "Malformed CIDR, one '/' required"),
     ({"key": [{"cidr": "10.0.0.0/x"}]}, "Malformed CIDR, mask bits must be an integer"),
-    ({"key": [{"cidr": "10.0.0.300/24"}]}, "Nonstandard IP address: 10.0.0.300"),
-    ({"key": [{"cidr": "10.0.0.0/33"}]}, "Nonstandard IP address: 10.0.0.0"),
+    # The cidr checks in event-ruler's order (CIDR.cidr): Java's split drops a trailing empty
+    # field, Integer.parseInt reads the mask, an address is first matched by shape, then parsed.
+    ({"key": [{"cidr": "10.0.0.0/"}]}, "Malformed CIDR, one '/' required"),
+    ({"key": [{"cidr": "10.0.0.0/-1"}]}, "Malformed CIDR, mask bits must not be negative"),
+    ({"key": [{"cidr": "10.0.0.0/4294967320"}]}, "Malformed CIDR, mask bits must be an integer"),
+    ({"key": [{"cidr": "10.0.0.300/24"}]}, "Invalid IP address: 10.0.0.300"),
+    ({"key": [{"cidr": "example.com/24"}]}, "Nonstandard IP address: example.com"),
+    ({"key": [{"cidr": "fe80::%eth0/64"}]}, "Nonstandard IP address: fe80::%eth0"),
+    ({"key": [{"cidr": "10.0.0.0/33"}]}, "IPv4 mask bits must be < 32"),
+    ({"key": [{"cidr": "10.0.0.1/32"}]}, "IPv4 mask bits must be < 32"),
+    ({"key": [{"cidr": "2001:db8::1/128"}]}, "IPv6 mask bits must be < 128"),
     ("[1]", "Filter is not an object"),
     ("{not json", "failed to parse JSON."),
     ('{"a": [NaN]}', "failed to parse JSON."),

@@ -103,6 +103,42 @@ def test_the_compiled_filter_follows_the_stored_text():
     assert compiled_filter(cleared) is None
 
 
+@pytest.mark.parametrize("cidr", ["10.0.0.1/32", "2001:db8::1/128", "fe80::%eth0/64"])
+def test_a_stored_cidr_wharf_took_before_still_compiles(cidr):
+    # A store written before cidr followed event-ruler holds such policies: the broker must
+    # still load them (a refusal here stopped it from starting), though a new one is refused.
+    text = json.dumps({"ip": [{"cidr": cidr}]})
+    with pytest.raises(SnsError):
+        parse_subscribe({"FilterPolicy": text}, SQS)
+    policy = compiled_filter(SubscriptionSettings(filter_policy=text))
+    address = cidr.split("/")[0].split("%")[0]
+    view = attributes_view({"ip": {"DataType": "String", "StringValue": address}})
+    assert policy is not None
+    assert policy.matches(view)
+
+
+@pytest.mark.parametrize(
+    ("rule", "value", "matches"),
+    [
+        ('{"numeric": [">", 2000000000]}', 5, False),
+        ('{"numeric": ["<", 1e400]}', 5, True),
+        ('{"numeric": [">=", 0, "<", 2e9]}', 5, True),
+        ('{"anything-but": [5, 3e9]}', 5, False),
+        ('{"anything-but": 3e9}', 5, True),
+    ],
+)
+def test_a_stored_numeric_operand_beyond_the_range_still_compiles(rule, value, matches):
+    # Wharf took operands beyond +-1e9 until 29 Nov 2026; a store holding one stopped the
+    # broker from starting. They compile as floats (no number beyond 1e9 is compared).
+    text = f'{{"price": [{rule}]}}'
+    with pytest.raises(SnsError):
+        parse_subscribe({"FilterPolicy": text}, SQS)
+    policy = compiled_filter(SubscriptionSettings(filter_policy=text))
+    assert policy is not None
+    view = attributes_view({"price": {"DataType": "Number", "StringValue": str(value)}})
+    assert policy.matches(view) is matches
+
+
 def test_raw_message_delivery():
     assert parse_subscribe({"RawMessageDelivery": "True"}, SQS).raw_message_delivery
     assert message_of(lambda: parse_subscribe({"RawMessageDelivery": "yes"}, SQS)) == (
