@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final
 
@@ -301,7 +302,7 @@ class BalancerApp:
         forgot it, its last draining target gone) for ``REMOVED_SERIES_SECONDS``: every
         scraper (an HA pair of Prometheus servers, an operator's curl) gets their last counts
         in that time, not only the one whose scrape came first."""
-        now = trio.current_time()
+        now = time.monotonic()  # also at the collector's registration, outside trio
         live_listeners = {li.name for li in self.config.listeners} | self.frame.listener_names()
         known_listeners = set(self.frame.connection_counts()) | self.stats.listeners()
         live_groups = set(self.runtime.live)

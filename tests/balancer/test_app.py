@@ -628,3 +628,11 @@ async def test_a_worker_has_the_changes_saved_while_its_admin_port_was_not_bound
         assert listed == {"10.0.0.2:80": "api"}
         group_now = daemon.app.runtime.current.groups["web"]
         assert list(group_now.by_id) == ["10.0.0.2:80"]
+
+
+def test_the_app_is_built_outside_trio_as_the_command_builds_it():
+    """The CLI builds the daemon before trio runs, and registering a collector collects once:
+    5ec15a4 read trio's clock there and wharf-balancer could not start at all (the bench
+    caught it; the tests build it inside trio)."""
+    daemon = Daemon(SPEC, BalancerConfig(admin=AdminSettings(port=0)), config_path=None)
+    assert daemon.app is not None
