@@ -498,10 +498,4 @@ def _rest_droppable(conn: h11.Connection, headers: list[tuple[bytes, bytes]]) ->
                 return int(value) <= MAX_DISCARD_BYTES
             except ValueError:  # h11 refuses such a request before it gets here
                 return False
-    while True:
-        try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError:
-            return False
-        if not isinstance(event, h11.Data):
-            return isinstance(event, h11.EndOfMessage)
+    return rest_of_body_buffered(conn)

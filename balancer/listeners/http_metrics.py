@@ -104,9 +104,8 @@ class HttpStats:
         self.target_connections_new: dict[str, int] = {}
         self.elb_5xx: dict[tuple[str, int], int] = {}
 
-    def listener_started(self, listener: str) -> None:
-        """Make a listener's series exist at zero (dashboards show 0, not "no data")."""
-        for table in (
+    def _per_listener_tables(self) -> tuple[dict[str, int], ...]:
+        return (
             self.active,
             self.new_connections,
             self.bytes_in,
@@ -115,7 +114,11 @@ class HttpStats:
             self.redirect_url_limit_exceeded,
             self.fixed_responses,
             self.rejected,
-        ):
+        )
+
+    def listener_started(self, listener: str) -> None:
+        """Make a listener's series exist at zero (dashboards show 0, not "no data")."""
+        for table in self._per_listener_tables():
             table.setdefault(listener, 0)
         for status in ELB_5XX_CODES:
             self.elb_5xx.setdefault((listener, status), 0)
@@ -184,16 +187,7 @@ class HttpStats:
         """Forget the series of listeners and target groups not in ``listeners`` and
         ``groups`` (those a reload removed, once gone for good): without this every name a
         reload ever retired stayed in ``/metrics`` until the balancer stopped."""
-        for table in (
-            self.active,
-            self.new_connections,
-            self.bytes_in,
-            self.bytes_out,
-            self.redirects,
-            self.redirect_url_limit_exceeded,
-            self.fixed_responses,
-            self.rejected,
-        ):
+        for table in self._per_listener_tables():
             _drop(table, lambda listener: listener not in listeners)
         _drop(self.requests, lambda key: key[0] not in listeners or _gone(key[2], groups))
         _drop(self.response_time, lambda key: key[0] not in listeners or key[1] not in groups)
